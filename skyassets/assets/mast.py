@@ -1,0 +1,210 @@
+"""The archive assets: what the watchlist finds in MAST, each observation's products, its files."""
+
+import threading
+import time
+from collections import Counter
+
+import pandas as pd
+from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataValue, asset
+
+from ..archive import list_products, query_watchlist
+from ..download import FileRequest, Progress, download_files
+from ..lake import read_parquet, write_parquet
+from ..partitions import observation_backfill_policy, observations_partitions
+from ..resources import ArchiveResource, DownloaderResource, HomeResource, WatchlistResource
+from ..watchlist import ProductSpec, Watchlist
+from .metadata import frame_metadata
+
+OBSERVATION_PREVIEW = ["obs_id", "target_name", "obs_collection", "instrument_name", "filters", "t_exptime", "watchlist_entry"]
+PRODUCT_PREVIEW = ["productFilename", "productSubGroupDescription", "size", "s3_key"]
+MANIFEST_PREVIEW = ["filename", "size", "status", "source", "fits_checksum", "seconds", "bytes_per_second"]
+
+
+@asset(
+    group_name="archive",
+    pool="mast_api",
+    kinds={"parquet"},
+    description="Every public MAST observation the watchlist's queries find, one row per observation.",
+)
+def mast_observations(
+    context: AssetExecutionContext, home: HomeResource, watchlist: WatchlistResource, archive: ArchiveResource
+) -> MaterializeResult:
+    wl = watchlist.load()
+    result = query_watchlist(archive.client(home.home), wl)
+    for message in result.rejected:
+        context.log.error(f"observation left out: {message}")
+    if result.incomplete:
+        raise Failure(
+            "MAST returned fewer rows than it counted (paging stopped early): " + "; ".join(result.incomplete)
+        )
+    path = write_parquet(result.observations, home.home.table("mast_observations"))
+    context.log.info(
+        f"{len(result.observations)} observations from {len(wl.entries)} watchlist entries "
+        f"({result.proprietary} proprietary left out) -> {path}"
+    )
+    return MaterializeResult(
+        metadata={
+            **frame_metadata(result.observations, preview_columns=OBSERVATION_PREVIEW),
+            "path": MetadataValue.path(str(path)),
+            "watchlist": wl.path,
+            "rows_per_entry": MetadataValue.json(result.per_entry),
+            "proprietary_left_out": result.proprietary,
+            "rejected_obs_ids": len(result.rejected),
+        }
+    )
+
+
+def _observation_row(home: HomeResource, obs_id: str) -> pd.Series:
+    observations = read_parquet(home.home.table("mast_observations"))
+    rows = observations[observations["obs_id"] == obs_id]
+    if rows.empty:
+        raise Failure(
+            f"observation {obs_id} is not in the latest mast_observations; re-materialise mast_observations "
+            "or delete the partition if it left the watchlist"
+        )
+    return rows.iloc[0]
+
+
+def _product_spec(wl: Watchlist, entries: str) -> ProductSpec:
+    """The product spec of the first watchlist entry that found the observation."""
+    for name in str(entries or "").split(","):
+        try:
+            return wl.entry(name).products
+        except KeyError:
+            continue
+    return ProductSpec()
+
+
+@asset(
+    group_name="archive",
+    deps=[mast_observations],
+    partitions_def=observations_partitions,
+    backfill_policy=observation_backfill_policy,
+    pool="mast_api",
+    kinds={"parquet"},
+    description="The science FITS products of one observation that the watchlist asks for, with S3 key and URL.",
+)
+def mast_products(
+    context: AssetExecutionContext, home: HomeResource, watchlist: WatchlistResource, archive: ArchiveResource
+) -> MaterializeResult:
+    wl = watchlist.load()
+    client = archive.client(home.home)
+    download_url = archive.download_url(home.home)
+    frames = []
+    for obs_id in context.partition_keys:
+        row = _observation_row(home, obs_id)
+        frame, refused = list_products(
+            client, row["obsid"], _product_spec(wl, row["watchlist_entry"]), download_url=download_url, cloud=archive.cloud
+        )
+        for message in refused:
+            context.log.error(f"{obs_id}: product refused: {message}")
+        frame.insert(0, "partition", obs_id)
+        write_parquet(frame, home.home.table("mast_products", obs_id))
+        frames.append(frame)
+        context.log.info(f"{obs_id}: {len(frame)} products, {int(frame['size'].sum()) if len(frame) else 0} bytes")
+    products = pd.concat(frames, ignore_index=True)
+    return MaterializeResult(
+        metadata={
+            **frame_metadata(products, preview_columns=PRODUCT_PREVIEW),
+            "bytes": int(products["size"].sum()) if len(products) else 0,
+            "in_s3": int(products["s3_key"].notna().sum()) if len(products) else 0,
+        }
+    )
+
+
+class _ProgressLog:
+    """Sends the downloader's progress to the run log, from whichever thread reports it."""
+
+    def __init__(self, context: AssetExecutionContext):
+        self._context = context
+        self._lock = threading.Lock()
+
+    def __call__(self, progress: Progress) -> None:
+        total = f"/{progress.bytes_total / 1e6:.1f}" if progress.bytes_total else ""
+        eta = f", ETA {progress.eta_seconds:.0f} s" if progress.eta_seconds is not None else ""
+        with self._lock:
+            self._context.log.info(
+                f"{progress.files_done}/{progress.files_total} files, {progress.bytes_done / 1e6:.1f}{total} MB "
+                f"at {progress.bytes_per_second / 1e6:.1f} MB/s{eta}"
+                + (f" - {progress.message}" if progress.message else "")
+            )
+
+
+@asset(
+    group_name="archive",
+    deps=[mast_products],
+    partitions_def=observations_partitions,
+    backfill_policy=observation_backfill_policy,
+    pool="mast_api",
+    kinds={"fits", "parquet"},
+    description="The observation's files on disk, verified (size, FITS checksums, SHA-256), with a manifest.",
+)
+def fits_files(
+    context: AssetExecutionContext, home: HomeResource, archive: ArchiveResource, downloader: DownloaderResource
+) -> MaterializeResult:
+    root = home.home
+    requests, owner = [], []
+    for obs_id in context.partition_keys:
+        products = read_parquet(root.table("mast_products", obs_id))
+        for product in products.to_dict("records"):
+            requests.append(
+                FileRequest(
+                    filename=product["productFilename"],
+                    dest_dir=root.observation_dir(product["obs_collection"], obs_id),
+                    http_url=product["http_url"],
+                    s3_key=product["s3_key"],
+                    expected_size=int(product["size"]) if pd.notna(product["size"]) else None,
+                )
+            )
+            owner.append((obs_id, product["dataURI"]))
+    started = time.monotonic()
+    results = download_files(requests, downloader.config(archive, root), on_progress=_ProgressLog(context))
+    seconds = time.monotonic() - started
+    failed = [r for r in results if r.status == "failed"]
+    if failed:
+        raise Failure(
+            f"{len(failed)} of {len(results)} files failed; verified files are kept and a retry resumes the rest",
+            metadata={"failed": MetadataValue.md("\n".join(f"- `{r.filename}`: {r.error}" for r in failed))},
+        )
+    manifest = pd.DataFrame(
+        [
+            {
+                "partition": obs_id,
+                "dataURI": uri,
+                "filename": r.filename,
+                "path": str(r.path.relative_to(root.root)),
+                "size": r.size,
+                "sha256": r.sha256,
+                "source": r.source or "local",
+                "status": r.status,
+                "fits_checksum": r.fits_checksum,
+                "attempts": r.attempts,
+                "resumed_from": r.resumed_from,
+                "seconds": round(r.seconds, 3),
+                "bytes_per_second": round(r.bytes_per_second, 1),
+            }
+            for (obs_id, uri), r in zip(owner, results)
+        ]
+    )
+    for obs_id in context.partition_keys:
+        write_parquet(manifest[manifest["partition"] == obs_id].reset_index(drop=True), root.table("fits_files", obs_id))
+    status = Counter(r.status for r in results)
+    fetched = sum(r.bytes_fetched for r in results)
+    context.log.info(
+        f"{status['downloaded']} downloaded, {status['skipped']} already verified, "
+        f"{fetched / 1e6:.1f} MB in {seconds:.1f} s"
+    )
+    return MaterializeResult(
+        metadata={
+            **frame_metadata(manifest, preview_columns=MANIFEST_PREVIEW),
+            "files_downloaded": status["downloaded"],
+            "files_skipped": status["skipped"],
+            "files_verified_checksum": sum(r.fits_checksum == "ok" for r in results),
+            "files_retried": sum(r.attempts > 1 for r in results),
+            "bytes_total": int(manifest["size"].sum()) if len(manifest) else 0,
+            "bytes_fetched": fetched,
+            "seconds": round(seconds, 3),
+            "bytes_per_second": round(fetched / seconds, 1) if seconds > 0 else 0.0,
+            "sources": MetadataValue.json(dict(Counter(r.source or "local" for r in results))),
+        }
+    )

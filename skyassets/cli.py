@@ -1,0 +1,58 @@
+"""The ``skyassets`` command: run the pipeline end to end, or open it in the Dagster UI."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from importlib import resources
+from pathlib import Path
+
+from .home import HOME_ENV, Home, default_home
+
+
+def prepare_dagster_home(home: Home) -> Path:
+    """Use ``$DAGSTER_HOME`` or ``<home>/dagster``, giving it skyassets' instance settings if it has none."""
+    dagster_home = Path(os.environ.get("DAGSTER_HOME") or home.dagster).resolve()
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    settings = dagster_home / "dagster.yaml"
+    if not settings.exists():
+        with resources.as_file(resources.files("skyassets").joinpath("dagster.yaml")) as packaged:
+            shutil.copyfile(packaged, settings)
+    os.environ["DAGSTER_HOME"] = str(dagster_home)
+    os.environ.setdefault(HOME_ENV, str(home.root))
+    return dagster_home
+
+
+def _demo(args: argparse.Namespace) -> int:
+    home = Home(default_home())
+    dagster_home = prepare_dagster_home(home)
+    from .demo import run_demo
+
+    return run_demo(home, dagster_home)
+
+
+def _dev(args: argparse.Namespace) -> int:
+    home = Home(default_home())
+    prepare_dagster_home(home)
+    command = [sys.executable, "-m", "dagster", "dev", "-m", "skyassets.definitions", *args.dagster_args]
+    os.execv(sys.executable, command)
+    return 0  # not reached
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="skyassets", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser(
+        "demo", help="run the whole pipeline once, offline, on the built-in archive emulator"
+    ).set_defaults(func=_demo)
+    dev = commands.add_parser("dev", help="open the pipeline in the Dagster UI (dagster dev)")
+    dev.add_argument("dagster_args", nargs=argparse.REMAINDER, help="passed on to `dagster dev`")
+    dev.set_defaults(func=_dev)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,17 @@
+"""The skyassets code location: the pipeline's table of contents."""
+
+from dagster import Definitions
+
+from .assets.mast import fits_files, mast_observations, mast_products
+from .jobs import observation_job, watchlist_job
+from .resources import default_resources
+from .schedules import daily_watchlist_schedule
+from .sensors import new_observations_sensor
+
+defs = Definitions(
+    assets=[mast_observations, mast_products, fits_files],
+    jobs=[watchlist_job, observation_job],
+    schedules=[daily_watchlist_schedule],
+    sensors=[new_observations_sensor],
+    resources=default_resources(),
+)

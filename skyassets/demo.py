@@ -1,0 +1,84 @@
+"""One pass of the pipeline through a real Dagster instance, as the daemon would run it.
+
+The watchlist job runs, the new-observations sensor is evaluated, its partitions are added and its
+per-observation runs executed; every run is recorded in ``$DAGSTER_HOME`` so the Dagster UI shows
+them afterwards.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dagster import AssetKey, DagsterInstance, build_sensor_context
+
+from .home import Home
+
+
+def _metadata(instance: DagsterInstance, asset: str, partition: str | None = None) -> dict:
+    event = instance.get_latest_materialization_event(AssetKey(asset)) if partition is None else None
+    if partition is not None:
+        records = instance.fetch_materializations(AssetKey(asset), limit=1000).records
+        event = next((r.event_log_entry for r in records if r.partition_key == partition), None)
+    if event is None or event.asset_materialization is None:
+        return {}
+    return {k: v.value for k, v in event.asset_materialization.metadata.items()}
+
+
+def run_demo(home: Home, dagster_home: Path) -> int:
+    from .definitions import defs
+    from .sensors import new_observations_sensor
+
+    instance = DagsterInstance.get()
+    archive = defs.resources["archive"]
+    print(f"skyassets home: {home.root}")
+    print(f"Dagster home:   {dagster_home}")
+    server, s3 = archive.endpoints(home)
+    print(f"MAST:           {archive.url} ({server}; S3 {s3 or 'AWS'})")
+
+    result = defs.get_job_def("watchlist_job").execute_in_process(instance=instance, raise_on_error=False)
+    if not result.success:
+        print("The watchlist query failed; see the run in the Dagster UI.")
+        return 1
+    observations = _metadata(instance, "mast_observations")
+    print(f"\nQueried the watchlist: {observations['dagster/row_count']} public observations")
+    for entry, count in observations["rows_per_entry"].items():
+        print(f"  {entry:<32} {count:>4} rows")
+    print(f"  proprietary left out: {observations['proprietary_left_out']}")
+
+    sensor_result = new_observations_sensor(build_sensor_context(instance=instance, definitions=defs))
+    for request in getattr(sensor_result, "dynamic_partitions_requests", []):
+        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+    run_requests = list(getattr(sensor_result, "run_requests", []) or [])
+    print(f"\nThe sensor added {len(run_requests)} observation partitions; running each:")
+    job = defs.get_job_def("observation_job")
+    failures = 0
+    totals = {"downloaded": 0, "skipped": 0, "verified": 0, "bytes": 0, "seconds": 0.0}
+    for request in run_requests:
+        run = job.execute_in_process(
+            instance=instance, partition_key=request.partition_key, tags=request.tags, raise_on_error=False
+        )
+        files = _metadata(instance, "fits_files", request.partition_key) if run.success else {}
+        if not run.success:
+            failures += 1
+            print(f"  {request.partition_key:<44} FAILED (run {run.run_id})")
+            continue
+        totals["downloaded"] += files["files_downloaded"]
+        totals["skipped"] += files["files_skipped"]
+        totals["verified"] += files["files_verified_checksum"]
+        totals["bytes"] += files["bytes_fetched"]
+        totals["seconds"] += files["seconds"]
+        print(
+            f"  {request.partition_key:<44} {files['dagster/row_count']:>3} files "
+            f"{files['bytes_total'] / 1e6:7.1f} MB  {files['files_verified_checksum']} checksums ok  "
+            f"{files['bytes_per_second'] / 1e6:6.1f} MB/s"
+        )
+    speed = totals["bytes"] / totals["seconds"] / 1e6 if totals["seconds"] else 0.0
+    print(
+        f"\nDownloaded {totals['downloaded']} files ({totals['bytes'] / 1e6:.1f} MB, {speed:.1f} MB/s), "
+        f"{totals['skipped']} already verified, {totals['verified']} FITS checksums verified, {failures} failed runs."
+    )
+    print(f"\nFITS files:      {home.files}")
+    print(f"Parquet tables:  {home.lake}")
+    print("\nOpen these runs in the Dagster UI:")
+    print(f"  DAGSTER_HOME={dagster_home} .venv/bin/skyassets dev     # then http://127.0.0.1:3000")
+    return 1 if failures else 0

@@ -1,0 +1,107 @@
+"""Dagster resources: thin configuration wrappers around the plain-Python modules."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+from astroquery.mast import ObservationsClass
+from dagster import ConfigurableResource
+
+from .archive_client import observations_client
+from .download import DownloadConfig
+from .home import HOME_ENV, Home
+from .watchlist import DEFAULT_WATCHLIST, Watchlist, load_watchlist
+
+EMULATOR = "emulator"
+
+
+class HomeResource(ConfigurableResource):
+    """The local state folder: files, Parquet lake, quarantine."""
+
+    root: str = ".skyassets"
+
+    @property
+    def home(self) -> Home:
+        return Home(Path(self.root).expanduser().resolve())
+
+
+class WatchlistResource(ConfigurableResource):
+    """The watchlist file (``packaged:watchlist.yaml`` is the demo watchlist shipped with skyassets)."""
+
+    path: str = DEFAULT_WATCHLIST
+
+    def load(self) -> Watchlist:
+        return load_watchlist(self.path)
+
+
+class ArchiveResource(ConfigurableResource):
+    """Where MAST is: ``emulator`` (the built-in offline archive) or a server such as https://mast.stsci.edu."""
+
+    url: str = EMULATOR
+    s3_endpoint: Optional[str] = None
+    cloud: bool = True
+    s3_bucket: str = "stpubdata"
+    pagesize: int = 50000
+    timeout: float = 600.0
+
+    def endpoints(self, home: Home) -> tuple[str, Optional[str]]:
+        """The MAST base URL and S3 endpoint (``None``: AWS) to use, starting the emulator if asked."""
+        if self.url == EMULATOR:
+            from .emulator import embedded
+
+            emulator = embedded(home.root)
+            return emulator.url, emulator.s3_endpoint
+        return self.url.rstrip("/"), self.s3_endpoint
+
+    def client(self, home: Home) -> ObservationsClass:
+        server, s3_endpoint = self.endpoints(home)
+        return observations_client(
+            server, s3_endpoint=s3_endpoint, cloud=self.cloud, timeout=self.timeout, pagesize=self.pagesize
+        )
+
+    def download_url(self, home: Home) -> str:
+        return self.endpoints(home)[0] + "/api/v0.1/Download/file"
+
+
+class DownloaderResource(ConfigurableResource):
+    """How files are fetched: parallelism, timeouts and retries."""
+
+    parallel: int = 4
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    retries: int = 5
+    backoff_base: float = 1.0
+    backoff_max: float = 30.0
+    prefer_s3: bool = True
+    verify_existing: bool = False
+
+    def config(self, archive: ArchiveResource, home: Home) -> DownloadConfig:
+        return DownloadConfig(
+            parallel=self.parallel,
+            connect_timeout=self.connect_timeout,
+            read_timeout=self.read_timeout,
+            retries=self.retries,
+            backoff_base=self.backoff_base,
+            backoff_max=self.backoff_max,
+            s3_bucket=archive.s3_bucket,
+            s3_endpoint=archive.endpoints(home)[1],
+            prefer_s3=self.prefer_s3 and archive.cloud,
+            verify_existing=self.verify_existing,
+        )
+
+
+def default_resources() -> dict[str, ConfigurableResource]:
+    """Resources configured from the environment (see the README's configuration reference)."""
+    env = os.environ
+    return {
+        "home": HomeResource(root=env.get(HOME_ENV) or ".skyassets"),
+        "watchlist": WatchlistResource(path=env.get("SKYASSETS_WATCHLIST") or DEFAULT_WATCHLIST),
+        "archive": ArchiveResource(
+            url=env.get("SKYASSETS_MAST_URL") or EMULATOR,
+            s3_endpoint=env.get("SKYASSETS_S3_ENDPOINT") or None,
+            cloud=env.get("SKYASSETS_CLOUD", "1") not in ("0", "false", "no"),
+        ),
+        "downloader": DownloaderResource(parallel=int(env.get("SKYASSETS_DOWNLOAD_PARALLEL") or 4)),
+    }

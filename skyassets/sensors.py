@@ -1,0 +1,51 @@
+"""Sensors: react to events outside Dagster's own graph."""
+
+from __future__ import annotations
+
+from dagster import (
+    AssetKey,
+    DefaultSensorStatus,
+    RunRequest,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    sensor,
+)
+
+from .jobs import observation_job
+from .lake import read_parquet
+from .names import InvalidNameError, validate_obs_id
+from .partitions import add_observations_request, observations_partitions
+
+MAST_OBSERVATIONS = AssetKey("mast_observations")
+
+
+@sensor(
+    job=observation_job,
+    minimum_interval_seconds=30,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Adds a partition for each new observation in mast_observations and requests its run.",
+)
+def new_observations_sensor(context: SensorEvaluationContext):
+    event = context.instance.get_latest_materialization_event(MAST_OBSERVATIONS)
+    if event is None or event.asset_materialization is None:
+        return SkipReason("mast_observations has not been materialised yet")
+    if context.cursor and int(context.cursor) >= event.storage_id:
+        return SkipReason("no new materialisation of mast_observations")
+    path = event.asset_materialization.metadata["path"].value
+    known = set(context.instance.get_dynamic_partitions(observations_partitions.name))
+    new = []
+    for obs_id in read_parquet(path)["obs_id"]:
+        if obs_id in known:
+            continue
+        try:
+            new.append(validate_obs_id(obs_id))
+        except InvalidNameError as err:
+            context.log.error(str(err))
+    new = sorted(set(new))
+    context.log.info(f"{len(new)} new observations in {path}")
+    return SensorResult(
+        run_requests=[RunRequest(partition_key=obs_id, run_key=f"{obs_id}@{event.storage_id}") for obs_id in new],
+        dynamic_partitions_requests=[add_observations_request(new)] if new else [],
+        cursor=str(event.storage_id),
+    )

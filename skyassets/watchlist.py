@@ -1,0 +1,192 @@
+"""The watchlist: which parts of MAST skyassets keeps fresh.
+
+A YAML file of entries, each searching MAST one way (target name, coordinates and radius,
+observation id or program id) with optional criteria, plus which products of the observations
+found are downloaded. Errors name the file and the entry, so a typo never turns into a silent
+empty query.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import astropy.units as u
+import yaml
+from astropy.coordinates import Angle, SkyCoord
+
+DEFAULT_WATCHLIST = "packaged:watchlist.yaml"
+
+SEARCH_KEYS = ("target", "coordinates", "obs_id", "program")
+CRITERIA_KEYS = {
+    # watchlist key -> CAOM column
+    "collection": "obs_collection",
+    "instrument": "instrument_name",
+    "filters": "filters",
+    "calib_level": "calib_level",
+    "product_type": "dataproduct_type",
+    "exposure": "t_exptime",
+}
+ENTRY_KEYS = {"name", "radius", "products", *SEARCH_KEYS, *CRITERIA_KEYS}
+PRODUCT_KEYS = {"product_type", "subgroups", "extensions", "calib_level"}
+
+
+class WatchlistError(ValueError):
+    """The watchlist file cannot be used as written."""
+
+
+@dataclass(frozen=True)
+class ProductSpec:
+    """Which products of an observation to download (MAST product-list columns)."""
+
+    product_type: tuple[str, ...] = ("SCIENCE",)
+    # Calibrated exposures (JWST CAL, HST FLT/FLC) and level-3 mosaics (JWST I2D, HST DRZ/DRC).
+    subgroups: tuple[str, ...] = ("CAL", "I2D", "FLT", "FLC", "DRZ", "DRC")
+    extensions: tuple[str, ...] = (".fits",)
+    calib_level: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class WatchlistEntry:
+    name: str
+    target: str | None = None
+    coordinates: SkyCoord | None = None
+    radius: Angle = field(default_factory=lambda: Angle(0.2, u.deg))
+    obs_id: tuple[str, ...] = ()
+    program: tuple[str, ...] = ()
+    criteria: dict[str, Any] = field(default_factory=dict)
+    products: ProductSpec = ProductSpec()
+
+    @property
+    def kind(self) -> str:
+        for key in SEARCH_KEYS:
+            if getattr(self, key) not in (None, ()):
+                return key
+        raise AssertionError("validated entries always have a search key")
+
+
+@dataclass(frozen=True)
+class Watchlist:
+    path: str
+    entries: tuple[WatchlistEntry, ...]
+
+    def entry(self, name: str) -> WatchlistEntry:
+        for entry in self.entries:
+            if entry.name == name:
+                return entry
+        raise KeyError(f"{self.path}: no watchlist entry named {name!r}")
+
+
+def _as_tuple(value: Any) -> tuple:
+    if value is None:
+        return ()
+    if isinstance(value, (list, tuple)):
+        return tuple(value)
+    return (value,)
+
+
+def _parse_coordinates(value: Any) -> SkyCoord:
+    if isinstance(value, dict):
+        return SkyCoord(float(value["ra"]), float(value["dec"]), unit="deg", frame="icrs")
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        return SkyCoord(float(value[0]), float(value[1]), unit="deg", frame="icrs")
+    text = str(value)
+    unit = (u.deg, u.deg) if ":" not in text and "h" not in text else (u.hourangle, u.deg)
+    return SkyCoord(text, unit=unit, frame="icrs")
+
+
+def _parse_products(raw: Any, base: ProductSpec, where: str) -> ProductSpec:
+    if raw is None:
+        return base
+    if not isinstance(raw, dict) or not set(raw) <= PRODUCT_KEYS:
+        raise WatchlistError(f"{where}: 'products' takes the keys {sorted(PRODUCT_KEYS)}")
+    extensions = tuple(e if e.startswith(".") else f".{e}" for e in _as_tuple(raw.get("extensions")))
+    return ProductSpec(
+        product_type=tuple(str(v).upper() for v in _as_tuple(raw.get("product_type"))) or base.product_type,
+        subgroups=tuple(str(v).upper() for v in _as_tuple(raw.get("subgroups"))) or base.subgroups,
+        extensions=extensions or base.extensions,
+        calib_level=tuple(int(v) for v in _as_tuple(raw.get("calib_level"))) or base.calib_level,
+    )
+
+
+def _parse_criteria(raw: dict[str, Any], where: str) -> dict[str, Any]:
+    criteria: dict[str, Any] = {}
+    for key, column in CRITERIA_KEYS.items():
+        if key not in raw:
+            continue
+        value = raw[key]
+        if key == "exposure":
+            values = _as_tuple(value)
+            if len(values) != 2:
+                raise WatchlistError(f"{where}: 'exposure' is a range [min, max] in seconds")
+            criteria[column] = [float(values[0]), float(values[1])]
+        elif key == "calib_level":
+            criteria[column] = [int(v) for v in _as_tuple(value)]
+        else:
+            criteria[column] = [str(v) for v in _as_tuple(value)]
+    return criteria
+
+
+def _parse_entry(raw: Any, index: int, base_products: ProductSpec, path: str) -> WatchlistEntry:
+    where = f"{path}: entry {index + 1}"
+    if not isinstance(raw, dict):
+        raise WatchlistError(f"{where} is not a mapping")
+    if "name" in raw:
+        where = f"{path}: entry {raw['name']!r}"
+    unknown = set(raw) - ENTRY_KEYS
+    if unknown:
+        raise WatchlistError(f"{where}: unknown keys {sorted(unknown)}; known keys are {sorted(ENTRY_KEYS)}")
+    searches = [key for key in SEARCH_KEYS if raw.get(key) not in (None, "", [])]
+    if len(searches) != 1:
+        raise WatchlistError(f"{where}: give exactly one of {', '.join(SEARCH_KEYS)} (found {searches or 'none'})")
+    kind = searches[0]
+    name = str(raw.get("name") or f"{kind}:{raw[kind]}")
+    try:
+        radius = Angle(raw.get("radius", "0.2 deg"))
+        if radius.unit.physical_type != "angle" or radius.deg <= 0 or radius.deg > 30:
+            raise ValueError("radius must be an angle between 0 and 30 degrees")
+        coordinates = _parse_coordinates(raw["coordinates"]) if kind == "coordinates" else None
+    except (ValueError, KeyError, u.UnitsError) as err:
+        raise WatchlistError(f"{where}: {err}") from err
+    return WatchlistEntry(
+        name=name,
+        target=str(raw["target"]) if kind == "target" else None,
+        coordinates=coordinates,
+        radius=radius,
+        obs_id=tuple(str(v) for v in _as_tuple(raw.get("obs_id"))),
+        program=tuple(str(v) for v in _as_tuple(raw.get("program"))),
+        criteria=_parse_criteria(raw, where),
+        products=_parse_products(raw.get("products"), base_products, where),
+    )
+
+
+def parse_watchlist(text: str, path: str = "<watchlist>") -> Watchlist:
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise WatchlistError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(raw, dict) or not isinstance(raw.get("entries"), list) or not raw["entries"]:
+        raise WatchlistError(f"{path}: expected a mapping with a non-empty 'entries' list")
+    defaults = raw.get("defaults") or {}
+    base = _parse_products(defaults.get("products"), ProductSpec(), f"{path}: defaults")
+    entries = tuple(_parse_entry(item, i, base, path) for i, item in enumerate(raw["entries"]))
+    names = [entry.name for entry in entries]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise WatchlistError(f"{path}: entry names must be unique; repeated: {duplicates}")
+    return Watchlist(path=path, entries=entries)
+
+
+def load_watchlist(path: str | Path = DEFAULT_WATCHLIST) -> Watchlist:
+    """Read a watchlist file; ``packaged:NAME`` reads one shipped inside skyassets."""
+    path = str(path)
+    if path.startswith("packaged:"):
+        text = resources.files("skyassets").joinpath(path.removeprefix("packaged:")).read_text()
+        return parse_watchlist(text, path)
+    try:
+        text = Path(path).read_text()
+    except OSError as err:
+        raise WatchlistError(f"{path}: cannot read the watchlist: {err.strerror}") from err
+    return parse_watchlist(text, path)
