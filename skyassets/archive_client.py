@@ -42,10 +42,17 @@ def _routed_simple_request(url: str, params: Any = None):
     return _original_simple_request(url, params)
 
 
-def _route_hard_coded_hosts(server: str) -> None:
-    """Send astroquery's resolver and path-lookup calls to ``server`` (process-wide)."""
+def _route_hard_coded_hosts(server: str | None) -> None:
+    """Send astroquery's resolver and path-lookup calls to ``server`` (``None``: the real hosts).
+
+    The route is process-wide (astroquery calls these hosts from module functions), so the client
+    made last decides it; one process works with one archive.
+    """
     with _route_lock:
-        _route["server"] = server
+        if server:
+            _route["server"] = server
+        else:
+            _route.pop("server", None)
         mast_utils._simple_request = _routed_simple_request
 
 
@@ -94,6 +101,8 @@ def observations_client(
         portal.MAST_DOWNLOAD_URL = server + "/api/v0.1/Download/file"
         portal.MAST_BUNDLE_URL = server + "/api/v0.1/Download/bundle"
         _route_hard_coded_hosts(server)
+    else:
+        _route_hard_coded_hosts(None)
     if cloud:
         client.enable_cloud_dataset(verbose=False)
         if s3_endpoint:

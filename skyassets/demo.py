@@ -35,7 +35,7 @@ def run_demo(home: Home, dagster_home: Path) -> int:
     server, s3 = archive.endpoints(home)
     print(f"MAST:           {archive.url} ({server}; S3 {s3 or 'AWS'})")
 
-    result = defs.get_job_def("watchlist_job").execute_in_process(instance=instance, raise_on_error=False)
+    result = defs.resolve_job_def("watchlist_job").execute_in_process(instance=instance, raise_on_error=False)
     if not result.success:
         print("The watchlist query failed; see the run in the Dagster UI.")
         return 1
@@ -50,7 +50,7 @@ def run_demo(home: Home, dagster_home: Path) -> int:
         instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
     run_requests = list(getattr(sensor_result, "run_requests", []) or [])
     print(f"\nThe sensor added {len(run_requests)} observation partitions; running each:")
-    job = defs.get_job_def("observation_job")
+    job = defs.resolve_job_def("observation_job")
     failures = 0
     totals = {"downloaded": 0, "skipped": 0, "verified": 0, "bytes": 0, "seconds": 0.0}
     for request in run_requests:

@@ -27,9 +27,10 @@ MAST_OBSERVATIONS = AssetKey("mast_observations")
     description="Adds a partition for each new observation in mast_observations and requests its run.",
 )
 def new_observations_sensor(context: SensorEvaluationContext):
-    event = context.instance.get_latest_materialization_event(MAST_OBSERVATIONS)
-    if event is None or event.asset_materialization is None:
+    records = context.instance.fetch_materializations(MAST_OBSERVATIONS, limit=1).records
+    if not records:
         return SkipReason("mast_observations has not been materialised yet")
+    event = records[0]
     if context.cursor and int(context.cursor) >= event.storage_id:
         return SkipReason("no new materialisation of mast_observations")
     path = event.asset_materialization.metadata["path"].value

@@ -28,12 +28,13 @@ def test_packaged_watchlist_finds_public_observations_and_counts_proprietary(emu
 def test_each_search_kind(emu, client):
     jwst = [o for o in emu.sky.observations if o["obs_collection"] == "JWST"]
     first = jwst[0]
+    target = next(t["name"] for t in emu.sky.targets if t["target_name"] == first["target_name"])
     wl = parse_watchlist(
         f"""
 entries:
   - {{name: by-id, obs_id: {first['obs_id']}}}
   - {{name: by-program, program: "{first['proposal_id']}"}}
-  - {{name: by-target, target: "{first['target_name']}", radius: 5 arcmin}}
+  - {{name: by-target, target: "{target}", radius: 5 arcmin}}
   - {{name: by-cone, coordinates: "{first['s_ra']} {first['s_dec']}", radius: 1 arcmin, collection: JWST}}
 """
     )

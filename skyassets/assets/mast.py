@@ -162,8 +162,11 @@ def fits_files(
     seconds = time.monotonic() - started
     failed = [r for r in results if r.status == "failed"]
     if failed:
+        listed = "; ".join(str(r.error) for r in failed[:5])
+        more = f" and {len(failed) - 5} more" if len(failed) > 5 else ""
         raise Failure(
-            f"{len(failed)} of {len(results)} files failed; verified files are kept and a retry resumes the rest",
+            f"{len(failed)} of {len(results)} files failed ({listed}{more}); "
+            "verified files are kept and a retry resumes the rest",
             metadata={"failed": MetadataValue.md("\n".join(f"- `{r.filename}`: {r.error}" for r in failed))},
         )
     manifest = pd.DataFrame(

@@ -84,17 +84,26 @@ def dagster_dev(tmp_path):
                 os.killpg(process.pid, signal.SIGKILL)
 
 
+def _errors(instance: DagsterInstance, run_id: str) -> str:
+    runs = [(r.job_name, r.tags.get("dagster/partition"), r.status.value) for r in instance.get_runs()]
+    return f"runs: {runs}\n" + "\n".join(
+        str(e.dagster_event.event_specific_data) if e.dagster_event else e.user_message
+        for e in instance.all_logs(run_id)
+        if e.level >= 40
+    )
+
+
 def test_dagster_dev_runs_the_observation_job_for_one_partition(dagster_dev):
     client, dagster_home, home, obs_id = dagster_dev
-    watchlist_run = client.submit_job_execution("watchlist_job")
-    assert _wait_for_run(client, watchlist_run) == DagsterRunStatus.SUCCESS
-
     instance = DagsterInstance.from_config(str(dagster_home))
+    watchlist_run = client.submit_job_execution("watchlist_job")
+    assert _wait_for_run(client, watchlist_run) == DagsterRunStatus.SUCCESS, _errors(instance, watchlist_run)
+
     # The daemon's sensor adds the partition; make sure it exists before launching by hand too.
     if obs_id not in instance.get_dynamic_partitions("observations"):
         instance.add_dynamic_partitions("observations", [obs_id])
     run_id = client.submit_job_execution("observation_job", tags={"dagster/partition": obs_id})
-    assert _wait_for_run(client, run_id) == DagsterRunStatus.SUCCESS
+    assert _wait_for_run(client, run_id) == DagsterRunStatus.SUCCESS, _errors(instance, run_id)
 
     manifest = home / "lake" / "fits_files" / f"{obs_id}.parquet"
     assert manifest.exists()

@@ -1,0 +1,35 @@
+"""``python -m skyassets.emulator``: serve the emulator until Ctrl-C (beside ``dagster dev`` or a benchmark)."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+from pathlib import Path
+
+from . import Emulator, SkySpec
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m skyassets.emulator", description=__doc__)
+    parser.add_argument("--home", type=Path, required=True, help="folder for the generated sky cache")
+    parser.add_argument("--port", type=int, default=0, help="MAST HTTP port (0 = any free port)")
+    parser.add_argument("--s3-port", type=int, default=0, help="S3 port (0 = any free port)")
+    parser.add_argument("--image-size", type=int, default=SkySpec().image_size, help="image side in pixels")
+    parser.add_argument("--no-s3", action="store_true", help="do not start the S3 server")
+    args = parser.parse_args(argv)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with Emulator(args.home, SkySpec(image_size=args.image_size), s3=not args.no_s3,
+                  port=args.port, s3_port=args.s3_port) as emu:
+        print(f"MAST emulator: {emu.url}", flush=True)
+        print(f"S3 endpoint:   {emu.s3_endpoint}", flush=True)
+        print(f"sky files:     {emu.sky.root}", flush=True)
+        try:
+            stop.wait()
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,522 @@
+"""The loopback HTTP server speaking the part of the MAST API that astroquery uses.
+
+Portal queries (``/api/v0/invoke``), column configs, the SANTA name resolver, the cloud path
+lookup and ``Download/file`` with byte ranges, plus fault injection on downloads and a request
+log, so that download code can be tested against the failures real networks produce.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import socket
+import threading
+import time
+from dataclasses import asdict, dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlsplit
+
+if TYPE_CHECKING:
+    from .sky import Sky
+
+CHUNK = 1 << 20
+FAULT_KINDS = ("drop", "ignore_range", "stall", "status", "corrupt")
+
+# CAOM observation columns: name -> (portal type, columnsconfig vot.datatype).
+OBS_COLUMNS: dict[str, tuple[str, str]] = {
+    "intentType": ("string", "char"),
+    "obs_collection": ("string", "char"),
+    "instrument_name": ("string", "char"),
+    "project": ("string", "char"),
+    "filters": ("string", "char"),
+    "wavelength_region": ("string", "char"),
+    "target_name": ("string", "char"),
+    "target_classification": ("string", "char"),
+    "obs_id": ("string", "char"),
+    "s_ra": ("float", "double"),
+    "s_dec": ("float", "double"),
+    "dataproduct_type": ("string", "char"),
+    "proposal_pi": ("string", "char"),
+    "calib_level": ("int", "int"),
+    "t_min": ("float", "double"),
+    "t_max": ("float", "double"),
+    "t_exptime": ("float", "double"),
+    "em_min": ("float", "double"),
+    "em_max": ("float", "double"),
+    "obs_title": ("string", "char"),
+    "t_obs_release": ("float", "double"),
+    "proposal_id": ("string", "char"),
+    "s_region": ("string", "char"),
+    "jpegURL": ("string", "char"),
+    "dataURL": ("string", "char"),
+    "dataRights": ("string", "char"),
+    "mtFlag": ("boolean", "boolean"),
+    "srcDen": ("float", "float"),
+    "obsid": ("string", "long"),
+    "objID": ("string", "long"),
+}
+SEPARATED = {"obs_collection", "project", "filters", "wavelength_region", "target_classification"}
+
+PRODUCT_COLUMNS: dict[str, str] = {
+    "obsID": "string", "obs_collection": "string", "dataproduct_type": "string",
+    "obs_id": "string", "description": "string", "type": "string", "dataURI": "string",
+    "productType": "string", "productGroupDescription": "string",
+    "productSubGroupDescription": "string", "productDocumentationURL": "string",
+    "project": "string", "prvversion": "string", "proposal_id": "string",
+    "productFilename": "string", "size": "int", "parent_obsid": "string",
+    "dataRights": "string", "calib_level": "int", "filters": "string",
+}
+
+
+@dataclass
+class Fault:
+    """One injected failure on ``Download/file``; ``times`` counts down (-1 = forever)."""
+
+    kind: str
+    match: str = ""
+    after_bytes: int = 0
+    times: int = 1
+    seconds: float = 0.0
+    offset: int = 0
+    status: int = 503
+
+
+class Faults:
+    """The armed faults; each download takes the first one matching its uri."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._faults: list[Fault] = []
+
+    def add(self, kind: str, *, match: str = "", after_bytes: int = 0, times: int = 1,
+            seconds: float = 0.0, offset: int = 0, status: int = 503) -> Fault:
+        if kind not in FAULT_KINDS:
+            raise ValueError(f"unknown fault kind {kind!r}; expected one of {FAULT_KINDS}")
+        fault = Fault(kind, match, int(after_bytes), int(times), float(seconds), int(offset), int(status))
+        with self._lock:
+            self._faults.append(fault)
+        return fault
+
+    def clear(self) -> None:
+        with self._lock:
+            self._faults.clear()
+
+    def take(self, method: str, uri: str) -> Fault | None:
+        """The fault this request suffers (counting it down), or None."""
+        with self._lock:
+            for fault in self._faults:
+                if fault.times == 0 or fault.match not in uri:
+                    continue
+                if method == "HEAD" and fault.kind != "status":
+                    continue
+                if fault.times > 0:
+                    fault.times -= 1
+                return Fault(**asdict(fault))
+        return None
+
+    def list(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [asdict(f) for f in self._faults]
+
+
+class RequestLog(list):
+    """A list of request records that many server threads append to."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+
+    def append(self, item: dict[str, Any]) -> None:
+        with self._lock:
+            super().append(item)
+
+    def clear(self) -> None:
+        with self._lock:
+            super().clear()
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [dict(x) for x in self]
+
+
+def _column_config(colconf: str) -> dict[str, Any]:
+    if colconf == "Mast.Caom.Products":
+        return {name: {"text": name, "vot.datatype": "int" if t == "int" else "char", "type": t}
+                for name, t in PRODUCT_COLUMNS.items()}
+    if not colconf.startswith("Mast.Caom."):
+        return {}
+    config: dict[str, Any] = {"_selected_": {"text": "selected", "type": "boolean", "hidden": True}}
+    for name, (_, vot) in OBS_COLUMNS.items():
+        entry: dict[str, Any] = {"text": name, "vot.datatype": vot, "vot.ID": name, "vot.name": name}
+        if name in SEPARATED:
+            entry["separator"] = ";"
+        config[name] = entry
+    config["distance"] = {"text": 'Distance (")', "vot.datatype": "float", "vot.unit": "arcsec"}
+    return config
+
+
+def angular_distance_deg(ra1: float, dec1: float, ra2: float, dec2: float) -> float:
+    """Great-circle distance (haversine, stable at small angles)."""
+    r1, d1, r2, d2 = map(math.radians, (ra1, dec1, ra2, dec2))
+    h = math.sin((d2 - d1) / 2) ** 2 + math.cos(d1) * math.cos(d2) * math.sin((r2 - r1) / 2) ** 2
+    return math.degrees(2 * math.asin(min(1.0, math.sqrt(h))))
+
+
+def _like(pattern: str) -> re.Pattern[str]:
+    parts = [re.escape(p) for p in pattern.split("%")]
+    return re.compile("^" + ".*".join(parts) + "$", re.IGNORECASE | re.DOTALL)
+
+
+def _matches(row: dict[str, Any], flt: dict[str, Any]) -> bool:
+    """One portal filter entry: discrete values (OR), a wildcard, or continuous ranges."""
+    name = next((c for c in OBS_COLUMNS if c.lower() == str(flt.get("paramName", "")).lower()), None)
+    if name is None:
+        raise KeyError(flt.get("paramName"))
+    value = row.get(name)
+    values = flt.get("values") or []
+    free = flt.get("freeText")
+    if values and isinstance(values[0], dict):
+        if value is None:
+            return False
+        return any(float(v["min"]) <= float(value) <= float(v["max"]) for v in values)
+    if value is None:
+        return False
+    text = str(value).lower()
+    items = [text] + ([p.strip() for p in text.split(flt["separator"])] if flt.get("separator") else [])
+    if any(str(v).lower() in items for v in values):
+        return True
+    if free and any(_like(free).match(i) for i in items):
+        return True
+    return not values and not free
+
+
+class MastHandler(BaseHTTPRequestHandler):
+    """Routes one request; the emulator state hangs off ``self.server``."""
+
+    protocol_version = "HTTP/1.1"
+    server: "MastServer"
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet by design
+        pass
+
+    # -------------------------------------------------------------- helpers
+    def _send_json(self, obj: Any, status: int = 200, method: str = "GET") -> None:
+        body = json.dumps(obj).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if method != "HEAD":
+            self.wfile.write(body)
+        self._log(status, len(body) if method != "HEAD" else 0)
+
+    def _log(self, status: int, sent: int, uri: str | None = None) -> dict[str, Any]:
+        entry = {"method": self.command, "path": urlsplit(self.path).path, "uri": uri,
+                 "range": self.headers.get("Range"), "status": status, "bytes_sent": sent}
+        self.server.requests.append(entry)
+        return entry
+
+    def _body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    # --------------------------------------------------------------- routing
+    def do_GET(self) -> None:
+        self._route("GET")
+
+    def do_HEAD(self) -> None:
+        self._route("HEAD")
+
+    def do_POST(self) -> None:
+        self._route("POST")
+
+    def do_DELETE(self) -> None:
+        self._route("DELETE")
+
+    def _route(self, method: str) -> None:
+        parts = urlsplit(self.path)
+        path = parts.path.rstrip("/")
+        query = parse_qs(parts.query, keep_blank_values=True)
+        try:
+            if path == "/api/v0.1/Download/file" and method in ("GET", "HEAD"):
+                self._download(method, (query.get("uri") or [""])[0])
+            elif path == "/api/v0/invoke" and method == "POST":
+                form = parse_qs(self._body().decode())
+                self._send_json(self.server.invoke(json.loads(form["request"][0])))
+            elif path == "/portal/Mashup/Mashup.asmx/columnsconfig" and method == "POST":
+                form = parse_qs(self._body().decode())
+                self._send_json(_column_config((form.get("colConfigId") or [""])[0]))
+            elif path == "/Santa-war/query" and method in ("GET", "POST"):
+                self._send_json(self.server.resolve(query.get("name", []), query.get("resolver", [None])[0],
+                                                    (query.get("resolveAll") or ["false"])[0]))
+            elif path == "/api/v0.1/path_lookup" and method == "GET":
+                self._send_json(self.server.path_lookup(query.get("uri", [])))
+            elif path == "/_emulator/faults" and method == "POST":
+                fault = self.server.faults.add(**json.loads(self._body() or b"{}"))
+                self._send_json(asdict(fault))
+            elif path == "/_emulator/faults" and method == "DELETE":
+                self.server.faults.clear()
+                self._send_json({"cleared": True})
+            elif path == "/_emulator/faults" and method == "GET":
+                self._send_json(self.server.faults.list())
+            elif path == "/_emulator/requests" and method == "GET":
+                self._send_json(self.server.requests.snapshot())
+            else:
+                self._send_json({"status": "ERROR", "msg": f"no route for {method} {path}"}, 404, method)
+        except (ValueError, KeyError, TypeError, json.JSONDecodeError) as exc:
+            self._send_json({"status": "ERROR", "msg": f"bad request: {exc!r}"}, 400, method)
+        except (ConnectionError, socket.timeout):
+            self.close_connection = True
+
+    # ------------------------------------------------------------- download
+    def _download(self, method: str, uri: str) -> None:
+        entry = self.server.sky_file(uri)
+        if entry is None:
+            body = f"File {uri} not found".encode()
+            self.send_response(404)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if method == "GET":
+                self.wfile.write(body)
+            self._log(404, 0, uri)
+            return
+        path, size, md5, rights = entry
+        if rights != "PUBLIC":
+            self.send_response(401)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            self._log(401, 0, uri)
+            return
+        fault = self.server.faults.take(method, uri)
+        if fault and fault.kind == "status":
+            self.send_response(fault.status)
+            self.send_header("Content-Length", "0")
+            if fault.status in (429, 503):
+                self.send_header("Retry-After", "1")
+            self.end_headers()
+            self._log(fault.status, 0, uri)
+            return
+        etag = f'"{md5}"'
+        start, end = 0, size - 1
+        status = 200
+        range_header = self.headers.get("Range")
+        if_range = self.headers.get("If-Range")
+        use_range = range_header and (if_range is None or if_range.strip() == etag)
+        if use_range and not (fault and fault.kind == "ignore_range"):
+            parsed = _parse_range(range_header, size)
+            if parsed is None:
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{size}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                self._log(416, 0, uri)
+                return
+            start, end = parsed
+            status = 206
+        length = end - start + 1
+        self.send_response(status)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(length))
+        self.send_header("Accept-Ranges", "bytes")
+        self.send_header("ETag", etag)
+        self.send_header("Content-Disposition", f"attachment; filename={Path(uri).name}")
+        if status == 206:
+            self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+        self.end_headers()
+        log = self._log(status, 0, uri)
+        if method == "HEAD":
+            return
+        limit = length
+        if fault and fault.kind in ("drop", "stall"):
+            limit = min(length, max(fault.after_bytes, 0))
+        corrupt_at = fault.offset if fault and fault.kind == "corrupt" else None
+        try:
+            log["bytes_sent"] = self._stream(path, start, limit, corrupt_at, log)
+        finally:
+            if fault and fault.kind in ("drop", "stall") and limit < length:
+                if fault.kind == "stall":
+                    time.sleep(fault.seconds)
+                self._abort()
+
+    def _stream(self, path: Path, start: int, count: int, corrupt_at: int | None,
+                log: dict[str, Any]) -> int:
+        sent = 0
+        with open(path, "rb") as f:
+            if corrupt_at is None or not (start <= corrupt_at < start + count):
+                # Fast path: the kernel copies file to socket.
+                f.seek(start)
+                while sent < count:
+                    n = self.connection.sendfile(f, start + sent, min(count - sent, 64 * CHUNK))
+                    if not n:
+                        break
+                    sent += n
+                    log["bytes_sent"] = sent
+                return sent
+            f.seek(start)
+            while sent < count:
+                chunk = bytearray(f.read(min(CHUNK, count - sent)))
+                if not chunk:
+                    break
+                pos = start + sent
+                if pos <= corrupt_at < pos + len(chunk):
+                    chunk[corrupt_at - pos] ^= 0xFF
+                self.wfile.write(chunk)
+                sent += len(chunk)
+                log["bytes_sent"] = sent
+        return sent
+
+    def _abort(self) -> None:
+        """Close the connection mid-body, as a broken network would. A FIN rather than a reset, so
+        the client reliably receives the bytes sent before the cut and then sees a short body."""
+        self.close_connection = True
+        try:
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+def _parse_range(header: str, size: int) -> tuple[int, int] | None:
+    """``bytes=N-``, ``bytes=N-M`` or ``bytes=-S`` (one range); None when unsatisfiable."""
+    m = re.fullmatch(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*", header)
+    if not m or (not m.group(1) and not m.group(2)):
+        return None
+    if not m.group(1):
+        suffix = int(m.group(2))
+        if suffix == 0:
+            return None
+        return max(size - suffix, 0), size - 1
+    start = int(m.group(1))
+    end = int(m.group(2)) if m.group(2) else size - 1
+    if start >= size or end < start:
+        return None
+    return start, min(end, size - 1)
+
+
+class MastServer(ThreadingHTTPServer):
+    """The HTTP server holding the sky, the faults and the request log."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, sky: "Sky", host: str = "127.0.0.1", port: int = 0):
+        super().__init__((host, port), MastHandler)
+        self.sky = sky
+        self.faults = Faults()
+        self.requests = RequestLog()
+        # Guards the sky's rows and files, which ``Emulator.publish`` extends while serving.
+        self.lock = threading.Lock()
+
+    # ---------------------------------------------------------- lookups
+    def sky_file(self, uri: str) -> tuple[Path, int, str, str] | None:
+        """(path, size, md5, dataRights) of a product, or None."""
+        with self.lock:
+            hit = self.sky.files.get(uri)
+            if hit is None:
+                return None
+            rights = next((r["dataRights"] for rows in self.sky.products.values() for r in rows
+                           if r["dataURI"] == uri), "PUBLIC")
+            return (*hit, rights)
+
+    def path_lookup(self, uris: list[str]) -> dict[str, Any]:
+        out = {}
+        with self.lock:
+            for uri in uris:
+                path = self.sky.path_for(uri)
+                out[uri] = {"status_code": 200 if path else 404, "path": path}
+        return out
+
+    def resolve(self, names: list[str], resolver: str | None, resolve_all: str) -> dict[str, Any]:
+        """SANTA: one entry per resolver (SIMBAD, NED) for known names, searchString lower-cased."""
+        found = []
+        for name in names:
+            key = " ".join(name.lower().split())
+            for t in self.sky.targets:
+                if key in [t["name"].lower(), *t["aliases"]]:
+                    for res in ("SIMBAD", "NED"):
+                        if resolver and resolve_all.lower() != "true" and res != resolver.upper():
+                            continue
+                        found.append({
+                            "searchString": name.lower(), "resolver": res, "cached": True,
+                            "resolverTime": 1, "searchRadius": -1.0, "canonicalName": t["name"],
+                            "ra": t["ra"], "decl": t["dec"], "objectType": "G",
+                        })
+                        if not resolver and resolve_all.lower() != "true":
+                            break
+        return {"resolvedCoordinate": found, "status": ""}
+
+    # ------------------------------------------------------------ portal
+    def invoke(self, request: dict[str, Any]) -> dict[str, Any]:
+        service = request.get("service", "")
+        params = request.get("params") or {}
+        pagesize = int(request.get("pagesize") or 50000)
+        page = int(request.get("page") or 1)
+        with self.lock:
+            observations = list(self.sky.observations)
+            products = {k: list(v) for k, v in self.sky.products.items()}
+        try:
+            if service == "Mast.Caom.Cone":
+                ra, dec, radius = float(params["ra"]), float(params["dec"]), float(params["radius"])
+                rows = _cone(observations, ra, dec, radius)
+                fields = {**{c: t for c, (t, _) in OBS_COLUMNS.items()}, "distance": "float"}
+            elif service in ("Mast.Caom.Filtered", "Mast.Caom.Filtered.Position"):
+                rows = observations
+                fields = {c: t for c, (t, _) in OBS_COLUMNS.items()}
+                if service.endswith("Position"):
+                    if not params.get("position"):
+                        raise KeyError("position")
+                    ra, dec, radius = (float(x) for x in str(params["position"]).split(","))
+                    rows = _cone(rows, ra, dec, radius)
+                    fields["distance"] = "float"
+                for flt in params.get("filters") or []:
+                    rows = [r for r in rows if _matches(r, flt)]
+                if str(params.get("columns", "*")).strip().upper().startswith("COUNT_BIG"):
+                    return _page([{"Column1": len(rows)}], {"Column1": "string"}, 50000, 1)
+            elif service == "Mast.Caom.Products":
+                ids = [x.strip() for x in str(params.get("obsid", "")).split(",") if x.strip()]
+                rows = [p for i in ids for p in products.get(i, [])]
+                fields = dict(PRODUCT_COLUMNS)
+            else:
+                return {"status": "ERROR", "msg": f"Unknown service {service!r}", "data": [], "fields": []}
+        except KeyError as exc:
+            return {"status": "ERROR", "msg": f"Missing or unknown parameter: {exc}", "data": [],
+                    "fields": []}
+        return _page(rows, fields, pagesize, page)
+
+
+def _cone(rows: list[dict[str, Any]], ra: float, dec: float, radius: float) -> list[dict[str, Any]]:
+    """Observations whose centre lies within ``radius`` degrees, nearest first, with distance."""
+    hits = []
+    for r in rows:
+        d = angular_distance_deg(ra, dec, r["s_ra"], r["s_dec"])
+        if d <= radius:
+            hits.append({**r, "distance": d * 3600.0})
+    hits.sort(key=lambda r: r["distance"])
+    return hits
+
+
+def _page(rows: list[dict[str, Any]], fields: dict[str, str], pagesize: int, page: int) -> dict[str, Any]:
+    pagesize = max(pagesize, 1)
+    total = len(rows)
+    pages = max(1, math.ceil(total / pagesize))
+    data = rows[(page - 1) * pagesize: page * pagesize]
+    return {
+        "status": "COMPLETE", "msg": "",
+        "fields": [{"name": n, "type": t} for n, t in fields.items()],
+        "data": data,
+        "paging": {"page": page, "pageSize": pagesize, "pagesFiltered": pages, "rows": len(data),
+                   "rowsFiltered": total, "rowsTotal": total},
+    }
+
+
+def serve_in_thread(server: MastServer) -> threading.Thread:
+    thread = threading.Thread(target=server.serve_forever, name="mast-emulator", daemon=True)
+    thread.start()
+    return thread
+
+
+__all__ = ["Fault", "Faults", "MastServer", "RequestLog", "serve_in_thread"]

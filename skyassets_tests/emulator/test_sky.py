@@ -1,0 +1,85 @@
+"""The synthetic sky: deterministic bytes, valid FITS with checksums, WCS consistent with truth."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+from astropy.wcs import WCS
+
+from skyassets.emulator import Emulator, SkySpec
+from skyassets.emulator.sky import Sky
+
+
+def test_same_spec_same_bytes(tmp_path: Path) -> None:
+    spec = SkySpec(image_size=64, pointings=1, stars_per_target=10)
+    a, b = Sky(tmp_path / "a", spec), Sky(tmp_path / "b", spec)
+    names = sorted(p.name for p in a.root.iterdir())
+    assert names == sorted(p.name for p in b.root.iterdir())
+    for name in names:
+        assert (a.root / name).read_bytes() == (b.root / name).read_bytes(), name
+    assert a.observations == b.observations
+    assert Sky(tmp_path / "a", spec).root == a.root  # reused, not regenerated
+
+
+def test_every_product_exists_with_its_size(emu: Emulator) -> None:
+    for rows in emu.sky.products.values():
+        for row in rows:
+            path, size, _ = emu.sky.files[row["dataURI"]]
+            assert path.stat().st_size == size == row["size"]
+            assert row["dataURI"].endswith("/" + row["productFilename"])
+
+
+def test_fits_files_have_valid_checksums_and_keywords(emu: Emulator) -> None:
+    for path in sorted(emu.sky.root.glob("*.fits")):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with fits.open(path, checksum=True) as hdus:
+                assert all("CHECKSUM" in h.header and "DATASUM" in h.header for h in hdus)
+                primary = hdus[0].header
+                assert primary["TELESCOP"] in ("JWST", "HST")
+                if primary["TELESCOP"] == "JWST":
+                    for key in ("FILTER", "PUPIL", "TARGNAME", "DATE-BEG", "EFFEXPTM", "PROGRAM", "ENG_QUAL"):
+                        assert key in primary
+                if path.name.endswith(("_cal.fits", "_i2d.fits", "_flt.fits", "_drz.fits")):
+                    assert [h.name for h in hdus] == ["PRIMARY", "SCI", "ERR", "DQ"]
+                    assert "PIXAR_SR" in hdus["SCI"].header
+
+
+def test_wcs_places_truth_stars_in_the_images(emu: Emulator) -> None:
+    truth = emu.sky.truth
+    for name in ("jw02736001001_02101_00001_nrcb1_cal.fits", "jw02736-o001_t003_nircam_clear-f444w_i2d.fits",
+                 "j8pu01abq_flt.fits"):
+        info = truth["files"][name]
+        stars = truth["targets"][info["target"]]["stars"]
+        with fits.open(emu.sky.root / name) as hdus:
+            sci = hdus["SCI"].data
+            header = hdus["SCI"].header
+            wcs = WCS(header)
+            assert header["CTYPE1"] == ("RA---TAN" if "_i2d" in name else "RA---TAN-SIP")
+            x, y = wcs.all_world2pix([s["ra"] for s in stars], [s["dec"] for s in stars], 0)
+            n = sci.shape[0]
+            inside = [i for i in range(len(stars)) if 10 < x[i] < n - 10 and 10 < y[i] < n - 10]
+            assert len(inside) >= 5
+            bright = max(inside, key=lambda i: stars[i]["flux_ujy"][info["filter"]])
+            cx, cy = int(round(x[bright])), int(round(y[bright]))
+            assert sci[cy, cx] > info["background"] + 20 * np.nanmedian(hdus["ERR"].data)
+            dq = hdus["DQ"].data
+            if info["saturated_star_ids"]:
+                assert (dq & (2 if name.startswith("jw") else 256)).any()
+            flagged = [c for c in info["cosmic_rays"] if c["flagged"]]
+            for cr in flagged:
+                assert dq[cr["y"], cr["x"]] & (4 if name.startswith("jw") else 4096)
+            assert np.isnan(sci[0, 0]) == name.startswith("jw")
+
+
+def test_truth_is_saved_beside_the_files(emu: Emulator) -> None:
+    truth = json.loads((emu.sky.root / "truth.json").read_text())
+    assert set(truth["targets"]) == {"NGC 3132", "NGC 628", "SMACS J0723.3-7327"}
+    psf = truth["psf"]
+    assert psf["F090W"]["fwhm_arcsec"] < psf["F200W"]["fwhm_arcsec"] < psf["F444W"]["fwhm_arcsec"]
+    backgrounds = {f["obs_id"]: f["background"] for f in truth["files"].values() if f["filter"] == "F090W"}
+    assert len(set(round(b, 6) for b in backgrounds.values())) > 1  # offsets between pointings
