@@ -19,6 +19,8 @@ This module does not import Dagster; progress goes to a plain callback.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -46,6 +48,7 @@ PART_SUFFIX = ".part"
 STATE_SUFFIX = ".part.json"
 SHA256_SUFFIX = ".sha256"
 CORRUPT_SUFFIX = ".corrupt"
+LOCK_SUFFIX = ".lock"
 
 _HASH_CHUNK = 8 << 20
 _CONTENT_RANGE_RE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
@@ -81,6 +84,10 @@ class DownloadConfig:
     verify_existing: bool = False
     progress_interval: float = 2.0
     fsync: bool = False
+    # "auto": compare the MD5 with a plain ETag unless the FITS CHECKSUM/DATASUM keywords already
+    # cover every HDU (then MD5, slower than a loopback transfer, would only repeat that check);
+    # "always": hash MD5 while streaming and compare it whatever the file holds.
+    md5: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -88,8 +95,8 @@ class FileResult:
     """What happened to one request.
 
     ``fits_checksum`` is "ok", "absent", "bad", "not-fits", or "unchecked" (skipped without
-    ``verify_existing``, or failed before the file was complete). ``md5`` is set only for a file
-    fetched in this run whose ETag is a plain MD5 (it was checked against it).
+    ``verify_existing``, or failed before the file was complete). ``md5`` is set for a file
+    fetched in this run whose plain-MD5 ETag it was checked against (see ``DownloadConfig.md5``).
     """
 
     filename: str
@@ -187,12 +194,16 @@ def read_sha256_sidecar(path: Path) -> str | None:
     return digest if re.fullmatch(r"[0-9a-f]{64}", digest) else None
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
+def _hash_file(path: Path, algorithm: str) -> str:
+    h = hashlib.new(algorithm)
     with path.open("rb", buffering=0) as f:
         while chunk := f.read(_HASH_CHUNK):
             h.update(chunk)
     return h.hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    return _hash_file(path, "sha256")
 
 
 def _plain_md5(etag: str | None) -> bool:
@@ -322,9 +333,10 @@ class _Body:
 class _Job:
     """One file's state across attempts: paths, hashes of the ``.part`` prefix, counters."""
 
-    def __init__(self, index: int, request: FileRequest):
+    def __init__(self, index: int, request: FileRequest, stream_md5: bool = True):
         self.index = index
         self.request = request
+        self.stream_md5 = stream_md5
         self.name: str = request.filename
         self.final: Path | None = None
         self.status = "pending"
@@ -339,6 +351,7 @@ class _Job:
         self.digests = _Digests()
         self.hashed = 0
         self.fits = "unchecked"
+        self.md5: str | None = None
 
     @property
     def part(self) -> Path:
@@ -392,7 +405,7 @@ class _Job:
                 self.reset()
                 return 0
             self.digests.close()
-            self.digests = _Digests(md5=_plain_md5(self.etag))
+            self.digests = _Digests(md5=self.stream_md5 and _plain_md5(self.etag))
             with self.part.open("rb", buffering=0) as f:
                 while chunk := f.read(_HASH_CHUNK):
                     self.digests.update(chunk)
@@ -592,7 +605,7 @@ class _Downloader:
             job.etag = body.etag or job.etag
             if job.hashed == 0:
                 job.digests.close()
-                job.digests = _Digests(md5=_plain_md5(job.etag))
+                job.digests = _Digests(md5=job.stream_md5 and _plain_md5(job.etag))
             job.total_size = body.total if body.total is not None else job.total_size
             job.source = source
             job.save_state(source)
@@ -641,14 +654,18 @@ class _Downloader:
         expected = job.request.expected_size
         if expected is not None and size != expected:
             raise _Corrupt(f"size is {size} bytes, expected {expected}")
-        etag = _norm_etag(job.etag)
-        md5 = job.digests.md5()
-        if md5 is not None and _plain_md5(etag) and etag != md5:
-            raise _Corrupt(f"MD5 {md5} does not match the ETag {etag}")
         check = verify_fits(job.part, name=job.name)
         job.fits = check.status
         if check.status == "bad":
             raise _Corrupt(f"FITS checksum mismatch: {check.message}")
+        etag = _norm_etag(job.etag)
+        if _plain_md5(etag):
+            md5 = job.digests.md5()
+            if md5 is None and not (check.status == "ok" and check.checked == check.hdus):
+                md5 = _hash_file(job.part, "md5")
+            job.md5 = md5
+            if md5 is not None and etag != md5:
+                raise _Corrupt(f"MD5 {md5} does not match the ETag {etag}")
         os.replace(job.part, job.final)
         _write_atomic(job.sha_file, f"{job.digests.sha256()}  {job.name}\n")
         _unlink(job.state_file)
@@ -710,7 +727,8 @@ class _Downloader:
     def run_job(self, job: _Job) -> FileResult:
         started = time.monotonic()
         try:
-            return self._run_job(job, started)
+            with _file_lock(job):
+                return self._run_job(job, started)
         except Exception as exc:  # one file's surprise must not sink the batch
             log.exception("download of %s failed unexpectedly", job.name)
             result = self._result(job, "failed", started, error=f"{job.name}: {type(exc).__name__}: {exc}")
@@ -774,7 +792,7 @@ class _Downloader:
                 size = job.final.stat().st_size
                 result = self._result(
                     job, "downloaded", started, size=size, sha256=job.digests.sha256(),
-                    md5=job.digests.md5(), fits=fits,
+                    md5=job.md5, fits=fits,
                 )
                 self.tracker.file_done(
                     f"downloaded {job.name} from {job.source}: {_fmt_bytes(size)} in {result.seconds:.1f} s"
@@ -802,6 +820,23 @@ def _retry_after(value: str | None) -> float | None:
         return None
 
 
+@contextlib.contextmanager
+def _file_lock(job: _Job) -> Iterator[None]:
+    """Hold ``.<name>.lock`` beside the file, so two processes never write one ``.part`` at once.
+
+    The second waits; it then finds the file verified in place and skips it. The lock file is left
+    behind on purpose: removing it would let a third process lock a different inode.
+    """
+    assert job.final is not None
+    job.final.parent.mkdir(parents=True, exist_ok=True)
+    with open(job.final.with_name(f".{job.final.name}{LOCK_SUFFIX}"), "a") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
 def _resolve_destination(job: _Job) -> None:
     """Validate the name and pin ``job.final`` inside the destination folder (else raise)."""
     name = safe_filename(job.request.filename)
@@ -824,7 +859,9 @@ def download_files(
     Per-file problems (bad names, network, checksums) end up in that file's result and never raise.
     Requests that resolve to the same destination file are fetched once and share the result.
     """
-    jobs = [_Job(i, r) for i, r in enumerate(requests)]
+    if config.md5 not in ("auto", "always"):
+        raise ValueError(f"DownloadConfig.md5 is 'auto' or 'always', not {config.md5!r}")
+    jobs = [_Job(i, r, stream_md5=config.md5 == "always") for i, r in enumerate(requests)]
     downloader = _Downloader(config, _Tracker(jobs, config.progress_interval, on_progress))
     results: list[FileResult | None] = [None] * len(jobs)
     first_for: dict[Path, int] = {}

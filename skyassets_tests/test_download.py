@@ -87,13 +87,14 @@ def _gets(emu, since: int, filename: str) -> list[dict]:
     ]
 
 
-def _assert_in_place(result: FileResult, content: bytes) -> None:
+def _assert_in_place(result: FileResult, content: bytes, *, md5: bool = False) -> None:
+    """The file is in place, verified and hashed; ``md5``: the ETag's MD5 was checked too."""
     assert result.status == "downloaded", result.error
     assert result.path is not None
     assert result.path.read_bytes() == content
     digest = hashlib.sha256(content).hexdigest()
     assert result.sha256 == digest
-    assert result.md5 == hashlib.md5(content).hexdigest()
+    assert result.md5 == (hashlib.md5(content).hexdigest() if md5 else None)
     sidecar = result.path.with_name(result.path.name + ".sha256")
     assert sidecar.read_text() == f"{digest}  {result.path.name}\n"
     assert result.fits_checksum == "ok"
@@ -218,6 +219,16 @@ def test_flipped_byte_once_is_caught_then_fetched_again(emu, tmp_path: Path) -> 
     assert (tmp_path / f"{name}.corrupt").read_bytes() != content
 
 
+def test_md5_is_checked_when_fits_checksums_do_not_cover_the_file_or_when_asked(emu, tmp_path: Path) -> None:
+    covered, content = _publish(emu, tmp_path, 1)
+    (auto,) = download_files([_request(emu, covered, tmp_path / "auto")], _config(emu))
+    _assert_in_place(auto, content, md5=False)  # every HDU's CHECKSUM/DATASUM verified instead
+    (always,) = download_files([_request(emu, covered, tmp_path / "always")], _config(emu, md5="always"))
+    _assert_in_place(always, content, md5=True)
+    with pytest.raises(ValueError, match="md5"):
+        download_files([], _config(emu, md5="sometimes"))
+
+
 def test_flipped_byte_in_a_non_fits_file_is_caught_by_md5(emu, tmp_path: Path) -> None:
     content = os.urandom(700_000)
     product = _publish_raw(emu, tmp_path, f"jw9{next(_counter):04d}_test_asn.json", content)
@@ -329,7 +340,7 @@ def test_unsafe_names_are_refused_and_the_batch_goes_on(emu, tmp_path: Path, bad
     assert len(_gets(emu, since, product["productFilename"])) == 1
     written = sorted(p.relative_to(tmp_path / "area").as_posix() for p in (tmp_path / "area").rglob("*"))
     name = product["productFilename"]
-    assert written == ["dest", f"dest/{name}", f"dest/{name}.sha256"]
+    assert written == ["dest", f"dest/.{name}.lock", f"dest/{name}", f"dest/{name}.sha256"]
 
 
 def test_second_run_skips_verified_files(emu, tmp_path: Path) -> None:
@@ -359,11 +370,12 @@ _CHILD = textwrap.dedent(
     import sys
     from pathlib import Path
     from skyassets.download import DownloadConfig, FileRequest, download_files
-    url, dest, name, size = sys.argv[1:5]
-    download_files(
+    url, dest, name, size, retries = sys.argv[1:6]
+    (result,) = download_files(
         [FileRequest(filename=name, dest_dir=Path(dest), http_url=url, expected_size=int(size))],
-        DownloadConfig(chunk_size=64 << 10, read_timeout=60, retries=0),
+        DownloadConfig(chunk_size=64 << 10, read_timeout=60, retries=int(retries), backoff_base=0.01),
     )
+    sys.exit(0 if result.status == "downloaded" else 1)
     """
 )
 
@@ -375,7 +387,7 @@ def test_resume_after_process_kill(emu, tmp_path: Path) -> None:
     emu.faults.add("stall", match=name, after_bytes=1_000_000, seconds=8.0, times=1)
     part = tmp_path / f"{name}.part"
     child = subprocess.Popen(
-        [sys.executable, "-c", _CHILD, _http_url(emu, product), str(tmp_path), name, str(len(content))]
+        [sys.executable, "-c", _CHILD, _http_url(emu, product), str(tmp_path), name, str(len(content)), "0"]
     )
     try:
         deadline = time.monotonic() + 20
@@ -398,3 +410,28 @@ def test_resume_after_process_kill(emu, tmp_path: Path) -> None:
     assert get["range"] == f"bytes={on_disk}-" and get["status"] == 206
     assert result.resumed_from == on_disk
     assert result.bytes_fetched == len(content) - on_disk
+
+
+@pytest.mark.slow
+def test_two_processes_fetching_one_file_do_not_collide(emu, tmp_path: Path) -> None:
+    product, content = _publish(emu, tmp_path, 2)
+    name = product["productFilename"]
+    emu.faults.add("stall", match=name, after_bytes=500_000, seconds=1.0, times=1)
+    since = len(emu.requests)
+    part = tmp_path / f"{name}.part"
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, _http_url(emu, product), str(tmp_path), name, str(len(content)), "3"]
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not part.exists():
+            assert time.monotonic() < deadline, "the child never started its download"
+            time.sleep(0.02)
+        # The child holds the file; this process waits for it, then finds the file verified.
+        (result,) = download_files([_request(emu, product, tmp_path)], _config(emu, read_timeout=5.0))
+    finally:
+        assert child.wait(30) == 0
+    # Without the lock this process would have resumed the child's .part with a request of its own.
+    assert result.status == "skipped" and result.bytes_fetched == 0
+    assert result.path.read_bytes() == content
+    assert [g["range"] for g in _gets(emu, since, name)] == [None, "bytes=500000-"]
