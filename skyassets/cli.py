@@ -36,12 +36,18 @@ def _demo(args: argparse.Namespace) -> int:
 def _dev(args: argparse.Namespace) -> int:
     home = Home(default_home())
     prepare_dagster_home(home)
-    command = [sys.executable, "-m", "dagster", "dev", "-m", "skyassets.definitions", *args.dagster_args]
+    extra = args.dagster_args[1:] if args.dagster_args[:1] == ["--"] else args.dagster_args
+    command = [sys.executable, "-m", "dagster", "dev", "-m", "skyassets.definitions", *extra]
     os.execv(sys.executable, command)
     return 0  # not reached
 
 
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
+    from dagster import BetaWarning
+
+    warnings.filterwarnings("ignore", category=BetaWarning)  # backfill policies; nothing a user can act on
     parser = argparse.ArgumentParser(prog="skyassets", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser(

@@ -7,11 +7,16 @@ them afterwards.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from dagster import AssetKey, DagsterInstance, build_sensor_context
 
 from .home import Home
+from .lake import read_parquet
+
+# The demo prints its own summary; the full run logs stay in the instance for the UI.
+QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
 
 
 def _metadata(instance: DagsterInstance, asset: str, partition: str | None = None) -> dict:
@@ -22,6 +27,12 @@ def _metadata(instance: DagsterInstance, asset: str, partition: str | None = Non
     if event is None or event.asset_materialization is None:
         return {}
     return {k: v.value for k, v in event.asset_materialization.metadata.items()}
+
+
+def observations_in(instance: DagsterInstance) -> list[str]:
+    """The observation ids of the latest mast_observations table."""
+    path = _metadata(instance, "mast_observations").get("path")
+    return list(read_parquet(path)["obs_id"]) if path else []
 
 
 def run_demo(home: Home, dagster_home: Path) -> int:
@@ -35,7 +46,7 @@ def run_demo(home: Home, dagster_home: Path) -> int:
     server, s3 = archive.endpoints(home)
     print(f"MAST:           {archive.url} ({server}; S3 {s3 or 'AWS'})")
 
-    result = defs.resolve_job_def("watchlist_job").execute_in_process(instance=instance, raise_on_error=False)
+    result = defs.resolve_job_def("watchlist_job").execute_in_process(instance=instance, run_config=QUIET, raise_on_error=False)
     if not result.success:
         print("The watchlist query failed; see the run in the Dagster UI.")
         return 1
@@ -48,29 +59,36 @@ def run_demo(home: Home, dagster_home: Path) -> int:
     sensor_result = new_observations_sensor(build_sensor_context(instance=instance, definitions=defs))
     for request in getattr(sensor_result, "dynamic_partitions_requests", []):
         instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
-    run_requests = list(getattr(sensor_result, "run_requests", []) or [])
-    print(f"\nThe sensor added {len(run_requests)} observation partitions; running each:")
+    new = {r.partition_key for r in getattr(sensor_result, "run_requests", None) or []}
+    # Observations seen by an earlier pass are run again too: their verified files are skipped.
+    partitions = sorted(set(instance.get_dynamic_partitions("observations")) & set(observations_in(instance)))
+    print(f"\nThe sensor added {len(new)} new observation partitions; running all {len(partitions)}:")
     job = defs.resolve_job_def("observation_job")
     failures = 0
     totals = {"downloaded": 0, "skipped": 0, "verified": 0, "bytes": 0, "seconds": 0.0}
-    for request in run_requests:
+    for partition in partitions:
         run = job.execute_in_process(
-            instance=instance, partition_key=request.partition_key, tags=request.tags, raise_on_error=False
+            instance=instance, partition_key=partition, run_config=QUIET, raise_on_error=False
         )
-        files = _metadata(instance, "fits_files", request.partition_key) if run.success else {}
+        files = _metadata(instance, "fits_files", partition) if run.success else {}
         if not run.success:
             failures += 1
-            print(f"  {request.partition_key:<44} FAILED (run {run.run_id})")
+            print(f"  {partition:<44} FAILED (run {run.run_id})")
             continue
         totals["downloaded"] += files["files_downloaded"]
         totals["skipped"] += files["files_skipped"]
         totals["verified"] += files["files_verified_checksum"]
         totals["bytes"] += files["bytes_fetched"]
         totals["seconds"] += files["seconds"]
+        fetched = (
+            f"{files['files_downloaded']} fetched at {files['bytes_per_second'] / 1e6:.1f} MB/s"
+            if files["files_downloaded"]
+            else "nothing fetched"
+        )
         print(
-            f"  {request.partition_key:<44} {files['dagster/row_count']:>3} files "
-            f"{files['bytes_total'] / 1e6:7.1f} MB  {files['files_verified_checksum']} checksums ok  "
-            f"{files['bytes_per_second'] / 1e6:6.1f} MB/s"
+            f"  {partition:<40} {files['dagster/row_count']:>2} files {files['bytes_total'] / 1e6:6.1f} MB: "
+            f"{fetched}, {files['files_verified_checksum']} FITS checksums ok, "
+            f"{files['files_skipped']} already verified"
         )
     speed = totals["bytes"] / totals["seconds"] / 1e6 if totals["seconds"] else 0.0
     print(
@@ -79,6 +97,7 @@ def run_demo(home: Home, dagster_home: Path) -> int:
     )
     print(f"\nFITS files:      {home.files}")
     print(f"Parquet tables:  {home.lake}")
-    print("\nOpen these runs in the Dagster UI:")
-    print(f"  DAGSTER_HOME={dagster_home} .venv/bin/skyassets dev     # then http://127.0.0.1:3000")
+    command = Path(sys.executable).parent / "skyassets"
+    print("\nOpen these runs in the Dagster UI (then browse http://127.0.0.1:3000):")
+    print(f"  SKYASSETS_HOME={home.root} DAGSTER_HOME={dagster_home} {command} dev")
     return 1 if failures else 0
