@@ -45,13 +45,15 @@ class ArchiveResource(ConfigurableResource):
     s3_bucket: str = "stpubdata"
     pagesize: int = 50000
     timeout: float = 600.0
+    # Side of the emulator's images in pixels: 256 keeps the demo small, 2048 gives realistic files.
+    emulator_image_size: int = 256
 
     def endpoints(self, home: Home) -> tuple[str, Optional[str]]:
         """The MAST base URL and S3 endpoint (``None``: AWS) to use, starting the emulator if asked."""
         if self.url == EMULATOR:
-            from .emulator import embedded
+            from .emulator import SkySpec, embedded
 
-            emulator = embedded(home.root)
+            emulator = embedded(home.root, SkySpec(image_size=self.emulator_image_size))
             return emulator.url, emulator.s3_endpoint
         return self.url.rstrip("/"), self.s3_endpoint
 
@@ -102,6 +104,7 @@ def default_resources() -> dict[str, ConfigurableResource]:
             url=env.get("SKYASSETS_MAST_URL") or EMULATOR,
             s3_endpoint=env.get("SKYASSETS_S3_ENDPOINT") or None,
             cloud=env.get("SKYASSETS_CLOUD", "1") not in ("0", "false", "no"),
+            emulator_image_size=int(env.get("SKYASSETS_EMULATOR_IMAGE_SIZE") or 256),
         ),
         "downloader": DownloaderResource(parallel=int(env.get("SKYASSETS_DOWNLOAD_PARALLEL") or 4)),
     }

@@ -130,16 +130,19 @@ _embedded_lock = threading.Lock()
 _embedded: Emulator | None = None
 
 
-def embedded(home: Path) -> Emulator:
+def embedded(home: Path, spec: SkySpec = SkySpec()) -> Emulator:
     """The process-wide emulator, started on first use and stopped at interpreter exit.
 
-    Later calls return the same instance; asking for it with a different ``home`` is an error, since
-    the pipeline would otherwise read files from a sky it did not configure."""
+    Later calls return the same instance; asking for it with a different ``home`` or ``spec`` is an
+    error, since the pipeline would otherwise read files from a sky it did not configure."""
     global _embedded
     with _embedded_lock:
         if _embedded is None:
-            _embedded = Emulator(Path(home))
+            _embedded = Emulator(Path(home), spec)
             atexit.register(_embedded.close)
-        elif _embedded.home != Path(home):
-            raise ValueError(f"the embedded emulator already runs with home {_embedded.home}, not {home}")
+        elif _embedded.home != Path(home) or _embedded.sky.spec != spec:
+            raise ValueError(
+                f"the embedded emulator already runs with home {_embedded.home} and {_embedded.sky.spec}, "
+                f"not {home} and {spec}"
+            )
         return _embedded
