@@ -39,7 +39,7 @@ import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 
-from skyassets.fitsverify import verify_fits
+from skyassets.fitsverify import FitsCheck, StreamingFitsVerifier, verify_fits
 from skyassets.names import InvalidNameError, safe_filename
 
 log = logging.getLogger(__name__)
@@ -213,26 +213,29 @@ def _plain_md5(etag: str | None) -> bool:
 
 
 class _Digests:
-    """SHA-256 (always) and MD5 (only when an ETag can check it) of a byte stream, each fed on its
-    own thread.
+    """The checks of a byte stream that need every byte: SHA-256 (always), MD5 (only when an ETag
+    can check it) and FITS ``CHECKSUM``/``DATASUM``, each fed on its own thread.
 
-    hashlib releases the GIL on large buffers, so hashing overlaps the network and the disk instead
-    of adding to them (MD5 alone runs slower than a loopback transfer).
+    hashlib and numpy release the GIL on large buffers, so the checks overlap the network and the
+    disk instead of adding to them (MD5 alone runs slower than a loopback transfer), and a complete
+    file is never read again to verify it.
     """
 
-    _IN_FLIGHT = 8  # chunks queued per hash at most; bounds memory
+    _IN_FLIGHT = 8  # chunks queued per check at most; bounds memory
 
-    def __init__(self, md5: bool = True) -> None:
+    def __init__(self, name: str, md5: bool) -> None:
         self._hashes: list[Any] = [hashlib.sha256()] + ([hashlib.md5()] if md5 else [])
+        self._fits = StreamingFitsVerifier(name)
+        self._feeds: list[Callable[[bytes], None]] = [h.update for h in self._hashes] + [self._fits.update]
         self._pools: list[ThreadPoolExecutor] = []
         self._pending: deque[Future[None]] = deque()
 
     def update(self, data: bytes) -> None:
         if not self._pools:
-            self._pools = [ThreadPoolExecutor(1, thread_name_prefix="skyassets-hash") for _ in self._hashes]
-        for h, pool in zip(self._hashes, self._pools):
-            self._pending.append(pool.submit(h.update, data))
-        while len(self._pending) > len(self._hashes) * self._IN_FLIGHT:
+            self._pools = [ThreadPoolExecutor(1, thread_name_prefix="skyassets-check") for _ in self._feeds]
+        for feed, pool in zip(self._feeds, self._pools):
+            self._pending.append(pool.submit(feed, data))
+        while len(self._pending) > len(self._feeds) * self._IN_FLIGHT:
             self._pending.popleft().result()
 
     def _drain(self) -> None:
@@ -246,6 +249,11 @@ class _Digests:
     def md5(self) -> str | None:
         self._drain()
         return self._hashes[1].hexdigest() if len(self._hashes) > 1 else None
+
+    def fits(self) -> FitsCheck:
+        """The FITS verification of the bytes fed so far, taken as the whole file."""
+        self._drain()
+        return self._fits.result()
 
     def close(self) -> None:
         self._drain()
@@ -348,7 +356,7 @@ class _Job:
         self.attempts = 0
         self.bytes_fetched = 0
         self.resumed_from = 0
-        self.digests = _Digests()
+        self.digests = _Digests(self.name, md5=False)
         self.hashed = 0
         self.fits = "unchecked"
         self.md5: str | None = None
@@ -372,12 +380,16 @@ class _Job:
         """Forget the ``.part``: restart this file from byte zero."""
         _unlink(self.part)
         _unlink(self.state_file)
-        self.digests.close()
-        self.digests = _Digests()
+        self.restart_digests(md5=False)
         self.hashed = 0
         self.on_disk = 0
         self.etag = None
         self.total_size = self.request.expected_size
+
+    def restart_digests(self, md5: bool) -> None:
+        """Start the streamed checks over, for a stream that begins at byte zero of the ``.part``."""
+        self.digests.close()
+        self.digests = _Digests(self.name, md5=md5)
 
     def resume_offset(self) -> int:
         """Bytes of the ``.part`` to keep, hashing them first if this process has not yet.
@@ -404,8 +416,7 @@ class _Job:
             if self.total_size is not None and size > self.total_size:
                 self.reset()
                 return 0
-            self.digests.close()
-            self.digests = _Digests(md5=self.stream_md5 and _plain_md5(self.etag))
+            self.restart_digests(md5=self.stream_md5 and _plain_md5(self.etag))
             with self.part.open("rb", buffering=0) as f:
                 while chunk := f.read(_HASH_CHUNK):
                     self.digests.update(chunk)
@@ -604,8 +615,7 @@ class _Downloader:
                 raise _Fatal(f"server reports {body.total} bytes but the product list says {expected}")
             job.etag = body.etag or job.etag
             if job.hashed == 0:
-                job.digests.close()
-                job.digests = _Digests(md5=job.stream_md5 and _plain_md5(job.etag))
+                job.restart_digests(md5=job.stream_md5 and _plain_md5(job.etag))
             job.total_size = body.total if body.total is not None else job.total_size
             job.source = source
             job.save_state(source)
@@ -654,7 +664,7 @@ class _Downloader:
         expected = job.request.expected_size
         if expected is not None and size != expected:
             raise _Corrupt(f"size is {size} bytes, expected {expected}")
-        check = verify_fits(job.part, name=job.name)
+        check = job.digests.fits()
         job.fits = check.status
         if check.status == "bad":
             raise _Corrupt(f"FITS checksum mismatch: {check.message}")

@@ -252,6 +252,38 @@ def test_bad_fits_checksum_at_the_source_is_never_placed(emu, tmp_path: Path) ->
     assert not (tmp_path / name).exists() and not (tmp_path / f"{name}.sha256").exists()
 
 
+def test_fits_checksums_are_verified_from_the_stream_not_by_reading_the_file_again(
+    emu, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_reread(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the complete file was read again to verify it")
+
+    monkeypatch.setattr("skyassets.download.verify_fits", no_reread)
+    product, content = _publish(emu, tmp_path, 2)
+    (result,) = download_files([_request(emu, product, tmp_path)], _config(emu))
+    _assert_in_place(result, content)
+
+
+def test_damaged_part_prefix_is_caught_by_the_streamed_check_after_a_restart(emu, tmp_path: Path) -> None:
+    product, content = _publish(emu, tmp_path, 2)
+    name = product["productFilename"]
+    on_disk = _partial(emu, tmp_path, product)
+    part = tmp_path / f"{name}.part"
+    damaged = bytearray(part.read_bytes())
+    damaged[on_disk // 2] ^= 0x01  # in the SCI data, which the resumed attempt does not fetch again
+    part.write_bytes(bytes(damaged))
+    reports: list[Progress] = []
+    (result,) = download_files([_request(emu, product, tmp_path)], _config(emu), on_progress=reports.append)
+    _assert_in_place(result, content)
+    assert result.attempts == 2 and result.resumed_from == 0
+    assert any(
+        f"FITS checksum mismatch: {name} HDU 1 (SCI): DATASUM" in r.message for r in reports
+    ), [r.message for r in reports]
+    assert result.bytes_fetched == 2 * len(content) - on_disk
+    corrupt = (tmp_path / f"{name}.corrupt").read_bytes()
+    assert corrupt[:on_disk] == bytes(damaged) and corrupt[on_disk:] == content[on_disk:]
+
+
 def test_always_corrupt_ends_failed_with_nothing_in_place(emu, tmp_path: Path) -> None:
     product, content = _publish(emu, tmp_path, 1)
     name = product["productFilename"]

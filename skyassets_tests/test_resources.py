@@ -1,5 +1,3 @@
-import pytest
-
 from skyassets.home import Home
 from skyassets.resources import ArchiveResource, default_resources
 
@@ -13,8 +11,6 @@ def test_default_archive_is_the_embedded_emulator(tmp_path_factory):
     assert archive.download_url(home) == server + "/api/v0.1/Download/file"
     assert len(archive.client(home).query_criteria(obs_collection="JWST")) > 0
     assert (home.root / "emulator").is_dir()
-    with pytest.raises(ValueError, match="already runs"):
-        ArchiveResource(emulator_image_size=512).endpoints(home)
 
 
 def test_environment_configures_the_resources(monkeypatch, tmp_path):

@@ -127,22 +127,17 @@ class Emulator:
 
 
 _embedded_lock = threading.Lock()
-_embedded: Emulator | None = None
+_embedded: dict[tuple[Path, SkySpec], Emulator] = {}
 
 
 def embedded(home: Path, spec: SkySpec = SkySpec()) -> Emulator:
-    """The process-wide emulator, started on first use and stopped at interpreter exit.
+    """The emulator of ``home`` and ``spec`` in this process, started on first use, stopped at exit.
 
-    Later calls return the same instance; asking for it with a different ``home`` or ``spec`` is an
-    error, since the pipeline would otherwise read files from a sky it did not configure."""
-    global _embedded
+    Every run step that asks for the same home and sky gets the same servers, so a process pays for
+    starting them once."""
+    key = (Path(home), spec)
     with _embedded_lock:
-        if _embedded is None:
-            _embedded = Emulator(Path(home), spec)
-            atexit.register(_embedded.close)
-        elif _embedded.home != Path(home) or _embedded.sky.spec != spec:
-            raise ValueError(
-                f"the embedded emulator already runs with home {_embedded.home} and {_embedded.sky.spec}, "
-                f"not {home} and {spec}"
-            )
-        return _embedded
+        if key not in _embedded:
+            _embedded[key] = emulator = Emulator(Path(home), spec)
+            atexit.register(emulator.close)
+        return _embedded[key]
