@@ -58,7 +58,7 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def _skyassets(url: str, products: list[dict], out: Path, parallel: int) -> None:
+def _skyassets(url: str, products: list[dict], out: Path, parallel: int, md5: str) -> None:
     from skyassets.download import DownloadConfig, FileRequest, download_files
 
     requests = [
@@ -70,7 +70,7 @@ def _skyassets(url: str, products: list[dict], out: Path, parallel: int) -> None
         )
         for p in products
     ]
-    results = download_files(requests, DownloadConfig(parallel=parallel, prefer_s3=False))
+    results = download_files(requests, DownloadConfig(parallel=parallel, prefer_s3=False, md5=md5))
     bad = [r for r in results if r.status != "downloaded"]
     if bad:
         raise RuntimeError(f"skyassets failed: {bad[0].error}")
@@ -106,6 +106,7 @@ def main() -> int:
     parser.add_argument("--small-mb", type=float, default=20)
     parser.add_argument("--parallel", type=int, default=4, help="skyassets' files in parallel")
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--md5", choices=("auto", "always"), default="auto", help="skyassets' MD5 policy")
     parser.add_argument(
         "--workdir",
         default="/dev/shm" if Path("/dev/shm").is_dir() else None,
@@ -136,7 +137,7 @@ def main() -> int:
             for name in ("large", "small"):
                 total = sum(int(p["size"]) for p in products[name])
                 clients = {
-                    "skyassets": lambda out, ps=products[name]: _skyassets(url, ps, out, args.parallel),
+                    "skyassets": lambda out, ps=products[name]: _skyassets(url, ps, out, args.parallel, args.md5),
                     "curl": lambda out, ps=products[name]: _curl(url, ps, out),
                     "astroquery": lambda out, ps=products[name]: _astroquery(url, ps, out),
                 }
