@@ -73,3 +73,31 @@ def test_products_are_filtered_to_science_fits_with_s3_keys(emu, client):
     )
     assert set(i2d_only["productSubGroupDescription"]) == {"I2D"}
     assert i2d_only["s3_key"].isna().all()
+
+
+def test_criteria_narrow_the_search(emu, client):
+    future = Time("2100-01-01")
+    wl = parse_watchlist(
+        """
+entries:
+  - {name: f200w, program: "2736", filters: F200W}
+  - {name: long-hst, target: NGC 628, radius: 10 arcmin, exposure: [600, 5000]}
+  - {name: level3-jwst, target: NGC 628, radius: 10 arcmin, collection: JWST, calib_level: 3, product_type: image}
+"""
+    )
+    frame = query_watchlist(client, wl, now=future).observations.set_index("obs_id")
+    found = {name: frame[frame["watchlist_entry"].str.contains(name)] for name in ("f200w", "long-hst", "level3-jwst")}
+    assert len(found["f200w"]) and set(found["f200w"]["filters"]) == {"F200W"}
+    assert len(found["long-hst"]) and set(found["long-hst"]["obs_collection"]) == {"HST"}
+    assert (found["long-hst"]["t_exptime"] >= 600).all()
+    jwst_628 = {o["obs_id"] for o in emu.sky.observations if o["obs_collection"] == "JWST" and o["proposal_id"] == "2107"}
+    assert set(found["level3-jwst"].index) == jwst_628
+
+
+def test_the_real_mast_is_used_without_redirection():
+    from skyassets import archive_client
+
+    observations_client("http://127.0.0.1:9")  # an emulator-like server routes the hard-coded hosts...
+    real = observations_client()  # ...and a client of the real MAST takes that back
+    assert real._portal_api_connection.MAST_REQUEST_URL == "https://mast.stsci.edu/api/v0/invoke"
+    assert "server" not in archive_client._route
