@@ -8,7 +8,8 @@ import pandas as pd
 from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataValue, asset
 
 from ..archive import list_products, query_watchlist
-from ..download import FileRequest, Progress, download_files
+from ..download import FileRequest, FileResult, Progress, download_files
+from ..home import Home
 from ..lake import read_parquet, write_parquet
 from ..partitions import observation_backfill_policy, observations_partitions
 from ..resources import ArchiveResource, DownloaderResource, HomeResource, WatchlistResource
@@ -130,6 +131,39 @@ class _ProgressLog:
             )
 
 
+def _earlier_manifests(root: Home, obs_ids: list[str]) -> dict[tuple[str, str], dict]:
+    """The previous manifest rows, so a file skipped as verified keeps the record of its download."""
+    rows = {}
+    for obs_id in obs_ids:
+        path = root.table("fits_files", obs_id)
+        if path.exists():
+            rows.update({(obs_id, row["filename"]): row for row in read_parquet(path).to_dict("records")})
+    return rows
+
+
+def _manifest_row(root: Home, obs_id: str, uri: str, result: FileResult, earlier: dict) -> dict:
+    row = {
+        "partition": obs_id,
+        "dataURI": uri,
+        "filename": result.filename,
+        "path": str(result.path.relative_to(root.root)),
+        "size": result.size,
+        "sha256": result.sha256,
+        "source": result.source,
+        "status": result.status,
+        "fits_checksum": result.fits_checksum,
+        "attempts": result.attempts,
+        "resumed_from": result.resumed_from,
+        "seconds": round(result.seconds, 3),
+        "bytes_per_second": round(result.bytes_per_second, 1),
+    }
+    before = earlier.get((obs_id, result.filename))
+    if result.status == "skipped" and before is not None and before["sha256"] == result.sha256:
+        for key in ("source", "fits_checksum", "attempts", "resumed_from", "seconds", "bytes_per_second"):
+            row[key] = before[key]
+    return row
+
+
 @asset(
     group_name="archive",
     deps=[mast_products],
@@ -157,6 +191,7 @@ def fits_files(
                 )
             )
             owner.append((obs_id, product["dataURI"]))
+    earlier = _earlier_manifests(root, context.partition_keys)
     started = time.monotonic()
     results = download_files(requests, downloader.config(archive, root), on_progress=_ProgressLog(context))
     seconds = time.monotonic() - started
@@ -170,24 +205,7 @@ def fits_files(
             metadata={"failed": MetadataValue.md("\n".join(f"- `{r.filename}`: {r.error}" for r in failed))},
         )
     manifest = pd.DataFrame(
-        [
-            {
-                "partition": obs_id,
-                "dataURI": uri,
-                "filename": r.filename,
-                "path": str(r.path.relative_to(root.root)),
-                "size": r.size,
-                "sha256": r.sha256,
-                "source": r.source or "local",
-                "status": r.status,
-                "fits_checksum": r.fits_checksum,
-                "attempts": r.attempts,
-                "resumed_from": r.resumed_from,
-                "seconds": round(r.seconds, 3),
-                "bytes_per_second": round(r.bytes_per_second, 1),
-            }
-            for (obs_id, uri), r in zip(owner, results)
-        ]
+        [_manifest_row(root, obs_id, uri, r, earlier) for (obs_id, uri), r in zip(owner, results)]
     )
     for obs_id in context.partition_keys:
         write_parquet(manifest[manifest["partition"] == obs_id].reset_index(drop=True), root.table("fits_files", obs_id))
@@ -208,6 +226,6 @@ def fits_files(
             "bytes_fetched": fetched,
             "seconds": round(seconds, 3),
             "bytes_per_second": round(fetched / seconds, 1) if seconds > 0 else 0.0,
-            "sources": MetadataValue.json(dict(Counter(r.source or "local" for r in results))),
+            "sources": MetadataValue.json(dict(Counter(str(r.source) for r in results if r.status == "downloaded"))),
         }
     )

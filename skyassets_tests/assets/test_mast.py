@@ -84,6 +84,9 @@ def test_watchlist_to_verified_files(emu, pipeline):
     assert job.execute_in_process(instance=instance, partition_key=obs_id).success
     again = pd.read_parquet(home / "lake" / "fits_files" / f"{obs_id}.parquet")
     assert set(again["status"]) == {"skipped"} and list(again["sha256"]) == list(manifest["sha256"])
+    # A skipped file keeps the record of how it was fetched and checked.
+    assert list(again["source"]) == list(manifest["source"])
+    assert list(again["fits_checksum"]) == list(manifest["fits_checksum"])
     assert _downloads(emu) == before
 
 
