@@ -65,6 +65,8 @@ class FileRequest:
     http_url: str | None = None
     s3_key: str | None = None
     expected_size: int | None = None
+    # A file on this machine (a landing zone): copied through the same resume and checks.
+    local_path: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -105,7 +107,7 @@ class FileResult:
     size: int
     sha256: str | None
     md5: str | None
-    source: str | None  # "s3" | "http" | None
+    source: str | None  # "s3" | "http" | "local" | None
     seconds: float
     bytes_per_second: float
     bytes_fetched: int
@@ -543,6 +545,24 @@ class _Downloader:
 
         return _Body(start, total, resp.get("ETag"), chunks(), stream.close)
 
+    def _open_local(self, job: _Job, offset: int) -> _Body:
+        """A local file as a body; size and mtime stand in for an ETag, so a change restarts the copy."""
+        path = job.request.local_path
+        assert path is not None
+        try:
+            handle = open(path, "rb", buffering=0)
+            stat = os.fstat(handle.fileno())
+        except OSError as exc:
+            raise _Fatal(f"cannot read {path}: {exc.strerror}") from exc
+        size = self.config.chunk_size
+        handle.seek(min(offset, stat.st_size))
+
+        def chunks() -> Iterator[bytes]:
+            while chunk := handle.read(size):
+                yield chunk
+
+        return _Body(min(offset, stat.st_size), stat.st_size, f"{stat.st_size}-{stat.st_mtime_ns}", chunks(), handle.close)
+
     def _open_http(self, job: _Job, offset: int) -> _Body:
         url = job.request.http_url
         assert url is not None
@@ -599,7 +619,8 @@ class _Downloader:
         if offset and job.total_size is not None and offset == job.total_size:
             return  # complete before a restart; only the checks remain
         job.resumed_from = offset
-        body = self._open_s3(job, offset) if source == "s3" else self._open_http(job, offset)
+        opener = {"local": self._open_local, "s3": self._open_s3, "http": self._open_http}[source]
+        body = opener(job, offset)
         try:
             if body.start != offset:
                 if body.start != 0:
@@ -749,8 +770,8 @@ class _Downloader:
 
     def _run_job(self, job: _Job, started: float) -> FileResult:
         req = job.request
-        if req.http_url is None and req.s3_key is None:
-            result = self._result(job, "failed", started, error=f"{job.name}: no S3 key and no HTTP URL")
+        if req.http_url is None and req.s3_key is None and req.local_path is None:
+            result = self._result(job, "failed", started, error=f"{job.name}: no S3 key, HTTP URL or local path")
             self.tracker.file_done(f"failed {job.name}: {result.error}")
             return result
         if (skipped := self._existing(job, started)) is not None:
@@ -768,7 +789,7 @@ class _Downloader:
                 and (cfg.prefer_s3 or req.http_url is None)
                 and (self._s3_down is None or req.http_url is None)
             )
-            source = "s3" if use_s3 else "http"
+            source = "local" if req.local_path is not None else "s3" if use_s3 else "http"
             wait: float | None = None
             try:
                 try:

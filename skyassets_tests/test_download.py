@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import itertools
 import os
 import signal
@@ -467,3 +468,45 @@ def test_two_processes_fetching_one_file_do_not_collide(emu, tmp_path: Path) -> 
     assert result.status == "skipped" and result.bytes_fetched == 0
     assert result.path.read_bytes() == content
     assert [g["range"] for g in _gets(emu, since, name)] == [None, "bytes=500000-"]
+
+
+def test_local_files_are_copied_through_the_same_checks(tmp_path: Path) -> None:
+    data = np.arange(300_000, dtype=np.float32)
+    src = tmp_path / "landing" / "night1_r.fits"
+    src.parent.mkdir()
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(data, name="SCI")]).writeto(src, checksum=True)
+    content = src.read_bytes()
+    dest = tmp_path / "files"
+    request = FileRequest(filename=src.name, dest_dir=dest, local_path=src, expected_size=len(content))
+    (copied,) = download_files([request], DownloadConfig(chunk_size=CHUNK))
+    _assert_in_place(copied, content)
+    assert copied.source == "local"
+
+    # A partial copy resumes; a source changed since the .part began restarts from zero.
+    part = dest / f"{src.name}.part"
+    copied.path.rename(part)
+    (dest / f"{src.name}.sha256").unlink()
+    (dest / f"{src.name}.part.json").write_text(
+        json.dumps({"source": "local", "etag": f"{src.stat().st_size}-{src.stat().st_mtime_ns}", "size": len(content)})
+    )
+    with part.open("r+b") as f:
+        f.truncate(100_000)
+    (resumed,) = download_files([request], DownloadConfig(chunk_size=CHUNK))
+    _assert_in_place(resumed, content)
+    assert resumed.resumed_from == 100_000 and resumed.bytes_fetched == len(content) - 100_000
+
+    resumed.path.rename(part)
+    (dest / f"{src.name}.sha256").unlink()
+    (dest / f"{src.name}.part.json").write_text(
+        json.dumps({"source": "local", "etag": f"{src.stat().st_size}-{src.stat().st_mtime_ns}", "size": len(content)})
+    )
+    with part.open("r+b") as f:
+        f.truncate(100_000)
+    os.utime(src, ns=(src.stat().st_atime_ns, src.stat().st_mtime_ns + 1_000_000_000))  # touched since
+    (restarted,) = download_files([request], DownloadConfig(chunk_size=CHUNK))
+    _assert_in_place(restarted, content)
+    assert restarted.resumed_from == 0 and restarted.bytes_fetched == len(content)
+
+    missing = FileRequest(filename="gone.fits", dest_dir=dest, local_path=tmp_path / "gone.fits")
+    (gone,) = download_files([missing], DownloadConfig())
+    assert gone.status == "failed" and "gone.fits" in gone.error and gone.attempts == 1
