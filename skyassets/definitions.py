@@ -2,16 +2,17 @@
 
 from dagster import Definitions
 
+from .assets.catalog import image_metadata
 from .assets.mast import fits_files, mast_observations, mast_products
-from .jobs import observation_job, watchlist_job
+from .jobs import landing_job, observation_job, watchlist_job
 from .resources import default_resources
 from .schedules import daily_watchlist_schedule
-from .sensors import new_observations_sensor
+from .sensors import landing_zone_sensor, new_observations_sensor
 
 defs = Definitions(
-    assets=[mast_observations, mast_products, fits_files],
-    jobs=[watchlist_job, observation_job],
+    assets=[mast_observations, mast_products, fits_files, image_metadata],
+    jobs=[watchlist_job, observation_job, landing_job],
     schedules=[daily_watchlist_schedule],
-    sensors=[new_observations_sensor],
+    sensors=[new_observations_sensor, landing_zone_sensor],
     resources=default_resources(),
 )

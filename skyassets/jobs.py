@@ -1,7 +1,8 @@
-"""Jobs: re-query the watchlist; fetch one observation."""
+"""Jobs: re-query the watchlist; fetch and catalogue one observation; copy and catalogue landed files."""
 
 from dagster import AssetSelection, define_asset_job, in_process_executor
 
+from .assets.catalog import image_metadata
 from .assets.mast import fits_files, mast_observations, mast_products
 
 watchlist_job = define_asset_job(
@@ -13,7 +14,14 @@ watchlist_job = define_asset_job(
 # One process per run: the steps are I/O bound and each is small, so process start-up would dominate.
 observation_job = define_asset_job(
     "observation_job",
-    selection=AssetSelection.assets(mast_products, fits_files),
+    selection=AssetSelection.assets(mast_products, fits_files, image_metadata),
     executor_def=in_process_executor,
-    description="List, download and verify the products of one observation.",
+    description="List, download, verify and catalogue the products of one observation.",
+)
+
+landing_job = define_asset_job(
+    "landing_job",
+    selection=AssetSelection.assets(fits_files, image_metadata),
+    executor_def=in_process_executor,
+    description="Copy files from the landing zone into the files store and catalogue them.",
 )

@@ -27,6 +27,18 @@ class HomeResource(ConfigurableResource):
         return Home(Path(self.root).expanduser().resolve())
 
 
+class LandingResource(ConfigurableResource):
+    """The landing zone: a folder that observatories drop FITS files into (default ``<home>/landing``)."""
+
+    folder: str = ""
+    recursive: bool = True
+    max_files: int = 20000  # entries examined per sensor tick
+    max_ready: int = 500  # files handed on per sensor tick
+
+    def path(self, home: Home) -> Path:
+        return Path(self.folder).expanduser().resolve() if self.folder else home.root / "landing"
+
+
 class WatchlistResource(ConfigurableResource):
     """The watchlist file (``packaged:watchlist.yaml`` is the demo watchlist shipped with skyassets)."""
 
@@ -79,7 +91,8 @@ class DownloaderResource(ConfigurableResource):
     prefer_s3: bool = True
     verify_existing: bool = False
 
-    def config(self, archive: ArchiveResource, home: Home) -> DownloadConfig:
+    def config(self, archive: ArchiveResource | None, home: Home) -> DownloadConfig:
+        """The download settings; ``archive`` is needed only when files come from MAST's S3."""
         return DownloadConfig(
             parallel=self.parallel,
             connect_timeout=self.connect_timeout,
@@ -87,9 +100,9 @@ class DownloaderResource(ConfigurableResource):
             retries=self.retries,
             backoff_base=self.backoff_base,
             backoff_max=self.backoff_max,
-            s3_bucket=archive.s3_bucket,
-            s3_endpoint=archive.endpoints(home)[1],
-            prefer_s3=self.prefer_s3 and archive.cloud,
+            s3_bucket=archive.s3_bucket if archive else "stpubdata",
+            s3_endpoint=archive.endpoints(home)[1] if archive else None,
+            prefer_s3=bool(archive and self.prefer_s3 and archive.cloud),
             verify_existing=self.verify_existing,
         )
 
@@ -107,4 +120,5 @@ def default_resources() -> dict[str, ConfigurableResource]:
             emulator_image_size=int(env.get("SKYASSETS_EMULATOR_IMAGE_SIZE") or 256),
         ),
         "downloader": DownloaderResource(parallel=int(env.get("SKYASSETS_DOWNLOAD_PARALLEL") or 4)),
+        "landing": LandingResource(folder=env.get("SKYASSETS_LANDING") or ""),
     }

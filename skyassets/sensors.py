@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 from dagster import (
     AssetKey,
     DefaultSensorStatus,
@@ -12,10 +14,13 @@ from dagster import (
     sensor,
 )
 
-from .jobs import observation_job
+from .ingest import group_by_partition, record_landed
+from .jobs import landing_job, observation_job
 from .lake import read_parquet
+from .landing import LandingZone
 from .names import InvalidNameError, validate_obs_id
 from .partitions import add_observations_request, observations_partitions
+from .resources import HomeResource, LandingResource
 
 MAST_OBSERVATIONS = AssetKey("mast_observations")
 
@@ -49,4 +54,36 @@ def new_observations_sensor(context: SensorEvaluationContext):
         run_requests=[RunRequest(partition_key=obs_id, run_key=f"{obs_id}@{event.storage_id}") for obs_id in new],
         dynamic_partitions_requests=[add_observations_request(new)] if new else [],
         cursor=str(event.storage_id),
+    )
+
+
+@sensor(
+    job=landing_job,
+    minimum_interval_seconds=30,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Takes FITS files that have stopped changing in the landing zone and requests their copy and catalogue run.",
+)
+def landing_zone_sensor(context: SensorEvaluationContext, home: HomeResource, landing: LandingResource):
+    root = home.home
+    folder = landing.path(root)
+    folder.mkdir(parents=True, exist_ok=True)
+    zone = LandingZone(
+        folder, root.root / "landing-state.sqlite", recursive=landing.recursive,
+        max_files=landing.max_files, max_ready=landing.max_ready,
+    )
+    tick = zone.tick(context.cursor)
+    groups = group_by_partition(tick.ready)
+    requests = []
+    for key, files in sorted(groups.items()):
+        record_landed(root, key, files)
+        version = hashlib.sha256("|".join(sorted(f"{f.location}:{f.signature}" for f in files)).encode()).hexdigest()
+        requests.append(RunRequest(partition_key=key, run_key=f"{key}:{version[:16]}"))
+    context.log.info(
+        f"{len(tick.ready)} files ready in {len(groups)} partitions; {tick.pending} waiting to settle; "
+        f"{tick.scanned} entries scanned in {tick.seconds:.2f} s"
+    )
+    return SensorResult(
+        run_requests=requests,
+        dynamic_partitions_requests=[add_observations_request(groups)] if groups else [],
+        cursor=tick.cursor,
     )

@@ -3,6 +3,7 @@
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 
 import pandas as pd
 from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataValue, asset
@@ -10,6 +11,7 @@ from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataV
 from ..archive import list_products, query_watchlist
 from ..download import FileRequest, FileResult, Progress, download_files
 from ..home import Home
+from ..ingest import landed_requests
 from ..lake import read_parquet, write_parquet
 from ..partitions import observation_backfill_policy, observations_partitions
 from ..resources import ArchiveResource, DownloaderResource, HomeResource, WatchlistResource
@@ -141,10 +143,21 @@ def _earlier_manifests(root: Home, obs_ids: list[str]) -> dict[tuple[str, str], 
     return rows
 
 
-def _manifest_row(root: Home, obs_id: str, uri: str, result: FileResult, earlier: dict) -> dict:
+def _forget_changed_copy(request: FileRequest, before: dict | None, signature: str) -> None:
+    """A landed file changed in place since it was copied: drop the old copy so it is copied again."""
+    if before is not None and before.get("signature") not in (None, signature):
+        final = Path(request.dest_dir) / request.filename
+        for stale in (final, final.with_name(final.name + ".sha256")):
+            stale.unlink(missing_ok=True)
+
+
+def _manifest_row(
+    root: Home, obs_id: str, uri: str, signature: str | None, result: FileResult, earlier: dict
+) -> dict:
     row = {
         "partition": obs_id,
         "dataURI": uri,
+        "signature": signature,
         "filename": result.filename,
         "path": str(result.path.relative_to(root.root)),
         "size": result.size,
@@ -177,8 +190,16 @@ def fits_files(
     context: AssetExecutionContext, home: HomeResource, archive: ArchiveResource, downloader: DownloaderResource
 ) -> MaterializeResult:
     root = home.home
+    earlier = _earlier_manifests(root, context.partition_keys)
     requests, owner = [], []
     for obs_id in context.partition_keys:
+        landed = landed_requests(root, obs_id)
+        if landed is not None:  # a partition of the landing zone: copy its files
+            for row, request in landed:
+                _forget_changed_copy(request, earlier.get((obs_id, request.filename)), row["signature"])
+                requests.append(request)
+                owner.append((obs_id, row["location"], row["signature"]))
+            continue
         products = read_parquet(root.table("mast_products", obs_id))
         for product in products.to_dict("records"):
             requests.append(
@@ -190,10 +211,11 @@ def fits_files(
                     expected_size=int(product["size"]) if pd.notna(product["size"]) else None,
                 )
             )
-            owner.append((obs_id, product["dataURI"]))
-    earlier = _earlier_manifests(root, context.partition_keys)
+            owner.append((obs_id, product["dataURI"], None))
     started = time.monotonic()
-    results = download_files(requests, downloader.config(archive, root), on_progress=_ProgressLog(context))
+    from_mast = any(signature is None for _, _, signature in owner)  # landed files need no archive
+    config = downloader.config(archive if from_mast else None, root)
+    results = download_files(requests, config, on_progress=_ProgressLog(context))
     seconds = time.monotonic() - started
     failed = [r for r in results if r.status == "failed"]
     if failed:
@@ -205,7 +227,7 @@ def fits_files(
             metadata={"failed": MetadataValue.md("\n".join(f"- `{r.filename}`: {r.error}" for r in failed))},
         )
     manifest = pd.DataFrame(
-        [_manifest_row(root, obs_id, uri, r, earlier) for (obs_id, uri), r in zip(owner, results)]
+        [_manifest_row(root, obs_id, uri, signature, r, earlier) for (obs_id, uri, signature), r in zip(owner, results)]
     )
     for obs_id in context.partition_keys:
         write_parquet(manifest[manifest["partition"] == obs_id].reset_index(drop=True), root.table("fits_files", obs_id))

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 from dagster import AssetKey, DagsterInstance, Definitions, SkipReason, build_sensor_context, instance_for_test
 
+from skyassets.assets.catalog import image_metadata
 from skyassets.assets.mast import fits_files, mast_observations, mast_products
 from skyassets.jobs import observation_job, watchlist_job
 from skyassets.resources import ArchiveResource, DownloaderResource, HomeResource, WatchlistResource
@@ -15,7 +16,7 @@ from skyassets.sensors import new_observations_sensor
 
 def _defs(emu, home: Path, watchlist: str = "packaged:watchlist.yaml") -> Definitions:
     return Definitions(
-        assets=[mast_observations, mast_products, fits_files],
+        assets=[mast_observations, mast_products, fits_files, image_metadata],
         jobs=[watchlist_job, observation_job],
         sensors=[new_observations_sensor],
         resources={
@@ -73,6 +74,8 @@ def test_watchlist_to_verified_files(emu, pipeline):
         assert path.stat().st_size == row.size
         assert row.status == "downloaded" and row.fits_checksum == "ok" and row.source == "s3"
     assert not list((home / "files").rglob("*.part"))
+    images = pd.read_parquet(home / "lake" / "image_metadata" / f"{obs_id}.parquet")
+    assert sorted(set(images["file_name"])) == sorted(manifest["filename"]) and (images["obs_id"] == obs_id).all()
 
     files_event = instance.get_latest_materialization_event(AssetKey("fits_files"))
     files_meta = files_event.asset_materialization.metadata
