@@ -45,7 +45,8 @@ def image_metadata(context: AssetExecutionContext, home: HomeResource) -> Materi
             }
             for row in manifest.to_dict("records")
         ]
-    workers = max(1, min(len(sources), os.cpu_count() or 1))
+    # Worker processes pay off only for batches (backfills, bulk ingests); a few files go inline.
+    workers = 1 if len(sources) < 16 else os.cpu_count() or 1
     rows, failures = extract_many(sources, processes=workers, quarantine_dir=root.quarantine)
     unexpected = [f for f in failures if not f.unreadable]
     if unexpected:
