@@ -33,6 +33,23 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(home, dagster_home)
 
 
+def _ingest(args: argparse.Namespace) -> int:
+    home = Home(default_home())
+    prepare_dagster_home(home)
+    from dagster import DagsterInstance
+
+    from .definitions import defs
+    from .runs import ingest, text_progress
+
+    files, partitions, failed = ingest(
+        args.paths, home, DagsterInstance.get(), defs, batch=args.batch, progress=text_progress
+    )
+    print(f"{files} files in {partitions} partitions catalogued into {home.lake / 'image_metadata'}")
+    if failed:
+        print(f"{len(failed)} runs failed: {', '.join(failed)} (see them in the Dagster UI)", file=sys.stderr)
+    return 1 if failed or not files else 0
+
+
 def _dev(args: argparse.Namespace) -> int:
     home = Home(default_home())
     prepare_dagster_home(home)
@@ -53,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser(
         "demo", help="run the whole pipeline once, offline, on the built-in archive emulator"
     ).set_defaults(func=_demo)
+    ingest = commands.add_parser("ingest", help="catalogue local FITS files or folders through the Dagster assets")
+    ingest.add_argument("paths", nargs="+", help="FITS files or folders (searched recursively)")
+    ingest.add_argument("--batch", type=int, default=250, help="partitions per run (default 250)")
+    ingest.set_defaults(func=_ingest)
     dev = commands.add_parser("dev", help="open the pipeline in the Dagster UI (dagster dev)")
     dev.add_argument("dagster_args", nargs=argparse.REMAINDER, help="passed on to `dagster dev`")
     dev.set_defaults(func=_dev)

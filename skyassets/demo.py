@@ -10,28 +10,16 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from dagster import AssetKey, DagsterInstance, build_sensor_context
+from dagster import DagsterInstance, build_sensor_context
 
 from .home import Home
 from .lake import read_parquet
-
-# The demo prints its own summary; the full run logs stay in the instance for the UI.
-QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
-
-
-def _metadata(instance: DagsterInstance, asset: str, partition: str | None = None) -> dict:
-    event = instance.get_latest_materialization_event(AssetKey(asset)) if partition is None else None
-    if partition is not None:
-        records = instance.fetch_materializations(AssetKey(asset), limit=1000).records
-        event = next((r.event_log_entry for r in records if r.partition_key == partition), None)
-    if event is None or event.asset_materialization is None:
-        return {}
-    return {k: v.value for k, v in event.asset_materialization.metadata.items()}
+from .runs import QUIET, latest_metadata
 
 
 def observations_in(instance: DagsterInstance) -> list[str]:
     """The observation ids of the latest mast_observations table."""
-    path = _metadata(instance, "mast_observations").get("path")
+    path = latest_metadata(instance, "mast_observations").get("path")
     return list(read_parquet(path)["obs_id"]) if path else []
 
 
@@ -50,7 +38,7 @@ def run_demo(home: Home, dagster_home: Path) -> int:
     if not result.success:
         print("The watchlist query failed; see the run in the Dagster UI.")
         return 1
-    observations = _metadata(instance, "mast_observations")
+    observations = latest_metadata(instance, "mast_observations")
     print(f"\nQueried the watchlist: {observations['dagster/row_count']} public observations")
     for entry, count in observations["rows_per_entry"].items():
         print(f"  {entry:<32} {count:>4} rows")
@@ -70,7 +58,7 @@ def run_demo(home: Home, dagster_home: Path) -> int:
         run = job.execute_in_process(
             instance=instance, partition_key=partition, run_config=QUIET, raise_on_error=False
         )
-        files = _metadata(instance, "fits_files", partition) if run.success else {}
+        files = latest_metadata(instance, "fits_files", partition) if run.success else {}
         if not run.success:
             failures += 1
             print(f"  {partition:<44} FAILED (run {run.run_id})")

@@ -810,6 +810,8 @@ class _Downloader:
                     os.replace(job.part, corrupt)
                 job.reset()
                 errors.append(f"{exc} (bytes moved to {corrupt.name})")
+                if source == "local":
+                    break  # a local file reads the same every time: no point retrying
             except _Retry as exc:
                 errors.append(str(exc))
                 wait = exc.wait

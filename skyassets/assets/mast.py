@@ -10,6 +10,7 @@ from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataV
 
 from ..archive import list_products, query_watchlist
 from ..download import FileRequest, FileResult, Progress, download_files
+from ..fitsmeta import quarantine
 from ..home import Home
 from ..ingest import landed_requests
 from ..lake import read_parquet, write_parquet
@@ -20,6 +21,10 @@ from .metadata import frame_metadata
 
 OBSERVATION_PREVIEW = ["obs_id", "target_name", "obs_collection", "instrument_name", "filters", "t_exptime", "watchlist_entry"]
 PRODUCT_PREVIEW = ["productFilename", "productSubGroupDescription", "size", "s3_key"]
+MANIFEST_COLUMNS = [
+    "partition", "dataURI", "signature", "filename", "path", "size", "sha256", "source", "status",
+    "fits_checksum", "attempts", "resumed_from", "seconds", "bytes_per_second",
+]
 MANIFEST_PREVIEW = ["filename", "size", "status", "source", "fits_checksum", "seconds", "bytes_per_second"]
 
 
@@ -143,6 +148,21 @@ def _earlier_manifests(root: Home, obs_ids: list[str]) -> dict[tuple[str, str], 
     return rows
 
 
+def _quarantine_bad_landed_files(root: Home, requests: list[FileRequest], results: list[FileResult]) -> list[str]:
+    """Landed files that are not valid FITS are quarantined with the reason and reported; the others go on."""
+    messages = []
+    for request, result in zip(requests, results):
+        if result.status != "failed" or request.local_path is None:
+            continue
+        bad = Path(request.dest_dir) / f"{request.filename}.corrupt"
+        if bad.exists():  # the copy is quarantined; the original stays where its owner put it
+            moved = quarantine(bad, root.quarantine, f"{request.local_path}: {result.error}")
+            messages.append(f"quarantined a copy of {request.local_path}: {result.error} (now {moved})")
+        else:
+            messages.append(f"could not copy {request.local_path}: {result.error}")
+    return messages
+
+
 def _forget_changed_copy(request: FileRequest, before: dict | None, signature: str) -> None:
     """A landed file changed in place since it was copied: drop the old copy so it is copied again."""
     if before is not None and before.get("signature") not in (None, signature):
@@ -217,7 +237,10 @@ def fits_files(
     config = downloader.config(archive if from_mast else None, root)
     results = download_files(requests, config, on_progress=_ProgressLog(context))
     seconds = time.monotonic() - started
-    failed = [r for r in results if r.status == "failed"]
+    quarantined = _quarantine_bad_landed_files(root, requests, results)
+    for message in quarantined:
+        context.log.warning(message)
+    failed = [r for q, r in zip(requests, results) if r.status == "failed" and q.local_path is None]
     if failed:
         listed = "; ".join(str(r.error) for r in failed[:5])
         more = f" and {len(failed) - 5} more" if len(failed) > 5 else ""
@@ -227,7 +250,12 @@ def fits_files(
             metadata={"failed": MetadataValue.md("\n".join(f"- `{r.filename}`: {r.error}" for r in failed))},
         )
     manifest = pd.DataFrame(
-        [_manifest_row(root, obs_id, uri, signature, r, earlier) for (obs_id, uri, signature), r in zip(owner, results)]
+        [
+            _manifest_row(root, obs_id, uri, signature, r, earlier)
+            for (obs_id, uri, signature), r in zip(owner, results)
+            if r.status != "failed"
+        ],
+        columns=MANIFEST_COLUMNS,
     )
     for obs_id in context.partition_keys:
         write_parquet(manifest[manifest["partition"] == obs_id].reset_index(drop=True), root.table("fits_files", obs_id))
@@ -241,6 +269,7 @@ def fits_files(
         metadata={
             **frame_metadata(manifest, preview_columns=MANIFEST_PREVIEW),
             "files_downloaded": status["downloaded"],
+            "files_quarantined": len(quarantined),
             "files_skipped": status["skipped"],
             "files_verified_checksum": sum(r.fits_checksum == "ok" for r in results),
             "files_retried": sum(r.attempts > 1 for r in results),

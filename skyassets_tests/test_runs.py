@@ -1,0 +1,51 @@
+import shutil
+
+import pandas as pd
+from dagster import DagsterRunStatus, Definitions, instance_for_test
+
+from skyassets.assets.catalog import image_metadata
+from skyassets.assets.mast import fits_files
+from skyassets.home import Home
+from skyassets.jobs import landing_job
+from skyassets.resources import ArchiveResource, DownloaderResource, HomeResource
+from skyassets.runs import ingest, partition_batches
+
+
+def test_ingest_catalogues_files_in_batched_runs(emu, tmp_path):
+    drop = tmp_path / "night"
+    (drop / "sub").mkdir(parents=True)
+    cal = sorted(emu.sky.root.rglob("*_cal.fits"))[:5]
+    for i, path in enumerate(cal):
+        shutil.copy(path, (drop / "sub" if i % 2 else drop) / path.name)
+    (drop / "notes.txt").write_text("not a FITS file, not taken")
+    (drop / "truncated.fits").write_bytes(cal[0].read_bytes()[:5000])
+    home = Home(tmp_path / "home")
+    defs = Definitions(
+        assets=[fits_files, image_metadata],
+        jobs=[landing_job],
+        resources={
+            "home": HomeResource(root=str(home.root)),
+            "downloader": DownloaderResource(),
+            "archive": ArchiveResource(url=emu.url),
+        },
+    )
+    seen = []
+    with instance_for_test() as instance:
+        files, partitions, failed = ingest([drop], home, instance, defs, batch=2, progress=lambda d, t: seen.append((d, t)))
+        assert (files, partitions, failed) == (6, 6, [])
+        runs = instance.get_runs()
+        assert len(runs) == 3 and all(r.status == DagsterRunStatus.SUCCESS for r in runs)
+        assert seen[-1] == (3, 3)
+        assert len(instance.get_dynamic_partitions("observations")) == 6
+
+    rows = pd.concat(pd.read_parquet(p) for p in (home.lake / "image_metadata").glob("*.parquet"))
+    assert sorted(rows["file_name"]) == sorted(p.name for p in cal)
+    assert [p.name for p in home.quarantine.glob("*.fits.corrupt")] == ["truncated.fits.corrupt"]
+    assert "truncated.fits" in (home.quarantine / "truncated.fits.corrupt.json").read_text()
+    assert all(p.exists() for p in cal)  # the originals are copied, never moved
+
+
+def test_partition_batches_cover_only_the_keys_asked_for():
+    with instance_for_test() as instance:
+        instance.add_dynamic_partitions("observations", ["a", "b", "c", "x", "d", "e"])
+        assert partition_batches(instance, ["e", "a", "b", "c", "d"], 2) == [("a", "b"), ("c", "c"), ("d", "e")]
