@@ -50,6 +50,28 @@ def _ingest(args: argparse.Namespace) -> int:
     return 1 if failed or not files else 0
 
 
+def _catalog(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from .catalog import connect
+
+    frame = connect(default_home()).execute(args.sql).df()
+    with pd.option_context("display.max_rows", args.max_rows, "display.max_columns", 30, "display.width", 200):
+        print(frame.drop(columns=[c for c in ("header_json",) if c in frame.columns]))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .catalog import connect
+    from .export import export_files
+
+    home = Home(default_home())
+    selection = connect(home.root).execute(args.sql).df()
+    dest = export_files(selection, home, Path(args.dest), args.sql)
+    print(f"{len(selection['path'].unique())} files copied to {dest} (manifest.csv, README.md)")
+    return 0
+
+
 def _dev(args: argparse.Namespace) -> int:
     home = Home(default_home())
     prepare_dagster_home(home)
@@ -74,6 +96,14 @@ def main(argv: list[str] | None = None) -> int:
     ingest.add_argument("paths", nargs="+", help="FITS files or folders (searched recursively)")
     ingest.add_argument("--batch", type=int, default=250, help="partitions per run (default 250)")
     ingest.set_defaults(func=_ingest)
+    query = commands.add_parser("catalog", help="print the result of a SQL query on the catalogue")
+    query.add_argument("sql", help='e.g. "SELECT obs_id, filter, s_ra, s_dec FROM images"')
+    query.add_argument("--max-rows", type=int, default=100)
+    query.set_defaults(func=_catalog)
+    export = commands.add_parser("export", help="copy the files a SQL query selects, with a manifest")
+    export.add_argument("sql", help="a query returning a 'path' column, e.g. SELECT * FROM cone(83.6, 22.0, 0.1)")
+    export.add_argument("dest", help="folder to copy into")
+    export.set_defaults(func=_export)
     dev = commands.add_parser("dev", help="open the pipeline in the Dagster UI (dagster dev)")
     dev.add_argument("dagster_args", nargs=argparse.REMAINDER, help="passed on to `dagster dev`")
     dev.set_defaults(func=_dev)

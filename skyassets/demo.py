@@ -83,7 +83,13 @@ def run_demo(home: Home, dagster_home: Path) -> int:
         f"\nDownloaded {totals['downloaded']} files ({totals['bytes'] / 1e6:.1f} MB, {speed:.1f} MB/s), "
         f"{totals['skipped']} already verified, {totals['verified']} FITS checksums verified, {failures} failed runs."
     )
+    if not defs.resolve_job_def("catalog_job").execute_in_process(instance=instance, run_config=QUIET, raise_on_error=False).success:
+        print("Publishing the catalog failed; see the run in the Dagster UI.")
+        return 1
+    rows = latest_metadata(instance, "catalog")["rows"]
+    print(f"\nCatalog: {rows.get('images', 0)} images of {rows.get('observations', 0)} observations")
     print(f"\nFITS files:      {home.files}")
+    print(f"Catalog:         {home.root / 'catalog.duckdb'}  (or skyassets.catalog.connect() in a notebook)")
     print(f"Parquet tables:  {home.lake}")
     command = Path(sys.executable).parent / "skyassets"
     print("\nOpen these runs in the Dagster UI (then browse http://127.0.0.1:3000):")

@@ -125,6 +125,7 @@ IMAGE_SCHEMA = pa.schema([
     _f("sha256", pa.string(), None, "SHA-256 of the file"),
     _f("size", pa.int64(), "byte", "file size"),
     _f("file_name", pa.string(), None, "file name"),
+    _f("path", pa.string(), None, "where the file is stored (relative to the skyassets home when catalogued there)"),
     _f("hdu_index", pa.int32(), None, "0-based HDU number in the file"),
     _f("hdu_name", pa.string(), None, "EXTNAME"),
     _f("hdu_ver", pa.int32(), None, "EXTVER"),
@@ -517,11 +518,12 @@ def _spatial(h: fits.Header, shape: list[int]) -> dict[str, Any]:
 # -------------------------------------------------------------------------------- extract
 def extract(path: str | os.PathLike[str], *, sha256: str | None = None,
             access_url: str | None = None, obs_id: str | None = None,
-            size: int | None = None) -> list[dict[str, Any]]:
+            size: int | None = None, stored_path: str | None = None) -> list[dict[str, Any]]:
     """Catalogue rows (one per science image HDU) of one FITS file, from its headers only.
 
     ``sha256``, ``access_url``, ``obs_id`` and ``size`` come from the caller when it knows them
     (the downloader does); ``obs_id`` otherwise comes from OBS_ID/ROOTNAME or the file name.
+    ``stored_path`` is the ``path`` recorded (default: ``path`` itself).
     Raises :class:`UnreadableFits` when the file is not readable FITS.
     """
     path = Path(path)
@@ -529,8 +531,11 @@ def extract(path: str | os.PathLike[str], *, sha256: str | None = None,
         warnings.simplefilter("ignore")  # astropy's fix-up notes about real-world headers
         primary, hdus = _read_headers(path)
         file_size = size if size is not None else path.stat().st_size
-        return [_row(path, hdu, shape, primary, sha256=sha256, access_url=access_url,
+        rows = [_row(path, hdu, shape, primary, sha256=sha256, access_url=access_url,
                      obs_id=obs_id, size=file_size) for hdu, shape in _selected(hdus)]
+    for row in rows:
+        row["path"] = stored_path or str(path)
+    return rows
 
 
 def _row(path: Path, hdu: _Hdu, shape: list[int], primary: fits.Header, *,

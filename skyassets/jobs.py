@@ -2,7 +2,7 @@
 
 from dagster import AssetSelection, define_asset_job, in_process_executor
 
-from .assets.catalog import image_metadata
+from .assets.catalog import catalog, image_metadata
 from .assets.mast import fits_files, mast_observations, mast_products
 
 watchlist_job = define_asset_job(
@@ -24,4 +24,10 @@ landing_job = define_asset_job(
     selection=AssetSelection.assets(fits_files, image_metadata),
     executor_def=in_process_executor,
     description="Copy files from the landing zone into the files store and catalogue them.",
+)
+
+catalog_job = define_asset_job(
+    "catalog_job",
+    selection=AssetSelection.assets(catalog),
+    description="Publish catalog.duckdb from the Parquet lake.",
 )

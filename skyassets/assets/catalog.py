@@ -1,4 +1,4 @@
-"""The catalogue assets: image metadata per observation, and the DuckDB catalog over the lake."""
+"""The catalogue assets: image metadata per observation, and the DuckDB catalog of the lake."""
 
 import os
 
@@ -11,11 +11,12 @@ from dagster import (
     asset,
 )
 
+from ..catalog import connect, publish
 from ..fitsmeta import extract_many, to_table
 from ..lake import read_parquet, write_parquet
 from ..partitions import observation_backfill_policy, observations_partitions
 from ..resources import HomeResource
-from .mast import fits_files
+from .mast import fits_files, mast_observations, mast_products
 from .metadata import frame_metadata
 
 IMAGE_PREVIEW = ["obs_id", "file_name", "hdu_name", "instrument_name", "filter", "s_ra", "s_dec", "t_min", "t_exptime"]
@@ -38,6 +39,7 @@ def image_metadata(context: AssetExecutionContext, home: HomeResource) -> Materi
         sources += [
             {
                 "path": str(root.root / row["path"]),
+                "stored_path": row["path"],
                 "sha256": row["sha256"],
                 "size": int(row["size"]),
                 "access_url": row["dataURI"],
@@ -65,5 +67,36 @@ def image_metadata(context: AssetExecutionContext, home: HomeResource) -> Materi
             "files": len(sources),
             "quarantined": len(failures),
             **({"quarantined_files": MetadataValue.md(quarantined)} if failures else {}),
+        }
+    )
+
+
+@asset(
+    group_name="catalog",
+    deps=[mast_observations, mast_products, fits_files, image_metadata],
+    pool="duckdb_catalog",
+    # Eager, but without waiting for every observation: a failed or missing one must not hold the
+    # catalogue back forever.
+    automation_condition=AutomationCondition.eager().without(~AutomationCondition.any_deps_missing()),
+    kinds={"duckdb"},
+    description="catalog.duckdb: the lake's tables, sorted for fast sky and time filters, published atomically.",
+)
+def catalog(context: AssetExecutionContext, home: HomeResource) -> MaterializeResult:
+    path = publish(home.home.root)
+    con = connect(home.home.root, published=True)
+    try:
+        counts = {
+            name: con.execute(f'SELECT count(*) FROM "{name}"').fetchone()[0]
+            for (name,) in con.execute("SELECT table_name FROM duckdb_tables() ORDER BY 1").fetchall()
+        }
+    finally:
+        con.close()
+    context.log.info(f"published {path}: " + ", ".join(f"{n} {c}" for n, c in counts.items()))
+    return MaterializeResult(
+        metadata={
+            "path": MetadataValue.path(str(path)),
+            "bytes": path.stat().st_size,
+            "rows": MetadataValue.json(counts),
+            "dagster/row_count": counts.get("images", 0),
         }
     )

@@ -8,9 +8,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 from dagster import AssetKey, Definitions, SkipReason, build_sensor_context, instance_for_test
 
-from skyassets.assets.catalog import image_metadata
+from skyassets.assets.catalog import catalog, image_metadata
+from skyassets.catalog import connect, search
 from skyassets.assets.mast import fits_files
-from skyassets.jobs import landing_job
+from skyassets.jobs import catalog_job, landing_job
 from skyassets.resources import ArchiveResource, DownloaderResource, HomeResource, LandingResource
 from skyassets.sensors import landing_zone_sensor
 
@@ -28,7 +29,9 @@ def test_landing_zone_to_catalogue(emu, tmp_path):
         "downloader": DownloaderResource(),
         "archive": ArchiveResource(url=emu.url, s3_endpoint=emu.s3_endpoint),
     }
-    defs = Definitions(assets=[fits_files, image_metadata], jobs=[landing_job], resources=resources)
+    defs = Definitions(
+        assets=[fits_files, image_metadata, catalog], jobs=[landing_job, catalog_job], resources=resources
+    )
     cal = _sky_files(emu, "*_cal.fits", 2)
     for path in cal:
         shutil.copy(path, landing / path.name)
@@ -65,5 +68,13 @@ def test_landing_zone_to_catalogue(emu, tmp_path):
 
         quarantined = list((home / "quarantine").glob("broken*.json"))
         assert len(quarantined) == 1 and "broken.fits" in json.loads(quarantined[0].read_text())["file"]
-        event = instance.get_latest_materialization_event(AssetKey("image_metadata"))
-        assert event is not None
+        assert defs.resolve_job_def("catalog_job").execute_in_process(instance=instance).success
+        published = connect(home, published=True)
+        assert published.execute("SELECT count(*) FROM images").fetchone()[0] == len(rows)
+        event = instance.get_latest_materialization_event(AssetKey("catalog"))
+        assert event.asset_materialization.metadata["rows"].value["images"] == len(rows)
+
+    # The notebook view finds the same images by position.
+    ra, dec = rows.iloc[0]["s_ra"], rows.iloc[0]["s_dec"]
+    near = search(connect(home), cone=(ra, dec, 0.01)).df()
+    assert rows.iloc[0]["sha256"] in set(near["sha256"])
