@@ -7,12 +7,12 @@ from .assets.mast import fits_files, mast_observations, mast_products
 from .jobs import catalog_job, landing_job, observation_job, watchlist_job
 from .resources import default_resources
 from .schedules import daily_watchlist_schedule
-from .sensors import landing_zone_sensor, new_observations_sensor
+from .sensors import landing_s3_sensor, landing_zone_sensor, new_observations_sensor
 
 defs = Definitions(
     assets=[mast_observations, mast_products, fits_files, image_metadata, catalog],
     jobs=[watchlist_job, observation_job, landing_job, catalog_job],
     schedules=[daily_watchlist_schedule],
-    sensors=[new_observations_sensor, landing_zone_sensor],
+    sensors=[new_observations_sensor, landing_zone_sensor, landing_s3_sensor],
     resources=default_resources(),
 )

@@ -82,6 +82,8 @@ class DownloadConfig:
     chunk_size: int = 4 << 20
     s3_bucket: str = "stpubdata"
     s3_endpoint: str | None = None
+    # Anonymous for MAST's public bucket; signed (the usual AWS credentials) for a private one.
+    s3_anonymous: bool = True
     prefer_s3: bool = True
     verify_existing: bool = False
     progress_interval: float = 2.0
@@ -224,6 +226,9 @@ class _Digests:
     """
 
     _IN_FLIGHT = 8  # chunks queued per check at most; bounds memory
+    # Chunks smaller than this are checked on the calling thread while no thread has been started:
+    # a small file is one short chunk, and starting threads for it costs more than the checks.
+    _INLINE_BYTES = 1 << 20
 
     def __init__(self, name: str, md5: bool) -> None:
         self._hashes: list[Any] = [hashlib.sha256()] + ([hashlib.md5()] if md5 else [])
@@ -233,6 +238,10 @@ class _Digests:
         self._pending: deque[Future[None]] = deque()
 
     def update(self, data: bytes) -> None:
+        if not self._pools and len(data) < self._INLINE_BYTES:
+            for feed in self._feeds:
+                feed(data)
+            return
         if not self._pools:
             self._pools = [ThreadPoolExecutor(1, thread_name_prefix="skyassets-check") for _ in self._feeds]
         for feed, pool in zip(self._feeds, self._pools):
@@ -463,12 +472,13 @@ class _Downloader:
                 from botocore.config import Config
 
                 cfg = self.config
+                signing = {"signature_version": UNSIGNED} if cfg.s3_anonymous else {}
                 self._s3 = boto3.session.Session().client(
                     "s3",
                     region_name="us-east-1",
                     endpoint_url=cfg.s3_endpoint,
                     config=Config(
-                        signature_version=UNSIGNED,
+                        **signing,
                         connect_timeout=cfg.connect_timeout,
                         read_timeout=cfg.read_timeout,
                         retries={"total_max_attempts": 1, "mode": "standard"},

@@ -11,8 +11,9 @@ import hashlib
 from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
-import pandas as pd
+import pyarrow as pa
 
 from .download import FileRequest
 from .home import Home
@@ -38,10 +39,11 @@ def local_files(paths: Iterable[str | Path]) -> list[LandedFile]:
     return found
 
 
-def group_by_partition(files: Iterable[LandedFile]) -> dict[str, list[LandedFile]]:
+def group_by_partition(files: Iterable[LandedFile], *, client: Any = None) -> dict[str, list[LandedFile]]:
+    """The files by partition key; ``client`` (boto3) reads the headers of ``s3://`` files."""
     groups: dict[str, list[LandedFile]] = defaultdict(list)
     for landed in files:
-        groups[partition_key(landed)].append(landed)
+        groups[partition_key(landed, client=client)].append(landed)
     return dict(groups)
 
 
@@ -62,7 +64,8 @@ def record_landed(home: Home, key: str, files: list[LandedFile]) -> Path:
     """Merge ``files`` into the partition's landing record (a file seen again replaces its row)."""
     path = home.table("landing", key)
     rows = read_parquet(path).to_dict("records") if path.exists() else []
-    rows = [r for r in rows if r["location"] not in {f.location for f in files}]
+    replaced = {f.location for f in files}
+    rows = [r for r in rows if r["location"] not in replaced]
     taken = {r["filename"] for r in rows}
     for landed in files:
         name = _stored_name(landed, taken)
@@ -78,7 +81,7 @@ def record_landed(home: Home, key: str, files: list[LandedFile]) -> Path:
                 "filename": name,
             }
         )
-    return write_parquet(pd.DataFrame(rows), path)
+    return write_parquet(pa.Table.from_pylist(rows), path)  # Arrow directly: pandas costs more than the write
 
 
 def landed_requests(home: Home, key: str) -> list[tuple[dict, FileRequest]] | None:

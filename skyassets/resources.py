@@ -34,9 +34,26 @@ class LandingResource(ConfigurableResource):
     recursive: bool = True
     max_files: int = 20000  # entries examined per sensor tick
     max_ready: int = 500  # files handed on per sensor tick
+    # An S3 prefix watched as well (s3://bucket/prefix), through dagster-aws's S3 resource:
+    # credentials from the usual AWS environment, or anonymous for a public bucket.
+    s3_url: Optional[str] = None
+    s3_endpoint: Optional[str] = None
+    s3_anonymous: bool = False
 
     def path(self, home: Home) -> Path:
         return Path(self.folder).expanduser().resolve() if self.folder else home.root / "landing"
+
+    def s3_location(self) -> tuple[str, str]:
+        """(bucket, prefix) of ``s3_url``."""
+        if not self.s3_url or not self.s3_url.startswith("s3://"):
+            raise ValueError(f"landing s3_url must look like s3://bucket/prefix, not {self.s3_url!r}")
+        bucket, _, prefix = self.s3_url[5:].partition("/")
+        return bucket, prefix
+
+    def s3_client(self):
+        from dagster_aws.s3 import S3Resource
+
+        return S3Resource(endpoint_url=self.s3_endpoint, use_unsigned_session=self.s3_anonymous).get_client()
 
 
 class WatchlistResource(ConfigurableResource):
@@ -120,5 +137,9 @@ def default_resources() -> dict[str, ConfigurableResource]:
             emulator_image_size=int(env.get("SKYASSETS_EMULATOR_IMAGE_SIZE") or 256),
         ),
         "downloader": DownloaderResource(parallel=int(env.get("SKYASSETS_DOWNLOAD_PARALLEL") or 4)),
-        "landing": LandingResource(folder=env.get("SKYASSETS_LANDING") or ""),
+        "landing": LandingResource(
+            folder=env.get("SKYASSETS_LANDING") or "",
+            s3_url=env.get("SKYASSETS_LANDING_S3") or None,
+            s3_endpoint=env.get("SKYASSETS_LANDING_S3_ENDPOINT") or None,
+        ),
     }

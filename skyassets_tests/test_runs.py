@@ -7,7 +7,7 @@ from skyassets.assets.catalog import image_metadata
 from skyassets.assets.mast import fits_files
 from skyassets.home import Home
 from skyassets.jobs import landing_job
-from skyassets.resources import ArchiveResource, DownloaderResource, HomeResource
+from skyassets.resources import ArchiveResource, DownloaderResource, HomeResource, LandingResource
 from skyassets.runs import ingest, partition_batches
 
 
@@ -26,6 +26,7 @@ def test_ingest_catalogues_files_in_batched_runs(emu, tmp_path):
         resources={
             "home": HomeResource(root=str(home.root)),
             "downloader": DownloaderResource(),
+            "landing": LandingResource(),
             "archive": ArchiveResource(url=emu.url),
         },
     )

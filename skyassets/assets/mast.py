@@ -3,6 +3,7 @@
 import threading
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -15,7 +16,7 @@ from ..home import Home
 from ..ingest import landed_requests
 from ..lake import read_parquet, write_parquet
 from ..partitions import observation_backfill_policy, observations_partitions
-from ..resources import ArchiveResource, DownloaderResource, HomeResource, WatchlistResource
+from ..resources import ArchiveResource, DownloaderResource, HomeResource, LandingResource, WatchlistResource
 from ..watchlist import ProductSpec, Watchlist
 from .metadata import frame_metadata
 
@@ -121,16 +122,28 @@ def mast_products(
 
 
 class _ProgressLog:
-    """Sends the downloader's progress to the run log, from whichever thread reports it."""
+    """Sends the downloader's progress to the run log, from whichever thread reports it.
 
-    def __init__(self, context: AssetExecutionContext):
+    Every log line is an event written to the Dagster instance, so routine reports are kept to one
+    per ``interval`` seconds: a batch of thousands of small files would otherwise spend more time
+    logging than copying. Failures, retries and the last file are always logged.
+    """
+
+    def __init__(self, context: AssetExecutionContext, interval: float = 1.0):
         self._context = context
         self._lock = threading.Lock()
+        self._interval = interval
+        self._last = float("-inf")
 
     def __call__(self, progress: Progress) -> None:
         total = f"/{progress.bytes_total / 1e6:.1f}" if progress.bytes_total else ""
         eta = f", ETA {progress.eta_seconds:.0f} s" if progress.eta_seconds is not None else ""
+        urgent = progress.message.startswith(("failed", "retry")) or progress.files_done == progress.files_total
         with self._lock:
+            now = time.monotonic()
+            if not urgent and now - self._last < self._interval:
+                return
+            self._last = now
             self._context.log.info(
                 f"{progress.files_done}/{progress.files_total} files, {progress.bytes_done / 1e6:.1f}{total} MB "
                 f"at {progress.bytes_per_second / 1e6:.1f} MB/s{eta}"
@@ -161,6 +174,32 @@ def _quarantine_bad_landed_files(root: Home, requests: list[FileRequest], result
         else:
             messages.append(f"could not copy {request.local_path}: {result.error}")
     return messages
+
+
+def _fetch(
+    requests: list[FileRequest],
+    owner: list[tuple],
+    downloader: DownloaderResource,
+    archive: ArchiveResource,
+    landing: LandingResource,
+    root: Home,
+    progress: "_ProgressLog",
+) -> list[FileResult]:
+    """Files from MAST with the archive's settings, landed files with the landing zone's; in order."""
+    from_mast = [i for i, (_, _, signature) in enumerate(owner) if signature is None]
+    landed = [i for i, (_, _, signature) in enumerate(owner) if signature is not None]
+    results: list[FileResult | None] = [None] * len(requests)
+    batches = [(from_mast, downloader.config(archive, root) if from_mast else None)]
+    if landed:
+        batches.append((landed, replace(
+            downloader.config(None, root),
+            s3_endpoint=landing.s3_endpoint, s3_anonymous=landing.s3_anonymous, prefer_s3=True,
+        )))
+    for indices, config in batches:
+        if indices:
+            for i, result in zip(indices, download_files([requests[i] for i in indices], config, on_progress=progress)):
+                results[i] = result
+    return results
 
 
 def _forget_changed_copy(request: FileRequest, before: dict | None, signature: str) -> None:
@@ -207,7 +246,11 @@ def _manifest_row(
     description="The observation's files on disk, verified (size, FITS checksums, SHA-256), with a manifest.",
 )
 def fits_files(
-    context: AssetExecutionContext, home: HomeResource, archive: ArchiveResource, downloader: DownloaderResource
+    context: AssetExecutionContext,
+    home: HomeResource,
+    archive: ArchiveResource,
+    downloader: DownloaderResource,
+    landing: LandingResource,
 ) -> MaterializeResult:
     root = home.home
     earlier = _earlier_manifests(root, context.partition_keys)
@@ -233,9 +276,7 @@ def fits_files(
             )
             owner.append((obs_id, product["dataURI"], None))
     started = time.monotonic()
-    from_mast = any(signature is None for _, _, signature in owner)  # landed files need no archive
-    config = downloader.config(archive if from_mast else None, root)
-    results = download_files(requests, config, on_progress=_ProgressLog(context))
+    results = _fetch(requests, owner, downloader, archive, landing, root, _ProgressLog(context))
     seconds = time.monotonic() - started
     quarantined = _quarantine_bad_landed_files(root, requests, results)
     for message in quarantined:
@@ -257,8 +298,10 @@ def fits_files(
         ],
         columns=MANIFEST_COLUMNS,
     )
+    by_partition = dict(iter(manifest.groupby("partition", sort=False)))
+    empty = manifest.iloc[0:0]
     for obs_id in context.partition_keys:
-        write_parquet(manifest[manifest["partition"] == obs_id].reset_index(drop=True), root.table("fits_files", obs_id))
+        write_parquet(by_partition.get(obs_id, empty).reset_index(drop=True), root.table("fits_files", obs_id))
     status = Counter(r.status for r in results)
     fetched = sum(r.bytes_fetched for r in results)
     context.log.info(

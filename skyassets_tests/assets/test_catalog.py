@@ -4,7 +4,9 @@ import json
 import shutil
 from pathlib import Path
 
+import boto3
 import pandas as pd
+import pytest
 import pyarrow.parquet as pq
 from dagster import AssetKey, Definitions, SkipReason, build_sensor_context, instance_for_test
 
@@ -13,7 +15,7 @@ from skyassets.catalog import connect, search
 from skyassets.assets.mast import fits_files
 from skyassets.jobs import catalog_job, landing_job
 from skyassets.resources import ArchiveResource, DownloaderResource, HomeResource, LandingResource
-from skyassets.sensors import landing_zone_sensor
+from skyassets.sensors import landing_s3_sensor, landing_zone_sensor
 
 
 def _sky_files(emu, pattern: str, count: int) -> list[Path]:
@@ -78,3 +80,46 @@ def test_landing_zone_to_catalogue(emu, tmp_path):
     ra, dec = rows.iloc[0]["s_ra"], rows.iloc[0]["s_dec"]
     near = search(connect(home), cone=(ra, dec, 0.01)).df()
     assert rows.iloc[0]["sha256"] in set(near["sha256"])
+
+
+@pytest.mark.slow
+def test_landing_zone_on_s3(emu, tmp_path, monkeypatch):
+    for name, value in {"AWS_ACCESS_KEY_ID": "observatory", "AWS_SECRET_ACCESS_KEY": "secret",
+                        "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)
+    uploader = boto3.client("s3", endpoint_url=emu.s3_endpoint)
+    uploader.create_bucket(Bucket="observatory")
+    cal = _sky_files(emu, "*_cal.fits", 2)
+    for path in cal:
+        uploader.upload_file(str(path), "observatory", f"nights/2026-11-20/{path.name}")
+    uploader.put_object(Bucket="observatory", Key="nights/readme.txt", Body=b"not FITS, not taken")
+    home = tmp_path / "home"
+    resources = {
+        "home": HomeResource(root=str(home)),
+        "landing": LandingResource(folder=str(tmp_path / "drop"), s3_url="s3://observatory/nights/",
+                                   s3_endpoint=emu.s3_endpoint),
+        "downloader": DownloaderResource(),
+        "archive": ArchiveResource(url=emu.url, s3_endpoint=emu.s3_endpoint),
+    }
+    defs = Definitions(assets=[fits_files, image_metadata], jobs=[landing_job], resources=resources)
+    with instance_for_test() as instance:
+        cursor, keys = None, []
+        for _ in range(2):
+            result = landing_s3_sensor(build_sensor_context(instance=instance, cursor=cursor, resources=resources))
+            for request in getattr(result, "dynamic_partitions_requests", []):
+                instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+            cursor, keys = result.cursor, keys + [r.partition_key for r in result.run_requests]
+        assert len(keys) == 2
+        for key in keys:
+            assert defs.resolve_job_def("landing_job").execute_in_process(instance=instance, partition_key=key).success
+    manifests = pd.concat(pd.read_parquet(home / "lake" / "fits_files" / f"{k}.parquet") for k in keys)
+    assert set(manifests["source"]) == {"s3"} and set(manifests["fits_checksum"]) == {"ok"}
+    rows = pd.concat(pd.read_parquet(home / "lake" / "image_metadata" / f"{k}.parquet") for k in keys)
+    assert sorted(rows["file_name"]) == sorted(p.name for p in cal)
+
+
+def test_s3_landing_sensor_skips_when_not_configured(tmp_path):
+    resources = {"home": HomeResource(root=str(tmp_path)), "landing": LandingResource()}
+    with instance_for_test() as instance:
+        result = landing_s3_sensor(build_sensor_context(instance=instance, resources=resources))
+    assert isinstance(result, SkipReason) and "s3_url" in result.skip_message

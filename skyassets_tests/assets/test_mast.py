@@ -10,7 +10,7 @@ from dagster import AssetKey, DagsterInstance, Definitions, SkipReason, build_se
 from skyassets.assets.catalog import image_metadata
 from skyassets.assets.mast import fits_files, mast_observations, mast_products
 from skyassets.jobs import observation_job, watchlist_job
-from skyassets.resources import ArchiveResource, DownloaderResource, HomeResource, WatchlistResource
+from skyassets.resources import ArchiveResource, DownloaderResource, HomeResource, LandingResource, WatchlistResource
 from skyassets.sensors import new_observations_sensor
 
 
@@ -24,6 +24,7 @@ def _defs(emu, home: Path, watchlist: str = "packaged:watchlist.yaml") -> Defini
             "watchlist": WatchlistResource(path=watchlist),
             "archive": ArchiveResource(url=emu.url, s3_endpoint=emu.s3_endpoint),
             "downloader": DownloaderResource(read_timeout=5, retries=3, backoff_base=0.01, backoff_max=0.05),
+            "landing": LandingResource(),
         },
     )
 
