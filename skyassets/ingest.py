@@ -52,8 +52,8 @@ def _stored_name(landed: LandedFile, taken: set[str]) -> str:
     name = landed.location.rsplit("/", 1)[-1]
     try:
         safe_filename(name)
-    except InvalidNameError:
-        name = "file.fits"
+    except InvalidNameError:  # keep the kind of file (.fits.gz, .fz ...) under a plain name
+        name = "file" + next((x for x in FITS_SUFFIXES if name.lower().endswith(x)), ".fits")
     if name in taken:
         digest = hashlib.sha256(landed.location.encode()).hexdigest()[:8]
         name = f"{digest}-{name}"

@@ -50,3 +50,20 @@ def test_partition_batches_cover_only_the_keys_asked_for():
     with instance_for_test() as instance:
         instance.add_dynamic_partitions("observations", ["a", "b", "c", "x", "d", "e"])
         assert partition_batches(instance, ["e", "a", "b", "c", "d"], 2) == [("a", "b"), ("c", "c"), ("d", "e")]
+
+
+def test_landed_files_get_safe_distinct_names(tmp_path):
+    from skyassets.ingest import landed_requests, record_landed
+    from skyassets.landing import LandedFile
+
+    home = Home(tmp_path)
+    files = [
+        LandedFile("local", "/data/a/x.fits", 10, "1", "a/x.fits"),
+        LandedFile("local", "/data/b/x.fits", 10, "1", "b/x.fits"),  # same name, other folder
+        LandedFile("local", "/data/c/bell\x07.fits.fz", 10, "1", "c/bell.fits.fz"),
+    ]
+    record_landed(home, "night-1", files)
+    names = [request.filename for _, request in landed_requests(home, "night-1")]
+    assert names[0] == "x.fits" and names[1].endswith("-x.fits") and names[2] == "file.fz"
+    assert all(request.dest_dir == home.files / "local" / "night-1" for _, request in landed_requests(home, "night-1"))
+    assert landed_requests(home, "from-mast") is None
