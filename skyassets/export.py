@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .download import sha256_file
 from .home import Home
 
 
@@ -32,7 +33,7 @@ def export_files(selection: pd.DataFrame, home: Home, dest: Path, query: str) ->
         if target.exists():
             target = dest / f"{hashlib.sha256(record['path'].encode()).hexdigest()[:8]}-{source.name}"
         shutil.copyfile(source, target)
-        digest = hashlib.sha256(target.read_bytes()).hexdigest()
+        digest = sha256_file(target)
         expected = record.get("sha256")
         if isinstance(expected, str) and expected != digest:
             raise ValueError(f"{source}: SHA-256 {digest} differs from the catalogue's {expected}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Sequence
 
-from dagster import AssetKey, DagsterInstance, Definitions
+from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, Definitions
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from .home import Home
@@ -17,14 +17,13 @@ QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
 
 def latest_metadata(instance: DagsterInstance, asset: str, partition: str | None = None) -> dict:
     """The metadata values of an asset's (or one partition's) latest materialisation."""
-    if partition is None:
-        event = instance.get_latest_materialization_event(AssetKey(asset))
-    else:
-        records = instance.fetch_materializations(AssetKey(asset), limit=1000).records
-        event = next((r.event_log_entry for r in records if r.partition_key == partition), None)
-    if event is None or event.asset_materialization is None:
+    partitions = None if partition is None else [partition]
+    records = instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=AssetKey(asset), asset_partitions=partitions), limit=1
+    ).records
+    if not records or records[0].asset_materialization is None:
         return {}
-    return {k: v.value for k, v in event.asset_materialization.metadata.items()}
+    return {k: v.value for k, v in records[0].asset_materialization.metadata.items()}
 
 
 def partition_batches(instance: DagsterInstance, keys: Sequence[str], size: int) -> list[tuple[str, str]]:

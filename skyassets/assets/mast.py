@@ -63,15 +63,14 @@ def mast_observations(
     )
 
 
-def _observation_row(home: HomeResource, obs_id: str) -> pd.Series:
-    observations = read_parquet(home.home.table("mast_observations"))
-    rows = observations[observations["obs_id"] == obs_id]
-    if rows.empty:
+def _observation_row(observations: pd.DataFrame, obs_id: str) -> pd.Series:
+    """The observation's row of mast_observations (indexed by obs_id), or a failure that says why not."""
+    if obs_id not in observations.index:
         raise Failure(
             f"observation {obs_id} is not in the latest mast_observations; re-materialise mast_observations "
             "or delete the partition if it left the watchlist"
         )
-    return rows.iloc[0]
+    return observations.loc[obs_id]
 
 
 def _product_spec(wl: Watchlist, entries: str) -> ProductSpec:
@@ -99,9 +98,10 @@ def mast_products(
     wl = watchlist.load()
     client = archive.client(home.home)
     download_url = archive.download_url(home.home)
+    observations = read_parquet(home.home.table("mast_observations")).set_index("obs_id")
     frames = []
     for obs_id in context.partition_keys:
-        row = _observation_row(home, obs_id)
+        row = _observation_row(observations, obs_id)
         frame, refused = list_products(
             client, row["obsid"], _product_spec(wl, row["watchlist_entry"]), download_url=download_url, cloud=archive.cloud
         )
@@ -183,22 +183,27 @@ def _fetch(
     archive: ArchiveResource,
     landing: LandingResource,
     root: Home,
-    progress: "_ProgressLog",
+    progress: _ProgressLog,
 ) -> list[FileResult]:
-    """Files from MAST with the archive's settings, landed files with the landing zone's; in order."""
-    from_mast = [i for i, (_, _, signature) in enumerate(owner) if signature is None]
-    landed = [i for i, (_, _, signature) in enumerate(owner) if signature is not None]
+    """Files from MAST with the archive's settings, landed files with the landing zone's; in order.
+
+    A landed file has a signature (its size and mtime, or ETag); a MAST product has none.
+    """
     results: list[FileResult | None] = [None] * len(requests)
-    batches = [(from_mast, downloader.config(archive, root) if from_mast else None)]
-    if landed:
-        batches.append((landed, replace(
-            downloader.config(None, root),
-            s3_endpoint=landing.s3_endpoint, s3_anonymous=landing.s3_anonymous, prefer_s3=True,
-        )))
-    for indices, config in batches:
-        if indices:
-            for i, result in zip(indices, download_files([requests[i] for i in indices], config, on_progress=progress)):
-                results[i] = result
+    for landed in (False, True):
+        indices = [i for i, (_, _, signature) in enumerate(owner) if (signature is not None) == landed]
+        if not indices:
+            continue
+        if landed:
+            config = replace(
+                downloader.config(None, root),
+                s3_endpoint=landing.s3_endpoint, s3_anonymous=landing.s3_anonymous, prefer_s3=True,
+            )
+        else:
+            config = downloader.config(archive, root)
+        fetched = download_files([requests[i] for i in indices], config, on_progress=progress)
+        for i, result in zip(indices, fetched):
+            results[i] = result
     return results
 
 
