@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import fcntl
 import os
 import shutil
 import sys
@@ -13,15 +14,25 @@ from .home import HOME_ENV, Home, default_home
 
 
 def prepare_dagster_home(home: Home) -> Path:
-    """Use ``$DAGSTER_HOME`` or ``<home>/dagster``, giving it skyassets' instance settings if it has none."""
+    """Use ``$DAGSTER_HOME`` or ``<home>/dagster``, giving it skyassets' instance settings if it has none.
+
+    The instance's storage is created under a lock: two commands started at once on a new home would
+    otherwise both try to create the same SQLite tables, and one of them would fail.
+    """
     dagster_home = Path(os.environ.get("DAGSTER_HOME") or home.dagster).resolve()
     dagster_home.mkdir(parents=True, exist_ok=True)
-    settings = dagster_home / "dagster.yaml"
-    if not settings.exists():
-        with resources.as_file(resources.files("skyassets").joinpath("dagster.yaml")) as packaged:
-            shutil.copyfile(packaged, settings)
     os.environ["DAGSTER_HOME"] = str(dagster_home)
     os.environ.setdefault(HOME_ENV, str(home.root))
+    with open(dagster_home / ".skyassets-init.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        settings = dagster_home / "dagster.yaml"
+        if not settings.exists():
+            with resources.as_file(resources.files("skyassets").joinpath("dagster.yaml")) as packaged:
+                shutil.copyfile(packaged, settings)
+        from dagster import DagsterInstance
+
+        with DagsterInstance.get():
+            pass
     return dagster_home
 
 
