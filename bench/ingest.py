@@ -12,8 +12,11 @@ pixels so the figures are about headers and the pipeline, not pixels), then time
              on a temporary ``DAGSTER_HOME`` with SQLite storage): partitions added, runs recorded,
              files copied and verified, Parquet written; then ``catalog_job`` publishes the catalog.
 Prints files/s of both, the ratio (target: skyassets >= 50% of bare) and where the skyassets time
-goes. ``--per-observation K`` gives K files one OBS_ID (JWST detectors and exposures of one
-activity share it), so one partition; ``--no-s-region`` leaves S_REGION out, so extraction computes every footprint from the WCS.
+goes. As in real JWST headers, the files of one exposure (its ten NIRCam detectors) share an
+OBS_ID, so a partition; ``--per-observation 1`` makes every file its own partition, the worst
+case for Dagster's per-partition events. ``--parallel N`` runs N runs side by side (default: one per
+CPU), as ``skyassets ingest`` does; ``--no-s-region`` leaves S_REGION out, so extraction computes
+every footprint from the WCS.
 Everything lives in one temporary folder (in /dev/shm by default), removed at the end.
 """
 
@@ -300,9 +303,15 @@ def _split(raw: bytes) -> list[_Hdu]:
     return hdus
 
 
-def make_files(folder: Path, count: int, s_region: bool, per_observation: int = 1) -> list[Path]:
-    """``count`` files from one template, each with its own file name, date and pointing; every
-    ``per_observation`` consecutive files share an OBS_ID (one partition)."""
+NIRCAM_DETECTORS = ("nrca1", "nrca2", "nrca3", "nrca4", "nrcalong", "nrcb1", "nrcb2", "nrcb3", "nrcb4", "nrcblong")
+
+
+def make_files(folder: Path, count: int, s_region: bool, per_observation: int = 10) -> list[Path]:
+    """``count`` files from one template, each with its own file name, date and pointing.
+
+    Every ``per_observation`` consecutive files share an OBS_ID, as the files of one JWST exposure
+    do (NIRCam's ten detectors, then further exposures of the same activity), so one partition.
+    """
     folder.mkdir(parents=True)
     template = folder.parent / "template.fits"
     _template(template, s_region)
@@ -312,12 +321,16 @@ def make_files(folder: Path, count: int, s_region: bool, per_observation: int = 
     rng = np.random.default_rng(2)
     paths = []
     for i in range(count):
-        name = f"jw{2736 + i // 500:05d}{i % 500:03d}001_02105_00001_nrca1_cal.fits"
+        obs, member = divmod(i, per_observation)
+        exposure, detector = member // len(NIRCAM_DETECTORS) + 1, NIRCAM_DETECTORS[member % len(NIRCAM_DETECTORS)]
+        program, visit = 2736 + obs // 500, obs % 500
+        name = f"jw{program:05d}{visit:03d}001_02105_{exposure:05d}_{detector}_cal.fits"
         ra, dec = rng.uniform(0, 360), np.degrees(np.arcsin(rng.uniform(-0.99, 0.99)))
         day = 59733 + i * 0.37
         primary.set("FILENAME", name)
-        obs = i // per_observation
-        primary.set("OBS_ID", f"V{2736 + obs // 500:05d}{obs % 500:03d}001P0000000002105")
+        primary.set("OBS_ID", f"V{program:05d}{visit:03d}001P0000000002105")
+        primary.set("EXPOSURE", str(exposure))
+        primary.set("DETECTOR", detector.upper())
         primary.set("EXPSTART", day)
         primary.set("EXPEND", day + 0.0026)
         sci.set("CRVAL1", ra)
@@ -386,57 +399,51 @@ class _Timers:
             self.calls[phase] += 1
 
 
-def run_skyassets(paths: list[Path], work: Path) -> tuple[float, _Timers, dict[str, int]]:
+def run_skyassets(paths: list[Path], work: Path, parallel: int) -> tuple[float, _Timers, dict[str, int]]:
     """Seconds for ``ingest`` and the catalog publish through a SQLite-backed Dagster instance."""
-    from dagster import DagsterInstance, DagsterRunStatus, Definitions
+    from dagster import DagsterInstance, DagsterRunStatus
 
     import skyassets.assets.catalog as catalog_assets
     import skyassets.assets.mast as mast_assets
     import skyassets.ingest as ingest_module
     import skyassets.runs as runs
     from skyassets.cli import prepare_dagster_home
-    from skyassets.assets.catalog import catalog, image_metadata
-    from skyassets.assets.mast import fits_files
+    from skyassets.definitions import defs
     from skyassets.home import Home
-    from skyassets.jobs import catalog_job, landing_job
-    from skyassets.resources import ArchiveResource, DownloaderResource, HomeResource, LandingResource
 
     home = Home(work / "home")
     os.environ["DAGSTER_HOME"] = str(work / "dagster")
     dagster_home = prepare_dagster_home(home)  # skyassets' dagster.yaml, as `skyassets ingest` sets it up
-    defs = Definitions(
-        assets=[fits_files, image_metadata, catalog],
-        jobs=[landing_job, catalog_job],
-        resources={"home": HomeResource(root=str(home.root)), "downloader": DownloaderResource(), "landing": LandingResource(),
-                   "archive": ArchiveResource()},
-    )
     timers = _Timers()
     restore = [
         timers.wrap(runs, "local_files", "find files"),
         timers.wrap(runs, "group_by_partition", "partition keys (header reads)"),
         timers.wrap(runs, "record_landed", "landing records (Parquet)"),
-        timers.wrap(mast_assets, "download_files", "copy + verify"),
-        timers.wrap(catalog_assets, "extract_many", "header extraction"),
-        timers.wrap(mast_assets, "write_parquet", "lake Parquet in runs"),
-        timers.wrap(mast_assets, "read_parquet", "lake Parquet in runs"),
-        timers.wrap(catalog_assets, "write_parquet", "lake Parquet in runs"),
-        timers.wrap(catalog_assets, "read_parquet", "lake Parquet in runs"),
-        timers.wrap(ingest_module, "read_parquet", "lake Parquet in runs"),
     ]
-    job_type = type(defs.resolve_job_def("landing_job"))
+    if parallel == 1:  # the runs' own phases can be timed only when they run in this process
+        restore += [
+            timers.wrap(mast_assets, "download_files", "copy + verify"),
+            timers.wrap(catalog_assets, "extract_many", "header extraction"),
+            timers.wrap(mast_assets, "write_parquet", "lake Parquet in runs"),
+            timers.wrap(mast_assets, "read_parquet", "lake Parquet in runs"),
+            timers.wrap(catalog_assets, "write_parquet", "lake Parquet in runs"),
+            timers.wrap(catalog_assets, "read_parquet", "lake Parquet in runs"),
+            timers.wrap(ingest_module, "read_parquet", "lake Parquet in runs"),
+        ]
     instance = DagsterInstance.from_config(str(dagster_home))
     try:
         restore.append(timers.wrap(instance, "add_dynamic_partitions", "add partitions"))
-        restore.append(timers.wrap(job_type, "execute_in_process", "runs (total)"))
         started = time.perf_counter()
-        files, partitions, failed = runs.ingest([str(paths[0].parent)], home, instance, defs)
-        restore.pop()()
+        with timers.phase("ingest"):
+            files, partitions, failed = runs.ingest([str(paths[0].parent)], home, instance, parallel=parallel)
         with timers.phase("catalog publish"):
-            published = defs.resolve_job_def("catalog_job").execute_in_process(instance=instance, run_config=runs.QUIET)
+            published = defs.resolve_job_def("catalog_job").execute_in_process(
+                instance=instance, run_config={**runs.QUIET, "resources": {"home": {"config": {"root": str(home.root)}}}}
+            )
         elapsed = time.perf_counter() - started
         records = instance.get_run_records()
         counts = {
-            "files": files, "partitions": partitions, "failed_runs": len(failed),
+            "files": files, "partitions": partitions, "failed_runs": len(failed), "parallel": parallel,
             "runs": len(records), "successful_runs": sum(r.dagster_run.status == DagsterRunStatus.SUCCESS for r in records),
         }
         if failed or not published.success or files != len(paths):
@@ -452,29 +459,35 @@ def report(count: int, bare: float, sky: float, timers: _Timers, counts: dict[st
     bare_rate, sky_rate = count / bare, count / sky
     ratio = sky_rate / bare_rate
     print(f"files: {count} ({counts['partitions']} partitions, {counts['runs']} runs recorded, "
-          f"{counts['successful_runs']} successful)")
-    print(f"bare loop : {bare_rate:8.1f} files/s  ({bare:.2f} s)")
+          f"{counts['successful_runs']} successful, {counts['parallel']} side by side)")
+    print(f"bare loop : {bare_rate:8.1f} files/s  ({bare:.2f} s, one process)")
     print(f"skyassets : {sky_rate:8.1f} files/s  ({sky:.2f} s)")
     print(f"ratio     : {100 * ratio:.0f}% of the bare loop (target >= {100 * TARGET:.0f}%)")
     s = timers.seconds
     registration = sum(s[k] for k in ("find files", "partition keys (header reads)", "landing records (Parquet)", "add partitions"))
-    in_runs = s["copy + verify"] + s["header extraction"] + s["lake Parquet in runs"]
+    runs_wall = s["ingest"] - registration
     lines = [
         ("partition registration", registration, ""),
         ("  find files", s["find files"], ""),
         ("  partition keys (header reads)", s["partition keys (header reads)"], ""),
         ("  landing records (Parquet)", s["landing records (Parquet)"], ""),
         ("  add partitions", s["add partitions"], ""),
-        ("runs", s["runs (total)"], f"{timers.calls['runs (total)']} runs"),
-        ("  copy + verify", s["copy + verify"], ""),
-        ("  header extraction", s["header extraction"], ""),
-        ("  lake Parquet (manifests, images)", s["lake Parquet in runs"], "one file per partition and asset"),
-        ("  Dagster", s["runs (total)"] - in_runs,
-         f"run set-up, {4 * counts['partitions']} planned + materialisation events, the rest of the assets"),
-        ("catalog publish", s["catalog publish"], "catalog_job"),
-        ("other", sky - registration - s["runs (total)"] - s["catalog publish"], ""),
+        ("runs", runs_wall, f"{counts['runs'] - 1} runs, {counts['parallel']} at a time"),
     ]
-    print("where the skyassets time goes:")
+    if counts["parallel"] == 1:
+        in_runs = s["copy + verify"] + s["header extraction"] + s["lake Parquet in runs"]
+        lines += [
+            ("  copy + verify", s["copy + verify"], ""),
+            ("  header extraction", s["header extraction"], ""),
+            ("  lake Parquet (manifests, images)", s["lake Parquet in runs"], "one file per partition and asset"),
+            ("  Dagster", runs_wall - in_runs,
+             f"run set-up, {4 * counts['partitions']} planned + materialisation events, the rest of the assets"),
+        ]
+    lines += [
+        ("catalog publish", s["catalog publish"], "catalog_job"),
+        ("other", sky - s["ingest"] - s["catalog publish"], ""),
+    ]
+    print("where the skyassets time goes:" + ("" if counts["parallel"] == 1 else " (--parallel 1 splits the runs' time)"))
     for label, seconds, note in lines:
         print(f"  {label:<34} {seconds:7.2f} s  {100 * seconds / sky:5.1f}%  {note}")
     return ratio
@@ -485,8 +498,11 @@ def main() -> int:
     parser.add_argument("--files", type=int, default=2000, help="number of files (default 2000)")
     parser.add_argument("--workdir", default="/dev/shm" if os.path.isdir("/dev/shm") else None,
                         help="where the temporary folder goes (default /dev/shm)")
-    parser.add_argument("--per-observation", type=int, default=1,
-                        help="files sharing one OBS_ID, i.e. one partition (default 1)")
+    parser.add_argument("--per-observation", type=int, default=10,
+                        help="files sharing one OBS_ID, i.e. one partition (default 10, a NIRCam exposure's "
+                             "detectors; 1 makes every file its own partition)")
+    parser.add_argument("--parallel", type=int, default=os.cpu_count() or 1,
+                        help="runs side by side, as `skyassets ingest --parallel` (default: one per CPU)")
     parser.add_argument("--no-s-region", dest="s_region", action="store_false",
                         help="leave S_REGION out of the SCI headers (footprints from the WCS)")
     args = parser.parse_args()
@@ -499,7 +515,7 @@ def main() -> int:
         print(f"generated {len(paths)} files of {size / 1e3:.0f} kB in {time.perf_counter() - started:.1f} s "
               f"({'with' if args.s_region else 'without'} S_REGION) under {work}")
         bare = bare_loop(paths)
-        sky, timers, counts = run_skyassets(paths, work)
+        sky, timers, counts = run_skyassets(paths, work, args.parallel)
         ratio = report(len(paths), bare, sky, timers, counts)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -931,8 +931,14 @@ def download_files(
         to_run.append(job)
     try:
         with ThreadPoolExecutor(max_workers=max(config.parallel, 1), thread_name_prefix="skyassets-dl") as pool:
-            for job, result in zip(to_run, pool.map(downloader.run_job, to_run)):
-                results[job.index] = result
+            remote = [(job, pool.submit(downloader.run_job, job)) for job in to_run if job.request.local_path is None]
+            # Local copies are bound by checksumming, not by waiting: side by side they only contend
+            # for the interpreter, so they run one at a time here while the network transfers go on.
+            for job in to_run:
+                if job.request.local_path is not None:
+                    results[job.index] = downloader.run_job(job)
+            for job, future in remote:
+                results[job.index] = future.result()
     finally:
         downloader.close()
     for index, original in duplicates:

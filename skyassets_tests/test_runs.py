@@ -1,17 +1,15 @@
 import shutil
 
 import pandas as pd
-from dagster import DagsterRunStatus, Definitions, instance_for_test
+import pytest
+from dagster import DagsterRunStatus, instance_for_test
 
-from skyassets.assets.catalog import image_metadata
-from skyassets.assets.mast import fits_files
 from skyassets.home import Home
-from skyassets.jobs import landing_job
-from skyassets.resources import ArchiveResource, DownloaderResource, HomeResource, LandingResource
-from skyassets.runs import ingest, partition_batches
+from skyassets.runs import ingest, latest_metadata, partition_batches
 
 
-def test_ingest_catalogues_files_in_batched_runs(emu, tmp_path):
+@pytest.mark.parametrize("parallel", [1, 2])
+def test_ingest_catalogues_files_in_batched_runs(emu, tmp_path, parallel):
     drop = tmp_path / "night"
     (drop / "sub").mkdir(parents=True)
     cal = sorted(emu.sky.root.rglob("*_cal.fits"))[:5]
@@ -20,24 +18,21 @@ def test_ingest_catalogues_files_in_batched_runs(emu, tmp_path):
     (drop / "notes.txt").write_text("not a FITS file, not taken")
     (drop / "truncated.fits").write_bytes(cal[0].read_bytes()[:5000])
     home = Home(tmp_path / "home")
-    defs = Definitions(
-        assets=[fits_files, image_metadata],
-        jobs=[landing_job],
-        resources={
-            "home": HomeResource(root=str(home.root)),
-            "downloader": DownloaderResource(),
-            "landing": LandingResource(),
-            "archive": ArchiveResource(url=emu.url),
-        },
-    )
     seen = []
     with instance_for_test() as instance:
-        files, partitions, failed = ingest([drop], home, instance, defs, batch=2, progress=lambda d, t: seen.append((d, t)))
+        files, partitions, failed = ingest(
+            [drop], home, instance, batch=2, parallel=parallel, progress=lambda d, t: seen.append((d, t))
+        )
         assert (files, partitions, failed) == (6, 6, [])
         runs = instance.get_runs()
         assert len(runs) == 3 and all(r.status == DagsterRunStatus.SUCCESS for r in runs)
         assert seen[-1] == (3, 3)
-        assert len(instance.get_dynamic_partitions("observations")) == 6
+        keys = instance.get_dynamic_partitions("observations")
+        assert len(keys) == 6
+        # A batched run's partitions carry the run's totals, not a batch-wide preview or row count.
+        batched = latest_metadata(instance, "image_metadata", keys[0])
+        assert batched["partitions_in_run"] == 2 and "preview" not in batched and "dagster/row_count" not in batched
+        assert sum(latest_metadata(instance, "image_metadata", k)["rows_in_run"] for k in keys[::2]) == 5
 
     rows = pd.concat(pd.read_parquet(p) for p in (home.lake / "image_metadata").glob("*.parquet"))
     assert sorted(rows["file_name"]) == sorted(p.name for p in cal)

@@ -7,6 +7,7 @@ import pyarrow as pa
 from dagster import (
     AssetExecutionContext,
     AutomationCondition,
+    Config,
     Failure,
     MaterializeResult,
     MetadataValue,
@@ -14,14 +15,21 @@ from dagster import (
 )
 
 from ..catalog import connect, publish
-from ..fitsmeta import extract_many, to_table
+from ..fitsmeta import IMAGE_SCHEMA, extract_many, to_table
 from ..lake import read_parquet, write_parquet
 from ..partitions import observation_backfill_policy, observations_partitions
 from ..resources import HomeResource
 from .mast import fits_files, mast_observations, mast_products
-from .metadata import frame_metadata
+from .metadata import column_schema, partition_metadata
 
 IMAGE_PREVIEW = ["obs_id", "file_name", "hdu_name", "instrument_name", "filter", "s_ra", "s_dec", "t_min", "t_exptime"]
+
+
+class ImageMetadataConfig(Config):
+    """How many processes read headers: 0 picks one per CPU for batches and works inline for a few
+    files; runs launched side by side set 1, so they do not compete for the same cores."""
+
+    processes: int = 0
 
 
 @asset(
@@ -31,9 +39,10 @@ IMAGE_PREVIEW = ["obs_id", "file_name", "hdu_name", "instrument_name", "filter",
     backfill_policy=observation_backfill_policy,
     automation_condition=AutomationCondition.eager(),
     kinds={"parquet"},
+    metadata=column_schema(IMAGE_SCHEMA),
     description="One row per image HDU of the observation's files, with IVOA ObsCore columns and units.",
 )
-def image_metadata(context: AssetExecutionContext, home: HomeResource) -> MaterializeResult:
+def image_metadata(context: AssetExecutionContext, config: ImageMetadataConfig, home: HomeResource) -> MaterializeResult:
     root = home.home
     sources = []
     for obs_id in context.partition_keys:
@@ -50,7 +59,7 @@ def image_metadata(context: AssetExecutionContext, home: HomeResource) -> Materi
             for row in manifest.to_dict("records")
         ]
     # Worker processes pay off only for batches (backfills, bulk ingests); a few files go inline.
-    workers = 1 if len(sources) < 16 else os.cpu_count() or 1
+    workers = config.processes or (1 if len(sources) < 16 else os.cpu_count() or 1)
     rows, failures = extract_many(sources, processes=workers, quarantine_dir=root.quarantine)
     unexpected = [f for f in failures if not f.unreadable]
     if unexpected:
@@ -70,7 +79,7 @@ def image_metadata(context: AssetExecutionContext, home: HomeResource) -> Materi
     quarantined = "\n".join(f"- `{f.path}`: {f.reason} (moved to `{f.quarantined}`)" for f in failures)
     return MaterializeResult(
         metadata={
-            **frame_metadata(rows.drop(columns=["header_json"]), preview_columns=IMAGE_PREVIEW),
+            **partition_metadata(context, rows.drop(columns=["header_json"]), preview_columns=IMAGE_PREVIEW),
             "files": len(sources),
             "quarantined": len(failures),
             **({"quarantined_files": MetadataValue.md(quarantined)} if failures else {}),

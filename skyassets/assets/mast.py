@@ -18,7 +18,7 @@ from ..lake import read_parquet, write_parquet
 from ..partitions import observation_backfill_policy, observations_partitions
 from ..resources import ArchiveResource, DownloaderResource, HomeResource, LandingResource, WatchlistResource
 from ..watchlist import ProductSpec, Watchlist
-from .metadata import frame_metadata
+from .metadata import frame_metadata, partition_metadata
 
 OBSERVATION_PREVIEW = ["obs_id", "target_name", "obs_collection", "instrument_name", "filters", "t_exptime", "watchlist_entry"]
 PRODUCT_PREVIEW = ["productFilename", "productSubGroupDescription", "size", "s3_key"]
@@ -114,7 +114,7 @@ def mast_products(
     products = pd.concat(frames, ignore_index=True)
     return MaterializeResult(
         metadata={
-            **frame_metadata(products, preview_columns=PRODUCT_PREVIEW),
+            **partition_metadata(context, products, preview_columns=PRODUCT_PREVIEW),
             "bytes": int(products["size"].sum()) if len(products) else 0,
             "in_s3": int(products["s3_key"].notna().sum()) if len(products) else 0,
         }
@@ -315,7 +315,7 @@ def fits_files(
     )
     return MaterializeResult(
         metadata={
-            **frame_metadata(manifest, preview_columns=MANIFEST_PREVIEW),
+            **partition_metadata(context, manifest, preview_columns=MANIFEST_PREVIEW),
             "files_downloaded": status["downloaded"],
             "files_quarantined": len(quarantined),
             "files_skipped": status["skipped"],

@@ -1,12 +1,19 @@
-"""Materialisation metadata that renders in the Dagster UI: schema, row count, preview table."""
+"""Materialisation metadata that renders in the Dagster UI: schema, row count, preview table.
+
+A run of many partitions stores one materialisation per partition, each with the metadata of the
+whole run; so a batch's metadata stays small: the column schema is declared once on the asset, and
+a preview table goes only with a run of one partition.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
-from dagster import MetadataValue, TableColumn, TableRecord, TableSchema
+import pyarrow as pa
+from dagster import AssetExecutionContext, MetadataValue, TableColumn, TableRecord, TableSchema
 
 _TYPES = {"i": "int", "u": "int", "f": "float", "b": "bool", "M": "datetime"}
 
@@ -27,12 +34,40 @@ def table_schema(frame: pd.DataFrame) -> TableSchema:
     )
 
 
+def column_schema(schema: pa.Schema) -> dict[str, TableSchema]:
+    """Definition metadata for an asset whose Parquet files share ``schema``; units go with the descriptions."""
+    columns = []
+    for field in schema:
+        meta = field.metadata or {}
+        description = meta.get(b"description", b"").decode()
+        if b"unit" in meta:
+            description = f"{description} [{meta[b'unit'].decode()}]".strip()
+        columns.append(TableColumn(name=field.name, type=str(field.type), description=description or None))
+    return {"dagster/column_schema": TableSchema(columns=columns)}
+
+
+def preview(frame: pd.DataFrame, columns: Sequence[str] | None = None, rows: int = 10) -> MetadataValue:
+    """The first ``rows`` rows of ``frame`` as a table the UI renders."""
+    head = frame[[c for c in (columns or list(frame.columns)) if c in frame.columns]].head(rows)
+    records = [TableRecord({str(k): _cell(v) for k, v in row.items()}) for row in head.to_dict("records")]
+    return MetadataValue.table(records=records, schema=table_schema(head))
+
+
 def frame_metadata(frame: pd.DataFrame, *, preview_columns: list[str] | None = None, rows: int = 10) -> dict[str, Any]:
-    """Row count, column schema and a preview of the first ``rows`` rows."""
-    preview = frame[[c for c in (preview_columns or list(frame.columns)) if c in frame.columns]].head(rows)
-    records = [TableRecord({str(k): _cell(v) for k, v in row.items()}) for row in preview.to_dict("records")]
+    """Row count, column schema and a preview of the first ``rows`` rows (for unpartitioned assets)."""
     return {
         "dagster/row_count": len(frame),
         "dagster/column_schema": table_schema(frame),
-        "preview": MetadataValue.table(records=records, schema=table_schema(preview)),
+        "preview": preview(frame, preview_columns, rows),
     }
+
+
+def partition_metadata(
+    context: AssetExecutionContext, frame: pd.DataFrame, *, preview_columns: list[str]
+) -> dict[str, Any]:
+    """A run of one partition: its row count, schema and preview. A run of many: the run's totals
+    only, since Dagster copies this metadata to every partition's materialisation (and adding
+    metadata partition by partition costs a lookup of the run's whole key range each time)."""
+    if len(context.partition_keys) == 1:
+        return frame_metadata(frame, preview_columns=preview_columns)
+    return {"partitions_in_run": len(context.partition_keys), "rows_in_run": len(frame)}
