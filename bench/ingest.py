@@ -14,9 +14,8 @@ pixels so the figures are about headers and the pipeline, not pixels), then time
 Prints files/s of both, the ratio (target: skyassets >= 50% of bare) and where the skyassets time
 goes. As in real JWST headers, the files of one exposure (its ten NIRCam detectors) share an
 OBS_ID, so a partition; ``--per-observation 1`` makes every file its own partition, the worst
-case for Dagster's per-partition events. ``--parallel N`` runs N runs side by side (default: one per
-CPU), as ``skyassets ingest`` does; ``--no-s-region`` leaves S_REGION out, so extraction computes
-every footprint from the WCS.
+case for Dagster's per-partition events; ``--no-s-region`` leaves S_REGION out, so extraction
+computes every footprint from the WCS.
 Everything lives in one temporary folder (in /dev/shm by default), removed at the end.
 """
 
@@ -399,7 +398,7 @@ class _Timers:
             self.calls[phase] += 1
 
 
-def run_skyassets(paths: list[Path], work: Path, parallel: int) -> tuple[float, _Timers, dict[str, int]]:
+def run_skyassets(paths: list[Path], work: Path) -> tuple[float, _Timers, dict[str, int]]:
     """Seconds for ``ingest`` and the catalog publish through a SQLite-backed Dagster instance."""
     from dagster import DagsterInstance, DagsterRunStatus
 
@@ -419,23 +418,20 @@ def run_skyassets(paths: list[Path], work: Path, parallel: int) -> tuple[float, 
         timers.wrap(runs, "local_files", "find files"),
         timers.wrap(runs, "group_by_partition", "partition keys (header reads)"),
         timers.wrap(runs, "record_landed", "landing records (Parquet)"),
+        timers.wrap(mast_assets, "download_files", "copy + verify"),
+        timers.wrap(catalog_assets, "extract_many", "header extraction"),
+        timers.wrap(mast_assets, "write_parquet", "lake Parquet in runs"),
+        timers.wrap(mast_assets, "read_parquet", "lake Parquet in runs"),
+        timers.wrap(catalog_assets, "write_parquet", "lake Parquet in runs"),
+        timers.wrap(catalog_assets, "read_parquet", "lake Parquet in runs"),
+        timers.wrap(ingest_module, "read_parquet", "lake Parquet in runs"),
     ]
-    if parallel == 1:  # the runs' own phases can be timed only when they run in this process
-        restore += [
-            timers.wrap(mast_assets, "download_files", "copy + verify"),
-            timers.wrap(catalog_assets, "extract_many", "header extraction"),
-            timers.wrap(mast_assets, "write_parquet", "lake Parquet in runs"),
-            timers.wrap(mast_assets, "read_parquet", "lake Parquet in runs"),
-            timers.wrap(catalog_assets, "write_parquet", "lake Parquet in runs"),
-            timers.wrap(catalog_assets, "read_parquet", "lake Parquet in runs"),
-            timers.wrap(ingest_module, "read_parquet", "lake Parquet in runs"),
-        ]
     instance = DagsterInstance.from_config(str(dagster_home))
     try:
         restore.append(timers.wrap(instance, "add_dynamic_partitions", "add partitions"))
         started = time.perf_counter()
         with timers.phase("ingest"):
-            files, partitions, failed = runs.ingest([str(paths[0].parent)], home, instance, parallel=parallel)
+            files, partitions, failed = runs.ingest([str(paths[0].parent)], home, instance)
         with timers.phase("catalog publish"):
             published = defs.resolve_job_def("catalog_job").execute_in_process(
                 instance=instance, run_config={**runs.QUIET, "resources": {"home": {"config": {"root": str(home.root)}}}}
@@ -443,7 +439,7 @@ def run_skyassets(paths: list[Path], work: Path, parallel: int) -> tuple[float, 
         elapsed = time.perf_counter() - started
         records = instance.get_run_records()
         counts = {
-            "files": files, "partitions": partitions, "failed_runs": len(failed), "parallel": parallel,
+            "files": files, "partitions": partitions, "failed_runs": len(failed),
             "runs": len(records), "successful_runs": sum(r.dagster_run.status == DagsterRunStatus.SUCCESS for r in records),
         }
         if failed or not published.success or files != len(paths):
@@ -459,35 +455,30 @@ def report(count: int, bare: float, sky: float, timers: _Timers, counts: dict[st
     bare_rate, sky_rate = count / bare, count / sky
     ratio = sky_rate / bare_rate
     print(f"files: {count} ({counts['partitions']} partitions, {counts['runs']} runs recorded, "
-          f"{counts['successful_runs']} successful, {counts['parallel']} side by side)")
+          f"{counts['successful_runs']} successful)")
     print(f"bare loop : {bare_rate:8.1f} files/s  ({bare:.2f} s, one process)")
     print(f"skyassets : {sky_rate:8.1f} files/s  ({sky:.2f} s)")
     print(f"ratio     : {100 * ratio:.0f}% of the bare loop (target >= {100 * TARGET:.0f}%)")
     s = timers.seconds
     registration = sum(s[k] for k in ("find files", "partition keys (header reads)", "landing records (Parquet)", "add partitions"))
     runs_wall = s["ingest"] - registration
+    in_runs = s["copy + verify"] + s["header extraction"] + s["lake Parquet in runs"]
     lines = [
         ("partition registration", registration, ""),
         ("  find files", s["find files"], ""),
         ("  partition keys (header reads)", s["partition keys (header reads)"], ""),
         ("  landing records (Parquet)", s["landing records (Parquet)"], ""),
         ("  add partitions", s["add partitions"], ""),
-        ("runs", runs_wall, f"{counts['runs'] - 1} runs, {counts['parallel']} at a time"),
-    ]
-    if counts["parallel"] == 1:
-        in_runs = s["copy + verify"] + s["header extraction"] + s["lake Parquet in runs"]
-        lines += [
-            ("  copy + verify", s["copy + verify"], ""),
-            ("  header extraction", s["header extraction"], ""),
-            ("  lake Parquet (manifests, images)", s["lake Parquet in runs"], "one file per partition and asset"),
-            ("  Dagster", runs_wall - in_runs,
-             f"run set-up, {4 * counts['partitions']} planned + materialisation events, the rest of the assets"),
-        ]
-    lines += [
+        ("runs", runs_wall, f"{counts['runs'] - 1} landing runs"),
+        ("  copy + verify", s["copy + verify"], ""),
+        ("  header extraction", s["header extraction"], ""),
+        ("  lake Parquet (manifests, images)", s["lake Parquet in runs"], "one file per partition and asset"),
+        ("  Dagster", runs_wall - in_runs,
+         f"run set-up, {4 * counts['partitions']} planned + materialisation events, the rest of the assets"),
         ("catalog publish", s["catalog publish"], "catalog_job"),
         ("other", sky - s["ingest"] - s["catalog publish"], ""),
     ]
-    print("where the skyassets time goes:" + ("" if counts["parallel"] == 1 else " (--parallel 1 splits the runs' time)"))
+    print("where the skyassets time goes:")
     for label, seconds, note in lines:
         print(f"  {label:<34} {seconds:7.2f} s  {100 * seconds / sky:5.1f}%  {note}")
     return ratio
@@ -501,8 +492,6 @@ def main() -> int:
     parser.add_argument("--per-observation", type=int, default=10,
                         help="files sharing one OBS_ID, i.e. one partition (default 10, a NIRCam exposure's "
                              "detectors; 1 makes every file its own partition)")
-    parser.add_argument("--parallel", type=int, default=os.cpu_count() or 1,
-                        help="runs side by side, as `skyassets ingest --parallel` (default: one per CPU)")
     parser.add_argument("--no-s-region", dest="s_region", action="store_false",
                         help="leave S_REGION out of the SCI headers (footprints from the WCS)")
     args = parser.parse_args()
@@ -515,7 +504,7 @@ def main() -> int:
         print(f"generated {len(paths)} files of {size / 1e3:.0f} kB in {time.perf_counter() - started:.1f} s "
               f"({'with' if args.s_region else 'without'} S_REGION) under {work}")
         bare = bare_loop(paths)
-        sky, timers, counts = run_skyassets(paths, work, args.parallel)
+        sky, timers, counts = run_skyassets(paths, work)
         ratio = report(len(paths), bare, sky, timers, counts)
     finally:
         shutil.rmtree(work, ignore_errors=True)

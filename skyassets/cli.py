@@ -52,7 +52,7 @@ def _ingest(args: argparse.Namespace) -> int:
     from .runs import ingest, text_progress
 
     files, partitions, failed = ingest(
-        args.paths, home, DagsterInstance.get(), batch=args.batch, parallel=args.parallel, progress=text_progress
+        args.paths, home, DagsterInstance.get(), batch=args.batch, progress=text_progress
     )
     print(f"{files} files in {partitions} partitions catalogued into {home.lake / 'image_metadata'}")
     if failed:
@@ -105,10 +105,6 @@ def main(argv: list[str] | None = None) -> int:
     ingest = commands.add_parser("ingest", help="catalogue local FITS files or folders through the Dagster assets")
     ingest.add_argument("paths", nargs="+", help="FITS files or folders (searched recursively)")
     ingest.add_argument("--batch", type=int, default=250, help="at most this many partitions per run (default 250)")
-    ingest.add_argument(
-        "--parallel", type=int, default=os.cpu_count() or 1,
-        help=f"runs side by side, each in its own process (default: one per CPU, {os.cpu_count()} here)",
-    )
     ingest.set_defaults(func=_ingest)
     query = commands.add_parser("catalog", help="print the result of a SQL query on the catalogue")
     query.add_argument("sql", help='e.g. "SELECT obs_id, filter, s_ra, s_dec FROM images"')

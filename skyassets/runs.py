@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import math
-import multiprocessing
 import sys
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 
 from dagster import AssetKey, AssetRecordsFilter, DagsterInstance
-from dagster._core.instance.ref import InstanceRef
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from .home import Home
@@ -56,72 +52,33 @@ def ingest(
     instance: DagsterInstance,
     *,
     batch: int = 250,
-    parallel: int = 1,
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[int, int, list[str]]:
     """Catalogue local files through the landing job; return (files, partitions, failed run ids).
 
-    With ``parallel`` > 1 the runs go to that many worker processes, as the daemon would launch a
-    backfill's runs side by side; the batches are made small enough to keep every worker busy.
+    The runs go one after another in this process: side by side in worker processes they were
+    slower here, as each run's events wait on the same SQLite instance and its header reads
+    already use every core.
     """
+    from .definitions import defs
+
     files = local_files(paths)
     groups = group_by_partition(files)
     for key, landed in groups.items():
         record_landed(home, key, landed)
     instance.add_dynamic_partitions("observations", sorted(groups))
-    parallel = max(1, min(parallel, len(groups)))
-    size = max(1, min(batch, math.ceil(len(groups) / parallel)))
-    ranges = partition_batches(instance, sorted(groups), size)
-    run_config = _landing_run_config(home, extract_processes=1 if parallel > 1 else 0)
-    failed: list[str] = []
-    if parallel == 1:
-        outcomes = (_run_landing_batch(instance, first, last, run_config) for first, last in ranges)
-        for done, (run_id, success) in enumerate(outcomes, start=1):
-            failed += [] if success else [run_id]
-            if progress:
-                progress(done, len(ranges))
-        return len(files), len(groups), failed
-    ctx = multiprocessing.get_context("forkserver")
-    with ProcessPoolExecutor(parallel, mp_context=ctx, initializer=_open_worker, initargs=(instance.get_ref(),)) as pool:
-        futures = [pool.submit(_worker_batch, first, last, run_config) for first, last in ranges]
-        for done, future in enumerate(as_completed(futures), start=1):
-            run_id, success = future.result()
-            failed += [] if success else [run_id]
-            if progress:
-                progress(done, len(ranges))
+    job = defs.resolve_job_def("landing_job")
+    run_config = {**QUIET, "resources": {"home": {"config": {"root": str(home.root)}}}}
+    failed = []
+    ranges = partition_batches(instance, sorted(groups), batch)
+    for done, (first, last) in enumerate(ranges, start=1):
+        tags = {ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last}
+        result = job.execute_in_process(instance=instance, tags=tags, run_config=run_config, raise_on_error=False)
+        if not result.success:
+            failed.append(result.run_id)
+        if progress:
+            progress(done, len(ranges))
     return len(files), len(groups), failed
-
-
-def _landing_run_config(home: Home, extract_processes: int) -> dict:
-    """QUIET logging, this ``home`` for the run's resources, and the extraction's process count."""
-    return {
-        **QUIET,
-        "resources": {"home": {"config": {"root": str(home.root)}}},
-        "ops": {"image_metadata": {"config": {"processes": extract_processes}}},
-    }
-
-
-def _run_landing_batch(instance: DagsterInstance, first: str, last: str, run_config: dict) -> tuple[str, bool]:
-    from .definitions import defs
-
-    tags = {ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last}
-    result = defs.resolve_job_def("landing_job").execute_in_process(
-        instance=instance, tags=tags, run_config=run_config, raise_on_error=False
-    )
-    return result.run_id, result.success
-
-
-_worker_instance: DagsterInstance | None = None
-
-
-def _open_worker(ref: InstanceRef) -> None:
-    global _worker_instance
-    _worker_instance = DagsterInstance.from_ref(ref)
-
-
-def _worker_batch(first: str, last: str, run_config: dict) -> tuple[str, bool]:
-    assert _worker_instance is not None
-    return _run_landing_batch(_worker_instance, first, last, run_config)
 
 
 def text_progress(done: int, total: int) -> None:

@@ -1,15 +1,13 @@
 import shutil
 
 import pandas as pd
-import pytest
 from dagster import DagsterRunStatus, instance_for_test
 
 from skyassets.home import Home
 from skyassets.runs import ingest, latest_metadata, partition_batches
 
 
-@pytest.mark.parametrize("parallel", [1, 2])
-def test_ingest_catalogues_files_in_batched_runs(emu, tmp_path, parallel):
+def test_ingest_catalogues_files_in_batched_runs(emu, tmp_path):
     drop = tmp_path / "night"
     (drop / "sub").mkdir(parents=True)
     cal = sorted(emu.sky.root.rglob("*_cal.fits"))[:5]
@@ -21,7 +19,7 @@ def test_ingest_catalogues_files_in_batched_runs(emu, tmp_path, parallel):
     seen = []
     with instance_for_test() as instance:
         files, partitions, failed = ingest(
-            [drop], home, instance, batch=2, parallel=parallel, progress=lambda d, t: seen.append((d, t))
+            [drop], home, instance, batch=2, progress=lambda d, t: seen.append((d, t))
         )
         assert (files, partitions, failed) == (6, 6, [])
         runs = instance.get_runs()

@@ -7,7 +7,6 @@ import pyarrow as pa
 from dagster import (
     AssetExecutionContext,
     AutomationCondition,
-    Config,
     Failure,
     MaterializeResult,
     MetadataValue,
@@ -25,13 +24,6 @@ from .metadata import column_schema, partition_metadata
 IMAGE_PREVIEW = ["obs_id", "file_name", "hdu_name", "instrument_name", "filter", "s_ra", "s_dec", "t_min", "t_exptime"]
 
 
-class ImageMetadataConfig(Config):
-    """How many processes read headers: 0 picks one per CPU for batches and works inline for a few
-    files; runs launched side by side set 1, so they do not compete for the same cores."""
-
-    processes: int = 0
-
-
 @asset(
     group_name="catalog",
     deps=[fits_files],
@@ -42,7 +34,7 @@ class ImageMetadataConfig(Config):
     metadata=column_schema(IMAGE_SCHEMA),
     description="One row per image HDU of the observation's files, with IVOA ObsCore columns and units.",
 )
-def image_metadata(context: AssetExecutionContext, config: ImageMetadataConfig, home: HomeResource) -> MaterializeResult:
+def image_metadata(context: AssetExecutionContext, home: HomeResource) -> MaterializeResult:
     root = home.home
     sources = []
     for obs_id in context.partition_keys:
@@ -59,7 +51,7 @@ def image_metadata(context: AssetExecutionContext, config: ImageMetadataConfig, 
             for row in manifest.to_dict("records")
         ]
     # Worker processes pay off only for batches (backfills, bulk ingests); a few files go inline.
-    workers = config.processes or (1 if len(sources) < 16 else os.cpu_count() or 1)
+    workers = 1 if len(sources) < 16 else os.cpu_count() or 1
     rows, failures = extract_many(sources, processes=workers, quarantine_dir=root.quarantine)
     unexpected = [f for f in failures if not f.unreadable]
     if unexpected:
