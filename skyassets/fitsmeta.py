@@ -1,14 +1,17 @@
 """Catalogue rows from FITS headers: one row per science image HDU, in IVOA ObsCore terms.
 
-Only headers are read (lazy HDU loading, no pixel data), so a catalogue of many large files costs
-little more than their headers. Columns that ObsCore defines keep its names and units (degrees,
-metres, MJD, seconds, kB); the rest (filter, photometric keywords, AB zero point, provenance, the
-full header as JSON) are extras the later stages use. A file that is not readable FITS raises
-:class:`UnreadableFits`, and :func:`quarantine` moves such a file aside with a note saying why.
+Only headers are read (no pixel data), so a catalogue of many large files costs little more than
+their headers: those of plain uncompressed files straight from their bytes, as astropy would read
+them, the others through astropy with lazy HDU loading. Columns that ObsCore defines keep its
+names and units (degrees, metres, MJD, seconds, kB); the rest (filter, photometric keywords, AB
+zero point, provenance, the full header as JSON) are extras the later stages use. A file that is
+not readable FITS raises :class:`UnreadableFits`, and :func:`quarantine` moves such a file aside
+with a note saying why.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import multiprocessing
@@ -19,6 +22,7 @@ import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -32,6 +36,7 @@ from astropy.wcs import WCS
 from astropy.wcs.utils import pixel_to_skycoord, proj_plane_pixel_area
 
 from . import bandpasses
+from .fitscards import NotPlainFits, header_end, plain_cards, plain_keyword, plain_value
 
 BLOCK = 2880
 AB_ZERO_JY = 3631.0
@@ -151,33 +156,100 @@ def to_table(rows: Sequence[Mapping[str, Any]] | pd.DataFrame) -> pa.Table:
 
 
 # ------------------------------------------------------------------------------ reading HDUs
+# Keyword fields whose cards astropy reads in its own way, even when they look plain.
+_ASTROPY_FIELDS = frozenset((b"HIERARCH", b"CONTINUE"))
+_COMMENTARY_FIELDS = frozenset((b"        ", b"COMMENT ", b"HISTORY "))
+# What the row code asks of a header: ``get``, ``in`` and ``[]`` with standard keywords.
+_Lookup = Mapping[str, Any] | fits.Header
+
+
+class _Header:
+    """One HDU's header: read from its bytes when they are plain, as building and looking up
+    astropy's Header costs more than all the rest of a row; astropy's Header otherwise."""
+
+    def __init__(self, parsed: _ParsedHeader | None, raw: bytes | None,
+                 header: fits.Header | None = None):
+        self.parsed = parsed
+        self._raw = raw
+        self._header = header
+
+    @classmethod
+    def opened(cls, raw: bytes | None, header: fits.Header) -> _Header:
+        """The header of a file astropy opened; its bytes are used unless they are not plain or
+        astropy changed the header (EXTEND set in a primary header that has extensions)."""
+        parsed = None
+        if raw is not None:
+            try:
+                parsed = _ParsedHeader(raw)
+            except NotPlainFits:
+                pass
+            else:
+                if parsed.count != len(header) or parsed.json.get("EXTEND", True) is not True:
+                    parsed = None
+        return cls(parsed, raw, header)
+
+    @property
+    def astropy(self) -> fits.Header:
+        """Astropy's Header, built from the bytes when first needed (for a WCS)."""
+        if self._header is None:
+            assert self._raw is not None
+            self._header = fits.Header.fromstring(self._raw)
+        return self._header
+
+    @property
+    def keys(self) -> _Lookup:
+        """For keyword lookups: a dict of the values astropy's Header gives when it is known."""
+        return self.astropy if self.parsed is None else self.parsed.values
+
+    @cached_property
+    def json_dict(self) -> dict[str, Any]:
+        """The header as ``header_json`` holds it."""
+        return _header_dict(self.astropy) if self.parsed is None else self.parsed.json
+
+
 @dataclass
 class _Hdu:
     index: int
     name: str
     ver: int
-    header: fits.Header
+    header: _Header
 
 
-def _read_headers(path: Path) -> tuple[fits.Header, list[_Hdu]]:
+def _read_headers(path: Path) -> tuple[_Header, list[_Hdu]]:
     """The primary header and every image HDU, checking that the file holds the data they announce.
 
     Everything that can go wrong with a broken file happens here, so only here do errors mean
-    "unreadable"; errors later are bugs and propagate as they are.
+    "unreadable"; errors later are bugs and propagate as they are. Plain uncompressed files are
+    read directly, others with astropy.
     """
     try:
         size = path.stat().st_size
-        with open(path, "rb") as f:
-            head = f.read(80)
+        f = open(path, "rb")
     except OSError as exc:
         raise UnreadableFits(path, f"cannot read: {exc.strerror or exc}") from exc
-    if size == 0:
-        raise UnreadableFits(path, "empty file (0 bytes)")
-    compressed = head.startswith(_COMPRESSED_MAGIC)
-    if not compressed and not head.startswith(b"SIMPLE  ="):
-        raise UnreadableFits(path, f"not FITS: starts with {head[:20]!r}")
-    if not compressed and head[10:].split(b"/")[0].strip() != b"T":
-        raise UnreadableFits(path, "not standard FITS (SIMPLE is not T)")
+    with f:
+        try:
+            head = f.read(80)
+        except OSError as exc:
+            raise UnreadableFits(path, f"cannot read: {exc.strerror or exc}") from exc
+        if size == 0:
+            raise UnreadableFits(path, "empty file (0 bytes)")
+        compressed = head.startswith(_COMPRESSED_MAGIC)
+        if not compressed and not head.startswith(b"SIMPLE  ="):
+            raise UnreadableFits(path, f"not FITS: starts with {head[:20]!r}")
+        if not compressed and head[10:].split(b"/")[0].strip() != b"T":
+            raise UnreadableFits(path, "not standard FITS (SIMPLE is not T)")
+        if not compressed:
+            try:
+                return _read_plain_hdus(path, f, size)
+            except (NotPlainFits, OSError):
+                pass
+        return _read_astropy_hdus(path, f, size, compressed)
+
+
+def _read_astropy_hdus(path: Path, f: io.BufferedReader, size: int, compressed: bool
+                       ) -> tuple[_Header, list[_Hdu]]:
+    """``_read_headers`` with astropy; ``f`` (the same file) gives the headers' bytes."""
     hdus: list[_Hdu] = []
     try:
         with fits.open(path, lazy_load_hdus=True, memmap=True) as hdul:
@@ -188,21 +260,114 @@ def _read_headers(path: Path) -> tuple[fits.Header, list[_Hdu]]:
                 if compressed and info["datSpan"] > ABSURD_DATA_BYTES:
                     raise UnreadableFits(path, f"HDU {i} claims {info['datSpan']} bytes of data")
                 if not compressed and end - (BLOCK - 1) > size:
-                    raise UnreadableFits(
-                        path, f"HDU {i} claims data up to byte {end} but the file has {size} bytes "
-                              "(truncated, or absurd NAXISn)")
+                    raise UnreadableFits(path, _truncated(i, end, size))
                 if isinstance(hdu, fits.GroupsHDU) or not isinstance(
                         hdu, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU)):
                     continue
-                hdus.append(_Hdu(i, hdu.name, int(hdu.ver), hdu.header))
+                raw = None
+                if not compressed and not isinstance(hdu, fits.CompImageHDU):
+                    f.seek(info["hdrLoc"])
+                    raw = f.read(info["datLoc"] - info["hdrLoc"])
+                hdus.append(_Hdu(i, hdu.name, int(hdu.ver), _Header.opened(raw, hdu.header)))
     except (UnreadableFits, ImportError):  # ImportError: a decompressor missing here, not a bad file
         raise
     except Exception as exc:  # astropy raises many kinds for broken files
         raise UnreadableFits(path, f"{type(exc).__name__}: {exc}") from exc
-    return primary, hdus
+    if hdus and hdus[0].index == 0:
+        return hdus[0].header, hdus
+    return _Header(None, None, primary), hdus
 
 
-def _shape(h: fits.Header) -> list[int]:
+def _truncated(index: int, end: int, size: int) -> str:
+    return (f"HDU {index} claims data up to byte {end} but the file has {size} bytes "
+            "(truncated, or absurd NAXISn)")
+
+
+_SIMPLE_CARD = b"SIMPLE  =                    T"
+_XTENSIONS = ("IMAGE", "BINTABLE", "TABLE")
+_BITPIX = (8, 16, 32, 64, -32, -64)
+
+
+def _read_plain_hdus(path: Path, f: io.BufferedReader, size: int) -> tuple[_Header, list[_Hdu]]:
+    """``_read_headers`` of a file whose headers are all plain: each read from its bytes as
+    astropy would read it, and the same ``UnreadableFits`` for data the file does not hold.
+
+    Raises ``NotPlainFits`` where astropy might read the file otherwise: HDUs other than the
+    primary, image and table ones, compressed images, random groups, structural keywords that
+    are missing, odd or given twice, a primary header without EXTEND = T before extensions
+    (astropy sets it), and bytes after the last HDU.
+    """
+    headers: list[_Header] = []
+    hdus: list[_Hdu] = []
+    offset = 0
+    while offset < size:
+        index = len(headers)
+        f.seek(offset)
+        raw = _header_blocks(f)
+        parsed = _ParsedHeader(raw)
+        values = parsed.values
+        if not raw.startswith(b"XTENSION= " if index else _SIMPLE_CARD):
+            raise NotPlainFits("not a plain primary or extension header")
+        if index == 0:
+            if values.get("SIMPLE") is not True or "GROUPS" in values:
+                raise NotPlainFits("not a plain primary HDU")
+            kind = "PRIMARY"
+        else:
+            kind = values.get("XTENSION")
+            if kind not in _XTENSIONS or "ZIMAGE" in values:
+                raise NotPlainFits(f"XTENSION = {kind!r}")
+        naxis = _structural(parsed, "NAXIS", None, 999)
+        data = 0
+        if naxis:
+            bitpix = _structural(parsed, "BITPIX", None, 64, low=-64)
+            if bitpix not in _BITPIX:
+                raise NotPlainFits(f"BITPIX = {bitpix}")
+            data = math.prod(_structural(parsed, f"NAXIS{n}", None) for n in range(1, naxis + 1))
+            gcount = _structural(parsed, "GCOUNT", 1)
+            pcount = _structural(parsed, "PCOUNT", 0)
+            data = abs(bitpix) * gcount * (pcount + data) // 8
+        end = offset + len(raw) + data + -data % BLOCK
+        if end - (BLOCK - 1) > size:
+            raise UnreadableFits(path, _truncated(index, end, size))
+        header = _Header(parsed, raw)
+        headers.append(header)
+        if kind in ("PRIMARY", "IMAGE"):
+            ver = values.get("EXTVER", 1)
+            if type(ver) is not int:
+                raise NotPlainFits(f"EXTVER = {ver!r}")
+            name = str(values.get("EXTNAME", "PRIMARY" if index == 0 else ""))
+            hdus.append(_Hdu(index, name, ver, header))
+        offset = end
+    if len(headers) > 1 and headers[0].keys.get("EXTEND") is not True:
+        raise NotPlainFits("extensions after a primary header without EXTEND = T")
+    return headers[0], hdus
+
+
+def _header_blocks(f: io.BufferedReader) -> bytes:
+    """The blocks of the header at the file position, up to the one with its END card."""
+    blocks = []
+    while True:
+        block = f.read(BLOCK)
+        if len(block) != BLOCK:
+            raise NotPlainFits("file ends inside a header")
+        blocks.append(block)
+        if header_end(block) >= 0:
+            return b"".join(blocks)
+
+
+def _structural(parsed: _ParsedHeader, key: str, default: int | None, high: int = 1 << 62,
+                low: int = 0) -> int:
+    """A keyword that sizes the HDU, as astropy reads it; ``NotPlainFits`` unless it is a plain
+    integer from ``low`` to ``high`` (astropy sizes HDUs from the last card of a keyword, looks
+    values up in the first), or absent with a ``default``."""
+    value, last = parsed.values.get(key, default), parsed.json.get(key, default)
+    if key in parsed.by_astropy or type(value) is not int or type(last) is not int \
+            or last != value or not low <= value <= high:
+        raise NotPlainFits(f"{key} = {value!r}")
+    return value
+
+
+def _shape(h: _Lookup) -> list[int]:
     """Axis lengths, NAXIS1 first; for headers whose data were stripped (every NAXISn <= 1) the
     original size kept in NPIXn, ONAXISn or SIZAXISn/BINAXISn."""
     naxis = int(h.get("NAXIS", 0))
@@ -219,7 +384,7 @@ def _shape(h: fits.Header) -> list[int]:
 def _selected(hdus: list[_Hdu]) -> list[tuple[_Hdu, list[int]]]:
     """The image HDUs worth a row: the SCI extensions when the file has any, else every image
     HDU that is not auxiliary (error, quality, weight, distortion arrays)."""
-    with_shape = [(h, _shape(h.header)) for h in hdus]
+    with_shape = [(h, _shape(h.header.keys)) for h in hdus]
     images = [(h, s) for h, s in with_shape if len(s) >= 2 and s[0] > 0 and s[1] > 0]
     sci = [(h, s) for h, s in images if h.name == "SCI"]
     return sci or [(h, s) for h, s in images if h.name not in _AUXILIARY]
@@ -229,7 +394,7 @@ def _selected(hdus: list[_Hdu]) -> list[tuple[_Hdu, list[int]]]:
 class _Keys:
     """Keyword lookup in the HDU's header, then the primary header (FITS INHERIT convention)."""
 
-    def __init__(self, header: fits.Header, primary: fits.Header | None):
+    def __init__(self, header: _Lookup, primary: _Lookup | None):
         self.headers = [header] + ([primary] if primary is not None else [])
 
     def get(self, *keys: str) -> Any:
@@ -255,6 +420,7 @@ class _Keys:
         return None if v is None else str(v)
 
 
+@lru_cache(maxsize=1024)  # the chips of a file share their dates; astropy's Time is slow to parse
 def _mjd_from_date(date: str | None, time: str | None) -> float | None:
     """MJD of a FITS date (ISO, with or without time; or the pre-2000 dd/mm/yy form)."""
     if not date:
@@ -306,6 +472,7 @@ _UNIT_WORDS = {"electrons": "electron", "counts": "count", "jy": "Jy", "mjy": "M
                "sec": "s", "beam": "beam", "sr": "sr", "s": "s", "adu": "adu", "ujy": "uJy"}
 
 
+@lru_cache(maxsize=1024)  # parsing a unit costs up to a millisecond, and files share a few
 def _unit(bunit: str | None) -> u.UnitBase | None:
     """BUNIT as an astropy unit, accepting the upper-case plural forms HST writes."""
     if not bunit:
@@ -322,12 +489,14 @@ def _unit(bunit: str | None) -> u.UnitBase | None:
 _COUNTS = (u.electron, u.count, u.DN, u.adu)
 
 
+@lru_cache(maxsize=1024)
 def _is_counts(unit: u.UnitBase | None, per_second: bool) -> bool:
     if unit is None:
         return False
     return any(unit.is_equivalent(c / u.s if per_second else c) for c in _COUNTS)
 
 
+@lru_cache(maxsize=1024)
 def _o_ucd(unit: u.UnitBase | None) -> str | None:
     if unit is None:
         return None
@@ -387,11 +556,78 @@ def _header_dict(h: fits.Header) -> dict[str, Any]:
             value = card.value
         except fits.VerifyError:
             value = card.image
-        if key in ("COMMENT", "HISTORY"):
-            out.setdefault(key, []).append(str(value))
-        else:
-            out[key] = _json_value(value)
+        _add_card(out, key, value)
     return out
+
+
+def _add_card(out: dict[str, Any], key: str, value: Any) -> None:
+    if key in ("COMMENT", "HISTORY"):
+        out.setdefault(key, []).append(str(value))
+    else:
+        out[key] = _json_value(value)
+
+
+class _ParsedHeader:
+    """A header read from its bytes as astropy would read it: plain cards directly, the others
+    (CONTINUE, HIERARCH, record-valued ...) with astropy's ``Card``, one by one.
+
+    Parsing every card's value with astropy costs more than all the rest of a row.
+    """
+
+    def __init__(self, raw: bytes):
+        cards = plain_cards(raw)
+        self.json: dict[str, Any] = {}  # as _header_dict gives it
+        self.values: dict[str, Any] = {}  # Header.get's value of each keyword but commentary ones
+        self.count = 0  # as astropy counts cards: one with the CONTINUE cards after it is one
+        self.by_astropy: set[str] = set()  # keywords of the cards given to astropy's Card
+        # Header.get of a record-valued card's own keyword (DP1 of DP1.AXIS.1) gives its raw value
+        # when no card has that keyword.
+        raw_values: dict[str, Any] = {}
+        at, size = 0, len(cards)
+        while at < size:
+            stop = at + 80
+            while cards.startswith(b"CONTINUE", stop):
+                stop += 80
+            self.count += 1
+            image = cards[at:stop]
+            at = stop
+            field = image[:8]
+            if len(image) == 80 and plain_keyword(field) and field not in _ASTROPY_FIELDS:
+                if field in _COMMENTARY_FIELDS:
+                    key = field.rstrip().decode("ascii")
+                    if key:
+                        self.json.setdefault(key, []).append(image[8:].rstrip().decode("ascii"))
+                    continue
+                if image[8:10] == b"= ":
+                    try:
+                        value = plain_value(image)
+                    except NotPlainFits:
+                        pass
+                    else:
+                        key = field.rstrip().decode("ascii")
+                        self.json[key] = _json_value(value)
+                        self.values.setdefault(key, value)
+                        continue
+            self._add_with_astropy(image, raw_values)
+        for key, value in raw_values.items():
+            self.values.setdefault(key, value)
+
+    def _add_with_astropy(self, image: bytes, raw_values: dict[str, Any]) -> None:
+        try:
+            card = fits.Card.fromstring(image.decode("ascii"))
+            key, value = card.keyword, card.value
+        except Exception as exc:  # astropy's Header then raises where it used to, if at all
+            raise NotPlainFits(f"card {image[:8]!r} astropy cannot parse") from exc
+        if not key:
+            return
+        normalized = fits.Card.normalize_keyword(key)
+        self.by_astropy.add(normalized)
+        _add_card(self.json, key, value)
+        if card.field_specifier is not None:
+            self.by_astropy.add(card.rawkeyword)
+            raw_values.setdefault(card.rawkeyword, card.rawvalue)
+        if key not in ("COMMENT", "HISTORY"):
+            self.values.setdefault(normalized, None if value == fits.card.UNDEFINED else value)
 
 
 # ------------------------------------------------------------------------------- spatial
@@ -434,7 +670,7 @@ def _centre_and_fov(ra: np.ndarray, dec: np.ndarray) -> tuple[float, float, floa
     return math.degrees(math.atan2(y, x)) % 360.0, math.degrees(math.atan2(z, math.hypot(x, y))), fov
 
 
-def _linear_pixel_scale(h: fits.Header) -> float | None:
+def _linear_pixel_scale(h: _Lookup) -> float | None:
     """Pixel scale (arcsec) from the linear WCS keywords alone, when no WCS object is built."""
     if "CD1_1" in h:
         det = h.get("CD1_1", 0.0) * h.get("CD2_2", 0.0) - h.get("CD1_2", 0.0) * h.get("CD2_1", 0.0)
@@ -459,8 +695,9 @@ def _without_lookup_distortion(h: fits.Header) -> fits.Header:
     return fits.Header([c for c in h.cards if not _LOOKUP_KEYS.match(c.keyword)])
 
 
-def _spatial(h: fits.Header, shape: list[int]) -> dict[str, Any]:
+def _spatial(header: _Header, shape: list[int]) -> dict[str, Any]:
     """s_ra, s_dec, s_fov, s_region, s_xel1/2, pixel_scale and wcs_problem of one image HDU."""
+    h = header.keys
     out: dict[str, Any] = {"s_xel1": shape[0], "s_xel2": shape[1], "wcs_problem": None}
     extra = [n for n in shape[2:] if n > 1]
     out["dataproduct_type"] = "cube" if extra else "image"
@@ -477,7 +714,7 @@ def _spatial(h: fits.Header, shape: list[int]) -> dict[str, Any]:
         out["pixel_scale"] = _linear_pixel_scale(h)
         return out
     try:
-        w = WCS(_without_lookup_distortion(h), relax=True)
+        w = WCS(_without_lookup_distortion(header.astropy), relax=True)
     except Exception as exc:  # astropy.wcs raises several types for bad keywords
         out["wcs_problem"] = f"invalid WCS: {type(exc).__name__}: {exc}"
         return out
@@ -538,12 +775,11 @@ def extract(path: str | os.PathLike[str], *, sha256: str | None = None,
     return rows
 
 
-def _row(path: Path, hdu: _Hdu, shape: list[int], primary: fits.Header, *,
+def _row(path: Path, hdu: _Hdu, shape: list[int], primary: _Header, *,
          sha256: str | None, access_url: str | None, obs_id: str | None,
          size: int) -> dict[str, Any]:
-    h = hdu.header
-    parent = primary if hdu.index > 0 else None
-    k = _Keys(h, parent)
+    parent = primary.keys if hdu.index > 0 else None
+    k = _Keys(hdu.header.keys, parent)
     telescope = k.text("TELESCOP")
     telescope = telescope.upper() if telescope else None
     instrument = k.text("INSTRUME")
@@ -606,11 +842,11 @@ def _row(path: Path, hdu: _Hdu, shape: list[int], primary: fits.Header, *,
         "hdu_name": hdu.name,
         "hdu_ver": hdu.ver,
         "header_json": json.dumps({
-            "primary": _header_dict(parent if parent is not None else h),
-            "extension": _header_dict(h) if parent is not None else None,
+            "primary": primary.json_dict,
+            "extension": hdu.header.json_dict if parent is not None else None,
         }),
     }
-    row.update(_spatial(h, shape))
+    row.update(_spatial(hdu.header, shape))
     return {c: row.get(c) for c in COLUMNS}
 
 

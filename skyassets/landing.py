@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import re
 import secrets
@@ -35,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .fitscards import NotPlainFits, header_end, plain_keyword, plain_value, printable
 from .names import InvalidNameError, validate_obs_id
 
 FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fz")
@@ -501,24 +503,140 @@ def _headers(hdul: Any) -> list[Any]:
         return [primary]
 
 
-def _local_header_id(path: str) -> str | None:
+def _astropy_header_id(source: str | io.BytesIO) -> str | None:
+    """The header id as astropy reads the file: any FITS astropy opens, compressed ones too."""
     from astropy.io import fits
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with fits.open(path, lazy_load_hdus=True, memmap=False) as hdul:
+            with fits.open(source, lazy_load_hdus=True, memmap=False) as hdul:
                 return _header_id(_headers(hdul))
     except Exception:  # astropy raises many kinds for files that are not FITS; the key falls back
         return None
+
+
+_BLOCK = 2880
+_CARD = 80
+_SIMPLE_T = b"SIMPLE  =                    T"
+
+
+# Keywords astropy reads while it opens a file and builds the primary and first image HDU.
+_STRUCTURAL = ("SIMPLE", "XTENSION", "BITPIX", "NAXIS", "EXTEND", "GROUPS", "PCOUNT", "GCOUNT",
+               "BZERO", "BSCALE", "BLANK")
+_WATCHED = frozenset(
+    k.ljust(8).encode() for k in (*HEADER_ID_KEYWORDS, *_STRUCTURAL, *(f"NAXIS{n}" for n in range(1, 1000)))
+)
+_BITPIX = {8, 16, 32, 64, -32, -64}
+
+
+class _PlainHeader:
+    """The cards of ``_WATCHED`` keywords in plain header cards, with astropy's values."""
+
+    def __init__(self, cards: bytes):
+        self.cards: dict[bytes, bytes] = {}
+        for at in range(0, len(cards), _CARD):
+            field = cards[at:at + 8]
+            if field in _WATCHED:
+                if field in self.cards or cards[at + 8:at + 10] != b"= ":
+                    raise NotPlainFits(f"{field!r} repeated or without a value")
+                if cards[at + _CARD:at + _CARD + 8] == b"CONTINUE":
+                    raise NotPlainFits(f"{field!r} continued")
+                self.cards[field] = cards[at:at + _CARD]
+            elif field == b"HIERARCH":
+                name = cards[at + 9:at + _CARD].partition(b"=")[0].strip().upper()
+                if name.ljust(8) in _WATCHED:
+                    raise NotPlainFits(f"HIERARCH {name!r}")
+            elif not plain_keyword(field):
+                raise NotPlainFits(f"keyword field {field!r}")
+
+    def get(self, keyword: str) -> Any:
+        """The value astropy's ``Header.get`` gives."""
+        card = self.cards.get(keyword.ljust(8).encode())
+        return None if card is None else plain_value(card)
+
+    def integer(self, keyword: str, low: int, high: int) -> int:
+        """A structural integer astropy uses to size the HDU; ``NotPlainFits`` if absent or odd."""
+        value = self.get(keyword)
+        if type(value) is not int or not low <= value <= high:
+            raise NotPlainFits(f"{keyword} = {value!r}")
+        return value
+
+
+def _read_plain_header(f: io.BufferedIOBase) -> bytes:
+    """The plain cards of the header at the file position; the file is left after its END block."""
+    blocks = []
+    while True:
+        block = f.read(_BLOCK)
+        if len(block) != _BLOCK:
+            raise NotPlainFits("file ends inside a header")
+        end = header_end(block)
+        if end < 0:
+            blocks.append(block)
+        else:
+            blocks.append(block[:end])
+            return printable(b"".join(blocks))
+
+
+def _image_axes(header: _PlainHeader) -> list[int]:
+    """The axis lengths, once the keywords astropy reads to build the HDU are known to be plain."""
+    if header.integer("BITPIX", -64, 64) not in _BITPIX:
+        raise NotPlainFits("BITPIX")
+    naxis = header.integer("NAXIS", 0, 999)
+    for keyword in ("BZERO", "BSCALE", "BLANK"):
+        header.get(keyword)  # parsed while the HDU is built: unparsable values must go to astropy
+    return [header.integer(f"NAXIS{n}", 0, 1 << 62) for n in range(1, naxis + 1)]
+
+
+def _plain_header_id(f: io.BufferedIOBase, size: int) -> str | None:
+    """``_astropy_header_id`` for plain uncompressed FITS, reading only the headers it needs.
+
+    Raises ``NotPlainFits`` for anything else: the caller then asks astropy.
+    """
+    primary_bytes = _read_plain_header(f)
+    if not primary_bytes.startswith(_SIMPLE_T):
+        raise NotPlainFits("no standard SIMPLE card")
+    primary = _PlainHeader(primary_bytes)
+    if primary.get("SIMPLE") is not True:
+        raise NotPlainFits("SIMPLE")
+    for keyword in ("GROUPS", "PCOUNT", "GCOUNT"):
+        if keyword.ljust(8).encode() in primary.cards:
+            raise NotPlainFits(f"{keyword} in the primary header")
+    axes = _image_axes(primary)
+    primary_end = f.tell()
+    if axes:
+        # Without EXTEND = T astropy looks for a first extension while it opens the file.
+        data = abs(primary.integer("BITPIX", -64, 64)) // 8 * math.prod(axes)
+        if primary.get("EXTEND") is not True and size > primary_end + data + -data % _BLOCK:
+            raise NotPlainFits("an extension after a primary without EXTEND = T")
+        return _header_id([primary])
+    if primary_end == size:
+        return _header_id([primary])
+    extension_bytes = _read_plain_header(f)
+    if not extension_bytes.startswith(b"XTENSION= "):
+        raise NotPlainFits("first extension does not start with XTENSION")
+    extension = _PlainHeader(extension_bytes)
+    if extension.get("XTENSION") != "IMAGE":
+        raise NotPlainFits("first extension is not an image")
+    _image_axes(extension)
+    extension.integer("PCOUNT", 0, 1 << 62)
+    extension.integer("GCOUNT", 0, 1 << 62)
+    return _header_id([primary, extension])
+
+
+def _local_header_id(path: str) -> str | None:
+    """The header id of a local file: its headers read directly, astropy when they are not plain."""
+    try:
+        with open(path, "rb") as f:
+            return _plain_header_id(f, os.fstat(f.fileno()).st_size)
+    except (NotPlainFits, OSError):
+        return _astropy_header_id(path)
 
 
 def _s3_header_id(
     location: str, client: Any, size: int | None, signature: str | None
 ) -> tuple[str | None, int | None, str | None]:
     """Header id from the first ``S3_HEADER_BYTES`` of the object, and its size and ETag."""
-    from astropy.io import fits
-
     if client is None:
         raise ValueError(f"partition_key of {location} needs an S3 client")
     bucket, _, key = location[len("s3://"):].partition("/")
@@ -537,9 +655,6 @@ def _s3_header_id(
         except zlib.error:
             return None, size, signature
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with fits.open(io.BytesIO(head), lazy_load_hdus=True, memmap=False) as hdul:
-                return _header_id(_headers(hdul)), size, signature
-    except Exception:  # not FITS, or a header longer than the bytes read
-        return None, size, signature
+        return _plain_header_id(io.BytesIO(head), len(head)), size, signature
+    except NotPlainFits:  # not FITS, or a header longer than the bytes read, or odd
+        return _astropy_header_id(io.BytesIO(head)), size, signature

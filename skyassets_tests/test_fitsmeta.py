@@ -1,6 +1,7 @@
 import gzip
 import json
 import math
+import random
 import shutil
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from skyassets import bandpasses, fitsmeta
 from skyassets.emulator.sky import Sky, SkySpec, make_wcs
 from skyassets.fitsmeta import (IMAGE_SCHEMA, UnreadableFits, extract, extract_many, quarantine,
                                 to_table)
+from skyassets.fitscards import NotPlainFits
 
 SITE = Path(fits.__file__).parents[3]
 
@@ -402,3 +404,138 @@ def test_parquet_keeps_the_units(tmp_path, sky):
         assert units["t_exptime"] == b"s" and units["s_fov"] == b"deg" and units["access_estsize"] == b"kbyte"
         assert pq.read_table(tmp_path / "images.parquet").num_rows == len(frame)
     assert to_table([]).num_rows == 0
+
+
+# ---------------------------------------------------------- headers read directly
+def _header(cards: list[str]) -> bytes:
+    """Header blocks of the card images given, as written (no checks, so odd cards stay odd)."""
+    assert all(len(c) <= 80 for c in cards)
+    raw = b"".join(c.ljust(80).encode("latin-1") for c in cards) + b"END".ljust(80)
+    return raw + b" " * (-len(raw) % 2880)
+
+
+def _outcome(path: Path) -> str:
+    try:
+        return json.dumps(extract(path), sort_keys=True)
+    except Exception as exc:
+        return f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
+
+
+def _outcome_with_astropy(path: Path, monkeypatch) -> str:
+    """``extract`` as it reads files that are not plain: astropy opens them and reads every card."""
+    def not_plain(*args):
+        raise NotPlainFits("test")
+
+    with monkeypatch.context() as m:
+        m.setattr(fitsmeta, "_read_plain_hdus", not_plain)
+        m.setattr(fitsmeta, "_ParsedHeader", not_plain)
+        return _outcome(path)
+
+
+def _read_directly(path: Path) -> bool:
+    """Whether ``extract`` reads the file without astropy (finding it truncated counts)."""
+    with open(path, "rb") as f:
+        try:
+            fitsmeta._read_plain_hdus(path, f, path.stat().st_size)
+        except NotPlainFits:
+            return False
+        except UnreadableFits:
+            pass
+    return True
+
+
+PRIMARY = ["SIMPLE  =                    T", "BITPIX  =                    8", "NAXIS   =                    0",
+           "EXTEND  =                    T", "TELESCOP= 'JWST'", "INSTRUME= 'NIRCAM'", "DETECTOR= 'NRCA1'",
+           "DETECTOR= 'NRCB2'", "FILTER  = 'F200W'", "PUPIL   = 'CLEAR'", "EXP_TYPE= 'NRC_IMAGE'",
+           "PROGRAM = '02736'", "OBS_ID  = 'V02736001001P0000000002105'", "EXPSTART=       59733.50115282",
+           "EXPEND  =       59733.50379965", "EFFEXPTM=              1503.18", "TARGPROP=",
+           "TITLE   = 'A long title that goes on and on, past what one card holds, &'",
+           "CONTINUE  'so it continues'", "PI_NAME = 'O''Brien / Smith'", "HIERARCH ESO DET CHIP = 'A'",
+           "date-obs= '2022-06-03'", "COMMENT   first comment", "HISTORY   history line", "        / blank",
+           "ZERO    =                   -0.0", "BIG     =                1E999", "LOGICAL =                    F"]
+SCI = ["XTENSION= 'IMAGE   '", "BITPIX  =                  -32", "NAXIS   =                    2",
+       "NAXIS1  =                   16", "NAXIS2  =                   12", "PCOUNT  =                    0",
+       "GCOUNT  =                    1", "EXTNAME = 'SCI'", "EXTVER  =                    1",
+       "BUNIT   = 'MJy/sr'", "PHOTMJSR=                 4.87", "PIXAR_SR=             2.29E-14",
+       "CTYPE1  = 'RA---TAN'", "CTYPE2  = 'DEC--TAN'",
+       "CRVAL1  =             151.7578", "CRVAL2  =             -40.4367", "CRPIX1  =                  8.5",
+       "CRPIX2  =                  6.5", "CD1_1   =              -8.6D-6", "CD1_2   =                  0.0",
+       "CD2_1   =                  0.0", "CD2_2   =               8.6E-6", "DP1     = 'AXIS.1: 1'"]
+ERR = ["XTENSION= 'IMAGE   '", "BITPIX  =                  -32", "NAXIS   =                    2",
+       "NAXIS1  =                   16", "NAXIS2  =                   12", "PCOUNT  =                    0",
+       "GCOUNT  =                    1", "EXTNAME = 'ERR'"]
+TABLE = ["XTENSION= 'BINTABLE'", "BITPIX  =                    8", "NAXIS   =                    2",
+         "NAXIS1  =                    8", "NAXIS2  =                    3", "PCOUNT  =                    0",
+         "GCOUNT  =                    1", "TFIELDS =                    1", "TFORM1  = 'D'", "EXTNAME = 'ASDF'"]
+DATA = b"\0" * 2880
+
+
+@pytest.mark.parametrize("name, data, direct", [
+    ("jwst", _header(PRIMARY) + _header(SCI) + DATA + _header(ERR) + DATA + _header(TABLE) + DATA, True),
+    ("s_region", _header(PRIMARY) + _header(SCI + ["S_REGION= 'POLYGON ICRS 10 1 10.1 1 10.1 1.1 10 1.1'"])
+     + DATA, True),
+    ("no-extend", _header([c for c in PRIMARY if not c.startswith("EXTEND")]) + _header(SCI) + DATA, False),
+    ("extend-f", _header([c.replace("T", "F") if c.startswith("EXTEND") else c for c in PRIMARY])
+     + _header(SCI) + DATA, False),
+    ("truncated", _header(PRIMARY) + _header(SCI) + DATA + _header(ERR), True),
+    ("trailing-bytes", _header(PRIMARY) + _header(SCI) + DATA + b"junk", False),
+    ("compressed-table", _header(PRIMARY) + _header(TABLE + ["ZIMAGE  =                    T"]) + DATA, False),
+    ("image-primary", _header(PRIMARY[:2] + ["NAXIS   = 2", "NAXIS1  = 16", "NAXIS2  = 12"] + PRIMARY[3:]
+                              + SCI[9:]) + DATA, True),
+    ("undefined-naxis1", _header(PRIMARY) + _header(SCI[:3] + ["NAXIS1  ="] + SCI[4:]) + DATA, False),
+    ("unparsable-instrument", _header(PRIMARY[:5] + ["INSTRUME= 'NIRCAM' junk"] + PRIMARY[6:]) + _header(SCI)
+     + DATA, False),
+    ("non-ascii-padding", (lambda h: h[:-1] + b"\xe9")(_header(PRIMARY)) + _header(SCI) + DATA, True),
+])
+def test_rows_of_headers_read_directly_are_astropy_s(tmp_path, monkeypatch, name, data, direct):
+    path = tmp_path / f"{name}.fits"
+    path.write_bytes(data)
+    assert _read_directly(path) == direct
+    assert _outcome(path) == _outcome_with_astropy(path, monkeypatch)
+
+
+def test_emulator_rows_read_directly_are_astropy_s(sky, monkeypatch):
+    for path in sorted(sky.root.glob("*.fits")):
+        assert _read_directly(path), path.name
+        assert _outcome(path) == _outcome_with_astropy(path, monkeypatch), path.name
+
+
+def test_plain_files_are_not_opened_with_astropy(tmp_path, monkeypatch):
+    def no_open(*args, **kwargs):
+        raise AssertionError("astropy opened a plain file")
+
+    path = write_image(tmp_path / "p.fits", {"TELESCOP": "JWST", "INSTRUME": "NIRCAM"}, ext={"EXTNAME": "SCI"},
+                       wcs=make_wcs(150.0, 2.0, 0.1, 0.0, 30, sip=True))
+    expected = extract(path)
+    monkeypatch.setattr(fits, "open", no_open)
+    assert extract(path) == expected and expected[0]["s_region"]
+
+
+def test_header_bytes_read_as_astropy_reads_them():
+    """Seeded random headers: the JSON dict, the card count and every keyword lookup are the same
+    as astropy's, or the header is left to astropy."""
+    rng = random.Random(3)
+    values = ["'text'", "'a''b'", "'x/y'", "'it''s / x'", "'ok' / c", "'  lead'", "''", "'AXIS.1: 3'", "'abc&'",
+              "12", "-5", "+007", "1.5", "1E5", "1.5D-3", "-.5", "5.", "T", "F", "", "/ comment", "-0.0", "1E999"]
+    keys = ["FILTER", "EXPTIME", "CD1_1", "S_REGION", "DATE-OBS", "NAXIS1", "DP1", "EXTEND"]
+    kinds = ["{k:<8}= {v}"] * 12 + ["COMMENT {v}", "HISTORY {v}", "        {v}", "CONTINUE  {v}",
+                                    "HIERARCH {k} = {v}", "{kl:<8}= {v}", "{k:<8}  {v}", "{k}= {v}"]
+    read = 0
+    for _ in range(400):
+        cards = [rng.choice(kinds).format(k=(k := rng.choice(keys)), kl=k.lower(), v=rng.choice(values))[:80]
+                 for _ in range(rng.randint(0, 25))]
+        raw = _header(cards)
+        try:
+            parsed = fitsmeta._ParsedHeader(raw)
+        except NotPlainFits:
+            continue
+        read += 1
+        header = fits.Header.fromstring(raw)
+        assert parsed.count == len(header)
+        assert json.dumps(parsed.json) == json.dumps(fitsmeta._header_dict(header))
+        for key in {fits.Card.normalize_keyword(c.keyword) for c in header.cards if c.keyword} | set(keys):
+            if key not in ("COMMENT", "HISTORY"):
+                want, got = header.get(key), parsed.values.get(key)
+                assert type(got) is type(want) and (got == want or got != got), key
+                assert (key in header) == (key in parsed.values) or "." in key or len(key) > 8, key
+    assert read > 100

@@ -6,6 +6,7 @@ import gzip
 import io
 import json
 import os
+import random
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -16,6 +17,8 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
+from skyassets import landing
+from skyassets.fitscards import NotPlainFits
 from skyassets.landing import LandedFile, LandingZone, S3LandingZone, Tick, partition_key
 from skyassets.names import validate_obs_id
 
@@ -454,3 +457,123 @@ def test_key_of_s3_objects(s3: Any, prefix: str) -> None:
     _key_shape(partition_key(f"s3://{BUCKET}/{prefix}missing.fits", client=s3), "missing")
     with pytest.raises(ValueError, match="S3 client"):
         partition_key(f"s3://{BUCKET}/{prefix}a.fits")
+
+
+# --- header ids read directly, compared with astropy ---------------------------------------------
+
+PRIMARY = ["SIMPLE  =                    T", "BITPIX  =                    8",
+           "NAXIS   =                    0", "EXTEND  =                    T"]
+IMAGE = ["XTENSION= 'IMAGE   '", "BITPIX  =                  -32", "NAXIS   =                    2",
+         "NAXIS1  =                    4", "NAXIS2  =                    4", "PCOUNT  =                    0",
+         "GCOUNT  =                    1"]
+
+
+def _header(cards: list[str], end: bool = True) -> bytes:
+    """Header blocks of the card images given, as written (no checks, so odd cards stay odd)."""
+    assert all(len(c) <= 80 for c in cards)
+    raw = b"".join(c.ljust(80).encode("latin-1") for c in cards) + (b"END".ljust(80) if end else b"")
+    return raw + b" " * (-len(raw) % 2880)
+
+
+def _both_ways(path: Path) -> tuple[str | None, bool]:
+    """The id astropy reads, after checking that the direct reading (file and S3 bytes) agrees
+    or leaves the file to astropy; and whether the direct reading took it."""
+    expected = landing._astropy_header_id(str(path))
+    assert landing._local_header_id(str(path)) == expected
+    data = path.read_bytes()
+    try:
+        direct = landing._plain_header_id(io.BytesIO(data), len(data))
+    except NotPlainFits:
+        return expected, False
+    assert direct == expected == landing._astropy_header_id(io.BytesIO(data))
+    return expected, True
+
+
+@pytest.mark.parametrize("cards, expected, direct", [
+    (PRIMARY + ["OBS_ID  = 'jw01' / comment"], "jw01", True),
+    (PRIMARY + ["OBS_ID  = '  jw01   '"], "jw01", True),  # leading and trailing blanks
+    (PRIMARY + ["OBS_ID  = 'jw''01'", "ROOTNAME= 'r1'"], "r1", True),  # a quote is not a key
+    (PRIMARY + ["OBS_ID  = 'N/A'", "ROOTNAME= 'none'", "ASN_ID  = ''", "OBSID   = 'j9'"], "j9", True),
+    (PRIMARY + ["OBSID   =                +0120"], "120", True),
+    (PRIMARY + ["OBSID   =                1.5E3"], "1500.0", True),
+    (PRIMARY + ["OBSID   =                    T", "ASN_ID  =", "ROOTNAME= 'r2'"], "r2", True),
+    (PRIMARY + [f"COMMENT {i}" for i in range(100)] + ["OBS_ID  = 'late'"], "late", True),
+    (PRIMARY + ["ENDTIME =                    1", "OBS_ID  = 'after'"], "after", True),
+    (PRIMARY + ["HIERARCH ESO DET = 1", "OBS_ID  = 'h'"], "h", True),
+    (PRIMARY + ["OBS_ID  = 'jw&'", "CONTINUE  '0001'"], "jw0001", False),  # a long string
+    (PRIMARY + ["obs_id  = 'lower'"], "lower", False),
+    (PRIMARY + ["OBS_ID= 'squeezed'"], "squeezed", False),
+    (PRIMARY + ["HIERARCH OBS_ID = 'hier'"], "hier", False),
+    (PRIMARY + ["OBS_ID  = 'first'", "OBS_ID  = 'second'"], "first", False),
+    (PRIMARY + ["OBS_ID  = 'AXIS.1: 77'", "ROOTNAME= 'r5'"], "r5", False),  # record-valued card
+    (PRIMARY + ["OBSID   = (1, 2)", "ROOTNAME= 'r4'"], "r4", True),  # ROOTNAME comes first
+    (PRIMARY + ["OBS_ID  = (1, 2)", "ROOTNAME= 'r4'"], "r4", False),
+    (PRIMARY + ["OBS_ID  = 'caf\xe9'", "ROOTNAME= 'r3'"], "r3", False),
+    (PRIMARY + ["OBS_ID  = 'unterminated"], None, False),
+    (["SIMPLE  =                    F", "BITPIX  =                    8", "NAXIS   =                    0",
+      "OBS_ID  = 'simple_f'"], "simple_f", False),
+])
+def test_header_id_read_directly_is_astropy_s(tmp_path: Path, cards: list[str], expected: str | None,
+                                              direct: bool) -> None:
+    path = _write(tmp_path / "h.fits", _header(cards))
+    assert _both_ways(path) == (expected, direct)
+
+
+def test_header_id_of_the_first_extension_read_directly(tmp_path: Path) -> None:
+    ext = _header(IMAGE + ["OBS_ID  = 'in_sci'"]) + b"\0" * 2880
+    assert _both_ways(_write(tmp_path / "a.fits", _header(PRIMARY) + ext)) == ("in_sci", True)
+    no_extend = _header(PRIMARY[:3]) + ext  # astropy adds EXTEND while it opens the file
+    assert _both_ways(_write(tmp_path / "b.fits", no_extend)) == ("in_sci", True)
+    image_primary = _header(PRIMARY[:2] + ["NAXIS   = 1", "NAXIS1  = 8", "OBS_ID  = 'p'"]) + b"\0" * 2880
+    assert _both_ways(_write(tmp_path / "c.fits", image_primary + ext)) == ("p", False)  # no EXTEND
+    table = _header(["XTENSION= 'BINTABLE'", "BITPIX  = 8", "NAXIS   = 2", "NAXIS1  = 0",
+                     "NAXIS2  = 0", "PCOUNT  = 0", "GCOUNT  = 1", "TFIELDS = 0", "OBS_ID  = 't'"])
+    assert _both_ways(_write(tmp_path / "d.fits", _header(PRIMARY) + table)) == ("t", False)
+    assert _both_ways(_write(tmp_path / "e.fits", _header(PRIMARY))) == (None, True)
+
+
+def test_header_id_of_truncated_and_odd_files_is_astropy_s(tmp_path: Path) -> None:
+    whole = _header(PRIMARY + ["OBS_ID  = 'cut'"]) + _header(IMAGE + ["OBS_ID  = 'x'"]) + b"\0" * 2880
+    for size in (0, 100, 2880, 2880 + 1000, len(whole) - 2880):
+        _both_ways(_write(tmp_path / f"cut{size}.fits", whole[:size]))
+    no_end = _header(PRIMARY + ["OBS_ID  = 'x'"], end=False)
+    assert _both_ways(_write(tmp_path / "noend.fits", no_end))[0] is None
+    assert _both_ways(_write(tmp_path / "text.fits", b"not a FITS file\n" * 400)) == (None, False)
+    odd_end = _header(PRIMARY + ["END     = 1", "OBS_ID  = 'y'"])  # astropy may take it for END
+    assert _both_ways(_write(tmp_path / "badend.fits", odd_end))[1] is False
+
+
+def test_header_id_of_random_headers_is_astropy_s(tmp_path: Path) -> None:
+    """Seeded random headers and first extensions: the direct reading never disagrees."""
+    rng = random.Random(7)
+    values = ["'jw02736'", "'a''b'", "'x y'", "'N/A'", "''", "12", "1.5", "T", "", "'ok' / c", "'AXIS.1: 3'",
+              "'ab&'", "-4", "'..x'", "'lower_ok'", "(1, 2)", "'open"]
+    forms = ["{k:<8}= {v}"] * 20 + ["{kl:<8}= {v}", "{k}= {v}", "HIERARCH {k} = {v}", "{k:<8}  {v}"]
+    fillers = ["COMMENT c", "HISTORY h", "        / blank", "DATE    = '2020-01-01'", "BSCALE  = 1.0"]
+    odd = ["CONTINUE  'x'", "LONG    = 'ab&'", "BLANK   = -1", "GROUPS  = T", "EXTEND  = F", "NAXIS   = 1"]
+    direct = 0
+    for i in range(150):
+        def cards() -> list[str]:
+            out = [rng.choice(odd if rng.random() < 0.05 else fillers) for _ in range(rng.randint(0, 12))]
+            for _ in range(rng.randint(0, 3)):
+                k = rng.choice(landing.HEADER_ID_KEYWORDS)
+                card = rng.choice(forms).format(k=k, kl=k.lower(), v=rng.choice(values))
+                out.insert(rng.randint(0, len(out)), card[:80])
+            return out
+        data = _header(PRIMARY + cards())
+        if rng.random() < 0.7:
+            data += _header(IMAGE + cards()) + b"\0" * 2880
+        if rng.random() < 0.1:
+            data = data[:rng.randint(0, len(data))]
+        direct += _both_ways(_write(tmp_path / f"r{i}.fits", data))[1]
+    assert direct >= 20  # the seeded headers exercise both readings
+
+
+def test_plain_files_are_read_without_astropy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_astropy(source: Any) -> None:
+        raise AssertionError("astropy read a plain file")
+
+    path = _write(tmp_path / "p.fits", _to_bytes(fits.PrimaryHDU(np.zeros((4, 4), "f4"), header=fits.Header(
+        [("OBS_ID", "plainobs"), ("COMMENT", "a comment")]))))
+    monkeypatch.setattr(landing, "_astropy_header_id", no_astropy)
+    assert partition_key(path) == "plainobs"
