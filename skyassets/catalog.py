@@ -36,8 +36,8 @@ SOURCES: dict[str, str] = {
     "products": "mast_products",
     "files": "fits_files",
     "images": "image_metadata",
-    "quality": "quality",
-    "sources": "sources",
+    "quality": "image_quality",
+    "sources": "source_catalogs",
     "composites": "composites",
     "mosaics": "mosaics",
 }
@@ -80,10 +80,6 @@ DECLARED: dict[str, list[tuple[str, str]]] = {
 ZONE_DEG = 0.5
 """Height of the declination zones that published tables are sorted by (then RA, then t_min)."""
 _SPATIAL_ORDER = f"floor((s_dec + 90) / {ZONE_DEG}), s_ra, t_min"
-
-QUALITY_KEYS: tuple[tuple[str, ...], ...] = (("sha256", "hdu_index"), ("path", "hdu_index"), ("sha256",), ("path",))
-"""Join keys tried, in order, between ``images`` and ``quality``: the first whose columns ``quality`` has."""
-QUALITY_SCORES: tuple[str, ...] = ("score", "quality_score")
 
 CATALOG_FILE = "catalog.duckdb"
 
@@ -411,7 +407,19 @@ def refresh(con: duckdb.DuckDBPyConnection) -> bool:
         if _sync_table(con, lake, table, state[table], names):
             _expose(con, table, publish=False)
             changed = True
+    if changed:
+        _fill_resolution(con)
     return changed
+
+
+def _fill_resolution(con: duckdb.DuckDBPyConnection) -> None:
+    """``images.s_resolution`` (ObsCore: the PSF FWHM) from the FWHM that ``image_quality`` measured."""
+    names = _names_in(con)
+    if "images" in names and "quality" in names and "fwhm_arcsec" in _columns(con, "quality"):
+        con.execute(
+            "UPDATE images SET s_resolution = q.fwhm_arcsec FROM quality AS q "
+            "WHERE images.sha256 = q.sha256 AND images.hdu_index = q.hdu_index"
+        )
 
 
 def publish(home: str | Path | None = None, dest: str | Path | None = None) -> Path:
@@ -435,6 +443,7 @@ def publish(home: str | Path | None = None, dest: str | Path | None = None) -> P
                 _sync_table(con, root.lake, table, {}, set())
                 _expose(con, table, publish=True)
                 con.execute(f"DROP TABLE IF EXISTS _raw_{table}")
+            _fill_resolution(con)
             _install_macros(con)
             con.execute("CHECKPOINT")
         finally:
@@ -591,22 +600,16 @@ class Query:
 
 
 def _quality_join(con: duckdb.DuckDBPyConnection, table: str) -> str:
-    """``table`` joined with ``quality`` on the first key set both have, as a subquery."""
+    """``table`` joined with ``quality`` on the image (file hash and HDU), as a subquery."""
     if not _exists(con, "quality"):
         raise CatalogError(
-            "no quality table yet: the quality asset has written nothing to lake/quality/, "
+            "no quality table yet: image_quality has written nothing to lake/image_quality/, "
             "so a quality threshold cannot be applied"
         )
-    have = set(_columns(con, "quality"))
-    score = next((c for c in QUALITY_SCORES if c in have), None)
-    key = next((k for k in QUALITY_KEYS if set(k) <= have and set(k) <= set(_columns(con, table))), None)
-    if score is None or key is None:
-        raise CatalogError(
-            f"the quality table needs a score column ({' or '.join(QUALITY_SCORES)}) and a key "
-            f"({' or '.join('+'.join(k) for k in QUALITY_KEYS)}); it has {sorted(have)}"
-        )
-    on = " AND ".join(f"t.{_q(c)} = q.{_q(c)}" for c in key)
-    return f"(SELECT t.*, q.{_q(score)} AS quality_score FROM {table} AS t JOIN quality AS q ON {on})"
+    return (
+        f"(SELECT t.*, q.score AS quality_score FROM {table} AS t JOIN quality AS q "
+        "ON t.sha256 = q.sha256 AND t.hdu_index = q.hdu_index)"
+    )
 
 
 def search(

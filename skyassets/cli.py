@@ -82,6 +82,57 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quality(args: argparse.Namespace) -> int:
+    from .lake import read_parquet
+    from .names import InvalidNameError
+    from .quality import SCORE_COLUMNS
+
+    home = Home(default_home())
+    try:
+        path = home.table("image_quality", args.obs_id)
+    except InvalidNameError as exc:
+        print(f"not an observation id: {exc}", file=sys.stderr)
+        return 2
+    if not path.exists():
+        print(
+            f"no quality measured for {args.obs_id} yet ({path} is missing): materialise image_quality for "
+            "this partition in the Dagster UI, or run quality_job",
+            file=sys.stderr,
+        )
+        return 1
+    rows = read_parquet(path).sort_values("score")
+    print(f"{args.obs_id}: {len(rows)} images, " + ", ".join(f"{n} {f}" for f, n in rows["flag"].value_counts().items()))
+    for r in rows.to_dict("records"):
+        v = {k: _shown(x) for k, x in r.items()}
+        subs = "  ".join(f"{c.removeprefix('score_')} {_shown(r[c], '.0f')}" for c in SCORE_COLUMNS if c.startswith("score_"))
+        print(f"\n{v['file_name']}[{v['hdu_index']}]  {v['instrument_name']} {v['filter']}")
+        print(f"  score {_shown(r['score'], '.0f')} ({v['flag']}{'; ' + v['flag_reason'] if v['flag_reason'] != '-' else ''})  {subs}")
+        if v["problem"] != "-":
+            print(f"  problem: {v['problem']}")
+        print(
+            f"  background {_shown(r['background'], '.4g')} ± {_shown(r['background_rms'], '.3g')} ({v['background_method']}), "
+            f"{v['n_sources']} sources ({v['n_cosmic_rays']} cosmic rays), {v['n_stars_fitted']} stars fitted"
+        )
+        print(
+            f"  FWHM {_shown(r['fwhm_arcsec'], '.3f')}\" ({_shown(r['fwhm_pix'], '.2f')} px), "
+            f"ellipticity {_shown(r['ellipticity'], '.3f')}, 5σ depth {_shown(r['depth_5sigma_ab'], '.2f')} AB"
+        )
+        print(
+            f"  NaN {_shown(r['frac_nan'], '.2%')}  zero {_shown(r['frac_zero'], '.2%')}  "
+            f"saturated {_shown(r['frac_saturated'], '.2%')}  DQ-flagged {_shown(r['frac_dq_flagged'], '.2%')}  "
+            f"pixel scale {_shown(r['pixel_scale'], '.4f')}\" (nominal {_shown(r['pixel_scale_nominal'], '.4f')}\")"
+            + (f"  header {v['header_flags']}" if v["header_flags"] != "-" else "")
+        )
+    return 0
+
+
+def _shown(value: object, spec: str = "") -> str:
+    """A value for the report; missing ones (None, NaN, empty) as a dash."""
+    if value is None or value == "" or (isinstance(value, float) and value != value):
+        return "-"
+    return format(value, spec)
+
+
 def _dev(args: argparse.Namespace) -> int:
     home = Home(default_home())
     prepare_dagster_home(home)
@@ -110,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     query.add_argument("sql", help='e.g. "SELECT obs_id, filter, s_ra, s_dec FROM images"')
     query.add_argument("--max-rows", type=int, default=100)
     query.set_defaults(func=_catalog)
+    quality = commands.add_parser("quality", help="print the quality report of an observation")
+    quality.add_argument("obs_id", help="the observation (partition) id")
+    quality.set_defaults(func=_quality)
     export = commands.add_parser("export", help="copy the files a SQL query selects, with a manifest")
     export.add_argument("sql", help="a query returning a 'path' column, e.g. SELECT * FROM cone(83.6, 22.0, 0.1)")
     export.add_argument("dest", help="folder to copy into")

@@ -4,14 +4,15 @@ from dagster import Definitions
 
 from .assets.catalog import catalog, image_metadata
 from .assets.mast import fits_files, mast_observations, mast_products
-from .jobs import catalog_job, landing_job, observation_job, watchlist_job
+from .assets.quality import image_quality
+from .jobs import catalog_job, landing_job, observation_job, quality_job, watchlist_job
 from .resources import default_resources
 from .schedules import daily_watchlist_schedule
 from .sensors import landing_s3_sensor, landing_zone_sensor, new_observations_sensor
 
 defs = Definitions(
-    assets=[mast_observations, mast_products, fits_files, image_metadata, catalog],
-    jobs=[watchlist_job, observation_job, landing_job, catalog_job],
+    assets=[mast_observations, mast_products, fits_files, image_metadata, image_quality, catalog],
+    jobs=[watchlist_job, observation_job, landing_job, quality_job, catalog_job],
     schedules=[daily_watchlist_schedule],
     sensors=[new_observations_sensor, landing_zone_sensor, landing_s3_sensor],
     resources=default_resources(),

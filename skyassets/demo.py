@@ -8,13 +8,15 @@ them afterwards.
 from __future__ import annotations
 
 import sys
+from collections import Counter
 from pathlib import Path
 
-from dagster import DagsterInstance, build_sensor_context
+from dagster import DagsterInstance, Definitions, build_sensor_context
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from .home import Home
 from .lake import read_parquet
-from .runs import QUIET, latest_metadata
+from .runs import QUIET, latest_metadata, partition_batches
 
 
 def observations_in(instance: DagsterInstance) -> list[str]:
@@ -53,6 +55,7 @@ def run_demo(home: Home, dagster_home: Path) -> int:
     print(f"\nThe sensor added {len(new)} new observation partitions; running all {len(partitions)}:")
     job = defs.resolve_job_def("observation_job")
     failures = 0
+    failed: list[str] = []
     totals = {"downloaded": 0, "skipped": 0, "verified": 0, "bytes": 0, "seconds": 0.0}
     for partition in partitions:
         run = job.execute_in_process(
@@ -61,6 +64,7 @@ def run_demo(home: Home, dagster_home: Path) -> int:
         files = latest_metadata(instance, "fits_files", partition) if run.success else {}
         if not run.success:
             failures += 1
+            failed.append(partition)
             print(f"  {partition:<44} FAILED (run {run.run_id})")
             continue
         totals["downloaded"] += files["files_downloaded"]
@@ -83,6 +87,7 @@ def run_demo(home: Home, dagster_home: Path) -> int:
         f"\nDownloaded {totals['downloaded']} files ({totals['bytes'] / 1e6:.1f} MB, {speed:.1f} MB/s), "
         f"{totals['skipped']} already verified, {totals['verified']} FITS checksums verified, {failures} failed runs."
     )
+    failures += _measure_quality(instance, defs, home, [p for p in partitions if p not in failed])
     if not defs.resolve_job_def("catalog_job").execute_in_process(instance=instance, run_config=QUIET, raise_on_error=False).success:
         print("Publishing the catalog failed; see the run in the Dagster UI.")
         return 1
@@ -95,3 +100,30 @@ def run_demo(home: Home, dagster_home: Path) -> int:
     print("\nOpen these runs in the Dagster UI (then browse http://127.0.0.1:3000):")
     print(f"  SKYASSETS_HOME={home.root} DAGSTER_HOME={dagster_home} {command} dev")
     return 1 if failures else 0
+
+
+def _measure_quality(instance: DagsterInstance, defs: Definitions, home: Home, partitions: list[str]) -> int:
+    """Run quality_job over the partitions in batched runs, print the flags; return failed runs."""
+    if not partitions:
+        return 0
+    job = defs.resolve_job_def("quality_job")
+    print(f"\nMeasuring image quality of {len(partitions)} observations:")
+    failures, flags, worst = 0, Counter(), []
+    for first, last in partition_batches(instance, partitions, 25):
+        tags = {ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last}
+        run = job.execute_in_process(instance=instance, tags=tags, run_config=QUIET, raise_on_error=False)
+        failures += not run.success
+        for check in run.get_asset_check_evaluations():
+            if not check.passed:
+                print(f"  check {check.check_name} failed: {check.description}")
+    for partition in partitions:
+        path = home.table("image_quality", partition)
+        if path.exists():
+            rows = read_parquet(path)
+            flags.update(rows["flag"])
+            worst += rows[["obs_id", "file_name", "filter", "score", "flag"]].to_dict("records")
+    print("  flags: " + ", ".join(f"{n} {flag}" for flag, n in flags.most_common()))
+    for row in sorted(worst, key=lambda r: r["score"])[:3]:
+        print(f"  lowest: {row['file_name']} ({row['filter']}) score {row['score']:.0f} {row['flag']}")
+    print(f"  details: skyassets quality {partitions[0]}")
+    return failures

@@ -10,13 +10,15 @@ random headers.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, BinaryIO
 
+_BLOCK = 2880
 _CARD = 80
 class NotPlainFits(Exception):
     """Header bytes that only astropy reads right: compression, unusual cards, truncation."""
 
 
+_BLOCK = 2880
 _CARD = 80
 _END_CARD = b"END" + b" " * 77
 _PRINTABLE = bytes(range(0x20, 0x7F))
@@ -57,10 +59,10 @@ def plain_cards(header: bytes) -> bytes:
     end = header_end(header)
     if end < 0:
         raise NotPlainFits("no END card")
-    return printable(header[:end])
+    return _printable(header[:end])
 
 
-def printable(cards: bytes) -> bytes:
+def _printable(cards: bytes) -> bytes:
     """``cards`` unchanged if they are printable ASCII, else ``NotPlainFits``."""
     if cards.translate(None, _PRINTABLE):
         raise NotPlainFits("bytes that are not printable ASCII")
@@ -98,3 +100,15 @@ def plain_value(card: bytes) -> Any:
             return int(number)
         return float(number.replace(b"D", b"E"))
     return None
+
+
+def read_header_blocks(f: BinaryIO) -> bytes:
+    """The blocks of the header at the file position, up to the one with its END card."""
+    blocks = []
+    while True:
+        block = f.read(_BLOCK)
+        if len(block) != _BLOCK:
+            raise NotPlainFits("file ends inside a header")
+        blocks.append(block)
+        if header_end(block) >= 0:
+            return b"".join(blocks)

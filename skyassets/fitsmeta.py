@@ -36,7 +36,7 @@ from astropy.wcs import WCS
 from astropy.wcs.utils import pixel_to_skycoord, proj_plane_pixel_area
 
 from . import bandpasses
-from .fitscards import NotPlainFits, header_end, plain_cards, plain_keyword, plain_value
+from .fitscards import NotPlainFits, header_end, plain_cards, plain_keyword, plain_value, read_header_blocks
 
 BLOCK = 2880
 AB_ZERO_JY = 3631.0
@@ -303,7 +303,7 @@ def _read_plain_hdus(path: Path, f: io.BufferedReader, size: int) -> tuple[_Head
     while offset < size:
         index = len(headers)
         f.seek(offset)
-        raw = _header_blocks(f)
+        raw = read_header_blocks(f)
         parsed = _ParsedHeader(raw)
         values = parsed.values
         if not raw.startswith(b"XTENSION= " if index else _SIMPLE_CARD):
@@ -341,18 +341,6 @@ def _read_plain_hdus(path: Path, f: io.BufferedReader, size: int) -> tuple[_Head
     if len(headers) > 1 and headers[0].keys.get("EXTEND") is not True:
         raise NotPlainFits("extensions after a primary header without EXTEND = T")
     return headers[0], hdus
-
-
-def _header_blocks(f: io.BufferedReader) -> bytes:
-    """The blocks of the header at the file position, up to the one with its END card."""
-    blocks = []
-    while True:
-        block = f.read(BLOCK)
-        if len(block) != BLOCK:
-            raise NotPlainFits("file ends inside a header")
-        blocks.append(block)
-        if header_end(block) >= 0:
-            return b"".join(blocks)
 
 
 def _structural(parsed: _ParsedHeader, key: str, default: int | None, high: int = 1 << 62,

@@ -34,6 +34,11 @@ class Home:
         return self.root / "quarantine"
 
     @property
+    def previews(self) -> Path:
+        """PNG thumbnails of measured images, ``previews/<obs_id>/<file>.<hdu>.png``."""
+        return self.root / "previews"
+
+    @property
     def dagster(self) -> Path:
         return self.root / "dagster"
 

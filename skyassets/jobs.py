@@ -1,9 +1,11 @@
-"""Jobs: re-query the watchlist; fetch and catalogue one observation; copy and catalogue landed files."""
+"""Jobs: re-query the watchlist; fetch and catalogue one observation; copy and catalogue landed files;
+measure image quality."""
 
 from dagster import AssetSelection, define_asset_job, in_process_executor
 
 from .assets.catalog import catalog, image_metadata
 from .assets.mast import fits_files, mast_observations, mast_products
+from .assets.quality import image_quality
 
 watchlist_job = define_asset_job(
     "watchlist_job",
@@ -30,4 +32,11 @@ catalog_job = define_asset_job(
     "catalog_job",
     selection=AssetSelection.assets(catalog),
     description="Publish catalog.duckdb from the Parquet lake.",
+)
+
+quality_job = define_asset_job(
+    "quality_job",
+    selection=AssetSelection.assets(image_quality),
+    executor_def=in_process_executor,
+    description="Measure every image of the observations: metrics, score, sources, previews and checks.",
 )

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .fitscards import NotPlainFits, header_end, plain_keyword, plain_value, printable
+from .fitscards import NotPlainFits, plain_cards, plain_keyword, plain_value, read_header_blocks
 from .names import InvalidNameError, validate_obs_id
 
 FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fz")
@@ -563,21 +563,6 @@ class _PlainHeader:
         return value
 
 
-def _read_plain_header(f: io.BufferedIOBase) -> bytes:
-    """The plain cards of the header at the file position; the file is left after its END block."""
-    blocks = []
-    while True:
-        block = f.read(_BLOCK)
-        if len(block) != _BLOCK:
-            raise NotPlainFits("file ends inside a header")
-        end = header_end(block)
-        if end < 0:
-            blocks.append(block)
-        else:
-            blocks.append(block[:end])
-            return printable(b"".join(blocks))
-
-
 def _image_axes(header: _PlainHeader) -> list[int]:
     """The axis lengths, once the keywords astropy reads to build the HDU are known to be plain."""
     if header.integer("BITPIX", -64, 64) not in _BITPIX:
@@ -593,7 +578,7 @@ def _plain_header_id(f: io.BufferedIOBase, size: int) -> str | None:
 
     Raises ``NotPlainFits`` for anything else: the caller then asks astropy.
     """
-    primary_bytes = _read_plain_header(f)
+    primary_bytes = plain_cards(read_header_blocks(f))
     if not primary_bytes.startswith(_SIMPLE_T):
         raise NotPlainFits("no standard SIMPLE card")
     primary = _PlainHeader(primary_bytes)
@@ -612,7 +597,7 @@ def _plain_header_id(f: io.BufferedIOBase, size: int) -> str | None:
         return _header_id([primary])
     if primary_end == size:
         return _header_id([primary])
-    extension_bytes = _read_plain_header(f)
+    extension_bytes = plain_cards(read_header_blocks(f))
     if not extension_bytes.startswith(b"XTENSION= "):
         raise NotPlainFits("first extension does not start with XTENSION")
     extension = _PlainHeader(extension_bytes)

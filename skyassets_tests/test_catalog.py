@@ -85,7 +85,7 @@ def test_tables_appear_once_files_exist(tmp_path):
     con = catalog.connect(tmp_path)
     put(tmp_path, "image_metadata", image_rows(5), "obs1")
     put(tmp_path, "mast_observations", pd.DataFrame({"obs_id": ["obs1"], "s_ra": [1.0], "s_dec": [2.0]}))
-    put(tmp_path, "sources", pd.DataFrame({"sha256": ["x"], "ra": [1.0], "dec": [2.0]}), "obs1")
+    put(tmp_path, "source_catalogs", pd.DataFrame({"sha256": ["x"], "ra": [1.0], "dec": [2.0]}), "obs1")
     assert len(catalog.search(con).df()) == 5  # helpers refresh first
     assert con.sql("SELECT count(*) FROM observations").fetchall() == [(1,)]
     assert con.sql("SELECT count(*) FROM sources").fetchall() == [(1,)]
@@ -330,12 +330,20 @@ def test_file_changed_in_place_shows_its_new_row_only(tmp_path):
 def test_quality_threshold_joins_on_the_image(tmp_path):
     frame = image_rows(3)
     put(tmp_path, "image_metadata", frame, "obs1")
-    quality = pd.DataFrame({"sha256": frame.sha256, "hdu_index": 1, "score": [10.0, 60.0, 90.0]})
-    put(tmp_path, "quality", quality, "obs1")
+    quality = pd.DataFrame(
+        {"sha256": frame.sha256, "hdu_index": frame.hdu_index, "score": [10.0, 60.0, 90.0], "fwhm_arcsec": [0.1, 0.2, 0.3]}
+    )
+    put(tmp_path, "image_quality", quality, "obs1")
     con = catalog.connect(tmp_path)
     found = catalog.search(con, min_quality=50).df()
     assert set(found.sha256) == set(frame.sha256[1:]) and found.quality_score.min() == 60.0
     assert ids(con.sql(catalog.Query().quality(50).sql(con))) == set(frame.sha256[1:])
+    # ObsCore s_resolution is the measured FWHM, in the live connection and in the published file
+    expected = dict(zip(frame.sha256, [0.1, 0.2, 0.3]))
+    assert dict(con.sql("SELECT sha256, s_resolution FROM images").fetchall()) == pytest.approx(expected)
+    catalog.publish(tmp_path)
+    published = catalog.connect(tmp_path, published=True)
+    assert dict(published.sql("SELECT sha256, s_resolution FROM images").fetchall()) == pytest.approx(expected)
 
 
 def test_publish_is_atomic_and_sorted(tmp_path):
