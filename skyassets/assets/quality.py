@@ -28,6 +28,7 @@ from .catalog import image_metadata
 from .metadata import column_schema, preview
 
 WORST_COLUMNS = ["file_name", "hdu_index", "filter", "score", "flag", "flag_reason", "fwhm_arcsec", "depth_5sigma_ab"]
+WORST_DIGITS = {"score": 1, "fwhm_arcsec": 3, "depth_5sigma_ab": 2}
 PREVIEWS_PER_PARTITION = 12  # thumbnails shown in one materialisation, worst first
 
 image_quality_spec = AssetSpec(
@@ -88,7 +89,7 @@ def image_quality(context: AssetExecutionContext, home: HomeResource) -> Iterato
         metadata={
             "images": len(scored),
             "flags": MetadataValue.json(scored["flag"].value_counts().to_dict()),
-            "worst": preview(scored.sort_values("score"), WORST_COLUMNS),
+            "worst": preview(scored.sort_values("score").round(WORST_DIGITS), WORST_COLUMNS),
         },
     )
     yield MaterializeResult(asset_key="source_catalogs", metadata={"sources": len(sources)})
