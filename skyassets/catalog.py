@@ -38,6 +38,7 @@ SOURCES: dict[str, str] = {
     "images": "image_metadata",
     "quality": "image_quality",
     "sources": "source_catalogs",
+    "targets": "target_groups",
     "composites": "composites",
     "mosaics": "mosaics",
 }

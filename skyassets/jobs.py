@@ -6,6 +6,7 @@ from dagster import AssetSelection, define_asset_job, in_process_executor
 from .assets.catalog import catalog, image_metadata
 from .assets.mast import fits_files, mast_observations, mast_products
 from .assets.quality import image_quality
+from .assets.targets import target_groups
 
 watchlist_job = define_asset_job(
     "watchlist_job",
@@ -30,8 +31,8 @@ landing_job = define_asset_job(
 
 catalog_job = define_asset_job(
     "catalog_job",
-    selection=AssetSelection.assets(catalog),
-    description="Publish catalog.duckdb from the Parquet lake.",
+    selection=AssetSelection.assets(target_groups, catalog),
+    description="Group the observations into targets and publish catalog.duckdb from the Parquet lake.",
 )
 
 quality_job = define_asset_job(

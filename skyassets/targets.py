@@ -16,6 +16,7 @@ from collections.abc import Iterable
 
 import numpy as np
 import pandas as pd
+from scipy.spatial import cKDTree
 from shapely import Polygon, unary_union
 from shapely.geometry.base import BaseGeometry
 
@@ -95,6 +96,16 @@ class _Footprint:
         return mine is not None and theirs is not None and mine.intersection(theirs).area > 0
 
 
+def _candidate_pairs(footprints: list[_Footprint]) -> set[tuple[int, int]]:
+    """Index pairs whose bounding caps may touch, from a k-d tree of the centres (chord distances)."""
+    if len(footprints) < 2:
+        return set()
+    centres = np.array([f.centre for f in footprints])
+    widest = max(f.radius for f in footprints)
+    reach = 2 * np.sin(min(np.pi, 2 * widest) / 2)
+    return {(i, j) for i, j in cKDTree(centres).query_pairs(reach) if footprints[i].near(footprints[j])}
+
+
 def group_targets(images: pd.DataFrame) -> pd.DataFrame:
     """One row per observation (``obs_id``) with its ``target`` key and the ``target_name`` it shows.
 
@@ -119,11 +130,11 @@ def group_targets(images: pd.DataFrame) -> pd.DataFrame:
             o = parent[o]
         return o
 
-    for i, a in enumerate(obs_ids):
-        for b in obs_ids[i + 1 :]:
-            same_name = name_of[a] == name_of[b] or not name_of[a] or not name_of[b]
-            if same_name and root(a) != root(b) and footprints[a].overlaps(footprints[b]):
-                parent[root(b)] = root(a)
+    for i, j in sorted(_candidate_pairs([footprints[o] for o in obs_ids])):
+        a, b = obs_ids[i], obs_ids[j]
+        same_name = name_of[a] == name_of[b] or not name_of[a] or not name_of[b]
+        if same_name and root(a) != root(b) and footprints[a].overlaps(footprints[b]):
+            parent[root(b)] = root(a)
     groups: dict[str, list[str]] = defaultdict(list)
     for o in obs_ids:
         groups[root(o)].append(o)

@@ -81,7 +81,7 @@ def image_metadata(context: AssetExecutionContext, home: HomeResource) -> Materi
 
 @asset(
     group_name="catalog",
-    deps=[mast_observations, mast_products, fits_files, image_metadata, "image_quality", "source_catalogs"],
+    deps=[mast_observations, mast_products, fits_files, image_metadata, "image_quality", "source_catalogs", "target_groups"],
     pool="duckdb_catalog",
     # Eager, but without waiting for every observation: a failed or missing one must not hold the
     # catalogue back forever.

@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 from dagster import AssetKey, Definitions, SkipReason, build_sensor_context, instance_for_test
 
 from skyassets.assets.catalog import catalog, image_metadata
+from skyassets.assets.targets import target_groups
 from skyassets.catalog import connect, search
 from skyassets.assets.mast import fits_files
 from skyassets.jobs import catalog_job, landing_job
@@ -32,7 +33,7 @@ def test_landing_zone_to_catalogue(emu, tmp_path):
         "archive": ArchiveResource(url=emu.url, s3_endpoint=emu.s3_endpoint),
     }
     defs = Definitions(
-        assets=[fits_files, image_metadata, catalog], jobs=[landing_job, catalog_job], resources=resources
+        assets=[fits_files, image_metadata, target_groups, catalog], jobs=[landing_job, catalog_job], resources=resources
     )
     cal = _sky_files(emu, "*_cal.fits", 2)
     for path in cal:
