@@ -133,6 +133,35 @@ def _shown(value: object, spec: str = "") -> str:
     return format(value, spec)
 
 
+def _show(args: argparse.Namespace) -> int:
+    from .lake import read_parquet
+    from .names import InvalidNameError
+
+    home = Home(default_home())
+    try:
+        tables = {kind: home.table(kind, args.target) for kind in ("mosaics", "composites")}
+    except InvalidNameError as exc:
+        print(f"not a target: {exc}", file=sys.stderr)
+        return 2
+    if not tables["mosaics"].exists():
+        print(f"no products for {args.target} yet: materialise mosaics and composites for it (products_job)",
+              file=sys.stderr)
+        return 1
+    print(f"{args.target}: {home.target_dir(args.target)}")
+    for row in read_parquet(tables["mosaics"]).to_dict("records"):
+        print(f"  mosaic    {row['instrument_name']} {row['filter']}: {home.root / row['path']} ({row['n_inputs']} images)")
+    pictures = []
+    if tables["composites"].exists():
+        for row in read_parquet(tables["composites"]).to_dict("records"):
+            pictures.append(home.root / row["png"])
+            print(f"  composite {row['recipe']} ({row['filters']}): {pictures[-1]}, {home.root / row['cube']}")
+    if args.open and pictures:
+        import webbrowser
+
+        webbrowser.open(pictures[0].as_uri())
+    return 0
+
+
 def _dev(args: argparse.Namespace) -> int:
     home = Home(default_home())
     prepare_dagster_home(home)
@@ -164,6 +193,10 @@ def main(argv: list[str] | None = None) -> int:
     quality = commands.add_parser("quality", help="print the quality report of an observation")
     quality.add_argument("obs_id", help="the observation (partition) id")
     quality.set_defaults(func=_quality)
+    show = commands.add_parser("show", help="list (or open) the mosaics and composites of a target")
+    show.add_argument("target", help="the target (partition) key, e.g. NGC-3132")
+    show.add_argument("--open", action="store_true", help="open the best-ranked composite in the browser")
+    show.set_defaults(func=_show)
     export = commands.add_parser("export", help="copy the files a SQL query selects, with a manifest")
     export.add_argument("sql", help="a query returning a 'path' column, e.g. SELECT * FROM cone(83.6, 22.0, 0.1)")
     export.add_argument("dest", help="folder to copy into")

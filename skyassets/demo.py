@@ -91,8 +91,13 @@ def run_demo(home: Home, dagster_home: Path) -> int:
     if not defs.resolve_job_def("catalog_job").execute_in_process(instance=instance, run_config=QUIET, raise_on_error=False).success:
         print("Publishing the catalog failed; see the run in the Dagster UI.")
         return 1
+    failures += _make_products(instance, defs, home)
+    if not defs.resolve_job_def("catalog_job").execute_in_process(instance=instance, run_config=QUIET, raise_on_error=False).success:
+        print("Publishing the catalog failed; see the run in the Dagster UI.")
+        return 1
     rows = latest_metadata(instance, "catalog")["rows"]
-    print(f"\nCatalog: {rows.get('images', 0)} images of {rows.get('observations', 0)} observations")
+    print(f"\nCatalog: {rows.get('images', 0)} images of {rows.get('observations', 0)} observations, "
+          f"{rows.get('mosaics', 0)} mosaics, {rows.get('composites', 0)} composites")
     print(f"\nFITS files:      {home.files}")
     print(f"Catalog:         {home.root / 'catalog.duckdb'}  (or skyassets.catalog.connect() in a notebook)")
     print(f"Parquet tables:  {home.lake}")
@@ -126,4 +131,29 @@ def _measure_quality(instance: DagsterInstance, defs: Definitions, home: Home, p
     for row in sorted(worst, key=lambda r: r["score"])[:3]:
         print(f"  lowest: {row['file_name']} ({row['filter']}) score {row['score']:.0f} {row['flag']}")
     print(f"  details: skyassets quality {partitions[0]}")
+    return failures
+
+
+def _make_products(instance: DagsterInstance, defs: Definitions, home: Home) -> int:
+    """Evaluate the targets sensor and run products_job for each target it asks for; return failed runs."""
+    from .sensors import targets_sensor
+
+    context = build_sensor_context(instance=instance, definitions=defs, resources={"home": defs.resources["home"]})
+    result = targets_sensor(context)
+    for request in getattr(result, "dynamic_partitions_requests", []):
+        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+    requests = getattr(result, "run_requests", None) or []
+    print(f"\nMosaics and composites for {len(requests)} targets:")
+    failures = 0
+    for request in requests:
+        run = defs.resolve_job_def("products_job").execute_in_process(
+            instance=instance, partition_key=request.partition_key, run_config=QUIET, raise_on_error=False
+        )
+        failures += not run.success
+        made = read_parquet(home.table("composites", request.partition_key)) if run.success else None
+        count = len(read_parquet(home.table("mosaics", request.partition_key))) if run.success else 0
+        print(f"  {request.partition_key:<24} {count} mosaics, {0 if made is None else len(made)} composites"
+              + ("" if run.success else f" FAILED (run {run.run_id})"))
+        print(f"  {'':<24} {home.target_dir(request.partition_key)}")
+    print("  see one: skyassets show TARGET")
     return failures

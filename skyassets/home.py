@@ -38,6 +38,10 @@ class Home:
         """PNG thumbnails of measured images, ``previews/<obs_id>/<file>.<hdu>.png``."""
         return self.root / "previews"
 
+    def target_dir(self, target: str) -> Path:
+        """``products/<target>``: a target's mosaics and composites."""
+        return self.root / "products" / validate_obs_id(target)
+
     @property
     def dagster(self) -> Path:
         return self.root / "dagster"

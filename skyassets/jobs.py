@@ -5,6 +5,7 @@ from dagster import AssetSelection, define_asset_job, in_process_executor
 
 from .assets.catalog import catalog, image_metadata
 from .assets.mast import fits_files, mast_observations, mast_products
+from .assets.products import composites, mosaics
 from .assets.quality import image_quality
 from .assets.targets import target_groups
 
@@ -40,4 +41,11 @@ quality_job = define_asset_job(
     selection=AssetSelection.assets(image_quality),
     executor_def=in_process_executor,
     description="Measure every image of the observations: metrics, score, sources, previews and checks.",
+)
+
+products_job = define_asset_job(
+    "products_job",
+    selection=AssetSelection.assets(mosaics, composites),
+    executor_def=in_process_executor,
+    description="A target's mosaics and colour composites from its usable images.",
 )

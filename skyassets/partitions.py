@@ -1,4 +1,4 @@
-"""Partitions: one per MAST observation, keyed by its validated ``obs_id``."""
+"""Partitions: one per MAST observation, keyed by its validated ``obs_id``; one per target (``target_groups``)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from dagster import AddDynamicPartitionsRequest, BackfillPolicy, DynamicPartitio
 from .names import validate_obs_id
 
 observations_partitions = DynamicPartitionsDefinition(name="observations")
+targets_partitions = DynamicPartitionsDefinition(name="targets")
 
 # A backfill of thousands of observations runs as tens of runs, not thousands of processes.
 observation_backfill_policy = BackfillPolicy.multi_run(max_partitions_per_run=25)
