@@ -133,7 +133,7 @@ def targets_sensor(context: SensorEvaluationContext, home: HomeResource):
     for target, members in groups.groupby("target")["obs_id"]:
         digest = hashlib.sha256(";".join(sorted(members)).encode()).hexdigest()[:16]
         state[target] = f"{digest}:{latest}"
-        if seen.get(target, "").split(":")[0] != digest or (latest and seen.get(target) != state[target]):
+        if seen.get(target) != state[target]:
             requests.append(RunRequest(run_key=f"{target}:{state[target]}", partition_key=target))
     new = sorted(set(state) - set(context.instance.get_dynamic_partitions("targets")))
     return SensorResult(

@@ -484,24 +484,23 @@ def test_local_files_are_copied_through_the_same_checks(tmp_path: Path) -> None:
 
     # A partial copy resumes; a source changed since the .part began restarts from zero.
     part = dest / f"{src.name}.part"
-    copied.path.rename(part)
-    (dest / f"{src.name}.sha256").unlink()
-    (dest / f"{src.name}.part.json").write_text(
-        json.dumps({"source": "local", "etag": f"{src.stat().st_size}-{src.stat().st_mtime_ns}", "size": len(content)})
-    )
-    with part.open("r+b") as f:
-        f.truncate(100_000)
+
+    def interrupt(result: FileResult) -> None:
+        """Turn a finished copy back into a .part of 100,000 bytes, as a copy stopped there leaves it."""
+        result.path.rename(part)
+        (dest / f"{src.name}.sha256").unlink()
+        (dest / f"{src.name}.part.json").write_text(
+            json.dumps({"source": "local", "etag": f"{src.stat().st_size}-{src.stat().st_mtime_ns}", "size": len(content)})
+        )
+        with part.open("r+b") as f:
+            f.truncate(100_000)
+
+    interrupt(copied)
     (resumed,) = download_files([request], DownloadConfig(chunk_size=CHUNK))
     _assert_in_place(resumed, content)
     assert resumed.resumed_from == 100_000 and resumed.bytes_fetched == len(content) - 100_000
 
-    resumed.path.rename(part)
-    (dest / f"{src.name}.sha256").unlink()
-    (dest / f"{src.name}.part.json").write_text(
-        json.dumps({"source": "local", "etag": f"{src.stat().st_size}-{src.stat().st_mtime_ns}", "size": len(content)})
-    )
-    with part.open("r+b") as f:
-        f.truncate(100_000)
+    interrupt(resumed)
     os.utime(src, ns=(src.stat().st_atime_ns, src.stat().st_mtime_ns + 1_000_000_000))  # touched since
     (restarted,) = download_files([request], DownloadConfig(chunk_size=CHUNK))
     _assert_in_place(restarted, content)

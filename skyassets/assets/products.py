@@ -38,9 +38,8 @@ def _thumbnail(png: Path, side: int = 256) -> bytes:
     return out.getvalue()
 
 
-def _usable_images(root: Home, target: str) -> pd.DataFrame:
-    """The target's catalogued images that image_quality found usable and did not reject."""
-    groups = read_parquet(root.table("target_groups"))
+def _usable_images(root: Home, groups: pd.DataFrame, target: str) -> pd.DataFrame:
+    """The target's catalogued images (``groups``: target_groups) that image_quality found usable and did not reject."""
     frames = []
     for obs_id in groups.loc[groups["target"] == target, "obs_id"]:
         images, quality = root.table("image_metadata", obs_id), root.table("image_quality", obs_id)
@@ -55,9 +54,11 @@ def _usable_images(root: Home, target: str) -> pd.DataFrame:
 def _one_level(images: pd.DataFrame) -> pd.DataFrame:
     """The exposures (calibration level 2) when there are any, else the combined products: a level-3
     image (JWST i2d, HST drz) is made from the level-2 ones, so co-adding both would count them twice."""
-    levels = images["calib_level"].dropna()
     exposures = images[images["calib_level"] == 2]
-    return exposures if len(exposures) else images[images["calib_level"] == levels.max()] if len(levels) else images
+    if len(exposures):
+        return exposures
+    levels = images["calib_level"].dropna()
+    return images[images["calib_level"] == levels.max()] if len(levels) else images
 
 
 @asset(
@@ -69,13 +70,14 @@ def _one_level(images: pd.DataFrame) -> pd.DataFrame:
 )
 def mosaics(context: AssetExecutionContext, home: HomeResource) -> MaterializeResult:
     root = home.home
+    groups = read_parquet(root.table("target_groups"))
     for target in context.partition_keys:
         rows, lines = [], []
-        images = _usable_images(root, target)
+        images = _usable_images(root, groups, target)
         for (instrument, band), group in images.groupby(["instrument_name", "filter"]):
             group = _one_level(group)
             inputs = [
-                MosaicInput(path=root.root / p if not str(p).startswith("/") else p, hdu_index=int(h))
+                MosaicInput(path=root.root / p, hdu_index=int(h))
                 for p, h in zip(group["path"], group["hdu_index"])
             ]
             dest = root.target_dir(target) / f"mosaic_{_slug(instrument)}_{_slug(band)}.fits"
