@@ -6,7 +6,7 @@
 Makes synthetic JWST NIRCam-like cal files (SCI in MJy/sr, ERR, DQ with a few DO_NOT_USE pixels,
 stars on a sky whose level differs per input), four pointings on a 2x2 pattern overlapping by about
 a third, each slightly rotated. Then runs, each in its own fresh Python process so that peak RSS
-(``ru_maxrss`` of the child) is its own:
+(the child's ``VmHWM``; ``ru_maxrss`` would carry over the parent's) is its own:
   bare       ``reproject_and_coadd`` with its defaults, ``reproject_interp`` (which it needs named) and
              ``match_background=True``, onto ``find_optimal_celestial_wcs`` of the inputs;
   skyassets  ``build_mosaic`` with its defaults (same optimal grid, background matching, ERR
@@ -33,11 +33,15 @@ TIME_TARGET = 0.7
 MEMORY_TARGET = 0.4
 
 _BARE = """
-import json, resource, sys, time, warnings
+import json, sys, time, warnings
 from astropy.io import fits
 from reproject import reproject_interp
 from reproject.mosaicking import find_optimal_celestial_wcs, reproject_and_coadd
 warnings.simplefilter("ignore")
+
+def peak_mb():
+    return int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1]) / 1024
+
 paths = sys.argv[1:]
 start = time.perf_counter()
 hdus = [fits.open(p)[1] for p in paths]
@@ -45,20 +49,24 @@ wcs, shape = find_optimal_celestial_wcs(hdus)
 array, footprint = reproject_and_coadd(hdus, wcs, shape_out=shape, reproject_function=reproject_interp,
                                        match_background=True)
 seconds = time.perf_counter() - start
-print(json.dumps({"seconds": seconds, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+print(json.dumps({"seconds": seconds, "rss_mb": peak_mb(),
                   "shape": list(shape)}))
 """
 
 _SKYASSETS = """
-import json, resource, sys, time, warnings
+import json, sys, time, warnings
 from pathlib import Path
 from skyassets.mosaic import MosaicInput, build_mosaic
 warnings.simplefilter("ignore")
+
+def peak_mb():
+    return int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1]) / 1024
+
 dest, paths = Path(sys.argv[1]), sys.argv[2:]
 start = time.perf_counter()
 result = build_mosaic([MosaicInput(Path(p)) for p in paths], dest)
 seconds = time.perf_counter() - start
-print(json.dumps({"seconds": seconds, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+print(json.dumps({"seconds": seconds, "rss_mb": peak_mb(),
                   "shape": list(result.shape)}))
 """
 

@@ -40,6 +40,7 @@ SOURCES: dict[str, str] = {
     "sources": "source_catalogs",
     "targets": "target_groups",
     "composites": "composites",
+    "recipes": "recipes",
     "mosaics": "mosaics",
 }
 
@@ -363,7 +364,7 @@ def connect(home: str | Path | None = None, *, published: bool = False) -> duckd
     """An in-memory DuckDB with the lake as tables and the catalog's SQL macros.
 
     Tables: ``observations``, ``products``, ``files``, ``images`` (always, empty with their columns
-    when the lake has nothing yet) and ``quality``, ``sources``, ``composites``, ``mosaics`` once
+    when the lake has nothing yet) and ``quality``, ``sources``, ``targets``, ``mosaics``, ``composites``, ``recipes`` once
     their folders hold Parquet. The data are a snapshot taken on connect (7–10 s per million
     image rows on two cores, see ``bench/catalog.py``); ``refresh(con)`` re-reads the partitions that changed and
     the helpers in this module call it before every query. Nothing in the lake is locked, so runs

@@ -139,7 +139,7 @@ def _show(args: argparse.Namespace) -> int:
 
     home = Home(default_home())
     try:
-        tables = {kind: home.table(kind, args.target) for kind in ("mosaics", "composites")}
+        tables = {kind: home.table(kind, args.target) for kind in ("mosaics", "composites", "recipes")}
     except InvalidNameError as exc:
         print(f"not a target: {exc}", file=sys.stderr)
         return 2
@@ -154,7 +154,12 @@ def _show(args: argparse.Namespace) -> int:
     if tables["composites"].exists():
         for row in read_parquet(tables["composites"]).to_dict("records"):
             pictures.append(home.root / row["png"])
-            print(f"  composite {row['recipe']} ({row['filters']}): {pictures[-1]}, {home.root / row['cube']}")
+            print(f"  composite {row['recipe']} ({row['filters']}; {row['method']}, {row['stretch']}): "
+                  f"{pictures[-1]}, {home.root / row['cube']}")
+    if tables["recipes"].exists():
+        for row in read_parquet(tables["recipes"]).to_dict("records"):
+            if not row["made"]:
+                print(f"  not made  {row['recipe']} ({row['filters']}): {row['note']}")
     if args.open and pictures:
         import webbrowser
 

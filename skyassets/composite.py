@@ -64,6 +64,7 @@ BROAD_WIDTH = 0.15
 KIND_ORDER = ("classic", "cross-instrument", "all", "narrow-band", "broad-band", "two-colour")
 
 STRETCHES = ("linear", "sqrt", "log", "asinh", "power", "histeq", "zscale")
+METHODS = ("screen", "lupton")
 
 RECIPE_COLUMNS = ["recipe", "kind", "rank", "filters", "instruments", "pivots_um", "reason"]
 

@@ -135,25 +135,20 @@ def _measure_quality(instance: DagsterInstance, defs: Definitions, home: Home, p
 
 
 def _make_products(instance: DagsterInstance, defs: Definitions, home: Home) -> int:
-    """Evaluate the targets sensor and run products_job for each target it asks for; return failed runs."""
-    from .sensors import targets_sensor
-
-    context = build_sensor_context(instance=instance, definitions=defs, resources={"home": defs.resources["home"]})
-    result = targets_sensor(context)
-    for request in getattr(result, "dynamic_partitions_requests", []):
-        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
-    requests = getattr(result, "run_requests", None) or []
-    print(f"\nMosaics and composites for {len(requests)} targets:")
+    """Run products_job for each target that target_groups found; return failed runs. (In ``skyassets
+    dev`` declarative automation does this for the targets whose images change.)"""
+    targets = instance.get_dynamic_partitions("targets")
+    print(f"\nMosaics and composites for {len(targets)} targets:")
     failures = 0
-    for request in requests:
+    for target in targets:
         run = defs.resolve_job_def("products_job").execute_in_process(
-            instance=instance, partition_key=request.partition_key, run_config=QUIET, raise_on_error=False
+            instance=instance, partition_key=target, run_config=QUIET, raise_on_error=False
         )
         failures += not run.success
-        made = read_parquet(home.table("composites", request.partition_key)) if run.success else None
-        count = len(read_parquet(home.table("mosaics", request.partition_key))) if run.success else 0
-        print(f"  {request.partition_key:<24} {count} mosaics, {0 if made is None else len(made)} composites"
+        made = read_parquet(home.table("composites", target)) if run.success else None
+        count = len(read_parquet(home.table("mosaics", target))) if run.success else 0
+        print(f"  {target:<24} {count} mosaics, {0 if made is None else len(made)} composites"
               + ("" if run.success else f" FAILED (run {run.run_id})"))
-        print(f"  {'':<24} {home.target_dir(request.partition_key)}")
+        print(f"  {'':<24} {home.target_dir(target)}")
     print("  see one: skyassets show TARGET")
     return failures

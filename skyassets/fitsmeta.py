@@ -73,7 +73,9 @@ class Failure:
 
 
 # ------------------------------------------------------------------------------------ schema
-def _f(name: str, typ: pa.DataType, unit: str | None, doc: str) -> pa.Field:
+def schema_field(name: str, typ: pa.DataType, unit: str | None, doc: str) -> pa.Field:
+    """A column with its unit and description in the field metadata. Public so that every table
+    the project writes (the catalogue, the quality metrics) documents its columns the same way."""
     meta = {b"description": doc.encode()}
     if unit:
         meta[b"unit"] = unit.encode()
@@ -81,61 +83,63 @@ def _f(name: str, typ: pa.DataType, unit: str | None, doc: str) -> pa.Field:
 
 
 IMAGE_SCHEMA = pa.schema([
-    _f("dataproduct_type", pa.string(), None, "ObsCore: image, or cube when a non-spatial axis has >1 pixel"),
-    _f("calib_level", pa.int16(), None, "ObsCore: 1 raw, 2 calibrated exposure, 3 combined product"),
-    _f("obs_collection", pa.string(), None, "ObsCore: mission (TELESCOP)"),
-    _f("obs_id", pa.string(), None, "ObsCore: observation id"),
-    _f("obs_publisher_did", pa.string(), None, "ObsCore: publisher's dataset id (MAST missions)"),
-    _f("access_url", pa.string(), None, "ObsCore: where the file was fetched from"),
-    _f("access_format", pa.string(), None, "ObsCore: MIME type"),
-    _f("access_estsize", pa.int64(), "kbyte", "ObsCore: file size"),
-    _f("target_name", pa.string(), None, "ObsCore: target as named by the observer"),
-    _f("s_ra", pa.float64(), "deg", "ObsCore: ICRS right ascension of the image centre"),
-    _f("s_dec", pa.float64(), "deg", "ObsCore: ICRS declination of the image centre"),
-    _f("s_fov", pa.float64(), "deg", "ObsCore: diameter of the footprint"),
-    _f("s_region", pa.string(), "deg", "ObsCore: footprint, STC-S POLYGON ICRS"),
-    _f("s_resolution", pa.float64(), "arcsec", "ObsCore: PSF FWHM, filled by image measurement"),
-    _f("s_xel1", pa.int64(), None, "ObsCore: pixels along the first spatial axis"),
-    _f("s_xel2", pa.int64(), None, "ObsCore: pixels along the second spatial axis"),
-    _f("t_min", pa.float64(), "d", "ObsCore: start time, MJD"),
-    _f("t_max", pa.float64(), "d", "ObsCore: stop time, MJD"),
-    _f("t_exptime", pa.float64(), "s", "ObsCore: exposure time"),
-    _f("em_min", pa.float64(), "m", "ObsCore: shortest wavelength (half-maximum edge of the bandpass)"),
-    _f("em_max", pa.float64(), "m", "ObsCore: longest wavelength (half-maximum edge of the bandpass)"),
-    _f("facility_name", pa.string(), None, "ObsCore: telescope"),
-    _f("instrument_name", pa.string(), None, "ObsCore: instrument (HST: INSTRUME/DETECTOR)"),
-    _f("o_ucd", pa.string(), None, "ObsCore: UCD of the pixel values"),
-    _f("proposal_id", pa.string(), None, "program / proposal number"),
-    _f("filter", pa.string(), None, "optical elements in the beam, ';'-joined, clear positions left out"),
-    _f("pupil", pa.string(), None, "JWST PUPIL wheel element"),
-    _f("detector", pa.string(), None, "DETECTOR keyword"),
-    _f("ccdchip", pa.int16(), None, "HST CCD chip of this extension"),
-    _f("observation", pa.string(), None, "JWST observation number (OBSERVTN)"),
-    _f("visit", pa.string(), None, "JWST visit number (VISIT)"),
-    _f("visit_id", pa.string(), None, "JWST VISIT_ID"),
-    _f("asn_id", pa.string(), None, "association id (HST ASN_ID, JWST ASNTABLE product)"),
-    _f("bunit", pa.string(), None, "unit of the pixel values as written (BUNIT)"),
-    _f("pixel_scale", pa.float64(), "arcsec", "square root of the pixel area at the reference point"),
-    _f("photmjsr", pa.float64(), "MJy sr-1 s DN-1", "JWST: surface brightness of 1 DN/s"),
-    _f("photuja2", pa.float64(), "uJy arcsec-2 s DN-1", "JWST: surface brightness of 1 DN/s"),
-    _f("pixar_sr", pa.float64(), "sr", "nominal pixel area"),
-    _f("pixar_a2", pa.float64(), "arcsec2", "nominal pixel area"),
-    _f("photflam", pa.float64(), "erg cm-2 Angstrom-1 electron-1", "HST: f_lambda of 1 e-/s"),
-    _f("photfnu", pa.float64(), "Jy s electron-1", "HST: f_nu of 1 e-/s"),
-    _f("photplam", pa.float64(), "Angstrom", "HST: pivot wavelength"),
-    _f("photbw", pa.float64(), "Angstrom", "HST: RMS bandwidth"),
-    _f("photzpt", pa.float64(), "mag", "HST: ST magnitude zero point"),
-    _f("magzpt", pa.float64(), "mag", "ground: photometric zero point as written (MAGZPT)"),
-    _f("zp_ab", pa.float64(), "mag", "AB magnitude of a source whose pixel values (in bunit) sum to 1"),
-    _f("sha256", pa.string(), None, "SHA-256 of the file"),
-    _f("size", pa.int64(), "byte", "file size"),
-    _f("file_name", pa.string(), None, "file name"),
-    _f("path", pa.string(), None, "where the file is stored (relative to the skyassets home when catalogued there)"),
-    _f("hdu_index", pa.int32(), None, "0-based HDU number in the file"),
-    _f("hdu_name", pa.string(), None, "EXTNAME"),
-    _f("hdu_ver", pa.int32(), None, "EXTVER"),
-    _f("header_json", pa.string(), None, '{"primary": {...}, "extension": {...} or null}'),
-    _f("wcs_problem", pa.string(), None, "why the spatial columns are null, or null"),
+    schema_field("dataproduct_type", pa.string(), None,
+                 "ObsCore: image, or cube when a non-spatial axis has >1 pixel"),
+    schema_field("calib_level", pa.int16(), None, "ObsCore: 1 raw, 2 calibrated exposure, 3 combined product"),
+    schema_field("obs_collection", pa.string(), None, "ObsCore: mission (TELESCOP)"),
+    schema_field("obs_id", pa.string(), None, "ObsCore: observation id"),
+    schema_field("obs_publisher_did", pa.string(), None, "ObsCore: publisher's dataset id (MAST missions)"),
+    schema_field("access_url", pa.string(), None, "ObsCore: where the file was fetched from"),
+    schema_field("access_format", pa.string(), None, "ObsCore: MIME type"),
+    schema_field("access_estsize", pa.int64(), "kbyte", "ObsCore: file size"),
+    schema_field("target_name", pa.string(), None, "ObsCore: target as named by the observer"),
+    schema_field("s_ra", pa.float64(), "deg", "ObsCore: ICRS right ascension of the image centre"),
+    schema_field("s_dec", pa.float64(), "deg", "ObsCore: ICRS declination of the image centre"),
+    schema_field("s_fov", pa.float64(), "deg", "ObsCore: diameter of the footprint"),
+    schema_field("s_region", pa.string(), "deg", "ObsCore: footprint, STC-S POLYGON ICRS"),
+    schema_field("s_resolution", pa.float64(), "arcsec", "ObsCore: PSF FWHM, filled by image measurement"),
+    schema_field("s_xel1", pa.int64(), None, "ObsCore: pixels along the first spatial axis"),
+    schema_field("s_xel2", pa.int64(), None, "ObsCore: pixels along the second spatial axis"),
+    schema_field("t_min", pa.float64(), "d", "ObsCore: start time, MJD"),
+    schema_field("t_max", pa.float64(), "d", "ObsCore: stop time, MJD"),
+    schema_field("t_exptime", pa.float64(), "s", "ObsCore: exposure time"),
+    schema_field("em_min", pa.float64(), "m", "ObsCore: shortest wavelength (half-maximum edge of the bandpass)"),
+    schema_field("em_max", pa.float64(), "m", "ObsCore: longest wavelength (half-maximum edge of the bandpass)"),
+    schema_field("facility_name", pa.string(), None, "ObsCore: telescope"),
+    schema_field("instrument_name", pa.string(), None, "ObsCore: instrument (HST: INSTRUME/DETECTOR)"),
+    schema_field("o_ucd", pa.string(), None, "ObsCore: UCD of the pixel values"),
+    schema_field("proposal_id", pa.string(), None, "program / proposal number"),
+    schema_field("filter", pa.string(), None, "optical elements in the beam, ';'-joined, clear positions left out"),
+    schema_field("pupil", pa.string(), None, "JWST PUPIL wheel element"),
+    schema_field("detector", pa.string(), None, "DETECTOR keyword"),
+    schema_field("ccdchip", pa.int16(), None, "HST CCD chip of this extension"),
+    schema_field("observation", pa.string(), None, "JWST observation number (OBSERVTN)"),
+    schema_field("visit", pa.string(), None, "JWST visit number (VISIT)"),
+    schema_field("visit_id", pa.string(), None, "JWST VISIT_ID"),
+    schema_field("asn_id", pa.string(), None, "association id (HST ASN_ID, JWST ASNTABLE product)"),
+    schema_field("bunit", pa.string(), None, "unit of the pixel values as written (BUNIT)"),
+    schema_field("pixel_scale", pa.float64(), "arcsec", "square root of the pixel area at the reference point"),
+    schema_field("photmjsr", pa.float64(), "MJy sr-1 s DN-1", "JWST: surface brightness of 1 DN/s"),
+    schema_field("photuja2", pa.float64(), "uJy arcsec-2 s DN-1", "JWST: surface brightness of 1 DN/s"),
+    schema_field("pixar_sr", pa.float64(), "sr", "nominal pixel area"),
+    schema_field("pixar_a2", pa.float64(), "arcsec2", "nominal pixel area"),
+    schema_field("photflam", pa.float64(), "erg cm-2 Angstrom-1 electron-1", "HST: f_lambda of 1 e-/s"),
+    schema_field("photfnu", pa.float64(), "Jy s electron-1", "HST: f_nu of 1 e-/s"),
+    schema_field("photplam", pa.float64(), "Angstrom", "HST: pivot wavelength"),
+    schema_field("photbw", pa.float64(), "Angstrom", "HST: RMS bandwidth"),
+    schema_field("photzpt", pa.float64(), "mag", "HST: ST magnitude zero point"),
+    schema_field("magzpt", pa.float64(), "mag", "ground: photometric zero point as written (MAGZPT)"),
+    schema_field("zp_ab", pa.float64(), "mag", "AB magnitude of a source whose pixel values (in bunit) sum to 1"),
+    schema_field("sha256", pa.string(), None, "SHA-256 of the file"),
+    schema_field("size", pa.int64(), "byte", "file size"),
+    schema_field("file_name", pa.string(), None, "file name"),
+    schema_field("path", pa.string(), None,
+                 "where the file is stored (relative to the skyassets home when catalogued there)"),
+    schema_field("hdu_index", pa.int32(), None, "0-based HDU number in the file"),
+    schema_field("hdu_name", pa.string(), None, "EXTNAME"),
+    schema_field("hdu_ver", pa.int32(), None, "EXTVER"),
+    schema_field("header_json", pa.string(), None, '{"primary": {...}, "extension": {...} or null}'),
+    schema_field("wcs_problem", pa.string(), None, "why the spatial columns are null, or null"),
 ])
 COLUMNS: tuple[str, ...] = tuple(IMAGE_SCHEMA.names)
 
@@ -379,8 +383,12 @@ def _selected(hdus: list[_Hdu]) -> list[tuple[_Hdu, list[int]]]:
 
 
 # ----------------------------------------------------------------------------- keywords
-class _Keys:
-    """Keyword lookup in the HDU's header, then the primary header (FITS INHERIT convention)."""
+class HeaderKeys:
+    """Keyword lookup in the HDU's header, then the primary header (FITS INHERIT convention).
+
+    Public so that other modules reading headers (quality's zero point for an image without a
+    catalogue row) skip blank and undefined values exactly as the catalogue does.
+    """
 
     def __init__(self, header: _Lookup, primary: _Lookup | None):
         self.headers = [header] + ([primary] if primary is not None else [])
@@ -424,7 +432,7 @@ def _mjd_from_date(date: str | None, time: str | None) -> float | None:
         return None
 
 
-def _times(k: _Keys, exptime: float | None) -> tuple[float | None, float | None]:
+def _times(k: HeaderKeys, exptime: float | None) -> tuple[float | None, float | None]:
     t_min = k.number("MJD-OBS", "MJD-BEG", "EXPSTART")
     if t_min is None:
         t_min = _mjd_from_date(k.text("DATE-BEG"), None) or _mjd_from_date(
@@ -439,7 +447,7 @@ def _is_filter(name: str) -> bool:
     return not (name.upper() in _NOT_A_FILTER or name.upper().startswith("CLEAR"))
 
 
-def _filters(k: _Keys, instrument: str | None) -> tuple[list[str], str | None]:
+def _filters(k: HeaderKeys, instrument: str | None) -> tuple[list[str], str | None]:
     """Optical elements in the beam (clear positions and wheel numbers left out) and the pupil.
 
     The pupil joins the list when it holds a filter (NIRISS short-wavelength filters, NIRCam
@@ -461,8 +469,9 @@ _UNIT_WORDS = {"electrons": "electron", "counts": "count", "jy": "Jy", "mjy": "M
 
 
 @lru_cache(maxsize=1024)  # parsing a unit costs up to a millisecond, and files share a few
-def _unit(bunit: str | None) -> u.UnitBase | None:
-    """BUNIT as an astropy unit, accepting the upper-case plural forms HST writes."""
+def parse_bunit(bunit: str | None) -> u.UnitBase | None:
+    """BUNIT as an astropy unit, accepting the upper-case plural forms HST writes. Public so that
+    every module reads the same BUNIT as the same unit."""
     if not bunit:
         return None
     unit = u.Unit(bunit, parse_strict="silent")
@@ -497,9 +506,10 @@ def _o_ucd(unit: u.UnitBase | None) -> str | None:
     return None
 
 
-def _zp_ab(k: _Keys, unit: u.UnitBase | None, exptime: float | None) -> float | None:
+def zero_point_ab(k: HeaderKeys, unit: u.UnitBase | None, exptime: float | None) -> float | None:
     """AB zero point for summed pixel values: JWST surface brightness (MJy/sr, or DN/s with
-    PHOTMJSR) times the pixel area; HST PHOTFLAM at PHOTPLAM, per second or per exposure."""
+    PHOTMJSR) times the pixel area; HST PHOTFLAM at PHOTPLAM, per second or per exposure. Public
+    so that quality's depths use the very zero point the catalogue records."""
     pixar_sr, photmjsr = k.number("PIXAR_SR"), k.number("PHOTMJSR")
     photflam, photplam = k.number("PHOTFLAM"), k.number("PHOTPLAM")
     if unit is not None and pixar_sr:
@@ -516,7 +526,7 @@ def _zp_ab(k: _Keys, unit: u.UnitBase | None, exptime: float | None) -> float | 
     return None
 
 
-def _calib_level(k: _Keys, file_name: str) -> int | None:
+def _calib_level(k: HeaderKeys, file_name: str) -> int | None:
     level = k.number("CALIBLEV", "CAL_LEVEL")
     if level is not None:
         return int(level)
@@ -767,7 +777,7 @@ def _row(path: Path, hdu: _Hdu, shape: list[int], primary: _Header, *,
          sha256: str | None, access_url: str | None, obs_id: str | None,
          size: int) -> dict[str, Any]:
     parent = primary.keys if hdu.index > 0 else None
-    k = _Keys(hdu.header.keys, parent)
+    k = HeaderKeys(hdu.header.keys, parent)
     telescope = k.text("TELESCOP")
     telescope = telescope.upper() if telescope else None
     instrument = k.text("INSTRUME")
@@ -782,7 +792,7 @@ def _row(path: Path, hdu: _Hdu, shape: list[int], primary: _Header, *,
     exptime = k.number("EFFEXPTM", "XPOSURE", "EXPTIME", "TEXPTIME", "EXPOSURE", "EXP_TIME")
     t_min, t_max = _times(k, exptime)
     bunit = k.text("BUNIT")
-    unit = _unit(bunit)
+    unit = parse_bunit(bunit)
     stem = path.name.split(".")[0]
     obs_id = obs_id or k.text("OBS_ID") or (k.text("ROOTNAME") or "").lower() or stem
     collection = telescope
@@ -822,7 +832,7 @@ def _row(path: Path, hdu: _Hdu, shape: list[int], primary: _Header, *,
         **{key.lower(): k.number(key) for key in (
             "PHOTMJSR", "PHOTUJA2", "PIXAR_SR", "PIXAR_A2", "PHOTFLAM", "PHOTFNU", "PHOTPLAM",
             "PHOTBW", "PHOTZPT", "MAGZPT")},
-        "zp_ab": _zp_ab(k, unit, exptime),
+        "zp_ab": zero_point_ab(k, unit, exptime),
         "sha256": sha256,
         "size": size,
         "file_name": path.name,

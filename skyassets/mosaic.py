@@ -4,8 +4,10 @@ Plain Python (no Dagster). Each input is resampled onto the output grid by bilin
 of ``weight * SCI`` and ``weight`` (normalised convolution, so masked pixels never leak into their
 neighbours), one slab of output rows at a time, into files on disk; pairwise background offsets are
 then measured in the overlaps and solved for (as reproject's ``match_background`` does), and the
-corrected images are co-added slab by slab. Memory is therefore bounded by the slab size and one
-input image, whatever the number of inputs or the size of the mosaic.
+corrected images are co-added slab by slab, leaving out values that stand out from the other inputs
+at the same pixel (cosmic rays and satellite trails the DQ array does not flag, see
+:func:`_reject`). Memory is therefore bounded by the slab size and one input image, whatever the
+number of inputs or the size of the mosaic: slabs get fewer rows as more inputs overlap.
 
 Flux: images in surface brightness (BUNIT per steradian or per square arcsecond, e.g. JWST MJy/sr)
 are conserved by interpolation as they are. Images in counts or count rates per pixel (HST
@@ -30,10 +32,10 @@ from astropy.io import fits
 from astropy.wcs import WCS
 from astropy.wcs.utils import pixel_to_pixel, proj_plane_pixel_area
 from reproject.mosaicking import find_optimal_celestial_wcs
-from scipy.ndimage import map_coordinates
+from scipy.ndimage import binary_dilation, map_coordinates
 
-from .preview import _block_mean, thumbnail_png
-from .quality import _pixel_masks, _saturation_level
+from .preview import block_mean, thumbnail_png
+from .quality import pixel_masks, saturation_level
 
 WeightKind = Literal["auto", "err", "wht"]
 
@@ -43,6 +45,20 @@ MAX_OVERLAP_SAMPLES = 1_000_000
 # exactly (integer offsets) resample exactly and the coverage map has no fractional edges.
 SNAP_PIX = 1e-6
 PREVIEW_SIDE = 256
+# Outlier rejection: only where at least this many inputs cover a pixel, since with two a median
+# cannot tell which one is wrong.
+REJECT_MIN_INPUTS = 3
+# On top of k sigma a value may differ from the median by this multiple of the median's local
+# contrast (its largest step to a 4-neighbour): resampled stars differ between exposures through
+# sub-pixel phase and slightly different PSFs by a fraction of that contrast, cosmic rays on a
+# smooth median by far more. AstroDrizzle's driz_cr_scale (1.2) plays the same part.
+CONTRAST_SCALE = 1.2
+# Values (inputs x rows x columns) in one slab's stack of resampled inputs: 4 Mi values, under
+# 100 MB with their weights and the rejection's temporaries, whatever the number of inputs.
+STACK_BUDGET = 1 << 22
+# Rows read beyond a slab so that the contrast and the growth of rejections by one pixel see the
+# same neighbours as they would on the whole mosaic.
+HALO = 2
 _SURFACE_BRIGHTNESS = ("/SR", "SR-1", "ARCSEC", "/PIX", "PIXEL-1")
 
 
@@ -71,6 +87,7 @@ class MosaicResult:
     shape: tuple[int, int]
     n_inputs: int
     header: fits.Header = field(repr=False)
+    n_rejected: int = 0
 
 
 @dataclass
@@ -83,6 +100,7 @@ class _Image:
     wcs: WCS
     weight_kind: str
     flux_scale: float
+    noise: float
 
 
 @dataclass
@@ -96,6 +114,7 @@ class _Placed:
     x1: int
     weight_kind: str
     flux_scale: float
+    noise: float
     background: float = 0.0
 
     @property
@@ -131,6 +150,7 @@ def build_mosaic(
     shape: tuple[int, int] | None = None,
     downscale: int = 1,
     match_background: bool = True,
+    reject_sigma: float | None = 5.0,
     block_size: tuple[int, int] = (1024, 1024),
 ) -> MosaicResult:
     """Co-add ``inputs`` (those not flagged "reject") onto one grid and write ``dest``.
@@ -138,8 +158,11 @@ def build_mosaic(
     The grid is ``wcs`` and ``shape`` when given, else reproject's ``find_optimal_celestial_wcs``
     over the inputs; ``downscale`` then makes its pixels that many times larger. ``dest`` gets an
     empty primary HDU whose header lists the inputs, then SCI (the weighted mean), CON (how many
-    inputs cover each pixel) and WHT (the summed weight). ``block_size`` is a pixel budget
-    (rows x columns): work goes in slabs of whole output rows holding at most that many pixels.
+    inputs cover each pixel) and WHT (the summed weight). ``reject_sigma`` is the k of the
+    per-pixel outlier rejection between inputs (:func:`_reject`), None to keep every value; values
+    left out count neither in SCI, CON nor WHT, and their number is ``n_rejected`` (header NREJECT).
+    ``block_size`` is a pixel budget (rows x columns): work goes in slabs of whole output rows
+    holding at most that many pixels, and fewer where many inputs overlap (``STACK_BUDGET``).
     """
     used = [i for i in inputs if (i.flag or "").lower() != "reject"]
     if not used:
@@ -169,13 +192,14 @@ def build_mosaic(
             del image
         if match_background:
             _match_backgrounds(placed, work, slab)
-        _coadd(placed, shape, work, slab)
-        header = _primary_header(placed, wcs, downscale, match_background)
+        rejected = _coadd(placed, shape, work, slab, reject_sigma)
+        header = _primary_header(placed, wcs, downscale, match_background, reject_sigma, rejected)
         bunit = _bunit(used[0])
         preview = _write(dest, header, wcs, shape, work, slab, bunit)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return MosaicResult(dest, thumbnail_png(preview, max_side=PREVIEW_SIDE), wcs, shape, len(placed), header)
+    return MosaicResult(dest, thumbnail_png(preview, max_side=PREVIEW_SIDE), wcs, shape, len(placed), header,
+                        rejected)
 
 
 # ------------------------------------------------------------------------------------ inputs
@@ -221,11 +245,12 @@ def _surface_brightness(bunit: str | None) -> bool:
 def _load(source: MosaicInput, out_area: float) -> _Image:
     """Read one input and turn its ERR/WHT, DQ and saturation into a weight map.
 
-    ERR gives one inverse variance per image (the median over good pixels), not per pixel: a
+    ERR gives one inverse variance per image (from its median over good pixels), not per pixel: a
     per-pixel ERR holds the sources' own Poisson noise, and weighting by it would favour whichever
     image saw a star fainter, biasing star fluxes low (the JWST pipeline's 'ivm' weighting avoids
     it the same way, with read and sky noise only). WHT maps are used per pixel. DQ bad, saturated
-    and cosmic-ray bits (``quality.DQ_BITS``) and non-finite pixels get weight 0.
+    and cosmic-ray bits (``quality.DQ_BITS``) and non-finite pixels get weight 0. The noise outlier
+    rejection scales by is that same ERR median, else measured from the pixels (:func:`_noise`).
     """
     with _open(source.path) as hdul:
         hdu = hdul[source.hdu_index]
@@ -246,29 +271,46 @@ def _load(source: MosaicInput, out_area: float) -> _Image:
     telescope = str(header.get("TELESCOP", "")).strip().lower()
     kind = telescope if telescope in ("jwst", "hst") else None
     dq_array = None if dq is None else np.asarray(dq).astype(np.int64)
-    pixels = _pixel_masks(sci, dq_array, kind if dq_array is not None else None,
-                          _saturation_level(None, header))
+    pixels = pixel_masks(sci, dq_array, kind if dq_array is not None else None,
+                         saturation_level(None, header))
     bad = pixels.mask if pixels.cosmic_ray is None else pixels.mask | pixels.cosmic_ray
     bad |= ~np.isfinite(sci)
     if err is not None:
-        variance = np.asarray(err, dtype=np.float64) ** 2
-        good = ~bad & np.isfinite(variance) & (variance > 0)
+        err = np.asarray(err, dtype=np.float32)
+        good = ~bad & np.isfinite(err) & (err > 0)
         bad |= ~good
-        weight = np.where(bad, 0.0, 1.0 / float(np.median(variance[good])) if good.any() else 0.0)
+        noise = float(np.median(err[good])) if good.any() else 0.0
+        weight = np.where(bad, 0.0, 1.0 / noise**2 if noise > 0 else 0.0)
         weight_kind = "err"
-    elif wht is not None:
-        weight = np.nan_to_num(np.asarray(wht, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-        weight = np.where(bad | (weight < 0), 0.0, weight)
-        weight_kind = "wht"
     else:
-        weight = np.where(bad, 0.0, 1.0)
-        weight_kind = "uniform"
+        noise = _noise(sci, bad)
+        if wht is not None:
+            weight = np.nan_to_num(np.asarray(wht, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+            weight = np.where(bad | (weight < 0), 0.0, weight)
+            weight_kind = "wht"
+        else:
+            weight = np.where(bad, 0.0, 1.0)
+            weight_kind = "uniform"
     flux_scale = 1.0
     if not _surface_brightness(header.get("BUNIT")):
         flux_scale = out_area / proj_plane_pixel_area(wcs)
     weight = weight.astype(np.float32)
     weighted = np.where(weight > 0, sci * np.float32(flux_scale), 0.0).astype(np.float32) * weight
-    return _Image(source, weighted, weight, wcs, weight_kind, flux_scale)
+    return _Image(source, weighted, weight, wcs, weight_kind, flux_scale, noise * flux_scale)
+
+
+def _noise(sci: np.ndarray, bad: np.ndarray) -> float:
+    """Per-pixel noise of an image without ERR, from the pixels: the MAD of differences between
+    horizontally adjacent good pixels over sqrt(2). Differences cancel sky gradients and extended
+    light, and the few pixels of stars and cosmic rays do not move a median. In resampled inputs
+    (drizzled products) neighbours share noise and this comes out low, so rejection only gets
+    stricter there, where earlier combination has already removed most cosmic rays."""
+    step = max(1, sci.shape[0] // 512)  # a sample of rows is plenty for a median
+    rows, ok = sci[::step], ~bad[::step]
+    diff = (rows[:, 1:] - rows[:, :-1])[ok[:, 1:] & ok[:, :-1]]
+    if not diff.size:
+        return 0.0
+    return float(1.4826 * np.median(np.abs(diff - np.median(diff))) / math.sqrt(2.0))
 
 
 def _optimal_wcs(inputs: Sequence[MosaicInput]) -> tuple[WCS, tuple[int, int]]:
@@ -334,8 +376,8 @@ def _resample(image: _Image, wcs: WCS, shape: tuple[int, int], stem: Path, slab:
     name = f"{Path(image.source.path).name}[{image.source.hdu_index}]"
     box = _bounds(image, wcs, shape)
     if box is None:
-        return _Placed(name, 0, 0, 0, 0, image.weight_kind, image.flux_scale)
-    placed = _Placed(name, *box, image.weight_kind, image.flux_scale)
+        return _Placed(name, 0, 0, 0, 0, image.weight_kind, image.flux_scale, image.noise)
+    placed = _Placed(name, *box, image.weight_kind, image.flux_scale, image.noise)
     n = (placed.y1 - placed.y0) * placed.width
     _blank(stem.with_suffix(".val"), np.float32, n)
     _blank(stem.with_suffix(".wht"), np.float32, n)
@@ -418,39 +460,120 @@ def _match_backgrounds(placed: list[_Placed], work: Path, slab: int) -> None:
 
 
 # ------------------------------------------------------------------------------ co-adding
-def _coadd(placed: list[_Placed], shape: tuple[int, int], work: Path, slab: int) -> None:
-    """Sum weight * (value - background), weight and coverage of every input into work files."""
+def _coadd(placed: list[_Placed], shape: tuple[int, int], work: Path, slab: int,
+           reject_sigma: float | None) -> int:
+    """Write the mosaic's SCI (weighted mean of value - background), CON and WHT into work files,
+    one slab of output rows at a time over a stack of the inputs covering it; returns how many
+    input values outlier rejection left out."""
     ny, nx = shape
-    for name, dtype in (("sum", np.float64), ("wht", np.float64), ("con", np.int32)):
+    for name, dtype in (("sci", np.float32), ("con", np.int32), ("wht", np.float32)):
         _blank(work / f"mosaic.{name}", dtype, ny * nx)
-    for k, p in enumerate(placed):
-        if p.y0 >= p.y1:
-            continue
-        stem = work / f"in{k}"
-        for r0, r1 in _rows(p.y0, p.y1, nx, slab):
-            rows = (r0 - p.y0, r1 - p.y0)
-            val = np.array(_file(stem.with_suffix(".val"), np.float32, p.width, *rows, "r"))
-            wht = np.array(_file(stem.with_suffix(".wht"), np.float32, p.width, *rows, "r"))
-            cols = slice(p.x0, p.x1)
-            total = _file(work / "mosaic.sum", np.float64, nx, r0, r1, "r+")
-            total[:, cols] += wht * (val.astype(np.float64) - p.background)
-            del total
-            weight = _file(work / "mosaic.wht", np.float64, nx, r0, r1, "r+")
-            weight[:, cols] += wht
-            del weight
-            con = _file(work / "mosaic.con", np.int32, nx, r0, r1, "r+")
-            con[:, cols] += wht > 0
-            del con
-        (stem.with_suffix(".val")).unlink()
-        (stem.with_suffix(".wht")).unlink()
+    starts = np.zeros(ny + 1, np.int64)
+    for p in placed:
+        starts[p.y0] += 1
+        starts[p.y1] -= 1
+    depth = max(1, int(np.cumsum(starts).max()))  # most inputs sharing one row
+    step = max(1, min(slab, STACK_BUDGET // depth) // nx)
+    halo = HALO if reject_sigma is not None else 0
+    rejected = 0
+    for r0 in range(0, ny, step):
+        r1 = min(r0 + step, ny)
+        h0, h1 = max(r0 - halo, 0), min(r1 + halo, ny)
+        members = [(k, p) for k, p in enumerate(placed) if p.y0 < h1 and p.y1 > h0]
+        sci = np.full((r1 - r0, nx), np.nan, np.float32)
+        con = np.zeros((r1 - r0, nx), np.int32)
+        wht = np.zeros((r1 - r0, nx), np.float32)
+        if members:
+            c0, c1 = min(p.x0 for _, p in members), max(p.x1 for _, p in members)
+            value = np.zeros((len(members), h1 - h0, c1 - c0), np.float32)
+            weight = np.zeros_like(value)
+            for j, (k, p) in enumerate(members):
+                a0, a1 = max(h0, p.y0), min(h1, p.y1)
+                at = (slice(a0 - h0, a1 - h0), slice(p.x0 - c0, p.x1 - c0))
+                rows = (a0 - p.y0, a1 - p.y0)
+                stem = work / f"in{k}"
+                value[j][at] = _file(stem.with_suffix(".val"), np.float32, p.width, *rows, "r")
+                value[j][at] -= np.float32(p.background)
+                weight[j][at] = _file(stem.with_suffix(".wht"), np.float32, p.width, *rows, "r")
+            core = slice(r0 - h0, r1 - h0)
+            if reject_sigma is not None and len(members) >= REJECT_MIN_INPUTS:
+                noise = np.array([p.noise for _, p in members], np.float32)
+                out = _reject(value, weight, noise, reject_sigma)
+                rejected += int(np.count_nonzero(out[:, core]))
+                weight[out] = 0.0
+            total = np.zeros((r1 - r0, c1 - c0))
+            summed = np.zeros((r1 - r0, c1 - c0))
+            for j in range(len(members)):
+                w = weight[j, core]
+                total += w * value[j, core].astype(np.float64)
+                summed += w
+                con[:, c0:c1] += w > 0
+            with np.errstate(invalid="ignore", divide="ignore"):
+                sci[:, c0:c1] = np.where(summed > 0, total / summed, np.nan)
+            wht[:, c0:c1] = summed
+        for name, dtype, data in (("sci", np.float32, sci), ("con", np.int32, con), ("wht", np.float32, wht)):
+            out_file = _file(work / f"mosaic.{name}", dtype, nx, r0, r1, "r+")
+            out_file[:] = data
+            del out_file
+    for k in range(len(placed)):
+        for suffix in (".val", ".wht"):
+            (work / f"in{k}").with_suffix(suffix).unlink(missing_ok=True)
+    return rejected
+
+
+def _reject(value: np.ndarray, weight: np.ndarray, noise: np.ndarray, k: float) -> np.ndarray:
+    """Which values of a stack (inputs x rows x columns) are outliers between exposures.
+
+    Where at least ``REJECT_MIN_INPUTS`` inputs cover a pixel, a value is an outlier when it
+    differs from their median by more than ``k`` times its input's noise plus ``CONTRAST_SCALE``
+    times the median's local contrast (the AstroDrizzle / JWST outlier_detection criterion). The
+    noise is each input's sky and read noise, not a MAD across the stack: three to five values
+    give no usable spread of their own, and a star's Poisson noise and resampling differences are
+    covered by the contrast term, which is large exactly where the median is not smooth. The
+    pixels around an outlier in the same input are left out with it (AstroDrizzle's driz_cr_grow
+    of 1), so the wings bilinear interpolation spreads a cosmic ray into go too.
+    """
+    covered = weight > 0
+    count = covered.sum(axis=0)
+    deep = count >= REJECT_MIN_INPUTS
+    if not deep.any():
+        return np.zeros(value.shape, bool)
+    stack = np.where(covered[:, deep], value[:, deep], np.nan)
+    stack.sort(axis=0)  # NaN (not covered) last
+    n = count[deep][None]
+    median = np.full(deep.shape, np.nan, np.float32)
+    median[deep] = 0.5 * (np.take_along_axis(stack, (n - 1) // 2, 0)[0] + np.take_along_axis(stack, n // 2, 0)[0])
+    del stack
+    contrast = np.zeros(deep.shape, np.float32)
+    for axis in (0, 1):
+        step = np.abs(np.diff(median, axis=axis))  # NaN next to a pixel without a median: ignored
+        lo = [slice(None)] * 2
+        hi = [slice(None)] * 2
+        lo[axis], hi[axis] = slice(None, -1), slice(1, None)
+        np.fmax(contrast[tuple(lo)], step, out=contrast[tuple(lo)])
+        np.fmax(contrast[tuple(hi)], step, out=contrast[tuple(hi)])
+    tolerance = CONTRAST_SCALE * contrast
+    out = np.zeros(value.shape, bool)
+    for j in range(len(value)):
+        with np.errstate(invalid="ignore"):  # NaN median where too few inputs: never an outlier
+            out[j] = (np.abs(value[j] - median) > tolerance + np.float32(k) * noise[j]) & covered[j]
+    if out.any():
+        out = binary_dilation(out, structure=np.ones((1, 3, 3), bool))
+        out &= covered & deep
+    return out
 
 
 # ------------------------------------------------------------------------------------ output
-def _primary_header(placed: list[_Placed], wcs: WCS, downscale: int, match_background: bool) -> fits.Header:
+def _primary_header(placed: list[_Placed], wcs: WCS, downscale: int, match_background: bool,
+                    reject_sigma: float | None, rejected: int) -> fits.Header:
     header = fits.Header()
     header["NINPUTS"] = (len(placed), "images co-added")
     header["DOWNSCAL"] = (downscale, "output pixel size / optimal pixel size")
     header["BKGMATCH"] = (match_background, "background offsets matched in overlaps")
+    header["REJECT"] = (reject_sigma is not None, "outliers between inputs rejected per pixel")
+    if reject_sigma is not None:
+        header["REJSIGMA"] = (reject_sigma, "rejection threshold in sigma of input noise")
+    header["NREJECT"] = (rejected, "input values rejected as outliers")
     header["RESAMPLE"] = ("bilinear", "interpolation of weight*SCI and weight")
     for k, p in enumerate(placed, start=1):
         header[f"IN{k:04d}"] = (p.name, "input file[hdu]")
@@ -493,17 +616,11 @@ def _write(dest: Path, primary: fits.Header, wcs: WCS, shape: tuple[int, int], w
             stream = fits.StreamingHDU(str(tmp), header)
             for r0 in range(0, ny, step):
                 r1 = min(r0 + step, ny)
-                weight = np.array(_file(work / "mosaic.wht", np.float64, nx, r0, r1, "r"))
+                dtype = np.int32 if name == "CON" else np.float32
+                data = np.array(_file(work / f"mosaic.{name.lower()}", dtype, nx, r0, r1, "r"))
                 if name == "SCI":
-                    total = np.array(_file(work / "mosaic.sum", np.float64, nx, r0, r1, "r"))
-                    with np.errstate(invalid="ignore", divide="ignore"):
-                        data = np.where(weight > 0, total / weight, np.nan).astype(np.float32)
-                    small_rows.append(_block_mean(data, factor))
-                elif name == "CON":
-                    data = np.array(_file(work / "mosaic.con", np.int32, nx, r0, r1, "r"))
-                else:
-                    data = weight.astype(np.float32)
-                stream.write(np.ascontiguousarray(data))
+                    small_rows.append(block_mean(data, factor))
+                stream.write(data)
             stream.close()
         tmp.replace(dest)
     except BaseException:

@@ -65,7 +65,7 @@ def thumbnail_png(
     if max_side < 1:
         raise ValueError(f"max_side must be positive, got {max_side}")
     factor = math.ceil(max(data.shape) / max_side)
-    small = _block_mean(data, factor)
+    small = block_mean(data, factor)
     pixels = _stretch(small)
     thumb = Image.fromarray(np.flipud(pixels), mode="P")
     thumb.putpalette(_PALETTE)
@@ -84,10 +84,12 @@ def markdown_image(png: bytes, alt: str) -> str:
     return f"![{text}](data:image/png;base64,{base64.b64encode(png).decode('ascii')})"
 
 
-def _block_mean(data: np.ndarray, factor: int) -> np.ndarray:
+def block_mean(data: np.ndarray, factor: int) -> np.ndarray:
     """Mean of each ``factor`` x ``factor`` block over its finite pixels (NaN where it has none).
 
     The last row and column of blocks may be partial: padding counts as missing, not as zero.
+    Public so that the mosaic can shrink its SCI slab by slab into the array its preview is drawn
+    from, the same way a preview shrinks a whole image.
     """
     if factor == 1:
         return np.where(np.isfinite(data), data, np.nan)

@@ -42,7 +42,7 @@ from photutils.detection import DAOStarFinder
 from scipy.ndimage import label
 from scipy.spatial import cKDTree
 
-from .fitsmeta import _f, _Keys, _unit, _zp_ab
+from .fitsmeta import HeaderKeys, parse_bunit, schema_field, zero_point_ab
 
 # ------------------------------------------------------------------------------------ constants
 # Background: boxes of about 1/8 of the image side (16–64 px): many times the PSF, yet small
@@ -173,75 +173,85 @@ DQ_BITS: dict[str, dict[str, int]] = {
 
 # ------------------------------------------------------------------------------------- schemas
 _IDENTITY = [
-    _f("obs_id", pa.string(), None, "observation id (partition)"),
-    _f("sha256", pa.string(), None, "SHA-256 of the file"),
-    _f("hdu_index", pa.int32(), None, "0-based HDU number of the image in the file"),
+    schema_field("obs_id", pa.string(), None, "observation id (partition)"),
+    schema_field("sha256", pa.string(), None, "SHA-256 of the file"),
+    schema_field("hdu_index", pa.int32(), None, "0-based HDU number of the image in the file"),
 ]
 QUALITY_SCHEMA = pa.schema([
     *_IDENTITY,
-    _f("file_name", pa.string(), None, "file name"),
-    _f("instrument_name", pa.string(), None, "ObsCore instrument (HST: INSTRUME/DETECTOR)"),
-    _f("filter", pa.string(), None, "optical elements in the beam, ';'-joined"),
-    _f("obs_collection", pa.string(), None, "mission"),
-    _f("usable", pa.bool_(), None,
-       "false when the image cannot be used at all: unreadable, no valid pixel, no valid WCS"),
-    _f("problem", pa.string(), None,
-       "why the image is unusable or only partly measured, naming the file; null when fine"),
-    _f("background", pa.float64(), None, "median sky level, image units (BUNIT)"),
-    _f("background_rms", pa.float64(), None, "sky noise per pixel, image units (BUNIT)"),
-    _f("background_method", pa.string(), None, "Background2D, or sigma_clipped_stats when every box was masked"),
-    _f("n_sources", pa.int32(), None, "sources detected 5 sigma over the noise (cosmic rays included)"),
-    _f("n_cosmic_rays", pa.int32(), None, "detections classified as cosmic rays"),
-    _f("n_stars_fitted", pa.int32(), None, "isolated unsaturated stars whose Moffat fit defines the PSF"),
-    _f("fwhm_pix", pa.float64(), "pix",
-       "PSF FWHM (geometric mean of the axes), inverse-variance weighted mean of the fitted stars"),
-    _f("fwhm_arcsec", pa.float64(), "arcsec", "PSF FWHM on the sky"),
-    _f("ellipticity", pa.float64(), None,
-       "PSF ellipticity 1 - b/a from the fitted stars' weighted mean components (e cos 2φ, e sin 2φ)"),
-    _f("psf_beta", pa.float64(), None, "Moffat beta of the PSF (median of the fitted stars)"),
-    _f("n_eff_pix", pa.float64(), "pix2", "noise-equivalent area of the PSF, 1 / sum(p_i^2), pixel-integrated"),
-    _f("frac_nan", pa.float64(), None, "fraction of pixels that are NaN or infinite"),
-    _f("frac_zero", pa.float64(), None, "fraction of pixels exactly 0 (fill)"),
-    _f("frac_saturated", pa.float64(), None, "fraction of pixels saturated (DQ, saturation level or plateau)"),
-    _f("frac_dq_flagged", pa.float64(), None, "fraction of pixels the DQ array marks unusable; null without DQ"),
-    _f("frac_unusable", pa.float64(), None,
-       "fraction of the exposed footprint that is NaN, zero, DQ-flagged or saturated"),
-    _f("pixel_scale", pa.float64(), "arcsec", "pixel scale from the WCS (square root of the pixel area)"),
-    _f("pixel_scale_nominal", pa.float64(), "arcsec", "the instrument's nominal pixel scale"),
-    _f("pixel_scale_ratio", pa.float64(), None, "pixel_scale / pixel_scale_nominal"),
-    _f("footprint_finite", pa.bool_(), None, "the WCS maps the image centre and corners to finite sky positions"),
-    _f("header_flags", pa.string(), None,
-       "header quality keywords that are not nominal, e.g. ENG_QUAL=SUSPECT; null when all are"),
-    _f("zp_ab", pa.float64(), "mag", "AB magnitude of a source whose pixel values sum to 1"),
-    _f("depth_5sigma_ab", pa.float64(), "mag", "5 sigma point-source depth: zp_ab - 2.5 log10(5 sigma sqrt(n_eff))"),
-    _f("seconds", pa.float64(), "s", "time spent measuring the image"),
-    _f("score", pa.float64(), None, "0-100: 100 x depth x shape x data terms; 0 when a gate fails (docs/quality.md)"),
-    _f("score_depth", pa.float64(), None,
-       "100 x min(1, effective-time ratio against comparable images); null without depth"),
-    _f("score_shape", pa.float64(), None, "100 at ellipticity <= 0.10 falling linearly to 0 at 0.40"),
-    _f("score_data", pa.float64(), None, "100 x (1 - frac_unusable)"),
-    _f("depth_reference_ab", pa.float64(), "mag",
-       "median 5 sigma depth of comparable images (same instrument and filter)"),
-    _f("effective_time_ratio", pa.float64(), None,
-       "10^(0.8 (depth - reference depth)): exposure-time equivalent against the reference"),
-    _f("flag", pa.string(), None, "good (score >= 50), usable, or reject (score < 33.3 or a gate)"),
-    _f("flag_reason", pa.string(), None, "what lowered the score or the flag; null for a good image"),
+    schema_field("file_name", pa.string(), None, "file name"),
+    schema_field("instrument_name", pa.string(), None, "ObsCore instrument (HST: INSTRUME/DETECTOR)"),
+    schema_field("filter", pa.string(), None, "optical elements in the beam, ';'-joined"),
+    schema_field("obs_collection", pa.string(), None, "mission"),
+    schema_field("usable", pa.bool_(), None,
+                 "false when the image cannot be used at all: unreadable, no valid pixel, no valid WCS"),
+    schema_field("problem", pa.string(), None,
+                 "why the image is unusable or only partly measured, naming the file; null when fine"),
+    schema_field("background", pa.float64(), None, "median sky level, image units (BUNIT)"),
+    schema_field("background_rms", pa.float64(), None, "sky noise per pixel, image units (BUNIT)"),
+    schema_field("background_method", pa.string(), None,
+                 "Background2D, or sigma_clipped_stats when every box was masked"),
+    schema_field("n_sources", pa.int32(), None, "sources detected 5 sigma over the noise (cosmic rays included)"),
+    schema_field("n_cosmic_rays", pa.int32(), None, "detections classified as cosmic rays"),
+    schema_field("n_stars_fitted", pa.int32(), None, "isolated unsaturated stars whose Moffat fit defines the PSF"),
+    schema_field("fwhm_pix", pa.float64(), "pix",
+                 "PSF FWHM (geometric mean of the axes), inverse-variance weighted mean of the fitted stars"),
+    schema_field("fwhm_arcsec", pa.float64(), "arcsec", "PSF FWHM on the sky"),
+    schema_field("ellipticity", pa.float64(), None,
+                 "PSF ellipticity 1 - b/a from the fitted stars' weighted mean components (e cos 2φ, e sin 2φ)"),
+    schema_field("psf_beta", pa.float64(), None, "Moffat beta of the PSF (median of the fitted stars)"),
+    schema_field("n_eff_pix", pa.float64(), "pix2",
+                 "noise-equivalent area of the PSF, 1 / sum(p_i^2), pixel-integrated"),
+    schema_field("frac_nan", pa.float64(), None, "fraction of pixels that are NaN or infinite"),
+    schema_field("frac_zero", pa.float64(), None, "fraction of pixels exactly 0 (fill)"),
+    schema_field("frac_saturated", pa.float64(), None,
+                 "fraction of pixels saturated (DQ, saturation level or plateau)"),
+    schema_field("frac_dq_flagged", pa.float64(), None,
+                 "fraction of pixels the DQ array marks unusable; null without DQ"),
+    schema_field("frac_unusable", pa.float64(), None,
+                 "fraction of the exposed footprint that is NaN, zero, DQ-flagged or saturated"),
+    schema_field("pixel_scale", pa.float64(), "arcsec", "pixel scale from the WCS (square root of the pixel area)"),
+    schema_field("pixel_scale_nominal", pa.float64(), "arcsec", "the instrument's nominal pixel scale"),
+    schema_field("pixel_scale_ratio", pa.float64(), None, "pixel_scale / pixel_scale_nominal"),
+    schema_field("footprint_finite", pa.bool_(), None,
+                 "the WCS maps the image centre and corners to finite sky positions"),
+    schema_field("header_flags", pa.string(), None,
+                 "header quality keywords that are not nominal, e.g. ENG_QUAL=SUSPECT; null when all are"),
+    schema_field("zp_ab", pa.float64(), "mag", "AB magnitude of a source whose pixel values sum to 1"),
+    schema_field("depth_5sigma_ab", pa.float64(), "mag",
+                 "5 sigma point-source depth: zp_ab - 2.5 log10(5 sigma sqrt(n_eff))"),
+    schema_field("seconds", pa.float64(), "s", "time spent measuring the image"),
+    schema_field("score", pa.float64(), None,
+                 "0-100: 100 x depth x shape x data terms; 0 when a gate fails (docs/quality.md)"),
+    schema_field("score_depth", pa.float64(), None,
+                 "100 x min(1, effective-time ratio against comparable images); null without depth"),
+    schema_field("score_shape", pa.float64(), None, "100 at ellipticity <= 0.10 falling linearly to 0 at 0.40"),
+    schema_field("score_data", pa.float64(), None, "100 x (1 - frac_unusable)"),
+    schema_field("depth_reference_ab", pa.float64(), "mag",
+                 "median 5 sigma depth of comparable images (same instrument and filter)"),
+    schema_field("effective_time_ratio", pa.float64(), None,
+                 "10^(0.8 (depth - reference depth)): exposure-time equivalent against the reference"),
+    schema_field("flag", pa.string(), None, "good (score >= 50), usable, or reject (score < 33.3 or a gate)"),
+    schema_field("flag_reason", pa.string(), None, "what lowered the score or the flag; null for a good image"),
 ])
 SOURCE_SCHEMA = pa.schema([
     *_IDENTITY,
-    _f("source_id", pa.int32(), None, "1-based number of the detection in its image"),
-    _f("x", pa.float64(), "pix", "0-based column of the centroid"),
-    _f("y", pa.float64(), "pix", "0-based row of the centroid"),
-    _f("ra", pa.float64(), "deg", "ICRS right ascension from the WCS (distortions included); null without one"),
-    _f("dec", pa.float64(), "deg", "ICRS declination from the WCS"),
-    _f("flux", pa.float64(), None, "background-subtracted flux in the finder's kernel footprint, image units"),
-    _f("peak", pa.float64(), None, "background-subtracted peak pixel value, image units"),
-    _f("fwhm_pix", pa.float64(), "pix", "fitted Moffat FWHM; null unless fitted"),
-    _f("ellipticity", pa.float64(), None, "fitted ellipticity 1 - b/a; null unless fitted"),
-    _f("sharpness", pa.float64(), None, "DAOFIND sharpness"),
-    _f("roundness1", pa.float64(), None, "DAOFIND symmetry roundness"),
-    _f("roundness2", pa.float64(), None, "DAOFIND marginal-fit roundness"),
-    _f("flags", pa.string(), None, "';'-joined: cosmic_ray, saturated, edge, fitted (a PSF star); empty when none"),
+    schema_field("source_id", pa.int32(), None, "1-based number of the detection in its image"),
+    schema_field("x", pa.float64(), "pix", "0-based column of the centroid"),
+    schema_field("y", pa.float64(), "pix", "0-based row of the centroid"),
+    schema_field("ra", pa.float64(), "deg",
+                 "ICRS right ascension from the WCS (distortions included); null without one"),
+    schema_field("dec", pa.float64(), "deg", "ICRS declination from the WCS"),
+    schema_field("flux", pa.float64(), None,
+                 "background-subtracted flux in the finder's kernel footprint, image units"),
+    schema_field("peak", pa.float64(), None, "background-subtracted peak pixel value, image units"),
+    schema_field("fwhm_pix", pa.float64(), "pix", "fitted Moffat FWHM; null unless fitted"),
+    schema_field("ellipticity", pa.float64(), None, "fitted ellipticity 1 - b/a; null unless fitted"),
+    schema_field("sharpness", pa.float64(), None, "DAOFIND sharpness"),
+    schema_field("roundness1", pa.float64(), None, "DAOFIND symmetry roundness"),
+    schema_field("roundness2", pa.float64(), None, "DAOFIND marginal-fit roundness"),
+    schema_field("flags", pa.string(), None,
+                 "';'-joined: cosmic_ray, saturated, edge, fitted (a PSF star); empty when none"),
 ])
 SCORE_COLUMNS: tuple[str, ...] = ("score", "score_depth", "score_shape", "score_data", "depth_reference_ab",
                                   "effective_time_ratio", "flag", "flag_reason")
@@ -325,7 +335,7 @@ def measure_array(data: np.ndarray, *, dq: np.ndarray | None = None, dq_kind: st
         dq = _first_plane(np.asarray(dq))
         dq = dq.astype(np.uint32) if dq.shape == image.shape and dq_kind in DQ_BITS else None
 
-    pixels = _pixel_masks(image, dq, dq_kind, _saturation_level(saturation, header))
+    pixels = pixel_masks(image, dq, dq_kind, saturation_level(saturation, header))
     metrics.update(pixels.fractions)
     scale, footprint, wcs_problem = _wcs_check(wcs, image.shape)
     metrics.update(pixel_scale=pixel_scale or scale, pixel_scale_nominal=nominal_pixel_scale,
@@ -372,8 +382,9 @@ def _first_plane(data: np.ndarray) -> np.ndarray:
     return data
 
 
-def _saturation_level(saturation: float | None, header: Mapping[str, Any] | None) -> float | None:
-    """The saturation level passed, else the header's (SATURATE and its variants), else None."""
+def saturation_level(saturation: float | None, header: Mapping[str, Any] | None) -> float | None:
+    """The saturation level passed, else the header's (SATURATE and its variants), else None.
+    Public so that the mosaic masks saturated pixels at the level quality measures them at."""
     if saturation is not None or header is None:
         return saturation
     for key in ("SATURATE", "SATURATN", "SATLEVEL"):
@@ -384,8 +395,8 @@ def _saturation_level(saturation: float | None, header: Mapping[str, Any] | None
 
 
 @dataclass
-class _Pixels:
-    """Per-pixel masks of one image and the bad-pixel fractions they give."""
+class PixelMasks:
+    """Per-pixel masks of one image and the bad-pixel fractions they give (see :func:`pixel_masks`)."""
 
     fill: np.ndarray  # NaN, infinite or exactly 0
     mask: np.ndarray  # not to be used: fill, saturated or DQ-flagged
@@ -395,11 +406,14 @@ class _Pixels:
     fractions: dict[str, float | None]
 
 
-def _pixel_masks(image: np.ndarray, dq: np.ndarray | None, dq_kind: str | None,
-                 saturation: float | None) -> _Pixels:
+def pixel_masks(image: np.ndarray, dq: np.ndarray | None, dq_kind: str | None,
+                saturation: float | None) -> PixelMasks:
     """Masks and fractions of bad pixels. The exposed footprint is each row's span from its first
     to its last finite non-zero pixel: fill outside it (chip edges, the rotated border of a
-    resampled mosaic, reference pixels) is not lost data; NaN or zero inside it is."""
+    resampled mosaic, reference pixels) is not lost data; NaN or zero inside it is.
+
+    Public so that the mosaic leaves out exactly the pixels quality counts as unusable.
+    """
     finite = np.isfinite(image)
     zero = image == 0
     fill = ~finite | zero
@@ -435,7 +449,7 @@ def _pixel_masks(image: np.ndarray, dq: np.ndarray | None, dq_kind: str | None,
         "frac_dq_flagged": None if flagged is None else int(np.count_nonzero(flagged)) / n,
         "frac_unusable": lost / footprint if footprint else 1.0,
     }
-    return _Pixels(fill, mask, saturated, cosmic_ray, n_good, fractions)
+    return PixelMasks(fill, mask, saturated, cosmic_ray, n_good, fractions)
 
 
 def _background(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray | float, float, float, str]:
@@ -520,7 +534,7 @@ class _Psf:
     roundness: float | None = None
 
 
-def _psf(residual: np.ndarray, sources: pd.DataFrame, pixels: _Pixels, rms: float) -> _Psf:
+def _psf(residual: np.ndarray, sources: pd.DataFrame, pixels: PixelMasks, rms: float) -> _Psf:
     """Fit the brightest isolated unsaturated stars and mark the sources (fitted, saturated,
     edge) in place. The stars are the tightest cluster of fitted widths, which leaves out
     galaxies, blends and cosmic rays; the PSF FWHM is their inverse-variance weighted mean."""
@@ -967,9 +981,9 @@ def _header_zp(header: fits.Header) -> float | None:
     """The AB zero point the catalogue derives from the header (used without a row). Ground
     MAGZPT values are left out, as the catalogue leaves them: per second or per exposure, Vega
     or AB, they differ from survey to survey."""
-    keys = _Keys(header, None)
+    keys = HeaderKeys(header, None)
     exptime = keys.number("EFFEXPTM", "XPOSURE", "EXPTIME", "TEXPTIME", "EXPOSURE", "EXP_TIME")
-    return _zp_ab(keys, _unit(keys.text("BUNIT")), exptime)
+    return zero_point_ab(keys, parse_bunit(keys.text("BUNIT")), exptime)
 
 
 # ------------------------------------------------------------------------------------ scoring

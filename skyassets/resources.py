@@ -6,10 +6,13 @@ import os
 from pathlib import Path
 from typing import Optional
 
+import yaml
+
 from astroquery.mast import ObservationsClass
 from dagster import ConfigurableResource
 
 from .archive_client import observations_client
+from .composite import METHODS, STRETCHES
 from .download import DownloadConfig
 from .home import HOME_ENV, Home
 from .watchlist import DEFAULT_WATCHLIST, Watchlist, load_watchlist
@@ -124,6 +127,49 @@ class DownloaderResource(ConfigurableResource):
         )
 
 
+class CompositesResource(ConfigurableResource):
+    """How each target's colour composites are made. ``recipes`` overrides the suggested recipes per
+    target key (``"*"``: every target): recipe name -> ';'-joined filters for the user's own recipe
+    (ranked first), or null to drop a suggested one."""
+
+    per_target: int = 3  # the best-ranked recipes made for each target
+    method: str = "screen"  # or "lupton": Lupton et al. (2004) joint-intensity asinh
+    stretch: str = "asinh"  # per channel, for "screen": linear, sqrt, log, asinh, power, histeq, zscale
+    recipes: dict[str, dict[str, Optional[str]]] = {}
+
+    def validated(self) -> CompositesResource:
+        """This configuration, or a ValueError naming the setting that cannot be used."""
+        if self.method not in METHODS:
+            raise ValueError(f"composites.method must be one of {', '.join(METHODS)}, not {self.method!r}")
+        if self.stretch not in STRETCHES:
+            raise ValueError(f"composites.stretch must be one of {', '.join(STRETCHES)}, not {self.stretch!r}")
+        if self.per_target < 0:
+            raise ValueError(f"composites.per_target must be 0 or more, not {self.per_target}")
+        return self
+
+    def overrides(self, target: str) -> dict[str, Optional[str]]:
+        """The recipe overrides for ``target``: those for every target, then its own."""
+        return {**self.recipes.get("*", {}), **self.recipes.get(target, {})}
+
+
+def composites_from_file(path: str) -> CompositesResource:
+    """The composites settings in a YAML file (the fields of ``CompositesResource``), or a ValueError
+    naming the file and what is wrong with it."""
+    try:
+        raw = yaml.safe_load(Path(path).expanduser().read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise ValueError(f"{path}: cannot read the composites settings: {err}") from err
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: the composites settings must be a mapping of {', '.join(CompositesResource.model_fields)}")
+    unknown = sorted(set(raw) - set(CompositesResource.model_fields))
+    if unknown:
+        raise ValueError(f"{path}: unknown composites settings {unknown}; known: {', '.join(CompositesResource.model_fields)}")
+    try:
+        return CompositesResource(**raw).validated()
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{path}: {err}") from err
+
+
 def default_resources() -> dict[str, ConfigurableResource]:
     """Resources configured from the environment (see the README's configuration reference)."""
     env = os.environ
@@ -137,6 +183,7 @@ def default_resources() -> dict[str, ConfigurableResource]:
             emulator_image_size=int(env.get("SKYASSETS_EMULATOR_IMAGE_SIZE") or 256),
         ),
         "downloader": DownloaderResource(parallel=int(env.get("SKYASSETS_DOWNLOAD_PARALLEL") or 4)),
+        "composites": composites_from_file(env["SKYASSETS_COMPOSITES"]) if env.get("SKYASSETS_COMPOSITES") else CompositesResource(),
         "landing": LandingResource(
             folder=env.get("SKYASSETS_LANDING") or "",
             s3_url=env.get("SKYASSETS_LANDING_S3") or None,

@@ -6,6 +6,8 @@ import hashlib
 
 from dagster import (
     AssetKey,
+    AssetSelection,
+    AutomationConditionSensorDefinition,
     DefaultSensorStatus,
     RunRequest,
     SensorEvaluationContext,
@@ -15,16 +17,14 @@ from dagster import (
 )
 
 from .ingest import group_by_partition, record_landed
-from .jobs import landing_job, observation_job, products_job
+from .jobs import landing_job, observation_job
 from .lake import read_parquet
 from .landing import LandingZone, S3LandingZone, Tick
 from .names import InvalidNameError, validate_obs_id
-from .partitions import add_observations_request, observations_partitions, targets_partitions
+from .partitions import add_observations_request, observations_partitions
 from .resources import HomeResource, LandingResource
 
 MAST_OBSERVATIONS = AssetKey("mast_observations")
-TARGET_GROUPS = AssetKey("target_groups")
-IMAGE_QUALITY = AssetKey("image_quality")
 
 
 @sensor(
@@ -113,31 +113,12 @@ def landing_s3_sensor(context: SensorEvaluationContext, home: HomeResource, land
     return _landing_result(context, home, zone.tick(context.cursor), client=client)
 
 
-@sensor(
-    job=products_job,
-    minimum_interval_seconds=60,
+# Dagster's implicit default_automation_condition_sensor starts stopped; this one runs as soon as the
+# daemon does, so quality, targets, products and the catalog follow new files without a toggle.
+automation_sensor = AutomationConditionSensorDefinition(
+    "automation_sensor",
+    target=AssetSelection.all(),
     default_status=DefaultSensorStatus.RUNNING,
-    description="Adds a partition per target of target_groups and requests mosaics and composites for a target "
-    "whose observations changed or were measured again.",
+    minimum_interval_seconds=30,
+    description="Evaluates every asset's automation condition: quality, target groups, products and the catalog.",
 )
-def targets_sensor(context: SensorEvaluationContext, home: HomeResource):
-    path = home.home.table("target_groups")
-    if not path.exists():
-        return SkipReason("target_groups has not been materialised yet")
-    groups = read_parquet(path)
-    quality = context.instance.fetch_materializations(IMAGE_QUALITY, limit=1).records
-    latest = quality[0].storage_id if quality else 0
-    # A target's state: its observations, and the newest quality measurement when it was last requested.
-    seen = dict(line.split("=", 1) for line in (context.cursor or "").split("\n") if "=" in line)
-    state, requests = {}, []
-    for target, members in groups.groupby("target")["obs_id"]:
-        digest = hashlib.sha256(";".join(sorted(members)).encode()).hexdigest()[:16]
-        state[target] = f"{digest}:{latest}"
-        if seen.get(target) != state[target]:
-            requests.append(RunRequest(run_key=f"{target}:{state[target]}", partition_key=target))
-    new = sorted(set(state) - set(context.instance.get_dynamic_partitions("targets")))
-    return SensorResult(
-        run_requests=requests,
-        dynamic_partitions_requests=[targets_partitions.build_add_request(new)] if new else [],
-        cursor="\n".join(f"{k}={v}" for k, v in sorted(state.items())),
-    )

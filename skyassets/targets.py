@@ -148,3 +148,37 @@ def group_targets(images: pd.DataFrame) -> pd.DataFrame:
             key = f"{key}-{hashlib.sha256(';'.join(sorted(members)).encode()).hexdigest()[:6]}"
         rows += [(o, validate_obs_id(key), shown.get(name, "")) for o in members]
     return pd.DataFrame(rows, columns=["obs_id", "target", "target_name"]).sort_values(["target", "obs_id"], ignore_index=True)
+
+
+# The images a target's products are made from, with what mosaics and composites need of them.
+INPUT_COLUMNS = [
+    "target", "obs_id", "file_name", "path", "hdu_index", "sha256", "instrument_name", "filter",
+    "calib_level", "t_exptime", "score", "flag",
+]
+
+
+def target_inputs(groups: pd.DataFrame, images: pd.DataFrame, quality: pd.DataFrame | None) -> dict[str, pd.DataFrame]:
+    """Per target of ``groups`` (``target_groups``): its catalogued ``images`` that ``quality`` found
+    usable and did not reject, as ``INPUT_COLUMNS``. A target whose images are not measured yet, or
+    all rejected, has an empty table: its products wait for usable data rather than use bad data.
+    """
+    columns = [c for c in INPUT_COLUMNS if c not in ("target", "score", "flag")]
+    if quality is None or quality.empty:
+        usable = pd.DataFrame(columns=INPUT_COLUMNS)
+    else:
+        verdict = quality[["sha256", "hdu_index", "usable", "flag", "score"]].drop_duplicates(["sha256", "hdu_index"])
+        verdict = verdict[verdict["usable"].astype(bool) & (verdict["flag"] != "reject")]
+        usable = images[columns].merge(verdict.drop(columns="usable"), on=["sha256", "hdu_index"])
+        usable = usable.merge(groups[["obs_id", "target"]], on="obs_id")[INPUT_COLUMNS]
+    by_target = dict(tuple(usable.groupby("target", sort=True)))
+    return {
+        target: by_target.get(target, usable.iloc[:0]).sort_values(["instrument_name", "filter", "obs_id", "file_name", "hdu_index"], ignore_index=True)
+        for target in sorted(groups["target"].unique())
+    }
+
+
+def inputs_digest(inputs: pd.DataFrame) -> str:
+    """Which images (file content and HDU) a target's products are made from: same digest, same inputs.
+    A re-measured score that keeps the same images keeps the digest, so nothing is remade for it."""
+    keys = sorted(f"{sha}:{int(hdu)}" for sha, hdu in zip(inputs["sha256"], inputs["hdu_index"]))
+    return hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16]

@@ -3,7 +3,7 @@
 import pandas as pd
 
 from skyassets.fitsmeta import extract_many
-from skyassets.targets import group_targets, normalise_name, polygons
+from skyassets.targets import INPUT_COLUMNS, group_targets, inputs_digest, normalise_name, polygons, target_inputs
 
 
 def square(ra: float, dec: float, half: float = 0.01) -> str:
@@ -59,3 +59,31 @@ def test_the_demo_sky_has_one_target_per_field(emu):
 def test_polygons_of_a_region_string():
     assert [p.shape for p in polygons("POLYGON ICRS 1 2 3 4 5 6 POLYGON 7 8 9 10 11 12 13 14")] == [(3, 2), (4, 2)]
     assert polygons("CIRCLE ICRS 1 2 3") == [] and polygons(None) == []
+
+
+def _images(rows):
+    columns = ["obs_id", "file_name", "path", "hdu_index", "sha256", "instrument_name", "filter", "calib_level", "t_exptime"]
+    return pd.DataFrame([(o, f"{s}.fits", f"files/{s}.fits", 1, s, "NIRCAM", "F200W", 2, 100.0) for o, s in rows], columns=columns)
+
+
+def test_a_targets_inputs_are_its_usable_unrejected_images():
+    groups = pd.DataFrame({"obs_id": ["a", "b", "c"], "target": ["T1", "T1", "T2"]})
+    images = _images([("a", "s1"), ("a", "s2"), ("b", "s3"), ("c", "s4")])
+    quality = pd.DataFrame({
+        "sha256": ["s1", "s2", "s3", "s4"], "hdu_index": [1, 1, 1, 1],
+        "usable": [True, False, True, True], "flag": ["good", "reject", "reject", "usable"], "score": [80.0, 0.0, 20.0, 40.0],
+    })
+    inputs = target_inputs(groups, images, quality)
+    assert list(inputs["T1"]["sha256"]) == ["s1"] and list(inputs["T2"]["sha256"]) == ["s4"]
+    assert list(inputs["T1"].columns) == INPUT_COLUMNS
+    # nothing measured yet: every target is there, with no inputs
+    assert {t: len(f) for t, f in target_inputs(groups, images, None).items()} == {"T1": 0, "T2": 0}
+
+
+def test_the_inputs_digest_changes_with_the_images_not_their_order_or_scores():
+    inputs = _images([("a", "s1"), ("b", "s2")]).assign(score=[80.0, 60.0], flag="good")
+    same = inputs.iloc[::-1].assign(score=[10.0, 90.0])
+    assert inputs_digest(inputs) == inputs_digest(same)
+    assert inputs_digest(inputs) != inputs_digest(inputs.iloc[:1])
+    assert inputs_digest(inputs) != inputs_digest(inputs.assign(hdu_index=[1, 2]))
+    assert inputs_digest(inputs.iloc[:0]) == inputs_digest(_images([]))

@@ -13,6 +13,7 @@ from dagster import (
     asset,
 )
 
+from ..automation import catch_up
 from ..catalog import connect, publish
 from ..fitsmeta import IMAGE_SCHEMA, extract_many, to_table
 from ..lake import read_parquet, write_parquet
@@ -81,11 +82,11 @@ def image_metadata(context: AssetExecutionContext, home: HomeResource) -> Materi
 
 @asset(
     group_name="catalog",
-    deps=[mast_observations, mast_products, fits_files, image_metadata, "image_quality", "source_catalogs", "target_groups"],
+    deps=[mast_observations, mast_products, fits_files, image_metadata, "image_quality", "source_catalogs", "target_groups", "mosaics", "composites"],
     pool="duckdb_catalog",
-    # Eager, but without waiting for every observation: a failed or missing one must not hold the
-    # catalogue back forever.
-    automation_condition=AutomationCondition.eager().without(~AutomationCondition.any_deps_missing()),
+    # Whenever a table changes, without waiting for every observation: a failed or missing one must
+    # not hold the catalogue back forever.
+    automation_condition=catch_up(),
     kinds={"duckdb"},
     description="catalog.duckdb: the lake's tables, sorted for fast sky and time filters, published atomically.",
 )

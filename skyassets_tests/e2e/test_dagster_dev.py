@@ -9,12 +9,14 @@ import sys
 import time
 from pathlib import Path
 
+import duckdb
 import pytest
 import requests
-from dagster import DagsterInstance, DagsterRunStatus
+from dagster import AssetKey, DagsterInstance, DagsterRunStatus
 from dagster_graphql import DagsterGraphQLClient
 
 from skyassets.emulator import Emulator
+from skyassets.catalog import connect
 
 pytestmark = pytest.mark.slow
 
@@ -109,3 +111,34 @@ def test_dagster_dev_runs_the_observation_job_for_one_partition(dagster_dev):
     assert manifest.exists()
     files = list((home / "files" / "JWST" / obs_id).glob("*.fits"))
     assert files and all(Path(f"{f}.sha256").exists() for f in files)
+
+    # From here declarative automation alone takes the observation on: its quality is measured, it is
+    # grouped into a target, the target's mosaics and composites are made, and the published catalog
+    # gathers all of it (quality included, though it lands while target_groups and catalog first run).
+    deadline = time.monotonic() + 420
+    while not _caught_up(home, obs_id):
+        assert time.monotonic() < deadline, f"automation did not catch up: {_errors(instance, run_id)}"
+        time.sleep(5)
+    made = instance.fetch_materializations(AssetKey("mosaics"), limit=1).records[0]
+    run = instance.get_run_by_id(made.run_id)
+    assert run.tags.get("dagster/sensor_name") == "automation_sensor"
+    assert instance.get_dynamic_partitions("targets") == [made.partition_key]
+    assert list((home / "products" / made.partition_key).glob("mosaic_*.fits"))
+
+
+def _caught_up(home: Path, obs_id: str) -> bool:
+    """The published catalog has the observation's quality and a mosaic of its target."""
+    if not (home / "catalog.duckdb").exists():
+        return False
+    try:
+        con = connect(home, published=True)
+    except duckdb.Error:  # being replaced
+        return False
+    try:
+        tables = {row[0] for row in con.execute("SHOW TABLES").fetchall()}
+        if not {"quality", "mosaics"} <= tables:
+            return False
+        measured = con.execute("SELECT count(*) FROM quality WHERE obs_id = ?", [obs_id]).fetchone()[0]
+        return measured > 0 and con.execute("SELECT count(*) FROM mosaics").fetchone()[0] > 0
+    finally:
+        con.close()
