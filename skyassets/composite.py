@@ -47,6 +47,7 @@ from astropy.wcs import WCS
 from PIL import Image
 from pyavm import AVM
 from reproject import reproject_interp
+from scipy.ndimage import binary_fill_holes, distance_transform_edt
 from reproject.mosaicking import find_optimal_celestial_wcs
 
 from skyassets import bandpasses
@@ -347,17 +348,38 @@ def compose(
         dark = np.ones((*shape, 3))
         for data, colour, spec in zip(channels, colours, specs):
             options = {"kind": spec} if isinstance(spec, str) else dict(spec)
-            dark *= 1.0 - _stretch_spec(data, options)[..., None] * colour
+            level = np.where(np.isfinite(data), _stretch_spec(data, options), np.nan)
+            dark *= 1.0 - np.nan_to_num(fill_holes(level))[..., None] * colour
         return 1.0 - dark
     if method == "lupton":
         planes = np.zeros((3, *shape))
         for data, colour in zip(channels, colours):
-            planes += _normalise(data, high)[None] * colour[:, None, None]
+            planes += np.nan_to_num(fill_holes(_normalise(data, high)))[None] * colour[:, None, None]
         with np.errstate(invalid="ignore", divide="ignore"):  # 0/0 where the joint intensity is 0
             rgb = make_lupton_rgb(*planes, minimum=0.0, stretch=stretch_lupton, Q=Q,
                                   output_dtype=np.float64)
         return np.clip(np.nan_to_num(np.asarray(rgb, dtype=float), nan=0.0), 0.0, 1.0)
     raise ValueError(f"unknown method {method!r}: use 'screen' or 'lupton'")
+
+
+def fill_holes(data: np.ndarray) -> np.ndarray:
+    """``data`` with every NaN region that data surround on all sides (a saturated star's masked
+    core, a cluster of bad pixels) filled with the nearest valid value; NaN beyond the footprint stays.
+
+    A mosaic keeps such pixels NaN, as it should, but in a picture they would show as black holes
+    in the brightest stars. The nearest value is the edge of the hole: for a saturated core, its
+    brightest unsaturated ring, so the star shows bright and with its own colour. ``compose`` fills
+    each channel after its interval is found, so filled pixels do not move the interval.
+    """
+    values = np.asarray(data, dtype=float)
+    finite = np.isfinite(values)
+    holes = binary_fill_holes(finite) & ~finite
+    if not holes.any():
+        return values
+    _, (rows, cols) = distance_transform_edt(~finite, return_indices=True)
+    filled = values.copy()
+    filled[holes] = values[rows[holes], cols[holes]]
+    return filled
 
 
 def _stretch_spec(data: np.ndarray, options: dict[str, Any]) -> np.ndarray:
@@ -367,7 +389,7 @@ def _stretch_spec(data: np.ndarray, options: dict[str, Any]) -> np.ndarray:
 
 
 def _normalise(data: np.ndarray, high: float) -> np.ndarray:
-    """Sky-subtracted ``data`` in units of its ``high`` percentile above the sky; NaN -> 0."""
+    """Sky-subtracted ``data`` in units of its ``high`` percentile above the sky (NaN stays NaN)."""
     values = np.asarray(data, dtype=float)
     finite = values[np.isfinite(values)]
     if finite.size == 0:
@@ -375,7 +397,7 @@ def _normalise(data: np.ndarray, high: float) -> np.ndarray:
     sky = float(np.median(finite))
     top = float(np.percentile(finite, high)) - sky
     scale = top if top > 0 else 1.0
-    return np.nan_to_num((values - sky) / scale, nan=0.0, posinf=0.0, neginf=0.0)
+    return np.where(np.isfinite(values), (values - sky) / scale, np.nan)
 
 
 # --------------------------------------------------------------------------------- reproject

@@ -73,6 +73,23 @@ def test_composite_hue_order_follows_wavelength(method):
     assert all(a > b for a, b in zip(ordered, ordered[1:])), hue
 
 
+@pytest.mark.parametrize("method", ["screen", "lupton"])
+def test_saturated_cores_show_bright_and_the_outside_stays_black(method):
+    """A star whose masked core is NaN in the mosaic is drawn bright, not with a black hole; the
+    NaN beyond the footprint stays black."""
+    rng = np.random.default_rng(5)
+    yy, xx = np.mgrid[:64, :64]
+    star = 5000.0 * np.exp(-((xx - 32) ** 2 + (yy - 32) ** 2) / 18.0)
+    channel = 10.0 + rng.normal(0, 1, yy.shape) + star
+    channel[star > 2000.0] = np.nan  # saturated, masked
+    channel[:, :8] = np.nan  # outside the footprint
+    rgb = composite.compose([channel], composite.channel_colours([2.0]), method=method)
+    ring = rgb[(star > 1000.0) & (star < 2000.0)].mean()
+    assert rgb[32, 32].mean() >= ring > rgb[50:, 40:].mean()
+    assert (rgb[:, :8] == 0).all()
+    np.testing.assert_array_equal(composite.fill_holes(channel)[:, :8], channel[:, :8])
+
+
 def test_compose_takes_a_stretch_per_channel():
     rng = np.random.default_rng(0)
     channels = [rng.normal(0, 1, (20, 30)) for _ in range(3)]
