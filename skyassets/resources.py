@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Optional, TypeVar
 
 import yaml
+from astropy.io import fits
+from astropy.wcs import WCS
 
 from astroquery.mast import ObservationsClass
 from dagster import ConfigurableResource
@@ -16,6 +18,8 @@ from .composite import METHODS, STRETCHES
 from .download import DownloadConfig
 from .home import HOME_ENV, Home
 from .watchlist import DEFAULT_WATCHLIST, Watchlist, load_watchlist
+
+T = TypeVar("T", "CompositesResource", "MosaicsResource")
 
 EMULATOR = "emulator"
 
@@ -152,20 +156,61 @@ class CompositesResource(ConfigurableResource):
         return {**self.recipes.get("*", {}), **self.recipes.get(target, {})}
 
 
-def composites_from_file(path: str) -> CompositesResource:
-    """The composites settings in a YAML file (the fields of ``CompositesResource``), or a ValueError
-    naming the file and what is wrong with it."""
+class MosaicsResource(ConfigurableResource):
+    """How each target's mosaics are made. ``grids`` gives targets their own output grid: target key
+    -> a FITS file (or a text header) whose WCS and NAXIS1/NAXIS2 are the grid; the others get
+    reproject's ``find_optimal_celestial_wcs`` over their inputs."""
+
+    downscale: int = 1  # output pixels this many times larger than the grid's
+    match_background: bool = True
+    reject_sigma: Optional[float] = 5.0  # outliers between exposures; null keeps every value
+    grids: dict[str, str] = {}
+
+    def validated(self) -> MosaicsResource:
+        """This configuration, or a ValueError naming the setting that cannot be used."""
+        if self.downscale < 1:
+            raise ValueError(f"mosaics.downscale must be 1 or more, not {self.downscale}")
+        if self.reject_sigma is not None and not self.reject_sigma > 0:
+            raise ValueError(f"mosaics.reject_sigma must be positive or null, not {self.reject_sigma}")
+        return self
+
+    def grid(self, target: str) -> tuple[WCS, tuple[int, int]] | None:
+        """The output grid configured for ``target`` (WCS, (rows, columns)), else None."""
+        source = self.grids.get(target)
+        if source is None:
+            return None
+        path = Path(source).expanduser()
+        try:
+            if path.suffix.lower() in (".hdr", ".txt"):
+                headers = [fits.Header.fromtextfile(str(path))]
+            else:
+                with fits.open(path) as hdul:
+                    headers = [hdu.header for hdu in hdul]
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{path}: cannot read the grid of mosaics for {target}: {err}") from err
+        for header in headers:
+            wcs = WCS(header)
+            if wcs.has_celestial and header.get("NAXIS1") and header.get("NAXIS2"):
+                return wcs.celestial, (int(header["NAXIS2"]), int(header["NAXIS1"]))
+        raise ValueError(f"{path}: no header with a celestial WCS and NAXIS1/NAXIS2 for the grid of {target}")
+
+
+def settings_from_file(resource: type[T], path: str) -> T:
+    """The settings of ``resource`` (its fields) in a YAML file, or a ValueError naming the file and
+    what is wrong with it."""
+    name = resource.__name__.removesuffix("Resource").lower()
+    fields = ", ".join(resource.model_fields)
     try:
         raw = yaml.safe_load(Path(path).expanduser().read_text()) or {}
     except (OSError, yaml.YAMLError) as err:
-        raise ValueError(f"{path}: cannot read the composites settings: {err}") from err
+        raise ValueError(f"{path}: cannot read the {name} settings: {err}") from err
     if not isinstance(raw, dict):
-        raise ValueError(f"{path}: the composites settings must be a mapping of {', '.join(CompositesResource.model_fields)}")
-    unknown = sorted(set(raw) - set(CompositesResource.model_fields))
+        raise ValueError(f"{path}: the {name} settings must be a mapping of {fields}")
+    unknown = sorted(set(raw) - set(resource.model_fields))
     if unknown:
-        raise ValueError(f"{path}: unknown composites settings {unknown}; known: {', '.join(CompositesResource.model_fields)}")
+        raise ValueError(f"{path}: unknown {name} settings {unknown}; known: {fields}")
     try:
-        return CompositesResource(**raw).validated()
+        return resource(**raw).validated()
     except (ValueError, TypeError) as err:
         raise ValueError(f"{path}: {err}") from err
 
@@ -183,7 +228,10 @@ def default_resources() -> dict[str, ConfigurableResource]:
             emulator_image_size=int(env.get("SKYASSETS_EMULATOR_IMAGE_SIZE") or 256),
         ),
         "downloader": DownloaderResource(parallel=int(env.get("SKYASSETS_DOWNLOAD_PARALLEL") or 4)),
-        "composites": composites_from_file(env["SKYASSETS_COMPOSITES"]) if env.get("SKYASSETS_COMPOSITES") else CompositesResource(),
+        "composites": settings_from_file(CompositesResource, env["SKYASSETS_COMPOSITES"])
+        if env.get("SKYASSETS_COMPOSITES") else CompositesResource(),
+        "mosaics": settings_from_file(MosaicsResource, env["SKYASSETS_MOSAICS"])
+        if env.get("SKYASSETS_MOSAICS") else MosaicsResource(),
         "landing": LandingResource(
             folder=env.get("SKYASSETS_LANDING") or "",
             s3_url=env.get("SKYASSETS_LANDING_S3") or None,

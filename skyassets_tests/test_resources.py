@@ -1,7 +1,12 @@
+import numpy as np
 import pytest
+from astropy.io import fits
+from astropy.wcs import WCS
 
 from skyassets.home import Home
-from skyassets.resources import ArchiveResource, composites_from_file, default_resources
+from skyassets.resources import (
+    ArchiveResource, CompositesResource, MosaicsResource, default_resources, settings_from_file,
+)
 
 
 def test_default_archive_is_the_embedded_emulator(tmp_path_factory):
@@ -55,5 +60,22 @@ def test_unusable_composites_settings_name_the_file_and_the_reason(tmp_path, tex
     settings = tmp_path / "composites.yaml"
     settings.write_text(text)
     with pytest.raises(ValueError) as error:
-        composites_from_file(str(settings))
+        settings_from_file(CompositesResource, str(settings))
     assert str(settings) in str(error.value) and reason in str(error.value)
+
+
+def test_mosaic_grids_come_from_a_header_and_bad_ones_name_the_file(tmp_path):
+    wcs = WCS(naxis=2)
+    wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    wcs.wcs.crval, wcs.wcs.crpix, wcs.wcs.cdelt = [10.0, 20.0], [50.5, 40.5], [-1e-5, 1e-5]
+    fits.PrimaryHDU(np.zeros((80, 100), np.float32), header=wcs.to_header()).writeto(tmp_path / "grid.fits")
+    (tmp_path / "bare.hdr").write_text("SIMPLE  =                    T\nEND\n")
+    settings = MosaicsResource(grids={"M-16": str(tmp_path / "grid.fits"), "CRAB": str(tmp_path / "bare.hdr")})
+    grid, shape = settings.grid("M-16")
+    assert shape == (80, 100) and grid.wcs.crval[0] == 10.0
+    assert settings.grid("NGC-3132") is None
+    with pytest.raises(ValueError, match="bare.hdr: no header with a celestial WCS"):
+        settings.grid("CRAB")
+    (tmp_path / "mosaics.yaml").write_text("downscale: 0\n")
+    with pytest.raises(ValueError, match="mosaics.yaml: mosaics.downscale must be 1 or more"):
+        settings_from_file(MosaicsResource, str(tmp_path / "mosaics.yaml"))

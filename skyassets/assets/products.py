@@ -27,7 +27,7 @@ from ..lake import read_parquet, write_parquet
 from ..mosaic import MosaicInput, build_mosaic
 from ..partitions import targets_partitions
 from ..preview import markdown_image
-from ..resources import CompositesResource, HomeResource
+from ..resources import CompositesResource, HomeResource, MosaicsResource
 from ..targets import INPUT_COLUMNS
 from .metadata import preview
 from .targets import target_images
@@ -82,10 +82,11 @@ COMPOSITES_SCHEMA = pa.schema([
     automation_condition=data_changed(),
     backfill_policy=products_backfill_policy,
     kinds={"fits", "png"},
-    description="Per target and filter: the usable images co-added on one WCS (SCI, coverage, weight) with a preview.",
+    description="Per target and filter: the usable images co-added on one WCS (SCI, coverage, weight) with a preview. "
+    "The mosaics resource sets the grid per target, downscaling, background matching and outlier rejection.",
 )
-def mosaics(context: AssetExecutionContext, home: HomeResource) -> MaterializeResult:
-    root = home.home
+def mosaics(context: AssetExecutionContext, home: HomeResource, mosaics: MosaicsResource) -> MaterializeResult:
+    root, settings = home.home, mosaics.validated()
     for target in context.partition_keys:
         source = root.table("target_images", target)
         images = read_parquet(source) if source.exists() else pd.DataFrame(columns=INPUT_COLUMNS)
@@ -94,7 +95,12 @@ def mosaics(context: AssetExecutionContext, home: HomeResource) -> MaterializeRe
             group = _one_level(group)
             inputs = [MosaicInput(path=root.root / p, hdu_index=int(h)) for p, h in zip(group["path"], group["hdu_index"])]
             dest = root.target_dir(target) / f"mosaic_{_slug(instrument)}_{_slug(band)}.fits"
-            result = build_mosaic(inputs, dest)
+            grid = settings.grid(target)
+            result = build_mosaic(
+                inputs, dest, wcs=grid[0] if grid else None, shape=grid[1] if grid else None,
+                downscale=settings.downscale, match_background=settings.match_background,
+                reject_sigma=settings.reject_sigma,
+            )
             dest.with_suffix(".png").write_bytes(result.preview_png)
             centre = result.wcs.pixel_to_world((result.shape[1] - 1) / 2, (result.shape[0] - 1) / 2)
             rows.append({

@@ -3,6 +3,9 @@ fresh by declarative automation."""
 
 import shutil
 
+from astropy.io import fits
+from astropy.wcs import WCS
+
 from dagster import AssetKey, evaluate_automation_conditions, instance_for_test
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
@@ -111,8 +114,16 @@ def test_composites_follow_the_configured_recipes_method_and_stretch(emu, tmp_pa
             "NGC-3132": {"nircam-classic": None},  # this target's own: no classic 3-colour
         }
         settings = {"per_target": 1, "method": "lupton", "recipes": overrides}
+        # this target's mosaics on the user's own grid (an input's WCS, 120 x 100 pixels), halved
+        grid = WCS(fits.getheader(sky[0], "SCI")).celestial.to_header()
+        grid["NAXIS1"], grid["NAXIS2"] = 120, 100
+        grid.totextfile(tmp_path / "grid.hdr")
+        mosaics = {"downscale": 2, "reject_sigma": None, "grids": {"NGC-3132": str(tmp_path / "grid.hdr")}}
         _make_products(instance, ["NGC-3132"], {**run_config, "resources": {
-            **run_config["resources"], "composites": {"config": settings}}})
+            **run_config["resources"], "composites": {"config": settings}, "mosaics": {"config": mosaics}}})
+    made = read_parquet(home.table("mosaics", "NGC-3132"))
+    assert (made["naxis1"] == 60).all() and (made["naxis2"] == 50).all() and (made["n_rejected"] == 0).all()
+    assert not fits.getheader(home.root / made["path"].iloc[0], 0)["REJECT"]
     recipes = read_parquet(home.table("recipes", "NGC-3132")).set_index("recipe")
     assert recipes.loc["mine", "rank"] == 1 and recipes.loc["mine", "made"]
     assert recipes.loc["mine", "filters"] == "F090W;F444W"  # put in wavelength order
