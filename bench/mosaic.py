@@ -32,43 +32,37 @@ from astropy.io import fits
 TIME_TARGET = 0.7
 MEMORY_TARGET = 0.4
 
-_BARE = """
+# Each child times its ``build`` and reports its own peak memory.
+_REPORT = """
 import json, sys, time, warnings
+warnings.simplefilter("ignore")
+start = time.perf_counter()
+shape = build(sys.argv[1:])
+seconds = time.perf_counter() - start
+peak_kib = int(next(line for line in open("/proc/self/status") if line.startswith("VmHWM")).split()[1])
+print(json.dumps({"seconds": seconds, "rss_mb": peak_kib / 1024, "shape": list(shape)}))
+"""
+
+_BARE = """
 from astropy.io import fits
 from reproject import reproject_interp
 from reproject.mosaicking import find_optimal_celestial_wcs, reproject_and_coadd
-warnings.simplefilter("ignore")
 
-def peak_mb():
-    return int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1]) / 1024
-
-paths = sys.argv[1:]
-start = time.perf_counter()
-hdus = [fits.open(p)[1] for p in paths]
-wcs, shape = find_optimal_celestial_wcs(hdus)
-array, footprint = reproject_and_coadd(hdus, wcs, shape_out=shape, reproject_function=reproject_interp,
-                                       match_background=True)
-seconds = time.perf_counter() - start
-print(json.dumps({"seconds": seconds, "rss_mb": peak_mb(),
-                  "shape": list(shape)}))
-"""
+def build(paths):
+    hdus = [fits.open(p)[1] for p in paths]
+    wcs, shape = find_optimal_celestial_wcs(hdus)
+    reproject_and_coadd(hdus, wcs, shape_out=shape, reproject_function=reproject_interp, match_background=True)
+    return shape
+""" + _REPORT
 
 _SKYASSETS = """
-import json, sys, time, warnings
 from pathlib import Path
 from skyassets.mosaic import MosaicInput, build_mosaic
-warnings.simplefilter("ignore")
 
-def peak_mb():
-    return int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1]) / 1024
-
-dest, paths = Path(sys.argv[1]), sys.argv[2:]
-start = time.perf_counter()
-result = build_mosaic([MosaicInput(Path(p)) for p in paths], dest)
-seconds = time.perf_counter() - start
-print(json.dumps({"seconds": seconds, "rss_mb": peak_mb(),
-                  "shape": list(result.shape)}))
-"""
+def build(args):
+    dest, paths = Path(args[0]), args[1:]
+    return build_mosaic([MosaicInput(Path(p)) for p in paths], dest).shape
+""" + _REPORT
 
 
 def make_inputs(folder: Path, size: int) -> list[Path]:

@@ -47,8 +47,8 @@ from astropy.wcs import WCS
 from PIL import Image
 from pyavm import AVM
 from reproject import reproject_interp
-from scipy.ndimage import binary_fill_holes, distance_transform_edt
 from reproject.mosaicking import find_optimal_celestial_wcs
+from scipy.ndimage import binary_fill_holes, distance_transform_edt
 
 from skyassets import bandpasses
 

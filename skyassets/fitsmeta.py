@@ -36,7 +36,7 @@ from astropy.wcs import WCS
 from astropy.wcs.utils import pixel_to_skycoord, proj_plane_pixel_area
 
 from . import bandpasses
-from .fitscards import NotPlainFits, header_end, plain_cards, plain_keyword, plain_value, read_header_blocks
+from .fitscards import NotPlainFits, plain_cards, plain_keyword, plain_value, read_header_blocks
 
 BLOCK = 2880
 AB_ZERO_JY = 3631.0

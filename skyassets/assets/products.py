@@ -91,15 +91,14 @@ def mosaics(context: AssetExecutionContext, home: HomeResource, mosaics: Mosaics
         source = root.table("target_images", target)
         images = read_parquet(source) if source.exists() else pd.DataFrame(columns=INPUT_COLUMNS)
         rows, lines, used = [], [], []
+        wcs, shape = settings.grid(target) or (None, None)
         for (instrument, band), group in images.groupby(["instrument_name", "filter"]):
             group = _one_level(group)
             inputs = [MosaicInput(path=root.root / p, hdu_index=int(h)) for p, h in zip(group["path"], group["hdu_index"])]
             dest = root.target_dir(target) / f"mosaic_{_slug(instrument)}_{_slug(band)}.fits"
-            grid = settings.grid(target)
             result = build_mosaic(
-                inputs, dest, wcs=grid[0] if grid else None, shape=grid[1] if grid else None,
-                downscale=settings.downscale, match_background=settings.match_background,
-                reject_sigma=settings.reject_sigma,
+                inputs, dest, wcs=wcs, shape=shape, downscale=settings.downscale,
+                match_background=settings.match_background, reject_sigma=settings.reject_sigma,
             )
             dest.with_suffix(".png").write_bytes(result.preview_png)
             centre = result.wcs.pixel_to_world((result.shape[1] - 1) / 2, (result.shape[0] - 1) / 2)
