@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from skyassets import catalog
+from skyassets.catalog import db as catalog
 
 TARGET_MS = 100.0
 INSTRUMENTS = np.array(["NIRCAM/IMAGE", "MIRI/IMAGE", "NIRISS/IMAGE", "WFC3/IR", "WFC3/UVIS", "ACS/WFC"])

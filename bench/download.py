@@ -5,7 +5,7 @@
 
 The MAST emulator serves the files over HTTP from a separate process (so the server does not share
 the interpreter with the clients). Every client fetches the same files from the same server:
-  skyassets  skyassets.download.download_files (HTTP; S3 off so all three use the same path),
+  skyassets  skyassets.archive.download.download_files (HTTP; S3 off so all three use the same path),
              verifying size and FITS checksums and hashing SHA-256 as it goes
   curl       one stream per file, one file at a time (`curl -o`)
   astroquery Observations.download_products (HTTP), the way most MAST scripts download
@@ -59,7 +59,7 @@ def _timed(fn) -> float:
 
 
 def _skyassets(url: str, products: list[dict], out: Path, parallel: int, md5: str) -> None:
-    from skyassets.download import DownloadConfig, FileRequest, download_files
+    from skyassets.archive.download import DownloadConfig, FileRequest, download_files
 
     requests = [
         FileRequest(
@@ -87,7 +87,7 @@ def _curl(url: str, products: list[dict], out: Path) -> None:
 def _astroquery(url: str, products: list[dict], out: Path) -> None:
     from astropy.table import Table
 
-    from skyassets.archive_client import observations_client
+    from skyassets.archive.client import observations_client
 
     client = observations_client(url, cloud=False)
     table = Table(rows=[(p["dataURI"], p["productFilename"], p["obs_id"], p["obs_collection"]) for p in products],

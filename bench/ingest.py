@@ -39,7 +39,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS
 
-from skyassets.fitsverify import BLOCK, ones_complement_sum, verify_fits
+from skyassets.fits.verify import ones_complement_sum, verify_fits
 
 TARGET = 0.5
 SIDE = 64
@@ -402,13 +402,13 @@ def run_skyassets(paths: list[Path], work: Path) -> tuple[float, _Timers, dict[s
     """Seconds for ``ingest`` and the catalog publish through a SQLite-backed Dagster instance."""
     from dagster import DagsterInstance, DagsterRunStatus
 
-    import skyassets.assets.catalog as catalog_assets
-    import skyassets.assets.mast as mast_assets
-    import skyassets.ingest as ingest_module
-    import skyassets.runs as runs
-    from skyassets.cli import prepare_dagster_home
+    import skyassets.cli.runs as runs
+    import skyassets.defs.archive.assets as mast_assets
+    import skyassets.defs.catalog.assets as catalog_assets
+    import skyassets.landing.ingest as ingest_module
+    from skyassets.cli.main import prepare_dagster_home
     from skyassets.definitions import defs
-    from skyassets.home import Home
+    from skyassets.lake.home import Home
 
     home = Home(work / "home")
     os.environ["DAGSTER_HOME"] = str(work / "dagster")

@@ -1,4 +1,4 @@
-"""Mosaic time and peak memory: ``skyassets.mosaic.build_mosaic`` against bare ``reproject_and_coadd``.
+"""Mosaic time and peak memory: ``skyassets.imaging.mosaic.build_mosaic`` against bare ``reproject_and_coadd``.
 
     python bench/mosaic.py                  # 4 overlapping 2048x2048 inputs
     python bench/mosaic.py --size 1024      # quick look
@@ -57,7 +57,7 @@ def build(paths):
 
 _SKYASSETS = """
 from pathlib import Path
-from skyassets.mosaic import MosaicInput, build_mosaic
+from skyassets.imaging.mosaic import MosaicInput, build_mosaic
 
 def build(args):
     dest, paths = Path(args[0]), args[1:]

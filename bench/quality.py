@@ -1,4 +1,4 @@
-"""Image quality speed: ``skyassets.quality.measure_array`` against the bare photutils chain, on one core.
+"""Image quality speed: ``skyassets.imaging.quality.measure_array`` against the bare photutils chain, on one core.
 
     python bench/quality.py                          # 3 star fields of 2048x2048, median of 3 runs
     python bench/quality.py --images 1 --repeat 1    # quick look
@@ -46,7 +46,7 @@ from photutils.background import Background2D, MedianBackground  # noqa: E402
 from photutils.detection import DAOStarFinder  # noqa: E402
 from scipy.spatial import cKDTree  # noqa: E402
 
-from skyassets.quality import measure_array  # noqa: E402
+from skyassets.imaging.quality import measure_array  # noqa: E402
 
 TARGET_RATIO = 1.0
 TARGET_SECONDS = 2.5

@@ -2,20 +2,30 @@
 
 from dagster import Definitions
 
-from .assets.catalog import catalog, image_metadata
-from .assets.mast import fits_files, mast_observations, mast_products
-from .assets.products import composites, mosaics
-from .assets.quality import image_quality
-from .assets.targets import target_groups, target_images
-from .jobs import catalog_job, landing_job, observation_job, products_job, quality_job, watchlist_job
-from .resources import default_resources
-from .schedules import daily_watchlist_schedule
-from .sensors import automation_sensor, landing_s3_sensor, landing_zone_sensor, new_observations_sensor
+from skyassets.defs.archive.assets import fits_files, mast_observations, mast_products
+from skyassets.defs.archive.jobs import observation_job, watchlist_job
+from skyassets.defs.archive.schedules import daily_watchlist_schedule
+from skyassets.defs.archive.sensors import new_observations_sensor
+from skyassets.defs.automation import automation_sensor
+from skyassets.defs.catalog.assets import catalog, image_metadata
+from skyassets.defs.catalog.jobs import catalog_job
+from skyassets.defs.landing.jobs import landing_job
+from skyassets.defs.landing.sensors import landing_s3_sensor, landing_zone_sensor
+from skyassets.defs.products.assets import composites, mosaics
+from skyassets.defs.products.jobs import products_job
+from skyassets.defs.quality.assets import image_quality
+from skyassets.defs.quality.jobs import quality_job
+from skyassets.defs.resources import default_resources
+from skyassets.defs.targets.assets import target_groups, target_images
 
 defs = Definitions(
     assets=[
-        mast_observations, mast_products, fits_files, image_metadata, image_quality,
-        target_groups, target_images, mosaics, composites, catalog,
+        # the archive: what the watchlist finds, its products, their files
+        mast_observations, mast_products, fits_files,
+        # the catalog: one row per image, then the published DuckDB
+        image_metadata, catalog,
+        # imaging: quality per image, targets, and each target's products
+        image_quality, target_groups, target_images, mosaics, composites,
     ],
     jobs=[watchlist_job, observation_job, landing_job, quality_job, products_job, catalog_job],
     schedules=[daily_watchlist_schedule],

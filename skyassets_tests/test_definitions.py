@@ -5,8 +5,8 @@ import pytest
 from dagster import AssetKey
 
 from skyassets.definitions import defs
-from skyassets.names import InvalidNameError
-from skyassets.partitions import add_observations_request
+from skyassets.defs.partitions import add_observations_request
+from skyassets.lake.names import InvalidNameError
 
 
 def test_dagster_definitions_validate():

@@ -16,9 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from .s3 import BUCKET, S3Server
-from .server import Fault, Faults, MastServer, RequestLog, serve_in_thread
-from .sky import Sky, SkySpec
+from skyassets.emulator.s3 import BUCKET, S3Server
+from skyassets.emulator.server import Fault, Faults, MastServer, RequestLog, serve_in_thread
+from skyassets.emulator.sky import Sky, SkySpec
 
 __all__ = ["BUCKET", "Emulator", "Fault", "Faults", "RequestLog", "Sky", "SkySpec", "embedded"]
 
@@ -119,7 +119,7 @@ class Emulator:
             self._s3.close()
             self._s3 = None
 
-    def __enter__(self) -> "Emulator":
+    def __enter__(self) -> Emulator:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -7,7 +7,7 @@ import signal
 import threading
 from pathlib import Path
 
-from . import Emulator, SkySpec
+from skyassets.emulator import Emulator, SkySpec
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 if TYPE_CHECKING:
-    from .sky import Sky
+    from skyassets.emulator.sky import Sky
 
 CHUNK = 1 << 20
 FAULT_KINDS = ("drop", "ignore_range", "stall", "status", "corrupt")
@@ -197,7 +197,7 @@ class MastHandler(BaseHTTPRequestHandler):
     """Routes one request; the emulator state hangs off ``self.server``."""
 
     protocol_version = "HTTP/1.1"
-    server: "MastServer"
+    server: MastServer
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet by design
         pass
@@ -268,7 +268,7 @@ class MastHandler(BaseHTTPRequestHandler):
                 self._send_json({"status": "ERROR", "msg": f"no route for {method} {path}"}, 404, method)
         except (ValueError, KeyError, TypeError, json.JSONDecodeError) as exc:
             self._send_json({"status": "ERROR", "msg": f"bad request: {exc!r}"}, 400, method)
-        except (ConnectionError, socket.timeout):
+        except (TimeoutError, ConnectionError):
             self.close_connection = True
 
     # ------------------------------------------------------------- download
@@ -403,7 +403,7 @@ class MastServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, sky: "Sky", host: str = "127.0.0.1", port: int = 0):
+    def __init__(self, sky: Sky, host: str = "127.0.0.1", port: int = 0):
         super().__init__((host, port), MastHandler)
         self.sky = sky
         self.faults = Faults()

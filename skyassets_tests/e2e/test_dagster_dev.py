@@ -15,8 +15,8 @@ import requests
 from dagster import AssetKey, DagsterInstance, DagsterRunStatus
 from dagster_graphql import DagsterGraphQLClient
 
+from skyassets.catalog.db import connect
 from skyassets.emulator import Emulator
-from skyassets.catalog import connect
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from skyassets.archive_client import observations_client
+from skyassets.archive.client import observations_client
 from skyassets.emulator import Emulator
 
 

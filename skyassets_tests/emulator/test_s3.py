@@ -11,7 +11,7 @@ import requests
 from botocore import UNSIGNED
 from botocore.config import Config
 
-from skyassets.archive_client import observations_client
+from skyassets.archive.client import observations_client
 from skyassets.emulator import BUCKET, Emulator
 
 

@@ -1,0 +1,950 @@
+"""Resumable, verified, parallel downloads of archive files, from S3 first and MAST HTTP second.
+
+astroquery cannot resume, has no read timeout, only checks sizes and loses a whole batch on one
+dropped connection, so skyassets fetches the files itself:
+
+* every file streams into ``<final>.part``; a retry (in this process, or after the process was
+  killed) asks for ``bytes=N-`` where N is the size of the ``.part`` and keeps the bytes only from
+  a ``206`` starting at N; a ``200`` restarts the file from zero. ``<final>.part.json`` remembers
+  the source, ETag and size so a resumed range is conditional (``If-Range`` / ``IfMatch``) and a
+  changed object restarts instead of being spliced;
+* a finished file is checked (size, MD5 against a plain ETag, FITS ``CHECKSUM``/``DATASUM``) before
+  it is renamed into place, and its SHA-256 is written beside it as ``<final>.sha256``
+  (``sha256sum -c`` format); a file that fails a check is moved aside as ``<final>.corrupt``;
+* a file in place with its ``.sha256`` and the expected size is not fetched again;
+* one file's failure never stops the others: every request gets a :class:`FileResult`.
+
+This module does not import Dagster; progress goes to a plain callback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import random
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import requests
+import urllib3
+from requests.adapters import HTTPAdapter
+
+from skyassets.fits.verify import FitsCheck, StreamingFitsVerifier, verify_fits
+from skyassets.lake.names import InvalidNameError, safe_filename
+
+log = logging.getLogger(__name__)
+
+PART_SUFFIX = ".part"
+STATE_SUFFIX = ".part.json"
+SHA256_SUFFIX = ".sha256"
+CORRUPT_SUFFIX = ".corrupt"
+LOCK_SUFFIX = ".lock"
+
+_HASH_CHUNK = 8 << 20
+_CONTENT_RANGE_RE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+_PLAIN_MD5_RE = re.compile(r"^[0-9a-f]{32}$")
+_RETRYABLE_HTTP = {408, 425, 429, 500, 502, 503, 504}
+
+
+@dataclass(frozen=True)
+class FileRequest:
+    """One file to fetch: its archive name, where it goes, and where it can come from."""
+
+    filename: str
+    dest_dir: Path
+    http_url: str | None = None
+    s3_key: str | None = None
+    expected_size: int | None = None
+    # A file on this machine (a landing zone): copied through the same resume and checks.
+    local_path: Path | None = None
+
+
+@dataclass(frozen=True)
+class DownloadConfig:
+    """Knobs of a batch. ``retries`` counts attempts after the first one, per file."""
+
+    parallel: int = 4
+    connect_timeout: float = 10
+    read_timeout: float = 60
+    retries: int = 5
+    backoff_base: float = 1.0
+    backoff_max: float = 30.0
+    chunk_size: int = 4 << 20
+    s3_bucket: str = "stpubdata"
+    s3_endpoint: str | None = None
+    # Anonymous for MAST's public bucket; signed (the usual AWS credentials) for a private one.
+    s3_anonymous: bool = True
+    prefer_s3: bool = True
+    verify_existing: bool = False
+    progress_interval: float = 2.0
+    fsync: bool = False
+    # "auto": compare the MD5 with a plain ETag unless the FITS CHECKSUM/DATASUM keywords already
+    # cover every HDU (then MD5, slower than a loopback transfer, would only repeat that check);
+    # "always": hash MD5 while streaming and compare it whatever the file holds.
+    md5: str = "auto"
+
+
+@dataclass(frozen=True)
+class FileResult:
+    """What happened to one request.
+
+    ``fits_checksum`` is "ok", "absent", "bad", "not-fits", or "unchecked" (skipped without
+    ``verify_existing``, or failed before the file was complete). ``md5`` is set for a file
+    fetched in this run whose plain-MD5 ETag it was checked against (see ``DownloadConfig.md5``).
+    """
+
+    filename: str
+    path: Path | None
+    status: str  # "downloaded" | "skipped" | "failed"
+    size: int
+    sha256: str | None
+    md5: str | None
+    source: str | None  # "s3" | "http" | "local" | None
+    seconds: float
+    bytes_per_second: float
+    bytes_fetched: int
+    attempts: int
+    resumed_from: int
+    fits_checksum: str
+    error: str | None
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A progress report for the whole batch; ``message`` is a ready-to-log line."""
+
+    bytes_done: int
+    bytes_total: int | None
+    bytes_per_second: float
+    eta_seconds: float | None
+    files_done: int
+    files_total: int
+    message: str
+
+
+class _Retry(Exception):
+    """This attempt failed in a way another attempt may not; ``wait`` is a server-given delay."""
+
+    def __init__(self, message: str, wait: float | None = None):
+        super().__init__(message)
+        self.wait = wait
+
+
+class _Fatal(Exception):
+    """Retrying cannot help (404, size disagreement, disk error)."""
+
+
+class _Corrupt(Exception):
+    """The complete file failed a content check; it is moved aside and fetched again from zero."""
+
+
+class _S3Unusable(Exception):
+    """S3 cannot serve this file now; the file continues over HTTP."""
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def _norm_etag(etag: str | None) -> str | None:
+    if not etag:
+        return None
+    etag = etag.strip()
+    if etag.startswith("W/"):
+        etag = etag[2:]
+    return etag.strip('"').lower()
+
+
+def _is_weak(etag: str | None) -> bool:
+    return bool(etag) and etag.strip().startswith("W/")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` so that readers (and a later run after a kill) see the old or the new file."""
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _unlink(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+
+
+def read_sha256_sidecar(path: Path) -> str | None:
+    """The hex digest recorded in ``<final>.sha256`` for ``path``, or None if missing or unreadable."""
+    try:
+        text = path.with_name(path.name + SHA256_SUFFIX).read_text(encoding="utf-8")
+    except OSError:
+        return None
+    digest = text.split(maxsplit=1)[0].lower() if text.strip() else ""
+    return digest if re.fullmatch(r"[0-9a-f]{64}", digest) else None
+
+
+def _hash_file(path: Path, algorithm: str) -> str:
+    h = hashlib.new(algorithm)
+    with path.open("rb", buffering=0) as f:
+        while chunk := f.read(_HASH_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    return _hash_file(path, "sha256")
+
+
+def _plain_md5(etag: str | None) -> bool:
+    """Whether an ETag is the MD5 of the object (multipart S3 ETags carry a ``-N`` suffix)."""
+    norm = _norm_etag(etag)
+    return bool(norm and _PLAIN_MD5_RE.match(norm))
+
+
+class _Digests:
+    """The checks of a byte stream that need every byte: SHA-256 (always), MD5 (only when an ETag
+    can check it) and FITS ``CHECKSUM``/``DATASUM``, each fed on its own thread.
+
+    hashlib and numpy release the GIL on large buffers, so the checks overlap the network and the
+    disk instead of adding to them (MD5 alone runs slower than a loopback transfer), and a complete
+    file is never read again to verify it.
+    """
+
+    _IN_FLIGHT = 8  # chunks queued per check at most; bounds memory
+    # Chunks smaller than this are checked on the calling thread while no thread has been started:
+    # a small file is one short chunk, and starting threads for it costs more than the checks.
+    _INLINE_BYTES = 1 << 20
+
+    def __init__(self, name: str, md5: bool) -> None:
+        self._hashes: list[Any] = [hashlib.sha256()] + ([hashlib.md5()] if md5 else [])
+        self._fits = StreamingFitsVerifier(name)
+        self._feeds: list[Callable[[bytes], None]] = [h.update for h in self._hashes] + [self._fits.update]
+        self._pools: list[ThreadPoolExecutor] = []
+        self._pending: deque[Future[None]] = deque()
+
+    def update(self, data: bytes) -> None:
+        if not self._pools and len(data) < self._INLINE_BYTES:
+            for feed in self._feeds:
+                feed(data)
+            return
+        if not self._pools:
+            self._pools = [ThreadPoolExecutor(1, thread_name_prefix="skyassets-check") for _ in self._feeds]
+        for feed, pool in zip(self._feeds, self._pools):
+            self._pending.append(pool.submit(feed, data))
+        while len(self._pending) > len(self._feeds) * self._IN_FLIGHT:
+            self._pending.popleft().result()
+
+    def _drain(self) -> None:
+        while self._pending:
+            self._pending.popleft().result()
+
+    def sha256(self) -> str:
+        self._drain()
+        return self._hashes[0].hexdigest()
+
+    def md5(self) -> str | None:
+        self._drain()
+        return self._hashes[1].hexdigest() if len(self._hashes) > 1 else None
+
+    def fits(self) -> FitsCheck:
+        """The FITS verification of the bytes fed so far, taken as the whole file."""
+        self._drain()
+        return self._fits.result()
+
+    def close(self) -> None:
+        self._drain()
+        for pool in self._pools:
+            pool.shutdown()
+        self._pools = []
+
+
+class _Tracker:
+    """Byte-level progress of a batch, reported through the callback at a bounded rate."""
+
+    def __init__(self, jobs: list[_Job], interval: float, callback: Callable[[Progress], None] | None):
+        self._jobs = jobs
+        self._interval = interval
+        self._callback = callback
+        self._lock = threading.Lock()
+        self._emit_lock = threading.Lock()
+        self._start = time.monotonic()
+        self._last = self._start
+        self._fetched = 0
+        self._files_done = 0
+
+    def fetched(self, n: int) -> None:
+        with self._lock:
+            self._fetched += n
+            now = time.monotonic()
+            due = now - self._last >= self._interval
+            if due:
+                self._last = now
+        if due:
+            self.emit(None)
+
+    def file_done(self, message: str) -> None:
+        with self._lock:
+            self._files_done += 1
+        self.emit(message)
+
+    def emit(self, message: str | None) -> None:
+        if self._callback is None:
+            return
+        with self._lock:
+            jobs = [j for j in self._jobs if j.status != "duplicate"]
+            done = sum(j.on_disk for j in jobs)
+            sizes = [j.total_size for j in jobs if j.status != "failed"]
+            total = None if any(s is None for s in sizes) else sum(s for s in sizes if s is not None)
+            elapsed = max(time.monotonic() - self._start, 1e-9)
+            speed = self._fetched / elapsed
+            files_done = self._files_done
+        eta = (max(total - done, 0) / speed) if total is not None and speed > 0 else None
+        summary = f"{_fmt_bytes(done)}"
+        if total is not None:
+            summary += f" of {_fmt_bytes(total)} ({100 * done / total if total else 100:.0f}%)"
+        summary += f", {_fmt_bytes(speed)}/s"
+        if eta is not None:
+            summary += f", ETA {eta:.0f} s"
+        summary += f", {files_done}/{len(jobs)} files"
+        report = Progress(
+            bytes_done=done,
+            bytes_total=total,
+            bytes_per_second=speed,
+            eta_seconds=eta,
+            files_done=files_done,
+            files_total=len(jobs),
+            message=f"{message} [{summary}]" if message else summary,
+        )
+        with self._emit_lock:
+            try:
+                self._callback(report)
+            except Exception:  # a broken progress sink must not fail downloads
+                log.exception("progress callback failed")
+
+
+class _Body:
+    """A response being streamed: where it starts, the object's size and ETag, and its chunks."""
+
+    def __init__(self, start: int, total: int | None, etag: str | None, chunks: Iterator[bytes],
+                 close: Callable[[], None]):
+        self.start = start
+        self.total = total
+        self.etag = etag
+        self.chunks = chunks
+        self.close = close
+
+
+class _Job:
+    """One file's state across attempts: paths, hashes of the ``.part`` prefix, counters."""
+
+    def __init__(self, index: int, request: FileRequest, stream_md5: bool = True):
+        self.index = index
+        self.request = request
+        self.stream_md5 = stream_md5
+        self.name: str = request.filename
+        self.final: Path | None = None
+        self.status = "pending"
+        self.total_size: int | None = request.expected_size
+        self.on_disk = 0
+        self.etag: str | None = None
+        self.source: str | None = None
+        self.s3_failed = False
+        self.attempts = 0
+        self.bytes_fetched = 0
+        self.resumed_from = 0
+        self.digests = _Digests(self.name, md5=False)
+        self.hashed = 0
+        self.fits = "unchecked"
+        self.md5: str | None = None
+
+    @property
+    def part(self) -> Path:
+        assert self.final is not None
+        return self.final.with_name(self.final.name + PART_SUFFIX)
+
+    @property
+    def state_file(self) -> Path:
+        assert self.final is not None
+        return self.final.with_name(self.final.name + STATE_SUFFIX)
+
+    @property
+    def sha_file(self) -> Path:
+        assert self.final is not None
+        return self.final.with_name(self.final.name + SHA256_SUFFIX)
+
+    def reset(self) -> None:
+        """Forget the ``.part``: restart this file from byte zero."""
+        _unlink(self.part)
+        _unlink(self.state_file)
+        self.restart_digests(md5=False)
+        self.hashed = 0
+        self.on_disk = 0
+        self.etag = None
+        self.total_size = self.request.expected_size
+
+    def restart_digests(self, md5: bool) -> None:
+        """Start the streamed checks over, for a stream that begins at byte zero of the ``.part``."""
+        self.digests.close()
+        self.digests = _Digests(self.name, md5=md5)
+
+    def resume_offset(self) -> int:
+        """Bytes of the ``.part`` to keep, hashing them first if this process has not yet.
+
+        A ``.part`` without a readable state file cannot be matched to an object, so it is dropped.
+        """
+        try:
+            size = self.part.stat().st_size
+        except FileNotFoundError:
+            self.reset()
+            return 0
+        if self.hashed != size:
+            try:
+                state = json.loads(self.state_file.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                state = None
+            if not isinstance(state, dict):
+                self.reset()
+                return 0
+            self.etag = state.get("etag")
+            stored = state.get("size")
+            if isinstance(stored, int):
+                self.total_size = stored
+            if self.total_size is not None and size > self.total_size:
+                self.reset()
+                return 0
+            self.restart_digests(md5=self.stream_md5 and _plain_md5(self.etag))
+            with self.part.open("rb", buffering=0) as f:
+                while chunk := f.read(_HASH_CHUNK):
+                    self.digests.update(chunk)
+            self.hashed = size
+        self.on_disk = size
+        return size
+
+    def save_state(self, source: str) -> None:
+        payload = {
+            "source": source,
+            "etag": self.etag,
+            "size": self.total_size,
+            "http_url": self.request.http_url,
+            "s3_key": self.request.s3_key,
+        }
+        _write_atomic(self.state_file, json.dumps(payload))
+
+
+class _Downloader:
+    """Runs a batch: shared HTTP session and S3 client, progress, per-file attempt loop."""
+
+    def __init__(self, config: DownloadConfig, tracker: _Tracker):
+        self.config = config
+        self.tracker = tracker
+        self.session = requests.Session()
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=max(config.parallel, 1), max_retries=0)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        # Compressed transfer would break byte offsets and sizes.
+        self.session.headers["Accept-Encoding"] = "identity"
+        self._s3: Any = None
+        self._s3_lock = threading.Lock()
+        self._s3_down: str | None = None  # why the endpoint is unreachable, once seen
+
+    # ----- sources -------------------------------------------------------------------------
+
+    def _s3_client(self) -> Any:
+        with self._s3_lock:
+            if self._s3 is None:
+                import boto3
+                from botocore import UNSIGNED
+                from botocore.config import Config
+
+                cfg = self.config
+                signing = {"signature_version": UNSIGNED} if cfg.s3_anonymous else {}
+                self._s3 = boto3.session.Session().client(
+                    "s3",
+                    region_name="us-east-1",
+                    endpoint_url=cfg.s3_endpoint,
+                    config=Config(
+                        **signing,
+                        connect_timeout=cfg.connect_timeout,
+                        read_timeout=cfg.read_timeout,
+                        retries={"total_max_attempts": 1, "mode": "standard"},
+                        max_pool_connections=max(cfg.parallel, 1),
+                        request_checksum_calculation="when_required",
+                        response_checksum_validation="when_required",
+                    ),
+                )
+            return self._s3
+
+    def _s3_location(self, key: str) -> tuple[str, str]:
+        if key.startswith("s3://"):
+            bucket, _, key = key[5:].partition("/")
+            return bucket, key
+        return self.config.s3_bucket, key.lstrip("/")
+
+    def _open_s3(self, job: _Job, offset: int) -> _Body:
+        from botocore.exceptions import (
+            BotoCoreError,
+            ClientError,
+            ConnectTimeoutError,
+            EndpointConnectionError,
+        )
+
+        assert job.request.s3_key is not None
+        bucket, key = self._s3_location(job.request.s3_key)
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key}
+        if offset:
+            kwargs["Range"] = f"bytes={offset}-"
+            if job.etag and not _is_weak(job.etag):
+                kwargs["IfMatch"] = job.etag
+        try:
+            resp = self._s3_client().get_object(**kwargs)
+        except ClientError as exc:
+            err = exc.response.get("Error", {})
+            code = str(err.get("Code", ""))
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if code in ("PreconditionFailed", "412") or status == 412:
+                job.reset()
+                raise _Retry(f"S3 object s3://{bucket}/{key} changed since the .part began; restarting")
+            if code in ("InvalidRange", "416") or status == 416:
+                job.reset()
+                raise _Retry(f"S3 refused range bytes={offset}- of s3://{bucket}/{key}; restarting")
+            message = f"S3 s3://{bucket}/{key}: {code or status} {err.get('Message', '')}".strip()
+            if job.request.http_url is None and (code in ("NoSuchKey", "NoSuchBucket") or status == 404):
+                raise _Fatal(message)  # nothing to fall back to, and asking again will not help
+            raise _S3Unusable(message)
+        except (EndpointConnectionError, ConnectTimeoutError) as exc:
+            self._s3_down = str(exc)
+            raise _S3Unusable(f"S3 endpoint unreachable: {exc}") from exc
+        except (BotoCoreError, urllib3.exceptions.HTTPError, OSError) as exc:
+            raise _S3Unusable(f"S3 s3://{bucket}/{key}: {exc}") from exc
+
+        total: int | None = None
+        start = 0
+        if cr := resp.get("ContentRange"):
+            m = _CONTENT_RANGE_RE.match(cr)
+            if not m:
+                resp["Body"].close()
+                raise _S3Unusable(f"S3 sent an unreadable Content-Range {cr!r}")
+            start = int(m.group(1))
+            total = int(m.group(3)) if m.group(3) != "*" else None
+        elif "ContentLength" in resp:
+            total = int(resp["ContentLength"])
+        stream = resp["Body"]
+        size = self.config.chunk_size
+
+        def chunks() -> Iterator[bytes]:
+            try:
+                while chunk := stream.read(size):
+                    yield chunk
+            except (BotoCoreError, urllib3.exceptions.HTTPError, OSError) as exc:
+                raise _S3Unusable(f"S3 s3://{bucket}/{key} failed mid-file: {exc}") from exc
+
+        return _Body(start, total, resp.get("ETag"), chunks(), stream.close)
+
+    def _open_local(self, job: _Job, offset: int) -> _Body:
+        """A local file as a body; size and mtime stand in for an ETag, so a change restarts the copy."""
+        path = job.request.local_path
+        assert path is not None
+        try:
+            handle = open(path, "rb", buffering=0)
+            stat = os.fstat(handle.fileno())
+        except OSError as exc:
+            raise _Fatal(f"cannot read {path}: {exc.strerror}") from exc
+        size = self.config.chunk_size
+        handle.seek(min(offset, stat.st_size))
+
+        def chunks() -> Iterator[bytes]:
+            while chunk := handle.read(size):
+                yield chunk
+
+        return _Body(min(offset, stat.st_size), stat.st_size, f"{stat.st_size}-{stat.st_mtime_ns}", chunks(), handle.close)
+
+    def _open_http(self, job: _Job, offset: int) -> _Body:
+        url = job.request.http_url
+        assert url is not None
+        headers: dict[str, str] = {}
+        if offset:
+            headers["Range"] = f"bytes={offset}-"
+            if job.etag and not _is_weak(job.etag):
+                headers["If-Range"] = job.etag
+        timeout = (self.config.connect_timeout, self.config.read_timeout)
+        try:
+            resp = self.session.get(url, headers=headers, stream=True, timeout=timeout)
+        except requests.RequestException as exc:
+            raise _Retry(f"HTTP request failed: {exc}") from exc
+        status = resp.status_code
+        if status not in (200, 206):
+            resp.close()
+            if status == 416:
+                job.reset()
+                raise _Retry(f"server refused range bytes={offset}- ({status}); restarting")
+            if status in _RETRYABLE_HTTP:
+                raise _Retry(f"HTTP {status} from {url}", _retry_after(resp.headers.get("Retry-After")))
+            raise _Fatal(f"HTTP {status} from {url}")
+        total: int | None = None
+        start = 0
+        if status == 206:
+            cr = resp.headers.get("Content-Range", "")
+            m = _CONTENT_RANGE_RE.match(cr)
+            if not m:
+                resp.close()
+                job.reset()
+                raise _Retry(f"206 with unreadable Content-Range {cr!r}; restarting")
+            start = int(m.group(1))
+            total = int(m.group(3)) if m.group(3) != "*" else None
+        elif (length := resp.headers.get("Content-Length")) is not None:
+            total = int(length)
+        raw = resp.raw
+        size = self.config.chunk_size
+
+        def chunks() -> Iterator[bytes]:
+            # read1 hands over what has arrived, so bytes received before a failure reach the .part.
+            try:
+                while chunk := raw.read1(size, decode_content=False):
+                    yield chunk
+            except (urllib3.exceptions.HTTPError, requests.RequestException, OSError) as exc:
+                raise _Retry(f"HTTP transfer failed: {exc}") from exc
+
+        return _Body(start, total, resp.headers.get("ETag"), chunks(), resp.close)
+
+    # ----- one attempt -----------------------------------------------------------------------
+
+    def _fetch(self, job: _Job, source: str) -> None:
+        """Bring ``job.part`` to the full object, resuming from whatever it already holds."""
+        offset = job.resume_offset()
+        if offset and job.total_size is not None and offset == job.total_size:
+            return  # complete before a restart; only the checks remain
+        job.resumed_from = offset
+        opener = {"local": self._open_local, "s3": self._open_s3, "http": self._open_http}[source]
+        body = opener(job, offset)
+        try:
+            if body.start != offset:
+                if body.start != 0:
+                    job.reset()
+                    raise _Retry(f"asked for bytes={offset}- but got a range from {body.start}; restarting")
+                job.reset()  # a 200 (or a changed object under If-Range): the body starts at zero
+                job.resumed_from = 0
+            elif offset and job.etag and body.etag and _norm_etag(job.etag) != _norm_etag(body.etag):
+                job.reset()
+                raise _Retry("object changed between resumed ranges (ETag differs); restarting")
+            expected = job.request.expected_size
+            if body.total is not None and expected is not None and body.total != expected:
+                raise _Fatal(f"server reports {body.total} bytes but the product list says {expected}")
+            job.etag = body.etag or job.etag
+            if job.hashed == 0:
+                job.restart_digests(md5=job.stream_md5 and _plain_md5(job.etag))
+            job.total_size = body.total if body.total is not None else job.total_size
+            job.source = source
+            job.save_state(source)
+            # Chunks of chunk_size or more pass the buffer straight to the file in one write.
+            with job.part.open("ab", buffering=self.config.chunk_size) as f:
+                pieces: list[bytes] = []
+                pending = 0
+
+                def flush() -> None:
+                    nonlocal pending
+                    chunk = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+                    pieces.clear()
+                    pending = 0
+                    f.write(chunk)
+                    job.digests.update(chunk)
+                    n = len(chunk)
+                    job.hashed += n
+                    job.on_disk += n
+                    job.bytes_fetched += n
+                    self.tracker.fetched(n)
+
+                try:
+                    for piece in body.chunks:
+                        pieces.append(piece)
+                        pending += len(piece)
+                        if pending >= self.config.chunk_size:
+                            flush()
+                finally:
+                    if pieces:  # keep what arrived before a failure: the next attempt resumes after it
+                        flush()
+                if self.config.fsync:
+                    f.flush()
+                    os.fsync(f.fileno())
+        finally:
+            body.close()
+        if job.total_size is not None and job.hashed != job.total_size:
+            raise _Retry(f"connection ended at byte {job.hashed} of {job.total_size}")
+
+    def _check_and_place(self, job: _Job) -> str:
+        """Verify the complete ``.part`` and rename it into place; return the FITS status."""
+        assert job.final is not None
+        size = job.part.stat().st_size
+        if size != job.hashed:
+            job.reset()
+            raise _Retry(f".part changed on disk under the download ({size} bytes, {job.hashed} hashed)")
+        expected = job.request.expected_size
+        if expected is not None and size != expected:
+            raise _Corrupt(f"size is {size} bytes, expected {expected}")
+        check = job.digests.fits()
+        job.fits = check.status
+        if check.status == "bad":
+            raise _Corrupt(f"FITS checksum mismatch: {check.message}")
+        etag = _norm_etag(job.etag)
+        if _plain_md5(etag):
+            md5 = job.digests.md5()
+            if md5 is None and not (check.status == "ok" and check.checked == check.hdus):
+                md5 = _hash_file(job.part, "md5")
+            job.md5 = md5
+            if md5 is not None and etag != md5:
+                raise _Corrupt(f"MD5 {md5} does not match the ETag {etag}")
+        os.replace(job.part, job.final)
+        _write_atomic(job.sha_file, f"{job.digests.sha256()}  {job.name}\n")
+        _unlink(job.state_file)
+        return check.status
+
+    # ----- one file --------------------------------------------------------------------------
+
+    def _result(self, job: _Job, status: str, started: float, *, error: str | None = None,
+                size: int = 0, sha256: str | None = None, md5: str | None = None,
+                fits: str = "unchecked") -> FileResult:
+        seconds = time.monotonic() - started
+        job.status = status
+        return FileResult(
+            filename=job.name,
+            path=job.final if status != "failed" else None,
+            status=status,
+            size=size,
+            sha256=sha256,
+            md5=md5,
+            source=job.source if status == "downloaded" else None,
+            seconds=seconds,
+            bytes_per_second=job.bytes_fetched / seconds if seconds > 0 else 0.0,
+            bytes_fetched=job.bytes_fetched,
+            attempts=job.attempts,
+            resumed_from=job.resumed_from,
+            fits_checksum=fits,
+            error=error,
+        )
+
+    def _existing(self, job: _Job, started: float) -> FileResult | None:
+        """A skipped result if the file is already in place and verified, else None."""
+        assert job.final is not None
+        recorded = read_sha256_sidecar(job.final)
+        if recorded is None or not job.final.is_file():
+            return None
+        size = job.final.stat().st_size
+        if job.request.expected_size is not None and size != job.request.expected_size:
+            return None
+        fits = "unchecked"
+        if self.config.verify_existing:
+            digest = sha256_file(job.final)
+            fits = verify_fits(job.final).status
+            if digest != recorded or fits == "bad":
+                os.replace(job.final, job.final.with_name(job.final.name + CORRUPT_SUFFIX))
+                _unlink(job.sha_file)
+                log.warning("%s no longer matches its checksums; moved aside and fetching again", job.name)
+                return None
+        job.total_size = job.on_disk = size
+        return self._result(job, "skipped", started, size=size, sha256=recorded, fits=fits)
+
+    def _backoff(self, attempt: int, wait: float | None) -> float:
+        cfg = self.config
+        delay = min(cfg.backoff_max, cfg.backoff_base * 2 ** (attempt - 1))
+        delay = random.uniform(delay / 2, delay)
+        if wait is not None:
+            delay = max(delay, min(wait, cfg.backoff_max))
+        return delay
+
+    def run_job(self, job: _Job) -> FileResult:
+        started = time.monotonic()
+        try:
+            with _file_lock(job):
+                return self._run_job(job, started)
+        except Exception as exc:  # one file's surprise must not sink the batch
+            log.exception("download of %s failed unexpectedly", job.name)
+            result = self._result(job, "failed", started, error=f"{job.name}: {type(exc).__name__}: {exc}")
+        finally:
+            job.digests.close()
+        self.tracker.file_done(f"failed {job.name}: {result.error}")
+        return result
+
+    def _run_job(self, job: _Job, started: float) -> FileResult:
+        req = job.request
+        if req.http_url is None and req.s3_key is None and req.local_path is None:
+            result = self._result(job, "failed", started, error=f"{job.name}: no S3 key, HTTP URL or local path")
+            self.tracker.file_done(f"failed {job.name}: {result.error}")
+            return result
+        if (skipped := self._existing(job, started)) is not None:
+            self.tracker.file_done(f"skipped {job.name} (already in place and verified)")
+            return skipped
+        job.final.parent.mkdir(parents=True, exist_ok=True)
+        cfg = self.config
+        errors: list[str] = []
+        self.tracker.emit(f"start {job.name}" + (f" ({_fmt_bytes(job.total_size)})" if job.total_size else ""))
+        for attempt in range(1, cfg.retries + 2):
+            job.attempts = attempt
+            use_s3 = (
+                req.s3_key is not None
+                and not job.s3_failed
+                and (cfg.prefer_s3 or req.http_url is None)
+                and (self._s3_down is None or req.http_url is None)
+            )
+            source = "local" if req.local_path is not None else "s3" if use_s3 else "http"
+            wait: float | None = None
+            try:
+                try:
+                    self._fetch(job, source)
+                except _S3Unusable as exc:
+                    if req.http_url is None:
+                        raise
+                    errors.append(str(exc))
+                    job.s3_failed = True  # this file goes on over HTTP, in the same attempt
+                    log.info("%s: %s; continuing over HTTP", job.name, exc)
+                    self._fetch(job, "http")
+                fits = self._check_and_place(job)
+            except _S3Unusable as exc:
+                errors.append(str(exc))
+            except _Corrupt as exc:
+                corrupt = job.final.with_name(job.final.name + CORRUPT_SUFFIX)
+                if job.part.exists():
+                    os.replace(job.part, corrupt)
+                job.reset()
+                errors.append(f"{exc} (bytes moved to {corrupt.name})")
+                if source == "local":
+                    break  # a local file reads the same every time: no point retrying
+            except _Retry as exc:
+                errors.append(str(exc))
+                wait = exc.wait
+            except _Fatal as exc:
+                errors.append(str(exc))
+                break
+            except OSError as exc:  # local disk trouble: retrying would only repeat it
+                errors.append(f"local file error: {exc}")
+                break
+            else:
+                size = job.final.stat().st_size
+                result = self._result(
+                    job, "downloaded", started, size=size, sha256=job.digests.sha256(),
+                    md5=job.md5, fits=fits,
+                )
+                self.tracker.file_done(
+                    f"downloaded {job.name} from {job.source}: {_fmt_bytes(size)} in {result.seconds:.1f} s"
+                )
+                return result
+            if attempt <= cfg.retries:
+                delay = self._backoff(attempt, wait)
+                self.tracker.emit(f"retry {job.name} in {delay:.1f} s after: {errors[-1]}")
+                time.sleep(delay)
+        reason = errors[-1] if errors else "no attempt made"
+        more = f" (after {job.attempts} attempts)" if job.attempts > 1 else ""
+        result = self._result(job, "failed", started, error=f"{job.name}: {reason}{more}",
+                              size=job.on_disk, fits=job.fits)
+        self.tracker.file_done(f"failed {result.error}")
+        return result
+
+    def close(self) -> None:
+        self.session.close()
+
+
+def _retry_after(value: str | None) -> float | None:
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
+
+
+@contextlib.contextmanager
+def _file_lock(job: _Job) -> Iterator[None]:
+    """Hold ``.<name>.lock`` beside the file, so two processes never write one ``.part`` at once.
+
+    The second waits; it then finds the file verified in place and skips it. The lock file is left
+    behind on purpose: removing it would let a third process lock a different inode.
+    """
+    assert job.final is not None
+    job.final.parent.mkdir(parents=True, exist_ok=True)
+    with open(job.final.with_name(f".{job.final.name}{LOCK_SUFFIX}"), "a") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _resolve_destination(job: _Job) -> None:
+    """Validate the name and pin ``job.final`` inside the destination folder (else raise)."""
+    name = safe_filename(job.request.filename)
+    dest = Path(job.request.dest_dir).resolve()
+    final = dest / name
+    if final.resolve().parent != dest:
+        raise InvalidNameError(f"file name {name!r} resolves outside {dest}")
+    job.name = name
+    job.final = final
+
+
+def download_files(
+    requests: Sequence[FileRequest],
+    config: DownloadConfig = DownloadConfig(),
+    *,
+    on_progress: Callable[[Progress], None] | None = None,
+) -> list[FileResult]:
+    """Fetch every request into its folder; return one result per request, in order.
+
+    Per-file problems (bad names, network, checksums) end up in that file's result and never raise.
+    Requests that resolve to the same destination file are fetched once and share the result.
+    """
+    if config.md5 not in ("auto", "always"):
+        raise ValueError(f"DownloadConfig.md5 is 'auto' or 'always', not {config.md5!r}")
+    jobs = [_Job(i, r, stream_md5=config.md5 == "always") for i, r in enumerate(requests)]
+    downloader = _Downloader(config, _Tracker(jobs, config.progress_interval, on_progress))
+    results: list[FileResult | None] = [None] * len(jobs)
+    first_for: dict[Path, int] = {}
+    to_run: list[_Job] = []
+    duplicates: list[tuple[int, int]] = []
+    for job in jobs:
+        try:
+            _resolve_destination(job)
+        except InvalidNameError as exc:
+            job.status = "failed"
+            results[job.index] = FileResult(
+                filename=job.request.filename, path=None, status="failed", size=0, sha256=None,
+                md5=None, source=None, seconds=0.0, bytes_per_second=0.0, bytes_fetched=0,
+                attempts=0, resumed_from=0, fits_checksum="unchecked", error=f"refused file name: {exc}",
+            )
+            downloader.tracker.file_done(f"failed {job.request.filename!r}: refused file name: {exc}")
+            continue
+        assert job.final is not None
+        if job.final in first_for:
+            duplicates.append((job.index, first_for[job.final]))
+            job.status = "duplicate"
+            continue
+        first_for[job.final] = job.index
+        to_run.append(job)
+    try:
+        with ThreadPoolExecutor(max_workers=max(config.parallel, 1), thread_name_prefix="skyassets-dl") as pool:
+            remote = [(job, pool.submit(downloader.run_job, job)) for job in to_run if job.request.local_path is None]
+            # Local copies are bound by checksumming, not by waiting: side by side they only contend
+            # for the interpreter, so they run one at a time here while the network transfers go on.
+            for job in to_run:
+                if job.request.local_path is not None:
+                    results[job.index] = downloader.run_job(job)
+            for job, future in remote:
+                results[job.index] = future.result()
+    finally:
+        downloader.close()
+    for index, original in duplicates:
+        source = results[original]
+        assert source is not None
+        results[index] = replace(source, filename=jobs[index].name)
+        jobs[index].status = source.status
+    return [r for r in results if r is not None]

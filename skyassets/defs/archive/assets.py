@@ -1,0 +1,336 @@
+"""The archive assets: what the watchlist finds in MAST, each observation's products, its files."""
+
+import threading
+import time
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataValue, asset
+
+from skyassets.archive.download import FileRequest, FileResult, Progress, download_files
+from skyassets.archive.query import list_products, query_watchlist
+from skyassets.archive.watchlist import ProductSpec, Watchlist
+from skyassets.defs.metadata import frame_metadata, partition_metadata
+from skyassets.defs.partitions import observation_backfill_policy, observations_partitions
+from skyassets.defs.resources import (
+    ArchiveResource,
+    DownloaderResource,
+    HomeResource,
+    LandingResource,
+    WatchlistResource,
+)
+from skyassets.fits.meta import quarantine
+from skyassets.lake.home import Home
+from skyassets.lake.parquet import read_parquet, write_parquet
+from skyassets.landing.ingest import landed_requests
+
+OBSERVATION_PREVIEW = ["obs_id", "target_name", "obs_collection", "instrument_name", "filters", "t_exptime", "watchlist_entry"]
+PRODUCT_PREVIEW = ["productFilename", "productSubGroupDescription", "size", "s3_key"]
+MANIFEST_COLUMNS = [
+    "partition", "dataURI", "signature", "filename", "path", "size", "sha256", "source", "status",
+    "fits_checksum", "attempts", "resumed_from", "seconds", "bytes_per_second",
+]
+MANIFEST_PREVIEW = ["filename", "size", "status", "source", "fits_checksum", "seconds", "bytes_per_second"]
+
+
+@asset(
+    group_name="archive",
+    pool="mast_api",
+    kinds={"parquet"},
+    description="Every public MAST observation the watchlist's queries find, one row per observation.",
+)
+def mast_observations(
+    context: AssetExecutionContext, home: HomeResource, watchlist: WatchlistResource, archive: ArchiveResource
+) -> MaterializeResult:
+    wl = watchlist.load()
+    result = query_watchlist(archive.client(home.home), wl)
+    for message in result.rejected:
+        context.log.error(f"observation left out: {message}")
+    if result.incomplete:
+        raise Failure(
+            "MAST returned fewer rows than it counted (paging stopped early): " + "; ".join(result.incomplete)
+        )
+    path = write_parquet(result.observations, home.home.table("mast_observations"))
+    context.log.info(
+        f"{len(result.observations)} observations from {len(wl.entries)} watchlist entries "
+        f"({result.proprietary} proprietary left out) -> {path}"
+    )
+    return MaterializeResult(
+        metadata={
+            **frame_metadata(result.observations, preview_columns=OBSERVATION_PREVIEW),
+            "path": MetadataValue.path(str(path)),
+            "watchlist": wl.path,
+            "rows_per_entry": MetadataValue.json(result.per_entry),
+            "proprietary_left_out": result.proprietary,
+            "rejected_obs_ids": len(result.rejected),
+        }
+    )
+
+
+def _observation_row(observations: pd.DataFrame, obs_id: str) -> pd.Series:
+    """The observation's row of mast_observations (indexed by obs_id), or a failure that says why not."""
+    if obs_id not in observations.index:
+        raise Failure(
+            f"observation {obs_id} is not in the latest mast_observations; re-materialise mast_observations "
+            "or delete the partition if it left the watchlist"
+        )
+    return observations.loc[obs_id]
+
+
+def _product_spec(wl: Watchlist, entries: str) -> ProductSpec:
+    """The product spec of the first watchlist entry that found the observation."""
+    for name in str(entries or "").split(","):
+        try:
+            return wl.entry(name).products
+        except KeyError:
+            continue
+    return ProductSpec()
+
+
+@asset(
+    group_name="archive",
+    deps=[mast_observations],
+    partitions_def=observations_partitions,
+    backfill_policy=observation_backfill_policy,
+    pool="mast_api",
+    kinds={"parquet"},
+    description="The science FITS products of one observation that the watchlist asks for, with S3 key and URL.",
+)
+def mast_products(
+    context: AssetExecutionContext, home: HomeResource, watchlist: WatchlistResource, archive: ArchiveResource
+) -> MaterializeResult:
+    wl = watchlist.load()
+    client = archive.client(home.home)
+    download_url = archive.download_url(home.home)
+    observations = read_parquet(home.home.table("mast_observations")).set_index("obs_id")
+    frames = []
+    for obs_id in context.partition_keys:
+        row = _observation_row(observations, obs_id)
+        frame, refused = list_products(
+            client, row["obsid"], _product_spec(wl, row["watchlist_entry"]), download_url=download_url, cloud=archive.cloud
+        )
+        for message in refused:
+            context.log.error(f"{obs_id}: product refused: {message}")
+        frame.insert(0, "partition", obs_id)
+        write_parquet(frame, home.home.table("mast_products", obs_id))
+        frames.append(frame)
+        context.log.info(f"{obs_id}: {len(frame)} products, {int(frame['size'].sum()) if len(frame) else 0} bytes")
+    products = pd.concat(frames, ignore_index=True)
+    return MaterializeResult(
+        metadata={
+            **partition_metadata(context, products, preview_columns=PRODUCT_PREVIEW),
+            "bytes": int(products["size"].sum()) if len(products) else 0,
+            "in_s3": int(products["s3_key"].notna().sum()) if len(products) else 0,
+        }
+    )
+
+
+class _ProgressLog:
+    """Sends the downloader's progress to the run log, from whichever thread reports it.
+
+    Every log line is an event written to the Dagster instance, so routine reports are kept to one
+    per ``interval`` seconds: a batch of thousands of small files would otherwise spend more time
+    logging than copying. Failures, retries and the last file are always logged.
+    """
+
+    def __init__(self, context: AssetExecutionContext, interval: float = 1.0):
+        self._context = context
+        self._lock = threading.Lock()
+        self._interval = interval
+        self._last = float("-inf")
+
+    def __call__(self, progress: Progress) -> None:
+        total = f"/{progress.bytes_total / 1e6:.1f}" if progress.bytes_total else ""
+        eta = f", ETA {progress.eta_seconds:.0f} s" if progress.eta_seconds is not None else ""
+        urgent = progress.message.startswith(("failed", "retry")) or progress.files_done == progress.files_total
+        with self._lock:
+            now = time.monotonic()
+            if not urgent and now - self._last < self._interval:
+                return
+            self._last = now
+            self._context.log.info(
+                f"{progress.files_done}/{progress.files_total} files, {progress.bytes_done / 1e6:.1f}{total} MB "
+                f"at {progress.bytes_per_second / 1e6:.1f} MB/s{eta}"
+                + (f" - {progress.message}" if progress.message else "")
+            )
+
+
+def _earlier_manifests(root: Home, obs_ids: list[str]) -> dict[tuple[str, str], dict]:
+    """The previous manifest rows, so a file skipped as verified keeps the record of its download."""
+    rows = {}
+    for obs_id in obs_ids:
+        path = root.table("fits_files", obs_id)
+        if path.exists():
+            rows.update({(obs_id, row["filename"]): row for row in read_parquet(path).to_dict("records")})
+    return rows
+
+
+def _quarantine_bad_landed_files(root: Home, requests: list[FileRequest], results: list[FileResult]) -> list[str]:
+    """Landed files that are not valid FITS are quarantined with the reason and reported; the others go on."""
+    messages = []
+    for request, result in zip(requests, results):
+        if result.status != "failed" or request.local_path is None:
+            continue
+        bad = Path(request.dest_dir) / f"{request.filename}.corrupt"
+        if bad.exists():  # the copy is quarantined; the original stays where its owner put it
+            moved = quarantine(bad, root.quarantine, f"{request.local_path}: {result.error}")
+            messages.append(f"quarantined a copy of {request.local_path}: {result.error} (now {moved})")
+        else:
+            messages.append(f"could not copy {request.local_path}: {result.error}")
+    return messages
+
+
+def _fetch(
+    requests: list[FileRequest],
+    owner: list[tuple],
+    downloader: DownloaderResource,
+    archive: ArchiveResource,
+    landing: LandingResource,
+    root: Home,
+    progress: _ProgressLog,
+) -> list[FileResult]:
+    """Files from MAST with the archive's settings, landed files with the landing zone's; in order.
+
+    A landed file has a signature (its size and mtime, or ETag); a MAST product has none.
+    """
+    results: list[FileResult | None] = [None] * len(requests)
+    for landed in (False, True):
+        indices = [i for i, (_, _, signature) in enumerate(owner) if (signature is not None) == landed]
+        if not indices:
+            continue
+        if landed:
+            config = replace(
+                downloader.config(None, root),
+                s3_endpoint=landing.s3_endpoint, s3_anonymous=landing.s3_anonymous, prefer_s3=True,
+            )
+        else:
+            config = downloader.config(archive, root)
+        fetched = download_files([requests[i] for i in indices], config, on_progress=progress)
+        for i, result in zip(indices, fetched):
+            results[i] = result
+    return results
+
+
+def _forget_changed_copy(request: FileRequest, before: dict | None, signature: str) -> None:
+    """A landed file changed in place since it was copied: drop the old copy so it is copied again."""
+    if before is not None and before.get("signature") not in (None, signature):
+        final = Path(request.dest_dir) / request.filename
+        for stale in (final, final.with_name(final.name + ".sha256")):
+            stale.unlink(missing_ok=True)
+
+
+def _manifest_row(
+    root: Home, obs_id: str, uri: str, signature: str | None, result: FileResult, earlier: dict
+) -> dict:
+    row = {
+        "partition": obs_id,
+        "dataURI": uri,
+        "signature": signature,
+        "filename": result.filename,
+        "path": str(result.path.relative_to(root.root)),
+        "size": result.size,
+        "sha256": result.sha256,
+        "source": result.source,
+        "status": result.status,
+        "fits_checksum": result.fits_checksum,
+        "attempts": result.attempts,
+        "resumed_from": result.resumed_from,
+        "seconds": round(result.seconds, 3),
+        "bytes_per_second": round(result.bytes_per_second, 1),
+    }
+    before = earlier.get((obs_id, result.filename))
+    if result.status == "skipped" and before is not None and before["sha256"] == result.sha256:
+        for key in ("source", "fits_checksum", "attempts", "resumed_from", "seconds", "bytes_per_second"):
+            row[key] = before[key]
+    return row
+
+
+@asset(
+    group_name="archive",
+    deps=[mast_products],
+    partitions_def=observations_partitions,
+    backfill_policy=observation_backfill_policy,
+    pool="mast_api",
+    kinds={"fits", "parquet"},
+    description="The observation's files on disk, verified (size, FITS checksums, SHA-256), with a manifest.",
+)
+def fits_files(
+    context: AssetExecutionContext,
+    home: HomeResource,
+    archive: ArchiveResource,
+    downloader: DownloaderResource,
+    landing: LandingResource,
+) -> MaterializeResult:
+    root = home.home
+    earlier = _earlier_manifests(root, context.partition_keys)
+    requests, owner = [], []
+    for obs_id in context.partition_keys:
+        landed = landed_requests(root, obs_id)
+        if landed is not None:  # a partition of the landing zone: copy its files
+            for row, request in landed:
+                _forget_changed_copy(request, earlier.get((obs_id, request.filename)), row["signature"])
+                requests.append(request)
+                owner.append((obs_id, row["location"], row["signature"]))
+            continue
+        products = read_parquet(root.table("mast_products", obs_id))
+        for product in products.to_dict("records"):
+            requests.append(
+                FileRequest(
+                    filename=product["productFilename"],
+                    dest_dir=root.observation_dir(product["obs_collection"], obs_id),
+                    http_url=product["http_url"],
+                    s3_key=product["s3_key"],
+                    expected_size=int(product["size"]) if pd.notna(product["size"]) else None,
+                )
+            )
+            owner.append((obs_id, product["dataURI"], None))
+    started = time.monotonic()
+    results = _fetch(requests, owner, downloader, archive, landing, root, _ProgressLog(context))
+    seconds = time.monotonic() - started
+    quarantined = _quarantine_bad_landed_files(root, requests, results)
+    for message in quarantined:
+        context.log.warning(message)
+    failed = [r for q, r in zip(requests, results) if r.status == "failed" and q.local_path is None]
+    if failed:
+        listed = "; ".join(str(r.error) for r in failed[:5])
+        more = f" and {len(failed) - 5} more" if len(failed) > 5 else ""
+        raise Failure(
+            f"{len(failed)} of {len(results)} files failed ({listed}{more}); "
+            "verified files are kept and a retry resumes the rest",
+            metadata={"failed": MetadataValue.md("\n".join(f"- `{r.filename}`: {r.error}" for r in failed))},
+        )
+    manifest = pd.DataFrame(
+        [
+            _manifest_row(root, obs_id, uri, signature, r, earlier)
+            for (obs_id, uri, signature), r in zip(owner, results)
+            if r.status != "failed"
+        ],
+        columns=MANIFEST_COLUMNS,
+    )
+    by_partition = dict(iter(manifest.groupby("partition", sort=False)))
+    empty = manifest.iloc[0:0]
+    for obs_id in context.partition_keys:
+        write_parquet(by_partition.get(obs_id, empty).reset_index(drop=True), root.table("fits_files", obs_id))
+    status = Counter(r.status for r in results)
+    fetched = sum(r.bytes_fetched for r in results)
+    context.log.info(
+        f"{status['downloaded']} downloaded, {status['skipped']} already verified, "
+        f"{fetched / 1e6:.1f} MB in {seconds:.1f} s"
+    )
+    return MaterializeResult(
+        metadata={
+            **partition_metadata(context, manifest, preview_columns=MANIFEST_PREVIEW),
+            "files_downloaded": status["downloaded"],
+            "files_quarantined": len(quarantined),
+            "files_skipped": status["skipped"],
+            "files_verified_checksum": sum(r.fits_checksum == "ok" for r in results),
+            "files_retried": sum(r.attempts > 1 for r in results),
+            "bytes_total": int(manifest["size"].sum()) if len(manifest) else 0,
+            "bytes_fetched": fetched,
+            "seconds": round(seconds, 3),
+            "bytes_per_second": round(fetched / seconds, 1) if seconds > 0 else 0.0,
+            "sources": MetadataValue.json(dict(Counter(str(r.source) for r in results if r.status == "downloaded"))),
+        }
+    )

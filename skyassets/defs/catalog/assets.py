@@ -1,0 +1,111 @@
+"""The catalogue assets: image metadata per observation, and the DuckDB catalog of the lake."""
+
+import os
+from collections import defaultdict
+
+import pyarrow as pa
+from dagster import (
+    AssetExecutionContext,
+    AutomationCondition,
+    Failure,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
+
+from skyassets.catalog.db import connect, publish
+from skyassets.defs.archive.assets import fits_files, mast_observations, mast_products
+from skyassets.defs.automation import catch_up
+from skyassets.defs.metadata import column_schema, partition_metadata
+from skyassets.defs.partitions import observation_backfill_policy, observations_partitions
+from skyassets.defs.resources import HomeResource
+from skyassets.fits.meta import IMAGE_SCHEMA, extract_many, to_table
+from skyassets.lake.parquet import read_parquet, write_parquet
+
+IMAGE_PREVIEW = ["obs_id", "file_name", "hdu_name", "instrument_name", "filter", "s_ra", "s_dec", "t_min", "t_exptime"]
+
+
+@asset(
+    group_name="catalog",
+    deps=[fits_files],
+    partitions_def=observations_partitions,
+    backfill_policy=observation_backfill_policy,
+    automation_condition=AutomationCondition.eager(),
+    kinds={"parquet"},
+    metadata=column_schema(IMAGE_SCHEMA),
+    description="One row per image HDU of the observation's files, with IVOA ObsCore columns and units.",
+)
+def image_metadata(context: AssetExecutionContext, home: HomeResource) -> MaterializeResult:
+    root = home.home
+    sources = []
+    for obs_id in context.partition_keys:
+        manifest = read_parquet(root.table("fits_files", obs_id))
+        sources += [
+            {
+                "path": str(root.root / row["path"]),
+                "stored_path": row["path"],
+                "sha256": row["sha256"],
+                "size": int(row["size"]),
+                "access_url": row["dataURI"],
+                "obs_id": obs_id,
+            }
+            for row in manifest.to_dict("records")
+        ]
+    # Worker processes pay off only for batches (backfills, bulk ingests); a few files go inline.
+    workers = 1 if len(sources) < 16 else os.cpu_count() or 1
+    rows, failures = extract_many(sources, processes=workers, quarantine_dir=root.quarantine)
+    unexpected = [f for f in failures if not f.unreadable]
+    if unexpected:
+        raise Failure(
+            f"{len(unexpected)} files could not be catalogued: " + "; ".join(f"{f.path}: {f.reason}" for f in unexpected[:5])
+        )
+    for failure in failures:
+        context.log.warning(f"quarantined {failure.path}: {failure.reason} (now {failure.quarantined})")
+    # One conversion for the batch, then a slice per partition: converting each partition's rows
+    # on their own costs more than extracting them.
+    table = to_table(rows)
+    positions: dict[str, list[int]] = defaultdict(list)
+    for i, obs_id in enumerate(table.column("obs_id").to_pylist()):
+        positions[obs_id].append(i)
+    for obs_id in context.partition_keys:
+        write_parquet(table.take(pa.array(positions.get(obs_id, []), pa.int64())), root.table("image_metadata", obs_id))
+    quarantined = "\n".join(f"- `{f.path}`: {f.reason} (moved to `{f.quarantined}`)" for f in failures)
+    return MaterializeResult(
+        metadata={
+            **partition_metadata(context, rows.drop(columns=["header_json"]), preview_columns=IMAGE_PREVIEW),
+            "files": len(sources),
+            "quarantined": len(failures),
+            **({"quarantined_files": MetadataValue.md(quarantined)} if failures else {}),
+        }
+    )
+
+
+@asset(
+    group_name="catalog",
+    deps=[mast_observations, mast_products, fits_files, image_metadata, "image_quality", "source_catalogs", "target_groups", "mosaics", "composites"],
+    pool="duckdb_catalog",
+    # Whenever a table changes, without waiting for every observation: a failed or missing one must
+    # not hold the catalogue back forever.
+    automation_condition=catch_up(),
+    kinds={"duckdb"},
+    description="catalog.duckdb: the lake's tables, sorted for fast sky and time filters, published atomically.",
+)
+def catalog(context: AssetExecutionContext, home: HomeResource) -> MaterializeResult:
+    path = publish(home.home.root)
+    con = connect(home.home.root, published=True)
+    try:
+        counts = {
+            name: con.execute(f'SELECT count(*) FROM "{name}"').fetchone()[0]
+            for (name,) in con.execute("SELECT table_name FROM duckdb_tables() ORDER BY 1").fetchall()
+        }
+    finally:
+        con.close()
+    context.log.info(f"published {path}: " + ", ".join(f"{n} {c}" for n, c in counts.items()))
+    return MaterializeResult(
+        metadata={
+            "path": MetadataValue.path(str(path)),
+            "bytes": path.stat().st_size,
+            "rows": MetadataValue.json(counts),
+            "dagster/row_count": counts.get("images", 0),
+        }
+    )

@@ -1,0 +1,182 @@
+"""The quality assets: measured metrics and a score per image, the detected sources, their checks."""
+
+
+from collections.abc import Iterator
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetSpec,
+    AutomationCondition,
+    MaterializeResult,
+    MetadataValue,
+    multi_asset,
+)
+
+from skyassets.defs.catalog.assets import image_metadata
+from skyassets.defs.metadata import column_schema, preview
+from skyassets.defs.partitions import observation_backfill_policy, observations_partitions
+from skyassets.defs.resources import HomeResource
+from skyassets.imaging.preview import markdown_image, thumbnail_png
+from skyassets.imaging.quality import (
+    QUALITY_SCHEMA,
+    SCORE_COLUMNS,
+    SOURCE_SCHEMA,
+    Measurement,
+    measure_image,
+    physical_problems,
+    score,
+)
+from skyassets.lake.home import Home
+from skyassets.lake.parquet import read_parquet, write_parquet
+
+WORST_COLUMNS = ["file_name", "hdu_index", "filter", "score", "flag", "flag_reason", "fwhm_arcsec", "depth_5sigma_ab"]
+WORST_DIGITS = {"score": 1, "fwhm_arcsec": 3, "depth_5sigma_ab": 2}
+PREVIEWS_PER_PARTITION = 12  # thumbnails shown in one materialisation, worst first
+
+image_quality_spec = AssetSpec(
+    "image_quality",
+    deps=[image_metadata],
+    partitions_def=observations_partitions,
+    group_name="quality",
+    kinds={"parquet"},
+    automation_condition=AutomationCondition.eager(),
+    metadata=column_schema(QUALITY_SCHEMA),
+    description="Measured background, noise, PSF, depth and bad-pixel fractions per image, a 0–100 score and a flag.",
+)
+source_catalogs_spec = AssetSpec(
+    "source_catalogs",
+    deps=[image_metadata],
+    partitions_def=observations_partitions,
+    group_name="quality",
+    kinds={"parquet"},
+    automation_condition=AutomationCondition.eager(),
+    metadata=column_schema(SOURCE_SCHEMA),
+    description="The sources detected in each image: pixel and sky position, flux, FWHM, sharpness, roundness, flags.",
+)
+
+
+@multi_asset(
+    specs=[image_quality_spec, source_catalogs_spec],
+    check_specs=[
+        AssetCheckSpec(
+            "usable_images",
+            asset="image_quality",
+            blocking=True,
+            description="Fails when an image has no valid WCS, no finite pixel or cannot be read: nothing downstream may use it.",
+        ),
+        AssetCheckSpec("low_quality_images", asset="image_quality", description="Warns about images flagged reject."),
+        AssetCheckSpec(
+            "metrics_within_physical_bounds",
+            asset="image_quality",
+            description="Fractions in [0, 1], FWHM and noise positive, ellipticity in [0, 1), scores in [0, 100].",
+        ),
+    ],
+    backfill_policy=observation_backfill_policy,
+    can_subset=False,
+)
+def image_quality(context: AssetExecutionContext, home: HomeResource) -> Iterator[MaterializeResult | AssetCheckResult]:
+    root = home.home
+    images = _catalogued_images(root, context.partition_keys)
+    measured = [_measure(root, row) for row in images.to_dict("records")]
+    metrics = pd.DataFrame([m.metrics for m in measured], columns=_metric_columns())
+    scored = score(metrics, reference_depth=_reference_depths(root, context.partition_keys))
+    sources = pd.concat([m.sources for m in measured if len(m.sources)] or [pd.DataFrame(columns=SOURCE_SCHEMA.names)])
+    for obs_id in context.partition_keys:
+        mine = scored[scored["obs_id"] == obs_id].reset_index(drop=True)
+        write_parquet(_table(mine, QUALITY_SCHEMA), root.table("image_quality", obs_id))
+        write_parquet(_table(sources[sources["obs_id"] == obs_id], SOURCE_SCHEMA), root.table("source_catalogs", obs_id))
+        context.add_asset_metadata(_partition_report(root, mine, measured), asset_key="image_quality", partition_key=obs_id)
+    yield MaterializeResult(
+        asset_key="image_quality",
+        metadata={
+            "images": len(scored),
+            "flags": MetadataValue.json(scored["flag"].value_counts().to_dict()),
+            "worst": preview(scored.sort_values("score").round(WORST_DIGITS), WORST_COLUMNS),
+        },
+    )
+    yield MaterializeResult(asset_key="source_catalogs", metadata={"sources": len(sources)})
+    yield from _checks(scored)
+
+
+def _catalogued_images(root: Home, obs_ids: list[str]) -> pd.DataFrame:
+    """The image rows of the partitions, from their ``image_metadata`` Parquet files."""
+    frames = [read_parquet(root.table("image_metadata", k)) for k in obs_ids if root.table("image_metadata", k).exists()]
+    rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["obs_id", "path", "hdu_index"])
+    return rows.drop(columns=["header_json"], errors="ignore")
+
+
+def _measure(root: Home, row: dict) -> Measurement:
+    """One image's measurement, reading the file where the catalogue says it is stored."""
+    return measure_image(root.root / row["path"], int(row["hdu_index"]), row=row)
+
+
+def _metric_columns() -> list[str]:
+    return [n for n in QUALITY_SCHEMA.names if n not in SCORE_COLUMNS]
+
+
+def _reference_depths(root: Home, measuring: list[str]) -> dict[tuple[str, str], float]:
+    """Median 5σ depth per (instrument, filter) of the images measured before, other partitions only."""
+    # pyarrow, file by file: a partition replaced by rename while being read is read whole (see catalog.connect).
+    columns = ["instrument_name", "filter", "depth_5sigma_ab"]
+    skip = set(measuring)
+    files = [p for p in (root.lake / "image_quality").glob("*.parquet") if p.stem not in skip]
+    if not files:
+        return {}
+    rows = pd.concat([pq.read_table(p, columns=columns).to_pandas() for p in files], ignore_index=True)
+    return rows.dropna().groupby(["instrument_name", "filter"])["depth_5sigma_ab"].median().to_dict()
+
+
+def _table(frame: pd.DataFrame, schema: pa.Schema) -> pa.Table:
+    return pa.Table.from_pandas(frame.reindex(columns=schema.names), schema=schema, preserve_index=False)
+
+
+def _partition_report(root: Home, mine: pd.DataFrame, measured: list[Measurement]) -> dict:
+    """One partition's metadata: its row count, its score table and thumbnails of its images."""
+    by_key = {(m.metrics["sha256"], m.metrics["hdu_index"]): m for m in measured}
+    lines = []
+    for row in mine.sort_values("score").head(PREVIEWS_PER_PARTITION).to_dict("records"):
+        m = by_key.get((row["sha256"], row["hdu_index"]))
+        subs = ", ".join(f"{c.removeprefix('score_')} {row[c]:.0f}" for c in SCORE_COLUMNS if c.startswith("score_") and pd.notna(row[c]))
+        lines.append(f"**{row['file_name']}[{row['hdu_index']}]** {row['filter']}: score {row['score']:.0f} ({row['flag']}; {subs})")
+        if m is not None and m.image is not None:
+            png = thumbnail_png(m.image, m.sources)
+            target = root.previews / str(row["obs_id"]) / f"{row['file_name']}.{row['hdu_index']}.png"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(png)
+            lines.append(markdown_image(png, f"{row['file_name']}[{row['hdu_index']}]"))
+    return {"dagster/row_count": len(mine), "report": MetadataValue.md("\n\n".join(lines) or "no images")}
+
+
+def _checks(scored: pd.DataFrame) -> Iterator[AssetCheckResult]:
+    unusable = scored[~scored["usable"].astype(bool)]
+    yield AssetCheckResult(
+        check_name="usable_images",
+        asset_key="image_quality",
+        passed=unusable.empty,
+        severity=AssetCheckSeverity.ERROR,
+        description=None if unusable.empty else "; ".join(f"{r.file_name}: {r.problem}" for r in unusable.itertuples())[:2000],
+        metadata={"unusable": len(unusable), "images": len(scored)},
+    )
+    rejected = scored[scored["flag"] == "reject"]
+    yield AssetCheckResult(
+        check_name="low_quality_images",
+        asset_key="image_quality",
+        passed=rejected.empty,
+        severity=AssetCheckSeverity.WARN,
+        description=None if rejected.empty else "; ".join(f"{r.file_name}: {r.flag_reason}" for r in rejected.itertuples())[:2000],
+        metadata={"rejected": len(rejected)},
+    )
+    problems = physical_problems(scored)
+    yield AssetCheckResult(
+        check_name="metrics_within_physical_bounds",
+        asset_key="image_quality",
+        passed=not problems,
+        severity=AssetCheckSeverity.ERROR,
+        description="; ".join(problems)[:2000] or None,
+    )

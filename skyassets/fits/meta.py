@@ -1,0 +1,936 @@
+"""Catalogue rows from FITS headers: one row per science image HDU, in IVOA ObsCore terms.
+
+Only headers are read (no pixel data), so a catalogue of many large files costs little more than
+their headers: those of plain uncompressed files straight from their bytes, as astropy would read
+them, the others through astropy with lazy HDU loading. Columns that ObsCore defines keep its
+names and units (degrees, metres, MJD, seconds, kB); the rest (filter, photometric keywords, AB
+zero point, provenance, the full header as JSON) are extras the later stages use. A file that is
+not readable FITS raises :class:`UnreadableFits`, and :func:`quarantine` moves such a file aside
+with a note saying why.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import multiprocessing
+import os
+import re
+import shutil
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from functools import cached_property, lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from astropy import units as u
+from astropy.io import fits
+from astropy.time import Time
+from astropy.wcs import WCS
+from astropy.wcs.utils import pixel_to_skycoord, proj_plane_pixel_area
+
+from skyassets.fits import bandpasses
+from skyassets.fits.header import NotPlainFits, plain_cards, plain_keyword, plain_value, read_header_blocks
+
+BLOCK = 2880
+AB_ZERO_JY = 3631.0
+# Bytes of data a compressed file may claim before its header is taken as nonsense.
+ABSURD_DATA_BYTES = 1 << 40
+
+_COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\x1f\x9d", b"PK\x03\x04")
+# Extensions that accompany a science image and are not catalogued on their own.
+_AUXILIARY = {"ERR", "DQ", "WHT", "CTX", "CON", "VAR_POISSON", "VAR_RNOISE", "VAR_FLAT", "AREA",
+              "D2IMARR", "WCSDVARR", "HDRTAB", "ASDF", "SAMP", "TIME", "WMAP", "ZODI"}
+_NOT_A_FILTER = {"", "OPEN", "NONE", "N/A", "EMPTY", "BLANK", "UNKNOWN"}
+_CALIB_SUFFIX = {"uncal": 1, "raw": 1, "rate": 2, "rateints": 2, "cal": 2, "calints": 2, "crf": 2,
+                 "flt": 2, "flc": 2, "i2d": 3, "drz": 3, "drc": 3, "s2d": 3}
+
+
+class UnreadableFits(Exception):
+    """The file cannot be read as FITS; ``reason`` says why (for the log and the quarantine note)."""
+
+    def __init__(self, path: str | os.PathLike[str], reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: not readable FITS: {reason}")
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A file :func:`extract_many` produced no rows for, and why; ``unreadable`` files are not FITS
+    (or broken FITS), others failed for another reason (permissions, a bug) and are left in place."""
+
+    path: str
+    reason: str
+    unreadable: bool = True
+    quarantined: str | None = None
+
+
+# ------------------------------------------------------------------------------------ schema
+def schema_field(name: str, typ: pa.DataType, unit: str | None, doc: str) -> pa.Field:
+    """A column with its unit and description in the field metadata. Public so that every table
+    the project writes (the catalogue, the quality metrics) documents its columns the same way."""
+    meta = {b"description": doc.encode()}
+    if unit:
+        meta[b"unit"] = unit.encode()
+    return pa.field(name, typ, metadata=meta)
+
+
+IMAGE_SCHEMA = pa.schema([
+    schema_field("dataproduct_type", pa.string(), None,
+                 "ObsCore: image, or cube when a non-spatial axis has >1 pixel"),
+    schema_field("calib_level", pa.int16(), None, "ObsCore: 1 raw, 2 calibrated exposure, 3 combined product"),
+    schema_field("obs_collection", pa.string(), None, "ObsCore: mission (TELESCOP)"),
+    schema_field("obs_id", pa.string(), None, "ObsCore: observation id"),
+    schema_field("obs_publisher_did", pa.string(), None, "ObsCore: publisher's dataset id (MAST missions)"),
+    schema_field("access_url", pa.string(), None, "ObsCore: where the file was fetched from"),
+    schema_field("access_format", pa.string(), None, "ObsCore: MIME type"),
+    schema_field("access_estsize", pa.int64(), "kbyte", "ObsCore: file size"),
+    schema_field("target_name", pa.string(), None, "ObsCore: target as named by the observer"),
+    schema_field("s_ra", pa.float64(), "deg", "ObsCore: ICRS right ascension of the image centre"),
+    schema_field("s_dec", pa.float64(), "deg", "ObsCore: ICRS declination of the image centre"),
+    schema_field("s_fov", pa.float64(), "deg", "ObsCore: diameter of the footprint"),
+    schema_field("s_region", pa.string(), "deg", "ObsCore: footprint, STC-S POLYGON ICRS"),
+    schema_field("s_resolution", pa.float64(), "arcsec", "ObsCore: PSF FWHM, filled by image measurement"),
+    schema_field("s_xel1", pa.int64(), None, "ObsCore: pixels along the first spatial axis"),
+    schema_field("s_xel2", pa.int64(), None, "ObsCore: pixels along the second spatial axis"),
+    schema_field("t_min", pa.float64(), "d", "ObsCore: start time, MJD"),
+    schema_field("t_max", pa.float64(), "d", "ObsCore: stop time, MJD"),
+    schema_field("t_exptime", pa.float64(), "s", "ObsCore: exposure time"),
+    schema_field("em_min", pa.float64(), "m", "ObsCore: shortest wavelength (half-maximum edge of the bandpass)"),
+    schema_field("em_max", pa.float64(), "m", "ObsCore: longest wavelength (half-maximum edge of the bandpass)"),
+    schema_field("facility_name", pa.string(), None, "ObsCore: telescope"),
+    schema_field("instrument_name", pa.string(), None, "ObsCore: instrument (HST: INSTRUME/DETECTOR)"),
+    schema_field("o_ucd", pa.string(), None, "ObsCore: UCD of the pixel values"),
+    schema_field("proposal_id", pa.string(), None, "program / proposal number"),
+    schema_field("filter", pa.string(), None, "optical elements in the beam, ';'-joined, clear positions left out"),
+    schema_field("pupil", pa.string(), None, "JWST PUPIL wheel element"),
+    schema_field("detector", pa.string(), None, "DETECTOR keyword"),
+    schema_field("ccdchip", pa.int16(), None, "HST CCD chip of this extension"),
+    schema_field("observation", pa.string(), None, "JWST observation number (OBSERVTN)"),
+    schema_field("visit", pa.string(), None, "JWST visit number (VISIT)"),
+    schema_field("visit_id", pa.string(), None, "JWST VISIT_ID"),
+    schema_field("asn_id", pa.string(), None, "association id (HST ASN_ID, JWST ASNTABLE product)"),
+    schema_field("bunit", pa.string(), None, "unit of the pixel values as written (BUNIT)"),
+    schema_field("pixel_scale", pa.float64(), "arcsec", "square root of the pixel area at the reference point"),
+    schema_field("photmjsr", pa.float64(), "MJy sr-1 s DN-1", "JWST: surface brightness of 1 DN/s"),
+    schema_field("photuja2", pa.float64(), "uJy arcsec-2 s DN-1", "JWST: surface brightness of 1 DN/s"),
+    schema_field("pixar_sr", pa.float64(), "sr", "nominal pixel area"),
+    schema_field("pixar_a2", pa.float64(), "arcsec2", "nominal pixel area"),
+    schema_field("photflam", pa.float64(), "erg cm-2 Angstrom-1 electron-1", "HST: f_lambda of 1 e-/s"),
+    schema_field("photfnu", pa.float64(), "Jy s electron-1", "HST: f_nu of 1 e-/s"),
+    schema_field("photplam", pa.float64(), "Angstrom", "HST: pivot wavelength"),
+    schema_field("photbw", pa.float64(), "Angstrom", "HST: RMS bandwidth"),
+    schema_field("photzpt", pa.float64(), "mag", "HST: ST magnitude zero point"),
+    schema_field("magzpt", pa.float64(), "mag", "ground: photometric zero point as written (MAGZPT)"),
+    schema_field("zp_ab", pa.float64(), "mag", "AB magnitude of a source whose pixel values (in bunit) sum to 1"),
+    schema_field("sha256", pa.string(), None, "SHA-256 of the file"),
+    schema_field("size", pa.int64(), "byte", "file size"),
+    schema_field("file_name", pa.string(), None, "file name"),
+    schema_field("path", pa.string(), None,
+                 "where the file is stored (relative to the skyassets home when catalogued there)"),
+    schema_field("hdu_index", pa.int32(), None, "0-based HDU number in the file"),
+    schema_field("hdu_name", pa.string(), None, "EXTNAME"),
+    schema_field("hdu_ver", pa.int32(), None, "EXTVER"),
+    schema_field("header_json", pa.string(), None, '{"primary": {...}, "extension": {...} or null}'),
+    schema_field("wcs_problem", pa.string(), None, "why the spatial columns are null, or null"),
+])
+COLUMNS: tuple[str, ...] = tuple(IMAGE_SCHEMA.names)
+
+
+def _missing(v: Any) -> bool:
+    return v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v))
+
+
+def to_table(rows: Sequence[Mapping[str, Any]] | pd.DataFrame) -> pa.Table:
+    """Rows (or a frame of them) as a table with :data:`IMAGE_SCHEMA`, so Parquet keeps the units.
+
+    NaN and NA become nulls, as pandas writes missing strings and integers as NaN.
+    """
+    records = rows.to_dict("records") if isinstance(rows, pd.DataFrame) else rows
+    return pa.Table.from_pylist(
+        [{c: None if _missing(v := r.get(c)) else v for c in COLUMNS} for r in records],
+        schema=IMAGE_SCHEMA)
+
+
+# ------------------------------------------------------------------------------ reading HDUs
+# Keyword fields whose cards astropy reads in its own way, even when they look plain.
+_ASTROPY_FIELDS = frozenset((b"HIERARCH", b"CONTINUE"))
+_COMMENTARY_FIELDS = frozenset((b"        ", b"COMMENT ", b"HISTORY "))
+# What the row code asks of a header: ``get``, ``in`` and ``[]`` with standard keywords.
+_Lookup = Mapping[str, Any] | fits.Header
+
+
+class _Header:
+    """One HDU's header: read from its bytes when they are plain, as building and looking up
+    astropy's Header costs more than all the rest of a row; astropy's Header otherwise."""
+
+    def __init__(self, parsed: _ParsedHeader | None, raw: bytes | None,
+                 header: fits.Header | None = None):
+        self.parsed = parsed
+        self._raw = raw
+        self._header = header
+
+    @classmethod
+    def opened(cls, raw: bytes | None, header: fits.Header) -> _Header:
+        """The header of a file astropy opened; its bytes are used unless they are not plain or
+        astropy changed the header (EXTEND set in a primary header that has extensions)."""
+        parsed = None
+        if raw is not None:
+            try:
+                parsed = _ParsedHeader(raw)
+            except NotPlainFits:
+                pass
+            else:
+                if parsed.count != len(header) or parsed.json.get("EXTEND", True) is not True:
+                    parsed = None
+        return cls(parsed, raw, header)
+
+    @property
+    def astropy(self) -> fits.Header:
+        """Astropy's Header, built from the bytes when first needed (for a WCS)."""
+        if self._header is None:
+            assert self._raw is not None
+            self._header = fits.Header.fromstring(self._raw)
+        return self._header
+
+    @property
+    def keys(self) -> _Lookup:
+        """For keyword lookups: a dict of the values astropy's Header gives when it is known."""
+        return self.astropy if self.parsed is None else self.parsed.values
+
+    @cached_property
+    def json_dict(self) -> dict[str, Any]:
+        """The header as ``header_json`` holds it."""
+        return _header_dict(self.astropy) if self.parsed is None else self.parsed.json
+
+
+@dataclass
+class _Hdu:
+    index: int
+    name: str
+    ver: int
+    header: _Header
+
+
+def _read_headers(path: Path) -> tuple[_Header, list[_Hdu]]:
+    """The primary header and every image HDU, checking that the file holds the data they announce.
+
+    Everything that can go wrong with a broken file happens here, so only here do errors mean
+    "unreadable"; errors later are bugs and propagate as they are. Plain uncompressed files are
+    read directly, others with astropy.
+    """
+    try:
+        size = path.stat().st_size
+        f = open(path, "rb")
+    except OSError as exc:
+        raise UnreadableFits(path, f"cannot read: {exc.strerror or exc}") from exc
+    with f:
+        try:
+            head = f.read(80)
+        except OSError as exc:
+            raise UnreadableFits(path, f"cannot read: {exc.strerror or exc}") from exc
+        if size == 0:
+            raise UnreadableFits(path, "empty file (0 bytes)")
+        compressed = head.startswith(_COMPRESSED_MAGIC)
+        if not compressed and not head.startswith(b"SIMPLE  ="):
+            raise UnreadableFits(path, f"not FITS: starts with {head[:20]!r}")
+        if not compressed and head[10:].split(b"/")[0].strip() != b"T":
+            raise UnreadableFits(path, "not standard FITS (SIMPLE is not T)")
+        if not compressed:
+            try:
+                return _read_plain_hdus(path, f, size)
+            except (NotPlainFits, OSError):
+                pass
+        return _read_astropy_hdus(path, f, size, compressed)
+
+
+def _read_astropy_hdus(path: Path, f: io.BufferedReader, size: int, compressed: bool
+                       ) -> tuple[_Header, list[_Hdu]]:
+    """``_read_headers`` with astropy; ``f`` (the same file) gives the headers' bytes."""
+    hdus: list[_Hdu] = []
+    try:
+        with fits.open(path, lazy_load_hdus=True, memmap=True) as hdul:
+            primary = hdul[0].header
+            for i, hdu in enumerate(hdul):
+                info = hdu.fileinfo()
+                end = info["datLoc"] + info["datSpan"]
+                if compressed and info["datSpan"] > ABSURD_DATA_BYTES:
+                    raise UnreadableFits(path, f"HDU {i} claims {info['datSpan']} bytes of data")
+                if not compressed and end - (BLOCK - 1) > size:
+                    raise UnreadableFits(path, _truncated(i, end, size))
+                if isinstance(hdu, fits.GroupsHDU) or not isinstance(
+                        hdu, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU)):
+                    continue
+                raw = None
+                if not compressed and not isinstance(hdu, fits.CompImageHDU):
+                    f.seek(info["hdrLoc"])
+                    raw = f.read(info["datLoc"] - info["hdrLoc"])
+                hdus.append(_Hdu(i, hdu.name, int(hdu.ver), _Header.opened(raw, hdu.header)))
+    except (UnreadableFits, ImportError):  # ImportError: a decompressor missing here, not a bad file
+        raise
+    except Exception as exc:  # astropy raises many kinds for broken files
+        raise UnreadableFits(path, f"{type(exc).__name__}: {exc}") from exc
+    if hdus and hdus[0].index == 0:
+        return hdus[0].header, hdus
+    return _Header(None, None, primary), hdus
+
+
+def _truncated(index: int, end: int, size: int) -> str:
+    return (f"HDU {index} claims data up to byte {end} but the file has {size} bytes "
+            "(truncated, or absurd NAXISn)")
+
+
+_SIMPLE_CARD = b"SIMPLE  =                    T"
+_XTENSIONS = ("IMAGE", "BINTABLE", "TABLE")
+_BITPIX = (8, 16, 32, 64, -32, -64)
+
+
+def _read_plain_hdus(path: Path, f: io.BufferedReader, size: int) -> tuple[_Header, list[_Hdu]]:
+    """``_read_headers`` of a file whose headers are all plain: each read from its bytes as
+    astropy would read it, and the same ``UnreadableFits`` for data the file does not hold.
+
+    Raises ``NotPlainFits`` where astropy might read the file otherwise: HDUs other than the
+    primary, image and table ones, compressed images, random groups, structural keywords that
+    are missing, odd or given twice, a primary header without EXTEND = T before extensions
+    (astropy sets it), and bytes after the last HDU.
+    """
+    headers: list[_Header] = []
+    hdus: list[_Hdu] = []
+    offset = 0
+    while offset < size:
+        index = len(headers)
+        f.seek(offset)
+        raw = read_header_blocks(f)
+        parsed = _ParsedHeader(raw)
+        values = parsed.values
+        if not raw.startswith(b"XTENSION= " if index else _SIMPLE_CARD):
+            raise NotPlainFits("not a plain primary or extension header")
+        if index == 0:
+            if values.get("SIMPLE") is not True or "GROUPS" in values:
+                raise NotPlainFits("not a plain primary HDU")
+            kind = "PRIMARY"
+        else:
+            kind = values.get("XTENSION")
+            if kind not in _XTENSIONS or "ZIMAGE" in values:
+                raise NotPlainFits(f"XTENSION = {kind!r}")
+        naxis = _structural(parsed, "NAXIS", None, 999)
+        data = 0
+        if naxis:
+            bitpix = _structural(parsed, "BITPIX", None, 64, low=-64)
+            if bitpix not in _BITPIX:
+                raise NotPlainFits(f"BITPIX = {bitpix}")
+            data = math.prod(_structural(parsed, f"NAXIS{n}", None) for n in range(1, naxis + 1))
+            gcount = _structural(parsed, "GCOUNT", 1)
+            pcount = _structural(parsed, "PCOUNT", 0)
+            data = abs(bitpix) * gcount * (pcount + data) // 8
+        end = offset + len(raw) + data + -data % BLOCK
+        if end - (BLOCK - 1) > size:
+            raise UnreadableFits(path, _truncated(index, end, size))
+        header = _Header(parsed, raw)
+        headers.append(header)
+        if kind in ("PRIMARY", "IMAGE"):
+            ver = values.get("EXTVER", 1)
+            if type(ver) is not int:
+                raise NotPlainFits(f"EXTVER = {ver!r}")
+            name = str(values.get("EXTNAME", "PRIMARY" if index == 0 else ""))
+            hdus.append(_Hdu(index, name, ver, header))
+        offset = end
+    if len(headers) > 1 and headers[0].keys.get("EXTEND") is not True:
+        raise NotPlainFits("extensions after a primary header without EXTEND = T")
+    return headers[0], hdus
+
+
+def _structural(parsed: _ParsedHeader, key: str, default: int | None, high: int = 1 << 62,
+                low: int = 0) -> int:
+    """A keyword that sizes the HDU, as astropy reads it; ``NotPlainFits`` unless it is a plain
+    integer from ``low`` to ``high`` (astropy sizes HDUs from the last card of a keyword, looks
+    values up in the first), or absent with a ``default``."""
+    value, last = parsed.values.get(key, default), parsed.json.get(key, default)
+    if key in parsed.by_astropy or type(value) is not int or type(last) is not int \
+            or last != value or not low <= value <= high:
+        raise NotPlainFits(f"{key} = {value!r}")
+    return value
+
+
+def _shape(h: _Lookup) -> list[int]:
+    """Axis lengths, NAXIS1 first; for headers whose data were stripped (every NAXISn <= 1) the
+    original size kept in NPIXn, ONAXISn or SIZAXISn/BINAXISn."""
+    naxis = int(h.get("NAXIS", 0))
+    shape = [int(h.get(f"NAXIS{i}", 0)) for i in range(1, naxis + 1)]
+    if all(n <= 1 for n in shape):
+        for keys in (("NPIX1", "NPIX2"), ("ONAXIS1", "ONAXIS2"), ("SIZAXIS1", "SIZAXIS2")):
+            if all(isinstance(h.get(k), (int, float)) and h[k] > 1 for k in keys):
+                binning = [int(h.get(f"BINAXIS{i}", 1) or 1) for i in (1, 2)]
+                return [int(h[k]) // (binning[i] if k.startswith("SIZ") else 1)
+                        for i, k in enumerate(keys)]
+    return shape
+
+
+def _selected(hdus: list[_Hdu]) -> list[tuple[_Hdu, list[int]]]:
+    """The image HDUs worth a row: the SCI extensions when the file has any, else every image
+    HDU that is not auxiliary (error, quality, weight, distortion arrays)."""
+    with_shape = [(h, _shape(h.header.keys)) for h in hdus]
+    images = [(h, s) for h, s in with_shape if len(s) >= 2 and s[0] > 0 and s[1] > 0]
+    sci = [(h, s) for h, s in images if h.name == "SCI"]
+    return sci or [(h, s) for h, s in images if h.name not in _AUXILIARY]
+
+
+# ----------------------------------------------------------------------------- keywords
+class HeaderKeys:
+    """Keyword lookup in the HDU's header, then the primary header (FITS INHERIT convention).
+
+    Public so that other modules reading headers (quality's zero point for an image without a
+    catalogue row) skip blank and undefined values exactly as the catalogue does.
+    """
+
+    def __init__(self, header: _Lookup, primary: _Lookup | None):
+        self.headers = [header] + ([primary] if primary is not None else [])
+
+    def get(self, *keys: str) -> Any:
+        """The first meaningful value (not blank, not undefined) of ``keys``, in order."""
+        for key in keys:
+            for h in self.headers:
+                v = h.get(key)
+                if isinstance(v, str):
+                    v = v.strip()
+                if v is not None and v != "" and not isinstance(v, fits.card.Undefined):
+                    return v
+        return None
+
+    def number(self, *keys: str) -> float | None:
+        for key in keys:
+            v = self.get(key)
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+                return float(v)
+        return None
+
+    def text(self, *keys: str) -> str | None:
+        v = self.get(*keys)
+        return None if v is None else str(v)
+
+
+@lru_cache(maxsize=1024)  # the chips of a file share their dates; astropy's Time is slow to parse
+def _mjd_from_date(date: str | None, time: str | None) -> float | None:
+    """MJD of a FITS date (ISO, with or without time; or the pre-2000 dd/mm/yy form)."""
+    if not date:
+        return None
+    old = re.fullmatch(r"(\d\d)/(\d\d)/(\d\d)", date)
+    if old:
+        date = f"19{old[3]}-{old[2]}-{old[1]}"
+    if "T" not in date and time and re.fullmatch(r"\d\d?:\d\d(:\d\d(\.\d*)?)?", time):
+        date = f"{date}T{time}"
+    try:
+        return float(Time(date, scale="utc").mjd)
+    except ValueError:
+        return None
+
+
+def _times(k: HeaderKeys, exptime: float | None) -> tuple[float | None, float | None]:
+    t_min = k.number("MJD-OBS", "MJD-BEG", "EXPSTART")
+    if t_min is None:
+        t_min = _mjd_from_date(k.text("DATE-BEG"), None) or _mjd_from_date(
+            k.text("DATE-OBS"), k.text("TIME-OBS", "UT", "UTSTART", "UT-START"))
+    t_max = k.number("MJD-END", "EXPEND") or _mjd_from_date(k.text("DATE-END"), None)
+    if t_max is None and t_min is not None and exptime:
+        t_max = t_min + exptime / 86400.0
+    return t_min, t_max
+
+
+def _is_filter(name: str) -> bool:
+    return not (name.upper() in _NOT_A_FILTER or name.upper().startswith("CLEAR"))
+
+
+def _filters(k: HeaderKeys, instrument: str | None) -> tuple[list[str], str | None]:
+    """Optical elements in the beam (clear positions and wheel numbers left out) and the pupil.
+
+    The pupil joins the list when it holds a filter (NIRISS short-wavelength filters, NIRCam
+    narrow bands in front of a wide one).
+    """
+    names: list[str] = []
+    for key in ("FILTER", "FILTER1", "FILTER2", "FILTER3", "FILTNAM1", "FILTNAM2", "FILTNAME"):
+        v = k.get(key)
+        if isinstance(v, str) and _is_filter(v) and v not in names:
+            names.append(v)
+    pupil = k.text("PUPIL")
+    if pupil and _is_filter(pupil) and bandpasses.lookup(instrument, pupil) and pupil not in names:
+        names.append(pupil)
+    return names, pupil
+
+
+_UNIT_WORDS = {"electrons": "electron", "counts": "count", "jy": "Jy", "mjy": "MJy", "dn": "DN",
+               "sec": "s", "beam": "beam", "sr": "sr", "s": "s", "adu": "adu", "ujy": "uJy"}
+
+
+@lru_cache(maxsize=1024)  # parsing a unit costs up to a millisecond, and files share a few
+def parse_bunit(bunit: str | None) -> u.UnitBase | None:
+    """BUNIT as an astropy unit, accepting the upper-case plural forms HST writes. Public so that
+    every module reads the same BUNIT as the same unit."""
+    if not bunit:
+        return None
+    unit = u.Unit(bunit, parse_strict="silent")
+    if isinstance(unit, u.UnrecognizedUnit):
+        parts = [_UNIT_WORDS.get(p.strip().lower()) for p in bunit.split("/")]
+        if not all(parts):
+            return None
+        unit = u.Unit("/".join(parts), parse_strict="silent")  # type: ignore[arg-type]
+    return None if isinstance(unit, u.UnrecognizedUnit) else unit
+
+
+_COUNTS = (u.electron, u.count, u.DN, u.adu)
+
+
+@lru_cache(maxsize=1024)
+def _is_counts(unit: u.UnitBase | None, per_second: bool) -> bool:
+    if unit is None:
+        return False
+    return any(unit.is_equivalent(c / u.s if per_second else c) for c in _COUNTS)
+
+
+@lru_cache(maxsize=1024)
+def _o_ucd(unit: u.UnitBase | None) -> str | None:
+    if unit is None:
+        return None
+    if unit.is_equivalent(u.Jy / u.sr) or unit.is_equivalent(u.Jy / u.beam):
+        return "phot.flux.density.sb"
+    if unit.is_equivalent(u.Jy) or unit.is_equivalent(u.erg / u.s / u.cm**2 / u.AA):
+        return "phot.flux.density"
+    if _is_counts(unit, per_second=True) or _is_counts(unit, per_second=False):
+        return "phot.count"
+    return None
+
+
+def zero_point_ab(k: HeaderKeys, unit: u.UnitBase | None, exptime: float | None) -> float | None:
+    """AB zero point for summed pixel values: JWST surface brightness (MJy/sr, or DN/s with
+    PHOTMJSR) times the pixel area; HST PHOTFLAM at PHOTPLAM, per second or per exposure. Public
+    so that quality's depths use the very zero point the catalogue records."""
+    pixar_sr, photmjsr = k.number("PIXAR_SR"), k.number("PHOTMJSR")
+    photflam, photplam = k.number("PHOTFLAM"), k.number("PHOTPLAM")
+    if unit is not None and pixar_sr:
+        if unit.is_equivalent(u.MJy / u.sr):
+            return -2.5 * math.log10(unit.to(u.MJy / u.sr) * 1e6 * pixar_sr / AB_ZERO_JY)
+        if photmjsr and _is_counts(unit, per_second=True):
+            return -2.5 * math.log10(photmjsr * 1e6 * pixar_sr / AB_ZERO_JY)
+    if photflam and photplam and photflam > 0 and photplam > 0:
+        zp = -2.5 * math.log10(photflam) - 5.0 * math.log10(photplam) - 2.408
+        if _is_counts(unit, per_second=True):
+            return zp
+        if _is_counts(unit, per_second=False) and exptime:
+            return zp + 2.5 * math.log10(exptime)
+    return None
+
+
+def _calib_level(k: HeaderKeys, file_name: str) -> int | None:
+    level = k.number("CALIBLEV", "CAL_LEVEL")
+    if level is not None:
+        return int(level)
+    stem = file_name.split(".")[0]
+    return _CALIB_SUFFIX.get(stem.rsplit("_", 1)[-1].lower()) if "_" in stem else None
+
+
+def _json_value(v: Any) -> Any:
+    if isinstance(v, (bool, int, str)) or v is None:
+        return v
+    if isinstance(v, float):
+        return v if math.isfinite(v) else str(v)
+    return None if isinstance(v, fits.card.Undefined) else str(v)
+
+
+def _header_dict(h: fits.Header) -> dict[str, Any]:
+    """A header as a JSON-able dict; COMMENT and HISTORY cards become lists of lines, and a card
+    astropy cannot parse keeps its raw 80 characters."""
+    out: dict[str, Any] = {}
+    for card in h.cards:
+        key = card.keyword
+        if not key:
+            continue
+        try:
+            value = card.value
+        except fits.VerifyError:
+            value = card.image
+        _add_card(out, key, value)
+    return out
+
+
+def _add_card(out: dict[str, Any], key: str, value: Any) -> None:
+    if key in ("COMMENT", "HISTORY"):
+        out.setdefault(key, []).append(str(value))
+    else:
+        out[key] = _json_value(value)
+
+
+class _ParsedHeader:
+    """A header read from its bytes as astropy would read it: plain cards directly, the others
+    (CONTINUE, HIERARCH, record-valued ...) with astropy's ``Card``, one by one.
+
+    Parsing every card's value with astropy costs more than all the rest of a row.
+    """
+
+    def __init__(self, raw: bytes):
+        cards = plain_cards(raw)
+        self.json: dict[str, Any] = {}  # as _header_dict gives it
+        self.values: dict[str, Any] = {}  # Header.get's value of each keyword but commentary ones
+        self.count = 0  # as astropy counts cards: one with the CONTINUE cards after it is one
+        self.by_astropy: set[str] = set()  # keywords of the cards given to astropy's Card
+        # Header.get of a record-valued card's own keyword (DP1 of DP1.AXIS.1) gives its raw value
+        # when no card has that keyword.
+        raw_values: dict[str, Any] = {}
+        at, size = 0, len(cards)
+        while at < size:
+            stop = at + 80
+            while cards.startswith(b"CONTINUE", stop):
+                stop += 80
+            self.count += 1
+            image = cards[at:stop]
+            at = stop
+            field = image[:8]
+            if len(image) == 80 and plain_keyword(field) and field not in _ASTROPY_FIELDS:
+                if field in _COMMENTARY_FIELDS:
+                    key = field.rstrip().decode("ascii")
+                    if key:
+                        self.json.setdefault(key, []).append(image[8:].rstrip().decode("ascii"))
+                    continue
+                if image[8:10] == b"= ":
+                    try:
+                        value = plain_value(image)
+                    except NotPlainFits:
+                        pass
+                    else:
+                        key = field.rstrip().decode("ascii")
+                        self.json[key] = _json_value(value)
+                        self.values.setdefault(key, value)
+                        continue
+            self._add_with_astropy(image, raw_values)
+        for key, value in raw_values.items():
+            self.values.setdefault(key, value)
+
+    def _add_with_astropy(self, image: bytes, raw_values: dict[str, Any]) -> None:
+        try:
+            card = fits.Card.fromstring(image.decode("ascii"))
+            key, value = card.keyword, card.value
+        except Exception as exc:  # astropy's Header then raises where it used to, if at all
+            raise NotPlainFits(f"card {image[:8]!r} astropy cannot parse") from exc
+        if not key:
+            return
+        normalized = fits.Card.normalize_keyword(key)
+        self.by_astropy.add(normalized)
+        _add_card(self.json, key, value)
+        if card.field_specifier is not None:
+            self.by_astropy.add(card.rawkeyword)
+            raw_values.setdefault(card.rawkeyword, card.rawvalue)
+        if key not in ("COMMENT", "HISTORY"):
+            self.values.setdefault(normalized, None if value == fits.card.UNDEFINED else value)
+
+
+# ------------------------------------------------------------------------------- spatial
+def _parse_region(text: str) -> tuple[str, list[tuple[float, float]], float | None] | None:
+    """(region as ICRS STC-S, vertices, circle radius or None) of a header's S_REGION when it is
+    one or more POLYGONs or a CIRCLE in ICRS/FK5/J2000 (the same to well under an arcsecond);
+    several polygons (one per chip) are kept and merged for the centre and size. None otherwise."""
+    words = text.split()
+    if not words or words[0].upper() not in ("POLYGON", "CIRCLE"):
+        return None
+    shape = words[0].upper()
+    pieces: list[list[str]] = []
+    for w in words:
+        if w.upper() == shape:
+            pieces.append([])
+        elif w.upper() not in ("ICRS", "FK5", "J2000"):
+            pieces[-1].append(w)
+    try:
+        numbers = [[float(w) for w in piece] for piece in pieces]
+    except ValueError:
+        return None
+    if shape == "CIRCLE":
+        if len(numbers) != 1 or len(numbers[0]) != 3:
+            return None
+        ra, dec, r = numbers[0]
+        return f"CIRCLE ICRS {ra:.7f} {dec:.7f} {r:.7f}", [(ra, dec)], r
+    if any(len(n) < 6 or len(n) % 2 for n in numbers):
+        return None
+    vertices = [(a, d) for n in numbers for a, d in zip(n[::2], n[1::2])]
+    return " ".join("POLYGON ICRS " + " ".join(piece) for piece in pieces), vertices, None
+
+
+def _centre_and_fov(ra: np.ndarray, dec: np.ndarray) -> tuple[float, float, float]:
+    """Centre (mean of the unit vectors) and largest vertex-to-vertex separation, in degrees."""
+    a, d = np.radians(ra), np.radians(dec)
+    xyz = np.stack([np.cos(d) * np.cos(a), np.cos(d) * np.sin(a), np.sin(d)])
+    x, y, z = xyz.mean(axis=1)
+    chord = np.linalg.norm(xyz[:, :, None] - xyz[:, None, :], axis=0).max()
+    fov = math.degrees(2.0 * math.asin(min(chord / 2.0, 1.0)))
+    return math.degrees(math.atan2(y, x)) % 360.0, math.degrees(math.atan2(z, math.hypot(x, y))), fov
+
+
+def _linear_pixel_scale(h: _Lookup) -> float | None:
+    """Pixel scale (arcsec) from the linear WCS keywords alone, when no WCS object is built."""
+    if "CD1_1" in h:
+        det = h.get("CD1_1", 0.0) * h.get("CD2_2", 0.0) - h.get("CD1_2", 0.0) * h.get("CD2_1", 0.0)
+    elif "CDELT1" in h and "CDELT2" in h:
+        pc = h.get("PC1_1", 1.0) * h.get("PC2_2", 1.0) - h.get("PC1_2", 0.0) * h.get("PC2_1", 0.0)
+        det = h["CDELT1"] * h["CDELT2"] * pc
+    elif isinstance(h.get("PIXAR_A2"), (int, float)):
+        return math.sqrt(h["PIXAR_A2"])
+    else:
+        return None
+    return math.sqrt(abs(det)) * 3600.0 if det else None
+
+
+_LOOKUP_KEYS = re.compile(r"(CPDIS|CPERR|D2IMDIS|D2IMERR|D2IMEXT|DP|DQ)\d")
+
+
+def _without_lookup_distortion(h: fits.Header) -> fits.Header:
+    """The header without lookup-table distortions: they live in other HDUs' pixel data, which a
+    catalogue does not read, and move positions by well under a pixel."""
+    if not any(k in h for k in ("CPDIS1", "CPDIS2", "D2IMDIS1", "D2IMDIS2")):
+        return h
+    return fits.Header([c for c in h.cards if not _LOOKUP_KEYS.match(c.keyword)])
+
+
+def _spatial(header: _Header, shape: list[int]) -> dict[str, Any]:
+    """s_ra, s_dec, s_fov, s_region, s_xel1/2, pixel_scale and wcs_problem of one image HDU."""
+    h = header.keys
+    out: dict[str, Any] = {"s_xel1": shape[0], "s_xel2": shape[1], "wcs_problem": None}
+    extra = [n for n in shape[2:] if n > 1]
+    out["dataproduct_type"] = "cube" if extra else "image"
+    region = h.get("S_REGION")  # this HDU's own: a primary S_REGION may cover every chip
+    parsed = _parse_region(region) if isinstance(region, str) else None
+    if parsed is not None:
+        text, vertices, radius = parsed
+        ra, dec = np.array([v[0] for v in vertices]), np.array([v[1] for v in vertices])
+        if radius is not None:
+            out.update(s_ra=float(ra[0]), s_dec=float(dec[0]), s_fov=2.0 * radius)
+        else:
+            out["s_ra"], out["s_dec"], out["s_fov"] = _centre_and_fov(ra, dec)
+        out["s_region"] = text
+        out["pixel_scale"] = _linear_pixel_scale(h)
+        return out
+    try:
+        w = WCS(_without_lookup_distortion(header.astropy), relax=True)
+    except Exception as exc:  # astropy.wcs raises several types for bad keywords
+        out["wcs_problem"] = f"invalid WCS: {type(exc).__name__}: {exc}"
+        return out
+    if not w.has_celestial:
+        ctypes = ", ".join(t for t in w.wcs.ctype if t) or "none"
+        out["wcs_problem"] = f"no celestial WCS (CTYPE: {ctypes})"
+        return out
+    cel = w.celestial
+    lng, lat = w.wcs.lng, w.wcs.lat
+    nx = shape[lng] if lng < len(shape) else shape[0]
+    ny = shape[lat] if lat < len(shape) else shape[1]
+    out["s_xel1"], out["s_xel2"] = nx, ny
+    out["dataproduct_type"] = "cube" if any(
+        n > 1 for i, n in enumerate(shape) if i not in (lng, lat)) else "image"
+    x = np.array([(nx - 1) / 2.0, -0.5, nx - 0.5, nx - 0.5, -0.5])
+    y = np.array([(ny - 1) / 2.0, -0.5, -0.5, ny - 0.5, ny - 0.5])
+    try:
+        sky = pixel_to_skycoord(x, y, cel, origin=0, mode="all").icrs
+        scale = math.sqrt(proj_plane_pixel_area(cel)) * 3600.0
+    except Exception as exc:  # e.g. solar or planetary frames that have no ICRS transformation
+        ctypes = ", ".join(cel.wcs.ctype)
+        out["wcs_problem"] = f"no transformation to ICRS (CTYPE: {ctypes}): {exc}"
+        return out
+    ra, dec = sky.ra.deg, sky.dec.deg
+    out["pixel_scale"] = scale if math.isfinite(scale) and scale > 0 else None
+    if not (math.isfinite(ra[0]) and math.isfinite(dec[0])):
+        out["wcs_problem"] = "the WCS gives no sky position at the image centre"
+        return out
+    out["s_ra"], out["s_dec"] = float(ra[0]), float(dec[0])
+    if not (np.isfinite(ra[1:]).all() and np.isfinite(dec[1:]).all()):
+        out["wcs_problem"] = "image corners are off the sky: no footprint"
+        return out
+    out["s_fov"] = _centre_and_fov(ra[1:], dec[1:])[2]
+    out["s_region"] = "POLYGON ICRS " + " ".join(f"{a:.7f} {d:.7f}" for a, d in zip(ra[1:], dec[1:]))
+    return out
+
+
+# -------------------------------------------------------------------------------- extract
+def extract(path: str | os.PathLike[str], *, sha256: str | None = None,
+            access_url: str | None = None, obs_id: str | None = None,
+            size: int | None = None, stored_path: str | None = None) -> list[dict[str, Any]]:
+    """Catalogue rows (one per science image HDU) of one FITS file, from its headers only.
+
+    ``sha256``, ``access_url``, ``obs_id`` and ``size`` come from the caller when it knows them
+    (the downloader does); ``obs_id`` otherwise comes from OBS_ID/ROOTNAME or the file name.
+    ``stored_path`` is the ``path`` recorded (default: ``path`` itself).
+    Raises :class:`UnreadableFits` when the file is not readable FITS.
+    """
+    path = Path(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # astropy's fix-up notes about real-world headers
+        primary, hdus = _read_headers(path)
+        file_size = size if size is not None else path.stat().st_size
+        rows = [_row(path, hdu, shape, primary, sha256=sha256, access_url=access_url,
+                     obs_id=obs_id, size=file_size) for hdu, shape in _selected(hdus)]
+    for row in rows:
+        row["path"] = stored_path or str(path)
+    return rows
+
+
+def _row(path: Path, hdu: _Hdu, shape: list[int], primary: _Header, *,
+         sha256: str | None, access_url: str | None, obs_id: str | None,
+         size: int) -> dict[str, Any]:
+    parent = primary.keys if hdu.index > 0 else None
+    k = HeaderKeys(hdu.header.keys, parent)
+    telescope = k.text("TELESCOP")
+    telescope = telescope.upper() if telescope else None
+    instrument = k.text("INSTRUME")
+    detector = k.text("DETECTOR")
+    instrument_name = instrument.upper() if instrument else None
+    if instrument_name and telescope == "HST" and detector:
+        instrument_name = f"{instrument_name}/{detector.upper()}"
+    elif instrument_name and telescope == "JWST" and str(k.get("EXP_TYPE") or "").endswith("_IMAGE"):
+        instrument_name = f"{instrument_name}/IMAGE"
+    names, pupil = _filters(k, instrument_name)
+    em = bandpasses.effective_range(instrument_name, names)
+    exptime = k.number("EFFEXPTM", "XPOSURE", "EXPTIME", "TEXPTIME", "EXPOSURE", "EXP_TIME")
+    t_min, t_max = _times(k, exptime)
+    bunit = k.text("BUNIT")
+    unit = parse_bunit(bunit)
+    stem = path.name.split(".")[0]
+    obs_id = obs_id or k.text("OBS_ID") or (k.text("ROOTNAME") or "").lower() or stem
+    collection = telescope
+    proposal = k.get("PROGRAM", "PROPOSID", "PROPOSAL", "PROP_ID", "PROGID")
+    if isinstance(proposal, str) and proposal.isdigit():
+        proposal = str(int(proposal))
+    ccdchip = k.number("CCDCHIP")
+    row: dict[str, Any] = {
+        "calib_level": _calib_level(k, path.name),
+        "obs_collection": collection,
+        "obs_id": obs_id,
+        "obs_publisher_did": (f"ivo://archive.stsci.edu/{collection.lower()}?{obs_id}"
+                              if collection in ("JWST", "HST") else None),
+        "access_url": access_url,
+        "access_format": "image/fits",
+        "access_estsize": math.ceil(size / 1024),
+        "target_name": k.text("TARGNAME", "TARGPROP", "OBJECT"),
+        "s_resolution": None,
+        "t_min": t_min,
+        "t_max": t_max,
+        "t_exptime": exptime,
+        "em_min": em[0] if em else None,
+        "em_max": em[1] if em else None,
+        "facility_name": telescope,
+        "instrument_name": instrument_name,
+        "o_ucd": _o_ucd(unit),
+        "proposal_id": None if proposal is None else str(proposal),
+        "filter": ";".join(names) or None,
+        "pupil": pupil,
+        "detector": detector,
+        "ccdchip": None if ccdchip is None else int(ccdchip),
+        "observation": k.text("OBSERVTN"),
+        "visit": k.text("VISIT"),
+        "visit_id": k.text("VISIT_ID"),
+        "asn_id": k.text("ASN_ID", "ASNTABLE"),
+        "bunit": bunit,
+        **{key.lower(): k.number(key) for key in (
+            "PHOTMJSR", "PHOTUJA2", "PIXAR_SR", "PIXAR_A2", "PHOTFLAM", "PHOTFNU", "PHOTPLAM",
+            "PHOTBW", "PHOTZPT", "MAGZPT")},
+        "zp_ab": zero_point_ab(k, unit, exptime),
+        "sha256": sha256,
+        "size": size,
+        "file_name": path.name,
+        "hdu_index": hdu.index,
+        "hdu_name": hdu.name,
+        "hdu_ver": hdu.ver,
+        "header_json": json.dumps({
+            "primary": primary.json_dict,
+            "extension": hdu.header.json_dict if parent is not None else None,
+        }),
+    }
+    row.update(_spatial(hdu.header, shape))
+    return {c: row.get(c) for c in COLUMNS}
+
+
+# ------------------------------------------------------------------------------ quarantine
+def quarantine(path: str | os.PathLike[str], quarantine_dir: str | os.PathLike[str],
+               reason: str) -> Path:
+    """Move ``path`` into ``quarantine_dir`` (never over another file) with ``<name>.json`` beside
+    it saying what it was and why it was moved; returns the new path."""
+    path = Path(path)
+    qdir = Path(quarantine_dir)
+    qdir.mkdir(parents=True, exist_ok=True)
+    size = path.stat().st_size
+    stem, dot, ext = path.name.partition(".")
+    n = 0
+    while True:
+        name = path.name if n == 0 else f"{stem}-{n}{dot}{ext}"
+        target = qdir / name
+        sidecar = qdir / f"{name}.json"
+        if not sidecar.exists():
+            try:
+                os.close(os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY))  # claim the name
+                break
+            except FileExistsError:
+                pass
+        n += 1
+    shutil.move(str(path), str(target))
+    note = {"file": target.name, "reason": reason,
+            "moved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "original_path": str(path.absolute()), "size": size}
+    sidecar.write_text(json.dumps(note, indent=1) + "\n")
+    return target
+
+
+# ---------------------------------------------------------------------------- many files
+_Item = tuple[str, dict[str, Any]]
+
+
+def _normalise(source: str | os.PathLike[str] | Mapping[str, Any]) -> _Item:
+    if isinstance(source, Mapping):
+        kwargs = {k: v for k, v in source.items() if k != "path"}
+        return str(source["path"]), kwargs
+    return str(source), {}
+
+
+def _extract_chunk(items: list[_Item]) -> list[tuple[list[dict[str, Any]], Failure | None]]:
+    """Extract each file of a chunk; a failure is recorded and the next file goes on."""
+    out: list[tuple[list[dict[str, Any]], Failure | None]] = []
+    for path, kwargs in items:
+        try:
+            out.append((extract(path, **kwargs), None))
+        except UnreadableFits as exc:
+            out.append(([], Failure(path, exc.reason)))
+        except Exception as exc:
+            out.append(([], Failure(path, f"{type(exc).__name__}: {exc}", unreadable=False)))
+    return out
+
+
+def extract_many(paths: Iterable[str | os.PathLike[str] | Mapping[str, Any]],
+                 processes: int | None = None,
+                 quarantine_dir: str | os.PathLike[str] | None = None,
+                 ) -> tuple[pd.DataFrame, list[Failure]]:
+    """Rows of many files, extracted in ``processes`` worker processes (default: one per CPU;
+    1 runs inline). Each source is a path or a mapping ``{"path": ..., "sha256": ..., ...}``
+    with :func:`extract`'s keyword arguments. Unreadable files are moved into
+    ``quarantine_dir`` when one is given."""
+    items = [_normalise(p) for p in paths]
+    workers = max(1, min(processes or os.cpu_count() or 1, len(items)))
+    if workers == 1:
+        results = _extract_chunk(items)
+    else:
+        size = max(1, math.ceil(len(items) / (workers * 4)))
+        chunks = [items[i:i + size] for i in range(0, len(items), size)]
+        # forkserver: safe in a multi-threaded parent (Dagster); preloading keeps workers cheap.
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload([__name__])
+        with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+            results = [r for chunk in pool.map(_extract_chunk, chunks) for r in chunk]
+    rows = [row for file_rows, _ in results for row in file_rows]
+    failures = []
+    for _, failure in results:
+        if failure is None:
+            continue
+        if quarantine_dir is not None and failure.unreadable and os.path.exists(failure.path):
+            moved = quarantine(failure.path, quarantine_dir, failure.reason)
+            failure = Failure(failure.path, failure.reason, True, str(moved))
+        failures.append(failure)
+    nullable = {pa.int16(): pd.Int16Dtype(), pa.int32(): pd.Int32Dtype(), pa.int64(): pd.Int64Dtype()}
+    return to_table(rows).to_pandas(types_mapper=nullable.get), failures

@@ -1,0 +1,630 @@
+"""WCS mosaics of calibrated images: one target and filter, many pointings, one FITS file.
+
+Plain Python (no Dagster). Each input is resampled onto the output grid by bilinear interpolation
+of ``weight * SCI`` and ``weight`` (normalised convolution, so masked pixels never leak into their
+neighbours), one slab of output rows at a time, into files on disk; pairwise background offsets are
+then measured in the overlaps and solved for (as reproject's ``match_background`` does), and the
+corrected images are co-added slab by slab, leaving out values that stand out from the other inputs
+at the same pixel (cosmic rays and satellite trails the DQ array does not flag, see
+:func:`_reject`). Memory is therefore bounded by the slab size and one input image, whatever the
+number of inputs or the size of the mosaic: slabs get fewer rows as more inputs overlap.
+
+Flux: images in surface brightness (BUNIT per steradian or per square arcsecond, e.g. JWST MJy/sr)
+are conserved by interpolation as they are. Images in counts or count rates per pixel (HST
+ELECTRONS, ELECTRONS/S, no BUNIT) are multiplied by the ratio of output to input pixel area, so a
+source's summed flux is the same on the mosaic as on the input. Interpolation samples the input at
+output pixel centres: with ``downscale`` > 1 this is point sampling, not block averaging.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from astropy.io import fits
+from astropy.wcs import WCS
+from astropy.wcs.utils import pixel_to_pixel, proj_plane_pixel_area
+from reproject.mosaicking import find_optimal_celestial_wcs
+from scipy.ndimage import binary_dilation, map_coordinates
+
+from skyassets.imaging.preview import block_mean, thumbnail_png
+from skyassets.imaging.quality import pixel_masks, saturation_level
+
+WeightKind = Literal["auto", "err", "wht"]
+
+# Differences sampled per overlap for the background offset: enough for a median good to 1e-3 sigma.
+MAX_OVERLAP_SAMPLES = 1_000_000
+# Interpolation coordinates this close to a whole pixel are snapped to it, so grids that line up
+# exactly (integer offsets) resample exactly and the coverage map has no fractional edges.
+SNAP_PIX = 1e-6
+PREVIEW_SIDE = 256
+# Outlier rejection: only where at least this many inputs cover a pixel, since with two a median
+# cannot tell which one is wrong.
+REJECT_MIN_INPUTS = 3
+# On top of k sigma a value may differ from the median by this multiple of the median's local
+# contrast (its largest step to a 4-neighbour): resampled stars differ between exposures through
+# sub-pixel phase and slightly different PSFs by a fraction of that contrast, cosmic rays on a
+# smooth median by far more. AstroDrizzle's driz_cr_scale (1.2) plays the same part.
+CONTRAST_SCALE = 1.2
+# Values (inputs x rows x columns) in one slab's stack of resampled inputs: 4 Mi values, under
+# 100 MB with their weights and the rejection's temporaries, whatever the number of inputs.
+STACK_BUDGET = 1 << 22
+# Rows read beyond a slab so that the contrast and the growth of rejections by one pixel see the
+# same neighbours as they would on the whole mosaic.
+HALO = 2
+_SURFACE_BRIGHTNESS = ("/SR", "SR-1", "ARCSEC", "/PIX", "PIXEL-1")
+
+
+@dataclass(frozen=True)
+class MosaicInput:
+    """One image HDU to put in a mosaic.
+
+    ``weight``: "err" weighs the image by its inverse variance from the ERR extension, "wht" by
+    the WHT extension (HST drizzled products), "auto" by whichever the file has (uniform when
+    neither), None uniformly. ``flag`` is the quality stage's verdict; "reject" leaves the image out.
+    """
+
+    path: Path
+    hdu_index: int = 1
+    weight: WeightKind | None = "auto"
+    flag: str | None = None
+
+
+@dataclass
+class MosaicResult:
+    """The mosaic FITS file written, its PNG preview and output grid."""
+
+    path: Path
+    preview_png: bytes
+    wcs: WCS
+    shape: tuple[int, int]
+    n_inputs: int
+    header: fits.Header = field(repr=False)
+    n_rejected: int = 0
+
+
+@dataclass
+class _Image:
+    """One input's pixels ready to resample: weight * SCI and weight (0 where masked)."""
+
+    source: MosaicInput
+    weighted: np.ndarray
+    weight: np.ndarray
+    wcs: WCS
+    weight_kind: str
+    flux_scale: float
+    noise: float
+
+
+@dataclass
+class _Placed:
+    """Where one resampled input lies on the output grid and the files holding it."""
+
+    name: str
+    y0: int
+    y1: int
+    x0: int
+    x1: int
+    weight_kind: str
+    flux_scale: float
+    noise: float
+    background: float = 0.0
+
+    @property
+    def width(self) -> int:
+        return self.x1 - self.x0
+
+
+def downscale_wcs(wcs: WCS, factor: int) -> WCS:
+    """The WCS of the same sky with pixels ``factor`` times larger.
+
+    Pixel edges line up: input pixels 1..f (FITS, 1-based) make output pixel 1, so a FITS pixel
+    coordinate p becomes (p - 0.5) / f + 0.5, and CRPIX follows the same rule; CDELT grows by f.
+    """
+    if factor < 1:
+        raise ValueError(f"downscale factor must be >= 1, got {factor}")
+    out = wcs.deepcopy()
+    out.wcs.crpix = (np.asarray(wcs.wcs.crpix) - 0.5) / factor + 0.5
+    if out.wcs.has_cd():
+        out.wcs.cd = np.asarray(wcs.wcs.cd) * factor
+    else:
+        out.wcs.cdelt = np.asarray(wcs.wcs.cdelt) * factor
+    if wcs.pixel_shape is not None:
+        out.pixel_shape = tuple(math.ceil(n / factor) for n in wcs.pixel_shape)
+    out.wcs.set()
+    return out
+
+
+def build_mosaic(
+    inputs: Sequence[MosaicInput],
+    dest: Path,
+    *,
+    wcs: WCS | None = None,
+    shape: tuple[int, int] | None = None,
+    downscale: int = 1,
+    match_background: bool = True,
+    reject_sigma: float | None = 5.0,
+    block_size: tuple[int, int] = (1024, 1024),
+) -> MosaicResult:
+    """Co-add ``inputs`` (those not flagged "reject") onto one grid and write ``dest``.
+
+    The grid is ``wcs`` and ``shape`` when given, else reproject's ``find_optimal_celestial_wcs``
+    over the inputs; ``downscale`` then makes its pixels that many times larger. ``dest`` gets an
+    empty primary HDU whose header lists the inputs, then SCI (the weighted mean), CON (how many
+    inputs cover each pixel) and WHT (the summed weight). ``reject_sigma`` is the k of the
+    per-pixel outlier rejection between inputs (:func:`_reject`), None to keep every value; values
+    left out count neither in SCI, CON nor WHT, and their number is ``n_rejected`` (header NREJECT).
+    ``block_size`` is a pixel budget (rows x columns): work goes in slabs of whole output rows
+    holding at most that many pixels, and fewer where many inputs overlap (``STACK_BUDGET``).
+    """
+    used = [i for i in inputs if (i.flag or "").lower() != "reject"]
+    if not used:
+        raise ValueError("no inputs left to mosaic (all rejected or none given)")
+    dest = Path(dest)
+    if wcs is None:
+        wcs, shape = _optimal_wcs(used)
+    elif shape is None:
+        if wcs.array_shape is None:
+            raise ValueError("a WCS without pixel_shape needs shape")
+        shape = tuple(wcs.array_shape)
+    if downscale != 1:
+        wcs = downscale_wcs(wcs, downscale)
+        shape = (math.ceil(shape[0] / downscale), math.ceil(shape[1] / downscale))
+    shape = (int(shape[0]), int(shape[1]))
+    wcs = wcs.deepcopy()
+    wcs.array_shape = shape
+    slab = max(1, block_size[0] * block_size[1])
+    out_area = proj_plane_pixel_area(wcs.celestial)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".mosaic-", dir=dest.parent))
+    try:
+        placed = []
+        for k, source in enumerate(used):
+            image = _load(source, out_area)
+            placed.append(_resample(image, wcs, shape, work / f"in{k}", slab))
+            del image
+        if match_background:
+            _match_backgrounds(placed, work, slab)
+        rejected = _coadd(placed, shape, work, slab, reject_sigma)
+        header = _primary_header(placed, wcs, downscale, match_background, reject_sigma, rejected)
+        bunit = _bunit(used[0])
+        preview = _write(dest, header, wcs, shape, work, slab, bunit)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return MosaicResult(dest, thumbnail_png(preview, max_side=PREVIEW_SIDE), wcs, shape, len(placed), header,
+                        rejected)
+
+
+# ------------------------------------------------------------------------------------ inputs
+def _open(path: Path) -> fits.HDUList:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return fits.open(path, memmap=False)
+
+
+def _extension(hdul: fits.HDUList, sci: fits.hdu.base._BaseHDU, name: str) -> np.ndarray | None:
+    """The ``name`` extension that goes with ``sci`` (same EXTVER), as a 2-D array."""
+    for hdu in hdul:
+        if hdu.name == name and hdu.ver == sci.ver and hdu.data is not None:
+            return _plane(hdu.data)
+    return None
+
+
+def _plane(data: np.ndarray) -> np.ndarray:
+    while data.ndim > 2:
+        data = data[0]
+    return data
+
+
+def _header(hdul: fits.HDUList, index: int) -> fits.Header:
+    """The HDU's keywords over the primary's, for TELESCOP, BUNIT and saturation lookups."""
+    header = hdul[0].header.copy(strip=True)
+    if index:
+        header.update(c for c in hdul[index].header.cards if c.keyword not in ("", "COMMENT", "HISTORY"))
+    return header
+
+
+def _bunit(source: MosaicInput) -> str | None:
+    with _open(source.path) as hdul:
+        value = _header(hdul, source.hdu_index).get("BUNIT")
+    return str(value) if value else None
+
+
+def _surface_brightness(bunit: str | None) -> bool:
+    unit = (bunit or "").upper().replace(" ", "")
+    return any(token in unit for token in _SURFACE_BRIGHTNESS)
+
+
+def _load(source: MosaicInput, out_area: float) -> _Image:
+    """Read one input and turn its ERR/WHT, DQ and saturation into a weight map.
+
+    ERR gives one inverse variance per image (from its median over good pixels), not per pixel: a
+    per-pixel ERR holds the sources' own Poisson noise, and weighting by it would favour whichever
+    image saw a star fainter, biasing star fluxes low (the JWST pipeline's 'ivm' weighting avoids
+    it the same way, with read and sky noise only). WHT maps are used per pixel. DQ bad, saturated
+    and cosmic-ray bits (``quality.DQ_BITS``) and non-finite pixels get weight 0. The noise outlier
+    rejection scales by is that same ERR median, else measured from the pixels (:func:`_noise`).
+    """
+    with _open(source.path) as hdul:
+        hdu = hdul[source.hdu_index]
+        if hdu.data is None or hdu.data.ndim < 2:
+            raise ValueError(f"{source.path}[{source.hdu_index}] holds no image")
+        header = _header(hdul, source.hdu_index)
+        sci = np.asarray(_plane(hdu.data), dtype=np.float32)
+        dq = _extension(hdul, hdu, "DQ")
+        err = _extension(hdul, hdu, "ERR") if source.weight in ("auto", "err") else None
+        wht = _extension(hdul, hdu, "WHT") if source.weight in ("auto", "wht") else None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            wcs = WCS(hdu.header, fobj=hdul, relax=True).celestial
+    if source.weight == "err" and err is None:
+        raise ValueError(f"{source.path}[{source.hdu_index}] has no ERR extension")
+    if source.weight == "wht" and wht is None:
+        raise ValueError(f"{source.path}[{source.hdu_index}] has no WHT extension")
+    telescope = str(header.get("TELESCOP", "")).strip().lower()
+    kind = telescope if telescope in ("jwst", "hst") else None
+    dq_array = None if dq is None else np.asarray(dq).astype(np.int64)
+    pixels = pixel_masks(sci, dq_array, kind if dq_array is not None else None,
+                         saturation_level(None, header))
+    bad = pixels.mask if pixels.cosmic_ray is None else pixels.mask | pixels.cosmic_ray
+    bad |= ~np.isfinite(sci)
+    if err is not None:
+        err = np.asarray(err, dtype=np.float32)
+        good = ~bad & np.isfinite(err) & (err > 0)
+        bad |= ~good
+        noise = float(np.median(err[good])) if good.any() else 0.0
+        weight = np.where(bad, 0.0, 1.0 / noise**2 if noise > 0 else 0.0)
+        weight_kind = "err"
+    else:
+        noise = _noise(sci, bad)
+        if wht is not None:
+            weight = np.nan_to_num(np.asarray(wht, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+            weight = np.where(bad | (weight < 0), 0.0, weight)
+            weight_kind = "wht"
+        else:
+            weight = np.where(bad, 0.0, 1.0)
+            weight_kind = "uniform"
+    flux_scale = 1.0
+    if not _surface_brightness(header.get("BUNIT")):
+        flux_scale = out_area / proj_plane_pixel_area(wcs)
+    weight = weight.astype(np.float32)
+    weighted = np.where(weight > 0, sci * np.float32(flux_scale), 0.0).astype(np.float32) * weight
+    return _Image(source, weighted, weight, wcs, weight_kind, flux_scale, noise * flux_scale)
+
+
+def _noise(sci: np.ndarray, bad: np.ndarray) -> float:
+    """Per-pixel noise of an image without ERR, from the pixels: the MAD of differences between
+    horizontally adjacent good pixels over sqrt(2). Differences cancel sky gradients and extended
+    light, and the few pixels of stars and cosmic rays do not move a median. In resampled inputs
+    (drizzled products) neighbours share noise and this comes out low, so rejection only gets
+    stricter there, where earlier combination has already removed most cosmic rays."""
+    step = max(1, sci.shape[0] // 512)  # a sample of rows is plenty for a median
+    rows, ok = sci[::step], ~bad[::step]
+    diff = (rows[:, 1:] - rows[:, :-1])[ok[:, 1:] & ok[:, :-1]]
+    if not diff.size:
+        return 0.0
+    return float(1.4826 * np.median(np.abs(diff - np.median(diff))) / math.sqrt(2.0))
+
+
+def _optimal_wcs(inputs: Sequence[MosaicInput]) -> tuple[WCS, tuple[int, int]]:
+    """reproject's optimal celestial WCS over the inputs' footprints (headers only, no pixels)."""
+    frames = []
+    for source in inputs:
+        with _open(source.path) as hdul:
+            hdu = hdul[source.hdu_index]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                w = WCS(hdu.header, fobj=hdul, relax=True).celestial
+            shape = tuple(int(n) for n in hdu.shape[-2:])
+        frames.append((np.broadcast_to(np.float32(0), shape), w))
+    wcs, shape = find_optimal_celestial_wcs(frames)
+    return wcs, (int(shape[0]), int(shape[1]))
+
+
+# ------------------------------------------------------------------------------- resampling
+def _rows(y0: int, y1: int, width: int, slab: int) -> Iterator[tuple[int, int]]:
+    """Row ranges of at most ``slab`` pixels (at least one row) covering y0..y1."""
+    step = max(1, slab // max(width, 1))
+    for start in range(y0, y1, step):
+        yield start, min(start + step, y1)
+
+
+def _file(path: Path, dtype: type, width: int, y0: int, y1: int, mode: str) -> np.memmap:
+    """Rows y0..y1 of a row-major file ``width`` wide, mapped on their own: unmapping it (del)
+    gives the pages back, so resident memory stays one slab."""
+    itemsize = np.dtype(dtype).itemsize
+    return np.memmap(path, dtype=dtype, mode=mode, offset=y0 * width * itemsize, shape=(y1 - y0, width))
+
+
+def _blank(path: Path, dtype: type, n: int) -> None:
+    with open(path, "wb") as f:
+        f.truncate(n * np.dtype(dtype).itemsize)
+
+
+def _bounds(image: _Image, wcs: WCS, shape: tuple[int, int]) -> tuple[int, int, int, int] | None:
+    """The output pixel box (y0, y1, x0, x1) the input's edges map into, or None off the grid."""
+    ny, nx = image.weight.shape
+    edge = np.concatenate([np.linspace(-0.5, nx - 0.5, 64), np.full(64, nx - 0.5),
+                           np.linspace(nx - 0.5, -0.5, 64), np.full(64, -0.5)])
+    side = np.concatenate([np.full(64, -0.5), np.linspace(-0.5, ny - 0.5, 64),
+                           np.full(64, ny - 0.5), np.linspace(ny - 0.5, -0.5, 64)])
+    x, y = pixel_to_pixel(image.wcs, wcs, edge, side)
+    ok = np.isfinite(x) & np.isfinite(y)
+    if not ok.any():
+        return None
+    x0 = max(int(math.floor(x[ok].min())) - 1, 0)
+    x1 = min(int(math.ceil(x[ok].max())) + 2, shape[1])
+    y0 = max(int(math.floor(y[ok].min())) - 1, 0)
+    y1 = min(int(math.ceil(y[ok].max())) + 2, shape[0])
+    return (y0, y1, x0, x1) if x0 < x1 and y0 < y1 else None
+
+
+def _snap(c: np.ndarray) -> np.ndarray:
+    whole = np.rint(c)
+    return np.where(np.abs(c - whole) < SNAP_PIX, whole, c)
+
+
+def _resample(image: _Image, wcs: WCS, shape: tuple[int, int], stem: Path, slab: int) -> _Placed:
+    """Resample one input over its box of the output grid into ``stem``.val / ``stem``.wht files."""
+    name = f"{Path(image.source.path).name}[{image.source.hdu_index}]"
+    box = _bounds(image, wcs, shape)
+    if box is None:
+        return _Placed(name, 0, 0, 0, 0, image.weight_kind, image.flux_scale, image.noise)
+    placed = _Placed(name, *box, image.weight_kind, image.flux_scale, image.noise)
+    n = (placed.y1 - placed.y0) * placed.width
+    _blank(stem.with_suffix(".val"), np.float32, n)
+    _blank(stem.with_suffix(".wht"), np.float32, n)
+    xs = np.arange(placed.x0, placed.x1, dtype=np.float64)
+    for r0, r1 in _rows(placed.y0, placed.y1, placed.width, slab):
+        gx, gy = np.meshgrid(xs, np.arange(r0, r1, dtype=np.float64))
+        ix, iy = pixel_to_pixel(wcs, image.wcs, gx, gy)
+        del gx, gy
+        coords = np.stack([_snap(np.nan_to_num(iy, nan=-10.0)), _snap(np.nan_to_num(ix, nan=-10.0))])
+        del ix, iy
+        weight = map_coordinates(image.weight, coords, order=1, mode="constant", cval=0.0,
+                                 prefilter=False, output=np.float32)
+        value = map_coordinates(image.weighted, coords, order=1, mode="constant", cval=0.0,
+                                prefilter=False, output=np.float32)
+        del coords
+        np.divide(value, weight, out=value, where=weight > 0)
+        value[weight <= 0] = 0.0
+        weight[weight < 0] = 0.0
+        rows = slice(r0 - placed.y0, r1 - placed.y0)
+        out = _file(stem.with_suffix(".val"), np.float32, placed.width, rows.start, rows.stop, "r+")
+        out[:] = value
+        del out
+        out = _file(stem.with_suffix(".wht"), np.float32, placed.width, rows.start, rows.stop, "r+")
+        out[:] = weight
+        del out
+    return placed
+
+
+# ------------------------------------------------------------------------ background matching
+def _overlap_offset(a: _Placed, b: _Placed, sa: Path, sb: Path, slab: int) -> tuple[float, int] | None:
+    """Median of (a - b) where both cover the sky, and how many pixels that is."""
+    y0, y1 = max(a.y0, b.y0), min(a.y1, b.y1)
+    x0, x1 = max(a.x0, b.x0), min(a.x1, b.x1)
+    if y0 >= y1 or x0 >= x1:
+        return None
+    stride = max(1, math.ceil((y1 - y0) * (x1 - x0) / MAX_OVERLAP_SAMPLES))
+    diffs = []
+    count = 0
+    for r0, r1 in _rows(y0, y1, max(a.width, b.width), slab):
+        parts = []
+        for p, stem in ((a, sa), (b, sb)):
+            rows = (r0 - p.y0, r1 - p.y0)
+            cols = slice(x0 - p.x0, x1 - p.x0)
+            val = _file(stem.with_suffix(".val"), np.float32, p.width, *rows, "r")
+            wht = _file(stem.with_suffix(".wht"), np.float32, p.width, *rows, "r")
+            parts.append((np.array(val[:, cols]), np.array(wht[:, cols])))
+            del val, wht
+        (va, wa), (vb, wb) = parts
+        both = (wa > 0) & (wb > 0)
+        count += int(np.count_nonzero(both))
+        diffs.append((va[both] - vb[both])[::stride])
+    if not count:
+        return None
+    return float(np.median(np.concatenate(diffs))), count
+
+
+def _match_backgrounds(placed: list[_Placed], work: Path, slab: int) -> None:
+    """Solve for one additive offset per input that best levels all overlaps (least squares,
+    offsets summing to zero, as reproject's ``match_background``); stored on each input."""
+    n = len(placed)
+    rows, rhs, weights = [], [], []
+    for i in range(n):
+        for j in range(i + 1, n):
+            found = _overlap_offset(placed[i], placed[j], work / f"in{i}", work / f"in{j}", slab)
+            if found is None:
+                continue
+            row = np.zeros(n)
+            row[i], row[j] = 1.0, -1.0
+            rows.append(row)
+            rhs.append(found[0])
+            weights.append(math.sqrt(found[1]))
+    if not rows:
+        return
+    scale = float(np.mean(weights))
+    a = np.vstack([np.array(rows) * np.array(weights)[:, None], np.full((1, n), scale)])
+    b = np.concatenate([np.array(rhs) * np.array(weights), [0.0]])
+    corrections = np.linalg.lstsq(a, b, rcond=None)[0]
+    for p, c in zip(placed, corrections):
+        p.background = float(c)
+
+
+# ------------------------------------------------------------------------------ co-adding
+def _coadd(placed: list[_Placed], shape: tuple[int, int], work: Path, slab: int,
+           reject_sigma: float | None) -> int:
+    """Write the mosaic's SCI (weighted mean of value - background), CON and WHT into work files,
+    one slab of output rows at a time over a stack of the inputs covering it; returns how many
+    input values outlier rejection left out."""
+    ny, nx = shape
+    for name, dtype in (("sci", np.float32), ("con", np.int32), ("wht", np.float32)):
+        _blank(work / f"mosaic.{name}", dtype, ny * nx)
+    starts = np.zeros(ny + 1, np.int64)
+    for p in placed:
+        starts[p.y0] += 1
+        starts[p.y1] -= 1
+    depth = max(1, int(np.cumsum(starts).max()))  # most inputs sharing one row
+    step = max(1, min(slab, STACK_BUDGET // depth) // nx)
+    halo = HALO if reject_sigma is not None else 0
+    rejected = 0
+    for r0 in range(0, ny, step):
+        r1 = min(r0 + step, ny)
+        h0, h1 = max(r0 - halo, 0), min(r1 + halo, ny)
+        members = [(k, p) for k, p in enumerate(placed) if p.y0 < h1 and p.y1 > h0]
+        sci = np.full((r1 - r0, nx), np.nan, np.float32)
+        con = np.zeros((r1 - r0, nx), np.int32)
+        wht = np.zeros((r1 - r0, nx), np.float32)
+        if members:
+            c0, c1 = min(p.x0 for _, p in members), max(p.x1 for _, p in members)
+            value = np.zeros((len(members), h1 - h0, c1 - c0), np.float32)
+            weight = np.zeros_like(value)
+            for j, (k, p) in enumerate(members):
+                a0, a1 = max(h0, p.y0), min(h1, p.y1)
+                at = (slice(a0 - h0, a1 - h0), slice(p.x0 - c0, p.x1 - c0))
+                rows = (a0 - p.y0, a1 - p.y0)
+                stem = work / f"in{k}"
+                value[j][at] = _file(stem.with_suffix(".val"), np.float32, p.width, *rows, "r")
+                value[j][at] -= np.float32(p.background)
+                weight[j][at] = _file(stem.with_suffix(".wht"), np.float32, p.width, *rows, "r")
+            core = slice(r0 - h0, r1 - h0)
+            if reject_sigma is not None and len(members) >= REJECT_MIN_INPUTS:
+                noise = np.array([p.noise for _, p in members], np.float32)
+                out = _reject(value, weight, noise, reject_sigma)
+                rejected += int(np.count_nonzero(out[:, core]))
+                weight[out] = 0.0
+            total = np.zeros((r1 - r0, c1 - c0))
+            summed = np.zeros((r1 - r0, c1 - c0))
+            for j in range(len(members)):
+                w = weight[j, core]
+                total += w * value[j, core].astype(np.float64)
+                summed += w
+                con[:, c0:c1] += w > 0
+            with np.errstate(invalid="ignore", divide="ignore"):
+                sci[:, c0:c1] = np.where(summed > 0, total / summed, np.nan)
+            wht[:, c0:c1] = summed
+        for name, dtype, data in (("sci", np.float32, sci), ("con", np.int32, con), ("wht", np.float32, wht)):
+            out_file = _file(work / f"mosaic.{name}", dtype, nx, r0, r1, "r+")
+            out_file[:] = data
+            del out_file
+    for k in range(len(placed)):
+        for suffix in (".val", ".wht"):
+            (work / f"in{k}").with_suffix(suffix).unlink(missing_ok=True)
+    return rejected
+
+
+def _reject(value: np.ndarray, weight: np.ndarray, noise: np.ndarray, k: float) -> np.ndarray:
+    """Which values of a stack (inputs x rows x columns) are outliers between exposures.
+
+    Where at least ``REJECT_MIN_INPUTS`` inputs cover a pixel, a value is an outlier when it
+    differs from their median by more than ``k`` times its input's noise plus ``CONTRAST_SCALE``
+    times the median's local contrast (the AstroDrizzle / JWST outlier_detection criterion). The
+    noise is each input's sky and read noise, not a MAD across the stack: three to five values
+    give no usable spread of their own, and a star's Poisson noise and resampling differences are
+    covered by the contrast term, which is large exactly where the median is not smooth. The
+    pixels around an outlier in the same input are left out with it (AstroDrizzle's driz_cr_grow
+    of 1), so the wings bilinear interpolation spreads a cosmic ray into go too.
+    """
+    covered = weight > 0
+    count = covered.sum(axis=0)
+    deep = count >= REJECT_MIN_INPUTS
+    if not deep.any():
+        return np.zeros(value.shape, bool)
+    stack = np.where(covered[:, deep], value[:, deep], np.nan)
+    stack.sort(axis=0)  # NaN (not covered) last
+    n = count[deep][None]
+    median = np.full(deep.shape, np.nan, np.float32)
+    median[deep] = 0.5 * (np.take_along_axis(stack, (n - 1) // 2, 0)[0] + np.take_along_axis(stack, n // 2, 0)[0])
+    del stack
+    contrast = np.zeros(deep.shape, np.float32)
+    for axis in (0, 1):
+        step = np.abs(np.diff(median, axis=axis))  # NaN next to a pixel without a median: ignored
+        lo = [slice(None)] * 2
+        hi = [slice(None)] * 2
+        lo[axis], hi[axis] = slice(None, -1), slice(1, None)
+        np.fmax(contrast[tuple(lo)], step, out=contrast[tuple(lo)])
+        np.fmax(contrast[tuple(hi)], step, out=contrast[tuple(hi)])
+    tolerance = CONTRAST_SCALE * contrast
+    out = np.zeros(value.shape, bool)
+    for j in range(len(value)):
+        with np.errstate(invalid="ignore"):  # NaN median where too few inputs: never an outlier
+            out[j] = (np.abs(value[j] - median) > tolerance + np.float32(k) * noise[j]) & covered[j]
+    if out.any():
+        out = binary_dilation(out, structure=np.ones((1, 3, 3), bool))
+        out &= covered & deep
+    return out
+
+
+# ------------------------------------------------------------------------------------ output
+def _primary_header(placed: list[_Placed], wcs: WCS, downscale: int, match_background: bool,
+                    reject_sigma: float | None, rejected: int) -> fits.Header:
+    header = fits.Header()
+    header["NINPUTS"] = (len(placed), "images co-added")
+    header["DOWNSCAL"] = (downscale, "output pixel size / optimal pixel size")
+    header["BKGMATCH"] = (match_background, "background offsets matched in overlaps")
+    header["REJECT"] = (reject_sigma is not None, "outliers between inputs rejected per pixel")
+    if reject_sigma is not None:
+        header["REJSIGMA"] = (reject_sigma, "rejection threshold in sigma of input noise")
+    header["NREJECT"] = (rejected, "input values rejected as outliers")
+    header["RESAMPLE"] = ("bilinear", "interpolation of weight*SCI and weight")
+    for k, p in enumerate(placed, start=1):
+        header[f"IN{k:04d}"] = (p.name, "input file[hdu]")
+        header[f"WT{k:04d}"] = (p.weight_kind, "weighting of input")
+        header[f"BG{k:04d}"] = (p.background, "background offset subtracted")
+        header[f"FS{k:04d}"] = (p.flux_scale, "pixel-area flux scale applied")
+    header.update(wcs.to_header(relax=True))
+    return header
+
+
+def _extension_header(name: str, bitpix: int, wcs: WCS, shape: tuple[int, int], bunit: str | None) -> fits.Header:
+    header = fits.Header()
+    header["XTENSION"] = "IMAGE"
+    header["BITPIX"] = bitpix
+    header["NAXIS"] = 2
+    header["NAXIS1"] = shape[1]
+    header["NAXIS2"] = shape[0]
+    header["PCOUNT"] = 0
+    header["GCOUNT"] = 1
+    header["EXTNAME"] = name
+    header.update(wcs.to_header(relax=True))
+    if bunit:
+        header["BUNIT"] = bunit
+    return header
+
+
+def _write(dest: Path, primary: fits.Header, wcs: WCS, shape: tuple[int, int], work: Path, slab: int,
+           bunit: str | None) -> np.ndarray:
+    """Stream SCI, CON and WHT into ``dest`` slab by slab; returns the block-averaged SCI the
+    preview is drawn from (the full mosaic is never held in memory)."""
+    ny, nx = shape
+    factor = max(1, math.ceil(max(shape) / PREVIEW_SIDE))
+    step = max(factor, (max(1, slab // nx) // factor) * factor)
+    small_rows = []
+    tmp = dest.with_name(dest.name + ".part")
+    try:
+        fits.PrimaryHDU(header=primary).writeto(tmp, overwrite=True)
+        for name, bitpix in (("SCI", -32), ("CON", 32), ("WHT", -32)):
+            header = _extension_header(name, bitpix, wcs, shape, bunit if name == "SCI" else None)
+            stream = fits.StreamingHDU(str(tmp), header)
+            for r0 in range(0, ny, step):
+                r1 = min(r0 + step, ny)
+                dtype = np.int32 if name == "CON" else np.float32
+                data = np.array(_file(work / f"mosaic.{name.lower()}", dtype, nx, r0, r1, "r"))
+                if name == "SCI":
+                    small_rows.append(block_mean(data, factor))
+                stream.write(data)
+            stream.close()
+        tmp.replace(dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return np.vstack(small_rows)
+

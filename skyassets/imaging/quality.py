@@ -1,0 +1,1105 @@
+"""Image quality: what one image delivers, measured from its pixels, and a 0–100 score.
+
+Per image: the sky background and its noise (photutils ``Background2D``; a global sigma-clipped
+estimate when every box is masked), the sources a DAOFIND star finder detects above the noise
+(cosmic rays told apart by data-quality bits, sharpness and roundness), the PSF FWHM and
+ellipticity from pixel-integrated elliptical Moffat fits to a bounded sample of bright isolated
+unsaturated stars, the fractions of NaN, zero, saturated and DQ-flagged pixels, a WCS sanity check
+(pixel scale against the instrument's nominal one, a finite footprint), the header's own quality
+flags (JWST ``ENG_QUAL``, HST ``EXPFLAG``/``FGSLOCK``) and the 5σ point-source depth from the noise,
+the PSF's noise-equivalent area and the AB zero point.
+
+:func:`score` turns the metrics of many images into a score from physically meaningful terms
+(effective exposure time against comparable images, PSF elongation, usable pixels) and a
+good / usable / reject flag. ``docs/quality.md`` gives the formula, its constants and why.
+Everything here is plain Python (no Dagster), one image at a time; the background, the detection
+and the PSF fits run once each.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from astropy.io import fits
+from astropy.stats import SigmaClip, sigma_clipped_stats
+from astropy.wcs import WCS
+from astropy.wcs.utils import pixel_to_skycoord, proj_plane_pixel_area
+from photutils.background import Background2D, SExtractorBackground
+from photutils.detection import DAOStarFinder
+from scipy.ndimage import label
+from scipy.spatial import cKDTree
+
+from skyassets.fits.meta import HeaderKeys, parse_bunit, schema_field, zero_point_ab
+
+# ------------------------------------------------------------------------------------ constants
+# Background: boxes of about 1/8 of the image side (16–64 px): many times the PSF, yet small
+# against real sky gradients; 3x3 median filter of the box grid against single bad boxes.
+BOX_MIN, BOX_MAX, BOX_FRACTION = 16, 64, 8
+BOX_FILTER = 3
+CLIP_SIGMA = 3.0
+# Detection: peaks 5σ over the noise (a 5σ noise peak occurs about once per 3.5 million
+# independent pixels), found with a 2-pixel Gaussian kernel (space PSFs are 1–3 px wide; wider
+# ground PSFs are still found, at a slightly lower signal-to-noise).
+DETECT_SIGMA = 5.0
+FINDER_FWHM_PIX = 2.0
+# First PSF width: from the half-maximum area of the brightest sources, within 15 px of their peaks.
+WIDTH_BOX = 15
+# PSF sample: at most 40 of the brightest isolated unsaturated stars whose peak is at least 10σ:
+# 40 stars give the FWHM to better than 1 % and cost milliseconds to fit.
+FIT_STARS = 40
+FIT_MIN_PEAK_SIGMA = 10.0
+# A neighbour inside the fitting box brighter than this fraction of the star spoils its fit;
+# masked pixels (bad columns, flagged or saturated pixels) only lose weight, up to a quarter of it.
+NEIGHBOUR_FLUX_FRACTION = 0.05
+MASKED_FRACTION = 0.25
+# Pixel integration: the model is averaged over k x k sub-pixels, k = 3 for PSFs under 4 px wide,
+# 2 under 8 px, 1 beyond; ignoring it would widen a 2-px PSF by 6 %, an 8-px one by 0.4 %.
+SUBSAMPLING = ((4.0, 3), (8.0, 2))
+FIT_ITERATIONS = 50
+FIT_TOLERANCE = 1e-5  # relative chi-square gain below which a fit has converged
+# Fits narrower than half a pixel along their minor axis are hot pixels or cosmic rays: even the
+# most undersampled HST/JWST PSFs (F070W at 0.031", F105W at 0.13") are 0.7-0.9 px wide.
+MIN_FWHM_PIX = 0.5
+# Stars are the tightest cluster of fitted widths (galaxies and blends are wider) and share one
+# elongation (tracks of cosmic rays and edge-on galaxies are far more elongated).
+STAR_WIDTH_TOLERANCE = 0.25
+STAR_ELLIPTICITY_TOLERANCE = 0.3
+# The stars' FWHMs are averaged with inverse-variance weights; the 1 % floor stands for real
+# PSF changes across the field, so that one very bright star cannot decide alone.
+FWHM_FLOOR = 0.01
+# Cosmic rays: sharper than the stars by more than this (DAOFIND sharpness), or, when bright,
+# far less round (a track rather than a PSF).
+SHARPNESS_MARGIN = 0.2
+STAR_SHARPNESS = 0.7  # stars 1.5-4 px wide, 2-px kernel: 0.55-0.8
+ROUNDNESS_MARGIN = 0.5
+ROUNDNESS_MIN_PEAK_SIGMA = 20.0
+# Saturation from a plateau: the image maximum shared by at least this many pixels.
+PLATEAU_PIXELS = 3
+DEPTH_SIGMA = 5.0
+
+# Score (docs/quality.md explains each).
+MIN_STARS = 3
+ELLIPTICITY_FREE = 0.10
+ELLIPTICITY_ZERO = 0.40
+PIXEL_SCALE_TOLERANCE = 0.10
+GOOD_SCORE = 50.0
+REJECT_SCORE = 100.0 / 3.0
+REASON_BELOW = 90.0  # terms below this are named in flag_reason
+
+# ------------------------------------------------------------------------------- DQ conventions
+# JWST pixel DQ bits (jwst / stdatamodels ``dqflags.pixel``): bit value -> (name, meaning).
+JWST_DQ: dict[int, tuple[str, str]] = {
+    1 << 0: ("DO_NOT_USE", "bad pixel, do not use"),
+    1 << 1: ("SATURATED", "saturated during the exposure"),
+    1 << 2: ("JUMP_DET", "jump (cosmic ray) detected in the ramp"),
+    1 << 3: ("DROPOUT", "data lost in transmission"),
+    1 << 4: ("OUTLIER", "flagged by outlier detection (cosmic ray, artefact)"),
+    1 << 5: ("PERSISTENCE", "high persistence"),
+    1 << 6: ("AD_FLOOR", "below the A/D floor"),
+    1 << 7: ("CHARGELOSS", "charge migration"),
+    1 << 8: ("UNRELIABLE_ERROR", "uncertainty exceeds the quoted error"),
+    1 << 9: ("NON_SCIENCE", "not on the science portion of the detector"),
+    1 << 10: ("DEAD", "dead pixel"),
+    1 << 11: ("HOT", "hot pixel"),
+    1 << 12: ("WARM", "warm pixel"),
+    1 << 13: ("LOW_QE", "low quantum efficiency"),
+    1 << 14: ("RC", "RC pixel"),
+    1 << 15: ("TELEGRAPH", "telegraph pixel"),
+    1 << 16: ("NONLINEAR", "highly nonlinear"),
+    1 << 17: ("BAD_REF_PIXEL", "reference pixel cannot be used"),
+    1 << 18: ("NO_FLAT_FIELD", "flat field cannot be measured"),
+    1 << 19: ("NO_GAIN_VALUE", "gain cannot be measured"),
+    1 << 20: ("NO_LIN_CORR", "linearity correction not available"),
+    1 << 21: ("NO_SAT_CHECK", "saturation check not available"),
+    1 << 22: ("UNRELIABLE_BIAS", "bias variance large"),
+    1 << 23: ("UNRELIABLE_DARK", "dark variance large"),
+    1 << 24: ("UNRELIABLE_SLOPE", "slope variance large"),
+    1 << 25: ("UNRELIABLE_FLAT", "flat variance large"),
+    1 << 26: ("OPEN", "open pixel"),
+    1 << 27: ("ADJ_OPEN", "adjacent to an open pixel"),
+    1 << 28: ("FLUX_ESTIMATED", "flux estimated from neighbours"),
+    1 << 29: ("MSA_FAILED_OPEN", "NIRSpec MSA shutter failed open"),
+    1 << 30: ("OTHER_BAD_PIXEL", "other bad pixel type"),
+    1 << 31: ("REFERENCE_PIXEL", "reference pixel"),
+}
+# HST DQ bits of ACS, WFC3 and STIS (CALACS acsdq.h, CALWF3 wf3dq.h, the ACS DQ flag page).
+HST_DQ: dict[int, tuple[str, str]] = {
+    1: ("SOFTERR", "Reed-Solomon decoding error"),
+    2: ("DATALOST", "data replaced by fill value"),
+    4: ("DETECTORPROB", "bad detector pixel or beyond the aperture"),
+    8: ("DATAMASKED", "masked by an aperture feature (IR: deviant zero read)"),
+    16: ("HOTPIX", "hot pixel"),
+    32: ("CTETAIL", "CTE tail or unstable dark current (IR: unstable pixel)"),
+    64: ("WARMPIX", "warm pixel"),
+    128: ("BADBIAS", "bias structure, bad column"),
+    256: ("SATPIXEL", "full-well saturation"),
+    512: ("BADFLAT", "bad pixel in a reference file (flat field)"),
+    1024: ("TRAP", "charge trap, sink pixel (IR: cosmic-ray spike)"),
+    2048: ("ATODSAT", "A-to-D saturation (IR: zero-read signal correction)"),
+    4096: ("CRDRIZ", "cosmic ray rejected by AstroDrizzle"),
+    8192: ("DATAREJECT", "cosmic ray rejected when combining CR-SPLIT or IR reads"),
+    16384: ("CROSSTALK", "ghost, crosstalk or high curvature"),
+}
+
+
+def _bits(table: Mapping[int, tuple[str, str]], *names: str) -> int:
+    """The mask of the bits of ``table`` with these names."""
+    return sum(value for value, (name, _) in table.items() if name in names)
+
+
+# Which bits make a pixel unusable, saturated or a cosmic-ray hit. JWST: the pipeline sets
+# DO_NOT_USE on every pixel it will not use (JUMP_DET pixels were corrected in the ramp fit).
+# HST: every bit but those AstroDrizzle's default final_bits (16 + 64 + 256) accept as good after
+# dark subtraction.
+DQ_BITS: dict[str, dict[str, int]] = {
+    "jwst": {"bad": _bits(JWST_DQ, "DO_NOT_USE"), "saturated": _bits(JWST_DQ, "SATURATED"),
+             "cosmic_ray": _bits(JWST_DQ, "JUMP_DET", "OUTLIER")},
+    "hst": {"bad": sum(HST_DQ) - _bits(HST_DQ, "HOTPIX", "WARMPIX", "SATPIXEL"),
+            "saturated": _bits(HST_DQ, "SATPIXEL", "ATODSAT"), "cosmic_ray": _bits(HST_DQ, "CRDRIZ", "DATAREJECT")},
+}
+
+# ------------------------------------------------------------------------------------- schemas
+_IDENTITY = [
+    schema_field("obs_id", pa.string(), None, "observation id (partition)"),
+    schema_field("sha256", pa.string(), None, "SHA-256 of the file"),
+    schema_field("hdu_index", pa.int32(), None, "0-based HDU number of the image in the file"),
+]
+QUALITY_SCHEMA = pa.schema([
+    *_IDENTITY,
+    schema_field("file_name", pa.string(), None, "file name"),
+    schema_field("instrument_name", pa.string(), None, "ObsCore instrument (HST: INSTRUME/DETECTOR)"),
+    schema_field("filter", pa.string(), None, "optical elements in the beam, ';'-joined"),
+    schema_field("obs_collection", pa.string(), None, "mission"),
+    schema_field("usable", pa.bool_(), None,
+                 "false when the image cannot be used at all: unreadable, no valid pixel, no valid WCS"),
+    schema_field("problem", pa.string(), None,
+                 "why the image is unusable or only partly measured, naming the file; null when fine"),
+    schema_field("background", pa.float64(), None, "median sky level, image units (BUNIT)"),
+    schema_field("background_rms", pa.float64(), None, "sky noise per pixel, image units (BUNIT)"),
+    schema_field("background_method", pa.string(), None,
+                 "Background2D, or sigma_clipped_stats when every box was masked"),
+    schema_field("n_sources", pa.int32(), None, "sources detected 5 sigma over the noise (cosmic rays included)"),
+    schema_field("n_cosmic_rays", pa.int32(), None, "detections classified as cosmic rays"),
+    schema_field("n_stars_fitted", pa.int32(), None, "isolated unsaturated stars whose Moffat fit defines the PSF"),
+    schema_field("fwhm_pix", pa.float64(), "pix",
+                 "PSF FWHM (geometric mean of the axes), inverse-variance weighted mean of the fitted stars"),
+    schema_field("fwhm_arcsec", pa.float64(), "arcsec", "PSF FWHM on the sky"),
+    schema_field("ellipticity", pa.float64(), None,
+                 "PSF ellipticity 1 - b/a from the fitted stars' weighted mean components (e cos 2φ, e sin 2φ)"),
+    schema_field("psf_beta", pa.float64(), None, "Moffat beta of the PSF (median of the fitted stars)"),
+    schema_field("n_eff_pix", pa.float64(), "pix2",
+                 "noise-equivalent area of the PSF, 1 / sum(p_i^2), pixel-integrated"),
+    schema_field("frac_nan", pa.float64(), None, "fraction of pixels that are NaN or infinite"),
+    schema_field("frac_zero", pa.float64(), None, "fraction of pixels exactly 0 (fill)"),
+    schema_field("frac_saturated", pa.float64(), None,
+                 "fraction of pixels saturated (DQ, saturation level or plateau)"),
+    schema_field("frac_dq_flagged", pa.float64(), None,
+                 "fraction of pixels the DQ array marks unusable; null without DQ"),
+    schema_field("frac_unusable", pa.float64(), None,
+                 "fraction of the exposed footprint that is NaN, zero, DQ-flagged or saturated"),
+    schema_field("pixel_scale", pa.float64(), "arcsec", "pixel scale from the WCS (square root of the pixel area)"),
+    schema_field("pixel_scale_nominal", pa.float64(), "arcsec", "the instrument's nominal pixel scale"),
+    schema_field("pixel_scale_ratio", pa.float64(), None, "pixel_scale / pixel_scale_nominal"),
+    schema_field("footprint_finite", pa.bool_(), None,
+                 "the WCS maps the image centre and corners to finite sky positions"),
+    schema_field("header_flags", pa.string(), None,
+                 "header quality keywords that are not nominal, e.g. ENG_QUAL=SUSPECT; null when all are"),
+    schema_field("zp_ab", pa.float64(), "mag", "AB magnitude of a source whose pixel values sum to 1"),
+    schema_field("depth_5sigma_ab", pa.float64(), "mag",
+                 "5 sigma point-source depth: zp_ab - 2.5 log10(5 sigma sqrt(n_eff))"),
+    schema_field("seconds", pa.float64(), "s", "time spent measuring the image"),
+    schema_field("score", pa.float64(), None,
+                 "0-100: 100 x depth x shape x data terms; 0 when a gate fails (docs/quality.md)"),
+    schema_field("score_depth", pa.float64(), None,
+                 "100 x min(1, effective-time ratio against comparable images); null without depth"),
+    schema_field("score_shape", pa.float64(), None, "100 at ellipticity <= 0.10 falling linearly to 0 at 0.40"),
+    schema_field("score_data", pa.float64(), None, "100 x (1 - frac_unusable)"),
+    schema_field("depth_reference_ab", pa.float64(), "mag",
+                 "median 5 sigma depth of comparable images (same instrument and filter)"),
+    schema_field("effective_time_ratio", pa.float64(), None,
+                 "10^(0.8 (depth - reference depth)): exposure-time equivalent against the reference"),
+    schema_field("flag", pa.string(), None, "good (score >= 50), usable, or reject (score < 33.3 or a gate)"),
+    schema_field("flag_reason", pa.string(), None, "what lowered the score or the flag; null for a good image"),
+])
+SOURCE_SCHEMA = pa.schema([
+    *_IDENTITY,
+    schema_field("source_id", pa.int32(), None, "1-based number of the detection in its image"),
+    schema_field("x", pa.float64(), "pix", "0-based column of the centroid"),
+    schema_field("y", pa.float64(), "pix", "0-based row of the centroid"),
+    schema_field("ra", pa.float64(), "deg",
+                 "ICRS right ascension from the WCS (distortions included); null without one"),
+    schema_field("dec", pa.float64(), "deg", "ICRS declination from the WCS"),
+    schema_field("flux", pa.float64(), None,
+                 "background-subtracted flux in the finder's kernel footprint, image units"),
+    schema_field("peak", pa.float64(), None, "background-subtracted peak pixel value, image units"),
+    schema_field("fwhm_pix", pa.float64(), "pix", "fitted Moffat FWHM; null unless fitted"),
+    schema_field("ellipticity", pa.float64(), None, "fitted ellipticity 1 - b/a; null unless fitted"),
+    schema_field("sharpness", pa.float64(), None, "DAOFIND sharpness"),
+    schema_field("roundness1", pa.float64(), None, "DAOFIND symmetry roundness"),
+    schema_field("roundness2", pa.float64(), None, "DAOFIND marginal-fit roundness"),
+    schema_field("flags", pa.string(), None,
+                 "';'-joined: cosmic_ray, saturated, edge, fitted (a PSF star); empty when none"),
+])
+SCORE_COLUMNS: tuple[str, ...] = ("score", "score_depth", "score_shape", "score_data", "depth_reference_ab",
+                                  "effective_time_ratio", "flag", "flag_reason")
+_METRIC_COLUMNS = [n for n in QUALITY_SCHEMA.names if n not in SCORE_COLUMNS]
+
+
+@dataclass
+class Measurement:
+    """One image's metrics (a :data:`QUALITY_SCHEMA` row without the score), its detected sources
+    and its pixels for previews (None when unreadable)."""
+
+    metrics: dict[str, Any]
+    sources: pd.DataFrame
+    image: np.ndarray | None
+
+
+# --------------------------------------------------------------------------------- instruments
+@dataclass(frozen=True)
+class _Instrument:
+    """One row of ``data/instruments.csv``."""
+
+    telescope: str
+    instrument: str
+    detector: str
+    pixel_scale: float
+    dq_kind: str | None
+
+
+@cache
+def _instruments() -> tuple[_Instrument, ...]:
+    """The rows of ``data/instruments.csv``."""
+    text = resources.files("skyassets").joinpath("data/instruments.csv").read_text()
+    rows = csv.DictReader(line for line in text.splitlines() if not line.startswith("#"))
+    return tuple(_Instrument(r["telescope"], r["instrument"], r["detector"], float(r["pixel_scale_arcsec"]),
+                             r["dq_kind"] or None) for r in rows)
+
+
+def _instrument_of(header: Mapping[str, Any] | None) -> tuple[float | None, str | None]:
+    """(nominal pixel scale in arcsec, DQ convention) of the imager that wrote ``header``, from
+    TELESCOP, INSTRUME and DETECTOR/CHANNEL/CAMERA; (None, None) for an unknown one."""
+    if header is None:
+        return None, None
+    telescope = str(header.get("TELESCOP") or "").strip().upper()
+    name = str(header.get("INSTRUME") or "").strip().upper()
+    parts = [str(header.get(k) or "").strip().upper() for k in ("DETECTOR", "CHANNEL", "CAMERA")]
+    for row in _instruments():
+        if row.telescope == telescope and row.instrument == name and (
+                row.detector == "*" or any(fnmatchcase(p, row.detector) for p in parts if p)):
+            return row.pixel_scale, row.dq_kind
+    return None, None
+
+
+# ------------------------------------------------------------------------------------ measuring
+def measure_array(data: np.ndarray, *, dq: np.ndarray | None = None, dq_kind: str | None = None,
+                  header: fits.Header | None = None, pixel_scale: float | None = None,
+                  nominal_pixel_scale: float | None = None, zp_ab: float | None = None,
+                  saturation: float | None = None, wcs: WCS | None = None) -> Measurement:
+    """All metrics of one image given as arrays. dq_kind is "jwst", "hst" or None.
+
+    ``header`` gives the nominal pixel scale and DQ convention when they are not passed, the
+    saturation level (SATURATE) and the instrument's quality keywords; ``pixel_scale`` overrides
+    the one the WCS gives. Without a celestial ``wcs`` the image is measured but not usable.
+    """
+    start = time.perf_counter()
+    raw = np.asarray(data)
+    image = _first_plane(raw)
+    image = image.astype(np.float32) if image.dtype != np.float32 or not image.dtype.isnative else image
+    metrics: dict[str, Any] = dict.fromkeys(_METRIC_COLUMNS)
+    problems: list[str] = []
+    if image.ndim != 2:
+        metrics.update(usable=False, problem=f"not an image: {image.ndim}-D data",
+                       seconds=time.perf_counter() - start)
+        return Measurement(metrics, _empty_sources(), None)
+    if raw.ndim > 2:
+        problems.append(f"{raw.ndim}-D data: only the first image plane was measured")
+    scale_nominal, header_dq_kind = _instrument_of(header)
+    nominal_pixel_scale = nominal_pixel_scale or scale_nominal
+    if dq is not None and dq_kind is None:
+        dq_kind = header_dq_kind
+    if dq is not None:
+        dq = _first_plane(np.asarray(dq))
+        dq = dq.astype(np.uint32) if dq.shape == image.shape and dq_kind in DQ_BITS else None
+
+    pixels = pixel_masks(image, dq, dq_kind, saturation_level(saturation, header))
+    metrics.update(pixels.fractions)
+    scale, footprint, wcs_problem = _wcs_check(wcs, image.shape)
+    metrics.update(pixel_scale=pixel_scale or scale, pixel_scale_nominal=nominal_pixel_scale,
+                   footprint_finite=footprint, header_flags=_header_flags(header), zp_ab=zp_ab)
+    if metrics["pixel_scale"] and nominal_pixel_scale:
+        metrics["pixel_scale_ratio"] = metrics["pixel_scale"] / nominal_pixel_scale
+    if wcs_problem:
+        problems.append(wcs_problem)
+    if pixels.n_good == 0:
+        problems.append("no finite, non-zero pixel")
+        metrics.update(usable=False, problem="; ".join(problems), seconds=time.perf_counter() - start)
+        return Measurement(metrics, _empty_sources(), image)
+
+    background, level, rms, method = _background(image, pixels.mask)
+    metrics.update(background=level, background_method=method)
+    if not rms > 0:
+        problems.append("no sky noise: the pixels are constant")
+        metrics.update(usable=False, problem="; ".join(problems), seconds=time.perf_counter() - start)
+        return Measurement(metrics, _empty_sources(), image)
+    metrics["background_rms"] = rms
+    residual = image - background
+    residual[pixels.fill] = 0.0
+    sources = _detect(residual, rms)
+    psf = _psf(residual, sources, pixels, rms)
+    _classify(sources, psf, rms)
+    metrics.update(n_sources=len(sources), n_cosmic_rays=int(sources["cosmic_ray"].sum()),
+                   n_stars_fitted=psf.n_stars, fwhm_pix=psf.fwhm, ellipticity=psf.ellipticity,
+                   psf_beta=psf.beta, n_eff_pix=psf.n_eff)
+    if psf.fwhm is not None and metrics["pixel_scale"]:
+        metrics["fwhm_arcsec"] = psf.fwhm * metrics["pixel_scale"]
+    if zp_ab is not None and psf.n_eff is not None:
+        metrics["depth_5sigma_ab"] = zp_ab - 2.5 * math.log10(DEPTH_SIGMA * rms * math.sqrt(psf.n_eff))
+    metrics.update(usable=wcs_problem is None, problem="; ".join(problems) or None)
+    table = _source_table(sources, wcs if footprint else None)
+    metrics["seconds"] = time.perf_counter() - start
+    return Measurement(metrics, table, image)
+
+
+def _first_plane(data: np.ndarray) -> np.ndarray:
+    """The first 2-D plane of a cube (the image itself when 2-D). The pixels are then used as
+    native float32: FITS arrays are big-endian, which numpy handles several times slower."""
+    while data.ndim > 2:
+        data = data[0]
+    return data
+
+
+def saturation_level(saturation: float | None, header: Mapping[str, Any] | None) -> float | None:
+    """The saturation level passed, else the header's (SATURATE and its variants), else None.
+    Public so that the mosaic masks saturated pixels at the level quality measures them at."""
+    if saturation is not None or header is None:
+        return saturation
+    for key in ("SATURATE", "SATURATN", "SATLEVEL"):
+        value = header.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+            return float(value)
+    return None
+
+
+@dataclass
+class PixelMasks:
+    """Per-pixel masks of one image and the bad-pixel fractions they give (see :func:`pixel_masks`)."""
+
+    fill: np.ndarray  # NaN, infinite or exactly 0
+    mask: np.ndarray  # not to be used: fill, saturated or DQ-flagged
+    saturated: np.ndarray
+    cosmic_ray: np.ndarray | None
+    n_good: int
+    fractions: dict[str, float | None]
+
+
+def pixel_masks(image: np.ndarray, dq: np.ndarray | None, dq_kind: str | None,
+                saturation: float | None) -> PixelMasks:
+    """Masks and fractions of bad pixels. The exposed footprint is each row's span from its first
+    to its last finite non-zero pixel: fill outside it (chip edges, the rotated border of a
+    resampled mosaic, reference pixels) is not lost data; NaN or zero inside it is.
+
+    Public so that the mosaic leaves out exactly the pixels quality counts as unusable.
+    """
+    finite = np.isfinite(image)
+    zero = image == 0
+    fill = ~finite | zero
+    good = ~fill
+    n = image.size
+    bits = DQ_BITS.get(dq_kind or "")
+    saturated = np.zeros(image.shape, bool)
+    flagged = None
+    cosmic_ray = None
+    if dq is not None and bits is not None:
+        flagged = (dq & bits["bad"]) != 0
+        saturated |= (dq & bits["saturated"]) != 0
+        cosmic_ray = (dq & bits["cosmic_ray"]) != 0
+    if saturation is not None:
+        saturated |= image >= saturation
+    elif flagged is None and good.any():
+        top = np.max(image, where=good, initial=-np.inf)
+        sample = image[::7, ::7]
+        sample = sample[np.isfinite(sample) & (sample != 0)]
+        if np.count_nonzero(image == top) >= PLATEAU_PIXELS and (not sample.size or top > np.median(sample)):
+            saturated |= image == top
+    mask = fill | saturated if flagged is None else fill | saturated | flagged
+    rows = good.any(axis=1)
+    first = good.argmax(axis=1)
+    last = image.shape[1] - 1 - good[:, ::-1].argmax(axis=1)
+    footprint = int(np.where(rows, last - first + 1, 0).sum())
+    n_good = int(np.count_nonzero(good))
+    lost = footprint - n_good + int(np.count_nonzero(good & (mask & ~fill)))
+    fractions = {
+        "frac_nan": 1.0 - int(np.count_nonzero(finite)) / n,
+        "frac_zero": int(np.count_nonzero(zero)) / n,
+        "frac_saturated": int(np.count_nonzero(saturated)) / n,
+        "frac_dq_flagged": None if flagged is None else int(np.count_nonzero(flagged)) / n,
+        "frac_unusable": lost / footprint if footprint else 1.0,
+    }
+    return PixelMasks(fill, mask, saturated, cosmic_ray, n_good, fractions)
+
+
+def _background(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray | float, float, float, str]:
+    """(background map or level, median level, noise per pixel, method). Background2D over boxes
+    of ~1/8 of the image; when it cannot work (every box mostly masked, as in crowded or heavily
+    flagged fields, or an image smaller than a box), one sigma-clipped mode over the whole image."""
+    box = int(np.clip(min(image.shape) // BOX_FRACTION, BOX_MIN, BOX_MAX))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            bkg = Background2D(image, box, mask=mask if mask.any() else None, filter_size=BOX_FILTER,
+                               sigma_clip=SigmaClip(sigma=CLIP_SIGMA), bkg_estimator=SExtractorBackground())
+            level = _expand(np.asarray(bkg.background_mesh, float), box, image.shape)
+            return level, float(bkg.background_median), float(bkg.background_rms_median), "Background2D"
+    except ValueError:
+        values = image[~mask] if (~mask).any() else image[np.isfinite(image)]
+        mean, median, std = sigma_clipped_stats(values, sigma=CLIP_SIGMA)
+        mode = 2.5 * median - 1.5 * mean if abs(mean - median) < 0.3 * std else median  # SExtractor's rule
+        return float(mode), float(mode), float(std), "sigma_clipped_stats"
+
+
+def _expand(mesh: np.ndarray, box: int, shape: tuple[int, int]) -> np.ndarray:
+    """The box grid interpolated bilinearly to every pixel (box values sit at the box centres,
+    constant beyond the outer ones), as two matrix products: under a tenth of the time of
+    photutils' cubic spline zoom, and the same to far below the noise for a background that is
+    smooth over boxes."""
+    def weights(n: int, m: int) -> np.ndarray:
+        """Interpolation weights (n pixels x m boxes) along one axis."""
+        t = np.clip((np.arange(n) + 0.5) / box - 0.5, 0, m - 1)
+        low = np.minimum(t.astype(int), max(m - 2, 0))
+        frac = t - low
+        w = np.zeros((n, m))
+        w[np.arange(n), low] = 1.0 - frac
+        if m > 1:
+            w[np.arange(n), low + 1] += frac
+        return w
+
+    rows, cols = weights(shape[0], mesh.shape[0]), weights(shape[1], mesh.shape[1])
+    return (rows @ mesh @ cols.T).astype(np.float32)
+
+
+def _detect(residual: np.ndarray, rms: float) -> pd.DataFrame:
+    """DAOFIND detections over the background-subtracted image, without its sharpness and
+    roundness cuts (cosmic rays are classified afterwards, not dropped)."""
+    columns = ["x", "y", "flux", "peak", "sharpness", "roundness1", "roundness2"]
+    finder = DAOStarFinder(DETECT_SIGMA * rms, FINDER_FWHM_PIX, min_separation=0, sharpness_range=None,
+                           roundness_range=None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        found = finder(residual)
+    if found is None:
+        return pd.DataFrame(columns=columns, dtype=float)
+    return pd.DataFrame({
+        "x": np.asarray(found["x_centroid"], float), "y": np.asarray(found["y_centroid"], float),
+        "flux": np.asarray(found["flux"], float), "peak": np.asarray(found["peak"], float),
+        "sharpness": np.asarray(found["sharpness"], float), "roundness1": np.asarray(found["roundness1"], float),
+        "roundness2": np.asarray(found["roundness2"], float),
+    })
+
+
+def _near(mask: np.ndarray, x: np.ndarray, y: np.ndarray, radius: int) -> np.ndarray:
+    """Whether ``mask`` is set anywhere in the (2 radius + 1)² box around each rounded position."""
+    ny, nx = mask.shape
+    offsets = np.arange(-radius, radius + 1)
+    iy = np.clip(np.rint(y).astype(int)[:, None, None] + offsets[None, :, None], 0, ny - 1)
+    ix = np.clip(np.rint(x).astype(int)[:, None, None] + offsets[None, None, :], 0, nx - 1)
+    return mask[iy, ix].reshape(len(x), -1).any(axis=1)
+
+
+# ---------------------------------------------------------------------------------------- PSF
+@dataclass
+class _Psf:
+    """The PSF from the fitted stars, and the stars' DAOFIND sharpness and roundness (the
+    reference that tells cosmic rays apart)."""
+
+    n_stars: int = 0
+    fwhm: float | None = None
+    ellipticity: float | None = None
+    beta: float | None = None
+    n_eff: float | None = None
+    sharpness: float | None = None
+    roundness: float | None = None
+
+
+def _psf(residual: np.ndarray, sources: pd.DataFrame, pixels: PixelMasks, rms: float) -> _Psf:
+    """Fit the brightest isolated unsaturated stars and mark the sources (fitted, saturated,
+    edge) in place. The stars are the tightest cluster of fitted widths, which leaves out
+    galaxies, blends and cosmic rays; the PSF FWHM is their inverse-variance weighted mean."""
+    sources["fwhm_pix"] = np.nan
+    sources["ellipticity"] = np.nan
+    sources["fitted"] = False
+    sources["saturated"] = _near(pixels.saturated, sources["x"].to_numpy(), sources["y"].to_numpy(), 2) \
+        if len(sources) and pixels.saturated.any() else False
+    sources["dq_cosmic_ray"] = _near(pixels.cosmic_ray, sources["x"].to_numpy(), sources["y"].to_numpy(), 1) \
+        if len(sources) and pixels.cosmic_ray is not None and pixels.cosmic_ray.any() else False
+    sources["edge"] = False
+    if not len(sources):
+        return _Psf()
+    bright = sources[(sources["peak"] >= FIT_MIN_PEAK_SIGMA * rms) & ~sources["saturated"]
+                     & ~sources["dq_cosmic_ray"]].sort_values("flux", ascending=False)
+    width = _width_estimate(residual, bright.head(2 * FIT_STARS), pixels.mask)
+    radius = int(np.clip(math.ceil(2.5 * width) + 1, 4, 15))
+    ny, nx = residual.shape
+    x, y = sources["x"].to_numpy(), sources["y"].to_numpy()
+    sources["edge"] = (x < radius) | (y < radius) | (x > nx - 1 - radius) | (y > ny - 1 - radius) | \
+        _near(pixels.fill, x, y, 2)
+    chosen = _isolated(sources, bright.index, radius, pixels.mask)
+    if not chosen:
+        return _Psf()
+    k = next((k for below, k in SUBSAMPLING if width < below), 1)
+    stamps, weights, start = _stamps(residual, pixels.mask, sources.loc[chosen], radius, width)
+    params, ok, error = _fit_moffat(stamps, weights, start, k)
+    fwhm, ellipticity, e1, e2 = _shape(params)
+    ok &= (fwhm * np.sqrt(1.0 - ellipticity) >= MIN_FWHM_PIX) & (fwhm < 2.0 * radius) & np.isfinite(error)
+    stars = _tightest(fwhm, ok)
+    if stars.any():
+        stars &= ellipticity <= np.median(ellipticity[stars]) + STAR_ELLIPTICITY_TOLERANCE
+    index = np.asarray(chosen)
+    sources.loc[index[ok], "fwhm_pix"] = fwhm[ok]
+    sources.loc[index[ok], "ellipticity"] = ellipticity[ok]
+    sources.loc[index[stars], "fitted"] = True
+    if not stars.any():
+        return _Psf()
+    beta = float(np.median(params[stars, 7]))
+    weight = 1.0 / (error[stars] ** 2 + (FWHM_FLOOR * fwhm[stars]) ** 2)
+    psf_fwhm = float(np.average(fwhm[stars], weights=weight))
+    e1, e2 = float(np.average(e1[stars], weights=weight)), float(np.average(e2[stars], weights=weight))
+    psf_e, angle = math.hypot(e1, e2), 0.5 * math.atan2(e2, e1)
+    fitted = sources.loc[index[stars]]
+    return _Psf(int(stars.sum()), psf_fwhm, psf_e, beta, _noise_area(psf_fwhm, psf_e, angle, beta),
+                float(np.median(fitted["sharpness"])), float(np.median(fitted["roundness2"])))
+
+
+def _width_estimate(residual: np.ndarray, bright: pd.DataFrame, mask: np.ndarray) -> float:
+    """A first FWHM, 2 sqrt(A/π) from the area A above half the peak that is connected to the peak,
+    median over the brightest sources: it sizes the fitting boxes and starts the fits (the
+    finder's fixed kernel says nothing about the PSF)."""
+    widths = []
+    ny, nx = residual.shape
+    r = WIDTH_BOX
+    for x, y, peak in bright[["x", "y", "peak"]].itertuples(index=False):
+        ix, iy = int(round(x)), int(round(y))
+        if r <= ix < nx - r and r <= iy < ny - r and not mask[iy - 2:iy + 3, ix - 2:ix + 3].any():
+            labels, _ = label(residual[iy - r:iy + r + 1, ix - r:ix + r + 1] > 0.5 * peak)
+            if labels[r, r]:
+                widths.append(2.0 * math.sqrt(np.count_nonzero(labels == labels[r, r]) / math.pi))
+    return float(np.median(widths)) if widths else FINDER_FWHM_PIX
+
+
+def _isolated(sources: pd.DataFrame, candidates: pd.Index, radius: int, mask: np.ndarray) -> list[int]:
+    """Up to FIT_STARS candidates (brightest first) whose core (3 x 3) is unmasked, whose fitting
+    box is at most MASKED_FRACTION masked and holds no neighbour brighter than
+    NEIGHBOUR_FLUX_FRACTION of the star."""
+    xy = sources[["x", "y"]].to_numpy()
+    tree = cKDTree(xy)
+    flux = sources["flux"].to_numpy()
+    chosen = []
+    for i in candidates:
+        if len(chosen) == FIT_STARS:
+            break
+        row = sources.loc[i]
+        if row["edge"]:
+            continue
+        ix, iy = int(round(row["x"])), int(round(row["y"]))
+        if mask[iy - 1:iy + 2, ix - 1:ix + 2].any() or \
+                mask[iy - radius:iy + radius + 1, ix - radius:ix + radius + 1].mean() > MASKED_FRACTION:
+            continue
+        near = [j for j in tree.query_ball_point(xy[i], radius + 1, p=np.inf) if j != i]
+        if any(flux[j] > NEIGHBOUR_FLUX_FRACTION * row["flux"] for j in near):
+            continue
+        chosen.append(i)
+    return chosen
+
+
+def _stamps(residual: np.ndarray, mask: np.ndarray, stars: pd.DataFrame, radius: int,
+            width: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Boxes around the stars, their weights (0 on masked pixels) and the fits' starting
+    parameters (x0, y0 relative to the box centre, flux, background, A, B, C, beta)."""
+    boxes, weights, start = [], [], []
+    q = 2.0 ** (1.0 / 3.0) - 1.0
+    a0 = 4.0 * q / max(width, 1.0) ** 2
+    for x, y in stars[["x", "y"]].itertuples(index=False):
+        ix, iy = int(round(x)), int(round(y))
+        cut = (slice(iy - radius, iy + radius + 1), slice(ix - radius, ix + radius + 1))
+        weight = (~mask[cut]).astype(float)
+        box = residual[cut] * weight
+        boxes.append(box)
+        weights.append(weight)
+        start.append([x - ix, y - iy, max(box.sum(), box.max()), 0.0, a0, a0, 0.0, 3.0])
+    return np.array(boxes), np.array(weights), np.array(start)
+
+
+def _moffat(p: np.ndarray, grid: np.ndarray, m: int, k: int, jacobian: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """Pixel-integrated elliptical Moffat models (S, m*m) of the parameter rows ``p`` and, when
+    asked, their derivatives (S, 8, m*m). The profile is
+    F (β-1) sqrt(det M) / π (1 + [dx dy] M [dx dy]ᵀ)^-β + b with M = [[A, C/2], [C/2, B]],
+    which integrates to F; averaging k x k sub-pixels integrates it over each pixel."""
+    s = len(p)
+    x0, y0, flux, b, a, bb, c, beta = (p[:, i, None, None] for i in range(8))
+    dx = grid[None, None, :] - x0
+    dy = grid[None, :, None] - y0
+    u = 1.0 + a * dx * dx + bb * dy * dy + c * dx * dy
+    log_u = np.log(u)
+    det = a * bb - 0.25 * c * c
+    core = (beta - 1.0) * np.sqrt(det) / math.pi * np.exp(-beta * log_u)
+    model = _pixel_mean(flux * core, s, m, k) + b[:, :, 0]
+    if not jacobian:
+        return model, None
+    g = -beta * flux * core / u
+    jac = np.empty((s, 8, m * m))
+    for i, part in enumerate((
+            -g * (2 * a * dx + c * dy), -g * (2 * bb * dy + c * dx), core, None,
+            flux * core * bb / (2 * det) + g * dx * dx, flux * core * a / (2 * det) + g * dy * dy,
+            -flux * core * c / (4 * det) + g * dx * dy, flux * core * (1.0 / (beta - 1.0) - log_u))):
+        jac[:, i] = 1.0 if part is None else _pixel_mean(part, s, m, k)
+    return model, jac
+
+
+def _pixel_mean(values: np.ndarray, s: int, m: int, k: int) -> np.ndarray:
+    """Sub-pixel values (S, m*k, m*k) averaged into pixels, flattened to (S, m*m)."""
+    return values.reshape(s, m, k, m, k).mean(axis=(2, 4)).reshape(s, m * m)
+
+
+def _valid(p: np.ndarray, radius: int) -> np.ndarray:
+    """Parameters that describe a PSF: positive flux and definite M, beta in (1.05, 30), the
+    centre inside the box."""
+    return ((p[:, 2] > 0) & (p[:, 4] > 0) & (p[:, 5] > 0) & (4 * p[:, 4] * p[:, 5] > p[:, 6] ** 2)
+            & (p[:, 7] > 1.05) & (p[:, 7] < 30) & (np.abs(p[:, 0]) < radius) & (np.abs(p[:, 1]) < radius))
+
+
+def _fit_moffat(stamps: np.ndarray, weights: np.ndarray, start: np.ndarray,
+                k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Levenberg–Marquardt fits of all stamps at once: one vectorised model and Jacobian per
+    iteration for the stars still converging, instead of one optimiser per star. Returns the
+    parameters, which fits are valid and each fitted FWHM's standard error (from the covariance
+    matrix scaled by the residual variance, which carries the FWHM–beta degeneracy of
+    undersampled stars). Masked pixels have weight 0."""
+    s, m, _ = stamps.shape
+    radius = (m - 1) // 2
+    grid = (np.arange(m)[:, None] - radius + ((np.arange(k) - (k - 1) / 2) / k)[None, :]).ravel()
+    data = stamps.reshape(s, m * m)
+    w = weights.reshape(s, m * m)
+    p = start.copy()
+    model, jac = _moffat(p, grid, m, k, jacobian=True)
+    jac *= w[:, None, :]
+    residual = (data - model) * w
+    chi2 = (residual ** 2).sum(axis=1)
+    damping = np.full(s, 1e-3)
+    active = np.arange(s)
+    for _ in range(FIT_ITERATIONS):
+        j = jac[active]
+        h = j @ j.transpose(0, 2, 1)
+        g = (j @ residual[active][..., None])[..., 0]
+        damped = h + damping[active, None, None] * (h * np.eye(8)) + 1e-12 * np.eye(8)
+        trial = p[active] + np.linalg.solve(damped, g[..., None])[..., 0]
+        ok = _valid(trial, radius)
+        trial[~ok] = p[active][~ok]
+        trial_model, trial_jac = _moffat(trial, grid, m, k, jacobian=True)
+        trial_jac *= w[active, None, :]
+        trial_residual = (data[active] - trial_model) * w[active]
+        trial_chi2 = (trial_residual ** 2).sum(axis=1)
+        better = ok & (trial_chi2 < chi2[active])
+        gain = np.where(better, (chi2[active] - trial_chi2) / np.maximum(chi2[active], 1e-300), 0.0)
+        take = active[better]
+        p[take], jac[take] = trial[better], trial_jac[better]
+        residual[take], chi2[take] = trial_residual[better], trial_chi2[better]
+        damping[active] = np.where(better, damping[active] / 3.0, damping[active] * 4.0)
+        done = (better & (gain < FIT_TOLERANCE)) | (damping[active] > 1e8)
+        active = active[~done]
+        if not active.size:
+            break
+    ok = _valid(p, radius) & np.isfinite(chi2)
+    return p, ok, _fwhm_error(p, jac, chi2 / np.maximum(w.sum(axis=1) - 8, 1), ok)
+
+
+def _fwhm_error(p: np.ndarray, jac: np.ndarray, variance: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    """Standard error of the FWHM 2 sqrt(2^(1/β) - 1) det(M)^(-1/4) of each fit, propagated
+    through the parameter covariance variance x (JᵀJ)⁻¹."""
+    error = np.full(len(p), np.inf)
+    if not ok.any():
+        return error
+    a, b, c, beta = (p[ok, i] for i in (4, 5, 6, 7))
+    half = 2.0 ** (1.0 / beta) - 1.0
+    det = a * b - 0.25 * c * c
+    fwhm = 2.0 * np.sqrt(half) / det ** 0.25
+    grad = np.zeros((int(ok.sum()), 8))
+    grad[:, 4], grad[:, 5], grad[:, 6] = -fwhm * b / (4 * det), -fwhm * a / (4 * det), fwhm * c / (8 * det)
+    grad[:, 7] = -fwhm * (half + 1.0) * math.log(2.0) / (2.0 * half * beta ** 2)
+    j = jac[ok]
+    covariance = np.linalg.pinv(j @ j.transpose(0, 2, 1)) * variance[ok, None, None]
+    error[ok] = np.sqrt(np.maximum(np.einsum("sp,spq,sq->s", grad, covariance, grad), 0.0))
+    return error
+
+
+def _shape(p: np.ndarray) -> tuple[np.ndarray, ...]:
+    """FWHM (geometric mean of the axes), ellipticity 1 - b/a and its components e cos 2φ,
+    e sin 2φ (φ: major-axis angle) of fitted parameters."""
+    a, b, c, beta = p[:, 4], p[:, 5], p[:, 6], p[:, 7]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        half = 2.0 ** (1.0 / beta) - 1.0
+        det = a * b - 0.25 * c * c
+        fwhm = 2.0 * np.sqrt(half) / det ** 0.25
+        spread = np.sqrt(((a - b) / 2) ** 2 + c * c / 4)
+        low, high = (a + b) / 2 - spread, (a + b) / 2 + spread
+        ellipticity = 1.0 - np.sqrt(low / high)
+        e1 = np.where(spread > 0, ellipticity * (b - a) / (2 * spread), 0.0)
+        e2 = np.where(spread > 0, ellipticity * -c / (2 * spread), 0.0)
+    return fwhm, ellipticity, e1, e2
+
+
+def _tightest(fwhm: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    """The fits whose widths lie within STAR_WIDTH_TOLERANCE of the densest cluster of widths."""
+    if not ok.any():
+        return ok
+    widths = np.sort(fwhm[ok])
+    counts = np.searchsorted(widths, widths * (1 + 2 * STAR_WIDTH_TOLERANCE), side="right") - np.arange(len(widths))
+    i = int(np.argmax(counts))
+    centre = float(np.median(widths[i:i + counts[i]]))
+    return ok & (np.abs(fwhm / centre - 1.0) <= STAR_WIDTH_TOLERANCE)
+
+
+def _noise_area(fwhm: float, ellipticity: float, angle: float, beta: float) -> float:
+    """Noise-equivalent area 1 / Σ p_i² (pixels) of the unit-flux pixel-integrated PSF, averaged
+    over a star centred on a pixel and on a pixel corner: the number of pixels whose noise a
+    PSF-weighted flux measurement collects."""
+    half = 2.0 ** (1.0 / beta) - 1.0
+    ratio = 1.0 - ellipticity
+    major, minor = fwhm / math.sqrt(ratio), fwhm * math.sqrt(ratio)
+    lam1, lam2 = 4 * half / major ** 2, 4 * half / minor ** 2
+    cos, sin = math.cos(angle), math.sin(angle)
+    a = lam1 * cos ** 2 + lam2 * sin ** 2
+    b = lam1 * sin ** 2 + lam2 * cos ** 2
+    c = 2 * (lam1 - lam2) * sin * cos
+    radius = int(min(max(8, math.ceil(6 * major)), 60))
+    m = 2 * radius + 1
+    k = 5
+    grid = (np.arange(m)[:, None] - radius + ((np.arange(k) - (k - 1) / 2) / k)[None, :]).ravel()
+    p = np.array([[0.0, 0.0, 1.0, 0.0, a, b, c, beta], [0.5, 0.5, 1.0, 0.0, a, b, c, beta]])
+    model, _ = _moffat(p, grid, m, k, jacobian=False)
+    return float(np.mean(1.0 / (model ** 2).sum(axis=1)))
+
+
+def _classify(sources: pd.DataFrame, psf: _Psf, rms: float) -> None:
+    """Mark cosmic rays: a cosmic-ray DQ bit at the peak, a fit narrower than MIN_FWHM_PIX,
+    sharper than the fitted stars by SHARPNESS_MARGIN, or, when bright, a roundness2 further than
+    ROUNDNESS_MARGIN from the stars' (a track). With fewer than MIN_STARS fitted stars a round PSF
+    of the sharpness stars typically have with the finder's kernel is assumed."""
+    if not len(sources):
+        sources["cosmic_ray"] = False
+        return
+    trusted = psf.n_stars >= MIN_STARS
+    sharp = psf.sharpness if trusted else STAR_SHARPNESS
+    round2 = psf.roundness if trusted else 0.0
+    narrow = sources["fwhm_pix"] * np.sqrt(1.0 - sources["ellipticity"]) < MIN_FWHM_PIX
+    bright = sources["peak"] >= ROUNDNESS_MIN_PEAK_SIGMA * rms
+    track = bright & ((sources["roundness2"] - round2).abs() > ROUNDNESS_MARGIN)
+    sources["cosmic_ray"] = ~sources["fitted"] & ~sources["saturated"] & (
+        sources["dq_cosmic_ray"] | narrow | (sources["sharpness"] > sharp + SHARPNESS_MARGIN) | track)
+
+
+def _source_table(sources: pd.DataFrame, wcs: WCS | None) -> pd.DataFrame:
+    """The detections as SOURCE_SCHEMA columns (identity columns left for the caller)."""
+    if not len(sources):
+        return _empty_sources()
+    table = pd.DataFrame({
+        "obs_id": None, "sha256": None, "hdu_index": None,
+        "source_id": np.arange(1, len(sources) + 1, dtype=np.int32),
+        "x": sources["x"].to_numpy(), "y": sources["y"].to_numpy(), "ra": np.nan, "dec": np.nan,
+        "flux": sources["flux"].to_numpy(), "peak": sources["peak"].to_numpy(),
+        "fwhm_pix": sources["fwhm_pix"].to_numpy(), "ellipticity": sources["ellipticity"].to_numpy(),
+        "sharpness": sources["sharpness"].to_numpy(), "roundness1": sources["roundness1"].to_numpy(),
+        "roundness2": sources["roundness2"].to_numpy(),
+    })
+    names = np.array(["cosmic_ray", "saturated", "edge", "fitted"])
+    marks = sources[list(names)].to_numpy(bool)
+    table["flags"] = [";".join(names[row]) for row in marks]
+    if wcs is not None:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                sky = pixel_to_skycoord(table["x"], table["y"], wcs if wcs.naxis == 2 else wcs.celestial,
+                                        origin=0, mode="all").icrs
+            table["ra"], table["dec"] = sky.ra.deg, sky.dec.deg
+        except Exception:  # frames without an ICRS transformation (solar, planetary): no sky positions
+            pass
+    return table
+
+
+def _empty_sources() -> pd.DataFrame:
+    """A source table without rows (images with no detection or no pixels)."""
+    return pd.DataFrame({name: pd.Series(dtype=object) for name in SOURCE_SCHEMA.names})
+
+
+# --------------------------------------------------------------------------------- WCS, header
+def _wcs_check(wcs: WCS | None, shape: tuple[int, int]) -> tuple[float | None, bool, str | None]:
+    """(pixel scale in arcsec, footprint finite, problem): the scale at the reference point, and
+    whether the centre and corners map to finite sky positions (distortions included)."""
+    if wcs is None or not wcs.has_celestial:
+        return None, False, "no celestial WCS"
+    cel = wcs if wcs.naxis == 2 else wcs.celestial
+    ny, nx = shape
+    x = np.array([(nx - 1) / 2, -0.5, nx - 0.5, nx - 0.5, -0.5])
+    y = np.array([(ny - 1) / 2, -0.5, -0.5, ny - 0.5, ny - 0.5])
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ra, dec = cel.all_pix2world(x, y, 0)
+            scale = math.sqrt(abs(proj_plane_pixel_area(wcs.celestial))) * 3600.0
+    except Exception as exc:  # astropy.wcs raises several types for broken solutions
+        return None, False, f"invalid WCS: {type(exc).__name__}: {exc}"
+    finite = bool(np.isfinite(ra).all() and np.isfinite(dec).all())
+    if not (math.isfinite(scale) and scale > 0):
+        return None, finite, "the WCS gives no pixel scale"
+    return scale, finite, None if finite else "the WCS maps the image centre or corners off the sky"
+
+
+# Quality keywords and their nominal values: JWST ENG_QUAL (engineering data quality), HST
+# EXPFLAG (exposure interruptions) and FGSLOCK (guiding mode; FINE is fine-lock guiding).
+HEADER_FLAGS: dict[str, tuple[str, ...]] = {"ENG_QUAL": ("OK",), "EXPFLAG": ("NORMAL",), "FGSLOCK": ("FINE",)}
+
+
+def _header_flags(header: Mapping[str, Any] | None) -> str | None:
+    """The quality keywords whose values are not nominal, as "KEY=VALUE" joined with '; '."""
+    if header is None:
+        return None
+    bad = [f"{key}={str(header[key]).strip()}" for key, nominal in HEADER_FLAGS.items()
+           if key in header and str(header[key]).strip().upper() not in nominal]
+    return "; ".join(bad) or None
+
+
+# ---------------------------------------------------------------------------------- files
+def measure_image(path: str | Path, hdu_index: int, *, row: Mapping[str, Any] | None = None) -> Measurement:
+    """Open the file once, read the SCI HDU at hdu_index and its matching DQ HDU (same EXTVER,
+    EXTNAME 'DQ'), the primary + extension headers, and call measure_array.
+
+    ``row`` is the image's catalogue row (:data:`skyassets.fits.meta.IMAGE_SCHEMA`); when given,
+    metrics copy its identity columns and use its pixel_scale and zp_ab. Never raises for bad data:
+    an unreadable file, all-NaN data or no valid WCS give a Measurement whose metrics["problem"]
+    says why (naming the file) and whose metrics["usable"] is False.
+    """
+    start = time.perf_counter()
+    path = Path(path)
+    row = row or {}
+    try:
+        data, header, dq, wcs = _read(path, hdu_index)
+    except _Unreadable as exc:
+        measurement = Measurement(dict.fromkeys(_METRIC_COLUMNS), _empty_sources(), None)
+        measurement.metrics.update(usable=False, problem=f"{path.name}[{hdu_index}]: {exc}")
+    else:
+        zp = row.get("zp_ab")
+        zp = _header_zp(header) if _missing(zp) else float(zp)
+        scale = None if _missing(row.get("pixel_scale")) else float(row["pixel_scale"])
+        measurement = measure_array(data, dq=dq, header=header, pixel_scale=scale, zp_ab=zp, wcs=wcs)
+        if measurement.metrics["problem"]:
+            measurement.metrics["problem"] = f"{path.name}[{hdu_index}]: {measurement.metrics['problem']}"
+    identity = {"obs_id": row.get("obs_id"), "sha256": row.get("sha256"), "hdu_index": hdu_index,
+                "file_name": row.get("file_name") or path.name, "instrument_name": row.get("instrument_name"),
+                "filter": row.get("filter"), "obs_collection": row.get("obs_collection")}
+    measurement.metrics.update({k: None if _missing(v) else v for k, v in identity.items()})
+    for key in ("obs_id", "sha256", "hdu_index"):
+        measurement.sources[key] = identity[key]
+    measurement.metrics["seconds"] = time.perf_counter() - start
+    return measurement
+
+
+class _Unreadable(Exception):
+    """The file or its HDU cannot be read as an image; the message says why."""
+
+
+def _read(path: Path, hdu_index: int) -> tuple[np.ndarray, fits.Header, np.ndarray | None, WCS | None]:
+    """(pixels, merged header, DQ array, WCS) of one image HDU, read in one opening of the file."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            hdul = fits.open(path, memmap=False)
+        except Exception as exc:  # astropy raises many types for broken files; all mean "unreadable"
+            raise _Unreadable(f"cannot open as FITS: {type(exc).__name__}: {exc}") from exc
+        with hdul:
+            try:
+                count = len(hdul)
+                hdu = hdul[hdu_index] if 0 <= hdu_index < count else None
+                data = None if hdu is None else hdu.data
+                dq = None if hdu is None else _dq(hdul, hdu)
+            except Exception as exc:  # truncated or corrupt data, broken headers
+                raise _Unreadable(f"cannot read HDU {hdu_index}: {type(exc).__name__}: {exc}") from exc
+            if hdu is None:
+                raise _Unreadable(f"no HDU {hdu_index}: the file has {count}")
+            if data is None or np.ndim(data) < 2:
+                raise _Unreadable(f"HDU {hdu_index} holds no image")
+            header = _merged(hdul[0].header, hdu.header if hdu_index else None)
+            return data, header, dq, _wcs(hdu.header, hdul)
+
+
+def _missing(value: Any) -> bool:
+    """None, NA or NaN: a missing value in a catalogue row or a metrics frame."""
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
+
+
+def _merged(primary: fits.Header, extension: fits.Header | None) -> fits.Header:
+    """The extension's keywords over the primary's (FITS inheritance), for keyword lookups."""
+    if extension is None:
+        return primary
+    merged = primary.copy(strip=True)
+    merged.update(card for card in extension.cards if card.keyword not in ("", "COMMENT", "HISTORY"))
+    return merged
+
+
+def _dq(hdul: fits.HDUList, sci: fits.hdu.base.ExtensionHDU | fits.PrimaryHDU) -> np.ndarray | None:
+    """The DQ array that goes with ``sci``: EXTNAME 'DQ' with the same EXTVER."""
+    if sci.name != "SCI":
+        return None
+    ver = sci.ver
+    for hdu in hdul:
+        if hdu.name == "DQ" and hdu.ver == ver and hdu.data is not None:
+            return hdu.data
+    return None
+
+
+def _wcs(header: fits.Header, hdul: fits.HDUList) -> WCS | None:
+    """The image's WCS with its distortions (SIP, lookup tables in other HDUs); None when the
+    keywords do not make one."""
+    try:
+        return WCS(header, fobj=hdul, relax=True)
+    except Exception:  # astropy.wcs raises several types for bad keywords
+        return None
+
+
+def _header_zp(header: fits.Header) -> float | None:
+    """The AB zero point the catalogue derives from the header (used without a row). Ground
+    MAGZPT values are left out, as the catalogue leaves them: per second or per exposure, Vega
+    or AB, they differ from survey to survey."""
+    keys = HeaderKeys(header, None)
+    exptime = keys.number("EFFEXPTM", "XPOSURE", "EXPTIME", "TEXPTIME", "EXPOSURE", "EXP_TIME")
+    return zero_point_ab(keys, parse_bunit(keys.text("BUNIT")), exptime)
+
+
+# ------------------------------------------------------------------------------------ scoring
+def score(metrics: pd.DataFrame, reference_depth: Mapping[tuple[str, str], float] | None = None) -> pd.DataFrame:
+    """metrics (rows of Measurement.metrics) with SCORE_COLUMNS added. Comparable images are those
+    with the same (instrument_name, filter); reference_depth gives the median 5-sigma depth of each
+    such group from images scored earlier (the catalogue), else the median of the rows given is used.
+
+    score = 100 x depth x shape x data, each term a fraction (docs/quality.md); gates (unusable,
+    too few stars) set it to 0; flag: good at >= GOOD_SCORE with nothing to caution about,
+    reject below REJECT_SCORE or on a gate, usable otherwise.
+    """
+    out = metrics.copy()
+    if out.empty:
+        for column in SCORE_COLUMNS:
+            out[column] = pd.Series(dtype=object if column.startswith("flag") else float)
+        return out
+    groups = pd.DataFrame({"instrument": out["instrument_name"].map(_key), "filter": out["filter"].map(_key),
+                           "depth": pd.to_numeric(out["depth_5sigma_ab"], errors="coerce")})
+    groups.loc[~out["usable"].map(_true).to_numpy(bool), "depth"] = np.nan
+    medians = groups.dropna(subset=["depth"]).groupby(["instrument", "filter"])["depth"].median().to_dict()
+    medians.update({(_key(i), _key(f)): float(v) for (i, f), v in (reference_depth or {}).items() if not _missing(v)})
+    rows = [_score_row(r, medians.get((i, f))) for r, i, f in
+            zip(out.to_dict("records"), groups["instrument"], groups["filter"])]
+    for column in SCORE_COLUMNS:
+        out[column] = [r[column] for r in rows]
+    return out
+
+
+def _key(value: Any) -> str:
+    """A group key: the value as text, "" when missing (pandas drops missing group keys)."""
+    return "" if _missing(value) else str(value)
+
+
+def _true(value: Any) -> bool:
+    """A flag from a metrics frame, where missing means false."""
+    return not _missing(value) and bool(value)
+
+
+def _score_row(m: Mapping[str, Any], reference: float | None) -> dict[str, Any]:
+    """The score columns of one image; ``reference`` is the median depth of comparable images."""
+    def number(name: str) -> float | None:
+        """The metric as a float, None when missing."""
+        value = m.get(name)
+        return None if _missing(value) else float(value)
+
+    depth, e, unusable = number("depth_5sigma_ab"), number("ellipticity"), number("frac_unusable")
+    out: dict[str, Any] = {"depth_reference_ab": reference, "effective_time_ratio": None,
+                           "score_depth": None, "score_shape": None, "score_data": None}
+    reasons: list[str] = []
+    cautions: list[str] = []
+    usable = _true(m.get("usable"))
+    if depth is not None and reference is not None:
+        ratio = 10.0 ** (0.8 * (depth - reference))
+        out["effective_time_ratio"] = ratio
+        out["score_depth"] = 100.0 * min(1.0, ratio)
+        if out["score_depth"] < REASON_BELOW:
+            reasons.append(f"depth {out['score_depth']:.0f}: "
+                           f"{reference - depth:.2f} mag shallower than comparable images")
+    elif usable:
+        cautions.append(f"depth not scored: no {'zero point' if number('zp_ab') is None else 'PSF'}")
+    if e is not None:
+        shape = 1.0 - (e - ELLIPTICITY_FREE) / (ELLIPTICITY_ZERO - ELLIPTICITY_FREE)
+        out["score_shape"] = 100.0 * min(max(shape, 0.0), 1.0)
+        if out["score_shape"] < REASON_BELOW:
+            reasons.append(f"shape {out['score_shape']:.0f}: ellipticity {e:.2f}")
+    if unusable is not None:
+        out["score_data"] = 100.0 * (1.0 - min(max(unusable, 0.0), 1.0))
+        if out["score_data"] < REASON_BELOW:
+            reasons.append(f"data {out['score_data']:.0f}: {unusable:.1%} of the footprint unusable")
+    terms = [out[k] / 100.0 for k in ("score_depth", "score_shape", "score_data") if out[k] is not None]
+    total = 100.0 * math.prod(terms)
+    gates = []
+    if not usable:
+        gates.append("unusable" if _missing(m.get("problem")) else str(m["problem"]))
+    elif (number("n_stars_fitted") or 0) < MIN_STARS:
+        gates.append(f"too few stars to measure the PSF ({int(number('n_stars_fitted') or 0)} < {MIN_STARS})")
+    if not _missing(m.get("header_flags")):
+        cautions.append(f"header {m['header_flags']}")
+    ratio = number("pixel_scale_ratio")
+    if ratio is not None and abs(ratio - 1.0) > PIXEL_SCALE_TOLERANCE:
+        cautions.append(f"pixel scale {number('pixel_scale'):.4g}\" is {ratio:.2f} x the nominal "
+                        f"{number('pixel_scale_nominal'):.4g}\"")
+    if gates:
+        out.update(score=0.0, flag="reject", flag_reason="; ".join(gates + reasons + cautions))
+    elif total < REJECT_SCORE:
+        out.update(score=total, flag="reject", flag_reason="; ".join(reasons + cautions))
+    elif total >= GOOD_SCORE and not cautions:
+        out.update(score=total, flag="good", flag_reason="; ".join(reasons) or None)
+    else:
+        out.update(score=total, flag="usable", flag_reason="; ".join(reasons + cautions) or None)
+    return out
+
+
+_FRACTION, _POSITIVE, _SCORE = (0.0, 1.0, False, False), (0.0, math.inf, True, True), (0.0, 100.0, False, False)
+# column -> (low, high, low excluded, high excluded)
+PHYSICAL_BOUNDS: dict[str, tuple[float, float, bool, bool]] = {
+    "frac_nan": _FRACTION, "frac_zero": _FRACTION, "frac_saturated": _FRACTION, "frac_dq_flagged": _FRACTION,
+    "frac_unusable": _FRACTION, "fwhm_pix": _POSITIVE, "fwhm_arcsec": _POSITIVE, "background_rms": _POSITIVE,
+    "ellipticity": (0.0, 1.0, False, True), "score": _SCORE, "score_depth": _SCORE, "score_shape": _SCORE,
+    "score_data": _SCORE,
+}
+
+
+def physical_problems(scored: pd.DataFrame) -> list[str]:
+    """Metrics outside their physical bounds (a measurement bug, never bad data): fractions
+    outside [0, 1], FWHM or noise not positive, ellipticity outside [0, 1), scores outside
+    [0, 100]; one message per image and quantity, naming the image."""
+    problems = []
+    for r in scored.to_dict("records"):
+        name = f"{r.get('file_name')}[{r.get('hdu_index')}]"
+        for column, (low, high, low_open, high_open) in PHYSICAL_BOUNDS.items():
+            value = r.get(column)
+            if _missing(value):
+                continue
+            if value < low or value > high or (low_open and value == low) or (high_open and value == high):
+                problems.append(f"{name}: {column} = {value:.6g} outside {'(' if low_open else '['}{low:g}, "
+                                f"{high:g}{')' if high_open else ']'}")
+    return problems

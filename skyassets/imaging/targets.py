@@ -1,0 +1,184 @@
+"""Targets: the catalogued observations grouped by where their footprints overlap on the sky.
+
+Composites and mosaics are made per target. A target is a set of observations joined by
+overlapping footprints (the ``s_region`` polygons of their images, not field-of-view radii) whose
+target names agree; it is keyed by the target name made safe, with a short hash when one name
+covers separate fields. Overlap is decided in the tangent plane at the pair's mid-point, so RA
+wrap and the poles need nothing special.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+
+import numpy as np
+import pandas as pd
+from scipy.spatial import cKDTree
+from shapely import Polygon, unary_union
+from shapely.geometry.base import BaseGeometry
+
+from skyassets.lake.names import validate_obs_id
+
+_SEPARATORS = re.compile(r"[^A-Z0-9+.]+")
+_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+
+
+def polygons(s_region: str | None) -> list[np.ndarray]:
+    """The (N, 2) RA/Dec vertex arrays of the POLYGONs of an STC-S region (CIRCLEs left out)."""
+    if not isinstance(s_region, str):
+        return []
+    out = []
+    for part in re.split(r"(?i)polygon", s_region)[1:]:
+        numbers = [float(x) for x in _NUMBER.findall(part)]
+        if len(numbers) >= 6:
+            out.append(np.array(numbers[: len(numbers) // 2 * 2]).reshape(-1, 2))
+    return out
+
+
+def normalise_name(name: str | None) -> str:
+    """``NGC 3132``, ``NGC-3132`` and ``ngc3132`` alike: upper case, letters, digits, ``+`` and ``.``."""
+    return _SEPARATORS.sub("", name.upper()) if isinstance(name, str) else ""
+
+
+def _key_name(name: str) -> str:
+    """A target name as a partition key: spaces and other separators become single dashes."""
+    return _SEPARATORS.sub("-", name.upper()).strip("-.")
+
+
+def _unit(ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
+    ra, dec = np.radians(ra), np.radians(dec)
+    return np.column_stack([np.cos(dec) * np.cos(ra), np.cos(dec) * np.sin(ra), np.sin(dec)])
+
+
+def _tangent(vertices: np.ndarray, centre: np.ndarray) -> Polygon | None:
+    """A polygon projected gnomonically about ``centre`` (a unit vector); None if it reaches the far side."""
+    east = np.cross([0.0, 0.0, 1.0], centre)
+    if np.linalg.norm(east) < 1e-12:  # at a pole any east will do
+        east = np.array([0.0, 1.0, 0.0])
+    east /= np.linalg.norm(east)
+    north = np.cross(centre, east)
+    v = _unit(vertices[:, 0], vertices[:, 1])
+    c = v @ centre
+    if (c <= 0).any():
+        return None
+    shape = Polygon(np.column_stack([(v @ east) / c, (v @ north) / c]))
+    return shape if shape.is_valid else shape.buffer(0)
+
+
+class _Footprint:
+    """An observation's image polygons, with a bounding cap to skip pairs far apart."""
+
+    def __init__(self, regions: Iterable[str | None]):
+        self.vertices = [p for region in regions for p in polygons(region)]
+        points = _unit(*np.vstack(self.vertices).T) if self.vertices else np.empty((0, 3))
+        centre = points.sum(axis=0)
+        self.centre = centre / np.linalg.norm(centre) if len(points) else None
+        self.radius = float(np.arccos(np.clip(points @ self.centre, -1, 1)).max()) if len(points) else 0.0
+
+    def near(self, other: _Footprint) -> bool:
+        if self.centre is None or other.centre is None:
+            return False
+        return float(np.arccos(np.clip(self.centre @ other.centre, -1, 1))) <= self.radius + other.radius
+
+    def shape(self, centre: np.ndarray) -> BaseGeometry | None:
+        shapes = [s for s in (_tangent(v, centre) for v in self.vertices) if s is not None]
+        return unary_union(shapes) if shapes else None
+
+    def overlaps(self, other: _Footprint) -> bool:
+        if not self.near(other):
+            return False
+        middle = self.centre + other.centre
+        middle /= np.linalg.norm(middle)
+        mine, theirs = self.shape(middle), other.shape(middle)
+        return mine is not None and theirs is not None and mine.intersection(theirs).area > 0
+
+
+def _candidate_pairs(footprints: list[_Footprint]) -> set[tuple[int, int]]:
+    """Index pairs whose bounding caps may touch, from a k-d tree of the centres (chord distances)."""
+    if len(footprints) < 2:
+        return set()
+    centres = np.array([f.centre for f in footprints])
+    widest = max(f.radius for f in footprints)
+    reach = 2 * np.sin(min(np.pi, 2 * widest) / 2)
+    return {(i, j) for i, j in cKDTree(centres).query_pairs(reach) if footprints[i].near(footprints[j])}
+
+
+def group_targets(images: pd.DataFrame) -> pd.DataFrame:
+    """One row per observation (``obs_id``) with its ``target`` key and the ``target_name`` it shows.
+
+    ``images`` has ``obs_id``, ``target_name`` and ``s_region`` (one row per image, as the catalog's
+    ``images``). Observations without a footprint are left out: they cannot be placed on the sky.
+    """
+    names: dict[str, Counter[str]] = defaultdict(Counter)
+    shown: dict[str, str] = {}
+    regions: dict[str, list[str | None]] = defaultdict(list)
+    for obs_id, name, region in images[["obs_id", "target_name", "s_region"]].itertuples(index=False):
+        names[obs_id][normalise_name(name)] += 1
+        shown.setdefault(normalise_name(name), _key_name(name) if isinstance(name, str) else "")
+        regions[obs_id].append(region)
+    footprints = {o: _Footprint(r) for o, r in regions.items()}
+    obs_ids = sorted(o for o, f in footprints.items() if f.vertices)
+    name_of = {o: names[o].most_common(1)[0][0] for o in obs_ids}
+    parent = {o: o for o in obs_ids}
+
+    def root(o: str) -> str:
+        while parent[o] != o:
+            parent[o] = parent[parent[o]]
+            o = parent[o]
+        return o
+
+    for i, j in sorted(_candidate_pairs([footprints[o] for o in obs_ids])):
+        a, b = obs_ids[i], obs_ids[j]
+        same_name = name_of[a] == name_of[b] or not name_of[a] or not name_of[b]
+        if same_name and root(a) != root(b) and footprints[a].overlaps(footprints[b]):
+            parent[root(b)] = root(a)
+    groups: dict[str, list[str]] = defaultdict(list)
+    for o in obs_ids:
+        groups[root(o)].append(o)
+    label = {g: Counter(name_of[o] for o in members if name_of[o]).most_common(1) for g, members in groups.items()}
+    per_name = Counter(v[0][0] if v else "" for v in label.values())
+    rows = []
+    for g, members in groups.items():
+        name = label[g][0][0] if label[g] else ""
+        key = shown.get(name) or "FIELD"
+        if per_name[name] > 1 or not name:
+            key = f"{key}-{hashlib.sha256(';'.join(sorted(members)).encode()).hexdigest()[:6]}"
+        rows += [(o, validate_obs_id(key), shown.get(name, "")) for o in members]
+    return pd.DataFrame(rows, columns=["obs_id", "target", "target_name"]).sort_values(["target", "obs_id"], ignore_index=True)
+
+
+# The images a target's products are made from, with what mosaics and composites need of them.
+INPUT_COLUMNS = [
+    "target", "obs_id", "file_name", "path", "hdu_index", "sha256", "instrument_name", "filter",
+    "calib_level", "t_exptime", "score", "flag",
+]
+
+
+def target_inputs(groups: pd.DataFrame, images: pd.DataFrame, quality: pd.DataFrame | None) -> dict[str, pd.DataFrame]:
+    """Per target of ``groups`` (``target_groups``): its catalogued ``images`` that ``quality`` found
+    usable and did not reject, as ``INPUT_COLUMNS``. A target whose images are not measured yet, or
+    all rejected, has an empty table: its products wait for usable data rather than use bad data.
+    """
+    columns = [c for c in INPUT_COLUMNS if c not in ("target", "score", "flag")]
+    if quality is None or quality.empty:
+        usable = pd.DataFrame(columns=INPUT_COLUMNS)
+    else:
+        verdict = quality[["sha256", "hdu_index", "usable", "flag", "score"]].drop_duplicates(["sha256", "hdu_index"])
+        verdict = verdict[verdict["usable"].astype(bool) & (verdict["flag"] != "reject")]
+        usable = images[columns].merge(verdict.drop(columns="usable"), on=["sha256", "hdu_index"])
+        usable = usable.merge(groups[["obs_id", "target"]], on="obs_id")[INPUT_COLUMNS]
+    by_target = dict(tuple(usable.groupby("target", sort=True)))
+    return {
+        target: by_target.get(target, usable.iloc[:0]).sort_values(["instrument_name", "filter", "obs_id", "file_name", "hdu_index"], ignore_index=True)
+        for target in sorted(groups["target"].unique())
+    }
+
+
+def inputs_digest(inputs: pd.DataFrame) -> str:
+    """Which images (file content and HDU) a target's products are made from: same digest, same inputs.
+    A re-measured score that keeps the same images keeps the digest, so nothing is remade for it."""
+    keys = sorted(f"{sha}:{int(hdu)}" for sha, hdu in zip(inputs["sha256"], inputs["hdu_index"]))
+    return hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16]

@@ -1,0 +1,645 @@
+"""The landing zone: FITS files that observatories drop into a folder or an S3 prefix.
+
+A sensor calls ``tick`` once per evaluation. Each tick examines a bounded slice of the zone
+(``max_files`` entries, or ``max_keys_per_tick`` keys), records what it saw in a SQLite state file
+and returns at most ``max_ready`` files that are ready: seen with the same size and signature
+(mtime in nanoseconds, or ETag) in two different ticks, and not already taken in that version.
+A slice continues where the previous one stopped; once the whole zone has been examined (a pass),
+files that were not seen in that pass are dropped from the state.
+
+Files are marked taken inside ``tick``, tagged with the tick's generation. The returned cursor
+names that generation; a later tick given an older cursor (the sensor evaluation that received
+the files failed, so Dagster kept the old cursor) un-takes them, and they are offered again. So
+the sensor must store exactly the cursor each tick returns, and nothing else is needed to confirm.
+
+Plain Python, no Dagster.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import os
+import re
+import secrets
+import sqlite3
+import stat
+import time
+import unicodedata
+import warnings
+import zlib
+from collections.abc import Iterator, Sequence
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from skyassets.fits.header import NotPlainFits, plain_cards, plain_keyword, plain_value, read_header_blocks
+from skyassets.lake.names import InvalidNameError, validate_obs_id
+
+FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fz")
+TEMP_SUFFIX = ".part"
+HEADER_ID_KEYWORDS = ("OBS_ID", "ROOTNAME", "ASN_ID", "OBSID")
+# Header values that mean "no id" in HST/JWST products.
+_NO_ID_VALUES = {"", "NONE", "N/A", "NA", "UNKNOWN", "NULL"}
+STEM_MAX = 64
+# Enough for the primary header of any MAST product and, for .fz, the first extension's header.
+S3_HEADER_BYTES = 256 << 10
+# Positions of older generations kept so a cursor a few ticks old still resumes where it was.
+_KEEP_POSITIONS = 64
+_CURSOR_VERSION = 1
+
+_STEM_BAD_RE = re.compile(r"[^A-Za-z0-9_.\-]+")
+
+
+@dataclass(frozen=True)
+class LandedFile:
+    """One ready file. ``signature`` is the mtime in ns (local) or the ETag without quotes (s3)."""
+
+    source: str  # "local" | "s3"
+    location: str  # absolute path, or s3://bucket/key
+    size: int
+    signature: str
+    relative: str  # below the landing root or prefix, "/"-separated, for display
+
+
+@dataclass(frozen=True)
+class Tick:
+    """What one tick found. ``pending`` counts known files not yet taken in their current version."""
+
+    ready: list[LandedFile]
+    cursor: str
+    scanned: int
+    pending: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class _Seen:
+    rel: str
+    size: int
+    signature: str
+
+
+def is_landing_name(name: str) -> bool:
+    """A FITS file name we take: not hidden, not one of our ``.part`` temp files."""
+    lower = name.lower()
+    return not name.startswith(".") and not lower.endswith(TEMP_SUFFIX) and lower.endswith(FITS_SUFFIXES)
+
+
+class _Zone:
+    """The state file, generations and the ready selection shared by folder and S3 zones."""
+
+    source = ""
+
+    def __init__(self, state_path: Path, identity: str, max_ready: int):
+        if max_ready < 1:
+            raise ValueError("max_ready must be at least 1")
+        self.state_path = Path(state_path)
+        self.max_ready = max_ready
+        self.state_path.parent.mkdir(parents=True, exist_ok=True)
+        with closing(self._connect()) as con:
+            con.execute("BEGIN IMMEDIATE")
+            con.executescript(
+                """
+                CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
+                CREATE TABLE IF NOT EXISTS files (
+                    rel TEXT PRIMARY KEY, size INTEGER NOT NULL, sig TEXT NOT NULL,
+                    first_seen REAL NOT NULL, stable INTEGER NOT NULL, seen_pass INTEGER NOT NULL,
+                    taken_size INTEGER, taken_sig TEXT, taken_gen INTEGER
+                ) WITHOUT ROWID;
+                CREATE TABLE IF NOT EXISTS positions (
+                    gen INTEGER PRIMARY KEY, pass INTEGER NOT NULL, after TEXT
+                );
+                """
+            )
+            meta = dict(con.execute("SELECT k, v FROM meta"))
+            if not meta:
+                con.executemany(
+                    "INSERT INTO meta VALUES (?, ?)",
+                    [("state_id", secrets.token_hex(4)), ("zone", identity), ("gen", "0")],
+                )
+            elif meta["zone"] != identity:
+                con.rollback()
+                raise ValueError(
+                    f"landing state {self.state_path} belongs to {meta['zone']!r}, not {identity!r}"
+                )
+            con.commit()
+
+    def _connect(self) -> sqlite3.Connection:
+        con = sqlite3.connect(self.state_path, timeout=30, isolation_level=None)
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute("PRAGMA synchronous=NORMAL")
+        return con
+
+    def tick(self, cursor: str | None) -> Tick:
+        """Examine the next slice, and take and return the files that are ready."""
+        started = time.monotonic()
+        with closing(self._connect()) as con:
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                state_id, gen, pass_no, after = self._begin(con, cursor)
+                seen, keep_prefixes, after, pass_done, scanned = self._scan(after)
+                now = time.time()
+                self._record(con, seen, keep_prefixes, pass_no, now)
+                if pass_done:
+                    con.execute("DELETE FROM files WHERE seen_pass != ?", (pass_no,))
+                    pass_no, after = pass_no + 1, None
+                ready = self._take(con, gen, now)
+                pending = con.execute(
+                    "SELECT COUNT(*) FROM files WHERE taken_sig IS NULL OR taken_sig != sig"
+                    " OR taken_size != size"
+                ).fetchone()[0]
+                con.execute(
+                    "INSERT OR REPLACE INTO positions VALUES (?, ?, ?)",
+                    (gen, pass_no, None if after is None else json.dumps(after)),
+                )
+                con.execute(
+                    "DELETE FROM positions WHERE gen > ? OR gen <= ?", (gen, gen - _KEEP_POSITIONS)
+                )
+                con.execute("UPDATE meta SET v = ? WHERE k = 'gen'", (str(gen),))
+                con.commit()
+            except BaseException:
+                con.rollback()
+                raise
+        new_cursor = json.dumps(
+            {"v": _CURSOR_VERSION, "state": state_id, "gen": gen, "pass": pass_no},
+            separators=(",", ":"),
+        )
+        return Tick(ready, new_cursor, scanned, pending, time.monotonic() - started)
+
+    def _begin(self, con: sqlite3.Connection, cursor: str | None) -> tuple[str, int, int, Any]:
+        """The new generation and the position to resume from; un-take what a lost tick took.
+
+        A cursor from this state file and not newer than it is trusted: files taken after its
+        generation were handed to an evaluation whose result Dagster discarded. Without such a
+        cursor (first tick, reset or foreign cursor) the state file's own last position is used.
+        """
+        meta = dict(con.execute("SELECT k, v FROM meta"))
+        state_id, last_gen = meta["state_id"], int(meta["gen"])
+        parsed = _parse_cursor(cursor)
+        if parsed is not None and parsed["state"] == state_id and 0 <= parsed["gen"] <= last_gen:
+            base = parsed["gen"]
+            con.execute(
+                "UPDATE files SET taken_size = NULL, taken_sig = NULL, taken_gen = NULL"
+                " WHERE taken_gen > ?",
+                (base,),
+            )
+        else:
+            base = last_gen
+        row = con.execute("SELECT pass, after FROM positions WHERE gen = ?", (base,)).fetchone()
+        if row is None:
+            start = con.execute("SELECT COALESCE(MAX(seen_pass), 0) + 1 FROM files").fetchone()[0]
+            return state_id, base + 1, start, None
+        return state_id, base + 1, row[0], None if row[1] is None else json.loads(row[1])
+
+    def _record(
+        self, con: sqlite3.Connection, seen: list[_Seen], keep_prefixes: list[str], pass_no: int,
+        now: float,
+    ) -> None:
+        """Upsert observations: same size and signature as last time makes a file stable."""
+        con.executemany(
+            """
+            INSERT INTO files (rel, size, sig, first_seen, stable, seen_pass)
+            VALUES (?, ?, ?, ?, 0, ?)
+            ON CONFLICT (rel) DO UPDATE SET
+                stable = (files.size = excluded.size AND files.sig = excluded.sig),
+                first_seen = CASE WHEN files.size = excluded.size AND files.sig = excluded.sig
+                             THEN files.first_seen ELSE excluded.first_seen END,
+                size = excluded.size, sig = excluded.sig, seen_pass = excluded.seen_pass
+            """,
+            ((s.rel, s.size, s.signature, now, pass_no) for s in seen),
+        )
+        # Files below a folder that could not be listed this time are kept, not dropped.
+        for prefix in keep_prefixes:
+            con.execute(
+                "UPDATE files SET seen_pass = ? WHERE substr(rel, 1, ?) = ?",
+                (pass_no, len(prefix), prefix),
+            )
+
+    def _take(self, con: sqlite3.Connection, gen: int, now: float) -> list[LandedFile]:
+        rows = con.execute(
+            "SELECT rel, size, sig FROM files WHERE stable AND"
+            " (taken_sig IS NULL OR taken_sig != sig OR taken_size != size)"
+            " ORDER BY first_seen, rel LIMIT ?",
+            (self.max_ready,),
+        ).fetchall()
+        ready: list[LandedFile] = []
+        for row in rows:
+            rel, size, sig = row
+            current = self._recheck(_Seen(*row))
+            if current is None:
+                con.execute("DELETE FROM files WHERE rel = ?", (rel,))
+            elif (current.size, current.signature) != (size, sig):
+                con.execute(
+                    "UPDATE files SET size = ?, sig = ?, stable = 0, first_seen = ? WHERE rel = ?",
+                    (current.size, current.signature, now, rel),
+                )
+            else:
+                ready.append(self._landed(current))
+        con.executemany(
+            "UPDATE files SET taken_size = ?, taken_sig = ?, taken_gen = ? WHERE rel = ?",
+            ((f.size, f.signature, gen, f.relative) for f in ready),
+        )
+        return ready
+
+    def _scan(self, after: Any) -> tuple[list[_Seen], list[str], Any, bool, int]:
+        """(files seen, folder prefixes to keep, new position, pass finished, entries examined)."""
+        raise NotImplementedError
+
+    def _recheck(self, seen: _Seen) -> _Seen | None:
+        """The file's current size and signature just before it is offered; None if gone."""
+        raise NotImplementedError
+
+    def _landed(self, seen: _Seen) -> LandedFile:
+        raise NotImplementedError
+
+
+def _parse_cursor(cursor: str | None) -> dict[str, Any] | None:
+    if not cursor:
+        return None
+    try:
+        parsed = json.loads(cursor)
+        if parsed.get("v") != _CURSOR_VERSION:
+            return None
+        return {"state": str(parsed["state"]), "gen": int(parsed["gen"])}
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
+
+
+class LandingZone(_Zone):
+    """A folder (and by default its subfolders) on this machine.
+
+    The walk is depth-first in sorted name order, so a slice can resume after the last entry it
+    examined (its path components, kept in the state file). Symbolic links are skipped: a link
+    could point anywhere on the machine, and a linked folder could loop.
+    """
+
+    source = "local"
+
+    def __init__(
+        self, root: Path, state_path: Path, *, recursive: bool = True, max_files: int = 20000,
+        max_ready: int = 500,
+    ):
+        if max_files < 1:
+            raise ValueError("max_files must be at least 1")
+        self.root = Path(root).expanduser().resolve()
+        self.recursive = recursive
+        self.max_files = max_files
+        super().__init__(state_path, f"local:{self.root}", max_ready)
+
+    def _scan(self, after: Any) -> tuple[list[_Seen], list[str], Any, bool, int]:
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"landing folder {self.root} does not exist")
+        seen: list[_Seen] = []
+        unreadable: list[str] = []
+        position = after
+        scanned = 0
+        walk = self._walk(str(self.root), (), tuple(after or ()), unreadable)
+        for parts, entry in walk:
+            scanned += 1
+            position = list(parts)
+            if not entry.is_dir(follow_symlinks=False):
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue  # gone since the listing
+                seen.append(_Seen("/".join(parts), st.st_size, str(st.st_mtime_ns)))
+            if scanned >= self.max_files:
+                break
+        # One look ahead tells whether the pass ends here, so it never needs an empty slice.
+        done = next(walk, None) is None
+        walk.close()
+        return seen, unreadable, position, done, scanned
+
+    def _walk(
+        self, directory: str, parts: tuple[str, ...], resume: tuple[str, ...], unreadable: list[str]
+    ) -> Iterator[tuple[tuple[str, ...], os.DirEntry[str]]]:
+        """Entries below ``directory`` in pre-order, starting after the position ``resume``."""
+        try:
+            with os.scandir(directory) as it:
+                entries = sorted((e for e in it if self._wanted(e)), key=lambda e: e.name)
+        except OSError:
+            if not parts:
+                raise
+            unreadable.append("/".join(parts) + "/")
+            return
+        for entry in entries:
+            here = parts + (entry.name,)
+            is_dir = entry.is_dir(follow_symlinks=False)
+            if resume:
+                if entry.name < resume[0]:
+                    continue
+                if entry.name == resume[0]:
+                    # Examined in an earlier slice; a folder's contents continue after resume[1:].
+                    if is_dir:
+                        yield from self._walk(entry.path, here, resume[1:], unreadable)
+                    resume = ()
+                    continue
+                resume = ()
+            yield here, entry
+            if is_dir:
+                yield from self._walk(entry.path, here, (), unreadable)
+
+    def _wanted(self, entry: os.DirEntry[str]) -> bool:
+        name = entry.name
+        if name.startswith(".") or entry.is_symlink():
+            return False
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            return False  # not representable in the state file or a partition key's source
+        if entry.is_dir(follow_symlinks=False):
+            return self.recursive
+        return is_landing_name(name) and entry.is_file(follow_symlinks=False)
+
+    def _recheck(self, seen: _Seen) -> _Seen | None:
+        try:
+            st = os.lstat(self.root / seen.rel)
+        except OSError:
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        return _Seen(seen.rel, st.st_size, str(st.st_mtime_ns))
+
+    def _landed(self, seen: _Seen) -> LandedFile:
+        return LandedFile("local", str(self.root / seen.rel), seen.size, seen.signature, seen.rel)
+
+
+class S3LandingZone(_Zone):
+    """Objects below a prefix of an S3 bucket, listed through the boto3 ``client`` given.
+
+    The position is the last key examined, passed as ``StartAfter`` to resume: unlike a
+    continuation token it stays valid for any time and across clients. The signature is the ETag,
+    so re-uploading identical bytes is not a change. An object is not fetched again before it is
+    offered (a HEAD per object would cost more than the tick may take on a remote store); the copy
+    step should pass ``IfMatch=<signature>`` so a replaced object fails there and is re-offered by
+    a later pass.
+    """
+
+    source = "s3"
+
+    def __init__(
+        self, client: Any, bucket: str, prefix: str, state_path: Path, *, recursive: bool = True,
+        max_keys_per_tick: int = 20000, max_ready: int = 500,
+    ):
+        if max_keys_per_tick < 1:
+            raise ValueError("max_keys_per_tick must be at least 1")
+        self.client = client
+        self.bucket = bucket
+        self.prefix = prefix
+        self.recursive = recursive
+        self.max_keys_per_tick = max_keys_per_tick
+        super().__init__(state_path, f"s3://{bucket}/{prefix}", max_ready)
+
+    def _scan(self, after: Any) -> tuple[list[_Seen], list[str], Any, bool, int]:
+        seen: list[_Seen] = []
+        scanned = 0
+        position = after
+        while True:
+            kwargs: dict[str, Any] = {
+                "Bucket": self.bucket, "Prefix": self.prefix,
+                "MaxKeys": min(1000, self.max_keys_per_tick - scanned),
+            }
+            if position:
+                kwargs["StartAfter"] = position
+            page = self.client.list_objects_v2(**kwargs)
+            for obj in page.get("Contents", []):
+                scanned += 1
+                position = obj["Key"]
+                rel = position[len(self.prefix):]
+                if self._wanted(rel.lstrip("/")):
+                    seen.append(_Seen(rel, int(obj["Size"]), obj.get("ETag", "").strip('"')))
+            if not page.get("IsTruncated"):
+                return seen, [], position, True, scanned
+            if scanned >= self.max_keys_per_tick:
+                return seen, [], position, False, scanned
+
+    def _wanted(self, rel: str) -> bool:
+        parts = rel.split("/")
+        if not rel or (len(parts) > 1 and not self.recursive):
+            return False
+        return all(p and not p.startswith(".") for p in parts) and is_landing_name(parts[-1])
+
+    def _recheck(self, seen: _Seen) -> _Seen | None:
+        return seen  # the listing is trusted; see the class docstring
+
+    def _landed(self, seen: _Seen) -> LandedFile:
+        key = self.prefix + seen.rel
+        return LandedFile("s3", f"s3://{self.bucket}/{key}", seen.size, seen.signature, seen.rel)
+
+
+def partition_key(file: LandedFile | str | Path, *, client: Any = None) -> str:
+    """The partition key of a landed file; always passes ``validate_obs_id``.
+
+    The observation id from the header (``HEADER_ID_KEYWORDS`` in order, in the primary header or,
+    when the primary holds no data as in a tile-compressed ``.fz``, the first extension's header)
+    when one is a valid key. Otherwise the file's stem made safe, ``-`` and 8 hex digits of the
+    SHA-256 of location, size and signature: hashing the bytes of large files would cost more
+    than a sensor tick may take, and a file changed in place then gets a new key. Files that are
+    not FITS or cannot be read get the second form too. ``client`` (boto3) reads ``s3://`` files.
+    """
+    if isinstance(file, LandedFile):
+        location, size, signature = file.location, file.size, file.signature
+    else:
+        location, size, signature = str(file), None, None
+    if location.startswith("s3://"):
+        header_id, size, signature = _s3_header_id(location, client, size, signature)
+    else:
+        header_id = _local_header_id(location)
+        if size is None:
+            try:
+                st = os.stat(location)
+                size, signature = st.st_size, str(st.st_mtime_ns)
+            except OSError:
+                pass
+    if header_id is not None:
+        return header_id
+    digest = hashlib.sha256(f"{location}\0{size}\0{signature}".encode("utf-8", "surrogateescape"))
+    return validate_obs_id(f"{_safe_stem(location)}-{digest.hexdigest()[:8]}")
+
+
+def _safe_stem(location: str) -> str:
+    """The file name without its FITS suffix, reduced to letters, digits, ``_ - .``."""
+    name = location.replace("\\", "/").rsplit("/", 1)[-1]
+    lower = name.lower()
+    for suffix in sorted(FITS_SUFFIXES, key=len, reverse=True):
+        if lower.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode("ascii")
+    stem = _STEM_BAD_RE.sub("_", ascii_name)
+    stem = re.sub(r"\.{2,}", ".", stem)[:STEM_MAX]
+    stem = stem.strip("_.-")
+    return stem or "file"
+
+
+def _header_id(headers: Sequence[Any]) -> str | None:
+    for header in headers:
+        for keyword in HEADER_ID_KEYWORDS:
+            value = header.get(keyword)
+            if value is None or isinstance(value, bool):
+                continue
+            text = str(value).strip()
+            if text.upper() in _NO_ID_VALUES:
+                continue
+            try:
+                return validate_obs_id(text)
+            except InvalidNameError:
+                continue
+    return None
+
+
+def _headers(hdul: Any) -> list[Any]:
+    """The primary header, and the first extension's when the primary holds no data."""
+    primary = hdul[0].header
+    if primary.get("NAXIS", 0) != 0:
+        return [primary]
+    try:
+        return [primary, hdul[1].header]
+    except (IndexError, OSError, ValueError):
+        return [primary]
+
+
+def _astropy_header_id(source: str | io.BytesIO) -> str | None:
+    """The header id as astropy reads the file: any FITS astropy opens, compressed ones too."""
+    from astropy.io import fits
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with fits.open(source, lazy_load_hdus=True, memmap=False) as hdul:
+                return _header_id(_headers(hdul))
+    except Exception:  # astropy raises many kinds for files that are not FITS; the key falls back
+        return None
+
+
+_BLOCK = 2880
+_CARD = 80
+_SIMPLE_T = b"SIMPLE  =                    T"
+
+
+# Keywords astropy reads while it opens a file and builds the primary and first image HDU.
+_STRUCTURAL = ("SIMPLE", "XTENSION", "BITPIX", "NAXIS", "EXTEND", "GROUPS", "PCOUNT", "GCOUNT",
+               "BZERO", "BSCALE", "BLANK")
+_WATCHED = frozenset(
+    k.ljust(8).encode() for k in (*HEADER_ID_KEYWORDS, *_STRUCTURAL, *(f"NAXIS{n}" for n in range(1, 1000)))
+)
+_BITPIX = {8, 16, 32, 64, -32, -64}
+
+
+class _PlainHeader:
+    """The cards of ``_WATCHED`` keywords in plain header cards, with astropy's values."""
+
+    def __init__(self, cards: bytes):
+        self.cards: dict[bytes, bytes] = {}
+        for at in range(0, len(cards), _CARD):
+            field = cards[at:at + 8]
+            if field in _WATCHED:
+                if field in self.cards or cards[at + 8:at + 10] != b"= ":
+                    raise NotPlainFits(f"{field!r} repeated or without a value")
+                if cards[at + _CARD:at + _CARD + 8] == b"CONTINUE":
+                    raise NotPlainFits(f"{field!r} continued")
+                self.cards[field] = cards[at:at + _CARD]
+            elif field == b"HIERARCH":
+                name = cards[at + 9:at + _CARD].partition(b"=")[0].strip().upper()
+                if name.ljust(8) in _WATCHED:
+                    raise NotPlainFits(f"HIERARCH {name!r}")
+            elif not plain_keyword(field):
+                raise NotPlainFits(f"keyword field {field!r}")
+
+    def get(self, keyword: str) -> Any:
+        """The value astropy's ``Header.get`` gives."""
+        card = self.cards.get(keyword.ljust(8).encode())
+        return None if card is None else plain_value(card)
+
+    def integer(self, keyword: str, low: int, high: int) -> int:
+        """A structural integer astropy uses to size the HDU; ``NotPlainFits`` if absent or odd."""
+        value = self.get(keyword)
+        if type(value) is not int or not low <= value <= high:
+            raise NotPlainFits(f"{keyword} = {value!r}")
+        return value
+
+
+def _image_axes(header: _PlainHeader) -> list[int]:
+    """The axis lengths, once the keywords astropy reads to build the HDU are known to be plain."""
+    if header.integer("BITPIX", -64, 64) not in _BITPIX:
+        raise NotPlainFits("BITPIX")
+    naxis = header.integer("NAXIS", 0, 999)
+    for keyword in ("BZERO", "BSCALE", "BLANK"):
+        header.get(keyword)  # parsed while the HDU is built: unparsable values must go to astropy
+    return [header.integer(f"NAXIS{n}", 0, 1 << 62) for n in range(1, naxis + 1)]
+
+
+def _plain_header_id(f: io.BufferedIOBase, size: int) -> str | None:
+    """``_astropy_header_id`` for plain uncompressed FITS, reading only the headers it needs.
+
+    Raises ``NotPlainFits`` for anything else: the caller then asks astropy.
+    """
+    primary_bytes = plain_cards(read_header_blocks(f))
+    if not primary_bytes.startswith(_SIMPLE_T):
+        raise NotPlainFits("no standard SIMPLE card")
+    primary = _PlainHeader(primary_bytes)
+    if primary.get("SIMPLE") is not True:
+        raise NotPlainFits("SIMPLE")
+    for keyword in ("GROUPS", "PCOUNT", "GCOUNT"):
+        if keyword.ljust(8).encode() in primary.cards:
+            raise NotPlainFits(f"{keyword} in the primary header")
+    axes = _image_axes(primary)
+    primary_end = f.tell()
+    if axes:
+        # Without EXTEND = T astropy looks for a first extension while it opens the file.
+        data = abs(primary.integer("BITPIX", -64, 64)) // 8 * math.prod(axes)
+        if primary.get("EXTEND") is not True and size > primary_end + data + -data % _BLOCK:
+            raise NotPlainFits("an extension after a primary without EXTEND = T")
+        return _header_id([primary])
+    if primary_end == size:
+        return _header_id([primary])
+    extension_bytes = plain_cards(read_header_blocks(f))
+    if not extension_bytes.startswith(b"XTENSION= "):
+        raise NotPlainFits("first extension does not start with XTENSION")
+    extension = _PlainHeader(extension_bytes)
+    if extension.get("XTENSION") != "IMAGE":
+        raise NotPlainFits("first extension is not an image")
+    _image_axes(extension)
+    extension.integer("PCOUNT", 0, 1 << 62)
+    extension.integer("GCOUNT", 0, 1 << 62)
+    return _header_id([primary, extension])
+
+
+def _local_header_id(path: str) -> str | None:
+    """The header id of a local file: its headers read directly, astropy when they are not plain."""
+    try:
+        with open(path, "rb") as f:
+            return _plain_header_id(f, os.fstat(f.fileno()).st_size)
+    except (NotPlainFits, OSError):
+        return _astropy_header_id(path)
+
+
+def _s3_header_id(
+    location: str, client: Any, size: int | None, signature: str | None
+) -> tuple[str | None, int | None, str | None]:
+    """Header id from the first ``S3_HEADER_BYTES`` of the object, and its size and ETag."""
+    if client is None:
+        raise ValueError(f"partition_key of {location} needs an S3 client")
+    bucket, _, key = location[len("s3://"):].partition("/")
+    try:
+        response = client.get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{S3_HEADER_BYTES - 1}")
+        head = response["Body"].read()
+    except Exception:  # missing or unreadable object: the catalogue step reports it
+        return None, size, signature
+    if size is None:
+        total = str(response.get("ContentRange", "")).rpartition("/")[2]
+        size = int(total) if total.isdigit() else response.get("ContentLength")
+        signature = str(response.get("ETag", "")).strip('"')
+    if head[:2] == b"\x1f\x8b":
+        try:
+            head = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(head, 4 * S3_HEADER_BYTES)
+        except zlib.error:
+            return None, size, signature
+    try:
+        return _plain_header_id(io.BytesIO(head), len(head)), size, signature
+    except NotPlainFits:  # not FITS, or a header longer than the bytes read, or odd
+        return _astropy_header_id(io.BytesIO(head)), size, signature

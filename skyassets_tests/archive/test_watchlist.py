@@ -1,0 +1,73 @@
+import pytest
+
+from skyassets.archive.watchlist import ProductSpec, WatchlistError, load_watchlist, parse_watchlist
+
+
+def test_packaged_watchlist_has_every_search_kind():
+    wl = load_watchlist()
+    kinds = {entry.kind for entry in wl.entries}
+    assert {"target", "coordinates", "program"} <= kinds
+
+
+def test_entry_criteria_map_to_caom_columns():
+    wl = parse_watchlist(
+        """
+entries:
+  - name: deep
+    coordinates: {ra: 10.5, dec: -20}
+    radius: 90 arcsec
+    collection: JWST
+    instrument: NIRCAM/IMAGE
+    filters: [F200W, F444W]
+    calib_level: 3
+    product_type: image
+    exposure: [100, 5000]
+    products: {subgroups: [i2d]}
+  - obs_id: [a1, a2]
+"""
+    )
+    deep, ids = wl.entries
+    assert deep.coordinates.ra.deg == pytest.approx(10.5)
+    assert deep.radius.arcsec == pytest.approx(90)
+    assert deep.criteria == {
+        "obs_collection": ["JWST"],
+        "instrument_name": ["NIRCAM/IMAGE"],
+        "filters": ["F200W", "F444W"],
+        "calib_level": [3],
+        "dataproduct_type": ["image"],
+        "t_exptime": [100.0, 5000.0],
+    }
+    assert deep.products.subgroups == ("I2D",)
+    assert ids.name == "obs_id:['a1', 'a2']" and ids.obs_id == ("a1", "a2")
+    assert ids.products == ProductSpec()
+
+
+def test_sexagesimal_coordinates():
+    wl = parse_watchlist("entries: [{coordinates: '10:07:01.8 -40:26:11', radius: 1 arcmin}]")
+    assert wl.entries[0].coordinates.ra.deg == pytest.approx(151.7575, abs=1e-3)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("entries: []", "non-empty 'entries'"),
+        ("entries: [{name: a}]", "exactly one of"),
+        ("entries: [{name: a, target: M1, program: 1}]", "exactly one of"),
+        ("entries: [{name: a, target: M1, colection: JWST}]", "unknown keys ['colection']"),
+        ("entries: [{name: a, target: M1, radius: 5 kg}]", "entry 'a'"),
+        ("entries: [{name: a, target: M1, exposure: 5}]", "'exposure' is a range"),
+        ("entries: [{name: a, target: M1}, {name: a, program: 3}]", "unique"),
+        ("entries: [{name: a, target: M1, products: {kind: x}}]", "'products' takes"),
+        ("entries: [a: b: c]", "not valid YAML"),
+    ],
+)
+def test_bad_watchlists_name_the_file_and_the_reason(text, message):
+    with pytest.raises(WatchlistError) as err:
+        parse_watchlist(text, "my-watchlist.yaml")
+    assert "my-watchlist.yaml" in str(err.value)
+    assert message in str(err.value)
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(WatchlistError, match="nope.yaml"):
+        load_watchlist(tmp_path / "nope.yaml")

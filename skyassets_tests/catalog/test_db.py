@@ -1,0 +1,380 @@
+"""The catalog over a synthetic lake: snapshots under concurrent writes, sky/time/instrument questions, publishing."""
+
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.synchronize
+import os
+from pathlib import Path
+
+import astropy.units as u
+import duckdb
+import numpy as np
+import pandas as pd
+import pytest
+from astropy.coordinates import SkyCoord
+from astropy.time import Time
+
+from skyassets.catalog import db as catalog
+from skyassets.lake.home import Home
+from skyassets.lake.parquet import write_parquet
+
+
+def image_rows(n: int, *, obs_id: str = "obs1", seed: int = 0, **columns) -> pd.DataFrame:
+    """Image-HDU rows shaped like ``image_metadata``: random centres, times, instruments and filters."""
+    rng = np.random.default_rng(seed)
+    ra = rng.uniform(0, 360, n)
+    dec = np.degrees(np.arcsin(rng.uniform(-1, 1, n)))
+    t_min = 60000 + rng.uniform(0, 30, n)
+    frame = pd.DataFrame(
+        {
+            "obs_id": obs_id,
+            "obs_collection": "JWST",
+            "target_name": rng.choice(["NGC 3132", "M16", "Orion Bar"], n),
+            "s_ra": ra,
+            "s_dec": dec,
+            "s_fov": 0.05,
+            "s_region": None,
+            "t_min": t_min,
+            "t_max": t_min + 0.01,
+            "t_exptime": rng.choice([100.0, 500.0, 1000.0], n),
+            "em_min": 4.0e-6,
+            "em_max": 4.9e-6,
+            "instrument_name": rng.choice(["NIRCAM/IMAGE", "MIRI/IMAGE", "WFC3/IR"], n),
+            "filter": rng.choice(["F090W", "F444W", "F770W"], n),
+            "pupil": "CLEAR",
+            "sha256": [f"{obs_id}-{seed}-{i:06d}" for i in range(n)],
+            "filename": [f"{obs_id}_{i}_cal.fits" for i in range(n)],
+            "path": [f"files/JWST/{obs_id}/{obs_id}_{i}_cal.fits" for i in range(n)],
+            "hdu_index": 1,
+            "header": "{}",
+        }
+    )
+    for name, value in columns.items():
+        frame[name] = value
+    return frame
+
+
+def put(home: Path, asset: str, frame: pd.DataFrame, partition: str | None = None, mtime: float | None = None) -> Path:
+    path = write_parquet(frame, Home(home).table(asset, partition))
+    if mtime is not None:
+        os.utime(path, (mtime, mtime))
+    return path
+
+
+def ids(relation: duckdb.DuckDBPyRelation) -> set[str]:
+    return set(relation.df()["sha256"])
+
+
+def test_empty_and_missing_lake(tmp_path):
+    con = catalog.connect(tmp_path / "nothing-here")
+    assert not (tmp_path / "nothing-here").exists()
+    for table in ("observations", "products", "files", "images"):
+        assert con.sql(f"SELECT count(*) FROM {table}").fetchall() == [(0,)]
+    assert {"s_ra", "s_dec", "s_region", "t_min", "locations", "obs_ids"} <= set(con.table("images").columns)
+    assert len(catalog.search(con, cone=(10, 20, 1), instrument="NIRCAM", time=(60000, 60001)).df()) == 0
+    with pytest.raises(duckdb.CatalogException):
+        con.sql("SELECT * FROM quality").fetchall()
+    with pytest.raises(catalog.CatalogError, match="no quality table yet"):
+        catalog.search(con, min_quality=50)
+    with pytest.raises(catalog.CatalogError, match="does not exist yet"):
+        catalog.connect(tmp_path, published=True)
+
+
+def test_tables_appear_once_files_exist(tmp_path):
+    con = catalog.connect(tmp_path)
+    put(tmp_path, "image_metadata", image_rows(5), "obs1")
+    put(tmp_path, "mast_observations", pd.DataFrame({"obs_id": ["obs1"], "s_ra": [1.0], "s_dec": [2.0]}))
+    put(tmp_path, "source_catalogs", pd.DataFrame({"sha256": ["x"], "ra": [1.0], "dec": [2.0]}), "obs1")
+    assert len(catalog.search(con).df()) == 5  # helpers refresh first
+    assert con.sql("SELECT count(*) FROM observations").fetchall() == [(1,)]
+    assert con.sql("SELECT count(*) FROM sources").fetchall() == [(1,)]
+    assert catalog.refresh(con) is False  # nothing changed since
+    put(tmp_path, "image_metadata", image_rows(3, obs_id="obs2"), "obs2")
+    assert catalog.refresh(con) is True
+    assert con.sql("SELECT count(*) FROM images").fetchall() == [(8,)]
+    (Home(tmp_path).table("image_metadata", "obs1")).unlink()
+    assert catalog.refresh(con) is True
+    assert con.sql("SELECT count(DISTINCT obs_id) FROM images").fetchall() == [(1,)]
+
+
+def rewrite_partitions(home: str, stop: multiprocessing.synchronize.Event, started: multiprocessing.synchronize.Event) -> None:
+    """Replace two partitions (temp file + rename) in a tight loop until told to stop."""
+    images = [image_rows(200, obs_id="obs1", t_exptime=float(k)) for k in range(5)]
+    files = [image_rows(100 + k, seed=k)[["path", "sha256"]] for k in range(5)]
+    k = 0
+    while not stop.is_set():
+        write_parquet(files[k % 5], Home(Path(home)).table("fits_files", "obs1"))
+        if k % 10 == 0:
+            write_parquet(images[k % 5], Home(Path(home)).table("image_metadata", "obs1"))
+        k += 1
+        started.set()
+        stop.wait(0.02)
+
+
+def test_queries_while_another_process_rewrites_partitions(tmp_path):
+    put(tmp_path, "image_metadata", image_rows(200, obs_id="obs1"), "obs1")
+    put(tmp_path, "image_metadata", image_rows(300, obs_id="obs2", seed=1), "obs2")
+    put(tmp_path, "fits_files", image_rows(50)[["path", "sha256"]], "obs2")
+    con = catalog.connect(tmp_path)
+    context = multiprocessing.get_context("spawn")
+    stop, started = context.Event(), context.Event()
+    writer = context.Process(target=rewrite_partitions, args=(str(tmp_path), stop, started))
+    writer.start()
+    try:
+        assert started.wait(30)
+        seen, changes = set(), 0
+        for k in range(300):
+            changes += catalog.refresh(con)
+            n_files = con.sql("SELECT count(*) FROM files").fetchall()[0][0]
+            assert 150 <= n_files <= 154, n_files
+            sql = "SELECT count(*), count(DISTINCT t_exptime) FROM images WHERE obs_id = 'obs1'"
+            seen.add(con.sql(sql).fetchall()[0])
+            if k % 10 == 0:
+                assert len(catalog.search(con, instrument=["NIRCAM", "MIRI", "WFC3"]).df()) == 500
+    finally:
+        stop.set()
+        writer.join(30)
+    assert writer.exitcode == 0
+    assert seen == {(200, 1)}
+    assert changes > 30  # the snapshots did follow the writer
+
+
+def sky(n: int, seed: int = 3) -> pd.DataFrame:
+    """Random points with crowds where cones are hard: across RA 0 and near both poles."""
+    rng = np.random.default_rng(seed)
+    frame = image_rows(n, seed=seed)
+    k = n // 4
+    frame.loc[: k - 1, "s_ra"] = rng.uniform(-0.6, 0.6, k) % 360
+    frame.loc[: k - 1, "s_dec"] = rng.uniform(-0.6, 0.6, k)
+    frame.loc[k : 2 * k - 1, "s_dec"] = rng.uniform(89.3, 90, k)
+    frame.loc[2 * k : 3 * k - 1, "s_dec"] = rng.uniform(-90, -89.5, k)
+    return frame
+
+
+@pytest.mark.parametrize(
+    ("ra", "dec", "radius"),
+    [(0.01, 0.0, 0.3), (359.99, 0.2, 0.25), (123.0, 89.9, 0.5), (300.0, 89.6, 0.35), (45.0, -89.95, 0.2),
+     (200.0, -89.4, 0.15), (-0.5, 0.1, 0.2), (180.0, 30.0, 20.0)],
+)
+def test_cone_matches_astropy(tmp_path, ra, dec, radius):
+    frame = sky(4000)
+    put(tmp_path, "image_metadata", frame, "obs1")
+    con = catalog.connect(tmp_path)
+    separation = SkyCoord(frame.s_ra, frame.s_dec, unit="deg").separation(SkyCoord(ra, dec, unit="deg")).deg
+    truth = set(frame.sha256[separation <= radius])
+    found = catalog.search(con, cone=(ra, dec, radius)).df()
+    assert set(found.sha256) == truth and len(truth) > 0
+    assert np.allclose(found.distance, np.sort(separation[separation <= radius]), atol=1e-9)
+    assert ids(con.sql(f"SELECT * FROM cone({ra % 360}, {dec}, {radius})")) == truth
+    sql_rows = con.sql(f"SELECT * FROM images WHERE in_cone(s_ra, s_dec, {ra % 360}, {dec}, {radius})")
+    assert ids(sql_rows) == truth
+
+
+def test_ang_sep_macro_across_ra_zero_and_poles(tmp_path):
+    con = catalog.connect(tmp_path)
+    pairs = [(359.99, 0.0, 0.01, 0.0), (10.0, 89.9, 190.0, 89.9), (0.0, -90.0, 123.0, -89.0), (1.0, 2.0, 3.0, 4.0)]
+    for ra1, dec1, ra2, dec2 in pairs:
+        got = con.sql(f"SELECT ang_sep({ra1}, {dec1}, {ra2}, {dec2})").fetchall()[0][0]
+        want = SkyCoord(ra1, dec1, unit="deg").separation(SkyCoord(ra2, dec2, unit="deg")).deg
+        assert got == pytest.approx(want, abs=1e-10)
+
+
+def square(ra: float, dec: float, half: float, angle: float = 0.0) -> str:
+    """A square footprint of half-side ``half`` degrees, rotated by ``angle``, as an s_region."""
+    centre = SkyCoord(ra, dec, unit="deg")
+    corners = []
+    for k in range(4):
+        position_angle = angle + 45 + 90 * k
+        corner = centre.directional_offset_by(position_angle * u.deg, half * np.sqrt(2) * u.deg)
+        corners += [corner.ra.deg, corner.dec.deg]
+    return "POLYGON ICRS " + " ".join(f"{v:.10f}" for v in corners)
+
+
+def test_footprint_contains_point(tmp_path):
+    regions = {
+        "across-zero": ("POLYGON ICRS 359.9 -0.1 0.1 -0.1 0.1 0.1 359.9 0.1", 0.0, 0.0),
+        "tilted-high-dec": (square(150.0, 75.0, 0.05, angle=30), 150.0, 75.0),
+        "ell": ("POLYGON 10 10 10.2 10 10.2 10.1 10.1 10.1 10.1 10.2 10 10.2", 10.1, 10.1),
+        "two": ("POLYGON ICRS 20 0 20.1 0 20.1 0.1 20 0.1 POLYGON ICRS 21 0 21.1 0 21.1 0.1 21 0.1", 20.5, 0.05),
+        "circle": ("CIRCLE ICRS 30 -30 0.1", 30.0, -30.0),
+    }
+    frame = image_rows(len(regions))
+    frame["sha256"] = list(regions)
+    frame["s_region"] = [v[0] for v in regions.values()]
+    frame["s_ra"] = [v[1] for v in regions.values()]
+    frame["s_dec"] = [v[2] for v in regions.values()]
+    frame["s_fov"] = [0.3, 0.15, 0.3, 1.2, 0.2]
+    put(tmp_path, "image_metadata", frame, "obs1")
+    con = catalog.connect(tmp_path)
+    tilted = SkyCoord(150.0, 75.0, unit="deg")
+    cases = [
+        ((0.0, 0.0), {"across-zero"}),
+        ((359.95, 0.05), {"across-zero"}),
+        ((0.0999, -0.0999), {"across-zero"}),
+        ((0.1001, 0.0), set()),
+        ((359.8, 0.0), set()),
+        ((150.0, 75.0), {"tilted-high-dec"}),
+        # just inside / outside a tilted edge: offsets along the square's own axes
+        (_offset(tilted, 30, 0.0499), {"tilted-high-dec"}),
+        (_offset(tilted, 30, 0.0501), set()),
+        (_offset(tilted, 30 + 45, 0.07), {"tilted-high-dec"}),  # towards a corner (at 0.0707)
+        (_offset(tilted, 30 + 45, 0.072), set()),
+        ((10.05, 10.15), {"ell"}),
+        ((10.15, 10.15), set()),  # the notch of the L
+        ((21.05, 0.05), {"two"}),
+        ((20.5, 0.05), set()),
+        ((30.05, -30.0), {"circle"}),
+        ((30.0, -30.11), set()),
+    ]
+    for (ra, dec), want in cases:
+        assert ids(catalog.search(con, footprint=(ra, dec))) == want, (ra, dec)
+        assert ids(con.sql(f"SELECT * FROM footprint({ra}, {dec})")) == want, (ra, dec)
+
+
+def _offset(centre: SkyCoord, angle: float, distance: float) -> tuple[float, float]:
+    point = centre.directional_offset_by(angle * u.deg, distance * u.deg)
+    return float(point.ra.deg), float(point.dec.deg)
+
+
+def test_time_range_overlap_in_every_time_form(tmp_path):
+    frame = image_rows(4)
+    frame["sha256"] = ["before", "straddles", "inside", "after"]
+    frame["t_min"] = [60000.0, 60000.9, 60001.2, 60002.5]
+    frame["t_max"] = [60000.5, 60001.1, 60001.3, 60003.0]
+    put(tmp_path, "image_metadata", frame, "obs1")
+    con = catalog.connect(tmp_path)
+    start, stop = 60001.0, 60002.0
+    want = {"straddles", "inside"}
+    forms = [
+        (start, stop),
+        (Time(start, format="mjd"), Time(stop, format="mjd")),
+        (Time(start, format="mjd").isot, Time(stop, format="mjd").iso),
+        (Time(start, format="mjd").datetime, np.datetime64(Time(stop, format="mjd").isot)),
+    ]
+    for form in forms:
+        assert ids(catalog.search(con, time=form)) == want, form
+    assert ids(con.sql(f"SELECT * FROM during({start}, {stop})")) == want
+    assert ids(catalog.search(con, time=60000.5)) == {"before"}  # an instant, edges inclusive
+    day = Time(60001.0, format="mjd").datetime.date()
+    assert ids(catalog.search(con, date=day.isoformat())) == {"straddles", "inside"}
+    assert ids(con.sql(f"SELECT * FROM observed_on(DATE '{day.isoformat()}')")) == {"straddles", "inside"}
+    assert ids(catalog.search(con, date=Time(60000.0, format="mjd").datetime.date())) == {"before", "straddles"}
+
+
+def test_filters_compose_and_match_their_sql(tmp_path):
+    frame = image_rows(4000, seed=7)
+    put(tmp_path, "image_metadata", frame, "obs1")
+    con = catalog.connect(tmp_path)
+    query = (
+        catalog.Query()
+        .cone(180.0, 30.0, 60.0)
+        .instrument(["nircam", "MIRI"])
+        .filter("f444w")
+        .target("ngc")
+        .exposure(200, 1000)
+        .time("2023-02-25T00:00:00", 60010.0)
+    )
+    sep = SkyCoord(frame.s_ra, frame.s_dec, unit="deg").separation(SkyCoord(180, 30, unit="deg")).deg
+    want = frame[
+        (sep <= 60)
+        & frame.instrument_name.str.split("/").str[0].isin(["NIRCAM", "MIRI"])
+        & (frame["filter"] == "F444W")
+        & frame.target_name.str.lower().str.contains("ngc")
+        & frame.t_exptime.between(200, 1000)
+        & (frame.t_min <= 60010.0)
+        & (frame.t_max >= Time("2023-02-25T00:00:00").mjd)
+    ]
+    assert len(want) > 3
+    assert set(query.df(con).sha256) == set(want.sha256)
+    assert ids(con.sql(query.sql())) == set(want.sha256)
+    via_search = catalog.search(
+        con, cone=(180, 30, 60), instrument=["nircam", "MIRI"], filter="f444w", target="ngc",
+        exposure=(200, 1000), time=("2023-02-25T00:00:00", 60010.0),
+    )
+    assert ids(via_search) == set(want.sha256)
+    pupil = catalog.search(con, filter="clear", instrument="WFC3")
+    assert len(pupil.df()) == (frame.instrument_name == "WFC3/IR").sum()
+
+
+def test_duplicates_collapse_with_every_location(tmp_path):
+    a = image_rows(2, obs_id="obsA")
+    b = image_rows(1, obs_id="obsB")
+    b["sha256"] = a.sha256[0]  # the same bytes, downloaded again under obsB
+    put(tmp_path, "image_metadata", a, "obsA")
+    put(tmp_path, "image_metadata", b, "obsB")
+    con = catalog.connect(tmp_path)
+    rows = catalog.search(con).df().set_index("sha256")
+    assert len(rows) == 2
+    assert list(rows.loc[a.sha256[0], "locations"]) == sorted([a.path[0], b.path[0]])
+    assert list(rows.loc[a.sha256[0], "obs_ids"]) == ["obsA", "obsB"]
+    assert list(rows.loc[a.sha256[1], "locations"]) == [a.path[1]]
+
+
+def test_file_changed_in_place_shows_its_new_row_only(tmp_path):
+    old = image_rows(2, obs_id="obsA")
+    put(tmp_path, "image_metadata", old, "obsA", mtime=1_700_000_000)
+    # a second partition still lists the first file with its old bytes
+    stale = old.iloc[[0]].assign(obs_id="obsZ")
+    put(tmp_path, "image_metadata", stale, "obsZ", mtime=1_700_000_000)
+    con = catalog.connect(tmp_path)
+    assert ids(catalog.search(con)) == set(old.sha256)
+    new = old.copy()
+    new.loc[0, "sha256"] = "changed"
+    put(tmp_path, "image_metadata", new, "obsA", mtime=1_700_000_100)
+    rows = catalog.search(con).df()
+    assert set(rows.sha256) == {"changed", old.sha256[1]}
+    assert rows.set_index("sha256").loc["changed", "obs_ids"].tolist() == ["obsA"]
+
+
+def test_quality_threshold_joins_on_the_image(tmp_path):
+    frame = image_rows(3)
+    put(tmp_path, "image_metadata", frame, "obs1")
+    quality = pd.DataFrame(
+        {"sha256": frame.sha256, "hdu_index": frame.hdu_index, "score": [10.0, 60.0, 90.0], "fwhm_arcsec": [0.1, 0.2, 0.3]}
+    )
+    put(tmp_path, "image_quality", quality, "obs1")
+    con = catalog.connect(tmp_path)
+    found = catalog.search(con, min_quality=50).df()
+    assert set(found.sha256) == set(frame.sha256[1:]) and found.quality_score.min() == 60.0
+    assert ids(con.sql(catalog.Query().quality(50).sql(con))) == set(frame.sha256[1:])
+    # ObsCore s_resolution is the measured FWHM, in the live connection and in the published file
+    expected = dict(zip(frame.sha256, [0.1, 0.2, 0.3]))
+    assert dict(con.sql("SELECT sha256, s_resolution FROM images").fetchall()) == pytest.approx(expected)
+    catalog.publish(tmp_path)
+    published = catalog.connect(tmp_path, published=True)
+    assert dict(published.sql("SELECT sha256, s_resolution FROM images").fetchall()) == pytest.approx(expected)
+
+
+def test_publish_is_atomic_and_sorted(tmp_path):
+    put(tmp_path, "image_metadata", sky(2000), "obs1")
+    put(tmp_path, "mast_observations", image_rows(50, seed=9)[["s_ra", "s_dec", "t_min", "target_name"]])
+    path = catalog.publish(tmp_path)
+    assert path == tmp_path / "catalog.duckdb"
+    reader = catalog.connect(tmp_path, published=True)
+    assert reader.sql("SELECT count(*) FROM images").fetchall() == [(2000,)]
+    put(tmp_path, "image_metadata", image_rows(500, obs_id="obs2", seed=5), "obs2")
+    catalog.publish(tmp_path)
+    assert reader.sql("SELECT count(*) FROM images").fetchall() == [(2000,)]  # the old file, still whole
+    fresh = catalog.connect(tmp_path, published=True)
+    assert fresh.sql("SELECT count(*) FROM images").fetchall() == [(2500,)]
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    for table in ("images", "observations"):
+        keys = fresh.sql(
+            f"SELECT floor((s_dec + 90) / {catalog.ZONE_DEG}) AS zone, s_ra FROM {table} ORDER BY rowid"
+        ).df()
+        assert keys.zone.is_monotonic_increasing
+        assert (keys.groupby("zone").s_ra.apply(lambda s: s.is_monotonic_increasing)).all()
+    in_memory = catalog.connect(tmp_path)
+    for query in ("SELECT * FROM cone(0.1, 0.1, 0.4)", "SELECT * FROM during(60001, 60003)"):
+        assert ids(fresh.sql(query)) == ids(in_memory.sql(query))
+    assert ids(catalog.search(fresh, cone=(0.1, 0.1, 0.4))) == ids(in_memory.sql("SELECT * FROM cone(0.1, 0.1, 0.4)"))
+    reader.close()
+    fresh.close()
+
+
+def test_to_mjd_forms():
+    assert catalog.to_mjd(60000) == 60000.0
+    assert catalog.to_mjd("2023-02-25T00:00:00") == pytest.approx(60000.0)
+    assert catalog.to_mjd(Time("2023-02-25T12:00:00", scale="tt")) == pytest.approx(60000.5 - 69.184 / 86400)
+    assert catalog.to_mjd(pd.Timestamp("2023-02-25").date()) == pytest.approx(60000.0)

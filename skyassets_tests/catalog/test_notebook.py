@@ -1,0 +1,106 @@
+"""notebooks/catalog.ipynb, executed headlessly against the output of ``skyassets demo``."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "catalog.ipynb"
+
+
+def _text(cell) -> str:
+    """Everything a code cell printed or displayed as text."""
+    parts = []
+    for output in cell.get("outputs", []):
+        if output.output_type == "stream":
+            parts.append(output.text)
+        elif "data" in output:
+            parts += [output.data.get("text/plain", ""), output.data.get("text/html", "")]
+    return "\n".join(parts)
+
+
+def _tagged(nb, tag: str):
+    cells = [c for c in nb.cells if c.cell_type == "code" and tag in c.metadata.get("tags", [])]
+    assert len(cells) == 1, f"expected one cell tagged {tag!r}, found {len(cells)}"
+    return cells[0]
+
+
+def _pngs(cell) -> int:
+    return sum("image/png" in o.get("data", {}) for o in cell.get("outputs", []))
+
+
+def test_notebook_is_committed_clean():
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    nbformat.validate(nb)
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None, "outputs are saved in the notebook"
+
+
+@pytest.fixture(scope="module")
+def demo_home(tmp_path_factory) -> Path:
+    """A SKYASSETS_HOME filled by the real demo pipeline (offline, on the emulator)."""
+    tmp = tmp_path_factory.mktemp("notebook")
+    home = tmp / "home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SKYASSETS_", "DAGSTER_"))}
+    env["SKYASSETS_HOME"] = str(home)
+    done = subprocess.run(
+        [sys.executable, "-m", "skyassets.cli.main", "demo"],
+        cwd=tmp, env=env, capture_output=True, text=True, timeout=900,
+    )
+    assert done.returncode == 0, f"skyassets demo failed:\n{done.stdout}\n{done.stderr}"
+    return home
+
+
+@pytest.fixture(scope="module")
+def executed(demo_home):
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    workdir = demo_home.parent / "work"  # not the notebook's folder: the home comes from the environment
+    workdir.mkdir()
+    with pytest.MonkeyPatch.context() as mp:  # the kernel inherits this process's environment
+        mp.setenv("SKYASSETS_HOME", str(demo_home))
+        mp.delenv("MPLBACKEND", raising=False)
+        NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(workdir)}}).execute()
+    return nb
+
+
+@pytest.mark.slow
+def test_notebook_runs_against_the_demo_catalog(executed, demo_home):
+    errors = [o for c in executed.cells for o in c.get("outputs", []) if o.output_type == "error"]
+    assert not errors, errors
+    assert str(demo_home) in _text(executed.cells[1])  # the setup cell names the home it read
+
+    # the table counts: every core table has rows (an empty catalog must not pass)
+    counts = _text(_tagged(executed, "tables"))
+    for table in ("observations", "products", "files", "images"):
+        found = re.search(rf"^{table}\s+(\d+)\s*$", counts, re.MULTILINE)
+        assert found and int(found.group(1)) > 0, f"no {table} rows in:\n{counts}"
+
+    # the cone search around NGC 3132, from Python and from SQL
+    cone = _text(_tagged(executed, "cone-search"))
+    assert "jw02733" in cone and int(re.search(r"(\d+) images within", cone).group(1)) > 0, cone
+    assert "jw02733" in _text(_tagged(executed, "cone-sql"))
+    assert "jw02736" not in cone  # SMACS 0723 is elsewhere on the sky
+
+    # the footprint and time examples found images
+    footprint = _text(_tagged(executed, "footprint"))
+    assert int(re.search(r"(\d+) images contain", footprint).group(1)) > 0, footprint
+    assert "True" in footprint and "False" in footprint  # some images cover the point, some do not
+    assert "jw02733" in _text(_tagged(executed, "time-date"))
+    window = _text(_tagged(executed, "time-range"))
+    assert int(re.search(r"(\d+) images overlap", window).group(1)) > 0, window
+
+    # the plots
+    for tag in ("plot-footprints", "plot-exposure", "plot-footprint-point"):
+        assert _pngs(_tagged(executed, tag)) == 1, f"no figure from the cell tagged {tag!r}"
+    exposure = _text(_tagged(executed, "plot-exposure"))
+    assert re.search(r"F444W\s+\S+\s+\S+\s+\d+\s+[1-9]", exposure), exposure

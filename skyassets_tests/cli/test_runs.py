@@ -1,0 +1,62 @@
+import shutil
+
+import pandas as pd
+from dagster import DagsterRunStatus, instance_for_test
+
+from skyassets.cli.runs import ingest, latest_metadata, partition_batches
+from skyassets.lake.home import Home
+
+
+def test_ingest_catalogues_files_in_batched_runs(emu, tmp_path):
+    drop = tmp_path / "night"
+    (drop / "sub").mkdir(parents=True)
+    cal = sorted(emu.sky.root.rglob("*_cal.fits"))[:5]
+    for i, path in enumerate(cal):
+        shutil.copy(path, (drop / "sub" if i % 2 else drop) / path.name)
+    (drop / "notes.txt").write_text("not a FITS file, not taken")
+    (drop / "truncated.fits").write_bytes(cal[0].read_bytes()[:5000])
+    home = Home(tmp_path / "home")
+    seen = []
+    with instance_for_test() as instance:
+        files, partitions, failed = ingest(
+            [drop], home, instance, batch=2, progress=lambda d, t: seen.append((d, t))
+        )
+        assert (files, partitions, failed) == (6, 6, [])
+        runs = instance.get_runs()
+        assert len(runs) == 3 and all(r.status == DagsterRunStatus.SUCCESS for r in runs)
+        assert seen[-1] == (3, 3)
+        keys = instance.get_dynamic_partitions("observations")
+        assert len(keys) == 6
+        # A batched run's partitions carry the run's totals, not a batch-wide preview or row count.
+        batched = latest_metadata(instance, "image_metadata", keys[0])
+        assert batched["partitions_in_run"] == 2 and "preview" not in batched and "dagster/row_count" not in batched
+        assert sum(latest_metadata(instance, "image_metadata", k)["rows_in_run"] for k in keys[::2]) == 5
+
+    rows = pd.concat(pd.read_parquet(p) for p in (home.lake / "image_metadata").glob("*.parquet"))
+    assert sorted(rows["file_name"]) == sorted(p.name for p in cal)
+    assert [p.name for p in home.quarantine.glob("*.fits.corrupt")] == ["truncated.fits.corrupt"]
+    assert "truncated.fits" in (home.quarantine / "truncated.fits.corrupt.json").read_text()
+    assert all(p.exists() for p in cal)  # the originals are copied, never moved
+
+
+def test_partition_batches_cover_only_the_keys_asked_for():
+    with instance_for_test() as instance:
+        instance.add_dynamic_partitions("observations", ["a", "b", "c", "x", "d", "e"])
+        assert partition_batches(instance, ["e", "a", "b", "c", "d"], 2) == [("a", "b"), ("c", "c"), ("d", "e")]
+
+
+def test_landed_files_get_safe_distinct_names(tmp_path):
+    from skyassets.landing.ingest import landed_requests, record_landed
+    from skyassets.landing.zone import LandedFile
+
+    home = Home(tmp_path)
+    files = [
+        LandedFile("local", "/data/a/x.fits", 10, "1", "a/x.fits"),
+        LandedFile("local", "/data/b/x.fits", 10, "1", "b/x.fits"),  # same name, other folder
+        LandedFile("local", "/data/c/bell\x07.fits.fz", 10, "1", "c/bell.fits.fz"),
+    ]
+    record_landed(home, "night-1", files)
+    names = [request.filename for _, request in landed_requests(home, "night-1")]
+    assert names[0] == "x.fits" and names[1].endswith("-x.fits") and names[2] == "file.fz"
+    assert all(request.dest_dir == home.files / "local" / "night-1" for _, request in landed_requests(home, "night-1"))
+    assert landed_requests(home, "from-mast") is None

@@ -1,0 +1,130 @@
+"""The archive assets end to end on a real Dagster instance against the emulator."""
+
+import hashlib
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from dagster import AssetKey, DagsterInstance, Definitions, SkipReason, build_sensor_context, instance_for_test
+
+from skyassets.defs.archive.assets import fits_files, mast_observations, mast_products
+from skyassets.defs.archive.jobs import observation_job, watchlist_job
+from skyassets.defs.archive.sensors import new_observations_sensor
+from skyassets.defs.catalog.assets import image_metadata
+from skyassets.defs.resources import (
+    ArchiveResource,
+    DownloaderResource,
+    HomeResource,
+    LandingResource,
+    WatchlistResource,
+)
+
+
+def _defs(emu, home: Path, watchlist: str = "packaged:watchlist.yaml") -> Definitions:
+    return Definitions(
+        assets=[mast_observations, mast_products, fits_files, image_metadata],
+        jobs=[watchlist_job, observation_job],
+        sensors=[new_observations_sensor],
+        resources={
+            "home": HomeResource(root=str(home)),
+            "watchlist": WatchlistResource(path=watchlist),
+            "archive": ArchiveResource(url=emu.url, s3_endpoint=emu.s3_endpoint),
+            "downloader": DownloaderResource(read_timeout=5, retries=3, backoff_base=0.01, backoff_max=0.05),
+            "landing": LandingResource(),
+        },
+    )
+
+
+def _tick(instance: DagsterInstance, defs: Definitions, cursor: str | None = None):
+    result = new_observations_sensor(build_sensor_context(instance=instance, definitions=defs, cursor=cursor))
+    for request in getattr(result, "dynamic_partitions_requests", []):
+        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+    return result
+
+
+def _downloads(emu) -> int:
+    return sum(1 for r in emu.requests if r["method"] == "GET" and "Download/file" in r["path"])
+
+
+@pytest.fixture
+def pipeline(emu, tmp_path):
+    with instance_for_test() as instance:
+        yield instance, _defs(emu, tmp_path / "home"), tmp_path / "home"
+
+
+def test_watchlist_to_verified_files(emu, pipeline):
+    instance, defs, home = pipeline
+    assert defs.resolve_job_def("watchlist_job").execute_in_process(instance=instance).success
+    observations = pd.read_parquet(home / "lake" / "mast_observations.parquet")
+    event = instance.get_latest_materialization_event(AssetKey("mast_observations"))
+    metadata = event.asset_materialization.metadata
+    assert metadata["dagster/row_count"].value == len(observations) > 0
+    assert metadata["proprietary_left_out"].value >= 1
+    assert {c.name for c in metadata["dagster/column_schema"].value.columns} >= {"obs_id", "s_ra", "watchlist_entry"}
+
+    result = _tick(instance, defs)
+    keys = sorted(r.partition_key for r in result.run_requests)
+    assert keys == sorted(observations["obs_id"])
+    assert sorted(instance.get_dynamic_partitions("observations")) == keys
+    assert isinstance(_tick(instance, defs, cursor=result.cursor), SkipReason)  # nothing new: no runs
+
+    job = defs.resolve_job_def("observation_job")
+    obs_id = next(k for k in keys if k.startswith("jw"))
+    assert job.execute_in_process(instance=instance, partition_key=obs_id).success
+    manifest = pd.read_parquet(home / "lake" / "fits_files" / f"{obs_id}.parquet")
+    products = pd.read_parquet(home / "lake" / "mast_products" / f"{obs_id}.parquet")
+    assert sorted(manifest["filename"]) == sorted(products["productFilename"])
+    for row in manifest.itertuples():
+        path = home / row.path
+        assert path.is_relative_to(home / "files" / "JWST" / obs_id)
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == row.sha256
+        assert path.stat().st_size == row.size
+        assert row.status == "downloaded" and row.fits_checksum == "ok" and row.source == "s3"
+    assert not list((home / "files").rglob("*.part"))
+    images = pd.read_parquet(home / "lake" / "image_metadata" / f"{obs_id}.parquet")
+    assert sorted(set(images["file_name"])) == sorted(manifest["filename"]) and (images["obs_id"] == obs_id).all()
+
+    files_event = instance.get_latest_materialization_event(AssetKey("fits_files"))
+    files_meta = files_event.asset_materialization.metadata
+    assert files_meta["files_downloaded"].value == len(manifest)
+    assert files_meta["bytes_fetched"].value == manifest["size"].sum()
+
+    # Re-running skips what is verified: no download request reaches the archive.
+    before = _downloads(emu)
+    assert job.execute_in_process(instance=instance, partition_key=obs_id).success
+    again = pd.read_parquet(home / "lake" / "fits_files" / f"{obs_id}.parquet")
+    assert set(again["status"]) == {"skipped"} and list(again["sha256"]) == list(manifest["sha256"])
+    # A skipped file keeps the record of how it was fetched and checked.
+    assert list(again["source"]) == list(manifest["source"])
+    assert list(again["fits_checksum"]) == list(manifest["fits_checksum"])
+    assert _downloads(emu) == before
+
+
+def test_http_fallback_when_cloud_is_off_and_failure_keeps_verified_files(emu, tmp_path):
+    home = tmp_path / "home"
+    defs = _defs(emu, home)
+    resources = dict(defs.resources)
+    resources["archive"] = ArchiveResource(url=emu.url, s3_endpoint=emu.s3_endpoint, cloud=False)
+    resources["downloader"] = DownloaderResource(read_timeout=5, retries=1, backoff_base=0.01, backoff_max=0.02)
+    defs = Definitions(assets=defs.assets, jobs=defs.jobs, resources=resources)
+    with instance_for_test() as instance:
+        assert defs.resolve_job_def("watchlist_job").execute_in_process(instance=instance).success
+        obs_id = next(o["obs_id"] for o in emu.sky.observations if o["obs_collection"] == "HST")
+        instance.add_dynamic_partitions("observations", [obs_id])
+        emu.faults.add("status", match="_drz", status=503, times=-1)
+        job = defs.resolve_job_def("observation_job")
+        run = job.execute_in_process(instance=instance, partition_key=obs_id, raise_on_error=False)
+        assert not run.success
+        failure = next(e for e in run.all_events if e.is_step_failure)
+        assert "_drz" in str(failure.event_specific_data.error) and "failed" in str(failure.event_specific_data.error)
+        kept = [p for p in (home / "files" / "HST" / obs_id).glob("*.fits")]
+        assert kept and not any("_drz" in p.name for p in kept)
+        assert not (home / "lake" / "fits_files" / f"{obs_id}.parquet").exists()
+
+        emu.faults.clear()
+        before = _downloads(emu)
+        assert job.execute_in_process(instance=instance, partition_key=obs_id).success
+        manifest = pd.read_parquet(home / "lake" / "fits_files" / f"{obs_id}.parquet")
+        assert set(manifest[manifest["status"] == "downloaded"]["source"]) == {"http"}
+        assert dict(manifest.groupby("status").size()) == {"downloaded": 1, "skipped": len(kept)}
+        assert _downloads(emu) - before == 1

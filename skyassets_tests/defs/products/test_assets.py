@@ -1,0 +1,149 @@
+"""Mosaics and composites per target, from ingest to the catalog, on a real Dagster instance, kept
+fresh by declarative automation."""
+
+import shutil
+
+from astropy.io import fits
+from astropy.wcs import WCS
+from dagster import AssetKey, evaluate_automation_conditions, instance_for_test
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+
+from skyassets.catalog.db import connect
+from skyassets.cli.main import main
+from skyassets.cli.runs import QUIET, ingest
+from skyassets.definitions import defs
+from skyassets.imaging.composite import read_avm_wcs
+from skyassets.lake.home import Home
+from skyassets.lake.parquet import read_parquet
+
+MOSAICS = AssetKey("mosaics")
+LATER = "jw02733002001_02301"  # NGC 3132's second pointing in F444W, catalogued after the rest
+
+
+def _catalogue(files, drop, home, instance, run_config) -> None:
+    """Land ``files``, catalogue and measure their observations, regroup the targets."""
+    drop.mkdir()
+    for path in files:
+        shutil.copy(path, drop / path.name)
+    before = set(instance.get_dynamic_partitions("observations"))
+    ingest([drop], home, instance)
+    new = sorted(set(instance.get_dynamic_partitions("observations")) - before)
+    tags = {ASSET_PARTITION_RANGE_START_TAG: new[0], ASSET_PARTITION_RANGE_END_TAG: new[-1]}
+    assert defs.resolve_job_def("quality_job").execute_in_process(instance=instance, tags=tags, run_config=run_config).success
+    assert defs.resolve_job_def("catalog_job").execute_in_process(instance=instance, run_config=run_config).success
+
+
+def _make_products(instance, targets, run_config) -> None:
+    for target in sorted(targets):
+        run = defs.resolve_job_def("products_job").execute_in_process(
+            instance=instance, partition_key=target, run_config=run_config
+        )
+        assert run.success
+
+
+def test_each_target_gets_mosaics_and_composites_remade_only_when_its_images_change(
+    emu, tmp_path, monkeypatch, capsys
+):
+    sky = sorted(emu.sky.root.rglob("jw02733*_cal.fits")) + sorted(emu.sky.root.rglob("jw02736*_cal.fits"))
+    home = Home(tmp_path / "home")
+    run_config = {**QUIET, "resources": {"home": {"config": {"root": str(home.root)}}}}
+    with instance_for_test() as instance:
+        _catalogue([p for p in sky if not p.name.startswith(LATER)], tmp_path / "first", home, instance, run_config)
+        targets = set(instance.get_dynamic_partitions("targets"))
+        assert targets == {"NGC-3132", "SMACS-0723"}  # target_groups added a partition per target
+        # and recorded each target's images with their digest as the data version
+        grouped = read_parquet(home.table("target_groups")).drop_duplicates("target").set_index("target")
+        recorded = {r.partition_key: r.event_log_entry.tags["dagster/data_version"]
+                    for r in instance.fetch_materializations(AssetKey("target_images"), limit=10).records}
+        assert recorded == grouped["inputs_digest"].to_dict()
+        assert len(read_parquet(home.table("target_images", "NGC-3132"))) == 10  # 12 exposures but 2 held back
+
+        first = evaluate_automation_conditions(defs=defs, instance=instance)
+        assert first.get_requested_partitions(MOSAICS) == targets
+        _make_products(instance, targets, run_config)
+        before = read_parquet(home.table("mosaics", "NGC-3132")).set_index("filter")["n_inputs"]
+        settled = evaluate_automation_conditions(defs=defs, instance=instance, cursor=first.cursor)
+        # made in one run with their mosaics, the composites are not asked for again either
+        assert settled.get_num_requested(MOSAICS) == 0 and settled.get_num_requested(AssetKey("composites")) == 0
+
+        # A new observation of NGC 3132 is catalogued: only NGC 3132's products are remade.
+        _catalogue([p for p in sky if p.name.startswith(LATER)], tmp_path / "later", home, instance, run_config)
+        changed = evaluate_automation_conditions(defs=defs, instance=instance, cursor=settled.cursor)
+        assert changed.get_requested_partitions(MOSAICS) == {"NGC-3132"}
+        _make_products(instance, ["NGC-3132"], run_config)
+        after = read_parquet(home.table("mosaics", "NGC-3132")).set_index("filter")["n_inputs"]
+        assert after["F444W"] == 2 * before["F444W"] and after.drop("F444W").equals(before.drop("F444W"))
+
+    mosaics = read_parquet(home.table("mosaics", "NGC-3132"))
+    assert len(mosaics) == 3 and (mosaics["n_inputs"] >= 2).all()  # every filter has both pointings now
+    composites = read_parquet(home.table("composites", "NGC-3132"))
+    assert len(composites) == 1 and composites.iloc[0]["filters"] == "F090W;F200W;F444W"  # the classic 3-colour
+    assert set(composites["stretch"]) == {"asinh"} and set(composites["method"]) == {"screen"}
+    first_made = composites.iloc[0]
+    png = home.root / first_made["png"]
+    assert png.exists() and (home.root / first_made["cube"]).exists()
+    assert read_avm_wcs(png).celestial.has_celestial
+    con = connect(home.root)
+    assert con.execute("SELECT count(*) FROM mosaics").fetchone()[0] == 6
+    assert con.execute("SELECT count(*) FROM composites").fetchone()[0] == len(composites) + len(
+        read_parquet(home.table("composites", "SMACS-0723"))
+    )
+    # every suggested recipe is in the catalog, those made marked so
+    recipes = con.execute("SELECT target, recipe, made FROM recipes ORDER BY target, rank").df()
+    assert set(recipes["target"]) == {"NGC-3132", "SMACS-0723"}
+    assert recipes["made"].sum() == con.execute("SELECT count(*) FROM composites").fetchone()[0]
+
+    monkeypatch.setenv("SKYASSETS_HOME", str(home.root))
+    assert main(["show", "NGC-3132"]) == 0
+    shown = capsys.readouterr().out
+    assert str(png) in shown and shown.count("mosaic ") == 3
+    assert "screen, asinh" in shown
+    assert shown.count("not made ") == int((~recipes[recipes["target"] == "NGC-3132"]["made"]).sum())
+    assert main(["show", "NOWHERE"]) == 1
+
+
+def test_composites_follow_the_configured_recipes_method_and_stretch(emu, tmp_path):
+    sky = sorted(emu.sky.root.rglob("jw02733*_cal.fits"))
+    home = Home(tmp_path / "home")
+    run_config = {**QUIET, "resources": {"home": {"config": {"root": str(home.root)}}}}
+    with instance_for_test() as instance:
+        _catalogue(sky, tmp_path / "drop", home, instance, run_config)
+        overrides = {
+            "*": {"mine": "F444W;F090W", "absent": "F999W;F090W", "pair": "F200W;F444W"},
+            "NGC-3132": {"nircam-classic": None},  # this target's own: no classic 3-colour
+        }
+        settings = {"per_target": 1, "method": "lupton", "recipes": overrides}
+        # this target's mosaics on the user's own grid (an input's WCS, 120 x 100 pixels), halved
+        grid = WCS(fits.getheader(sky[0], "SCI")).celestial.to_header()
+        grid["NAXIS1"], grid["NAXIS2"] = 120, 100
+        grid.totextfile(tmp_path / "grid.hdr")
+        mosaics = {"downscale": 2, "reject_sigma": None, "grids": {"NGC-3132": str(tmp_path / "grid.hdr")}}
+        _make_products(instance, ["NGC-3132"], {**run_config, "resources": {
+            **run_config["resources"], "composites": {"config": settings}, "mosaics": {"config": mosaics}}})
+    made = read_parquet(home.table("mosaics", "NGC-3132"))
+    assert (made["naxis1"] == 60).all() and (made["naxis2"] == 50).all() and (made["n_rejected"] == 0).all()
+    assert not fits.getheader(home.root / made["path"].iloc[0], 0)["REJECT"]
+    recipes = read_parquet(home.table("recipes", "NGC-3132")).set_index("recipe")
+    assert recipes.loc["mine", "rank"] == 1 and recipes.loc["mine", "made"]
+    assert recipes.loc["mine", "filters"] == "F090W;F444W"  # put in wavelength order
+    assert not recipes.loc["absent", "made"] and "F999W" in recipes.loc["absent", "note"]
+    assert not recipes.loc["pair", "made"] and "first 1" in recipes.loc["pair", "note"]
+    assert "nircam-classic" not in recipes.index
+    composites = read_parquet(home.table("composites", "NGC-3132"))
+    assert list(composites["recipe"]) == ["mine"] and list(composites["method"]) == ["lupton"]
+
+
+def test_a_single_filter_target_has_a_mosaic_no_composite_and_a_readable_catalog(emu, tmp_path):
+    truth = emu.sky.truth["files"]
+    sky = [p for p in sorted(emu.sky.root.rglob("jw02733*_cal.fits")) if truth[p.name]["filter"] == "F090W"]
+    home = Home(tmp_path / "home")
+    run_config = {**QUIET, "resources": {"home": {"config": {"root": str(home.root)}}}}
+    with instance_for_test() as instance:
+        _catalogue(sky, tmp_path / "drop", home, instance, run_config)
+        _make_products(instance, ["NGC-3132"], run_config)
+        assert defs.resolve_job_def("catalog_job").execute_in_process(instance=instance, run_config=run_config).success
+    con = connect(home.root)
+    assert con.execute("SELECT count(*), min(n_rejected) >= 0 FROM mosaics").fetchone() == (1, True)
+    assert con.execute("SELECT count(*) FROM composites").fetchone()[0] == 0
+    assert "stretch" in {c[0] for c in con.execute("DESCRIBE composites").fetchall()}
+    assert not con.execute("SELECT bool_or(made) FROM recipes").fetchone()[0]

@@ -1,0 +1,95 @@
+"""Quality assets on a real Dagster instance: metrics, sources, previews, checks, the catalogue join."""
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+from dagster import AssetKey, Definitions, asset, define_asset_job, in_process_executor, instance_for_test
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+
+from skyassets.catalog.db import connect, search
+from skyassets.cli.main import main
+from skyassets.cli.runs import QUIET, ingest, latest_metadata
+from skyassets.defs.partitions import observation_backfill_policy
+from skyassets.defs.quality.assets import image_quality
+from skyassets.defs.resources import HomeResource
+from skyassets.lake.home import Home
+from skyassets.lake.parquet import read_parquet
+
+
+@asset(deps=["image_quality"], partitions_def=image_quality.partitions_def, backfill_policy=observation_backfill_policy)
+def consumer() -> None:
+    """Stands for the composites and mosaics that must never read an unusable image."""
+
+
+def _defs(home: Path) -> Definitions:
+    return Definitions(
+        assets=[image_quality, consumer],
+        jobs=[define_asset_job("measure", selection=[image_quality, consumer], executor_def=in_process_executor)],
+        resources={"home": HomeResource(root=str(home))},
+    )
+
+
+def _run_all(defs: Definitions, instance, keys: list[str]):
+    tags = {ASSET_PARTITION_RANGE_START_TAG: keys[0], ASSET_PARTITION_RANGE_END_TAG: keys[-1]}
+    return defs.resolve_job_def("measure").execute_in_process(instance=instance, tags=tags, run_config=QUIET, raise_on_error=False)
+
+
+def test_quality_of_catalogued_images(emu, tmp_path, monkeypatch, capsys):
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    for path in sorted(emu.sky.root.rglob("*_cal.fits"))[:3] + sorted(emu.sky.root.rglob("*_flc.fits"))[:1]:
+        shutil.copy(path, drop / path.name)
+    home = Home(tmp_path / "home")
+    with instance_for_test() as instance:
+        ingest([drop], home, instance)
+        keys = sorted(instance.get_dynamic_partitions("observations"))
+        result = _run_all(_defs(home.root), instance, keys)
+        assert result.success
+        checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+        assert checks["usable_images"].passed and checks["metrics_within_physical_bounds"].passed
+        assert "consumer" in {e.step_key for e in result.get_step_success_events()}
+        report = latest_metadata(instance, "image_quality", keys[0])["report"]
+        assert "data:image/png;base64," in report and "score" in report
+
+    rows = read_parquet(home.table("image_quality", keys[0]))
+    assert len(rows) >= 1 and rows["score"].between(0, 100).all() and set(rows["flag"]) <= {"good", "usable", "reject"}
+    assert (rows["fwhm_arcsec"] > 0).all()
+    assert len(read_parquet(home.table("source_catalogs", keys[0]))) > 0
+    assert list((home.previews / keys[0]).glob("*.png"))
+    con = connect(home.root)
+    images = search(con, min_quality=0).df()
+    assert len(images) == sum(len(read_parquet(home.table("image_quality", k))) for k in keys)
+    assert images["s_resolution"].notna().all()  # ObsCore resolution from the measured FWHM
+    assert con.execute("SELECT count(*) FROM sources").fetchone()[0] > 0
+
+    monkeypatch.setenv("SKYASSETS_HOME", str(home.root))
+    assert main(["quality", keys[0]]) == 0
+    report = capsys.readouterr().out
+    assert all(name in report for name in rows["file_name"]) and "FWHM" in report and "5σ depth" in report
+    assert main(["quality", "not-measured"]) == 1
+    assert main(["quality", "../etc"]) == 2
+
+
+def test_an_unusable_image_fails_the_blocking_check_and_stops_downstream(emu, tmp_path):
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    good = sorted(emu.sky.root.rglob("*_cal.fits"))[0]
+    shutil.copy(good, drop / good.name)
+    blank = drop / "jw99999001001_02101_00001_nrca1_cal.fits"
+    with fits.open(good) as hdul:
+        hdul[0].header["OBS_ID"] = "V99999001001P0000000002101"
+        hdul["SCI"].data = np.full_like(hdul["SCI"].data, np.nan)
+        hdul.writeto(blank, checksum=True)  # new checksums: a valid file whose pixels are all NaN
+    home = Home(tmp_path / "home")
+    with instance_for_test() as instance:
+        ingest([drop], home, instance)
+        keys = sorted(instance.get_dynamic_partitions("observations"))
+        result = _run_all(_defs(home.root), instance, keys)
+        check = next(c for c in result.get_asset_check_evaluations() if c.check_name == "usable_images")
+        assert not check.passed and blank.name in check.description
+        assert "consumer" not in {e.step_key for e in result.get_step_success_events()}
+        assert instance.get_latest_materialization_event(AssetKey("consumer")) is None
+    rows = read_parquet(home.table("image_quality", "V99999001001P0000000002101"))
+    assert rows["usable"].tolist() == [False] and rows["score"].tolist() == [0]

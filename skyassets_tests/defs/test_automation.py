@@ -1,0 +1,138 @@
+"""Declarative automation keeps the catalogue side and the targets' products fresh after files arrive."""
+
+from dagster import AssetKey, AssetMaterialization, evaluate_automation_conditions, instance_for_test
+
+from skyassets.definitions import defs
+from skyassets.defs.targets.assets import DATA_VERSION_TAG
+
+IMAGES, CATALOG = AssetKey("image_metadata"), AssetKey("catalog")
+
+
+def test_new_files_are_catalogued_per_observation():
+    with instance_for_test() as instance:
+        instance.add_dynamic_partitions("observations", ["obs-a", "obs-b"])
+        first = evaluate_automation_conditions(defs=defs, instance=instance)
+        assert first.get_requested_partitions(IMAGES) == set()  # nothing downloaded yet
+
+        instance.report_runless_asset_event(AssetMaterialization("fits_files", partition="obs-a"))
+        second = evaluate_automation_conditions(defs=defs, instance=instance, cursor=first.cursor)
+        assert second.get_requested_partitions(IMAGES) == {"obs-a"}
+
+        instance.report_runless_asset_event(AssetMaterialization("image_metadata", partition="obs-a"))
+        third = evaluate_automation_conditions(defs=defs, instance=instance, cursor=second.cursor)
+        assert third.get_requested_partitions(IMAGES) == set()  # obs-a is done; obs-b has no files
+
+
+def test_a_missing_observation_does_not_block_the_catalog():
+    with instance_for_test() as instance:
+        instance.add_dynamic_partitions("observations", ["obs-a", "obs-b"])
+        first = evaluate_automation_conditions(defs=defs, instance=instance)
+        instance.report_runless_asset_event(AssetMaterialization("mast_observations"))
+        second = evaluate_automation_conditions(defs=defs, instance=instance, cursor=first.cursor)
+        assert second.get_num_requested(CATALOG) == 1
+        instance.report_runless_asset_event(AssetMaterialization("catalog"))
+        settled = evaluate_automation_conditions(defs=defs, instance=instance, cursor=second.cursor)
+        assert settled.get_num_requested(CATALOG) == 0  # up to date
+        # obs-a is catalogued; obs-b never arrives (failed, or still proprietary).
+        for asset in ("mast_products", "fits_files", "image_metadata"):
+            instance.report_runless_asset_event(AssetMaterialization(asset, partition="obs-a"))
+        third = evaluate_automation_conditions(defs=defs, instance=instance, cursor=settled.cursor)
+        assert third.get_num_requested(CATALOG) == 1
+
+
+MOSAICS, COMPOSITES, GROUPS = AssetKey("mosaics"), AssetKey("composites"), AssetKey("target_groups")
+
+
+def _images_changed(instance, target: str, digest: str) -> None:
+    """What target_groups records when a target's images change: a new data version of target_images."""
+    instance.report_runless_asset_event(
+        AssetMaterialization("target_images", partition=target, tags={DATA_VERSION_TAG: digest})
+    )
+
+
+def test_targets_are_regrouped_when_an_observation_is_measured_even_if_another_never_arrives():
+    with instance_for_test() as instance:
+        instance.add_dynamic_partitions("observations", ["obs-a", "obs-b"])
+        first = evaluate_automation_conditions(defs=defs, instance=instance)
+        instance.report_runless_asset_event(AssetMaterialization("target_groups"))
+        second = evaluate_automation_conditions(defs=defs, instance=instance, cursor=first.cursor)
+        assert second.get_num_requested(GROUPS) == 0
+        # obs-a is measured; obs-b never is (failed, or still proprietary)
+        for asset in ("image_metadata", "image_quality"):
+            instance.report_runless_asset_event(AssetMaterialization(asset, partition="obs-a"))
+        third = evaluate_automation_conditions(defs=defs, instance=instance, cursor=second.cursor)
+        assert third.get_num_requested(GROUPS) == 1
+
+
+def test_an_update_landing_as_a_table_finishes_is_not_lost():
+    """target_groups and catalog run alongside the quality run of the same new observation (they
+    cannot share its run: they are not partitioned). When quality lands on the tick they finish,
+    they run again: eager() would forget it and leave the catalogue without that quality."""
+    with instance_for_test() as instance:
+        instance.add_dynamic_partitions("observations", ["obs-a", "obs-b"])
+        first = evaluate_automation_conditions(defs=defs, instance=instance)
+        instance.report_runless_asset_event(AssetMaterialization("image_metadata", partition="obs-a"))
+        second = evaluate_automation_conditions(defs=defs, instance=instance, cursor=first.cursor)
+        assert second.get_requested_partitions(AssetKey("image_quality")) == {"obs-a"}
+        assert second.get_num_requested(GROUPS) == 1 and second.get_num_requested(CATALOG) == 1
+        # before the next tick: the tables' run finishes, and so does quality's
+        for asset in ("target_groups", "catalog"):
+            instance.report_runless_asset_event(AssetMaterialization(asset))
+        instance.report_runless_asset_event(AssetMaterialization("image_quality", partition="obs-a"))
+        third = evaluate_automation_conditions(defs=defs, instance=instance, cursor=second.cursor)
+        assert third.get_num_requested(GROUPS) == 1 and third.get_num_requested(CATALOG) == 1
+        # (events reported outside a run count as separate runs: catalog follows target_groups)
+        instance.report_runless_asset_event(AssetMaterialization("target_groups"))
+        fourth = evaluate_automation_conditions(defs=defs, instance=instance, cursor=third.cursor)
+        assert fourth.get_num_requested(GROUPS) == 0
+        instance.report_runless_asset_event(AssetMaterialization("catalog"))
+        settled = evaluate_automation_conditions(defs=defs, instance=instance, cursor=fourth.cursor)
+        assert settled.get_num_requested(GROUPS) == 0 and settled.get_num_requested(CATALOG) == 0
+
+
+def test_only_targets_whose_images_changed_get_new_products():
+    with instance_for_test() as instance:
+        instance.add_dynamic_partitions("targets", ["M-16", "NGC-3132"])
+        for target in ("M-16", "NGC-3132"):
+            _images_changed(instance, target, "v1")
+        # first evaluation: every target without products gets them, mosaics and composites together
+        first = evaluate_automation_conditions(defs=defs, instance=instance)
+        assert first.get_requested_partitions(MOSAICS) == {"M-16", "NGC-3132"}
+        assert first.get_requested_partitions(COMPOSITES) == {"M-16", "NGC-3132"}
+        for target in ("M-16", "NGC-3132"):
+            for asset in ("mosaics", "composites"):
+                instance.report_runless_asset_event(AssetMaterialization(asset, partition=target))
+        settled = evaluate_automation_conditions(defs=defs, instance=instance, cursor=first.cursor)
+        assert settled.get_num_requested(MOSAICS) == 0 and settled.get_num_requested(COMPOSITES) == 0
+
+        _images_changed(instance, "NGC-3132", "v2")  # a new observation of NGC 3132 is catalogued
+        _images_changed(instance, "M-16", "v1")  # M 16 recorded again with the same images
+        changed = evaluate_automation_conditions(defs=defs, instance=instance, cursor=settled.cursor)
+        assert changed.get_requested_partitions(MOSAICS) == {"NGC-3132"}
+        assert changed.get_requested_partitions(COMPOSITES) == {"NGC-3132"}
+
+        # a new target appears: its products are made, the others are left alone
+        instance.add_dynamic_partitions("targets", ["CRAB"])
+        _images_changed(instance, "CRAB", "v1")
+        new = evaluate_automation_conditions(defs=defs, instance=instance, cursor=changed.cursor)
+        assert new.get_requested_partitions(MOSAICS) == {"CRAB"}
+
+
+def test_a_failed_products_run_is_not_retried_until_the_images_change():
+    with instance_for_test() as instance:
+        instance.add_dynamic_partitions("targets", ["M-16"])
+        _images_changed(instance, "M-16", "v1")
+        first = evaluate_automation_conditions(defs=defs, instance=instance)
+        assert first.get_requested_partitions(MOSAICS) == {"M-16"}
+        # the run fails: nothing is materialised
+        again = evaluate_automation_conditions(defs=defs, instance=instance, cursor=first.cursor)
+        assert again.get_num_requested(MOSAICS) == 0
+        _images_changed(instance, "M-16", "v2")
+        fixed = evaluate_automation_conditions(defs=defs, instance=instance, cursor=again.cursor)
+        assert fixed.get_requested_partitions(MOSAICS) == {"M-16"}
+
+
+def test_the_data_version_tag_is_the_one_dagster_reads():
+    from dagster._core.definitions.data_version import DATA_VERSION_TAG as dagsters
+
+    assert DATA_VERSION_TAG == dagsters

@@ -1,0 +1,294 @@
+import colorsys
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+from astropy.coordinates import SkyCoord
+from astropy.io import fits
+from astropy.wcs import WCS
+from PIL import Image
+from pyavm import AVM
+
+from skyassets.emulator.sky import make_wcs
+from skyassets.imaging import composite
+
+MAS = 1.0 / 3.6e6  # degrees
+
+
+def _hue(rgb) -> float:
+    r, g, b = np.asarray(rgb, dtype=float) / max(float(np.max(rgb)), 1e-12)
+    hue = colorsys.rgb_to_hsv(r, g, b)[0] * 360.0
+    return hue - 360.0 if hue > 300.0 else hue  # a red with a trace of blue is just past red, not magenta
+
+
+def _check_round_trip(wcs: WCS, read: WCS, shape: tuple[int, int]) -> None:
+    """The read WCS puts the corners and centre of the picture where ``wcs`` does, within 1 mas."""
+    h, w = shape
+    x = np.array([0, w - 1, 0, w - 1, (w - 1) / 2])
+    y = np.array([0, 0, h - 1, h - 1, (h - 1) / 2])
+    want = wcs.pixel_to_world(x, y)
+    got = read.pixel_to_world(x, y)
+    assert np.all(want.separation(got).deg <= MAS), want.separation(got).to("mas")
+
+
+def test_hues_run_from_blue_to_red():
+    assert composite.hues(3) == [240.0, 120.0, 0.0]
+    h = composite.hues(7)
+    assert h[0] == 240.0 and h[-1] == 0.0 and all(a > b for a, b in zip(h, h[1:]))
+    assert composite.hues(0) == []
+
+
+@pytest.mark.parametrize("pivots", [[4.4, 0.9, 2.0], [1.5, 0.6, 4.4, 2.0, 0.9, 3.6], [2.0, 0.9]])
+def test_channel_hue_order_follows_wavelength(pivots):
+    colours = composite.channel_colours(pivots)
+    by_wavelength = [colours[i] for i in np.argsort(pivots)]
+    hue = [_hue(c) for c in by_wavelength]
+    assert all(a > b for a, b in zip(hue, hue[1:])), hue
+    assert hue[0] >= 200 and hue[-1] <= 40
+    # grey in, grey out: every colour plane gets the same total weight
+    np.testing.assert_allclose(colours.sum(axis=0), 1.0)
+
+
+def test_single_channel_is_grey():
+    np.testing.assert_array_equal(composite.channel_colours([2.0]), [[1.0, 1.0, 1.0]])
+
+
+@pytest.mark.parametrize("method", ["screen", "lupton"])
+def test_composite_hue_order_follows_wavelength(method):
+    """One star per filter: in the picture the shortest filter's star is bluest, the longest's reddest."""
+    pivots = [2.0, 0.9, 4.4, 1.5]  # deliberately not in wavelength order
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[:64, :96]
+    spots = [(16, 16), (16, 48), (48, 48), (48, 80)]
+    channels = []
+    for y0, x0 in spots:
+        star = 500.0 * np.exp(-((xx - x0) ** 2 + (yy - y0) ** 2) / 8.0)
+        channels.append(10.0 + rng.normal(0, 1, yy.shape) + star)
+    rgb = composite.compose(channels, composite.channel_colours(pivots), method=method)
+    assert rgb.shape == (64, 96, 3) and rgb.min() >= 0.0 and rgb.max() <= 1.0
+    hue = {p: _hue(rgb[y0, x0]) for p, (y0, x0) in zip(pivots, spots)}
+    ordered = [hue[p] for p in sorted(pivots)]
+    assert all(a > b for a, b in zip(ordered, ordered[1:])), hue
+
+
+@pytest.mark.parametrize("method", ["screen", "lupton"])
+def test_saturated_cores_show_bright_and_the_outside_stays_black(method):
+    """A star whose masked core is NaN in the mosaic is drawn bright, not with a black hole; the
+    NaN beyond the footprint stays black."""
+    rng = np.random.default_rng(5)
+    yy, xx = np.mgrid[:64, :64]
+    star = 5000.0 * np.exp(-((xx - 32) ** 2 + (yy - 32) ** 2) / 18.0)
+    channel = 10.0 + rng.normal(0, 1, yy.shape) + star
+    channel[star > 2000.0] = np.nan  # saturated, masked
+    channel[:, :8] = np.nan  # outside the footprint
+    rgb = composite.compose([channel], composite.channel_colours([2.0]), method=method)
+    ring = rgb[(star > 1000.0) & (star < 2000.0)].mean()
+    assert rgb[32, 32].mean() >= ring > rgb[50:, 40:].mean()
+    assert (rgb[:, :8] == 0).all()
+    np.testing.assert_array_equal(composite.fill_holes(channel)[:, :8], channel[:, :8])
+
+
+def test_compose_takes_a_stretch_per_channel():
+    rng = np.random.default_rng(0)
+    channels = [rng.normal(0, 1, (20, 30)) for _ in range(3)]
+    rgb = composite.compose(channels, composite.channel_colours([1, 2, 3]),
+                            stretch=["linear", {"kind": "asinh", "a": 0.05}, {"kind": "zscale"}])
+    assert rgb.shape == (20, 30, 3)
+    with pytest.raises(ValueError, match="2 stretches for 3 channels"):
+        composite.compose(channels, composite.channel_colours([1, 2, 3]), stretch=["linear", "sqrt"])
+    with pytest.raises(ValueError, match="reproject"):
+        composite.compose([channels[0], channels[1][:10]], composite.channel_colours([1, 2]))
+
+
+@pytest.mark.parametrize("kind", composite.STRETCHES)
+def test_stretches_map_to_unit_interval_in_order(kind):
+    ramp = np.linspace(-5.0, 100.0, 2000).reshape(40, 50)
+    ramp[0, 0] = np.nan
+    out = composite.stretch(ramp, kind)
+    assert out.shape == ramp.shape and np.all(np.isfinite(out))
+    assert out.min() >= 0.0 and out.max() <= 1.0 and out.max() > 0.99
+    assert out[0, 0] == 0.0  # NaN is black
+    flat = out.ravel()[1:]
+    assert np.all(np.diff(flat) >= -1e-12)  # monotonic: brighter stays brighter
+
+
+def test_stretch_edge_cases():
+    assert not composite.stretch(np.full((5, 5), 3.0), "asinh").any()
+    assert not composite.stretch(np.full((5, 5), np.nan), "linear").any()
+    data = np.arange(100.0)
+    z = composite.stretch(data, "linear", interval="zscale")
+    assert z.min() == 0.0 and z.max() == 1.0
+    with pytest.raises(ValueError, match="unknown stretch"):
+        composite.stretch(data, "gamma")
+    with pytest.raises(ValueError, match="unknown interval"):
+        composite.stretch(data, "linear", interval="minmax")
+
+
+def _filters() -> pd.DataFrame:
+    rows = [("NIRCAM/IMAGE", f) for f in ("F444W", "F090W", "F200W", "F187N", "F212N", "F150W")]
+    rows += [("ACS/WFC", "F814W"), ("ACS/WFC", "F435W;CLEAR2L"), ("NIRCAM/IMAGE", "F090W")]
+    return pd.DataFrame(rows, columns=["instrument_name", "filter"])
+
+
+def test_suggest_recipes():
+    recipes = composite.suggest_recipes(_filters())
+    assert list(recipes.columns) == composite.RECIPE_COLUMNS
+    assert list(recipes["rank"]) == list(range(1, len(recipes) + 1))
+    by_name = recipes.set_index("recipe")
+    assert recipes.iloc[0]["recipe"] == "nircam-classic"
+    assert by_name.loc["nircam-classic", "filters"] == "F090W;F200W;F444W"
+    assert by_name.loc["nircam-all", "filters"] == "F090W;F150W;F187N;F200W;F212N;F444W"
+    assert by_name.loc["nircam-narrow", "filters"] == "F187N;F212N"
+    assert by_name.loc["nircam-broad", "filters"] == "F090W;F150W;F200W;F444W"
+    assert by_name.loc["acs-two-colour", "filters"] == "F435W;F814W"  # the CLEAR2L element dropped
+    assert by_name.loc["cross-instrument", "filters"] == "F435W;F150W;F444W"
+    assert by_name.loc["cross-instrument", "instruments"] == "ACS;NIRCAM;NIRCAM"
+    all_filters = by_name.loc["cross-instrument-all", "filters"]
+    assert all_filters == "F435W;F814W;" + by_name.loc["nircam-all", "filters"]
+    assert list(recipes["recipe"][:3]) == ["nircam-classic", "cross-instrument", "cross-instrument-all"]
+    for row in recipes.itertuples():
+        pivots = [float(p) for p in row.pivots_um.split(";")]
+        assert pivots == sorted(pivots), row
+        assert row.reason
+    assert set(recipes["kind"]) == {"classic", "all", "narrow-band", "broad-band", "two-colour",
+                                    "cross-instrument"}
+
+
+def test_suggest_recipes_per_target_and_given_pivots():
+    filters = pd.DataFrame({
+        "target_name": ["A", "A", "A", "B", "B"],
+        "instrument_name": ["X", "X", "X", "NIRCAM", "NIRCAM"],
+        "filter": ["red", "blue", "green", "F200W", "F090W"],
+        "pivot_um": [0.65, 0.45, 0.55, None, None],
+    })
+    recipes = composite.suggest_recipes(filters)
+    assert recipes.columns[0] == "target_name"
+    a = recipes[recipes["target_name"] == "A"].iloc[0]
+    assert (a["recipe"], a["filters"]) == ("x-classic", "blue;green;red")
+    b = recipes[recipes["target_name"] == "B"]
+    assert list(b["filters"]) == ["F090W;F200W"]
+    assert composite.suggest_recipes(filters.iloc[:0]).empty
+
+
+def test_apply_overrides():
+    recipes = composite.suggest_recipes(_filters())
+    out = composite.apply_overrides(recipes, {"mine": "F444W;F150W;F090W", "nircam-narrow": None,
+                                              "nircam-all": "F200W;F090W"})
+    assert list(out.iloc[:2]["recipe"]) == ["mine", "nircam-all"]
+    assert out.iloc[0]["filters"] == "F090W;F150W;F444W" and out.iloc[0]["kind"] == "user"
+    assert "nircam-narrow" not in set(out["recipe"])
+    assert out["recipe"].is_unique
+    assert list(out["rank"]) == list(range(1, len(out) + 1))
+    per_target = composite.suggest_recipes(_filters().assign(target_name="M 74"))
+    first = composite.apply_overrides(per_target, {"mine": "F090W;F444W"}).iloc[0]
+    assert first[["target_name", "recipe", "pivots_um"]].tolist() == ["M 74", "mine", "0.9024;4.402"]
+
+
+@pytest.mark.parametrize("cube", ["tiff", "fits"])
+def test_avm_round_trips_the_wcs(tmp_path, cube):
+    h, w = 60, 90  # not square, so a transposed or flipped WCS cannot pass
+    wcs = make_wcs(151.7573483, -40.4364056, 0.063, 68.0, 90, sip=False)
+    wcs.wcs.crpix = [40.5, 22.25]
+    rgb = np.zeros((h, w, 3))
+    x0, y0 = 70, 50  # near the top right of the FITS-orientation array: row 0 is the bottom
+    rgb[y0, x0] = [1.0, 0.0, 0.0]
+    meta = {"Title": "test", **composite.spectral_meta(["F090W", "F200W", "F444W"], [0.9, 2.0, 4.4],
+                                                        composite.channel_colours([0.9, 2.0, 4.4]))}
+    paths = composite.write_composite(rgb, wcs, tmp_path / "out" / "ngc3132", meta=meta, cube=cube)
+    read = composite.read_avm_wcs(paths["png"])
+    _check_round_trip(wcs, read, (h, w))
+    picture = np.asarray(Image.open(paths["png"]))
+    assert picture.shape == (h, w, 3) and picture.dtype == np.uint8
+    row, col = np.argwhere(picture[..., 0] == 255)[0]
+    assert row == h - 1 - y0 and col == x0  # displayed with the bottom row of the array at the bottom
+    # AVM counts rows of the displayed picture from its bottom, as FITS does
+    sky = read.pixel_to_world(col, h - 1 - row)
+    assert sky.separation(wcs.pixel_to_world(x0, y0)).deg <= MAS
+    if cube == "tiff":
+        data = tifffile.imread(paths["tiff"])
+        assert data.dtype == np.uint16 and data.shape == (h, w, 3)
+        assert tuple(data[h - 1 - y0, x0]) == (65535, 0, 0)
+        _check_round_trip(wcs, composite.read_avm_wcs(paths["tiff"]), (h, w))
+    else:
+        with fits.open(paths["fits"]) as hdul:
+            assert hdul[0].data.shape == (3, h, w)
+            assert hdul[0].data[0, y0, x0] == 1.0
+            _check_round_trip(wcs, WCS(hdul[0].header).celestial, (h, w))
+    avm = AVM.from_image(str(paths["png"]))
+    assert avm.Title == "test"
+    assert list(avm.Spectral.ColorAssignment) == ["Blue", "Green", "Red"]
+    assert list(avm.Spectral.Bandpass) == ["F090W", "F200W", "F444W"]
+
+
+@pytest.mark.parametrize("pa", [0.0, 112.0, 200.0, 293.0])
+@pytest.mark.parametrize("mirrored", [False, True])
+def test_avm_round_trips_any_rotation(tmp_path, pa, mirrored):
+    """pyavm may split a rotated WCS into Scale (+, -) that readers flip back to (-, +)."""
+    wcs = make_wcs(24.1739458, 15.7836619, 0.05, pa, 40, sip=False)
+    if mirrored:  # east to the right, as in some ground images
+        wcs.wcs.cdelt = [abs(wcs.wcs.cdelt[0]), wcs.wcs.cdelt[1]]
+    paths = composite.write_composite(np.zeros((30, 40, 3)), wcs, tmp_path / "r")
+    _check_round_trip(wcs, composite.read_avm_wcs(paths["png"]), (30, 40))
+
+
+def test_avm_carries_the_full_header_with_distortion(tmp_path):
+    wcs = make_wcs(110.83125, -73.4543333, 0.031, 246.0, 64, sip=True)
+    paths = composite.write_composite(np.zeros((64, 64, 3)), wcs, tmp_path / "sip")
+    full = composite.read_avm_wcs(paths["png"], full_header=True)
+    assert full.sip is not None
+    _check_round_trip(wcs, full, (64, 64))
+
+
+def test_write_composite_rejects_bad_input(tmp_path):
+    wcs = make_wcs(10.0, 20.0, 0.1, 0.0, 8, sip=False)
+    with pytest.raises(ValueError, match="H, W, 3"):
+        composite.write_composite(np.zeros((8, 8)), wcs, tmp_path / "x")
+    with pytest.raises(ValueError, match="cube format"):
+        composite.write_composite(np.zeros((8, 8, 3)), wcs, tmp_path / "x", cube="jpeg")
+
+
+def test_emulator_three_filter_composite(emu, tmp_path):
+    """NIRCam short- and long-wavelength images (two pixel scales) onto one WCS, then a tagged PNG."""
+    sky = emu.sky
+    uris = [u for u in sky.files
+            if u.startswith("mast:JWST/product/jw02733-o001") and u.endswith("_i2d.fits")]
+    assert len(uris) == 3
+    images, pivots, names = [], [], []
+    for uri in uris:
+        with fits.open(sky.files[uri][0]) as hdul:
+            images.append((hdul["SCI"].data.astype(float), WCS(hdul["SCI"].header)))
+            names.append(hdul[0].header["FILTER"])
+            pivots.append(composite.pivot_um(hdul[0].header["INSTRUME"], names[-1]))
+    channels, wcs, shape = composite.reproject_channels(images)
+    assert all(c.shape == shape for c in channels)
+    assert abs(wcs.proj_plane_pixel_scales()[0].to_value("arcsec") - 0.031) < 1e-3
+    colours = composite.channel_colours(pivots)
+    for method in ("screen", "lupton"):
+        rgb = composite.compose(channels, colours, method=method)
+        assert rgb.shape == (*shape, 3) and np.isfinite(rgb).all()
+        paths = composite.write_composite(rgb, wcs, tmp_path / method,
+                                          meta=composite.spectral_meta(names, pivots, colours))
+        read = composite.read_avm_wcs(paths["png"])
+        _check_round_trip(wcs, read, shape)
+    # the brightest star of the truth is bright in the picture, where the AVM WCS says it is
+    truth = json.loads((sky.root / "truth.json").read_text())["targets"]["NGC 3132"]["stars"]
+    picture = np.asarray(Image.open(paths["png"])).astype(float).sum(axis=2)
+    h, w = picture.shape
+    stars = sorted(truth, key=lambda s: -s["flux_ujy"]["F200W"])
+    checked = 0
+    for star in stars[:10]:
+        x, y = read.world_to_pixel(SkyCoord(star["ra"], star["dec"], unit="deg"))
+        col, y_fits = int(round(float(x))), int(round(float(y)))
+        row = h - 1 - y_fits
+        if 3 <= col < w - 3 and 3 <= row < h - 3 and all(np.isfinite(c[y_fits, col]) for c in channels):
+            assert picture[row - 2:row + 3, col - 2:col + 3].max() > np.percentile(picture, 99), star
+            checked += 1
+    assert checked >= 1
+    # onto the F090W image's own grid, rotated 68 degrees from north
+    f090w = images[names.index("F090W")][1]
+    channels, rotated, shape = composite.reproject_channels(images, wcs=f090w.celestial, shape=(256, 256))
+    rgb = composite.compose(channels, colours, method="lupton")
+    paths = composite.write_composite(rgb, rotated, tmp_path / "rotated", cube="fits")
+    _check_round_trip(f090w.celestial, composite.read_avm_wcs(paths["png"]), shape)
