@@ -228,7 +228,8 @@ def _sci_header(s_region: bool) -> fits.Header:
 def _region(ra: float, dec: float) -> str:
     """A square footprint about 3 arcsec across, as fixed-width STC-S (every file's is as long)."""
     half = 0.0004 / max(np.cos(np.radians(dec)), 0.05)
-    corners = [(ra - half, dec - 0.0004), (ra + half, dec - 0.0004), (ra + half, dec + 0.0004), (ra - half, dec + 0.0004)]
+    low, high = dec - 0.0004, dec + 0.0004
+    corners = [(ra - half, low), (ra + half, low), (ra + half, high), (ra - half, high)]
     return "POLYGON ICRS " + " ".join(f"{a % 360:010.6f} {d:+010.6f}" for a, d in corners)
 
 
@@ -405,10 +406,10 @@ def run_skyassets(paths: list[Path], work: Path) -> tuple[float, _Timers, dict[s
     import skyassets.cli.runs as runs
     import skyassets.defs.archive.assets as mast_assets
     import skyassets.defs.catalog.assets as catalog_assets
-    import skyassets.landing.ingest as ingest_module
     from skyassets.cli.main import prepare_dagster_home
     from skyassets.definitions import defs
     from skyassets.lake.home import Home
+    from skyassets.lake.store import Lake
 
     home = Home(work / "home")
     os.environ["DAGSTER_HOME"] = str(work / "dagster")
@@ -420,27 +421,27 @@ def run_skyassets(paths: list[Path], work: Path) -> tuple[float, _Timers, dict[s
         timers.wrap(runs, "record_landed", "landing records (Parquet)"),
         timers.wrap(mast_assets, "download_files", "copy + verify"),
         timers.wrap(catalog_assets, "extract_many", "header extraction"),
-        timers.wrap(mast_assets, "write_parquet", "lake Parquet in runs"),
-        timers.wrap(mast_assets, "read_parquet", "lake Parquet in runs"),
-        timers.wrap(catalog_assets, "write_parquet", "lake Parquet in runs"),
-        timers.wrap(catalog_assets, "read_parquet", "lake Parquet in runs"),
-        timers.wrap(ingest_module, "read_parquet", "lake Parquet in runs"),
+        timers.wrap(Lake, "write", "lake Parquet in runs"),
+        timers.wrap(Lake, "read", "lake Parquet in runs"),
     ]
     instance = DagsterInstance.from_config(str(dagster_home))
     try:
         restore.append(timers.wrap(instance, "add_dynamic_partitions", "add partitions"))
         started = time.perf_counter()
         with timers.phase("ingest"):
-            files, partitions, failed = runs.ingest([str(paths[0].parent)], home, instance)
+            report = runs.ingest([str(paths[0].parent)], home, instance)
+            files, partitions, failed = report.files, len(report.partitions), report.failed_runs
         with timers.phase("catalog publish"):
             published = defs.resolve_job_def("catalog_job").execute_in_process(
-                instance=instance, run_config={**runs.QUIET, "resources": {"home": {"config": {"root": str(home.root)}}}}
+                instance=instance,
+                run_config={**runs.QUIET, "resources": {"home": {"config": {"root": str(home.root)}}}},
             )
         elapsed = time.perf_counter() - started
         records = instance.get_run_records()
         counts = {
             "files": files, "partitions": partitions, "failed_runs": len(failed),
-            "runs": len(records), "successful_runs": sum(r.dagster_run.status == DagsterRunStatus.SUCCESS for r in records),
+            "runs": len(records),
+            "successful_runs": sum(r.dagster_run.status == DagsterRunStatus.SUCCESS for r in records),
         }
         if failed or not published.success or files != len(paths):
             raise RuntimeError(f"the ingest did not succeed: {counts}")
@@ -460,7 +461,8 @@ def report(count: int, bare: float, sky: float, timers: _Timers, counts: dict[st
     print(f"skyassets : {sky_rate:8.1f} files/s  ({sky:.2f} s)")
     print(f"ratio     : {100 * ratio:.0f}% of the bare loop (target >= {100 * TARGET:.0f}%)")
     s = timers.seconds
-    registration = sum(s[k] for k in ("find files", "partition keys (header reads)", "landing records (Parquet)", "add partitions"))
+    steps = ("find files", "partition keys (header reads)", "landing records (Parquet)", "add partitions")
+    registration = sum(s[k] for k in steps)
     runs_wall = s["ingest"] - registration
     in_runs = s["copy + verify"] + s["header extraction"] + s["lake Parquet in runs"]
     lines = [

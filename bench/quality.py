@@ -168,7 +168,7 @@ def run_bare(field: Field, sample: int | None = None) -> Result:
         widths = []
         order = np.argsort(-np.asarray(found["flux"]))
         chosen = [i for i in order if not crowded[i]][:sample]
-        for xc, yc in zip(x[chosen], y[chosen]):
+        for xc, yc in zip(x[chosen], y[chosen], strict=True):
             xi, yi = round(xc), round(yc)
             if not (CUTOUT <= xi < data.shape[1] - CUTOUT and CUTOUT <= yi < data.shape[0] - CUTOUT):
                 continue
@@ -202,7 +202,7 @@ def main() -> int:
 
     runs: list[dict[str, list[Result]]] = [{"skyassets": [], "bare": [], "sampled": []} for _ in fields]
     for _ in range(args.repeat):  # interleaved, so a slow moment of the machine hits every chain
-        for field, results in zip(fields, runs):
+        for field, results in zip(fields, runs, strict=True):
             results["skyassets"].append(run_skyassets(field))
             results["bare"].append(run_bare(field))
             results["sampled"].append(run_bare(field, SAMPLED_FITS))

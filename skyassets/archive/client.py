@@ -6,17 +6,144 @@ This module is the one place that points an unchanged astroquery at another serv
 a mirror): the portal URLs are set on the client instance, the two hard-coded hosts are rewritten
 in astroquery's ``_simple_request``, and the S3 client used for cloud URIs gets an endpoint. For
 the real MAST nothing is changed at all.
+
+The real archive fails now and then (429 when busy, 502/503 behind its proxies, dropped
+connections), so every call skyassets makes through astroquery goes through :func:`with_retries`,
+with the :class:`RetryPolicy` and the MAST token given when the client was made
+(:func:`archive_settings`). The token is kept in memory only and never appears in a ``repr``.
 """
 
 from __future__ import annotations
 
+import email.utils
+import random
 import threading
-from typing import Any
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
+import astropy.units as u
+import requests
+from astropy.coordinates import Angle, SkyCoord
+from astropy.table import Table
 from astroquery.mast import ObservationsClass
 from astroquery.mast import utils as mast_utils
 
+from skyassets.archive.download import token_header
+
 REAL_MAST_URL = "https://mast.stsci.edu"
+DOWNLOAD_PATH = "/api/v0.1/Download/file"
+# HTTP statuses worth asking again: the archive or a proxy in front of it is busy or restarting.
+TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+T = TypeVar("T")
+
+
+class ArchiveError(RuntimeError):
+    """An archive call failed for good: not transient, or still failing when the retry time ran out."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Jittered exponential backoff for archive calls, honouring ``Retry-After``, bounded in total time.
+
+    Attempt n waits a random time between half and all of ``min(max_delay, base_delay * 2**(n-1))``,
+    or longer when the archive asks for it with ``Retry-After``; no wait starts that would end more
+    than ``total_seconds`` after the first attempt began.
+    """
+
+    total_seconds: float = 300.0
+    base_delay: float = 1.0
+    max_delay: float = 60.0
+
+
+@dataclass(frozen=True)
+class ArchiveSettings:
+    """What skyassets knows about a client beyond astroquery: its server, retries and MAST token."""
+
+    server: str = REAL_MAST_URL
+    retry: RetryPolicy = RetryPolicy()
+    token: str | None = field(default=None, repr=False)
+
+    @property
+    def download_url(self) -> str:
+        return self.server + DOWNLOAD_PATH
+
+
+_settings: weakref.WeakKeyDictionary[ObservationsClass, ArchiveSettings] = weakref.WeakKeyDictionary()
+
+
+def archive_settings(client: ObservationsClass) -> ArchiveSettings:
+    """The settings ``client`` was made with by :func:`observations_client` (defaults for any other)."""
+    return _settings.get(client) or ArchiveSettings()
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """A ``Retry-After`` header as seconds: a number, or an HTTP date; None when absent or unreadable."""
+    if not value:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(when.timestamp() - time.time(), 0.0)
+
+
+def transient_failure(exc: BaseException) -> tuple[bool, float | None]:
+    """Whether ``exc`` is worth another attempt, and the delay the archive asked for (Retry-After)."""
+    if isinstance(exc, requests.HTTPError) and exc.response is not None:
+        response = exc.response
+        if response.status_code in TRANSIENT_STATUS:
+            return True, retry_after_seconds(response.headers.get("Retry-After"))
+        return False, None
+    if isinstance(exc, (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)):
+        return True, None
+    return False, None
+
+
+def describe_failure(exc: BaseException) -> str:
+    """A one-line reason for a failed call, without request headers (which may carry a token)."""
+    if isinstance(exc, requests.HTTPError) and exc.response is not None:
+        response = exc.response
+        url = response.url.split("?", 1)[0] if response.url else "the archive"
+        status = f"HTTP {response.status_code} {response.reason}" if response.reason else f"HTTP {response.status_code}"
+        return f"{status} from {url}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def with_retries(
+    call: Callable[[], T], what: str, policy: RetryPolicy, *, sleep: Callable[[float], None] = time.sleep
+) -> T:
+    """``call()``, asked again after transient failures per ``policy``; else an :class:`ArchiveError`
+    saying what failed (``what``), after how many attempts, and why."""
+    started = time.monotonic()
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return call()
+        except Exception as exc:  # classified just below: transient or not
+            transient, asked = transient_failure(exc)
+            reason = describe_failure(exc)
+            if not transient:
+                raise ArchiveError(f"{what}: {reason}") from exc
+            delay = min(policy.max_delay, policy.base_delay * 2 ** (attempt - 1))
+            delay = random.uniform(delay / 2, delay)
+            if asked is not None:
+                delay = max(delay, asked)
+            elapsed = time.monotonic() - started
+            if elapsed + delay > policy.total_seconds:
+                raise ArchiveError(
+                    f"{what}: {reason} (gave up after {attempt} attempt{'s' if attempt > 1 else ''} "
+                    f"in {elapsed:.1f} s)"
+                ) from exc
+            sleep(delay)
 
 # Hosts astroquery calls directly, whatever conf.server says.
 _HARD_CODED_HOSTS = (
@@ -72,6 +199,48 @@ class _EndpointBoto3:
         return self._boto3.resource(service, **{**self._kwargs, **kwargs})
 
 
+def token_grants(settings: ArchiveSettings, uri: str, timeout: float = 60.0) -> bool:
+    """Whether the archive serves ``uri`` to ``settings.token`` (a HEAD of its download URL)."""
+    if not settings.token:
+        return False
+
+    def head() -> bool:
+        response = requests.head(
+            settings.download_url, params={"uri": uri}, headers=token_header(settings.token or ""),
+            timeout=timeout, allow_redirects=True,
+        )
+        if response.status_code in TRANSIENT_STATUS:
+            response.raise_for_status()
+        return response.status_code == 200
+
+    return with_retries(head, f"checking access to {uri}", settings.retry)
+
+
+def cone_search(
+    client: ObservationsClass,
+    radius: Angle,
+    *,
+    coordinates: SkyCoord | None = None,
+    objectname: str | None = None,
+    count: bool = False,
+) -> Table | int:
+    """Every observation within ``radius`` of a position or a resolved name (or how many rows that is).
+
+    Both go through ``Mast.Caom.Filtered.Position``, as ``query_criteria`` with a position and
+    ``query_region_count`` do. ``query_region`` and ``query_object`` use ``Mast.Caom.Cone``
+    instead, whose rows cannot be compared with that count: the position service answers one row
+    per observation and filter. The column config is the cone's, loaded as ``query_criteria`` does.
+    """
+    portal = client._portal_api_connection
+    portal.build_filter_set(client._caom_cone, client._caom_filtered_position)
+    where = mast_utils.parse_input_location(coordinates=coordinates, objectname=objectname)
+    position = ", ".join(str(x) for x in (where.ra.deg, where.dec.deg, Angle(radius, u.deg).deg))
+    columns = "COUNT_BIG(*)" if count else "*"
+    table = portal.service_request(client._caom_filtered_position,
+                                   {"columns": columns, "filters": [], "position": position})
+    return int(table[0][0]) if count else table
+
+
 def is_real_mast(server: str) -> bool:
     return server.rstrip("/") == REAL_MAST_URL
 
@@ -83,14 +252,20 @@ def observations_client(
     cloud: bool = True,
     timeout: float = 600.0,
     pagesize: int | None = None,
+    retry: RetryPolicy = RetryPolicy(),
+    token: str | None = None,
 ) -> ObservationsClass:
     """Return an astroquery ``ObservationsClass`` talking to ``server``.
 
     ``s3_endpoint`` points the cloud-URI lookup (a HEAD per key on the ``stpubdata`` bucket) at an
-    S3-protocol server other than AWS; ``cloud`` enables that lookup at all.
+    S3-protocol server other than AWS; ``cloud`` enables that lookup at all. ``retry`` is how
+    skyassets' archive calls through this client ride out transient failures. With a MAST
+    ``token`` the session is logged in (astroquery checks the token with the archive's ``whoami``)
+    and exclusive-access data the token grants can be queried and downloaded.
     """
     server = server.rstrip("/")
     client = ObservationsClass()
+    _settings[client] = ArchiveSettings(server=server, retry=retry, token=token or None)
     portal = client._portal_api_connection
     portal.TIMEOUT = timeout
     if pagesize:
@@ -107,4 +282,7 @@ def observations_client(
         client.enable_cloud_dataset(verbose=False)
         if s3_endpoint:
             client._cloud_connection.boto3 = _EndpointBoto3(s3_endpoint)
+    if token:
+        client._auth_obj.SESSION_INFO_URL = server + "/whoami"
+        with_retries(lambda: client.login(token=token), "logging in to MAST with the token", retry)
     return client

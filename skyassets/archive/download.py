@@ -8,9 +8,10 @@ dropped connection, so skyassets fetches the files itself:
   a ``206`` starting at N; a ``200`` restarts the file from zero. ``<final>.part.json`` remembers
   the source, ETag and size so a resumed range is conditional (``If-Range`` / ``IfMatch``) and a
   changed object restarts instead of being spliced;
-* a finished file is checked (size, MD5 against a plain ETag, FITS ``CHECKSUM``/``DATASUM``) before
-  it is renamed into place, and its SHA-256 is written beside it as ``<final>.sha256``
-  (``sha256sum -c`` format); a file that fails a check is moved aside as ``<final>.corrupt``;
+* a finished file is checked (size, MD5 against a plain ETag, FITS ``CHECKSUM``/``DATASUM``, of the
+  decompressed stream for a ``.fits.gz``) before it is renamed into place, and its SHA-256 is
+  written beside it as ``<final>.sha256`` (``sha256sum -c`` format); a file that fails a check is
+  moved aside as ``<final>.corrupt``;
 * a file in place with its ``.sha256`` and the expected size is not fetched again;
 * one file's failure never stops the others: every request gets a :class:`FileResult`.
 
@@ -29,10 +30,11 @@ import random
 import re
 import threading
 import time
+import zlib
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +71,12 @@ class FileRequest:
     # A file on this machine (a landing zone): copied through the same resume and checks.
     local_path: Path | None = None
 
+    def __post_init__(self) -> None:
+        # Tables read back from Parquet give NaN, not None, for a missing key or URL.
+        for name in ("http_url", "s3_key"):
+            if not isinstance(getattr(self, name), str | None):
+                object.__setattr__(self, name, None)
+
 
 @dataclass(frozen=True)
 class DownloadConfig:
@@ -93,6 +101,9 @@ class DownloadConfig:
     # cover every HDU (then MD5, slower than a loopback transfer, would only repeat that check);
     # "always": hash MD5 while streaming and compare it whatever the file holds.
     md5: str = "auto"
+    # A MAST API token, sent as ``Authorization: token ...`` with HTTP downloads (exclusive-access
+    # data); never sent to S3, which holds public data only, and never shown in a repr.
+    mast_token: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -217,6 +228,76 @@ def _plain_md5(etag: str | None) -> bool:
     return bool(norm and _PLAIN_MD5_RE.match(norm))
 
 
+GZIP_SUFFIX = ".gz"
+_INFLATE_CHUNK = 16 << 20  # decompressed bytes handed to the FITS check at a time; bounds memory
+
+
+class GzipFitsVerifier:
+    """FITS ``CHECKSUM``/``DATASUM`` checks of a gzip-compressed FITS file, fed its compressed bytes.
+
+    MAST serves some products as ``.fits.gz`` (GALEX, many HLSPs); their checksums cover the
+    decompressed file, so the stream is inflated as it arrives and fed to a
+    :class:`StreamingFitsVerifier`. A broken or cut gzip stream (zlib's CRC and length checks) is
+    "bad" like a broken FITS file.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._fits = StreamingFitsVerifier(name.removesuffix(GZIP_SUFFIX))
+        self._inflate = zlib.decompressobj(wbits=31)
+        self._problem: str | None = None
+        self._head = b""  # the first bytes: a gzip stream starts with 1f 8b
+
+    def update(self, data: bytes | bytearray | memoryview) -> None:
+        if self._problem is not None:
+            return
+        pending = bytes(data)
+        if len(self._head) < 2:
+            self._head += pending[: 2 - len(self._head)]
+        try:
+            while pending:
+                if self._inflate.eof:  # a further gzip member, or zero padding after the last one
+                    if not any(pending):
+                        return
+                    self._inflate = zlib.decompressobj(wbits=31)
+                out = self._inflate.decompress(pending, _INFLATE_CHUNK)
+                if out:
+                    self._fits.update(out)
+                pending = self._inflate.unconsumed_tail or (self._inflate.unused_data if self._inflate.eof else b"")
+        except zlib.error as exc:
+            self._problem = f"{self.name}: not a readable gzip stream: {exc}"
+
+    def result(self) -> FitsCheck:
+        gzip = self._head == b"\x1f\x8b"
+        if self._problem is not None:
+            return FitsCheck("bad" if gzip else "not-fits", problems=[self._problem])
+        if gzip and not self._inflate.eof:
+            return FitsCheck("bad", problems=[f"{self.name}: gzip stream ends before its end marker (truncated)"])
+        return self._fits.result()
+
+
+def token_header(token: str) -> dict[str, str]:
+    """How MAST's download service takes an API token."""
+    return {"Authorization": f"token {token}"}
+
+
+def fits_verifier(name: str) -> StreamingFitsVerifier | GzipFitsVerifier:
+    """The streaming FITS check for a file of this name (inflating a ``.gz`` first)."""
+    return GzipFitsVerifier(name) if name.lower().endswith(GZIP_SUFFIX) else StreamingFitsVerifier(name)
+
+
+def verify_file(path: Path, name: str | None = None) -> FitsCheck:
+    """:func:`skyassets.fits.verify.verify_fits` for a file on disk, ``.fits.gz`` included."""
+    name = name or path.name
+    if not name.lower().endswith(GZIP_SUFFIX):
+        return verify_fits(path, name)
+    verifier = GzipFitsVerifier(name)
+    with path.open("rb", buffering=0) as f:
+        while chunk := f.read(_HASH_CHUNK):
+            verifier.update(chunk)
+    return verifier.result()
+
+
 class _Digests:
     """The checks of a byte stream that need every byte: SHA-256 (always), MD5 (only when an ETag
     can check it) and FITS ``CHECKSUM``/``DATASUM``, each fed on its own thread.
@@ -233,7 +314,7 @@ class _Digests:
 
     def __init__(self, name: str, md5: bool) -> None:
         self._hashes: list[Any] = [hashlib.sha256()] + ([hashlib.md5()] if md5 else [])
-        self._fits = StreamingFitsVerifier(name)
+        self._fits = fits_verifier(name)
         self._feeds: list[Callable[[bytes], None]] = [h.update for h in self._hashes] + [self._fits.update]
         self._pools: list[ThreadPoolExecutor] = []
         self._pending: deque[Future[None]] = deque()
@@ -245,7 +326,7 @@ class _Digests:
             return
         if not self._pools:
             self._pools = [ThreadPoolExecutor(1, thread_name_prefix="skyassets-check") for _ in self._feeds]
-        for feed, pool in zip(self._feeds, self._pools):
+        for feed, pool in zip(self._feeds, self._pools, strict=True):
             self._pending.append(pool.submit(feed, data))
         while len(self._pending) > len(self._feeds) * self._IN_FLIGHT:
             self._pending.popleft().result()
@@ -519,14 +600,14 @@ class _Downloader:
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
             if code in ("PreconditionFailed", "412") or status == 412:
                 job.reset()
-                raise _Retry(f"S3 object s3://{bucket}/{key} changed since the .part began; restarting")
+                raise _Retry(f"S3 object s3://{bucket}/{key} changed since the .part began; restarting") from exc
             if code in ("InvalidRange", "416") or status == 416:
                 job.reset()
-                raise _Retry(f"S3 refused range bytes={offset}- of s3://{bucket}/{key}; restarting")
+                raise _Retry(f"S3 refused range bytes={offset}- of s3://{bucket}/{key}; restarting") from exc
             message = f"S3 s3://{bucket}/{key}: {code or status} {err.get('Message', '')}".strip()
             if job.request.http_url is None and (code in ("NoSuchKey", "NoSuchBucket") or status == 404):
-                raise _Fatal(message)  # nothing to fall back to, and asking again will not help
-            raise _S3Unusable(message)
+                raise _Fatal(message) from exc  # nothing to fall back to, and asking again will not help
+            raise _S3Unusable(message) from exc
         except (EndpointConnectionError, ConnectTimeoutError) as exc:
             self._s3_down = str(exc)
             raise _S3Unusable(f"S3 endpoint unreachable: {exc}") from exc
@@ -572,12 +653,15 @@ class _Downloader:
             while chunk := handle.read(size):
                 yield chunk
 
-        return _Body(min(offset, stat.st_size), stat.st_size, f"{stat.st_size}-{stat.st_mtime_ns}", chunks(), handle.close)
+        version = f"{stat.st_size}-{stat.st_mtime_ns}"
+        return _Body(min(offset, stat.st_size), stat.st_size, version, chunks(), handle.close)
 
     def _open_http(self, job: _Job, offset: int) -> _Body:
         url = job.request.http_url
         assert url is not None
         headers: dict[str, str] = {}
+        if self.config.mast_token:
+            headers.update(token_header(self.config.mast_token))
         if offset:
             headers["Range"] = f"bytes={offset}-"
             if job.etag and not _is_weak(job.etag):
@@ -749,7 +833,7 @@ class _Downloader:
         fits = "unchecked"
         if self.config.verify_existing:
             digest = sha256_file(job.final)
-            fits = verify_fits(job.final).status
+            fits = verify_file(job.final).status
             if digest != recorded or fits == "bad":
                 os.replace(job.final, job.final.with_name(job.final.name + CORRUPT_SUFFIX))
                 _unlink(job.sha_file)

@@ -1,12 +1,17 @@
 """Querying MAST for a watchlist, and listing the products to download (no Dagster here).
 
 astroquery does the talking; this module turns watchlist entries into astroquery calls, checks
-that paging returned every row, leaves out proprietary data, and shapes the results as pandas
-tables ready for Parquet.
+that paging returned every row, leaves out proprietary data (unless the MAST token grants it),
+and shapes the results as pandas tables ready for Parquet.
+
+Every archive call is retried through :func:`skyassets.archive.client.with_retries`; a watchlist
+entry whose calls still fail is reported in :attr:`WatchlistResult.failed` and the other entries
+go on.
 """
 
 from __future__ import annotations
 
+import logging
 import warnings
 from dataclasses import dataclass, field
 from urllib.parse import quote
@@ -18,23 +23,36 @@ from astropy.time import Time
 from astroquery.exceptions import NoResultsWarning
 from astroquery.mast import ObservationsClass
 
-from skyassets.archive.watchlist import ProductSpec, Watchlist, WatchlistEntry
+from skyassets.archive.client import ArchiveError, archive_settings, cone_search, token_grants, with_retries
+from skyassets.archive.watchlist import MINIMUM_RECOMMENDED, ProductSpec, Watchlist, WatchlistEntry
 from skyassets.lake.names import InvalidNameError, safe_filename, validate_obs_id
+
+log = logging.getLogger(__name__)
+
+EXCLUSIVE_ACCESS = "EXCLUSIVE_ACCESS"
 
 
 @dataclass
 class WatchlistResult:
-    """Everything one pass over the watchlist found."""
+    """Everything one pass over the watchlist found.
+
+    ``proprietary`` counts the exclusive-access observations left out; ``granted`` those kept because
+    the MAST token grants them. ``failed`` has one line per watchlist entry whose search failed
+    (``"<entry>: <why>"``), like ``incomplete`` and ``rejected``.
+    """
 
     observations: pd.DataFrame
     per_entry: dict[str, int] = field(default_factory=dict)
     proprietary: int = 0
+    granted: int = 0
     rejected: list[str] = field(default_factory=list)
     incomplete: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
 
 
 def _query(client: ObservationsClass, entry: WatchlistEntry, count: bool) -> Table | int:
-    """Run one entry's search (or its row count) through astroquery."""
+    """Run one entry's search (or its row count) through astroquery; data and count always come
+    from the same service, so that they can be compared."""
     criteria = dict(entry.criteria)
     if entry.kind == "obs_id":
         criteria["obs_id"] = list(entry.obs_id)
@@ -44,47 +62,91 @@ def _query(client: ObservationsClass, entry: WatchlistEntry, count: bool) -> Tab
         criteria.update(objectname=entry.target, radius=entry.radius)
     else:
         criteria.update(coordinates=entry.coordinates, radius=entry.radius)
-    positional_only = set(criteria) <= {"objectname", "coordinates", "radius"}
-    if positional_only and entry.kind == "target":
-        return (client.query_object_count if count else client.query_object)(entry.target, radius=entry.radius)
-    if positional_only:
-        return (client.query_region_count if count else client.query_region)(entry.coordinates, radius=entry.radius)
+    if set(criteria) <= {"objectname", "coordinates", "radius"}:  # query_criteria refuses a position alone
+        return cone_search(client, entry.radius, coordinates=entry.coordinates, objectname=entry.target, count=count)
     return (client.query_criteria_count if count else client.query_criteria)(**criteria)
 
 
 def query_entry(client: ObservationsClass, entry: WatchlistEntry) -> tuple[Table, int]:
-    """Return the entry's observations and the row count the archive says it has."""
+    """Return the entry's observations and the row count the archive says it has.
+
+    Transient failures are retried; a final failure is an :class:`ArchiveError` naming the entry.
+    """
+    policy = archive_settings(client).retry
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NoResultsWarning)
-        table = _query(client, entry, count=False)
-        expected = int(_query(client, entry, count=True))
+        table = with_retries(lambda: _query(client, entry, count=False), f"{entry.name}: search", policy)
+        expected = int(with_retries(lambda: _query(client, entry, count=True), f"{entry.name}: row count", policy))
     return table, expected
 
 
 def _to_frame(table: Table) -> pd.DataFrame:
-    """An astropy Table as a DataFrame with masked values as nulls and no bookkeeping columns."""
+    """An astropy Table as a DataFrame with masked values as nulls and no bookkeeping columns.
+
+    A text column stays text even when the archive sent null in every row (MAST does, e.g. for
+    ``dataURL`` or ``prvversion``): pandas would otherwise make it a float column of NaN, and the
+    column's type would change from one answer to the next.
+    """
     table = table.copy()
     for name in ("_selected_",):
         if name in table.colnames:
             table.remove_column(name)
+    text = [name for name in table.colnames if table[name].dtype.kind in "US"]
     frame = table.to_pandas()
     for column in frame.columns:
-        if frame[column].dtype == object:
+        if column in text:
+            col = table[column]
+            masked = np.ma.getmaskarray(col)
+            values = [None if m else str(v) for v, m in zip(np.asarray(col).tolist(), masked, strict=True)]
+            frame[column] = pd.Series(values, index=frame.index, dtype="str")
+        elif frame[column].dtype == object:
             frame[column] = frame[column].map(lambda v: None if v is np.ma.masked else v)
     return frame
+
+
+def merge_filter_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per observation: rows of the same ``obs_id`` become one, with all their filters.
+
+    MAST's position searches answer one row per observation and filter (an observation through
+    ``F200W`` and ``CLEAR`` comes back twice, once per filter). The rows are merged, keeping the
+    first row's values, with ``filters`` the distinct filters joined by ``;`` (CAOM's own separator
+    for observations with several filters) and ``em_min``/``em_max`` spanning them all.
+    """
+    if frame.empty or frame["obs_id"].is_unique:
+        return frame.reset_index(drop=True)
+    groups = frame.groupby("obs_id", sort=False)
+    merged = frame.drop_duplicates("obs_id").set_index("obs_id")
+    if "filters" in frame.columns:
+        def join(values: pd.Series) -> str | None:
+            names = [f.strip() for v in values.dropna() for f in str(v).split(";") if f.strip()]
+            return ";".join(dict.fromkeys(names)) or None
+
+        merged["filters"] = pd.Series(groups["filters"].agg(join), dtype="str")
+    if "em_min" in frame.columns:
+        merged["em_min"] = groups["em_min"].min()
+    if "em_max" in frame.columns:
+        merged["em_max"] = groups["em_max"].max()
+    return merged.reset_index()
 
 
 def query_watchlist(client: ObservationsClass, watchlist: Watchlist, now: Time | None = None) -> WatchlistResult:
     """Run every entry; merge, leave out proprietary rows, and refuse unusable observation ids.
 
-    An observation found by several entries is kept once, with all their names in
-    ``watchlist_entry`` (comma-separated, in watchlist order).
+    The result has one row per observation (see :func:`merge_filter_rows`). An observation found
+    by several entries is kept once, with all their names in ``watchlist_entry`` (comma-separated,
+    in watchlist order). An entry whose search fails after retries is listed in ``failed`` and the
+    others are kept. Exclusive-access observations (``dataRights``, or a release date still to
+    come) are left out and counted, except those the client's MAST token grants.
     """
     now_mjd = (now or Time.now()).mjd
     result = WatchlistResult(observations=pd.DataFrame())
     tables = []
     for entry in watchlist.entries:
-        table, expected = query_entry(client, entry)
+        try:
+            table, expected = query_entry(client, entry)
+        except ArchiveError as err:
+            result.failed.append(str(err))
+            continue
         result.per_entry[entry.name] = len(table)
         if len(table) < expected:
             result.incomplete.append(f"{entry.name}: {len(table)} of {expected} rows")
@@ -96,38 +158,97 @@ def query_watchlist(client: ObservationsClass, watchlist: Watchlist, now: Time |
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # vstack of differing masked/meta columns
         frame = _to_frame(vstack(tables, metadata_conflicts="silent"))
-    release = pd.to_numeric(frame.get("t_obs_release"), errors="coerce")
-    proprietary = release > now_mjd
-    result.proprietary = int(proprietary.sum())
-    frame = frame[~proprietary.fillna(False)]
     valid = []
     for obs_id in frame["obs_id"]:
         try:
             validate_obs_id(obs_id)
             valid.append(True)
         except InvalidNameError as err:
-            result.rejected.append(str(err))
+            if str(err) not in result.rejected:
+                result.rejected.append(str(err))
             valid.append(False)
     frame = frame[valid]
     entries = frame.groupby("obs_id", sort=False)["watchlist_entry"].agg(lambda s: ",".join(dict.fromkeys(s)))
-    frame = frame.drop_duplicates("obs_id").set_index("obs_id")
+    frame = merge_filter_rows(frame).set_index("obs_id")
     frame["watchlist_entry"] = entries
-    result.observations = frame.reset_index().sort_values("obs_id", kind="stable").reset_index(drop=True)
+    frame = frame.reset_index()
+    exclusive = _exclusive(frame, now_mjd)
+    granted = _granted(client, frame, exclusive)
+    result.proprietary = int((exclusive & ~granted).sum())
+    result.granted = int(granted.sum())
+    frame = frame[~exclusive | granted]
+    result.observations = frame.sort_values("obs_id", kind="stable").reset_index(drop=True)
     return result
 
 
+def _exclusive(frame: pd.DataFrame, now_mjd: float) -> pd.Series:
+    """Rows whose data are still exclusive to their proposers: release date to come, or (no date
+    given) ``dataRights`` saying so."""
+    release = pd.to_numeric(frame.get("t_obs_release", pd.Series(np.nan, index=frame.index)), errors="coerce")
+    exclusive = (release > now_mjd).fillna(False).astype(bool)
+    if "dataRights" in frame.columns:
+        rights = frame["dataRights"].fillna("").astype(str).str.upper().eq(EXCLUSIVE_ACCESS)
+        exclusive |= rights & release.isna()
+    return exclusive
+
+
+def _granted(client: ObservationsClass, frame: pd.DataFrame, exclusive: pd.Series) -> pd.Series:
+    """Which exclusive-access rows the client's MAST token lets us download (none without a token).
+
+    The archive says so itself: a HEAD of one of the observation's products with the token."""
+    granted = pd.Series(False, index=frame.index)
+    settings = archive_settings(client)
+    if not settings.token:
+        return granted
+    for index in frame.index[exclusive]:
+        obsid, obs_id = str(frame.at[index, "obsid"]), frame.at[index, "obs_id"]
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NoResultsWarning)
+                products = with_retries(
+                    lambda obsid=obsid: client.get_product_list(obsid), f"{obs_id}: product list", settings.retry
+                )
+            uris = [str(u) for u in products["dataURI"]] if len(products) else []
+            granted[index] = bool(uris) and token_grants(settings, uris[0])
+        except ArchiveError as err:
+            log.warning("%s: cannot tell whether the MAST token grants it, left out: %s", obs_id, err)
+    return granted
+
+
+def _text(products: Table, name: str) -> np.ndarray:
+    """A column as upper-case text, '' where null or where the archive did not send the column."""
+    if name not in products.colnames:
+        return np.full(len(products), "", dtype=str)
+    column = products[name]
+    values = column.filled("") if hasattr(column, "filled") else column
+    return np.char.upper(np.asarray(values).astype(str))
+
+
 def select_products(products: Table, spec: ProductSpec) -> Table:
-    """The products an observation's download is made of, per the watchlist's product spec."""
+    """The products an observation's download is made of, per the watchlist's product spec.
+
+    ``product_type``, ``subgroups`` and ``extensions`` narrow the list (each when given); of what
+    remains, a product is kept when MAST recommends it (``productGroupDescription`` "Minimum
+    Recommended Products", with ``spec.recommended``) or its ``calib_level`` is one of
+    ``spec.calib_level``. Without either, every product that passed the narrowing is kept.
+    """
     keep = np.ones(len(products), dtype=bool)
     if spec.product_type:
-        keep &= np.isin(np.char.upper(products["productType"].filled("").astype(str)), spec.product_type)
+        keep &= np.isin(_text(products, "productType"), spec.product_type)
     if spec.subgroups:
-        keep &= np.isin(np.char.upper(products["productSubGroupDescription"].filled("").astype(str)), spec.subgroups)
+        keep &= np.isin(_text(products, "productSubGroupDescription"), spec.subgroups)
     if spec.extensions:
-        names = np.char.lower(products["productFilename"].filled("").astype(str))
+        names = np.char.lower(_text(products, "productFilename"))
         keep &= np.array([n.endswith(spec.extensions) for n in names], dtype=bool)
-    if spec.calib_level and "calib_level" in products.colnames:
-        keep &= np.isin(products["calib_level"].filled(-1), spec.calib_level)
+    if spec.recommended or spec.calib_level:
+        chosen = np.zeros(len(products), dtype=bool)
+        if spec.recommended:
+            chosen |= _text(products, "productGroupDescription") == MINIMUM_RECOMMENDED.upper()
+        if spec.calib_level and "calib_level" in products.colnames:
+            column = products["calib_level"]
+            levels = column.filled(-1) if hasattr(column, "filled") else column
+            chosen |= np.isin(np.asarray(levels), spec.calib_level)
+        keep &= chosen
     return products[keep]
 
 
@@ -141,11 +262,17 @@ def list_products(
 ) -> tuple[pd.DataFrame, list[str]]:
     """The science products of one observation, with their S3 key (if any) and HTTP URL.
 
-    Returns the table and the list of products refused because their file name is unsafe.
+    Returns the table and the list of products refused because their file name is unsafe. A
+    product listed twice (MAST repeats shared products) is kept once. Only public products are
+    looked up in the cloud (the bucket holds public data only); when the cloud path lookup fails,
+    every file goes over HTTP instead of the observation failing.
     """
+    settings = archive_settings(client)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NoResultsWarning)
-        products = client.get_product_list(str(obsid))
+        products = with_retries(
+            lambda: client.get_product_list(str(obsid)), f"observation {obsid}: product list", settings.retry
+        )
     products = select_products(products, spec)
     products = products[np.unique(products["dataURI"].astype(str), return_index=True)[1]]
     refused = []
@@ -160,11 +287,20 @@ def list_products(
     products = products[np.array(safe, dtype=bool)]
     frame = _to_frame(products)
     uris = [str(u) for u in frame["dataURI"]] if len(frame) else []
+    rights = _text(products, "dataRights")
+    public = [uri for uri, right in zip(uris, rights, strict=True) if right in ("", "PUBLIC")]
     keys: dict[str, str | None] = {}
-    if cloud and uris:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NoResultsWarning)
-            keys = client.get_cloud_uris(uris, include_bucket=False, return_uri_map=True, verbose=False) or {}
+    if cloud and public:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NoResultsWarning)
+                keys = with_retries(
+                    lambda: client.get_cloud_uris(public, include_bucket=False, return_uri_map=True, verbose=False),
+                    f"observation {obsid}: cloud path lookup",
+                    settings.retry,
+                ) or {}
+        except ArchiveError as err:
+            log.warning("%s; its files are downloaded over HTTP", err)
     frame["s3_key"] = [keys.get(uri) for uri in uris]
     frame["http_url"] = [f"{download_url}?uri={quote(uri, safe=':/')}" for uri in uris]
     return frame.sort_values("productFilename", kind="stable").reset_index(drop=True), refused

@@ -30,7 +30,8 @@ CRITERIA_KEYS = {
     "exposure": "t_exptime",
 }
 ENTRY_KEYS = {"name", "radius", "products", *SEARCH_KEYS, *CRITERIA_KEYS}
-PRODUCT_KEYS = {"product_type", "subgroups", "extensions", "calib_level"}
+PRODUCT_KEYS = {"product_type", "subgroups", "extensions", "calib_level", "recommended"}
+MINIMUM_RECOMMENDED = "Minimum Recommended Products"
 
 
 class WatchlistError(ValueError):
@@ -39,13 +40,20 @@ class WatchlistError(ValueError):
 
 @dataclass(frozen=True)
 class ProductSpec:
-    """Which products of an observation to download (MAST product-list columns)."""
+    """Which products of an observation to download (MAST product-list columns).
+
+    By default MAST's own choice, for every mission: the science products it recommends
+    (productGroupDescription "Minimum Recommended Products") and every calibrated science product
+    (calib_level 2 and 3: JWST cal and i2d, HST flt/flc/drz, WFPC2 c0m/c1m, STIS x1d/crj...), as
+    FITS, compressed or not. ``product_type``, ``subgroups`` and ``extensions`` narrow the list when
+    given; ``recommended`` and ``calib_level`` each add what they choose.
+    """
 
     product_type: tuple[str, ...] = ("SCIENCE",)
-    # Calibrated exposures (JWST CAL, HST FLT/FLC) and level-3 mosaics (JWST I2D, HST DRZ/DRC).
-    subgroups: tuple[str, ...] = ("CAL", "I2D", "FLT", "FLC", "DRZ", "DRC")
-    extensions: tuple[str, ...] = (".fits",)
-    calib_level: tuple[int, ...] = ()
+    subgroups: tuple[str, ...] = ()
+    extensions: tuple[str, ...] = (".fits", ".fits.gz")
+    calib_level: tuple[int, ...] = (2, 3)
+    recommended: bool = True
 
 
 @dataclass(frozen=True)
@@ -108,7 +116,14 @@ def _parse_products(raw: Any, base: ProductSpec, where: str) -> ProductSpec:
         subgroups=tuple(str(v).upper() for v in _as_tuple(raw.get("subgroups"))) or base.subgroups,
         extensions=extensions or base.extensions,
         calib_level=tuple(int(v) for v in _as_tuple(raw.get("calib_level"))) or base.calib_level,
+        recommended=_as_bool(raw["recommended"], where) if "recommended" in raw else base.recommended,
     )
+
+
+def _as_bool(value: Any, where: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise WatchlistError(f"{where}: 'recommended' is true or false, not {value!r}")
 
 
 def _parse_criteria(raw: dict[str, Any], where: str) -> dict[str, Any]:

@@ -8,7 +8,13 @@ scanning, and a rename in between makes the query fail (measured: about half the
 one partition is rewritten in a loop). ``refresh()`` brings the snapshot up to date, re-reading only
 the partition files that changed; every query helper here calls it first.
 
-``publish()`` writes the same tables, sorted for zone-map pruning, to ``catalog.duckdb``.
+``publish()`` writes the same tables, sorted for zone-map pruning, to ``catalog.duckdb``, with a
+``lake_index`` schema recording what they were built from: the partition files with their
+(mtime_ns, size, inode), the partition file of every row, and the raw image rows before
+deduplication. ``connect()`` starts from that file (attached read-only) and applies only the
+partition files that differ from it: the base's rows from changed or removed files are hidden, the
+changed and new files are read into memory, and the images they touch are deduplicated again from
+all their rows, so the result is the one a full read of the lake gives.
 """
 
 from __future__ import annotations
@@ -29,54 +35,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from skyassets.lake.home import Home, default_home
+from skyassets.lake.tables import TABLES
 
-# catalog table -> asset folder (or single file) in the lake
-SOURCES: dict[str, str] = {
-    "observations": "mast_observations",
-    "products": "mast_products",
-    "files": "fits_files",
-    "images": "image_metadata",
-    "quality": "image_quality",
-    "sources": "source_catalogs",
-    "targets": "target_groups",
-    "composites": "composites",
-    "recipes": "recipes",
-    "mosaics": "mosaics",
-}
+# catalog table -> lake table (a folder of partitions, or a single file), as the lake declares them
+SOURCES: dict[str, str] = {t.catalog: t.name for t in TABLES.values()}
 
 # Columns that exist even before any file does, so notebooks and helpers can be written first.
-_STR, _F64, _I64 = "VARCHAR", "DOUBLE", "BIGINT"
+DUCKDB_TYPES: dict[str, str] = {
+    "string": "VARCHAR", "double": "DOUBLE", "bool": "BOOLEAN",
+    "int64": "BIGINT", "int32": "INTEGER", "int16": "SMALLINT",
+}
 DECLARED: dict[str, list[tuple[str, str]]] = {
-    "observations": [
-        *[(c, _STR) for c in ("obs_id", "obsid", "obs_collection", "instrument_name", "filters", "target_name")],
-        *[(c, _F64) for c in ("s_ra", "s_dec", "t_min", "t_max", "t_exptime", "em_min", "em_max")],
-        *[(c, _STR) for c in ("s_region", "proposal_id", "watchlist_entry")],
-    ],
-    "products": [
-        *[(c, _STR) for c in ("partition", "obsID", "dataURI", "productFilename", "productSubGroupDescription")],
-        ("size", _I64),
-        *[(c, _STR) for c in ("s3_key", "http_url")],
-    ],
-    "files": [
-        *[(c, _STR) for c in ("partition", "dataURI", "filename", "path")],
-        ("size", _I64),
-        *[(c, _STR) for c in ("sha256", "source", "status", "fits_checksum")],
-    ],
-    "images": [
-        *[(c, _STR) for c in ("obs_id", "obs_collection", "target_name")],
-        *[(c, _F64) for c in ("s_ra", "s_dec", "s_fov")],
-        ("s_region", _STR),
-        *[(c, _F64) for c in ("s_resolution", "t_min", "t_max", "t_exptime", "em_min", "em_max")],
-        *[(c, _STR) for c in ("instrument_name", "facility_name", "dataproduct_type")],
-        ("calib_level", _I64),
-        *[(c, _STR) for c in ("access_url", "filter", "pupil", "detector", "proposal_id", "bunit")],
-        ("pixel_scale", _F64),
-        ("sha256", _STR),
-        ("size", _I64),
-        *[(c, _STR) for c in ("filename", "path")],
-        ("hdu_index", _I64),
-        *[(c, _STR) for c in ("hdu_name", "header", "wcs_problem")],
-    ],
+    t.catalog: [(f.name, DUCKDB_TYPES[str(f.type)]) for f in t.schema] for t in TABLES.values() if t.shown_empty
 }
 
 ZONE_DEG = 0.5
@@ -115,7 +85,8 @@ MACROS: tuple[str, ...] = (
     """tangent_xy(ra, dec, ra0, dec0) AS {
         'c': sin(radians(dec0)) * sin(radians(dec)) + cos(radians(dec0)) * cos(radians(dec)) * cos(radians(ra - ra0)),
         'x': cos(radians(dec)) * sin(radians(ra - ra0)),
-        'y': cos(radians(dec0)) * sin(radians(dec)) - sin(radians(dec0)) * cos(radians(dec)) * cos(radians(ra - ra0))}""",
+        'y': cos(radians(dec0)) * sin(radians(dec))
+            - sin(radians(dec0)) * cos(radians(dec)) * cos(radians(ra - ra0))}""",
     # Vertices [ra1, dec1, ra2, dec2, ...] projected about the test point.
     """polygon_xy(v, ra, dec) AS list_transform(range(1, len(v) // 2 + 1),
         lambda k: tangent_xy(v[2 * k - 1], v[2 * k], ra, dec))""",
@@ -164,28 +135,38 @@ def _install_macros(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(f"CREATE OR REPLACE MACRO {body}")
 
 
-def _images_sql(raw: str) -> str:
+_IMAGE_KEY = "coalesce(sha256, 'path:' || coalesce(path, _file)) || '#' || coalesce(CAST(hdu_index AS VARCHAR), '')"
+"""The image an ``image_metadata`` row describes: its bytes and HDU (or, without a hash, its path or file)."""
+_HASHES = f"hash({_IMAGE_KEY}) AS _hkey, CASE WHEN path IS NOT NULL THEN hash(path) END AS _hpath"
+"""64-bit hashes of an image row's key and path: the published catalog's index of its raw rows.
+
+A collision only adds an image to those deduplicated again after a change, never leaves one out."""
+
+
+def _images_sql(raw: str, *, keys: str | None = None, with_key: bool = False) -> str:
     """Current rows of ``image_metadata``, one per (sha256, hdu) with every path holding those bytes.
 
     A path's current bytes are those of the newest partition file that lists it, so a file changed
     in place shows its new row only, even while another partition still lists the old hash. The
     choice runs on narrow columns and picks rows by rowid, which halves the time on wide rows.
+    ``keys`` (a table of ``_hkey``, hashes of ``_key``) limits the result to the images whose key
+    hashes are listed; ``raw`` must then hold every row of those images and every row sharing a path
+    with them. ``with_key`` adds the ``_key``.
     """
+    only = f"WHERE hash(_key) IN (SELECT _hkey FROM {keys})" if keys else ""
     return f"""
         WITH cur AS (
-            SELECT rowid AS _rid, path, obs_id,
-                   coalesce(sha256, 'path:' || coalesce(path, _file)) || '#'
-                   || coalesce(CAST(hdu_index AS VARCHAR), '') AS _key
+            SELECT rowid AS _rid, path, obs_id, {_IMAGE_KEY} AS _key
             FROM {raw}
             QUALIFY path IS NULL OR sha256 IS NOT DISTINCT FROM
                 first_value(sha256) OVER (PARTITION BY path ORDER BY _mtime DESC, _file DESC)
         ), pick AS (
-            SELECT arg_min(_rid, (path, obs_id)) AS _rid,
+            SELECT arg_min(_rid, (path, obs_id)) AS _rid,{" _key," if with_key else ""}
                    coalesce(list(DISTINCT path ORDER BY path) FILTER (WHERE path IS NOT NULL), []) AS locations,
                    coalesce(list(DISTINCT obs_id ORDER BY obs_id) FILTER (WHERE obs_id IS NOT NULL), []) AS obs_ids
-            FROM cur GROUP BY _key
+            FROM cur {only} GROUP BY _key
         )
-        SELECT r.* EXCLUDE (_file, _mtime), p.locations, p.obs_ids
+        SELECT r.* EXCLUDE (_file, _mtime), p.locations, p.obs_ids{", p._key" if with_key else ""}
         FROM {raw} AS r JOIN pick AS p ON r.rowid = p._rid
         ORDER BY {_SPATIAL_ORDER}"""
 
@@ -246,10 +227,7 @@ def _one(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = No
 
 
 def _exists(con: duckdb.DuckDBPyConnection, name: str) -> bool:
-    return bool(
-        _one(con, "SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [name])
-        + _one(con, "SELECT count(*) FROM duckdb_views() WHERE view_name = ?", [name])
-    )
+    return name in _names_in(con)
 
 
 def _q(name: str) -> str:
@@ -257,57 +235,92 @@ def _q(name: str) -> str:
 
 
 def _names_in(con: duckdb.DuckDBPyConnection) -> set[str]:
-    """Tables and views of the connection, in one query (each query costs about half a millisecond)."""
+    """Tables and views of the connection's own database (not of an attached base), in one query."""
     return {
         row[0]
         for row in con.execute(
-            "SELECT table_name FROM duckdb_tables() UNION ALL SELECT view_name FROM duckdb_views()"
+            "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() "
+            "UNION ALL SELECT view_name FROM duckdb_views() WHERE database_name = current_database()"
         ).fetchall()
     }
 
 
-def _state(con: duckdb.DuckDBPyConnection) -> dict[str, dict[str, tuple[int, int, int]]]:
+Listing = dict[str, tuple[int, int, int]]
+
+
+def _state(con: duckdb.DuckDBPyConnection, files: str = "_skyassets_files") -> dict[str, Listing]:
     """The partition files each table was last read from, with their (mtime_ns, size, inode)."""
-    state: dict[str, dict[str, tuple[int, int, int]]] = {t: {} for t in SOURCES}
-    for table, name, mtime, size, ino in con.execute(
-        "SELECT tbl, file, mtime_ns, size, ino FROM _skyassets_files"
-    ).fetchall():
-        state[table][name] = (mtime, size, ino)
+    state: dict[str, Listing] = {t: {} for t in SOURCES}
+    for table, name, mtime, size, ino in con.execute(f"SELECT tbl, file, mtime_ns, size, ino FROM {files}").fetchall():
+        state.setdefault(table, {})[name] = (mtime, size, ino)
     return state
+
+
+def _stale(con: duckdb.DuckDBPyConnection) -> dict[str, set[str]]:
+    """The base's partition files that the lake no longer holds as they were, per table."""
+    stale: dict[str, set[str]] = {t: set() for t in SOURCES}
+    for table, name in con.execute("SELECT tbl, file FROM _skyassets_stale").fetchall():
+        stale.setdefault(table, set()).add(name)
+    return stale
+
+
+_CHUNK_ROWS = 500_000
+"""Rows read from the lake before they go into DuckDB: bounds the memory of a first read of a large lake."""
 
 
 def _sync_table(
     con: duckdb.DuckDBPyConnection,
     lake: Path,
     table: str,
-    before: dict[str, tuple[int, int, int]],
+    before: Listing,
     names: set[str],
+    base: Listing | None = None,
+    stale: set[str] | None = None,
 ) -> bool:
-    """Bring ``_raw_<table>`` up to date with the lake; True if anything changed."""
+    """Bring ``_raw_<table>`` up to date with the lake; True if anything changed.
+
+    With a ``base`` (the partition files a published catalog was built from), only the files that
+    differ from the base are read, and the base's files that changed or went are kept in
+    ``_skyassets_stale`` (``stale`` is what it held before).
+    """
     raw = f"_raw_{table}"
-    now = _listing(lake, SOURCES[table])
+    listing = _listing(lake, SOURCES[table])
+    base = base or {}
+    now = {f: s for f, s in listing.items() if base.get(f) != s}
+    outdated = {f for f in base if base[f] != listing.get(f)}
     gone = [f for f in before if before[f] != now.get(f)]
-    fresh = [f for f in now if before.get(f) != now[f]]
-    if not gone and not fresh and (raw in names or table not in DECLARED):
+    fresh = sorted(f for f in now if before.get(f) != now[f])
+    if not gone and not fresh and outdated == (stale or set()) and (raw in names or table not in DECLARED):
         return False
-    loaded = {f: t for f in sorted(fresh) if (t := _read(lake, f)) is not None}
-    tables = list(loaded.values())
     con.execute("BEGIN")
     try:
         if gone and raw in names:
             con.execute(f"DELETE FROM {raw} WHERE _file IN (SELECT unnest(?))", [gone])
         con.execute("DELETE FROM _skyassets_files WHERE tbl = ? AND file IN (SELECT unnest(?))", [table, gone])
+        if stale is not None:
+            con.execute("DELETE FROM _skyassets_stale WHERE tbl = ?", [table])
+            con.execute("INSERT INTO _skyassets_stale SELECT ?, unnest(?)", [table, sorted(outdated)])
         empty = raw not in names or _one(con, f"SELECT count(*) = 0 FROM {raw}")
-        if tables:
+        read: Listing = {}
+        tables: list[pa.Table] = []
+        for k, name in enumerate(fresh):
+            if (part := _read(lake, name)) is not None:
+                tables.append(part)
+                read[name] = now[name]
+            if not tables or (sum(t.num_rows for t in tables) < _CHUNK_ROWS and k < len(fresh) - 1):
+                continue
             try:
                 arrow = pa.concat_tables(tables, promote_options="permissive")
             except pa.ArrowException as error:
                 raise CatalogError(f"partitions of {SOURCES[table]} disagree on column types: {error}") from error
+            tables = []
             view = f"_arrow_{uuid.uuid4().hex}"
             con.register(view, arrow)
             try:
                 if empty:
                     con.execute(f"CREATE OR REPLACE TABLE {raw} AS SELECT * FROM {view}")
+                    names.add(raw)
+                    empty = False
                 else:
                     have = _columns(con, raw)
                     for column, kind in _columns(con, view).items():
@@ -316,15 +329,16 @@ def _sync_table(
                     con.execute(f"INSERT INTO {raw} BY NAME SELECT * FROM {view}")
             finally:
                 con.unregister(view)
-        elif raw not in names and table in DECLARED:
+            del arrow
+        if raw not in names and table in DECLARED:
             columns = ", ".join(f"{_q(c)} {t}" for c, t in DECLARED[table])
             con.execute(f"CREATE TABLE {raw} ({columns}, _file VARCHAR, _mtime BIGINT)")
-        if tables or raw in names or table in DECLARED:
+            names.add(raw)
+        if raw in names:
             have = _columns(con, raw)
             for column, kind in DECLARED.get(table, []):
                 if column not in have:
                     con.execute(f"ALTER TABLE {raw} ADD COLUMN {_q(column)} {kind}")
-        read = {f: now[f] for f in loaded}
         if read:
             con.execute(
                 "INSERT INTO _skyassets_files SELECT ?, unnest(?), unnest(?), unnest(?), unnest(?)",
@@ -338,19 +352,234 @@ def _sync_table(
 
 
 def _expose(con: duckdb.DuckDBPyConnection, table: str, *, publish: bool) -> None:
-    """Make ``table`` from ``_raw_<table>``: images deduplicated; published tables materialised and sorted."""
+    """Make ``table`` from ``_raw_<table>``: images deduplicated; published tables materialised and sorted.
+
+    Publishing also writes what a later ``connect`` needs to start from the published tables: the
+    raw image rows with hashes of their image key and path and the rowid of their image in
+    ``images``, and for each other table the partition file of every row, in
+    ``lake_index.rows_<table>`` with the same row order as the table.
+    """
     raw = f"_raw_{table}"
     names = _names_in(con)
+    if not publish and table in _base_tables(con):
+        if table == "images":
+            _expose_images_over_base(con, names)
+        else:
+            _expose_over_base(con, table, names)
+        return
     if raw not in names:
         return
-    if table == "images":
+    if table == "images" and publish:
+        con.execute(f"CREATE OR REPLACE TABLE images AS {_images_sql(raw, with_key=True)}")
+        # every raw row with the rowid of its image's row in ``images``, in the raw rows' order
+        con.execute(
+            f"""CREATE TEMP TABLE _image_rows AS SELECT r.rowid AS rid, i.irow
+                FROM (SELECT rowid, {_IMAGE_KEY} AS _key FROM {raw}) AS r
+                LEFT JOIN (SELECT rowid AS irow, _key FROM images) AS i ON r._key = i._key"""
+        )
+        con.execute(
+            f"""CREATE TABLE {_INDEX}.raw_images AS SELECT r.*, {_HASHES}, m.irow AS _irow
+                FROM {raw} AS r POSITIONAL JOIN (SELECT irow FROM _image_rows ORDER BY rid) AS m"""
+        )
+        con.execute("DROP TABLE _image_rows")
+        con.execute("ALTER TABLE images DROP COLUMN _key")
+    elif table == "images":
         con.execute(f"CREATE OR REPLACE TABLE images AS {_images_sql(raw)}")
     elif publish:
         spatial = {"s_ra", "s_dec", "t_min"} <= set(_columns(con, raw))
         order = f" ORDER BY {_SPATIAL_ORDER}" if spatial else ""
-        con.execute(f"CREATE OR REPLACE TABLE {table} AS SELECT * EXCLUDE (_file, _mtime) FROM {raw}{order}")
+        con.execute(f"CREATE OR REPLACE TABLE {table} AS SELECT * EXCLUDE (_mtime) FROM {raw}{order}")
+        con.execute(f"CREATE TABLE {_INDEX}.rows_{table} AS SELECT _file FROM {table} ORDER BY rowid")
+        con.execute(f"ALTER TABLE {table} DROP COLUMN _file")
     elif table not in names:  # a view binds its columns on every query, so it is made once
         con.execute(f"CREATE VIEW {table} AS SELECT * EXCLUDE (_file, _mtime) FROM {raw}")
+
+
+# ------------------------------------------------------------------------- starting from the published file
+
+_BASE = "_base"
+"""Name under which ``connect`` attaches the published ``catalog.duckdb`` it starts from."""
+_INDEX = "lake_index"
+"""Schema of ``catalog.duckdb`` holding what a connection needs to apply the lake's later changes."""
+
+
+def _base_tables(con: duckdb.DuckDBPyConnection) -> set[str]:
+    """The published tables of the attached base (none when the connection has no base)."""
+    return {
+        row[0]
+        for row in con.execute(
+            "SELECT table_name FROM duckdb_tables() WHERE database_name = ? AND schema_name = 'main'", [_BASE]
+        ).fetchall()
+    }
+
+
+def _file_id(path: Path) -> str:
+    """Which file is at ``path`` now (inode and mtime), or "" when none is."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return ""
+    return f"{st.st_ino}:{st.st_mtime_ns}"
+
+
+def _attach_base(con: duckdb.DuckDBPyConnection, path: Path) -> bool:
+    """Attach a published catalog to start from, if it is one that records its partition files.
+
+    Which file was looked at is kept either way, so ``refresh`` can tell when a newer one appears.
+    """
+    con.execute("INSERT OR REPLACE INTO _skyassets VALUES ('catalog', ?)", [_file_id(path)])
+    if not path.exists():
+        return False
+    try:
+        con.execute(f"ATTACH {_lit(str(path))} AS {_BASE} (READ_ONLY)")
+    except duckdb.Error:  # replaced or removed meanwhile, or not a DuckDB file
+        return False
+    found = _one(
+        con,
+        "SELECT count(*) FROM duckdb_tables() "
+        "WHERE database_name = ? AND schema_name = ? AND table_name = 'partitions'",
+        [_BASE, _INDEX],
+    )
+    if not found:  # published before catalogs recorded their partition files
+        con.execute(f"DETACH {_BASE}")
+        return False
+    con.execute("INSERT INTO _skyassets VALUES ('base', ?)", [str(path)])
+    return True
+
+
+def _rebase(con: duckdb.DuckDBPyConnection, path: Path) -> None:
+    """Start again from the catalog now published at ``path``: the snapshot built so far is dropped."""
+    for kind, column, listing in (("VIEW", "view_name", "duckdb_views()"), ("TABLE", "table_name", "duckdb_tables()")):
+        for (name,) in con.execute(
+            f"SELECT {column} FROM {listing} WHERE database_name = current_database() AND NOT internal"
+        ).fetchall():
+            if name not in ("_skyassets", "_skyassets_files", "_skyassets_stale"):
+                con.execute(f"DROP {kind} {_q(name)}")
+    con.execute("DELETE FROM _skyassets_files")
+    con.execute("DELETE FROM _skyassets_stale")
+    if _one(con, "SELECT count(*) FROM _skyassets WHERE key = 'base'"):
+        con.execute("DELETE FROM _skyassets WHERE key = 'base'")
+        con.execute(f"DETACH {_BASE}")
+    _attach_base(con, path)
+
+
+def _aligned(con: duckdb.DuckDBPyConnection, source: str, like: str, exclude: Sequence[str] = ()) -> str:
+    """A select list of ``source``'s columns, cast to the types ``like`` has for the same names."""
+    types = _columns(con, like)
+    return ", ".join(
+        f"CAST({_q(c)} AS {types[c]}) AS {_q(c)}" if c in types and types[c] != kind else _q(c)
+        for c, kind in _columns(con, source).items()
+        if c not in exclude
+    )
+
+
+def _stale_in(con: duckdb.DuckDBPyConnection, table: str) -> str | None:
+    """``IN (...)`` of the base's stale partition files of ``table`` (None if none): a constant list,
+    so DuckDB checks it in the scan, against the zone maps of ``_file``."""
+    files = [row[0] for row in con.execute("SELECT file FROM _skyassets_stale WHERE tbl = ?", [table]).fetchall()]
+    return f"IN ({', '.join(_lit(f) for f in files)})" if files else None
+
+
+def _expose_over_base(con: duckdb.DuckDBPyConnection, table: str, names: set[str]) -> None:
+    """``table`` as the base's rows from unchanged partition files plus the rows read since."""
+    raw, drop, stale = f"_raw_{table}", f"_drop_{table}", _stale_in(con, table)
+    con.execute(
+        f"CREATE OR REPLACE TABLE {drop} AS SELECT rowid AS rid FROM {_BASE}.{_INDEX}.rows_{table} "
+        f"WHERE {f'_file {stale}' if stale else 'false'}"
+    )
+    parts = [f"SELECT * FROM {_BASE}.{table}"]
+    if stale:
+        parts[0] += f" WHERE rowid NOT IN (SELECT rid FROM {drop})"
+    if raw in names and _one(con, f"SELECT count(*) FROM {raw}"):
+        parts.append(f"SELECT {_aligned(con, raw, f'{_BASE}.{table}', ('_file', '_mtime'))} FROM {raw}")
+    con.execute(f"CREATE OR REPLACE VIEW {table} AS {' UNION ALL BY NAME '.join(parts)}")
+
+
+def _expose_images_over_base(con: duckdb.DuckDBPyConnection, names: set[str]) -> None:
+    """``images`` as the base's deduplicated rows plus those of the images the lake's changes touch.
+
+    The touched images are those with a row in a changed partition file (old or new), those sharing
+    a path with such a row (a path's newest row decides its current bytes), and those whose quality
+    changed (their ``s_resolution``). They are deduplicated again from every row they have, in the
+    base's unchanged files and in the files read since; the base's rows for them are hidden. The
+    search runs on hashes of the rows' image keys and paths; wide rows are fetched by rowid.
+    """
+    base_raw, stale = f"{_BASE}.{_INDEX}.raw_images", _stale_in(con, "images")
+    narrow = [f"SELECT rowid AS rid, _hkey, _hpath, true AS published FROM {base_raw}"]
+    changed = []
+    if stale:
+        narrow[0] += f" WHERE _file NOT {stale}"
+        changed.append(f"SELECT _hkey, _hpath, _irow FROM {base_raw} WHERE _file {stale}")
+    fresh = "_raw_images" in names and _one(con, "SELECT count(*) FROM _raw_images")
+    if fresh:
+        narrow.append(f"SELECT rowid, {_HASHES}, false FROM _raw_images")
+        changed.append(f"SELECT {_HASHES}, NULL::BIGINT AS _irow FROM _raw_images")
+    if "quality" in names and {"sha256", "hdu_index"} <= set(_columns(con, "quality")):
+        quality = (
+            "CASE WHEN sha256 IS NOT NULL THEN hash(sha256 || '#' || coalesce(CAST(hdu_index AS VARCHAR), '')) END"
+            " AS _hkey, NULL::UBIGINT AS _hpath, NULL::BIGINT AS _irow"
+        )
+        if "_raw_quality" in names:
+            changed.append(f"SELECT {quality} FROM _raw_quality")
+        if "_drop_quality" in names:
+            changed.append(f"SELECT {quality} FROM {_BASE}.quality WHERE rowid IN (SELECT rid FROM _drop_quality)")
+    if not changed:
+        con.execute(f"CREATE OR REPLACE TABLE _images_delta AS SELECT * FROM {_BASE}.images LIMIT 0")
+        con.execute(f"CREATE OR REPLACE VIEW images AS SELECT * FROM {_BASE}.images")
+        return
+    every = " UNION ALL ".join(narrow)
+    con.execute(f"CREATE OR REPLACE TABLE _images_changed AS {' UNION ALL '.join(changed)}")
+    keys = "SELECT _hkey FROM _images_changed WHERE _hkey IS NOT NULL"
+    paths = "SELECT _hpath FROM _images_changed WHERE _hpath IS NOT NULL"
+    # One scan finds the rows with a changed image or path. The images to redo are the changed ones and
+    # those of rows on a changed path; a second scan fetches the rest of the latter's rows and a third
+    # the rows on their other paths; both are needed only where bytes are listed under several paths.
+    con.execute(
+        f"CREATE OR REPLACE TABLE _images_rows AS SELECT * FROM ({every}) "
+        f"WHERE _hkey IN ({keys}) OR _hpath IN ({paths})"
+    )
+    con.execute(
+        f"CREATE OR REPLACE TABLE _images_keys AS {keys} "
+        f"UNION SELECT _hkey FROM _images_rows WHERE _hpath IN ({paths})"
+    )
+    more_keys = f"SELECT _hkey FROM _images_keys EXCEPT {keys}"
+    if _one(con, f"SELECT count(*) FROM ({more_keys})"):
+        con.execute(f"INSERT INTO _images_rows SELECT * FROM ({every}) WHERE _hkey IN ({more_keys})")
+    more_paths = (
+        "SELECT _hpath FROM _images_rows WHERE _hkey IN (SELECT _hkey FROM _images_keys) AND _hpath IS NOT NULL "
+        f"EXCEPT {paths}"
+    )
+    if _one(con, f"SELECT count(*) FROM ({more_paths})"):
+        con.execute(f"INSERT INTO _images_rows SELECT * FROM ({every}) WHERE _hpath IN ({more_paths})")
+    if _one(con, "SELECT count(*) FROM _images_rows WHERE published"):
+        work = (
+            f"SELECT * EXCLUDE (_hkey, _hpath, _irow) FROM {base_raw} "
+            "WHERE rowid IN (SELECT rid FROM _images_rows WHERE published)"
+        )
+        if fresh:
+            work += (
+                f" UNION ALL BY NAME SELECT {_aligned(con, '_raw_images', base_raw)} FROM _raw_images"
+                " WHERE rowid IN (SELECT rid FROM _images_rows WHERE NOT published)"
+            )
+        con.execute(f"CREATE OR REPLACE TABLE _images_work AS {work}")
+        con.execute(f"CREATE OR REPLACE TABLE _images_delta AS {_images_sql('_images_work', keys='_images_keys')}")
+        con.execute("DROP TABLE _images_work")
+    elif fresh:  # no published row is needed: the rows read since hold them all (more rows do no harm)
+        delta = f"({_images_sql('_raw_images', keys='_images_keys')})"
+        aligned = _aligned(con, delta, f"{_BASE}.images")
+        con.execute(f"CREATE OR REPLACE TABLE _images_delta AS SELECT {aligned} FROM {delta}")
+    else:
+        con.execute(f"CREATE OR REPLACE TABLE _images_delta AS SELECT * FROM {_BASE}.images LIMIT 0")
+    con.execute(
+        f"""CREATE OR REPLACE TABLE _drop_images AS
+            SELECT _irow AS rid FROM _images_changed WHERE _irow IS NOT NULL
+            UNION SELECT _irow FROM {base_raw} WHERE _irow IS NOT NULL AND rowid IN (
+                SELECT rid FROM _images_rows WHERE published AND _hkey IN (SELECT _hkey FROM _images_keys))"""
+    )
+    con.execute(
+        f"CREATE OR REPLACE VIEW images AS SELECT * FROM {_BASE}.images WHERE rowid NOT IN "
+        "(SELECT rid FROM _drop_images) UNION ALL BY NAME SELECT * FROM _images_delta"
+    )
 
 
 def _home(home: str | Path | None) -> Home:
@@ -364,11 +593,18 @@ def connect(home: str | Path | None = None, *, published: bool = False) -> duckd
     """An in-memory DuckDB with the lake as tables and the catalog's SQL macros.
 
     Tables: ``observations``, ``products``, ``files``, ``images`` (always, empty with their columns
-    when the lake has nothing yet) and ``quality``, ``sources``, ``targets``, ``mosaics``, ``composites``, ``recipes`` once
-    their folders hold Parquet. The data are a snapshot taken on connect (7–10 s per million
-    image rows on two cores, see ``bench/catalog.py``); ``refresh(con)`` re-reads the partitions that changed and
-    the helpers in this module call it before every query. Nothing in the lake is locked, so runs
-    and notebooks never wait for each other.
+    when the lake has nothing yet) and ``quality``, ``sources``, ``targets``, ``mosaics``,
+    ``composites``, ``recipes`` once their folders hold Parquet. The data are a snapshot of the lake
+    taken on connect; ``refresh(con)`` re-reads the partitions that changed and the helpers in this
+    module call it before every query. Nothing in the lake is locked, so runs and notebooks never
+    wait for each other.
+
+    The snapshot starts from the published ``catalog.duckdb`` when there is one (attached
+    read-only: a later publish renames a new file over it and this connection keeps the old one),
+    and reads only the partition files that differ from those it was built from; so connecting
+    costs a listing of the lake plus the runs finished since the last publish (under a second for a
+    million image rows and a few changed partitions, see ``bench/catalog.py``). Without it the whole
+    lake is read (about 7 s per million image rows on two cores).
 
     ``published=True`` opens ``catalog.duckdb`` (from ``publish()``) read-only instead.
     """
@@ -388,6 +624,8 @@ def connect(home: str | Path | None = None, *, published: bool = False) -> duckd
     con.execute("CREATE TABLE _skyassets (key VARCHAR PRIMARY KEY, value VARCHAR)")
     con.execute("INSERT INTO _skyassets VALUES ('home', ?)", [str(root.root)])
     con.execute("CREATE TABLE _skyassets_files (tbl VARCHAR, file VARCHAR, mtime_ns BIGINT, size BIGINT, ino BIGINT)")
+    con.execute("CREATE TABLE _skyassets_stale (tbl VARCHAR, file VARCHAR)")
+    _attach_base(con, root.root / CATALOG_FILE)
     refresh(con)
     _install_macros(con)
     return con
@@ -397,39 +635,56 @@ def refresh(con: duckdb.DuckDBPyConnection) -> bool:
     """Re-read the partition files changed since the last look; True if any table changed.
 
     A no-op on a published catalog. Costs one ``stat`` per partition file when nothing changed.
+    When a newer ``catalog.duckdb`` has been published since, the snapshot starts again from it, so
+    the changes kept in memory stay those since the last publish.
     """
     try:
-        home = _one(con, "SELECT value FROM _skyassets WHERE key = 'home'")
+        settings = dict(con.execute("SELECT key, value FROM _skyassets").fetchall())
     except duckdb.CatalogException:
         return False
-    lake = Home(Path(home)).lake
+    published = Path(settings["home"]) / CATALOG_FILE
+    if _file_id(published) != settings.get("catalog"):
+        _rebase(con, published)
+        settings = dict(con.execute("SELECT key, value FROM _skyassets").fetchall())
+    lake = Home(Path(settings["home"])).lake
     state, names = _state(con), _names_in(con)
-    changed = False
-    for table in SOURCES:
-        if _sync_table(con, lake, table, state[table], names):
-            _expose(con, table, publish=False)
-            changed = True
+    changed: list[str] = []
+    if "base" in settings:
+        base, stale, tables = _state(con, f"{_BASE}.{_INDEX}.partitions"), _stale(con), _base_tables(con)
+        for table in SOURCES:
+            new = table in tables and table not in names  # the first look: every base table is shown
+            if _sync_table(con, lake, table, state[table], names, base.get(table, {}), stale[table]) or new:
+                changed.append(table)
+        if "quality" in changed and "images" not in changed:  # s_resolution comes from quality
+            changed.append("images")
+    else:
+        changed = [table for table in SOURCES if _sync_table(con, lake, table, state[table], names)]
+    for table in sorted(changed, key=lambda t: t == "images"):
+        _expose(con, table, publish=False)
     if changed:
         _fill_resolution(con)
-    return changed
+    return bool(changed)
 
 
 def _fill_resolution(con: duckdb.DuckDBPyConnection) -> None:
     """``images.s_resolution`` (ObsCore: the PSF FWHM) from the FWHM that ``image_quality`` measured."""
     names = _names_in(con)
-    if "images" in names and "quality" in names and "fwhm_arcsec" in _columns(con, "quality"):
+    images = "_images_delta" if "_images_delta" in names else "images"  # over a base, only the rows redone
+    if images in names and "quality" in names and "fwhm_arcsec" in _columns(con, "quality"):
         con.execute(
-            "UPDATE images SET s_resolution = q.fwhm_arcsec FROM quality AS q "
-            "WHERE images.sha256 = q.sha256 AND images.hdu_index = q.hdu_index"
+            f"UPDATE {images} SET s_resolution = q.fwhm_arcsec FROM quality AS q "
+            f"WHERE {images}.sha256 = q.sha256 AND {images}.hdu_index = q.hdu_index"
         )
 
 
-def publish(home: str | Path | None = None, dest: str | Path | None = None) -> Path:
+def publish(home: str | Path | None = None, dest: str | Path | None = None, *, memory_limit: str | None = None) -> Path:
     """Write ``catalog.duckdb``: the lake's tables, sorted by dec zone, RA and t_min, with the macros.
 
     The file is built under a temporary name in the destination folder and renamed over the old
     one, so a reader of the old file keeps reading it undisturbed and the next ``connect`` sees the
-    new one. Returns the path written.
+    new one. Returns the path written. ``memory_limit`` (e.g. ``"4GB"``) caps DuckDB's memory, which
+    otherwise grows to 80 % of the machine's on a lake of ten million image rows; above it DuckDB
+    spills to a temporary folder beside the file.
     """
     root = _home(home)
     target = Path(dest) if dest is not None else root.root / CATALOG_FILE
@@ -438,13 +693,19 @@ def publish(home: str | Path | None = None, dest: str | Path | None = None) -> P
     try:
         con = duckdb.connect(str(tmp))
         try:
+            if memory_limit is not None:
+                con.execute(f"SET memory_limit = {_lit(memory_limit)}")
+            con.execute(f"CREATE SCHEMA {_INDEX}")
             con.execute(
-                "CREATE TEMP TABLE _skyassets_files (tbl VARCHAR, file VARCHAR, mtime_ns BIGINT, size BIGINT, ino BIGINT)"
+                "CREATE TABLE _skyassets_files (tbl VARCHAR, file VARCHAR, mtime_ns BIGINT, size BIGINT, ino BIGINT)"
             )
             for table in SOURCES:
                 _sync_table(con, root.lake, table, {}, set())
                 _expose(con, table, publish=True)
                 con.execute(f"DROP TABLE IF EXISTS _raw_{table}")
+            # the partition files this catalog was built from, for connect() to start from it
+            con.execute(f"CREATE TABLE {_INDEX}.partitions AS SELECT * FROM _skyassets_files")
+            con.execute("DROP TABLE _skyassets_files")
             _fill_resolution(con)
             _install_macros(con)
             con.execute("CHECKPOINT")

@@ -1,50 +1,161 @@
-"""Copying the files a catalogue query selects, with a manifest and a record of the query."""
+"""Copying the files a catalogue query selects, with a manifest and a record of the query.
+
+Only what skyassets keeps for users leaves the home: catalogued files (``files/``) and products
+(``products/``), never the Dagster run database, landing records or anything a link points at.
+The export is a folder or, with ``as_zip=True``, one ZIP archive written as it streams (each file read
+once: copied and hashed together), with the manifest inside either way.
+"""
 
 from __future__ import annotations
 
 import csv
 import hashlib
-import shutil
+import io
+import os
+import stat
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
 
-from skyassets.archive.download import sha256_file
 from skyassets.lake.home import Home
 
+CHUNK = 8 << 20
+EXPORTABLE = ("files", "products")  # the home's folders an export may read from
+SUMS = "SHA256SUMS"  # `sha256sum -c SHA256SUMS` checks an export
 
-def export_files(selection: pd.DataFrame, home: Home, dest: Path, query: str) -> Path:
+
+class ExportError(ValueError):
+    """A selection that cannot be exported as asked; the message names the file and the reason."""
+
+
+@dataclass(frozen=True)
+class Exported:
+    """What an export wrote."""
+
+    dest: Path
+    files: int
+    bytes: int
+
+
+def _sources(selection: pd.DataFrame, home: Home) -> Iterator[tuple[str, Path]]:
+    """(catalogue path, resolved file) of each distinct path, refusing anything outside the exportable folders."""
+    if "path" not in selection.columns:
+        raise ExportError("the query must return a 'path' column (e.g. SELECT * FROM images WHERE ...)")
+    allowed = [(home.root / folder).resolve() for folder in EXPORTABLE]
+    for path in dict.fromkeys(p for p in selection["path"] if isinstance(p, str) and p):
+        source = (home.root / path).resolve()
+        if not any(source.is_relative_to(folder) for folder in allowed):
+            raise ExportError(f"{path}: not a catalogued file or product of the skyassets home {home.root}")
+        yield path, source
+
+
+def _unique_name(path: str, name: str, taken: set[str]) -> str:
+    """``name``, or a short hash of its catalogue path before it when another file took that name."""
+    if name in taken:
+        name = f"{hashlib.sha256(path.encode()).hexdigest()[:8]}-{name}"
+    taken.add(name)
+    return name
+
+
+def _open_regular(source: Path, path: str) -> io.BufferedReader:
+    """The file opened once, without following a final link, and checked to be a regular file."""
+    try:
+        fd = os.open(source, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError as exc:
+        raise ExportError(f"{path}: cannot be read ({exc.strerror})") from exc
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ExportError(f"{path}: not a regular file")
+    return os.fdopen(fd, "rb")
+
+
+def _copy(handle: io.BufferedReader, out: io.RawIOBase | io.BufferedIOBase) -> tuple[str, int]:
+    digest, size = hashlib.sha256(), 0
+    while chunk := handle.read(CHUNK):
+        digest.update(chunk)
+        out.write(chunk)
+        size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def _readme(home: Home, query: str, count: int) -> str:
+    return (
+        f"# skyassets export\n\n{count} files selected from the catalogue of `{home.root}` "
+        f"on {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} by:\n\n```sql\n{query}\n```\n\n"
+        f"`{SUMS}` lists each file's SHA-256: `sha256sum -c {SUMS}` checks them. `manifest.csv` says "
+        "where each file came from.\n"
+    )
+
+
+def _manifests(rows: list[dict[str, str]]) -> tuple[str, str]:
+    sums = "".join(f"{r['sha256']}  {r['name']}\n" for r in rows)
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=["name", "sha256", "size", "source"], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return sums, table.getvalue()
+
+
+def export_files(selection: pd.DataFrame, home: Home, dest: Path, query: str, *, as_zip: bool = False) -> Exported:
     """Copy the files of ``selection`` (a ``path`` column, relative to the home) into ``dest``.
 
-    Each file is copied once and its SHA-256 checked against the catalogue's where it has one;
-    ``manifest.csv`` lists them and ``README.md`` records the query, so the export explains itself.
+    Each file is read once, its SHA-256 computed as it is copied and checked against the
+    catalogue's where the selection has one. ``dest`` is a folder, or with ``as_zip`` a ``.zip`` file
+    written under a temporary name and renamed when complete.
     """
-    if "path" not in selection.columns:
-        raise ValueError("the query must return a 'path' column (e.g. SELECT * FROM images WHERE ...)")
+    expected = {}
+    if "sha256" in selection.columns:
+        expected = {p: s for p, s in zip(selection["path"], selection["sha256"], strict=True) if isinstance(s, str)}
+    sources = list(_sources(selection, home))
+    rows: list[dict[str, str]] = []
+    taken: set[str] = set()
+    total = 0
+
+    def add(path: str, source: Path, write: Callable[[str, io.BufferedReader], tuple[str, int]]) -> None:
+        nonlocal total
+        with _open_regular(source, path) as handle:
+            name = _unique_name(path, source.name, taken)
+            digest, size = write(name, handle)
+        if path in expected and expected[path] != digest:
+            raise ExportError(f"{path}: SHA-256 {digest} differs from the catalogue's {expected[path]}")
+        rows.append({"name": name, "sha256": digest, "size": str(size), "source": path})
+        total += size
+
+    if as_zip:
+        dest = dest if dest.suffix == ".zip" else dest.with_name(dest.name + ".zip")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.tmp")
+        try:
+            with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, allowZip64=True) as archive:
+                def into_zip(name: str, handle: io.BufferedReader) -> tuple[str, int]:
+                    with archive.open(name, "w", force_zip64=True) as out:
+                        return _copy(handle, out)
+
+                for path, source in sources:
+                    add(path, source, into_zip)
+                sums, table = _manifests(rows)
+                archive.writestr(SUMS, sums)
+                archive.writestr("manifest.csv", table)
+                archive.writestr("README.md", _readme(home, query, len(rows)))
+            os.replace(tmp, dest)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return Exported(dest, len(rows), total)
+
     dest.mkdir(parents=True, exist_ok=True)
-    wanted = selection.drop_duplicates("path")
-    rows = []
-    for record in wanted.to_dict("records"):
-        source = (home.root / record["path"]).resolve()
-        if not source.is_relative_to(home.root):
-            raise ValueError(f"{record['path']}: not a file of the skyassets home {home.root}")
-        target = dest / source.name
-        if target.exists():
-            target = dest / f"{hashlib.sha256(record['path'].encode()).hexdigest()[:8]}-{source.name}"
-        shutil.copyfile(source, target)
-        digest = sha256_file(target)
-        expected = record.get("sha256")
-        if isinstance(expected, str) and expected != digest:
-            raise ValueError(f"{source}: SHA-256 {digest} differs from the catalogue's {expected}")
-        rows.append({"path": target.name, "sha256": digest, "source": record["path"]})
-    with (dest / "manifest.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["path", "sha256", "source"])
-        writer.writeheader()
-        writer.writerows(rows)
-    (dest / "README.md").write_text(
-        f"# skyassets export\n\n{len(rows)} files selected from the catalogue of `{home.root}` "
-        f"on {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} by:\n\n```sql\n{query}\n```\n\n"
-        "`manifest.csv` lists each file with its SHA-256 (`sha256sum` can check them).\n"
-    )
-    return dest
+
+    def into_folder(name: str, handle: io.BufferedReader) -> tuple[str, int]:
+        with open(dest / name, "wb") as out:
+            return _copy(handle, out)
+
+    for path, source in sources:
+        add(path, source, into_folder)
+    sums, table = _manifests(rows)
+    (dest / SUMS).write_text(sums)
+    (dest / "manifest.csv").write_text(table)
+    (dest / "README.md").write_text(_readme(home, query, len(rows)))
+    return Exported(dest, len(rows), total)

@@ -49,68 +49,129 @@ def _ingest(args: argparse.Namespace) -> int:
     prepare_dagster_home(home)
     from dagster import DagsterInstance
 
-    from skyassets.cli.runs import ingest, text_progress
+    from skyassets.cli.runs import QUIET, bring_up_to_date, ingest, text_progress
 
-    files, partitions, failed = ingest(
-        args.paths, home, DagsterInstance.get(), batch=args.batch, progress=text_progress
-    )
-    print(f"{files} files in {partitions} partitions catalogued into {home.lake / 'image_metadata'}")
-    if failed:
-        print(f"{len(failed)} runs failed: {', '.join(failed)} (see them in the Dagster UI)", file=sys.stderr)
-    return 1 if failed or not files else 0
+    instance = DagsterInstance.get()
+    report = ingest(args.paths, home, instance, batch=args.batch, progress=text_progress)
+    print(f"{report.files} files in {len(report.partitions)} partitions ({report.runs} runs): "
+          f"{len(report.catalogued)} catalogued, {len(report.quarantined)} quarantined, {len(report.failed)} failed")
+    for what, files in (("quarantined", report.quarantined), ("failed", report.failed)):
+        for location, reason in list(files.items())[:20]:
+            print(f"  {what}: {location}: {reason}", file=sys.stderr)
+        if len(files) > 20:
+            print(f"  ... and {len(files) - 20} more {what} (see {home.quarantine})", file=sys.stderr)
+    if not report.files:
+        print("no FITS files found in " + ", ".join(args.paths), file=sys.stderr)
+        return 1
+    if args.catalog_only:
+        print("quality, targets, products and catalog.duckdb follow when the daemon runs (skyassets dev)")
+        return 0 if report.ok else 1
+    ready = [p for p in report.partitions if home.tables.exists("image_metadata", p)]
+    run_config = {**QUIET, "resources": {"home": {"config": {"root": str(home.root)}}}}
+    downstream = bring_up_to_date(instance, home, ready, run_config)
+    if downstream is None or downstream:
+        print(f"{'the catalog could not be published' if downstream is None else f'{downstream} runs failed'}"
+              "; see them in the Dagster UI (skyassets dev)", file=sys.stderr)
+        return 1
+    print(f"catalog published: {home.root / 'catalog.duckdb'}")
+    return 0 if report.ok else 1
 
 
-def _catalog(args: argparse.Namespace) -> int:
-    import pandas as pd
+class CommandError(Exception):
+    """What a command tells its user in one line on stderr, with the exit status to end on."""
+
+    def __init__(self, message: str, status: int = 2):
+        super().__init__(message)
+        self.status = status
+
+
+def _query(home: Home, sql: str):
+    """The frame a SQL query on the catalogue returns; a bad query is a ``CommandError`` naming the problem."""
+    import duckdb
 
     from skyassets.catalog.db import connect
 
-    frame = connect(default_home()).execute(args.sql).df()
-    with pd.option_context("display.max_rows", args.max_rows, "display.max_columns", 30, "display.width", 200):
-        print(frame.drop(columns=[c for c in ("header_json",) if c in frame.columns]))
+    try:
+        return connect(home.root).execute(sql).df()
+    except duckdb.Error as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CommandError(f"the query failed: {first}") from exc
+
+
+def _catalog(args: argparse.Namespace) -> int:
+    frame = _query(Home(default_home()), args.sql)
+    frame = frame.drop(columns=[c for c in ("header_json",) if c in frame.columns])
+    shown = frame.head(args.max_rows) if args.max_rows else frame
+    if args.format == "csv":
+        shown.to_csv(sys.stdout, index=False)
+    elif args.format == "json":
+        sys.stdout.write(shown.to_json(orient="records", lines=True, date_format="iso", default_handler=str))
+    else:
+        print(shown.to_string(index=False, max_colwidth=None) if len(shown.columns) else "(no columns)")
+    if args.max_rows and len(frame) > args.max_rows:
+        print(f"({len(frame)} rows, {args.max_rows} shown; --max-rows 0 shows all)", file=sys.stderr)
     return 0
 
 
 def _export(args: argparse.Namespace) -> int:
-    from skyassets.catalog.db import connect
-    from skyassets.catalog.export import export_files
+    from skyassets.catalog.export import ExportError, export_files
 
     home = Home(default_home())
-    selection = connect(home.root).execute(args.sql).df()
-    dest = export_files(selection, home, Path(args.dest), args.sql)
-    print(f"{len(selection['path'].unique())} files copied to {dest} (manifest.csv, README.md)")
+    selection = _query(home, args.sql)
+    try:
+        done = export_files(selection, home, Path(args.dest), args.sql, as_zip=args.zip)
+    except ExportError as exc:
+        raise CommandError(str(exc)) from exc
+    what = "one archive" if args.zip else "a folder"
+    print(f"{done.files} files ({done.bytes / 1e6:.1f} MB) exported to {what}: {done.dest}")
+    print(f"check them with: cd {done.dest.parent if args.zip else done.dest} && sha256sum -c SHA256SUMS"
+          + (" (after unzipping)" if args.zip else ""))
     return 0
+
+
+def _known(names: list[str], what: str) -> str:
+    """A short list of the known ``what`` for an error message."""
+    if not names:
+        return f"no {what} yet"
+    shown = ", ".join(names[:10]) + (f", ... ({len(names)} in all)" if len(names) > 10 else "")
+    return f"known {what}: {shown}"
 
 
 def _quality(args: argparse.Namespace) -> int:
     from skyassets.imaging.quality import SCORE_COLUMNS
     from skyassets.lake.names import InvalidNameError
-    from skyassets.lake.parquet import read_parquet
 
-    home = Home(default_home())
+    lake = Home(default_home()).tables
     try:
-        path = home.table("image_quality", args.obs_id)
+        path = lake.path("image_quality", args.obs_id)
     except InvalidNameError as exc:
-        print(f"not an observation id: {exc}", file=sys.stderr)
-        return 2
-    if not path.exists():
+        raise CommandError(f"not an observation id: {exc}") from exc
+    known = sorted(set(lake.partitions("image_metadata")) | set(lake.partitions("mast_products")))
+    if args.obs_id not in known:
+        raise CommandError(f"observation {args.obs_id} does not exist in this home; {_known(known, 'observations')}", 1)
+    if not lake.exists("image_quality", args.obs_id):
         print(
             f"no quality measured for {args.obs_id} yet ({path} is missing): materialise image_quality for "
             "this partition in the Dagster UI, or run quality_job",
             file=sys.stderr,
         )
         return 1
-    rows = read_parquet(path).sort_values("score")
-    print(f"{args.obs_id}: {len(rows)} images, " + ", ".join(f"{n} {f}" for f, n in rows["flag"].value_counts().items()))
+    rows = lake.read("image_quality", args.obs_id).sort_values("score")
+    flags = ", ".join(f"{n} {f}" for f, n in rows["flag"].value_counts().items())
+    print(f"{args.obs_id}: {len(rows)} images, {flags}")
     for r in rows.to_dict("records"):
         v = {k: _shown(x) for k, x in r.items()}
-        subs = "  ".join(f"{c.removeprefix('score_')} {_shown(r[c], '.0f')}" for c in SCORE_COLUMNS if c.startswith("score_"))
+        subs = "  ".join(
+            f"{c.removeprefix('score_')} {_shown(r[c], '.0f')}" for c in SCORE_COLUMNS if c.startswith("score_")
+        )
         print(f"\n{v['file_name']}[{v['hdu_index']}]  {v['instrument_name']} {v['filter']}")
-        print(f"  score {_shown(r['score'], '.0f')} ({v['flag']}{'; ' + v['flag_reason'] if v['flag_reason'] != '-' else ''})  {subs}")
+        reason = "; " + v["flag_reason"] if v["flag_reason"] != "-" else ""
+        print(f"  score {_shown(r['score'], '.0f')} ({v['flag']}{reason})  {subs}")
         if v["problem"] != "-":
             print(f"  problem: {v['problem']}")
         print(
-            f"  background {_shown(r['background'], '.4g')} ± {_shown(r['background_rms'], '.3g')} ({v['background_method']}), "
+            f"  background {_shown(r['background'], '.4g')} ± {_shown(r['background_rms'], '.3g')} "
+            f"({v['background_method']}), "
             f"{v['n_sources']} sources ({v['n_cosmic_rays']} cosmic rays), {v['n_stars_fitted']} stars fitted"
         )
         print(
@@ -134,30 +195,33 @@ def _shown(value: object, spec: str = "") -> str:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from skyassets.lake.names import InvalidNameError
-    from skyassets.lake.parquet import read_parquet
+    from skyassets.lake.names import InvalidNameError, validate_obs_id
 
     home = Home(default_home())
+    lake = home.tables
     try:
-        tables = {kind: home.table(kind, args.target) for kind in ("mosaics", "composites", "recipes")}
+        validate_obs_id(args.target)
     except InvalidNameError as exc:
-        print(f"not a target: {exc}", file=sys.stderr)
-        return 2
-    if not tables["mosaics"].exists():
+        raise CommandError(f"not a target: {exc}") from exc
+    targets = sorted(lake.read("target_groups")["target"].unique()) if lake.exists("target_groups") else []
+    if args.target not in targets:
+        raise CommandError(f"target {args.target} does not exist in this home; {_known(targets, 'targets')}", 1)
+    if not lake.exists("mosaics", args.target):
         print(f"no products for {args.target} yet: materialise mosaics and composites for it (products_job)",
               file=sys.stderr)
         return 1
     print(f"{args.target}: {home.target_dir(args.target)}")
-    for row in read_parquet(tables["mosaics"]).to_dict("records"):
-        print(f"  mosaic    {row['instrument_name']} {row['filter']}: {home.root / row['path']} ({row['n_inputs']} images)")
+    for row in lake.read("mosaics", args.target).to_dict("records"):
+        print(f"  mosaic    {row['instrument_name']} {row['filter']}: "
+              f"{home.root / row['path']} ({row['n_inputs']} images)")
     pictures = []
-    if tables["composites"].exists():
-        for row in read_parquet(tables["composites"]).to_dict("records"):
+    if lake.exists("composites", args.target):
+        for row in lake.read("composites", args.target).to_dict("records"):
             pictures.append(home.root / row["png"])
             print(f"  composite {row['recipe']} ({row['filters']}; {row['method']}, {row['stretch']}): "
                   f"{pictures[-1]}, {home.root / row['cube']}")
-    if tables["recipes"].exists():
-        for row in read_parquet(tables["recipes"]).to_dict("records"):
+    if lake.exists("recipes", args.target):
+        for row in lake.read("recipes", args.target).to_dict("records"):
             if not row["made"]:
                 print(f"  not made  {row['recipe']} ({row['filters']}): {row['note']}")
     if args.open and pictures:
@@ -171,7 +235,8 @@ def _dev(args: argparse.Namespace) -> int:
     home = Home(default_home())
     prepare_dagster_home(home)
     extra = args.dagster_args[1:] if args.dagster_args[:1] == ["--"] else args.dagster_args
-    command = [sys.executable, "-m", "dagster", "dev", "-m", "skyassets.definitions", *extra]
+    where = ["--host", args.host, "--port", str(args.port)]
+    command = [sys.executable, "-m", "dagster", "dev", "-m", "skyassets.definitions", *where, *extra]
     os.execv(sys.executable, command)
     return 0  # not reached
 
@@ -187,13 +252,20 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser(
         "demo", help="run the whole pipeline once, offline, on the built-in archive emulator"
     ).set_defaults(func=_demo)
-    ingest = commands.add_parser("ingest", help="catalogue local FITS files or folders through the Dagster assets")
+    ingest = commands.add_parser(
+        "ingest", help="catalogue local FITS files or folders, then measure, group and publish as the daemon would; "
+        "exits 1 if any file was quarantined or failed",
+    )
     ingest.add_argument("paths", nargs="+", help="FITS files or folders (searched recursively)")
     ingest.add_argument("--batch", type=int, default=250, help="at most this many partitions per run (default 250)")
+    ingest.add_argument("--catalog-only", action="store_true",
+                        help="only copy and catalogue; leave quality, targets, products and the catalog to the daemon")
     ingest.set_defaults(func=_ingest)
     query = commands.add_parser("catalog", help="print the result of a SQL query on the catalogue")
     query.add_argument("sql", help='e.g. "SELECT obs_id, filter, s_ra, s_dec FROM images"')
-    query.add_argument("--max-rows", type=int, default=100)
+    query.add_argument("--format", choices=("table", "csv", "json"), default="table",
+                       help="table (default, full-width values), csv, or json (one object per line)")
+    query.add_argument("--max-rows", type=int, default=100, help="rows shown at most (default 100; 0: all)")
     query.set_defaults(func=_catalog)
     quality = commands.add_parser("quality", help="print the quality report of an observation")
     quality.add_argument("obs_id", help="the observation (partition) id")
@@ -204,13 +276,24 @@ def main(argv: list[str] | None = None) -> int:
     show.set_defaults(func=_show)
     export = commands.add_parser("export", help="copy the files a SQL query selects, with a manifest")
     export.add_argument("sql", help="a query returning a 'path' column, e.g. SELECT * FROM cone(83.6, 22.0, 0.1)")
-    export.add_argument("dest", help="folder to copy into")
+    export.add_argument("dest", help="folder to copy into (with --zip: the archive to write, .zip added)")
+    export.add_argument("--zip", action="store_true", help="write one ZIP archive, the manifest inside")
     export.set_defaults(func=_export)
-    dev = commands.add_parser("dev", help="open the pipeline in the Dagster UI (dagster dev)")
+    dev = commands.add_parser(
+        "dev", help="open the pipeline in the Dagster UI (dagster dev)", add_help=False,
+        description="dagster dev on this home's instance; other options go on to `dagster dev`",
+    )
+    dev.add_argument("--help", action="help", help="show this help and exit")
+    dev.add_argument("-h", "--host", default="127.0.0.1", help="address the UI listens on (default 127.0.0.1)")
+    dev.add_argument("-p", "--port", type=int, default=3000, help="port the UI listens on (default 3000)")
     dev.add_argument("dagster_args", nargs=argparse.REMAINDER, help="passed on to `dagster dev`")
     dev.set_defaults(func=_dev)
     args = parser.parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except CommandError as exc:
+        print(f"skyassets {args.command}: {exc}", file=sys.stderr)
+        return exc.status
 
 
 if __name__ == "__main__":

@@ -1,20 +1,81 @@
-"""Partitions: one per MAST observation, keyed by its validated ``obs_id``; one per target (``target_groups``)."""
+"""Partitions: one per MAST observation, keyed by its validated ``obs_id``; one per target (``target_groups``).
+
+Sensors request work on many observations at once as partition-range runs (see ``batched_requests``).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
 
-from dagster import AddDynamicPartitionsRequest, BackfillPolicy, DynamicPartitionsDefinition
+from dagster import AddDynamicPartitionsRequest, BackfillPolicy, DynamicPartitionsDefinition, RunRequest
 
+from skyassets.defs.tags import PARTITION_RANGE_END, PARTITION_RANGE_START, partition_range
 from skyassets.lake.names import validate_obs_id
 
 observations_partitions = DynamicPartitionsDefinition(name="observations")
 targets_partitions = DynamicPartitionsDefinition(name="targets")
 
-# A backfill of thousands of observations runs as tens of runs, not thousands of processes.
-observation_backfill_policy = BackfillPolicy.multi_run(max_partitions_per_run=25)
+# Observations downloaded in one run: a backfill of thousands of observations, or a watchlist query's
+# new ones, runs as tens of runs, not thousands of processes, while one run's downloads stay a few GB.
+OBSERVATIONS_PER_RUN = 25
+# Landed partitions copied and catalogued in one run: a landing tick's files (``max_ready``) are
+# already bounded and small, and each run pays a process start (~3.5 s), so a tick is one run or a few.
+LANDED_PARTITIONS_PER_RUN = 1000
+
+observation_backfill_policy = BackfillPolicy.multi_run(max_partitions_per_run=OBSERVATIONS_PER_RUN)
 
 
 def add_observations_request(obs_ids: Iterable[str]) -> AddDynamicPartitionsRequest:
     """A request adding partitions for ``obs_ids``; every key is validated first (raises on a bad one)."""
     return observations_partitions.build_add_request([validate_obs_id(key) for key in obs_ids])
+
+
+def batched_requests(
+    known: Sequence[str], versions: Mapping[str, str], *, per_run: int, run_key_prefix: str
+) -> tuple[list[RunRequest], list[AddDynamicPartitionsRequest]]:
+    """Runs covering exactly the partitions of ``versions`` (key -> what its run will read), and the
+    request adding the new ones.
+
+    Dynamic partitions are ordered by insertion, and the new keys are added in sorted order after
+    ``known`` (the partitions as they are now), so new keys form one contiguous stretch: a tick's new
+    partitions take ``ceil(new / per_run)`` runs, each a partition range. Keys already known go where
+    they are, one run per contiguous stretch; a range never spans a partition that was not asked for.
+    The run key is a digest of the batch's keys and versions, so an evaluation repeated with the same
+    input asks for the same runs and Dagster launches each once.
+    """
+    if per_run < 1:
+        raise ValueError("per_run must be at least 1")
+    known_set = set(known)
+    new = sorted(k for k in versions if k not in known_set)
+    order = [*known, *new]
+    batches: list[list[str]] = []
+    previous = -2
+    for position, key in enumerate(order):
+        if key not in versions:
+            continue
+        if position != previous + 1 or len(batches[-1]) == per_run:
+            batches.append([])
+        batches[-1].append(key)
+        previous = position
+    requests = []
+    for batch in batches:
+        digest = hashlib.sha256("|".join(f"{k}={versions[k]}" for k in batch).encode()).hexdigest()[:16]
+        run_key = f"{run_key_prefix}{batch[0]}..{batch[-1]}:{len(batch)}:{digest}"
+        if len(batch) == 1:
+            requests.append(RunRequest(partition_key=batch[0], run_key=run_key))
+        else:
+            requests.append(RunRequest(run_key=run_key, tags=partition_range(batch[0], batch[-1])))
+    return requests, [add_observations_request(new)] if new else []
+
+
+def requested_partitions(request: RunRequest, partitions: Sequence[str]) -> list[str]:
+    """The partitions a run request covers: its partition key, or its range within ``partitions``
+    (the partition keys in their order, as the run will resolve them)."""
+    if request.partition_key is not None:
+        return [request.partition_key]
+    first, last = request.tags.get(PARTITION_RANGE_START), request.tags.get(PARTITION_RANGE_END)
+    if first is None or last is None:
+        return []
+    keys = list(partitions)
+    return keys[keys.index(first): keys.index(last) + 1]

@@ -10,9 +10,9 @@ import yaml
 from astropy.io import fits
 from astropy.wcs import WCS
 from astroquery.mast import ObservationsClass
-from dagster import ConfigurableResource
+from dagster import ConfigurableResource, EnvVar
 
-from skyassets.archive.client import observations_client
+from skyassets.archive.client import RetryPolicy, observations_client
 from skyassets.archive.download import DownloadConfig
 from skyassets.archive.watchlist import DEFAULT_WATCHLIST, Watchlist, load_watchlist
 from skyassets.imaging.composite import METHODS, STRETCHES
@@ -39,7 +39,7 @@ class LandingResource(ConfigurableResource):
     folder: str = ""
     recursive: bool = True
     max_files: int = 20000  # entries examined per sensor tick
-    max_ready: int = 500  # files handed on per sensor tick
+    max_ready: int = 1000  # files handed on per sensor tick, catalogued in one run or a few
     # An S3 prefix watched as well (s3://bucket/prefix), through dagster-aws's S3 resource:
     # credentials from the usual AWS environment, or anonymous for a public bucket.
     s3_url: str | None = None
@@ -72,7 +72,12 @@ class WatchlistResource(ConfigurableResource):
 
 
 class ArchiveResource(ConfigurableResource):
-    """Where MAST is: ``emulator`` (the built-in offline archive) or a server such as https://mast.stsci.edu."""
+    """Where MAST is: ``emulator`` (the built-in offline archive) or a server such as https://mast.stsci.edu.
+
+    ``token`` is a MAST API token for exclusive-access data; give it as ``EnvVar("MAST_API_TOKEN")``
+    (as ``default_resources`` does) so that run configuration records the variable's name, never
+    its value. ``retry_seconds`` bounds the time one archive call spends on retries.
+    """
 
     url: str = EMULATOR
     s3_endpoint: str | None = None
@@ -80,6 +85,8 @@ class ArchiveResource(ConfigurableResource):
     s3_bucket: str = "stpubdata"
     pagesize: int = 50000
     timeout: float = 600.0
+    retry_seconds: float = 300.0
+    token: str | None = None
     # Side of the emulator's images in pixels: 256 keeps the demo small, 2048 gives realistic files.
     emulator_image_size: int = 256
 
@@ -95,7 +102,8 @@ class ArchiveResource(ConfigurableResource):
     def client(self, home: Home) -> ObservationsClass:
         server, s3_endpoint = self.endpoints(home)
         return observations_client(
-            server, s3_endpoint=s3_endpoint, cloud=self.cloud, timeout=self.timeout, pagesize=self.pagesize
+            server, s3_endpoint=s3_endpoint, cloud=self.cloud, timeout=self.timeout, pagesize=self.pagesize,
+            retry=RetryPolicy(total_seconds=self.retry_seconds), token=self.token,
         )
 
     def download_url(self, home: Home) -> str:
@@ -127,6 +135,7 @@ class DownloaderResource(ConfigurableResource):
             s3_endpoint=archive.endpoints(home)[1] if archive else None,
             prefer_s3=bool(archive and self.prefer_s3 and archive.cloud),
             verify_existing=self.verify_existing,
+            mast_token=archive.token if archive else None,
         )
 
 
@@ -225,6 +234,7 @@ def default_resources() -> dict[str, ConfigurableResource]:
             s3_endpoint=env.get("SKYASSETS_S3_ENDPOINT") or None,
             cloud=env.get("SKYASSETS_CLOUD", "1") not in ("0", "false", "no"),
             emulator_image_size=int(env.get("SKYASSETS_EMULATOR_IMAGE_SIZE") or 256),
+            token=EnvVar("MAST_API_TOKEN") if env.get("MAST_API_TOKEN") else None,
         ),
         "downloader": DownloaderResource(parallel=int(env.get("SKYASSETS_DOWNLOAD_PARALLEL") or 4)),
         "composites": settings_from_file(CompositesResource, env["SKYASSETS_COMPOSITES"])

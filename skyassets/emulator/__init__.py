@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from skyassets.emulator.s3 import BUCKET, S3Server
-from skyassets.emulator.server import Fault, Faults, MastServer, RequestLog, serve_in_thread
+from skyassets.emulator.server import ANSWER_KINDS, Fault, Faults, MastServer, RequestLog, serve_in_thread
 from skyassets.emulator.sky import Sky, SkySpec
 
-__all__ = ["BUCKET", "Emulator", "Fault", "Faults", "RequestLog", "Sky", "SkySpec", "embedded"]
+__all__ = ["ANSWER_KINDS", "BUCKET", "Emulator", "Fault", "Faults", "RequestLog", "Sky", "SkySpec", "embedded"]
 
 
 def _md5(path: Path) -> str:
@@ -34,9 +34,10 @@ def _md5(path: Path) -> str:
 class Emulator:
     """The MAST emulator, started on construction; use as a context manager or call ``close()``."""
 
-    def __init__(self, home: Path, spec: SkySpec = SkySpec(), s3: bool = True, *,
+    def __init__(self, home: Path, spec: SkySpec | None = None, s3: bool = True, *,
                  host: str = "127.0.0.1", port: int = 0, s3_port: int = 0):
         self.home = Path(home)
+        spec = spec or SkySpec()
         self.sky = Sky(self.home, spec)
         self._server = MastServer(self.sky, host, port)
         self._thread = serve_in_thread(self._server)
@@ -59,6 +60,20 @@ class Emulator:
     @property
     def requests(self) -> RequestLog:
         return self._server.requests
+
+    def real_answers(self, *kinds: str) -> None:
+        """Answer like the real archive: switch on ``kinds`` (default: every one of ``ANSWER_KINDS``)
+        until ``faults.clear()``."""
+        for kind in kinds or ANSWER_KINDS:
+            self.faults.add(kind)
+
+    def grant(self, token: str, *proposals: str) -> None:
+        """Accept the MAST API ``token``, granting the exclusive-access data of ``proposals``
+        (none given: every proposal)."""
+        self._server.tokens[token] = {str(p) for p in proposals} or {"*"}
+
+    def revoke(self, token: str) -> None:
+        self._server.tokens.pop(token, None)
 
     def _upload_sky(self) -> None:
         """Put every public product in the bucket under its path_lookup key (proprietary ones stay off
@@ -130,14 +145,14 @@ _embedded_lock = threading.Lock()
 _embedded: dict[tuple[Path, SkySpec], Emulator] = {}
 
 
-def embedded(home: Path, spec: SkySpec = SkySpec()) -> Emulator:
+def embedded(home: Path, spec: SkySpec | None = None) -> Emulator:
     """The emulator of ``home`` and ``spec`` in this process, started on first use, stopped at exit.
 
     Every run step that asks for the same home and sky gets the same servers, so a process pays for
     starting them once."""
-    key = (Path(home), spec)
+    key = (Path(home), spec or SkySpec())
     with _embedded_lock:
         if key not in _embedded:
-            _embedded[key] = emulator = Emulator(Path(home), spec)
+            _embedded[key] = emulator = Emulator(Path(home), key[1])
             atexit.register(emulator.close)
         return _embedded[key]

@@ -17,11 +17,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--s3-port", type=int, default=0, help="S3 port (0 = any free port)")
     parser.add_argument("--image-size", type=int, default=SkySpec().image_size, help="image side in pixels")
     parser.add_argument("--no-s3", action="store_true", help="do not start the S3 server")
+    parser.add_argument("--real-answers", action="store_true",
+                        help="answer like the real MAST (nulls, per-filter rows, mixed ids, HLA/GALEX, duplicates)")
     args = parser.parse_args(argv)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with Emulator(args.home, SkySpec(image_size=args.image_size), s3=not args.no_s3,
                   port=args.port, s3_port=args.s3_port) as emu:
+        if args.real_answers:
+            emu.real_answers()
         print(f"MAST emulator: {emu.url}", flush=True)
         print(f"S3 endpoint:   {emu.s3_endpoint}", flush=True)
         print(f"sky files:     {emu.sky.root}", flush=True)

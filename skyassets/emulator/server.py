@@ -1,8 +1,17 @@
 """The loopback HTTP server speaking the part of the MAST API that astroquery uses.
 
 Portal queries (``/api/v0/invoke``), column configs, the SANTA name resolver, the cloud path
-lookup and ``Download/file`` with byte ranges, plus fault injection on downloads and a request
-log, so that download code can be tested against the failures real networks produce.
+lookup, ``whoami`` and ``Download/file`` with byte ranges, plus fault injection and a request log,
+so that archive code can be tested against the failures real networks and the real archive produce.
+
+Every fault is off until armed (:class:`Faults`): transient statuses (429/503 with Retry-After) and
+dropped connections on any endpoint, ``EXECUTING`` portal answers, cloud path lookups that fail or
+leave files out, broken downloads, and the shapes of real MAST answers (``ANSWER_KINDS``: columns
+null in every row, one row per observation and filter from position searches, upper-case HST ids,
+HLA and GALEX observations with ``.fits.gz`` products, products listed twice).
+
+Exclusive-access files are served only to a token granted their proposal, presented as MAST takes
+it: ``Authorization: token ...`` (downloads) or astroquery's ``mast_token`` session cookie.
 """
 
 from __future__ import annotations
@@ -14,6 +23,7 @@ import socket
 import threading
 import time
 from dataclasses import asdict, dataclass
+from http.cookies import CookieError, SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,7 +33,20 @@ if TYPE_CHECKING:
     from skyassets.emulator.sky import Sky
 
 CHUNK = 1 << 20
-FAULT_KINDS = ("drop", "ignore_range", "stall", "status", "corrupt")
+# Switches that make answers look like the real archive's; on while armed, whatever ``times`` says.
+ANSWER_KINDS = ("nulls", "per_filter_rows", "mixed_ids", "more_collections", "duplicate_uris")
+FAULT_KINDS = ("drop", "ignore_range", "stall", "status", "corrupt", "executing", "omit", *ANSWER_KINDS)
+ENDPOINTS = ("download", "invoke", "columnsconfig", "resolver", "path_lookup", "whoami", "any")
+# The kinds each endpoint can suffer (answer kinds apply to whole answers, not to one endpoint).
+ENDPOINT_KINDS = {
+    "download": ("drop", "ignore_range", "stall", "status", "corrupt"),
+    "invoke": ("drop", "status", "executing"),
+    "path_lookup": ("drop", "status", "omit"),
+    "columnsconfig": ("drop", "status"),
+    "resolver": ("drop", "status"),
+    "whoami": ("drop", "status"),
+    "any": ("drop", "status"),
+}
 
 # CAOM observation columns: name -> (portal type, columnsconfig vot.datatype).
 OBS_COLUMNS: dict[str, tuple[str, str]] = {
@@ -73,7 +96,13 @@ PRODUCT_COLUMNS: dict[str, str] = {
 
 @dataclass
 class Fault:
-    """One injected failure on ``Download/file``; ``times`` counts down (-1 = forever)."""
+    """One injected failure; ``times`` counts down (-1 = forever).
+
+    ``endpoint`` is where it strikes (``download`` by default, ``any`` for every endpoint) and
+    ``match`` a substring of what the request is about: the uri of a download, the JSON request of
+    a portal query, the name sent to the resolver, the uris of a path lookup. A ``status`` fault of
+    429 or 503 carries ``Retry-After: retry_after``.
+    """
 
     kind: str
     match: str = ""
@@ -82,33 +111,49 @@ class Fault:
     seconds: float = 0.0
     offset: int = 0
     status: int = 503
+    endpoint: str = "download"
+    retry_after: int = 1
 
 
 class Faults:
-    """The armed faults; each download takes the first one matching its uri."""
+    """The armed faults; each request takes the first one matching its endpoint and subject."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._faults: list[Fault] = []
 
     def add(self, kind: str, *, match: str = "", after_bytes: int = 0, times: int = 1,
-            seconds: float = 0.0, offset: int = 0, status: int = 503) -> Fault:
+            seconds: float = 0.0, offset: int = 0, status: int = 503, endpoint: str = "download",
+            retry_after: int = 1) -> Fault:
         if kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault kind {kind!r}; expected one of {FAULT_KINDS}")
-        fault = Fault(kind, match, int(after_bytes), int(times), float(seconds), int(offset), int(status))
+        if kind in ANSWER_KINDS:
+            endpoint, times = "any", -1
+        elif kind not in ENDPOINT_KINDS.get(endpoint, ()):
+            raise ValueError(f"fault {kind!r} cannot strike endpoint {endpoint!r}; "
+                             f"endpoints: { {e: k for e, k in ENDPOINT_KINDS.items() if kind in k} }")
+        fault = Fault(kind, match, int(after_bytes), int(times), float(seconds), int(offset), int(status),
+                      endpoint, int(retry_after))
         with self._lock:
             self._faults.append(fault)
         return fault
+
+    def on(self, kind: str) -> bool:
+        """Whether an answer switch (one of ``ANSWER_KINDS``) is armed."""
+        with self._lock:
+            return any(f.kind == kind and f.times != 0 for f in self._faults)
 
     def clear(self) -> None:
         with self._lock:
             self._faults.clear()
 
-    def take(self, method: str, uri: str) -> Fault | None:
+    def take(self, method: str, uri: str, endpoint: str = "download") -> Fault | None:
         """The fault this request suffers (counting it down), or None."""
         with self._lock:
             for fault in self._faults:
-                if fault.times == 0 or fault.match not in uri:
+                if fault.times == 0 or fault.match not in uri or fault.kind in ANSWER_KINDS:
+                    continue
+                if fault.endpoint not in (endpoint, "any"):
                     continue
                 if method == "HEAD" and fault.kind != "status":
                     continue
@@ -245,15 +290,31 @@ class MastHandler(BaseHTTPRequestHandler):
                 self._download(method, (query.get("uri") or [""])[0])
             elif path == "/api/v0/invoke" and method == "POST":
                 form = parse_qs(self._body().decode())
-                self._send_json(self.server.invoke(json.loads(form["request"][0])))
+                request = json.loads(form["request"][0])
+                fault = self._fault("invoke", method, json.dumps(request))
+                if fault is None:
+                    self._send_json(self.server.invoke(request))
+                elif fault.kind == "executing":
+                    self._send_json({"status": "EXECUTING", "msg": "", "data": [], "fields": []})
             elif path == "/portal/Mashup/Mashup.asmx/columnsconfig" and method == "POST":
                 form = parse_qs(self._body().decode())
-                self._send_json(_column_config((form.get("colConfigId") or [""])[0]))
+                colconf = (form.get("colConfigId") or [""])[0]
+                if not self._fault("columnsconfig", method, colconf):
+                    self._send_json(_column_config(colconf))
             elif path == "/Santa-war/query" and method in ("GET", "POST"):
-                self._send_json(self.server.resolve(query.get("name", []), query.get("resolver", [None])[0],
-                                                    (query.get("resolveAll") or ["false"])[0]))
+                names = query.get("name", [])
+                if not self._fault("resolver", method, ";".join(names)):
+                    self._send_json(self.server.resolve(names, query.get("resolver", [None])[0],
+                                                        (query.get("resolveAll") or ["false"])[0]))
             elif path == "/api/v0.1/path_lookup" and method == "GET":
-                self._send_json(self.server.path_lookup(query.get("uri", [])))
+                uris = query.get("uri", [])
+                fault = self._fault("path_lookup", method, " ".join(uris))
+                if fault is None or fault.kind == "omit":
+                    omit = fault.match if fault else None
+                    self._send_json(self.server.path_lookup(uris, omit))
+            elif path == "/whoami" and method == "GET":
+                if not self._fault("whoami", method, ""):
+                    self._send_json(self.server.whoami(self._token()))
             elif path == "/_emulator/faults" and method == "POST":
                 fault = self.server.faults.add(**json.loads(self._body() or b"{}"))
                 self._send_json(asdict(fault))
@@ -271,6 +332,45 @@ class MastHandler(BaseHTTPRequestHandler):
         except (TimeoutError, ConnectionError):
             self.close_connection = True
 
+    def _fault(self, endpoint: str, method: str, subject: str) -> Fault | None:
+        """The fault this API request suffers. A ``status`` or ``drop`` is answered here (and the
+        fault returned, so the caller answers nothing more); other kinds are the caller's to play."""
+        fault = self.server.faults.take(method, subject, endpoint)
+        if fault is None:
+            return None
+        if fault.kind == "status":
+            self._send_status(fault, "")
+        elif fault.kind == "drop":
+            self._log(0, 0)
+            self._abort()
+        return fault
+
+    def _send_status(self, fault: Fault, uri: str | None) -> None:
+        """An error status as a busy archive sends it: a short body, ``Retry-After`` on 429 and 503."""
+        body = json.dumps({"status": "ERROR", "msg": f"HTTP {fault.status} (injected)"}).encode()
+        self.send_response(fault.status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        if fault.status in (429, 503):
+            self.send_header("Retry-After", str(fault.retry_after))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+        self._log(fault.status, 0, uri)
+
+    def _token(self) -> str | None:
+        """The MAST token of the request: ``Authorization: token ...`` or the ``mast_token`` cookie."""
+        auth = self.headers.get("Authorization", "")
+        scheme, _, value = auth.strip().partition(" ")
+        if scheme.lower() in ("token", "bearer") and value.strip():
+            return value.strip()
+        try:
+            cookie = SimpleCookie(self.headers.get("Cookie", ""))
+        except CookieError:
+            return None
+        morsel = cookie.get("mast_token")
+        return morsel.value if morsel and morsel.value else None
+
     # ------------------------------------------------------------- download
     def _download(self, method: str, uri: str) -> None:
         entry = self.server.sky_file(uri)
@@ -285,20 +385,16 @@ class MastHandler(BaseHTTPRequestHandler):
             self._log(404, 0, uri)
             return
         path, size, md5, rights = entry
-        if rights != "PUBLIC":
-            self.send_response(401)
+        if rights != "PUBLIC" and not self.server.grants(self._token(), uri):
+            denied = 401 if self._token() is None else 403
+            self.send_response(denied)
             self.send_header("Content-Length", "0")
             self.end_headers()
-            self._log(401, 0, uri)
+            self._log(denied, 0, uri)
             return
         fault = self.server.faults.take(method, uri)
         if fault and fault.kind == "status":
-            self.send_response(fault.status)
-            self.send_header("Content-Length", "0")
-            if fault.status in (429, 503):
-                self.send_header("Retry-After", "1")
-            self.end_headers()
-            self._log(fault.status, 0, uri)
+            self._send_status(fault, uri)
             return
         etag = f'"{md5}"'
         start, end = 0, size - 1
@@ -410,6 +506,8 @@ class MastServer(ThreadingHTTPServer):
         self.requests = RequestLog()
         # Guards the sky's rows and files, which ``Emulator.publish`` extends while serving.
         self.lock = threading.Lock()
+        # MAST API tokens -> the proposal ids whose exclusive-access data they grant ("*": all).
+        self.tokens: dict[str, set[str]] = {}
 
     # ---------------------------------------------------------- lookups
     def sky_file(self, uri: str) -> tuple[Path, int, str, str] | None:
@@ -422,13 +520,34 @@ class MastServer(ThreadingHTTPServer):
                            if r["dataURI"] == uri), "PUBLIC")
             return (*hit, rights)
 
-    def path_lookup(self, uris: list[str]) -> dict[str, Any]:
+    def path_lookup(self, uris: list[str], omit: str | None = None) -> dict[str, Any]:
+        """Each uri's relative path; with ``omit`` (an ``omit`` fault) the uris containing it are
+        missing from the answer altogether, as happens with the real lookup."""
         out = {}
         with self.lock:
             for uri in uris:
+                if omit is not None and omit in uri:
+                    continue
                 path = self.sky.path_for(uri)
                 out[uri] = {"status_code": 200 if path else 404, "path": path}
         return out
+
+    def grants(self, token: str | None, uri: str) -> bool:
+        """Whether ``token`` may have the exclusive-access product ``uri`` (granted its proposal)."""
+        if not token or token not in self.tokens:
+            return False
+        with self.lock:
+            proposal = next((str(r["proposal_id"]) for rows in self.sky.products.values() for r in rows
+                             if r["dataURI"] == uri), None)
+        granted = self.tokens[token]
+        return "*" in granted or proposal in granted
+
+    def whoami(self, token: str | None) -> dict[str, Any]:
+        """The session of a token, as MAST's ``whoami`` tells astroquery's ``login``."""
+        if token and token in self.tokens:
+            return {"anon": False, "ezid": "emulated", "scopes": ["mast:exclusive_access"],
+                    "attrib": {"display_name": "Emulated Observer", "ezid": "emulated"}}
+        return {"anon": True, "scopes": [], "attrib": {}}
 
     def resolve(self, names: list[str], resolver: str | None, resolve_all: str) -> dict[str, Any]:
         """SANTA: one entry per resolver (SIMBAD, NED) for known names, searchString lower-cased."""
@@ -457,7 +576,10 @@ class MastServer(ThreadingHTTPServer):
         page = int(request.get("page") or 1)
         with self.lock:
             observations = list(self.sky.observations)
+            if self.faults.on("more_collections"):
+                observations += self.sky.more_observations
             products = {k: list(v) for k, v in self.sky.products.items()}
+        observations = [self._shape_observation(o) for o in observations]
         try:
             if service == "Mast.Caom.Cone":
                 ra, dec, radius = float(params["ra"]), float(params["dec"]), float(params["radius"])
@@ -472,13 +594,17 @@ class MastServer(ThreadingHTTPServer):
                     ra, dec, radius = (float(x) for x in str(params["position"]).split(","))
                     rows = _cone(rows, ra, dec, radius)
                     fields["distance"] = "float"
+                    if self.faults.on("per_filter_rows"):
+                        rows = [{**r, "filters": f} for r in rows for f in str(r["filters"] or "").split(";")]
                 for flt in params.get("filters") or []:
                     rows = [r for r in rows if _matches(r, flt)]
                 if str(params.get("columns", "*")).strip().upper().startswith("COUNT_BIG"):
                     return _page([{"Column1": len(rows)}], {"Column1": "string"}, 50000, 1)
             elif service == "Mast.Caom.Products":
                 ids = [x.strip() for x in str(params.get("obsid", "")).split(",") if x.strip()]
-                rows = [p for i in ids for p in products.get(i, [])]
+                rows = [self._shape_product(p) for i in ids for p in products.get(i, [])]
+                if self.faults.on("duplicate_uris"):
+                    rows += [r for r in rows if r["calib_level"] == 3 and r["productType"] == "SCIENCE"]
                 fields = dict(PRODUCT_COLUMNS)
             else:
                 return {"status": "ERROR", "msg": f"Unknown service {service!r}", "data": [], "fields": []}
@@ -486,6 +612,26 @@ class MastServer(ThreadingHTTPServer):
             return {"status": "ERROR", "msg": f"Missing or unknown parameter: {exc}", "data": [],
                     "fields": []}
         return _page(rows, fields, pagesize, page)
+
+    def _shape_observation(self, row: dict[str, Any]) -> dict[str, Any]:
+        """An observation row as the switched-on answer kinds shape it (a copy)."""
+        row = dict(row)
+        if self.faults.on("nulls"):
+            row.update(dataURL=None, target_classification=None, srcDen=None)
+        if self.faults.on("mixed_ids") and row["obs_collection"] == "HST":
+            row["obs_id"] = row["obs_id"].upper()
+        if self.faults.on("per_filter_rows") and row["instrument_name"] == "NIRCAM/IMAGE":
+            row["filters"] = f"{row['filters']};CLEAR"  # NIRCam's pupil wheel is a filter to CAOM
+        return row
+
+    def _shape_product(self, row: dict[str, Any]) -> dict[str, Any]:
+        """A product row as the switched-on answer kinds shape it (a copy)."""
+        row = dict(row)
+        if self.faults.on("nulls"):
+            row.update(prvversion=None, productDocumentationURL=None)
+        if self.faults.on("mixed_ids") and row["obs_collection"] == "HST":
+            row["obs_id"] = row["obs_id"].upper()
+        return row
 
 
 def _cone(rows: list[dict[str, Any]], ra: float, dec: float, radius: float) -> list[dict[str, Any]]:

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from functools import cached_property, lru_cache
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +37,9 @@ from astropy.wcs import WCS
 from astropy.wcs.utils import pixel_to_skycoord, proj_plane_pixel_area
 
 from skyassets.fits import bandpasses
-from skyassets.fits.header import NotPlainFits, plain_cards, plain_keyword, plain_value, read_header_blocks
+from skyassets.fits.header import BLOCK, CARD, FitsHeader, HeaderLookup, HeaderTooLong, NotPlainFits, walk_hdus
+from skyassets.lake.schemas import IMAGE_SCHEMA
 
-BLOCK = 2880
 AB_ZERO_JY = 3631.0
 # Bytes of data a compressed file may claim before its header is taken as nonsense.
 ABSURD_DATA_BYTES = 1 << 40
@@ -74,74 +74,7 @@ class Failure:
 
 
 # ------------------------------------------------------------------------------------ schema
-def schema_field(name: str, typ: pa.DataType, unit: str | None, doc: str) -> pa.Field:
-    """A column with its unit and description in the field metadata. Public so that every table
-    the project writes (the catalogue, the quality metrics) documents its columns the same way."""
-    meta = {b"description": doc.encode()}
-    if unit:
-        meta[b"unit"] = unit.encode()
-    return pa.field(name, typ, metadata=meta)
-
-
-IMAGE_SCHEMA = pa.schema([
-    schema_field("dataproduct_type", pa.string(), None,
-                 "ObsCore: image, or cube when a non-spatial axis has >1 pixel"),
-    schema_field("calib_level", pa.int16(), None, "ObsCore: 1 raw, 2 calibrated exposure, 3 combined product"),
-    schema_field("obs_collection", pa.string(), None, "ObsCore: mission (TELESCOP)"),
-    schema_field("obs_id", pa.string(), None, "ObsCore: observation id"),
-    schema_field("obs_publisher_did", pa.string(), None, "ObsCore: publisher's dataset id (MAST missions)"),
-    schema_field("access_url", pa.string(), None, "ObsCore: where the file was fetched from"),
-    schema_field("access_format", pa.string(), None, "ObsCore: MIME type"),
-    schema_field("access_estsize", pa.int64(), "kbyte", "ObsCore: file size"),
-    schema_field("target_name", pa.string(), None, "ObsCore: target as named by the observer"),
-    schema_field("s_ra", pa.float64(), "deg", "ObsCore: ICRS right ascension of the image centre"),
-    schema_field("s_dec", pa.float64(), "deg", "ObsCore: ICRS declination of the image centre"),
-    schema_field("s_fov", pa.float64(), "deg", "ObsCore: diameter of the footprint"),
-    schema_field("s_region", pa.string(), "deg", "ObsCore: footprint, STC-S POLYGON ICRS"),
-    schema_field("s_resolution", pa.float64(), "arcsec", "ObsCore: PSF FWHM, filled by image measurement"),
-    schema_field("s_xel1", pa.int64(), None, "ObsCore: pixels along the first spatial axis"),
-    schema_field("s_xel2", pa.int64(), None, "ObsCore: pixels along the second spatial axis"),
-    schema_field("t_min", pa.float64(), "d", "ObsCore: start time, MJD"),
-    schema_field("t_max", pa.float64(), "d", "ObsCore: stop time, MJD"),
-    schema_field("t_exptime", pa.float64(), "s", "ObsCore: exposure time"),
-    schema_field("em_min", pa.float64(), "m", "ObsCore: shortest wavelength (half-maximum edge of the bandpass)"),
-    schema_field("em_max", pa.float64(), "m", "ObsCore: longest wavelength (half-maximum edge of the bandpass)"),
-    schema_field("facility_name", pa.string(), None, "ObsCore: telescope"),
-    schema_field("instrument_name", pa.string(), None, "ObsCore: instrument (HST: INSTRUME/DETECTOR)"),
-    schema_field("o_ucd", pa.string(), None, "ObsCore: UCD of the pixel values"),
-    schema_field("proposal_id", pa.string(), None, "program / proposal number"),
-    schema_field("filter", pa.string(), None, "optical elements in the beam, ';'-joined, clear positions left out"),
-    schema_field("pupil", pa.string(), None, "JWST PUPIL wheel element"),
-    schema_field("detector", pa.string(), None, "DETECTOR keyword"),
-    schema_field("ccdchip", pa.int16(), None, "HST CCD chip of this extension"),
-    schema_field("observation", pa.string(), None, "JWST observation number (OBSERVTN)"),
-    schema_field("visit", pa.string(), None, "JWST visit number (VISIT)"),
-    schema_field("visit_id", pa.string(), None, "JWST VISIT_ID"),
-    schema_field("asn_id", pa.string(), None, "association id (HST ASN_ID, JWST ASNTABLE product)"),
-    schema_field("bunit", pa.string(), None, "unit of the pixel values as written (BUNIT)"),
-    schema_field("pixel_scale", pa.float64(), "arcsec", "square root of the pixel area at the reference point"),
-    schema_field("photmjsr", pa.float64(), "MJy sr-1 s DN-1", "JWST: surface brightness of 1 DN/s"),
-    schema_field("photuja2", pa.float64(), "uJy arcsec-2 s DN-1", "JWST: surface brightness of 1 DN/s"),
-    schema_field("pixar_sr", pa.float64(), "sr", "nominal pixel area"),
-    schema_field("pixar_a2", pa.float64(), "arcsec2", "nominal pixel area"),
-    schema_field("photflam", pa.float64(), "erg cm-2 Angstrom-1 electron-1", "HST: f_lambda of 1 e-/s"),
-    schema_field("photfnu", pa.float64(), "Jy s electron-1", "HST: f_nu of 1 e-/s"),
-    schema_field("photplam", pa.float64(), "Angstrom", "HST: pivot wavelength"),
-    schema_field("photbw", pa.float64(), "Angstrom", "HST: RMS bandwidth"),
-    schema_field("photzpt", pa.float64(), "mag", "HST: ST magnitude zero point"),
-    schema_field("magzpt", pa.float64(), "mag", "ground: photometric zero point as written (MAGZPT)"),
-    schema_field("zp_ab", pa.float64(), "mag", "AB magnitude of a source whose pixel values (in bunit) sum to 1"),
-    schema_field("sha256", pa.string(), None, "SHA-256 of the file"),
-    schema_field("size", pa.int64(), "byte", "file size"),
-    schema_field("file_name", pa.string(), None, "file name"),
-    schema_field("path", pa.string(), None,
-                 "where the file is stored (relative to the skyassets home when catalogued there)"),
-    schema_field("hdu_index", pa.int32(), None, "0-based HDU number in the file"),
-    schema_field("hdu_name", pa.string(), None, "EXTNAME"),
-    schema_field("hdu_ver", pa.int32(), None, "EXTVER"),
-    schema_field("header_json", pa.string(), None, '{"primary": {...}, "extension": {...} or null}'),
-    schema_field("wcs_problem", pa.string(), None, "why the spatial columns are null, or null"),
-])
+# IMAGE_SCHEMA, the catalogue row with units, is declared with the lake's other tables.
 COLUMNS: tuple[str, ...] = tuple(IMAGE_SCHEMA.names)
 
 
@@ -161,66 +94,15 @@ def to_table(rows: Sequence[Mapping[str, Any]] | pd.DataFrame) -> pa.Table:
 
 
 # ------------------------------------------------------------------------------ reading HDUs
-# Keyword fields whose cards astropy reads in its own way, even when they look plain.
-_ASTROPY_FIELDS = frozenset((b"HIERARCH", b"CONTINUE"))
-_COMMENTARY_FIELDS = frozenset((b"        ", b"COMMENT ", b"HISTORY "))
-# What the row code asks of a header: ``get``, ``in`` and ``[]`` with standard keywords.
-_Lookup = Mapping[str, Any] | fits.Header
-
-
-class _Header:
-    """One HDU's header: read from its bytes when they are plain, as building and looking up
-    astropy's Header costs more than all the rest of a row; astropy's Header otherwise."""
-
-    def __init__(self, parsed: _ParsedHeader | None, raw: bytes | None,
-                 header: fits.Header | None = None):
-        self.parsed = parsed
-        self._raw = raw
-        self._header = header
-
-    @classmethod
-    def opened(cls, raw: bytes | None, header: fits.Header) -> _Header:
-        """The header of a file astropy opened; its bytes are used unless they are not plain or
-        astropy changed the header (EXTEND set in a primary header that has extensions)."""
-        parsed = None
-        if raw is not None:
-            try:
-                parsed = _ParsedHeader(raw)
-            except NotPlainFits:
-                pass
-            else:
-                if parsed.count != len(header) or parsed.json.get("EXTEND", True) is not True:
-                    parsed = None
-        return cls(parsed, raw, header)
-
-    @property
-    def astropy(self) -> fits.Header:
-        """Astropy's Header, built from the bytes when first needed (for a WCS)."""
-        if self._header is None:
-            assert self._raw is not None
-            self._header = fits.Header.fromstring(self._raw)
-        return self._header
-
-    @property
-    def keys(self) -> _Lookup:
-        """For keyword lookups: a dict of the values astropy's Header gives when it is known."""
-        return self.astropy if self.parsed is None else self.parsed.values
-
-    @cached_property
-    def json_dict(self) -> dict[str, Any]:
-        """The header as ``header_json`` holds it."""
-        return _header_dict(self.astropy) if self.parsed is None else self.parsed.json
-
-
 @dataclass
 class _Hdu:
     index: int
     name: str
     ver: int
-    header: _Header
+    header: FitsHeader
 
 
-def _read_headers(path: Path) -> tuple[_Header, list[_Hdu]]:
+def _read_headers(path: Path) -> tuple[FitsHeader, list[_Hdu]]:
     """The primary header and every image HDU, checking that the file holds the data they announce.
 
     Everything that can go wrong with a broken file happens here, so only here do errors mean
@@ -234,7 +116,7 @@ def _read_headers(path: Path) -> tuple[_Header, list[_Hdu]]:
         raise UnreadableFits(path, f"cannot read: {exc.strerror or exc}") from exc
     with f:
         try:
-            head = f.read(80)
+            head = f.read(CARD)
         except OSError as exc:
             raise UnreadableFits(path, f"cannot read: {exc.strerror or exc}") from exc
         if size == 0:
@@ -247,13 +129,15 @@ def _read_headers(path: Path) -> tuple[_Header, list[_Hdu]]:
         if not compressed:
             try:
                 return _read_plain_hdus(path, f, size)
+            except HeaderTooLong as exc:  # astropy would read the whole file as the header
+                raise UnreadableFits(path, str(exc)) from exc
             except (NotPlainFits, OSError):
                 pass
         return _read_astropy_hdus(path, f, size, compressed)
 
 
 def _read_astropy_hdus(path: Path, f: io.BufferedReader, size: int, compressed: bool
-                       ) -> tuple[_Header, list[_Hdu]]:
+                       ) -> tuple[FitsHeader, list[_Hdu]]:
     """``_read_headers`` with astropy; ``f`` (the same file) gives the headers' bytes."""
     hdus: list[_Hdu] = []
     try:
@@ -273,14 +157,14 @@ def _read_astropy_hdus(path: Path, f: io.BufferedReader, size: int, compressed: 
                 if not compressed and not isinstance(hdu, fits.CompImageHDU):
                     f.seek(info["hdrLoc"])
                     raw = f.read(info["datLoc"] - info["hdrLoc"])
-                hdus.append(_Hdu(i, hdu.name, int(hdu.ver), _Header.opened(raw, hdu.header)))
+                hdus.append(_Hdu(i, hdu.name, int(hdu.ver), FitsHeader.opened(hdu.header, raw)))
     except (UnreadableFits, ImportError):  # ImportError: a decompressor missing here, not a bad file
         raise
     except Exception as exc:  # astropy raises many kinds for broken files
         raise UnreadableFits(path, f"{type(exc).__name__}: {exc}") from exc
     if hdus and hdus[0].index == 0:
         return hdus[0].header, hdus
-    return _Header(None, None, primary), hdus
+    return FitsHeader(None, primary), hdus
 
 
 def _truncated(index: int, end: int, size: int) -> str:
@@ -288,79 +172,31 @@ def _truncated(index: int, end: int, size: int) -> str:
             "(truncated, or absurd NAXISn)")
 
 
-_SIMPLE_CARD = b"SIMPLE  =                    T"
-_XTENSIONS = ("IMAGE", "BINTABLE", "TABLE")
-_BITPIX = (8, 16, 32, 64, -32, -64)
-
-
-def _read_plain_hdus(path: Path, f: io.BufferedReader, size: int) -> tuple[_Header, list[_Hdu]]:
+def _read_plain_hdus(path: Path, f: io.BufferedReader, size: int) -> tuple[FitsHeader, list[_Hdu]]:
     """``_read_headers`` of a file whose headers are all plain: each read from its bytes as
-    astropy would read it, and the same ``UnreadableFits`` for data the file does not hold.
-
-    Raises ``NotPlainFits`` where astropy might read the file otherwise: HDUs other than the
-    primary, image and table ones, compressed images, random groups, structural keywords that
-    are missing, odd or given twice, a primary header without EXTEND = T before extensions
-    (astropy sets it), and bytes after the last HDU.
+    astropy would read it (``walk_hdus``), and the same ``UnreadableFits`` for data the file does
+    not hold. Raises ``NotPlainFits`` where astropy might read the file otherwise, and where it
+    changes a header: a primary header without EXTEND = T before extensions (astropy sets it).
     """
-    headers: list[_Header] = []
+    headers: list[FitsHeader] = []
     hdus: list[_Hdu] = []
-    offset = 0
-    while offset < size:
-        index = len(headers)
-        f.seek(offset)
-        raw = read_header_blocks(f)
-        parsed = _ParsedHeader(raw)
-        values = parsed.values
-        if not raw.startswith(b"XTENSION= " if index else _SIMPLE_CARD):
-            raise NotPlainFits("not a plain primary or extension header")
-        if index == 0:
-            if values.get("SIMPLE") is not True or "GROUPS" in values:
-                raise NotPlainFits("not a plain primary HDU")
-            kind = "PRIMARY"
-        else:
-            kind = values.get("XTENSION")
-            if kind not in _XTENSIONS or "ZIMAGE" in values:
-                raise NotPlainFits(f"XTENSION = {kind!r}")
-        naxis = _structural(parsed, "NAXIS", None, 999)
-        data = 0
-        if naxis:
-            bitpix = _structural(parsed, "BITPIX", None, 64, low=-64)
-            if bitpix not in _BITPIX:
-                raise NotPlainFits(f"BITPIX = {bitpix}")
-            data = math.prod(_structural(parsed, f"NAXIS{n}", None) for n in range(1, naxis + 1))
-            gcount = _structural(parsed, "GCOUNT", 1)
-            pcount = _structural(parsed, "PCOUNT", 0)
-            data = abs(bitpix) * gcount * (pcount + data) // 8
-        end = offset + len(raw) + data + -data % BLOCK
-        if end - (BLOCK - 1) > size:
-            raise UnreadableFits(path, _truncated(index, end, size))
-        header = _Header(parsed, raw)
+    for hdu in walk_hdus(f, size, read_all=True):
+        if hdu.end - (BLOCK - 1) > size:
+            raise UnreadableFits(path, _truncated(hdu.index, hdu.end, size))
+        header = hdu.header
         headers.append(header)
-        if kind in ("PRIMARY", "IMAGE"):
-            ver = values.get("EXTVER", 1)
+        if hdu.kind in ("PRIMARY", "IMAGE"):
+            ver = header.lookup.get("EXTVER", 1)
             if type(ver) is not int:
                 raise NotPlainFits(f"EXTVER = {ver!r}")
-            name = str(values.get("EXTNAME", "PRIMARY" if index == 0 else ""))
-            hdus.append(_Hdu(index, name, ver, header))
-        offset = end
-    if len(headers) > 1 and headers[0].keys.get("EXTEND") is not True:
+            name = str(header.lookup.get("EXTNAME", "PRIMARY" if hdu.index == 0 else ""))
+            hdus.append(_Hdu(hdu.index, name, ver, header))
+    if len(headers) > 1 and headers[0].get("EXTEND") is not True:
         raise NotPlainFits("extensions after a primary header without EXTEND = T")
     return headers[0], hdus
 
 
-def _structural(parsed: _ParsedHeader, key: str, default: int | None, high: int = 1 << 62,
-                low: int = 0) -> int:
-    """A keyword that sizes the HDU, as astropy reads it; ``NotPlainFits`` unless it is a plain
-    integer from ``low`` to ``high`` (astropy sizes HDUs from the last card of a keyword, looks
-    values up in the first), or absent with a ``default``."""
-    value, last = parsed.values.get(key, default), parsed.json.get(key, default)
-    if key in parsed.by_astropy or type(value) is not int or type(last) is not int \
-            or last != value or not low <= value <= high:
-        raise NotPlainFits(f"{key} = {value!r}")
-    return value
-
-
-def _shape(h: _Lookup) -> list[int]:
+def _shape(h: HeaderLookup) -> list[int]:
     """Axis lengths, NAXIS1 first; for headers whose data were stripped (every NAXISn <= 1) the
     original size kept in NPIXn, ONAXISn or SIZAXISn/BINAXISn."""
     naxis = int(h.get("NAXIS", 0))
@@ -377,7 +213,7 @@ def _shape(h: _Lookup) -> list[int]:
 def _selected(hdus: list[_Hdu]) -> list[tuple[_Hdu, list[int]]]:
     """The image HDUs worth a row: the SCI extensions when the file has any, else every image
     HDU that is not auxiliary (error, quality, weight, distortion arrays)."""
-    with_shape = [(h, _shape(h.header.keys)) for h in hdus]
+    with_shape = [(h, _shape(h.header.lookup)) for h in hdus]
     images = [(h, s) for h, s in with_shape if len(s) >= 2 and s[0] > 0 and s[1] > 0]
     sci = [(h, s) for h, s in images if h.name == "SCI"]
     return sci or [(h, s) for h, s in images if h.name not in _AUXILIARY]
@@ -391,7 +227,7 @@ class HeaderKeys:
     catalogue row) skip blank and undefined values exactly as the catalogue does.
     """
 
-    def __init__(self, header: _Lookup, primary: _Lookup | None):
+    def __init__(self, header: HeaderLookup, primary: HeaderLookup | None):
         self.headers = [header] + ([primary] if primary is not None else [])
 
     def get(self, *keys: str) -> Any:
@@ -535,100 +371,6 @@ def _calib_level(k: HeaderKeys, file_name: str) -> int | None:
     return _CALIB_SUFFIX.get(stem.rsplit("_", 1)[-1].lower()) if "_" in stem else None
 
 
-def _json_value(v: Any) -> Any:
-    if isinstance(v, (bool, int, str)) or v is None:
-        return v
-    if isinstance(v, float):
-        return v if math.isfinite(v) else str(v)
-    return None if isinstance(v, fits.card.Undefined) else str(v)
-
-
-def _header_dict(h: fits.Header) -> dict[str, Any]:
-    """A header as a JSON-able dict; COMMENT and HISTORY cards become lists of lines, and a card
-    astropy cannot parse keeps its raw 80 characters."""
-    out: dict[str, Any] = {}
-    for card in h.cards:
-        key = card.keyword
-        if not key:
-            continue
-        try:
-            value = card.value
-        except fits.VerifyError:
-            value = card.image
-        _add_card(out, key, value)
-    return out
-
-
-def _add_card(out: dict[str, Any], key: str, value: Any) -> None:
-    if key in ("COMMENT", "HISTORY"):
-        out.setdefault(key, []).append(str(value))
-    else:
-        out[key] = _json_value(value)
-
-
-class _ParsedHeader:
-    """A header read from its bytes as astropy would read it: plain cards directly, the others
-    (CONTINUE, HIERARCH, record-valued ...) with astropy's ``Card``, one by one.
-
-    Parsing every card's value with astropy costs more than all the rest of a row.
-    """
-
-    def __init__(self, raw: bytes):
-        cards = plain_cards(raw)
-        self.json: dict[str, Any] = {}  # as _header_dict gives it
-        self.values: dict[str, Any] = {}  # Header.get's value of each keyword but commentary ones
-        self.count = 0  # as astropy counts cards: one with the CONTINUE cards after it is one
-        self.by_astropy: set[str] = set()  # keywords of the cards given to astropy's Card
-        # Header.get of a record-valued card's own keyword (DP1 of DP1.AXIS.1) gives its raw value
-        # when no card has that keyword.
-        raw_values: dict[str, Any] = {}
-        at, size = 0, len(cards)
-        while at < size:
-            stop = at + 80
-            while cards.startswith(b"CONTINUE", stop):
-                stop += 80
-            self.count += 1
-            image = cards[at:stop]
-            at = stop
-            field = image[:8]
-            if len(image) == 80 and plain_keyword(field) and field not in _ASTROPY_FIELDS:
-                if field in _COMMENTARY_FIELDS:
-                    key = field.rstrip().decode("ascii")
-                    if key:
-                        self.json.setdefault(key, []).append(image[8:].rstrip().decode("ascii"))
-                    continue
-                if image[8:10] == b"= ":
-                    try:
-                        value = plain_value(image)
-                    except NotPlainFits:
-                        pass
-                    else:
-                        key = field.rstrip().decode("ascii")
-                        self.json[key] = _json_value(value)
-                        self.values.setdefault(key, value)
-                        continue
-            self._add_with_astropy(image, raw_values)
-        for key, value in raw_values.items():
-            self.values.setdefault(key, value)
-
-    def _add_with_astropy(self, image: bytes, raw_values: dict[str, Any]) -> None:
-        try:
-            card = fits.Card.fromstring(image.decode("ascii"))
-            key, value = card.keyword, card.value
-        except Exception as exc:  # astropy's Header then raises where it used to, if at all
-            raise NotPlainFits(f"card {image[:8]!r} astropy cannot parse") from exc
-        if not key:
-            return
-        normalized = fits.Card.normalize_keyword(key)
-        self.by_astropy.add(normalized)
-        _add_card(self.json, key, value)
-        if card.field_specifier is not None:
-            self.by_astropy.add(card.rawkeyword)
-            raw_values.setdefault(card.rawkeyword, card.rawvalue)
-        if key not in ("COMMENT", "HISTORY"):
-            self.values.setdefault(normalized, None if value == fits.card.UNDEFINED else value)
-
-
 # ------------------------------------------------------------------------------- spatial
 def _parse_region(text: str) -> tuple[str, list[tuple[float, float]], float | None] | None:
     """(region as ICRS STC-S, vertices, circle radius or None) of a header's S_REGION when it is
@@ -655,7 +397,7 @@ def _parse_region(text: str) -> tuple[str, list[tuple[float, float]], float | No
         return f"CIRCLE ICRS {ra:.7f} {dec:.7f} {r:.7f}", [(ra, dec)], r
     if any(len(n) < 6 or len(n) % 2 for n in numbers):
         return None
-    vertices = [(a, d) for n in numbers for a, d in zip(n[::2], n[1::2])]
+    vertices = [(a, d) for n in numbers for a, d in zip(n[::2], n[1::2], strict=True)]
     return " ".join("POLYGON ICRS " + " ".join(piece) for piece in pieces), vertices, None
 
 
@@ -669,7 +411,7 @@ def _centre_and_fov(ra: np.ndarray, dec: np.ndarray) -> tuple[float, float, floa
     return math.degrees(math.atan2(y, x)) % 360.0, math.degrees(math.atan2(z, math.hypot(x, y))), fov
 
 
-def _linear_pixel_scale(h: _Lookup) -> float | None:
+def _linear_pixel_scale(h: HeaderLookup) -> float | None:
     """Pixel scale (arcsec) from the linear WCS keywords alone, when no WCS object is built."""
     if "CD1_1" in h:
         det = h.get("CD1_1", 0.0) * h.get("CD2_2", 0.0) - h.get("CD1_2", 0.0) * h.get("CD2_1", 0.0)
@@ -694,9 +436,9 @@ def _without_lookup_distortion(h: fits.Header) -> fits.Header:
     return fits.Header([c for c in h.cards if not _LOOKUP_KEYS.match(c.keyword)])
 
 
-def _spatial(header: _Header, shape: list[int]) -> dict[str, Any]:
+def _spatial(header: FitsHeader, shape: list[int]) -> dict[str, Any]:
     """s_ra, s_dec, s_fov, s_region, s_xel1/2, pixel_scale and wcs_problem of one image HDU."""
-    h = header.keys
+    h = header.lookup
     out: dict[str, Any] = {"s_xel1": shape[0], "s_xel2": shape[1], "wcs_problem": None}
     extra = [n for n in shape[2:] if n > 1]
     out["dataproduct_type"] = "cube" if extra else "image"
@@ -747,7 +489,7 @@ def _spatial(header: _Header, shape: list[int]) -> dict[str, Any]:
         out["wcs_problem"] = "image corners are off the sky: no footprint"
         return out
     out["s_fov"] = _centre_and_fov(ra[1:], dec[1:])[2]
-    out["s_region"] = "POLYGON ICRS " + " ".join(f"{a:.7f} {d:.7f}" for a, d in zip(ra[1:], dec[1:]))
+    out["s_region"] = "POLYGON ICRS " + " ".join(f"{a:.7f} {d:.7f}" for a, d in zip(ra[1:], dec[1:], strict=True))
     return out
 
 
@@ -774,11 +516,11 @@ def extract(path: str | os.PathLike[str], *, sha256: str | None = None,
     return rows
 
 
-def _row(path: Path, hdu: _Hdu, shape: list[int], primary: _Header, *,
+def _row(path: Path, hdu: _Hdu, shape: list[int], primary: FitsHeader, *,
          sha256: str | None, access_url: str | None, obs_id: str | None,
          size: int) -> dict[str, Any]:
-    parent = primary.keys if hdu.index > 0 else None
-    k = HeaderKeys(hdu.header.keys, parent)
+    parent = primary.lookup if hdu.index > 0 else None
+    k = HeaderKeys(hdu.header.lookup, parent)
     telescope = k.text("TELESCOP")
     telescope = telescope.upper() if telescope else None
     instrument = k.text("INSTRUME")
@@ -841,8 +583,8 @@ def _row(path: Path, hdu: _Hdu, shape: list[int], primary: _Header, *,
         "hdu_name": hdu.name,
         "hdu_ver": hdu.ver,
         "header_json": json.dumps({
-            "primary": primary.json_dict,
-            "extension": hdu.header.json_dict if parent is not None else None,
+            "primary": primary.json,
+            "extension": hdu.header.json if parent is not None else None,
         }),
     }
     row.update(_spatial(hdu.header, shape))

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-BLOCK = 2880
-CARD = 80
+from skyassets.fits.header import BLOCK, CARD
+
 _SUM_CHUNK = 64 << 20  # bytes summed per numpy call; multiple of 4, keeps the uint64 sum from overflowing
 _READ_CHUNK = 8 << 20  # bytes read per call by verify_fits
 

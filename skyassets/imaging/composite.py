@@ -4,7 +4,8 @@ The pieces, in the order a composite is made:
 
 * ``suggest_recipes`` proposes which filters to combine (a ranked table the user reads in the
   catalog and can override with ``apply_overrides``);
-* ``reproject_channels`` puts every filter's image on one WCS, so a pixel is the same sky everywhere;
+* ``reproject_channels`` puts every filter's image on one WCS, so a pixel is the same sky everywhere,
+  with the resampler mosaics use (:mod:`skyassets.imaging.resample`);
 * ``channel_colours`` gives each filter a hue from blue (shortest pivot wavelength) to red
   (longest), for any number of filters, balanced so that a grey source stays grey;
 * ``stretch`` maps each channel to [0, 1]; ``compose`` mixes them, either channel by channel
@@ -47,11 +48,11 @@ from astropy.visualization import (
 from astropy.wcs import WCS
 from PIL import Image
 from pyavm import AVM
-from reproject import reproject_interp
 from reproject.mosaicking import find_optimal_celestial_wcs
 from scipy.ndimage import binary_fill_holes, distance_transform_edt
 
 from skyassets.fits import bandpasses
+from skyassets.imaging.resample import resample_image
 
 #: Hue (degrees) of the shortest and of the longest wavelength: blue and red.
 BLUE_HUE = 240.0
@@ -219,7 +220,7 @@ def apply_overrides(recipes: pd.DataFrame, overrides: Mapping[str, str | None]) 
     kept = recipes[~recipes["recipe"].isin(list(overrides))]
     known: dict[str, tuple[str, str]] = {}
     for r in recipes.itertuples(index=False):
-        for f, i, p in zip(r.filters.split(";"), r.instruments.split(";"), r.pivots_um.split(";")):
+        for f, i, p in zip(r.filters.split(";"), r.instruments.split(";"), r.pivots_um.split(";"), strict=True):
             known[f.upper()] = (i, p)
     user = []
     for name, value in overrides.items():
@@ -347,14 +348,14 @@ def compose(
         if len(specs) != len(channels):
             raise ValueError(f"{len(specs)} stretches for {len(channels)} channels")
         dark = np.ones((*shape, 3))
-        for data, colour, spec in zip(channels, colours, specs):
+        for data, colour, spec in zip(channels, colours, specs, strict=True):
             options = {"kind": spec} if isinstance(spec, str) else dict(spec)
             level = np.where(np.isfinite(data), _stretch_spec(data, options), np.nan)
             dark *= 1.0 - np.nan_to_num(fill_holes(level))[..., None] * colour
         return 1.0 - dark
     if method == "lupton":
         planes = np.zeros((3, *shape))
-        for data, colour in zip(channels, colours):
+        for data, colour in zip(channels, colours, strict=True):
             planes += np.nan_to_num(fill_holes(_normalise(data, high)))[None] * colour[:, None, None]
         with np.errstate(invalid="ignore", divide="ignore"):  # 0/0 where the joint intensity is 0
             rgb = make_lupton_rgb(*planes, minimum=0.0, stretch=stretch_lupton, Q=Q,
@@ -410,8 +411,10 @@ def reproject_channels(
     """Every image resampled onto one celestial WCS (NaN where an image does not cover).
 
     Without ``wcs``, the one ``reproject.mosaicking.find_optimal_celestial_wcs`` picks: north up,
-    the finest input pixel scale, covering all the inputs. Interpolation is bilinear: enough for a
-    picture, and far cheaper than flux-conserving resampling.
+    the finest input pixel scale, covering all the inputs. Resampling is the mosaics' own
+    (``resample.resample_image``): bilinear, enough for a picture and far cheaper than
+    flux-conserving resampling, slab by slab, and with NaN pixels (a mosaic's masked star cores)
+    masked rather than spread to their neighbours, so the holes ``fill_holes`` fills are no larger.
     """
     inputs = [(np.asarray(data, dtype=float), w if isinstance(w, WCS) else WCS(w)) for data, w in images]
     if wcs is None:
@@ -421,11 +424,7 @@ def reproject_channels(
             raise ValueError("give the shape of the target WCS")
         shape = (wcs.pixel_shape[1], wcs.pixel_shape[0])
     shape = (int(shape[0]), int(shape[1]))
-    out = []
-    for data, w in inputs:
-        resampled, _ = reproject_interp((data, w.celestial), wcs, shape_out=shape, order="bilinear")
-        out.append(resampled)
-    return out, wcs, shape
+    return [resample_image(data, w.celestial, wcs, shape) for data, w in inputs], wcs, shape
 
 
 # ------------------------------------------------------------------------------------- write

@@ -2,7 +2,8 @@
 
 Plain Python (no Dagster). Each input is resampled onto the output grid by bilinear interpolation
 of ``weight * SCI`` and ``weight`` (normalised convolution, so masked pixels never leak into their
-neighbours), one slab of output rows at a time, into files on disk; pairwise background offsets are
+neighbours), one slab of output rows at a time, into files on disk (:mod:`skyassets.imaging.resample`,
+which also puts composites' channels on their common grid); pairwise background offsets are
 then measured in the overlaps and solved for (as reproject's ``match_background`` does), and the
 corrected images are co-added slab by slab, leaving out values that stand out from the other inputs
 at the same pixel (cosmic rays and satellite trails the DQ array does not flag, see
@@ -22,7 +23,7 @@ import math
 import shutil
 import tempfile
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -30,20 +31,18 @@ from typing import Literal
 import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS
-from astropy.wcs.utils import pixel_to_pixel, proj_plane_pixel_area
+from astropy.wcs.utils import proj_plane_pixel_area
 from reproject.mosaicking import find_optimal_celestial_wcs
-from scipy.ndimage import binary_dilation, map_coordinates
+from scipy.ndimage import binary_dilation
 
+from skyassets.fits.dq import pixel_masks, saturation_level
 from skyassets.imaging.preview import block_mean, thumbnail_png
-from skyassets.imaging.quality import pixel_masks, saturation_level
+from skyassets.imaging.resample import footprint_box, resample_slabs, row_slabs
 
 WeightKind = Literal["auto", "err", "wht"]
 
 # Differences sampled per overlap for the background offset: enough for a median good to 1e-3 sigma.
 MAX_OVERLAP_SAMPLES = 1_000_000
-# Interpolation coordinates this close to a whole pixel are snapped to it, so grids that line up
-# exactly (integer offsets) resample exactly and the coverage map has no fractional edges.
-SNAP_PIX = 1e-6
 PREVIEW_SIDE = 256
 # Outlier rejection: only where at least this many inputs cover a pixel, since with two a median
 # cannot tell which one is wrong.
@@ -329,13 +328,6 @@ def _optimal_wcs(inputs: Sequence[MosaicInput]) -> tuple[WCS, tuple[int, int]]:
 
 
 # ------------------------------------------------------------------------------- resampling
-def _rows(y0: int, y1: int, width: int, slab: int) -> Iterator[tuple[int, int]]:
-    """Row ranges of at most ``slab`` pixels (at least one row) covering y0..y1."""
-    step = max(1, slab // max(width, 1))
-    for start in range(y0, y1, step):
-        yield start, min(start + step, y1)
-
-
 def _file(path: Path, dtype: type, width: int, y0: int, y1: int, mode: str) -> np.memmap:
     """Rows y0..y1 of a row-major file ``width`` wide, mapped on their own: unmapping it (del)
     gives the pages back, so resident memory stays one slab."""
@@ -348,61 +340,23 @@ def _blank(path: Path, dtype: type, n: int) -> None:
         f.truncate(n * np.dtype(dtype).itemsize)
 
 
-def _bounds(image: _Image, wcs: WCS, shape: tuple[int, int]) -> tuple[int, int, int, int] | None:
-    """The output pixel box (y0, y1, x0, x1) the input's edges map into, or None off the grid."""
-    ny, nx = image.weight.shape
-    edge = np.concatenate([np.linspace(-0.5, nx - 0.5, 64), np.full(64, nx - 0.5),
-                           np.linspace(nx - 0.5, -0.5, 64), np.full(64, -0.5)])
-    side = np.concatenate([np.full(64, -0.5), np.linspace(-0.5, ny - 0.5, 64),
-                           np.full(64, ny - 0.5), np.linspace(ny - 0.5, -0.5, 64)])
-    x, y = pixel_to_pixel(image.wcs, wcs, edge, side)
-    ok = np.isfinite(x) & np.isfinite(y)
-    if not ok.any():
-        return None
-    x0 = max(int(math.floor(x[ok].min())) - 1, 0)
-    x1 = min(int(math.ceil(x[ok].max())) + 2, shape[1])
-    y0 = max(int(math.floor(y[ok].min())) - 1, 0)
-    y1 = min(int(math.ceil(y[ok].max())) + 2, shape[0])
-    return (y0, y1, x0, x1) if x0 < x1 and y0 < y1 else None
-
-
-def _snap(c: np.ndarray) -> np.ndarray:
-    whole = np.rint(c)
-    return np.where(np.abs(c - whole) < SNAP_PIX, whole, c)
-
-
 def _resample(image: _Image, wcs: WCS, shape: tuple[int, int], stem: Path, slab: int) -> _Placed:
-    """Resample one input over its box of the output grid into ``stem``.val / ``stem``.wht files."""
+    """Resample one input over its box of the output grid (``resample.resample_slabs``, the same
+    path composites' channels take) into ``stem``.val / ``stem``.wht files, slab by slab."""
     name = f"{Path(image.source.path).name}[{image.source.hdu_index}]"
-    box = _bounds(image, wcs, shape)
+    box = footprint_box(image.wcs, image.weight.shape, wcs, shape)
     if box is None:
         return _Placed(name, 0, 0, 0, 0, image.weight_kind, image.flux_scale, image.noise)
     placed = _Placed(name, *box, image.weight_kind, image.flux_scale, image.noise)
     n = (placed.y1 - placed.y0) * placed.width
     _blank(stem.with_suffix(".val"), np.float32, n)
     _blank(stem.with_suffix(".wht"), np.float32, n)
-    xs = np.arange(placed.x0, placed.x1, dtype=np.float64)
-    for r0, r1 in _rows(placed.y0, placed.y1, placed.width, slab):
-        gx, gy = np.meshgrid(xs, np.arange(r0, r1, dtype=np.float64))
-        ix, iy = pixel_to_pixel(wcs, image.wcs, gx, gy)
-        del gx, gy
-        coords = np.stack([_snap(np.nan_to_num(iy, nan=-10.0)), _snap(np.nan_to_num(ix, nan=-10.0))])
-        del ix, iy
-        weight = map_coordinates(image.weight, coords, order=1, mode="constant", cval=0.0,
-                                 prefilter=False, output=np.float32)
-        value = map_coordinates(image.weighted, coords, order=1, mode="constant", cval=0.0,
-                                prefilter=False, output=np.float32)
-        del coords
-        np.divide(value, weight, out=value, where=weight > 0)
-        value[weight <= 0] = 0.0
-        weight[weight < 0] = 0.0
-        rows = slice(r0 - placed.y0, r1 - placed.y0)
-        out = _file(stem.with_suffix(".val"), np.float32, placed.width, rows.start, rows.stop, "r+")
-        out[:] = value
-        del out
-        out = _file(stem.with_suffix(".wht"), np.float32, placed.width, rows.start, rows.stop, "r+")
-        out[:] = weight
-        del out
+    for part in resample_slabs(image.weighted, image.weight, image.wcs, wcs, box, slab):
+        rows = (part.y0 - placed.y0, part.y1 - placed.y0)
+        for suffix, data in ((".val", part.value), (".wht", part.weight)):
+            out = _file(stem.with_suffix(suffix), np.float32, placed.width, *rows, "r+")
+            out[:] = data
+            del out
     return placed
 
 
@@ -416,7 +370,7 @@ def _overlap_offset(a: _Placed, b: _Placed, sa: Path, sb: Path, slab: int) -> tu
     stride = max(1, math.ceil((y1 - y0) * (x1 - x0) / MAX_OVERLAP_SAMPLES))
     diffs = []
     count = 0
-    for r0, r1 in _rows(y0, y1, max(a.width, b.width), slab):
+    for r0, r1 in row_slabs(y0, y1, max(a.width, b.width), slab):
         parts = []
         for p, stem in ((a, sa), (b, sb)):
             rows = (r0 - p.y0, r1 - p.y0)
@@ -455,7 +409,7 @@ def _match_backgrounds(placed: list[_Placed], work: Path, slab: int) -> None:
     a = np.vstack([np.array(rows) * np.array(weights)[:, None], np.full((1, n), scale)])
     b = np.concatenate([np.array(rhs) * np.array(weights), [0.0]])
     corrections = np.linalg.lstsq(a, b, rcond=None)[0]
-    for p, c in zip(placed, corrections):
+    for p, c in zip(placed, corrections, strict=True):
         p.background = float(c)
 
 

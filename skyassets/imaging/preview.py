@@ -145,7 +145,7 @@ def _draw(thumb: Image.Image, sources: pd.DataFrame, factor: int, max_markers: i
     v = height - 1 - ((y + 0.5) / factor - 0.5)
     radius = 2 + max(width, height) // 128
     draw = ImageDraw.Draw(thumb)
-    for col, row, flag in zip(u, v, flags):
+    for col, row, flag in zip(u, v, flags, strict=True):
         if not (np.isfinite(col) and np.isfinite(row)):
             continue
         kind = _kind(flag)

@@ -32,7 +32,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 from astropy.io import fits
 from astropy.stats import SigmaClip, sigma_clipped_stats
 from astropy.wcs import WCS
@@ -42,7 +41,9 @@ from photutils.detection import DAOStarFinder
 from scipy.ndimage import label
 from scipy.spatial import cKDTree
 
-from skyassets.fits.meta import HeaderKeys, parse_bunit, schema_field, zero_point_ab
+from skyassets.fits.dq import DQ_BITS, PixelMasks, pixel_masks, saturation_level
+from skyassets.fits.meta import HeaderKeys, parse_bunit, zero_point_ab
+from skyassets.lake.schemas import QUALITY_SCHEMA, SOURCE_SCHEMA
 
 # ------------------------------------------------------------------------------------ constants
 # Background: boxes of about 1/8 of the image side (16–64 px): many times the PSF, yet small
@@ -86,8 +87,6 @@ SHARPNESS_MARGIN = 0.2
 STAR_SHARPNESS = 0.7  # stars 1.5-4 px wide, 2-px kernel: 0.55-0.8
 ROUNDNESS_MARGIN = 0.5
 ROUNDNESS_MIN_PEAK_SIGMA = 20.0
-# Saturation from a plateau: the image maximum shared by at least this many pixels.
-PLATEAU_PIXELS = 3
 DEPTH_SIGMA = 5.0
 
 # Score (docs/quality.md explains each).
@@ -99,160 +98,8 @@ GOOD_SCORE = 50.0
 REJECT_SCORE = 100.0 / 3.0
 REASON_BELOW = 90.0  # terms below this are named in flag_reason
 
-# ------------------------------------------------------------------------------- DQ conventions
-# JWST pixel DQ bits (jwst / stdatamodels ``dqflags.pixel``): bit value -> (name, meaning).
-JWST_DQ: dict[int, tuple[str, str]] = {
-    1 << 0: ("DO_NOT_USE", "bad pixel, do not use"),
-    1 << 1: ("SATURATED", "saturated during the exposure"),
-    1 << 2: ("JUMP_DET", "jump (cosmic ray) detected in the ramp"),
-    1 << 3: ("DROPOUT", "data lost in transmission"),
-    1 << 4: ("OUTLIER", "flagged by outlier detection (cosmic ray, artefact)"),
-    1 << 5: ("PERSISTENCE", "high persistence"),
-    1 << 6: ("AD_FLOOR", "below the A/D floor"),
-    1 << 7: ("CHARGELOSS", "charge migration"),
-    1 << 8: ("UNRELIABLE_ERROR", "uncertainty exceeds the quoted error"),
-    1 << 9: ("NON_SCIENCE", "not on the science portion of the detector"),
-    1 << 10: ("DEAD", "dead pixel"),
-    1 << 11: ("HOT", "hot pixel"),
-    1 << 12: ("WARM", "warm pixel"),
-    1 << 13: ("LOW_QE", "low quantum efficiency"),
-    1 << 14: ("RC", "RC pixel"),
-    1 << 15: ("TELEGRAPH", "telegraph pixel"),
-    1 << 16: ("NONLINEAR", "highly nonlinear"),
-    1 << 17: ("BAD_REF_PIXEL", "reference pixel cannot be used"),
-    1 << 18: ("NO_FLAT_FIELD", "flat field cannot be measured"),
-    1 << 19: ("NO_GAIN_VALUE", "gain cannot be measured"),
-    1 << 20: ("NO_LIN_CORR", "linearity correction not available"),
-    1 << 21: ("NO_SAT_CHECK", "saturation check not available"),
-    1 << 22: ("UNRELIABLE_BIAS", "bias variance large"),
-    1 << 23: ("UNRELIABLE_DARK", "dark variance large"),
-    1 << 24: ("UNRELIABLE_SLOPE", "slope variance large"),
-    1 << 25: ("UNRELIABLE_FLAT", "flat variance large"),
-    1 << 26: ("OPEN", "open pixel"),
-    1 << 27: ("ADJ_OPEN", "adjacent to an open pixel"),
-    1 << 28: ("FLUX_ESTIMATED", "flux estimated from neighbours"),
-    1 << 29: ("MSA_FAILED_OPEN", "NIRSpec MSA shutter failed open"),
-    1 << 30: ("OTHER_BAD_PIXEL", "other bad pixel type"),
-    1 << 31: ("REFERENCE_PIXEL", "reference pixel"),
-}
-# HST DQ bits of ACS, WFC3 and STIS (CALACS acsdq.h, CALWF3 wf3dq.h, the ACS DQ flag page).
-HST_DQ: dict[int, tuple[str, str]] = {
-    1: ("SOFTERR", "Reed-Solomon decoding error"),
-    2: ("DATALOST", "data replaced by fill value"),
-    4: ("DETECTORPROB", "bad detector pixel or beyond the aperture"),
-    8: ("DATAMASKED", "masked by an aperture feature (IR: deviant zero read)"),
-    16: ("HOTPIX", "hot pixel"),
-    32: ("CTETAIL", "CTE tail or unstable dark current (IR: unstable pixel)"),
-    64: ("WARMPIX", "warm pixel"),
-    128: ("BADBIAS", "bias structure, bad column"),
-    256: ("SATPIXEL", "full-well saturation"),
-    512: ("BADFLAT", "bad pixel in a reference file (flat field)"),
-    1024: ("TRAP", "charge trap, sink pixel (IR: cosmic-ray spike)"),
-    2048: ("ATODSAT", "A-to-D saturation (IR: zero-read signal correction)"),
-    4096: ("CRDRIZ", "cosmic ray rejected by AstroDrizzle"),
-    8192: ("DATAREJECT", "cosmic ray rejected when combining CR-SPLIT or IR reads"),
-    16384: ("CROSSTALK", "ghost, crosstalk or high curvature"),
-}
-
-
-def _bits(table: Mapping[int, tuple[str, str]], *names: str) -> int:
-    """The mask of the bits of ``table`` with these names."""
-    return sum(value for value, (name, _) in table.items() if name in names)
-
-
-# Which bits make a pixel unusable, saturated or a cosmic-ray hit. JWST: the pipeline sets
-# DO_NOT_USE on every pixel it will not use (JUMP_DET pixels were corrected in the ramp fit).
-# HST: every bit but those AstroDrizzle's default final_bits (16 + 64 + 256) accept as good after
-# dark subtraction.
-DQ_BITS: dict[str, dict[str, int]] = {
-    "jwst": {"bad": _bits(JWST_DQ, "DO_NOT_USE"), "saturated": _bits(JWST_DQ, "SATURATED"),
-             "cosmic_ray": _bits(JWST_DQ, "JUMP_DET", "OUTLIER")},
-    "hst": {"bad": sum(HST_DQ) - _bits(HST_DQ, "HOTPIX", "WARMPIX", "SATPIXEL"),
-            "saturated": _bits(HST_DQ, "SATPIXEL", "ATODSAT"), "cosmic_ray": _bits(HST_DQ, "CRDRIZ", "DATAREJECT")},
-}
-
 # ------------------------------------------------------------------------------------- schemas
-_IDENTITY = [
-    schema_field("obs_id", pa.string(), None, "observation id (partition)"),
-    schema_field("sha256", pa.string(), None, "SHA-256 of the file"),
-    schema_field("hdu_index", pa.int32(), None, "0-based HDU number of the image in the file"),
-]
-QUALITY_SCHEMA = pa.schema([
-    *_IDENTITY,
-    schema_field("file_name", pa.string(), None, "file name"),
-    schema_field("instrument_name", pa.string(), None, "ObsCore instrument (HST: INSTRUME/DETECTOR)"),
-    schema_field("filter", pa.string(), None, "optical elements in the beam, ';'-joined"),
-    schema_field("obs_collection", pa.string(), None, "mission"),
-    schema_field("usable", pa.bool_(), None,
-                 "false when the image cannot be used at all: unreadable, no valid pixel, no valid WCS"),
-    schema_field("problem", pa.string(), None,
-                 "why the image is unusable or only partly measured, naming the file; null when fine"),
-    schema_field("background", pa.float64(), None, "median sky level, image units (BUNIT)"),
-    schema_field("background_rms", pa.float64(), None, "sky noise per pixel, image units (BUNIT)"),
-    schema_field("background_method", pa.string(), None,
-                 "Background2D, or sigma_clipped_stats when every box was masked"),
-    schema_field("n_sources", pa.int32(), None, "sources detected 5 sigma over the noise (cosmic rays included)"),
-    schema_field("n_cosmic_rays", pa.int32(), None, "detections classified as cosmic rays"),
-    schema_field("n_stars_fitted", pa.int32(), None, "isolated unsaturated stars whose Moffat fit defines the PSF"),
-    schema_field("fwhm_pix", pa.float64(), "pix",
-                 "PSF FWHM (geometric mean of the axes), inverse-variance weighted mean of the fitted stars"),
-    schema_field("fwhm_arcsec", pa.float64(), "arcsec", "PSF FWHM on the sky"),
-    schema_field("ellipticity", pa.float64(), None,
-                 "PSF ellipticity 1 - b/a from the fitted stars' weighted mean components (e cos 2φ, e sin 2φ)"),
-    schema_field("psf_beta", pa.float64(), None, "Moffat beta of the PSF (median of the fitted stars)"),
-    schema_field("n_eff_pix", pa.float64(), "pix2",
-                 "noise-equivalent area of the PSF, 1 / sum(p_i^2), pixel-integrated"),
-    schema_field("frac_nan", pa.float64(), None, "fraction of pixels that are NaN or infinite"),
-    schema_field("frac_zero", pa.float64(), None, "fraction of pixels exactly 0 (fill)"),
-    schema_field("frac_saturated", pa.float64(), None,
-                 "fraction of pixels saturated (DQ, saturation level or plateau)"),
-    schema_field("frac_dq_flagged", pa.float64(), None,
-                 "fraction of pixels the DQ array marks unusable; null without DQ"),
-    schema_field("frac_unusable", pa.float64(), None,
-                 "fraction of the exposed footprint that is NaN, zero, DQ-flagged or saturated"),
-    schema_field("pixel_scale", pa.float64(), "arcsec", "pixel scale from the WCS (square root of the pixel area)"),
-    schema_field("pixel_scale_nominal", pa.float64(), "arcsec", "the instrument's nominal pixel scale"),
-    schema_field("pixel_scale_ratio", pa.float64(), None, "pixel_scale / pixel_scale_nominal"),
-    schema_field("footprint_finite", pa.bool_(), None,
-                 "the WCS maps the image centre and corners to finite sky positions"),
-    schema_field("header_flags", pa.string(), None,
-                 "header quality keywords that are not nominal, e.g. ENG_QUAL=SUSPECT; null when all are"),
-    schema_field("zp_ab", pa.float64(), "mag", "AB magnitude of a source whose pixel values sum to 1"),
-    schema_field("depth_5sigma_ab", pa.float64(), "mag",
-                 "5 sigma point-source depth: zp_ab - 2.5 log10(5 sigma sqrt(n_eff))"),
-    schema_field("seconds", pa.float64(), "s", "time spent measuring the image"),
-    schema_field("score", pa.float64(), None,
-                 "0-100: 100 x depth x shape x data terms; 0 when a gate fails (docs/quality.md)"),
-    schema_field("score_depth", pa.float64(), None,
-                 "100 x min(1, effective-time ratio against comparable images); null without depth"),
-    schema_field("score_shape", pa.float64(), None, "100 at ellipticity <= 0.10 falling linearly to 0 at 0.40"),
-    schema_field("score_data", pa.float64(), None, "100 x (1 - frac_unusable)"),
-    schema_field("depth_reference_ab", pa.float64(), "mag",
-                 "median 5 sigma depth of comparable images (same instrument and filter)"),
-    schema_field("effective_time_ratio", pa.float64(), None,
-                 "10^(0.8 (depth - reference depth)): exposure-time equivalent against the reference"),
-    schema_field("flag", pa.string(), None, "good (score >= 50), usable, or reject (score < 33.3 or a gate)"),
-    schema_field("flag_reason", pa.string(), None, "what lowered the score or the flag; null for a good image"),
-])
-SOURCE_SCHEMA = pa.schema([
-    *_IDENTITY,
-    schema_field("source_id", pa.int32(), None, "1-based number of the detection in its image"),
-    schema_field("x", pa.float64(), "pix", "0-based column of the centroid"),
-    schema_field("y", pa.float64(), "pix", "0-based row of the centroid"),
-    schema_field("ra", pa.float64(), "deg",
-                 "ICRS right ascension from the WCS (distortions included); null without one"),
-    schema_field("dec", pa.float64(), "deg", "ICRS declination from the WCS"),
-    schema_field("flux", pa.float64(), None,
-                 "background-subtracted flux in the finder's kernel footprint, image units"),
-    schema_field("peak", pa.float64(), None, "background-subtracted peak pixel value, image units"),
-    schema_field("fwhm_pix", pa.float64(), "pix", "fitted Moffat FWHM; null unless fitted"),
-    schema_field("ellipticity", pa.float64(), None, "fitted ellipticity 1 - b/a; null unless fitted"),
-    schema_field("sharpness", pa.float64(), None, "DAOFIND sharpness"),
-    schema_field("roundness1", pa.float64(), None, "DAOFIND symmetry roundness"),
-    schema_field("roundness2", pa.float64(), None, "DAOFIND marginal-fit roundness"),
-    schema_field("flags", pa.string(), None,
-                 "';'-joined: cosmic_ray, saturated, edge, fitted (a PSF star); empty when none"),
-])
+# QUALITY_SCHEMA and SOURCE_SCHEMA are declared with the lake's other tables.
 SCORE_COLUMNS: tuple[str, ...] = ("score", "score_depth", "score_shape", "score_data", "depth_reference_ab",
                                   "effective_time_ratio", "flag", "flag_reason")
 _METRIC_COLUMNS = [n for n in QUALITY_SCHEMA.names if n not in SCORE_COLUMNS]
@@ -380,76 +227,6 @@ def _first_plane(data: np.ndarray) -> np.ndarray:
     while data.ndim > 2:
         data = data[0]
     return data
-
-
-def saturation_level(saturation: float | None, header: Mapping[str, Any] | None) -> float | None:
-    """The saturation level passed, else the header's (SATURATE and its variants), else None.
-    Public so that the mosaic masks saturated pixels at the level quality measures them at."""
-    if saturation is not None or header is None:
-        return saturation
-    for key in ("SATURATE", "SATURATN", "SATLEVEL"):
-        value = header.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
-            return float(value)
-    return None
-
-
-@dataclass
-class PixelMasks:
-    """Per-pixel masks of one image and the bad-pixel fractions they give (see :func:`pixel_masks`)."""
-
-    fill: np.ndarray  # NaN, infinite or exactly 0
-    mask: np.ndarray  # not to be used: fill, saturated or DQ-flagged
-    saturated: np.ndarray
-    cosmic_ray: np.ndarray | None
-    n_good: int
-    fractions: dict[str, float | None]
-
-
-def pixel_masks(image: np.ndarray, dq: np.ndarray | None, dq_kind: str | None,
-                saturation: float | None) -> PixelMasks:
-    """Masks and fractions of bad pixels. The exposed footprint is each row's span from its first
-    to its last finite non-zero pixel: fill outside it (chip edges, the rotated border of a
-    resampled mosaic, reference pixels) is not lost data; NaN or zero inside it is.
-
-    Public so that the mosaic leaves out exactly the pixels quality counts as unusable.
-    """
-    finite = np.isfinite(image)
-    zero = image == 0
-    fill = ~finite | zero
-    good = ~fill
-    n = image.size
-    bits = DQ_BITS.get(dq_kind or "")
-    saturated = np.zeros(image.shape, bool)
-    flagged = None
-    cosmic_ray = None
-    if dq is not None and bits is not None:
-        flagged = (dq & bits["bad"]) != 0
-        saturated |= (dq & bits["saturated"]) != 0
-        cosmic_ray = (dq & bits["cosmic_ray"]) != 0
-    if saturation is not None:
-        saturated |= image >= saturation
-    elif flagged is None and good.any():
-        top = np.max(image, where=good, initial=-np.inf)
-        sample = image[::7, ::7]
-        sample = sample[np.isfinite(sample) & (sample != 0)]
-        if np.count_nonzero(image == top) >= PLATEAU_PIXELS and (not sample.size or top > np.median(sample)):
-            saturated |= image == top
-    mask = fill | saturated if flagged is None else fill | saturated | flagged
-    rows = good.any(axis=1)
-    first = good.argmax(axis=1)
-    last = image.shape[1] - 1 - good[:, ::-1].argmax(axis=1)
-    footprint = int(np.where(rows, last - first + 1, 0).sum())
-    n_good = int(np.count_nonzero(good))
-    lost = footprint - n_good + int(np.count_nonzero(good & (mask & ~fill)))
-    fractions = {
-        "frac_nan": 1.0 - int(np.count_nonzero(finite)) / n,
-        "frac_zero": int(np.count_nonzero(zero)) / n,
-        "frac_saturated": int(np.count_nonzero(saturated)) / n,
-        "frac_dq_flagged": None if flagged is None else int(np.count_nonzero(flagged)) / n,
-        "frac_unusable": lost / footprint if footprint else 1.0,
-    }
-    return PixelMasks(fill, mask, saturated, cosmic_ray, n_good, fractions)
 
 
 def _background(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray | float, float, float, str]:
@@ -1007,7 +784,7 @@ def score(metrics: pd.DataFrame, reference_depth: Mapping[tuple[str, str], float
     medians = groups.dropna(subset=["depth"]).groupby(["instrument", "filter"])["depth"].median().to_dict()
     medians.update({(_key(i), _key(f)): float(v) for (i, f), v in (reference_depth or {}).items() if not _missing(v)})
     rows = [_score_row(r, medians.get((i, f))) for r, i, f in
-            zip(out.to_dict("records"), groups["instrument"], groups["filter"])]
+            zip(out.to_dict("records"), groups["instrument"], groups["filter"], strict=True)]
     for column in SCORE_COLUMNS:
         out[column] = [r[column] for r in rows]
     return out

@@ -147,7 +147,8 @@ def group_targets(images: pd.DataFrame) -> pd.DataFrame:
         if per_name[name] > 1 or not name:
             key = f"{key}-{hashlib.sha256(';'.join(sorted(members)).encode()).hexdigest()[:6]}"
         rows += [(o, validate_obs_id(key), shown.get(name, "")) for o in members]
-    return pd.DataFrame(rows, columns=["obs_id", "target", "target_name"]).sort_values(["target", "obs_id"], ignore_index=True)
+    frame = pd.DataFrame(rows, columns=["obs_id", "target", "target_name"])
+    return frame.sort_values(["target", "obs_id"], ignore_index=True)
 
 
 # The images a target's products are made from, with what mosaics and composites need of them.
@@ -172,7 +173,9 @@ def target_inputs(groups: pd.DataFrame, images: pd.DataFrame, quality: pd.DataFr
         usable = usable.merge(groups[["obs_id", "target"]], on="obs_id")[INPUT_COLUMNS]
     by_target = dict(tuple(usable.groupby("target", sort=True)))
     return {
-        target: by_target.get(target, usable.iloc[:0]).sort_values(["instrument_name", "filter", "obs_id", "file_name", "hdu_index"], ignore_index=True)
+        target: by_target.get(target, usable.iloc[:0]).sort_values(
+            ["instrument_name", "filter", "obs_id", "file_name", "hdu_index"], ignore_index=True
+        )
         for target in sorted(groups["target"].unique())
     }
 
@@ -180,5 +183,5 @@ def target_inputs(groups: pd.DataFrame, images: pd.DataFrame, quality: pd.DataFr
 def inputs_digest(inputs: pd.DataFrame) -> str:
     """Which images (file content and HDU) a target's products are made from: same digest, same inputs.
     A re-measured score that keeps the same images keeps the digest, so nothing is remade for it."""
-    keys = sorted(f"{sha}:{int(hdu)}" for sha, hdu in zip(inputs["sha256"], inputs["hdu_index"]))
+    keys = sorted(f"{sha}:{int(hdu)}" for sha, hdu in zip(inputs["sha256"], inputs["hdu_index"], strict=True))
     return hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16]

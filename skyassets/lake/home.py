@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from skyassets.lake.names import safe_filename, validate_obs_id
+from skyassets.lake.store import Lake
 
 HOME_ENV = "SKYASSETS_HOME"
 
@@ -50,8 +51,7 @@ class Home:
         """``files/<collection>/<obs_id>``, from validated names only."""
         return self.files / safe_filename(collection) / validate_obs_id(obs_id)
 
-    def table(self, asset: str, partition: str | None = None) -> Path:
-        """The Parquet file of an asset (one per partition for partitioned assets)."""
-        if partition is None:
-            return self.lake / f"{safe_filename(asset)}.parquet"
-        return self.lake / safe_filename(asset) / f"{validate_obs_id(partition)}.parquet"
+    @property
+    def tables(self) -> Lake:
+        """The Parquet tables under :attr:`lake`: every read and write of the lake goes through it."""
+        return Lake(self.lake)

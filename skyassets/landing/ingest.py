@@ -13,13 +13,11 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-
 from skyassets.archive.download import FileRequest
 from skyassets.lake.home import Home
 from skyassets.lake.names import InvalidNameError, safe_filename
-from skyassets.lake.parquet import read_parquet, write_parquet
-from skyassets.landing.zone import FITS_SUFFIXES, LandedFile, partition_key
+from skyassets.landing.keys import partition_key
+from skyassets.landing.zone import FITS_SUFFIXES, LandedFile
 
 LANDING_COLLECTION = "local"
 
@@ -33,9 +31,8 @@ def local_files(paths: Iterable[str | Path]) -> list[LandedFile]:
         for path in candidates:
             if path.is_file() and path.name.lower().endswith(FITS_SUFFIXES) and not path.name.startswith("."):
                 stat = path.stat()
-                found.append(
-                    LandedFile("local", str(path), stat.st_size, str(stat.st_mtime_ns), str(path.relative_to(root.parent)))
-                )
+                relative = str(path.relative_to(root.parent))
+                found.append(LandedFile("local", str(path), stat.st_size, str(stat.st_mtime_ns), relative))
     return found
 
 
@@ -60,10 +57,10 @@ def _stored_name(landed: LandedFile, taken: set[str]) -> str:
     return name
 
 
-def record_landed(home: Home, key: str, files: list[LandedFile]) -> Path:
-    """Merge ``files`` into the partition's landing record (a file seen again replaces its row)."""
-    path = home.table("landing", key)
-    rows = read_parquet(path).to_dict("records") if path.exists() else []
+def record_landed(home: Home, key: str, files: list[LandedFile]) -> str:
+    """Merge ``files`` into the partition's landing record (a file seen again replaces its row); return its path."""
+    lake = home.tables
+    rows = lake.read("landing", key).to_dict("records") if lake.exists("landing", key) else []
     replaced = {f.location for f in files}
     rows = [r for r in rows if r["location"] not in replaced]
     taken = {r["filename"] for r in rows}
@@ -81,17 +78,17 @@ def record_landed(home: Home, key: str, files: list[LandedFile]) -> Path:
                 "filename": name,
             }
         )
-    return write_parquet(pa.Table.from_pylist(rows), path)  # Arrow directly: pandas costs more than the write
+    return lake.write("landing", rows, partition=key)  # rows, not a frame: pandas costs more than the write
 
 
 def landed_requests(home: Home, key: str) -> list[tuple[dict, FileRequest]] | None:
     """Copy requests for a landing partition, or ``None`` if the partition came from MAST."""
-    path = home.table("landing", key)
-    if not path.exists():
+    lake = home.tables
+    if not lake.exists("landing", key):
         return None
     dest = home.observation_dir(LANDING_COLLECTION, key)
     requests = []
-    for row in read_parquet(path).to_dict("records"):
+    for row in lake.read("landing", key).to_dict("records"):
         local = row["source"] == "local"
         requests.append(
             (

@@ -11,47 +11,30 @@ Files are marked taken inside ``tick``, tagged with the tick's generation. The r
 names that generation; a later tick given an older cursor (the sensor evaluation that received
 the files failed, so Dagster kept the old cursor) un-takes them, and they are offered again. So
 the sensor must store exactly the cursor each tick returns, and nothing else is needed to confirm.
+The partition key of a landed file comes from :mod:`skyassets.landing.keys`.
 
 Plain Python, no Dagster.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
-import math
 import os
-import re
 import secrets
 import sqlite3
 import stat
 import time
-import unicodedata
-import warnings
-import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from skyassets.fits.header import NotPlainFits, plain_cards, plain_keyword, plain_value, read_header_blocks
-from skyassets.lake.names import InvalidNameError, validate_obs_id
-
 FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fz")
 TEMP_SUFFIX = ".part"
-HEADER_ID_KEYWORDS = ("OBS_ID", "ROOTNAME", "ASN_ID", "OBSID")
-# Header values that mean "no id" in HST/JWST products.
-_NO_ID_VALUES = {"", "NONE", "N/A", "NA", "UNKNOWN", "NULL"}
-STEM_MAX = 64
-# Enough for the primary header of any MAST product and, for .fz, the first extension's header.
-S3_HEADER_BYTES = 256 << 10
 # Positions of older generations kept so a cursor a few ticks old still resumes where it was.
 _KEEP_POSITIONS = 64
 _CURSOR_VERSION = 1
-
-_STEM_BAD_RE = re.compile(r"[^A-Za-z0-9_.\-]+")
 
 
 @dataclass(frozen=True)
@@ -429,217 +412,3 @@ class S3LandingZone(_Zone):
     def _landed(self, seen: _Seen) -> LandedFile:
         key = self.prefix + seen.rel
         return LandedFile("s3", f"s3://{self.bucket}/{key}", seen.size, seen.signature, seen.rel)
-
-
-def partition_key(file: LandedFile | str | Path, *, client: Any = None) -> str:
-    """The partition key of a landed file; always passes ``validate_obs_id``.
-
-    The observation id from the header (``HEADER_ID_KEYWORDS`` in order, in the primary header or,
-    when the primary holds no data as in a tile-compressed ``.fz``, the first extension's header)
-    when one is a valid key. Otherwise the file's stem made safe, ``-`` and 8 hex digits of the
-    SHA-256 of location, size and signature: hashing the bytes of large files would cost more
-    than a sensor tick may take, and a file changed in place then gets a new key. Files that are
-    not FITS or cannot be read get the second form too. ``client`` (boto3) reads ``s3://`` files.
-    """
-    if isinstance(file, LandedFile):
-        location, size, signature = file.location, file.size, file.signature
-    else:
-        location, size, signature = str(file), None, None
-    if location.startswith("s3://"):
-        header_id, size, signature = _s3_header_id(location, client, size, signature)
-    else:
-        header_id = _local_header_id(location)
-        if size is None:
-            try:
-                st = os.stat(location)
-                size, signature = st.st_size, str(st.st_mtime_ns)
-            except OSError:
-                pass
-    if header_id is not None:
-        return header_id
-    digest = hashlib.sha256(f"{location}\0{size}\0{signature}".encode("utf-8", "surrogateescape"))
-    return validate_obs_id(f"{_safe_stem(location)}-{digest.hexdigest()[:8]}")
-
-
-def _safe_stem(location: str) -> str:
-    """The file name without its FITS suffix, reduced to letters, digits, ``_ - .``."""
-    name = location.replace("\\", "/").rsplit("/", 1)[-1]
-    lower = name.lower()
-    for suffix in sorted(FITS_SUFFIXES, key=len, reverse=True):
-        if lower.endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode("ascii")
-    stem = _STEM_BAD_RE.sub("_", ascii_name)
-    stem = re.sub(r"\.{2,}", ".", stem)[:STEM_MAX]
-    stem = stem.strip("_.-")
-    return stem or "file"
-
-
-def _header_id(headers: Sequence[Any]) -> str | None:
-    for header in headers:
-        for keyword in HEADER_ID_KEYWORDS:
-            value = header.get(keyword)
-            if value is None or isinstance(value, bool):
-                continue
-            text = str(value).strip()
-            if text.upper() in _NO_ID_VALUES:
-                continue
-            try:
-                return validate_obs_id(text)
-            except InvalidNameError:
-                continue
-    return None
-
-
-def _headers(hdul: Any) -> list[Any]:
-    """The primary header, and the first extension's when the primary holds no data."""
-    primary = hdul[0].header
-    if primary.get("NAXIS", 0) != 0:
-        return [primary]
-    try:
-        return [primary, hdul[1].header]
-    except (IndexError, OSError, ValueError):
-        return [primary]
-
-
-def _astropy_header_id(source: str | io.BytesIO) -> str | None:
-    """The header id as astropy reads the file: any FITS astropy opens, compressed ones too."""
-    from astropy.io import fits
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with fits.open(source, lazy_load_hdus=True, memmap=False) as hdul:
-                return _header_id(_headers(hdul))
-    except Exception:  # astropy raises many kinds for files that are not FITS; the key falls back
-        return None
-
-
-_BLOCK = 2880
-_CARD = 80
-_SIMPLE_T = b"SIMPLE  =                    T"
-
-
-# Keywords astropy reads while it opens a file and builds the primary and first image HDU.
-_STRUCTURAL = ("SIMPLE", "XTENSION", "BITPIX", "NAXIS", "EXTEND", "GROUPS", "PCOUNT", "GCOUNT",
-               "BZERO", "BSCALE", "BLANK")
-_WATCHED = frozenset(
-    k.ljust(8).encode() for k in (*HEADER_ID_KEYWORDS, *_STRUCTURAL, *(f"NAXIS{n}" for n in range(1, 1000)))
-)
-_BITPIX = {8, 16, 32, 64, -32, -64}
-
-
-class _PlainHeader:
-    """The cards of ``_WATCHED`` keywords in plain header cards, with astropy's values."""
-
-    def __init__(self, cards: bytes):
-        self.cards: dict[bytes, bytes] = {}
-        for at in range(0, len(cards), _CARD):
-            field = cards[at:at + 8]
-            if field in _WATCHED:
-                if field in self.cards or cards[at + 8:at + 10] != b"= ":
-                    raise NotPlainFits(f"{field!r} repeated or without a value")
-                if cards[at + _CARD:at + _CARD + 8] == b"CONTINUE":
-                    raise NotPlainFits(f"{field!r} continued")
-                self.cards[field] = cards[at:at + _CARD]
-            elif field == b"HIERARCH":
-                name = cards[at + 9:at + _CARD].partition(b"=")[0].strip().upper()
-                if name.ljust(8) in _WATCHED:
-                    raise NotPlainFits(f"HIERARCH {name!r}")
-            elif not plain_keyword(field):
-                raise NotPlainFits(f"keyword field {field!r}")
-
-    def get(self, keyword: str) -> Any:
-        """The value astropy's ``Header.get`` gives."""
-        card = self.cards.get(keyword.ljust(8).encode())
-        return None if card is None else plain_value(card)
-
-    def integer(self, keyword: str, low: int, high: int) -> int:
-        """A structural integer astropy uses to size the HDU; ``NotPlainFits`` if absent or odd."""
-        value = self.get(keyword)
-        if type(value) is not int or not low <= value <= high:
-            raise NotPlainFits(f"{keyword} = {value!r}")
-        return value
-
-
-def _image_axes(header: _PlainHeader) -> list[int]:
-    """The axis lengths, once the keywords astropy reads to build the HDU are known to be plain."""
-    if header.integer("BITPIX", -64, 64) not in _BITPIX:
-        raise NotPlainFits("BITPIX")
-    naxis = header.integer("NAXIS", 0, 999)
-    for keyword in ("BZERO", "BSCALE", "BLANK"):
-        header.get(keyword)  # parsed while the HDU is built: unparsable values must go to astropy
-    return [header.integer(f"NAXIS{n}", 0, 1 << 62) for n in range(1, naxis + 1)]
-
-
-def _plain_header_id(f: io.BufferedIOBase, size: int) -> str | None:
-    """``_astropy_header_id`` for plain uncompressed FITS, reading only the headers it needs.
-
-    Raises ``NotPlainFits`` for anything else: the caller then asks astropy.
-    """
-    primary_bytes = plain_cards(read_header_blocks(f))
-    if not primary_bytes.startswith(_SIMPLE_T):
-        raise NotPlainFits("no standard SIMPLE card")
-    primary = _PlainHeader(primary_bytes)
-    if primary.get("SIMPLE") is not True:
-        raise NotPlainFits("SIMPLE")
-    for keyword in ("GROUPS", "PCOUNT", "GCOUNT"):
-        if keyword.ljust(8).encode() in primary.cards:
-            raise NotPlainFits(f"{keyword} in the primary header")
-    axes = _image_axes(primary)
-    primary_end = f.tell()
-    if axes:
-        # Without EXTEND = T astropy looks for a first extension while it opens the file.
-        data = abs(primary.integer("BITPIX", -64, 64)) // 8 * math.prod(axes)
-        if primary.get("EXTEND") is not True and size > primary_end + data + -data % _BLOCK:
-            raise NotPlainFits("an extension after a primary without EXTEND = T")
-        return _header_id([primary])
-    if primary_end == size:
-        return _header_id([primary])
-    extension_bytes = plain_cards(read_header_blocks(f))
-    if not extension_bytes.startswith(b"XTENSION= "):
-        raise NotPlainFits("first extension does not start with XTENSION")
-    extension = _PlainHeader(extension_bytes)
-    if extension.get("XTENSION") != "IMAGE":
-        raise NotPlainFits("first extension is not an image")
-    _image_axes(extension)
-    extension.integer("PCOUNT", 0, 1 << 62)
-    extension.integer("GCOUNT", 0, 1 << 62)
-    return _header_id([primary, extension])
-
-
-def _local_header_id(path: str) -> str | None:
-    """The header id of a local file: its headers read directly, astropy when they are not plain."""
-    try:
-        with open(path, "rb") as f:
-            return _plain_header_id(f, os.fstat(f.fileno()).st_size)
-    except (NotPlainFits, OSError):
-        return _astropy_header_id(path)
-
-
-def _s3_header_id(
-    location: str, client: Any, size: int | None, signature: str | None
-) -> tuple[str | None, int | None, str | None]:
-    """Header id from the first ``S3_HEADER_BYTES`` of the object, and its size and ETag."""
-    if client is None:
-        raise ValueError(f"partition_key of {location} needs an S3 client")
-    bucket, _, key = location[len("s3://"):].partition("/")
-    try:
-        response = client.get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{S3_HEADER_BYTES - 1}")
-        head = response["Body"].read()
-    except Exception:  # missing or unreadable object: the catalogue step reports it
-        return None, size, signature
-    if size is None:
-        total = str(response.get("ContentRange", "")).rpartition("/")[2]
-        size = int(total) if total.isdigit() else response.get("ContentLength")
-        signature = str(response.get("ETag", "")).strip('"')
-    if head[:2] == b"\x1f\x8b":
-        try:
-            head = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(head, 4 * S3_HEADER_BYTES)
-        except zlib.error:
-            return None, size, signature
-    try:
-        return _plain_header_id(io.BytesIO(head), len(head)), size, signature
-    except NotPlainFits:  # not FITS, or a header longer than the bytes read, or odd
-        return _astropy_header_id(io.BytesIO(head)), size, signature

@@ -490,7 +490,9 @@ def test_local_files_are_copied_through_the_same_checks(tmp_path: Path) -> None:
         result.path.rename(part)
         (dest / f"{src.name}.sha256").unlink()
         (dest / f"{src.name}.part.json").write_text(
-            json.dumps({"source": "local", "etag": f"{src.stat().st_size}-{src.stat().st_mtime_ns}", "size": len(content)})
+            json.dumps(
+                {"source": "local", "etag": f"{src.stat().st_size}-{src.stat().st_mtime_ns}", "size": len(content)}
+            )
         )
         with part.open("r+b") as f:
             f.truncate(100_000)

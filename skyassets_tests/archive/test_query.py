@@ -59,7 +59,8 @@ def test_paging_returns_every_row(emu):
 
 def test_products_are_filtered_to_science_fits_with_s3_keys(emu, client):
     obs = next(o for o in emu.sky.observations if o["obs_collection"] == "JWST")
-    frame, refused = list_products(client, obs["obsid"], ProductSpec(), download_url=emu.url + "/api/v0.1/Download/file")
+    download_url = emu.url + "/api/v0.1/Download/file"
+    frame, refused = list_products(client, obs["obsid"], ProductSpec(), download_url=download_url)
     assert len(frame) > 0 and not refused
     assert set(frame["productSubGroupDescription"]) <= {"CAL", "I2D"}
     assert all(name.endswith(".fits") for name in frame["productFilename"])
@@ -90,7 +91,9 @@ entries:
     assert len(found["f200w"]) and set(found["f200w"]["filters"]) == {"F200W"}
     assert len(found["long-hst"]) and set(found["long-hst"]["obs_collection"]) == {"HST"}
     assert (found["long-hst"]["t_exptime"] >= 600).all()
-    jwst_628 = {o["obs_id"] for o in emu.sky.observations if o["obs_collection"] == "JWST" and o["proposal_id"] == "2107"}
+    jwst_628 = {
+        o["obs_id"] for o in emu.sky.observations if o["obs_collection"] == "JWST" and o["proposal_id"] == "2107"
+    }
     assert set(found["level3-jwst"].index) == jwst_628
 
 

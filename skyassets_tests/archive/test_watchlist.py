@@ -71,3 +71,13 @@ def test_bad_watchlists_name_the_file_and_the_reason(text, message):
 def test_missing_file_is_named(tmp_path):
     with pytest.raises(WatchlistError, match="nope.yaml"):
         load_watchlist(tmp_path / "nope.yaml")
+
+
+def test_product_choice_defaults_to_what_mast_recommends():
+    assert ProductSpec() == ProductSpec(product_type=("SCIENCE",), subgroups=(), extensions=(".fits", ".fits.gz"),
+                                        calib_level=(2, 3), recommended=True)
+    assert {e.products for e in load_watchlist().entries} == {ProductSpec()}
+    wl = parse_watchlist("entries: [{target: M1, products: {recommended: false, calib_level: 3, extensions: fits}}]")
+    assert wl.entries[0].products == ProductSpec(calib_level=(3,), recommended=False, extensions=(".fits",))
+    with pytest.raises(WatchlistError, match="'recommended' is true or false"):
+        parse_watchlist("entries: [{target: M1, products: {recommended: maybe}}]")

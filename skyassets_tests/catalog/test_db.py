@@ -16,7 +16,6 @@ from astropy.coordinates import SkyCoord
 from astropy.time import Time
 
 from skyassets.catalog import db as catalog
-from skyassets.lake.home import Home
 from skyassets.lake.parquet import write_parquet
 
 
@@ -55,8 +54,14 @@ def image_rows(n: int, *, obs_id: str = "obs1", seed: int = 0, **columns) -> pd.
     return frame
 
 
+def lake_file(home: Path | str, asset: str, partition: str | None = None) -> Path:
+    """Where the lake keeps an asset: ``lake/<asset>.parquet``, or ``lake/<asset>/<partition>.parquet``."""
+    lake = Path(home) / "lake"
+    return lake / f"{asset}.parquet" if partition is None else lake / asset / f"{partition}.parquet"
+
+
 def put(home: Path, asset: str, frame: pd.DataFrame, partition: str | None = None, mtime: float | None = None) -> Path:
-    path = write_parquet(frame, Home(home).table(asset, partition))
+    path = Path(write_parquet(frame, lake_file(home, asset, partition)))
     if mtime is not None:
         os.utime(path, (mtime, mtime))
     return path
@@ -93,20 +98,22 @@ def test_tables_appear_once_files_exist(tmp_path):
     put(tmp_path, "image_metadata", image_rows(3, obs_id="obs2"), "obs2")
     assert catalog.refresh(con) is True
     assert con.sql("SELECT count(*) FROM images").fetchall() == [(8,)]
-    (Home(tmp_path).table("image_metadata", "obs1")).unlink()
+    lake_file(tmp_path, "image_metadata", "obs1").unlink()
     assert catalog.refresh(con) is True
     assert con.sql("SELECT count(DISTINCT obs_id) FROM images").fetchall() == [(1,)]
 
 
-def rewrite_partitions(home: str, stop: multiprocessing.synchronize.Event, started: multiprocessing.synchronize.Event) -> None:
+def rewrite_partitions(
+    home: str, stop: multiprocessing.synchronize.Event, started: multiprocessing.synchronize.Event
+) -> None:
     """Replace two partitions (temp file + rename) in a tight loop until told to stop."""
     images = [image_rows(200, obs_id="obs1", t_exptime=float(k)) for k in range(5)]
     files = [image_rows(100 + k, seed=k)[["path", "sha256"]] for k in range(5)]
     k = 0
     while not stop.is_set():
-        write_parquet(files[k % 5], Home(Path(home)).table("fits_files", "obs1"))
+        write_parquet(files[k % 5], lake_file(home, "fits_files", "obs1"))
         if k % 10 == 0:
-            write_parquet(images[k % 5], Home(Path(home)).table("image_metadata", "obs1"))
+            write_parquet(images[k % 5], lake_file(home, "image_metadata", "obs1"))
         k += 1
         started.set()
         stop.wait(0.02)
@@ -331,7 +338,12 @@ def test_quality_threshold_joins_on_the_image(tmp_path):
     frame = image_rows(3)
     put(tmp_path, "image_metadata", frame, "obs1")
     quality = pd.DataFrame(
-        {"sha256": frame.sha256, "hdu_index": frame.hdu_index, "score": [10.0, 60.0, 90.0], "fwhm_arcsec": [0.1, 0.2, 0.3]}
+        {
+            "sha256": frame.sha256,
+            "hdu_index": frame.hdu_index,
+            "score": [10.0, 60.0, 90.0],
+            "fwhm_arcsec": [0.1, 0.2, 0.3],
+        }
     )
     put(tmp_path, "image_quality", quality, "obs1")
     con = catalog.connect(tmp_path)
@@ -339,7 +351,7 @@ def test_quality_threshold_joins_on_the_image(tmp_path):
     assert set(found.sha256) == set(frame.sha256[1:]) and found.quality_score.min() == 60.0
     assert ids(con.sql(catalog.Query().quality(50).sql(con))) == set(frame.sha256[1:])
     # ObsCore s_resolution is the measured FWHM, in the live connection and in the published file
-    expected = dict(zip(frame.sha256, [0.1, 0.2, 0.3]))
+    expected = dict(zip(frame.sha256, [0.1, 0.2, 0.3], strict=True))
     assert dict(con.sql("SELECT sha256, s_resolution FROM images").fetchall()) == pytest.approx(expected)
     catalog.publish(tmp_path)
     published = catalog.connect(tmp_path, published=True)
@@ -378,3 +390,120 @@ def test_to_mjd_forms():
     assert catalog.to_mjd("2023-02-25T00:00:00") == pytest.approx(60000.0)
     assert catalog.to_mjd(Time("2023-02-25T12:00:00", scale="tt")) == pytest.approx(60000.5 - 69.184 / 86400)
     assert catalog.to_mjd(pd.Timestamp("2023-02-25").date()) == pytest.approx(60000.0)
+
+
+def images_of(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+    """The whole ``images`` table, in a fixed row and column order, lists as tuples."""
+    frame = con.sql("SELECT * FROM images").df()
+    frame = frame[sorted(frame.columns)].sort_values(["sha256", "path"]).reset_index(drop=True)
+    for column in ("locations", "obs_ids"):
+        frame[column] = frame[column].map(tuple)
+    return frame
+
+
+def from_lake_alone(home: Path) -> duckdb.DuckDBPyConnection:
+    """A snapshot read from the Parquet files only, with the published catalog out of the way."""
+    published = home / catalog.CATALOG_FILE
+    aside = home / "aside.duckdb"
+    published.rename(aside)
+    try:
+        return catalog.connect(home)
+    finally:
+        aside.rename(published)
+
+
+def on_base(con: duckdb.DuckDBPyConnection) -> bool:
+    return con.sql("SELECT count(*) FROM duckdb_databases() WHERE path LIKE '%catalog.duckdb'").fetchall() == [(1,)]
+
+
+def test_connect_from_the_published_catalog_applies_later_partitions(tmp_path):
+    a, b = image_rows(30, obs_id="obsA"), image_rows(20, obs_id="obsB", seed=1)
+    c = image_rows(10, obs_id="obsC", seed=2)
+    c.loc[0, "sha256"] = b.sha256[0]  # the same bytes under two observations
+    for frame in (a, b, c):
+        put(tmp_path, "image_metadata", frame, frame.obs_id[0])
+        put(tmp_path, "fits_files", frame[["path", "sha256"]], frame.obs_id[0])
+    catalog.publish(tmp_path)
+    assert on_base(catalog.connect(tmp_path))
+
+    d = image_rows(5, obs_id="obsD", seed=3)
+    d.loc[0, "sha256"] = a.sha256[1]  # new partition, bytes already published under obsA
+    put(tmp_path, "image_metadata", d, "obsD")  # finished after the publish
+    replaced = b.iloc[5:].assign(t_exptime=42.0)
+    put(tmp_path, "image_metadata", replaced, "obsB")  # rewritten: five rows fewer, new exposure times
+    lake_file(tmp_path, "image_metadata", "obsC").unlink()  # removed
+    lake_file(tmp_path, "fits_files", "obsC").unlink()
+
+    con = catalog.connect(tmp_path)
+    assert on_base(con)
+    shas = set(a.sha256) | set(replaced.sha256) | set(d.sha256)
+    assert ids(catalog.search(con)) == shas and con.sql("SELECT count(*) FROM images").fetchall() == [(len(shas),)]
+    assert set(con.sql("SELECT DISTINCT t_exptime FROM images WHERE obs_id = 'obsB'").df().t_exptime) == {42.0}
+    rows = con.sql("SELECT * FROM images").df().set_index("sha256")
+    assert list(rows.loc[a.sha256[1], "obs_ids"]) == ["obsA", "obsD"]
+    assert b.sha256[0] not in rows.index  # its rows went with obsB's rewrite and obsC's removal
+    assert con.sql("SELECT count(*) FROM files").fetchall() == [(50,)]
+    pd.testing.assert_frame_equal(images_of(con), images_of(from_lake_alone(tmp_path)))
+
+    # and from there, refresh() follows the lake as before
+    lake_file(tmp_path, "image_metadata", "obsD").unlink()
+    put(tmp_path, "image_metadata", c, "obsC")
+    assert catalog.refresh(con) is True
+    assert ids(catalog.search(con)) == set(a.sha256) | set(replaced.sha256) | set(c.sha256)
+    pd.testing.assert_frame_equal(images_of(con), images_of(from_lake_alone(tmp_path)))
+    assert catalog.refresh(con) is False
+
+
+def test_connect_from_the_published_catalog_follows_a_file_changed_in_place(tmp_path):
+    old = image_rows(2, obs_id="obsA")
+    put(tmp_path, "image_metadata", old, "obsA", mtime=1_700_000_000)
+    put(tmp_path, "image_metadata", old.iloc[[0]].assign(obs_id="obsZ"), "obsZ", mtime=1_700_000_000)
+    catalog.publish(tmp_path)
+    new = old.copy()
+    new.loc[0, "sha256"] = "changed"
+    put(tmp_path, "image_metadata", new, "obsA", mtime=1_700_000_100)
+    con = catalog.connect(tmp_path)
+    assert on_base(con)
+    rows = catalog.search(con).df()
+    assert set(rows.sha256) == {"changed", old.sha256[1]}  # obsZ's stale row, published, is hidden
+    assert rows.set_index("sha256").loc["changed", "obs_ids"].tolist() == ["obsA"]
+    pd.testing.assert_frame_equal(images_of(con), images_of(from_lake_alone(tmp_path)))
+    # a partition finished after the next publish lists a published path with new bytes: only those show
+    catalog.publish(tmp_path)
+    relisted = old.iloc[[0]].assign(obs_id="obsN", sha256="rewritten")
+    put(tmp_path, "image_metadata", relisted, "obsN", mtime=1_700_000_200)
+    con = catalog.connect(tmp_path)
+    assert on_base(con)
+    assert ids(catalog.search(con)) == {"rewritten", old.sha256[1]}
+    pd.testing.assert_frame_equal(images_of(con), images_of(from_lake_alone(tmp_path)))
+
+
+def test_connect_from_the_published_catalog_takes_later_quality(tmp_path):
+    frame = image_rows(3)
+    put(tmp_path, "image_metadata", frame, "obs1")
+    quality = pd.DataFrame({"sha256": frame.sha256, "hdu_index": frame.hdu_index, "score": 50.0, "fwhm_arcsec": 0.1})
+    put(tmp_path, "image_quality", quality, "obs1")
+    catalog.publish(tmp_path)
+    put(tmp_path, "image_quality", quality.assign(fwhm_arcsec=[0.1, 0.2, 0.3], score=[10.0, 60.0, 90.0]), "obs1")
+    con = catalog.connect(tmp_path)
+    assert on_base(con)
+    assert dict(con.sql("SELECT sha256, s_resolution FROM images").fetchall()) == pytest.approx(
+        dict(zip(frame.sha256, [0.1, 0.2, 0.3], strict=True))
+    )
+    assert set(catalog.search(con, min_quality=50).df().sha256) == set(frame.sha256[1:])
+
+
+def test_refresh_starts_again_from_a_newer_published_catalog(tmp_path):
+    put(tmp_path, "image_metadata", image_rows(10, obs_id="obsA"), "obsA")
+    con = catalog.connect(tmp_path)
+    assert not on_base(con)
+    catalog.publish(tmp_path)
+    put(tmp_path, "image_metadata", image_rows(5, obs_id="obsB", seed=1), "obsB")
+    assert catalog.refresh(con) is True
+    assert on_base(con) and con.sql("SELECT count(*) FROM _raw_images").fetchall() == [(5,)]  # obsB only
+    catalog.publish(tmp_path)
+    lake_file(tmp_path, "image_metadata", "obsA").unlink()
+    assert catalog.refresh(con) is True
+    assert ids(catalog.search(con)) == set(image_rows(5, obs_id="obsB", seed=1).sha256)
+    assert con.sql("SELECT count(*) FROM _raw_images").fetchall() == [(0,)]  # all in the newer catalog
+    pd.testing.assert_frame_equal(images_of(con), images_of(from_lake_alone(tmp_path)))

@@ -2,15 +2,16 @@ import csv
 import hashlib
 import subprocess
 import sys
+import zipfile
 
 import pandas as pd
 import pytest
 
-from skyassets.catalog.export import export_files
+from skyassets.catalog.export import SUMS, ExportError, export_files
 from skyassets.lake.home import Home
 
 
-def test_export_copies_checks_and_records(tmp_path):
+def _home_with_two_files(tmp_path) -> tuple[Home, pd.DataFrame]:
     home = Home(tmp_path / "home")
     (home.files / "JWST" / "a").mkdir(parents=True)
     (home.files / "JWST" / "b").mkdir(parents=True)
@@ -24,26 +25,58 @@ def test_export_copies_checks_and_records(tmp_path):
             "sha256": [hashlib.sha256(b"one").hexdigest(), hashlib.sha256(b"two").hexdigest(), None],
         }
     )
-    dest = export_files(selection, home, tmp_path / "out", "SELECT * FROM images")
+    return home, selection
+
+
+def test_export_copies_checks_and_records(tmp_path):
+    home, selection = _home_with_two_files(tmp_path)
+    done = export_files(selection, home, tmp_path / "out", "SELECT * FROM images")
+    dest = done.dest
     with (dest / "manifest.csv").open() as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 2 and {(dest / r["path"]).read_bytes() for r in rows} == {b"one", b"two"}
-    subprocess.run(["sha256sum", "-c", "--quiet", "-"], input="".join(f"{r['sha256']}  {r['path']}\n" for r in rows),
-                   text=True, cwd=dest, check=True)
+    assert done.files == len(rows) == 2 and done.bytes == 6
+    assert {(dest / r["name"]).read_bytes() for r in rows} == {b"one", b"two"}
+    assert {r["source"] for r in rows} == set(selection["path"])
+    subprocess.run(["sha256sum", "-c", "--quiet", SUMS], cwd=dest, check=True)
     assert "SELECT * FROM images" in (dest / "README.md").read_text()
 
 
-def test_export_refuses_paths_outside_the_home_and_wrong_bytes(tmp_path):
+def test_export_to_one_zip_holds_the_files_and_a_manifest_sha256sum_accepts(tmp_path):
+    home, selection = _home_with_two_files(tmp_path)
+    done = export_files(selection, home, tmp_path / "bulk", "SELECT 1", as_zip=True)
+    assert done.dest == tmp_path / "bulk.zip" and done.files == 2
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary file left
+    unpacked = tmp_path / "unpacked"
+    with zipfile.ZipFile(done.dest) as archive:
+        assert {SUMS, "manifest.csv", "README.md"} <= set(archive.namelist())
+        archive.extractall(unpacked)
+    subprocess.run(["sha256sum", "-c", "--quiet", SUMS], cwd=unpacked, check=True)
+
+
+def test_export_refuses_what_is_not_a_catalogued_file_or_product(tmp_path):
     home = Home(tmp_path / "home")
-    home.root.mkdir()
+    home.files.mkdir(parents=True)
     (tmp_path / "secret.fits").write_bytes(b"s")
-    with pytest.raises(ValueError, match="not a file of the skyassets home"):
-        export_files(pd.DataFrame({"path": ["../secret.fits"]}), home, tmp_path / "o1", "q")
-    (home.root / "f.fits").write_bytes(b"changed")
-    with pytest.raises(ValueError, match="differs from the catalogue"):
-        export_files(pd.DataFrame({"path": ["f.fits"], "sha256": ["0" * 64]}), home, tmp_path / "o2", "q")
-    with pytest.raises(ValueError, match="'path' column"):
+    (home.dagster).mkdir(parents=True)
+    (home.dagster / "runs.db").write_bytes(b"run history")
+    (home.files / "link.fits").symlink_to(tmp_path / "secret.fits")
+    for path in ("../secret.fits", "dagster/runs.db", "files/link.fits", "landing-state.sqlite"):
+        with pytest.raises(ExportError, match="not a catalogued file or product"):
+            export_files(pd.DataFrame({"path": [path]}), home, tmp_path / "o1", "q")
+    with pytest.raises(ExportError, match="'path' column"):
         export_files(pd.DataFrame({"obs_id": ["a"]}), home, tmp_path / "o3", "q")
+
+
+def test_export_refuses_bytes_that_differ_from_the_catalogue(tmp_path):
+    home = Home(tmp_path / "home")
+    home.files.mkdir(parents=True)
+    (home.files / "f.fits").write_bytes(b"changed")
+    wrong = pd.DataFrame({"path": ["files/f.fits"], "sha256": ["0" * 64]})
+    with pytest.raises(ExportError, match="files/f.fits: SHA-256 .* differs from the catalogue"):
+        export_files(wrong, home, tmp_path / "o2", "q")
+    with pytest.raises(ExportError, match="differs from the catalogue"):
+        export_files(wrong, home, tmp_path / "z", "q", as_zip=True)
+    assert not (tmp_path / "z.zip").exists()
 
 
 def test_catalog_command_prints_a_query(tmp_path):

@@ -9,7 +9,9 @@ import sys
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pytest
+from astropy.io import fits
 
 NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "catalog.ipynb"
 
@@ -56,6 +58,25 @@ def demo_home(tmp_path_factory) -> Path:
         cwd=tmp, env=env, capture_output=True, text=True, timeout=900,
     )
     assert done.returncode == 0, f"skyassets demo failed:\n{done.stdout}\n{done.stderr}"
+    # Beside the archive's files, two local ones of the kind observers land: a plain image with a
+    # WCS and none of the archive's keywords, so calib_level, instrument and friends are NULL.
+    landed = tmp / "landed"
+    landed.mkdir()
+    rng = np.random.default_rng(7)
+    yy, xx = np.mgrid[0:128, 0:128]
+    for i in range(2):
+        header = fits.Header({"CTYPE1": "RA---TAN", "CTYPE2": "DEC--TAN", "CRVAL1": 151.7 + i / 100,
+                              "CRVAL2": -40.4, "CRPIX1": 64, "CRPIX2": 64, "CDELT1": -1e-4, "CDELT2": 1e-4,
+                              "DATE-OBS": f"2024-03-0{i + 1}T01:00:00", "OBJECT": "night sky"})
+        sky = rng.normal(100.0, 3.0, (128, 128))
+        for x, y in rng.uniform(12, 116, (15, 2)):  # stars 2.5 px wide, so the images are usable
+            sky += rng.uniform(300, 3000) * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * 1.06**2))
+        fits.PrimaryHDU(sky.astype(np.float32), header).writeto(landed / f"night-{i}.fits")
+    done = subprocess.run(
+        [sys.executable, "-m", "skyassets.cli.main", "ingest", str(landed)],
+        cwd=tmp, env=env, capture_output=True, text=True, timeout=900,
+    )
+    assert done.returncode == 0, f"skyassets ingest failed:\n{done.stdout}\n{done.stderr}"
     return home
 
 
@@ -104,3 +125,40 @@ def test_notebook_runs_against_the_demo_catalog(executed, demo_home):
         assert _pngs(_tagged(executed, tag)) == 1, f"no figure from the cell tagged {tag!r}"
     exposure = _text(_tagged(executed, "plot-exposure"))
     assert re.search(r"F444W\s+\S+\s+\S+\s+\d+\s+[1-9]", exposure), exposure
+
+
+@pytest.mark.slow
+def test_the_catalog_holds_the_landed_files_with_null_archive_columns(demo_home):
+    from skyassets.catalog import connect
+
+    rows = connect(demo_home).execute(
+        "SELECT file_name, calib_level, instrument_name FROM images WHERE file_name LIKE 'night-%'"
+    ).fetchall()
+    assert sorted(r[0] for r in rows) == ["night-0.fits", "night-1.fits"]
+    assert all(r[1] is None and r[2] is None for r in rows)
+
+
+@pytest.mark.slow
+def test_a_second_demo_on_an_unchanged_home_materialises_nothing_new(demo_home):
+    from dagster import AssetRecordsFilter, DagsterInstance
+
+    def events() -> dict[str, int]:
+        with DagsterInstance.from_config(str(demo_home / "dagster")) as instance:
+            return {
+                key.to_user_string(): len(instance.fetch_materializations(AssetRecordsFilter(key), 10000).records)
+                for key in instance.get_asset_keys()
+            }
+
+    before = events()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SKYASSETS_", "DAGSTER_"))}
+    env["SKYASSETS_HOME"] = str(demo_home)
+    done = subprocess.run(
+        [sys.executable, "-m", "skyassets.cli.main", "demo"],
+        cwd=demo_home.parent, env=env, capture_output=True, text=True, timeout=900,
+    )
+    assert done.returncode == 0, f"skyassets demo failed:\n{done.stdout}\n{done.stderr}"
+    after = events()
+    # The watchlist is asked again (that is how a change would be seen); nothing else is remade.
+    changed = {k for k in after if after[k] != before.get(k, 0)}
+    assert changed <= {"mast_observations"}, (changed, done.stdout)
+    assert "running 0:" in done.stdout and "up to date" in done.stdout

@@ -1,11 +1,17 @@
-"""The command line's set-up of a Dagster home."""
+"""The command line: its set-up of a Dagster home, its errors, formats and options."""
 
+import csv
+import io
+import json
 import os
 import subprocess
 import sys
 import time
 
-from skyassets.cli.main import prepare_dagster_home
+import pandas as pd
+import pytest
+
+from skyassets.cli.main import main, prepare_dagster_home
 from skyassets.lake.home import Home
 
 # Every process waits for the same instant, then creates the instance on the same new home.
@@ -45,3 +51,100 @@ def test_an_existing_dagster_yaml_is_kept(tmp_path, monkeypatch):
     assert prepare_dagster_home(Home(tmp_path / "home")) == dagster_home.resolve()
     assert (dagster_home / "dagster.yaml").read_text() == "telemetry:\n  enabled: false\n"
     assert (dagster_home / "history" / "runs.db").exists()
+
+
+# ------------------------------------------------------------------ a command line that fits a person's habits
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> Home:
+    """A home with two observations' catalogue rows and one target."""
+    monkeypatch.setenv("SKYASSETS_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home" / "dagster"))  # restored after the test
+    home = Home(tmp_path / "home")
+    for obs_id, name in (("jw01234-o001", "a, b.fits"), ("jw01234-o002", "c.fits")):
+        home.tables.write("image_metadata", pd.DataFrame({
+            "obs_id": [obs_id], "file_name": [name], "path": [f"files/JWST/{obs_id}/{name}"], "hdu_index": [1],
+            "sha256": [obs_id * 2], "target_name": ["NGC 3132 " + "x" * 60], "s_ra": [151.75], "s_dec": [-40.43],
+        }), obs_id)
+    home.tables.write("target_groups", pd.DataFrame({
+        "obs_id": ["jw01234-o001", "jw01234-o002"], "target": ["NGC-3132"] * 2, "target_name": ["NGC 3132"] * 2,
+    }))
+    return home
+
+
+def _run(capsys, *argv: str) -> tuple[int, str, str]:
+    status = main(list(argv))
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_bad_sql_is_one_line_not_a_traceback(home, capsys):
+    status, out, err = _run(capsys, "catalog", "SELECT nothing FROM nowhere")
+    assert status == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith("skyassets catalog: the query failed:") and "nowhere" in err
+
+
+def test_catalog_formats_keep_values_whole(home, capsys):
+    sql = "SELECT obs_id, file_name, target_name FROM images ORDER BY obs_id"
+    _, table, _ = _run(capsys, "catalog", sql)
+    assert "NGC 3132 " + "x" * 60 in table and "..." not in table
+    _, text, _ = _run(capsys, "catalog", sql, "--format", "csv")
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert [r["file_name"] for r in rows] == ["a, b.fits", "c.fits"]
+    _, text, _ = _run(capsys, "catalog", sql, "--format", "json")
+    assert [json.loads(line)["obs_id"] for line in text.splitlines()] == ["jw01234-o001", "jw01234-o002"]
+
+
+def test_an_unknown_target_lists_the_known_ones(home, capsys):
+    status, _, err = _run(capsys, "show", "NGC-9999")
+    assert status == 1 and err.count("\n") == 1
+    assert "target NGC-9999 does not exist" in err and "known targets: NGC-3132" in err
+
+
+def test_an_unknown_observation_is_said_not_to_exist(home, capsys):
+    status, _, err = _run(capsys, "quality", "jw99999-o001")
+    assert status == 1 and err.count("\n") == 1
+    assert "observation jw99999-o001 does not exist" in err and "jw01234-o001" in err
+    status, _, err = _run(capsys, "quality", "jw01234-o001")
+    assert status == 1 and "no quality measured for jw01234-o001 yet" in err
+
+
+def test_an_export_query_without_a_path_column_is_one_line(home, capsys, tmp_path):
+    status, _, err = _run(capsys, "export", "SELECT obs_id FROM images", str(tmp_path / "out"))
+    assert status == 2 and err.count("\n") == 1 and "'path' column" in err
+
+
+def test_dev_takes_host_and_port_like_dagster_dev(home, capsys, monkeypatch):
+    started = []
+    monkeypatch.setattr(os, "execv", lambda exe, command: started.append(command))
+    assert main(["dev", "-p", "3333", "-h", "0.0.0.0", "--", "--log-level", "debug"]) == 0
+    command = started[0]
+    assert command[command.index("--port") + 1] == "3333" and command[command.index("--host") + 1] == "0.0.0.0"
+    assert command[-2:] == ["--log-level", "debug"]
+    with pytest.raises(SystemExit):
+        main(["dev", "--help"])
+    assert "-p PORT, --port PORT" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_ingest_brings_the_whole_chain_up_to_date_and_says_what_failed(emu, tmp_path):
+    drop = tmp_path / "night"
+    drop.mkdir()
+    cal = sorted(emu.sky.root.rglob("*_cal.fits"))[:3]
+    for path in cal:
+        (drop / path.name).write_bytes(path.read_bytes())
+    (drop / "cut-short.fits").write_bytes(cal[0].read_bytes()[:5000])
+    env = {**os.environ, "SKYASSETS_HOME": str(tmp_path / "home"), "DAGSTER_HOME": str(tmp_path / "home" / "dagster")}
+    result = subprocess.run(
+        [sys.executable, "-m", "skyassets.cli.main", "ingest", str(drop)],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr  # one file was quarantined
+    assert "4 files in 4 partitions" in result.stdout and "3 catalogued, 1 quarantined, 0 failed" in result.stdout
+    assert f"quarantined: {drop / 'cut-short.fits'}:" in result.stderr
+    home = Home(tmp_path / "home")
+    assert (home.root / "catalog.duckdb").exists()
+    measured = pd.concat(home.tables.read("image_quality", p) for p in home.tables.partitions("image_quality"))
+    assert sorted(measured["file_name"]) == sorted(p.name for p in cal)  # quality followed without a daemon
+    assert home.tables.exists("target_groups")

@@ -1,4 +1,5 @@
 import shutil
+from pathlib import Path
 
 import pandas as pd
 from dagster import DagsterRunStatus, instance_for_test
@@ -18,10 +19,11 @@ def test_ingest_catalogues_files_in_batched_runs(emu, tmp_path):
     home = Home(tmp_path / "home")
     seen = []
     with instance_for_test() as instance:
-        files, partitions, failed = ingest(
-            [drop], home, instance, batch=2, progress=lambda d, t: seen.append((d, t))
-        )
-        assert (files, partitions, failed) == (6, 6, [])
+        report = ingest([drop], home, instance, batch=2, progress=lambda d, t: seen.append((d, t)))
+        assert (report.files, len(report.partitions), report.runs, report.failed_runs) == (6, 6, 3, [])
+        assert sorted(Path(p).name for p in report.catalogued) == sorted(p.name for p in cal)
+        assert list(report.quarantined) == [str(drop / "truncated.fits")] and not report.failed and not report.ok
+        assert "truncated" in report.quarantined[str(drop / "truncated.fits")].lower()
         runs = instance.get_runs()
         assert len(runs) == 3 and all(r.status == DagsterRunStatus.SUCCESS for r in runs)
         assert seen[-1] == (3, 3)

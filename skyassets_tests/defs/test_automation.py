@@ -3,7 +3,7 @@
 from dagster import AssetKey, AssetMaterialization, evaluate_automation_conditions, instance_for_test
 
 from skyassets.definitions import defs
-from skyassets.defs.targets.assets import DATA_VERSION_TAG
+from skyassets.defs.tags import DATA_VERSION
 
 IMAGES, CATALOG = AssetKey("image_metadata"), AssetKey("catalog")
 
@@ -46,7 +46,7 @@ MOSAICS, COMPOSITES, GROUPS = AssetKey("mosaics"), AssetKey("composites"), Asset
 def _images_changed(instance, target: str, digest: str) -> None:
     """What target_groups records when a target's images change: a new data version of target_images."""
     instance.report_runless_asset_event(
-        AssetMaterialization("target_images", partition=target, tags={DATA_VERSION_TAG: digest})
+        AssetMaterialization("target_images", partition=target, tags={DATA_VERSION: digest})
     )
 
 
@@ -131,8 +131,3 @@ def test_a_failed_products_run_is_not_retried_until_the_images_change():
         fixed = evaluate_automation_conditions(defs=defs, instance=instance, cursor=again.cursor)
         assert fixed.get_requested_partitions(MOSAICS) == {"M-16"}
 
-
-def test_the_data_version_tag_is_the_one_dagster_reads():
-    from dagster._core.definitions.data_version import DATA_VERSION_TAG as dagsters
-
-    assert DATA_VERSION_TAG == dagsters

@@ -102,7 +102,7 @@ def test_drop_then_resume(emu: Emulator, url: str, whole: bytes) -> None:
 def test_drop_breaks_a_requests_download(emu: Emulator, url: str) -> None:
     emu.faults.add("drop", after_bytes=5000)
     with pytest.raises(requests.exceptions.RequestException):
-        requests.get(url, timeout=10).content
+        _ = requests.get(url, timeout=10).content
 
 
 def test_ignore_range(emu: Emulator, url: str, whole: bytes) -> None:
@@ -116,7 +116,7 @@ def test_stall(emu: Emulator, url: str) -> None:
     emu.faults.add("stall", after_bytes=100, seconds=1.0)
     start = time.monotonic()
     with pytest.raises(requests.exceptions.RequestException):
-        requests.get(url, timeout=(5, 0.3)).content
+        _ = requests.get(url, timeout=(5, 0.3)).content
     assert time.monotonic() - start < 0.9
 
 

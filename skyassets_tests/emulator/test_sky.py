@@ -17,11 +17,12 @@ from skyassets.emulator.sky import Sky
 def test_same_spec_same_bytes(tmp_path: Path) -> None:
     spec = SkySpec(image_size=64, pointings=1, stars_per_target=10)
     a, b = Sky(tmp_path / "a", spec), Sky(tmp_path / "b", spec)
-    names = sorted(p.name for p in a.root.iterdir())
-    assert names == sorted(p.name for p in b.root.iterdir())
+    names = sorted(p.relative_to(a.root) for p in a.root.rglob("*") if p.is_file())
+    assert names == sorted(p.relative_to(b.root) for p in b.root.rglob("*") if p.is_file())
+    assert any(name.parts[0] == "more" for name in names)  # the HLA and GALEX files
     for name in names:
         assert (a.root / name).read_bytes() == (b.root / name).read_bytes(), name
-    assert a.observations == b.observations
+    assert a.observations == b.observations and a.more_observations == b.more_observations
     assert Sky(tmp_path / "a", spec).root == a.root  # reused, not regenerated
 
 

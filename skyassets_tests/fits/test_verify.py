@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from skyassets.fits.verify import BLOCK, FitsCheck, StreamingFitsVerifier, verify_fits
+from skyassets.fits.header import BLOCK
+from skyassets.fits.verify import FitsCheck, StreamingFitsVerifier, verify_fits
 
 
 def _hdus() -> fits.HDUList:

@@ -36,7 +36,7 @@ def _check_round_trip(wcs: WCS, read: WCS, shape: tuple[int, int]) -> None:
 def test_hues_run_from_blue_to_red():
     assert composite.hues(3) == [240.0, 120.0, 0.0]
     h = composite.hues(7)
-    assert h[0] == 240.0 and h[-1] == 0.0 and all(a > b for a, b in zip(h, h[1:]))
+    assert h[0] == 240.0 and h[-1] == 0.0 and all(a > b for a, b in zip(h, h[1:], strict=False))
     assert composite.hues(0) == []
 
 
@@ -45,7 +45,7 @@ def test_channel_hue_order_follows_wavelength(pivots):
     colours = composite.channel_colours(pivots)
     by_wavelength = [colours[i] for i in np.argsort(pivots)]
     hue = [_hue(c) for c in by_wavelength]
-    assert all(a > b for a, b in zip(hue, hue[1:])), hue
+    assert all(a > b for a, b in zip(hue, hue[1:], strict=False)), hue
     assert hue[0] >= 200 and hue[-1] <= 40
     # grey in, grey out: every colour plane gets the same total weight
     np.testing.assert_allclose(colours.sum(axis=0), 1.0)
@@ -68,9 +68,9 @@ def test_composite_hue_order_follows_wavelength(method):
         channels.append(10.0 + rng.normal(0, 1, yy.shape) + star)
     rgb = composite.compose(channels, composite.channel_colours(pivots), method=method)
     assert rgb.shape == (64, 96, 3) and rgb.min() >= 0.0 and rgb.max() <= 1.0
-    hue = {p: _hue(rgb[y0, x0]) for p, (y0, x0) in zip(pivots, spots)}
+    hue = {p: _hue(rgb[y0, x0]) for p, (y0, x0) in zip(pivots, spots, strict=True)}
     ordered = [hue[p] for p in sorted(pivots)]
-    assert all(a > b for a, b in zip(ordered, ordered[1:])), hue
+    assert all(a > b for a, b in zip(ordered, ordered[1:], strict=False)), hue
 
 
 @pytest.mark.parametrize("method", ["screen", "lupton"])

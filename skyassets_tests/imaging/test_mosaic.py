@@ -120,7 +120,7 @@ def _draw_exposures(tmp_path: Path, stars, pointings, n: int = 160, noise: float
         wcs = make_wcs(RA0 + dx * SCALE / 3600, DEC0 + dy * SCALE / 3600, SCALE, pa, n, sip=sip)
         image = np.full((n, n), sky)
         xs, ys = wcs.all_world2pix(star_ra, star_dec, 0)
-        for x, y, f in zip(xs, ys, flux_ujy):
+        for x, y, f in zip(xs, ys, flux_ujy, strict=True):
             stamp = _moffat_stamp(float(x), float(y), FWHM_ARCSEC / SCALE, n)
             if stamp is not None:
                 sy, sx, values = stamp
@@ -144,7 +144,7 @@ def _photometry(mosaic, stars) -> tuple[list, list, list]:
     fwhm = FWHM_ARCSEC / (math.sqrt(area) * 3600.0)
     xs, ys = mosaic.wcs.world_to_pixel_values(star_ra, star_dec)
     used, offsets, ratios = [], [], []
-    for i, (x, y, f) in enumerate(zip(xs, ys, flux_ujy)):
+    for i, (x, y, f) in enumerate(zip(xs, ys, flux_ujy, strict=True)):
         xi, yi = int(round(x)), int(round(y))
         if not (21 <= xi < sci.shape[1] - 21 and 21 <= yi < sci.shape[0] - 21):
             continue
@@ -200,7 +200,7 @@ def test_outliers_between_exposures_rejected_and_stars_kept(tmp_path):
     xs, ys = kept.wcs.world_to_pixel_values(*hit_world)
     sci = {name: fits.getdata(m.path, "SCI") for name, m in (("kept", kept), ("raw", raw), ("clean", clean))}
     con = fits.getdata(kept.path, "CON")
-    for x, y in zip(np.round(xs).astype(int), np.round(ys).astype(int)):
+    for x, y in zip(np.round(xs).astype(int), np.round(ys).astype(int), strict=True):
         assert con[y, x] == 3
         assert abs(sci["kept"][y, x] - sci["clean"][y, x]) < 3 * noise
         assert sci["raw"][y, x] - sci["clean"][y, x] > 20 * noise
@@ -275,7 +275,7 @@ def test_coverage_and_values_exact_on_aligned_grids(tmp_path):
     base = make_wcs(10.0, 20.0, 0.1, 0.0, n, sip=False)
     grid = make_wcs(10.0, 20.0, 0.1, 0.0, 100, sip=False)
     shifted = []
-    for k, (dx, dy) in enumerate(((0, 0), (15, 0), (0, 20), (30, 30))):
+    for dx, dy in ((0, 0), (15, 0), (0, 20), (30, 30)):
         w = base.deepcopy()
         w.wcs.crpix = [base.wcs.crpix[0] - dx, base.wcs.crpix[1] - dy]
         shifted.append(w)
@@ -293,7 +293,7 @@ def test_coverage_and_values_exact_on_aligned_grids(tmp_path):
     o = 30
     expected = np.zeros((100, 100), np.int32)
     masks = [np.zeros((100, 100), bool) for _ in range(3)]
-    for mask, (dx, dy) in zip(masks, ((0, 0), (15, 0), (0, 20))):
+    for mask, (dx, dy) in zip(masks, ((0, 0), (15, 0), (0, 20)), strict=True):
         mask[o + dy:o + dy + n, o + dx:o + dx + n] = True
     masks[1][o:o + 10, o + 15:o + 20] = False  # b's DQ box
     for mask in masks:

@@ -53,7 +53,7 @@ def star_field(n: int = N, *, fwhm: float = 3.0, beta: float = 3.0, ellipticity:
     shifts = np.linspace(-trail / 2, trail / 2, 9) if trail else np.zeros(1)
     image = np.full((n, n), sky)
     m = 2 * r + 1
-    for xi, yi, fi in zip(x, y, flux):
+    for xi, yi, fi in zip(x, y, flux, strict=True):
         x0, y0 = int(round(xi)), int(round(yi))
         xs = (np.arange(x0 - r, x0 + r + 1)[:, None] + sub).ravel()
         ys = (np.arange(y0 - r, y0 + r + 1)[:, None] + sub).ravel()
@@ -313,7 +313,7 @@ def test_broken_and_empty_images_give_a_problem_naming_the_file(emu, tmp_path):
     assert "no HDU 9" in rows[3]["problem"]
     scored = score(pd.DataFrame(rows))
     assert (scored["score"] == 0).all() and (scored["flag"] == "reject").all()
-    assert all(p.name in r for (p, _), r in zip(cases, scored["flag_reason"]))
+    assert all(p.name in r for (p, _), r in zip(cases, scored["flag_reason"], strict=True))
 
 
 def test_an_image_without_wcs_is_measured_but_not_usable(tmp_path):

@@ -69,8 +69,11 @@ def test_polygons_of_a_region_string():
 
 
 def _images(rows):
-    columns = ["obs_id", "file_name", "path", "hdu_index", "sha256", "instrument_name", "filter", "calib_level", "t_exptime"]
-    return pd.DataFrame([(o, f"{s}.fits", f"files/{s}.fits", 1, s, "NIRCAM", "F200W", 2, 100.0) for o, s in rows], columns=columns)
+    columns = [
+        "obs_id", "file_name", "path", "hdu_index", "sha256", "instrument_name", "filter", "calib_level", "t_exptime",
+    ]
+    values = [(o, f"{s}.fits", f"files/{s}.fits", 1, s, "NIRCAM", "F200W", 2, 100.0) for o, s in rows]
+    return pd.DataFrame(values, columns=columns)
 
 
 def test_a_targets_inputs_are_its_usable_unrejected_images():
@@ -78,7 +81,8 @@ def test_a_targets_inputs_are_its_usable_unrejected_images():
     images = _images([("a", "s1"), ("a", "s2"), ("b", "s3"), ("c", "s4")])
     quality = pd.DataFrame({
         "sha256": ["s1", "s2", "s3", "s4"], "hdu_index": [1, 1, 1, 1],
-        "usable": [True, False, True, True], "flag": ["good", "reject", "reject", "usable"], "score": [80.0, 0.0, 20.0, 40.0],
+        "usable": [True, False, True, True], "flag": ["good", "reject", "reject", "usable"],
+        "score": [80.0, 0.0, 20.0, 40.0],
     })
     inputs = target_inputs(groups, images, quality)
     assert list(inputs["T1"]["sha256"]) == ["s1"] and list(inputs["T2"]["sha256"]) == ["s4"]

@@ -12,7 +12,7 @@ from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataV
 from skyassets.archive.download import FileRequest, FileResult, Progress, download_files
 from skyassets.archive.query import list_products, query_watchlist
 from skyassets.archive.watchlist import ProductSpec, Watchlist
-from skyassets.defs.metadata import frame_metadata, partition_metadata
+from skyassets.defs.metadata import column_schema, frame_metadata, partition_metadata
 from skyassets.defs.partitions import observation_backfill_policy, observations_partitions
 from skyassets.defs.resources import (
     ArchiveResource,
@@ -23,15 +23,14 @@ from skyassets.defs.resources import (
 )
 from skyassets.fits.meta import quarantine
 from skyassets.lake.home import Home
-from skyassets.lake.parquet import read_parquet, write_parquet
+from skyassets.lake.store import Lake
+from skyassets.lake.tables import table
 from skyassets.landing.ingest import landed_requests
 
-OBSERVATION_PREVIEW = ["obs_id", "target_name", "obs_collection", "instrument_name", "filters", "t_exptime", "watchlist_entry"]
-PRODUCT_PREVIEW = ["productFilename", "productSubGroupDescription", "size", "s3_key"]
-MANIFEST_COLUMNS = [
-    "partition", "dataURI", "signature", "filename", "path", "size", "sha256", "source", "status",
-    "fits_checksum", "attempts", "resumed_from", "seconds", "bytes_per_second",
+OBSERVATION_PREVIEW = [
+    "obs_id", "target_name", "obs_collection", "instrument_name", "filters", "t_exptime", "watchlist_entry",
 ]
+PRODUCT_PREVIEW = ["productFilename", "productSubGroupDescription", "size", "s3_key"]
 MANIFEST_PREVIEW = ["filename", "size", "status", "source", "fits_checksum", "seconds", "bytes_per_second"]
 
 
@@ -39,6 +38,7 @@ MANIFEST_PREVIEW = ["filename", "size", "status", "source", "fits_checksum", "se
     group_name="archive",
     pool="mast_api",
     kinds={"parquet"},
+    metadata=column_schema(table("mast_observations").schema),
     description="Every public MAST observation the watchlist's queries find, one row per observation.",
 )
 def mast_observations(
@@ -48,11 +48,13 @@ def mast_observations(
     result = query_watchlist(archive.client(home.home), wl)
     for message in result.rejected:
         context.log.error(f"observation left out: {message}")
+    for message in result.failed:
+        context.log.error(f"watchlist entry failed, its observations are missing this time: {message}")
     if result.incomplete:
         raise Failure(
             "MAST returned fewer rows than it counted (paging stopped early): " + "; ".join(result.incomplete)
         )
-    path = write_parquet(result.observations, home.home.table("mast_observations"))
+    path = home.home.tables.write("mast_observations", result.observations)
     context.log.info(
         f"{len(result.observations)} observations from {len(wl.entries)} watchlist entries "
         f"({result.proprietary} proprietary left out) -> {path}"
@@ -60,10 +62,12 @@ def mast_observations(
     return MaterializeResult(
         metadata={
             **frame_metadata(result.observations, preview_columns=OBSERVATION_PREVIEW),
-            "path": MetadataValue.path(str(path)),
+            "path": MetadataValue.path(path),
             "watchlist": wl.path,
             "rows_per_entry": MetadataValue.json(result.per_entry),
             "proprietary_left_out": result.proprietary,
+            "exclusive_access_granted": result.granted,
+            "failed_entries": len(result.failed),
             "rejected_obs_ids": len(result.rejected),
         }
     )
@@ -96,6 +100,7 @@ def _product_spec(wl: Watchlist, entries: str) -> ProductSpec:
     backfill_policy=observation_backfill_policy,
     pool="mast_api",
     kinds={"parquet"},
+    metadata=column_schema(table("mast_products").schema),
     description="The science FITS products of one observation that the watchlist asks for, with S3 key and URL.",
 )
 def mast_products(
@@ -104,17 +109,19 @@ def mast_products(
     wl = watchlist.load()
     client = archive.client(home.home)
     download_url = archive.download_url(home.home)
-    observations = read_parquet(home.home.table("mast_observations")).set_index("obs_id")
+    lake = home.home.tables
+    observations = lake.read("mast_observations").set_index("obs_id")
     frames = []
     for obs_id in context.partition_keys:
         row = _observation_row(observations, obs_id)
         frame, refused = list_products(
-            client, row["obsid"], _product_spec(wl, row["watchlist_entry"]), download_url=download_url, cloud=archive.cloud
+            client, row["obsid"], _product_spec(wl, row["watchlist_entry"]),
+            download_url=download_url, cloud=archive.cloud,
         )
         for message in refused:
             context.log.error(f"{obs_id}: product refused: {message}")
         frame.insert(0, "partition", obs_id)
-        write_parquet(frame, home.home.table("mast_products", obs_id))
+        lake.write("mast_products", frame, partition=obs_id)
         frames.append(frame)
         context.log.info(f"{obs_id}: {len(frame)} products, {int(frame['size'].sum()) if len(frame) else 0} bytes")
     products = pd.concat(frames, ignore_index=True)
@@ -157,20 +164,19 @@ class _ProgressLog:
             )
 
 
-def _earlier_manifests(root: Home, obs_ids: list[str]) -> dict[tuple[str, str], dict]:
+def _earlier_manifests(lake: Lake, obs_ids: list[str]) -> dict[tuple[str, str], dict]:
     """The previous manifest rows, so a file skipped as verified keeps the record of its download."""
     rows = {}
     for obs_id in obs_ids:
-        path = root.table("fits_files", obs_id)
-        if path.exists():
-            rows.update({(obs_id, row["filename"]): row for row in read_parquet(path).to_dict("records")})
+        if lake.exists("fits_files", obs_id):
+            rows.update({(obs_id, row["filename"]): row for row in lake.read("fits_files", obs_id).to_dict("records")})
     return rows
 
 
 def _quarantine_bad_landed_files(root: Home, requests: list[FileRequest], results: list[FileResult]) -> list[str]:
     """Landed files that are not valid FITS are quarantined with the reason and reported; the others go on."""
     messages = []
-    for request, result in zip(requests, results):
+    for request, result in zip(requests, results, strict=True):
         if result.status != "failed" or request.local_path is None:
             continue
         bad = Path(request.dest_dir) / f"{request.filename}.corrupt"
@@ -208,7 +214,7 @@ def _fetch(
         else:
             config = downloader.config(archive, root)
         fetched = download_files([requests[i] for i in indices], config, on_progress=progress)
-        for i, result in zip(indices, fetched):
+        for i, result in zip(indices, fetched, strict=True):
             results[i] = result
     return results
 
@@ -254,6 +260,7 @@ def _manifest_row(
     backfill_policy=observation_backfill_policy,
     pool="mast_api",
     kinds={"fits", "parquet"},
+    metadata=column_schema(table("fits_files").schema),
     description="The observation's files on disk, verified (size, FITS checksums, SHA-256), with a manifest.",
 )
 def fits_files(
@@ -264,7 +271,8 @@ def fits_files(
     landing: LandingResource,
 ) -> MaterializeResult:
     root = home.home
-    earlier = _earlier_manifests(root, context.partition_keys)
+    lake = root.tables
+    earlier = _earlier_manifests(lake, context.partition_keys)
     requests, owner = [], []
     for obs_id in context.partition_keys:
         landed = landed_requests(root, obs_id)
@@ -274,7 +282,7 @@ def fits_files(
                 requests.append(request)
                 owner.append((obs_id, row["location"], row["signature"]))
             continue
-        products = read_parquet(root.table("mast_products", obs_id))
+        products = lake.read("mast_products", obs_id)
         for product in products.to_dict("records"):
             requests.append(
                 FileRequest(
@@ -292,7 +300,7 @@ def fits_files(
     quarantined = _quarantine_bad_landed_files(root, requests, results)
     for message in quarantined:
         context.log.warning(message)
-    failed = [r for q, r in zip(requests, results) if r.status == "failed" and q.local_path is None]
+    failed = [r for q, r in zip(requests, results, strict=True) if r.status == "failed" and q.local_path is None]
     if failed:
         listed = "; ".join(str(r.error) for r in failed[:5])
         more = f" and {len(failed) - 5} more" if len(failed) > 5 else ""
@@ -304,15 +312,15 @@ def fits_files(
     manifest = pd.DataFrame(
         [
             _manifest_row(root, obs_id, uri, signature, r, earlier)
-            for (obs_id, uri, signature), r in zip(owner, results)
+            for (obs_id, uri, signature), r in zip(owner, results, strict=True)
             if r.status != "failed"
         ],
-        columns=MANIFEST_COLUMNS,
+        columns=table("fits_files").schema.names,
     )
     by_partition = dict(iter(manifest.groupby("partition", sort=False)))
     empty = manifest.iloc[0:0]
     for obs_id in context.partition_keys:
-        write_parquet(by_partition.get(obs_id, empty).reset_index(drop=True), root.table("fits_files", obs_id))
+        lake.write("fits_files", by_partition.get(obs_id, empty), partition=obs_id)
     status = Counter(r.status for r in results)
     fetched = sum(r.bytes_fetched for r in results)
     context.log.info(

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dagster import (
     AssetKey,
     DefaultSensorStatus,
-    RunRequest,
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
@@ -13,40 +12,54 @@ from dagster import (
 )
 
 from skyassets.defs.archive.jobs import observation_job
-from skyassets.defs.partitions import add_observations_request, observations_partitions
+from skyassets.defs.partitions import OBSERVATIONS_PER_RUN, batched_requests, observations_partitions
+from skyassets.defs.resources import HomeResource
 from skyassets.lake.names import InvalidNameError, validate_obs_id
-from skyassets.lake.parquet import read_parquet
 
 MAST_OBSERVATIONS = AssetKey("mast_observations")
+# New observations handed on per tick (a few tens of runs): a first query of a large watchlist is
+# taken over several ticks, each bounded, rather than in one tick submitting hundreds of runs.
+NEW_OBSERVATIONS_PER_TICK = 500
 
 
 @sensor(
     job=observation_job,
     minimum_interval_seconds=30,
     default_status=DefaultSensorStatus.RUNNING,
-    description="Adds a partition for each new observation in mast_observations and requests its run.",
+    description="Adds a partition for each new observation in mast_observations and requests their runs, "
+    f"{OBSERVATIONS_PER_RUN} observations a run.",
 )
-def new_observations_sensor(context: SensorEvaluationContext):
+def new_observations_sensor(context: SensorEvaluationContext, home: HomeResource):
     records = context.instance.fetch_materializations(MAST_OBSERVATIONS, limit=1).records
     if not records:
         return SkipReason("mast_observations has not been materialised yet")
     event = records[0]
     if context.cursor and int(context.cursor) >= event.storage_id:
         return SkipReason("no new materialisation of mast_observations")
-    path = event.asset_materialization.metadata["path"].value
-    known = set(context.instance.get_dynamic_partitions(observations_partitions.name))
+    # The lake's table is the one that materialisation wrote, or a newer one the next tick sees anyway.
+    found = home.home.tables.read("mast_observations", columns=["obs_id"], missing_ok=True)["obs_id"]
+    known = context.instance.get_dynamic_partitions(observations_partitions.name)
+    known_set = set(known)
     new = []
-    for obs_id in read_parquet(path)["obs_id"]:
-        if obs_id in known:
+    for obs_id in found:
+        if obs_id in known_set:
             continue
         try:
             new.append(validate_obs_id(obs_id))
         except InvalidNameError as err:
             context.log.error(str(err))
     new = sorted(set(new))
-    context.log.info(f"{len(new)} new observations in {path}")
-    return SensorResult(
-        run_requests=[RunRequest(partition_key=obs_id, run_key=f"{obs_id}@{event.storage_id}") for obs_id in new],
-        dynamic_partitions_requests=[add_observations_request(new)] if new else [],
-        cursor=str(event.storage_id),
+    taken = new[:NEW_OBSERVATIONS_PER_TICK]
+    # New partitions are added together, so contiguous: a few range runs, not one run each.
+    requests, added = batched_requests(
+        known, dict.fromkeys(taken, str(event.storage_id)), per_run=OBSERVATIONS_PER_RUN,
+        run_key_prefix=f"new@{event.storage_id}:",
     )
+    context.log.info(
+        f"{len(new)} new observations in mast_observations: {len(taken)} handed on in {len(requests)} runs"
+        + (", the rest on the next ticks" if len(new) > len(taken) else "")
+    )
+    # The cursor moves past this materialisation once all its new observations are taken; until
+    # then the next tick reads it again, and finds the ones taken here among the known partitions.
+    cursor = str(event.storage_id) if len(new) == len(taken) else context.cursor
+    return SensorResult(run_requests=requests, dynamic_partitions_requests=added, cursor=cursor)

@@ -19,8 +19,8 @@ from skyassets.defs.automation import catch_up
 from skyassets.defs.metadata import column_schema, partition_metadata
 from skyassets.defs.partitions import observation_backfill_policy, observations_partitions
 from skyassets.defs.resources import HomeResource
-from skyassets.fits.meta import IMAGE_SCHEMA, extract_many, to_table
-from skyassets.lake.parquet import read_parquet, write_parquet
+from skyassets.fits.meta import extract_many, to_table
+from skyassets.lake.tables import TABLES, table
 
 IMAGE_PREVIEW = ["obs_id", "file_name", "hdu_name", "instrument_name", "filter", "s_ra", "s_dec", "t_min", "t_exptime"]
 
@@ -32,14 +32,15 @@ IMAGE_PREVIEW = ["obs_id", "file_name", "hdu_name", "instrument_name", "filter",
     backfill_policy=observation_backfill_policy,
     automation_condition=AutomationCondition.eager(),
     kinds={"parquet"},
-    metadata=column_schema(IMAGE_SCHEMA),
+    metadata=column_schema(table("image_metadata").schema),
     description="One row per image HDU of the observation's files, with IVOA ObsCore columns and units.",
 )
 def image_metadata(context: AssetExecutionContext, home: HomeResource) -> MaterializeResult:
     root = home.home
+    lake = root.tables
     sources = []
     for obs_id in context.partition_keys:
-        manifest = read_parquet(root.table("fits_files", obs_id))
+        manifest = lake.read("fits_files", obs_id)
         sources += [
             {
                 "path": str(root.root / row["path"]),
@@ -57,18 +58,19 @@ def image_metadata(context: AssetExecutionContext, home: HomeResource) -> Materi
     unexpected = [f for f in failures if not f.unreadable]
     if unexpected:
         raise Failure(
-            f"{len(unexpected)} files could not be catalogued: " + "; ".join(f"{f.path}: {f.reason}" for f in unexpected[:5])
+            f"{len(unexpected)} files could not be catalogued: "
+            + "; ".join(f"{f.path}: {f.reason}" for f in unexpected[:5])
         )
     for failure in failures:
         context.log.warning(f"quarantined {failure.path}: {failure.reason} (now {failure.quarantined})")
     # One conversion for the batch, then a slice per partition: converting each partition's rows
     # on their own costs more than extracting them.
-    table = to_table(rows)
+    rows_table = to_table(rows)
     positions: dict[str, list[int]] = defaultdict(list)
-    for i, obs_id in enumerate(table.column("obs_id").to_pylist()):
+    for i, obs_id in enumerate(rows_table.column("obs_id").to_pylist()):
         positions[obs_id].append(i)
     for obs_id in context.partition_keys:
-        write_parquet(table.take(pa.array(positions.get(obs_id, []), pa.int64())), root.table("image_metadata", obs_id))
+        lake.write("image_metadata", rows_table.take(pa.array(positions.get(obs_id, []), pa.int64())), partition=obs_id)
     quarantined = "\n".join(f"- `{f.path}`: {f.reason} (moved to `{f.quarantined}`)" for f in failures)
     return MaterializeResult(
         metadata={
@@ -82,7 +84,10 @@ def image_metadata(context: AssetExecutionContext, home: HomeResource) -> Materi
 
 @asset(
     group_name="catalog",
-    deps=[mast_observations, mast_products, fits_files, image_metadata, "image_quality", "source_catalogs", "target_groups", "mosaics", "composites"],
+    deps=[
+        mast_observations, mast_products, fits_files, image_metadata,
+        "image_quality", "source_catalogs", "target_groups", "mosaics", "composites",
+    ],
     pool="duckdb_catalog",
     # Whenever a table changes, without waiting for every observation: a failed or missing one must
     # not hold the catalogue back forever.
@@ -94,9 +99,11 @@ def catalog(context: AssetExecutionContext, home: HomeResource) -> MaterializeRe
     path = publish(home.home.root)
     con = connect(home.home.root, published=True)
     try:
+        rows = con.execute("SELECT table_name FROM duckdb_tables() WHERE schema_name = 'main'").fetchall()
+        published = {name for (name,) in rows}
         counts = {
-            name: con.execute(f'SELECT count(*) FROM "{name}"').fetchone()[0]
-            for (name,) in con.execute("SELECT table_name FROM duckdb_tables() ORDER BY 1").fetchall()
+            t.catalog: con.execute(f'SELECT count(*) FROM "{t.catalog}"').fetchone()[0]
+            for t in TABLES.values() if t.catalog in published
         }
     finally:
         con.close()

@@ -6,14 +6,13 @@ import re
 from pathlib import Path
 
 import pandas as pd
-import pyarrow as pa
 from astropy.io import fits
 from astropy.wcs import WCS
 from dagster import AssetExecutionContext, AutomationCondition, BackfillPolicy, MaterializeResult, MetadataValue, asset
 from PIL import Image
 
 from skyassets.defs.automation import data_changed
-from skyassets.defs.metadata import preview
+from skyassets.defs.metadata import column_schema, preview
 from skyassets.defs.partitions import targets_partitions
 from skyassets.defs.resources import CompositesResource, HomeResource, MosaicsResource
 from skyassets.defs.targets.assets import target_images
@@ -28,9 +27,8 @@ from skyassets.imaging.composite import (
 )
 from skyassets.imaging.mosaic import MosaicInput, build_mosaic
 from skyassets.imaging.preview import markdown_image
-from skyassets.imaging.targets import INPUT_COLUMNS
 from skyassets.lake.home import Home
-from skyassets.lake.parquet import read_parquet, write_parquet
+from skyassets.lake.tables import table
 
 
 def _slug(text: str) -> str:
@@ -61,18 +59,6 @@ products_backfill_policy = BackfillPolicy.multi_run(max_partitions_per_run=10)
 
 INPUT_PREVIEW = ["filter", "obs_id", "file_name", "hdu_index", "score", "flag"]
 
-# Typed, so that a target without products still writes a table the catalogue can read.
-MOSAICS_SCHEMA = pa.schema([
-    ("target", pa.string()), ("instrument_name", pa.string()), ("filter", pa.string()), ("path", pa.string()),
-    ("n_inputs", pa.int32()), ("n_rejected", pa.int64()), ("naxis1", pa.int32()), ("naxis2", pa.int32()),
-    ("s_ra", pa.float64()), ("s_dec", pa.float64()), ("inputs", pa.string()), ("wcs_header", pa.string()),
-])
-COMPOSITES_SCHEMA = pa.schema([
-    ("target", pa.string()), ("recipe", pa.string()), ("kind", pa.string()), ("rank", pa.int32()),
-    ("filters", pa.string()), ("hues", pa.string()), ("method", pa.string()), ("stretch", pa.string()),
-    ("png", pa.string()), ("cube", pa.string()), ("naxis1", pa.int32()), ("naxis2", pa.int32()),
-    ("wcs_header", pa.string()),
-])
 
 
 @asset(
@@ -82,19 +68,23 @@ COMPOSITES_SCHEMA = pa.schema([
     automation_condition=data_changed(),
     backfill_policy=products_backfill_policy,
     kinds={"fits", "png"},
+    metadata=column_schema(table("mosaics").schema),
     description="Per target and filter: the usable images co-added on one WCS (SCI, coverage, weight) with a preview. "
     "The mosaics resource sets the grid per target, downscaling, background matching and outlier rejection.",
 )
 def mosaics(context: AssetExecutionContext, home: HomeResource, mosaics: MosaicsResource) -> MaterializeResult:
     root, settings = home.home, mosaics.validated()
+    lake = root.tables
     for target in context.partition_keys:
-        source = root.table("target_images", target)
-        images = read_parquet(source) if source.exists() else pd.DataFrame(columns=INPUT_COLUMNS)
+        images = lake.read("target_images", target, missing_ok=True)
         rows, lines, used = [], [], []
         wcs, shape = settings.grid(target) or (None, None)
         for (instrument, band), group in images.groupby(["instrument_name", "filter"]):
             group = _one_level(group)
-            inputs = [MosaicInput(path=root.root / p, hdu_index=int(h)) for p, h in zip(group["path"], group["hdu_index"])]
+            inputs = [
+                MosaicInput(path=root.root / p, hdu_index=int(h))
+                for p, h in zip(group["path"], group["hdu_index"], strict=True)
+            ]
             dest = root.target_dir(target) / f"mosaic_{_slug(instrument)}_{_slug(band)}.fits"
             result = build_mosaic(
                 inputs, dest, wcs=wcs, shape=shape, downscale=settings.downscale,
@@ -103,19 +93,19 @@ def mosaics(context: AssetExecutionContext, home: HomeResource, mosaics: Mosaics
             dest.with_suffix(".png").write_bytes(result.preview_png)
             centre = result.wcs.pixel_to_world((result.shape[1] - 1) / 2, (result.shape[0] - 1) / 2)
             rows.append({
-                "target": target, "instrument_name": instrument, "filter": band, "path": str(dest.relative_to(root.root)),
-                "n_inputs": result.n_inputs, "n_rejected": result.n_rejected, "naxis1": result.shape[1], "naxis2": result.shape[0],
+                "target": target, "instrument_name": instrument, "filter": band,
+                "path": str(dest.relative_to(root.root)), "n_inputs": result.n_inputs, "n_rejected": result.n_rejected,
+                "naxis1": result.shape[1], "naxis2": result.shape[0],
                 "s_ra": centre.ra.deg, "s_dec": centre.dec.deg, "inputs": ";".join(group["file_name"]),
                 "wcs_header": result.wcs.to_header_string(relax=True),
             })
             used.append(group)
             lines += [f"**{instrument} {band}**: {result.n_inputs} images, {result.shape[1]}×{result.shape[0]} px",
                       markdown_image(result.preview_png, f"{target} {band}")]
-        frame = pa.Table.from_pylist(rows, schema=MOSAICS_SCHEMA)
-        write_parquet(frame, root.table("mosaics", target))
+        lake.write("mosaics", rows, partition=target)
         inputs_used = pd.concat(used, ignore_index=True) if used else images.iloc[:0]
         context.add_asset_metadata(
-            {"dagster/row_count": frame.num_rows, "mosaics": MetadataValue.md("\n\n".join(lines) or "no usable images"),
+            {"dagster/row_count": len(rows), "mosaics": MetadataValue.md("\n\n".join(lines) or "no usable images"),
              "inputs": preview(inputs_used, INPUT_PREVIEW, rows=100)},
             partition_key=target,
         )
@@ -131,19 +121,28 @@ RECIPE_PREVIEW = ["recipe", "kind", "rank", "filters", "made", "note"]
     partitions_def=targets_partitions,
     # With their mosaics; also made for targets that have none yet when the condition is first evaluated.
     automation_condition=AutomationCondition.eager()
-    | (AutomationCondition.missing() & AutomationCondition.initial_evaluation() & ~AutomationCondition.any_deps_missing()),
+    | (
+        AutomationCondition.missing()
+        & AutomationCondition.initial_evaluation()
+        & ~AutomationCondition.any_deps_missing()
+    ),
     backfill_policy=products_backfill_policy,
     kinds={"png", "tiff"},
+    metadata=column_schema(table("composites").schema),
     description="Colour composites of each target's mosaics from the best-ranked recipes (the composites resource "
     "sets how many, the method, the stretch and the user's own recipes), with AVM tags carrying the WCS.",
 )
 def composites(context: AssetExecutionContext, home: HomeResource, composites: CompositesResource) -> MaterializeResult:
     root, settings = home.home, composites.validated()
+    lake = root.tables
     for target in context.partition_keys:
-        source = root.table("mosaics", target)
-        mosaic_rows = read_parquet(source) if source.exists() else pd.DataFrame(columns=["instrument_name", "filter", "path"])
-        band_of = {str(f).split(";")[0].upper(): row for f, row in zip(mosaic_rows["filter"], mosaic_rows.to_dict("records"))}
-        recipes = apply_overrides(suggest_recipes(mosaic_rows[["instrument_name", "filter"]]), settings.overrides(target))
+        mosaic_rows = lake.read("mosaics", target, missing_ok=True)
+        band_of = {
+            str(f).split(";")[0].upper(): row
+            for f, row in zip(mosaic_rows["filter"], mosaic_rows.to_dict("records"), strict=True)
+        }
+        suggested = suggest_recipes(mosaic_rows[["instrument_name", "filter"]])
+        recipes = apply_overrides(suggested, settings.overrides(target))
         recipes["made"], recipes["note"] = False, ""
         rows, lines = [], []
         for i, recipe in recipes.iterrows():
@@ -155,22 +154,24 @@ def composites(context: AssetExecutionContext, home: HomeResource, composites: C
             if len(rows) == settings.per_target:
                 recipes.loc[i, "note"] = f"not among the first {settings.per_target} (composites.per_target)"
                 continue
-            paths, colours, stretch = _make_composite(root, target, recipe, [band_of[b.upper()] for b in bands], settings)
+            chosen = [band_of[b.upper()] for b in bands]
+            paths, colours, stretch = _make_composite(root, target, recipe, chosen, settings)
             recipes.loc[i, "made"] = True
             rows.append({
                 "target": target, "recipe": recipe["recipe"], "kind": recipe["kind"], "rank": int(recipe["rank"]),
-                "filters": recipe["filters"], "hues": ";".join(f"{360 * colorsys.rgb_to_hsv(*c)[0]:.0f}" for c in colours),
+                "filters": recipe["filters"],
+                "hues": ";".join(f"{360 * colorsys.rgb_to_hsv(*c)[0]:.0f}" for c in colours),
                 "method": settings.method, "stretch": stretch,
                 "png": str(paths["png"].relative_to(root.root)), "cube": str(paths["tiff"].relative_to(root.root)),
-                "naxis1": paths["shape"][1], "naxis2": paths["shape"][0], "wcs_header": paths["wcs"].to_header_string(relax=True),
+                "naxis1": paths["shape"][1], "naxis2": paths["shape"][0],
+                "wcs_header": paths["wcs"].to_header_string(relax=True),
             })
             lines += [f"**{recipe['recipe']}** ({recipe['filters']}): {recipe['reason']}",
                       markdown_image(_thumbnail(paths["png"]), recipe["recipe"])]
-        frame = pa.Table.from_pylist(rows, schema=COMPOSITES_SCHEMA)
-        write_parquet(frame, root.table("composites", target))
-        write_parquet(recipes.assign(target=target), root.table("recipes", target))
+        lake.write("composites", rows, partition=target)
+        lake.write("recipes", recipes.assign(target=target), partition=target)
         context.add_asset_metadata(
-            {"dagster/row_count": frame.num_rows, "composites": MetadataValue.md("\n\n".join(lines) or "no recipe"),
+            {"dagster/row_count": len(rows), "composites": MetadataValue.md("\n\n".join(lines) or "no recipe"),
              "recipes": preview(recipes, RECIPE_PREVIEW, rows=30)},
             partition_key=target,
         )
@@ -193,4 +194,5 @@ def _make_composite(root: Home, target: str, recipe: pd.Series, chosen: list[dic
     instruments = [row["instrument_name"] for row in chosen]
     paths = write_composite(rgb, wcs, root.target_dir(target) / f"composite_{_slug(recipe['recipe'])}",
                             meta=spectral_meta(bands, pivots, colours, instruments))
-    return {**paths, "wcs": wcs, "shape": shape}, colours, settings.stretch if settings.method == "screen" else "lupton-asinh"
+    stretch = settings.stretch if settings.method == "screen" else "lupton-asinh"
+    return {**paths, "wcs": wcs, "shape": shape}, colours, stretch

@@ -4,8 +4,6 @@
 from collections.abc import Iterator
 
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
@@ -23,17 +21,10 @@ from skyassets.defs.metadata import column_schema, preview
 from skyassets.defs.partitions import observation_backfill_policy, observations_partitions
 from skyassets.defs.resources import HomeResource
 from skyassets.imaging.preview import markdown_image, thumbnail_png
-from skyassets.imaging.quality import (
-    QUALITY_SCHEMA,
-    SCORE_COLUMNS,
-    SOURCE_SCHEMA,
-    Measurement,
-    measure_image,
-    physical_problems,
-    score,
-)
+from skyassets.imaging.quality import SCORE_COLUMNS, Measurement, measure_image, physical_problems, score
 from skyassets.lake.home import Home
-from skyassets.lake.parquet import read_parquet, write_parquet
+from skyassets.lake.schemas import QUALITY_SCHEMA, SOURCE_SCHEMA
+from skyassets.lake.store import Lake
 
 WORST_COLUMNS = ["file_name", "hdu_index", "filter", "score", "flag", "flag_reason", "fwhm_arcsec", "depth_5sigma_ab"]
 WORST_DIGITS = {"score": 1, "fwhm_arcsec": 3, "depth_5sigma_ab": 2}
@@ -68,7 +59,8 @@ source_catalogs_spec = AssetSpec(
             "usable_images",
             asset="image_quality",
             blocking=True,
-            description="Fails when an image has no valid WCS, no finite pixel or cannot be read: nothing downstream may use it.",
+            description="Fails when an image has no valid WCS, no finite pixel or cannot be read: "
+            "nothing downstream may use it.",
         ),
         AssetCheckSpec("low_quality_images", asset="image_quality", description="Warns about images flagged reject."),
         AssetCheckSpec(
@@ -82,16 +74,19 @@ source_catalogs_spec = AssetSpec(
 )
 def image_quality(context: AssetExecutionContext, home: HomeResource) -> Iterator[MaterializeResult | AssetCheckResult]:
     root = home.home
-    images = _catalogued_images(root, context.partition_keys)
+    lake = root.tables
+    images = _catalogued_images(lake, context.partition_keys)
     measured = [_measure(root, row) for row in images.to_dict("records")]
     metrics = pd.DataFrame([m.metrics for m in measured], columns=_metric_columns())
-    scored = score(metrics, reference_depth=_reference_depths(root, context.partition_keys))
+    scored = score(metrics, reference_depth=_reference_depths(lake, context.partition_keys))
     sources = pd.concat([m.sources for m in measured if len(m.sources)] or [pd.DataFrame(columns=SOURCE_SCHEMA.names)])
     for obs_id in context.partition_keys:
         mine = scored[scored["obs_id"] == obs_id].reset_index(drop=True)
-        write_parquet(_table(mine, QUALITY_SCHEMA), root.table("image_quality", obs_id))
-        write_parquet(_table(sources[sources["obs_id"] == obs_id], SOURCE_SCHEMA), root.table("source_catalogs", obs_id))
-        context.add_asset_metadata(_partition_report(root, mine, measured), asset_key="image_quality", partition_key=obs_id)
+        lake.write("image_quality", mine, partition=obs_id)
+        lake.write("source_catalogs", sources[sources["obs_id"] == obs_id], partition=obs_id)
+        context.add_asset_metadata(
+            _partition_report(root, mine, measured), asset_key="image_quality", partition_key=obs_id
+        )
     yield MaterializeResult(
         asset_key="image_quality",
         metadata={
@@ -104,9 +99,9 @@ def image_quality(context: AssetExecutionContext, home: HomeResource) -> Iterato
     yield from _checks(scored)
 
 
-def _catalogued_images(root: Home, obs_ids: list[str]) -> pd.DataFrame:
+def _catalogued_images(lake: Lake, obs_ids: list[str]) -> pd.DataFrame:
     """The image rows of the partitions, from their ``image_metadata`` Parquet files."""
-    frames = [read_parquet(root.table("image_metadata", k)) for k in obs_ids if root.table("image_metadata", k).exists()]
+    frames = [lake.read("image_metadata", k) for k in obs_ids if lake.exists("image_metadata", k)]
     rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["obs_id", "path", "hdu_index"])
     return rows.drop(columns=["header_json"], errors="ignore")
 
@@ -120,20 +115,16 @@ def _metric_columns() -> list[str]:
     return [n for n in QUALITY_SCHEMA.names if n not in SCORE_COLUMNS]
 
 
-def _reference_depths(root: Home, measuring: list[str]) -> dict[tuple[str, str], float]:
+def _reference_depths(lake: Lake, measuring: list[str]) -> dict[tuple[str, str], float]:
     """Median 5σ depth per (instrument, filter) of the images measured before, other partitions only."""
-    # pyarrow, file by file: a partition replaced by rename while being read is read whole (see catalog.connect).
+    # File by file, each from one open handle: a partition replaced by rename while being read is read whole.
     columns = ["instrument_name", "filter", "depth_5sigma_ab"]
     skip = set(measuring)
-    files = [p for p in (root.lake / "image_quality").glob("*.parquet") if p.stem not in skip]
-    if not files:
+    keys = [k for k in lake.partitions("image_quality") if k not in skip]
+    if not keys:
         return {}
-    rows = pd.concat([pq.read_table(p, columns=columns).to_pandas() for p in files], ignore_index=True)
+    rows = pd.concat([lake.read("image_quality", k, columns=columns) for k in keys], ignore_index=True)
     return rows.dropna().groupby(["instrument_name", "filter"])["depth_5sigma_ab"].median().to_dict()
-
-
-def _table(frame: pd.DataFrame, schema: pa.Schema) -> pa.Table:
-    return pa.Table.from_pandas(frame.reindex(columns=schema.names), schema=schema, preserve_index=False)
 
 
 def _partition_report(root: Home, mine: pd.DataFrame, measured: list[Measurement]) -> dict:
@@ -142,8 +133,14 @@ def _partition_report(root: Home, mine: pd.DataFrame, measured: list[Measurement
     lines = []
     for row in mine.sort_values("score").head(PREVIEWS_PER_PARTITION).to_dict("records"):
         m = by_key.get((row["sha256"], row["hdu_index"]))
-        subs = ", ".join(f"{c.removeprefix('score_')} {row[c]:.0f}" for c in SCORE_COLUMNS if c.startswith("score_") and pd.notna(row[c]))
-        lines.append(f"**{row['file_name']}[{row['hdu_index']}]** {row['filter']}: score {row['score']:.0f} ({row['flag']}; {subs})")
+        subs = ", ".join(
+            f"{c.removeprefix('score_')} {row[c]:.0f}"
+            for c in SCORE_COLUMNS if c.startswith("score_") and pd.notna(row[c])
+        )
+        lines.append(
+            f"**{row['file_name']}[{row['hdu_index']}]** {row['filter']}: "
+            f"score {row['score']:.0f} ({row['flag']}; {subs})"
+        )
         if m is not None and m.image is not None:
             png = thumbnail_png(m.image, m.sources)
             target = root.previews / str(row["obs_id"]) / f"{row['file_name']}.{row['hdu_index']}.png"
@@ -160,7 +157,8 @@ def _checks(scored: pd.DataFrame) -> Iterator[AssetCheckResult]:
         asset_key="image_quality",
         passed=unusable.empty,
         severity=AssetCheckSeverity.ERROR,
-        description=None if unusable.empty else "; ".join(f"{r.file_name}: {r.problem}" for r in unusable.itertuples())[:2000],
+        description=None if unusable.empty
+        else "; ".join(f"{r.file_name}: {r.problem}" for r in unusable.itertuples())[:2000],
         metadata={"unusable": len(unusable), "images": len(scored)},
     )
     rejected = scored[scored["flag"] == "reject"]
@@ -169,7 +167,8 @@ def _checks(scored: pd.DataFrame) -> Iterator[AssetCheckResult]:
         asset_key="image_quality",
         passed=rejected.empty,
         severity=AssetCheckSeverity.WARN,
-        description=None if rejected.empty else "; ".join(f"{r.file_name}: {r.flag_reason}" for r in rejected.itertuples())[:2000],
+        description=None if rejected.empty
+        else "; ".join(f"{r.file_name}: {r.flag_reason}" for r in rejected.itertuples())[:2000],
         metadata={"rejected": len(rejected)},
     )
     problems = physical_problems(scored)

@@ -17,18 +17,17 @@ from dagster import (
 from skyassets.catalog.db import connect
 from skyassets.defs.automation import catch_up
 from skyassets.defs.catalog.assets import image_metadata
-from skyassets.defs.metadata import frame_metadata, preview
+from skyassets.defs.metadata import column_schema, frame_metadata, preview
 from skyassets.defs.partitions import targets_partitions
 from skyassets.defs.quality.assets import image_quality
 from skyassets.defs.resources import HomeResource
+from skyassets.defs.tags import DATA_VERSION
 from skyassets.imaging.targets import group_targets, inputs_digest, target_inputs
 from skyassets.lake.home import Home
-from skyassets.lake.parquet import read_parquet, write_parquet
+from skyassets.lake.tables import Partitioning, partitioned_by, table
 
-# The event tag Dagster reads an asset partition's data version from.
-DATA_VERSION_TAG = "dagster/data_version"
-# What a target owns in the lake besides its inputs; removed with the target.
-TARGET_TABLES = ("target_images", "mosaics", "composites", "recipes")
+# What a target owns in the lake; removed with the target.
+TARGET_TABLES = partitioned_by(Partitioning.TARGET)
 
 target_images = AssetSpec(
     "target_images",
@@ -36,6 +35,7 @@ target_images = AssetSpec(
     partitions_def=targets_partitions,
     group_name="targets",
     kinds={"parquet"},
+    metadata=column_schema(table("target_images").schema),
     description="Per target: the usable, non-rejected images its mosaics and composites are made from. Recorded by "
     "target_groups, only for targets whose images changed, with a digest of them as the data version.",
 )
@@ -48,6 +48,7 @@ target_images = AssetSpec(
     automation_condition=catch_up(),
     pool="target_groups",
     kinds={"parquet"},
+    metadata=column_schema(table("target_groups").schema),
     description="Each catalogued observation's target: footprints that overlap on the sky, under one name. "
     "Keeps a targets partition per target with usable images and records each changed target's images (target_images).",
 )
@@ -70,25 +71,33 @@ def target_groups(context: AssetExecutionContext, home: HomeResource) -> Materia
     digests = {target: inputs_digest(frame) for target, frame in inputs.items()}
     grouped["inputs_digest"] = grouped["target"].map(digests)
 
-    table = root.table("target_groups")
-    previous = read_parquet(table) if table.exists() else pd.DataFrame(columns=["target", "inputs_digest"])
-    before = dict(zip(previous["target"], previous.get("inputs_digest", pd.Series(index=previous.index, dtype=str))))
+    lake = root.tables
+    previous = lake.read("target_groups", missing_ok=True)
+    digest_before = previous.get("inputs_digest", pd.Series(index=previous.index, dtype=str))
+    before = dict(zip(previous["target"], digest_before, strict=True))
     known = set(context.instance.get_dynamic_partitions(targets_partitions.name))
     # A target is a partition while it has usable images: there is nothing to make products from before.
     active = {t for t, frame in inputs.items() if len(frame)}
-    changed = [t for t in sorted(active) if t not in known or before.get(t) != digests[t] or not root.table("target_images", t).exists()]
+    changed = [
+        t for t in sorted(active)
+        if t not in known or before.get(t) != digests[t] or not lake.exists("target_images", t)
+    ]
     for target in changed:
-        write_parquet(inputs[target], root.table("target_images", target))
-    write_parquet(grouped, table)
+        lake.write("target_images", inputs[target], partition=target)
+    lake.write("target_groups", grouped)
 
     new = sorted(active - known)
     context.instance.add_dynamic_partitions(targets_partitions.name, new)
     for target in changed:  # a new data version: DA remakes this target's products, and no other's
         frame = inputs[target]
         context.log_event(AssetMaterialization(
-            "target_images", partition=target, tags={DATA_VERSION_TAG: digests[target]},
-            metadata={"dagster/row_count": len(frame), "path": MetadataValue.path(str(root.table("target_images", target))),
-                      "images": preview(frame, ["instrument_name", "filter", "obs_id", "file_name", "score", "flag"], rows=50)},
+            "target_images", partition=target, tags={DATA_VERSION: digests[target]},
+            metadata={
+                "dagster/row_count": len(frame), "path": MetadataValue.path(lake.path("target_images", target)),
+                "images": preview(
+                    frame, ["instrument_name", "filter", "obs_id", "file_name", "score", "flag"], rows=50
+                ),
+            },
         ))
     retired = sorted(known - active)
     for target in retired:
@@ -103,7 +112,8 @@ def target_groups(context: AssetExecutionContext, home: HomeResource) -> Materia
     )
     return MaterializeResult(metadata={
         **frame_metadata(summary, rows=50), "observations": len(grouped),
-        "new_targets": len(new), "changed_targets": MetadataValue.json(changed), "retired_targets": MetadataValue.json(retired),
+        "new_targets": len(new), "changed_targets": MetadataValue.json(changed),
+        "retired_targets": MetadataValue.json(retired),
     })
 
 
@@ -111,5 +121,5 @@ def _retire(root: Home, target: str) -> None:
     """Remove what a target that is gone owns: its observations now belong to another target, or
     none of its images is usable any more."""
     for name in TARGET_TABLES:
-        root.table(name, target).unlink(missing_ok=True)
+        root.tables.delete(name, target)
     shutil.rmtree(root.target_dir(target), ignore_errors=True)

@@ -11,6 +11,7 @@ from skyassets.defs.archive.assets import fits_files, mast_observations, mast_pr
 from skyassets.defs.archive.jobs import observation_job, watchlist_job
 from skyassets.defs.archive.sensors import new_observations_sensor
 from skyassets.defs.catalog.assets import image_metadata
+from skyassets.defs.partitions import requested_partitions
 from skyassets.defs.resources import (
     ArchiveResource,
     DownloaderResource,
@@ -36,7 +37,8 @@ def _defs(emu, home: Path, watchlist: str = "packaged:watchlist.yaml") -> Defini
 
 
 def _tick(instance: DagsterInstance, defs: Definitions, cursor: str | None = None):
-    result = new_observations_sensor(build_sensor_context(instance=instance, definitions=defs, cursor=cursor))
+    context = build_sensor_context(instance=instance, definitions=defs, cursor=cursor, resources=defs.resources)
+    result = new_observations_sensor(context)
     for request in getattr(result, "dynamic_partitions_requests", []):
         instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
     return result
@@ -63,7 +65,8 @@ def test_watchlist_to_verified_files(emu, pipeline):
     assert {c.name for c in metadata["dagster/column_schema"].value.columns} >= {"obs_id", "s_ra", "watchlist_entry"}
 
     result = _tick(instance, defs)
-    keys = sorted(r.partition_key for r in result.run_requests)
+    every = instance.get_dynamic_partitions("observations")
+    keys = sorted(k for r in result.run_requests for k in requested_partitions(r, every))
     assert keys == sorted(observations["obs_id"])
     assert sorted(instance.get_dynamic_partitions("observations")) == keys
     assert isinstance(_tick(instance, defs, cursor=result.cursor), SkipReason)  # nothing new: no runs

@@ -16,6 +16,7 @@ from skyassets.defs.catalog.assets import catalog, image_metadata
 from skyassets.defs.catalog.jobs import catalog_job
 from skyassets.defs.landing.jobs import landing_job
 from skyassets.defs.landing.sensors import landing_s3_sensor, landing_zone_sensor
+from skyassets.defs.partitions import requested_partitions
 from skyassets.defs.resources import ArchiveResource, DownloaderResource, HomeResource, LandingResource
 from skyassets.defs.targets.assets import target_groups
 
@@ -34,7 +35,8 @@ def test_landing_zone_to_catalogue(emu, tmp_path):
         "archive": ArchiveResource(url=emu.url, s3_endpoint=emu.s3_endpoint),
     }
     defs = Definitions(
-        assets=[fits_files, image_metadata, target_groups, catalog], jobs=[landing_job, catalog_job], resources=resources
+        assets=[fits_files, image_metadata, target_groups, catalog], jobs=[landing_job, catalog_job],
+        resources=resources,
     )
     cal = _sky_files(emu, "*_cal.fits", 2)
     for path in cal:
@@ -55,7 +57,8 @@ def test_landing_zone_to_catalogue(emu, tmp_path):
         assert not first.run_requests  # nothing is taken the first time it is seen
         growing.write_bytes(b"\0" * 20)  # still being written
         second = tick(first.cursor)
-        keys = sorted(r.partition_key for r in second.run_requests)
+        every = instance.get_dynamic_partitions("observations")
+        keys = sorted(k for r in second.run_requests for k in requested_partitions(r, every))
         assert len(keys) == 3 and not any("growing" in k for k in keys)
         third = tick(second.cursor)  # the grown file has now settled; the others are not offered again
         assert [r.partition_key.startswith("growing") for r in third.run_requests] == [True]
@@ -110,7 +113,9 @@ def test_landing_zone_on_s3(emu, tmp_path, monkeypatch):
             result = landing_s3_sensor(build_sensor_context(instance=instance, cursor=cursor, resources=resources))
             for request in getattr(result, "dynamic_partitions_requests", []):
                 instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
-            cursor, keys = result.cursor, keys + [r.partition_key for r in result.run_requests]
+            every = instance.get_dynamic_partitions("observations")
+            cursor = result.cursor
+            keys += [k for r in result.run_requests for k in requested_partitions(r, every)]
         assert len(keys) == 2
         for key in keys:
             assert defs.resolve_job_def("landing_job").execute_in_process(instance=instance, partition_key=key).success

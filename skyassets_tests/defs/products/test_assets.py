@@ -6,15 +6,14 @@ import shutil
 from astropy.io import fits
 from astropy.wcs import WCS
 from dagster import AssetKey, evaluate_automation_conditions, instance_for_test
-from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from skyassets.catalog.db import connect
 from skyassets.cli.main import main
 from skyassets.cli.runs import QUIET, ingest
 from skyassets.definitions import defs
+from skyassets.defs.tags import partition_range
 from skyassets.imaging.composite import read_avm_wcs
 from skyassets.lake.home import Home
-from skyassets.lake.parquet import read_parquet
 
 MOSAICS = AssetKey("mosaics")
 LATER = "jw02733002001_02301"  # NGC 3132's second pointing in F444W, catalogued after the rest
@@ -28,8 +27,9 @@ def _catalogue(files, drop, home, instance, run_config) -> None:
     before = set(instance.get_dynamic_partitions("observations"))
     ingest([drop], home, instance)
     new = sorted(set(instance.get_dynamic_partitions("observations")) - before)
-    tags = {ASSET_PARTITION_RANGE_START_TAG: new[0], ASSET_PARTITION_RANGE_END_TAG: new[-1]}
-    assert defs.resolve_job_def("quality_job").execute_in_process(instance=instance, tags=tags, run_config=run_config).success
+    tags = partition_range(new[0], new[-1])
+    quality = defs.resolve_job_def("quality_job")
+    assert quality.execute_in_process(instance=instance, tags=tags, run_config=run_config).success
     assert defs.resolve_job_def("catalog_job").execute_in_process(instance=instance, run_config=run_config).success
 
 
@@ -52,16 +52,16 @@ def test_each_target_gets_mosaics_and_composites_remade_only_when_its_images_cha
         targets = set(instance.get_dynamic_partitions("targets"))
         assert targets == {"NGC-3132", "SMACS-0723"}  # target_groups added a partition per target
         # and recorded each target's images with their digest as the data version
-        grouped = read_parquet(home.table("target_groups")).drop_duplicates("target").set_index("target")
+        grouped = home.tables.read("target_groups").drop_duplicates("target").set_index("target")
         recorded = {r.partition_key: r.event_log_entry.tags["dagster/data_version"]
                     for r in instance.fetch_materializations(AssetKey("target_images"), limit=10).records}
         assert recorded == grouped["inputs_digest"].to_dict()
-        assert len(read_parquet(home.table("target_images", "NGC-3132"))) == 10  # 12 exposures but 2 held back
+        assert len(home.tables.read("target_images", "NGC-3132")) == 10  # 12 exposures but 2 held back
 
         first = evaluate_automation_conditions(defs=defs, instance=instance)
         assert first.get_requested_partitions(MOSAICS) == targets
         _make_products(instance, targets, run_config)
-        before = read_parquet(home.table("mosaics", "NGC-3132")).set_index("filter")["n_inputs"]
+        before = home.tables.read("mosaics", "NGC-3132").set_index("filter")["n_inputs"]
         settled = evaluate_automation_conditions(defs=defs, instance=instance, cursor=first.cursor)
         # made in one run with their mosaics, the composites are not asked for again either
         assert settled.get_num_requested(MOSAICS) == 0 and settled.get_num_requested(AssetKey("composites")) == 0
@@ -71,12 +71,12 @@ def test_each_target_gets_mosaics_and_composites_remade_only_when_its_images_cha
         changed = evaluate_automation_conditions(defs=defs, instance=instance, cursor=settled.cursor)
         assert changed.get_requested_partitions(MOSAICS) == {"NGC-3132"}
         _make_products(instance, ["NGC-3132"], run_config)
-        after = read_parquet(home.table("mosaics", "NGC-3132")).set_index("filter")["n_inputs"]
+        after = home.tables.read("mosaics", "NGC-3132").set_index("filter")["n_inputs"]
         assert after["F444W"] == 2 * before["F444W"] and after.drop("F444W").equals(before.drop("F444W"))
 
-    mosaics = read_parquet(home.table("mosaics", "NGC-3132"))
+    mosaics = home.tables.read("mosaics", "NGC-3132")
     assert len(mosaics) == 3 and (mosaics["n_inputs"] >= 2).all()  # every filter has both pointings now
-    composites = read_parquet(home.table("composites", "NGC-3132"))
+    composites = home.tables.read("composites", "NGC-3132")
     assert len(composites) == 1 and composites.iloc[0]["filters"] == "F090W;F200W;F444W"  # the classic 3-colour
     assert set(composites["stretch"]) == {"asinh"} and set(composites["method"]) == {"screen"}
     first_made = composites.iloc[0]
@@ -86,7 +86,7 @@ def test_each_target_gets_mosaics_and_composites_remade_only_when_its_images_cha
     con = connect(home.root)
     assert con.execute("SELECT count(*) FROM mosaics").fetchone()[0] == 6
     assert con.execute("SELECT count(*) FROM composites").fetchone()[0] == len(composites) + len(
-        read_parquet(home.table("composites", "SMACS-0723"))
+        home.tables.read("composites", "SMACS-0723")
     )
     # every suggested recipe is in the catalog, those made marked so
     recipes = con.execute("SELECT target, recipe, made FROM recipes ORDER BY target, rank").df()
@@ -120,16 +120,16 @@ def test_composites_follow_the_configured_recipes_method_and_stretch(emu, tmp_pa
         mosaics = {"downscale": 2, "reject_sigma": None, "grids": {"NGC-3132": str(tmp_path / "grid.hdr")}}
         _make_products(instance, ["NGC-3132"], {**run_config, "resources": {
             **run_config["resources"], "composites": {"config": settings}, "mosaics": {"config": mosaics}}})
-    made = read_parquet(home.table("mosaics", "NGC-3132"))
+    made = home.tables.read("mosaics", "NGC-3132")
     assert (made["naxis1"] == 60).all() and (made["naxis2"] == 50).all() and (made["n_rejected"] == 0).all()
     assert not fits.getheader(home.root / made["path"].iloc[0], 0)["REJECT"]
-    recipes = read_parquet(home.table("recipes", "NGC-3132")).set_index("recipe")
+    recipes = home.tables.read("recipes", "NGC-3132").set_index("recipe")
     assert recipes.loc["mine", "rank"] == 1 and recipes.loc["mine", "made"]
     assert recipes.loc["mine", "filters"] == "F090W;F444W"  # put in wavelength order
     assert not recipes.loc["absent", "made"] and "F999W" in recipes.loc["absent", "note"]
     assert not recipes.loc["pair", "made"] and "first 1" in recipes.loc["pair", "note"]
     assert "nircam-classic" not in recipes.index
-    composites = read_parquet(home.table("composites", "NGC-3132"))
+    composites = home.tables.read("composites", "NGC-3132")
     assert list(composites["recipe"]) == ["mine"] and list(composites["method"]) == ["lupton"]
 
 

@@ -6,7 +6,6 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 from dagster import AssetKey, Definitions, asset, define_asset_job, in_process_executor, instance_for_test
-from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from skyassets.catalog.db import connect, search
 from skyassets.cli.main import main
@@ -14,8 +13,8 @@ from skyassets.cli.runs import QUIET, ingest, latest_metadata
 from skyassets.defs.partitions import observation_backfill_policy
 from skyassets.defs.quality.assets import image_quality
 from skyassets.defs.resources import HomeResource
+from skyassets.defs.tags import partition_range
 from skyassets.lake.home import Home
-from skyassets.lake.parquet import read_parquet
 
 
 @asset(deps=["image_quality"], partitions_def=image_quality.partitions_def, backfill_policy=observation_backfill_policy)
@@ -32,8 +31,9 @@ def _defs(home: Path) -> Definitions:
 
 
 def _run_all(defs: Definitions, instance, keys: list[str]):
-    tags = {ASSET_PARTITION_RANGE_START_TAG: keys[0], ASSET_PARTITION_RANGE_END_TAG: keys[-1]}
-    return defs.resolve_job_def("measure").execute_in_process(instance=instance, tags=tags, run_config=QUIET, raise_on_error=False)
+    tags = partition_range(keys[0], keys[-1])
+    job = defs.resolve_job_def("measure")
+    return job.execute_in_process(instance=instance, tags=tags, run_config=QUIET, raise_on_error=False)
 
 
 def test_quality_of_catalogued_images(emu, tmp_path, monkeypatch, capsys):
@@ -53,14 +53,14 @@ def test_quality_of_catalogued_images(emu, tmp_path, monkeypatch, capsys):
         report = latest_metadata(instance, "image_quality", keys[0])["report"]
         assert "data:image/png;base64," in report and "score" in report
 
-    rows = read_parquet(home.table("image_quality", keys[0]))
+    rows = home.tables.read("image_quality", keys[0])
     assert len(rows) >= 1 and rows["score"].between(0, 100).all() and set(rows["flag"]) <= {"good", "usable", "reject"}
     assert (rows["fwhm_arcsec"] > 0).all()
-    assert len(read_parquet(home.table("source_catalogs", keys[0]))) > 0
+    assert len(home.tables.read("source_catalogs", keys[0])) > 0
     assert list((home.previews / keys[0]).glob("*.png"))
     con = connect(home.root)
     images = search(con, min_quality=0).df()
-    assert len(images) == sum(len(read_parquet(home.table("image_quality", k))) for k in keys)
+    assert len(images) == sum(len(home.tables.read("image_quality", k)) for k in keys)
     assert images["s_resolution"].notna().all()  # ObsCore resolution from the measured FWHM
     assert con.execute("SELECT count(*) FROM sources").fetchone()[0] > 0
 
@@ -91,5 +91,5 @@ def test_an_unusable_image_fails_the_blocking_check_and_stops_downstream(emu, tm
         assert not check.passed and blank.name in check.description
         assert "consumer" not in {e.step_key for e in result.get_step_success_events()}
         assert instance.get_latest_materialization_event(AssetKey("consumer")) is None
-    rows = read_parquet(home.table("image_quality", "V99999001001P0000000002101"))
+    rows = home.tables.read("image_quality", "V99999001001P0000000002101")
     assert rows["usable"].tolist() == [False] and rows["score"].tolist() == [0]

@@ -10,7 +10,6 @@ from skyassets.cli.runs import QUIET, ingest
 from skyassets.definitions import defs
 from skyassets.imaging.targets import inputs_digest
 from skyassets.lake.home import Home
-from skyassets.lake.parquet import read_parquet, write_parquet
 
 
 def test_catalogued_observations_are_grouped_into_targets(emu, tmp_path):
@@ -24,7 +23,7 @@ def test_catalogued_observations_are_grouped_into_targets(emu, tmp_path):
         # a target from an earlier grouping whose observations now belong to another
         instance.add_dynamic_partitions("targets", ["OLD-FIELD"])
         for table in ("target_images", "mosaics", "composites", "recipes"):
-            write_parquet(pd.DataFrame({"target": ["OLD-FIELD"]}), home.table(table, "OLD-FIELD"))
+            home.tables.write(table, pd.DataFrame({"target": ["OLD-FIELD"]}), partition="OLD-FIELD")
         (home.target_dir("OLD-FIELD") / "mosaic_old.fits").parent.mkdir(parents=True)
         (home.target_dir("OLD-FIELD") / "mosaic_old.fits").write_bytes(b"old")
         run_config = {**QUIET, "resources": {"home": {"config": {"root": str(home.root)}}}}
@@ -34,14 +33,14 @@ def test_catalogued_observations_are_grouped_into_targets(emu, tmp_path):
             record.partition_key: record.event_log_entry.tags.get("dagster/data_version")
             for record in instance.fetch_materializations(AssetKey("target_images"), limit=10).records
         }
-    grouped = read_parquet(home.table("target_groups"))
+    grouped = home.tables.read("target_groups")
     observations = set(grouped["obs_id"])
     assert grouped["target"].nunique() == 3 and len(grouped) == len(observations)
     # nothing is measured yet, so no target has images to make products from: no partitions, and the
     # old one is gone with its tables and products
     assert set(grouped["inputs_digest"]) == {inputs_digest(pd.DataFrame(columns=["sha256", "hdu_index"]))}
     assert targets == set() and recorded == {}
-    assert not any(home.table(t, "OLD-FIELD").exists() for t in ("target_images", "mosaics", "composites", "recipes"))
+    assert not any(home.tables.exists(t, "OLD-FIELD") for t in ("target_images", "mosaics", "composites", "recipes"))
     assert not home.target_dir("OLD-FIELD").exists()
     con = connect(home.root, published=True)
     assert con.execute("SELECT count(DISTINCT target) FROM targets").fetchone()[0] == 3

@@ -1,0 +1,21 @@
+"""Tags that Dagster reads from runs and events but whose names its public API does not export.
+
+Declared here once, and checked against the installed Dagster by the test suite, so an upgrade that
+renames one fails a test instead of silently losing ranges or data versions.
+
+- A run tagged with a partition range materialises every partition in that range in one run: the
+  command line runs batches of partitions this way (``execute_in_process`` takes one partition key).
+- An ``AssetMaterialization`` tagged with a data version sets that partition's data version:
+  ``target_groups`` records each changed target's images (``target_images[T]``) this way, because
+  ``MaterializeResult(data_version=...)`` only reports the running asset's own partition and
+  ``DataVersionsByPartition`` only an observable source asset, which cannot depend on ``target_groups``.
+"""
+
+PARTITION_RANGE_START = "dagster/asset_partition_range_start"
+PARTITION_RANGE_END = "dagster/asset_partition_range_end"
+DATA_VERSION = "dagster/data_version"
+
+
+def partition_range(first: str, last: str) -> dict[str, str]:
+    """The run tags that make one run materialise partitions ``first`` to ``last``."""
+    return {PARTITION_RANGE_START: first, PARTITION_RANGE_END: last}

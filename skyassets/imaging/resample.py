@@ -1,0 +1,130 @@
+"""Resampling an image onto another WCS's pixel grid, one slab of output rows at a time.
+
+Plain Python (no Dagster). Mosaics (:mod:`skyassets.imaging.mosaic`) put each input on the output
+grid with it, and colour composites (:mod:`skyassets.imaging.composite`) put each channel on their
+common grid with it, so a pixel of a composite is resampled exactly as a pixel of a mosaic.
+
+An image is carried as two planes, ``weight * value`` and ``weight`` (0 where masked or NaN). The
+output pixel centres of a slab of rows are mapped through both WCS into the input
+(``astropy.wcs.utils.pixel_to_pixel``), both planes are interpolated bilinearly there, and their
+ratio is the resampled value (normalised convolution): a masked pixel never leaks into its
+neighbours, and the resampled weight says how much good input each output pixel holds. Only one
+slab's coordinates and values exist at a time, so memory beyond the input image is bounded by the
+slab size, whatever the size of the output grid.
+
+Values are sampled at output pixel centres, not integrated over pixels: a constant surface
+brightness stays the same value whatever the two pixel scales. Images in counts per pixel must be
+scaled by the ratio of output to input pixel area by the caller, as ``mosaic`` does.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import NamedTuple
+
+import numpy as np
+from astropy.wcs import WCS
+from astropy.wcs.utils import pixel_to_pixel
+from scipy.ndimage import map_coordinates
+
+#: Output pixels per slab when the caller gives no budget: the coordinate arrays and the two
+#: interpolated planes of a slab then take a few tens of MB.
+SLAB_PIXELS = 1 << 20
+#: Interpolation coordinates this close to a whole pixel are snapped to it, so grids that line up
+#: exactly (integer offsets) resample exactly and weights have no fractional edges.
+SNAP_PIX = 1e-6
+
+#: (y0, y1, x0, x1): rows y0..y1 and columns x0..x1 (ends excluded) of the output grid.
+Box = tuple[int, int, int, int]
+
+
+class Slab(NamedTuple):
+    """Output rows y0..y1 of one image's box: resampled value (0 where weight is 0) and weight."""
+
+    y0: int
+    y1: int
+    value: np.ndarray
+    weight: np.ndarray
+
+
+def row_slabs(y0: int, y1: int, width: int, slab: int) -> Iterator[tuple[int, int]]:
+    """Row ranges of at most ``slab`` pixels of ``width`` columns (at least one row) covering y0..y1."""
+    step = max(1, slab // max(width, 1))
+    for start in range(y0, y1, step):
+        yield start, min(start + step, y1)
+
+
+def footprint_box(in_wcs: WCS, in_shape: tuple[int, int], out_wcs: WCS, out_shape: tuple[int, int]) -> Box | None:
+    """The output pixel box the input image's edges map into (one pixel of margin), or None off the grid.
+
+    The edges are sampled, 64 points a side, so a box is found even when a corner is off the sky.
+    """
+    ny, nx = in_shape
+    edge = np.concatenate([np.linspace(-0.5, nx - 0.5, 64), np.full(64, nx - 0.5),
+                           np.linspace(nx - 0.5, -0.5, 64), np.full(64, -0.5)])
+    side = np.concatenate([np.full(64, -0.5), np.linspace(-0.5, ny - 0.5, 64),
+                           np.full(64, ny - 0.5), np.linspace(ny - 0.5, -0.5, 64)])
+    x, y = pixel_to_pixel(in_wcs, out_wcs, edge, side)
+    ok = np.isfinite(x) & np.isfinite(y)
+    if not ok.any():
+        return None
+    x0 = max(int(math.floor(x[ok].min())) - 1, 0)
+    x1 = min(int(math.ceil(x[ok].max())) + 2, out_shape[1])
+    y0 = max(int(math.floor(y[ok].min())) - 1, 0)
+    y1 = min(int(math.ceil(y[ok].max())) + 2, out_shape[0])
+    return (y0, y1, x0, x1) if x0 < x1 and y0 < y1 else None
+
+
+def _snap(c: np.ndarray) -> np.ndarray:
+    whole = np.rint(c)
+    return np.where(np.abs(c - whole) < SNAP_PIX, whole, c)
+
+
+def input_pixels(out_wcs: WCS, in_wcs: WCS, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
+    """Input pixel coordinates (2, rows, cols; y then x, 0-based) of the centres of output pixels
+    rows[0]..rows[1] x cols[0]..cols[1]. Centres off the input's sky get -10, outside any image."""
+    gx, gy = np.meshgrid(np.arange(*cols, dtype=np.float64), np.arange(*rows, dtype=np.float64))
+    ix, iy = pixel_to_pixel(out_wcs, in_wcs, gx, gy)
+    del gx, gy
+    return np.stack([_snap(np.nan_to_num(iy, nan=-10.0)), _snap(np.nan_to_num(ix, nan=-10.0))])
+
+
+def resample_slabs(weighted: np.ndarray, weight: np.ndarray, in_wcs: WCS, out_wcs: WCS, box: Box,
+                   slab: int = SLAB_PIXELS) -> Iterator[Slab]:
+    """Resample an image given as ``weighted`` (weight * value, 0 where masked) and ``weight`` over
+    ``box`` of the output grid, one slab of at most ``slab`` pixels at a time (bilinear, normalised).
+
+    Values are float32 for float32 planes, float64 otherwise. Input coordinates outside
+    [0, n - 1] get weight 0: the footprint ends at the centres of the input's edge pixels.
+    """
+    y0, y1, x0, x1 = box
+    dtype = np.result_type(weighted.dtype, weight.dtype, np.float32)
+    for r0, r1 in row_slabs(y0, y1, x1 - x0, slab):
+        coords = input_pixels(out_wcs, in_wcs, (r0, r1), (x0, x1))
+        wht = map_coordinates(weight, coords, order=1, mode="constant", cval=0.0, prefilter=False, output=dtype)
+        value = map_coordinates(weighted, coords, order=1, mode="constant", cval=0.0, prefilter=False, output=dtype)
+        del coords
+        np.divide(value, wht, out=value, where=wht > 0)
+        value[wht <= 0] = 0.0
+        wht[wht < 0] = 0.0
+        yield Slab(r0, r1, value, wht)
+
+
+def resample_image(data: np.ndarray, in_wcs: WCS, out_wcs: WCS, out_shape: tuple[int, int],
+                   slab: int = SLAB_PIXELS) -> np.ndarray:
+    """``data`` resampled onto ``out_wcs``'s grid of ``out_shape`` (NaN where no finite input reaches).
+
+    NaN pixels of ``data`` are masked (weight 0): the output is NaN only between the centres of NaN
+    pixels, where plain bilinear interpolation of NaN would also blank a pixel around every hole.
+    """
+    data = np.asarray(data)
+    finite = np.isfinite(data)
+    weighted = np.where(finite, data, 0.0)
+    out = np.full(out_shape, np.nan, dtype=np.result_type(weighted.dtype, np.float32))
+    box = footprint_box(in_wcs, data.shape, out_wcs, out_shape)
+    if box is None:
+        return out
+    for part in resample_slabs(weighted, finite.astype(np.float32), in_wcs, out_wcs, box, slab):
+        out[part.y0:part.y1, box[2]:box[3]] = np.where(part.weight > 0, part.value, np.nan)
+    return out

@@ -1,0 +1,179 @@
+"""Partition keys of landed files: the observation id in their headers, or a safe name.
+
+A key is read from as few header bytes as possible, as a sensor computes it for every landed file:
+plain uncompressed FITS through :func:`skyassets.fits.header.walk_hdus` (the primary header and,
+when the primary holds no data, the first extension's), anything else through astropy; an S3
+object's first ``S3_HEADER_BYTES`` only. Both readings give the same key; the tests compare them.
+
+Plain Python, no Dagster.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+import unicodedata
+import warnings
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from skyassets.fits.header import HeaderTooLong, NotPlainFits, walk_hdus
+from skyassets.lake.names import InvalidNameError, validate_obs_id
+from skyassets.landing.zone import FITS_SUFFIXES, LandedFile
+
+HEADER_ID_KEYWORDS = ("OBS_ID", "ROOTNAME", "ASN_ID", "OBSID")
+# Header values that mean "no id" in HST/JWST products.
+_NO_ID_VALUES = {"", "NONE", "N/A", "NA", "UNKNOWN", "NULL"}
+STEM_MAX = 64
+# Enough for the primary header of any MAST product and, for .fz, the first extension's header.
+S3_HEADER_BYTES = 256 << 10
+
+_STEM_BAD_RE = re.compile(r"[^A-Za-z0-9_.\-]+")
+
+
+def partition_key(file: LandedFile | str | Path, *, client: Any = None) -> str:
+    """The partition key of a landed file; always passes ``validate_obs_id``.
+
+    The observation id from the header (``HEADER_ID_KEYWORDS`` in order, in the primary header or,
+    when the primary holds no data as in a tile-compressed ``.fz``, the first extension's header)
+    when one is a valid key. Otherwise the file's stem made safe, ``-`` and 8 hex digits of the
+    SHA-256 of location, size and signature: hashing the bytes of large files would cost more
+    than a sensor tick may take, and a file changed in place then gets a new key. Files that are
+    not FITS or cannot be read get the second form too. ``client`` (boto3) reads ``s3://`` files.
+    """
+    if isinstance(file, LandedFile):
+        location, size, signature = file.location, file.size, file.signature
+    else:
+        location, size, signature = str(file), None, None
+    if location.startswith("s3://"):
+        header_id, size, signature = _s3_header_id(location, client, size, signature)
+    else:
+        header_id = _local_header_id(location)
+        if size is None:
+            try:
+                st = os.stat(location)
+                size, signature = st.st_size, str(st.st_mtime_ns)
+            except OSError:
+                pass
+    if header_id is not None:
+        return header_id
+    digest = hashlib.sha256(f"{location}\0{size}\0{signature}".encode("utf-8", "surrogateescape"))
+    return validate_obs_id(f"{_safe_stem(location)}-{digest.hexdigest()[:8]}")
+
+
+def _safe_stem(location: str) -> str:
+    """The file name without its FITS suffix, reduced to letters, digits, ``_ - .``."""
+    name = location.replace("\\", "/").rsplit("/", 1)[-1]
+    lower = name.lower()
+    for suffix in sorted(FITS_SUFFIXES, key=len, reverse=True):
+        if lower.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode("ascii")
+    stem = _STEM_BAD_RE.sub("_", ascii_name)
+    stem = re.sub(r"\.{2,}", ".", stem)[:STEM_MAX]
+    stem = stem.strip("_.-")
+    return stem or "file"
+
+
+def _header_id(headers: Sequence[Any]) -> str | None:
+    for header in headers:
+        for keyword in HEADER_ID_KEYWORDS:
+            value = header.get(keyword)
+            if value is None or isinstance(value, bool):
+                continue
+            text = str(value).strip()
+            if text.upper() in _NO_ID_VALUES:
+                continue
+            try:
+                return validate_obs_id(text)
+            except InvalidNameError:
+                continue
+    return None
+
+
+def _headers(hdul: Any) -> list[Any]:
+    """The primary header, and the first extension's when the primary holds no data."""
+    primary = hdul[0].header
+    if primary.get("NAXIS", 0) != 0:
+        return [primary]
+    try:
+        return [primary, hdul[1].header]
+    except (IndexError, OSError, ValueError):
+        return [primary]
+
+
+def _astropy_header_id(source: str | io.BytesIO) -> str | None:
+    """The header id as astropy reads the file: any FITS astropy opens, compressed ones too."""
+    from astropy.io import fits
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with fits.open(source, lazy_load_hdus=True, memmap=False) as hdul:
+                return _header_id(_headers(hdul))
+    except Exception:  # astropy raises many kinds for files that are not FITS; the key falls back
+        return None
+
+
+def _plain_header_id(f: BinaryIO, size: int) -> str | None:
+    """``_astropy_header_id`` for plain uncompressed FITS, reading only the headers it needs.
+
+    Raises ``NotPlainFits`` for anything else: the caller then asks astropy.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # astropy's notes on the odd cards it is given
+        hdus = walk_hdus(f, size)
+        primary = next(hdus, None)
+        if primary is None:
+            raise NotPlainFits("empty file")
+        if primary.shape:
+            return _header_id([primary.header])
+        extension = next(hdus, None)
+        if extension is None:
+            return _header_id([primary.header])
+        if extension.kind != "IMAGE":
+            raise NotPlainFits("first extension is not an image")  # astropy may build a table HDU otherwise
+        return _header_id([primary.header, extension.header])
+
+
+def _local_header_id(path: str) -> str | None:
+    """The header id of a local file: its headers read directly, astropy when they are not plain."""
+    try:
+        with open(path, "rb") as f:
+            return _plain_header_id(f, os.fstat(f.fileno()).st_size)
+    except HeaderTooLong:  # astropy would read the whole file looking for the END card
+        return None
+    except (NotPlainFits, OSError):
+        return _astropy_header_id(path)
+
+
+def _s3_header_id(
+    location: str, client: Any, size: int | None, signature: str | None
+) -> tuple[str | None, int | None, str | None]:
+    """Header id from the first ``S3_HEADER_BYTES`` of the object, and its size and ETag."""
+    if client is None:
+        raise ValueError(f"partition_key of {location} needs an S3 client")
+    bucket, _, key = location[len("s3://"):].partition("/")
+    try:
+        response = client.get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{S3_HEADER_BYTES - 1}")
+        head = response["Body"].read()
+    except Exception:  # missing or unreadable object: the catalogue step reports it
+        return None, size, signature
+    if size is None:
+        total = str(response.get("ContentRange", "")).rpartition("/")[2]
+        size = int(total) if total.isdigit() else response.get("ContentLength")
+        signature = str(response.get("ETag", "")).strip('"')
+    if head[:2] == b"\x1f\x8b":
+        try:
+            head = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(head, 4 * S3_HEADER_BYTES)
+        except zlib.error:
+            return None, size, signature
+    try:
+        return _plain_header_id(io.BytesIO(head), len(head)), size, signature
+    except NotPlainFits:  # not FITS, or a header longer than the bytes read, or odd
+        return _astropy_header_id(io.BytesIO(head)), size, signature

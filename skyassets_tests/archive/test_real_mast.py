@@ -1,0 +1,280 @@
+"""The archive code against MAST as it really answers: recorded answers, transient failures, odd shapes."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import astroquery.mast
+import numpy as np
+import pyarrow as pa
+import pytest
+import requests
+from astropy.table import Table
+from astropy.time import Time
+from astroquery.mast.discovery_portal import _json_to_table
+
+from skyassets.archive.client import ArchiveError, RetryPolicy, archive_settings, observations_client, with_retries
+from skyassets.archive.download import DownloadConfig, FileRequest, download_files
+from skyassets.archive.query import list_products, merge_filter_rows, query_watchlist, select_products
+from skyassets.archive.watchlist import ProductSpec, load_watchlist, parse_watchlist
+
+RECORDED = Path(astroquery.mast.__file__).parent / "tests" / "data"
+FAST = RetryPolicy(total_seconds=3.0, base_delay=0.01, max_delay=0.05)
+
+
+def _recorded(name: str) -> dict:
+    return json.loads((RECORDED / name).read_text())
+
+
+class _Recorded:
+    """A client answering every search with one recorded portal answer."""
+
+    def __init__(self, answer: dict):
+        self.table = _json_to_table(answer)
+
+    def query_criteria(self, **criteria) -> Table:
+        return self.table
+
+    def query_criteria_count(self, **criteria) -> int:
+        return len(self.table)
+
+
+def _client(emu, **kwargs):
+    return observations_client(emu.url, s3_endpoint=emu.s3_endpoint, retry=kwargs.pop("retry", FAST), **kwargs)
+
+
+# ------------------------------------------------------------------------------------ recorded answers
+
+
+def test_recorded_product_list_keeps_what_mast_recommends() -> None:
+    products = _json_to_table(_recorded("products.json"))  # WFPC2: no calib_level column in this answer
+    chosen = sorted(select_products(products, ProductSpec())["productFilename"])
+    assert chosen == ["u9o40504m_c0f.fits", "u9o40504m_c1f.fits", "u9o40504m_drz.fits"]
+    # Today's answers carry calib_level: the calibrated c0m/c1m are kept too, raw d0m/d0f and auxiliary files not.
+    answer = _recorded("products.json")
+    answer["fields"].append({"name": "calib_level", "type": "int"})
+    levels = {"c0": 2, "c1": 2, "dr": 3}
+    for row in answer["data"]:
+        row["calib_level"] = levels.get(row["productFilename"].split("_")[1][:2], 1)
+    chosen = sorted(select_products(_json_to_table(answer), ProductSpec())["productFilename"])
+    assert chosen == ["u9o40504m_c0f.fits", "u9o40504m_c0m.fits", "u9o40504m_c1f.fits", "u9o40504m_c1m.fits",
+                      "u9o40504m_drz.fits"]
+
+
+def test_product_choice_takes_compressed_fits_and_leaves_previews() -> None:
+    answer = _recorded("products.json")
+    for row, name, kind in zip(answer["data"][:2], ("NGA-nd-int.fits.gz", "NGA-xd-int_2color.jpg"),
+                               ("SCIENCE", "PREVIEW"), strict=True):
+        row.update(productFilename=name, dataURI=f"mast:GALEX/product/{name}", productType=kind,
+                   productGroupDescription="Minimum Recommended Products")
+    chosen = set(select_products(_json_to_table(answer), ProductSpec())["productFilename"])
+    assert "NGA-nd-int.fits.gz" in chosen and "NGA-xd-int_2color.jpg" not in chosen
+    only_drz = select_products(_json_to_table(answer), ProductSpec(subgroups=("DRZ",)))
+    assert list(only_drz["productFilename"]) == ["u9o40504m_drz.fits"]
+
+
+def test_recorded_observations_are_shaped_with_their_nulls_and_id_styles() -> None:
+    result = query_watchlist(_Recorded(_recorded("caom.json")), parse_watchlist("entries: [{obs_id: x}]"))
+    frame = result.observations
+    assert not result.rejected and not result.failed
+    assert len(frame) == 19 and frame["obs_id"].is_unique
+    assert {"U27XCS01T", "hst_05371_cs_wfpc2_f814w_wf", "6373413925362335744"} <= set(frame["obs_id"])
+    # dataURL is null in every row: it stays a text column, as in any other answer.
+    assert frame["dataURL"].isna().all() and frame["dataURL"].dtype == frame["obs_id"].dtype
+    assert pa.Table.from_pandas(frame)["dataURL"].type in (pa.string(), pa.large_string())
+    hla = frame.set_index("obs_id").loc["hst_05371_cs_wfpc2_f814w_wf"]
+    assert hla["target_classification"] is None or np.isnan(hla["target_classification"])
+
+
+def test_per_filter_rows_become_one_row_per_observation() -> None:
+    answer = copy.deepcopy(_recorded("caom.json"))
+    first = answer["data"][0]
+    answer["data"].insert(1, {**first, "filters": "F606W", "em_min": 470.0, "em_max": 720.0})
+    result = query_watchlist(_Recorded(answer), parse_watchlist("entries: [{obs_id: x}]"))
+    row = result.observations.set_index("obs_id").loc[first["obs_id"]]
+    assert row["filters"] == "F814W;F606W"
+    assert row["em_min"] == 470.0 and row["em_max"] == pytest.approx(867.45, abs=0.01)
+    assert len(result.observations) == 19
+
+
+def test_merge_keeps_unique_rows_as_they_are() -> None:
+    frame = _Recorded(_recorded("caom.json")).table.to_pandas()
+    assert merge_filter_rows(frame).equals(frame.reset_index(drop=True))
+
+
+# ------------------------------------------------------------------------------------------ retries
+
+
+class _Answer(requests.HTTPError):
+    def __init__(self, status: int, retry_after: str | None = None):
+        response = requests.Response()
+        response.status_code = status
+        response.url = "https://mast.stsci.edu/api/v0/invoke"
+        if retry_after is not None:
+            response.headers["Retry-After"] = retry_after
+        super().__init__(f"{status}", response=response)
+
+
+def _flaky(*failures: Exception):
+    pending = list(failures)
+
+    def call() -> str:
+        if pending:
+            raise pending.pop(0)
+        return "answer"
+
+    return call
+
+
+def test_retries_back_off_with_jitter_and_honour_retry_after() -> None:
+    sleeps: list[float] = []
+    call = _flaky(_Answer(503), requests.ConnectionError("reset"), _Answer(429, "7"), _Answer(502))
+    policy = RetryPolicy(total_seconds=100, base_delay=1.0, max_delay=30.0)
+    assert with_retries(call, "search", policy, sleep=sleeps.append) == "answer"
+    assert len(sleeps) == 4
+    assert 0.5 <= sleeps[0] <= 1.0 and 1.0 <= sleeps[1] <= 2.0
+    assert sleeps[2] >= 7.0  # the archive asked for 7 s
+    assert 4.0 <= sleeps[3] <= 8.0
+
+
+def test_retries_stop_within_the_time_bound_and_say_why() -> None:
+    sleeps: list[float] = []
+    policy = RetryPolicy(total_seconds=5, base_delay=1.0, max_delay=2.0)
+    with pytest.raises(ArchiveError, match=r"m74: search: HTTP 429 .*gave up after 1 attempt"):
+        with_retries(_flaky(_Answer(429, "60")), "m74: search", policy, sleep=sleeps.append)
+    assert sleeps == []  # waiting 60 s would overrun the 5 s allowed
+    with pytest.raises(ArchiveError, match="HTTP 400"):
+        with_retries(_flaky(_Answer(400)), "m74: search", policy, sleep=sleeps.append)
+    assert sleeps == []  # a client error is not asked again
+
+
+def test_transient_failures_on_every_archive_call_are_ridden_out(emu) -> None:
+    wl = load_watchlist()
+    baseline = query_watchlist(_client(emu), wl)
+    emu.faults.add("status", endpoint="invoke", status=503, times=2, retry_after=0)
+    emu.faults.add("drop", endpoint="invoke", times=1)
+    emu.faults.add("status", endpoint="resolver", status=429, times=1, retry_after=0)
+    emu.faults.add("executing", endpoint="invoke", times=2)
+    emu.requests.clear()
+    result = query_watchlist(_client(emu), wl)
+    assert not result.failed and not result.incomplete
+    assert list(result.observations["obs_id"]) == list(baseline.observations["obs_id"])
+    statuses = [r["status"] for r in emu.requests.snapshot()]
+    assert {503, 429, 0} <= set(statuses)
+
+    obs = result.observations.iloc[0]
+    emu.faults.add("status", endpoint="path_lookup", status=503, times=1, retry_after=0)
+    emu.faults.add("status", endpoint="invoke", status=503, times=1, retry_after=0)
+    frame, _ = list_products(_client(emu), obs["obsid"], ProductSpec(), download_url=emu.url)
+    assert len(frame) and frame["s3_key"].notna().all()
+
+
+def test_a_failing_entry_is_reported_and_the_others_are_kept(emu) -> None:
+    wl = load_watchlist()
+    emu.faults.add("status", endpoint="resolver", match="NGC 3132", status=503, times=-1, retry_after=0)
+    result = query_watchlist(_client(emu, retry=RetryPolicy(total_seconds=0.5, base_delay=0.05, max_delay=0.1)), wl)
+    assert len(result.failed) == 1
+    assert result.failed[0].startswith("southern-ring-nircam: ") and "HTTP 503" in result.failed[0]
+    assert "gave up after" in result.failed[0]
+    assert set(result.per_entry) == {"m74-field", "smacs-0723-program"}
+    assert set(result.observations["watchlist_entry"]) >= {"m74-field", "smacs-0723-program"}
+
+    unknown = parse_watchlist("entries: [{name: nowhere, target: NGC 99999}, {name: smacs, program: 2736}]")
+    result = query_watchlist(_client(emu), unknown)
+    assert result.failed == [result.failed[0]] and result.failed[0].startswith("nowhere: ")
+    assert "Resolv" in result.failed[0] and result.per_entry == {"smacs": 6}
+
+
+# ------------------------------------------------------------------------------- odd answer shapes
+
+
+def test_position_searches_with_a_row_per_filter(emu) -> None:
+    emu.real_answers("per_filter_rows")
+    wl = load_watchlist()
+    result = query_watchlist(_client(emu), wl)
+    assert not result.incomplete and not result.failed
+    frame = result.observations
+    assert frame["obs_id"].is_unique
+    ring = frame[frame["watchlist_entry"].str.contains("southern-ring")]
+    assert len(ring) >= 6 and result.per_entry["southern-ring-nircam"] == 2 * len(ring)  # rows as MAST sent them
+    sky = {o["obs_id"]: o for o in emu.sky.observations}
+    for row in ring.itertuples():
+        assert row.filters == sky[row.obs_id]["filters"] + ";CLEAR"
+
+
+def test_the_whole_real_archive_shape(emu, tmp_path) -> None:
+    emu.real_answers()
+    client = _client(emu)
+    result = query_watchlist(client, load_watchlist())
+    assert not result.failed and not result.incomplete and not result.rejected
+    frame = result.observations.set_index("obs_id")
+    assert {"HLA", "GALEX", "HST", "JWST"} <= set(frame["obs_collection"])
+    assert "J8PU01010" in frame.index and "6380006183007027200" in frame.index
+    assert frame["dataURL"].isna().all()
+    download_url = emu.url + "/api/v0.1/Download/file"
+    hst, _ = list_products(client, frame.loc["J8PU01010", "obsid"], ProductSpec(), download_url=download_url)
+    assert hst["dataURI"].is_unique and "j8pu01010_drz.fits" in set(hst["productFilename"])
+    galex, _ = list_products(client, frame.loc["6380006183007027200", "obsid"], ProductSpec(),
+                             download_url=download_url)
+    assert list(galex["productFilename"]) == ["NGA_NGC0628-nd-int.fits.gz"]
+    requests_ = [FileRequest(row.productFilename, tmp_path / obs_id, row.http_url, row.s3_key, int(row.size))
+                 for obs_id, products in (("J8PU01010", hst), ("6380006183007027200", galex))
+                 for row in products.itertuples()]
+    results = download_files(requests_, DownloadConfig(s3_endpoint=emu.s3_endpoint))
+    assert {r.status for r in results} == {"downloaded"}
+    assert {r.fits_checksum for r in results} == {"ok"}
+
+
+@pytest.mark.parametrize("fault", [dict(kind="status", status=500), dict(kind="omit", match="_flt")])
+def test_a_failing_cloud_lookup_sends_files_over_http(emu, fault, tmp_path) -> None:
+    obs = next(o for o in emu.sky.observations if o["obs_id"] == "j8pu01010")
+    emu.faults.add(fault.pop("kind"), endpoint="path_lookup", times=-1, retry_after=0, **fault)
+    download_url = emu.url + "/api/v0.1/Download/file"
+    frame, refused = list_products(_client(emu), obs["obsid"], ProductSpec(), download_url=download_url)
+    assert len(frame) == 5 and not refused
+    assert frame["s3_key"].isna().all() and frame["http_url"].notna().all()
+    requests_ = [FileRequest(r.productFilename, tmp_path, r.http_url, r.s3_key, int(r.size))
+                 for r in frame.itertuples()]
+    assert {r.source for r in download_files(requests_, DownloadConfig(s3_endpoint=emu.s3_endpoint))} == {"http"}
+
+
+# ---------------------------------------------------------------------------------- exclusive access
+
+
+def test_exclusive_access_needs_a_token_that_grants_it(emu, tmp_path) -> None:
+    exclusive = {o["obs_id"] for o in emu.sky.observations if o["dataRights"] == "EXCLUSIVE_ACCESS"}
+    public = query_watchlist(_client(emu), load_watchlist())
+    assert public.proprietary == len(exclusive) and public.granted == 0
+    assert not exclusive & set(public.observations["obs_id"])
+
+    token = "test-token-7c1e"
+    emu.grant(token, "2107")
+    try:
+        client = _client(emu, token=token)
+        assert token not in repr(archive_settings(client))
+        result = query_watchlist(client, load_watchlist())
+        assert result.granted == len(exclusive) and result.proprietary == 0
+        assert exclusive <= set(result.observations["obs_id"])
+        obs = result.observations.set_index("obs_id").loc[sorted(exclusive)[0]]
+        frame, _ = list_products(client, obs["obsid"], ProductSpec(), download_url=emu.url + "/api/v0.1/Download/file")
+        assert len(frame) and frame["s3_key"].isna().all()  # S3 holds public data only
+        requests_ = [FileRequest(r.productFilename, tmp_path, r.http_url, r.s3_key, int(r.size))
+                     for r in frame.itertuples()]
+        refused = download_files(requests_, DownloadConfig(retries=0))
+        assert {r.status for r in refused} == {"failed"} and "HTTP 401" in str(refused[0].error)
+        config = DownloadConfig(mast_token=token)
+        assert token not in repr(config)
+        fetched = download_files(requests_, config)
+        assert {(r.status, r.source, r.fits_checksum) for r in fetched} == {("downloaded", "http", "ok")}
+        assert not any(token in p.read_text(errors="ignore") for p in tmp_path.rglob("*") if p.is_file())
+
+        emu.grant("other-program", "9999")
+        other = query_watchlist(_client(emu, token="other-program"), load_watchlist(), now=Time.now())
+        assert other.granted == 0 and other.proprietary == len(exclusive)
+        with pytest.raises(ArchiveError, match="token"):
+            _client(emu, token="not-a-token")
+    finally:
+        emu.revoke(token)
+        emu.revoke("other-program")

@@ -1,0 +1,69 @@
+"""Exclusive-access data with a MAST token from the environment, which is never written anywhere."""
+
+import uuid
+from pathlib import Path
+
+import pandas as pd
+from dagster import AssetKey, Definitions, EnvVar, instance_for_test
+
+from skyassets.defs.archive.assets import fits_files, mast_observations, mast_products
+from skyassets.defs.archive.jobs import observation_job, watchlist_job
+from skyassets.defs.catalog.assets import image_metadata
+from skyassets.defs.resources import (
+    ArchiveResource,
+    DownloaderResource,
+    HomeResource,
+    LandingResource,
+    WatchlistResource,
+    default_resources,
+)
+
+
+def _files_holding(root: Path, secret: bytes) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file() and secret in p.read_bytes()]
+
+
+def test_token_from_the_environment_fetches_granted_data_and_is_never_stored(emu, tmp_path, monkeypatch):
+    token = f"mast-{uuid.uuid4().hex}"
+    monkeypatch.delenv("MAST_API_TOKEN", raising=False)
+    assert default_resources()["archive"].token is None
+    monkeypatch.setenv("MAST_API_TOKEN", token)
+    configured = default_resources()["archive"].token
+    assert isinstance(configured, EnvVar) and configured.env_var_name == "MAST_API_TOKEN"  # the name, not the value
+    exclusive = sorted(o["obs_id"] for o in emu.sky.observations if o["dataRights"] == "EXCLUSIVE_ACCESS")
+    home = tmp_path / "home"
+    defs = Definitions(
+        assets=[mast_observations, mast_products, fits_files, image_metadata],
+        jobs=[watchlist_job, observation_job],
+        resources={
+            "home": HomeResource(root=str(home)),
+            "watchlist": WatchlistResource(),
+            "archive": ArchiveResource(url=emu.url, s3_endpoint=emu.s3_endpoint, token=EnvVar("MAST_API_TOKEN")),
+            "downloader": DownloaderResource(read_timeout=5, retries=1, backoff_base=0.01, backoff_max=0.02),
+            "landing": LandingResource(),
+        },
+    )
+    emu.grant(token, "2107")
+    (tmp_path / "dagster").mkdir()
+    try:
+        with instance_for_test(temp_dir=str(tmp_path / "dagster")) as instance:
+            assert defs.resolve_job_def("watchlist_job").execute_in_process(instance=instance).success
+            observations = pd.read_parquet(home / "lake" / "mast_observations.parquet")
+            assert set(exclusive) <= set(observations["obs_id"])
+            metadata = instance.get_latest_materialization_event(AssetKey("mast_observations")).asset_materialization
+            assert metadata.metadata["exclusive_access_granted"].value == len(exclusive)
+            assert metadata.metadata["proprietary_left_out"].value == 0
+
+            obs_id = exclusive[0]
+            instance.add_dynamic_partitions("observations", [obs_id])
+            job = defs.resolve_job_def("observation_job")
+            assert job.execute_in_process(instance=instance, partition_key=obs_id).success
+            manifest = pd.read_parquet(home / "lake" / "fits_files" / f"{obs_id}.parquet")
+            assert len(manifest) and set(manifest["source"]) == {"http"}
+            assert set(manifest["fits_checksum"]) == {"ok"}
+        # Nothing of the run (event log, run storage, compute logs) nor the lake and files holds the token,
+        # though the event log searched holds what the runs logged.
+        assert _files_holding(tmp_path / "dagster", f"{obs_id}: 3 products".encode())
+        assert _files_holding(tmp_path, token.encode()) == []
+    finally:
+        emu.revoke(token)

@@ -1,0 +1,50 @@
+"""The archive assets end to end against the emulator answering like the real MAST."""
+
+import pandas as pd
+from dagster import AssetKey, Definitions, instance_for_test
+
+from skyassets.defs.archive.assets import fits_files, mast_observations, mast_products
+from skyassets.defs.archive.jobs import observation_job, watchlist_job
+from skyassets.defs.catalog.assets import image_metadata
+from skyassets.defs.resources import (
+    ArchiveResource,
+    DownloaderResource,
+    HomeResource,
+    LandingResource,
+    WatchlistResource,
+)
+
+
+def test_real_archive_answers_through_the_pipeline(emu, tmp_path):
+    emu.real_answers()
+    emu.faults.add("status", endpoint="any", status=503, times=3, retry_after=0)
+    home = tmp_path / "home"
+    defs = Definitions(
+        assets=[mast_observations, mast_products, fits_files, image_metadata],
+        jobs=[watchlist_job, observation_job],
+        resources={
+            "home": HomeResource(root=str(home)),
+            "watchlist": WatchlistResource(),
+            "archive": ArchiveResource(url=emu.url, s3_endpoint=emu.s3_endpoint),
+            "downloader": DownloaderResource(read_timeout=5, retries=3, backoff_base=0.01, backoff_max=0.05),
+            "landing": LandingResource(),
+        },
+    )
+    with instance_for_test() as instance:
+        assert defs.resolve_job_def("watchlist_job").execute_in_process(instance=instance).success
+        observations = pd.read_parquet(home / "lake" / "mast_observations.parquet").set_index("obs_id")
+        assert observations.index.is_unique
+        assert {"J8PU01010", "6380006183007027200", "hst_10402_01_acs_wfc_f435w"} <= set(observations.index)
+        assert observations.loc["jw02733-o001_t001_nircam_clear-f090w", "filters"] == "F090W;CLEAR"
+        event = instance.get_latest_materialization_event(AssetKey("mast_observations")).asset_materialization
+        assert event.metadata["failed_entries"].value == 0
+
+        job = defs.resolve_job_def("observation_job")
+        for obs_id, collection in (("J8PU01010", "HST"), ("6380006183007027200", "GALEX")):
+            instance.add_dynamic_partitions("observations", [obs_id])
+            assert job.execute_in_process(instance=instance, partition_key=obs_id).success
+            manifest = pd.read_parquet(home / "lake" / "fits_files" / f"{obs_id}.parquet")
+            assert len(manifest) and set(manifest["fits_checksum"]) == {"ok"}
+            assert all((home / path).is_relative_to(home / "files" / collection / obs_id) for path in manifest["path"])
+        galex = pd.read_parquet(home / "lake" / "fits_files" / "6380006183007027200.parquet")
+        assert list(galex["filename"]) == ["NGA_NGC0628-nd-int.fits.gz"]

@@ -1,0 +1,113 @@
+"""new_observations_sensor requests the new observations in partition-range runs, a bounded number a tick."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+from dagster import (
+    AssetMaterialization,
+    DagsterInstance,
+    Definitions,
+    MetadataValue,
+    SensorResult,
+    SkipReason,
+    asset,
+    build_sensor_context,
+    define_asset_job,
+    instance_for_test,
+)
+
+from skyassets.defs.archive.jobs import observation_job
+from skyassets.defs.archive.sensors import NEW_OBSERVATIONS_PER_TICK, new_observations_sensor
+from skyassets.defs.partitions import OBSERVATIONS_PER_RUN, observations_partitions, requested_partitions
+from skyassets.defs.resources import HomeResource
+from skyassets.lake.home import Home
+
+
+def _query_result(instance: DagsterInstance, home: Path, obs_ids: list[str]) -> None:
+    """A materialisation of mast_observations listing ``obs_ids``, as watchlist_job records it."""
+    path = Home(home).tables.write("mast_observations", pd.DataFrame({"obs_id": obs_ids}))
+    instance.report_runless_asset_event(
+        AssetMaterialization("mast_observations", metadata={"path": MetadataValue.path(str(path))})
+    )
+
+
+def _tick(
+    instance: DagsterInstance, home: Path, cursor: str | None, *, apply: bool = True
+) -> SensorResult | SkipReason:
+    """One evaluation; ``apply`` adds its partitions as the daemon does before it launches the runs."""
+    defs = Definitions(jobs=[observation_job], sensors=[new_observations_sensor])
+    context = build_sensor_context(
+        instance=instance, definitions=defs, cursor=cursor, resources={"home": HomeResource(root=str(home))}
+    )
+    result = new_observations_sensor(context)
+    if apply and isinstance(result, SensorResult):
+        for request in result.dynamic_partitions_requests:
+            instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+    return result
+
+
+def _covered(instance: DagsterInstance, result: SensorResult) -> list[str]:
+    every = instance.get_dynamic_partitions("observations")
+    return [k for r in result.run_requests for k in requested_partitions(r, every)]
+
+
+def test_sixty_new_observations_are_three_runs_requested_once(tmp_path):
+    obs_ids = [f"jw01234-o{i:03d}_t001_nircam" for i in range(60)]
+    with instance_for_test() as instance:
+        instance.add_dynamic_partitions("observations", ["earlier-1"])
+        _query_result(instance, tmp_path, ["earlier-1", *obs_ids, "not/valid"])
+        lost = _tick(instance, tmp_path, None, apply=False)
+        assert len(lost.run_requests) == math.ceil(60 / OBSERVATIONS_PER_RUN) <= 3
+        result = _tick(instance, tmp_path, None)  # the same evaluation again: the same run keys
+        assert [r.run_key for r in result.run_requests] == [r.run_key for r in lost.run_requests]
+        keys = _covered(instance, result)
+        assert sorted(keys) == obs_ids and len(keys) == len(set(keys))
+        assert all(len(requested_partitions(r, obs_ids)) <= OBSERVATIONS_PER_RUN for r in result.run_requests)
+        assert isinstance(_tick(instance, tmp_path, result.cursor), SkipReason)
+        # A new query finding one more observation asks for that one only.
+        _query_result(instance, tmp_path, ["earlier-1", *obs_ids, "jw01234-o999_t001_nircam"])
+        later = _tick(instance, tmp_path, result.cursor)
+        assert _covered(instance, later) == ["jw01234-o999_t001_nircam"]
+        assert _tick(instance, tmp_path, result.cursor).run_requests == []  # re-evaluated: nothing new
+
+
+def test_a_batched_run_materialises_every_partition_it_covers(tmp_path):
+    obs_ids = [f"hst_{i:04d}_acs_wfc" for i in range(40)]
+    seen: list[str] = []
+
+    @asset(partitions_def=observations_partitions)
+    def per_observation(context) -> None:
+        seen.extend(context.partition_keys)
+
+    job = Definitions(assets=[per_observation], jobs=[define_asset_job("stand_in")]).resolve_job_def("stand_in")
+    with instance_for_test() as instance:
+        _query_result(instance, tmp_path, obs_ids)
+        result = _tick(instance, tmp_path, None)
+        for request in result.run_requests:
+            run = job.execute_in_process(instance=instance, partition_key=request.partition_key, tags=request.tags)
+            assert run.success
+        assert instance.get_materialized_partitions(per_observation.key) == set(obs_ids)
+    assert sorted(seen) == obs_ids
+
+
+def test_a_large_first_query_is_handed_on_over_bounded_ticks(tmp_path):
+    total = 2 * NEW_OBSERVATIONS_PER_TICK + 7
+    obs_ids = [f"obs-{i:05d}" for i in range(total)]
+    with instance_for_test() as instance:
+        _query_result(instance, tmp_path, obs_ids)
+        cursor, taken, ticks = None, [], 0
+        while True:
+            result = _tick(instance, tmp_path, cursor)
+            if isinstance(result, SkipReason):
+                break
+            ticks += 1
+            keys = _covered(instance, result)
+            assert len(keys) <= NEW_OBSERVATIONS_PER_TICK
+            assert len(result.run_requests) <= math.ceil(NEW_OBSERVATIONS_PER_TICK / OBSERVATIONS_PER_RUN)
+            taken += keys
+            cursor = result.cursor
+    assert ticks == math.ceil(total / NEW_OBSERVATIONS_PER_TICK)
+    assert sorted(taken) == obs_ids

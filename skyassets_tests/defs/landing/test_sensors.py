@@ -1,0 +1,139 @@
+"""The landing sensors hand on a tick's files in a few partition-range runs, however many partitions."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+from dagster import AssetKey, DagsterInstance, Definitions, SensorResult, build_sensor_context, instance_for_test
+
+from skyassets.defs.archive.assets import fits_files
+from skyassets.defs.catalog.assets import image_metadata
+from skyassets.defs.landing.jobs import landing_job
+from skyassets.defs.landing.sensors import landing_zone_sensor
+from skyassets.defs.partitions import LANDED_PARTITIONS_PER_RUN, requested_partitions
+from skyassets.defs.resources import ArchiveResource, DownloaderResource, HomeResource, LandingResource
+
+
+def _image(path: Path, obs_id: str) -> None:
+    """A small calibrated-looking image: an OBS_ID, a filter and a celestial WCS on its SCI extension."""
+    primary = fits.PrimaryHDU()
+    primary.header.update(
+        {"OBS_ID": obs_id, "TELESCOP": "JWST", "INSTRUME": "NIRCAM", "FILTER": "F200W",
+         "DATE-OBS": "2026-11-20", "TIME-OBS": "01:02:03", "EFFEXPTM": 100.0}
+    )
+    sci = fits.ImageHDU(np.ones((8, 8), np.float32), name="SCI")
+    sci.header.update(
+        {"CTYPE1": "RA---TAN", "CTYPE2": "DEC--TAN", "CRVAL1": 150.0, "CRVAL2": 2.0, "CRPIX1": 4.5,
+         "CRPIX2": 4.5, "CDELT1": -1e-5, "CDELT2": 1e-5, "CUNIT1": "deg", "CUNIT2": "deg", "BUNIT": "MJy/sr"}
+    )
+    fits.HDUList([primary, sci]).writeto(path, checksum=True)
+
+
+def _header_only(path: Path, obs_id: str) -> None:
+    """The smallest FITS file with an OBS_ID: one header block, enough for a partition key."""
+    cards = [f"{'SIMPLE':<8}= {'T':>20}", f"{'BITPIX':<8}= {8:>20}", f"{'NAXIS':<8}= {0:>20}",
+             f"{'OBS_ID':<8}= '{obs_id}'", "END"]
+    path.write_bytes("".join(c.ljust(80) for c in cards).ljust(2880).encode("ascii"))
+
+
+def _resources(home: Path, landing: Path, **landing_settings) -> dict:
+    return {
+        "home": HomeResource(root=str(home)),
+        "landing": LandingResource(folder=str(landing), **landing_settings),
+        "downloader": DownloaderResource(),
+        "archive": ArchiveResource(),  # landed files are copied, never fetched from the archive
+    }
+
+
+def _tick(instance: DagsterInstance, resources: dict, cursor: str | None, *, apply: bool = True) -> SensorResult:
+    """One evaluation; ``apply`` adds its partitions as the daemon does before it launches the runs."""
+    result = landing_zone_sensor(build_sensor_context(instance=instance, cursor=cursor, resources=resources))
+    if apply:
+        for request in result.dynamic_partitions_requests:
+            instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+    return result
+
+
+def _covered(instance: DagsterInstance, result: SensorResult) -> list[str]:
+    every = instance.get_dynamic_partitions("observations")
+    return [k for r in result.run_requests for k in requested_partitions(r, every)]
+
+
+def test_a_tick_of_many_partitions_is_a_few_runs_and_each_runs_once(tmp_path):
+    landing = tmp_path / "drop"
+    landing.mkdir()
+    obs_ids = [f"jw09999-o{i:03d}_t001" for i in range(60)]
+    for obs_id in obs_ids:
+        _image(landing / f"{obs_id}_cal.fits", obs_id)
+    (landing / "broken.fits").write_bytes(b"SIMPLE  =                    T" + b" " * 100)
+    resources = _resources(tmp_path / "home", landing)
+    with instance_for_test() as instance:
+        first = _tick(instance, resources, None)
+        assert not first.run_requests  # nothing is taken the first time it is seen
+        second = _tick(instance, resources, first.cursor, apply=False)
+        assert 1 <= len(second.run_requests) <= 3
+        # The evaluation is lost (its cursor not stored) and repeated: the same runs, by run key.
+        again = _tick(instance, resources, first.cursor)
+        assert [r.run_key for r in again.run_requests] == [r.run_key for r in second.run_requests]
+        assert len({r.run_key for r in again.run_requests}) == len(again.run_requests)
+        keys = _covered(instance, again)
+        assert len(keys) == len(set(keys)) == 61 and set(obs_ids) < set(keys)
+        assert _tick(instance, resources, again.cursor).run_requests == []  # nothing is offered twice
+
+        defs = Definitions(assets=[fits_files, image_metadata], jobs=[landing_job], resources=resources)
+        job = defs.resolve_job_def("landing_job")
+        for request in again.run_requests:
+            run = job.execute_in_process(instance=instance, partition_key=request.partition_key, tags=request.tags)
+            assert run.success  # the broken file is quarantined; its batch goes on
+        assert instance.get_materialized_partitions(AssetKey("image_metadata")) == set(keys)
+        assert instance.get_materialized_partitions(AssetKey("fits_files")) == set(keys)
+    home = tmp_path / "home"
+    names = {p.name for p in (home / "lake" / "image_metadata").glob("*.parquet")}
+    assert names == {f"{k}.parquet" for k in keys}
+    quarantined = list((home / "quarantine").glob("broken*.json"))
+    assert len(quarantined) == 1 and "broken.fits" in json.loads(quarantined[0].read_text())["file"]
+
+
+def test_files_for_partitions_already_known_join_their_partitions_runs(tmp_path):
+    landing = tmp_path / "drop"
+    landing.mkdir()
+    for i in range(30):
+        _header_only(landing / f"a{i:02d}.fits", f"obs-{i:02d}")
+    resources = _resources(tmp_path / "home", landing)
+    with instance_for_test() as instance:
+        known = ["mast-1", "obs-03", "obs-04", "mast-2", "obs-05", "mast-3"]
+        instance.add_dynamic_partitions("observations", known)
+        result = _tick(instance, resources, _tick(instance, resources, None).cursor)
+        keys = _covered(instance, result)
+        assert sorted(keys) == [f"obs-{i:02d}" for i in range(30)]
+        assert not any(k.startswith("mast") for k in keys)  # a range never spans a partition not asked for
+        assert len(result.run_requests) == 3  # obs-03..obs-04; obs-05; the 27 new ones
+
+
+def test_a_tick_over_thousands_of_files_stays_bounded(tmp_path):
+    landing = tmp_path / "drop"
+    for folder in range(3):
+        (landing / f"night{folder}").mkdir(parents=True)
+    total = 3000
+    for i in range(total):
+        _header_only(landing / f"night{i % 3}" / f"f{i:05d}.fits", f"obs-{i:05d}")
+    max_files, max_ready = 1000, 200
+    resources = _resources(tmp_path / "home", landing, max_files=max_files, max_ready=max_ready)
+    taken: list[str] = []
+    cursor, ticks = None, 0
+    with instance_for_test() as instance:
+        while len(taken) < total and ticks < 60:
+            result = _tick(instance, resources, cursor)
+            cursor, ticks = result.cursor, ticks + 1
+            keys = _covered(instance, result)
+            assert len(keys) <= max_ready
+            assert len(result.run_requests) <= math.ceil(max_ready / LANDED_PARTITIONS_PER_RUN)
+            taken += keys
+        assert _tick(instance, resources, cursor).run_requests == []
+    assert len(taken) == len(set(taken)) == total
+    # A pass examines max_files entries a tick, and a file is taken on its second sighting.
+    assert ticks <= 2 * math.ceil(total / max_files) + math.ceil(total / max_ready)
