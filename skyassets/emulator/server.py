@@ -253,10 +253,11 @@ class MastHandler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
+        # Logged before the answer goes out: a client that has its answer finds its request in the log.
+        self._log(status, len(body) if method != "HEAD" else 0)
         self.end_headers()
         if method != "HEAD":
             self.wfile.write(body)
-        self._log(status, len(body) if method != "HEAD" else 0)
 
     def _log(self, status: int, sent: int, uri: str | None = None) -> dict[str, Any]:
         entry = {"method": self.command, "path": urlsplit(self.path).path, "uri": uri,
@@ -353,10 +354,10 @@ class MastHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         if fault.status in (429, 503):
             self.send_header("Retry-After", str(fault.retry_after))
+        self._log(fault.status, 0, uri)
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
-        self._log(fault.status, 0, uri)
 
     def _token(self) -> str | None:
         """The MAST token of the request: ``Authorization: token ...`` or the ``mast_token`` cookie."""
@@ -379,18 +380,18 @@ class MastHandler(BaseHTTPRequestHandler):
             self.send_response(404)
             self.send_header("Content-Type", "text/plain")
             self.send_header("Content-Length", str(len(body)))
+            self._log(404, 0, uri)
             self.end_headers()
             if method == "GET":
                 self.wfile.write(body)
-            self._log(404, 0, uri)
             return
         path, size, md5, rights = entry
         if rights != "PUBLIC" and not self.server.grants(self._token(), uri):
             denied = 401 if self._token() is None else 403
             self.send_response(denied)
             self.send_header("Content-Length", "0")
-            self.end_headers()
             self._log(denied, 0, uri)
+            self.end_headers()
             return
         fault = self.server.faults.take(method, uri)
         if fault and fault.kind == "status":
@@ -408,8 +409,8 @@ class MastHandler(BaseHTTPRequestHandler):
                 self.send_response(416)
                 self.send_header("Content-Range", f"bytes */{size}")
                 self.send_header("Content-Length", "0")
-                self.end_headers()
                 self._log(416, 0, uri)
+                self.end_headers()
                 return
             start, end = parsed
             status = 206
@@ -422,8 +423,8 @@ class MastHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Disposition", f"attachment; filename={Path(uri).name}")
         if status == 206:
             self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
-        self.end_headers()
         log = self._log(status, 0, uri)
+        self.end_headers()
         if method == "HEAD":
             return
         limit = length
