@@ -171,14 +171,16 @@ def text_progress(done: int, total: int) -> None:
     sys.stderr.flush()
 
 
-def measure_quality(instance: DagsterInstance, home: Home, partitions: list[str], run_config: dict) -> int:
+def measure_quality(
+    instance: DagsterInstance, home: Home, partitions: list[str], run_config: dict
+) -> tuple[int, int]:
     """Run quality_job in batched runs over the partitions whose images changed since they were last
-    measured, print the flags; return failed runs."""
+    measured, print the flags; return (partitions measured, failed runs)."""
     todo = outdated(instance, "image_quality", "image_metadata", partitions)
     if len(todo) < len(partitions):
         print(f"\nImage quality of {len(partitions) - len(todo)} observations is up to date.")
     if not todo:
-        return 0
+        return 0, 0
     from skyassets.definitions import defs
 
     job = defs.resolve_job_def("quality_job")
@@ -201,7 +203,7 @@ def measure_quality(instance: DagsterInstance, home: Home, partitions: list[str]
     for row in sorted(worst, key=lambda r: r["score"])[:3]:
         print(f"  lowest: {row['file_name']} ({row['filter']}) score {row['score']:.0f} {row['flag']}")
     print(f"  details: skyassets quality {partitions[0]}")
-    return failures
+    return len(partitions), failures
 
 
 def make_products(instance: DagsterInstance, home: Home, run_config: dict) -> tuple[int, int]:
@@ -247,9 +249,8 @@ def bring_up_to_date(instance: DagsterInstance, home: Home, partitions: list[str
     """What the daemon's automation does after new files, in this process: quality of ``partitions``,
     targets and the catalog, each target's products, the catalog again. Returns failed runs, or None
     when the catalog could not be published."""
-    changed = outdated(instance, "image_quality", "image_metadata", partitions)
-    failures = measure_quality(instance, home, partitions, run_config)
-    if changed or not latest_storage_id(instance, "catalog"):
+    measured, failures = measure_quality(instance, home, partitions, run_config)
+    if measured or not latest_storage_id(instance, "catalog"):
         if not publish_catalog(instance, run_config):
             return None
     made, failed = make_products(instance, home, run_config)

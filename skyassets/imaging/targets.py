@@ -68,15 +68,24 @@ def _tangent(vertices: np.ndarray, centre: np.ndarray) -> Polygon | None:
     return shape if shape.is_valid else shape.buffer(0)
 
 
+def _cap(points: np.ndarray) -> tuple[np.ndarray, float]:
+    """The centre (unit vector) and angular radius of a cap holding ``points`` (unit vectors)."""
+    centre = points.sum(axis=0)
+    centre /= np.linalg.norm(centre)
+    return centre, float(np.arccos(np.clip(points @ centre, -1, 1)).max())
+
+
 class _Footprint:
-    """An observation's image polygons, with a bounding cap to skip pairs far apart."""
+    """An observation's image polygons, with a bounding cap to skip pairs far apart, and one cap per
+    polygon to skip, without projecting anything, pairs whose images lie side by side."""
 
     def __init__(self, regions: Iterable[str | None]):
         self.vertices = [p for region in regions for p in polygons(region)]
+        caps = [_cap(_unit(v[:, 0], v[:, 1])) for v in self.vertices]
+        self.centres = np.array([c for c, _ in caps]).reshape(-1, 3)
+        self.radii = np.array([r for _, r in caps])
         points = _unit(*np.vstack(self.vertices).T) if self.vertices else np.empty((0, 3))
-        centre = points.sum(axis=0)
-        self.centre = centre / np.linalg.norm(centre) if len(points) else None
-        self.radius = float(np.arccos(np.clip(points @ self.centre, -1, 1)).max()) if len(points) else 0.0
+        self.centre, self.radius = _cap(points) if len(points) else (None, 0.0)
 
     def near(self, other: _Footprint) -> bool:
         if self.centre is None or other.centre is None:
@@ -90,6 +99,9 @@ class _Footprint:
     def overlaps(self, other: _Footprint) -> bool:
         if not self.near(other):
             return False
+        apart = np.arccos(np.clip(self.centres @ other.centres.T, -1, 1))
+        if not (apart <= self.radii[:, None] + other.radii[None, :]).any():
+            return False  # no image's cap touches one of the other's: the polygons cannot meet
         middle = self.centre + other.centre
         middle /= np.linalg.norm(middle)
         mine, theirs = self.shape(middle), other.shape(middle)
