@@ -1,7 +1,15 @@
-"""Download throughput: skyassets' downloader against curl and astroquery, in one run, on loopback.
+"""Download throughput: skyassets' downloader against curl, astroquery and aria2c, in one run, on loopback.
 
-    python bench/download.py                 # (a) one 512 MB file, (b) 50 files of 20 MB
-    python bench/download.py --large-mb 64 --small-count 10 --small-mb 4 --repeat 1   # quick look
+    python bench/download.py                 # (a) one 512 MB file, (b) 50 files of 20 MB, (c) one 2 GB file
+    python bench/download.py --large-mb 64 --small-count 10 --small-mb 4 --link-mb 256 --repeat 1   # quick look
+    python bench/download.py --cases link    # (c) only
+
+(c) is one large file over a link that carries at most --link-rate MB/s per connection (the emulator
+paces each connection, as WAN and S3 links do), then over the unpaced loopback: skyassets with its
+ranged connections, curl with one stream and aria2c with as many connections as skyassets
+(`aria2c -x N -s N -k SEGMENT`; scripts/bench-deps.sh installs it). Each client runs in its own
+process; its peak RSS is printed (flat memory: far below the file's size). skyassets' time is
+measured inside its process (no interpreter start), curl's and aria2c's around theirs.
 
 The MAST emulator serves the files over HTTP from a separate process (so the server does not share
 the interpreter with the clients). Every client fetches the same files from the same server:
@@ -11,12 +19,14 @@ the interpreter with the clients). Every client fetches the same files from the 
   astroquery Observations.download_products (HTTP), the way most MAST scripts download
 Each figure is the median of --repeat runs; the ratios are skyassets over the baseline. Files live
 in /dev/shm by default, so the figures are the clients' and not the disk's (--workdir to change).
-Targets: (a) >= 0.9x curl, (b) >= 3x astroquery.
+Targets: (a) >= 0.9x curl, (b) >= 3x astroquery, (c) >= 4x curl and >= 1x aria2c over the paced link,
+>= 0.9x curl unpaced.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing as mp
 import shutil
 import statistics
@@ -40,8 +50,24 @@ def _make_fits(path: Path, megabytes: float, seed: int) -> Path:
     return path
 
 
+def _make_large_fits(path: Path, megabytes: float) -> Path:
+    """A FITS byte image of about ``megabytes`` MB with CHECKSUM/DATASUM, its data a noise block
+    repeated; staged through a memory map so the generator never holds the file twice."""
+    block = np.random.default_rng(7).integers(0, 256, 8 << 20, dtype=np.uint8)
+    size = max(1, int(megabytes * 1e6) // block.size) * block.size
+    staging = path.with_name(path.name + ".data")
+    data = np.memmap(staging, dtype=np.uint8, mode="w+", shape=(size,))
+    for start in range(0, size, block.size):
+        data[start:start + block.size] = block
+    fits.PrimaryHDU(data).writeto(path, checksum=True, overwrite=True)
+    del data
+    staging.unlink()
+    return path
+
+
 def _serve(home: str, sets: dict[str, list[str]], pipe) -> None:
-    """Child process: an emulator publishing the benchmark files; sends back its URL and products."""
+    """Child process: an emulator publishing the benchmark files; sends back its URL and products,
+    then takes ("throttle", bytes per second per connection) messages until "stop"."""
     from skyassets.emulator import Emulator
 
     with Emulator(Path(home), s3=False) as emu:
@@ -50,7 +76,9 @@ def _serve(home: str, sets: dict[str, list[str]], pipe) -> None:
             for name, paths in sets.items()
         }
         pipe.send((emu.url, products))
-        pipe.recv()  # wait until the parent is done
+        while (message := pipe.recv()) != "stop":
+            emu.throttle = message[1]
+            pipe.send("ok")
 
 
 def _timed(fn) -> float:
@@ -100,6 +128,89 @@ def _astroquery(url: str, products: list[dict], out: Path) -> None:
         raise RuntimeError("astroquery failed")
 
 
+_SKYASSETS_CHILD = """
+import json, sys, time
+from pathlib import Path
+from skyassets.archive.download import DownloadConfig, FileRequest, download_files
+url, name, size, out, connections = sys.argv[1:6]
+request = FileRequest(filename=name, dest_dir=Path(out), http_url=url, expected_size=int(size))
+start = time.perf_counter()
+(result,) = download_files([request], DownloadConfig(prefer_s3=False, connections=int(connections)))
+print(json.dumps({"seconds": time.perf_counter() - start, "error": result.error}))
+"""
+
+
+def _run_measured(argv: list[str]) -> tuple[float, float, str]:
+    """Run a client process; (wall seconds, peak RSS in MB, its stdout). The peak comes from GNU time,
+    a small process forking the client, so the bench's own memory is not counted in."""
+    with tempfile.NamedTemporaryFile("w+") as rss, tempfile.TemporaryFile("w+") as err:
+        timer = ["/usr/bin/time", "-f", "%M %U %S", "-o", rss.name] if Path("/usr/bin/time").exists() else []
+        start = time.perf_counter()
+        proc = subprocess.run(timer + argv, stdout=subprocess.PIPE, stderr=err, text=True)
+        seconds = time.perf_counter() - start
+        if proc.returncode:
+            err.seek(0)
+            raise RuntimeError(f"{argv[0]} failed ({proc.returncode}): {err.read().strip()[-500:]}")
+        figures = (rss.read().strip().splitlines() or [""])[-1].split()
+    if len(figures) == 3:
+        print(f"    {Path(argv[0]).name}: {float(figures[1]) + float(figures[2]):.1f} s of CPU", flush=True)
+        return seconds, int(figures[0]) / 1e3, proc.stdout
+    return seconds, float("nan"), proc.stdout
+
+
+def _link_clients(url: str, product: dict, connections: int, segment_mb: int):
+    """The three clients of case (c): each returns (seconds, peak RSS MB) for one fetch into ``out``."""
+    file_url = f"{url}/api/v0.1/Download/file?uri={product['dataURI']}"
+    name = product["productFilename"]
+
+    def skyassets(out: Path) -> tuple[float, float]:
+        _, rss, text = _run_measured([sys.executable, "-c", _SKYASSETS_CHILD, file_url, name,
+                                      str(product["size"]), str(out), str(connections)])
+        answer = json.loads(text.strip().splitlines()[-1])
+        if answer["error"]:
+            raise RuntimeError(f"skyassets failed: {answer['error']}")
+        return answer["seconds"], rss
+
+    def curl(out: Path) -> tuple[float, float]:
+        seconds, rss, _ = _run_measured(["curl", "-sSf", "-o", str(out / name), file_url])
+        return seconds, rss
+
+    def aria2c(out: Path) -> tuple[float, float]:
+        seconds, rss, _ = _run_measured([
+            "aria2c", "-q", f"-x{connections}", f"-s{connections}", f"-k{segment_mb}M", "--file-allocation=none",
+            "--allow-overwrite=true", "--auto-file-renaming=false", "-d", str(out), "-o", name, file_url,
+        ])
+        return seconds, rss
+
+    return {"skyassets": skyassets, "curl": curl, "aria2c": aria2c}
+
+
+def _link_case(url: str, product: dict, args, pipe, work: Path) -> list[tuple[str, float, dict]]:
+    """Case (c): paced and unpaced rows of (label, rate, {client: (MB/s, peak RSS MB)})."""
+    clients = _link_clients(url, product, args.connections, args.segment_mb)
+    size = int(product["size"])
+    rows = []
+    for label, rate in ((f"{args.link_rate:g} MB/s per connection", args.link_rate * 1e6), ("unpaced", 0.0)):
+        pipe.send(("throttle", rate))
+        pipe.recv()
+        times: dict[str, list[float]] = {c: [] for c in clients}
+        rss: dict[str, float] = dict.fromkeys(clients, 0.0)
+        for _ in range(args.repeat):
+            for client, run in clients.items():
+                out = work / "out" / client
+                shutil.rmtree(out, ignore_errors=True)
+                out.mkdir(parents=True)
+                seconds, peak = run(out)
+                print(f"  (c) {label}: {client} {size / seconds / 1e6:.0f} MB/s, peak RSS {peak:.0f} MB", flush=True)
+                times[client].append(seconds)
+                rss[client] = max(rss[client], peak)
+                shutil.rmtree(out, ignore_errors=True)  # a 2 GB copy in /dev/shm is memory
+        rows.append((label, rate, {c: (size / statistics.median(t), rss[c]) for c, t in times.items()}))
+    pipe.send(("throttle", 0.0))
+    pipe.recv()
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--large-mb", type=float, default=512)
@@ -108,34 +219,50 @@ def main() -> int:
     parser.add_argument("--parallel", type=int, default=4, help="skyassets' files in parallel")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--md5", choices=("auto", "always"), default="auto", help="skyassets' MD5 policy")
+    parser.add_argument("--cases", default="large,small,link", help="which of large, small, link to run")
+    parser.add_argument("--link-mb", type=float, default=2048, help="(c) the file's size")
+    parser.add_argument("--link-rate", type=float, default=50, help="(c) MB/s each connection may carry")
+    parser.add_argument("--connections", type=int, default=8, help="(c) connections of skyassets and aria2c")
+    parser.add_argument("--segment-mb", type=int, default=32, help="(c) aria2c's -k (skyassets' segment size)")
     parser.add_argument(
         "--workdir",
         default="/dev/shm" if Path("/dev/shm").is_dir() else None,
         help="where files are written (default: memory-backed /dev/shm, so the disk does not set the figure)",
     )
     args = parser.parse_args()
+    cases = set(args.cases.split(","))
     if not shutil.which("curl"):
-        print("curl is not installed", file=sys.stderr)
+        print("curl is not installed (scripts/bench-deps.sh installs it)", file=sys.stderr)
+        return 2
+    if "link" in cases and not shutil.which("aria2c"):
+        print("aria2c is not installed, so case (c) has no multi-connection baseline: run scripts/bench-deps.sh "
+              "(apt-get install aria2), or leave it out with --cases large,small", file=sys.stderr)
         return 2
 
     with tempfile.TemporaryDirectory(prefix="skyassets-bench-", dir=args.workdir) as tmp:
         work = Path(tmp)
         (work / "src").mkdir()
-        print(f"writing test files ({args.large_mb:.0f} MB + {args.small_count} x {args.small_mb:.0f} MB)...")
-        sets = {
-            "large": [str(_make_fits(work / "src" / "bench_large_i2d.fits", args.large_mb, 0))],
-            "small": [
+        print("writing test files...")
+        sets: dict[str, list[str]] = {}
+        if "large" in cases:
+            sets["large"] = [str(_make_fits(work / "src" / "bench_large_i2d.fits", args.large_mb, 0))]
+        if "small" in cases:
+            sets["small"] = [
                 str(_make_fits(work / "src" / f"bench_small_{i:03d}_cal.fits", args.small_mb, i + 1))
                 for i in range(args.small_count)
-            ],
-        }
+            ]
+        if "link" in cases:
+            sets["link"] = [str(_make_large_fits(work / "src" / "bench_link_i2d.fits", args.link_mb))]
         parent, child = mp.Pipe()
         server = mp.get_context("spawn").Process(target=_serve, args=(str(work / "emu"), sets, child), daemon=True)
         server.start()
         url, products = parent.recv()
         try:
             rows = []
+            link_rows = _link_case(url, products["link"][0], args, parent, work) if "link" in cases else []
             for name in ("large", "small"):
+                if name not in cases:
+                    continue
                 total = sum(int(p["size"]) for p in products[name])
                 clients = {
                     "skyassets": lambda out, ps=products[name]: _skyassets(url, ps, out, args.parallel, args.md5),
@@ -163,9 +290,24 @@ def main() -> int:
             f" {s['astroquery'] / 1e6:>16.0f} {s['skyassets'] / s['curl']:>7.2f}x"
             f" {s['skyassets'] / s['astroquery']:>13.2f}x"
         )
-    large, small = rows[0][3], rows[1][3]
-    print(f"\n(a) one large file: skyassets / curl = {large['skyassets'] / large['curl']:.2f}x (target >= 0.9x)")
-    print(f"(b) many files: skyassets / astroquery = {small['skyassets'] / small['astroquery']:.2f}x (target >= 3x)")
+    by_case = {row[0]: row[3] for row in rows}
+    if large := by_case.get("large"):
+        print(f"\n(a) one large file: skyassets / curl = {large['skyassets'] / large['curl']:.2f}x (target >= 0.9x)")
+    if small := by_case.get("small"):
+        print(f"(b) many files: skyassets / astroquery = {small['skyassets'] / small['astroquery']:.2f}x "
+              "(target >= 3x)")
+    if link_rows:
+        print(f"\n(c) one {args.link_mb:.0f} MB file, {args.connections} connections for skyassets and aria2c "
+              "(MB/s; peak RSS MB)")
+        print(f"{'link':<26} {'skyassets':>16} {'curl':>16} {'aria2c':>16} {'vs curl':>8} {'vs aria2c':>10}")
+        for label, _, s in link_rows:
+            cells = " ".join(f"{s[c][0] / 1e6:>7.0f} ({s[c][1]:>5.0f})" for c in ("skyassets", "curl", "aria2c"))
+            print(f"{label:<26} {cells} {s['skyassets'][0] / s['curl'][0]:>7.2f}x"
+                  f" {s['skyassets'][0] / s['aria2c'][0]:>9.2f}x")
+        paced, unpaced = link_rows[0][2], link_rows[1][2]
+        print(f"paced: skyassets / curl = {paced['skyassets'][0] / paced['curl'][0]:.2f}x (target >= 4x), "
+              f"skyassets / aria2c = {paced['skyassets'][0] / paced['aria2c'][0]:.2f}x (target >= 1x); "
+              f"unpaced: skyassets / curl = {unpaced['skyassets'][0] / unpaced['curl'][0]:.2f}x (target >= 0.9x)")
     return 0
 
 

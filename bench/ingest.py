@@ -2,6 +2,7 @@
 
     python bench/ingest.py                  # 2,000 files
     python bench/ingest.py --files 200      # quick look
+    python bench/ingest.py --postgres       # also on a PostgreSQL instance: events/s and files/s side by side
 
 Generates JWST-like ``_cal`` files (a primary header of ~280 cards, a SCI extension with a TAN-SIP
 WCS and an S_REGION as the pipeline writes it, ERR and DQ extensions, CHECKSUM/DATASUM; 64x64
@@ -26,6 +27,7 @@ import contextlib
 import io
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -399,8 +401,11 @@ class _Timers:
             self.calls[phase] += 1
 
 
-def run_skyassets(paths: list[Path], work: Path) -> tuple[float, _Timers, dict[str, int]]:
-    """Seconds for ``ingest`` and the catalog publish through a SQLite-backed Dagster instance."""
+def run_skyassets(
+    paths: list[Path], work: Path, postgres_url: str | None = None
+) -> tuple[float, _Timers, dict[str, int]]:
+    """Seconds for ``ingest`` and the catalog publish through a SQLite-backed Dagster instance, or a
+    PostgreSQL one (``postgres_url``: deploy/dagster.yaml's storage on that database)."""
     from dagster import DagsterInstance, DagsterRunStatus
 
     import skyassets.cli.runs as runs
@@ -411,8 +416,16 @@ def run_skyassets(paths: list[Path], work: Path) -> tuple[float, _Timers, dict[s
     from skyassets.lake.home import Home
     from skyassets.lake.store import Lake
 
-    home = Home(work / "home")
-    os.environ["DAGSTER_HOME"] = str(work / "dagster")
+    backend = "postgres" if postgres_url else "sqlite"
+    home = Home(work / f"home-{backend}")
+    os.environ["DAGSTER_HOME"] = str(work / f"dagster-{backend}")
+    if postgres_url:
+        Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
+        settings = Path(__file__).resolve().parents[1] / "skyassets" / "dagster.yaml"
+        os.environ["SKYASSETS_POSTGRES_URL"] = postgres_url
+        (Path(os.environ["DAGSTER_HOME"]) / "dagster.yaml").write_text(
+            settings.read_text() + "\nstorage:\n  postgres:\n    postgres_url:\n      env: SKYASSETS_POSTGRES_URL\n"
+        )
     dagster_home = prepare_dagster_home(home)  # skyassets' dagster.yaml, as `skyassets ingest` sets it up
     timers = _Timers()
     restore = [
@@ -441,6 +454,8 @@ def run_skyassets(paths: list[Path], work: Path) -> tuple[float, _Timers, dict[s
         counts = {
             "files": files, "partitions": partitions, "failed_runs": len(failed),
             "runs": len(records),
+            "events": sum(len(instance.get_records_for_run(r.dagster_run.run_id, limit=1_000_000).records)
+                          for r in records),
             "successful_runs": sum(r.dagster_run.status == DagsterRunStatus.SUCCESS for r in records),
         }
         if failed or not published.success or files != len(paths):
@@ -486,6 +501,29 @@ def report(count: int, bare: float, sky: float, timers: _Timers, counts: dict[st
     return ratio
 
 
+@contextlib.contextmanager
+def postgres_server() -> Iterator[str]:
+    """A private PostgreSQL server on loopback from scripts/postgres.sh (as the tests start it); its URL."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "postgres.sh"
+    started = subprocess.run(["bash", str(script), "start"], capture_output=True, text=True, check=True)
+    values = dict(line.removeprefix("export ").split("=", 1)
+                  for line in started.stdout.splitlines() if line.startswith("export "))
+    try:
+        yield values["SKYASSETS_POSTGRES_URL"]
+    finally:
+        subprocess.run(["bash", str(script), "stop", values["SKYASSETS_POSTGRES_DIR"]], check=False)
+
+
+def compare_backends(count: int, sqlite: float, sqlite_counts: dict[str, int],
+                     postgres: float, postgres_counts: dict[str, int]) -> None:
+    """Files/s and Dagster events/s of the same ingest on both instance storages."""
+    print("instance storage (same files, same run, the whole ingest + catalog publish):")
+    for name, seconds, counts in (("SQLite", sqlite, sqlite_counts), ("PostgreSQL", postgres, postgres_counts)):
+        print(f"  {name:<10} {count / seconds:8.1f} files/s  {counts['events'] / seconds:8.1f} events/s  "
+              f"({counts['events']} events, {counts['runs']} runs, {seconds:.2f} s)")
+    print(f"  PostgreSQL / SQLite: {sqlite / postgres:.2f}x the files/s")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--files", type=int, default=2000, help="number of files (default 2000)")
@@ -496,6 +534,9 @@ def main() -> int:
                              "detectors; 1 makes every file its own partition)")
     parser.add_argument("--no-s-region", dest="s_region", action="store_false",
                         help="leave S_REGION out of the SCI headers (footprints from the WCS)")
+    parser.add_argument("--postgres", action="store_true",
+                        help="also ingest the same files through a PostgreSQL instance (a private server that "
+                             "scripts/postgres.sh starts and stops) and compare events/s and files/s with SQLite")
     args = parser.parse_args()
     warnings.filterwarnings("ignore", message=".*is currently in beta.*")
     work = Path(tempfile.mkdtemp(prefix="skyassets-bench-ingest-", dir=args.workdir))
@@ -508,6 +549,10 @@ def main() -> int:
         bare = bare_loop(paths)
         sky, timers, counts = run_skyassets(paths, work)
         ratio = report(len(paths), bare, sky, timers, counts)
+        if args.postgres:
+            with postgres_server() as url:
+                pg, _, pg_counts = run_skyassets(paths, work, postgres_url=url)
+            compare_backends(len(paths), sky, counts, pg, pg_counts)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0 if ratio >= TARGET else 1

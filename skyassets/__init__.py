@@ -19,6 +19,7 @@ _OWNERS: dict[str, str] = {
     # the catalog
     "connect": "skyassets.catalog.db",
     "search": "skyassets.catalog.db",
+    "find": "skyassets.catalog",
     "refresh": "skyassets.catalog.db",
     "publish": "skyassets.catalog.db",
     "export_files": "skyassets.catalog.export",

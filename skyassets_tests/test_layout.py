@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "skyassets"
-DOMAINS = ("archive", "fits", "landing", "lake", "catalog", "imaging", "emulator")
+DOMAINS = ("archive", "fits", "landing", "lake", "catalog", "imaging", "tiles", "emulator")
 SOURCES = sorted(PACKAGE.rglob("*.py"))
 
 

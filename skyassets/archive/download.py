@@ -5,14 +5,26 @@ dropped connection, so skyassets fetches the files itself:
 
 * every file streams into ``<final>.part``; a retry (in this process, or after the process was
   killed) asks for ``bytes=N-`` where N is the size of the ``.part`` and keeps the bytes only from
-  a ``206`` starting at N; a ``200`` restarts the file from zero. ``<final>.part.json`` remembers
-  the source, ETag and size so a resumed range is conditional (``If-Range`` / ``IfMatch``) and a
-  changed object restarts instead of being spliced;
+  a ``206`` starting at N for an object of the same size; a ``200`` restarts the file from zero.
+  ``<final>.part.json`` remembers the source, ETag, Last-Modified and size so a resumed range is
+  conditional (``If-Range`` / ``IfMatch`` + ``IfUnmodifiedSince``) and a changed object restarts
+  instead of being spliced; an object with neither validator is never resumed;
+* a large file comes over several ranged connections at once (``DownloadConfig.connections``,
+  ranges of ``segment_size``), written in place in a preallocated ``.part``; the ranges done are
+  recorded in ``.part.json`` so a retry fetches only the missing ones, and one thread hashes the
+  file in order as its complete prefix grows, so the file is verified once without a second read;
+* ``Content-MD5`` (of a body) and ``x-amz-checksum-sha256`` (of the object) are checked when a
+  server sends them; a compressed body (``Content-Encoding``) is refused, never stored;
+* a transfer slower than ``min_speed`` over ``min_speed_window`` is cut and retried, and
+  ``deadline`` bounds one file's whole fetch, so a trickling server cannot hold a batch forever;
 * a finished file is checked (size, MD5 against a plain ETag, FITS ``CHECKSUM``/``DATASUM``, of the
   decompressed stream for a ``.fits.gz``) before it is renamed into place, and its SHA-256 is
   written beside it as ``<final>.sha256`` (``sha256sum -c`` format); a file that fails a check is
   moved aside as ``<final>.corrupt``;
-* a file in place with its ``.sha256`` and the expected size is not fetched again;
+* a file in place with its ``.sha256`` is not fetched again if its size and mtime are those recorded
+  (in ``.<final>.verified``) when it was verified; otherwise (or with ``verify_existing``) it is
+  hashed and checked again;
+* names ending in a suffix of these working files are refused, so a product never collides with them;
 * one file's failure never stops the others: every request gets a :class:`FileResult`.
 
 This module does not import Dagster; progress goes to a plain callback.
@@ -31,10 +43,12 @@ import re
 import threading
 import time
 import zlib
+from base64 import b64decode
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from email.utils import formatdate, parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +57,8 @@ import urllib3
 from requests.adapters import HTTPAdapter
 
 from skyassets.fits.verify import FitsCheck, StreamingFitsVerifier, verify_fits
-from skyassets.lake.names import InvalidNameError, safe_filename
+from skyassets.lake.names import MAX_FILENAME_LENGTH, InvalidNameError, safe_filename
+from skyassets.landing.zone import open_regular
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +67,19 @@ STATE_SUFFIX = ".part.json"
 SHA256_SUFFIX = ".sha256"
 CORRUPT_SUFFIX = ".corrupt"
 LOCK_SUFFIX = ".lock"
+VERIFIED_SUFFIX = ".verified"
+TMP_SUFFIX = ".tmp"
+# A product name ending in one of these would collide with another file's working files.
+RESERVED_SUFFIXES = (PART_SUFFIX, STATE_SUFFIX, SHA256_SUFFIX, CORRUPT_SUFFIX, LOCK_SUFFIX, VERIFIED_SUFFIX,
+                     TMP_SUFFIX)
+# The longest name derived from a product's name: ``.<name>.verified.tmp`` / ``<name>.part.json.tmp``.
+_DERIVED_EXTRA = max(len(STATE_SUFFIX + TMP_SUFFIX), 1 + len(VERIFIED_SUFFIX + TMP_SUFFIX))
 
 _HASH_CHUNK = 8 << 20
+_RANGE_WRITE = 1 << 20  # bytes a range connection gathers before one positioned write
+# A file's first connection is timed over this many bytes or seconds before the others open.
+_PROBE_BYTES = 16 << 20
+_PROBE_SECONDS = 0.25
 _CONTENT_RANGE_RE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 _PLAIN_MD5_RE = re.compile(r"^[0-9a-f]{32}$")
 _RETRYABLE_HTTP = {408, 425, 429, 500, 502, 503, 504}
@@ -94,6 +120,7 @@ class DownloadConfig:
     # Anonymous for MAST's public bucket; signed (the usual AWS credentials) for a private one.
     s3_anonymous: bool = True
     prefer_s3: bool = True
+    # Hash and FITS-check a file already in place even if its size and mtime are those recorded.
     verify_existing: bool = False
     progress_interval: float = 2.0
     fsync: bool = False
@@ -104,6 +131,20 @@ class DownloadConfig:
     # A MAST API token, sent as ``Authorization: token ...`` with HTTP downloads (exclusive-access
     # data); never sent to S3, which holds public data only, and never shown in a repr.
     mast_token: str | None = field(default=None, repr=False)
+    # One large file over several ranged connections at once, as real links cap each connection:
+    # a file gets min(connections, size // segment_size) connections (one below two segments),
+    # each fetching ``segment_size`` ranges in order.
+    connections: int = 8
+    segment_size: int = 32 << 20
+    # The others open only once the first is seen slower than ``fast_stream`` bytes/s (timed from
+    # its first byte over 16 MB or 0.25 s): a connection faster than that is not capped by the link, and more
+    # of them would only compete for the CPU. 0: open them all at once.
+    fast_stream: float = 200e6
+    # A transfer below ``min_speed`` bytes/s over ``min_speed_window`` seconds is cut (and retried);
+    # ``deadline`` (seconds, None: none) bounds one file's whole fetch, retries included.
+    min_speed: float = 1024.0
+    min_speed_window: float = 30.0
+    deadline: float | None = None
 
 
 @dataclass(frozen=True)
@@ -162,6 +203,10 @@ class _Corrupt(Exception):
 
 class _S3Unusable(Exception):
     """S3 cannot serve this file now; the file continues over HTTP."""
+
+
+class _Changed(Exception):
+    """The answer does not continue the bytes on disk (another object, size or range): restart."""
 
 
 def _fmt_bytes(n: float) -> str:
@@ -420,15 +465,57 @@ class _Tracker:
 
 
 class _Body:
-    """A response being streamed: where it starts, the object's size and ETag, and its chunks."""
+    """A response being streamed: where it starts, the object's size and validators, its chunks,
+    and the digests the server sent: ``content_md5`` of this body, ``sha256`` of the whole object."""
 
     def __init__(self, start: int, total: int | None, etag: str | None, chunks: Iterator[bytes],
-                 close: Callable[[], None]):
+                 close: Callable[[], None], *, last_modified: str | None = None, ranged: bool = False,
+                 length: int | None = None, content_md5: str | None = None, sha256: str | None = None):
         self.start = start
         self.total = total
         self.etag = etag
         self.chunks = chunks
         self.close = close
+        self.last_modified = last_modified
+        self.ranged = ranged
+        self.length = length
+        self.content_md5 = content_md5
+        self.sha256 = sha256
+
+
+def _b64_hex(value: str | None) -> str | None:
+    """A base64 digest header (``Content-MD5``, ``x-amz-checksum-sha256``) as hex; None if absent,
+    composite (multipart ``...-N``) or unreadable."""
+    if not value or "-" in value:
+        return None
+    try:
+        return b64decode(value.strip(), validate=True).hex()
+    except ValueError:
+        return None
+
+
+class _Pace:
+    """Cuts a transfer that trickles: below ``min_speed`` over a window, or past the file's deadline."""
+
+    def __init__(self, job: _Job, config: DownloadConfig):
+        self._job = job
+        self._config = config
+        self._mark = time.monotonic()
+        self._bytes = 0
+        self._seen = 0
+
+    def check(self, n: int) -> None:
+        self._seen += n
+        now = time.monotonic()
+        cfg = self._config
+        if self._job.deadline_at is not None and now > self._job.deadline_at:
+            raise _Fatal(f"not complete after the deadline of {cfg.deadline:g} s")
+        if cfg.min_speed > 0 and now - self._mark >= cfg.min_speed_window:
+            rate = (self._seen - self._bytes) / (now - self._mark)
+            if rate < cfg.min_speed:
+                raise _Retry(f"transfer too slow: {rate:.0f} B/s over {now - self._mark:.1f} s "
+                             f"(minimum {cfg.min_speed:.0f} B/s)")
+            self._mark, self._bytes = now, self._seen
 
 
 class _Job:
@@ -444,6 +531,11 @@ class _Job:
         self.total_size: int | None = request.expected_size
         self.on_disk = 0
         self.etag: str | None = None
+        self.last_modified: str | None = None
+        self.validators_from: str | None = None  # the source whose answer gave etag/last_modified
+        self.expected_sha256: str | None = None  # x-amz-checksum-sha256 of the object, when sent
+        self.deadline_at: float | None = None
+        self.ranges_refused = False
         self.source: str | None = None
         self.s3_failed = False
         self.attempts = 0
@@ -477,7 +569,43 @@ class _Job:
         self.hashed = 0
         self.on_disk = 0
         self.etag = None
+        self.last_modified = None
+        self.validators_from = None
+        self.expected_sha256 = None
         self.total_size = self.request.expected_size
+
+    def resumable(self, source: str) -> bool:
+        """Whether a range of the object can be asked for conditionally: a strong ETag, or a
+        Last-Modified from this same source (another source dates its copy differently)."""
+        return bool((self.etag and not _is_weak(self.etag))
+                    or (self.last_modified and self.validators_from == source))
+
+    def take_validators(self, body: _Body, source: str) -> str | None:
+        """Adopt the validators of ``body`` if none are held; else the reason they disagree, if they do."""
+        if self.etag is None and self.last_modified is None:
+            self.etag, self.last_modified, self.validators_from = body.etag, body.last_modified, source
+            return None
+        if self.etag and body.etag and _norm_etag(self.etag) != _norm_etag(body.etag):
+            return f"object changed (ETag {body.etag} instead of {self.etag})"
+        if (self.validators_from == source and self.last_modified and body.last_modified
+                and self.last_modified != body.last_modified):
+            return f"object changed (Last-Modified {body.last_modified} instead of {self.last_modified})"
+        return None
+
+    def load_state(self) -> dict[str, Any] | None:
+        try:
+            state = json.loads(self.state_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        if not isinstance(state, dict):
+            return None
+        self.etag = state.get("etag") if isinstance(state.get("etag"), str) else None
+        self.last_modified = state.get("last_modified") if isinstance(state.get("last_modified"), str) else None
+        self.validators_from = state.get("validators_from") if isinstance(state.get("validators_from"), str) else None
+        self.expected_sha256 = state.get("sha256") if isinstance(state.get("sha256"), str) else None
+        if isinstance(state.get("size"), int):
+            self.total_size = state["size"]
+        return state
 
     def restart_digests(self, md5: bool) -> None:
         """Start the streamed checks over, for a stream that begins at byte zero of the ``.part``."""
@@ -494,18 +622,16 @@ class _Job:
         except FileNotFoundError:
             self.reset()
             return 0
+        state = self.load_state()
+        if state is not None and isinstance(state.get("done"), list):
+            # Left by a download over several connections: keep its complete prefix only.
+            size = _prefix(_spans_from(state["done"]))
+            os.truncate(self.part, size)
+            self.hashed = min(self.hashed, size)
         if self.hashed != size:
-            try:
-                state = json.loads(self.state_file.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                state = None
-            if not isinstance(state, dict):
+            if state is None:
                 self.reset()
                 return 0
-            self.etag = state.get("etag")
-            stored = state.get("size")
-            if isinstance(stored, int):
-                self.total_size = stored
             if self.total_size is not None and size > self.total_size:
                 self.reset()
                 return 0
@@ -517,15 +643,67 @@ class _Job:
         self.on_disk = size
         return size
 
-    def save_state(self, source: str) -> None:
-        payload = {
+    def save_state(self, source: str, done: list[list[int]] | None = None) -> None:
+        """Record what a later attempt needs to resume; ``done``: the byte ranges complete so far."""
+        payload: dict[str, Any] = {
             "source": source,
             "etag": self.etag,
+            "last_modified": self.last_modified,
+            "validators_from": self.validators_from,
+            "sha256": self.expected_sha256,
             "size": self.total_size,
             "http_url": self.request.http_url,
             "s3_key": self.request.s3_key,
         }
+        if done is not None:
+            payload["done"] = done
         _write_atomic(self.state_file, json.dumps(payload))
+
+
+def _spans_from(done: Any) -> dict[int, int]:
+    """``[[start, end], ...]`` from a state file as start -> end, dropping malformed entries."""
+    spans: dict[int, int] = {}
+    for item in done if isinstance(done, list) else []:
+        if (isinstance(item, list) and len(item) == 2 and all(isinstance(x, int) for x in item)
+                and 0 <= item[0] < item[1]):
+            spans[item[0]] = max(spans.get(item[0], 0), item[1])
+    return spans
+
+
+def _merged(spans: dict[int, int]) -> list[list[int]]:
+    out: list[list[int]] = []
+    for start in sorted(spans):
+        end = spans[start]
+        if end <= start:
+            continue
+        if out and start <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], end)
+        else:
+            out.append([start, end])
+    return out
+
+
+def _prefix(spans: dict[int, int]) -> int:
+    """Where the complete prefix of the file ends."""
+    frontier = 0
+    for start in sorted(spans):
+        if start > frontier:
+            break
+        frontier = max(frontier, spans[start])
+    return frontier
+
+
+def _missing(spans: dict[int, int], total: int, piece: int) -> list[tuple[int, int]]:
+    """The byte ranges ``[start, end)`` not yet on disk, cut into pieces of at most ``piece`` bytes."""
+    out: list[tuple[int, int]] = []
+    pos = 0
+    for start, end in [*_merged(spans), [total, total]]:
+        while pos < min(start, total):
+            stop = min(start, total, pos + piece)
+            out.append((pos, stop))
+            pos = stop
+        pos = max(pos, end)
+    return out
 
 
 class _Downloader:
@@ -535,7 +713,7 @@ class _Downloader:
         self.config = config
         self.tracker = tracker
         self.session = requests.Session()
-        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=max(config.parallel, 1), max_retries=0)
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=self._pool_size(config), max_retries=0)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         # Compressed transfer would break byte offsets and sizes.
@@ -543,6 +721,10 @@ class _Downloader:
         self._s3: Any = None
         self._s3_lock = threading.Lock()
         self._s3_down: str | None = None  # why the endpoint is unreachable, once seen
+
+    @staticmethod
+    def _pool_size(config: DownloadConfig) -> int:
+        return max(config.parallel, 1) * max(config.connections, 1)
 
     # ----- sources -------------------------------------------------------------------------
 
@@ -564,7 +746,7 @@ class _Downloader:
                         connect_timeout=cfg.connect_timeout,
                         read_timeout=cfg.read_timeout,
                         retries={"total_max_attempts": 1, "mode": "standard"},
-                        max_pool_connections=max(cfg.parallel, 1),
+                        max_pool_connections=self._pool_size(cfg),
                         request_checksum_calculation="when_required",
                         response_checksum_validation="when_required",
                     ),
@@ -577,7 +759,7 @@ class _Downloader:
             return bucket, key
         return self.config.s3_bucket, key.lstrip("/")
 
-    def _open_s3(self, job: _Job, offset: int) -> _Body:
+    def _open_s3(self, job: _Job, offset: int, end: int | None = None) -> _Body:
         from botocore.exceptions import (
             BotoCoreError,
             ClientError,
@@ -587,11 +769,14 @@ class _Downloader:
 
         assert job.request.s3_key is not None
         bucket, key = self._s3_location(job.request.s3_key)
-        kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key}
-        if offset:
-            kwargs["Range"] = f"bytes={offset}-"
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key, "ChecksumMode": "ENABLED"}
+        if offset or end is not None:
+            kwargs["Range"] = f"bytes={offset}-{'' if end is None else end - 1}"
             if job.etag and not _is_weak(job.etag):
                 kwargs["IfMatch"] = job.etag
+            if job.last_modified and job.validators_from == "s3":
+                with contextlib.suppress(TypeError, ValueError):  # a date we cannot read is not sent
+                    kwargs["IfUnmodifiedSince"] = parsedate_to_datetime(job.last_modified)
         try:
             resp = self._s3_client().get_object(**kwargs)
         except ClientError as exc:
@@ -599,11 +784,9 @@ class _Downloader:
             code = str(err.get("Code", ""))
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
             if code in ("PreconditionFailed", "412") or status == 412:
-                job.reset()
-                raise _Retry(f"S3 object s3://{bucket}/{key} changed since the .part began; restarting") from exc
+                raise _Changed(f"S3 object s3://{bucket}/{key} changed since the .part began; restarting") from exc
             if code in ("InvalidRange", "416") or status == 416:
-                job.reset()
-                raise _Retry(f"S3 refused range bytes={offset}- of s3://{bucket}/{key}; restarting") from exc
+                raise _Changed(f"S3 refused range bytes={offset}- of s3://{bucket}/{key}; restarting") from exc
             message = f"S3 s3://{bucket}/{key}: {code or status} {err.get('Message', '')}".strip()
             if job.request.http_url is None and (code in ("NoSuchKey", "NoSuchBucket") or status == 404):
                 raise _Fatal(message) from exc  # nothing to fall back to, and asking again will not help
@@ -616,16 +799,16 @@ class _Downloader:
 
         total: int | None = None
         start = 0
+        stream = resp["Body"]
         if cr := resp.get("ContentRange"):
             m = _CONTENT_RANGE_RE.match(cr)
             if not m:
-                resp["Body"].close()
+                stream.close()
                 raise _S3Unusable(f"S3 sent an unreadable Content-Range {cr!r}")
             start = int(m.group(1))
             total = int(m.group(3)) if m.group(3) != "*" else None
         elif "ContentLength" in resp:
             total = int(resp["ContentLength"])
-        stream = resp["Body"]
         size = self.config.chunk_size
 
         def chunks() -> Iterator[bytes]:
@@ -635,14 +818,18 @@ class _Downloader:
             except (BotoCoreError, urllib3.exceptions.HTTPError, OSError) as exc:
                 raise _S3Unusable(f"S3 s3://{bucket}/{key} failed mid-file: {exc}") from exc
 
-        return _Body(start, total, resp.get("ETag"), chunks(), stream.close)
+        modified = resp.get("LastModified")
+        return _Body(start, total, resp.get("ETag"), chunks(), stream.close,
+                     last_modified=formatdate(modified.timestamp(), usegmt=True) if modified else None,
+                     ranged=bool(resp.get("ContentRange")), length=resp.get("ContentLength"),
+                     sha256=_b64_hex(resp.get("ChecksumSHA256")))
 
-    def _open_local(self, job: _Job, offset: int) -> _Body:
+    def _open_local(self, job: _Job, offset: int, end: int | None = None) -> _Body:
         """A local file as a body; size and mtime stand in for an ETag, so a change restarts the copy."""
         path = job.request.local_path
         assert path is not None
-        try:
-            handle = open(path, "rb", buffering=0)
+        try:  # no link followed, a regular file only, and the bytes copied from this one descriptor
+            handle = os.fdopen(open_regular(path), "rb", buffering=0)
             stat = os.fstat(handle.fileno())
         except OSError as exc:
             raise _Fatal(f"cannot read {path}: {exc.strerror}") from exc
@@ -656,16 +843,18 @@ class _Downloader:
         version = f"{stat.st_size}-{stat.st_mtime_ns}"
         return _Body(min(offset, stat.st_size), stat.st_size, version, chunks(), handle.close)
 
-    def _open_http(self, job: _Job, offset: int) -> _Body:
+    def _open_http(self, job: _Job, offset: int, end: int | None = None) -> _Body:
         url = job.request.http_url
         assert url is not None
         headers: dict[str, str] = {}
         if self.config.mast_token:
             headers.update(token_header(self.config.mast_token))
-        if offset:
-            headers["Range"] = f"bytes={offset}-"
+        if offset or end is not None:
+            headers["Range"] = f"bytes={offset}-{'' if end is None else end - 1}"
             if job.etag and not _is_weak(job.etag):
                 headers["If-Range"] = job.etag
+            elif job.last_modified and job.validators_from == "http":
+                headers["If-Range"] = job.last_modified
         timeout = (self.config.connect_timeout, self.config.read_timeout)
         try:
             resp = self.session.get(url, headers=headers, stream=True, timeout=timeout)
@@ -675,11 +864,15 @@ class _Downloader:
         if status not in (200, 206):
             resp.close()
             if status == 416:
-                job.reset()
-                raise _Retry(f"server refused range bytes={offset}- ({status}); restarting")
+                raise _Changed(f"server refused range bytes={offset}- ({status}); restarting")
             if status in _RETRYABLE_HTTP:
                 raise _Retry(f"HTTP {status} from {url}", _retry_after(resp.headers.get("Retry-After")))
             raise _Fatal(f"HTTP {status} from {url}")
+        encoding = resp.headers.get("Content-Encoding", "").strip().lower()
+        if encoding not in ("", "identity"):
+            resp.close()
+            raise _Fatal(f"server sent the body with Content-Encoding {encoding!r} although identity was asked; "
+                         "refusing to store compressed bytes under this name")
         total: int | None = None
         start = 0
         if status == 206:
@@ -687,8 +880,7 @@ class _Downloader:
             m = _CONTENT_RANGE_RE.match(cr)
             if not m:
                 resp.close()
-                job.reset()
-                raise _Retry(f"206 with unreadable Content-Range {cr!r}; restarting")
+                raise _Changed(f"206 with unreadable Content-Range {cr!r}; restarting")
             start = int(m.group(1))
             total = int(m.group(3)) if m.group(3) != "*" else None
         elif (length := resp.headers.get("Content-Length")) is not None:
@@ -704,37 +896,86 @@ class _Downloader:
             except (urllib3.exceptions.HTTPError, requests.RequestException, OSError) as exc:
                 raise _Retry(f"HTTP transfer failed: {exc}") from exc
 
-        return _Body(start, total, resp.headers.get("ETag"), chunks(), resp.close)
+        length_header = resp.headers.get("Content-Length")
+        return _Body(start, total, resp.headers.get("ETag"), chunks(), resp.close,
+                     last_modified=resp.headers.get("Last-Modified"), ranged=status == 206,
+                     length=int(length_header) if length_header and length_header.isdigit() else None,
+                     content_md5=_b64_hex(resp.headers.get("Content-MD5")),
+                     sha256=_b64_hex(resp.headers.get("x-amz-checksum-sha256")))
 
     # ----- one attempt -----------------------------------------------------------------------
 
+    def _connections(self, job: _Job, source: str) -> int:
+        """How many ranged connections this file gets: by its size and ``connections``."""
+        cfg = self.config
+        if source == "local" or job.total_size is None or job.ranges_refused or cfg.segment_size <= 0:
+            return 1
+        return max(1, min(cfg.connections, job.total_size // cfg.segment_size))
+
     def _fetch(self, job: _Job, source: str) -> None:
         """Bring ``job.part`` to the full object, resuming from whatever it already holds."""
+        try:
+            if self._connections(job, source) > 1:
+                self._fetch_ranges(job, source)
+            else:
+                self._fetch_stream(job, source)
+        except _Changed as exc:
+            job.reset()
+            raise _Retry(str(exc)) from exc
+
+    def _accept(self, job: _Job, body: _Body, source: str) -> None:
+        """Checks every answer passes before a byte of it is kept; raises :class:`_Changed` to restart."""
+        if job.total_size is not None and body.total is not None and body.total != job.total_size:
+            expected = job.request.expected_size
+            if expected is not None and body.total != expected:
+                raise _Fatal(f"server reports {body.total} bytes but the product list says {expected}")
+            if body.ranged:
+                raise _Changed(f"a range answer reports {body.total} bytes but the object had {job.total_size}; "
+                               "restarting rather than splicing")
+        if body.ranged or body.start:
+            if reason := job.take_validators(body, source):
+                raise _Changed(f"{reason} between ranges; restarting")
+        else:
+            job.etag, job.last_modified, job.validators_from = body.etag, body.last_modified, source
+        if body.sha256 is not None:
+            if job.expected_sha256 is not None and job.expected_sha256 != body.sha256:
+                raise _Changed("x-amz-checksum-sha256 changed between answers; restarting")
+            job.expected_sha256 = body.sha256
+
+    def _body_md5(self, body: _Body, md5: Any, got: int) -> None:
+        """Check a complete body against the ``Content-MD5`` its server sent."""
+        if body.content_md5 is None or md5 is None or (body.length is not None and got != body.length):
+            return
+        if md5.hexdigest() != body.content_md5:
+            raise _Corrupt(f"Content-MD5 mismatch: bytes {body.start}-{body.start + got - 1} hash to "
+                           f"{md5.hexdigest()}, the server sent {body.content_md5}")
+
+    def _fetch_stream(self, job: _Job, source: str) -> None:
+        """One connection: append to the ``.part`` from where it ends."""
         offset = job.resume_offset()
         if offset and job.total_size is not None and offset == job.total_size:
             return  # complete before a restart; only the checks remain
+        if offset and not job.resumable(source):
+            job.reset()  # neither ETag nor Last-Modified: nothing proves the rest is the same object
+            offset = 0
         job.resumed_from = offset
         opener = {"local": self._open_local, "s3": self._open_s3, "http": self._open_http}[source]
         body = opener(job, offset)
         try:
             if body.start != offset:
                 if body.start != 0:
-                    job.reset()
-                    raise _Retry(f"asked for bytes={offset}- but got a range from {body.start}; restarting")
+                    raise _Changed(f"asked for bytes={offset}- but got a range from {body.start}; restarting")
                 job.reset()  # a 200 (or a changed object under If-Range): the body starts at zero
                 job.resumed_from = 0
-            elif offset and job.etag and body.etag and _norm_etag(job.etag) != _norm_etag(body.etag):
-                job.reset()
-                raise _Retry("object changed between resumed ranges (ETag differs); restarting")
-            expected = job.request.expected_size
-            if body.total is not None and expected is not None and body.total != expected:
-                raise _Fatal(f"server reports {body.total} bytes but the product list says {expected}")
-            job.etag = body.etag or job.etag
+            self._accept(job, body, source)
             if job.hashed == 0:
                 job.restart_digests(md5=job.stream_md5 and _plain_md5(job.etag))
             job.total_size = body.total if body.total is not None else job.total_size
             job.source = source
             job.save_state(source)
+            pace = _Pace(job, self.config)
+            md5 = hashlib.md5() if body.content_md5 else None
+            got = 0
             # Chunks of chunk_size or more pass the buffer straight to the file in one write.
             with job.part.open("ab", buffering=self.config.chunk_size) as f:
                 pieces: list[bytes] = []
@@ -757,18 +998,186 @@ class _Downloader:
                     for piece in body.chunks:
                         pieces.append(piece)
                         pending += len(piece)
+                        got += len(piece)
+                        if md5 is not None:
+                            md5.update(piece)
                         if pending >= self.config.chunk_size:
                             flush()
+                        pace.check(len(piece))
                 finally:
                     if pieces:  # keep what arrived before a failure: the next attempt resumes after it
                         flush()
                 if self.config.fsync:
                     f.flush()
                     os.fsync(f.fileno())
+            self._body_md5(body, md5, got)
         finally:
             body.close()
         if job.total_size is not None and job.hashed != job.total_size:
             raise _Retry(f"connection ended at byte {job.hashed} of {job.total_size}")
+
+    def _fetch_ranges(self, job: _Job, source: str) -> None:
+        """Several connections at once, each fetching ranges in order into a preallocated ``.part``;
+        a thread hashes the file in order as its complete prefix grows."""
+        assert job.total_size is not None
+        total = job.total_size
+        state = job.load_state() if job.part.exists() else None
+        spans: dict[int, int] = {}
+        if state is not None and state.get("size") == total and job.resumable(source):
+            spans = _spans_from(state["done"]) if "done" in state else {0: min(job.part.stat().st_size, total)}
+        else:
+            job.reset()
+            job.total_size = total
+        if job.hashed > _prefix(spans):  # the .part is not the one hashed so far
+            job.restart_digests(md5=False)
+            job.hashed = 0
+        job.resumed_from = sum(b - a for a, b in _merged(spans))
+        job.on_disk = job.resumed_from
+        job.source = source
+        connections = self._connections(job, source)
+        queue = deque(_missing(spans, total, self.config.segment_size))
+        lock = threading.Condition()
+        save_lock = threading.Lock()
+        failures: list[BaseException] = []
+        finished = threading.Event()
+        widen = threading.Event()
+        fast = self.config.fast_stream
+        if fast <= 0:
+            widen.set()
+        opener = {"s3": self._open_s3, "http": self._open_http}[source]
+        if job.hashed == 0:  # MD5 only when asked for: the ETag is not known before the first answer
+            job.restart_digests(md5=job.stream_md5 and (job.etag is None or _plain_md5(job.etag)))
+
+        fd = os.open(job.part, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            if os.fstat(fd).st_size != total:
+                os.ftruncate(fd, total)
+            if job.etag or job.last_modified:
+                job.save_state(source, _merged(spans))
+
+            def save() -> None:
+                with lock:
+                    done = _merged(spans)
+                with save_lock:
+                    job.save_state(source, done)
+
+            def fetch_piece(start: int, end: int) -> None:
+                body = opener(job, start, end)
+                try:
+                    with lock:
+                        if not body.ranged or body.start != start:
+                            job.ranges_refused = True
+                            raise _Retry(f"asked for bytes={start}-{end - 1} but got an answer from {body.start} "
+                                         "without a range; continuing over one connection")
+                        self._accept(job, body, source)
+                    pace = _Pace(job, self.config)
+                    md5 = hashlib.md5() if body.content_md5 else None
+                    pos = start
+                    pieces: list[bytes] = []
+                    pending = 0
+
+                    def flush() -> None:
+                        nonlocal pos, pending
+                        chunk = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+                        pieces.clear()
+                        pending = 0
+                        chunk = chunk[: end - pos]
+                        os.pwrite(fd, chunk, pos)
+                        pos += len(chunk)
+                        with lock:
+                            spans[start] = pos
+                            job.on_disk += len(chunk)
+                            job.bytes_fetched += len(chunk)
+                            lock.notify_all()
+                        self.tracker.fetched(len(chunk))
+
+                    first: float | None = None  # when the first bytes arrived, for timing the link
+                    try:
+                        for data in body.chunks:
+                            if first is None:
+                                first = time.monotonic()
+                            elif not widen.is_set():
+                                elapsed = time.monotonic() - first
+                                got = pos + pending - start
+                                if (got >= _PROBE_BYTES or elapsed >= _PROBE_SECONDS) and got < fast * elapsed:
+                                    widen.set()  # the link caps this connection: open the others
+                            pieces.append(data)
+                            pending += len(data)
+                            if md5 is not None:
+                                md5.update(data)
+                            if pending >= _RANGE_WRITE:
+                                flush()
+                            pace.check(len(data))
+                            if failures:
+                                break
+                    finally:
+                        if pieces:
+                            flush()
+                    self._body_md5(body, md5, pos - start)
+                finally:
+                    body.close()
+                if pos < end:
+                    raise _Retry(f"connection ended at byte {pos} of range {start}-{end - 1}")
+                save()
+
+            def worker(index: int) -> None:
+                while index and not widen.wait(0.1):  # the others wait until one is seen to be capped
+                    if failures or finished.is_set() or not queue:
+                        return
+                while not failures:
+                    with lock:
+                        if not queue:
+                            return
+                        start, end = queue.popleft()
+                    try:
+                        fetch_piece(start, end)
+                    except BaseException as exc:  # noqa: BLE001 - handed to the caller below
+                        with lock:
+                            failures.append(exc)
+                            lock.notify_all()
+                        return
+
+            def hasher() -> None:
+                try:
+                    while True:
+                        with lock:
+                            while _prefix(spans) <= job.hashed and not finished.is_set() and not failures:
+                                lock.wait(0.5)
+                            limit = _prefix(spans)
+                            if failures or limit <= job.hashed:
+                                return
+                        while job.hashed < limit:
+                            data = os.pread(fd, min(_HASH_CHUNK, limit - job.hashed), job.hashed)
+                            if not data:
+                                raise OSError(f"{job.part} is shorter than its ranges say")
+                            job.digests.update(data)
+                            job.hashed += len(data)
+                except BaseException as exc:  # noqa: BLE001 - handed to the caller below
+                    with lock:
+                        failures.append(exc)
+                        lock.notify_all()
+
+            threads = [threading.Thread(target=worker, args=(i,), name=f"skyassets-range-{i}", daemon=True)
+                       for i in range(min(connections, max(len(queue), 1)))]
+            checker = threading.Thread(target=hasher, name="skyassets-range-hash", daemon=True)
+            for t in [*threads, checker]:
+                t.start()
+            for t in threads:
+                t.join()
+            with lock:
+                finished.set()
+                lock.notify_all()
+            checker.join()
+            save()
+            if self.config.fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        if failures:
+            first = next((f for f in failures if isinstance(f, _Changed | _Fatal | _Corrupt)), failures[0])
+            raise first
+        if job.hashed != total:
+            raise _Retry(f"ranges ended with {job.hashed} of {total} bytes in order")
 
     def _check_and_place(self, job: _Job) -> str:
         """Verify the complete ``.part`` and rename it into place; return the FITS status."""
@@ -792,8 +1201,13 @@ class _Downloader:
             job.md5 = md5
             if md5 is not None and etag != md5:
                 raise _Corrupt(f"MD5 {md5} does not match the ETag {etag}")
+        sha256 = job.digests.sha256()
+        if job.expected_sha256 is not None and sha256 != job.expected_sha256:
+            raise _Corrupt(f"SHA-256 {sha256} does not match the x-amz-checksum-sha256 the server sent "
+                           f"({job.expected_sha256})")
         os.replace(job.part, job.final)
-        _write_atomic(job.sha_file, f"{job.digests.sha256()}  {job.name}\n")
+        _write_atomic(job.sha_file, f"{sha256}  {job.name}\n")
+        _record_verified(job.final, sha256)
         _unlink(job.state_file)
         return check.status
 
@@ -831,7 +1245,7 @@ class _Downloader:
         if job.request.expected_size is not None and size != job.request.expected_size:
             return None
         fits = "unchecked"
-        if self.config.verify_existing:
+        if self.config.verify_existing or not _verified_unchanged(job.final, recorded):
             digest = sha256_file(job.final)
             fits = verify_file(job.final).status
             if digest != recorded or fits == "bad":
@@ -839,6 +1253,7 @@ class _Downloader:
                 _unlink(job.sha_file)
                 log.warning("%s no longer matches its checksums; moved aside and fetching again", job.name)
                 return None
+            _record_verified(job.final, digest)
         job.total_size = job.on_disk = size
         return self._result(job, "skipped", started, size=size, sha256=recorded, fits=fits)
 
@@ -874,6 +1289,7 @@ class _Downloader:
             return skipped
         job.final.parent.mkdir(parents=True, exist_ok=True)
         cfg = self.config
+        job.deadline_at = started + cfg.deadline if cfg.deadline is not None else None
         errors: list[str] = []
         self.tracker.emit(f"start {job.name}" + (f" ({_fmt_bytes(job.total_size)})" if job.total_size else ""))
         for attempt in range(1, cfg.retries + 2):
@@ -928,6 +1344,9 @@ class _Downloader:
                 return result
             if attempt <= cfg.retries:
                 delay = self._backoff(attempt, wait)
+                if job.deadline_at is not None and time.monotonic() + delay > job.deadline_at:
+                    errors.append(f"{errors[-1]}; no time left for a retry before the deadline of {cfg.deadline:g} s")
+                    break
                 self.tracker.emit(f"retry {job.name} in {delay:.1f} s after: {errors[-1]}")
                 time.sleep(delay)
         reason = errors[-1] if errors else "no attempt made"
@@ -939,6 +1358,28 @@ class _Downloader:
 
     def close(self) -> None:
         self.session.close()
+
+
+def _verified_path(final: Path) -> Path:
+    return final.with_name(f".{final.name}{VERIFIED_SUFFIX}")
+
+
+def _record_verified(final: Path, sha256: str) -> None:
+    """Remember the size and mtime ``final`` had when its SHA-256 was checked."""
+    stat = final.stat()
+    _write_atomic(_verified_path(final),
+                  json.dumps({"sha256": sha256, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}))
+
+
+def _verified_unchanged(final: Path, sha256: str) -> bool:
+    """Whether ``final`` still has the size and mtime it had when verified with this digest."""
+    try:
+        record = json.loads(_verified_path(final).read_text(encoding="utf-8"))
+        stat = final.stat()
+    except (OSError, ValueError):
+        return False
+    return (isinstance(record, dict) and record.get("sha256") == sha256 and record.get("size") == stat.st_size
+            and record.get("mtime_ns") == stat.st_mtime_ns)
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -968,6 +1409,12 @@ def _file_lock(job: _Job) -> Iterator[None]:
 def _resolve_destination(job: _Job) -> None:
     """Validate the name and pin ``job.final`` inside the destination folder (else raise)."""
     name = safe_filename(job.request.filename)
+    if name.lower().endswith(RESERVED_SUFFIXES):
+        raise InvalidNameError(f"file name {name!r} ends in a suffix skyassets names its working files with "
+                               f"({', '.join(RESERVED_SUFFIXES)}); it would collide with them")
+    if len(name.encode("utf-8")) + _DERIVED_EXTRA > MAX_FILENAME_LENGTH:
+        raise InvalidNameError(f"file name {name[:40]!r}... leaves no room for its working files' names "
+                               f"(at most {MAX_FILENAME_LENGTH - _DERIVED_EXTRA} bytes)")
     dest = Path(job.request.dest_dir).resolve()
     final = dest / name
     if final.resolve().parent != dest:

@@ -120,10 +120,12 @@ MACROS: tuple[str, ...] = (
 )
 
 TABLE_MACROS: tuple[str, ...] = (
+    # An image with a wcs_problem has no trustworthy position: never found by where it is.
     """cone(ra, dec, radius) AS TABLE SELECT *, ang_sep(ra, dec, s_ra, s_dec) AS distance FROM images
-        WHERE in_cone(s_ra, s_dec, ra, dec, radius) ORDER BY distance""",
+        WHERE in_cone(s_ra, s_dec, ra, dec, radius) AND wcs_problem IS NULL ORDER BY distance""",
     """footprint(ra, dec) AS TABLE SELECT * FROM images
-        WHERE ang_sep(s_ra, s_dec, ra, dec) <= coalesce(2 * s_fov, 180) AND contains_point(s_region, ra, dec)""",
+        WHERE ang_sep(s_ra, s_dec, ra, dec) <= coalesce(2 * s_fov, 180) AND contains_point(s_region, ra, dec)
+        AND wcs_problem IS NULL""",
     "during(start_mjd, stop_mjd) AS TABLE SELECT * FROM images WHERE overlaps_time(t_min, t_max, start_mjd, stop_mjd)",
     """observed_on(day) AS TABLE SELECT * FROM images
         WHERE overlaps_time(t_min, t_max, mjd(CAST(day AS DATE)), mjd(CAST(day AS DATE)) + 1)""",
@@ -764,8 +766,8 @@ class Query:
 
     Each method adds one condition, written with the catalog's SQL macros:
     ``cone`` → ``in_cone(s_ra, s_dec, ra, dec, radius)`` (and a ``distance`` column, nearest first),
-    ``footprint`` → ``contains_point(s_region, ra, dec)``, ``time`` / ``date`` →
-    ``overlaps_time(t_min, t_max, start_mjd, stop_mjd)``, ``instrument`` → ``instrument_is``,
+    ``footprint`` → ``contains_point(s_region, ra, dec)`` (both leave out images with a ``wcs_problem``),
+    ``time`` / ``date`` → ``overlaps_time(t_min, t_max, start_mjd, stop_mjd)``, ``instrument`` → ``instrument_is``,
     ``filter`` → ``filter_matches`` on ``filter`` or ``pupil`` (``filters`` for observations),
     ``target`` → ``target_like``, ``exposure`` → ``t_exptime BETWEEN``, ``quality`` → a join on
     ``quality`` and ``quality_score >= min``.
@@ -784,15 +786,17 @@ class Query:
         if not -90 <= dec <= 90 or radius < 0:
             raise ValueError(f"bad cone: dec={dec} radius={radius}")
         ra = float(ra) % 360.0
+        trusted = " AND wcs_problem IS NULL" if self.table == "images" else ""  # see the cone macro
         return self._with(
-            f"in_cone(s_ra, s_dec, {_lit(ra)}, {_lit(dec)}, {_lit(radius)})", center=(ra, float(dec))
+            f"in_cone(s_ra, s_dec, {_lit(ra)}, {_lit(dec)}, {_lit(radius)}){trusted}", center=(ra, float(dec))
         )
 
     def footprint(self, ra: float, dec: float) -> Query:
         """Images whose s_region contains the point (with a centre-distance prefilter when s_fov is known)."""
         ra, dec = _lit(float(ra) % 360.0), _lit(dec)
         near = f"ang_sep(s_ra, s_dec, {ra}, {dec}) <= coalesce(2 * s_fov, 180) AND " if self.table == "images" else ""
-        return self._with(f"{near}contains_point(s_region, {ra}, {dec})")
+        trusted = " AND wcs_problem IS NULL" if self.table == "images" else ""
+        return self._with(f"{near}contains_point(s_region, {ra}, {dec}){trusted}")
 
     def time(self, start: TimeLike, stop: TimeLike | None = None) -> Query:
         """Exposures overlapping [start, stop] (an instant when ``stop`` is omitted)."""

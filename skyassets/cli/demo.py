@@ -1,19 +1,37 @@
 """One pass of the pipeline through a real Dagster instance, as the daemon would run it.
 
-The watchlist job runs, the new-observations sensor is evaluated, its partitions are added and its
-per-observation runs executed; every run is recorded in ``$DAGSTER_HOME`` so the Dagster UI shows
-them afterwards.
+The watchlist job runs, the new-observations sensor is evaluated and its partitions added, and the
+observations not yet catalogued are fetched in partition-range runs; quality, targets, products and
+the catalog follow. Every run is launched through a webserver the way the UI launches runs
+(``skyassets.cli.launch``), so the Dagster UI lists them and can re-execute them afterwards.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
 from dagster import DagsterInstance, build_sensor_context
 
-from skyassets.cli.runs import QUIET, bring_up_to_date, latest_metadata, latest_storage_id
+from skyassets.cli.launch import Launcher, Submission
+from skyassets.cli.runs import (
+    QUIET,
+    Runner,
+    bring_up_to_date,
+    latest_metadata,
+    latest_storage_id,
+    partition_batches,
+    run_materializations,
+    text_progress,
+)
+from skyassets.defs.tags import partition_range
 from skyassets.lake.home import Home
+
+# Observations per demo run, and runs at once: the archive's pool lets one download at a time, so a
+# second run only overlaps its cataloguing with the other's downloads.
+DEMO_OBSERVATIONS_PER_RUN = 6
+DEMO_RUNS_AT_ONCE = 2
 
 
 def observations_in(home: Home) -> list[str]:
@@ -22,21 +40,26 @@ def observations_in(home: Home) -> list[str]:
 
 
 def run_demo(home: Home, dagster_home: Path) -> int:
+    instance = DagsterInstance.get()
+    print(f"skyassets home: {home.root}")
+    print(f"Dagster home:   {dagster_home}")
+    print("Starting a Dagster webserver for this command's runs ...", flush=True)
+    with Launcher(dagster_home, instance) as launcher:
+        return _demo(launcher, home, dagster_home)
+
+
+def _demo(runner: Runner, home: Home, dagster_home: Path) -> int:
     from skyassets.definitions import defs
     from skyassets.defs.archive.sensors import new_observations_sensor
 
-    instance = DagsterInstance.get()
+    instance = runner.instance
     archive = defs.resources["archive"]
-    print(f"skyassets home: {home.root}")
-    print(f"Dagster home:   {dagster_home}")
     server, s3 = archive.endpoints(home)
     print(f"MAST:           {archive.url} ({server}; S3 {s3 or 'AWS'})")
 
-    result = defs.resolve_job_def("watchlist_job").execute_in_process(
-        instance=instance, run_config=QUIET, raise_on_error=False
-    )
-    if not result.success:
-        print("The watchlist query failed; see the run in the Dagster UI.")
+    (result,) = runner.run_all([Submission("watchlist_job", {}, QUIET)])
+    if not result.is_success:
+        print(f"The watchlist query failed; see run {result.run_id} in the Dagster UI.")
         return 1
     observations = latest_metadata(instance, "mast_observations")
     print(f"\nQueried the watchlist: {observations['dagster/row_count']} public observations")
@@ -45,6 +68,7 @@ def run_demo(home: Home, dagster_home: Path) -> int:
     print(f"  proprietary left out: {observations['proprietary_left_out']}")
 
     context = build_sensor_context(instance=instance, definitions=defs, resources=defs.resources)
+    context.log.setLevel(logging.WARNING)  # the sensor's own log line repeats what is printed next
     sensor_result = new_observations_sensor(context)
     for request in getattr(sensor_result, "dynamic_partitions_requests", []):
         instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
@@ -53,46 +77,50 @@ def run_demo(home: Home, dagster_home: Path) -> int:
     # An observation catalogued by an earlier pass is not run again: a re-run over an unchanged
     # archive materialises nothing new. One whose run failed has no catalogue and is tried again.
     partitions = [p for p in watched if not latest_storage_id(instance, "image_metadata", p)]
+    ranges = partition_batches(instance, partitions, DEMO_OBSERVATIONS_PER_RUN)
     print(f"\nThe sensor added {len(new)} new observation partitions; {len(watched) - len(partitions)} "
-          f"observations are catalogued already; running {len(partitions)}:")
-    job = defs.resolve_job_def("observation_job")
-    failures = 0
-    failed: list[str] = []
-    totals = {"downloaded": 0, "skipped": 0, "verified": 0, "bytes": 0, "seconds": 0.0}
-    for partition in partitions:
-        run = job.execute_in_process(
-            instance=instance, partition_key=partition, run_config=QUIET, raise_on_error=False
-        )
-        files = latest_metadata(instance, "fits_files", partition) if run.success else {}
-        if not run.success:
-            failures += 1
-            failed.append(partition)
-            print(f"  {partition:<44} FAILED (run {run.run_id})")
-            continue
-        totals["downloaded"] += files["files_downloaded"]
-        totals["skipped"] += files["files_skipped"]
-        totals["verified"] += files["files_verified_checksum"]
-        totals["bytes"] += files["bytes_fetched"]
-        totals["seconds"] += files["seconds"]
-        fetched = (
-            f"{files['files_downloaded']} fetched at {files['bytes_per_second'] / 1e6:.1f} MB/s"
-            if files["files_downloaded"]
-            else "nothing fetched"
-        )
-        print(
-            f"  {partition:<40} {files['dagster/row_count']:>2} files {files['bytes_total'] / 1e6:6.1f} MB: "
-            f"{fetched}, {files['files_verified_checksum']} FITS checksums ok, "
-            f"{files['files_skipped']} already verified"
-        )
+          f"observations are catalogued already; "
+          + (f"fetching {len(partitions)} in {len(ranges)} runs:" if ranges else "nothing to fetch."))
+    submissions = [Submission("observation_job", partition_range(first, last), QUIET) for first, last in ranges]
+    failed_runs: list[str] = []
+    totals = {"downloaded": 0, "skipped": 0, "verified": 0, "bytes": 0, "seconds": 0.0, "files": 0}
+    lines: list[str] = []
+
+    def finished(submission: Submission, run) -> None:
+        first, last = ranges[submissions.index(submission)]
+        what = first if first == last else f"{first} .. {last}"
+        parts = run_materializations(instance, run.run_id, "fits_files") if run.is_success else []
+        if not parts:
+            failed_runs.append(run.run_id)
+            lines.append(f"  {what}: FAILED (run {run.run_id})")
+        else:
+            files = parts[0]  # the run's totals, on each partition
+            count, size = sum(p["dagster/row_count"] for p in parts), sum(p["bytes_total"] for p in parts)
+            for key, name in (("downloaded", "files_downloaded"), ("skipped", "files_skipped"),
+                              ("verified", "files_verified_checksum"), ("bytes", "bytes_fetched"),
+                              ("seconds", "seconds")):
+                totals[key] += files[name]
+            totals["files"] += count
+            fetched = (f"{files['files_downloaded']} fetched at {files['bytes_per_second'] / 1e6:.1f} MB/s"
+                       if files["files_downloaded"] else "nothing fetched")
+            lines.append(f"  {what}: {count} files {size / 1e6:.1f} MB, "
+                         f"{fetched}, {files['files_verified_checksum']} FITS checksums ok")
+        text_progress(len(lines), len(submissions), totals["files"], None)
+
+    runner.run_all(submissions, at_once=DEMO_RUNS_AT_ONCE, on_finished=finished)
+    if lines:
+        print("\n".join(lines))
     speed = totals["bytes"] / totals["seconds"] / 1e6 if totals["seconds"] else 0.0
     print(
         f"\nDownloaded {totals['downloaded']} files ({totals['bytes'] / 1e6:.1f} MB, {speed:.1f} MB/s), "
-        f"{totals['skipped']} already verified, {totals['verified']} FITS checksums verified, {failures} failed runs."
+        f"{totals['skipped']} already verified, {totals['verified']} FITS checksums verified, "
+        f"{len(failed_runs)} failed runs."
     )
-    downstream = bring_up_to_date(instance, home, [p for p in watched if p not in failed], QUIET)
+    ready = [p for p in watched if latest_storage_id(instance, "image_metadata", p)]
+    downstream = bring_up_to_date(runner, home, ready, QUIET)
     if downstream is None:
         return 1
-    failures += downstream
+    failures = len(failed_runs) + downstream
     rows = latest_metadata(instance, "catalog")["rows"]
     print(f"\nCatalog: {rows.get('images', 0)} images of {rows.get('observations', 0)} observations, "
           f"{rows.get('mosaics', 0)} mosaics, {rows.get('composites', 0)} composites")
@@ -100,7 +128,10 @@ def run_demo(home: Home, dagster_home: Path) -> int:
     print(f"Catalog:         {home.root / 'catalog.duckdb'}  (or skyassets.connect() in a notebook)")
     print(f"Parquet tables:  {home.lake}")
     command = Path(sys.executable).parent / "skyassets"
+    targets = instance.get_dynamic_partitions("targets")
+    if targets:
+        print("\nPan and zoom the targets over the sky:")
+        print(f"  SKYASSETS_HOME={home.root} {command} sky {targets[0]}")
     print("\nOpen these runs in the Dagster UI (then browse http://127.0.0.1:3000):")
     print(f"  SKYASSETS_HOME={home.root} DAGSTER_HOME={dagster_home} {command} dev")
     return 1 if failures else 0
-

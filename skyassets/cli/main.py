@@ -5,16 +5,21 @@ from __future__ import annotations
 import argparse
 import fcntl
 import os
-import shutil
 import sys
 from importlib import resources
 from pathlib import Path
 
-from skyassets.lake.home import HOME_ENV, Home, default_home
+from skyassets.cli.sky import SkyError, add_sky_command
+from skyassets.lake.home import HOME_ENV, Home
+
+# A new instance keeps its runs and events in this PostgreSQL database when the variable is set
+# (postgresql+psycopg2://user:password@host/db); SQLite under $DAGSTER_HOME otherwise.
+POSTGRES_ENV = "SKYASSETS_POSTGRES_URL"
 
 
 def prepare_dagster_home(home: Home) -> Path:
-    """Use ``$DAGSTER_HOME`` or ``<home>/dagster``, giving it skyassets' instance settings if it has none.
+    """Use ``$DAGSTER_HOME`` or ``<home>/dagster``, giving it skyassets' instance settings if it has none
+    (with PostgreSQL storage when ``SKYASSETS_POSTGRES_URL`` is set).
 
     The instance's storage is created under a lock: two commands started at once on a new home would
     otherwise both try to create the same SQLite tables, and one of them would fail.
@@ -28,7 +33,11 @@ def prepare_dagster_home(home: Home) -> Path:
         settings = dagster_home / "dagster.yaml"
         if not settings.exists():
             with resources.as_file(resources.files("skyassets").joinpath("dagster.yaml")) as packaged:
-                shutil.copyfile(packaged, settings)
+                text = packaged.read_text()
+            if os.environ.get(POSTGRES_ENV):
+                # the URL stays in the environment: the file names the variable, never the password
+                text += f"\nstorage:\n  postgres:\n    postgres_url:\n      env: {POSTGRES_ENV}\n"
+            settings.write_text(text)
         from dagster import DagsterInstance
 
         with DagsterInstance.get():
@@ -37,7 +46,7 @@ def prepare_dagster_home(home: Home) -> Path:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    home = Home(default_home())
+    home = Home.from_env()
     dagster_home = prepare_dagster_home(home)
     from skyassets.cli.demo import run_demo
 
@@ -45,30 +54,35 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _ingest(args: argparse.Namespace) -> int:
-    home = Home(default_home())
-    prepare_dagster_home(home)
+    home = Home.from_env()
+    dagster_home = prepare_dagster_home(home)
     from dagster import DagsterInstance
 
+    from skyassets.cli.launch import Launcher
     from skyassets.cli.runs import QUIET, bring_up_to_date, ingest, text_progress
 
     instance = DagsterInstance.get()
-    report = ingest(args.paths, home, instance, batch=args.batch, progress=text_progress)
-    print(f"{report.files} files in {len(report.partitions)} partitions ({report.runs} runs): "
-          f"{len(report.catalogued)} catalogued, {len(report.quarantined)} quarantined, {len(report.failed)} failed")
-    for what, files in (("quarantined", report.quarantined), ("failed", report.failed)):
-        for location, reason in list(files.items())[:20]:
-            print(f"  {what}: {location}: {reason}", file=sys.stderr)
-        if len(files) > 20:
-            print(f"  ... and {len(files) - 20} more {what} (see {home.quarantine})", file=sys.stderr)
-    if not report.files:
-        print("no FITS files found in " + ", ".join(args.paths), file=sys.stderr)
-        return 1
-    if args.catalog_only:
-        print("quality, targets, products and catalog.duckdb follow when the daemon runs (skyassets dev)")
-        return 0 if report.ok else 1
-    ready = [p for p in report.partitions if home.tables.exists("image_metadata", p)]
-    run_config = {**QUIET, "resources": {"home": {"config": {"root": str(home.root)}}}}
-    downstream = bring_up_to_date(instance, home, ready, run_config)
+    print("Starting a Dagster webserver for this command's runs ...", file=sys.stderr, flush=True)
+    with Launcher(dagster_home, instance) as launcher:
+        report = ingest(args.paths, home, launcher, batch=args.batch, progress=text_progress)
+        print(f"{report.files} files in {len(report.partitions)} partitions ({report.runs} runs): "
+              f"{len(report.catalogued)} catalogued, {len(report.quarantined)} quarantined, "
+              f"{len(report.failed)} failed, {len(report.refused)} refused")
+        for what, files in (("quarantined", report.quarantined), ("failed", report.failed),
+                            ("refused", report.refused)):
+            for location, reason in list(files.items())[:20]:
+                print(f"  {what}: {location}: {reason}", file=sys.stderr)
+            if len(files) > 20:
+                print(f"  ... and {len(files) - 20} more {what} (see {home.quarantine})", file=sys.stderr)
+        if not report.files:
+            print("no FITS files found in " + ", ".join(args.paths), file=sys.stderr)
+            return 1
+        if args.catalog_only:
+            print("quality, targets, products and catalog.duckdb follow when the daemon runs (skyassets dev)")
+            return 0 if report.ok else 1
+        ready = [p for p in report.partitions if home.tables.exists("image_metadata", p)]
+        run_config = {**QUIET, "resources": {"home": {"config": {"root": str(home.root)}}}}
+        downstream = bring_up_to_date(launcher, home, ready, run_config)
     if downstream is None or downstream:
         print(f"{'the catalog could not be published' if downstream is None else f'{downstream} runs failed'}"
               "; see them in the Dagster UI (skyassets dev)", file=sys.stderr)
@@ -92,14 +106,14 @@ def _query(home: Home, sql: str):
     from skyassets.catalog.db import connect
 
     try:
-        return connect(home.root).execute(sql).df()
+        return connect(home.lake_folder().parent).execute(sql).df()  # a home on a store: its lake mirrored
     except duckdb.Error as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CommandError(f"the query failed: {first}") from exc
 
 
 def _catalog(args: argparse.Namespace) -> int:
-    frame = _query(Home(default_home()), args.sql)
+    frame = _query(Home.from_env(), args.sql)
     frame = frame.drop(columns=[c for c in ("header_json",) if c in frame.columns])
     shown = frame.head(args.max_rows) if args.max_rows else frame
     if args.format == "csv":
@@ -113,10 +127,34 @@ def _catalog(args: argparse.Namespace) -> int:
     return 0
 
 
+def _find(args: argparse.Namespace) -> int:
+    from skyassets.catalog.db import CatalogError, connect
+    from skyassets.catalog.find import find, mast_resolver
+
+    home = Home.from_env()
+    try:
+        frame = find(connect(home.root), args.question, args.k, by=args.by, mode=args.mode,
+                     resolve=mast_resolver() if args.resolve else None)
+    except (CatalogError, ValueError) as exc:
+        raise CommandError(str(exc).strip().splitlines()[0]) from exc
+    if frame.empty:
+        print(f"nothing in the catalog matches {args.question!r}", file=sys.stderr)
+        return 1
+    if args.format == "csv":
+        frame.to_csv(sys.stdout, index=False)
+    elif args.format == "json":
+        sys.stdout.write(frame.to_json(orient="records", lines=True, date_format="iso", default_handler=str))
+    else:
+        why = frame.pop("why")
+        print(frame.drop(columns=["path"]).to_string(index=False, max_colwidth=60))
+        print(f"\nwhy #1: {why.iloc[0]}")
+    return 0
+
+
 def _export(args: argparse.Namespace) -> int:
     from skyassets.catalog.export import ExportError, export_files
 
-    home = Home(default_home())
+    home = Home.from_env()
     selection = _query(home, args.sql)
     try:
         done = export_files(selection, home, Path(args.dest), args.sql, as_zip=args.zip)
@@ -141,7 +179,7 @@ def _quality(args: argparse.Namespace) -> int:
     from skyassets.imaging.quality import SCORE_COLUMNS
     from skyassets.lake.names import InvalidNameError
 
-    lake = Home(default_home()).tables
+    lake = Home.from_env().tables
     try:
         path = lake.path("image_quality", args.obs_id)
     except InvalidNameError as exc:
@@ -197,7 +235,7 @@ def _shown(value: object, spec: str = "") -> str:
 def _show(args: argparse.Namespace) -> int:
     from skyassets.lake.names import InvalidNameError, validate_obs_id
 
-    home = Home(default_home())
+    home = Home.from_env()
     lake = home.tables
     try:
         validate_obs_id(args.target)
@@ -232,11 +270,17 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _dev(args: argparse.Namespace) -> int:
-    home = Home(default_home())
-    prepare_dagster_home(home)
+    """``dagster dev`` on this home's instance, started from ``$DAGSTER_HOME`` (a ``dagster.yaml`` in
+    the folder it is started from would otherwise draw a warning), the code location working in the
+    user's folder; ``dagster dev``'s notice that ``dg dev`` supersedes it is left out."""
+    home = Home.from_env()
+    dagster_home = prepare_dagster_home(home)
+    os.environ[HOME_ENV] = str(home.root)
     extra = args.dagster_args[1:] if args.dagster_args[:1] == ["--"] else args.dagster_args
     where = ["--host", args.host, "--port", str(args.port)]
-    command = [sys.executable, "-m", "dagster", "dev", "-m", "skyassets.definitions", *where, *extra]
+    command = [sys.executable, "-W", "ignore:Function `dev_command` is superseded", "-m", "dagster", "dev",
+               "-m", "skyassets.definitions", "-d", os.getcwd(), *where, *extra]
+    os.chdir(dagster_home)
     os.execv(sys.executable, command)
     return 0  # not reached
 
@@ -274,11 +318,24 @@ def main(argv: list[str] | None = None) -> int:
     show.add_argument("target", help="the target (partition) key, e.g. NGC-3132")
     show.add_argument("--open", action="store_true", help="open the best-ranked composite in the browser")
     show.set_defaults(func=_show)
+    found = commands.add_parser("find", help="the catalogue's best images for a question in words")
+    found.add_argument("question", help='e.g. "deep NIRCam images of NGC 3132 in the reddest filter"')
+    found.add_argument("-k", type=int, default=20, help="results shown (default 20)")
+    found.add_argument("--by", choices=("images", "observations", "targets", "products"), default="images",
+                       help="one row per image (default), observation, target or product file")
+    found.add_argument("--mode", choices=("fusion", "lexical", "embedding"), default="fusion",
+                       help="ranking: BM25 fused with embeddings when a model is installed (default), or one alone")
+    found.add_argument("--resolve", action="store_true",
+                       help="ask MAST's name resolver (online) for targets the catalogue does not name")
+    found.add_argument("--format", choices=("table", "csv", "json"), default="table",
+                       help="table (default), csv, or json (one object per line)")
+    found.set_defaults(func=_find)
     export = commands.add_parser("export", help="copy the files a SQL query selects, with a manifest")
     export.add_argument("sql", help="a query returning a 'path' column, e.g. SELECT * FROM cone(83.6, 22.0, 0.1)")
     export.add_argument("dest", help="folder to copy into (with --zip: the archive to write, .zip added)")
     export.add_argument("--zip", action="store_true", help="write one ZIP archive, the manifest inside")
     export.set_defaults(func=_export)
+    add_sky_command(commands)
     dev = commands.add_parser(
         "dev", help="open the pipeline in the Dagster UI (dagster dev)", add_help=False,
         description="dagster dev on this home's instance; other options go on to `dagster dev`",
@@ -294,6 +351,9 @@ def main(argv: list[str] | None = None) -> int:
     except CommandError as exc:
         print(f"skyassets {args.command}: {exc}", file=sys.stderr)
         return exc.status
+    except SkyError as exc:
+        print(f"skyassets {args.command}: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,4 +1,9 @@
-"""Running the pipeline's jobs from the command line, recorded in the Dagster instance like any run."""
+"""Running the pipeline's jobs from the command line, recorded in the Dagster instance like any run.
+
+The command line launches its runs through a headless webserver (``skyassets.cli.launch``), the way
+the UI does; tests and benchmarks that time the pipeline itself run the same submissions in this
+process (``InProcess``).
+"""
 
 from __future__ import annotations
 
@@ -6,17 +11,85 @@ import json
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from dagster import AssetKey, AssetRecordsFilter, DagsterInstance
+from dagster import AssetKey, AssetRecordsFilter, DagsterEventType, DagsterInstance, DagsterRun
 
-from skyassets.defs.tags import partition_range
+from skyassets.cli.launch import Submission
+from skyassets.defs.tags import PARTITION, partition_range
 from skyassets.lake.home import Home
-from skyassets.landing.ingest import group_by_partition, local_files, record_landed
+from skyassets.landing.ingest import LANDING_COLLECTION, group_by_partition, local_files, record_landed
 
 # The command line prints its own summary; the full run logs stay in the instance for the UI.
 QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
+
+
+class Runner(Protocol):
+    """Something that runs submissions and returns their finished runs (``Launcher`` or ``InProcess``)."""
+
+    instance: DagsterInstance
+
+    def run_all(
+        self,
+        submissions: Sequence[Submission],
+        *,
+        at_once: int = 1,
+        on_finished: Callable[[Submission, DagsterRun], None] | None = None,
+    ) -> list[DagsterRun]: ...
+
+
+class InProcess:
+    """Runs executed one after another in this process (``execute_in_process``): for tests and
+    benchmarks that measure the pipeline rather than process start-up."""
+
+    def __init__(self, instance: DagsterInstance):
+        self.instance = instance
+
+    def run_all(
+        self,
+        submissions: Sequence[Submission],
+        *,
+        at_once: int = 1,
+        on_finished: Callable[[Submission, DagsterRun], None] | None = None,
+    ) -> list[DagsterRun]:
+        from skyassets.definitions import defs
+
+        runs = []
+        for submission in submissions:
+            result = defs.resolve_job_def(submission.job).execute_in_process(
+                instance=self.instance, tags=dict(submission.tags), run_config=dict(submission.run_config),
+                raise_on_error=False,
+            )
+            runs.append(self.instance.get_run_by_id(result.run_id))
+            if on_finished:
+                on_finished(submission, runs[-1])
+        return runs
+
+
+def as_runner(runner: Runner | DagsterInstance) -> Runner:
+    return InProcess(runner) if isinstance(runner, DagsterInstance) else runner
+
+
+def run_materializations(instance: DagsterInstance, run_id: str, asset: str) -> list[dict]:
+    """The metadata of each of ``asset``'s materialisations in one run: a partition's own figures,
+    and the run's totals, which every partition of a ranged run repeats."""
+    return [
+        {k: v.value for k, v in record.asset_materialization.metadata.items()}
+        for record in instance.get_records_for_run(run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION).records
+        if record.asset_materialization is not None and record.asset_materialization.asset_key == AssetKey(asset)
+    ]
+
+
+def failed_checks(instance: DagsterInstance, run_id: str) -> list[str]:
+    """``name: description`` of every asset check that failed in a run."""
+    failed = []
+    for record in instance.get_records_for_run(run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION).records:
+        evaluation = record.event_log_entry.dagster_event.event_specific_data
+        if not evaluation.passed:
+            failed.append(f"{evaluation.check_name}: {evaluation.description or 'failed'}")
+    return failed
 
 
 def latest_metadata(instance: DagsterInstance, asset: str, partition: str | None = None) -> dict:
@@ -70,27 +143,30 @@ def partition_batches(instance: DagsterInstance, keys: Sequence[str], size: int)
 
 @dataclass
 class IngestReport:
-    """What ``ingest`` did with each file, counted apart: catalogued, quarantined (with the reason),
-    failed (with the reason); and the partitions and runs it took."""
+    """What ``ingest`` did with each file, counted apart: catalogued, quarantined, failed and refused
+    (each with the reason); and the partitions and runs it took."""
 
     catalogued: list[str] = field(default_factory=list)
     quarantined: dict[str, str] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
+    refused: dict[str, str] = field(default_factory=dict)  # never taken: links, devices, names not UTF-8
     partitions: list[str] = field(default_factory=list)
     runs: int = 0
     failed_runs: list[str] = field(default_factory=list)
 
     @property
     def files(self) -> int:
-        return len(self.catalogued) + len(self.quarantined) + len(self.failed)
+        return len(self.catalogued) + len(self.quarantined) + len(self.failed) + len(self.refused)
 
     @property
     def ok(self) -> bool:
-        return not (self.quarantined or self.failed or self.failed_runs)
+        return not (self.quarantined or self.failed or self.refused or self.failed_runs)
 
 
 def _quarantine_reasons(home: Home, since: float) -> dict[str, str]:
-    """The landed location and reason of every file quarantined since ``since`` (from the sidecars)."""
+    """The reason of every file quarantined since ``since`` (from the sidecars), under the landed
+    location its reason starts with and under the path it was moved from (a file refused while
+    being catalogued is moved from the store, and its reason may not name where it was landed)."""
     reasons: dict[str, str] = {}
     if not home.quarantine.is_dir():
         return reasons
@@ -101,60 +177,82 @@ def _quarantine_reasons(home: Home, since: float) -> dict[str, str]:
             note = json.loads(sidecar.read_text())
         except (OSError, ValueError):
             continue
-        location, _, reason = str(note.get("reason", "")).partition(": ")
-        reasons[location] = reason or "quarantined"
+        whole = str(note.get("reason", "")) or "quarantined"
+        location, _, reason = whole.partition(": ")
+        reasons[location] = reason or whole
+        if note.get("original_path"):
+            reasons[str(note["original_path"])] = whole
     return reasons
+
+
+def _stored_paths(home: Home, key: str) -> dict[str, str]:
+    """Landed location -> where its copy is stored, from the partition's landing record."""
+    if not home.tables.exists("landing", key):
+        return {}
+    rows = home.tables.read("landing", key, columns=["filename", "location"]).to_dict("records")
+    where = home.observation_dir(LANDING_COLLECTION, key)
+    return {r["location"]: str(where / r["filename"]) for r in rows}
 
 
 def ingest(
     paths: Sequence[str],
     home: Home,
-    instance: DagsterInstance,
+    runner: Runner | DagsterInstance,
     *,
     batch: int = 250,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[int, int, int, int], None] | None = None,
 ) -> IngestReport:
     """Catalogue local files through the landing job and say, per file, what became of it.
 
-    The runs go one after another in this process: side by side in worker processes they were
-    slower here, as each run's events wait on the same SQLite instance and its header reads
-    already use every core.
+    The runs go one after another: side by side they were slower here, as each run's events wait on
+    the same SQLite instance and its header reads already use every core. ``progress`` hears
+    (runs done, runs, files done, files) as each run ends.
     """
-    from skyassets.definitions import defs
-
+    runner = as_runner(runner)
+    instance = runner.instance
     started = time.time()
-    files = local_files(paths)
+    refused: dict[str, str] = {}
+    files = local_files(paths, refused)
     groups = group_by_partition(files)
     for key, landed in groups.items():
         record_landed(home, key, landed)
     instance.add_dynamic_partitions("observations", sorted(groups))
-    job = defs.resolve_job_def("landing_job")
     run_config = {**QUIET, "resources": {"home": {"config": {"root": str(home.root)}}}}
-    report = IngestReport(partitions=sorted(groups))
-    failed_in: dict[str, str] = {}
-    ranges = partition_batches(instance, sorted(groups), batch)
+    report = IngestReport(partitions=sorted(groups), refused=refused)
     every = instance.get_dynamic_partitions("observations")
-    for done, (first, last) in enumerate(ranges, start=1):
-        result = job.execute_in_process(
-            instance=instance, tags=partition_range(first, last), run_config=run_config, raise_on_error=False
-        )
-        report.runs += 1
-        if not result.success:
-            report.failed_runs.append(result.run_id)
-            for key in every[every.index(first): every.index(last) + 1]:
-                failed_in[key] = result.run_id
+    position = {k: i for i, k in enumerate(every)}
+    ranges = partition_batches(instance, sorted(groups), batch)
+    covered = [every[position[first]: position[last] + 1] for first, last in ranges]
+    submissions = [Submission("landing_job", partition_range(first, last), run_config) for first, last in ranges]
+    total_files = sum(len(v) for v in groups.values())
+    done = {"runs": 0, "files": 0}
+
+    def finished(submission: Submission, run: DagsterRun) -> None:
+        keys = covered[submissions.index(submission)]
+        done["runs"] += 1
+        done["files"] += sum(len(groups.get(k, ())) for k in keys)
         if progress:
-            progress(done, len(ranges))
+            progress(done["runs"], len(submissions), done["files"], total_files)
+
+    failed_in: dict[str, str] = {}
+    for keys, run in zip(covered, runner.run_all(submissions, on_finished=finished), strict=True):
+        report.runs += 1
+        if not run.is_success:
+            report.failed_runs.append(run.run_id)
+            failed_in.update(dict.fromkeys(keys, run.run_id))
     quarantined = _quarantine_reasons(home, started - 1)
     for key, landed in sorted(groups.items()):
         copied = set()
         if home.tables.exists("fits_files", key):
             copied = set(home.tables.read("fits_files", key, columns=["dataURI"])["dataURI"])
+        stored = _stored_paths(home, key)
         for file in landed:
-            if file.location in copied:
+            # quarantined first: a file copied but then refused by cataloguing is in both
+            reason = quarantined.get(file.location) or quarantined.get(stored.get(file.location, ""))
+            if reason:
+                report.quarantined[file.location] = reason
+            elif file.location in copied:
                 report.catalogued.append(file.location)
-            elif file.location in quarantined:
-                report.quarantined[file.location] = quarantined[file.location]
             elif key in failed_in:
                 report.failed[file.location] = f"its run {failed_in[key]} failed (see it in the Dagster UI)"
             else:
@@ -162,38 +260,38 @@ def ingest(
     return report
 
 
-def text_progress(done: int, total: int) -> None:
+def text_progress(done: int, total: int, files_done: int | None = None, files: int | None = None) -> None:
+    """A one-line progress bar on stderr: runs, and files when known."""
     width = 30
     filled = int(width * done / total) if total else width
-    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} runs")
+    also = "" if files_done is None else f", {files_done} files" if files is None else f", {files_done}/{files} files"
+    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} runs{also}")
     if done == total:
         sys.stderr.write("\n")
     sys.stderr.flush()
 
 
-def measure_quality(
-    instance: DagsterInstance, home: Home, partitions: list[str], run_config: dict
-) -> tuple[int, int]:
+def measure_quality(runner: Runner, home: Home, partitions: list[str], run_config: Mapping) -> tuple[int, int]:
     """Run quality_job in batched runs over the partitions whose images changed since they were last
     measured, print the flags; return (partitions measured, failed runs)."""
+    instance = runner.instance
     todo = outdated(instance, "image_quality", "image_metadata", partitions)
     if len(todo) < len(partitions):
         print(f"\nImage quality of {len(partitions) - len(todo)} observations is up to date.")
     if not todo:
         return 0, 0
-    from skyassets.definitions import defs
-
-    job = defs.resolve_job_def("quality_job")
     partitions = todo
     print(f"\nMeasuring image quality of {len(partitions)} observations:")
+    submissions = [
+        Submission("quality_job", partition_range(first, last), run_config)
+        for first, last in partition_batches(instance, partitions, 25)
+    ]
     failures, flags, worst = 0, Counter(), []
-    for first, last in partition_batches(instance, partitions, 25):
-        tags = partition_range(first, last)
-        run = job.execute_in_process(instance=instance, tags=tags, run_config=run_config, raise_on_error=False)
-        failures += not run.success
-        for check in run.get_asset_check_evaluations():
-            if not check.passed:
-                print(f"  check {check.check_name} failed: {check.description}")
+    for run in runner.run_all(submissions, on_finished=lambda s, r: text_progress(
+            submissions.index(s) + 1, len(submissions))):
+        failures += not run.is_success
+        for check in failed_checks(instance, run.run_id):
+            print(f"  check {check}")
     for partition in partitions:
         if home.tables.exists("image_quality", partition):
             rows = home.tables.read("image_quality", partition)
@@ -206,11 +304,10 @@ def measure_quality(
     return len(partitions), failures
 
 
-def make_products(instance: DagsterInstance, home: Home, run_config: dict) -> tuple[int, int]:
+def make_products(runner: Runner, home: Home, run_config: Mapping) -> tuple[int, int]:
     """Run products_job for each target whose images changed since its products were made; return
     (runs, failed runs). (In ``skyassets dev`` declarative automation does this.)"""
-    from skyassets.definitions import defs
-
+    instance = runner.instance
     every = instance.get_dynamic_partitions("targets")
     targets = outdated(instance, "composites", "target_images", every)
     if len(targets) < len(every):
@@ -218,42 +315,61 @@ def make_products(instance: DagsterInstance, home: Home, run_config: dict) -> tu
     if not targets:
         return 0, 0
     print(f"\nMosaics and composites for {len(targets)} targets:")
+    submissions = [Submission("products_job", {PARTITION: target}, run_config) for target in targets]
     failures = 0
-    for target in targets:
-        run = defs.resolve_job_def("products_job").execute_in_process(
-            instance=instance, partition_key=target, run_config=run_config, raise_on_error=False
-        )
-        failures += not run.success
-        made = home.tables.read("composites", target) if run.success else None
-        count = len(home.tables.read("mosaics", target)) if run.success else 0
+    for target, run in zip(targets, runner.run_all(submissions, at_once=2), strict=True):
+        failures += not run.is_success
+        made = home.tables.read("composites", target) if run.is_success else None
+        count = len(home.tables.read("mosaics", target)) if run.is_success else 0
         print(f"  {target:<24} {count} mosaics, {0 if made is None else len(made)} composites"
-              + ("" if run.success else f" FAILED (run {run.run_id})"))
+              + ("" if run.is_success else f" FAILED (run {run.run_id})"))
         print(f"  {'':<24} {home.target_dir(target)}")
     print("  see one: skyassets show TARGET")
     return len(targets), failures
 
 
-def publish_catalog(instance: DagsterInstance, run_config: dict) -> bool:
+def publish_catalog(runner: Runner, run_config: Mapping) -> bool:
     """Group targets and publish catalog.duckdb (catalog_job); False, with a line said, if it failed."""
-    from skyassets.definitions import defs
-
-    run = defs.resolve_job_def("catalog_job").execute_in_process(
-        instance=instance, run_config=run_config, raise_on_error=False
-    )
-    if not run.success:
+    (run,) = runner.run_all([Submission("catalog_job", {}, run_config)])
+    if not run.is_success:
         print(f"Publishing the catalog failed; see run {run.run_id} in the Dagster UI.")
-    return run.success
+    return run.is_success
 
 
-def bring_up_to_date(instance: DagsterInstance, home: Home, partitions: list[str], run_config: dict) -> int | None:
-    """What the daemon's automation does after new files, in this process: quality of ``partitions``,
-    targets and the catalog, each target's products, the catalog again. Returns failed runs, or None
-    when the catalog could not be published."""
-    measured, failures = measure_quality(instance, home, partitions, run_config)
-    if measured or not latest_storage_id(instance, "catalog"):
-        if not publish_catalog(instance, run_config):
+def publish_sky(runner: Runner, home: Home, run_config: Mapping) -> tuple[int, int]:
+    """Tile each target whose products changed (tiles_job) and publish the collection (publish_job)
+    when anything changed or nothing was published yet; return (targets tiled, failed runs)."""
+    instance = runner.instance
+    targets = outdated(instance, "sky_tiles", "composites", instance.get_dynamic_partitions("targets"))
+    runs = runner.run_all(
+        [Submission("tiles_job", {PARTITION: target}, run_config) for target in targets], at_once=2
+    )
+    failures = sum(not run.is_success for run in runs)
+    for target, run in zip(targets, runs, strict=True):
+        if not run.is_success:
+            print(f"  tiling {target} FAILED (run {run.run_id})")
+    if targets or not latest_storage_id(instance, "publish"):
+        (run,) = runner.run_all([Submission("publish_job", {}, run_config)])
+        failures += not run.is_success
+        published = latest_metadata(instance, "publish") if run.is_success else {}
+        if published:
+            print(f"\nPublished {published['targets']} targets ({published['pyramids']} HiPS pyramids) "
+                  f"to {published['destination']}")
+        else:
+            print(f"\nPublishing the sky tiles failed; see run {run.run_id} in the Dagster UI.")
+    return len(targets), failures
+
+
+def bring_up_to_date(runner: Runner, home: Home, partitions: list[str], run_config: Mapping) -> int | None:
+    """What the daemon's automation does after new files: quality of ``partitions``, targets and the
+    catalog, each target's products, the catalog again, the sky tiles and their publication. Returns
+    failed runs, or None when the catalog could not be published."""
+    measured, failures = measure_quality(runner, home, partitions, run_config)
+    if measured or not latest_storage_id(runner.instance, "catalog"):
+        if not publish_catalog(runner, run_config):
             return None
-    made, failed = make_products(instance, home, run_config)
-    if made and not publish_catalog(instance, run_config):
+    made, failed = make_products(runner, home, run_config)
+    if made and not publish_catalog(runner, run_config):
         return None
-    return failures + failed
+    _, unpublished = publish_sky(runner, home, run_config)
+    return failures + failed + unpublished

@@ -1,14 +1,13 @@
 """Materialisation metadata that renders in the Dagster UI: schema, row count, preview table.
 
-A run of many partitions stores one materialisation per partition, each with the metadata of the
-whole run; so a batch's metadata stays small: the column schema is declared once on the asset, and
-a preview table goes only with a run of one partition.
+A run of many partitions stores one materialisation per partition: each gets its own figures and
+preview, and the run's totals; the column schema is declared once on the asset.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pandas as pd
@@ -62,12 +61,31 @@ def frame_metadata(frame: pd.DataFrame, *, preview_columns: list[str] | None = N
     }
 
 
+# Per-partition metadata costs Dagster a lookup of the run's key range per partition (quadratic in the
+# range), so larger batches keep to the run's totals.
+PER_PARTITION_LIMIT = 200
+
+
 def partition_metadata(
-    context: AssetExecutionContext, frame: pd.DataFrame, *, preview_columns: list[str]
+    context: AssetExecutionContext,
+    frame: pd.DataFrame,
+    *,
+    preview_columns: list[str],
+    by: str,
+    figures: Callable[[pd.DataFrame], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """A run of one partition: its row count, schema and preview. A run of many: the run's totals
-    only, since Dagster copies this metadata to every partition's materialisation (and adding
-    metadata partition by partition costs a lookup of the run's whole key range each time)."""
+    """A run of one partition: its row count, schema, preview and ``figures``. A run of many: each
+    partition's own row count, preview and ``figures`` (its rows are those whose ``by`` column holds
+    its key) on its own materialisation, and the run's totals on all of them."""
     if len(context.partition_keys) == 1:
-        return frame_metadata(frame, preview_columns=preview_columns)
+        return {**frame_metadata(frame, preview_columns=preview_columns), **(figures(frame) if figures else {})}
+    if len(context.partition_keys) <= PER_PARTITION_LIMIT:
+        parts = dict(iter(frame.groupby(by, sort=False))) if len(frame) else {}
+        for key in context.partition_keys:
+            part = parts.get(key, frame.iloc[0:0])
+            context.add_asset_metadata(
+                {"dagster/row_count": len(part), "preview": preview(part, preview_columns),
+                 **(figures(part) if figures else {})},
+                partition_key=key,
+            )
     return {"partitions_in_run": len(context.partition_keys), "rows_in_run": len(frame)}

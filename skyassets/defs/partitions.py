@@ -6,9 +6,10 @@ Sensors request work on many observations at once as partition-range runs (see `
 from __future__ import annotations
 
 import hashlib
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 
-from dagster import AddDynamicPartitionsRequest, BackfillPolicy, DynamicPartitionsDefinition, RunRequest
+from dagster import AddDynamicPartitionsRequest, BackfillPolicy, BetaWarning, DynamicPartitionsDefinition, RunRequest
 
 from skyassets.defs.tags import PARTITION_RANGE_END, PARTITION_RANGE_START, partition_range
 from skyassets.lake.names import validate_obs_id
@@ -23,6 +24,9 @@ OBSERVATIONS_PER_RUN = 25
 # already bounded and small, and each run pays a process start (~3.5 s), so a tick is one run or a few.
 LANDED_PARTITIONS_PER_RUN = 1000
 
+# Backfill policies are marked beta; skyassets relies on them knowingly, and the warning each asset
+# definition would print at every start of the UI, the daemon and each run is nothing a user can act on.
+warnings.filterwarnings("ignore", message="Parameter `backfill_policy`", category=BetaWarning)
 observation_backfill_policy = BackfillPolicy.multi_run(max_partitions_per_run=OBSERVATIONS_PER_RUN)
 
 

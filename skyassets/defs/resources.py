@@ -15,8 +15,10 @@ from dagster import ConfigurableResource, EnvVar
 from skyassets.archive.client import RetryPolicy, observations_client
 from skyassets.archive.download import DownloadConfig
 from skyassets.archive.watchlist import DEFAULT_WATCHLIST, Watchlist, load_watchlist
+from skyassets.defs.cluster import DaskResource
 from skyassets.imaging.composite import METHODS, STRETCHES
-from skyassets.lake.home import HOME_ENV, Home
+from skyassets.lake.home import CACHE_ENV, DEFAULT_CACHE_BYTES, HOME_ENV, STORAGE_ENDPOINT_ENV, STORAGE_ENV, Home
+from skyassets.tiles.publish import FolderDestination, S3Destination
 
 T = TypeVar("T", "CompositesResource", "MosaicsResource")
 
@@ -24,13 +26,18 @@ EMULATOR = "emulator"
 
 
 class HomeResource(ConfigurableResource):
-    """The local state folder: files, Parquet lake, quarantine."""
+    """The local state folder: files, Parquet lake, quarantine; with ``storage`` (s3://bucket/prefix)
+    files, lake and products are stored there and ``root`` keeps a bounded working copy."""
 
     root: str = ".skyassets"
+    storage: str | None = None
+    storage_endpoint: str | None = None  # an S3-protocol server other than AWS
+    cache_gb: float = DEFAULT_CACHE_BYTES / (1 << 30)  # working copy of stored files kept locally
 
     @property
     def home(self) -> Home:
-        return Home(Path(self.root).expanduser().resolve())
+        return Home(Path(self.root).expanduser().resolve(), storage=self.storage or None,
+                    endpoint=self.storage_endpoint or None, cache_bytes=int(self.cache_gb * (1 << 30)))
 
 
 class LandingResource(ConfigurableResource):
@@ -145,7 +152,7 @@ class CompositesResource(ConfigurableResource):
     (ranked first), or null to drop a suggested one."""
 
     per_target: int = 3  # the best-ranked recipes made for each target
-    method: str = "screen"  # or "lupton": Lupton et al. (2004) joint-intensity asinh
+    method: str = "lupton"  # balanced Lupton et al. (2004) asinh, as press images; or "screen", per channel
     stretch: str = "asinh"  # per channel, for "screen": linear, sqrt, log, asinh, power, histeq, zscale
     recipes: dict[str, dict[str, str | None]] = {}
 
@@ -223,11 +230,39 @@ def settings_from_file(resource: type[T], path: str) -> T:
         raise ValueError(f"{path}: {err}") from err
 
 
+class PublishResource(ConfigurableResource):
+    """Where ``publish`` writes the collection: a folder (default ``<home>/published``) or
+    ``s3://bucket/prefix`` through dagster-aws's S3 resource (credentials from the usual AWS
+    environment); ``public_url`` is where readers find it, written into the indexes."""
+
+    url: str = ""
+    s3_endpoint: str | None = None
+    public_url: str = ""
+    threads: int = 8
+
+    def destination(self, home: Home) -> FolderDestination | S3Destination:
+        if self.url.startswith("s3://"):
+            from dagster_aws.s3 import S3Resource
+
+            bucket, _, prefix = self.url[5:].partition("/")
+            if not bucket:
+                raise ValueError(f"publish url must look like s3://bucket/prefix, not {self.url!r}")
+            return S3Destination(S3Resource(endpoint_url=self.s3_endpoint).get_client(), bucket, prefix)
+        if "://" in self.url:
+            raise ValueError(f"publish url must be a folder or s3://bucket/prefix, not {self.url!r}")
+        return FolderDestination(home.root / "published" if not self.url else self.url)
+
+
 def default_resources() -> dict[str, ConfigurableResource]:
     """Resources configured from the environment (see the README's configuration reference)."""
     env = os.environ
     return {
-        "home": HomeResource(root=env.get(HOME_ENV) or ".skyassets"),
+        "home": HomeResource(
+            root=env.get(HOME_ENV) or ".skyassets", storage=env.get(STORAGE_ENV) or None,
+            storage_endpoint=env.get(STORAGE_ENDPOINT_ENV) or None,
+            cache_gb=float(env.get(CACHE_ENV) or DEFAULT_CACHE_BYTES / (1 << 30)),
+        ),
+        "dask": DaskResource(scheduler=env.get("SKYASSETS_DASK_SCHEDULER") or ""),
         "watchlist": WatchlistResource(path=env.get("SKYASSETS_WATCHLIST") or DEFAULT_WATCHLIST),
         "archive": ArchiveResource(
             url=env.get("SKYASSETS_MAST_URL") or EMULATOR,
@@ -241,6 +276,11 @@ def default_resources() -> dict[str, ConfigurableResource]:
         if env.get("SKYASSETS_COMPOSITES") else CompositesResource(),
         "mosaics": settings_from_file(MosaicsResource, env["SKYASSETS_MOSAICS"])
         if env.get("SKYASSETS_MOSAICS") else MosaicsResource(),
+        "publish": PublishResource(
+            url=env.get("SKYASSETS_PUBLISH") or "",
+            s3_endpoint=env.get("SKYASSETS_PUBLISH_S3_ENDPOINT") or None,
+            public_url=env.get("SKYASSETS_PUBLISH_URL") or "",
+        ),
         "landing": LandingResource(
             folder=env.get("SKYASSETS_LANDING") or "",
             s3_url=env.get("SKYASSETS_LANDING_S3") or None,

@@ -3,6 +3,8 @@
 Declared here once, and checked against the installed Dagster by the test suite, so an upgrade that
 renames one fails a test instead of silently losing ranges or data versions.
 
+- A run tagged with a partition key materialises that partition: runs launched through the
+  webserver's GraphQL API (``skyassets.cli.launch``) name their partition this way.
 - A run tagged with a partition range materialises every partition in that range in one run: the
   command line runs batches of partitions this way (``execute_in_process`` takes one partition key).
 - An ``AssetMaterialization`` tagged with a data version sets that partition's data version:
@@ -11,6 +13,7 @@ renames one fails a test instead of silently losing ranges or data versions.
   ``DataVersionsByPartition`` only an observable source asset, which cannot depend on ``target_groups``.
 """
 
+PARTITION = "dagster/partition"
 PARTITION_RANGE_START = "dagster/asset_partition_range_start"
 PARTITION_RANGE_END = "dagster/asset_partition_range_end"
 DATA_VERSION = "dagster/data_version"

@@ -58,6 +58,15 @@ class Emulator:
         return self._server.faults
 
     @property
+    def throttle(self) -> float:
+        """Bytes per second each download connection may carry (0, the default: no limit)."""
+        return self._server.throttle
+
+    @throttle.setter
+    def throttle(self, bytes_per_second: float) -> None:
+        self._server.throttle = float(bytes_per_second)
+
+    @property
     def requests(self) -> RequestLog:
         return self._server.requests
 

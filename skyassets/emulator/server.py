@@ -16,6 +16,9 @@ it: ``Authorization: token ...`` (downloads) or astroquery's ``mast_token`` sess
 
 from __future__ import annotations
 
+import base64
+import gzip
+import hashlib
 import json
 import math
 import re
@@ -23,6 +26,7 @@ import socket
 import threading
 import time
 from dataclasses import asdict, dataclass
+from email.utils import formatdate
 from http.cookies import CookieError, SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -35,11 +39,19 @@ if TYPE_CHECKING:
 CHUNK = 1 << 20
 # Switches that make answers look like the real archive's; on while armed, whatever ``times`` says.
 ANSWER_KINDS = ("nulls", "per_filter_rows", "mixed_ids", "more_collections", "duplicate_uris")
-FAULT_KINDS = ("drop", "ignore_range", "stall", "status", "corrupt", "executing", "omit", *ANSWER_KINDS)
+# Download answers a misbehaving server gives: a 206 whose Content-Range total is not the file's
+# size, no ETag and no Last-Modified (or no ETag only), a gzip body despite ``Accept-Encoding:
+# identity``, right Content-MD5 and x-amz-checksum-sha256 headers (or one of them wrong), one byte
+# every ``seconds``.
+DOWNLOAD_KINDS = ("wrong_total", "no_validators", "no_etag", "gzip", "digests", "bad_md5", "bad_sha256", "trickle")
+# Of those, the ones that shape every download answer while armed (so another fault can strike too).
+DOWNLOAD_SWITCHES = ("no_validators", "no_etag")
+FAULT_KINDS = ("drop", "ignore_range", "stall", "status", "corrupt", "executing", "omit", *DOWNLOAD_KINDS,
+               *ANSWER_KINDS)
 ENDPOINTS = ("download", "invoke", "columnsconfig", "resolver", "path_lookup", "whoami", "any")
 # The kinds each endpoint can suffer (answer kinds apply to whole answers, not to one endpoint).
 ENDPOINT_KINDS = {
-    "download": ("drop", "ignore_range", "stall", "status", "corrupt"),
+    "download": ("drop", "ignore_range", "stall", "status", "corrupt", *DOWNLOAD_KINDS),
     "invoke": ("drop", "status", "executing"),
     "path_lookup": ("drop", "status", "omit"),
     "columnsconfig": ("drop", "status"),
@@ -151,7 +163,7 @@ class Faults:
         """The fault this request suffers (counting it down), or None."""
         with self._lock:
             for fault in self._faults:
-                if fault.times == 0 or fault.match not in uri or fault.kind in ANSWER_KINDS:
+                if fault.times == 0 or fault.match not in uri or fault.kind in (*ANSWER_KINDS, *DOWNLOAD_SWITCHES):
                     continue
                 if fault.endpoint not in (endpoint, "any"):
                     continue
@@ -262,6 +274,8 @@ class MastHandler(BaseHTTPRequestHandler):
     def _log(self, status: int, sent: int, uri: str | None = None) -> dict[str, Any]:
         entry = {"method": self.command, "path": urlsplit(self.path).path, "uri": uri,
                  "range": self.headers.get("Range"), "status": status, "bytes_sent": sent}
+        if if_range := self.headers.get("If-Range"):
+            entry["if_range"] = if_range
         self.server.requests.append(entry)
         return entry
 
@@ -397,12 +411,18 @@ class MastHandler(BaseHTTPRequestHandler):
         if fault and fault.kind == "status":
             self._send_status(fault, uri)
             return
-        etag = f'"{md5}"'
+        kind = fault.kind if fault else None
+        if kind == "gzip":
+            self._send_gzip(path, uri)
+            return
+        no_validators = self.server.faults.on("no_validators")
+        etag = None if no_validators or self.server.faults.on("no_etag") else f'"{md5}"'
+        modified = None if no_validators else formatdate(path.stat().st_mtime, usegmt=True)
         start, end = 0, size - 1
         status = 200
         range_header = self.headers.get("Range")
-        if_range = self.headers.get("If-Range")
-        use_range = range_header and (if_range is None or if_range.strip() == etag)
+        if_range = (self.headers.get("If-Range") or "").strip() or None
+        use_range = range_header and (if_range is None or if_range in (etag, modified))
         if use_range and not (fault and fault.kind == "ignore_range"):
             parsed = _parse_range(range_header, size)
             if parsed is None:
@@ -419,13 +439,22 @@ class MastHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Content-Length", str(length))
         self.send_header("Accept-Ranges", "bytes")
-        self.send_header("ETag", etag)
+        if etag:
+            self.send_header("ETag", etag)
+        if modified:
+            self.send_header("Last-Modified", modified)
+        if kind in ("digests", "bad_md5", "bad_sha256"):
+            self._send_digests(path, start, length, kind)
         self.send_header("Content-Disposition", f"attachment; filename={Path(uri).name}")
         if status == 206:
-            self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+            total = size + 1000 if kind == "wrong_total" else size
+            self.send_header("Content-Range", f"bytes {start}-{end}/{total}")
         log = self._log(status, 0, uri)
         self.end_headers()
         if method == "HEAD":
+            return
+        if kind == "trickle":
+            self._trickle(path, start, length, fault.seconds if fault else 0.1, log)
             return
         limit = length
         if fault and fault.kind in ("drop", "stall"):
@@ -439,19 +468,59 @@ class MastHandler(BaseHTTPRequestHandler):
                     time.sleep(fault.seconds)
                 self._abort()
 
+    def _send_gzip(self, path: Path, uri: str) -> None:
+        """The whole file gzip-compressed with ``Content-Encoding: gzip``, whatever was asked."""
+        body = gzip.compress(path.read_bytes(), compresslevel=1)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Encoding", "gzip")
+        self.send_header("Content-Length", str(len(body)))
+        self._log(200, len(body), uri)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _send_digests(self, path: Path, start: int, length: int, kind: str) -> None:
+        """``Content-MD5`` of the body sent and ``x-amz-checksum-sha256`` of the whole object, both
+        base64 as servers send them; ``bad_md5`` / ``bad_sha256`` send that one for other bytes."""
+        with open(path, "rb") as f:
+            whole = f.read()
+        body = whole[start:start + length]
+        if kind == "bad_md5":
+            body += b"x"
+        if kind == "bad_sha256":
+            whole += b"x"
+        self.send_header("Content-MD5", base64.b64encode(hashlib.md5(body).digest()).decode())
+        self.send_header("x-amz-checksum-sha256", base64.b64encode(hashlib.sha256(whole).digest()).decode())
+
+    def _trickle(self, path: Path, start: int, count: int, seconds: float, log: dict[str, Any]) -> None:
+        """One byte every ``seconds``: never idle long enough for a read timeout."""
+        with open(path, "rb") as f:
+            f.seek(start)
+            for sent in range(1, count + 1):
+                self.wfile.write(f.read(1))
+                self.wfile.flush()
+                log["bytes_sent"] = sent
+                time.sleep(seconds)
+
     def _stream(self, path: Path, start: int, count: int, corrupt_at: int | None,
                 log: dict[str, Any]) -> int:
         sent = 0
+        rate = self.server.throttle
         with open(path, "rb") as f:
             if corrupt_at is None or not (start <= corrupt_at < start + count):
                 # Fast path: the kernel copies file to socket.
                 f.seek(start)
+                began = time.monotonic()
+                step = max(int(rate / 50), 64 << 10) if rate else 64 * CHUNK
                 while sent < count:
-                    n = self.connection.sendfile(f, start + sent, min(count - sent, 64 * CHUNK))
+                    n = self.connection.sendfile(f, start + sent, min(count - sent, step))
                     if not n:
                         break
                     sent += n
                     log["bytes_sent"] = sent
+                    if rate and (ahead := sent / rate - (time.monotonic() - began)) > 0:
+                        time.sleep(ahead)  # each connection at most ``throttle`` bytes/s, as on a WAN
                 return sent
             f.seek(start)
             while sent < count:
@@ -509,6 +578,8 @@ class MastServer(ThreadingHTTPServer):
         self.lock = threading.Lock()
         # MAST API tokens -> the proposal ids whose exclusive-access data they grant ("*": all).
         self.tokens: dict[str, set[str]] = {}
+        # Bytes per second each download connection may carry (0: no limit), like a WAN or S3 link.
+        self.throttle = 0.0
 
     # ---------------------------------------------------------- lookups
     def sky_file(self, uri: str) -> tuple[Path, int, str, str] | None:

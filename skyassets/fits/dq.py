@@ -1,7 +1,10 @@
 """Data-quality (DQ) conventions of JWST and HST pixel arrays, and the bad-pixel masks they give.
 
 The DQ extension of a calibrated image marks each pixel with bits whose meanings the mission
-defines; :data:`DQ_BITS` groups them into unusable, saturated and cosmic-ray pixels. Image quality
+defines, per instrument; :data:`DQ_BITS` groups them into unusable, saturated and cosmic-ray pixels
+(only bits that say the value itself is wrong: a flag for a defect the calibration corrected, such
+as a JWST jump removed by the ramp fit, leaves the pixel good), and :func:`dq_kind_of` says which
+convention a header's instrument follows. Image quality
 (:mod:`skyassets.imaging.quality`) and the mosaic (:mod:`skyassets.imaging.mosaic`) both mask pixels
 with :func:`pixel_masks`, so a pixel quality counts as unusable is one the mosaic leaves out.
 """
@@ -52,23 +55,37 @@ JWST_DQ: dict[int, tuple[str, str]] = {
     1 << 30: ("OTHER_BAD_PIXEL", "other bad pixel type"),
     1 << 31: ("REFERENCE_PIXEL", "reference pixel"),
 }
-# HST DQ bits of ACS, WFC3 and STIS (CALACS acsdq.h, CALWF3 wf3dq.h, the ACS DQ flag page).
+# HST DQ bits of ACS, WFC3 and STIS (CALACS acsdq.h, CALWF3 wf3dq.h; ACS and WFC3 Data Handbooks, DQ
+# flag tables). WFC3/IR gives some bits other meanings (second text of the description).
 HST_DQ: dict[int, tuple[str, str]] = {
     1: ("SOFTERR", "Reed-Solomon decoding error"),
     2: ("DATALOST", "data replaced by fill value"),
     4: ("DETECTORPROB", "bad detector pixel or beyond the aperture"),
     8: ("DATAMASKED", "masked by an aperture feature (IR: deviant zero read)"),
     16: ("HOTPIX", "hot pixel"),
-    32: ("CTETAIL", "CTE tail or unstable dark current (IR: unstable pixel)"),
+    32: ("CTETAIL", "CTE tail of a hot pixel (IR: unstable response)"),
     64: ("WARMPIX", "warm pixel"),
-    128: ("BADBIAS", "bias structure, bad column"),
+    128: ("BADBIAS", "bias structure, bad column (IR: bad reference pixel)"),
     256: ("SATPIXEL", "full-well saturation"),
-    512: ("BADFLAT", "bad pixel in a reference file (flat field)"),
-    1024: ("TRAP", "charge trap, sink pixel (IR: cosmic-ray spike)"),
-    2048: ("ATODSAT", "A-to-D saturation (IR: zero-read signal correction)"),
+    512: ("BADFLAT", "bad pixel in a reference file (IR: blob, non-nominal flat)"),
+    1024: ("TRAP", "charge trap, sink pixel (IR: reserved)"),
+    2048: ("ATODSAT", "A-to-D saturation (IR: signal in the zero read, corrected)"),
     4096: ("CRDRIZ", "cosmic ray rejected by AstroDrizzle"),
-    8192: ("DATAREJECT", "cosmic ray rejected when combining CR-SPLIT or IR reads"),
-    16384: ("CROSSTALK", "ghost, crosstalk or high curvature"),
+    8192: ("DATAREJECT", "cosmic ray rejected when combining CR-SPLITs (IR: jump removed by the ramp fit)"),
+    16384: ("CROSSTALK", "ghost or crosstalk (IR: high curvature in the ramp)"),
+}
+# WFPC2 DQ bits (WFPC2 Data Handbook, data quality flags of c0f/c1f and c0m/c1m files).
+WFPC2_DQ: dict[int, tuple[str, str]] = {
+    1: ("SOFTERR", "Reed-Solomon decoding error"),
+    2: ("CALIBDEFECT", "defect in a calibration file"),
+    4: ("STATICDEFECT", "permanent camera defect"),
+    8: ("ATODSAT", "A-to-D converter saturation (signal above 4095 DN)"),
+    16: ("DATALOST", "missing data, lost in readout or transmission"),
+    32: ("BADPIXEL", "bad pixel of no other category"),
+    128: ("TRAP", "permanent charge trap"),
+    256: ("QUESTIONABLE", "up the column from a charge trap"),
+    512: ("WARMPIX", "unrepaired warm pixel"),
+    1024: ("REPAIRED", "repaired warm pixel"),
 }
 
 
@@ -77,16 +94,51 @@ def _bits(table: Mapping[int, tuple[str, str]], *names: str) -> int:
     return sum(value for value, (name, _) in table.items() if name in names)
 
 
-# Which bits make a pixel unusable, saturated or a cosmic-ray hit. JWST: the pipeline sets
-# DO_NOT_USE on every pixel it will not use (JUMP_DET pixels were corrected in the ramp fit).
-# HST: every bit but those AstroDrizzle's default final_bits (16 + 64 + 256) accept as good after
-# dark subtraction.
+# Which bits make a pixel's value unusable, saturated or a cosmic-ray hit still in the value, per
+# DQ convention. Bits that say a value was measured and corrected are left out: its value is good.
+# JWST: the pipeline sets DO_NOT_USE on every pixel it will not use, and resample uses all pixels
+# but DO_NOT_USE and NON_SCIENCE; JUMP_DET pixels were corrected in the ramp fit (the jump left out),
+# so they are good. OUTLIER pixels (outlier_detection, with DO_NOT_USE) still hold the cosmic ray.
+# ACS, WFC3/UVIS, STIS ("hst"): every bit but hot (16) and warm (64) pixels, good after dark
+# subtraction, and full well (256), which AstroDrizzle's final_bits (336) also accept; 4096 and 8192
+# in an FLT/FLC mark a cosmic ray that is still in the value.
+# WFC3/IR ("wfc3_ir"): the ramp fit removes jumps (8192) and corrects the zero read (2048), and blobs
+# (512) are flat-fielded, so those values are good (AstroDrizzle's IR final_bits, 768, accept 512);
+# hot (16) and unstable (32) pixels are not. Saturated pixels (256), whose rate comes from the few
+# reads before saturation, are counted and left out like saturated pixels everywhere.
+# WFPC2: defects, traps, missing data and unrepaired warm pixels; repaired warm pixels (1024) and
+# those merely up the column from a trap (256) keep their value.
 DQ_BITS: dict[str, dict[str, int]] = {
-    "jwst": {"bad": _bits(JWST_DQ, "DO_NOT_USE"), "saturated": _bits(JWST_DQ, "SATURATED"),
-             "cosmic_ray": _bits(JWST_DQ, "JUMP_DET", "OUTLIER")},
+    "jwst": {"bad": _bits(JWST_DQ, "DO_NOT_USE", "NON_SCIENCE"), "saturated": _bits(JWST_DQ, "SATURATED"),
+             "cosmic_ray": _bits(JWST_DQ, "OUTLIER")},
     "hst": {"bad": sum(HST_DQ) - _bits(HST_DQ, "HOTPIX", "WARMPIX", "SATPIXEL"),
             "saturated": _bits(HST_DQ, "SATPIXEL", "ATODSAT"), "cosmic_ray": _bits(HST_DQ, "CRDRIZ", "DATAREJECT")},
+    "wfc3_ir": {"bad": _bits(HST_DQ, "SOFTERR", "DATALOST", "DETECTORPROB", "DATAMASKED", "HOTPIX", "CTETAIL",
+                             "BADBIAS", "TRAP", "CROSSTALK"),
+                "saturated": _bits(HST_DQ, "SATPIXEL"), "cosmic_ray": _bits(HST_DQ, "CRDRIZ")},
+    "wfpc2": {"bad": _bits(WFPC2_DQ, "SOFTERR", "CALIBDEFECT", "STATICDEFECT", "DATALOST", "BADPIXEL", "TRAP",
+                           "WARMPIX"),
+              "saturated": _bits(WFPC2_DQ, "ATODSAT"), "cosmic_ray": 0},
 }
+
+
+def dq_kind_of(header: Mapping[str, Any] | None) -> str | None:
+    """The DQ convention (a key of :data:`DQ_BITS`) of the instrument that wrote ``header``, from
+    TELESCOP, INSTRUME and DETECTOR; None when its DQ bits are not interpreted (NICMOS, ground)."""
+    if header is None:
+        return None
+    telescope = str(header.get("TELESCOP") or "").strip().upper()
+    instrument = str(header.get("INSTRUME") or "").strip().upper()
+    detector = str(header.get("DETECTOR") or "").strip().upper()
+    if telescope == "JWST":
+        return "jwst"
+    if telescope != "HST":
+        return None
+    if instrument == "WFC3" and detector == "IR":
+        return "wfc3_ir"
+    if instrument == "WFPC2":
+        return "wfpc2"
+    return "hst" if instrument in ("ACS", "WFC3", "STIS") else None
 
 
 def saturation_level(saturation: float | None, header: Mapping[str, Any] | None) -> float | None:

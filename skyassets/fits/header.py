@@ -258,6 +258,36 @@ def _add_with_astropy(out: _Cards, image: bytes, raw_values: dict[str, Any]) -> 
         out.values.setdefault(normalized, None if value == fits.card.UNDEFINED else value)
 
 
+class ParsedCards(Mapping[str, Any]):
+    """Astropy's Header for keyword lookups, where a card astropy cannot parse (a byte that is not
+    ASCII, a value such as ``NaN``) gives None instead of raising ``VerifyError``: one odd card
+    must not make a whole file unreadable, and its raw text stays in :attr:`FitsHeader.json`.
+    Callers that need the keyword (a WCS) see it present with no value."""
+
+    def __init__(self, header: fits.Header):
+        self.header = header
+
+    def __getitem__(self, keyword: str) -> Any:
+        from astropy.io import fits
+
+        try:
+            return self.header[keyword]
+        except fits.VerifyError:
+            return None
+
+    def get(self, keyword: str, default: Any = None) -> Any:
+        return self[keyword] if keyword in self.header else default
+
+    def __contains__(self, keyword: object) -> bool:
+        return keyword in self.header
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.header)
+
+    def __len__(self) -> int:
+        return len(self.header)
+
+
 class _Index(NamedTuple):
     """Which card holds each keyword field, for looking a few keywords up without reading every
     card; repeated fields and ``odd`` ones (commentary, continued, also written as HIERARCH) are
@@ -338,8 +368,9 @@ class FitsHeader:
 
     @property
     def lookup(self) -> HeaderLookup:
-        """For keyword lookups: a dict of the values astropy's Header gives, when plain."""
-        return self._read().values if self.plain else self.astropy
+        """For keyword lookups: a dict of the values astropy's Header gives, when plain; else
+        astropy's Header, a card it cannot parse reading as None (see :class:`ParsedCards`)."""
+        return self._read().values if self.plain else ParsedCards(self.astropy)
 
     @property
     def count(self) -> int:
@@ -402,7 +433,7 @@ class FitsHeader:
                 except NotPlainFits:
                     pass
             return self._read().values.get(keyword)
-        return self.astropy.get(keyword)
+        return self.lookup.get(keyword)
 
     def __contains__(self, keyword: str) -> bool:
         """Whether astropy's Header has the keyword."""

@@ -36,15 +36,14 @@ from astropy.time import Time
 from astropy.wcs import WCS
 from astropy.wcs.utils import pixel_to_skycoord, proj_plane_pixel_area
 
-from skyassets.fits import bandpasses
+from skyassets.fits import bandpasses, limits
 from skyassets.fits.header import BLOCK, CARD, FitsHeader, HeaderLookup, HeaderTooLong, NotPlainFits, walk_hdus
 from skyassets.lake.schemas import IMAGE_SCHEMA
 
 AB_ZERO_JY = 3631.0
-# Bytes of data a compressed file may claim before its header is taken as nonsense.
-ABSURD_DATA_BYTES = 1 << 40
 
-_COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\x1f\x9d", b"PK\x03\x04")
+# Compressions astropy reads whole into memory (a zip member) or not at all: refused.
+_UNSUPPORTED_MAGIC = (b"\x1f\x9d", b"PK\x03\x04")
 # Extensions that accompany a science image and are not catalogued on their own.
 _AUXILIARY = {"ERR", "DQ", "WHT", "CTX", "CON", "VAR_POISSON", "VAR_RNOISE", "VAR_FLAT", "AREA",
               "D2IMARR", "WCSDVARR", "HDRTAB", "ASDF", "SAMP", "TIME", "WMAP", "ZODI"}
@@ -121,24 +120,52 @@ def _read_headers(path: Path) -> tuple[FitsHeader, list[_Hdu]]:
             raise UnreadableFits(path, f"cannot read: {exc.strerror or exc}") from exc
         if size == 0:
             raise UnreadableFits(path, "empty file (0 bytes)")
-        compressed = head.startswith(_COMPRESSED_MAGIC)
-        if not compressed and not head.startswith(b"SIMPLE  ="):
+        kind = limits.compression(head)
+        if kind is not None:
+            return _read_compressed(path, f, kind)
+        if head.startswith(_UNSUPPORTED_MAGIC):
+            raise UnreadableFits(path, "a zip or Unix-compress archive, not FITS (unpack it first)")
+        if not head.startswith(b"SIMPLE  ="):
             raise UnreadableFits(path, f"not FITS: starts with {head[:20]!r}")
-        if not compressed and head[10:].split(b"/")[0].strip() != b"T":
+        if head[10:].split(b"/")[0].strip() != b"T":
             raise UnreadableFits(path, "not standard FITS (SIMPLE is not T)")
-        if not compressed:
-            try:
-                return _read_plain_hdus(path, f, size)
-            except HeaderTooLong as exc:  # astropy would read the whole file as the header
-                raise UnreadableFits(path, str(exc)) from exc
-            except (NotPlainFits, OSError):
-                pass
-        return _read_astropy_hdus(path, f, size, compressed)
+        try:
+            return _read_plain_hdus(path, f, size)
+        except HeaderTooLong as exc:  # astropy would read the whole file as the header
+            raise UnreadableFits(path, str(exc)) from exc
+        except (NotPlainFits, OSError):
+            pass
+        return _read_astropy_hdus(path, f, size, False)
+
+
+def _read_compressed(path: Path, f: io.BufferedReader, kind: str) -> tuple[FitsHeader, list[_Hdu]]:
+    """``_read_headers`` of a gzip or bzip2 file: inflated once to learn its size, refused beyond
+    ``SKYASSETS_MAX_DECOMPRESSED_BYTES``; then its headers walked in the inflated stream as in a
+    plain file, astropy reading only files whose headers are not plain (each has an END card in its
+    first ``MAX_HEADER_BYTES`` by then, so astropy never reads a stream whole as a header)."""
+    try:
+        f.seek(0)
+        inflated = limits.decompressed_size(f, kind, path.name)
+        f.seek(0)
+        stream = limits.BoundedReader(f, kind, path.name, inflated)
+        if not stream.read(CARD).startswith(b"SIMPLE  ="):
+            raise UnreadableFits(path, f"{kind} stream that does not hold FITS")
+    except (limits.TooLarge, limits.BrokenStream) as exc:
+        raise UnreadableFits(path, str(exc)) from exc
+    f.seek(0)
+    try:
+        return _read_plain_hdus(path, limits.BoundedReader(f, kind, path.name, inflated), inflated)
+    except (HeaderTooLong, limits.TooLarge, limits.BrokenStream) as exc:
+        raise UnreadableFits(path, str(exc)) from exc
+    except (NotPlainFits, OSError):
+        pass
+    return _read_astropy_hdus(path, f, inflated, True)
 
 
 def _read_astropy_hdus(path: Path, f: io.BufferedReader, size: int, compressed: bool
                        ) -> tuple[FitsHeader, list[_Hdu]]:
-    """``_read_headers`` with astropy; ``f`` (the same file) gives the headers' bytes."""
+    """``_read_headers`` with astropy; ``f`` (the same file) gives the headers' bytes unless it is
+    ``compressed``; ``size`` is the file's, or its stream's once inflated."""
     hdus: list[_Hdu] = []
     try:
         with fits.open(path, lazy_load_hdus=True, memmap=True) as hdul:
@@ -146,10 +173,11 @@ def _read_astropy_hdus(path: Path, f: io.BufferedReader, size: int, compressed: 
             for i, hdu in enumerate(hdul):
                 info = hdu.fileinfo()
                 end = info["datLoc"] + info["datSpan"]
-                if compressed and info["datSpan"] > ABSURD_DATA_BYTES:
-                    raise UnreadableFits(path, f"HDU {i} claims {info['datSpan']} bytes of data")
-                if not compressed and end - (BLOCK - 1) > size:
+                if end - (BLOCK - 1) > size:
                     raise UnreadableFits(path, _truncated(i, end, size))
+                if hdu.header.get("BITPIX") not in limits.VALID_BITPIX:
+                    raise UnreadableFits(path, f"HDU {i}: BITPIX = {hdu.header.get('BITPIX')!r} is not one of "
+                                               f"{sorted(limits.VALID_BITPIX)}")
                 if isinstance(hdu, fits.GroupsHDU) or not isinstance(
                         hdu, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU)):
                     continue
@@ -390,10 +418,17 @@ def _parse_region(text: str) -> tuple[str, list[tuple[float, float]], float | No
         numbers = [[float(w) for w in piece] for piece in pieces]
     except ValueError:
         return None
+    if not all(math.isfinite(x) for n in numbers for x in n):
+        return None  # NaN or inf: no position at all
+    decs = [n[1] for n in numbers if len(n) > 1] if shape == "CIRCLE" else [d for n in numbers for d in n[1::2]]
+    if not all(-90.0 <= d <= 90.0 for d in decs):
+        return None
     if shape == "CIRCLE":
         if len(numbers) != 1 or len(numbers[0]) != 3:
             return None
         ra, dec, r = numbers[0]
+        if not 0.0 < r <= 180.0:
+            return None
         return f"CIRCLE ICRS {ra:.7f} {dec:.7f} {r:.7f}", [(ra, dec)], r
     if any(len(n) < 6 or len(n) % 2 for n in numbers):
         return None
@@ -436,12 +471,87 @@ def _without_lookup_distortion(h: fits.Header) -> fits.Header:
     return fits.Header([c for c in h.cards if not _LOOKUP_KEYS.match(c.keyword)])
 
 
+_LONGITUDES = ("RA--", "GLON", "ELON", "SLON", "HLON")
+_LATITUDES = ("DEC-", "GLAT", "ELAT", "SLAT", "HLAT")
+# A 2x2 matrix whose determinant is this small next to its largest element squared maps a pixel
+# onto a line: a pixel 10^9 times longer than it is wide is no sky projection.
+_SINGULAR = 1e-9
+
+
+def _finite(value: Any) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def _celestial_axes(h: HeaderLookup) -> tuple[int, int] | None:
+    """The (longitude, latitude) axis numbers (1-based) from the CTYPEn keywords, or None."""
+    found: dict[str, int] = {}
+    for n in range(1, 10):
+        ctype = h.get(f"CTYPE{n}")
+        if isinstance(ctype, str):
+            kind = ctype.strip().upper()[:4]
+            if kind in _LONGITUDES or kind in _LATITUDES:
+                found.setdefault("lng" if kind in _LONGITUDES else "lat", n)
+    return (found["lng"], found["lat"]) if len(found) == 2 else None
+
+
+def _matrix_problem(matrix: np.ndarray, name: str) -> str | None:
+    """Why a 2x2 pixel-to-sky matrix cannot place pixels on the sky, or None."""
+    if not np.isfinite(matrix).all():
+        return f"{name} has values that are not finite"
+    det = float(np.linalg.det(matrix))
+    largest = float(np.abs(matrix).max())
+    if largest == 0.0 or abs(det) <= _SINGULAR * largest**2:
+        return f"{name} is singular (determinant {det:.3g}): pixels have no sky position"
+    return None
+
+
+def wcs_keyword_problem(h: HeaderLookup, axes: tuple[int, int]) -> str | None:
+    """Why the linear WCS keywords of the celestial ``axes`` cannot place pixels on the sky, or None.
+
+    wcslib takes 0 (CRVAL, CRPIX, CDi_j) or 1 (CDELT, PCi_i) in place of a keyword it cannot read,
+    and a CD matrix of zeros as absent: a NaN CRVAL put an image at RA 0, a zero CD matrix gave
+    one-degree pixels. So every such keyword that is given must be a finite number, and the CD
+    matrix (or CDELT times PC) must not be singular."""
+    for key in (f"CRVAL{n}" for n in axes):
+        if key in h and _finite(h.get(key)) is None:
+            return f"{key} = {h.get(key)!r} is not a finite number"
+    pairs = [(i, j) for i in axes for j in axes]
+    keys = [f"CD{i}_{j}" for i, j in pairs]
+    if any(k in h for k in keys):
+        name = "CD matrix"
+        values = [h.get(k) if k in h else 0.0 for k in keys]
+    else:
+        name = "PC matrix with CDELT"
+        pc = [h.get(f"PC{i}_{j}") if f"PC{i}_{j}" in h else float(i == j) for i, j in pairs]
+        cdelt = [h.get(f"CDELT{n}") if f"CDELT{n}" in h else 1.0 for n in axes]
+        keys, values = [f"CDELT{n}" for n in axes] + keys, cdelt + pc
+    for key, value in zip(keys, values, strict=True):
+        if _finite(value) is None:
+            return f"{key} = {value!r} is not a finite number"
+    if name == "CD matrix":
+        matrix = np.array(values, dtype=float).reshape(2, 2)
+    else:
+        matrix = np.diag(values[:2]) @ np.array(values[2:], dtype=float).reshape(2, 2)
+    return _matrix_problem(matrix, name)
+
+
 def _spatial(header: FitsHeader, shape: list[int]) -> dict[str, Any]:
-    """s_ra, s_dec, s_fov, s_region, s_xel1/2, pixel_scale and wcs_problem of one image HDU."""
+    """s_ra, s_dec, s_fov, s_region, s_xel1/2, pixel_scale and wcs_problem of one image HDU.
+
+    A header whose celestial WCS keywords cannot be right (:func:`wcs_keyword_problem`) gets its
+    ``wcs_problem`` and no position at all, not even from S_REGION: the archive computes S_REGION
+    from those keywords, and a wrong position is worse than none."""
     h = header.lookup
     out: dict[str, Any] = {"s_xel1": shape[0], "s_xel2": shape[1], "wcs_problem": None}
     extra = [n for n in shape[2:] if n > 1]
     out["dataproduct_type"] = "cube" if extra else "image"
+    axes = _celestial_axes(h)
+    problem = wcs_keyword_problem(h, axes) if axes else None
+    if problem:
+        out["wcs_problem"] = f"unusable WCS: {problem}"
+        return out
     region = h.get("S_REGION")  # this HDU's own: a primary S_REGION may cover every chip
     parsed = _parse_region(region) if isinstance(region, str) else None
     if parsed is not None:
@@ -465,6 +575,12 @@ def _spatial(header: FitsHeader, shape: list[int]) -> dict[str, Any]:
         return out
     cel = w.celestial
     lng, lat = w.wcs.lng, w.wcs.lat
+    problem = wcs_keyword_problem(h, (lng + 1, lat + 1)) or _matrix_problem(cel.pixel_scale_matrix, "WCS matrix")
+    if problem is None and not np.isfinite(cel.wcs.crval).all():
+        problem = "CRVAL is not finite"
+    if problem:
+        out["wcs_problem"] = f"unusable WCS: {problem}"
+        return out
     nx = shape[lng] if lng < len(shape) else shape[0]
     ny = shape[lat] if lat < len(shape) else shape[1]
     out["s_xel1"], out["s_xel2"] = nx, ny

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from skyassets.fits.header import BLOCK, CARD
+from skyassets.fits.limits import MAX_NAXIS, VALID_BITPIX
 
 _SUM_CHUNK = 64 << 20  # bytes summed per numpy call; multiple of 4, keeps the uint64 sum from overflowing
 _READ_CHUNK = 8 << 20  # bytes read per call by verify_fits
@@ -85,6 +86,10 @@ def _data_size(cards: dict[str, str], primary: bool) -> int:
         gcount = int(cards.get("GCOUNT", "1"))
     except (KeyError, ValueError) as exc:
         raise FitsFormatError(f"header keyword missing or not an integer: {exc}") from exc
+    if bitpix not in VALID_BITPIX:
+        raise FitsFormatError(f"BITPIX = {bitpix} is not one of {sorted(VALID_BITPIX)}")
+    if not 0 <= naxis <= MAX_NAXIS or any(n < 0 for n in axes):
+        raise FitsFormatError(f"NAXIS = {naxis} or an axis length out of range: {axes}")
     if naxis == 0:
         return 0
     if primary and axes[0] == 0 and cards.get("GROUPS") == "T":

@@ -8,9 +8,12 @@ The pieces, in the order a composite is made:
   with the resampler mosaics use (:mod:`skyassets.imaging.resample`);
 * ``channel_colours`` gives each filter a hue from blue (shortest pivot wavelength) to red
   (longest), for any number of filters, balanced so that a grey source stays grey;
-* ``stretch`` maps each channel to [0, 1]; ``compose`` mixes them, either channel by channel
-  ("screen") or with the Lupton et al. (2004) asinh of the joint intensity, which keeps the colour
-  of bright sources instead of saturating them to white;
+* ``compose`` mixes them into a picture. By default as the archives' press images are made: each
+  channel's sky subtracted, the channels balanced so the field's stars are white on average
+  (``balance_channels``), and the Lupton et al. (2004) asinh of the joint intensity, softened at the
+  noise and scaled down by a common factor where too bright, so blank sky is neutral grey, faint
+  structure shows and bright cores keep their colour (``lupton_rgb``); or channel by channel,
+  each stretched to [0, 1] on its own (``stretch``) and blended ("screen");
 * ``write_composite`` writes an 8-bit PNG and a 16-bit TIFF (or a FITS cube) with AVM tags carrying
   the WCS, so that sky viewers (WorldWide Telescope, Aladin) place the picture on the sky.
 
@@ -27,6 +30,7 @@ import math
 import re
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +38,7 @@ import numpy as np
 import pandas as pd
 import tifffile
 from astropy.io import fits
+from astropy.stats import sigma_clipped_stats
 from astropy.visualization import (
     AsinhStretch,
     AsymmetricPercentileInterval,
@@ -43,13 +48,18 @@ from astropy.visualization import (
     PowerStretch,
     SqrtStretch,
     ZScaleInterval,
-    make_lupton_rgb,
 )
 from astropy.wcs import WCS
 from PIL import Image
 from pyavm import AVM
 from reproject.mosaicking import find_optimal_celestial_wcs
-from scipy.ndimage import binary_fill_holes, distance_transform_edt
+from scipy.ndimage import (
+    binary_dilation,
+    binary_fill_holes,
+    distance_transform_edt,
+    gaussian_filter,
+    maximum_filter,
+)
 
 from skyassets.fits import bandpasses
 from skyassets.imaging.resample import resample_image
@@ -67,7 +77,7 @@ BROAD_WIDTH = 0.15
 KIND_ORDER = ("classic", "cross-instrument", "all", "narrow-band", "broad-band", "two-colour")
 
 STRETCHES = ("linear", "sqrt", "log", "asinh", "power", "histeq", "zscale")
-METHODS = ("screen", "lupton")
+METHODS = ("lupton", "screen")
 
 RECIPE_COLUMNS = ["recipe", "kind", "rank", "filters", "instruments", "pivots_um", "reason"]
 
@@ -316,26 +326,60 @@ def stretch(array: np.ndarray, kind: str = "asinh", *, interval: str = "percenti
 # ----------------------------------------------------------------------------------- compose
 StretchSpec = str | Mapping[str, Any]
 
+#: Lupton composites. The black point sits SKY_SIGMAS noise sigmas of the joint intensity under the
+#: sky, the same for every colour, so blank sky is a dark neutral grey whose noise shows instead of
+#: being clipped to black; the asinh is linear up to SOFTENING_SIGMAS sigmas (faint structure keeps
+#: its contrast) and logarithmic above; white is the WHITE_PERCENTILE of the pixels' brightest
+#: colour, and brighter pixels are scaled down with all their colours together, so cores keep their hue.
+SKY_SIGMAS = 2.0
+SOFTENING_SIGMAS = 3.0
+WHITE_PERCENTILE = 99.95
+WHITE_MIN_SIGMAS = 30.0
+#: White balance on stars: compact, isolated sources on blank sky, measured in a square aperture of
+#: BALANCE_HALF pixels each side of the peak (enough for the widest of the NIRCam PSFs on the
+#: short-wavelength grid) against the median of its border; each must have BALANCE_MIN_SNR in
+#: every channel, and BALANCE_MIN_STARS of them are needed, else the channels' bright pixels decide.
+BALANCE_HALF = 12
+BALANCE_MIN_SNR = 10.0
+BALANCE_MIN_STARS = 3
+BALANCE_BORDER_SIGMAS = 3.0  # the aperture border's median within this many noise sigmas of the sky
+BALANCE_CONCENTRATION = 0.45  # flux within 4 px of the peak over the aperture's, in the summed channels
+
+
+@dataclass(frozen=True)
+class Balance:
+    """How a Lupton composite was balanced: each channel's sky level and noise (input units), the
+    factor it was multiplied by after its sky was subtracted, what set the factors ("stars",
+    "sources" or "bright pixels"), how many stars or sources did, and their FWHM in each channel
+    (pixels; empty when none were measured)."""
+
+    sky: tuple[float, ...]
+    noise: tuple[float, ...]
+    scale: tuple[float, ...]
+    method: str
+    n_stars: int
+    fwhm: tuple[float, ...] = ()
+
 
 def compose(
     channels: Sequence[np.ndarray],
     colours: np.ndarray,
     *,
-    method: str = "screen",
+    method: str = "lupton",
     stretch: StretchSpec | Sequence[StretchSpec] = "asinh",
-    Q: float = 8.0,
-    stretch_lupton: float = 0.5,
     high: float = 99.8,
+    balance: Balance | None = None,
 ) -> np.ndarray:
     """A float RGB image (H, W, 3) in [0, 1] from N channels on one pixel grid.
 
+    "lupton" (the default; Lupton et al. 2004, as the archives' press images are made) subtracts
+    each channel's sky, balances the channels on the field's stars so that their median colour is
+    white (``balance_channels``; or the given ``balance``), mixes them into R, G, B and applies one
+    asinh to the joint intensity with its softening set from the noise (``lupton_rgb``): a neutral
+    sky, white stars, faint structure visible and bright cores unclipped in their own hue.
     "screen" stretches each channel on its own (``stretch``: a kind, or a dict of ``stretch()``
-    keywords with a "kind" key, or one of those per channel), tints it with its colour and blends
-    them as light adds on a screen, 1 - prod(1 - c), so overlapping channels brighten without
-    clipping. "lupton" (Lupton et al. 2004) subtracts each channel's median sky, scales it to its
-    ``high`` percentile, mixes the channels into R, G, B and applies one asinh to their joint
-    intensity, so hues are kept in bright cores; ``Q`` is the softening and ``stretch_lupton`` the
-    linear range, in units of a channel's ``high`` percentile.
+    keywords with a "kind" key, or one of those per channel; ``high`` its upper percentile), tints
+    it with its colour and blends them as light adds on a screen, 1 - prod(1 - c).
     """
     if len(channels) == 0:
         raise ValueError("need at least one channel")
@@ -349,19 +393,165 @@ def compose(
             raise ValueError(f"{len(specs)} stretches for {len(channels)} channels")
         dark = np.ones((*shape, 3))
         for data, colour, spec in zip(channels, colours, specs, strict=True):
-            options = {"kind": spec} if isinstance(spec, str) else dict(spec)
+            options = {"kind": spec} if isinstance(spec, str) else {"high": high, **spec}
             level = np.where(np.isfinite(data), _stretch_spec(data, options), np.nan)
             dark *= 1.0 - np.nan_to_num(fill_holes(level))[..., None] * colour
         return 1.0 - dark
     if method == "lupton":
-        planes = np.zeros((3, *shape))
-        for data, colour in zip(channels, colours, strict=True):
-            planes += np.nan_to_num(fill_holes(_normalise(data, high)))[None] * colour[:, None, None]
-        with np.errstate(invalid="ignore", divide="ignore"):  # 0/0 where the joint intensity is 0
-            rgb = make_lupton_rgb(*planes, minimum=0.0, stretch=stretch_lupton, Q=Q,
-                                  output_dtype=np.float64)
-        return np.clip(np.nan_to_num(np.asarray(rgb, dtype=float), nan=0.0), 0.0, 1.0)
-    raise ValueError(f"unknown method {method!r}: use 'screen' or 'lupton'")
+        return lupton_rgb(channels, colours, balance or balance_channels(channels, high=high))[0]
+    raise ValueError(f"unknown method {method!r}: use 'lupton' or 'screen'")
+
+
+def sky_and_noise(data: np.ndarray) -> tuple[float, float]:
+    """The sky level and noise of an image: sigma-clipped statistics of the pixels away from
+    sources, which are found as what stands 2 sigma above the first estimate once smoothed over a
+    few pixels (faint nebulosity and star wings too, which would otherwise tint the sky), grown by
+    3 pixels."""
+    values = np.asarray(data, dtype=float)
+    finite = np.isfinite(values)
+    if not finite.any():
+        return 0.0, 0.0
+    _, median, std = sigma_clipped_stats(values[finite][:: max(1, int(finite.sum()) // 1_000_000)],
+                                         sigma=3.0, maxiters=10)
+    if not std > 0:
+        return float(median), float(std)
+    smooth = gaussian_filter(np.where(finite, values - median, 0.0), 2.0)
+    sources = binary_dilation(smooth > 2.0 * std / (2.0 * math.sqrt(math.pi) * 2.0), iterations=3)
+    keep = finite & ~sources
+    if keep.sum() < 100:
+        return float(median), float(std)
+    _, median, std = sigma_clipped_stats(values[keep][:: max(1, int(keep.sum()) // 1_000_000)],
+                                         sigma=3.0, maxiters=10)
+    return float(median), float(std)
+
+
+def balance_channels(channels: Sequence[np.ndarray], *, high: float = 99.8) -> Balance:
+    """Sky, noise and white-balance factor of each channel.
+
+    Sky and noise are measured where every channel has data (the picture's coloured part). The
+    factors make the median colour of the field's stars white: a star's colour is its
+    sky-subtracted flux in each channel in a square aperture (``BALANCE_HALF``), for compact
+    sources whose aperture border is blank sky in every channel (so nebulae, galaxies and their
+    knots do not count) with ``BALANCE_MIN_SNR`` in every channel and no masked pixel. With fewer
+    than ``BALANCE_MIN_STARS`` such stars, the compact sources wherever they sit ("sources", the
+    field's median source colour); with fewer of those, each channel is scaled to its ``high``
+    percentile above the sky, the colour of the field's brightest pixels.
+    """
+    data = [np.asarray(c, dtype=float) for c in channels]
+    common = np.all([np.isfinite(d) for d in data], axis=0)  # the sky the picture shows in colour
+    stats = [sky_and_noise(np.where(common, d, np.nan) if common.sum() >= 100 else d) for d in data]
+    sky = np.array([s for s, _ in stats])
+    noise = np.array([n if n > 0 else 1.0 for _, n in stats])
+    fluxes, widths = _star_fluxes(data, sky, noise, BALANCE_BORDER_SIGMAS)
+    method = "stars"
+    if len(fluxes) < BALANCE_MIN_STARS:  # a field full of nebulosity: its compact sources, wherever they sit
+        fluxes, widths = _star_fluxes(data, sky, noise, math.inf)
+        method = "sources"
+    if len(fluxes) >= BALANCE_MIN_STARS:
+        colour = np.median(fluxes / fluxes.mean(axis=1, keepdims=True), axis=0)
+        scale = 1.0 / colour
+    else:
+        tops = []
+        for d, s in zip(data, sky, strict=True):
+            finite = d[np.isfinite(d)]
+            top = float(np.percentile(finite, high)) - s if finite.size else 0.0
+            tops.append(top if top > 0 else 1.0)
+        scale, method = 1.0 / np.array(tops), "bright pixels"
+    scale = scale / np.exp(np.mean(np.log(scale * noise)))  # unit geometric-mean noise after scaling
+    stars = method != "bright pixels"
+    return Balance(tuple(map(float, sky)), tuple(map(float, noise)), tuple(map(float, scale)), method,
+                   len(fluxes) if stars else 0, tuple(map(float, np.median(widths, axis=0))) if stars else ())
+
+
+def _star_fluxes(data: list[np.ndarray], sky: np.ndarray, noise: np.ndarray,
+                 border_sigmas: float) -> tuple[np.ndarray, np.ndarray]:
+    """(n_stars, n_channels) aperture fluxes of the compact sources whose aperture border is within
+    ``border_sigmas`` of blank sky in every channel, and their FWHM in each channel (2 sqrt(A / pi),
+    A the area above half the peak)."""
+    h = BALANCE_HALF
+    norm = np.stack([(d - s) / n for d, s, n in zip(data, sky, noise, strict=True)])
+    masked = ~np.isfinite(norm).all(axis=0)
+    summed = np.where(masked, 0.0, norm.sum(axis=0))
+    smooth = gaussian_filter(summed, 1.0)
+    peaks = (smooth == maximum_filter(smooth, size=2 * h + 1)) & (smooth > 5.0 * BALANCE_MIN_SNR)
+    rows, cols = np.nonzero(peaks)
+    ring = np.ones((2 * h + 1, 2 * h + 1), dtype=bool)
+    ring[2:-2, 2:-2] = False
+    yy, xx = np.mgrid[-h:h + 1, -h:h + 1]
+    core = yy**2 + xx**2 <= 16
+    area = float((2 * h + 1) ** 2)
+    out, widths = [], []
+    for r, c in zip(rows, cols, strict=True):
+        if r < h or c < h or r >= summed.shape[0] - h or c >= summed.shape[1] - h:
+            continue
+        box = norm[:, r - h:r + h + 1, c - h:c + h + 1]
+        if masked[r - h:r + h + 1, c - h:c + h + 1].any():
+            continue
+        border = np.median(box[:, ring], axis=1)
+        if np.any(np.abs(border) > border_sigmas):  # on a nebula, a galaxy or a neighbour's wing
+            continue
+        flux = (box - border[:, None, None]).sum(axis=(1, 2))
+        if np.any(flux < BALANCE_MIN_SNR * math.sqrt(area)):
+            continue
+        stamp = (box - border[:, None, None]).sum(axis=0)
+        if stamp[core].sum() < BALANCE_CONCENTRATION * stamp.sum():
+            continue
+        out.append(flux * noise)
+        half_max = box - border[:, None, None] > 0.5 * (box[:, h, h] - border)[:, None, None]
+        widths.append(2.0 * np.sqrt(half_max.sum(axis=(1, 2)) / np.pi))
+    return np.array(out).reshape(-1, len(data)), np.array(widths).reshape(-1, len(data))
+
+
+def lupton_rgb(channels: Sequence[np.ndarray], colours: np.ndarray, balance: Balance,
+               ) -> tuple[np.ndarray, dict[str, float]]:
+    """The balanced Lupton et al. (2004) picture and what it did.
+
+    Each channel becomes (data - sky) x scale and the channels are mixed into R, G, B by
+    ``colours``; a pedestal of ``SKY_SIGMAS`` noise sigmas of the joint intensity I = (R + G + B) / 3
+    is added to all three, so blank sky is grey. A pixel's brightness is asinh(I / b) / W, b being
+    ``SOFTENING_SIGMAS`` sigmas, and its colour the ratios R : G : B of the channels blurred to the
+    widest PSF the stars show (``balance.fwhm``), so a star has one colour from core to wing
+    although its filters' PSFs differ, while the brightness keeps the sharpest detail. W puts the
+    ``WHITE_PERCENTILE`` of the pixels' brightest colour at 1; a pixel whose brightest colour would
+    exceed 1 is divided by it, its hue kept. Pixels where a channel has no data are black (holes
+    inside the footprint, masked star cores, take their edge's value). Returns the picture and its
+    figures: sigma, softening, white point and the fraction of pixels scaled down.
+    """
+    colours = np.asarray(colours, dtype=float).reshape(len(channels), 3)
+    shape = np.shape(channels[0])
+    planes = np.zeros((3, *shape))
+    matched = np.zeros((3, *shape))
+    footprint = np.ones(shape, dtype=bool)
+    widest = max(balance.fwhm, default=0.0)
+    for k, (data, colour, sky, scale) in enumerate(zip(channels, colours, balance.sky, balance.scale, strict=True)):
+        filled = fill_holes(np.asarray(data, dtype=float))
+        footprint &= np.isfinite(filled)
+        level = np.nan_to_num((filled - sky) * scale)
+        planes += level[None] * colour[:, None, None]
+        match = max(widest**2 - balance.fwhm[k] ** 2, 0.0) / 2.3548**2 if balance.fwhm else 0.0
+        matched += (gaussian_filter(level, math.sqrt(match)) if match > 0.1 else level)[None] * colour[:, None, None]
+    intensity = planes.mean(axis=0)
+    inside = intensity[footprint]
+    sigma = sky_and_noise(inside)[1] if inside.size else 1.0
+    sigma = sigma if sigma > 0 else 1.0
+    pedestal, soft = SKY_SIGMAS * sigma, SOFTENING_SIGMAS * sigma
+    lifted = intensity + pedestal
+    hue = matched + pedestal
+    with np.errstate(invalid="ignore", divide="ignore"):
+        hue = np.where(hue.mean(axis=0) > 0, np.clip(hue, 0.0, None) / hue.mean(axis=0), 1.0)
+        luminance = np.where(lifted > 0, np.arcsinh(lifted / soft), 0.0)
+    rgb = hue * luminance[None]
+    peak = rgb.max(axis=0)
+    white = max(float(np.percentile(peak[footprint], WHITE_PERCENTILE)) if inside.size else 0.0,
+                math.asinh(WHITE_MIN_SIGMAS / SOFTENING_SIGMAS))
+    rgb /= white
+    peak /= white
+    over = peak > 1.0
+    rgb[:, over] /= peak[over]
+    rgb[:, ~footprint] = 0.0
+    figures = {"sigma": sigma, "softening": soft, "white": white,
+               "clipped_fraction": float(over[footprint].mean()) if footprint.any() else 0.0}
+    return np.moveaxis(rgb, 0, -1), figures
 
 
 def fill_holes(data: np.ndarray) -> np.ndarray:
@@ -388,18 +578,6 @@ def _stretch_spec(data: np.ndarray, options: dict[str, Any]) -> np.ndarray:
     """``stretch()`` by keywords, reachable inside ``compose`` whose argument hides the name."""
     kind = options.pop("kind", "asinh")
     return stretch(data, kind, **options)
-
-
-def _normalise(data: np.ndarray, high: float) -> np.ndarray:
-    """Sky-subtracted ``data`` in units of its ``high`` percentile above the sky (NaN stays NaN)."""
-    values = np.asarray(data, dtype=float)
-    finite = values[np.isfinite(values)]
-    if finite.size == 0:
-        return np.zeros(values.shape)
-    sky = float(np.median(finite))
-    top = float(np.percentile(finite, high)) - sky
-    scale = top if top > 0 else 1.0
-    return np.where(np.isfinite(values), (values - sky) / scale, np.nan)
 
 
 # --------------------------------------------------------------------------------- reproject
@@ -541,3 +719,34 @@ def read_avm_wcs(path: str | Path, *, full_header: bool = False) -> WCS:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pyavm's notes on assumed defaults
         return AVM.from_image(str(path)).to_wcs(use_full_header=full_header)
+
+
+def picture_figures(rgb: np.ndarray, sky: np.ndarray, stars: Sequence[tuple[int, int]], *,
+                    half: int = 6, footprint: np.ndarray | None = None) -> dict[str, float]:
+    """How a picture (H, W, 3 in [0, 1]) measures against what press images get right.
+
+    ``sky_r``, ``sky_g``, ``sky_b``: the channels' medians over the blank-sky mask ``sky``, and
+    ``sky_spread``, (max - min) / mean of the three (0 for a neutral sky); ``star_rg`` and
+    ``star_bg``: the median over ``stars`` ((row, col) pixels) of R/G and B/G of their light in a
+    square aperture of ``half`` pixels each side above its border's median (1, 1 for white stars);
+    ``clipped``: the fraction of pixels (in ``footprint``, else everywhere) with a colour at 1.
+    """
+    picture = np.asarray(rgb, dtype=float)
+    medians = np.median(picture[np.asarray(sky, dtype=bool)], axis=0)
+    ratios = []
+    rows, cols = picture.shape[:2]
+    for r, c in stars:
+        if half <= r < rows - half and half <= c < cols - half:
+            box = picture[r - half:r + half + 1, c - half:c + half + 1]
+            border = np.concatenate([box[0], box[-1], box[1:-1, 0], box[1:-1, -1]])
+            light = (box - np.median(border, axis=0)).sum(axis=(0, 1))
+            if light[1] > 0:
+                ratios.append((light[0] / light[1], light[2] / light[1]))
+    star = np.median(np.array(ratios), axis=0) if ratios else np.array([np.nan, np.nan])
+    inside = np.ones(picture.shape[:2], dtype=bool) if footprint is None else np.asarray(footprint, dtype=bool)
+    return {
+        "sky_r": float(medians[0]), "sky_g": float(medians[1]), "sky_b": float(medians[2]),
+        "sky_spread": float((medians.max() - medians.min()) / max(float(medians.mean()), 1e-12)),
+        "star_rg": float(star[0]), "star_bg": float(star[1]), "n_stars": len(ratios),
+        "clipped": float((picture[inside] >= 1.0 - 1e-9).any(axis=1).mean()) if inside.any() else 0.0,
+    }

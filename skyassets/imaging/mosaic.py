@@ -14,12 +14,17 @@ Flux: images in surface brightness (BUNIT per steradian or per square arcsecond,
 are conserved by interpolation as they are. Images in counts or count rates per pixel (HST
 ELECTRONS, ELECTRONS/S, no BUNIT) are multiplied by the ratio of output to input pixel area, so a
 source's summed flux is the same on the mosaic as on the input. Interpolation samples the input at
-output pixel centres: with ``downscale`` > 1 this is point sampling, not block averaging.
+output pixel centres: with ``downscale`` > 1 this is point sampling, not block averaging. Inputs
+in different units are converted through their photometric keywords (:func:`_units`), and each is
+weighted by its inverse variance per output pixel in output units, whatever its BUNIT and pixel
+size (:func:`_load`). An exposure given twice (FLT and FLC, one file in two products, a combined
+product beside its own exposures) is co-added once (:func:`one_per_exposure`).
 """
 
 from __future__ import annotations
 
 import math
+import re
 import shutil
 import tempfile
 import warnings
@@ -32,10 +37,10 @@ import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS
 from astropy.wcs.utils import proj_plane_pixel_area
-from reproject.mosaicking import find_optimal_celestial_wcs
-from scipy.ndimage import binary_dilation
+from scipy.ndimage import binary_dilation, maximum_filter, minimum_filter
 
-from skyassets.fits.dq import pixel_masks, saturation_level
+from skyassets.fits.dq import dq_kind_of, pixel_masks, saturation_level
+from skyassets.fits.limits import check_image
 from skyassets.imaging.preview import block_mean, thumbnail_png
 from skyassets.imaging.resample import footprint_box, resample_slabs, row_slabs
 
@@ -52,6 +57,9 @@ REJECT_MIN_INPUTS = 3
 # sub-pixel phase and slightly different PSFs by a fraction of that contrast, cosmic rays on a
 # smooth median by far more. AstroDrizzle's driz_cr_scale (1.2) plays the same part.
 CONTRAST_SCALE = 1.2
+# An input whose pixels are this little larger than the output's (rounding of pixel scales) is
+# treated as sampled at the output's resolution.
+RATIO_SLACK = 0.05
 # Values (inputs x rows x columns) in one slab's stack of resampled inputs: 4 Mi values, under
 # 100 MB with their weights and the rejection's temporaries, whatever the number of inputs.
 STACK_BUDGET = 1 << 22
@@ -87,6 +95,7 @@ class MosaicResult:
     n_inputs: int
     header: fits.Header = field(repr=False)
     n_rejected: int = 0
+    choices: list[str] = field(default_factory=list)  # inputs left out as copies of another's exposure
 
 
 @dataclass
@@ -100,6 +109,8 @@ class _Image:
     weight_kind: str
     flux_scale: float
     noise: float
+    pixel_ratio: float
+    inverse_variance: float
 
 
 @dataclass
@@ -114,6 +125,8 @@ class _Placed:
     weight_kind: str
     flux_scale: float
     noise: float
+    pixel_ratio: float
+    inverse_variance: float
     background: float = 0.0
 
     @property
@@ -166,6 +179,9 @@ def build_mosaic(
     used = [i for i in inputs if (i.flag or "").lower() != "reject"]
     if not used:
         raise ValueError("no inputs left to mosaic (all rejected or none given)")
+    read = [_read_header(i) for i in used]
+    used, headers, choices = one_per_exposure(used, [h for h, _ in read], [m for _, m in read])
+    bunit, units = _units(used, headers)
     dest = Path(dest)
     if wcs is None:
         wcs, shape = _optimal_wcs(used)
@@ -185,20 +201,19 @@ def build_mosaic(
     work = Path(tempfile.mkdtemp(prefix=".mosaic-", dir=dest.parent))
     try:
         placed = []
-        for k, source in enumerate(used):
-            image = _load(source, out_area)
+        for k, (source, unit) in enumerate(zip(used, units, strict=True)):
+            image = _load(source, out_area, unit)
             placed.append(_resample(image, wcs, shape, work / f"in{k}", slab))
             del image
         if match_background:
             _match_backgrounds(placed, work, slab)
         rejected = _coadd(placed, shape, work, slab, reject_sigma)
-        header = _primary_header(placed, wcs, downscale, match_background, reject_sigma, rejected)
-        bunit = _bunit(used[0])
+        header = _primary_header(placed, wcs, downscale, match_background, reject_sigma, rejected, choices)
         preview = _write(dest, header, wcs, shape, work, slab, bunit)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return MosaicResult(dest, thumbnail_png(preview, max_side=PREVIEW_SIDE), wcs, shape, len(placed), header,
-                        rejected)
+                        rejected, choices)
 
 
 # ------------------------------------------------------------------------------------ inputs
@@ -211,8 +226,10 @@ def _open(path: Path) -> fits.HDUList:
 def _extension(hdul: fits.HDUList, sci: fits.hdu.base._BaseHDU, name: str) -> np.ndarray | None:
     """The ``name`` extension that goes with ``sci`` (same EXTVER), as a 2-D array."""
     for hdu in hdul:
-        if hdu.name == name and hdu.ver == sci.ver and hdu.data is not None:
-            return _plane(hdu.data)
+        if hdu.name == name and hdu.ver == sci.ver:
+            check_image(hdu.header, f"{name},{sci.ver}")  # before its pixels are allocated
+            if hdu.data is not None:
+                return _plane(hdu.data)
     return None
 
 
@@ -230,29 +247,85 @@ def _header(hdul: fits.HDUList, index: int) -> fits.Header:
     return header
 
 
-def _bunit(source: MosaicInput) -> str | None:
-    with _open(source.path) as hdul:
-        value = _header(hdul, source.hdu_index).get("BUNIT")
-    return str(value) if value else None
-
-
 def _surface_brightness(bunit: str | None) -> bool:
     unit = (bunit or "").upper().replace(" ", "")
     return any(token in unit for token in _SURFACE_BRIGHTNESS)
 
 
-def _load(source: MosaicInput, out_area: float) -> _Image:
-    """Read one input and turn its ERR/WHT, DQ and saturation into a weight map.
+@dataclass(frozen=True)
+class _Unit:
+    """How one input's values become output values: times ``scale`` into the mosaic's BUNIT, and
+    times output / input pixel area when they are per pixel (counts, count rates)."""
+
+    scale: float
+    per_pixel: bool
+
+
+def _number(header: fits.Header, key: str) -> float | None:
+    value = header.get(key)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0:
+        return float(value)
+    return None
+
+
+def _calibrated(header: fits.Header) -> tuple[str, float, bool] | None:
+    """(physical BUNIT, factor, per pixel) that the header's photometric keywords turn its values
+    into: JWST DN/s times PHOTMJSR is MJy/sr; HST counts per second times PHOTFLAM (counts divided
+    by the exposure time first) is erg/s/cm2/A per pixel. None when there is no such conversion."""
+    unit = str(header.get("BUNIT") or "").upper().replace(" ", "")
+    if unit == "MJY/SR":
+        return "MJy/sr", 1.0, False
+    photmjsr, photflam = _number(header, "PHOTMJSR"), _number(header, "PHOTFLAM")
+    exptime = _number(header, "EXPTIME") or _number(header, "TEXPTIME")
+    if unit in ("DN/S", "DN/SEC") and photmjsr:
+        return "MJy/sr", photmjsr, False
+    if unit in ("ELECTRONS/S", "ELECTRONS/SEC", "COUNTS/S", "E-/S") and photflam:
+        return "erg/s/cm2/A", photflam, True
+    if unit in ("ELECTRONS", "COUNTS", "E-") and photflam and exptime:
+        return "erg/s/cm2/A", photflam / exptime, True
+    return None
+
+
+def _units(sources: Sequence[MosaicInput], headers: Sequence[fits.Header]) -> tuple[str | None, list[_Unit]]:
+    """The mosaic's BUNIT and each input's conversion into it. Inputs that share a BUNIT are
+    co-added in it; inputs in different units (JWST DN/s beside MJy/sr, HST electrons beside
+    electrons/s, ACS beside WFC3) are all converted to the physical unit their photometric keywords
+    give, and an input without such keywords, or in another family of units, is an error."""
+    bunits = [str(h.get("BUNIT") or "").strip() or None for h in headers]
+    if len({(b or "").upper().replace(" ", "") for b in bunits}) <= 1:
+        return bunits[0], [_Unit(1.0, not _surface_brightness(b)) for b in bunits]
+    calibrated = [_calibrated(h) for h in headers]
+    for source, bunit, found in zip(sources, bunits, calibrated, strict=True):
+        if found is None:
+            raise ValueError(f"{source.path}[{source.hdu_index}]: BUNIT {bunit!r} differs from the other inputs' "
+                             "and its header has no photometric keywords (PHOTMJSR, PHOTFLAM) to convert it")
+    families = {c[0] for c in calibrated if c is not None}
+    if len(families) > 1:
+        raise ValueError(f"inputs in units that do not convert into each other: {', '.join(sorted(families))} "
+                         f"({', '.join(f'{s.path.name}: {b}' for s, b in zip(sources, bunits, strict=True))})")
+    return families.pop(), [_Unit(c[1], c[2]) for c in calibrated if c is not None]
+
+
+def _load(source: MosaicInput, out_area: float, unit: _Unit) -> _Image:
+    """Read one input and turn its ERR/WHT, DQ and saturation into a weight map, in output units.
 
     ERR gives one inverse variance per image (from its median over good pixels), not per pixel: a
     per-pixel ERR holds the sources' own Poisson noise, and weighting by it would favour whichever
     image saw a star fainter, biasing star fluxes low (the JWST pipeline's 'ivm' weighting avoids
-    it the same way, with read and sky noise only). WHT maps are used per pixel. DQ bad, saturated
-    and cosmic-ray bits (``quality.DQ_BITS``) and non-finite pixels get weight 0. The noise outlier
-    rejection scales by is that same ERR median, else measured from the pixels (:func:`_noise`).
+    it the same way, with read and sky noise only). WHT maps are used per pixel. DQ bits that make
+    a value unusable (:data:`skyassets.fits.dq.DQ_BITS`, per instrument), saturated and cosmic-ray
+    pixels and non-finite pixels get weight 0.
+
+    Weights are per unit of output flux and sky area, so they do not depend on BUNIT or pixel size:
+    the ERR median is first converted into output units (``unit``: calibration and pixel-area
+    scale), then to the noise of the mean over one output pixel, sigma^2 x (input pixel area /
+    output pixel area), as white noise averages; WHT (an inverse variance) scales the same way.
+    Uniform weighting (neither ERR nor WHT) stays 1. The noise rejection scales by is that ERR
+    median in output units, else measured from the pixels (:func:`_noise`).
     """
     with _open(source.path) as hdul:
         hdu = hdul[source.hdu_index]
+        check_image(hdu.header, f"{source.path.name}[{source.hdu_index}]")  # before its pixels are allocated
         if hdu.data is None or hdu.data.ndim < 2:
             raise ValueError(f"{source.path}[{source.hdu_index}] holds no image")
         header = _header(hdul, source.hdu_index)
@@ -267,35 +340,37 @@ def _load(source: MosaicInput, out_area: float) -> _Image:
         raise ValueError(f"{source.path}[{source.hdu_index}] has no ERR extension")
     if source.weight == "wht" and wht is None:
         raise ValueError(f"{source.path}[{source.hdu_index}] has no WHT extension")
-    telescope = str(header.get("TELESCOP", "")).strip().lower()
-    kind = telescope if telescope in ("jwst", "hst") else None
+    kind = dq_kind_of(header)
     dq_array = None if dq is None else np.asarray(dq).astype(np.int64)
     pixels = pixel_masks(sci, dq_array, kind if dq_array is not None else None,
                          saturation_level(None, header))
     bad = pixels.mask if pixels.cosmic_ray is None else pixels.mask | pixels.cosmic_ray
     bad |= ~np.isfinite(sci)
+    in_area = proj_plane_pixel_area(wcs)
+    area_ratio = in_area / out_area  # input pixel area in output pixels
+    flux_scale = unit.scale * (1.0 / area_ratio if unit.per_pixel else 1.0)
     if err is not None:
         err = np.asarray(err, dtype=np.float32)
         good = ~bad & np.isfinite(err) & (err > 0)
         bad |= ~good
         noise = float(np.median(err[good])) if good.any() else 0.0
-        weight = np.where(bad, 0.0, 1.0 / noise**2 if noise > 0 else 0.0)
+        variance = (noise * flux_scale) ** 2 * area_ratio
+        weight = np.where(bad, 0.0, 1.0 / variance if variance > 0 else 0.0)
         weight_kind = "err"
     else:
         noise = _noise(sci, bad)
         if wht is not None:
             weight = np.nan_to_num(np.asarray(wht, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-            weight = np.where(bad | (weight < 0), 0.0, weight)
+            weight = np.where(bad | (weight < 0), 0.0, weight / (flux_scale**2 * area_ratio))
             weight_kind = "wht"
         else:
             weight = np.where(bad, 0.0, 1.0)
             weight_kind = "uniform"
-    flux_scale = 1.0
-    if not _surface_brightness(header.get("BUNIT")):
-        flux_scale = out_area / proj_plane_pixel_area(wcs)
     weight = weight.astype(np.float32)
     weighted = np.where(weight > 0, sci * np.float32(flux_scale), 0.0).astype(np.float32) * weight
-    return _Image(source, weighted, weight, wcs, weight_kind, flux_scale, noise * flux_scale)
+    typical = float(np.median(weight[weight > 0])) if weight_kind != "uniform" and (weight > 0).any() else 1.0
+    return _Image(source, weighted, weight, wcs, weight_kind, flux_scale, noise * flux_scale,
+                  math.sqrt(area_ratio), typical)
 
 
 def _noise(sci: np.ndarray, bad: np.ndarray) -> float:
@@ -312,8 +387,91 @@ def _noise(sci: np.ndarray, bad: np.ndarray) -> float:
     return float(1.4826 * np.median(np.abs(diff - np.median(diff))) / math.sqrt(2.0))
 
 
+def _read_header(source: MosaicInput) -> tuple[fits.Header, frozenset[str]]:
+    """The input's merged header and the exposures a combined product (JWST i2d, HST drz/drc) was
+    made from, from its HDRTAB extension (one row per input exposure; empty for an exposure)."""
+    with _open(source.path) as hdul:
+        if not 0 <= source.hdu_index < len(hdul):
+            raise ValueError(f"{source.path}: no HDU {source.hdu_index}, the file has {len(hdul)}")
+        header = _header(hdul, source.hdu_index)
+        members = set()
+        if "HDRTAB" in hdul:
+            table = hdul["HDRTAB"].data
+            names = {n.upper(): n for n in (table.columns.names if table is not None else [])}
+            for column in ("FILENAME", "ROOTNAME"):
+                if column in names:
+                    members |= {exposure_name(str(v)) for v in table[names[column]]}
+    return header, frozenset(m for m in members if m)
+
+
+# File-name suffixes of calibrated images, most calibrated first: a combined product (JWST i2d,
+# HST drizzled with and without CTE correction), a JWST exposure after outlier flagging (crf), HST
+# CTE-corrected (flc) before plain (flt), JWST cal, then WFPC2's.
+SUFFIX_RANK = ("i2d", "drc", "drz", "crf", "flc", "flt", "cal", "c1m", "c0m", "c1f", "c0f")
+_SUFFIX = re.compile(r"^(?P<stem>.+?)_(?P<suffix>[a-z0-9]+?)(?:\.fits(?:\.gz)?)?$", re.IGNORECASE)
+
+
+def exposure_name(file_name: str) -> str:
+    """The exposure a file holds, from its name: ``j8pu01abq_flc.fits`` and ``j8pu01abq_flt.fits``
+    are both ``j8pu01abq``, ``jw02733001001_02101_00001_nrcb1_cal.fits`` is
+    ``jw02733001001_02101_00001_nrcb1``. A name without a known suffix is its own exposure."""
+    name = Path(file_name.strip()).name
+    match = _SUFFIX.match(name)
+    if match and match["suffix"].lower() in SUFFIX_RANK:
+        return match["stem"].lower()
+    return name.lower()
+
+
+def calibration_rank(file_name: str) -> int:
+    """How calibrated a file is from its suffix: higher is more (``SUFFIX_RANK``), 0 when unknown."""
+    match = _SUFFIX.match(Path(file_name.strip()).name)
+    suffix = match["suffix"].lower() if match else ""
+    return len(SUFFIX_RANK) - SUFFIX_RANK.index(suffix) if suffix in SUFFIX_RANK else 0
+
+
+def one_per_exposure(sources: Sequence[MosaicInput], headers: Sequence[fits.Header],
+                     members: Sequence[frozenset[str]]) -> tuple[list[MosaicInput], list[fits.Header], list[str]]:
+    """The inputs with each exposure once, and a line per input left out saying why.
+
+    Two inputs are one exposure when their exposure names (:func:`exposure_name`, or the header's
+    ROOTNAME) and their detector, chip and extension version agree: an HST FLT and FLC, a JWST cal
+    held in two products. The most calibrated is kept (``SUFFIX_RANK``; the first given on a tie).
+    An exposure that a combined product given too was made from (``members``, from its HDRTAB) is
+    left out for it: its light is already in the combined image.
+    """
+    keys, names = [], []
+    for source, header in zip(sources, headers, strict=True):
+        name = str(header.get("ROOTNAME") or "").strip().lower() or exposure_name(source.path.name)
+        if not header.get("ROOTNAME") and not calibration_rank(source.path.name):
+            name = str(Path(source.path).resolve())  # a name of no known convention: only itself
+        names.append(name)
+        detector = str(header.get("DETECTOR") or "").strip().upper()
+        keys.append((name, detector, str(header.get("CCDCHIP", "")), str(header.get("EXTVER", 1))))
+    combined = {m: f"{s.path.name}[{s.hdu_index}]" for s, found in zip(sources, members, strict=True) for m in found}
+    best: dict[tuple[str, str, str, str], int] = {}
+    choices = []
+    for i, source in enumerate(sources):
+        label = f"{source.path.name}[{source.hdu_index}]"
+        if names[i] in combined and not members[i]:
+            choices.append(f"{label} left out: its exposure is in {combined[names[i]]}")
+            continue
+        j = best.get(keys[i])
+        if j is None:
+            best[keys[i]] = i
+            continue
+        keep, drop = (i, j) if calibration_rank(source.path.name) > calibration_rank(sources[j].path.name) else (j, i)
+        best[keys[i]] = keep
+        choices.append(f"{sources[drop].path.name}[{sources[drop].hdu_index}] left out: same exposure as "
+                       f"{sources[keep].path.name}[{sources[keep].hdu_index}], which is as or more calibrated")
+    kept = sorted(best.values())
+    return [sources[i] for i in kept], [headers[i] for i in kept], choices
+
+
 def _optimal_wcs(inputs: Sequence[MosaicInput]) -> tuple[WCS, tuple[int, int]]:
-    """reproject's optimal celestial WCS over the inputs' footprints (headers only, no pixels)."""
+    """reproject's optimal celestial WCS over the inputs' footprints (headers only, no pixels).
+    Imported here: reproject.mosaicking brings dask, tens of MB a mosaic on a given grid never needs."""
+    from reproject.mosaicking import find_optimal_celestial_wcs
+
     frames = []
     for source in inputs:
         with _open(source.path) as hdul:
@@ -345,9 +503,10 @@ def _resample(image: _Image, wcs: WCS, shape: tuple[int, int], stem: Path, slab:
     path composites' channels take) into ``stem``.val / ``stem``.wht files, slab by slab."""
     name = f"{Path(image.source.path).name}[{image.source.hdu_index}]"
     box = footprint_box(image.wcs, image.weight.shape, wcs, shape)
+    facts = (image.weight_kind, image.flux_scale, image.noise, image.pixel_ratio, image.inverse_variance)
     if box is None:
-        return _Placed(name, 0, 0, 0, 0, image.weight_kind, image.flux_scale, image.noise)
-    placed = _Placed(name, *box, image.weight_kind, image.flux_scale, image.noise)
+        return _Placed(name, 0, 0, 0, 0, *facts)
+    placed = _Placed(name, *box, *facts)
     n = (placed.y1 - placed.y0) * placed.width
     _blank(stem.with_suffix(".val"), np.float32, n)
     _blank(stem.with_suffix(".wht"), np.float32, n)
@@ -428,7 +587,9 @@ def _coadd(placed: list[_Placed], shape: tuple[int, int], work: Path, slab: int,
         starts[p.y1] -= 1
     depth = max(1, int(np.cumsum(starts).max()))  # most inputs sharing one row
     step = max(1, min(slab, STACK_BUDGET // depth) // nx)
-    halo = HALO if reject_sigma is not None else 0
+    # Rows beyond the slab: the contrast window of the coarsest input and the growth by one pixel.
+    coarsest = max(math.ceil(p.pixel_ratio - RATIO_SLACK) for p in placed) if placed else 1
+    halo = max(HALO, coarsest + 1) if reject_sigma is not None else 0
     rejected = 0
     for r0 in range(0, ny, step):
         r1 = min(r0 + step, ny)
@@ -452,7 +613,8 @@ def _coadd(placed: list[_Placed], shape: tuple[int, int], work: Path, slab: int,
             core = slice(r0 - h0, r1 - h0)
             if reject_sigma is not None and len(members) >= REJECT_MIN_INPUTS:
                 noise = np.array([p.noise for _, p in members], np.float32)
-                out = _reject(value, weight, noise, reject_sigma)
+                ratio = np.array([p.pixel_ratio for _, p in members], np.float32)
+                out = _reject(value, weight, noise, ratio, reject_sigma)
                 rejected += int(np.count_nonzero(out[:, core]))
                 weight[out] = 0.0
             total = np.zeros((r1 - r0, c1 - c0))
@@ -475,7 +637,7 @@ def _coadd(placed: list[_Placed], shape: tuple[int, int], work: Path, slab: int,
     return rejected
 
 
-def _reject(value: np.ndarray, weight: np.ndarray, noise: np.ndarray, k: float) -> np.ndarray:
+def _reject(value: np.ndarray, weight: np.ndarray, noise: np.ndarray, ratio: np.ndarray, k: float) -> np.ndarray:
     """Which values of a stack (inputs x rows x columns) are outliers between exposures.
 
     Where at least ``REJECT_MIN_INPUTS`` inputs cover a pixel, a value is an outlier when it
@@ -486,6 +648,15 @@ def _reject(value: np.ndarray, weight: np.ndarray, noise: np.ndarray, k: float) 
     covered by the contrast term, which is large exactly where the median is not smooth. The
     pixels around an outlier in the same input are left out with it (AstroDrizzle's driz_cr_grow
     of 1), so the wings bilinear interpolation spreads a cosmic ray into go too.
+
+    Resolution is not an outlier: where an input with pixels ``ratio`` times the output's (ratio >
+    1, an undersampled image beside sharper ones) covers a pixel, the contrast is the median's
+    largest difference to any pixel within that input's pixel size (a window of 2 ceil(ratio) + 1),
+    since such an input's value is a blur of the sky over that distance: a star core seen sharply
+    in some inputs and broadly in another differs by about that much, a cosmic ray by far more.
+    The price: within that distance of a bright star's core an outlier as large as the core's
+    contrast is kept. Such an input's outliers grow by its pixel size, which interpolation spreads
+    them over.
     """
     covered = weight > 0
     count = covered.sum(axis=0)
@@ -499,6 +670,12 @@ def _reject(value: np.ndarray, weight: np.ndarray, noise: np.ndarray, k: float) 
     median[deep] = 0.5 * (np.take_along_axis(stack, (n - 1) // 2, 0)[0] + np.take_along_axis(stack, n // 2, 0)[0])
     del stack
     contrast = np.zeros(deep.shape, np.float32)
+    reach = np.ceil(np.where(covered, ratio[:, None, None], 0.0).max(axis=0) - RATIO_SLACK).astype(int)
+    for half in np.unique(reach[deep & (reach > 1)]):
+        upper = maximum_filter(np.where(deep, median, -np.inf), size=2 * half + 1)
+        lower = minimum_filter(np.where(deep, median, np.inf), size=2 * half + 1)
+        at = deep & (reach == half)
+        contrast[at] = np.maximum(upper[at] - median[at], median[at] - lower[at])
     for axis in (0, 1):
         step = np.abs(np.diff(median, axis=axis))  # NaN next to a pixel without a median: ignored
         lo = [slice(None)] * 2
@@ -513,13 +690,17 @@ def _reject(value: np.ndarray, weight: np.ndarray, noise: np.ndarray, k: float) 
             out[j] = (np.abs(value[j] - median) > tolerance + np.float32(k) * noise[j]) & covered[j]
     if out.any():
         out = binary_dilation(out, structure=np.ones((1, 3, 3), bool))
+        for j, r in enumerate(ratio):  # an undersampled input's outlier spreads over its own pixel size
+            grow = math.ceil(r - RATIO_SLACK)
+            if grow > 1 and out[j].any():
+                out[j] = binary_dilation(out[j], structure=np.ones((2 * grow - 1, 2 * grow - 1), bool))
         out &= covered & deep
     return out
 
 
 # ------------------------------------------------------------------------------------ output
 def _primary_header(placed: list[_Placed], wcs: WCS, downscale: int, match_background: bool,
-                    reject_sigma: float | None, rejected: int) -> fits.Header:
+                    reject_sigma: float | None, rejected: int, choices: list[str]) -> fits.Header:
     header = fits.Header()
     header["NINPUTS"] = (len(placed), "images co-added")
     header["DOWNSCAL"] = (downscale, "output pixel size / optimal pixel size")
@@ -533,7 +714,11 @@ def _primary_header(placed: list[_Placed], wcs: WCS, downscale: int, match_backg
         header[f"IN{k:04d}"] = (p.name, "input file[hdu]")
         header[f"WT{k:04d}"] = (p.weight_kind, "weighting of input")
         header[f"BG{k:04d}"] = (p.background, "background offset subtracted")
-        header[f"FS{k:04d}"] = (p.flux_scale, "pixel-area flux scale applied")
+        header[f"FS{k:04d}"] = (p.flux_scale, "unit and pixel-area flux scale applied")
+        header[f"IV{k:04d}"] = (p.inverse_variance, "weight per output pixel (median)")
+    header["NDUPEXP"] = (len(choices), "inputs left out as copies of an exposure")
+    for line in choices:
+        header.add_history(line)
     header.update(wcs.to_header(relax=True))
     return header
 

@@ -15,12 +15,15 @@ from __future__ import annotations
 import base64
 import io
 import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 from astropy.stats import mad_std
-from astropy.visualization import AsinhStretch
 from PIL import Image, ImageDraw
+
+if TYPE_CHECKING:  # pandas only for the source table: a mosaic worker need not load it
+    import pandas as pd
 
 #: Black: this many sky-noise sigmas below the sky level (both measured on the thumbnail).
 SKY_BELOW = 2.0
@@ -84,6 +87,35 @@ def markdown_image(png: bytes, alt: str) -> str:
     return f"![{text}](data:image/png;base64,{base64.b64encode(png).decode('ascii')})"
 
 
+def markdown_grid(cells: Sequence[tuple[str, bytes]], columns: int = 4) -> str:
+    """A Markdown table of PNG thumbnails, ``columns`` to a row, each under its caption: a target's
+    filters and composites side by side in the UI (GitHub-flavoured tables, data-URI images)."""
+    if columns < 1:
+        raise ValueError(f"columns must be positive, got {columns}")
+    if not cells:
+        return ""
+    lines = []
+    for start in range(0, len(cells), columns):
+        row = list(cells[start:start + columns])
+        pad = [""] * (columns - len(row))
+        captions = [_cell_text(caption) for caption, _ in row] + pad
+        images = [markdown_image(png, caption.replace("|", "/")) for caption, png in row] + pad
+        if start == 0:
+            lines += ["| " + " | ".join(captions) + " |", "|" + " --- |" * columns]
+        else:
+            lines.append("| " + " | ".join(f"**{c}**" if c else "" for c in captions) + " |")
+        lines.append("| " + " | ".join(images) + " |")
+    return "\n".join(lines)
+
+
+def _cell_text(text: str) -> str:
+    """``text`` on one line with the characters that would end a table cell or start markup escaped."""
+    out = " ".join(str(text).split())
+    for char in "\\|*_[]`":
+        out = out.replace(char, "\\" + char)
+    return out
+
+
 def block_mean(data: np.ndarray, factor: int) -> np.ndarray:
     """Mean of each ``factor`` x ``factor`` block over its finite pixels (NaN where it has none).
 
@@ -124,13 +156,15 @@ def _stretch(small: np.ndarray) -> np.ndarray:
     vmin = sky - SKY_BELOW * noise
     vmax = max(float(np.percentile(values, UPPER_PERCENTILE)), sky + 10 * noise)
     scaled = np.clip((np.where(finite, small, vmin) - vmin) / (vmax - vmin), 0.0, 1.0)
-    stretch = AsinhStretch(a=min(1.0, SOFTENING * noise / (vmax - vmin)))
-    levels = np.rint(stretch(scaled, clip=True) * (_GREYS - 1))
+    a = min(1.0, SOFTENING * noise / (vmax - vmin))  # astropy's AsinhStretch, without its import cost
+    levels = np.rint(np.clip(np.arcsinh(scaled / a) / np.arcsinh(1.0 / a), 0.0, 1.0) * (_GREYS - 1))
     return np.where(finite, levels, 0).astype(np.uint8)
 
 
 def _draw(thumb: Image.Image, sources: pd.DataFrame, factor: int, max_markers: int) -> None:
     """Mark the sources on the (bottom-up) thumbnail: a circle per source, a cross per cosmic ray."""
+    import pandas as pd
+
     table = sources
     if "flux" in table and len(table) > max_markers:
         table = table.assign(_order=pd.to_numeric(table["flux"], errors="coerce").fillna(-np.inf))

@@ -41,7 +41,8 @@ from photutils.detection import DAOStarFinder
 from scipy.ndimage import label
 from scipy.spatial import cKDTree
 
-from skyassets.fits.dq import DQ_BITS, PixelMasks, pixel_masks, saturation_level
+from skyassets.fits.dq import DQ_BITS, PixelMasks, dq_kind_of, pixel_masks, saturation_level
+from skyassets.fits.limits import check_image
 from skyassets.fits.meta import HeaderKeys, parse_bunit, zero_point_ab
 from skyassets.lake.schemas import QUALITY_SCHEMA, SOURCE_SCHEMA
 
@@ -51,6 +52,9 @@ from skyassets.lake.schemas import QUALITY_SCHEMA, SOURCE_SCHEMA
 BOX_MIN, BOX_MAX, BOX_FRACTION = 16, 64, 8
 BOX_FILTER = 3
 CLIP_SIGMA = 3.0
+# Flagged pixels (DQ unusable, not saturated) are replaced, for detection only, by the mean of the
+# good pixels within this many pixels: a hot pixel then looks like the sky around it.
+FILL_RADIUS = 2
 # Detection: peaks 5σ over the noise (a 5σ noise peak occurs about once per 3.5 million
 # independent pixels), found with a 2-pixel Gaussian kernel (space PSFs are 1–3 px wide; wider
 # ground PSFs are still found, at a slightly lower signal-to-noise).
@@ -156,7 +160,8 @@ def measure_array(data: np.ndarray, *, dq: np.ndarray | None = None, dq_kind: st
                   header: fits.Header | None = None, pixel_scale: float | None = None,
                   nominal_pixel_scale: float | None = None, zp_ab: float | None = None,
                   saturation: float | None = None, wcs: WCS | None = None) -> Measurement:
-    """All metrics of one image given as arrays. dq_kind is "jwst", "hst" or None.
+    """All metrics of one image given as arrays. dq_kind is a key of ``DQ_BITS`` ("jwst", "hst",
+    "wfc3_ir", "wfpc2") or None.
 
     ``header`` gives the nominal pixel scale and DQ convention when they are not passed, the
     saturation level (SATURATE) and the instrument's quality keywords; ``pixel_scale`` overrides
@@ -177,7 +182,7 @@ def measure_array(data: np.ndarray, *, dq: np.ndarray | None = None, dq_kind: st
     scale_nominal, header_dq_kind = _instrument_of(header)
     nominal_pixel_scale = nominal_pixel_scale or scale_nominal
     if dq is not None and dq_kind is None:
-        dq_kind = header_dq_kind
+        dq_kind = dq_kind_of(header) or header_dq_kind
     if dq is not None:
         dq = _first_plane(np.asarray(dq))
         dq = dq.astype(np.uint32) if dq.shape == image.shape and dq_kind in DQ_BITS else None
@@ -205,6 +210,7 @@ def measure_array(data: np.ndarray, *, dq: np.ndarray | None = None, dq_kind: st
     metrics["background_rms"] = rms
     residual = image - background
     residual[pixels.fill] = 0.0
+    _fill_flagged(residual, pixels)
     sources = _detect(residual, rms)
     psf = _psf(residual, sources, pixels, rms)
     _classify(sources, psf, rms)
@@ -232,7 +238,8 @@ def _first_plane(data: np.ndarray) -> np.ndarray:
 def _background(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray | float, float, float, str]:
     """(background map or level, median level, noise per pixel, method). Background2D over boxes
     of ~1/8 of the image; when it cannot work (every box mostly masked, as in crowded or heavily
-    flagged fields, or an image smaller than a box), one sigma-clipped mode over the whole image."""
+    flagged fields, or an image smaller than a box), one sigma-clipped mode over the whole image.
+    The noise is the clipped standard deviation corrected for the clipping (:func:`_clipped_std_ratio`)."""
     box = int(np.clip(min(image.shape) // BOX_FRACTION, BOX_MIN, BOX_MAX))
     try:
         with warnings.catch_warnings():
@@ -240,12 +247,46 @@ def _background(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray | float
             bkg = Background2D(image, box, mask=mask if mask.any() else None, filter_size=BOX_FILTER,
                                sigma_clip=SigmaClip(sigma=CLIP_SIGMA), bkg_estimator=SExtractorBackground())
             level = _expand(np.asarray(bkg.background_mesh, float), box, image.shape)
-            return level, float(bkg.background_median), float(bkg.background_rms_median), "Background2D"
+            rms = float(bkg.background_rms_median) / _clipped_std_ratio(CLIP_SIGMA)
+            return level, float(bkg.background_median), rms, "Background2D"
     except ValueError:
         values = image[~mask] if (~mask).any() else image[np.isfinite(image)]
-        mean, median, std = sigma_clipped_stats(values, sigma=CLIP_SIGMA)
+        mean, median, std = sigma_clipped_stats(values, sigma=CLIP_SIGMA, maxiters=10)
         mode = 2.5 * median - 1.5 * mean if abs(mean - median) < 0.3 * std else median  # SExtractor's rule
-        return float(mode), float(mode), float(std), "sigma_clipped_stats"
+        return float(mode), float(mode), float(std) / _clipped_std_ratio(CLIP_SIGMA), "sigma_clipped_stats"
+
+
+def _clipped_std_ratio(k: float, iterations: int = 10) -> float:
+    """The standard deviation iterative k-sigma clipping returns for unit Gaussian noise: each pass
+    keeps |x| < k s and measures the truncated Gaussian's deviation, s = sqrt(1 - 2 t φ(t) / (2 Φ(t) - 1))
+    at t = k s (0.9866 after one pass at k = 3, 0.9814 once converged). Dividing by it removes the
+    clipping bias of the noise (astropy's SigmaClip and photutils' StdBackgroundRMS do not)."""
+    s = 1.0
+    for _ in range(iterations):
+        t = k * s
+        inside = math.erf(t / math.sqrt(2.0))
+        density = math.exp(-0.5 * t * t) / math.sqrt(2.0 * math.pi)
+        s = math.sqrt(1.0 - 2.0 * t * density / inside)
+    return s
+
+
+def _fill_flagged(residual: np.ndarray, pixels: PixelMasks) -> None:
+    """Replace, in place, finite pixels the DQ array marks unusable (hot, dead, DO_NOT_USE; not
+    saturated, which stay as the plateau of a bright star) by the mean of the good pixels within
+    ``FILL_RADIUS``, 0 (the background) when there is none: detection then never sees them."""
+    flagged = pixels.mask & ~pixels.saturated & ~pixels.fill
+    if not flagged.any():
+        return
+    good = ~pixels.mask
+    ys, xs = np.nonzero(flagged)
+    ny, nx = residual.shape
+    offsets = np.arange(-FILL_RADIUS, FILL_RADIUS + 1)
+    iy = np.clip(ys[:, None, None] + offsets[None, :, None], 0, ny - 1)
+    ix = np.clip(xs[:, None, None] + offsets[None, None, :], 0, nx - 1)
+    ok = good[iy, ix]
+    total = np.where(ok, residual[iy, ix], 0.0).sum(axis=(1, 2))
+    count = ok.sum(axis=(1, 2))
+    residual[ys, xs] = np.where(count > 0, total / np.maximum(count, 1), 0.0)
 
 
 def _expand(mesh: np.ndarray, box: int, shape: tuple[int, int]) -> np.ndarray:
@@ -708,6 +749,8 @@ def _read(path: Path, hdu_index: int) -> tuple[np.ndarray, fits.Header, np.ndarr
             try:
                 count = len(hdul)
                 hdu = hdul[hdu_index] if 0 <= hdu_index < count else None
+                if hdu is not None:
+                    check_image(hdu.header, f"{path.name}[{hdu_index}]")  # before its pixels are allocated
                 data = None if hdu is None else hdu.data
                 dq = None if hdu is None else _dq(hdul, hdu)
             except Exception as exc:  # truncated or corrupt data, broken headers
@@ -740,8 +783,10 @@ def _dq(hdul: fits.HDUList, sci: fits.hdu.base.ExtensionHDU | fits.PrimaryHDU) -
         return None
     ver = sci.ver
     for hdu in hdul:
-        if hdu.name == "DQ" and hdu.ver == ver and hdu.data is not None:
-            return hdu.data
+        if hdu.name == "DQ" and hdu.ver == ver:
+            check_image(hdu.header, f"DQ,{ver}")
+            if hdu.data is not None:
+                return hdu.data
     return None
 
 

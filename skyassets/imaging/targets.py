@@ -10,6 +10,7 @@ wrap and the poles need nothing special.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable
@@ -20,10 +21,17 @@ from scipy.spatial import cKDTree
 from shapely import Polygon, unary_union
 from shapely.geometry.base import BaseGeometry
 
+from skyassets.imaging.mosaic import calibration_rank, exposure_name
 from skyassets.lake.names import validate_obs_id
 
+_log = logging.getLogger(__name__)
+
 _SEPARATORS = re.compile(r"[^A-Z0-9+.]+")
+_KEY_UNSAFE = re.compile(r"[^A-Z0-9.]+")
+# Target keys' readable part, leaving room in a partition key for the hashes added to it.
+TARGET_KEY_MAX = 64
 _NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+_NUMBER_LIKE = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?(?:nan|inf)(?:inity)?", re.IGNORECASE)
 
 
 def polygons(s_region: str | None) -> list[np.ndarray]:
@@ -34,7 +42,10 @@ def polygons(s_region: str | None) -> list[np.ndarray]:
     for part in re.split(r"(?i)polygon", s_region)[1:]:
         numbers = [float(x) for x in _NUMBER.findall(part)]
         if len(numbers) >= 6:
-            out.append(np.array(numbers[: len(numbers) // 2 * 2]).reshape(-1, 2))
+            vertices = np.array(numbers[: len(numbers) // 2 * 2]).reshape(-1, 2)
+            # a NaN or inf is not a number to _NUMBER and would shift every pair after it
+            if len(numbers) == len(_NUMBER_LIKE.findall(part)) and (np.abs(vertices[:, 1]) <= 90).all():
+                out.append(vertices)
     return out
 
 
@@ -44,8 +55,22 @@ def normalise_name(name: str | None) -> str:
 
 
 def _key_name(name: str) -> str:
-    """A target name as a partition key: spaces and other separators become single dashes."""
-    return _SEPARATORS.sub("-", name.upper()).strip("-.")
+    """A target name as a partition key, whatever the header said; ``""`` for a name with nothing in it.
+
+    Upper case, letters, digits and ``.``, separators as single dashes (``NGC 3132`` -> ``NGC-3132``).
+    A name that loses more than separators on the way (``+``, ``..``, a leading or trailing dot, or
+    length past ``TARGET_KEY_MAX``) gets ``_`` and 8 hex digits of its normalised name: a readable
+    key without ``_`` stands for exactly one normalised name, and a hashed one for the name it hashes,
+    so distinct names keep distinct keys, and a name keeps its key from run to run.
+    """
+    normal = normalise_name(name)
+    if not normal:
+        return ""
+    readable = re.sub(r"\.{2,}", ".", _KEY_UNSAFE.sub("-", name.upper())).strip("-.")
+    readable = readable[:TARGET_KEY_MAX].rstrip("-.")
+    if readable.replace("-", "") == normal:
+        return readable
+    return f"{readable or 'TARGET'}_{hashlib.sha256(normal.encode()).hexdigest()[:8]}"
 
 
 def _unit(ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
@@ -122,14 +147,19 @@ def group_targets(images: pd.DataFrame) -> pd.DataFrame:
     """One row per observation (``obs_id``) with its ``target`` key and the ``target_name`` it shows.
 
     ``images`` has ``obs_id``, ``target_name`` and ``s_region`` (one row per image, as the catalog's
-    ``images``). Observations without a footprint are left out: they cannot be placed on the sky.
+    ``images``). Observations without a footprint are left out: they cannot be placed on the sky; so
+    are images with a ``wcs_problem`` (when the column is given), whose footprint cannot be trusted.
     """
+    if "wcs_problem" in images:
+        images = images[images["wcs_problem"].isna()]
     names: dict[str, Counter[str]] = defaultdict(Counter)
     shown: dict[str, str] = {}
     regions: dict[str, list[str | None]] = defaultdict(list)
     for obs_id, name, region in images[["obs_id", "target_name", "s_region"]].itertuples(index=False):
-        names[obs_id][normalise_name(name)] += 1
-        shown.setdefault(normalise_name(name), _key_name(name) if isinstance(name, str) else "")
+        normal = normalise_name(name)
+        names[obs_id][normal] += 1
+        key = _key_name(name) if isinstance(name, str) else ""
+        shown[normal] = min(shown.get(normal, key), key)  # one spelling per name, whatever the row order
         regions[obs_id].append(region)
     footprints = {o: _Footprint(r) for o, r in regions.items()}
     obs_ids = sorted(o for o, f in footprints.items() if f.vertices)
@@ -183,6 +213,7 @@ def target_inputs(groups: pd.DataFrame, images: pd.DataFrame, quality: pd.DataFr
         verdict = verdict[verdict["usable"].astype(bool) & (verdict["flag"] != "reject")]
         usable = images[columns].merge(verdict.drop(columns="usable"), on=["sha256", "hdu_index"])
         usable = usable.merge(groups[["obs_id", "target"]], on="obs_id")[INPUT_COLUMNS]
+        usable = one_file_per_exposure(usable)
     by_target = dict(tuple(usable.groupby("target", sort=True)))
     return {
         target: by_target.get(target, usable.iloc[:0]).sort_values(
@@ -190,6 +221,29 @@ def target_inputs(groups: pd.DataFrame, images: pd.DataFrame, quality: pd.DataFr
         )
         for target in sorted(groups["target"].unique())
     }
+
+
+def one_file_per_exposure(inputs: pd.DataFrame) -> pd.DataFrame:
+    """``inputs`` with one file per exposure, HDU and target: of an HST FLT and FLC of one exposure the
+    FLC, of a JWST cal catalogued under two products one, so no exposure is co-added with itself.
+    The most calibrated file is kept (``mosaic.SUFFIX_RANK``), then the earliest observation id;
+    each file left out is logged with the one kept, and ``build_mosaic`` records such choices for
+    the copies it is given in its header (HISTORY)."""
+    if inputs.empty:
+        return inputs
+    rank = inputs["file_name"].map(calibration_rank)
+    # a file name of no known convention says nothing of its exposure: only the same content is the same
+    key = inputs["file_name"].map(exposure_name).where(rank > 0, "sha256:" + inputs["sha256"].astype(str))
+    keyed = inputs.assign(exposure_key=key, calibration=rank)
+    keyed = keyed.sort_values(["calibration", "obs_id", "file_name"], ascending=[False, True, True], kind="stable")
+    first = ~keyed.duplicated(["target", "exposure_key", "hdu_index"])
+    kept = keyed[first]
+    for row in keyed[~first].itertuples(index=False):
+        chosen = kept[(kept["target"] == row.target) & (kept["exposure_key"] == row.exposure_key)
+                      & (kept["hdu_index"] == row.hdu_index)].iloc[0]
+        _log.info("%s: %s[%s] (%s) left out, same exposure as %s (%s)", row.target, row.file_name, row.hdu_index,
+                  row.obs_id, chosen["file_name"], chosen["obs_id"])
+    return kept.drop(columns=["exposure_key", "calibration"]).sort_index()
 
 
 def inputs_digest(inputs: pd.DataFrame) -> str:

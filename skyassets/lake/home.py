@@ -1,33 +1,148 @@
-"""Where skyassets keeps its local state (``SKYASSETS_HOME``, default ``./.skyassets``)."""
+"""Where skyassets keeps its state (``SKYASSETS_HOME``, default ``./.skyassets``), and where its
+files, lake and products are stored: the same folder, or an S3-protocol store (``SKYASSETS_STORAGE=
+s3://bucket/prefix``) holding the same layout (``files/``, ``lake/``, ``products/``, ``previews/``,
+``catalog.duckdb``).
+
+With a store, the local folder keeps what only one machine needs (the Dagster instance, sensor
+state, the emulator's cache) and is a bounded working copy of the stored layout: a file is written
+locally first (a download, a mosaic), then :meth:`Home.commit` uploads it, verified, and
+:meth:`Home.local` brings a stored file back when a step reads it. The working copy is trimmed to
+``cache_bytes``, least recently used first, so a machine with a small disk handles a large archive.
+
+Uploads are atomic per object (an object appears whole when its upload completes, never half)
+and verified: the store checks a SHA-256 of every part it receives and refuses a corrupted one,
+and the object's length and ETag (the MD5 the store computed of what it received) are read back
+before the upload counts. Credentials
+come from the usual AWS chain (environment, profile, instance role), as for boto3 and dagster-aws.
+"""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
-from dataclasses import dataclass
-from pathlib import Path
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import pyarrow.fs as pafs
 
 from skyassets.lake.names import safe_filename, validate_obs_id
 from skyassets.lake.store import Lake
 
 HOME_ENV = "SKYASSETS_HOME"
+STORAGE_ENV = "SKYASSETS_STORAGE"
+STORAGE_ENDPOINT_ENV = "SKYASSETS_STORAGE_ENDPOINT"
+CACHE_ENV = "SKYASSETS_STORAGE_CACHE_GB"
+DEFAULT_CACHE_BYTES = 20 << 30
+SHA256_META = "sha256"  # user metadata of an uploaded object: the hex SHA-256 of its content
+_CHUNK = 1 << 20
+PART_SIZE = 64 << 20  # multipart uploads above this size, in parts of it
+
+
+class StorageError(OSError):
+    """An object that could not be stored or fetched intact; the message names it and why."""
 
 
 def default_home() -> Path:
     return Path(os.environ.get(HOME_ENV) or ".skyassets").expanduser().resolve()
 
 
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def expected_etag(path: Path, part_size: int = PART_SIZE) -> str:
+    """The ETag S3 gives ``path`` uploaded in parts of ``part_size`` (one part below it): the MD5
+    of the content, or of the parts' MD5s followed by their number. The store computes it from the
+    bytes it received, so a match proves they are the file's."""
+    parts = []
+    with open(path, "rb") as handle:
+        while True:
+            digest, read = hashlib.md5(usedforsecurity=False), 0
+            while read < part_size and (chunk := handle.read(min(_CHUNK, part_size - read))):
+                digest.update(chunk)
+                read += len(chunk)
+            if read == 0 and parts:
+                break
+            parts.append(digest)
+            if read < part_size:
+                break
+    if path.stat().st_size < part_size:
+        return parts[0].hexdigest()
+    joined = hashlib.md5(b"".join(p.digest() for p in parts), usedforsecurity=False)
+    return f"{joined.hexdigest()}-{len(parts)}"
+
+
+def _verified(head: dict, etag: str, sha256: str) -> bool:
+    """Whether the stored object is the one sent: its ETag (plain or multipart MD5), else, where the
+    store encrypts with KMS and the ETag is no MD5, the whole-object SHA-256 it checked on receipt."""
+    if head.get("ETag", "").strip('"') == etag:
+        return True
+    stored = head.get("ChecksumSHA256")
+    return stored is not None and stored == base64.b64encode(bytes.fromhex(sha256)).decode()
+
+
+def _relative(relative: str | os.PathLike[str]) -> str:
+    """A relative path inside the layout, as the manifest records it; never leaves the home."""
+    text = PurePosixPath(os.fspath(relative).replace(os.sep, "/"))
+    if text.is_absolute() or not text.parts or any(p in ("..", ".", "") for p in text.parts):
+        raise ValueError(f"{relative!s}: not a relative path inside the skyassets home")
+    return str(text)
+
+
 @dataclass(frozen=True)
 class Home:
-    """The folder layout: FITS files, the Parquet lake, quarantine, the emulator's cache."""
+    """The folder layout: FITS files, the Parquet lake, quarantine, products, the emulator's cache.
+
+    ``storage`` (``s3://bucket/prefix``) stores files, lake and products there instead of under
+    ``root``; ``endpoint`` is the URL of an S3-protocol server other than AWS (MinIO, Ceph, moto).
+    """
 
     root: Path
+    storage: str | None = None
+    endpoint: str | None = None
+    cache_bytes: int = DEFAULT_CACHE_BYTES
+    _clients: dict = field(default_factory=dict, init=False, compare=False, repr=False)
 
+    def __post_init__(self) -> None:
+        if self.storage is not None and not self.storage.startswith("s3://"):
+            raise ValueError(f"{STORAGE_ENV} must look like s3://bucket/prefix, not {self.storage!r}")
+        if self.storage is not None and not self.storage[5:].partition("/")[0]:
+            raise ValueError(f"{STORAGE_ENV}={self.storage!r} names no bucket")
+
+    def __reduce__(self) -> tuple:
+        # Sent to other processes (Dask workers) without its clients, which cannot be pickled.
+        return (Home, (self.root, self.storage, self.endpoint, self.cache_bytes))
+
+    @classmethod
+    def from_env(cls, root: Path | None = None) -> Home:
+        """The home that ``SKYASSETS_HOME``, ``SKYASSETS_STORAGE`` and their companions describe."""
+        env = os.environ
+        cache = env.get(CACHE_ENV)
+        return cls(
+            root if root is not None else default_home(),
+            storage=env.get(STORAGE_ENV) or None,
+            endpoint=env.get(STORAGE_ENDPOINT_ENV) or None,
+            cache_bytes=int(float(cache) * (1 << 30)) if cache else DEFAULT_CACHE_BYTES,
+        )
+
+    # ------------------------------------------------------------------------------ the layout
     @property
     def files(self) -> Path:
         return self.root / "files"
 
     @property
     def lake(self) -> Path:
+        """The lake's local folder; with a store, see :meth:`lake_folder` and :attr:`tables`."""
         return self.root / "lake"
 
     @property
@@ -44,6 +159,11 @@ class Home:
         return self.root / "products" / validate_obs_id(target)
 
     @property
+    def search(self) -> Path:
+        """The catalog's text search index (``skyassets.catalog.find``), beside the lake."""
+        return self.root / "search"
+
+    @property
     def dagster(self) -> Path:
         return self.root / "dagster"
 
@@ -53,5 +173,208 @@ class Home:
 
     @property
     def tables(self) -> Lake:
-        """The Parquet tables under :attr:`lake`: every read and write of the lake goes through it."""
-        return Lake(self.lake)
+        """The Parquet tables: every read and write of the lake goes through it, local or stored."""
+        if self.storage is None:
+            return Lake(self.lake)
+        return Lake(self.url("lake"), filesystem=self.filesystem, put=self._put_lake)
+
+    def _put_lake(self, relative: str, data: bytes) -> None:
+        self.put_bytes(f"lake/{relative}", data)
+
+    # ------------------------------------------------------------------------------- the store
+    @property
+    def remote(self) -> bool:
+        return self.storage is not None
+
+    def _bucket_key(self, relative: str) -> tuple[str, str]:
+        bucket, _, prefix = self.storage[5:].partition("/")  # type: ignore[index]
+        prefix = prefix.strip("/")
+        return bucket, f"{prefix}/{relative}" if prefix else relative
+
+    def url(self, relative: str | os.PathLike[str]) -> str:
+        """Where ``relative`` is stored: a URL with a store, else a local path."""
+        relative = _relative(relative)
+        if self.storage is None:
+            return str(self.root / relative)
+        bucket, key = self._bucket_key(relative)
+        return f"s3://{bucket}/{key}"
+
+    @cached_property
+    def filesystem(self) -> pafs.FileSystem:
+        """The ``pyarrow.fs`` filesystem of the store (local without one): the lake's reads and listings."""
+        if self.storage is None:
+            return pafs.LocalFileSystem()
+        options: dict[str, Any] = {}
+        if self.endpoint:
+            scheme, _, host = self.endpoint.partition("://")
+            options.update(endpoint_override=host.rstrip("/"), scheme=scheme)
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        return pafs.S3FileSystem(region=region or "us-east-1", **options)
+
+    def client(self) -> Any:
+        """A boto3 S3 client for the store (one per process: clients do not cross a fork)."""
+        pid = os.getpid()
+        if pid not in self._clients:
+            import boto3
+            from botocore.config import Config
+
+            self._clients[pid] = boto3.session.Session().client(
+                "s3", endpoint_url=self.endpoint,
+                config=Config(retries={"max_attempts": 5, "mode": "standard"}),
+            )
+        return self._clients[pid]
+
+    def exists(self, relative: str | os.PathLike[str]) -> bool:
+        """Whether ``relative`` is stored (a file of the home, without a store)."""
+        if self.storage is None:
+            return (self.root / _relative(relative)).is_file()
+        bucket, key = self._bucket_key(_relative(relative))
+        try:
+            self.client().head_object(Bucket=bucket, Key=key)
+        except self.client().exceptions.ClientError as error:
+            if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+        return True
+
+    def put_bytes(self, relative: str | os.PathLike[str], data: bytes) -> str:
+        """Store ``data`` at ``relative`` in one verified request (the store checks its SHA-256); its URL.
+
+        Without a store the file is written under a temporary name and renamed into place."""
+        relative = _relative(relative)
+        if self.storage is None:
+            target = self.root / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+            try:
+                tmp.write_bytes(data)
+                tmp.replace(target)
+            finally:
+                tmp.unlink(missing_ok=True)
+            return str(target)
+        digest = hashlib.sha256(data).digest()
+        bucket, key = self._bucket_key(relative)
+        answer = self.client().put_object(
+            Bucket=bucket, Key=key, Body=data, ChecksumSHA256=base64.b64encode(digest).decode(),
+            Metadata={SHA256_META: digest.hex()},
+        )
+        if not _verified(answer, hashlib.md5(data, usedforsecurity=False).hexdigest(), digest.hex()):
+            raise StorageError(f"{self.url(relative)}: the store's ETag {answer.get('ETag')} is not the data's")
+        return self.url(relative)
+
+    def commit(self, relative: str | os.PathLike[str], sha256: str | None = None) -> str:
+        """Store the local file ``root/relative`` (just written there) and return where it is stored.
+
+        Without a store the file is already in place. With one it is uploaded, each part checked by
+        the store, and its length and digest read back; ``sha256`` (its known digest) saves hashing
+        it again. The local copy stays in the working copy, until :meth:`trim`."""
+        relative = _relative(relative)
+        local = self.root / relative
+        if self.storage is None:
+            if not local.is_file():
+                raise StorageError(f"{local}: no such file to store")
+            return str(local)
+        from boto3.s3.transfer import TransferConfig
+
+        size = local.stat().st_size
+        digest = sha256 or sha256_file(local)
+        etag = expected_etag(local)
+        bucket, key = self._bucket_key(relative)
+        try:
+            self.client().upload_file(
+                str(local), bucket, key,
+                ExtraArgs={"ChecksumAlgorithm": "SHA256", "Metadata": {SHA256_META: digest}},
+                Config=TransferConfig(multipart_threshold=PART_SIZE, multipart_chunksize=PART_SIZE),
+            )
+            head = self.client().head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
+        except Exception as error:  # botocore's errors share no base class with OSError
+            raise StorageError(f"{local}: upload to {self.url(relative)} failed: {error}") from error
+        if head["ContentLength"] != size or not _verified(head, etag, digest):
+            raise StorageError(
+                f"{self.url(relative)}: stored {head['ContentLength']} bytes with ETag {head.get('ETag')}, "
+                f"not the {size} bytes of {local} (ETag {etag})"
+            )
+        return self.url(relative)
+
+    def local(self, relative: str | os.PathLike[str], sha256: str | None = None) -> Path:
+        """A local file holding ``relative``: the file itself without a store, else the working copy,
+        fetched from the store when missing and checked against ``sha256`` (or the digest recorded
+        with the object)."""
+        relative = _relative(relative)
+        local = self.root / relative
+        if self.storage is None:
+            return local
+        sha256 = sha256 if isinstance(sha256, str) and sha256 else None  # a catalogue's NaN or empty
+        if local.is_file():
+            os.utime(local)  # recently used: trimmed last
+            return local
+        bucket, key = self._bucket_key(relative)
+        local.parent.mkdir(parents=True, exist_ok=True)
+        tmp = local.with_name(f".{local.name}.{uuid.uuid4().hex}.part")
+        try:
+            try:
+                head = self.client().head_object(Bucket=bucket, Key=key)
+                self.client().download_file(bucket, key, str(tmp))
+            except Exception as error:
+                raise StorageError(f"{self.url(relative)}: cannot fetch: {error}") from error
+            want = sha256 or head.get("Metadata", {}).get(SHA256_META)
+            got = sha256_file(tmp)
+            if tmp.stat().st_size != head["ContentLength"] or (want is not None and got != want):
+                raise StorageError(f"{self.url(relative)}: fetched copy has SHA-256 {got}, expected {want}")
+            tmp.replace(local)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return local
+
+    def lake_folder(self) -> Path:
+        """A local folder holding the lake, for readers of plain files (DuckDB): the lake itself
+        without a store, else a mirror refreshed from it (changed and new objects fetched,
+        deleted ones removed)."""
+        if self.storage is None:
+            return self.lake
+        lake = self.tables
+        selector = pafs.FileSelector(lake.root, recursive=True, allow_not_found=True)
+        stored = {}
+        for info in self.filesystem.get_file_info(selector):
+            if info.type == pafs.FileType.File and info.path.endswith(".parquet"):
+                stored[info.path[len(lake.root) + 1:]] = info
+        for relative, info in stored.items():
+            local = self.lake / relative
+            stamp = (info.mtime_ns or 0) // 1_000_000_000 * 1_000_000_000
+            if local.is_file() and local.stat().st_size == info.size and local.stat().st_mtime_ns == stamp:
+                continue
+            local.parent.mkdir(parents=True, exist_ok=True)
+            tmp = local.with_name(f".{local.name}.{uuid.uuid4().hex}.tmp")
+            try:
+                with self.filesystem.open_input_stream(info.path) as source, open(tmp, "wb") as out:
+                    shutil.copyfileobj(source, out, _CHUNK)
+                os.utime(tmp, ns=(time.time_ns(), stamp))
+                tmp.replace(local)
+            finally:
+                tmp.unlink(missing_ok=True)
+        for local in self.lake.rglob("*.parquet"):
+            if local.relative_to(self.lake).as_posix() not in stored and not local.name.startswith("."):
+                local.unlink(missing_ok=True)
+        return self.lake
+
+    def trim(self) -> int:
+        """Remove working copies of stored files, least recently used first, until ``files/`` and
+        ``products/`` take at most ``cache_bytes``; returns the bytes freed. No-op without a store."""
+        if self.storage is None:
+            return 0
+        entries = []
+        for folder in (self.files, self.root / "products"):
+            if folder.is_dir():
+                for path in folder.rglob("*"):
+                    if path.is_file() and not path.name.startswith(".") and not path.name.endswith(".sha256"):
+                        st = path.stat()
+                        entries.append((st.st_mtime_ns, st.st_size, path))
+        total = sum(size for _, size, _ in entries)
+        freed = 0
+        for _, size, path in sorted(entries, key=lambda e: e[0]):
+            if total - freed <= self.cache_bytes:
+                break
+            path.unlink(missing_ok=True)
+            path.with_name(path.name + ".sha256").unlink(missing_ok=True)
+            freed += size
+        return freed

@@ -16,7 +16,7 @@ has no type to keep and is left out, so it cannot disagree with a partition that
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -24,6 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pandas as pd
 import pyarrow as pa
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 from skyassets.lake.names import validate_obs_id
 from skyassets.lake.parquet import read_parquet_table, write_parquet
@@ -105,11 +106,25 @@ class Lake:
     paths shown to people leave them out.
     """
 
-    def __init__(self, location: str | os.PathLike[str]):
+    def __init__(
+        self,
+        location: str | os.PathLike[str],
+        *,
+        filesystem: pafs.FileSystem | None = None,
+        put: Callable[[str, bytes], object] | None = None,
+    ):
+        """``filesystem`` reaches a URL's store (else made from the URL); ``put(relative, data)``
+        stores one whole file (``relative`` to the lake's root), verified, in an object store (else
+        files are written through the filesystem): see :meth:`skyassets.lake.home.Home.put_bytes`."""
         text = os.fspath(location)
+        self._put = put
         if "://" in text:
-            self.filesystem, root = pafs.FileSystem.from_uri(text)
             scheme, netloc, path, _, _ = urlsplit(text)
+            if filesystem is None:
+                filesystem, root = pafs.FileSystem.from_uri(text)
+            else:
+                root = f"{netloc}{path}"
+            self.filesystem = filesystem
             self.url = urlunsplit((scheme, netloc, path.rstrip("/"), "", ""))
         else:
             self.filesystem, root = pafs.LocalFileSystem(), str(Path(text).absolute())
@@ -167,7 +182,13 @@ class Lake:
         """Write a table (or one partition) cast to its declared schema, atomically; return its path."""
         spec = table(name)
         file = self._file(name, partition)
-        write_parquet(cast_to_schema(spec, data, partition), file, self.filesystem)
+        cast = cast_to_schema(spec, data, partition)
+        if self._put is None:
+            write_parquet(cast, file, self.filesystem)
+        else:  # one verified request: the object appears whole, with the SHA-256 the store checked
+            sink = pa.BufferOutputStream()
+            pq.write_table(cast, sink)
+            self._put(self._relative(spec, partition), sink.getvalue().to_pybytes())
         return self.path(name, partition)
 
     def read_arrow(self, name: str, partition: str | None = None, *, columns: list[str] | None = None) -> pa.Table:

@@ -1,38 +1,117 @@
 """How files from outside the archive (a landing zone, the command line) become partitions.
 
-Each file gets a partition key (its header's observation id, else a sanitised stem and a short
-hash); what each partition holds is recorded in ``lake/landing/<key>.parquet``, so the copy step,
-a retry or a backfill always knows where the files came from. Plain Python, no Dagster.
+Each file gets a partition key (``landed-`` and its header's observation id, else a sanitised stem
+and a short hash); what each partition holds is recorded in ``lake/landing/<key>.parquet``, so the
+copy step, a retry or a backfill always knows where the files came from. One file's trouble stays
+its own: a name that cannot be recorded is refused with the reason, a stored name is chosen so
+every name derived from it fits, and a landed file that fails cataloguing in any way is
+quarantined. Plain Python, no Dagster.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from skyassets.archive.download import FileRequest
+from skyassets.archive.download import (
+    CORRUPT_SUFFIX,
+    LOCK_SUFFIX,
+    PART_SUFFIX,
+    SHA256_SUFFIX,
+    STATE_SUFFIX,
+    TMP_SUFFIX,
+    VERIFIED_SUFFIX,
+    FileRequest,
+)
 from skyassets.lake.home import Home
-from skyassets.lake.names import InvalidNameError, safe_filename
+from skyassets.lake.names import MAX_FILENAME_LENGTH, InvalidNameError, safe_filename
 from skyassets.landing.keys import partition_key
 from skyassets.landing.zone import FITS_SUFFIXES, LandedFile
+
+if TYPE_CHECKING:
+    from skyassets.fits.meta import Failure
 
 LANDING_COLLECTION = "local"
 
 
-def local_files(paths: Iterable[str | Path]) -> list[LandedFile]:
-    """The FITS files named, or found below the folders named, as landed local files."""
+def derived_names(name: str) -> list[str]:
+    """Every name made from a stored file's name: the downloader's working files and lock, the
+    quarantine's copy and note (numbered ``-<n>`` when the name is taken there), the previews."""
+    corrupt = name + CORRUPT_SUFFIX
+    return [
+        name, f".{name}{LOCK_SUFFIX}", f".{name}{VERIFIED_SUFFIX}{TMP_SUFFIX}", name + PART_SUFFIX,
+        name + STATE_SUFFIX + TMP_SUFFIX, name + SHA256_SUFFIX, corrupt, f"{corrupt}-999999.json",
+        f"{name}-999999.json", f"{name}.9999.png",
+    ]
+
+
+# The longest stored name whose derived names all fit in one path component.
+STORED_NAME_MAX = MAX_FILENAME_LENGTH - max(len(n) for n in derived_names(""))
+
+
+def printable(path: str | os.PathLike[str]) -> str:
+    """A path as text that can always be printed and stored, undecodable bytes as ``\\xNN``."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _below(root: Path, refused: dict[str, str]) -> Iterator[Path]:
+    """Files below ``root``, never through a link (a link is refused, with the reason, if it looks like FITS)."""
+    folders = [root]
+    while folders:
+        folder = folders.pop()
+        try:
+            with os.scandir(folder) as it:
+                entries = list(it)
+        except OSError as exc:
+            refused[printable(folder)] = f"folder cannot be listed: {exc.strerror}"
+            continue
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            if entry.is_symlink():
+                if entry.name.lower().endswith(FITS_SUFFIXES):
+                    refused[printable(entry.path)] = "a symbolic link: links are not followed"
+            elif entry.is_dir(follow_symlinks=False):
+                folders.append(Path(entry.path))
+            else:
+                yield Path(entry.path)
+
+
+def local_files(paths: Iterable[str | Path], refused: dict[str, str] | None = None) -> list[LandedFile]:
+    """The FITS files named, or found below the folders named, as landed local files.
+
+    Links below a folder are not followed (a named path is the caller's choice and is resolved).
+    A FITS file that cannot be taken (a link, a FIFO or device, a name that is not UTF-8 and so
+    cannot be recorded) is left out and, when ``refused`` is given, put there (printable path -> reason).
+    """
+    refused = {} if refused is None else refused
     found = []
     for item in paths:
         root = Path(item).expanduser().resolve()
-        candidates = sorted(root.rglob("*")) if root.is_dir() else [root]
+        candidates = sorted(_below(root, refused)) if root.is_dir() else [root]
         for path in candidates:
-            if path.is_file() and path.name.lower().endswith(FITS_SUFFIXES) and not path.name.startswith("."):
-                stat = path.stat()
-                relative = str(path.relative_to(root.parent))
-                found.append(LandedFile("local", str(path), stat.st_size, str(stat.st_mtime_ns), relative))
+            if not path.name.lower().endswith(FITS_SUFFIXES) or path.name.startswith("."):
+                continue
+            try:
+                str(path).encode("utf-8")
+            except UnicodeEncodeError:
+                refused[printable(path)] = "the path is not valid UTF-8 and cannot be recorded; rename the file"
+                continue
+            try:
+                st = path.lstat()
+            except OSError as exc:
+                refused[str(path)] = f"cannot be read: {exc.strerror}"
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                refused[str(path)] = "not a regular file"
+                continue
+            relative = str(path.relative_to(root.parent))
+            found.append(LandedFile("local", str(path), st.st_size, str(st.st_mtime_ns), relative))
     return found
 
 
@@ -45,16 +124,35 @@ def group_by_partition(files: Iterable[LandedFile], *, client: Any = None) -> di
 
 
 def _stored_name(landed: LandedFile, taken: set[str]) -> str:
-    """The file's own name if safe and unused in its partition, else a safe one with a short hash."""
+    """The file's own name if usable and unused in its partition, else a safe one with a short hash.
+
+    Usable means every one of its ``derived_names`` is a safe file name. A name only too long keeps
+    its start and its kind (``.fits.gz``, ``.fz`` ...) around the hash; any other becomes ``file``
+    and its kind.
+    """
     name = landed.location.rsplit("/", 1)[-1]
-    try:
-        safe_filename(name)
-    except InvalidNameError:  # keep the kind of file (.fits.gz, .fz ...) under a plain name
-        name = "file" + next((x for x in FITS_SUFFIXES if name.lower().endswith(x)), ".fits")
+    suffix = next((x for x in sorted(FITS_SUFFIXES, key=len, reverse=True) if name.lower().endswith(x)), ".fits")
+    digest = hashlib.sha256(landed.location.encode()).hexdigest()[:8]
     if name in taken:
-        digest = hashlib.sha256(landed.location.encode()).hexdigest()[:8]
         name = f"{digest}-{name}"
+    if len(name.encode()) > STORED_NAME_MAX:
+        room = STORED_NAME_MAX - len(f"-{digest}{suffix}".encode())
+        stem = name[: -len(suffix)].encode()[:room].decode("utf-8", "ignore")
+        name = f"{stem}-{digest}{suffix}"
+    if not _usable(name):
+        name = "file" + suffix
+        if name in taken:
+            name = f"{digest}-{name}"
     return name
+
+
+def _usable(name: str) -> bool:
+    try:
+        for derived in derived_names(name):
+            safe_filename(derived)
+    except InvalidNameError:
+        return False
+    return True
 
 
 def record_landed(home: Home, key: str, files: list[LandedFile]) -> str:
@@ -82,9 +180,13 @@ def record_landed(home: Home, key: str, files: list[LandedFile]) -> str:
 
 
 def landed_requests(home: Home, key: str) -> list[tuple[dict, FileRequest]] | None:
-    """Copy requests for a landing partition, or ``None`` if the partition came from MAST."""
+    """Copy requests for a landing partition, or ``None`` if the partition came from MAST.
+
+    A partition with MAST products is the archive's even if a landing record names it (one written
+    before landed keys had their own prefix): landed files never replace archive files.
+    """
     lake = home.tables
-    if not lake.exists("landing", key):
+    if not lake.exists("landing", key) or lake.exists("mast_products", key):
         return None
     dest = home.observation_dir(LANDING_COLLECTION, key)
     requests = []
@@ -103,3 +205,36 @@ def landed_requests(home: Home, key: str) -> list[tuple[dict, FileRequest]] | No
             )
         )
     return requests
+
+
+def quarantine_landed_failures(home: Home, failures: list[Failure]) -> list[Failure]:
+    """``failures`` of cataloguing, with every landed file among them quarantined, whatever the failure.
+
+    A landed file reads the same every time, so any failure to catalogue it (astropy's
+    ``VerifyError`` on a non-ASCII card as much as a broken file) is the file's: it is moved to
+    the quarantine with the reason and the landed location it came from, and comes back as
+    unreadable, so the rest of its run goes on. Archive files keep their rule (only unreadable ones
+    are moved; anything else fails the run, as a retry may fetch them again).
+    """
+    from skyassets.fits.meta import Failure, quarantine
+
+    landed_root = home.files / LANDING_COLLECTION
+    out = []
+    for failure in failures:
+        path = Path(failure.path)
+        if failure.unreadable or not path.is_relative_to(landed_root) or not path.is_file():
+            out.append(failure)
+            continue
+        moved = quarantine(path, home.quarantine, f"{_landed_location(home, path)}: {failure.reason}")
+        out.append(Failure(failure.path, failure.reason, True, str(moved)))
+    return out
+
+
+def _landed_location(home: Home, stored: Path) -> str:
+    """Where a stored landed file came from (its landing record), else its stored path."""
+    key = stored.parent.name
+    try:
+        rows = home.tables.read("landing", key, columns=["filename", "location"]).to_dict("records")
+    except Exception:  # no record, or an unreadable one: the stored path still names the file
+        return str(stored)
+    return next((r["location"] for r in rows if r["filename"] == stored.name), str(stored))

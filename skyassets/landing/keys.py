@@ -1,9 +1,14 @@
-"""Partition keys of landed files: the observation id in their headers, or a safe name.
+"""Partition keys of landed files: ``landed-`` and the observation id in their headers, or a safe name.
+
+Every landed key starts with ``LANDED_PREFIX``, which no MAST observation id does, so a landed file
+never shares a partition with an archive observation, whatever its header says.
 
 A key is read from as few header bytes as possible, as a sensor computes it for every landed file:
 plain uncompressed FITS through :func:`skyassets.fits.header.walk_hdus` (the primary header and,
 when the primary holds no data, the first extension's), anything else through astropy; an S3
 object's first ``S3_HEADER_BYTES`` only. Both readings give the same key; the tests compare them.
+A local file is read through :func:`skyassets.landing.zone.open_regular` (no link is followed), and
+whatever goes wrong reading a header gives the name-based key: computing a key never raises.
 
 Plain Python, no Dagster.
 """
@@ -21,10 +26,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from skyassets.fits.header import HeaderTooLong, NotPlainFits, walk_hdus
+from skyassets.fits.header import MAX_HEADER_BYTES, HeaderTooLong, NotPlainFits, walk_hdus
+from skyassets.fits.limits import head
 from skyassets.lake.names import InvalidNameError, validate_obs_id
-from skyassets.landing.zone import FITS_SUFFIXES, LandedFile
+from skyassets.landing.zone import FITS_SUFFIXES, LandedFile, open_regular
 
+# Landed partitions' own namespace: MAST observation ids never begin so (see docs/design.md).
+LANDED_PREFIX = "landed-"
 HEADER_ID_KEYWORDS = ("OBS_ID", "ROOTNAME", "ASN_ID", "OBSID")
 # Header values that mean "no id" in HST/JWST products.
 _NO_ID_VALUES = {"", "NONE", "N/A", "NA", "UNKNOWN", "NULL"}
@@ -36,9 +44,9 @@ _STEM_BAD_RE = re.compile(r"[^A-Za-z0-9_.\-]+")
 
 
 def partition_key(file: LandedFile | str | Path, *, client: Any = None) -> str:
-    """The partition key of a landed file; always passes ``validate_obs_id``.
+    """The partition key of a landed file; always passes ``validate_obs_id`` and starts with ``LANDED_PREFIX``.
 
-    The observation id from the header (``HEADER_ID_KEYWORDS`` in order, in the primary header or,
+    After the prefix: the observation id from the header (``HEADER_ID_KEYWORDS`` in order, in the primary header or,
     when the primary holds no data as in a tile-compressed ``.fz``, the first extension's header)
     when one is a valid key. Otherwise the file's stem made safe, ``-`` and 8 hex digits of the
     SHA-256 of location, size and signature: hashing the bytes of large files would cost more
@@ -60,9 +68,9 @@ def partition_key(file: LandedFile | str | Path, *, client: Any = None) -> str:
             except OSError:
                 pass
     if header_id is not None:
-        return header_id
+        return LANDED_PREFIX + header_id
     digest = hashlib.sha256(f"{location}\0{size}\0{signature}".encode("utf-8", "surrogateescape"))
-    return validate_obs_id(f"{_safe_stem(location)}-{digest.hexdigest()[:8]}")
+    return validate_obs_id(f"{LANDED_PREFIX}{_safe_stem(location)}-{digest.hexdigest()[:8]}")
 
 
 def _safe_stem(location: str) -> str:
@@ -90,7 +98,7 @@ def _header_id(headers: Sequence[Any]) -> str | None:
             if text.upper() in _NO_ID_VALUES:
                 continue
             try:
-                return validate_obs_id(text)
+                return validate_obs_id(LANDED_PREFIX + text)[len(LANDED_PREFIX):]
             except InvalidNameError:
                 continue
     return None
@@ -107,7 +115,7 @@ def _headers(hdul: Any) -> list[Any]:
         return [primary]
 
 
-def _astropy_header_id(source: str | io.BytesIO) -> str | None:
+def _astropy_header_id(source: str | BinaryIO) -> str | None:
     """The header id as astropy reads the file: any FITS astropy opens, compressed ones too."""
     from astropy.io import fits
 
@@ -142,14 +150,30 @@ def _plain_header_id(f: BinaryIO, size: int) -> str | None:
 
 
 def _local_header_id(path: str) -> str | None:
-    """The header id of a local file: its headers read directly, astropy when they are not plain."""
+    """The header id of a local file: its headers read directly, astropy when they are not plain.
+
+    ``None`` for a link, a file that is gone or not regular: the copy step refuses it with the reason.
+    """
     try:
-        with open(path, "rb") as f:
-            return _plain_header_id(f, os.fstat(f.fileno()).st_size)
-    except HeaderTooLong:  # astropy would read the whole file looking for the END card
+        fd = open_regular(path)
+    except OSError:
         return None
-    except (NotPlainFits, OSError):
-        return _astropy_header_id(path)
+    with os.fdopen(fd, "rb") as f:
+        try:
+            return _plain_header_id(f, os.fstat(fd).st_size)
+        except HeaderTooLong:  # astropy would read the whole file looking for the END card
+            return None
+        except Exception:  # NotPlainFits, or bytes the direct reading trips on: astropy decides
+            f.seek(0)
+            # on the first headers' bytes only, inflated if compressed: astropy would read junk
+            # without an END card, or a whole gzip stream, to the end
+            first = head(f, 2 * MAX_HEADER_BYTES)
+            try:
+                return _plain_header_id(io.BytesIO(first), len(first))
+            except HeaderTooLong:
+                return None
+            except Exception:
+                return _astropy_header_id(io.BytesIO(first))
 
 
 def _s3_header_id(
@@ -175,5 +199,5 @@ def _s3_header_id(
             return None, size, signature
     try:
         return _plain_header_id(io.BytesIO(head), len(head)), size, signature
-    except NotPlainFits:  # not FITS, or a header longer than the bytes read, or odd
+    except Exception:  # not FITS, or a header longer than the bytes read, or odd
         return _astropy_header_id(io.BytesIO(head)), size, signature

@@ -11,13 +11,15 @@ Files are marked taken inside ``tick``, tagged with the tick's generation. The r
 names that generation; a later tick given an older cursor (the sensor evaluation that received
 the files failed, so Dagster kept the old cursor) un-takes them, and they are offered again. So
 the sensor must store exactly the cursor each tick returns, and nothing else is needed to confirm.
-The partition key of a landed file comes from :mod:`skyassets.landing.keys`.
+The partition key of a landed file comes from :mod:`skyassets.landing.keys`. A landed file is
+read only through :func:`open_regular`, which follows no link.
 
 Plain Python, no Dagster.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
@@ -35,6 +37,8 @@ TEMP_SUFFIX = ".part"
 # Positions of older generations kept so a cursor a few ticks old still resumes where it was.
 _KEEP_POSITIONS = 64
 _CURSOR_VERSION = 1
+# Where the kernel says which file a descriptor is (Linux); elsewhere paths are walked.
+_PROC_FD = os.path.isdir("/proc/self/fd")
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,52 @@ class _Seen:
     rel: str
     size: int
     signature: str
+
+
+def open_regular(path: str | os.PathLike[str]) -> int:
+    """A read-only descriptor of the regular file at ``path``, opened without following any link.
+
+    The file is opened with ``O_NOFOLLOW`` (a link in its place fails the open) and the path the
+    kernel gives for the descriptor must be the path asked for, so a folder on the way swapped for a
+    link after the zone was scanned is refused too (without ``/proc``, each component is opened
+    below the previous one with ``O_NOFOLLOW`` instead); then the descriptor must be a regular file.
+    Callers read (header, copy) from this descriptor only, so what was checked is what is read.
+    Landing roots and ``ingest`` paths are resolved first, so their own paths hold no link. Raises
+    ``OSError`` naming the path and the reason.
+    """
+    absolute = os.path.abspath(path)
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # O_NONBLOCK: a FIFO cannot hang the open
+    try:
+        if _PROC_FD:
+            fd = os.open(absolute, flags)
+            if os.readlink(f"/proc/self/fd/{fd}") != absolute:
+                os.close(fd)
+                raise OSError(errno.ELOOP, "the path leads elsewhere")
+        else:
+            fd = _open_below(absolute, flags)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise OSError(exc.errno, "a symbolic link on its path (links are not followed)", str(path)) from exc
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file", str(path))
+    return fd
+
+
+def _open_below(absolute: str, flags: int) -> int:
+    """``absolute`` opened one component at a time, each below the last, following no link."""
+    parts = Path(absolute).parts
+    walk = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    folder = os.open(parts[0], walk)
+    try:
+        for name in parts[1:-1]:
+            below = os.open(name, walk, dir_fd=folder)
+            os.close(folder)
+            folder = below
+        return os.open(parts[-1], flags, dir_fd=folder)
+    finally:
+        os.close(folder)
 
 
 def is_landing_name(name: str) -> bool:

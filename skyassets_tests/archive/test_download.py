@@ -26,7 +26,7 @@ CHUNK = 256 << 10
 _counter = itertools.count()
 
 
-def _config(emu, **overrides) -> DownloadConfig:
+def download_config(emu, **overrides) -> DownloadConfig:
     base = dict(
         parallel=4,
         connect_timeout=2.0,
@@ -41,7 +41,7 @@ def _config(emu, **overrides) -> DownloadConfig:
     return DownloadConfig(**base)
 
 
-def _http_url(emu, product: dict) -> str:
+def http_url(emu, product: dict) -> str:
     return f"{emu.url}/api/v0.1/Download/file?uri={product['dataURI']}"
 
 
@@ -57,7 +57,7 @@ def _s3_key(emu, filename: str) -> str:
     raise AssertionError(f"{filename} is not in the emulator's bucket")
 
 
-def _publish(
+def publish_file(
     emu, tmp_path: Path, megabytes: float = 3.0, *, s3: bool = True, name: str | None = None
 ) -> tuple[dict, bytes]:
     """Publish a fresh FITS file with checksums (a new version if ``name`` is given again); return
@@ -71,24 +71,24 @@ def _publish(
     return product, src.read_bytes()
 
 
-def _request(emu, product: dict, dest: Path, *, s3: bool = False, http: bool = True) -> FileRequest:
+def file_request(emu, product: dict, dest: Path, *, s3: bool = False, http: bool = True) -> FileRequest:
     return FileRequest(
         filename=product["productFilename"],
         dest_dir=dest,
-        http_url=_http_url(emu, product) if http else None,
+        http_url=http_url(emu, product) if http else None,
         s3_key=_s3_key(emu, product["productFilename"]) if s3 else None,
         expected_size=int(product["size"]),
     )
 
 
-def _gets(emu, since: int, filename: str) -> list[dict]:
+def gets_of(emu, since: int, filename: str) -> list[dict]:
     return [
         r for r in list(emu.requests)[since:]
         if r.get("method", "GET") == "GET" and filename in (r.get("uri") or r.get("path") or "")
     ]
 
 
-def _assert_in_place(result: FileResult, content: bytes, *, md5: bool = False) -> None:
+def assert_in_place(result: FileResult, content: bytes, *, md5: bool = False) -> None:
     """The file is in place, verified and hashed; ``md5``: the ETag's MD5 was checked too."""
     assert result.status == "downloaded", result.error
     assert result.path is not None
@@ -105,24 +105,24 @@ def _assert_in_place(result: FileResult, content: bytes, *, md5: bool = False) -
 
 def test_happy_path_s3_and_http_with_progress(emu, tmp_path: Path) -> None:
     sky = next(p for rows in emu.sky.products.values() for p in rows if p["productFilename"].endswith(".fits"))
-    mine, content = _publish(emu, tmp_path, 2)
+    mine, content = publish_file(emu, tmp_path, 2)
     dest = tmp_path / "dest"
     reports: list[Progress] = []
     since = len(emu.requests)
     results = download_files(
         [
-            _request(emu, sky, dest, s3=True),
-            _request(emu, mine, dest, s3=False),
+            file_request(emu, sky, dest, s3=True),
+            file_request(emu, mine, dest, s3=False),
         ],
-        _config(emu),
+        download_config(emu),
         on_progress=reports.append,
     )
     by_s3, by_http = results
     assert by_s3.source == "s3" and by_http.source == "http"
     assert by_s3.status == "downloaded" and by_s3.fits_checksum == "ok"
     assert by_s3.size == int(sky["size"])
-    _assert_in_place(by_http, content)
-    assert _gets(emu, since, sky["productFilename"]) == []  # S3 served it, HTTP was not asked
+    assert_in_place(by_http, content)
+    assert gets_of(emu, since, sky["productFilename"]) == []  # S3 served it, HTTP was not asked
     subprocess.run(["sha256sum", "-c", "--quiet", f"{by_http.path.name}.sha256"], cwd=dest, check=True)
 
     assert len(reports) == 4  # start and finish of each file; no timed report within 2 s
@@ -133,13 +133,13 @@ def test_happy_path_s3_and_http_with_progress(emu, tmp_path: Path) -> None:
 
 
 def test_dropped_connection_resumes_from_bytes_on_disk(emu, tmp_path: Path) -> None:
-    product, content = _publish(emu, tmp_path, 3)
+    product, content = publish_file(emu, tmp_path, 3)
     name = product["productFilename"]
     emu.faults.add("drop", match=name, after_bytes=1_000_000, times=1)
     since = len(emu.requests)
-    (result,) = download_files([_request(emu, product, tmp_path)], _config(emu))
-    _assert_in_place(result, content)
-    first, second = _gets(emu, since, name)
+    (result,) = download_files([file_request(emu, product, tmp_path)], download_config(emu))
+    assert_in_place(result, content)
+    first, second = gets_of(emu, since, name)
     assert first["range"] in (None, "")
     n = result.resumed_from
     assert 0 < n <= 1_000_000
@@ -149,20 +149,20 @@ def test_dropped_connection_resumes_from_bytes_on_disk(emu, tmp_path: Path) -> N
 
 
 def test_server_ignoring_range_restarts_instead_of_appending(emu, tmp_path: Path) -> None:
-    product, content = _publish(emu, tmp_path, 3)
+    product, content = publish_file(emu, tmp_path, 3)
     name = product["productFilename"]
     emu.faults.add("drop", match=name, after_bytes=1_000_000, times=1)
-    (failed,) = download_files([_request(emu, product, tmp_path)], _config(emu, retries=0))
+    (failed,) = download_files([file_request(emu, product, tmp_path)], download_config(emu, retries=0))
     assert failed.status == "failed" and name in failed.error
     on_disk = (tmp_path / f"{name}.part").stat().st_size
     assert on_disk > 0
 
     emu.faults.add("ignore_range", match=name, times=1)
     since = len(emu.requests)
-    (result,) = download_files([_request(emu, product, tmp_path)], _config(emu))
-    (get,) = _gets(emu, since, name)
+    (result,) = download_files([file_request(emu, product, tmp_path)], download_config(emu))
+    (get,) = gets_of(emu, since, name)
     assert get["range"] == f"bytes={on_disk}-" and get["status"] == 200
-    _assert_in_place(result, content)
+    assert_in_place(result, content)
     assert result.resumed_from == 0 and result.bytes_fetched == len(content)
 
 
@@ -170,31 +170,31 @@ def _partial(emu, tmp_path: Path, product: dict) -> int:
     """Leave a ``.part`` behind as an interrupted earlier run would; return its size."""
     name = product["productFilename"]
     emu.faults.add("drop", match=name, after_bytes=1_000_000, times=1)
-    (failed,) = download_files([_request(emu, product, tmp_path)], _config(emu, retries=0))
+    (failed,) = download_files([file_request(emu, product, tmp_path)], download_config(emu, retries=0))
     assert failed.status == "failed"
     return (tmp_path / f"{name}.part").stat().st_size
 
 
 def test_part_from_http_resumes_over_s3(emu, tmp_path: Path) -> None:
-    product, content = _publish(emu, tmp_path, 2)
+    product, content = publish_file(emu, tmp_path, 2)
     on_disk = _partial(emu, tmp_path, product)
     assert on_disk > 0
     since = len(emu.requests)
-    (result,) = download_files([_request(emu, product, tmp_path, s3=True)], _config(emu))
-    _assert_in_place(result, content)
+    (result,) = download_files([file_request(emu, product, tmp_path, s3=True)], download_config(emu))
+    assert_in_place(result, content)
     assert result.source == "s3"
     assert result.resumed_from == on_disk and result.bytes_fetched == len(content) - on_disk
-    assert _gets(emu, since, product["productFilename"]) == []
+    assert gets_of(emu, since, product["productFilename"]) == []
 
 
 @pytest.mark.parametrize("via_s3", [False, True], ids=["http-if-range", "s3-if-match"])
 def test_object_changed_since_the_part_restarts(emu, tmp_path: Path, via_s3: bool) -> None:
-    old, _ = _publish(emu, tmp_path, 2)
+    old, _ = publish_file(emu, tmp_path, 2)
     on_disk = _partial(emu, tmp_path, old)
     assert on_disk > 0
-    new, content = _publish(emu, tmp_path, 2, name=old["productFilename"])
-    (result,) = download_files([_request(emu, new, tmp_path, s3=via_s3)], _config(emu))
-    _assert_in_place(result, content)
+    new, content = publish_file(emu, tmp_path, 2, name=old["productFilename"])
+    (result,) = download_files([file_request(emu, new, tmp_path, s3=via_s3)], download_config(emu))
+    assert_in_place(result, content)
     assert result.source == ("s3" if via_s3 else "http")
     assert result.resumed_from == 0 and result.bytes_fetched == len(content)
     if not via_s3:
@@ -209,25 +209,25 @@ def _publish_raw(emu, tmp_path: Path, name: str, content: bytes) -> dict:
 
 
 def test_flipped_byte_once_is_caught_then_fetched_again(emu, tmp_path: Path) -> None:
-    product, content = _publish(emu, tmp_path, 2)
+    product, content = publish_file(emu, tmp_path, 2)
     name = product["productFilename"]
     emu.faults.add("corrupt", match=name, offset=len(content) - 5000, times=1)
     since = len(emu.requests)
-    (result,) = download_files([_request(emu, product, tmp_path)], _config(emu))
-    _assert_in_place(result, content)
+    (result,) = download_files([file_request(emu, product, tmp_path)], download_config(emu))
+    assert_in_place(result, content)
     assert result.attempts == 2
-    assert len(_gets(emu, since, name)) == 2
+    assert len(gets_of(emu, since, name)) == 2
     assert (tmp_path / f"{name}.corrupt").read_bytes() != content
 
 
 def test_md5_is_checked_when_fits_checksums_do_not_cover_the_file_or_when_asked(emu, tmp_path: Path) -> None:
-    covered, content = _publish(emu, tmp_path, 1)
-    (auto,) = download_files([_request(emu, covered, tmp_path / "auto")], _config(emu))
-    _assert_in_place(auto, content, md5=False)  # every HDU's CHECKSUM/DATASUM verified instead
-    (always,) = download_files([_request(emu, covered, tmp_path / "always")], _config(emu, md5="always"))
-    _assert_in_place(always, content, md5=True)
+    covered, content = publish_file(emu, tmp_path, 1)
+    (auto,) = download_files([file_request(emu, covered, tmp_path / "auto")], download_config(emu))
+    assert_in_place(auto, content, md5=False)  # every HDU's CHECKSUM/DATASUM verified instead
+    (always,) = download_files([file_request(emu, covered, tmp_path / "always")], download_config(emu, md5="always"))
+    assert_in_place(always, content, md5=True)
     with pytest.raises(ValueError, match="md5"):
-        download_files([], _config(emu, md5="sometimes"))
+        download_files([], download_config(emu, md5="sometimes"))
 
 
 def test_flipped_byte_in_a_non_fits_file_is_caught_by_md5(emu, tmp_path: Path) -> None:
@@ -235,19 +235,19 @@ def test_flipped_byte_in_a_non_fits_file_is_caught_by_md5(emu, tmp_path: Path) -
     product = _publish_raw(emu, tmp_path, f"jw9{next(_counter):04d}_test_asn.json", content)
     name = product["productFilename"]
     emu.faults.add("corrupt", match=name, offset=1234, times=1)
-    (result,) = download_files([_request(emu, product, tmp_path)], _config(emu))
+    (result,) = download_files([file_request(emu, product, tmp_path)], download_config(emu))
     assert result.status == "downloaded" and result.attempts == 2
     assert result.fits_checksum == "not-fits"
     assert result.path.read_bytes() == content and result.md5 == hashlib.md5(content).hexdigest()
 
 
 def test_bad_fits_checksum_at_the_source_is_never_placed(emu, tmp_path: Path) -> None:
-    _, good = _publish(emu, tmp_path, 1)
+    _, good = publish_file(emu, tmp_path, 1)
     damaged = bytearray(good)
     damaged[-5000] ^= 0x01  # the server's ETag is the MD5 of these bytes, so only FITS sees it
     name = f"jw9{next(_counter):04d}_test_cal.fits"
     product = _publish_raw(emu, tmp_path, name, bytes(damaged))
-    (result,) = download_files([_request(emu, product, tmp_path)], _config(emu, retries=1))
+    (result,) = download_files([file_request(emu, product, tmp_path)], download_config(emu, retries=1))
     assert result.status == "failed" and result.fits_checksum == "bad"
     assert f"{name} HDU 1 (SCI)" in result.error
     assert not (tmp_path / name).exists() and not (tmp_path / f"{name}.sha256").exists()
@@ -260,13 +260,13 @@ def test_fits_checksums_are_verified_from_the_stream_not_by_reading_the_file_aga
         raise AssertionError("the complete file was read again to verify it")
 
     monkeypatch.setattr("skyassets.archive.download.verify_fits", no_reread)
-    product, content = _publish(emu, tmp_path, 2)
-    (result,) = download_files([_request(emu, product, tmp_path)], _config(emu))
-    _assert_in_place(result, content)
+    product, content = publish_file(emu, tmp_path, 2)
+    (result,) = download_files([file_request(emu, product, tmp_path)], download_config(emu))
+    assert_in_place(result, content)
 
 
 def test_damaged_part_prefix_is_caught_by_the_streamed_check_after_a_restart(emu, tmp_path: Path) -> None:
-    product, content = _publish(emu, tmp_path, 2)
+    product, content = publish_file(emu, tmp_path, 2)
     name = product["productFilename"]
     on_disk = _partial(emu, tmp_path, product)
     part = tmp_path / f"{name}.part"
@@ -274,8 +274,8 @@ def test_damaged_part_prefix_is_caught_by_the_streamed_check_after_a_restart(emu
     damaged[on_disk // 2] ^= 0x01  # in the SCI data, which the resumed attempt does not fetch again
     part.write_bytes(bytes(damaged))
     reports: list[Progress] = []
-    (result,) = download_files([_request(emu, product, tmp_path)], _config(emu), on_progress=reports.append)
-    _assert_in_place(result, content)
+    (result,) = download_files([file_request(emu, product, tmp_path)], download_config(emu), on_progress=reports.append)
+    assert_in_place(result, content)
     assert result.attempts == 2 and result.resumed_from == 0
     assert any(
         f"FITS checksum mismatch: {name} HDU 1 (SCI): DATASUM" in r.message for r in reports
@@ -286,10 +286,10 @@ def test_damaged_part_prefix_is_caught_by_the_streamed_check_after_a_restart(emu
 
 
 def test_always_corrupt_ends_failed_with_nothing_in_place(emu, tmp_path: Path) -> None:
-    product, content = _publish(emu, tmp_path, 1)
+    product, content = publish_file(emu, tmp_path, 1)
     name = product["productFilename"]
     emu.faults.add("corrupt", match=name, offset=len(content) - 5000, times=-1)
-    (result,) = download_files([_request(emu, product, tmp_path)], _config(emu, retries=2))
+    (result,) = download_files([file_request(emu, product, tmp_path)], download_config(emu, retries=2))
     assert result.status == "failed" and result.path is None
     assert name in result.error and ("MD5" in result.error or "checksum" in result.error)
     assert result.attempts == 3
@@ -300,52 +300,52 @@ def test_always_corrupt_ends_failed_with_nothing_in_place(emu, tmp_path: Path) -
 
 
 def test_stalled_socket_times_out_and_resumes(emu, tmp_path: Path) -> None:
-    product, content = _publish(emu, tmp_path, 2)
+    product, content = publish_file(emu, tmp_path, 2)
     name = product["productFilename"]
     emu.faults.add("stall", match=name, after_bytes=600_000, seconds=5.0, times=1)
     since = len(emu.requests)
     started = time.monotonic()
-    (result,) = download_files([_request(emu, product, tmp_path)], _config(emu, read_timeout=0.5))
+    (result,) = download_files([file_request(emu, product, tmp_path)], download_config(emu, read_timeout=0.5))
     assert time.monotonic() - started < 4
-    _assert_in_place(result, content)
+    assert_in_place(result, content)
     assert result.attempts == 2
-    gets = _gets(emu, since, name)
+    gets = gets_of(emu, since, name)
     assert len(gets) == 2 and gets[1]["range"] == f"bytes={result.resumed_from}-"
 
 
 def test_s3_unreachable_falls_back_to_http(emu, tmp_path: Path) -> None:
-    product, content = _publish(emu, tmp_path, 1)
+    product, content = publish_file(emu, tmp_path, 1)
     closed = "http://127.0.0.1:9"  # discard port: nothing listens on loopback
-    config = _config(emu, s3_endpoint=closed, retries=0)
-    (result,) = download_files([_request(emu, product, tmp_path, s3=True)], config)
-    _assert_in_place(result, content)
+    config = download_config(emu, s3_endpoint=closed, retries=0)
+    (result,) = download_files([file_request(emu, product, tmp_path, s3=True)], config)
+    assert_in_place(result, content)
     assert result.source == "http" and result.attempts == 1
 
 
 def test_missing_s3_key_falls_back_per_file(emu, tmp_path: Path) -> None:
-    on_s3, content_s3 = _publish(emu, tmp_path, 1)
-    http_only, content_http = _publish(emu, tmp_path, 1, s3=False)
+    on_s3, content_s3 = publish_file(emu, tmp_path, 1)
+    http_only, content_http = publish_file(emu, tmp_path, 1, s3=False)
     missing = FileRequest(
         filename=http_only["productFilename"],
         dest_dir=tmp_path,
-        http_url=_http_url(emu, http_only),
+        http_url=http_url(emu, http_only),
         s3_key="jwst/public/jw90000-o001_t001/" + http_only["productFilename"],
         expected_size=int(http_only["size"]),
     )
-    results = download_files([_request(emu, on_s3, tmp_path, s3=True), missing], _config(emu, retries=0))
-    _assert_in_place(results[0], content_s3)
-    _assert_in_place(results[1], content_http)
+    results = download_files([file_request(emu, on_s3, tmp_path, s3=True), missing], download_config(emu, retries=0))
+    assert_in_place(results[0], content_s3)
+    assert_in_place(results[1], content_http)
     assert [r.source for r in results] == ["s3", "http"]
 
 
 def test_503_then_success(emu, tmp_path: Path) -> None:
-    product, content = _publish(emu, tmp_path, 1)
+    product, content = publish_file(emu, tmp_path, 1)
     name = product["productFilename"]
     emu.faults.add("status", match=name, status=503, times=1)
     since = len(emu.requests)
-    (result,) = download_files([_request(emu, product, tmp_path)], _config(emu))
-    _assert_in_place(result, content)
-    assert [g["status"] for g in _gets(emu, since, name)] == [503, 200]
+    (result,) = download_files([file_request(emu, product, tmp_path)], download_config(emu))
+    assert_in_place(result, content)
+    assert [g["status"] for g in gets_of(emu, since, name)] == [503, 200]
     assert result.attempts == 2
 
 
@@ -355,47 +355,47 @@ def test_404_fails_without_retrying(emu, tmp_path: Path) -> None:
         dest_dir=tmp_path,
         http_url=f"{emu.url}/api/v0.1/Download/file?uri=mast:JWST/product/jw_nothing_cal.fits",
     )
-    (result,) = download_files([request], _config(emu))
+    (result,) = download_files([request], download_config(emu))
     assert result.status == "failed" and result.attempts == 1
     assert "jw_nothing_cal.fits" in result.error and "404" in result.error
 
 
 @pytest.mark.parametrize("bad", ["../escape.fits", "sub/dir.fits", "C:escape.fits", "bell\x07.fits", ".."])
 def test_unsafe_names_are_refused_and_the_batch_goes_on(emu, tmp_path: Path, bad: str) -> None:
-    product, content = _publish(emu, tmp_path, 0.2)
+    product, content = publish_file(emu, tmp_path, 0.2)
     dest = tmp_path / "area" / "dest"
-    evil = FileRequest(filename=bad, dest_dir=dest, http_url=_http_url(emu, product))
+    evil = FileRequest(filename=bad, dest_dir=dest, http_url=http_url(emu, product))
     since = len(emu.requests)
-    refused, good = download_files([evil, _request(emu, product, dest)], _config(emu))
+    refused, good = download_files([evil, file_request(emu, product, dest)], download_config(emu))
     assert refused.status == "failed" and refused.path is None
     assert repr(bad) in refused.error
-    _assert_in_place(good, content)
-    assert len(_gets(emu, since, product["productFilename"])) == 1
+    assert_in_place(good, content)
+    assert len(gets_of(emu, since, product["productFilename"])) == 1
     written = sorted(p.relative_to(tmp_path / "area").as_posix() for p in (tmp_path / "area").rglob("*"))
     name = product["productFilename"]
-    assert written == ["dest", f"dest/.{name}.lock", f"dest/{name}", f"dest/{name}.sha256"]
+    assert written == ["dest", f"dest/.{name}.lock", f"dest/.{name}.verified", f"dest/{name}", f"dest/{name}.sha256"]
 
 
 def test_second_run_skips_verified_files(emu, tmp_path: Path) -> None:
-    product, content = _publish(emu, tmp_path, 1)
+    product, content = publish_file(emu, tmp_path, 1)
     name = product["productFilename"]
-    (first,) = download_files([_request(emu, product, tmp_path)], _config(emu))
-    _assert_in_place(first, content)
+    (first,) = download_files([file_request(emu, product, tmp_path)], download_config(emu))
+    assert_in_place(first, content)
 
     since = len(emu.requests)
-    (again,) = download_files([_request(emu, product, tmp_path)], _config(emu))
+    (again,) = download_files([file_request(emu, product, tmp_path)], download_config(emu))
     assert again.status == "skipped" and again.bytes_fetched == 0
     assert again.sha256 == first.sha256 and again.path == first.path
-    (rehashed,) = download_files([_request(emu, product, tmp_path)], _config(emu, verify_existing=True))
+    (rehashed,) = download_files([file_request(emu, product, tmp_path)], download_config(emu, verify_existing=True))
     assert rehashed.status == "skipped" and rehashed.fits_checksum == "ok"
-    assert _gets(emu, since, name) == []
+    assert gets_of(emu, since, name) == []
 
     damaged = bytearray(content)
     damaged[-5000] ^= 0xFF
     (tmp_path / name).write_bytes(bytes(damaged))
-    (refetched,) = download_files([_request(emu, product, tmp_path)], _config(emu, verify_existing=True))
-    _assert_in_place(refetched, content)
-    assert len(_gets(emu, since, name)) == 1
+    (refetched,) = download_files([file_request(emu, product, tmp_path)], download_config(emu, verify_existing=True))
+    assert_in_place(refetched, content)
+    assert len(gets_of(emu, since, name)) == 1
 
 
 _CHILD = textwrap.dedent(
@@ -415,12 +415,12 @@ _CHILD = textwrap.dedent(
 
 @pytest.mark.slow
 def test_resume_after_process_kill(emu, tmp_path: Path) -> None:
-    product, content = _publish(emu, tmp_path, 3)
+    product, content = publish_file(emu, tmp_path, 3)
     name = product["productFilename"]
     emu.faults.add("stall", match=name, after_bytes=1_000_000, seconds=8.0, times=1)
     part = tmp_path / f"{name}.part"
     child = subprocess.Popen(
-        [sys.executable, "-c", _CHILD, _http_url(emu, product), str(tmp_path), name, str(len(content)), "0"]
+        [sys.executable, "-c", _CHILD, http_url(emu, product), str(tmp_path), name, str(len(content)), "0"]
     )
     try:
         deadline = time.monotonic() + 20
@@ -437,9 +437,9 @@ def test_resume_after_process_kill(emu, tmp_path: Path) -> None:
     assert (tmp_path / f"{name}.part.json").exists()
 
     since = len(emu.requests)
-    (result,) = download_files([_request(emu, product, tmp_path)], _config(emu))
-    _assert_in_place(result, content)
-    (get,) = _gets(emu, since, name)
+    (result,) = download_files([file_request(emu, product, tmp_path)], download_config(emu))
+    assert_in_place(result, content)
+    (get,) = gets_of(emu, since, name)
     assert get["range"] == f"bytes={on_disk}-" and get["status"] == 206
     assert result.resumed_from == on_disk
     assert result.bytes_fetched == len(content) - on_disk
@@ -447,13 +447,13 @@ def test_resume_after_process_kill(emu, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_two_processes_fetching_one_file_do_not_collide(emu, tmp_path: Path) -> None:
-    product, content = _publish(emu, tmp_path, 2)
+    product, content = publish_file(emu, tmp_path, 2)
     name = product["productFilename"]
     emu.faults.add("stall", match=name, after_bytes=500_000, seconds=1.0, times=1)
     since = len(emu.requests)
     part = tmp_path / f"{name}.part"
     child = subprocess.Popen(
-        [sys.executable, "-c", _CHILD, _http_url(emu, product), str(tmp_path), name, str(len(content)), "3"]
+        [sys.executable, "-c", _CHILD, http_url(emu, product), str(tmp_path), name, str(len(content)), "3"]
     )
     try:
         deadline = time.monotonic() + 20
@@ -461,13 +461,13 @@ def test_two_processes_fetching_one_file_do_not_collide(emu, tmp_path: Path) -> 
             assert time.monotonic() < deadline, "the child never started its download"
             time.sleep(0.02)
         # The child holds the file; this process waits for it, then finds the file verified.
-        (result,) = download_files([_request(emu, product, tmp_path)], _config(emu, read_timeout=5.0))
+        (result,) = download_files([file_request(emu, product, tmp_path)], download_config(emu, read_timeout=5.0))
     finally:
         assert child.wait(30) == 0
     # Without the lock this process would have resumed the child's .part with a request of its own.
     assert result.status == "skipped" and result.bytes_fetched == 0
     assert result.path.read_bytes() == content
-    assert [g["range"] for g in _gets(emu, since, name)] == [None, "bytes=500000-"]
+    assert [g["range"] for g in gets_of(emu, since, name)] == [None, "bytes=500000-"]
 
 
 def test_local_files_are_copied_through_the_same_checks(tmp_path: Path) -> None:
@@ -479,7 +479,7 @@ def test_local_files_are_copied_through_the_same_checks(tmp_path: Path) -> None:
     dest = tmp_path / "files"
     request = FileRequest(filename=src.name, dest_dir=dest, local_path=src, expected_size=len(content))
     (copied,) = download_files([request], DownloadConfig(chunk_size=CHUNK))
-    _assert_in_place(copied, content)
+    assert_in_place(copied, content)
     assert copied.source == "local"
 
     # A partial copy resumes; a source changed since the .part began restarts from zero.
@@ -499,13 +499,13 @@ def test_local_files_are_copied_through_the_same_checks(tmp_path: Path) -> None:
 
     interrupt(copied)
     (resumed,) = download_files([request], DownloadConfig(chunk_size=CHUNK))
-    _assert_in_place(resumed, content)
+    assert_in_place(resumed, content)
     assert resumed.resumed_from == 100_000 and resumed.bytes_fetched == len(content) - 100_000
 
     interrupt(resumed)
     os.utime(src, ns=(src.stat().st_atime_ns, src.stat().st_mtime_ns + 1_000_000_000))  # touched since
     (restarted,) = download_files([request], DownloadConfig(chunk_size=CHUNK))
-    _assert_in_place(restarted, content)
+    assert_in_place(restarted, content)
     assert restarted.resumed_from == 0 and restarted.bytes_fetched == len(content)
 
     missing = FileRequest(filename="gone.fits", dest_dir=dest, local_path=tmp_path / "gone.fits")

@@ -60,7 +60,9 @@ def test_export_refuses_what_is_not_a_catalogued_file_or_product(tmp_path):
     (home.dagster).mkdir(parents=True)
     (home.dagster / "runs.db").write_bytes(b"run history")
     (home.files / "link.fits").symlink_to(tmp_path / "secret.fits")
-    for path in ("../secret.fits", "dagster/runs.db", "files/link.fits", "landing-state.sqlite"):
+    home.quarantine.mkdir()
+    (home.quarantine / "odd.fits").write_bytes(b"quarantined")
+    for path in ("../secret.fits", "dagster/runs.db", "files/link.fits", "landing-state.sqlite", "quarantine/odd.fits"):
         with pytest.raises(ExportError, match="not a catalogued file or product"):
             export_files(pd.DataFrame({"path": [path]}), home, tmp_path / "o1", "q")
     with pytest.raises(ExportError, match="'path' column"):

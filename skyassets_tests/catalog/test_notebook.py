@@ -120,6 +120,10 @@ def test_notebook_runs_against_the_demo_catalog(executed, demo_home):
     window = _text(_tagged(executed, "time-range"))
     assert int(re.search(r"(\d+) images overlap", window).group(1)) > 0, window
 
+    # the question in words: the Southern Ring's F444W combined images, with the filters it applied
+    found = _text(_tagged(executed, "find"))
+    assert "reddest filter F444W" in found and "jw02733" in found and "_i2d.fits" in found, found
+
     # the plots
     for tag in ("plot-footprints", "plot-exposure", "plot-footprint-point"):
         assert _pngs(_tagged(executed, tag)) == 1, f"no figure from the cell tagged {tag!r}"

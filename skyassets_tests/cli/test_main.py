@@ -10,7 +10,9 @@ import time
 
 import pandas as pd
 import pytest
+from dagster import DagsterInstance
 
+from skyassets.cli.launch import LOCATION
 from skyassets.cli.main import main, prepare_dagster_home
 from skyassets.lake.home import Home
 
@@ -118,7 +120,10 @@ def test_an_export_query_without_a_path_column_is_one_line(home, capsys, tmp_pat
 def test_dev_takes_host_and_port_like_dagster_dev(home, capsys, monkeypatch):
     started = []
     monkeypatch.setattr(os, "execv", lambda exe, command: started.append(command))
+    here = os.getcwd()
+    monkeypatch.chdir(here)  # dev starts dagster dev from $DAGSTER_HOME; the folder is restored after
     assert main(["dev", "-p", "3333", "-h", "0.0.0.0", "--", "--log-level", "debug"]) == 0
+    assert os.getcwd() == os.environ["DAGSTER_HOME"] and started[0][started[0].index("-d") + 1] == here
     command = started[0]
     assert command[command.index("--port") + 1] == "3333" and command[command.index("--host") + 1] == "0.0.0.0"
     assert command[-2:] == ["--log-level", "debug"]
@@ -135,14 +140,22 @@ def test_ingest_brings_the_whole_chain_up_to_date_and_says_what_failed(emu, tmp_
     for path in cal:
         (drop / path.name).write_bytes(path.read_bytes())
     (drop / "cut-short.fits").write_bytes(cal[0].read_bytes()[:5000])
+    (drop / "elsewhere.fits").symlink_to(cal[-1])  # a link is never followed out of the folder
     env = {**os.environ, "SKYASSETS_HOME": str(tmp_path / "home"), "DAGSTER_HOME": str(tmp_path / "home" / "dagster")}
     result = subprocess.run(
         [sys.executable, "-m", "skyassets.cli.main", "ingest", str(drop)],
         env=env, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 1, result.stdout + result.stderr  # one file was quarantined
-    assert "4 files in 4 partitions" in result.stdout and "3 catalogued, 1 quarantined, 0 failed" in result.stdout
+    assert "5 files in 4 partitions" in result.stdout
+    assert "3 catalogued, 1 quarantined, 0 failed, 1 refused" in result.stdout
     assert f"quarantined: {drop / 'cut-short.fits'}:" in result.stderr
+    assert f"refused: {drop / 'elsewhere.fits'}:" in result.stderr
+    # Every run was launched for the code location, as the UI launches runs, so the UI can re-execute it.
+    with DagsterInstance.from_config(str(tmp_path / "home" / "dagster")) as instance:
+        runs = instance.get_runs()
+        assert {r.job_name for r in runs} >= {"landing_job", "quality_job", "catalog_job", "products_job"}
+        assert all(r.remote_job_origin and r.remote_job_origin.location_name == LOCATION for r in runs)
     home = Home(tmp_path / "home")
     assert (home.root / "catalog.duckdb").exists()
     measured = pd.concat(home.tables.read("image_quality", p) for p in home.tables.partitions("image_quality"))

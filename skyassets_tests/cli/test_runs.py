@@ -19,20 +19,25 @@ def test_ingest_catalogues_files_in_batched_runs(emu, tmp_path):
     home = Home(tmp_path / "home")
     seen = []
     with instance_for_test() as instance:
-        report = ingest([drop], home, instance, batch=2, progress=lambda d, t: seen.append((d, t)))
+        report = ingest([drop], home, instance, batch=2, progress=lambda *a: seen.append(a))
         assert (report.files, len(report.partitions), report.runs, report.failed_runs) == (6, 6, 3, [])
         assert sorted(Path(p).name for p in report.catalogued) == sorted(p.name for p in cal)
         assert list(report.quarantined) == [str(drop / "truncated.fits")] and not report.failed and not report.ok
         assert "truncated" in report.quarantined[str(drop / "truncated.fits")].lower()
         runs = instance.get_runs()
         assert len(runs) == 3 and all(r.status == DagsterRunStatus.SUCCESS for r in runs)
-        assert seen[-1] == (3, 3)
+        assert seen[-1] == (3, 3, 6, 6)  # runs, and files: the truncated one was taken too
         keys = instance.get_dynamic_partitions("observations")
         assert len(keys) == 6
-        # A batched run's partitions carry the run's totals, not a batch-wide preview or row count.
-        batched = latest_metadata(instance, "image_metadata", keys[0])
-        assert batched["partitions_in_run"] == 2 and "preview" not in batched and "dagster/row_count" not in batched
-        assert sum(latest_metadata(instance, "image_metadata", k)["rows_in_run"] for k in keys[::2]) == 5
+        # A batched run's partitions each carry their own figures and preview, and the run's totals.
+        batched = [latest_metadata(instance, "image_metadata", k) for k in keys]
+        assert all(m["partitions_in_run"] == 2 for m in batched)
+        assert sorted(m["dagster/row_count"] for m in batched) == [0, 1, 1, 1, 1, 1]  # the truncated file: none
+        assert sum(m["rows_in_run"] for m in batched[::2]) == 5
+        for key, m in zip(keys, batched, strict=True):
+            assert [r.data["obs_id"] for r in m["preview"].records] == [key] * m["dagster/row_count"]
+        files = [latest_metadata(instance, "fits_files", k) for k in keys]
+        assert sum(m["bytes_total"] for m in files) == sum(p.stat().st_size for p in cal)
 
     rows = pd.concat(pd.read_parquet(p) for p in (home.lake / "image_metadata").glob("*.parquet"))
     assert sorted(rows["file_name"]) == sorted(p.name for p in cal)

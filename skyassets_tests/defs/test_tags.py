@@ -2,16 +2,20 @@
 
 from dagster import DagsterInstance, Definitions, StaticPartitionsDefinition, asset, define_asset_job
 
-from skyassets.defs.tags import DATA_VERSION, PARTITION_RANGE_END, PARTITION_RANGE_START, partition_range
+from skyassets.defs.tags import DATA_VERSION, PARTITION, PARTITION_RANGE_END, PARTITION_RANGE_START, partition_range
 
 
 def test_the_tags_match_dagsters_own():
     # The one place a private module is read: to notice a rename on a Dagster upgrade.
     from dagster._core.definitions.data_version import DATA_VERSION_TAG
-    from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+    from dagster._core.storage.tags import (
+        ASSET_PARTITION_RANGE_END_TAG,
+        ASSET_PARTITION_RANGE_START_TAG,
+        PARTITION_NAME_TAG,
+    )
 
-    assert (PARTITION_RANGE_START, PARTITION_RANGE_END, DATA_VERSION) == (
-        ASSET_PARTITION_RANGE_START_TAG, ASSET_PARTITION_RANGE_END_TAG, DATA_VERSION_TAG,
+    assert (PARTITION, PARTITION_RANGE_START, PARTITION_RANGE_END, DATA_VERSION) == (
+        PARTITION_NAME_TAG, ASSET_PARTITION_RANGE_START_TAG, ASSET_PARTITION_RANGE_END_TAG, DATA_VERSION_TAG,
     )
 
 

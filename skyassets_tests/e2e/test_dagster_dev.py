@@ -58,16 +58,17 @@ def dagster_dev(tmp_path):
             "SKYASSETS_MAST_URL": emu.url,
             "SKYASSETS_S3_ENDPOINT": emu.s3_endpoint,
         }
+        log = open(tmp_path / "dev.log", "w")  # noqa: SIM115 - closed with the process
         process = subprocess.Popen(
-            [sys.executable, "-m", "dagster", "dev", "-m", "skyassets.definitions", "-h", "127.0.0.1", "-p", str(port)],
-            cwd=tmp_path,
+            [sys.executable, "-m", "skyassets.cli.main", "dev", "-h", "127.0.0.1", "-p", str(port)],
+            cwd=ROOT,  # where a user starts it, beside the project's own dagster.yaml
             env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         try:
-            deadline = time.monotonic() + 120
+            deadline = time.monotonic() + 240
             while True:
                 try:
                     if requests.get(f"http://127.0.0.1:{port}/server_info", timeout=2).ok:
@@ -77,6 +78,10 @@ def dagster_dev(tmp_path):
                 assert process.poll() is None, "dagster dev exited"
                 assert time.monotonic() < deadline, "dagster dev did not start"
                 time.sleep(1)
+            while not _location_loaded(port):
+                assert time.monotonic() < deadline + 120, "the code location did not load"
+                time.sleep(1)
+            shutil.copyfile(tmp_path / "dev.log", tmp_path / "startup.log")
             yield DagsterGraphQLClient("127.0.0.1", port_number=port), dagster_home, tmp_path / "home", obs_id
         finally:
             os.killpg(process.pid, signal.SIGTERM)
@@ -84,6 +89,20 @@ def dagster_dev(tmp_path):
                 process.wait(30)
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
+            log.close()
+
+
+def _location_loaded(port: int) -> bool:
+    query = "{ workspaceOrError { ... on Workspace { locationEntries { loadStatus } } } }"
+    answer = requests.post(f"http://127.0.0.1:{port}/graphql", json={"query": query}, timeout=10).json()
+    entries = answer["data"]["workspaceOrError"]["locationEntries"]
+    return bool(entries) and all(e["loadStatus"] == "LOADED" for e in entries)
+
+
+def test_skyassets_dev_starts_without_warnings(dagster_dev, tmp_path):
+    startup = (tmp_path / "startup.log").read_text()
+    assert "Serving dagster-webserver" in startup  # the log is the UI's own
+    assert "warning" not in startup.lower(), startup
 
 
 def _errors(instance: DagsterInstance, run_id: str) -> str:

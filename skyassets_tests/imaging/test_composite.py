@@ -11,7 +11,7 @@ from astropy.wcs import WCS
 from PIL import Image
 from pyavm import AVM
 
-from skyassets.emulator.sky import make_wcs
+from skyassets.emulator.sky import BANDS, TARGETS, make_wcs
 from skyassets.imaging import composite
 
 MAS = 1.0 / 3.6e6  # degrees
@@ -93,11 +93,13 @@ def test_saturated_cores_show_bright_and_the_outside_stays_black(method):
 def test_compose_takes_a_stretch_per_channel():
     rng = np.random.default_rng(0)
     channels = [rng.normal(0, 1, (20, 30)) for _ in range(3)]
-    rgb = composite.compose(channels, composite.channel_colours([1, 2, 3]),
+    rgb = composite.compose(channels, composite.channel_colours([1, 2, 3]), method="screen",
                             stretch=["linear", {"kind": "asinh", "a": 0.05}, {"kind": "zscale"}])
     assert rgb.shape == (20, 30, 3)
     with pytest.raises(ValueError, match="2 stretches for 3 channels"):
-        composite.compose(channels, composite.channel_colours([1, 2, 3]), stretch=["linear", "sqrt"])
+        composite.compose(channels, composite.channel_colours([1, 2, 3]), method="screen", stretch=["linear", "sqrt"])
+    with pytest.raises(ValueError, match="unknown method"):
+        composite.compose(channels, composite.channel_colours([1, 2, 3]), method="press")
     with pytest.raises(ValueError, match="reproject"):
         composite.compose([channels[0], channels[1][:10]], composite.channel_colours([1, 2]))
 
@@ -292,3 +294,120 @@ def test_emulator_three_filter_composite(emu, tmp_path):
     rgb = composite.compose(channels, colours, method="lupton")
     paths = composite.write_composite(rgb, rotated, tmp_path / "rotated", cube="fits")
     _check_round_trip(f090w.celestial, composite.read_avm_wcs(paths["png"]), shape)
+
+
+def _mixed_field(seed: int = 11):
+    """Three channels of one field in different units, sky levels and noise: 60 stars whose colours
+    scatter around white (true fluxes equal in every filter on average), a red nebula in a corner
+    and two stars bright enough that a per-channel stretch would clip them. Returns the channels,
+    the blank-sky mask and the stars' (row, col)."""
+    rng = np.random.default_rng(seed)
+    n = 240
+    yy, xx = np.mgrid[:n, :n]
+    gains, skies, noises = (1.0, 40.0, 0.02), (3.0, 500.0, -0.1), (1.0, 0.6, 1.5)  # noise in flux units
+    rows, cols = rng.uniform(10, n - 10, 60), rng.uniform(10, n - 10, 60)
+    flux = 10 ** rng.uniform(2.3, 3.3, 60)
+    flux[:2] = 3e5
+    tint = np.exp(rng.normal(0.0, 0.25, (60, 3)))
+    tint /= np.exp(np.log(tint).mean(axis=0))  # median star white
+    nebula = 40.0 * np.exp(-((xx - 40) ** 2 + (yy - 200) ** 2) / (2 * 18.0**2))
+    channels = []
+    for k, widths in enumerate((1.2, 1.6, 2.4)):
+        light = np.zeros((n, n))
+        for r, c, f, t in zip(rows, cols, flux, tint[:, k], strict=True):
+            light += f * t / (2 * np.pi * widths**2) * np.exp(-((xx - c) ** 2 + (yy - r) ** 2) / (2 * widths**2))
+        light += nebula * (0.1, 0.4, 1.0)[k]
+        channels.append(skies[k] + gains[k] * (light + rng.normal(0.0, noises[k], (n, n))))
+    near = np.zeros((n, n), dtype=bool)
+    for r, c in zip(rows, cols, strict=True):
+        near |= (xx - c) ** 2 + (yy - r) ** 2 < 15**2
+    sky = ~near & (nebula < 0.05)
+    return channels, sky, [(int(round(r)), int(round(c))) for r, c in zip(rows[2:], cols[2:], strict=True)]
+
+
+def test_default_composite_is_balanced_like_press_images():
+    """Channels in different units with different skies and noise: the default picture has a
+    neutral grey sky, white stars on average, the red nebula red, and almost nothing clipped; the
+    per-channel "screen" picture, for comparison, does not balance its stars."""
+    channels, sky, stars = _mixed_field()
+    colours = composite.channel_colours([0.9, 2.0, 4.4])
+    balance = composite.balance_channels(channels)
+    assert balance.method == "stars" and balance.n_stars >= 20
+    for got_sky, true_sky, noise in zip(balance.sky, (3.0, 500.0, -0.1), (1.0, 24.0, 0.03), strict=True):
+        assert abs(got_sky - true_sky) < 0.1 * noise  # on the sky, though the nebula and stars skew it
+    rgb, figures = composite.lupton_rgb(channels, colours, balance)
+    np.testing.assert_array_equal(rgb, composite.compose(channels, colours))  # the default
+    got = composite.picture_figures(rgb, sky, stars)
+    assert got["sky_spread"] < 0.04, got  # channel medians of blank sky within 4 %
+    assert 0.02 < got["sky_g"] < 0.2  # dark grey, not black: the noise shows
+    # White within 25 %: the asinh compresses the sharp blue cores more than the wide red PSF.
+    assert abs(got["star_rg"] - 1) < 0.25 and abs(got["star_bg"] - 1) < 0.25, got
+    assert got["clipped"] < 0.002 and figures["clipped_fraction"] < 0.002, (got, figures)
+    red, green, blue = rgb[200, 40]
+    assert red > 1.5 * green > 1.5 * blue  # the nebula keeps its colour
+    screen = composite.picture_figures(composite.compose(channels, colours, method="screen"), sky, stars)
+    assert max(abs(screen["star_rg"] - 1), abs(screen["star_bg"] - 1)) > 2 * max(
+        abs(got["star_rg"] - 1), abs(got["star_bg"] - 1))
+
+
+def test_bright_cores_keep_their_hue():
+    """A red star bright enough to exceed white: its core is scaled down with R, G and B together,
+    so the core's hue is its wing's, not white."""
+    rng = np.random.default_rng(2)
+    yy, xx = np.mgrid[:96, :96]
+    channels = []
+    for amplitude in (2e4, 6e4, 2e5):  # blue, green, red filters: a red star
+        star = amplitude * np.exp(-((xx - 48) ** 2 + (yy - 48) ** 2) / 8.0)
+        channels.append(rng.normal(0, 1, yy.shape) + star)
+    colours = composite.channel_colours([0.9, 2.0, 4.4])
+    balance = composite.Balance((0.0,) * 3, (1.0,) * 3, (1.0,) * 3, "given", 0)
+    rgb, figures = composite.lupton_rgb(channels, colours, balance)
+    assert 0 < figures["clipped_fraction"] < 0.01
+    assert rgb[48, 48].max() == pytest.approx(1.0)
+    assert _hue(rgb[48, 48]) == pytest.approx(_hue(rgb[48, 52]), abs=5)
+    assert _hue(rgb[48, 48]) < 40  # red, not white
+    assert rgb[48, 48].min() < 0.6
+
+
+def test_balance_falls_back_without_stars():
+    """No star seen in every channel: the channels' bright pixels set the balance."""
+    rng = np.random.default_rng(4)
+    channels = [rng.normal(10.0 * k, 1.0 + k, (64, 64)) for k in range(3)]
+    balance = composite.balance_channels(channels)
+    assert balance.method == "bright pixels" and balance.n_stars == 0
+    np.testing.assert_allclose(balance.sky, (0.0, 10.0, 20.0), atol=0.2)
+    np.testing.assert_allclose(balance.noise, (1.0, 2.0, 3.0), rtol=0.05)
+
+
+def test_emulator_composite_measures_like_a_press_image(emu):
+    """NGC 628's NIRCam F090W, F200W and F444W images (two pixel scales, stars of known colours):
+    blank sky neutral, the stars on blank sky white on average, almost nothing clipped."""
+    sky = emu.sky
+    target = next(t for t in TARGETS if t.name == "NGC 628")
+    filters = ("F090W", "F200W", "F444W")
+    images = []
+    for f in filters:
+        name = f"jw02107-o001_t002_nircam_clear-{f.lower()}_i2d.fits"
+        with fits.open(sky.root / name) as hdul:
+            images.append((hdul["SCI"].data.astype(float), WCS(hdul["SCI"].header)))
+    channels, wcs, shape = composite.reproject_channels(images)
+    rgb = composite.compose(channels, composite.channel_colours([BANDS[f].pivot_um for f in filters]))
+    footprint = np.all([np.isfinite(c) for c in channels], axis=0)
+    rows, cols = np.mgrid[: shape[0], : shape[1]]
+    stars = sky.truth["targets"][target.name]["stars"]
+    sx, sy = wcs.world_to_pixel_values([s["ra"] for s in stars], [s["dec"] for s in stars])
+    blank = footprint.copy()
+    for s, x, y in zip(stars, sx, sy, strict=True):
+        radius = 15.0 * max(1.0, max(s["flux_ujy"][f] for f in filters)) ** (1 / 5)
+        blank &= (cols - x) ** 2 + (rows - y) ** 2 >= radius**2
+    assert blank.sum() > 10000
+    measured = [(int(round(y)), int(round(x))) for s, x, y in zip(stars, sx, sy, strict=True)
+                if not s["bright"] and s["flux_ujy"]["F200W"] > 0.5]
+    got = composite.picture_figures(rgb, blank, measured, half=8, footprint=footprint)
+    assert got["n_stars"] >= 4
+    # Blank-sky medians within 0.01 of full scale of each other (about 10 % of the dark sky level).
+    assert max(got["sky_r"], got["sky_g"], got["sky_b"]) - min(got["sky_r"], got["sky_g"], got["sky_b"]) < 0.01, got
+    assert got["sky_spread"] < 0.15 and 0.02 < got["sky_g"] < 0.15, got
+    assert abs(got["star_rg"] - 1) < 0.15 and abs(got["star_bg"] - 1) < 0.15, got
+    assert got["clipped"] < 0.002, got
+    assert not rgb[~footprint].any()  # where a filter has no data the picture is black, not tinted

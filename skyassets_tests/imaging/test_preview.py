@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from skyassets.imaging.preview import MARKERS, markdown_image, thumbnail_png
+from skyassets.imaging.preview import MARKERS, markdown_grid, markdown_image, thumbnail_png
 
 SKY, READ_NOISE = 200.0, 5.0
 
@@ -170,3 +170,17 @@ def test_markdown_image_is_a_data_uri() -> None:
 def test_not_an_image(shape: tuple[int, ...]) -> None:
     with pytest.raises(ValueError, match="2-D"):
         thumbnail_png(np.zeros(shape))
+
+
+def test_markdown_grid_lays_out_captioned_thumbnails():
+    png = thumbnail_png(np.arange(64.0).reshape(8, 8))
+    cells = [(f"F{i}W mosaic", png) for i in range(5)] + [("odd | name_*", png)]
+    grid = markdown_grid(cells, columns=4).split("\n")
+    assert grid[0] == "| F0W mosaic | F1W mosaic | F2W mosaic | F3W mosaic |"
+    assert grid[1] == "| --- | --- | --- | --- |"
+    assert grid[2].count("](data:image/png;base64,") == 4
+    assert grid[3] == "| **F4W mosaic** | **odd \\| name\\_\\*** |  |  |"  # a second row of captions, escaped
+    assert grid[4].count("](data:image/png;base64,") == 2 and grid[4].count("|") == 5
+    assert markdown_grid([]) == ""
+    with pytest.raises(ValueError, match="columns"):
+        markdown_grid(cells, columns=0)

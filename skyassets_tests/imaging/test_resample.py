@@ -55,14 +55,14 @@ def test_shifted_rotated_source_lands_where_the_wcs_says(grid):
 
 def test_constant_surface_brightness_keeps_its_value_per_pixel(grid):
     """Onto smaller, rotated pixels a constant surface brightness keeps its value in every covered
-    pixel, and the covered area is the input's (to the edge pixels' centres, where sampling stops)."""
+    pixel, and the covered area is the input's: to the edges of its pixels, not their centres."""
     data = np.full((N, N), 4.2, np.float32)
     out = make_wcs(10.0, 20.0, 0.037, 20.0, 256, sip=False)
     resampled = resample_image(data, grid, out, (256, 256))
     covered = np.isfinite(resampled)
     np.testing.assert_allclose(resampled[covered], 4.2, rtol=1e-6)
     area = covered.sum() * proj_plane_pixel_area(out)
-    assert area == pytest.approx((N - 1) ** 2 * proj_plane_pixel_area(grid), rel=0.02)
+    assert area == pytest.approx(N**2 * proj_plane_pixel_area(grid), rel=0.005)
 
 
 def test_masked_pixels_do_not_leak(grid):
@@ -111,3 +111,15 @@ def test_mosaic_and_composite_resample_alike(tmp_path, grid):
     (channel,), _, _ = reproject_channels([(data, grid)], wcs=out, shape=(120, 120))
     np.testing.assert_array_equal(np.isnan(sci), np.isnan(channel))
     np.testing.assert_allclose(sci[np.isfinite(sci)], channel[np.isfinite(channel)], rtol=1e-6)
+
+
+def test_coverage_ends_at_the_edges_of_valid_pixels(grid):
+    """Onto pixels a third the size, the covered area is exactly the valid input pixels' area: it
+    reaches the image border and stops at the border of a masked region, half a pixel from the
+    centres on either side."""
+    data = np.ones((N, N), np.float32)
+    data[20:30, 20:30] = np.nan
+    fine = make_wcs(10.0, 20.0, 0.1 / 3, 0.0, 3 * N, sip=False)
+    resampled = resample_image(data, grid, fine, (3 * N, 3 * N))
+    assert np.isfinite(resampled).sum() == 9 * (N * N - 100)
+    assert np.isnan(resampled[60:90, 60:90]).all() and np.isfinite(resampled[57:60, 57:93]).all()

@@ -1,5 +1,7 @@
 """Observations grouped into targets by overlapping footprints and agreeing names."""
 
+import random
+
 import pandas as pd
 
 from skyassets.fits.meta import extract_many
@@ -11,6 +13,7 @@ from skyassets.imaging.targets import (
     polygons,
     target_inputs,
 )
+from skyassets.lake.names import validate_obs_id
 
 
 def square(ra: float, dec: float, half: float = 0.01) -> str:
@@ -98,3 +101,58 @@ def test_the_inputs_digest_changes_with_the_images_not_their_order_or_scores():
     assert inputs_digest(inputs) != inputs_digest(inputs.iloc[:1])
     assert inputs_digest(inputs) != inputs_digest(inputs.assign(hdu_index=[1, 2]))
     assert inputs_digest(inputs.iloc[:0]) == inputs_digest(_images([]))
+
+
+# The last two share a field; the others each have their own.
+ODD_NAMES = ["+ABC", "A..B", "x" * 300, "2MASS J0523+3314", "2MASS J0523-3314", "a/b/../c", "Ωmega Cen", "東京",
+             ".M31.", "M.31", "M-31", "HD 189733.01", "ngc3132", "NGC 3132"]
+
+
+def test_odd_target_names_group_under_valid_stable_distinct_keys():
+    """No header value makes grouping raise: each name, on its own field, gets a valid partition key,
+    the same key whatever the order, and names that differ after normalising keep different keys."""
+    images = frame(*[(f"o{i:02d}", name, square(10.0 * min(i, 12), 0)) for i, name in enumerate(ODD_NAMES)])
+    found = targets(images)
+    assert set(found) == set(images["obs_id"])
+    assert all(validate_obs_id(key) == key and len(key) <= 100 for key in found.values())
+    assert targets(images.iloc[::-1]) == found
+    by_name: dict[str, set[str]] = {}
+    for obs_id, key in found.items():
+        name = images.set_index("obs_id").loc[obs_id, "target_name"]
+        by_name.setdefault(normalise_name(name) or obs_id, set()).add(key)
+    assert all(len(keys) == 1 for keys in by_name.values())  # "NGC 3132" and "ngc3132" are one name
+    assert len({next(iter(keys)) for keys in by_name.values()}) == len(by_name)
+    assert found["o11"] == "HD-189733.01" and found["o12"] == found["o13"] == "NGC-3132"  # plain names as before
+    assert all(validate_obs_id(key) == key for key in targets(frame(("a", "\x00\x7f", square(1, 1)))).values())
+
+
+def test_random_target_names_never_share_or_break_a_key():
+    rng = random.Random(7)
+    alphabet = "AbZ09 +-._/\\'\"é☆東" + "\x00\t"
+    drawn = ("".join(rng.choice(alphabet) for _ in range(rng.randint(1, 90))) for _ in range(400))
+    names = sorted({normalise_name(n): n for n in drawn if normalise_name(n)}.values())  # one spelling a name
+    images = frame(*[(f"o{i:03d}", name, square(0.5 * i % 360, 0.4 * (i // 720))) for i, name in enumerate(names)])
+    grouped = group_targets(images)
+    assert all(validate_obs_id(key) == key for key in grouped["target"])
+    normal = images.set_index("obs_id")["target_name"].map(normalise_name)
+    pairs = set(zip(grouped["obs_id"].map(normal), grouped["target"], strict=True))
+    assert len({n for n, _ in pairs}) == len(pairs) == len({k for _, k in pairs})
+
+
+def test_an_exposure_is_one_input_however_many_files_hold_it():
+    """FLT and FLC of one ACS exposure: the FLC; one JWST cal under two products: once; chips apart."""
+    groups = pd.DataFrame({"obs_id": ["j8pu01010", "jw-l2", "jw-l3"], "target": ["T1", "T1", "T1"]})
+    rows = [("j8pu01010", "j8pu01abq_flt", "s1", 1), ("j8pu01010", "j8pu01abq_flc", "s2", 1),
+            ("j8pu01010", "j8pu01abq_flc", "s2", 4), ("j8pu01010", "j8pu01abq_flt", "s1", 4),
+            ("jw-l2", "jw01001001001_02101_00001_nrcb1_cal", "s3", 1),
+            ("jw-l3", "jw01001001001_02101_00001_nrcb1_cal", "s3", 1)]
+    images = pd.DataFrame(
+        [(o, f"{n}.fits", f"files/{o}/{n}.fits", h, s, "X", "F814W", 2, 100.0) for o, n, s, h in rows],
+        columns=["obs_id", "file_name", "path", "hdu_index", "sha256", "instrument_name", "filter", "calib_level",
+                 "t_exptime"])
+    quality = pd.DataFrame({"sha256": ["s1", "s1", "s2", "s2", "s3"], "hdu_index": [1, 4, 1, 4, 1],
+                            "usable": True, "flag": "good", "score": 90.0})
+    inputs = target_inputs(groups, images, quality)["T1"]
+    assert sorted(zip(inputs["file_name"], inputs["hdu_index"], strict=True)) == [
+        ("j8pu01abq_flc.fits", 1), ("j8pu01abq_flc.fits", 4), ("jw01001001001_02101_00001_nrcb1_cal.fits", 1)]
+    assert list(inputs.loc[inputs["sha256"] == "s3", "obs_id"]) == ["jw-l2"]

@@ -17,7 +17,7 @@ from astropy.io import fits
 from skyassets.fits.header import NotPlainFits
 from skyassets.lake.names import validate_obs_id
 from skyassets.landing import keys as landing
-from skyassets.landing.keys import partition_key
+from skyassets.landing.keys import LANDED_PREFIX, partition_key
 from skyassets.landing.zone import LandedFile
 
 
@@ -41,22 +41,22 @@ def _to_bytes(hdu: fits.PrimaryHDU) -> bytes:
 def _key_shape(key: str, stem: str) -> None:
     assert validate_obs_id(key) == key
     head, _, digest = key.rpartition("-")
-    assert head == stem and len(digest) == 8 and int(digest, 16) >= 0
+    assert head == LANDED_PREFIX + stem and len(digest) == 8 and int(digest, 16) >= 0
 
 
 def test_key_from_obs_id(tmp_path: Path) -> None:
     path = _write(tmp_path / "any name.fits", _to_bytes(fits.PrimaryHDU(header=fits.Header(
         [("OBS_ID", "jw02736-o001_t001_nircam_clear-f090w"), ("ROOTNAME", "other")]))))
-    assert partition_key(path) == "jw02736-o001_t001_nircam_clear-f090w"
+    assert partition_key(path) == LANDED_PREFIX + "jw02736-o001_t001_nircam_clear-f090w"
 
 
 def test_key_falls_through_header_ids_in_order(tmp_path: Path) -> None:
     hst = _write(tmp_path / "h.fits", _to_bytes(fits.PrimaryHDU(header=fits.Header(
         [("OBS_ID", "bad id/../"), ("ROOTNAME", "j8pu01abq"), ("ASN_ID", "J8PU01020")]))))
-    assert partition_key(hst) == "j8pu01abq"
+    assert partition_key(hst) == LANDED_PREFIX + "j8pu01abq"
     asn = _write(tmp_path / "a.fits", _to_bytes(fits.PrimaryHDU(header=fits.Header(
         [("ROOTNAME", "  "), ("ASN_ID", "J8PU01020")]))))
-    assert partition_key(asn) == "J8PU01020"
+    assert partition_key(asn) == LANDED_PREFIX + "J8PU01020"
     none = _write(tmp_path / "n.fits", _to_bytes(fits.PrimaryHDU(header=fits.Header([("ASN_ID", "NONE")]))))
     _key_shape(partition_key(none), "n")
 
@@ -64,12 +64,12 @@ def test_key_falls_through_header_ids_in_order(tmp_path: Path) -> None:
 def test_key_from_gzip_and_tile_compressed_files(tmp_path: Path) -> None:
     plain = _to_bytes(fits.PrimaryHDU(np.zeros((8, 8), dtype="f4"), header=fits.Header([("OBS_ID", "gzobs")])))
     gz = _write(tmp_path / "x.fits.gz", gzip.compress(plain))
-    assert partition_key(gz) == "gzobs"
+    assert partition_key(gz) == LANDED_PREFIX + "gzobs"
     comp = fits.CompImageHDU(np.zeros((8, 8), dtype="f4"))
     comp.header["OBS_ID"] = "fzobs"
     fz = tmp_path / "x.fz"
     fits.HDUList([fits.PrimaryHDU(), comp]).writeto(fz)
-    assert partition_key(fz) == "fzobs"
+    assert partition_key(fz) == LANDED_PREFIX + "fzobs"
 
 
 @pytest.mark.parametrize(
@@ -122,8 +122,8 @@ def test_key_of_s3_objects(s3: Any, bucket: str, prefix: str) -> None:
     s3.put_object(Bucket=bucket, Key=prefix + "a.fits", Body=plain)
     s3.put_object(Bucket=bucket, Key=prefix + "b.fits.gz", Body=gzip.compress(plain))
     s3.put_object(Bucket=bucket, Key=prefix + "odd name.fits", Body=b"not fits")
-    assert partition_key(f"s3://{bucket}/{prefix}a.fits", client=s3) == "s3obs"
-    assert partition_key(f"s3://{bucket}/{prefix}b.fits.gz", client=s3) == "s3obs"
+    assert partition_key(f"s3://{bucket}/{prefix}a.fits", client=s3) == LANDED_PREFIX + "s3obs"
+    assert partition_key(f"s3://{bucket}/{prefix}b.fits.gz", client=s3) == LANDED_PREFIX + "s3obs"
     _key_shape(partition_key(f"s3://{bucket}/{prefix}odd name.fits", client=s3), "odd_name")
     _key_shape(partition_key(f"s3://{bucket}/{prefix}missing.fits", client=s3), "missing")
     with pytest.raises(ValueError, match="S3 client"):
@@ -248,4 +248,38 @@ def test_plain_files_are_read_without_astropy(tmp_path: Path, monkeypatch: pytes
     path = _write(tmp_path / "p.fits", _to_bytes(fits.PrimaryHDU(np.zeros((4, 4), "f4"), header=fits.Header(
         [("OBS_ID", "plainobs"), ("COMMENT", "a comment")]))))
     monkeypatch.setattr(landing, "_astropy_header_id", no_astropy)
-    assert partition_key(path) == "plainobs"
+    assert partition_key(path) == LANDED_PREFIX + "plainobs"
+
+
+# --- a key for every file, never one from outside the zone ------------------------------------
+
+def test_a_key_never_raises_and_never_reads_through_a_link(tmp_path: Path) -> None:
+    """Whatever lies in the zone (a link to a FITS file outside, a FIFO, a folder, a file gone, a
+    name that is not UTF-8, junk bytes that trip the direct reading), its key is the name-based
+    one: a link's target is not opened, so its header never names a partition."""
+    outside = _write(tmp_path / "outside" / "real.fits",
+                     _to_bytes(fits.PrimaryHDU(header=fits.Header([("OBS_ID", "from-outside")]))))
+    zone = tmp_path / "zone"
+    zone.mkdir()
+    (zone / "link.fits").symlink_to(outside)
+    (zone / "linked").symlink_to(outside.parent, target_is_directory=True)
+    os.mkfifo(zone / "pipe.fits")
+    (zone / "folder.fits").mkdir()
+    bad_name = os.fsdecode(os.path.join(os.fsencode(zone), b"caf\xe9.fits"))
+    _write(Path(bad_name), _to_bytes(fits.PrimaryHDU()))
+    junk = [_write(zone / f"junk{i}.fits", b"SIMPLE  =                    T" + bytes(random.Random(i).randbytes(3000)))
+            for i in range(20)]
+    for path in [zone / "link.fits", zone / "linked" / "real.fits", zone / "pipe.fits", zone / "folder.fits",
+                 zone / "gone.fits", Path(bad_name), *junk]:
+        key = partition_key(path)
+        assert validate_obs_id(key) == key and key.startswith(LANDED_PREFIX) and "from-outside" not in key
+    assert partition_key(outside) == LANDED_PREFIX + "from-outside"
+
+
+def test_a_header_id_too_long_for_the_prefix_falls_back_to_the_name(tmp_path: Path) -> None:
+    longest = "a" * (128 - len(LANDED_PREFIX))
+    fits_ = _write(tmp_path / "x.fits", _to_bytes(fits.PrimaryHDU(header=fits.Header([("OBS_ID", longest)]))))
+    assert partition_key(fits_) == LANDED_PREFIX + longest
+    over = _write(tmp_path / "y.fits", _to_bytes(fits.PrimaryHDU(header=fits.Header(
+        [("OBS_ID", longest + "b"), ("ROOTNAME", "r1")]))))
+    assert partition_key(over) == LANDED_PREFIX + "r1"

@@ -346,3 +346,57 @@ def test_s3_pages_are_bounded_and_cover_every_key_once(
         assert result.scanned <= 10
         offered += _names(result)
     assert sorted(offered) == keys
+
+
+# --- reading a landed file: no link followed, a regular file only ---------------------------------
+
+@pytest.fixture(params=["proc", "walk"])
+def open_regular(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """``open_regular`` checking the descriptor's path through /proc, and walking the path as without /proc."""
+    from skyassets.landing import zone
+
+    monkeypatch.setattr(zone, "_PROC_FD", request.param == "proc" and zone._PROC_FD)
+    return zone.open_regular
+
+
+def test_open_regular_reads_a_file_and_follows_no_link(tmp_path: Path, open_regular: Any) -> None:
+
+    outside = _write(tmp_path / "outside" / "secret.fits", b"secret")
+    zone = tmp_path / "zone"
+    good = _write(zone / "night" / "good.fits", b"good")
+    fd = open_regular(good)
+    try:
+        assert os.read(fd, 10) == b"good"
+    finally:
+        os.close(fd)
+    (zone / "link.fits").symlink_to(outside)
+    (zone / "linked").symlink_to(outside.parent, target_is_directory=True)
+    os.mkfifo(zone / "pipe.fits")
+    for path, reason in [
+        (zone / "link.fits", "symbolic link"),  # the file itself is a link
+        (zone / "linked" / "secret.fits", "symbolic link"),  # a folder on its path is
+        (zone / "pipe.fits", "not a regular file"),  # and opening it did not wait for a writer
+        (zone / "night", "not a regular file"),
+        (zone / "gone.fits", "No such file"),
+    ]:
+        with pytest.raises(OSError, match=reason) as raised:
+            open_regular(path)
+        assert str(path) in str(raised.value)
+
+
+def test_a_folder_swapped_for_a_link_after_the_scan_is_not_followed(
+    root: Path, tmp_path: Path, open_regular: Any
+) -> None:
+    """The zone saw a real folder; before the copy it becomes a link to a folder outside holding a
+    file of the same name. The file offered cannot be opened, and the outside file is never read."""
+
+    _write(root / "night" / "a.fits", b"landed")
+    zone = Driver(LandingZone(root, tmp_path / "s.sqlite"))
+    zone.tick()
+    (ready,) = zone.tick().ready
+    _write(tmp_path / "elsewhere" / "a.fits", b"secret")
+    os.rename(root / "night", tmp_path / "moved")
+    (root / "night").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    with pytest.raises(OSError, match="symbolic link"):
+        open_regular(ready.location)
+    assert zone.tick().ready == []  # the link is not part of the zone

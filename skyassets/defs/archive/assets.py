@@ -93,6 +93,11 @@ def _product_spec(wl: Watchlist, entries: str) -> ProductSpec:
     return ProductSpec()
 
 
+def _bytes(frame: pd.DataFrame) -> dict[str, int]:
+    """A partition's (or run's) own byte count, for its materialisation."""
+    return {"bytes_total": int(frame["size"].sum()) if len(frame) else 0}
+
+
 @asset(
     group_name="archive",
     deps=[mast_observations],
@@ -127,7 +132,7 @@ def mast_products(
     products = pd.concat(frames, ignore_index=True)
     return MaterializeResult(
         metadata={
-            **partition_metadata(context, products, preview_columns=PRODUCT_PREVIEW),
+            **partition_metadata(context, products, preview_columns=PRODUCT_PREVIEW, by="partition", figures=_bytes),
             "bytes": int(products["size"].sum()) if len(products) else 0,
             "in_s3": int(products["s3_key"].notna().sum()) if len(products) else 0,
         }
@@ -227,6 +232,21 @@ def _forget_changed_copy(request: FileRequest, before: dict | None, signature: s
             stale.unlink(missing_ok=True)
 
 
+def _store_verified(root: Home, results: list[FileResult]) -> int:
+    """With the home on an object store: upload the verified files there (the local copies become
+    its bounded working copy); a file skipped as verified is uploaded only if not stored yet."""
+    if not root.remote:
+        return 0
+    count = 0
+    for r in results:
+        if r.status != "failed" and r.path is not None:
+            relative = r.path.relative_to(root.root)
+            if r.status == "downloaded" or not root.exists(relative):
+                root.commit(relative, r.sha256)
+                count += 1
+    return count
+
+
 def _manifest_row(
     root: Home, obs_id: str, uri: str, signature: str | None, result: FileResult, earlier: dict
 ) -> dict:
@@ -309,6 +329,7 @@ def fits_files(
             "verified files are kept and a retry resumes the rest",
             metadata={"failed": MetadataValue.md("\n".join(f"- `{r.filename}`: {r.error}" for r in failed))},
         )
+    stored = _store_verified(root, results)
     manifest = pd.DataFrame(
         [
             _manifest_row(root, obs_id, uri, signature, r, earlier)
@@ -321,6 +342,7 @@ def fits_files(
     empty = manifest.iloc[0:0]
     for obs_id in context.partition_keys:
         lake.write("fits_files", by_partition.get(obs_id, empty), partition=obs_id)
+    root.trim()
     status = Counter(r.status for r in results)
     fetched = sum(r.bytes_fetched for r in results)
     context.log.info(
@@ -329,13 +351,14 @@ def fits_files(
     )
     return MaterializeResult(
         metadata={
-            **partition_metadata(context, manifest, preview_columns=MANIFEST_PREVIEW),
+            **partition_metadata(context, manifest, preview_columns=MANIFEST_PREVIEW, by="partition", figures=_bytes),
             "files_downloaded": status["downloaded"],
             "files_quarantined": len(quarantined),
             "files_skipped": status["skipped"],
+            "files_stored": stored,
             "files_verified_checksum": sum(r.fits_checksum == "ok" for r in results),
             "files_retried": sum(r.attempts > 1 for r in results),
-            "bytes_total": int(manifest["size"].sum()) if len(manifest) else 0,
+            "bytes_in_run": int(manifest["size"].sum()) if len(manifest) else 0,
             "bytes_fetched": fetched,
             "seconds": round(seconds, 3),
             "bytes_per_second": round(fetched / seconds, 1) if seconds > 0 else 0.0,

@@ -21,6 +21,7 @@ from skyassets.defs.partitions import observation_backfill_policy, observations_
 from skyassets.defs.resources import HomeResource
 from skyassets.fits.meta import extract_many, to_table
 from skyassets.lake.tables import TABLES, table
+from skyassets.landing.ingest import quarantine_landed_failures
 
 IMAGE_PREVIEW = ["obs_id", "file_name", "hdu_name", "instrument_name", "filter", "s_ra", "s_dec", "t_min", "t_exptime"]
 
@@ -43,7 +44,7 @@ def image_metadata(context: AssetExecutionContext, home: HomeResource) -> Materi
         manifest = lake.read("fits_files", obs_id)
         sources += [
             {
-                "path": str(root.root / row["path"]),
+                "path": str(root.local(row["path"], row["sha256"])),
                 "stored_path": row["path"],
                 "sha256": row["sha256"],
                 "size": int(row["size"]),
@@ -55,6 +56,7 @@ def image_metadata(context: AssetExecutionContext, home: HomeResource) -> Materi
     # Worker processes pay off only for batches (backfills, bulk ingests); a few files go inline.
     workers = 1 if len(sources) < 16 else os.cpu_count() or 1
     rows, failures = extract_many(sources, processes=workers, quarantine_dir=root.quarantine)
+    failures = quarantine_landed_failures(root, failures)  # a landed file's failure, of any kind, is its own
     unexpected = [f for f in failures if not f.unreadable]
     if unexpected:
         raise Failure(
@@ -71,10 +73,13 @@ def image_metadata(context: AssetExecutionContext, home: HomeResource) -> Materi
         positions[obs_id].append(i)
     for obs_id in context.partition_keys:
         lake.write("image_metadata", rows_table.take(pa.array(positions.get(obs_id, []), pa.int64())), partition=obs_id)
+    root.trim()
     quarantined = "\n".join(f"- `{f.path}`: {f.reason} (moved to `{f.quarantined}`)" for f in failures)
     return MaterializeResult(
         metadata={
-            **partition_metadata(context, rows.drop(columns=["header_json"]), preview_columns=IMAGE_PREVIEW),
+            **partition_metadata(
+                context, rows.drop(columns=["header_json"]), preview_columns=IMAGE_PREVIEW, by="obs_id"
+            ),
             "files": len(sources),
             "quarantined": len(failures),
             **({"quarantined_files": MetadataValue.md(quarantined)} if failures else {}),
@@ -96,8 +101,11 @@ def image_metadata(context: AssetExecutionContext, home: HomeResource) -> Materi
     description="catalog.duckdb: the lake's tables, sorted for fast sky and time filters, published atomically.",
 )
 def catalog(context: AssetExecutionContext, home: HomeResource) -> MaterializeResult:
-    path = publish(home.home.root)
-    con = connect(home.home.root, published=True)
+    root = home.home
+    root.lake_folder()  # with the home on a store, a local mirror of its lake for DuckDB to read
+    path = publish(root.root)
+    stored = root.commit(path.name)
+    con = connect(root.root, published=True)
     try:
         rows = con.execute("SELECT table_name FROM duckdb_tables() WHERE schema_name = 'main'").fetchall()
         published = {name for (name,) in rows}
@@ -110,7 +118,7 @@ def catalog(context: AssetExecutionContext, home: HomeResource) -> MaterializeRe
     context.log.info(f"published {path}: " + ", ".join(f"{n} {c}" for n, c in counts.items()))
     return MaterializeResult(
         metadata={
-            "path": MetadataValue.path(str(path)),
+            "path": MetadataValue.path(stored),
             "bytes": path.stat().st_size,
             "rows": MetadataValue.json(counts),
             "dagster/row_count": counts.get("images", 0),

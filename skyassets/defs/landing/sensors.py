@@ -23,22 +23,27 @@ def _landing_result(context: SensorEvaluationContext, home: HomeResource, tick: 
     """Record each ready file's partition and request their copy-and-catalogue runs, many partitions a run.
 
     The partitions of a tick's files become a few partition-range runs, however many there are; a
-    bad file does not hold its batch back, as ``fits_files`` and ``image_metadata`` quarantine it.
+    bad file does not hold its batch back, as ``fits_files`` and ``image_metadata`` quarantine it,
+    and a partition whose landing record cannot be written is logged and left out, not the tick.
     """
     groups = group_by_partition(tick.ready, client=client)
     versions = {}
     for key, files in groups.items():
-        record_landed(home.home, key, files)
+        try:
+            record_landed(home.home, key, files)
+        except Exception as exc:  # one partition's record (an unreadable earlier one) must not stop the tick
+            context.log.error(f"{key}: landing record not written, its {len(files)} files left out: {exc}")
+            continue
         versions[key] = hashlib.sha256(
             "|".join(sorted(f"{f.location}:{f.signature}" for f in files)).encode()
         ).hexdigest()[:16]
-    known = context.instance.get_dynamic_partitions(observations_partitions.name) if groups else []
+    known = context.instance.get_dynamic_partitions(observations_partitions.name) if versions else []
     requests, added = batched_requests(
         known, versions, per_run=LANDED_PARTITIONS_PER_RUN, run_key_prefix="landed:"
     )
     new = len(added[0].partition_keys) if added else 0
     context.log.info(
-        f"{len(tick.ready)} files ready in {len(groups)} partitions ({new} new), {len(requests)} runs; "
+        f"{len(tick.ready)} files ready in {len(versions)} partitions ({new} new), {len(requests)} runs; "
         f"{tick.pending} waiting to settle; "
         f"{tick.scanned} entries scanned in {tick.seconds:.2f} s"
     )

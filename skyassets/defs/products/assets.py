@@ -3,6 +3,7 @@
 import colorsys
 import io
 import re
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -12,10 +13,12 @@ from dagster import AssetExecutionContext, AutomationCondition, BackfillPolicy, 
 from PIL import Image
 
 from skyassets.defs.automation import data_changed
+from skyassets.defs.cluster import DaskResource
 from skyassets.defs.metadata import column_schema, preview
 from skyassets.defs.partitions import targets_partitions
 from skyassets.defs.resources import CompositesResource, HomeResource, MosaicsResource
 from skyassets.defs.targets.assets import target_images
+from skyassets.imaging.blocks import build_mosaic_blocks
 from skyassets.imaging.composite import (
     apply_overrides,
     channel_colours,
@@ -26,7 +29,7 @@ from skyassets.imaging.composite import (
     write_composite,
 )
 from skyassets.imaging.mosaic import MosaicInput, build_mosaic
-from skyassets.imaging.preview import markdown_image
+from skyassets.imaging.preview import markdown_grid, markdown_image
 from skyassets.lake.home import Home
 from skyassets.lake.tables import table
 
@@ -72,7 +75,9 @@ INPUT_PREVIEW = ["filter", "obs_id", "file_name", "hdu_index", "score", "flag"]
     description="Per target and filter: the usable images co-added on one WCS (SCI, coverage, weight) with a preview. "
     "The mosaics resource sets the grid per target, downscaling, background matching and outlier rejection.",
 )
-def mosaics(context: AssetExecutionContext, home: HomeResource, mosaics: MosaicsResource) -> MaterializeResult:
+def mosaics(
+    context: AssetExecutionContext, home: HomeResource, mosaics: MosaicsResource, dask: DaskResource
+) -> MaterializeResult:
     root, settings = home.home, mosaics.validated()
     lake = root.tables
     for target in context.partition_keys:
@@ -82,15 +87,19 @@ def mosaics(context: AssetExecutionContext, home: HomeResource, mosaics: Mosaics
         for (instrument, band), group in images.groupby(["instrument_name", "filter"]):
             group = _one_level(group)
             inputs = [
-                MosaicInput(path=root.root / p, hdu_index=int(h))
+                MosaicInput(path=root.local(p), hdu_index=int(h))
                 for p, h in zip(group["path"], group["hdu_index"], strict=True)
             ]
             dest = root.target_dir(target) / f"mosaic_{_slug(instrument)}_{_slug(band)}.fits"
-            result = build_mosaic(
-                inputs, dest, wcs=wcs, shape=shape, downscale=settings.downscale,
-                match_background=settings.match_background, reject_sigma=settings.reject_sigma,
-            )
+            with dask.executor() as pool:  # on the cluster block by block, else here in one piece
+                build = build_mosaic if pool is None else partial(build_mosaic_blocks, executor=pool)
+                result = build(
+                    inputs, dest, wcs=wcs, shape=shape, downscale=settings.downscale,
+                    match_background=settings.match_background, reject_sigma=settings.reject_sigma,
+                )
             dest.with_suffix(".png").write_bytes(result.preview_png)
+            for written in (dest, dest.with_suffix(".png")):  # into the store, with the home on one
+                root.commit(written.relative_to(root.root))
             centre = result.wcs.pixel_to_world((result.shape[1] - 1) / 2, (result.shape[0] - 1) / 2)
             rows.append({
                 "target": target, "instrument_name": instrument, "filter": band,
@@ -103,6 +112,7 @@ def mosaics(context: AssetExecutionContext, home: HomeResource, mosaics: Mosaics
             lines += [f"**{instrument} {band}**: {result.n_inputs} images, {result.shape[1]}×{result.shape[0]} px",
                       markdown_image(result.preview_png, f"{target} {band}")]
         lake.write("mosaics", rows, partition=target)
+        root.trim()
         inputs_used = pd.concat(used, ignore_index=True) if used else images.iloc[:0]
         context.add_asset_metadata(
             {"dagster/row_count": len(rows), "mosaics": MetadataValue.md("\n\n".join(lines) or "no usable images"),
@@ -145,6 +155,7 @@ def composites(context: AssetExecutionContext, home: HomeResource, composites: C
         recipes = apply_overrides(suggested, settings.overrides(target))
         recipes["made"], recipes["note"] = False, ""
         rows, lines = [], []
+        grid = _mosaic_cells(root, mosaic_rows)
         for i, recipe in recipes.iterrows():
             bands = recipe["filters"].split(";")
             missing = [b for b in bands if b.upper() not in band_of]
@@ -166,16 +177,31 @@ def composites(context: AssetExecutionContext, home: HomeResource, composites: C
                 "naxis1": paths["shape"][1], "naxis2": paths["shape"][0],
                 "wcs_header": paths["wcs"].to_header_string(relax=True),
             })
+            thumbnail = _thumbnail(paths["png"])
             lines += [f"**{recipe['recipe']}** ({recipe['filters']}): {recipe['reason']}",
-                      markdown_image(_thumbnail(paths["png"]), recipe["recipe"])]
+                      markdown_image(thumbnail, recipe["recipe"])]
+            grid.append((f"{recipe['recipe']} ({recipe['filters']})", thumbnail))
         lake.write("composites", rows, partition=target)
         lake.write("recipes", recipes.assign(target=target), partition=target)
         context.add_asset_metadata(
             {"dagster/row_count": len(rows), "composites": MetadataValue.md("\n\n".join(lines) or "no recipe"),
+             "preview_grid": MetadataValue.md(markdown_grid(grid) or "no mosaic"),
              "recipes": preview(recipes, RECIPE_PREVIEW, rows=30)},
             partition_key=target,
         )
     return MaterializeResult()
+
+
+def _mosaic_cells(root: Home, mosaic_rows: pd.DataFrame) -> list[tuple[str, bytes]]:
+    """(caption, thumbnail) of each of a target's mosaics, from the preview PNG written beside it."""
+    cells = []
+    for row in mosaic_rows.sort_values("filter").itertuples(index=False):
+        try:
+            png = root.local(Path(row.path).with_suffix(".png"))
+            cells.append((f"{row.filter} mosaic", _thumbnail(png, side=192)))
+        except OSError:  # a mosaic written before previews were kept beside it: no cell
+            continue
+    return cells
 
 
 def _make_composite(root: Home, target: str, recipe: pd.Series, chosen: list[dict], settings: CompositesResource):
@@ -183,7 +209,7 @@ def _make_composite(root: Home, target: str, recipe: pd.Series, chosen: list[dic
     as PNG and 16-bit TIFF with AVM tags. Returns the written paths (with the grid), the colours and the stretch."""
     images = []
     for row in chosen:
-        with fits.open(root.root / row["path"]) as hdul:
+        with fits.open(root.local(row["path"])) as hdul:
             images.append((hdul["SCI"].data.astype(float), WCS(hdul["SCI"].header)))
     channels, wcs, shape = reproject_channels(images)
     bands = recipe["filters"].split(";")
@@ -194,5 +220,7 @@ def _make_composite(root: Home, target: str, recipe: pd.Series, chosen: list[dic
     instruments = [row["instrument_name"] for row in chosen]
     paths = write_composite(rgb, wcs, root.target_dir(target) / f"composite_{_slug(recipe['recipe'])}",
                             meta=spectral_meta(bands, pivots, colours, instruments))
+    for kind in ("png", "tiff"):  # into the store, with the home on one
+        root.commit(paths[kind].relative_to(root.root))
     stretch = settings.stretch if settings.method == "screen" else "lupton-asinh"
     return {**paths, "wcs": wcs, "shape": shape}, colours, stretch

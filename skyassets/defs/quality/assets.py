@@ -2,6 +2,7 @@
 
 
 from collections.abc import Iterator
+from functools import partial
 
 import pandas as pd
 from dagster import (
@@ -17,6 +18,7 @@ from dagster import (
 )
 
 from skyassets.defs.catalog.assets import image_metadata
+from skyassets.defs.cluster import DaskResource
 from skyassets.defs.metadata import column_schema, preview
 from skyassets.defs.partitions import observation_backfill_policy, observations_partitions
 from skyassets.defs.resources import HomeResource
@@ -72,11 +74,14 @@ source_catalogs_spec = AssetSpec(
     backfill_policy=observation_backfill_policy,
     can_subset=False,
 )
-def image_quality(context: AssetExecutionContext, home: HomeResource) -> Iterator[MaterializeResult | AssetCheckResult]:
+def image_quality(
+    context: AssetExecutionContext, home: HomeResource, dask: DaskResource
+) -> Iterator[MaterializeResult | AssetCheckResult]:
     root = home.home
     lake = root.tables
     images = _catalogued_images(lake, context.partition_keys)
-    measured = [_measure(root, row) for row in images.to_dict("records")]
+    # one task per image: on the Dask cluster when the dask resource names a scheduler, else here
+    measured = dask.map(partial(_measure, root), images.to_dict("records"))
     metrics = pd.DataFrame([m.metrics for m in measured], columns=_metric_columns())
     scored = score(metrics, reference_depth=_reference_depths(lake, context.partition_keys))
     sources = pd.concat([m.sources for m in measured if len(m.sources)] or [pd.DataFrame(columns=SOURCE_SCHEMA.names)])
@@ -87,6 +92,7 @@ def image_quality(context: AssetExecutionContext, home: HomeResource) -> Iterato
         context.add_asset_metadata(
             _partition_report(root, mine, measured), asset_key="image_quality", partition_key=obs_id
         )
+    root.trim()  # with the home on a store, the working copy back within its budget
     yield MaterializeResult(
         asset_key="image_quality",
         metadata={
@@ -108,7 +114,7 @@ def _catalogued_images(lake: Lake, obs_ids: list[str]) -> pd.DataFrame:
 
 def _measure(root: Home, row: dict) -> Measurement:
     """One image's measurement, reading the file where the catalogue says it is stored."""
-    return measure_image(root.root / row["path"], int(row["hdu_index"]), row=row)
+    return measure_image(root.local(row["path"], row.get("sha256")), int(row["hdu_index"]), row=row)
 
 
 def _metric_columns() -> list[str]:
@@ -143,9 +149,7 @@ def _partition_report(root: Home, mine: pd.DataFrame, measured: list[Measurement
         )
         if m is not None and m.image is not None:
             png = thumbnail_png(m.image, m.sources)
-            target = root.previews / str(row["obs_id"]) / f"{row['file_name']}.{row['hdu_index']}.png"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(png)
+            root.put_bytes(f"previews/{row['obs_id']}/{row['file_name']}.{row['hdu_index']}.png", png)
             lines.append(markdown_image(png, f"{row['file_name']}[{row['hdu_index']}]"))
     return {"dagster/row_count": len(mine), "report": MetadataValue.md("\n\n".join(lines) or "no images")}
 

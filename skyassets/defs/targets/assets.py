@@ -54,11 +54,11 @@ target_images = AssetSpec(
 )
 def target_groups(context: AssetExecutionContext, home: HomeResource) -> MaterializeResult:
     root = home.home
-    con = connect(root.root)
+    con = connect(root.lake_folder().parent)  # with the home on a store, the lake mirrored locally first
     try:
         images = con.execute(
             "SELECT obs_id, target_name, s_region, file_name, path, hdu_index, sha256, instrument_name, filter, "
-            "calib_level, t_exptime FROM images"
+            "calib_level, t_exptime, wcs_problem FROM images"
         ).df()
         try:
             quality = con.execute("SELECT sha256, hdu_index, usable, flag, score FROM quality").df()

@@ -61,7 +61,7 @@ def test_landing_zone_to_catalogue(emu, tmp_path):
         keys = sorted(k for r in second.run_requests for k in requested_partitions(r, every))
         assert len(keys) == 3 and not any("growing" in k for k in keys)
         third = tick(second.cursor)  # the grown file has now settled; the others are not offered again
-        assert [r.partition_key.startswith("growing") for r in third.run_requests] == [True]
+        assert [r.partition_key.startswith("landed-growing") for r in third.run_requests] == [True]
 
         job = defs.resolve_job_def("landing_job")
         for key in keys:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from astropy.io import fits
 from dagster import AssetKey, DagsterInstance, Definitions, SensorResult, build_sensor_context, instance_for_test
 
@@ -18,7 +20,7 @@ from skyassets.defs.partitions import LANDED_PARTITIONS_PER_RUN, requested_parti
 from skyassets.defs.resources import ArchiveResource, DownloaderResource, HomeResource, LandingResource
 
 
-def _image(path: Path, obs_id: str) -> None:
+def _image(path: Path, obs_id: str, *, checksum: bool = True) -> None:
     """A small calibrated-looking image: an OBS_ID, a filter and a celestial WCS on its SCI extension."""
     primary = fits.PrimaryHDU()
     primary.header.update(
@@ -30,7 +32,7 @@ def _image(path: Path, obs_id: str) -> None:
         {"CTYPE1": "RA---TAN", "CTYPE2": "DEC--TAN", "CRVAL1": 150.0, "CRVAL2": 2.0, "CRPIX1": 4.5,
          "CRPIX2": 4.5, "CDELT1": -1e-5, "CDELT2": 1e-5, "CUNIT1": "deg", "CUNIT2": "deg", "BUNIT": "MJy/sr"}
     )
-    fits.HDUList([primary, sci]).writeto(path, checksum=True)
+    fits.HDUList([primary, sci]).writeto(path, checksum=checksum)
 
 
 def _header_only(path: Path, obs_id: str) -> None:
@@ -81,7 +83,7 @@ def test_a_tick_of_many_partitions_is_a_few_runs_and_each_runs_once(tmp_path):
         assert [r.run_key for r in again.run_requests] == [r.run_key for r in second.run_requests]
         assert len({r.run_key for r in again.run_requests}) == len(again.run_requests)
         keys = _covered(instance, again)
-        assert len(keys) == len(set(keys)) == 61 and set(obs_ids) < set(keys)
+        assert len(keys) == len(set(keys)) == 61 and {f"landed-{o}" for o in obs_ids} < set(keys)
         assert _tick(instance, resources, again.cursor).run_requests == []  # nothing is offered twice
 
         defs = Definitions(assets=[fits_files, image_metadata], jobs=[landing_job], resources=resources)
@@ -105,11 +107,11 @@ def test_files_for_partitions_already_known_join_their_partitions_runs(tmp_path)
         _header_only(landing / f"a{i:02d}.fits", f"obs-{i:02d}")
     resources = _resources(tmp_path / "home", landing)
     with instance_for_test() as instance:
-        known = ["mast-1", "obs-03", "obs-04", "mast-2", "obs-05", "mast-3"]
+        known = ["mast-1", "landed-obs-03", "landed-obs-04", "mast-2", "landed-obs-05", "mast-3"]
         instance.add_dynamic_partitions("observations", known)
         result = _tick(instance, resources, _tick(instance, resources, None).cursor)
         keys = _covered(instance, result)
-        assert sorted(keys) == [f"obs-{i:02d}" for i in range(30)]
+        assert sorted(keys) == [f"landed-obs-{i:02d}" for i in range(30)]
         assert not any(k.startswith("mast") for k in keys)  # a range never spans a partition not asked for
         assert len(result.run_requests) == 3  # obs-03..obs-04; obs-05; the 27 new ones
 
@@ -137,3 +139,121 @@ def test_a_tick_over_thousands_of_files_stays_bounded(tmp_path):
     assert len(taken) == len(set(taken)) == total
     # A pass examines max_files entries a tick, and a file is taken on its second sighting.
     assert ticks <= 2 * math.ceil(total / max_files) + math.ceil(total / max_ready)
+
+
+# --- one file never fails its batch; nothing from outside the zone; no archive partition taken over ---
+
+def _runs(instance: DagsterInstance, resources: dict, result: SensorResult) -> list:
+    defs = Definitions(assets=[fits_files, image_metadata], jobs=[landing_job], resources=resources)
+    job = defs.resolve_job_def("landing_job")
+    return [
+        job.execute_in_process(instance=instance, partition_key=r.partition_key, tags=r.tags, raise_on_error=False)
+        for r in result.run_requests
+    ]
+
+
+def _holds(folder: Path, marker: bytes) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.is_file() and not p.is_symlink() and marker in p.read_bytes()]
+
+
+def test_a_file_that_fails_anywhere_is_quarantined_and_its_batch_goes_on(tmp_path):
+    """In one batch: a header value with a DEL byte (astropy refuses it while cataloguing), a 250-byte
+    name (its lock and working files' names would pass 255 bytes), a broken file, a link to a FITS
+    file outside and a name that is not UTF-8, beside good files. The runs succeed, the good files
+    and the long name are catalogued, the bad ones are quarantined with the reason, and
+    nothing of the file outside reaches the store or the quarantine."""
+    landing = tmp_path / "drop"
+    landing.mkdir()
+    for obs_id in ("good-1", "good-2"):
+        _image(landing / f"{obs_id}.fits", obs_id)
+    long_name = "g" * 245 + ".fits"
+    _image(landing / long_name, "long-1")
+    odd = landing / "odd.fits"
+    _image(odd, "odd-1", checksum=False)
+    odd.write_bytes(odd.read_bytes().replace(b"'F200W", b"'F2\x7f0W", 1))  # no CHECKSUM: the copy passes
+    (landing / "broken.fits").write_bytes(b"SIMPLE  =                    T" + b" " * 100)
+    _image(tmp_path / "outside.fits", "outside-secret")
+    (landing / "link.fits").symlink_to(tmp_path / "outside.fits")
+    with open(os.path.join(os.fsencode(landing), b"caf\xe9.fits"), "wb") as f:
+        f.write(odd.read_bytes())
+    resources = _resources(tmp_path / "home", landing)
+    with instance_for_test() as instance:
+        result = _tick(instance, resources, _tick(instance, resources, None).cursor)
+        keys = _covered(instance, result)
+        assert {"landed-good-1", "landed-good-2", "landed-long-1", "landed-odd-1"} <= set(keys) and len(keys) == 5
+        assert all(run.success for run in _runs(instance, resources, result))
+        assert instance.get_materialized_partitions(AssetKey("image_metadata")) == set(keys)
+    home = tmp_path / "home"
+    catalogued = pd.concat(pd.read_parquet(p) for p in (home / "lake" / "image_metadata").glob("*.parquet"))
+    assert sorted(catalogued["obs_id"]) == ["landed-good-1", "landed-good-2", "landed-long-1"]
+    stored = catalogued.set_index("obs_id").loc["landed-long-1", "file_name"]
+    assert stored.startswith("g" * 100) and stored.endswith(".fits") and len(stored) < 250
+    notes = {p.name: json.loads(p.read_text()) for p in (home / "quarantine").glob("*.json")}
+    assert sorted(n["file"].partition(".")[0] for n in notes.values()) == ["broken", "odd"]
+    assert "odd.fits" in notes["odd.fits.json"]["reason"]
+    assert _holds(home, b"outside-secret") == []
+
+
+def test_a_file_swapped_for_a_link_before_its_copy_is_not_copied(tmp_path):
+    """The sensor took a real file; before the run copies it, it becomes a link to a file outside
+    with the same size. The copy refuses the link: the outside bytes reach neither the store nor
+    the quarantine, and the run goes on."""
+    landing = tmp_path / "drop"
+    landing.mkdir()
+    _image(landing / "a.fits", "swap-1")
+    _image(landing / "b.fits", "keep-1")
+    _image(tmp_path / "outside.fits", "secret-9")  # the same size as a.fits
+    assert (tmp_path / "outside.fits").stat().st_size == (landing / "a.fits").stat().st_size
+    resources = _resources(tmp_path / "home", landing)
+    with instance_for_test() as instance:
+        result = _tick(instance, resources, _tick(instance, resources, None).cursor)
+        (landing / "a.fits").unlink()
+        (landing / "a.fits").symlink_to(tmp_path / "outside.fits")
+        assert all(run.success for run in _runs(instance, resources, result))
+    home = tmp_path / "home"
+    assert _holds(home, b"secret-9") == []
+    assert len(_holds(home / "files", b"keep-1")) == 1
+
+
+def test_a_landed_file_never_takes_over_an_archive_observation(tmp_path):
+    """An archive observation has five files catalogued; a landed file's header carries the same
+    OBS_ID. It gets its own partition, and the archive's rows and files stay as they were."""
+    from skyassets.lake.home import Home
+
+    obs_id = "jw01234-o001_t001_nircam_clear-f200w"
+    home = Home(tmp_path / "home")
+    archive = pd.DataFrame({
+        "partition": obs_id, "dataURI": [f"mast:JWST/product/f{i}.fits" for i in range(5)],
+        "filename": [f"f{i}.fits" for i in range(5)], "path": [f"files/JWST/{obs_id}/f{i}.fits" for i in range(5)],
+        "size": 10, "sha256": "0" * 64, "status": "downloaded",
+    })
+    home.tables.write("mast_products", archive.rename(columns={"filename": "productFilename"}), partition=obs_id)
+    home.tables.write("fits_files", archive, partition=obs_id)
+    before = home.tables.read("fits_files", obs_id)
+    landing = tmp_path / "drop"
+    landing.mkdir()
+    _image(landing / "mine.fits", obs_id)
+    resources = _resources(home.root, landing)
+    with instance_for_test() as instance:
+        instance.add_dynamic_partitions("observations", [obs_id])
+        result = _tick(instance, resources, _tick(instance, resources, None).cursor)
+        assert _covered(instance, result) == [f"landed-{obs_id}"]
+        assert all(run.success for run in _runs(instance, resources, result))
+        assert instance.get_materialized_partitions(AssetKey("fits_files")) == {f"landed-{obs_id}"}
+    pd.testing.assert_frame_equal(home.tables.read("fits_files", obs_id), before)
+    assert not home.tables.exists("landing", obs_id) and not (home.files / "local" / obs_id).exists()
+    assert home.tables.read("image_metadata", f"landed-{obs_id}")["file_name"].tolist() == ["mine.fits"]
+
+
+def test_a_partition_whose_record_cannot_be_written_does_not_stop_the_tick(tmp_path):
+    landing = tmp_path / "drop"
+    landing.mkdir()
+    _header_only(landing / "a.fits", "rec-a")
+    _header_only(landing / "b.fits", "rec-b")
+    records = tmp_path / "home" / "lake" / "landing"
+    records.mkdir(parents=True)
+    (records / "landed-rec-a.parquet").write_bytes(b"not parquet")  # an earlier record, damaged
+    resources = _resources(tmp_path / "home", landing)
+    with instance_for_test() as instance:
+        result = _tick(instance, resources, _tick(instance, resources, None).cursor)
+        assert _covered(instance, result) == ["landed-rec-b"]

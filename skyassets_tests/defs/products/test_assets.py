@@ -73,12 +73,18 @@ def test_each_target_gets_mosaics_and_composites_remade_only_when_its_images_cha
         _make_products(instance, ["NGC-3132"], run_config)
         after = home.tables.read("mosaics", "NGC-3132").set_index("filter")["n_inputs"]
         assert after["F444W"] == 2 * before["F444W"] and after.drop("F444W").equals(before.drop("F444W"))
+        # the UI's preview grid: the target's mosaics and its composite side by side
+        latest = instance.fetch_materializations(AssetKey("composites"), limit=1).records[0]
+        grid = latest.asset_materialization.metadata["preview_grid"].value
+        assert latest.partition_key == "NGC-3132"
+        assert grid.startswith("| F090W mosaic | F200W mosaic | F444W mosaic | nircam-classic (F090W;F200W;F444W) |")
+        assert grid.count("](data:image/png;base64,") == 4
 
     mosaics = home.tables.read("mosaics", "NGC-3132")
     assert len(mosaics) == 3 and (mosaics["n_inputs"] >= 2).all()  # every filter has both pointings now
     composites = home.tables.read("composites", "NGC-3132")
     assert len(composites) == 1 and composites.iloc[0]["filters"] == "F090W;F200W;F444W"  # the classic 3-colour
-    assert set(composites["stretch"]) == {"asinh"} and set(composites["method"]) == {"screen"}
+    assert set(composites["stretch"]) == {"lupton-asinh"} and set(composites["method"]) == {"lupton"}
     first_made = composites.iloc[0]
     png = home.root / first_made["png"]
     assert png.exists() and (home.root / first_made["cube"]).exists()
@@ -97,7 +103,7 @@ def test_each_target_gets_mosaics_and_composites_remade_only_when_its_images_cha
     assert main(["show", "NGC-3132"]) == 0
     shown = capsys.readouterr().out
     assert str(png) in shown and shown.count("mosaic ") == 3
-    assert "screen, asinh" in shown
+    assert "lupton, lupton-asinh" in shown
     assert shown.count("not made ") == int((~recipes[recipes["target"] == "NGC-3132"]["made"]).sum())
     assert main(["show", "NOWHERE"]) == 1
 

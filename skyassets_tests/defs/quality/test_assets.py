@@ -10,6 +10,7 @@ from dagster import AssetKey, Definitions, asset, define_asset_job, in_process_e
 from skyassets.catalog.db import connect, search
 from skyassets.cli.main import main
 from skyassets.cli.runs import QUIET, ingest, latest_metadata
+from skyassets.defs.cluster import DaskResource
 from skyassets.defs.partitions import observation_backfill_policy
 from skyassets.defs.quality.assets import image_quality
 from skyassets.defs.resources import HomeResource
@@ -26,7 +27,7 @@ def _defs(home: Path) -> Definitions:
     return Definitions(
         assets=[image_quality, consumer],
         jobs=[define_asset_job("measure", selection=[image_quality, consumer], executor_def=in_process_executor)],
-        resources={"home": HomeResource(root=str(home))},
+        resources={"home": HomeResource(root=str(home)), "dask": DaskResource()},
     )
 
 
@@ -91,5 +92,5 @@ def test_an_unusable_image_fails_the_blocking_check_and_stops_downstream(emu, tm
         assert not check.passed and blank.name in check.description
         assert "consumer" not in {e.step_key for e in result.get_step_success_events()}
         assert instance.get_latest_materialization_event(AssetKey("consumer")) is None
-    rows = home.tables.read("image_quality", "V99999001001P0000000002101")
+    rows = home.tables.read("image_quality", "landed-V99999001001P0000000002101")  # landed keys: their own
     assert rows["usable"].tolist() == [False] and rows["score"].tolist() == [0]

@@ -1,0 +1,222 @@
+"""Runs launched the way the Dagster UI launches them.
+
+The command line starts a headless Dagster webserver on loopback for its own lifetime and submits
+each run through its GraphQL API (the ``launchRun`` mutation the UI's Launch button sends). Runs are
+made for the code location that ``skyassets dev`` loads, so the UI lists them on the job, asset and
+timeline pages and can re-execute them; each runs in its own run-worker process, as under the daemon.
+
+The webserver uses an instance of its own that shares the home instance's storage but launches runs
+at once (``DefaultRunCoordinator``): the command line orders and limits its runs itself, so they need
+no daemon to leave a queue, and no sensor of a daemon started for the purpose acts beside them.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+import yaml
+from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, RunsFilter
+
+# The code location name: ``dagster dev -m skyassets.definitions`` (what ``skyassets dev`` starts)
+# names its location after the module, and a run re-executes only in the location that made it.
+MODULE = "skyassets.definitions"
+LOCATION = MODULE
+
+POLL_SECONDS = 0.3
+FINISHED = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
+# The settings of the home instance that the launching instance shares; the rest (run queue, run
+# monitoring, schedules) belongs to the daemon.
+SHARED_SETTINGS = ("storage", "compute_logs", "local_artifact_storage", "run_launcher", "telemetry", "secrets")
+IMMEDIATE = {"module": "dagster._core.run_coordinator", "class": "DefaultRunCoordinator"}
+
+
+class LaunchError(RuntimeError):
+    """The webserver would not start or refused a run; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class Submission:
+    """A run to launch: the job, its tags (partition or partition range) and run config."""
+
+    job: str
+    tags: Mapping[str, str]
+    run_config: Mapping
+
+
+def launching_home(dagster_home: Path) -> Path:
+    """The launching instance's directory under ``dagster_home``: the home instance's storage,
+    compute logs and run launcher, with runs launched as soon as they are submitted."""
+    settings = yaml.safe_load((dagster_home / "dagster.yaml").read_text()) or {}
+    launching = {k: settings[k] for k in SHARED_SETTINGS if k in settings}
+    launching.setdefault("storage", {"sqlite": {"base_dir": str(dagster_home)}})
+    launching.setdefault(
+        "local_artifact_storage",
+        {"module": "dagster._core.storage.root", "class": "LocalArtifactStorage",
+         "config": {"base_dir": str(dagster_home)}},
+    )
+    launching.setdefault(
+        "compute_logs",
+        {"module": "dagster._core.storage.local_compute_log_manager", "class": "LocalComputeLogManager",
+         "config": {"base_dir": str(dagster_home / "storage")}},
+    )
+    pools = (settings.get("concurrency") or {}).get("pools")
+    if pools:
+        launching["concurrency"] = {"pools": pools}
+    launching["run_coordinator"] = IMMEDIATE
+    folder = dagster_home / "launcher"
+    folder.mkdir(exist_ok=True)
+    text = "# Written by the skyassets command line from ../dagster.yaml; edit that one.\n" + yaml.safe_dump(launching)
+    target = folder / "dagster.yaml"
+    if not target.exists() or target.read_text() != text:
+        target.write_text(text)
+    return folder
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Launcher:
+    """A headless webserver for the duration of a ``with`` block, and the runs submitted through it."""
+
+    def __init__(self, dagster_home: Path, instance: DagsterInstance, *, start_timeout: float = 180.0):
+        self.dagster_home = dagster_home
+        self.instance = instance
+        self.start_timeout = start_timeout
+        self.port = 0
+        self._server: subprocess.Popen | None = None
+        self._log = None
+
+    def __enter__(self) -> Launcher:
+        home = launching_home(self.dagster_home)
+        self.port = _free_port()
+        env = {**os.environ, "DAGSTER_HOME": str(home)}
+        self._log = open(home / "webserver.log", "w")  # noqa: SIM115 - closed in __exit__
+        self._server = subprocess.Popen(
+            [sys.executable, "-m", "dagster_webserver", "-m", MODULE, "-h", "127.0.0.1", "-p", str(self.port),
+             "--suppress-warnings"],
+            env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        try:
+            self._wait_until_loaded()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._server is not None and self._server.poll() is None:
+            os.killpg(self._server.pid, signal.SIGTERM)
+            try:
+                self._server.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self._server.pid, signal.SIGKILL)
+                self._server.wait()
+        if self._log is not None:
+            self._log.close()
+
+    def _graphql(self, query: str, variables: dict | None = None) -> dict:
+        answer = requests.post(
+            f"http://127.0.0.1:{self.port}/graphql", json={"query": query, "variables": variables or {}}, timeout=120
+        )
+        answer.raise_for_status()
+        body = answer.json()
+        if body.get("errors"):
+            raise LaunchError(f"the Dagster webserver answered: {body['errors'][0].get('message')}")
+        return body["data"]
+
+    def _wait_until_loaded(self) -> None:
+        """Until the webserver answers and the code location is loaded (its definitions import)."""
+        deadline = time.monotonic() + self.start_timeout
+        query = ("{ workspaceOrError { ... on Workspace { locationEntries { name loadStatus "
+                 "locationOrLoadError { __typename ... on PythonError { message } } } } } }")
+        while time.monotonic() < deadline:
+            self._check_running()
+            try:
+                entries = self._graphql(query)["workspaceOrError"]["locationEntries"]
+            except (requests.RequestException, KeyError, LaunchError):
+                time.sleep(0.5)
+                continue
+            entry = next((e for e in entries if e["name"] == LOCATION), None)
+            if entry and entry["loadStatus"] == "LOADED":
+                loaded = entry["locationOrLoadError"] or {}
+                if loaded.get("__typename") == "PythonError":
+                    raise LaunchError(f"the skyassets definitions failed to load: {loaded.get('message')}")
+                return
+            time.sleep(0.5)
+        raise LaunchError(f"the Dagster webserver did not load {LOCATION} in {self.start_timeout:.0f} s")
+
+    def submit(self, submission: Submission) -> str:
+        """Launch one run through the webserver, as the UI's Launch button does; its run id."""
+        mutation = """
+        mutation($params: ExecutionParams!) {
+          launchRun(executionParams: $params) {
+            __typename
+            ... on LaunchRunSuccess { run { runId } }
+            ... on PythonError { message }
+            ... on RunConfigValidationInvalid { errors { message } }
+            ... on Error { message }
+          }
+        }"""
+        params = {
+            "selector": {"repositoryLocationName": LOCATION, "repositoryName": "__repository__",
+                         "jobName": submission.job},
+            "runConfigData": dict(submission.run_config),
+            "executionMetadata": {"tags": [{"key": k, "value": v} for k, v in submission.tags.items()]},
+        }
+        answer = self._graphql(mutation, {"params": params})["launchRun"]
+        if answer["__typename"] != "LaunchRunSuccess":
+            reasons = [e["message"] for e in answer.get("errors", [])] or [answer.get("message", answer["__typename"])]
+            raise LaunchError(f"{submission.job} was refused: {'; '.join(reasons)}")
+        return answer["run"]["runId"]
+
+    def _check_running(self) -> None:
+        if self._server.poll() is not None:
+            raise LaunchError(f"the Dagster webserver stopped (see {self._log.name})")
+
+    def wait(self, run_ids: Sequence[str]) -> list[DagsterRun]:
+        """Until every run of ``run_ids`` has finished (however it was launched); those runs, in order."""
+        pending = set(run_ids)
+        while pending:
+            time.sleep(POLL_SECONDS)
+            self._check_running()
+            runs = self.instance.get_runs(RunsFilter(run_ids=list(pending)))
+            pending -= {run.run_id for run in runs if run.status in FINISHED}
+        return [self.instance.get_run_by_id(run_id) for run_id in run_ids]
+
+    def run_all(
+        self,
+        submissions: Sequence[Submission],
+        *,
+        at_once: int = 1,
+        on_finished: Callable[[Submission, DagsterRun], None] | None = None,
+    ) -> list[DagsterRun]:
+        """Launch ``submissions`` with at most ``at_once`` running, wait for all of them, and return
+        their finished runs in submission order; ``on_finished`` hears of each as it ends."""
+        waiting = list(enumerate(submissions))
+        running: dict[str, int] = {}
+        done: dict[int, DagsterRun] = {}
+        while waiting or running:
+            while waiting and len(running) < max(1, at_once):
+                index, submission = waiting.pop(0)
+                running[self.submit(submission)] = index
+            time.sleep(POLL_SECONDS)
+            self._check_running()
+            for run in self.instance.get_runs(RunsFilter(run_ids=list(running))):
+                if run.status in FINISHED:
+                    index = running.pop(run.run_id)
+                    done[index] = run
+                    if on_finished:
+                        on_finished(submissions[index], run)
+        return [done[i] for i in range(len(submissions))]

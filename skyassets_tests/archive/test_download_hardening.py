@@ -1,0 +1,166 @@
+"""The downloader against servers that lie or dawdle, and names and files that are not what they seem:
+sizes that change between ranges, digest headers, resumes without validators, compressed bodies,
+names ending in the working files' suffixes, files changed in place, trickling transfers."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from skyassets.archive.download import FileRequest, download_files
+from skyassets_tests.archive.test_download import (
+    assert_in_place,
+    download_config,
+    file_request,
+    gets_of,
+    http_url,
+    publish_file,
+)
+
+
+def _unsized(emu, product: dict, dest: Path) -> FileRequest:
+    """A request whose size the product list did not give: only the server says how long it is."""
+    return FileRequest(filename=product["productFilename"], dest_dir=dest, http_url=http_url(emu, product))
+
+
+def test_range_answer_with_another_total_restarts_instead_of_splicing(emu, tmp_path: Path) -> None:
+    product, content = publish_file(emu, tmp_path, 2)
+    name = product["productFilename"]
+    emu.faults.add("drop", match=name, after_bytes=500_000, times=1)
+    emu.faults.add("wrong_total", match=name, times=1)
+    since = len(emu.requests)
+    (result,) = download_files([_unsized(emu, product, tmp_path)], download_config(emu))
+    assert_in_place(result, content)
+    first, second, third = gets_of(emu, since, name)
+    assert second["status"] == 206 and second["range"].startswith("bytes=")
+    assert third["range"] is None  # started over at once, no byte of the odd answer kept
+    assert result.resumed_from == 0
+
+
+def test_content_md5_mismatch_is_refused_with_its_reason(emu, tmp_path: Path) -> None:
+    product, _ = publish_file(emu, tmp_path, 1)
+    name = product["productFilename"]
+    emu.faults.add("bad_md5", match=name, times=-1)
+    (result,) = download_files([_unsized(emu, product, tmp_path)], download_config(emu, retries=1))
+    assert result.status == "failed" and result.path is None
+    assert name in result.error and "Content-MD5 mismatch" in result.error
+    assert not (tmp_path / name).exists()
+
+
+def test_checksum_sha256_header_mismatch_is_refused(emu, tmp_path: Path) -> None:
+    product, _ = publish_file(emu, tmp_path, 1)
+    name = product["productFilename"]
+    emu.faults.add("bad_sha256", match=name, times=-1)
+    (result,) = download_files([_unsized(emu, product, tmp_path)], download_config(emu, retries=0))
+    assert result.status == "failed" and "x-amz-checksum-sha256" in result.error and name in result.error
+    assert not (tmp_path / name).exists()
+
+
+def test_right_digest_headers_are_accepted(emu, tmp_path: Path) -> None:
+    product, content = publish_file(emu, tmp_path, 1)
+    emu.faults.add("digests", match=product["productFilename"], times=-1)
+    (result,) = download_files([file_request(emu, product, tmp_path)], download_config(emu))
+    assert_in_place(result, content)
+
+
+def test_resume_without_etag_or_last_modified_restarts(emu, tmp_path: Path) -> None:
+    product, content = publish_file(emu, tmp_path, 2)
+    name = product["productFilename"]
+    emu.faults.add("no_validators", times=-1)  # every answer while armed
+    emu.faults.add("drop", match=name, after_bytes=500_000, times=1)
+    since = len(emu.requests)
+    (result,) = download_files([file_request(emu, product, tmp_path)], download_config(emu))
+    assert_in_place(result, content)
+    first, second = gets_of(emu, since, name)
+    assert second["range"] is None  # nothing proves the rest would be the same object
+    assert result.resumed_from == 0
+
+
+def test_resume_without_etag_is_conditional_on_last_modified(emu, tmp_path: Path) -> None:
+    product, content = publish_file(emu, tmp_path, 2)
+    name = product["productFilename"]
+    emu.faults.add("no_etag", times=-1)
+    emu.faults.add("drop", match=name, after_bytes=500_000, times=1)
+    since = len(emu.requests)
+    (result,) = download_files([file_request(emu, product, tmp_path)], download_config(emu))
+    assert_in_place(result, content)
+    first, second = gets_of(emu, since, name)
+    assert second["range"] == f"bytes={result.resumed_from}-" and second["if_range"].endswith("GMT")
+
+
+def test_compressed_body_is_never_stored_under_the_name(emu, tmp_path: Path) -> None:
+    product, _ = publish_file(emu, tmp_path, 1)
+    name = product["productFilename"]
+    emu.faults.add("gzip", match=name, times=-1)
+    (result,) = download_files([_unsized(emu, product, tmp_path)], download_config(emu))
+    assert result.status == "failed" and "Content-Encoding 'gzip'" in result.error and name in result.error
+    assert not (tmp_path / name).exists()
+    assert len(gets_of(emu, 0, name)) == 1  # refused at once, not retried
+
+
+@pytest.mark.parametrize("suffix", [".part", ".part.json", ".sha256", ".corrupt", ".lock", ".verified", ".tmp"])
+def test_names_ending_in_working_suffixes_are_refused(emu, tmp_path: Path, suffix: str) -> None:
+    product, content = publish_file(emu, tmp_path, 0.2)
+    name = product["productFilename"]
+    clash = FileRequest(filename=name + suffix, dest_dir=tmp_path, http_url=http_url(emu, product))
+    good, refused = download_files([file_request(emu, product, tmp_path), clash], download_config(emu))
+    assert_in_place(good, content)
+    assert refused.status == "failed" and suffix in refused.error and "collide" in refused.error
+    assert (tmp_path / f"{name}.sha256").read_text().endswith(f"  {name}\n")
+
+
+def test_name_without_room_for_its_working_files_is_refused(emu, tmp_path: Path) -> None:
+    product, _ = publish_file(emu, tmp_path, 0.1)
+    long_name = "x" * 245 + ".fits"  # a valid file name, but not once ".part.json.tmp" is added
+    request = FileRequest(long_name, tmp_path, http_url=http_url(emu, product))
+    (result,) = download_files([request], download_config(emu))
+    assert result.status == "failed" and "no room" in result.error
+    assert not (tmp_path / long_name).exists()
+
+
+def test_file_changed_in_place_is_checked_again_before_it_is_reported(emu, tmp_path: Path) -> None:
+    product, content = publish_file(emu, tmp_path, 1)
+    name = product["productFilename"]
+    (first,) = download_files([file_request(emu, product, tmp_path)], download_config(emu))
+    assert_in_place(first, content)
+    final = tmp_path / name
+
+    os.utime(final, ns=(time.time_ns(), time.time_ns() + 5_000_000_000))  # touched, bytes unchanged
+    since = len(emu.requests)
+    (touched,) = download_files([file_request(emu, product, tmp_path)], download_config(emu))
+    assert touched.status == "skipped" and touched.fits_checksum == "ok"  # re-verified, not trusted
+    assert gets_of(emu, since, name) == []
+
+    damaged = bytearray(content)
+    damaged[-5000] ^= 0xFF  # same size, other bytes: the sidecar's digest no longer holds
+    final.write_bytes(bytes(damaged))
+    (refetched,) = download_files([file_request(emu, product, tmp_path)], download_config(emu))
+    assert_in_place(refetched, content)
+    assert len(gets_of(emu, since, name)) == 1
+
+    (again,) = download_files([file_request(emu, product, tmp_path)], download_config(emu))
+    assert again.status == "skipped" and again.fits_checksum == "unchecked"  # unchanged since verified
+
+
+def test_trickling_transfer_is_cut_by_the_minimum_speed(emu, tmp_path: Path) -> None:
+    product, _ = publish_file(emu, tmp_path, 0.1)
+    name = product["productFilename"]
+    emu.faults.add("trickle", match=name, seconds=0.1, times=-1)
+    started = time.monotonic()
+    (result,) = download_files([file_request(emu, product, tmp_path)],
+                               download_config(emu, retries=0, min_speed=1000, min_speed_window=0.5))
+    assert time.monotonic() - started < 5
+    assert result.status == "failed" and name in result.error and "too slow" in result.error
+
+
+def test_trickling_transfer_is_cut_by_the_deadline(emu, tmp_path: Path) -> None:
+    product, _ = publish_file(emu, tmp_path, 0.1)
+    name = product["productFilename"]
+    emu.faults.add("trickle", match=name, seconds=0.1, times=-1)
+    started = time.monotonic()
+    (result,) = download_files([file_request(emu, product, tmp_path)], download_config(emu, min_speed=0, deadline=0.6))
+    assert time.monotonic() - started < 5
+    assert result.status == "failed" and name in result.error and "deadline of 0.6 s" in result.error

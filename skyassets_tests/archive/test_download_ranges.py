@@ -1,0 +1,121 @@
+"""One large file over several ranged connections: ranges in order, resumable range by range, one
+verification of the whole file, over HTTP and S3."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from skyassets.archive.download import download_files
+from skyassets_tests.archive.test_download import assert_in_place, download_config, file_request, gets_of, publish_file
+
+SEGMENT = 256 << 10
+# fast_stream=0: every connection opens at once, whatever the first one's speed on loopback.
+
+
+def _ranges(emu, since: int, name: str) -> list[tuple[int, int]]:
+    """The ``bytes=a-b`` ranges asked for, as (a, b) pairs."""
+    out = []
+    for get in gets_of(emu, since, name):
+        m = re.fullmatch(r"bytes=(\d+)-(\d+)", get["range"] or "")
+        assert m, f"a request without an explicit range: {get}"
+        out.append((int(m.group(1)), int(m.group(2))))
+    return out
+
+
+def test_large_file_comes_over_several_ranged_connections(emu, tmp_path: Path) -> None:
+    product, content = publish_file(emu, tmp_path, 3)
+    name = product["productFilename"]
+    since = len(emu.requests)
+    (result,) = download_files([file_request(emu, product, tmp_path)],
+                               download_config(emu, connections=4, segment_size=SEGMENT, fast_stream=0, md5="always"))
+    assert_in_place(result, content, md5=True)  # SHA-256, MD5 and FITS sums over the assembled file
+    ranges = _ranges(emu, since, name)
+    assert len(ranges) == -(-len(content) // SEGMENT)
+    assert sorted(ranges)[0][0] == 0 and sorted(ranges)[-1][1] == len(content) - 1
+    covered = sum(b - a + 1 for a, b in ranges)
+    assert covered == len(content)
+    assert result.bytes_fetched == len(content)
+
+
+def test_small_file_uses_one_stream(emu, tmp_path: Path) -> None:
+    product, content = publish_file(emu, tmp_path, 0.4)
+    name = product["productFilename"]
+    since = len(emu.requests)
+    (result,) = download_files([file_request(emu, product, tmp_path)],
+                               download_config(emu, connections=4, segment_size=SEGMENT, fast_stream=0))
+    assert_in_place(result, content)
+    (get,) = gets_of(emu, since, name)  # 0.4 MB is less than two segments
+    assert get["range"] is None
+
+
+def test_failed_range_resumes_only_the_missing_ranges(emu, tmp_path: Path) -> None:
+    product, content = publish_file(emu, tmp_path, 3)
+    name = product["productFilename"]
+    cfg = download_config(emu, connections=2, segment_size=SEGMENT, fast_stream=0, retries=0)
+    emu.faults.add("drop", match=name, after_bytes=100_000, times=-1)
+    (failed,) = download_files([file_request(emu, product, tmp_path)], cfg)
+    assert failed.status == "failed" and name in failed.error
+    state = json.loads((tmp_path / f"{name}.part.json").read_text())
+    done = state["done"]
+    kept = sum(b - a for a, b in done)
+    assert kept > 0 and state["size"] == len(content)
+
+    emu.faults.clear()
+    since = len(emu.requests)
+    (result,) = download_files([file_request(emu, product, tmp_path)], cfg)
+    assert_in_place(result, content)
+    assert result.bytes_fetched == len(content) - kept
+    for a, b in _ranges(emu, since, name):  # nothing recorded as done is asked for again
+        assert all(b < start or a >= end for start, end in done)
+
+
+def test_ranges_resume_over_s3_and_verify_the_whole_file(emu, tmp_path: Path) -> None:
+    product, content = publish_file(emu, tmp_path, 3)
+    name = product["productFilename"]
+    emu.faults.add("drop", match=name, after_bytes=100_000, times=-1)
+    download_files([file_request(emu, product, tmp_path)],
+                   download_config(emu, connections=2, segment_size=SEGMENT, fast_stream=0, retries=0))
+    kept = sum(b - a for a, b in json.loads((tmp_path / f"{name}.part.json").read_text())["done"])
+    assert kept > 0
+    emu.faults.clear()
+    (result,) = download_files([file_request(emu, product, tmp_path, s3=True, http=False)],
+                               download_config(emu, connections=4, segment_size=SEGMENT, fast_stream=0))
+    assert_in_place(result, content)
+    assert result.source == "s3"
+    assert result.bytes_fetched == len(content) - kept
+
+
+def test_a_damaged_range_on_disk_fails_the_one_verification(emu, tmp_path: Path) -> None:
+    product, content = publish_file(emu, tmp_path, 3)
+    name = product["productFilename"]
+    cfg = download_config(emu, connections=2, segment_size=SEGMENT, fast_stream=0, retries=0)
+    emu.faults.add("drop", match=name, after_bytes=100_000, times=-1)
+    download_files([file_request(emu, product, tmp_path)], cfg)
+    part = tmp_path / f"{name}.part"
+    done = json.loads((tmp_path / f"{name}.part.json").read_text())["done"]
+    start, end = done[-1]
+    with part.open("r+b") as f:  # a byte of a range recorded as done goes bad on disk
+        f.seek(end - 1)
+        byte = f.read(1)
+        f.seek(end - 1)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    emu.faults.clear()
+    (result,) = download_files([file_request(emu, product, tmp_path)],
+                               download_config(emu, connections=2, segment_size=SEGMENT, fast_stream=0))
+    assert_in_place(result, content)
+    assert result.attempts == 2  # the first assembly failed its FITS check and was fetched again
+    assert (tmp_path / f"{name}.corrupt").exists()
+
+
+def test_other_connections_wait_until_the_first_is_seen_capped(emu, tmp_path: Path) -> None:
+    product, _ = publish_file(emu, tmp_path, 3)
+    name = product["productFilename"]
+    emu.faults.add("drop", match=name, after_bytes=100_000, times=-1)
+    since = len(emu.requests)
+    # Any speed beats 1 B/s, and the first range fails before it is timed: the others never open.
+    (failed,) = download_files([file_request(emu, product, tmp_path)],
+                               download_config(emu, connections=4, segment_size=SEGMENT, fast_stream=1, retries=0))
+    assert failed.status == "failed"
+    assert _ranges(emu, since, name) == [(0, SEGMENT - 1)]

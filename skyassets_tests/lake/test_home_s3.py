@@ -1,0 +1,124 @@
+"""The home on an S3-protocol store (moto's server on loopback): the same layout as on disk,
+verified uploads, a bounded working copy, the lake read and written through it."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from skyassets.catalog.db import connect
+from skyassets.lake.home import Home, StorageError, expected_etag
+from skyassets_tests.objectstore import BUCKET, CREDENTIALS, object_store
+
+
+@pytest.fixture(scope="module")
+def store():
+    with object_store() as server:
+        yield server
+
+
+@pytest.fixture
+def home(store, tmp_path, monkeypatch, request):
+    for name, value in CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    return Home(tmp_path / "local", storage=f"s3://{BUCKET}/{request.node.name}", endpoint=store.endpoint)
+
+
+def _keys(store, prefix: str) -> set[str]:
+    listed = store.client().list_objects_v2(Bucket=BUCKET, Prefix=prefix + "/").get("Contents", [])
+    return {o["Key"][len(prefix) + 1:] for o in listed}
+
+
+def test_lake_tables_live_in_the_store_with_the_local_layout(home, store, request):
+    rows = [{"obs_id": "jw01-o1_t1", "obsid": "1", "target_name": "NGC 628"}]
+    url = home.tables.write("mast_observations", rows)
+    home.tables.write("fits_files", [{"partition": "jw01-o1_t1", "filename": "a.fits", "size": 3}], "jw01-o1_t1")
+    assert url == f"s3://{BUCKET}/{request.node.name}/lake/mast_observations.parquet"
+    assert _keys(store, request.node.name) == {"lake/mast_observations.parquet", "lake/fits_files/jw01-o1_t1.parquet"}
+    assert not home.lake.exists()  # nothing written locally
+    assert home.tables.read("mast_observations")["target_name"].tolist() == ["NGC 628"]
+    assert home.tables.partitions("fits_files") == ["jw01-o1_t1"]
+    assert home.tables.read("fits_files", "jw01-o1_t1")["size"].tolist() == [3]
+    assert home.tables.delete("fits_files", "jw01-o1_t1") and not home.tables.exists("fits_files")
+
+
+def test_catalog_connect_reads_the_stored_lake_through_its_mirror(home):
+    home.tables.write("mast_observations", [{"obs_id": "a", "obsid": "1"}, {"obs_id": "b", "obsid": "2"}])
+    con = connect(home.lake_folder().parent)
+    assert con.execute("SELECT count(*) FROM observations").fetchone()[0] == 2
+    home.tables.write("mast_observations", [{"obs_id": "c", "obsid": "3"}])  # replaced in the store
+    home.lake_folder()
+    assert connect(home.root).execute("SELECT list(obs_id) FROM observations").fetchone()[0] == ["c"]
+
+
+def test_committed_files_are_verified_then_fetched_back_when_evicted(home, store, request):
+    local = home.root / "files" / "jwst" / "jw01-o1_t1" / "a_cal.fits"
+    local.parent.mkdir(parents=True)
+    local.write_bytes(b"SIMPLE  = T" + bytes(range(256)) * 40)
+    digest = hashlib.sha256(local.read_bytes()).hexdigest()
+    relative = local.relative_to(home.root)
+    assert home.commit(relative) == f"s3://{BUCKET}/{request.node.name}/files/jwst/jw01-o1_t1/a_cal.fits"
+    head = store.client().head_object(Bucket=BUCKET, Key=f"{request.node.name}/{relative}")
+    assert head["Metadata"]["sha256"] == digest and head["ETag"].strip('"') == expected_etag(local)
+    local.unlink()
+    assert home.exists(relative) and not home.exists("files/other.fits")
+    assert home.local(relative, digest).read_bytes()[:11] == b"SIMPLE  = T"
+    local.unlink()
+    with pytest.raises(StorageError, match="expected"):
+        home.local(relative, "0" * 64)  # a copy that is not the catalogued file is refused
+    assert not local.exists()
+
+
+def test_an_object_that_differs_from_its_recorded_digest_is_refused(home, store, request):
+    key = f"{request.node.name}/files/x/y/b.fits"
+    store.client().put_object(Bucket=BUCKET, Key=key, Body=b"tampered", Metadata={"sha256": "1" * 64})
+    with pytest.raises(StorageError, match="b.fits"):
+        home.local("files/x/y/b.fits")
+
+
+def test_multipart_etag_is_that_of_the_parts(tmp_path):
+    path = tmp_path / "big"
+    path.write_bytes(b"a" * 10 + b"b" * 10 + b"c" * 5)
+    md5 = [hashlib.md5(p).digest() for p in (b"a" * 10, b"b" * 10, b"c" * 5)]
+    assert expected_etag(path, part_size=10) == hashlib.md5(b"".join(md5)).hexdigest() + "-3"
+    assert expected_etag(path, part_size=100) == hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def test_the_working_copy_stays_under_its_budget(store, tmp_path, monkeypatch):
+    for name, value in CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    home = Home(tmp_path, storage=f"s3://{BUCKET}/budget", endpoint=store.endpoint, cache_bytes=2500)
+    paths = []
+    for i in range(3):
+        path = home.root / "products" / "NGC-628" / f"m{i}.fits"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(bytes([i]) * 1000)
+        home.commit(path.relative_to(home.root))
+        paths.append(path)
+    home.local(paths[0].relative_to(home.root))  # used again: now the most recent
+    assert home.trim() == 1000
+    assert [p.exists() for p in paths] == [True, False, True]
+    assert home.local(paths[1].relative_to(home.root)).read_bytes() == bytes([1]) * 1000
+
+
+def test_put_bytes_and_bad_locations(home, store, request):
+    home.put_bytes("previews/o/a.png", b"\x89PNG")
+    stored = store.client().get_object(Bucket=BUCKET, Key=f"{request.node.name}/previews/o/a.png")
+    assert stored["Body"].read() == b"\x89PNG"
+    for bad in ("../x", "/etc/passwd", "files/../../x"):
+        with pytest.raises(ValueError, match="inside the skyassets home"):
+            home.url(bad)
+    with pytest.raises(ValueError, match="s3://bucket/prefix"):
+        Home(home.root, storage="gs://bucket")
+
+
+def test_local_home_keeps_files_in_place(tmp_path):
+    home = Home(tmp_path)
+    (tmp_path / "files").mkdir()
+    (tmp_path / "files" / "a.fits").write_bytes(b"x")
+    assert home.commit("files/a.fits") == str(tmp_path / "files" / "a.fits")
+    assert home.local("files/a.fits") == tmp_path / "files" / "a.fits"
+    assert home.put_bytes("previews/a.png", b"p") == str(tmp_path / "previews" / "a.png")
+    assert home.lake_folder() == home.lake and home.trim() == 0
+    assert home.tables.write("mast_observations", [{"obs_id": "a"}]) == str(home.lake / "mast_observations.parquet")

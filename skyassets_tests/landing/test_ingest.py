@@ -1,0 +1,119 @@
+"""Local files become landed files and partitions: what is refused and why, stored names, archive partitions."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from skyassets.lake.home import Home
+from skyassets.lake.names import safe_filename
+from skyassets.landing.ingest import (
+    STORED_NAME_MAX,
+    derived_names,
+    landed_requests,
+    local_files,
+    record_landed,
+)
+from skyassets.landing.zone import LandedFile
+
+
+def _file(path: Path, data: bytes = b"SIMPLE  =                    T") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def test_local_files_follow_no_link_and_refuse_it_with_the_reason(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    secret = _file(outside / "secret.fits")
+    _file(outside / "deep" / "other.fits")
+    night = tmp_path / "night"
+    good = _file(night / "a.fits")
+    _file(night / "sub" / "b.fits.gz")
+    _file(night / ".hidden" / "c.fits")
+    _file(night / "notes.txt")
+    (night / "link.fits").symlink_to(secret)
+    (night / "linked-folder").symlink_to(outside / "deep")
+    os.mkfifo(night / "pipe.fits")
+    refused: dict[str, str] = {}
+    found = local_files([night], refused)
+    assert [f.relative for f in found] == ["night/a.fits", "night/sub/b.fits.gz"]
+    assert found[0].location == str(good) and found[0].size == good.stat().st_size
+    assert refused == {
+        str(night / "link.fits"): "a symbolic link: links are not followed",
+        str(night / "pipe.fits"): "not a regular file",
+    }
+
+
+def test_a_name_that_is_not_utf8_is_refused_and_the_others_are_found(tmp_path: Path) -> None:
+    night = tmp_path / "night"
+    _file(night / "good.fits")
+    bad = os.path.join(os.fsencode(night), b"caf\xe9.fits")
+    with open(bad, "wb") as f:
+        f.write(b"SIMPLE")
+    refused: dict[str, str] = {}
+    found = local_files([str(night)], refused)
+    assert [f.relative for f in found] == ["night/good.fits"]
+    ((shown, reason),) = refused.items()
+    assert shown.endswith("caf\\xe9.fits") and "not valid UTF-8" in reason
+    shown.encode("utf-8")  # printable and storable
+    # Named directly, it is refused the same way; a missing file is refused with its reason.
+    refused = {}
+    assert local_files([os.fsdecode(bad), night / "gone.fits"], refused) == []
+    assert len(refused) == 2 and any("No such file" in r for r in refused.values())
+
+
+@pytest.mark.parametrize("length", [16, 100, STORED_NAME_MAX - 5, STORED_NAME_MAX, 240, 250, 255])
+@pytest.mark.parametrize("char, suffix", [("x", ".fits"), ("é", ".fits.gz"), ("☆", ".fz")])
+def test_every_name_derived_from_a_stored_name_fits(tmp_path: Path, length: int, char: str, suffix: str) -> None:
+    """Landed names of any length up to the file system's limit: the stored name, the downloader's
+    working files and lock, the quarantine's copy and note and the previews all fit in one component."""
+    stem = char * ((length - len(suffix)) // len(char.encode()))
+    name = stem + suffix
+    files = [LandedFile("local", f"/data/{d}/{name}", 10, "1", f"{d}/{name}") for d in ("a", "b")]
+    home = Home(tmp_path)
+    record_landed(home, "landed-k", files)
+    stored = [request.filename for _, request in landed_requests(home, "landed-k")]
+    assert len(set(stored)) == 2
+    for each in stored:
+        assert each.endswith(suffix) and stem[:20] in each
+        for derived in derived_names(each):
+            safe_filename(derived)
+    if len(name.encode()) <= STORED_NAME_MAX:
+        assert stored[0] == name  # a name that fits is kept as it is
+
+
+def test_a_partition_with_archive_products_is_never_copied_from_a_landing_record(tmp_path: Path) -> None:
+    """A landing record under an archive observation's key (written before landed keys had their
+    own prefix) does not make the archive partition a landed one: its files stay the archive's."""
+    home = Home(tmp_path)
+    files = [LandedFile("local", "/data/x.fits", 10, "1", "x.fits")]
+    record_landed(home, "jw01234-o001_t001_nircam_clear-f200w", files)
+    record_landed(home, "landed-jw01234-o001_t001_nircam_clear-f200w", files)
+    assert landed_requests(home, "jw01234-o001_t001_nircam_clear-f200w") is not None
+    products = pd.DataFrame({"partition": ["jw01234-o001_t001_nircam_clear-f200w"], "productFilename": ["a.fits"]})
+    home.tables.write("mast_products", products, partition="jw01234-o001_t001_nircam_clear-f200w")
+    assert landed_requests(home, "jw01234-o001_t001_nircam_clear-f200w") is None
+    assert landed_requests(home, "landed-jw01234-o001_t001_nircam_clear-f200w") is not None
+
+
+def test_a_landed_file_that_fails_cataloguing_in_any_way_is_quarantined_with_its_location(tmp_path: Path) -> None:
+    from skyassets.fits.meta import Failure
+    from skyassets.landing.ingest import quarantine_landed_failures
+
+    home = Home(tmp_path)
+    record_landed(home, "landed-k", [LandedFile("local", "/data/night/odd.fits", 10, "1", "night/odd.fits")])
+    landed = _file(home.files / "local" / "landed-k" / "odd.fits", b"odd bytes")
+    archive = _file(home.files / "JWST" / "jw1" / "a.fits", b"archive bytes")
+    failures = [Failure(str(landed), "VerifyError: Unparsable card (FILTER)", unreadable=False),
+                Failure(str(archive), "KeyError: 'x'", unreadable=False)]
+    after = quarantine_landed_failures(home, failures)
+    assert after[1] == failures[1] and archive.exists()  # an archive file's unexpected failure stays one
+    assert after[0].unreadable and not landed.exists()
+    moved = Path(after[0].quarantined)
+    assert moved.parent == home.quarantine and moved.read_bytes() == b"odd bytes"
+    note = (home.quarantine / f"{moved.name}.json").read_text()
+    assert "/data/night/odd.fits: VerifyError: Unparsable card (FILTER)" in note
