@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dagster import AssetSelection, AutomationCondition, AutomationConditionSensorDefinition, DefaultSensorStatus
 
-__all__ = ["automation_sensor", "catch_up", "data_changed"]
+__all__ = ["automation_sensor", "catch_up", "data_changed", "follows"]
 
 
 def _since_requested(trigger: AutomationCondition) -> AutomationCondition:
@@ -46,6 +46,17 @@ def data_changed() -> AutomationCondition:
         (_since_requested(changed) | (AutomationCondition.missing() & AutomationCondition.initial_evaluation()))
         & ~AutomationCondition.in_progress()
     ).with_label("target images changed")
+
+
+def follows() -> AutomationCondition:
+    """A target's derived products (composites after mosaics, tiles after both): ``eager()``, and
+    also made for targets that have their inputs but not these when the condition is first
+    evaluated (an asset added to a home that already has products)."""
+    return AutomationCondition.eager() | (
+        AutomationCondition.missing()
+        & AutomationCondition.initial_evaluation()
+        & ~AutomationCondition.any_deps_missing()
+    )
 
 
 # Dagster's implicit default_automation_condition_sensor starts stopped; this one runs as soon as the

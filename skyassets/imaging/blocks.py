@@ -38,9 +38,8 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS
-from reproject.mosaicking import find_optimal_celestial_wcs
 
-from skyassets.imaging.mosaic import MosaicInput, MosaicResult, build_mosaic, downscale_wcs
+from skyassets.imaging.mosaic import MosaicInput, MosaicResult, build_mosaic, downscale_wcs, output_grid
 from skyassets.imaging.preview import block_mean, thumbnail_png
 from skyassets.imaging.resample import footprint_box
 
@@ -230,19 +229,7 @@ def build_mosaic_blocks(
     if not used:
         raise ValueError("no inputs left to mosaic (all rejected or none given)")
     dest = Path(dest)
-    if wcs is None:
-        frames = [(np.broadcast_to(np.float32(0), s), w) for w, s in map(_frame, used)]
-        wcs, shape = find_optimal_celestial_wcs(frames)
-    elif shape is None:
-        if wcs.array_shape is None:
-            raise ValueError("a WCS without pixel_shape needs shape")
-        shape = tuple(wcs.array_shape)
-    if downscale != 1:
-        wcs = downscale_wcs(wcs, downscale)
-        shape = (math.ceil(shape[0] / downscale), math.ceil(shape[1] / downscale))
-    shape = (int(shape[0]), int(shape[1]))
-    wcs = wcs.deepcopy()
-    wcs.array_shape = shape
+    wcs, shape = output_grid(used, wcs, shape, downscale)
     dest.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".mosaic-blocks-", dir=work or dest.parent))
     try:

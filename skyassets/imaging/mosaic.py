@@ -183,18 +183,7 @@ def build_mosaic(
     used, headers, choices = one_per_exposure(used, [h for h, _ in read], [m for _, m in read])
     bunit, units = _units(used, headers)
     dest = Path(dest)
-    if wcs is None:
-        wcs, shape = _optimal_wcs(used)
-    elif shape is None:
-        if wcs.array_shape is None:
-            raise ValueError("a WCS without pixel_shape needs shape")
-        shape = tuple(wcs.array_shape)
-    if downscale != 1:
-        wcs = downscale_wcs(wcs, downscale)
-        shape = (math.ceil(shape[0] / downscale), math.ceil(shape[1] / downscale))
-    shape = (int(shape[0]), int(shape[1]))
-    wcs = wcs.deepcopy()
-    wcs.array_shape = shape
+    wcs, shape = output_grid(used, wcs, shape, downscale)
     slab = max(1, block_size[0] * block_size[1])
     out_area = proj_plane_pixel_area(wcs.celestial)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -465,6 +454,26 @@ def one_per_exposure(sources: Sequence[MosaicInput], headers: Sequence[fits.Head
                        f"{sources[keep].path.name}[{sources[keep].hdu_index}], which is as or more calibrated")
     kept = sorted(best.values())
     return [sources[i] for i in kept], [headers[i] for i in kept], choices
+
+
+def output_grid(
+    inputs: Sequence[MosaicInput], wcs: WCS | None = None, shape: tuple[int, int] | None = None, downscale: int = 1
+) -> tuple[WCS, tuple[int, int]]:
+    """The grid a mosaic of ``inputs`` is made on: ``wcs`` (with ``shape``, or its own pixel shape),
+    else the optimal one over the inputs' footprints; coarser by ``downscale``."""
+    if wcs is None:
+        wcs, shape = _optimal_wcs(inputs)
+    elif shape is None:
+        if wcs.array_shape is None:
+            raise ValueError("a WCS without pixel_shape needs shape")
+        shape = tuple(wcs.array_shape)
+    if downscale != 1:
+        wcs = downscale_wcs(wcs, downscale)
+        shape = (math.ceil(shape[0] / downscale), math.ceil(shape[1] / downscale))
+    shape = (int(shape[0]), int(shape[1]))
+    wcs = wcs.deepcopy()
+    wcs.array_shape = shape
+    return wcs, shape
 
 
 def _optimal_wcs(inputs: Sequence[MosaicInput]) -> tuple[WCS, tuple[int, int]]:

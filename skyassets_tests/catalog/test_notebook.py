@@ -165,4 +165,4 @@ def test_a_second_demo_on_an_unchanged_home_materialises_nothing_new(demo_home):
     # The watchlist is asked again (that is how a change would be seen); nothing else is remade.
     changed = {k for k in after if after[k] != before.get(k, 0)}
     assert changed <= {"mast_observations"}, (changed, done.stdout)
-    assert "running 0:" in done.stdout and "up to date" in done.stdout
+    assert "nothing to fetch" in done.stdout and "up to date" in done.stdout

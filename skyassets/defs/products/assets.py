@@ -9,10 +9,10 @@ from pathlib import Path
 import pandas as pd
 from astropy.io import fits
 from astropy.wcs import WCS
-from dagster import AssetExecutionContext, AutomationCondition, BackfillPolicy, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, BackfillPolicy, MaterializeResult, MetadataValue, asset
 from PIL import Image
 
-from skyassets.defs.automation import data_changed
+from skyassets.defs.automation import data_changed, follows
 from skyassets.defs.cluster import DaskResource
 from skyassets.defs.metadata import column_schema, preview
 from skyassets.defs.partitions import targets_partitions
@@ -129,13 +129,7 @@ RECIPE_PREVIEW = ["recipe", "kind", "rank", "filters", "made", "note"]
     group_name="products",
     deps=[mosaics],
     partitions_def=targets_partitions,
-    # With their mosaics; also made for targets that have none yet when the condition is first evaluated.
-    automation_condition=AutomationCondition.eager()
-    | (
-        AutomationCondition.missing()
-        & AutomationCondition.initial_evaluation()
-        & ~AutomationCondition.any_deps_missing()
-    ),
+    automation_condition=follows(),  # with their mosaics
     backfill_policy=products_backfill_policy,
     kinds={"png", "tiff"},
     metadata=column_schema(table("composites").schema),

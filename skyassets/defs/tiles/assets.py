@@ -2,7 +2,6 @@
 
 from dagster import (
     AssetExecutionContext,
-    AutomationCondition,
     BackfillPolicy,
     DataVersion,
     MaterializeResult,
@@ -10,7 +9,7 @@ from dagster import (
     asset,
 )
 
-from skyassets.defs.automation import catch_up
+from skyassets.defs.automation import catch_up, follows
 from skyassets.defs.partitions import targets_partitions
 from skyassets.defs.products.assets import composites, mosaics
 from skyassets.defs.resources import HomeResource, PublishResource
@@ -22,14 +21,8 @@ from skyassets.tiles.publish import publish_collection
     group_name="tiles",
     deps=[mosaics, composites],
     partitions_def=targets_partitions,
-    # After the target's products are made (composites follow mosaics in the same run); also made
-    # for targets that have products but no tiles when the condition is first evaluated.
-    automation_condition=AutomationCondition.eager()
-    | (
-        AutomationCondition.missing()
-        & AutomationCondition.initial_evaluation()
-        & ~AutomationCondition.any_deps_missing()
-    ),
+    # After the target's products are made (composites follow mosaics in the same run).
+    automation_condition=follows(),
     backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=10),
     kinds={"fits", "png"},
     description="Per target: a HiPS 1.0 pyramid of each mosaic (FITS tiles, values kept) and composite (PNG tiles) "
