@@ -14,6 +14,7 @@ from skyassets.catalog.db import connect, search
 from skyassets.defs.archive.assets import fits_files
 from skyassets.defs.catalog.assets import catalog, image_metadata
 from skyassets.defs.catalog.jobs import catalog_job
+from skyassets.defs.catalog.search import search_index
 from skyassets.defs.landing.jobs import landing_job
 from skyassets.defs.landing.sensors import landing_s3_sensor, landing_zone_sensor
 from skyassets.defs.partitions import requested_partitions
@@ -35,7 +36,7 @@ def test_landing_zone_to_catalogue(emu, tmp_path):
         "archive": ArchiveResource(url=emu.url, s3_endpoint=emu.s3_endpoint),
     }
     defs = Definitions(
-        assets=[fits_files, image_metadata, target_groups, catalog], jobs=[landing_job, catalog_job],
+        assets=[fits_files, image_metadata, target_groups, catalog, search_index], jobs=[landing_job, catalog_job],
         resources=resources,
     )
     cal = _sky_files(emu, "*_cal.fits", 2)
