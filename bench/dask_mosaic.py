@@ -9,7 +9,7 @@ on a square pattern overlapping by a third. Then, each in a fresh Python process
   dask         ``skyassets.imaging.blocks.build_mosaic_blocks`` with a ``LocalCluster`` of ``--workers``
                worker processes (one thread each), output blocks of ``--block`` pixels a side.
 Prints seconds, peak RSS of the one process, of the process assembling the Dask mosaic and of the
-busiest worker (``ru_maxrss``, which each worker reports with its blocks), the ratios, and the
+busiest worker (its high-water mark while building a block, reported with it), the ratios, and the
 largest difference between the two mosaics' SCI relative to the input noise.
 """
 

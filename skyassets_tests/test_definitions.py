@@ -20,6 +20,16 @@ def test_dagster_definitions_validate():
     assert "Validation successful" in result.stdout + result.stderr
 
 
+def test_loading_the_definitions_leaves_the_science_libraries_for_the_steps_that_use_them():
+    # Every run process, the code server and the command line load the definitions first; the
+    # archive client, astropy and the imaging libraries cost seconds and are loaded by the steps.
+    heavy = ["astroquery", "astropy", "photutils", "reproject", "scipy", "matplotlib", "distributed", "duckdb",
+             "requests", "shapely", "mocpy", "astropy_healpix"]
+    probe = f"import sys, skyassets.definitions; print([m for m in {heavy!r} if m in sys.modules])"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.strip() == "[]"
+
+
 def test_graph_partitions_and_pools():
     graph = defs.resolve_asset_graph()
     per_observation = [AssetKey("mast_products"), AssetKey("fits_files")]

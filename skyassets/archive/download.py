@@ -77,8 +77,9 @@ _DERIVED_EXTRA = max(len(STATE_SUFFIX + TMP_SUFFIX), 1 + len(VERIFIED_SUFFIX + T
 
 _HASH_CHUNK = 8 << 20
 _RANGE_WRITE = 1 << 20  # bytes a range connection gathers before one positioned write
-# A file's first connection is timed over this many bytes or seconds before the others open.
-_PROBE_BYTES = 16 << 20
+# A file's first connection is timed for this long (from its first byte) before the others may open:
+# over a fast link a byte count is reached within a scheduling hiccup, which would look like a slow
+# link and open connections that only compete for the CPU.
 _PROBE_SECONDS = 0.25
 _CONTENT_RANGE_RE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 _PLAIN_MD5_RE = re.compile(r"^[0-9a-f]{32}$")
@@ -137,7 +138,7 @@ class DownloadConfig:
     connections: int = 8
     segment_size: int = 32 << 20
     # The others open only once the first is seen slower than ``fast_stream`` bytes/s (timed from
-    # its first byte over 16 MB or 0.25 s): a connection faster than that is not capped by the link, and more
+    # its first byte over 0.25 s at least): a connection faster than that is not capped by the link, and more
     # of them would only compete for the CPU. 0: open them all at once.
     fast_stream: float = 200e6
     # A transfer below ``min_speed`` bytes/s over ``min_speed_window`` seconds is cut (and retried);
@@ -1017,8 +1018,11 @@ class _Downloader:
             raise _Retry(f"connection ended at byte {job.hashed} of {job.total_size}")
 
     def _fetch_ranges(self, job: _Job, source: str) -> None:
-        """Several connections at once, each fetching ranges in order into a preallocated ``.part``;
-        a thread hashes the file in order as its complete prefix grows."""
+        """Several connections at once, each fetching ranges in order into a preallocated ``.part``.
+
+        The checks need the bytes in order: a chunk that extends the checked prefix is fed to them
+        from memory as it is written (all of them while one connection is open), and a thread reads
+        back from the file only what landed ahead of a gap."""
         assert job.total_size is not None
         total = job.total_size
         state = job.load_state() if job.part.exists() else None
@@ -1041,6 +1045,7 @@ class _Downloader:
         failures: list[BaseException] = []
         finished = threading.Event()
         widen = threading.Event()
+        reading_back = False  # the hasher owns job.hashed while it reads the file back
         fast = self.config.fast_stream
         if fast <= 0:
             widen.set()
@@ -1083,8 +1088,11 @@ class _Downloader:
                         pending = 0
                         chunk = chunk[: end - pos]
                         os.pwrite(fd, chunk, pos)
-                        pos += len(chunk)
                         with lock:
+                            if not reading_back and job.hashed == pos:  # in order: check it from memory
+                                job.digests.update(chunk)
+                                job.hashed += len(chunk)
+                            pos += len(chunk)
                             spans[start] = pos
                             job.on_disk += len(chunk)
                             job.bytes_fetched += len(chunk)
@@ -1099,7 +1107,7 @@ class _Downloader:
                             elif not widen.is_set():
                                 elapsed = time.monotonic() - first
                                 got = pos + pending - start
-                                if (got >= _PROBE_BYTES or elapsed >= _PROBE_SECONDS) and got < fast * elapsed:
+                                if elapsed >= _PROBE_SECONDS and got < fast * elapsed:
                                     widen.set()  # the link caps this connection: open the others
                             pieces.append(data)
                             pending += len(data)
@@ -1138,14 +1146,17 @@ class _Downloader:
                         return
 
             def hasher() -> None:
+                nonlocal reading_back
                 try:
                     while True:
                         with lock:
+                            reading_back = False
                             while _prefix(spans) <= job.hashed and not finished.is_set() and not failures:
                                 lock.wait(0.5)
                             limit = _prefix(spans)
                             if failures or limit <= job.hashed:
                                 return
+                            reading_back = True
                         while job.hashed < limit:
                             data = os.pread(fd, min(_HASH_CHUNK, limit - job.hashed), job.hashed)
                             if not data:

@@ -11,11 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import astropy.units as u
 import yaml
-from astropy.coordinates import Angle, SkyCoord
+
+# astropy.coordinates takes most of a second to import: it is loaded when a watchlist is parsed.
+if TYPE_CHECKING:
+    from astropy.coordinates import Angle, SkyCoord
 
 DEFAULT_WATCHLIST = "packaged:watchlist.yaml"
 
@@ -61,7 +63,7 @@ class WatchlistEntry:
     name: str
     target: str | None = None
     coordinates: SkyCoord | None = None
-    radius: Angle = field(default_factory=lambda: Angle(0.2, u.deg))
+    radius: Angle = field(default_factory=lambda: _default_radius())
     obs_id: tuple[str, ...] = ()
     program: tuple[str, ...] = ()
     criteria: dict[str, Any] = field(default_factory=dict)
@@ -95,7 +97,17 @@ def _as_tuple(value: Any) -> tuple:
     return (value,)
 
 
+def _default_radius() -> Angle:
+    import astropy.units as u
+    from astropy.coordinates import Angle
+
+    return Angle(0.2, u.deg)
+
+
 def _parse_coordinates(value: Any) -> SkyCoord:
+    import astropy.units as u
+    from astropy.coordinates import SkyCoord
+
     if isinstance(value, dict):
         return SkyCoord(float(value["ra"]), float(value["dec"]), unit="deg", frame="icrs")
     if isinstance(value, (list, tuple)) and len(value) == 2:
@@ -158,6 +170,9 @@ def _parse_entry(raw: Any, index: int, base_products: ProductSpec, path: str) ->
         raise WatchlistError(f"{where}: give exactly one of {', '.join(SEARCH_KEYS)} (found {searches or 'none'})")
     kind = searches[0]
     name = str(raw.get("name") or f"{kind}:{raw[kind]}")
+    import astropy.units as u
+    from astropy.coordinates import Angle
+
     try:
         radius = Angle(raw.get("radius", "0.2 deg"))
         if radius.unit.physical_type != "angle" or radius.deg <= 0 or radius.deg > 30:

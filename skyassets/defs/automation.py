@@ -12,6 +12,8 @@ nothing new, never a lost update.
 
 from __future__ import annotations
 
+import os
+
 from dagster import AssetSelection, AutomationCondition, AutomationConditionSensorDefinition, DefaultSensorStatus
 
 __all__ = ["automation_sensor", "catch_up", "data_changed", "follows"]
@@ -65,6 +67,7 @@ automation_sensor = AutomationConditionSensorDefinition(
     "automation_sensor",
     target=AssetSelection.all(),
     default_status=DefaultSensorStatus.RUNNING,
-    minimum_interval_seconds=30,
+    # Dagster's 30 s by default; shorter where products should follow files within seconds.
+    minimum_interval_seconds=int(os.environ.get("SKYASSETS_AUTOMATION_INTERVAL", "30")),
     description="Evaluates every asset's automation condition: quality, target groups, products and the catalog.",
 )

@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import yaml
-from astropy.io import fits
-from astropy.wcs import WCS
-from astroquery.mast import ObservationsClass
 from dagster import ConfigurableResource, EnvVar
 
-from skyassets.archive.client import RetryPolicy, observations_client
-from skyassets.archive.download import DownloadConfig
 from skyassets.archive.watchlist import DEFAULT_WATCHLIST, Watchlist, load_watchlist
 from skyassets.defs.cluster import DaskResource
-from skyassets.imaging.composite import METHODS, STRETCHES
 from skyassets.lake.home import CACHE_ENV, DEFAULT_CACHE_BYTES, HOME_ENV, STORAGE_ENDPOINT_ENV, STORAGE_ENV, Home
-from skyassets.tiles.publish import FolderDestination, S3Destination
+
+# Every run process loads this module: the archive client (astroquery), the downloader (requests),
+# astropy's FITS and WCS, the composites and the publishers are imported where they are used.
+if TYPE_CHECKING:
+    from astropy.wcs import WCS
+    from astroquery.mast import ObservationsClass
+
+    from skyassets.archive.download import DownloadConfig
+    from skyassets.tiles.publish import FolderDestination, S3Destination
 
 T = TypeVar("T", "CompositesResource", "MosaicsResource")
 
@@ -107,6 +109,8 @@ class ArchiveResource(ConfigurableResource):
         return self.url.rstrip("/"), self.s3_endpoint
 
     def client(self, home: Home) -> ObservationsClass:
+        from skyassets.archive.client import RetryPolicy, observations_client
+
         server, s3_endpoint = self.endpoints(home)
         return observations_client(
             server, s3_endpoint=s3_endpoint, cloud=self.cloud, timeout=self.timeout, pagesize=self.pagesize,
@@ -131,6 +135,8 @@ class DownloaderResource(ConfigurableResource):
 
     def config(self, archive: ArchiveResource | None, home: Home) -> DownloadConfig:
         """The download settings; ``archive`` is needed only when files come from MAST's S3."""
+        from skyassets.archive.download import DownloadConfig
+
         return DownloadConfig(
             parallel=self.parallel,
             connect_timeout=self.connect_timeout,
@@ -158,6 +164,8 @@ class CompositesResource(ConfigurableResource):
 
     def validated(self) -> CompositesResource:
         """This configuration, or a ValueError naming the setting that cannot be used."""
+        from skyassets.imaging.composite import METHODS, STRETCHES
+
         if self.method not in METHODS:
             raise ValueError(f"composites.method must be one of {', '.join(METHODS)}, not {self.method!r}")
         if self.stretch not in STRETCHES:
@@ -194,6 +202,9 @@ class MosaicsResource(ConfigurableResource):
         source = self.grids.get(target)
         if source is None:
             return None
+        from astropy.io import fits
+        from astropy.wcs import WCS
+
         path = Path(source).expanduser()
         try:
             if path.suffix.lower() in (".hdr", ".txt"):
@@ -241,6 +252,8 @@ class PublishResource(ConfigurableResource):
     threads: int = 8
 
     def destination(self, home: Home) -> FolderDestination | S3Destination:
+        from skyassets.tiles.publish import FolderDestination, S3Destination
+
         if self.url.startswith("s3://"):
             from dagster_aws.s3 import S3Resource
 

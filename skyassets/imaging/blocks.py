@@ -74,8 +74,27 @@ class BlockResult:
     peak_rss: int
 
 
+def reset_peak_rss() -> None:
+    """Start this process's peak resident memory afresh, where Linux allows it.
+
+    A worker started by fork and exec inherits its parent's high-water mark (getrusage keeps it
+    across exec), so without a reset a block would report the memory of whatever started the cluster.
+    """
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
 def peak_rss() -> int:
-    """This process's peak resident memory in bytes (Linux reports KiB, macOS bytes)."""
+    """This process's peak resident memory in bytes since :func:`reset_peak_rss` (Linux VmHWM),
+    else since it started (getrusage: Linux reports KiB, macOS bytes)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)
 
@@ -121,6 +140,7 @@ def _levelled(source: MosaicInput, offset: float, dest: Path) -> MosaicInput:
 
 def _build_block(inputs: list[MosaicInput], block: Block, wcs: WCS, dest: Path,
                  reject_sigma: float | None, block_size: tuple[int, int]) -> BlockResult:
+    reset_peak_rss()
     shape = (block.my1 - block.my0, block.mx1 - block.mx0)
     sub = wcs.slice((slice(block.my0, block.my1), slice(block.mx0, block.mx1)))
     reaching = [s for s in inputs if footprint_box(*_frame(s), sub, shape) is not None]

@@ -19,7 +19,6 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
-from astropy.stats import mad_std
 from PIL import Image, ImageDraw
 
 if TYPE_CHECKING:  # pandas only for the source table: a mosaic worker need not load it
@@ -144,6 +143,9 @@ def _stretch(small: np.ndarray) -> np.ndarray:
     is linear over the first ``SOFTENING`` sigmas and logarithmic above, so the sky noise is a dark
     grey, stars a few sigma above it stand out and the brightest ones still differ from each other.
     """
+    # imported here: astropy.stats loads astropy's units, which the markdown helpers do not need
+    from astropy.stats import mad_std
+
     finite = np.isfinite(small)
     values = small[finite]
     if values.size == 0:

@@ -246,6 +246,45 @@ def one_file_per_exposure(inputs: pd.DataFrame) -> pd.DataFrame:
     return kept.drop(columns=["exposure_key", "calibration"]).sort_index()
 
 
+# The programme observation (JWST) or visit (HST) a file belongs to, from its name: a level-3
+# ``jw02733-o001_t001_nircam_clear-f090w_i2d`` and the level-2 ``jw02733001001_02101_00001_nrcb1_cal``
+# are both programme 02733 observation 001; HST ``j8pu01010_drz`` and ``j8pu01abq_flc`` visit j8pu01.
+_JWST_COMBINED = re.compile(r"^jw(\d{5})-o(\d{3})_", re.IGNORECASE)
+_JWST_EXPOSURE = re.compile(r"^jw(\d{5})(\d{3})\d{3}_", re.IGNORECASE)
+_HST_ROOTNAME = re.compile(r"^([a-z][a-z0-9]{5})[a-z0-9]{3}_[a-z0-9]+(?:\.fits(?:\.gz)?)?$", re.IGNORECASE)
+
+
+def visit_of(file_name: str) -> str | None:
+    """The JWST programme observation or HST visit a file is part of, from its name; None when the
+    name follows neither convention."""
+    if match := _JWST_COMBINED.match(file_name) or _JWST_EXPOSURE.match(file_name):
+        return f"jw{match[1]}-o{match[2]}".lower()
+    if match := _HST_ROOTNAME.match(file_name):
+        return match[1].lower()
+    return None
+
+
+def without_combined_duplicates(images: pd.DataFrame) -> pd.DataFrame:
+    """``images`` (of one instrument and filter) without the combined (level-3) products whose own
+    exposures are among them: an i2d or drz is made from its visit's level-2 exposures, so co-adding
+    both would count that light twice, and the exposures are kept as they carry each one's outliers.
+    A combined product of a visit with no exposure here is kept, and so is every other image
+    (exposures, and files without a calibration level such as landed ones). A combined product whose
+    name gives no visit is left out only when exposures of no known visit are here too."""
+    level = images["calib_level"]
+    combined = level == 3
+    if not combined.any():
+        return images
+    exposures = images[level == 2]
+    visits = images["file_name"].map(visit_of)
+    exposed = set(visits.loc[exposures.index].dropna())
+    unnamed_exposures = visits.loc[exposures.index].isna().any()
+    covered = combined & (visits.isin(exposed) | (visits.isna() & unnamed_exposures))
+    for row in images[covered].itertuples(index=False):
+        _log.info("%s left out: the exposures it was combined from are co-added instead", row.file_name)
+    return images[~covered]
+
+
 def inputs_digest(inputs: pd.DataFrame) -> str:
     """Which images (file content and HDU) a target's products are made from: same digest, same inputs.
     A re-measured score that keeps the same images keeps the digest, so nothing is remade for it."""

@@ -49,6 +49,10 @@ class Destination(Protocol):
 
     def put(self, key: str, data: bytes, md5: str) -> None: ...
 
+    def keys(self, prefix: str) -> list[str]: ...
+
+    def delete(self, keys: list[str]) -> None: ...
+
 
 def _md5(data: bytes) -> str:
     return hashlib.md5(data, usedforsecurity=False).hexdigest()
@@ -87,6 +91,22 @@ class FolderDestination:
         finally:
             part.unlink(missing_ok=True)
 
+    def keys(self, prefix: str) -> list[str]:
+        """The keys of the files under ``prefix`` (the folder never follows a link out of itself)."""
+        top = self.root / _safe_key(prefix)
+        if top.is_symlink() or not top.is_dir():
+            return []
+        return [p.relative_to(self.root).as_posix() for p in top.rglob("*")
+                if p.is_file() and not p.is_symlink() and not p.name.endswith(".part")]
+
+    def delete(self, keys: list[str]) -> None:
+        for key in keys:
+            (self.root / _safe_key(key)).unlink(missing_ok=True)
+        for folder in sorted({(self.root / k).parent for k in keys}, key=lambda f: len(f.parts), reverse=True):
+            while folder != self.root and folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+                folder = folder.parent
+
 
 class S3Destination:
     """``s3://bucket/prefix`` through a boto3 client (dagster-aws's ``S3Resource`` gives one)."""
@@ -122,6 +142,21 @@ class S3Destination:
         if answer.get("ETag", "").strip('"') != md5:
             raise PublishError(f"s3://{self.bucket}/{name}: stored with ETag {answer.get('ETag')}, sent MD5 {md5}")
 
+    def keys(self, prefix: str) -> list[str]:
+        start = self._key(prefix) + "/"
+        cut = len(self.prefix) + 1 if self.prefix else 0
+        return [k[cut:] for k in self._listing() if k.startswith(start)]
+
+    def delete(self, keys: list[str]) -> None:
+        names = [self._key(k) for k in keys]
+        for start in range(0, len(names), 1000):  # the most one request may delete
+            batch = names[start:start + 1000]
+            answer = self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in batch],
+                                                                             "Quiet": True})
+            if answer.get("Errors"):
+                first = answer["Errors"][0]
+                raise PublishError(f"s3://{self.bucket}/{first.get('Key')}: not deleted ({first.get('Message')})")
+
 
 @dataclass
 class PublishReport:
@@ -131,6 +166,7 @@ class PublishReport:
     uploaded: int = 0
     skipped: int = 0  # already there with the same checksum
     bytes_uploaded: int = 0
+    removed: int = 0  # files of earlier pyramids of the published targets, deleted after the indexes
     indexes: list[str] = field(default_factory=list)
 
 
@@ -178,7 +214,11 @@ def publish_collection(
 
     lock = threading.Lock()
 
+    sent: set[str] = set()
+
     def send(key: str, data: bytes) -> None:
+        with lock:
+            sent.add(key)
         md5 = _md5(data)
         if destination.holds(key, md5):
             with lock:
@@ -215,6 +255,11 @@ def publish_collection(
     send("hipslist", hipslist(records).encode())
     send("index.wtml", wtml(records).encode())
     report.indexes = ["hipslist", "index.wtml"]
+    # Only now that the indexes point at the new pyramids: what a re-tile left behind under each
+    # published target (deeper orders, pyramids of products no longer made) goes.
+    stale = [key for target in report.targets for key in destination.keys(target) if key not in sent]
+    destination.delete(stale)
+    report.removed = len(stale)
     return report
 
 

@@ -1,8 +1,12 @@
 """Declarative automation keeps the catalogue side and the targets' products fresh after files arrive."""
 
+import subprocess
+import sys
+
 from dagster import AssetKey, AssetMaterialization, evaluate_automation_conditions, instance_for_test
 
 from skyassets.definitions import defs
+from skyassets.defs.automation import automation_sensor
 from skyassets.defs.tags import DATA_VERSION
 
 IMAGES, CATALOG = AssetKey("image_metadata"), AssetKey("catalog")
@@ -131,3 +135,11 @@ def test_a_failed_products_run_is_not_retried_until_the_images_change():
         fixed = evaluate_automation_conditions(defs=defs, instance=instance, cursor=again.cursor)
         assert fixed.get_requested_partitions(MOSAICS) == {"M-16"}
 
+
+
+def test_the_automation_interval_is_a_setting():
+    probe = "from skyassets.defs.automation import automation_sensor as s; print(s.minimum_interval_seconds)"
+    env = {"SKYASSETS_AUTOMATION_INTERVAL": "7", "PATH": ""}
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "7"
+    assert automation_sensor.minimum_interval_seconds == 30  # Dagster's own default, unless set

@@ -25,7 +25,7 @@ def test_two_ingests_and_an_open_notebook_connection(emu, tmp_path):
     con = connect(home)  # opened before anything exists, held throughout
     writers = [
         subprocess.Popen(
-            [sys.executable, "-m", "skyassets.cli.main", "ingest", str(tmp_path / name), "--batch", "2",
+            [sys.executable, "-m", "skyassets.cli.main", "ingest", str(tmp_path / name), "--batch", "6",
              "--catalog-only"],
             env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )

@@ -39,9 +39,10 @@ def _wait_for_run(client: DagsterGraphQLClient, run_id: str, timeout: float = 24
     raise AssertionError(f"run {run_id} still {status} after {timeout} s")
 
 
-@pytest.fixture
-def dagster_dev(tmp_path):
+@pytest.fixture(scope="module")
+def dagster_dev(tmp_path_factory):
     """`dagster dev` on a free loopback port, pointed at a standalone emulator, with a one-observation watchlist."""
+    tmp_path = tmp_path_factory.mktemp("dev")
     with Emulator(tmp_path / "emulator-home") as emu:
         obs_id = next(o["obs_id"] for o in emu.sky.observations if o["obs_collection"] == "JWST")
         watchlist = tmp_path / "watchlist.yaml"
@@ -57,6 +58,7 @@ def dagster_dev(tmp_path):
             "SKYASSETS_WATCHLIST": str(watchlist),
             "SKYASSETS_MAST_URL": emu.url,
             "SKYASSETS_S3_ENDPOINT": emu.s3_endpoint,
+            "SKYASSETS_AUTOMATION_INTERVAL": "5",
         }
         log = open(tmp_path / "dev.log", "w")  # noqa: SIM115 - closed with the process
         process = subprocess.Popen(
@@ -82,7 +84,7 @@ def dagster_dev(tmp_path):
                 assert time.monotonic() < deadline + 120, "the code location did not load"
                 time.sleep(1)
             shutil.copyfile(tmp_path / "dev.log", tmp_path / "startup.log")
-            yield DagsterGraphQLClient("127.0.0.1", port_number=port), dagster_home, tmp_path / "home", obs_id
+            yield DagsterGraphQLClient("127.0.0.1", port_number=port), dagster_home, tmp_path, obs_id
         finally:
             os.killpg(process.pid, signal.SIGTERM)
             try:
@@ -99,8 +101,8 @@ def _location_loaded(port: int) -> bool:
     return bool(entries) and all(e["loadStatus"] == "LOADED" for e in entries)
 
 
-def test_skyassets_dev_starts_without_warnings(dagster_dev, tmp_path):
-    startup = (tmp_path / "startup.log").read_text()
+def test_skyassets_dev_starts_without_warnings(dagster_dev):
+    startup = (dagster_dev[2] / "startup.log").read_text()
     assert "Serving dagster-webserver" in startup  # the log is the UI's own
     assert "warning" not in startup.lower(), startup
 
@@ -115,7 +117,8 @@ def _errors(instance: DagsterInstance, run_id: str) -> str:
 
 
 def test_dagster_dev_runs_the_observation_job_for_one_partition(dagster_dev):
-    client, dagster_home, home, obs_id = dagster_dev
+    client, dagster_home, folder, obs_id = dagster_dev
+    home = folder / "home"
     instance = DagsterInstance.from_config(str(dagster_home))
     watchlist_run = client.submit_job_execution("watchlist_job")
     assert _wait_for_run(client, watchlist_run) == DagsterRunStatus.SUCCESS, _errors(instance, watchlist_run)

@@ -82,7 +82,7 @@ def test_concurrent_runs_sensors_and_automation_on_postgres(deployed_instance, e
     port = free_port()
     command = [sys.executable, "-m", "dagster", "dev", "-w", str(ROOT / "workspace.yaml"), "-h", "127.0.0.1",
                "-p", str(port)]
-    env = {**os.environ, "SKYASSETS_WATCHLIST": str(watchlist)}
+    env = {**os.environ, "SKYASSETS_WATCHLIST": str(watchlist), "SKYASSETS_AUTOMATION_INTERVAL": "5"}
     instance = DagsterInstance.from_config(str(dagster_home))
     instance.add_dynamic_partitions("observations", obs_ids)
     # The archive pool allows one step at a time by default, which holds queued observation runs back one
@@ -117,7 +117,7 @@ def test_concurrent_runs_sensors_and_automation_on_postgres(deployed_instance, e
                 quiet_since = None
             elif quiet_since is None:
                 quiet_since = time.monotonic()
-            elif time.monotonic() - quiet_since > 75:  # two ticks of the 30 s sensors with nothing new
+            elif time.monotonic() - quiet_since > 25:  # five automation ticks with nothing new
                 break
             time.sleep(5)
 

@@ -55,8 +55,11 @@ def make_inputs(folder: Path, size: int = SIZE, count: int = 4, seed: int = 7) -
 
 @pytest.fixture(scope="module")
 def cluster():
+    # the workers start from a parent holding more than their limit: a block's peak must be its own
+    ballast = np.ones(150_000_000)  # 1.2 GB, touched
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
                       memory_limit="1GiB") as local, Client(local) as client:
+        del ballast
         yield client
 
 

@@ -12,6 +12,8 @@ from skyassets.imaging.targets import (
     normalise_name,
     polygons,
     target_inputs,
+    visit_of,
+    without_combined_duplicates,
 )
 from skyassets.lake.names import validate_obs_id
 
@@ -156,3 +158,36 @@ def test_an_exposure_is_one_input_however_many_files_hold_it():
     assert sorted(zip(inputs["file_name"], inputs["hdu_index"], strict=True)) == [
         ("j8pu01abq_flc.fits", 1), ("j8pu01abq_flc.fits", 4), ("jw01001001001_02101_00001_nrcb1_cal.fits", 1)]
     assert list(inputs.loc[inputs["sha256"] == "s3", "obs_id"]) == ["jw-l2"]
+
+
+def _levelled(*rows: tuple[str, float | None]) -> pd.DataFrame:
+    return pd.DataFrame({"file_name": [r[0] for r in rows], "calib_level": [r[1] for r in rows]})
+
+
+def test_a_combined_product_gives_way_only_to_its_own_visits_exposures():
+    images = _levelled(
+        ("jw02733-o001_t001_nircam_clear-f090w_i2d.fits", 3),
+        ("jw02733001001_02101_00001_nrcb1_cal.fits", 2),
+        ("jw02733001001_02101_00002_nrcb1_cal.fits", 2),
+        ("jw02733-o002_t001_nircam_clear-f090w_i2d.fits", 3),  # no exposure of observation 002 here
+        ("j8pu01010_drz.fits", 3),
+        ("j8pu01abq_flc.fits", 2),
+        ("j8pu02010_drz.fits", 3),  # a visit with only its combined product
+        ("night-0.fits", None),  # landed, no calibration level
+    )
+    kept = without_combined_duplicates(images)["file_name"].tolist()
+    assert kept == [
+        "jw02733001001_02101_00001_nrcb1_cal.fits", "jw02733001001_02101_00002_nrcb1_cal.fits",
+        "jw02733-o002_t001_nircam_clear-f090w_i2d.fits", "j8pu01abq_flc.fits", "j8pu02010_drz.fits", "night-0.fits",
+    ]
+
+
+def test_combined_products_alone_or_of_unknown_names_are_kept():
+    alone = _levelled(("jw01234-o005_t001_miri_f770w_i2d.fits", 3), ("jw01234-o006_t001_miri_f770w_i2d.fits", 3))
+    assert without_combined_duplicates(alone).equals(alone)
+    unknown = _levelled(("mosaic_a.fits", 3), ("jw02733001001_02101_00001_nrcb1_cal.fits", 2))
+    assert without_combined_duplicates(unknown)["file_name"].tolist() == unknown["file_name"].tolist()
+    both_unknown = _levelled(("mosaic_a.fits", 3), ("exposure_b.fits", 2))
+    assert without_combined_duplicates(both_unknown)["file_name"].tolist() == ["exposure_b.fits"]
+    assert visit_of("JW02733001001_02101_00001_NRCB1_cal.fits") == "jw02733-o001"
+    assert visit_of("j8pu01abq_flt.fits") == "j8pu01" and visit_of("night-0.fits") is None

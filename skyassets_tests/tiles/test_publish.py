@@ -111,3 +111,40 @@ def test_the_demo_publishes_every_tiled_target_to_the_home(home):
     assert report.targets == [TARGET] and report.pyramids == 2
     assert (home.root / "published" / "hipslist").exists()
     assert command.endswith(f"skyassets sky {TARGET}") and str(home.root) in command
+
+
+def _stale_files(put):
+    """What an earlier, deeper pyramid and a product no longer made leave at the destination, and a
+    file that is no target's."""
+    stale = [f"{TARGET}/mosaic_nircam_f444w/Norder9/Dir0/Npix12.fits", f"{TARGET}/mosaic_nircam_f150w/properties"]
+    for key in [*stale, "about.html"]:
+        put(key, b"old", hashlib.md5(b"old").hexdigest())
+    return stale
+
+
+def test_a_republish_removes_what_the_new_pyramids_left_behind_after_the_indexes(home, tmp_path):
+    dest = FolderDestination(tmp_path / "site")
+    publish_collection(home, dest)
+    stale = _stale_files(dest.put)
+    again = publish_collection(home, dest)
+    assert again.removed == len(stale) and again.uploaded == 0
+    assert not any((dest.root / key).exists() for key in stale)
+    assert not (dest.root / TARGET / "mosaic_nircam_f150w").exists()  # its emptied folder too
+    assert (dest.root / "about.html").read_bytes() == b"old"  # not a target's: left alone
+    _check_collection(lambda key: (dest.root / key).read_bytes(), home)
+
+
+def test_a_republish_to_s3_removes_the_stale_objects(home):
+    server = S3Server()
+    try:
+        client = server.client()
+        client.create_bucket(Bucket="sky")
+        publish_collection(home, S3Destination(client, "sky", "pub"))
+        stale = _stale_files(S3Destination(client, "sky", "pub").put)
+        again = publish_collection(home, S3Destination(client, "sky", "pub"))
+        keys = {o["Key"] for o in client.list_objects_v2(Bucket="sky").get("Contents", [])}
+        assert again.removed == len(stale) and not {f"pub/{k}" for k in stale} & keys
+        assert "pub/about.html" in keys and "pub/hipslist" in keys
+        assert {f"pub/{TARGET}/{name}" for name in _files(home)} <= keys
+    finally:
+        server.close()

@@ -5,12 +5,11 @@ import time
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataValue, asset
 
-from skyassets.archive.download import FileRequest, FileResult, Progress, download_files
-from skyassets.archive.query import list_products, query_watchlist
 from skyassets.archive.watchlist import ProductSpec, Watchlist
 from skyassets.defs.metadata import column_schema, frame_metadata, partition_metadata
 from skyassets.defs.partitions import observation_backfill_policy, observations_partitions
@@ -21,11 +20,14 @@ from skyassets.defs.resources import (
     LandingResource,
     WatchlistResource,
 )
-from skyassets.fits.meta import quarantine
 from skyassets.lake.home import Home
 from skyassets.lake.store import Lake
 from skyassets.lake.tables import table
-from skyassets.landing.ingest import landed_requests
+
+# The archive client (astroquery), the downloader (requests) and astropy's FITS reader are imported
+# in the assets that use them, so that loading the definitions stays quick.
+if TYPE_CHECKING:
+    from skyassets.archive.download import FileRequest, FileResult, Progress
 
 OBSERVATION_PREVIEW = [
     "obs_id", "target_name", "obs_collection", "instrument_name", "filters", "t_exptime", "watchlist_entry",
@@ -44,6 +46,8 @@ MANIFEST_PREVIEW = ["filename", "size", "status", "source", "fits_checksum", "se
 def mast_observations(
     context: AssetExecutionContext, home: HomeResource, watchlist: WatchlistResource, archive: ArchiveResource
 ) -> MaterializeResult:
+    from skyassets.archive.query import query_watchlist
+
     wl = watchlist.load()
     result = query_watchlist(archive.client(home.home), wl)
     for message in result.rejected:
@@ -111,6 +115,8 @@ def _bytes(frame: pd.DataFrame) -> dict[str, int]:
 def mast_products(
     context: AssetExecutionContext, home: HomeResource, watchlist: WatchlistResource, archive: ArchiveResource
 ) -> MaterializeResult:
+    from skyassets.archive.query import list_products
+
     wl = watchlist.load()
     client = archive.client(home.home)
     download_url = archive.download_url(home.home)
@@ -153,7 +159,7 @@ class _ProgressLog:
         self._interval = interval
         self._last = float("-inf")
 
-    def __call__(self, progress: Progress) -> None:
+    def __call__(self, progress: "Progress") -> None:
         total = f"/{progress.bytes_total / 1e6:.1f}" if progress.bytes_total else ""
         eta = f", ETA {progress.eta_seconds:.0f} s" if progress.eta_seconds is not None else ""
         urgent = progress.message.startswith(("failed", "retry")) or progress.files_done == progress.files_total
@@ -178,8 +184,10 @@ def _earlier_manifests(lake: Lake, obs_ids: list[str]) -> dict[tuple[str, str], 
     return rows
 
 
-def _quarantine_bad_landed_files(root: Home, requests: list[FileRequest], results: list[FileResult]) -> list[str]:
+def _quarantine_bad_landed_files(root: Home, requests: "list[FileRequest]", results: "list[FileResult]") -> list[str]:
     """Landed files that are not valid FITS are quarantined with the reason and reported; the others go on."""
+    from skyassets.fits.meta import quarantine
+
     messages = []
     for request, result in zip(requests, results, strict=True):
         if result.status != "failed" or request.local_path is None:
@@ -194,18 +202,20 @@ def _quarantine_bad_landed_files(root: Home, requests: list[FileRequest], result
 
 
 def _fetch(
-    requests: list[FileRequest],
+    requests: "list[FileRequest]",
     owner: list[tuple],
     downloader: DownloaderResource,
     archive: ArchiveResource,
     landing: LandingResource,
     root: Home,
     progress: _ProgressLog,
-) -> list[FileResult]:
+) -> "list[FileResult]":
     """Files from MAST with the archive's settings, landed files with the landing zone's; in order.
 
     A landed file has a signature (its size and mtime, or ETag); a MAST product has none.
     """
+    from skyassets.archive.download import download_files
+
     results: list[FileResult | None] = [None] * len(requests)
     for landed in (False, True):
         indices = [i for i, (_, _, signature) in enumerate(owner) if (signature is not None) == landed]
@@ -224,7 +234,7 @@ def _fetch(
     return results
 
 
-def _forget_changed_copy(request: FileRequest, before: dict | None, signature: str) -> None:
+def _forget_changed_copy(request: "FileRequest", before: dict | None, signature: str) -> None:
     """A landed file changed in place since it was copied: drop the old copy so it is copied again."""
     if before is not None and before.get("signature") not in (None, signature):
         final = Path(request.dest_dir) / request.filename
@@ -232,7 +242,7 @@ def _forget_changed_copy(request: FileRequest, before: dict | None, signature: s
             stale.unlink(missing_ok=True)
 
 
-def _store_verified(root: Home, results: list[FileResult]) -> int:
+def _store_verified(root: Home, results: "list[FileResult]") -> int:
     """With the home on an object store: upload the verified files there (the local copies become
     its bounded working copy); a file skipped as verified is uploaded only if not stored yet."""
     if not root.remote:
@@ -248,7 +258,7 @@ def _store_verified(root: Home, results: list[FileResult]) -> int:
 
 
 def _manifest_row(
-    root: Home, obs_id: str, uri: str, signature: str | None, result: FileResult, earlier: dict
+    root: Home, obs_id: str, uri: str, signature: str | None, result: "FileResult", earlier: dict
 ) -> dict:
     row = {
         "partition": obs_id,
@@ -290,6 +300,9 @@ def fits_files(
     downloader: DownloaderResource,
     landing: LandingResource,
 ) -> MaterializeResult:
+    from skyassets.archive.download import FileRequest
+    from skyassets.landing.ingest import landed_requests
+
     root = home.home
     lake = root.tables
     earlier = _earlier_manifests(lake, context.partition_keys)

@@ -13,15 +13,12 @@ from dagster import (
     asset,
 )
 
-from skyassets.catalog.db import connect, publish
 from skyassets.defs.archive.assets import fits_files, mast_observations, mast_products
 from skyassets.defs.automation import catch_up
 from skyassets.defs.metadata import column_schema, partition_metadata
 from skyassets.defs.partitions import observation_backfill_policy, observations_partitions
 from skyassets.defs.resources import HomeResource
-from skyassets.fits.meta import extract_many, to_table
 from skyassets.lake.tables import TABLES, table
-from skyassets.landing.ingest import quarantine_landed_failures
 
 IMAGE_PREVIEW = ["obs_id", "file_name", "hdu_name", "instrument_name", "filter", "s_ra", "s_dec", "t_min", "t_exptime"]
 
@@ -37,6 +34,10 @@ IMAGE_PREVIEW = ["obs_id", "file_name", "hdu_name", "instrument_name", "filter",
     description="One row per image HDU of the observation's files, with IVOA ObsCore columns and units.",
 )
 def image_metadata(context: AssetExecutionContext, home: HomeResource) -> MaterializeResult:
+    # imported here: the FITS reader (astropy) and the landing zone's downloader are slow to import
+    from skyassets.fits.meta import extract_many, to_table
+    from skyassets.landing.ingest import quarantine_landed_failures
+
     root = home.home
     lake = root.tables
     sources = []
@@ -101,6 +102,8 @@ def image_metadata(context: AssetExecutionContext, home: HomeResource) -> Materi
     description="catalog.duckdb: the lake's tables, sorted for fast sky and time filters, published atomically.",
 )
 def catalog(context: AssetExecutionContext, home: HomeResource) -> MaterializeResult:
+    from skyassets.catalog.db import connect, publish
+
     root = home.home
     root.lake_folder()  # with the home on a store, a local mirror of its lake for DuckDB to read
     path = publish(root.root)

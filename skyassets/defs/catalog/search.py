@@ -2,8 +2,6 @@
 
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
-from skyassets.catalog.db import connect
-from skyassets.catalog.find import build_index
 from skyassets.defs.automation import catch_up
 from skyassets.defs.catalog.assets import catalog
 from skyassets.defs.resources import HomeResource
@@ -20,6 +18,10 @@ from skyassets.defs.resources import HomeResource
     "metadata for skyassets.catalog.find and `skyassets find`.",
 )
 def search_index(context: AssetExecutionContext, home: HomeResource) -> MaterializeResult:
+    # imported here, as DuckDB is: run processes of the other assets need neither
+    from skyassets.catalog.db import connect
+    from skyassets.catalog.find import build_index
+
     root = home.home
     con = connect(root.root)
     try:

@@ -15,7 +15,6 @@ from dagster import (
 from skyassets.defs.landing.jobs import landing_job
 from skyassets.defs.partitions import LANDED_PARTITIONS_PER_RUN, batched_requests, observations_partitions
 from skyassets.defs.resources import HomeResource, LandingResource
-from skyassets.landing.ingest import group_by_partition, record_landed
 from skyassets.landing.zone import LandingZone, S3LandingZone, Tick
 
 
@@ -26,6 +25,9 @@ def _landing_result(context: SensorEvaluationContext, home: HomeResource, tick: 
     bad file does not hold its batch back, as ``fits_files`` and ``image_metadata`` quarantine it,
     and a partition whose landing record cannot be written is logged and left out, not the tick.
     """
+    # imported here: it brings in the downloader (requests), which run processes seldom need
+    from skyassets.landing.ingest import group_by_partition, record_landed
+
     groups = group_by_partition(tick.ready, client=client)
     versions = {}
     for key, files in groups.items():

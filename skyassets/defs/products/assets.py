@@ -7,8 +7,6 @@ from functools import partial
 from pathlib import Path
 
 import pandas as pd
-from astropy.io import fits
-from astropy.wcs import WCS
 from dagster import AssetExecutionContext, BackfillPolicy, MaterializeResult, MetadataValue, asset
 from PIL import Image
 
@@ -18,17 +16,6 @@ from skyassets.defs.metadata import column_schema, preview
 from skyassets.defs.partitions import targets_partitions
 from skyassets.defs.resources import CompositesResource, HomeResource, MosaicsResource
 from skyassets.defs.targets.assets import target_images
-from skyassets.imaging.blocks import build_mosaic_blocks
-from skyassets.imaging.composite import (
-    apply_overrides,
-    channel_colours,
-    compose,
-    reproject_channels,
-    spectral_meta,
-    suggest_recipes,
-    write_composite,
-)
-from skyassets.imaging.mosaic import MosaicInput, build_mosaic
 from skyassets.imaging.preview import markdown_grid, markdown_image
 from skyassets.lake.home import Home
 from skyassets.lake.tables import table
@@ -45,16 +32,6 @@ def _thumbnail(png: Path, side: int = 256) -> bytes:
         out = io.BytesIO()
         picture.save(out, format="PNG", optimize=True)
     return out.getvalue()
-
-
-def _one_level(images: pd.DataFrame) -> pd.DataFrame:
-    """The exposures (calibration level 2) when there are any, else the combined products: a level-3
-    image (JWST i2d, HST drz) is made from the level-2 ones, so co-adding both would count them twice."""
-    exposures = images[images["calib_level"] == 2]
-    if len(exposures):
-        return exposures
-    levels = images["calib_level"].dropna()
-    return images[images["calib_level"] == levels.max()] if len(levels) else images
 
 
 # Targets changed together (a backfill, a batch of new observations) share runs of ten.
@@ -78,6 +55,11 @@ INPUT_PREVIEW = ["filter", "obs_id", "file_name", "hdu_index", "score", "flag"]
 def mosaics(
     context: AssetExecutionContext, home: HomeResource, mosaics: MosaicsResource, dask: DaskResource
 ) -> MaterializeResult:
+    # imported here: mosaicking brings in scipy, astropy's WCS and reproject, slow to import
+    from skyassets.imaging.blocks import build_mosaic_blocks
+    from skyassets.imaging.mosaic import MosaicInput, build_mosaic
+    from skyassets.imaging.targets import without_combined_duplicates
+
     root, settings = home.home, mosaics.validated()
     lake = root.tables
     for target in context.partition_keys:
@@ -85,7 +67,7 @@ def mosaics(
         rows, lines, used = [], [], []
         wcs, shape = settings.grid(target) or (None, None)
         for (instrument, band), group in images.groupby(["instrument_name", "filter"]):
-            group = _one_level(group)
+            group = without_combined_duplicates(group)
             inputs = [
                 MosaicInput(path=root.local(p), hdu_index=int(h))
                 for p, h in zip(group["path"], group["hdu_index"], strict=True)
@@ -137,6 +119,9 @@ RECIPE_PREVIEW = ["recipe", "kind", "rank", "filters", "made", "note"]
     "sets how many, the method, the stretch and the user's own recipes), with AVM tags carrying the WCS.",
 )
 def composites(context: AssetExecutionContext, home: HomeResource, composites: CompositesResource) -> MaterializeResult:
+    # imported here: the composites bring in reproject, matplotlib and astropy, slow to import
+    from skyassets.imaging.composite import apply_overrides, suggest_recipes
+
     root, settings = home.home, composites.validated()
     lake = root.tables
     for target in context.partition_keys:
@@ -201,6 +186,11 @@ def _mosaic_cells(root: Home, mosaic_rows: pd.DataFrame) -> list[tuple[str, byte
 def _make_composite(root: Home, target: str, recipe: pd.Series, chosen: list[dict], settings: CompositesResource):
     """One recipe's composite from its mosaics: channels on one WCS, hues by pivot wavelength, written
     as PNG and 16-bit TIFF with AVM tags. Returns the written paths (with the grid), the colours and the stretch."""
+    from astropy.io import fits
+    from astropy.wcs import WCS
+
+    from skyassets.imaging.composite import channel_colours, compose, reproject_channels, spectral_meta, write_composite
+
     images = []
     for row in chosen:
         with fits.open(root.local(row["path"])) as hdul:

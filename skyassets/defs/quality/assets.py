@@ -3,6 +3,7 @@
 
 from collections.abc import Iterator
 from functools import partial
+from typing import TYPE_CHECKING
 
 import pandas as pd
 from dagster import (
@@ -22,11 +23,14 @@ from skyassets.defs.cluster import DaskResource
 from skyassets.defs.metadata import column_schema, preview
 from skyassets.defs.partitions import observation_backfill_policy, observations_partitions
 from skyassets.defs.resources import HomeResource
-from skyassets.imaging.preview import markdown_image, thumbnail_png
-from skyassets.imaging.quality import SCORE_COLUMNS, Measurement, measure_image, physical_problems, score
 from skyassets.lake.home import Home
 from skyassets.lake.schemas import QUALITY_SCHEMA, SOURCE_SCHEMA
 from skyassets.lake.store import Lake
+
+# The measurements (photutils, scipy, astropy) take seconds to import; they are imported where they
+# are used, so that loading the definitions stays quick.
+if TYPE_CHECKING:
+    from skyassets.imaging.quality import Measurement
 
 WORST_COLUMNS = ["file_name", "hdu_index", "filter", "score", "flag", "flag_reason", "fwhm_arcsec", "depth_5sigma_ab"]
 WORST_DIGITS = {"score": 1, "fwhm_arcsec": 3, "depth_5sigma_ab": 2}
@@ -77,6 +81,8 @@ source_catalogs_spec = AssetSpec(
 def image_quality(
     context: AssetExecutionContext, home: HomeResource, dask: DaskResource
 ) -> Iterator[MaterializeResult | AssetCheckResult]:
+    from skyassets.imaging.quality import score
+
     root = home.home
     lake = root.tables
     images = _catalogued_images(lake, context.partition_keys)
@@ -112,12 +118,16 @@ def _catalogued_images(lake: Lake, obs_ids: list[str]) -> pd.DataFrame:
     return rows.drop(columns=["header_json"], errors="ignore")
 
 
-def _measure(root: Home, row: dict) -> Measurement:
+def _measure(root: Home, row: dict) -> "Measurement":
     """One image's measurement, reading the file where the catalogue says it is stored."""
+    from skyassets.imaging.quality import measure_image
+
     return measure_image(root.local(row["path"], row.get("sha256")), int(row["hdu_index"]), row=row)
 
 
 def _metric_columns() -> list[str]:
+    from skyassets.imaging.quality import SCORE_COLUMNS
+
     return [n for n in QUALITY_SCHEMA.names if n not in SCORE_COLUMNS]
 
 
@@ -133,8 +143,11 @@ def _reference_depths(lake: Lake, measuring: list[str]) -> dict[tuple[str, str],
     return rows.dropna().groupby(["instrument_name", "filter"])["depth_5sigma_ab"].median().to_dict()
 
 
-def _partition_report(root: Home, mine: pd.DataFrame, measured: list[Measurement]) -> dict:
+def _partition_report(root: Home, mine: pd.DataFrame, measured: "list[Measurement]") -> dict:
     """One partition's metadata: its row count, its score table and thumbnails of its images."""
+    from skyassets.imaging.preview import markdown_image, thumbnail_png
+    from skyassets.imaging.quality import SCORE_COLUMNS
+
     by_key = {(m.metrics["sha256"], m.metrics["hdu_index"]): m for m in measured}
     lines = []
     for row in mine.sort_values("score").head(PREVIEWS_PER_PARTITION).to_dict("records"):
@@ -155,6 +168,8 @@ def _partition_report(root: Home, mine: pd.DataFrame, measured: list[Measurement
 
 
 def _checks(scored: pd.DataFrame) -> Iterator[AssetCheckResult]:
+    from skyassets.imaging.quality import physical_problems
+
     unusable = scored[~scored["usable"].astype(bool)]
     yield AssetCheckResult(
         check_name="usable_images",

@@ -3,7 +3,6 @@ composites and mosaics are made from."""
 
 import shutil
 
-import duckdb
 import pandas as pd
 from dagster import (
     AssetExecutionContext,
@@ -14,7 +13,6 @@ from dagster import (
     asset,
 )
 
-from skyassets.catalog.db import connect
 from skyassets.defs.automation import catch_up
 from skyassets.defs.catalog.assets import image_metadata
 from skyassets.defs.metadata import column_schema, frame_metadata, preview
@@ -22,7 +20,6 @@ from skyassets.defs.partitions import targets_partitions
 from skyassets.defs.quality.assets import image_quality
 from skyassets.defs.resources import HomeResource
 from skyassets.defs.tags import DATA_VERSION
-from skyassets.imaging.targets import group_targets, inputs_digest, target_inputs
 from skyassets.lake.home import Home
 from skyassets.lake.tables import Partitioning, partitioned_by, table
 
@@ -53,6 +50,12 @@ target_images = AssetSpec(
     "Keeps a targets partition per target with usable images and records each changed target's images (target_images).",
 )
 def target_groups(context: AssetExecutionContext, home: HomeResource) -> MaterializeResult:
+    # imported here: the grouping brings in scipy, shapely and astropy, DuckDB the catalog; slow to import
+    import duckdb
+
+    from skyassets.catalog.db import connect
+    from skyassets.imaging.targets import group_targets, inputs_digest, target_inputs
+
     root = home.home
     con = connect(root.lake_folder().parent)  # with the home on a store, the lake mirrored locally first
     try:

@@ -13,8 +13,6 @@ from skyassets.defs.automation import catch_up, follows
 from skyassets.defs.partitions import targets_partitions
 from skyassets.defs.products.assets import composites, mosaics
 from skyassets.defs.resources import HomeResource, PublishResource
-from skyassets.tiles.products import remove_target, tile_target, tiles_root
-from skyassets.tiles.publish import publish_collection
 
 
 @asset(
@@ -29,6 +27,9 @@ from skyassets.tiles.publish import publish_collection
     "with Allsky and coverage MOC, swapped in atomically; a target whose products did not change is not re-tiled.",
 )
 def sky_tiles(context: AssetExecutionContext, home: HomeResource) -> MaterializeResult:
+    # imported here: tiling brings in astropy, astropy_healpix and mocpy, slow to import
+    from skyassets.tiles.products import tile_target
+
     root = home.home
     versions = {}
     for target in context.partition_keys:
@@ -58,6 +59,9 @@ def sky_tiles(context: AssetExecutionContext, home: HomeResource) -> Materialize
     "by checksum, then the indexes (hipslist, index.wtml, newest first); an interrupted publish resumes.",
 )
 def publish(context: AssetExecutionContext, home: HomeResource, publish: PublishResource) -> MaterializeResult:
+    from skyassets.tiles.products import remove_target, tiles_root
+    from skyassets.tiles.publish import publish_collection
+
     root = home.home
     active = set(context.instance.get_dynamic_partitions(targets_partitions.name))
     folder = tiles_root(root)
@@ -70,5 +74,6 @@ def publish(context: AssetExecutionContext, home: HomeResource, publish: Publish
     return MaterializeResult(metadata={
         "destination": report.destination, "targets": len(report.targets), "pyramids": report.pyramids,
         "uploaded": report.uploaded, "already_there": report.skipped, "bytes_uploaded": report.bytes_uploaded,
+        "removed": report.removed,
         "indexes": ", ".join(report.indexes),
     })
