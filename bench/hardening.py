@@ -332,7 +332,8 @@ def judge(cases: list[Case], zone: Path, outside: Path, home: Path, ingested: di
         rows = images.get(case.name) or [
             r for rs in images.values() for r in rs if case.obs and case.obs in str(r.get("obs_id"))
         ]
-        reason = reported.get(case.name, "")
+        # a name that is not UTF-8 is reported with its bytes escaped, as it can be printed
+        reason = reported.get(case.name) or reported.get(os.fsencode(case.name).decode("utf-8", "backslashreplace"), "")
         line = f"{case.name[:40]:<40} {case.why}: "
         if not reason and case.name in notes:
             reason = f"quarantined: {notes[case.name]}"

@@ -245,7 +245,7 @@ class Home:
         if self.storage is None:
             target = self.root / relative
             target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+            tmp = target.with_name(f".{target.name[:64]}.{uuid.uuid4().hex}.tmp")  # fits any name
             try:
                 tmp.write_bytes(data)
                 tmp.replace(target)
@@ -344,7 +344,7 @@ class Home:
             if local.is_file() and local.stat().st_size == info.size and local.stat().st_mtime_ns == stamp:
                 continue
             local.parent.mkdir(parents=True, exist_ok=True)
-            tmp = local.with_name(f".{local.name}.{uuid.uuid4().hex}.tmp")
+            tmp = local.with_name(f".{local.name[:64]}.{uuid.uuid4().hex}.tmp")  # fits any name
             try:
                 with self.filesystem.open_input_stream(info.path) as source, open(tmp, "wb") as out:
                     shutil.copyfileobj(source, out, _CHUNK)

@@ -122,3 +122,11 @@ def test_local_home_keeps_files_in_place(tmp_path):
     assert home.put_bytes("previews/a.png", b"p") == str(tmp_path / "previews" / "a.png")
     assert home.lake_folder() == home.lake and home.trim() == 0
     assert home.tables.write("mast_observations", [{"obs_id": "a"}]) == str(home.lake / "mast_observations.parquet")
+
+
+def test_a_name_of_the_longest_kind_is_written_whole(tmp_path):
+    # a stored file's preview: its name plus ".<hdu>.png", which its working copy must not outgrow
+    name = "n" * 240 + ".fits.0.png"
+    home = Home(tmp_path)
+    assert home.put_bytes(f"previews/o/{name}", b"p") == str(tmp_path / "previews" / "o" / name)
+    assert [p.name for p in (tmp_path / "previews" / "o").iterdir()] == [name]
