@@ -79,8 +79,10 @@ _HASH_CHUNK = 8 << 20
 _RANGE_WRITE = 1 << 20  # bytes a range connection gathers before one positioned write
 # A file's first connection is timed for this long (from its first byte) before the others may open:
 # over a fast link a byte count is reached within a scheduling hiccup, which would look like a slow
-# link and open connections that only compete for the CPU.
+# link and open connections that only compete for the CPU. One under half the fast speed after the
+# short window is plainly capped, and the others open then.
 _PROBE_SECONDS = 0.25
+_PROBE_SHORT_SECONDS = 0.05
 _CONTENT_RANGE_RE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 _PLAIN_MD5_RE = re.compile(r"^[0-9a-f]{32}$")
 _RETRYABLE_HTTP = {408, 425, 429, 500, 502, 503, 504}
@@ -707,6 +709,20 @@ def _missing(spans: dict[int, int], total: int, piece: int) -> list[tuple[int, i
     return out
 
 
+def _tapered(pieces: list[tuple[int, int]], connections: int, parts: int = 4,
+             smallest: int = 256 << 10) -> list[tuple[int, int]]:
+    """``pieces`` with the last ``connections`` of them cut in ``parts`` (none below ``smallest``
+    bytes): over a capped link the connections then finish together, instead of all but one idling
+    while the last whole segment comes in."""
+    if connections < 2:
+        return pieces
+    out = pieces[:-connections]
+    for start, end in pieces[-connections:]:
+        step = max(smallest, -(-(end - start) // parts))
+        out += [(a, min(a + step, end)) for a in range(start, end, step)]
+    return out
+
+
 class _Downloader:
     """Runs a batch: shared HTTP session and S3 client, progress, per-file attempt loop."""
 
@@ -1039,7 +1055,7 @@ class _Downloader:
         job.on_disk = job.resumed_from
         job.source = source
         connections = self._connections(job, source)
-        queue = deque(_missing(spans, total, self.config.segment_size))
+        queue = deque(_tapered(_missing(spans, total, self.config.segment_size), connections))
         lock = threading.Condition()
         save_lock = threading.Lock()
         failures: list[BaseException] = []
@@ -1107,7 +1123,8 @@ class _Downloader:
                             elif not widen.is_set():
                                 elapsed = time.monotonic() - first
                                 got = pos + pending - start
-                                if elapsed >= _PROBE_SECONDS and got < fast * elapsed:
+                                if (elapsed >= _PROBE_SECONDS and got < fast * elapsed) or (
+                                        elapsed >= _PROBE_SHORT_SECONDS and got < fast / 2 * elapsed):
                                     widen.set()  # the link caps this connection: open the others
                             pieces.append(data)
                             pending += len(data)

@@ -119,3 +119,22 @@ def test_other_connections_wait_until_the_first_is_seen_capped(emu, tmp_path: Pa
                                download_config(emu, connections=4, segment_size=SEGMENT, fast_stream=1, retries=0))
     assert failed.status == "failed"
     assert _ranges(emu, since, name) == [(0, SEGMENT - 1)]
+
+
+def test_the_last_segments_come_in_smaller_ranges_so_connections_finish_together(emu, tmp_path: Path) -> None:
+    product, content = publish_file(emu, tmp_path, 3)
+    name = product["productFilename"]
+    since = len(emu.requests)
+    segment = 1 << 20
+    (result,) = download_files([file_request(emu, product, tmp_path)],
+                               download_config(emu, connections=2, segment_size=segment, fast_stream=0))
+    assert_in_place(result, content)
+    ranges = sorted(_ranges(emu, since, name))
+    assert sum(b - a + 1 for a, b in ranges) == len(content) and ranges[0][0] == 0
+    assert all(b + 1 == a for (_, b), (a, _) in zip(ranges, ranges[1:], strict=False))  # no gap, no overlap
+    whole, cut = [r for r in ranges if r[1] - r[0] + 1 == segment], [r for r in ranges if r[1] - r[0] + 1 < segment]
+    # every segment comes whole but the last two (one per connection), which come in quarters
+    segments = -(-len(content) // segment)
+    assert segments >= 3 and len(whole) == segments - 2
+    assert len(cut) >= 5 and max(b - a + 1 for a, b in cut) == segment // 4
+    assert min(a for a, _ in cut) == (segments - 2) * segment
