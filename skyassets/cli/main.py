@@ -59,7 +59,7 @@ def _ingest(args: argparse.Namespace) -> int:
     from dagster import DagsterInstance
 
     from skyassets.cli.launch import Launcher
-    from skyassets.cli.runs import QUIET, bring_up_to_date, ingest, text_progress
+    from skyassets.cli.runs import QUIET, bring_up_to_date, ingest, text_progress, unusable_images
 
     instance = DagsterInstance.get()
     print("Starting a Dagster webserver for this command's runs ...", file=sys.stderr, flush=True)
@@ -83,12 +83,17 @@ def _ingest(args: argparse.Namespace) -> int:
         ready = [p for p in report.partitions if home.tables.exists("image_metadata", p)]
         run_config = {**QUIET, "resources": {"home": {"config": {"root": str(home.root)}}}}
         downstream = bring_up_to_date(launcher, home, ready, run_config)
+    unusable = unusable_images(home, ready)
+    for image, reason in unusable.items():
+        print(f"  not usable: {image}: {reason}", file=sys.stderr)
+    if unusable:
+        print(f"{len(unusable)} images catalogued but not usable: left out of targets and products", file=sys.stderr)
     if downstream is None or downstream:
         print(f"{'the catalog could not be published' if downstream is None else f'{downstream} runs failed'}"
               "; see them in the Dagster UI (skyassets dev)", file=sys.stderr)
         return 1
     print(f"catalog published: {home.root / 'catalog.duckdb'}")
-    return 0 if report.ok else 1
+    return 0 if report.ok and not unusable else 1
 
 
 class CommandError(Exception):
@@ -298,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     ).set_defaults(func=_demo)
     ingest = commands.add_parser(
         "ingest", help="catalogue local FITS files or folders, then measure, group and publish as the daemon would; "
-        "exits 1 if any file was quarantined or failed",
+        "exits 1 if any file was quarantined or failed, or an image is not usable",
     )
     ingest.add_argument("paths", nargs="+", help="FITS files or folders (searched recursively)")
     ingest.add_argument("--batch", type=int, default=250, help="at most this many partitions per run (default 250)")

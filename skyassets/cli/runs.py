@@ -304,6 +304,20 @@ def measure_quality(runner: Runner, home: Home, partitions: list[str], run_confi
     return len(partitions), failures
 
 
+def unusable_images(home: Home, partitions: Sequence[str]) -> dict[str, str]:
+    """``file[hdu] -> reason`` of each image of the partitions that quality found no step can use
+    (catalogued, left out of targets and products)."""
+    found: dict[str, str] = {}
+    for partition in partitions:
+        if not home.tables.exists("image_quality", partition):
+            continue
+        rows = home.tables.read("image_quality", partition, columns=["file_name", "hdu_index", "usable", "problem"])
+        for row in rows[~rows["usable"].astype(bool)].itertuples(index=False):
+            image = f"{row.file_name}[{row.hdu_index}]"
+            found[f"{partition}/{image}"] = str(row.problem or "not usable").removeprefix(f"{image}: ")
+    return found
+
+
 def make_products(runner: Runner, home: Home, run_config: Mapping) -> tuple[int, int]:
     """Run products_job for each target whose images changed since its products were made; return
     (runs, failed runs). (In ``skyassets dev`` declarative automation does this.)"""

@@ -8,8 +8,10 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pandas as pd
 import pytest
+from astropy.io import fits
 from dagster import DagsterInstance
 
 from skyassets.cli.launch import LOCATION
@@ -141,16 +143,23 @@ def test_ingest_brings_the_whole_chain_up_to_date_and_says_what_failed(emu, tmp_
         (drop / path.name).write_bytes(path.read_bytes())
     (drop / "cut-short.fits").write_bytes(cal[0].read_bytes()[:5000])
     (drop / "elsewhere.fits").symlink_to(cal[-1])  # a link is never followed out of the folder
+    blank = drop / "jw99999001001_02101_00001_nrca1_cal.fits"
+    with fits.open(cal[0]) as hdul:
+        hdul[0].header["OBS_ID"] = "V99999001001P0000000002101"
+        hdul["SCI"].data = np.full_like(hdul["SCI"].data, np.nan)
+        hdul.writeto(blank, checksum=True)  # a valid file whose pixels are all NaN: catalogued, not usable
     env = {**os.environ, "SKYASSETS_HOME": str(tmp_path / "home"), "DAGSTER_HOME": str(tmp_path / "home" / "dagster")}
     result = subprocess.run(
         [sys.executable, "-m", "skyassets.cli.main", "ingest", str(drop)],
         env=env, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 1, result.stdout + result.stderr  # one file was quarantined
-    assert "5 files in 4 partitions" in result.stdout
-    assert "3 catalogued, 1 quarantined, 0 failed, 1 refused" in result.stdout
+    assert "6 files in 5 partitions" in result.stdout
+    assert "4 catalogued, 1 quarantined, 0 failed, 1 refused" in result.stdout
     assert f"quarantined: {drop / 'cut-short.fits'}:" in result.stderr
     assert f"refused: {drop / 'elsewhere.fits'}:" in result.stderr
+    assert f"not usable: landed-V99999001001P0000000002101/{blank.name}[1]: no finite" in result.stderr
+    assert "runs failed" not in result.stderr  # the unusable image failed no run of its batch
     # Every run was launched for the code location, as the UI launches runs, so the UI can re-execute it.
     with DagsterInstance.from_config(str(tmp_path / "home" / "dagster")) as instance:
         runs = instance.get_runs()
@@ -159,5 +168,5 @@ def test_ingest_brings_the_whole_chain_up_to_date_and_says_what_failed(emu, tmp_
     home = Home(tmp_path / "home")
     assert (home.root / "catalog.duckdb").exists()
     measured = pd.concat(home.tables.read("image_quality", p) for p in home.tables.partitions("image_quality"))
-    assert sorted(measured["file_name"]) == sorted(p.name for p in cal)  # quality followed without a daemon
+    assert sorted(measured["file_name"]) == sorted([p.name for p in cal] + [blank.name])  # without a daemon
     assert home.tables.exists("target_groups")

@@ -64,9 +64,9 @@ source_catalogs_spec = AssetSpec(
         AssetCheckSpec(
             "usable_images",
             asset="image_quality",
-            blocking=True,
-            description="Fails when an image has no valid WCS, no finite pixel or cannot be read: "
-            "nothing downstream may use it.",
+            description="Warns about images no step can use (no valid WCS, no finite pixel, unreadable, "
+            "over the pixel limit), each with its reason: they stay catalogued, are left out of targets "
+            "and products, and never stop the other images of their batch.",
         ),
         AssetCheckSpec("low_quality_images", asset="image_quality", description="Warns about images flagged reject."),
         AssetCheckSpec(
@@ -175,7 +175,7 @@ def _checks(scored: pd.DataFrame) -> Iterator[AssetCheckResult]:
         check_name="usable_images",
         asset_key="image_quality",
         passed=unusable.empty,
-        severity=AssetCheckSeverity.ERROR,
+        severity=AssetCheckSeverity.WARN,
         description=None if unusable.empty
         else "; ".join(f"{r.file_name}: {r.problem}" for r in unusable.itertuples())[:2000],
         metadata={"unusable": len(unusable), "images": len(scored)},

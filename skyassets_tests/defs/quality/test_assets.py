@@ -5,7 +5,16 @@ from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
-from dagster import AssetKey, Definitions, asset, define_asset_job, in_process_executor, instance_for_test
+from dagster import (
+    AssetCheckSeverity,
+    AssetKey,
+    AssetRecordsFilter,
+    Definitions,
+    asset,
+    define_asset_job,
+    in_process_executor,
+    instance_for_test,
+)
 
 from skyassets.catalog.db import connect, search
 from skyassets.cli.main import main
@@ -73,7 +82,7 @@ def test_quality_of_catalogued_images(emu, tmp_path, monkeypatch, capsys):
     assert main(["quality", "../etc"]) == 2
 
 
-def test_an_unusable_image_fails_the_blocking_check_and_stops_downstream(emu, tmp_path):
+def test_an_unusable_image_is_reported_with_its_reason_and_never_stops_its_batch(emu, tmp_path):
     drop = tmp_path / "drop"
     drop.mkdir()
     good = sorted(emu.sky.root.rglob("*_cal.fits"))[0]
@@ -87,10 +96,15 @@ def test_an_unusable_image_fails_the_blocking_check_and_stops_downstream(emu, tm
     with instance_for_test() as instance:
         ingest([drop], home, instance)
         keys = sorted(instance.get_dynamic_partitions("observations"))
+        assert len(keys) == 2
         result = _run_all(_defs(home.root), instance, keys)
+        assert result.success  # one bad image never fails the run of its batch
         check = next(c for c in result.get_asset_check_evaluations() if c.check_name == "usable_images")
-        assert not check.passed and blank.name in check.description
-        assert "consumer" not in {e.step_key for e in result.get_step_success_events()}
-        assert instance.get_latest_materialization_event(AssetKey("consumer")) is None
+        assert not check.passed and check.severity == AssetCheckSeverity.WARN
+        assert blank.name in check.description and "finite" in check.description
+        assert "consumer" in {e.step_key for e in result.get_step_success_events()}
+        for key in keys:  # downstream went on for both partitions, the good one and the bad one
+            filtered = AssetRecordsFilter(AssetKey("consumer"), asset_partitions=[key])
+            assert instance.fetch_materializations(filtered, limit=1).records
     rows = home.tables.read("image_quality", "landed-V99999001001P0000000002101")  # landed keys: their own
     assert rows["usable"].tolist() == [False] and rows["score"].tolist() == [0]
