@@ -966,8 +966,12 @@ def rank(
         fused[best] += 1.0 / (RRF_K + ranks)
     vectors = index.vectors
     if mode in ("fusion", "embedding") and embedder is not None and vectors is not None and len(docs):
-        sims = np.full(n, -np.inf, dtype=np.float32)
-        sims[docs] = vectors[docs] @ embedder.encode([parsed.text])[0]
+        question = embedder.encode([parsed.text])[0]
+        if candidates is None:  # every document: no copy of the vectors
+            sims = vectors @ question
+        else:
+            sims = np.full(n, -np.inf, dtype=np.float32)
+            sims[docs] = vectors[docs] @ question
         best, ranks = _top(docs, sims)
         embedding_rank = dict(zip(best.tolist(), ranks.tolist(), strict=True))
         similarity = {int(d): float(sims[d]) for d in best}

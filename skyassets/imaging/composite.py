@@ -335,6 +335,9 @@ SKY_SIGMAS = 2.0
 SOFTENING_SIGMAS = 3.0
 WHITE_PERCENTILE = 99.95
 WHITE_MIN_SIGMAS = 30.0
+SKY_FADE_SIGMAS = 5.0  # the sky's grey correction fades over this many sigmas of intensity
+SKY_BLANK_WIDTH = 6.0  # pixels: the smoothing that finds faint nebulosity, which is not blank sky
+SKY_BLANK_SIGMAS = 1.5  # smoothed intensity this many of its noise sigmas above the sky's peak is nebulosity
 #: White balance on stars: compact, isolated sources on blank sky, measured in a square aperture of
 #: BALANCE_HALF pixels each side of the peak (enough for the widest of the NIRCam PSFs on the
 #: short-wavelength grid) against the median of its border; each must have BALANCE_MIN_SNR in
@@ -415,14 +418,19 @@ def sky_and_noise(data: np.ndarray) -> tuple[float, float]:
                                          sigma=3.0, maxiters=10)
     if not std > 0:
         return float(median), float(std)
-    smooth = gaussian_filter(np.where(finite, values - median, 0.0), 2.0)
-    sources = binary_dilation(smooth > 2.0 * std / (2.0 * math.sqrt(math.pi) * 2.0), iterations=3)
-    keep = finite & ~sources
+    keep = finite & _blank(np.where(finite, values - median, 0.0), std)
     if keep.sum() < 100:
         return float(median), float(std)
     _, median, std = sigma_clipped_stats(values[keep][:: max(1, int(keep.sum()) // 1_000_000)],
                                          sigma=3.0, maxiters=10)
     return float(median), float(std)
+
+
+def _blank(values: np.ndarray, std: float, width: float = 2.0) -> np.ndarray:
+    """Pixels away from sources: not within 3 pixels of what stands 2 sigma above zero once smoothed
+    by a Gaussian of ``width`` pixels (star wings and faint nebulosity too)."""
+    smooth = gaussian_filter(values, width)
+    return ~binary_dilation(smooth > 2.0 * std / (2.0 * math.sqrt(math.pi) * width), iterations=3)
 
 
 def balance_channels(channels: Sequence[np.ndarray], *, high: float = 99.8) -> Balance:
@@ -540,6 +548,7 @@ def lupton_rgb(channels: Sequence[np.ndarray], colours: np.ndarray, balance: Bal
     with np.errstate(invalid="ignore", divide="ignore"):
         hue = np.where(hue.mean(axis=0) > 0, np.clip(hue, 0.0, None) / hue.mean(axis=0), 1.0)
         luminance = np.where(lifted > 0, np.arcsinh(lifted / soft), 0.0)
+    hue = _neutral_sky(hue, luminance, intensity, footprint, sigma)
     rgb = hue * luminance[None]
     peak = rgb.max(axis=0)
     white = max(float(np.percentile(peak[footprint], WHITE_PERCENTILE)) if inside.size else 0.0,
@@ -552,6 +561,44 @@ def lupton_rgb(channels: Sequence[np.ndarray], colours: np.ndarray, balance: Bal
     figures = {"sigma": sigma, "softening": soft, "white": white,
                "clipped_fraction": float(over[footprint].mean()) if footprint.any() else 0.0}
     return np.moveaxis(rgb, 0, -1), figures
+
+
+def _neutral_sky(hue: np.ndarray, luminance: np.ndarray, intensity: np.ndarray, footprint: np.ndarray,
+                 sigma: float) -> np.ndarray:
+    """``hue`` (3, H, W) with blank sky made grey. On blank sky the colour ratios are ratios of noise
+    around the pedestal, and the channel with the most noise (the one not blurred to the widest
+    PSF) comes out a few per cent brighter: a tint of 10-25 % of the dark sky level. Each colour is
+    scaled so that the medians of hue x luminance (the picture before its white point) over blank
+    sky are equal, at full strength on the sky and fading as exp(-I / (``SKY_FADE_SIGMAS`` sigma))
+    above it, so stars and nebulae keep the balance's colours.
+
+    Blank sky is told from faint nebulosity on the intensity smoothed by ``SKY_BLANK_WIDTH``
+    pixels: the sky is the peak of its histogram, its noise the spread below the peak (nebulosity
+    only adds light), and what stands ``SKY_BLANK_SIGMAS`` times that above the peak, grown by 3
+    pixels, is not sky.
+    A field that nebulosity fills at well under a sigma per pixel still has its own colour there."""
+    smooth = gaussian_filter(np.where(footprint, intensity, 0.0), SKY_BLANK_WIDTH)[footprint]
+    if smooth.size < 1000:
+        return hue
+    low, high = np.percentile(smooth, [0.5, 60.0])  # the sky's peak lies low: nebulosity and stars add light
+    counts, edges = np.histogram(smooth, bins=200, range=(low, high))
+    peak = float(edges[np.argmax(gaussian_filter(counts.astype(float), 2.0))] + (edges[1] - edges[0]) / 2)
+    below = smooth[smooth < peak] - peak
+    if below.size < 100:
+        return hue
+    noise = float(np.sqrt(np.mean(below**2)))
+    field = np.zeros(footprint.shape)
+    field[footprint] = smooth
+    nebulous = binary_dilation(field > peak + SKY_BLANK_SIGMAS * noise, iterations=3)
+    sky = footprint & ~nebulous & (np.abs(intensity - peak) < SKY_SIGMAS * sigma)
+    if sky.sum() < 100:
+        return hue
+    median = np.median(hue[:, sky] * luminance[sky], axis=1)
+    if not np.all(median > 0):
+        return hue
+    gain = median.mean() / median
+    strength = np.exp(-np.clip(intensity - peak, 0.0, None) / (SKY_FADE_SIGMAS * sigma))
+    return hue * (1.0 + (gain[:, None, None] - 1.0) * strength[None])
 
 
 def fill_holes(data: np.ndarray) -> np.ndarray:

@@ -325,6 +325,30 @@ def _mixed_field(seed: int = 11):
     return channels, sky, [(int(round(r)), int(round(c))) for r, c in zip(rows[2:], cols[2:], strict=True)]
 
 
+def test_a_sky_half_covered_by_faint_nebulosity_stays_grey_and_the_nebulosity_red():
+    """A wide red haze under one noise sigma per pixel over half the field, as a planetary nebula's
+    outer halo: blank sky within a few per cent of grey (the noisiest channel no longer tints it),
+    while the haze keeps its colour (the sky's grey correction does not take it for sky)."""
+    channels, sky, stars = _mixed_field()
+    n = channels[0].shape[0]
+    yy, xx = np.mgrid[:n, :n]
+    haze = 0.6 / (1.0 + np.exp((xx - 0.5 * n) / 6.0))  # the left half, fading over ~20 px
+    gains = (1.0, 40.0, 0.02)  # _mixed_field's units
+    channels = [c + g * haze * w for c, g, w in zip(channels, gains, (0.1, 0.4, 1.0), strict=True)]
+    sky &= xx > 0.5 * n + 40  # blank sky is the right half, away from the haze's edge
+    colours = composite.channel_colours([0.9, 2.0, 4.4])
+    rgb = composite.compose(channels, colours)
+    got = composite.picture_figures(rgb, sky, stars)
+    assert got["sky_spread"] < 0.03, got
+    hazy = xx < 0.5 * n - 40
+    star_free = np.ones((n, n), dtype=bool)
+    for r, c in stars:
+        star_free &= (xx - c) ** 2 + (yy - r) ** 2 >= 15**2
+    red, blue = (np.median(rgb[hazy & star_free][:, k]) for k in (0, 2))
+    sky_red, sky_blue = (np.median(rgb[sky][:, k]) for k in (0, 2))
+    assert red / blue > 1.15 * sky_red / sky_blue, (red, blue, sky_red, sky_blue)
+
+
 def test_default_composite_is_balanced_like_press_images():
     """Channels in different units with different skies and noise: the default picture has a
     neutral grey sky, white stars on average, the red nebula red, and almost nothing clipped; the
@@ -338,7 +362,7 @@ def test_default_composite_is_balanced_like_press_images():
     rgb, figures = composite.lupton_rgb(channels, colours, balance)
     np.testing.assert_array_equal(rgb, composite.compose(channels, colours))  # the default
     got = composite.picture_figures(rgb, sky, stars)
-    assert got["sky_spread"] < 0.04, got  # channel medians of blank sky within 4 %
+    assert got["sky_spread"] < 0.03, got  # channel medians of blank sky within 3 %
     assert 0.02 < got["sky_g"] < 0.2  # dark grey, not black: the noise shows
     # White within 25 %: the asinh compresses the sharp blue cores more than the wide red PSF.
     assert abs(got["star_rg"] - 1) < 0.25 and abs(got["star_bg"] - 1) < 0.25, got
@@ -405,9 +429,9 @@ def test_emulator_composite_measures_like_a_press_image(emu):
                 if not s["bright"] and s["flux_ujy"]["F200W"] > 0.5]
     got = composite.picture_figures(rgb, blank, measured, half=8, footprint=footprint)
     assert got["n_stars"] >= 4
-    # Blank-sky medians within 0.01 of full scale of each other (about 10 % of the dark sky level).
+    # Blank-sky medians within 0.01 of full scale of each other.
     assert max(got["sky_r"], got["sky_g"], got["sky_b"]) - min(got["sky_r"], got["sky_g"], got["sky_b"]) < 0.01, got
-    assert got["sky_spread"] < 0.15 and 0.02 < got["sky_g"] < 0.15, got
+    assert got["sky_spread"] < 0.05 and 0.02 < got["sky_g"] < 0.15, got  # channel medians within a few per cent
     assert abs(got["star_rg"] - 1) < 0.15 and abs(got["star_bg"] - 1) < 0.15, got
     assert got["clipped"] < 0.002, got
     assert not rgb[~footprint].any()  # where a filter has no data the picture is black, not tinted
