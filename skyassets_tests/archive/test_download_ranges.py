@@ -118,7 +118,39 @@ def test_other_connections_wait_until_the_first_is_seen_capped(emu, tmp_path: Pa
     (failed,) = download_files([file_request(emu, product, tmp_path)],
                                download_config(emu, connections=4, segment_size=SEGMENT, fast_stream=1, retries=0))
     assert failed.status == "failed"
-    assert _ranges(emu, since, name) == [(0, SEGMENT - 1)]
+    ranges = _ranges(emu, since, name)
+    assert len(ranges) == 1 and ranges[0][0] == 0  # one connection, one request
+
+
+def test_an_uncapped_link_takes_a_file_of_many_segments_in_one_request(emu, tmp_path: Path) -> None:
+    product, content = publish_file(emu, tmp_path, 3)
+    name = product["productFilename"]
+    since = len(emu.requests)
+    # Any speed beats 1 B/s: the first connection is never seen capped, and asks for the rest of
+    # the file at once rather than one request per segment.
+    (result,) = download_files([file_request(emu, product, tmp_path)],
+                               download_config(emu, connections=4, segment_size=SEGMENT, fast_stream=1))
+    assert_in_place(result, content)
+    assert len(content) > 4 * SEGMENT
+    assert _ranges(emu, since, name) == [(0, len(content) - 1)]
+
+
+def test_the_first_request_gives_up_the_pieces_the_others_take_once_the_link_is_seen_capped(
+        emu, tmp_path: Path) -> None:
+    product, content = publish_file(emu, tmp_path, 3)
+    name = product["productFilename"]
+    since = len(emu.requests)
+    emu.throttle = 2_000_000  # bytes/s per connection, as on a WAN
+    try:
+        (result,) = download_files([file_request(emu, product, tmp_path)],
+                                   download_config(emu, connections=4, segment_size=SEGMENT, fast_stream=20_000_000))
+    finally:
+        emu.throttle = 0
+    assert_in_place(result, content)  # every byte once, from whichever connection held its piece
+    ranges = _ranges(emu, since, name)
+    assert ranges[0] == (0, len(content) - 1)  # asked for the rest of the file while it looked uncapped
+    assert len(ranges) >= 4 and all(b - a + 1 <= SEGMENT for a, b in ranges[1:])  # then piece by piece
+    assert result.bytes_fetched == len(content)
 
 
 def test_the_last_segments_come_in_smaller_ranges_so_connections_finish_together(emu, tmp_path: Path) -> None:
