@@ -18,7 +18,7 @@ from urllib.parse import unquote, urlsplit
 
 from skyassets.lake.home import Home
 
-__all__ = ["ALADIN_ENV", "aladin_script", "collection_index", "make_server"]
+__all__ = ["ALADIN_ENV", "aladin_script", "collection_index", "make_server", "serve_in_background"]
 
 ALADIN_ENV = "SKYASSETS_ALADIN_JS"
 
@@ -68,7 +68,7 @@ def collection_index(published: Path) -> list[dict]:
 class _Handler(SimpleHTTPRequestHandler):
     """Files of the published folder under ``/collection/``, Aladin Lite, the page and the index."""
 
-    def __init__(self, *args, published: Path, aladin: Path, **kwargs):
+    def __init__(self, *args, published: Path, aladin: Path | None, **kwargs):
         self.published, self.aladin = published, aladin
         super().__init__(*args, directory=str(published), **kwargs)
 
@@ -87,7 +87,7 @@ class _Handler(SimpleHTTPRequestHandler):
         path = unquote(urlsplit(self.path).path)
         if path in ("/", "/index.html"):
             return self._send(PAGE.encode(), "text/html; charset=utf-8")
-        if path == "/vendor/aladin.js":
+        if path == "/vendor/aladin.js" and self.aladin is not None:
             return self._send(self.aladin.read_bytes(), "text/javascript")
         if path == "/collection.json":
             return self._send(json.dumps(collection_index(self.published)).encode(), "application/json")
@@ -97,11 +97,30 @@ class _Handler(SimpleHTTPRequestHandler):
         self.send_error(HTTPStatus.NOT_FOUND)
 
 
-def make_server(published: Path, aladin: Path, port: int = 0) -> ThreadingHTTPServer:
-    """A server on 127.0.0.1 (``port`` 0: any free one) for the collection in ``published``."""
+def make_server(published: Path, aladin: Path | None, port: int = 0) -> ThreadingHTTPServer:
+    """A server on 127.0.0.1 (``port`` 0: any free one) for the collection in ``published``; without
+    ``aladin`` it serves the collection only (for viewers that bring their own Aladin Lite)."""
     collection_index(published)  # fails now, with the reason, rather than in the browser
-    handler = partial(_Handler, published=Path(published).resolve(), aladin=Path(aladin))
+    handler = partial(_Handler, published=Path(published).resolve(), aladin=None if aladin is None else Path(aladin))
     return ThreadingHTTPServer(("127.0.0.1", port), handler)
+
+
+_BACKGROUND: dict[Path, ThreadingHTTPServer] = {}
+
+
+def serve_in_background(published: Path) -> str:
+    """The loopback address (``http://127.0.0.1:PORT``) of a server for the collection in
+    ``published``, started in a daemon thread on first use and kept for the process: a notebook's
+    viewer widget loads the tiles from it."""
+    from threading import Thread
+
+    folder = Path(published).resolve()
+    server = _BACKGROUND.get(folder)
+    if server is None:
+        server = make_server(folder, None)
+        Thread(target=server.serve_forever, name=f"skyassets-sky-{server.server_address[1]}", daemon=True).start()
+        _BACKGROUND[folder] = server
+    return f"http://127.0.0.1:{server.server_address[1]}"
 
 
 PAGE = """<!DOCTYPE html>
