@@ -1061,10 +1061,12 @@ class _Downloader:
         failures: list[BaseException] = []
         finished = threading.Event()
         widen = threading.Event()
+        wake = threading.Event()  # the waiting connections' cue: widened, nothing left to take, or a failure
         reading_back = False  # the hasher owns job.hashed while it reads the file back
         fast = self.config.fast_stream
         if fast <= 0:
             widen.set()
+            wake.set()
         opener = {"s3": self._open_s3, "http": self._open_http}[source]
         if job.hashed == 0:  # MD5 only when asked for: the ETag is not known before the first answer
             job.restart_digests(md5=job.stream_md5 and (job.etag is None or _plain_md5(job.etag)))
@@ -1128,6 +1130,8 @@ class _Downloader:
                                 if pos == claimed[0] < reach:  # the next piece, if no other connection took it
                                     if queue and queue[0][0] == pos:
                                         claimed[0] = queue.popleft()[1]
+                                        if not queue:
+                                            wake.set()
                                         extended = True
                                     else:
                                         stop = True
@@ -1149,6 +1153,7 @@ class _Downloader:
                                 if (elapsed >= _PROBE_SECONDS and got < fast * elapsed) or (
                                         elapsed >= _PROBE_SHORT_SECONDS and got < fast / 2 * elapsed):
                                     widen.set()  # the link caps this connection: open the others
+                                    wake.set()
                             pieces.append(data)
                             pending += len(data)
                             if md5 is not None:
@@ -1169,20 +1174,24 @@ class _Downloader:
                 save()
 
             def worker(index: int) -> None:
-                while index and not widen.wait(0.1):  # the others wait until one is seen to be capped
-                    if failures or finished.is_set() or not queue:
+                if index:  # the others wait until one is seen to be capped, and end if nothing is left
+                    wake.wait()
+                    if not widen.is_set():
                         return
                 while not failures:
                     with lock:
                         if not queue:
                             return
                         start, end = queue.popleft()
+                        if not queue:
+                            wake.set()
                     try:
                         fetch_piece(start, end)
                     except BaseException as exc:  # noqa: BLE001 - handed to the caller below
                         with lock:
                             failures.append(exc)
                             lock.notify_all()
+                        wake.set()
                         return
 
             def hasher() -> None:
@@ -1207,6 +1216,7 @@ class _Downloader:
                     with lock:
                         failures.append(exc)
                         lock.notify_all()
+                    wake.set()
 
             threads = [threading.Thread(target=worker, args=(i,), name=f"skyassets-range-{i}", daemon=True)
                        for i in range(min(connections, max(len(queue), 1)))]
