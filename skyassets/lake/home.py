@@ -237,6 +237,24 @@ class Home:
             raise
         return True
 
+    def remove_folder(self, relative: str | os.PathLike[str]) -> int:
+        """Delete the folder ``relative`` of the home: its working copy and, with a store, every
+        object under its prefix (a retired target's products); returns the objects deleted."""
+        relative = _relative(relative)
+        shutil.rmtree(self.root / relative, ignore_errors=True)
+        if self.storage is None:
+            return 0
+        bucket, prefix = self._bucket_key(relative)
+        keys = [obj["Key"] for page in self.client().get_paginator("list_objects_v2").paginate(
+            Bucket=bucket, Prefix=prefix + "/") for obj in page.get("Contents", [])]
+        for start in range(0, len(keys), 1000):  # the most one request deletes
+            answer = self.client().delete_objects(
+                Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys[start:start + 1000]], "Quiet": True})
+            if answer.get("Errors"):
+                first = answer["Errors"][0]
+                raise StorageError(f"s3://{bucket}/{first.get('Key')}: not deleted: {first.get('Message')}")
+        return len(keys)
+
     def put_bytes(self, relative: str | os.PathLike[str], data: bytes) -> str:
         """Store ``data`` at ``relative`` in one verified request (the store checks its SHA-256); its URL.
 

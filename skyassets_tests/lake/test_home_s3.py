@@ -130,3 +130,16 @@ def test_a_name_of_the_longest_kind_is_written_whole(tmp_path):
     home = Home(tmp_path)
     assert home.put_bytes(f"previews/o/{name}", b"p") == str(tmp_path / "previews" / "o" / name)
     assert [p.name for p in (tmp_path / "previews" / "o").iterdir()] == [name]
+
+
+def test_a_removed_folder_leaves_the_store_and_the_working_copy(home, store, request):
+    for name in ("products/NGC-1/mosaic.fits", "products/NGC-1/sub/composite.png", "products/NGC-10/mosaic.fits"):
+        home.put_bytes(name, b"x" * 10)
+    (home.root / "products" / "NGC-1").mkdir(parents=True)
+    (home.root / "products" / "NGC-1" / "mosaic.fits").write_bytes(b"x")  # a working copy
+    assert home.remove_folder("products/NGC-1") == 2
+    assert _keys(store, request.node.name) == {"products/NGC-10/mosaic.fits"}  # a prefix, not a name start
+    assert not (home.root / "products" / "NGC-1").exists()
+    assert home.remove_folder("products/NGC-1") == 0
+    with pytest.raises(ValueError, match="not a relative path"):
+        home.remove_folder("../elsewhere")

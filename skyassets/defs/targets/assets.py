@@ -1,7 +1,6 @@
 """The targets assets: which observations belong together on the sky, and the images each target's
 composites and mosaics are made from."""
 
-import shutil
 
 import pandas as pd
 from dagster import (
@@ -125,4 +124,4 @@ def _retire(root: Home, target: str) -> None:
     none of its images is usable any more."""
     for name in TARGET_TABLES:
         root.tables.delete(name, target)
-    shutil.rmtree(root.target_dir(target), ignore_errors=True)
+    root.remove_folder(root.target_dir(target).relative_to(root.root))  # the working copy and the store's
