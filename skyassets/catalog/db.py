@@ -20,6 +20,7 @@ all their rows, so the result is the one a full read of the lake gives.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import math
 import os
 import uuid
@@ -34,7 +35,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from skyassets.lake.home import Home, default_home
+from skyassets.lake.home import Home
 from skyassets.lake.tables import TABLES
 
 # catalog table -> lake table (a folder of partitions, or a single file), as the lake declares them
@@ -176,9 +177,12 @@ def _images_sql(raw: str, *, keys: str | None = None, with_key: bool = False) ->
 # ------------------------------------------------------------------------------------ reading the lake
 
 
-def _listing(lake: Path, source: str) -> dict[str, tuple[int, int, int]]:
+Listing = dict[str, tuple[int, int, int]]
+
+
+def _listing(lake: Path, source: str) -> Listing:
     """The Parquet files of an asset (``<source>.parquet`` and ``<source>/*.parquet``) and their stat."""
-    found: dict[str, tuple[int, int, int]] = {}
+    found: Listing = {}
     candidates: list[tuple[str, str]] = [(f"{source}.parquet", str(lake / f"{source}.parquet"))]
     try:
         with os.scandir(lake / source) as entries:
@@ -209,6 +213,45 @@ def _read(lake: Path, name: str) -> pa.Table | None:
         return None
     except (pa.ArrowException, OSError) as error:
         raise CatalogError(f"cannot read {lake / name}: {error}") from error
+    return _labelled(table, name, mtime)
+
+
+class LakeFiles:
+    """The lake's partition files as the catalog reads them: in the home's folder, or with the home
+    on a store straight from it (one listing of ``lake/`` per look, each file one GET)."""
+
+    def __init__(self, home: Home):
+        self.home = home
+        self._stored: dict[str, Listing] | None = None
+
+    def listing(self, source: str) -> Listing:
+        """The Parquet files of an asset and their (mtime_ns, size, inode or ETag tag)."""
+        if not self.home.remote:
+            return _listing(self.home.lake, source)
+        if self._stored is None:
+            self._stored = {}
+            for name, stat in self.home.stored_files("lake").items():
+                folder, _, base = name.rpartition("/")
+                if base.endswith(".parquet") and not base.startswith(".") and "/" not in folder:
+                    self._stored.setdefault(folder or base.removesuffix(".parquet"), {})[name] = stat
+        return self._stored.get(source, {})
+
+    def read(self, name: str) -> pa.Table | None:
+        """One partition file, whole as it was at one moment; None when it went meanwhile."""
+        if not self.home.remote:
+            return _read(self.home.lake, name)
+        got = self.home.get_bytes(f"lake/{name}")
+        if got is None:
+            return None
+        try:
+            table = pq.read_table(pa.BufferReader(got[0]))
+        except pa.ArrowException as error:
+            raise CatalogError(f"cannot read {self.home.url(f'lake/{name}')}: {error}") from error
+        return _labelled(table, name, got[1])
+
+
+def _labelled(table: pa.Table, name: str, mtime: int) -> pa.Table:
+    """A partition's rows with their file and its mtime, for the snapshot to track them by."""
     # Columns with no values in this file get a string type rather than DuckDB's NULL type.
     for i, field in enumerate(table.schema):
         if pa.types.is_null(field.type):
@@ -247,9 +290,6 @@ def _names_in(con: duckdb.DuckDBPyConnection) -> set[str]:
     }
 
 
-Listing = dict[str, tuple[int, int, int]]
-
-
 def _state(con: duckdb.DuckDBPyConnection, files: str = "_skyassets_files") -> dict[str, Listing]:
     """The partition files each table was last read from, with their (mtime_ns, size, inode)."""
     state: dict[str, Listing] = {t: {} for t in SOURCES}
@@ -272,7 +312,7 @@ _CHUNK_ROWS = 500_000
 
 def _sync_table(
     con: duckdb.DuckDBPyConnection,
-    lake: Path,
+    lake: LakeFiles,
     table: str,
     before: Listing,
     names: set[str],
@@ -286,7 +326,7 @@ def _sync_table(
     ``_skyassets_stale`` (``stale`` is what it held before).
     """
     raw = f"_raw_{table}"
-    listing = _listing(lake, SOURCES[table])
+    listing = lake.listing(SOURCES[table])
     base = base or {}
     now = {f: s for f, s in listing.items() if base.get(f) != s}
     outdated = {f for f in base if base[f] != listing.get(f)}
@@ -306,7 +346,7 @@ def _sync_table(
         read: Listing = {}
         tables: list[pa.Table] = []
         for k, name in enumerate(fresh):
-            if (part := _read(lake, name)) is not None:
+            if (part := lake.read(name)) is not None:
                 tables.append(part)
                 read[name] = now[name]
             if not tables or (sum(t.num_rows for t in tables) < _CHUNK_ROWS and k < len(fresh) - 1):
@@ -584,14 +624,42 @@ def _expose_images_over_base(con: duckdb.DuckDBPyConnection, names: set[str]) ->
     )
 
 
-def _home(home: str | Path | None) -> Home:
-    return Home(Path(home).expanduser().resolve() if home is not None else default_home())
+def _home(home: str | Path | Home | None) -> Home:
+    """The home to read: a :class:`Home`, a URL of a store (the working copy in the default home),
+    or a folder (``None``: the default), on the store ``SKYASSETS_STORAGE`` names if any."""
+    if isinstance(home, Home):
+        return home
+    if isinstance(home, str) and home.startswith("s3://"):
+        stored = Home.from_env()
+        return Home(stored.root, storage=home, endpoint=stored.endpoint, cache_bytes=stored.cache_bytes)
+    return Home.from_env(Path(home).expanduser().resolve() if home is not None else None)
+
+
+@functools.lru_cache(maxsize=16)
+def _stored_home(root: str, storage: str | None, endpoint: str | None) -> Home:
+    """One :class:`Home` per place, so a connection's refreshes share its store client."""
+    return Home(Path(root), storage=storage, endpoint=endpoint)
+
+
+def home_of(con: duckdb.DuckDBPyConnection) -> Home:
+    """The home a connection from :func:`connect` reads (the default home for any other)."""
+    try:
+        settings = dict(con.execute("SELECT key, value FROM _skyassets").fetchall())
+    except duckdb.Error:
+        return Home.from_env()
+    return _stored_home(settings["home"], settings.get("storage"), settings.get("endpoint"))
+
+
+def _published(root: Home) -> Path:
+    """The published ``catalog.duckdb`` to start from: with a store, a working copy of the stored
+    one, fetched again when another machine has published since."""
+    return root.fresh_copy(CATALOG_FILE) or root.root / CATALOG_FILE
 
 
 # ------------------------------------------------------------------------------------------- public
 
 
-def connect(home: str | Path | None = None, *, published: bool = False) -> duckdb.DuckDBPyConnection:
+def connect(home: str | Path | Home | None = None, *, published: bool = False) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB with the lake as tables and the catalog's SQL macros.
 
     Tables: ``observations``, ``products``, ``files``, ``images`` (always, empty with their columns
@@ -609,10 +677,14 @@ def connect(home: str | Path | None = None, *, published: bool = False) -> duckd
     lake is read (about 7 s per million image rows on two cores).
 
     ``published=True`` opens ``catalog.duckdb`` (from ``publish()``) read-only instead.
+
+    With the home on a store (``SKYASSETS_STORAGE``, or ``home`` given as ``s3://bucket/prefix``)
+    the partition files are listed and read from the store itself and the published catalog is a
+    working copy of the stored one, so a notebook on any machine sees what the runs wrote.
     """
     root = _home(home)
     if published:
-        path = root.root / CATALOG_FILE
+        path = _published(root)
         if not path.exists():
             raise CatalogError(f"{path} does not exist yet: publish() writes it")
         # Attached to a fresh in-memory database rather than connected by path: duckdb.connect reuses
@@ -625,9 +697,11 @@ def connect(home: str | Path | None = None, *, published: bool = False) -> duckd
     con = duckdb.connect(":memory:")
     con.execute("CREATE TABLE _skyassets (key VARCHAR PRIMARY KEY, value VARCHAR)")
     con.execute("INSERT INTO _skyassets VALUES ('home', ?)", [str(root.root)])
+    if root.remote:
+        con.execute("INSERT INTO _skyassets VALUES ('storage', ?), ('endpoint', ?)", [root.storage, root.endpoint])
     con.execute("CREATE TABLE _skyassets_files (tbl VARCHAR, file VARCHAR, mtime_ns BIGINT, size BIGINT, ino BIGINT)")
     con.execute("CREATE TABLE _skyassets_stale (tbl VARCHAR, file VARCHAR)")
-    _attach_base(con, root.root / CATALOG_FILE)
+    _attach_base(con, _published(root))
     refresh(con)
     _install_macros(con)
     return con
@@ -644,11 +718,12 @@ def refresh(con: duckdb.DuckDBPyConnection) -> bool:
         settings = dict(con.execute("SELECT key, value FROM _skyassets").fetchall())
     except duckdb.CatalogException:
         return False
-    published = Path(settings["home"]) / CATALOG_FILE
+    root = home_of(con)
+    published = _published(root)
     if _file_id(published) != settings.get("catalog"):
         _rebase(con, published)
         settings = dict(con.execute("SELECT key, value FROM _skyassets").fetchall())
-    lake = Home(Path(settings["home"])).lake
+    lake = LakeFiles(root)
     state, names = _state(con), _names_in(con)
     changed: list[str] = []
     if "base" in settings:
@@ -679,14 +754,17 @@ def _fill_resolution(con: duckdb.DuckDBPyConnection) -> None:
         )
 
 
-def publish(home: str | Path | None = None, dest: str | Path | None = None, *, memory_limit: str | None = None) -> Path:
+def publish(
+    home: str | Path | Home | None = None, dest: str | Path | None = None, *, memory_limit: str | None = None
+) -> Path:
     """Write ``catalog.duckdb``: the lake's tables, sorted by dec zone, RA and t_min, with the macros.
 
     The file is built under a temporary name in the destination folder and renamed over the old
     one, so a reader of the old file keeps reading it undisturbed and the next ``connect`` sees the
     new one. Returns the path written. ``memory_limit`` (e.g. ``"4GB"``) caps DuckDB's memory, which
     otherwise grows to 80 % of the machine's on a lake of ten million image rows; above it DuckDB
-    spills to a temporary folder beside the file.
+    spills to a temporary folder beside the file. With the home on a store, the lake is read from
+    it and (without ``dest``) the catalog is stored there too, verified, for every machine to start from.
     """
     root = _home(home)
     target = Path(dest) if dest is not None else root.root / CATALOG_FILE
@@ -701,8 +779,9 @@ def publish(home: str | Path | None = None, dest: str | Path | None = None, *, m
             con.execute(
                 "CREATE TABLE _skyassets_files (tbl VARCHAR, file VARCHAR, mtime_ns BIGINT, size BIGINT, ino BIGINT)"
             )
+            lake = LakeFiles(root)
             for table in SOURCES:
-                _sync_table(con, root.lake, table, {}, set())
+                _sync_table(con, lake, table, {}, set())
                 _expose(con, table, publish=True)
                 con.execute(f"DROP TABLE IF EXISTS _raw_{table}")
             # the partition files this catalog was built from, for connect() to start from it
@@ -719,6 +798,8 @@ def publish(home: str | Path | None = None, dest: str | Path | None = None, *, m
     finally:
         tmp.unlink(missing_ok=True)
         Path(f"{tmp}.wal").unlink(missing_ok=True)
+    if dest is None and root.remote:
+        root.commit(CATALOG_FILE, stamped=True)
     return target
 
 

@@ -44,10 +44,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from skyassets.catalog.db import CatalogError, Query, refresh
+from skyassets.catalog.db import CatalogError, Query, home_of, refresh
 from skyassets.catalog.embed import BertEncoder, supports
 from skyassets.fits.bandpasses import lookup
-from skyassets.lake.home import Home, default_home
+from skyassets.lake.home import Home
 
 INDEX_VERSION = 1
 MAX_SEGMENTS = 8
@@ -990,14 +990,6 @@ RESULT_COLUMNS = ["rank", "score", "obs_id", "target_name", "instrument_name", "
 GROUPS = {"images": None, "observations": "obs_id", "targets": "target_name", "products": "file_name"}
 
 
-def _home_of(con: duckdb.DuckDBPyConnection) -> Home:
-    try:
-        rows = con.execute("SELECT value FROM _skyassets WHERE key = 'home'").fetchall()
-    except duckdb.Error:
-        rows = []
-    return Home(Path(rows[0][0])) if rows else Home(default_home())
-
-
 def index_folder(home: Home) -> Path:
     """Where a home keeps its search index."""
     return home.search
@@ -1102,7 +1094,7 @@ def find(
     model = default_embedder() if embedder == "auto" else embedder
     assert not isinstance(model, str)
     if index is None:
-        index = load_index(index_folder(_home_of(con)), with_vectors=model is not None)
+        index = load_index(index_folder(home_of(con)), with_vectors=model is not None)
         if index is None:
             index = memory_index(con, embedder=model)
     if mode == "embedding" and (model is None or index.vectors is None):

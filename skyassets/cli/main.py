@@ -111,7 +111,7 @@ def _query(home: Home, sql: str):
     from skyassets.catalog.db import connect
 
     try:
-        return connect(home.lake_folder().parent).execute(sql).df()  # a home on a store: its lake mirrored
+        return connect(home).execute(sql).df()
     except duckdb.Error as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CommandError(f"the query failed: {first}") from exc
@@ -138,7 +138,7 @@ def _find(args: argparse.Namespace) -> int:
 
     home = Home.from_env()
     try:
-        frame = find(connect(home.root), args.question, args.k, by=args.by, mode=args.mode,
+        frame = find(connect(home), args.question, args.k, by=args.by, mode=args.mode,
                      resolve=mast_resolver() if args.resolve else None)
     except (CatalogError, ValueError) as exc:
         raise CommandError(str(exc).strip().splitlines()[0]) from exc

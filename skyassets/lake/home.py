@@ -91,6 +91,16 @@ def _verified(head: dict, etag: str, sha256: str) -> bool:
     return stored is not None and stored == base64.b64encode(bytes.fromhex(sha256)).decode()
 
 
+def _ns(when: Any) -> int:
+    """A store's modification time (a datetime, whole seconds) in nanoseconds."""
+    return int(when.timestamp()) * 1_000_000_000
+
+
+def _identity(head: dict) -> tuple[int, int]:
+    """(size, mtime_ns) of a stored object, as its working copy records them."""
+    return head["ContentLength"], _ns(head["LastModified"])
+
+
 def _relative(relative: str | os.PathLike[str]) -> str:
     """A relative path inside the layout, as the manifest records it; never leaves the home."""
     text = PurePosixPath(os.fspath(relative).replace(os.sep, "/"))
@@ -142,7 +152,7 @@ class Home:
 
     @property
     def lake(self) -> Path:
-        """The lake's local folder; with a store, see :meth:`lake_folder` and :attr:`tables`."""
+        """The lake's local folder (unused with a store: see :attr:`tables`)."""
         return self.root / "lake"
 
     @property
@@ -280,12 +290,13 @@ class Home:
             raise StorageError(f"{self.url(relative)}: the store's ETag {answer.get('ETag')} is not the data's")
         return self.url(relative)
 
-    def commit(self, relative: str | os.PathLike[str], sha256: str | None = None) -> str:
+    def commit(self, relative: str | os.PathLike[str], sha256: str | None = None, *, stamped: bool = False) -> str:
         """Store the local file ``root/relative`` (just written there) and return where it is stored.
 
         Without a store the file is already in place. With one it is uploaded, each part checked by
         the store, and its length and digest read back; ``sha256`` (its known digest) saves hashing
-        it again. The local copy stays in the working copy, until :meth:`trim`."""
+        it again. The local copy stays in the working copy, until :meth:`trim`; ``stamped`` gives it
+        the stored object's time, so :meth:`fresh_copy` takes it as current."""
         relative = _relative(relative)
         local = self.root / relative
         if self.storage is None:
@@ -312,7 +323,41 @@ class Home:
                 f"{self.url(relative)}: stored {head['ContentLength']} bytes with ETag {head.get('ETag')}, "
                 f"not the {size} bytes of {local} (ETag {etag})"
             )
+        if stamped:  # the working copy of what is stored, as fresh_copy recognises it
+            os.utime(local, ns=(time.time_ns(), _ns(head["LastModified"])))
         return self.url(relative)
+
+    def copy_in(self, source: str, relative: str | os.PathLike[str], sha256: str | None = None) -> bool:
+        """Store ``relative`` by having the store copy the object ``source`` (``s3://bucket/key`` on
+        the same service) into place, object to object, instead of uploading the working copy
+        ``root/relative`` that was fetched from it and verified. The copy counts once its length
+        and ETag (or SHA-256) read back as the working copy's. False, with nothing left half done,
+        when the store will not copy (another service, no read access to the source) or copied
+        something else; the caller then uploads with :meth:`commit`."""
+        from boto3.s3.transfer import TransferConfig
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        relative = _relative(relative)
+        local = self.root / relative
+        if self.storage is None or not source.startswith("s3://") or not local.is_file():
+            return False
+        source_bucket, _, source_key = source[5:].partition("/")
+        digest = sha256 or sha256_file(local)
+        bucket, key = self._bucket_key(relative)
+        try:
+            self.client().copy(
+                {"Bucket": source_bucket, "Key": source_key}, bucket, key,
+                ExtraArgs={"ChecksumAlgorithm": "SHA256", "Metadata": {SHA256_META: digest},
+                           "MetadataDirective": "REPLACE"},
+                Config=TransferConfig(multipart_threshold=PART_SIZE, multipart_chunksize=PART_SIZE),
+            )
+            head = self.client().head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
+        except (BotoCoreError, ClientError):
+            return False
+        if head["ContentLength"] != local.stat().st_size or not _verified(head, expected_etag(local), digest):
+            self.client().delete_object(Bucket=bucket, Key=key)
+            return False
+        return True
 
     def local(self, relative: str | os.PathLike[str], sha256: str | None = None) -> Path:
         """A local file holding ``relative``: the file itself without a store, else the working copy,
@@ -326,9 +371,14 @@ class Home:
         if local.is_file():
             os.utime(local)  # recently used: trimmed last
             return local
+        self._fetch(relative, local, sha256)
+        return local
+
+    def _fetch(self, relative: str, local: Path, sha256: str | None) -> dict:
+        """Download ``relative`` to ``local`` (renamed into place once checked); the object's head."""
         bucket, key = self._bucket_key(relative)
         local.parent.mkdir(parents=True, exist_ok=True)
-        tmp = local.with_name(f".{local.name}.{uuid.uuid4().hex}.part")
+        tmp = local.with_name(f".{local.name[:64]}.{uuid.uuid4().hex}.part")  # fits any name
         try:
             try:
                 head = self.client().head_object(Bucket=bucket, Key=key)
@@ -342,38 +392,59 @@ class Home:
             tmp.replace(local)
         finally:
             tmp.unlink(missing_ok=True)
-        return local
+        return head
 
-    def lake_folder(self) -> Path:
-        """A local folder holding the lake, for readers of plain files (DuckDB): the lake itself
-        without a store, else a mirror refreshed from it (changed and new objects fetched,
-        deleted ones removed)."""
+    def stored_files(self, relative: str | os.PathLike[str]) -> dict[str, tuple[int, int, int]]:
+        """Every object under the folder ``relative`` of the store, by its path inside that folder:
+        (mtime_ns, size, tag), the tag a number drawn from the ETag, so a rewrite within the second
+        the modification time counts in is still seen. Needs a store."""
         if self.storage is None:
-            return self.lake
-        lake = self.tables
-        selector = pafs.FileSelector(lake.root, recursive=True, allow_not_found=True)
-        stored = {}
-        for info in self.filesystem.get_file_info(selector):
-            if info.type == pafs.FileType.File and info.path.endswith(".parquet"):
-                stored[info.path[len(lake.root) + 1:]] = info
-        for relative, info in stored.items():
-            local = self.lake / relative
-            stamp = (info.mtime_ns or 0) // 1_000_000_000 * 1_000_000_000
-            if local.is_file() and local.stat().st_size == info.size and local.stat().st_mtime_ns == stamp:
-                continue
-            local.parent.mkdir(parents=True, exist_ok=True)
-            tmp = local.with_name(f".{local.name[:64]}.{uuid.uuid4().hex}.tmp")  # fits any name
-            try:
-                with self.filesystem.open_input_stream(info.path) as source, open(tmp, "wb") as out:
-                    shutil.copyfileobj(source, out, _CHUNK)
-                os.utime(tmp, ns=(time.time_ns(), stamp))
-                tmp.replace(local)
-            finally:
-                tmp.unlink(missing_ok=True)
-        for local in self.lake.rglob("*.parquet"):
-            if local.relative_to(self.lake).as_posix() not in stored and not local.name.startswith("."):
-                local.unlink(missing_ok=True)
-        return self.lake
+            raise ValueError("stored_files needs a home on a store")
+        bucket, prefix = self._bucket_key(_relative(relative))
+        found: dict[str, tuple[int, int, int]] = {}
+        for page in self.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/"):
+            for obj in page.get("Contents", []):
+                tag = hashlib.blake2b(obj.get("ETag", "").encode(), digest_size=7).digest()
+                found[obj["Key"][len(prefix) + 1:]] = (
+                    _ns(obj["LastModified"]), obj["Size"], int.from_bytes(tag, "big"))
+        return found
+
+    def get_bytes(self, relative: str | os.PathLike[str]) -> tuple[bytes, int] | None:
+        """A stored object's content and mtime_ns, read in one request (so whole, old or new, while
+        it is replaced) and checked against the SHA-256 recorded with it; None when there is none."""
+        bucket, key = self._bucket_key(_relative(relative))
+        try:
+            answer = self.client().get_object(Bucket=bucket, Key=key)
+            data = answer["Body"].read()
+        except self.client().exceptions.NoSuchKey:
+            return None
+        except Exception as error:
+            raise StorageError(f"{self.url(relative)}: cannot fetch: {error}") from error
+        want = answer.get("Metadata", {}).get(SHA256_META)
+        if want is not None and hashlib.sha256(data).hexdigest() != want:
+            raise StorageError(f"{self.url(relative)}: fetched content is not the SHA-256 {want} it was stored with")
+        return data, _ns(answer["LastModified"])
+
+    def fresh_copy(self, relative: str | os.PathLike[str]) -> Path | None:
+        """A local copy of ``relative`` as it is stored now (the catalog another machine
+        published): fetched again when the stored object's length or time differs from the working
+        copy's, renamed into place so open readers keep the old one. None when nothing is stored;
+        without a store, the file when it exists."""
+        relative = _relative(relative)
+        local = self.root / relative
+        if self.storage is None:
+            return local if local.is_file() else None
+        bucket, key = self._bucket_key(relative)
+        try:
+            head = self.client().head_object(Bucket=bucket, Key=key)
+        except self.client().exceptions.ClientError as error:
+            if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise StorageError(f"{self.url(relative)}: cannot look up: {error}") from error
+        if not (local.is_file() and (local.stat().st_size, local.stat().st_mtime_ns) == _identity(head)):
+            head = self._fetch(relative, local, None)
+            os.utime(local, ns=(time.time_ns(), _identity(head)[1]))
+        return local
 
     def trim(self) -> int:
         """Remove working copies of stored files, least recently used first, until ``files/`` and

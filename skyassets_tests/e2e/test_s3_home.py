@@ -123,7 +123,7 @@ def test_observation_pipeline_with_the_home_on_s3(emu, store, tmp_path):
 
     # A notebook on another machine: only the store and an empty folder.
     elsewhere = Home(tmp_path / "notebook", storage=root.storage, endpoint=root.endpoint)
-    con = connect(elsewhere.lake_folder().parent)
+    con = connect(elsewhere)
     assert con.execute("SELECT count(*) FROM images WHERE obs_id = ?", [obs_id]).fetchone()[0] == len(images)
     assert con.execute("SELECT count(*) FROM quality").fetchone()[0] == len(quality)
     copy = elsewhere.local(manifest["path"].iloc[0], manifest["sha256"].iloc[0])

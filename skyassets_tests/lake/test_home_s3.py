@@ -7,7 +7,7 @@ import hashlib
 
 import pytest
 
-from skyassets.catalog.db import connect
+from skyassets.catalog.db import CatalogError, connect, publish, refresh
 from skyassets.lake.home import Home, StorageError, expected_etag
 from skyassets_tests.objectstore import BUCKET, CREDENTIALS, object_store
 
@@ -43,13 +43,63 @@ def test_lake_tables_live_in_the_store_with_the_local_layout(home, store, reques
     assert home.tables.delete("fits_files", "jw01-o1_t1") and not home.tables.exists("fits_files")
 
 
-def test_catalog_connect_reads_the_stored_lake_through_its_mirror(home):
+def test_catalog_connect_reads_the_stored_lake_from_the_store(home, store, request, tmp_path, monkeypatch):
     home.tables.write("mast_observations", [{"obs_id": "a", "obsid": "1"}, {"obs_id": "b", "obsid": "2"}])
-    con = connect(home.lake_folder().parent)
+    home.tables.write("fits_files", [{"partition": "a", "filename": "a.fits", "size": 3}], "a")
+    con = connect(home)
     assert con.execute("SELECT count(*) FROM observations").fetchone()[0] == 2
+    assert not home.lake.exists()  # read from the store, not through a local copy
     home.tables.write("mast_observations", [{"obs_id": "c", "obsid": "3"}])  # replaced in the store
-    home.lake_folder()
-    assert connect(home.root).execute("SELECT list(obs_id) FROM observations").fetchone()[0] == ["c"]
+    home.tables.write("fits_files", [{"partition": "b", "filename": "b.fits", "size": 5}], "b")
+    assert con.execute("SELECT list(obs_id) FROM observations").fetchone()[0] == ["a", "b"]  # a snapshot
+    assert refresh(con)
+    assert con.execute("SELECT list(obs_id) FROM observations").fetchone()[0] == ["c"]
+    assert con.execute("SELECT list(size ORDER BY size) FROM files").fetchone()[0] == [3, 5]
+    home.tables.delete("fits_files", "a")
+    assert refresh(con) and con.execute("SELECT list(size) FROM files").fetchone()[0] == [5]
+    assert not refresh(con)  # nothing changed: nothing read again
+
+    # A notebook on another machine names the store only (SKYASSETS_STORAGE, or the URL).
+    monkeypatch.setenv("SKYASSETS_HOME", str(tmp_path / "notebook"))
+    monkeypatch.setenv("SKYASSETS_STORAGE_ENDPOINT", store.endpoint)
+    assert connect(home.storage).execute("SELECT list(obs_id) FROM observations").fetchone()[0] == ["c"]
+    monkeypatch.setenv("SKYASSETS_STORAGE", home.storage)
+    assert connect().execute("SELECT list(size) FROM files").fetchone()[0] == [5]
+
+
+def test_a_published_catalog_is_stored_and_started_from_on_another_machine(home, store, request, tmp_path):
+    home.tables.write("mast_observations", [{"obs_id": "a", "obsid": "1"}])
+    for key in ("a", "b"):
+        home.tables.write("fits_files", [{"partition": key, "filename": f"{key}.fits", "size": 1}], key)
+    publish(home)
+    assert "catalog.duckdb" in _keys(store, request.node.name)
+    written = (home.root / "catalog.duckdb").stat().st_ino
+    connect(home).close()
+    assert (home.root / "catalog.duckdb").stat().st_ino == written  # the publisher's copy is current: not fetched
+    elsewhere = Home(tmp_path / "elsewhere", storage=home.storage, endpoint=home.endpoint)
+    home.tables.write("fits_files", [{"partition": "b", "filename": "b.fits", "size": 7}], "b")  # after publishing
+    con = connect(elsewhere)
+    assert (elsewhere.root / "catalog.duckdb").is_file()  # the stored catalog, started from
+    assert con.execute("SELECT value FROM _skyassets WHERE key = 'base'").fetchone() is not None
+    assert con.execute("SELECT list(size ORDER BY size) FROM files").fetchone()[0] == [1, 7]
+    published = connect(elsewhere, published=True)
+    assert published.execute("SELECT list(size ORDER BY size) FROM files").fetchone()[0] == [1, 1]
+    home.tables.write("mast_observations", [{"obs_id": "a", "obsid": "1"}, {"obs_id": "z", "obsid": "9"}])
+    publish(home)  # published again by the first machine: the second starts over from the new one
+    assert refresh(con)
+    assert con.execute("SELECT list(obs_id ORDER BY obs_id) FROM observations").fetchone()[0] == ["a", "z"]
+    assert con.execute("SELECT list(size ORDER BY size) FROM files").fetchone()[0] == [1, 7]
+
+
+def test_a_stored_partition_that_is_not_its_recorded_content_is_named(home, store, request):
+    home.tables.write("fits_files", [{"partition": "a", "filename": "a.fits", "size": 1}], "a")
+    key = f"{request.node.name}/lake/fits_files/b.parquet"
+    store.client().put_object(Bucket=BUCKET, Key=key, Body=b"PAR1 junk", Metadata={"sha256": "1" * 64})
+    with pytest.raises(StorageError, match="fits_files/b.parquet"):
+        connect(home)
+    store.client().put_object(Bucket=BUCKET, Key=key, Body=b"PAR1 junk")
+    with pytest.raises(CatalogError, match="fits_files/b.parquet"):
+        connect(home)
 
 
 def test_committed_files_are_verified_then_fetched_back_when_evicted(home, store, request):
@@ -75,6 +125,32 @@ def test_an_object_that_differs_from_its_recorded_digest_is_refused(home, store,
     store.client().put_object(Bucket=BUCKET, Key=key, Body=b"tampered", Metadata={"sha256": "1" * 64})
     with pytest.raises(StorageError, match="b.fits"):
         home.local("files/x/y/b.fits")
+
+
+def test_a_file_fetched_from_the_same_service_is_copied_by_the_store_not_uploaded(home, store, request):
+    client = store.client()
+    client.create_bucket(Bucket="observatory")
+    content = b"SIMPLE  = T" + bytes(range(256)) * 64
+    client.put_object(Bucket="observatory", Key="nights/a.fits", Body=content)
+    relative = "files/local/landed-a/a.fits"
+    (home.root / relative).parent.mkdir(parents=True)
+    (home.root / relative).write_bytes(content)  # the working copy, fetched from the bucket and verified
+    calls = []
+    home.client().meta.events.register("before-call.s3.*", lambda model, **_: calls.append(model.name))
+    assert home.copy_in("s3://observatory/nights/a.fits", relative)
+    assert "CopyObject" in calls and not {"PutObject", "UploadPart", "CreateMultipartUpload"} & set(calls)
+    key = f"{request.node.name}/{relative}"
+    head = client.head_object(Bucket=BUCKET, Key=key)
+    assert head["Metadata"]["sha256"] == hashlib.sha256(content).hexdigest()
+    assert client.get_object(Bucket=BUCKET, Key=key)["Body"].read() == content
+
+    # The source changed since it was fetched: the copy is not the verified file, and is taken back.
+    client.put_object(Bucket="observatory", Key="nights/a.fits", Body=b"SIMPLE  = F, replaced")
+    assert not home.copy_in("s3://observatory/nights/a.fits", relative)
+    assert "a.fits" not in {k.rsplit("/", 1)[-1] for k in _keys(store, request.node.name)}
+    assert not home.copy_in("s3://no-such-bucket/a.fits", relative)  # a source the store cannot read
+    home.commit(relative)  # what the caller then does
+    assert client.get_object(Bucket=BUCKET, Key=key)["Body"].read() == content
 
 
 def test_multipart_etag_is_that_of_the_parts(tmp_path):
@@ -120,7 +196,8 @@ def test_local_home_keeps_files_in_place(tmp_path):
     assert home.commit("files/a.fits") == str(tmp_path / "files" / "a.fits")
     assert home.local("files/a.fits") == tmp_path / "files" / "a.fits"
     assert home.put_bytes("previews/a.png", b"p") == str(tmp_path / "previews" / "a.png")
-    assert home.lake_folder() == home.lake and home.trim() == 0
+    assert home.fresh_copy("files/a.fits") == tmp_path / "files" / "a.fits" and home.trim() == 0
+    assert home.fresh_copy("catalog.duckdb") is None
     assert home.tables.write("mast_observations", [{"obs_id": "a"}]) == str(home.lake / "mast_observations.parquet")
 
 

@@ -209,14 +209,16 @@ def _fetch(
     landing: LandingResource,
     root: Home,
     progress: _ProgressLog,
-) -> "list[FileResult]":
-    """Files from MAST with the archive's settings, landed files with the landing zone's; in order.
+) -> "tuple[list[FileResult], list[str | None]]":
+    """Files from MAST with the archive's settings, landed files with the landing zone's; in order,
+    with where the store can copy each from (``s3://bucket/key`` on the home's own S3 service).
 
     A landed file has a signature (its size and mtime, or ETag); a MAST product has none.
     """
     from skyassets.archive.download import download_files
 
     results: list[FileResult | None] = [None] * len(requests)
+    origins: list[str | None] = [None] * len(requests)
     for landed in (False, True):
         indices = [i for i, (_, _, signature) in enumerate(owner) if (signature is not None) == landed]
         if not indices:
@@ -231,7 +233,10 @@ def _fetch(
         fetched = download_files([requests[i] for i in indices], config, on_progress=progress)
         for i, result in zip(indices, fetched, strict=True):
             results[i] = result
-    return results
+            key = requests[i].s3_key
+            if root.remote and key and config.s3_endpoint == root.endpoint:
+                origins[i] = key if key.startswith("s3://") else f"s3://{config.s3_bucket}/{key.lstrip('/')}"
+    return results, origins
 
 
 def _forget_changed_copy(request: "FileRequest", before: dict | None, signature: str) -> None:
@@ -242,19 +247,24 @@ def _forget_changed_copy(request: "FileRequest", before: dict | None, signature:
             stale.unlink(missing_ok=True)
 
 
-def _store_verified(root: Home, results: "list[FileResult]") -> int:
-    """With the home on an object store: upload the verified files there (the local copies become
-    its bounded working copy); a file skipped as verified is uploaded only if not stored yet."""
+def _store_verified(root: Home, results: "list[FileResult]", origins: list[str | None]) -> tuple[int, int]:
+    """With the home on an object store: store the verified files there (the local copies become
+    its bounded working copy); a file skipped as verified is stored only if not stored yet. A file
+    fetched from a bucket of the store's own service is copied there by the store, object to
+    object, rather than uploaded again. Returns (files stored, of which copied)."""
     if not root.remote:
-        return 0
-    count = 0
-    for r in results:
+        return 0, 0
+    stored = copied = 0
+    for r, origin in zip(results, origins, strict=True):
         if r.status != "failed" and r.path is not None:
             relative = r.path.relative_to(root.root)
             if r.status == "downloaded" or not root.exists(relative):
-                root.commit(relative, r.sha256)
-                count += 1
-    return count
+                if origin is not None and root.copy_in(origin, relative, r.sha256):
+                    copied += 1
+                else:
+                    root.commit(relative, r.sha256)
+                stored += 1
+    return stored, copied
 
 
 def _manifest_row(
@@ -328,7 +338,7 @@ def fits_files(
             )
             owner.append((obs_id, product["dataURI"], None))
     started = time.monotonic()
-    results = _fetch(requests, owner, downloader, archive, landing, root, _ProgressLog(context))
+    results, origins = _fetch(requests, owner, downloader, archive, landing, root, _ProgressLog(context))
     seconds = time.monotonic() - started
     quarantined = _quarantine_bad_landed_files(root, requests, results)
     for message in quarantined:
@@ -342,7 +352,7 @@ def fits_files(
             "verified files are kept and a retry resumes the rest",
             metadata={"failed": MetadataValue.md("\n".join(f"- `{r.filename}`: {r.error}" for r in failed))},
         )
-    stored = _store_verified(root, results)
+    stored, copied = _store_verified(root, results, origins)
     manifest = pd.DataFrame(
         [
             _manifest_row(root, obs_id, uri, signature, r, earlier)
@@ -369,6 +379,7 @@ def fits_files(
             "files_quarantined": len(quarantined),
             "files_skipped": status["skipped"],
             "files_stored": stored,
+            "files_copied_in_store": copied,
             "files_verified_checksum": sum(r.fits_checksum == "ok" for r in results),
             "files_retried": sum(r.attempts > 1 for r in results),
             "bytes_in_run": int(manifest["size"].sum()) if len(manifest) else 0,

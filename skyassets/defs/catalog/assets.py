@@ -105,10 +105,8 @@ def catalog(context: AssetExecutionContext, home: HomeResource) -> MaterializeRe
     from skyassets.catalog.db import connect, publish
 
     root = home.home
-    root.lake_folder()  # with the home on a store, a local mirror of its lake for DuckDB to read
-    path = publish(root.root)
-    stored = root.commit(path.name)
-    con = connect(root.root, published=True)
+    path = publish(root)  # with the home on a store, read from it and stored there
+    con = connect(root, published=True)
     try:
         rows = con.execute("SELECT table_name FROM duckdb_tables() WHERE schema_name = 'main'").fetchall()
         published = {name for (name,) in rows}
@@ -121,7 +119,7 @@ def catalog(context: AssetExecutionContext, home: HomeResource) -> MaterializeRe
     context.log.info(f"published {path}: " + ", ".join(f"{n} {c}" for n, c in counts.items()))
     return MaterializeResult(
         metadata={
-            "path": MetadataValue.path(stored),
+            "path": MetadataValue.path(root.url(path.name)),
             "bytes": path.stat().st_size,
             "rows": MetadataValue.json(counts),
             "dagster/row_count": counts.get("images", 0),

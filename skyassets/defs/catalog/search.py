@@ -23,7 +23,7 @@ def search_index(context: AssetExecutionContext, home: HomeResource) -> Material
     from skyassets.catalog.find import build_index
 
     root = home.home
-    con = connect(root.root)
+    con = connect(root)
     try:
         report = build_index(con, root.search)
     finally:

@@ -89,7 +89,8 @@ def test_landing_zone_to_catalogue(emu, tmp_path):
 
 
 @pytest.mark.slow
-def test_landing_zone_on_s3(emu, tmp_path, monkeypatch):
+@pytest.mark.parametrize("home_stored", [False, True], ids=["local-home", "home-on-the-same-store"])
+def test_landing_zone_on_s3(emu, tmp_path, monkeypatch, home_stored):
     for name, value in {"AWS_ACCESS_KEY_ID": "observatory", "AWS_SECRET_ACCESS_KEY": "secret",
                         "AWS_DEFAULT_REGION": "us-east-1"}.items():
         monkeypatch.setenv(name, value)
@@ -100,8 +101,11 @@ def test_landing_zone_on_s3(emu, tmp_path, monkeypatch):
         uploader.upload_file(str(path), "observatory", f"nights/2026-11-20/{path.name}")
     uploader.put_object(Bucket="observatory", Key="nights/readme.txt", Body=b"not FITS, not taken")
     home = tmp_path / "home"
+    if home_stored:  # files and lake in a bucket of the landing zone's own store
+        uploader.create_bucket(Bucket="skyassets-home")
+    stored = {"storage": "s3://skyassets-home/h", "storage_endpoint": emu.s3_endpoint} if home_stored else {}
     resources = {
-        "home": HomeResource(root=str(home)),
+        "home": HomeResource(root=str(home), **stored),
         "landing": LandingResource(folder=str(tmp_path / "drop"), s3_url="s3://observatory/nights/",
                                    s3_endpoint=emu.s3_endpoint),
         "downloader": DownloaderResource(),
@@ -118,12 +122,22 @@ def test_landing_zone_on_s3(emu, tmp_path, monkeypatch):
             cursor = result.cursor
             keys += [k for r in result.run_requests for k in requested_partitions(r, every)]
         assert len(keys) == 2
+        copied = []
         for key in keys:
-            assert defs.resolve_job_def("landing_job").execute_in_process(instance=instance, partition_key=key).success
-    manifests = pd.concat(pd.read_parquet(home / "lake" / "fits_files" / f"{k}.parquet") for k in keys)
+            run = defs.resolve_job_def("landing_job").execute_in_process(instance=instance, partition_key=key)
+            assert run.success
+            made = run.asset_materializations_for_node("fits_files")
+            copied += [m.metadata["files_copied_in_store"].value for m in made]
+    lake = HomeResource(root=str(home), **stored).home.tables
+    manifests = pd.concat(lake.read("fits_files", k) for k in keys)
     assert set(manifests["source"]) == {"s3"} and set(manifests["fits_checksum"]) == {"ok"}
-    rows = pd.concat(pd.read_parquet(home / "lake" / "image_metadata" / f"{k}.parquet") for k in keys)
+    rows = pd.concat(lake.read("image_metadata", k) for k in keys)
     assert sorted(rows["file_name"]) == sorted(p.name for p in cal)
+    # With the home on the landing zone's store, the store copies each file object to object.
+    assert copied == ([1, 1] if home_stored else [0, 0])
+    for row in manifests.itertuples() if home_stored else ():
+        head = uploader.head_object(Bucket="skyassets-home", Key=f"h/{row.path}")
+        assert head["ContentLength"] == row.size and head["Metadata"]["sha256"] == row.sha256
 
 
 def test_s3_landing_sensor_skips_when_not_configured(tmp_path):
