@@ -1421,6 +1421,13 @@ class _Downloader:
         self.session.close()
 
 
+def adopt_verified(final: Path, sha256: str) -> None:
+    """Record ``final``, put in place by other means and checked against ``sha256`` (a copy fetched
+    back from the home's store), as a file this downloader verified, so it is skipped, not fetched."""
+    _write_atomic(final.with_name(final.name + SHA256_SUFFIX), f"{sha256}  {final.name}\n")
+    _record_verified(final, sha256)
+
+
 def _verified_path(final: Path) -> Path:
     return final.with_name(f".{final.name}{VERIFIED_SUFFIX}")
 

@@ -115,6 +115,26 @@ def test_observation_pipeline_with_the_home_on_s3(emu, store, tmp_path):
     # the working copy was trimmed to its budget (0): the files exist only in the store
     fits_left = [p for p in (local / "files").rglob("*.fits") if not p.name.startswith(".")]
     assert not fits_left
+    # A re-run takes the trimmed files back from the store, checked, and asks MAST for none of them.
+    with instance_for_test() as instance:
+        instance.add_dynamic_partitions("observations", [obs_id])
+        run = defs.resolve_job_def("observation_job").execute_in_process(instance=instance, partition_key=obs_id)
+        assert run.success
+        again = next(m for m in run.asset_materializations_for_node("fits_files")).metadata
+    assert again["files_restored_from_store"].value == len(manifest)
+    assert again["files_downloaded"].value == 0 and again["files_skipped"].value == len(manifest)
+    assert (root.tables.read("fits_files", obs_id)["sha256"] == manifest["sha256"]).all()
+    # One object lost from the store: that file alone comes from MAST again, the others from the store.
+    lost = manifest["path"].iloc[0]
+    store.client().delete_object(Bucket=BUCKET, Key=f"{PREFIX}/{lost}")
+    root.trim()
+    with instance_for_test() as instance:
+        instance.add_dynamic_partitions("observations", [obs_id])
+        run = defs.resolve_job_def("observation_job").execute_in_process(instance=instance, partition_key=obs_id)
+        assert run.success
+        again = next(m for m in run.asset_materializations_for_node("fits_files")).metadata
+    assert again["files_restored_from_store"].value == len(manifest) - 1 and again["files_downloaded"].value == 1
+    assert lost in _objects(store)  # stored again
 
     images = root.tables.read("image_metadata", obs_id)
     assert set(images["file_name"]) == set(manifest["filename"]) and images["s_ra"].notna().all()

@@ -247,6 +247,36 @@ def _forget_changed_copy(request: "FileRequest", before: dict | None, signature:
             stale.unlink(missing_ok=True)
 
 
+def _restore_from_store(
+    root: Home, requests: "list[FileRequest]", owner: list[tuple], earlier: dict, context: AssetExecutionContext
+) -> int:
+    """With the home on a store: bring back from it the files this partition already stored whose
+    working copy was trimmed, checked against their recorded SHA-256, instead of fetching them from
+    MAST again. A file the store cannot give back is left to the download; returns those restored."""
+    from skyassets.archive.download import adopt_verified
+    from skyassets.lake.home import StorageError
+
+    if not root.remote:
+        return 0
+    restored = 0
+    for request, (obs_id, _, signature) in zip(requests, owner, strict=True):
+        before = earlier.get((obs_id, request.filename))
+        final = Path(request.dest_dir) / request.filename
+        if before is None or final.is_file() or not isinstance(before.get("sha256"), str):
+            continue
+        if (before.get("signature") if isinstance(before.get("signature"), str) else None) != signature:
+            continue  # a landed file changed since: copied again from its source
+        try:
+            local = root.local(before["path"], before["sha256"])
+        except (StorageError, ValueError) as error:
+            context.log.warning(f"{request.filename}: not restored from the store ({error}); fetching it again")
+            continue
+        if local == final:
+            adopt_verified(final, before["sha256"])
+            restored += 1
+    return restored
+
+
 def _store_verified(root: Home, results: "list[FileResult]", origins: list[str | None]) -> tuple[int, int]:
     """With the home on an object store: store the verified files there (the local copies become
     its bounded working copy); a file skipped as verified is stored only if not stored yet. A file
@@ -337,6 +367,7 @@ def fits_files(
                 )
             )
             owner.append((obs_id, product["dataURI"], None))
+    restored = _restore_from_store(root, requests, owner, earlier, context)
     started = time.monotonic()
     results, origins = _fetch(requests, owner, downloader, archive, landing, root, _ProgressLog(context))
     seconds = time.monotonic() - started
@@ -380,6 +411,7 @@ def fits_files(
             "files_skipped": status["skipped"],
             "files_stored": stored,
             "files_copied_in_store": copied,
+            "files_restored_from_store": restored,
             "files_verified_checksum": sum(r.fits_checksum == "ok" for r in results),
             "files_retried": sum(r.attempts > 1 for r in results),
             "bytes_in_run": int(manifest["size"].sum()) if len(manifest) else 0,
