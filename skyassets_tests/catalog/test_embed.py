@@ -58,6 +58,16 @@ def test_the_packaged_model_is_the_default_and_runs_without_pytorch(monkeypatch)
     assert isinstance(found, BertEncoder) and found.name == "all-MiniLM-L6-v2"
 
 
+def test_embeddings_can_be_turned_off_though_the_model_is_installed(monkeypatch, tmp_path):
+    monkeypatch.setenv(MODEL_ENV, "none")
+    assert default_embedder() is None
+    monkeypatch.setenv(MODEL_ENV, "None ")
+    assert default_embedder() is None
+    monkeypatch.setenv(MODEL_ENV, str(tmp_path / "none"))  # a folder that happens to be called so is a folder
+    with pytest.raises(CatalogError, match="not a sentence-transformers model folder"):
+        default_embedder()
+
+
 def test_a_configured_folder_is_checked(tmp_path, monkeypatch):
     """Each case under a folder of its own: the model of a configured folder is loaded once per process."""
     mine = tmp_path / "my-model"
