@@ -37,7 +37,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS
 from astropy.wcs.utils import proj_plane_pixel_area
-from scipy.ndimage import binary_dilation, maximum_filter, minimum_filter
+from scipy.ndimage import maximum_filter, minimum_filter
 
 from skyassets.fits.dq import dq_kind_of, pixel_masks, saturation_level
 from skyassets.fits.limits import check_image
@@ -698,12 +698,29 @@ def _reject(value: np.ndarray, weight: np.ndarray, noise: np.ndarray, ratio: np.
         with np.errstate(invalid="ignore"):  # NaN median where too few inputs: never an outlier
             out[j] = (np.abs(value[j] - median) > tolerance + np.float32(k) * noise[j]) & covered[j]
     if out.any():
-        out = binary_dilation(out, structure=np.ones((1, 3, 3), bool))
+        out = grown(out, 1)
         for j, r in enumerate(ratio):  # an undersampled input's outlier spreads over its own pixel size
             grow = math.ceil(r - RATIO_SLACK)
             if grow > 1 and out[j].any():
-                out[j] = binary_dilation(out[j], structure=np.ones((2 * grow - 1, 2 * grow - 1), bool))
+                out[j] = grown(out[j], grow - 1)
         out &= covered & deep
+    return out
+
+
+def grown(mask: np.ndarray, half: int) -> np.ndarray:
+    """``mask`` dilated over its last two axes by a square of side 2 half + 1 (nothing beyond the
+    edges): ``binary_dilation``'s result, by shifting and OR-ing whole rows and columns, which on
+    these sparse masks takes a fraction of its time."""
+    out = mask.copy()
+    for axis in (mask.ndim - 2, mask.ndim - 1):
+        source = out.copy()
+        n = out.shape[axis]
+        for shift in range(1, min(half, n - 1) + 1):
+            later = [slice(None)] * out.ndim
+            earlier = [slice(None)] * out.ndim
+            later[axis], earlier[axis] = slice(shift, None), slice(None, n - shift)
+            out[tuple(later)] |= source[tuple(earlier)]
+            out[tuple(earlier)] |= source[tuple(later)]
     return out
 
 

@@ -17,7 +17,7 @@ from astropy.wcs.utils import proj_plane_pixel_area
 from photutils.centroids import centroid_2dg
 
 from skyassets.emulator.sky import _moffat_stamp, make_wcs
-from skyassets.imaging.mosaic import MosaicInput, build_mosaic, downscale_wcs
+from skyassets.imaging.mosaic import MosaicInput, build_mosaic, downscale_wcs, grown
 
 TARGET, FILTER = "NGC 628", "F200W"
 
@@ -212,6 +212,19 @@ def test_outliers_between_exposures_rejected_and_stars_kept(tmp_path):
     hit = used.index(12)
     assert abs(raw_ratios[hit] - 1.0) > 0.005 and abs(ratios[hit] - 1.0) < 0.002
     np.testing.assert_allclose(np.delete(ratios, hit), np.delete(raw_ratios, hit), atol=0.0005)
+
+
+@pytest.mark.parametrize("half", [1, 2, 3])
+def test_grown_outliers_are_binary_dilation_by_a_square(half):
+    """Sparse and dense masks, marks on every edge, a stack and a single plane narrower than the square."""
+    from scipy.ndimage import binary_dilation
+
+    rng = np.random.default_rng(half)
+    side = 2 * half + 1
+    for mask in (rng.random((3, 30, 41)) < 0.01, rng.random((2, 17, 9)) < 0.3, rng.random((4, 2)) < 0.5):
+        mask[..., 0, 0] = mask[..., -1, -1] = mask[..., 0, -1] = True
+        structure = np.ones((1,) * (mask.ndim - 2) + (side, side), bool)
+        np.testing.assert_array_equal(grown(mask, half), binary_dilation(mask, structure=structure))
 
 
 def test_two_inputs_never_rejected(tmp_path):

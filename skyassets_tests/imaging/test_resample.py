@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 from astropy.io import fits
 from astropy.wcs.utils import proj_plane_pixel_area
+from scipy.ndimage import map_coordinates
 
 from skyassets.emulator.sky import make_wcs
 from skyassets.imaging.composite import reproject_channels
 from skyassets.imaging.mosaic import MosaicInput, build_mosaic
-from skyassets.imaging.resample import footprint_box, resample_image, resample_slabs, row_slabs
+from skyassets.imaging.resample import bilinear, footprint_box, resample_image, resample_slabs, row_slabs
 
 N = 64
 
@@ -19,6 +20,25 @@ N = 64
 def grid():
     """A 64 x 64 input grid at 0.1"/px, north up."""
     return make_wcs(10.0, 20.0, 0.1, 0.0, N, sip=False)
+
+
+@pytest.mark.parametrize("shape", [(40, 30), (1, 25), (25, 1), (1, 1)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_bilinear_interpolation_is_map_coordinates_on_every_plane(shape, dtype):
+    """Inside, on the last row and column, beyond every edge and far off the image (the -10 of a
+    centre off the input's sky), as scipy's order-1 ``mode="nearest"`` interpolation."""
+    rng = np.random.default_rng(3)
+    planes = tuple(rng.normal(size=shape).astype(dtype) for _ in range(2))
+    ny, nx = shape
+    coords = np.stack([rng.uniform(-2.0, ny + 1.0, (50, 60)), rng.uniform(-2.0, nx + 1.0, (50, 60))])
+    coords[:, 0, :4] = [[ny - 1, ny - 1, 0, -10.0], [nx - 1, 0, nx - 1, -10.0]]
+    coords[:, 1, :3] = [[ny - 1.5, 0.25, ny - 1], [nx - 1.5, nx - 1, 0.75]]
+    got = bilinear(planes, coords, np.dtype(dtype))
+    for plane, values in zip(planes, got, strict=True):
+        want = map_coordinates(plane, coords, order=1, mode="nearest", prefilter=False, output=dtype)
+        assert values.dtype == dtype and values.shape == coords.shape[1:]
+        np.testing.assert_allclose(values, want, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-6)
+    np.testing.assert_array_equal(got[0][0, :4], planes[0][[ny - 1, ny - 1, 0, 0], [nx - 1, 0, nx - 1, 0]])
 
 
 def test_integer_shift_copies_pixels_exactly(grid):
