@@ -82,7 +82,13 @@ _RANGE_WRITE = 1 << 20  # bytes a range connection gathers before one positioned
 # link and open connections that only compete for the CPU. One under half the fast speed after the
 # short window is plainly capped, and the others open then.
 _PROBE_SECONDS = 0.25
-_PROBE_SHORT_SECONDS = 0.05
+_PROBE_SHORT_SECONDS = 0.02
+# A connection with nothing left to take splits the run another connection will take longest to
+# finish, when a new request's answer would come sooner than half of that run and it is at least
+# twice this long: over a link that caps each connection, no connection idles while another one
+# finishes a whole range alone (aria2c's "split on idle"), and over a long round trip nothing is
+# split that the connection holding it finishes sooner.
+_SPLIT_MIN = 256 << 10
 _CONTENT_RANGE_RE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 _PLAIN_MD5_RE = re.compile(r"^[0-9a-f]{32}$")
 _RETRYABLE_HTTP = {408, 425, 429, 500, 502, 503, 504}
@@ -709,6 +715,25 @@ def _missing(spans: dict[int, int], total: int, piece: int) -> list[tuple[int, i
     return out
 
 
+@dataclass
+class _Claim:
+    """One ranged request under way: it writes up to ``end`` (lowered when another connection
+    splits it) and has received the bytes from ``start`` to ``held`` since ``first`` (the
+    monotonic time of its first bytes)."""
+
+    start: int
+    end: int
+    held: int
+    first: float | None = None
+
+    def seconds_left(self, now: float) -> float:
+        """How long the rest takes at the rate so far (0 before any bytes: not yet known, not split)."""
+        got = self.held - self.start
+        if self.first is None or got <= 0 or now <= self.first:
+            return 0.0
+        return (self.end - self.held) * (now - self.first) / got
+
+
 def _tapered(pieces: list[tuple[int, int]], connections: int, parts: int = 4,
              smallest: int = 256 << 10) -> list[tuple[int, int]]:
     """``pieces`` with the last ``connections`` of them cut in ``parts`` (none below ``smallest``
@@ -1059,6 +1084,8 @@ class _Downloader:
         lock = threading.Condition()
         save_lock = threading.Lock()
         failures: list[BaseException] = []
+        active: list[_Claim] = []  # the requests under way: what each holds, for splitting
+        answer_seconds = [0.0]  # the longest wait seen from a request to its first bytes
         finished = threading.Event()
         widen = threading.Event()
         wake = threading.Event()  # the waiting connections' cue: widened, nothing left to take, or a failure
@@ -1089,6 +1116,7 @@ class _Downloader:
                 # queued pieces that follows, and claims each piece as its bytes arrive: one request
                 # per file on a fast link instead of one per segment. A piece another connection took
                 # ends the request there.
+                claim = _Claim(start, end, start)
                 with lock:
                     reach = end
                     if not widen.is_set():
@@ -1096,7 +1124,14 @@ class _Downloader:
                             if a != reach:
                                 break
                             reach = b
-                body = opener(job, start, reach)
+                    active.append(claim)
+                asked = time.monotonic()
+                try:
+                    body = opener(job, start, reach)
+                except BaseException:
+                    with lock:
+                        active.remove(claim)
+                    raise
                 try:
                     with lock:
                         if not body.ranged or body.start != start:
@@ -1115,8 +1150,12 @@ class _Downloader:
                         chunk = pieces[0] if len(pieces) == 1 else b"".join(pieces)
                         pieces.clear()
                         pending = 0
-                        while chunk and not stop and pos < claimed[0]:  # bytes past what it holds are dropped
-                            part, chunk = chunk[: claimed[0] - pos], chunk[claimed[0] - pos:]
+                        while chunk and not stop:
+                            with lock:  # bytes past what it holds (another connection may have split it) are dropped
+                                room = claim.end - pos
+                            if room <= 0:
+                                break
+                            part, chunk = chunk[:room], chunk[room:]
                             os.pwrite(fd, part, pos)
                             extended = False
                             with lock:
@@ -1127,9 +1166,9 @@ class _Downloader:
                                 spans[start] = pos
                                 job.on_disk += len(part)
                                 job.bytes_fetched += len(part)
-                                if pos == claimed[0] < reach:  # the next piece, if no other connection took it
+                                if pos == claim.end < reach:  # the next piece, if no other connection took it
                                     if queue and queue[0][0] == pos:
-                                        claimed[0] = queue.popleft()[1]
+                                        claim.end = queue.popleft()[1]
                                         if not queue:
                                             wake.set()
                                         extended = True
@@ -1140,13 +1179,14 @@ class _Downloader:
                             if extended:
                                 save()
 
-                    claimed = [end]  # the end of the pieces this request holds so far
                     stop = False
                     first: float | None = None  # when the first bytes arrived, for timing the link
                     try:
                         for data in body.chunks:
                             if first is None:
-                                first = time.monotonic()
+                                first = claim.first = time.monotonic()
+                                with lock:
+                                    answer_seconds[0] = max(answer_seconds[0], first - asked)
                             elif not widen.is_set():
                                 elapsed = time.monotonic() - first
                                 got = pos + pending - start
@@ -1156,6 +1196,7 @@ class _Downloader:
                                     wake.set()
                             pieces.append(data)
                             pending += len(data)
+                            claim.held = pos + pending
                             if md5 is not None:
                                 md5.update(data)
                             if pending >= _RANGE_WRITE:
@@ -1169,9 +1210,25 @@ class _Downloader:
                     self._body_md5(body, md5, pos - start)
                 finally:
                     body.close()
-                if pos < claimed[0]:
-                    raise _Retry(f"connection ended at byte {pos} of range {start}-{claimed[0] - 1}")
+                    with lock:
+                        active.remove(claim)
+                if pos < claim.end:
+                    raise _Retry(f"connection ended at byte {pos} of range {start}-{claim.end - 1}")
                 save()
+
+            def split() -> tuple[int, int] | None:
+                """The second half of the run a request will take longest to finish, taken from it
+                (called under the lock, with nothing left in the queue), or None when a new request
+                would not finish it sooner."""
+                now = time.monotonic()
+                victim = max(active, key=lambda c: c.seconds_left(now), default=None)
+                if (victim is None or victim.end - victim.held < 2 * _SPLIT_MIN
+                        or victim.seconds_left(now) < 2 * answer_seconds[0]):
+                    return None
+                middle = victim.held + (victim.end - victim.held) // 2
+                taken = (middle, victim.end)
+                victim.end = middle
+                return taken
 
             def worker(index: int) -> None:
                 if index:  # the others wait until one is seen to be capped, and end if nothing is left
@@ -1180,11 +1237,14 @@ class _Downloader:
                         return
                 while not failures:
                     with lock:
-                        if not queue:
+                        if queue:
+                            start, end = queue.popleft()
+                            if not queue:
+                                wake.set()
+                        elif (taken := split()) is not None:
+                            start, end = taken
+                        else:
                             return
-                        start, end = queue.popleft()
-                        if not queue:
-                            wake.set()
                     try:
                         fetch_piece(start, end)
                     except BaseException as exc:  # noqa: BLE001 - handed to the caller below

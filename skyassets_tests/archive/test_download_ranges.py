@@ -170,3 +170,26 @@ def test_the_last_segments_come_in_smaller_ranges_so_connections_finish_together
     assert segments >= 3 and len(whole) == segments - 2
     assert len(cut) >= 5 and max(b - a + 1 for a, b in cut) == segment // 4
     assert min(a for a, _ in cut) == (segments - 2) * segment
+
+
+def test_a_connection_with_nothing_left_splits_the_range_a_stalled_one_holds(emu, tmp_path: Path) -> None:
+    product, content = publish_file(emu, tmp_path, 6)
+    name = product["productFilename"]
+    segment = 3 << 20
+    # One request sends 64 kB and stalls until it is dropped; the other connection takes every
+    # other range, then the stalled range's second half instead of idling until the drop.
+    emu.faults.add("stall", match=name, after_bytes=64 << 10, seconds=1.5, times=1)
+    since = len(emu.requests)
+    (result,) = download_files([file_request(emu, product, tmp_path)],
+                               download_config(emu, connections=2, segment_size=segment, fast_stream=0))
+    assert_in_place(result, content)
+    ranges = _ranges(emu, since, name)
+    stalled = next(i for i, get in enumerate(gets_of(emu, since, name)) if get["bytes_sent"] == 64 << 10)
+    (first, last), later = ranges[stalled], ranges[stalled + 1:]
+    sent = first + (64 << 10)
+    # While it stalled, its second half came over the other connection (a request from inside it
+    # to its end); only then was it dropped, and the retry fetched what was left from where it stopped.
+    split = next(i for i, (a, b) in enumerate(later) if sent < a and b == last)
+    retry = next(i for i, (a, _) in enumerate(later) if a == sent)
+    assert split < retry and all(b < last for a, b in later[retry:])
+    assert result.attempts == 2 and result.bytes_fetched == len(content)  # nothing split off came twice
