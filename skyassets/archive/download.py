@@ -422,6 +422,8 @@ class _Tracker:
         self._last = self._start
         self._fetched = 0
         self._files_done = 0
+        self._summed_at = float("-inf")
+        self._sums: tuple[int, int | None, int] = (0, None, 0)
 
     def fetched(self, n: int) -> None:
         with self._lock:
@@ -442,12 +444,18 @@ class _Tracker:
         if self._callback is None:
             return
         with self._lock:
-            jobs = [j for j in self._jobs if j.status != "duplicate"]
-            done = sum(j.on_disk for j in jobs)
-            sizes = [j.total_size for j in jobs if j.status != "failed"]
-            total = None if any(s is None for s in sizes) else sum(s for s in sizes if s is not None)
-            elapsed = max(time.monotonic() - self._start, 1e-9)
-            speed = self._fetched / elapsed
+            now = time.monotonic()
+            done, total, files = self._sums
+            if now - self._summed_at >= self._interval or self._files_done >= files:
+                # Summed over the jobs at most once per interval, and at the end: a batch of thousands
+                # of files would otherwise sum them all again for every file (quadratic).
+                jobs = [j for j in self._jobs if j.status != "duplicate"]
+                done = sum(j.on_disk for j in jobs)
+                sizes = [j.total_size for j in jobs if j.status != "failed"]
+                total = None if any(s is None for s in sizes) else sum(s for s in sizes if s is not None)
+                files = len(jobs)
+                self._sums, self._summed_at = (done, total, files), now
+            speed = self._fetched / max(now - self._start, 1e-9)
             files_done = self._files_done
         eta = (max(total - done, 0) / speed) if total is not None and speed > 0 else None
         summary = f"{_fmt_bytes(done)}"
@@ -456,14 +464,14 @@ class _Tracker:
         summary += f", {_fmt_bytes(speed)}/s"
         if eta is not None:
             summary += f", ETA {eta:.0f} s"
-        summary += f", {files_done}/{len(jobs)} files"
+        summary += f", {files_done}/{files} files"
         report = Progress(
             bytes_done=done,
             bytes_total=total,
             bytes_per_second=speed,
             eta_seconds=eta,
             files_done=files_done,
-            files_total=len(jobs),
+            files_total=files,
             message=f"{message} [{summary}]" if message else summary,
         )
         with self._emit_lock:

@@ -61,9 +61,11 @@ def frame_metadata(frame: pd.DataFrame, *, preview_columns: list[str] | None = N
     }
 
 
-# Per-partition metadata costs Dagster a lookup of the run's key range per partition (quadratic in the
-# range), so larger batches keep to the run's totals.
-PER_PARTITION_LIMIT = 200
+# Dagster checks every per-partition metadata call against the run's key range by reading all the
+# keys of the dynamic partitions definition from the instance: about 15 ms a call with 200 keys on
+# SQLite, more with more keys, plus the preview. At 200 partitions that was 8 s of a 1,000-file run
+# (`bench/ingest.py`), so runs of more partitions than this keep to the run's totals.
+PER_PARTITION_LIMIT = 25
 
 
 def partition_metadata(
@@ -74,9 +76,10 @@ def partition_metadata(
     by: str,
     figures: Callable[[pd.DataFrame], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """A run of one partition: its row count, schema, preview and ``figures``. A run of many: each
-    partition's own row count, preview and ``figures`` (its rows are those whose ``by`` column holds
-    its key) on its own materialisation, and the run's totals on all of them."""
+    """A run of one partition: its row count, schema, preview and ``figures``. A run of up to
+    ``PER_PARTITION_LIMIT``: each partition's own row count, preview and ``figures`` (its rows are
+    those whose ``by`` column holds its key) on its own materialisation, and the run's totals on
+    all of them. A larger run: the run's totals only."""
     if len(context.partition_keys) == 1:
         return {**frame_metadata(frame, preview_columns=preview_columns), **(figures(frame) if figures else {})}
     if len(context.partition_keys) <= PER_PARTITION_LIMIT:

@@ -67,3 +67,22 @@ def test_landed_files_get_safe_distinct_names(tmp_path):
     assert names[0] == "x.fits" and names[1].endswith("-x.fits") and names[2] == "file.fz"
     assert all(request.dest_dir == home.files / "local" / "night-1" for _, request in landed_requests(home, "night-1"))
     assert landed_requests(home, "from-mast") is None
+
+
+def test_a_run_of_more_partitions_than_the_limit_keeps_to_its_totals(emu, tmp_path, monkeypatch):
+    """Each per-partition metadata call costs Dagster a read of every partition key, so past
+    ``PER_PARTITION_LIMIT`` partitions a run's materialisations carry its totals only."""
+    import skyassets.defs.metadata as metadata
+
+    monkeypatch.setattr(metadata, "PER_PARTITION_LIMIT", 2)
+    drop = tmp_path / "night"
+    drop.mkdir()
+    for path in sorted(emu.sky.root.rglob("*_cal.fits"))[:3]:
+        shutil.copy(path, drop / path.name)
+    with instance_for_test() as instance:
+        report = ingest([drop], Home(tmp_path / "home"), instance, batch=3)
+        assert (report.files, len(report.partitions), report.runs, report.failed_runs) == (3, 3, 1, [])
+        keys = instance.get_dynamic_partitions("observations")
+        totals = [latest_metadata(instance, "image_metadata", k) for k in keys]
+        assert all(m["partitions_in_run"] == 3 and m["rows_in_run"] == 3 for m in totals)
+        assert not any("preview" in m or "dagster/row_count" in m for m in totals)
