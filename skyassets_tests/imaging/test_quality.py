@@ -400,3 +400,21 @@ def test_noise_is_corrected_for_sigma_clipping(masked):
     m = measure_array(image, dq=dq, dq_kind="jwst", wcs=wcs()).metrics
     assert m["background_method"] == ("sigma_clipped_stats" if masked else "Background2D")
     assert m["background_rms"] == pytest.approx(10.0, rel=0.005)
+
+
+def test_galaxies_and_cluster_light_are_not_taken_for_noise():
+    """A cluster field: broad intracluster light up to 8 sigma and 800 compact galaxies over unit
+    noise. Measured within background boxes, their faint wings read as noise (1.6 sigma), and the
+    frame's depth came out half a magnitude shallow; with the sources masked it is the noise."""
+    rng = np.random.default_rng(5)
+    n = 1024
+    y, x = np.mgrid[0:n, 0:n].astype(float)
+    image = 10.0 + 8.0 * np.exp(-((x - 500) ** 2 + (y - 540) ** 2) / (4 * 260.0**2)) + rng.normal(0, 1.0, (n, n))
+    for _ in range(800):
+        cx, cy, width, peak = rng.uniform(0, n), rng.uniform(0, n), rng.uniform(2, 8), rng.uniform(3, 40)
+        box = (slice(max(int(cy - 5 * width), 0), min(int(cy + 5 * width), n)),
+               slice(max(int(cx - 5 * width), 0), min(int(cx + 5 * width), n)))
+        image[box] += peak * np.exp(-((x[box] - cx) ** 2 + (y[box] - cy) ** 2) / (2 * width**2))
+    m = measure_array(image.astype(np.float32), wcs=wcs(n)).metrics
+    assert m["background_method"] == "Background2D"
+    assert m["background_rms"] == pytest.approx(1.0, rel=0.04)
