@@ -18,7 +18,6 @@ and the PSF fits run once each.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import math
 import time
@@ -211,7 +210,12 @@ def measure_array(data: np.ndarray, *, dq: np.ndarray | None = None, dq_kind: st
         problems.append("no sky noise: the pixels are constant")
         metrics.update(usable=False, problem="; ".join(problems), seconds=time.perf_counter() - start)
         return Measurement(metrics, _empty_sources(), image)
-    metrics["background_rms"] = rms
+    # The depth takes the noise between the sources; detection, the PSF sample and the cosmic rays
+    # keep the boxes' spread as their scale, higher in a field of galaxies and cluster light: at the
+    # lower noise the finder takes in faint cluster members, and the SMACS 0723 frames were left
+    # with 2 isolated stars for the PSF instead of 11.
+    noise = _noise(image, pixels.mask, background, rms, method)
+    metrics["background_rms"] = noise
     residual = image - background
     residual[pixels.fill] = 0.0
     _fill_flagged(residual, pixels)
@@ -224,7 +228,7 @@ def measure_array(data: np.ndarray, *, dq: np.ndarray | None = None, dq_kind: st
     if psf.fwhm is not None and metrics["pixel_scale"]:
         metrics["fwhm_arcsec"] = psf.fwhm * metrics["pixel_scale"]
     if zp_ab is not None and psf.n_eff is not None:
-        metrics["depth_5sigma_ab"] = zp_ab - 2.5 * math.log10(DEPTH_SIGMA * rms * math.sqrt(psf.n_eff))
+        metrics["depth_5sigma_ab"] = zp_ab - 2.5 * math.log10(DEPTH_SIGMA * noise * math.sqrt(psf.n_eff))
     metrics.update(usable=wcs_problem is None, problem="; ".join(problems) or None)
     table = _source_table(sources, wcs if footprint else None)
     metrics["seconds"] = time.perf_counter() - start
@@ -240,28 +244,41 @@ def _first_plane(data: np.ndarray) -> np.ndarray:
 
 
 def _background(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray | float, float, float, str]:
-    """(background map or level, median level, noise per pixel, method). Background2D over boxes
-    of ~1/8 of the image, twice: the second time with the sources the first one reveals masked
-    (:func:`_source_mask`), as photutils recommends. Without that mask a field full of galaxies
-    and cluster light read as noise: the emulator's SMACS 0723 frames measured 0.20 for a noise of
-    0.13 (their ERR's) and were rejected as 0.6 mag too shallow; a median absolute deviation over
-    the whole masked image instead still read 0.15, the light the boxes' mesh does not follow.
-    When Background2D cannot work (every box mostly masked, as in crowded or heavily flagged
-    fields, or an image smaller than a box), one sigma-clipped mode over the whole image. The noise
-    is the clipped standard deviation corrected for the clipping (:func:`_clipped_std_ratio`)."""
-    box = int(np.clip(min(image.shape) // BOX_FRACTION, BOX_MIN, BOX_MAX))
+    """(background map or level, median level, spread per pixel, method). Background2D over boxes
+    of ~1/8 of the image; when it cannot work (every box mostly masked, as in crowded or heavily
+    flagged fields, or an image smaller than a box), one sigma-clipped mode over the whole image.
+    The spread is the clipped standard deviation corrected for the clipping
+    (:func:`_clipped_std_ratio`): the noise in a field of stars, more than the noise where
+    galaxies and cluster light fill the boxes (:func:`_noise`)."""
     try:
-        first = _background_2d(image, mask, box)
+        return (*_background_2d(image, mask, _box(image.shape)), "Background2D")
     except ValueError:
         values = image[~mask] if (~mask).any() else image[np.isfinite(image)]
         mean, median, std = sigma_clipped_stats(values, sigma=CLIP_SIGMA, maxiters=10)
         mode = 2.5 * median - 1.5 * mean if abs(mean - median) < 0.3 * std else median  # SExtractor's rule
         return float(mode), float(mode), float(std) / _clipped_std_ratio(CLIP_SIGMA), "sigma_clipped_stats"
-    sources = _source_mask(image - first[0], mask, first[2])
-    if sources is not None:
-        with contextlib.suppress(ValueError):  # too little sky left between the sources: the first pass
-            return (*_background_2d(image, mask | sources, box), "Background2D")
-    return (*first, "Background2D")
+
+
+def _noise(image: np.ndarray, mask: np.ndarray, background: np.ndarray | float, spread: float, method: str) -> float:
+    """The noise per pixel: Background2D's spread again, with the sources the background reveals
+    masked (:func:`_source_mask`), as photutils recommends. Within boxes a field full of galaxies
+    and cluster light reads as noise: the emulator's SMACS 0723 frames measured 0.20 for a noise of
+    0.13 (their ERR's) and were rejected as 0.6 mag too shallow; a median absolute deviation over
+    the whole masked image instead still read 0.15, the light the boxes' mesh does not follow.
+    Detection keeps the first spread as its scale (see :func:`measure_array`)."""
+    if method != "Background2D":
+        return spread
+    sources = _source_mask(image - background, mask, spread)
+    if sources is None:
+        return spread
+    try:
+        return _background_2d(image, mask | sources, _box(image.shape))[2]
+    except ValueError:  # too little sky left between the sources
+        return spread
+
+
+def _box(shape: tuple[int, ...]) -> int:
+    return int(np.clip(min(shape) // BOX_FRACTION, BOX_MIN, BOX_MAX))
 
 
 def _background_2d(image: np.ndarray, mask: np.ndarray, box: int) -> tuple[np.ndarray, float, float]:
