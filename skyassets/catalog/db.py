@@ -647,6 +647,11 @@ def home_of(con: duckdb.DuckDBPyConnection) -> Home:
         settings = dict(con.execute("SELECT key, value FROM _skyassets").fetchall())
     except duckdb.Error:
         return Home.from_env()
+    return _home_from(settings)
+
+
+def _home_from(settings: dict[str, str]) -> Home:
+    """The home a connection's ``_skyassets`` settings name."""
     return _stored_home(settings["home"], settings.get("storage"), settings.get("endpoint"))
 
 
@@ -718,7 +723,7 @@ def refresh(con: duckdb.DuckDBPyConnection) -> bool:
         settings = dict(con.execute("SELECT key, value FROM _skyassets").fetchall())
     except duckdb.CatalogException:
         return False
-    root = home_of(con)
+    root = _home_from(settings)
     published = _published(root)
     if _file_id(published) != settings.get("catalog"):
         _rebase(con, published)

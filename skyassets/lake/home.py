@@ -238,14 +238,17 @@ class Home:
         """Whether ``relative`` is stored (a file of the home, without a store)."""
         if self.storage is None:
             return (self.root / _relative(relative)).is_file()
-        bucket, key = self._bucket_key(_relative(relative))
+        return self._head(_relative(relative)) is not None
+
+    def _head(self, relative: str) -> dict[str, Any] | None:
+        """The stored object's HEAD answer, None when there is none."""
+        bucket, key = self._bucket_key(relative)
         try:
-            self.client().head_object(Bucket=bucket, Key=key)
+            return self.client().head_object(Bucket=bucket, Key=key)
         except self.client().exceptions.ClientError as error:
             if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                return False
-            raise
-        return True
+                return None
+            raise StorageError(f"{self.url(relative)}: cannot look up: {error}") from error
 
     def remove_folder(self, relative: str | os.PathLike[str]) -> int:
         """Delete the folder ``relative`` of the home: its working copy and, with a store, every
@@ -434,13 +437,9 @@ class Home:
         local = self.root / relative
         if self.storage is None:
             return local if local.is_file() else None
-        bucket, key = self._bucket_key(relative)
-        try:
-            head = self.client().head_object(Bucket=bucket, Key=key)
-        except self.client().exceptions.ClientError as error:
-            if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                return None
-            raise StorageError(f"{self.url(relative)}: cannot look up: {error}") from error
+        head = self._head(relative)
+        if head is None:
+            return None
         if not (local.is_file() and (local.stat().st_size, local.stat().st_mtime_ns) == _identity(head)):
             head = self._fetch(relative, local, None)
             os.utime(local, ns=(time.time_ns(), _identity(head)[1]))
