@@ -38,12 +38,13 @@ from astropy.wcs import WCS
 from astropy.wcs.utils import pixel_to_skycoord, proj_plane_pixel_area
 from photutils.background import Background2D, SExtractorBackground
 from photutils.detection import DAOStarFinder
-from scipy.ndimage import label, maximum_filter
+from scipy.ndimage import label
 from scipy.spatial import cKDTree
 
 from skyassets.fits.dq import DQ_BITS, PixelMasks, dq_kind_of, pixel_masks, saturation_level
 from skyassets.fits.limits import check_image
 from skyassets.fits.meta import HeaderKeys, parse_bunit, zero_point_ab
+from skyassets.imaging.mosaic import grown
 from skyassets.lake.schemas import QUALITY_SCHEMA, SOURCE_SCHEMA
 
 # ------------------------------------------------------------------------------------ constants
@@ -297,8 +298,8 @@ def _source_mask(residual: np.ndarray, mask: np.ndarray, rms: float) -> np.ndarr
     ``SOURCE_MASK_SIGMA`` rms, grown by a square of ``SOURCE_MASK_GROW`` pixels; None when there
     are none. The segments of photutils' ``detect_sources`` and the grown mask of its
     ``make_source_mask`` (an FFT convolution) took 2.1 s of a 2048² star field (`bench/quality.py`);
-    a labelling, a count per label and a separable maximum filter give the same mask but for the
-    footprint's corners in a fraction of that."""
+    a labelling, a count per label and the mosaics' dilation (:func:`~skyassets.imaging.mosaic.grown`)
+    give the same mask but for the footprint's corners in a fraction of that."""
     above = (residual > SOURCE_MASK_SIGMA * rms) & ~mask
     labels, count = label(above, structure=np.ones((3, 3), bool))
     if count == 0:
@@ -308,7 +309,7 @@ def _source_mask(residual: np.ndarray, mask: np.ndarray, rms: float) -> np.ndarr
     sources = large[labels]
     if not sources.any():
         return None
-    return maximum_filter(sources.view(np.uint8), size=2 * SOURCE_MASK_GROW + 1).astype(bool)
+    return grown(sources, SOURCE_MASK_GROW)
 
 
 def _clipped_std_ratio(k: float, iterations: int = 10) -> float:
