@@ -338,6 +338,9 @@ WHITE_MIN_SIGMAS = 30.0
 SKY_FADE_SIGMAS = 5.0  # the sky's grey correction fades over this many sigmas of intensity
 SKY_BLANK_WIDTH = 6.0  # pixels: the smoothing that finds faint nebulosity, which is not blank sky
 SKY_BLANK_SIGMAS = 1.5  # smoothed intensity this many of its noise sigmas above the sky's peak is nebulosity
+SOURCE_SIGMAS = 3.0  # a smoothed pixel this many of the smoothed image's noise sigmas above the sky is a source's
+SKY_BOX = 24  # pixels: the boxes whose faintest medians give the sky under broad light
+SKY_MIN_BOXES = 10
 #: White balance on stars: compact, isolated sources on blank sky, measured in a square aperture of
 #: BALANCE_HALF pixels each side of the peak (enough for the widest of the NIRCam PSFs on the
 #: short-wavelength grid) against the median of its border; each must have BALANCE_MIN_SNR in
@@ -406,31 +409,66 @@ def compose(
 
 
 def sky_and_noise(data: np.ndarray) -> tuple[float, float]:
-    """The sky level and noise of an image: sigma-clipped statistics of the pixels away from
-    sources, which are found as what stands 2 sigma above the first estimate once smoothed over a
-    few pixels (faint nebulosity and star wings too, which would otherwise tint the sky), grown by
-    3 pixels."""
+    """The sky level and noise of an image.
+
+    The noise is the sigma-clipped spread of the pixels away from sources, which are found as what
+    stands ``SOURCE_SIGMAS`` above the first estimate once smoothed over a few pixels (faint
+    nebulosity and star wings too, which would otherwise tint the sky), grown by 3 pixels; the
+    threshold is measured on the smoothed image, whose noise resampling has correlated. The sky is
+    the level of the faintest of those pixels taken in boxes (``_lowest_plateau``): light only adds
+    to the sky, and in a cluster or a nebula the clipped median of what is left is the broad light's
+    (intracluster light filled all but 4 % of a field and lifted it by 0.3-0.6 sigma).
+    """
     values = np.asarray(data, dtype=float)
     finite = np.isfinite(values)
     if not finite.any():
         return 0.0, 0.0
     _, median, std = sigma_clipped_stats(values[finite][:: max(1, int(finite.sum()) // 1_000_000)],
                                          sigma=3.0, maxiters=10)
-    if not std > 0:
+    if not std > 0 or values.ndim != 2:
         return float(median), float(std)
-    keep = finite & _blank(np.where(finite, values - median, 0.0), std)
+    keep = finite & _blank(np.where(finite, values - median, 0.0), finite)
     if keep.sum() < 100:
         return float(median), float(std)
     _, median, std = sigma_clipped_stats(values[keep][:: max(1, int(keep.sum()) // 1_000_000)],
                                          sigma=3.0, maxiters=10)
-    return float(median), float(std)
+    return _lowest_plateau(values, keep, float(median)), float(std)
 
 
-def _blank(values: np.ndarray, std: float, width: float = 2.0) -> np.ndarray:
-    """Pixels away from sources: not within 3 pixels of what stands 2 sigma above zero once smoothed
-    by a Gaussian of ``width`` pixels (star wings and faint nebulosity too)."""
+def _blank(values: np.ndarray, finite: np.ndarray, width: float = 2.0) -> np.ndarray:
+    """Pixels away from sources: not within 3 pixels of what stands ``SOURCE_SIGMAS`` of the
+    smoothed image's own noise above zero once smoothed by a Gaussian of ``width`` pixels."""
     smooth = gaussian_filter(values, width)
-    return ~binary_dilation(smooth > 2.0 * std / (2.0 * math.sqrt(math.pi) * width), iterations=3)
+    inside = smooth[finite]
+    _, centre, spread = sigma_clipped_stats(inside[:: max(1, inside.size // 250_000)], sigma=3.0, maxiters=10)
+    return ~binary_dilation(smooth > centre + SOURCE_SIGMAS * spread, iterations=3)
+
+
+def _lowest_plateau(values: np.ndarray, keep: np.ndarray, median: float) -> float:
+    """The sky under broad faint light: the median of the ``keep`` pixels in boxes of ``SKY_BOX``
+    pixels, the level of the faintest boxes and those within 3 errors of it. A box median's error
+    is measured, not assumed (resampling correlates the noise): half the difference of the medians
+    of its two halves, interleaved in 4 x 4 blocks so that a gradient cancels. Over a flat sky this
+    is the clipped median; with fewer than ``SKY_MIN_BOXES`` boxes half kept, ``median`` stays."""
+    b, ny, nx = SKY_BOX, values.shape[0] // SKY_BOX, values.shape[1] // SKY_BOX
+    if ny * nx < SKY_MIN_BOXES:
+        return median
+    boxes = values[: ny * b, : nx * b].reshape(ny, b, nx, b).swapaxes(1, 2).reshape(ny * nx, b, b)
+    kept = keep[: ny * b, : nx * b].reshape(ny, b, nx, b).swapaxes(1, 2).reshape(ny * nx, b, b)
+    full = kept.mean(axis=(1, 2)) >= 0.5
+    if full.sum() < SKY_MIN_BOXES:
+        return median
+    boxes = np.where(kept[full], boxes[full], np.nan)
+    checker = (np.add.outer(np.arange(b) // 4, np.arange(b) // 4) % 2).astype(bool)
+    level = _row_medians(boxes.reshape(len(boxes), -1))
+    halves = _row_medians(boxes[:, checker]) - _row_medians(boxes[:, ~checker])
+    error = 0.5 * float(np.nanmedian(np.abs(halves))) * 1.4826
+    if not error > 0:
+        return median
+    sky = float(np.median(level[level <= np.sort(level)[SKY_MIN_BOXES // 2] + 6.0 * error]))
+    for _ in range(5):
+        sky = float(np.median(level[np.abs(level - sky) < 3.0 * error]))
+    return sky
 
 
 def balance_channels(channels: Sequence[np.ndarray], *, high: float = 99.8) -> Balance:
@@ -531,16 +569,21 @@ def lupton_rgb(channels: Sequence[np.ndarray], colours: np.ndarray, balance: Bal
     matched = np.zeros((3, *shape))
     footprint = np.ones(shape, dtype=bool)
     widest = max(balance.fwhm, default=0.0)
-    for k, (data, colour, sky, scale) in enumerate(zip(channels, colours, balance.sky, balance.scale, strict=True)):
-        filled = fill_holes(np.asarray(data, dtype=float))
+    levels, real = [], []
+    for data, sky, scale in zip(channels, balance.sky, balance.scale, strict=True):
+        values = np.asarray(data, dtype=float)
+        filled = fill_holes(values)
         footprint &= np.isfinite(filled)
-        level = np.nan_to_num((filled - sky) * scale)
+        real.append(np.isfinite(values))
+        levels.append((filled - sky) * scale)
+    for k, (level, colour) in enumerate(zip(levels, colours, strict=True)):
+        level = np.nan_to_num(level)
         planes += level[None] * colour[:, None, None]
         match = max(widest**2 - balance.fwhm[k] ** 2, 0.0) / 2.3548**2 if balance.fwhm else 0.0
         matched += (gaussian_filter(level, math.sqrt(match)) if match > 0.1 else level)[None] * colour[:, None, None]
     intensity = planes.mean(axis=0)
     inside = intensity[footprint]
-    sigma = sky_and_noise(inside)[1] if inside.size else 1.0
+    sigma = sky_and_noise(np.where(footprint, intensity, np.nan))[1] if inside.size else 1.0
     sigma = sigma if sigma > 0 else 1.0
     pedestal, soft = SKY_SIGMAS * sigma, SOFTENING_SIGMAS * sigma
     lifted = intensity + pedestal
@@ -549,6 +592,7 @@ def lupton_rgb(channels: Sequence[np.ndarray], colours: np.ndarray, balance: Bal
         hue = np.where(hue.mean(axis=0) > 0, np.clip(hue, 0.0, None) / hue.mean(axis=0), 1.0)
         luminance = np.where(lifted > 0, np.arcsinh(lifted / soft), 0.0)
     hue = _neutral_sky(hue, luminance, intensity, footprint, sigma)
+    hue = _ring_colour(hue, footprint & ~np.all(real, axis=0))
     rgb = hue * luminance[None]
     peak = rgb.max(axis=0)
     white = max(float(np.percentile(peak[footprint], WHITE_PERCENTILE)) if inside.size else 0.0,
@@ -561,6 +605,30 @@ def lupton_rgb(channels: Sequence[np.ndarray], colours: np.ndarray, balance: Bal
     figures = {"sigma": sigma, "softening": soft, "white": white,
                "clipped_fraction": float(over[footprint].mean()) if footprint.any() else 0.0}
     return np.moveaxis(rgb, 0, -1), figures
+
+
+def _row_medians(rows: np.ndarray) -> np.ndarray:
+    """The median of each row's finite values (NaN where none): a sort, which sends NaN last, at a
+    third of ``nanmedian``'s time over thousands of boxes."""
+    ordered = np.sort(rows, axis=1)
+    count = np.isfinite(rows).sum(axis=1)
+    low, high = np.maximum(count - 1, 0) // 2, np.maximum(count, 1) // 2
+    index = np.arange(len(rows))
+    return np.where(count > 0, 0.5 * (ordered[index, low] + ordered[index, high]), np.nan)
+
+
+def _ring_colour(hue: np.ndarray, holes: np.ndarray) -> np.ndarray:
+    """``hue`` (3, H, W) with every pixel where a channel's value was filled in taking the colour of
+    the nearest pixel where all channels have data. A bright star saturates its widest-PSF filter
+    over a larger core than the others; filled from its edge, that channel stays at the ring's level
+    while the others climb to the peak, and the core took the colour of the sharpest filter (green
+    cores in red stars). The unsaturated ring, its PSFs matched, has the star's colour."""
+    if not holes.any() or holes.all():
+        return hue
+    _, (rows, cols) = distance_transform_edt(holes, return_indices=True)
+    out = hue.copy()
+    out[:, holes] = hue[:, rows[holes], cols[holes]]
+    return out
 
 
 def _neutral_sky(hue: np.ndarray, luminance: np.ndarray, intensity: np.ndarray, footprint: np.ndarray,

@@ -10,6 +10,7 @@ from astropy.io import fits
 from astropy.wcs import WCS
 from PIL import Image
 from pyavm import AVM
+from scipy.ndimage import gaussian_filter
 
 from skyassets.emulator.sky import BANDS, TARGETS, make_wcs
 from skyassets.imaging import composite
@@ -349,6 +350,25 @@ def test_a_sky_half_covered_by_faint_nebulosity_stays_grey_and_the_nebulosity_re
     assert red / blue > 1.15 * sky_red / sky_blue, (red, blue, sky_red, sky_blue)
 
 
+def test_the_sky_under_intracluster_light_is_the_blank_sky_s():
+    """A cluster: broad light over most of the field, galaxies, and noise correlated over a few
+    pixels as resampling leaves it. The sky is the blank corners' level, within a tenth of the
+    noise, and the noise its own (the clipped median of what the sources' mask leaves reads the
+    broad light; a mask threshold taken for white noise cuts the correlated noise's peaks)."""
+    rng = np.random.default_rng(3)
+    n = 384
+    yy, xx = np.mgrid[:n, :n]
+    light = 1.2 * np.exp(-((xx - 0.45 * n) ** 2 + (yy - 0.55 * n) ** 2) / (2 * 60.0**2))
+    for r, c, f in zip(rng.uniform(100, 300, 25), rng.uniform(80, 280, 25), 10 ** rng.uniform(2.5, 3.5, 25),
+                       strict=True):
+        light += f / (32 * np.pi) * np.exp(-np.sqrt(((xx - c) ** 2 + (yy - r) ** 2) / 4.0))
+    for true_sky, tint in ((5.0, 0.8), (20.0, 1.0), (-2.0, 1.3)):
+        noise = gaussian_filter(rng.normal(0.0, 1.0, (n, n)), 1.0)
+        sky, sigma = composite.sky_and_noise(true_sky + tint * light + noise / noise.std())
+        assert abs(sky - true_sky) < 0.1, (sky, true_sky)
+        assert sigma == pytest.approx(1.0, rel=0.05)
+
+
 def test_default_composite_is_balanced_like_press_images():
     """Channels in different units with different skies and noise: the default picture has a
     neutral grey sky, white stars on average, the red nebula red, and almost nothing clipped; the
@@ -391,6 +411,27 @@ def test_bright_cores_keep_their_hue():
     assert _hue(rgb[48, 48]) == pytest.approx(_hue(rgb[48, 52]), abs=5)
     assert _hue(rgb[48, 48]) < 40  # red, not white
     assert rgb[48, 48].min() < 0.6
+
+
+def test_a_saturated_core_takes_its_ring_s_colour():
+    """A white star saturated in all three filters, its masked core the larger the wider the PSF
+    (as in NIRCam's long-wave channel): the core is drawn in the colour of its unsaturated ring, not
+    in the colour of the sharpest filter, whose data climb to the peak where the others stop."""
+    rng = np.random.default_rng(8)
+    yy, xx = np.mgrid[:96, :96]
+    r2 = (xx - 48) ** 2 + (yy - 48) ** 2
+    channels = []
+    for width, hole in ((1.2, 2.0), (1.6, 3.0), (2.4, 6.0)):  # blue, green, red filters
+        channel = rng.normal(0, 1, yy.shape) + 2e5 / (2 * np.pi * width**2) * np.exp(-r2 / (2 * width**2))
+        channel[r2 <= hole**2] = np.nan
+        channels.append(channel)
+    balance = composite.Balance((0.0,) * 3, (1.0,) * 3, (1.0,) * 3, "given", 0, (2.8, 3.8, 5.6))
+    rgb, _ = composite.lupton_rgb(channels, composite.channel_colours([0.9, 2.0, 4.4]), balance)
+    ring = rgb[(r2 > 6**2) & (r2 <= 8**2)].mean(axis=0)  # just outside the widest hole
+    core = rgb[48, 48]
+    assert core.sum() > ring.sum()  # bright, not a hole
+    np.testing.assert_allclose(core / core.sum(), ring / ring.sum(), atol=0.05)
+    assert core[2] < 0.35 * core.sum()  # not the blue of the sharpest filter
 
 
 def test_balance_falls_back_without_stars():
