@@ -203,17 +203,17 @@ def _listing(lake: Path, source: str) -> Listing:
     return found
 
 
-def _read(lake: Path, name: str) -> pa.Table | None:
-    """One partition file, read from a single open handle (so a concurrent rename cannot tear it)."""
+def _read(lake: Path, name: str) -> tuple[pa.Table, int] | None:
+    """One partition file and its mtime, read from a single open handle (so a concurrent rename
+    cannot tear it)."""
     try:
         with open(lake / name, "rb") as handle:
             mtime = os.fstat(handle.fileno()).st_mtime_ns
-            table = _parquet(handle)
+            return _parquet(handle), mtime
     except FileNotFoundError:
         return None
     except (pa.ArrowException, OSError) as error:
         raise CatalogError(f"cannot read {lake / name}: {error}") from error
-    return _labelled(table, name, mtime)
 
 
 class LakeFiles:
@@ -236,8 +236,8 @@ class LakeFiles:
                     self._stored.setdefault(folder or base.removesuffix(".parquet"), {})[name] = stat
         return self._stored.get(source, {})
 
-    def read(self, name: str) -> pa.Table | None:
-        """One partition file, whole as it was at one moment; None when it went meanwhile."""
+    def read(self, name: str) -> tuple[pa.Table, int] | None:
+        """One partition file, whole as it was at one moment, and its mtime; None when it went meanwhile."""
         if not self.home.remote:
             return _read(self.home.lake, name)
         got = self.home.get_bytes(f"lake/{name}")
@@ -247,7 +247,7 @@ class LakeFiles:
             table = _parquet(pa.BufferReader(got[0]))
         except pa.ArrowException as error:
             raise CatalogError(f"cannot read {self.home.url(f'lake/{name}')}: {error}") from error
-        return _labelled(table, name, got[1])
+        return table, got[1]
 
 
 def _parquet(source: Any) -> pa.Table:
@@ -257,15 +257,17 @@ def _parquet(source: Any) -> pa.Table:
         return file.read(use_threads=False)
 
 
-def _labelled(table: pa.Table, name: str, mtime: int) -> pa.Table:
-    """A partition's rows with their file and its mtime, for the snapshot to track them by."""
-    # Columns with no values in this file get a string type rather than DuckDB's NULL type.
+def _labelled(tables: list[pa.Table], files: list[str], mtimes: list[int]) -> pa.Table:
+    """Partitions' rows in one table, each row with its file and that file's mtime, for the snapshot
+    to track them by; labelled once for all of them, as a label per file cost as much as its read."""
+    table = pa.concat_tables(tables, promote_options="permissive")
+    # Columns with no values in any of these files get a string type rather than DuckDB's NULL type.
     for i, field in enumerate(table.schema):
         if pa.types.is_null(field.type):
             table = table.set_column(i, field.name, pa.nulls(table.num_rows, pa.string()))
-    n = table.num_rows
-    table = table.append_column("_file", pa.repeat(pa.scalar(name, pa.string()), n))
-    return table.append_column("_mtime", pa.repeat(pa.scalar(mtime, pa.int64()), n))
+    rows = [t.num_rows for t in tables]
+    table = table.append_column("_file", pa.array(np.repeat(np.array(files, dtype=object), rows), pa.string()))
+    return table.append_column("_mtime", pa.array(np.repeat(np.array(mtimes, dtype=np.int64), rows)))
 
 
 def _columns(con: duckdb.DuckDBPyConnection, relation: str) -> dict[str, str]:
@@ -355,20 +357,24 @@ def _sync_table(
         empty = raw not in names or _one(con, f"SELECT count(*) = 0 FROM {raw}")
         read: Listing = {}
         tables: list[pa.Table] = []
+        files: list[str] = []
+        mtimes: list[int] = []
         rows = size = 0
         for k, name in enumerate(fresh):
-            if (part := lake.read(name)) is not None:
-                tables.append(part)
-                rows, size = rows + part.num_rows, size + part.nbytes
+            if (got := lake.read(name)) is not None:
+                tables.append(got[0])
+                files.append(name)
+                mtimes.append(got[1])
+                rows, size = rows + got[0].num_rows, size + got[0].nbytes
                 read[name] = now[name]
             if not tables or (rows < _CHUNK_ROWS and size < _CHUNK_BYTES and k < len(fresh) - 1):
                 continue
             try:
                 # one chunk per column: DuckDB takes in a table of a thousand one-row chunks ten times slower
-                arrow = pa.concat_tables(tables, promote_options="permissive").combine_chunks()
+                arrow = _labelled(tables, files, mtimes).combine_chunks()
             except pa.ArrowException as error:
                 raise CatalogError(f"partitions of {SOURCES[table]} disagree on column types: {error}") from error
-            tables, rows, size = [], 0, 0
+            tables, files, mtimes, rows, size = [], [], [], 0, 0
             view = f"_arrow_{uuid.uuid4().hex}"
             con.register(view, arrow)
             try:

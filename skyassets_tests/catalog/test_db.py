@@ -546,3 +546,15 @@ def test_a_lake_read_in_many_chunks_is_the_lake_read_in_one(tmp_path, monkeypatc
     monkeypatch.setattr(catalog, "_CHUNK_BYTES", 1)  # every partition file goes into DuckDB on its own
     pd.testing.assert_frame_equal(images_of(catalog.connect(tmp_path)), whole)
     assert len(whole) == sum(3 + k % 4 for k in range(12))
+
+
+def test_a_column_without_values_in_some_files_takes_its_type_from_the_others(tmp_path):
+    """Files written before the lake cast to declared types hold all-null columns as Parquet null."""
+    put(tmp_path, "source_catalogs", pd.DataFrame({"sha256": ["a"], "flux": [None]}), "obs1")
+    put(tmp_path, "source_catalogs", pd.DataFrame({"sha256": ["b"], "flux": [7]}), "obs2")
+    put(tmp_path, "source_catalogs", pd.DataFrame({"sha256": ["c"], "only_null": [None]}), "obs3")
+    con = catalog.connect(tmp_path)
+    rows = con.sql("SELECT sha256, flux FROM sources ORDER BY sha256").fetchall()
+    assert rows == [("a", None), ("b", 7), ("c", None)]
+    types = dict(con.sql("SELECT column_name, column_type FROM (DESCRIBE sources)").fetchall())
+    assert types["flux"] == "BIGINT" and types["only_null"] == "VARCHAR"
