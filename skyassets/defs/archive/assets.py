@@ -345,11 +345,12 @@ def fits_files(
 
     root = home.home
     lake = root.tables
-    earlier = _earlier_manifests(lake, context.partition_keys)
-    landed = landed_requests(root, context.partition_keys)
-    archived = lake.read_partitions("mast_products", [k for k in context.partition_keys if k not in landed])
+    keys = context.partition_keys  # Dagster reads every key of the partitions definition on each access
+    earlier = _earlier_manifests(lake, keys)
+    landed = landed_requests(root, keys)
+    archived = lake.read_partitions("mast_products", [k for k in keys if k not in landed])
     requests, owner = [], []
-    for obs_id in context.partition_keys:
+    for obs_id in keys:
         if obs_id in landed:  # a partition of the landing zone: copy its files
             for row, request in landed[obs_id]:
                 _forget_changed_copy(request, earlier.get((obs_id, request.filename)), row["signature"])
@@ -394,7 +395,7 @@ def fits_files(
         ],
         columns=table("fits_files").schema.names,
     )
-    lake.write_partitions("fits_files", manifest, by="partition", partitions=context.partition_keys)
+    lake.write_partitions("fits_files", manifest, by="partition", partitions=keys)
     root.trim()
     status = Counter(r.status for r in results)
     fetched = sum(r.bytes_fetched for r in results)

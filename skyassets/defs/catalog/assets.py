@@ -38,10 +38,9 @@ def image_metadata(context: AssetExecutionContext, home: HomeResource) -> Materi
 
     root = home.home
     lake = root.tables
-    manifests = lake.read_partitions(
-        "fits_files", context.partition_keys, columns=["path", "sha256", "size", "dataURI"]
-    )
-    missing = [k for k in context.partition_keys if k not in manifests]
+    keys = context.partition_keys  # Dagster reads every key of the partitions definition on each access
+    manifests = lake.read_partitions("fits_files", keys, columns=["path", "sha256", "size", "dataURI"])
+    missing = [k for k in keys if k not in manifests]
     if missing:
         raise Failure(f"no fits_files manifest for {len(missing)} partitions: {', '.join(missing[:5])}")
     sources = [
@@ -53,7 +52,7 @@ def image_metadata(context: AssetExecutionContext, home: HomeResource) -> Materi
             "access_url": row["dataURI"],
             "obs_id": obs_id,
         }
-        for obs_id in context.partition_keys
+        for obs_id in keys
         for row in manifests[obs_id].to_pylist()
     ]
     # Worker processes pay off only for batches (backfills, bulk ingests); a few files go inline.
@@ -70,7 +69,7 @@ def image_metadata(context: AssetExecutionContext, home: HomeResource) -> Materi
         context.log.warning(f"quarantined {failure.path}: {failure.reason} (now {failure.quarantined})")
     # One conversion and one cast for the batch, then a file per partition: converting each
     # partition's rows on their own costs more than extracting them.
-    lake.write_partitions("image_metadata", to_table(rows), by="obs_id", partitions=context.partition_keys)
+    lake.write_partitions("image_metadata", to_table(rows), by="obs_id", partitions=keys)
     root.trim()
     quarantined = "\n".join(f"- `{f.path}`: {f.reason} (moved to `{f.quarantined}`)" for f in failures)
     return MaterializeResult(
