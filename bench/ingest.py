@@ -438,7 +438,9 @@ def run_skyassets(
         timers.wrap(download, "download_files", "copy + verify"),
         timers.wrap(meta, "extract_many", "header extraction"),
         timers.wrap(Lake, "write", "lake Parquet in runs"),
+        timers.wrap(Lake, "write_partitions", "lake Parquet in runs"),
         timers.wrap(Lake, "read", "lake Parquet in runs"),
+        timers.wrap(Lake, "read_partitions", "lake Parquet in runs"),
     ]
     instance = DagsterInstance.from_config(str(dagster_home))
     try:

@@ -203,17 +203,17 @@ def _listing(lake: Path, source: str) -> Listing:
     return found
 
 
-def _read(lake: Path, name: str) -> pa.Table | None:
-    """One partition file, read from a single open handle (so a concurrent rename cannot tear it)."""
+def _read(lake: Path, name: str) -> tuple[pa.Table, int] | None:
+    """One partition file and its mtime, read from a single open handle (so a concurrent rename
+    cannot tear it)."""
     try:
         with open(lake / name, "rb") as handle:
             mtime = os.fstat(handle.fileno()).st_mtime_ns
-            table = pq.read_table(handle)
+            return _parquet(handle), mtime
     except FileNotFoundError:
         return None
     except (pa.ArrowException, OSError) as error:
         raise CatalogError(f"cannot read {lake / name}: {error}") from error
-    return _labelled(table, name, mtime)
 
 
 class LakeFiles:
@@ -236,29 +236,38 @@ class LakeFiles:
                     self._stored.setdefault(folder or base.removesuffix(".parquet"), {})[name] = stat
         return self._stored.get(source, {})
 
-    def read(self, name: str) -> pa.Table | None:
-        """One partition file, whole as it was at one moment; None when it went meanwhile."""
+    def read(self, name: str) -> tuple[pa.Table, int] | None:
+        """One partition file, whole as it was at one moment, and its mtime; None when it went meanwhile."""
         if not self.home.remote:
             return _read(self.home.lake, name)
         got = self.home.get_bytes(f"lake/{name}")
         if got is None:
             return None
         try:
-            table = pq.read_table(pa.BufferReader(got[0]))
+            table = _parquet(pa.BufferReader(got[0]))
         except pa.ArrowException as error:
             raise CatalogError(f"cannot read {self.home.url(f'lake/{name}')}: {error}") from error
-        return _labelled(table, name, got[1])
+        return table, got[1]
 
 
-def _labelled(table: pa.Table, name: str, mtime: int) -> pa.Table:
-    """A partition's rows with their file and its mtime, for the snapshot to track them by."""
-    # Columns with no values in this file get a string type rather than DuckDB's NULL type.
+def _parquet(source: Any) -> pa.Table:
+    """One Parquet file from an open handle or buffer, in this thread: the lake's files are small,
+    and ``pq.read_table``'s dataset layer cost twice the read itself on a partition file."""
+    with pq.ParquetFile(source) as file:
+        return file.read(use_threads=False)
+
+
+def _labelled(tables: list[pa.Table], files: list[str], mtimes: list[int]) -> pa.Table:
+    """Partitions' rows in one table, each row with its file and that file's mtime, for the snapshot
+    to track them by; labelled once for all of them, as a label per file cost as much as its read."""
+    table = pa.concat_tables(tables, promote_options="permissive")
+    # Columns with no values in any of these files get a string type rather than DuckDB's NULL type.
     for i, field in enumerate(table.schema):
         if pa.types.is_null(field.type):
             table = table.set_column(i, field.name, pa.nulls(table.num_rows, pa.string()))
-    n = table.num_rows
-    table = table.append_column("_file", pa.array([name] * n, pa.string()))
-    return table.append_column("_mtime", pa.array(np.full(n, mtime, dtype=np.int64)))
+    rows = [t.num_rows for t in tables]
+    table = table.append_column("_file", pa.array(np.repeat(np.array(files, dtype=object), rows), pa.string()))
+    return table.append_column("_mtime", pa.array(np.repeat(np.array(mtimes, dtype=np.int64), rows)))
 
 
 def _columns(con: duckdb.DuckDBPyConnection, relation: str) -> dict[str, str]:
@@ -308,6 +317,9 @@ def _stale(con: duckdb.DuckDBPyConnection) -> dict[str, set[str]]:
 
 _CHUNK_ROWS = 500_000
 """Rows read from the lake before they go into DuckDB: bounds the memory of a first read of a large lake."""
+_CHUNK_BYTES = 256 * 2**20
+"""Bytes read from the lake before they go into DuckDB: a chunk of wide rows (headers) is bounded too,
+and stays far below Arrow's 2 GB limit on one string array when its files are joined into one."""
 
 
 def _sync_table(
@@ -345,17 +357,24 @@ def _sync_table(
         empty = raw not in names or _one(con, f"SELECT count(*) = 0 FROM {raw}")
         read: Listing = {}
         tables: list[pa.Table] = []
+        files: list[str] = []
+        mtimes: list[int] = []
+        rows = size = 0
         for k, name in enumerate(fresh):
-            if (part := lake.read(name)) is not None:
-                tables.append(part)
+            if (got := lake.read(name)) is not None:
+                tables.append(got[0])
+                files.append(name)
+                mtimes.append(got[1])
+                rows, size = rows + got[0].num_rows, size + got[0].nbytes
                 read[name] = now[name]
-            if not tables or (sum(t.num_rows for t in tables) < _CHUNK_ROWS and k < len(fresh) - 1):
+            if not tables or (rows < _CHUNK_ROWS and size < _CHUNK_BYTES and k < len(fresh) - 1):
                 continue
             try:
-                arrow = pa.concat_tables(tables, promote_options="permissive")
+                # one chunk per column: DuckDB takes in a table of a thousand one-row chunks ten times slower
+                arrow = _labelled(tables, files, mtimes).combine_chunks()
             except pa.ArrowException as error:
                 raise CatalogError(f"partitions of {SOURCES[table]} disagree on column types: {error}") from error
-            tables = []
+            tables, files, mtimes, rows, size = [], [], [], 0, 0
             view = f"_arrow_{uuid.uuid4().hex}"
             con.register(view, arrow)
             try:
@@ -664,7 +683,9 @@ def _published(root: Home) -> Path:
 # ------------------------------------------------------------------------------------------- public
 
 
-def connect(home: str | Path | Home | None = None, *, published: bool = False) -> duckdb.DuckDBPyConnection:
+def connect(
+    home: str | Path | Home | None = None, *, published: bool = False, tables: Iterable[str] | None = None
+) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB with the lake as tables and the catalog's SQL macros.
 
     Tables: ``observations``, ``products``, ``files``, ``images`` (always, empty with their columns
@@ -682,6 +703,11 @@ def connect(home: str | Path | Home | None = None, *, published: bool = False) -
     lake is read (about 7 s per million image rows on two cores).
 
     ``published=True`` opens ``catalog.duckdb`` (from ``publish()``) read-only instead.
+
+    ``tables`` names the catalog tables to hold (default: all of them), for a caller that asks about
+    a few: every table it leaves out is never read, here or on refresh, which on a first read of a
+    lake of many observations is most of the cost. ``images`` brings ``quality`` with it, which
+    gives its ``s_resolution``.
 
     With the home on a store (``SKYASSETS_STORAGE``, or ``home`` given as ``s3://bucket/prefix``)
     the partition files are listed and read from the store itself and the published catalog is a
@@ -702,6 +728,11 @@ def connect(home: str | Path | Home | None = None, *, published: bool = False) -
     con = duckdb.connect(":memory:")
     con.execute("CREATE TABLE _skyassets (key VARCHAR PRIMARY KEY, value VARCHAR)")
     con.execute("INSERT INTO _skyassets VALUES ('home', ?)", [str(root.root)])
+    if tables is not None:
+        wanted = set(tables) | ({"quality"} if "images" in tables else set())
+        if unknown := sorted(wanted - set(SOURCES)):
+            raise ValueError(f"no catalog tables {unknown}: the catalog has {sorted(SOURCES)}")
+        con.execute("INSERT INTO _skyassets VALUES ('tables', ?)", [",".join(t for t in SOURCES if t in wanted)])
     if root.remote:
         con.execute("INSERT INTO _skyassets VALUES ('storage', ?), ('endpoint', ?)", [root.storage, root.endpoint])
     con.execute("CREATE TABLE _skyassets_files (tbl VARCHAR, file VARCHAR, mtime_ns BIGINT, size BIGINT, ino BIGINT)")
@@ -730,17 +761,18 @@ def refresh(con: duckdb.DuckDBPyConnection) -> bool:
         settings = dict(con.execute("SELECT key, value FROM _skyassets").fetchall())
     lake = LakeFiles(root)
     state, names = _state(con), _names_in(con)
+    wanted = settings["tables"].split(",") if "tables" in settings else list(SOURCES)
     changed: list[str] = []
     if "base" in settings:
         base, stale, tables = _state(con, f"{_BASE}.{_INDEX}.partitions"), _stale(con), _base_tables(con)
-        for table in SOURCES:
+        for table in wanted:
             new = table in tables and table not in names  # the first look: every base table is shown
             if _sync_table(con, lake, table, state[table], names, base.get(table, {}), stale[table]) or new:
                 changed.append(table)
-        if "quality" in changed and "images" not in changed:  # s_resolution comes from quality
+        if "quality" in changed and "images" in wanted and "images" not in changed:  # s_resolution from quality
             changed.append("images")
     else:
-        changed = [table for table in SOURCES if _sync_table(con, lake, table, state[table], names)]
+        changed = [table for table in wanted if _sync_table(con, lake, table, state[table], names)]
     for table in sorted(changed, key=lambda t: t == "images"):
         _expose(con, table, publish=False)
     if changed:

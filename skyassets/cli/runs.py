@@ -185,13 +185,13 @@ def _quarantine_reasons(home: Home, since: float) -> dict[str, str]:
     return reasons
 
 
-def _stored_paths(home: Home, key: str) -> dict[str, str]:
-    """Landed location -> where its copy is stored, from the partition's landing record."""
-    if not home.tables.exists("landing", key):
-        return {}
-    rows = home.tables.read("landing", key, columns=["filename", "location"]).to_dict("records")
-    where = home.observation_dir(LANDING_COLLECTION, key)
-    return {r["location"]: str(where / r["filename"]) for r in rows}
+def _stored_paths(home: Home, keys: Sequence[str]) -> dict[str, dict[str, str]]:
+    """Per partition: landed location -> where its copy is stored, from the landing records."""
+    stored = {}
+    for key, record in home.tables.read_partitions("landing", keys, columns=["filename", "location"]).items():
+        where = home.observation_dir(LANDING_COLLECTION, key)
+        stored[key] = {r["location"]: str(where / r["filename"]) for r in record.to_pylist()}
+    return stored
 
 
 def ingest(
@@ -241,11 +241,11 @@ def ingest(
             report.failed_runs.append(run.run_id)
             failed_in.update(dict.fromkeys(keys, run.run_id))
     quarantined = _quarantine_reasons(home, started - 1)
+    manifests = home.tables.read_partitions("fits_files", sorted(groups), columns=["dataURI"])
+    stored_paths = _stored_paths(home, sorted(groups))
     for key, landed in sorted(groups.items()):
-        copied = set()
-        if home.tables.exists("fits_files", key):
-            copied = set(home.tables.read("fits_files", key, columns=["dataURI"])["dataURI"])
-        stored = _stored_paths(home, key)
+        copied = set(manifests[key].column("dataURI").to_pylist()) if key in manifests else set()
+        stored = stored_paths.get(key, {})
         for file in landed:
             # quarantined first: a file copied but then refused by cataloguing is in both
             reason = quarantined.get(file.location) or quarantined.get(stored.get(file.location, ""))

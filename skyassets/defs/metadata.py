@@ -80,15 +80,16 @@ def partition_metadata(
     ``PER_PARTITION_LIMIT``: each partition's own row count, preview and ``figures`` (its rows are
     those whose ``by`` column holds its key) on its own materialisation, and the run's totals on
     all of them. A larger run: the run's totals only."""
-    if len(context.partition_keys) == 1:
+    keys = context.partition_keys  # Dagster reads every key of the partitions definition on each access
+    if len(keys) == 1:
         return {**frame_metadata(frame, preview_columns=preview_columns), **(figures(frame) if figures else {})}
-    if len(context.partition_keys) <= PER_PARTITION_LIMIT:
+    if len(keys) <= PER_PARTITION_LIMIT:
         parts = dict(iter(frame.groupby(by, sort=False))) if len(frame) else {}
-        for key in context.partition_keys:
+        for key in keys:
             part = parts.get(key, frame.iloc[0:0])
             context.add_asset_metadata(
                 {"dagster/row_count": len(part), "preview": preview(part, preview_columns),
                  **(figures(part) if figures else {})},
                 partition_key=key,
             )
-    return {"partitions_in_run": len(context.partition_keys), "rows_in_run": len(frame)}
+    return {"partitions_in_run": len(keys), "rows_in_run": len(frame)}

@@ -181,15 +181,65 @@ class Lake:
     def write(self, name: str, data: Data, partition: str | None = None) -> str:
         """Write a table (or one partition) cast to its declared schema, atomically; return its path."""
         spec = table(name)
-        file = self._file(name, partition)
-        cast = cast_to_schema(spec, data, partition)
+        self._file(name, partition)  # a partitioned table's partition must be named, before the cast
+        self._write_cast(spec, cast_to_schema(spec, data, partition), partition)
+        return self.path(name, partition)
+
+    def write_partitions(self, name: str, data: pa.Table | pd.DataFrame, by: str, partitions: Sequence[str]) -> None:
+        """Write each of ``partitions`` of a partitioned table: the rows of ``data`` whose ``by`` column
+        holds its key (none: an empty file), each file as :meth:`write` would write it alone.
+
+        A run of many partitions casts its rows once rather than once per partition (a cast costs
+        as much as a small file's write). Every partition is cast before any is written, so a value
+        that does not fit raises :class:`SchemaMismatch` naming its partition and nothing is written.
+        """
+        spec = table(name)
+        if not spec.partitioned:
+            raise ValueError(f"{name} is not partitioned")
+        keys = [validate_obs_id(k) for k in partitions]
+        columns = data.column_names if isinstance(data, pa.Table) else [str(c) for c in data.columns]
+        cast = None
+        if set(columns) <= set(spec.schema.names):  # an undeclared column takes its type from its partition's rows
+            try:
+                cast = cast_to_schema(spec, data)
+            except SchemaMismatch:
+                pass  # cast again partition by partition, for the error to name the partition
+        if cast is None:
+            frame = data.to_pandas() if isinstance(data, pa.Table) else data
+            groups = dict(iter(frame.groupby(by, sort=False))) if len(frame) else {}
+            parts = {k: cast_to_schema(spec, groups.get(k, frame.iloc[0:0]), k) for k in keys}
+        else:
+            positions: dict[str, list[int]] = {k: [] for k in keys}
+            for i, key in enumerate(cast.column(by).to_pylist()):
+                if key in positions:
+                    positions[key].append(i)
+            parts = {k: cast.take(pa.array(rows, pa.int64())) for k, rows in positions.items()}
+        for key, part in parts.items():
+            self._write_cast(spec, part, key)
+
+    def _write_cast(self, spec: Table, cast: pa.Table, partition: str | None) -> None:
+        """Write rows already cast to ``spec``'s schema: atomically, or in one verified upload."""
         if self._put is None:
-            write_parquet(cast, file, self.filesystem)
+            write_parquet(cast, self._file(spec.name, partition), self.filesystem)
         else:  # one verified request: the object appears whole, with the SHA-256 the store checked
             sink = pa.BufferOutputStream()
             pq.write_table(cast, sink)
             self._put(self._relative(spec, partition), sink.getvalue().to_pybytes())
-        return self.path(name, partition)
+
+    def read_partitions(
+        self, name: str, partitions: Sequence[str], *, columns: list[str] | None = None
+    ) -> dict[str, pa.Table]:
+        """Each of ``partitions`` written so far, read as :meth:`read_arrow` reads one; the others are
+        left out. One look at the filesystem for all of them, then one read per file that is there."""
+        files = [self._file(name, k) for k in partitions]
+        found = {}
+        for key, info in zip(partitions, self.filesystem.get_file_info(files), strict=True):
+            if info.type == pafs.FileType.File:
+                try:
+                    found[key] = read_parquet_table(info.path, self.filesystem, columns)
+                except FileNotFoundError:  # removed since the look: as if it had not been there
+                    continue
+        return found
 
     def read_arrow(self, name: str, partition: str | None = None, *, columns: list[str] | None = None) -> pa.Table:
         """A table, one partition, or (``partition=None``) all of a partitioned table's partitions.

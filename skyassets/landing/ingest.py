@@ -14,7 +14,7 @@ import hashlib
 import os
 import stat
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -179,31 +179,32 @@ def record_landed(home: Home, key: str, files: list[LandedFile]) -> str:
     return lake.write("landing", rows, partition=key)  # rows, not a frame: pandas costs more than the write
 
 
-def landed_requests(home: Home, key: str) -> list[tuple[dict, FileRequest]] | None:
-    """Copy requests for a landing partition, or ``None`` if the partition came from MAST.
+def landed_requests(home: Home, keys: Sequence[str]) -> dict[str, list[tuple[dict, FileRequest]]]:
+    """Copy requests for each of ``keys`` that is a landing partition; partitions from MAST are left out.
 
     A partition with MAST products is the archive's even if a landing record names it (one written
-    before landed keys had their own prefix): landed files never replace archive files.
+    before landed keys had their own prefix): landed files never replace archive files. The records
+    of a run's partitions are read in one pass (:meth:`Lake.read_partitions`).
     """
     lake = home.tables
-    if not lake.exists("landing", key) or lake.exists("mast_products", key):
-        return None
-    dest = home.observation_dir(LANDING_COLLECTION, key)
-    requests = []
-    for row in lake.read("landing", key).to_dict("records"):
-        local = row["source"] == "local"
-        requests.append(
+    requests: dict[str, list[tuple[dict, FileRequest]]] = {}
+    for key, record in lake.read_partitions("landing", keys).items():
+        if lake.exists("mast_products", key):
+            continue
+        dest = home.observation_dir(LANDING_COLLECTION, key)
+        requests[key] = [
             (
                 row,
                 FileRequest(
                     filename=row["filename"],
                     dest_dir=dest,
-                    local_path=Path(row["location"]) if local else None,
-                    s3_key=None if local else row["location"],
+                    local_path=Path(row["location"]) if row["source"] == "local" else None,
+                    s3_key=None if row["source"] == "local" else row["location"],
                     expected_size=int(row["size"]),
                 ),
             )
-        )
+            for row in record.to_pylist()
+        ]
     return requests
 
 

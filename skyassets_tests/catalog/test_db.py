@@ -507,3 +507,54 @@ def test_refresh_starts_again_from_a_newer_published_catalog(tmp_path):
     assert ids(catalog.search(con)) == set(image_rows(5, obs_id="obsB", seed=1).sha256)
     assert con.sql("SELECT count(*) FROM _raw_images").fetchall() == [(0,)]  # all in the newer catalog
     pd.testing.assert_frame_equal(images_of(con), images_of(from_lake_alone(tmp_path)))
+
+
+def test_connect_to_some_tables_reads_no_other(tmp_path, monkeypatch):
+    frame = image_rows(4)
+    put(tmp_path, "image_metadata", frame, "obs1")
+    put(tmp_path, "fits_files", frame[["path", "sha256"]], "obs1")
+    quality = pd.DataFrame({"sha256": frame.sha256, "hdu_index": frame.hdu_index, "score": 50.0, "fwhm_arcsec": 0.3})
+    put(tmp_path, "image_quality", quality, "obs1")
+    read: list[str] = []
+    original = catalog.LakeFiles.read
+    monkeypatch.setattr(catalog.LakeFiles, "read", lambda self, name: read.append(name) or original(self, name))
+
+    con = catalog.connect(tmp_path, tables=["images"])  # quality comes with images: it gives s_resolution
+    assert sorted(read) == ["image_metadata/obs1.parquet", "image_quality/obs1.parquet"]
+    assert dict(con.sql("SELECT sha256, s_resolution FROM images").fetchall()) == pytest.approx(
+        dict.fromkeys(frame.sha256, 0.3)
+    )
+    assert not {"files", "observations", "products"} & {r[0] for r in con.sql("SHOW TABLES").fetchall()}
+    put(tmp_path, "fits_files", frame[["path", "sha256"]].iloc[:2], "obs1")
+    put(tmp_path, "image_metadata", image_rows(2, obs_id="obs2", seed=1), "obs2")
+    read.clear()
+    assert catalog.refresh(con) is True and read == ["image_metadata/obs2.parquet"]  # files stay unread
+
+    catalog.publish(tmp_path)  # from the published catalog, too, only the tables asked for
+    con = catalog.connect(tmp_path, tables=["images"])
+    assert on_base(con)
+    assert not {"files", "observations", "products"} & {r[0] for r in con.sql("SHOW TABLES").fetchall()}
+    pd.testing.assert_frame_equal(images_of(con), images_of(from_lake_alone(tmp_path)))
+    with pytest.raises(ValueError, match="no catalog tables"):
+        catalog.connect(tmp_path, tables=["image_metadata"])
+
+
+def test_a_lake_read_in_many_chunks_is_the_lake_read_in_one(tmp_path, monkeypatch):
+    for k in range(12):
+        put(tmp_path, "image_metadata", image_rows(3 + k % 4, obs_id=f"obs{k:02d}", seed=k), f"obs{k:02d}")
+    whole = images_of(catalog.connect(tmp_path))
+    monkeypatch.setattr(catalog, "_CHUNK_BYTES", 1)  # every partition file goes into DuckDB on its own
+    pd.testing.assert_frame_equal(images_of(catalog.connect(tmp_path)), whole)
+    assert len(whole) == sum(3 + k % 4 for k in range(12))
+
+
+def test_a_column_without_values_in_some_files_takes_its_type_from_the_others(tmp_path):
+    """Files written before the lake cast to declared types hold all-null columns as Parquet null."""
+    put(tmp_path, "source_catalogs", pd.DataFrame({"sha256": ["a"], "flux": [None]}), "obs1")
+    put(tmp_path, "source_catalogs", pd.DataFrame({"sha256": ["b"], "flux": [7]}), "obs2")
+    put(tmp_path, "source_catalogs", pd.DataFrame({"sha256": ["c"], "only_null": [None]}), "obs3")
+    con = catalog.connect(tmp_path)
+    rows = con.sql("SELECT sha256, flux FROM sources ORDER BY sha256").fetchall()
+    assert rows == [("a", None), ("b", 7), ("c", None)]
+    types = dict(con.sql("SELECT column_name, column_type FROM (DESCRIBE sources)").fetchall())
+    assert types["flux"] == "BIGINT" and types["only_null"] == "VARCHAR"

@@ -63,10 +63,11 @@ def test_landed_files_get_safe_distinct_names(tmp_path):
         LandedFile("local", "/data/c/bell\x07.fits.fz", 10, "1", "c/bell.fits.fz"),
     ]
     record_landed(home, "night-1", files)
-    names = [request.filename for _, request in landed_requests(home, "night-1")]
+    requests = landed_requests(home, ["night-1", "from-mast"])
+    assert list(requests) == ["night-1"]  # a partition without a landing record is MAST's
+    names = [request.filename for _, request in requests["night-1"]]
     assert names[0] == "x.fits" and names[1].endswith("-x.fits") and names[2] == "file.fz"
-    assert all(request.dest_dir == home.files / "local" / "night-1" for _, request in landed_requests(home, "night-1"))
-    assert landed_requests(home, "from-mast") is None
+    assert all(request.dest_dir == home.files / "local" / "night-1" for _, request in requests["night-1"])
 
 
 def test_a_run_of_more_partitions_than_the_limit_keeps_to_its_totals(emu, tmp_path, monkeypatch):

@@ -96,6 +96,20 @@ def test_a_targets_inputs_are_its_usable_unrejected_images():
     assert {t: len(f) for t, f in target_inputs(groups, images, None).items()} == {"T1": 0, "T2": 0}
 
 
+def test_a_targets_inputs_come_sorted_by_instrument_filter_observation_and_file():
+    groups = pd.DataFrame({"obs_id": ["z", "y", "x"], "target": ["T2", "T1", "T2"]})
+    images = _images([("z", "s1"), ("y", "s2"), ("x", "s3"), ("z", "s0"), ("x", "s5")])
+    images["filter"] = ["F444W", "F200W", "F444W", "F090W", "F090W"]
+    quality = pd.DataFrame(
+        {"sha256": list(images.sha256), "hdu_index": 1, "usable": True, "flag": "good", "score": 1.0}
+    )
+    inputs = target_inputs(groups, images.sample(frac=1, random_state=3), quality)
+    assert list(inputs) == ["T1", "T2"]
+    assert list(inputs["T2"]["sha256"]) == ["s5", "s0", "s3", "s1"]  # F090W x, F090W z, F444W x, F444W z
+    assert list(inputs["T2"].index) == [0, 1, 2, 3] and list(inputs["T1"]["sha256"]) == ["s2"]
+    assert list(inputs["T1"].index) == [0]
+
+
 def test_the_inputs_digest_changes_with_the_images_not_their_order_or_scores():
     inputs = _images([("a", "s1"), ("b", "s2")]).assign(score=[80.0, 60.0], flag="good")
     same = inputs.iloc[::-1].assign(score=[10.0, 90.0])

@@ -153,6 +153,58 @@ def test_paths_partitions_exists_and_delete(lake):
     assert not lake.exists("fits_files", "obs1")
 
 
+def manifest(keys: list[str], **columns) -> pd.DataFrame:
+    """fits_files rows, two per key, as a run of several partitions holds them."""
+    rows = [
+        {"partition": k, "filename": f"{k}_{i}.fits", "size": 10 * i, "signature": None} for k in keys for i in (1, 2)
+    ]
+    return pd.DataFrame(rows).assign(**columns)
+
+
+@pytest.mark.parametrize("form", ["frame", "arrow"])
+def test_partitions_written_in_one_pass_are_the_files_written_one_by_one(tmp_path, form):
+    keys = ["obs1", "obs2", "obs3"]
+    frame = manifest(["obs2", "obs1"])  # obs3 has no rows: its file is written, empty
+    data = frame if form == "frame" else pa.Table.from_pandas(frame, preserve_index=False)
+    one_pass, one_by_one = Lake(tmp_path / "a"), Lake(tmp_path / "b")
+    one_pass.write_partitions("fits_files", data, by="partition", partitions=keys)
+    for key in keys:
+        one_by_one.write("fits_files", frame[frame.partition == key], partition=key)
+    assert one_pass.partitions("fits_files") == keys
+    for key in keys:
+        alone = one_by_one.read_arrow("fits_files", key)
+        assert one_pass.read_arrow("fits_files", key).equals(alone, check_metadata=True)
+    assert one_pass.read("fits_files", "obs1")["filename"].tolist() == ["obs1_1.fits", "obs1_2.fits"]
+    assert one_pass.read_arrow("fits_files", "obs3").num_rows == 0
+
+
+def test_partitions_written_in_one_pass_keep_their_own_extra_columns(lake):
+    extra = pd.Series(["a", "b", None, None], dtype=object)  # undeclared, with values in obs1 only
+    frame = manifest(["obs1", "obs2"], extra=extra)
+    lake.write_partitions("fits_files", frame, by="partition", partitions=["obs1", "obs2"])
+    assert lake.read("fits_files", "obs1")["extra"].tolist() == ["a", "b"]
+    assert "extra" not in lake.read_arrow("fits_files", "obs2").schema.names  # as if written alone
+
+
+def test_a_value_that_cannot_be_cast_in_one_pass_names_its_partition_and_writes_nothing(lake):
+    frame = manifest(["obs1", "obs2"], size=[1, 2, 3, "big"])
+    with pytest.raises(SchemaMismatch, match=r"fits_files partition obs2: column 'size'"):
+        lake.write_partitions("fits_files", frame, by="partition", partitions=["obs1", "obs2"])
+    assert lake.partitions("fits_files") == []
+    with pytest.raises(ValueError, match="not partitioned"):
+        lake.write_partitions("target_groups", pd.DataFrame({"target": ["T"]}), by="target", partitions=["T"])
+    with pytest.raises(InvalidNameError):
+        lake.write_partitions("fits_files", manifest(["../up"]), by="partition", partitions=["../up"])
+
+
+def test_partitions_read_in_one_pass_leave_out_those_not_written(lake):
+    lake.write_partitions("fits_files", manifest(["obs1", "obs3"]), by="partition", partitions=["obs1", "obs3"])
+    found = lake.read_partitions("fits_files", ["obs1", "obs2", "obs3"], columns=["filename"])
+    assert list(found) == ["obs1", "obs3"] and found["obs3"].schema.names == ["filename"]
+    assert found["obs1"].equals(lake.read_arrow("fits_files", "obs1", columns=["filename"]))
+    assert lake.read_partitions("fits_files", []) == {}
+
+
 def test_a_failed_write_leaves_the_old_file_and_no_temporary(lake, monkeypatch):
     lake.write("recipes", pd.DataFrame({"recipe": ["a", "b"]}), partition="T")
 
@@ -202,7 +254,11 @@ def test_an_object_store_lake(tmp_path, monkeypatch):
         assert lake.write("mosaics", [{"target": "T", "n_inputs": 3}], partition="T") == f"s3://{BUCKET}/lake/mosaics/T.parquet"
         assert lake.partitions("mosaics") == ["T"] and lake.exists("mosaics", "T")
         assert lake.read_arrow("mosaics", "T").schema.equals(table("mosaics").schema, check_metadata=True)
-        assert lake.delete("mosaics", "T") and not lake.exists("mosaics")
+        lake.write_partitions("mosaics", pd.DataFrame({"target": ["U", "V"], "n_inputs": [1, 2]}), "target", ["U", "V"])
+        found = lake.read_partitions("mosaics", ["T", "U", "V", "W"], columns=["n_inputs"])
+        assert {k: t.column("n_inputs").to_pylist() for k, t in found.items()} == {"T": [3], "U": [1], "V": [2]}
+        assert lake.delete("mosaics", "T") and lake.delete("mosaics", "U") and lake.delete("mosaics", "V")
+        assert not lake.exists("mosaics")
     finally:
         server.close()
 

@@ -76,7 +76,7 @@ def test_every_name_derived_from_a_stored_name_fits(tmp_path: Path, length: int,
     files = [LandedFile("local", f"/data/{d}/{name}", 10, "1", f"{d}/{name}") for d in ("a", "b")]
     home = Home(tmp_path)
     record_landed(home, "landed-k", files)
-    stored = [request.filename for _, request in landed_requests(home, "landed-k")]
+    stored = [request.filename for _, request in landed_requests(home, ["landed-k"])["landed-k"]]
     assert len(set(stored)) == 2
     for each in stored:
         assert each.endswith(suffix) and stem[:20] in each
@@ -93,11 +93,11 @@ def test_a_partition_with_archive_products_is_never_copied_from_a_landing_record
     files = [LandedFile("local", "/data/x.fits", 10, "1", "x.fits")]
     record_landed(home, "jw01234-o001_t001_nircam_clear-f200w", files)
     record_landed(home, "landed-jw01234-o001_t001_nircam_clear-f200w", files)
-    assert landed_requests(home, "jw01234-o001_t001_nircam_clear-f200w") is not None
+    keys = ["jw01234-o001_t001_nircam_clear-f200w", "landed-jw01234-o001_t001_nircam_clear-f200w"]
+    assert set(landed_requests(home, keys)) == set(keys)
     products = pd.DataFrame({"partition": ["jw01234-o001_t001_nircam_clear-f200w"], "productFilename": ["a.fits"]})
     home.tables.write("mast_products", products, partition="jw01234-o001_t001_nircam_clear-f200w")
-    assert landed_requests(home, "jw01234-o001_t001_nircam_clear-f200w") is None
-    assert landed_requests(home, "landed-jw01234-o001_t001_nircam_clear-f200w") is not None
+    assert set(landed_requests(home, keys)) == {"landed-jw01234-o001_t001_nircam_clear-f200w"}
 
 
 def test_a_landed_file_that_fails_cataloguing_in_any_way_is_quarantined_with_its_location(tmp_path: Path) -> None:

@@ -177,11 +177,11 @@ class _ProgressLog:
 
 def _earlier_manifests(lake: Lake, obs_ids: list[str]) -> dict[tuple[str, str], dict]:
     """The previous manifest rows, so a file skipped as verified keeps the record of its download."""
-    rows = {}
-    for obs_id in obs_ids:
-        if lake.exists("fits_files", obs_id):
-            rows.update({(obs_id, row["filename"]): row for row in lake.read("fits_files", obs_id).to_dict("records")})
-    return rows
+    return {
+        (obs_id, row["filename"]): row
+        for obs_id, manifest in lake.read_partitions("fits_files", obs_ids).items()
+        for row in manifest.to_pylist()
+    }
 
 
 def _quarantine_bad_landed_files(root: Home, requests: "list[FileRequest]", results: "list[FileResult]") -> list[str]:
@@ -345,18 +345,21 @@ def fits_files(
 
     root = home.home
     lake = root.tables
-    earlier = _earlier_manifests(lake, context.partition_keys)
+    keys = context.partition_keys  # Dagster reads every key of the partitions definition on each access
+    earlier = _earlier_manifests(lake, keys)
+    landed = landed_requests(root, keys)
+    archived = lake.read_partitions("mast_products", [k for k in keys if k not in landed])
     requests, owner = [], []
-    for obs_id in context.partition_keys:
-        landed = landed_requests(root, obs_id)
-        if landed is not None:  # a partition of the landing zone: copy its files
-            for row, request in landed:
+    for obs_id in keys:
+        if obs_id in landed:  # a partition of the landing zone: copy its files
+            for row, request in landed[obs_id]:
                 _forget_changed_copy(request, earlier.get((obs_id, request.filename)), row["signature"])
                 requests.append(request)
                 owner.append((obs_id, row["location"], row["signature"]))
             continue
-        products = lake.read("mast_products", obs_id)
-        for product in products.to_dict("records"):
+        if obs_id not in archived:
+            raise Failure(f"{obs_id}: neither landed files nor MAST products (mast_products) to fetch")
+        for product in archived[obs_id].to_pandas().to_dict("records"):
             requests.append(
                 FileRequest(
                     filename=product["productFilename"],
@@ -392,10 +395,7 @@ def fits_files(
         ],
         columns=table("fits_files").schema.names,
     )
-    by_partition = dict(iter(manifest.groupby("partition", sort=False)))
-    empty = manifest.iloc[0:0]
-    for obs_id in context.partition_keys:
-        lake.write("fits_files", by_partition.get(obs_id, empty), partition=obs_id)
+    lake.write_partitions("fits_files", manifest, by="partition", partitions=keys)
     root.trim()
     status = Counter(r.status for r in results)
     fetched = sum(r.bytes_fetched for r in results)

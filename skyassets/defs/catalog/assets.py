@@ -1,9 +1,7 @@
 """The catalogue assets: image metadata per observation, and the DuckDB catalog of the lake."""
 
 import os
-from collections import defaultdict
 
-import pyarrow as pa
 from dagster import (
     AssetExecutionContext,
     AutomationCondition,
@@ -40,20 +38,23 @@ def image_metadata(context: AssetExecutionContext, home: HomeResource) -> Materi
 
     root = home.home
     lake = root.tables
-    sources = []
-    for obs_id in context.partition_keys:
-        manifest = lake.read("fits_files", obs_id)
-        sources += [
-            {
-                "path": str(root.local(row["path"], row["sha256"])),
-                "stored_path": row["path"],
-                "sha256": row["sha256"],
-                "size": int(row["size"]),
-                "access_url": row["dataURI"],
-                "obs_id": obs_id,
-            }
-            for row in manifest.to_dict("records")
-        ]
+    keys = context.partition_keys  # Dagster reads every key of the partitions definition on each access
+    manifests = lake.read_partitions("fits_files", keys, columns=["path", "sha256", "size", "dataURI"])
+    missing = [k for k in keys if k not in manifests]
+    if missing:
+        raise Failure(f"no fits_files manifest for {len(missing)} partitions: {', '.join(missing[:5])}")
+    sources = [
+        {
+            "path": str(root.local(row["path"], row["sha256"])),
+            "stored_path": row["path"],
+            "sha256": row["sha256"],
+            "size": int(row["size"]),
+            "access_url": row["dataURI"],
+            "obs_id": obs_id,
+        }
+        for obs_id in keys
+        for row in manifests[obs_id].to_pylist()
+    ]
     # Worker processes pay off only for batches (backfills, bulk ingests); a few files go inline.
     workers = 1 if len(sources) < 16 else os.cpu_count() or 1
     rows, failures = extract_many(sources, processes=workers, quarantine_dir=root.quarantine)
@@ -66,14 +67,9 @@ def image_metadata(context: AssetExecutionContext, home: HomeResource) -> Materi
         )
     for failure in failures:
         context.log.warning(f"quarantined {failure.path}: {failure.reason} (now {failure.quarantined})")
-    # One conversion for the batch, then a slice per partition: converting each partition's rows
-    # on their own costs more than extracting them.
-    rows_table = to_table(rows)
-    positions: dict[str, list[int]] = defaultdict(list)
-    for i, obs_id in enumerate(rows_table.column("obs_id").to_pylist()):
-        positions[obs_id].append(i)
-    for obs_id in context.partition_keys:
-        lake.write("image_metadata", rows_table.take(pa.array(positions.get(obs_id, []), pa.int64())), partition=obs_id)
+    # One conversion and one cast for the batch, then a file per partition: converting each
+    # partition's rows on their own costs more than extracting them.
+    lake.write_partitions("image_metadata", to_table(rows), by="obs_id", partitions=keys)
     root.trim()
     quarantined = "\n".join(f"- `{f.path}`: {f.reason} (moved to `{f.quarantined}`)" for f in failures)
     return MaterializeResult(

@@ -85,13 +85,14 @@ def image_quality(
 
     root = home.home
     lake = root.tables
-    images = _catalogued_images(lake, context.partition_keys)
+    keys = context.partition_keys  # Dagster reads every key of the partitions definition on each access
+    images = _catalogued_images(lake, keys)
     # one task per image: on the Dask cluster when the dask resource names a scheduler, else here
     measured = dask.map(partial(_measure, root), images.to_dict("records"))
     metrics = pd.DataFrame([m.metrics for m in measured], columns=_metric_columns())
-    scored = score(metrics, reference_depth=_reference_depths(lake, context.partition_keys))
+    scored = score(metrics, reference_depth=_reference_depths(lake, keys))
     sources = pd.concat([m.sources for m in measured if len(m.sources)] or [pd.DataFrame(columns=SOURCE_SCHEMA.names)])
-    for obs_id in context.partition_keys:
+    for obs_id in keys:
         mine = scored[scored["obs_id"] == obs_id].reset_index(drop=True)
         lake.write("image_quality", mine, partition=obs_id)
         lake.write("source_catalogs", sources[sources["obs_id"] == obs_id], partition=obs_id)

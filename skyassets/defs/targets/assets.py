@@ -56,7 +56,7 @@ def target_groups(context: AssetExecutionContext, home: HomeResource) -> Materia
     from skyassets.imaging.targets import group_targets, inputs_digest, target_inputs
 
     root = home.home
-    con = connect(root)
+    con = connect(root, tables=("images", "quality"))  # the lake's other tables are not read
     try:
         images = con.execute(
             "SELECT obs_id, target_name, s_region, file_name, path, hdu_index, sha256, instrument_name, filter, "
