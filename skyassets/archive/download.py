@@ -89,10 +89,6 @@ _PROBE_SHORT_SECONDS = 0.02
 # finishes a whole range alone (aria2c's "split on idle"), and over a long round trip nothing is
 # split that the connection holding it finishes sooner.
 _SPLIT_MIN = 256 << 10
-# Over a capped link a connection asks for its next range this many answer waits before the current
-# one ends, on a second connection of the pool: the answer comes while the last bytes still arrive,
-# instead of leaving the connection idle for a round trip and the server's turn at every range.
-_ASK_AHEAD_WAITS = 1.5
 _CONTENT_RANGE_RE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 _PLAIN_MD5_RE = re.compile(r"^[0-9a-f]{32}$")
 _RETRYABLE_HTTP = {408, 425, 429, 500, 502, 503, 504}
@@ -504,12 +500,6 @@ class _Body:
         self.sha256 = sha256
 
 
-def _close_answer(opened: Future[_Body]) -> None:
-    """Close an answer that was asked for ahead and will not be read."""
-    if not opened.cancelled() and opened.exception() is None:
-        opened.result().close()
-
-
 def _b64_hex(value: str | None) -> str | None:
     """A base64 digest header (``Content-MD5``, ``x-amz-checksum-sha256``) as hex; None if absent,
     composite (multipart ``...-N``) or unreadable."""
@@ -784,8 +774,7 @@ class _Downloader:
 
     @staticmethod
     def _pool_size(config: DownloadConfig) -> int:
-        """Two per connection: a ranged connection asks for its next range before the current ends."""
-        return max(config.parallel, 1) * max(config.connections, 1) * 2
+        return max(config.parallel, 1) * max(config.connections, 1)
 
     # ----- sources -------------------------------------------------------------------------
 
@@ -1130,39 +1119,23 @@ class _Downloader:
                 with save_lock:
                     job.save_state(source, done)
 
-            def ask_ahead() -> tuple[_Claim, Future[_Body]] | None:
-                """The next queued piece, claimed and asked for now (called under the lock)."""
-                if not queue:
-                    return None
-                a, b = queue.popleft()
-                if not queue:
-                    wake.set()
-                claim = _Claim(a, b, a)
-                active.append(claim)
-                return claim, asker.submit(opener, job, a, b)
-
-            def fetch_piece(claim: _Claim, opened: Future[_Body] | None,
-                            ahead: list[tuple[_Claim, Future[_Body]]]) -> None:
+            def fetch_piece(start: int, end: int) -> None:
                 # Until the link is seen to cap a connection, one request asks for the whole run of
                 # queued pieces that follows, and claims each piece as its bytes arrive: one request
                 # per file on a fast link instead of one per segment. A piece another connection took
-                # ends the request there. Over a capped link the next piece is asked for ahead
-                # (``ahead``), when what is left of this one takes _ASK_AHEAD_WAITS answer waits.
-                start, end = claim.start, claim.end
-                reach = end
+                # ends the request there.
+                claim = _Claim(start, end, start)
+                with lock:
+                    reach = end
+                    if not widen.is_set():
+                        for a, b in queue:
+                            if a != reach:
+                                break
+                            reach = b
+                    active.append(claim)
                 asked = time.monotonic()
                 try:
-                    if opened is None:
-                        with lock:
-                            if not widen.is_set():
-                                for a, b in queue:
-                                    if a != reach:
-                                        break
-                                    reach = b
-                            active.append(claim)
-                        body = opener(job, start, reach)
-                    else:
-                        body = opened.result()
+                    body = opener(job, start, reach)
                 except BaseException:
                     with lock:
                         active.remove(claim)
@@ -1220,16 +1193,8 @@ class _Downloader:
                         for data in body.chunks:
                             if first is None:
                                 first = claim.first = time.monotonic()
-                                if opened is None:  # an answer asked for ahead came while this waited
-                                    with lock:
-                                        answer_seconds[0] = max(answer_seconds[0], first - asked)
-                            elif not ahead and reach == end and widen.is_set():
-                                got = pos + pending + len(data) - start
-                                left = claim.end - start - got
-                                if left * (time.monotonic() - first) <= got * _ASK_AHEAD_WAITS * answer_seconds[0]:
-                                    with lock:
-                                        if (next_piece := ask_ahead()) is not None:
-                                            ahead.append(next_piece)
+                                with lock:
+                                    answer_seconds[0] = max(answer_seconds[0], first - asked)
                             elif not widen.is_set():
                                 elapsed = time.monotonic() - first
                                 got = pos + pending - start
@@ -1278,34 +1243,24 @@ class _Downloader:
                     wake.wait()
                     if not widen.is_set():
                         return
-                ahead: list[tuple[_Claim, Future[_Body]]] = []
-                try:
-                    while not failures:
-                        if ahead:
-                            claim, opened = ahead.pop()
-                        else:
-                            opened = None
-                            with lock:
-                                if queue:
-                                    start, end = queue.popleft()
-                                    if not queue:
-                                        wake.set()
-                                elif (taken := split()) is not None:
-                                    start, end = taken
-                                else:
-                                    return
-                            claim = _Claim(start, end, start)
-                        fetch_piece(claim, opened, ahead)
-                except BaseException as exc:  # noqa: BLE001 - handed to the caller below
+                while not failures:
                     with lock:
-                        failures.append(exc)
-                        lock.notify_all()
-                    wake.set()
-                finally:
-                    for claim, opened in ahead:  # asked for, never read: the attempt is ending
+                        if queue:
+                            start, end = queue.popleft()
+                            if not queue:
+                                wake.set()
+                        elif (taken := split()) is not None:
+                            start, end = taken
+                        else:
+                            return
+                    try:
+                        fetch_piece(start, end)
+                    except BaseException as exc:  # noqa: BLE001 - handed to the caller below
                         with lock:
-                            active.remove(claim)
-                        opened.add_done_callback(_close_answer)
+                            failures.append(exc)
+                            lock.notify_all()
+                        wake.set()
+                        return
 
             def hasher() -> None:
                 nonlocal reading_back
@@ -1331,16 +1286,13 @@ class _Downloader:
                         lock.notify_all()
                     wake.set()
 
-            count = min(connections, max(len(queue), 1))
-            asker = ThreadPoolExecutor(max_workers=count, thread_name_prefix="skyassets-range-ask")
             threads = [threading.Thread(target=worker, args=(i,), name=f"skyassets-range-{i}", daemon=True)
-                       for i in range(count)]
+                       for i in range(min(connections, max(len(queue), 1)))]
             checker = threading.Thread(target=hasher, name="skyassets-range-hash", daemon=True)
             for t in [*threads, checker]:
                 t.start()
             for t in threads:
                 t.join()
-            asker.shutdown(wait=False, cancel_futures=True)
             with lock:
                 finished.set()
                 lock.notify_all()

@@ -388,9 +388,6 @@ class MastHandler(BaseHTTPRequestHandler):
 
     # ------------------------------------------------------------- download
     def _download(self, method: str, uri: str) -> None:
-        arrived = time.monotonic()
-        if self.server.latency:
-            time.sleep(self.server.latency)  # a round trip over a WAN and the server's turn
         entry = self.server.sky_file(uri)
         if entry is None:
             body = f"File {uri} not found".encode()
@@ -453,7 +450,6 @@ class MastHandler(BaseHTTPRequestHandler):
             total = size + 1000 if kind == "wrong_total" else size
             self.send_header("Content-Range", f"bytes {start}-{end}/{total}")
         log = self._log(status, 0, uri)
-        log["arrived"] = arrived
         self.end_headers()
         if method == "HEAD":
             return
@@ -466,7 +462,6 @@ class MastHandler(BaseHTTPRequestHandler):
         corrupt_at = fault.offset if fault and fault.kind == "corrupt" else None
         try:
             log["bytes_sent"] = self._stream(path, start, limit, corrupt_at, log)
-            log["ended"] = time.monotonic()
         finally:
             if fault and fault.kind in ("drop", "stall") and limit < length:
                 if fault.kind == "stall":
@@ -585,8 +580,6 @@ class MastServer(ThreadingHTTPServer):
         self.tokens: dict[str, set[str]] = {}
         # Bytes per second each download connection may carry (0: no limit), like a WAN or S3 link.
         self.throttle = 0.0
-        # Seconds each download waits before its answer (0: none), like a WAN round trip.
-        self.latency = 0.0
 
     # ---------------------------------------------------------- lookups
     def sky_file(self, uri: str) -> tuple[Path, int, str, str] | None:

@@ -193,22 +193,3 @@ def test_a_connection_with_nothing_left_splits_the_range_a_stalled_one_holds(emu
     retry = next(i for i, (a, _) in enumerate(later) if a == sent)
     assert split < retry and all(b < last for a, b in later[retry:])
     assert result.attempts == 2 and result.bytes_fetched == len(content)  # nothing split off came twice
-
-
-def test_over_a_capped_link_a_connection_asks_for_its_next_range_before_the_current_one_ends(
-        emu, tmp_path: Path) -> None:
-    product, content = publish_file(emu, tmp_path, 3)
-    name = product["productFilename"]
-    since = len(emu.requests)
-    emu.throttle, emu.latency = 4_000_000, 0.05  # a capped connection, and a round trip before each answer
-    try:
-        (result,) = download_files([file_request(emu, product, tmp_path)],
-                                   download_config(emu, connections=2, segment_size=SEGMENT, fast_stream=0))
-    finally:
-        emu.throttle, emu.latency = 0, 0
-    assert_in_place(result, content)
-    assert result.bytes_fetched == len(content)  # nothing asked for ahead came twice
-    gets = [g for g in gets_of(emu, since, name) if "ended" in g]
-    # Two connections: without asking ahead, at most two answers are ever under way at once.
-    under_way = max(sum(o["arrived"] <= g["arrived"] < o["ended"] for o in gets) for g in gets)
-    assert under_way > 2, under_way

@@ -38,10 +38,8 @@ def test_head_and_full_get(emu: Emulator, url: str, whole: bytes) -> None:
     reply = _get(url)
     assert reply.status_code == 200 and reply.content == whole
     entry = emu.requests.snapshot()[-1]
-    arrived, ended = entry.pop("arrived"), entry.pop("ended")
     assert entry == {"method": "GET", "path": "/api/v0.1/Download/file", "uri": URI, "range": None,
                      "status": 200, "bytes_sent": len(whole)}
-    assert arrived <= ended  # when the request came and when its last byte went out
 
 
 def test_ranges(url: str, whole: bytes) -> None:
