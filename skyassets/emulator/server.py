@@ -23,6 +23,7 @@ import json
 import math
 import re
 import socket
+import sys
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -580,6 +581,13 @@ class MastServer(ThreadingHTTPServer):
         self.tokens: dict[str, set[str]] = {}
         # Bytes per second each download connection may carry (0: no limit), like a WAN or S3 link.
         self.throttle = 0.0
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client hanging up (a range closed before its end, a pooled connection dropped) is how
+        downloads end, not a server error; anything else is printed as usual."""
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
 
     # ---------------------------------------------------------- lookups
     def sky_file(self, uri: str) -> tuple[Path, int, str, str] | None:

@@ -153,3 +153,15 @@ def test_control_endpoints(emu: Emulator, url: str) -> None:
     assert [e["status"] for e in log if e["uri"] == URI][-2:] == [429, 200]
     bad = requests.post(emu.url + "/_emulator/faults", json={"kind": "explode"}, timeout=10)
     assert bad.status_code == 400
+
+
+def test_a_client_that_hangs_up_is_not_a_server_error(emu: Emulator, url: str, capfd) -> None:
+    """A download reset mid-answer (a range closed early, as ranged downloads do) prints nothing."""
+    parts = urlsplit(url)
+    for _ in range(3):
+        with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+            sock.sendall(f"GET {parts.path}?{parts.query} HTTP/1.1\r\nHost: {parts.netloc}\r\n\r\n".encode())
+            assert sock.recv(1024).startswith(b"HTTP/1.")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")  # reset
+    time.sleep(0.5)  # the server's threads meet the reset
+    assert "Traceback" not in capfd.readouterr().err
