@@ -49,8 +49,9 @@ WeightKind = Literal["auto", "err", "wht"]
 # Differences sampled per overlap for the background offset: enough for a median good to 1e-3 sigma.
 MAX_OVERLAP_SAMPLES = 1_000_000
 PREVIEW_SIDE = 256
-# Outlier rejection: only where at least this many inputs cover a pixel, since with two a median
-# cannot tell which one is wrong.
+# Outlier rejection against the median where at least this many inputs cover a pixel; where two do,
+# a median cannot tell which one is wrong, and the brighter is the outlier when it stands above the
+# fainter (cosmic rays only add light: AstroDrizzle's "minmed").
 REJECT_MIN_INPUTS = 3
 # On top of k sigma a value may differ from the median by this multiple of the median's local
 # contrast (its largest step to a 4-neighbour): resampled stars differ between exposures through
@@ -620,7 +621,7 @@ def _coadd(placed: list[_Placed], shape: tuple[int, int], work: Path, slab: int,
                 value[j][at] -= np.float32(p.background)
                 weight[j][at] = _file(stem.with_suffix(".wht"), np.float32, p.width, *rows, "r")
             core = slice(r0 - h0, r1 - h0)
-            if reject_sigma is not None and len(members) >= REJECT_MIN_INPUTS:
+            if reject_sigma is not None and len(members) >= 2:
                 noise = np.array([p.noise for _, p in members], np.float32)
                 ratio = np.array([p.pixel_ratio for _, p in members], np.float32)
                 out = _reject(value, weight, noise, ratio, reject_sigma)
@@ -651,7 +652,11 @@ def _reject(value: np.ndarray, weight: np.ndarray, noise: np.ndarray, ratio: np.
 
     Where at least ``REJECT_MIN_INPUTS`` inputs cover a pixel, a value is an outlier when it
     differs from their median by more than ``k`` times its input's noise plus ``CONTRAST_SCALE``
-    times the median's local contrast (the AstroDrizzle / JWST outlier_detection criterion). The
+    times the median's local contrast (the AstroDrizzle / JWST outlier_detection criterion). Where
+    two inputs cover it, the reference is the fainter value instead of the median, and only the
+    brighter can be an outlier, standing above it by that much with the noise of both (``k``
+    sqrt(2) times its own): cosmic rays only add light, and half the field of a two-exposure
+    mosaic kept them all before. The
     noise is each input's sky and read noise, not a MAD across the stack: three to five values
     give no usable spread of their own, and a star's Poisson noise and resampling differences are
     covered by the contrast term, which is large exactly where the median is not smooth. The
@@ -670,20 +675,25 @@ def _reject(value: np.ndarray, weight: np.ndarray, noise: np.ndarray, ratio: np.
     covered = weight > 0
     count = covered.sum(axis=0)
     deep = count >= REJECT_MIN_INPUTS
-    if not deep.any():
+    pair = count == 2
+    judged = deep | pair
+    if not judged.any():
         return np.zeros(value.shape, bool)
-    stack = np.where(covered[:, deep], value[:, deep], np.nan)
-    stack.sort(axis=0)  # NaN (not covered) last
-    n = count[deep][None]
-    median = np.full(deep.shape, np.nan, np.float32)
-    median[deep] = 0.5 * (np.take_along_axis(stack, (n - 1) // 2, 0)[0] + np.take_along_axis(stack, n // 2, 0)[0])
-    del stack
+    median = np.full(deep.shape, np.nan, np.float32)  # the reference: the median, or the fainter of two
+    if deep.any():
+        stack = np.where(covered[:, deep], value[:, deep], np.nan)
+        stack.sort(axis=0)  # NaN (not covered) last
+        n = count[deep][None]
+        median[deep] = 0.5 * (np.take_along_axis(stack, (n - 1) // 2, 0)[0] + np.take_along_axis(stack, n // 2, 0)[0])
+        del stack
+    if pair.any():
+        median[pair] = np.where(covered[:, pair], value[:, pair], np.inf).min(axis=0)
     contrast = np.zeros(deep.shape, np.float32)
     reach = np.ceil(np.where(covered, ratio[:, None, None], 0.0).max(axis=0) - RATIO_SLACK).astype(int)
-    for half in np.unique(reach[deep & (reach > 1)]):
-        upper = maximum_filter(np.where(deep, median, -np.inf), size=2 * half + 1)
-        lower = minimum_filter(np.where(deep, median, np.inf), size=2 * half + 1)
-        at = deep & (reach == half)
+    for half in np.unique(reach[judged & (reach > 1)]):
+        upper = maximum_filter(np.where(judged, median, -np.inf), size=2 * half + 1)
+        lower = minimum_filter(np.where(judged, median, np.inf), size=2 * half + 1)
+        at = judged & (reach == half)
         contrast[at] = np.maximum(upper[at] - median[at], median[at] - lower[at])
     for axis in (0, 1):
         step = np.abs(np.diff(median, axis=axis))  # NaN next to a pixel without a median: ignored
@@ -694,16 +704,19 @@ def _reject(value: np.ndarray, weight: np.ndarray, noise: np.ndarray, ratio: np.
         np.fmax(contrast[tuple(hi)], step, out=contrast[tuple(hi)])
     tolerance = CONTRAST_SCALE * contrast
     out = np.zeros(value.shape, bool)
+    pair_k = np.float32(k * math.sqrt(2.0))
     for j in range(len(value)):
-        with np.errstate(invalid="ignore"):  # NaN median where too few inputs: never an outlier
-            out[j] = (np.abs(value[j] - median) > tolerance + np.float32(k) * noise[j]) & covered[j]
+        with np.errstate(invalid="ignore"):  # NaN reference where one input alone: never an outlier
+            diff = value[j] - median
+            out[j] = np.where(pair, diff > tolerance + pair_k * noise[j],
+                              np.abs(diff) > tolerance + np.float32(k) * noise[j]) & covered[j]
     if out.any():
         out = grown(out, 1)
         for j, r in enumerate(ratio):  # an undersampled input's outlier spreads over its own pixel size
             grow = math.ceil(r - RATIO_SLACK)
             if grow > 1 and out[j].any():
                 out[j] = grown(out[j], grow - 1)
-        out &= covered & deep
+        out &= covered & judged
     return out
 
 
