@@ -11,8 +11,11 @@ ways. Printed per picture (``picture_figures``): the blank sky's R, G, B medians
 (max - min) / mean, over pixels the truth says hold no extended emission and no star within
 15 px x (its flux in uJy) ** 1/5;
 the median R/G and B/G of the light of the truth's stars on blank sky; the fraction of pixels with a
-colour at 1. Then the emulator's generation of the default sky with and without extended sources,
-interleaved, in CPU seconds of this process (the machine may be shared) and wall seconds.
+colour at 1. For the default picture also each filter's sky level against the median of the truth's
+blank sky (in noise sigmas), and each of those stars' own R/G and B/G with its true F444W / F090W
+flux ratio and the share of its aperture every filter covers. Then the emulator's
+generation of the default sky with and without extended sources, interleaved, in CPU seconds of
+this process (the machine may be shared) and wall seconds.
 """
 
 from __future__ import annotations
@@ -60,14 +63,24 @@ def pictures(sky: Sky, out: Path) -> list[dict]:
             radius = 15.0 * max(1.0, max(s["flux_ujy"][f] for f in FILTERS)) ** (1 / 5)
             near |= (cols_px - x) ** 2 + (rows_px - y) ** 2 < radius**2
         blank = footprint & ~near & (emission < 0.05)
-        on_blank = [(int(round(y)), int(round(x))) for s, x, y in zip(stars, sx, sy, strict=True)
+        measured = [(int(round(y)), int(round(x)), s["flux_ujy"]["F444W"] / s["flux_ujy"]["F090W"])
+                    for s, x, y in zip(stars, sx, sy, strict=True)
                     if not s["on_extended"] and not s["bright"] and s["flux_ujy"]["F200W"] > 0.5]
+        on_blank = [(r, c) for r, c, _ in measured]
         colours = composite.channel_colours([BANDS[f].pivot_um for f in FILTERS])
+        balance = composite.balance_channels(channels)
         for method in ("lupton", "screen"):
             rgb = composite.compose(channels, colours, method=method)
             composite.write_composite(rgb, wcs, out / f"{target.program}_{method}")
             figures = composite.picture_figures(rgb, blank, on_blank, half=8, footprint=footprint)
-            rows.append({"target": target.name, "method": method, **figures})
+            row = {"target": target.name, "method": method, **figures}
+            if method == "lupton":  # the default's sky per filter against the truth's, and each star
+                row["sky_sigmas"] = [(s - float(np.median(c[blank]))) / n
+                                     for c, s, n in zip(channels, balance.sky, balance.noise, strict=True)]
+                row["per_star"] = [((r, c, ratio, float(footprint[r - 8:r + 9, c - 8:c + 9].mean())),
+                                    composite.picture_figures(rgb, blank, [(r, c)], half=8))
+                                   for r, c, ratio in measured]
+            rows.append(row)
     return rows
 
 
@@ -90,6 +103,13 @@ def show(out: Path) -> None:
     for r in pictures(Sky(out / "home", SkySpec()), out):
         print(f"{r['target']:20s} {r['method']:7s} {r['sky_r']:7.3f} {r['sky_g']:7.3f} {r['sky_b']:7.3f} "
               f"{r['sky_spread']:7.1%} {r['star_rg']:8.2f} {r['star_bg']:8.2f} {r['n_stars']:5d} {r['clipped']:8.3%}")
+        if "sky_sigmas" in r:
+            print(f"{'':29s}sky per filter - the truth's blank sky: "
+                  + ", ".join(f"{f} {d:+.2f} sigma" for f, d in zip(FILTERS, r["sky_sigmas"], strict=True)))
+            for (row, col, ratio, inside), star in r["per_star"]:
+                if star["n_stars"]:
+                    print(f"{'':29s}star at ({row}, {col}), true F444W/F090W flux {ratio:.2f}, {inside:.0%} of its "
+                          f"aperture in every filter: R/G {star['star_rg']:.2f}, B/G {star['star_bg']:.2f}")
     print(f"pictures in {out}")
 
 

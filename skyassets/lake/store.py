@@ -231,15 +231,19 @@ class Lake:
     ) -> dict[str, pa.Table]:
         """Each of ``partitions`` written so far, read as :meth:`read_arrow` reads one; the others are
         left out. One look at the filesystem for all of them, then one read per file that is there."""
-        files = [self._file(name, k) for k in partitions]
         found = {}
-        for key, info in zip(partitions, self.filesystem.get_file_info(files), strict=True):
-            if info.type == pafs.FileType.File:
-                try:
-                    found[key] = read_parquet_table(info.path, self.filesystem, columns)
-                except FileNotFoundError:  # removed since the look: as if it had not been there
-                    continue
+        for key in self.written(name, partitions):
+            try:
+                found[key] = read_parquet_table(self._file(name, key), self.filesystem, columns)
+            except FileNotFoundError:  # removed since the look: as if it had not been there
+                continue
         return found
+
+    def written(self, name: str, partitions: Sequence[str]) -> list[str]:
+        """Those of ``partitions`` that have been written: :meth:`exists` for many, in one look."""
+        files = [self._file(name, k) for k in partitions]
+        infos = self.filesystem.get_file_info(files)
+        return [k for k, info in zip(partitions, infos, strict=True) if info.type == pafs.FileType.File]
 
     def read_arrow(self, name: str, partition: str | None = None, *, columns: list[str] | None = None) -> pa.Table:
         """A table, one partition, or (``partition=None``) all of a partitioned table's partitions.

@@ -187,9 +187,11 @@ def landed_requests(home: Home, keys: Sequence[str]) -> dict[str, list[tuple[dic
     of a run's partitions are read in one pass (:meth:`Lake.read_partitions`).
     """
     lake = home.tables
+    records = lake.read_partitions("landing", keys)
+    archived = set(lake.written("mast_products", list(records)))
     requests: dict[str, list[tuple[dict, FileRequest]]] = {}
-    for key, record in lake.read_partitions("landing", keys).items():
-        if lake.exists("mast_products", key):
+    for key, record in records.items():
+        if key in archived:
             continue
         dest = home.observation_dir(LANDING_COLLECTION, key)
         requests[key] = [

@@ -169,6 +169,33 @@ def test_astrometry_and_flux_of_noiseless_stars(tmp_path):
     np.testing.assert_allclose(ratios, 1.0, atol=0.005)
 
 
+def _hits_rejected(tmp_path, paths, hit: int, hits, noise: float):
+    """Cosmic rays of 1000 noise sigmas at ``hits`` ((row, col) pixels) of exposure ``hit``, then the
+    mosaic with rejection, without, and without that exposure, on one grid: rejection takes each
+    hit out (coverage one less there, the value the clean mosaic's) which stays without it.
+    Returns the mosaics with and without rejection."""
+    with fits.open(paths[hit], mode="update") as hdul:
+        for y, x in hits:
+            hdul["SCI"].data[y, x] += 1000 * noise
+    hit_world = WCS(fits.getheader(paths[hit], "SCI")).pixel_to_world_values(
+        [x for _, x in hits], [y for y, _ in hits])
+    inputs = [MosaicInput(p) for p in paths]
+    kept = build_mosaic(inputs, tmp_path / "rejected.fits")
+    grid = dict(wcs=kept.wcs, shape=kept.shape)
+    raw = build_mosaic(inputs, tmp_path / "raw.fits", reject_sigma=None, **grid)
+    clean = build_mosaic([i for i in inputs if i.path != paths[hit]], tmp_path / "clean.fits",
+                         reject_sigma=None, **grid)
+    assert 0 < kept.n_rejected <= 2 * 16 + 20  # each hit and its grown wings, plus a few noise pixels
+    xs, ys = kept.wcs.world_to_pixel_values(*hit_world)
+    sci = {name: fits.getdata(m.path, "SCI") for name, m in (("kept", kept), ("raw", raw), ("clean", clean))}
+    con = fits.getdata(kept.path, "CON")
+    for x, y in zip(np.round(xs).astype(int), np.round(ys).astype(int), strict=True):
+        assert con[y, x] == len(paths) - 1
+        assert abs(sci["kept"][y, x] - sci["clean"][y, x]) < 3 * noise
+        assert sci["raw"][y, x] - sci["clean"][y, x] > 20 * noise
+    return kept, raw
+
+
 def test_outliers_between_exposures_rejected_and_stars_kept(tmp_path):
     """Four dithered exposures, one with cosmic rays on the sky and on a star's wing: rejection
     removes them (coverage drops there by one) and leaves the other stars' fluxes as they were;
@@ -183,27 +210,9 @@ def test_outliers_between_exposures_rejected_and_stars_kept(tmp_path):
     # core itself, where the median is steep, a hit this size is within tolerance, as in AstroDrizzle).
     sky_x, sky_y = np.mean(xs[[6, 7, 11, 12]]), np.mean(ys[[6, 7, 11, 12]])
     hits = [(int(round(sky_y)), int(round(sky_x))), (int(round(ys[12])), int(round(xs[12])) + 3)]
-    with fits.open(paths[2], mode="update") as hdul:
-        for y, x in hits:
-            hdul["SCI"].data[y, x] += 1000 * noise
-    hit_world = WCS(fits.getheader(paths[2], "SCI")).pixel_to_world_values(
-        [x for _, x in hits], [y for y, _ in hits])
-    inputs = [MosaicInput(p) for p in paths]
-    kept = build_mosaic(inputs, tmp_path / "rejected.fits")
-    grid = dict(wcs=kept.wcs, shape=kept.shape)
-    raw = build_mosaic(inputs, tmp_path / "raw.fits", reject_sigma=None, **grid)
-    clean = build_mosaic([i for i in inputs if i.path != paths[2]], tmp_path / "clean.fits",
-                         reject_sigma=None, **grid)
+    kept, raw = _hits_rejected(tmp_path, paths, 2, hits, noise)
     assert fits.getheader(kept.path, 0)["NREJECT"] == kept.n_rejected
-    assert 0 < kept.n_rejected <= 2 * 16 + 20  # each hit and its grown wings, plus a few noise pixels
     assert raw.n_rejected == 0 and "REJSIGMA" not in fits.getheader(raw.path, 0)
-    xs, ys = kept.wcs.world_to_pixel_values(*hit_world)
-    sci = {name: fits.getdata(m.path, "SCI") for name, m in (("kept", kept), ("raw", raw), ("clean", clean))}
-    con = fits.getdata(kept.path, "CON")
-    for x, y in zip(np.round(xs).astype(int), np.round(ys).astype(int), strict=True):
-        assert con[y, x] == 3
-        assert abs(sci["kept"][y, x] - sci["clean"][y, x]) < 3 * noise
-        assert sci["raw"][y, x] - sci["clean"][y, x] > 20 * noise
     # Starlight is not rejected: every star measures as without rejection, but the one hit, which
     # rejection brings back to its truth.
     used, _, ratios = _photometry(kept, stars)
@@ -240,23 +249,7 @@ def test_with_two_inputs_the_brighter_is_the_outlier(tmp_path):
     xs, ys = WCS(fits.getheader(paths[1], "SCI")).world_to_pixel_values(stars[0], stars[1])
     groups = ([6, 7, 11, 12], [0, 1, 5, 6])  # open sky between four stars
     hits = [(int(round(np.mean(ys[g]))), int(round(np.mean(xs[g])))) for g in groups]
-    with fits.open(paths[1], mode="update") as hdul:
-        for y, x in hits:
-            hdul["SCI"].data[y, x] += 1000 * noise
-    hit_world = WCS(fits.getheader(paths[1], "SCI")).pixel_to_world_values([x for _, x in hits], [y for y, _ in hits])
-    inputs = [MosaicInput(p) for p in paths]
-    kept = build_mosaic(inputs, tmp_path / "rejected.fits")
-    grid = dict(wcs=kept.wcs, shape=kept.shape)
-    raw = build_mosaic(inputs, tmp_path / "raw.fits", reject_sigma=None, **grid)
-    clean = build_mosaic(inputs[:1], tmp_path / "clean.fits", reject_sigma=None, **grid)
-    assert 0 < kept.n_rejected <= 2 * 16 + 20  # each hit and its grown wings, plus a few noise pixels
-    xs, ys = kept.wcs.world_to_pixel_values(*hit_world)
-    sci = {name: fits.getdata(m.path, "SCI") for name, m in (("kept", kept), ("raw", raw), ("clean", clean))}
-    con = fits.getdata(kept.path, "CON")
-    for x, y in zip(np.round(xs).astype(int), np.round(ys).astype(int), strict=True):
-        assert con[y, x] == 1
-        assert abs(sci["kept"][y, x] - sci["clean"][y, x]) < 3 * noise
-        assert sci["raw"][y, x] - sci["clean"][y, x] > 20 * noise
+    kept, raw = _hits_rejected(tmp_path, paths, 1, hits, noise)
     used, _, ratios = _photometry(kept, stars)
     raw_used, _, raw_ratios = _photometry(raw, stars)
     assert used == raw_used and len(used) >= 9
