@@ -13,7 +13,9 @@ ways. Printed per picture (``picture_figures``): the blank sky's R, G, B medians
 the median R/G and B/G of the light of the truth's stars on blank sky; the fraction of pixels with a
 colour at 1. For the default picture also each filter's sky level against the median of the truth's
 blank sky (in noise sigmas), and each of those stars' own R/G and B/G with its true F444W / F090W
-flux ratio and the share of its aperture every filter covers. Then the emulator's
+flux ratio and the share of its aperture every filter covers, and each saturated star's core
+colour against the colour of its true fluxes relative to the field's median star (which the
+balance makes white). Then the emulator's
 generation of the default sky with and without extended sources, interleaved, in CPU seconds of
 this process (the machine may be shared) and wall seconds.
 """
@@ -31,6 +33,7 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS
+from scipy.ndimage import binary_fill_holes
 
 from skyassets.emulator.sky import BANDS, TARGETS, Sky, SkySpec
 from skyassets.imaging import composite
@@ -80,6 +83,17 @@ def pictures(sky: Sky, out: Path) -> list[dict]:
                 row["per_star"] = [((r, c, ratio, float(footprint[r - 8:r + 9, c - 8:c + 9].mean())),
                                     composite.picture_figures(rgb, blank, [(r, c)], half=8))
                                    for r, c, ratio in measured]
+                row["saturated"] = []
+                covered = binary_fill_holes(footprint)  # masked cores included
+                # white as the balance makes it: the median colour of the stars it measures, from their true fluxes
+                true = np.array([[s["flux_ujy"][f] for f in FILTERS] for s in stars
+                                 if not s["on_extended"] and not s["bright"] and s["flux_ujy"]["F200W"] > 0.5])
+                white = np.median(true / true.mean(axis=1, keepdims=True), axis=0)
+                for s, x, y in zip(stars, sx, sy, strict=True):
+                    r, c = int(round(y)), int(round(x))
+                    if s["bright"] and 0 <= r < shape[0] and 0 <= c < shape[1] and covered[r, c]:
+                        want = (np.array([s["flux_ujy"][f] for f in FILTERS]) / white) @ colours
+                        row["saturated"].append(((r, c), rgb[r, c] / rgb[r, c].sum(), want / want.sum()))
             rows.append(row)
     return rows
 
@@ -110,6 +124,10 @@ def show(out: Path) -> None:
                 if star["n_stars"]:
                     print(f"{'':29s}star at ({row}, {col}), true F444W/F090W flux {ratio:.2f}, {inside:.0%} of its "
                           f"aperture in every filter: R/G {star['star_rg']:.2f}, B/G {star['star_bg']:.2f}")
+            for (row, col), got, want in r["saturated"]:
+                print(f"{'':29s}saturated star at ({row}, {col}): core R:G:B "
+                      + ":".join(f"{v:.2f}" for v in got) + ", from its true fluxes "
+                      + ":".join(f"{v:.2f}" for v in want) + f", largest difference {np.abs(got - want).max():.2f}")
     print(f"pictures in {out}")
 
 

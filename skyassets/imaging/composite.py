@@ -57,7 +57,9 @@ from scipy.ndimage import (
     binary_dilation,
     binary_fill_holes,
     distance_transform_edt,
+    find_objects,
     gaussian_filter,
+    label,
     maximum_filter,
 )
 
@@ -345,6 +347,15 @@ SKY_MIN_BOXES = 10
 #: BALANCE_HALF pixels each side of the peak (enough for the widest of the NIRCam PSFs on the
 #: short-wavelength grid) against the median of its border; each must have BALANCE_MIN_SNR in
 #: every channel, and BALANCE_MIN_STARS of them are needed, else the channels' bright pixels decide.
+# A saturated core's colour: each channel's flux fitted to its own pixels within this many FWHM of
+# the masked core, kept where every channel's flux is this many sigmas.
+CORE_FIT_FWHM = 2.0
+# Holes of at least this many pixels are masked cores whose filled values, blurred, reach around them;
+# a bad pixel or a small cluster of them is filled from its neighbours' level and changes nothing.
+CORE_MIN_PIXELS = 9
+CORE_MAX_STARS = 10
+CORE_FIT_SIGMAS = 5.0
+PSF_BIN = 0.5  # pixels: the rings of the stars' radial profiles
 BALANCE_HALF = 12
 BALANCE_MIN_SNR = 10.0
 BALANCE_MIN_STARS = 3
@@ -365,6 +376,7 @@ class Balance:
     method: str
     n_stars: int
     fwhm: tuple[float, ...] = ()
+    psf: tuple[np.ndarray, ...] = ()  # each channel's radial profile: (2, rings) of radius and unit-flux level
 
 
 def compose(
@@ -481,17 +493,19 @@ def balance_channels(channels: Sequence[np.ndarray], *, high: float = 99.8) -> B
     knots do not count) with ``BALANCE_MIN_SNR`` in every channel and no masked pixel. With fewer
     than ``BALANCE_MIN_STARS`` such stars, the compact sources wherever they sit ("sources", the
     field's median source colour); with fewer of those, each channel is scaled to its ``high``
-    percentile above the sky, the colour of the field's brightest pixels.
+    percentile above the sky, the colour of the field's brightest pixels. The same stars give each
+    channel's FWHM and PSF (their median radial profile of unit flux), which saturated cores are
+    coloured by.
     """
     data = [np.asarray(c, dtype=float) for c in channels]
     common = np.all([np.isfinite(d) for d in data], axis=0)  # the sky the picture shows in colour
     stats = [sky_and_noise(np.where(common, d, np.nan) if common.sum() >= 100 else d) for d in data]
     sky = np.array([s for s, _ in stats])
     noise = np.array([n if n > 0 else 1.0 for _, n in stats])
-    fluxes, widths = _star_fluxes(data, sky, noise, BALANCE_BORDER_SIGMAS)
+    fluxes, widths, profiles = _star_fluxes(data, sky, noise, BALANCE_BORDER_SIGMAS)
     method = "stars"
     if len(fluxes) < BALANCE_MIN_STARS:  # a field full of nebulosity: its compact sources, wherever they sit
-        fluxes, widths = _star_fluxes(data, sky, noise, math.inf)
+        fluxes, widths, profiles = _star_fluxes(data, sky, noise, math.inf)
         method = "sources"
     if len(fluxes) >= BALANCE_MIN_STARS:
         colour = np.median(fluxes / fluxes.mean(axis=1, keepdims=True), axis=0)
@@ -506,14 +520,17 @@ def balance_channels(channels: Sequence[np.ndarray], *, high: float = 99.8) -> B
     scale = scale / np.exp(np.mean(np.log(scale * noise)))  # unit geometric-mean noise after scaling
     stars = method != "bright pixels"
     return Balance(tuple(map(float, sky)), tuple(map(float, noise)), tuple(map(float, scale)), method,
-                   len(fluxes) if stars else 0, tuple(map(float, np.median(widths, axis=0))) if stars else ())
+                   len(fluxes) if stars else 0, tuple(map(float, np.median(widths, axis=0))) if stars else (),
+                   _psf_profiles(profiles) if stars else ())
 
 
 def _star_fluxes(data: list[np.ndarray], sky: np.ndarray, noise: np.ndarray,
-                 border_sigmas: float) -> tuple[np.ndarray, np.ndarray]:
+                 border_sigmas: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(n_stars, n_channels) aperture fluxes of the compact sources whose aperture border is within
-    ``border_sigmas`` of blank sky in every channel, and their FWHM in each channel (2 sqrt(A / pi),
-    A the area above half the peak)."""
+    ``border_sigmas`` of blank sky in every channel, their FWHM in each channel (2 sqrt(A / pi),
+    A the area above half the peak) and their radial profiles of unit flux about the core's
+    centroid (n_stars, 1 + n_channels, rings of ``PSF_BIN`` px out to ``BALANCE_HALF``; the
+    rings' mean radii first)."""
     h = BALANCE_HALF
     norm = np.stack([(d - s) / n for d, s, n in zip(data, sky, noise, strict=True)])
     masked = ~np.isfinite(norm).all(axis=0)
@@ -526,7 +543,8 @@ def _star_fluxes(data: list[np.ndarray], sky: np.ndarray, noise: np.ndarray,
     yy, xx = np.mgrid[-h:h + 1, -h:h + 1]
     core = yy**2 + xx**2 <= 16
     area = float((2 * h + 1) ** 2)
-    out, widths = [], []
+    out, widths, profiles = [], [], []
+    bins = int(h / PSF_BIN)
     for r, c in zip(rows, cols, strict=True):
         if r < h or c < h or r >= summed.shape[0] - h or c >= summed.shape[1] - h:
             continue
@@ -545,7 +563,29 @@ def _star_fluxes(data: list[np.ndarray], sky: np.ndarray, noise: np.ndarray,
         out.append(flux * noise)
         half_max = box - border[:, None, None] > 0.5 * (box[:, h, h] - border)[:, None, None]
         widths.append(2.0 * np.sqrt(half_max.sum(axis=(1, 2)) / np.pi))
-    return np.array(out).reshape(-1, len(data)), np.array(widths).reshape(-1, len(data))
+        light = np.clip(stamp, 0.0, None) * (yy**2 + xx**2 <= 4)  # the centroid of the core, sub-pixel
+        cy, cx = (light * yy).sum() / light.sum(), (light * xx).sum() / light.sum()
+        radius = np.hypot(yy - cy, xx - cx).ravel()
+        ring_of = np.floor(radius / PSF_BIN).astype(int)
+        count = np.bincount(ring_of, minlength=bins)[:bins]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            profiles.append([np.bincount(ring_of, radius, minlength=bins)[:bins] / count]
+                            + [np.bincount(ring_of, (b - e).ravel(), minlength=bins)[:bins] / count / f
+                               for b, e, f in zip(box, border, flux, strict=True)])
+    n = len(data)
+    return (np.array(out).reshape(-1, n), np.array(widths).reshape(-1, n),
+            np.array(profiles, dtype=float).reshape(-1, n + 1, bins))
+
+
+def _psf_profiles(profiles: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Each channel's median radial profile over the stars, as (2, rings) rows of mean radius
+    and unit-flux level, from ``_star_fluxes``' profiles (the mean radii first); rings no pixel
+    centre fell in are left out."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a ring empty for every star
+        median = np.nanmedian(profiles, axis=0)
+    known = np.all(np.isfinite(median), axis=0)
+    return tuple(np.stack([median[0, known], level[known]]) for level in median[1:])
 
 
 def lupton_rgb(channels: Sequence[np.ndarray], colours: np.ndarray, balance: Balance,
@@ -576,11 +616,21 @@ def lupton_rgb(channels: Sequence[np.ndarray], colours: np.ndarray, balance: Bal
         footprint &= np.isfinite(filled)
         real.append(np.isfinite(values))
         levels.append((filled - sky) * scale)
+    unclean = np.zeros(shape, dtype=bool)  # pixels whose matched colour a filled value reaches
     for k, (level, colour) in enumerate(zip(levels, colours, strict=True)):
         level = np.nan_to_num(level)
         planes += level[None] * colour[:, None, None]
         match = max(widest**2 - balance.fwhm[k] ** 2, 0.0) / 2.3548**2 if balance.fwhm else 0.0
-        matched += (gaussian_filter(level, math.sqrt(match)) if match > 0.1 else level)[None] * colour[:, None, None]
+        blur = math.sqrt(match) if match > 0.1 else 0.0
+        matched += (gaussian_filter(level, blur, truncate=4.0) if blur else level)[None] * colour[:, None, None]
+        filled_in = ~real[k] & np.isfinite(levels[k])
+        unclean |= filled_in
+        if filled_in.any() and blur:  # a masked core's reach: 4 sigma, as gaussian_filter truncates the kernel
+            marks, _ = label(filled_in)
+            big = np.flatnonzero(np.bincount(marks.ravel()) >= CORE_MIN_PIXELS)
+            cores = np.isin(marks, big[big > 0])
+            if cores.any():
+                unclean |= distance_transform_edt(~cores) <= int(4.0 * blur + 0.5)
     intensity = planes.mean(axis=0)
     inside = intensity[footprint]
     sigma = sky_and_noise(np.where(footprint, intensity, np.nan))[1] if inside.size else 1.0
@@ -592,7 +642,8 @@ def lupton_rgb(channels: Sequence[np.ndarray], colours: np.ndarray, balance: Bal
         hue = np.where(hue.mean(axis=0) > 0, np.clip(hue, 0.0, None) / hue.mean(axis=0), 1.0)
         luminance = np.where(lifted > 0, np.arcsinh(lifted / soft), 0.0)
     hue = _neutral_sky(hue, luminance, intensity, footprint, sigma)
-    hue = _ring_colour(hue, footprint & ~np.all(real, axis=0))
+    noise = [n * abs(c) for n, c in zip(balance.noise, balance.scale, strict=True)]
+    hue = _core_colour(hue, levels, real, footprint & unclean, colours, balance, noise)
     rgb = hue * luminance[None]
     peak = rgb.max(axis=0)
     white = max(float(np.percentile(peak[footprint], WHITE_PERCENTILE)) if inside.size else 0.0,
@@ -617,18 +668,86 @@ def _row_medians(rows: np.ndarray) -> np.ndarray:
     return np.where(count > 0, 0.5 * (ordered[index, low] + ordered[index, high]), np.nan)
 
 
-def _ring_colour(hue: np.ndarray, holes: np.ndarray) -> np.ndarray:
-    """``hue`` (3, H, W) with every pixel where a channel's value was filled in taking the colour of
-    the nearest pixel where all channels have data. A bright star saturates its widest-PSF filter
-    over a larger core than the others; filled from its edge, that channel stays at the ring's level
-    while the others climb to the peak, and the core took the colour of the sharpest filter (green
-    cores in red stars). The unsaturated ring, its PSFs matched, has the star's colour."""
-    if not holes.any() or holes.all():
+def _core_colour(hue: np.ndarray, levels: Sequence[np.ndarray], real: Sequence[np.ndarray], unclean: np.ndarray,
+                 colours: np.ndarray, balance: Balance, noise: Sequence[float]) -> np.ndarray:
+    """``hue`` (3, H, W) with each patch of ``unclean`` pixels (a channel's value filled in there,
+    or within reach of the blur that matched its PSF to the widest) drawn in the colours of the
+    stars whose cores were masked there, each channel's fluxes fitted to its own data.
+
+    A bright star saturates each filter over a core the wider the wider its PSF. Filled from the
+    hole's edge, a channel stays at the edge's level while the sharper ones climb to their peaks
+    (cores in the colour of the sharpest filter), and blurred to the widest PSF, the sharp channels'
+    missing cores dim them all around (rings in the colour of the widest filter). Instead, each
+    channel's own pixels within ``CORE_FIT_FWHM`` of its FWHM around its masked cores (or over the
+    patch, where it has none) are fitted with its PSF as the field's stars show it
+    (``balance.psf``) at every masked star and a constant (a galaxy or nebula behind them): the
+    amplitudes are the stars' fluxes in that channel, mixed by ``colours`` their colours, and each
+    pixel of the patch takes its nearest star's. The stars sit at the centres of the channels'
+    masked cores, the smallest first: two stars whose cores merge in the widest filter are two
+    cores in the sharper ones. A star whose fit finds no significant positive flux in a channel,
+    a patch without a masked core or with more than ``CORE_MAX_STARS`` of them, and a field without
+    a measured PSF keep the colour of the nearest clean pixel."""
+    if not unclean.any() or unclean.all():
         return hue
-    _, (rows, cols) = distance_transform_edt(holes, return_indices=True)
     out = hue.copy()
-    out[:, holes] = hue[:, rows[holes], cols[holes]]
+    _, (rows, cols) = distance_transform_edt(unclean, return_indices=True)
+    out[:, unclean] = hue[:, rows[unclean], cols[unclean]]
+    if len(balance.psf) != len(levels):
+        return out
+    labels, _ = label(unclean)
+    height, width = unclean.shape
+    h = BALANCE_HALF
+    for index, box in enumerate(find_objects(labels), start=1):
+        rs = slice(max(box[0].start - h, 0), min(box[0].stop + h, height))
+        cs = slice(max(box[1].start - h, 0), min(box[1].stop + h, width))
+        patch = labels[rs, cs] == index
+        holes = [patch & ~ok[rs, cs] for ok in real]
+        stars = _masked_stars(holes)
+        if not stars or len(stars) > CORE_MAX_STARS:  # bad pixels only, or a crowd no fit would separate
+            continue
+        yy, xx = np.mgrid[: patch.shape[0], : patch.shape[1]]
+        distance = np.sqrt([(yy - y) ** 2 + (xx - x) ** 2 for y, x in stars])
+        nearest = np.argmin(distance, axis=0)
+        profiled = distance.min(axis=0) < h - PSF_BIN  # where the stars' profiles are known
+        fluxes = np.full((len(stars), len(levels)), np.nan)
+        for k, (level, ok, model, width_k, sigma_k) in enumerate(
+                zip(levels, real, balance.psf, balance.fwhm, noise, strict=True)):
+            near = distance_transform_edt(~(holes[k] if holes[k].any() else patch))
+            use = (ok[rs, cs] & (near > 1.5) & (near <= CORE_FIT_FWHM * width_k + 1.5) & profiled
+                   & np.isfinite(level[rs, cs]))
+            design = np.stack([np.interp(np.hypot(yy[use] - y, xx[use] - x), *model, right=0.0) for y, x in stars]
+                              + [np.ones(int(use.sum()))], axis=1)
+            if use.sum() <= design.shape[1]:
+                continue
+            amplitude = np.linalg.lstsq(design, level[rs, cs][use], rcond=None)[0][:-1]
+            significance = amplitude * np.sqrt((design[:, :-1] ** 2).sum(axis=0)) / sigma_k
+            fluxes[:, k] = np.where(significance > CORE_FIT_SIGMAS, amplitude, np.nan)
+        for n, flux in enumerate(fluxes):
+            light = flux @ colours
+            if np.all(np.isfinite(light)) and light.mean() > 0:
+                pixels = patch & (nearest == n)
+                out[:, rs, cs][:, pixels] = (light / light.mean())[:, None]
     return out
+
+
+def _masked_stars(holes: Sequence[np.ndarray]) -> list[tuple[float, float]]:
+    """The centres (row, column) of the stars whose cores the channels' ``holes`` mask: the centre
+    of each masked core (of at least ``CORE_MIN_PIXELS``), the smallest first, unless it holds the
+    centre of a smaller one."""
+    cores = []
+    for hole in holes:
+        marks, _ = label(hole)
+        for n, box in enumerate(find_objects(marks), start=1):
+            core = np.zeros(hole.shape, dtype=bool)
+            core[box] = marks[box] == n
+            rr, cc = np.nonzero(core[box])
+            if rr.size >= CORE_MIN_PIXELS:
+                cores.append((rr.size, float(rr.mean()) + box[0].start, float(cc.mean()) + box[1].start, core))
+    stars: list[tuple[float, float]] = []
+    for _, y, x, core in sorted(cores, key=lambda c: c[0]):
+        if not any(core[int(round(sy)), int(round(sx))] for sy, sx in stars):
+            stars.append((y, x))
+    return stars
 
 
 def _neutral_sky(hue: np.ndarray, luminance: np.ndarray, intensity: np.ndarray, footprint: np.ndarray,

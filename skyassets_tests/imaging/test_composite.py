@@ -1,5 +1,6 @@
 import colorsys
 import json
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -413,25 +414,70 @@ def test_bright_cores_keep_their_hue():
     assert rgb[48, 48].min() < 0.6
 
 
-def test_a_saturated_core_takes_its_ring_s_colour():
-    """A white star saturated in all three filters, its masked core the larger the wider the PSF
-    (as in NIRCam's long-wave channel): the core is drawn in the colour of its unsaturated ring, not
-    in the colour of the sharpest filter, whose data climb to the peak where the others stop."""
+def _moffat(r2: np.ndarray, fwhm: float, beta: float) -> np.ndarray:
+    alpha = fwhm / (2 * np.sqrt(2 ** (1 / beta) - 1))
+    return (beta - 1) / (np.pi * alpha**2) * (1 + r2 / alpha**2) ** -beta
+
+
+def _gaussian(r2: np.ndarray, fwhm: float) -> np.ndarray:
+    sigma = fwhm / 2.3548
+    return np.exp(-r2 / (2 * sigma**2)) / (2 * np.pi * sigma**2)
+
+
+@pytest.mark.parametrize("psf", ["gaussian", "moffat 3", "moffat 1.8"])
+@pytest.mark.parametrize("fluxes", [(1, 1, 1), (1, 2, 4)], ids=["white", "red"])
+def test_a_saturated_core_takes_its_star_s_colour(psf: str, fluxes: tuple[int, int, int]):
+    """A bright star saturated in three filters over a core the larger the wider the PSF (as in
+    NIRCam's long-wave channel), beside seven unsaturated white stars: its core and the
+    surroundings its filled values reach come out in the star's own colour (its fluxes against
+    the white stars'), whatever the PSFs' shape. Coloured from the ring just outside the widest hole, a
+    white star's core came out red (0.46 : 0.28 : 0.26), as the sharp filters' missing cores, blurred
+    to the widest PSF, dimmed them there."""
     rng = np.random.default_rng(8)
-    yy, xx = np.mgrid[:96, :96]
-    r2 = (xx - 48) ** 2 + (yy - 48) ** 2
+    yy, xx = np.mgrid[:192, :192]
+    profile = _gaussian if psf == "gaussian" else partial(_moffat, beta=float(psf.split()[1]))
+    faint = [(40.2, 40.7), (40.5, 150.1), (150.9, 40.3), (150.4, 150.6), (96.1, 30.8), (30.6, 96.4), (160.3, 96.9)]
+    r2 = (xx - 96.3) ** 2 + (yy - 95.8) ** 2
     channels = []
-    for width, hole in ((1.2, 2.0), (1.6, 3.0), (2.4, 6.0)):  # blue, green, red filters
-        channel = rng.normal(0, 1, yy.shape) + 2e5 / (2 * np.pi * width**2) * np.exp(-r2 / (2 * width**2))
+    for (fwhm, hole), flux in zip(((2.8, 2.0), (3.8, 3.0), (5.6, 6.0)), fluxes, strict=True):  # blue, green, red
+        channel = rng.normal(0, 1, yy.shape) + 2e5 * flux * profile(r2, fwhm)
+        for y, x in faint:
+            channel += 3e3 * profile((xx - x) ** 2 + (yy - y) ** 2, fwhm)
         channel[r2 <= hole**2] = np.nan
         channels.append(channel)
+    colours = composite.channel_colours([0.9, 2.0, 4.4])
+    balance = composite.balance_channels(channels)
+    assert balance.method == "stars" and balance.n_stars == len(faint)
+    rgb, _ = composite.lupton_rgb(channels, colours, balance)
+    want = np.array(fluxes, dtype=float) @ colours  # against the white field stars, as the picture shows them
+    want /= want.sum()
+    core = rgb[96, 96]
+    near = rgb[r2 <= 8**2].mean(axis=0)  # the holes and the blur's reach around them
+    assert core.sum() > 2 * rgb[r2 > 20**2].mean(axis=0).sum()  # bright, not a hole
+    np.testing.assert_allclose(core / core.sum(), want, atol=0.04)
+    np.testing.assert_allclose(near / near.sum(), want, atol=0.04)
+
+
+def test_scattered_bad_pixels_leave_the_colours_around_them_alone():
+    """Single bad pixels, filled from their neighbours, are no masked cores: the pixels around them
+    keep the colours they have without them (only a masked core's blurred reach is recoloured)."""
+    rng = np.random.default_rng(5)
+    yy, xx = np.mgrid[:160, :160]
+    nebula = np.exp(-((xx - 80) ** 2 + (yy - 80) ** 2) / (2 * 40.0**2))
+    channels = [rng.normal(0, 1, yy.shape) + 30 * nebula * (1 + k * xx / 160) for k in range(3)]
     balance = composite.Balance((0.0,) * 3, (1.0,) * 3, (1.0,) * 3, "given", 0, (2.8, 3.8, 5.6))
-    rgb, _ = composite.lupton_rgb(channels, composite.channel_colours([0.9, 2.0, 4.4]), balance)
-    ring = rgb[(r2 > 6**2) & (r2 <= 8**2)].mean(axis=0)  # just outside the widest hole
-    core = rgb[48, 48]
-    assert core.sum() > ring.sum()  # bright, not a hole
-    np.testing.assert_allclose(core / core.sum(), ring / ring.sum(), atol=0.05)
-    assert core[2] < 0.35 * core.sum()  # not the blue of the sharpest filter
+    colours = composite.channel_colours([0.9, 2.0, 4.4])
+    clean, _ = composite.lupton_rgb(channels, colours, balance)
+    bad = np.zeros(yy.shape, dtype=bool)
+    damaged = []
+    for channel in channels:
+        rows, cols = rng.integers(10, 150, (2, 60))
+        channel = channel.copy()
+        channel[rows, cols] = np.nan
+        bad[rows, cols] = True
+        damaged.append(channel)
+    rgb, _ = composite.lupton_rgb(damaged, colours, balance)
+    assert np.abs(rgb - clean)[~bad].max() < 0.02
 
 
 def test_balance_falls_back_without_stars():
