@@ -163,6 +163,9 @@ class FileResult:
     ``fits_checksum`` is "ok", "absent", "bad", "not-fits", or "unchecked" (skipped without
     ``verify_existing``, or failed before the file was complete). ``md5`` is set for a file
     fetched in this run whose plain-MD5 ETag it was checked against (see ``DownloadConfig.md5``).
+    ``sha256_checked``: the file's SHA-256 matched the whole object's that the server sent (S3's
+    ``ChecksumSHA256``, ``x-amz-checksum-sha256`` over HTTP); False where none came (objects
+    stored without one, a multipart object's composite checksum, S3 range reads).
     """
 
     filename: str
@@ -179,6 +182,7 @@ class FileResult:
     resumed_from: int
     fits_checksum: str
     error: str | None
+    sha256_checked: bool = False
 
 
 @dataclass(frozen=True)
@@ -1344,7 +1348,7 @@ class _Downloader:
 
     def _result(self, job: _Job, status: str, started: float, *, error: str | None = None,
                 size: int = 0, sha256: str | None = None, md5: str | None = None,
-                fits: str = "unchecked") -> FileResult:
+                fits: str = "unchecked", sha256_checked: bool = False) -> FileResult:
         seconds = time.monotonic() - started
         job.status = status
         return FileResult(
@@ -1362,6 +1366,7 @@ class _Downloader:
             resumed_from=job.resumed_from,
             fits_checksum=fits,
             error=error,
+            sha256_checked=sha256_checked,
         )
 
     def _existing(self, job: _Job, started: float) -> FileResult | None:
@@ -1465,7 +1470,7 @@ class _Downloader:
                 size = job.final.stat().st_size
                 result = self._result(
                     job, "downloaded", started, size=size, sha256=job.digests.sha256(),
-                    md5=job.md5, fits=fits,
+                    md5=job.md5, fits=fits, sha256_checked=job.expected_sha256 is not None,
                 )
                 self.tracker.file_done(
                     f"downloaded {job.name} from {job.source}: {_fmt_bytes(size)} in {result.seconds:.1f} s"

@@ -45,7 +45,7 @@ def http_url(emu, product: dict) -> str:
     return f"{emu.url}/api/v0.1/Download/file?uri={product['dataURI']}"
 
 
-def _s3_key(emu, filename: str) -> str:
+def s3_key(emu, filename: str) -> str:
     """The bucket key of a published file, found by listing (as the path lookup would give it)."""
     s3 = boto3.client(
         "s3", endpoint_url=emu.s3_endpoint, region_name="us-east-1", config=Config(signature_version=UNSIGNED)
@@ -76,7 +76,7 @@ def file_request(emu, product: dict, dest: Path, *, s3: bool = False, http: bool
         filename=product["productFilename"],
         dest_dir=dest,
         http_url=http_url(emu, product) if http else None,
-        s3_key=_s3_key(emu, product["productFilename"]) if s3 else None,
+        s3_key=s3_key(emu, product["productFilename"]) if s3 else None,
         expected_size=int(product["size"]),
     )
 

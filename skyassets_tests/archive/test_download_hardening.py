@@ -4,11 +4,14 @@ names ending in the working files' suffixes, files changed in place, trickling t
 
 from __future__ import annotations
 
+import io
 import os
 import time
 from pathlib import Path
 
+import boto3
 import pytest
+from boto3.s3.transfer import TransferConfig
 
 from skyassets.archive.download import FileRequest, download_files
 from skyassets_tests.archive.test_download import (
@@ -18,6 +21,7 @@ from skyassets_tests.archive.test_download import (
     gets_of,
     http_url,
     publish_file,
+    s3_key,
 )
 
 
@@ -64,6 +68,44 @@ def test_right_digest_headers_are_accepted(emu, tmp_path: Path) -> None:
     emu.faults.add("digests", match=product["productFilename"], times=-1)
     (result,) = download_files([file_request(emu, product, tmp_path)], download_config(emu))
     assert_in_place(result, content)
+    assert result.sha256_checked
+
+
+def _store_with_sha256(emu, product: dict, content: bytes, part_size: int | None = None) -> None:
+    """Store the product's object again, as S3 does for an upload that asks for SHA-256 checksums:
+    the whole object's in one request, a checksum of the parts' checksums ("...-N") in several."""
+    s3 = boto3.client("s3", endpoint_url=emu.s3_endpoint, region_name="us-east-1",
+                      aws_access_key_id="emulator", aws_secret_access_key="emulator")
+    key = s3_key(emu, product["productFilename"])
+    extra = {"ACL": "public-read", "ChecksumAlgorithm": "SHA256"}
+    if part_size is None:
+        s3.put_object(Bucket="stpubdata", Key=key, Body=content, **extra)
+    else:
+        s3.upload_fileobj(io.BytesIO(content), "stpubdata", key, ExtraArgs=extra,
+                          Config=TransferConfig(multipart_threshold=part_size, multipart_chunksize=part_size))
+    checksum = s3.get_object(Bucket="stpubdata", Key=key, ChecksumMode="ENABLED")["ChecksumSHA256"]
+    assert checksum.endswith("=") == (part_size is None)  # composite checksums end in "-<parts>"
+
+
+def test_the_sha256_s3_stores_with_an_object_is_checked_over_s3(emu, tmp_path: Path) -> None:
+    product, content = publish_file(emu, tmp_path, 1)
+    (plain,) = download_files([file_request(emu, product, tmp_path / "plain", s3=True, http=False)],
+                              download_config(emu))
+    assert_in_place(plain, content)
+    assert plain.source == "s3" and not plain.sha256_checked  # stored without one
+    _store_with_sha256(emu, product, content)
+    (result,) = download_files([file_request(emu, product, tmp_path / "checked", s3=True, http=False)],
+                               download_config(emu))
+    assert_in_place(result, content)
+    assert result.source == "s3" and result.sha256_checked
+
+
+def test_a_multipart_object_s_composite_checksum_is_not_taken_for_the_file_s_sha256(emu, tmp_path: Path) -> None:
+    product, content = publish_file(emu, tmp_path, 12)
+    _store_with_sha256(emu, product, content, part_size=5 << 20)
+    (result,) = download_files([file_request(emu, product, tmp_path, s3=True, http=False)], download_config(emu))
+    assert_in_place(result, content)  # not refused for a checksum of checksums
+    assert result.source == "s3" and not result.sha256_checked
 
 
 def test_resume_without_etag_or_last_modified_restarts(emu, tmp_path: Path) -> None:

@@ -311,6 +311,7 @@ def _manifest_row(
         "source": result.source,
         "status": result.status,
         "fits_checksum": result.fits_checksum,
+        "sha256_checked": result.sha256_checked,
         "attempts": result.attempts,
         "resumed_from": result.resumed_from,
         "seconds": round(result.seconds, 3),
@@ -318,8 +319,9 @@ def _manifest_row(
     }
     before = earlier.get((obs_id, result.filename))
     if result.status == "skipped" and before is not None and before["sha256"] == result.sha256:
-        for key in ("source", "fits_checksum", "attempts", "resumed_from", "seconds", "bytes_per_second"):
-            row[key] = before[key]
+        for key in ("source", "fits_checksum", "sha256_checked", "attempts", "resumed_from", "seconds",
+                    "bytes_per_second"):
+            row[key] = before.get(key)
     return row
 
 
