@@ -30,7 +30,7 @@ import math
 import re
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -376,7 +376,8 @@ class Balance:
     method: str
     n_stars: int
     fwhm: tuple[float, ...] = ()
-    psf: tuple[np.ndarray, ...] = ()  # each channel's radial profile: (2, rings) of radius and unit-flux level
+    # each channel's radial profile: (2, rings) of radius and unit-flux level
+    psf: tuple[np.ndarray, ...] = field(default=(), compare=False, repr=False)
 
 
 def compose(
@@ -564,7 +565,8 @@ def _star_fluxes(data: list[np.ndarray], sky: np.ndarray, noise: np.ndarray,
         half_max = box - border[:, None, None] > 0.5 * (box[:, h, h] - border)[:, None, None]
         widths.append(2.0 * np.sqrt(half_max.sum(axis=(1, 2)) / np.pi))
         light = np.clip(stamp, 0.0, None) * (yy**2 + xx**2 <= 4)  # the centroid of the core, sub-pixel
-        cy, cx = (light * yy).sum() / light.sum(), (light * xx).sum() / light.sum()
+        total = light.sum()
+        cy, cx = ((light * yy).sum() / total, (light * xx).sum() / total) if total > 0 else (0.0, 0.0)
         radius = np.hypot(yy - cy, xx - cx).ravel()
         ring_of = np.floor(radius / PSF_BIN).astype(int)
         count = np.bincount(ring_of, minlength=bins)[:bins]
@@ -617,6 +619,7 @@ def lupton_rgb(channels: Sequence[np.ndarray], colours: np.ndarray, balance: Bal
         real.append(np.isfinite(values))
         levels.append((filled - sky) * scale)
     unclean = np.zeros(shape, dtype=bool)  # pixels whose matched colour a filled value reaches
+    cored = np.zeros(shape, dtype=bool)  # the masked cores among them
     for k, (level, colour) in enumerate(zip(levels, colours, strict=True)):
         level = np.nan_to_num(level)
         planes += level[None] * colour[:, None, None]
@@ -625,12 +628,10 @@ def lupton_rgb(channels: Sequence[np.ndarray], colours: np.ndarray, balance: Bal
         matched += (gaussian_filter(level, blur, truncate=4.0) if blur else level)[None] * colour[:, None, None]
         filled_in = ~real[k] & np.isfinite(levels[k])
         unclean |= filled_in
-        if filled_in.any() and blur:  # a masked core's reach: 4 sigma, as gaussian_filter truncates the kernel
-            marks, _ = label(filled_in)
-            big = np.flatnonzero(np.bincount(marks.ravel()) >= CORE_MIN_PIXELS)
-            cores = np.isin(marks, big[big > 0])
-            if cores.any():
-                unclean |= distance_transform_edt(~cores) <= int(4.0 * blur + 0.5)
+        if filled_in.any():  # a masked core's reach: 4 sigma, as gaussian_filter truncates the kernel
+            cores = _large_parts(filled_in, CORE_MIN_PIXELS)
+            cored |= cores
+            unclean |= _grown(cores, int(4.0 * blur + 0.5))
     intensity = planes.mean(axis=0)
     inside = intensity[footprint]
     sigma = sky_and_noise(np.where(footprint, intensity, np.nan))[1] if inside.size else 1.0
@@ -643,7 +644,7 @@ def lupton_rgb(channels: Sequence[np.ndarray], colours: np.ndarray, balance: Bal
         luminance = np.where(lifted > 0, np.arcsinh(lifted / soft), 0.0)
     hue = _neutral_sky(hue, luminance, intensity, footprint, sigma)
     noise = [n * abs(c) for n, c in zip(balance.noise, balance.scale, strict=True)]
-    hue = _core_colour(hue, levels, real, footprint & unclean, colours, balance, noise)
+    hue = _core_colour(hue, levels, real, footprint & unclean, cored, colours, balance, noise)
     rgb = hue * luminance[None]
     peak = rgb.max(axis=0)
     white = max(float(np.percentile(peak[footprint], WHITE_PERCENTILE)) if inside.size else 0.0,
@@ -669,17 +670,17 @@ def _row_medians(rows: np.ndarray) -> np.ndarray:
 
 
 def _core_colour(hue: np.ndarray, levels: Sequence[np.ndarray], real: Sequence[np.ndarray], unclean: np.ndarray,
-                 colours: np.ndarray, balance: Balance, noise: Sequence[float]) -> np.ndarray:
+                 cored: np.ndarray, colours: np.ndarray, balance: Balance, noise: Sequence[float]) -> np.ndarray:
     """``hue`` (3, H, W) with each patch of ``unclean`` pixels (a channel's value filled in there,
     or within reach of the blur that matched its PSF to the widest) drawn in the colours of the
-    stars whose cores were masked there, each channel's fluxes fitted to its own data.
+    stars whose cores (``cored``) were masked there, each channel's fluxes fitted to its own data.
 
     A bright star saturates each filter over a core the wider the wider its PSF. Filled from the
     hole's edge, a channel stays at the edge's level while the sharper ones climb to their peaks
     (cores in the colour of the sharpest filter), and blurred to the widest PSF, the sharp channels'
     missing cores dim them all around (rings in the colour of the widest filter). Instead, each
-    channel's own pixels within ``CORE_FIT_FWHM`` of its FWHM around its masked cores (or over the
-    patch, where it has none) are fitted with its PSF as the field's stars show it
+    channel's own pixels within ``CORE_FIT_FWHM`` of its FWHM around its masked cores (around the
+    stars, where it has none) are fitted with its PSF as the field's stars show it
     (``balance.psf``) at every masked star and a constant (a galaxy or nebula behind them): the
     amplitudes are the stars' fluxes in that channel, mixed by ``colours`` their colours, and each
     pixel of the patch takes its nearest star's. The stars sit at the centres of the channels'
@@ -687,34 +688,44 @@ def _core_colour(hue: np.ndarray, levels: Sequence[np.ndarray], real: Sequence[n
     cores in the sharper ones. A star whose fit finds no significant positive flux in a channel,
     a patch without a masked core or with more than ``CORE_MAX_STARS`` of them, and a field without
     a measured PSF keep the colour of the nearest clean pixel."""
-    if not unclean.any() or unclean.all():
+    if not unclean.any():
         return hue
     out = hue.copy()
-    _, (rows, cols) = distance_transform_edt(unclean, return_indices=True)
-    out[:, unclean] = hue[:, rows[unclean], cols[unclean]]
-    if len(balance.psf) != len(levels):
+    if not unclean.all():
+        _, (rows, cols) = distance_transform_edt(unclean, return_indices=True)
+        out[:, unclean] = hue[:, rows[unclean], cols[unclean]]
+    if len(balance.psf) != len(levels) or not (cored & unclean).any():
         return out
     labels, _ = label(unclean)
     height, width = unclean.shape
     h = BALANCE_HALF
     for index, box in enumerate(find_objects(labels), start=1):
+        if not (cored[box] & (labels[box] == index)).any():  # bad pixels only: nothing to fit
+            continue
         rs = slice(max(box[0].start - h, 0), min(box[0].stop + h, height))
         cs = slice(max(box[1].start - h, 0), min(box[1].stop + h, width))
         patch = labels[rs, cs] == index
         holes = [patch & ~ok[rs, cs] for ok in real]
         stars = _masked_stars(holes)
-        if not stars or len(stars) > CORE_MAX_STARS:  # bad pixels only, or a crowd no fit would separate
+        if not stars or len(stars) > CORE_MAX_STARS:  # a crowd no fit would separate
             continue
         yy, xx = np.mgrid[: patch.shape[0], : patch.shape[1]]
-        distance = np.sqrt([(yy - y) ** 2 + (xx - x) ** 2 for y, x in stars])
-        nearest = np.argmin(distance, axis=0)
-        profiled = distance.min(axis=0) < h - PSF_BIN  # where the stars' profiles are known
+        closest = np.full(patch.shape, np.inf)
+        nearest = np.zeros(patch.shape, dtype=int)
+        for n, (y, x) in enumerate(stars):
+            d = np.hypot(yy - y, xx - x)
+            nearest[d < closest] = n
+            np.minimum(closest, d, out=closest)
+        profiled = closest < h - PSF_BIN  # where the stars' profiles are known
         fluxes = np.full((len(stars), len(levels)), np.nan)
         for k, (level, ok, model, width_k, sigma_k) in enumerate(
                 zip(levels, real, balance.psf, balance.fwhm, noise, strict=True)):
-            near = distance_transform_edt(~(holes[k] if holes[k].any() else patch))
-            use = (ok[rs, cs] & (near > 1.5) & (near <= CORE_FIT_FWHM * width_k + 1.5) & profiled
-                   & np.isfinite(level[rs, cs]))
+            if holes[k].any():  # its own pixels around its masked cores, the edge's pixel left out
+                near = distance_transform_edt(~holes[k])
+                use = ok[rs, cs] & (near > 1.5) & (near <= CORE_FIT_FWHM * width_k + 1.5)
+            else:  # not masked here: its own cores are data
+                use = ok[rs, cs] & (closest <= CORE_FIT_FWHM * width_k)
+            use &= profiled & np.isfinite(level[rs, cs])
             design = np.stack([np.interp(np.hypot(yy[use] - y, xx[use] - x), *model, right=0.0) for y, x in stars]
                               + [np.ones(int(use.sum()))], axis=1)
             if use.sum() <= design.shape[1]:
@@ -738,16 +749,37 @@ def _masked_stars(holes: Sequence[np.ndarray]) -> list[tuple[float, float]]:
     for hole in holes:
         marks, _ = label(hole)
         for n, box in enumerate(find_objects(marks), start=1):
-            core = np.zeros(hole.shape, dtype=bool)
-            core[box] = marks[box] == n
-            rr, cc = np.nonzero(core[box])
+            rr, cc = np.nonzero(marks[box] == n)
             if rr.size >= CORE_MIN_PIXELS:
-                cores.append((rr.size, float(rr.mean()) + box[0].start, float(cc.mean()) + box[1].start, core))
+                cores.append((rr.size, float(rr.mean()) + box[0].start, float(cc.mean()) + box[1].start, marks, n))
     stars: list[tuple[float, float]] = []
-    for _, y, x, core in sorted(cores, key=lambda c: c[0]):
-        if not any(core[int(round(sy)), int(round(sx))] for sy, sx in stars):
+    for _, y, x, marks, n in sorted(cores, key=lambda c: c[0]):
+        if not any(marks[int(round(sy)), int(round(sx))] == n for sy, sx in stars):
             stars.append((y, x))
     return stars
+
+
+def _large_parts(mask: np.ndarray, smallest: int) -> np.ndarray:
+    """The connected parts of ``mask`` of at least ``smallest`` pixels."""
+    marks, _ = label(mask)
+    sizes = np.bincount(marks.ravel())
+    sizes[0] = 0
+    return (sizes >= smallest)[marks]
+
+
+def _grown(mask: np.ndarray, radius: int) -> np.ndarray:
+    """``mask`` with every pixel within ``radius`` of it set, worked out around each of its parts
+    (a whole image's distance transform would cost memory in proportion to the image)."""
+    if radius <= 0 or not mask.any():
+        return mask
+    out = mask.copy()
+    marks, _ = label(mask)
+    height, width = mask.shape
+    for n, box in enumerate(find_objects(marks), start=1):
+        rs = slice(max(box[0].start - radius, 0), min(box[0].stop + radius, height))
+        cs = slice(max(box[1].start - radius, 0), min(box[1].stop + radius, width))
+        out[rs, cs] |= distance_transform_edt(marks[rs, cs] != n) <= radius
+    return out
 
 
 def _neutral_sky(hue: np.ndarray, luminance: np.ndarray, intensity: np.ndarray, footprint: np.ndarray,
@@ -774,9 +806,9 @@ def _neutral_sky(hue: np.ndarray, luminance: np.ndarray, intensity: np.ndarray, 
     if below.size < 100:
         return hue
     noise = float(np.sqrt(np.mean(below**2)))
-    field = np.zeros(footprint.shape)
-    field[footprint] = smooth
-    nebulous = binary_dilation(field > peak + SKY_BLANK_SIGMAS * noise, iterations=3)
+    smoothed = np.zeros(footprint.shape)
+    smoothed[footprint] = smooth
+    nebulous = binary_dilation(smoothed > peak + SKY_BLANK_SIGMAS * noise, iterations=3)
     sky = footprint & ~nebulous & (np.abs(intensity - peak) < SKY_SIGMAS * sigma)
     if sky.sum() < 100:
         return hue

@@ -94,7 +94,8 @@ FITS_FILES_SCHEMA = pa.schema([
     schema_field("status", pa.string(), None, "downloaded, or skipped when already verified"),
     schema_field("fits_checksum", pa.string(), None, "result of the FITS CHECKSUM/DATASUM check"),
     schema_field("sha256_checked", pa.bool_(), None,
-                 "the SHA-256 matched the one the archive sent for the object (S3 ChecksumSHA256)"),
+                 "the SHA-256 matched the one the archive sent for the object (S3 ChecksumSHA256); "
+                 "null: recorded before the column existed"),
     schema_field("attempts", pa.int32(), None, "tries the download took"),
     schema_field("resumed_from", pa.int64(), "byte", "offset a resumed download started at; null if not resumed"),
     schema_field("seconds", pa.float64(), "s", "time spent fetching and verifying"),
