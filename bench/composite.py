@@ -15,9 +15,8 @@ colour at 1. For the default picture also each filter's sky level against the me
 blank sky (in noise sigmas), and each of those stars' own R/G and B/G with its true F444W / F090W
 flux ratio and the share of its aperture every filter covers, and each saturated star's core
 colour against the colour of its true fluxes relative to the field's median star (which the
-balance makes white). Then the emulator's
-generation of the default sky with and without extended sources, interleaved, in CPU seconds of
-this process (the machine may be shared) and wall seconds.
+balance makes white). Then the emulator's generation of the default sky with and without extended
+sources, interleaved, in CPU seconds of this process (the machine may be shared) and wall seconds.
 """
 
 from __future__ import annotations
@@ -66,9 +65,10 @@ def pictures(sky: Sky, out: Path) -> list[dict]:
             radius = 15.0 * max(1.0, max(s["flux_ujy"][f] for f in FILTERS)) ** (1 / 5)
             near |= (cols_px - x) ** 2 + (rows_px - y) ** 2 < radius**2
         blank = footprint & ~near & (emission < 0.05)
+        field_stars = [(s, x, y) for s, x, y in zip(stars, sx, sy, strict=True)
+                       if not s["on_extended"] and not s["bright"] and s["flux_ujy"]["F200W"] > 0.5]
         measured = [(int(round(y)), int(round(x)), s["flux_ujy"]["F444W"] / s["flux_ujy"]["F090W"])
-                    for s, x, y in zip(stars, sx, sy, strict=True)
-                    if not s["on_extended"] and not s["bright"] and s["flux_ujy"]["F200W"] > 0.5]
+                    for s, x, y in field_stars]
         on_blank = [(r, c) for r, c, _ in measured]
         colours = composite.channel_colours([BANDS[f].pivot_um for f in FILTERS])
         balance = composite.balance_channels(channels)
@@ -86,8 +86,7 @@ def pictures(sky: Sky, out: Path) -> list[dict]:
                 row["saturated"] = []
                 covered = binary_fill_holes(footprint)  # masked cores included
                 # white as the balance makes it: the median colour of the stars it measures, from their true fluxes
-                true = np.array([[s["flux_ujy"][f] for f in FILTERS] for s in stars
-                                 if not s["on_extended"] and not s["bright"] and s["flux_ujy"]["F200W"] > 0.5])
+                true = np.array([[s["flux_ujy"][f] for f in FILTERS] for s, _, _ in field_stars])
                 white = np.median(true / true.mean(axis=1, keepdims=True), axis=0)
                 for s, x, y in zip(stars, sx, sy, strict=True):
                     r, c = int(round(y)), int(round(x))

@@ -64,6 +64,7 @@ from scipy.ndimage import (
 )
 
 from skyassets.fits import bandpasses
+from skyassets.imaging.mosaic import grown
 from skyassets.imaging.resample import resample_image
 
 #: Hue (degrees) of the shortest and of the longest wavelength: blue and red.
@@ -628,10 +629,10 @@ def lupton_rgb(channels: Sequence[np.ndarray], colours: np.ndarray, balance: Bal
         matched += (gaussian_filter(level, blur, truncate=4.0) if blur else level)[None] * colour[:, None, None]
         filled_in = ~real[k] & np.isfinite(levels[k])
         unclean |= filled_in
-        if filled_in.any():  # a masked core's reach: 4 sigma, as gaussian_filter truncates the kernel
+        if filled_in.any():  # a masked core's reach: the square of 4 sigma gaussian_filter's kernel spans
             cores = _large_parts(filled_in, CORE_MIN_PIXELS)
             cored |= cores
-            unclean |= _grown(cores, int(4.0 * blur + 0.5))
+            unclean |= grown(cores, int(4.0 * blur + 0.5))
     intensity = planes.mean(axis=0)
     inside = intensity[footprint]
     sigma = sky_and_noise(np.where(footprint, intensity, np.nan))[1] if inside.size else 1.0
@@ -765,21 +766,6 @@ def _large_parts(mask: np.ndarray, smallest: int) -> np.ndarray:
     sizes = np.bincount(marks.ravel())
     sizes[0] = 0
     return (sizes >= smallest)[marks]
-
-
-def _grown(mask: np.ndarray, radius: int) -> np.ndarray:
-    """``mask`` with every pixel within ``radius`` of it set, worked out around each of its parts
-    (a whole image's distance transform would cost memory in proportion to the image)."""
-    if radius <= 0 or not mask.any():
-        return mask
-    out = mask.copy()
-    marks, _ = label(mask)
-    height, width = mask.shape
-    for n, box in enumerate(find_objects(marks), start=1):
-        rs = slice(max(box[0].start - radius, 0), min(box[0].stop + radius, height))
-        cs = slice(max(box[1].start - radius, 0), min(box[1].stop + radius, width))
-        out[rs, cs] |= distance_transform_edt(marks[rs, cs] != n) <= radius
-    return out
 
 
 def _neutral_sky(hue: np.ndarray, luminance: np.ndarray, intensity: np.ndarray, footprint: np.ndarray,
