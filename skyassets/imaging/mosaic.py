@@ -24,11 +24,13 @@ product beside its own exposures) is co-added once (:func:`one_per_exposure`).
 from __future__ import annotations
 
 import math
+import os
 import re
 import shutil
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -61,12 +63,16 @@ CONTRAST_SCALE = 1.2
 # An input whose pixels are this little larger than the output's (rounding of pixel scales) is
 # treated as sampled at the output's resolution.
 RATIO_SLACK = 0.05
-# Values (inputs x rows x columns) in one slab's stack of resampled inputs: 4 Mi values, under
-# 100 MB with their weights and the rejection's temporaries, whatever the number of inputs.
-STACK_BUDGET = 1 << 22
+# Values (inputs x rows x columns) in one slab's stack of resampled inputs: 2 Mi values, about
+# 60 MB with their weights and the rejection's temporaries, whatever the number of inputs. The
+# stack is a mosaic's peak; twice this was above drizzle's whole process (bench/mosaic.py).
+STACK_BUDGET = 1 << 21
 # Rows read beyond a slab so that the contrast and the growth of rejections by one pixel see the
 # same neighbours as they would on the whole mosaic.
 HALO = 2
+# Slabs resampled and co-added at once, each on its share of the pixel budget: numpy's gathers and
+# arithmetic release the GIL, so the threads use that many cores in the memory of one slab.
+THREADS = max(1, min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
 _SURFACE_BRIGHTNESS = ("/SR", "SR-1", "ARCSEC", "/PIX", "PIXEL-1")
 
 
@@ -520,13 +526,29 @@ def _resample(image: _Image, wcs: WCS, shape: tuple[int, int], stem: Path, slab:
     n = (placed.y1 - placed.y0) * placed.width
     _blank(stem.with_suffix(".val"), np.float32, n)
     _blank(stem.with_suffix(".wht"), np.float32, n)
-    for part in resample_slabs(image.weighted, image.weight, image.wcs, wcs, box, slab):
-        rows = (part.y0 - placed.y0, part.y1 - placed.y0)
-        for suffix, data in ((".val", part.value), (".wht", part.weight)):
-            out = _file(stem.with_suffix(suffix), np.float32, placed.width, *rows, "r+")
-            out[:] = data
-            del out
+    # Half the pixel budget, shared by the threads: a pixel takes about 100 bytes of coordinates,
+    # corner indices, fractions and planes while its slab is resampled, so slabs of the whole budget
+    # made the process's peak once the stack's was halved (bench/mosaic.py).
+    share = max(1, slab // (2 * THREADS))
+
+    def place_rows(span: tuple[int, int]) -> None:
+        for part in resample_slabs(image.weighted, image.weight, image.wcs, wcs, (*span, box[2], box[3]), share):
+            rows = (part.y0 - placed.y0, part.y1 - placed.y0)
+            for suffix, data in ((".val", part.value), (".wht", part.weight)):
+                out = _file(stem.with_suffix(suffix), np.float32, placed.width, *rows, "r+")
+                out[:] = data
+                del out
+
+    _in_threads(place_rows, row_slabs(box[0], box[1], placed.width, share))
     return placed
+
+
+def _in_threads(work: Callable[[tuple[int, int]], object], spans: Iterable[tuple[int, int]]) -> list:
+    """``work`` on each span of output rows, ``THREADS`` at a time; its results in order."""
+    if THREADS == 1:
+        return [work(span) for span in spans]
+    with ThreadPoolExecutor(THREADS, thread_name_prefix="skyassets-mosaic") as pool:
+        return list(pool.map(work, spans))
 
 
 # ------------------------------------------------------------------------ background matching
@@ -596,13 +618,14 @@ def _coadd(placed: list[_Placed], shape: tuple[int, int], work: Path, slab: int,
         starts[p.y0] += 1
         starts[p.y1] -= 1
     depth = max(1, int(np.cumsum(starts).max()))  # most inputs sharing one row
-    step = max(1, min(slab, STACK_BUDGET // depth) // nx)
+    step = max(1, min(slab, STACK_BUDGET // depth) // THREADS // nx)
     # Rows beyond the slab: the contrast window of the coarsest input and the growth by one pixel.
     coarsest = max(math.ceil(p.pixel_ratio - RATIO_SLACK) for p in placed) if placed else 1
     halo = max(HALO, coarsest + 1) if reject_sigma is not None else 0
-    rejected = 0
-    for r0 in range(0, ny, step):
-        r1 = min(r0 + step, ny)
+
+    def coadd_rows(span: tuple[int, int]) -> int:
+        r0, r1 = span
+        rejected = 0
         h0, h1 = max(r0 - halo, 0), min(r1 + halo, ny)
         members = [(k, p) for k, p in enumerate(placed) if p.y0 < h1 and p.y1 > h0]
         sci = np.full((r1 - r0, nx), np.nan, np.float32)
@@ -641,6 +664,9 @@ def _coadd(placed: list[_Placed], shape: tuple[int, int], work: Path, slab: int,
             out_file = _file(work / f"mosaic.{name}", dtype, nx, r0, r1, "r+")
             out_file[:] = data
             del out_file
+        return rejected
+
+    rejected = sum(_in_threads(coadd_rows, ((r0, min(r0 + step, ny)) for r0 in range(0, ny, step))))
     for k in range(len(placed)):
         for suffix in (".val", ".wht"):
             (work / f"in{k}").with_suffix(suffix).unlink(missing_ok=True)

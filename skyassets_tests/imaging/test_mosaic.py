@@ -256,6 +256,28 @@ def test_with_two_inputs_the_brighter_is_the_outlier(tmp_path):
     np.testing.assert_allclose(ratios, raw_ratios, atol=0.0005)
 
 
+@pytest.mark.parametrize("block", [(16, 64), (1024, 1024)])
+def test_slabs_in_threads_make_the_mosaic_one_thread_makes(tmp_path, monkeypatch, block):
+    """Slabs resampled and co-added two at a time write what one thread writes, value for value:
+    four dithered exposures with cosmic rays to reject, in slabs of a few rows and in one."""
+    import skyassets.imaging.mosaic as mosaic
+
+    stars = _star_field()
+    paths = _draw_exposures(tmp_path, stars, [(0.0, 0.0, 20.0, 0.2), (0.5, 0.3, 20.0, 0.2),
+                                              (0.2, 0.7, 20.0, 0.2), (0.8, 0.9, 20.0, 0.2)], noise=0.01, sip=True)
+    with fits.open(paths[1], mode="update") as hdul:
+        hdul["SCI"].data[20:23, 30:32] += 10.0
+    made = {}
+    for threads in (1, 2):
+        monkeypatch.setattr(mosaic, "THREADS", threads)
+        result = build_mosaic([MosaicInput(p) for p in paths], tmp_path / f"m{threads}.fits", block_size=block)
+        with fits.open(result.path) as hdul:
+            made[threads] = (result.n_rejected, *(hdul[name].data.copy() for name in ("SCI", "CON", "WHT")))
+    assert made[1][0] > 0 and made[1][0] == made[2][0]
+    for one, two in zip(made[1][1:], made[2][1:], strict=True):
+        np.testing.assert_array_equal(one, two)
+
+
 def test_background_steps_within_noise_after_matching(field):
     _, files, matched, unmatched, coverage = field
     only = {0: (coverage[0] > 0) & (coverage[1] == 0), 1: (coverage[1] > 0) & (coverage[0] == 0)}
