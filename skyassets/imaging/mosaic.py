@@ -532,7 +532,10 @@ def _resample(image: _Image, wcs: WCS, shape: tuple[int, int], stem: Path, slab:
     share = max(1, slab // (2 * THREADS))
 
     def place_rows(span: tuple[int, int]) -> None:
-        for part in resample_slabs(image.weighted, image.weight, image.wcs, wcs, (*span, box[2], box[3]), share):
+        # A WCS is not safe to transform with from two threads at once (astropy's wrappers of wcslib
+        # keep state in it); each slab transforms with copies of its own, as reproject's threads do.
+        mine, grid = image.wcs.deepcopy(), wcs.deepcopy()
+        for part in resample_slabs(image.weighted, image.weight, mine, grid, (*span, box[2], box[3]), share):
             rows = (part.y0 - placed.y0, part.y1 - placed.y0)
             for suffix, data in ((".val", part.value), (".wht", part.weight)):
                 out = _file(stem.with_suffix(suffix), np.float32, placed.width, *rows, "r+")
