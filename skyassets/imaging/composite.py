@@ -64,7 +64,7 @@ from scipy.ndimage import (
 )
 
 from skyassets.fits import bandpasses
-from skyassets.imaging.mosaic import grown
+from skyassets.imaging.mosaic import grown, large_parts
 from skyassets.imaging.resample import resample_image
 
 #: Hue (degrees) of the shortest and of the longest wavelength: blue and red.
@@ -630,7 +630,7 @@ def lupton_rgb(channels: Sequence[np.ndarray], colours: np.ndarray, balance: Bal
         filled_in = ~real[k] & np.isfinite(levels[k])
         unclean |= filled_in
         if filled_in.any():  # a masked core's reach: the square of 4 sigma gaussian_filter's kernel spans
-            cores = _large_parts(filled_in, CORE_MIN_PIXELS)
+            cores = large_parts(filled_in, CORE_MIN_PIXELS)
             cored |= cores
             unclean |= grown(cores, int(4.0 * blur + 0.5))
     intensity = planes.mean(axis=0)
@@ -758,14 +758,6 @@ def _masked_stars(holes: Sequence[np.ndarray]) -> list[tuple[float, float]]:
         if not any(marks[int(round(sy)), int(round(sx))] == n for sy, sx in stars):
             stars.append((y, x))
     return stars
-
-
-def _large_parts(mask: np.ndarray, smallest: int) -> np.ndarray:
-    """The connected parts of ``mask`` of at least ``smallest`` pixels."""
-    marks, _ = label(mask)
-    sizes = np.bincount(marks.ravel())
-    sizes[0] = 0
-    return (sizes >= smallest)[marks]
 
 
 def _neutral_sky(hue: np.ndarray, luminance: np.ndarray, intensity: np.ndarray, footprint: np.ndarray,

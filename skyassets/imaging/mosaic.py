@@ -39,7 +39,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS
 from astropy.wcs.utils import proj_plane_pixel_area
-from scipy.ndimage import maximum_filter, minimum_filter
+from scipy.ndimage import label, maximum_filter, minimum_filter
 
 from skyassets.fits.dq import dq_kind_of, pixel_masks, saturation_level
 from skyassets.fits.limits import check_image
@@ -764,6 +764,15 @@ def grown(mask: np.ndarray, half: int) -> np.ndarray:
             out[tuple(later)] |= source[tuple(earlier)]
             out[tuple(earlier)] |= source[tuple(later)]
     return out
+
+
+def large_parts(mask: np.ndarray, smallest: int, *, diagonal: bool = False) -> np.ndarray:
+    """The connected parts of a 2-D ``mask`` of at least ``smallest`` pixels (8-connected with
+    ``diagonal``, else 4-connected): the segments that :func:`grown` then widens."""
+    marks, _ = label(mask, structure=np.ones((3, 3), bool) if diagonal else None)
+    large = np.bincount(marks.ravel()) >= smallest
+    large[0] = False
+    return large[marks]
 
 
 # ------------------------------------------------------------------------------------ output

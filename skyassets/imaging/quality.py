@@ -44,7 +44,7 @@ from scipy.spatial import cKDTree
 from skyassets.fits.dq import DQ_BITS, PixelMasks, dq_kind_of, pixel_masks, saturation_level
 from skyassets.fits.limits import check_image
 from skyassets.fits.meta import HeaderKeys, parse_bunit, zero_point_ab
-from skyassets.imaging.mosaic import grown
+from skyassets.imaging.mosaic import grown, large_parts
 from skyassets.lake.schemas import QUALITY_SCHEMA, SOURCE_SCHEMA
 
 # ------------------------------------------------------------------------------------ constants
@@ -298,15 +298,10 @@ def _source_mask(residual: np.ndarray, mask: np.ndarray, rms: float) -> np.ndarr
     ``SOURCE_MASK_SIGMA`` rms, grown by a square of ``SOURCE_MASK_GROW`` pixels; None when there
     are none. The segments of photutils' ``detect_sources`` and the grown mask of its
     ``make_source_mask`` (an FFT convolution) took 2.1 s of a 2048² star field (`bench/quality.py`);
-    a labelling, a count per label and the mosaics' dilation (:func:`~skyassets.imaging.mosaic.grown`)
-    give the same mask but for the footprint's corners in a fraction of that."""
-    above = (residual > SOURCE_MASK_SIGMA * rms) & ~mask
-    labels, count = label(above, structure=np.ones((3, 3), bool))
-    if count == 0:
-        return None
-    large = np.bincount(labels.ravel()) >= SOURCE_MASK_PIXELS
-    large[0] = False
-    sources = large[labels]
+    the segments of a size and the dilation the mosaics use (:func:`~skyassets.imaging.mosaic.large_parts`,
+    :func:`~skyassets.imaging.mosaic.grown`) give the same mask but for the footprint's corners in a
+    fraction of that."""
+    sources = large_parts((residual > SOURCE_MASK_SIGMA * rms) & ~mask, SOURCE_MASK_PIXELS, diagonal=True)
     if not sources.any():
         return None
     return grown(sources, SOURCE_MASK_GROW)
