@@ -3,6 +3,7 @@
     python bench/ingest.py                  # 2,000 files
     python bench/ingest.py --files 200      # quick look
     python bench/ingest.py --postgres       # also on a PostgreSQL instance: events/s and files/s side by side
+    DAGSTER_EVENT_BATCH_SIZE=0 python bench/ingest.py --postgres  # each event alone (default: batches of 1,000)
 
 Generates JWST-like ``_cal`` files (a primary header of ~280 cards, a SCI extension with a TAN-SIP
 WCS and an S_REGION as the pipeline writes it, ERR and DQ extensions, CHECKSUM/DATASUM; 64x64
@@ -46,6 +47,9 @@ from astropy.wcs import WCS
 from skyassets.fits.verify import ones_complement_sum, verify_fits
 
 TARGET = 0.5
+# Dagster's settings for how events are stored, read from the environment of every process that runs a run;
+# deploy/ sets the first for PostgreSQL (see docs/benchmarks.md, Ingest).
+EVENT_SETTINGS = ("DAGSTER_EVENT_BATCH_SIZE", "DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS")
 SIDE = 64
 _CHECKSUM_EXCLUDE = frozenset(b":;<=>?@[\\]^_`")
 
@@ -519,13 +523,15 @@ def postgres_server() -> Iterator[str]:
         subprocess.run(["bash", str(script), "stop", values["SKYASSETS_POSTGRES_DIR"]], check=False)
 
 
-def compare_backends(count: int, sqlite: float, sqlite_counts: dict[str, int],
+def compare_backends(count: int, bare: float, sqlite: float, sqlite_counts: dict[str, int],
                      postgres: float, postgres_counts: dict[str, int]) -> None:
-    """Files/s and Dagster events/s of the same ingest on both instance storages."""
-    print("instance storage (same files, same run, the whole ingest + catalog publish):")
+    """Files/s and Dagster events/s of the same ingest on both instance storages, each against the bare loop."""
+    settings = ", ".join(f"{name}={os.environ.get(name, 'unset')}" for name in EVENT_SETTINGS)
+    print(f"instance storage (same files, same run, the whole ingest + catalog publish; {settings}):")
     for name, seconds, counts in (("SQLite", sqlite, sqlite_counts), ("PostgreSQL", postgres, postgres_counts)):
         print(f"  {name:<10} {count / seconds:8.1f} files/s  {counts['events'] / seconds:8.1f} events/s  "
-              f"({counts['events']} events, {counts['runs']} runs, {seconds:.2f} s)")
+              f"{100 * bare / seconds:4.0f}% of the bare loop  ({counts['events']} events, {counts['runs']} runs, "
+              f"{seconds:.2f} s)")
     print(f"  PostgreSQL / SQLite: {sqlite / postgres:.2f}x the files/s")
 
 
@@ -562,7 +568,7 @@ def main() -> int:
         if args.postgres:
             with postgres_server() as url:
                 pg, _, pg_counts = run_skyassets(paths, work, postgres_url=url)
-            compare_backends(len(paths), sky, counts, pg, pg_counts)
+            compare_backends(len(paths), bare, sky, counts, pg, pg_counts)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0 if ratio >= TARGET else 1

@@ -15,11 +15,16 @@ from skyassets.lake.home import HOME_ENV, Home
 # A new instance keeps its runs and events in this PostgreSQL database when the variable is set
 # (postgresql+psycopg2://user:password@host/db); SQLite under $DAGSTER_HOME otherwise.
 POSTGRES_ENV = "SKYASSETS_POSTGRES_URL"
+# Dagster stores a ranged run's materialisations of an asset in one write when this is set in the process
+# that runs the run: one INSERT on PostgreSQL instead of a round trip per partition. SQLite stores a batch
+# one event at a time, as without it. The commands set it for themselves and every process they start.
+EVENT_BATCH_ENV, EVENT_BATCH_SIZE = "DAGSTER_EVENT_BATCH_SIZE", "1000"
 
 
 def prepare_dagster_home(home: Home) -> Path:
     """Use ``$DAGSTER_HOME`` or ``<home>/dagster``, giving it skyassets' instance settings if it has none
-    (with PostgreSQL storage when ``SKYASSETS_POSTGRES_URL`` is set).
+    (with PostgreSQL storage when ``SKYASSETS_POSTGRES_URL`` is set), and batch event writes unless
+    ``DAGSTER_EVENT_BATCH_SIZE`` says otherwise.
 
     The instance's storage is created under a lock: two commands started at once on a new home would
     otherwise both try to create the same SQLite tables, and one of them would fail.
@@ -28,6 +33,7 @@ def prepare_dagster_home(home: Home) -> Path:
     dagster_home.mkdir(parents=True, exist_ok=True)
     os.environ["DAGSTER_HOME"] = str(dagster_home)
     os.environ.setdefault(HOME_ENV, str(home.root))
+    os.environ.setdefault(EVENT_BATCH_ENV, EVENT_BATCH_SIZE)
     with open(dagster_home / ".skyassets-init.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         settings = dagster_home / "dagster.yaml"

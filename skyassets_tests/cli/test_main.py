@@ -15,7 +15,7 @@ from astropy.io import fits
 from dagster import DagsterInstance
 
 from skyassets.cli.launch import LOCATION
-from skyassets.cli.main import main, prepare_dagster_home
+from skyassets.cli.main import EVENT_BATCH_ENV, main, prepare_dagster_home
 from skyassets.lake.home import Home
 
 # Every process waits for the same instant, then creates the instance on the same new home.
@@ -55,6 +55,16 @@ def test_an_existing_dagster_yaml_is_kept(tmp_path, monkeypatch):
     assert prepare_dagster_home(Home(tmp_path / "home")) == dagster_home.resolve()
     assert (dagster_home / "dagster.yaml").read_text() == "telemetry:\n  enabled: false\n"
     assert (dagster_home / "history" / "runs.db").exists()
+
+
+def test_the_commands_batch_event_writes_unless_told_otherwise(tmp_path, monkeypatch):
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dh"))
+    monkeypatch.delenv(EVENT_BATCH_ENV, raising=False)  # restored after the test
+    prepare_dagster_home(Home(tmp_path / "home"))
+    assert int(os.environ[EVENT_BATCH_ENV]) > 1
+    monkeypatch.setenv(EVENT_BATCH_ENV, "0")  # a deployment that wants every event written alone
+    prepare_dagster_home(Home(tmp_path / "home"))
+    assert os.environ[EVENT_BATCH_ENV] == "0"
 
 
 # ------------------------------------------------------------------ a command line that fits a person's habits

@@ -17,9 +17,13 @@ from pathlib import Path
 
 import boto3
 import pytest
+import yaml
 from dagster import AssetKey, AssetRecordsFilter, DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
 from dagster_graphql import DagsterGraphQLClient
 
+from skyassets.cli.main import EVENT_BATCH_ENV
+from skyassets.cli.runs import ingest, latest_metadata
+from skyassets.lake.home import Home
 from skyassets_tests.postgres import new_database, running_postgres
 from skyassets_tests.servers import free_port, serving
 
@@ -161,6 +165,58 @@ def test_concurrent_runs_sensors_and_automation_on_postgres(deployed_instance, e
     assert partitions_of(instance, "mosaics") == {target}
     # Step logs went to S3, as deploy/dagster.yaml says.
     assert s3.list_objects_v2(Bucket=LOGS_BUCKET, Prefix="skyassets/compute-logs/").get("KeyCount", 0) > 0
+
+
+def test_a_ranged_run_s_events_are_written_in_batches_each_partition_keeping_its_own(
+    deployed_instance, emu, tmp_path, monkeypatch
+):
+    """The deployment batches event writes (its compose file sets the size, as the command line does): a
+    landing run of several partitions stores each asset's materialisations in one write, and every
+    partition still has its own record and figures, in the run's log and the asset index alike."""
+    dagster_home, _ = deployed_instance
+    environment = yaml.safe_load((ROOT / "deploy" / "docker-compose.yml").read_text())["x-dagster"]["environment"]
+    monkeypatch.setenv(EVENT_BATCH_ENV, environment[EVENT_BATCH_ENV])
+    drop = tmp_path / "night"
+    drop.mkdir()
+    cal = sorted(emu.sky.root.rglob("*_cal.fits"))[:4]
+    for path in cal:
+        shutil.copy(path, drop / path.name)
+    home = Home(tmp_path / "home")
+    with DagsterInstance.from_config(str(dagster_home)) as instance:
+        storage = instance.event_log_storage
+        batches = []
+        store_batch = storage.store_event_batch
+
+        def recorded(events):
+            batches.append([(e.dagster_event.event_type, e.dagster_event.asset_key.to_user_string(),
+                             e.dagster_event.partition) for e in events])
+            store_batch(events)
+
+        monkeypatch.setattr(storage, "store_event_batch", recorded)
+        report = ingest([drop], home, instance)
+        assert report.ok and report.runs == 1, report
+        partitions = sorted(report.partitions)
+        assert len(partitions) == len(cal)
+        # each asset's materialisations of the whole range in one write, not one per partition
+        written = sorted(
+            (batch[0][1], sorted(partition for _, _, partition in batch)) for batch in batches
+            if {kind for kind, _, _ in batch} == {DagsterEventType.ASSET_MATERIALIZATION}
+        )
+        assert written == [("fits_files", partitions), ("image_metadata", partitions)]
+        (run,) = instance.get_runs()
+        by_run = Counter(
+            (r.asset_key.to_user_string(), r.partition_key)
+            for r in instance.get_records_for_run(run.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION).records
+        )
+        indexed = Counter(
+            (key, r.partition_key) for key in ("fits_files", "image_metadata")
+            for r in instance.fetch_materializations(AssetKey(key), limit=100).records
+        )
+        assert by_run == indexed == Counter((a, p) for a in ("fits_files", "image_metadata") for p in partitions)
+        for partition in partitions:
+            figures = latest_metadata(instance, "image_metadata", partition)
+            assert figures["dagster/row_count"] == 1
+            assert [r.data["obs_id"] for r in figures["preview"].records] == [partition]
 
 
 def wait_for(instance: DagsterInstance, run_ids: list[str], timeout: float = 300) -> None:
