@@ -48,7 +48,7 @@ from skyassets.fits.verify import ones_complement_sum, verify_fits
 
 TARGET = 0.5
 # Dagster's settings for how events are stored, read from the environment of every process that runs a run;
-# deploy/ sets the first for PostgreSQL (see docs/benchmarks.md, Ingest).
+# the skyassets commands (``prepare_dagster_home``, which this bench calls) and deploy/ set the first.
 EVENT_SETTINGS = ("DAGSTER_EVENT_BATCH_SIZE", "DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS")
 SIDE = 64
 _CHECKSUM_EXCLUDE = frozenset(b":;<=>?@[\\]^_`")
