@@ -76,7 +76,9 @@ RESERVED_SUFFIXES = (PART_SUFFIX, STATE_SUFFIX, SHA256_SUFFIX, CORRUPT_SUFFIX, L
 _DERIVED_EXTRA = max(len(STATE_SUFFIX + TMP_SUFFIX), 1 + len(VERIFIED_SUFFIX + TMP_SUFFIX))
 
 _HASH_CHUNK = 8 << 20
+_READ_BACK_BUFFERS = 3  # chunks of _HASH_CHUNK a ranged download reads back ahead of its checks at most
 _RANGE_WRITE = 1 << 20  # bytes a range connection gathers before one positioned write
+_MAX_WRITE_PIECES = os.sysconf("SC_IOV_MAX") if "SC_IOV_MAX" in os.sysconf_names else 16  # buffers per pwritev
 # A file's first connection is timed for this long (from its first byte) before the others may open:
 # over a fast link a byte count is reached within a scheduling hiccup, which would look like a slow
 # link and open connections that only compete for the CPU. One under half the fast speed after the
@@ -390,7 +392,12 @@ class _Digests:
             self._pending.popleft().result()
 
     def _drain(self) -> None:
-        while self._pending:
+        self.settle(0)
+
+    def settle(self, updates_left: int) -> None:
+        """Wait until the checks have taken all but the last ``updates_left`` updates, so that the
+        buffers of the earlier ones may be filled again."""
+        while len(self._pending) > updates_left * len(self._feeds):
             self._pending.popleft().result()
 
     def sha256(self) -> str:
@@ -1159,25 +1166,40 @@ class _Downloader:
 
                     def flush() -> None:
                         nonlocal pos, pending, stop
-                        chunk = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+                        gathered = pending
+                        chunks, chunk = pieces[:], b""
                         pieces.clear()
                         pending = 0
-                        while chunk and not stop:
+                        while (chunks or chunk) and not stop:
                             with lock:  # bytes past what it holds (another connection may have split it) are dropped
                                 room = claim.end - pos
+                                in_order = not reading_back and job.hashed == pos
                             if room <= 0:
                                 break
-                            part, chunk = chunk[:room], chunk[room:]
-                            os.pwrite(fd, part, pos)
+                            if not chunk and gathered <= room and not in_order and len(chunks) <= _MAX_WRITE_PIECES:
+                                # the usual case: the pieces as they came in one positioned write, not joined
+                                part, size = None, gathered
+                                written = os.pwritev(fd, chunks, pos)
+                                chunks = []
+                            else:
+                                if not chunk:
+                                    chunk = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                                    chunks = []
+                                part, chunk = chunk[:room], chunk[room:]
+                                size = len(part)
+                                written = os.pwrite(fd, part, pos)
+                            if written != size:
+                                raise OSError(f"{job.part}: wrote {written} of {size} bytes at byte {pos}")
+                            gathered -= size
                             extended = False
                             with lock:
-                                if not reading_back and job.hashed == pos:  # in order: check it from memory
-                                    job.digests.update(part)
-                                    job.hashed += len(part)
-                                pos += len(part)
+                                if part is not None and not reading_back and job.hashed == pos:
+                                    job.digests.update(part)  # in order: check it from memory
+                                    job.hashed += size
+                                pos += size
                                 spans[start] = pos
-                                job.on_disk += len(part)
-                                job.bytes_fetched += len(part)
+                                job.on_disk += size
+                                job.bytes_fetched += size
                                 if pos == claim.end < reach:  # the next piece, if no other connection took it
                                     if queue and queue[0][0] == pos:
                                         claim.end = queue.popleft()[1]
@@ -1187,7 +1209,7 @@ class _Downloader:
                                     else:
                                         stop = True
                                 lock.notify_all()
-                            self.tracker.fetched(len(part))
+                            self.tracker.fetched(size)
                             if extended:
                                 save()
 
@@ -1268,6 +1290,7 @@ class _Downloader:
 
             def hasher() -> None:
                 nonlocal reading_back
+                buffers, turn = [bytearray() for _ in range(_READ_BACK_BUFFERS)], 0
                 try:
                     while True:
                         with lock:
@@ -1279,11 +1302,18 @@ class _Downloader:
                                 return
                             reading_back = True
                         while job.hashed < limit:
-                            data = os.pread(fd, min(_HASH_CHUNK, limit - job.hashed), job.hashed)
-                            if not data:
+                            # Read into buffers used in turn, which the checks have let go of (a new
+                            # 8 MiB buffer per read costs the kernel a fresh page for every 4 kB).
+                            turn = (turn + 1) % len(buffers)
+                            if len(buffers[turn]) == 0:
+                                buffers[turn] = bytearray(_HASH_CHUNK)
+                            job.digests.settle(len(buffers) - 1)
+                            view = memoryview(buffers[turn])[:min(_HASH_CHUNK, limit - job.hashed)]
+                            got = os.preadv(fd, [view], job.hashed)
+                            if not got:
                                 raise OSError(f"{job.part} is shorter than its ranges say")
-                            job.digests.update(data)
-                            job.hashed += len(data)
+                            job.digests.update(view[:got])
+                            job.hashed += got
                 except BaseException as exc:  # noqa: BLE001 - handed to the caller below
                     with lock:
                         failures.append(exc)

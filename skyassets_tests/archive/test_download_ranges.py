@@ -193,3 +193,74 @@ def test_a_connection_with_nothing_left_splits_the_range_a_stalled_one_holds(emu
     retry = next(i for i, (a, _) in enumerate(later) if a == sent)
     assert split < retry and all(b < last for a, b in later[retry:])
     assert result.attempts == 2 and result.bytes_fetched == len(content)  # nothing split off came twice
+
+
+def test_bytes_read_back_for_the_checks_are_not_overwritten_before_the_checks_take_them(
+        emu, tmp_path: Path, monkeypatch) -> None:
+    import os
+    import time
+
+    import skyassets.archive.download as download
+    from skyassets.fits.verify import StreamingFitsVerifier
+
+    product, content = publish_file(emu, tmp_path, 3)
+    # Small read-back chunks, so that the few buffers are filled again many times over, and a FITS
+    # check that lags behind the reads: a buffer refilled too early fails the checksums.
+    monkeypatch.setattr(download, "_HASH_CHUNK", 16 << 10)
+    monkeypatch.setattr(download._Digests, "_INLINE_BYTES", 0)  # the checks on their threads from the start
+    update = StreamingFitsVerifier.update
+
+    def slow(self, data) -> None:
+        time.sleep(0.002)
+        update(self, data)
+
+    monkeypatch.setattr(StreamingFitsVerifier, "update", slow)
+    reads: list[int] = []
+    preadv = os.preadv
+
+    def counted(fd, buffers, offset):
+        reads.append(offset)
+        return preadv(fd, buffers, offset)
+
+    monkeypatch.setattr(os, "preadv", counted)
+    emu.throttle = 4_000_000  # the other connections' bytes land ahead of the first one's, to be read back
+    try:
+        (result,) = download_files([file_request(emu, product, tmp_path)],
+                                   download_config(emu, connections=4, segment_size=64 << 10, fast_stream=0))
+    finally:
+        emu.throttle = 0
+    assert_in_place(result, content)
+    assert result.attempts == 1  # no check failed on the way
+    assert len(reads) > 4 * download._READ_BACK_BUFFERS  # each buffer filled again several times
+
+
+def test_pieces_past_the_write_limit_are_joined_into_one_write(emu, tmp_path: Path, monkeypatch) -> None:
+    import os
+
+    import skyassets.archive.download as download
+
+    product, content = publish_file(emu, tmp_path, 3)
+    monkeypatch.setattr(download, "_MAX_WRITE_PIECES", 1)
+    joined: list[int] = []
+    gathered: list[int] = []
+    pwrite, pwritev = os.pwrite, os.pwritev
+
+    def one(fd, data, offset):
+        joined.append(len(data))
+        return pwrite(fd, data, offset)
+
+    def several(fd, buffers, offset):
+        gathered.append(len(buffers))
+        return pwritev(fd, buffers, offset)
+
+    monkeypatch.setattr(os, "pwrite", one)
+    monkeypatch.setattr(os, "pwritev", several)
+    emu.throttle = 4_000_000  # paced: each write gathers many small pieces
+    try:
+        (result,) = download_files([file_request(emu, product, tmp_path)],
+                                   download_config(emu, connections=4, segment_size=SEGMENT, fast_stream=0))
+    finally:
+        emu.throttle = 0
+    assert_in_place(result, content)
+    assert joined and max(joined) > SEGMENT // 4  # pieces gathered past the limit, written joined
+    assert max(gathered, default=1) == 1  # no positioned write of more buffers than the limit
