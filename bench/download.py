@@ -7,9 +7,13 @@
 (c) is one large file over a link that carries at most --link-rate MB/s per connection (the emulator
 paces each connection, as WAN and S3 links do), then over the unpaced loopback: skyassets with its
 ranged connections, curl with one stream and aria2c with as many connections as skyassets
-(`aria2c -x N -s N -k SEGMENT`; scripts/bench-deps.sh installs it). Each client runs in its own
-process; its peak RSS is printed (flat memory: far below the file's size). skyassets' time is
-measured inside its process (no interpreter start), curl's and aria2c's around theirs.
+(`aria2c -x N -s N -k SEGMENT`; scripts/bench-deps.sh installs it). curl and aria2c only write the
+bytes, where skyassets also verifies them, so two verified baselines run beside them: aria2c checking
+the file's SHA-256 once it is complete (`--checksum=sha-256=...`, over both links) and, unpaced, curl
+followed by `openssl dgst -sha256` (over the paced link one stream is so slow that the hash adds
+little). Each client runs in its own process; its peak RSS is printed (flat memory: far
+below the file's size). skyassets' time is measured inside its process (no interpreter start), the
+others' around theirs.
 
 The MAST emulator serves the files over HTTP from a separate process (so the server does not share
 the interpreter with the clients). Every client fetches the same files from the same server:
@@ -160,10 +164,13 @@ def _run_measured(argv: list[str]) -> tuple[float, float, str]:
     return seconds, float("nan"), proc.stdout
 
 
-def _link_clients(url: str, product: dict, connections: int, segment_mb: int):
-    """The three clients of case (c): each returns (seconds, peak RSS MB) for one fetch into ``out``."""
+def _link_clients(url: str, product: dict, connections: int, segment_mb: int, sha256: str):
+    """The clients of case (c): each returns (seconds, peak RSS MB) for one fetch into ``out``;
+    ``sha256`` is the file's, which the verified baselines check."""
     file_url = f"{url}/api/v0.1/Download/file?uri={product['dataURI']}"
     name = product["productFilename"]
+    aria2c_argv = ["aria2c", "-q", f"-x{connections}", f"-s{connections}", f"-k{segment_mb}M", "--file-allocation=none",
+                   "--allow-overwrite=true", "--auto-file-renaming=false"]
 
     def skyassets(out: Path) -> tuple[float, float]:
         _, rss, text = _run_measured([sys.executable, "-c", _SKYASSETS_CHILD, file_url, name,
@@ -178,28 +185,42 @@ def _link_clients(url: str, product: dict, connections: int, segment_mb: int):
         return seconds, rss
 
     def aria2c(out: Path) -> tuple[float, float]:
-        seconds, rss, _ = _run_measured([
-            "aria2c", "-q", f"-x{connections}", f"-s{connections}", f"-k{segment_mb}M", "--file-allocation=none",
-            "--allow-overwrite=true", "--auto-file-renaming=false", "-d", str(out), "-o", name, file_url,
-        ])
+        seconds, rss, _ = _run_measured([*aria2c_argv, "-d", str(out), "-o", name, file_url])
         return seconds, rss
 
-    return {"skyassets": skyassets, "curl": curl, "aria2c": aria2c}
+    def aria2c_verified(out: Path) -> tuple[float, float]:
+        # aria2c exits non-zero when the complete file does not have this SHA-256
+        seconds, rss, _ = _run_measured([*aria2c_argv, f"--checksum=sha-256={sha256}", "-d", str(out), "-o", name,
+                                         file_url])
+        return seconds, rss
+
+    def curl_verified(out: Path) -> tuple[float, float]:
+        # the file, then its SHA-256 by OpenSSL (which uses the CPU's SHA instructions, unlike
+        # coreutils' sha256sum, and reads faster than a pipe through tee)
+        script = 'set -e; curl -sSf -o "$2" "$1"; openssl dgst -sha256 -r "$2"'
+        seconds, rss, text = _run_measured(["bash", "-c", script, "bash", file_url, str(out / name)])
+        if text.split()[0] != sha256:
+            raise RuntimeError(f"curl, then openssl: {text.split()[0]}, not the file's SHA-256 {sha256}")
+        return seconds, rss
+
+    return {"skyassets": skyassets, "curl": curl, "aria2c": aria2c, "aria2c --checksum": aria2c_verified,
+            "curl + openssl": curl_verified}
 
 
-def _link_case(url: str, product: dict, args, pipe, work: Path) -> list[tuple[str, float, dict]]:
+def _link_case(url: str, product: dict, sha256: str, args, pipe, work: Path) -> list[tuple[str, float, dict]]:
     """Case (c): paced and unpaced rows of (label, rate, {client: (MB/s, peak RSS MB)})."""
-    clients = _link_clients(url, product, args.connections, args.segment_mb)
+    every = _link_clients(url, product, args.connections, args.segment_mb, sha256)
     size = int(product["size"])
     rows = []
     for label, rate in ((f"{args.link_rate:g} MB/s per connection", args.link_rate * 1e6), ("unpaced", 0.0)):
+        clients = {c: run for c, run in every.items() if rate == 0 or c != "curl + openssl"}
         pipe.send(("throttle", rate))
         pipe.recv()
         times: dict[str, list[float]] = {c: [] for c in clients}
         rss: dict[str, float] = dict.fromkeys(clients, 0.0)
         for _ in range(args.repeat):
-            for client, run in clients.items():
-                out = work / "out" / client
+            for index, (client, run) in enumerate(clients.items()):
+                out = work / "out" / f"client{index}"
                 shutil.rmtree(out, ignore_errors=True)
                 out.mkdir(parents=True)
                 seconds, peak = run(out)
@@ -261,7 +282,11 @@ def main() -> int:
         url, products = parent.recv()
         try:
             rows = []
-            link_rows = _link_case(url, products["link"][0], args, parent, work) if "link" in cases else []
+            link_rows = []
+            if "link" in cases:
+                with open(sets["link"][0], "rb") as f:
+                    sha256 = hashlib.file_digest(f, "sha256").hexdigest()
+                link_rows = _link_case(url, products["link"][0], sha256, args, parent, work)
             for name in ("large", "small"):
                 if name not in cases:
                     continue
@@ -301,15 +326,24 @@ def main() -> int:
     if link_rows:
         print(f"\n(c) one {args.link_mb:.0f} MB file, {args.connections} connections for skyassets and aria2c "
               "(MB/s; peak RSS MB)")
-        print(f"{'link':<26} {'skyassets':>16} {'curl':>16} {'aria2c':>16} {'vs curl':>8} {'vs aria2c':>10}")
+        shown = ("skyassets", "curl", "aria2c", "aria2c --checksum", "curl + openssl")
+        print(f"{'link':<26} " + " ".join(f"{c:>17}" for c in shown) + f" {'vs curl':>8} {'vs aria2c':>10}"
+              f" {'vs verified aria2c':>19} {'vs verified curl':>17}")
         for label, _, s in link_rows:
-            cells = " ".join(f"{s[c][0] / 1e6:>7.0f} ({s[c][1]:>5.0f})" for c in ("skyassets", "curl", "aria2c"))
+            cells = " ".join(f"{s[c][0] / 1e6:>8.0f} ({s[c][1]:>5.0f})" if c in s else f"{'-':>17}" for c in shown)
+            verified_curl = f"{s['skyassets'][0] / s['curl + openssl'][0]:>16.2f}x" if "curl + openssl" in s else (
+                f"{'-':>17}")
             print(f"{label:<26} {cells} {s['skyassets'][0] / s['curl'][0]:>7.2f}x"
-                  f" {s['skyassets'][0] / s['aria2c'][0]:>9.2f}x")
+                  f" {s['skyassets'][0] / s['aria2c'][0]:>9.2f}x"
+                  f" {s['skyassets'][0] / s['aria2c --checksum'][0]:>18.2f}x {verified_curl}")
         paced, unpaced = link_rows[0][2], link_rows[1][2]
         print(f"paced: skyassets / curl = {paced['skyassets'][0] / paced['curl'][0]:.2f}x (target >= 4x), "
               f"skyassets / aria2c = {paced['skyassets'][0] / paced['aria2c'][0]:.2f}x (target >= 1x); "
               f"unpaced: skyassets / curl = {unpaced['skyassets'][0] / unpaced['curl'][0]:.2f}x (target >= 0.9x)")
+        print(f"verified baselines: paced, skyassets / aria2c --checksum = "
+              f"{paced['skyassets'][0] / paced['aria2c --checksum'][0]:.2f}x; unpaced, skyassets / curl + openssl "
+              f"= {unpaced['skyassets'][0] / unpaced['curl + openssl'][0]:.2f}x, skyassets / aria2c --checksum = "
+              f"{unpaced['skyassets'][0] / unpaced['aria2c --checksum'][0]:.2f}x")
         sha = _sha256_rate()
         print(f"SHA-256 of one stream on this machine: {sha / 1e6:.0f} MB/s, {sha / unpaced['curl'][0]:.2f}x curl's "
               "unpaced rate (a verified single stream cannot beat it)")

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Tools the benchmarks compare skyassets with: curl (one stream) and aria2c (several connections),
-# and GNU time for each client's peak memory.
+# openssl (the SHA-256 of a verified curl download), and GNU time for each client's peak memory.
 #
 #   scripts/bench-deps.sh        # installs the Debian packages that are missing (root only)
 set -euo pipefail
@@ -8,6 +8,7 @@ set -euo pipefail
 missing=()
 command -v curl >/dev/null || missing+=(curl)
 command -v aria2c >/dev/null || missing+=(aria2)
+command -v openssl >/dev/null || missing+=(openssl)
 [ -x /usr/bin/time ] || missing+=(time)  # peak memory of each client
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
