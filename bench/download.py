@@ -47,6 +47,8 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
+from skyassets.archive.download import sha256_file
+
 
 def _make_fits(path: Path, megabytes: float, seed: int) -> Path:
     """A FITS image of about ``megabytes`` MB of float32 noise with CHECKSUM/DATASUM."""
@@ -284,8 +286,7 @@ def main() -> int:
             rows = []
             link_rows = []
             if "link" in cases:
-                with open(sets["link"][0], "rb") as f:
-                    sha256 = hashlib.file_digest(f, "sha256").hexdigest()
+                sha256 = sha256_file(Path(sets["link"][0]))
                 link_rows = _link_case(url, products["link"][0], sha256, args, parent, work)
             for name in ("large", "small"):
                 if name not in cases:

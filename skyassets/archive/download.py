@@ -379,7 +379,7 @@ class _Digests:
         self._pools: list[ThreadPoolExecutor] = []
         self._pending: deque[Future[None]] = deque()
 
-    def update(self, data: bytes) -> None:
+    def update(self, data: bytes | memoryview) -> None:
         if not self._pools and len(data) < self._INLINE_BYTES:
             for feed in self._feeds:
                 feed(data)
@@ -388,11 +388,7 @@ class _Digests:
             self._pools = [ThreadPoolExecutor(1, thread_name_prefix="skyassets-check") for _ in self._feeds]
         for feed, pool in zip(self._feeds, self._pools, strict=True):
             self._pending.append(pool.submit(feed, data))
-        while len(self._pending) > len(self._feeds) * self._IN_FLIGHT:
-            self._pending.popleft().result()
-
-    def _drain(self) -> None:
-        self.settle(0)
+        self.settle(self._IN_FLIGHT)
 
     def settle(self, updates_left: int) -> None:
         """Wait until the checks have taken all but the last ``updates_left`` updates, so that the
@@ -401,20 +397,20 @@ class _Digests:
             self._pending.popleft().result()
 
     def sha256(self) -> str:
-        self._drain()
+        self.settle(0)
         return self._hashes[0].hexdigest()
 
     def md5(self) -> str | None:
-        self._drain()
+        self.settle(0)
         return self._hashes[1].hexdigest() if len(self._hashes) > 1 else None
 
     def fits(self) -> FitsCheck:
         """The FITS verification of the bytes fed so far, taken as the whole file."""
-        self._drain()
+        self.settle(0)
         return self._fits.result()
 
     def close(self) -> None:
-        self._drain()
+        self.settle(0)
         for pool in self._pools:
             pool.shutdown()
         self._pools = []
