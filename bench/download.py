@@ -5,8 +5,10 @@
     python bench/download.py --cases link    # (c) only
 
 (c) is one large file over a link that carries at most --link-rate MB/s per connection (the emulator
-paces each connection, as WAN and S3 links do), then over the unpaced loopback: skyassets with its
-ranged connections, curl with one stream and aria2c with as many connections as skyassets
+paces each connection, as WAN and S3 links do), the same link with --link-latency-ms before every
+answer (a round trip and a store's time to its first byte, which every request pays; curl, one
+request, is left out of that row), then the unpaced loopback: skyassets with its ranged
+connections, curl with one stream and aria2c with as many connections as skyassets
 (`aria2c -x N -s N -k SEGMENT`; scripts/bench-deps.sh installs it). curl and aria2c only write the
 bytes, where skyassets also verifies them, so two verified baselines run beside them: aria2c checking
 the file's SHA-256 once it is complete (`--checksum=sha-256=...`, over both links) and, unpaced, curl
@@ -75,7 +77,7 @@ def _make_large_fits(path: Path, megabytes: float) -> Path:
 
 def _serve(home: str, sets: dict[str, list[str]], pipe) -> None:
     """Child process: an emulator publishing the benchmark files; sends back its URL and products,
-    then takes ("throttle", bytes per second per connection) messages until "stop"."""
+    then takes ("link", bytes per second per connection, seconds before each answer) messages until "stop"."""
     from skyassets.emulator import Emulator
 
     with Emulator(Path(home), s3=False) as emu:
@@ -85,7 +87,7 @@ def _serve(home: str, sets: dict[str, list[str]], pipe) -> None:
         }
         pipe.send((emu.url, products))
         while (message := pipe.recv()) != "stop":
-            emu.throttle = message[1]
+            emu.throttle, emu.latency = message[1:]
             pipe.send("ok")
 
 
@@ -209,31 +211,46 @@ def _link_clients(url: str, product: dict, connections: int, segment_mb: int, sh
             "curl + openssl": curl_verified}
 
 
-def _link_case(url: str, product: dict, sha256: str, args, pipe, work: Path) -> list[tuple[str, float, dict]]:
-    """Case (c): paced and unpaced rows of (label, rate, {client: (MB/s, peak RSS MB)})."""
+def _link_case(url: str, product: dict, sha256: str, args, pipe, work: Path) -> list[tuple[str, dict]]:
+    """Case (c): rows of (link, {client: (MB/s, peak RSS MB)}): paced, paced with a wait before every
+    answer (--link-latency-ms), unpaced."""
     every = _link_clients(url, product, args.connections, args.segment_mb, sha256)
     size = int(product["size"])
+    rate, latency = args.link_rate * 1e6, args.link_latency_ms / 1e3
+    paced = ["skyassets", "curl", "aria2c", "aria2c --checksum"]
+    links = [(f"{args.link_rate:g} MB/s per connection", rate, 0.0, paced)]
+    if latency:
+        # one stream waits for one answer only: curl's row would be the paced one again
+        links.append((f"{args.link_rate:g} MB/s, {args.link_latency_ms:g} ms answers", rate, latency,
+                      ["skyassets", "aria2c", "aria2c --checksum"]))
+    links.append(("unpaced", 0.0, 0.0, list(every)))
     rows = []
-    for label, rate in ((f"{args.link_rate:g} MB/s per connection", args.link_rate * 1e6), ("unpaced", 0.0)):
-        clients = {c: run for c, run in every.items() if rate == 0 or c != "curl + openssl"}
-        pipe.send(("throttle", rate))
+    for label, pace, wait, names in links:
+        pipe.send(("link", pace, wait))
         pipe.recv()
-        times: dict[str, list[float]] = {c: [] for c in clients}
-        rss: dict[str, float] = dict.fromkeys(clients, 0.0)
+        times: dict[str, list[float]] = {c: [] for c in names}
+        rss: dict[str, float] = dict.fromkeys(names, 0.0)
         for _ in range(args.repeat):
-            for index, (client, run) in enumerate(clients.items()):
+            for index, client in enumerate(names):
                 out = work / "out" / f"client{index}"
                 shutil.rmtree(out, ignore_errors=True)
                 out.mkdir(parents=True)
-                seconds, peak = run(out)
+                seconds, peak = every[client](out)
                 print(f"  (c) {label}: {client} {size / seconds / 1e6:.0f} MB/s, peak RSS {peak:.0f} MB", flush=True)
                 times[client].append(seconds)
                 rss[client] = max(rss[client], peak)
                 shutil.rmtree(out, ignore_errors=True)  # a 2 GB copy in /dev/shm is memory
-        rows.append((label, rate, {c: (size / statistics.median(t), rss[c]) for c, t in times.items()}))
-    pipe.send(("throttle", 0.0))
+        rows.append((label, {c: (size / statistics.median(t), rss[c]) for c, t in times.items()}))
+    pipe.send(("link", 0.0, 0.0))
     pipe.recv()
     return rows
+
+
+def _ratio(row: dict, client: str, baseline: str, width: int) -> str:
+    """skyassets' MB/s over ``baseline``'s in ``row`` (``client`` is skyassets), or a dash."""
+    if client not in row or baseline not in row:
+        return f"{'-':>{width}}"
+    return f"{row[client][0] / row[baseline][0]:>{width - 1}.2f}x"
 
 
 def main() -> int:
@@ -247,6 +264,8 @@ def main() -> int:
     parser.add_argument("--cases", default="large,small,link", help="which of large, small, link to run")
     parser.add_argument("--link-mb", type=float, default=2048, help="(c) the file's size")
     parser.add_argument("--link-rate", type=float, default=50, help="(c) MB/s each connection may carry")
+    parser.add_argument("--link-latency-ms", type=float, default=50,
+                        help="(c) a paced row with this wait before every answer, as over a long round trip (0: none)")
     parser.add_argument("--connections", type=int, default=8, help="(c) connections of skyassets and aria2c")
     parser.add_argument("--segment-mb", type=int, default=32, help="(c) aria2c's -k (skyassets' segment size)")
     parser.add_argument(
@@ -328,19 +347,22 @@ def main() -> int:
         print(f"\n(c) one {args.link_mb:.0f} MB file, {args.connections} connections for skyassets and aria2c "
               "(MB/s; peak RSS MB)")
         shown = ("skyassets", "curl", "aria2c", "aria2c --checksum", "curl + openssl")
-        print(f"{'link':<26} " + " ".join(f"{c:>17}" for c in shown) + f" {'vs curl':>8} {'vs aria2c':>10}"
+        print(f"{'link':<28} " + " ".join(f"{c:>17}" for c in shown) + f" {'vs curl':>8} {'vs aria2c':>10}"
               f" {'vs verified aria2c':>19} {'vs verified curl':>17}")
-        for label, _, s in link_rows:
-            cells = " ".join(f"{s[c][0] / 1e6:>8.0f} ({s[c][1]:>5.0f})" if c in s else f"{'-':>17}" for c in shown)
-            verified_curl = f"{s['skyassets'][0] / s['curl + openssl'][0]:>16.2f}x" if "curl + openssl" in s else (
-                f"{'-':>17}")
-            print(f"{label:<26} {cells} {s['skyassets'][0] / s['curl'][0]:>7.2f}x"
-                  f" {s['skyassets'][0] / s['aria2c'][0]:>9.2f}x"
-                  f" {s['skyassets'][0] / s['aria2c --checksum'][0]:>18.2f}x {verified_curl}")
-        paced, unpaced = link_rows[0][2], link_rows[1][2]
+        for label, row in link_rows:
+            cells = " ".join(f"{row[c][0] / 1e6:>8.0f} ({row[c][1]:>5.0f})" if c in row else f"{'-':>17}"
+                             for c in shown)
+            ratios = [_ratio(row, "skyassets", b, w) for b, w in
+                      (("curl", 8), ("aria2c", 10), ("aria2c --checksum", 19), ("curl + openssl", 17))]
+            print(f"{label:<28} {cells} {' '.join(ratios)}")
+        paced, unpaced = link_rows[0][1], link_rows[-1][1]
         print(f"paced: skyassets / curl = {paced['skyassets'][0] / paced['curl'][0]:.2f}x (target >= 4x), "
               f"skyassets / aria2c = {paced['skyassets'][0] / paced['aria2c'][0]:.2f}x (target >= 1x); "
               f"unpaced: skyassets / curl = {unpaced['skyassets'][0] / unpaced['curl'][0]:.2f}x (target >= 0.9x)")
+        if len(link_rows) == 3:
+            slow = link_rows[1][1]
+            print(f"paced, {args.link_latency_ms:g} ms before every answer: skyassets / aria2c = "
+                  f"{slow['skyassets'][0] / slow['aria2c'][0]:.2f}x")
         print(f"verified baselines: paced, skyassets / aria2c --checksum = "
               f"{paced['skyassets'][0] / paced['aria2c --checksum'][0]:.2f}x; unpaced, skyassets / curl + openssl "
               f"= {unpaced['skyassets'][0] / unpaced['curl + openssl'][0]:.2f}x, skyassets / aria2c --checksum = "

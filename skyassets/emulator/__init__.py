@@ -67,6 +67,16 @@ class Emulator:
         self._server.throttle = float(bytes_per_second)
 
     @property
+    def latency(self) -> float:
+        """Seconds each download request waits before its answer (0, the default), as a WAN
+        round trip and a store's time to its first byte add to every request."""
+        return self._server.latency
+
+    @latency.setter
+    def latency(self, seconds: float) -> None:
+        self._server.latency = float(seconds)
+
+    @property
     def requests(self) -> RequestLog:
         return self._server.requests
 

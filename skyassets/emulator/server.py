@@ -389,6 +389,8 @@ class MastHandler(BaseHTTPRequestHandler):
 
     # ------------------------------------------------------------- download
     def _download(self, method: str, uri: str) -> None:
+        if self.server.latency:
+            time.sleep(self.server.latency)  # a WAN round trip and the server's time to its first byte
         entry = self.server.sky_file(uri)
         if entry is None:
             body = f"File {uri} not found".encode()
@@ -515,13 +517,16 @@ class MastHandler(BaseHTTPRequestHandler):
                 began = time.monotonic()
                 step = max(int(rate / 50), 64 << 10) if rate else 64 * CHUNK
                 while sent < count:
-                    n = self.connection.sendfile(f, start + sent, min(count - sent, step))
+                    size = min(count - sent, step)
+                    # Each step leaves once the link would have carried it: every answer at most
+                    # ``throttle`` bytes/s from its first byte, with no burst a new request could win.
+                    if rate and (ahead := (sent + size) / rate - (time.monotonic() - began)) > 0:
+                        time.sleep(ahead)
+                    n = self.connection.sendfile(f, start + sent, size)
                     if not n:
                         break
                     sent += n
                     log["bytes_sent"] = sent
-                    if rate and (ahead := sent / rate - (time.monotonic() - began)) > 0:
-                        time.sleep(ahead)  # each connection at most ``throttle`` bytes/s, as on a WAN
                 return sent
             f.seek(start)
             while sent < count:
@@ -581,6 +586,8 @@ class MastServer(ThreadingHTTPServer):
         self.tokens: dict[str, set[str]] = {}
         # Bytes per second each download connection may carry (0: no limit), like a WAN or S3 link.
         self.throttle = 0.0
+        # Seconds every download request waits for its answer (0: none), as over a long round trip.
+        self.latency = 0.0
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client hanging up (a range closed before its end, a pooled connection dropped) is how

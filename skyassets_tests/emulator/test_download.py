@@ -165,3 +165,35 @@ def test_a_client_that_hangs_up_is_not_a_server_error(emu: Emulator, url: str, c
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")  # reset
     time.sleep(0.5)  # the server's threads meet the reset
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_a_paced_answer_takes_its_bytes_at_the_rate_from_its_first_byte(emu: Emulator, url: str,
+                                                                         whole: bytes) -> None:
+    """No step of the body leaves before the link would have carried it: a new request wins no burst
+    over a connection that keeps going."""
+    rate, size = 2_000_000, 256 << 10
+    assert len(whole) >= size
+    emu.throttle = rate
+    try:
+        start = time.monotonic()
+        reply = _get(url, Range=f"bytes=0-{size - 1}")
+        took = time.monotonic() - start
+    finally:
+        emu.throttle = 0
+    assert reply.status_code == 206 and reply.content == whole[:size]
+    assert took >= 0.95 * size / rate
+
+
+def test_latency_delays_every_answer(emu: Emulator, url: str, whole: bytes) -> None:
+    emu.latency = 0.2
+    try:
+        start = time.monotonic()
+        reply = _get(url, Range="bytes=0-99")
+        took = time.monotonic() - start
+    finally:
+        emu.latency = 0
+    assert reply.status_code == 206 and reply.content == whole[:100]
+    assert took >= 0.2
+    start = time.monotonic()
+    _get(url, Range="bytes=0-99")
+    assert time.monotonic() - start < 0.2  # off again
