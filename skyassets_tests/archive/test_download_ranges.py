@@ -223,10 +223,12 @@ def test_bytes_read_back_for_the_checks_are_not_overwritten_before_the_checks_ta
         return preadv(fd, buffers, offset)
 
     monkeypatch.setattr(os, "preadv", counted)
-    emu.throttle = 4_000_000  # the other connections' bytes land ahead of the first one's, to be read back
+    # Paced, so that each range comes in several steps while the others' come too: the other
+    # connections' bytes land ahead of the first one's, to be read back.
+    emu.throttle = 4_000_000
     try:
         (result,) = download_files([file_request(emu, product, tmp_path)],
-                                   download_config(emu, connections=4, segment_size=64 << 10, fast_stream=0))
+                                   download_config(emu, connections=4, segment_size=SEGMENT, fast_stream=0))
     finally:
         emu.throttle = 0
     assert_in_place(result, content)
