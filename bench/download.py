@@ -246,11 +246,11 @@ def _link_case(url: str, product: dict, sha256: str, args, pipe, work: Path) -> 
     return rows
 
 
-def _ratio(row: dict, client: str, baseline: str, width: int) -> str:
-    """skyassets' MB/s over ``baseline``'s in ``row`` (``client`` is skyassets), or a dash."""
-    if client not in row or baseline not in row:
+def _ratio(row: dict, baseline: str, width: int) -> str:
+    """skyassets' MB/s over ``baseline``'s in ``row``, or a dash where the baseline did not run."""
+    if baseline not in row:
         return f"{'-':>{width}}"
-    return f"{row[client][0] / row[baseline][0]:>{width - 1}.2f}x"
+    return f"{row['skyassets'][0] / row[baseline][0]:>{width - 1}.2f}x"
 
 
 def main() -> int:
@@ -352,7 +352,7 @@ def main() -> int:
         for label, row in link_rows:
             cells = " ".join(f"{row[c][0] / 1e6:>8.0f} ({row[c][1]:>5.0f})" if c in row else f"{'-':>17}"
                              for c in shown)
-            ratios = [_ratio(row, "skyassets", b, w) for b, w in
+            ratios = [_ratio(row, b, w) for b, w in
                       (("curl", 8), ("aria2c", 10), ("aria2c --checksum", 19), ("curl + openssl", 17))]
             print(f"{label:<28} {cells} {' '.join(ratios)}")
         paced, unpaced = link_rows[0][1], link_rows[-1][1]
