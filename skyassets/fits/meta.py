@@ -500,9 +500,10 @@ def _matrix_problem(matrix: np.ndarray, name: str) -> str | None:
     """Why a 2x2 pixel-to-sky matrix cannot place pixels on the sky, or None."""
     if not np.isfinite(matrix).all():
         return f"{name} has values that are not finite"
-    det = float(np.linalg.det(matrix))
+    with np.errstate(over="ignore", invalid="ignore"):
+        det = float(np.linalg.det(matrix))
     largest = float(np.abs(matrix).max())
-    if largest == 0.0 or abs(det) <= _SINGULAR * largest**2:
+    if largest == 0.0 or not abs(det) > _SINGULAR * largest * largest:
         return f"{name} is singular (determinant {det:.3g}): pixels have no sky position"
     return None
 
@@ -512,9 +513,9 @@ def wcs_keyword_problem(h: HeaderLookup, axes: tuple[int, int]) -> str | None:
 
     wcslib takes 0 (CRVAL, CRPIX, CDi_j) or 1 (CDELT, PCi_i) in place of a keyword it cannot read,
     and a CD matrix of zeros as absent: a NaN CRVAL put an image at RA 0, a zero CD matrix gave
-    one-degree pixels. So every such keyword that is given must be a finite number, and the CD
-    matrix (or CDELT times PC) must not be singular."""
-    for key in (f"CRVAL{n}" for n in axes):
+    one-degree pixels. So every such keyword that is given must be a finite number, the CD
+    matrix (or CDELT times PC) must not be singular, and the pixels and the image must fit on the sky."""
+    for key in [f"CRVAL{n}" for n in axes] + [f"CRPIX{n}" for n in axes]:
         if key in h and _finite(h.get(key)) is None:
             return f"{key} = {h.get(key)!r} is not a finite number"
     pairs = [(i, j) for i in axes for j in axes]
@@ -533,8 +534,46 @@ def wcs_keyword_problem(h: HeaderLookup, axes: tuple[int, int]) -> str | None:
     if name == "CD matrix":
         matrix = np.array(values, dtype=float).reshape(2, 2)
     else:
-        matrix = np.diag(values[:2]) @ np.array(values[2:], dtype=float).reshape(2, 2)
-    return _matrix_problem(matrix, name)
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow is judged just below
+            matrix = np.diag(values[:2]) @ np.array(values[2:], dtype=float).reshape(2, 2)
+    return _size_problem(h, axes, matrix, name) or _matrix_problem(matrix, name)
+
+
+def _degrees(unit: Any) -> float | None:
+    """Degrees per unit of a CUNITn value (degrees when absent), or None if it is not an angle."""
+    if unit is None or (isinstance(unit, str) and not unit.strip()):
+        return 1.0
+    return _unit_degrees(str(unit).strip())
+
+
+@lru_cache(maxsize=64)
+def _unit_degrees(unit: str) -> float | None:
+    try:
+        return float(u.Unit(unit, format="fits").to(u.deg))
+    except (ValueError, TypeError, u.UnitsError):
+        return None
+
+
+def _size_problem(h: HeaderLookup, axes: tuple[int, int], matrix: np.ndarray, name: str) -> str | None:
+    """Why the pixels, or CRPIX, put the image beyond the sky, or None: finite but absurd values
+    (a CDELT of 1e300, a CRPIX of -1e300) would otherwise project to a made-up position."""
+    scales = [_degrees(h.get(f"CUNIT{n}")) for n in axes]
+    if None in scales:
+        return None  # not an angle wcslib would take either; left to it
+    with np.errstate(over="ignore", invalid="ignore"):
+        matrix = np.diag(scales) @ matrix
+    largest = float(np.abs(matrix).max())
+    if not largest <= 180.0:
+        return f"{name} makes pixels {largest:.3g} degrees wide: larger than the sky"
+    crpix = [_finite(h.get(f"CRPIX{n}")) or 0.0 for n in axes]  # found finite, if given, before
+    sizes = [_finite(h.get(f"NAXIS{n}")) or 1.0 for n in axes]
+    corners = np.array([[x, y] for x in (1.0, sizes[0]) for y in (1.0, sizes[1])]) - np.array(crpix)
+    with np.errstate(over="ignore", invalid="ignore"):
+        reach = float(np.abs(corners @ matrix.T).max())
+    if not reach <= 360.0:
+        return (f"CRPIX{axes[0]}/CRPIX{axes[1]} = {crpix[0]:.6g}/{crpix[1]:.6g} put the image "
+                f"{reach:.3g} degrees from its reference point")
+    return None
 
 
 def _spatial(header: FitsHeader, shape: list[int]) -> dict[str, Any]:

@@ -92,7 +92,11 @@ def local_files(paths: Iterable[str | Path], refused: dict[str, str] | None = No
     refused = {} if refused is None else refused
     found = []
     for item in paths:
-        root = Path(item).expanduser().resolve()
+        try:
+            root = Path(item).expanduser().resolve()
+        except (OSError, RuntimeError) as exc:  # a loop of links (RuntimeError before Python 3.13)
+            refused[printable(item)] = f"cannot be resolved: {getattr(exc, 'strerror', None) or exc}"
+            continue
         candidates = sorted(_below(root, refused)) if root.is_dir() else [root]
         for path in candidates:
             if not path.name.lower().endswith(FITS_SUFFIXES) or path.name.startswith("."):

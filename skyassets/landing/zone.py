@@ -350,31 +350,47 @@ class LandingZone(_Zone):
     def _walk(
         self, directory: str, parts: tuple[str, ...], resume: tuple[str, ...], unreadable: list[str]
     ) -> Iterator[tuple[tuple[str, ...], os.DirEntry[str]]]:
-        """Entries below ``directory`` in pre-order, starting after the position ``resume``."""
-        try:
-            with os.scandir(directory) as it:
-                entries = sorted((e for e in it if self._wanted(e)), key=lambda e: e.name)
-        except OSError:
-            if not parts:
-                raise
-            unreadable.append("/".join(parts) + "/")
-            return
-        for entry in entries:
+        """Entries below ``directory`` in pre-order, starting after the position ``resume``.
+
+        A stack of listings rather than recursion: a chain of folders deeper than Python's recursion
+        limit is walked like any other instead of failing every tick."""
+        stack: list[tuple[Iterator[os.DirEntry[str]], tuple[str, ...], tuple[str, ...]]] = []
+        listing = self._listing(directory, parts, unreadable)
+        if listing is not None:
+            stack.append((listing, parts, resume))
+        while stack:
+            entries, parts, resume = stack[-1]
+            entry = next(entries, None)
+            if entry is None:
+                stack.pop()
+                continue
             here = parts + (entry.name,)
             is_dir = entry.is_dir(follow_symlinks=False)
             if resume:
                 if entry.name < resume[0]:
                     continue
+                stack[-1] = (entries, parts, ())
                 if entry.name == resume[0]:
                     # Examined in an earlier slice; a folder's contents continue after resume[1:].
-                    if is_dir:
-                        yield from self._walk(entry.path, here, resume[1:], unreadable)
-                    resume = ()
+                    if is_dir and (below := self._listing(entry.path, here, unreadable)) is not None:
+                        stack.append((below, here, resume[1:]))
                     continue
-                resume = ()
             yield here, entry
-            if is_dir:
-                yield from self._walk(entry.path, here, (), unreadable)
+            if is_dir and (below := self._listing(entry.path, here, unreadable)) is not None:
+                stack.append((below, here, ()))
+
+    def _listing(
+        self, directory: str, parts: tuple[str, ...], unreadable: list[str]
+    ) -> Iterator[os.DirEntry[str]] | None:
+        """The wanted entries of ``directory`` in name order; None (noted) if it cannot be listed."""
+        try:
+            with os.scandir(directory) as it:
+                return iter(sorted((e for e in it if self._wanted(e)), key=lambda e: e.name))
+        except OSError:
+            if not parts:
+                raise
+            unreadable.append("/".join(parts) + "/")
+            return None
 
     def _wanted(self, entry: os.DirEntry[str]) -> bool:
         name = entry.name

@@ -45,6 +45,11 @@ BAD = {
     "NaN CRVAL as text": ({"CRVAL2": "NaN"}, None, "CRVAL2"),
     "inf CD": ({}, {"CD1_1": b"CD1_1   =                  INF"}, "CD1_1"),
     "garbled CRVAL": ({}, {"CRVAL1": b"CRVAL1  = 1.5\xe90"}, "CRVAL1"),
+    "huge CDELT": ({"CD1_1": None, "CD1_2": None, "CD2_1": None, "CD2_2": None, "CDELT1": 1e300, "CDELT2": 1e-5},
+                   None, "larger than the sky"),
+    "huge CD": ({"CD1_1": -1e300}, None, "larger than the sky"),
+    "far CRPIX": ({"CRPIX1": -1e300}, None, "degrees from its reference point"),
+    "NaN CRPIX": ({}, {"CRPIX2": b"CRPIX2  =                  NaN"}, "CRPIX2"),
 }
 
 

@@ -48,6 +48,17 @@ def test_local_files_follow_no_link_and_refuse_it_with_the_reason(tmp_path: Path
     }
 
 
+def test_a_named_link_loop_is_refused_and_the_other_paths_are_found(tmp_path: Path) -> None:
+    good = _file(tmp_path / "a.fits")
+    loop = tmp_path / "loop.fits"
+    loop.symlink_to(loop)
+    refused: dict[str, str] = {}
+    found = local_files([loop, good], refused)
+    assert [f.location for f in found] == [str(good)]
+    assert list(refused) == [str(loop)]
+    assert refused[str(loop)].startswith("cannot be resolved: ")
+
+
 def test_a_name_that_is_not_utf8_is_refused_and_the_others_are_found(tmp_path: Path) -> None:
     night = tmp_path / "night"
     _file(night / "good.fits")

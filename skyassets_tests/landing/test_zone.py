@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -273,6 +274,28 @@ def test_deep_paths_keep_the_cursor_small(root: Path, tmp_path: Path) -> None:
     for _ in range(4):
         zone.tick()
     assert len(zone.cursor) < 100
+
+
+def test_folders_nested_deeper_than_the_recursion_limit_are_walked(root: Path, tmp_path: Path) -> None:
+    depth = sys.getrecursionlimit() + 100
+    folder = root
+    for _ in range(depth):  # os.makedirs itself recurses
+        folder = folder / "d"
+        os.mkdir(folder)
+    _write(folder / "deep.fits")
+    _write(root / "good.fits")
+    # slices of 300 entries, so ticks resume deep inside the chain
+    zone = Driver(LandingZone(root, tmp_path / "s.sqlite", max_files=300, max_ready=1000))
+    offered: list[str] = []
+    try:
+        for _ in range(12):
+            offered += _names(zone.tick())
+    finally:  # bottom up: pytest's own clean-up recurses, once per level
+        (folder / "deep.fits").unlink()
+        while folder != root:
+            folder.rmdir()
+            folder = folder.parent
+    assert sorted(offered) == sorted(["good.fits", "/".join(["d"] * depth + ["deep.fits"])])
 
 
 @pytest.mark.slow
