@@ -56,6 +56,7 @@ import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 
+from skyassets.fits import limits
 from skyassets.fits.verify import FitsCheck, StreamingFitsVerifier, verify_fits
 from skyassets.lake.names import MAX_FILENAME_LENGTH, InvalidNameError, safe_filename
 from skyassets.landing.zone import open_regular
@@ -125,6 +126,7 @@ class DownloadConfig:
     retries: int = 5
     backoff_base: float = 1.0
     backoff_max: float = 30.0
+    retry_after_max: float = 300.0  # the longest Retry-After waited as asked, as archive calls do
     chunk_size: int = 4 << 20
     s3_bucket: str = "stpubdata"
     s3_endpoint: str | None = None
@@ -298,15 +300,19 @@ class GzipFitsVerifier:
     MAST serves some products as ``.fits.gz`` (GALEX, many HLSPs); their checksums cover the
     decompressed file, so the stream is inflated as it arrives and fed to a
     :class:`StreamingFitsVerifier`. A broken or cut gzip stream (zlib's CRC and length checks) is
-    "bad" like a broken FITS file.
+    "bad" like a broken FITS file, and so is one that inflates past ``max_bytes`` (by default
+    ``SKYASSETS_MAX_DECOMPRESSED_BYTES``, which the catalogue applies too): a gzip bomb is refused
+    after that many bytes, not inflated whole.
     """
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, max_bytes: int | None = None) -> None:
         self.name = name
         self._fits = StreamingFitsVerifier(name.removesuffix(GZIP_SUFFIX))
         self._inflate = zlib.decompressobj(wbits=31)
         self._problem: str | None = None
         self._head = b""  # the first bytes: a gzip stream starts with 1f 8b
+        self._max_bytes = max_bytes if max_bytes is not None else limits.current().max_decompressed_bytes
+        self._inflated = 0
 
     def update(self, data: bytes | bytearray | memoryview) -> None:
         if self._problem is not None:
@@ -321,6 +327,11 @@ class GzipFitsVerifier:
                         return
                     self._inflate = zlib.decompressobj(wbits=31)
                 out = self._inflate.decompress(pending, _INFLATE_CHUNK)
+                self._inflated += len(out)
+                if self._inflated > self._max_bytes:
+                    self._problem = (f"{self.name}: inflates to more than {self._max_bytes} bytes "
+                                     f"({limits.MAX_DECOMPRESSED_BYTES_ENV}); not read further")
+                    return
                 if out:
                     self._fits.update(out)
                 pending = self._inflate.unconsumed_tail or (self._inflate.unused_data if self._inflate.eof else b"")
@@ -339,6 +350,10 @@ class GzipFitsVerifier:
 def token_header(token: str) -> dict[str, str]:
     """How MAST's download service takes an API token."""
     return {"Authorization": f"token {token}"}
+
+
+def _gzipped(name: str) -> bool:
+    return name.lower().endswith(GZIP_SUFFIX)
 
 
 def fits_verifier(name: str) -> StreamingFitsVerifier | GzipFitsVerifier:
@@ -1355,7 +1370,9 @@ class _Downloader:
         etag = _norm_etag(job.etag)
         if _plain_md5(etag):
             md5 = job.digests.md5()
-            if md5 is None and not (check.status == "ok" and check.checked == check.hdus):
+            # The FITS sums cover every byte of a plain file, but not a gzip stream's own header.
+            covered = check.status == "ok" and check.checked == check.hdus and not _gzipped(job.name)
+            if md5 is None and not covered:
                 md5 = _hash_file(job.part, "md5")
             job.md5 = md5
             if md5 is not None and etag != md5:
@@ -1422,7 +1439,9 @@ class _Downloader:
         delay = min(cfg.backoff_max, cfg.backoff_base * 2 ** (attempt - 1))
         delay = random.uniform(delay / 2, delay)
         if wait is not None:
-            delay = max(delay, min(wait, cfg.backoff_max))
+            # The server's Retry-After, honoured up to retry_after_max (asking sooner only earns
+            # another refusal), with a little jitter so files refused together do not return together.
+            delay = max(delay, min(wait, cfg.retry_after_max) * random.uniform(1.0, 1.1))
         return delay
 
     def run_job(self, job: _Job) -> FileResult:

@@ -48,6 +48,7 @@ class WatchlistResult:
     rejected: list[str] = field(default_factory=list)
     incomplete: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    failed_entries: list[str] = field(default_factory=list)  # the names of the entries in ``failed``
 
 
 def _query(client: ObservationsClass, entry: WatchlistEntry, count: bool) -> Table | int:
@@ -146,6 +147,7 @@ def query_watchlist(client: ObservationsClass, watchlist: Watchlist, now: Time |
             table, expected = query_entry(client, entry)
         except ArchiveError as err:
             result.failed.append(str(err))
+            result.failed_entries.append(entry.name)
             continue
         result.per_entry[entry.name] = len(table)
         if len(table) < expected:
@@ -179,6 +181,25 @@ def query_watchlist(client: ObservationsClass, watchlist: Watchlist, now: Time |
     frame = frame[~exclusive | granted]
     result.observations = frame.sort_values("obs_id", kind="stable").reset_index(drop=True)
     return result
+
+
+def keep_failed_entries(found: pd.DataFrame, previous: pd.DataFrame, failed_entries: list[str]) -> pd.DataFrame:
+    """``found`` with the ``previous`` rows of the entries whose search failed this time.
+
+    An archive outage must not read as "these observations are gone": an observation that only a
+    failed entry found keeps its last row, until a search of that entry answers again."""
+    if not failed_entries or previous.empty:
+        return found
+    failed = set(failed_entries)
+    by_failed = previous["watchlist_entry"].fillna("").map(lambda names: bool(failed & set(names.split(","))))
+    kept = previous[by_failed & ~previous["obs_id"].isin(found["obs_id"] if len(found) else [])]
+    if kept.empty:
+        return found
+    if found.empty:
+        return kept.sort_values("obs_id", kind="stable").reset_index(drop=True)
+    merged = pd.concat([found, kept.reindex(columns=found.columns.union(kept.columns, sort=False))],
+                       ignore_index=True)
+    return merged.sort_values("obs_id", kind="stable").reset_index(drop=True)
 
 
 def _exclusive(frame: pd.DataFrame, now_mjd: float) -> pd.Series:

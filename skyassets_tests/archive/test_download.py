@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import io
 import itertools
 import json
 import os
@@ -11,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import warnings
 from pathlib import Path
 
 import boto3
@@ -239,6 +242,30 @@ def test_flipped_byte_in_a_non_fits_file_is_caught_by_md5(emu, tmp_path: Path) -
     assert result.status == "downloaded" and result.attempts == 2
     assert result.fits_checksum == "not-fits"
     assert result.path.read_bytes() == content and result.md5 == hashlib.md5(content).hexdigest()
+
+
+def test_flipped_byte_in_a_gzip_header_is_caught_by_md5(emu, tmp_path: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        buf = io.BytesIO()
+        fits.PrimaryHDU(np.ones((64, 64), dtype=np.float32)).writeto(buf, checksum=True)
+    content = gzip.compress(buf.getvalue(), mtime=0)
+    product = _publish_raw(emu, tmp_path, f"jw9{next(_counter):04d}_test_cal.fits.gz", content)
+    name = product["productFilename"]
+    emu.faults.add("corrupt", match=name, offset=5, times=1)  # the gzip header's mtime: no FITS sum sees it
+    (result,) = download_files([file_request(emu, product, tmp_path)], download_config(emu))
+    assert (result.status, result.fits_checksum, result.attempts) == ("downloaded", "ok", 2)
+    assert result.path.read_bytes() == content and result.md5 == hashlib.md5(content).hexdigest()
+
+
+def test_retry_after_is_honoured_beyond_the_backoff_cap(emu, tmp_path: Path) -> None:
+    product, content = publish_file(emu, tmp_path, 0.2)
+    emu.faults.add("status", endpoint="download", match=product["productFilename"], status=503, times=2,
+                   retry_after=1)
+    started = time.monotonic()
+    (result,) = download_files([file_request(emu, product, tmp_path)], download_config(emu))  # backoff_max 0.05 s
+    assert_in_place(result, content)
+    assert time.monotonic() - started >= 2.0  # both waits as the server asked, not cut to the cap
 
 
 def test_bad_fits_checksum_at_the_source_is_never_placed(emu, tmp_path: Path) -> None:

@@ -68,3 +68,13 @@ def test_downloads_of_gzip_fits_are_checked(tmp_path: Path) -> None:
     assert failed.status == "failed" and "FITS checksum mismatch" in str(failed.error)
     again = download_files(requests[:1], DownloadConfig(verify_existing=True))[0]
     assert (again.status, again.fits_checksum) == ("skipped", "ok")
+
+
+def test_a_gzip_bomb_is_refused_at_the_limit(tmp_path: Path, monkeypatch) -> None:
+    bomb = tmp_path / "bomb.fits.gz"
+    bomb.write_bytes(gzip.compress(_fits_bytes() + bytes(64 << 20), compresslevel=1))
+    monkeypatch.setenv("SKYASSETS_MAX_DECOMPRESSED_BYTES", str(4 << 20))
+    check = verify_file(bomb)
+    assert check.status == "bad" and "inflates to more than 4194304 bytes" in check.message, check.message
+    monkeypatch.setenv("SKYASSETS_MAX_DECOMPRESSED_BYTES", str(128 << 20))
+    assert "inflates" not in verify_file(bomb).message

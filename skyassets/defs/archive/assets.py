@@ -46,32 +46,40 @@ MANIFEST_PREVIEW = ["filename", "size", "status", "source", "fits_checksum", "se
 def mast_observations(
     context: AssetExecutionContext, home: HomeResource, watchlist: WatchlistResource, archive: ArchiveResource
 ) -> MaterializeResult:
-    from skyassets.archive.query import query_watchlist
+    from skyassets.archive.query import keep_failed_entries, query_watchlist
 
     wl = watchlist.load()
     result = query_watchlist(archive.client(home.home), wl)
     for message in result.rejected:
         context.log.error(f"observation left out: {message}")
+    if wl.entries and len(result.failed_entries) == len(wl.entries):
+        raise Failure("every watchlist entry failed, mast_observations keeps its last rows: "
+                      + "; ".join(result.failed))
     for message in result.failed:
-        context.log.error(f"watchlist entry failed, its observations are missing this time: {message}")
+        context.log.error(f"watchlist entry failed, its observations keep their last rows: {message}")
     if result.incomplete:
         raise Failure(
             "MAST returned fewer rows than it counted (paging stopped early): " + "; ".join(result.incomplete)
         )
-    path = home.home.tables.write("mast_observations", result.observations)
+    lake = home.home.tables
+    previous = lake.read("mast_observations", missing_ok=True) if result.failed_entries else pd.DataFrame()
+    observations = keep_failed_entries(result.observations, previous, result.failed_entries)
+    kept = len(observations) - len(result.observations)
+    path = lake.write("mast_observations", observations)
     context.log.info(
-        f"{len(result.observations)} observations from {len(wl.entries)} watchlist entries "
-        f"({result.proprietary} proprietary left out) -> {path}"
+        f"{len(observations)} observations from {len(wl.entries)} watchlist entries "
+        f"({result.proprietary} proprietary left out, {kept} kept from failed entries) -> {path}"
     )
     return MaterializeResult(
         metadata={
-            **frame_metadata(result.observations, preview_columns=OBSERVATION_PREVIEW),
+            **frame_metadata(observations, preview_columns=OBSERVATION_PREVIEW),
             "path": MetadataValue.path(path),
             "watchlist": wl.path,
             "rows_per_entry": MetadataValue.json(result.per_entry),
             "proprietary_left_out": result.proprietary,
             "exclusive_access_granted": result.granted,
             "failed_entries": len(result.failed),
+            "kept_from_failed_entries": kept,
             "rejected_obs_ids": len(result.rejected),
         }
     )

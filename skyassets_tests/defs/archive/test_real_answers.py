@@ -48,3 +48,42 @@ def test_real_archive_answers_through_the_pipeline(emu, tmp_path):
             assert all((home / path).is_relative_to(home / "files" / collection / obs_id) for path in manifest["path"])
         galex = pd.read_parquet(home / "lake" / "fits_files" / "6380006183007027200.parquet")
         assert list(galex["filename"]) == ["NGA_NGC0628-nd-int.fits.gz"]
+
+
+def test_an_archive_outage_keeps_the_observations_of_the_entries_it_failed(emu, tmp_path):
+    home = tmp_path / "home"
+    defs = Definitions(
+        assets=[mast_observations],
+        jobs=[watchlist_job],
+        resources={
+            "home": HomeResource(root=str(home)),
+            "watchlist": WatchlistResource(),
+            "archive": ArchiveResource(url=emu.url, s3_endpoint=emu.s3_endpoint, retry_seconds=0.3),
+            "downloader": DownloaderResource(),
+            "landing": LandingResource(),
+        },
+    )
+    table = home / "lake" / "mast_observations.parquet"
+    job = defs.resolve_job_def("watchlist_job")
+    with instance_for_test() as instance:
+        assert job.execute_in_process(instance=instance).success
+        before = pd.read_parquet(table)
+        ring = before[before["watchlist_entry"].str.contains("southern-ring-nircam")]
+        assert len(ring) and len(ring) < len(before)
+
+        emu.faults.add("status", endpoint="any", status=503, times=-1, retry_after=0)
+        outage = job.execute_in_process(instance=instance, raise_on_error=False)
+        assert not outage.success  # every entry failed: the step fails, the table stays as it was
+        failure = next(e for e in outage.all_events if e.event_type_value == "STEP_FAILURE")
+        assert "every watchlist entry failed" in failure.event_specific_data.error.message
+        assert pd.read_parquet(table).equals(before)
+
+        emu.faults.clear()
+        emu.faults.add("status", endpoint="resolver", match="NGC 3132", status=503, times=-1, retry_after=0)
+        assert job.execute_in_process(instance=instance).success
+        after = pd.read_parquet(table)
+        assert sorted(after["obs_id"]) == sorted(before["obs_id"])  # the ring's rows kept, not dropped
+        event = instance.get_latest_materialization_event(AssetKey("mast_observations")).asset_materialization
+        assert event.metadata["failed_entries"].value == 1
+        assert event.metadata["kept_from_failed_entries"].value == len(set(ring["obs_id"]) - set(
+            before[~before.index.isin(ring.index)]["obs_id"]))
