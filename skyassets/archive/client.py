@@ -117,6 +117,18 @@ def describe_failure(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def _status_checked(url: str) -> Callable[..., None]:
+    """A response hook raising ``HTTPError`` for an error answer from ``url``: astroquery reads the
+    token check's body without looking at its status, so a 429 or 503 there read as a bad answer
+    (``KeyError: 'anon'``) instead of one to ask again."""
+
+    def check(response: requests.Response, *args: Any, **kwargs: Any) -> None:
+        if response.url.split("?", 1)[0] == url:
+            response.raise_for_status()
+
+    return check
+
+
 def with_retries(
     call: Callable[[], T], what: str, policy: RetryPolicy, *, sleep: Callable[[float], None] = time.sleep
 ) -> T:
@@ -284,5 +296,6 @@ def observations_client(
             client._cloud_connection.boto3 = _EndpointBoto3(s3_endpoint)
     if token:
         client._auth_obj.SESSION_INFO_URL = server + "/whoami"
+        client._auth_obj.session.hooks["response"].append(_status_checked(client._auth_obj.SESSION_INFO_URL))
         with_retries(lambda: client.login(token=token), "logging in to MAST with the token", retry)
     return client

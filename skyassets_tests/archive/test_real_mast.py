@@ -275,6 +275,10 @@ def test_exclusive_access_needs_a_token_that_grants_it(emu, tmp_path) -> None:
         assert other.granted == 0 and other.proprietary == len(exclusive)
         with pytest.raises(ArchiveError, match="token"):
             _client(emu, token="not-a-token")
+        # a busy token check is asked again, like any archive call, not read as a refusal
+        emu.faults.add("status", endpoint="whoami", status=429, times=2, retry_after=0)
+        assert archive_settings(_client(emu, token=token)).token == token
+        assert [r["status"] for r in emu.requests.snapshot() if r["path"].endswith("/whoami")][-3:] == [429, 429, 200]
     finally:
         emu.revoke(token)
         emu.revoke("other-program")
