@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -121,10 +122,23 @@ def local_files(paths: Iterable[str | Path], refused: dict[str, str] | None = No
 
 def group_by_partition(files: Iterable[LandedFile], *, client: Any = None) -> dict[str, list[LandedFile]]:
     """The files by partition key; ``client`` (boto3) reads the headers of ``s3://`` files."""
+    groups, _ = group_within(list(files), None, client=client)
+    return groups
+
+
+def group_within(
+    files: Sequence[LandedFile], seconds: float | None, *, client: Any = None
+) -> tuple[dict[str, list[LandedFile]], list[LandedFile]]:
+    """:func:`group_by_partition` of as many ``files`` as their headers let be read in ``seconds``
+    (at least one), and the files left over. A sensor tick must end in time whatever the headers
+    cost (megabytes of HIERARCH cards take seconds each); the rest waits for the next tick."""
+    started = time.monotonic()
     groups: dict[str, list[LandedFile]] = defaultdict(list)
-    for landed in files:
+    for done, landed in enumerate(files):
+        if done and seconds is not None and time.monotonic() - started > seconds:
+            return dict(groups), list(files[done:])
         groups[partition_key(landed, client=client)].append(landed)
-    return dict(groups)
+    return dict(groups), []
 
 
 def _stored_name(landed: LandedFile, taken: set[str]) -> str:

@@ -203,6 +203,15 @@ class _Zone:
         )
         return Tick(ready, new_cursor, scanned, pending, time.monotonic() - started)
 
+    def release(self, files: list[LandedFile]) -> None:
+        """Offer ``files``, taken by the last tick, again on a later one: they could not be handed on
+        (their landing record could not be written, their headers not read in the tick's time)."""
+        with closing(self._connect()) as con:
+            con.executemany(
+                "UPDATE files SET taken_size = NULL, taken_sig = NULL, taken_gen = NULL WHERE rel = ?",
+                ((f.relative,) for f in files),
+            )
+
     def _begin(self, con: sqlite3.Connection, cursor: str | None) -> tuple[str, int, int, Any]:
         """The new generation and the position to resume from; un-take what a lost tick took.
 

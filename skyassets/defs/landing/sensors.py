@@ -17,24 +17,35 @@ from skyassets.defs.partitions import LANDED_PARTITIONS_PER_RUN, batched_request
 from skyassets.defs.resources import HomeResource, LandingResource
 from skyassets.landing.zone import LandingZone, S3LandingZone, Tick
 
+# Seconds a tick spends reading ready files' headers for their partition keys; the rest waits for the
+# next tick, so a tick ends well within Dagster's 60 s limit for a sensor evaluation.
+KEY_SECONDS = 20.0
 
-def _landing_result(context: SensorEvaluationContext, home: HomeResource, tick: Tick, client=None) -> SensorResult:
+
+def _landing_result(
+    context: SensorEvaluationContext, home: HomeResource, zone: LandingZone | S3LandingZone, tick: Tick, client=None
+) -> SensorResult:
     """Record each ready file's partition and request their copy-and-catalogue runs, many partitions a run.
 
     The partitions of a tick's files become a few partition-range runs, however many there are; a
-    bad file does not hold its batch back, as ``fits_files`` and ``image_metadata`` quarantine it,
-    and a partition whose landing record cannot be written is logged and left out, not the tick.
+    bad file does not hold its batch back, as ``fits_files`` and ``image_metadata`` quarantine it.
+    A partition whose landing record cannot be written is logged and its files released, to be
+    offered again by a later tick, as are the files whose headers the tick had no time left to read.
     """
     # imported here: it brings in the downloader (requests), which run processes seldom need
-    from skyassets.landing.ingest import group_by_partition, record_landed
+    from skyassets.landing.ingest import group_within, record_landed
 
-    groups = group_by_partition(tick.ready, client=client)
+    groups, later = group_within(tick.ready, KEY_SECONDS, client=client)
+    if later:
+        zone.release(later)
+        context.log.info(f"{len(later)} ready files left for the next tick: their headers took the tick's time")
     versions = {}
     for key, files in groups.items():
         try:
             record_landed(home.home, key, files)
         except Exception as exc:  # one partition's record (an unreadable earlier one) must not stop the tick
-            context.log.error(f"{key}: landing record not written, its {len(files)} files left out: {exc}")
+            zone.release(files)
+            context.log.error(f"{key}: landing record not written, its {len(files)} files offered again later: {exc}")
             continue
         versions[key] = hashlib.sha256(
             "|".join(sorted(f"{f.location}:{f.signature}" for f in files)).encode()
@@ -69,7 +80,7 @@ def landing_zone_sensor(context: SensorEvaluationContext, home: HomeResource, la
         folder, root.root / "landing-state.sqlite", recursive=landing.recursive,
         max_files=landing.max_files, max_ready=landing.max_ready,
     )
-    return _landing_result(context, home, zone.tick(context.cursor))
+    return _landing_result(context, home, zone, zone.tick(context.cursor))
 
 
 @sensor(
@@ -87,4 +98,4 @@ def landing_s3_sensor(context: SensorEvaluationContext, home: HomeResource, land
         client, bucket, prefix, home.home.root / "landing-s3-state.sqlite", recursive=landing.recursive,
         max_keys_per_tick=landing.max_files, max_ready=landing.max_ready,
     )
-    return _landing_result(context, home, zone.tick(context.cursor), client=client)
+    return _landing_result(context, home, zone, zone.tick(context.cursor), client=client)

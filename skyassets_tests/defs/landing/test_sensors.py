@@ -257,3 +257,35 @@ def test_a_partition_whose_record_cannot_be_written_does_not_stop_the_tick(tmp_p
     with instance_for_test() as instance:
         result = _tick(instance, resources, _tick(instance, resources, None).cursor)
         assert _covered(instance, result) == ["landed-rec-b"]
+        # the files left out are offered again, and join a run once the record can be written
+        assert not _covered(instance, result := _tick(instance, resources, result.cursor))
+        (records / "landed-rec-a.parquet").unlink()
+        assert _covered(instance, _tick(instance, resources, result.cursor)) == ["landed-rec-a"]
+
+
+def test_headers_that_take_the_ticks_time_leave_the_rest_for_the_next_tick(tmp_path, monkeypatch):
+    import skyassets.landing.ingest as ingest
+
+    landing = tmp_path / "drop"
+    landing.mkdir()
+    for name in ("a", "b", "c"):
+        _header_only(landing / f"{name}.fits", f"slow-{name}")
+    read = ingest.partition_key
+
+    def slow(landed, **kwargs):  # as a file with megabytes of header cards reads
+        import time
+
+        time.sleep(0.3)
+        return read(landed, **kwargs)
+
+    monkeypatch.setattr(ingest, "partition_key", slow)
+    monkeypatch.setattr("skyassets.defs.landing.sensors.KEY_SECONDS", 0.4)
+    resources = _resources(tmp_path / "home", landing)
+    covered: list[str] = []
+    with instance_for_test() as instance:
+        result = _tick(instance, resources, None)
+        for _ in range(3):
+            result = _tick(instance, resources, result.cursor)
+            covered += _covered(instance, result)
+            assert len(_covered(instance, result)) <= 2
+    assert sorted(covered) == ["landed-slow-a", "landed-slow-b", "landed-slow-c"]
