@@ -11,6 +11,7 @@ quarantined. Plain Python, no Dagster.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import stat
 import time
@@ -243,12 +244,29 @@ def quarantine_landed_failures(home: Home, failures: list[Failure]) -> list[Fail
     out = []
     for failure in failures:
         path = Path(failure.path)
+        if failure.unreadable and failure.quarantined and path.is_relative_to(landed_root):
+            _note_landed_location(home, path, Path(failure.quarantined))
         if failure.unreadable or not path.is_relative_to(landed_root) or not path.is_file():
             out.append(failure)
             continue
         moved = quarantine(path, home.quarantine, f"{_landed_location(home, path)}: {failure.reason}")
         out.append(Failure(failure.path, failure.reason, True, str(moved)))
     return out
+
+
+def _note_landed_location(home: Home, stored: Path, moved: Path) -> None:
+    """Name where a landed file came from in the note of its quarantined copy (the stored copy
+    was quarantined by name only), so the note leads back to the owner's file."""
+    sidecar = moved.with_name(moved.name + ".json")
+    location = _landed_location(home, stored)
+    try:
+        note = json.loads(sidecar.read_text())
+    except (OSError, ValueError):
+        return
+    if location != str(stored) and not str(note.get("reason", "")).startswith(location):
+        note["reason"] = f"{location}: {note.get('reason', '')}"
+        note["landed_location"] = location
+        sidecar.write_text(json.dumps(note, indent=1) + "\n")
 
 
 def _landed_location(home: Home, stored: Path) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -128,3 +129,13 @@ def test_a_landed_file_that_fails_cataloguing_in_any_way_is_quarantined_with_its
     assert moved.parent == home.quarantine and moved.read_bytes() == b"odd bytes"
     note = (home.quarantine / f"{moved.name}.json").read_text()
     assert "/data/night/odd.fits: VerifyError: Unparsable card (FILTER)" in note
+
+    # one the reader quarantined itself (not FITS) gets its landed location in its note too
+    from skyassets.fits.meta import extract_many
+
+    record_landed(home, "landed-j", [LandedFile("local", "/data/night/junk.fits", 9, "1", "night/junk.fits")])
+    junk = _file(home.files / "local" / "landed-j" / "junk.fits", b"hello\nxyz")
+    _, (failure,) = extract_many([str(junk)], quarantine_dir=home.quarantine)
+    (after,) = quarantine_landed_failures(home, [failure])
+    note = json.loads((home.quarantine / f"{Path(after.quarantined).name}.json").read_text())
+    assert note["landed_location"] == "/data/night/junk.fits" and note["reason"].startswith("/data/night/junk.fits: ")
