@@ -74,6 +74,8 @@ def _ingest(args: argparse.Namespace) -> int:
         print(f"{report.files} files in {len(report.partitions)} partitions ({report.runs} runs): "
               f"{len(report.catalogued)} catalogued, {len(report.quarantined)} quarantined, "
               f"{len(report.failed)} failed, {len(report.refused)} refused")
+        if report.unchanged:
+            print(f"{report.unchanged} of them unchanged since an earlier ingest: not taken again")
         for what, files in (("quarantined", report.quarantined), ("failed", report.failed),
                             ("refused", report.refused)):
             for location, reason in list(files.items())[:20]:

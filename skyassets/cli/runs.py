@@ -21,6 +21,7 @@ from skyassets.cli.launch import Submission
 from skyassets.defs.tags import PARTITION, partition_range
 from skyassets.lake.home import Home
 from skyassets.landing.ingest import LANDING_COLLECTION, group_by_partition, local_files, record_landed
+from skyassets.landing.zone import LandedFile
 
 # The command line prints its own summary; the full run logs stay in the instance for the UI.
 QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
@@ -150,6 +151,7 @@ class IngestReport:
     quarantined: dict[str, str] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
     refused: dict[str, str] = field(default_factory=dict)  # never taken: links, devices, names not UTF-8
+    unchanged: int = 0  # of the catalogued and quarantined: ingested before as they are, not run again
     partitions: list[str] = field(default_factory=list)
     runs: int = 0
     failed_runs: list[str] = field(default_factory=list)
@@ -194,6 +196,33 @@ def _stored_paths(home: Home, keys: Sequence[str]) -> dict[str, dict[str, str]]:
     return stored
 
 
+def _outcomes_before(home: Home, groups: Mapping[str, list[LandedFile]]) -> dict[str, tuple[str, str]]:
+    """Files an earlier ingest already took exactly as they are now (same size and mtime in their
+    landing record): location -> ("catalogued", "") or ("quarantined", reason). A file whose
+    earlier outcome is unknown (its run failed, its record is damaged) is not among them."""
+    keys = sorted(groups)
+    try:
+        records = home.tables.read_partitions("landing", keys, columns=["location", "size", "signature"])
+        manifests = home.tables.read_partitions("fits_files", keys, columns=["dataURI", "status"])
+    except Exception:  # an unreadable record or manifest: its files are taken again
+        return {}
+    catalogued = {key for key in keys if key in manifests and home.tables.exists("image_metadata", key)}
+    reasons = _quarantine_reasons(home, 0.0) if records else {}
+    outcomes: dict[str, tuple[str, str]] = {}
+    for key, record in records.items():
+        seen = {r["location"]: (r["size"], r["signature"]) for r in record.to_pylist()}
+        rows = manifests[key].to_pylist() if key in manifests else []
+        copied = {r["dataURI"] for r in rows if r["status"] != "failed"}
+        for file in groups[key]:
+            if seen.get(file.location) != (file.size, file.signature):
+                continue
+            if file.location in reasons:
+                outcomes[file.location] = ("quarantined", reasons[file.location])
+            elif key in catalogued and file.location in copied:
+                outcomes[file.location] = ("catalogued", "")
+    return outcomes
+
+
 def ingest(
     paths: Sequence[str],
     home: Home,
@@ -213,12 +242,24 @@ def ingest(
     started = time.time()
     refused: dict[str, str] = {}
     files = local_files(paths, refused)
-    groups = group_by_partition(files)
+    every_group = group_by_partition(files)
+    before = _outcomes_before(home, every_group)
+    # a partition runs again only if one of its files is new, changed or without a known outcome
+    groups = {k: v for k, v in every_group.items() if not all(f.location in before for f in v)}
+    report = IngestReport(partitions=sorted(every_group), refused=refused)
+    for key in every_group.keys() - groups.keys():
+        for file in every_group[key]:
+            outcome, reason = before[file.location]
+            report.unchanged += 1
+            if outcome == "quarantined":
+                report.quarantined[file.location] = reason
+            else:
+                report.catalogued.append(file.location)
     for key, landed in groups.items():
         record_landed(home, key, landed)
-    instance.add_dynamic_partitions("observations", sorted(groups))
+    if groups:
+        instance.add_dynamic_partitions("observations", sorted(groups))
     run_config = {**QUIET, "resources": {"home": {"config": {"root": str(home.root)}}}}
-    report = IngestReport(partitions=sorted(groups), refused=refused)
     every = instance.get_dynamic_partitions("observations")
     position = {k: i for i, k in enumerate(every)}
     ranges = partition_batches(instance, sorted(groups), batch)

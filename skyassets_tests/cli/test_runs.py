@@ -1,3 +1,4 @@
+import os
 import shutil
 from pathlib import Path
 
@@ -44,6 +45,35 @@ def test_ingest_catalogues_files_in_batched_runs(emu, tmp_path):
     assert [p.name for p in home.quarantine.glob("*.fits.corrupt")] == ["truncated.fits.corrupt"]
     assert "truncated.fits" in (home.quarantine / "truncated.fits.corrupt.json").read_text()
     assert all(p.exists() for p in cal)  # the originals are copied, never moved
+
+    # The same folder again: nothing runs, nothing is quarantined twice, every file keeps its outcome.
+    quarantine_before = sorted(p.name for p in home.quarantine.iterdir())
+    with instance_for_test() as instance:
+        again = ingest([drop], home, instance, batch=2)
+        assert (again.runs, again.unchanged, len(instance.get_runs())) == (0, 6, 0)
+    assert sorted(again.catalogued) == sorted(report.catalogued) and again.quarantined == report.quarantined
+    assert sorted(p.name for p in home.quarantine.iterdir()) == quarantine_before
+    # one file changed: only its partition runs again
+    changed = Path(sorted(report.catalogued)[0])
+    changed.write_bytes(changed.read_bytes())
+    os.utime(changed, ns=(1, 1))
+    with instance_for_test() as instance:
+        third = ingest([drop], home, instance, batch=2)
+        assert (third.runs, third.unchanged, len(third.catalogued)) == (1, 5, 5)
+
+
+def test_a_file_cataloguing_quarantines_is_no_longer_listed_as_downloaded(emu, tmp_path):
+    drop = tmp_path / "night"
+    drop.mkdir()
+    good = sorted(emu.sky.root.rglob("*_cal.fits"))[0]
+    shutil.copy(good, drop / good.name)
+    (drop / "junk.fits").write_bytes(b"hello, not FITS at all")  # copies fine: nothing to verify it by
+    home = Home(tmp_path / "home")
+    with instance_for_test() as instance:
+        report = ingest([drop], home, instance)
+    assert list(report.quarantined) == [str(drop / "junk.fits")]
+    manifests = pd.concat(pd.read_parquet(p) for p in (home.lake / "fits_files").glob("*.parquet"))
+    assert manifests.set_index("filename")["status"].to_dict() == {good.name: "downloaded", "junk.fits": "quarantined"}
 
 
 def test_partition_batches_cover_only_the_keys_asked_for():
