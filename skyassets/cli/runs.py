@@ -180,8 +180,12 @@ def _quarantine_reasons(home: Home, since: float) -> dict[str, str]:
         except (OSError, ValueError):
             continue
         whole = str(note.get("reason", "")) or "quarantined"
-        location, _, reason = whole.partition(": ")
-        reasons[location] = reason or whole
+        location = note.get("landed_location")
+        if location and whole.startswith(f"{location}: "):  # a name may hold ": " itself
+            reasons[location] = whole[len(location) + 2:]
+        else:
+            location, _, reason = whole.partition(": ")
+            reasons[location] = reason or whole
         if note.get("original_path"):
             reasons[str(note["original_path"])] = whole
     return reasons

@@ -748,9 +748,10 @@ def _row(path: Path, hdu: _Hdu, shape: list[int], primary: FitsHeader, *,
 
 # ------------------------------------------------------------------------------ quarantine
 def quarantine(path: str | os.PathLike[str], quarantine_dir: str | os.PathLike[str],
-               reason: str) -> Path:
+               reason: str, *, landed_location: str | None = None) -> Path:
     """Move ``path`` into ``quarantine_dir`` (never over another file) with ``<name>.json`` beside
-    it saying what it was and why it was moved; returns the new path."""
+    it saying what it was and why it was moved (and, for a copy of a landed file, where it was
+    landed); returns the new path."""
     path = Path(path)
     qdir = Path(quarantine_dir)
     qdir.mkdir(parents=True, exist_ok=True)
@@ -772,6 +773,8 @@ def quarantine(path: str | os.PathLike[str], quarantine_dir: str | os.PathLike[s
     note = {"file": target.name, "reason": reason,
             "moved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "original_path": str(path.absolute()), "size": size}
+    if landed_location is not None:
+        note["landed_location"] = landed_location
     sidecar.write_text(json.dumps(note, indent=1) + "\n")
     return target
 

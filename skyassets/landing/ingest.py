@@ -249,7 +249,8 @@ def quarantine_landed_failures(home: Home, failures: list[Failure]) -> list[Fail
         if failure.unreadable or not path.is_relative_to(landed_root) or not path.is_file():
             out.append(failure)
             continue
-        moved = quarantine(path, home.quarantine, f"{_landed_location(home, path)}: {failure.reason}")
+        location = _landed_location(home, path)
+        moved = quarantine(path, home.quarantine, f"{location}: {failure.reason}", landed_location=location)
         out.append(Failure(failure.path, failure.reason, True, str(moved)))
     return out
 

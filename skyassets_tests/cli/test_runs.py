@@ -76,6 +76,17 @@ def test_a_file_cataloguing_quarantines_is_no_longer_listed_as_downloaded(emu, t
     assert manifests.set_index("filename")["status"].to_dict() == {good.name: "downloaded", "junk.fits": "quarantined"}
 
 
+def test_a_name_holding_a_colon_is_reported_quarantined_with_its_reason(emu, tmp_path):
+    drop = tmp_path / "night"
+    drop.mkdir()
+    good = sorted(emu.sky.root.rglob("*_cal.fits"))[0]
+    (drop / "night: 3.fits").write_bytes(good.read_bytes()[:5000])  # cut short: its copy is refused
+    with instance_for_test() as instance:
+        report = ingest([drop], Home(tmp_path / "home"), instance)
+    assert list(report.quarantined) == [str(drop / "night: 3.fits")] and not report.failed
+    assert "checksum mismatch" in report.quarantined[str(drop / "night: 3.fits")]
+
+
 def test_partition_batches_cover_only_the_keys_asked_for():
     with instance_for_test() as instance:
         instance.add_dynamic_partitions("observations", ["a", "b", "c", "x", "d", "e"])

@@ -202,7 +202,8 @@ def _quarantine_bad_landed_files(root: Home, requests: "list[FileRequest]", resu
             continue
         bad = Path(request.dest_dir) / f"{request.filename}.corrupt"
         if bad.exists():  # the copy is quarantined; the original stays where its owner put it
-            moved = quarantine(bad, root.quarantine, f"{request.local_path}: {result.error}")
+            moved = quarantine(bad, root.quarantine, f"{request.local_path}: {result.error}",
+                               landed_location=str(request.local_path))
             messages.append(f"quarantined a copy of {request.local_path}: {result.error} (now {moved})")
         else:
             messages.append(f"could not copy {request.local_path}: {result.error}")
