@@ -50,16 +50,17 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from email.utils import formatdate, parsedate_to_datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 
 from skyassets.fits import limits
+from skyassets.fits.header import BLOCK
 from skyassets.fits.verify import FitsCheck, StreamingFitsVerifier, verify_fits
 from skyassets.lake.names import MAX_FILENAME_LENGTH, InvalidNameError, safe_filename
-from skyassets.landing.zone import open_regular
+from skyassets.landing.zone import FITS_SUFFIXES, open_regular
 
 log = logging.getLogger(__name__)
 
@@ -905,6 +906,8 @@ class _Downloader:
             stat = os.fstat(handle.fileno())
         except OSError as exc:
             raise _Fatal(f"cannot read {path}: {exc.strerror}") from exc
+        if offset == 0 and job.name.lower().endswith(FITS_SUFFIXES):
+            self._refuse_unless_fits(job, handle)
         size = self.config.chunk_size
         handle.seek(min(offset, stat.st_size))
 
@@ -914,6 +917,19 @@ class _Downloader:
 
         version = f"{stat.st_size}-{stat.st_mtime_ns}"
         return _Body(min(offset, stat.st_size), stat.st_size, version, chunks(), handle.close)
+
+    @staticmethod
+    def _refuse_unless_fits(job: _Job, handle: BinaryIO) -> None:
+        """A local file named as FITS that does not start as FITS (or a compressed stream) is refused
+        before its copy: its first block goes to the ``.part`` (kept with the reason, as any refused
+        copy is) and no more, so a sparse or huge non-FITS file never fills the disk with its copy."""
+        head = os.pread(handle.fileno(), BLOCK, 0)
+        if head.startswith(b"SIMPLE  =") or limits.compression(head):
+            return
+        handle.close()
+        job.part.write_bytes(head)
+        why = "empty file (0 bytes)" if not head else f"not FITS: starts with {head[:20]!r}"
+        raise _Corrupt(f"{why}; not copied past its first {len(head)} bytes")
 
     def _open_http(self, job: _Job, offset: int, end: int | None = None) -> _Body:
         url = job.request.http_url

@@ -13,7 +13,7 @@ import boto3
 import pytest
 from boto3.s3.transfer import TransferConfig
 
-from skyassets.archive.download import FileRequest, download_files
+from skyassets.archive.download import DownloadConfig, FileRequest, download_files
 from skyassets_tests.archive.test_download import (
     assert_in_place,
     download_config,
@@ -206,3 +206,18 @@ def test_trickling_transfer_is_cut_by_the_deadline(emu, tmp_path: Path) -> None:
     (result,) = download_files([file_request(emu, product, tmp_path)], download_config(emu, min_speed=0, deadline=0.6))
     assert time.monotonic() - started < 5
     assert result.status == "failed" and name in result.error and "deadline of 0.6 s" in result.error
+
+
+def test_a_local_file_named_fits_that_is_not_fits_is_refused_before_its_copy(tmp_path: Path) -> None:
+    landed = tmp_path / "landed"
+    landed.mkdir()
+    huge = landed / "huge.fits"
+    with huge.open("wb") as f:  # sparse: zeros that take no room until copied
+        f.truncate(256 << 20)
+    (landed / "empty.fits").write_bytes(b"")
+    requests = [FileRequest(p.name, tmp_path / "dest", local_path=p) for p in (huge, landed / "empty.fits")]
+    results = download_files(requests, DownloadConfig(retries=0))
+    assert [r.status for r in results] == ["failed", "failed"]
+    assert "not FITS: starts with b'\\x00" in results[0].error and "empty file (0 bytes)" in results[1].error
+    assert (tmp_path / "dest" / "huge.fits.corrupt").stat().st_size == 2880  # its first block, as evidence
+    assert not (tmp_path / "dest" / "huge.fits").exists()
