@@ -28,7 +28,7 @@ import stat
 import time
 from collections.abc import Iterator
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +61,8 @@ class Tick:
     scanned: int
     pending: int
     seconds: float
+    # FITS-named entries the zone will not take, first met in this tick: (printable path, why)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,7 @@ class _Zone:
     def __init__(self, state_path: Path, identity: str, max_ready: int):
         if max_ready < 1:
             raise ValueError("max_ready must be at least 1")
+        self._skipped: list[tuple[str, str]] = []  # filled by a scan: FITS-named entries not taken, and why
         self.state_path = Path(state_path)
         self.max_ready = max_ready
         self.state_path.parent.mkdir(parents=True, exist_ok=True)
@@ -146,6 +149,9 @@ class _Zone:
                 CREATE TABLE IF NOT EXISTS positions (
                     gen INTEGER PRIMARY KEY, pass INTEGER NOT NULL, after TEXT
                 );
+                CREATE TABLE IF NOT EXISTS skipped (
+                    rel TEXT PRIMARY KEY, seen_pass INTEGER NOT NULL
+                ) WITHOUT ROWID;
                 """
             )
             meta = dict(con.execute("SELECT k, v FROM meta"))
@@ -174,11 +180,14 @@ class _Zone:
             con.execute("BEGIN IMMEDIATE")
             try:
                 state_id, gen, pass_no, after = self._begin(con, cursor)
+                self._skipped = []
                 seen, keep_prefixes, after, pass_done, scanned = self._scan(after)
                 now = time.time()
                 self._record(con, seen, keep_prefixes, pass_no, now)
+                skipped = self._note_skipped(con, pass_no)
                 if pass_done:
                     con.execute("DELETE FROM files WHERE seen_pass != ?", (pass_no,))
+                    con.execute("DELETE FROM skipped WHERE seen_pass != ?", (pass_no,))
                     pass_no, after = pass_no + 1, None
                 ready = self._take(con, gen, now)
                 pending = con.execute(
@@ -201,7 +210,18 @@ class _Zone:
             {"v": _CURSOR_VERSION, "state": state_id, "gen": gen, "pass": pass_no},
             separators=(",", ":"),
         )
-        return Tick(ready, new_cursor, scanned, pending, time.monotonic() - started)
+        return Tick(ready, new_cursor, scanned, pending, time.monotonic() - started, skipped)
+
+    def _note_skipped(self, con: sqlite3.Connection, pass_no: int) -> list[tuple[str, str]]:
+        """The entries of this slice the zone will not take that no earlier tick reported: each is
+        said once (while it stays), not every tick."""
+        new = []
+        for rel, why in self._skipped:
+            known = con.execute("SELECT 1 FROM skipped WHERE rel = ?", (rel,)).fetchone()
+            con.execute("INSERT OR REPLACE INTO skipped VALUES (?, ?)", (rel, pass_no))
+            if not known:
+                new.append((rel, why))
+        return new
 
     def release(self, files: list[LandedFile]) -> None:
         """Offer ``files``, taken by the last tick, again on a later one: they could not be handed on
@@ -394,24 +414,37 @@ class LandingZone(_Zone):
         """The wanted entries of ``directory`` in name order; None (noted) if it cannot be listed."""
         try:
             with os.scandir(directory) as it:
-                return iter(sorted((e for e in it if self._wanted(e)), key=lambda e: e.name))
+                return iter(sorted((e for e in it if self._wanted(e, parts)), key=lambda e: e.name))
         except OSError:
             if not parts:
                 raise
             unreadable.append("/".join(parts) + "/")
             return None
 
-    def _wanted(self, entry: os.DirEntry[str]) -> bool:
+    def _wanted(self, entry: os.DirEntry[str], parts: tuple[str, ...]) -> bool:
+        """Whether the walk takes ``entry``; a FITS-named entry it does not take is noted with why."""
         name = entry.name
-        if name.startswith(".") or entry.is_symlink():
+        if name.startswith("."):
             return False
-        try:
-            name.encode("utf-8")
-        except UnicodeEncodeError:
-            return False  # not representable in the state file or a partition key's source
-        if entry.is_dir(follow_symlinks=False):
+        fits_named = is_landing_name(os.fsencode(name).decode("utf-8", "replace"))
+        why = None
+        if entry.is_symlink():
+            why = "a symbolic link: links are not followed"
+        else:
+            try:
+                name.encode("utf-8")
+            except UnicodeEncodeError:  # not representable in the state file or a partition key's source
+                why = "the name is not valid UTF-8 and cannot be recorded; rename the file"
+        if why is None and entry.is_dir(follow_symlinks=False):
             return self.recursive
-        return is_landing_name(name) and entry.is_file(follow_symlinks=False)
+        if why is None and fits_named and not entry.is_file(follow_symlinks=False):
+            why = "not a regular file"
+        if why is not None:
+            if fits_named:
+                shown = "/".join((*parts, name))
+                self._skipped.append((os.fsencode(shown).decode("utf-8", "backslashreplace"), why))
+            return False
+        return fits_named
 
     def _recheck(self, seen: _Seen) -> _Seen | None:
         try:

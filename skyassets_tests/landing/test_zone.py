@@ -276,6 +276,27 @@ def test_deep_paths_keep_the_cursor_small(root: Path, tmp_path: Path) -> None:
     assert len(zone.cursor) < 100
 
 
+def test_fits_named_entries_not_taken_are_reported_once_with_why(root: Path, zone: Driver, tmp_path: Path) -> None:
+    _write(root / "good.fits")
+    _write(tmp_path / "outside.fits")
+    (root / "link.fits").symlink_to(tmp_path / "outside.fits")
+    os.mkfifo(root / "pipe.fits")
+    with open(os.path.join(os.fsencode(root), b"caf\xe9.fits"), "wb") as f:
+        f.write(b"x" * 100)
+    (root / "notes.txt").write_text("not FITS-named: not reported")
+    first = zone.tick()
+    assert sorted(first.skipped) == [
+        ("caf\\xe9.fits", "the name is not valid UTF-8 and cannot be recorded; rename the file"),
+        ("link.fits", "a symbolic link: links are not followed"),
+        ("pipe.fits", "not a regular file"),
+    ]
+    assert zone.tick().skipped == []  # said once, not every tick
+    (root / "link.fits").unlink()
+    zone.tick()
+    (root / "link.fits").symlink_to(tmp_path / "outside.fits")  # gone for a pass, then back: said again
+    assert [rel for rel, _ in zone.tick().skipped] == ["link.fits"]
+
+
 def test_folders_nested_deeper_than_the_recursion_limit_are_walked(root: Path, tmp_path: Path) -> None:
     depth = sys.getrecursionlimit() + 100
     folder = root

@@ -35,6 +35,10 @@ def _landing_result(
     # imported here: it brings in the downloader (requests), which run processes seldom need
     from skyassets.landing.ingest import group_within, record_landed
 
+    for relative, why in tick.skipped[:20]:  # said once per file, by the tick that first meets it
+        context.log.warning(f"not taken from the landing zone: {relative}: {why}")
+    if len(tick.skipped) > 20:
+        context.log.warning(f"... and {len(tick.skipped) - 20} more entries not taken")
     groups, later = group_within(tick.ready, KEY_SECONDS, client=client)
     if later:
         zone.release(later)
