@@ -62,10 +62,14 @@ def _demo(runner: Runner, home: Home, dagster_home: Path) -> int:
         print(f"The watchlist query failed; see run {result.run_id} in the Dagster UI.")
         return 1
     observations = latest_metadata(instance, "mast_observations")
-    print(f"\nQueried the watchlist: {observations['dagster/row_count']} public observations")
+    granted = observations.get("exclusive_access_granted", 0)
+    print(f"\nQueried the watchlist: {observations['dagster/row_count']} observations"
+          + (f", {granted} of them exclusive-access ones the MAST token grants" if granted else ""))
     for entry, count in observations["rows_per_entry"].items():
         print(f"  {entry:<32} {count:>4} rows")
-    print(f"  proprietary left out: {observations['proprietary_left_out']}")
+    print(f"  exclusive-access left out: {observations['proprietary_left_out']}")
+    if observations.get("failed_entries"):
+        print(f"  failed entries: {observations['failed_entries']} (their last rows kept; see the run's log)")
 
     context = build_sensor_context(instance=instance, definitions=defs, resources=defs.resources)
     context.log.setLevel(logging.WARNING)  # the sensor's own log line repeats what is printed next
