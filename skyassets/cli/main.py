@@ -245,18 +245,21 @@ def _shown(value: object, spec: str = "") -> str:
     return format(value, spec)
 
 
-def _show(args: argparse.Namespace) -> int:
-    from skyassets.lake.names import InvalidNameError, validate_obs_id
+def _folded(name: str) -> str:
+    """A target name as a person may type it: case, spaces and punctuation aside ("ngc 3132")."""
+    return "".join(c for c in name.casefold() if c.isalnum())
 
+
+def _show(args: argparse.Namespace) -> int:
     home = Home.from_env()
     lake = home.tables
-    try:
-        validate_obs_id(args.target)
-    except InvalidNameError as exc:
-        raise CommandError(f"not a target: {exc}") from exc
     targets = sorted(lake.read("target_groups")["target"].unique()) if lake.exists("target_groups") else []
-    if args.target not in targets:
-        raise CommandError(f"target {args.target} does not exist in this home; {_known(targets, 'targets')}", 1)
+    if args.target not in targets:  # only a known target's name reaches a path
+        matches = [t for t in targets if _folded(t) == _folded(args.target)]
+        if len(matches) != 1:
+            raise CommandError(f"target {args.target!r} does not exist in this home; "
+                               f"{_known(targets, 'targets')}", 1)
+        args.target = matches[0]
     if not lake.exists("mosaics", args.target):
         print(f"no products for {args.target} yet: materialise mosaics and composites for it (products_job)",
               file=sys.stderr)

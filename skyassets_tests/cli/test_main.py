@@ -111,9 +111,12 @@ def test_catalog_formats_keep_values_whole(home, capsys):
 
 
 def test_an_unknown_target_lists_the_known_ones(home, capsys):
-    status, _, err = _run(capsys, "show", "NGC-9999")
-    assert status == 1 and err.count("\n") == 1
-    assert "target NGC-9999 does not exist" in err and "known targets: NGC-3132" in err
+    for name in ("NGC-9999", "NGC 9999"):  # a name with a space is a target name too, not a bad id
+        status, _, err = _run(capsys, "show", name)
+        assert status == 1 and err.count("\n") == 1
+        assert f"target '{name}' does not exist" in err and "known targets: NGC-3132" in err
+    status, _, err = _run(capsys, "show", "ngc 3132")  # as a person types it: the one target it can be
+    assert "NGC-3132" in err and "does not exist" not in err
 
 
 def test_an_unknown_observation_is_said_not_to_exist(home, capsys):
