@@ -85,7 +85,8 @@ class ArchiveResource(ConfigurableResource):
 
     ``token`` is a MAST API token for exclusive-access data; give it as ``EnvVar("MAST_API_TOKEN")``
     (as ``default_resources`` does) so that run configuration records the variable's name, never
-    its value. ``retry_seconds`` bounds the time one archive call spends on retries.
+    its value. ``retry_seconds`` bounds the time one archive call spends on retries; ``timeout``
+    how long one search may stay ``EXECUTING`` at MAST while it is polled (each try of it).
     """
 
     url: str = EMULATOR
