@@ -17,8 +17,10 @@ source's summed flux is the same on the mosaic as on the input. Interpolation sa
 output pixel centres: with ``downscale`` > 1 this is point sampling, not block averaging. Inputs
 in different units are converted through their photometric keywords (:func:`_units`), and each is
 weighted by its inverse variance per output pixel in output units, whatever its BUNIT and pixel
-size (:func:`_load`). An exposure given twice (FLT and FLC, one file in two products, a combined
-product beside its own exposures) is co-added once (:func:`one_per_exposure`).
+size (:func:`_load`); weights in erg/s/cm2/A are counted in (1e-20 erg/s/cm2/A)^-2
+(:func:`weight_unit`), so they stay within float32. An exposure given twice (FLT and FLC, one file
+in two products, a combined product beside its own exposures) is co-added once
+(:func:`one_per_exposure`).
 """
 
 from __future__ import annotations
@@ -135,6 +137,7 @@ class _Placed:
     pixel_ratio: float
     inverse_variance: float
     background: float = 0.0
+    matched: bool = False  # the background offset was solved from an overlap
 
     @property
     def width(self) -> int:
@@ -177,7 +180,9 @@ def build_mosaic(
     The grid is ``wcs`` and ``shape`` when given, else reproject's ``find_optimal_celestial_wcs``
     over the inputs; ``downscale`` then makes its pixels that many times larger. ``dest`` gets an
     empty primary HDU whose header lists the inputs, then SCI (the weighted mean), CON (how many
-    inputs cover each pixel) and WHT (the summed weight). ``reject_sigma`` is the k of the
+    inputs cover each pixel) and WHT (the summed weight, times WHTSCALE in BUNIT^-2: see
+    :func:`weight_unit`). An input with no overlap to level its background against keeps offset 0
+    and its BG card says it was not matched. ``reject_sigma`` is the k of the
     per-pixel outlier rejection between inputs (:func:`_reject`), None to keep every value; values
     left out count neither in SCI, CON nor WHT, and their number is ``n_rejected`` (header NREJECT).
     ``block_size`` is a pixel budget (rows x columns): work goes in slabs of whole output rows
@@ -189,6 +194,7 @@ def build_mosaic(
     read = [_read_header(i) for i in used]
     used, headers, choices = one_per_exposure(used, [h for h, _ in read], [m for _, m in read])
     bunit, units = _units(used, headers)
+    reference = weight_unit(bunit)
     dest = Path(dest)
     wcs, shape = output_grid(used, wcs, shape, downscale)
     slab = max(1, block_size[0] * block_size[1])
@@ -198,13 +204,13 @@ def build_mosaic(
     try:
         placed = []
         for k, (source, unit) in enumerate(zip(used, units, strict=True)):
-            image = _load(source, out_area, unit)
+            image = _load(source, out_area, unit, reference)
             placed.append(_resample(image, wcs, shape, work / f"in{k}", slab))
             del image
         if match_background:
             _match_backgrounds(placed, work, slab)
         rejected = _coadd(placed, shape, work, slab, reject_sigma)
-        header = _primary_header(placed, wcs, downscale, match_background, reject_sigma, rejected, choices)
+        header = _primary_header(placed, wcs, downscale, match_background, reject_sigma, rejected, choices, reference)
         preview = _write(dest, header, wcs, shape, work, slab, bunit)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -302,7 +308,19 @@ def _units(sources: Sequence[MosaicInput], headers: Sequence[fits.Header]) -> tu
     return families.pop(), [_Unit(c[1], c[2]) for c in calibrated if c is not None]
 
 
-def _load(source: MosaicInput, out_area: float, unit: _Unit) -> _Image:
+def weight_unit(bunit: str | None) -> float:
+    """The unit weights are counted in, as a multiple of the mosaic's BUNIT: 1e-20 for f_lambda in
+    erg (HST's PHOTFLAM unit, which counts beside count rates are converted into), else 1.
+
+    An inverse variance in erg/s/cm2/A overflows float32: a count there is about 1e-20, so a
+    weight is about 1e40 and its product with a value infinite: NaN in every overlap and so in the
+    background offsets. Weights per (1e-20 erg/s/cm2/A)^-2 have the magnitudes of the inputs' own
+    units; only their ratios enter the mean, and the header's WHTSCALE turns WHT back into
+    BUNIT^-2. It depends on BUNIT alone, so mosaics built block by block agree on it."""
+    return 1e-20 if str(bunit or "").upper().replace(" ", "").startswith("ERG") else 1.0
+
+
+def _load(source: MosaicInput, out_area: float, unit: _Unit, reference: float = 1.0) -> _Image:
     """Read one input and turn its ERR/WHT, DQ and saturation into a weight map, in output units.
 
     ERR gives one inverse variance per image (from its median over good pixels), not per pixel: a
@@ -317,7 +335,9 @@ def _load(source: MosaicInput, out_area: float, unit: _Unit) -> _Image:
     scale), then to the noise of the mean over one output pixel, sigma^2 x (input pixel area /
     output pixel area), as white noise averages; WHT (an inverse variance) scales the same way.
     Uniform weighting (neither ERR nor WHT) stays 1. The noise rejection scales by is that ERR
-    median in output units, else measured from the pixels (:func:`_noise`).
+    median in output units, else measured from the pixels (:func:`_noise`). Weights are per
+    (``reference`` x output unit)^-2 (:func:`weight_unit`), and a pixel whose weight or weighted
+    value is not finite in float32 gets weight 0.
     """
     with _open(source.path) as hdul:
         hdu = hdul[source.hdu_index]
@@ -345,25 +365,31 @@ def _load(source: MosaicInput, out_area: float, unit: _Unit) -> _Image:
     in_area = proj_plane_pixel_area(wcs)
     area_ratio = in_area / out_area  # input pixel area in output pixels
     flux_scale = unit.scale * (1.0 / area_ratio if unit.per_pixel else 1.0)
+    weight_scale = flux_scale / reference  # output units per input unit, in units of the reference
     if err is not None:
         err = np.asarray(err, dtype=np.float32)
         good = ~bad & np.isfinite(err) & (err > 0)
         bad |= ~good
         noise = float(np.median(err[good])) if good.any() else 0.0
-        variance = (noise * flux_scale) ** 2 * area_ratio
+        variance = (noise * weight_scale) ** 2 * area_ratio
         weight = np.where(bad, 0.0, 1.0 / variance if variance > 0 else 0.0)
         weight_kind = "err"
     else:
         noise = _noise(sci, bad)
         if wht is not None:
             weight = np.nan_to_num(np.asarray(wht, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-            weight = np.where(bad | (weight < 0), 0.0, weight / (flux_scale**2 * area_ratio))
+            weight = np.where(bad | (weight < 0), 0.0, weight / (weight_scale**2 * area_ratio))
             weight_kind = "wht"
         else:
             weight = np.where(bad, 0.0, 1.0)
             weight_kind = "uniform"
-    weight = weight.astype(np.float32)
-    weighted = np.where(weight > 0, sci * np.float32(flux_scale), 0.0).astype(np.float32) * weight
+    with np.errstate(over="ignore", invalid="ignore"):
+        weight = weight.astype(np.float32)
+        weighted = np.where(weight > 0, sci * np.float32(flux_scale), 0.0).astype(np.float32) * weight
+    broken = ~(np.isfinite(weight) & np.isfinite(weighted))
+    if broken.any():  # beyond float32: no value to resample, and NaN would spread into the overlaps
+        weight[broken] = 0.0
+        weighted[broken] = 0.0
     typical = float(np.median(weight[weight > 0])) if weight_kind != "uniform" and (weight > 0).any() else 1.0
     return _Image(source, weighted, weight, wcs, weight_kind, flux_scale, noise * flux_scale,
                   math.sqrt(area_ratio), typical)
@@ -556,7 +582,7 @@ def _in_threads(work: Callable[[tuple[int, int]], object], spans: Iterable[tuple
 
 # ------------------------------------------------------------------------ background matching
 def _overlap_offset(a: _Placed, b: _Placed, sa: Path, sb: Path, slab: int) -> tuple[float, int] | None:
-    """Median of (a - b) where both cover the sky, and how many pixels that is."""
+    """Median of (a - b) where both cover the sky with finite values, and how many pixels that is."""
     y0, y1 = max(a.y0, b.y0), min(a.y1, b.y1)
     x0, x1 = max(a.x0, b.x0), min(a.x1, b.x1)
     if y0 >= y1 or x0 >= x1:
@@ -574,7 +600,7 @@ def _overlap_offset(a: _Placed, b: _Placed, sa: Path, sb: Path, slab: int) -> tu
             parts.append((np.array(val[:, cols]), np.array(wht[:, cols])))
             del val, wht
         (va, wa), (vb, wb) = parts
-        both = (wa > 0) & (wb > 0)
+        both = (wa > 0) & (wb > 0) & np.isfinite(va) & np.isfinite(vb)
         count += int(np.count_nonzero(both))
         diffs.append((va[both] - vb[both])[::stride])
     if not count:
@@ -584,27 +610,32 @@ def _overlap_offset(a: _Placed, b: _Placed, sa: Path, sb: Path, slab: int) -> tu
 
 def _match_backgrounds(placed: list[_Placed], work: Path, slab: int) -> None:
     """Solve for one additive offset per input that best levels all overlaps (least squares,
-    offsets summing to zero, as reproject's ``match_background``); stored on each input."""
+    offsets summing to zero, as reproject's ``match_background``); stored on each input.
+
+    Only inputs with an overlap of finite values take part: an input without one has nothing to
+    be levelled against and keeps offset 0, ``matched`` False (the header says so), as does every
+    input should the solution not come out finite."""
     n = len(placed)
-    rows, rhs, weights = [], [], []
+    pairs = []
     for i in range(n):
         for j in range(i + 1, n):
             found = _overlap_offset(placed[i], placed[j], work / f"in{i}", work / f"in{j}", slab)
-            if found is None:
-                continue
-            row = np.zeros(n)
-            row[i], row[j] = 1.0, -1.0
-            rows.append(row)
-            rhs.append(found[0])
-            weights.append(math.sqrt(found[1]))
-    if not rows:
+            if found is not None and math.isfinite(found[0]):
+                pairs.append((i, j, found[0], math.sqrt(found[1])))
+    members = sorted({k for i, j, _, _ in pairs for k in (i, j)})
+    if not members:
         return
-    scale = float(np.mean(weights))
-    a = np.vstack([np.array(rows) * np.array(weights)[:, None], np.full((1, n), scale)])
-    b = np.concatenate([np.array(rhs) * np.array(weights), [0.0]])
+    column = {k: c for c, k in enumerate(members)}
+    a = np.zeros((len(pairs) + 1, len(members)))
+    b = np.zeros(len(pairs) + 1)
+    for row, (i, j, offset, weight) in enumerate(pairs):
+        a[row, column[i]], a[row, column[j]], b[row] = weight, -weight, offset * weight
+    a[-1] = np.mean([w for _, _, _, w in pairs])
     corrections = np.linalg.lstsq(a, b, rcond=None)[0]
-    for p, c in zip(placed, corrections, strict=True):
-        p.background = float(c)
+    if not np.isfinite(corrections).all():
+        return
+    for k, c in zip(members, corrections, strict=True):
+        placed[k].background, placed[k].matched = float(c), True
 
 
 # ------------------------------------------------------------------------------ co-adding
@@ -776,23 +807,37 @@ def large_parts(mask: np.ndarray, smallest: int, *, diagonal: bool = False) -> n
 
 
 # ------------------------------------------------------------------------------------ output
+def header_card(value: object, comment: str) -> tuple[object, str]:
+    """A header card's (value, comment). FITS has no NaN or infinity: such a number is written
+    as an undefined value (read back as None) and its comment says what it was, so no value can
+    stop the mosaic from being written."""
+    if isinstance(value, (float, np.floating)) and not math.isfinite(value):
+        return None, f"{comment} ({value}: not finite)"
+    return value, comment
+
+
 def _primary_header(placed: list[_Placed], wcs: WCS, downscale: int, match_background: bool,
-                    reject_sigma: float | None, rejected: int, choices: list[str]) -> fits.Header:
+                    reject_sigma: float | None, rejected: int, choices: list[str],
+                    reference: float = 1.0) -> fits.Header:
     header = fits.Header()
     header["NINPUTS"] = (len(placed), "images co-added")
     header["DOWNSCAL"] = (downscale, "output pixel size / optimal pixel size")
     header["BKGMATCH"] = (match_background, "background offsets matched in overlaps")
     header["REJECT"] = (reject_sigma is not None, "outliers between inputs rejected per pixel")
     if reject_sigma is not None:
-        header["REJSIGMA"] = (reject_sigma, "rejection threshold in sigma of input noise")
+        header["REJSIGMA"] = header_card(reject_sigma, "rejection threshold in sigma of input noise")
     header["NREJECT"] = (rejected, "input values rejected as outliers")
     header["RESAMPLE"] = ("bilinear", "interpolation of weight*SCI and weight")
+    header["WHTSCALE"] = (10.0 ** (-2 * round(math.log10(reference))), "WHT and IV x this: weight in BUNIT**-2")
     for k, p in enumerate(placed, start=1):
+        background = "background offset subtracted"
+        if match_background and not p.matched:
+            background = "not matched: no usable overlap"
         header[f"IN{k:04d}"] = (p.name, "input file[hdu]")
         header[f"WT{k:04d}"] = (p.weight_kind, "weighting of input")
-        header[f"BG{k:04d}"] = (p.background, "background offset subtracted")
-        header[f"FS{k:04d}"] = (p.flux_scale, "unit and pixel-area flux scale applied")
-        header[f"IV{k:04d}"] = (p.inverse_variance, "weight per output pixel (median)")
+        header[f"BG{k:04d}"] = header_card(p.background, background)
+        header[f"FS{k:04d}"] = header_card(p.flux_scale, "unit and pixel-area flux scale applied")
+        header[f"IV{k:04d}"] = header_card(p.inverse_variance, "weight per output pixel (median)")
     header["NDUPEXP"] = (len(choices), "inputs left out as copies of an exposure")
     for line in choices:
         header.add_history(line)

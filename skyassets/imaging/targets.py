@@ -248,19 +248,62 @@ def one_file_per_exposure(inputs: pd.DataFrame) -> pd.DataFrame:
 # The programme observation (JWST) or visit (HST) a file belongs to, from its name: a level-3
 # ``jw02733-o001_t001_nircam_clear-f090w_i2d`` and the level-2 ``jw02733001001_02101_00001_nrcb1_cal``
 # are both programme 02733 observation 001; HST ``j8pu01010_drz`` and ``j8pu01abq_flc`` visit j8pu01.
+# The Hubble Legacy Archive's and HAP's products (``hst_10402_01_acs_wfc_f435w_drz``) name the
+# proposal and the visit number instead: an exposure's name (ipppssoot) holds a program code
+# (``8pu``), not the proposal, so only its proposal_id links it to such a product.
 _JWST_COMBINED = re.compile(r"^jw(\d{5})-o(\d{3})_", re.IGNORECASE)
 _JWST_EXPOSURE = re.compile(r"^jw(\d{5})(\d{3})\d{3}_", re.IGNORECASE)
 _HST_ROOTNAME = re.compile(r"^([a-z][a-z0-9]{5})[a-z0-9]{3}_[a-z0-9]+(?:\.fits(?:\.gz)?)?$", re.IGNORECASE)
+_HST_PROPOSAL_VISIT = re.compile(r"^hst_(\d{1,5})_([a-z0-9]{2})_", re.IGNORECASE)
 
 
 def visit_of(file_name: str) -> str | None:
     """The JWST programme observation or HST visit a file is part of, from its name; None when the
-    name follows neither convention."""
+    name follows no convention. An HLA/HAP name gives ``hst_<proposal>_<visit>`` (proposal
+    without leading zeros), a key an HST exposure of known proposal also has (:func:`_visits`)."""
     if match := _JWST_COMBINED.match(file_name) or _JWST_EXPOSURE.match(file_name):
         return f"jw{match[1]}-o{match[2]}".lower()
+    if match := _HST_PROPOSAL_VISIT.match(file_name):
+        return _proposal_visit(match[1], match[2])
     if match := _HST_ROOTNAME.match(file_name):
         return match[1].lower()
     return None
+
+
+def _proposal_visit(proposal: object, visit: str) -> str | None:
+    """``hst_<proposal>_<visit>`` for an HST proposal id (text or number) and visit number."""
+    text = "" if proposal is None or pd.isna(proposal) else str(proposal).strip()
+    text = text.removesuffix(".0")  # a number column read back as floats
+    return f"hst_{int(text)}_{visit.lower()}" if text.isdigit() else None
+
+
+def _named_visit(row: dict) -> str | None:
+    """:func:`visit_of` the row's file name, else of its ``obs_id`` where that is a JWST level-3 or
+    HLA observation id (``jw02733-o001_t001_...``, ``hst_10402_01_acs_wfc_f435w``), which name
+    their visit as their files do."""
+    obs_id = row.get("obs_id")
+    if visit := visit_of(row["file_name"]):
+        return visit
+    if isinstance(obs_id, str) and (_JWST_COMBINED.match(f"{obs_id}_") or _HST_PROPOSAL_VISIT.match(f"{obs_id}_")):
+        return visit_of(f"{obs_id}_")
+    return None
+
+
+def _visits(row: dict) -> set[str]:
+    """The visits a row's image belongs to (:func:`_named_visit`); for an HST exposure of known
+    ``proposal_id`` also ``hst_<proposal>_<visit>``, which HLA products give."""
+    name = row["file_name"]
+    visit = _named_visit(row)
+    found = {visit} if visit else set()
+    if (match := _HST_ROOTNAME.match(name)) and (key := _proposal_visit(row.get("proposal_id"), match[1][-2:])):
+        found.add(key)
+    return found
+
+
+def _visit_numbers(images: pd.DataFrame) -> set[str]:
+    """The visit numbers (``ss`` of ipppssoot) of the HST files among ``images`` of no known proposal."""
+    unknown = images["proposal_id"].isna() if "proposal_id" in images else pd.Series(True, index=images.index)
+    return {m[1][-2:].lower() for name in images.loc[unknown, "file_name"] if (m := _HST_ROOTNAME.match(name))}
 
 
 def without_combined_duplicates(images: pd.DataFrame) -> pd.DataFrame:
@@ -269,19 +312,41 @@ def without_combined_duplicates(images: pd.DataFrame) -> pd.DataFrame:
     both would count that light twice, and the exposures are kept as they carry each one's outliers.
     A combined product of a visit with no exposure here is kept, and so is every other image
     (exposures, and files without a calibration level such as landed ones). A combined product whose
-    name gives no visit is left out only when exposures of no known visit are here too."""
+    name (or ``obs_id``) gives no visit is left out only when exposures of no known visit are here too.
+
+    An HLA or HAP product (``hst_<proposal>_<visit>_..._drz``) is made from the exposures of that
+    proposal and visit number, which an exposure's ``proposal_id`` (when the column is given) tells:
+    an exposure of unknown proposal with the same visit number may be one of them, and leaves it
+    out as well. Where none of its exposures is here, it gives way to the pipeline's combined
+    product of the visit (an ipppssoot ``_drz``), made from the same exposures, on the same terms."""
     level = images["calib_level"]
     combined = level == 3
     if not combined.any():
         return images
-    exposures = images[level == 2]
-    visits = images["file_name"].map(visit_of)
-    exposed = set(visits.loc[exposures.index].dropna())
-    unnamed_exposures = visits.loc[exposures.index].isna().any()
-    covered = combined & (visits.isin(exposed) | (visits.isna() & unnamed_exposures))
-    for row in images[covered].itertuples(index=False):
-        _log.info("%s left out: the exposures it was combined from are co-added instead", row.file_name)
-    return images[~covered]
+    visits = pd.Series([_visits(r) for r in images.to_dict("records")], index=images.index, dtype=object)
+    exposures = level == 2
+    exposed = set().union(*visits[exposures])
+    unnamed_exposures = bool((visits[exposures].map(len) == 0).any())
+    reasons: dict[object, str] = {}
+    for i in images.index[combined]:
+        if visits[i] & exposed or (not visits[i] and unnamed_exposures):
+            reasons[i] = "the exposures it was combined from are co-added instead"
+    rootname = images["file_name"].map(lambda n: _HST_ROOTNAME.match(n) is not None)
+    waiting = combined & ~images.index.isin(list(reasons))
+    hla = waiting & ~rootname & visits.map(lambda v: any(k.startswith("hst_") for k in v))
+    if hla.any():
+        pipeline = waiting & rootname
+        guessed = _visit_numbers(images[exposures])
+        made, made_guessed = set().union(*visits[pipeline]), _visit_numbers(images[pipeline])
+        for i in images.index[hla]:
+            number = next(k for k in visits[i] if k.startswith("hst_")).rsplit("_", 1)[1]
+            if number in guessed:
+                reasons[i] = f"exposures of visit {number} (proposal not known) are co-added instead"
+            elif visits[i] & made or number in made_guessed:
+                reasons[i] = f"the pipeline's combined product of visit {number} is co-added instead"
+    for i, reason in reasons.items():
+        _log.info("%s left out: %s", images.at[i, "file_name"], reason)
+    return images[~images.index.isin(list(reasons))]
 
 
 def inputs_digest(inputs: pd.DataFrame) -> str:

@@ -3,15 +3,18 @@ and the same exposure given twice."""
 
 from __future__ import annotations
 
+import math
 import shutil
 import warnings
 
 import numpy as np
 import pytest
 from astropy.io import fits
+from astropy.wcs import WCS
 from reproject import reproject_interp
 from reproject.mosaicking import reproject_and_coadd
 
+from skyassets.imaging import mosaic
 from skyassets.imaging.mosaic import MosaicInput, build_mosaic, exposure_name
 from skyassets_tests.imaging.truth_sky import make_sky, measure, render
 
@@ -173,3 +176,78 @@ def test_files_of_no_known_convention_are_never_taken_for_one_exposure(tmp_path)
             del hdul[0].header["ROOTNAME"]
     result = build_mosaic([one, two], tmp_path / "m.fits", reject_sigma=None, match_background=False)
     assert result.n_inputs == 2 and not result.choices
+
+
+PHOTFLAM, EXPTIME = 3.1e-19, 500.0  # ACS/WFC F435W-like: counts of about 1e-20 erg/s/cm2/A
+
+
+def _hst(path, rootname, value, err, bunit, dx=0.0, dy=0.0):
+    """A 30 x 30 ACS-like SCI/ERR image of flat sky ``value`` in ``bunit``, shifted by (dx, dy) pixels."""
+    primary = fits.PrimaryHDU()
+    primary.header.update(TELESCOP="HST", INSTRUME="ACS", DETECTOR="WFC", ROOTNAME=rootname, EXPTIME=EXPTIME,
+                          PHOTFLAM=PHOTFLAM)
+    sci = fits.ImageHDU(np.full((30, 30), value, np.float32), name="SCI", ver=1)
+    sci.header.update(CTYPE1="RA---TAN", CTYPE2="DEC--TAN", CRVAL1=10.0, CRVAL2=20.0, CRPIX1=15.5 - dx,
+                      CRPIX2=15.5 - dy, CDELT1=-0.05 / 3600, CDELT2=0.05 / 3600, BUNIT=bunit)
+    error = fits.ImageHDU(np.full((30, 30), err, np.float32), name="ERR", ver=1)
+    fits.HDUList([primary, sci, error]).writeto(path)
+    return MosaicInput(path)
+
+
+def test_hst_counts_beside_count_rates_are_weighted_within_float32(tmp_path):
+    """FLC exposures (ELECTRONS) with a drizzled product (ELECTRONS/S) of the same sky are converted
+    to erg/s/cm2/A: their inverse variances, about 1e40 there, are counted in (1e-20 erg/s/cm2/A)^-2
+    (WHTSCALE 1e40), so the offsets and the co-added sky come out finite and right."""
+    sky = 100.0  # electrons in EXPTIME
+    inputs = [_hst(tmp_path / "j8pu01abq_flc.fits", "j8pu01abq", sky, 10.0, "ELECTRONS"),
+              _hst(tmp_path / "j8pu01acq_flc.fits", "j8pu01acq", sky + 5.0, 10.0, "ELECTRONS", dx=8.0),
+              _hst(tmp_path / "j8pu02010_drz.fits", "j8pu02010", sky / EXPTIME, 0.01, "ELECTRONS/S", dy=8.0)]
+    result = build_mosaic(inputs, tmp_path / "m.fits", reject_sigma=None)
+    header = result.header
+    assert fits.getheader(result.path, "SCI")["BUNIT"] == "erg/s/cm2/A"
+    backgrounds = [header[f"BG{k:04d}"] for k in (1, 2, 3)]
+    assert np.isfinite(backgrounds).all()
+    assert backgrounds[1] - backgrounds[0] == pytest.approx(5.0 * PHOTFLAM / EXPTIME, rel=1e-3)
+    with fits.open(result.path) as hdul:
+        sci, con, wht = hdul["SCI"].data, hdul["CON"].data, hdul["WHT"].data
+    covered = con > 0
+    assert np.isfinite(sci[covered]).all() and np.isfinite(wht).all()
+    level = sky * PHOTFLAM / EXPTIME - backgrounds[0]
+    np.testing.assert_allclose(sci[covered], level, rtol=0.02)
+    assert header["WHTSCALE"] == 1e40
+    y, x = np.mgrid[0:result.shape[0], 0:result.shape[1]]
+    fx, fy = WCS(fits.getheader(inputs[0].path, 1)).world_to_pixel(result.wcs.pixel_to_world(x, y))
+    only_first = (con == 1) & (np.abs(fx - 14.5) < 14) & (np.abs(fy - 14.5) < 14)  # inside the first alone
+    assert only_first.sum() > 20
+    first_ivar = 1.0 / (10.0 * header["FS0001"]) ** 2
+    np.testing.assert_allclose(wht[only_first].astype(float) * header["WHTSCALE"], first_ivar, rtol=1e-3)
+
+
+def test_an_input_with_no_overlap_keeps_offset_0_and_says_so(tmp_path):
+    """Two overlapping exposures are levelled; a third far from both has nothing to be levelled
+    against: offset 0, its BG card saying it was not matched."""
+    inputs = [_hst(tmp_path / "a_flt.fits", "j8pu01abq", 10.0, 1.0, "ELECTRONS"),
+              _hst(tmp_path / "b_flt.fits", "j8pu01acq", 12.0, 1.0, "ELECTRONS", dx=10.0),
+              _hst(tmp_path / "c_flt.fits", "j8pu01adq", 50.0, 1.0, "ELECTRONS", dx=200.0)]
+    header = build_mosaic(inputs, tmp_path / "m.fits", reject_sigma=None).header
+    assert header["BG0001"] == pytest.approx(-1.0) and header["BG0002"] == pytest.approx(1.0)
+    assert header.comments["BG0001"] == header.comments["BG0002"] == "background offset subtracted"
+    assert header["BG0003"] == 0.0 and header.comments["BG0003"].startswith("not matched")
+
+
+def test_no_number_that_is_not_finite_reaches_a_header(tmp_path, monkeypatch):
+    """An overlap whose offset is not finite levels nothing (offsets 0, not matched), and a card of
+    NaN or infinity is written undefined with what it was in its comment: the file is still written."""
+    inputs = [_hst(tmp_path / "a_flt.fits", "j8pu01abq", 10.0, 1.0, "ELECTRONS"),
+              _hst(tmp_path / "b_flt.fits", "j8pu01acq", 12.0, 1.0, "ELECTRONS", dx=10.0)]
+    monkeypatch.setattr(mosaic, "_overlap_offset", lambda *args: (math.nan, 100))
+    header = build_mosaic(inputs, tmp_path / "m.fits", reject_sigma=None).header
+    assert header["BG0001"] == header["BG0002"] == 0.0
+    assert header.comments["BG0001"].startswith("not matched")
+    placed = mosaic._Placed("x_flt.fits[1]", 0, 1, 0, 1, "err", math.inf, math.nan, 1.0, math.nan,
+                            background=math.nan, matched=True)
+    card = mosaic._primary_header([placed], WCS(naxis=2), 1, True, math.nan, 0, [])
+    fits.PrimaryHDU(header=card).writeto(tmp_path / "h.fits")
+    written = fits.getheader(tmp_path / "h.fits")
+    for key in ("BG0001", "FS0001", "IV0001", "REJSIGMA"):
+        assert written[key] is None and "not finite" in written.comments[key]

@@ -205,3 +205,57 @@ def test_combined_products_alone_or_of_unknown_names_are_kept():
     assert without_combined_duplicates(both_unknown)["file_name"].tolist() == ["exposure_b.fits"]
     assert visit_of("JW02733001001_02101_00001_NRCB1_cal.fits") == "jw02733-o001"
     assert visit_of("j8pu01abq_flt.fits") == "j8pu01" and visit_of("night-0.fits") is None
+
+
+def _with_proposals(*rows: tuple[str, int, str | None]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=["file_name", "calib_level", "proposal_id"])
+
+
+def test_an_hla_product_gives_way_to_the_exposures_of_its_proposal_and_visit():
+    """HLA names give the proposal and visit number, exposure names a program code: the exposures'
+    proposal_id tells which HLA product they were combined into."""
+    images = _with_proposals(
+        ("j8pu01010_drz.fits", 3, "10402"),
+        ("j8pu01abq_flc.fits", 2, "10402"),
+        ("j8pu01acq_flc.fits", 2, "10402"),
+        ("hst_10402_01_acs_wfc_f435w_drz.fits", 3, "10402"),  # made from the two flc: left out
+        ("hst_10402_02_acs_wfc_f435w_drz.fits", 3, "10402"),  # visit 02: no exposure here
+        ("hst_09999_01_acs_wfc_f435w_drz.fits", 3, "9999"),  # visit 01 of another proposal
+    )
+    assert without_combined_duplicates(images)["file_name"].tolist() == [
+        "j8pu01abq_flc.fits", "j8pu01acq_flc.fits", "hst_10402_02_acs_wfc_f435w_drz.fits",
+        "hst_09999_01_acs_wfc_f435w_drz.fits",
+    ]
+    assert visit_of("hst_10402_01_acs_wfc_f435w_drz.fits") == "hst_10402_01"
+    assert visit_of("HST_05369_0A_WFPC2_F814W_PC_drz.fits") == "hst_5369_0a"
+
+
+def test_an_hla_product_of_exposures_of_unknown_proposal():
+    """Without proposal ids an exposure of the same visit number may be one the HLA product was
+    made from, so the product is left out; by observation id as by file name."""
+    images = _levelled(
+        ("j8pu01abq_flc.fits", 2),
+        ("hst_10402_01_acs_wfc_f435w_drz.fits", 3),
+        ("hst_10402_02_acs_wfc_f435w_drz.fits", 3),
+    )
+    assert without_combined_duplicates(images)["file_name"].tolist() == [
+        "j8pu01abq_flc.fits", "hst_10402_02_acs_wfc_f435w_drz.fits"]
+    renamed = images.assign(obs_id=["j8pu01010", "hst_10402_01_acs_wfc_f435w", "hst_10402_02_acs_wfc_f435w"],
+                            file_name=["j8pu01abq_flc.fits", "visit_a.fits", "visit_b.fits"])
+    assert without_combined_duplicates(renamed)["file_name"].tolist() == ["j8pu01abq_flc.fits", "visit_b.fits"]
+
+
+def test_an_hla_product_gives_way_to_the_pipeline_product_of_its_visit():
+    """Without the exposures, the pipeline's drz and the HLA drz of one visit hold the same light:
+    the pipeline's alone is co-added; a visit's only combined product still is."""
+    images = _with_proposals(
+        ("j8pu01010_drz.fits", 3, "10402"),
+        ("hst_10402_01_acs_wfc_f435w_drz.fits", 3, "10402"),
+        ("hst_10402_02_acs_wfc_f435w_drz.fits", 3, "10402"),
+        ("hst_09999_01_acs_wfc_f435w_drz.fits", 3, "9999"),
+    )
+    assert without_combined_duplicates(images)["file_name"].tolist() == [
+        "j8pu01010_drz.fits", "hst_10402_02_acs_wfc_f435w_drz.fits", "hst_09999_01_acs_wfc_f435w_drz.fits"]
+    unknown = images.drop(columns="proposal_id")
+    assert without_combined_duplicates(unknown)["file_name"].tolist() == [
+        "j8pu01010_drz.fits", "hst_10402_02_acs_wfc_f435w_drz.fits"]
