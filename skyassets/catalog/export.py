@@ -43,14 +43,41 @@ class Exported:
 
 def _sources(selection: pd.DataFrame, home: Home) -> Iterator[tuple[str, Path]]:
     """(catalogue path, resolved file) of each distinct path, refusing anything outside the exportable folders."""
-    if "path" not in selection.columns:
-        raise ExportError("the query must return a 'path' column (e.g. SELECT * FROM images WHERE ...)")
     allowed = [(home.root / folder).resolve() for folder in EXPORTABLE]
     for path in dict.fromkeys(p for p in selection["path"] if isinstance(p, str) and p):
         source = (home.root / path).resolve()
         if not any(source.is_relative_to(folder) for folder in allowed):
             raise ExportError(f"{path}: not a catalogued file or product of the skyassets home {home.root}")
         yield path, source
+
+
+def _check_dest(dest: Path, home: Home, *, as_zip: bool, force: bool) -> None:
+    """Refuse, before anything is written, a destination that could overwrite the home's files or the user's.
+
+    Writing into the home could truncate the very file being copied; a non-empty folder may hold the
+    user's own README.md or manifest.csv, and older files that the new SHA256SUMS would not list.
+    """
+    root = home.root.resolve()
+    if dest.resolve().is_relative_to(root):
+        raise ExportError(f"{dest}: inside the skyassets home {root}; export to a folder outside it")
+    if as_zip:
+        if dest.is_dir():
+            raise ExportError(f"{dest}: is a folder, not an archive")
+        if dest.exists() and not force:
+            raise ExportError(f"{dest}: already exists; choose a new name, or force (--force) to replace it")
+    elif dest.exists() or dest.is_symlink():
+        if not dest.is_dir():
+            raise ExportError(f"{dest}: exists and is not a folder")
+        if any(dest.iterdir()) and not force:
+            raise ExportError(f"{dest}: the folder is not empty; choose a new or empty one, "
+                              "or force (--force) to write into it")
+
+
+def _create(path: Path) -> io.BufferedWriter:
+    """``path`` opened for writing as a new file: a link or second name already there is replaced, never
+    written through (it may point at the file being copied)."""
+    path.unlink(missing_ok=True)
+    return open(path, "xb")
 
 
 def _unique_name(path: str, name: str, taken: set[str]) -> str:
@@ -100,17 +127,27 @@ def _manifests(rows: list[dict[str, str]]) -> tuple[str, str]:
     return sums, table.getvalue()
 
 
-def export_files(selection: pd.DataFrame, home: Home, dest: Path, query: str, *, as_zip: bool = False) -> Exported:
+def export_files(
+    selection: pd.DataFrame, home: Home, dest: Path, query: str, *, as_zip: bool = False, force: bool = False
+) -> Exported:
     """Copy the files of ``selection`` (a ``path`` column, relative to the home) into ``dest``.
 
     Each file is read once, its SHA-256 computed as it is copied and checked against the
-    catalogue's where the selection has one. ``dest`` is a folder, or with ``as_zip`` a ``.zip`` file
-    written under a temporary name and renamed when complete.
+    catalogue's where the selection has one. ``dest`` is a new or empty folder (any folder with
+    ``force``), or with ``as_zip`` a ``.zip`` file written under a temporary name and renamed when
+    complete (an existing one replaced only with ``force``). ``dest`` is never inside the home.
     """
+    if "path" not in selection.columns:
+        returned = ", ".join(map(str, selection.columns)) or "none"
+        raise ExportError("the query must return a 'path' column (e.g. SELECT * FROM images WHERE ...); "
+                          f"it returned: {returned}")
+    dest = Path(os.path.abspath(dest))
+    if as_zip and dest.suffix != ".zip":
+        dest = dest.with_name(dest.name + ".zip")
+    tmp = dest.with_name(f".{dest.name}.tmp")  # the archive as it is written
     expected = {}
     if "sha256" in selection.columns:
         expected = {p: s for p, s in zip(selection["path"], selection["sha256"], strict=True) if isinstance(s, str)}
-    sources = list(_sources(selection, home))
     rows: list[dict[str, str]] = []
     taken: set[str] = set()
     total = 0
@@ -125,37 +162,42 @@ def export_files(selection: pd.DataFrame, home: Home, dest: Path, query: str, *,
         rows.append({"name": name, "sha256": digest, "size": str(size), "source": path})
         total += size
 
-    if as_zip:
-        dest = dest if dest.suffix == ".zip" else dest.with_name(dest.name + ".zip")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.tmp")
-        try:
-            with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, allowZip64=True) as archive:
-                def into_zip(name: str, handle: io.BufferedReader) -> tuple[str, int]:
-                    with archive.open(name, "w", force_zip64=True) as out:
-                        return _copy(handle, out)
+    try:
+        _check_dest(dest, home, as_zip=as_zip, force=force)
+        sources = list(_sources(selection, home))
+        if as_zip:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp.unlink(missing_ok=True)  # a link left there is replaced, never written through
+            try:
+                with zipfile.ZipFile(tmp, "x", zipfile.ZIP_DEFLATED, allowZip64=True) as archive:
+                    def into_zip(name: str, handle: io.BufferedReader) -> tuple[str, int]:
+                        with archive.open(name, "w", force_zip64=True) as out:
+                            return _copy(handle, out)
 
-                for path, source in sources:
-                    add(path, source, into_zip)
-                sums, table = _manifests(rows)
-                archive.writestr(SUMS, sums)
-                archive.writestr("manifest.csv", table)
-                archive.writestr("README.md", _readme(home, query, len(rows)))
-            os.replace(tmp, dest)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return Exported(dest, len(rows), total)
+                    for path, source in sources:
+                        add(path, source, into_zip)
+                    sums, table = _manifests(rows)
+                    archive.writestr(SUMS, sums)
+                    archive.writestr("manifest.csv", table)
+                    archive.writestr("README.md", _readme(home, query, len(rows)))
+                os.replace(tmp, dest)
+            finally:
+                tmp.unlink(missing_ok=True)
+            return Exported(dest, len(rows), total)
 
-    dest.mkdir(parents=True, exist_ok=True)
+        dest.mkdir(parents=True, exist_ok=True)
 
-    def into_folder(name: str, handle: io.BufferedReader) -> tuple[str, int]:
-        with open(dest / name, "wb") as out:
-            return _copy(handle, out)
+        def into_folder(name: str, handle: io.BufferedReader) -> tuple[str, int]:
+            with _create(dest / name) as out:
+                return _copy(handle, out)
 
-    for path, source in sources:
-        add(path, source, into_folder)
-    sums, table = _manifests(rows)
-    (dest / SUMS).write_text(sums)
-    (dest / "manifest.csv").write_text(table)
-    (dest / "README.md").write_text(_readme(home, query, len(rows)))
+        for path, source in sources:
+            add(path, source, into_folder)
+        sums, table = _manifests(rows)
+        for name, text in ((SUMS, sums), ("manifest.csv", table), ("README.md", _readme(home, query, len(rows)))):
+            with _create(dest / name) as out:
+                out.write(text.encode())
+    except OSError as exc:
+        where = dest if exc.filename in (None, str(tmp)) else exc.filename
+        raise ExportError(f"{where}: cannot be written ({exc.strerror or exc})") from exc
     return Exported(dest, len(rows), total)

@@ -6,6 +6,7 @@ import argparse
 import fcntl
 import os
 import sys
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
@@ -19,6 +20,7 @@ POSTGRES_ENV = "SKYASSETS_POSTGRES_URL"
 # that runs the run: one INSERT on PostgreSQL instead of a round trip per partition. SQLite stores a batch
 # one event at a time, as without it. The commands set it for themselves and every process they start.
 EVENT_BATCH_ENV, EVENT_BATCH_SIZE = "DAGSTER_EVENT_BATCH_SIZE", "1000"
+MAX_BATCH = 250  # partitions in one `skyassets ingest` run, at most
 
 
 def prepare_dagster_home(home: Home) -> Path:
@@ -60,6 +62,9 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _ingest(args: argparse.Namespace) -> int:
+    missing = [p for p in args.paths if not os.path.exists(os.path.expanduser(p))]
+    if missing:  # said before a webserver is started for nothing
+        raise CommandError("; ".join(f"{p} does not exist" for p in missing), 1)
     home = Home.from_env()
     dagster_home = prepare_dagster_home(home)
     from dagster import DagsterInstance
@@ -119,7 +124,10 @@ def _query(home: Home, sql: str):
     from skyassets.catalog.db import connect
 
     try:
-        return connect(home).execute(sql).df()
+        result = connect(home).execute(sql)
+        if result is None:  # only blanks, comments or semicolons: no statement to run
+            raise CommandError("the query is empty")
+        return result.df()
     except duckdb.Error as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CommandError(f"the query failed: {first}") from exc
@@ -133,8 +141,13 @@ def _catalog(args: argparse.Namespace) -> int:
         shown.to_csv(sys.stdout, index=False)
     elif args.format == "json":
         sys.stdout.write(shown.to_json(orient="records", lines=True, date_format="iso", default_handler=str))
+    elif not len(shown.columns):
+        print("(no columns)")
+    elif shown.empty:  # the header and a count, as a database shell prints no rows
+        print("  ".join(map(str, shown.columns)))
+        print("(0 rows)")
     else:
-        print(shown.to_string(index=False, max_colwidth=None) if len(shown.columns) else "(no columns)")
+        print(shown.to_string(index=False, max_colwidth=None))
     if args.max_rows and len(frame) > args.max_rows:
         print(f"({len(frame)} rows, {args.max_rows} shown; --max-rows 0 shows all)", file=sys.stderr)
     return 0
@@ -170,7 +183,7 @@ def _export(args: argparse.Namespace) -> int:
     home = Home.from_env()
     selection = _query(home, args.sql)
     try:
-        done = export_files(selection, home, Path(args.dest), args.sql, as_zip=args.zip)
+        done = export_files(selection, home, Path(args.dest), args.sql, as_zip=args.zip, force=args.force)
     except ExportError as exc:
         raise CommandError(str(exc)) from exc
     what = "one archive" if args.zip else "a folder"
@@ -178,6 +191,22 @@ def _export(args: argparse.Namespace) -> int:
     print(f"check them with: cd {done.dest.parent if args.zip else done.dest} && sha256sum -c SHA256SUMS"
           + (" (after unzipping)" if args.zip else ""))
     return 0
+
+
+def _bounded(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: a whole number from ``low`` to ``high``, so a nonsensical count is a usage error."""
+
+    def number(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(
+                f"{value} is not {f'from {low} to {high}' if high is not None else f'{low} or more'}")
+        return value
+
+    return number
 
 
 def _known(names: list[str], what: str) -> str:
@@ -317,7 +346,8 @@ def main(argv: list[str] | None = None) -> int:
         "exits 1 if any file was quarantined or failed, or an image is not usable",
     )
     ingest.add_argument("paths", nargs="+", help="FITS files or folders (searched recursively)")
-    ingest.add_argument("--batch", type=int, default=250, help="at most this many partitions per run (default 250)")
+    ingest.add_argument("--batch", type=_bounded(1, MAX_BATCH), default=MAX_BATCH,
+                        help=f"at most this many partitions per run (1 to {MAX_BATCH}, default {MAX_BATCH})")
     ingest.add_argument("--catalog-only", action="store_true",
                         help="only copy and catalogue; leave quality, targets, products and the catalog to the daemon")
     ingest.set_defaults(func=_ingest)
@@ -325,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     query.add_argument("sql", help='e.g. "SELECT obs_id, filter, s_ra, s_dec FROM images"')
     query.add_argument("--format", choices=("table", "csv", "json"), default="table",
                        help="table (default, full-width values), csv, or json (one object per line)")
-    query.add_argument("--max-rows", type=int, default=100, help="rows shown at most (default 100; 0: all)")
+    query.add_argument("--max-rows", type=_bounded(0), default=100, help="rows shown at most (default 100; 0: all)")
     query.set_defaults(func=_catalog)
     quality = commands.add_parser("quality", help="print the quality report of an observation")
     quality.add_argument("obs_id", help="the observation (partition) id")
@@ -348,8 +378,12 @@ def main(argv: list[str] | None = None) -> int:
     found.set_defaults(func=_find)
     export = commands.add_parser("export", help="copy the files a SQL query selects, with a manifest")
     export.add_argument("sql", help="a query returning a 'path' column, e.g. SELECT * FROM cone(83.6, 22.0, 0.1)")
-    export.add_argument("dest", help="folder to copy into (with --zip: the archive to write, .zip added)")
+    export.add_argument("dest", help="a new or empty folder outside the skyassets home to copy into "
+                        "(with --zip: the archive to write, .zip added)")
     export.add_argument("--zip", action="store_true", help="write one ZIP archive, the manifest inside")
+    export.add_argument("--force", action="store_true",
+                        help="write into a folder that is not empty (files of the same names are replaced, "
+                        "others left beside the export), or replace an existing archive")
     export.set_defaults(func=_export)
     add_sky_command(commands)
     dev = commands.add_parser(

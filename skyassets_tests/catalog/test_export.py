@@ -89,3 +89,62 @@ def test_catalog_command_prints_a_query(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "n" in result.stdout and "0" in result.stdout
+
+
+def test_export_refuses_a_destination_inside_the_home_before_writing(tmp_path):
+    home, selection = _home_with_two_files(tmp_path)
+    source = home.files / "JWST" / "a" / "x.fits"
+    (tmp_path / "shortcut").symlink_to(home.files / "JWST")
+    for dest, as_zip in ((source.parent, False), (tmp_path / "shortcut" / "a", False), (home.root, False),
+                         (source.parent / "bulk", True), (tmp_path / "shortcut" / "a" / "x", True)):
+        with pytest.raises(ExportError, match="inside the skyassets home"):
+            export_files(selection, home, dest, "q", as_zip=as_zip, force=True)
+    assert source.read_bytes() == b"one"
+    assert sorted(p.name for p in source.parent.iterdir()) == ["x.fits"]
+
+
+def test_export_refuses_a_folder_or_archive_already_there_unless_forced(tmp_path):
+    home, selection = _home_with_two_files(tmp_path)
+    dest = tmp_path / "mine"
+    dest.mkdir()
+    (dest / "README.md").write_text("my own notes")
+    with pytest.raises(ExportError, match="mine: the folder is not empty"):
+        export_files(selection, home, dest, "q")
+    assert [p.name for p in dest.iterdir()] == ["README.md"] and (dest / "README.md").read_text() == "my own notes"
+    assert export_files(selection, home, dest, "q", force=True).files == 2
+    (tmp_path / "old.zip").write_bytes(b"an archive")
+    with pytest.raises(ExportError, match="old.zip: already exists"):
+        export_files(selection, home, tmp_path / "old", "q", as_zip=True)
+    assert (tmp_path / "old.zip").read_bytes() == b"an archive"
+    assert export_files(selection, home, tmp_path / "old", "q", as_zip=True, force=True).files == 2
+
+
+def test_a_forced_export_replaces_a_second_name_of_a_source_never_writes_through_it(tmp_path):
+    home, selection = _home_with_two_files(tmp_path)
+    source = home.files / "JWST" / "a" / "x.fits"
+    dest = tmp_path / "out"
+    dest.mkdir()
+    (dest / "x.fits").hardlink_to(source)
+    (dest / "README.md").symlink_to(source)
+    export_files(selection, home, dest, "q", force=True)
+    assert source.read_bytes() == b"one"
+    subprocess.run(["sha256sum", "-c", "--quiet", SUMS], cwd=dest, check=True)
+
+
+def test_a_destination_that_cannot_be_a_folder_is_an_export_error_naming_it(tmp_path):
+    home, selection = _home_with_two_files(tmp_path)
+    plain = tmp_path / "plain.txt"
+    plain.write_text("a file")
+    with pytest.raises(ExportError, match="plain.txt: exists and is not a folder"):
+        export_files(selection, home, plain, "q")
+    for as_zip in (False, True):
+        with pytest.raises(ExportError, match="plain.txt.*: cannot be written"):
+            export_files(selection, home, plain / "under", "q", as_zip=as_zip)
+    assert plain.read_text() == "a file"
+
+
+def test_a_selection_without_a_path_column_names_the_columns_it_has(tmp_path):
+    home, _ = _home_with_two_files(tmp_path)
+    with pytest.raises(ExportError, match="'path' column.*it returned: obs_id, sha256"):
+        export_files(pd.DataFrame({"obs_id": ["a"], "sha256": ["0" * 64]}), home, tmp_path / "o", "q")
+    assert not (tmp_path / "o").exists()

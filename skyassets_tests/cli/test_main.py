@@ -132,6 +132,70 @@ def test_an_export_query_without_a_path_column_is_one_line(home, capsys, tmp_pat
     assert status == 2 and err.count("\n") == 1 and "'path' column" in err
 
 
+def test_an_empty_query_is_one_line_not_a_traceback(home, capsys, tmp_path):
+    for sql in ("", "   ", "-- c", ";"):
+        status, out, err = _run(capsys, "catalog", sql)
+        assert status == 2 and out == "" and err == "skyassets catalog: the query is empty\n"
+    status, _, err = _run(capsys, "export", "", str(tmp_path / "out"))
+    assert status == 2 and err == "skyassets export: the query is empty\n" and not (tmp_path / "out").exists()
+
+
+def test_a_table_of_no_rows_is_its_header_and_a_count(home, capsys):
+    status, out, _ = _run(capsys, "catalog", "SELECT obs_id, file_name FROM images WHERE false")
+    assert status == 0 and out == "obs_id  file_name\n(0 rows)\n"
+
+
+def test_counts_out_of_range_are_usage_errors(home, capsys):
+    for argv in (["catalog", "SELECT 1", "--max-rows", "-1"], ["ingest", ".", "--batch", "0"],
+                 ["ingest", ".", "--batch", "-5"], ["ingest", ".", "--batch", "251"], ["ingest", ".", "--batch", "x"]):
+        with pytest.raises(SystemExit) as exited:
+            main(argv)
+        assert exited.value.code == 2
+        assert f"argument {argv[2]}:" in capsys.readouterr().err
+
+
+def test_ingest_of_a_missing_path_says_so_before_starting_anything(home, capsys, tmp_path, monkeypatch):
+    def no_server(home):
+        raise AssertionError("a Dagster home was prepared for nothing")
+
+    monkeypatch.setattr("skyassets.cli.main.prepare_dagster_home", no_server)
+    status, _, err = _run(capsys, "ingest", str(tmp_path), str(tmp_path / "nowhere"))
+    assert status == 1 and err == f"skyassets ingest: {tmp_path / 'nowhere'} does not exist\n"
+
+
+def test_export_destinations_that_cannot_be_are_one_line(home, capsys, tmp_path):
+    plain = tmp_path / "plain.txt"
+    plain.write_text("mine")
+    for sql, dest, said in (
+        ("SELECT obs_id, sha256 FROM images", tmp_path / "o", "'path' column (e.g. SELECT * FROM images WHERE ...); "
+         "it returned: obs_id, sha256"),
+        ("SELECT path FROM images", home.files / "JWST" / "jw01234-o001", "inside the skyassets home"),
+        ("SELECT path FROM images", plain, f"{plain}: exists and is not a folder"),
+        ("SELECT path FROM images", plain / "sub", f"{plain / 'sub'}: cannot be written (Not a directory)"),
+    ):
+        status, out, err = _run(capsys, "export", sql, str(dest))
+        assert status == 2 and out == "" and err.count("\n") == 1 and said in err, err
+    assert plain.read_text() == "mine"
+
+
+def test_export_into_a_folder_in_use_needs_force_and_names_the_folder_whole(home, capsys, tmp_path, monkeypatch):
+    for path in home.tables.read("image_metadata", "jw01234-o001")["path"]:
+        (home.root / path).parent.mkdir(parents=True)
+        (home.root / path).write_bytes(b"pixels")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "README.md").write_text("my notes")
+    sql = "SELECT path FROM images WHERE obs_id = 'jw01234-o001'"
+    status, _, err = _run(capsys, "export", sql, "out")
+    assert status == 2 and "out: the folder is not empty" in err and "--force" in err
+    assert (tmp_path / "out" / "README.md").read_text() == "my notes"
+    status, out, _ = _run(capsys, "export", sql, "out", "--force")
+    assert status == 0 and f"cd {tmp_path / 'out'} && sha256sum -c SHA256SUMS" in out
+    with pytest.raises(SystemExit):
+        main(["export", "--help"])
+    assert "--force" in capsys.readouterr().out
+
+
 def test_dev_takes_host_and_port_like_dagster_dev(home, capsys, monkeypatch):
     started = []
     monkeypatch.setattr(os, "execv", lambda exe, command: started.append(command))
