@@ -117,6 +117,16 @@ class CommandError(Exception):
         self.status = status
 
 
+def _catalogued_home() -> Home:
+    """The home of a command that reads the catalogue; one that holds none is said to be empty,
+    not read as a catalogue of nothing (a command run outside the project folder)."""
+    home = Home.from_env()
+    if home.storage is None and not (home.lake.is_dir() or (home.root / "catalog.duckdb").exists()):
+        raise CommandError(f"no catalogue in {home.root}: run skyassets demo or ingest there first, "
+                           f"or point {HOME_ENV} at the home", 1)
+    return home
+
+
 def _query(home: Home, sql: str):
     """The frame a SQL query on the catalogue returns; a bad query is a ``CommandError`` naming the problem."""
     import duckdb
@@ -134,7 +144,7 @@ def _query(home: Home, sql: str):
 
 
 def _catalog(args: argparse.Namespace) -> int:
-    frame = _query(Home.from_env(), args.sql)
+    frame = _query(_catalogued_home(), args.sql)
     frame = frame.drop(columns=[c for c in ("header_json",) if c in frame.columns])
     shown = frame.head(args.max_rows) if args.max_rows else frame
     if args.format == "csv":
@@ -157,7 +167,7 @@ def _find(args: argparse.Namespace) -> int:
     from skyassets.catalog.db import CatalogError, connect
     from skyassets.catalog.find import find, mast_resolver
 
-    home = Home.from_env()
+    home = _catalogued_home()
     try:
         frame = find(connect(home), args.question, args.k, by=args.by, mode=args.mode,
                      resolve=mast_resolver() if args.resolve else None)
@@ -180,7 +190,7 @@ def _find(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from skyassets.catalog.export import ExportError, export_files
 
-    home = Home.from_env()
+    home = _catalogued_home()
     selection = _query(home, args.sql)
     try:
         done = export_files(selection, home, Path(args.dest), args.sql, as_zip=args.zip, force=args.force)
@@ -221,7 +231,7 @@ def _quality(args: argparse.Namespace) -> int:
     from skyassets.imaging.quality import SCORE_COLUMNS
     from skyassets.lake.names import InvalidNameError
 
-    lake = Home.from_env().tables
+    lake = _catalogued_home().tables
     try:
         path = lake.path("image_quality", args.obs_id)
     except InvalidNameError as exc:
@@ -280,7 +290,7 @@ def _folded(name: str) -> str:
 
 
 def _show(args: argparse.Namespace) -> int:
-    home = Home.from_env()
+    home = _catalogued_home()
     lake = home.tables
     targets = sorted(lake.read("target_groups")["target"].unique()) if lake.exists("target_groups") else []
     if args.target not in targets:  # only a known target's name reaches a path

@@ -119,6 +119,16 @@ def test_an_unknown_target_lists_the_known_ones(home, capsys):
     assert "NGC-3132" in err and "does not exist" not in err
 
 
+def test_a_home_that_holds_no_catalogue_is_said_to_be_empty(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SKYASSETS_HOME", str(tmp_path / "elsewhere" / ".skyassets"))
+    for argv in (["catalog", "SELECT count(*) FROM images"], ["show", "NGC-3132"], ["quality", "jw01234-o001"],
+                 ["export", "SELECT * FROM images", str(tmp_path / "out")]):
+        status, out, err = _run(capsys, *argv)
+        assert status == 1 and out == "" and err.count("\n") == 1, argv
+        assert f"no catalogue in {tmp_path / 'elsewhere' / '.skyassets'}" in err, argv
+    assert not (tmp_path / "elsewhere").exists()  # nothing made where there was nothing
+
+
 def test_an_unknown_observation_is_said_not_to_exist(home, capsys):
     status, _, err = _run(capsys, "quality", "jw99999-o001")
     assert status == 1 and err.count("\n") == 1
