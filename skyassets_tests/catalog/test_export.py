@@ -83,6 +83,7 @@ def test_export_refuses_bytes_that_differ_from_the_catalogue(tmp_path):
 
 def test_catalog_command_prints_a_query(tmp_path):
     env_home = tmp_path / "home"
+    (env_home / "lake").mkdir(parents=True)  # a home whose lake holds no table yet
     result = subprocess.run(
         [sys.executable, "-m", "skyassets.cli.main", "catalog", "SELECT count(*) AS n FROM images"],
         capture_output=True, text=True, env={"SKYASSETS_HOME": str(env_home), "PATH": "/usr/bin:/bin"}, timeout=120,
