@@ -33,6 +33,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from skyassets.lake.home import Home
@@ -41,13 +42,41 @@ from skyassets.lake.tables import TABLES
 # catalog table -> lake table (a folder of partitions, or a single file), as the lake declares them
 SOURCES: dict[str, str] = {t.catalog: t.name for t in TABLES.values()}
 
+RENAMED: dict[str, dict[str, str]] = {
+    "files": {"partition": "obs_id", "filename": "file_name"},
+    "landing": {"partition": "obs_id", "filename": "file_name"},
+}
+"""Lake columns the catalog shows under the names its other tables give the same things, so that
+tables join on ``obs_id`` and ``file_name`` alike."""
+COPIED: dict[str, dict[str, str]] = {"products": {"productFilename": "file_name"}}
+"""MAST's own columns kept under MAST's name, and shown again under the catalog's."""
+
+
+def absolute_column(column: str) -> str:
+    """The catalog column holding the full location of a home-relative path column: ``abs_path`` for
+    ``path``, ``<column>_abs_path`` for the others (a composite's ``png`` and ``cube``)."""
+    return "abs_path" if column == "path" else f"{column}_abs_path"
+
+
+def _relative_columns(schema: pa.Schema) -> list[str]:
+    """The columns a lake schema declares relative to the skyassets home."""
+    return [f.name for f in schema if b"relative to the skyassets home" in (f.metadata or {}).get(b"description", b"")]
+
+
+ABSOLUTE: dict[str, list[str]] = {t.catalog: _relative_columns(t.schema) for t in TABLES.values()}
+"""Per catalog table, its home-relative path columns, each shown with its full location too."""
+
 # Columns that exist even before any file does, so notebooks and helpers can be written first.
 DUCKDB_TYPES: dict[str, str] = {
     "string": "VARCHAR", "double": "DOUBLE", "bool": "BOOLEAN",
     "int64": "BIGINT", "int32": "INTEGER", "int16": "SMALLINT",
 }
 DECLARED: dict[str, list[tuple[str, str]]] = {
-    t.catalog: [(f.name, DUCKDB_TYPES[str(f.type)]) for f in t.schema] for t in TABLES.values() if t.shown_empty
+    t.catalog: [(RENAMED.get(t.catalog, {}).get(f.name, f.name), DUCKDB_TYPES[str(f.type)]) for f in t.schema]
+    + [(new, DUCKDB_TYPES[str(t.schema.field(old).type)]) for old, new in COPIED.get(t.catalog, {}).items()]
+    + [(absolute_column(c), "VARCHAR") for c in ABSOLUTE[t.catalog]]
+    for t in TABLES.values()
+    if t.shown_empty
 }
 
 ZONE_DEG = 0.5
@@ -257,7 +286,31 @@ def _parquet(source: Any) -> pa.Table:
         return file.read(use_threads=False)
 
 
-def _labelled(tables: list[pa.Table], files: list[str], mtimes: list[int]) -> pa.Table:
+def home_prefix(home: Home) -> str:
+    """What a home-relative path is joined to for its full location: the home's folder, or its
+    store's URL."""
+    return home.url("x").removesuffix("x")
+
+
+def _catalogued(catalog: str, table: pa.Table, prefix: str) -> pa.Table:
+    """A lake table's rows with the catalog's column names and every home-relative path's full
+    location beside it (a path already absolute or a URL is kept as it is)."""
+    if renamed := RENAMED.get(catalog):
+        table = table.rename_columns([renamed.get(name, name) for name in table.column_names])
+    for column, copy in COPIED.get(catalog, {}).items():
+        if column in table.column_names and copy not in table.column_names:
+            table = table.append_column(copy, table[column])
+    for column in ABSOLUTE[catalog]:
+        if column not in table.column_names:
+            continue
+        relative = table[column].cast(pa.string())
+        kept = pc.or_(pc.starts_with(relative, "/"), pc.match_substring(relative, "://"))
+        joined = pc.binary_join_element_wise(pa.scalar(prefix), relative, "")
+        table = table.append_column(absolute_column(column), pc.if_else(kept, relative, joined))
+    return table
+
+
+def _labelled(catalog: str, tables: list[pa.Table], files: list[str], mtimes: list[int], prefix: str) -> pa.Table:
     """Partitions' rows in one table, each row with its file and that file's mtime, for the snapshot
     to track them by; labelled once for all of them, as a label per file cost as much as its read."""
     table = pa.concat_tables(tables, promote_options="permissive")
@@ -265,6 +318,7 @@ def _labelled(tables: list[pa.Table], files: list[str], mtimes: list[int]) -> pa
     for i, field in enumerate(table.schema):
         if pa.types.is_null(field.type):
             table = table.set_column(i, field.name, pa.nulls(table.num_rows, pa.string()))
+    table = _catalogued(catalog, table, prefix)
     rows = [t.num_rows for t in tables]
     table = table.append_column("_file", pa.array(np.repeat(np.array(files, dtype=object), rows), pa.string()))
     return table.append_column("_mtime", pa.array(np.repeat(np.array(mtimes, dtype=np.int64), rows)))
@@ -371,7 +425,7 @@ def _sync_table(
                 continue
             try:
                 # one chunk per column: DuckDB takes in a table of a thousand one-row chunks ten times slower
-                arrow = _labelled(tables, files, mtimes).combine_chunks()
+                arrow = _labelled(table, tables, files, mtimes, home_prefix(lake.home)).combine_chunks()
             except pa.ArrowException as error:
                 raise CatalogError(f"partitions of {SOURCES[table]} disagree on column types: {error}") from error
             tables, files, mtimes, rows, size = [], [], [], 0, 0
@@ -498,10 +552,14 @@ def _attach_base(con: duckdb.DuckDBPyConnection, path: Path) -> bool:
     found = _one(
         con,
         "SELECT count(*) FROM duckdb_tables() "
-        "WHERE database_name = ? AND schema_name = ? AND table_name = 'partitions'",
+        "WHERE database_name = ? AND schema_name = ? AND table_name = 'layout'",
         [_BASE, _INDEX],
     )
-    if not found:  # published before catalogs recorded their partition files
+    # published before catalogs recorded their layout (an older set of columns), or from the home's
+    # files in another place (a folder since moved): its rows' full locations would be wrong
+    if not found or _one(con, f"SELECT value FROM {_BASE}.{_INDEX}.layout WHERE key = 'prefix'") != _one(
+        con, "SELECT value FROM _skyassets WHERE key = 'prefix'"
+    ):
         con.execute(f"DETACH {_BASE}")
         return False
     con.execute("INSERT INTO _skyassets VALUES ('base', ?)", [str(path)])
@@ -727,7 +785,7 @@ def connect(
         return con
     con = duckdb.connect(":memory:")
     con.execute("CREATE TABLE _skyassets (key VARCHAR PRIMARY KEY, value VARCHAR)")
-    con.execute("INSERT INTO _skyassets VALUES ('home', ?)", [str(root.root)])
+    con.execute("INSERT INTO _skyassets VALUES ('home', ?), ('prefix', ?)", [str(root.root), home_prefix(root)])
     if tables is not None:
         wanted = set(tables) | ({"quality"} if "images" in tables else set())
         if unknown := sorted(wanted - set(SOURCES)):
@@ -823,6 +881,8 @@ def publish(
                 con.execute(f"DROP TABLE IF EXISTS _raw_{table}")
             # the partition files this catalog was built from, for connect() to start from it
             con.execute(f"CREATE TABLE {_INDEX}.partitions AS SELECT * FROM _skyassets_files")
+            con.execute(f"CREATE TABLE {_INDEX}.layout (key VARCHAR PRIMARY KEY, value VARCHAR)")
+            con.execute(f"INSERT INTO {_INDEX}.layout VALUES ('prefix', ?)", [home_prefix(root)])
             con.execute("DROP TABLE _skyassets_files")
             _fill_resolution(con)
             _install_macros(con)

@@ -558,3 +558,41 @@ def test_a_column_without_values_in_some_files_takes_its_type_from_the_others(tm
     assert rows == [("a", None), ("b", 7), ("c", None)]
     types = dict(con.sql("SELECT column_name, column_type FROM (DESCRIBE sources)").fetchall())
     assert types["flux"] == "BIGINT" and types["only_null"] == "VARCHAR"
+
+
+def test_tables_that_name_a_file_share_column_names_and_give_its_full_location(tmp_path):
+    home = tmp_path / "home"
+    images = image_rows(2, obs_id="jw01", file_name=["jw01_0_cal.fits", "outside.fits"])
+    images.loc[1, "path"] = "/data/elsewhere/outside.fits"  # catalogued where it lies: kept as it is
+    put(home, "image_metadata", images, "jw01")
+    put(home, "fits_files", pd.DataFrame({"partition": ["jw01"], "filename": ["jw01_0_cal.fits"],
+                                          "path": [images.path[0]], "sha256": [images.sha256[0]]}), "jw01")
+    put(home, "mast_products", pd.DataFrame({"partition": ["jw01"], "obs_id": ["jw01"],
+                                             "productFilename": ["jw01_0_cal.fits"]}), "jw01")
+    put(home, "composites", pd.DataFrame({"target": ["m16"], "png": ["products/m16/c.png"], "cube": [None]}), "m16")
+
+    def check(con: duckdb.DuckDBPyConnection, where: Path) -> None:
+        joined = con.sql(
+            "SELECT f.abs_path, i.abs_path, p.file_name FROM files AS f JOIN images AS i USING (obs_id, file_name) "
+            "JOIN products AS p USING (obs_id, file_name)"
+        ).fetchall()
+        assert joined == [(str(where / images.path[0]),) * 2 + ("jw01_0_cal.fits",)]
+        assert set(con.sql("SELECT abs_path FROM images").df().abs_path) == {
+            str(where / images.path[0]), "/data/elsewhere/outside.fits"}
+        assert con.sql("SELECT png_abs_path, cube_abs_path FROM composites").fetchall() == [
+            (str(where / "products/m16/c.png"), None)]
+
+    check(catalog.connect(home), home)
+    assert {"obs_id", "file_name", "abs_path"} <= set(catalog.connect(tmp_path / "new").table("files").columns)
+    catalog.publish(home)
+    con = catalog.connect(home)
+    assert on_base(con)
+    check(con, home)
+    check(catalog.connect(home, published=True), home)
+    # a home moved elsewhere: its published catalog's locations are those of the old place, so the
+    # lake is read again rather than started from it
+    moved = tmp_path / "moved"
+    home.rename(moved)
+    con = catalog.connect(moved)
+    assert not on_base(con)
+    check(con, moved)

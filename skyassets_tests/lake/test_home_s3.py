@@ -70,7 +70,8 @@ def test_catalog_connect_reads_the_stored_lake_from_the_store(home, store, reque
 def test_a_published_catalog_is_stored_and_started_from_on_another_machine(home, store, request, tmp_path):
     home.tables.write("mast_observations", [{"obs_id": "a", "obsid": "1"}])
     for key in ("a", "b"):
-        home.tables.write("fits_files", [{"partition": key, "filename": f"{key}.fits", "size": 1}], key)
+        home.tables.write("fits_files", [{"partition": key, "filename": f"{key}.fits", "size": 1,
+                                          "path": f"files/X/{key}/{key}.fits"}], key)
     publish(home)
     assert "catalog.duckdb" in _keys(store, request.node.name)
     written = (home.root / "catalog.duckdb").stat().st_ino
@@ -82,6 +83,9 @@ def test_a_published_catalog_is_stored_and_started_from_on_another_machine(home,
     assert (elsewhere.root / "catalog.duckdb").is_file()  # the stored catalog, started from
     assert con.execute("SELECT value FROM _skyassets WHERE key = 'base'").fetchone() is not None
     assert con.execute("SELECT list(size ORDER BY size) FROM files").fetchone()[0] == [1, 7]
+    # the files' full locations are the store's, the same on every machine
+    assert con.execute("SELECT list(abs_path ORDER BY obs_id) FROM files").fetchone()[0] == [
+        f"{home.storage}/files/X/a/a.fits", None]
     published = connect(elsewhere, published=True)
     assert published.execute("SELECT list(size ORDER BY size) FROM files").fetchone()[0] == [1, 1]
     home.tables.write("mast_observations", [{"obs_id": "a", "obsid": "1"}, {"obs_id": "z", "obsid": "9"}])
