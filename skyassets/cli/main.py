@@ -10,6 +10,7 @@ from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
+from skyassets.cli.output import write_frame
 from skyassets.cli.sky import SkyError, add_sky_command
 from skyassets.lake.home import HOME_ENV, Home
 
@@ -147,17 +148,7 @@ def _catalog(args: argparse.Namespace) -> int:
     frame = _query(_catalogued_home(), args.sql)
     frame = frame.drop(columns=[c for c in ("header_json",) if c in frame.columns])
     shown = frame.head(args.max_rows) if args.max_rows else frame
-    if args.format == "csv":
-        shown.to_csv(sys.stdout, index=False)
-    elif args.format == "json":
-        sys.stdout.write(shown.to_json(orient="records", lines=True, date_format="iso", default_handler=str))
-    elif not len(shown.columns):
-        print("(no columns)")
-    elif shown.empty:  # the header and a count, as a database shell prints no rows
-        print("  ".join(map(str, shown.columns)))
-        print("(0 rows)")
-    else:
-        print(shown.to_string(index=False, max_colwidth=None))
+    write_frame(shown, args.format, sys.stdout)
     if args.max_rows and len(frame) > args.max_rows:
         print(f"({len(frame)} rows, {args.max_rows} shown; --max-rows 0 shows all)", file=sys.stderr)
     return 0
@@ -176,10 +167,8 @@ def _find(args: argparse.Namespace) -> int:
     if frame.empty:
         print(f"nothing in the catalog matches {args.question!r}", file=sys.stderr)
         return 1
-    if args.format == "csv":
-        frame.to_csv(sys.stdout, index=False)
-    elif args.format == "json":
-        sys.stdout.write(frame.to_json(orient="records", lines=True, date_format="iso", default_handler=str))
+    if args.format in ("csv", "json"):
+        write_frame(frame, args.format, sys.stdout)
     else:
         why = frame.pop("why")
         print(frame.drop(columns=["path"]).to_string(index=False, max_colwidth=60))

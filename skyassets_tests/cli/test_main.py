@@ -110,6 +110,26 @@ def test_catalog_formats_keep_values_whole(home, capsys):
     assert [json.loads(line)["obs_id"] for line in text.splitlines()] == ["jw01234-o001", "jw01234-o002"]
 
 
+def test_catalog_formats_say_null_and_lists_the_same_way_and_keep_full_precision(home, capsys):
+    sql = ("SELECT obs_id, locations, s_resolution, 59741.812345678901 AS t_min, 'NaN'::DOUBLE AS nan "
+           "FROM images ORDER BY obs_id")
+    _, text, _ = _run(capsys, "catalog", sql, "--format", "csv")
+    first = next(csv.DictReader(io.StringIO(text)))
+    assert json.loads(first["locations"]) == ["files/JWST/jw01234-o001/a, b.fits"]
+    assert first["s_resolution"] == first["nan"] == "" and float(first["t_min"]) == 59741.812345678901
+    _, text, _ = _run(capsys, "catalog", sql, "--format", "json")
+    assert "\\/" not in text  # paths as they are, not with escaped slashes
+    first = json.loads(text.splitlines()[0])
+    assert first["locations"] == ["files/JWST/jw01234-o001/a, b.fits"]
+    assert first["s_resolution"] is None and first["nan"] is None and first["t_min"] == 59741.812345678901
+    _, table, _ = _run(capsys, "catalog", sql)
+    header, row = table.splitlines()[:2]
+    assert header.split() == ["obs_id", "locations", "s_resolution", "t_min", "nan"]
+    assert row.startswith("jw01234-o001  ") and '["files/JWST/jw01234-o001/a, b.fits"]' in row
+    null, t_min, nan = row.split()[-3:]
+    assert null == nan == "NULL" and float(t_min) == 59741.812345678901
+
+
 def test_an_unknown_target_lists_the_known_ones(home, capsys):
     for name in ("NGC-9999", "NGC 9999"):  # a name with a space is a target name too, not a bad id
         status, _, err = _run(capsys, "show", name)

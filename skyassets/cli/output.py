@@ -1,0 +1,86 @@
+"""Query results as a person or another program reads them: a table, CSV or JSON lines.
+
+Every format keeps values whole and says NULL the same way: an empty CSV field, JSON ``null``, and
+``NULL`` in the table. Lists (an image's ``locations``) are JSON arrays in CSV and JSON, so a
+spreadsheet or ``jq`` reads them without Python's quoting; numbers keep their full precision.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+import math
+from collections.abc import Mapping
+from typing import Any, TextIO
+
+import numpy as np
+import pandas as pd
+
+
+def plain(value: Any) -> Any:
+    """A cell as JSON has it: None for NULL and NaN, lists for arrays, ISO text for times, Python
+    numbers for NumPy ones."""
+    if value is None or value is pd.NaT:
+        return None
+    if isinstance(value, np.ndarray):
+        return [plain(v) for v in value.tolist()]
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (dt.datetime, dt.date, dt.time, pd.Timestamp)):
+        return value.isoformat()
+    if isinstance(value, (dt.timedelta, pd.Timedelta)):
+        return str(value)
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
+
+
+def _csv_cell(value: Any) -> Any:
+    value = plain(value)
+    if value is None:
+        return ""
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, ensure_ascii=False)
+    return value
+
+
+def _table_cell(value: Any) -> str:
+    value = plain(value)
+    if value is None:
+        return "NULL"
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
+def write_frame(frame: pd.DataFrame, fmt: str, out: TextIO) -> None:
+    """Write ``frame`` as ``table``, ``csv`` or ``json`` (one object per line) to ``out``."""
+    columns = [str(c) for c in frame.columns]
+    rows = frame.itertuples(index=False, name=None)
+    if fmt == "csv":
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows([_csv_cell(v) for v in row] for row in rows)
+    elif fmt == "json":
+        for row in rows:
+            out.write(json.dumps(dict(zip(columns, map(plain, row), strict=True)), ensure_ascii=False) + "\n")
+    elif not columns:
+        out.write("(no columns)\n")
+    elif frame.empty:  # the header and a count, as a database shell prints no rows
+        out.write("  ".join(columns) + "\n(0 rows)\n")
+    else:
+        cells = [[_table_cell(v) for v in row] for row in rows]
+        numeric = [pd.api.types.is_numeric_dtype(frame.iloc[:, i]) for i in range(len(columns))]
+        widths = [max([len(c), *(len(row[i]) for row in cells)]) for i, c in enumerate(columns)]
+        for row in [columns, *cells]:
+            cells_out = (v.rjust(w) if n else v.ljust(w) for v, w, n in zip(row, widths, numeric, strict=True))
+            out.write("  ".join(cells_out).rstrip() + "\n")
