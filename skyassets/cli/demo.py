@@ -15,6 +15,7 @@ from pathlib import Path
 from dagster import DagsterInstance, build_sensor_context
 
 from skyassets.cli.launch import Launcher, Submission
+from skyassets.cli.output import counted
 from skyassets.cli.runs import (
     QUIET,
     Runner,
@@ -63,7 +64,7 @@ def _demo(runner: Runner, home: Home, dagster_home: Path) -> int:
         return 1
     observations = latest_metadata(instance, "mast_observations")
     granted = observations.get("exclusive_access_granted", 0)
-    print(f"\nQueried the watchlist: {observations['dagster/row_count']} observations"
+    print(f"\nQueried the watchlist: {counted(observations['dagster/row_count'], 'observations')}"
           + (f", {granted} of them exclusive-access ones the MAST token grants" if granted else ""))
     for entry, count in observations["rows_per_entry"].items():
         print(f"  {entry:<32} {count:>4} rows")
@@ -82,9 +83,9 @@ def _demo(runner: Runner, home: Home, dagster_home: Path) -> int:
     # archive materialises nothing new. One whose run failed has no catalogue and is tried again.
     partitions = [p for p in watched if not latest_storage_id(instance, "image_metadata", p)]
     ranges = partition_batches(instance, partitions, DEMO_OBSERVATIONS_PER_RUN)
-    print(f"\nThe sensor added {len(new)} new observation partitions; {len(watched) - len(partitions)} "
-          f"observations are catalogued already; "
-          + (f"fetching {len(partitions)} in {len(ranges)} runs:" if ranges else "nothing to fetch."))
+    print(f"\nThe sensor added {counted(len(new), 'new observation partitions')}; "
+          f"{counted(len(watched) - len(partitions), 'observations')} catalogued already; "
+          + (f"fetching {len(partitions)} in {counted(len(ranges), 'runs')}:" if ranges else "nothing to fetch."))
     submissions = [Submission("observation_job", partition_range(first, last), QUIET) for first, last in ranges]
     failed_runs: list[str] = []
     totals = {"downloaded": 0, "skipped": 0, "verified": 0, "bytes": 0, "seconds": 0.0, "files": 0}
@@ -107,7 +108,7 @@ def _demo(runner: Runner, home: Home, dagster_home: Path) -> int:
             totals["files"] += count
             fetched = (f"{files['files_downloaded']} fetched at {files['bytes_per_second'] / 1e6:.1f} MB/s"
                        if files["files_downloaded"] else "nothing fetched")
-            lines.append(f"  {what}: {count} files {size / 1e6:.1f} MB, "
+            lines.append(f"  {what}: {counted(count, 'files')} {size / 1e6:.1f} MB, "
                          f"{fetched}, {files['files_verified_checksum']} FITS checksums ok")
         text_progress(len(lines), len(submissions), totals["files"], None)
 
@@ -116,9 +117,9 @@ def _demo(runner: Runner, home: Home, dagster_home: Path) -> int:
         print("\n".join(lines))
     speed = totals["bytes"] / totals["seconds"] / 1e6 if totals["seconds"] else 0.0
     print(
-        f"\nDownloaded {totals['downloaded']} files ({totals['bytes'] / 1e6:.1f} MB, {speed:.1f} MB/s), "
-        f"{totals['skipped']} already verified, {totals['verified']} FITS checksums verified, "
-        f"{len(failed_runs)} failed runs."
+        f"\nDownloaded {counted(totals['downloaded'], 'files')} ({totals['bytes'] / 1e6:.1f} MB, {speed:.1f} MB/s), "
+        f"{totals['skipped']} already verified, {counted(totals['verified'], 'FITS checksums')} verified, "
+        f"{counted(len(failed_runs), 'failed runs')}."
     )
     ready = [p for p in watched if latest_storage_id(instance, "image_metadata", p)]
     downstream = bring_up_to_date(runner, home, ready, QUIET)
@@ -126,8 +127,9 @@ def _demo(runner: Runner, home: Home, dagster_home: Path) -> int:
         return 1
     failures = len(failed_runs) + downstream
     rows = latest_metadata(instance, "catalog")["rows"]
-    print(f"\nCatalog: {rows.get('images', 0)} images of {rows.get('observations', 0)} observations, "
-          f"{rows.get('mosaics', 0)} mosaics, {rows.get('composites', 0)} composites")
+    print(f"\nCatalog: {counted(rows.get('images', 0), 'images')} of "
+          f"{counted(rows.get('observations', 0), 'observations')}, "
+          f"{counted(rows.get('mosaics', 0), 'mosaics')}, {counted(rows.get('composites', 0), 'composites')}")
     print(f"\nFITS files:      {home.files}")
     print(f"Catalog:         {home.root / 'catalog.duckdb'}  (or skyassets.connect() in a notebook)")
     print(f"Parquet tables:  {home.lake}")

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
-from skyassets.cli.output import write_frame
+from skyassets.cli.output import counted, write_frame
 from skyassets.cli.sky import SkyError, add_sky_command
 from skyassets.lake.home import HOME_ENV, Home
 
@@ -77,7 +77,8 @@ def _ingest(args: argparse.Namespace) -> int:
     print("Starting a Dagster webserver for this command's runs ...", file=sys.stderr, flush=True)
     with Launcher(dagster_home, instance) as launcher:
         report = ingest(args.paths, home, launcher, batch=args.batch, progress=text_progress)
-        print(f"{report.files} files in {len(report.partitions)} partitions ({report.runs} runs): "
+        print(f"{counted(report.files, 'files')} in {counted(len(report.partitions), 'partitions')} "
+              f"({counted(report.runs, 'runs')}): "
               f"{len(report.catalogued)} catalogued, {len(report.quarantined)} quarantined, "
               f"{len(report.failed)} failed, {len(report.refused)} refused")
         if report.unchanged:
@@ -101,10 +102,11 @@ def _ingest(args: argparse.Namespace) -> int:
     for image, reason in unusable.items():
         print(f"  not usable: {image}: {reason}", file=sys.stderr)
     if unusable:
-        print(f"{len(unusable)} images catalogued but not usable: left out of targets and products", file=sys.stderr)
+        print(f"{counted(len(unusable), 'images')} catalogued but not usable: left out of targets and products",
+              file=sys.stderr)
     if downstream is None or downstream:
-        print(f"{'the catalog could not be published' if downstream is None else f'{downstream} runs failed'}"
-              "; see them in the Dagster UI (skyassets dev)", file=sys.stderr)
+        failed = "the catalog could not be published" if downstream is None else f"{counted(downstream, 'runs')} failed"
+        print(f"{failed}; see them in the Dagster UI (skyassets dev)", file=sys.stderr)
         return 1
     print(f"catalog published: {home.root / 'catalog.duckdb'}")
     return 0 if report.ok and not unusable else 1
@@ -186,7 +188,7 @@ def _export(args: argparse.Namespace) -> int:
     except ExportError as exc:
         raise CommandError(str(exc)) from exc
     what = "one archive" if args.zip else "a folder"
-    print(f"{done.files} files ({done.bytes / 1e6:.1f} MB) exported to {what}: {done.dest}")
+    print(f"{counted(done.files, 'files')} ({done.bytes / 1e6:.1f} MB) exported to {what}: {done.dest}")
     print(f"check them with: cd {done.dest.parent if args.zip else done.dest} && sha256sum -c SHA256SUMS"
           + (" (after unzipping)" if args.zip else ""))
     return 0
@@ -237,7 +239,7 @@ def _quality(args: argparse.Namespace) -> int:
         return 1
     rows = lake.read("image_quality", args.obs_id).sort_values("score")
     flags = ", ".join(f"{n} {f}" for f, n in rows["flag"].value_counts().items())
-    print(f"{args.obs_id}: {len(rows)} images, {flags}")
+    print(f"{args.obs_id}: {counted(len(rows), 'images')}, {flags}")
     for r in rows.to_dict("records"):
         v = {k: _shown(x) for k, x in r.items()}
         subs = "  ".join(
@@ -295,7 +297,7 @@ def _show(args: argparse.Namespace) -> int:
     print(f"{args.target}: {home.target_dir(args.target)}")
     for row in lake.read("mosaics", args.target).to_dict("records"):
         print(f"  mosaic    {row['instrument_name']} {row['filter']}: "
-              f"{home.root / row['path']} ({row['n_inputs']} images)")
+              f"{home.root / row['path']} ({counted(row['n_inputs'], 'images')})")
     pictures = []
     if lake.exists("composites", args.target):
         for row in lake.read("composites", args.target).to_dict("records"):

@@ -18,6 +18,11 @@ import numpy as np
 import pandas as pd
 
 
+def counted(n: int, noun: str) -> str:
+    """``n`` and the noun, singular for one: "1 file", "3 files" (``noun`` is the plural)."""
+    return f"{n} {noun.removesuffix('s') if n == 1 else noun}"
+
+
 def plain(value: Any) -> Any:
     """A cell as JSON has it: None for NULL and NaN, lists for arrays, ISO text for times, Python
     numbers for NumPy ones."""

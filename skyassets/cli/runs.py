@@ -18,6 +18,7 @@ from typing import Protocol
 from dagster import AssetKey, AssetRecordsFilter, DagsterEventType, DagsterInstance, DagsterRun
 
 from skyassets.cli.launch import Submission
+from skyassets.cli.output import counted
 from skyassets.defs.tags import PARTITION, partition_range
 from skyassets.lake.home import Home
 from skyassets.landing.ingest import LANDING_COLLECTION, group_by_partition, local_files, record_landed
@@ -322,11 +323,11 @@ def measure_quality(runner: Runner, home: Home, partitions: list[str], run_confi
     instance = runner.instance
     todo = outdated(instance, "image_quality", "image_metadata", partitions)
     if len(todo) < len(partitions):
-        print(f"\nImage quality of {len(partitions) - len(todo)} observations is up to date.")
+        print(f"\nImage quality of {counted(len(partitions) - len(todo), 'observations')} is up to date.")
     if not todo:
         return 0, 0
     partitions = todo
-    print(f"\nMeasuring image quality of {len(partitions)} observations:")
+    print(f"\nMeasuring image quality of {counted(len(partitions), 'observations')}:")
     submissions = [
         Submission("quality_job", partition_range(first, last), run_config)
         for first, last in partition_batches(instance, partitions, 25)
@@ -370,17 +371,17 @@ def make_products(runner: Runner, home: Home, run_config: Mapping) -> tuple[int,
     every = instance.get_dynamic_partitions("targets")
     targets = outdated(instance, "composites", "target_images", every)
     if len(targets) < len(every):
-        print(f"\nMosaics and composites of {len(every) - len(targets)} targets are up to date.")
+        print(f"\nMosaics and composites of {counted(len(every) - len(targets), 'targets')} are up to date.")
     if not targets:
         return 0, 0
-    print(f"\nMosaics and composites for {len(targets)} targets:")
+    print(f"\nMosaics and composites for {counted(len(targets), 'targets')}:")
     submissions = [Submission("products_job", {PARTITION: target}, run_config) for target in targets]
     failures = 0
     for target, run in zip(targets, runner.run_all(submissions, at_once=2), strict=True):
         failures += not run.is_success
         made = home.tables.read("composites", target) if run.is_success else None
         count = len(home.tables.read("mosaics", target)) if run.is_success else 0
-        print(f"  {target:<24} {count} mosaics, {0 if made is None else len(made)} composites"
+        print(f"  {target:<24} {counted(count, 'mosaics')}, {counted(0 if made is None else len(made), 'composites')}"
               + ("" if run.is_success else f" FAILED (run {run.run_id})"))
         print(f"  {'':<24} {home.target_dir(target)}")
     print("  see one: skyassets show TARGET")

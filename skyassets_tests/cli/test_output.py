@@ -1,0 +1,33 @@
+"""Query results and counts as the command line prints them."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pandas as pd
+
+from skyassets.cli.output import counted, write_frame
+
+
+def test_counts_are_singular_for_one():
+    assert [counted(n, "files") for n in (0, 1, 2)] == ["0 files", "1 file", "2 files"]
+    assert counted(1, "FITS checksums") == "1 FITS checksum"
+
+
+def test_every_format_takes_repeated_columns_times_and_arrays():
+    frame = pd.DataFrame([["a", pd.Timestamp("2022-07-12T10:00:00"), np.array([1, 2]), np.float32(0.5)]],
+                         columns=["obs_id", "t", "obs_id", "x"])
+    out = io.StringIO()
+    write_frame(frame, "json", out)
+    # a repeated column name keeps its last value in JSON, as DuckDB's own JSON output does
+    assert json.loads(out.getvalue()) == {"obs_id": [1, 2], "t": "2022-07-12T10:00:00", "x": 0.5}
+    out = io.StringIO()
+    write_frame(frame, "csv", out)
+    assert out.getvalue().splitlines() == ["obs_id,t,obs_id,x", 'a,2022-07-12T10:00:00,"[1, 2]",0.5']
+    out = io.StringIO()
+    write_frame(frame, "table", out)
+    header, row = out.getvalue().splitlines()
+    assert header.split() == ["obs_id", "t", "obs_id", "x"]
+    assert row.split() == ["a", "2022-07-12T10:00:00", "[1,", "2]", "0.5"]
