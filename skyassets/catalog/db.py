@@ -306,7 +306,8 @@ def _catalogued(catalog: str, table: pa.Table, prefix: str) -> pa.Table:
         relative = table[column].cast(pa.string())
         kept = pc.or_(pc.starts_with(relative, "/"), pc.match_substring(relative, "://"))
         joined = pc.binary_join_element_wise(pa.scalar(prefix), relative, "")
-        table = table.append_column(absolute_column(column), pc.if_else(kept, relative, joined))
+        full = pc.if_else(kept, relative, joined) if pc.any(kept).as_py() else joined  # if_else copies every string
+        table = table.append_column(absolute_column(column), full)
     return table
 
 
