@@ -124,6 +124,10 @@ def test_notebook_runs_against_the_demo_catalog(executed, demo_home):
     found = _text(_tagged(executed, "find"))
     assert "reddest filter F444W" in found and "jw02733" in found and "_i2d.fits" in found, found
 
+    # the level-3 products near NGC 3132 opened by their full location
+    taken = _text(_tagged(executed, "take-files"))
+    assert re.search(r"jw02733\S*_i2d\.fits: HDU 1 SCI, \d+x\d+ pixels", taken), taken
+
     # the published sky tiles in ipyaladin: the composite served from loopback, with two overlays
     sky = _text(_tagged(executed, "sky"))
     assert re.search(r"http://127\.0\.0\.1:\d+/collection/NGC-3132/composite\S* with 2 overlays", sky), sky
