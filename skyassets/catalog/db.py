@@ -296,7 +296,8 @@ def _catalogued(catalog: str, table: pa.Table, prefix: str) -> pa.Table:
     """A lake table's rows with the catalog's column names and every home-relative path's full
     location beside it (a path already absolute or a URL is kept as it is)."""
     if renamed := RENAMED.get(catalog):
-        table = table.rename_columns([renamed.get(name, name) for name in table.column_names])
+        have = set(table.column_names)  # a column already under the new name keeps it; the old one stays
+        table = table.rename_columns([renamed[n] if renamed.get(n, n) not in have else n for n in table.column_names])
     for column, copy in COPIED.get(catalog, {}).items():
         if column in table.column_names and copy not in table.column_names:
             table = table.append_column(copy, table[column])

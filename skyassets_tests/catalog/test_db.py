@@ -596,3 +596,10 @@ def test_tables_that_name_a_file_share_column_names_and_give_its_full_location(t
     con = catalog.connect(moved)
     assert not on_base(con)
     check(con, moved)
+
+
+def test_a_lake_column_already_under_the_catalog_name_is_kept_beside_the_old_one(tmp_path):
+    put(tmp_path, "fits_files", pd.DataFrame({"partition": ["p1"], "obs_id": ["from-a-header"],
+                                              "filename": ["a.fits"], "path": ["files/X/p1/a.fits"]}), "p1")
+    row = catalog.connect(tmp_path).sql("SELECT partition, obs_id, file_name FROM files").fetchall()
+    assert row == [("p1", "from-a-header", "a.fits")]
