@@ -45,9 +45,11 @@ SOURCES: dict[str, str] = {t.catalog: t.name for t in TABLES.values()}
 RENAMED: dict[str, dict[str, str]] = {
     "files": {"partition": "obs_id", "filename": "file_name"},
     "landing": {"partition": "obs_id", "filename": "file_name"},
+    "products": {"obs_id": "product_obs_id", "partition": "obs_id"},
 }
 """Lake columns the catalog shows under the names its other tables give the same things, so that
-tables join on ``obs_id`` and ``file_name`` alike."""
+tables join on ``obs_id`` (the observation, as everywhere else; MAST's own id of a product, which
+differs for the exposures of a combined observation, is ``product_obs_id``) and ``file_name``."""
 COPIED: dict[str, dict[str, str]] = {"products": {"productFilename": "file_name"}}
 """MAST's own columns kept under MAST's name, and shown again under the catalog's."""
 
@@ -292,15 +294,24 @@ def home_prefix(home: Home) -> str:
     return home.url("x").removesuffix("x")
 
 
-def _catalogued(catalog: str, table: pa.Table, prefix: str) -> pa.Table:
-    """A lake table's rows with the catalog's column names and every home-relative path's full
-    location beside it (a path already absolute or a URL is kept as it is)."""
+def _renamed(catalog: str, table: pa.Table) -> pa.Table:
+    """One partition file's rows under the catalog's column names (file by file, so that what a
+    row shows never depends on which files were read with it). A column the file already holds
+    under a new name keeps it, and the column that would have taken the name keeps its own."""
     if renamed := RENAMED.get(catalog):
-        have = set(table.column_names)  # a column already under the new name keeps it; the old one stays
-        table = table.rename_columns([renamed[n] if renamed.get(n, n) not in have else n for n in table.column_names])
+        staying = {n for n in table.column_names if n not in renamed}
+        table = table.rename_columns(
+            [renamed[n] if n in renamed and renamed[n] not in staying else n for n in table.column_names]
+        )
     for column, copy in COPIED.get(catalog, {}).items():
         if column in table.column_names and copy not in table.column_names:
             table = table.append_column(copy, table[column])
+    return table
+
+
+def _located(catalog: str, table: pa.Table, prefix: str) -> pa.Table:
+    """Rows with every home-relative path's full location beside it (a path already absolute or a
+    URL is kept as it is)."""
     for column in ABSOLUTE[catalog]:
         if column not in table.column_names:
             continue
@@ -315,12 +326,12 @@ def _catalogued(catalog: str, table: pa.Table, prefix: str) -> pa.Table:
 def _labelled(catalog: str, tables: list[pa.Table], files: list[str], mtimes: list[int], prefix: str) -> pa.Table:
     """Partitions' rows in one table, each row with its file and that file's mtime, for the snapshot
     to track them by; labelled once for all of them, as a label per file cost as much as its read."""
-    table = pa.concat_tables(tables, promote_options="permissive")
+    table = pa.concat_tables([_renamed(catalog, t) for t in tables], promote_options="permissive")
     # Columns with no values in any of these files get a string type rather than DuckDB's NULL type.
     for i, field in enumerate(table.schema):
         if pa.types.is_null(field.type):
             table = table.set_column(i, field.name, pa.nulls(table.num_rows, pa.string()))
-    table = _catalogued(catalog, table, prefix)
+    table = _located(catalog, table, prefix)
     rows = [t.num_rows for t in tables]
     table = table.append_column("_file", pa.array(np.repeat(np.array(files, dtype=object), rows), pa.string()))
     return table.append_column("_mtime", pa.array(np.repeat(np.array(mtimes, dtype=np.int64), rows)))

@@ -26,7 +26,7 @@ def counted(n: int, noun: str) -> str:
 def plain(value: Any) -> Any:
     """A cell as JSON has it: None for NULL and NaN, lists for arrays, ISO text for times, Python
     numbers for NumPy ones."""
-    if value is None or value is pd.NaT:
+    if value is None or value is pd.NaT or value is pd.NA:  # pd.NA: a NULL of an integer or boolean column
         return None
     if isinstance(value, np.ndarray):
         return [plain(v) for v in value.tolist()]
@@ -42,8 +42,8 @@ def plain(value: Any) -> Any:
         return value.isoformat()
     if isinstance(value, (dt.timedelta, pd.Timedelta)):
         return str(value)
-    if isinstance(value, bytes):
-        return value.hex()
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).hex()
     if isinstance(value, (str, int, float, bool)):
         return value
     return str(value)

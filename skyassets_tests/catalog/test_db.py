@@ -567,7 +567,8 @@ def test_tables_that_name_a_file_share_column_names_and_give_its_full_location(t
     put(home, "image_metadata", images, "jw01")
     put(home, "fits_files", pd.DataFrame({"partition": ["jw01"], "filename": ["jw01_0_cal.fits"],
                                           "path": [images.path[0]], "sha256": [images.sha256[0]]}), "jw01")
-    put(home, "mast_products", pd.DataFrame({"partition": ["jw01"], "obs_id": ["jw01"],
+    # an exposure of a combined observation: MAST's product obs_id is the exposure's, not the partition's
+    put(home, "mast_products", pd.DataFrame({"partition": ["jw01"], "obs_id": ["jw01001_nrcb1"],
                                              "productFilename": ["jw01_0_cal.fits"]}), "jw01")
     put(home, "composites", pd.DataFrame({"target": ["m16"], "png": ["products/m16/c.png"], "cube": [None]}), "m16")
 
@@ -577,6 +578,8 @@ def test_tables_that_name_a_file_share_column_names_and_give_its_full_location(t
             "JOIN products AS p USING (obs_id, file_name)"
         ).fetchall()
         assert joined == [(str(where / images.path[0]),) * 2 + ("jw01_0_cal.fits",)]
+        assert con.sql("SELECT product_obs_id, productFilename FROM products").fetchall() == [
+            ("jw01001_nrcb1", "jw01_0_cal.fits")]
         assert set(con.sql("SELECT abs_path FROM images").df().abs_path) == {
             str(where / images.path[0]), "/data/elsewhere/outside.fits"}
         assert con.sql("SELECT png_abs_path, cube_abs_path FROM composites").fetchall() == [
@@ -601,5 +604,11 @@ def test_tables_that_name_a_file_share_column_names_and_give_its_full_location(t
 def test_a_lake_column_already_under_the_catalog_name_is_kept_beside_the_old_one(tmp_path):
     put(tmp_path, "fits_files", pd.DataFrame({"partition": ["p1"], "obs_id": ["from-a-header"],
                                               "filename": ["a.fits"], "path": ["files/X/p1/a.fits"]}), "p1")
-    row = catalog.connect(tmp_path).sql("SELECT partition, obs_id, file_name FROM files").fetchall()
-    assert row == [("p1", "from-a-header", "a.fits")]
+    put(tmp_path, "fits_files", pd.DataFrame({"partition": ["p2"], "filename": ["b.fits"]}), "p2")
+    sql = "SELECT partition, obs_id, file_name FROM files ORDER BY file_name"
+    expected = [("p1", "from-a-header", "a.fits"), (None, "p2", "b.fits")]
+    assert catalog.connect(tmp_path).sql(sql).fetchall() == expected  # both files read together
+    lake_file(tmp_path, "fits_files", "p2").unlink()
+    con = catalog.connect(tmp_path)
+    put(tmp_path, "fits_files", pd.DataFrame({"partition": ["p2"], "filename": ["b.fits"]}), "p2")
+    assert catalog.refresh(con) and con.sql(sql).fetchall() == expected  # or one after the other

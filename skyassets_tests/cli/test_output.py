@@ -31,3 +31,18 @@ def test_every_format_takes_repeated_columns_times_and_arrays():
     header, row = out.getvalue().splitlines()
     assert header.split() == ["obs_id", "t", "obs_id", "x"]
     assert row.split() == ["a", "2022-07-12T10:00:00", "[1,", "2]", "0.5"]
+
+
+def test_a_null_integer_or_boolean_and_a_blob_print_as_null_and_hex():
+    frame = pd.DataFrame({"calib_level": pd.array([None, 3], dtype="Int16"),
+                          "ok": pd.array([None, True], dtype="boolean"), "blob": [None, bytearray(b"ab")]})
+    out = io.StringIO()
+    write_frame(frame, "json", out)
+    assert [json.loads(line) for line in out.getvalue().splitlines()] == [
+        {"calib_level": None, "ok": None, "blob": None}, {"calib_level": 3, "ok": True, "blob": "6162"}]
+    out = io.StringIO()
+    write_frame(frame, "csv", out)
+    assert out.getvalue().splitlines() == ["calib_level,ok,blob", ",,", "3,True,6162"]
+    out = io.StringIO()
+    write_frame(frame, "table", out)
+    assert out.getvalue().splitlines()[1].split() == ["NULL", "NULL", "NULL"]
