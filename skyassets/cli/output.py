@@ -49,19 +49,11 @@ def plain(value: Any) -> Any:
     return str(value)
 
 
-def _csv_cell(value: Any) -> Any:
+def _cell(value: Any, null: str) -> str:
+    """A cell as text: ``null`` for NULL, JSON for lists and structs."""
     value = plain(value)
     if value is None:
-        return ""
-    if isinstance(value, (list, dict)):
-        return json.dumps(value, ensure_ascii=False)
-    return value
-
-
-def _table_cell(value: Any) -> str:
-    value = plain(value)
-    if value is None:
-        return "NULL"
+        return null
     if isinstance(value, (list, dict)):
         return json.dumps(value, ensure_ascii=False)
     return str(value)
@@ -74,7 +66,7 @@ def write_frame(frame: pd.DataFrame, fmt: str, out: TextIO) -> None:
     if fmt == "csv":
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(columns)
-        writer.writerows([_csv_cell(v) for v in row] for row in rows)
+        writer.writerows([_cell(v, "") for v in row] for row in rows)
     elif fmt == "json":
         for row in rows:
             out.write(json.dumps(dict(zip(columns, map(plain, row), strict=True)), ensure_ascii=False) + "\n")
@@ -83,7 +75,7 @@ def write_frame(frame: pd.DataFrame, fmt: str, out: TextIO) -> None:
     elif frame.empty:  # the header and a count, as a database shell prints no rows
         out.write("  ".join(columns) + "\n(0 rows)\n")
     else:
-        cells = [[_table_cell(v) for v in row] for row in rows]
+        cells = [[_cell(v, "NULL") for v in row] for row in rows]
         numeric = [pd.api.types.is_numeric_dtype(frame.iloc[:, i]) for i in range(len(columns))]
         widths = [max([len(c), *(len(row[i]) for row in cells)]) for i, c in enumerate(columns)]
         for row in [columns, *cells]:
