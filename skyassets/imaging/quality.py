@@ -775,7 +775,8 @@ def measure_image(path: str | Path, hdu_index: int, *, row: Mapping[str, Any] | 
         if measurement.metrics["problem"]:
             measurement.metrics["problem"] = f"{path.name}[{hdu_index}]: {measurement.metrics['problem']}"
     identity = {"obs_id": row.get("obs_id"), "sha256": row.get("sha256"), "hdu_index": hdu_index,
-                "file_name": row.get("file_name") or path.name, "instrument_name": row.get("instrument_name"),
+                "file_name": row.get("file_name") or path.name, "path": row.get("path"),
+                "instrument_name": row.get("instrument_name"),
                 "filter": row.get("filter"), "obs_collection": row.get("obs_collection")}
     measurement.metrics.update({k: None if _missing(v) else v for k, v in identity.items()})
     for key in ("obs_id", "sha256", "hdu_index"):

@@ -184,6 +184,8 @@ IDENTITY_FIELDS = (
 QUALITY_SCHEMA = pa.schema([
     *IDENTITY_FIELDS,
     schema_field("file_name", pa.string(), None, "file name"),
+    schema_field("path", pa.string(), None,
+                 "where the file is stored (relative to the skyassets home when catalogued there)"),
     schema_field("instrument_name", pa.string(), None, "ObsCore instrument (HST: INSTRUME/DETECTOR)"),
     schema_field("filter", pa.string(), None, "optical elements in the beam, ';'-joined"),
     schema_field("obs_collection", pa.string(), None, "mission"),

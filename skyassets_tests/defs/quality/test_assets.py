@@ -73,6 +73,10 @@ def test_quality_of_catalogued_images(emu, tmp_path, monkeypatch, capsys):
     assert len(images) == sum(len(home.tables.read("image_quality", k)) for k in keys)
     assert images["s_resolution"].notna().all()  # ObsCore resolution from the measured FWHM
     assert con.execute("SELECT count(*) FROM sources").fetchone()[0] > 0
+    # quality names its image's file as the other tables do, with its full location
+    located = con.execute("SELECT q.abs_path, i.abs_path FROM quality AS q JOIN images AS i "
+                          "USING (sha256, hdu_index, obs_id, file_name)").fetchall()
+    assert len(located) == len(images) and all(q == i and Path(q).is_file() for q, i in located)
 
     monkeypatch.setenv("SKYASSETS_HOME", str(home.root))
     assert main(["quality", keys[0]]) == 0
