@@ -294,16 +294,17 @@ def _show(args: argparse.Namespace) -> int:
         print(f"no products for {args.target} yet: materialise mosaics and composites for it (products_job)",
               file=sys.stderr)
         return 1
-    print(f"{args.target}: {home.target_dir(args.target)}")
+    # where the products are stored, as the catalog's abs_path gives them: a URL with a store
+    print(f"{args.target}: {home.url(home.target_dir(args.target).relative_to(home.root))}")
     for row in lake.read("mosaics", args.target).to_dict("records"):
         print(f"  mosaic    {row['instrument_name']} {row['filter']}: "
-              f"{home.root / row['path']} ({counted(row['n_inputs'], 'images')})")
+              f"{home.url(row['path'])} ({counted(row['n_inputs'], 'images')})")
     pictures = []
     if lake.exists("composites", args.target):
         for row in lake.read("composites", args.target).to_dict("records"):
-            pictures.append(home.root / row["png"])
+            pictures.append(row["png"])
             print(f"  composite {row['recipe']} ({row['filters']}; {row['method']}, {row['stretch']}): "
-                  f"{pictures[-1]}, {home.root / row['cube']}")
+                  f"{home.url(row['png'])}, {home.url(row['cube'])}")
     if lake.exists("recipes", args.target):
         for row in lake.read("recipes", args.target).to_dict("records"):
             if not row["made"]:
@@ -311,7 +312,7 @@ def _show(args: argparse.Namespace) -> int:
     if args.open and pictures:
         import webbrowser
 
-        webbrowser.open(pictures[0].as_uri())
+        webbrowser.open(home.local(pictures[0]).as_uri())  # a working copy when the home is on a store
     return 0
 
 

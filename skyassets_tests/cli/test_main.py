@@ -14,9 +14,11 @@ import pytest
 from astropy.io import fits
 from dagster import DagsterInstance
 
+from skyassets.catalog.db import connect
 from skyassets.cli.launch import LOCATION
 from skyassets.cli.main import EVENT_BATCH_ENV, main, prepare_dagster_home
 from skyassets.lake.home import Home
+from skyassets_tests.objectstore import BUCKET, CREDENTIALS, object_store
 
 # Every process waits for the same instant, then creates the instance on the same new home.
 _PREPARE = """
@@ -137,6 +139,29 @@ def test_an_unknown_target_lists_the_known_ones(home, capsys):
         assert f"target '{name}' does not exist" in err and "known targets: NGC-3132" in err
     status, _, err = _run(capsys, "show", "ngc 3132")  # as a person types it: the one target it can be
     assert "NGC-3132" in err and "does not exist" not in err
+
+
+def test_show_names_the_products_where_they_are_stored_as_the_catalog_does(tmp_path, monkeypatch, capsys):
+    for name, value in CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    with object_store() as store:
+        home = Home(tmp_path / "local", storage=f"s3://{BUCKET}/show", endpoint=store.endpoint)
+        monkeypatch.setenv("SKYASSETS_HOME", str(home.root))
+        monkeypatch.setenv("SKYASSETS_STORAGE", home.storage)
+        monkeypatch.setenv("SKYASSETS_STORAGE_ENDPOINT", store.endpoint)
+        home.tables.write("target_groups", pd.DataFrame({"obs_id": ["jw01"], "target": ["M16"]}))
+        home.tables.write("mosaics", pd.DataFrame({"target": ["M16"], "instrument_name": ["NIRCAM"],
+                                                   "filter": ["F444W"], "path": ["products/M16/mosaic_f444w.fits"],
+                                                   "n_inputs": [1]}), "M16")
+        home.tables.write("composites", pd.DataFrame({
+            "target": ["M16"], "recipe": ["classic"], "filters": ["F090W;F444W"], "method": ["screen"],
+            "stretch": ["asinh"], "png": ["products/M16/c.png"], "cube": ["products/M16/c.tif"]}), "M16")
+        status, out, _ = _run(capsys, "show", "M16")
+        located = connect().execute("SELECT abs_path FROM mosaics").fetchone()[0]
+    assert status == 0 and located == f"s3://{BUCKET}/show/products/M16/mosaic_f444w.fits"
+    assert f"M16: s3://{BUCKET}/show/products/M16\n" in out and f"F444W: {located} (1 image)" in out
+    assert f"s3://{BUCKET}/show/products/M16/c.png, s3://{BUCKET}/show/products/M16/c.tif" in out
+    assert str(tmp_path) not in out  # no local path, where nothing is
 
 
 def test_a_home_that_holds_no_catalogue_is_said_to_be_empty(tmp_path, monkeypatch, capsys):
