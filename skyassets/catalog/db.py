@@ -37,6 +37,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from skyassets.lake.home import Home
+from skyassets.lake.schemas import HOME_RELATIVE
 from skyassets.lake.tables import TABLES
 
 # catalog table -> lake table (a folder of partitions, or a single file), as the lake declares them
@@ -60,12 +61,9 @@ def absolute_column(column: str) -> str:
     return "abs_path" if column == "path" else f"{column}_abs_path"
 
 
-def _relative_columns(schema: pa.Schema) -> list[str]:
-    """The columns a lake schema declares relative to the skyassets home."""
-    return [f.name for f in schema if b"relative to the skyassets home" in (f.metadata or {}).get(b"description", b"")]
-
-
-ABSOLUTE: dict[str, list[str]] = {t.catalog: _relative_columns(t.schema) for t in TABLES.values()}
+ABSOLUTE: dict[str, list[str]] = {
+    t.catalog: [f.name for f in t.schema if (f.metadata or {}).get(HOME_RELATIVE)] for t in TABLES.values()
+}
 """Per catalog table, its home-relative path columns, each shown with its full location too."""
 
 # Columns that exist even before any file does, so notebooks and helpers can be written first.

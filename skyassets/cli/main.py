@@ -173,7 +173,7 @@ def _find(args: argparse.Namespace) -> int:
         write_frame(frame, args.format, sys.stdout)
     else:
         why = frame.pop("why")
-        print(frame.drop(columns=["path"]).to_string(index=False, max_colwidth=60))
+        write_frame(frame.drop(columns=["path"]).round({"score": 6}), "table", sys.stdout)
         print(f"\nwhy #1: {why.iloc[0]}")
     return 0
 

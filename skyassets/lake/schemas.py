@@ -9,13 +9,20 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+HOME_RELATIVE = b"home_relative"
+"""Field metadata key of a path column relative to the skyassets home (the catalog shows its full
+location beside it)."""
 
-def schema_field(name: str, typ: pa.DataType, unit: str | None, doc: str) -> pa.Field:
-    """A column with its unit and description in the field metadata. Public so that every table
-    the project writes documents its columns the same way."""
+
+def schema_field(name: str, typ: pa.DataType, unit: str | None, doc: str, *, home_relative: bool = False) -> pa.Field:
+    """A column with its unit and description in the field metadata, and whether it is a path
+    relative to the skyassets home. Public so that every table the project writes documents its
+    columns the same way."""
     meta = {b"description": doc.encode()}
     if unit:
         meta[b"unit"] = unit.encode()
+    if home_relative:
+        meta[HOME_RELATIVE] = b"true"
     return pa.field(name, typ, metadata=meta)
 
 
@@ -87,7 +94,8 @@ FITS_FILES_SCHEMA = pa.schema([
     schema_field("dataURI", pa.string(), None, "MAST URI, or the landed file's location"),
     schema_field("signature", pa.string(), None, "a landed file's size and mtime or ETag; null for MAST products"),
     schema_field("filename", pa.string(), None, "file name"),
-    schema_field("path", pa.string(), None, "where the file is stored, relative to the skyassets home"),
+    schema_field("path", pa.string(), None,
+                 "where the file is stored, relative to the skyassets home", home_relative=True),
     schema_field("size", pa.int64(), "byte", "file size"),
     schema_field("sha256", pa.string(), None, "SHA-256 of the file"),
     schema_field("source", pa.string(), None, "where the bytes came from: s3, http or local"),
@@ -165,7 +173,7 @@ IMAGE_SCHEMA = pa.schema([
     schema_field("size", pa.int64(), "byte", "file size"),
     schema_field("file_name", pa.string(), None, "file name"),
     schema_field("path", pa.string(), None,
-                 "where the file is stored (relative to the skyassets home when catalogued there)"),
+                 "where the file is stored (relative to the skyassets home when catalogued there)", home_relative=True),
     schema_field("hdu_index", pa.int32(), None, "0-based HDU number in the file"),
     schema_field("hdu_name", pa.string(), None, "EXTNAME"),
     schema_field("hdu_ver", pa.int32(), None, "EXTVER"),
@@ -185,7 +193,7 @@ QUALITY_SCHEMA = pa.schema([
     *IDENTITY_FIELDS,
     schema_field("file_name", pa.string(), None, "file name"),
     schema_field("path", pa.string(), None,
-                 "where the file is stored (relative to the skyassets home when catalogued there)"),
+                 "where the file is stored (relative to the skyassets home when catalogued there)", home_relative=True),
     schema_field("instrument_name", pa.string(), None, "ObsCore instrument (HST: INSTRUME/DETECTOR)"),
     schema_field("filter", pa.string(), None, "optical elements in the beam, ';'-joined"),
     schema_field("obs_collection", pa.string(), None, "mission"),
@@ -272,7 +280,8 @@ TARGET_IMAGES_SCHEMA = pa.schema([
     schema_field("target", pa.string(), None, "target key (the targets partition key)"),
     schema_field("obs_id", pa.string(), None, "observation id"),
     schema_field("file_name", pa.string(), None, "file name"),
-    schema_field("path", pa.string(), None, "where the file is stored, relative to the skyassets home"),
+    schema_field("path", pa.string(), None,
+                 "where the file is stored, relative to the skyassets home", home_relative=True),
     schema_field("hdu_index", pa.int32(), None, "0-based HDU number of the image in the file"),
     schema_field("sha256", pa.string(), None, "SHA-256 of the file"),
     schema_field("instrument_name", pa.string(), None, "ObsCore instrument"),
@@ -288,7 +297,8 @@ MOSAICS_SCHEMA = pa.schema([
     schema_field("target", pa.string(), None, "target key (the targets partition key)"),
     schema_field("instrument_name", pa.string(), None, "instrument of the co-added images"),
     schema_field("filter", pa.string(), None, "filter of the co-added images"),
-    schema_field("path", pa.string(), None, "the mosaic's FITS file, relative to the skyassets home"),
+    schema_field("path", pa.string(), None,
+                 "the mosaic's FITS file, relative to the skyassets home", home_relative=True),
     schema_field("n_inputs", pa.int32(), None, "images co-added"),
     schema_field("n_rejected", pa.int64(), None, "input pixel values left out as outliers (NREJECT)"),
     schema_field("naxis1", pa.int32(), "pix", "width"),
@@ -307,8 +317,9 @@ COMPOSITES_SCHEMA = pa.schema([
     schema_field("hues", pa.string(), "deg", "hue of each filter's channel, ';'-joined"),
     schema_field("method", pa.string(), None, "screen or lupton"),
     schema_field("stretch", pa.string(), None, "stretch applied to each channel"),
-    schema_field("png", pa.string(), None, "8-bit PNG, relative to the skyassets home"),
-    schema_field("cube", pa.string(), None, "16-bit TIFF with AVM tags, relative to the skyassets home"),
+    schema_field("png", pa.string(), None, "8-bit PNG, relative to the skyassets home", home_relative=True),
+    schema_field("cube", pa.string(), None,
+                 "16-bit TIFF with AVM tags, relative to the skyassets home", home_relative=True),
     schema_field("naxis1", pa.int32(), "pix", "width"),
     schema_field("naxis2", pa.int32(), "pix", "height"),
     schema_field("wcs_header", pa.string(), None, "the composite's WCS as FITS header cards"),
