@@ -167,8 +167,11 @@ def _install_macros(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(f"CREATE OR REPLACE MACRO {body}")
 
 
-_IMAGE_KEY = "coalesce(sha256, 'path:' || coalesce(path, _file)) || '#' || coalesce(CAST(hdu_index AS VARCHAR), '')"
-"""The image an ``image_metadata`` row describes: its bytes and HDU (or, without a hash, its path or file)."""
+_IMAGE_KEY = (
+    "coalesce(fits_sha256, sha256, 'path:' || coalesce(path, _file)) || '#' || coalesce(CAST(hdu_index AS VARCHAR), '')"
+)
+"""The image an ``image_metadata`` row describes: its FITS bytes (inflated, for a compressed file)
+and HDU (or, without a hash, its path or file)."""
 _HASHES = f"hash({_IMAGE_KEY}) AS _hkey, CASE WHEN path IS NOT NULL THEN hash(path) END AS _hpath"
 """64-bit hashes of an image row's key and path: the published catalog's index of its raw rows.
 
@@ -176,7 +179,7 @@ A collision only adds an image to those deduplicated again after a change, never
 
 
 def _images_sql(raw: str, *, keys: str | None = None, with_key: bool = False) -> str:
-    """Current rows of ``image_metadata``, one per (sha256, hdu) with every path holding those bytes.
+    """Current rows of ``image_metadata``, one per image (its FITS bytes and HDU) with every path holding it.
 
     A path's current bytes are those of the newest partition file that lists it, so a file changed
     in place shows its new row only, even while another partition still lists the old hash. The

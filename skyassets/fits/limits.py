@@ -230,10 +230,12 @@ class BoundedReader:
         return self._position
 
 
-def decompressed_size(f: BinaryIO, kind: str, name: str, limit: int | None = None) -> int:
+def decompressed_size(f: BinaryIO, kind: str, name: str, limit: int | None = None,
+                      digest: Any | None = None) -> int:
     """Bytes the compressed stream ``f`` (at its start) inflates to, inflating it once in bounded
     memory; :class:`TooLarge` as soon as it passes ``limit`` (default: the setting),
-    :class:`BrokenStream` for a corrupt or cut stream."""
+    :class:`BrokenStream` for a corrupt or cut stream. ``digest`` (a hashlib object) is fed the
+    inflated bytes on the way."""
     limit = current().max_decompressed_bytes if limit is None else limit
     if kind == "gzip":
         # The last member's size modulo 2**32 ends a gzip file: never more than the whole stream,
@@ -245,7 +247,12 @@ def decompressed_size(f: BinaryIO, kind: str, name: str, limit: int | None = Non
         if last > limit:
             raise TooLarge(f"{name}: gzip stream says it inflates to {last} bytes, more than {limit} "
                            f"({MAX_DECOMPRESSED_BYTES_ENV}), or it is cut short; not read")
-    return BoundedReader(f, kind, name, limit).seek(limit + 1)
+    reader = BoundedReader(f, kind, name, limit)
+    if digest is None:
+        return reader.seek(limit + 1)
+    while chunk := reader.read(_CHUNK):
+        digest.update(chunk)
+    return reader.tell()
 
 
 def head(f: BinaryIO, size: int) -> bytes:

@@ -11,6 +11,7 @@ with a note saying why.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
@@ -101,8 +102,9 @@ class _Hdu:
     header: FitsHeader
 
 
-def _read_headers(path: Path) -> tuple[FitsHeader, list[_Hdu]]:
-    """The primary header and every image HDU, checking that the file holds the data they announce.
+def _read_headers(path: Path) -> tuple[FitsHeader, list[_Hdu], str | None]:
+    """The primary header and every image HDU, checking that the file holds the data they announce;
+    and for a compressed file, the SHA-256 of the FITS file it holds.
 
     Everything that can go wrong with a broken file happens here, so only here do errors mean
     "unreadable"; errors later are bugs and propagate as they are. Plain uncompressed files are
@@ -130,22 +132,24 @@ def _read_headers(path: Path) -> tuple[FitsHeader, list[_Hdu]]:
         if head[10:].split(b"/")[0].strip() != b"T":
             raise UnreadableFits(path, "not standard FITS (SIMPLE is not T)")
         try:
-            return _read_plain_hdus(path, f, size)
+            return (*_read_plain_hdus(path, f, size), None)
         except HeaderTooLong as exc:  # astropy would read the whole file as the header
             raise UnreadableFits(path, str(exc)) from exc
         except (NotPlainFits, OSError):
             pass
-        return _read_astropy_hdus(path, f, size, False)
+        return (*_read_astropy_hdus(path, f, size, False), None)
 
 
-def _read_compressed(path: Path, f: io.BufferedReader, kind: str) -> tuple[FitsHeader, list[_Hdu]]:
-    """``_read_headers`` of a gzip or bzip2 file: inflated once to learn its size, refused beyond
+def _read_compressed(path: Path, f: io.BufferedReader, kind: str) -> tuple[FitsHeader, list[_Hdu], str]:
+    """``_read_headers`` of a gzip or bzip2 file: inflated once to learn its size and hash (the
+    image's identity, whichever way its file is compressed), refused beyond
     ``SKYASSETS_MAX_DECOMPRESSED_BYTES``; then its headers walked in the inflated stream as in a
     plain file, astropy reading only files whose headers are not plain (each has an END card in its
     first ``MAX_HEADER_BYTES`` by then, so astropy never reads a stream whole as a header)."""
+    digest = hashlib.sha256()
     try:
         f.seek(0)
-        inflated = limits.decompressed_size(f, kind, path.name)
+        inflated = limits.decompressed_size(f, kind, path.name, digest=digest)
         f.seek(0)
         stream = limits.BoundedReader(f, kind, path.name, inflated)
         if not stream.read(CARD).startswith(b"SIMPLE  ="):
@@ -154,12 +158,13 @@ def _read_compressed(path: Path, f: io.BufferedReader, kind: str) -> tuple[FitsH
         raise UnreadableFits(path, str(exc)) from exc
     f.seek(0)
     try:
-        return _read_plain_hdus(path, limits.BoundedReader(f, kind, path.name, inflated), inflated)
+        return (*_read_plain_hdus(path, limits.BoundedReader(f, kind, path.name, inflated), inflated),
+                digest.hexdigest())
     except (HeaderTooLong, limits.TooLarge, limits.BrokenStream) as exc:
         raise UnreadableFits(path, str(exc)) from exc
     except (NotPlainFits, OSError):
         pass
-    return _read_astropy_hdus(path, f, inflated, True)
+    return (*_read_astropy_hdus(path, f, inflated, True), digest.hexdigest())
 
 
 def _read_astropy_hdus(path: Path, f: io.BufferedReader, size: int, compressed: bool
@@ -656,18 +661,21 @@ def extract(path: str | os.PathLike[str], *, sha256: str | None = None,
 
     ``sha256``, ``access_url``, ``obs_id`` and ``size`` come from the caller when it knows them
     (the downloader does); ``obs_id`` otherwise comes from OBS_ID/ROOTNAME or the file name.
+    ``fits_sha256`` is ``sha256`` for an uncompressed file, the hash of the inflated stream for a
+    compressed one: the same image as ``.fits`` and ``.fits.gz`` is the same image.
     ``stored_path`` is the ``path`` recorded (default: ``path`` itself).
     Raises :class:`UnreadableFits` when the file is not readable FITS.
     """
     path = Path(path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # astropy's fix-up notes about real-world headers
-        primary, hdus = _read_headers(path)
+        primary, hdus, inflated_sha256 = _read_headers(path)
         file_size = size if size is not None else path.stat().st_size
         rows = [_row(path, hdu, shape, primary, sha256=sha256, access_url=access_url,
                      obs_id=obs_id, size=file_size) for hdu, shape in _selected(hdus)]
     for row in rows:
         row["path"] = stored_path or str(path)
+        row["fits_sha256"] = inflated_sha256 or sha256
     return rows
 
 

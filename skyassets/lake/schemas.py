@@ -170,6 +170,9 @@ IMAGE_SCHEMA = pa.schema([
     schema_field("magzpt", pa.float64(), "mag", "ground: photometric zero point as written (MAGZPT)"),
     schema_field("zp_ab", pa.float64(), "mag", "AB magnitude of a source whose pixel values (in bunit) sum to 1"),
     schema_field("sha256", pa.string(), None, "SHA-256 of the file"),
+    schema_field("fits_sha256", pa.string(), None,
+                 "SHA-256 of the FITS file it holds: of the inflated stream of a .fits.gz or .fits.bz2, "
+                 "sha256 otherwise; the image's identity"),
     schema_field("size", pa.int64(), "byte", "file size"),
     schema_field("file_name", pa.string(), None, "file name"),
     schema_field("path", pa.string(), None,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import multiprocessing
 import multiprocessing.synchronize
 import os
@@ -11,6 +13,7 @@ import astropy.units as u
 import duckdb
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 from astropy.coordinates import SkyCoord
 from astropy.time import Time
@@ -316,6 +319,35 @@ def test_duplicates_collapse_with_every_location(tmp_path):
     assert list(rows.loc[a.sha256[0], "locations"]) == sorted([a.path[0], b.path[0]])
     assert list(rows.loc[a.sha256[0], "obs_ids"]) == ["obsA", "obsB"]
     assert list(rows.loc[a.sha256[1], "locations"]) == [a.path[1]]
+
+
+def test_a_compressed_copy_of_a_catalogued_file_is_the_same_image(tmp_path):
+    """A file landed as .fits and again as .fits.gz (bytes that differ, one image) is one image with
+    both locations, read from the lake and from a published catalog that one of them joined later."""
+    from astropy.io import fits
+
+    from skyassets.fits.meta import extract, to_table
+
+    plain = tmp_path / "in" / "jw01_cal.fits"
+    plain.parent.mkdir()
+    fits.PrimaryHDU(np.arange(64, dtype=np.float32).reshape(8, 8), fits.Header([("OBS_ID", "obsA")])).writeto(plain)
+    gz = plain.with_name("jw01_cal.fits.gz")
+    gz.write_bytes(gzip.compress(plain.read_bytes()))
+
+    def land(path: Path, obs_id: str) -> None:
+        sha = hashlib.sha256(path.read_bytes()).hexdigest()
+        rows = extract(path, sha256=sha, obs_id=obs_id, stored_path=f"files/{obs_id}/{path.name}")
+        lake_file(tmp_path, "image_metadata", obs_id).parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(to_table(pd.DataFrame(rows)), lake_file(tmp_path, "image_metadata", obs_id))
+
+    land(plain, "obsA")
+    catalog.publish(tmp_path)
+    land(gz, "obsB")  # landed after the publish
+    for con in (catalog.connect(tmp_path), from_lake_alone(tmp_path)):
+        images = con.sql("SELECT locations, obs_ids FROM images").df()
+        assert len(images) == 1
+        assert list(images.locations[0]) == ["files/obsA/jw01_cal.fits", "files/obsB/jw01_cal.fits.gz"]
+        assert list(images.obs_ids[0]) == ["obsA", "obsB"]
 
 
 def test_file_changed_in_place_shows_its_new_row_only(tmp_path):

@@ -258,7 +258,8 @@ def test_index_follows_the_catalog_incrementally(tmp_path, sky):
 
     # a new observation of a new target arrives: only its documents are indexed, in a new segment
     rows = home.tables.read_arrow("image_metadata", "j8pu01010").to_pandas()
-    rows = rows.assign(obs_id="j9zz01010", target_name="IC-342", sha256=[f"{i:064x}" for i in range(len(rows))],
+    shas = [f"{i:064x}" for i in range(len(rows))]
+    rows = rows.assign(obs_id="j9zz01010", target_name="IC-342", sha256=shas, fits_sha256=shas,
                        path=[f"files/HST/j9zz01010/{i}.fits" for i in range(len(rows))])
     home.tables.write("image_metadata", rows, partition="j9zz01010")
     db.refresh(con)
@@ -274,8 +275,8 @@ def test_index_follows_the_catalog_incrementally(tmp_path, sky):
     # many small additions merge the segments into one
     merged = []
     for n in range(MAX_SEGMENTS):
-        more = rows.assign(obs_id=f"j9zy{n:02d}010", target_name=f"IC-{n}",
-                           sha256=[f"{n + 1:02d}{i:062x}" for i in range(len(rows))],
+        shas = [f"{n + 1:02d}{i:062x}" for i in range(len(rows))]
+        more = rows.assign(obs_id=f"j9zy{n:02d}010", target_name=f"IC-{n}", sha256=shas, fits_sha256=shas,
                            path=[f"files/HST/j9zy{n:02d}010/{i}.fits" for i in range(len(rows))])
         home.tables.write("image_metadata", more, partition=f"j9zy{n:02d}010")
         db.refresh(con)

@@ -1,4 +1,6 @@
+import bz2
 import gzip
+import hashlib
 import json
 import math
 import shutil
@@ -214,6 +216,29 @@ def test_compressed_images_match_the_uncompressed_one(tmp_path):
         assert (row["s_ra"], row["s_dec"], row["s_xel1"]) == pytest.approx(
             (plain["s_ra"], plain["s_dec"], plain["s_xel1"]), abs=1e-9)
         assert row["s_region"] == plain["s_region"]
+
+
+def test_a_compressed_copy_names_the_image_of_the_file_it_holds(tmp_path, monkeypatch):
+    """``fits_sha256`` is the image's identity: the plain file's SHA-256 for its .gz and .bz2
+    copies (whose own ``sha256`` differs), so the catalogue keeps them as one image."""
+    base = site_file("astropy/io/fits/hdu/compressed/tests/data/m13.fits")
+    digest = hashlib.sha256(base.read_bytes()).hexdigest()
+    (plain,) = extract(base, sha256=digest)
+    assert plain["fits_sha256"] == plain["sha256"] == digest
+    gz, bz = tmp_path / "m13.fits.gz", tmp_path / "m13.fits.bz2"
+    gz.write_bytes(gzip.compress(base.read_bytes()))
+    bz.write_bytes(bz2.compress(base.read_bytes()))
+    for path in (gz, bz):
+        own = hashlib.sha256(path.read_bytes()).hexdigest()
+        (row,) = extract(path, sha256=own)
+        assert (row["sha256"], row["fits_sha256"]) == (own, digest)
+
+    def not_plain(*args):
+        raise NotPlainFits("test")
+
+    monkeypatch.setattr(fitsheader, "plain_cards", not_plain)  # headers astropy reads: hashed all the same
+    (row,) = extract(gz)
+    assert row["fits_sha256"] == digest
 
 
 @pytest.mark.filterwarnings("ignore::astropy.wcs.FITSFixedWarning",
