@@ -5,7 +5,7 @@ the name resolver (``mastresolver.stsci.edu``) and of the cloud path lookup (``m
 This module is the one place that points an unchanged astroquery at another server (the emulator,
 a mirror): the portal URLs are set on the client instance, the two hard-coded hosts are rewritten
 in astroquery's ``_simple_request``, and the S3 client used for cloud URIs gets an endpoint. For
-the real MAST nothing is changed at all.
+the real MAST only timeouts are added: astroquery sends its requests without one.
 
 The real archive fails now and then (429 when busy, 502/503 behind its proxies, dropped
 connections), so every call skyassets makes through astroquery goes through :func:`with_retries`,
@@ -25,7 +25,9 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import astropy.units as u
+import astroquery
 import requests
+import requests.adapters
 from astropy.coordinates import Angle, SkyCoord
 from astropy.table import Table
 from astroquery.mast import ObservationsClass
@@ -37,6 +39,13 @@ REAL_MAST_URL = "https://mast.stsci.edu"
 DOWNLOAD_PATH = "/api/v0.1/Download/file"
 # HTTP statuses worth asking again: the archive or a proxy in front of it is busy or restarting.
 TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+# Every request to the archive gets at most this long to connect and between bytes of its answer
+# (each capped by the client's ``timeout``): astroquery sends its portal, name-resolver, cloud-lookup
+# and ``whoami`` requests without a timeout, and a server that takes a connection and never answers
+# would hold a run, and its pool slot, forever. A timed-out request is retried like any transient failure.
+CONNECT_TIMEOUT = 30.0
+READ_TIMEOUT = 120.0
 
 T = TypeVar("T")
 
@@ -104,6 +113,10 @@ def transient_failure(exc: BaseException) -> tuple[bool, float | None]:
         return False, None
     if isinstance(exc, (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)):
         return True, None
+    # a 200 whose body is not JSON (a proxy's error page, an answer cut short), and a search still
+    # EXECUTING when astroquery's ``timeout`` ran out: the archive answers again as it should
+    if isinstance(exc, (requests.exceptions.JSONDecodeError, TimeoutError)):
+        return True, None
     return False, None
 
 
@@ -115,6 +128,30 @@ def describe_failure(exc: BaseException) -> str:
         status = f"HTTP {response.status_code} {response.reason}" if response.reason else f"HTTP {response.status_code}"
         return f"{status} from {url}"
     return f"{type(exc).__name__}: {exc}"
+
+
+class _TimeoutAdapter(requests.adapters.HTTPAdapter):
+    """An adapter giving each request sent without a timeout the client's (connect, read) timeout."""
+
+    def __init__(self, timeout: tuple[float, float]) -> None:
+        self.timeout = timeout
+        super().__init__()
+
+    def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:
+        if kwargs.get("timeout") is None:
+            kwargs["timeout"] = self.timeout
+        return super().send(request, *args, **kwargs)
+
+
+def request_timeout(timeout: float) -> tuple[float, float]:
+    """The (connect, read) timeout of one archive request for a client of ``timeout`` seconds."""
+    return min(CONNECT_TIMEOUT, timeout), min(READ_TIMEOUT, timeout)
+
+
+def _with_timeout(session: requests.Session, timeout: tuple[float, float]) -> None:
+    adapter = _TimeoutAdapter(timeout)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
 
 
 def _status_checked(url: str) -> Callable[..., None]:
@@ -166,23 +203,28 @@ _HARD_CODED_HOSTS = (
 )
 
 _route_lock = threading.Lock()
-_route: dict[str, str] = {}
-_original_simple_request = mast_utils._simple_request
+_route: dict[str, Any] = {"timeout": request_timeout(READ_TIMEOUT)}
 
 
-def _routed_simple_request(url: str, params: Any = None):
-    """astroquery's ``_simple_request`` with the hard-coded hosts sent to the routed server."""
+def _routed_simple_request(url: str, params: Any = None) -> requests.Response:
+    """astroquery's ``_simple_request`` (a GET raising for an error status, with its headers) with
+    the hard-coded hosts sent to the routed server, and a timeout."""
     server = _route.get("server")
     if server:
         for host in _HARD_CODED_HOSTS:
             if url.startswith(host):
                 url = server + url[len(host):]
                 break
-    return _original_simple_request(url, params)
+    headers = {"User-Agent": f"astroquery/{astroquery.__version__} {requests.utils.default_user_agent()}",
+               "Content-type": "application/x-www-form-urlencoded", "Accept": "text/plain"}
+    response = requests.get(url, params=params, headers=headers, timeout=_route["timeout"])
+    response.raise_for_status()
+    return response
 
 
-def _route_hard_coded_hosts(server: str | None) -> None:
-    """Send astroquery's resolver and path-lookup calls to ``server`` (``None``: the real hosts).
+def _route_hard_coded_hosts(server: str | None, timeout: tuple[float, float]) -> None:
+    """Send astroquery's resolver and path-lookup calls to ``server`` (``None``: the real hosts),
+    with ``timeout``.
 
     The route is process-wide (astroquery calls these hosts from module functions), so the client
     made last decides it; one process works with one archive.
@@ -192,6 +234,7 @@ def _route_hard_coded_hosts(server: str | None) -> None:
             _route["server"] = server
         else:
             _route.pop("server", None)
+        _route["timeout"] = timeout
         mast_utils._simple_request = _routed_simple_request
 
 
@@ -280,6 +323,9 @@ def observations_client(
     _settings[client] = ArchiveSettings(server=server, retry=retry, token=token or None)
     portal = client._portal_api_connection
     portal.TIMEOUT = timeout
+    per_request = request_timeout(timeout)
+    for session in {id(s): s for s in (client._session, portal._session, client._auth_obj.session)}.values():
+        _with_timeout(session, per_request)
     if pagesize:
         portal.PAGESIZE = pagesize
     if not is_real_mast(server):
@@ -287,9 +333,9 @@ def observations_client(
         portal.COLUMNS_CONFIG_URL = server + "/portal/Mashup/Mashup.asmx/columnsconfig"
         portal.MAST_DOWNLOAD_URL = server + "/api/v0.1/Download/file"
         portal.MAST_BUNDLE_URL = server + "/api/v0.1/Download/bundle"
-        _route_hard_coded_hosts(server)
+        _route_hard_coded_hosts(server, per_request)
     else:
-        _route_hard_coded_hosts(None)
+        _route_hard_coded_hosts(None, per_request)
     if cloud:
         client.enable_cloud_dataset(verbose=False)
         if s3_endpoint:

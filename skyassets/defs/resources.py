@@ -86,7 +86,8 @@ class ArchiveResource(ConfigurableResource):
     ``token`` is a MAST API token for exclusive-access data; give it as ``EnvVar("MAST_API_TOKEN")``
     (as ``default_resources`` does) so that run configuration records the variable's name, never
     its value. ``retry_seconds`` bounds the time one archive call spends on retries; ``timeout``
-    how long one search may stay ``EXECUTING`` at MAST while it is polled (each try of it).
+    how long one search may stay ``EXECUTING`` at MAST while it is polled (each try of it), and at
+    most how long one request waits to connect (30 s) and between bytes of its answer (120 s).
     """
 
     url: str = EMULATOR
