@@ -79,6 +79,13 @@ DECLARED: dict[str, list[tuple[str, str]]] = {
     if t.shown_empty
 }
 
+SCHEMA_COLUMNS: dict[str, set[str]] = {
+    t.catalog: {RENAMED.get(t.catalog, {}).get(f.name, f.name) for f in t.schema}
+    | set(COPIED.get(t.catalog, {}).values()) | {absolute_column(c) for c in ABSOLUTE[t.catalog]}
+    for t in TABLES.values()
+}
+"""The columns of each catalog table that its lake schema declares: every write casts them to one type."""
+
 ZONE_DEG = 0.5
 """Height of the declination zones that published tables are sorted by (then RA, then t_min)."""
 _SPATIAL_ORDER = f"floor((s_dec + 90) / {ZONE_DEG}), s_ra, t_min"
@@ -324,10 +331,41 @@ def _located(catalog: str, table: pa.Table, prefix: str) -> pa.Table:
     return table
 
 
+def _text(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """A column's values as text (nested values as Python writes them)."""
+    try:
+        return column.cast(pa.string())
+    except pa.ArrowException:
+        return pa.chunked_array([pa.array([None if v is None else str(v) for v in column.to_pylist()], pa.string())])
+
+
+def _as_text_where_types_differ(catalog: str, tables: list[pa.Table]) -> list[pa.Table]:
+    """The tables with every column they give different types, and the catalog does not declare, as
+    text: a column MAST added to its answers, null in one partition's rows and a number or a string
+    in another's, must not keep the whole table from being read."""
+    types: dict[str, set[pa.DataType]] = {}
+    for t in tables:
+        for f in t.schema:
+            if not pa.types.is_null(f.type):
+                types.setdefault(f.name, set()).add(f.type)
+    declared = SCHEMA_COLUMNS.get(catalog, set())
+    mixed = {name for name, kinds in types.items() if len(kinds) > 1 and name not in declared}
+    out = []
+    for t in tables:
+        for name in mixed & set(t.column_names):
+            t = t.set_column(t.schema.get_field_index(name), name, _text(t[name]))
+        out.append(t)
+    return out
+
+
 def _labelled(catalog: str, tables: list[pa.Table], files: list[str], mtimes: list[int], prefix: str) -> pa.Table:
     """Partitions' rows in one table, each row with its file and that file's mtime, for the snapshot
     to track them by; labelled once for all of them, as a label per file cost as much as its read."""
-    table = pa.concat_tables([_renamed(catalog, t) for t in tables], promote_options="permissive")
+    tables = [_renamed(catalog, t) for t in tables]
+    try:
+        table = pa.concat_tables(tables, promote_options="permissive")
+    except pa.ArrowException:
+        table = pa.concat_tables(_as_text_where_types_differ(catalog, tables), promote_options="permissive")
     # Columns with no values in any of these files get a string type rather than DuckDB's NULL type.
     for i, field in enumerate(table.schema):
         if pa.types.is_null(field.type):
@@ -452,9 +490,13 @@ def _sync_table(
                     empty = False
                 else:
                     have = _columns(con, raw)
+                    declared = SCHEMA_COLUMNS.get(table, set())
                     for column, kind in _columns(con, view).items():
                         if column not in have:
                             con.execute(f"ALTER TABLE {raw} ADD COLUMN {_q(column)} {kind}")
+                        elif kind != have[column] and "NULL" not in (kind, have[column]) and column not in declared:
+                            # read earlier as another type: text holds both
+                            con.execute(f"ALTER TABLE {raw} ALTER COLUMN {_q(column)} SET DATA TYPE VARCHAR")
                     con.execute(f"INSERT INTO {raw} BY NAME SELECT * FROM {view}")
             finally:
                 con.unregister(view)
@@ -596,9 +638,11 @@ def _rebase(con: duckdb.DuckDBPyConnection, path: Path) -> None:
     _attach_base(con, path)
 
 
-def _aligned(con: duckdb.DuckDBPyConnection, source: str, like: str, exclude: Sequence[str] = ()) -> str:
-    """A select list of ``source``'s columns, cast to the types ``like`` has for the same names."""
-    types = _columns(con, like)
+def _aligned(con: duckdb.DuckDBPyConnection, source: str, like: str, exclude: Sequence[str] = (),
+             text: Sequence[str] = ()) -> str:
+    """A select list of ``source``'s columns, cast to the types ``like`` has for the same names (those
+    in ``text`` to text)."""
+    types = {**_columns(con, like), **dict.fromkeys(text, "VARCHAR")}
     return ", ".join(
         f"CAST({_q(c)} AS {types[c]}) AS {_q(c)}" if c in types and types[c] != kind else _q(c)
         for c, kind in _columns(con, source).items()
@@ -620,11 +664,17 @@ def _expose_over_base(con: duckdb.DuckDBPyConnection, table: str, names: set[str
         f"CREATE OR REPLACE TABLE {drop} AS SELECT rowid AS rid FROM {_BASE}.{_INDEX}.rows_{table} "
         f"WHERE {f'_file {stale}' if stale else 'false'}"
     )
-    parts = [f"SELECT * FROM {_BASE}.{table}"]
+    fresh = raw in names and _one(con, f"SELECT count(*) FROM {raw}")
+    base, now = _columns(con, f"{_BASE}.{table}"), _columns(con, raw) if fresh else {}
+    # undeclared columns read as another type since the publish: text on both sides, as a full read gives
+    text = sorted(c for c, kind in now.items() if c in base and kind != base[c] and "NULL" not in (kind, base[c])
+                  and c not in SCHEMA_COLUMNS.get(table, set()))
+    replace = f" REPLACE ({', '.join(f'CAST({_q(c)} AS VARCHAR) AS {_q(c)}' for c in text)})" if text else ""
+    parts = [f"SELECT *{replace} FROM {_BASE}.{table}"]
     if stale:
         parts[0] += f" WHERE rowid NOT IN (SELECT rid FROM {drop})"
-    if raw in names and _one(con, f"SELECT count(*) FROM {raw}"):
-        parts.append(f"SELECT {_aligned(con, raw, f'{_BASE}.{table}', ('_file', '_mtime'))} FROM {raw}")
+    if fresh:
+        parts.append(f"SELECT {_aligned(con, raw, f'{_BASE}.{table}', ('_file', '_mtime'), text)} FROM {raw}")
     con.execute(f"CREATE OR REPLACE VIEW {table} AS {' UNION ALL BY NAME '.join(parts)}")
 
 
@@ -652,10 +702,19 @@ def _expose_images_over_base(con: duckdb.DuckDBPyConnection, names: set[str]) ->
             "CASE WHEN sha256 IS NOT NULL THEN hash(sha256 || '#' || coalesce(CAST(hdu_index AS VARCHAR), '')) END"
             " AS _hkey, NULL::UBIGINT AS _hpath, NULL::BIGINT AS _irow"
         )
+        measured = []
         if "_raw_quality" in names:
             changed.append(f"SELECT {quality} FROM _raw_quality")
+            measured.append("SELECT sha256 FROM _raw_quality")
         if "_drop_quality" in names:
             changed.append(f"SELECT {quality} FROM {_BASE}.quality WHERE rowid IN (SELECT rid FROM _drop_quality)")
+            measured.append(f"SELECT sha256 FROM {_BASE}.quality WHERE rowid IN (SELECT rid FROM _drop_quality)")
+        # a compressed copy's quality row names its file's bytes, not its image: find its image's key
+        if measured and "fits_sha256" in _columns(con, base_raw):
+            changed.append(
+                f"SELECT _hkey, NULL::UBIGINT, NULL::BIGINT FROM {base_raw} WHERE fits_sha256 <> sha256 "
+                f"AND sha256 IN ({' UNION ALL '.join(measured)})"
+            )
     if not changed:
         con.execute(f"CREATE OR REPLACE TABLE _images_delta AS SELECT * FROM {_BASE}.images LIMIT 0")
         con.execute(f"CREATE OR REPLACE VIEW images AS SELECT * FROM {_BASE}.images")

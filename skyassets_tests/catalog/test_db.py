@@ -349,6 +349,49 @@ def test_a_compressed_copy_of_a_catalogued_file_is_the_same_image(tmp_path):
         assert list(images.locations[0]) == ["files/obsA/jw01_cal.fits", "files/obsB/jw01_cal.fits.gz"]
         assert list(images.obs_ids[0]) == ["obsA", "obsB"]
 
+    # the image's row is the compressed copy's (its path sorts first): a new measurement of that copy
+    # after a publish gives the image its FWHM, as a full read of the lake does
+    lake_file(tmp_path, "image_metadata", "obsA").unlink()
+    land(gz, "obs0")
+    shas = {"obs0": hashlib.sha256(gz.read_bytes()).hexdigest(), "obsB": hashlib.sha256(plain.read_bytes()).hexdigest()}
+    land(plain, "obsB")
+    for obs_id, sha in shas.items():
+        put(tmp_path, "image_quality", pd.DataFrame({"obs_id": [obs_id], "sha256": [sha], "hdu_index": [0],
+                                                     "fwhm_arcsec": [0.1]}), obs_id)
+    catalog.publish(tmp_path)
+    put(tmp_path, "image_quality", pd.DataFrame({"obs_id": ["obs0"], "sha256": [shas["obs0"]], "hdu_index": [0],
+                                                 "fwhm_arcsec": [0.25]}), "obs0")
+    for con in (catalog.connect(tmp_path), from_lake_alone(tmp_path)):
+        assert con.sql("SELECT sha256, s_resolution FROM images").fetchall() == [(shas["obs0"], 0.25)]
+
+
+def product_row(partition: str, **extra) -> dict:
+    """A ``mast_products`` row as MAST answers it, with ``extra`` columns MAST may add."""
+    return dict(partition=partition, obsID=f"{partition}1", obs_collection="HST", obs_id=partition,
+                dataURI=f"mast:HST/product/{partition}_flt.fits", productFilename=f"{partition}_flt.fits",
+                productType="SCIENCE", calib_level=2, size=10, dataRights="PUBLIC", **extra)
+
+
+@pytest.mark.parametrize("later", ["read together", "refresh", "published"])
+def test_a_column_the_schema_does_not_declare_may_change_type_between_partitions(tmp_path, later):
+    """A column MAST adds to its answers, text in one observation's and a number in another's, is
+    read as text instead of keeping the whole catalog from opening."""
+    from skyassets.lake.home import Home
+
+    home = Home(tmp_path)
+    home.tables.write("mast_products", pd.DataFrame([product_row("a", dataURL="mast:x", flag=True)]), partition="a")
+    if later == "refresh":
+        con = catalog.connect(tmp_path)
+    elif later == "published":
+        catalog.publish(tmp_path)
+    home.tables.write("mast_products", pd.DataFrame([product_row("b", dataURL=3, flag=5)]), partition="b")
+    if later == "refresh":
+        assert catalog.refresh(con)
+    else:
+        con = catalog.connect(tmp_path)
+    rows = con.sql("SELECT obs_id, dataURL, flag, calib_level FROM products ORDER BY obs_id").fetchall()
+    assert rows == [("a", "mast:x", "true", 2), ("b", "3", "5", 2)]
+
 
 def test_file_changed_in_place_shows_its_new_row_only(tmp_path):
     old = image_rows(2, obs_id="obsA")
