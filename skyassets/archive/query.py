@@ -29,7 +29,7 @@ from skyassets.lake.names import InvalidNameError, safe_filename, validate_obs_i
 
 log = logging.getLogger(__name__)
 
-EXCLUSIVE_ACCESS = "EXCLUSIVE_ACCESS"
+PUBLIC = "PUBLIC"
 
 
 @dataclass
@@ -203,14 +203,17 @@ def keep_failed_entries(found: pd.DataFrame, previous: pd.DataFrame, failed_entr
 
 
 def _exclusive(frame: pd.DataFrame, now_mjd: float) -> pd.Series:
-    """Rows whose data are still exclusive to their proposers: release date to come, or (no date
-    given) ``dataRights`` saying so."""
+    """Rows whose data the archive does not serve to everyone: ``dataRights`` other than PUBLIC
+    (EXCLUSIVE_ACCESS, RESTRICTED), or, where no rights are given, a release date still to come.
+
+    The rights are the archive's own word on what a download without a token gets: MAST turns them
+    to PUBLIC some time after ``t_obs_release`` passes, and until then the files answer 401."""
     release = pd.to_numeric(frame.get("t_obs_release", pd.Series(np.nan, index=frame.index)), errors="coerce")
-    exclusive = (release > now_mjd).fillna(False).astype(bool)
-    if "dataRights" in frame.columns:
-        rights = frame["dataRights"].fillna("").astype(str).str.upper().eq(EXCLUSIVE_ACCESS)
-        exclusive |= rights & release.isna()
-    return exclusive
+    by_date = (release > now_mjd).fillna(False).astype(bool)
+    if "dataRights" not in frame.columns:
+        return by_date
+    rights = frame["dataRights"].fillna("").astype(str).str.strip().str.upper()
+    return rights.ne(PUBLIC).where(rights.ne(""), by_date).astype(bool)
 
 
 def _granted(client: ObservationsClass, frame: pd.DataFrame, exclusive: pd.Series) -> pd.Series:
@@ -236,13 +239,15 @@ def _granted(client: ObservationsClass, frame: pd.DataFrame, exclusive: pd.Serie
     return granted
 
 
-def _text(products: Table, name: str) -> np.ndarray:
-    """A column as upper-case text, '' where null or where the archive did not send the column."""
+def _text(products: Table, name: str, *, upper: bool = True) -> np.ndarray:
+    """A column as (upper-case) text, '' where null or where the archive did not send the column."""
     if name not in products.colnames:
         return np.full(len(products), "", dtype=str)
     column = products[name]
-    values = column.filled("") if hasattr(column, "filled") else column
-    return np.char.upper(np.asarray(values).astype(str))
+    values = np.asarray(column.filled("") if hasattr(column, "filled") else column, dtype=object)
+    text = np.array(["" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v).strip() for v in values],
+                    dtype=str)
+    return np.char.upper(text) if upper else text
 
 
 def select_products(products: Table, spec: ProductSpec) -> Table:
@@ -295,21 +300,37 @@ def list_products(
             lambda: client.get_product_list(str(obsid)), f"observation {obsid}: product list", settings.retry
         )
     products = select_products(products, spec)
-    products = products[np.unique(products["dataURI"].astype(str), return_index=True)[1]]
     refused = []
-    safe = []
-    for name in products["productFilename"]:
+    located = _text(products, "dataURI", upper=False) != ""
+    refused += [f"{name}: no dataURI; left out" for name in _text(products, "productFilename", upper=False)[~located]]
+    products = products[located]
+    products = products[np.unique(products["dataURI"].astype(str), return_index=True)[1]]
+    safe, named = [], {}
+    for name, uri in zip(products["productFilename"], products["dataURI"], strict=True):
         try:
             safe_filename(str(name))
-            safe.append(True)
         except InvalidNameError as err:
             refused.append(str(err))
             safe.append(False)
+            continue
+        # two files under one name would be one file on disk: the first (by dataURI) is kept
+        first = named.setdefault(str(name), str(uri))
+        if first != str(uri):
+            refused.append(f"{name}: also the name of {first}; {uri} left out")
+        safe.append(first == str(uri))
     products = products[np.array(safe, dtype=bool)]
     frame = _to_frame(products)
     uris = [str(u) for u in frame["dataURI"]] if len(frame) else []
-    rights = _text(products, "dataRights")
-    public = [uri for uri, right in zip(uris, rights, strict=True) if right in ("", "PUBLIC")]
+    rights = list(_text(products, "dataRights"))
+    if not settings.token and any(right not in ("", PUBLIC) for right in rights):
+        # what the archive serves to a token alone: without one, each such download would fail every run
+        withheld = [right not in ("", PUBLIC) for right in rights]
+        refused += [f"{frame.at[i, 'productFilename']}: {rights[i]} data, and no MAST token; left out"
+                    for i in np.flatnonzero(withheld)]
+        frame = frame[~np.array(withheld)].reset_index(drop=True)
+        uris = [str(u) for u in frame["dataURI"]]
+        rights = [right for right, out in zip(rights, withheld, strict=True) if not out]
+    public = [uri for uri, right in zip(uris, rights, strict=True) if right in ("", PUBLIC)]
     keys: dict[str, str | None] = {}
     if cloud and public:
         try:

@@ -38,8 +38,7 @@ entries:
   - {{name: by-cone, coordinates: "{first['s_ra']} {first['s_dec']}", radius: 1 arcmin, collection: JWST}}
 """
     )
-    future = Time("2100-01-01")  # so nothing is left out as proprietary
-    result = query_watchlist(client, wl, now=future)
+    result = query_watchlist(client, wl)
     assert result.per_entry["by-id"] == 1
     expected_program = {o["obs_id"] for o in emu.sky.observations if o["proposal_id"] == first["proposal_id"]}
     program_rows = result.observations[result.observations["watchlist_entry"].str.contains("by-program")]
@@ -77,7 +76,6 @@ def test_products_are_filtered_to_science_fits_with_s3_keys(emu, client):
 
 
 def test_criteria_narrow_the_search(emu, client):
-    future = Time("2100-01-01")
     wl = parse_watchlist(
         """
 entries:
@@ -86,13 +84,14 @@ entries:
   - {name: level3-jwst, target: NGC 628, radius: 10 arcmin, collection: JWST, calib_level: 3, product_type: image}
 """
     )
-    frame = query_watchlist(client, wl, now=future).observations.set_index("obs_id")
+    frame = query_watchlist(client, wl).observations.set_index("obs_id")
     found = {name: frame[frame["watchlist_entry"].str.contains(name)] for name in ("f200w", "long-hst", "level3-jwst")}
     assert len(found["f200w"]) and set(found["f200w"]["filters"]) == {"F200W"}
     assert len(found["long-hst"]) and set(found["long-hst"]["obs_collection"]) == {"HST"}
     assert (found["long-hst"]["t_exptime"] >= 600).all()
     jwst_628 = {
-        o["obs_id"] for o in emu.sky.observations if o["obs_collection"] == "JWST" and o["proposal_id"] == "2107"
+        o["obs_id"] for o in emu.sky.observations
+        if o["obs_collection"] == "JWST" and o["proposal_id"] == "2107" and o["dataRights"] == "PUBLIC"
     }
     assert set(found["level3-jwst"].index) == jwst_628
 

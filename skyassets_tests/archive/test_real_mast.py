@@ -99,6 +99,60 @@ def test_per_filter_rows_become_one_row_per_observation() -> None:
     assert len(result.observations) == 19
 
 
+def test_what_is_left_out_follows_the_archive_s_rights() -> None:
+    """``dataRights`` is the archive's word on what a download without a token gets; the release
+    date decides only where no rights are given."""
+    answer = copy.deepcopy(_recorded("caom.json"))
+    if not any(f["name"] == "dataRights" for f in answer["fields"]):
+        answer["fields"].append({"name": "dataRights", "type": "string"})
+    for row in answer["data"]:
+        row.setdefault("dataRights", None)
+    rows = answer["data"]
+    rows[0]["dataRights"] = "RESTRICTED"
+    rows[1]["dataRights"] = "EXCLUSIVE_ACCESS"  # release date passed, rights not yet turned
+    rows[2].update(dataRights="PUBLIC", t_obs_release=99999.0)  # the archive says public: it is
+    rows[3].update(dataRights=None, t_obs_release=99999.0)
+    result = query_watchlist(_Recorded(answer), parse_watchlist("entries: [{obs_id: x}]"))
+    kept = set(result.observations["obs_id"])
+    assert result.proprietary == 3
+    assert {r["obs_id"] for r in rows[:2]} | {rows[3]["obs_id"]} == {r["obs_id"] for r in rows} - kept
+    assert rows[2]["obs_id"] in kept
+
+
+class _RecordedProducts:
+    """A client answering every product list with one recorded answer."""
+
+    def __init__(self, answer: dict):
+        self.table = _json_to_table(answer)
+
+    def get_product_list(self, obsid: str) -> Table:
+        return self.table
+
+
+def test_products_without_a_token_a_location_or_a_name_of_their_own_are_left_out_with_the_reason() -> None:
+    answer = copy.deepcopy(_recorded("products.json"))
+    answer["fields"].append({"name": "dataRights", "type": "string"})
+    rows = {r["productFilename"]: r for r in answer["data"]}
+    for row in answer["data"]:
+        row["dataRights"] = "PUBLIC"
+    rows["u9o40504m_c0f.fits"]["dataRights"] = "EXCLUSIVE_ACCESS"
+    rows["u9o40504m_c1f.fits"]["dataURI"] = None
+    rows["u9o40504m_drz.fits"]["productGroupDescription"] = "Minimum Recommended Products"
+    twin = {**rows["u9o40504m_drz.fits"], "dataURI": "mast:HST/product/other/u9o40504m_drz.fits"}
+    answer["data"].append(twin)
+    frame, refused = list_products(_RecordedProducts(answer), "1", ProductSpec(calib_level=()), cloud=False,
+                                   download_url="https://example.org/download")
+    assert list(frame["productFilename"]) == ["u9o40504m_drz.fits"]
+    assert frame["dataURI"].tolist() == ["mast:HST/product/other/u9o40504m_drz.fits"]  # the first by dataURI
+    assert "nan" not in " ".join(frame["http_url"])
+    assert sorted(refused) == [
+        "u9o40504m_c0f.fits: EXCLUSIVE_ACCESS data, and no MAST token; left out",
+        "u9o40504m_c1f.fits: no dataURI; left out",
+        "u9o40504m_drz.fits: also the name of mast:HST/product/other/u9o40504m_drz.fits; "
+        "mast:HST/product/u9o40504m_drz.fits left out",
+    ]
+
+
 def test_merge_keeps_unique_rows_as_they_are() -> None:
     frame = _Recorded(_recorded("caom.json")).table.to_pandas()
     assert merge_filter_rows(frame).equals(frame.reset_index(drop=True))
