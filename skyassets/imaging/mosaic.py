@@ -428,8 +428,11 @@ def _read_header(source: MosaicInput) -> tuple[fits.Header, frozenset[str]]:
 
 # File-name suffixes of calibrated images, most calibrated first: a combined product (JWST i2d,
 # HST drizzled with and without CTE correction), a JWST exposure after outlier flagging (crf), HST
-# CTE-corrected (flc) before plain (flt), JWST cal, then WFPC2's.
-SUFFIX_RANK = ("i2d", "drc", "drz", "crf", "flc", "flt", "cal", "c1m", "c0m", "c1f", "c0f")
+# CTE-corrected (flc) before plain (flt), JWST cal before its count rate (rate: same exposure, not
+# flux-calibrated), then WFPC2's calibrated science (c0m, and c0f in waiver FITS) before its data
+# quality files (c1m, c1f), which hold flags, not light.
+SUFFIX_RANK = ("i2d", "drc", "drz", "crf", "flc", "flt", "cal", "rate", "c0m", "c0f", "c1m", "c1f")
+DATA_QUALITY_SUFFIXES = frozenset({"c1m", "c1f"})
 _SUFFIX = re.compile(r"^(?P<stem>.+?)_(?P<suffix>[a-z0-9]+?)(?:\.fits(?:\.gz)?)?$", re.IGNORECASE)
 
 
@@ -442,6 +445,12 @@ def exposure_name(file_name: str) -> str:
     if match and match["suffix"].lower() in SUFFIX_RANK:
         return match["stem"].lower()
     return name.lower()
+
+
+def is_data_quality(file_name: str) -> bool:
+    """Whether a file holds an exposure's data-quality flags rather than its image (WFPC2 c1m, c1f)."""
+    match = _SUFFIX.match(Path(file_name.strip()).name)
+    return bool(match) and match["suffix"].lower() in DATA_QUALITY_SUFFIXES
 
 
 def calibration_rank(file_name: str) -> int:

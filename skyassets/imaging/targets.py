@@ -21,7 +21,7 @@ from scipy.spatial import cKDTree
 from shapely import Polygon, unary_union
 from shapely.geometry.base import BaseGeometry
 
-from skyassets.imaging.mosaic import calibration_rank, exposure_name
+from skyassets.imaging.mosaic import calibration_rank, exposure_name, is_data_quality
 from skyassets.lake.names import validate_obs_id
 
 _log = logging.getLogger(__name__)
@@ -224,12 +224,17 @@ def target_inputs(groups: pd.DataFrame, images: pd.DataFrame, quality: pd.DataFr
 
 def one_file_per_exposure(inputs: pd.DataFrame) -> pd.DataFrame:
     """``inputs`` with one file per exposure, HDU and target: of an HST FLT and FLC of one exposure the
-    FLC, of a JWST cal catalogued under two products one, so no exposure is co-added with itself.
+    FLC, of a JWST cal and rate the cal, of a JWST cal catalogued under two products one, so no
+    exposure is co-added with itself; WFPC2 data-quality files (c1m, c1f) are no image at all.
     The most calibrated file is kept (``mosaic.SUFFIX_RANK``), then the earliest observation id;
     each file left out is logged with the one kept, and ``build_mosaic`` records such choices for
     the copies it is given in its header (HISTORY)."""
     if inputs.empty:
         return inputs
+    quality_flags = inputs["file_name"].map(is_data_quality)
+    for row in inputs[quality_flags].itertuples(index=False):
+        _log.info("%s: %s[%s] (%s) left out, a data-quality file", row.target, row.file_name, row.hdu_index, row.obs_id)
+    inputs = inputs[~quality_flags]
     rank = inputs["file_name"].map(calibration_rank)
     # a file name of no known convention says nothing of its exposure: only the same content is the same
     key = inputs["file_name"].map(exposure_name).where(rank > 0, "sha256:" + inputs["sha256"].astype(str))

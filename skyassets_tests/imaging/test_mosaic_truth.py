@@ -164,6 +164,8 @@ def test_exposure_names():
     assert exposure_name("j8pu01abq_flc.fits") == exposure_name("J8PU01ABQ_FLT.fits.gz") == "j8pu01abq"
     assert exposure_name("jw02733001001_02101_00001_nrcb1_cal.fits") == "jw02733001001_02101_00001_nrcb1"
     assert exposure_name("image.fits") == "image.fits"
+    assert exposure_name("jw02733001001_02101_00001_nrcb1_rate.fits") == "jw02733001001_02101_00001_nrcb1"
+    assert exposure_name("u9o40504m_c0m.fits") == exposure_name("u9o40504m_c1f.fits") == "u9o40504m"
 
 
 def test_files_of_no_known_convention_are_never_taken_for_one_exposure(tmp_path):

@@ -174,6 +174,24 @@ def test_an_exposure_is_one_input_however_many_files_hold_it():
     assert list(inputs.loc[inputs["sha256"] == "s3", "obs_id"]) == ["jw-l2"]
 
 
+def test_a_cal_wins_over_its_rate_and_wfpc2_science_over_its_data_quality_files():
+    """A JWST rate (counts per second) is the cal's exposure before flux calibration, and WFPC2's
+    c1m/c1f hold the c0m/c0f's flags: neither is co-added, even as the only file of its exposure."""
+    groups = pd.DataFrame({"obs_id": ["jw", "u9"], "target": ["T1", "T1"]})
+    rows = [("jw", "jw01001001001_02101_00001_nrcb1_rate", 1), ("jw", "jw01001001001_02101_00001_nrcb1_cal", 1),
+            *[("u9", f"u9o40504m_{s}", h) for s in ("c1m", "c0m", "c1f", "c0f") for h in (1, 2)],
+            ("u9", "u9o40505m_c1m", 1)]
+    images = pd.DataFrame(
+        [(o, f"{n}.fits", f"files/{o}/{n}.fits", h, f"{n}#{h}", "X", "F555W", 2, 100.0) for o, n, h in rows],
+        columns=["obs_id", "file_name", "path", "hdu_index", "sha256", "instrument_name", "filter", "calib_level",
+                 "t_exptime"])
+    quality = pd.DataFrame({"sha256": images["sha256"], "hdu_index": images["hdu_index"],
+                            "usable": True, "flag": "good", "score": 90.0})
+    inputs = target_inputs(groups, images, quality)["T1"]
+    assert sorted(zip(inputs["file_name"], inputs["hdu_index"], strict=True)) == [
+        ("jw01001001001_02101_00001_nrcb1_cal.fits", 1), ("u9o40504m_c0m.fits", 1), ("u9o40504m_c0m.fits", 2)]
+
+
 def _levelled(*rows: tuple[str, float | None]) -> pd.DataFrame:
     return pd.DataFrame({"file_name": [r[0] for r in rows], "calib_level": [r[1] for r in rows]})
 
