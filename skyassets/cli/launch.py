@@ -2,7 +2,7 @@
 
 The command line starts a headless Dagster webserver on loopback for its own lifetime and submits
 each run through its GraphQL API (the ``launchRun`` mutation the UI's Launch button sends). Runs are
-made for the code location that ``skyassets dev`` loads, so the UI lists them on the job, asset and
+made for the code location that ``skyassets dev`` and the deployments load, so the UI lists them on the job, asset and
 timeline pages and can re-execute them; each runs in its own run-worker process, as under the daemon.
 
 The webserver uses an instance of its own that shares the home instance's storage but launches runs
@@ -26,10 +26,11 @@ import requests
 import yaml
 from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, RunsFilter
 
-# The code location name: ``dagster dev -m skyassets.definitions`` (what ``skyassets dev`` starts)
-# names its location after the module, and a run re-executes only in the location that made it.
+# The code location: a run re-executes only in a location of the name that made it, so the command
+# line, ``skyassets dev`` (``code_location_workspace``), the repository's workspace.yaml and
+# pyproject.toml, and the deployments in deploy/ all name it alike.
 MODULE = "skyassets.definitions"
-LOCATION = MODULE
+LOCATION = "skyassets"
 
 POLL_SECONDS = 0.3
 FINISHED = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
@@ -81,6 +82,20 @@ def launching_home(dagster_home: Path) -> Path:
     return folder
 
 
+def code_location_workspace(folder: Path, working_directory: str | None = None) -> Path:
+    """A workspace file in ``folder`` loading the definitions as the ``skyassets`` code location
+    (``dagster dev -m`` and ``dagster-webserver -m`` would name it after the module)."""
+    entry: dict = {"module_name": MODULE, "location_name": LOCATION}
+    if working_directory:
+        entry["working_directory"] = working_directory
+    text = ("# Written by the skyassets command line: the code location its runs are made for.\n"
+            + yaml.safe_dump({"load_from": [{"python_module": entry}]}))
+    target = folder / "workspace.yaml"
+    if not target.exists() or target.read_text() != text:
+        target.write_text(text)
+    return target
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -104,8 +119,8 @@ class Launcher:
         env = {**os.environ, "DAGSTER_HOME": str(home)}
         self._log = open(home / "webserver.log", "w")  # noqa: SIM115 - closed in __exit__
         self._server = subprocess.Popen(
-            [sys.executable, "-m", "dagster_webserver", "-m", MODULE, "-h", "127.0.0.1", "-p", str(self.port),
-             "--suppress-warnings"],
+            [sys.executable, "-m", "dagster_webserver", "-w", str(code_location_workspace(home)),
+             "-h", "127.0.0.1", "-p", str(self.port), "--suppress-warnings"],
             env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         try:

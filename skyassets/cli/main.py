@@ -320,13 +320,16 @@ def _dev(args: argparse.Namespace) -> int:
     """``dagster dev`` on this home's instance, started from ``$DAGSTER_HOME`` (a ``dagster.yaml`` in
     the folder it is started from would otherwise draw a warning), the code location working in the
     user's folder; ``dagster dev``'s notice that ``dg dev`` supersedes it is left out."""
+    from skyassets.cli.launch import code_location_workspace
+
     home = Home.from_env()
     dagster_home = prepare_dagster_home(home)
     os.environ[HOME_ENV] = str(home.root)
     extra = args.dagster_args[1:] if args.dagster_args[:1] == ["--"] else args.dagster_args
     where = ["--host", args.host, "--port", str(args.port)]
+    workspace = code_location_workspace(dagster_home, working_directory=os.getcwd())
     command = [sys.executable, "-W", "ignore:Function `dev_command` is superseded", "-m", "dagster", "dev",
-               "-m", "skyassets.definitions", "-d", os.getcwd(), *where, *extra]
+               "-w", str(workspace), *where, *extra]
     os.chdir(dagster_home)
     os.execv(sys.executable, command)
     return 0  # not reached

@@ -7,10 +7,12 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from astropy.io import fits
 from dagster import DagsterInstance
 
@@ -257,8 +259,10 @@ def test_dev_takes_host_and_port_like_dagster_dev(home, capsys, monkeypatch):
     here = os.getcwd()
     monkeypatch.chdir(here)  # dev starts dagster dev from $DAGSTER_HOME; the folder is restored after
     assert main(["dev", "-p", "3333", "-h", "0.0.0.0", "--", "--log-level", "debug"]) == 0
-    assert os.getcwd() == os.environ["DAGSTER_HOME"] and started[0][started[0].index("-d") + 1] == here
     command = started[0]
+    (location,) = yaml.safe_load(Path(command[command.index("-w") + 1]).read_text())["load_from"]
+    assert os.getcwd() == os.environ["DAGSTER_HOME"] and location["python_module"]["working_directory"] == here
+    assert location["python_module"]["location_name"] == LOCATION  # where the command line's runs re-execute
     assert command[command.index("--port") + 1] == "3333" and command[command.index("--host") + 1] == "0.0.0.0"
     assert command[-2:] == ["--log-level", "debug"]
     with pytest.raises(SystemExit):

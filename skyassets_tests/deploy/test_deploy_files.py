@@ -146,3 +146,22 @@ def test_helm_values_name_the_code_location_and_the_kubernetes_run_launcher():
     assert values["dagsterWebserver"]["enableReadOnly"] is True
     assert values["postgresql"]["enabled"] is False and values["generatePostgresqlPasswordSecret"] is False
     assert "postgresqlPassword" not in values["postgresql"]
+
+
+def test_every_way_to_load_the_definitions_names_the_code_location_the_command_line_launches_for(tmp_path):
+    """A run re-executes only in a location of the name that made it: the runs of `skyassets demo`
+    and `ingest` must re-execute under `skyassets dev`, `dagster dev` in the project, and every
+    deployment."""
+    import tomllib
+
+    from skyassets.cli.launch import LOCATION, MODULE, code_location_workspace
+
+    (project,) = yaml.safe_load((ROOT / "workspace.yaml").read_text())["load_from"]
+    assert project["python_module"] == {"module_name": MODULE, "location_name": LOCATION}
+    settings = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["dagster"]
+    assert (settings["module_name"], settings["code_location_name"]) == (MODULE, LOCATION)
+    assert [e["grpc_server"]["location_name"] for e in load("workspace.yaml")["load_from"]] == [LOCATION]
+    (deployment,) = load("helm/values.yaml")["dagster-user-deployments"]["deployments"]
+    assert deployment["name"] == LOCATION  # the chart names the location after its deployment
+    (dev,) = yaml.safe_load(code_location_workspace(tmp_path, working_directory="/work").read_text())["load_from"]
+    assert dev["python_module"] == {"module_name": MODULE, "location_name": LOCATION, "working_directory": "/work"}
