@@ -165,21 +165,26 @@ def export_files(
     try:
         _check_dest(dest, home, as_zip=as_zip, force=force)
         sources = list(_sources(selection, home))
+        if not sources:  # an empty SHA256SUMS is one that sha256sum -c refuses
+            raise ExportError(f"the query selected no files ({len(selection)} rows, none with a path); "
+                              "nothing exported")
         if as_zip:
             dest.parent.mkdir(parents=True, exist_ok=True)
             tmp.unlink(missing_ok=True)  # a link left there is replaced, never written through
             try:
                 with zipfile.ZipFile(tmp, "x", zipfile.ZIP_DEFLATED, allowZip64=True) as archive:
+                    top = dest.stem  # one folder inside, so that unzipping never scatters files
+
                     def into_zip(name: str, handle: io.BufferedReader) -> tuple[str, int]:
-                        with archive.open(name, "w", force_zip64=True) as out:
+                        with archive.open(f"{top}/{name}", "w", force_zip64=True) as out:
                             return _copy(handle, out)
 
                     for path, source in sources:
                         add(path, source, into_zip)
                     sums, table = _manifests(rows)
-                    archive.writestr(SUMS, sums)
-                    archive.writestr("manifest.csv", table)
-                    archive.writestr("README.md", _readme(home, query, len(rows)))
+                    archive.writestr(f"{top}/{SUMS}", sums)
+                    archive.writestr(f"{top}/manifest.csv", table)
+                    archive.writestr(f"{top}/README.md", _readme(home, query, len(rows)))
                 os.replace(tmp, dest)
             finally:
                 tmp.unlink(missing_ok=True)

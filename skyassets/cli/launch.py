@@ -96,6 +96,12 @@ def code_location_workspace(folder: Path, working_directory: str | None = None) 
     return target
 
 
+def _last_line(message: str | None) -> str:
+    """The line of a Python error message that says what went wrong (its last non-empty line)."""
+    lines = [line.strip() for line in (message or "").splitlines() if line.strip()]
+    return lines[-1] if lines else "no message"
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -155,7 +161,7 @@ class Launcher:
         """Until the webserver answers and the code location is loaded (its definitions import)."""
         deadline = time.monotonic() + self.start_timeout
         query = ("{ workspaceOrError { ... on Workspace { locationEntries { name loadStatus "
-                 "locationOrLoadError { __typename ... on PythonError { message } } } } } }")
+                 "locationOrLoadError { __typename ... on PythonError { message causes { message } } } } } } }")
         while time.monotonic() < deadline:
             self._check_running()
             try:
@@ -167,7 +173,9 @@ class Launcher:
             if entry and entry["loadStatus"] == "LOADED":
                 loaded = entry["locationOrLoadError"] or {}
                 if loaded.get("__typename") == "PythonError":
-                    raise LaunchError(f"the skyassets definitions failed to load: {loaded.get('message')}")
+                    root = (loaded.get("causes") or [loaded])[-1]  # the error the loading error came from
+                    raise LaunchError(f"the skyassets definitions failed to load: {_last_line(root.get('message'))} "
+                                      f"(the whole error: {self._log.name})")
                 return
             time.sleep(0.5)
         raise LaunchError(f"the Dagster webserver did not load {LOCATION} in {self.start_timeout:.0f} s")

@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import fcntl
 import os
+import shlex
 import sys
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
-from skyassets.cli.output import counted, write_frame
+from skyassets.cli.output import counted, one_line, write_frame
 from skyassets.cli.sky import SkyError, add_sky_command
 from skyassets.lake.home import HOME_ENV, Home
 
@@ -86,7 +87,7 @@ def _ingest(args: argparse.Namespace) -> int:
         for what, files in (("quarantined", report.quarantined), ("failed", report.failed),
                             ("refused", report.refused)):
             for location, reason in list(files.items())[:20]:
-                print(f"  {what}: {location}: {reason}", file=sys.stderr)
+                print(f"  {what}: {one_line(location)}: {one_line(reason)}", file=sys.stderr)
             if len(files) > 20:
                 print(f"  ... and {len(files) - 20} more {what} (see {home.quarantine})", file=sys.stderr)
         if not report.files:
@@ -100,7 +101,7 @@ def _ingest(args: argparse.Namespace) -> int:
         downstream = bring_up_to_date(launcher, home, ready, run_config)
     unusable = unusable_images(home, ready)
     for image, reason in unusable.items():
-        print(f"  not usable: {image}: {reason}", file=sys.stderr)
+        print(f"  not usable: {one_line(image)}: {one_line(reason)}", file=sys.stderr)
     if unusable:
         print(f"{counted(len(unusable), 'images')} catalogued but not usable: left out of targets and products",
               file=sys.stderr)
@@ -189,8 +190,11 @@ def _export(args: argparse.Namespace) -> int:
         raise CommandError(str(exc)) from exc
     what = "one archive" if args.zip else "a folder"
     print(f"{counted(done.files, 'files')} ({done.bytes / 1e6:.1f} MB) exported to {what}: {done.dest}")
-    print(f"check them with: cd {done.dest.parent if args.zip else done.dest} && sha256sum -c SHA256SUMS"
-          + (" (after unzipping)" if args.zip else ""))
+    if args.zip:
+        print(f"check them with: cd {shlex.quote(str(done.dest.parent))} && unzip {shlex.quote(done.dest.name)} && "
+              f"cd {shlex.quote(done.dest.stem)} && sha256sum -c SHA256SUMS")
+    else:
+        print(f"check them with: cd {shlex.quote(str(done.dest))} && sha256sum -c SHA256SUMS")
     return 0
 
 
@@ -401,14 +405,24 @@ def main(argv: list[str] | None = None) -> int:
     dev.add_argument("dagster_args", nargs=argparse.REMAINDER, help="passed on to `dagster dev`")
     dev.set_defaults(func=_dev)
     args = parser.parse_args(argv)
+    from skyassets.cli.launch import LaunchError
+
     try:
         return args.func(args)
     except CommandError as exc:
         print(f"skyassets {args.command}: {exc}", file=sys.stderr)
         return exc.status
-    except SkyError as exc:
+    except (SkyError, LaunchError) as exc:
         print(f"skyassets {args.command}: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"\nskyassets {args.command}: interrupted; runs it had started were stopped "
+              "(they show as failed in the Dagster UI, and the next run takes up their work)", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # the reader went away (``| head``): the rest of the output has nowhere to go
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

@@ -18,6 +18,14 @@ import numpy as np
 import pandas as pd
 
 
+def one_line(text: str) -> str:
+    """``text`` with its control characters (a newline or an escape sequence in a file name) written
+    as Python escapes, so that it stays on its line of a table or a summary and cannot drive the terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
+
+
 def counted(n: int, noun: str) -> str:
     """``n`` and the noun, singular for one: "1 file", "3 files" (``noun`` is the plural)."""
     return f"{n} {noun.removesuffix('s') if n == 1 else noun}"
@@ -75,7 +83,7 @@ def write_frame(frame: pd.DataFrame, fmt: str, out: TextIO) -> None:
     elif frame.empty:  # the header and a count, as a database shell prints no rows
         out.write("  ".join(columns) + "\n(0 rows)\n")
     else:
-        cells = [[_cell(v, "NULL") for v in row] for row in rows]
+        cells = [[one_line(_cell(v, "NULL")) for v in row] for row in rows]
         numeric = [pd.api.types.is_numeric_dtype(frame.iloc[:, i]) for i in range(len(columns))]
         widths = [max([len(c), *(len(row[i]) for row in cells)]) for i, c in enumerate(columns)]
         for row in [columns, *cells]:

@@ -61,13 +61,21 @@ def follows() -> AutomationCondition:
     )
 
 
+def _interval() -> int:
+    """``SKYASSETS_AUTOMATION_INTERVAL``: whole seconds, at least 1 (Dagster's 30 s by default)."""
+    text = os.environ.get("SKYASSETS_AUTOMATION_INTERVAL", "").strip() or "30"
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"SKYASSETS_AUTOMATION_INTERVAL must be a whole number of seconds (at least 1), not {text!r}")
+    return int(text)
+
+
 # Dagster's implicit default_automation_condition_sensor starts stopped; this one runs as soon as the
 # daemon does, so quality, targets, products and the catalog follow new files without a toggle.
 automation_sensor = AutomationConditionSensorDefinition(
     "automation_sensor",
     target=AssetSelection.all(),
     default_status=DefaultSensorStatus.RUNNING,
-    # Dagster's 30 s by default; shorter where products should follow files within seconds.
-    minimum_interval_seconds=int(os.environ.get("SKYASSETS_AUTOMATION_INTERVAL", "30")),
+    # shorter where products should follow files within seconds
+    minimum_interval_seconds=_interval(),
     description="Evaluates every asset's automation condition: quality, target groups, products and the catalog.",
 )

@@ -48,9 +48,20 @@ def test_export_to_one_zip_holds_the_files_and_a_manifest_sha256sum_accepts(tmp_
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary file left
     unpacked = tmp_path / "unpacked"
     with zipfile.ZipFile(done.dest) as archive:
-        assert {SUMS, "manifest.csv", "README.md"} <= set(archive.namelist())
+        assert {f"bulk/{n}" for n in (SUMS, "manifest.csv", "README.md")} <= set(archive.namelist())
+        assert {n.split("/")[0] for n in archive.namelist()} == {"bulk"}  # one folder: unzipping scatters nothing
         archive.extractall(unpacked)
-    subprocess.run(["sha256sum", "-c", "--quiet", SUMS], cwd=unpacked, check=True)
+    subprocess.run(["sha256sum", "-c", "--quiet", SUMS], cwd=unpacked / "bulk", check=True)
+
+
+def test_an_export_of_nothing_is_refused_before_anything_is_written(tmp_path):
+    home, selection = _home_with_two_files(tmp_path)
+    for as_zip in (False, True):
+        with pytest.raises(ExportError, match="selected no files"):
+            export_files(selection.iloc[0:0], home, tmp_path / "none", "q", as_zip=as_zip)
+        with pytest.raises(ExportError, match="selected no files .3 rows, none with a path"):
+            export_files(selection.assign(path=None), home, tmp_path / "none", "q", as_zip=as_zip)
+    assert [p.name for p in tmp_path.iterdir()] == ["home"]
 
 
 def test_export_refuses_what_is_not_a_catalogued_file_or_product(tmp_path):

@@ -4,6 +4,7 @@ import csv
 import io
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -277,7 +278,7 @@ def test_ingest_brings_the_whole_chain_up_to_date_and_says_what_failed(emu, tmp_
     cal = sorted(emu.sky.root.rglob("*_cal.fits"))[:3]
     for path in cal:
         (drop / path.name).write_bytes(path.read_bytes())
-    (drop / "cut-short.fits").write_bytes(cal[0].read_bytes()[:5000])
+    (drop / "cut\nshort.fits").write_bytes(cal[0].read_bytes()[:5000])  # a name that is two lines
     (drop / "elsewhere.fits").symlink_to(cal[-1])  # a link is never followed out of the folder
     blank = drop / "jw99999001001_02101_00001_nrca1_cal.fits"
     with fits.open(cal[0]) as hdul:
@@ -292,7 +293,7 @@ def test_ingest_brings_the_whole_chain_up_to_date_and_says_what_failed(emu, tmp_
     assert result.returncode == 1, result.stdout + result.stderr  # one file was quarantined
     assert "6 files in 5 partitions" in result.stdout
     assert "4 catalogued, 1 quarantined, 0 failed, 1 refused" in result.stdout
-    assert f"quarantined: {drop / 'cut-short.fits'}:" in result.stderr
+    assert any(line.startswith(f"  quarantined: {drop}/cut\\nshort.fits: ") for line in result.stderr.splitlines())
     assert f"refused: {drop / 'elsewhere.fits'}:" in result.stderr
     assert f"not usable: landed-V99999001001P0000000002101/{blank.name}[1]: no finite" in result.stderr
     assert "runs failed" not in result.stderr  # the unusable image failed no run of its batch
@@ -306,3 +307,23 @@ def test_ingest_brings_the_whole_chain_up_to_date_and_says_what_failed(emu, tmp_
     measured = pd.concat(home.tables.read("image_quality", p) for p in home.tables.partitions("image_quality"))
     assert sorted(measured["file_name"]) == sorted([p.name for p in cal] + [blank.name])  # without a daemon
     assert home.tables.exists("target_groups")
+
+
+def test_output_cut_short_by_its_reader_ends_quietly(home):
+    """``skyassets catalog ... | head -1``: the reader going away is no error to report."""
+    command = [sys.executable, "-m", "skyassets.cli.main", "catalog", "SELECT * FROM range(200000)",
+               "--format", "csv", "--max-rows", "0"]
+    shell = subprocess.run(f"{shlex.join(command)} | head -1; echo \"status ${{PIPESTATUS[0]}}\"",
+                           shell=True, executable="/bin/bash", capture_output=True, text=True, timeout=120)
+    assert shell.stdout.splitlines() == ["range", "status 141"]
+    assert shell.stderr == ""
+
+
+def test_definitions_that_do_not_load_are_one_line_naming_the_cause(home, tmp_path, monkeypatch, capsys):
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    monkeypatch.setenv("SKYASSETS_AUTOMATION_INTERVAL", "soon")
+    assert main(["ingest", str(drop)]) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()[-1:]
+    assert line.startswith("skyassets ingest: the skyassets definitions failed to load: ValueError: "
+                           "SKYASSETS_AUTOMATION_INTERVAL must be a whole number of seconds (at least 1), not 'soon'")

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pandas as pd
 
-from skyassets.cli.output import counted, write_frame
+from skyassets.cli.output import counted, one_line, write_frame
 
 
 def test_counts_are_singular_for_one():
@@ -46,3 +46,15 @@ def test_a_null_integer_or_boolean_and_a_blob_print_as_null_and_hex():
     out = io.StringIO()
     write_frame(frame, "table", out)
     assert out.getvalue().splitlines()[1].split() == ["NULL", "NULL", "NULL"]
+
+
+def test_a_table_keeps_each_row_on_its_line_whatever_the_names_hold():
+    frame = pd.DataFrame({"location": ["/drop/bad\nname.fits", "/drop/\x1b[31mred.fits", "/drop/ünï tab\t.fits"]})
+    out = io.StringIO()
+    write_frame(frame, "table", out)
+    assert out.getvalue().splitlines() == [
+        "location", "/drop/bad\\nname.fits", "/drop/\\x1b[31mred.fits", "/drop/ünï tab\\t.fits"]
+    assert one_line("plain name.fits") == "plain name.fits"
+    out = io.StringIO()
+    write_frame(frame, "csv", out)  # CSV quotes such values; a reader gets them back as they are
+    assert list(pd.read_csv(io.StringIO(out.getvalue()))["location"]) == list(frame["location"])
