@@ -173,13 +173,15 @@ def _quarantine_reasons(home: Home, since: float) -> dict[str, str]:
     reasons: dict[str, str] = {}
     if not home.quarantine.is_dir():
         return reasons
+    notes = []
     for sidecar in home.quarantine.glob("*.json"):
         try:
-            if sidecar.stat().st_mtime < since:
-                continue
-            note = json.loads(sidecar.read_text())
+            when = sidecar.stat().st_mtime
+            if when >= since:
+                notes.append((when, sidecar.name, json.loads(sidecar.read_text())))
         except (OSError, ValueError):
             continue
+    for _, _, note in sorted(notes, key=lambda n: n[:2]):  # a file quarantined again: its newest reason
         whole = str(note.get("reason", "")) or "quarantined"
         location = note.get("landed_location")
         if location and whole.startswith(f"{location}: "):  # a name may hold ": " itself
@@ -217,14 +219,16 @@ def _outcomes_before(home: Home, groups: Mapping[str, list[LandedFile]]) -> dict
     for key, record in records.items():
         seen = {r["location"]: (r["size"], r["signature"]) for r in record.to_pylist()}
         rows = manifests[key].to_pylist() if key in manifests else []
-        copied = {r["dataURI"] for r in rows if r["status"] != "failed"}
+        copied = {r["dataURI"] for r in rows if r["status"] not in ("failed", "quarantined")}
         for file in groups[key]:
             if seen.get(file.location) != (file.size, file.signature):
                 continue
-            if file.location in reasons:
-                outcomes[file.location] = ("quarantined", reasons[file.location])
-            elif key in catalogued and file.location in copied:
+            # the partition's manifest is its last run's, which took the file as it is now: catalogued
+            # there, an older version's quarantine note no longer speaks for it
+            if key in catalogued and file.location in copied:
                 outcomes[file.location] = ("catalogued", "")
+            elif file.location in reasons:
+                outcomes[file.location] = ("quarantined", reasons[file.location])
     return outcomes
 
 
@@ -287,18 +291,21 @@ def ingest(
             report.failed_runs.append(run.run_id)
             failed_in.update(dict.fromkeys(keys, run.run_id))
     quarantined = _quarantine_reasons(home, started - 1)
-    manifests = home.tables.read_partitions("fits_files", sorted(groups), columns=["dataURI"])
+    manifests = home.tables.read_partitions("fits_files", sorted(groups), columns=["dataURI", "status"])
     stored_paths = _stored_paths(home, sorted(groups))
     for key, landed in sorted(groups.items()):
-        copied = set(manifests[key].column("dataURI").to_pylist()) if key in manifests else set()
+        manifest = manifests.get(key)
+        status = ({} if manifest is None else
+                  dict(zip(manifest.column("dataURI").to_pylist(), manifest.column("status").to_pylist(), strict=True)))
         stored = stored_paths.get(key, {})
         for file in landed:
-            # quarantined first: a file copied but then refused by cataloguing is in both
+            # the manifest is this run's: a file it lists as catalogued is, whatever an older version's
+            # quarantine note said; one refused by cataloguing is listed as quarantined
             reason = quarantined.get(file.location) or quarantined.get(stored.get(file.location, ""))
-            if reason:
-                report.quarantined[file.location] = reason
-            elif file.location in copied:
+            if status.get(file.location) not in (None, "failed", "quarantined"):
                 report.catalogued.append(file.location)
+            elif reason or status.get(file.location) == "quarantined":
+                report.quarantined[file.location] = reason or "refused while being catalogued (see the run's log)"
             elif key in failed_in:
                 report.failed[file.location] = f"its run {failed_in[key]} failed (see it in the Dagster UI)"
             else:

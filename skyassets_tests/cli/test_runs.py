@@ -76,6 +76,27 @@ def test_a_file_cataloguing_quarantines_is_no_longer_listed_as_downloaded(emu, t
     assert manifests.set_index("filename")["status"].to_dict() == {good.name: "downloaded", "junk.fits": "quarantined"}
 
 
+def test_a_quarantined_file_once_repaired_is_catalogued_and_stays_so(emu, tmp_path):
+    drop = tmp_path / "night"
+    drop.mkdir()
+    good, fixed = sorted(emu.sky.root.rglob("*_cal.fits"))[:2]
+    shutil.copy(good, drop / good.name)
+    broken = drop / "fixed.fits"
+    broken.write_bytes(fixed.read_bytes()[:5000])
+    home = Home(tmp_path / "home")
+    with instance_for_test() as instance:
+        first = ingest([drop], home, instance)
+    assert list(first.quarantined) == [str(broken)]
+    broken.write_bytes(fixed.read_bytes())  # the whole file, landed again
+    os.utime(broken, ns=(2_000_000_000_000_000_000, 2_000_000_000_000_000_000))
+    for attempt in ("repaired", "unchanged since"):
+        with instance_for_test() as instance:
+            report = ingest([drop], home, instance)
+        assert sorted(report.catalogued) == sorted([str(drop / good.name), str(broken)]), (attempt, report)
+        assert not report.quarantined and report.ok, attempt
+    assert report.unchanged == 2
+
+
 def test_a_name_holding_a_colon_is_reported_quarantined_with_its_reason(emu, tmp_path):
     drop = tmp_path / "night"
     drop.mkdir()
