@@ -68,6 +68,13 @@ def frame_metadata(frame: pd.DataFrame, *, preview_columns: list[str] | None = N
 PER_PARTITION_LIMIT = 25
 
 
+def run_figures(partitions: int, figures: dict[str, Any]) -> dict[str, Any]:
+    """A run's own figures for the metadata Dagster gives every partition it materialises: as they
+    are on a run of one partition; on a run of several, named ``<figure>_in_run``, so that no
+    partition shows the run's figures as its own."""
+    return figures if partitions <= 1 else {f"{name}_in_run": value for name, value in figures.items()}
+
+
 def partition_metadata(
     context: AssetExecutionContext,
     frame: pd.DataFrame,

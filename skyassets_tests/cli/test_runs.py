@@ -39,6 +39,10 @@ def test_ingest_catalogues_files_in_batched_runs(emu, tmp_path):
             assert [r.data["obs_id"] for r in m["preview"].records] == [key] * m["dagster/row_count"]
         files = [latest_metadata(instance, "fits_files", k) for k in keys]
         assert sum(m["bytes_total"] for m in files) == sum(p.stat().st_size for p in cal)
+        # the run's figures are named as the run's, never shown as a partition's own
+        assert sorted(m["files"] for m in batched) == [0, 1, 1, 1, 1, 1]
+        assert all("quarantined" not in m and m["files_in_run"] in (1, 2) for m in batched)
+        assert all("files_downloaded" not in m and "files_downloaded_in_run" in m for m in files)
 
     rows = pd.concat(pd.read_parquet(p) for p in (home.lake / "image_metadata").glob("*.parquet"))
     assert sorted(rows["file_name"]) == sorted(p.name for p in cal)

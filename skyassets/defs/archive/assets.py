@@ -11,7 +11,7 @@ import pandas as pd
 from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataValue, asset
 
 from skyassets.archive.watchlist import ProductSpec, Watchlist
-from skyassets.defs.metadata import column_schema, frame_metadata, partition_metadata
+from skyassets.defs.metadata import column_schema, frame_metadata, partition_metadata, run_figures
 from skyassets.defs.partitions import observation_backfill_policy, observations_partitions
 from skyassets.defs.resources import (
     ArchiveResource,
@@ -147,8 +147,10 @@ def mast_products(
     return MaterializeResult(
         metadata={
             **partition_metadata(context, products, preview_columns=PRODUCT_PREVIEW, by="partition", figures=_bytes),
-            "bytes": int(products["size"].sum()) if len(products) else 0,
-            "in_s3": int(products["s3_key"].notna().sum()) if len(products) else 0,
+            **run_figures(len(frames), {
+                "bytes": int(products["size"].sum()) if len(products) else 0,
+                "in_s3": int(products["s3_key"].notna().sum()) if len(products) else 0,
+            }),
         }
     )
 
@@ -417,18 +419,20 @@ def fits_files(
     return MaterializeResult(
         metadata={
             **partition_metadata(context, manifest, preview_columns=MANIFEST_PREVIEW, by="partition", figures=_bytes),
-            "files_downloaded": status["downloaded"],
-            "files_quarantined": len(quarantined),
-            "files_skipped": status["skipped"],
-            "files_stored": stored,
-            "files_copied_in_store": copied,
-            "files_restored_from_store": restored,
-            "files_verified_checksum": sum(r.fits_checksum == "ok" for r in results),
-            "files_retried": sum(r.attempts > 1 for r in results),
-            "bytes_in_run": int(manifest["size"].sum()) if len(manifest) else 0,
-            "bytes_fetched": fetched,
-            "seconds": round(seconds, 3),
-            "bytes_per_second": round(fetched / seconds, 1) if seconds > 0 else 0.0,
-            "sources": MetadataValue.json(dict(Counter(str(r.source) for r in results if r.status == "downloaded"))),
+            **run_figures(len(keys), {
+                "files_downloaded": status["downloaded"],
+                "files_quarantined": len(quarantined),
+                "files_skipped": status["skipped"],
+                "files_stored": stored,
+                "files_copied_in_store": copied,
+                "files_restored_from_store": restored,
+                "files_verified_checksum": sum(r.fits_checksum == "ok" for r in results),
+                "files_retried": sum(r.attempts > 1 for r in results),
+                "bytes_fetched": fetched,
+                "seconds": round(seconds, 3),
+                "bytes_per_second": round(fetched / seconds, 1) if seconds > 0 else 0.0,
+                "sources": MetadataValue.json(
+                    dict(Counter(str(r.source) for r in results if r.status == "downloaded"))),
+            }),
         }
     )

@@ -20,7 +20,7 @@ from dagster import (
 
 from skyassets.defs.catalog.assets import image_metadata
 from skyassets.defs.cluster import DaskResource
-from skyassets.defs.metadata import column_schema, preview
+from skyassets.defs.metadata import column_schema, preview, run_figures
 from skyassets.defs.partitions import observation_backfill_policy, observations_partitions
 from skyassets.defs.resources import HomeResource
 from skyassets.lake.home import Home
@@ -99,16 +99,19 @@ def image_quality(
         context.add_asset_metadata(
             _partition_report(root, mine, measured), asset_key="image_quality", partition_key=obs_id
         )
+        if len(keys) > 1:
+            context.add_asset_metadata({"sources": int((sources["obs_id"] == obs_id).sum())},
+                                       asset_key="source_catalogs", partition_key=obs_id)
     root.trim()  # with the home on a store, the working copy back within its budget
     yield MaterializeResult(
         asset_key="image_quality",
-        metadata={
+        metadata=run_figures(len(keys), {
             "images": len(scored),
             "flags": MetadataValue.json(scored["flag"].value_counts().to_dict()),
             "worst": preview(scored.sort_values("score").round(WORST_DIGITS), WORST_COLUMNS),
-        },
+        }),
     )
-    yield MaterializeResult(asset_key="source_catalogs", metadata={"sources": len(sources)})
+    yield MaterializeResult(asset_key="source_catalogs", metadata=run_figures(len(keys), {"sources": len(sources)}))
     yield from _checks(scored)
 
 
@@ -165,7 +168,12 @@ def _partition_report(root: Home, mine: pd.DataFrame, measured: "list[Measuremen
             png = thumbnail_png(m.image, m.sources)
             root.put_bytes(f"previews/{row['obs_id']}/{row['file_name']}.{row['hdu_index']}.png", png)
             lines.append(markdown_image(png, f"{row['file_name']}[{row['hdu_index']}]"))
-    return {"dagster/row_count": len(mine), "report": MetadataValue.md("\n\n".join(lines) or "no images")}
+    return {
+        "dagster/row_count": len(mine),
+        "images": len(mine),
+        "flags": MetadataValue.json(mine["flag"].value_counts().to_dict()),
+        "report": MetadataValue.md("\n\n".join(lines) or "no images"),
+    }
 
 
 def _checks(scored: pd.DataFrame) -> Iterator[AssetCheckResult]:

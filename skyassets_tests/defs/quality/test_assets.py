@@ -62,6 +62,14 @@ def test_quality_of_catalogued_images(emu, tmp_path, monkeypatch, capsys):
         assert "consumer" in {e.step_key for e in result.get_step_success_events()}
         report = latest_metadata(instance, "image_quality", keys[0])["report"]
         assert "data:image/png;base64," in report and "score" in report
+        # each partition shows its own figures; the run's are named as the run's
+        for key in keys:
+            quality, sources = latest_metadata(instance, "image_quality", key), latest_metadata(
+                instance, "source_catalogs", key)
+            measured = home.tables.read("image_quality", key)
+            assert quality["images"] == len(measured) and sum(quality["flags"].values()) == len(measured)
+            assert quality["images_in_run"] == sum(len(home.tables.read("image_quality", k)) for k in keys)
+            assert sources["sources"] == len(home.tables.read("source_catalogs", key)) and "sources_in_run" in sources
 
     rows = home.tables.read("image_quality", keys[0])
     assert len(rows) >= 1 and rows["score"].between(0, 100).all() and set(rows["flag"]) <= {"good", "usable", "reject"}
