@@ -20,6 +20,7 @@ from skyassets.cli.runs import (
     QUIET,
     Runner,
     bring_up_to_date,
+    failure_reasons,
     latest_metadata,
     latest_storage_id,
     partition_batches,
@@ -60,7 +61,8 @@ def _demo(runner: Runner, home: Home, dagster_home: Path) -> int:
 
     (result,) = runner.run_all([Submission("watchlist_job", {}, QUIET)])
     if not result.is_success:
-        print(f"The watchlist query failed; see run {result.run_id} in the Dagster UI.")
+        why = "; ".join(failure_reasons(instance, result.run_id)) or "no step failed (see the run)"
+        print(f"The watchlist query failed: {why}; see run {result.run_id} in the Dagster UI.")
         return 1
     observations = latest_metadata(instance, "mast_observations")
     granted = observations.get("exclusive_access_granted", 0)

@@ -94,6 +94,20 @@ def failed_checks(instance: DagsterInstance, run_id: str) -> list[str]:
     return failed
 
 
+def failure_reasons(instance: DagsterInstance, run_id: str) -> list[str]:
+    """``step: message`` of every step that failed in a run (the message's first line)."""
+    reasons = []
+    for record in instance.get_records_for_run(run_id, of_type=DagsterEventType.STEP_FAILURE).records:
+        event = record.event_log_entry.dagster_event
+        error = getattr(event.event_specific_data, "error", None)
+        message = (error.message if error else "").strip().splitlines()
+        line = message[0] if message else "failed"
+        if error and error.cls_name == "Failure":  # the step's own words: its class says nothing more
+            line = line.split(": ", 1)[-1]
+        reasons.append(f"{event.step_key}: {line}")
+    return reasons
+
+
 def latest_metadata(instance: DagsterInstance, asset: str, partition: str | None = None) -> dict:
     """The metadata values of an asset's (or one partition's) latest materialisation."""
     partitions = None if partition is None else [partition]

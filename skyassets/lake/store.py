@@ -185,6 +185,17 @@ class Lake:
         self._write_cast(spec, cast_to_schema(spec, data, partition), partition)
         return self.path(name, partition)
 
+    def holds(self, name: str, data: Data, partition: str | None = None) -> bool:
+        """Whether the table (or partition) holds exactly what :meth:`write` of ``data`` would write:
+        then writing it again would change nothing."""
+        if not self.exists(name, partition):
+            return False
+        try:
+            stored = self.read_arrow(name, partition)
+        except (OSError, pa.ArrowException):
+            return False
+        return stored.equals(cast_to_schema(table(name), data, partition))
+
     def write_partitions(self, name: str, data: pa.Table | pd.DataFrame, by: str, partitions: Sequence[str]) -> None:
         """Write each of ``partitions`` of a partitioned table: the rows of ``data`` whose ``by`` column
         holds its key (none: an empty file), each file as :meth:`write` would write it alone.

@@ -3,6 +3,7 @@
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -42,10 +43,11 @@ MANIFEST_PREVIEW = ["filename", "size", "status", "source", "fits_checksum", "se
     kinds={"parquet"},
     metadata=column_schema(table("mast_observations").schema),
     description="Every public MAST observation the watchlist's queries find, one row per observation.",
+    output_required=False,  # answers the same as the last ones: nothing new for anything downstream
 )
 def mast_observations(
     context: AssetExecutionContext, home: HomeResource, watchlist: WatchlistResource, archive: ArchiveResource
-) -> MaterializeResult:
+) -> Iterator[MaterializeResult]:
     from skyassets.archive.query import keep_failed_entries, query_watchlist
 
     wl = watchlist.load()
@@ -65,12 +67,16 @@ def mast_observations(
     previous = lake.read("mast_observations", missing_ok=True) if result.failed_entries else pd.DataFrame()
     observations = keep_failed_entries(result.observations, previous, result.failed_entries)
     kept = len(observations) - len(result.observations)
+    found = (f"{len(observations)} observations from {len(wl.entries)} watchlist entries "
+             f"({result.proprietary} proprietary left out, {kept} kept from failed entries)")
+    materialized = context.instance.get_latest_materialization_event(context.asset_key) is not None
+    # a failed entry is materialised even so: its failure shows on the asset, with the rows kept
+    if materialized and not result.failed and lake.holds("mast_observations", observations):
+        context.log.info(f"{found}: the same as the last answers; nothing materialised, nothing downstream to redo")
+        return
     path = lake.write("mast_observations", observations)
-    context.log.info(
-        f"{len(observations)} observations from {len(wl.entries)} watchlist entries "
-        f"({result.proprietary} proprietary left out, {kept} kept from failed entries) -> {path}"
-    )
-    return MaterializeResult(
+    context.log.info(f"{found} -> {path}")
+    yield MaterializeResult(
         metadata={
             **frame_metadata(observations, preview_columns=OBSERVATION_PREVIEW),
             "path": MetadataValue.path(path),

@@ -63,6 +63,16 @@ def test_watchlist_to_verified_files(emu, pipeline):
     assert metadata["dagster/row_count"].value == len(observations) > 0
     assert metadata["proprietary_left_out"].value >= 1
     assert {c.name for c in metadata["dagster/column_schema"].value.columns} >= {"obs_id", "s_ra", "watchlist_entry"}
+    # The archive answers the same again: nothing is materialised, so nothing downstream is redone.
+    again = defs.resolve_job_def("watchlist_job").execute_in_process(instance=instance)
+    assert again.success and not again.get_asset_materialization_events()
+    assert instance.get_latest_materialization_event(AssetKey("mast_observations")).run_id == event.run_id
+    # A changed answer is materialised as usual.
+    pd.read_parquet(home / "lake" / "mast_observations.parquet").iloc[1:].to_parquet(
+        home / "lake" / "mast_observations.parquet")
+    assert len(defs.resolve_job_def("watchlist_job").execute_in_process(instance=instance)
+               .get_asset_materialization_events()) == 1
+    assert pd.read_parquet(home / "lake" / "mast_observations.parquet").equals(observations)
 
     result = _tick(instance, defs)
     every = instance.get_dynamic_partitions("observations")

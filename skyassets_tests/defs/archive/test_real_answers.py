@@ -3,6 +3,7 @@
 import pandas as pd
 from dagster import AssetKey, Definitions, instance_for_test
 
+from skyassets.cli.runs import failure_reasons
 from skyassets.defs.archive.assets import fits_files, mast_observations, mast_products
 from skyassets.defs.archive.jobs import observation_job, watchlist_job
 from skyassets.defs.catalog.assets import image_metadata
@@ -77,6 +78,8 @@ def test_an_archive_outage_keeps_the_observations_of_the_entries_it_failed(emu, 
         failure = next(e for e in outage.all_events if e.event_type_value == "STEP_FAILURE")
         assert "every watchlist entry failed" in failure.event_specific_data.error.message
         assert pd.read_parquet(table).equals(before)
+        (reason,) = failure_reasons(instance, outage.run_id)  # what the demo prints of a failed query
+        assert reason.startswith("mast_observations: every watchlist entry failed") and "\n" not in reason
 
         emu.faults.clear()
         emu.faults.add("status", endpoint="resolver", match="NGC 3132", status=503, times=-1, retry_after=0)
