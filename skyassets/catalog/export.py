@@ -22,10 +22,15 @@ from pathlib import Path
 import pandas as pd
 
 from skyassets.lake.home import Home
+from skyassets.lake.schemas import HOME_RELATIVE
+from skyassets.lake.tables import TABLES
 
 CHUNK = 8 << 20
 EXPORTABLE = ("files", "products")  # the home's folders an export may read from
 SUMS = "SHA256SUMS"  # `sha256sum -c SHA256SUMS` checks an export
+# Columns other than ``path`` that name a file of the home (a composite's PNG and TIFF cube).
+LOCATED = sorted({f.name for t in TABLES.values() for f in t.schema
+                  if (f.metadata or {}).get(HOME_RELATIVE) and f.name != "path"})
 
 
 class ExportError(ValueError):
@@ -139,8 +144,10 @@ def export_files(
     """
     if "path" not in selection.columns:
         returned = ", ".join(map(str, selection.columns)) or "none"
+        located = [c for c in selection.columns if c in LOCATED]
+        hint = f"; name the files to export as path, e.g. SELECT {located[0]} AS path ..." if located else ""
         raise ExportError("the query must return a 'path' column (e.g. SELECT * FROM images WHERE ...); "
-                          f"it returned: {returned}")
+                          f"it returned: {returned}{hint}")
     dest = Path(os.path.abspath(dest))
     if as_zip and dest.suffix != ".zip":
         dest = dest.with_name(dest.name + ".zip")

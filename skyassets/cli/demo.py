@@ -25,6 +25,7 @@ from skyassets.cli.runs import (
     latest_storage_id,
     partition_batches,
     run_materializations,
+    run_totals,
     text_progress,
 )
 from skyassets.defs.tags import partition_range
@@ -101,7 +102,7 @@ def _demo(runner: Runner, home: Home, dagster_home: Path) -> int:
             failed_runs.append(run.run_id)
             lines.append(f"  {what}: FAILED (run {run.run_id})")
         else:
-            files = parts[0]  # the run's totals, on each partition
+            files = run_totals(parts[0])  # the run's figures, on each partition
             count, size = sum(p["dagster/row_count"] for p in parts), sum(p["bytes_total"] for p in parts)
             for key, name in (("downloaded", "files_downloaded"), ("skipped", "files_skipped"),
                               ("verified", "files_verified_checksum"), ("bytes", "bytes_fetched"),

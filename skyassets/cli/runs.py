@@ -84,6 +84,12 @@ def run_materializations(instance: DagsterInstance, run_id: str, asset: str) -> 
     ]
 
 
+def run_totals(metadata: dict) -> dict:
+    """A materialisation's metadata with the run's figures under their own names: a run of several
+    partitions names them ``<figure>_in_run`` beside each partition's own."""
+    return {**metadata, **{k.removesuffix("_in_run"): v for k, v in metadata.items() if k.endswith("_in_run")}}
+
+
 def failed_checks(instance: DagsterInstance, run_id: str) -> list[str]:
     """``name: description`` of every asset check that failed in a run."""
     failed = []
@@ -342,6 +348,9 @@ def measure_quality(runner: Runner, home: Home, partitions: list[str], run_confi
     """Run quality_job in batched runs over the partitions whose images changed since they were last
     measured, print the flags; return (partitions measured, failed runs)."""
     instance = runner.instance
+    # an observation whose every file was quarantined has no image to measure
+    partitions = [p for p in partitions if len(home.tables.read("image_metadata", p, columns=["obs_id"],
+                                                                  missing_ok=True))]
     todo = outdated(instance, "image_quality", "image_metadata", partitions)
     if len(todo) < len(partitions):
         print(f"\nImage quality of {counted(len(partitions) - len(todo), 'observations')} is up to date.")
@@ -364,10 +373,13 @@ def measure_quality(runner: Runner, home: Home, partitions: list[str], run_confi
             rows = home.tables.read("image_quality", partition)
             flags.update(rows["flag"])
             worst += rows[["obs_id", "file_name", "filter", "score", "flag"]].to_dict("records")
-    print("  flags: " + ", ".join(f"{n} {flag}" for flag, n in flags.most_common()))
-    for row in sorted(worst, key=lambda r: r["score"])[:3]:
+    if flags:
+        print("  flags: " + ", ".join(f"{n} {flag}" for flag, n in flags.most_common()))
+    lowest = sorted(worst, key=lambda r: r["score"])[:3]
+    for row in lowest:
         print(f"  lowest: {row['file_name']} ({row['filter']}) score {row['score']:.0f} {row['flag']}")
-    print(f"  details: skyassets quality {partitions[0]}")
+    if lowest:
+        print(f"  details: skyassets quality {lowest[0]['obs_id']}")
     return len(partitions), failures
 
 

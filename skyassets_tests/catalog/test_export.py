@@ -78,6 +78,9 @@ def test_export_refuses_what_is_not_a_catalogued_file_or_product(tmp_path):
             export_files(pd.DataFrame({"path": [path]}), home, tmp_path / "o1", "q")
     with pytest.raises(ExportError, match="'path' column"):
         export_files(pd.DataFrame({"obs_id": ["a"]}), home, tmp_path / "o3", "q")
+    with pytest.raises(ExportError, match="name the files to export as path, e.g. SELECT cube AS path"):
+        export_files(pd.DataFrame({"target": ["T"], "cube": ["products/T/c.tiff"], "png": ["products/T/c.png"]}),
+                     home, tmp_path / "o4", "q")
 
 
 def test_export_refuses_bytes_that_differ_from_the_catalogue(tmp_path):

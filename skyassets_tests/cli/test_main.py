@@ -292,6 +292,9 @@ def test_ingest_brings_the_whole_chain_up_to_date_and_says_what_failed(emu, tmp_
     )
     assert result.returncode == 1, result.stdout + result.stderr  # one file was quarantined
     assert "6 files in 5 partitions" in result.stdout
+    # the partition of the quarantined file alone has no image: not one to measure or to look at
+    assert "Measuring image quality of 4 observations:" in result.stdout
+    assert "details: skyassets quality landed-cut" not in result.stdout
     assert "4 catalogued, 1 quarantined, 0 failed, 1 refused" in result.stdout
     assert any(line.startswith(f"  quarantined: {drop}/cut\\nshort.fits: ") for line in result.stderr.splitlines())
     assert f"refused: {drop / 'elsewhere.fits'}:" in result.stderr
