@@ -54,6 +54,11 @@ MAX_SEGMENTS = 8
 """More segments than this are merged into one (BM25 statistics are then exact again)."""
 RRF_K = 60
 """Reciprocal rank fusion constant: a result's fused score is the sum of 1 / (RRF_K + rank)."""
+SIMILARITY_FLOOR = 0.15
+"""Cosine similarity below which a document does not match a question with no filter. With the
+default model (all-MiniLM-L6-v2) on the demo's catalogue, questions in no language (``zzzzqqq``,
+``asdf qwer``, ``lorem ipsum dolor``) reach 0.05-0.13 at best, astronomical ones 0.2-0.7
+("deep field" 0.20, "gravitational lens" 0.22, "planetary nebula" 0.68)."""
 GOOD_SCORE = 50.0
 """Quality score from which an image counts as good (``skyassets.imaging.quality.GOOD_SCORE``)."""
 DEEP_FRACTION = 0.75
@@ -953,8 +958,9 @@ def rank(
 ) -> Ranked:
     """Documents of the candidate images (all when None) ranked by BM25, embeddings or their fusion.
 
-    Without filters only documents that a ranking found are returned; with filters every
-    candidate is, those no ranking found last.
+    Without filters only documents that a ranking found are returned (by embeddings: with a
+    similarity of at least ``SIMILARITY_FLOOR``); with filters every candidate is, those no ranking
+    found last.
     """
     n = index.documents
     docs = (np.arange(n) if candidates is None
@@ -977,7 +983,9 @@ def rank(
         else:
             sims = np.full(n, -np.inf, dtype=np.float32)
             sims[docs] = vectors[docs] @ question
-        best, ranks = _top(docs, sims)
+        if candidates is None:  # no filter to stand on: a document barely like the question is no match
+            sims = np.where(sims >= SIMILARITY_FLOOR, sims, -np.inf)
+        best, ranks = _top(docs[np.isfinite(sims[docs])], sims)
         embedding_rank = dict(zip(best.tolist(), ranks.tolist(), strict=True))
         similarity = {int(d): float(sims[d]) for d in best}
         fused[best] += 1.0 / (RRF_K + ranks)
@@ -1125,12 +1133,13 @@ def find(
         images = index.images_of(int(doc))
         if allowed is not None:
             images = images[allowed[images]][:wanted]
+        images = images[:wanted]
         if len(images) == 0:
             continue
         picked_docs.append(np.full(len(images), doc))
         picked_scores.append(np.full(len(images), score))
-        positions.append(images[:wanted])
-        count += len(positions[-1])
+        positions.append(images)
+        count += len(images)
         if count >= wanted:
             break
     if not positions:

@@ -199,6 +199,10 @@ def test_precision_embeddings(home, capsys):
     with capsys.disabled():
         print("\n" + "; ".join(f"{m} P@5 {a:.3f} P@10 {b:.3f}" for m, (a, b) in scores.items()))
     assert scores["fusion"][0] >= 0.8
+    # a question in no language matches nothing, however the embeddings rank the documents
+    for question in ("zzzzqqq", "asdf qwer"):
+        assert find(con, question, 5, index=index, embedder=embedder).empty, question
+    assert len(find(con, "planetary nebula", 5, mode="embedding", index=index, embedder=embedder)) == 5
 
 
 def test_why_names_the_filters_and_the_words(con):
@@ -224,6 +228,14 @@ def test_groups_observations_targets_and_products(con):
     assert set(targets["target_name"]) == {"NGC-3132", "SMACS-0723"}
     products = find(con, "SMACS 0723 F090W", 10, by="products", embedder=None)
     assert len(products) == len(set(products["file_name"])) == 6
+
+
+def test_fewer_results_than_a_document_has_images(con):
+    """A document (a target's images in one filter, say) holds more images than asked for."""
+    for question in ("NGC 3132", "Southern Ring", "planetary nebula", "NGC 628 F444W", "SMACS 0723 F090W"):
+        for k in (1, 2):
+            found = find(con, question, k, embedder=None)
+            assert len(found) == k and list(found["rank"]) == list(range(1, k + 1)), question
 
 
 def test_nothing_found_and_bad_arguments(con):
