@@ -24,7 +24,7 @@ import functools
 import math
 import os
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -339,21 +339,42 @@ def _text(column: pa.ChunkedArray) -> pa.ChunkedArray:
         return pa.chunked_array([pa.array([None if v is None else str(v) for v in column.to_pylist()], pa.string())])
 
 
-def _as_text_where_types_differ(catalog: str, tables: list[pa.Table]) -> list[pa.Table]:
-    """The tables with every column they give different types, and the catalog does not declare, as
-    text: a column MAST added to its answers, null in one partition's rows and a number or a string
-    in another's, must not keep the whole table from being read."""
+_INTEGER_TYPES = frozenset({"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER"})
+_NUMBER_TYPES = _INTEGER_TYPES | {"FLOAT", "DOUBLE", "UBIGINT", "HUGEINT"}
+
+
+def common_type(kinds: Iterable[str]) -> str:
+    """The DuckDB type that holds values of all these types: BIGINT for integers, DOUBLE for
+    numbers, else VARCHAR (DECIMAL(p,s) counts as a number)."""
+    kinds = {"DOUBLE" if k.startswith("DECIMAL") else k for k in kinds}
+    if kinds <= _INTEGER_TYPES:
+        return "BIGINT"
+    return "DOUBLE" if kinds <= _NUMBER_TYPES else "VARCHAR"
+
+
+def _unified_where_types_differ(catalog: str, tables: list[pa.Table]) -> list[pa.Table]:
+    """The tables with every column they give different types, and the catalog does not declare, in
+    one type (``common_type``'s: a number where all are numbers, else text): a column MAST added to
+    its answers, a number in one partition's rows and text in another's, must not keep the whole
+    table from being read."""
     types: dict[str, set[pa.DataType]] = {}
     for t in tables:
         for f in t.schema:
             if not pa.types.is_null(f.type):
                 types.setdefault(f.name, set()).add(f.type)
     declared = SCHEMA_COLUMNS.get(catalog, set())
-    mixed = {name for name, kinds in types.items() if len(kinds) > 1 and name not in declared}
+    mixed = {name: kinds for name, kinds in types.items() if len(kinds) > 1 and name not in declared}
     out = []
     for t in tables:
-        for name in mixed & set(t.column_names):
-            t = t.set_column(t.schema.get_field_index(name), name, _text(t[name]))
+        for name in mixed.keys() & set(t.column_names):
+            kinds = mixed[name]
+            if all(pa.types.is_integer(k) for k in kinds):
+                column = t[name].cast(pa.int64())
+            elif all(pa.types.is_integer(k) or pa.types.is_floating(k) for k in kinds):
+                column = t[name].cast(pa.float64())
+            else:
+                column = _text(t[name])
+            t = t.set_column(t.schema.get_field_index(name), name, column)
         out.append(t)
     return out
 
@@ -365,7 +386,7 @@ def _labelled(catalog: str, tables: list[pa.Table], files: list[str], mtimes: li
     try:
         table = pa.concat_tables(tables, promote_options="permissive")
     except pa.ArrowException:
-        table = pa.concat_tables(_as_text_where_types_differ(catalog, tables), promote_options="permissive")
+        table = pa.concat_tables(_unified_where_types_differ(catalog, tables), promote_options="permissive")
     # Columns with no values in any of these files get a string type rather than DuckDB's NULL type.
     for i, field in enumerate(table.schema):
         if pa.types.is_null(field.type):
@@ -495,8 +516,10 @@ def _sync_table(
                         if column not in have:
                             con.execute(f"ALTER TABLE {raw} ADD COLUMN {_q(column)} {kind}")
                         elif kind != have[column] and "NULL" not in (kind, have[column]) and column not in declared:
-                            # read earlier as another type: text holds both
-                            con.execute(f"ALTER TABLE {raw} ALTER COLUMN {_q(column)} SET DATA TYPE VARCHAR")
+                            # read earlier as another type: one type holds both
+                            common = common_type((kind, have[column]))
+                            if common != have[column]:
+                                con.execute(f"ALTER TABLE {raw} ALTER COLUMN {_q(column)} SET DATA TYPE {common}")
                     con.execute(f"INSERT INTO {raw} BY NAME SELECT * FROM {view}")
             finally:
                 con.unregister(view)
@@ -611,9 +634,17 @@ def _attach_base(con: duckdb.DuckDBPyConnection, path: Path) -> bool:
         "WHERE database_name = ? AND schema_name = ? AND table_name = 'layout'",
         [_BASE, _INDEX],
     )
+    # raw image rows without ``fits_sha256``: published before images were keyed by it
+    unkeyed = _one(
+        con,
+        "SELECT count(*) = 1 AND count(*) FILTER (WHERE column_name = 'fits_sha256') = 0 FROM duckdb_columns() "
+        "WHERE database_name = ? AND schema_name = ? AND table_name = 'raw_images' AND column_name IN "
+        "('sha256', 'fits_sha256')",
+        [_BASE, _INDEX],
+    )
     # published before catalogs recorded their layout (an older set of columns), or from the home's
     # files in another place (a folder since moved): its rows' full locations would be wrong
-    if not found or _one(con, f"SELECT value FROM {_BASE}.{_INDEX}.layout WHERE key = 'prefix'") != _one(
+    if not found or unkeyed or _one(con, f"SELECT value FROM {_BASE}.{_INDEX}.layout WHERE key = 'prefix'") != _one(
         con, "SELECT value FROM _skyassets WHERE key = 'prefix'"
     ):
         con.execute(f"DETACH {_BASE}")
@@ -639,10 +670,10 @@ def _rebase(con: duckdb.DuckDBPyConnection, path: Path) -> None:
 
 
 def _aligned(con: duckdb.DuckDBPyConnection, source: str, like: str, exclude: Sequence[str] = (),
-             text: Sequence[str] = ()) -> str:
-    """A select list of ``source``'s columns, cast to the types ``like`` has for the same names (those
-    in ``text`` to text)."""
-    types = {**_columns(con, like), **dict.fromkeys(text, "VARCHAR")}
+             types: Mapping[str, str] | None = None) -> str:
+    """A select list of ``source``'s columns, cast to the types ``like`` has for the same names (or
+    to those ``types`` gives)."""
+    types = {**_columns(con, like), **(types or {})}
     return ", ".join(
         f"CAST({_q(c)} AS {types[c]}) AS {_q(c)}" if c in types and types[c] != kind else _q(c)
         for c, kind in _columns(con, source).items()
@@ -666,15 +697,18 @@ def _expose_over_base(con: duckdb.DuckDBPyConnection, table: str, names: set[str
     )
     fresh = raw in names and _one(con, f"SELECT count(*) FROM {raw}")
     base, now = _columns(con, f"{_BASE}.{table}"), _columns(con, raw) if fresh else {}
-    # undeclared columns read as another type since the publish: text on both sides, as a full read gives
-    text = sorted(c for c, kind in now.items() if c in base and kind != base[c] and "NULL" not in (kind, base[c])
-                  and c not in SCHEMA_COLUMNS.get(table, set()))
-    replace = f" REPLACE ({', '.join(f'CAST({_q(c)} AS VARCHAR) AS {_q(c)}' for c in text)})" if text else ""
+    # undeclared columns read as another type since the publish: one type on both sides, as a full read gives
+    unified = {c: common_type((kind, base[c])) for c, kind in now.items()
+               if c in base and kind != base[c] and "NULL" not in (kind, base[c])
+               and c not in SCHEMA_COLUMNS.get(table, set())}
+    recast = {c: t for c, t in unified.items() if t != base[c]}
+    replace = (f" REPLACE ({', '.join(f'CAST({_q(c)} AS {t}) AS {_q(c)}' for c, t in recast.items())})"
+               if recast else "")
     parts = [f"SELECT *{replace} FROM {_BASE}.{table}"]
     if stale:
         parts[0] += f" WHERE rowid NOT IN (SELECT rid FROM {drop})"
     if fresh:
-        parts.append(f"SELECT {_aligned(con, raw, f'{_BASE}.{table}', ('_file', '_mtime'), text)} FROM {raw}")
+        parts.append(f"SELECT {_aligned(con, raw, f'{_BASE}.{table}', ('_file', '_mtime'), unified)} FROM {raw}")
     con.execute(f"CREATE OR REPLACE VIEW {table} AS {' UNION ALL BY NAME '.join(parts)}")
 
 

@@ -90,7 +90,7 @@ def code_location_workspace(folder: Path, working_directory: str | None = None) 
         entry["working_directory"] = working_directory
     text = ("# Written by the skyassets command line: the code location its runs are made for.\n"
             + yaml.safe_dump({"load_from": [{"python_module": entry}]}))
-    target = folder / "workspace.yaml"
+    target = folder / "skyassets-workspace.yaml"  # a DAGSTER_HOME's own workspace.yaml is left as it is
     if not target.exists() or target.read_text() != text:
         target.write_text(text)
     return target

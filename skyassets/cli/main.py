@@ -405,24 +405,30 @@ def main(argv: list[str] | None = None) -> int:
     dev.add_argument("dagster_args", nargs=argparse.REMAINDER, help="passed on to `dagster dev`")
     dev.set_defaults(func=_dev)
     args = parser.parse_args(argv)
-    from skyassets.cli.launch import LaunchError
-
     try:
         return args.func(args)
     except CommandError as exc:
         print(f"skyassets {args.command}: {exc}", file=sys.stderr)
         return exc.status
-    except (SkyError, LaunchError) as exc:
+    except SkyError as exc:
         print(f"skyassets {args.command}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"\nskyassets {args.command}: interrupted; runs it had started were stopped "
-              "(they show as failed in the Dagster UI, and the next run takes up their work)", file=sys.stderr)
+        launched = "skyassets.cli.launch" in sys.modules  # the command had started runs of its own
+        print(f"\nskyassets {args.command}: interrupted"
+              + ("; runs it had started were stopped (they show as failed in the Dagster UI, and the next run "
+                 "takes up their work)" if launched else ""), file=sys.stderr)
         return 130
     except BrokenPipeError:
         # the reader went away (``| head``): the rest of the output has nowhere to go
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except Exception as exc:
+        launch = sys.modules.get("skyassets.cli.launch")  # imported by the commands that launch runs only
+        if launch is None or not isinstance(exc, launch.LaunchError):
+            raise
+        print(f"skyassets {args.command}: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

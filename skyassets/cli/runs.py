@@ -319,10 +319,10 @@ def ingest(
                   dict(zip(manifest.column("dataURI").to_pylist(), manifest.column("status").to_pylist(), strict=True)))
         stored = stored_paths.get(key, {})
         for file in landed:
-            # the manifest is this run's: a file it lists as catalogued is, whatever an older version's
-            # quarantine note said; one refused by cataloguing is listed as quarantined
+            # the manifest of a run that succeeded is this run's: a file it lists as catalogued is,
+            # whatever an older version's quarantine note said; one refused by cataloguing is listed as quarantined
             reason = quarantined.get(file.location) or quarantined.get(stored.get(file.location, ""))
-            if status.get(file.location) not in (None, "failed", "quarantined"):
+            if key not in failed_in and status.get(file.location) not in (None, "failed", "quarantined"):
                 report.catalogued.append(file.location)
             elif reason or status.get(file.location) == "quarantined":
                 report.quarantined[file.location] = reason or "refused while being catalogued (see the run's log)"

@@ -379,18 +379,22 @@ def test_a_column_the_schema_does_not_declare_may_change_type_between_partitions
     from skyassets.lake.home import Home
 
     home = Home(tmp_path)
-    home.tables.write("mast_products", pd.DataFrame([product_row("a", dataURL="mast:x", flag=True)]), partition="a")
+    home.tables.write("mast_products", pd.DataFrame([product_row("a", dataURL="mast:x", flag=True, n=1, x=2)]),
+                      partition="a")
     if later == "refresh":
         con = catalog.connect(tmp_path)
     elif later == "published":
         catalog.publish(tmp_path)
-    home.tables.write("mast_products", pd.DataFrame([product_row("b", dataURL=3, flag=5)]), partition="b")
+    home.tables.write("mast_products", pd.DataFrame([product_row("b", dataURL=3, flag=5, n=2.5, x=4)]),
+                      partition="b")
     if later == "refresh":
         assert catalog.refresh(con)
     else:
         con = catalog.connect(tmp_path)
-    rows = con.sql("SELECT obs_id, dataURL, flag, calib_level FROM products ORDER BY obs_id").fetchall()
-    assert rows == [("a", "mast:x", "true", 2), ("b", "3", "5", 2)]
+    rows = con.sql("SELECT obs_id, dataURL, flag, n, x, calib_level FROM products ORDER BY obs_id").fetchall()
+    # text where text and a number meet; numbers where numbers of two kinds meet, however they were read
+    assert rows == [("a", "mast:x", "true", 1.0, 1 * 2, 2), ("b", "3", "5", 2.5, 4, 2)]
+    assert con.sql("SELECT typeof(n), typeof(x) FROM products LIMIT 1").fetchall() == [("DOUBLE", "BIGINT")]
 
 
 def test_file_changed_in_place_shows_its_new_row_only(tmp_path):
@@ -527,6 +531,19 @@ def test_connect_from_the_published_catalog_applies_later_partitions(tmp_path):
     assert ids(catalog.search(con)) == set(a.sha256) | set(replaced.sha256) | set(c.sha256)
     pd.testing.assert_frame_equal(images_of(con), images_of(from_lake_alone(tmp_path)))
     assert catalog.refresh(con) is False
+
+
+def test_a_catalog_published_before_images_were_keyed_by_their_fits_bytes_is_read_again(tmp_path):
+    frame = image_rows(3, obs_id="obsA")
+    put(tmp_path, "image_metadata", frame, "obsA")
+    catalog.publish(tmp_path)
+    with duckdb.connect(str(tmp_path / catalog.CATALOG_FILE)) as published:  # as an older version wrote it
+        published.execute("ALTER TABLE lake_index.raw_images DROP COLUMN fits_sha256")
+    put(tmp_path, "image_quality", pd.DataFrame({"obs_id": "obsA", "sha256": frame.sha256, "hdu_index": 1,
+                                                 "fwhm_arcsec": 0.2}), "obsA")
+    con = catalog.connect(tmp_path, tables=["images", "quality"])
+    assert not on_base(con)
+    assert con.sql("SELECT count(*), min(s_resolution) FROM images").fetchall() == [(3, 0.2)]
 
 
 def test_connect_from_the_published_catalog_follows_a_file_changed_in_place(tmp_path):

@@ -69,9 +69,11 @@ def mast_observations(
     kept = len(observations) - len(result.observations)
     found = (f"{len(observations)} observations from {len(wl.entries)} watchlist entries "
              f"({result.proprietary} proprietary left out, {kept} kept from failed entries)")
-    materialized = context.instance.get_latest_materialization_event(context.asset_key) is not None
-    # a failed entry is materialised even so: its failure shows on the asset, with the rows kept
-    if materialized and not result.failed and lake.holds("mast_observations", observations):
+    last = context.instance.get_latest_materialization_event(context.asset_key)
+    last_failed = last is not None and getattr(last.asset_materialization.metadata.get("failed_entries"), "value", 0)
+    # a failed entry is materialised even so, and so is its recovery: the asset shows how its entries fared
+    if (last is not None and not last_failed and not result.failed
+            and lake.holds("mast_observations", observations)):
         context.log.info(f"{found}: the same as the last answers; nothing materialised, nothing downstream to redo")
         return
     path = lake.write("mast_observations", observations)

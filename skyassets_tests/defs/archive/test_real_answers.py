@@ -90,3 +90,9 @@ def test_an_archive_outage_keeps_the_observations_of_the_entries_it_failed(emu, 
         assert event.metadata["failed_entries"].value == 1
         assert event.metadata["kept_from_failed_entries"].value == len(set(ring["obs_id"]) - set(
             before[~before.index.isin(ring.index)]["obs_id"]))
+        # the entry answers again, with the same rows: its recovery is materialised, once
+        emu.faults.clear()
+        assert len(job.execute_in_process(instance=instance).get_asset_materialization_events()) == 1
+        recovered = instance.get_latest_materialization_event(AssetKey("mast_observations")).asset_materialization
+        assert recovered.metadata["failed_entries"].value == 0
+        assert not job.execute_in_process(instance=instance).get_asset_materialization_events()
