@@ -37,7 +37,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from skyassets.lake.home import Home
-from skyassets.lake.schemas import HOME_RELATIVE
+from skyassets.lake.schemas import home_relative_columns
 from skyassets.lake.tables import TABLES
 
 # catalog table -> lake table (a folder of partitions, or a single file), as the lake declares them
@@ -61,9 +61,7 @@ def absolute_column(column: str) -> str:
     return "abs_path" if column == "path" else f"{column}_abs_path"
 
 
-ABSOLUTE: dict[str, list[str]] = {
-    t.catalog: [f.name for f in t.schema if (f.metadata or {}).get(HOME_RELATIVE)] for t in TABLES.values()
-}
+ABSOLUTE: dict[str, list[str]] = {t.catalog: home_relative_columns(t.schema) for t in TABLES.values()}
 """Per catalog table, its home-relative path columns, each shown with its full location too."""
 
 # Columns that exist even before any file does, so notebooks and helpers can be written first.
@@ -352,6 +350,14 @@ def common_type(kinds: Iterable[str]) -> str:
     return "DOUBLE" if kinds <= _NUMBER_TYPES else "VARCHAR"
 
 
+def _retyped(table: str, now: dict[str, str], before: dict[str, str]) -> dict[str, str]:
+    """The undeclared columns of ``table`` that ``now`` gives another type than ``before`` (DuckDB
+    types by column), each with the one type that holds both (``common_type``)."""
+    declared = SCHEMA_COLUMNS.get(table, set())
+    return {c: common_type((kind, before[c])) for c, kind in now.items()
+            if c in before and kind != before[c] and "NULL" not in (kind, before[c]) and c not in declared}
+
+
 def _unified_where_types_differ(catalog: str, tables: list[pa.Table]) -> list[pa.Table]:
     """The tables with every column they give different types, and the catalog does not declare, in
     one type (``common_type``'s: a number where all are numbers, else text): a column MAST added to
@@ -510,16 +516,13 @@ def _sync_table(
                     names.add(raw)
                     empty = False
                 else:
-                    have = _columns(con, raw)
-                    declared = SCHEMA_COLUMNS.get(table, set())
-                    for column, kind in _columns(con, view).items():
+                    have, incoming = _columns(con, raw), _columns(con, view)
+                    for column, kind in incoming.items():
                         if column not in have:
                             con.execute(f"ALTER TABLE {raw} ADD COLUMN {_q(column)} {kind}")
-                        elif kind != have[column] and "NULL" not in (kind, have[column]) and column not in declared:
-                            # read earlier as another type: one type holds both
-                            common = common_type((kind, have[column]))
-                            if common != have[column]:
-                                con.execute(f"ALTER TABLE {raw} ALTER COLUMN {_q(column)} SET DATA TYPE {common}")
+                    for column, common in _retyped(table, incoming, have).items():  # read earlier as another type
+                        if common != have[column]:
+                            con.execute(f"ALTER TABLE {raw} ALTER COLUMN {_q(column)} SET DATA TYPE {common}")
                     con.execute(f"INSERT INTO {raw} BY NAME SELECT * FROM {view}")
             finally:
                 con.unregister(view)
@@ -698,9 +701,7 @@ def _expose_over_base(con: duckdb.DuckDBPyConnection, table: str, names: set[str
     fresh = raw in names and _one(con, f"SELECT count(*) FROM {raw}")
     base, now = _columns(con, f"{_BASE}.{table}"), _columns(con, raw) if fresh else {}
     # undeclared columns read as another type since the publish: one type on both sides, as a full read gives
-    unified = {c: common_type((kind, base[c])) for c, kind in now.items()
-               if c in base and kind != base[c] and "NULL" not in (kind, base[c])
-               and c not in SCHEMA_COLUMNS.get(table, set())}
+    unified = _retyped(table, now, base)
     recast = {c: t for c, t in unified.items() if t != base[c]}
     replace = (f" REPLACE ({', '.join(f'CAST({_q(c)} AS {t}) AS {_q(c)}' for c, t in recast.items())})"
                if recast else "")
@@ -744,7 +745,7 @@ def _expose_images_over_base(con: duckdb.DuckDBPyConnection, names: set[str]) ->
             changed.append(f"SELECT {quality} FROM {_BASE}.quality WHERE rowid IN (SELECT rid FROM _drop_quality)")
             measured.append(f"SELECT sha256 FROM {_BASE}.quality WHERE rowid IN (SELECT rid FROM _drop_quality)")
         # a compressed copy's quality row names its file's bytes, not its image: find its image's key
-        if measured and "fits_sha256" in _columns(con, base_raw):
+        if measured:
             changed.append(
                 f"SELECT _hkey, NULL::UBIGINT, NULL::BIGINT FROM {base_raw} WHERE fits_sha256 <> sha256 "
                 f"AND sha256 IN ({' UNION ALL '.join(measured)})"

@@ -22,15 +22,14 @@ from pathlib import Path
 import pandas as pd
 
 from skyassets.lake.home import Home
-from skyassets.lake.schemas import HOME_RELATIVE
+from skyassets.lake.schemas import home_relative_columns
 from skyassets.lake.tables import TABLES
 
 CHUNK = 8 << 20
 EXPORTABLE = ("files", "products")  # the home's folders an export may read from
 SUMS = "SHA256SUMS"  # `sha256sum -c SHA256SUMS` checks an export
 # Columns other than ``path`` that name a file of the home (a composite's PNG and TIFF cube).
-LOCATED = sorted({f.name for t in TABLES.values() for f in t.schema
-                  if (f.metadata or {}).get(HOME_RELATIVE) and f.name != "path"})
+LOCATED = sorted({c for t in TABLES.values() for c in home_relative_columns(t.schema)} - {"path"})
 
 
 class ExportError(ValueError):

@@ -1132,7 +1132,7 @@ def find(
     for doc, score in zip(ranked.docs, ranked.fused, strict=True):
         images = index.images_of(int(doc))
         if allowed is not None:
-            images = images[allowed[images]][:wanted]
+            images = images[allowed[images]]
         images = images[:wanted]
         if len(images) == 0:
             continue

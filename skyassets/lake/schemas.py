@@ -14,6 +14,11 @@ HOME_RELATIVE = b"home_relative"
 location beside it)."""
 
 
+def home_relative_columns(schema: pa.Schema) -> list[str]:
+    """The columns of ``schema`` that hold paths relative to the skyassets home."""
+    return [f.name for f in schema if (f.metadata or {}).get(HOME_RELATIVE)]
+
+
 def schema_field(name: str, typ: pa.DataType, unit: str | None, doc: str, *, home_relative: bool = False) -> pa.Field:
     """A column with its unit and description in the field metadata, and whether it is a path
     relative to the skyassets home. Public so that every table the project writes documents its
