@@ -84,6 +84,9 @@ def _ingest(args: argparse.Namespace) -> int:
               f"{len(report.failed)} failed, {len(report.refused)} refused")
         if report.unchanged:
             print(f"{report.unchanged} of them unchanged since an earlier ingest: not taken again")
+        for key, locations in report.left.items():
+            print(f"{counted(len(locations), 'files')} now name another observation than {key}: "
+                  f"{key} catalogued again without them")
         for what, files in (("quarantined", report.quarantined), ("failed", report.failed),
                             ("refused", report.refused)):
             for location, reason in list(files.items())[:20]:
@@ -96,7 +99,7 @@ def _ingest(args: argparse.Namespace) -> int:
         if args.catalog_only:
             print("quality, targets, products and catalog.duckdb follow when the daemon runs (skyassets dev)")
             return 0 if report.ok else 1
-        ready = [p for p in report.partitions if home.tables.exists("image_metadata", p)]
+        ready = [p for p in [*report.partitions, *report.left] if home.tables.exists("image_metadata", p)]
         run_config = {**QUIET, "resources": {"home": {"config": {"root": str(home.root)}}}}
         downstream = bring_up_to_date(launcher, home, ready, run_config)
     unusable = unusable_images(home, ready)

@@ -21,7 +21,13 @@ from skyassets.cli.launch import Submission
 from skyassets.cli.output import counted
 from skyassets.defs.tags import PARTITION, partition_range
 from skyassets.lake.home import Home
-from skyassets.landing.ingest import LANDING_COLLECTION, group_by_partition, local_files, record_landed
+from skyassets.landing.ingest import (
+    LANDING_COLLECTION,
+    group_by_partition,
+    local_files,
+    record_landed,
+    relocate_landed,
+)
 from skyassets.landing.zone import LandedFile
 
 # The command line prints its own summary; the full run logs stay in the instance for the UI.
@@ -174,6 +180,8 @@ class IngestReport:
     refused: dict[str, str] = field(default_factory=dict)  # never taken: links, devices, names not UTF-8
     unchanged: int = 0  # of the catalogued and quarantined: ingested before as they are, not run again
     partitions: list[str] = field(default_factory=list)
+    # partitions run again because files they held now name another observation: {partition: files}
+    left: dict[str, list[str]] = field(default_factory=dict)
     runs: int = 0
     failed_runs: list[str] = field(default_factory=list)
 
@@ -286,6 +294,9 @@ def ingest(
                 report.catalogued.append(file.location)
     for key, landed in groups.items():
         record_landed(home, key, landed)
+    # a file whose header now names another observation leaves the one that held it, which runs again
+    report.left = relocate_landed(home, groups)
+    groups.update({key: [] for key in report.left if key not in groups})
     if groups:
         instance.add_dynamic_partitions("observations", sorted(groups))
     run_config = {**QUIET, "resources": {"home": {"config": {"root": str(home.root)}}}}
@@ -349,8 +360,10 @@ def measure_quality(runner: Runner, home: Home, partitions: list[str], run_confi
     measured, print the flags; return (partitions measured, failed runs)."""
     instance = runner.instance
     # an observation whose every file was quarantined has no image to measure
+    # (one measured before, whose files have since left it, is measured again: its old scores go)
     partitions = [p for p in partitions if len(home.tables.read("image_metadata", p, columns=["obs_id"],
-                                                                  missing_ok=True))]
+                                                                  missing_ok=True))
+                  or home.tables.exists("image_quality", p)]
     todo = outdated(instance, "image_quality", "image_metadata", partitions)
     if len(todo) < len(partitions):
         print(f"\nImage quality of {counted(len(partitions) - len(todo), 'observations')} is up to date.")

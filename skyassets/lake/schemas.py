@@ -124,6 +124,10 @@ LANDING_SCHEMA = pa.schema([
     schema_field("signature", pa.string(), None, "size and mtime, or ETag: changes when the file does"),
     schema_field("filename", pa.string(), None, "name the copy is stored under (safe, unique in its partition)"),
 ])
+LANDING_INDEX_SCHEMA = pa.schema([
+    schema_field("location", pa.string(), None, "a landed file: a local path or an object key"),
+    schema_field("partition", pa.string(), None, "the observation (partition) whose landing record holds it now"),
+])
 
 # ------------------------------------------------------------------------------------ catalogue
 IMAGE_SCHEMA = pa.schema([

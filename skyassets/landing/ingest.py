@@ -16,9 +16,12 @@ import os
 import stat
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from skyassets.archive.download import (
     CORRUPT_SUFFIX,
@@ -196,6 +199,48 @@ def record_landed(home: Home, key: str, files: list[LandedFile]) -> str:
             }
         )
     return lake.write("landing", rows, partition=key)  # rows, not a frame: pandas costs more than the write
+
+
+def relocate_landed(home: Home, groups: Mapping[str, Sequence[LandedFile]]) -> dict[str, list[str]]:
+    """Take landed files out of the partitions that held them before, where their header now names
+    another observation (the owner rewrote OBS_ID): a location has one current version, as a file
+    changed within its partition replaces its row. Returns old partition -> locations taken out; the
+    caller runs those partitions again, so they stop cataloguing the old versions.
+
+    Call after :func:`record_landed` of ``groups``. The lake's ``landing_index`` (location ->
+    partition) says where each file is, so this reads one table rather than every partition's
+    record; a home without it has it built from the records once.
+    """
+    lake = home.tables
+    indexed = lake.exists("landing_index")
+    if indexed:
+        index = lake.read_arrow("landing_index")
+    else:  # every record as it is now, this call's included: a location may be in several
+        records = lake.read_partitions("landing", lake.partitions("landing"), columns=["location", "partition"])
+        index = pa.concat_tables([r.select(["location", "partition"]) for r in records.values()]
+                                 or [pa.table({"location": pa.array([], pa.string()),
+                                               "partition": pa.array([], pa.string())})])
+    now = [(landed.location, key) for key, files in groups.items() for landed in files]
+    mentioned = pc.is_in(index.column("location"), value_set=pa.array([location for location, _ in now], pa.string()))
+    before = index.filter(mentioned)
+    holders: dict[str, set[str]] = defaultdict(set)
+    for location, key in zip(before.column("location").to_pylist(), before.column("partition").to_pylist(),
+                             strict=True):
+        holders[location].add(key)
+    moved: dict[str, list[str]] = defaultdict(list)
+    for location, key in now:
+        for other in sorted(holders[location] - {key}):
+            moved[other].append(location)
+    for key, locations in moved.items():
+        if lake.exists("landing", key):
+            gone = set(locations)
+            record = lake.read_arrow("landing", key)
+            kept = [location not in gone for location in record.column("location").to_pylist()]
+            lake.write("landing", record.filter(kept), partition=key)
+    if not indexed or moved or any(holders[location] != {key} for location, key in now):
+        after = pa.table({"location": [location for location, _ in now], "partition": [key for _, key in now]})
+        lake.write("landing_index", pa.concat_tables([index.filter(pc.invert(mentioned)), after]))
+    return dict(moved)
 
 
 def landed_requests(home: Home, keys: Sequence[str]) -> dict[str, list[tuple[dict, FileRequest]]]:

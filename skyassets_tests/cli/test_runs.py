@@ -3,8 +3,10 @@ import shutil
 from pathlib import Path
 
 import pandas as pd
+from astropy.io import fits
 from dagster import DagsterRunStatus, instance_for_test
 
+from skyassets.catalog.db import connect
 from skyassets.cli.runs import ingest, latest_metadata, partition_batches
 from skyassets.lake.home import Home
 
@@ -99,6 +101,33 @@ def test_a_quarantined_file_once_repaired_is_catalogued_and_stays_so(emu, tmp_pa
         assert sorted(report.catalogued) == sorted([str(drop / good.name), str(broken)]), (attempt, report)
         assert not report.quarantined and report.ok, attempt
     assert report.unchanged == 2
+
+
+def test_a_file_rewritten_under_another_obs_id_is_catalogued_once_under_the_new_one(emu, tmp_path):
+    drop = tmp_path / "night"
+    drop.mkdir()
+    source = sorted(emu.sky.root.rglob("*_cal.fits"))[0]
+    landed = drop / source.name
+    shutil.copy(source, landed)
+    home = Home(tmp_path / "home")
+    with instance_for_test() as instance:
+        first = ingest([drop], home, instance)
+    [old_key] = first.partitions
+    with fits.open(landed) as hdul:  # the owner corrects the header's observation id
+        hdul[0].header["OBS_ID"] = "jw09999-o001_t001"
+        hdul.writeto(tmp_path / "corrected.fits", checksum=True)
+    os.replace(tmp_path / "corrected.fits", landed)
+    with instance_for_test() as instance:
+        second = ingest([drop], home, instance)
+    assert second.partitions == ["landed-jw09999-o001_t001"] and second.catalogued == [str(landed)]
+    assert second.left == {old_key: [str(landed)]} and second.runs == 1  # one run of both partitions
+    assert len(home.tables.read("image_metadata", old_key)) == 0
+    con = connect(home)
+    assert con.sql("SELECT DISTINCT obs_id FROM images").fetchall() == [("landed-jw09999-o001_t001",)]
+    assert con.sql("SELECT count(*) FROM files").fetchall() == [(1,)]
+    with instance_for_test() as instance:  # and it stays so
+        third = ingest([drop], home, instance)
+    assert (third.runs, third.unchanged, third.left) == (0, 1, {})
 
 
 def test_a_name_holding_a_colon_is_reported_quarantined_with_its_reason(emu, tmp_path):

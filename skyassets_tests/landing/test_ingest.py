@@ -17,6 +17,7 @@ from skyassets.landing.ingest import (
     landed_requests,
     local_files,
     record_landed,
+    relocate_landed,
 )
 from skyassets.landing.zone import LandedFile
 
@@ -139,3 +140,26 @@ def test_a_landed_file_that_fails_cataloguing_in_any_way_is_quarantined_with_its
     (after,) = quarantine_landed_failures(home, [failure])
     note = json.loads((home.quarantine / f"{Path(after.quarantined).name}.json").read_text())
     assert note["landed_location"] == "/data/night/junk.fits" and note["reason"].startswith("/data/night/junk.fits: ")
+
+
+def test_a_file_recorded_under_another_partition_leaves_the_one_that_held_it(tmp_path: Path) -> None:
+    home = Home(tmp_path / "home")
+    a, b = (LandedFile("local", f"/drop/{n}.fits", 10, "1", f"{n}.fits") for n in "ab")
+    # a home from before the index: its records are read once to build it
+    record_landed(home, "landed-one", [a, b])
+    moved_a = LandedFile("local", a.location, 12, "2", a.relative)
+    record_landed(home, "landed-two", [moved_a])
+    assert relocate_landed(home, {"landed-two": [moved_a]}) == {"landed-one": [a.location]}
+    assert home.tables.read("landing", "landed-one")["location"].tolist() == [b.location]
+    index = home.tables.read("landing_index").set_index("location")["partition"].to_dict()
+    assert index == {a.location: "landed-two", b.location: "landed-one"}
+    # the same file again in its partition, and a new one: nothing leaves; the new one is indexed
+    c = LandedFile("local", "/drop/c.fits", 10, "1", "c.fits")
+    record_landed(home, "landed-two", [moved_a, c])
+    assert relocate_landed(home, {"landed-two": [moved_a, c]}) == {}
+    index = home.tables.read("landing_index")
+    assert sorted(zip(index["location"], index["partition"], strict=True)) == [
+        (a.location, "landed-two"), (b.location, "landed-one"), (c.location, "landed-two")]
+    stamp = os.stat(home.tables.path("landing_index")).st_mtime_ns
+    assert relocate_landed(home, {"landed-two": [c]}) == {}
+    assert os.stat(home.tables.path("landing_index")).st_mtime_ns == stamp  # nothing new: not written again

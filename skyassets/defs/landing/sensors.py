@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 
 from dagster import (
     DefaultSensorStatus,
@@ -22,6 +23,11 @@ from skyassets.landing.zone import LandingZone, S3LandingZone, Tick
 KEY_SECONDS = 20.0
 
 
+def _version(items: Iterable[str]) -> str:
+    """A short digest of what a partition's run will read, for its run key."""
+    return hashlib.sha256("|".join(sorted(items)).encode()).hexdigest()[:16]
+
+
 def _landing_result(
     context: SensorEvaluationContext, home: HomeResource, zone: LandingZone | S3LandingZone, tick: Tick, client=None
 ) -> SensorResult:
@@ -33,7 +39,7 @@ def _landing_result(
     offered again by a later tick, as are the files whose headers the tick had no time left to read.
     """
     # imported here: it brings in the downloader (requests), which run processes seldom need
-    from skyassets.landing.ingest import group_within, record_landed
+    from skyassets.landing.ingest import group_within, record_landed, relocate_landed
 
     for relative, why in tick.skipped[:20]:  # said once per file, by the tick that first meets it
         context.log.warning(f"not taken from the landing zone: {relative}: {why}")
@@ -51,9 +57,15 @@ def _landing_result(
             zone.release(files)
             context.log.error(f"{key}: landing record not written, its {len(files)} files offered again later: {exc}")
             continue
-        versions[key] = hashlib.sha256(
-            "|".join(sorted(f"{f.location}:{f.signature}" for f in files)).encode()
-        ).hexdigest()[:16]
+        versions[key] = _version(f"{f.location}:{f.signature}" for f in files)
+    try:  # a file whose header now names another observation leaves the partition that held it
+        moved = relocate_landed(home.home, {key: groups[key] for key in versions})
+    except Exception as exc:  # the tick's files are recorded and go on; only the old versions stay catalogued
+        moved = {}
+        context.log.error(f"landing index not updated, files that changed observation stay in the old one too: {exc}")
+    for key, locations in moved.items():
+        context.log.info(f"{key}: {len(locations)} files now belong to another observation; run again without them")
+        versions.setdefault(key, _version(f"left:{location}" for location in locations))
     known = context.instance.get_dynamic_partitions(observations_partitions.name) if versions else []
     requests, added = batched_requests(
         known, versions, per_run=LANDED_PARTITIONS_PER_RUN, run_key_prefix="landed:"

@@ -289,3 +289,37 @@ def test_headers_that_take_the_ticks_time_leave_the_rest_for_the_next_tick(tmp_p
             covered += _covered(instance, result)
             assert len(_covered(instance, result)) <= 2
     assert sorted(covered) == ["landed-slow-a", "landed-slow-b", "landed-slow-c"]
+
+
+def test_a_file_whose_obs_id_changes_leaves_its_old_observation(tmp_path):
+    landing = tmp_path / "drop"
+    landing.mkdir()
+    moving, staying = landing / "moving_cal.fits", landing / "staying_cal.fits"
+    _image(moving, "jw01234-o001_t001")
+    _image(staying, "jw01234-o001_t001")
+    resources = _resources(tmp_path / "home", landing)
+    defs = Definitions(assets=[fits_files, image_metadata], jobs=[landing_job], resources=resources)
+    job = defs.resolve_job_def("landing_job")
+    lake = HomeResource(root=str(tmp_path / "home")).home.tables
+
+    def settle(cursor: str | None) -> SensorResult:
+        result = _tick(instance, resources, _tick(instance, resources, cursor).cursor)
+        for request in result.run_requests:
+            assert job.execute_in_process(instance=instance, partition_key=request.partition_key,
+                                          tags=request.tags).success
+        return result
+
+    with instance_for_test() as instance:
+        first = settle(None)
+        assert sorted(lake.read("image_metadata", "landed-jw01234-o001_t001")["file_name"]) == [
+            "moving_cal.fits", "staying_cal.fits"]
+        moving.unlink()
+        _image(moving, "jw01234-o002_t001")  # the owner rewrites the header: another observation
+        os.utime(moving, ns=(3_000_000_000_000_000_000,) * 2)
+        second = settle(first.cursor)
+        assert sorted(_covered(instance, second)) == ["landed-jw01234-o001_t001", "landed-jw01234-o002_t001"]
+    assert list(lake.read("image_metadata", "landed-jw01234-o001_t001")["file_name"]) == ["staying_cal.fits"]
+    assert list(lake.read("image_metadata", "landed-jw01234-o002_t001")["file_name"]) == ["moving_cal.fits"]
+    assert list(lake.read("landing", "landed-jw01234-o001_t001")["location"]) == [str(staying)]
+    index = lake.read("landing_index").set_index("location")["partition"].to_dict()
+    assert index == {str(moving): "landed-jw01234-o002_t001", str(staying): "landed-jw01234-o001_t001"}
