@@ -15,7 +15,7 @@ from pathlib import Path
 from dagster import DagsterInstance, build_sensor_context
 
 from skyassets.cli.launch import Launcher, Submission
-from skyassets.cli.output import counted
+from skyassets.cli.output import counted, one_line
 from skyassets.cli.runs import (
     QUIET,
     Runner,
@@ -28,6 +28,7 @@ from skyassets.cli.runs import (
     run_totals,
     text_progress,
 )
+from skyassets.defs.partitions import split_failed_run
 from skyassets.defs.tags import partition_range
 from skyassets.lake.home import Home
 
@@ -91,7 +92,7 @@ def _demo(runner: Runner, home: Home, dagster_home: Path) -> int:
           + (f"fetching {len(partitions)} in {counted(len(ranges), 'runs')}:" if ranges else "nothing to fetch."))
     submissions = [Submission("observation_job", partition_range(first, last), QUIET) for first, last in ranges]
     failed_runs: list[str] = []
-    totals = {"downloaded": 0, "skipped": 0, "verified": 0, "bytes": 0, "seconds": 0.0, "files": 0}
+    totals = {"downloaded": 0, "skipped": 0, "verified": 0, "bytes": 0, "seconds": 0.0, "files": 0, "runs": 0}
     lines: list[str] = []
 
     def finished(submission: Submission, run) -> None:
@@ -100,7 +101,8 @@ def _demo(runner: Runner, home: Home, dagster_home: Path) -> int:
         parts = run_materializations(instance, run.run_id, "fits_files") if run.is_success else []
         if not parts:
             failed_runs.append(run.run_id)
-            lines.append(f"  {what}: FAILED (run {run.run_id})")
+            why = "; ".join(failure_reasons(instance, run.run_id))
+            lines.append(f"  {what}: FAILED (run {run.run_id})" + (f": {one_line(why)}" if why else ""))
         else:
             files = run_totals(parts[0])  # the run's figures, on each partition
             count, size = sum(p["dagster/row_count"] for p in parts), sum(p["bytes_total"] for p in parts)
@@ -113,9 +115,20 @@ def _demo(runner: Runner, home: Home, dagster_home: Path) -> int:
                        if files["files_downloaded"] else "nothing fetched")
             lines.append(f"  {what}: {counted(count, 'files')} {size / 1e6:.1f} MB, "
                          f"{fetched}, {files['files_verified_checksum']} FITS checksums ok")
-        text_progress(len(lines), len(submissions), totals["files"], None)
+        totals["runs"] += 1
+        text_progress(totals["runs"], len(submissions), totals["files"], None)
 
     runner.run_all(submissions, at_once=DEMO_RUNS_AT_ONCE, on_finished=finished)
+    # a batch that failed for some of its observations only: those alone, the rest again (as failed_batch_sensor)
+    split = {run_id: split_failed_run(instance, instance.get_run_by_id(run_id)) for run_id in failed_runs}
+    again = [batch for batches in split.values() for batch in batches]
+    if again:
+        failed_runs[:] = [run_id for run_id in failed_runs if not split[run_id]]
+        lines.append(f"  tried again in {counted(len(again), 'runs')}, each failing observation alone:")
+        ranges += [(batch[0], batch[-1]) for batch in again]
+        retries = [Submission("observation_job", partition_range(b[0], b[-1]), QUIET) for b in again]
+        submissions += retries
+        runner.run_all(retries, at_once=DEMO_RUNS_AT_ONCE, on_finished=finished)
     if lines:
         print("\n".join(lines))
     speed = totals["bytes"] / totals["seconds"] / 1e6 if totals["seconds"] else 0.0

@@ -9,9 +9,19 @@ import hashlib
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 
-from dagster import AddDynamicPartitionsRequest, BackfillPolicy, BetaWarning, DynamicPartitionsDefinition, RunRequest
+from dagster import (
+    AddDynamicPartitionsRequest,
+    BackfillPolicy,
+    BetaWarning,
+    DagsterEventType,
+    DagsterInstance,
+    DagsterRun,
+    DynamicPartitionsDefinition,
+    MetadataValue,
+    RunRequest,
+)
 
-from skyassets.defs.tags import PARTITION_RANGE_END, PARTITION_RANGE_START, partition_range
+from skyassets.defs.tags import PARTITION, PARTITION_RANGE_END, PARTITION_RANGE_START, partition_range
 from skyassets.lake.names import validate_obs_id
 
 observations_partitions = DynamicPartitionsDefinition(name="observations")
@@ -83,3 +93,56 @@ def requested_partitions(request: RunRequest, partitions: Sequence[str]) -> list
         return []
     keys = list(partitions)
     return keys[keys.index(first): keys.index(last) + 1]
+
+
+# The metadata key under which a step that failed for some of its run's partitions names them.
+FAILED_PARTITIONS = "failed_partitions"
+
+
+def failed_partitions_metadata(failed: Iterable[str]) -> dict[str, MetadataValue]:
+    """What a step's ``Failure`` carries when only some of its run's partitions failed."""
+    return {FAILED_PARTITIONS: MetadataValue.json(sorted(set(failed)))}
+
+
+def run_partitions(instance: DagsterInstance, run: DagsterRun) -> list[str]:
+    """The observations a run covered: its partition, or every key of its range, in order."""
+    if run.tags.get(PARTITION):
+        return [run.tags[PARTITION]]
+    first, last = run.tags.get(PARTITION_RANGE_START), run.tags.get(PARTITION_RANGE_END)
+    keys = instance.get_dynamic_partitions(observations_partitions.name) if first and last else []
+    if first not in keys or last not in keys:
+        return []
+    return keys[keys.index(first): keys.index(last) + 1]
+
+
+def split_failed_run(instance: DagsterInstance, run: DagsterRun) -> list[list[str]]:
+    """The runs that try a failed batch again so that its bad observations fail alone.
+
+    Dagster marks every partition of a failed partition-range run failed; a step that failed for
+    some of them names them (:data:`FAILED_PARTITIONS`). Then each of those runs alone and the others
+    run again in the contiguous stretches between them (files already verified are not fetched
+    again). Nothing is split when the run had one partition, when no step named its failed ones, or
+    when they are all of them: the same try would fail the same way.
+    """
+    partitions = run_partitions(instance, run)
+    if len(partitions) < 2:
+        return []
+    failed: set[str] = set()
+    for record in instance.get_records_for_run(run.run_id, of_type=DagsterEventType.STEP_FAILURE).records:
+        data = getattr(record.event_log_entry.dagster_event.event_specific_data, "user_failure_data", None)
+        named = data.metadata.get(FAILED_PARTITIONS) if data is not None else None
+        if named is None:
+            return []  # a step failed for all of them, or did not say which
+        failed.update(named.value)
+    failed &= set(partitions)
+    if not failed or failed == set(partitions):
+        return []
+    batches: list[list[str]] = []
+    for key in partitions:
+        if key in failed:
+            batches.append([key])
+        elif batches and batches[-1][-1] not in failed:
+            batches[-1].append(key)
+        else:
+            batches.append([key])
+    return batches

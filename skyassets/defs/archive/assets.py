@@ -13,7 +13,11 @@ from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataV
 
 from skyassets.archive.watchlist import ProductSpec, Watchlist
 from skyassets.defs.metadata import column_schema, frame_metadata, partition_metadata, run_figures
-from skyassets.defs.partitions import observation_backfill_policy, observations_partitions
+from skyassets.defs.partitions import (
+    failed_partitions_metadata,
+    observation_backfill_policy,
+    observations_partitions,
+)
 from skyassets.defs.resources import (
     ArchiveResource,
     DownloaderResource,
@@ -131,6 +135,7 @@ def _bytes(frame: pd.DataFrame) -> dict[str, int]:
 def mast_products(
     context: AssetExecutionContext, home: HomeResource, watchlist: WatchlistResource, archive: ArchiveResource
 ) -> MaterializeResult:
+    from skyassets.archive.client import ArchiveError
     from skyassets.archive.query import list_products
 
     wl = watchlist.load()
@@ -138,19 +143,32 @@ def mast_products(
     download_url = archive.download_url(home.home)
     lake = home.home.tables
     observations = lake.read("mast_observations").set_index("obs_id")
-    frames = []
+    frames, failed = [], {}
     for obs_id in context.partition_keys:
-        row = _observation_row(observations, obs_id)
-        frame, refused = list_products(
-            client, row["obsid"], _product_spec(wl, row["watchlist_entry"]),
-            download_url=download_url, cloud=archive.cloud,
-        )
+        try:  # one observation's trouble (the archive failing its list) is its own: the others are listed
+            row = _observation_row(observations, obs_id)
+            frame, refused = list_products(
+                client, row["obsid"], _product_spec(wl, row["watchlist_entry"]),
+                download_url=download_url, cloud=archive.cloud,
+            )
+        except (ArchiveError, Failure) as err:
+            failed[obs_id] = getattr(err, "description", None) or str(err)
+            context.log.error(f"{obs_id}: no product list: {failed[obs_id]}")
+            continue
         for message in refused:
             context.log.error(f"{obs_id}: product refused: {message}")
         frame.insert(0, "partition", obs_id)
         lake.write("mast_products", frame, partition=obs_id)
         frames.append(frame)
         context.log.info(f"{obs_id}: {len(frame)} products, {int(frame['size'].sum()) if len(frame) else 0} bytes")
+    if failed:
+        why = "; ".join(f"{k}: {v}" for k, v in list(failed.items())[:5])
+        raise Failure(
+            f"no product list ({why})" if len(frames) + len(failed) == 1 else
+            f"{len(failed)} of {len(frames) + len(failed)} observations have no product list ({why}); the others "
+            "are listed, and failed_batch_sensor runs each failed one alone and the rest again",
+            metadata=failed_partitions_metadata(failed),
+        )
     products = pd.concat(frames, ignore_index=True)
     return MaterializeResult(
         metadata={
@@ -398,14 +416,18 @@ def fits_files(
     quarantined = _quarantine_bad_landed_files(root, requests, results)
     for message in quarantined:
         context.log.warning(message)
-    failed = [r for q, r in zip(requests, results, strict=True) if r.status == "failed" and q.local_path is None]
+    failed = [(o[0], r) for q, r, o in zip(requests, results, owner, strict=True)
+              if r.status == "failed" and q.local_path is None]
     if failed:
-        listed = "; ".join(str(r.error) for r in failed[:5])
+        listed = "; ".join(str(r.error) for _, r in failed[:5])
         more = f" and {len(failed) - 5} more" if len(failed) > 5 else ""
         raise Failure(
             f"{len(failed)} of {len(results)} files failed ({listed}{more}); "
             "verified files are kept and a retry resumes the rest",
-            metadata={"failed": MetadataValue.md("\n".join(f"- `{r.filename}`: {r.error}" for r in failed))},
+            metadata={
+                "failed": MetadataValue.md("\n".join(f"- `{r.filename}`: {r.error}" for _, r in failed)),
+                **failed_partitions_metadata(obs_id for obs_id, _ in failed),
+            },
         )
     stored, copied = _store_verified(root, results, origins)
     manifest = pd.DataFrame(

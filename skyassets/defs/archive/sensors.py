@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from dagster import (
     AssetKey,
     DefaultSensorStatus,
+    RunFailureSensorContext,
+    RunRequest,
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
+    run_failure_sensor,
     sensor,
 )
 
 from skyassets.defs.archive.jobs import observation_job
-from skyassets.defs.partitions import OBSERVATIONS_PER_RUN, batched_requests, observations_partitions
+from skyassets.defs.partitions import (
+    OBSERVATIONS_PER_RUN,
+    batched_requests,
+    observations_partitions,
+    split_failed_run,
+)
 from skyassets.defs.resources import HomeResource
+from skyassets.defs.tags import partition_range
 from skyassets.lake.names import InvalidNameError, validate_obs_id
 
 MAST_OBSERVATIONS = AssetKey("mast_observations")
@@ -63,3 +74,21 @@ def new_observations_sensor(context: SensorEvaluationContext, home: HomeResource
     # then the next tick reads it again, and finds the ones taken here among the known partitions.
     cursor = str(event.storage_id) if len(new) == len(taken) else context.cursor
     return SensorResult(run_requests=requests, dynamic_partitions_requests=added, cursor=cursor)
+
+
+@run_failure_sensor(
+    monitored_jobs=[observation_job],
+    request_job=observation_job,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="When a batch of observations failed for some of them only (the archive failing one's product "
+    "list, one's file that will not download), runs each of those alone and the rest again, so one bad "
+    "observation does not keep its batch from being catalogued.",
+)
+def failed_batch_sensor(context: RunFailureSensorContext) -> Iterator[RunRequest]:
+    run = context.dagster_run
+    for batch in split_failed_run(context.instance, run):
+        run_key = f"split:{run.run_id}:{batch[0]}..{batch[-1]}"
+        if len(batch) == 1:
+            yield RunRequest(run_key=run_key, partition_key=batch[0])
+        else:
+            yield RunRequest(run_key=run_key, tags=partition_range(batch[0], batch[-1]))

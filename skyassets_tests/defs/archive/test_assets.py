@@ -5,11 +5,19 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from dagster import AssetKey, DagsterInstance, Definitions, SkipReason, build_sensor_context, instance_for_test
+from dagster import (
+    AssetKey,
+    DagsterInstance,
+    Definitions,
+    SkipReason,
+    build_run_status_sensor_context,
+    build_sensor_context,
+    instance_for_test,
+)
 
 from skyassets.defs.archive.assets import fits_files, mast_observations, mast_products
 from skyassets.defs.archive.jobs import observation_job, watchlist_job
-from skyassets.defs.archive.sensors import new_observations_sensor
+from skyassets.defs.archive.sensors import failed_batch_sensor, new_observations_sensor
 from skyassets.defs.catalog.assets import image_metadata
 from skyassets.defs.partitions import requested_partitions
 from skyassets.defs.resources import (
@@ -19,6 +27,7 @@ from skyassets.defs.resources import (
     LandingResource,
     WatchlistResource,
 )
+from skyassets.defs.tags import partition_range
 
 
 def _defs(emu, home: Path, watchlist: str = "packaged:watchlist.yaml") -> Definitions:
@@ -130,6 +139,7 @@ def test_http_fallback_when_cloud_is_off_and_failure_keeps_verified_files(emu, t
         assert not run.success
         failure = next(e for e in run.all_events if e.is_step_failure)
         assert "_drz" in str(failure.event_specific_data.error) and "failed" in str(failure.event_specific_data.error)
+        assert failure.event_specific_data.user_failure_data.metadata["failed_partitions"].value == [obs_id]
         kept = [p for p in (home / "files" / "HST" / obs_id).glob("*.fits")]
         assert kept and not any("_drz" in p.name for p in kept)
         assert not (home / "lake" / "fits_files" / f"{obs_id}.parquet").exists()
@@ -141,3 +151,43 @@ def test_http_fallback_when_cloud_is_off_and_failure_keeps_verified_files(emu, t
         assert set(manifest[manifest["status"] == "downloaded"]["source"]) == {"http"}
         assert dict(manifest.groupby("status").size()) == {"downloaded": 1, "skipped": len(kept)}
         assert _downloads(emu) - before == 1
+
+
+def test_a_batch_that_fails_for_one_observation_runs_the_others_again_and_that_one_alone(emu, pipeline):
+    instance, defs, home = pipeline
+    assert defs.resolve_job_def("watchlist_job").execute_in_process(instance=instance).success
+    observations = pd.read_parquet(home / "lake" / "mast_observations.parquet")
+    first, bad, last = observations.sort_values("obs_id").head(3).to_dict("records")
+    instance.add_dynamic_partitions("observations", [first["obs_id"], bad["obs_id"], last["obs_id"]])
+    # the archive refuses that one observation's product list, every time
+    emu.faults.add("status", match=f'"obsid": "{bad["obsid"]}"', status=400, times=-1, endpoint="invoke")
+    job = defs.resolve_job_def("observation_job")
+    batch = job.execute_in_process(instance=instance, tags=partition_range(first["obs_id"], last["obs_id"]),
+                                   raise_on_error=False)
+    assert not batch.success
+    error = next(e for e in batch.all_events if e.is_step_failure).event_specific_data.error.message
+    assert f"1 of 3 observations have no product list ({bad['obs_id']}: " in error
+    # the others were listed all the same
+    assert sorted(p.stem for p in (home / "lake" / "mast_products").glob("*.parquet")) == sorted(
+        [first["obs_id"], last["obs_id"]])
+
+    failure = next(e for e in batch.all_events if e.event_type_value == "PIPELINE_FAILURE")
+    context = build_run_status_sensor_context(
+        "failed_batch_sensor", failure, instance, instance.get_run_by_id(batch.run_id)
+    ).for_run_failure()
+    requests = list(failed_batch_sensor(context))
+    assert [requested_partitions(r, instance.get_dynamic_partitions("observations")) for r in requests] == [
+        [first["obs_id"]], [bad["obs_id"]], [last["obs_id"]]]
+    outcome = {}
+    for request in requests:
+        run = job.execute_in_process(instance=instance, partition_key=request.partition_key, tags=request.tags,
+                                     raise_on_error=False)
+        outcome[request.partition_key] = run.success
+        # a run of one observation that fails is not split again
+        if not run.success:
+            failure = next(e for e in run.all_events if e.event_type_value == "PIPELINE_FAILURE")
+            again = build_run_status_sensor_context(
+                "failed_batch_sensor", failure, instance, instance.get_run_by_id(run.run_id)).for_run_failure()
+            assert list(failed_batch_sensor(again)) == []
+    assert outcome == {first["obs_id"]: True, bad["obs_id"]: False, last["obs_id"]: True}
+    assert instance.get_materialized_partitions(AssetKey("image_metadata")) == {first["obs_id"], last["obs_id"]}

@@ -1,0 +1,33 @@
+"""``skyassets demo`` against an archive that fails one observation of a batch."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.slow
+def test_an_observation_the_archive_fails_fails_alone_and_its_batch_is_catalogued(emu, tmp_path):
+    watchlist = tmp_path / "watchlist.yaml"
+    watchlist.write_text("entries:\n  - name: m74-field\n    coordinates: \"24.1739 15.7836\"\n    radius: 4 arcmin\n")
+    public = [o for o in emu.sky.observations if o.get("dataRights", "PUBLIC") == "PUBLIC"]
+    found = sorted((o for o in public if abs(o["s_ra"] - 24.1739) < 0.1), key=lambda o: o["obs_id"])
+    assert len(found) > 3  # more than one observation in the first batch, around the bad one
+    bad = found[1]
+    emu.faults.add("status", match=f'"obsid": "{bad["obsid"]}"', status=400, times=-1, endpoint="invoke")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SKYASSETS_", "DAGSTER_"))}
+    env.update(SKYASSETS_HOME=str(tmp_path / "home"), SKYASSETS_WATCHLIST=str(watchlist),
+               SKYASSETS_MAST_URL=emu.url, SKYASSETS_S3_ENDPOINT=emu.s3_endpoint, SKYASSETS_EMULATOR_IMAGE_SIZE="64")
+    done = subprocess.run([sys.executable, "-m", "skyassets.cli.main", "demo"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 1, done.stdout + done.stderr
+    out = done.stdout
+    assert "tried again in 3 runs, each failing observation alone:" in out, out
+    failed = [line for line in out.splitlines() if "FAILED" in line]
+    assert len(failed) == 2 and f"  {bad['obs_id']}: FAILED" in failed[1], out  # the batch, then it alone
+    assert failed[1].endswith(f"mast_products: no product list ({bad['obs_id']}: observation {bad['obsid']}: "
+                              "product list: HTTP 400 Bad Request from " + emu.url + "/api/v0/invoke)"), out
+    assert "1 failed run." in out, out
+    catalogued = {p.stem for p in (tmp_path / "home" / "lake" / "image_metadata").glob("*.parquet")}
+    assert catalogued == {o["obs_id"] for o in found} - {bad["obs_id"]}, out
