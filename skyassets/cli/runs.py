@@ -292,10 +292,10 @@ def ingest(
                 report.quarantined[file.location] = reason
             else:
                 report.catalogued.append(file.location)
-    for key, landed in groups.items():
-        record_landed(home, key, landed)
     # a file whose header now names another observation leaves the one that held it, which runs again
     report.left = relocate_landed(home, groups)
+    for key, landed in groups.items():
+        record_landed(home, key, landed)
     groups.update({key: [] for key in report.left if key not in groups})
     if groups:
         instance.add_dynamic_partitions("observations", sorted(groups))

@@ -207,15 +207,15 @@ def relocate_landed(home: Home, groups: Mapping[str, Sequence[LandedFile]]) -> d
     changed within its partition replaces its row. Returns old partition -> locations taken out; the
     caller runs those partitions again, so they stop cataloguing the old versions.
 
-    Call after :func:`record_landed` of ``groups``. The lake's ``landing_index`` (location ->
+    Call before :func:`record_landed` of ``groups``. The lake's ``landing_index`` (location ->
     partition) says where each file is, so this reads one table rather than every partition's
-    record; a home without it has it built from the records once.
+    record; a home without it has it built from the records once (a new home has none to read).
     """
     lake = home.tables
     indexed = lake.exists("landing_index")
     if indexed:
         index = lake.read_arrow("landing_index")
-    else:  # every record as it is now, this call's included: a location may be in several
+    else:  # every record as it is now: a location may be in several
         records = lake.read_partitions("landing", lake.partitions("landing"), columns=["location", "partition"])
         index = pa.concat_tables([r.select(["location", "partition"]) for r in records.values()]
                                  or [pa.table({"location": pa.array([], pa.string()),

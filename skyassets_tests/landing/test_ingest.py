@@ -148,15 +148,15 @@ def test_a_file_recorded_under_another_partition_leaves_the_one_that_held_it(tmp
     # a home from before the index: its records are read once to build it
     record_landed(home, "landed-one", [a, b])
     moved_a = LandedFile("local", a.location, 12, "2", a.relative)
-    record_landed(home, "landed-two", [moved_a])
     assert relocate_landed(home, {"landed-two": [moved_a]}) == {"landed-one": [a.location]}
+    record_landed(home, "landed-two", [moved_a])
     assert home.tables.read("landing", "landed-one")["location"].tolist() == [b.location]
     index = home.tables.read("landing_index").set_index("location")["partition"].to_dict()
     assert index == {a.location: "landed-two", b.location: "landed-one"}
     # the same file again in its partition, and a new one: nothing leaves; the new one is indexed
     c = LandedFile("local", "/drop/c.fits", 10, "1", "c.fits")
-    record_landed(home, "landed-two", [moved_a, c])
     assert relocate_landed(home, {"landed-two": [moved_a, c]}) == {}
+    record_landed(home, "landed-two", [moved_a, c])
     index = home.tables.read("landing_index")
     assert sorted(zip(index["location"], index["partition"], strict=True)) == [
         (a.location, "landed-two"), (b.location, "landed-one"), (c.location, "landed-two")]

@@ -49,6 +49,11 @@ def _landing_result(
     if later:
         zone.release(later)
         context.log.info(f"{len(later)} ready files left for the next tick: their headers took the tick's time")
+    try:  # a file whose header now names another observation leaves the partition that held it
+        moved = relocate_landed(home.home, groups)
+    except Exception as exc:  # the tick's files go on; only the old versions stay catalogued
+        moved = {}
+        context.log.error(f"landing index not updated, files that changed observation stay in the old one too: {exc}")
     versions = {}
     for key, files in groups.items():
         try:
@@ -58,11 +63,6 @@ def _landing_result(
             context.log.error(f"{key}: landing record not written, its {len(files)} files offered again later: {exc}")
             continue
         versions[key] = _version(f"{f.location}:{f.signature}" for f in files)
-    try:  # a file whose header now names another observation leaves the partition that held it
-        moved = relocate_landed(home.home, {key: groups[key] for key in versions})
-    except Exception as exc:  # the tick's files are recorded and go on; only the old versions stay catalogued
-        moved = {}
-        context.log.error(f"landing index not updated, files that changed observation stay in the old one too: {exc}")
     for key, locations in moved.items():
         context.log.info(f"{key}: {len(locations)} files now belong to another observation; run again without them")
         versions.setdefault(key, _version(f"left:{location}" for location in locations))
