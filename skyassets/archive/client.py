@@ -51,7 +51,12 @@ T = TypeVar("T")
 
 
 class ArchiveError(RuntimeError):
-    """An archive call failed for good: not transient, or still failing when the retry time ran out."""
+    """An archive call failed for good: not transient, or still failing when the retry time ran out
+    (``exhausted``: the service kept failing, so the next call to it would likely wait as long)."""
+
+    def __init__(self, message: str, *, exhausted: bool = False) -> None:
+        super().__init__(message)
+        self.exhausted = exhausted
 
 
 @dataclass(frozen=True)
@@ -190,7 +195,7 @@ def with_retries(
             if elapsed + delay > policy.total_seconds:
                 raise ArchiveError(
                     f"{what}: {reason} (gave up after {attempt} attempt{'s' if attempt > 1 else ''} "
-                    f"in {elapsed:.1f} s)"
+                    f"in {elapsed:.1f} s)", exhausted=True,
                 ) from exc
             sleep(delay)
 

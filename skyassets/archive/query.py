@@ -23,7 +23,14 @@ from astropy.time import Time
 from astroquery.exceptions import NoResultsWarning
 from astroquery.mast import ObservationsClass
 
-from skyassets.archive.client import ArchiveError, archive_settings, cone_search, token_grants, with_retries
+from skyassets.archive.client import (
+    ArchiveError,
+    ArchiveSettings,
+    archive_settings,
+    cone_search,
+    token_grants,
+    with_retries,
+)
 from skyassets.archive.watchlist import MINIMUM_RECOMMENDED, ProductSpec, Watchlist, WatchlistEntry
 from skyassets.lake.names import InvalidNameError, safe_filename, validate_obs_id
 
@@ -278,27 +285,77 @@ def select_products(products: Table, spec: ProductSpec) -> Table:
     return products[keep]
 
 
+@dataclass
+class CloudLookup:
+    """Whether products are looked up in the cloud: on unless switched off, and off for the rest of a
+    run once the lookup service kept failing past its retries (``down`` says why), as every other
+    observation would wait out the same retries for the same answer."""
+
+    enabled: bool = True
+    down: str = ""
+
+
+def _cloud_keys(
+    client: ObservationsClass, uris: list[str], what: str, lookup: CloudLookup, settings: ArchiveSettings
+) -> dict[str, str | None]:
+    """The S3 key of each of ``uris`` the cloud path lookup gives. A file the lookup cannot place
+    goes over HTTP, alone: when the answer for all of them cannot be taken (a product left out of
+    it), each is asked on its own."""
+
+    def ask(batch: list[str]) -> dict[str, str | None]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NoResultsWarning)
+            return with_retries(
+                lambda: client.get_cloud_uris(batch, include_bucket=False, return_uri_map=True, verbose=False),
+                f"{what}: cloud path lookup", settings.retry,
+            ) or {}
+
+    if not (lookup.enabled and uris):
+        return {}
+    try:
+        return ask(uris)
+    except ArchiveError as err:
+        if err.exhausted:
+            lookup.enabled, lookup.down = False, str(err)
+            log.warning("%s; every file goes over HTTP, and no more cloud lookups are asked in this run", err)
+            return {}
+        if len(uris) == 1:
+            log.warning("%s; the file goes over HTTP", err)
+            return {}
+    keys: dict[str, str | None] = {}
+    for uri in uris:
+        try:
+            keys.update(ask([uri]))
+        except ArchiveError as err:
+            log.warning("%s; %s goes over HTTP", err, uri)
+            if err.exhausted:
+                lookup.enabled, lookup.down = False, str(err)
+                break
+    return keys
+
+
 def list_products(
     client: ObservationsClass,
     obsid: str,
     spec: ProductSpec,
     *,
     download_url: str,
-    cloud: bool = True,
+    cloud: bool | CloudLookup = True,
+    name: str | None = None,
 ) -> tuple[pd.DataFrame, list[str]]:
     """The science products of one observation, with their S3 key (if any) and HTTP URL.
 
     Returns the table and the list of products refused because their file name is unsafe. A
     product listed twice (MAST repeats shared products) is kept once. Only public products are
-    looked up in the cloud (the bucket holds public data only); when the cloud path lookup fails,
-    every file goes over HTTP instead of the observation failing.
+    looked up in the cloud (the bucket holds public data only); a file the cloud path lookup cannot
+    place goes over HTTP instead of the observation failing (:func:`_cloud_keys`). ``name`` (the
+    obs_id) names the observation in errors, else its MAST ``obsid`` does.
     """
     settings = archive_settings(client)
+    what = name or f"observation {obsid}"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NoResultsWarning)
-        products = with_retries(
-            lambda: client.get_product_list(str(obsid)), f"observation {obsid}: product list", settings.retry
-        )
+        products = with_retries(lambda: client.get_product_list(str(obsid)), f"{what}: product list", settings.retry)
     products = select_products(products, spec)
     refused = []
     located = _text(products, "dataURI", upper=False) != ""
@@ -331,18 +388,8 @@ def list_products(
         uris = [str(u) for u in frame["dataURI"]]
         rights = [right for right, out in zip(rights, withheld, strict=True) if not out]
     public = [uri for uri, right in zip(uris, rights, strict=True) if right in ("", PUBLIC)]
-    keys: dict[str, str | None] = {}
-    if cloud and public:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", NoResultsWarning)
-                keys = with_retries(
-                    lambda: client.get_cloud_uris(public, include_bucket=False, return_uri_map=True, verbose=False),
-                    f"observation {obsid}: cloud path lookup",
-                    settings.retry,
-                ) or {}
-        except ArchiveError as err:
-            log.warning("%s; its files are downloaded over HTTP", err)
+    lookup = cloud if isinstance(cloud, CloudLookup) else CloudLookup(cloud)
+    keys = _cloud_keys(client, public, what, lookup, settings)
     frame["s3_key"] = [keys.get(uri) for uri in uris]
     frame["http_url"] = [f"{download_url}?uri={quote(uri, safe=':/')}" for uri in uris]
     return frame.sort_values("productFilename", kind="stable").reset_index(drop=True), refused

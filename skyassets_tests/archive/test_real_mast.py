@@ -17,7 +17,7 @@ from astroquery.mast.discovery_portal import _json_to_table
 
 from skyassets.archive.client import ArchiveError, RetryPolicy, archive_settings, observations_client, with_retries
 from skyassets.archive.download import DownloadConfig, FileRequest, download_files
-from skyassets.archive.query import list_products, merge_filter_rows, query_watchlist, select_products
+from skyassets.archive.query import CloudLookup, list_products, merge_filter_rows, query_watchlist, select_products
 from skyassets.archive.watchlist import ProductSpec, load_watchlist, parse_watchlist
 
 RECORDED = Path(astroquery.mast.__file__).parent / "tests" / "data"
@@ -284,14 +284,26 @@ def test_the_whole_real_archive_shape(emu, tmp_path) -> None:
 @pytest.mark.parametrize("fault", [dict(kind="status", status=500), dict(kind="omit", match="_flt")])
 def test_a_failing_cloud_lookup_sends_files_over_http(emu, fault, tmp_path) -> None:
     obs = next(o for o in emu.sky.observations if o["obs_id"] == "j8pu01010")
-    emu.faults.add(fault.pop("kind"), endpoint="path_lookup", times=-1, retry_after=0, **fault)
+    kind = fault.pop("kind")
+    emu.faults.add(kind, endpoint="path_lookup", times=-1, retry_after=0, **fault)
     download_url = emu.url + "/api/v0.1/Download/file"
-    frame, refused = list_products(_client(emu), obs["obsid"], ProductSpec(), download_url=download_url)
-    assert len(frame) == 5 and not refused
-    assert frame["s3_key"].isna().all() and frame["http_url"].notna().all()
+    lookup = CloudLookup()
+    frame, refused = list_products(_client(emu), obs["obsid"], ProductSpec(), download_url=download_url,
+                                   cloud=lookup)
+    assert len(frame) == 5 and not refused and frame["http_url"].notna().all()
+    placed = frame.set_index("productFilename")["s3_key"].notna()
+    if kind == "omit":  # only the files the lookup left out go over HTTP; the others stay in the cloud
+        assert {n for n, p in placed.items() if not p} == {n for n in placed.index if "_flt" in n} != set()
+        assert placed.any() and lookup.enabled
+    else:  # the service kept failing: every file over HTTP, and the lookup is not asked again this run
+        assert not placed.any() and not lookup.enabled and "gave up after" in lookup.down
+        before = sum("path_lookup" in r["path"] for r in emu.requests)
+        list_products(_client(emu), obs["obsid"], ProductSpec(), download_url=download_url, cloud=lookup)
+        assert sum("path_lookup" in r["path"] for r in emu.requests) == before
     requests_ = [FileRequest(r.productFilename, tmp_path, r.http_url, r.s3_key, int(r.size))
                  for r in frame.itertuples()]
-    assert {r.source for r in download_files(requests_, DownloadConfig(s3_endpoint=emu.s3_endpoint))} == {"http"}
+    sources = {r.filename: r.source for r in download_files(requests_, DownloadConfig(s3_endpoint=emu.s3_endpoint))}
+    assert {n for n, source in sources.items() if source == "http"} == {n for n, p in placed.items() if not p}
 
 
 # ---------------------------------------------------------------------------------- exclusive access

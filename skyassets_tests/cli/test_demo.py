@@ -26,8 +26,8 @@ def test_an_observation_the_archive_fails_fails_alone_and_its_batch_is_catalogue
     assert "tried again in 3 runs, each failing observation alone:" in out, out
     failed = [line for line in out.splitlines() if "FAILED" in line]
     assert len(failed) == 2 and f"  {bad['obs_id']}: FAILED" in failed[1], out  # the batch, then it alone
-    assert failed[1].endswith(f"mast_products: no product list ({bad['obs_id']}: observation {bad['obsid']}: "
-                              "product list: HTTP 400 Bad Request from " + emu.url + "/api/v0/invoke)"), out
+    assert failed[1].endswith(f"mast_products: no product list ({bad['obs_id']}: product list: "
+                              f"HTTP 400 Bad Request from {emu.url}/api/v0/invoke)"), out
     assert "1 failed run." in out, out
     catalogued = {p.stem for p in (tmp_path / "home" / "lake" / "image_metadata").glob("*.parquet")}
     assert catalogued == {o["obs_id"] for o in found} - {bad["obs_id"]}, out

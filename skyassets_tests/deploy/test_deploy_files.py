@@ -70,7 +70,11 @@ def test_instance_settings_name_installed_classes_with_their_options():
     """What dagster.yaml names imports and takes the options set. Dagster itself loads the file
     (``DagsterInstance.from_config``) against a real PostgreSQL and S3 in skyassets_tests/e2e/test_postgres.py."""
     settings = load("dagster.yaml")
-    assert set(settings) == {"storage", "compute_logs", "concurrency", "run_monitoring", "telemetry"}
+    assert set(settings) == {"storage", "compute_logs", "concurrency", "run_monitoring", "python_logs", "telemetry"}
+    # one machine's settings log the same way
+    packaged = yaml.safe_load((ROOT / "skyassets" / "dagster.yaml").read_text())
+    assert settings["python_logs"] == packaged["python_logs"] == {
+        "managed_python_loggers": ["skyassets"], "python_log_level": "WARNING"}
     (kind,) = settings["storage"]
     assert kind == "postgres"
     storage = importlib.import_module("dagster_postgres").DagsterPostgresStorage  # what `storage: postgres` loads

@@ -136,7 +136,7 @@ def mast_products(
     context: AssetExecutionContext, home: HomeResource, watchlist: WatchlistResource, archive: ArchiveResource
 ) -> MaterializeResult:
     from skyassets.archive.client import ArchiveError
-    from skyassets.archive.query import list_products
+    from skyassets.archive.query import CloudLookup, list_products
 
     wl = watchlist.load()
     client = archive.client(home.home)
@@ -144,16 +144,17 @@ def mast_products(
     lake = home.home.tables
     observations = lake.read("mast_observations").set_index("obs_id")
     frames, failed = [], {}
+    cloud = CloudLookup(archive.cloud)  # one for the run: a lookup service that is down is not asked again
     for obs_id in context.partition_keys:
         try:  # one observation's trouble (the archive failing its list) is its own: the others are listed
             row = _observation_row(observations, obs_id)
             frame, refused = list_products(
                 client, row["obsid"], _product_spec(wl, row["watchlist_entry"]),
-                download_url=download_url, cloud=archive.cloud,
+                download_url=download_url, cloud=cloud, name=obs_id,
             )
         except (ArchiveError, Failure) as err:
             failed[obs_id] = getattr(err, "description", None) or str(err)
-            context.log.error(f"{obs_id}: no product list: {failed[obs_id]}")
+            context.log.error(f"no product list: {failed[obs_id]}")
             continue
         for message in refused:
             context.log.error(f"{obs_id}: product refused: {message}")
@@ -161,8 +162,10 @@ def mast_products(
         lake.write("mast_products", frame, partition=obs_id)
         frames.append(frame)
         context.log.info(f"{obs_id}: {len(frame)} products, {int(frame['size'].sum()) if len(frame) else 0} bytes")
+    if cloud.down:
+        context.log.warning(f"no cloud lookups after: {cloud.down}; the rest of the run's files go over HTTP")
     if failed:
-        why = "; ".join(f"{k}: {v}" for k, v in list(failed.items())[:5])
+        why = "; ".join(list(failed.values())[:5])  # each names its observation
         raise Failure(
             f"no product list ({why})" if len(frames) + len(failed) == 1 else
             f"{len(failed)} of {len(frames) + len(failed)} observations have no product list ({why}); the others "

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 from dagster import (
     AssetKey,
     DagsterInstance,
@@ -15,6 +16,7 @@ from dagster import (
     instance_for_test,
 )
 
+import skyassets
 from skyassets.defs.archive.assets import fits_files, mast_observations, mast_products
 from skyassets.defs.archive.jobs import observation_job, watchlist_job
 from skyassets.defs.archive.sensors import failed_batch_sensor, new_observations_sensor
@@ -191,3 +193,23 @@ def test_a_batch_that_fails_for_one_observation_runs_the_others_again_and_that_o
             assert list(failed_batch_sensor(again)) == []
     assert outcome == {first["obs_id"]: True, bad["obs_id"]: False, last["obs_id"]: True}
     assert instance.get_materialized_partitions(AssetKey("image_metadata")) == {first["obs_id"], last["obs_id"]}
+
+
+def test_a_cloud_lookup_given_up_is_said_in_the_runs_log_and_its_files_come_over_http(emu, tmp_path):
+    settings = yaml.safe_load((Path(skyassets.__file__).parent / "dagster.yaml").read_text())
+    home = tmp_path / "home"
+    defs = _defs(emu, home)
+    resources = dict(defs.resources)
+    resources["archive"] = ArchiveResource(url=emu.url, s3_endpoint=emu.s3_endpoint, retry_seconds=1.0)
+    defs = Definitions(assets=defs.assets, jobs=defs.jobs, resources=resources)
+    with instance_for_test(overrides={"python_logs": settings["python_logs"]}) as instance:
+        assert defs.resolve_job_def("watchlist_job").execute_in_process(instance=instance).success
+        obs_id = next(o["obs_id"] for o in emu.sky.observations if o["obs_collection"] == "HST")
+        instance.add_dynamic_partitions("observations", [obs_id])
+        emu.faults.add("status", endpoint="path_lookup", status=503, times=-1, retry_after=0)
+        run = defs.resolve_job_def("observation_job").execute_in_process(instance=instance, partition_key=obs_id)
+        messages = [r.event_log_entry.user_message for r in instance.get_records_for_run(run.run_id).records]
+    assert any(m.startswith(f"{obs_id}: cloud path lookup: HTTP 503") and "no more cloud lookups" in m
+               for m in messages), messages
+    manifest = pd.read_parquet(home / "lake" / "fits_files" / f"{obs_id}.parquet")
+    assert set(manifest["source"]) == {"http"}
