@@ -49,27 +49,19 @@ def partition_key(file: LandedFile | str | Path, *, client: Any = None) -> str:
     After the prefix: the observation id from the header (``HEADER_ID_KEYWORDS`` in order, in the primary header or,
     when the primary holds no data as in a tile-compressed ``.fz``, the first extension's header)
     when one is a valid key. Otherwise the file's stem made safe, ``-`` and 8 hex digits of the
-    SHA-256 of location, size and signature: hashing the bytes of large files would cost more
-    than a sensor tick may take, and a file changed in place then gets a new key. Files that are
-    not FITS or cannot be read get the second form too. ``client`` (boto3) reads ``s3://`` files.
+    SHA-256 of its location: a file changed in place keeps its partition, where its new version
+    replaces the old, as a file keyed by its header's id does (hashing the bytes of large files
+    would also cost more than a sensor tick may take). Files that are not FITS or cannot be read
+    get the second form too. ``client`` (boto3) reads ``s3://`` files.
     """
-    if isinstance(file, LandedFile):
-        location, size, signature = file.location, file.size, file.signature
-    else:
-        location, size, signature = str(file), None, None
+    location = file.location if isinstance(file, LandedFile) else str(file)
     if location.startswith("s3://"):
-        header_id, size, signature = _s3_header_id(location, client, size, signature)
+        header_id = _s3_header_id(location, client)
     else:
         header_id = _local_header_id(location)
-        if size is None:
-            try:
-                st = os.stat(location)
-                size, signature = st.st_size, str(st.st_mtime_ns)
-            except OSError:
-                pass
     if header_id is not None:
         return LANDED_PREFIX + header_id
-    digest = hashlib.sha256(f"{location}\0{size}\0{signature}".encode("utf-8", "surrogateescape"))
+    digest = hashlib.sha256(location.encode("utf-8", "surrogateescape"))
     return validate_obs_id(f"{LANDED_PREFIX}{_safe_stem(location)}-{digest.hexdigest()[:8]}")
 
 
@@ -176,28 +168,21 @@ def _local_header_id(path: str) -> str | None:
                 return _astropy_header_id(io.BytesIO(first))
 
 
-def _s3_header_id(
-    location: str, client: Any, size: int | None, signature: str | None
-) -> tuple[str | None, int | None, str | None]:
-    """Header id from the first ``S3_HEADER_BYTES`` of the object, and its size and ETag."""
+def _s3_header_id(location: str, client: Any) -> str | None:
+    """Header id from the first ``S3_HEADER_BYTES`` of the object."""
     if client is None:
         raise ValueError(f"partition_key of {location} needs an S3 client")
     bucket, _, key = location[len("s3://"):].partition("/")
     try:
-        response = client.get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{S3_HEADER_BYTES - 1}")
-        head = response["Body"].read()
+        head = client.get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{S3_HEADER_BYTES - 1}")["Body"].read()
     except Exception:  # missing or unreadable object: the catalogue step reports it
-        return None, size, signature
-    if size is None:
-        total = str(response.get("ContentRange", "")).rpartition("/")[2]
-        size = int(total) if total.isdigit() else response.get("ContentLength")
-        signature = str(response.get("ETag", "")).strip('"')
+        return None
     if head[:2] == b"\x1f\x8b":
         try:
             head = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(head, 4 * S3_HEADER_BYTES)
         except zlib.error:
-            return None, size, signature
+            return None
     try:
-        return _plain_header_id(io.BytesIO(head), len(head)), size, signature
+        return _plain_header_id(io.BytesIO(head), len(head))
     except Exception:  # not FITS, or a header longer than the bytes read, or odd
-        return _astropy_header_id(io.BytesIO(head)), size, signature
+        return _astropy_header_id(io.BytesIO(head))

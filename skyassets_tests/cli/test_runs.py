@@ -130,6 +130,27 @@ def test_a_file_rewritten_under_another_obs_id_is_catalogued_once_under_the_new_
     assert (third.runs, third.unchanged, third.left) == (0, 1, {})
 
 
+def test_a_file_without_an_observation_id_changed_in_place_keeps_its_partition(emu, tmp_path):
+    drop = tmp_path / "night"
+    drop.mkdir()
+    landed = drop / "mycal.fits"
+    with fits.open(sorted(emu.sky.root.rglob("*_cal.fits"))[0]) as hdul:
+        for keyword in ("OBS_ID", "ROOTNAME", "ASN_ID", "OBSID"):
+            hdul[0].header.remove(keyword, ignore_missing=True)
+        hdul.writeto(landed, checksum=True)
+        hdul["SCI"].data[:8, :8] += 1.0  # the observer's edit
+        hdul.writeto(tmp_path / "edited.fits", checksum=True)
+    home = Home(tmp_path / "home")
+    with instance_for_test() as instance:
+        first = ingest([drop], home, instance)
+    os.replace(tmp_path / "edited.fits", landed)
+    os.utime(landed, ns=(4_000_000_000_000_000_000,) * 2)
+    with instance_for_test() as instance:
+        second = ingest([drop], home, instance)
+    assert second.partitions == first.partitions and second.runs == 1 and second.catalogued == [str(landed)]
+    assert connect(home).sql("SELECT obs_id, file_name FROM images").fetchall() == [(first.partitions[0], "mycal.fits")]
+
+
 def test_a_name_holding_a_colon_is_reported_quarantined_with_its_reason(emu, tmp_path):
     drop = tmp_path / "night"
     drop.mkdir()

@@ -106,14 +106,14 @@ def test_key_of_a_file_without_end_card_is_found_at_once(tmp_path: Path, monkeyp
     assert time.perf_counter() - start < 2
 
 
-def test_key_hash_follows_the_file_version(tmp_path: Path) -> None:
+def test_key_hash_follows_the_location_not_the_version(tmp_path: Path) -> None:
     path = _write(tmp_path / "v.fits", b"1" * 10, mtime_ns=10**18)
     first = partition_key(path)
+    _write(path, b"2" * 20, mtime_ns=2 * 10**18)  # changed in place: the same partition, its new version
     assert partition_key(path) == first
-    os.utime(path, ns=(2 * 10**18, 2 * 10**18))
-    assert partition_key(path) != first
-    landed = LandedFile("local", str(path), 10, str(2 * 10**18), "v.fits")
-    assert partition_key(landed) == partition_key(path)
+    landed = LandedFile("local", str(path), 20, str(2 * 10**18), "v.fits")
+    assert partition_key(landed) == first
+    assert partition_key(_write(tmp_path / "other" / "v.fits", b"1" * 10, mtime_ns=10**18)) != first
 
 
 @pytest.mark.slow
