@@ -95,7 +95,7 @@ def local_files(paths: Iterable[str | Path], refused: dict[str, str] | None = No
     cannot be recorded) is left out and, when ``refused`` is given, put there (printable path -> reason).
     """
     refused = {} if refused is None else refused
-    found = []
+    found, seen = [], set()
     for item in paths:
         try:
             root = Path(item).expanduser().resolve()
@@ -104,8 +104,9 @@ def local_files(paths: Iterable[str | Path], refused: dict[str, str] | None = No
             continue
         candidates = sorted(_below(root, refused)) if root.is_dir() else [root]
         for path in candidates:
-            if not path.name.lower().endswith(FITS_SUFFIXES) or path.name.startswith("."):
-                continue
+            if not path.name.lower().endswith(FITS_SUFFIXES) or path.name.startswith(".") or path in seen:
+                continue  # a file named twice (itself and its folder, or two spellings) is one file
+            seen.add(path)
             try:
                 str(path).encode("utf-8")
             except UnicodeEncodeError:

@@ -163,3 +163,9 @@ def test_a_file_recorded_under_another_partition_leaves_the_one_that_held_it(tmp
     stamp = os.stat(home.tables.path("landing_index")).st_mtime_ns
     assert relocate_landed(home, {"landed-two": [c]}) == {}
     assert os.stat(home.tables.path("landing_index")).st_mtime_ns == stamp  # nothing new: not written again
+
+
+def test_a_file_named_twice_is_one_file(tmp_path: Path) -> None:
+    path = _file(tmp_path / "night" / "a.fits")
+    named = [tmp_path / "night", path, f"{tmp_path}/night/../night/", str(path)]
+    assert [f.location for f in local_files(named)] == [str(path)]
