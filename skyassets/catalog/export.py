@@ -15,13 +15,13 @@ import os
 import stat
 import zipfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
 
-from skyassets.lake.home import Home
+from skyassets.lake.home import Home, StorageError
 from skyassets.lake.schemas import home_relative_columns
 from skyassets.lake.tables import TABLES
 
@@ -43,6 +43,8 @@ class Exported:
     dest: Path
     files: int
     bytes: int
+    # selected files no longer in the home, left out: path -> why
+    left_out: dict[str, str] = field(default_factory=dict)
 
 
 def _sources(selection: pd.DataFrame, home: Home) -> Iterator[tuple[str, Path]]:
@@ -53,6 +55,30 @@ def _sources(selection: pd.DataFrame, home: Home) -> Iterator[tuple[str, Path]]:
         if not any(source.is_relative_to(folder) for folder in allowed):
             raise ExportError(f"{path}: not a catalogued file or product of the skyassets home {home.root}")
         yield path, source
+
+
+def _present(
+    sources: list[tuple[str, Path]], selection: pd.DataFrame, home: Home, expected: dict[str, str]
+) -> tuple[list[tuple[str, Path]], dict[str, str]]:
+    """The sources whose file is in the home (on a store home, fetched into the working copy), and
+    the others with why, so an export either has every file it copies or never starts copying."""
+    status = ({p: s for p, s in zip(selection["path"], selection["status"], strict=True)}
+              if "status" in selection.columns else {})
+    present, missing = [], {}
+    for path, source in sources:
+        if home.remote and not source.is_file():
+            try:
+                home.local(path, expected.get(path))
+            except (StorageError, ValueError) as exc:
+                missing[path] = f"not in the store ({exc})"
+                continue
+        if source.is_file():
+            present.append((path, source))
+        elif status.get(path) == "quarantined":
+            missing[path] = "quarantined when it was catalogued (see the home's quarantine folder)"
+        else:
+            missing.setdefault(path, "no longer in the home (removed since it was catalogued)")
+    return present, missing
 
 
 def _check_dest(dest: Path, home: Home, *, as_zip: bool, force: bool) -> None:
@@ -174,6 +200,11 @@ def export_files(
         if not sources:  # an empty SHA256SUMS is one that sha256sum -c refuses
             raise ExportError(f"the query selected no files ({len(selection)} rows, none with a path); "
                               "nothing exported")
+        sources, left_out = _present(sources, selection, home, expected)
+        if not sources:
+            first, why = next(iter(left_out.items()))
+            raise ExportError(f"none of the {len(left_out)} selected files is in the home ({first}: {why}); "
+                              "nothing exported")
         if as_zip:
             dest.parent.mkdir(parents=True, exist_ok=True)
             tmp.unlink(missing_ok=True)  # a link left there is replaced, never written through
@@ -194,21 +225,29 @@ def export_files(
                 os.replace(tmp, dest)
             finally:
                 tmp.unlink(missing_ok=True)
-            return Exported(dest, len(rows), total)
+            return Exported(dest, len(rows), total, left_out)
 
         dest.mkdir(parents=True, exist_ok=True)
+        written: list[Path] = []
 
         def into_folder(name: str, handle: io.BufferedReader) -> tuple[str, int]:
+            written.append(dest / name)
             with _create(dest / name) as out:
                 return _copy(handle, out)
 
-        for path, source in sources:
-            add(path, source, into_folder)
-        sums, table = _manifests(rows)
-        for name, text in ((SUMS, sums), ("manifest.csv", table), ("README.md", _readme(home, query, len(rows)))):
-            with _create(dest / name) as out:
-                out.write(text.encode())
+        try:
+            for path, source in sources:
+                add(path, source, into_folder)
+            sums, table = _manifests(rows)
+            for name, text in ((SUMS, sums), ("manifest.csv", table), ("README.md", _readme(home, query, len(rows)))):
+                written.append(dest / name)
+                with _create(dest / name) as out:
+                    out.write(text.encode())
+        except BaseException:  # an export that stops leaves none of its files: no folder that looks complete
+            for done in written:
+                done.unlink(missing_ok=True)
+            raise
     except OSError as exc:
         where = dest if exc.filename in (None, str(tmp)) else exc.filename
         raise ExportError(f"{where}: cannot be written ({exc.strerror or exc})") from exc
-    return Exported(dest, len(rows), total)
+    return Exported(dest, len(rows), total, left_out)

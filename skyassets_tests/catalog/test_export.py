@@ -163,3 +163,28 @@ def test_a_selection_without_a_path_column_names_the_columns_it_has(tmp_path):
     with pytest.raises(ExportError, match="'path' column.*it returned: obs_id, sha256"):
         export_files(pd.DataFrame({"obs_id": ["a"], "sha256": ["0" * 64]}), home, tmp_path / "o", "q")
     assert not (tmp_path / "o").exists()
+
+
+def test_selected_files_no_longer_in_the_home_are_left_out_with_the_reason(tmp_path):
+    home, selection = _home_with_two_files(tmp_path)
+    gone = pd.DataFrame({"path": ["files/local/k/junk.fits", "files/JWST/c/removed.fits"],
+                         "sha256": [None, None], "status": ["quarantined", "downloaded"]})
+    selection = pd.concat([selection.assign(status="downloaded"), gone], ignore_index=True)
+    done = export_files(selection, home, tmp_path / "out", "SELECT * FROM files")
+    assert done.files == 2 and done.left_out == {
+        "files/local/k/junk.fits": "quarantined when it was catalogued (see the home's quarantine folder)",
+        "files/JWST/c/removed.fits": "no longer in the home (removed since it was catalogued)",
+    }
+    subprocess.run(["sha256sum", "-c", "--quiet", SUMS], cwd=done.dest, check=True)
+    with pytest.raises(ExportError, match=r"none of the 2 selected files is in the home .*nothing exported"):
+        export_files(gone, home, tmp_path / "none", "SELECT * FROM files")
+    assert not (tmp_path / "none").exists()
+
+
+def test_an_export_that_stops_part_way_leaves_none_of_its_files(tmp_path):
+    home, selection = _home_with_two_files(tmp_path)
+    selection.loc[1, "sha256"] = "0" * 64  # the second file differs from the catalogue: found after the first is copied
+    (tmp_path / "out").mkdir()
+    with pytest.raises(ExportError, match="differs from the catalogue"):
+        export_files(selection, home, tmp_path / "out", "SELECT * FROM images")
+    assert list((tmp_path / "out").iterdir()) == []

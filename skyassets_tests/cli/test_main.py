@@ -222,6 +222,9 @@ def test_ingest_of_a_missing_path_says_so_before_starting_anything(home, capsys,
 
 
 def test_export_destinations_that_cannot_be_are_one_line(home, capsys, tmp_path):
+    for path in home.tables.read("image_metadata", "jw01234-o002")["path"]:
+        (home.root / path).parent.mkdir(parents=True, exist_ok=True)
+        (home.root / path).write_bytes(b"fits")
     plain = tmp_path / "plain.txt"
     plain.write_text("mine")
     for sql, dest, said in (
@@ -234,6 +237,17 @@ def test_export_destinations_that_cannot_be_are_one_line(home, capsys, tmp_path)
         status, out, err = _run(capsys, "export", sql, str(dest))
         assert status == 2 and out == "" and err.count("\n") == 1 and said in err, err
     assert plain.read_text() == "mine"
+
+
+def test_an_export_missing_some_files_writes_the_rest_says_which_and_exits_1(home, capsys, tmp_path):
+    kept = home.root / "files" / "JWST" / "jw01234-o002" / "c.fits"
+    kept.parent.mkdir(parents=True)
+    kept.write_bytes(b"c")  # a, b.fits is not in the home
+    status, out, err = _run(capsys, "export", "SELECT path FROM images", str(tmp_path / "out"))
+    assert status == 1 and out.startswith("1 file (0.0 MB) exported to a folder")
+    assert err == ("  left out: files/JWST/jw01234-o001/a, b.fits: no longer in the home "
+                   "(removed since it was catalogued)\n")
+    assert (tmp_path / "out" / "c.fits").read_bytes() == b"c"
 
 
 def test_export_into_a_folder_in_use_needs_force_and_names_the_folder_whole(home, capsys, tmp_path, monkeypatch):
