@@ -772,6 +772,10 @@ def measure_image(path: str | Path, hdu_index: int, *, row: Mapping[str, Any] | 
         zp = _header_zp(header) if _missing(zp) else float(zp)
         scale = None if _missing(row.get("pixel_scale")) else float(row["pixel_scale"])
         measurement = measure_array(data, dq=dq, header=header, pixel_scale=scale, zp_ab=zp, wcs=wcs)
+        catalogued = row.get("wcs_problem")
+        if not _missing(catalogued) and catalogued:  # wcslib reads a zero CD matrix as none: trust the catalogue
+            problems = [p for p in (measurement.metrics["problem"], str(catalogued)) if p]
+            measurement.metrics.update(usable=False, problem="; ".join(problems))
         if measurement.metrics["problem"]:
             measurement.metrics["problem"] = f"{path.name}[{hdu_index}]: {measurement.metrics['problem']}"
     identity = {"obs_id": row.get("obs_id"), "sha256": row.get("sha256"), "hdu_index": hdu_index,

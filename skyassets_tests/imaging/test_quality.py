@@ -326,6 +326,18 @@ def test_an_image_without_wcs_is_measured_but_not_usable(tmp_path):
     assert scored.loc[0, "score"] == 0 and scored.loc[0, "flag"] == "reject"
 
 
+def test_an_image_whose_catalogued_wcs_is_broken_is_not_usable_though_wcslib_reads_one(tmp_path):
+    path = tmp_path / "zerocd.fits"
+    header = fits.Header({"CTYPE1": "RA---TAN", "CTYPE2": "DEC--TAN", "CRVAL1": 150.0, "CRVAL2": 2.0,
+                          "CRPIX1": 50.0, "CRPIX2": 50.0, "CD1_1": 0.0, "CD1_2": 0.0, "CD2_1": 0.0, "CD2_2": 0.0})
+    fits.PrimaryHDU(star_field(stars=60), header).writeto(path)
+    assert measure_image(path, 0).metrics["usable"]  # wcslib takes a zero CD matrix as absent: 1-degree pixels
+    problem = "CD matrix is singular (determinant 0): pixels have no sky position"
+    m = measure_image(path, 0, row={"wcs_problem": problem}).metrics
+    assert not m["usable"] and m["problem"] == f"zerocd.fits[0]: {problem}"
+    assert score(pd.DataFrame([m])).loc[0, "flag"] == "reject"
+
+
 def test_header_flags_and_an_odd_pixel_scale_cap_the_flag():
     image = star_field(stars=80)
     header = fits.Header({"TELESCOP": "HST", "INSTRUME": "ACS", "DETECTOR": "WFC", "EXPFLAG": "NORMAL",
