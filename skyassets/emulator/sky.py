@@ -945,7 +945,7 @@ class Sky:
         stamp = _mjd_to_isot(plan.obs["t_max"] + 0.5)
         hdu = fits.PrimaryHDU(sci)
         hdu.header.update(wcs.to_header(relax=True))
-        for key, value in (("TELESCOP", "GALEX"), ("INSTRUME", "GALEX"), ("BAND", 2), ("FILENAME", plan.filename),
+        for key, value in (("TELESCOP", "GALEX"), ("INSTRUME", "GALEX"), ("BAND", 1), ("FILENAME", plan.filename),
                            ("OBJECT", plan.obs["target_name"]), ("EXPTIME", plan.header["EXPTIME"]),
                            ("DATE-OBS", _mjd_to_isot(plan.obs["t_min"])), ("BUNIT", "counts/s")):
             hdu.header[key] = value

@@ -49,6 +49,8 @@ _UNSUPPORTED_MAGIC = (b"\x1f\x9d", b"PK\x03\x04")
 _AUXILIARY = {"ERR", "DQ", "WHT", "CTX", "CON", "VAR_POISSON", "VAR_RNOISE", "VAR_FLAT", "AREA",
               "D2IMARR", "WCSDVARR", "HDRTAB", "ASDF", "SAMP", "TIME", "WMAP", "ZODI"}
 _NOT_A_FILTER = {"", "OPEN", "NONE", "N/A", "EMPTY", "BLANK", "UNKNOWN"}
+# GALEX's BAND keyword: 1 = NUV, 2 = FUV (its files say the band by number, not by name)
+GALEX_BANDS = {1.0: "NUV", 2.0: "FUV"}
 _CALIB_SUFFIX = {"uncal": 1, "raw": 1, "rate": 2, "rateints": 2, "cal": 2, "calints": 2, "crf": 2,
                  "flt": 2, "flc": 2, "i2d": 3, "drz": 3, "drc": 3, "s2d": 3}
 
@@ -328,6 +330,9 @@ def _filters(k: HeaderKeys, instrument: str | None) -> tuple[list[str], str | No
         v = k.get(key)
         if isinstance(v, str) and _is_filter(v) and v not in names:
             names.append(v)
+    band = k.number("BAND")
+    if not names and (instrument or "").upper() == "GALEX" and band in GALEX_BANDS:  # GALEX numbers its band
+        names.append(GALEX_BANDS[band])
     pupil = k.text("PUPIL")
     if pupil and _is_filter(pupil) and bandpasses.lookup(instrument, pupil) and pupil not in names:
         names.append(pupil)

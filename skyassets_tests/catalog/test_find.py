@@ -68,7 +68,7 @@ QUESTIONS: list[tuple[str, str]] = [
     ("optical images", "filter IN ('F435W', 'F814W')"),
     ("near-infrared images of SMACS 0723", SMACS),
     ("NGC 628 in the reddest filter", f"{N628} AND filter = 'F444W'"),
-    ("bluest images of NGC 628", f"{N628} AND filter = 'F435W'"),
+    ("bluest images of NGC 628", f"{N628} AND filter = 'NUV'"),  # GALEX's near ultraviolet
     ("F814W", "filter = 'F814W'"),
     ("drizzled F435W", "filter = 'F435W' AND calib_level = 3"),
     ("calibrated exposures of SMACS 0723", f"{SMACS} AND calib_level = 2"),

@@ -549,3 +549,15 @@ def test_plain_files_are_not_opened_with_astropy(tmp_path, monkeypatch):
     expected = extract(path)
     monkeypatch.setattr(fits, "open", no_open)
     assert extract(path) == expected and expected[0]["s_region"]
+
+
+@pytest.mark.parametrize(("band", "name", "edges"), [(1, "NUV", (177.1, 283.1)), (2, "FUV", (134.4, 178.6))])
+def test_a_galex_image_is_catalogued_with_the_band_its_header_numbers(tmp_path, band, name, edges):
+    path = tmp_path / "galex-int.fits.gz"
+    hdu = fits.PrimaryHDU(np.ones((16, 16), np.float32), make_wcs(24.17, 15.78, 1.5, 0.0, 16, sip=False).to_header())
+    hdu.header.update({"TELESCOP": "GALEX", "INSTRUME": "GALEX", "BAND": band, "BUNIT": "counts/s"})
+    with gzip.open(path, "wb") as out:
+        hdu.writeto(out)
+    (row,) = fitsmeta.extract(path)
+    assert row["filter"] == name
+    assert (row["em_min"] * 1e9, row["em_max"] * 1e9) == pytest.approx(edges)
