@@ -348,5 +348,7 @@ def observations_client(
     if token:
         client._auth_obj.SESSION_INFO_URL = server + "/whoami"
         client._auth_obj.session.hooks["response"].append(_status_checked(client._auth_obj.SESSION_INFO_URL))
-        with_retries(lambda: client.login(token=token), "logging in to MAST with the token", retry)
+        # a token MAST refuses stops every query: said as such, for whoever set MAST_API_TOKEN
+        with_retries(lambda: client.login(token=token),
+                     "MAST refused the token (MAST_API_TOKEN; fix it, or unset it for public data only)", retry)
     return client

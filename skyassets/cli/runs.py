@@ -112,10 +112,13 @@ def failure_reasons(instance: DagsterInstance, run_id: str) -> list[str]:
     for record in instance.get_records_for_run(run_id, of_type=DagsterEventType.STEP_FAILURE).records:
         event = record.event_log_entry.dagster_event
         error = getattr(event.event_specific_data, "error", None)
+        while error is not None and error.cls_name == "DagsterExecutionStepExecutionError" and error.cause:
+            error = error.cause  # Dagster's wrapper says only where; the cause says why
         message = (error.message if error else "").strip().splitlines()
         line = message[0] if message else "failed"
-        if error and error.cls_name == "Failure":  # the step's own words: its class says nothing more
-            line = line.split(": ", 1)[-1]
+        named, said, rest = line.partition(": ")
+        if error and said and named.rsplit(".", 1)[-1] == error.cls_name:  # the class without its module
+            line = rest if error.cls_name == "Failure" else f"{error.cls_name}: {rest}"  # a Failure: its own words
         reasons.append(f"{event.step_key}: {line}")
     return reasons
 

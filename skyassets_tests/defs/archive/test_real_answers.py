@@ -82,6 +82,13 @@ def test_an_archive_outage_keeps_the_observations_of_the_entries_it_failed(emu, 
         assert reason.startswith("mast_observations: every watchlist entry failed") and "\n" not in reason
 
         emu.faults.clear()
+        wrong = {**defs.resources, "archive": ArchiveResource(url=emu.url, s3_endpoint=emu.s3_endpoint,
+                                                             retry_seconds=0.3, token="not-a-token")}
+        refused = Definitions(assets=[mast_observations], jobs=[watchlist_job], resources=wrong).resolve_job_def(
+            "watchlist_job").execute_in_process(instance=instance, raise_on_error=False)
+        (reason,) = failure_reasons(instance, refused.run_id)  # the cause, not Dagster's wrapper
+        assert reason.startswith("mast_observations: ArchiveError: MAST refused the token (MAST_API_TOKEN"), reason
+        assert "not-a-token" not in reason
         emu.faults.add("status", endpoint="resolver", match="NGC 3132", status=503, times=-1, retry_after=0)
         assert job.execute_in_process(instance=instance).success
         after = pd.read_parquet(table)
