@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import threading
 from pathlib import Path
 
 from skyassets.emulator import Emulator, SkySpec
+
+
+def _fault(text: str) -> dict:
+    """A ``--fault`` value: a JSON object of fault fields."""
+    try:
+        fields = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+    if not isinstance(fields, dict):
+        raise argparse.ArgumentTypeError("a JSON object of fault fields, e.g. {\"kind\": \"status\"}")
+    return fields
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -19,6 +31,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-s3", action="store_true", help="do not start the S3 server")
     parser.add_argument("--real-answers", action="store_true",
                         help="answer like the real MAST (nulls, per-filter rows, mixed ids, HLA/GALEX, duplicates)")
+    parser.add_argument("--grant", action="append", default=[], metavar="TOKEN[:PROPOSAL,...]",
+                        help="accept this MAST API token, for the exclusive-access data of the proposals named "
+                        "(all of them when none are); repeatable")
+    parser.add_argument("--fault", action="append", default=[], type=_fault, metavar="JSON",
+                        help='arm a fault, e.g. \'{"kind": "status", "endpoint": "any", "status": 503, "times": 20}\' '
+                        "(the fields of POST /_emulator/faults; README: The MAST emulator); repeatable")
     args = parser.parse_args(argv)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -26,6 +44,14 @@ def main(argv: list[str] | None = None) -> None:
                   port=args.port, s3_port=args.s3_port) as emu:
         if args.real_answers:
             emu.real_answers()
+        for grant in args.grant:
+            token, _, proposals = grant.partition(":")
+            emu.grant(token, *[p for p in proposals.split(",") if p])
+        for fields in args.fault:
+            try:
+                emu.faults.add(**fields)
+            except (TypeError, ValueError) as exc:
+                parser.error(f"--fault {json.dumps(fields)}: {exc}")
         print(f"MAST emulator: {emu.url}", flush=True)
         print(f"S3 endpoint:   {emu.s3_endpoint}", flush=True)
         print(f"sky files:     {emu.sky.root}", flush=True)
