@@ -1016,6 +1016,9 @@ class _Downloader:
         if job.total_size is not None and body.total is not None and body.total != job.total_size:
             expected = job.request.expected_size
             if expected is not None and body.total != expected:
+                if source == "local":  # a landed file written to after it was taken
+                    raise _Fatal(f"the file changed while it was being copied ({body.total} bytes now, {expected} "
+                                 "when it was taken); it is taken again once it stops changing")
                 raise _Fatal(f"server reports {body.total} bytes but the product list says {expected}")
             if body.ranged:
                 raise _Changed(f"a range answer reports {body.total} bytes but the object had {job.total_size}; "

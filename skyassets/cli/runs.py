@@ -23,6 +23,7 @@ from skyassets.defs.tags import PARTITION, partition_range
 from skyassets.lake.home import Home
 from skyassets.landing.ingest import (
     LANDING_COLLECTION,
+    NOT_COPIED,
     group_by_partition,
     local_files,
     record_landed,
@@ -319,9 +320,12 @@ def ingest(
             progress(done["runs"], len(submissions), done["files"], total_files)
 
     failed_in: dict[str, str] = {}
+    succeeded: list[str] = []
     for keys, run in zip(covered, runner.run_all(submissions, on_finished=finished), strict=True):
         report.runs += 1
-        if not run.is_success:
+        if run.is_success:
+            succeeded.append(run.run_id)
+        else:
             report.failed_runs.append(run.run_id)
             failed_in.update(dict.fromkeys(keys, run.run_id))
     quarantined = _quarantine_reasons(home, started - 1)
@@ -344,7 +348,23 @@ def ingest(
                 report.failed[file.location] = f"its run {failed_in[key]} failed (see it in the Dagster UI)"
             else:
                 report.failed[file.location] = "not copied (see the landing run's log in the Dagster UI)"
+    if report.failed and succeeded:  # why, in the words of the run that could not copy them
+        report.failed.update(_not_copied(instance, succeeded, list(report.failed)))
     return report
+
+
+def _not_copied(instance: DagsterInstance, run_ids: Sequence[str], locations: Sequence[str]) -> dict[str, str]:
+    """location -> why, for each of ``locations`` the runs' logs say they could not copy."""
+    said = {}
+    for run_id in run_ids:
+        for entry in instance.all_logs(run_id):
+            message = entry.user_message or ""
+            if entry.dagster_event is not None or not message.startswith(NOT_COPIED):
+                continue
+            rest = message[len(NOT_COPIED):]
+            said.update({loc: rest[len(loc) + 2:].removeprefix(loc.rsplit("/", 1)[-1] + ": ")  # named once
+                         for loc in locations if rest.startswith(f"{loc}: ")})
+    return said
 
 
 def text_progress(done: int, total: int, files_done: int | None = None, files: int | None = None) -> None:

@@ -42,6 +42,8 @@ if TYPE_CHECKING:
     from skyassets.fits.meta import Failure
 
 LANDING_COLLECTION = "local"
+# How a landing run's log says a landed file was not copied: this, its location, ": " and why.
+NOT_COPIED = "could not copy "
 
 
 def derived_names(name: str) -> list[str]:

@@ -7,7 +7,7 @@ from astropy.io import fits
 from dagster import DagsterRunStatus, instance_for_test
 
 from skyassets.catalog.db import connect
-from skyassets.cli.runs import ingest, latest_metadata, partition_batches
+from skyassets.cli.runs import InProcess, ingest, latest_metadata, partition_batches
 from skyassets.lake.home import Home
 
 
@@ -149,6 +149,24 @@ def test_a_file_without_an_observation_id_changed_in_place_keeps_its_partition(e
         second = ingest([drop], home, instance)
     assert second.partitions == first.partitions and second.runs == 1 and second.catalogued == [str(landed)]
     assert connect(home).sql("SELECT obs_id, file_name FROM images").fetchall() == [(first.partitions[0], "mycal.fits")]
+
+
+def test_a_file_written_to_after_it_was_taken_is_reported_failed_with_why(emu, tmp_path):
+    drop = tmp_path / "night"
+    drop.mkdir()
+    growing = drop / "growing: still.fits"
+    growing.write_bytes(sorted(emu.sky.root.rglob("*_cal.fits"))[0].read_bytes())
+
+    class GrowsBeforeItsCopy(InProcess):
+        def run_all(self, submissions, **kwargs):
+            with growing.open("ab") as out:  # the observer's program is still writing
+                out.write(b"\0" * 2880)
+            return super().run_all(submissions, **kwargs)
+
+    with instance_for_test() as instance:
+        report = ingest([drop], Home(tmp_path / "home"), GrowsBeforeItsCopy(instance))
+    assert not report.catalogued and list(report.failed) == [str(growing)]
+    assert report.failed[str(growing)].startswith("the file changed while it was being copied ("), report.failed
 
 
 def test_a_name_holding_a_colon_is_reported_quarantined_with_its_reason(emu, tmp_path):

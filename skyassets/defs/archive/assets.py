@@ -226,6 +226,7 @@ def _earlier_manifests(lake: Lake, obs_ids: list[str]) -> dict[tuple[str, str], 
 def _quarantine_bad_landed_files(root: Home, requests: "list[FileRequest]", results: "list[FileResult]") -> list[str]:
     """Landed files that are not valid FITS are quarantined with the reason and reported; the others go on."""
     from skyassets.fits.meta import quarantine
+    from skyassets.landing.ingest import NOT_COPIED
 
     messages = []
     for request, result in zip(requests, results, strict=True):
@@ -237,7 +238,7 @@ def _quarantine_bad_landed_files(root: Home, requests: "list[FileRequest]", resu
                                landed_location=str(request.local_path))
             messages.append(f"quarantined a copy of {request.local_path}: {result.error} (now {moved})")
         else:
-            messages.append(f"could not copy {request.local_path}: {result.error}")
+            messages.append(f"{NOT_COPIED}{request.local_path}: {result.error}")
     return messages
 
 
