@@ -6,7 +6,9 @@ import argparse
 import fcntl
 import os
 import shlex
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
@@ -114,6 +116,15 @@ def _ingest(args: argparse.Namespace) -> int:
         return 1
     print(f"catalog published: {home.root / 'catalog.duckdb'}")
     return 0 if report.ok and not unusable else 1
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the command is so that what it started (a webserver, runs) is stopped
+    on the way out, as on Ctrl-C."""
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise Terminated()
 
 
 class CommandError(Exception):
@@ -412,6 +423,8 @@ def main(argv: list[str] | None = None) -> int:
     dev.add_argument("dagster_args", nargs=argparse.REMAINDER, help="passed on to `dagster dev`")
     dev.set_defaults(func=_dev)
     args = parser.parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminated)  # `kill`, a service manager, a CI timeout: as Ctrl-C
     try:
         return args.func(args)
     except CommandError as exc:
@@ -420,12 +433,12 @@ def main(argv: list[str] | None = None) -> int:
     except SkyError as exc:
         print(f"skyassets {args.command}: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         launched = "skyassets.cli.launch" in sys.modules  # the command had started runs of its own
-        print(f"\nskyassets {args.command}: interrupted"
+        print(f"\nskyassets {args.command}: {'terminated' if isinstance(exc, Terminated) else 'interrupted'}"
               + ("; runs it had started were stopped (they show as failed in the Dagster UI, and the next run "
                  "takes up their work)" if launched else ""), file=sys.stderr)
-        return 130
+        return 143 if isinstance(exc, Terminated) else 130
     except BrokenPipeError:
         # the reader went away (``| head``): the rest of the output has nowhere to go
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -5,6 +5,8 @@ import io
 import json
 import os
 import shlex
+import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -344,3 +346,39 @@ def test_definitions_that_do_not_load_are_one_line_naming_the_cause(home, tmp_pa
     (line,) = capsys.readouterr().err.strip().splitlines()[-1:]
     assert line.startswith("skyassets ingest: the skyassets definitions failed to load: ValueError: "
                            "SKYASSETS_AUTOMATION_INTERVAL must be a whole number of seconds (at least 1), not 'soon'")
+
+
+@pytest.mark.slow
+def test_a_command_terminated_stops_the_webserver_and_runs_it_started(emu, tmp_path):
+    drop = tmp_path / "night"
+    drop.mkdir()
+    shutil.copy(sorted(emu.sky.root.rglob("*_cal.fits"))[0], drop)
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SKYASSETS_", "DAGSTER_"))}
+    env["SKYASSETS_HOME"] = str(home)
+    command = subprocess.Popen([sys.executable, "-m", "skyassets.cli.main", "ingest", str(drop)], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+
+    def started_here() -> list[str]:  # the processes whose command line names this home (webserver, code server)
+        found = []
+        for proc in Path("/proc").iterdir():
+            try:
+                line = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if proc.name.isdigit() and int(proc.name) != command.pid and str(home) in line:
+                found.append(line)
+        return found
+
+    deadline = time.monotonic() + 120
+    while not started_here() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert started_here(), "the command started no webserver"
+    time.sleep(3)
+    command.send_signal(signal.SIGTERM)
+    _, err = command.communicate(timeout=60)
+    assert command.returncode == 143 and "skyassets ingest: terminated" in err, err
+    deadline = time.monotonic() + 30
+    while started_here() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not started_here()
