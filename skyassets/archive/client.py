@@ -348,7 +348,13 @@ def observations_client(
     if token:
         client._auth_obj.SESSION_INFO_URL = server + "/whoami"
         client._auth_obj.session.hooks["response"].append(_status_checked(client._auth_obj.SESSION_INFO_URL))
-        # a token MAST refuses stops every query: said as such, for whoever set MAST_API_TOKEN
-        with_retries(lambda: client.login(token=token),
-                     "MAST refused the token (MAST_API_TOKEN; fix it, or unset it for public data only)", retry)
+        what = "logging in to MAST with the token (MAST_API_TOKEN)"
+        try:
+            with_retries(lambda: client.login(token=token), what, retry)
+        except ArchiveError as err:
+            if err.exhausted:  # the archive did not answer: nothing is said of the token
+                raise
+            # a token MAST refuses stops every query: said as such, for whoever set MAST_API_TOKEN
+            raise ArchiveError(str(err).replace(
+                what, "MAST refused the token (MAST_API_TOKEN; fix it, or unset it for public data only)", 1)) from err
     return client

@@ -1384,8 +1384,9 @@ class _Downloader:
             raise _Corrupt(f"size is {size} bytes, expected {expected}")
         check = job.digests.fits()
         job.fits = check.status
-        if check.status == "bad":
-            raise _Corrupt(f"FITS checksum mismatch: {check.message}")
+        if check.status == "bad":  # a sum that does not match, or a structure that does not hold
+            summed = "CHECKSUM" in check.message or "DATASUM" in check.message
+            raise _Corrupt(f"{'FITS checksum mismatch' if summed else 'not a valid FITS file'}: {check.message}")
         etag = _norm_etag(job.etag)
         if _plain_md5(etag):
             md5 = job.digests.md5()

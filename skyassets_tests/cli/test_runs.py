@@ -177,7 +177,7 @@ def test_a_name_holding_a_colon_is_reported_quarantined_with_its_reason(emu, tmp
     with instance_for_test() as instance:
         report = ingest([drop], Home(tmp_path / "home"), instance)
     assert list(report.quarantined) == [str(drop / "night: 3.fits")] and not report.failed
-    assert "checksum mismatch" in report.quarantined[str(drop / "night: 3.fits")]
+    assert "not a valid FITS file: " in report.quarantined[str(drop / "night: 3.fits")]  # cut short, not mis-summed
 
 
 def test_partition_batches_cover_only_the_keys_asked_for():
