@@ -1519,9 +1519,10 @@ class _Downloader:
                 if job.part.exists():
                     os.replace(job.part, corrupt)
                 job.reset()
-                errors.append(f"{exc} (bytes moved to {corrupt.name})")
-                if source == "local":
+                if source == "local":  # its caller quarantines the copy, and says where it went
+                    errors.append(str(exc))
                     break  # a local file reads the same every time: no point retrying
+                errors.append(f"{exc} (bytes moved to {corrupt.name})")
             except _Retry as exc:
                 errors.append(str(exc))
                 wait = exc.wait

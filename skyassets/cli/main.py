@@ -105,8 +105,11 @@ def _ingest(args: argparse.Namespace) -> int:
         run_config = {**QUIET, "resources": {"home": {"config": {"root": str(home.root)}}}}
         downstream = bring_up_to_date(launcher, home, ready, run_config)
     unusable = unusable_images(home, ready)
-    for image, reason in unusable.items():
+    for image, reason in list(unusable.items())[:20]:
         print(f"  not usable: {one_line(image)}: {one_line(reason)}", file=sys.stderr)
+    if len(unusable) > 20:
+        print(f"  ... and {len(unusable) - 20} more not usable (skyassets catalog \"SELECT * FROM quality "
+              "WHERE NOT usable\")", file=sys.stderr)
     if unusable:
         print(f"{counted(len(unusable), 'images')} catalogued but not usable: left out of targets and products",
               file=sys.stderr)

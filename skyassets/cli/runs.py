@@ -413,7 +413,8 @@ def measure_quality(runner: Runner, home: Home, partitions: list[str], run_confi
         print("  flags: " + ", ".join(f"{n} {flag}" for flag, n in flags.most_common()))
     lowest = sorted(worst, key=lambda r: r["score"])[:3]
     for row in lowest:
-        print(f"  lowest: {row['file_name']} ({row['filter']}) score {row['score']:.0f} {row['flag']}")
+        band = row["filter"] if isinstance(row["filter"], str) and row["filter"] else "no filter"
+        print(f"  lowest: {row['file_name']} ({band}) score {row['score']:.0f} {row['flag']}")
     if lowest:
         print(f"  details: skyassets quality {lowest[0]['obs_id']}")
     return len(partitions), failures
