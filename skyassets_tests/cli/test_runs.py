@@ -7,7 +7,7 @@ from astropy.io import fits
 from dagster import DagsterRunStatus, instance_for_test
 
 from skyassets.catalog.db import connect
-from skyassets.cli.runs import InProcess, ingest, latest_metadata, partition_batches
+from skyassets.cli.runs import QUIET, InProcess, ingest, latest_metadata, measure_quality, partition_batches
 from skyassets.lake.home import Home
 
 
@@ -167,6 +167,24 @@ def test_a_file_written_to_after_it_was_taken_is_reported_failed_with_why(emu, t
         report = ingest([drop], Home(tmp_path / "home"), GrowsBeforeItsCopy(instance))
     assert not report.catalogued and list(report.failed) == [str(growing)]
     assert report.failed[str(growing)].startswith("the file changed while it was being copied ("), report.failed
+
+
+def test_a_file_quarantined_on_a_later_ingest_takes_its_quality_rows_with_it(emu, tmp_path):
+    drop = tmp_path / "night"
+    drop.mkdir()
+    landed = drop / "good.fits"
+    landed.write_bytes(sorted(emu.sky.root.rglob("*_cal.fits"))[0].read_bytes())
+    home = Home(tmp_path / "home")
+    config = {**QUIET, "resources": {"home": {"config": {"root": str(home.root)}}}}
+    with instance_for_test() as instance:
+        [key] = ingest([drop], home, instance).partitions
+        assert measure_quality(InProcess(instance), home, [key], config) == (1, 0)
+        assert len(home.tables.read("image_quality", key)) == 1
+        landed.write_bytes(landed.read_bytes()[:300_000])  # cut short in place: quarantined this time
+        os.utime(landed, ns=(5_000_000_000_000_000_000,) * 2)
+        assert list(ingest([drop], home, instance).quarantined) == [str(landed)]
+        assert measure_quality(InProcess(instance), home, [key], config) == (1, 0)
+    assert len(home.tables.read("image_quality", key)) == 0  # no score left for an image no longer catalogued
 
 
 def test_a_name_holding_a_colon_is_reported_quarantined_with_its_reason(emu, tmp_path):
