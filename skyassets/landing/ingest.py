@@ -214,6 +214,8 @@ def relocate_landed(home: Home, groups: Mapping[str, Sequence[LandedFile]]) -> d
     partition) says where each file is, so this reads one table rather than every partition's
     record; a home without it has it built from the records once (a new home has none to read).
     """
+    if not any(groups.values()):
+        return {}
     lake = home.tables
     indexed = lake.exists("landing_index")
     if indexed:
@@ -241,7 +243,8 @@ def relocate_landed(home: Home, groups: Mapping[str, Sequence[LandedFile]]) -> d
             kept = [location not in gone for location in record.column("location").to_pylist()]
             lake.write("landing", record.filter(kept), partition=key)
     if not indexed or moved or any(holders[location] != {key} for location, key in now):
-        after = pa.table({"location": [location for location, _ in now], "partition": [key for _, key in now]})
+        after = pa.table({"location": pa.array([location for location, _ in now], pa.string()),
+                          "partition": pa.array([key for _, key in now], pa.string())})
         lake.write("landing_index", pa.concat_tables([index.filter(pc.invert(mentioned)), after]))
     return dict(moved)
 

@@ -144,6 +144,8 @@ def test_a_landed_file_that_fails_cataloguing_in_any_way_is_quarantined_with_its
 
 def test_a_file_recorded_under_another_partition_leaves_the_one_that_held_it(tmp_path: Path) -> None:
     home = Home(tmp_path / "home")
+    assert relocate_landed(home, {}) == {} and relocate_landed(home, {"landed-one": []}) == {}  # an idle tick
+    assert not home.tables.exists("landing_index")
     a, b = (LandedFile("local", f"/drop/{n}.fits", 10, "1", f"{n}.fits") for n in "ab")
     # a home from before the index: its records are read once to build it
     record_landed(home, "landed-one", [a, b])
