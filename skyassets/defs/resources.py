@@ -48,7 +48,7 @@ class LandingResource(ConfigurableResource):
     folder: str = ""
     recursive: bool = True
     max_files: int = 20000  # entries examined per sensor tick
-    max_ready: int = 1000  # files handed on per sensor tick, catalogued in one run or a few
+    max_ready: int = 3000  # files handed on per sensor tick, catalogued in one run or a few
     # An S3 prefix watched as well (s3://bucket/prefix), through dagster-aws's S3 resource:
     # credentials from the usual AWS environment, or anonymous for a public bucket.
     s3_url: str | None = None

@@ -79,7 +79,7 @@ def _landing_result(
     return SensorResult(run_requests=requests, dynamic_partitions_requests=added, cursor=tick.cursor)
 
 
-# Every 10 s: a tick hands on at most ``max_ready`` files, so the interval bounds throughput (1,000
+# Every 10 s: a tick hands on at most ``max_ready`` files, so the interval bounds throughput (3,000
 # files per 10 s); an idle tick only lists the folder.
 @sensor(
     job=landing_job,
