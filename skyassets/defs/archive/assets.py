@@ -167,7 +167,8 @@ def mast_products(
     if failed:
         why = "; ".join(list(failed.values())[:5])  # each names its observation
         raise Failure(
-            f"no product list ({why})" if len(frames) + len(failed) == 1 else
+            f"no product list ({why})" if len(failed) == 1 and not frames else
+            f"none of the {len(failed)} observations has a product list ({why})" if not frames else
             f"{len(failed)} of {len(frames) + len(failed)} observations have no product list ({why}); the others "
             "are listed, and failed_batch_sensor runs each failed one alone and the rest again",
             metadata=failed_partitions_metadata(failed),

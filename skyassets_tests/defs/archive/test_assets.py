@@ -194,6 +194,17 @@ def test_a_batch_that_fails_for_one_observation_runs_the_others_again_and_that_o
     assert outcome == {first["obs_id"]: True, bad["obs_id"]: False, last["obs_id"]: True}
     assert instance.get_materialized_partitions(AssetKey("image_metadata")) == {first["obs_id"], last["obs_id"]}
 
+    # every product list refused (the archive down): nothing to split, and not said to be
+    emu.faults.add("status", match="Mast.Caom.Products", status=400, times=-1, endpoint="invoke")
+    down = job.execute_in_process(instance=instance, tags=partition_range(first["obs_id"], last["obs_id"]),
+                                  raise_on_error=False)
+    error = next(e for e in down.all_events if e.is_step_failure).event_specific_data.error.message
+    assert "none of the 3 observations has a product list" in error and "failed_batch_sensor" not in error
+    failure = next(e for e in down.all_events if e.event_type_value == "PIPELINE_FAILURE")
+    context = build_run_status_sensor_context(
+        "failed_batch_sensor", failure, instance, instance.get_run_by_id(down.run_id)).for_run_failure()
+    assert list(failed_batch_sensor(context)) == []
+
 
 def test_a_cloud_lookup_given_up_is_said_in_the_runs_log_and_its_files_come_over_http(emu, tmp_path):
     settings = yaml.safe_load((Path(skyassets.__file__).parent / "dagster.yaml").read_text())
