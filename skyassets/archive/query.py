@@ -18,6 +18,7 @@ from urllib.parse import quote
 
 import numpy as np
 import pandas as pd
+import requests
 from astropy.table import Table, vstack
 from astropy.time import Time
 from astroquery.exceptions import NoResultsWarning
@@ -310,27 +311,33 @@ def _cloud_keys(
                 f"{what}: cloud path lookup", settings.retry,
             ) or {}
 
+    def refused(err: ArchiveError) -> bool:
+        """The service itself failed (kept failing, or answered an HTTP error): asking it again, for
+        this observation's other files or the run's other observations, gets the same answer."""
+        if err.exhausted or isinstance(err.__cause__, requests.HTTPError):
+            lookup.enabled, lookup.down = False, str(err)
+            log.warning("%s; files go over HTTP, and no more cloud lookups are asked in this run", err)
+            return True
+        return False
+
     if not (lookup.enabled and uris):
         return {}
     try:
         return ask(uris)
     except ArchiveError as err:
-        if err.exhausted:
-            lookup.enabled, lookup.down = False, str(err)
-            log.warning("%s; every file goes over HTTP, and no more cloud lookups are asked in this run", err)
+        if refused(err):
             return {}
         if len(uris) == 1:
             log.warning("%s; the file goes over HTTP", err)
             return {}
     keys: dict[str, str | None] = {}
-    for uri in uris:
+    for uri in uris:  # an answer that could not be taken (a product left out of it): one product at a time
         try:
             keys.update(ask([uri]))
         except ArchiveError as err:
-            log.warning("%s; %s goes over HTTP", err, uri)
-            if err.exhausted:
-                lookup.enabled, lookup.down = False, str(err)
+            if refused(err):
                 break
+            log.warning("%s; %s goes over HTTP", err, uri)
     return keys
 
 

@@ -228,11 +228,17 @@ def export_files(
             return Exported(dest, len(rows), total, left_out)
 
         dest.mkdir(parents=True, exist_ok=True)
-        written: list[Path] = []
+        # Every file is written under a temporary name and renamed into place once all are written:
+        # an export that stops leaves none of its files, and (with --force) the files it would have
+        # replaced stay as they were, not a manifest naming files that are gone.
+        staged: list[tuple[Path, Path]] = []
+
+        def staged_file(name: str) -> io.BufferedWriter:
+            staged.append((dest / f".skyassets-export-{len(staged)}.part", dest / name))
+            return _create(staged[-1][0])
 
         def into_folder(name: str, handle: io.BufferedReader) -> tuple[str, int]:
-            written.append(dest / name)
-            with _create(dest / name) as out:
+            with staged_file(name) as out:
                 return _copy(handle, out)
 
         try:
@@ -240,13 +246,14 @@ def export_files(
                 add(path, source, into_folder)
             sums, table = _manifests(rows)
             for name, text in ((SUMS, sums), ("manifest.csv", table), ("README.md", _readme(home, query, len(rows)))):
-                written.append(dest / name)
-                with _create(dest / name) as out:
+                with staged_file(name) as out:
                     out.write(text.encode())
-        except BaseException:  # an export that stops leaves none of its files: no folder that looks complete
-            for done in written:
-                done.unlink(missing_ok=True)
+        except BaseException:
+            for temporary, _ in staged:
+                temporary.unlink(missing_ok=True)
             raise
+        for temporary, final in staged:
+            os.replace(temporary, final)  # a link already at ``final`` is replaced, never written through
     except OSError as exc:
         where = dest if exc.filename in (None, str(tmp)) else exc.filename
         raise ExportError(f"{where}: cannot be written ({exc.strerror or exc})") from exc

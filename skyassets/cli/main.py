@@ -87,8 +87,9 @@ def _ingest(args: argparse.Namespace) -> int:
         if report.unchanged:
             print(f"{report.unchanged} of them unchanged since an earlier ingest: not taken again")
         for key, locations in report.left.items():
-            print(f"{counted(len(locations), 'files')} now name another observation than {key}: "
-                  f"{key} catalogued again without them")
+            print(f"{counted(len(locations), 'files')} left {key} for another partition (the observation id in "
+                  f"the header changed, or there is none and the file is now keyed by its path): {key} catalogued "
+                  "again without them")
         for what, files in (("quarantined", report.quarantined), ("failed", report.failed),
                             ("refused", report.refused)):
             for location, reason in list(files.items())[:20]:

@@ -27,6 +27,7 @@ from skyassets.landing.ingest import (
     group_by_partition,
     local_files,
     record_landed,
+    recording,
     relocate_landed,
 )
 from skyassets.landing.zone import LandedFile
@@ -296,10 +297,10 @@ def ingest(
                 report.quarantined[file.location] = reason
             else:
                 report.catalogued.append(file.location)
-    # a file whose header now names another observation leaves the one that held it, which runs again
-    report.left = relocate_landed(home, groups)
-    for key, landed in groups.items():
-        record_landed(home, key, landed)
+    with recording(home):  # a file whose header now names another observation leaves the one that held it
+        report.left = relocate_landed(home, groups)
+        for key, landed in groups.items():
+            record_landed(home, key, landed)
     groups.update({key: [] for key in report.left if key not in groups})
     if groups:
         instance.add_dynamic_partitions("observations", sorted(groups))

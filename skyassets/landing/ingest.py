@@ -10,6 +10,7 @@ quarantined. Plain Python, no Dagster.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -17,6 +18,7 @@ import stat
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -204,15 +206,31 @@ def record_landed(home: Home, key: str, files: list[LandedFile]) -> str:
     return lake.write("landing", rows, partition=key)  # rows, not a frame: pandas costs more than the write
 
 
+@contextmanager
+def recording(home: Home) -> Iterator[None]:
+    """Hold the home's landing lock while landing records and the ``landing_index`` are read and
+    rewritten: the sensor and ``skyassets ingest`` each rewrite the whole index, and one must not
+    write it without the other's rows. (A lock file in the home's local folder: processes on one
+    machine, as the daemon and the command line are.)"""
+    home.root.mkdir(parents=True, exist_ok=True)
+    with open(home.root / ".landing.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def relocate_landed(home: Home, groups: Mapping[str, Sequence[LandedFile]]) -> dict[str, list[str]]:
     """Take landed files out of the partitions that held them before, where their header now names
     another observation (the owner rewrote OBS_ID): a location has one current version, as a file
     changed within its partition replaces its row. Returns old partition -> locations taken out; the
     caller runs those partitions again, so they stop cataloguing the old versions.
 
-    Call before :func:`record_landed` of ``groups``. The lake's ``landing_index`` (location ->
-    partition) says where each file is, so this reads one table rather than every partition's
-    record; a home without it has it built from the records once (a new home has none to read).
+    Call before :func:`record_landed` of ``groups``, both within :func:`recording`. The lake's
+    ``landing_index`` (location -> partition) says where each file is, so this reads one table
+    rather than every partition's record; a home without it has it built from the records once (a
+    new home has none to read).
     """
     if not any(groups.values()):
         return {}

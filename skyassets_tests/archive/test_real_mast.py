@@ -281,22 +281,26 @@ def test_the_whole_real_archive_shape(emu, tmp_path) -> None:
     assert {r.fits_checksum for r in results} == {"ok"}
 
 
-@pytest.mark.parametrize("fault", [dict(kind="status", status=500), dict(kind="omit", match="_flt")])
+@pytest.mark.parametrize("fault", [dict(kind="status", status=500), dict(kind="status", status=403),
+                                   dict(kind="omit", match="_flt")])
 def test_a_failing_cloud_lookup_sends_files_over_http(emu, fault, tmp_path) -> None:
     obs = next(o for o in emu.sky.observations if o["obs_id"] == "j8pu01010")
     kind = fault.pop("kind")
     emu.faults.add(kind, endpoint="path_lookup", times=-1, retry_after=0, **fault)
     download_url = emu.url + "/api/v0.1/Download/file"
     lookup = CloudLookup()
+    lookups = sum("path_lookup" in r["path"] for r in emu.requests)
     frame, refused = list_products(_client(emu), obs["obsid"], ProductSpec(), download_url=download_url,
                                    cloud=lookup)
+    if fault.get("status") == 403:  # refused outright: asked once, not again file by file
+        assert sum("path_lookup" in r["path"] for r in emu.requests) - lookups == 1
     assert len(frame) == 5 and not refused and frame["http_url"].notna().all()
     placed = frame.set_index("productFilename")["s3_key"].notna()
     if kind == "omit":  # only the files the lookup left out go over HTTP; the others stay in the cloud
         assert {n for n, p in placed.items() if not p} == {n for n in placed.index if "_flt" in n} != set()
         assert placed.any() and lookup.enabled
     else:  # the service kept failing: every file over HTTP, and the lookup is not asked again this run
-        assert not placed.any() and not lookup.enabled and "gave up after" in lookup.down
+        assert not placed.any() and not lookup.enabled and f"HTTP {fault['status']}" in lookup.down
         before = sum("path_lookup" in r["path"] for r in emu.requests)
         list_products(_client(emu), obs["obsid"], ProductSpec(), download_url=download_url, cloud=lookup)
         assert sum("path_lookup" in r["path"] for r in emu.requests) == before

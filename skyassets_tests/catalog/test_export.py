@@ -183,8 +183,15 @@ def test_selected_files_no_longer_in_the_home_are_left_out_with_the_reason(tmp_p
 
 def test_an_export_that_stops_part_way_leaves_none_of_its_files(tmp_path):
     home, selection = _home_with_two_files(tmp_path)
+    first = export_files(selection, home, tmp_path / "out", "SELECT * FROM images")
+    before = {p.name: p.read_bytes() for p in first.dest.iterdir()}
     selection.loc[1, "sha256"] = "0" * 64  # the second file differs from the catalogue: found after the first is copied
-    (tmp_path / "out").mkdir()
     with pytest.raises(ExportError, match="differs from the catalogue"):
-        export_files(selection, home, tmp_path / "out", "SELECT * FROM images")
-    assert list((tmp_path / "out").iterdir()) == []
+        export_files(selection, home, tmp_path / "out", "SELECT * FROM images", force=True)
+    # the forced export that failed leaves the earlier one whole, and checkable
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before
+    subprocess.run(["sha256sum", "-c", "--quiet", SUMS], cwd=tmp_path / "out", check=True)
+    (tmp_path / "new").mkdir()
+    with pytest.raises(ExportError, match="differs from the catalogue"):
+        export_files(selection, home, tmp_path / "new", "SELECT * FROM images")
+    assert list((tmp_path / "new").iterdir()) == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 
 import pandas as pd
@@ -17,6 +18,7 @@ from skyassets.landing.ingest import (
     landed_requests,
     local_files,
     record_landed,
+    recording,
     relocate_landed,
 )
 from skyassets.landing.zone import LandedFile
@@ -171,3 +173,25 @@ def test_a_file_named_twice_is_one_file(tmp_path: Path) -> None:
     path = _file(tmp_path / "night" / "a.fits")
     named = [tmp_path / "night", path, f"{tmp_path}/night/../night/", str(path)]
     assert [f.location for f in local_files(named)] == [str(path)]
+
+
+def test_two_writers_of_the_landing_index_take_turns_and_keep_each_others_rows(tmp_path: Path) -> None:
+    home = Home(tmp_path / "home")
+    mine, theirs = (LandedFile("local", f"/drop/{n}.fits", 10, "1", f"{n}.fits") for n in ("mine", "theirs"))
+
+    def land(key: str, landed: LandedFile) -> None:
+        with recording(home):
+            relocate_landed(home, {key: [landed]})
+            record_landed(home, key, [landed])
+
+    with recording(home):  # the sensor's tick, say, mid-way
+        other = threading.Thread(target=land, args=("landed-theirs", theirs))  # a command-line ingest
+        other.start()
+        other.join(timeout=1.0)
+        assert other.is_alive()  # it waits for the tick
+        relocate_landed(home, {"landed-mine": [mine]})
+        record_landed(home, "landed-mine", [mine])
+    other.join(timeout=30)
+    index = home.tables.read("landing_index")
+    assert dict(zip(index["location"], index["partition"], strict=True)) == {
+        mine.location: "landed-mine", theirs.location: "landed-theirs"}

@@ -153,6 +153,9 @@ def mast_products(
                 download_url=download_url, cloud=cloud, name=obs_id,
             )
         except (ArchiveError, Failure) as err:
+            if isinstance(err, ArchiveError) and err.exhausted:  # the archive is down, not this observation
+                raise Failure(f"{err}; the archive kept failing, so the rest of the batch was not asked "
+                              "(run it again once the archive answers)") from err
             failed[obs_id] = getattr(err, "description", None) or str(err)
             context.log.error(f"no product list: {failed[obs_id]}")
             continue

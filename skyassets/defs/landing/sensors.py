@@ -39,7 +39,7 @@ def _landing_result(
     offered again by a later tick, as are the files whose headers the tick had no time left to read.
     """
     # imported here: it brings in the downloader (requests), which run processes seldom need
-    from skyassets.landing.ingest import group_within, record_landed, relocate_landed
+    from skyassets.landing.ingest import group_within, record_landed, recording, relocate_landed
 
     for relative, why in tick.skipped[:20]:  # said once per file, by the tick that first meets it
         context.log.warning(f"not taken from the landing zone: {relative}: {why}")
@@ -49,23 +49,27 @@ def _landing_result(
     if later:
         zone.release(later)
         context.log.info(f"{len(later)} ready files left for the next tick: their headers took the tick's time")
-    try:  # a file whose header now names another observation leaves the partition that held it
-        moved = relocate_landed(home.home, groups)
-    except Exception as exc:  # the tick's files go on; only the old versions stay catalogued
-        moved = {}
-        context.log.error(f"landing index not updated, files that changed observation stay in the old one too: {exc}")
-    versions = {}
-    for key, files in groups.items():
-        try:
-            record_landed(home.home, key, files)
-        except Exception as exc:  # one partition's record (an unreadable earlier one) must not stop the tick
-            zone.release(files)
-            context.log.error(f"{key}: landing record not written, its {len(files)} files offered again later: {exc}")
-            continue
-        versions[key] = _version(f"{f.location}:{f.signature}" for f in files)
+    versions, moved = {}, {}
+    with recording(home.home):  # the command line may be recording into the same home
+        try:  # a file whose header now names another observation leaves the partition that held it
+            moved = relocate_landed(home.home, groups)
+        except Exception as exc:  # the tick's files go on; only the old versions stay catalogued
+            context.log.error(f"landing index not updated, files that changed observation stay in the old one "
+                              f"too: {exc}")
+        for key, files in groups.items():
+            try:
+                record_landed(home.home, key, files)
+            except Exception as exc:  # one partition's record (an unreadable earlier one) must not stop the tick
+                zone.release(files)
+                context.log.error(f"{key}: landing record not written, its {len(files)} files offered again later: "
+                                  f"{exc}")
+                continue
+            versions[key] = _version(f"{f.location}:{f.signature}" for f in files)
+    # a partition a file left runs again; its run key follows the version that left, so each time it runs once
+    arrived = {f.location: f.signature for files in groups.values() for f in files}
     for key, locations in moved.items():
-        context.log.info(f"{key}: {len(locations)} files now belong to another observation; run again without them")
-        versions.setdefault(key, _version(f"left:{location}" for location in locations))
+        context.log.info(f"{key}: {len(locations)} files now belong to another partition; run again without them")
+        versions.setdefault(key, _version(f"left:{location}:{arrived.get(location)}" for location in locations))
     known = context.instance.get_dynamic_partitions(observations_partitions.name) if versions else []
     requests, added = batched_requests(
         known, versions, per_run=LANDED_PARTITIONS_PER_RUN, run_key_prefix="landed:"

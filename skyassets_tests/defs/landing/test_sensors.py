@@ -323,3 +323,27 @@ def test_a_file_whose_obs_id_changes_leaves_its_old_observation(tmp_path):
     assert list(lake.read("landing", "landed-jw01234-o001_t001")["location"]) == [str(staying)]
     index = lake.read("landing_index").set_index("location")["partition"].to_dict()
     assert index == {str(moving): "landed-jw01234-o002_t001", str(staying): "landed-jw01234-o001_t001"}
+
+
+def test_a_partition_a_file_leaves_again_is_asked_to_run_again(tmp_path):
+    landing = tmp_path / "drop"
+    landing.mkdir()
+    moving = landing / "moving.fits"
+    _header_only(moving, "k1")
+    _header_only(landing / "between.fits", "k15")  # a partition between the two: each runs alone
+    _header_only(landing / "anchor.fits", "k2")
+    resources = _resources(tmp_path / "home", landing)
+    left_runs = []
+    with instance_for_test() as instance:
+        cursor = _tick(instance, resources, _tick(instance, resources, None).cursor).cursor
+        for step, obs_id in enumerate(["k2", "k1", "k2", "k1", "k2"], start=1):
+            _header_only(moving, obs_id)
+            os.utime(moving, ns=(step * 10**18, step * 10**18))
+            result = _tick(instance, resources, _tick(instance, resources, cursor).cursor)
+            cursor = result.cursor
+            every = instance.get_dynamic_partitions("observations")
+            runs = {tuple(requested_partitions(r, every)): r.run_key for r in result.run_requests}
+            old = "landed-k1" if obs_id == "k2" else "landed-k2"
+            assert (old,) in runs, (obs_id, runs)  # the partition it left runs again, alone
+            left_runs.append(runs[(old,)])
+    assert len(set(left_runs)) == len(left_runs)  # each time a run key of its own: Dagster launches each
