@@ -102,7 +102,7 @@ def _ingest(args: argparse.Namespace) -> int:
         if args.catalog_only:
             print("quality, targets, products and catalog.duckdb follow when the daemon runs (skyassets dev)")
             return 0 if report.ok else 1
-        ready = [p for p in [*report.partitions, *report.left] if home.tables.exists("image_metadata", p)]
+        ready = home.tables.written("image_metadata", [*report.partitions, *report.left])
         run_config = {**QUIET, "resources": {"home": {"config": {"root": str(home.root)}}}}
         downstream = bring_up_to_date(launcher, home, ready, run_config)
     unusable = unusable_images(home, ready)

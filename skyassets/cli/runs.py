@@ -385,9 +385,9 @@ def measure_quality(runner: Runner, home: Home, partitions: list[str], run_confi
     instance = runner.instance
     # an observation whose every file was quarantined has no image to measure
     # (one measured before, whose files have since left it, is measured again: its old scores go)
-    partitions = [p for p in partitions if len(home.tables.read("image_metadata", p, columns=["obs_id"],
-                                                                  missing_ok=True))
-                  or home.tables.exists("image_quality", p)]
+    images = home.tables.read_partitions("image_metadata", partitions, columns=["obs_id"])
+    measured_before = set(home.tables.written("image_quality", partitions))
+    partitions = [p for p in partitions if (p in images and images[p].num_rows) or p in measured_before]
     todo = outdated(instance, "image_quality", "image_metadata", partitions)
     if len(todo) < len(partitions):
         print(f"\nImage quality of {counted(len(partitions) - len(todo), 'observations')} is up to date.")

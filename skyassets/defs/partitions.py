@@ -83,16 +83,21 @@ def batched_requests(
     return requests, [add_observations_request(new)] if new else []
 
 
-def requested_partitions(request: RunRequest, partitions: Sequence[str]) -> list[str]:
-    """The partitions a run request covers: its partition key, or its range within ``partitions``
-    (the partition keys in their order, as the run will resolve them)."""
-    if request.partition_key is not None:
-        return [request.partition_key]
-    first, last = request.tags.get(PARTITION_RANGE_START), request.tags.get(PARTITION_RANGE_END)
-    if first is None or last is None:
-        return []
+def _covered(partition_key: str | None, tags: Mapping[str, str], partitions: Sequence[str]) -> list[str]:
+    """The partitions of a run (or request) tagged so: its key, or its range within ``partitions``
+    (the keys in their order, as the run resolves them); none when the range is not there."""
+    if partition_key:
+        return [partition_key]
+    first, last = tags.get(PARTITION_RANGE_START), tags.get(PARTITION_RANGE_END)
     keys = list(partitions)
+    if first not in keys or last not in keys:
+        return []
     return keys[keys.index(first): keys.index(last) + 1]
+
+
+def requested_partitions(request: RunRequest, partitions: Sequence[str]) -> list[str]:
+    """The partitions a run request covers, within ``partitions`` (the keys in their order)."""
+    return _covered(request.partition_key, request.tags, partitions)
 
 
 # The metadata key under which a step that failed for some of its run's partitions names them.
@@ -106,13 +111,9 @@ def failed_partitions_metadata(failed: Iterable[str]) -> dict[str, MetadataValue
 
 def run_partitions(instance: DagsterInstance, run: DagsterRun) -> list[str]:
     """The observations a run covered: its partition, or every key of its range, in order."""
-    if run.tags.get(PARTITION):
-        return [run.tags[PARTITION]]
-    first, last = run.tags.get(PARTITION_RANGE_START), run.tags.get(PARTITION_RANGE_END)
-    keys = instance.get_dynamic_partitions(observations_partitions.name) if first and last else []
-    if first not in keys or last not in keys:
-        return []
-    return keys[keys.index(first): keys.index(last) + 1]
+    ranged = PARTITION_RANGE_START in run.tags and not run.tags.get(PARTITION)
+    keys = instance.get_dynamic_partitions(observations_partitions.name) if ranged else []
+    return _covered(run.tags.get(PARTITION), run.tags, keys)
 
 
 def split_failed_run(instance: DagsterInstance, run: DagsterRun) -> list[list[str]]:
