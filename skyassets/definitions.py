@@ -5,7 +5,11 @@ from dagster import Definitions, in_process_executor
 from skyassets.defs.archive.assets import fits_files, mast_observations, mast_products
 from skyassets.defs.archive.jobs import observation_job, watchlist_job
 from skyassets.defs.archive.schedules import daily_watchlist_schedule
-from skyassets.defs.archive.sensors import failed_batch_sensor, new_observations_sensor
+from skyassets.defs.archive.sensors import (
+    failed_batch_sensor,
+    failed_observations_sensor,
+    new_observations_sensor,
+)
 from skyassets.defs.automation import automation_sensor
 from skyassets.defs.catalog.assets import catalog, image_metadata
 from skyassets.defs.catalog.jobs import catalog_job
@@ -34,7 +38,12 @@ defs = Definitions(
     ],
     jobs=[watchlist_job, observation_job, landing_job, quality_job, products_job, catalog_job, tiles_job, publish_job],
     schedules=[daily_watchlist_schedule],
-    sensors=[new_observations_sensor, failed_batch_sensor, landing_zone_sensor, landing_s3_sensor, automation_sensor],
+    sensors=[
+        # the archive: new observations, a failed batch split, failed observations after each query
+        new_observations_sensor, failed_batch_sensor, failed_observations_sensor,
+        # landed files, then everything downstream
+        landing_zone_sensor, landing_s3_sensor, automation_sensor,
+    ],
     resources=default_resources(),
     # One process per run: steps run one after another (pools serialise the archive's), so a process per
     # step would only add start-up time.

@@ -6,17 +6,21 @@ from collections.abc import Iterator
 
 from dagster import (
     AssetKey,
+    AssetPartitionStatus,
+    DagsterRunStatus,
     DefaultSensorStatus,
     RunFailureSensorContext,
     RunRequest,
+    RunStatusSensorContext,
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
     run_failure_sensor,
+    run_status_sensor,
     sensor,
 )
 
-from skyassets.defs.archive.jobs import observation_job
+from skyassets.defs.archive.jobs import observation_job, watchlist_job
 from skyassets.defs.partitions import (
     OBSERVATIONS_PER_RUN,
     batched_requests,
@@ -28,6 +32,8 @@ from skyassets.defs.tags import partition_range
 from skyassets.lake.names import InvalidNameError, validate_obs_id
 
 MAST_OBSERVATIONS = AssetKey("mast_observations")
+# The assets of observation_job; an observation whose last try failed at any of them is tried again.
+OBSERVATION_ASSETS = (AssetKey("mast_products"), AssetKey("fits_files"), AssetKey("image_metadata"))
 # New observations handed on per tick (a few tens of runs): a first query of a large watchlist is
 # taken over several ticks, each bounded, rather than in one tick submitting hundreds of runs.
 NEW_OBSERVATIONS_PER_TICK = 500
@@ -41,6 +47,7 @@ NEW_OBSERVATIONS_PER_TICK = 500
     f"{OBSERVATIONS_PER_RUN} observations a run.",
 )
 def new_observations_sensor(context: SensorEvaluationContext, home: HomeResource):
+    """New observations of the watchlist's answer, as partitions and partition-range runs."""
     records = context.instance.fetch_materializations(MAST_OBSERVATIONS, limit=1).records
     if not records:
         return SkipReason("mast_observations has not been materialised yet")
@@ -92,3 +99,35 @@ def failed_batch_sensor(context: RunFailureSensorContext) -> Iterator[RunRequest
             yield RunRequest(run_key=run_key, partition_key=batch[0])
         else:
             yield RunRequest(run_key=run_key, tags=partition_range(batch[0], batch[-1]))
+
+
+@run_status_sensor(
+    run_status=DagsterRunStatus.SUCCESS,
+    monitored_jobs=[watchlist_job],
+    request_job=observation_job,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="After each successful watchlist query (daily), tries again the observations of the watchlist "
+    f"whose last run failed (an archive outage, a file that would not download), {OBSERVATIONS_PER_RUN} a run.",
+)
+def failed_observations_sensor(context: RunStatusSensorContext, home: HomeResource):
+    """An observation that failed, alone or with its whole batch in an outage, is not new to
+    new_observations_sensor and nothing else asks for it again; the next query of the archive does,
+    so a failure is retried once a day, not in a loop, and one that lasts is said in each day's log."""
+    instance = context.instance
+    known = instance.get_dynamic_partitions(observations_partitions.name)
+    watched = set(home.home.tables.read("mast_observations", columns=["obs_id"], missing_ok=True)["obs_id"])
+    keys = [key for key in known if key in watched]
+    failed: set[str] = set()
+    for asset in OBSERVATION_ASSETS:
+        statuses = instance.get_status_by_partition(asset, keys, observations_partitions) or {}
+        failed |= {key for key, status in statuses.items() if status == AssetPartitionStatus.FAILED}
+    if not failed:
+        return SkipReason("no observation of the watchlist has a failed last run")
+    run_id = context.dagster_run.run_id
+    requests, _ = batched_requests(
+        known, dict.fromkeys(failed, run_id), per_run=OBSERVATIONS_PER_RUN, run_key_prefix=f"retry@{run_id}:"
+    )
+    shown = ", ".join(sorted(failed)[:20]) + (", ..." if len(failed) > 20 else "")
+    context.log.info(f"{len(failed)} observations failed in their last run, tried again in {len(requests)} runs: "
+                     + shown)
+    return requests

@@ -19,7 +19,7 @@ from dagster import (
 import skyassets
 from skyassets.defs.archive.assets import fits_files, mast_observations, mast_products
 from skyassets.defs.archive.jobs import observation_job, watchlist_job
-from skyassets.defs.archive.sensors import failed_batch_sensor, new_observations_sensor
+from skyassets.defs.archive.sensors import failed_batch_sensor, failed_observations_sensor, new_observations_sensor
 from skyassets.defs.catalog.assets import image_metadata
 from skyassets.defs.partitions import requested_partitions
 from skyassets.defs.resources import (
@@ -247,3 +247,26 @@ def test_an_archive_that_keeps_failing_stops_the_batch_at_once_and_is_not_split(
         context = build_run_status_sensor_context(
             "failed_batch_sensor", failure, instance, instance.get_run_by_id(run.run_id)).for_run_failure()
         assert list(failed_batch_sensor(context)) == []
+
+        # the archive back: the next successful query tries the batch again, and only it
+        emu.faults.clear()
+        never_run = sorted(set(observations["obs_id"]) - {o["obs_id"] for o in batch})[0]
+        instance.add_dynamic_partitions("observations", [never_run])
+        requests = _after_query(instance, defs)
+        assert [requested_partitions(r, instance.get_dynamic_partitions("observations")) for r in requests] == [
+            [o["obs_id"] for o in batch]]
+        retried = defs.resolve_job_def("observation_job").execute_in_process(
+            instance=instance, partition_key=requests[0].partition_key, tags=requests[0].tags)
+        assert retried.success
+        assert instance.get_materialized_partitions(AssetKey("image_metadata")) == {o["obs_id"] for o in batch}
+        assert isinstance(_after_query(instance, defs), SkipReason)
+
+
+def _after_query(instance: DagsterInstance, defs: Definitions):
+    """failed_observations_sensor's answer to a successful watchlist query."""
+    query = defs.resolve_job_def("watchlist_job").execute_in_process(instance=instance)
+    success = next(e for e in query.all_events if e.event_type_value == "PIPELINE_SUCCESS")
+    context = build_run_status_sensor_context(
+        "failed_observations_sensor", success, instance, instance.get_run_by_id(query.run_id),
+        resources=defs.resources)
+    return failed_observations_sensor(context)

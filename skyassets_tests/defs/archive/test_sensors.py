@@ -1,4 +1,5 @@
-"""new_observations_sensor requests the new observations in partition-range runs, a bounded number a tick."""
+"""new_observations_sensor requests the new observations in partition-range runs, a bounded number a tick;
+failed_observations_sensor requests again, after a watchlist query, the observations whose last run failed."""
 
 from __future__ import annotations
 
@@ -14,15 +15,21 @@ from dagster import (
     SensorResult,
     SkipReason,
     asset,
+    build_run_status_sensor_context,
     build_sensor_context,
     define_asset_job,
     instance_for_test,
 )
 
 from skyassets.defs.archive.jobs import observation_job
-from skyassets.defs.archive.sensors import NEW_OBSERVATIONS_PER_TICK, new_observations_sensor
+from skyassets.defs.archive.sensors import (
+    NEW_OBSERVATIONS_PER_TICK,
+    failed_observations_sensor,
+    new_observations_sensor,
+)
 from skyassets.defs.partitions import OBSERVATIONS_PER_RUN, observations_partitions, requested_partitions
 from skyassets.defs.resources import HomeResource
+from skyassets.defs.tags import partition_range
 from skyassets.lake.home import Home
 
 
@@ -111,3 +118,49 @@ def test_a_large_first_query_is_handed_on_over_bounded_ticks(tmp_path):
             cursor = result.cursor
     assert ticks == math.ceil(total / NEW_OBSERVATIONS_PER_TICK)
     assert sorted(taken) == obs_ids
+
+
+def test_after_a_query_the_observations_whose_last_run_failed_are_asked_again_in_ranges(tmp_path):
+    obs_ids = [f"hst_{i:04d}_acs_wfc" for i in range(12)]
+    broken: set[str] = set()
+
+    @asset(partitions_def=observations_partitions)
+    def fits_files(context) -> None:  # stands in for the asset of observation_job
+        if broken & set(context.partition_keys):
+            raise RuntimeError("the archive would not serve it")
+
+    @asset
+    def mast_observations() -> None:
+        pass
+
+    defs = Definitions(assets=[fits_files, mast_observations], jobs=[define_asset_job("fetch", [fits_files]),
+                                                                      define_asset_job("query", [mast_observations])])
+    fetch, query = defs.resolve_job_def("fetch"), defs.resolve_job_def("query")
+
+    def after_query() -> list | SkipReason:
+        run = query.execute_in_process(instance=instance)
+        success = next(e for e in run.all_events if e.event_type_value == "PIPELINE_SUCCESS")
+        context = build_run_status_sensor_context("failed_observations_sensor", success, instance,
+                                                  instance.get_run_by_id(run.run_id),
+                                                  resources={"home": HomeResource(root=str(tmp_path))})
+        return failed_observations_sensor(context)
+
+    with instance_for_test() as instance:
+        _query_result(instance, tmp_path, obs_ids[:-1])  # the last observation left the watchlist
+        instance.add_dynamic_partitions("observations", obs_ids)
+        assert fetch.execute_in_process(instance=instance, tags=partition_range(obs_ids[0], obs_ids[-1])).success
+        assert isinstance(after_query(), SkipReason)
+        broken.update(obs_ids[i] for i in (3, 4, 7, 10, 11))
+        for i in (3, 4, 7, 10, 11):
+            run = fetch.execute_in_process(instance=instance, partition_key=obs_ids[i], raise_on_error=False)
+            assert not run.success
+        broken.clear()
+        assert fetch.execute_in_process(instance=instance, partition_key=obs_ids[7]).success  # repaired since
+        requests = after_query()
+        every = instance.get_dynamic_partitions("observations")
+        assert [requested_partitions(r, every) for r in requests] == [[obs_ids[3], obs_ids[4]], [obs_ids[10]]]
+        assert len({r.run_key for r in requests}) == 2
+        for request in requests:
+            assert fetch.execute_in_process(instance=instance, partition_key=request.partition_key,
+                                            tags=request.tags).success
+        assert isinstance(after_query(), SkipReason)
