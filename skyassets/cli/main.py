@@ -66,7 +66,8 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _ingest(args: argparse.Namespace) -> int:
-    missing = [p for p in args.paths if not os.path.exists(os.path.expanduser(p))]
+    # a link counts as there (a loop or a dangling link is refused later, with the reason)
+    missing = [p for p in args.paths if not os.path.lexists(os.path.expanduser(p))]
     if missing:  # said before a webserver is started for nothing
         raise CommandError("; ".join(f"{p} does not exist" for p in missing), 1)
     home = Home.from_env()

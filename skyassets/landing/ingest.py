@@ -38,7 +38,7 @@ from skyassets.archive.download import (
 from skyassets.lake.home import Home
 from skyassets.lake.names import MAX_FILENAME_LENGTH, InvalidNameError, safe_filename
 from skyassets.landing.keys import partition_key
-from skyassets.landing.zone import FITS_SUFFIXES, LandedFile
+from skyassets.landing.zone import FITS_SUFFIXES, LandedFile, unread_compression
 
 if TYPE_CHECKING:
     from skyassets.fits.meta import Failure
@@ -82,7 +82,9 @@ def _below(root: Path, refused: dict[str, str]) -> Iterator[Path]:
         for entry in entries:
             if entry.name.startswith("."):
                 continue
-            if entry.is_symlink():
+            if why := unread_compression(entry.name):
+                refused[printable(entry.path)] = why
+            elif entry.is_symlink():
                 if entry.name.lower().endswith(FITS_SUFFIXES):
                     refused[printable(entry.path)] = "a symbolic link: links are not followed"
             elif entry.is_dir(follow_symlinks=False):
@@ -96,7 +98,9 @@ def local_files(paths: Iterable[str | Path], refused: dict[str, str] | None = No
 
     Links below a folder are not followed (a named path is the caller's choice and is resolved).
     A FITS file that cannot be taken (a link, a FIFO or device, a name that is not UTF-8 and so
-    cannot be recorded) is left out and, when ``refused`` is given, put there (printable path -> reason).
+    cannot be recorded, FITS compressed in a way that is not read) is left out and, when ``refused``
+    is given, put there (printable path -> reason); so is a file named on its own that is not taken
+    for its name. Other files below a folder (notes, previews, hidden files) are passed over.
     """
     refused = {} if refused is None else refused
     found, seen = [], set()
@@ -106,8 +110,11 @@ def local_files(paths: Iterable[str | Path], refused: dict[str, str] | None = No
         except (OSError, RuntimeError) as exc:  # a loop of links (RuntimeError before Python 3.13)
             refused[printable(item)] = f"cannot be resolved: {getattr(exc, 'strerror', None) or exc}"
             continue
-        candidates = sorted(_below(root, refused)) if root.is_dir() else [root]
-        for path in candidates:
+        named = not root.is_dir()
+        for path in [root] if named else sorted(_below(root, refused)):
+            if named and (why := _not_taken(path.name)):
+                refused[printable(path)] = why
+                continue
             if not path.name.lower().endswith(FITS_SUFFIXES) or path.name.startswith(".") or path in seen:
                 continue  # a file named twice (itself and its folder, or two spellings) is one file
             seen.add(path)
@@ -127,6 +134,15 @@ def local_files(paths: Iterable[str | Path], refused: dict[str, str] | None = No
             relative = str(path.relative_to(root.parent))
             found.append(LandedFile("local", str(path), st.st_size, str(st.st_mtime_ns), relative))
     return found
+
+
+def _not_taken(name: str) -> str | None:
+    """Why a file named on its own is not taken for its name, None if it is."""
+    if name.startswith("."):
+        return "a hidden file (its name starts with '.'): rename it to take it"
+    if name.lower().endswith(FITS_SUFFIXES):
+        return None
+    return unread_compression(name) or f"not named as FITS ({', '.join(FITS_SUFFIXES)})"
 
 
 def group_by_partition(files: Iterable[LandedFile], *, client: Any = None) -> dict[str, list[LandedFile]]:

@@ -32,7 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fz")
+FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fts.gz", ".fz")
+# FITS compressed in a way that is not read (only gzip and tile compression are): such a file is
+# reported with the reason, not passed over as if it were not FITS.
+UNREAD_COMPRESSIONS = (".bz2", ".xz", ".zst", ".lz4", ".z", ".zip", ".7z")
 TEMP_SUFFIX = ".part"
 # Positions of older generations kept so a cursor a few ticks old still resumes where it was.
 _KEEP_POSITIONS = 64
@@ -116,6 +119,16 @@ def _open_below(absolute: str, flags: int) -> int:
         return os.open(parts[-1], flags, dir_fd=folder)
     finally:
         os.close(folder)
+
+
+def unread_compression(name: str) -> str | None:
+    """Why a file named as compressed FITS is not taken (``x.fits.bz2``), None for any other name."""
+    lower = name.lower()
+    for compressed in UNREAD_COMPRESSIONS:
+        if lower.endswith(tuple(f"{plain}{compressed}" for plain in (".fits", ".fit", ".fts"))):
+            return (f"FITS compressed as {compressed}, which is not read (gzip .gz and tile-compressed .fz "
+                    "are): decompress it, or recompress it with gzip")
+    return None
 
 
 def is_landing_name(name: str) -> bool:
@@ -439,6 +452,9 @@ class LandingZone(_Zone):
             return self.recursive
         if why is None and fits_named and not entry.is_file(follow_symlinks=False):
             why = "not a regular file"
+        if why is None and not fits_named:
+            why = unread_compression(name)
+            fits_named = why is not None
         if why is not None:
             if fits_named:
                 shown = "/".join((*parts, name))
@@ -512,7 +528,12 @@ class S3LandingZone(_Zone):
         parts = rel.split("/")
         if not rel or (len(parts) > 1 and not self.recursive):
             return False
-        return all(p and not p.startswith(".") for p in parts) and is_landing_name(parts[-1])
+        if not all(p and not p.startswith(".") for p in parts):
+            return False
+        why = unread_compression(parts[-1])
+        if why is not None:
+            self._skipped.append((rel, why))
+        return is_landing_name(parts[-1])
 
     def _recheck(self, seen: _Seen) -> _Seen | None:
         return seen  # the listing is trusted; see the class docstring

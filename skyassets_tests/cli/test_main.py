@@ -221,6 +221,12 @@ def test_ingest_of_a_missing_path_says_so_before_starting_anything(home, capsys,
     monkeypatch.setattr("skyassets.cli.main.prepare_dagster_home", no_server)
     status, _, err = _run(capsys, "ingest", str(tmp_path), str(tmp_path / "nowhere"))
     assert status == 1 and err == f"skyassets ingest: {tmp_path / 'nowhere'} does not exist\n"
+    # a link loop or a dangling link is there: it is refused later, with the reason
+    loop = tmp_path / "loop.fits"
+    loop.symlink_to(loop)
+    (tmp_path / "dangling.fits").symlink_to(tmp_path / "gone.fits")
+    with pytest.raises(AssertionError, match="prepared for nothing"):
+        _run(capsys, "ingest", str(loop), str(tmp_path / "dangling.fits"))
 
 
 def test_export_destinations_that_cannot_be_are_one_line(home, capsys, tmp_path):
