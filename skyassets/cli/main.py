@@ -265,6 +265,9 @@ def _quality(args: argparse.Namespace) -> int:
         )
         return 1
     rows = lake.read("image_quality", args.obs_id).sort_values("score")
+    if rows.empty:
+        print(f"{args.obs_id}: no images (its files were quarantined or now belong to another observation)")
+        return 0
     flags = ", ".join(f"{n} {f}" for f, n in rows["flag"].value_counts().items())
     print(f"{args.obs_id}: {counted(len(rows), 'images')}, {flags}")
     for r in rows.to_dict("records"):

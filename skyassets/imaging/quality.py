@@ -774,7 +774,9 @@ def measure_image(path: str | Path, hdu_index: int, *, row: Mapping[str, Any] | 
         measurement = measure_array(data, dq=dq, header=header, pixel_scale=scale, zp_ab=zp, wcs=wcs)
         catalogued = row.get("wcs_problem")
         if not _missing(catalogued) and catalogued:  # wcslib reads a zero CD matrix as none: trust the catalogue
-            problems = [p for p in (measurement.metrics["problem"], str(catalogued)) if p]
+            # the catalogue's words replace the measurement's shorter ones for the same problem
+            measured = [p for p in (measurement.metrics["problem"] or "").split("; ") if p]
+            problems = [p for p in measured if not str(catalogued).startswith(p)] + [str(catalogued)]
             measurement.metrics.update(usable=False, problem="; ".join(problems))
         if measurement.metrics["problem"]:
             measurement.metrics["problem"] = f"{path.name}[{hdu_index}]: {measurement.metrics['problem']}"

@@ -322,6 +322,9 @@ def test_an_image_without_wcs_is_measured_but_not_usable(tmp_path):
     m = measure_image(path, 0).metrics
     assert not m["usable"] and m["problem"] == "nowcs.fits[0]: no celestial WCS"
     assert m["fwhm_pix"] == pytest.approx(3.0, rel=0.05) and m["fwhm_arcsec"] is None
+    # the catalogue says the same, in more words: said once
+    catalogued = measure_image(path, 0, row={"wcs_problem": "no celestial WCS (CTYPE: none)"}).metrics
+    assert catalogued["problem"] == "nowcs.fits[0]: no celestial WCS (CTYPE: none)"
     scored = score(pd.DataFrame([m]))
     assert scored.loc[0, "score"] == 0 and scored.loc[0, "flag"] == "reject"
 
