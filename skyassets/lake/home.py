@@ -24,6 +24,7 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path, PurePosixPath
@@ -260,13 +261,27 @@ class Home:
         bucket, prefix = self._bucket_key(relative)
         keys = [obj["Key"] for page in self.client().get_paginator("list_objects_v2").paginate(
             Bucket=bucket, Prefix=prefix + "/") for obj in page.get("Contents", [])]
+        self._delete_objects(bucket, keys)
+        return len(keys)
+
+    def remove_files(self, relatives: Iterable[str | os.PathLike[str]]) -> None:
+        """Delete files of the home (a landed file's copy that left its partition): their working
+        copies and, with a store, their objects; a file already gone is no error."""
+        paths = [_relative(r) for r in relatives]
+        for relative in paths:
+            (self.root / relative).unlink(missing_ok=True)
+        if self.storage is None or not paths:
+            return
+        bucket = self._bucket_key(paths[0])[0]
+        self._delete_objects(bucket, [self._bucket_key(relative)[1] for relative in paths])
+
+    def _delete_objects(self, bucket: str, keys: list[str]) -> None:
         for start in range(0, len(keys), 1000):  # the most one request deletes
             answer = self.client().delete_objects(
                 Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys[start:start + 1000]], "Quiet": True})
             if answer.get("Errors"):
                 first = answer["Errors"][0]
                 raise StorageError(f"s3://{bucket}/{first.get('Key')}: not deleted: {first.get('Message')}")
-        return len(keys)
 
     def put_bytes(self, relative: str | os.PathLike[str], data: bytes) -> str:
         """Store ``data`` at ``relative`` in one verified request (the store checks its SHA-256); its URL.

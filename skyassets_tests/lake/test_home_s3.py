@@ -213,6 +213,19 @@ def test_a_name_of_the_longest_kind_is_written_whole(tmp_path):
     assert [p.name for p in (tmp_path / "previews" / "o").iterdir()] == [name]
 
 
+def test_removed_files_leave_the_store_and_the_working_copy(home, store, request):
+    for name in ("files/local/o/a.fits", "files/local/o/a.fits.sha256", "files/local/o/b.fits"):
+        home.put_bytes(name, b"x" * 10)
+    (home.root / "files" / "local" / "o").mkdir(parents=True)
+    (home.root / "files" / "local" / "o" / "a.fits").write_bytes(b"x")  # a working copy
+    home.remove_files(["files/local/o/a.fits", "files/local/o/a.fits.sha256", "files/local/o/.a.fits.verified"])
+    assert _keys(store, request.node.name) == {"files/local/o/b.fits"}
+    assert not (home.root / "files" / "local" / "o" / "a.fits").exists()
+    home.remove_files([])
+    with pytest.raises(ValueError, match="not a relative path"):
+        home.remove_files(["../elsewhere"])
+
+
 def test_a_removed_folder_leaves_the_store_and_the_working_copy(home, store, request):
     for name in ("products/NGC-1/mosaic.fits", "products/NGC-1/sub/composite.png", "products/NGC-10/mosaic.fits"):
         home.put_bytes(name, b"x" * 10)

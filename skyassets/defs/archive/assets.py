@@ -292,6 +292,21 @@ def _forget_changed_copy(request: "FileRequest", before: dict | None, signature:
             stale.unlink(missing_ok=True)
 
 
+def _drop_departed_copies(root: Home, obs_id: str, kept: set[str], earlier: dict) -> None:
+    """Copies of landed files that have left this partition (their header now names another
+    observation, or their record is gone): deleted, with their checksum and verification marks, so
+    the home holds no file that no manifest lists."""
+    from skyassets.archive.download import LOCK_SUFFIX, SHA256_SUFFIX, VERIFIED_SUFFIX
+
+    gone = []
+    for (key, filename), row in earlier.items():
+        if key == obs_id and filename not in kept and row.get("path"):
+            folder, _, name = str(row["path"]).rpartition("/")
+            gone += [row["path"], f"{row['path']}{SHA256_SUFFIX}", f"{folder}/.{name}{VERIFIED_SUFFIX}",
+                     f"{folder}/.{name}{LOCK_SUFFIX}"]
+    root.remove_files(gone)
+
+
 def _restore_from_store(
     root: Home, requests: "list[FileRequest]", owner: list[tuple], earlier: dict, context: AssetExecutionContext
 ) -> int:
@@ -399,6 +414,7 @@ def fits_files(
     requests, owner = [], []
     for obs_id in keys:
         if obs_id in landed:  # a partition of the landing zone: copy its files
+            _drop_departed_copies(root, obs_id, {request.filename for _, request in landed[obs_id]}, earlier)
             for row, request in landed[obs_id]:
                 _forget_changed_copy(request, earlier.get((obs_id, request.filename)), row["signature"])
                 requests.append(request)

@@ -320,6 +320,12 @@ def test_a_file_whose_obs_id_changes_leaves_its_old_observation(tmp_path):
         assert sorted(_covered(instance, second)) == ["landed-jw01234-o001_t001", "landed-jw01234-o002_t001"]
     assert list(lake.read("image_metadata", "landed-jw01234-o001_t001")["file_name"]) == ["staying_cal.fits"]
     assert list(lake.read("image_metadata", "landed-jw01234-o002_t001")["file_name"]) == ["moving_cal.fits"]
+    # the old partition's copy of the file went with it: the home holds no file no manifest lists
+    files = tmp_path / "home" / "files" / "local"
+    assert {p.name.lstrip(".").split(".")[0] for p in (files / "landed-jw01234-o001_t001").iterdir()} == {
+        "staying_cal"}
+    assert (files / "landed-jw01234-o001_t001" / "staying_cal.fits").is_file()
+    assert (files / "landed-jw01234-o002_t001" / "moving_cal.fits").is_file()
     assert list(lake.read("landing", "landed-jw01234-o001_t001")["location"]) == [str(staying)]
     index = lake.read("landing_index").set_index("location")["partition"].to_dict()
     assert index == {str(moving): "landed-jw01234-o002_t001", str(staying): "landed-jw01234-o001_t001"}
