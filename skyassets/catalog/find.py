@@ -114,6 +114,14 @@ MONTHS = {m: i + 1 for i, m in enumerate(
     "january february march april may june july august september october november december".split())}
 MONTHS.update({m[:3]: i for m, i in list(MONTHS.items())})
 FILTER_RE = re.compile(r"\b(F\d{3,4}[WMNXLP][WP2]?\d?)\b", re.I)
+# Designations of the catalogues of named objects: a question naming one asks for that object only,
+# so one the catalog does not hold (and no resolver places) matches nothing rather than its neighbours.
+DESIGNATION_RE = re.compile(
+    r"\b(NGC|IC|M|Messier|UGC|PGC|Abell|ACO|Arp|HD|HIP|HR|ESO|MCG|Sh2)\s*-?\s*(\d{1,7}[A-Za-z]?)\b", re.I)
+
+
+class UnknownTarget(ValueError):
+    """A question names an object (``NGC 9999``) that is none of the catalog's targets."""
 PRODUCT_WORDS = {
     "i2d": "i2d resampled combined", "cal": "cal calibrated", "flt": "flt calibrated", "flc": "flc cte-corrected",
     "drz": "drz drizzled combined", "drc": "drc drizzled combined cte-corrected", "int": "intensity map",
@@ -783,13 +791,17 @@ def parse(
             applied.append(f"target name containing {matched[0]}")
         else:
             notes.append(f"targets {', '.join(sorted(matched))} are scattered over the sky: ranked by name only")
-    elif resolve is not None and (name := _named_object(text)):
-        position = resolve(name)
+    else:
+        designations = [f"{m.group(1).upper()} {m.group(2).upper()}" for m in DESIGNATION_RE.finditer(text)]
+        name = _named_object(text) or (designations[0] if designations else None)
+        position = resolve(name) if resolve is not None and name else None
         if position is not None:
             ra, dec = position
             query = query.cone(ra, dec, 0.1)
             applied.append(f"target {name} (resolved to {ra:.4f} {dec:+.4f}; within 0.1°)")
-        else:
+        elif designations:
+            raise UnknownTarget(_unknown_target(designations, index, resolved=resolve is not None))
+        elif resolve is not None and name:
             notes.append(f"the name resolver does not know {name!r}")
 
     # telescopes and instruments
@@ -872,6 +884,15 @@ def mast_resolver(server: str = MAST_RESOLVER, timeout: float = 10.0) -> Callabl
         return (float(first["ra"]), float(first["decl"])) if first else None
 
     return resolve
+
+
+def _unknown_target(designations: list[str], index: SearchIndex, *, resolved: bool) -> str:
+    """What to say of named objects that are none of the catalog's targets."""
+    names = sorted(index.targets["target_name"])
+    known = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "") or "none"
+    how = ("the name resolver does not place it either" if resolved
+           else "--resolve (resolve=mast_resolver()) looks its position up with MAST's name resolver")
+    return f"no target of the catalog is named {' or '.join(designations)} ({how}); its targets: {known}"
 
 
 def _named_object(text: str) -> str | None:

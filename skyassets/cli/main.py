@@ -178,12 +178,14 @@ def _catalog(args: argparse.Namespace) -> int:
 
 def _find(args: argparse.Namespace) -> int:
     from skyassets.catalog.db import CatalogError, connect
-    from skyassets.catalog.find import find, mast_resolver
+    from skyassets.catalog.find import UnknownTarget, find, mast_resolver
 
     home = _catalogued_home()
     try:
         frame = find(connect(home), args.question, args.k, by=args.by, mode=args.mode,
                      resolve=mast_resolver() if args.resolve else None)
+    except UnknownTarget as exc:
+        raise CommandError(str(exc), 1) from exc
     except (CatalogError, ValueError) as exc:
         raise CommandError(str(exc).strip().splitlines()[0]) from exc
     if frame.empty:

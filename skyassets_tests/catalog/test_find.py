@@ -22,6 +22,7 @@ import pytest
 from skyassets.catalog import db
 from skyassets.catalog.find import (
     MAX_SEGMENTS,
+    UnknownTarget,
     build_index,
     default_embedder,
     find,
@@ -253,7 +254,9 @@ def test_parse_dates_exposures_and_regions(con, home):
     parsed = parse("WFC3/IR images between 2022-2023 longer than 2 ks", index)
     assert parsed.applied == ["instrument WFC3", "observed 2022–2023", "exposure >= 2000 s"]
     assert parse("near-infrared images", index).applied == ["near-infrared filters (F090W, F200W, F444W)"]
-    assert parse("M74 in March 2021", index).applied == ["observed March 2021"]
+    assert parse("images in March 2021", index).applied == ["observed March 2021"]
+    with pytest.raises(UnknownTarget, match="named M 74 "):  # an object the catalog does not hold
+        parse("M74 in March 2021", index)
     assert tokens("NGC 0628 F444W near-infrared") == [
         "ngc", "628", "f", "444", "w", "f444w", "near", "infrared", "near-infrared", "ngc628", "f444"]
     assert name_keys("NGA_NGC0628") == {"ngc628"}
@@ -322,8 +325,23 @@ def test_the_name_resolver_places_an_alias(tmp_path, home, con):
         assert "target M74 (resolved to 24.1739 +15.7837" in found["why"][0]
         unknown = find(con, "F444W images of Nowhere Nebula", 10, embedder=None, resolve=resolve)
         assert "does not know 'Nowhere Nebula'" in unknown["why"][0]
-    offline = find(con, "F444W images of M74", 3, embedder=None, resolve=mast_resolver("http://127.0.0.1:9"))
-    assert "does not know 'M74'" in offline["why"][0]
+    # a designation nothing places matches nothing, rather than other targets' images
+    with pytest.raises(UnknownTarget, match="named M 74 \\(the name resolver does not place it either\\)"):
+        find(con, "F444W images of M74", 3, embedder=None, resolve=mast_resolver("http://127.0.0.1:9"))
+
+
+def test_a_named_object_that_is_no_target_matches_nothing(home, con, monkeypatch, capsys):
+    with pytest.raises(UnknownTarget) as raised:
+        find(con, "images of NGC 9999", 10, embedder=None)
+    assert str(raised.value).startswith("no target of the catalog is named NGC 9999 (--resolve")
+    assert "its targets: " in str(raised.value) and "NGC-3132" in str(raised.value)
+    # the catalog's own targets, however written, and questions naming no object, are answered as before
+    assert set(find(con, "images of ngc628", 5, embedder=None)["target_name"]) <= {"NGC-628", "NGC628", "NGA_NGC0628"}
+    assert len(find(con, "program 2736", 5, embedder=None))
+    monkeypatch.setenv("SKYASSETS_HOME", str(home.root))
+    assert main(["find", "images of NGC 9999"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1 and "NGC 9999" in captured.err
 
 
 def test_the_find_command(home, monkeypatch, capsys):
