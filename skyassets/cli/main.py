@@ -363,6 +363,10 @@ def _dev(args: argparse.Namespace) -> int:
     command = [sys.executable, "-W", "ignore:Function `dev_command` is superseded", "-m", "dagster", "dev",
                "-w", str(workspace), *where, *extra]
     os.chdir(dagster_home)
+    # Started in the background by a script, SIGINT arrives ignored, and dagster dev maps SIGTERM to
+    # SIGINT's handler: it would then ignore `kill` too. With the default, both stop it and its children.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
     os.execv(sys.executable, command)
     return 0  # not reached
 

@@ -164,3 +164,43 @@ def _caught_up(home: Path, obs_id: str) -> bool:
         return measured > 0 and con.execute("SELECT count(*) FROM mosaics").fetchone()[0] > 0
     finally:
         con.close()
+
+
+def test_skyassets_dev_started_by_a_script_stops_on_sigterm(tmp_path):
+    """A script's background job starts with SIGINT ignored; `kill` must still stop dev and its children."""
+    port = _free_port()
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "dagster"), "SKYASSETS_HOME": str(tmp_path / "home")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "skyassets.cli.main", "dev", "-h", "127.0.0.1", "-p", str(port)],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),  # as a non-interactive shell's `&`
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while not _serving(port):
+            assert process.poll() is None and time.monotonic() < deadline, "dagster dev did not start"
+            time.sleep(1)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) is not None
+        deadline = time.monotonic() + 30  # the webserver, daemon and code server go with it
+        while _group_alive(process.pid):
+            assert time.monotonic() < deadline, "dagster dev's processes outlived it"
+            time.sleep(0.5)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+def _group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _serving(port: int) -> bool:
+    try:
+        return requests.get(f"http://127.0.0.1:{port}/server_info", timeout=2).ok
+    except requests.ConnectionError:
+        return False
