@@ -20,8 +20,9 @@ import random
 import threading
 import time
 import weakref
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import astropy.units as u
@@ -169,6 +170,18 @@ def _status_checked(url: str) -> Callable[..., None]:
             response.raise_for_status()
 
     return check
+
+
+@contextmanager
+def single_attempt(client: ObservationsClass) -> Iterator[None]:
+    """Calls through ``client`` make one attempt each, a transient failure ending them at once: a
+    probe of whether the archive answers at all, after one call waited out every retry."""
+    settings = archive_settings(client)
+    _settings[client] = replace(settings, retry=replace(settings.retry, total_seconds=0.0))
+    try:
+        yield
+    finally:
+        _settings[client] = settings
 
 
 def with_retries(

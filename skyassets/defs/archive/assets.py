@@ -4,6 +4,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -135,7 +136,7 @@ def _bytes(frame: pd.DataFrame) -> dict[str, int]:
 def mast_products(
     context: AssetExecutionContext, home: HomeResource, watchlist: WatchlistResource, archive: ArchiveResource
 ) -> MaterializeResult:
-    from skyassets.archive.client import ArchiveError
+    from skyassets.archive.client import ArchiveError, single_attempt
     from skyassets.archive.query import CloudLookup, list_products
 
     wl = watchlist.load()
@@ -145,17 +146,23 @@ def mast_products(
     observations = lake.read("mast_observations").set_index("obs_id")
     frames, failed = [], {}
     cloud = CloudLookup(archive.cloud)  # one for the run: a lookup service that is down is not asked again
+    gave_up: ArchiveError | None = None  # the last call that waited out every retry, until another answers
     for obs_id in context.partition_keys:
         try:  # one observation's trouble (the archive failing its list) is its own: the others are listed
             row = _observation_row(observations, obs_id)
-            frame, refused = list_products(
-                client, row["obsid"], _product_spec(wl, row["watchlist_entry"]),
-                download_url=download_url, cloud=cloud, name=obs_id,
-            )
+            # after a call that waited out its retries, the next is a single try: an archive that is
+            # down fails it at once, and the batch stops instead of each observation waiting as long
+            with single_attempt(client) if gave_up else nullcontext():
+                frame, refused = list_products(
+                    client, row["obsid"], _product_spec(wl, row["watchlist_entry"]),
+                    download_url=download_url, cloud=cloud, name=obs_id,
+                )
+            gave_up = None
         except (ArchiveError, Failure) as err:
-            if isinstance(err, ArchiveError) and err.exhausted:  # the archive is down, not this observation
-                raise Failure(f"{err}; the archive kept failing, so the rest of the batch was not asked "
-                              "(run it again once the archive answers)") from err
+            if isinstance(err, ArchiveError) and err.exhausted and gave_up is not None:  # the archive is down
+                raise Failure(f"{gave_up}; the archive kept failing (the next observation's list too), so the "
+                              "rest of the batch was not asked (run it again once the archive answers)") from err
+            gave_up = err if isinstance(err, ArchiveError) and err.exhausted else None
             failed[obs_id] = getattr(err, "description", None) or str(err)
             context.log.error(f"no product list: {failed[obs_id]}")
             continue

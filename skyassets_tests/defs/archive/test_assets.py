@@ -226,6 +226,34 @@ def test_a_cloud_lookup_given_up_is_said_in_the_runs_log_and_its_files_come_over
     assert set(manifest["source"]) == {"http"}
 
 
+def test_an_observation_whose_list_keeps_failing_fails_alone_and_the_batch_goes_on(emu, tmp_path):
+    defs = _defs(emu, tmp_path / "home")
+    resources = {**defs.resources, "archive": ArchiveResource(url=emu.url, s3_endpoint=emu.s3_endpoint,
+                                                              retry_seconds=1.0)}
+    defs = Definitions(assets=defs.assets, jobs=defs.jobs, resources=resources)
+    with instance_for_test() as instance:
+        assert defs.resolve_job_def("watchlist_job").execute_in_process(instance=instance).success
+        observations = pd.read_parquet(tmp_path / "home" / "lake" / "mast_observations.parquet")
+        batch = observations.sort_values("obs_id").head(4).to_dict("records")
+        instance.add_dynamic_partitions("observations", [o["obs_id"] for o in batch])
+        # the archive answers, but never for that one observation's product list
+        emu.faults.add("status", match=f'"obsid": "{batch[1]["obsid"]}"', status=503, times=-1, endpoint="invoke",
+                       retry_after=0)
+        run = defs.resolve_job_def("observation_job").execute_in_process(
+            instance=instance, tags=partition_range(batch[0]["obs_id"], batch[-1]["obs_id"]), raise_on_error=False)
+        error = next(e for e in run.all_events if e.is_step_failure).event_specific_data.error.message
+        assert f"1 of 4 observations have no product list ({batch[1]['obs_id']}: " in error
+        listed = sorted(p.stem for p in (tmp_path / "home" / "lake" / "mast_products").glob("*.parquet"))
+        assert listed == sorted(o["obs_id"] for o in batch if o is not batch[1])
+        failure = next(e for e in run.all_events if e.event_type_value == "PIPELINE_FAILURE")
+        context = build_run_status_sensor_context(
+            "failed_batch_sensor", failure, instance, instance.get_run_by_id(run.run_id)).for_run_failure()
+        requests = list(failed_batch_sensor(context))
+        every = instance.get_dynamic_partitions("observations")
+        assert [requested_partitions(r, every) for r in requests] == [
+            [batch[0]["obs_id"]], [batch[1]["obs_id"]], [o["obs_id"] for o in batch[2:]]]
+
+
 def test_an_archive_that_keeps_failing_stops_the_batch_at_once_and_is_not_split(emu, tmp_path):
     defs = _defs(emu, tmp_path / "home")
     resources = {**defs.resources, "archive": ArchiveResource(url=emu.url, s3_endpoint=emu.s3_endpoint,
@@ -240,8 +268,9 @@ def test_an_archive_that_keeps_failing_stops_the_batch_at_once_and_is_not_split(
         run = defs.resolve_job_def("observation_job").execute_in_process(
             instance=instance, tags=partition_range(batch[0]["obs_id"], batch[-1]["obs_id"]), raise_on_error=False)
         error = next(e for e in run.all_events if e.is_step_failure).event_specific_data.error.message
-        assert "the archive kept failing, so the rest of the batch was not asked" in error
-        # one observation waited out the retries; the others were not asked, each for as long
+        assert "the archive kept failing (the next observation's list too), so the rest of the batch was not asked" \
+            in error
+        # one observation waited out the retries, the next was tried once; the others were not asked
         assert batch[0]["obs_id"] in error and not any(o["obs_id"] in error for o in batch[1:])
         failure = next(e for e in run.all_events if e.event_type_value == "PIPELINE_FAILURE")
         context = build_run_status_sensor_context(
