@@ -73,8 +73,11 @@ def _demo(runner: Runner, home: Home, dagster_home: Path) -> int:
     for entry, count in observations["rows_per_entry"].items():
         print(f"  {entry:<32} {count:>4} rows")
     print(f"  exclusive-access left out: {observations['proprietary_left_out']}")
-    if observations.get("failed_entries"):
-        print(f"  failed entries: {observations['failed_entries']} (their last rows kept; see the run's log)")
+    failed_entries = observations.get("failed_entry_reasons") or []
+    if failed_entries:
+        print(f"  failed entries: {len(failed_entries)} (their last rows kept):")
+        for reason in failed_entries:
+            print(f"    {one_line(reason)}")
 
     context = build_sensor_context(instance=instance, definitions=defs, resources=defs.resources)
     context.log.setLevel(logging.WARNING)  # the sensor's own log line repeats what is printed next
@@ -141,10 +144,11 @@ def _demo(runner: Runner, home: Home, dagster_home: Path) -> int:
     downstream = bring_up_to_date(runner, home, ready, QUIET)
     if downstream is None:
         return 1
-    failures = len(failed_runs) + downstream
+    failures = len(failed_runs) + downstream + len(failed_entries)
     rows = latest_metadata(instance, "catalog")["rows"]
     print(f"\nCatalog: {counted(rows.get('images', 0), 'images')} of "
-          f"{counted(rows.get('observations', 0), 'observations')}, "
+          f"{counted(_catalogued_observations(home), 'observations')} "
+          f"({rows.get('observations', 0)} found by the watchlist), "
           f"{counted(rows.get('mosaics', 0), 'mosaics')}, {counted(rows.get('composites', 0), 'composites')}")
     print(f"\nFITS files:      {home.files}")
     print(f"Catalog:         {home.root / 'catalog.duckdb'}  (or skyassets.connect() in a notebook)")
@@ -157,3 +161,14 @@ def _demo(runner: Runner, home: Home, dagster_home: Path) -> int:
     print("\nOpen these runs in the Dagster UI (then browse http://127.0.0.1:3000):")
     print(f"  SKYASSETS_HOME={home.root} DAGSTER_HOME={dagster_home} {command} dev")
     return 1 if failures else 0
+
+
+def _catalogued_observations(home: Home) -> int:
+    """Observations with an image in the published catalog (the watchlist may find more)."""
+    from skyassets.catalog.db import connect
+
+    con = connect(home, published=True)
+    try:
+        return con.execute("SELECT count(DISTINCT obs_id) FROM images").fetchone()[0]
+    finally:
+        con.close()

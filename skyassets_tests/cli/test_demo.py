@@ -10,7 +10,9 @@ import pytest
 @pytest.mark.slow
 def test_an_observation_the_archive_fails_fails_alone_and_its_batch_is_catalogued(emu, tmp_path):
     watchlist = tmp_path / "watchlist.yaml"
-    watchlist.write_text("entries:\n  - name: m74-field\n    coordinates: \"24.1739 15.7836\"\n    radius: 4 arcmin\n")
+    watchlist.write_text("entries:\n  - name: m74-field\n    coordinates: \"24.1739 15.7836\"\n    radius: 4 arcmin\n"
+                         "  - name: ring-by-name\n    target: NGC 3132\n")
+    emu.faults.add("status", endpoint="resolver", status=400, times=-1)  # that entry fails, the other goes on
     public = [o for o in emu.sky.observations if o.get("dataRights", "PUBLIC") == "PUBLIC"]
     found = sorted((o for o in public if abs(o["s_ra"] - 24.1739) < 0.1), key=lambda o: o["obs_id"])
     assert len(found) > 3  # more than one observation in the first batch, around the bad one
@@ -23,6 +25,7 @@ def test_an_observation_the_archive_fails_fails_alone_and_its_batch_is_catalogue
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 1, done.stdout + done.stderr
     out = done.stdout
+    assert "  failed entries: 1 (their last rows kept):\n    ring-by-name: " in out and "HTTP 400" in out, out
     assert "tried again in 3 runs, each failing observation alone:" in out, out
     failed = [line for line in out.splitlines() if "FAILED" in line]
     assert len(failed) == 2 and f"  {bad['obs_id']}: FAILED" in failed[1], out  # the batch, then it alone
@@ -31,3 +34,5 @@ def test_an_observation_the_archive_fails_fails_alone_and_its_batch_is_catalogue
     assert "1 failed run." in out, out
     catalogued = {p.stem for p in (tmp_path / "home" / "lake" / "image_metadata").glob("*.parquet")}
     assert catalogued == {o["obs_id"] for o in found} - {bad["obs_id"]}, out
+    # the closing count is of the observations with images, not of those the watchlist found
+    assert f"images of {len(catalogued)} observations (" in out and "found by the watchlist)" in out, out

@@ -92,6 +92,7 @@ def mast_observations(
             "proprietary_left_out": result.proprietary,
             "exclusive_access_granted": result.granted,
             "failed_entries": len(result.failed),
+            "failed_entry_reasons": MetadataValue.json(list(result.failed)),  # each names its entry
             "kept_from_failed_entries": kept,
             "rejected_obs_ids": len(result.rejected),
         }

@@ -95,6 +95,8 @@ def test_an_archive_outage_keeps_the_observations_of_the_entries_it_failed(emu, 
         assert sorted(after["obs_id"]) == sorted(before["obs_id"])  # the ring's rows kept, not dropped
         event = instance.get_latest_materialization_event(AssetKey("mast_observations")).asset_materialization
         assert event.metadata["failed_entries"].value == 1
+        (why,) = event.metadata["failed_entry_reasons"].value  # the entry by name, and the archive's answer
+        assert "southern-ring-nircam" in why and "HTTP 503" in why, why
         assert event.metadata["kept_from_failed_entries"].value == len(set(ring["obs_id"]) - set(
             before[~before.index.isin(ring.index)]["obs_id"]))
         # the entry answers again, with the same rows: its recovery is materialised, once
