@@ -451,13 +451,13 @@ def fits_files(
     failed = [(o[0], r) for q, r, o in zip(requests, results, owner, strict=True)
               if r.status == "failed" and q.local_path is None]
     if failed:
-        listed = "; ".join(str(r.error) for _, r in failed[:5])
+        listed = "; ".join(f"{obs_id}: {r.error}" for obs_id, r in failed[:5])  # a file name may not say whose
         more = f" and {len(failed) - 5} more" if len(failed) > 5 else ""
         raise Failure(
             f"{len(failed)} of {len(results)} files failed ({listed}{more}); "
             "verified files are kept and a retry resumes the rest",
             metadata={
-                "failed": MetadataValue.md("\n".join(f"- `{r.filename}`: {r.error}" for _, r in failed)),
+                "failed": MetadataValue.md("\n".join(f"- `{obs}` `{r.filename}`: {r.error}" for obs, r in failed)),
                 **failed_partitions_metadata(obs_id for obs_id, _ in failed),
             },
         )

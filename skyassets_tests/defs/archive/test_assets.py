@@ -141,6 +141,7 @@ def test_http_fallback_when_cloud_is_off_and_failure_keeps_verified_files(emu, t
         assert not run.success
         failure = next(e for e in run.all_events if e.is_step_failure)
         assert "_drz" in str(failure.event_specific_data.error) and "failed" in str(failure.event_specific_data.error)
+        assert f"files failed ({obs_id}: {obs_id}_drz.fits: HTTP 503" in str(failure.event_specific_data.error)
         assert failure.event_specific_data.user_failure_data.metadata["failed_partitions"].value == [obs_id]
         kept = [p for p in (home / "files" / "HST" / obs_id).glob("*.fits")]
         assert kept and not any("_drz" in p.name for p in kept)
