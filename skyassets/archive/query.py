@@ -11,9 +11,12 @@ go on.
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import quote
 
 import numpy as np
@@ -286,14 +289,41 @@ def select_products(products: Table, spec: ProductSpec) -> Table:
     return products[keep]
 
 
+# Seconds a cloud lookup service found down stays unasked by the runs that follow: each run would
+# otherwise wait out the same retries (minutes) for the same answer, holding the archive's pool.
+CLOUD_DOWN_SECONDS = 900.0
+
+
 @dataclass
 class CloudLookup:
     """Whether products are looked up in the cloud: on unless switched off, and off for the rest of a
     run once the lookup service kept failing past its retries (``down`` says why), as every other
-    observation would wait out the same retries for the same answer."""
+    observation would wait out the same retries for the same answer. ``noted`` is when an earlier
+    run found it so (:meth:`for_run`), for the runs that follow within ``CLOUD_DOWN_SECONDS``."""
 
     enabled: bool = True
     down: str = ""
+    noted: float | None = None
+
+    @classmethod
+    def for_run(cls, enabled: bool, note: Path, now: float | None = None) -> CloudLookup:
+        """The run's lookup: off if ``note`` says the service was found down less than
+        ``CLOUD_DOWN_SECONDS`` ago (an unreadable note is no note)."""
+        now = time.time() if now is None else now
+        try:
+            said = json.loads(note.read_text())
+            at, why = float(said["at"]), str(said["why"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return cls(enabled)
+        if not enabled or not 0 <= now - at < CLOUD_DOWN_SECONDS:
+            return cls(enabled)
+        return cls(False, why, at)
+
+    def remember(self, note: Path, now: float | None = None) -> None:
+        """Note for the runs that follow that the service was found down in this run."""
+        if self.down and self.noted is None:
+            note.parent.mkdir(parents=True, exist_ok=True)
+            note.write_text(json.dumps({"at": time.time() if now is None else now, "why": self.down}))
 
 
 def _cloud_keys(

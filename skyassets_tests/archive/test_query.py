@@ -2,7 +2,7 @@ import pytest
 from astropy.time import Time
 
 from skyassets.archive.client import observations_client
-from skyassets.archive.query import list_products, query_watchlist
+from skyassets.archive.query import CLOUD_DOWN_SECONDS, CloudLookup, list_products, query_watchlist
 from skyassets.archive.watchlist import ProductSpec, load_watchlist, parse_watchlist
 
 
@@ -103,3 +103,20 @@ def test_the_real_mast_is_used_without_redirection():
     real = observations_client()  # ...and a client of the real MAST takes that back
     assert real._portal_api_connection.MAST_REQUEST_URL == "https://mast.stsci.edu/api/v0/invoke"
     assert "server" not in archive_client._route
+
+
+def test_a_cloud_lookup_found_down_stays_off_for_the_runs_that_follow_for_a_while(tmp_path):
+    note = tmp_path / "home" / ".cloud-lookup-down.json"
+    assert CloudLookup.for_run(True, note) == CloudLookup(True)  # no note
+    found = CloudLookup(True)
+    found.remember(note, now=1000.0)  # up all run: nothing to say
+    assert not note.exists()
+    found.enabled, found.down = False, "cloud path lookup: HTTP 503 (gave up after 12 attempts in 299.0 s)"
+    found.remember(note, now=1000.0)
+    later = CloudLookup.for_run(True, note, now=1000.0 + CLOUD_DOWN_SECONDS - 1)
+    assert (later.enabled, later.down, later.noted) == (False, found.down, 1000.0)
+    later.remember(note, now=5000.0)  # a run that only read the note does not renew it
+    assert CloudLookup.for_run(True, note, now=1000.0 + CLOUD_DOWN_SECONDS) == CloudLookup(True)
+    assert CloudLookup.for_run(False, note, now=1001.0) == CloudLookup(False)  # switched off: no note needed
+    note.write_text("{not json")
+    assert CloudLookup.for_run(True, note, now=1001.0) == CloudLookup(True)

@@ -39,6 +39,8 @@ OBSERVATION_PREVIEW = [
     "obs_id", "target_name", "obs_collection", "instrument_name", "filters", "t_exptime", "watchlist_entry",
 ]
 PRODUCT_PREVIEW = ["productFilename", "productSubGroupDescription", "size", "s3_key"]
+# In the home: when a run last found the cloud path lookup down, and why (CloudLookup.for_run).
+CLOUD_DOWN_NOTE = ".cloud-lookup-down.json"
 MANIFEST_PREVIEW = ["filename", "size", "status", "source", "fits_checksum", "seconds", "bytes_per_second"]
 
 
@@ -138,7 +140,7 @@ def mast_products(
     context: AssetExecutionContext, home: HomeResource, watchlist: WatchlistResource, archive: ArchiveResource
 ) -> MaterializeResult:
     from skyassets.archive.client import ArchiveError, single_attempt
-    from skyassets.archive.query import CloudLookup, list_products
+    from skyassets.archive.query import CLOUD_DOWN_SECONDS, CloudLookup, list_products
 
     wl = watchlist.load()
     client = archive.client(home.home)
@@ -146,7 +148,12 @@ def mast_products(
     lake = home.home.tables
     observations = lake.read("mast_observations").set_index("obs_id")
     frames, failed = [], {}
-    cloud = CloudLookup(archive.cloud)  # one for the run: a lookup service that is down is not asked again
+    # one for the run: a lookup service found down (in this run, or minutes ago in another) is not asked
+    note = home.home.root / CLOUD_DOWN_NOTE
+    cloud = CloudLookup.for_run(archive.cloud, note)
+    if cloud.noted is not None:
+        context.log.warning(f"no cloud lookups: a run {time.time() - cloud.noted:.0f} s ago found the service down "
+                            f"({cloud.down}); files go over HTTP")
     gave_up: ArchiveError | None = None  # the last call that waited out every retry, until another answers
     for obs_id in context.partition_keys:
         try:  # one observation's trouble (the archive failing its list) is its own: the others are listed
@@ -173,8 +180,10 @@ def mast_products(
         lake.write("mast_products", frame, partition=obs_id)
         frames.append(frame)
         context.log.info(f"{obs_id}: {len(frame)} products, {int(frame['size'].sum()) if len(frame) else 0} bytes")
-    if cloud.down:
-        context.log.warning(f"no cloud lookups after: {cloud.down}; the rest of the run's files go over HTTP")
+    if cloud.down and cloud.noted is None:
+        cloud.remember(note)
+        context.log.warning(f"no cloud lookups after: {cloud.down}; the rest of the run's files, and those of "
+                            f"the runs of the next {CLOUD_DOWN_SECONDS / 60:.0f} minutes, go over HTTP")
     if failed:
         why = "; ".join(list(failed.values())[:5])  # each names its observation
         raise Failure(

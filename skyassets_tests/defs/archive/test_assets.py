@@ -221,10 +221,19 @@ def test_a_cloud_lookup_given_up_is_said_in_the_runs_log_and_its_files_come_over
         emu.faults.add("status", endpoint="path_lookup", status=503, times=-1, retry_after=0)
         run = defs.resolve_job_def("observation_job").execute_in_process(instance=instance, partition_key=obs_id)
         messages = [r.event_log_entry.user_message for r in instance.get_records_for_run(run.run_id).records]
+        # the next run, minutes later, does not wait out the same retries again
+        other = next(o["obs_id"] for o in emu.sky.observations if o["obs_collection"] == "JWST")
+        instance.add_dynamic_partitions("observations", [other])
+        lookups = sum("path_lookup" in r["path"] for r in emu.requests)
+        later = defs.resolve_job_def("observation_job").execute_in_process(instance=instance, partition_key=other)
+        assert sum("path_lookup" in r["path"] for r in emu.requests) == lookups
+        said = [r.event_log_entry.user_message for r in instance.get_records_for_run(later.run_id).records]
+        assert any("no cloud lookups: a run" in m and "found the service down" in m for m in said), said
     assert any(m.startswith(f"{obs_id}: cloud path lookup: HTTP 503") and "no more cloud lookups" in m
                for m in messages), messages
     manifest = pd.read_parquet(home / "lake" / "fits_files" / f"{obs_id}.parquet")
     assert set(manifest["source"]) == {"http"}
+    assert set(pd.read_parquet(home / "lake" / "fits_files" / f"{other}.parquet")["source"]) == {"http"}
 
 
 def test_an_observation_whose_list_keeps_failing_fails_alone_and_the_batch_goes_on(emu, tmp_path):
