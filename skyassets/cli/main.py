@@ -87,6 +87,11 @@ def _ingest(args: argparse.Namespace) -> int:
               f"{len(report.failed)} failed, {len(report.refused)} refused")
         if report.unchanged:
             print(f"{report.unchanged} of them unchanged since an earlier ingest: not taken again")
+        for location, name in list(report.renamed.items())[:20]:
+            print(f"  stored as {one_line(name)}: {one_line(location)} (its own name cannot be a file name here)")
+        if len(report.renamed) > 20:
+            print(f"  ... and {len(report.renamed) - 20} more stored under another name (the files table's "
+                  "file_name and path)")
         for key, locations in report.left.items():
             print(f"{counted(len(locations), 'files')} left {key} for another partition (the observation id in "
                   f"the header changed, or there is none and the file is now keyed by its path): {key} catalogued "

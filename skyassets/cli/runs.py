@@ -189,6 +189,8 @@ class IngestReport:
     left: dict[str, list[str]] = field(default_factory=dict)
     runs: int = 0
     failed_runs: list[str] = field(default_factory=list)
+    # catalogued files stored under another name than their own (unsafe, too long, or taken): location -> name
+    renamed: dict[str, str] = field(default_factory=dict)
 
     @property
     def files(self) -> int:
@@ -343,6 +345,9 @@ def ingest(
             reason = quarantined.get(file.location) or quarantined.get(stored.get(file.location, ""))
             if key not in failed_in and status.get(file.location) not in (None, "failed", "quarantined"):
                 report.catalogued.append(file.location)
+                name = stored.get(file.location, file.location).rsplit("/", 1)[-1]
+                if name != file.location.rsplit("/", 1)[-1]:
+                    report.renamed[file.location] = name
             elif reason or status.get(file.location) == "quarantined":
                 report.quarantined[file.location] = reason or "refused while being catalogued (see the run's log)"
             elif key in failed_in:

@@ -14,6 +14,8 @@ MAX_FILENAME_LENGTH = 255
 
 _KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 _DRIVE_RE = re.compile(r"^[A-Za-z]:")
+# Unicode categories no file name may hold: control, format, surrogate, private, unassigned, separators.
+UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 
 
 class InvalidNameError(ValueError):
@@ -55,7 +57,7 @@ def safe_filename(name: str) -> str:
     if _DRIVE_RE.match(name):
         raise InvalidNameError(f"file name {name!r} starts with a drive letter")
     for ch in name:
-        if unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"):
+        if unicodedata.category(ch) in UNSAFE_CATEGORIES:
             raise InvalidNameError(f"file name {name!r} contains the control character {ch!r}")
     if len(name.encode("utf-8")) > MAX_FILENAME_LENGTH:
         raise InvalidNameError(f"file name {name[:40]!r}... is longer than {MAX_FILENAME_LENGTH} bytes")

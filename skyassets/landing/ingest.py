@@ -16,6 +16,7 @@ import json
 import os
 import stat
 import time
+import unicodedata
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -36,7 +37,7 @@ from skyassets.archive.download import (
     FileRequest,
 )
 from skyassets.lake.home import Home
-from skyassets.lake.names import MAX_FILENAME_LENGTH, InvalidNameError, safe_filename
+from skyassets.lake.names import MAX_FILENAME_LENGTH, UNSAFE_CATEGORIES, InvalidNameError, safe_filename
 from skyassets.landing.keys import partition_key
 from skyassets.landing.zone import FITS_SUFFIXES, LandedFile, unread_compression
 
@@ -169,11 +170,12 @@ def group_within(
 def _stored_name(landed: LandedFile, taken: set[str]) -> str:
     """The file's own name if usable and unused in its partition, else a safe one with a short hash.
 
-    Usable means every one of its ``derived_names`` is a safe file name. A name only too long keeps
-    its start and its kind (``.fits.gz``, ``.fz`` ...) around the hash; any other becomes ``file``
-    and its kind.
+    Usable means every one of its ``derived_names`` is a safe file name. A name holding characters
+    no file name may (control characters, a newline, a drive prefix) has each replaced by ``_``; one
+    too long keeps its start and its kind (``.fits.gz``, ``.fz`` ...) around the hash; any other
+    becomes ``file`` and its kind.
     """
-    name = landed.location.rsplit("/", 1)[-1]
+    name = _cleaned(landed.location.rsplit("/", 1)[-1])
     suffix = next((x for x in sorted(FITS_SUFFIXES, key=len, reverse=True) if name.lower().endswith(x)), ".fits")
     digest = hashlib.sha256(landed.location.encode()).hexdigest()[:8]
     if name in taken:
@@ -187,6 +189,14 @@ def _stored_name(landed: LandedFile, taken: set[str]) -> str:
         if name in taken:
             name = f"{digest}-{name}"
     return name
+
+
+def _cleaned(name: str) -> str:
+    """``name`` with each character no file name may hold as ``_`` (and no drive prefix, no leading dot)."""
+    kept = "".join("_" if unicodedata.category(ch) in UNSAFE_CATEGORIES or ch == "\\" else ch for ch in name)
+    if len(kept) > 1 and kept[1] == ":":
+        kept = kept[0] + "_" + kept[2:]
+    return "_" + kept[1:] if kept.startswith(".") else kept
 
 
 def _usable(name: str) -> bool:

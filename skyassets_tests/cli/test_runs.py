@@ -198,6 +198,19 @@ def test_a_name_holding_a_colon_is_reported_quarantined_with_its_reason(emu, tmp
     assert "not a valid FITS file: " in report.quarantined[str(drop / "night: 3.fits")]  # cut short, not mis-summed
 
 
+def test_a_file_stored_under_another_name_is_reported_so(emu, tmp_path):
+    drop = tmp_path / "night"
+    drop.mkdir()
+    good = sorted(emu.sky.root.rglob("*_cal.fits"))[:2]
+    shutil.copy(good[0], drop / good[0].name)
+    odd = drop / f"first\nline_{good[1].name}"  # a newline cannot be in a stored name
+    shutil.copy(good[1], odd)
+    with instance_for_test() as instance:
+        report = ingest([drop], Home(tmp_path / "home"), instance)
+    assert sorted(report.catalogued) == sorted([str(drop / good[0].name), str(odd)])
+    assert report.renamed == {str(odd): f"first_line_{good[1].name}"}  # its name, as near as can be
+
+
 def test_partition_batches_cover_only_the_keys_asked_for():
     with instance_for_test() as instance:
         instance.add_dynamic_partitions("observations", ["a", "b", "c", "x", "d", "e"])
@@ -218,7 +231,7 @@ def test_landed_files_get_safe_distinct_names(tmp_path):
     requests = landed_requests(home, ["night-1", "from-mast"])
     assert list(requests) == ["night-1"]  # a partition without a landing record is MAST's
     names = [request.filename for _, request in requests["night-1"]]
-    assert names[0] == "x.fits" and names[1].endswith("-x.fits") and names[2] == "file.fz"
+    assert names[0] == "x.fits" and names[1].endswith("-x.fits") and names[2] == "bell_.fits.fz"
     assert all(request.dest_dir == home.files / "local" / "night-1" for _, request in requests["night-1"])
 
 
