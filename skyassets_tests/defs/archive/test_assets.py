@@ -236,16 +236,22 @@ def test_a_cloud_lookup_given_up_is_said_in_the_runs_log_and_its_files_come_over
     assert set(pd.read_parquet(home / "lake" / "fits_files" / f"{other}.parquet")["source"]) == {"http"}
 
 
-def test_an_observation_whose_list_keeps_failing_fails_alone_and_the_batch_goes_on(emu, tmp_path):
-    defs = _defs(emu, tmp_path / "home")
+def _batch_of_four(emu, home: Path, instance: DagsterInstance) -> tuple[Definitions, list[dict]]:
+    """The pipeline with archive calls retried for 1 s at most, and four observations of the watchlist."""
+    defs = _defs(emu, home)
     resources = {**defs.resources, "archive": ArchiveResource(url=emu.url, s3_endpoint=emu.s3_endpoint,
                                                               retry_seconds=1.0)}
     defs = Definitions(assets=defs.assets, jobs=defs.jobs, resources=resources)
+    assert defs.resolve_job_def("watchlist_job").execute_in_process(instance=instance).success
+    observations = pd.read_parquet(home / "lake" / "mast_observations.parquet")
+    batch = observations.sort_values("obs_id").head(4).to_dict("records")
+    instance.add_dynamic_partitions("observations", [o["obs_id"] for o in batch])
+    return defs, batch
+
+
+def test_an_observation_whose_list_keeps_failing_fails_alone_and_the_batch_goes_on(emu, tmp_path):
     with instance_for_test() as instance:
-        assert defs.resolve_job_def("watchlist_job").execute_in_process(instance=instance).success
-        observations = pd.read_parquet(tmp_path / "home" / "lake" / "mast_observations.parquet")
-        batch = observations.sort_values("obs_id").head(4).to_dict("records")
-        instance.add_dynamic_partitions("observations", [o["obs_id"] for o in batch])
+        defs, batch = _batch_of_four(emu, tmp_path / "home", instance)
         # the archive answers, but never for that one observation's product list
         emu.faults.add("status", match=f'"obsid": "{batch[1]["obsid"]}"', status=503, times=-1, endpoint="invoke",
                        retry_after=0)
@@ -265,15 +271,9 @@ def test_an_observation_whose_list_keeps_failing_fails_alone_and_the_batch_goes_
 
 
 def test_an_archive_that_keeps_failing_stops_the_batch_at_once_and_is_not_split(emu, tmp_path):
-    defs = _defs(emu, tmp_path / "home")
-    resources = {**defs.resources, "archive": ArchiveResource(url=emu.url, s3_endpoint=emu.s3_endpoint,
-                                                              retry_seconds=1.0)}
-    defs = Definitions(assets=defs.assets, jobs=defs.jobs, resources=resources)
     with instance_for_test() as instance:
-        assert defs.resolve_job_def("watchlist_job").execute_in_process(instance=instance).success
+        defs, batch = _batch_of_four(emu, tmp_path / "home", instance)
         observations = pd.read_parquet(tmp_path / "home" / "lake" / "mast_observations.parquet")
-        batch = observations.sort_values("obs_id").head(4).to_dict("records")
-        instance.add_dynamic_partitions("observations", [o["obs_id"] for o in batch])
         emu.faults.add("status", match="Mast.Caom.Products", status=503, times=-1, endpoint="invoke", retry_after=0)
         run = defs.resolve_job_def("observation_job").execute_in_process(
             instance=instance, tags=partition_range(batch[0]["obs_id"], batch[-1]["obs_id"]), raise_on_error=False)
