@@ -88,7 +88,8 @@ def _ingest(args: argparse.Namespace) -> int:
         if report.unchanged:
             print(f"{report.unchanged} of them unchanged since an earlier ingest: not taken again")
         for location, name in list(report.renamed.items())[:20]:
-            print(f"  stored as {one_line(name)}: {one_line(location)} (its own name cannot be a file name here)")
+            print(f"  stored as {one_line(name)}: {one_line(location)} (its own name is unsafe, too long, or "
+                  "taken by another file of its observation)")
         if len(report.renamed) > 20:
             print(f"  ... and {len(report.renamed) - 20} more stored under another name (the files table's "
                   "file_name and path)")
