@@ -309,15 +309,16 @@ def _forget_changed_copy(request: "FileRequest", before: dict | None, signature:
             stale.unlink(missing_ok=True)
 
 
-def _drop_departed_copies(root: Home, obs_id: str, kept: set[str], earlier: dict) -> None:
-    """Copies of landed files that have left this partition (their header now names another
+def _drop_departed_copies(root: Home, landed: dict, earlier: dict) -> None:
+    """Copies of landed files that have left their partition (their header now names another
     observation, or their record is gone): deleted, with their checksum and verification marks, so
-    the home holds no file that no manifest lists."""
+    the home holds no file that no manifest lists. ``landed``: partition -> its (row, request) pairs."""
     from skyassets.archive.download import LOCK_SUFFIX, SHA256_SUFFIX, VERIFIED_SUFFIX
 
+    kept = {(key, request.filename) for key, pairs in landed.items() for _, request in pairs}
     gone = []
     for (key, filename), row in earlier.items():
-        if key == obs_id and filename not in kept and row.get("path"):
+        if key in landed and (key, filename) not in kept and row.get("path"):
             folder, _, name = str(row["path"]).rpartition("/")
             gone += [row["path"], f"{row['path']}{SHA256_SUFFIX}", f"{folder}/.{name}{VERIFIED_SUFFIX}",
                      f"{folder}/.{name}{LOCK_SUFFIX}"]
@@ -429,9 +430,9 @@ def fits_files(
     landed = landed_requests(root, keys)
     archived = lake.read_partitions("mast_products", [k for k in keys if k not in landed])
     requests, owner = [], []
+    _drop_departed_copies(root, landed, earlier)
     for obs_id in keys:
         if obs_id in landed:  # a partition of the landing zone: copy its files
-            _drop_departed_copies(root, obs_id, {request.filename for _, request in landed[obs_id]}, earlier)
             for row, request in landed[obs_id]:
                 _forget_changed_copy(request, earlier.get((obs_id, request.filename)), row["signature"])
                 requests.append(request)
