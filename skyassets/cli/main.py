@@ -16,6 +16,7 @@ from pathlib import Path
 from skyassets.cli.output import counted, one_line, write_frame
 from skyassets.cli.sky import SkyError, add_sky_command
 from skyassets.lake.home import HOME_ENV, Home
+from skyassets.lake.lease import LockBusy
 
 # A new instance keeps its runs and events in this PostgreSQL database when the variable is set
 # (postgresql+psycopg2://user:password@host/db); SQLite under $DAGSTER_HOME otherwise.
@@ -80,7 +81,11 @@ def _ingest(args: argparse.Namespace) -> int:
     instance = DagsterInstance.get()
     print("Starting a Dagster webserver for this command's runs ...", file=sys.stderr, flush=True)
     with Launcher(dagster_home, instance) as launcher:
-        report = ingest(args.paths, home, launcher, batch=args.batch, progress=text_progress)
+        try:
+            report = ingest(args.paths, home, launcher, batch=args.batch, progress=text_progress,
+                            waiting=lambda held: print(f"waiting for the landing lock: {held}", file=sys.stderr))
+        except LockBusy as exc:
+            raise CommandError(f"landing lock not free: {exc}", 1) from exc
         print(f"{counted(report.files, 'files')} in {counted(len(report.partitions), 'partitions')} "
               f"({counted(report.runs, 'runs')}): "
               f"{len(report.catalogued)} catalogued, {len(report.quarantined)} quarantined, "

@@ -274,12 +274,14 @@ def ingest(
     *,
     batch: int = 250,
     progress: Callable[[int, int, int, int], None] | None = None,
+    waiting: Callable[[str], None] | None = None,
 ) -> IngestReport:
     """Catalogue local files through the landing job and say, per file, what became of it.
 
     The runs go one after another: side by side they were slower here, as each run's events wait on
     the same SQLite instance and its header reads already use every core. ``progress`` hears
-    (runs done, runs, files done, files) as each run ends.
+    (runs done, runs, files done, files) as each run ends; ``waiting`` hears who holds the landing
+    lock, when the sensor or another machine sharing the home's store is recording at that moment.
     """
     runner = as_runner(runner)
     instance = runner.instance
@@ -299,7 +301,7 @@ def ingest(
                 report.quarantined[file.location] = reason
             else:
                 report.catalogued.append(file.location)
-    with recording(home):  # a file whose header now names another observation leaves the one that held it
+    with recording(home, on_wait=waiting):  # a file whose header now names another observation leaves its old one
         report.left = relocate_landed(home, groups)
         for key, landed in groups.items():
             record_landed(home, key, landed)

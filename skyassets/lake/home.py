@@ -24,7 +24,8 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path, PurePosixPath
@@ -32,6 +33,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
+from skyassets.lake.lease import Waiting, file_lock, store_lease
 from skyassets.lake.names import safe_filename, validate_obs_id
 from skyassets.lake.store import Lake
 
@@ -250,6 +252,23 @@ class Home:
             if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                 return None
             raise StorageError(f"{self.url(relative)}: cannot look up: {error}") from error
+
+    @contextmanager
+    def lock(self, name: str, wait: float, on_wait: Waiting | None = None) -> Iterator[None]:
+        """Hold the home's lock ``name`` for the block, waiting at most ``wait`` seconds for it
+        (:class:`~skyassets.lake.lease.LockBusy` after that): a file lock ``.<name>.lock`` in the
+        local folder, and with a store also the lease ``.<name>.lock`` beside the stored layout, so
+        that every machine sharing the store takes its turn. ``on_wait`` hears who holds it, once,
+        when it is not free at once."""
+        started = time.monotonic()
+        with file_lock(self.root / f".{name}.lock", wait, on_wait):
+            if self.storage is None:
+                yield
+                return
+            bucket, key = self._bucket_key(f".{name}.lock")
+            left = max(0.0, wait - (time.monotonic() - started))
+            with store_lease(self.client(), bucket, key, left, on_wait=on_wait):
+                yield
 
     def remove_folder(self, relative: str | os.PathLike[str]) -> int:
         """Delete the folder ``relative`` of the home: its working copy and, with a store, every

@@ -10,7 +10,6 @@ quarantined. Plain Python, no Dagster.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -37,6 +36,7 @@ from skyassets.archive.download import (
     FileRequest,
 )
 from skyassets.lake.home import Home
+from skyassets.lake.lease import Waiting
 from skyassets.lake.names import MAX_FILENAME_LENGTH, UNSAFE_CATEGORIES, InvalidNameError, safe_filename
 from skyassets.landing.keys import partition_key
 from skyassets.landing.zone import FITS_SUFFIXES, LandedFile, unread_compression
@@ -45,6 +45,9 @@ if TYPE_CHECKING:
     from skyassets.fits.meta import Failure
 
 LANDING_COLLECTION = "local"
+# How long a writer of landing records waits for the landing lock: the command line waits out a tick
+# or another machine's batch; the sensor passes less, so that its tick gives up instead of hanging.
+RECORDING_WAIT = 600.0
 # How a landing run's log says a landed file was not copied: this, its location, ": " and why.
 NOT_COPIED = "could not copy "
 
@@ -233,18 +236,13 @@ def record_landed(home: Home, key: str, files: list[LandedFile]) -> str:
 
 
 @contextmanager
-def recording(home: Home) -> Iterator[None]:
+def recording(home: Home, wait: float = RECORDING_WAIT, on_wait: Waiting | None = None) -> Iterator[None]:
     """Hold the home's landing lock while landing records and the ``landing_index`` are read and
     rewritten: the sensor and ``skyassets ingest`` each rewrite the whole index, and one must not
-    write it without the other's rows. (A lock file in the home's local folder: processes on one
-    machine, as the daemon and the command line are.)"""
-    home.root.mkdir(parents=True, exist_ok=True)
-    with open(home.root / ".landing.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    write it without the other's rows, on this machine or another sharing the home's store.
+    Raises :class:`~skyassets.lake.lease.LockBusy` when another holds it for over ``wait`` seconds."""
+    with home.lock("landing", wait, on_wait):
+        yield
 
 
 def relocate_landed(home: Home, groups: Mapping[str, Sequence[LandedFile]]) -> dict[str, list[str]]:

@@ -16,11 +16,15 @@ from dagster import (
 from skyassets.defs.landing.jobs import landing_job
 from skyassets.defs.partitions import LANDED_PARTITIONS_PER_RUN, batched_requests, observations_partitions
 from skyassets.defs.resources import HomeResource, LandingResource
-from skyassets.landing.zone import LandingZone, S3LandingZone, Tick
+from skyassets.lake.lease import LockBusy
+from skyassets.landing.zone import LandedFile, LandingZone, S3LandingZone, Tick
 
 # Seconds a tick spends reading ready files' headers for their partition keys; the rest waits for the
 # next tick, so a tick ends well within Dagster's 60 s limit for a sensor evaluation.
 KEY_SECONDS = 20.0
+# Seconds a tick waits for the landing lock (held by the command line, or another machine landing into
+# the same store) before it offers its files again to a later tick.
+LOCK_SECONDS = 15.0
 
 
 def _version(items: Iterable[str]) -> str:
@@ -28,29 +32,18 @@ def _version(items: Iterable[str]) -> str:
     return hashlib.sha256("|".join(sorted(items)).encode()).hexdigest()[:16]
 
 
-def _landing_result(
-    context: SensorEvaluationContext, home: HomeResource, zone: LandingZone | S3LandingZone, tick: Tick, client=None
-) -> SensorResult:
-    """Record each ready file's partition and request their copy-and-catalogue runs, many partitions a run.
+def _record(
+    context: SensorEvaluationContext, home: HomeResource, zone: LandingZone | S3LandingZone,
+    groups: dict[str, list[LandedFile]],
+) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """Record the tick's partitions under the landing lock: (partition -> version, partition a file
+    left -> its locations). Raises ``LockBusy`` when the command line or another machine sharing the
+    store holds the lock for over ``LOCK_SECONDS``."""
+    from skyassets.landing.ingest import record_landed, recording, relocate_landed
 
-    The partitions of a tick's files become a few partition-range runs, however many there are; a
-    bad file does not hold its batch back, as ``fits_files`` and ``image_metadata`` quarantine it.
-    A partition whose landing record cannot be written is logged and its files released, to be
-    offered again by a later tick, as are the files whose headers the tick had no time left to read.
-    """
-    # imported here: it brings in the downloader (requests), which run processes seldom need
-    from skyassets.landing.ingest import group_within, record_landed, recording, relocate_landed
-
-    for relative, why in tick.skipped[:20]:  # said once per file, by the tick that first meets it
-        context.log.warning(f"not taken from the landing zone: {relative}: {why}")
-    if len(tick.skipped) > 20:
-        context.log.warning(f"... and {len(tick.skipped) - 20} more entries not taken")
-    groups, later = group_within(tick.ready, KEY_SECONDS, client=client)
-    if later:
-        zone.release(later)
-        context.log.info(f"{len(later)} ready files left for the next tick: their headers took the tick's time")
-    versions, moved = {}, {}
-    with recording(home.home):  # the command line may be recording into the same home
+    versions: dict[str, str] = {}
+    moved: dict[str, list[str]] = {}
+    with recording(home.home, wait=LOCK_SECONDS):
         try:  # a file whose header now names another observation leaves the partition that held it
             moved = relocate_landed(home.home, groups)
         except Exception as exc:  # the tick's files go on; only the old versions stay catalogued
@@ -65,6 +58,36 @@ def _landing_result(
                                   f"{exc}")
                 continue
             versions[key] = _version(f"{f.location}:{f.signature}" for f in files)
+    return versions, moved
+
+
+def _landing_result(
+    context: SensorEvaluationContext, home: HomeResource, zone: LandingZone | S3LandingZone, tick: Tick, client=None
+) -> SensorResult:
+    """Record each ready file's partition and request their copy-and-catalogue runs, many partitions a run.
+
+    The partitions of a tick's files become a few partition-range runs, however many there are; a
+    bad file does not hold its batch back, as ``fits_files`` and ``image_metadata`` quarantine it.
+    A partition whose landing record cannot be written is logged and its files released, to be
+    offered again by a later tick, as are the files whose headers the tick had no time left to read.
+    """
+    # imported here: it brings in the downloader (requests), which run processes seldom need
+    from skyassets.landing.ingest import group_within
+
+    for relative, why in tick.skipped[:20]:  # said once per file, by the tick that first meets it
+        context.log.warning(f"not taken from the landing zone: {relative}: {why}")
+    if len(tick.skipped) > 20:
+        context.log.warning(f"... and {len(tick.skipped) - 20} more entries not taken")
+    groups, later = group_within(tick.ready, KEY_SECONDS, client=client)
+    if later:
+        zone.release(later)
+        context.log.info(f"{len(later)} ready files left for the next tick: their headers took the tick's time")
+    try:
+        versions, moved = _record(context, home, zone, groups)
+    except LockBusy as busy:  # the files wait for a later tick; the tick does not hang
+        zone.release([f for files in groups.values() for f in files])
+        context.log.warning(f"{sum(map(len, groups.values()))} ready files offered again next tick: {busy}")
+        return SensorResult(cursor=tick.cursor)
     # a partition a file left runs again; its run key follows the version that left, so each time it runs once
     arrived = {f.location: f.signature for files in groups.values() for f in files}
     for key, locations in moved.items():

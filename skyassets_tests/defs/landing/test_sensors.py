@@ -353,3 +353,21 @@ def test_a_partition_a_file_leaves_again_is_asked_to_run_again(tmp_path):
             assert (old,) in runs, (obs_id, runs)  # the partition it left runs again, alone
             left_runs.append(runs[(old,)])
     assert len(set(left_runs)) == len(left_runs)  # each time a run key of its own: Dagster launches each
+
+
+def test_a_tick_that_cannot_take_the_landing_lock_offers_its_files_again(tmp_path, monkeypatch):
+    landing = tmp_path / "drop"
+    landing.mkdir()
+    _header_only(landing / "a.fits", "busy-a")
+    monkeypatch.setattr("skyassets.defs.landing.sensors.LOCK_SECONDS", 0.3)
+    resources = _resources(tmp_path / "home", landing)
+    home = resources["home"].home
+    with instance_for_test() as instance:
+        cursor = _tick(instance, resources, None).cursor  # a.fits seen; ready once it has settled
+        with home.lock("landing", wait=1):  # `skyassets ingest` recording into the same home
+            context = build_sensor_context(instance=instance, cursor=cursor, resources=resources)
+            busy = landing_zone_sensor(context)
+            assert not busy.run_requests and not busy.dynamic_partitions_requests
+        assert not home.tables.exists("landing", "landed-busy-a")  # nothing recorded while it waited
+        result = _tick(instance, resources, busy.cursor)
+        assert _covered(instance, result) == ["landed-busy-a"]
