@@ -18,7 +18,7 @@ dropped connection, so skyassets fetches the files itself:
 * a transfer slower than ``min_speed`` over ``min_speed_window`` is cut and retried, and
   ``deadline`` bounds one file's whole fetch, so a trickling server cannot hold a batch forever;
 * a finished file is checked (size, MD5 against a plain ETag, FITS ``CHECKSUM``/``DATASUM``, of the
-  decompressed stream for a ``.fits.gz``) before it is renamed into place, and its SHA-256 is
+  decompressed stream for a ``.fits.gz`` or ``.fits.bz2``) before it is renamed into place, and its SHA-256 is
   written beside it as ``<final>.sha256`` (``sha256sum -c`` format); a file that fails a check is
   moved aside as ``<final>.corrupt``;
 * a file in place with its ``.sha256`` is not fetched again if its size and mtime are those recorded
@@ -32,6 +32,7 @@ This module does not import Dagster; progress goes to a plain callback.
 
 from __future__ import annotations
 
+import bz2
 import contextlib
 import fcntl
 import hashlib
@@ -291,42 +292,69 @@ def _plain_md5(etag: str | None) -> bool:
     return bool(norm and _PLAIN_MD5_RE.match(norm))
 
 
-GZIP_SUFFIX = ".gz"
+# Compressions of a whole FITS file that are read as they arrive (by the name's last suffix), and how
+# each stream starts.
+COMPRESSIONS = {".gz": "gzip", ".bz2": "bzip2"}
+_MAGIC = {"gzip": b"\x1f\x8b", "bzip2": b"BZh"}
 _INFLATE_CHUNK = 16 << 20  # decompressed bytes handed to the FITS check at a time; bounds memory
 
 
-class GzipFitsVerifier:
-    """FITS ``CHECKSUM``/``DATASUM`` checks of a gzip-compressed FITS file, fed its compressed bytes.
+def compression_of(name: str) -> str | None:
+    """"gzip" for ``x.fits.gz``, "bzip2" for ``x.fits.bz2``, None for a file read as it is."""
+    lower = name.lower()
+    return next((kind for suffix, kind in COMPRESSIONS.items() if lower.endswith(suffix)), None)
 
-    MAST serves some products as ``.fits.gz`` (GALEX, many HLSPs); their checksums cover the
-    decompressed file, so the stream is inflated as it arrives and fed to a
-    :class:`StreamingFitsVerifier`. A broken or cut gzip stream (zlib's CRC and length checks) is
-    "bad" like a broken FITS file, and so is one that inflates past ``max_bytes`` (by default
-    ``SKYASSETS_MAX_DECOMPRESSED_BYTES``, which the catalogue applies too): a gzip bomb is refused
-    after that many bytes, not inflated whole.
+
+class CompressedFitsVerifier:
+    """FITS ``CHECKSUM``/``DATASUM`` checks of a gzip- or bzip2-compressed FITS file, fed its
+    compressed bytes.
+
+    MAST serves some products as ``.fits.gz`` (GALEX, many HLSPs), SDSS its frames as
+    ``.fits.bz2``; their checksums cover the decompressed file, so the stream is inflated as it
+    arrives and fed to a :class:`StreamingFitsVerifier`. A broken or cut stream (the codec's own
+    CRCs and end marker) is "bad" like a broken FITS file, and so is one that inflates past
+    ``max_bytes`` (by default ``SKYASSETS_MAX_DECOMPRESSED_BYTES``, which the catalogue applies
+    too): a compression bomb is refused after that many bytes, not inflated whole. A file of
+    several streams (``pigz``, ``pbzip2``) is read as one, as gzip, bzip2 and astropy read it.
     """
 
     def __init__(self, name: str, max_bytes: int | None = None) -> None:
-        self.name = name
-        self._fits = StreamingFitsVerifier(name.removesuffix(GZIP_SUFFIX))
-        self._inflate = zlib.decompressobj(wbits=31)
+        kind = compression_of(name)
+        if kind is None:
+            raise ValueError(f"{name}: not named as a compressed file ({', '.join(COMPRESSIONS)})")
+        self.name, self.kind = name, kind
+        self._fits = StreamingFitsVerifier(name[: name.rfind(".")])
+        self._inflate = self._decompressor()
         self._problem: str | None = None
-        self._head = b""  # the first bytes: a gzip stream starts with 1f 8b
+        self._head = b""  # the first bytes, which say whether it is the compression its name says
         self._max_bytes = max_bytes if max_bytes is not None else limits.current().max_decompressed_bytes
         self._inflated = 0
+
+    def _decompressor(self) -> Any:
+        return zlib.decompressobj(wbits=31) if self.kind == "gzip" else bz2.BZ2Decompressor()
+
+    def _unread(self) -> bytes:
+        """Input the decompressor handed back: the rest of a capped call, or what follows a stream's end."""
+        if self._inflate.eof:
+            return self._inflate.unused_data
+        return self._inflate.unconsumed_tail if self.kind == "gzip" else b""
+
+    def _holding(self) -> bool:
+        """Whether bzip2's decompressor holds output from earlier input (it buffers it, zlib does not)."""
+        return self.kind == "bzip2" and not self._inflate.eof and not self._inflate.needs_input
 
     def update(self, data: bytes | bytearray | memoryview) -> None:
         if self._problem is not None:
             return
         pending = bytes(data)
-        if len(self._head) < 2:
-            self._head += pending[: 2 - len(self._head)]
+        if len(self._head) < 3:
+            self._head += pending[: 3 - len(self._head)]
         try:
-            while pending:
-                if self._inflate.eof:  # a further gzip member, or zero padding after the last one
+            while pending or self._holding():
+                if self._inflate.eof:  # a further stream, or zero padding after the last one
                     if not any(pending):
                         return
-                    self._inflate = zlib.decompressobj(wbits=31)
+                    self._inflate = self._decompressor()
                 out = self._inflate.decompress(pending, _INFLATE_CHUNK)
                 self._inflated += len(out)
                 if self._inflated > self._max_bytes:
@@ -335,16 +363,17 @@ class GzipFitsVerifier:
                     return
                 if out:
                     self._fits.update(out)
-                pending = self._inflate.unconsumed_tail or (self._inflate.unused_data if self._inflate.eof else b"")
-        except zlib.error as exc:
-            self._problem = f"{self.name}: not a readable gzip stream: {exc}"
+                pending = self._unread()
+        except (zlib.error, OSError, EOFError) as exc:
+            self._problem = f"{self.name}: not a readable {self.kind} stream: {exc}"
 
     def result(self) -> FitsCheck:
-        gzip = self._head == b"\x1f\x8b"
+        compressed = self._head.startswith(_MAGIC[self.kind])
         if self._problem is not None:
-            return FitsCheck("bad" if gzip else "not-fits", problems=[self._problem])
-        if gzip and not self._inflate.eof:
-            return FitsCheck("bad", problems=[f"{self.name}: gzip stream ends before its end marker (truncated)"])
+            return FitsCheck("bad" if compressed else "not-fits", problems=[self._problem])
+        if compressed and not self._inflate.eof:
+            return FitsCheck("bad", problems=[f"{self.name}: {self.kind} stream ends before its end marker "
+                                              "(truncated)"])
         return self._fits.result()
 
 
@@ -353,21 +382,17 @@ def token_header(token: str) -> dict[str, str]:
     return {"Authorization": f"token {token}"}
 
 
-def _gzipped(name: str) -> bool:
-    return name.lower().endswith(GZIP_SUFFIX)
-
-
-def fits_verifier(name: str) -> StreamingFitsVerifier | GzipFitsVerifier:
-    """The streaming FITS check for a file of this name (inflating a ``.gz`` first)."""
-    return GzipFitsVerifier(name) if name.lower().endswith(GZIP_SUFFIX) else StreamingFitsVerifier(name)
+def fits_verifier(name: str) -> StreamingFitsVerifier | CompressedFitsVerifier:
+    """The streaming FITS check for a file of this name (inflating a ``.gz`` or ``.bz2`` first)."""
+    return CompressedFitsVerifier(name) if compression_of(name) else StreamingFitsVerifier(name)
 
 
 def verify_file(path: Path, name: str | None = None) -> FitsCheck:
-    """:func:`skyassets.fits.verify.verify_fits` for a file on disk, ``.fits.gz`` included."""
+    """:func:`skyassets.fits.verify.verify_fits` for a file on disk, ``.fits.gz`` and ``.fits.bz2`` included."""
     name = name or path.name
-    if not name.lower().endswith(GZIP_SUFFIX):
+    if compression_of(name) is None:
         return verify_fits(path, name)
-    verifier = GzipFitsVerifier(name)
+    verifier = CompressedFitsVerifier(name)
     with path.open("rb", buffering=0) as f:
         while chunk := f.read(_HASH_CHUNK):
             verifier.update(chunk)
@@ -1390,8 +1415,8 @@ class _Downloader:
         etag = _norm_etag(job.etag)
         if _plain_md5(etag):
             md5 = job.digests.md5()
-            # The FITS sums cover every byte of a plain file, but not a gzip stream's own header.
-            covered = check.status == "ok" and check.checked == check.hdus and not _gzipped(job.name)
+            # The FITS sums cover every byte of a plain file, but not a compressed stream's own framing.
+            covered = check.status == "ok" and check.checked == check.hdus and compression_of(job.name) is None
             if md5 is None and not covered:
                 md5 = _hash_file(job.part, "md5")
             job.md5 = md5

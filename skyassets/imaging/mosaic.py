@@ -433,7 +433,7 @@ def _read_header(source: MosaicInput) -> tuple[fits.Header, frozenset[str]]:
 # quality files (c1m, c1f), which hold flags, not light.
 SUFFIX_RANK = ("i2d", "drc", "drz", "crf", "flc", "flt", "cal", "rate", "c0m", "c0f", "c1m", "c1f")
 DATA_QUALITY_SUFFIXES = frozenset({"c1m", "c1f"})
-_SUFFIX = re.compile(r"^(?P<stem>.+?)_(?P<suffix>[a-z0-9]+?)(?:\.fits(?:\.gz)?)?$", re.IGNORECASE)
+_SUFFIX = re.compile(r"^(?P<stem>.+?)_(?P<suffix>[a-z0-9]+?)(?:\.fits(?:\.gz|\.bz2)?)?$", re.IGNORECASE)
 
 
 def exposure_name(file_name: str) -> str:

@@ -258,7 +258,7 @@ def one_file_per_exposure(inputs: pd.DataFrame) -> pd.DataFrame:
 # (``8pu``), not the proposal, so only its proposal_id links it to such a product.
 _JWST_COMBINED = re.compile(r"^jw(\d{5})-o(\d{3})_", re.IGNORECASE)
 _JWST_EXPOSURE = re.compile(r"^jw(\d{5})(\d{3})\d{3}_", re.IGNORECASE)
-_HST_ROOTNAME = re.compile(r"^([a-z][a-z0-9]{5})[a-z0-9]{3}_[a-z0-9]+(?:\.fits(?:\.gz)?)?$", re.IGNORECASE)
+_HST_ROOTNAME = re.compile(r"^([a-z][a-z0-9]{5})[a-z0-9]{3}_[a-z0-9]+(?:\.fits(?:\.gz|\.bz2)?)?$", re.IGNORECASE)
 _HST_PROPOSAL_VISIT = re.compile(r"^hst_(\d{1,5})_([a-z0-9]{2})_", re.IGNORECASE)
 
 

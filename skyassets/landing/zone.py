@@ -32,10 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fts.gz", ".fz")
-# FITS compressed in a way that is not read (only gzip and tile compression are): such a file is
+FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fts.gz", ".fits.bz2", ".fit.bz2", ".fts.bz2", ".fz")
+# FITS compressed in a way that is not read (gzip, bzip2 and tile compression are): such a file is
 # reported with the reason, not passed over as if it were not FITS.
-UNREAD_COMPRESSIONS = (".bz2", ".xz", ".zst", ".lz4", ".z", ".zip", ".7z")
+UNREAD_COMPRESSIONS = (".xz", ".zst", ".lz4", ".z", ".zip", ".7z")
 TEMP_SUFFIX = ".part"
 # Positions of older generations kept so a cursor a few ticks old still resumes where it was.
 _KEEP_POSITIONS = 64
@@ -126,8 +126,8 @@ def unread_compression(name: str) -> str | None:
     lower = name.lower()
     for compressed in UNREAD_COMPRESSIONS:
         if lower.endswith(tuple(f"{plain}{compressed}" for plain in (".fits", ".fit", ".fts"))):
-            return (f"FITS compressed as {compressed}, which is not read (gzip .gz and tile-compressed .fz "
-                    "are): decompress it, or recompress it with gzip")
+            return (f"FITS compressed as {compressed}, which is not read (gzip .gz, bzip2 .bz2 and "
+                    "tile-compressed .fz are): decompress it, or recompress it with gzip")
     return None
 
 

@@ -252,3 +252,32 @@ def test_a_run_of_more_partitions_than_the_limit_keeps_to_its_totals(emu, tmp_pa
         totals = [latest_metadata(instance, "image_metadata", k) for k in keys]
         assert all(m["partitions_in_run"] == 3 and m["rows_in_run"] == 3 for m in totals)
         assert not any("preview" in m or "dagster/row_count" in m for m in totals)
+
+
+def test_bzip2_fits_is_copied_verified_catalogued_and_measured(emu, tmp_path):
+    """SDSS serves its frames as ``.fits.bz2``: taken like ``.fits.gz``, its FITS sums checked on
+    the inflated stream, catalogued and measured; one whose inflated bytes no longer match its
+    DATASUM is quarantined with that reason."""
+    import bz2
+
+    drop = tmp_path / "night"
+    drop.mkdir()
+    cal = sorted(emu.sky.root.rglob("*_cal.fits"))[:2]
+    (drop / f"{cal[0].name}.bz2").write_bytes(bz2.compress(cal[0].read_bytes()))
+    damaged = bytearray(cal[1].read_bytes())
+    damaged[-100] ^= 0x01  # the last HDU's data: its DATASUM no longer holds
+    (drop / f"{cal[1].name}.bz2").write_bytes(bz2.compress(bytes(damaged)))
+    home = Home(tmp_path / "home")
+    config = {**QUIET, "resources": {"home": {"config": {"root": str(home.root)}}}}
+    with instance_for_test() as instance:
+        report = ingest([drop], home, instance)
+        assert report.catalogued == [str(drop / f"{cal[0].name}.bz2")] and not report.failed
+        assert list(report.quarantined) == [str(drop / f"{cal[1].name}.bz2")]
+        assert "FITS checksum mismatch" in report.quarantined[str(drop / f"{cal[1].name}.bz2")]
+        key = next(k for k in report.partitions if home.tables.exists("image_metadata", k)
+                   and len(home.tables.read("image_metadata", k)))
+        assert measure_quality(InProcess(instance), home, [key], config) == (1, 0)
+    con = connect(home)
+    name, path = con.execute("SELECT file_name, abs_path FROM images").fetchone()
+    assert name == f"{cal[0].name}.bz2" and Path(path).read_bytes() == (drop / name).read_bytes()
+    assert con.execute("SELECT count(*) FROM quality WHERE usable").fetchone()[0] == 1

@@ -54,29 +54,30 @@ def test_local_files_follow_no_link_and_refuse_it_with_the_reason(tmp_path: Path
 
 def test_fits_compressed_in_a_way_not_read_is_refused_and_other_names_of_fits_are_found(tmp_path: Path) -> None:
     night = tmp_path / "night"
-    for name in ("a.fit.gz", "b.fts.gz", "c.FITS.GZ", "d.fz"):
+    for name in ("a.fit.gz", "b.fts.gz", "c.FITS.GZ", "d.fz", "e.fits.bz2"):
         _file(night / name)
-    _file(night / "e.fits.bz2")
+    _file(night / "e.fits.zst")
     _file(night / "sub" / "f.fit.xz")
     _file(night / ".g.fits")  # hidden below a folder: passed over, as notes and previews are
     _file(night / "preview.jpg")
     refused: dict[str, str] = {}
     found = local_files([night], refused)
-    assert [f.relative for f in found] == ["night/a.fit.gz", "night/b.fts.gz", "night/c.FITS.GZ", "night/d.fz"]
-    assert set(refused) == {str(night / "e.fits.bz2"), str(night / "sub" / "f.fit.xz")}
-    assert "compressed as .bz2, which is not read" in refused[str(night / "e.fits.bz2")]
+    assert [f.relative for f in found] == [
+        "night/a.fit.gz", "night/b.fts.gz", "night/c.FITS.GZ", "night/d.fz", "night/e.fits.bz2"]
+    assert set(refused) == {str(night / "e.fits.zst"), str(night / "sub" / "f.fit.xz")}
+    assert "compressed as .zst, which is not read" in refused[str(night / "e.fits.zst")]
     assert "compressed as .xz" in refused[str(night / "sub" / "f.fit.xz")]
 
 
 def test_a_file_named_on_its_own_that_is_not_taken_says_why(tmp_path: Path) -> None:
     good = _file(tmp_path / "a.fits")
-    hidden, notes, bz2 = _file(tmp_path / ".b.fits"), _file(tmp_path / "notes.txt"), _file(tmp_path / "c.fits.bz2")
+    hidden, notes, xz = _file(tmp_path / ".b.fits"), _file(tmp_path / "notes.txt"), _file(tmp_path / "c.fits.xz")
     refused: dict[str, str] = {}
-    found = local_files([hidden, notes, bz2, good], refused)
+    found = local_files([hidden, notes, xz, good], refused)
     assert [f.location for f in found] == [str(good)]
     assert refused[str(hidden)].startswith("a hidden file")
     assert refused[str(notes)].startswith("not named as FITS (.fits, .fit, .fts, .fits.gz")
-    assert "compressed as .bz2" in refused[str(bz2)]
+    assert "compressed as .xz" in refused[str(xz)]
 
 
 def test_a_named_link_loop_is_refused_and_the_other_paths_are_found(tmp_path: Path) -> None:

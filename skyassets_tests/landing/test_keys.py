@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import io
 import os
@@ -17,7 +18,7 @@ from astropy.io import fits
 from skyassets.fits.header import NotPlainFits
 from skyassets.lake.names import validate_obs_id
 from skyassets.landing import keys as landing
-from skyassets.landing.keys import LANDED_PREFIX, partition_key
+from skyassets.landing.keys import LANDED_PREFIX, S3_HEADER_BYTES, partition_key
 from skyassets.landing.zone import LandedFile
 
 
@@ -65,6 +66,8 @@ def test_key_from_gzip_and_tile_compressed_files(tmp_path: Path) -> None:
     plain = _to_bytes(fits.PrimaryHDU(np.zeros((8, 8), dtype="f4"), header=fits.Header([("OBS_ID", "gzobs")])))
     gz = _write(tmp_path / "x.fits.gz", gzip.compress(plain))
     assert partition_key(gz) == LANDED_PREFIX + "gzobs"
+    bz = _write(tmp_path / "x.fits.bz2", bz2.compress(plain))
+    assert partition_key(bz) == LANDED_PREFIX + "gzobs"
     comp = fits.CompImageHDU(np.zeros((8, 8), dtype="f4"))
     comp.header["OBS_ID"] = "fzobs"
     fz = tmp_path / "x.fz"
@@ -121,9 +124,15 @@ def test_key_of_s3_objects(s3: Any, bucket: str, prefix: str) -> None:
     plain = _to_bytes(fits.PrimaryHDU(np.zeros((8, 8), dtype="f4"), header=fits.Header([("OBS_ID", "s3obs")])))
     s3.put_object(Bucket=bucket, Key=prefix + "a.fits", Body=plain)
     s3.put_object(Bucket=bucket, Key=prefix + "b.fits.gz", Body=gzip.compress(plain))
+    # a bzip2 block holds up to 900 kB: its header is read from more than the first 256 kB
+    noise = np.random.default_rng(1).normal(size=(300, 300)).astype("f4")
+    big = _to_bytes(fits.PrimaryHDU(noise, header=fits.Header([("OBS_ID", "s3obs")])))
+    assert len(bz2.compress(big)) > S3_HEADER_BYTES
+    s3.put_object(Bucket=bucket, Key=prefix + "c.fits.bz2", Body=bz2.compress(big))
     s3.put_object(Bucket=bucket, Key=prefix + "odd name.fits", Body=b"not fits")
     assert partition_key(f"s3://{bucket}/{prefix}a.fits", client=s3) == LANDED_PREFIX + "s3obs"
     assert partition_key(f"s3://{bucket}/{prefix}b.fits.gz", client=s3) == LANDED_PREFIX + "s3obs"
+    assert partition_key(f"s3://{bucket}/{prefix}c.fits.bz2", client=s3) == LANDED_PREFIX + "s3obs"
     _key_shape(partition_key(f"s3://{bucket}/{prefix}odd name.fits", client=s3), "odd_name")
     _key_shape(partition_key(f"s3://{bucket}/{prefix}missing.fits", client=s3), "missing")
     with pytest.raises(ValueError, match="S3 client"):

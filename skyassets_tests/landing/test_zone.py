@@ -284,14 +284,15 @@ def test_fits_named_entries_not_taken_are_reported_once_with_why(root: Path, zon
     with open(os.path.join(os.fsencode(root), b"caf\xe9.fits"), "wb") as f:
         f.write(b"x" * 100)
     (root / "notes.txt").write_text("not FITS-named: not reported")
-    _write(root / "packed.fits.bz2")
+    _write(root / "packed.fits.xz")
     _write(root / "other.fit.gz")  # gzip under another FITS suffix: a name taken, not reported
+    _write(root / "sdss.fits.bz2")  # bzip2, as SDSS serves its frames: taken too
     first = zone.tick()
     assert sorted(first.skipped) == [
         ("caf\\xe9.fits", "the name is not valid UTF-8 and cannot be recorded; rename the file"),
         ("link.fits", "a symbolic link: links are not followed"),
-        ("packed.fits.bz2", "FITS compressed as .bz2, which is not read (gzip .gz and tile-compressed .fz are): "
-                            "decompress it, or recompress it with gzip"),
+        ("packed.fits.xz", "FITS compressed as .xz, which is not read (gzip .gz, bzip2 .bz2 and tile-compressed "
+                           ".fz are): decompress it, or recompress it with gzip"),
         ("pipe.fits", "not a regular file"),
     ]
     assert zone.tick().skipped == []  # said once, not every tick
@@ -361,12 +362,12 @@ def test_s3_prefix_stability_and_change(s3: Any, bucket: str, prefix: str, tmp_p
     for key in ["notes.txt", ".hidden.fits", "b.fits.part", "sub/.tmp/c.fits", "sub/"]:
         s3.put_object(Bucket=bucket, Key=prefix + key, Body=b"0")
     s3.put_object(Bucket=bucket, Key=prefix.rstrip("/") + "-other/z.fits", Body=b"0")
-    s3.put_object(Bucket=bucket, Key=prefix + "packed.fits.bz2", Body=b"0")
+    s3.put_object(Bucket=bucket, Key=prefix + "packed.fits.zst", Body=b"0")
     zone = Driver(S3LandingZone(s3, bucket, prefix, tmp_path / "s.sqlite"))
     first = zone.tick()
     assert first.ready == []
     assert [(rel, why.split(",")[0]) for rel, why in first.skipped] == [
-        ("packed.fits.bz2", "FITS compressed as .bz2")]
+        ("packed.fits.zst", "FITS compressed as .zst")]
     s3.put_object(Bucket=bucket, Key=prefix + "sub/d.fz", Body=b"2" * 60)
     [a] = zone.tick().ready
     etag = s3.head_object(Bucket=bucket, Key=prefix + "a.fits")["ETag"].strip('"')
