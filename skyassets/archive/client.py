@@ -172,12 +172,19 @@ def _status_checked(url: str) -> Callable[..., None]:
     return check
 
 
+# How long a probe of the archive (after a call waited out every retry) may take: long enough to
+# wait out a short Retry-After of a rate limit, short enough that an outage is known at once.
+PROBE_SECONDS = 15.0
+
+
 @contextmanager
-def single_attempt(client: ObservationsClass) -> Iterator[None]:
-    """Calls through ``client`` make one attempt each, a transient failure ending them at once: a
-    probe of whether the archive answers at all, after one call waited out every retry."""
+def probing(client: ObservationsClass, seconds: float = PROBE_SECONDS) -> Iterator[None]:
+    """Calls through ``client`` are retried for ``seconds`` at most (the client's own bound if
+    shorter): a probe of whether the archive answers at all, after one call waited out every retry.
+    A rate limit's short ``Retry-After`` is waited out; an archive that is down fails it soon."""
     settings = archive_settings(client)
-    _settings[client] = replace(settings, retry=replace(settings.retry, total_seconds=0.0))
+    retry = replace(settings.retry, total_seconds=min(seconds, settings.retry.total_seconds))
+    _settings[client] = replace(settings, retry=retry)
     try:
         yield
     finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 from pathlib import Path
 
 import astroquery.mast
@@ -15,7 +16,14 @@ from astropy.table import Table
 from astropy.time import Time
 from astroquery.mast.discovery_portal import _json_to_table
 
-from skyassets.archive.client import ArchiveError, RetryPolicy, archive_settings, observations_client, with_retries
+from skyassets.archive.client import (
+    ArchiveError,
+    RetryPolicy,
+    archive_settings,
+    observations_client,
+    probing,
+    with_retries,
+)
 from skyassets.archive.download import DownloadConfig, FileRequest, download_files
 from skyassets.archive.query import CloudLookup, list_products, merge_filter_rows, query_watchlist, select_products
 from skyassets.archive.watchlist import ProductSpec, load_watchlist, parse_watchlist
@@ -352,3 +360,20 @@ def test_exclusive_access_needs_a_token_that_grants_it(emu, tmp_path) -> None:
     finally:
         emu.revoke(token)
         emu.revoke("other-program")
+
+
+def test_a_probe_waits_out_a_short_rate_limit_and_soon_gives_up_on_an_outage(emu) -> None:
+    """After one call waited out its retries, the next is a probe: a 429 asking for 1 s is waited
+    out, not read as an outage; a 503 that lasts ends it within the probe's bound."""
+    client = _client(emu, retry=RetryPolicy(total_seconds=300.0, base_delay=0.05, max_delay=0.5))
+    obs = query_watchlist(client, load_watchlist()).observations.iloc[0]
+    emu.faults.add("status", endpoint="invoke", match="Mast.Caom.Products", status=429, times=1, retry_after=1)
+    with probing(client, seconds=3.0):
+        frame, _ = list_products(client, obs["obsid"], ProductSpec(), download_url=emu.url)
+    assert len(frame)
+    emu.faults.add("status", endpoint="invoke", match="Mast.Caom.Products", status=503, times=-1, retry_after=0)
+    started = time.monotonic()
+    with probing(client, seconds=3.0), pytest.raises(ArchiveError, match="gave up after"):
+        list_products(client, obs["obsid"], ProductSpec(), download_url=emu.url)
+    assert time.monotonic() - started < 4.0
+    assert archive_settings(client).retry.total_seconds == 300.0  # the client's own bound again after

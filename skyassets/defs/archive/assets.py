@@ -139,7 +139,7 @@ def _bytes(frame: pd.DataFrame) -> dict[str, int]:
 def mast_products(
     context: AssetExecutionContext, home: HomeResource, watchlist: WatchlistResource, archive: ArchiveResource
 ) -> MaterializeResult:
-    from skyassets.archive.client import ArchiveError, single_attempt
+    from skyassets.archive.client import ArchiveError, probing
     from skyassets.archive.query import CLOUD_DOWN_SECONDS, CloudLookup, list_products
 
     wl = watchlist.load()
@@ -158,9 +158,9 @@ def mast_products(
     for obs_id in context.partition_keys:
         try:  # one observation's trouble (the archive failing its list) is its own: the others are listed
             row = _observation_row(observations, obs_id)
-            # after a call that waited out its retries, the next is a single try: an archive that is
-            # down fails it at once, and the batch stops instead of each observation waiting as long
-            with single_attempt(client) if gave_up else nullcontext():
+            # after a call that waited out its retries, the next is a short probe: an archive that is
+            # down fails it soon, and the batch stops instead of each observation waiting as long
+            with probing(client) if gave_up else nullcontext():
                 frame, refused = list_products(
                     client, row["obsid"], _product_spec(wl, row["watchlist_entry"]),
                     download_url=download_url, cloud=cloud, name=obs_id,
