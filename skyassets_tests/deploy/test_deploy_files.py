@@ -70,11 +70,17 @@ def test_instance_settings_name_installed_classes_with_their_options():
     """What dagster.yaml names imports and takes the options set. Dagster itself loads the file
     (``DagsterInstance.from_config``) against a real PostgreSQL and S3 in skyassets_tests/e2e/test_postgres.py."""
     settings = load("dagster.yaml")
-    assert set(settings) == {"storage", "compute_logs", "concurrency", "run_monitoring", "python_logs", "telemetry"}
+    assert set(settings) == {"storage", "compute_logs", "concurrency", "run_monitoring", "run_retries", "python_logs",
+                             "telemetry"}
     # one machine's settings log the same way
     packaged = yaml.safe_load((ROOT / "skyassets" / "dagster.yaml").read_text())
     assert settings["python_logs"] == packaged["python_logs"] == {
         "managed_python_loggers": ["skyassets"], "python_log_level": "WARNING"}
+    # a dead run process is run again, a failed step left to the failure sensors, everywhere alike
+    assert settings["run_retries"] == packaged["run_retries"] == {
+        "enabled": True, "max_retries": 2, "retry_on_asset_or_op_failure": False}
+    helm = load("helm/values.yaml")["dagsterDaemon"]["runRetries"]
+    assert helm == {"enabled": True, "maxRetries": 2, "retryOnAssetOrOpFailure": False}
     (kind,) = settings["storage"]
     assert kind == "postgres"
     storage = importlib.import_module("dagster_postgres").DagsterPostgresStorage  # what `storage: postgres` loads

@@ -1,6 +1,7 @@
 """The pipeline under a real `dagster dev` (webserver + daemon) on loopback, driven through GraphQL."""
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -12,7 +13,7 @@ from pathlib import Path
 import duckdb
 import pytest
 import requests
-from dagster import AssetKey, DagsterInstance, DagsterRunStatus
+from dagster import AssetKey, DagsterInstance, DagsterRunStatus, RunsFilter
 from dagster_graphql import DagsterGraphQLClient
 
 from skyassets.catalog.db import connect
@@ -164,6 +165,43 @@ def _caught_up(home: Path, obs_id: str) -> bool:
         return measured > 0 and con.execute("SELECT count(*) FROM mosaics").fetchone()[0] > 0
     finally:
         con.close()
+
+
+def _run_pid(instance: DagsterInstance, run_id: str) -> int | None:
+    """The pid of a run's process, from the event Dagster logs when it starts it."""
+    for entry in instance.all_logs(run_id):
+        if found := re.search(r"Started process for run \(pid: (\d+)\)", entry.message or ""):
+            return int(found.group(1))
+    return None
+
+
+def test_a_landing_run_whose_process_dies_is_run_again_by_itself(dagster_dev):
+    """A run killed mid-way (out of memory, a machine lost) is marked failed by the code server and
+    run again by the daemon (``run_retries``), so the file it was landing is catalogued unattended."""
+    client, dagster_home, folder, _ = dagster_dev
+    home = folder / "home"
+    instance = DagsterInstance.from_config(str(dagster_home))
+    before = {r.run_id for r in instance.get_runs(RunsFilter(job_name="landing_job"))}
+    cal = sorted((folder / "emulator-home").rglob("*_cal.fits"))[0]
+    (home / "landing").mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(cal, home / "landing" / "killed.fits")
+    deadline = time.monotonic() + 180
+    while True:  # the sensor hands the file on once it has settled
+        runs = [r for r in instance.get_runs(RunsFilter(job_name="landing_job")) if r.run_id not in before]
+        if runs and (pid := _run_pid(instance, runs[0].run_id)) is not None:
+            break
+        assert time.monotonic() < deadline, "no landing run started"
+        time.sleep(0.1)
+    (killed,) = runs
+    os.kill(pid, signal.SIGKILL)
+    assert _wait_for_run(client, killed.run_id) == DagsterRunStatus.FAILURE
+    while not (retries := instance.get_runs(RunsFilter(tags={"dagster/parent_run_id": killed.run_id}))):
+        assert time.monotonic() < deadline + 120, f"not run again: {_errors(instance, killed.run_id)}"
+        time.sleep(1)
+    (retry,) = retries
+    assert _wait_for_run(client, retry.run_id) == DagsterRunStatus.SUCCESS, _errors(instance, retry.run_id)
+    key = killed.tags["dagster/partition"]
+    assert home.joinpath("lake", "image_metadata", f"{key}.parquet").exists()
 
 
 def test_skyassets_dev_started_by_a_script_stops_on_sigterm(tmp_path):
