@@ -100,6 +100,16 @@ def _printable(cards: bytes) -> bytes:
     return cards
 
 
+_UNPRINTABLE_RE = re.compile(r"[^\x20-\x7e]")
+
+
+def card_text(value: str) -> str:
+    """``value`` as a FITS card can hold it (printable ASCII): any other character written as a
+    Python escape (``ü`` as ``\\xfc``), so a file's own name, whatever its script, still reads
+    back exactly in a product's header."""
+    return _UNPRINTABLE_RE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), value)
+
+
 def plain_keyword(field: bytes) -> bool:
     """Whether a card's 8-byte keyword field is upper-case letters, digits, "_" and "-" padded
     with spaces: then astropy's keyword for the card is the field stripped."""

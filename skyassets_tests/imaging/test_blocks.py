@@ -115,3 +115,17 @@ def test_no_input_left_is_an_error(cluster, inputs, tmp_path):
     rejected = [MosaicInput(i.path, flag="reject") for i in inputs]
     with pytest.raises(ValueError, match="no inputs left"):
         build_mosaic_blocks(rejected, tmp_path / "none.fits", cluster.get_executor())
+
+
+@pytest.mark.slow
+def test_inputs_named_in_any_script_are_joined_by_their_escaped_names(cluster, inputs, tmp_path):
+    renamed = []
+    for k, source in enumerate(inputs[:2]):
+        path = tmp_path / f"ñébula ☆ {k}_cal.fits"
+        path.write_bytes(Path(source.path).read_bytes())
+        renamed.append(MosaicInput(path))
+    blocked = build_mosaic_blocks(renamed, tmp_path / "blocked.fits", cluster.get_executor(), block=(200, 200))
+    written = fits.getheader(blocked.path)
+    assert written["NBLOCKS"] > 1
+    assert sorted(written[f"IN{k:04d}"] for k in (1, 2)) == ["\\xf1\\xe9bula \\u2606 0_cal.fits[1]",
+                                                          "\\xf1\\xe9bula \\u2606 1_cal.fits[1]"]

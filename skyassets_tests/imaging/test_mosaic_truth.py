@@ -253,3 +253,15 @@ def test_no_number_that_is_not_finite_reaches_a_header(tmp_path, monkeypatch):
     written = fits.getheader(tmp_path / "h.fits")
     for key in ("BG0001", "FS0001", "IV0001", "REJSIGMA"):
         assert written[key] is None and "not finite" in written.comments[key]
+
+
+def test_inputs_named_in_any_script_are_recorded_in_the_header_as_printable_ascii(tmp_path):
+    """A landed file keeps its own name, whatever its script; a FITS card holds printable ASCII
+    only, so the name is written escaped, and reads back exactly."""
+    names = ["nébula ☆_flt.fits", "tab\there_flt.fits"]
+    inputs = [_hst(tmp_path / names[0], "j8pu01abq", 10.0, 1.0, "ELECTRONS"),
+              _hst(tmp_path / names[1], "j8pu01acq", 12.0, 1.0, "ELECTRONS", dx=10.0)]
+    result = build_mosaic(inputs, tmp_path / "m.fits", reject_sigma=None)
+    written = fits.getheader(result.path)
+    assert written["IN0001"] == "n\\xe9bula \\u2606_flt.fits[1]" and written["IN0002"] == "tab\\there_flt.fits[1]"
+    assert written["IN0001"].encode().decode("unicode_escape") == f"{names[0]}[1]"

@@ -64,7 +64,7 @@ def mosaics(
     lake = root.tables
     for target in context.partition_keys:
         images = lake.read("target_images", target, missing_ok=True)
-        rows, lines, used = [], [], []
+        rows, lines, used, not_made = [], [], [], []
         wcs, shape = settings.grid(target) or (None, None)
         for (instrument, band), group in images.groupby(["instrument_name", "filter"]):
             group = without_combined_duplicates(group)
@@ -73,12 +73,18 @@ def mosaics(
                 for p, h in zip(group["path"], group["hdu_index"], strict=True)
             ]
             dest = root.target_dir(target) / f"mosaic_{_slug(instrument)}_{_slug(band)}.fits"
-            with dask.executor() as pool:  # on the cluster block by block, else here in one piece
-                build = build_mosaic if pool is None else partial(build_mosaic_blocks, executor=pool)
-                result = build(
-                    inputs, dest, wcs=wcs, shape=shape, downscale=settings.downscale,
-                    match_background=settings.match_background, reject_sigma=settings.reject_sigma,
-                )
+            try:
+                with dask.executor() as pool:  # on the cluster block by block, else here in one piece
+                    build = build_mosaic if pool is None else partial(build_mosaic_blocks, executor=pool)
+                    result = build(
+                        inputs, dest, wcs=wcs, shape=shape, downscale=settings.downscale,
+                        match_background=settings.match_background, reject_sigma=settings.reject_sigma,
+                    )
+            except ValueError as exc:  # inputs this mosaic cannot take: this band alone goes without
+                not_made.append(f"{instrument} {band}: {exc}")
+                context.log.error(f"{target}: no {instrument} {band} mosaic: {exc}")
+                lines.append(f"**{instrument} {band}**: not made: {exc}")
+                continue
             dest.with_suffix(".png").write_bytes(result.preview_png)
             for written in (dest, dest.with_suffix(".png")):  # into the store, with the home on one
                 root.commit(written.relative_to(root.root))
@@ -98,7 +104,8 @@ def mosaics(
         inputs_used = pd.concat(used, ignore_index=True) if used else images.iloc[:0]
         context.add_asset_metadata(
             {"dagster/row_count": len(rows), "mosaics": MetadataValue.md("\n\n".join(lines) or "no usable images"),
-             "inputs": preview(inputs_used, INPUT_PREVIEW, rows=100)},
+             "inputs": preview(inputs_used, INPUT_PREVIEW, rows=100),
+             **({"not_made": not_made} if not_made else {})},
             partition_key=target,
         )
     return MaterializeResult()

@@ -153,3 +153,30 @@ def test_a_single_filter_target_has_a_mosaic_no_composite_and_a_readable_catalog
     assert con.execute("SELECT count(*) FROM composites").fetchone()[0] == 0
     assert "stretch" in {c[0] for c in con.execute("DESCRIBE composites").fetchall()}
     assert not con.execute("SELECT bool_or(made) FROM recipes").fetchone()[0]
+
+
+def test_a_band_whose_inputs_cannot_be_coadded_goes_without_and_the_target_keeps_the_rest(emu, tmp_path):
+    """One file whose unit cannot be converted stops its band's mosaic only: the target's other
+    bands are made, the run succeeds, and what was not made says why, naming the file."""
+    from skyassets.cli.runs import latest_metadata
+
+    truth = emu.sky.truth["files"]
+    sky = [p for p in sorted(emu.sky.root.rglob("jw02733*_cal.fits")) if truth[p.name]["filter"] in ("F090W", "F444W")]
+    odd = next(p for p in sky if truth[p.name]["filter"] == "F444W")
+    drop = tmp_path / "odd"
+    drop.mkdir()
+    with fits.open(odd) as hdul:
+        hdul["SCI"].header["BUNIT"] = "DN/s"  # and nothing to convert it with
+        for key in ("PHOTMJSR", "PHOTUJA2"):
+            hdul["SCI"].header.remove(key, ignore_missing=True)
+            hdul[0].header.remove(key, ignore_missing=True)
+        hdul.writeto(drop / odd.name, checksum=True)
+    home = Home(tmp_path / "home")
+    run_config = {**QUIET, "resources": {"home": {"config": {"root": str(home.root)}}}}
+    with instance_for_test() as instance:
+        _catalogue([drop / odd.name, *[p for p in sky if p != odd]], tmp_path / "drop", home, instance, run_config)
+        _make_products(instance, ["NGC-3132"], run_config)
+        not_made = latest_metadata(instance, "mosaics", "NGC-3132")["not_made"]
+    assert list(home.tables.read("mosaics", "NGC-3132")["filter"]) == ["F090W"]
+    (line,) = not_made
+    assert line.startswith("NIRCAM/IMAGE F444W: ") and odd.name in line and "BUNIT 'DN/s' differs" in line
