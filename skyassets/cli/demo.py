@@ -9,7 +9,11 @@ the catalog follow. Every run is launched through a webserver the way the UI lau
 from __future__ import annotations
 
 import logging
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from dagster import DagsterInstance, build_sensor_context
@@ -36,6 +40,21 @@ from skyassets.lake.home import Home
 # second run only overlaps its cataloguing with the other's downloads.
 DEMO_OBSERVATIONS_PER_RUN = 6
 DEMO_RUNS_AT_ONCE = 2
+
+
+@contextmanager
+def keeping_sigterm() -> Iterator[None]:
+    """Keep the command's SIGTERM handler across a sensor evaluated in this process: Dagster's
+    interrupt handling gives SIGTERM whatever SIGINT has, which a background job (``demo &``) has
+    set to ignored, so ``kill`` would no longer stop the demo."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, handler)
 
 
 def observations_in(home: Home) -> list[str]:
@@ -81,7 +100,8 @@ def _demo(runner: Runner, home: Home, dagster_home: Path) -> int:
 
     context = build_sensor_context(instance=instance, definitions=defs, resources=defs.resources)
     context.log.setLevel(logging.WARNING)  # the sensor's own log line repeats what is printed next
-    sensor_result = new_observations_sensor(context)
+    with keeping_sigterm():
+        sensor_result = new_observations_sensor(context)
     for request in getattr(sensor_result, "dynamic_partitions_requests", []):
         instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
     new = {k for r in getattr(sensor_result, "dynamic_partitions_requests", []) for k in r.partition_keys}
@@ -151,7 +171,7 @@ def _demo(runner: Runner, home: Home, dagster_home: Path) -> int:
           f"({rows.get('observations', 0)} found by the watchlist), "
           f"{counted(rows.get('mosaics', 0), 'mosaics')}, {counted(rows.get('composites', 0), 'composites')}")
     print(f"\nFITS files:      {home.files}")
-    print(f"Catalog:         {home.root / 'catalog.duckdb'}  (or skyassets.connect() in a notebook)")
+    print(f"Catalog:         {home.url('catalog.duckdb')}  (or skyassets.connect() in a notebook)")
     print(f"Parquet tables:  {home.lake}")
     command = Path(sys.executable).parent / "skyassets"
     targets = instance.get_dynamic_partitions("targets")

@@ -76,7 +76,7 @@ def _ingest(args: argparse.Namespace) -> int:
     from dagster import DagsterInstance
 
     from skyassets.cli.launch import Launcher
-    from skyassets.cli.runs import QUIET, bring_up_to_date, ingest, text_progress, unusable_images
+    from skyassets.cli.runs import bring_up_to_date, home_run_config, ingest, text_progress, unusable_images
 
     instance = DagsterInstance.get()
     print("Starting a Dagster webserver for this command's runs ...", file=sys.stderr, flush=True)
@@ -108,14 +108,15 @@ def _ingest(args: argparse.Namespace) -> int:
                 print(f"  {what}: {one_line(location)}: {one_line(reason)}", file=sys.stderr)
             if len(files) > 20:
                 print(f"  ... and {len(files) - 20} more {what} (see {home.quarantine})", file=sys.stderr)
-        if not report.files:
-            print("no FITS files found in " + ", ".join(args.paths), file=sys.stderr)
+        if not report.partitions and not report.left:  # nothing taken: nothing downstream to bring up to date
+            print(("no FITS file taken from " if report.refused else "no FITS files found in ")
+                  + ", ".join(args.paths), file=sys.stderr)
             return 1
         if args.catalog_only:
             print("quality, targets, products and catalog.duckdb follow when the daemon runs (skyassets dev)")
             return 0 if report.ok else 1
         ready = home.tables.written("image_metadata", [*report.partitions, *report.left])
-        run_config = {**QUIET, "resources": {"home": {"config": {"root": str(home.root)}}}}
+        run_config = home_run_config(home)
         downstream = bring_up_to_date(launcher, home, ready, run_config)
     unusable = unusable_images(home, ready)
     for image, reason in list(unusable.items())[:20]:
@@ -130,7 +131,7 @@ def _ingest(args: argparse.Namespace) -> int:
         failed = "the catalog could not be published" if downstream is None else f"{counted(downstream, 'runs')} failed"
         print(f"{failed}; see them in the Dagster UI (skyassets dev)", file=sys.stderr)
         return 1
-    print(f"catalog published: {home.root / 'catalog.duckdb'}")
+    print(f"catalog published: {home.url('catalog.duckdb')}")
     return 0 if report.ok and not unusable else 1
 
 
@@ -359,12 +360,32 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _port_free(host: str, port: int) -> None:
+    """Say at once that the UI's address is taken or not this machine's: `dagster dev` would
+    announce it as served, then go on with its daemon and no UI."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise CommandError(f"--host {host}: not an address of this machine ({exc.strerror})", 2) from exc
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the webserver binds
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise CommandError(f"cannot serve the UI on {host}:{port}: {exc.strerror}; choose another with -p PORT "
+                               "(or -h HOST)", 1) from exc
+
+
 def _dev(args: argparse.Namespace) -> int:
     """``dagster dev`` on this home's instance, started from ``$DAGSTER_HOME`` (a ``dagster.yaml`` in
     the folder it is started from would otherwise draw a warning), the code location working in the
     user's folder; ``dagster dev``'s notice that ``dg dev`` supersedes it is left out."""
     from skyassets.cli.launch import code_location_workspace
 
+    _port_free(args.host, args.port)
     home = Home.from_env()
     dagster_home = prepare_dagster_home(home)
     os.environ[HOME_ENV] = str(home.root)

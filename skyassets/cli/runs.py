@@ -18,7 +18,7 @@ from typing import Protocol
 from dagster import AssetKey, AssetRecordsFilter, DagsterEventType, DagsterInstance, DagsterRun
 
 from skyassets.cli.launch import Submission
-from skyassets.cli.output import counted
+from skyassets.cli.output import counted, one_line
 from skyassets.defs.tags import PARTITION, partition_range
 from skyassets.lake.home import Home
 from skyassets.landing.ingest import (
@@ -34,6 +34,14 @@ from skyassets.landing.zone import LandedFile
 
 # The command line prints its own summary; the full run logs stay in the instance for the UI.
 QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
+
+
+def home_run_config(home: Home) -> dict:
+    """Run config that points a run at ``home``, its store included: a resource's config in run
+    config replaces the whole of it, so every field is given, not the folder alone."""
+    config = {"root": str(home.root), "storage": home.storage, "storage_endpoint": home.endpoint,
+              "cache_gb": home.cache_bytes / (1 << 30)}
+    return {**QUIET, "resources": {"home": {"config": config}}}
 
 
 class Runner(Protocol):
@@ -106,6 +114,11 @@ def failed_checks(instance: DagsterInstance, run_id: str) -> list[str]:
         if not evaluation.passed:
             failed.append(f"{evaluation.check_name}: {evaluation.description or 'failed'}")
     return failed
+
+
+def _why(instance: DagsterInstance, run_id: str) -> str:
+    """A failed run's reasons in one line, for a summary."""
+    return one_line("; ".join(failure_reasons(instance, run_id)) or "no step failed (see the run in the Dagster UI)")
 
 
 def failure_reasons(instance: DagsterInstance, run_id: str) -> list[str]:
@@ -308,7 +321,7 @@ def ingest(
     groups.update({key: [] for key in report.left if key not in groups})
     if groups:
         instance.add_dynamic_partitions("observations", sorted(groups))
-    run_config = {**QUIET, "resources": {"home": {"config": {"root": str(home.root)}}}}
+    run_config = home_run_config(home)
     every = instance.get_dynamic_partitions("observations")
     position = {k: i for i, k in enumerate(every)}
     ranges = partition_batches(instance, sorted(groups), batch)
@@ -332,7 +345,8 @@ def ingest(
             succeeded.append(run.run_id)
         else:
             report.failed_runs.append(run.run_id)
-            failed_in.update(dict.fromkeys(keys, run.run_id))
+            why = "; ".join(failure_reasons(instance, run.run_id)) or "no step failed (see it in the Dagster UI)"
+            failed_in.update(dict.fromkeys(keys, f"its run {run.run_id} failed: {why}"))
     quarantined = _quarantine_reasons(home, started - 1)
     manifests = home.tables.read_partitions("fits_files", sorted(groups), columns=["dataURI", "status"])
     stored_paths = _stored_paths(home, sorted(groups))
@@ -353,7 +367,7 @@ def ingest(
             elif reason or status.get(file.location) == "quarantined":
                 report.quarantined[file.location] = reason or "refused while being catalogued (see the run's log)"
             elif key in failed_in:
-                report.failed[file.location] = f"its run {failed_in[key]} failed (see it in the Dagster UI)"
+                report.failed[file.location] = failed_in[key]
             else:
                 report.failed[file.location] = "not copied (see the landing run's log in the Dagster UI)"
     if report.failed and succeeded:  # why, in the words of the run that could not copy them
@@ -460,7 +474,9 @@ def make_products(runner: Runner, home: Home, run_config: Mapping) -> tuple[int,
         made = home.tables.read("composites", target) if run.is_success else None
         count = len(home.tables.read("mosaics", target)) if run.is_success else 0
         print(f"  {target:<24} {counted(count, 'mosaics')}, {counted(0 if made is None else len(made), 'composites')}"
-              + ("" if run.is_success else f" FAILED (run {run.run_id})"))
+              + ("" if run.is_success else f" FAILED (run {run.run_id}): " + _why(instance, run.run_id)))
+        for line in latest_metadata(instance, "mosaics", target).get("not_made", []) if run.is_success else []:
+            print(f"  {'':<24} not made: {one_line(line)}")
         print(f"  {'':<24} {home.target_dir(target)}")
     print("  see one: skyassets show TARGET")
     return len(targets), failures
@@ -470,7 +486,7 @@ def publish_catalog(runner: Runner, run_config: Mapping) -> bool:
     """Group targets and publish catalog.duckdb (catalog_job); False, with a line said, if it failed."""
     (run,) = runner.run_all([Submission("catalog_job", {}, run_config)])
     if not run.is_success:
-        print(f"Publishing the catalog failed; see run {run.run_id} in the Dagster UI.")
+        print(f"Publishing the catalog failed (run {run.run_id}): {_why(runner.instance, run.run_id)}")
     return run.is_success
 
 
@@ -485,7 +501,7 @@ def publish_sky(runner: Runner, home: Home, run_config: Mapping) -> tuple[int, i
     failures = sum(not run.is_success for run in runs)
     for target, run in zip(targets, runs, strict=True):
         if not run.is_success:
-            print(f"  tiling {target} FAILED (run {run.run_id})")
+            print(f"  tiling {target} FAILED (run {run.run_id}): {_why(instance, run.run_id)}")
     if targets or not latest_storage_id(instance, "publish"):
         (run,) = runner.run_all([Submission("publish_job", {}, run_config)])
         failures += not run.is_success
@@ -494,7 +510,7 @@ def publish_sky(runner: Runner, home: Home, run_config: Mapping) -> tuple[int, i
             print(f"\nPublished {published['targets']} targets ({published['pyramids']} HiPS pyramids) "
                   f"to {published['destination']}")
         else:
-            print(f"\nPublishing the sky tiles failed; see run {run.run_id} in the Dagster UI.")
+            print(f"\nPublishing the sky tiles failed (run {run.run_id}): {_why(instance, run.run_id)}")
     return len(targets), failures
 
 

@@ -36,3 +36,30 @@ def test_an_observation_the_archive_fails_fails_alone_and_its_batch_is_catalogue
     assert catalogued == {o["obs_id"] for o in found} - {bad["obs_id"]}, out
     # the closing count is of the observations with images, not of those the watchlist found
     assert f"images of {len(catalogued)} observations (" in out and "found by the watchlist)" in out, out
+
+
+def test_a_demo_started_in_the_background_keeps_its_sigterm_handler_across_the_sensor(tmp_path):
+    """A script's background job starts with SIGINT ignored; Dagster's sensor evaluation gives
+    SIGTERM SIGINT's handler, which would leave `kill` ignored for the rest of the demo."""
+    code = """
+import signal
+signal.signal(signal.SIGINT, signal.SIG_IGN)  # as `skyassets demo &` starts
+def handler(signum, frame):
+    pass
+signal.signal(signal.SIGTERM, handler)
+from dagster import build_sensor_context, instance_for_test
+from skyassets.cli.demo import keeping_sigterm
+from skyassets.definitions import defs
+from skyassets.defs.archive.sensors import new_observations_sensor
+with instance_for_test() as instance:
+    context = build_sensor_context(instance=instance, definitions=defs, resources=defs.resources)
+    new_observations_sensor(context)
+    print("bare", signal.getsignal(signal.SIGTERM) is handler)
+    signal.signal(signal.SIGTERM, handler)
+    with keeping_sigterm():
+        new_observations_sensor(context)
+    print("kept", signal.getsignal(signal.SIGTERM) is handler)
+"""
+    env = {**os.environ, "SKYASSETS_HOME": str(tmp_path / "home")}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert result.stdout.split() == ["bare", "False", "kept", "True"], result.stdout + result.stderr

@@ -281,6 +281,21 @@ def test_export_into_a_folder_in_use_needs_force_and_names_the_folder_whole(home
     assert "--force" in capsys.readouterr().out
 
 
+def test_dev_on_a_port_already_taken_says_so_and_starts_nothing(home, capsys, monkeypatch):
+    import socket
+
+    started = []
+    monkeypatch.setattr(os, "execv", lambda exe, command: started.append(command))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        status, _, err = _run(capsys, "dev", "-p", str(port))
+    assert status == 1 and not started
+    assert err == (f"skyassets dev: cannot serve the UI on 127.0.0.1:{port}: Address already in use; "
+                   "choose another with -p PORT (or -h HOST)\n")
+
+
 def test_dev_takes_host_and_port_like_dagster_dev(home, capsys, monkeypatch):
     started = []
     monkeypatch.setattr(os, "execv", lambda exe, command: started.append(command))
@@ -337,6 +352,11 @@ def test_ingest_brings_the_whole_chain_up_to_date_and_says_what_failed(emu, tmp_
     measured = pd.concat(home.tables.read("image_quality", p) for p in home.tables.partitions("image_quality"))
     assert sorted(measured["file_name"]) == sorted([p.name for p in cal] + [blank.name])  # without a daemon
     assert home.tables.exists("target_groups")
+    # nothing taken (a link only): nothing to bring up to date, nothing published again
+    refused = subprocess.run([sys.executable, "-m", "skyassets.cli.main", "ingest", str(drop / "elsewhere.fits")],
+                             env=env, capture_output=True, text=True, timeout=600)
+    assert refused.returncode == 1 and f"no FITS file taken from {drop / 'elsewhere.fits'}" in refused.stderr
+    assert "Published" not in refused.stdout and "catalog published" not in refused.stdout
 
 
 def test_output_cut_short_by_its_reader_ends_quietly(home):

@@ -149,3 +149,22 @@ def test_observation_pipeline_with_the_home_on_s3(emu, store, tmp_path):
     copy = elsewhere.local(manifest["path"].iloc[0], manifest["sha256"].iloc[0])
     assert hashlib.sha256(copy.read_bytes()).hexdigest() == manifest["sha256"].iloc[0]
     assert pd.notna(quality["fwhm_arcsec"]).any()
+
+
+@pytest.mark.slow
+def test_ingest_into_a_home_on_s3_catalogues_into_the_store(emu, store, tmp_path):
+    """`skyassets ingest` with SKYASSETS_STORAGE: its runs are pointed at the whole home, store
+    included, not at its local folder alone."""
+    from skyassets.cli.runs import ingest
+
+    drop = tmp_path / "night"
+    drop.mkdir()
+    for path in sorted(emu.sky.root.rglob("*_cal.fits"))[:2]:
+        (drop / path.name).write_bytes(path.read_bytes())
+    home = Home(tmp_path / "home", storage=f"s3://{BUCKET}/{PREFIX}", endpoint=store.endpoint)
+    with instance_for_test() as instance:
+        report = ingest([drop], home, instance)
+    assert sorted(report.catalogued) == sorted(str(p) for p in drop.iterdir()) and not report.failed
+    stored = _objects(store)
+    assert all(f"lake/image_metadata/{key}.parquet" in stored for key in report.partitions)
+    assert sum(k.startswith("files/local/") and k.endswith("_cal.fits") for k in stored) == 2
