@@ -58,6 +58,17 @@ source_catalogs_spec = AssetSpec(
 )
 
 
+
+CHECK_LISTS = 10  # items a check's description names; the rest are counted
+
+
+def listed(items: list[str]) -> str:
+    """The first ``CHECK_LISTS`` items and how many more: a description stays a line or two, however
+    many images a run of thousands flags (the image_quality table has them all)."""
+    more = len(items) - CHECK_LISTS
+    return "; ".join(items[:CHECK_LISTS]) + (f"; ... and {more} more (the image_quality table)" if more > 0 else "")
+
+
 @multi_asset(
     specs=[image_quality_spec, source_catalogs_spec],
     check_specs=[
@@ -185,8 +196,8 @@ def _checks(scored: pd.DataFrame) -> Iterator[AssetCheckResult]:
         asset_key="image_quality",
         passed=unusable.empty,
         severity=AssetCheckSeverity.WARN,
-        description=None if unusable.empty
-        else "; ".join(f"{r.file_name}: {r.problem}" for r in unusable.itertuples())[:2000],
+        description=None if unusable.empty else f"{len(unusable)} images not usable: " + listed(
+            [f"{r.file_name}: {r.problem}" for r in unusable.itertuples()]),
         metadata={"unusable": len(unusable), "images": len(scored)},
     )
     rejected = scored[scored["flag"] == "reject"]
@@ -195,8 +206,8 @@ def _checks(scored: pd.DataFrame) -> Iterator[AssetCheckResult]:
         asset_key="image_quality",
         passed=rejected.empty,
         severity=AssetCheckSeverity.WARN,
-        description=None if rejected.empty
-        else "; ".join(f"{r.file_name}: {r.flag_reason}" for r in rejected.itertuples())[:2000],
+        description=None if rejected.empty else f"{len(rejected)} images flagged reject: " + listed(
+            [f"{r.file_name}: {r.flag_reason}" for r in rejected.itertuples()]),
         metadata={"rejected": len(rejected)},
     )
     problems = physical_problems(scored)
@@ -205,5 +216,5 @@ def _checks(scored: pd.DataFrame) -> Iterator[AssetCheckResult]:
         asset_key="image_quality",
         passed=not problems,
         severity=AssetCheckSeverity.ERROR,
-        description="; ".join(problems)[:2000] or None,
+        description=listed(problems) or None,
     )

@@ -120,3 +120,14 @@ def test_an_unusable_image_is_reported_with_its_reason_and_never_stops_its_batch
             assert instance.fetch_materializations(filtered, limit=1).records
     rows = home.tables.read("image_quality", "landed-V99999001001P0000000002101")  # landed keys: their own
     assert rows["usable"].tolist() == [False] and rows["score"].tolist() == [0]
+
+
+def test_a_check_names_its_first_images_and_counts_the_rest():
+    from skyassets.defs.quality.assets import CHECK_LISTS, listed
+
+    few = [f"f{i}.fits: low signal" for i in range(3)]
+    assert listed(few) == "; ".join(few)
+    many = [f"f{i}.fits: low signal" for i in range(4000)]  # a landing run of thousands of images
+    said = listed(many)
+    assert said.startswith("; ".join(many[:CHECK_LISTS]) + "; ... and 3990 more")
+    assert len(said) < 400
