@@ -24,6 +24,7 @@ from skyassets.cli.runs import (
     QUIET,
     Runner,
     bring_up_to_date,
+    failure_metadata,
     failure_reasons,
     latest_metadata,
     latest_storage_id,
@@ -122,17 +123,18 @@ def _demo(runner: Runner, home: Home, dagster_home: Path) -> int:
         first, last = ranges[submissions.index(submission)]
         what = first if first == last else f"{first} .. {last}"
         parts = run_materializations(instance, run.run_id, "fits_files") if run.is_success else []
+        # the run's download figures: on each partition of a run that succeeded, else on its step's failure
+        files = run_totals(parts[0]) if parts else failure_metadata(instance, run.run_id, "fits_files")
+        for key, name in (("downloaded", "files_downloaded"), ("skipped", "files_skipped"),
+                          ("verified", "files_verified_checksum"), ("bytes", "bytes_fetched"), ("seconds", "seconds")):
+            totals[key] += files.get(name, 0)
         if not parts:
             failed_runs.append(run.run_id)
             why = "; ".join(failure_reasons(instance, run.run_id))
-            lines.append(f"  {what}: FAILED (run {run.run_id})" + (f": {one_line(why)}" if why else ""))
+            fetched = f"; {files['files_downloaded']} files fetched before it failed" if files else ""
+            lines.append(f"  {what}: FAILED (run {run.run_id})" + (f": {one_line(why)}" if why else "") + fetched)
         else:
-            files = run_totals(parts[0])  # the run's figures, on each partition
             count, size = sum(p["dagster/row_count"] for p in parts), sum(p["bytes_total"] for p in parts)
-            for key, name in (("downloaded", "files_downloaded"), ("skipped", "files_skipped"),
-                              ("verified", "files_verified_checksum"), ("bytes", "bytes_fetched"),
-                              ("seconds", "seconds")):
-                totals[key] += files[name]
             totals["files"] += count
             fetched = (f"{files['files_downloaded']} fetched at {files['bytes_per_second'] / 1e6:.1f} MB/s"
                        if files["files_downloaded"] else "nothing fetched")

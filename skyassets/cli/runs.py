@@ -138,6 +138,16 @@ def failure_reasons(instance: DagsterInstance, run_id: str) -> list[str]:
     return reasons
 
 
+def failure_metadata(instance: DagsterInstance, run_id: str, step: str) -> dict:
+    """The metadata values of the ``Failure`` a run's step raised (its figures so far), else {}."""
+    for record in instance.get_records_for_run(run_id, of_type=DagsterEventType.STEP_FAILURE).records:
+        event = record.event_log_entry.dagster_event
+        data = getattr(event.event_specific_data, "user_failure_data", None)
+        if event.step_key == step and data is not None:
+            return {k: v.value for k, v in data.metadata.items()}
+    return {}
+
+
 def latest_metadata(instance: DagsterInstance, asset: str, partition: str | None = None) -> dict:
     """The metadata values of an asset's (or one partition's) latest materialisation."""
     partitions = None if partition is None else [partition]

@@ -460,6 +460,13 @@ def fits_files(
         context.log.warning(message)
     failed = [(o[0], r) for q, r, o in zip(requests, results, owner, strict=True)
               if r.status == "failed" and q.local_path is None]
+    status = Counter(r.status for r in results)
+    fetched = sum(r.bytes_fetched for r in results)
+    figures = {  # the run's downloads, whether its step then succeeds or not
+        "files_downloaded": status["downloaded"], "files_skipped": status["skipped"],
+        "files_verified_checksum": sum(r.fits_checksum == "ok" for r in results),
+        "bytes_fetched": fetched, "seconds": round(seconds, 3),
+    }
     if failed:
         listed = "; ".join(f"{obs_id}: {r.error}" for obs_id, r in failed[:5])  # a file name may not say whose
         more = f" and {len(failed) - 5} more" if len(failed) > 5 else ""
@@ -469,6 +476,7 @@ def fits_files(
             metadata={
                 "failed": MetadataValue.md("\n".join(f"- `{obs}` `{r.filename}`: {r.error}" for obs, r in failed)),
                 **failed_partitions_metadata(obs_id for obs_id, _ in failed),
+                **figures,
             },
         )
     stored, copied = _store_verified(root, results, origins)
@@ -482,8 +490,6 @@ def fits_files(
     )
     lake.write_partitions("fits_files", manifest, by="partition", partitions=keys)
     root.trim()
-    status = Counter(r.status for r in results)
-    fetched = sum(r.bytes_fetched for r in results)
     context.log.info(
         f"{status['downloaded']} downloaded, {status['skipped']} already verified, "
         f"{fetched / 1e6:.1f} MB in {seconds:.1f} s"
@@ -492,16 +498,12 @@ def fits_files(
         metadata={
             **partition_metadata(context, manifest, preview_columns=MANIFEST_PREVIEW, by="partition", figures=_bytes),
             **run_figures(len(keys), {
-                "files_downloaded": status["downloaded"],
+                **figures,
                 "files_quarantined": len(quarantined),
-                "files_skipped": status["skipped"],
                 "files_stored": stored,
                 "files_copied_in_store": copied,
                 "files_restored_from_store": restored,
-                "files_verified_checksum": sum(r.fits_checksum == "ok" for r in results),
                 "files_retried": sum(r.attempts > 1 for r in results),
-                "bytes_fetched": fetched,
-                "seconds": round(seconds, 3),
                 "bytes_per_second": round(fetched / seconds, 1) if seconds > 0 else 0.0,
                 "sources": MetadataValue.json(
                     dict(Counter(str(r.source) for r in results if r.status == "downloaded"))),

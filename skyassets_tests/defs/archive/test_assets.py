@@ -309,3 +309,26 @@ def _after_query(instance: DagsterInstance, defs: Definitions):
         "failed_observations_sensor", success, instance, instance.get_run_by_id(query.run_id),
         resources=defs.resources)
     return failed_observations_sensor(context)
+
+
+def test_a_batch_whose_download_fails_says_what_it_fetched_before(emu, tmp_path):
+    """The step fails naming the observation whose file would not download, and its Failure
+    carries the run's download figures, so a summary counts the files the batch did fetch."""
+    from skyassets.cli.runs import failure_metadata
+
+    with instance_for_test() as instance:
+        defs, batch = _batch_of_four(emu, tmp_path / "home", instance)
+        uri = emu.sky.products[str(batch[1]["obsid"])][0]["dataURI"]  # one of its files will not download
+        emu.faults.add("status", endpoint="download", match=uri, status=500, times=-1)
+        resources = {**defs.resources, "downloader": DownloaderResource(retries=0),
+                     "archive": ArchiveResource(url=emu.url, cloud=False, retry_seconds=1.0)}  # over HTTP
+        defs = Definitions(assets=defs.assets, jobs=defs.jobs, resources=resources)
+        run = defs.resolve_job_def("observation_job").execute_in_process(
+            instance=instance, tags=partition_range(batch[0]["obs_id"], batch[-1]["obs_id"]), raise_on_error=False)
+        assert not run.success
+        figures = failure_metadata(instance, run.run_id, "fits_files")
+        assert figures["failed_partitions"] == [batch[1]["obs_id"]]
+        kept = list((tmp_path / "home" / "files").rglob("*.fits"))  # every file verified, the bad one's fellows too
+        assert kept and all(p.with_name(p.name + ".sha256").exists() for p in kept)
+        assert figures["files_downloaded"] == len(kept)
+        assert figures["bytes_fetched"] == sum(p.stat().st_size for p in kept)
