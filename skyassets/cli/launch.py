@@ -12,6 +12,7 @@ no daemon to leave a queue, and no sensor of a daemon started for the purpose ac
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -108,6 +109,39 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _stop_group(group: int, grace: float = 10.0) -> None:
+    """Stop what is left of the process group ``group``: SIGTERM, then SIGKILL after ``grace`` seconds."""
+    try:
+        os.killpg(group, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace
+    while _group_alive(group):
+        if time.monotonic() > deadline:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, signal.SIGKILL)
+            return
+        time.sleep(0.2)
+
+
+def _group_alive(group: int) -> bool:
+    """Whether a process of ``group`` still runs (a zombie, which waits for a parent to reap it, does not)."""
+    if not os.path.isdir("/proc"):
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == group and fields[0] != "Z":
+            return True
+    return False
+
+
 class Launcher:
     """A headless webserver for the duration of a ``with`` block, and the runs submitted through it."""
 
@@ -118,6 +152,7 @@ class Launcher:
         self.port = 0
         self._server: subprocess.Popen | None = None
         self._log = None
+        self._submitted: list[str] = []
 
     def __enter__(self) -> Launcher:
         home = launching_home(self.dagster_home)
@@ -138,14 +173,32 @@ class Launcher:
 
     def __exit__(self, *exc: object) -> None:
         if self._server is not None and self._server.poll() is None:
+            self._cancel_unfinished()
             os.killpg(self._server.pid, signal.SIGTERM)
             try:
                 self._server.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 os.killpg(self._server.pid, signal.SIGKILL)
                 self._server.wait()
+        if self._server is not None:
+            _stop_group(self._server.pid)  # the code server and run processes it started, which outlive it
         if self._log is not None:
             self._log.close()
+
+    def _cancel_unfinished(self) -> None:
+        """Cancel this command's runs that have not finished (it is stopping: Ctrl-C, SIGTERM, an
+        error), as the UI's "Terminate" does, so none is left STARTED with no process, and give back
+        their pool slots."""
+        unfinished = [r.run_id for r in self.instance.get_runs(RunsFilter(run_ids=self._submitted))
+                      if r.status not in FINISHED] if self._submitted else []
+        if not unfinished:
+            return
+        try:
+            self._graphql("mutation($runs: [String!]!) { terminateRuns(runIds: $runs, "
+                          "terminatePolicy: MARK_AS_CANCELED_IMMEDIATELY) { __typename } }", {"runs": unfinished})
+            self.free_ended_runs_slots()
+        except (requests.RequestException, LaunchError):  # the webserver is gone: its processes are stopped below
+            pass
 
     def _graphql(self, query: str, variables: dict | None = None) -> dict:
         answer = requests.post(
@@ -180,6 +233,20 @@ class Launcher:
             time.sleep(0.5)
         raise LaunchError(f"the Dagster webserver did not load {LOCATION} in {self.start_timeout:.0f} s")
 
+    def free_ended_runs_slots(self) -> list[str]:
+        """Give back the pool slots that runs which have ended still hold, as the UI's "free
+        concurrency slots" does; the runs freed. A run process that died (killed, out of memory) never
+        gave its slot back, and with no daemon beside this command nothing else would: every later run
+        of that pool would wait for it forever."""
+        query = "{ instance { concurrencyLimits { claimedSlots { runId } } } }"
+        limits = self._graphql(query)["instance"]["concurrencyLimits"]
+        holders = {slot["runId"] for limit in limits for slot in limit["claimedSlots"]}
+        ended = [run.run_id for run in self.instance.get_runs(RunsFilter(run_ids=sorted(holders)))
+                 if run.status in FINISHED] if holders else []
+        for run_id in ended:
+            self._graphql("mutation($run: String!) { freeConcurrencySlotsForRun(runId: $run) }", {"run": run_id})
+        return ended
+
     def submit(self, submission: Submission) -> str:
         """Launch one run through the webserver, as the UI's Launch button does; its run id."""
         mutation = """
@@ -202,6 +269,7 @@ class Launcher:
         if answer["__typename"] != "LaunchRunSuccess":
             reasons = [e["message"] for e in answer.get("errors", [])] or [answer.get("message", answer["__typename"])]
             raise LaunchError(f"{submission.job} was refused: {'; '.join(reasons)}")
+        self._submitted.append(answer["run"]["runId"])
         return answer["run"]["runId"]
 
     def _check_running(self) -> None:
@@ -230,6 +298,7 @@ class Launcher:
         waiting = list(enumerate(submissions))
         running: dict[str, int] = {}
         done: dict[int, DagsterRun] = {}
+        self.free_ended_runs_slots()  # of runs that died before this command, in this home
         while waiting or running:
             while waiting and len(running) < max(1, at_once):
                 index, submission = waiting.pop(0)
@@ -240,6 +309,8 @@ class Launcher:
                 if run.status in FINISHED:
                     index = running.pop(run.run_id)
                     done[index] = run
+                    if run.status != DagsterRunStatus.SUCCESS:  # its process may have died holding a slot
+                        self.free_ended_runs_slots()
                     if on_finished:
                         on_finished(submissions[index], run)
         return [done[i] for i in range(len(submissions))]

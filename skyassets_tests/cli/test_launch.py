@@ -64,3 +64,59 @@ def test_launched_runs_have_the_code_locations_origin_and_re_execute_from_the_ui
         assert again.status == DagsterRunStatus.SUCCESS and again.parent_run_id == run.run_id
     assert home.tables.exists("mast_observations")
     assert os.environ["DAGSTER_HOME"] == str(dagster_home)  # the webserver's instance never leaked here
+
+
+def _claimed(port: int) -> set[str]:
+    limits = _graphql(port, "{ instance { concurrencyLimits { claimedSlots { runId } } } }")["instance"]
+    return {slot["runId"] for limit in limits["concurrencyLimits"] for slot in limit["claimedSlots"]}
+
+
+@pytest.mark.slow
+def test_a_run_killed_holding_a_pool_slot_does_not_hold_up_the_next_runs(emu, tmp_path, monkeypatch):
+    """A run process killed mid-download dies holding its `mast_api` slot; with no daemon beside the
+    command, the launcher gives it back, so the next run of the pool is not held up for ever."""
+    import re
+    import signal
+    import threading
+    import time
+
+    from dagster import RunsFilter
+
+    from skyassets.defs.tags import PARTITION
+
+    obs_id = next(o["obs_id"] for o in emu.sky.observations if o["obs_collection"] == "JWST")
+    watchlist = tmp_path / "watchlist.yaml"
+    watchlist.write_text(f"entries:\n  - name: one\n    obs_id: {obs_id}\n")
+    for name, value in {"DAGSTER_HOME": tmp_path / "dagster", "SKYASSETS_HOME": tmp_path / "home",
+                        "SKYASSETS_WATCHLIST": watchlist, "SKYASSETS_MAST_URL": emu.url, "SKYASSETS_CLOUD": "0",
+                        "SKYASSETS_S3_ENDPOINT": emu.s3_endpoint}.items():
+        monkeypatch.setenv(name, str(value))
+    dagster_home = prepare_dagster_home(Home(tmp_path / "home"))
+    fetch = Submission("observation_job", {PARTITION: obs_id}, QUIET)
+    with DagsterInstance.get() as instance, Launcher(dagster_home, instance) as launcher:
+        (query,) = launcher.run_all([Submission("watchlist_job", {}, QUIET)])
+        assert query.status == DagsterRunStatus.SUCCESS
+        instance.add_dynamic_partitions("observations", [obs_id])
+        emu.throttle = 100_000  # bytes/s: the download lasts, holding the pool's one slot
+        try:
+            killed = launcher.submit(fetch)
+            deadline = time.monotonic() + 120
+            while killed not in _claimed(launcher.port):
+                assert time.monotonic() < deadline, "the run never took its slot"
+                time.sleep(0.2)
+            pid = next(int(m.group(1)) for e in instance.all_logs(killed)
+                       if (m := re.search(r"Started process for run \(pid: (\d+)\)", e.message or "")))
+            os.kill(pid, signal.SIGKILL)
+            while instance.get_run_by_id(killed).status != DagsterRunStatus.FAILURE:  # the code server sees it die
+                assert time.monotonic() < deadline, "the killed run was not marked failed"
+                time.sleep(0.2)
+            assert killed in _claimed(launcher.port)  # dead, and still holding the slot
+        finally:
+            emu.throttle = 0
+        finished: list = []
+        worker = threading.Thread(target=lambda: finished.extend(launcher.run_all([fetch])), daemon=True)
+        worker.start()
+        worker.join(300)
+        assert finished and finished[0].status == DagsterRunStatus.SUCCESS, "the next run waited for the dead one"
+        assert not _claimed(launcher.port)
+        assert len(instance.get_runs(RunsFilter(job_name="observation_job"))) == 2

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import yaml
 from astropy.io import fits
-from dagster import DagsterInstance
+from dagster import DagsterInstance, DagsterRunStatus
 
 from skyassets.catalog.db import connect
 from skyassets.cli.launch import LOCATION
@@ -383,33 +383,49 @@ def test_definitions_that_do_not_load_are_one_line_naming_the_cause(home, tmp_pa
 def test_a_command_terminated_stops_the_webserver_and_runs_it_started(emu, tmp_path):
     drop = tmp_path / "night"
     drop.mkdir()
-    shutil.copy(sorted(emu.sky.root.rglob("*_cal.fits"))[0], drop)
+    cal = sorted(emu.sky.root.rglob("*_cal.fits"))[0]
+    for k in range(150):  # one observation's run that lasts a while
+        shutil.copy(cal, drop / f"{k:03d}_{cal.name}")
     home = tmp_path / "home"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SKYASSETS_", "DAGSTER_"))}
     env["SKYASSETS_HOME"] = str(home)
     command = subprocess.Popen([sys.executable, "-m", "skyassets.cli.main", "ingest", str(drop)], env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
 
-    def started_here() -> list[str]:  # the processes whose command line names this home (webserver, code server)
-        found = []
+    def webserver() -> int | None:  # the webserver the command started, which names this home
         for proc in Path("/proc").iterdir():
             try:
                 line = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             except OSError:
                 continue
-            if proc.name.isdigit() and int(proc.name) != command.pid and str(home) in line:
-                found.append(line)
-        return found
+            if proc.name.isdigit() and "dagster_webserver" in line and str(home) in line:
+                return int(proc.name)
+        return None
 
-    deadline = time.monotonic() + 120
-    while not started_here() and time.monotonic() < deadline:
+    def group_alive(group: int) -> list[str]:  # processes of the group that still run (not zombies)
+        alive = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[2]) == group and fields[0] != "Z":
+                alive.append(stat.parent.name)
+        return alive
+
+    deadline = time.monotonic() + 180
+    while (server := webserver()) is None:
+        assert time.monotonic() < deadline and command.poll() is None, "the command started no webserver"
         time.sleep(0.2)
-    assert started_here(), "the command started no webserver"
-    time.sleep(3)
+    group = os.getpgid(server)
+    instance = None
+    while instance is None or not [r for r in instance.get_runs() if r.status == DagsterRunStatus.STARTED]:
+        assert time.monotonic() < deadline and command.poll() is None, "no run started"
+        time.sleep(0.2)
+        if instance is None and (home / "dagster" / "history" / "runs.db").exists():
+            instance = DagsterInstance.from_config(str(home / "dagster"))
     command.send_signal(signal.SIGTERM)
-    _, err = command.communicate(timeout=60)
+    _, err = command.communicate(timeout=90)
     assert command.returncode == 143 and "skyassets ingest: terminated" in err, err
-    deadline = time.monotonic() + 30
-    while started_here() and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert not started_here()
+    assert not group_alive(group)  # the webserver, its code server and the run processes are all gone
+    assert all(r.status == DagsterRunStatus.CANCELED for r in instance.get_runs())  # none left STARTED

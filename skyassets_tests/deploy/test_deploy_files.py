@@ -79,8 +79,12 @@ def test_instance_settings_name_installed_classes_with_their_options():
     # a dead run process is run again, a failed step left to the failure sensors, everywhere alike
     assert settings["run_retries"] == packaged["run_retries"] == {
         "enabled": True, "max_retries": 2, "retry_on_asset_or_op_failure": False}
-    helm = load("helm/values.yaml")["dagsterDaemon"]["runRetries"]
-    assert helm == {"enabled": True, "maxRetries": 2, "retryOnAssetOrOpFailure": False}
+    helm = load("helm/values.yaml")["dagsterDaemon"]
+    assert helm["runRetries"] == {"enabled": True, "maxRetries": 2, "retryOnAssetOrOpFailure": False}
+    # and a pool slot a dead run process held is given back
+    assert settings["run_monitoring"]["free_slots_after_run_end_seconds"] == 60
+    assert packaged["run_monitoring"]["free_slots_after_run_end_seconds"] == 60
+    assert helm["runMonitoring"]["freeSlotsAfterRunEndSeconds"] == 60
     (kind,) = settings["storage"]
     assert kind == "postgres"
     storage = importlib.import_module("dagster_postgres").DagsterPostgresStorage  # what `storage: postgres` loads
