@@ -8,6 +8,7 @@ empty query.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -186,15 +187,37 @@ def _parse_entry(raw: Any, index: int, base_products: ProductSpec, path: str) ->
         coordinates=coordinates,
         radius=radius,
         obs_id=tuple(str(v) for v in _as_tuple(raw.get("obs_id"))),
-        program=tuple(str(v) for v in _as_tuple(raw.get("program"))),
+        program=tuple(_program(v) for v in _as_tuple(raw.get("program"))),
         criteria=_parse_criteria(raw, where),
         products=_parse_products(raw.get("products"), base_products, where),
     )
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML as the watchlist means it: a number written with leading zeros (JWST's program 02107)
+    stays the text written, where YAML 1.1 would read it as octal (02107 as 1095)."""
+
+
+def _int_or_text(loader: _Loader, node: yaml.ScalarNode) -> int | str:
+    text = loader.construct_scalar(node)
+    if re.fullmatch(r"[-+]?0[0-9_]+", text):
+        return text
+    return yaml.SafeLoader.construct_yaml_int(loader, node)
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _int_or_text)
+
+
+def _program(value: object) -> str:
+    """A program (proposal) id as MAST's ``proposal_id`` holds it: ``02107`` and ``jw02107`` are 2107."""
+    text = str(value).strip()
+    numeric = re.fullmatch(r"(?:jw)?0*([0-9]+)", text, re.IGNORECASE)
+    return numeric.group(1) if numeric else text
+
+
 def parse_watchlist(text: str, path: str = "<watchlist>") -> Watchlist:
     try:
-        raw = yaml.safe_load(text) or {}
+        raw = yaml.load(text, Loader=_Loader) or {}
     except yaml.YAMLError as err:
         raise WatchlistError(f"{path}: not valid YAML: {err}") from err
     if not isinstance(raw, dict) or not isinstance(raw.get("entries"), list) or not raw["entries"]:

@@ -81,3 +81,16 @@ def test_product_choice_defaults_to_what_mast_recommends():
     assert wl.entries[0].products == ProductSpec(calib_level=(3,), recommended=False, extensions=(".fits",))
     with pytest.raises(WatchlistError, match="'recommended' is true or false"):
         parse_watchlist("entries: [{target: M1, products: {recommended: maybe}}]")
+
+
+@pytest.mark.parametrize("written", ["02107", '"02107"', "jw02107", "2107", "JW02107"])
+def test_a_jwst_program_written_with_its_leading_zeros_is_that_program(written):
+    """YAML 1.1 reads 02107 as octal (1095): a program id keeps the digits written, without the
+    zeros MAST's proposal_id leaves out."""
+    (entry,) = parse_watchlist(f"entries: [{{program: {written}}}]").entries
+    assert entry.program == ("2107",)
+
+
+def test_numbers_other_than_ids_keep_their_yaml_meaning():
+    (entry,) = parse_watchlist("entries: [{name: m74, target: M74, radius: 0.1 deg, calib_level: [2, 3]}]").entries
+    assert entry.radius.deg == 0.1 and entry.criteria["calib_level"] == [2, 3]
