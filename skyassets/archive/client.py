@@ -133,6 +133,8 @@ def describe_failure(exc: BaseException) -> str:
         url = response.url.split("?", 1)[0] if response.url else "the archive"
         status = f"HTTP {response.status_code} {response.reason}" if response.reason else f"HTTP {response.status_code}"
         return f"{status} from {url}"
+    if isinstance(exc, TimeoutError) and str(exc).startswith("Timeout limit of"):  # astroquery's own words
+        return f"the archive still answered EXECUTING (the search not done) when the client's timeout ran out: {exc}"
     return f"{type(exc).__name__}: {exc}"
 
 
@@ -191,6 +193,10 @@ def probing(client: ObservationsClass, seconds: float = PROBE_SECONDS) -> Iterat
         _settings[client] = settings
 
 
+# Seconds left at least for a last attempt once the next backoff would overrun the time allowed.
+FINAL_TRY_SECONDS = 1.0
+
+
 def with_retries(
     call: Callable[[], T], what: str, policy: RetryPolicy, *, sleep: Callable[[float], None] = time.sleep
 ) -> T:
@@ -209,9 +215,12 @@ def with_retries(
                 raise ArchiveError(f"{what}: {reason}") from exc
             delay = min(policy.max_delay, policy.base_delay * 2 ** (attempt - 1))
             delay = random.uniform(delay / 2, delay)
-            if asked is not None:
-                delay = max(delay, asked)
             elapsed = time.monotonic() - started
+            left = policy.total_seconds - elapsed
+            if asked is not None:
+                delay = max(delay, asked)  # the archive's own wait is never cut short
+            elif delay > left > FINAL_TRY_SECONDS:  # a last try at the end of the time allowed
+                delay = left
             if elapsed + delay > policy.total_seconds:
                 raise ArchiveError(
                     f"{what}: {reason} (gave up after {attempt} attempt{'s' if attempt > 1 else ''} "

@@ -377,3 +377,20 @@ def test_a_probe_waits_out_a_short_rate_limit_and_soon_gives_up_on_an_outage(emu
         list_products(client, obs["obsid"], ProductSpec(), download_url=emu.url)
     assert time.monotonic() - started < 4.0
     assert archive_settings(client).retry.total_seconds == 300.0  # the client's own bound again after
+
+
+def test_a_last_try_is_made_at_the_end_of_the_time_allowed(monkeypatch) -> None:
+    """When the next backoff would overrun the time allowed, the wait is cut to what is left and a
+    last attempt made, rather than giving up with seconds to spare; a Retry-After is never cut."""
+    import random
+
+    monkeypatch.setattr(random, "uniform", lambda low, high: high)  # the longest backoff every time
+    policy = RetryPolicy(total_seconds=4.0, base_delay=2.0, max_delay=60.0)
+    started = time.monotonic()
+    assert with_retries(_flaky(_Answer(503), _Answer(503)), "search", policy) == "answer"  # 2 s, then 2 s not 4
+    assert 3.5 < time.monotonic() - started < 5.0
+    with pytest.raises(ArchiveError, match="gave up after 1 attempt"):
+        with_retries(_flaky(_Answer(429, "10")), "search", policy)  # asked for more than is left
+    with pytest.raises(ArchiveError, match="still answered EXECUTING"):
+        with_retries(_flaky(TimeoutError("Timeout limit of 600 exceeded.")), "search",
+                     RetryPolicy(total_seconds=0.0))
