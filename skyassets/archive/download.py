@@ -20,7 +20,7 @@ dropped connection, so skyassets fetches the files itself:
 * a finished file is checked (size, MD5 against a plain ETag, FITS ``CHECKSUM``/``DATASUM``, of the
   decompressed stream for a ``.fits.gz`` or ``.fits.bz2``) before it is renamed into place, and its SHA-256 is
   written beside it as ``<final>.sha256`` (``sha256sum -c`` format); a file that fails a check is
-  moved aside as ``<final>.corrupt``;
+  moved aside as ``<final>.corrupt`` (removed once a later try puts a verified file in place);
 * a file in place with its ``.sha256`` is not fetched again if its size and mtime are those recorded
   (in ``.<final>.verified``) when it was verified; otherwise (or with ``verify_existing``) it is
   hashed and checked again;
@@ -1558,6 +1558,9 @@ class _Downloader:
                 errors.append(f"local file error: {exc}")
                 break
             else:
+                # bytes an earlier try moved aside are of no use beside the verified file: they would
+                # only double its space
+                job.final.with_name(job.final.name + CORRUPT_SUFFIX).unlink(missing_ok=True)
                 size = job.final.stat().st_size
                 result = self._result(
                     job, "downloaded", started, size=size, sha256=job.digests.sha256(),

@@ -220,7 +220,7 @@ def test_flipped_byte_once_is_caught_then_fetched_again(emu, tmp_path: Path) -> 
     assert_in_place(result, content)
     assert result.attempts == 2
     assert len(gets_of(emu, since, name)) == 2
-    assert (tmp_path / f"{name}.corrupt").read_bytes() != content
+    assert not (tmp_path / f"{name}.corrupt").exists()  # the bad bytes were moved aside, then dropped
 
 
 def test_md5_is_checked_when_fits_checksums_do_not_cover_the_file_or_when_asked(emu, tmp_path: Path) -> None:
@@ -308,8 +308,8 @@ def test_damaged_part_prefix_is_caught_by_the_streamed_check_after_a_restart(emu
         f"FITS checksum mismatch: {name} HDU 1 (SCI): DATASUM" in r.message for r in reports
     ), [r.message for r in reports]
     assert result.bytes_fetched == 2 * len(content) - on_disk
-    corrupt = (tmp_path / f"{name}.corrupt").read_bytes()
-    assert corrupt[:on_disk] == bytes(damaged) and corrupt[on_disk:] == content[on_disk:]
+    assert any(f"bytes moved to {name}.corrupt" in r.message for r in reports)
+    assert not (tmp_path / f"{name}.corrupt").exists()  # of no use once the file is verified
 
 
 def test_always_corrupt_ends_failed_with_nothing_in_place(emu, tmp_path: Path) -> None:
