@@ -122,7 +122,8 @@ def _why(instance: DagsterInstance, run_id: str) -> str:
 
 
 def failure_reasons(instance: DagsterInstance, run_id: str) -> list[str]:
-    """``step: message`` of every step that failed in a run (the message's first line)."""
+    """``step: message`` of every step that failed in a run (the message's first line); for a run
+    whose process died, how it died."""
     reasons = []
     for record in instance.get_records_for_run(run_id, of_type=DagsterEventType.STEP_FAILURE).records:
         event = record.event_log_entry.dagster_event
@@ -135,6 +136,11 @@ def failure_reasons(instance: DagsterInstance, run_id: str) -> list[str]:
         if error and said and named.rsplit(".", 1)[-1] == error.cls_name:  # the class without its module
             line = rest if error.cls_name == "Failure" else f"{error.cls_name}: {rest}"  # a Failure: its own words
         reasons.append(f"{event.step_key}: {line}")
+    if not reasons:  # no step failed: the run's process died (killed, out of memory), as Dagster recorded it
+        for record in instance.get_records_for_run(run_id, of_type=DagsterEventType.ENGINE_EVENT).records:
+            said = record.event_log_entry.message or ""
+            if (at := said.find("Run execution process for ")) >= 0:  # after the code server's own tag
+                reasons.append(said[at:].split(". ", 1)[0].removesuffix("."))
     return reasons
 
 

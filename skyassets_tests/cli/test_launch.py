@@ -111,6 +111,10 @@ def test_a_run_killed_holding_a_pool_slot_does_not_hold_up_the_next_runs(emu, tm
                 assert time.monotonic() < deadline, "the killed run was not marked failed"
                 time.sleep(0.2)
             assert killed in _claimed(launcher.port)  # dead, and still holding the slot
+            from skyassets.cli.runs import failure_reasons
+
+            assert failure_reasons(instance, killed) == [  # what the command line says of it
+                f"Run execution process for {killed} was terminated by signal 9 (SIGKILL)"]
         finally:
             emu.throttle = 0
         finished: list = []
