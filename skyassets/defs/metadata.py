@@ -7,7 +7,7 @@ preview, and the run's totals; the column schema is declared once on the asset.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import pandas as pd
@@ -82,21 +82,25 @@ def partition_metadata(
     preview_columns: list[str],
     by: str,
     figures: Callable[[pd.DataFrame], dict[str, Any]] | None = None,
+    per_key: Mapping[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """A run of one partition: its row count, schema, preview and ``figures``. A run of up to
     ``PER_PARTITION_LIMIT``: each partition's own row count, preview and ``figures`` (its rows are
     those whose ``by`` column holds its key) on its own materialisation, and the run's totals on
-    all of them. A larger run: the run's totals only."""
+    all of them. A larger run: the run's totals only. ``per_key`` adds what a partition's rows do
+    not say (the files of it that were quarantined) to that partition's."""
     keys = context.partition_keys  # Dagster reads every key of the partitions definition on each access
+    per_key = per_key or {}
     if len(keys) == 1:
-        return {**frame_metadata(frame, preview_columns=preview_columns), **(figures(frame) if figures else {})}
+        return {**frame_metadata(frame, preview_columns=preview_columns), **(figures(frame) if figures else {}),
+                **per_key.get(keys[0], {})}
     if len(keys) <= PER_PARTITION_LIMIT:
         parts = dict(iter(frame.groupby(by, sort=False))) if len(frame) else {}
         for key in keys:
             part = parts.get(key, frame.iloc[0:0])
             context.add_asset_metadata(
                 {"dagster/row_count": len(part), "preview": preview(part, preview_columns),
-                 **(figures(part) if figures else {})},
+                 **(figures(part) if figures else {}), **per_key.get(key, {})},
                 partition_key=key,
             )
     return {"partitions_in_run": len(keys), "rows_in_run": len(frame)}

@@ -352,10 +352,12 @@ def test_ingest_brings_the_whole_chain_up_to_date_and_says_what_failed(emu, tmp_
     measured = pd.concat(home.tables.read("image_quality", p) for p in home.tables.partitions("image_quality"))
     assert sorted(measured["file_name"]) == sorted([p.name for p in cal] + [blank.name])  # without a daemon
     assert home.tables.exists("target_groups")
-    # nothing taken (a link only): nothing to bring up to date, nothing published again
-    refused = subprocess.run([sys.executable, "-m", "skyassets.cli.main", "ingest", str(drop / "elsewhere.fits")],
+    # nothing taken (a file not named as FITS): nothing to bring up to date, nothing published again
+    notes = tmp_path / "notes.txt"
+    notes.write_text("observing log")
+    refused = subprocess.run([sys.executable, "-m", "skyassets.cli.main", "ingest", str(notes)],
                              env=env, capture_output=True, text=True, timeout=600)
-    assert refused.returncode == 1 and f"no FITS file taken from {drop / 'elsewhere.fits'}" in refused.stderr
+    assert refused.returncode == 1 and f"no FITS file taken from {notes}" in refused.stderr, refused.stderr
     assert "Published" not in refused.stdout and "catalog published" not in refused.stdout
 
 

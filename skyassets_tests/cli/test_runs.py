@@ -41,10 +41,16 @@ def test_ingest_catalogues_files_in_batched_runs(emu, tmp_path):
             assert [r.data["obs_id"] for r in m["preview"].records] == [key] * m["dagster/row_count"]
         files = [latest_metadata(instance, "fits_files", k) for k in keys]
         assert sum(m["bytes_total"] for m in files) == sum(p.stat().st_size for p in cal)
-        # the run's figures are named as the run's, never shown as a partition's own
+        # each partition's own figures, and the run's named as the run's
         assert sorted(m["files"] for m in batched) == [0, 1, 1, 1, 1, 1]
-        assert all("quarantined" not in m and m["files_in_run"] in (1, 2) for m in batched)
-        assert all("files_downloaded" not in m and "files_downloaded_in_run" in m for m in files)
+        assert all(m["files_in_run"] in (1, 2) for m in batched)
+        assert all(m["quarantined"] == 0 for m in batched)  # the truncated file was refused before
+        # the partition of the truncated file says its copy was refused, and why
+        assert sorted(m["files_not_copied"] for m in files) == [0, 0, 0, 0, 0, 1]
+        (cut,) = [m for m in files if m["files_not_copied"]]
+        assert "truncated.fits`: " in cut["not_copied"] and cut["files_downloaded"] == 0
+        assert sorted(m["files_downloaded"] for m in files) == [0, 1, 1, 1, 1, 1]  # each partition's own copy
+        assert all(m["files_downloaded_in_run"] in (1, 2) for m in files)
 
     rows = pd.concat(pd.read_parquet(p) for p in (home.lake / "image_metadata").glob("*.parquet"))
     assert sorted(rows["file_name"]) == sorted(p.name for p in cal)
@@ -76,7 +82,12 @@ def test_a_file_cataloguing_quarantines_is_no_longer_listed_as_downloaded(emu, t
     (drop / "junk.fits").write_bytes(b"SIMPLE  =                    T" + b" " * 100)  # no sums: it copies
     home = Home(tmp_path / "home")
     with instance_for_test() as instance:
-        report = ingest([drop], home, instance)
+        report = ingest([drop], home, instance, batch=2)
+        # its partition's own materialisation says so, with the reason; the other's says none
+        shown = {k: latest_metadata(instance, "image_metadata", k) for k in report.partitions}
+        assert sorted(m["quarantined"] for m in shown.values()) == [0, 1]
+        (junk,) = [m for m in shown.values() if m["quarantined"]]
+        assert "- `junk.fits`: " in junk["quarantined_files"] and junk["dagster/row_count"] == 0
     assert list(report.quarantined) == [str(drop / "junk.fits")]
     manifests = pd.concat(pd.read_parquet(p) for p in (home.lake / "fits_files").glob("*.parquet"))
     assert manifests.set_index("filename")["status"].to_dict() == {good.name: "downloaded", "junk.fits": "quarantined"}

@@ -126,6 +126,12 @@ def _bytes(frame: pd.DataFrame) -> dict[str, int]:
     return {"bytes_total": int(frame["size"].sum()) if len(frame) else 0}
 
 
+def _file_figures(frame: pd.DataFrame) -> dict[str, int]:
+    """A partition's own bytes and how its files came: fetched (or copied) now, or already verified."""
+    status = Counter(frame["status"]) if len(frame) else Counter()
+    return {**_bytes(frame), "files_downloaded": status["downloaded"], "files_skipped": status["skipped"]}
+
+
 @asset(
     group_name="archive",
     deps=[mast_observations],
@@ -242,6 +248,16 @@ def _earlier_manifests(lake: Lake, obs_ids: list[str]) -> dict[tuple[str, str], 
         for obs_id, manifest in lake.read_partitions("fits_files", obs_ids).items()
         for row in manifest.to_pylist()
     }
+
+
+def _refused_by_partition(keys: list[str], owner: list[tuple], results: "list[FileResult]") -> dict[str, dict]:
+    """Each partition's landed files that were not copied (quarantined, or unreadable), with why."""
+    named: dict[str, list[str]] = {key: [] for key in keys}
+    for (key, location, signature), result in zip(owner, results, strict=True):
+        if signature is not None and result.status == "failed" and key in named:  # a landed file's copy
+            named[key].append(f"- `{location}`: {result.error}")
+    return {key: {"files_not_copied": len(lines), **({"not_copied": MetadataValue.md("\n".join(lines))}
+                                                       if lines else {})} for key, lines in named.items()}
 
 
 def _quarantine_bad_landed_files(root: Home, requests: "list[FileRequest]", results: "list[FileResult]") -> list[str]:
@@ -496,7 +512,8 @@ def fits_files(
     )
     return MaterializeResult(
         metadata={
-            **partition_metadata(context, manifest, preview_columns=MANIFEST_PREVIEW, by="partition", figures=_bytes),
+            **partition_metadata(context, manifest, preview_columns=MANIFEST_PREVIEW, by="partition",
+                                 figures=_file_figures, per_key=_refused_by_partition(keys, owner, results)),
             **run_figures(len(keys), {
                 **figures,
                 "files_quarantined": len(quarantined),

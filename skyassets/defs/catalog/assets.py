@@ -36,6 +36,17 @@ def _mark_quarantined(lake: Lake, sources: list[dict], failures: list) -> None:
         lake.write("fits_files", manifest, partition=key)
 
 
+def _quarantined_by_partition(keys: list[str], sources: list[dict], failures: list) -> dict[str, dict]:
+    """Each partition's quarantined files, counted and named with the reason, for its own materialisation."""
+    partition_of = {source["path"]: source["obs_id"] for source in sources}
+    named: dict[str, list[str]] = {key: [] for key in keys}
+    for failure in failures:
+        if (key := partition_of.get(failure.path)) in named:
+            named[key].append(f"- `{os.path.basename(failure.path)}`: {failure.reason}")
+    return {key: {"quarantined": len(lines), **({"quarantined_files": MetadataValue.md("\n".join(lines))}
+                                                 if lines else {})} for key, lines in named.items()}
+
+
 @asset(
     group_name="catalog",
     deps=[fits_files],
@@ -93,6 +104,7 @@ def image_metadata(context: AssetExecutionContext, home: HomeResource) -> Materi
             **partition_metadata(
                 context, rows.drop(columns=["header_json"]), preview_columns=IMAGE_PREVIEW, by="obs_id",
                 figures=lambda part: {"files": int(part["path"].nunique()) if len(part) else 0},
+                per_key=_quarantined_by_partition(keys, sources, failures),
             ),
             **run_figures(len(keys), {
                 "files": len(sources),
