@@ -262,6 +262,7 @@ QUALITY_SCHEMA = pa.schema([
 ])
 SOURCE_SCHEMA = pa.schema([
     *IDENTITY_FIELDS,
+    schema_field("file_name", pa.string(), None, "file name, as in images and quality"),
     schema_field("source_id", pa.int32(), None, "1-based number of the detection in its image"),
     schema_field("x", pa.float64(), "pix", "0-based column of the centroid"),
     schema_field("y", pa.float64(), "pix", "0-based row of the centroid"),

@@ -704,3 +704,25 @@ def test_a_lake_column_already_under_the_catalog_name_is_kept_beside_the_old_one
     con = catalog.connect(tmp_path)
     put(tmp_path, "fits_files", pd.DataFrame({"partition": ["p2"], "filename": ["b.fits"]}), "p2")
     assert catalog.refresh(con) and con.sql(sql).fetchall() == expected  # or one after the other
+
+
+def test_sources_join_the_other_tables_by_file_name_and_older_partitions_read_as_null(tmp_path):
+    """`sources` names its image's file like `images` and `quality` do; a partition written before
+    the column existed reads with it null rather than breaking the view."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from skyassets.lake.home import Home
+
+    home = Home(tmp_path)
+    home.tables.write("source_catalogs", [{"obs_id": "a", "sha256": "x", "hdu_index": 1, "file_name": "a_cal.fits",
+                                           "source_id": 1, "x": 1.0, "y": 2.0}], partition="a")
+    home.tables.write("image_quality", [{"obs_id": "a", "sha256": "x", "hdu_index": 1, "file_name": "a_cal.fits"}],
+                      partition="a")
+    pq.write_table(pa.table({"obs_id": ["b"], "sha256": ["y"], "hdu_index": pa.array([1], pa.int32()),
+                             "source_id": pa.array([1], pa.int32()), "x": [1.0], "y": [2.0]}),
+                   home.lake / "source_catalogs" / "b.parquet")
+    con = catalog.connect(home)
+    assert con.execute("SELECT obs_id, file_name FROM sources ORDER BY obs_id").fetchall() == [
+        ("a", "a_cal.fits"), ("b", None)]
+    assert con.execute("SELECT count(*) FROM sources JOIN quality USING (obs_id, file_name)").fetchone() == (1,)
