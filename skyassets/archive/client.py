@@ -15,7 +15,6 @@ with the :class:`RetryPolicy` and the MAST token given when the client was made
 
 from __future__ import annotations
 
-import email.utils
 import random
 import threading
 import time
@@ -34,7 +33,7 @@ from astropy.table import Table
 from astroquery.mast import ObservationsClass
 from astroquery.mast import utils as mast_utils
 
-from skyassets.archive.download import token_header
+from skyassets.archive.download import retry_after_seconds, token_header
 
 REAL_MAST_URL = "https://mast.stsci.edu"
 DOWNLOAD_PATH = "/api/v0.1/Download/file"
@@ -93,21 +92,6 @@ _settings: weakref.WeakKeyDictionary[ObservationsClass, ArchiveSettings] = weakr
 def archive_settings(client: ObservationsClass) -> ArchiveSettings:
     """The settings ``client`` was made with by :func:`observations_client` (defaults for any other)."""
     return _settings.get(client) or ArchiveSettings()
-
-
-def retry_after_seconds(value: str | None) -> float | None:
-    """A ``Retry-After`` header as seconds: a number, or an HTTP date; None when absent or unreadable."""
-    if not value:
-        return None
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(when.timestamp() - time.time(), 0.0)
 
 
 def transient_failure(exc: BaseException) -> tuple[bool, float | None]:

@@ -221,7 +221,12 @@ class _Corrupt(Exception):
 
 
 class _S3Unusable(Exception):
-    """S3 cannot serve this file now; the file continues over HTTP."""
+    """S3 cannot serve this file now; the file continues over HTTP, or, with S3 its only source, is
+    asked for again no sooner than ``wait`` (a busy store's Retry-After)."""
+
+    def __init__(self, message: str, wait: float | None = None):
+        super().__init__(message)
+        self.wait = wait
 
 
 class _Changed(Exception):
@@ -888,7 +893,8 @@ class _Downloader:
             message = f"S3 s3://{bucket}/{key}: {code or status} {err.get('Message', '')}".strip()
             if job.request.http_url is None and (code in ("NoSuchKey", "NoSuchBucket") or status == 404):
                 raise _Fatal(message) from exc  # nothing to fall back to, and asking again will not help
-            raise _S3Unusable(message) from exc
+            headers = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+            raise _S3Unusable(message, retry_after_seconds(headers.get("retry-after"))) from exc
         except (EndpointConnectionError, ConnectTimeoutError) as exc:
             self._s3_down = str(exc)
             raise _S3Unusable(f"S3 endpoint unreachable: {exc}") from exc
@@ -979,7 +985,7 @@ class _Downloader:
             if status == 416:
                 raise _Changed(f"server refused range bytes={offset}- ({status}); restarting")
             if status in _RETRYABLE_HTTP:
-                raise _Retry(f"HTTP {status} from {url}", _retry_after(resp.headers.get("Retry-After")))
+                raise _Retry(f"HTTP {status} from {url}", retry_after_seconds(resp.headers.get("Retry-After")))
             raise _Fatal(f"HTTP {status} from {url}")
         encoding = resp.headers.get("Content-Encoding", "").strip().lower()
         if encoding not in ("", "identity"):
@@ -1539,6 +1545,7 @@ class _Downloader:
                 fits = self._check_and_place(job)
             except _S3Unusable as exc:
                 errors.append(str(exc))
+                wait = exc.wait
             except _Corrupt as exc:
                 corrupt = job.final.with_name(job.final.name + CORRUPT_SUFFIX)
                 if job.part.exists():
@@ -1617,11 +1624,19 @@ def _verified_unchanged(final: Path, sha256: str) -> bool:
             and record.get("mtime_ns") == stat.st_mtime_ns)
 
 
-def _retry_after(value: str | None) -> float | None:
-    try:
-        return float(value) if value else None
-    except ValueError:
+def retry_after_seconds(value: str | None) -> float | None:
+    """A ``Retry-After`` header as seconds: a number, or an HTTP date; None when absent or unreadable."""
+    if not value:
         return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(when.timestamp() - time.time(), 0.0)
 
 
 @contextlib.contextmanager

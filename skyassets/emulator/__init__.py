@@ -48,6 +48,7 @@ class Emulator:
             try:
                 self._s3 = S3Server(host, s3_port)
                 self.s3_endpoint = self._s3.endpoint
+                self.faults.s3 = self._s3.command
                 self._upload_sky()
             except BaseException:
                 self.close()
@@ -150,6 +151,7 @@ class Emulator:
             self._thread.join(timeout=10)
         self._server.server_close()
         if self._s3 is not None:
+            self.faults.s3 = None
             self._s3.close()
             self._s3 = None
 

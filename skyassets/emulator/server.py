@@ -26,6 +26,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from email.utils import formatdate
 from http.cookies import CookieError, SimpleCookie
@@ -49,7 +50,7 @@ DOWNLOAD_KINDS = ("wrong_total", "no_validators", "no_etag", "gzip", "digests", 
 DOWNLOAD_SWITCHES = ("no_validators", "no_etag")
 FAULT_KINDS = ("drop", "ignore_range", "stall", "status", "corrupt", "executing", "omit", *DOWNLOAD_KINDS,
                *ANSWER_KINDS)
-ENDPOINTS = ("download", "invoke", "columnsconfig", "resolver", "path_lookup", "whoami", "any")
+ENDPOINTS = ("download", "invoke", "columnsconfig", "resolver", "path_lookup", "whoami", "any", "s3")
 # The kinds each endpoint can suffer (answer kinds apply to whole answers, not to one endpoint).
 ENDPOINT_KINDS = {
     "download": ("drop", "ignore_range", "stall", "status", "corrupt", *DOWNLOAD_KINDS),
@@ -59,6 +60,8 @@ ENDPOINT_KINDS = {
     "resolver": ("drop", "status"),
     "whoami": ("drop", "status"),
     "any": ("drop", "status"),
+    # the S3 server (another process): its ``any`` is not this server's
+    "s3": ("drop", "status"),
 }
 
 # CAOM observation columns: name -> (portal type, columnsconfig vot.datatype).
@@ -113,8 +116,9 @@ class Fault:
 
     ``endpoint`` is where it strikes (``download`` by default, ``any`` for every endpoint) and
     ``match`` a substring of what the request is about: the uri of a download, the JSON request of
-    a portal query, the name sent to the resolver, the uris of a path lookup. A ``status`` fault of
-    429 or 503 carries ``Retry-After: retry_after``.
+    a portal query, the name sent to the resolver, the uris of a path lookup, the path
+    (``/bucket/key``) of an S3 request. A ``status`` fault of 429 or 503 carries
+    ``Retry-After: retry_after``; on S3 a ``drop`` cuts an object's body after ``after_bytes``.
     """
 
     kind: str
@@ -129,11 +133,15 @@ class Fault:
 
 
 class Faults:
-    """The armed faults; each request takes the first one matching its endpoint and subject."""
+    """The armed faults; each request takes the first one matching its endpoint and subject.
+
+    Faults of the ``s3`` endpoint are handed to ``s3`` (the S3 server's ``command``), which keeps
+    and plays them in its own process."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._faults: list[Fault] = []
+        self.s3: Callable[[str, dict[str, Any] | None], Any] | None = None
 
     def add(self, kind: str, *, match: str = "", after_bytes: int = 0, times: int = 1,
             seconds: float = 0.0, offset: int = 0, status: int = 503, endpoint: str = "download",
@@ -147,6 +155,11 @@ class Faults:
                              f"endpoints: { {e: k for e, k in ENDPOINT_KINDS.items() if kind in k} }")
         fault = Fault(kind, match, int(after_bytes), int(times), float(seconds), int(offset), int(status),
                       endpoint, int(retry_after))
+        if endpoint == "s3":
+            if self.s3 is None:
+                raise ValueError("this emulator runs no S3 server, so it has no s3 endpoint to fault")
+            self.s3("add", asdict(fault))
+            return fault
         with self._lock:
             self._faults.append(fault)
         return fault
@@ -159,6 +172,8 @@ class Faults:
     def clear(self) -> None:
         with self._lock:
             self._faults.clear()
+        if self.s3 is not None:
+            self.s3("clear", None)
 
     def take(self, method: str, uri: str, endpoint: str = "download") -> Fault | None:
         """The fault this request suffers (counting it down), or None."""
@@ -177,7 +192,8 @@ class Faults:
 
     def list(self) -> list[dict[str, Any]]:
         with self._lock:
-            return [asdict(f) for f in self._faults]
+            here = [asdict(f) for f in self._faults]
+        return here + (self.s3("list", None) if self.s3 is not None else [])
 
 
 class RequestLog(list):

@@ -365,6 +365,47 @@ def test_missing_s3_key_falls_back_per_file(emu, tmp_path: Path) -> None:
     assert [r.source for r in results] == ["s3", "http"]
 
 
+def test_s3_slowdown_waits_its_retry_after_then_comes_from_s3(emu, tmp_path: Path) -> None:
+    """A file only S3 holds (a store's key) is asked for again after a 503 SlowDown, no sooner than
+    its Retry-After."""
+    product, content = publish_file(emu, tmp_path, 1)
+    emu.faults.add("status", endpoint="s3", match=product["productFilename"], status=503, retry_after=1)
+    said: list[str] = []
+    (result,) = download_files([file_request(emu, product, tmp_path, s3=True, http=False)], download_config(emu),
+                               on_progress=lambda p: said.append(p.message))
+    assert_in_place(result, content)
+    assert result.source == "s3" and result.attempts == 2
+    (retry,) = [m for m in said if m.startswith("retry ")]
+    assert "SlowDown" in retry
+    assert float(retry.split(" in ", 1)[1].split(" s ", 1)[0]) >= 1.0  # backoff_max is 0.05 s: the server's wait
+
+
+@pytest.mark.parametrize("status", [500, 503])
+def test_s3_error_status_sends_the_file_over_http(emu, tmp_path: Path, status: int) -> None:
+    product, content = publish_file(emu, tmp_path, 1)
+    name = product["productFilename"]
+    emu.faults.add("status", endpoint="s3", match=name, status=status, times=-1)
+    since = len(emu.requests)
+    (result,) = download_files([file_request(emu, product, tmp_path, s3=True)], download_config(emu, retries=0))
+    assert_in_place(result, content)
+    assert result.source == "http" and result.attempts == 1
+    assert [g["status"] for g in gets_of(emu, since, name)] == [200]
+
+
+def test_s3_cut_mid_file_goes_on_over_http_from_where_it_stopped(emu, tmp_path: Path) -> None:
+    product, content = publish_file(emu, tmp_path, 3)
+    name = product["productFilename"]
+    emu.faults.add("drop", endpoint="s3", match=name, after_bytes=1_500_000, times=-1)
+    since = len(emu.requests)
+    config = download_config(emu, retries=0, connections=1)
+    (result,) = download_files([file_request(emu, product, tmp_path, s3=True)], config)
+    assert_in_place(result, content)
+    assert result.source == "http" and result.attempts == 1
+    (get,) = gets_of(emu, since, name)
+    assert result.resumed_from >= 1_000_000 and get["range"] == f"bytes={result.resumed_from}-"
+    assert get["bytes_sent"] == len(content) - result.resumed_from
+
+
 def test_503_then_success(emu, tmp_path: Path) -> None:
     product, content = publish_file(emu, tmp_path, 1)
     name = product["productFilename"]

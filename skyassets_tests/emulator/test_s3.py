@@ -75,3 +75,49 @@ def test_embedded_is_one_instance_per_home(emu_home: Path) -> None:
     first = embedded(emu_home)
     assert embedded(emu_home) is first
     assert requests.get(first.url + "/_emulator/requests", timeout=10).status_code == 200
+
+
+def _strict(endpoint: str):
+    """An unsigned client that takes every answer as it comes (botocore retries nothing)."""
+    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                        config=Config(signature_version=UNSIGNED, retries={"total_max_attempts": 1}))
+
+
+def test_s3_faults_answer_as_a_busy_store_and_count_down(emu: Emulator) -> None:
+    from botocore.exceptions import ClientError
+
+    uri = "mast:JWST/product/jw02107-o001_t002_nircam_clear-f200w_i2d.fits"
+    key = emu.sky.path_for(uri).lstrip("/")
+    path = emu.sky.files[uri][0]
+    s3 = _strict(emu.s3_endpoint)
+    emu.faults.add("status", endpoint="s3", match=key, status=503, retry_after=7, times=1)
+    assert [f["endpoint"] for f in emu.faults.list()] == ["s3"]
+    with pytest.raises(ClientError) as refused:
+        s3.get_object(Bucket=BUCKET, Key=key)
+    assert refused.value.response["Error"]["Code"] == "SlowDown"
+    assert refused.value.response["ResponseMetadata"]["HTTPHeaders"]["retry-after"] == "7"
+    assert s3.get_object(Bucket=BUCKET, Key=key)["Body"].read() == path.read_bytes()  # once only
+    assert emu.faults.list()[0]["times"] == 0
+
+
+def test_s3_drop_cuts_the_body_and_closes_the_connection(emu: Emulator) -> None:
+    from botocore.exceptions import IncompleteReadError, ResponseStreamingError
+
+    uri = "mast:JWST/product/jw02107-o001_t002_nircam_clear-f200w_i2d.fits"
+    key = emu.sky.path_for(uri).lstrip("/")
+    s3 = _strict(emu.s3_endpoint)
+    emu.faults.add("drop", endpoint="s3", match="nircam_clear-f200w_i2d", after_bytes=5000, times=1)
+    body = s3.get_object(Bucket=BUCKET, Key=key)["Body"]
+    got = b""
+    with pytest.raises((IncompleteReadError, ResponseStreamingError)):
+        while chunk := body.read(1000):
+            got += chunk
+    assert got == emu.sky.files[uri][0].read_bytes()[:5000]
+    assert s3.head_object(Bucket=BUCKET, Key=key)["ContentLength"] == emu.sky.files[uri][1]  # a HEAD is untouched
+    emu.faults.clear()
+    assert emu.faults.list() == []
+
+
+def test_s3_faults_need_an_s3_server(emu_home: Path) -> None:
+    with Emulator(emu_home, s3=False) as bare, pytest.raises(ValueError, match="no S3 server"):
+        bare.faults.add("status", endpoint="s3")

@@ -19,6 +19,9 @@ from skyassets.defs.resources import (
 def test_real_archive_answers_through_the_pipeline(emu, tmp_path):
     emu.real_answers()
     emu.faults.add("status", endpoint="any", status=503, times=3, retry_after=0)
+    # the bucket is busy too: a SlowDown, then an object cut mid-body
+    emu.faults.add("status", endpoint="s3", match="/stpubdata/", status=503, times=1, retry_after=0)
+    emu.faults.add("drop", endpoint="s3", match="/stpubdata/", after_bytes=20_000, times=1)
     home = tmp_path / "home"
     defs = Definitions(
         assets=[mast_observations, mast_products, fits_files, image_metadata],
@@ -49,6 +52,7 @@ def test_real_archive_answers_through_the_pipeline(emu, tmp_path):
             assert all((home / path).is_relative_to(home / "files" / collection / obs_id) for path in manifest["path"])
         galex = pd.read_parquet(home / "lake" / "fits_files" / "6380006183007027200.parquet")
         assert list(galex["filename"]) == ["NGA_NGC0628-nd-int.fits.gz"]
+        assert [f["times"] for f in emu.faults.list() if f["endpoint"] == "s3"] == [0, 0]  # both struck
 
 
 def test_an_archive_outage_keeps_the_observations_of_the_entries_it_failed(emu, tmp_path):
