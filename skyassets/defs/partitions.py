@@ -11,14 +11,18 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from dagster import (
     AddDynamicPartitionsRequest,
+    AssetKey,
+    AssetRecordsFilter,
     BackfillPolicy,
     BetaWarning,
     DagsterEventType,
     DagsterInstance,
     DagsterRun,
+    DagsterRunStatus,
     DynamicPartitionsDefinition,
     MetadataValue,
     RunRequest,
+    RunsFilter,
 )
 
 from skyassets.defs.tags import PARTITION, PARTITION_RANGE_END, PARTITION_RANGE_START, partition_range
@@ -46,7 +50,8 @@ def add_observations_request(obs_ids: Iterable[str]) -> AddDynamicPartitionsRequ
 
 
 def batched_requests(
-    known: Sequence[str], versions: Mapping[str, str], *, per_run: int, run_key_prefix: str
+    known: Sequence[str], versions: Mapping[str, str], *, per_run: int, run_key_prefix: str,
+    tags: Mapping[str, str] | None = None,
 ) -> tuple[list[RunRequest], list[AddDynamicPartitionsRequest]]:
     """Runs covering exactly the partitions of ``versions`` (key -> what its run will read), and the
     request adding the new ones.
@@ -56,7 +61,7 @@ def batched_requests(
     partitions take ``ceil(new / per_run)`` runs, each a partition range. Keys already known go where
     they are, one run per contiguous stretch; a range never spans a partition that was not asked for.
     The run key is a digest of the batch's keys and versions, so an evaluation repeated with the same
-    input asks for the same runs and Dagster launches each once.
+    input asks for the same runs and Dagster launches each once. ``tags`` go on every run.
     """
     if per_run < 1:
         raise ValueError("per_run must be at least 1")
@@ -77,9 +82,9 @@ def batched_requests(
         digest = hashlib.sha256("|".join(f"{k}={versions[k]}" for k in batch).encode()).hexdigest()[:16]
         run_key = f"{run_key_prefix}{batch[0]}..{batch[-1]}:{len(batch)}:{digest}"
         if len(batch) == 1:
-            requests.append(RunRequest(partition_key=batch[0], run_key=run_key))
+            requests.append(RunRequest(partition_key=batch[0], run_key=run_key, tags=dict(tags or {})))
         else:
-            requests.append(RunRequest(run_key=run_key, tags=partition_range(batch[0], batch[-1])))
+            requests.append(RunRequest(run_key=run_key, tags={**(tags or {}), **partition_range(batch[0], batch[-1])}))
     return requests, [add_observations_request(new)] if new else []
 
 
@@ -147,3 +152,30 @@ def split_failed_run(instance: DagsterInstance, run: DagsterRun) -> list[list[st
         else:
             batches.append([key])
     return batches
+
+
+def failed_runs_since_success(
+    instance: DagsterInstance, keys: Iterable[str], *, job_name: str, tags: Mapping[str, str],
+    assets: Sequence[AssetKey], limit: int = 5000,
+) -> dict[str, int]:
+    """For each of ``keys``, how many failed runs of ``job_name`` tagged ``tags`` covered it since it
+    was last materialised (any of ``assets``): how many tries in a row it has failed. The latest
+    ``limit`` such runs are read."""
+    wanted = set(keys)
+    records = instance.get_run_records(
+        RunsFilter(job_name=job_name, statuses=[DagsterRunStatus.FAILURE], tags=dict(tags)), limit=limit)
+    if not records or not wanted:
+        return {}
+    known = instance.get_dynamic_partitions(observations_partitions.name)
+    tried: dict[str, list[float]] = {}
+    for record in records:
+        run = record.dagster_run
+        for key in _covered(run.tags.get(PARTITION), run.tags, known):
+            if key in wanted:
+                tried.setdefault(key, []).append(record.create_timestamp.timestamp())
+    counts = {}
+    for key, times in tried.items():
+        since = max((r.timestamp for asset in assets for r in instance.fetch_materializations(
+            AssetRecordsFilter(asset_key=asset, asset_partitions=[key]), limit=1).records), default=0.0)
+        counts[key] = sum(t > since for t in times)
+    return counts

@@ -88,6 +88,8 @@ class ArchiveResource(ConfigurableResource):
     its value. ``retry_seconds`` bounds the time one archive call spends on retries; ``timeout``
     how long one search may stay ``EXECUTING`` at MAST while it is polled (each try of it), and at
     most how long one request waits to connect (30 s) and between bytes of its answer (120 s).
+    ``daily_retries`` is how many daily retries an observation that keeps failing gets before it is
+    left for a person to look at (0: retried every day without end).
     """
 
     url: str = EMULATOR
@@ -97,6 +99,7 @@ class ArchiveResource(ConfigurableResource):
     pagesize: int = 50000
     timeout: float = 600.0
     retry_seconds: float = 300.0
+    daily_retries: int = 7
     token: str | None = None
     # Side of the emulator's images in pixels: 256 keeps the demo small, 2048 gives realistic files.
     emulator_image_size: int = 256
@@ -285,6 +288,7 @@ def default_resources() -> dict[str, ConfigurableResource]:
             cloud=env.get("SKYASSETS_CLOUD", "1") not in ("0", "false", "no"),
             emulator_image_size=int(env.get("SKYASSETS_EMULATOR_IMAGE_SIZE") or 256),
             token=EnvVar("MAST_API_TOKEN") if env.get("MAST_API_TOKEN") else None,
+            daily_retries=int(env.get("SKYASSETS_DAILY_RETRIES") or 7),
         ),
         "downloader": DownloaderResource(parallel=int(env.get("SKYASSETS_DOWNLOAD_PARALLEL") or 4)),
         "composites": settings_from_file(CompositesResource, env["SKYASSETS_COMPOSITES"])

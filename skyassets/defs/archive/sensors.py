@@ -24,16 +24,19 @@ from skyassets.defs.archive.jobs import observation_job, watchlist_job
 from skyassets.defs.partitions import (
     OBSERVATIONS_PER_RUN,
     batched_requests,
+    failed_runs_since_success,
     observations_partitions,
     split_failed_run,
 )
-from skyassets.defs.resources import HomeResource
+from skyassets.defs.resources import ArchiveResource, HomeResource
 from skyassets.defs.tags import partition_range
 from skyassets.lake.names import InvalidNameError, validate_obs_id
 
 MAST_OBSERVATIONS = AssetKey("mast_observations")
 # The assets of observation_job; an observation whose last try failed at any of them is tried again.
 OBSERVATION_ASSETS = (AssetKey("mast_products"), AssetKey("fits_files"), AssetKey("image_metadata"))
+# The tag of the runs failed_observations_sensor requests, by which it counts an observation's daily retries.
+DAILY_RETRY = {"skyassets/retry": "daily"}
 # New observations handed on per tick (a few tens of runs): a first query of a large watchlist is
 # taken over several ticks, each bounded, rather than in one tick submitting hundreds of runs.
 NEW_OBSERVATIONS_PER_TICK = 500
@@ -107,12 +110,14 @@ def failed_batch_sensor(context: RunFailureSensorContext) -> Iterator[RunRequest
     request_job=observation_job,
     default_status=DefaultSensorStatus.RUNNING,
     description="After each successful watchlist query (daily), tries again the observations of the watchlist "
-    f"whose last run failed (an archive outage, a file that would not download), {OBSERVATIONS_PER_RUN} a run.",
+    f"whose last run failed (an archive outage, a file that would not download), {OBSERVATIONS_PER_RUN} a run; "
+    "one that failed its last daily_retries (archive resource, 7) retries is left alone until a run of it succeeds.",
 )
-def failed_observations_sensor(context: RunStatusSensorContext, home: HomeResource):
+def failed_observations_sensor(context: RunStatusSensorContext, home: HomeResource, archive: ArchiveResource):
     """An observation that failed, alone or with its whole batch in an outage, is not new to
     new_observations_sensor and nothing else asks for it again; the next query of the archive does,
-    so a failure is retried once a day, not in a loop, and one that lasts is said in each day's log."""
+    so a failure is retried once a day, not in a loop, and one that lasts is said in each day's log.
+    One that fails every retry (a file the archive serves corrupt) stops costing a download a day."""
     instance = context.instance
     known = instance.get_dynamic_partitions(observations_partitions.name)
     watched = set(home.home.tables.read("mast_observations", columns=["obs_id"], missing_ok=True)["obs_id"])
@@ -121,13 +126,29 @@ def failed_observations_sensor(context: RunStatusSensorContext, home: HomeResour
     for asset in OBSERVATION_ASSETS:
         statuses = instance.get_status_by_partition(asset, keys, observations_partitions) or {}
         failed |= {key for key, status in statuses.items() if status == AssetPartitionStatus.FAILED}
-    if not failed:
-        return SkipReason("no observation of the watchlist has a failed last run")
+    given_up: set[str] = set()
+    if failed and archive.daily_retries > 0:
+        tries = failed_runs_since_success(instance, failed, job_name=observation_job.name, tags=DAILY_RETRY,
+                                          assets=OBSERVATION_ASSETS)
+        given_up = {key for key, count in tries.items() if count >= archive.daily_retries}
+        if given_up:
+            context.log.warning(
+                f"{len(given_up)} observations failed each of their last {archive.daily_retries} daily retries and "
+                f"are no longer tried by themselves (materialise them from the UI once the cause is fixed): "
+                + _listed(given_up))
+    retry = failed - given_up
+    if not retry:
+        return SkipReason("no observation of the watchlist has a failed last run"
+                          + (f" that is still retried ({len(given_up)} given up)" if given_up else ""))
     run_id = context.dagster_run.run_id
     requests, _ = batched_requests(
-        known, dict.fromkeys(failed, run_id), per_run=OBSERVATIONS_PER_RUN, run_key_prefix=f"retry@{run_id}:"
+        known, dict.fromkeys(retry, run_id), per_run=OBSERVATIONS_PER_RUN, run_key_prefix=f"retry@{run_id}:",
+        tags=DAILY_RETRY,
     )
-    shown = ", ".join(sorted(failed)[:20]) + (", ..." if len(failed) > 20 else "")
-    context.log.info(f"{len(failed)} observations failed in their last run, tried again in {len(requests)} runs: "
-                     + shown)
+    context.log.info(f"{len(retry)} observations failed in their last run, tried again in {len(requests)} runs: "
+                     + _listed(retry))
     return requests
+
+
+def _listed(keys: set[str], most: int = 20) -> str:
+    return ", ".join(sorted(keys)[:most]) + (", ..." if len(keys) > most else "")

@@ -28,7 +28,7 @@ from skyassets.defs.archive.sensors import (
     new_observations_sensor,
 )
 from skyassets.defs.partitions import OBSERVATIONS_PER_RUN, observations_partitions, requested_partitions
-from skyassets.defs.resources import HomeResource
+from skyassets.defs.resources import ArchiveResource, HomeResource
 from skyassets.defs.tags import partition_range
 from skyassets.lake.home import Home
 
@@ -142,7 +142,8 @@ def test_after_a_query_the_observations_whose_last_run_failed_are_asked_again_in
         success = next(e for e in run.all_events if e.event_type_value == "PIPELINE_SUCCESS")
         context = build_run_status_sensor_context("failed_observations_sensor", success, instance,
                                                   instance.get_run_by_id(run.run_id),
-                                                  resources={"home": HomeResource(root=str(tmp_path))})
+                                                  resources={"home": HomeResource(root=str(tmp_path)),
+                                                             "archive": ArchiveResource()})
         return failed_observations_sensor(context)
 
     with instance_for_test() as instance:
@@ -164,3 +165,60 @@ def test_after_a_query_the_observations_whose_last_run_failed_are_asked_again_in
             assert fetch.execute_in_process(instance=instance, partition_key=request.partition_key,
                                             tags=request.tags).success
         assert isinstance(after_query(), SkipReason)
+
+
+def test_an_observation_failing_every_daily_retry_is_left_alone_until_a_run_of_it_succeeds(tmp_path):
+    a, ok, b = "hst_0001_acs_wfc", "hst_0002_acs_wfc", "hst_0003_acs_wfc"
+    broken = {a, b}
+
+    @asset(partitions_def=observations_partitions)
+    def fits_files(context) -> None:  # stands in for the asset of observation_job
+        if broken & set(context.partition_keys):
+            raise RuntimeError("the archive serves it corrupt")
+
+    @asset
+    def mast_observations() -> None:
+        pass
+
+    defs = Definitions(assets=[fits_files, mast_observations], jobs=[define_asset_job("observation_job", [fits_files]),
+                                                                      define_asset_job("query", [mast_observations])])
+    fetch, query = defs.resolve_job_def("observation_job"), defs.resolve_job_def("query")
+
+    def day(daily_retries: int = 2) -> list:
+        """A watchlist query, the sensor's answer, and its retries run as the daemon would."""
+        run = query.execute_in_process(instance=instance)
+        success = next(e for e in run.all_events if e.event_type_value == "PIPELINE_SUCCESS")
+        logs: list[str] = []
+        context = build_run_status_sensor_context(
+            "failed_observations_sensor", success, instance, instance.get_run_by_id(run.run_id),
+            resources={"home": HomeResource(root=str(tmp_path)),
+                       "archive": ArchiveResource(daily_retries=daily_retries)})
+        context.log.warning = logs.append  # what the tick's log would say
+        answer = failed_observations_sensor(context)
+        if isinstance(answer, SkipReason):
+            return [answer.skip_message, *logs]
+        every = instance.get_dynamic_partitions("observations")
+        for request in answer:
+            assert request.tags["skyassets/retry"] == "daily"
+            fetch.execute_in_process(instance=instance, partition_key=request.partition_key, tags=request.tags,
+                                     raise_on_error=False)
+        return [requested_partitions(r, every) for r in answer]
+
+    with instance_for_test() as instance:
+        _query_result(instance, tmp_path, [a, ok, b])
+        instance.add_dynamic_partitions("observations", [a, ok, b])
+        for key in (a, ok, b):
+            fetch.execute_in_process(instance=instance, partition_key=key, raise_on_error=False)
+        broken.discard(b)  # b is fixed at the archive; a stays broken
+        assert day() == [[a], [b]]
+        assert day() == [[a]]
+        assert day(daily_retries=3) == [[a]]  # a larger allowance gives it more days
+        skipped, said = day()
+        assert skipped == "no observation of the watchlist has a failed last run that is still retried (1 given up)"
+        assert said.startswith("1 observations failed each of their last 2 daily retries") and a in said
+        assert day(daily_retries=0) == [[a]]  # 0: retried without end
+        broken.clear()  # repaired, and run again by hand: its count starts over
+        assert fetch.execute_in_process(instance=instance, partition_key=a).success
+        broken.add(a)
+        fetch.execute_in_process(instance=instance, partition_key=a, raise_on_error=False)
+        assert day() == [[a]]
