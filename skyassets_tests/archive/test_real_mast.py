@@ -71,6 +71,44 @@ def test_recorded_product_list_keeps_what_mast_recommends() -> None:
                       "u9o40504m_drz.fits"]
 
 
+MRP = "Minimum Recommended Products"
+
+
+def _answer_of(rows: list[tuple[str, str, str | None, int]]) -> Table:
+    """A product list in the recorded answer's shape (its columns, nulls and all), with calib_level,
+    of (file name, productType, productGroupDescription, calib_level) rows of one HST observation."""
+    answer = copy.deepcopy(_recorded("products.json"))
+    answer["fields"].append({"name": "calib_level", "type": "int"})
+    template = answer["data"][0]
+    answer["data"] = []
+    for name, kind, group, level in rows:
+        stem, suffix = name.split(".")[0].rsplit("_", 1)
+        answer["data"].append({**template, "productFilename": name, "dataURI": f"mast:HST/product/{name}",
+                               "obs_id": stem.upper(), "productType": kind, "productGroupDescription": group,
+                               "productSubGroupDescription": suffix.upper(), "calib_level": level})
+    return _json_to_table(answer)
+
+
+@pytest.mark.parametrize(("rows", "kept"), [
+    pytest.param([  # STIS spectroscopy: 2-D rectified and 1-D extracted spectra kept; raw, wavecal, support not
+        ("o6d701030_raw.fits", "SCIENCE", None, 1), ("o6d701030_wav.fits", "SCIENCE", None, 1),
+        ("o6d701030_flt.fits", "SCIENCE", MRP, 2), ("o6d701030_crj.fits", "SCIENCE", None, 2),
+        ("o6d701030_x1d.fits", "SCIENCE", MRP, 2), ("o6d701030_sx2.fits", "SCIENCE", None, 2),
+        ("o6d701030_spt.fits", "AUXILIARY", None, 1), ("o6d701030_asn.fits", "INFO", None, 1),
+    ], ["o6d701030_crj.fits", "o6d701030_flt.fits", "o6d701030_sx2.fits", "o6d701030_x1d.fits"], id="STIS"),
+    pytest.param([  # NICMOS: calibrated exposures and the association's mosaic kept
+        ("n4k201a2q_raw.fits", "SCIENCE", None, 1), ("n4k201a2q_ima.fits", "SCIENCE", None, 2),
+        ("n4k201a2q_cal.fits", "SCIENCE", MRP, 2), ("n4k201010_mos.fits", "SCIENCE", MRP, 3),
+        ("n4k201a2q_spt.fits", "AUXILIARY", None, 1), ("n4k201a2q_trl.fits", "AUXILIARY", None, 1),
+    ], ["n4k201010_mos.fits", "n4k201a2q_cal.fits", "n4k201a2q_ima.fits"], id="NICMOS"),
+])
+def test_product_choice_follows_mast_for_older_hst_instruments(rows, kept) -> None:
+    assert sorted(select_products(_answer_of(rows), ProductSpec())["productFilename"]) == kept
+    recommended_only = ProductSpec(calib_level=())
+    assert sorted(select_products(_answer_of(rows), recommended_only)["productFilename"]) == sorted(
+        name for name, _, group, _ in rows if group)
+
+
 def test_product_choice_takes_compressed_fits_and_leaves_previews() -> None:
     answer = _recorded("products.json")
     for row, name, kind in zip(answer["data"][:2], ("NGA-nd-int.fits.gz", "NGA-xd-int_2color.jpg"),
