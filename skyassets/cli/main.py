@@ -12,11 +12,15 @@ import threading
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from skyassets.cli.output import counted, one_line, write_frame
 from skyassets.cli.sky import SkyError, add_sky_command
 from skyassets.lake.home import HOME_ENV, Home
 from skyassets.lake.lease import LockBusy
+
+if TYPE_CHECKING:
+    from dagster import DagsterInstance
 
 # A new instance keeps its runs and events in this PostgreSQL database when the variable is set
 # (postgresql+psycopg2://user:password@host/db); SQLite under $DAGSTER_HOME otherwise.
@@ -379,15 +383,49 @@ def _port_free(host: str, port: int) -> None:
                                "(or -h HOST)", 1) from exc
 
 
+# The daemon that runs again a run whose process died (run_retries) keeps, in the instance, the last
+# event it read of each of these types; on its first start it has none, starts from the latest and
+# says so in a warning nobody can act on. `skyassets dev` sets them to the same place beforehand.
+RUN_RETRY_EVENTS = ("RUN_FAILURE", "RUN_SUCCESS")
+
+
+def run_retry_cursor(event_type: str) -> str:
+    """The name under which the run-retry daemon keeps its cursor of ``event_type`` (a member name)."""
+    from dagster import DagsterEventType
+
+    return f"EVENT_LOG_CONSUMER_CURSOR-{DagsterEventType[event_type].value}"
+
+
+def start_run_retries_from_now(instance: DagsterInstance) -> None:
+    """The run-retry daemon's cursors, where it would put them itself: past every run end recorded so
+    far (a run that failed before it ever ran is not retried), unless it has its own already."""
+    from dagster import DagsterEventType
+
+    storage = instance.daemon_cursor_storage
+    keys = {event_type: run_retry_cursor(event_type) for event_type in RUN_RETRY_EVENTS}
+    have = storage.get_cursor_values(set(keys.values()))
+    seeds = {}
+    for event_type, key in keys.items():
+        if have.get(key) is None:
+            latest = instance.fetch_run_status_changes(DagsterEventType[event_type], limit=1).records
+            seeds[key] = str(latest[0].storage_id if latest else 0)
+    if seeds:
+        storage.set_cursor_values(seeds)
+
+
 def _dev(args: argparse.Namespace) -> int:
     """``dagster dev`` on this home's instance, started from ``$DAGSTER_HOME`` (a ``dagster.yaml`` in
     the folder it is started from would otherwise draw a warning), the code location working in the
     user's folder; ``dagster dev``'s notice that ``dg dev`` supersedes it is left out."""
+    from dagster import DagsterInstance
+
     from skyassets.cli.launch import code_location_workspace
 
     _port_free(args.host, args.port)
     home = Home.from_env()
     dagster_home = prepare_dagster_home(home)
+    with DagsterInstance.get() as instance:
+        start_run_retries_from_now(instance)
     os.environ[HOME_ENV] = str(home.root)
     extra = args.dagster_args[1:] if args.dagster_args[:1] == ["--"] else args.dagster_args
     where = ["--host", args.host, "--port", str(args.port)]

@@ -102,11 +102,14 @@ def test_a_damaged_range_on_disk_fails_the_one_verification(emu, tmp_path: Path)
         f.seek(end - 1)
         f.write(bytes([byte[0] ^ 0xFF]))
     emu.faults.clear()
+    said: list[str] = []
     (result,) = download_files([file_request(emu, product, tmp_path)],
-                               download_config(emu, connections=2, segment_size=SEGMENT, fast_stream=0))
+                               download_config(emu, connections=2, segment_size=SEGMENT, fast_stream=0),
+                               on_progress=lambda p: said.append(p.message))
     assert_in_place(result, content)
     assert result.attempts == 2  # the first assembly failed its FITS check and was fetched again
-    assert (tmp_path / f"{name}.corrupt").exists()
+    assert any(f"bytes moved to {name}.corrupt" in m for m in said), said
+    assert not (tmp_path / f"{name}.corrupt").exists()  # of no use once the file is verified
 
 
 def test_other_connections_wait_until_the_first_is_seen_capped(emu, tmp_path: Path) -> None:

@@ -21,7 +21,13 @@ from dagster import DagsterInstance, DagsterRunStatus
 
 from skyassets.catalog.db import connect
 from skyassets.cli.launch import LOCATION
-from skyassets.cli.main import EVENT_BATCH_ENV, main, prepare_dagster_home
+from skyassets.cli.main import (
+    EVENT_BATCH_ENV,
+    main,
+    prepare_dagster_home,
+    run_retry_cursor,
+    start_run_retries_from_now,
+)
 from skyassets.lake.home import Home
 from skyassets_tests.objectstore import BUCKET, CREDENTIALS, object_store
 
@@ -431,3 +437,29 @@ def test_a_command_terminated_stops_the_webserver_and_runs_it_started(emu, tmp_p
     assert command.returncode == 143 and "skyassets ingest: terminated" in err, err
     assert not group_alive(group)  # the webserver, its code server and the run processes are all gone
     assert all(r.status == DagsterRunStatus.CANCELED for r in instance.get_runs())  # none left STARTED
+
+
+def test_the_run_retry_daemon_starts_past_the_runs_that_ended_before_it(tmp_path: Path) -> None:
+    """`skyassets dev` gives the daemon its cursors (so its first start says nothing): past a run that
+    failed before, which is not retried then; a cursor the daemon already keeps is left as it is."""
+    from dagster import DagsterEventType, instance_for_test, job, op
+
+    @op
+    def breaks() -> None:
+        raise RuntimeError("failed before the daemon ever ran")
+
+    @job
+    def failing() -> None:
+        breaks()
+
+    with instance_for_test(temp_dir=str(tmp_path)) as instance:
+        assert not failing.execute_in_process(instance=instance, raise_on_error=False).success
+        (failure,) = instance.fetch_run_status_changes(DagsterEventType.RUN_FAILURE, limit=1).records
+        start_run_retries_from_now(instance)
+        failed, succeeded = run_retry_cursor("RUN_FAILURE"), run_retry_cursor("RUN_SUCCESS")
+        assert failed == "EVENT_LOG_CONSUMER_CURSOR-PIPELINE_FAILURE"  # the daemon's name: its event's value
+        assert instance.daemon_cursor_storage.get_cursor_values({failed, succeeded}) == {
+            failed: str(failure.storage_id), succeeded: "0"}
+        instance.daemon_cursor_storage.set_cursor_values({succeeded: "7"})
+        start_run_retries_from_now(instance)
+        assert instance.daemon_cursor_storage.get_cursor_values({succeeded})[succeeded] == "7"
