@@ -13,6 +13,7 @@ no daemon to leave a queue, and no sensor of a daemon started for the purpose ac
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import socket
@@ -26,6 +27,8 @@ from pathlib import Path
 import requests
 import yaml
 from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, RunsFilter
+
+log = logging.getLogger(__name__)
 
 # The code location: a run re-executes only in a location of the name that made it, so the command
 # line, ``skyassets dev`` (``code_location_workspace``), the repository's workspace.yaml and
@@ -247,6 +250,14 @@ class Launcher:
             self._graphql("mutation($run: String!) { freeConcurrencySlotsForRun(runId: $run) }", {"run": run_id})
         return ended
 
+    def _free_slots_between_runs(self) -> None:
+        """:meth:`free_ended_runs_slots` as housekeeping: a webserver that fails to answer this once
+        does not stop the runs (a dead one is noticed by ``_check_running``); the next call frees them."""
+        try:
+            self.free_ended_runs_slots()
+        except (requests.RequestException, LaunchError, KeyError) as error:
+            log.warning("could not give back the pool slots of ended runs this time: %s", error)
+
     def submit(self, submission: Submission) -> str:
         """Launch one run through the webserver, as the UI's Launch button does; its run id."""
         mutation = """
@@ -298,7 +309,7 @@ class Launcher:
         waiting = list(enumerate(submissions))
         running: dict[str, int] = {}
         done: dict[int, DagsterRun] = {}
-        self.free_ended_runs_slots()  # of runs that died before this command, in this home
+        self._free_slots_between_runs()  # of runs that died before this command, in this home
         while waiting or running:
             while waiting and len(running) < max(1, at_once):
                 index, submission = waiting.pop(0)
@@ -310,7 +321,7 @@ class Launcher:
                     index = running.pop(run.run_id)
                     done[index] = run
                     if run.status != DagsterRunStatus.SUCCESS:  # its process may have died holding a slot
-                        self.free_ended_runs_slots()
+                        self._free_slots_between_runs()
                     if on_finished:
                         on_finished(submissions[index], run)
         return [done[i] for i in range(len(submissions))]

@@ -156,26 +156,33 @@ def split_failed_run(instance: DagsterInstance, run: DagsterRun) -> list[list[st
 
 def failed_runs_since_success(
     instance: DagsterInstance, keys: Iterable[str], *, job_name: str, tags: Mapping[str, str],
-    assets: Sequence[AssetKey], limit: int = 5000,
+    last_asset: AssetKey, at_least: int = 1, limit: int = 5000,
 ) -> dict[str, int]:
-    """For each of ``keys``, how many failed runs of ``job_name`` tagged ``tags`` covered it since it
-    was last materialised (any of ``assets``): how many tries in a row it has failed. The latest
-    ``limit`` such runs are read."""
+    """For each of ``keys`` covered by at least ``at_least`` failed runs of ``job_name`` tagged
+    ``tags``, how many of those came after ``last_asset`` (the job's last asset, so the whole run's
+    success) was last materialised for it: its failed tries in a row. A run that Dagster ran again
+    after its process died counts once with its re-runs. The latest ``limit`` runs are read; a key
+    is looked up in the asset's records only when it has tries enough to count."""
     wanted = set(keys)
     records = instance.get_run_records(
         RunsFilter(job_name=job_name, statuses=[DagsterRunStatus.FAILURE], tags=dict(tags)), limit=limit)
     if not records or not wanted:
         return {}
     known = instance.get_dynamic_partitions(observations_partitions.name)
-    tried: dict[str, list[float]] = {}
+    tried: dict[str, dict[str, float]] = {}  # key -> the root run of each try -> when its latest run began
     for record in records:
         run = record.dagster_run
+        root, began = run.root_run_id or run.run_id, record.create_timestamp.timestamp()
         for key in _covered(run.tags.get(PARTITION), run.tags, known):
             if key in wanted:
-                tried.setdefault(key, []).append(record.create_timestamp.timestamp())
+                tries = tried.setdefault(key, {})
+                tries[root] = max(began, tries.get(root, began))
     counts = {}
-    for key, times in tried.items():
-        since = max((r.timestamp for asset in assets for r in instance.fetch_materializations(
-            AssetRecordsFilter(asset_key=asset, asset_partitions=[key]), limit=1).records), default=0.0)
-        counts[key] = sum(t > since for t in times)
+    for key, tries in tried.items():
+        if len(tries) < at_least:
+            continue
+        latest = instance.fetch_materializations(
+            AssetRecordsFilter(asset_key=last_asset, asset_partitions=[key]), limit=1).records
+        since = latest[0].timestamp if latest else 0.0
+        counts[key] = sum(began > since for began in tries.values())
     return counts

@@ -261,13 +261,20 @@ class Home:
         that every machine sharing the store takes its turn. ``on_wait`` hears who holds it, once,
         when it is not free at once."""
         started = time.monotonic()
-        with file_lock(self.root / f".{name}.lock", wait, on_wait):
+        heard: list[str] = []
+
+        def once(held: str) -> None:  # one word for both stages: to its caller it is one wait
+            if on_wait is not None and not heard:
+                heard.append(held)
+                on_wait(held)
+
+        with file_lock(self.root / f".{name}.lock", wait, once):
             if self.storage is None:
                 yield
                 return
             bucket, key = self._bucket_key(f".{name}.lock")
             left = max(0.0, wait - (time.monotonic() - started))
-            with store_lease(self.client(), bucket, key, left, on_wait=on_wait):
+            with store_lease(self.client(), bucket, key, left, on_wait=once):
                 yield
 
     def remove_folder(self, relative: str | os.PathLike[str]) -> int:

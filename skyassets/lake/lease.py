@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_TTL = 120.0
+_RETRY_PAUSE = 5.0  # seconds between tries of a renewal the store did not answer
 _CONFLICT = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
 
 
@@ -80,6 +81,7 @@ class StoreLease:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._renewer: threading.Thread | None = None
+        self._written = 0.0  # when the lease was last written (monotonic)
 
     def _body(self, until_now: bool = False) -> bytes:
         return json.dumps({"holder": _holder(), "token": self.token, "since": self.since,
@@ -94,6 +96,12 @@ class StoreLease:
                 return None
             raise
         return answer["ETag"]
+
+    def _ours(self) -> str | None:
+        """The lease's ETag when the lease holds this holder's token: a write whose answer was lost
+        (and that the client's retry then saw refused) took effect all the same."""
+        lease = self._read()
+        return lease[0] if lease is not None and lease[1].get("token") == self.token else None
 
     def _read(self) -> tuple[str, dict, float] | None:
         """(ETag, content, seconds left by the store's clock) of the lease; None when there is none."""
@@ -119,8 +127,10 @@ class StoreLease:
             self.etag = self._put(self._body(), IfNoneMatch="*")
             if self.etag is None and (lease := self._read()) is not None:
                 etag, content, left = lease
-                if left <= 0:  # given back, or its holder stopped renewing it
-                    self.etag = self._put(self._body(), IfMatch=etag)
+                if content.get("token") == self.token:  # our own write, its answer lost
+                    self.etag = etag
+                elif left <= 0:  # given back, or its holder stopped renewing it
+                    self.etag = self._put(self._body(), IfMatch=etag) or self._ours()
                 else:
                     held = (f"{self.url}: held by {content.get('holder')} since {content.get('since')} "
                             f"(for {left:.0f} s more unless renewed)")
@@ -132,18 +142,30 @@ class StoreLease:
             if self.etag is not None:
                 break
             time.sleep(random.uniform(0.2, 0.5))
+        self._written = time.monotonic()
         self._stop.clear()
         self._renewer = threading.Thread(target=self._renew, name=f"lease {self.key}", daemon=True)
         self._renewer.start()
 
     def _renew(self) -> None:
-        while not self._stop.wait(self.ttl / 3):
+        """Renew every ``ttl / 3`` seconds; a store that fails to answer is asked again every few
+        seconds until the lease would run out, and only then is the lease counted lost."""
+        pause = self.ttl / 3
+        while not self._stop.wait(pause):
             with self._lock:
-                etag = self._put(self._body(), IfMatch=self.etag) if self.etag else None
+                try:
+                    etag = self._put(self._body(), IfMatch=self.etag) if self.etag else None
+                    etag = etag or self._ours()
+                except Exception as error:  # the store did not answer: try again while the lease holds
+                    pause = min(_RETRY_PAUSE, self.ttl / 10)
+                    if time.monotonic() - self._written < self.ttl - 2 * pause:
+                        continue
+                    self.lost = f"{self.url}: could not be renewed before it ran out ({error})"
+                    return
                 if etag is None:
                     self.lost = f"{self.url}: taken over by another holder after it ran out"
                     return
-                self.etag = etag
+                self.etag, self._written, pause = etag, time.monotonic(), self.ttl / 3
 
     def release(self) -> None:
         """Give the lease back (it reads as run out), unless another holder has it by now."""
@@ -152,7 +174,11 @@ class StoreLease:
             self._renewer.join()
         with self._lock:
             if self.etag is not None and self.lost is None:
-                self._put(self._body(until_now=True), IfMatch=self.etag)
+                try:
+                    if self._put(self._body(until_now=True), IfMatch=self.etag) is None and self._ours() is None:
+                        self.lost = f"{self.url}: taken over by another holder before it was given back"
+                except Exception:  # noqa: BLE001 - not given back: it runs out by itself within its ttl
+                    pass
             self.etag = None
 
 

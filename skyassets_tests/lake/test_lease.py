@@ -151,3 +151,45 @@ def test_two_machines_landing_at_once_keep_each_others_index_rows(machines):
     index = b.tables.read("landing_index")
     assert dict(zip(index["location"], index["partition"], strict=True)) == {
         mine.location: "landed-mine", theirs.location: "landed-theirs"}
+
+
+def _unretried_client(store):
+    """A client that takes each answer as it comes, so the store's refusals reach the lease."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client("s3", endpoint_url=store.endpoint, config=Config(retries={"total_max_attempts": 1}))
+
+
+def _refuse_writes(store, key: str, times: int) -> None:
+    """The store answers ``times`` requests for ``key`` with 503 SlowDown (-1: until cleared)."""
+    store.command("add", {"kind": "status", "match": f"/{BUCKET}/{key}", "times": times, "status": 503,
+                          "retry_after": 0, "after_bytes": 0})
+
+
+def test_a_holder_rides_out_a_store_that_fails_its_renewals_for_a_while(store, monkeypatch, request):
+    for name, value in CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    client, key = _unretried_client(store), f"{request.node.name}/.lock"
+    try:
+        with store_lease(client, BUCKET, key, wait=1, ttl=3.0) as lease:
+            _refuse_writes(store, key, times=3)  # the next renewal and two of its retries fail
+            time.sleep(7.0)  # more than twice its ttl
+            with pytest.raises(LockBusy):
+                StoreLease(client, BUCKET, key, ttl=3.0).acquire(wait=0)
+            assert lease.lost is None
+    finally:
+        store.command("clear")
+
+
+def test_a_holder_whose_store_stays_down_hears_its_lease_was_not_renewed(store, monkeypatch, request):
+    for name, value in CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    client, key = _unretried_client(store), f"{request.node.name}/.lock"
+    try:
+        with pytest.raises(LockBusy, match="could not be renewed before it ran out"):
+            with store_lease(client, BUCKET, key, wait=1, ttl=3.0):
+                _refuse_writes(store, key, times=-1)
+                time.sleep(4.0)
+    finally:
+        store.command("clear")

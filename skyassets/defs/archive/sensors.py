@@ -33,7 +33,8 @@ from skyassets.defs.tags import partition_range
 from skyassets.lake.names import InvalidNameError, validate_obs_id
 
 MAST_OBSERVATIONS = AssetKey("mast_observations")
-# The assets of observation_job; an observation whose last try failed at any of them is tried again.
+# The assets of observation_job, in order; an observation whose last try failed at any of them is tried
+# again, and one whose last is materialised has succeeded as a whole.
 OBSERVATION_ASSETS = (AssetKey("mast_products"), AssetKey("fits_files"), AssetKey("image_metadata"))
 # The tag of the runs failed_observations_sensor requests, by which it counts an observation's daily retries.
 DAILY_RETRY = {"skyassets/retry": "daily"}
@@ -129,7 +130,7 @@ def failed_observations_sensor(context: RunStatusSensorContext, home: HomeResour
     given_up: set[str] = set()
     if failed and archive.daily_retries > 0:
         tries = failed_runs_since_success(instance, failed, job_name=observation_job.name, tags=DAILY_RETRY,
-                                          assets=OBSERVATION_ASSETS)
+                                          last_asset=OBSERVATION_ASSETS[-1], at_least=archive.daily_retries)
         given_up = {key for key, count in tries.items() if count >= archive.daily_retries}
         if given_up:
             context.log.warning(

@@ -34,18 +34,18 @@ def _version(items: Iterable[str]) -> str:
 
 def _record(
     context: SensorEvaluationContext, home: HomeResource, zone: LandingZone | S3LandingZone,
-    groups: dict[str, list[LandedFile]],
-) -> tuple[dict[str, str], dict[str, list[str]]]:
-    """Record the tick's partitions under the landing lock: (partition -> version, partition a file
-    left -> its locations). Raises ``LockBusy`` when the command line or another machine sharing the
-    store holds the lock for over ``LOCK_SECONDS``."""
+    groups: dict[str, list[LandedFile]], moved: dict[str, list[str]],
+) -> dict[str, str]:
+    """Record the tick's partitions under the landing lock: partition -> version, and in ``moved``
+    each partition a file left -> its locations (filled in as soon as the landing index says so).
+    Raises ``LockBusy`` when the command line or another machine sharing the store holds the lock for
+    over ``LOCK_SECONDS``, or when the lock was lost by the block's end."""
     from skyassets.landing.ingest import record_landed, recording, relocate_landed
 
     versions: dict[str, str] = {}
-    moved: dict[str, list[str]] = {}
     with recording(home.home, wait=LOCK_SECONDS):
         try:  # a file whose header now names another observation leaves the partition that held it
-            moved = relocate_landed(home.home, groups)
+            moved.update(relocate_landed(home.home, groups))
         except Exception as exc:  # the tick's files go on; only the old versions stay catalogued
             context.log.error(f"landing index not updated, files that changed observation stay in the old one "
                               f"too: {exc}")
@@ -58,7 +58,7 @@ def _record(
                                   f"{exc}")
                 continue
             versions[key] = _version(f"{f.location}:{f.signature}" for f in files)
-    return versions, moved
+    return versions
 
 
 def _landing_result(
@@ -82,12 +82,17 @@ def _landing_result(
     if later:
         zone.release(later)
         context.log.info(f"{len(later)} ready files left for the next tick: their headers took the tick's time")
+    moved: dict[str, list[str]] = {}
     try:
-        versions, moved = _record(context, home, zone, groups)
+        versions = _record(context, home, zone, groups, moved)
     except LockBusy as busy:  # the files wait for a later tick; the tick does not hang
         zone.release([f for files in groups.values() for f in files])
         context.log.warning(f"{sum(map(len, groups.values()))} ready files offered again next tick: {busy}")
-        return SensorResult(cursor=tick.cursor)
+        if not moved:
+            return SensorResult(cursor=tick.cursor)
+        # the lock was lost after the index moved files on: the partitions they left run again all the
+        # same, as no later tick will see them leave
+        versions = {}
     # a partition a file left runs again; its run key follows the version that left, so each time it runs once
     arrived = {f.location: f.signature for files in groups.values() for f in files}
     for key, locations in moved.items():

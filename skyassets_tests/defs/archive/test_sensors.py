@@ -4,14 +4,18 @@ failed_observations_sensor requests again, after a watchlist query, the observat
 from __future__ import annotations
 
 import math
+import uuid
 from pathlib import Path
 
 import pandas as pd
 from dagster import (
     AssetMaterialization,
     DagsterInstance,
+    DagsterRun,
+    DagsterRunStatus,
     Definitions,
     MetadataValue,
+    RunsFilter,
     SensorResult,
     SkipReason,
     asset,
@@ -171,17 +175,27 @@ def test_an_observation_failing_every_daily_retry_is_left_alone_until_a_run_of_i
     a, ok, b = "hst_0001_acs_wfc", "hst_0002_acs_wfc", "hst_0003_acs_wfc"
     broken = {a, b}
 
+    # observation_job's three assets: its product list is materialised before its file fails
     @asset(partitions_def=observations_partitions)
-    def fits_files(context) -> None:  # stands in for the asset of observation_job
+    def mast_products() -> None:
+        pass
+
+    @asset(partitions_def=observations_partitions, deps=[mast_products])
+    def fits_files(context) -> None:
         if broken & set(context.partition_keys):
             raise RuntimeError("the archive serves it corrupt")
+
+    @asset(partitions_def=observations_partitions, deps=[fits_files])
+    def image_metadata() -> None:
+        pass
 
     @asset
     def mast_observations() -> None:
         pass
 
-    defs = Definitions(assets=[fits_files, mast_observations], jobs=[define_asset_job("observation_job", [fits_files]),
-                                                                      define_asset_job("query", [mast_observations])])
+    chain = [mast_products, fits_files, image_metadata]
+    defs = Definitions(assets=[*chain, mast_observations], jobs=[define_asset_job("observation_job", chain),
+                                                                  define_asset_job("query", [mast_observations])])
     fetch, query = defs.resolve_job_def("observation_job"), defs.resolve_job_def("query")
 
     def day(daily_retries: int = 2) -> list:
@@ -211,6 +225,13 @@ def test_an_observation_failing_every_daily_retry_is_left_alone_until_a_run_of_i
             fetch.execute_in_process(instance=instance, partition_key=key, raise_on_error=False)
         broken.discard(b)  # b is fixed at the archive; a stays broken
         assert day() == [[a], [b]]
+        # Dagster ran a's retry again after its process died: one try, however many runs
+        (last,) = instance.get_runs(RunsFilter(job_name="observation_job", tags={"skyassets/retry": "daily"},
+                                               statuses=[DagsterRunStatus.FAILURE]), limit=1)
+        assert last.tags["dagster/partition"] == a
+        instance.add_run(DagsterRun(job_name=last.job_name, run_id=str(uuid.uuid4()), tags=last.tags,
+                                    status=DagsterRunStatus.FAILURE, root_run_id=last.run_id,
+                                    parent_run_id=last.run_id))
         assert day() == [[a]]
         assert day(daily_retries=3) == [[a]]  # a larger allowance gives it more days
         skipped, said = day()

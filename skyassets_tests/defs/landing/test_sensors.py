@@ -371,3 +371,38 @@ def test_a_tick_that_cannot_take_the_landing_lock_offers_its_files_again(tmp_pat
         assert not home.tables.exists("landing", "landed-busy-a")  # nothing recorded while it waited
         result = _tick(instance, resources, busy.cursor)
         assert _covered(instance, result) == ["landed-busy-a"]
+
+
+def test_a_tick_whose_lock_was_lost_still_runs_the_partition_a_file_left(tmp_path, monkeypatch):
+    """The lock given up under the tick (another machine took the lease over while this one stalled)
+    after the landing index moved a file on: its files wait for the next tick, but the partition the
+    file left runs again now, as no later tick will see it leave."""
+    from contextlib import contextmanager
+
+    import skyassets.landing.ingest as ingest
+    from skyassets.lake.lease import LockBusy
+
+    landing = tmp_path / "drop"
+    landing.mkdir()
+    moving = landing / "moving.fits"
+    _header_only(moving, "k1")
+    resources = _resources(tmp_path / "home", landing)
+    really_recording = ingest.recording
+
+    @contextmanager
+    def lost_at_the_end(home, **kwargs):
+        with really_recording(home, **kwargs):
+            yield
+        raise LockBusy("s3://bucket/home/.landing.lock: taken over by another holder after it ran out")
+
+    with instance_for_test() as instance:
+        cursor = _tick(instance, resources, _tick(instance, resources, None).cursor).cursor
+        _header_only(moving, "k2")
+        os.utime(moving, ns=(10**18, 10**18))
+        cursor = _tick(instance, resources, cursor).cursor  # seen changed; ready once settled
+        monkeypatch.setattr(ingest, "recording", lost_at_the_end)
+        lost = _tick(instance, resources, cursor)
+        assert _covered(instance, lost) == ["landed-k1"]  # the partition it left, without it
+        monkeypatch.setattr(ingest, "recording", really_recording)
+        again = _tick(instance, resources, lost.cursor)
+        assert _covered(instance, again) == ["landed-k2"]  # offered again, and taken
