@@ -7,7 +7,9 @@ timeline pages and can re-execute them; each runs in its own run-worker process,
 
 The webserver uses an instance of its own that shares the home instance's storage but launches runs
 at once (``DefaultRunCoordinator``): the command line orders and limits its runs itself, so they need
-no daemon to leave a queue, and no sensor of a daemon started for the purpose acts beside them.
+no daemon to leave a queue, and no sensor of a daemon started for the purpose acts beside them. For
+the same reason it runs again, from where it stopped, a run whose process died (killed, out of
+memory), as the daemon's run retries do under ``skyassets dev`` and in the deployments.
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ from pathlib import Path
 
 import requests
 import yaml
-from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, RunsFilter
+from dagster import DagsterEventType, DagsterInstance, DagsterRun, DagsterRunStatus, RunsFilter
+
+from skyassets.defs.tags import FAILURE_REASON
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +41,9 @@ MODULE = "skyassets.definitions"
 LOCATION = "skyassets"
 
 POLL_SECONDS = 0.3
+# Times a run whose process died is run again by the command line: run_retries' max_retries in
+# skyassets/dagster.yaml, what the daemon does beside `skyassets dev`.
+MAX_RERUNS = 2
 FINISHED = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
 # The settings of the home instance that the launching instance shares; the rest (run queue, run
 # monitoring, schedules) belongs to the daemon.
@@ -297,6 +304,30 @@ class Launcher:
             pending -= {run.run_id for run in runs if run.status in FINISHED}
         return [self.instance.get_run_by_id(run_id) for run_id in run_ids]
 
+    def died(self, run: DagsterRun) -> bool:
+        """Whether ``run`` failed because its process died (killed, out of memory, its machine lost)
+        rather than because a step failed or the job could not start: the failures run retries take."""
+        if run.status != DagsterRunStatus.FAILURE:
+            return False
+        if run.tags.get(FAILURE_REASON) in ("STEP_FAILURE", "JOB_INITIALIZATION_FAILURE"):
+            return False
+        return not self.instance.get_records_for_run(
+            run.run_id, of_type=DagsterEventType.STEP_FAILURE, limit=1).records
+
+    def rerun(self, run: DagsterRun) -> str:
+        """Re-execute ``run`` from where it stopped, as the UI's "Re-execute from failure" does; the new run's id."""
+        mutation = """
+        mutation($parent: String!) {
+          launchRunReexecution(reexecutionParams: {parentRunId: $parent, strategy: FROM_FAILURE}) {
+            __typename ... on LaunchRunSuccess { run { runId } } ... on Error { message }
+          }
+        }"""
+        answer = self._graphql(mutation, {"parent": run.run_id})["launchRunReexecution"]
+        if answer["__typename"] != "LaunchRunSuccess":
+            raise LaunchError(f"run {run.run_id} could not be run again: {answer.get('message', answer['__typename'])}")
+        self._submitted.append(answer["run"]["runId"])
+        return answer["run"]["runId"]
+
     def run_all(
         self,
         submissions: Sequence[Submission],
@@ -305,10 +336,13 @@ class Launcher:
         on_finished: Callable[[Submission, DagsterRun], None] | None = None,
     ) -> list[DagsterRun]:
         """Launch ``submissions`` with at most ``at_once`` running, wait for all of them, and return
-        their finished runs in submission order; ``on_finished`` hears of each as it ends."""
+        their finished runs in submission order; ``on_finished`` hears of each as it ends. A run whose
+        process died is run again from where it stopped, ``MAX_RERUNS`` times at most; its last run
+        is the one returned."""
         waiting = list(enumerate(submissions))
         running: dict[str, int] = {}
         done: dict[int, DagsterRun] = {}
+        reruns = dict.fromkeys(range(len(submissions)), 0)
         self._free_slots_between_runs()  # of runs that died before this command, in this home
         while waiting or running:
             while waiting and len(running) < max(1, at_once):
@@ -319,9 +353,17 @@ class Launcher:
             for run in self.instance.get_runs(RunsFilter(run_ids=list(running))):
                 if run.status in FINISHED:
                     index = running.pop(run.run_id)
-                    done[index] = run
                     if run.status != DagsterRunStatus.SUCCESS:  # its process may have died holding a slot
                         self._free_slots_between_runs()
+                    if reruns[index] < MAX_RERUNS and self.died(run):
+                        reruns[index] += 1
+                        again = self.rerun(run)
+                        log.warning("run %s of %s ended when its process died; running it again from where it "
+                                    "stopped as run %s (%d of %d)", run.run_id, run.job_name, again,
+                                    reruns[index], MAX_RERUNS)
+                        running[again] = index
+                        continue
+                    done[index] = run
                     if on_finished:
                         on_finished(submissions[index], run)
         return [done[i] for i in range(len(submissions))]

@@ -17,6 +17,8 @@ PARTITION = "dagster/partition"
 PARTITION_RANGE_START = "dagster/asset_partition_range_start"
 PARTITION_RANGE_END = "dagster/asset_partition_range_end"
 DATA_VERSION = "dagster/data_version"
+# Why a run failed (a step, its start, its process dying), as Dagster tags a failed run.
+FAILURE_REASON = "dagster/failure_reason"
 
 
 def partition_range(first: str, last: str) -> dict[str, str]:

@@ -137,3 +137,58 @@ def test_a_run_killed_holding_a_pool_slot_does_not_hold_up_the_next_runs(emu, tm
         assert finished and finished[0].status == DagsterRunStatus.SUCCESS, "the next run waited for the dead one"
         assert not _claimed(launcher.port)
         assert len(instance.get_runs(RunsFilter(job_name="observation_job"))) == 2
+
+
+@pytest.mark.slow
+def test_a_run_whose_process_dies_is_run_again_from_where_it_stopped(emu, tmp_path, monkeypatch):
+    """With no daemon beside it, the command line does what run retries do: a run killed mid-download
+    is re-executed from its failure, and the re-run is the one the command reports."""
+    import re
+    import signal
+    import threading
+    import time
+
+    from dagster import RunsFilter
+
+    from skyassets.cli.launch import MAX_RERUNS
+    from skyassets.defs.tags import PARTITION
+
+    obs_id = next(o["obs_id"] for o in emu.sky.observations if o["obs_collection"] == "JWST")
+    watchlist = tmp_path / "watchlist.yaml"
+    watchlist.write_text(f"entries:\n  - name: one\n    obs_id: {obs_id}\n")
+    for name, value in {"DAGSTER_HOME": tmp_path / "dagster", "SKYASSETS_HOME": tmp_path / "home",
+                        "SKYASSETS_WATCHLIST": watchlist, "SKYASSETS_MAST_URL": emu.url, "SKYASSETS_CLOUD": "0",
+                        "SKYASSETS_S3_ENDPOINT": emu.s3_endpoint}.items():
+        monkeypatch.setenv(name, str(value))
+    dagster_home = prepare_dagster_home(Home(tmp_path / "home"))
+    with DagsterInstance.get() as instance, Launcher(dagster_home, instance) as launcher:
+        (query,) = launcher.run_all([Submission("watchlist_job", {}, QUIET)])
+        assert query.status == DagsterRunStatus.SUCCESS
+        instance.add_dynamic_partitions("observations", [obs_id])
+        emu.throttle = 100_000  # bytes/s: the download lasts until the run is killed
+        finished: list = []
+        worker = threading.Thread(daemon=True, target=lambda: finished.extend(
+            launcher.run_all([Submission("observation_job", {PARTITION: obs_id}, QUIET)])))
+        try:
+            worker.start()
+            deadline = time.monotonic() + 120
+            pid = None
+            while pid is None:
+                assert time.monotonic() < deadline, "the run never started its process"
+                time.sleep(0.2)
+                runs = instance.get_runs(RunsFilter(job_name="observation_job"))
+                pid = next((int(m.group(1)) for r in runs for e in instance.all_logs(r.run_id)
+                            if (m := re.search(r"Started process for run \(pid: (\d+)\)", e.message or ""))), None)
+            time.sleep(1.0)  # mid-download
+            os.kill(pid, signal.SIGKILL)
+        finally:
+            time.sleep(0.5)
+            emu.throttle = 0
+        worker.join(300)
+        assert finished, "run_all did not return"
+        (rerun,) = finished
+        killed = instance.get_run_by_id(rerun.parent_run_id)
+        assert killed.status == DagsterRunStatus.FAILURE and launcher.died(killed)
+        assert rerun.status == DagsterRunStatus.SUCCESS and rerun.root_run_id == killed.run_id
+        assert len(instance.get_runs(RunsFilter(job_name="observation_job"))) == 2 <= 1 + MAX_RERUNS
+    assert Home(tmp_path / "home").tables.exists("image_metadata", obs_id)

@@ -2,7 +2,14 @@
 
 from dagster import DagsterInstance, Definitions, StaticPartitionsDefinition, asset, define_asset_job
 
-from skyassets.defs.tags import DATA_VERSION, PARTITION, PARTITION_RANGE_END, PARTITION_RANGE_START, partition_range
+from skyassets.defs.tags import (
+    DATA_VERSION,
+    FAILURE_REASON,
+    PARTITION,
+    PARTITION_RANGE_END,
+    PARTITION_RANGE_START,
+    partition_range,
+)
 
 
 def test_the_tags_match_dagsters_own():
@@ -12,10 +19,12 @@ def test_the_tags_match_dagsters_own():
         ASSET_PARTITION_RANGE_END_TAG,
         ASSET_PARTITION_RANGE_START_TAG,
         PARTITION_NAME_TAG,
+        RUN_FAILURE_REASON_TAG,
     )
 
-    assert (PARTITION, PARTITION_RANGE_START, PARTITION_RANGE_END, DATA_VERSION) == (
+    assert (PARTITION, PARTITION_RANGE_START, PARTITION_RANGE_END, DATA_VERSION, FAILURE_REASON) == (
         PARTITION_NAME_TAG, ASSET_PARTITION_RANGE_START_TAG, ASSET_PARTITION_RANGE_END_TAG, DATA_VERSION_TAG,
+        RUN_FAILURE_REASON_TAG,
     )
 
 
