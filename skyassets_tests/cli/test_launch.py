@@ -79,6 +79,19 @@ def test_launched_runs_have_the_code_locations_origin_and_re_execute_from_the_ui
     assert os.environ["DAGSTER_HOME"] == str(dagster_home)  # the webserver's instance never leaked here
 
 
+def _one_observation_home(emu, tmp_path, monkeypatch) -> tuple[str, object]:
+    """A home watching one JWST observation of the emulator (over HTTP); its observation id and
+    Dagster home."""
+    obs_id = next(o["obs_id"] for o in emu.sky.observations if o["obs_collection"] == "JWST")
+    watchlist = tmp_path / "watchlist.yaml"
+    watchlist.write_text(f"entries:\n  - name: one\n    obs_id: {obs_id}\n")
+    for name, value in {"DAGSTER_HOME": tmp_path / "dagster", "SKYASSETS_HOME": tmp_path / "home",
+                        "SKYASSETS_WATCHLIST": watchlist, "SKYASSETS_MAST_URL": emu.url, "SKYASSETS_CLOUD": "0",
+                        "SKYASSETS_S3_ENDPOINT": emu.s3_endpoint}.items():
+        monkeypatch.setenv(name, str(value))
+    return obs_id, prepare_dagster_home(Home(tmp_path / "home"))
+
+
 def _claimed(port: int) -> set[str]:
     limits = _graphql(port, "{ instance { concurrencyLimits { claimedSlots { runId } } } }")["instance"]
     return {slot["runId"] for limit in limits["concurrencyLimits"] for slot in limit["claimedSlots"]}
@@ -97,14 +110,7 @@ def test_a_run_killed_holding_a_pool_slot_does_not_hold_up_the_next_runs(emu, tm
 
     from skyassets.defs.tags import PARTITION
 
-    obs_id = next(o["obs_id"] for o in emu.sky.observations if o["obs_collection"] == "JWST")
-    watchlist = tmp_path / "watchlist.yaml"
-    watchlist.write_text(f"entries:\n  - name: one\n    obs_id: {obs_id}\n")
-    for name, value in {"DAGSTER_HOME": tmp_path / "dagster", "SKYASSETS_HOME": tmp_path / "home",
-                        "SKYASSETS_WATCHLIST": watchlist, "SKYASSETS_MAST_URL": emu.url, "SKYASSETS_CLOUD": "0",
-                        "SKYASSETS_S3_ENDPOINT": emu.s3_endpoint}.items():
-        monkeypatch.setenv(name, str(value))
-    dagster_home = prepare_dagster_home(Home(tmp_path / "home"))
+    obs_id, dagster_home = _one_observation_home(emu, tmp_path, monkeypatch)
     fetch = Submission("observation_job", {PARTITION: obs_id}, QUIET)
     with DagsterInstance.get() as instance, Launcher(dagster_home, instance) as launcher:
         (query,) = launcher.run_all([Submission("watchlist_job", {}, QUIET)])
@@ -153,14 +159,7 @@ def test_a_run_whose_process_dies_is_run_again_from_where_it_stopped(emu, tmp_pa
     from skyassets.cli.launch import MAX_RERUNS
     from skyassets.defs.tags import PARTITION
 
-    obs_id = next(o["obs_id"] for o in emu.sky.observations if o["obs_collection"] == "JWST")
-    watchlist = tmp_path / "watchlist.yaml"
-    watchlist.write_text(f"entries:\n  - name: one\n    obs_id: {obs_id}\n")
-    for name, value in {"DAGSTER_HOME": tmp_path / "dagster", "SKYASSETS_HOME": tmp_path / "home",
-                        "SKYASSETS_WATCHLIST": watchlist, "SKYASSETS_MAST_URL": emu.url, "SKYASSETS_CLOUD": "0",
-                        "SKYASSETS_S3_ENDPOINT": emu.s3_endpoint}.items():
-        monkeypatch.setenv(name, str(value))
-    dagster_home = prepare_dagster_home(Home(tmp_path / "home"))
+    obs_id, dagster_home = _one_observation_home(emu, tmp_path, monkeypatch)
     with DagsterInstance.get() as instance, Launcher(dagster_home, instance) as launcher:
         (query,) = launcher.run_all([Submission("watchlist_job", {}, QUIET)])
         assert query.status == DagsterRunStatus.SUCCESS
