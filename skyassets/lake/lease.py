@@ -124,28 +124,40 @@ class StoreLease:
         deadline = time.monotonic() + wait
         while True:
             self.since = datetime.now(UTC).isoformat(timespec="seconds")
-            self.etag = self._put(self._body(), IfNoneMatch="*")
-            if self.etag is None and (lease := self._read()) is not None:
-                etag, content, left = lease
-                if content.get("token") == self.token:  # our own write, its answer lost
-                    self.etag = etag
-                elif left <= 0:  # given back, or its holder stopped renewing it
-                    self.etag = self._put(self._body(), IfMatch=etag) or self._ours()
-                else:
-                    held = (f"{self.url}: held by {content.get('holder')} since {content.get('since')} "
-                            f"(for {left:.0f} s more unless renewed)")
-                    if time.monotonic() >= deadline:
-                        raise LockBusy(f"{held}; waited {wait:.0f} s")
-                    if on_wait is not None:
-                        on_wait(held)
-                        on_wait = None
+            try:
+                held = self._take()
+            except Exception as error:  # the store did not answer: asked again until the wait is over
+                if time.monotonic() >= deadline:
+                    raise LockBusy(f"{self.url}: the store did not answer ({error}); waited {wait:.0f} s") from error
+                held = None
             if self.etag is not None:
                 break
+            if held is not None:
+                if time.monotonic() >= deadline:
+                    raise LockBusy(f"{held}; waited {wait:.0f} s")
+                if on_wait is not None:
+                    on_wait(held)
+                    on_wait = None
             time.sleep(random.uniform(0.2, 0.5))
         self._written = time.monotonic()
         self._stop.clear()
         self._renewer = threading.Thread(target=self._renew, name=f"lease {self.key}", daemon=True)
         self._renewer.start()
+
+    def _take(self) -> str | None:
+        """One try at the lease, setting ``etag`` when taken; who holds it when another holder does."""
+        self.etag = self._put(self._body(), IfNoneMatch="*")
+        if self.etag is not None or (lease := self._read()) is None:
+            return None
+        etag, content, left = lease
+        if content.get("token") == self.token:  # our own write, its answer lost
+            self.etag = etag
+        elif left <= 0:  # given back, or its holder stopped renewing it
+            self.etag = self._put(self._body(), IfMatch=etag) or self._ours()
+        else:
+            return (f"{self.url}: held by {content.get('holder')} since {content.get('since')} "
+                    f"(for {left:.0f} s more unless renewed)")
+        return None
 
     def _renew(self) -> None:
         """Renew every ``ttl / 3`` seconds; a store that fails to answer is asked again every few

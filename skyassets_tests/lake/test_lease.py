@@ -193,3 +193,20 @@ def test_a_holder_whose_store_stays_down_hears_its_lease_was_not_renewed(store, 
                 time.sleep(4.0)
     finally:
         store.command("clear")
+
+
+def test_a_store_that_fails_to_answer_is_waited_for_then_said(store, monkeypatch, request):
+    """Taking the lease rides out a store's short refusals; one that lasts past the wait is a
+    LockBusy naming the store's answer, which a sensor tick turns into files offered again."""
+    for name, value in CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    client, key = _unretried_client(store), f"{request.node.name}/.lock"
+    try:
+        _refuse_writes(store, key, times=2)
+        with store_lease(client, BUCKET, key, wait=5, ttl=3.0) as lease:
+            assert lease.etag is not None
+        _refuse_writes(store, key, times=-1)
+        with pytest.raises(LockBusy, match="the store did not answer .*SlowDown"):
+            StoreLease(client, BUCKET, key, ttl=3.0).acquire(wait=1)
+    finally:
+        store.command("clear")
