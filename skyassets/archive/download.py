@@ -959,8 +959,9 @@ class _Downloader:
             return
         handle.close()
         job.part.write_bytes(head)
-        why = "empty file (0 bytes)" if not head else f"not FITS: starts with {head[:20]!r}"
-        raise _Corrupt(f"{why}; not copied past its first {len(head)} bytes")
+        if not head:
+            raise _Corrupt("empty file (0 bytes)")
+        raise _Corrupt(f"not FITS: starts with {head[:20]!r}; not copied past its first {len(head)} bytes")
 
     def _open_http(self, job: _Job, offset: int, end: int | None = None) -> _Body:
         url = job.request.http_url
@@ -1540,7 +1541,7 @@ class _Downloader:
                         raise
                     errors.append(str(exc))
                     job.s3_failed = True  # this file goes on over HTTP, in the same attempt
-                    log.info("%s: %s; continuing over HTTP", job.name, exc)
+                    log.warning("%s: %s; continuing over HTTP", job.name, exc)
                     self._fetch(job, "http")
                 fits = self._check_and_place(job)
             except _S3Unusable as exc:

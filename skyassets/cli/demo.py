@@ -79,7 +79,8 @@ def _demo(runner: Runner, home: Home, dagster_home: Path) -> int:
     instance = runner.instance
     archive = defs.resources["archive"]
     server, s3 = archive.endpoints(home)
-    print(f"MAST:           {archive.url} ({server}; S3 {s3 or 'AWS'})")
+    where = f"{server}; " if server != archive.url else ""
+    print(f"MAST:           {archive.url} ({where}S3 {s3 or 'AWS'})")
 
     (result,) = runner.run_all([Submission("watchlist_job", {}, QUIET)])
     if not result.is_success:

@@ -410,9 +410,9 @@ def text_progress(done: int, total: int, files_done: int | None = None, files: i
     width = 30
     filled = int(width * done / total) if total else width
     also = "" if files_done is None else f", {files_done} files" if files is None else f", {files_done}/{files} files"
-    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} runs{also}")
-    if done == total:
-        sys.stderr.write("\n")
+    # a terminal redraws the bar in place; a log file or a pipe gets a line per step
+    start, end = ("\r", "\n" if done == total else "") if sys.stderr.isatty() else ("", "\n")
+    sys.stderr.write(f"{start}[{'#' * filled}{'.' * (width - filled)}] {done}/{total} runs{also}{end}")
     sys.stderr.flush()
 
 

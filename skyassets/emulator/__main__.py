@@ -5,21 +5,30 @@ from __future__ import annotations
 import argparse
 import json
 import signal
+import sys
 import threading
 from pathlib import Path
+from typing import NoReturn
 
 from skyassets.emulator import Emulator, SkySpec
+from skyassets.emulator.server import fault_fields
 
 
 def _fault(text: str) -> dict:
-    """A ``--fault`` value: a JSON object of fault fields."""
+    """A ``--fault`` value as a fault's fields; ``SystemExit`` with one line saying what is wrong."""
     try:
         fields = json.loads(text)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
-    if not isinstance(fields, dict):
-        raise argparse.ArgumentTypeError("a JSON object of fault fields, e.g. {\"kind\": \"status\"}")
-    return fields
+        _refuse(f"--fault {text}: not JSON: {exc}")
+    try:
+        return fault_fields(fields)
+    except ValueError as exc:
+        _refuse(f"--fault {text}: {exc}")
+
+
+def _refuse(message: str) -> NoReturn:
+    print(f"python -m skyassets.emulator: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -34,10 +43,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--grant", action="append", default=[], metavar="TOKEN[:PROPOSAL,...]",
                         help="accept this MAST API token, for the exclusive-access data of the proposals named "
                         "(all of them when none are); repeatable")
-    parser.add_argument("--fault", action="append", default=[], type=_fault, metavar="JSON",
+    parser.add_argument("--fault", action="append", default=[], metavar="JSON",
                         help='arm a fault, e.g. \'{"kind": "status", "endpoint": "any", "status": 503, "times": 20}\' '
                         "(the fields of POST /_emulator/faults; README: The MAST emulator); repeatable")
     args = parser.parse_args(argv)
+    faults = [_fault(text) for text in args.fault]  # before anything starts
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with Emulator(args.home, SkySpec(image_size=args.image_size), s3=not args.no_s3,
@@ -47,11 +57,11 @@ def main(argv: list[str] | None = None) -> None:
         for grant in args.grant:
             token, _, proposals = grant.partition(":")
             emu.grant(token, *[p for p in proposals.split(",") if p])
-        for fields in args.fault:
+        for text, fields in zip(args.fault, faults, strict=True):
             try:
                 emu.faults.add(**fields)
-            except (TypeError, ValueError) as exc:
-                parser.error(f"--fault {json.dumps(fields)}: {exc}")
+            except ValueError as exc:
+                _refuse(f"--fault {text}: {exc}")
         print(f"MAST emulator: {emu.url}", flush=True)
         print(f"S3 endpoint:   {emu.s3_endpoint}", flush=True)
         print(f"sky files:     {emu.sky.root}", flush=True)

@@ -28,6 +28,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from dataclasses import fields as dataclass_fields
 from email.utils import formatdate
 from http.cookies import CookieError, SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -132,6 +133,19 @@ class Fault:
     retry_after: int = 1
 
 
+def fault_fields(fields: Any) -> dict[str, Any]:
+    """``fields`` (a fault as JSON gives it) checked to be a fault's: an object with a ``kind`` and
+    no field a fault does not have."""
+    if not isinstance(fields, dict):
+        raise ValueError('a fault is a JSON object of its fields, e.g. {"kind": "status", "endpoint": "any"}')
+    known = [f.name for f in dataclass_fields(Fault)]
+    if unknown := sorted(set(fields) - set(known)):
+        raise ValueError(f"unknown fault field {', '.join(map(repr, unknown))}; the fields: {', '.join(known)}")
+    if "kind" not in fields:
+        raise ValueError(f"a fault needs a kind: one of {', '.join(FAULT_KINDS)}")
+    return fields
+
+
 class Faults:
     """The armed faults; each request takes the first one matching its endpoint and subject.
 
@@ -147,14 +161,25 @@ class Faults:
             seconds: float = 0.0, offset: int = 0, status: int = 503, endpoint: str = "download",
             retry_after: int = 1) -> Fault:
         if kind not in FAULT_KINDS:
-            raise ValueError(f"unknown fault kind {kind!r}; expected one of {FAULT_KINDS}")
+            raise ValueError(f"unknown fault kind {kind!r}; expected one of {', '.join(FAULT_KINDS)}")
+        try:
+            after_bytes, times, seconds = int(after_bytes), int(times), float(seconds)
+            offset, status, retry_after = int(offset), int(status), int(retry_after)
+        except (TypeError, ValueError):
+            raise ValueError("after_bytes, times, offset, status and retry_after are whole numbers, "
+                             "seconds a number") from None
+        if after_bytes < 0 or offset < 0 or seconds < 0 or retry_after < 0:
+            raise ValueError("after_bytes, offset, seconds and retry_after cannot be negative")
+        if times == 0 or times < -1:
+            raise ValueError(f"times is how many requests it strikes (-1: every one), not {times}")
+        if kind == "status" and not 400 <= status <= 599:
+            raise ValueError(f"a status fault answers an error status (400 to 599), not {status}")
         if kind in ANSWER_KINDS:
             endpoint, times = "any", -1
         elif kind not in ENDPOINT_KINDS.get(endpoint, ()):
-            raise ValueError(f"fault {kind!r} cannot strike endpoint {endpoint!r}; "
-                             f"endpoints: { {e: k for e, k in ENDPOINT_KINDS.items() if kind in k} }")
-        fault = Fault(kind, match, int(after_bytes), int(times), float(seconds), int(offset), int(status),
-                      endpoint, int(retry_after))
+            where = ", ".join(e for e, kinds in ENDPOINT_KINDS.items() if kind in kinds)
+            raise ValueError(f"a {kind!r} fault cannot strike endpoint {endpoint!r}; it can strike: {where}")
+        fault = Fault(kind, str(match), after_bytes, times, seconds, offset, status, endpoint, retry_after)
         if endpoint == "s3":
             if self.s3 is None:
                 raise ValueError("this emulator runs no S3 server, so it has no s3 endpoint to fault")
@@ -348,7 +373,11 @@ class MastHandler(BaseHTTPRequestHandler):
                 if not self._fault("whoami", method, ""):
                     self._send_json(self.server.whoami(self._token()))
             elif path == "/_emulator/faults" and method == "POST":
-                fault = self.server.faults.add(**json.loads(self._body() or b"{}"))
+                try:
+                    fault = self.server.faults.add(**fault_fields(json.loads(self._body() or b"{}")))
+                except ValueError as exc:  # said as it is, for a person at curl
+                    self._send_json({"status": "ERROR", "msg": str(exc)}, 400, method)
+                    return
                 self._send_json(asdict(fault))
             elif path == "/_emulator/faults" and method == "DELETE":
                 self.server.faults.clear()

@@ -292,3 +292,12 @@ def test_bzip2_fits_is_copied_verified_catalogued_and_measured(emu, tmp_path):
     name, path = con.execute("SELECT file_name, abs_path FROM images").fetchone()
     assert name == f"{cal[0].name}.bz2" and Path(path).read_bytes() == (drop / name).read_bytes()
     assert con.execute("SELECT count(*) FROM quality WHERE usable").fetchone()[0] == 1
+
+
+def test_progress_to_a_log_file_or_a_pipe_is_a_line_per_step(capsys):
+    from skyassets.cli.runs import text_progress
+
+    text_progress(1, 2, 3, 4)
+    text_progress(2, 2, 4, 4)
+    lines = capsys.readouterr().err.split("\n")  # pytest's stderr is not a terminal
+    assert lines == ["[" + "#" * 15 + "." * 15 + "] 1/2 runs, 3/4 files", "[" + "#" * 30 + "] 2/2 runs, 4/4 files", ""]

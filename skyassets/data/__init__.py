@@ -1,0 +1,1 @@
+"""Tables skyassets reads at run time: instrument bandpasses and names (package data)."""
