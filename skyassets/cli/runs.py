@@ -249,10 +249,12 @@ def _quarantine_reasons(home: Home, since: float) -> dict[str, str]:
         whole = str(note.get("reason", "")) or "quarantined"
         location = note.get("landed_location")
         if location and whole.startswith(f"{location}: "):  # a name may hold ": " itself
-            reasons[location] = whole[len(location) + 2:]
+            reason = whole[len(location) + 2:]
         else:
             location, _, reason = whole.partition(": ")
-            reasons[location] = reason or whole
+            reason = reason or whole
+        # the copy's own error names the file again: said once, by its location
+        reasons[location] = reason.removeprefix(f"{location.rsplit('/', 1)[-1]}: ") or reason
         if note.get("original_path"):
             reasons[str(note["original_path"])] = whole
     return reasons

@@ -27,6 +27,7 @@ def test_ingest_catalogues_files_in_batched_runs(emu, tmp_path):
         assert sorted(Path(p).name for p in report.catalogued) == sorted(p.name for p in cal)
         assert list(report.quarantined) == [str(drop / "truncated.fits")] and not report.failed and not report.ok
         assert "truncated" in report.quarantined[str(drop / "truncated.fits")].lower()
+        assert not report.quarantined[str(drop / "truncated.fits")].startswith("truncated.fits: ")  # named once
         runs = instance.get_runs()
         assert len(runs) == 3 and all(r.status == DagsterRunStatus.SUCCESS for r in runs)
         assert seen[-1] == (3, 3, 6, 6)  # runs, and files: the truncated one was taken too
