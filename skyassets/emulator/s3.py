@@ -5,7 +5,7 @@ The server runs in a child process: moto keeps its buckets in process-wide state
 that mock AWS themselves. The child exits when its stdin closes, so it never outlives its parent.
 
 Faults reach the child as JSON lines on its stdin, each answered by one line on its stdout, so a
-fault is armed before ``arm`` returns. They strike as a busy S3 does: an error status with S3's XML
+fault is armed before ``command`` returns. They strike as a busy S3 does: an error status with S3's XML
 body (``503 SlowDown`` with ``Retry-After``, ``500 InternalError``, ...) or an object body cut
 after ``after_bytes`` with the connection closed.
 """
