@@ -146,6 +146,14 @@ def fault_fields(fields: Any) -> dict[str, Any]:
     return fields
 
 
+def shown(fault: dict[str, Any]) -> dict[str, Any]:
+    """A fault's fields as the control endpoint shows them: a status and Retry-After only on a fault
+    that sends them, so that a ``drop`` does not read as a 503."""
+    if fault["kind"] == "status":
+        return fault
+    return {name: value for name, value in fault.items() if name not in ("status", "retry_after")}
+
+
 class Faults:
     """The armed faults; each request takes the first one matching its endpoint and subject.
 
@@ -218,7 +226,7 @@ class Faults:
     def list(self) -> list[dict[str, Any]]:
         with self._lock:
             here = [asdict(f) for f in self._faults]
-        return here + (self.s3("list", None) if self.s3 is not None else [])
+        return [shown(f) for f in here + (self.s3("list", None) if self.s3 is not None else [])]
 
 
 class RequestLog(list):
@@ -378,7 +386,7 @@ class MastHandler(BaseHTTPRequestHandler):
                 except ValueError as exc:  # said as it is, for a person at curl
                     self._send_json({"status": "ERROR", "msg": str(exc)}, 400, method)
                     return
-                self._send_json(asdict(fault))
+                self._send_json(shown(asdict(fault)))
             elif path == "/_emulator/faults" and method == "DELETE":
                 self.server.faults.clear()
                 self._send_json({"cleared": True})

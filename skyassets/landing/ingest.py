@@ -112,7 +112,9 @@ def local_files(paths: Iterable[str | Path], refused: dict[str, str] | None = No
         try:
             root = Path(item).expanduser().resolve()
         except (OSError, RuntimeError) as exc:  # a loop of links (RuntimeError before Python 3.13)
-            refused[printable(item)] = f"cannot be resolved: {getattr(exc, 'strerror', None) or exc}"
+            # absolute, as a folder's listing names it: a loop named and found in its folder is one entry
+            refused[printable(os.path.abspath(os.path.expanduser(item)))] = (
+                f"cannot be resolved: {getattr(exc, 'strerror', None) or exc}")
             continue
         named = not root.is_dir()
         for path in [root] if named else sorted(_below(root, refused)):

@@ -155,6 +155,15 @@ def test_control_endpoints(emu: Emulator, url: str) -> None:
     assert bad.status_code == 400
 
 
+def test_the_faults_listed_show_a_status_only_where_one_is_sent(emu: Emulator) -> None:
+    dropped = requests.post(emu.url + "/_emulator/faults", json={"kind": "drop", "after_bytes": 10}, timeout=10)
+    assert "status" not in dropped.json() and dropped.json()["after_bytes"] == 10
+    emu.faults.add("status", status=429, retry_after=3)
+    listed = requests.get(emu.url + "/_emulator/faults", timeout=10).json()
+    assert [(f["kind"], f.get("status"), f.get("retry_after")) for f in listed] == [("drop", None, None),
+                                                                                 ("status", 429, 3)]
+
+
 def test_a_client_that_hangs_up_is_not_a_server_error(emu: Emulator, url: str, capfd) -> None:
     """A download reset mid-answer (a range closed early, as ranged downloads do) prints nothing."""
     parts = urlsplit(url)

@@ -91,6 +91,19 @@ def test_a_named_link_loop_is_refused_and_the_other_paths_are_found(tmp_path: Pa
     assert refused[str(loop)].startswith("cannot be resolved: ")
 
 
+def test_a_link_loop_named_by_a_relative_path_and_found_in_its_folder_is_listed_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    night = tmp_path / "night"
+    _file(night / "a.fits")
+    (night / "loop.fits").symlink_to(night / "loop.fits")
+    monkeypatch.chdir(tmp_path)
+    refused: dict[str, str] = {}
+    found = local_files(["night/loop.fits", "night"], refused)
+    assert [f.location for f in found] == [str(night / "a.fits")]
+    assert list(refused) == [str(night / "loop.fits")]
+
+
 def test_a_name_that_is_not_utf8_is_refused_and_the_others_are_found(tmp_path: Path) -> None:
     night = tmp_path / "night"
     _file(night / "good.fits")
