@@ -94,6 +94,10 @@ _PROBE_SHORT_SECONDS = 0.02
 # finishes a whole range alone (aria2c's "split on idle"), and over a long round trip nothing is
 # split that the connection holding it finishes sooner.
 _SPLIT_MIN = 256 << 10
+# A streamed chunk of at least this many bytes that holds only zeros is left a hole in the copy (the
+# file extended past it, not written): a sparse source, or FITS data padded with zeros, stays sparse.
+_HOLE_MIN = 64 << 10
+_ZEROS = bytes(_HOLE_MIN)
 _CONTENT_RANGE_RE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 _PLAIN_MD5_RE = re.compile(r"^[0-9a-f]{32}$")
 _RETRYABLE_HTTP = {408, 425, 429, 500, 502, 503, 504}
@@ -252,6 +256,15 @@ def _norm_etag(etag: str | None) -> str | None:
 
 def _is_weak(etag: str | None) -> bool:
     return bool(etag) and etag.strip().startswith("W/")
+
+
+def _zeros(chunk: bytes) -> bool:
+    """Whether ``chunk`` holds only zero bytes: compared a block at a time, so that a chunk of data
+    costs the comparison of its first block only."""
+    step = len(_ZEROS)
+    whole = len(chunk) - len(chunk) % step
+    return (all(chunk.startswith(_ZEROS, at) for at in range(0, whole, step))
+            and chunk.endswith(_ZEROS[: len(chunk) - whole]))
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -1109,9 +1122,13 @@ class _Downloader:
                     chunk = pieces[0] if len(pieces) == 1 else b"".join(pieces)
                     pieces.clear()
                     pending = 0
-                    f.write(chunk)
-                    job.digests.update(chunk)
                     n = len(chunk)
+                    if n >= _HOLE_MIN and _zeros(chunk):
+                        f.flush()  # appended at the end the hole makes
+                        os.ftruncate(f.fileno(), os.fstat(f.fileno()).st_size + n)
+                    else:
+                        f.write(chunk)
+                    job.digests.update(chunk)
                     job.hashed += n
                     job.on_disk += n
                     job.bytes_fetched += n

@@ -4,13 +4,16 @@ names ending in the working files' suffixes, files changed in place, trickling t
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import time
 from pathlib import Path
 
 import boto3
+import numpy as np
 import pytest
+from astropy.io import fits
 from boto3.s3.transfer import TransferConfig
 
 from skyassets.archive.download import DownloadConfig, FileRequest, download_files
@@ -206,6 +209,37 @@ def test_trickling_transfer_is_cut_by_the_deadline(emu, tmp_path: Path) -> None:
     (result,) = download_files([file_request(emu, product, tmp_path)], download_config(emu, min_speed=0, deadline=0.6))
     assert time.monotonic() - started < 5
     assert result.status == "failed" and name in result.error and "deadline of 0.6 s" in result.error
+
+
+def test_a_sparse_local_fits_file_is_copied_sparse_and_verified(tmp_path: Path) -> None:
+    """A FITS file whose data is mostly zeros the file system never stored: the copy holds the same
+    bytes and takes no more room than its source, instead of writing every zero."""
+    landed = tmp_path / "landed"
+    landed.mkdir()
+    src = landed / "blank.fits"
+    data = np.zeros((4096, 4096), dtype=np.float32)  # 64 MiB of zeros
+    data[0, :10] = 1.0  # a little data at the start and at the end
+    data[-1, -10:] = 2.0
+    data[2048, 2048] = 3.0  # and one value alone in the middle of the zeros, which the copy must keep
+    header = fits.PrimaryHDU(data).header
+    head = header.tostring().encode()
+    body = data.astype(">f4").tobytes()
+    with src.open("wb") as f:  # written sparse: the zeros between the ends are a hole
+        f.write(head + body[:40960])
+        middle = (2048 * 4096 + 2048) * 4
+        f.seek(len(head) + middle)
+        f.write(body[middle:middle + 4])
+        f.seek(len(head) + len(body) - 40960)
+        f.write(body[-40960:])
+        f.write(bytes(-(len(head) + len(body)) % 2880))
+    assert src.stat().st_blocks * 512 < 1 << 20
+    (copied,) = download_files([FileRequest(src.name, tmp_path / "dest", local_path=src)],
+                               DownloadConfig(retries=0))
+    assert copied.status == "downloaded", copied.error
+    assert copied.sha256 == hashlib.sha256(src.read_bytes()).hexdigest()
+    assert copied.path.read_bytes() == src.read_bytes()
+    # the three chunks (4 MiB) that hold data, not the 64 MiB a dense copy takes
+    assert copied.path.stat().st_blocks * 512 <= 3 * DownloadConfig().chunk_size + (1 << 20)
 
 
 def test_a_local_file_named_fits_that_is_not_fits_is_refused_before_its_copy(tmp_path: Path) -> None:
