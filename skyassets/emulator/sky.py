@@ -205,7 +205,7 @@ def make_wcs(ra: float, dec: float, scale: float, pa: float, n: int, sip: bool) 
     return w
 
 
-def _moffat_stamp(x: float, y: float, fwhm: float, n: int) -> tuple[slice, slice, np.ndarray] | None:
+def moffat_stamp(x: float, y: float, fwhm: float, n: int) -> tuple[slice, slice, np.ndarray] | None:
     """Unit-flux Moffat PSF integrated over pixels (3x3 subsampling) around (x, y), 0-based."""
     alpha = fwhm / (2.0 * math.sqrt(2.0 ** (1.0 / MOFFAT_BETA) - 1.0))
     norm = (MOFFAT_BETA - 1.0) / (math.pi * alpha**2)
@@ -876,7 +876,7 @@ class Sky:
         star_px = []
         for i in range(len(x)):
             if -20 < x[i] < n + 20 and -20 < y[i] < n + 20:
-                st = _moffat_stamp(float(x[i]), float(y[i]), fwhm_pix, n)
+                st = moffat_stamp(float(x[i]), float(y[i]), fwhm_pix, n)
                 if st is not None:
                     sy, sx, stamp = st
                     rate[sy, sx] += flux[i] * stamp

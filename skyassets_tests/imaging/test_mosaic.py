@@ -16,7 +16,7 @@ from astropy.wcs import WCS
 from astropy.wcs.utils import proj_plane_pixel_area
 from photutils.centroids import centroid_2dg
 
-from skyassets.emulator.sky import _moffat_stamp, make_wcs
+from skyassets.emulator.sky import make_wcs, moffat_stamp
 from skyassets.imaging.mosaic import MosaicInput, build_mosaic, downscale_wcs, grown
 
 TARGET, FILTER = "NGC 628", "F200W"
@@ -121,7 +121,7 @@ def _draw_exposures(tmp_path: Path, stars, pointings, n: int = 160, noise: float
         image = np.full((n, n), sky)
         xs, ys = wcs.all_world2pix(star_ra, star_dec, 0)
         for x, y, f in zip(xs, ys, flux_ujy, strict=True):
-            stamp = _moffat_stamp(float(x), float(y), FWHM_ARCSEC / SCALE, n)
+            stamp = moffat_stamp(float(x), float(y), FWHM_ARCSEC / SCALE, n)
             if stamp is not None:
                 sy, sx, values = stamp
                 image[sy, sx] += f * 1e-12 / pixar_sr * values
