@@ -64,7 +64,8 @@ def frame_metadata(frame: pd.DataFrame, *, preview_columns: list[str] | None = N
 # Dagster checks every per-partition metadata call against the run's key range by reading all the
 # keys of the dynamic partitions definition from the instance: about 15 ms a call with 200 keys on
 # SQLite, more with more keys, plus the preview. At 200 partitions that was 8 s of a 1,000-file run
-# (`bench/ingest.py`), so runs of more partitions than this keep to the run's totals.
+# (`bench/ingest.py`), so runs of more partitions than this keep to the run's totals, but for as many
+# partitions that have a bad file to name.
 PER_PARTITION_LIMIT = 25
 
 
@@ -87,16 +88,20 @@ def partition_metadata(
     """A run of one partition: its row count, schema, preview and ``figures``. A run of up to
     ``PER_PARTITION_LIMIT``: each partition's own row count, preview and ``figures`` (its rows are
     those whose ``by`` column holds its key) on its own materialisation, and the run's totals on
-    all of them. A larger run: the run's totals only. ``per_key`` adds what a partition's rows do
-    not say (the files of it that were quarantined) to that partition's."""
+    all of them. ``per_key`` adds what a partition's rows do not say (the files of it that were
+    quarantined) to that partition's. A larger run: the run's totals, and their own figures on the
+    first ``PER_PARTITION_LIMIT`` partitions that ``per_key`` has something to say of (a count that
+    is not zero), so that the partition a bad file belongs to names it on its own page."""
     keys = context.partition_keys  # Dagster reads every key of the partitions definition on each access
     per_key = per_key or {}
     if len(keys) == 1:
         return {**frame_metadata(frame, preview_columns=preview_columns), **(figures(frame) if figures else {}),
                 **per_key.get(keys[0], {})}
-    if len(keys) <= PER_PARTITION_LIMIT:
+    own = keys if len(keys) <= PER_PARTITION_LIMIT else [
+        key for key in keys if any(per_key.get(key, {}).values())][:PER_PARTITION_LIMIT]
+    if own:
         parts = dict(iter(frame.groupby(by, sort=False))) if len(frame) else {}
-        for key in keys:
+        for key in own:
             part = parts.get(key, frame.iloc[0:0])
             context.add_asset_metadata(
                 {"dagster/row_count": len(part), "preview": preview(part, preview_columns),

@@ -266,6 +266,26 @@ def test_a_run_of_more_partitions_than_the_limit_keeps_to_its_totals(emu, tmp_pa
         assert not any("preview" in m or "dagster/row_count" in m for m in totals)
 
 
+def test_past_the_limit_a_partition_with_a_bad_file_still_names_it_on_its_own_page(emu, tmp_path, monkeypatch):
+    import skyassets.defs.metadata as metadata
+
+    monkeypatch.setattr(metadata, "PER_PARTITION_LIMIT", 2)
+    drop = tmp_path / "night"
+    drop.mkdir()
+    cal = sorted(emu.sky.root.rglob("*_cal.fits"))[:3]
+    for path in cal[:2]:
+        shutil.copy(path, drop / path.name)
+    (drop / cal[2].name).write_bytes(cal[2].read_bytes()[:5000])  # cut short: its copy is refused
+    with instance_for_test() as instance:
+        report = ingest([drop], Home(tmp_path / "home"), instance, batch=3)
+        assert (len(report.partitions), report.runs, list(report.quarantined)) == (3, 1, [str(drop / cal[2].name)])
+        shown = {k: latest_metadata(instance, "fits_files", k) for k in instance.get_dynamic_partitions("observations")}
+    bad = [k for k, m in shown.items() if "not_copied" in m]
+    assert len(bad) == 1 and cal[2].name in shown[bad[0]]["not_copied"]
+    assert shown[bad[0]]["files_not_copied"] == 1 and shown[bad[0]]["dagster/row_count"] == 0
+    assert all("dagster/row_count" not in m and m["partitions_in_run"] == 3 for k, m in shown.items() if k not in bad)
+
+
 def test_bzip2_fits_is_copied_verified_catalogued_and_measured(emu, tmp_path):
     """SDSS serves its frames as ``.fits.bz2``: taken like ``.fits.gz``, its FITS sums checked on
     the inflated stream, catalogued and measured; one whose inflated bytes no longer match its
