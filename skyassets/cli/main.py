@@ -80,7 +80,14 @@ def _ingest(args: argparse.Namespace) -> int:
     from dagster import DagsterInstance
 
     from skyassets.cli.launch import Launcher
-    from skyassets.cli.runs import bring_up_to_date, home_run_config, ingest, text_progress, unusable_images
+    from skyassets.cli.runs import (
+        bring_up_to_date,
+        home_run_config,
+        ingest,
+        text_progress,
+        unusable_images,
+        without_images,
+    )
 
     instance = DagsterInstance.get()
     print("Starting a Dagster webserver for this command's runs ...", file=sys.stderr, flush=True)
@@ -96,6 +103,13 @@ def _ingest(args: argparse.Namespace) -> int:
               f"{len(report.failed)} failed, {len(report.refused)} refused")
         if report.unchanged:
             print(f"{report.unchanged} of them unchanged since an earlier ingest: not taken again")
+        if imageless := without_images(home, report):
+            print(f"{counted(len(imageless), 'catalogued files')} with no image HDU (spectra or tables): "
+                  "in the catalog's files table, not in images")
+            for location in imageless[:20]:
+                print(f"  no image: {one_line(location)}")
+            if len(imageless) > 20:
+                print(f"  ... and {len(imageless) - 20} more")
         for location, name in list(report.renamed.items())[:20]:
             print(f"  stored as {one_line(name)}: {one_line(location)} (its own name is unsafe, too long, or "
                   "taken by another file of its observation)")

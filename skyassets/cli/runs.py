@@ -230,6 +230,23 @@ class IngestReport:
         return not (self.quarantined or self.failed or self.refused or self.failed_runs)
 
 
+def without_images(home: Home, report: IngestReport) -> list[str]:
+    """The catalogued files that hold no image HDU (a spectrum, a table): each has its row in the
+    catalog's ``files`` but none in ``images``, which a count of "catalogued" alone does not say."""
+    catalogued = set(report.catalogued)
+    keys = sorted({*report.partitions, *report.left})
+    if not catalogued or not keys:
+        return []
+    manifests = home.tables.read_partitions("fits_files", keys, columns=["dataURI", "path"])
+    images = home.tables.read_partitions("image_metadata", keys, columns=["path"])
+    found = []
+    for key, manifest in manifests.items():
+        pictured = set(images[key].column("path").to_pylist()) if key in images else set()
+        found += [row["dataURI"] for row in manifest.to_pylist()
+                  if row["dataURI"] in catalogued and row["path"] not in pictured]
+    return sorted(found)
+
+
 def _quarantine_reasons(home: Home, since: float) -> dict[str, str]:
     """The reason of every file quarantined since ``since`` (from the sidecars), under the landed
     location its reason starts with and under the path it was moved from (a file refused while

@@ -333,17 +333,23 @@ def test_ingest_brings_the_whole_chain_up_to_date_and_says_what_failed(emu, tmp_
         hdul[0].header["OBS_ID"] = "V99999001001P0000000002101"
         hdul["SCI"].data = np.full_like(hdul["SCI"].data, np.nan)
         hdul.writeto(blank, checksum=True)  # a valid file whose pixels are all NaN: catalogued, not usable
+    spectrum = drop / "obqc01010_x1d.fits"  # a STIS spectrum: a table, no image HDU
+    table = fits.BinTableHDU.from_columns([fits.Column(name="WAVELENGTH", format="8D", array=np.ones((1, 8)))])
+    fits.HDUList([fits.PrimaryHDU(header=fits.Header({"OBS_ID": "OBQC01010", "INSTRUME": "STIS"})),
+                  table]).writeto(spectrum, checksum=True)
     env = {**os.environ, "SKYASSETS_HOME": str(tmp_path / "home"), "DAGSTER_HOME": str(tmp_path / "home" / "dagster")}
     result = subprocess.run(
         [sys.executable, "-m", "skyassets.cli.main", "ingest", str(drop)],
         env=env, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 1, result.stdout + result.stderr  # one file was quarantined
-    assert "6 files in 5 partitions" in result.stdout
-    # the partition of the quarantined file alone has no image: not one to measure or to look at
+    assert "7 files in 6 partitions" in result.stdout
+    # the partitions of the quarantined file and of the spectrum have no image: none to measure or look at
     assert "Measuring image quality of 4 observations:" in result.stdout
     assert "details: skyassets quality landed-cut" not in result.stdout
-    assert "4 catalogued, 1 quarantined, 0 failed, 1 refused" in result.stdout
+    assert "5 catalogued, 1 quarantined, 0 failed, 1 refused" in result.stdout
+    assert "1 catalogued file with no image HDU (spectra or tables)" in result.stdout
+    assert f"  no image: {spectrum}\n" in result.stdout
     assert any(line.startswith(f"  quarantined: {drop}/cut\\nshort.fits: ") for line in result.stderr.splitlines())
     assert f"refused: {drop / 'elsewhere.fits'}:" in result.stderr
     assert f"not usable: landed-V99999001001P0000000002101/{blank.name}[1]: no finite" in result.stderr
