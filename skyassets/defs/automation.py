@@ -51,9 +51,11 @@ def data_changed() -> AutomationCondition:
 
 
 def follows() -> AutomationCondition:
-    """A target's derived products (composites after mosaics, tiles after both): ``eager()``, and
-    also made for targets that have their inputs but not these when the condition is first
-    evaluated (an asset added to a home that already has products)."""
+    """``eager()``, and also made for the partitions that have their inputs but not this asset when
+    the condition is first evaluated: ``eager()`` alone never makes them. Files catalogued before
+    the daemon first ran (``skyassets ingest --catalog-only``) are measured; a target's derived
+    products (composites after mosaics, tiles after both) are made for an asset added to a home
+    that already has products."""
     return AutomationCondition.eager() | (
         AutomationCondition.missing()
         & AutomationCondition.initial_evaluation()

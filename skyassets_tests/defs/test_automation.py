@@ -27,6 +27,21 @@ def test_new_files_are_catalogued_per_observation():
         assert third.get_requested_partitions(IMAGES) == set()  # obs-a is done; obs-b has no files
 
 
+def test_files_catalogued_before_the_first_evaluation_are_measured_on_it():
+    """``skyassets ingest --catalog-only`` leaves quality to the daemon: its first tick measures
+    what was catalogued before it ever ran, as eager() alone would not."""
+    with instance_for_test() as instance:
+        instance.add_dynamic_partitions("observations", ["obs-a", "obs-b"])
+        for asset in ("fits_files", "image_metadata"):
+            instance.report_runless_asset_event(AssetMaterialization(asset, partition="obs-a"))
+        first = evaluate_automation_conditions(defs=defs, instance=instance)
+        for asset in ("image_quality", "source_catalogs"):
+            assert first.get_requested_partitions(AssetKey(asset)) == {"obs-a"}  # obs-b has no files
+        assert first.get_requested_partitions(IMAGES) == set()
+        second = evaluate_automation_conditions(defs=defs, instance=instance, cursor=first.cursor)
+        assert second.get_requested_partitions(AssetKey("image_quality")) == set()  # asked once
+
+
 def test_a_missing_observation_does_not_block_the_catalog():
     with instance_for_test() as instance:
         instance.add_dynamic_partitions("observations", ["obs-a", "obs-b"])

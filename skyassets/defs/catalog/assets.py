@@ -4,7 +4,6 @@ import os
 
 from dagster import (
     AssetExecutionContext,
-    AutomationCondition,
     Failure,
     MaterializeResult,
     MetadataValue,
@@ -12,7 +11,7 @@ from dagster import (
 )
 
 from skyassets.defs.archive.assets import fits_files, mast_observations, mast_products
-from skyassets.defs.automation import catch_up
+from skyassets.defs.automation import catch_up, follows
 from skyassets.defs.metadata import column_schema, partition_metadata, run_figures
 from skyassets.defs.partitions import observation_backfill_policy, observations_partitions
 from skyassets.defs.resources import HomeResource
@@ -52,7 +51,7 @@ def _quarantined_by_partition(keys: list[str], sources: list[dict], failures: li
     deps=[fits_files],
     partitions_def=observations_partitions,
     backfill_policy=observation_backfill_policy,
-    automation_condition=AutomationCondition.eager(),
+    automation_condition=follows(),
     kinds={"parquet"},
     metadata=column_schema(table("image_metadata").schema),
     description="One row per image HDU of the observation's files, with IVOA ObsCore columns and units.",

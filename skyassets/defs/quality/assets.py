@@ -12,12 +12,12 @@ from dagster import (
     AssetCheckSpec,
     AssetExecutionContext,
     AssetSpec,
-    AutomationCondition,
     MaterializeResult,
     MetadataValue,
     multi_asset,
 )
 
+from skyassets.defs.automation import follows
 from skyassets.defs.catalog.assets import image_metadata
 from skyassets.defs.cluster import DaskResource
 from skyassets.defs.metadata import column_schema, preview, run_figures
@@ -42,7 +42,7 @@ image_quality_spec = AssetSpec(
     partitions_def=observations_partitions,
     group_name="quality",
     kinds={"parquet"},
-    automation_condition=AutomationCondition.eager(),
+    automation_condition=follows(),
     metadata=column_schema(QUALITY_SCHEMA),
     description="Measured background, noise, PSF, depth and bad-pixel fractions per image, a 0–100 score and a flag.",
 )
@@ -52,7 +52,7 @@ source_catalogs_spec = AssetSpec(
     partitions_def=observations_partitions,
     group_name="quality",
     kinds={"parquet"},
-    automation_condition=AutomationCondition.eager(),
+    automation_condition=follows(),
     metadata=column_schema(SOURCE_SCHEMA),
     description="The sources detected in each image: pixel and sky position, flux, FWHM, sharpness, roundness, flags.",
 )
