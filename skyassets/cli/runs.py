@@ -335,7 +335,7 @@ def ingest(
     instance = runner.instance
     started = time.time()
     refused: dict[str, str] = {}
-    files = local_files(paths, refused)
+    files = local_files(paths, refused, home=home.root.resolve())
     every_group = group_by_partition(files)
     before = _outcomes_before(home, every_group)
     # a partition runs again only if one of its files is new, changed or without a known outcome

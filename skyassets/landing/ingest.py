@@ -72,11 +72,24 @@ def printable(path: str | os.PathLike[str]) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
-def _below(root: Path, refused: dict[str, str]) -> Iterator[Path]:
-    """Files below ``root``, never through a link (a link is refused, with the reason, if it looks like FITS)."""
+HOME_REFUSED = "inside the skyassets home, whose files are the catalog's own copies (only its landing folder is taken)"
+
+
+def _in_home(path: Path, home: Path | None) -> bool:
+    """Whether ``path`` is one of the home's own files or folders (its landing folder is not)."""
+    return home is not None and path.is_relative_to(home) and path != home and (
+        path.relative_to(home).parts[0] != "landing")
+
+
+def _below(root: Path, refused: dict[str, str], home: Path | None = None) -> Iterator[Path]:
+    """Files below ``root``, never through a link (a link is refused, with the reason, if it looks
+    like FITS) and never into the home's own folders (said once, for the home)."""
     folders = [root]
     while folders:
         folder = folders.pop()
+        if _in_home(folder, home):
+            refused[printable(home)] = f"its own folders were passed over: {HOME_REFUSED}"
+            continue
         try:
             with os.scandir(folder) as it:
                 entries = list(it)
@@ -97,8 +110,12 @@ def _below(root: Path, refused: dict[str, str]) -> Iterator[Path]:
                 yield Path(entry.path)
 
 
-def local_files(paths: Iterable[str | Path], refused: dict[str, str] | None = None) -> list[LandedFile]:
+def local_files(paths: Iterable[str | Path], refused: dict[str, str] | None = None,
+                home: Path | None = None) -> list[LandedFile]:
     """The FITS files named, or found below the folders named, as landed local files.
+
+    Nothing in ``home`` (resolved) but its landing folder is taken: its files are copies the lake
+    already holds, and taking them again would copy them over themselves.
 
     Links below a folder are not followed (a named path is the caller's choice and is resolved).
     A FITS file that cannot be taken (a link, a FIFO or device, a name that is not UTF-8 and so
@@ -109,17 +126,23 @@ def local_files(paths: Iterable[str | Path], refused: dict[str, str] | None = No
     refused = {} if refused is None else refused
     found, seen = [], set()
     for item in paths:
+        # a named path is reported as given (made absolute, as a folder's listing names it: a loop
+        # named and found in its folder is one entry), with where it leads when that is elsewhere
+        given = os.fsdecode(os.path.abspath(os.path.expanduser(item)))
         try:
             root = Path(item).expanduser().resolve()
         except (OSError, RuntimeError) as exc:  # a loop of links (RuntimeError before Python 3.13)
-            # absolute, as a folder's listing names it: a loop named and found in its folder is one entry
-            refused[printable(os.path.abspath(os.path.expanduser(item)))] = (
-                f"cannot be resolved: {getattr(exc, 'strerror', None) or exc}")
+            refused[printable(given)] = f"cannot be resolved: {getattr(exc, 'strerror', None) or exc}"
+            continue
+        leads = "" if str(root) == given else f" (a link to {printable(root)})"
+        if _in_home(root, home):
+            refused[printable(given)] = HOME_REFUSED + leads
             continue
         named = not root.is_dir()
-        for path in [root] if named else sorted(_below(root, refused)):
+        for path in [root] if named else sorted(_below(root, refused, home)):
+            shown, more = (printable(given), leads) if named else (printable(path), "")
             if named and (why := _not_taken(path.name)):
-                refused[printable(path)] = why
+                refused[shown] = why + more
                 continue
             if not path.name.lower().endswith(FITS_SUFFIXES) or path.name.startswith(".") or path in seen:
                 continue  # a file named twice (itself and its folder, or two spellings) is one file
@@ -127,15 +150,15 @@ def local_files(paths: Iterable[str | Path], refused: dict[str, str] | None = No
             try:
                 str(path).encode("utf-8")
             except UnicodeEncodeError:
-                refused[printable(path)] = "the path is not valid UTF-8 and cannot be recorded; rename the file"
+                refused[shown] = "the path is not valid UTF-8 and cannot be recorded; rename the file" + more
                 continue
             try:
                 st = path.lstat()
             except OSError as exc:
-                refused[str(path)] = f"cannot be read: {exc.strerror}"
+                refused[shown] = f"cannot be read: {exc.strerror}{more}"
                 continue
             if not stat.S_ISREG(st.st_mode):
-                refused[str(path)] = "not a regular file"
+                refused[shown] = "not a regular file" + more
                 continue
             relative = str(path.relative_to(root.parent))
             found.append(LandedFile("local", str(path), st.st_size, str(st.st_mtime_ns), relative))

@@ -13,6 +13,7 @@ import pytest
 from skyassets.lake.home import Home
 from skyassets.lake.names import safe_filename
 from skyassets.landing.ingest import (
+    HOME_REFUSED,
     STORED_NAME_MAX,
     derived_names,
     landed_requests,
@@ -102,6 +103,30 @@ def test_a_link_loop_named_by_a_relative_path_and_found_in_its_folder_is_listed_
     found = local_files(["night/loop.fits", "night"], refused)
     assert [f.location for f in found] == [str(night / "a.fits")]
     assert list(refused) == [str(night / "loop.fits")]
+
+
+def test_a_named_dangling_link_is_reported_as_given_with_where_it_leads(tmp_path: Path) -> None:
+    dangling = tmp_path / "night" / "dangling.fits"
+    dangling.parent.mkdir()
+    dangling.symlink_to(tmp_path / "nowhere" / "nothing.fits")
+    refused: dict[str, str] = {}
+    assert local_files([dangling], refused) == []
+    assert refused == {str(dangling): f"cannot be read: No such file or directory (a link to "
+                                      f"{tmp_path / 'nowhere' / 'nothing.fits'})"}
+
+
+def test_nothing_in_the_home_but_its_landing_folder_is_taken(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    kept = _file(home / "files" / "local" / "landed-a" / "a.fits")  # the lake's own copy
+    _file(home / "quarantine" / "b.fits")
+    landed = _file(home / "landing" / "c.fits")
+    mine = _file(tmp_path / "d.fits")
+    refused: dict[str, str] = {}
+    found = local_files([tmp_path, kept, home / "files"], refused, home=home)
+    assert sorted(f.location for f in found) == sorted([str(landed), str(mine)])
+    assert refused[str(kept)] == HOME_REFUSED and refused[str(home / "files")] == HOME_REFUSED
+    assert refused[str(home)].startswith("its own folders were passed over: ")
+    assert [f.location for f in local_files([home], home=home)] == [str(landed)]
 
 
 def test_a_name_that_is_not_utf8_is_refused_and_the_others_are_found(tmp_path: Path) -> None:
