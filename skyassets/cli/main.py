@@ -198,7 +198,8 @@ def _query(home: Home, sql: str):
 
 def _catalog(args: argparse.Namespace) -> int:
     frame = _query(_catalogued_home(), args.sql)
-    frame = frame.drop(columns=[c for c in ("header_json",) if c in frame.columns])
+    if "header_json" not in args.sql.lower():  # a whole FITS header per row, shown only when asked for by name
+        frame = frame.drop(columns=[c for c in ("header_json",) if c in frame.columns])
     shown = frame.head(args.max_rows) if args.max_rows else frame
     write_frame(shown, args.format, sys.stdout)
     if args.max_rows and len(frame) > args.max_rows:
@@ -477,7 +478,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="only copy and catalogue; leave quality, targets, products and the catalog to the daemon")
     ingest.set_defaults(func=_ingest)
     query = commands.add_parser("catalog", help="print the result of a SQL query on the catalogue")
-    query.add_argument("sql", help='e.g. "SELECT obs_id, filter, s_ra, s_dec FROM images"')
+    query.add_argument("sql", help='e.g. "SELECT obs_id, filter, s_ra, s_dec FROM images" (images\' whole '
+                                   'FITS header, header_json, is shown only when the query names it)')
     query.add_argument("--format", choices=("table", "csv", "json"), default="table",
                        help="table (default, full-width values), csv, or json (one object per line)")
     query.add_argument("--max-rows", type=_bounded(0), default=100, help="rows shown at most (default 100; 0: all)")

@@ -123,6 +123,18 @@ def test_catalog_formats_keep_values_whole(home, capsys):
     assert [json.loads(line)["obs_id"] for line in text.splitlines()] == ["jw01234-o001", "jw01234-o002"]
 
 
+def test_the_whole_header_is_shown_only_when_the_query_names_it(home, capsys):
+    home.tables.write("image_metadata", pd.DataFrame({
+        "obs_id": ["jw01234-o003"], "file_name": ["d.fits"], "path": ["files/JWST/jw01234-o003/d.fits"],
+        "hdu_index": [1], "sha256": ["d" * 64], "header_json": ['{"FILTER": "F200W"}'],
+    }), "jw01234-o003")
+    where = "FROM images WHERE obs_id = 'jw01234-o003'"
+    _, text, _ = _run(capsys, "catalog", f"SELECT * {where}", "--format", "json")
+    assert "header_json" not in json.loads(text) and json.loads(text)["file_name"] == "d.fits"
+    _, text, _ = _run(capsys, "catalog", f"SELECT obs_id, header_json {where}", "--format", "json")
+    assert json.loads(text) == {"obs_id": "jw01234-o003", "header_json": '{"FILTER": "F200W"}'}
+
+
 def test_catalog_formats_say_null_and_lists_the_same_way_and_keep_full_precision(home, capsys):
     sql = ("SELECT obs_id, locations, s_resolution, 59741.812345678901 AS t_min, 'NaN'::DOUBLE AS nan "
            "FROM images ORDER BY obs_id")
