@@ -382,7 +382,10 @@ def ingest(
             report.failed_runs.append(run.run_id)
             why = "; ".join(failure_reasons(instance, run.run_id)) or "no step failed (see it in the Dagster UI)"
             failed_in.update(dict.fromkeys(keys, f"its run {run.run_id} failed: {why}"))
+    from skyassets.fits.meta import quarantined_versions  # astropy: not for the commands that need none
+
     quarantined = _quarantine_reasons(home, started - 1)
+    held = quarantined_versions(home.quarantine)  # files left in the quarantine as they are now
     manifests = home.tables.read_partitions("fits_files", sorted(groups), columns=["dataURI", "status"])
     stored_paths = _stored_paths(home, sorted(groups))
     for key, landed in sorted(groups.items()):
@@ -401,6 +404,8 @@ def ingest(
                     report.renamed[file.location] = name
             elif reason or status.get(file.location) == "quarantined":
                 report.quarantined[file.location] = reason or "refused while being catalogued (see the run's log)"
+            elif (version := held.get(file.location)) and version[0] == file.signature:
+                report.quarantined[file.location] = version[1]
             elif key in failed_in:
                 report.failed[file.location] = failed_in[key]
             else:
@@ -435,6 +440,23 @@ def text_progress(done: int, total: int, files_done: int | None = None, files: i
     sys.stderr.flush()
 
 
+IMAGE_IDENTITY = ["sha256", "hdu_index", "file_name", "path"]
+
+
+def measured_elsewhere(home: Home, partitions: Sequence[str]) -> list[str]:
+    """Of ``partitions``, those whose quality rows are not for exactly the images they now
+    catalogue (the same bytes, HDUs, names and places): the ones whose measurement is out of date."""
+    images = home.tables.read_partitions("image_metadata", partitions, columns=IMAGE_IDENTITY)
+    scores = home.tables.read_partitions("image_quality", partitions, columns=IMAGE_IDENTITY)
+
+    def same(key: str) -> bool:
+        rows = [set(zip(*(t.column(n).to_pylist() for n in IMAGE_IDENTITY), strict=True))
+                for t in (images[key], scores[key])]
+        return rows[0] == rows[1]
+
+    return [p for p in partitions if p not in images or p not in scores or not same(p)]
+
+
 def measure_quality(runner: Runner, home: Home, partitions: list[str], run_config: Mapping) -> tuple[int, int]:
     """Run quality_job in batched runs over the partitions whose images changed since they were last
     measured, print the flags; return (partitions measured, failed runs)."""
@@ -444,7 +466,8 @@ def measure_quality(runner: Runner, home: Home, partitions: list[str], run_confi
     images = home.tables.read_partitions("image_metadata", partitions, columns=["obs_id"])
     measured_before = set(home.tables.written("image_quality", partitions))
     partitions = [p for p in partitions if (p in images and images[p].num_rows) or p in measured_before]
-    todo = outdated(instance, "image_quality", "image_metadata", partitions)
+    # a partition catalogued again with the same images (a file touched, or copied again) keeps its scores
+    todo = measured_elsewhere(home, outdated(instance, "image_quality", "image_metadata", partitions))
     if len(todo) < len(partitions):
         print(f"\nImage quality of {counted(len(partitions) - len(todo), 'observations')} is up to date.")
     if not todo:

@@ -761,10 +761,10 @@ def _row(path: Path, hdu: _Hdu, shape: list[int], primary: FitsHeader, *,
 
 # ------------------------------------------------------------------------------ quarantine
 def quarantine(path: str | os.PathLike[str], quarantine_dir: str | os.PathLike[str],
-               reason: str, *, landed_location: str | None = None) -> Path:
+               reason: str, *, landed_location: str | None = None, landed_signature: str | None = None) -> Path:
     """Move ``path`` into ``quarantine_dir`` (never over another file) with ``<name>.json`` beside
     it saying what it was and why it was moved (and, for a copy of a landed file, where it was
-    landed); returns the new path."""
+    landed and which version of it: its signature); returns the new path."""
     path = Path(path)
     qdir = Path(quarantine_dir)
     qdir.mkdir(parents=True, exist_ok=True)
@@ -788,8 +788,28 @@ def quarantine(path: str | os.PathLike[str], quarantine_dir: str | os.PathLike[s
             "original_path": str(path.absolute()), "size": size}
     if landed_location is not None:
         note["landed_location"] = landed_location
+    if landed_signature is not None:
+        note["landed_signature"] = landed_signature
     sidecar.write_text(json.dumps(note, indent=1) + "\n")
     return target
+
+
+def quarantined_versions(quarantine_dir: str | os.PathLike[str]) -> dict[str, tuple[str, str]]:
+    """Each landed file's quarantined version, from the notes: landed location -> (its signature,
+    the reason without the location), the newest note's where a file was quarantined twice."""
+    notes = []
+    for sidecar in Path(quarantine_dir).glob("*.json"):
+        try:
+            note = json.loads(sidecar.read_text())
+            notes.append((sidecar.stat().st_mtime, sidecar.name, note))
+        except (OSError, ValueError):
+            continue
+    versions: dict[str, tuple[str, str]] = {}
+    for _, _, note in sorted(notes, key=lambda n: n[:2]):
+        location, signature = note.get("landed_location"), note.get("landed_signature")
+        if isinstance(location, str) and isinstance(signature, str):
+            versions[location] = (signature, str(note.get("reason", "")).removeprefix(f"{location}: "))
+    return versions
 
 
 # ---------------------------------------------------------------------------- many files

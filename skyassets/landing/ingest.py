@@ -367,17 +367,18 @@ def quarantine_landed_failures(home: Home, failures: list[Failure]) -> list[Fail
         if failure.unreadable or not path.is_relative_to(landed_root) or not path.is_file():
             out.append(failure)
             continue
-        location = _landed_location(home, path)
-        moved = quarantine(path, home.quarantine, f"{location}: {failure.reason}", landed_location=location)
+        location, signature = _landed_version(home, path)
+        moved = quarantine(path, home.quarantine, f"{location}: {failure.reason}", landed_location=location,
+                           landed_signature=signature)
         out.append(Failure(failure.path, failure.reason, True, str(moved)))
     return out
 
 
 def _note_landed_location(home: Home, stored: Path, moved: Path) -> None:
-    """Name where a landed file came from in the note of its quarantined copy (the stored copy
-    was quarantined by name only), so the note leads back to the owner's file."""
+    """Name where a landed file came from, and its version, in the note of its quarantined copy
+    (the stored copy was quarantined by name only), so the note leads back to the owner's file."""
     sidecar = moved.with_name(moved.name + ".json")
-    location = _landed_location(home, stored)
+    location, signature = _landed_version(home, stored)
     try:
         note = json.loads(sidecar.read_text())
     except (OSError, ValueError):
@@ -385,14 +386,17 @@ def _note_landed_location(home: Home, stored: Path, moved: Path) -> None:
     if location != str(stored) and not str(note.get("reason", "")).startswith(location):
         note["reason"] = f"{location}: {note.get('reason', '')}"
         note["landed_location"] = location
+        if signature is not None:
+            note["landed_signature"] = signature
         sidecar.write_text(json.dumps(note, indent=1) + "\n")
 
 
-def _landed_location(home: Home, stored: Path) -> str:
-    """Where a stored landed file came from (its landing record), else its stored path."""
+def _landed_version(home: Home, stored: Path) -> tuple[str, str | None]:
+    """Where a stored landed file came from and its signature there (its landing record), else
+    its stored path and no signature."""
     key = stored.parent.name
     try:
-        rows = home.tables.read("landing", key, columns=["filename", "location"]).to_dict("records")
+        rows = home.tables.read("landing", key, columns=["filename", "location", "signature"]).to_dict("records")
     except Exception:  # no record, or an unreadable one: the stored path still names the file
-        return str(stored)
-    return next((r["location"] for r in rows if r["filename"] == stored.name), str(stored))
+        return str(stored), None
+    return next(((r["location"], r["signature"]) for r in rows if r["filename"] == stored.name), (str(stored), None))

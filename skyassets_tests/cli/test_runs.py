@@ -115,6 +115,26 @@ def test_a_quarantined_file_once_repaired_is_catalogued_and_stays_so(emu, tmp_pa
     assert report.unchanged == 2
 
 
+def test_a_quarantined_file_is_not_taken_again_while_its_partition_mate_changes(emu, tmp_path):
+    drop = tmp_path / "night"
+    drop.mkdir()
+    cal = sorted(emu.sky.root.rglob("*_cal.fits"))[0]
+    changing = drop / cal.name
+    shutil.copy(cal, changing)
+    (drop / "cut.fits").write_bytes(cal.read_bytes()[:-50_000])  # cut short; its header names the same observation
+    home = Home(tmp_path / "home")
+    for k in range(3):
+        os.utime(changing, ns=(3_000_000_000_000_000_000 + k,) * 2)  # a new version of the mate each time
+        with instance_for_test() as instance:
+            report = ingest([drop], home, instance)
+        assert report.catalogued == [str(changing)], k
+        assert list(report.quarantined) == [str(drop / "cut.fits")], k
+    assert report.runs == 1  # the partition ran again for its mate
+    assert sorted(p.name for p in home.quarantine.iterdir()) == ["cut.fits.corrupt", "cut.fits.corrupt.json"]
+    [manifest] = home.tables.read_partitions("fits_files", report.partitions).values()
+    assert manifest.column("dataURI").to_pylist() == [str(changing)]
+
+
 def test_a_file_rewritten_under_another_obs_id_is_catalogued_once_under_the_new_one(emu, tmp_path):
     drop = tmp_path / "night"
     drop.mkdir()
@@ -197,6 +217,27 @@ def test_a_file_quarantined_on_a_later_ingest_takes_its_quality_rows_with_it(emu
         assert list(ingest([drop], home, instance).quarantined) == [str(landed)]
         assert measure_quality(InProcess(instance), home, [key], config) == (1, 0)
     assert len(home.tables.read("image_quality", key)) == 0  # no score left for an image no longer catalogued
+
+
+def test_a_file_touched_is_copied_again_but_not_measured_again(emu, tmp_path):
+    drop = tmp_path / "night"
+    drop.mkdir()
+    cal = sorted(emu.sky.root.rglob("*_cal.fits"))[:2]
+    landed = drop / "a.fits"
+    landed.write_bytes(cal[0].read_bytes())
+    home = Home(tmp_path / "home")
+    config = {**QUIET, "resources": {"home": {"config": {"root": str(home.root)}}}}
+    with instance_for_test() as instance:
+        [key] = ingest([drop], home, instance).partitions
+        assert measure_quality(InProcess(instance), home, [key], config) == (1, 0)
+        os.utime(landed, ns=(4_000_000_000_000_000_000,) * 2)  # the same bytes, a new mtime
+        assert ingest([drop], home, instance).runs == 1  # copied and catalogued again
+        assert measure_quality(InProcess(instance), home, [key], config) == (0, 0)  # the same images
+        with fits.open(cal[1]) as hdul:  # new bytes under the same observation id
+            hdul[0].header["OBS_ID"] = fits.getheader(cal[0])["OBS_ID"]
+            hdul.writeto(landed, overwrite=True, checksum=True)
+        assert ingest([drop], home, instance).runs == 1
+        assert measure_quality(InProcess(instance), home, [key], config) == (1, 0)
 
 
 def test_a_name_holding_a_colon_is_reported_quarantined_with_its_reason(emu, tmp_path):

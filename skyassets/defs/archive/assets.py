@@ -260,19 +260,21 @@ def _refused_by_partition(keys: list[str], owner: list[tuple], results: "list[Fi
                                                        if lines else {})} for key, lines in named.items()}
 
 
-def _quarantine_bad_landed_files(root: Home, requests: "list[FileRequest]", results: "list[FileResult]") -> list[str]:
+def _quarantine_bad_landed_files(
+    root: Home, requests: "list[FileRequest]", results: "list[FileResult]", owner: list[tuple]
+) -> list[str]:
     """Landed files that are not valid FITS are quarantined with the reason and reported; the others go on."""
     from skyassets.fits.meta import quarantine
     from skyassets.landing.ingest import NOT_COPIED
 
     messages = []
-    for request, result in zip(requests, results, strict=True):
+    for request, result, (_, _, signature) in zip(requests, results, owner, strict=True):
         if result.status != "failed" or request.local_path is None:
             continue
         bad = Path(request.dest_dir) / f"{request.filename}.corrupt"
         if bad.exists():  # the copy is quarantined; the original stays where its owner put it
             moved = quarantine(bad, root.quarantine, f"{request.local_path}: {result.error}",
-                               landed_location=str(request.local_path))
+                               landed_location=str(request.local_path), landed_signature=signature)
             messages.append(f"quarantined a copy of {request.local_path}: {result.error} (now {moved})")
         else:
             messages.append(f"{NOT_COPIED}{request.local_path}: {result.error}")
@@ -291,14 +293,23 @@ def _fetch(
     """Files from MAST with the archive's settings, landed files with the landing zone's; in order,
     with where the store can copy each from (``s3://bucket/key`` on the home's own S3 service).
 
-    A landed file has a signature (its size and mtime, or ETag); a MAST product has none.
+    A landed file has a signature (its size and mtime, or ETag); a MAST product has none. A landed
+    file whose version is in the quarantine already fails at once, with the reason it was given.
     """
-    from skyassets.archive.download import download_files
+    from skyassets.archive.download import FileResult, download_files
+    from skyassets.fits.meta import quarantined_versions
 
     results: list[FileResult | None] = [None] * len(requests)
     origins: list[str | None] = [None] * len(requests)
+    held = quarantined_versions(root.quarantine) if any(o[2] is not None for o in owner) else {}
+    for i, (_, location, signature) in enumerate(owner):
+        if signature is not None and (version := held.get(location)) and version[0] == signature:
+            # quarantined before exactly as it is now: not copied (nor quarantined) again
+            results[i] = FileResult(requests[i].filename, None, "failed", 0, None, None, None, 0.0, 0.0, 0, 0, 0,
+                                    "unchecked", f"quarantined before and unchanged since: {version[1]}")
     for landed in (False, True):
-        indices = [i for i, (_, _, signature) in enumerate(owner) if (signature is not None) == landed]
+        indices = [i for i, (_, _, signature) in enumerate(owner)
+                   if (signature is not None) == landed and results[i] is None]
         if not indices:
             continue
         if landed:
@@ -471,7 +482,7 @@ def fits_files(
     started = time.monotonic()
     results, origins = _fetch(requests, owner, downloader, archive, landing, root, _ProgressLog(context))
     seconds = time.monotonic() - started
-    quarantined = _quarantine_bad_landed_files(root, requests, results)
+    quarantined = _quarantine_bad_landed_files(root, requests, results, owner)
     for message in quarantined:
         context.log.warning(message)
     failed = [(o[0], r) for q, r, o in zip(requests, results, owner, strict=True)
