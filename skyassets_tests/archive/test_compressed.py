@@ -84,6 +84,20 @@ def test_downloads_of_compressed_fits_are_checked(tmp_path: Path, suffix: str) -
 
 
 @SUFFIXES
+def test_a_landed_compressed_file_that_holds_no_fits_is_refused_at_its_copy(tmp_path: Path, suffix: str) -> None:
+    """Named as FITS, compressed well, but the log of a night inside: refused and kept aside as
+    ``.corrupt`` with the reason, as a plain file that is not FITS is, and never placed."""
+    notes = tmp_path / "src" / f"night.fits.{suffix}"
+    notes.parent.mkdir()
+    notes.write_bytes(_pack(suffix, b"observing log: clouds after 02:00\n" * 100))
+    request = FileRequest(notes.name, tmp_path / "dest", local_path=notes)
+    (result,) = download_files([request], DownloadConfig(retries=0))
+    assert result.status == "failed"
+    assert result.error == f"{notes.name}: not a valid FITS file: its inflated bytes do not start as FITS"
+    assert (tmp_path / "dest" / f"{notes.name}.corrupt").exists() and not (tmp_path / "dest" / notes.name).exists()
+
+
+@SUFFIXES
 def test_a_compression_bomb_is_refused_at_the_limit(tmp_path: Path, monkeypatch, suffix: str) -> None:
     bomb = tmp_path / f"bomb.fits.{suffix}"
     bomb.write_bytes(_pack(suffix, _fits_bytes() + bytes(64 << 20), level=1))
