@@ -15,6 +15,7 @@ with the :class:`RetryPolicy` and the MAST token given when the client was made
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 import time
@@ -48,6 +49,7 @@ CONNECT_TIMEOUT = 30.0
 READ_TIMEOUT = 120.0
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class ArchiveError(RuntimeError):
@@ -202,14 +204,19 @@ def with_retries(
             elapsed = time.monotonic() - started
             left = policy.total_seconds - elapsed
             if asked is not None:
-                delay = max(delay, asked)  # the archive's own wait is never cut short
+                # the archive's own wait, neither cut short nor grown by the failures of other steps
+                # of the same call (a search's columns, resolver and query each count as attempts)
+                delay = asked
             elif delay > left > FINAL_TRY_SECONDS:  # a last try at the end of the time allowed
                 delay = left
             if elapsed + delay > policy.total_seconds:
+                beyond = (f"the archive asked for a wait of {asked:.0f} s (Retry-After), past the "
+                          f"{policy.total_seconds:.0f} s allowed; " if asked is not None else "")
                 raise ArchiveError(
-                    f"{what}: {reason} (gave up after {attempt} attempt{'s' if attempt > 1 else ''} "
+                    f"{what}: {reason} ({beyond}gave up after {attempt} attempt{'s' if attempt > 1 else ''} "
                     f"in {elapsed:.1f} s)", exhausted=True,
                 ) from exc
+            log.warning(f"{what}: {reason}; trying again in {delay:.1f} s (attempt {attempt + 1})")
             sleep(delay)
 
 # Hosts astroquery calls directly, whatever conf.server says.
@@ -337,6 +344,7 @@ def observations_client(
     and exclusive-access data the token grants can be queried and downloaded.
     """
     server = server.rstrip("/")
+    token = (token or "").strip() or None  # a token read from a file or a secret often ends in a newline
     client = ObservationsClass()
     _settings[client] = ArchiveSettings(server=server, retry=retry, token=token or None)
     portal = client._portal_api_connection
@@ -367,7 +375,10 @@ def observations_client(
         except ArchiveError as err:
             if err.exhausted:  # the archive did not answer: nothing is said of the token
                 raise
-            # a token MAST refuses stops every query: said as such, for whoever set MAST_API_TOKEN
-            raise ArchiveError(str(err).replace(
-                what, "MAST refused the token (MAST_API_TOKEN; fix it, or unset it for public data only)", 1)) from err
+            # a token MAST refuses stops every query: said as such, for whoever set MAST_API_TOKEN, and
+            # without the failure's own words where they are not an archive's answer: those may quote it
+            cause = err.__cause__
+            why = describe_failure(cause) if isinstance(cause, requests.HTTPError) else type(cause).__name__
+            raise ArchiveError(f"MAST refused the token (MAST_API_TOKEN; fix it, or unset it for public data "
+                               f"only): {why}") from None
     return client

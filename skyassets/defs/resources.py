@@ -104,6 +104,12 @@ class ArchiveResource(ConfigurableResource):
     # Side of the emulator's images in pixels: 256 keeps the demo small, 2048 gives realistic files.
     emulator_image_size: int = 256
 
+    @property
+    def mast_token(self) -> str | None:
+        """The token as MAST takes it: without the newline a secret or a file often ends in; a blank
+        one is none."""
+        return (self.token or "").strip() or None
+
     def endpoints(self, home: Home) -> tuple[str, str | None]:
         """The MAST base URL and S3 endpoint (``None``: AWS) to use, starting the emulator if asked."""
         if self.url == EMULATOR:
@@ -119,7 +125,7 @@ class ArchiveResource(ConfigurableResource):
         server, s3_endpoint = self.endpoints(home)
         return observations_client(
             server, s3_endpoint=s3_endpoint, cloud=self.cloud, timeout=self.timeout, pagesize=self.pagesize,
-            retry=RetryPolicy(total_seconds=self.retry_seconds), token=self.token,
+            retry=RetryPolicy(total_seconds=self.retry_seconds), token=self.mast_token,
         )
 
     def download_url(self, home: Home) -> str:
@@ -153,7 +159,7 @@ class DownloaderResource(ConfigurableResource):
             s3_endpoint=archive.endpoints(home)[1] if archive else None,
             prefer_s3=bool(archive and self.prefer_s3 and archive.cloud),
             verify_existing=self.verify_existing,
-            mast_token=archive.token if archive else None,
+            mast_token=archive.mast_token if archive else None,
         )
 
 
@@ -287,7 +293,7 @@ def default_resources() -> dict[str, ConfigurableResource]:
             s3_endpoint=env.get("SKYASSETS_S3_ENDPOINT") or None,
             cloud=env.get("SKYASSETS_CLOUD", "1") not in ("0", "false", "no"),
             emulator_image_size=int(env.get("SKYASSETS_EMULATOR_IMAGE_SIZE") or 256),
-            token=EnvVar("MAST_API_TOKEN") if env.get("MAST_API_TOKEN") else None,
+            token=EnvVar("MAST_API_TOKEN") if env.get("MAST_API_TOKEN", "").strip() else None,
             daily_retries=int(env.get("SKYASSETS_DAILY_RETRIES") or 7),
         ),
         "downloader": DownloaderResource(parallel=int(env.get("SKYASSETS_DOWNLOAD_PARALLEL") or 4)),

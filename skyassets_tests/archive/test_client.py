@@ -6,7 +6,13 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from skyassets.archive.client import ArchiveError, RetryPolicy, observations_client, transient_failure
+from skyassets.archive.client import (
+    ArchiveError,
+    RetryPolicy,
+    archive_settings,
+    observations_client,
+    transient_failure,
+)
 from skyassets.archive.query import query_watchlist
 from skyassets.archive.watchlist import parse_watchlist
 
@@ -72,6 +78,20 @@ def test_logging_in_to_a_silent_archive_fails_in_bounded_time(silent_server):
         60, lambda: observations_client(silent_server, cloud=False, timeout=1.0, retry=QUICK, token="t0ken"))
     assert isinstance(result, ArchiveError) and "logging in" in str(result)
     assert "t0ken" not in str(result)
+
+
+def test_a_token_is_taken_without_surrounding_blanks_and_a_refusal_never_quotes_it(emu):
+    emu.grant("secret-t0ken", "2107")
+    try:
+        client = observations_client(emu.url, cloud=False, retry=QUICK, token="secret-t0ken\n")  # as a file ends
+        assert archive_settings(client).token == "secret-t0ken"
+        assert archive_settings(observations_client(emu.url, cloud=False, retry=QUICK, token="  ")).token is None
+        with pytest.raises(ArchiveError) as refused:  # a header cannot hold it: requests quotes it in its error
+            observations_client(emu.url, cloud=False, retry=QUICK, token="secret\nt0ken")
+        assert str(refused.value).startswith("MAST refused the token (MAST_API_TOKEN; fix it")
+        assert "t0ken" not in str(refused.value) and refused.value.__cause__ is None
+    finally:
+        emu.revoke("secret-t0ken")
 
 
 def test_answers_that_are_not_json_and_searches_still_executing_are_asked_again():

@@ -235,14 +235,25 @@ def test_retries_back_off_with_jitter_and_honour_retry_after() -> None:
     assert with_retries(call, "search", policy, sleep=sleeps.append) == "answer"
     assert len(sleeps) == 4
     assert 0.5 <= sleeps[0] <= 1.0 and 1.0 <= sleeps[1] <= 2.0
-    assert sleeps[2] >= 7.0  # the archive asked for 7 s
+    assert sleeps[2] == 7.0  # the archive asked for 7 s: that, not the 2 to 4 s of the backoff
     assert 4.0 <= sleeps[3] <= 8.0
+
+
+def test_a_retry_after_is_not_grown_by_the_failures_before_it() -> None:
+    """A search's columns, resolver and query each count as attempts of one call: the archive's
+    Retry-After of 2 s after five failures is 2 s, not the backoff of the sixth attempt."""
+    sleeps: list[float] = []
+    call = _flaky(*[_Answer(503)] * 5, _Answer(429, "2"))
+    policy = RetryPolicy(total_seconds=1000, base_delay=1.0, max_delay=300.0)
+    assert with_retries(call, "search", policy, sleep=sleeps.append) == "answer"
+    assert sleeps[-1] == 2.0 and sleeps[-2] >= 8.0
 
 
 def test_retries_stop_within_the_time_bound_and_say_why() -> None:
     sleeps: list[float] = []
     policy = RetryPolicy(total_seconds=5, base_delay=1.0, max_delay=2.0)
-    with pytest.raises(ArchiveError, match=r"m74: search: HTTP 429 .*gave up after 1 attempt"):
+    with pytest.raises(ArchiveError, match=r"m74: search: HTTP 429 .*\(the archive asked for a wait of 60 s "
+                                           r"\(Retry-After\), past the 5 s allowed; gave up after 1 attempt"):
         with_retries(_flaky(_Answer(429, "60")), "m74: search", policy, sleep=sleeps.append)
     assert sleeps == []  # waiting 60 s would overrun the 5 s allowed
     with pytest.raises(ArchiveError, match="HTTP 400"):

@@ -27,7 +27,9 @@ def test_token_from_the_environment_fetches_granted_data_and_is_never_stored(emu
     token = f"mast-{uuid.uuid4().hex}"
     monkeypatch.delenv("MAST_API_TOKEN", raising=False)
     assert default_resources()["archive"].token is None
-    monkeypatch.setenv("MAST_API_TOKEN", token)
+    monkeypatch.setenv("MAST_API_TOKEN", "  \n")
+    assert default_resources()["archive"].token is None  # blank: no token
+    monkeypatch.setenv("MAST_API_TOKEN", token + "\n")  # as a secret mounted from a file ends
     configured = default_resources()["archive"].token
     assert isinstance(configured, EnvVar) and configured.env_var_name == "MAST_API_TOKEN"  # the name, not the value
     exclusive = sorted(o["obs_id"] for o in emu.sky.observations if o["dataRights"] == "EXCLUSIVE_ACCESS")
