@@ -47,7 +47,10 @@ MAX_RERUNS = 2
 FINISHED = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
 # The settings of the home instance that the launching instance shares; the rest (run queue, run
 # monitoring, schedules) belongs to the daemon.
-SHARED_SETTINGS = ("storage", "compute_logs", "local_artifact_storage", "run_launcher", "telemetry", "secrets")
+# python_logs: skyassets' own warnings (a file sent over HTTP, an archive call asked again) go to the
+# run's event log for the runs the command line launches too
+SHARED_SETTINGS = ("storage", "compute_logs", "local_artifact_storage", "run_launcher", "telemetry", "secrets",
+                   "python_logs")
 IMMEDIATE = {"module": "dagster._core.run_coordinator", "class": "DefaultRunCoordinator"}
 
 

@@ -20,8 +20,11 @@ def test_the_launching_instance_shares_the_homes_storage_and_pools(tmp_path, mon
     assert settings["storage"] == {"sqlite": {"base_dir": str(dagster_home)}}
     assert settings["compute_logs"]["config"]["base_dir"] == str(dagster_home / "storage")
     assert settings["run_coordinator"]["class"] == "DefaultRunCoordinator"
-    assert settings["concurrency"] == {"pools": yaml.safe_load((dagster_home / "dagster.yaml").read_text())[
-        "concurrency"]["pools"]}
+    home_settings = yaml.safe_load((dagster_home / "dagster.yaml").read_text())
+    assert settings["concurrency"] == {"pools": home_settings["concurrency"]["pools"]}
+    assert settings["python_logs"] == home_settings["python_logs"]  # skyassets' warnings in the runs' logs
+    with DagsterInstance.from_config(str(launching_home(dagster_home))) as launching:
+        assert "skyassets" in launching.managed_python_loggers
     # A PostgreSQL home keeps its storage section as it is.
     postgres = {"postgres": {"postgres_url": {"env": "SKYASSETS_POSTGRES_URL"}}}
     (dagster_home / "dagster.yaml").write_text(yaml.safe_dump({"storage": postgres}))
