@@ -1513,8 +1513,9 @@ class _Downloader:
         delay = random.uniform(delay / 2, delay)
         if wait is not None:
             # The server's Retry-After, honoured up to retry_after_max (asking sooner only earns
-            # another refusal), with a little jitter so files refused together do not return together.
-            delay = max(delay, min(wait, cfg.retry_after_max) * random.uniform(1.0, 1.1))
+            # another refusal), with a little jitter so files refused together do not return together;
+            # the jitter too stays within retry_after_max.
+            delay = max(delay, min(wait * random.uniform(1.0, 1.1), cfg.retry_after_max))
         return delay
 
     def run_job(self, job: _Job) -> FileResult:

@@ -268,6 +268,20 @@ def test_retry_after_is_honoured_beyond_the_backoff_cap(emu, tmp_path: Path) -> 
     assert time.monotonic() - started >= 2.0  # both waits as the server asked, not cut to the cap
 
 
+def test_a_retry_after_past_the_most_waited_is_waited_no_longer_than_that(emu, tmp_path: Path, monkeypatch) -> None:
+    import skyassets.archive.download as download
+
+    product, content = publish_file(emu, tmp_path, 0.2)
+    emu.faults.add("status", endpoint="download", match=product["productFilename"], status=503, times=1,
+                   retry_after=1000)
+    monkeypatch.setattr(download.random, "uniform", lambda low, high: high)  # the most jitter there is
+    waits: list[float] = []
+    monkeypatch.setattr(download.time, "sleep", waits.append)
+    (result,) = download_files([file_request(emu, product, tmp_path)], download_config(emu, retry_after_max=0.5))
+    assert_in_place(result, content)
+    assert waits == [0.5]  # the longest wait allowed, jitter and all
+
+
 def test_bad_fits_checksum_at_the_source_is_never_placed(emu, tmp_path: Path) -> None:
     _, good = publish_file(emu, tmp_path, 1)
     damaged = bytearray(good)
