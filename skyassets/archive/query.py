@@ -367,7 +367,10 @@ def _cloud_keys(
         except ArchiveError as err:
             if refused(err):
                 break
-            log.warning("%s; %s goes over HTTP", err, uri)
+            if isinstance(err.__cause__, TypeError | KeyError | IndexError):  # astroquery's reading of no entry
+                log.warning("%s: cloud path lookup: its answer leaves %s out; it goes over HTTP", what, uri)
+            else:
+                log.warning("%s; %s goes over HTTP", err, uri)
     return keys
 
 

@@ -340,7 +340,7 @@ def test_the_whole_real_archive_shape(emu, tmp_path) -> None:
 
 @pytest.mark.parametrize("fault", [dict(kind="status", status=500), dict(kind="status", status=403),
                                    dict(kind="omit", match="_flt")])
-def test_a_failing_cloud_lookup_sends_files_over_http(emu, fault, tmp_path) -> None:
+def test_a_failing_cloud_lookup_sends_files_over_http(emu, fault, tmp_path, caplog) -> None:
     obs = next(o for o in emu.sky.observations if o["obs_id"] == "j8pu01010")
     kind = fault.pop("kind")
     emu.faults.add(kind, endpoint="path_lookup", times=-1, retry_after=0, **fault)
@@ -356,6 +356,8 @@ def test_a_failing_cloud_lookup_sends_files_over_http(emu, fault, tmp_path) -> N
     if kind == "omit":  # only the files the lookup left out go over HTTP; the others stay in the cloud
         assert {n for n, p in placed.items() if not p} == {n for n in placed.index if "_flt" in n} != set()
         assert placed.any() and lookup.enabled
+        said = [r.getMessage() for r in caplog.records if "goes over HTTP" in r.getMessage()]
+        assert said and all("its answer leaves mast:HST/product/" in m and "Error" not in m for m in said), said
     else:  # the service kept failing: every file over HTTP, and the lookup is not asked again this run
         assert not placed.any() and not lookup.enabled and f"HTTP {fault['status']}" in lookup.down
         before = sum("path_lookup" in r["path"] for r in emu.requests)
