@@ -8,6 +8,7 @@ empty query.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from importlib import resources
@@ -98,6 +99,39 @@ def _as_tuple(value: Any) -> tuple:
     return (value,)
 
 
+def _texts(value: Any, key: str, where: str) -> tuple[str, ...]:
+    """``value`` as names: one, or a list of them (a mapping or a nested list is a mistake)."""
+    values = _as_tuple(value)
+    if any(isinstance(v, (dict, list, tuple, bool)) or v is None for v in values):
+        raise WatchlistError(f"{where}: '{key}' takes a name or a list of names, not {value!r}")
+    return tuple(str(v) for v in values)
+
+
+def _one_target(value: Any, where: str) -> str:
+    """The one name an entry's ``target`` search resolves (a list is several entries)."""
+    names = _texts(value, "target", where)
+    if len(names) != 1:
+        raise WatchlistError(f"{where}: 'target' is one name (make an entry per target), not {value!r}")
+    return names[0]
+
+
+def _numbers(value: Any, key: str, where: str, kind: type[int] | type[float]) -> list:
+    """``value`` as finite numbers (whole ones for ``int``), one or a list of them."""
+    out = []
+    for v in _as_tuple(value):
+        try:
+            if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+                raise ValueError
+            number = kind(v)
+            if kind is float and not math.isfinite(number):
+                raise ValueError
+        except ValueError:
+            said = "whole numbers" if kind is int else "numbers"
+            raise WatchlistError(f"{where}: '{key}' takes {said}, not {v!r}") from None
+        out.append(number)
+    return out
+
+
 def _default_radius() -> Angle:
     import astropy.units as u
     from astropy.coordinates import Angle
@@ -109,10 +143,17 @@ def _parse_coordinates(value: Any) -> SkyCoord:
     import astropy.units as u
     from astropy.coordinates import SkyCoord
 
-    if isinstance(value, dict):
-        return SkyCoord(float(value["ra"]), float(value["dec"]), unit="deg", frame="icrs")
-    if isinstance(value, (list, tuple)) and len(value) == 2:
-        return SkyCoord(float(value[0]), float(value[1]), unit="deg", frame="icrs")
+    if isinstance(value, dict) or isinstance(value, (list, tuple)):
+        pair = [value.get("ra"), value.get("dec")] if isinstance(value, dict) else list(value)
+        if len(pair) != 2 or None in pair or (isinstance(value, dict) and set(value) != {"ra", "dec"}):
+            raise ValueError(f"coordinates are {{ra: ..., dec: ...}} or [ra, dec] in degrees, or text; not {value!r}")
+        try:
+            ra, dec = (float(v) for v in pair)
+        except (TypeError, ValueError):
+            ra = dec = math.nan
+        if isinstance(pair[0], bool) or isinstance(pair[1], bool) or not (math.isfinite(ra) and math.isfinite(dec)):
+            raise ValueError(f"coordinates are two finite numbers of degrees, not {value!r}")
+        return SkyCoord(ra, dec, unit="deg", frame="icrs")
     text = str(value)
     unit = (u.deg, u.deg) if ":" not in text and "h" not in text else (u.hourangle, u.deg)
     return SkyCoord(text, unit=unit, frame="icrs")
@@ -123,12 +164,13 @@ def _parse_products(raw: Any, base: ProductSpec, where: str) -> ProductSpec:
         return base
     if not isinstance(raw, dict) or not set(raw) <= PRODUCT_KEYS:
         raise WatchlistError(f"{where}: 'products' takes the keys {sorted(PRODUCT_KEYS)}")
-    extensions = tuple(e if e.startswith(".") else f".{e}" for e in _as_tuple(raw.get("extensions")))
+    extensions = tuple(e if e.startswith(".") else f".{e}" for e in _texts(raw.get("extensions"), "extensions", where))
     return ProductSpec(
-        product_type=tuple(str(v).upper() for v in _as_tuple(raw.get("product_type"))) or base.product_type,
-        subgroups=tuple(str(v).upper() for v in _as_tuple(raw.get("subgroups"))) or base.subgroups,
+        product_type=tuple(v.upper() for v in _texts(raw.get("product_type"), "product_type", where))
+        or base.product_type,
+        subgroups=tuple(v.upper() for v in _texts(raw.get("subgroups"), "subgroups", where)) or base.subgroups,
         extensions=extensions or base.extensions,
-        calib_level=tuple(int(v) for v in _as_tuple(raw.get("calib_level"))) or base.calib_level,
+        calib_level=tuple(_numbers(raw.get("calib_level"), "calib_level", where, int)) or base.calib_level,
         recommended=_as_bool(raw["recommended"], where) if "recommended" in raw else base.recommended,
     )
 
@@ -146,14 +188,14 @@ def _parse_criteria(raw: dict[str, Any], where: str) -> dict[str, Any]:
             continue
         value = raw[key]
         if key == "exposure":
-            values = _as_tuple(value)
-            if len(values) != 2:
-                raise WatchlistError(f"{where}: 'exposure' is a range [min, max] in seconds")
-            criteria[column] = [float(values[0]), float(values[1])]
+            values = _numbers(value, key, where, float)
+            if len(values) != 2 or not 0 <= values[0] <= values[1]:
+                raise WatchlistError(f"{where}: 'exposure' is a range [min, max] in seconds, min <= max, not {value!r}")
+            criteria[column] = values
         elif key == "calib_level":
-            criteria[column] = [int(v) for v in _as_tuple(value)]
+            criteria[column] = _numbers(value, key, where, int)
         else:
-            criteria[column] = [str(v) for v in _as_tuple(value)]
+            criteria[column] = list(_texts(value, key, where))
     return criteria
 
 
@@ -163,6 +205,8 @@ def _parse_entry(raw: Any, index: int, base_products: ProductSpec, path: str) ->
         raise WatchlistError(f"{where} is not a mapping")
     if "name" in raw:
         where = f"{path}: entry {raw['name']!r}"
+        if isinstance(raw["name"], (dict, list, bool)) or raw["name"] is None:
+            raise WatchlistError(f"{where}: 'name' is a text")
     unknown = set(raw) - ENTRY_KEYS
     if unknown:
         raise WatchlistError(f"{where}: unknown keys {sorted(unknown)}; known keys are {sorted(ENTRY_KEYS)}")
@@ -183,11 +227,11 @@ def _parse_entry(raw: Any, index: int, base_products: ProductSpec, path: str) ->
         raise WatchlistError(f"{where}: {err}") from err
     return WatchlistEntry(
         name=name,
-        target=str(raw["target"]) if kind == "target" else None,
+        target=_one_target(raw["target"], where) if kind == "target" else None,
         coordinates=coordinates,
         radius=radius,
-        obs_id=tuple(str(v) for v in _as_tuple(raw.get("obs_id"))),
-        program=tuple(_program(v) for v in _as_tuple(raw.get("program"))),
+        obs_id=_texts(raw.get("obs_id"), "obs_id", where),
+        program=tuple(_program(v) for v in _texts(raw.get("program"), "program", where)),
         criteria=_parse_criteria(raw, where),
         products=_parse_products(raw.get("products"), base_products, where),
     )
@@ -223,6 +267,8 @@ def parse_watchlist(text: str, path: str = "<watchlist>") -> Watchlist:
     if not isinstance(raw, dict) or not isinstance(raw.get("entries"), list) or not raw["entries"]:
         raise WatchlistError(f"{path}: expected a mapping with a non-empty 'entries' list")
     defaults = raw.get("defaults") or {}
+    if not isinstance(defaults, dict) or not set(defaults) <= {"products"}:
+        raise WatchlistError(f"{path}: 'defaults' is a mapping with the key 'products', not {defaults!r}")
     base = _parse_products(defaults.get("products"), ProductSpec(), f"{path}: defaults")
     entries = tuple(_parse_entry(item, i, base, path) for i, item in enumerate(raw["entries"]))
     names = [entry.name for entry in entries]

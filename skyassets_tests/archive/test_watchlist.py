@@ -59,6 +59,22 @@ def test_sexagesimal_coordinates():
         ("entries: [{name: a, target: M1}, {name: a, program: 3}]", "unique"),
         ("entries: [{name: a, target: M1, products: {kind: x}}]", "'products' takes"),
         ("entries: [a: b: c]", "not valid YAML"),
+        ("entries: [{name: a, target: M1, calib_level: [three]}]", "entry 'a': 'calib_level' takes whole numbers, "
+                                                                    "not 'three'"),
+        ("entries: [{name: a, target: M1, exposure: [ten, 20]}]", "entry 'a': 'exposure' takes numbers, not 'ten'"),
+        ("entries: [{name: a, target: M1, exposure: [100, 10]}]", "'exposure' is a range [min, max] in seconds, "
+                                                                   "min <= max"),
+        ("entries: [{name: a, target: M1, exposure: [.nan, 10]}]", "'exposure' takes numbers, not nan"),
+        ("entries: [{name: a, target: M1, products: {calib_level: [x]}}]", "'calib_level' takes whole numbers"),
+        ("entries: [{name: a, target: M1, products: {extensions: [1, {x: 2}]}}]", "'extensions' takes a name or a "
+                                                                                  "list of names"),
+        ("entries: [{name: a, target: M1, filters: {F200W: 1}}]", "'filters' takes a name or a list of names"),
+        ("entries: [{name: a, target: [M1, M16]}]", "'target' is one name"),
+        ("entries: [{name: [a], target: M1}]", "'name' is a text"),
+        ("entries: [{name: a, coordinates: {ra: .nan, dec: 0}}]", "entry 'a': coordinates are two finite numbers"),
+        ("entries: [{name: a, coordinates: {ra: 10}}]", "entry 'a': coordinates are {ra: ..., dec: ...}"),
+        ("entries: [{name: a, coordinates: [1, 2, 3]}]", "entry 'a': coordinates are {ra: ..., dec: ...}"),
+        ("defaults: [1]\nentries: [{name: a, target: M1}]", "'defaults' is a mapping with the key 'products'"),
     ],
 )
 def test_bad_watchlists_name_the_file_and_the_reason(text, message):
