@@ -194,3 +194,24 @@ def test_a_run_whose_process_dies_is_run_again_from_where_it_stopped(emu, tmp_pa
         assert rerun.status == DagsterRunStatus.SUCCESS and rerun.root_run_id == killed.run_id
         assert len(instance.get_runs(RunsFilter(job_name="observation_job"))) == 2 <= 1 + MAX_RERUNS
     assert Home(tmp_path / "home").tables.exists("image_metadata", obs_id)
+
+
+@pytest.mark.slow
+def test_a_step_left_waiting_beside_a_free_pool_slot_is_given_it(tmp_path, monkeypatch):
+    """Dagster assigns a pool's slot as it is freed; a step that queued just then (a race of its
+    SQLite storage) would wait for ever, its run process spinning. The command line gives it the slot."""
+    import skyassets.cli.launch as launch
+
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
+    monkeypatch.setenv("SKYASSETS_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(launch, "STALL_SECONDS", 0.0)
+    dagster_home = prepare_dagster_home(Home(tmp_path / "home"))
+    with DagsterInstance.get() as instance, Launcher(dagster_home, instance) as launcher:
+        storage = instance.event_log_storage
+        storage.set_concurrency_slots("test_pool", 1)
+        storage.add_pending_step("test_pool", "a-run", "a-step", should_assign=False)  # left as the race leaves it
+        assert launcher.stalled_pools() == {"test_pool"}
+        (run,) = launcher.run_all([Submission("watchlist_job", {}, QUIET)])
+        assert run.status == DagsterRunStatus.SUCCESS
+        [step] = storage.get_concurrency_info("test_pool").pending_steps
+        assert step.assigned_timestamp is not None and launcher.stalled_pools() == set()
