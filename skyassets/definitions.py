@@ -16,6 +16,7 @@ from skyassets.defs.catalog.jobs import catalog_job
 from skyassets.defs.catalog.search import search_index
 from skyassets.defs.landing.jobs import landing_job
 from skyassets.defs.landing.sensors import landing_s3_sensor, landing_zone_sensor
+from skyassets.defs.pools import pool_slots_sensor
 from skyassets.defs.products.assets import composites, mosaics
 from skyassets.defs.products.jobs import products_job
 from skyassets.defs.quality.assets import image_quality
@@ -43,6 +44,8 @@ defs = Definitions(
         new_observations_sensor, failed_batch_sensor, failed_observations_sensor,
         # landed files, then everything downstream
         landing_zone_sensor, landing_s3_sensor, automation_sensor,
+        # a step Dagster left waiting beside a free pool slot is given it
+        pool_slots_sensor,
     ],
     resources=default_resources(),
     # One process per run: steps run one after another (pools serialise the archive's), so a process per

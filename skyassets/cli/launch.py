@@ -44,9 +44,7 @@ POLL_SECONDS = 0.3
 # Times a run whose process died is run again by the command line: run_retries' max_retries in
 # skyassets/dagster.yaml, what the daemon does beside `skyassets dev`.
 MAX_RERUNS = 2
-# A step seen waiting for a pool beside a free slot of it, on two looks this far apart, is given the
-# slot: Dagster assigns a free slot as it is freed, and a step that queued just as it was freed (a
-# race of its SQLite storage) is otherwise never assigned one, and its run waits forever.
+# Seconds between two looks for a step waiting beside a free slot of its pool (defs/pools.py).
 STALL_SECONDS = 20.0
 FINISHED = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
 # The settings of the home instance that the launching instance shares; the rest (run queue, run
@@ -273,29 +271,18 @@ class Launcher:
         except (requests.RequestException, LaunchError, KeyError) as error:
             log.warning("could not give back the pool slots of ended runs this time: %s", error)
 
-    def stalled_pools(self) -> set[str]:
-        """The pools with a step waiting to be assigned a slot while one of their slots is free."""
-        query = "{ instance { concurrencyLimits { concurrencyKey slotCount assignedStepCount pendingStepCount } } }"
-        limits = self._graphql(query)["instance"]["concurrencyLimits"]
-        return {limit["concurrencyKey"] for limit in limits
-                if limit["pendingStepCount"] and limit["assignedStepCount"] < limit["slotCount"]}
-
     def _unstall_pools(self) -> None:
-        """Give the free slot of a pool seen stalled on two looks ``STALL_SECONDS`` apart to its
-        first waiting step, as Dagster itself does when a slot is freed."""
+        """:func:`give_free_slots` every ``STALL_SECONDS``: no daemon runs beside this command."""
+        from skyassets.defs.pools import give_free_slots
+
         since, before = self._stalled
         if time.monotonic() - since < STALL_SECONDS:
             return
-        try:
-            now = self.stalled_pools()
-        except (requests.RequestException, LaunchError, KeyError) as error:
-            log.warning("could not look for steps waiting beside a free pool slot this time: %s", error)
-            return
-        for pool in sorted(now & before):
+        given, stalled = give_free_slots(self.instance, before)
+        for pool in sorted(given):
             log.warning("a step has waited for pool %s beside a free slot for %.0f s or more; giving it the slot",
                         pool, STALL_SECONDS)
-            self.instance.event_log_storage.assign_pending_steps([pool])
-        self._stalled = (time.monotonic(), now - before)
+        self._stalled = (time.monotonic(), stalled)
 
     def submit(self, submission: Submission) -> str:
         """Launch one run through the webserver, as the UI's Launch button does; its run id."""

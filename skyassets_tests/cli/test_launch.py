@@ -10,6 +10,7 @@ from dagster import DagsterInstance, DagsterRunStatus
 from skyassets.cli.launch import LOCATION, Launcher, Submission, launching_home
 from skyassets.cli.main import prepare_dagster_home
 from skyassets.cli.runs import QUIET
+from skyassets.defs.pools import stalled_pools
 from skyassets.lake.home import Home
 
 
@@ -210,8 +211,8 @@ def test_a_step_left_waiting_beside_a_free_pool_slot_is_given_it(tmp_path, monke
         storage = instance.event_log_storage
         storage.set_concurrency_slots("test_pool", 1)
         storage.add_pending_step("test_pool", "a-run", "a-step", should_assign=False)  # left as the race leaves it
-        assert launcher.stalled_pools() == {"test_pool"}
+        assert stalled_pools(instance) == {"test_pool"}
         (run,) = launcher.run_all([Submission("watchlist_job", {}, QUIET)])
         assert run.status == DagsterRunStatus.SUCCESS
         [step] = storage.get_concurrency_info("test_pool").pending_steps
-        assert step.assigned_timestamp is not None and launcher.stalled_pools() == set()
+        assert step.assigned_timestamp is not None and stalled_pools(instance) == set()
