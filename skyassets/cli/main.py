@@ -290,6 +290,11 @@ def _quality(args: argparse.Namespace) -> int:
     known = sorted(set(lake.partitions("image_metadata")) | set(lake.partitions("mast_products")))
     if args.obs_id not in known:
         raise CommandError(f"observation {args.obs_id} does not exist in this home; {_known(known, 'observations')}", 1)
+    if not lake.exists("image_quality", args.obs_id) and lake.exists("image_metadata", args.obs_id) and not len(
+            lake.read("image_metadata", args.obs_id, columns=["obs_id"])):
+        print(f"{args.obs_id}: no images to measure (its files were quarantined, hold no image HDU, or now belong "
+              "to another observation; the files table lists them)")
+        return 0
     if not lake.exists("image_quality", args.obs_id):
         print(
             f"no quality measured for {args.obs_id} yet ({path} is missing): materialise image_quality for "

@@ -208,6 +208,11 @@ def test_an_unknown_observation_is_said_not_to_exist(home, capsys):
     status, out, _ = _run(capsys, "quality", "jw01234-o002")
     assert status == 0 and out == ("jw01234-o002: no images (its files were quarantined or now belong to another "
                                    "observation)\n")
+    # catalogued without an image (a spectrum alone, every file quarantined): nothing to measure, said so
+    home.tables.write("image_metadata", pd.DataFrame({"obs_id": pd.Series([], dtype=str)}), "jw01234-o003")
+    status, out, err = _run(capsys, "quality", "jw01234-o003")
+    assert status == 0 and err == ""
+    assert out.startswith("jw01234-o003: no images to measure (its files were quarantined")
 
 
 def test_an_export_query_without_a_path_column_is_one_line(home, capsys, tmp_path):
