@@ -13,6 +13,7 @@ import hashlib
 import io
 import os
 import stat
+import time
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -148,6 +149,13 @@ def _readme(home: Home, query: str, count: int) -> str:
     )
 
 
+def _zip_entry(name: str, mtime: float) -> zipfile.ZipInfo:
+    """An archive member dated as its file (a zip cannot date before 1980), compressed."""
+    entry = zipfile.ZipInfo(name, date_time=max(time.localtime(mtime)[:6], (1980, 1, 1, 0, 0, 0)))
+    entry.compress_type = zipfile.ZIP_DEFLATED
+    return entry
+
+
 def _manifests(rows: list[dict[str, str]]) -> tuple[str, str]:
     sums = "".join(f"{r['sha256']}  {r['name']}\n" for r in rows)
     table = io.StringIO()
@@ -213,15 +221,17 @@ def export_files(
                     top = dest.stem  # one folder inside, so that unzipping never scatters files
 
                     def into_zip(name: str, handle: io.BufferedReader) -> tuple[str, int]:
-                        with archive.open(f"{top}/{name}", "w", force_zip64=True) as out:
+                        entry = _zip_entry(f"{top}/{name}", os.fstat(handle.fileno()).st_mtime)
+                        with archive.open(entry, "w", force_zip64=True) as out:
                             return _copy(handle, out)
 
                     for path, source in sources:
                         add(path, source, into_zip)
                     sums, table = _manifests(rows)
-                    archive.writestr(f"{top}/{SUMS}", sums)
-                    archive.writestr(f"{top}/manifest.csv", table)
-                    archive.writestr(f"{top}/README.md", _readme(home, query, len(rows)))
+                    now = time.time()
+                    for name, text in ((SUMS, sums), ("manifest.csv", table),
+                                       ("README.md", _readme(home, query, len(rows)))):
+                        archive.writestr(_zip_entry(f"{top}/{name}", now), text)
                 os.replace(tmp, dest)
             finally:
                 tmp.unlink(missing_ok=True)

@@ -1,7 +1,9 @@
 import csv
 import hashlib
+import os
 import subprocess
 import sys
+import time
 import zipfile
 
 import pandas as pd
@@ -43,8 +45,14 @@ def test_export_copies_checks_and_records(tmp_path):
 
 def test_export_to_one_zip_holds_the_files_and_a_manifest_sha256sum_accepts(tmp_path):
     home, selection = _home_with_two_files(tmp_path)
+    first = home.root / selection["path"].dropna().iloc[0]
+    os.utime(first, (1_600_000_000, 1_600_000_000))  # 2020-09-13
     done = export_files(selection, home, tmp_path / "bulk", "SELECT 1", as_zip=True)
     assert done.dest == tmp_path / "bulk.zip" and done.files == 2
+    with zipfile.ZipFile(done.dest) as archive:  # each file dated as it is, not 1980-01-01
+        dated = {info.filename.split("/")[1]: info.date_time for info in archive.infolist()}
+    assert dated[first.name] == time.localtime(1_600_000_000)[:6]
+    assert all(when[0] >= 2026 for name, when in dated.items() if name != first.name)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary file left
     unpacked = tmp_path / "unpacked"
     with zipfile.ZipFile(done.dest) as archive:
