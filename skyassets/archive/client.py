@@ -199,19 +199,20 @@ def with_retries(
             reason = describe_failure(exc)
             if not transient:
                 raise ArchiveError(f"{what}: {reason}") from exc
-            delay = min(policy.max_delay, policy.base_delay * 2 ** (attempt - 1))
+            delay = min(policy.max_delay, policy.base_delay * 2 ** min(attempt - 1, 30))
             delay = random.uniform(delay / 2, delay)
             elapsed = time.monotonic() - started
             left = policy.total_seconds - elapsed
-            if asked is not None:
+            if asked:
                 # the archive's own wait, neither cut short nor grown by the failures of other steps
-                # of the same call (a search's columns, resolver and query each count as attempts)
+                # of the same call (a search's columns, resolver and query each count as attempts);
+                # a Retry-After of 0 (or a date already past) is the backoff's, never a tight loop
                 delay = asked
             elif delay > left > FINAL_TRY_SECONDS:  # a last try at the end of the time allowed
                 delay = left
             if elapsed + delay > policy.total_seconds:
                 beyond = (f"the archive asked for a wait of {asked:.0f} s (Retry-After), past the "
-                          f"{policy.total_seconds:.0f} s allowed; " if asked is not None else "")
+                          f"{max(left, 0):.0f} s left of the {policy.total_seconds:.0f} s allowed; " if asked else "")
                 raise ArchiveError(
                     f"{what}: {reason} ({beyond}gave up after {attempt} attempt{'s' if attempt > 1 else ''} "
                     f"in {elapsed:.1f} s)", exhausted=True,

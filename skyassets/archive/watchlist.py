@@ -122,9 +122,10 @@ def _numbers(value: Any, key: str, where: str, kind: type[int] | type[float]) ->
         try:
             if isinstance(v, bool) or not isinstance(v, (int, float, str)):
                 raise ValueError
-            number = kind(v)
-            if kind is float and not math.isfinite(number):
+            number = float(v)
+            if not math.isfinite(number) or (kind is int and not number.is_integer()):
                 raise ValueError
+            number = kind(number)
         except ValueError:
             said = "whole numbers" if kind is int else "numbers"
             raise WatchlistError(f"{where}: '{key}' takes {said}, not {v!r}") from None

@@ -168,7 +168,7 @@ class Launcher:
         self._server: subprocess.Popen | None = None
         self._log = None
         self._submitted: list[str] = []
-        self._stalled: tuple[float, set[str]] = (time.monotonic(), set())
+        self._stalled: tuple[float, dict[str, tuple[str, str]]] = (time.monotonic(), {})
 
     def __enter__(self) -> Launcher:
         home = launching_home(self.dagster_home)
@@ -278,7 +278,12 @@ class Launcher:
         since, before = self._stalled
         if time.monotonic() - since < STALL_SECONDS:
             return
-        given, stalled = give_free_slots(self.instance, before)
+        try:
+            given, stalled = give_free_slots(self.instance, before)
+        except Exception as error:  # noqa: BLE001 - housekeeping (a locked database): the runs go on
+            log.warning("could not look for steps waiting beside a free pool slot this time: %s", error)
+            self._stalled = (time.monotonic(), before)
+            return
         for pool in sorted(given):
             log.warning("a step has waited for pool %s beside a free slot for %.0f s or more; giving it the slot",
                         pool, STALL_SECONDS)

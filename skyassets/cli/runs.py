@@ -8,11 +8,13 @@ process (``InProcess``).
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 from dagster import AssetKey, AssetRecordsFilter, DagsterEventType, DagsterInstance, DagsterRun
@@ -163,6 +165,13 @@ def latest_metadata(instance: DagsterInstance, asset: str, partition: str | None
     if not records or records[0].asset_materialization is None:
         return {}
     return {k: v.value for k, v in records[0].asset_materialization.metadata.items()}
+
+
+def updated_since(instance: DagsterInstance, upstream: str, asset: str) -> bool:
+    """Whether any partition of ``upstream`` was materialised after ``asset`` last was (one lookup)."""
+    after = latest_storage_id(instance, asset)
+    return bool(instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=AssetKey(upstream), after_storage_id=after or None), limit=1).records)
 
 
 def latest_storage_id(instance: DagsterInstance, asset: str, partition: str | None = None) -> int:
@@ -335,7 +344,8 @@ def ingest(
     instance = runner.instance
     started = time.time()
     refused: dict[str, str] = {}
-    files = local_files(paths, refused, home=home.root.resolve())
+    landing = Path(os.environ.get("SKYASSETS_LANDING") or home.root / "landing").expanduser().resolve()
+    files = local_files(paths, refused, home=home.root.resolve(), landing=landing)
     every_group = group_by_partition(files)
     before = _outcomes_before(home, every_group)
     # a partition runs again only if one of its files is new, changed or without a known outcome
@@ -445,14 +455,15 @@ IMAGE_IDENTITY = ["sha256", "hdu_index", "file_name", "path"]
 
 def measured_elsewhere(home: Home, partitions: Sequence[str]) -> list[str]:
     """Of ``partitions``, those whose quality rows are not for exactly the images they now
-    catalogue (the same bytes, HDUs, names and places): the ones whose measurement is out of date."""
+    catalogue (the same bytes, HDUs, names and places), or say an image could not be used (a
+    limit since raised, a copy that could not be read then): the ones to measure again."""
     images = home.tables.read_partitions("image_metadata", partitions, columns=IMAGE_IDENTITY)
-    scores = home.tables.read_partitions("image_quality", partitions, columns=IMAGE_IDENTITY)
+    scores = home.tables.read_partitions("image_quality", partitions, columns=[*IMAGE_IDENTITY, "usable"])
 
     def same(key: str) -> bool:
         rows = [set(zip(*(t.column(n).to_pylist() for n in IMAGE_IDENTITY), strict=True))
                 for t in (images[key], scores[key])]
-        return rows[0] == rows[1]
+        return rows[0] == rows[1] and all(scores[key].column("usable").to_pylist())
 
     return [p for p in partitions if p not in images or p not in scores or not same(p)]
 
@@ -577,7 +588,10 @@ def bring_up_to_date(runner: Runner, home: Home, partitions: list[str], run_conf
     catalog, each target's products, the catalog again, the sky tiles and their publication. Returns
     failed runs, or None when the catalog could not be published."""
     measured, failures = measure_quality(runner, home, partitions, run_config)
-    if measured or not latest_storage_id(runner.instance, "catalog"):
+    # files catalogued since the catalog was published (a spectrum beside an observation's unchanged
+    # images is measured by nothing, but is a row of the catalog's files)
+    if measured or not latest_storage_id(runner.instance, "catalog") or updated_since(
+            runner.instance, "image_metadata", "catalog"):
         if not publish_catalog(runner, run_config):
             return None
     made, failed = make_products(runner, home, run_config)

@@ -60,6 +60,8 @@ def follows() -> AutomationCondition:
         AutomationCondition.missing()
         & AutomationCondition.initial_evaluation()
         & ~AutomationCondition.any_deps_missing()
+        & ~AutomationCondition.any_deps_in_progress()
+        & ~AutomationCondition.in_progress()
     )
 
 

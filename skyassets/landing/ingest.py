@@ -75,19 +75,20 @@ def printable(path: str | os.PathLike[str]) -> str:
 HOME_REFUSED = "inside the skyassets home, whose files are the catalog's own copies (only its landing folder is taken)"
 
 
-def _in_home(path: Path, home: Path | None) -> bool:
+def _in_home(path: Path, home: Path | None, landing: Path | None) -> bool:
     """Whether ``path`` is one of the home's own files or folders (its landing folder is not)."""
-    return home is not None and path.is_relative_to(home) and path != home and (
-        path.relative_to(home).parts[0] != "landing")
+    return home is not None and path.is_relative_to(home) and path != home and not (
+        landing is not None and (path.is_relative_to(landing) or landing.is_relative_to(path)))
 
 
-def _below(root: Path, refused: dict[str, str], home: Path | None = None) -> Iterator[Path]:
+def _below(root: Path, refused: dict[str, str], home: Path | None = None,
+           landing: Path | None = None) -> Iterator[Path]:
     """Files below ``root``, never through a link (a link is refused, with the reason, if it looks
     like FITS) and never into the home's own folders (said once, for the home)."""
     folders = [root]
     while folders:
         folder = folders.pop()
-        if _in_home(folder, home):
+        if _in_home(folder, home, landing):
             refused[printable(home)] = f"its own folders were passed over: {HOME_REFUSED}"
             continue
         try:
@@ -111,11 +112,12 @@ def _below(root: Path, refused: dict[str, str], home: Path | None = None) -> Ite
 
 
 def local_files(paths: Iterable[str | Path], refused: dict[str, str] | None = None,
-                home: Path | None = None) -> list[LandedFile]:
+                home: Path | None = None, landing: Path | None = None) -> list[LandedFile]:
     """The FITS files named, or found below the folders named, as landed local files.
 
-    Nothing in ``home`` (resolved) but its landing folder is taken: its files are copies the lake
-    already holds, and taking them again would copy them over themselves.
+    Nothing in ``home`` (resolved) but its ``landing`` folder (resolved; ``home/landing`` if not
+    given) is taken: the home's files are copies the lake already holds, and taking them again would
+    copy them over themselves.
 
     Links below a folder are not followed (a named path is the caller's choice and is resolved).
     A FITS file that cannot be taken (a link, a FIFO or device, a name that is not UTF-8 and so
@@ -124,6 +126,7 @@ def local_files(paths: Iterable[str | Path], refused: dict[str, str] | None = No
     for its name. Other files below a folder (notes, previews, hidden files) are passed over.
     """
     refused = {} if refused is None else refused
+    landing = landing if landing is not None or home is None else home / "landing"
     found, seen = [], set()
     for item in paths:
         # a named path is reported as given (made absolute, as a folder's listing names it: a loop
@@ -135,11 +138,11 @@ def local_files(paths: Iterable[str | Path], refused: dict[str, str] | None = No
             refused[printable(given)] = f"cannot be resolved: {getattr(exc, 'strerror', None) or exc}"
             continue
         leads = "" if str(root) == given else f" (a link to {printable(root)})"
-        if _in_home(root, home):
+        if _in_home(root, home, landing):
             refused[printable(given)] = HOME_REFUSED + leads
             continue
         named = not root.is_dir()
-        for path in [root] if named else sorted(_below(root, refused, home)):
+        for path in [root] if named else sorted(_below(root, refused, home, landing)):
             shown, more = (printable(given), leads) if named else (printable(path), "")
             if named and (why := _not_taken(path.name)):
                 refused[shown] = why + more

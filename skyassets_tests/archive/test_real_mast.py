@@ -247,13 +247,17 @@ def test_a_retry_after_is_not_grown_by_the_failures_before_it() -> None:
     policy = RetryPolicy(total_seconds=1000, base_delay=1.0, max_delay=300.0)
     assert with_retries(call, "search", policy, sleep=sleeps.append) == "answer"
     assert sleeps[-1] == 2.0 and sleeps[-2] >= 8.0
+    sleeps.clear()  # a Retry-After of 0 (or a date gone by) is no wait: the backoff is, never a tight loop
+    assert with_retries(_flaky(*[_Answer(429, "0")] * 3), "search", policy, sleep=sleeps.append) == "answer"
+    assert len(sleeps) == 3 and all(wait >= 0.5 for wait in sleeps)
 
 
 def test_retries_stop_within_the_time_bound_and_say_why() -> None:
     sleeps: list[float] = []
     policy = RetryPolicy(total_seconds=5, base_delay=1.0, max_delay=2.0)
     with pytest.raises(ArchiveError, match=r"m74: search: HTTP 429 .*\(the archive asked for a wait of 60 s "
-                                           r"\(Retry-After\), past the 5 s allowed; gave up after 1 attempt"):
+                                           r"\(Retry-After\), past the 5 s left of the 5 s allowed; gave up after "
+                                           r"1 attempt"):
         with_retries(_flaky(_Answer(429, "60")), "m74: search", policy, sleep=sleeps.append)
     assert sleeps == []  # waiting 60 s would overrun the 5 s allowed
     with pytest.raises(ArchiveError, match="HTTP 400"):

@@ -66,6 +66,7 @@ def test_sexagesimal_coordinates():
                                                                    "min <= max"),
         ("entries: [{name: a, target: M1, exposure: [.nan, 10]}]", "'exposure' takes numbers, not nan"),
         ("entries: [{name: a, target: M1, products: {calib_level: [x]}}]", "'calib_level' takes whole numbers"),
+        ("entries: [{name: a, target: M1, calib_level: [2.7]}]", "'calib_level' takes whole numbers, not 2.7"),
         ("entries: [{name: a, target: M1, products: {extensions: [1, {x: 2}]}}]", "'extensions' takes a name or a "
                                                                                   "list of names"),
         ("entries: [{name: a, target: M1, filters: {F200W: 1}}]", "'filters' takes a name or a list of names"),

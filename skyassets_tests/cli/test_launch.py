@@ -5,12 +5,12 @@ import os
 import pytest
 import requests
 import yaml
-from dagster import DagsterInstance, DagsterRunStatus
+from dagster import DagsterInstance, DagsterRun, DagsterRunStatus
 
 from skyassets.cli.launch import LOCATION, Launcher, Submission, launching_home
 from skyassets.cli.main import prepare_dagster_home
 from skyassets.cli.runs import QUIET
-from skyassets.defs.pools import stalled_pools
+from skyassets.defs.pools import stalled_steps
 from skyassets.lake.home import Home
 
 
@@ -210,9 +210,10 @@ def test_a_step_left_waiting_beside_a_free_pool_slot_is_given_it(tmp_path, monke
     with DagsterInstance.get() as instance, Launcher(dagster_home, instance) as launcher:
         storage = instance.event_log_storage
         storage.set_concurrency_slots("test_pool", 1)
+        instance.add_run(DagsterRun(job_name="observation_job", run_id="a-run", status=DagsterRunStatus.STARTED))
         storage.add_pending_step("test_pool", "a-run", "a-step", should_assign=False)  # left as the race leaves it
-        assert stalled_pools(instance) == {"test_pool"}
+        assert stalled_steps(instance) == {"test_pool": ("a-run", "a-step")}
         (run,) = launcher.run_all([Submission("watchlist_job", {}, QUIET)])
         assert run.status == DagsterRunStatus.SUCCESS
         [step] = storage.get_concurrency_info("test_pool").pending_steps
-        assert step.assigned_timestamp is not None and stalled_pools(instance) == set()
+        assert step.assigned_timestamp is not None and stalled_steps(instance) == {}

@@ -4,10 +4,19 @@ from pathlib import Path
 
 import pandas as pd
 from astropy.io import fits
-from dagster import DagsterRunStatus, instance_for_test
+from dagster import AssetMaterialization, DagsterRunStatus, instance_for_test
 
 from skyassets.catalog.db import connect
-from skyassets.cli.runs import QUIET, InProcess, ingest, latest_metadata, measure_quality, partition_batches
+from skyassets.cli.runs import (
+    QUIET,
+    InProcess,
+    ingest,
+    latest_metadata,
+    measure_quality,
+    measured_elsewhere,
+    partition_batches,
+    updated_since,
+)
 from skyassets.lake.home import Home
 
 
@@ -262,6 +271,29 @@ def test_a_file_stored_under_another_name_is_reported_so(emu, tmp_path):
         report = ingest([drop], Home(tmp_path / "home"), instance)
     assert sorted(report.catalogued) == sorted([str(drop / good[0].name), str(odd)])
     assert report.renamed == {str(odd): f"first_line_{good[1].name}"}  # its name, as near as can be
+
+
+def test_a_partition_is_measured_again_when_its_images_or_their_use_changed(tmp_path):
+    home = Home(tmp_path / "home")
+    image = {"obs_id": ["p1"], "sha256": ["a" * 64], "hdu_index": [1], "file_name": ["a.fits"],
+             "path": ["files/local/p1/a.fits"]}
+    home.tables.write("image_metadata", pd.DataFrame(image), "p1")
+    for usable, name, again in ((True, "a.fits", []), (False, "a.fits", ["p1"]), (True, "b.fits", ["p1"])):
+        home.tables.write("image_quality", pd.DataFrame({**image, "file_name": [name], "usable": [usable]}), "p1")
+        assert measured_elsewhere(home, ["p1"]) == again, (usable, name)
+    assert measured_elsewhere(home, ["p2"]) == ["p2"]  # never catalogued nor measured
+
+
+def test_the_catalog_is_out_of_date_once_files_are_catalogued_after_it():
+    """A spectrum added beside an observation's unchanged images is measured by nothing, yet the
+    catalog is published again for it."""
+    with instance_for_test() as instance:
+        instance.report_runless_asset_event(AssetMaterialization("image_metadata", partition="obs-a"))
+        assert updated_since(instance, "image_metadata", "catalog")  # never published
+        instance.report_runless_asset_event(AssetMaterialization("catalog"))
+        assert not updated_since(instance, "image_metadata", "catalog")
+        instance.report_runless_asset_event(AssetMaterialization("image_metadata", partition="obs-a"))
+        assert updated_since(instance, "image_metadata", "catalog")
 
 
 def test_partition_batches_cover_only_the_keys_asked_for():

@@ -127,6 +127,9 @@ def test_nothing_in_the_home_but_its_landing_folder_is_taken(tmp_path: Path) -> 
     assert refused[str(kept)] == HOME_REFUSED and refused[str(home / "files")] == HOME_REFUSED
     assert refused[str(home)].startswith("its own folders were passed over: ")
     assert [f.location for f in local_files([home], home=home)] == [str(landed)]
+    # a landing folder of another name inside the home (SKYASSETS_LANDING) is taken too
+    incoming = _file(home / "incoming" / "e.fits")
+    assert [f.location for f in local_files([home], home=home, landing=home / "incoming")] == [str(incoming)]
 
 
 def test_a_name_that_is_not_utf8_is_refused_and_the_others_are_found(tmp_path: Path) -> None:

@@ -293,18 +293,19 @@ def _fetch(
     """Files from MAST with the archive's settings, landed files with the landing zone's; in order,
     with where the store can copy each from (``s3://bucket/key`` on the home's own S3 service).
 
-    A landed file has a signature (its size and mtime, or ETag); a MAST product has none. A landed
-    file whose version is in the quarantine already fails at once, with the reason it was given.
+    A landed file has a signature (its size and mtime, or ETag); a MAST product has none. A local
+    landed file whose version is in the quarantine already fails at once, with the reason it was
+    given (a local file reads the same every time; an object of a store is fetched again).
     """
     from skyassets.archive.download import FileResult, download_files
     from skyassets.fits.meta import quarantined_versions
 
     results: list[FileResult | None] = [None] * len(requests)
     origins: list[str | None] = [None] * len(requests)
-    held = quarantined_versions(root.quarantine) if any(o[2] is not None for o in owner) else {}
+    held = quarantined_versions(root.quarantine) if any(r.local_path is not None for r in requests) else {}
     for i, (_, location, signature) in enumerate(owner):
-        if signature is not None and (version := held.get(location)) and version[0] == signature:
-            # quarantined before exactly as it is now: not copied (nor quarantined) again
+        if requests[i].local_path is not None and (version := held.get(location)) and version[0] == signature:
+            # a local file quarantined before exactly as it is now: not copied (nor quarantined) again
             results[i] = FileResult(requests[i].filename, None, "failed", 0, None, None, None, 0.0, 0.0, 0, 0, 0,
                                     "unchecked", f"quarantined before and unchanged since: {version[1]}")
     for landed in (False, True):
