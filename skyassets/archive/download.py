@@ -1436,10 +1436,10 @@ class _Downloader:
         if check.status == "bad":  # a sum that does not match, or a structure that does not hold
             summed = "CHECKSUM" in check.message or "DATASUM" in check.message
             raise _Corrupt(f"{'FITS checksum mismatch' if summed else 'not a valid FITS file'}: {check.message}")
-        if check.status == "not-fits" and job.request.local_path is not None:
-            # a landed file is taken for being FITS (a compressed one is known so only once inflated)
-            what = "inflated bytes" if compression_of(job.name) else "bytes"
-            raise _Corrupt(f"not a valid FITS file: {check.message or f'its {what} do not start as FITS'}")
+        if check.status == "not-fits" and job.request.local_path is not None and compression_of(job.name):
+            # a landed file is taken for being FITS: a compressed one is known to be only once inflated
+            # (a plain one that does not start as FITS was refused at its first block)
+            raise _Corrupt(f"not a valid FITS file: {check.message or 'its inflated bytes do not start as FITS'}")
         etag = _norm_etag(job.etag)
         if _plain_md5(etag):
             md5 = job.digests.md5()
