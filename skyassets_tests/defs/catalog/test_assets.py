@@ -128,6 +128,16 @@ def test_landing_zone_on_s3(emu, tmp_path, monkeypatch, home_stored):
             assert run.success
             made = run.asset_materializations_for_node("fits_files")
             copied += [m.metadata["files_copied_in_store"].value for m in made]
+        # An object that cataloguing once quarantined is fetched again on the next run of its
+        # observation (an object of a store is not skipped as a local file is), and the run goes on.
+        landed = HomeResource(root=str(home), **stored).home
+        record = landed.tables.read("landing", keys[0]).iloc[0]
+        landed.quarantine.mkdir(parents=True, exist_ok=True)
+        (landed.quarantine / "earlier.fits.json").write_text(json.dumps({
+            "file": "earlier.fits", "reason": f"{record['location']}: a card astropy refused",
+            "landed_location": record["location"], "landed_signature": record["signature"]}))
+        again = defs.resolve_job_def("landing_job").execute_in_process(instance=instance, partition_key=keys[0])
+        assert again.success
     lake = HomeResource(root=str(home), **stored).home.tables
     manifests = pd.concat(lake.read("fits_files", k) for k in keys)
     assert set(manifests["source"]) == {"s3"} and set(manifests["fits_checksum"]) == {"ok"}
