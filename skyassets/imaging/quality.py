@@ -684,7 +684,7 @@ def _source_table(sources: pd.DataFrame, wcs: WCS | None) -> pd.DataFrame:
     if not len(sources):
         return _empty_sources()
     table = pd.DataFrame({
-        "obs_id": None, "sha256": None, "hdu_index": None, "file_name": None,
+        "obs_id": None, "sha256": None, "hdu_index": None, "file_name": None, "path": None,
         "source_id": np.arange(1, len(sources) + 1, dtype=np.int32),
         "x": sources["x"].to_numpy(), "y": sources["y"].to_numpy(), "ra": np.nan, "dec": np.nan,
         "flux": sources["flux"].to_numpy(), "peak": sources["peak"].to_numpy(),
@@ -785,7 +785,7 @@ def measure_image(path: str | Path, hdu_index: int, *, row: Mapping[str, Any] | 
                 "instrument_name": row.get("instrument_name"),
                 "filter": row.get("filter"), "obs_collection": row.get("obs_collection")}
     measurement.metrics.update({k: None if _missing(v) else v for k, v in identity.items()})
-    for key in ("obs_id", "sha256", "hdu_index", "file_name"):
+    for key in ("obs_id", "sha256", "hdu_index", "file_name", "path"):
         measurement.sources[key] = identity[key]
     measurement.metrics["seconds"] = time.perf_counter() - start
     return measurement

@@ -184,6 +184,12 @@ class Home:
         """``files/<collection>/<obs_id>``, from validated names only."""
         return self.files / safe_filename(collection) / validate_obs_id(obs_id)
 
+    def stored_at(self, collection: str, obs_id: str, filename: str) -> str:
+        """Where a file of the observation is stored, relative to the home: what the catalog's
+        ``path`` columns hold, for a copy made or still to be made."""
+        return (PurePosixPath("files") / safe_filename(collection) / validate_obs_id(obs_id)
+                / safe_filename(filename)).as_posix()
+
     @property
     def tables(self) -> Lake:
         """The Parquet tables: every read and write of the lake goes through it, local or stored."""

@@ -93,6 +93,8 @@ MAST_PRODUCTS_SCHEMA = pa.schema([
     schema_field("filters", pa.string(), None, "filters, as MAST lists them"),
     schema_field("s3_key", pa.string(), None, "key in MAST's public S3 bucket; null when only on HTTP"),
     schema_field("http_url", pa.string(), None, "MAST download URL"),
+    schema_field("path", pa.string(), None,
+                 "where the file is stored once downloaded, relative to the skyassets home", home_relative=True),
 ])
 FITS_FILES_SCHEMA = pa.schema([
     schema_field("partition", pa.string(), None, "observation id (the observations partition key)"),
@@ -123,6 +125,8 @@ LANDING_SCHEMA = pa.schema([
     schema_field("size", pa.int64(), "byte", "file size when landed"),
     schema_field("signature", pa.string(), None, "size and mtime, or ETag: changes when the file does"),
     schema_field("filename", pa.string(), None, "name the copy is stored under (safe, unique in its partition)"),
+    schema_field("path", pa.string(), None,
+                 "where the copy is stored, relative to the skyassets home", home_relative=True),
 ])
 LANDING_INDEX_SCHEMA = pa.schema([
     schema_field("location", pa.string(), None, "a landed file: a local path or an object key"),
@@ -263,6 +267,8 @@ QUALITY_SCHEMA = pa.schema([
 SOURCE_SCHEMA = pa.schema([
     *IDENTITY_FIELDS,
     schema_field("file_name", pa.string(), None, "file name, as in images and quality"),
+    schema_field("path", pa.string(), None,
+                 "where the file is stored (relative to the skyassets home when catalogued there)", home_relative=True),
     schema_field("source_id", pa.int32(), None, "1-based number of the detection in its image"),
     schema_field("x", pa.float64(), "pix", "0-based column of the centroid"),
     schema_field("y", pa.float64(), "pix", "0-based row of the centroid"),

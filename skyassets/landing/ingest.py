@@ -245,6 +245,8 @@ def record_landed(home: Home, key: str, files: list[LandedFile]) -> str:
     rows = lake.read("landing", key).to_dict("records") if lake.exists("landing", key) else []
     replaced = {f.location for f in files}
     rows = [r for r in rows if r["location"] not in replaced]
+    for row in rows:  # recorded before records named where the copy goes
+        row["path"] = row.get("path") or home.stored_at(LANDING_COLLECTION, key, row["filename"])
     taken = {r["filename"] for r in rows}
     for landed in files:
         name = _stored_name(landed, taken)
@@ -258,6 +260,7 @@ def record_landed(home: Home, key: str, files: list[LandedFile]) -> str:
                 "size": landed.size,
                 "signature": landed.signature,
                 "filename": name,
+                "path": home.stored_at(LANDING_COLLECTION, key, name),
             }
         )
     return lake.write("landing", rows, partition=key)  # rows, not a frame: pandas costs more than the write

@@ -388,6 +388,28 @@ def test_bzip2_fits_is_copied_verified_catalogued_and_measured(emu, tmp_path):
     assert con.execute("SELECT count(*) FROM quality WHERE usable").fetchone()[0] == 1
 
 
+def test_every_table_that_names_a_file_gives_where_its_copy_is(emu, tmp_path):
+    """``landing`` and ``sources`` name their file's copy in the home, as ``files``, ``images`` and
+    ``quality`` do: each row's ``abs_path`` is the file catalogued under its observation and name."""
+    drop = tmp_path / "night"
+    drop.mkdir()
+    for path in sorted(emu.sky.root.rglob("*_cal.fits"))[:2]:
+        shutil.copy(path, drop / f"odd name {path.name}")
+    home = Home(tmp_path / "home")
+    config = {**QUIET, "resources": {"home": {"config": {"root": str(home.root)}}}}
+    with instance_for_test() as instance:
+        report = ingest([drop], home, instance)
+        assert len(report.catalogued) == 2
+        assert measure_quality(InProcess(instance), home, list(report.partitions), config) == (2, 0)
+    con = connect(home)
+    stored = dict(con.execute("SELECT obs_id || '/' || file_name, abs_path FROM files").fetchall())
+    assert len(stored) == 2 and all(Path(p).is_file() and Path(p).is_relative_to(home.root) for p in stored.values())
+    for table in ("landing", "images", "quality", "sources"):
+        named = con.execute(f"SELECT DISTINCT obs_id || '/' || file_name, abs_path FROM {table}").fetchall()
+        assert dict(named) == stored, table
+    assert con.execute("SELECT count(*) FROM sources").fetchone()[0] > 2
+
+
 def test_progress_to_a_log_file_or_a_pipe_is_a_line_per_step(capsys):
     from skyassets.cli.runs import text_progress
 

@@ -183,6 +183,8 @@ def mast_products(
         for message in refused:
             context.log.error(f"{obs_id}: product refused: {message}")
         frame.insert(0, "partition", obs_id)
+        frame["path"] = [home.home.stored_at(c, obs_id, f)
+                         for c, f in zip(frame["obs_collection"], frame["productFilename"], strict=True)]
         lake.write("mast_products", frame, partition=obs_id)
         frames.append(frame)
         context.log.info(f"{obs_id}: {len(frame)} products, {int(frame['size'].sum()) if len(frame) else 0} bytes")

@@ -98,6 +98,9 @@ def test_watchlist_to_verified_files(emu, pipeline):
     manifest = pd.read_parquet(home / "lake" / "fits_files" / f"{obs_id}.parquet")
     products = pd.read_parquet(home / "lake" / "mast_products" / f"{obs_id}.parquet")
     assert sorted(manifest["filename"]) == sorted(products["productFilename"])
+    # a product names where its file is stored, as its manifest row does once downloaded
+    assert dict(zip(products["productFilename"], products["path"], strict=True)) == dict(
+        zip(manifest["filename"], manifest["path"], strict=True))
     for row in manifest.itertuples():
         path = home / row.path
         assert path.is_relative_to(home / "files" / "JWST" / obs_id)
