@@ -90,6 +90,26 @@ _SPATIAL_ORDER = f"floor((s_dec + 90) / {ZONE_DEG}), s_ra, t_min"
 
 CATALOG_FILE = "catalog.duckdb"
 
+_WORK = "skyassets"
+"""Schema of a connection's own bookkeeping (its settings, the partition files it read, the raw rows
+and work tables its views are built from): ``SHOW TABLES`` lists the catalog's tables only."""
+_SETTINGS, _READ, _STALE = f"{_WORK}._skyassets", f"{_WORK}._skyassets_files", f"{_WORK}._skyassets_stale"
+"""A connection's settings (its home, tables, base), the partition files it has read and the base's
+partition files the lake no longer holds as they were."""
+_CHANGED, _ROWS, _KEYS, _WORKING, _DELTA = (
+    f"{_WORK}._images_{name}" for name in ("changed", "rows", "keys", "work", "delta"))
+"""The work tables of ``images`` over a base: see ``_expose_images_over_base``."""
+
+
+def _raw(table: str) -> str:
+    """A table's rows as read from the lake, with the partition file and mtime of each."""
+    return f"{_WORK}._raw_{table}"
+
+
+def _drop(table: str) -> str:
+    """The rowids of a published table's rows that the lake's changes hide."""
+    return f"{_WORK}._drop_{table}"
+
 
 class CatalogError(RuntimeError):
     """A question the catalog cannot answer yet (a missing table, an unreadable partition)."""
@@ -422,17 +442,18 @@ def _q(name: str) -> str:
 
 
 def _names_in(con: duckdb.DuckDBPyConnection) -> set[str]:
-    """Tables and views of the connection's own database (not of an attached base), in one query."""
+    """Tables and views of the connection's own database (not of an attached base), in one query:
+    the catalog's by name, the others (``skyassets.*``, ``lake_index.*``) with their schema."""
     return {
-        row[0]
-        for row in con.execute(
-            "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() "
-            "UNION ALL SELECT view_name FROM duckdb_views() WHERE database_name = current_database()"
+        name if schema == "main" else f"{schema}.{name}"
+        for schema, name in con.execute(
+            "SELECT schema_name, table_name FROM duckdb_tables() WHERE database_name = current_database() "
+            "UNION ALL SELECT schema_name, view_name FROM duckdb_views() WHERE database_name = current_database()"
         ).fetchall()
     }
 
 
-def _state(con: duckdb.DuckDBPyConnection, files: str = "_skyassets_files") -> dict[str, Listing]:
+def _state(con: duckdb.DuckDBPyConnection, files: str = _READ) -> dict[str, Listing]:
     """The partition files each table was last read from, with their (mtime_ns, size, inode)."""
     state: dict[str, Listing] = {t: {} for t in SOURCES}
     for table, name, mtime, size, ino in con.execute(f"SELECT tbl, file, mtime_ns, size, ino FROM {files}").fetchall():
@@ -443,7 +464,7 @@ def _state(con: duckdb.DuckDBPyConnection, files: str = "_skyassets_files") -> d
 def _stale(con: duckdb.DuckDBPyConnection) -> dict[str, set[str]]:
     """The base's partition files that the lake no longer holds as they were, per table."""
     stale: dict[str, set[str]] = {t: set() for t in SOURCES}
-    for table, name in con.execute("SELECT tbl, file FROM _skyassets_stale").fetchall():
+    for table, name in con.execute(f"SELECT tbl, file FROM {_STALE}").fetchall():
         stale.setdefault(table, set()).add(name)
     return stale
 
@@ -464,13 +485,13 @@ def _sync_table(
     base: Listing | None = None,
     stale: set[str] | None = None,
 ) -> bool:
-    """Bring ``_raw_<table>`` up to date with the lake; True if anything changed.
+    """Bring ``skyassets._raw_<table>`` up to date with the lake; True if anything changed.
 
     With a ``base`` (the partition files a published catalog was built from), only the files that
     differ from the base are read, and the base's files that changed or went are kept in
-    ``_skyassets_stale`` (``stale`` is what it held before).
+    ``skyassets._skyassets_stale`` (``stale`` is what it held before).
     """
-    raw = f"_raw_{table}"
+    raw = _raw(table)
     listing = lake.listing(SOURCES[table])
     base = base or {}
     now = {f: s for f, s in listing.items() if base.get(f) != s}
@@ -483,10 +504,10 @@ def _sync_table(
     try:
         if gone and raw in names:
             con.execute(f"DELETE FROM {raw} WHERE _file IN (SELECT unnest(?))", [gone])
-        con.execute("DELETE FROM _skyassets_files WHERE tbl = ? AND file IN (SELECT unnest(?))", [table, gone])
+        con.execute(f"DELETE FROM {_READ} WHERE tbl = ? AND file IN (SELECT unnest(?))", [table, gone])
         if stale is not None:
-            con.execute("DELETE FROM _skyassets_stale WHERE tbl = ?", [table])
-            con.execute("INSERT INTO _skyassets_stale SELECT ?, unnest(?)", [table, sorted(outdated)])
+            con.execute(f"DELETE FROM {_STALE} WHERE tbl = ?", [table])
+            con.execute(f"INSERT INTO {_STALE} SELECT ?, unnest(?)", [table, sorted(outdated)])
         empty = raw not in names or _one(con, f"SELECT count(*) = 0 FROM {raw}")
         read: Listing = {}
         tables: list[pa.Table] = []
@@ -538,7 +559,7 @@ def _sync_table(
                     con.execute(f"ALTER TABLE {raw} ADD COLUMN {_q(column)} {kind}")
         if read:
             con.execute(
-                "INSERT INTO _skyassets_files SELECT ?, unnest(?), unnest(?), unnest(?), unnest(?)",
+                f"INSERT INTO {_READ} SELECT ?, unnest(?), unnest(?), unnest(?), unnest(?)",
                 [table, list(read), *[[v[k] for v in read.values()] for k in range(3)]],
             )
         con.execute("COMMIT")
@@ -549,14 +570,14 @@ def _sync_table(
 
 
 def _expose(con: duckdb.DuckDBPyConnection, table: str, *, publish: bool) -> None:
-    """Make ``table`` from ``_raw_<table>``: images deduplicated; published tables materialised and sorted.
+    """Make ``table`` from ``skyassets._raw_<table>``: images deduplicated; published tables materialised and sorted.
 
     Publishing also writes what a later ``connect`` needs to start from the published tables: the
     raw image rows with hashes of their image key and path and the rowid of their image in
     ``images``, and for each other table the partition file of every row, in
     ``lake_index.rows_<table>`` with the same row order as the table.
     """
-    raw = f"_raw_{table}"
+    raw = _raw(table)
     names = _names_in(con)
     if not publish and table in _base_tables(con):
         if table == "images":
@@ -624,7 +645,7 @@ def _attach_base(con: duckdb.DuckDBPyConnection, path: Path) -> bool:
 
     Which file was looked at is kept either way, so ``refresh`` can tell when a newer one appears.
     """
-    con.execute("INSERT OR REPLACE INTO _skyassets VALUES ('catalog', ?)", [_file_id(path)])
+    con.execute(f"INSERT OR REPLACE INTO {_SETTINGS} VALUES ('catalog', ?)", [_file_id(path)])
     if not path.exists():
         return False
     try:
@@ -648,26 +669,27 @@ def _attach_base(con: duckdb.DuckDBPyConnection, path: Path) -> bool:
     # published before catalogs recorded their layout (an older set of columns), or from the home's
     # files in another place (a folder since moved): its rows' full locations would be wrong
     if not found or unkeyed or _one(con, f"SELECT value FROM {_BASE}.{_INDEX}.layout WHERE key = 'prefix'") != _one(
-        con, "SELECT value FROM _skyassets WHERE key = 'prefix'"
+        con, f"SELECT value FROM {_SETTINGS} WHERE key = 'prefix'"
     ):
         con.execute(f"DETACH {_BASE}")
         return False
-    con.execute("INSERT INTO _skyassets VALUES ('base', ?)", [str(path)])
+    con.execute(f"INSERT INTO {_SETTINGS} VALUES ('base', ?)", [str(path)])
     return True
 
 
 def _rebase(con: duckdb.DuckDBPyConnection, path: Path) -> None:
     """Start again from the catalog now published at ``path``: the snapshot built so far is dropped."""
+    kept = ("_skyassets", "_skyassets_files", "_skyassets_stale")
     for kind, column, listing in (("VIEW", "view_name", "duckdb_views()"), ("TABLE", "table_name", "duckdb_tables()")):
-        for (name,) in con.execute(
-            f"SELECT {column} FROM {listing} WHERE database_name = current_database() AND NOT internal"
+        for schema, name in con.execute(
+            f"SELECT schema_name, {column} FROM {listing} WHERE database_name = current_database() AND NOT internal"
         ).fetchall():
-            if name not in ("_skyassets", "_skyassets_files", "_skyassets_stale"):
-                con.execute(f"DROP {kind} {_q(name)}")
-    con.execute("DELETE FROM _skyassets_files")
-    con.execute("DELETE FROM _skyassets_stale")
-    if _one(con, "SELECT count(*) FROM _skyassets WHERE key = 'base'"):
-        con.execute("DELETE FROM _skyassets WHERE key = 'base'")
+            if not (schema == _WORK and name in kept):
+                con.execute(f"DROP {kind} {_q(schema)}.{_q(name)}")
+    con.execute(f"DELETE FROM {_READ}")
+    con.execute(f"DELETE FROM {_STALE}")
+    if _one(con, f"SELECT count(*) FROM {_SETTINGS} WHERE key = 'base'"):
+        con.execute(f"DELETE FROM {_SETTINGS} WHERE key = 'base'")
         con.execute(f"DETACH {_BASE}")
     _attach_base(con, path)
 
@@ -687,13 +709,13 @@ def _aligned(con: duckdb.DuckDBPyConnection, source: str, like: str, exclude: Se
 def _stale_in(con: duckdb.DuckDBPyConnection, table: str) -> str | None:
     """``IN (...)`` of the base's stale partition files of ``table`` (None if none): a constant list,
     so DuckDB checks it in the scan, against the zone maps of ``_file``."""
-    files = [row[0] for row in con.execute("SELECT file FROM _skyassets_stale WHERE tbl = ?", [table]).fetchall()]
+    files = [row[0] for row in con.execute(f"SELECT file FROM {_STALE} WHERE tbl = ?", [table]).fetchall()]
     return f"IN ({', '.join(_lit(f) for f in files)})" if files else None
 
 
 def _expose_over_base(con: duckdb.DuckDBPyConnection, table: str, names: set[str]) -> None:
     """``table`` as the base's rows from unchanged partition files plus the rows read since."""
-    raw, drop, stale = f"_raw_{table}", f"_drop_{table}", _stale_in(con, table)
+    raw, drop, stale = _raw(table), _drop(table), _stale_in(con, table)
     con.execute(
         f"CREATE OR REPLACE TABLE {drop} AS SELECT rowid AS rid FROM {_BASE}.{_INDEX}.rows_{table} "
         f"WHERE {f'_file {stale}' if stale else 'false'}"
@@ -723,27 +745,28 @@ def _expose_images_over_base(con: duckdb.DuckDBPyConnection, names: set[str]) ->
     search runs on hashes of the rows' image keys and paths; wide rows are fetched by rowid.
     """
     base_raw, stale = f"{_BASE}.{_INDEX}.raw_images", _stale_in(con, "images")
+    raw, drop, raw_quality, drop_quality = _raw("images"), _drop("images"), _raw("quality"), _drop("quality")
     narrow = [f"SELECT rowid AS rid, _hkey, _hpath, true AS published FROM {base_raw}"]
     changed = []
     if stale:
         narrow[0] += f" WHERE _file NOT {stale}"
         changed.append(f"SELECT _hkey, _hpath, _irow FROM {base_raw} WHERE _file {stale}")
-    fresh = "_raw_images" in names and _one(con, "SELECT count(*) FROM _raw_images")
+    fresh = raw in names and _one(con, f"SELECT count(*) FROM {raw}")
     if fresh:
-        narrow.append(f"SELECT rowid, {_HASHES}, false FROM _raw_images")
-        changed.append(f"SELECT {_HASHES}, NULL::BIGINT AS _irow FROM _raw_images")
+        narrow.append(f"SELECT rowid, {_HASHES}, false FROM {raw}")
+        changed.append(f"SELECT {_HASHES}, NULL::BIGINT AS _irow FROM {raw}")
     if "quality" in names and {"sha256", "hdu_index"} <= set(_columns(con, "quality")):
         quality = (
             "CASE WHEN sha256 IS NOT NULL THEN hash(sha256 || '#' || coalesce(CAST(hdu_index AS VARCHAR), '')) END"
             " AS _hkey, NULL::UBIGINT AS _hpath, NULL::BIGINT AS _irow"
         )
         measured = []
-        if "_raw_quality" in names:
-            changed.append(f"SELECT {quality} FROM _raw_quality")
-            measured.append("SELECT sha256 FROM _raw_quality")
-        if "_drop_quality" in names:
-            changed.append(f"SELECT {quality} FROM {_BASE}.quality WHERE rowid IN (SELECT rid FROM _drop_quality)")
-            measured.append(f"SELECT sha256 FROM {_BASE}.quality WHERE rowid IN (SELECT rid FROM _drop_quality)")
+        if raw_quality in names:
+            changed.append(f"SELECT {quality} FROM {raw_quality}")
+            measured.append(f"SELECT sha256 FROM {raw_quality}")
+        if drop_quality in names:
+            changed.append(f"SELECT {quality} FROM {_BASE}.quality WHERE rowid IN (SELECT rid FROM {drop_quality})")
+            measured.append(f"SELECT sha256 FROM {_BASE}.quality WHERE rowid IN (SELECT rid FROM {drop_quality})")
         # a compressed copy's quality row names its file's bytes, not its image: find its image's key
         if measured:
             changed.append(
@@ -751,61 +774,61 @@ def _expose_images_over_base(con: duckdb.DuckDBPyConnection, names: set[str]) ->
                 f"AND sha256 IN ({' UNION ALL '.join(measured)})"
             )
     if not changed:
-        con.execute(f"CREATE OR REPLACE TABLE _images_delta AS SELECT * FROM {_BASE}.images LIMIT 0")
+        con.execute(f"CREATE OR REPLACE TABLE {_DELTA} AS SELECT * FROM {_BASE}.images LIMIT 0")
         con.execute(f"CREATE OR REPLACE VIEW images AS SELECT * FROM {_BASE}.images")
         return
     every = " UNION ALL ".join(narrow)
-    con.execute(f"CREATE OR REPLACE TABLE _images_changed AS {' UNION ALL '.join(changed)}")
-    keys = "SELECT _hkey FROM _images_changed WHERE _hkey IS NOT NULL"
-    paths = "SELECT _hpath FROM _images_changed WHERE _hpath IS NOT NULL"
+    con.execute(f"CREATE OR REPLACE TABLE {_CHANGED} AS {' UNION ALL '.join(changed)}")
+    keys = f"SELECT _hkey FROM {_CHANGED} WHERE _hkey IS NOT NULL"
+    paths = f"SELECT _hpath FROM {_CHANGED} WHERE _hpath IS NOT NULL"
     # One scan finds the rows with a changed image or path. The images to redo are the changed ones and
     # those of rows on a changed path; a second scan fetches the rest of the latter's rows and a third
     # the rows on their other paths; both are needed only where bytes are listed under several paths.
     con.execute(
-        f"CREATE OR REPLACE TABLE _images_rows AS SELECT * FROM ({every}) "
+        f"CREATE OR REPLACE TABLE {_ROWS} AS SELECT * FROM ({every}) "
         f"WHERE _hkey IN ({keys}) OR _hpath IN ({paths})"
     )
     con.execute(
-        f"CREATE OR REPLACE TABLE _images_keys AS {keys} "
-        f"UNION SELECT _hkey FROM _images_rows WHERE _hpath IN ({paths})"
+        f"CREATE OR REPLACE TABLE {_KEYS} AS {keys} "
+        f"UNION SELECT _hkey FROM {_ROWS} WHERE _hpath IN ({paths})"
     )
-    more_keys = f"SELECT _hkey FROM _images_keys EXCEPT {keys}"
+    more_keys = f"SELECT _hkey FROM {_KEYS} EXCEPT {keys}"
     if _one(con, f"SELECT count(*) FROM ({more_keys})"):
-        con.execute(f"INSERT INTO _images_rows SELECT * FROM ({every}) WHERE _hkey IN ({more_keys})")
+        con.execute(f"INSERT INTO {_ROWS} SELECT * FROM ({every}) WHERE _hkey IN ({more_keys})")
     more_paths = (
-        "SELECT _hpath FROM _images_rows WHERE _hkey IN (SELECT _hkey FROM _images_keys) AND _hpath IS NOT NULL "
+        f"SELECT _hpath FROM {_ROWS} WHERE _hkey IN (SELECT _hkey FROM {_KEYS}) AND _hpath IS NOT NULL "
         f"EXCEPT {paths}"
     )
     if _one(con, f"SELECT count(*) FROM ({more_paths})"):
-        con.execute(f"INSERT INTO _images_rows SELECT * FROM ({every}) WHERE _hpath IN ({more_paths})")
-    if _one(con, "SELECT count(*) FROM _images_rows WHERE published"):
+        con.execute(f"INSERT INTO {_ROWS} SELECT * FROM ({every}) WHERE _hpath IN ({more_paths})")
+    if _one(con, f"SELECT count(*) FROM {_ROWS} WHERE published"):
         work = (
             f"SELECT * EXCLUDE (_hkey, _hpath, _irow) FROM {base_raw} "
-            "WHERE rowid IN (SELECT rid FROM _images_rows WHERE published)"
+            f"WHERE rowid IN (SELECT rid FROM {_ROWS} WHERE published)"
         )
         if fresh:
             work += (
-                f" UNION ALL BY NAME SELECT {_aligned(con, '_raw_images', base_raw)} FROM _raw_images"
-                " WHERE rowid IN (SELECT rid FROM _images_rows WHERE NOT published)"
+                f" UNION ALL BY NAME SELECT {_aligned(con, raw, base_raw)} FROM {raw}"
+                f" WHERE rowid IN (SELECT rid FROM {_ROWS} WHERE NOT published)"
             )
-        con.execute(f"CREATE OR REPLACE TABLE _images_work AS {work}")
-        con.execute(f"CREATE OR REPLACE TABLE _images_delta AS {_images_sql('_images_work', keys='_images_keys')}")
-        con.execute("DROP TABLE _images_work")
+        con.execute(f"CREATE OR REPLACE TABLE {_WORKING} AS {work}")
+        con.execute(f"CREATE OR REPLACE TABLE {_DELTA} AS {_images_sql(_WORKING, keys=_KEYS)}")
+        con.execute(f"DROP TABLE {_WORKING}")
     elif fresh:  # no published row is needed: the rows read since hold them all (more rows do no harm)
-        delta = f"({_images_sql('_raw_images', keys='_images_keys')})"
+        delta = f"({_images_sql(raw, keys=_KEYS)})"
         aligned = _aligned(con, delta, f"{_BASE}.images")
-        con.execute(f"CREATE OR REPLACE TABLE _images_delta AS SELECT {aligned} FROM {delta}")
+        con.execute(f"CREATE OR REPLACE TABLE {_DELTA} AS SELECT {aligned} FROM {delta}")
     else:
-        con.execute(f"CREATE OR REPLACE TABLE _images_delta AS SELECT * FROM {_BASE}.images LIMIT 0")
+        con.execute(f"CREATE OR REPLACE TABLE {_DELTA} AS SELECT * FROM {_BASE}.images LIMIT 0")
     con.execute(
-        f"""CREATE OR REPLACE TABLE _drop_images AS
-            SELECT _irow AS rid FROM _images_changed WHERE _irow IS NOT NULL
+        f"""CREATE OR REPLACE TABLE {drop} AS
+            SELECT _irow AS rid FROM {_CHANGED} WHERE _irow IS NOT NULL
             UNION SELECT _irow FROM {base_raw} WHERE _irow IS NOT NULL AND rowid IN (
-                SELECT rid FROM _images_rows WHERE published AND _hkey IN (SELECT _hkey FROM _images_keys))"""
+                SELECT rid FROM {_ROWS} WHERE published AND _hkey IN (SELECT _hkey FROM {_KEYS}))"""
     )
     con.execute(
         f"CREATE OR REPLACE VIEW images AS SELECT * FROM {_BASE}.images WHERE rowid NOT IN "
-        "(SELECT rid FROM _drop_images) UNION ALL BY NAME SELECT * FROM _images_delta"
+        f"(SELECT rid FROM {drop}) UNION ALL BY NAME SELECT * FROM {_DELTA}"
     )
 
 
@@ -829,14 +852,14 @@ def _stored_home(root: str, storage: str | None, endpoint: str | None) -> Home:
 def home_of(con: duckdb.DuckDBPyConnection) -> Home:
     """The home a connection from :func:`connect` reads (the default home for any other)."""
     try:
-        settings = dict(con.execute("SELECT key, value FROM _skyassets").fetchall())
+        settings = dict(con.execute(f"SELECT key, value FROM {_SETTINGS}").fetchall())
     except duckdb.Error:
         return Home.from_env()
     return _home_from(settings)
 
 
 def _home_from(settings: dict[str, str]) -> Home:
-    """The home a connection's ``_skyassets`` settings name."""
+    """The home a connection's ``skyassets._skyassets`` settings name."""
     return _stored_home(settings["home"], settings.get("storage"), settings.get("endpoint"))
 
 
@@ -892,17 +915,18 @@ def connect(
         con.execute("USE catalog")
         return con
     con = duckdb.connect(":memory:")
-    con.execute("CREATE TABLE _skyassets (key VARCHAR PRIMARY KEY, value VARCHAR)")
-    con.execute("INSERT INTO _skyassets VALUES ('home', ?), ('prefix', ?)", [str(root.root), home_prefix(root)])
+    con.execute(f"CREATE SCHEMA {_WORK}")
+    con.execute(f"CREATE TABLE {_SETTINGS} (key VARCHAR PRIMARY KEY, value VARCHAR)")
+    con.execute(f"INSERT INTO {_SETTINGS} VALUES ('home', ?), ('prefix', ?)", [str(root.root), home_prefix(root)])
     if tables is not None:
         wanted = set(tables) | ({"quality"} if "images" in tables else set())
         if unknown := sorted(wanted - set(SOURCES)):
             raise ValueError(f"no catalog tables {unknown}: the catalog has {sorted(SOURCES)}")
-        con.execute("INSERT INTO _skyassets VALUES ('tables', ?)", [",".join(t for t in SOURCES if t in wanted)])
+        con.execute(f"INSERT INTO {_SETTINGS} VALUES ('tables', ?)", [",".join(t for t in SOURCES if t in wanted)])
     if root.remote:
-        con.execute("INSERT INTO _skyassets VALUES ('storage', ?), ('endpoint', ?)", [root.storage, root.endpoint])
-    con.execute("CREATE TABLE _skyassets_files (tbl VARCHAR, file VARCHAR, mtime_ns BIGINT, size BIGINT, ino BIGINT)")
-    con.execute("CREATE TABLE _skyassets_stale (tbl VARCHAR, file VARCHAR)")
+        con.execute(f"INSERT INTO {_SETTINGS} VALUES ('storage', ?), ('endpoint', ?)", [root.storage, root.endpoint])
+    con.execute(f"CREATE TABLE {_READ} (tbl VARCHAR, file VARCHAR, mtime_ns BIGINT, size BIGINT, ino BIGINT)")
+    con.execute(f"CREATE TABLE {_STALE} (tbl VARCHAR, file VARCHAR)")
     _attach_base(con, _published(root))
     refresh(con)
     _install_macros(con)
@@ -917,14 +941,14 @@ def refresh(con: duckdb.DuckDBPyConnection) -> bool:
     the changes kept in memory stay those since the last publish.
     """
     try:
-        settings = dict(con.execute("SELECT key, value FROM _skyassets").fetchall())
+        settings = dict(con.execute(f"SELECT key, value FROM {_SETTINGS}").fetchall())
     except duckdb.CatalogException:
         return False
     root = _home_from(settings)
     published = _published(root)
     if _file_id(published) != settings.get("catalog"):
         _rebase(con, published)
-        settings = dict(con.execute("SELECT key, value FROM _skyassets").fetchall())
+        settings = dict(con.execute(f"SELECT key, value FROM {_SETTINGS}").fetchall())
     lake = LakeFiles(root)
     state, names = _state(con), _names_in(con)
     wanted = settings["tables"].split(",") if "tables" in settings else list(SOURCES)
@@ -949,7 +973,7 @@ def refresh(con: duckdb.DuckDBPyConnection) -> bool:
 def _fill_resolution(con: duckdb.DuckDBPyConnection) -> None:
     """``images.s_resolution`` (ObsCore: the PSF FWHM) from the FWHM that ``image_quality`` measured."""
     names = _names_in(con)
-    images = "_images_delta" if "_images_delta" in names else "images"  # over a base, only the rows redone
+    images = _DELTA if _DELTA in names else "images"  # over a base, only the rows redone
     if images in names and "quality" in names and "fwhm_arcsec" in _columns(con, "quality"):
         con.execute(
             f"UPDATE {images} SET s_resolution = q.fwhm_arcsec FROM quality AS q "
@@ -979,19 +1003,20 @@ def publish(
             if memory_limit is not None:
                 con.execute(f"SET memory_limit = {_lit(memory_limit)}")
             con.execute(f"CREATE SCHEMA {_INDEX}")
+            con.execute(f"CREATE SCHEMA {_WORK}")
             con.execute(
-                "CREATE TABLE _skyassets_files (tbl VARCHAR, file VARCHAR, mtime_ns BIGINT, size BIGINT, ino BIGINT)"
+                f"CREATE TABLE {_READ} (tbl VARCHAR, file VARCHAR, mtime_ns BIGINT, size BIGINT, ino BIGINT)"
             )
             lake = LakeFiles(root)
             for table in SOURCES:
                 _sync_table(con, lake, table, {}, set())
                 _expose(con, table, publish=True)
-                con.execute(f"DROP TABLE IF EXISTS _raw_{table}")
+                con.execute(f"DROP TABLE IF EXISTS {_raw(table)}")
             # the partition files this catalog was built from, for connect() to start from it
-            con.execute(f"CREATE TABLE {_INDEX}.partitions AS SELECT * FROM _skyassets_files")
+            con.execute(f"CREATE TABLE {_INDEX}.partitions AS SELECT * FROM {_READ}")
             con.execute(f"CREATE TABLE {_INDEX}.layout (key VARCHAR PRIMARY KEY, value VARCHAR)")
             con.execute(f"INSERT INTO {_INDEX}.layout VALUES ('prefix', ?)", [home_prefix(root)])
-            con.execute("DROP TABLE _skyassets_files")
+            con.execute(f"DROP SCHEMA {_WORK} CASCADE")
             _fill_resolution(con)
             _install_macros(con)
             con.execute("CHECKPOINT")

@@ -592,13 +592,36 @@ def test_refresh_starts_again_from_a_newer_published_catalog(tmp_path):
     catalog.publish(tmp_path)
     put(tmp_path, "image_metadata", image_rows(5, obs_id="obsB", seed=1), "obsB")
     assert catalog.refresh(con) is True
-    assert on_base(con) and con.sql("SELECT count(*) FROM _raw_images").fetchall() == [(5,)]  # obsB only
+    assert on_base(con) and con.sql("SELECT count(*) FROM skyassets._raw_images").fetchall() == [(5,)]  # obsB only
     catalog.publish(tmp_path)
     lake_file(tmp_path, "image_metadata", "obsA").unlink()
     assert catalog.refresh(con) is True
     assert ids(catalog.search(con)) == set(image_rows(5, obs_id="obsB", seed=1).sha256)
-    assert con.sql("SELECT count(*) FROM _raw_images").fetchall() == [(0,)]  # all in the newer catalog
+    assert con.sql("SELECT count(*) FROM skyassets._raw_images").fetchall() == [(0,)]  # all in the newer catalog
     pd.testing.assert_frame_equal(images_of(con), images_of(from_lake_alone(tmp_path)))
+
+
+def test_show_tables_lists_the_catalogs_tables_and_nothing_of_its_bookkeeping(tmp_path):
+    frame = image_rows(4)
+    put(tmp_path, "image_metadata", frame, "obs1")
+    quality = pd.DataFrame({"sha256": frame.sha256, "hdu_index": frame.hdu_index, "score": 50.0, "fwhm_arcsec": 0.3})
+    put(tmp_path, "image_quality", quality, "obs1")
+    shown = {"observations", "products", "files", "images", "quality"}
+
+    def tables(con: duckdb.DuckDBPyConnection) -> set[str]:
+        return {r[0] for r in con.sql("SHOW TABLES").fetchall()}
+
+    assert tables(catalog.connect(tmp_path)) == shown
+    catalog.publish(tmp_path)
+    assert tables(catalog.connect(tmp_path, published=True)) == shown
+    con = catalog.connect(tmp_path)
+    put(tmp_path, "image_metadata", image_rows(2, obs_id="obs2", seed=1), "obs2")  # read over the published rows
+    put(tmp_path, "image_quality", quality.iloc[:2], "obs1")
+    assert catalog.refresh(con) and on_base(con) and tables(con) == shown
+    pd.testing.assert_frame_equal(images_of(con), images_of(from_lake_alone(tmp_path)))
+    catalog.publish(tmp_path)  # a newer catalog: the connection starts again from it
+    assert catalog.refresh(con) and tables(con) == shown
+    assert catalog.search(con).df().shape[0] == 6
 
 
 def test_connect_to_some_tables_reads_no_other(tmp_path, monkeypatch):
