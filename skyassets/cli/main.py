@@ -20,6 +20,7 @@ from skyassets.lake.home import HOME_ENV, Home
 from skyassets.lake.lease import LockBusy
 
 if TYPE_CHECKING:
+    import pandas as pd
     from dagster import DagsterInstance
 
 # A new instance keeps its runs and events in this PostgreSQL database when the variable is set
@@ -196,14 +197,47 @@ def _query(home: Home, sql: str):
         raise CommandError(f"the query failed: {first}") from exc
 
 
+_NUMBERS = frozenset({"tinyint", "smallint", "integer", "bigint", "hugeint", "utinyint", "usmallint", "uinteger",
+                      "ubigint", "uhugeint", "float", "double", "decimal"})
+FETCH_ROWS = 10_000
+"""Rows of a query past ``--max-rows`` fetched at a time to count them (and then dropped)."""
+
+
+def _fetched(home: Home, sql: str, limit: int) -> tuple[pd.DataFrame, list[bool], int]:
+    """The first ``limit`` rows of a query (0: all) with DuckDB's own values (a HUGEINT whole, a
+    DATE without a time of day), whether each column holds numbers, and how many rows it gave.
+
+    Rows past the limit are counted a chunk at a time, never held: a query of millions of sources
+    shows its first rows in the memory they take."""
+    import duckdb
+    import pandas as pd
+
+    from skyassets.catalog.db import connect
+
+    try:
+        result = connect(home).execute(sql)
+        if result is None:  # only blanks, comments or semicolons: no statement to run
+            raise CommandError("the query is empty")
+        rows = result.fetchmany(limit) if limit else result.fetchall()
+        total = len(rows)
+        while limit and (more := result.fetchmany(FETCH_ROWS)):
+            total += len(more)
+    except duckdb.Error as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CommandError(f"the query failed: {first}") from exc
+    columns = [d[0] for d in result.description]
+    numeric = [getattr(d[1], "id", "") in _NUMBERS for d in result.description]
+    return pd.DataFrame(rows, columns=columns, dtype=object), numeric, total
+
+
 def _catalog(args: argparse.Namespace) -> int:
-    frame = _query(_catalogued_home(), args.sql)
-    if "header_json" not in args.sql.lower():  # a whole FITS header per row, shown only when asked for by name
-        frame = frame.drop(columns=[c for c in ("header_json",) if c in frame.columns])
-    shown = frame.head(args.max_rows) if args.max_rows else frame
-    write_frame(shown, args.format, sys.stdout)
-    if args.max_rows and len(frame) > args.max_rows:
-        print(f"({len(frame)} rows, {args.max_rows} shown; --max-rows 0 shows all)", file=sys.stderr)
+    frame, numeric, total = _fetched(_catalogued_home(), args.sql, args.max_rows)
+    if "header_json" not in args.sql.lower() and "header_json" in frame.columns:  # a whole FITS header per row,
+        numeric.pop(list(frame.columns).index("header_json"))                     # shown when asked for by name
+        frame = frame.drop(columns=["header_json"])
+    write_frame(frame, args.format, sys.stdout, numeric=numeric)
+    if args.max_rows and total > args.max_rows:
+        print(f"({total} rows, {args.max_rows} shown; --max-rows 0 shows all)", file=sys.stderr)
     return 0
 
 

@@ -11,7 +11,8 @@ import csv
 import datetime as dt
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from decimal import Decimal
 from typing import Any, TextIO
 
 import numpy as np
@@ -50,6 +51,8 @@ def plain(value: Any) -> Any:
         return value.isoformat()
     if isinstance(value, (dt.timedelta, pd.Timedelta)):
         return str(value)
+    if isinstance(value, Decimal):  # a DECIMAL: exact in a table or CSV, a number in JSON
+        return int(value) if value == value.to_integral_value() and value.is_finite() else float(value)
     if isinstance(value, (bytes, bytearray, memoryview)):
         return bytes(value).hex()
     if isinstance(value, (str, int, float, bool)):
@@ -59,6 +62,8 @@ def plain(value: Any) -> Any:
 
 def _cell(value: Any, null: str) -> str:
     """A cell as text: ``null`` for NULL, JSON for lists and structs."""
+    if isinstance(value, Decimal) and value.is_finite():
+        return format(value, "f")
     value = plain(value)
     if value is None:
         return null
@@ -67,8 +72,9 @@ def _cell(value: Any, null: str) -> str:
     return str(value)
 
 
-def write_frame(frame: pd.DataFrame, fmt: str, out: TextIO) -> None:
-    """Write ``frame`` as ``table``, ``csv`` or ``json`` (one object per line) to ``out``."""
+def write_frame(frame: pd.DataFrame, fmt: str, out: TextIO, *, numeric: Sequence[bool] | None = None) -> None:
+    """Write ``frame`` as ``table``, ``csv`` or ``json`` (one object per line) to ``out``; ``numeric``
+    says which columns a table aligns right (by default, those of a numeric dtype)."""
     columns = [str(c) for c in frame.columns]
     rows = frame.itertuples(index=False, name=None)
     if fmt == "csv":
@@ -84,7 +90,8 @@ def write_frame(frame: pd.DataFrame, fmt: str, out: TextIO) -> None:
         out.write("  ".join(columns) + "\n(0 rows)\n")
     else:
         cells = [[one_line(_cell(v, "NULL")) for v in row] for row in rows]
-        numeric = [pd.api.types.is_numeric_dtype(frame.iloc[:, i]) for i in range(len(columns))]
+        if numeric is None:
+            numeric = [pd.api.types.is_numeric_dtype(frame.iloc[:, i]) for i in range(len(columns))]
         widths = [max([len(c), *(len(row[i]) for row in cells)]) for i, c in enumerate(columns)]
         for row in [columns, *cells]:
             cells_out = (v.rjust(w) if n else v.ljust(w) for v, w, n in zip(row, widths, numeric, strict=True))

@@ -155,6 +155,29 @@ def test_catalog_formats_say_null_and_lists_the_same_way_and_keep_full_precision
     assert null == nan == "NULL" and float(t_min) == 59741.812345678901
 
 
+def test_catalog_prints_duckdbs_values_not_pandas_conversions(home, capsys):
+    sql = ("SELECT sum(hdu_index)::HUGEINT * 100000000000000000000 AS big, DATE '2022-07-12' AS day, "
+           "0.1234567890123456789 AS exact, INTERVAL 90 MINUTE AS took FROM images")
+    _, text, _ = _run(capsys, "catalog", sql, "--format", "csv")
+    row = next(csv.DictReader(io.StringIO(text)))
+    assert row["big"].endswith("00000000000000000000") and len(row["big"]) >= 21  # whole, not 1e+20
+    assert row["day"] == "2022-07-12" and row["exact"] == "0.1234567890123456789"
+    assert row["took"] == "1:30:00"
+    _, text, _ = _run(capsys, "catalog", sql, "--format", "json")
+    assert json.loads(text)["big"] == int(row["big"]) and json.loads(text)["day"] == "2022-07-12"
+    _, table, _ = _run(capsys, "catalog", sql)
+    assert table.splitlines()[1].split() == [row["big"], "2022-07-12", "0.1234567890123456789", "1:30:00"]
+
+
+def test_catalog_counts_the_rows_it_does_not_show(home, capsys, monkeypatch):
+    monkeypatch.setattr("skyassets.cli.main.FETCH_ROWS", 7)  # the rows past the limit, counted in several chunks
+    status, text, err = _run(capsys, "catalog", "SELECT range AS n FROM range(100)", "--max-rows", "3")
+    assert status == 0 and [int(n) for n in text.split()[1:]] == [0, 1, 2]
+    assert err.strip() == "(100 rows, 3 shown; --max-rows 0 shows all)"
+    _, text, err = _run(capsys, "catalog", "SELECT range AS n FROM range(100)", "--max-rows", "0")
+    assert len(text.splitlines()) == 101 and not err
+
+
 def test_an_unknown_target_lists_the_known_ones(home, capsys):
     for name in ("NGC-9999", "NGC 9999"):  # a name with a space is a target name too, not a bad id
         status, _, err = _run(capsys, "show", name)
