@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import itertools
 import os
 import shlex
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -199,13 +200,33 @@ def _query(home: Home, sql: str):
 
 _NUMBERS = frozenset({"tinyint", "smallint", "integer", "bigint", "hugeint", "utinyint", "usmallint", "uinteger",
                       "ubigint", "uhugeint", "float", "double", "decimal"})
+_AS_TEXT = frozenset({"date", "time", "time with time zone", "time_ns", "timestamp", "timestamp with time zone",
+                      "timestamp_s", "timestamp_ms", "timestamp_ns", "interval"})
+"""Types printed in DuckDB's own words: Python's would lose a TIMESTAMP_NS's nanoseconds, an
+INTERVAL's months, and turn an infinite date into a year 9999."""
 FETCH_ROWS = 10_000
-"""Rows of a query past ``--max-rows`` fetched at a time to count them (and then dropped)."""
+"""Rows a query's answer is streamed by: those past ``--max-rows`` are counted, then dropped."""
 
 
-def _fetched(home: Home, sql: str, limit: int) -> tuple[pd.DataFrame, list[bool], int]:
+def _unique(names: Sequence[str]) -> list[str]:
+    """Column names made distinct as DuckDB's own data frames make them: ``a``, ``a_1``, ``a_2``."""
+    taken: set[str] = set()
+    out = []
+    for name in names:
+        new, k = name, 0
+        while new in taken:
+            k += 1
+            new = f"{name}_{k}"
+        taken.add(new)
+        out.append(new)
+    return out
+
+
+def _fetched(home: Home, sql: str, limit: int, *, unless_named: Sequence[str] = ()
+             ) -> tuple[pd.DataFrame, list[bool], int]:
     """The first ``limit`` rows of a query (0: all) with DuckDB's own values (a HUGEINT whole, a
-    DATE without a time of day), whether each column holds numbers, and how many rows it gave.
+    DECIMAL exact, dates and times in DuckDB's words), whether each column holds numbers, and how
+    many rows it gave. Columns named in ``unless_named`` are left out unless the query names them.
 
     Rows past the limit are counted a chunk at a time, never held: a query of millions of sources
     shows its first rows in the memory they take."""
@@ -214,27 +235,33 @@ def _fetched(home: Home, sql: str, limit: int) -> tuple[pd.DataFrame, list[bool]
 
     from skyassets.catalog.db import connect
 
+    left_out = {c for c in unless_named if c not in sql.lower()}
     try:
-        result = connect(home).execute(sql)
-        if result is None:  # only blanks, comments or semicolons: no statement to run
+        relation = connect(home).sql(sql)
+        if relation is None:  # only blanks, comments or semicolons: no statement to run
             raise CommandError("the query is empty")
-        rows = result.fetchmany(limit) if limit else result.fetchall()
-        total = len(rows)
-        while limit and (more := result.fetchmany(FETCH_ROWS)):
-            total += len(more)
+        names, kinds = _unique(relation.columns), [t.id for t in relation.types]
+        kept = [i for i, name in enumerate(relation.columns) if name not in left_out]
+        rows: list[tuple] = []
+        if kept:
+            shown = relation.project(", ".join(
+                (f"CAST(#{i + 1} AS VARCHAR)" if kinds[i] in _AS_TEXT else f"#{i + 1}") + ' AS "'
+                + names[i].replace('"', '""') + '"' for i in kept))
+            stream = shown.iter_rows(batch_size=FETCH_ROWS)
+            rows = list(itertools.islice(stream, limit or None))
+            total = len(rows) + sum(1 for _ in stream)
+        else:
+            total = 0
     except duckdb.Error as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CommandError(f"the query failed: {first}") from exc
-    columns = [d[0] for d in result.description]
-    numeric = [getattr(d[1], "id", "") in _NUMBERS for d in result.description]
-    return pd.DataFrame(rows, columns=columns, dtype=object), numeric, total
+    frame = pd.DataFrame(rows, columns=[names[i] for i in kept], dtype=object)
+    return frame, [kinds[i] in _NUMBERS for i in kept], total
 
 
 def _catalog(args: argparse.Namespace) -> int:
-    frame, numeric, total = _fetched(_catalogued_home(), args.sql, args.max_rows)
-    if "header_json" not in args.sql.lower() and "header_json" in frame.columns:  # a whole FITS header per row,
-        numeric.pop(list(frame.columns).index("header_json"))                     # shown when asked for by name
-        frame = frame.drop(columns=["header_json"])
+    # a whole FITS header per row, shown only when asked for by name
+    frame, numeric, total = _fetched(_catalogued_home(), args.sql, args.max_rows, unless_named=["header_json"])
     write_frame(frame, args.format, sys.stdout, numeric=numeric)
     if args.max_rows and total > args.max_rows:
         print(f"({total} rows, {args.max_rows} shown; --max-rows 0 shows all)", file=sys.stderr)

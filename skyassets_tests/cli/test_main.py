@@ -157,16 +157,30 @@ def test_catalog_formats_say_null_and_lists_the_same_way_and_keep_full_precision
 
 def test_catalog_prints_duckdbs_values_not_pandas_conversions(home, capsys):
     sql = ("SELECT sum(hdu_index)::HUGEINT * 100000000000000000000 AS big, DATE '2022-07-12' AS day, "
-           "0.1234567890123456789 AS exact, INTERVAL 90 MINUTE AS took FROM images")
+           "0.1234567890123456789 AS exact, INTERVAL 90 MINUTE AS took, "
+           "'2022-07-12 10:00:00.123456789'::TIMESTAMP_NS AS ns, 'infinity'::DATE AS never FROM images")
     _, text, _ = _run(capsys, "catalog", sql, "--format", "csv")
     row = next(csv.DictReader(io.StringIO(text)))
     assert row["big"].endswith("00000000000000000000") and len(row["big"]) >= 21  # whole, not 1e+20
     assert row["day"] == "2022-07-12" and row["exact"] == "0.1234567890123456789"
-    assert row["took"] == "1:30:00"
+    assert row["took"] == "01:30:00" and row["ns"] == "2022-07-12 10:00:00.123456789" and row["never"] == "infinity"
     _, text, _ = _run(capsys, "catalog", sql, "--format", "json")
     assert json.loads(text)["big"] == int(row["big"]) and json.loads(text)["day"] == "2022-07-12"
     _, table, _ = _run(capsys, "catalog", sql)
-    assert table.splitlines()[1].split() == [row["big"], "2022-07-12", "0.1234567890123456789", "1:30:00"]
+    assert table.splitlines()[1].split() == [row["big"], "2022-07-12", "0.1234567890123456789", "01:30:00",
+                                             "2022-07-12", "10:00:00.123456789", "infinity"]
+
+
+def test_columns_of_the_same_name_are_all_printed(home, capsys):
+    sql = ("SELECT a.obs_id, a.path, b.path, a.header_json, b.header_json "
+           "FROM images AS a JOIN images AS b USING (obs_id)")
+    _, text, _ = _run(capsys, "catalog", sql + " LIMIT 1", "--format", "json")
+    row = json.loads(text)
+    assert row["path"] == row["path_1"] == "files/JWST/jw01234-o001/a, b.fits"
+    assert row["header_json"] == row["header_json_1"]
+    # a whole header is shown only when the query names it, however many times it comes
+    status, table, _ = _run(capsys, "catalog", "SELECT a.*, b.* FROM images AS a JOIN images AS b USING (obs_id)")
+    assert status == 0 and "header_json" not in table and "path_1" in table.splitlines()[0]
 
 
 def test_catalog_counts_the_rows_it_does_not_show(home, capsys, monkeypatch):
