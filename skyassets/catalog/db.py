@@ -90,25 +90,27 @@ _SPATIAL_ORDER = f"floor((s_dec + 90) / {ZONE_DEG}), s_ra, t_min"
 
 CATALOG_FILE = "catalog.duckdb"
 
-_WORK = "skyassets"
+_WORK = "_skyassets"
 """Schema of a connection's own bookkeeping (its settings, the partition files it read, the raw rows
-and work tables its views are built from): ``SHOW TABLES`` lists the catalog's tables only."""
-_SETTINGS, _READ, _STALE = f"{_WORK}._skyassets", f"{_WORK}._skyassets_files", f"{_WORK}._skyassets_stale"
+and work tables its views are built from): ``SHOW TABLES`` lists the catalog's tables only. Its name
+starts with ``_`` so that no database a notebook attaches (named after its file) shares it, which
+would make every name in it ambiguous."""
+_SETTINGS, _READ, _STALE = f"{_WORK}.settings", f"{_WORK}.files_read", f"{_WORK}.stale"
 """A connection's settings (its home, tables, base), the partition files it has read and the base's
 partition files the lake no longer holds as they were."""
 _CHANGED, _ROWS, _KEYS, _WORKING, _DELTA = (
-    f"{_WORK}._images_{name}" for name in ("changed", "rows", "keys", "work", "delta"))
+    f"{_WORK}.images_{name}" for name in ("changed", "rows", "keys", "work", "delta"))
 """The work tables of ``images`` over a base: see ``_expose_images_over_base``."""
 
 
 def _raw(table: str) -> str:
     """A table's rows as read from the lake, with the partition file and mtime of each."""
-    return f"{_WORK}._raw_{table}"
+    return f"{_WORK}.raw_{table}"
 
 
 def _drop(table: str) -> str:
     """The rowids of a published table's rows that the lake's changes hide."""
-    return f"{_WORK}._drop_{table}"
+    return f"{_WORK}.drop_{table}"
 
 
 class CatalogError(RuntimeError):
@@ -485,11 +487,11 @@ def _sync_table(
     base: Listing | None = None,
     stale: set[str] | None = None,
 ) -> bool:
-    """Bring ``skyassets._raw_<table>`` up to date with the lake; True if anything changed.
+    """Bring ``_skyassets.raw_<table>`` up to date with the lake; True if anything changed.
 
     With a ``base`` (the partition files a published catalog was built from), only the files that
     differ from the base are read, and the base's files that changed or went are kept in
-    ``skyassets._skyassets_stale`` (``stale`` is what it held before).
+    ``_skyassets.stale`` (``stale`` is what it held before).
     """
     raw = _raw(table)
     listing = lake.listing(SOURCES[table])
@@ -570,7 +572,7 @@ def _sync_table(
 
 
 def _expose(con: duckdb.DuckDBPyConnection, table: str, *, publish: bool) -> None:
-    """Make ``table`` from ``skyassets._raw_<table>``: images deduplicated; published tables materialised and sorted.
+    """Make ``table`` from ``_skyassets.raw_<table>``: images deduplicated; published tables materialised and sorted.
 
     Publishing also writes what a later ``connect`` needs to start from the published tables: the
     raw image rows with hashes of their image key and path and the rowid of their image in
@@ -666,11 +668,20 @@ def _attach_base(con: duckdb.DuckDBPyConnection, path: Path) -> bool:
         "('sha256', 'fits_sha256')",
         [_BASE, _INDEX],
     )
+    # published before a column its tables declare was added (landing's and products' path): a
+    # full read of the lake shows the column, so the base would hide it until the next publish
+    published: dict[str, set[str]] = {}
+    for table, column in con.execute(
+        "SELECT table_name, column_name FROM duckdb_columns() WHERE database_name = ? AND schema_name = 'main'",
+        [_BASE],
+    ).fetchall():
+        published.setdefault(table, set()).add(column)
+    older = any(not {c for c, _ in DECLARED[t]} <= columns for t, columns in published.items() if t in DECLARED)
     # published before catalogs recorded their layout (an older set of columns), or from the home's
     # files in another place (a folder since moved): its rows' full locations would be wrong
-    if not found or unkeyed or _one(con, f"SELECT value FROM {_BASE}.{_INDEX}.layout WHERE key = 'prefix'") != _one(
-        con, f"SELECT value FROM {_SETTINGS} WHERE key = 'prefix'"
-    ):
+    moved = found and _one(con, f"SELECT value FROM {_BASE}.{_INDEX}.layout WHERE key = 'prefix'") != _one(
+        con, f"SELECT value FROM {_SETTINGS} WHERE key = 'prefix'")
+    if not found or unkeyed or older or moved:
         con.execute(f"DETACH {_BASE}")
         return False
     con.execute(f"INSERT INTO {_SETTINGS} VALUES ('base', ?)", [str(path)])
@@ -679,7 +690,7 @@ def _attach_base(con: duckdb.DuckDBPyConnection, path: Path) -> bool:
 
 def _rebase(con: duckdb.DuckDBPyConnection, path: Path) -> None:
     """Start again from the catalog now published at ``path``: the snapshot built so far is dropped."""
-    kept = ("_skyassets", "_skyassets_files", "_skyassets_stale")
+    kept = {name.split(".")[1] for name in (_SETTINGS, _READ, _STALE)}
     for kind, column, listing in (("VIEW", "view_name", "duckdb_views()"), ("TABLE", "table_name", "duckdb_tables()")):
         for schema, name in con.execute(
             f"SELECT schema_name, {column} FROM {listing} WHERE database_name = current_database() AND NOT internal"
@@ -859,7 +870,7 @@ def home_of(con: duckdb.DuckDBPyConnection) -> Home:
 
 
 def _home_from(settings: dict[str, str]) -> Home:
-    """The home a connection's ``skyassets._skyassets`` settings name."""
+    """The home a connection's ``_skyassets.settings`` name."""
     return _stored_home(settings["home"], settings.get("storage"), settings.get("endpoint"))
 
 

@@ -592,12 +592,12 @@ def test_refresh_starts_again_from_a_newer_published_catalog(tmp_path):
     catalog.publish(tmp_path)
     put(tmp_path, "image_metadata", image_rows(5, obs_id="obsB", seed=1), "obsB")
     assert catalog.refresh(con) is True
-    assert on_base(con) and con.sql("SELECT count(*) FROM skyassets._raw_images").fetchall() == [(5,)]  # obsB only
+    assert on_base(con) and con.sql("SELECT count(*) FROM _skyassets.raw_images").fetchall() == [(5,)]  # obsB only
     catalog.publish(tmp_path)
     lake_file(tmp_path, "image_metadata", "obsA").unlink()
     assert catalog.refresh(con) is True
     assert ids(catalog.search(con)) == set(image_rows(5, obs_id="obsB", seed=1).sha256)
-    assert con.sql("SELECT count(*) FROM skyassets._raw_images").fetchall() == [(0,)]  # all in the newer catalog
+    assert con.sql("SELECT count(*) FROM _skyassets.raw_images").fetchall() == [(0,)]  # all in the newer catalog
     pd.testing.assert_frame_equal(images_of(con), images_of(from_lake_alone(tmp_path)))
 
 
@@ -622,6 +622,31 @@ def test_show_tables_lists_the_catalogs_tables_and_nothing_of_its_bookkeeping(tm
     catalog.publish(tmp_path)  # a newer catalog: the connection starts again from it
     assert catalog.refresh(con) and tables(con) == shown
     assert catalog.search(con).df().shape[0] == 6
+
+
+def test_a_database_a_notebook_attaches_does_not_hide_the_catalogs_own_tables(tmp_path):
+    put(tmp_path, "image_metadata", image_rows(3), "obs1")
+    con = catalog.connect(tmp_path)
+    duckdb.connect(str(tmp_path / "skyassets.duckdb")).close()
+    duckdb.connect(str(tmp_path / "_skyassets.duckdb")).close()
+    con.execute(f"ATTACH '{tmp_path / 'skyassets.duckdb'}'")  # named after its file: skyassets
+    put(tmp_path, "image_metadata", image_rows(2, obs_id="obs2", seed=1), "obs2")
+    assert len(catalog.search(con).df()) == 5
+
+
+def test_a_catalog_published_before_a_declared_column_is_not_started_from(tmp_path):
+    """A full read of the lake shows every column the schemas declare, even one its older files
+    lack: a catalog published before the column existed would hide it until the next publish."""
+    put(tmp_path, "mast_products", pd.DataFrame({"partition": ["jw01"], "productFilename": ["a_cal.fits"]}), "jw01")
+    catalog.publish(tmp_path)
+    assert on_base(con := catalog.connect(tmp_path)) and con.sql("SELECT path FROM products").fetchall() == [(None,)]
+    con.close()
+    with duckdb.connect(str(tmp_path / catalog.CATALOG_FILE)) as published:  # as an older version published it
+        published.execute("ALTER TABLE products DROP COLUMN path")
+        published.execute("ALTER TABLE products DROP COLUMN abs_path")
+    con = catalog.connect(tmp_path)
+    assert not on_base(con)
+    assert con.sql("SELECT file_name, path, abs_path FROM products").fetchall() == [("a_cal.fits", None, None)]
 
 
 def test_connect_to_some_tables_reads_no_other(tmp_path, monkeypatch):

@@ -81,7 +81,7 @@ def test_a_published_catalog_is_stored_and_started_from_on_another_machine(home,
     home.tables.write("fits_files", [{"partition": "b", "filename": "b.fits", "size": 7}], "b")  # after publishing
     con = connect(elsewhere)
     assert (elsewhere.root / "catalog.duckdb").is_file()  # the stored catalog, started from
-    assert con.execute("SELECT value FROM skyassets._skyassets WHERE key = 'base'").fetchone() is not None
+    assert con.execute("SELECT value FROM _skyassets.settings WHERE key = 'base'").fetchone() is not None
     assert con.execute("SELECT list(size ORDER BY size) FROM files").fetchone()[0] == [1, 7]
     # the files' full locations are the store's, the same on every machine
     assert con.execute("SELECT list(abs_path ORDER BY obs_id) FROM files").fetchone()[0] == [

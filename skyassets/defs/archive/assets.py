@@ -27,6 +27,7 @@ from skyassets.defs.resources import (
     WatchlistResource,
 )
 from skyassets.lake.home import Home
+from skyassets.lake.names import InvalidNameError
 from skyassets.lake.store import Lake
 from skyassets.lake.tables import table
 
@@ -172,6 +173,11 @@ def mast_products(
                     download_url=download_url, cloud=cloud, name=obs_id,
                 )
             gave_up = None
+            try:  # where each file goes: a collection that cannot name a folder fails its observation alone
+                frame["path"] = [home.home.stored_at(c, obs_id, f)
+                                 for c, f in zip(frame["obs_collection"], frame["productFilename"], strict=True)]
+            except InvalidNameError as err:
+                raise Failure(f"{obs_id}: a product's collection cannot name its folder ({err})") from err
         except (ArchiveError, Failure) as err:
             if isinstance(err, ArchiveError) and err.exhausted and gave_up is not None:  # the archive is down
                 raise Failure(f"{gave_up}; the archive kept failing (the next observation's list too), so the "
@@ -183,8 +189,6 @@ def mast_products(
         for message in refused:
             context.log.error(f"{obs_id}: product refused: {message}")
         frame.insert(0, "partition", obs_id)
-        frame["path"] = [home.home.stored_at(c, obs_id, f)
-                         for c, f in zip(frame["obs_collection"], frame["productFilename"], strict=True)]
         lake.write("mast_products", frame, partition=obs_id)
         frames.append(frame)
         context.log.info(f"{obs_id}: {len(frame)} products, {int(frame['size'].sum()) if len(frame) else 0} bytes")
