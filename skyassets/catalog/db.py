@@ -24,6 +24,7 @@ import functools
 import math
 import os
 import uuid
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -925,6 +926,9 @@ def connect(
         con.execute(f"ATTACH {_lit(str(path))} AS catalog (READ_ONLY)")
         con.execute("USE catalog")
         return con
+    if not root.remote and not root.root.is_dir():  # a mistyped SKYASSETS_HOME would look like an empty catalog
+        warnings.warn(f"{root.root} does not exist: the catalog is empty until a run writes there (is "
+                      "SKYASSETS_HOME, or the folder given to connect(), the home's?)", stacklevel=2)
     con = duckdb.connect(":memory:")
     con.execute(f"CREATE SCHEMA {_WORK}")
     con.execute(f"CREATE TABLE {_SETTINGS} (key VARCHAR PRIMARY KEY, value VARCHAR)")

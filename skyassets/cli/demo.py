@@ -67,7 +67,6 @@ def run_demo(home: Home, dagster_home: Path) -> int:
     instance = DagsterInstance.get()
     print(f"skyassets home: {home.root}")
     print(f"Dagster home:   {dagster_home}")
-    print("Starting a Dagster webserver for this command's runs ...", flush=True)
     with Launcher(dagster_home, instance) as launcher:
         return _demo(launcher, home, dagster_home)
 

@@ -158,7 +158,10 @@ def _group_alive(group: int) -> bool:
 
 
 class Launcher:
-    """A headless webserver for the duration of a ``with`` block, and the runs submitted through it."""
+    """A headless webserver for the duration of a ``with`` block, and the runs submitted through it.
+
+    The webserver starts when it is first needed (a run to submit), so a command that finds
+    nothing to run (an ingest of files taken before) does not wait for one to start."""
 
     def __init__(self, dagster_home: Path, instance: DagsterInstance, *, start_timeout: float = 180.0):
         self.dagster_home = dagster_home
@@ -171,6 +174,10 @@ class Launcher:
         self._stalled: tuple[float, dict[str, tuple[str, str]]] = (time.monotonic(), {})
 
     def __enter__(self) -> Launcher:
+        return self
+
+    def _start(self) -> None:
+        print("Starting a Dagster webserver for this command's runs ...", file=sys.stderr, flush=True)
         home = launching_home(self.dagster_home)
         self.port = _free_port()
         env = {**os.environ, "DAGSTER_HOME": str(home)}
@@ -185,7 +192,6 @@ class Launcher:
         except BaseException:
             self.__exit__(None, None, None)
             raise
-        return self
 
     def __exit__(self, *exc: object) -> None:
         if self._server is not None and self._server.poll() is None:
@@ -217,6 +223,8 @@ class Launcher:
             pass
 
     def _graphql(self, query: str, variables: dict | None = None) -> dict:
+        if self._server is None:
+            self._start()
         answer = requests.post(
             f"http://127.0.0.1:{self.port}/graphql", json={"query": query, "variables": variables or {}}, timeout=120
         )
@@ -363,6 +371,10 @@ class Launcher:
         their finished runs in submission order; ``on_finished`` hears of each as it ends. A run whose
         process died is run again from where it stopped, ``MAX_RERUNS`` times at most; its last run
         is the one returned."""
+        if not submissions:  # nothing to launch: no webserver to start for it
+            return []
+        if self._server is None:  # started here, so that a webserver that cannot start says why
+            self._start()
         waiting = list(enumerate(submissions))
         running: dict[str, int] = {}
         done: dict[int, DagsterRun] = {}

@@ -86,13 +86,13 @@ def _ingest(args: argparse.Namespace) -> int:
         bring_up_to_date,
         home_run_config,
         ingest,
+        latest_storage_id,
         text_progress,
         unusable_images,
         without_images,
     )
 
     instance = DagsterInstance.get()
-    print("Starting a Dagster webserver for this command's runs ...", file=sys.stderr, flush=True)
     with Launcher(dagster_home, instance) as launcher:
         try:
             report = ingest(args.paths, home, launcher, batch=args.batch, progress=text_progress,
@@ -137,7 +137,9 @@ def _ingest(args: argparse.Namespace) -> int:
             return 0 if report.ok else 1
         ready = home.tables.written("image_metadata", [*report.partitions, *report.left])
         run_config = home_run_config(home)
+        published_before = latest_storage_id(instance, "catalog")
         downstream = bring_up_to_date(launcher, home, ready, run_config)
+        republished = latest_storage_id(instance, "catalog") != published_before
     unusable = unusable_images(home, ready)
     for image, reason in list(unusable.items())[:20]:
         print(f"  not usable: {one_line(image)}: {one_line(reason)}", file=sys.stderr)
@@ -151,7 +153,7 @@ def _ingest(args: argparse.Namespace) -> int:
         failed = "the catalog could not be published" if downstream is None else f"{counted(downstream, 'runs')} failed"
         print(f"{failed}; see them in the Dagster UI (skyassets dev)", file=sys.stderr)
         return 1
-    print(f"catalog published: {home.url('catalog.duckdb')}")
+    print(f"catalog {'published' if republished else 'up to date'}: {home.url('catalog.duckdb')}")
     return 0 if report.ok and not unusable else 1
 
 
@@ -535,7 +537,7 @@ def main(argv: list[str] | None = None) -> int:
     ).set_defaults(func=_demo)
     ingest = commands.add_parser(
         "ingest", help="catalogue local FITS files or folders, then measure, group and publish as the daemon would; "
-        "exits 1 if any file was quarantined or failed, or an image is not usable",
+        "exits 1 if no FITS file was found, any file was refused, quarantined or failed, or an image is not usable",
     )
     ingest.add_argument("paths", nargs="+", help="FITS files or folders (searched recursively)")
     ingest.add_argument("--batch", type=_bounded(1, MAX_BATCH), default=MAX_BATCH,

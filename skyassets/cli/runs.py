@@ -502,7 +502,7 @@ def measure_quality(runner: Runner, home: Home, partitions: list[str], run_confi
             worst += rows[["obs_id", "file_name", "filter", "score", "flag"]].to_dict("records")
     if flags:
         print("  flags: " + ", ".join(f"{n} {flag}" for flag, n in flags.most_common()))
-    lowest = sorted(worst, key=lambda r: r["score"])[:3]
+    lowest = [r for r in sorted(worst, key=lambda r: r["score"]) if r["flag"] != "good"][:3]  # what needs a look
     for row in lowest:
         band = row["filter"] if isinstance(row["filter"], str) and row["filter"] else "no filter"
         print(f"  lowest: {row['file_name']} ({band}) score {row['score']:.0f} {row['flag']}")
@@ -576,7 +576,8 @@ def publish_sky(runner: Runner, home: Home, run_config: Mapping) -> tuple[int, i
         failures += not run.is_success
         published = latest_metadata(instance, "publish") if run.is_success else {}
         if published:
-            print(f"\nPublished {published['targets']} targets ({published['pyramids']} HiPS pyramids) "
+            print(f"\nPublished {counted(published['targets'], 'targets')} "
+                  f"({counted(published['pyramids'], 'HiPS pyramids')}) "
                   f"to {published['destination']}")
         else:
             print(f"\nPublishing the sky tiles failed (run {run.run_id}): {_why(instance, run.run_id)}")

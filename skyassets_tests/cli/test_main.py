@@ -425,6 +425,14 @@ def test_ingest_brings_the_whole_chain_up_to_date_and_says_what_failed(emu, tmp_
                              env=env, capture_output=True, text=True, timeout=600)
     assert refused.returncode == 1 and f"no FITS file taken from {notes}" in refused.stderr, refused.stderr
     assert "Published" not in refused.stdout and "catalog published" not in refused.stdout
+    # the same folder again: nothing to run, so no webserver is started, and the catalog is as it was
+    published = (home.root / "catalog.duckdb").stat().st_mtime_ns
+    again = subprocess.run([sys.executable, "-m", "skyassets.cli.main", "ingest", str(drop)],
+                           env=env, capture_output=True, text=True, timeout=600)
+    assert "6 of them unchanged since an earlier ingest" in again.stdout, again.stdout
+    assert "webserver" not in again.stderr, again.stderr
+    assert f"catalog up to date: {home.root / 'catalog.duckdb'}" in again.stdout, again.stdout
+    assert (home.root / "catalog.duckdb").stat().st_mtime_ns == published
 
 
 def test_output_cut_short_by_its_reader_ends_quietly(home):
@@ -440,6 +448,7 @@ def test_output_cut_short_by_its_reader_ends_quietly(home):
 def test_definitions_that_do_not_load_are_one_line_naming_the_cause(home, tmp_path, monkeypatch, capsys):
     drop = tmp_path / "drop"
     drop.mkdir()
+    fits.PrimaryHDU(np.zeros((8, 8), np.float32)).writeto(drop / "one.fits")  # a run to launch
     monkeypatch.setenv("SKYASSETS_AUTOMATION_INTERVAL", "soon")
     assert main(["ingest", str(drop)]) == 1
     (line,) = capsys.readouterr().err.strip().splitlines()[-1:]

@@ -187,6 +187,10 @@ def _partition_report(root: Home, mine: pd.DataFrame, measured: "list[Measuremen
     }
 
 
+def _images(n: int) -> str:
+    return f"{n} image" if n == 1 else f"{n} images"
+
+
 def _checks(scored: pd.DataFrame) -> Iterator[AssetCheckResult]:
     from skyassets.imaging.quality import physical_problems
 
@@ -196,7 +200,7 @@ def _checks(scored: pd.DataFrame) -> Iterator[AssetCheckResult]:
         asset_key="image_quality",
         passed=unusable.empty,
         severity=AssetCheckSeverity.WARN,
-        description=None if unusable.empty else f"{len(unusable)} images not usable: " + listed(
+        description=None if unusable.empty else f"{_images(len(unusable))} not usable: " + listed(
             [f"{r.file_name}: {r.problem}" for r in unusable.itertuples()]),
         metadata={"unusable": len(unusable), "images": len(scored)},
     )
@@ -206,7 +210,7 @@ def _checks(scored: pd.DataFrame) -> Iterator[AssetCheckResult]:
         asset_key="image_quality",
         passed=rejected.empty,
         severity=AssetCheckSeverity.WARN,
-        description=None if rejected.empty else f"{len(rejected)} images flagged reject: " + listed(
+        description=None if rejected.empty else f"{_images(len(rejected))} flagged reject: " + listed(
             [f"{r.file_name}: {r.flag_reason}" for r in rejected.itertuples()]),
         metadata={"rejected": len(rejected)},
     )
