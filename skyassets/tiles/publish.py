@@ -34,6 +34,8 @@ __all__ = [
     "publish_demo", "wtml",
 ]
 
+FOOTPRINTS = "footprints.json"
+"""Each published target's footprints, beside its pyramids: what marks a folder as a target's."""
 CONTENT_TYPES = {".fits": "application/fits", ".png": "image/png", ".json": "application/json",
                  ".wtml": "application/xml", "": "text/plain"}
 
@@ -50,6 +52,8 @@ class Destination(Protocol):
     def put(self, key: str, data: bytes, md5: str) -> None: ...
 
     def keys(self, prefix: str) -> list[str]: ...
+
+    def targets(self) -> set[str]: ...
 
     def delete(self, keys: list[str]) -> None: ...
 
@@ -99,6 +103,11 @@ class FolderDestination:
         return [p.relative_to(self.root).as_posix() for p in top.rglob("*")
                 if p.is_file() and not p.is_symlink() and not p.name.endswith(".part")]
 
+    def targets(self) -> set[str]:
+        """The targets published here: the folders holding a ``footprints.json`` (never through a link)."""
+        return {p.parent.name for p in self.root.glob(f"*/{FOOTPRINTS}")
+                if p.is_file() and not p.is_symlink() and not p.parent.is_symlink()}
+
     def delete(self, keys: list[str]) -> None:
         for key in keys:
             (self.root / _safe_key(key)).unlink(missing_ok=True)
@@ -147,6 +156,12 @@ class S3Destination:
         cut = len(self.prefix) + 1 if self.prefix else 0
         return [k[cut:] for k in self._listing() if k.startswith(start)]
 
+    def targets(self) -> set[str]:
+        cut = len(self.prefix) + 1 if self.prefix else 0
+        found = {key[cut:].split("/")[0] for key in self._listing()
+                 if key[cut:].count("/") == 1 and key.endswith(f"/{FOOTPRINTS}")}
+        return found - {"", ".", ".."}  # keys are anyone's to write: none that would leave the prefix
+
     def delete(self, keys: list[str]) -> None:
         names = [self._key(k) for k in keys]
         for start in range(0, len(names), 1000):  # the most one request may delete
@@ -166,7 +181,8 @@ class PublishReport:
     uploaded: int = 0
     skipped: int = 0  # already there with the same checksum
     bytes_uploaded: int = 0
-    removed: int = 0  # files of earlier pyramids of the published targets, deleted after the indexes
+    removed: int = 0  # files of earlier pyramids and of retired targets, deleted after the indexes
+    retired: list[str] = field(default_factory=list)  # targets taken out of the destination
     indexes: list[str] = field(default_factory=list)
 
 
@@ -202,6 +218,9 @@ def publish_collection(
     after_upload: Callable[[str], None] | None = None,
 ) -> PublishReport:
     """Publish the current pyramids of every tiled target (or of ``targets``) to ``destination``.
+
+    A target the destination holds that is no longer one of them (a target merged into another,
+    or retired: not tiled, or not in ``targets``) is taken out, once the indexes no longer name it.
 
     ``public_url`` is where readers will find the destination (written into the indexes); empty
     writes paths relative to the collection's root. ``after_upload(key)`` is called after each
@@ -248,7 +267,7 @@ def publish_collection(
                 records.append({**properties, "hips_service_url": f"{base}{target}/{pyramid['name']}",
                                 "skyassets_target": target, "skyassets_kind": pyramid["kind"]})
                 report.pyramids += 1
-            send(f"{target}/footprints.json", json.dumps(footprints(home, target)).encode())
+            send(f"{target}/{FOOTPRINTS}", json.dumps(footprints(home, target)).encode())
             report.targets.append(target)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)  # an interrupted publish sends nothing more
@@ -258,6 +277,10 @@ def publish_collection(
     # Only now that the indexes point at the new pyramids: what a re-tile left behind under each
     # published target (deeper orders, pyramids of products no longer made) goes.
     stale = [key for target in report.targets for key in destination.keys(target) if key not in sent]
+    kept = wanted if wanted is not None else {target for target, _, _ in collection}
+    retired = sorted(destination.targets() - kept - set(report.targets))
+    stale += [key for target in retired for key in destination.keys(target)]
+    report.retired = retired
     destination.delete(stale)
     report.removed = len(stale)
     return report

@@ -148,3 +148,41 @@ def test_a_republish_to_s3_removes_the_stale_objects(home):
         assert {f"pub/{TARGET}/{name}" for name in _files(home)} <= keys
     finally:
         server.close()
+
+
+def _retired_target(put) -> list[str]:
+    """A target published before, since merged into another, and a folder of no target's."""
+    retired = ["NGC628/mosaic_wfc3_f555w/properties", "NGC628/mosaic_wfc3_f555w/Norder3/Dir0/Npix1.fits",
+               "NGC628/footprints.json"]
+    for key in [*retired, "docs/footprints-howto.html"]:
+        put(key, b"old", hashlib.md5(b"old").hexdigest())
+    return retired
+
+
+def test_a_target_no_longer_in_the_collection_is_taken_out_after_the_indexes(home, tmp_path):
+    dest = FolderDestination(tmp_path / "site")
+    retired = _retired_target(dest.put)
+    report = publish_collection(home, dest)
+    assert report.retired == ["NGC628"] and report.removed == len(retired)
+    assert not (dest.root / "NGC628").exists()
+    assert (dest.root / "docs" / "footprints-howto.html").exists()  # no target's: left alone
+    _check_collection(lambda key: (dest.root / key).read_bytes(), home)
+    # a target left out of those to publish is retired too: the indexes no longer name it
+    report = publish_collection(home, dest, targets=[])
+    assert report.retired == [TARGET] and not (dest.root / TARGET).exists()
+    assert TARGET not in (dest.root / "hipslist").read_text()
+
+
+def test_a_retired_target_is_taken_out_of_s3(home):
+    server = S3Server()
+    try:
+        client = server.client()
+        client.create_bucket(Bucket="sky")
+        retired = _retired_target(S3Destination(client, "sky", "pub").put)
+        client.put_object(Bucket="sky", Key="pub/../footprints.json", Body=b"x")  # a key no folder can hold
+        report = publish_collection(home, S3Destination(client, "sky", "pub"))
+        keys = {o["Key"] for o in client.list_objects_v2(Bucket="sky").get("Contents", [])}
+        assert report.retired == ["NGC628"] and not {f"pub/{k}" for k in retired} & keys
+        assert "pub/docs/footprints-howto.html" in keys and f"pub/{TARGET}/footprints.json" in keys
+    finally:
+        server.close()

@@ -74,6 +74,6 @@ def publish(context: AssetExecutionContext, home: HomeResource, publish: Publish
     return MaterializeResult(metadata={
         "destination": report.destination, "targets": len(report.targets), "pyramids": report.pyramids,
         "uploaded": report.uploaded, "already_there": report.skipped, "bytes_uploaded": report.bytes_uploaded,
-        "removed": report.removed,
+        "removed": report.removed, "retired": MetadataValue.json(report.retired),
         "indexes": ", ".join(report.indexes),
     })
