@@ -64,7 +64,7 @@ def _present(
     """The sources whose file is in the home (on a store home, fetched into the working copy), and
     the others with why, so an export either has every file it copies or never starts copying."""
     status = ({p: s for p, s in zip(selection["path"], selection["status"], strict=True)}
-              if "status" in selection.columns else {})
+              if "status" in selection.columns else _manifest_status(home, [p for p, s in sources if not s.is_file()]))
     present, missing = [], {}
     for path, source in sources:
         if home.remote and not source.is_file():
@@ -77,9 +77,24 @@ def _present(
             present.append((path, source))
         elif status.get(path) == "quarantined":
             missing[path] = "quarantined when it was catalogued (see the home's quarantine folder)"
+        elif status.get(path) in (_NEVER, "failed"):  # a landing or products row whose file never arrived
+            missing[path] = "never stored in the home (not fetched or copied yet, or refused)"
         else:
             missing.setdefault(path, "no longer in the home (removed since it was catalogued)")
     return present, missing
+
+
+_NEVER = "never stored"
+
+
+def _manifest_status(home: Home, paths: list[str]) -> dict[str, str]:
+    """The ``fits_files`` status of each of ``paths`` (``files/<collection>/<obs_id>/<name>``) its
+    observation's manifest lists, and ``_NEVER`` for those a manifest of their observation leaves out."""
+    keyed = {p: parts[2] for p, parts in ((p, p.split("/")) for p in paths) if len(parts) == 4 and parts[0] == "files"}
+    manifests = home.tables.read_partitions("fits_files", sorted(set(keyed.values())), columns=["path", "status"])
+    listed = {p: s for table in manifests.values()
+              for p, s in zip(table.column("path").to_pylist(), table.column("status").to_pylist(), strict=True)}
+    return {p: listed.get(p, _NEVER) for p, key in keyed.items() if key in manifests}
 
 
 def _check_dest(dest: Path, home: Home, *, as_zip: bool, force: bool) -> None:

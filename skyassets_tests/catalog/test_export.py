@@ -189,6 +189,23 @@ def test_selected_files_no_longer_in_the_home_are_left_out_with_the_reason(tmp_p
     assert not (tmp_path / "none").exists()
 
 
+def test_a_landed_or_listed_file_that_never_arrived_is_said_so(tmp_path):
+    """``landing`` and ``products`` rows name where a file goes before it arrives: one its
+    observation's manifest does not list was never stored, one it lists as quarantined was refused."""
+    home, selection = _home_with_two_files(tmp_path)
+    home.tables.write("fits_files", pd.DataFrame({
+        "partition": ["c", "c"], "path": ["files/local/c/bad.fits", "files/local/c/gone.fits"],
+        "status": ["quarantined", "downloaded"]}), partition="c")
+    rows = pd.DataFrame({"path": ["files/local/c/bad.fits", "files/local/c/gone.fits", "files/local/c/late.fits"]})
+    done = export_files(pd.concat([selection, rows], ignore_index=True), home, tmp_path / "out",
+                        "SELECT * FROM landing")
+    assert done.files == 2 and done.left_out == {
+        "files/local/c/bad.fits": "quarantined when it was catalogued (see the home's quarantine folder)",
+        "files/local/c/gone.fits": "no longer in the home (removed since it was catalogued)",
+        "files/local/c/late.fits": "never stored in the home (not fetched or copied yet, or refused)",
+    }
+
+
 def test_an_export_that_stops_part_way_leaves_none_of_its_files(tmp_path):
     home, selection = _home_with_two_files(tmp_path)
     first = export_files(selection, home, tmp_path / "out", "SELECT * FROM images")
