@@ -513,15 +513,20 @@ def measure_quality(runner: Runner, home: Home, partitions: list[str], run_confi
 
 def unusable_images(home: Home, partitions: Sequence[str]) -> dict[str, str]:
     """``file[hdu] -> reason`` of each image of the partitions that quality found no step can use
-    (catalogued, left out of targets and products)."""
+    (catalogued, left out of targets and products). A landed file is named where it was landed,
+    as the rest of an ingest's report names it; an archive file by its observation and name."""
     found: dict[str, str] = {}
+    landed = {key: dict(zip(t.column("filename").to_pylist(), t.column("location").to_pylist(), strict=True))
+              for key, t in home.tables.read_partitions("landing", list(partitions),
+                                                        columns=["filename", "location"]).items()}
     for partition in partitions:
         if not home.tables.exists("image_quality", partition):
             continue
         rows = home.tables.read("image_quality", partition, columns=["file_name", "hdu_index", "usable", "problem"])
         for row in rows[~rows["usable"].astype(bool)].itertuples(index=False):
             image = f"{row.file_name}[{row.hdu_index}]"
-            found[f"{partition}/{image}"] = str(row.problem or "not usable").removeprefix(f"{image}: ")
+            where = landed.get(partition, {}).get(row.file_name) or f"{partition}/{row.file_name}"
+            found[f"{where}[{row.hdu_index}]"] = str(row.problem or "not usable").removeprefix(f"{image}: ")
     return found
 
 
