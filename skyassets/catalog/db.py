@@ -42,7 +42,7 @@ from skyassets.lake.schemas import home_relative_columns
 from skyassets.lake.tables import TABLES
 
 # catalog table -> lake table (a folder of partitions, or a single file), as the lake declares them
-SOURCES: dict[str, str] = {t.catalog: t.name for t in TABLES.values()}
+SOURCES: dict[str, str] = {t.catalog: t.name for t in TABLES.values() if t.catalogued}
 
 RENAMED: dict[str, dict[str, str]] = {
     "files": {"partition": "obs_id", "filename": "file_name"},

@@ -43,6 +43,7 @@ class Table:
 
     ``shown_empty``: the catalog has the table, with its columns, before any file exists, so that
     notebooks and helpers over it work on a new home; the others appear once written.
+    ``catalogued``: the catalog has the table at all (the landing zone's own index is not for users).
     """
 
     name: str
@@ -50,6 +51,7 @@ class Table:
     partitioning: Partitioning
     schema: pa.Schema
     shown_empty: bool = False
+    catalogued: bool = True
 
     @property
     def partitioned(self) -> bool:
@@ -62,7 +64,7 @@ TABLES: dict[str, Table] = {
         Table("mast_observations", "observations", Partitioning.NONE, MAST_OBSERVATIONS_SCHEMA, shown_empty=True),
         Table("mast_products", "products", Partitioning.OBSERVATION, MAST_PRODUCTS_SCHEMA, shown_empty=True),
         Table("landing", "landing", Partitioning.OBSERVATION, LANDING_SCHEMA),
-        Table("landing_index", "landing_index", Partitioning.NONE, LANDING_INDEX_SCHEMA),
+        Table("landing_index", "landing_index", Partitioning.NONE, LANDING_INDEX_SCHEMA, catalogued=False),
         Table("fits_files", "files", Partitioning.OBSERVATION, FITS_FILES_SCHEMA, shown_empty=True),
         Table("image_metadata", "images", Partitioning.OBSERVATION, IMAGE_SCHEMA, shown_empty=True),
         Table("image_quality", "quality", Partitioning.OBSERVATION, QUALITY_SCHEMA),

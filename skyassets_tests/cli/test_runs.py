@@ -407,7 +407,10 @@ def test_every_table_that_names_a_file_gives_where_its_copy_is(emu, tmp_path):
     for table in ("landing", "images", "quality", "sources"):
         named = con.execute(f"SELECT DISTINCT obs_id || '/' || file_name, abs_path FROM {table}").fetchall()
         assert dict(named) == stored, table
-    assert con.execute("SELECT count(*) FROM sources").fetchone()[0] > 2
+    assert con.sql("SELECT count(*) FROM sources").fetchall()[0][0] > 2
+    assert home.tables.exists("landing_index")  # the landing zone's own: no table of the catalog
+    assert {r[0] for r in con.sql("SHOW TABLES").fetchall()} == {
+        "observations", "products", "landing", "files", "images", "quality", "sources"}
 
 
 def test_progress_to_a_log_file_or_a_pipe_is_a_line_per_step(capsys):

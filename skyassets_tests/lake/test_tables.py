@@ -96,7 +96,7 @@ def test_the_catalog_reads_partitions_that_differ_in_their_nulls(tmp_path):
     assert columns["s3_key"] == "VARCHAR" and columns["calib_level"] == "SMALLINT" and columns["size"] == "BIGINT"
     assert con.execute("SELECT count(*), count(s3_key), sum(size) FROM products").fetchone() == (4, 1, 100)
     for spec in TABLES.values():
-        if spec.name not in ("mast_products", "image_metadata"):  # images: one row per distinct image
+        if spec.catalogued and spec.name not in ("mast_products", "image_metadata"):  # images: one per image
             expected = 3 if spec.partitioned else 2
             assert con.execute(f'SELECT count(*) FROM "{spec.catalog}"').fetchone()[0] == expected, spec.name
 
@@ -269,7 +269,7 @@ def test_the_declarations_match_the_code_that_makes_the_rows():
     assert table("target_images").schema.names == INPUT_COLUMNS
     assert table("recipes").schema.names == [*RECIPE_COLUMNS, "made", "note", "target"]
     assert partitioned_by(Partitioning.TARGET) == ("target_images", "mosaics", "composites", "recipes")
-    assert catalog.SOURCES == {t.catalog: t.name for t in TABLES.values()}
+    assert catalog.SOURCES == {t.catalog: t.name for t in TABLES.values() if t.name != "landing_index"}
     assert set(catalog.DECLARED) == {"observations", "products", "files", "images"}
     for spec in TABLES.values():
         assert all(f.metadata and b"description" in f.metadata for f in spec.schema), spec.name
