@@ -34,8 +34,9 @@ __all__ = [
     "publish_demo", "wtml",
 ]
 
-FOOTPRINTS = "footprints.json"
-"""Each published target's footprints, beside its pyramids: what marks a folder as a target's."""
+PUBLISHED = "skyassets-targets.json"
+"""The targets a publish left at the destination, written after the indexes: the next publish takes
+out those no longer in the collection, and nothing else (a folder of anyone else's is never touched)."""
 CONTENT_TYPES = {".fits": "application/fits", ".png": "image/png", ".json": "application/json",
                  ".wtml": "application/xml", "": "text/plain"}
 
@@ -53,7 +54,7 @@ class Destination(Protocol):
 
     def keys(self, prefix: str) -> list[str]: ...
 
-    def targets(self) -> set[str]: ...
+    def read(self, key: str) -> bytes | None: ...
 
     def delete(self, keys: list[str]) -> None: ...
 
@@ -103,10 +104,12 @@ class FolderDestination:
         return [p.relative_to(self.root).as_posix() for p in top.rglob("*")
                 if p.is_file() and not p.is_symlink() and not p.name.endswith(".part")]
 
-    def targets(self) -> set[str]:
-        """The targets published here: the folders holding a ``footprints.json`` (never through a link)."""
-        return {p.parent.name for p in self.root.glob(f"*/{FOOTPRINTS}")
-                if p.is_file() and not p.is_symlink() and not p.parent.is_symlink()}
+    def read(self, key: str) -> bytes | None:
+        path = self.root / _safe_key(key)
+        try:
+            return None if path.is_symlink() else path.read_bytes()
+        except OSError:
+            return None
 
     def delete(self, keys: list[str]) -> None:
         for key in keys:
@@ -152,15 +155,20 @@ class S3Destination:
             raise PublishError(f"s3://{self.bucket}/{name}: stored with ETag {answer.get('ETag')}, sent MD5 {md5}")
 
     def keys(self, prefix: str) -> list[str]:
+        """The keys under ``prefix`` that name a file (not a folder marker such as ``a/``, nor a key
+        with an empty or dot part, which no file of a pyramid has)."""
         start = self._key(prefix) + "/"
         cut = len(self.prefix) + 1 if self.prefix else 0
-        return [k[cut:] for k in self._listing() if k.startswith(start)]
+        return [k[cut:] for k in self._listing()
+                if k.startswith(start) and not {"", ".", ".."} & set(k[cut:].split("/"))]
 
-    def targets(self) -> set[str]:
-        cut = len(self.prefix) + 1 if self.prefix else 0
-        found = {key[cut:].split("/")[0] for key in self._listing()
-                 if key[cut:].count("/") == 1 and key.endswith(f"/{FOOTPRINTS}")}
-        return found - {"", ".", ".."}  # keys are anyone's to write: none that would leave the prefix
+    def read(self, key: str) -> bytes | None:
+        if self._key(key) not in self._listing():
+            return None
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+        except self.client.exceptions.NoSuchKey:  # deleted since the listing
+            return None
 
     def delete(self, keys: list[str]) -> None:
         names = [self._key(k) for k in keys]
@@ -219,8 +227,9 @@ def publish_collection(
 ) -> PublishReport:
     """Publish the current pyramids of every tiled target (or of ``targets``) to ``destination``.
 
-    A target the destination holds that is no longer one of them (a target merged into another,
-    or retired: not tiled, or not in ``targets``) is taken out, once the indexes no longer name it.
+    A target an earlier publish left at the destination (listed in its ``PUBLISHED`` record) that
+    is no longer tiled, or not in ``targets`` when given (merged into another, retired), is taken
+    out once the indexes no longer name it.
 
     ``public_url`` is where readers will find the destination (written into the indexes); empty
     writes paths relative to the collection's root. ``after_upload(key)`` is called after each
@@ -267,7 +276,7 @@ def publish_collection(
                 records.append({**properties, "hips_service_url": f"{base}{target}/{pyramid['name']}",
                                 "skyassets_target": target, "skyassets_kind": pyramid["kind"]})
                 report.pyramids += 1
-            send(f"{target}/{FOOTPRINTS}", json.dumps(footprints(home, target)).encode())
+            send(f"{target}/footprints.json", json.dumps(footprints(home, target)).encode())
             report.targets.append(target)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)  # an interrupted publish sends nothing more
@@ -277,13 +286,24 @@ def publish_collection(
     # Only now that the indexes point at the new pyramids: what a re-tile left behind under each
     # published target (deeper orders, pyramids of products no longer made) goes.
     stale = [key for target in report.targets for key in destination.keys(target) if key not in sent]
-    kept = wanted if wanted is not None else {target for target, _, _ in collection}
-    retired = sorted(destination.targets() - kept - set(report.targets))
-    stale += [key for target in retired for key in destination.keys(target)]
-    report.retired = retired
+    kept = {target for target, _, _ in collection}
+    before = _published_before(destination)
+    report.retired = sorted(before - kept - set(report.targets))
+    stale += [key for target in report.retired for key in destination.keys(target)]
     destination.delete(stale)
     report.removed = len(stale)
+    send(PUBLISHED, json.dumps(sorted(set(report.targets))).encode())
     return report
+
+
+def _published_before(destination: Destination) -> set[str]:
+    """The targets the last publish recorded at ``destination``; none when it holds no record (one
+    published before the record existed keeps its folders: nothing unrecorded is deleted)."""
+    try:
+        recorded = json.loads(destination.read(PUBLISHED) or b"[]")
+    except ValueError:
+        return set()
+    return {t for t in recorded if isinstance(t, str) and t not in ("", ".", "..") and "/" not in t}
 
 
 def hipslist(records: list[dict]) -> str:

@@ -2,6 +2,7 @@
 verified, indexes last; an interrupted publish resumes without sending verified files again."""
 
 import hashlib
+import json
 from xml.etree import ElementTree
 
 import pytest
@@ -9,7 +10,7 @@ import pytest
 from skyassets.emulator.s3 import S3Server
 from skyassets.lake.home import Home
 from skyassets.tiles.products import tile_target, tiles_root
-from skyassets.tiles.publish import FolderDestination, S3Destination, publish_collection, publish_demo
+from skyassets.tiles.publish import PUBLISHED, FolderDestination, S3Destination, publish_collection, publish_demo
 from skyassets_tests.tiles.test_products import TARGET, make_products
 
 
@@ -64,7 +65,7 @@ def test_publish_to_a_folder_resumes_and_writes_indexes_last(home, tmp_path):
     assert not (dest.root / "hipslist").exists() and not (dest.root / "index.wtml").exists()
     assert not list(dest.root.rglob("*.part"))
     resumed = publish_collection(home, dest, threads=4)
-    total = len(_files(home)) + 3  # and footprints.json, hipslist, index.wtml
+    total = len(_files(home)) + 4  # and footprints.json, hipslist, index.wtml, the record of targets
     assert len(sent) < total / 2
     assert resumed.skipped == len(sent) and resumed.uploaded == total - len(sent)
     _check_collection(lambda key: (dest.root / key).read_bytes(), home)
@@ -84,7 +85,7 @@ def test_publish_to_s3_verifies_each_upload_and_resumes(home):
         keys = {o["Key"] for o in client.list_objects_v2(Bucket="sky").get("Contents", [])}
         assert len(keys) == len(sent) and "pub/v1/hipslist" not in keys
         resumed = publish_collection(home, S3Destination(client, "sky", "pub/v1"), public_url="https://example.org/sky")
-        assert resumed.skipped == len(sent) and resumed.uploaded == len(_files(home)) + 3 - len(sent)
+        assert resumed.skipped == len(sent) and resumed.uploaded == len(_files(home)) + 4 - len(sent)
 
         def read(key):
             return client.get_object(Bucket="sky", Key=f"pub/v1/{key}")["Body"].read()
@@ -151,11 +152,14 @@ def test_a_republish_to_s3_removes_the_stale_objects(home):
 
 
 def _retired_target(put) -> list[str]:
-    """A target published before, since merged into another, and a folder of no target's."""
+    """A target an earlier publish recorded, since merged into another, beside folders of no
+    target's: one holding its own ``footprints.json`` (a common name for GeoJSON) is never touched."""
     retired = ["NGC628/mosaic_wfc3_f555w/properties", "NGC628/mosaic_wfc3_f555w/Norder3/Dir0/Npix1.fits",
                "NGC628/footprints.json"]
-    for key in [*retired, "docs/footprints-howto.html"]:
+    for key in [*retired, "docs/howto.html", "maps/footprints.json", "maps/index.html"]:
         put(key, b"old", hashlib.md5(b"old").hexdigest())
+    record = json.dumps(["NGC628", TARGET]).encode()
+    put(PUBLISHED, record, hashlib.md5(record).hexdigest())
     return retired
 
 
@@ -165,12 +169,13 @@ def test_a_target_no_longer_in_the_collection_is_taken_out_after_the_indexes(hom
     report = publish_collection(home, dest)
     assert report.retired == ["NGC628"] and report.removed == len(retired)
     assert not (dest.root / "NGC628").exists()
-    assert (dest.root / "docs" / "footprints-howto.html").exists()  # no target's: left alone
+    assert (dest.root / "docs" / "howto.html").exists() and (dest.root / "maps" / "footprints.json").exists()
+    assert json.loads((dest.root / PUBLISHED).read_text()) == [TARGET]
     _check_collection(lambda key: (dest.root / key).read_bytes(), home)
     # a target left out of those to publish is retired too: the indexes no longer name it
     report = publish_collection(home, dest, targets=[])
     assert report.retired == [TARGET] and not (dest.root / TARGET).exists()
-    assert TARGET not in (dest.root / "hipslist").read_text()
+    assert TARGET not in (dest.root / "hipslist").read_text() and (dest.root / "maps" / "index.html").exists()
 
 
 def test_a_retired_target_is_taken_out_of_s3(home):
@@ -179,10 +184,10 @@ def test_a_retired_target_is_taken_out_of_s3(home):
         client = server.client()
         client.create_bucket(Bucket="sky")
         retired = _retired_target(S3Destination(client, "sky", "pub").put)
-        client.put_object(Bucket="sky", Key="pub/../footprints.json", Body=b"x")  # a key no folder can hold
+        client.put_object(Bucket="sky", Key="pub/NGC628/", Body=b"")  # a folder marker, as consoles make
         report = publish_collection(home, S3Destination(client, "sky", "pub"))
         keys = {o["Key"] for o in client.list_objects_v2(Bucket="sky").get("Contents", [])}
         assert report.retired == ["NGC628"] and not {f"pub/{k}" for k in retired} & keys
-        assert "pub/docs/footprints-howto.html" in keys and f"pub/{TARGET}/footprints.json" in keys
+        assert {"pub/docs/howto.html", "pub/maps/footprints.json", f"pub/{TARGET}/footprints.json"} <= keys
     finally:
         server.close()
