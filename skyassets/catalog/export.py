@@ -23,6 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from skyassets.lake.home import Home, StorageError
+from skyassets.lake.names import InvalidNameError, validate_obs_id
 from skyassets.lake.schemas import home_relative_columns
 from skyassets.lake.tables import TABLES
 
@@ -63,24 +64,27 @@ def _present(
 ) -> tuple[list[tuple[str, Path]], dict[str, str]]:
     """The sources whose file is in the home (on a store home, fetched into the working copy), and
     the others with why, so an export either has every file it copies or never starts copying."""
-    status = ({p: s for p, s in zip(selection["path"], selection["status"], strict=True)}
-              if "status" in selection.columns else _manifest_status(home, [p for p, s in sources if not s.is_file()]))
-    present, missing = [], {}
+    present, absent, unfetched = [], [], {}
     for path, source in sources:
         if home.remote and not source.is_file():
             try:
                 home.local(path, expected.get(path))
             except (StorageError, ValueError) as exc:
-                missing[path] = f"not in the store ({exc})"
-                continue
+                unfetched[path] = f"not in the store ({exc})"
         if source.is_file():
             present.append((path, source))
-        elif status.get(path) == "quarantined":
+        else:
+            absent.append(path)
+    status = ({p: s for p, s in zip(selection["path"], selection["status"], strict=True)}
+              if "status" in selection.columns else _manifest_status(home, absent))
+    missing = {}
+    for path in absent:
+        if status.get(path) == "quarantined":
             missing[path] = "quarantined when it was catalogued (see the home's quarantine folder)"
         elif status.get(path) in (_NEVER, "failed"):  # a landing or products row whose file never arrived
             missing[path] = "never stored in the home (not fetched or copied yet, or refused)"
         else:
-            missing.setdefault(path, "no longer in the home (removed since it was catalogued)")
+            missing[path] = unfetched.get(path, "no longer in the home (removed since it was catalogued)")
     return present, missing
 
 
@@ -89,12 +93,20 @@ _NEVER = "never stored"
 
 def _manifest_status(home: Home, paths: list[str]) -> dict[str, str]:
     """The ``fits_files`` status of each of ``paths`` (``files/<collection>/<obs_id>/<name>``) its
-    observation's manifest lists, and ``_NEVER`` for those a manifest of their observation leaves out."""
-    keyed = {p: parts[2] for p, parts in ((p, p.split("/")) for p in paths) if len(parts) == 4 and parts[0] == "files"}
+    observation's manifest lists, and ``_NEVER`` for those it leaves out or whose observation has
+    no manifest (a file listed or landed, never fetched). Other paths have no status."""
+    keyed = {}
+    for path in paths:
+        parts = path.split("/")
+        if len(parts) == 4 and parts[0] == "files":
+            try:
+                keyed[path] = validate_obs_id(parts[2])
+            except InvalidNameError:  # no observation's folder: nothing to say of it
+                continue
     manifests = home.tables.read_partitions("fits_files", sorted(set(keyed.values())), columns=["path", "status"])
     listed = {p: s for table in manifests.values()
               for p, s in zip(table.column("path").to_pylist(), table.column("status").to_pylist(), strict=True)}
-    return {p: listed.get(p, _NEVER) for p, key in keyed.items() if key in manifests}
+    return {p: listed.get(p, _NEVER) for p in keyed}
 
 
 def _check_dest(dest: Path, home: Home, *, as_zip: bool, force: bool) -> None:

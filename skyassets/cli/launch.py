@@ -191,6 +191,7 @@ class Launcher:
             self._wait_until_loaded()
         except BaseException:
             self.__exit__(None, None, None)
+            self._server = self._log = None  # stopped: a later run starts it again, and the exit has nothing to do
             raise
 
     def __exit__(self, *exc: object) -> None:
@@ -321,6 +322,11 @@ class Launcher:
             raise LaunchError(f"{submission.job} was refused: {'; '.join(reasons)}")
         self._submitted.append(answer["run"]["runId"])
         return answer["run"]["runId"]
+
+    @property
+    def running(self) -> bool:
+        """Whether this launcher's webserver is up (it starts at the first run to launch)."""
+        return self._server is not None and self._server.poll() is None
 
     def _check_running(self) -> None:
         if self._server.poll() is not None:

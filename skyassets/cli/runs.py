@@ -516,9 +516,12 @@ def unusable_images(home: Home, partitions: Sequence[str]) -> dict[str, str]:
     (catalogued, left out of targets and products). A landed file is named where it was landed,
     as the rest of an ingest's report names it; an archive file by its observation and name."""
     found: dict[str, str] = {}
+    try:
+        records = home.tables.read_partitions("landing", list(partitions), columns=["filename", "location"])
+    except Exception:  # noqa: BLE001 - a damaged record: its images are named by observation instead
+        records = {}
     landed = {key: dict(zip(t.column("filename").to_pylist(), t.column("location").to_pylist(), strict=True))
-              for key, t in home.tables.read_partitions("landing", list(partitions),
-                                                        columns=["filename", "location"]).items()}
+              for key, t in records.items()}
     for partition in partitions:
         if not home.tables.exists("image_quality", partition):
             continue

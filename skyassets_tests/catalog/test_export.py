@@ -196,13 +196,19 @@ def test_a_landed_or_listed_file_that_never_arrived_is_said_so(tmp_path):
     home.tables.write("fits_files", pd.DataFrame({
         "partition": ["c", "c"], "path": ["files/local/c/bad.fits", "files/local/c/gone.fits"],
         "status": ["quarantined", "downloaded"]}), partition="c")
-    rows = pd.DataFrame({"path": ["files/local/c/bad.fits", "files/local/c/gone.fits", "files/local/c/late.fits"]})
+    rows = pd.DataFrame({"path": ["files/local/c/bad.fits", "files/local/c/gone.fits", "files/local/c/late.fits",
+                                  "files/MAST/d/listed.fits", "files/JWST/../odd.fits", "files/JWST//odd.fits"]})
     done = export_files(pd.concat([selection, rows], ignore_index=True), home, tmp_path / "out",
                         "SELECT * FROM landing")
+    never = "never stored in the home (not fetched or copied yet, or refused)"
     assert done.files == 2 and done.left_out == {
         "files/local/c/bad.fits": "quarantined when it was catalogued (see the home's quarantine folder)",
         "files/local/c/gone.fits": "no longer in the home (removed since it was catalogued)",
-        "files/local/c/late.fits": "never stored in the home (not fetched or copied yet, or refused)",
+        "files/local/c/late.fits": never,
+        "files/MAST/d/listed.fits": never,  # an observation never fetched: no manifest at all
+        # paths no observation's folder can have are said missing, not a crash
+        "files/JWST/../odd.fits": "no longer in the home (removed since it was catalogued)",
+        "files/JWST//odd.fits": "no longer in the home (removed since it was catalogued)",
     }
 
 

@@ -7,7 +7,7 @@ import requests
 import yaml
 from dagster import DagsterInstance, DagsterRun, DagsterRunStatus
 
-from skyassets.cli.launch import LOCATION, Launcher, Submission, launching_home
+from skyassets.cli.launch import LOCATION, Launcher, LaunchError, Submission, launching_home
 from skyassets.cli.main import prepare_dagster_home
 from skyassets.cli.runs import QUIET
 from skyassets.defs.pools import stalled_steps
@@ -30,6 +30,18 @@ def test_the_launching_instance_shares_the_homes_storage_and_pools(tmp_path, mon
     postgres = {"postgres": {"postgres_url": {"env": "SKYASSETS_POSTGRES_URL"}}}
     (dagster_home / "dagster.yaml").write_text(yaml.safe_dump({"storage": postgres}))
     assert yaml.safe_load((launching_home(dagster_home) / "dagster.yaml").read_text())["storage"] == postgres
+
+
+def test_a_launcher_starts_its_webserver_for_the_first_run_and_again_after_a_failed_start(tmp_path, monkeypatch):
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
+    dagster_home = prepare_dagster_home(Home(tmp_path / "home"))
+    submission = Submission("catalog_job", {}, QUIET)
+    with DagsterInstance.get() as instance, Launcher(dagster_home, instance, start_timeout=0) as launcher:
+        assert launcher.run_all([]) == [] and launcher.port == 0  # nothing to launch: no webserver
+        for _ in range(2):  # a start that fails says so, each time, and leaves nothing running
+            with pytest.raises(LaunchError, match="did not load"):
+                launcher.run_all([submission])
+            assert not launcher.running
 
 
 def _graphql(port: int, query: str, variables: dict | None = None) -> dict:

@@ -315,7 +315,9 @@ def test_export_destinations_that_cannot_be_are_one_line(home, capsys, tmp_path)
 def test_an_export_missing_some_files_writes_the_rest_says_which_and_exits_1(home, capsys, tmp_path):
     kept = home.root / "files" / "JWST" / "jw01234-o002" / "c.fits"
     kept.parent.mkdir(parents=True)
-    kept.write_bytes(b"c")  # a, b.fits is not in the home
+    kept.write_bytes(b"c")  # a, b.fits is not in the home, though its observation's manifest has it
+    home.tables.write("fits_files", pd.DataFrame({"partition": ["jw01234-o001"], "status": ["downloaded"],
+                                                  "path": ["files/JWST/jw01234-o001/a, b.fits"]}), "jw01234-o001")
     status, out, err = _run(capsys, "export", "SELECT path FROM images", str(tmp_path / "out"))
     assert status == 1 and out.startswith("1 file (0.0 MB) exported to a folder")
     assert err == ("  left out: files/JWST/jw01234-o001/a, b.fits: no longer in the home "
