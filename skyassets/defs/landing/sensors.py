@@ -89,7 +89,8 @@ def _landing_result(
         zone.release([f for files in groups.values() for f in files])
         context.log.warning(f"{sum(map(len, groups.values()))} ready files offered again next tick: {busy}")
         if not moved:
-            return SensorResult(cursor=tick.cursor)
+            return SensorResult(cursor=tick.cursor, skip_reason=f"{sum(map(len, groups.values()))} ready files "
+                                f"offered again next tick: {busy}")
         # the lock was lost after the index moved files on: the partitions they left run again all the
         # same, as no later tick will see them leave
         versions = {}
@@ -103,12 +104,13 @@ def _landing_result(
         known, versions, per_run=LANDED_PARTITIONS_PER_RUN, run_key_prefix="landed:"
     )
     new = len(added[0].partition_keys) if added else 0
-    context.log.info(
-        f"{len(tick.ready)} files ready in {len(versions)} partitions ({new} new), {len(requests)} runs; "
-        f"{tick.pending} waiting to settle; "
-        f"{tick.scanned} entries scanned in {tick.seconds:.2f} s"
-    )
-    return SensorResult(run_requests=requests, dynamic_partitions_requests=added, cursor=tick.cursor)
+    summary = (f"{len(tick.ready)} files ready in {len(versions)} partitions ({new} new), {len(requests)} runs; "
+               f"{tick.pending} waiting to settle; {tick.scanned} entries scanned in {tick.seconds:.2f} s"
+               + (f"; {len(tick.skipped)} not taken (the tick's log says why)" if tick.skipped else ""))
+    context.log.info(summary)
+    # a tick with no run says why in the UI's tick history, not only in its log
+    return SensorResult(run_requests=requests, dynamic_partitions_requests=added, cursor=tick.cursor,
+                        skip_reason=None if requests else summary)
 
 
 # Every 10 s: a tick hands on at most ``max_ready`` files, so the interval bounds throughput (3,000

@@ -76,6 +76,7 @@ def test_a_tick_of_many_partitions_is_a_few_runs_and_each_runs_once(tmp_path):
     with instance_for_test() as instance:
         first = _tick(instance, resources, None)
         assert not first.run_requests  # nothing is taken the first time it is seen
+        assert "0 runs; 61 waiting to settle" in first.skip_reason.skip_message  # said in the UI's tick history
         second = _tick(instance, resources, first.cursor, apply=False)
         assert 1 <= len(second.run_requests) <= 3
         # The evaluation is lost (its cursor not stored) and repeated: the same runs, by run key.
@@ -368,6 +369,7 @@ def test_a_tick_that_cannot_take_the_landing_lock_offers_its_files_again(tmp_pat
             context = build_sensor_context(instance=instance, cursor=cursor, resources=resources)
             busy = landing_zone_sensor(context)
             assert not busy.run_requests and not busy.dynamic_partitions_requests
+            assert "1 ready files offered again next tick" in busy.skip_reason.skip_message
         assert not home.tables.exists("landing", "landed-busy-a")  # nothing recorded while it waited
         result = _tick(instance, resources, busy.cursor)
         assert _covered(instance, result) == ["landed-busy-a"]
