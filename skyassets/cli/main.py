@@ -366,6 +366,13 @@ def _quality(args: argparse.Namespace) -> int:
         )
         return 1
     rows = lake.read("image_quality", args.obs_id).sort_values("score")
+    catalogued = (len(lake.read("image_metadata", args.obs_id, columns=["obs_id"]))
+                  if lake.exists("image_metadata", args.obs_id) else 0)
+    if len(rows) < catalogued:  # images catalogued since it was measured
+        print(f"{args.obs_id}: {counted(catalogued - len(rows), 'images')} catalogued since its quality was measured: "
+              "materialise image_quality for this partition in the Dagster UI, or run quality_job", file=sys.stderr)
+        if rows.empty:
+            return 1
     if rows.empty:
         print(f"{args.obs_id}: no images (its files were quarantined or now belong to another observation)")
         return 0

@@ -240,8 +240,13 @@ def test_an_unknown_observation_is_said_not_to_exist(home, capsys):
     assert "observation jw99999-o001 does not exist" in err and "jw01234-o001" in err
     status, _, err = _run(capsys, "quality", "jw01234-o001")
     assert status == 1 and "no quality measured for jw01234-o001 yet" in err
-    # measured once, then every file left it: said in words, not as an empty count
+    # measured when it had no image, then an image was catalogued: not measured yet, not "no images"
     home.tables.write("image_quality", pd.DataFrame({"obs_id": pd.Series([], dtype=str)}), "jw01234-o002")
+    status, out, err = _run(capsys, "quality", "jw01234-o002")
+    assert status == 1 and out == "" and err.startswith("jw01234-o002: 1 image catalogued since its quality was "
+                                                        "measured: materialise image_quality")
+    # measured once, then every file left it: said in words, not as an empty count
+    home.tables.write("image_metadata", pd.DataFrame({"obs_id": pd.Series([], dtype=str)}), "jw01234-o002")
     status, out, _ = _run(capsys, "quality", "jw01234-o002")
     assert status == 0 and out == ("jw01234-o002: no images (its files were quarantined or now belong to another "
                                    "observation)\n")
