@@ -302,6 +302,14 @@ class Home:
         paths = [_relative(r) for r in relatives]
         for relative in paths:
             (self.root / relative).unlink(missing_ok=True)
+        for folder in sorted({(self.root / r).parent for r in paths}, key=lambda f: len(f.parts), reverse=True):
+            # an observation's folder its last file left goes too; ``files`` itself stays
+            while folder.is_relative_to(self.files) and folder != self.files:
+                try:
+                    folder.rmdir()
+                except OSError:  # not empty (or already gone): the folders above it stay too
+                    break
+                folder = folder.parent
         if self.storage is None or not paths:
             return
         bucket = self._bucket_key(paths[0])[0]

@@ -163,6 +163,8 @@ def test_a_file_rewritten_under_another_obs_id_is_catalogued_once_under_the_new_
     assert second.partitions == ["landed-jw09999-o001_t001"] and second.catalogued == [str(landed)]
     assert second.left == {old_key: [str(landed)]} and second.runs == 1  # one run of both partitions
     assert len(home.tables.read("image_metadata", old_key)) == 0
+    assert not (home.files / "local" / old_key).exists()  # its folder went with its last file
+    assert (home.files / "local" / "landed-jw09999-o001_t001" / source.name).is_file()
     con = connect(home)
     assert con.sql("SELECT DISTINCT obs_id FROM images").fetchall() == [("landed-jw09999-o001_t001",)]
     assert con.sql("SELECT count(*) FROM files").fetchall() == [(1,)]
