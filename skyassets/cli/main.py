@@ -196,8 +196,13 @@ def _query(home: Home, sql: str):
             raise CommandError("the query is empty")
         return result.df()
     except duckdb.Error as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CommandError(f"the query failed: {first}") from exc
+        raise _query_failed(exc) from exc
+
+
+def _query_failed(exc: Exception) -> CommandError:
+    """A query DuckDB refused, in one line: the first of its message."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return CommandError(f"the query failed: {first}")
 
 
 _NUMBERS = frozenset({"tinyint", "smallint", "integer", "bigint", "hugeint", "utinyint", "usmallint", "uinteger",
@@ -255,8 +260,7 @@ def _fetched(home: Home, sql: str, limit: int, *, unless_named: Sequence[str] = 
         else:
             total = 0
     except duckdb.Error as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CommandError(f"the query failed: {first}") from exc
+        raise _query_failed(exc) from exc
     frame = pd.DataFrame(rows, columns=[names[i] for i in kept], dtype=object)
     return frame, [kinds[i] in _NUMBERS for i in kept], total
 

@@ -187,8 +187,7 @@ class Home:
     def stored_at(self, collection: str, obs_id: str, filename: str) -> str:
         """Where a file of the observation is stored, relative to the home: what the catalog's
         ``path`` columns hold, for a copy made or still to be made."""
-        return (PurePosixPath("files") / safe_filename(collection) / validate_obs_id(obs_id)
-                / safe_filename(filename)).as_posix()
+        return (self.observation_dir(collection, obs_id) / safe_filename(filename)).relative_to(self.root).as_posix()
 
     @property
     def tables(self) -> Lake:
