@@ -1,28 +1,109 @@
 """Automation conditions: when the assets downstream of new files bring themselves up to date.
 
 Dagster's ``eager()`` remembers a dependency's update only until the asset is next requested or
-updated, and when both happen on the same evaluation the reset wins. An unpartitioned asset over
-per-observation partitions (target_groups, catalog) is often requested on the same tick as a
-partition it reads from (image_quality of a new observation), runs alongside it, and finishes on
-the tick that partition does: the update would be forgotten, and the table stay without it until
-the next observation arrives. Here a request resets the memory only when no dependency updated on
-that same tick, and an asset's own update never does: the worst case is one extra run that finds
-nothing new, never a lost update.
+updated, and when both happen on the same evaluation the reset wins. Two updates were lost that
+way: a table over every observation (target_groups, catalog) requested on the tick a partition it
+reads (image_quality of a new observation) is, finishing on the tick that partition does; and a
+file landed into an observation while its quality run was measuring the files before it. Restarting
+the daemon after runs it did not launch (``skyassets demo``) must, on the other hand, remake
+nothing those runs brought up to date.
+
+Here an update is handled by a request that came after it, or by a materialisation whose run read
+it: each materialisation records the storage id of every dependency's latest materialisation when
+its step started (Dagster's data provenance), and a dependency with a newer one in the partitions
+it maps to was not read. A materialisation reported outside a run has no provenance and counts as
+up to date, as ``eager()`` counts it. The worst case is one extra run that finds nothing new,
+never a lost update.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 
-from dagster import AssetSelection, AutomationCondition, AutomationConditionSensorDefinition, DefaultSensorStatus
+from dagster import (
+    AssetKey,
+    AssetRecordsFilter,
+    AssetSelection,
+    AutomationCondition,
+    AutomationConditionSensorDefinition,
+    AutomationContext,
+    AutomationResult,
+    BetaWarning,
+    DagsterInstance,
+    DataProvenance,
+    DefaultSensorStatus,
+)
 
-__all__ = ["automation_sensor", "catch_up", "data_changed", "follows"]
+__all__ = ["automation_sensor", "catch_up", "data_changed", "follows", "read_latest"]
 
 
-def _since_requested(trigger: AutomationCondition) -> AutomationCondition:
-    """``trigger`` has been true on some evaluation since the last request that came after it."""
-    handled = (AutomationCondition.newly_requested() & ~trigger) | AutomationCondition.initial_evaluation()
-    return trigger.since(handled.with_label("requested after it"))
+class _ReadLatest(AutomationCondition):
+    """The partitions whose latest materialisation read every dependency's latest."""
+
+    @property
+    def description(self) -> str:
+        return "its latest run read every dependency's latest update"
+
+    def evaluate(self, context: AutomationContext) -> AutomationResult:
+        instance = context.asset_graph_view.instance
+        deps = context.asset_graph.get(context.key).parent_keys
+        candidates = context.candidate_subset
+        if not candidates.is_partitioned:
+            current = _read_latest(instance, context.key, None, dict.fromkeys(deps))
+            return AutomationResult(context, candidates if current else context.get_empty_subset())
+        current = set()
+        for partition in candidates.expensively_compute_partition_keys():
+            one = candidates.compute_intersection_with_partition_keys({partition})
+            parents = {}
+            for dep in deps:
+                mapped = one.compute_parent_subset(dep)
+                parents[dep] = sorted(mapped.expensively_compute_partition_keys()) if mapped.is_partitioned else None
+            if _read_latest(instance, context.key, partition, parents):
+                current.add(partition)
+        return AutomationResult(context, candidates.compute_intersection_with_partition_keys(current))
+
+
+def _read_latest(
+    instance: DagsterInstance, key: AssetKey, partition: str | None, parents: dict[AssetKey, list[str] | None]
+) -> bool:
+    """Whether ``key[partition]``'s latest materialisation read the latest materialisation of each
+    dependency's ``parents`` partitions (all of them where None)."""
+    latest = instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=key, asset_partitions=None if partition is None else [partition]), limit=1
+    ).records
+    if not latest:
+        return False
+    provenance = DataProvenance.from_tags(latest[0].asset_materialization.tags or {})
+    if provenance is None:  # reported outside a run
+        return True
+    for dep, partitions in parents.items():
+        if dep not in provenance.input_storage_ids:
+            return False
+        if partitions == []:  # maps to none of the dependency's partitions
+            continue
+        since = AssetRecordsFilter(
+            asset_key=dep, asset_partitions=partitions, after_storage_id=provenance.input_storage_ids[dep]
+        )
+        if instance.fetch_materializations(since, limit=1).records:
+            return False
+    return True
+
+
+def read_latest() -> AutomationCondition:
+    """True where the asset's latest materialisation read every dependency's latest update."""
+    return _ReadLatest()
+
+
+def _since_handled(trigger: AutomationCondition) -> AutomationCondition:
+    """``trigger`` has been true on some evaluation since it was handled: by a request that came
+    after it, or by a materialisation that read every dependency's latest update."""
+    handled = (
+        (AutomationCondition.newly_requested() & ~trigger)
+        | (AutomationCondition.newly_updated() & read_latest())
+        | AutomationCondition.initial_evaluation()
+    )
+    return trigger.since(handled.with_label("handled since"))
 
 
 def catch_up() -> AutomationCondition:
@@ -30,7 +111,7 @@ def catch_up() -> AutomationCondition:
     not hold back the tables that gather all of them."""
     updated = AutomationCondition.newly_missing() | AutomationCondition.any_deps_updated()
     return (
-        _since_requested(updated)
+        _since_handled(updated)
         & ~AutomationCondition.any_deps_in_progress()
         & ~AutomationCondition.in_progress()
     ).with_label("catch up with updated dependencies")
@@ -45,26 +126,25 @@ def data_changed() -> AutomationCondition:
         AutomationCondition.data_version_changed()
     )
     return (
-        (_since_requested(changed) | (AutomationCondition.missing() & AutomationCondition.initial_evaluation()))
+        (_since_handled(changed) | (AutomationCondition.missing() & AutomationCondition.initial_evaluation()))
         & ~AutomationCondition.in_progress()
     ).with_label("target images changed")
 
 
 def follows() -> AutomationCondition:
-    """``eager()``, and also made for the partitions that have their inputs but not this asset when
-    the condition is first evaluated: ``eager()`` alone never makes them. Files catalogued before
-    the daemon first ran (``skyassets ingest --catalog-only``) are measured; a target's derived
-    products (composites after mosaics, tiles after both) are made for an asset added to a home
-    that already has products."""
-    return AutomationCondition.eager() | (
-        AutomationCondition.missing()
-        & AutomationCondition.initial_evaluation()
-        & ~AutomationCondition.any_deps_missing()
+    """``eager()`` with the memory above, and also made for the partitions that have their inputs
+    but not this asset when the condition is first evaluated: ``eager()`` alone never makes them.
+    Files catalogued before the daemon first ran (``skyassets ingest --catalog-only``) are
+    measured; a target's derived products (composites after mosaics, tiles after both) are made
+    for an asset added to a home that already has products."""
+    waits = (
+        ~AutomationCondition.any_deps_missing()
         & ~AutomationCondition.any_deps_in_progress()
         & ~AutomationCondition.in_progress()
     )
-
-
+    updated = _since_handled(AutomationCondition.newly_missing() | AutomationCondition.any_deps_updated())
+    first = AutomationCondition.missing() & AutomationCondition.initial_evaluation()
+    return ((updated | first) & waits).with_label("follows its dependencies")
 def _interval() -> int:
     """``SKYASSETS_AUTOMATION_INTERVAL``: whole seconds, at least 1 (Dagster's 30 s by default)."""
     text = os.environ.get("SKYASSETS_AUTOMATION_INTERVAL", "").strip() or "30"
@@ -73,6 +153,9 @@ def _interval() -> int:
     return int(text)
 
 
+# Evaluating conditions in the code server is marked beta; the memory of what a run read needs it (it
+# is Python of this package), and the warning at every start is nothing a user can act on.
+warnings.filterwarnings("ignore", message="Parameter `use_user_code_server`", category=BetaWarning)
 # Dagster's implicit default_automation_condition_sensor starts stopped; this one runs as soon as the
 # daemon does, so quality, targets, products and the catalog follow new files without a toggle.
 automation_sensor = AutomationConditionSensorDefinition(
@@ -81,5 +164,6 @@ automation_sensor = AutomationConditionSensorDefinition(
     default_status=DefaultSensorStatus.RUNNING,
     # shorter where products should follow files within seconds
     minimum_interval_seconds=_interval(),
+    use_user_code_server=True,
     description="Evaluates every asset's automation condition: quality, target groups, products and the catalog.",
 )

@@ -3,10 +3,21 @@
 import subprocess
 import sys
 
-from dagster import AssetKey, AssetMaterialization, evaluate_automation_conditions, instance_for_test
+from dagster import (
+    AssetExecutionContext,
+    AssetKey,
+    AssetMaterialization,
+    DataVersion,
+    DynamicPartitionsDefinition,
+    MaterializeResult,
+    asset,
+    evaluate_automation_conditions,
+    instance_for_test,
+    materialize,
+)
 
 from skyassets.definitions import defs
-from skyassets.defs.automation import automation_sensor
+from skyassets.defs.automation import automation_sensor, catch_up, data_changed, follows
 from skyassets.defs.tags import DATA_VERSION
 
 IMAGES, CATALOG = AssetKey("image_metadata"), AssetKey("catalog")
@@ -83,6 +94,15 @@ def test_targets_are_regrouped_when_an_observation_is_measured_even_if_another_n
         assert third.get_num_requested(GROUPS) == 1
 
 
+def _run_started(instance, asset: AssetKey) -> dict[str, str]:
+    """The provenance a run of ``asset`` records: each dependency's latest materialisation as its step started."""
+    tags = {"dagster/code_version": "1"}
+    for dep in defs.resolve_asset_graph().get(asset).parent_keys:
+        latest = instance.fetch_materializations(dep, limit=1).records
+        tags[f"dagster/input_event_pointer/{dep.to_user_string()}"] = str(latest[0].storage_id) if latest else "NULL"
+    return tags
+
+
 def test_an_update_landing_as_a_table_finishes_is_not_lost():
     """target_groups and catalog run alongside the quality run of the same new observation (they
     cannot share its run: they are not partitioned). When quality lands on the tick they finish,
@@ -94,18 +114,17 @@ def test_an_update_landing_as_a_table_finishes_is_not_lost():
         second = evaluate_automation_conditions(defs=defs, instance=instance, cursor=first.cursor)
         assert second.get_requested_partitions(AssetKey("image_quality")) == {"obs-a"}
         assert second.get_num_requested(GROUPS) == 1 and second.get_num_requested(CATALOG) == 1
-        # before the next tick: the tables' run finishes, and so does quality's
-        for asset in ("target_groups", "catalog"):
-            instance.report_runless_asset_event(AssetMaterialization(asset))
+        # before the next tick: the tables' run, started before quality landed, finishes, and so does quality's
+        started = {asset: _run_started(instance, asset) for asset in (GROUPS, CATALOG)}
         instance.report_runless_asset_event(AssetMaterialization("image_quality", partition="obs-a"))
+        for asset in (GROUPS, CATALOG):
+            instance.report_runless_asset_event(AssetMaterialization(asset, tags=started[asset]))
         third = evaluate_automation_conditions(defs=defs, instance=instance, cursor=second.cursor)
         assert third.get_num_requested(GROUPS) == 1 and third.get_num_requested(CATALOG) == 1
-        # (events reported outside a run count as separate runs: catalog follows target_groups)
-        instance.report_runless_asset_event(AssetMaterialization("target_groups"))
-        fourth = evaluate_automation_conditions(defs=defs, instance=instance, cursor=third.cursor)
-        assert fourth.get_num_requested(GROUPS) == 0
-        instance.report_runless_asset_event(AssetMaterialization("catalog"))
-        settled = evaluate_automation_conditions(defs=defs, instance=instance, cursor=fourth.cursor)
+        # the run that follows reads it
+        for asset in (GROUPS, CATALOG):
+            instance.report_runless_asset_event(AssetMaterialization(asset, tags=_run_started(instance, asset)))
+        settled = evaluate_automation_conditions(defs=defs, instance=instance, cursor=third.cursor)
         assert settled.get_num_requested(GROUPS) == 0 and settled.get_num_requested(CATALOG) == 0
 
 
@@ -158,3 +177,75 @@ def test_the_automation_interval_is_a_setting():
     done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "7"
     assert automation_sensor.minimum_interval_seconds == 30  # Dagster's own default, unless set
+
+
+# The conditions on real runs, whose materialisations record what each step read (Dagster's provenance).
+PARTS = DynamicPartitionsDefinition(name="obs")
+
+
+@asset(partitions_def=PARTS)
+def files() -> None:
+    """Files catalogued into an observation."""
+
+
+@asset(partitions_def=PARTS, deps=[files], automation_condition=follows())
+def measured(context: AssetExecutionContext) -> None:
+    """Quality of an observation's files; in observation "busy" a file lands while they are measured."""
+    if context.partition_key == "busy":
+        context.instance.report_runless_asset_event(AssetMaterialization("files", partition="busy"))
+
+
+@asset(deps=[measured], automation_condition=catch_up())
+def table() -> None:
+    """A table over every observation's quality."""
+
+
+@asset(partitions_def=PARTS)
+def images(context: AssetExecutionContext) -> MaterializeResult:
+    return MaterializeResult(data_version=DataVersion("v1"))
+
+
+@asset(partitions_def=PARTS, deps=[images], automation_condition=data_changed())
+def products() -> None:
+    """A target's products, made from its images."""
+
+
+TOY = [files, measured, table, images, products]
+
+
+def _run(instance, assets, partition: str | None = None) -> None:
+    assert materialize(assets, instance=instance, partition_key=partition, selection=assets).success
+
+
+def test_a_file_landing_while_its_observation_is_measured_is_measured_after():
+    with instance_for_test() as instance:
+        instance.add_dynamic_partitions("obs", ["calm", "busy"])
+        start = evaluate_automation_conditions(defs=TOY, instance=instance)
+        for obs in ("calm", "busy"):
+            _run(instance, [files], obs)
+        asked = evaluate_automation_conditions(defs=TOY, instance=instance, cursor=start.cursor)
+        assert asked.get_requested_partitions(measured.key) == {"calm", "busy"}
+        # the quality run ends between two ticks; in "busy" a file landed after its step started
+        _run(instance, [measured], "calm")
+        _run(instance, [measured], "busy")
+        after = evaluate_automation_conditions(defs=TOY, instance=instance, cursor=asked.cursor)
+        assert after.get_requested_partitions(measured.key) == {"busy"}
+
+
+def test_runs_made_while_the_daemon_was_stopped_are_not_made_again():
+    """``skyassets demo`` brings everything up to date while the daemon is stopped: restarted, its
+    automation finds every dependency's update already read, and makes nothing."""
+    with instance_for_test() as instance:
+        instance.add_dynamic_partitions("obs", ["calm"])
+        start = evaluate_automation_conditions(defs=TOY, instance=instance)
+        for assets in ([files], [measured], [images], [products]):
+            _run(instance, assets, "calm")
+        _run(instance, [table])
+        restarted = evaluate_automation_conditions(defs=TOY, instance=instance, cursor=start.cursor)
+        assert restarted.total_requested == 0
+        # an observation measured after the table was made has it made again
+        instance.add_dynamic_partitions("obs", ["busy"])
+        _run(instance, [files], "busy")
+        _run(instance, [measured], "busy")
+        again = evaluate_automation_conditions(defs=TOY, instance=instance, cursor=restarted.cursor)
+        assert again.get_num_requested(table.key) == 1
