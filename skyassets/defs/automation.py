@@ -33,6 +33,8 @@ from dagster import (
     DagsterInstance,
     DataProvenance,
     DefaultSensorStatus,
+    EventLogRecord,
+    IdentityPartitionMapping,
 )
 
 __all__ = ["automation_sensor", "catch_up", "data_changed", "follows", "read_latest"]
@@ -46,48 +48,67 @@ class _ReadLatest(AutomationCondition):
         return "its latest run read every dependency's latest update"
 
     def evaluate(self, context: AutomationContext) -> AutomationResult:
-        instance = context.asset_graph_view.instance
-        deps = context.asset_graph.get(context.key).parent_keys
         candidates = context.candidate_subset
+        if candidates.is_empty:
+            return AutomationResult(context, candidates)
+        instance = context.asset_graph_view.instance
+        keys = sorted(candidates.expensively_compute_partition_keys()) if candidates.is_partitioned else [None]
+        provenance = {
+            key: DataProvenance.from_tags(record.asset_materialization.tags or {})
+            for key, record in _latest(instance, context.key, keys).items()
+        }
+        # reported outside a run, with no provenance: up to date, as eager() counts it
+        current = {key for key, made in provenance.items() if made is None}
+        read = {key: made.input_storage_ids for key, made in provenance.items() if made is not None}
+        for dep in context.asset_graph.get(context.key).parent_keys:
+            read = {key: pointers for key, pointers in read.items() if dep in pointers}
+            for key in _newer(context, dep, read):
+                del read[key]
+        current |= set(read)
         if not candidates.is_partitioned:
-            current = _read_latest(instance, context.key, None, dict.fromkeys(deps))
             return AutomationResult(context, candidates if current else context.get_empty_subset())
-        current = set()
-        for partition in candidates.expensively_compute_partition_keys():
-            one = candidates.compute_intersection_with_partition_keys({partition})
-            parents = {}
-            for dep in deps:
-                mapped = one.compute_parent_subset(dep)
-                parents[dep] = sorted(mapped.expensively_compute_partition_keys()) if mapped.is_partitioned else None
-            if _read_latest(instance, context.key, partition, parents):
-                current.add(partition)
         return AutomationResult(context, candidates.compute_intersection_with_partition_keys(current))
 
 
-def _read_latest(
-    instance: DagsterInstance, key: AssetKey, partition: str | None, parents: dict[AssetKey, list[str] | None]
-) -> bool:
-    """Whether ``key[partition]``'s latest materialisation read the latest materialisation of each
-    dependency's ``parents`` partitions (all of them where None)."""
-    latest = instance.fetch_materializations(
-        AssetRecordsFilter(asset_key=key, asset_partitions=None if partition is None else [partition]), limit=1
-    ).records
-    if not latest:
-        return False
-    provenance = DataProvenance.from_tags(latest[0].asset_materialization.tags or {})
-    if provenance is None:  # reported outside a run
-        return True
-    for dep, partitions in parents.items():
-        if dep not in provenance.input_storage_ids:
-            return False
-        if partitions == []:  # maps to none of the dependency's partitions
-            continue
-        since = AssetRecordsFilter(
-            asset_key=dep, asset_partitions=partitions, after_storage_id=provenance.input_storage_ids[dep]
-        )
-        if instance.fetch_materializations(since, limit=1).records:
-            return False
-    return True
+def _newer(context: AutomationContext, dep: AssetKey, read: dict[str | None, dict[AssetKey, int | None]]) -> set:
+    """Of the partitions in ``read`` (each with the storage ids its materialisation read), those
+    whose partitions of ``dep`` have a materialisation newer than the one read."""
+    instance = context.asset_graph_view.instance
+    pointer = {key: pointers[dep] or 0 for key, pointers in read.items()}  # 0: the dependency was not made yet
+    mapping = context.asset_graph.get_partition_mapping(context.key, dep)
+    if not context.candidate_subset.is_partitioned or context.asset_graph.get(dep).partitions_def is None:
+        newest = _latest(instance, dep, [None]).get(None)  # its latest over all partitions, or its only one
+        return {key for key in read if newest is not None and newest.storage_id > pointer[key]}
+    if isinstance(mapping, IdentityPartitionMapping):  # each partition reads the same one of the dependency
+        since = _latest(instance, dep, sorted(read), after=min(pointer.values(), default=0))
+        return {key for key, record in since.items() if record.storage_id > pointer[key]}
+    return set(read)  # other mappings (none here): not known to have read it, so made again at worst
+
+
+_PAGE = 500  # partition keys per query, and records per page
+
+
+def _latest(
+    instance: DagsterInstance, key: AssetKey, partitions: list[str | None], after: int = 0
+) -> dict[str | None, EventLogRecord]:
+    """The latest materialisation, after storage id ``after``, of each of ``key``'s ``partitions``;
+    ``[None]`` for the asset's latest over all its partitions. A few queries for many partitions."""
+    found: dict[str | None, EventLogRecord] = {}
+    for start in range(0, len(partitions), _PAGE):
+        chunk = partitions[start:start + _PAGE]
+        wanted = None if chunk == [None] else chunk
+        cursor = None
+        while True:
+            page = instance.fetch_materializations(
+                AssetRecordsFilter(asset_key=key, asset_partitions=wanted, after_storage_id=after or None),
+                limit=_PAGE, cursor=cursor,
+            )
+            for record in page.records:  # newest first
+                found.setdefault(None if wanted is None else record.partition_key, record)
+            if not page.has_more or all(partition in found for partition in chunk):
+                break
+            cursor = page.cursor
+    return found
 
 
 def read_latest() -> AutomationCondition:

@@ -7,6 +7,7 @@ from dagster import (
     AssetExecutionContext,
     AssetKey,
     AssetMaterialization,
+    AutomationCondition,
     DataVersion,
     DynamicPartitionsDefinition,
     MaterializeResult,
@@ -17,7 +18,7 @@ from dagster import (
 )
 
 from skyassets.definitions import defs
-from skyassets.defs.automation import automation_sensor, catch_up, data_changed, follows
+from skyassets.defs.automation import automation_sensor, catch_up, data_changed, follows, read_latest
 from skyassets.defs.tags import DATA_VERSION
 
 IMAGES, CATALOG = AssetKey("image_metadata"), AssetKey("catalog")
@@ -249,3 +250,39 @@ def test_runs_made_while_the_daemon_was_stopped_are_not_made_again():
         _run(instance, [measured], "busy")
         again = evaluate_automation_conditions(defs=TOY, instance=instance, cursor=restarted.cursor)
         assert again.get_num_requested(table.key) == 1
+
+
+@asset
+def settings() -> None:
+    """A table every observation's measurement reads."""
+
+
+@asset(partitions_def=PARTS, deps=[files, settings],
+       automation_condition=~read_latest() & ~AutomationCondition.missing())
+def stale() -> None:
+    """Asked for where its latest run did not read every dependency's latest update."""
+
+
+def test_what_a_run_read_is_told_per_partition_from_its_provenance():
+    toy = [files, settings, stale]
+    with instance_for_test() as instance:
+        instance.add_dynamic_partitions("obs", ["a", "b"])
+        _run(instance, [settings])
+        for obs in ("a", "b"):
+            _run(instance, [files], obs)
+            _run(instance, [stale], obs)
+
+        def stale_now() -> set[str]:
+            return evaluate_automation_conditions(defs=toy, instance=instance).get_requested_partitions(stale.key)
+
+        assert stale_now() == set()
+        _run(instance, [settings])  # read by every partition
+        assert stale_now() == {"a", "b"}
+        for obs in ("a", "b"):
+            _run(instance, [stale], obs)
+        assert stale_now() == set()
+        _run(instance, [files], "b")  # read by its own partition only
+        assert stale_now() == {"b"}
+        # reported outside a run, it has no provenance: up to date, as eager() counts it
+        instance.report_runless_asset_event(AssetMaterialization("stale", partition="b"))
+        assert stale_now() == set()
