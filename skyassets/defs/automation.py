@@ -127,13 +127,23 @@ def _since_handled(trigger: AutomationCondition) -> AutomationCondition:
     return trigger.since(handled.with_label("handled since"))
 
 
+# How long a table over every observation waits for partitions in progress, while more keep coming.
+CATCH_UP_CRON = "*/10 * * * *"
+
+
 def catch_up() -> AutomationCondition:
     """Like ``eager()`` without waiting for every dependency: a missing or failed observation must
-    not hold back the tables that gather all of them."""
+    not hold back the tables that gather all of them. It waits for the partitions in progress, so
+    that one run takes a batch of observations in; while files keep arriving and some observation
+    is always being measured, it runs anyway once a ten-minute mark has passed since its last
+    request, so the catalogue stays at most that far behind."""
     updated = AutomationCondition.newly_missing() | AutomationCondition.any_deps_updated()
+    waited = AutomationCondition.cron_tick_passed(CATCH_UP_CRON).since(
+        AutomationCondition.newly_requested() | AutomationCondition.initial_evaluation()
+    ).with_label("a ten-minute mark passed since its last request")
     return (
         _since_handled(updated)
-        & ~AutomationCondition.any_deps_in_progress()
+        & (~AutomationCondition.any_deps_in_progress() | waited)
         & ~AutomationCondition.in_progress()
     ).with_label("catch up with updated dependencies")
 

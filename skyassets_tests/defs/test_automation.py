@@ -2,15 +2,20 @@
 
 import subprocess
 import sys
+import threading
+import time
+from datetime import datetime, timedelta, timezone
 
 from dagster import (
     AssetExecutionContext,
     AssetKey,
     AssetMaterialization,
     AutomationCondition,
+    DagsterRunStatus,
     DataVersion,
     DynamicPartitionsDefinition,
     MaterializeResult,
+    RunsFilter,
     asset,
     evaluate_automation_conditions,
     instance_for_test,
@@ -182,6 +187,7 @@ def test_the_automation_interval_is_a_setting():
 
 # The conditions on real runs, whose materialisations record what each step read (Dagster's provenance).
 PARTS = DynamicPartitionsDefinition(name="obs")
+RELEASE_SLOW = threading.Event()  # ends the run measuring observation "slow"
 
 
 @asset(partitions_def=PARTS)
@@ -194,6 +200,8 @@ def measured(context: AssetExecutionContext) -> None:
     """Quality of an observation's files; in observation "busy" a file lands while they are measured."""
     if context.partition_key == "busy":
         context.instance.report_runless_asset_event(AssetMaterialization("files", partition="busy"))
+    if context.partition_key == "slow":
+        assert RELEASE_SLOW.wait(120)
 
 
 @asset(deps=[measured], automation_condition=catch_up())
@@ -250,6 +258,35 @@ def test_runs_made_while_the_daemon_was_stopped_are_not_made_again():
         _run(instance, [measured], "busy")
         again = evaluate_automation_conditions(defs=TOY, instance=instance, cursor=restarted.cursor)
         assert again.get_num_requested(table.key) == 1
+
+
+def test_a_table_waits_for_observations_in_progress_at_most_ten_minutes():
+    """While files keep arriving, some observation is always being measured: the catalogue still
+    follows, at most ten minutes behind."""
+    start = datetime(2026, 12, 6, 12, 1, tzinfo=timezone.utc)
+    with instance_for_test() as instance:
+        instance.add_dynamic_partitions("obs", ["calm", "slow"])
+        first = evaluate_automation_conditions(defs=TOY, instance=instance, evaluation_time=start)
+        for obs in ("calm", "slow"):
+            _run(instance, [files], obs)
+        _run(instance, [measured], "calm")
+        RELEASE_SLOW.clear()
+        slow = threading.Thread(target=_run, args=(instance, [measured], "slow"))
+        slow.start()
+        try:
+            deadline = time.monotonic() + 60
+            while not instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.STARTED])):
+                assert time.monotonic() < deadline, "the slow run did not start"
+                time.sleep(0.1)
+            waiting = evaluate_automation_conditions(
+                defs=TOY, instance=instance, cursor=first.cursor, evaluation_time=start + timedelta(minutes=1))
+            assert waiting.get_num_requested(table.key) == 0  # "slow" is being measured
+            later = evaluate_automation_conditions(
+                defs=TOY, instance=instance, cursor=waiting.cursor, evaluation_time=start + timedelta(minutes=10))
+            assert later.get_num_requested(table.key) == 1  # 12:10 passed: what is measured goes in
+        finally:
+            RELEASE_SLOW.set()
+            slow.join()
 
 
 @asset
