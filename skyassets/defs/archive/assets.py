@@ -335,12 +335,24 @@ def _fetch(
     return results, origins
 
 
-def _forget_changed_copy(request: "FileRequest", before: dict | None, signature: str) -> None:
-    """A landed file changed in place since it was copied: drop the old copy so it is copied again."""
-    if before is not None and before.get("signature") not in (None, signature):
-        final = Path(request.dest_dir) / request.filename
-        for stale in (final, final.with_name(final.name + ".sha256")):
-            stale.unlink(missing_ok=True)
+def _forget_changed_copy(request: "FileRequest", before: dict | None, signature: str) -> bool:
+    """Whether a landed file changed in place since it was copied; if so its old copy's checksum is
+    dropped, so that it is copied again. The new copy takes the old one's place in one rename, so a
+    run reading the old copy meanwhile (a mosaic of its target) still finds a file."""
+    from skyassets.archive.download import SHA256_SUFFIX
+
+    if before is None or before.get("signature") in (None, signature):
+        return False
+    Path(request.dest_dir, f"{request.filename}{SHA256_SUFFIX}").unlink(missing_ok=True)
+    return True
+
+
+def _drop_failed_versions(requests: "list[FileRequest]", results: "list[FileResult]", changed: set[int]) -> None:
+    """The old copies of changed files whose new version could not be copied: deleted, as the file
+    they were copied from is no more, and no manifest lists them."""
+    for i in changed:
+        if results[i].status == "failed":
+            Path(requests[i].dest_dir, requests[i].filename).unlink(missing_ok=True)
 
 
 def _drop_departed_copies(root: Home, landed: dict, earlier: dict) -> None:
@@ -463,12 +475,13 @@ def fits_files(
     earlier = _earlier_manifests(lake, keys)
     landed = landed_requests(root, keys)
     archived = lake.read_partitions("mast_products", [k for k in keys if k not in landed])
-    requests, owner = [], []
+    requests, owner, changed = [], [], set()
     _drop_departed_copies(root, landed, earlier)
     for obs_id in keys:
         if obs_id in landed:  # a partition of the landing zone: copy its files
             for row, request in landed[obs_id]:
-                _forget_changed_copy(request, earlier.get((obs_id, request.filename)), row["signature"])
+                if _forget_changed_copy(request, earlier.get((obs_id, request.filename)), row["signature"]):
+                    changed.add(len(requests))
                 requests.append(request)
                 owner.append((obs_id, row["location"], row["signature"]))
             continue
@@ -490,6 +503,7 @@ def fits_files(
     results, origins = _fetch(requests, owner, downloader, archive, landing, root, _ProgressLog(context))
     seconds = time.monotonic() - started
     quarantined = _quarantine_bad_landed_files(root, requests, results, owner)
+    _drop_failed_versions(requests, results, changed)
     for message in quarantined:
         context.log.warning(message)
     failed = [(o[0], r) for q, r, o in zip(requests, results, owner, strict=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -408,3 +409,51 @@ def test_a_tick_whose_lock_was_lost_still_runs_the_partition_a_file_left(tmp_pat
         monkeypatch.setattr(ingest, "recording", really_recording)
         again = _tick(instance, resources, lost.cursor)
         assert _covered(instance, again) == ["landed-k2"]  # offered again, and taken
+
+
+def test_a_file_changed_in_place_replaces_its_copy_in_one_step(tmp_path):
+    """A run reading the stored copy of a landed file (a mosaic of its target) while the file's new
+    version is copied finds a file throughout: the old copy until the new one takes its place. A new
+    version that cannot be copied takes the old copy with it: the home holds no file no manifest lists."""
+    landing = tmp_path / "drop"
+    landing.mkdir()
+    landed = landing / "big_cal.fits"
+
+    def version(value: float) -> None:
+        primary = fits.PrimaryHDU()
+        primary.header["OBS_ID"] = "jw01234-o001_t001"
+        fits.HDUList([primary, fits.ImageHDU(np.full((2048, 2048), value, np.float32), name="SCI")]).writeto(
+            landed, overwrite=True, checksum=True)
+
+    version(1.0)
+    resources = _resources(tmp_path / "home", landing)
+    defs = Definitions(assets=[fits_files, image_metadata], jobs=[landing_job], resources=resources)
+    job = defs.resolve_job_def("landing_job")
+    stored = tmp_path / "home" / "files" / "local" / "landed-jw01234-o001_t001" / "big_cal.fits"
+
+    with instance_for_test() as instance:
+        def settle(cursor: str | None) -> tuple[SensorResult, int]:
+            """The landing tick and its runs, with how often the stored copy was looked for and missing."""
+            result = _tick(instance, resources, _tick(instance, resources, cursor).cursor)
+            missing = 0
+            with ThreadPoolExecutor(1) as pool:
+                runs = [pool.submit(job.execute_in_process, instance=instance, partition_key=r.partition_key,
+                                    tags=r.tags, raise_on_error=False) for r in result.run_requests]
+                while not all(run.done() for run in runs):
+                    missing += not stored.exists()
+            assert all(run.result().success for run in runs)
+            return result, missing
+
+        first, _ = settle(None)
+        version(2.0)
+        os.utime(landed, ns=(3_000_000_000_000_000_000,) * 2)
+        second, missing = settle(first.cursor)
+        assert _covered(instance, second) == ["landed-jw01234-o001_t001"]
+        assert missing == 0
+        assert fits.getdata(stored, "SCI")[0, 0] == 2.0
+        landed.write_bytes(landed.read_bytes()[:5000])  # a third version, cut short: not FITS any more
+        os.utime(landed, ns=(4_000_000_000_000_000_000,) * 2)
+        settle(second.cursor)
+    assert not stored.exists() and not stored.with_name("big_cal.fits.sha256").exists()
+    notes = [json.loads(p.read_text()) for p in (tmp_path / "home" / "quarantine").glob("*.json")]
+    assert [note["landed_location"] for note in notes] == [str(landed)]
