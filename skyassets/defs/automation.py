@@ -44,6 +44,10 @@ class _ReadLatest(AutomationCondition):
     """The partitions whose latest materialisation read every dependency's latest."""
 
     @property
+    def name(self) -> str:  # what the UI's evaluation tree shows
+        return "read_latest"
+
+    @property
     def description(self) -> str:
         return "its latest run read every dependency's latest update"
 
@@ -176,6 +180,8 @@ def follows() -> AutomationCondition:
     updated = _since_handled(AutomationCondition.newly_missing() | AutomationCondition.any_deps_updated())
     first = AutomationCondition.missing() & AutomationCondition.initial_evaluation()
     return ((updated | first) & waits).with_label("follows its dependencies")
+
+
 def _interval() -> int:
     """``SKYASSETS_AUTOMATION_INTERVAL``: whole seconds, at least 1 (Dagster's 30 s by default)."""
     text = os.environ.get("SKYASSETS_AUTOMATION_INTERVAL", "").strip() or "30"

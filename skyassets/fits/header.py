@@ -110,6 +110,17 @@ def card_text(value: str) -> str:
     return _UNPRINTABLE_RE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), value)
 
 
+def named_card(name: str, comment: str) -> tuple[str, str]:
+    """A card's (value, comment) naming a file: the name as :func:`card_text` writes it, and the
+    comment only where the card holds it whole. A name of 52 to 68 characters leaves no room for
+    one: astropy would cut it, with a warning in the log of every run that writes the card. (A
+    longer name is written on CONTINUE cards, which keep the comment.)"""
+    text = card_text(name)
+    quoted = "'" + text.replace("'", "''").ljust(8) + "'"
+    fits_whole = len(quoted) > 70 or 10 + len(quoted) + 3 + len(comment) <= 80
+    return text, comment if fits_whole else ""
+
+
 def plain_keyword(field: bytes) -> bool:
     """Whether a card's 8-byte keyword field is upper-case letters, digits, "_" and "-" padded
     with spaces: then astropy's keyword for the card is the field stripped."""

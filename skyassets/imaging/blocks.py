@@ -39,7 +39,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS
 
-from skyassets.fits.header import card_text
+from skyassets.fits.header import card_text, named_card
 from skyassets.imaging.mosaic import MosaicInput, MosaicResult, build_mosaic, downscale_wcs, output_grid
 from skyassets.imaging.preview import block_mean, thumbnail_png
 from skyassets.imaging.resample import footprint_box
@@ -181,7 +181,7 @@ def _primary(blocks: list[BlockResult], used: list[MosaicInput], levelled: list[
     header["BLKPEAK"] = (round(max(b.peak_rss for b in blocks) / 1e6, 1), "[MB] peak memory of a block builder")
     for k, (name, offset) in enumerate(zip(names, offsets, strict=True), start=1):
         known = per_input.get(name, {})
-        header[f"IN{k:04d}"] = (card_text(name), "input file[hdu]")
+        header[f"IN{k:04d}"] = named_card(name, "input file[hdu]")
         header[f"WT{k:04d}"] = (known.get("WT", "none"), "weighting of input")
         header[f"BG{k:04d}"] = (offset * float(known.get("FS", 1.0)), "background offset subtracted")
         header[f"FS{k:04d}"] = (known.get("FS", 1.0), "pixel-area flux scale applied")

@@ -44,7 +44,7 @@ from astropy.wcs.utils import proj_plane_pixel_area
 from scipy.ndimage import label, maximum_filter, minimum_filter
 
 from skyassets.fits.dq import dq_kind_of, pixel_masks, saturation_level
-from skyassets.fits.header import card_text
+from skyassets.fits.header import card_text, named_card
 from skyassets.fits.limits import check_image
 from skyassets.imaging.preview import block_mean, thumbnail_png
 from skyassets.imaging.resample import footprint_box, resample_slabs, row_slabs
@@ -843,7 +843,7 @@ def _primary_header(placed: list[_Placed], wcs: WCS, downscale: int, match_backg
         background = "background offset subtracted"
         if match_background and not p.matched:
             background = "not matched: no usable overlap"
-        header[f"IN{k:04d}"] = (card_text(p.name), "input file[hdu]")
+        header[f"IN{k:04d}"] = named_card(p.name, "input file[hdu]")
         header[f"WT{k:04d}"] = (p.weight_kind, "weighting of input")
         header[f"BG{k:04d}"] = header_card(p.background, background)
         header[f"FS{k:04d}"] = header_card(p.flux_scale, "unit and pixel-area flux scale applied")

@@ -265,3 +265,17 @@ def test_inputs_named_in_any_script_are_recorded_in_the_header_as_printable_asci
     written = fits.getheader(result.path)
     assert written["IN0001"] == "n\\xe9bula \\u2606_flt.fits[1]" and written["IN0002"] == "tab\\there_flt.fits[1]"
     assert written["IN0001"].encode().decode("unicode_escape") == f"{names[0]}[1]"
+
+
+@pytest.mark.parametrize("length", [40, 60, 90])
+def test_a_long_input_name_is_written_whole_without_a_warning(tmp_path, length):
+    """Names of 52 to 68 characters leave no room for the card's comment: it is left out rather
+    than cut by astropy, which would warn in every run that writes a mosaic."""
+    name = "x" * (length - len("_flt.fits")) + "_flt.fits"
+    inputs = [_hst(tmp_path / name, "j8pu01abq", 10.0, 1.0, "ELECTRONS")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = build_mosaic(inputs, tmp_path / "m.fits", reject_sigma=None)
+    written = fits.getheader(result.path)
+    assert written["IN0001"] == f"{name}[1]"
+    assert written.comments["IN0001"] in ("input file[hdu]", "")
