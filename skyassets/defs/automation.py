@@ -10,10 +10,10 @@ nothing those runs brought up to date.
 
 Here an update is handled by a request that came after it, or by a materialisation whose run read
 it: each materialisation records the storage id of every dependency's latest materialisation when
-its step started (Dagster's data provenance), and a dependency with a newer one in the partitions
-it maps to was not read. A materialisation reported outside a run has no provenance and counts as
-up to date, as ``eager()`` counts it. The worst case is one extra run that finds nothing new,
-never a lost update.
+its step started (Dagster's data provenance; an observation, for a dependency only observed), and
+a dependency with a newer one in the partitions it maps to was not read. A materialisation
+reported outside a run has no provenance and counts as up to date, as ``eager()`` counts it. The
+worst case is one extra run that finds nothing new, never a lost update.
 """
 
 from __future__ import annotations
@@ -80,11 +80,13 @@ def _newer(context: AutomationContext, dep: AssetKey, read: dict[str | None, dic
     instance = context.asset_graph_view.instance
     pointer = {key: pointers[dep] or 0 for key, pointers in read.items()}  # 0: the dependency was not made yet
     mapping = context.asset_graph.get_partition_mapping(context.key, dep)
-    if not context.candidate_subset.is_partitioned or context.asset_graph.get(dep).partitions_def is None:
-        newest = _latest(instance, dep, [None]).get(None)  # its latest over all partitions, or its only one
+    node = context.asset_graph.get(dep)
+    observed = node.is_observable and not node.is_materializable  # a run reads its latest observation
+    if not context.candidate_subset.is_partitioned or node.partitions_def is None:
+        newest = _latest(instance, dep, [None], observed=observed).get(None)  # over all partitions, or its only one
         return {key for key in read if newest is not None and newest.storage_id > pointer[key]}
     if isinstance(mapping, IdentityPartitionMapping):  # each partition reads the same one of the dependency
-        since = _latest(instance, dep, sorted(read), after=min(pointer.values(), default=0))
+        since = _latest(instance, dep, sorted(read), after=min(pointer.values(), default=0), observed=observed)
         return {key for key, record in since.items() if record.storage_id > pointer[key]}
     return set(read)  # other mappings (none here): not known to have read it, so made again at worst
 
@@ -93,17 +95,19 @@ _PAGE = 500  # partition keys per query, and records per page
 
 
 def _latest(
-    instance: DagsterInstance, key: AssetKey, partitions: list[str | None], after: int = 0
+    instance: DagsterInstance, key: AssetKey, partitions: list[str | None], after: int = 0, observed: bool = False
 ) -> dict[str | None, EventLogRecord]:
-    """The latest materialisation, after storage id ``after``, of each of ``key``'s ``partitions``;
-    ``[None]`` for the asset's latest over all its partitions. A few queries for many partitions."""
+    """The latest materialisation (observation, if ``observed``), after storage id ``after``, of each
+    of ``key``'s ``partitions``; ``[None]`` for the asset's latest over all its partitions. A few
+    queries for many partitions."""
+    fetch = instance.fetch_observations if observed else instance.fetch_materializations
     found: dict[str | None, EventLogRecord] = {}
     for start in range(0, len(partitions), _PAGE):
         chunk = partitions[start:start + _PAGE]
         wanted = None if chunk == [None] else chunk
         cursor = None
         while True:
-            page = instance.fetch_materializations(
+            page = fetch(
                 AssetRecordsFilter(asset_key=key, asset_partitions=wanted, after_storage_id=after or None),
                 limit=_PAGE, cursor=cursor,
             )

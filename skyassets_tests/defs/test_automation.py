@@ -10,6 +10,7 @@ from dagster import (
     AssetExecutionContext,
     AssetKey,
     AssetMaterialization,
+    AssetObservation,
     AutomationCondition,
     DagsterRunStatus,
     DataVersion,
@@ -20,6 +21,7 @@ from dagster import (
     evaluate_automation_conditions,
     instance_for_test,
     materialize,
+    observable_source_asset,
 )
 
 from skyassets.definitions import defs
@@ -323,3 +325,51 @@ def test_what_a_run_read_is_told_per_partition_from_its_provenance():
         # reported outside a run, it has no provenance: up to date, as eager() counts it
         instance.report_runless_asset_event(AssetMaterialization("stale", partition="b"))
         assert stale_now() == set()
+
+
+def test_the_latest_of_many_partitions_is_found_past_the_first_page():
+    """One partition's only materialisation is older than a thousand others: it is still found, and up to date."""
+    toy = [files, settings, stale]
+    others = [f"p{i:03d}" for i in range(499)]
+    with instance_for_test() as instance:
+        instance.add_dynamic_partitions("obs", ["a", *others])
+        instance.report_runless_asset_event(AssetMaterialization("settings"))
+
+        def made(partition: str, times: int) -> None:
+            instance.report_runless_asset_event(AssetMaterialization("files", partition=partition))
+            for _ in range(times):
+                pointers = {dep: str(instance.fetch_materializations(AssetKey(dep), limit=1).records[0].storage_id)
+                            for dep in ("files", "settings")}
+                tags = {"dagster/code_version": "1", **{f"dagster/input_event_pointer/{dep}": pointer
+                                                         for dep, pointer in pointers.items()}}
+                instance.report_runless_asset_event(AssetMaterialization("stale", partition=partition, tags=tags))
+
+        made("a", 1)
+        for partition in others:
+            made(partition, 2)
+        result = evaluate_automation_conditions(defs=toy, instance=instance)
+        assert result.get_requested_partitions(stale.key) == set()
+
+
+@observable_source_asset
+def archive_release() -> DataVersion:
+    """A source the pipeline observes and never makes."""
+    return DataVersion("v1")
+
+
+@asset(deps=[archive_release], automation_condition=follows())
+def release_notes(context: AssetExecutionContext) -> None:
+    """Reads the release; a new one is observed while it runs."""
+    context.instance.report_runless_asset_event(AssetObservation("archive_release", tags={DATA_VERSION: "v2"}))
+
+
+def test_an_observation_landing_while_a_run_reads_its_source_is_followed():
+    toy = [archive_release, release_notes]
+    with instance_for_test() as instance:
+        start = evaluate_automation_conditions(defs=toy, instance=instance)
+        instance.report_runless_asset_event(AssetObservation("archive_release", tags={DATA_VERSION: "v1"}))
+        asked = evaluate_automation_conditions(defs=toy, instance=instance, cursor=start.cursor)
+        assert asked.get_num_requested(release_notes.key) == 1
+        _run(instance, [release_notes])  # v2 is observed while it runs
+        after = evaluate_automation_conditions(defs=toy, instance=instance, cursor=asked.cursor)
+        assert after.get_num_requested(release_notes.key) == 1
