@@ -11,6 +11,7 @@ from dagster import ConfigurableResource, EnvVar
 
 from skyassets.archive.watchlist import DEFAULT_WATCHLIST, Watchlist, load_watchlist
 from skyassets.defs.cluster import DaskResource
+from skyassets.fits.limits import DEFAULT_MAX_MOSAIC_PIXELS
 from skyassets.lake.home import CACHE_ENV, DEFAULT_CACHE_BYTES, HOME_ENV, STORAGE_ENDPOINT_ENV, STORAGE_ENV, Home
 
 # Every run process loads this module: the archive client (astroquery), the downloader (requests),
@@ -199,11 +200,14 @@ class MosaicsResource(ConfigurableResource):
     match_background: bool = True
     reject_sigma: float | None = 5.0  # outliers between exposures; null keeps every value
     grids: dict[str, str] = {}
+    max_pixels: int = DEFAULT_MAX_MOSAIC_PIXELS  # a larger grid is refused, naming its size on the sky
 
     def validated(self) -> MosaicsResource:
         """This configuration, or a ValueError naming the setting that cannot be used."""
         if self.downscale < 1:
             raise ValueError(f"mosaics.downscale must be 1 or more, not {self.downscale}")
+        if self.max_pixels < 1:
+            raise ValueError(f"mosaics.max_pixels must be 1 or more, not {self.max_pixels}")
         if self.reject_sigma is not None and not self.reject_sigma > 0:
             raise ValueError(f"mosaics.reject_sigma must be positive or null, not {self.reject_sigma}")
         return self

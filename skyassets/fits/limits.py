@@ -29,6 +29,8 @@ MAX_IMAGE_PIXELS_ENV = "SKYASSETS_MAX_IMAGE_PIXELS"
 MAX_DECOMPRESSED_BYTES_ENV = "SKYASSETS_MAX_DECOMPRESSED_BYTES"
 DEFAULT_MAX_IMAGE_PIXELS = 1 << 27
 DEFAULT_MAX_DECOMPRESSED_BYTES = 1 << 30
+# Pixels of one mosaic's output grid: 65536 x 65536, about 40 GB of SCI, CON and WHT on disk.
+DEFAULT_MAX_MOSAIC_PIXELS = 1 << 32
 # BITPIX values the FITS standard defines (bits per value; negative for IEEE floats).
 VALID_BITPIX = frozenset((8, 16, 32, 64, -32, -64))
 # NAXIS is 0 to 999 in the standard.

@@ -40,6 +40,7 @@ from astropy.io import fits
 from astropy.wcs import WCS
 
 from skyassets.fits.header import card_text, named_card
+from skyassets.fits.limits import DEFAULT_MAX_MOSAIC_PIXELS
 from skyassets.imaging.mosaic import MosaicInput, MosaicResult, build_mosaic, downscale_wcs, output_grid
 from skyassets.imaging.preview import block_mean, thumbnail_png
 from skyassets.imaging.resample import footprint_box
@@ -241,6 +242,7 @@ def build_mosaic_blocks(
     block_size: tuple[int, int] = (1024, 1024),
     coarse: int = 8,
     work: Path | None = None,
+    max_pixels: int = DEFAULT_MAX_MOSAIC_PIXELS,
 ) -> MosaicResult:
     """:func:`build_mosaic` of ``inputs`` into ``dest``, ``block`` output pixels (rows x columns)
     at a time through ``executor``. ``coarse`` is the pixel factor of the grid background offsets
@@ -250,7 +252,7 @@ def build_mosaic_blocks(
     if not used:
         raise ValueError("no inputs left to mosaic (all rejected or none given)")
     dest = Path(dest)
-    wcs, shape = output_grid(used, wcs, shape, downscale)
+    wcs, shape = output_grid(used, wcs, shape, downscale, max_pixels)
     dest.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".mosaic-blocks-", dir=work or dest.parent))
     try:

@@ -40,12 +40,12 @@ from typing import Literal
 import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS
-from astropy.wcs.utils import proj_plane_pixel_area
+from astropy.wcs.utils import proj_plane_pixel_area, proj_plane_pixel_scales
 from scipy.ndimage import label, maximum_filter, minimum_filter
 
 from skyassets.fits.dq import dq_kind_of, pixel_masks, saturation_level
 from skyassets.fits.header import card_text, named_card
-from skyassets.fits.limits import check_image
+from skyassets.fits.limits import DEFAULT_MAX_MOSAIC_PIXELS, TooLarge, check_image
 from skyassets.imaging.preview import block_mean, thumbnail_png
 from skyassets.imaging.resample import footprint_box, resample_slabs, row_slabs
 
@@ -175,11 +175,13 @@ def build_mosaic(
     match_background: bool = True,
     reject_sigma: float | None = 5.0,
     block_size: tuple[int, int] = (1024, 1024),
+    max_pixels: int = DEFAULT_MAX_MOSAIC_PIXELS,
 ) -> MosaicResult:
     """Co-add ``inputs`` (those not flagged "reject") onto one grid and write ``dest``.
 
     The grid is ``wcs`` and ``shape`` when given, else reproject's ``find_optimal_celestial_wcs``
-    over the inputs; ``downscale`` then makes its pixels that many times larger. ``dest`` gets an
+    over the inputs; ``downscale`` then makes its pixels that many times larger. A grid of more
+    than ``max_pixels`` is refused (``TooLarge``, a ValueError) before anything is written. ``dest`` gets an
     empty primary HDU whose header lists the inputs, then SCI (the weighted mean), CON (how many
     inputs cover each pixel) and WHT (the summed weight, times WHTSCALE in BUNIT^-2: see
     :func:`weight_unit`). An input with no overlap to level its background against keeps offset 0
@@ -197,7 +199,7 @@ def build_mosaic(
     bunit, units = _units(used, headers)
     reference = weight_unit(bunit)
     dest = Path(dest)
-    wcs, shape = output_grid(used, wcs, shape, downscale)
+    wcs, shape = output_grid(used, wcs, shape, downscale, max_pixels)
     slab = max(1, block_size[0] * block_size[1])
     out_area = proj_plane_pixel_area(wcs.celestial)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -500,10 +502,13 @@ def one_per_exposure(sources: Sequence[MosaicInput], headers: Sequence[fits.Head
 
 
 def output_grid(
-    inputs: Sequence[MosaicInput], wcs: WCS | None = None, shape: tuple[int, int] | None = None, downscale: int = 1
+    inputs: Sequence[MosaicInput], wcs: WCS | None = None, shape: tuple[int, int] | None = None, downscale: int = 1,
+    max_pixels: int = DEFAULT_MAX_MOSAIC_PIXELS,
 ) -> tuple[WCS, tuple[int, int]]:
     """The grid a mosaic of ``inputs`` is made on: ``wcs`` (with ``shape``, or its own pixel shape),
-    else the optimal one over the inputs' footprints; coarser by ``downscale``."""
+    else the optimal one over the inputs' footprints; coarser by ``downscale``. ``TooLarge`` for a
+    grid of more than ``max_pixels``, before anything is written: images of fields far apart under
+    one target would otherwise fill the disk, or pass the largest file it takes."""
     if wcs is None:
         wcs, shape = _optimal_wcs(inputs)
     elif shape is None:
@@ -514,6 +519,14 @@ def output_grid(
         wcs = downscale_wcs(wcs, downscale)
         shape = (math.ceil(shape[0] / downscale), math.ceil(shape[1] / downscale))
     shape = (int(shape[0]), int(shape[1]))
+    if shape[0] * shape[1] > max_pixels:
+        height, width = (n * scale for n, scale in zip(shape, proj_plane_pixel_scales(wcs.celestial)[::-1],
+                                                        strict=True))
+        raise TooLarge(
+            f"a grid of {shape[1]} x {shape[0]} = {shape[0] * shape[1]} pixels, {width:.3g} x {height:.3g} deg of sky, "
+            f"is over the limit of {max_pixels} (mosaics.max_pixels): are images of fields far apart under one "
+            "target (an observation id shared across fields)? A coarser mosaics.downscale also makes it smaller"
+        )
     wcs = wcs.deepcopy()
     wcs.array_shape = shape
     return wcs, shape

@@ -279,3 +279,19 @@ def test_a_long_input_name_is_written_whole_without_a_warning(tmp_path, length):
     written = fits.getheader(result.path)
     assert written["IN0001"] == f"{name}[1]"
     assert written.comments["IN0001"] in ("input file[hdu]", "")
+
+
+def test_a_grid_over_the_pixel_limit_is_refused_before_anything_is_written(tmp_path):
+    """Two fields 3 degrees apart under one target need a grid of 4e10 pixels at 0.05": refused
+    with its size on the sky, where it used to fill the disk (or fail with "File too large")."""
+    far = 3 * 3600 / 0.05  # 3 degrees in pixels
+    inputs = [_hst(tmp_path / "j8pu01abq_flc.fits", "j8pu01abq", 10.0, 1.0, "ELECTRONS"),
+              _hst(tmp_path / "j8pu01acq_flc.fits", "j8pu01acq", 10.0, 1.0, "ELECTRONS", dx=far, dy=far)]
+    out = tmp_path / "products"
+    with pytest.raises(ValueError, match=r"x 3 deg of sky, is over the limit of 4294967296 \(mosaics.max_pixels\)"):
+        build_mosaic(inputs, out / "m.fits", reject_sigma=None)
+    assert not out.exists() or not any(out.iterdir())
+    small = build_mosaic(inputs[:1], out / "one.fits", reject_sigma=None, max_pixels=900)  # 30 x 30: at the limit
+    assert small.shape == (30, 30)
+    with pytest.raises(ValueError, match="over the limit of 899"):
+        build_mosaic(inputs[:1], out / "one.fits", reject_sigma=None, max_pixels=899)

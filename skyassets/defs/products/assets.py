@@ -79,6 +79,7 @@ def mosaics(
                     result = build(
                         inputs, dest, wcs=wcs, shape=shape, downscale=settings.downscale,
                         match_background=settings.match_background, reject_sigma=settings.reject_sigma,
+                        max_pixels=settings.max_pixels,
                     )
             except ValueError as exc:  # inputs this mosaic cannot take: this band alone goes without
                 not_made.append(f"{instrument} {band}: {exc}")
