@@ -30,7 +30,7 @@ import requests
 import yaml
 from dagster import DagsterEventType, DagsterInstance, DagsterRun, DagsterRunStatus, RunsFilter
 
-from skyassets.defs.tags import FAILURE_REASON
+from skyassets.defs.tags import COMMAND_LINE, FAILURE_REASON, LAUNCHED_BY
 
 log = logging.getLogger(__name__)
 
@@ -314,7 +314,8 @@ class Launcher:
             "selector": {"repositoryLocationName": LOCATION, "repositoryName": "__repository__",
                          "jobName": submission.job},
             "runConfigData": dict(submission.run_config),
-            "executionMetadata": {"tags": [{"key": k, "value": v} for k, v in submission.tags.items()]},
+            "executionMetadata": {"tags": [{"key": k, "value": v}
+                                           for k, v in {**submission.tags, LAUNCHED_BY: COMMAND_LINE}.items()]},
         }
         answer = self._graphql(mutation, {"params": params})["launchRun"]
         if answer["__typename"] != "LaunchRunSuccess":

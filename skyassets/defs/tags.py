@@ -13,12 +13,25 @@ renames one fails a test instead of silently losing ranges or data versions.
   ``DataVersionsByPartition`` only an observable source asset, which cannot depend on ``target_groups``.
 """
 
+from collections.abc import Mapping
+
 PARTITION = "dagster/partition"
 PARTITION_RANGE_START = "dagster/asset_partition_range_start"
 PARTITION_RANGE_END = "dagster/asset_partition_range_end"
 DATA_VERSION = "dagster/data_version"
 # Why a run failed (a step, its start, its process dying), as Dagster tags a failed run.
 FAILURE_REASON = "dagster/failure_reason"
+# The run a re-execution (from the UI's "Re-execute") was made from; it copies that run's tags.
+PARENT_RUN = "dagster/parent_run_id"
+# skyassets' own: a run the command line launched and whose failures it retries itself.
+LAUNCHED_BY, COMMAND_LINE = "skyassets/launched_by", "command line"
+
+
+def retried_by_the_command_line(tags: Mapping[str, str]) -> bool:
+    """Whether a run's failures are the command line's to retry: it launched the run, which is no
+    re-execution from the UI (one copies the tag). The daemon's sensors leave such runs alone, so
+    that a ``skyassets demo`` beside ``skyassets dev`` does not have each failure retried twice."""
+    return tags.get(LAUNCHED_BY) == COMMAND_LINE and PARENT_RUN not in tags
 
 
 def partition_range(first: str, last: str) -> dict[str, str]:

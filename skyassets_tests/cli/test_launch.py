@@ -11,6 +11,7 @@ from skyassets.cli.launch import LOCATION, Launcher, LaunchError, Submission, la
 from skyassets.cli.main import prepare_dagster_home
 from skyassets.cli.runs import QUIET
 from skyassets.defs.pools import stalled_steps
+from skyassets.defs.tags import retried_by_the_command_line
 from skyassets.lake.home import Home
 
 
@@ -62,6 +63,7 @@ def test_launched_runs_have_the_code_locations_origin_and_re_execute_from_the_ui
         (run,) = launcher.run_all([Submission("watchlist_job", {"team": "survey"}, QUIET)])
         assert run.status == DagsterRunStatus.SUCCESS and run.tags["team"] == "survey"
         assert run.remote_job_origin.location_name == LOCATION  # what "Re-execute" needs
+        assert retried_by_the_command_line(run.tags)  # the daemon's sensors leave its failures to the command
         # the webserver fails to answer the pool-slot housekeeping once: the runs go on all the same
         answer_for_real, asked = launcher._graphql, []
 
@@ -91,6 +93,7 @@ def test_launched_runs_have_the_code_locations_origin_and_re_execute_from_the_ui
         launcher.wait([child])
         again = instance.get_run_by_id(child)
         assert again.status == DagsterRunStatus.SUCCESS and again.parent_run_id == run.run_id
+        assert not retried_by_the_command_line(again.tags)  # a failure of it would be the daemon's to retry
     assert home.tables.exists("mast_observations")
     assert os.environ["DAGSTER_HOME"] == str(dagster_home)  # the webserver's instance never leaked here
 

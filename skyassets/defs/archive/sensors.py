@@ -29,7 +29,7 @@ from skyassets.defs.partitions import (
     split_failed_run,
 )
 from skyassets.defs.resources import ArchiveResource, HomeResource
-from skyassets.defs.tags import partition_range
+from skyassets.defs.tags import partition_range, retried_by_the_command_line
 from skyassets.lake.names import InvalidNameError, validate_obs_id
 
 MAST_OBSERVATIONS = AssetKey("mast_observations")
@@ -97,6 +97,9 @@ def new_observations_sensor(context: SensorEvaluationContext, home: HomeResource
 )
 def failed_batch_sensor(context: RunFailureSensorContext) -> Iterator[RunRequest]:
     run = context.dagster_run
+    if retried_by_the_command_line(run.tags):
+        context.log.info(f"run {run.run_id} was launched by the command line, which tries its failures again")
+        return
     for batch in split_failed_run(context.instance, run):
         run_key = f"split:{run.run_id}:{batch[0]}..{batch[-1]}"
         if len(batch) == 1:
@@ -119,6 +122,8 @@ def failed_observations_sensor(context: RunStatusSensorContext, home: HomeResour
     new_observations_sensor and nothing else asks for it again; the next query of the archive does,
     so a failure is retried once a day, not in a loop, and one that lasts is said in each day's log.
     One that fails every retry (a file the archive serves corrupt) stops costing a download a day."""
+    if retried_by_the_command_line(context.dagster_run.tags):
+        return SkipReason("the watchlist query was run by the command line, which tries failed observations again")
     instance = context.instance
     known = instance.get_dynamic_partitions(observations_partitions.name)
     watched = set(home.home.tables.read("mast_observations", columns=["obs_id"], missing_ok=True)["obs_id"])

@@ -29,7 +29,7 @@ from skyassets.defs.resources import (
     LandingResource,
     WatchlistResource,
 )
-from skyassets.defs.tags import partition_range
+from skyassets.defs.tags import COMMAND_LINE, LAUNCHED_BY, PARENT_RUN, partition_range
 
 
 def _defs(emu, home: Path, watchlist: str = "packaged:watchlist.yaml") -> Definitions:
@@ -184,6 +184,15 @@ def test_a_batch_that_fails_for_one_observation_runs_the_others_again_and_that_o
     requests = list(failed_batch_sensor(context))
     assert [requested_partitions(r, instance.get_dynamic_partitions("observations")) for r in requests] == [
         [first["obs_id"]], [bad["obs_id"]], [last["obs_id"]]]
+    # the same run launched by the command line, which splits it itself: left to it; re-executed from
+    # the UI (the tag copied, a parent run named), the sensor's again
+    batch_run = instance.get_run_by_id(batch.run_id)
+    launched = batch_run.with_tags({**batch_run.tags, LAUNCHED_BY: COMMAND_LINE})
+    by_cli = build_run_status_sensor_context("failed_batch_sensor", failure, instance, launched).for_run_failure()
+    assert list(failed_batch_sensor(by_cli)) == []
+    again = launched.with_tags({**launched.tags, PARENT_RUN: "an-earlier-run"})
+    from_ui = build_run_status_sensor_context("failed_batch_sensor", failure, instance, again).for_run_failure()
+    assert len(list(failed_batch_sensor(from_ui))) == 3
     outcome = {}
     for request in requests:
         run = job.execute_in_process(instance=instance, partition_key=request.partition_key, tags=request.tags,

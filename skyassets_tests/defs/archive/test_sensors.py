@@ -33,7 +33,7 @@ from skyassets.defs.archive.sensors import (
 )
 from skyassets.defs.partitions import OBSERVATIONS_PER_RUN, observations_partitions, requested_partitions
 from skyassets.defs.resources import ArchiveResource, HomeResource
-from skyassets.defs.tags import partition_range
+from skyassets.defs.tags import COMMAND_LINE, LAUNCHED_BY, partition_range
 from skyassets.lake.home import Home
 
 
@@ -141,8 +141,8 @@ def test_after_a_query_the_observations_whose_last_run_failed_are_asked_again_in
                                                                       define_asset_job("query", [mast_observations])])
     fetch, query = defs.resolve_job_def("fetch"), defs.resolve_job_def("query")
 
-    def after_query() -> list | SkipReason:
-        run = query.execute_in_process(instance=instance)
+    def after_query(tags: dict | None = None) -> list | SkipReason:
+        run = query.execute_in_process(instance=instance, tags=tags)
         success = next(e for e in run.all_events if e.event_type_value == "PIPELINE_SUCCESS")
         context = build_run_status_sensor_context("failed_observations_sensor", success, instance,
                                                   instance.get_run_by_id(run.run_id),
@@ -161,6 +161,8 @@ def test_after_a_query_the_observations_whose_last_run_failed_are_asked_again_in
             assert not run.success
         broken.clear()
         assert fetch.execute_in_process(instance=instance, partition_key=obs_ids[7]).success  # repaired since
+        # a query the command line ran (skyassets demo) is followed by its own retries
+        assert "command line" in after_query({LAUNCHED_BY: COMMAND_LINE}).skip_message
         requests = after_query()
         every = instance.get_dynamic_partitions("observations")
         assert [requested_partitions(r, every) for r in requests] == [[obs_ids[3], obs_ids[4]], [obs_ids[10]]]
