@@ -77,14 +77,14 @@ def new_observations_sensor(context: SensorEvaluationContext, home: HomeResource
         known, dict.fromkeys(taken, str(event.storage_id)), per_run=OBSERVATIONS_PER_RUN,
         run_key_prefix=f"new@{event.storage_id}:",
     )
-    context.log.info(
-        f"{len(new)} new observations in mast_observations: {len(taken)} handed on in {len(requests)} runs"
-        + (", the rest on the next ticks" if len(new) > len(taken) else "")
-    )
+    said = (f"{len(new)} new observations in mast_observations: {len(taken)} handed on in {len(requests)} runs"
+            + (", the rest on the next ticks" if len(new) > len(taken) else ""))
+    context.log.info(said)
     # The cursor moves past this materialisation once all its new observations are taken; until
     # then the next tick reads it again, and finds the ones taken here among the known partitions.
     cursor = str(event.storage_id) if len(new) == len(taken) else context.cursor
-    return SensorResult(run_requests=requests, dynamic_partitions_requests=added, cursor=cursor)
+    return SensorResult(run_requests=requests, dynamic_partitions_requests=added, cursor=cursor,
+                        skip_reason=None if requests else said)  # what the UI's tick history says
 
 
 @run_failure_sensor(

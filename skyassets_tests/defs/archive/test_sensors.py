@@ -83,6 +83,11 @@ def test_sixty_new_observations_are_three_runs_requested_once(tmp_path):
         later = _tick(instance, tmp_path, result.cursor)
         assert _covered(instance, later) == ["jw01234-o999_t001_nircam"]
         assert _tick(instance, tmp_path, result.cursor).run_requests == []  # re-evaluated: nothing new
+        # a query that finds nothing new says so in the UI's tick history, and moves the cursor on
+        _query_result(instance, tmp_path, ["earlier-1", *obs_ids, "jw01234-o999_t001_nircam"])
+        same = _tick(instance, tmp_path, later.cursor)
+        assert same.run_requests == [] and int(same.cursor) > int(later.cursor)
+        assert same.skip_reason.skip_message == "0 new observations in mast_observations: 0 handed on in 0 runs"
 
 
 def test_a_batched_run_materialises_every_partition_it_covers(tmp_path):
