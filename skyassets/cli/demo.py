@@ -9,6 +9,8 @@ the catalog follow. Every run is launched through a webserver the way the UI lau
 from __future__ import annotations
 
 import logging
+import os
+import shlex
 import signal
 import sys
 import threading
@@ -149,7 +151,8 @@ def _demo(runner: Runner, home: Home, dagster_home: Path) -> int:
     again = [batch for batches in split.values() for batch in batches]
     if again:
         failed_runs[:] = [run_id for run_id in failed_runs if not split[run_id]]
-        lines.append(f"  tried again in {counted(len(again), 'runs')}, each failing observation alone:")
+        lines.append(f"  tried again in {counted(len(again), 'runs')}, each failing observation alone "
+                     "and the rest of its batch apart:")
         ranges += [(batch[0], batch[-1]) for batch in again]
         retries = [Submission("observation_job", partition_range(b[0], b[-1]), QUIET) for b in again]
         submissions += retries
@@ -181,8 +184,20 @@ def _demo(runner: Runner, home: Home, dagster_home: Path) -> int:
         print("\nPan and zoom the targets over the sky:")
         print(f"  SKYASSETS_HOME={home.root} {command} sky {targets[0]}")
     print("\nOpen these runs in the Dagster UI (then browse http://127.0.0.1:3000):")
-    print(f"  SKYASSETS_HOME={home.root} DAGSTER_HOME={dagster_home} {command} dev")
+    print(f"  {_settings(home, dagster_home)} {command} dev")
+    if os.environ.get("MAST_API_TOKEN"):
+        print("  (with MAST_API_TOKEN set, as it is here)")
     return 1 if failures else 0
+
+
+def _settings(home: Home, dagster_home: Path) -> str:
+    """The environment the demo ran with, for the daemon and the UI's re-executions to use the
+    same archive, landing folder and settings: every ``SKYASSETS_`` variable set (none holds a
+    secret; the MAST token is never printed)."""
+    settings = {"SKYASSETS_HOME": str(home.root), "DAGSTER_HOME": str(dagster_home)}
+    settings |= {name: value for name, value in sorted(os.environ.items())
+                 if name.startswith("SKYASSETS_") and name != "SKYASSETS_HOME" and value}
+    return " ".join(f"{name}={shlex.quote(value)}" for name, value in settings.items())
 
 
 def _catalogued_observations(home: Home) -> int:

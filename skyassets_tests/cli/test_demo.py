@@ -26,7 +26,7 @@ def test_an_observation_the_archive_fails_fails_alone_and_its_batch_is_catalogue
     assert done.returncode == 1, done.stdout + done.stderr
     out = done.stdout
     assert "  failed entries: 1 (their last rows kept):\n    ring-by-name: " in out and "HTTP 400" in out, out
-    assert "tried again in 3 runs, each failing observation alone:" in out, out
+    assert "tried again in 3 runs, each failing observation alone and the rest of its batch apart:" in out, out
     failed = [line for line in out.splitlines() if "FAILED" in line]
     assert len(failed) == 2 and f"  {bad['obs_id']}: FAILED" in failed[1], out  # the batch, then it alone
     assert failed[1].endswith(f"mast_products: no product list ({bad['obs_id']}: product list: "
@@ -36,6 +36,11 @@ def test_an_observation_the_archive_fails_fails_alone_and_its_batch_is_catalogue
     assert catalogued == {o["obs_id"] for o in found} - {bad["obs_id"]}, out
     # the closing count is of the observations with images, not of those the watchlist found
     assert f"images of {len(catalogued)} observations (" in out and "found by the watchlist)" in out, out
+    # the way to open the runs in the UI carries the settings they ran with: the same archive, for re-executions
+    dev = out.splitlines()[out.splitlines().index("Open these runs in the Dagster UI (then browse "
+                                                  "http://127.0.0.1:3000):") + 1]
+    assert f"SKYASSETS_MAST_URL={emu.url} " in dev and f"SKYASSETS_WATCHLIST={watchlist} " in dev, dev
+    assert dev.startswith(f"  SKYASSETS_HOME={tmp_path / 'home'} DAGSTER_HOME=") and dev.endswith(" dev"), dev
 
 
 def test_a_demo_started_in_the_background_keeps_its_sigterm_handler_across_the_sensor(tmp_path):
