@@ -112,9 +112,9 @@ def card_text(value: str) -> str:
 
 def named_card(name: str, comment: str) -> tuple[str, str]:
     """A card's (value, comment) naming a file: the name as :func:`card_text` writes it, and the
-    comment only where the card holds it whole. A name of 52 to 68 characters leaves no room for
-    one: astropy would cut it, with a warning in the log of every run that writes the card. (A
-    longer name is written on CONTINUE cards, which keep the comment.)"""
+    comment only where the card holds it whole. Otherwise astropy would cut the comment, with a
+    warning in the log of every run that writes the card (for "input file[hdu]", names of 52 to 68
+    characters). A name longer than a card is written on CONTINUE cards, which keep the comment."""
     text = card_text(name)
     quoted = "'" + text.replace("'", "''").ljust(8) + "'"
     fits_whole = len(quoted) > 70 or 10 + len(quoted) + 3 + len(comment) <= 80

@@ -181,11 +181,11 @@ def build_mosaic(
 
     The grid is ``wcs`` and ``shape`` when given, else reproject's ``find_optimal_celestial_wcs``
     over the inputs; ``downscale`` then makes its pixels that many times larger. A grid of more
-    than ``max_pixels`` is refused (``TooLarge``, a ValueError) before anything is written. ``dest`` gets an
-    empty primary HDU whose header lists the inputs, then SCI (the weighted mean), CON (how many
-    inputs cover each pixel) and WHT (the summed weight, times WHTSCALE in BUNIT^-2: see
-    :func:`weight_unit`). An input with no overlap to level its background against keeps offset 0
-    and its BG card says it was not matched. ``reject_sigma`` is the k of the
+    than ``max_pixels`` is refused (``TooLarge``, a ValueError) before anything is written.
+    ``dest`` gets an empty primary HDU whose header lists the inputs, then SCI (the weighted mean),
+    CON (how many inputs cover each pixel) and WHT (the summed weight, times WHTSCALE in BUNIT^-2:
+    see :func:`weight_unit`). An input with no overlap to level its background against keeps offset
+    0 and its BG card says it was not matched. ``reject_sigma`` is the k of the
     per-pixel outlier rejection between inputs (:func:`_reject`), None to keep every value; values
     left out count neither in SCI, CON nor WHT, and their number is ``n_rejected`` (header NREJECT).
     ``block_size`` is a pixel budget (rows x columns): work goes in slabs of whole output rows

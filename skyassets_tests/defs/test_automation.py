@@ -4,6 +4,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from datetime import datetime, timedelta, timezone
 
 from dagster import (
@@ -102,13 +103,17 @@ def test_targets_are_regrouped_when_an_observation_is_measured_even_if_another_n
         assert third.get_num_requested(GROUPS) == 1
 
 
-def _run_started(instance, asset: AssetKey) -> dict[str, str]:
-    """The provenance a run of ``asset`` records: each dependency's latest materialisation as its step started."""
+def _run_started(instance, deps: Iterable[AssetKey]) -> dict[str, str]:
+    """The provenance a run records when its step starts now: each dependency's latest materialisation."""
     tags = {"dagster/code_version": "1"}
-    for dep in defs.resolve_asset_graph().get(asset).parent_keys:
+    for dep in deps:
         latest = instance.fetch_materializations(dep, limit=1).records
         tags[f"dagster/input_event_pointer/{dep.to_user_string()}"] = str(latest[0].storage_id) if latest else "NULL"
     return tags
+
+
+def _deps(asset: AssetKey) -> set[AssetKey]:
+    return defs.resolve_asset_graph().get(asset).parent_keys
 
 
 def test_an_update_landing_as_a_table_finishes_is_not_lost():
@@ -123,7 +128,7 @@ def test_an_update_landing_as_a_table_finishes_is_not_lost():
         assert second.get_requested_partitions(AssetKey("image_quality")) == {"obs-a"}
         assert second.get_num_requested(GROUPS) == 1 and second.get_num_requested(CATALOG) == 1
         # before the next tick: the tables' run, started before quality landed, finishes, and so does quality's
-        started = {asset: _run_started(instance, asset) for asset in (GROUPS, CATALOG)}
+        started = {asset: _run_started(instance, _deps(asset)) for asset in (GROUPS, CATALOG)}
         instance.report_runless_asset_event(AssetMaterialization("image_quality", partition="obs-a"))
         for asset in (GROUPS, CATALOG):
             instance.report_runless_asset_event(AssetMaterialization(asset, tags=started[asset]))
@@ -131,7 +136,7 @@ def test_an_update_landing_as_a_table_finishes_is_not_lost():
         assert third.get_num_requested(GROUPS) == 1 and third.get_num_requested(CATALOG) == 1
         # the run that follows reads it
         for asset in (GROUPS, CATALOG):
-            instance.report_runless_asset_event(AssetMaterialization(asset, tags=_run_started(instance, asset)))
+            instance.report_runless_asset_event(AssetMaterialization(asset, tags=_run_started(instance, _deps(asset))))
         settled = evaluate_automation_conditions(defs=defs, instance=instance, cursor=third.cursor)
         assert settled.get_num_requested(GROUPS) == 0 and settled.get_num_requested(CATALOG) == 0
 
@@ -338,10 +343,7 @@ def test_the_latest_of_many_partitions_is_found_past_the_first_page():
         def made(partition: str, times: int) -> None:
             instance.report_runless_asset_event(AssetMaterialization("files", partition=partition))
             for _ in range(times):
-                pointers = {dep: str(instance.fetch_materializations(AssetKey(dep), limit=1).records[0].storage_id)
-                            for dep in ("files", "settings")}
-                tags = {"dagster/code_version": "1", **{f"dagster/input_event_pointer/{dep}": pointer
-                                                         for dep, pointer in pointers.items()}}
+                tags = _run_started(instance, [files.key, settings.key])
                 instance.report_runless_asset_event(AssetMaterialization("stale", partition=partition, tags=tags))
 
         made("a", 1)

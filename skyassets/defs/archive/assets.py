@@ -347,28 +347,40 @@ def _forget_changed_copy(request: "FileRequest", before: dict | None, signature:
     return True
 
 
-def _drop_failed_versions(requests: "list[FileRequest]", results: "list[FileResult]", changed: set[int]) -> None:
+def _drop_failed_versions(
+    root: Home, requests: "list[FileRequest]", results: "list[FileResult]", changed: set[int]
+) -> None:
     """The old copies of changed files whose new version could not be copied: deleted, as the file
     they were copied from is no more, and no manifest lists them."""
-    for i in changed:
-        if results[i].status == "failed":
-            Path(requests[i].dest_dir, requests[i].filename).unlink(missing_ok=True)
+    root.remove_files(
+        relative
+        for i in changed if results[i].status == "failed"
+        for relative in _copy_and_marks(
+            Path(requests[i].dest_dir, requests[i].filename).relative_to(root.root).as_posix())
+    )
 
 
 def _drop_departed_copies(root: Home, landed: dict, earlier: dict) -> None:
     """Copies of landed files that have left their partition (their header now names another
     observation, or their record is gone): deleted, with their checksum and verification marks, so
     the home holds no file that no manifest lists. ``landed``: partition -> its (row, request) pairs."""
+    kept = {(key, request.filename) for key, pairs in landed.items() for _, request in pairs}
+    root.remove_files(
+        relative
+        for (key, filename), row in earlier.items()
+        if key in landed and (key, filename) not in kept and row.get("path")
+        for relative in _copy_and_marks(str(row["path"]))
+    )
+
+
+def _copy_and_marks(relative: str) -> list[str]:
+    """A stored copy (relative to the home) and the files the downloader keeps beside it: its
+    checksum, its verification mark and its lock."""
     from skyassets.archive.download import LOCK_SUFFIX, SHA256_SUFFIX, VERIFIED_SUFFIX
 
-    kept = {(key, request.filename) for key, pairs in landed.items() for _, request in pairs}
-    gone = []
-    for (key, filename), row in earlier.items():
-        if key in landed and (key, filename) not in kept and row.get("path"):
-            folder, _, name = str(row["path"]).rpartition("/")
-            gone += [row["path"], f"{row['path']}{SHA256_SUFFIX}", f"{folder}/.{name}{VERIFIED_SUFFIX}",
-                     f"{folder}/.{name}{LOCK_SUFFIX}"]
-    root.remove_files(gone)
+    folder, _, name = relative.rpartition("/")
+    return [relative, f"{relative}{SHA256_SUFFIX}",
+            f"{folder}/.{name}{VERIFIED_SUFFIX}", f"{folder}/.{name}{LOCK_SUFFIX}"]
 
 
 def _restore_from_store(
@@ -503,7 +515,7 @@ def fits_files(
     results, origins = _fetch(requests, owner, downloader, archive, landing, root, _ProgressLog(context))
     seconds = time.monotonic() - started
     quarantined = _quarantine_bad_landed_files(root, requests, results, owner)
-    _drop_failed_versions(requests, results, changed)
+    _drop_failed_versions(root, requests, results, changed)
     for message in quarantined:
         context.log.warning(message)
     failed = [(o[0], r) for q, r, o in zip(requests, results, owner, strict=True)

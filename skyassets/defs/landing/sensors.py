@@ -87,10 +87,10 @@ def _landing_result(
         versions = _record(context, home, zone, groups, moved)
     except LockBusy as busy:  # the files wait for a later tick; the tick does not hang
         zone.release([f for files in groups.values() for f in files])
-        context.log.warning(f"{sum(map(len, groups.values()))} ready files offered again next tick: {busy}")
+        offered = f"{sum(map(len, groups.values()))} ready files offered again next tick: {busy}"
+        context.log.warning(offered)
         if not moved:
-            return SensorResult(cursor=tick.cursor, skip_reason=f"{sum(map(len, groups.values()))} ready files "
-                                f"offered again next tick: {busy}")
+            return SensorResult(cursor=tick.cursor, skip_reason=offered)
         # the lock was lost after the index moved files on: the partitions they left run again all the
         # same, as no later tick will see them leave
         versions = {}
