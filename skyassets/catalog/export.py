@@ -24,6 +24,7 @@ import pandas as pd
 
 from skyassets.lake.home import Home, StorageError
 from skyassets.lake.names import InvalidNameError, validate_obs_id
+from skyassets.lake.quarantine import notes as quarantine_notes
 from skyassets.lake.schemas import home_relative_columns
 from skyassets.lake.tables import TABLES
 
@@ -77,9 +78,12 @@ def _present(
             absent.append(path)
     status = ({p: s for p, s in zip(selection["path"], selection["status"], strict=True)}
               if "status" in selection.columns else _manifest_status(home, absent))
+    quarantined = _quarantined(home, absent) if absent else {}
     missing = {}
     for path in absent:
-        if status.get(path) == "quarantined":
+        if path in quarantined:
+            missing[path] = f"quarantined: {quarantined[path]} (see the home's quarantine folder)"
+        elif status.get(path) == "quarantined":
             missing[path] = "quarantined when it was catalogued (see the home's quarantine folder)"
         elif status.get(path) in (_NEVER, "failed"):  # a landing or products row whose file never arrived
             missing[path] = "never stored in the home (not fetched or copied yet, or refused)"
@@ -89,6 +93,21 @@ def _present(
 
 
 _NEVER = "never stored"
+
+
+def _quarantined(home: Home, paths: list[str]) -> dict[str, str]:
+    """Why each of ``paths`` that was moved to the quarantine (its copy refused on arrival or when
+    catalogued) was moved, from the newest note of it."""
+    wanted, why = set(paths), {}
+    roots = {home.root.absolute(), home.root.resolve()}
+    for _, note in quarantine_notes(home.quarantine):
+        moved_from = Path(str(note.get("original_path", "")))
+        for root in roots:
+            if moved_from.is_relative_to(root):
+                path = moved_from.relative_to(root).as_posix().removesuffix(".corrupt")
+                if path in wanted:
+                    why[path] = str(note.get("reason") or "no reason noted")
+    return why
 
 
 def _manifest_status(home: Home, paths: list[str]) -> dict[str, str]:

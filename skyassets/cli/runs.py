@@ -7,7 +7,6 @@ process (``InProcess``).
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -23,6 +22,7 @@ from skyassets.cli.launch import Submission
 from skyassets.cli.output import counted, one_line
 from skyassets.defs.tags import PARTITION, partition_range
 from skyassets.lake.home import Home
+from skyassets.lake.quarantine import notes as quarantine_notes
 from skyassets.landing.ingest import (
     LANDING_COLLECTION,
     NOT_COPIED,
@@ -231,8 +231,14 @@ class IngestReport:
     renamed: dict[str, str] = field(default_factory=dict)
 
     @property
+    def folders_refused(self) -> list[str]:
+        """The refused that are folders (one that cannot be listed, a link to one), not files."""
+        return [path for path in self.refused if os.path.isdir(path)]
+
+    @property
     def files(self) -> int:
-        return len(self.catalogued) + len(self.quarantined) + len(self.failed) + len(self.refused)
+        return (len(self.catalogued) + len(self.quarantined) + len(self.failed) + len(self.refused)
+                - len(self.folders_refused))
 
     @property
     def ok(self) -> bool:
@@ -261,17 +267,7 @@ def _quarantine_reasons(home: Home, since: float) -> dict[str, str]:
     location its reason starts with and under the path it was moved from (a file refused while
     being catalogued is moved from the store, and its reason may not name where it was landed)."""
     reasons: dict[str, str] = {}
-    if not home.quarantine.is_dir():
-        return reasons
-    notes = []
-    for sidecar in home.quarantine.glob("*.json"):
-        try:
-            when = sidecar.stat().st_mtime
-            if when >= since:
-                notes.append((when, sidecar.name, json.loads(sidecar.read_text())))
-        except (OSError, ValueError):
-            continue
-    for _, _, note in sorted(notes, key=lambda n: n[:2]):  # a file quarantined again: its newest reason
+    for _, note in quarantine_notes(home.quarantine, since):  # a file quarantined again: its newest reason
         whole = str(note.get("reason", "")) or "quarantined"
         location = note.get("landed_location")
         if location and whole.startswith(f"{location}: "):  # a name may hold ": " itself
@@ -499,13 +495,15 @@ def measure_quality(runner: Runner, home: Home, partitions: list[str], run_confi
         if home.tables.exists("image_quality", partition):
             rows = home.tables.read("image_quality", partition)
             flags.update(rows["flag"])
-            worst += rows[["obs_id", "file_name", "filter", "score", "flag"]].to_dict("records")
+            worst += rows[["obs_id", "file_name", "hdu_index", "filter", "score", "flag"]].to_dict("records")
     if flags:
         print("  flags: " + ", ".join(f"{n} {flag}" for flag, n in flags.most_common()))
     lowest = [r for r in sorted(worst, key=lambda r: r["score"]) if r["flag"] != "good"][:3]  # what needs a look
     for row in lowest:
         band = row["filter"] if isinstance(row["filter"], str) and row["filter"] else "no filter"
-        print(f"  lowest: {row['file_name']} ({band}) score {row['score']:.0f} {row['flag']}")
+        # the observation and HDU too: the same file may be landed twice, an image file hold several images
+        print(f"  lowest: {row['obs_id']} {row['file_name']}[{row['hdu_index']}] ({band}) "
+              f"score {row['score']:.0f} {row['flag']}")
     if lowest:
         print(f"  details: skyassets quality {lowest[0]['obs_id']}")
     return len(partitions), failures

@@ -39,6 +39,8 @@ from astropy.wcs.utils import pixel_to_skycoord, proj_plane_pixel_area
 
 from skyassets.fits import bandpasses, limits
 from skyassets.fits.header import BLOCK, CARD, FitsHeader, HeaderLookup, HeaderTooLong, NotPlainFits, walk_hdus
+from skyassets.lake.quarantine import copy_of
+from skyassets.lake.quarantine import notes as quarantine_notes
 from skyassets.lake.schemas import IMAGE_SCHEMA
 
 AB_ZERO_JY = 3631.0
@@ -797,19 +799,30 @@ def quarantine(path: str | os.PathLike[str], quarantine_dir: str | os.PathLike[s
 def quarantined_versions(quarantine_dir: str | os.PathLike[str]) -> dict[str, tuple[str, str]]:
     """Each landed file's quarantined version, from the notes: landed location -> (its signature,
     the reason without the location), the newest note's where a file was quarantined twice."""
-    notes = []
-    for sidecar in Path(quarantine_dir).glob("*.json"):
-        try:
-            note = json.loads(sidecar.read_text())
-            notes.append((sidecar.stat().st_mtime, sidecar.name, note))
-        except (OSError, ValueError):
-            continue
     versions: dict[str, tuple[str, str]] = {}
-    for _, _, note in sorted(notes, key=lambda n: n[:2]):
+    for _, note in quarantine_notes(quarantine_dir):
         location, signature = note.get("landed_location"), note.get("landed_signature")
         if isinstance(location, str) and isinstance(signature, str):
             versions[location] = (signature, str(note.get("reason", "")).removeprefix(f"{location}: "))
     return versions
+
+
+def release_quarantined(quarantine_dir: str | os.PathLike[str], taken: Mapping[str, str]) -> list[Path]:
+    """Delete the quarantined copies (and notes) of landed files since taken in another version.
+
+    ``taken`` maps a landed location to the signature of the version just copied and verified. A
+    note of that location with another signature speaks of a version its owner has replaced, and
+    keeping it would show a repaired file as still broken; a note of the same version stays.
+    Returns the copies deleted.
+    """
+    released = []
+    for sidecar, note in quarantine_notes(quarantine_dir):
+        location = note.get("landed_location")
+        if isinstance(location, str) and location in taken and note.get("landed_signature") != taken[location]:
+            copy_of(sidecar).unlink(missing_ok=True)
+            sidecar.unlink(missing_ok=True)
+            released.append(copy_of(sidecar))
+    return released
 
 
 # ---------------------------------------------------------------------------- many files

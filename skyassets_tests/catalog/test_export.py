@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from skyassets.catalog.export import SUMS, ExportError, export_files
+from skyassets.fits.meta import quarantine
 from skyassets.lake.home import Home
 
 
@@ -196,8 +197,14 @@ def test_a_landed_or_listed_file_that_never_arrived_is_said_so(tmp_path):
     home.tables.write("fits_files", pd.DataFrame({
         "partition": ["c", "c"], "path": ["files/local/c/bad.fits", "files/local/c/gone.fits"],
         "status": ["quarantined", "downloaded"]}), partition="c")
+    # a copy refused on arrival is moved to the quarantine as <name>.corrupt, and never listed
+    refused = home.files / "local" / "c" / "cut.fits.corrupt"
+    refused.parent.mkdir(parents=True)
+    refused.write_bytes(b"SIMPLE")
+    quarantine(refused, home.quarantine, "/night/cut.fits: truncated: 6 bytes", landed_location="/night/cut.fits")
     rows = pd.DataFrame({"path": ["files/local/c/bad.fits", "files/local/c/gone.fits", "files/local/c/late.fits",
-                                  "files/MAST/d/listed.fits", "files/JWST/../odd.fits", "files/JWST//odd.fits"]})
+                                  "files/MAST/d/listed.fits", "files/JWST/../odd.fits", "files/JWST//odd.fits",
+                                  "files/local/c/cut.fits"]})
     done = export_files(pd.concat([selection, rows], ignore_index=True), home, tmp_path / "out",
                         "SELECT * FROM landing")
     never = "never stored in the home (not fetched or copied yet, or refused)"
@@ -209,6 +216,7 @@ def test_a_landed_or_listed_file_that_never_arrived_is_said_so(tmp_path):
         # paths no observation's folder can have are said missing, not a crash
         "files/JWST/../odd.fits": "no longer in the home (removed since it was catalogued)",
         "files/JWST//odd.fits": "no longer in the home (removed since it was catalogued)",
+        "files/local/c/cut.fits": "quarantined: /night/cut.fits: truncated: 6 bytes (see the home's quarantine folder)",
     }
 
 

@@ -100,7 +100,7 @@ def test_a_file_cataloguing_quarantines_is_no_longer_listed_as_downloaded(emu, t
         assert "- `junk.fits`: " in junk["quarantined_files"] and junk["dagster/row_count"] == 0
     assert list(report.quarantined) == [str(drop / "junk.fits")]
     manifests = pd.concat(pd.read_parquet(p) for p in (home.lake / "fits_files").glob("*.parquet"))
-    assert manifests.set_index("filename")["status"].to_dict() == {good.name: "downloaded", "junk.fits": "quarantined"}
+    assert manifests.set_index("filename")["status"].to_dict() == {good.name: "copied", "junk.fits": "quarantined"}
 
 
 def test_a_quarantined_file_once_repaired_is_catalogued_and_stays_so(emu, tmp_path):
@@ -110,18 +110,24 @@ def test_a_quarantined_file_once_repaired_is_catalogued_and_stays_so(emu, tmp_pa
     shutil.copy(good, drop / good.name)
     broken = drop / "fixed.fits"
     broken.write_bytes(fixed.read_bytes()[:5000])
+    still = drop / "still.fits"
+    still.write_bytes(fixed.read_bytes()[:4000])
     home = Home(tmp_path / "home")
     with instance_for_test() as instance:
         first = ingest([drop], home, instance)
-    assert list(first.quarantined) == [str(broken)]
+    assert sorted(first.quarantined) == [str(broken), str(still)]
+    assert sorted(p.name for p in home.quarantine.iterdir()) == [
+        "fixed.fits.corrupt", "fixed.fits.corrupt.json", "still.fits.corrupt", "still.fits.corrupt.json"]
     broken.write_bytes(fixed.read_bytes())  # the whole file, landed again
     os.utime(broken, ns=(2_000_000_000_000_000_000, 2_000_000_000_000_000_000))
     for attempt in ("repaired", "unchanged since"):
         with instance_for_test() as instance:
             report = ingest([drop], home, instance)
         assert sorted(report.catalogued) == sorted([str(drop / good.name), str(broken)]), (attempt, report)
-        assert not report.quarantined and report.ok, attempt
-    assert report.unchanged == 2
+        assert list(report.quarantined) == [str(still)], attempt
+        # the repaired file's broken copy has left the quarantine; the file still broken keeps its own
+        assert sorted(p.name for p in home.quarantine.iterdir()) == ["still.fits.corrupt", "still.fits.corrupt.json"]
+    assert report.unchanged == 3
 
 
 def test_a_quarantined_file_is_not_taken_again_while_its_partition_mate_changes(emu, tmp_path):

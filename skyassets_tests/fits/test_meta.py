@@ -20,7 +20,15 @@ from skyassets.fits import bandpasses
 from skyassets.fits import header as fitsheader
 from skyassets.fits import meta as fitsmeta
 from skyassets.fits.header import NotPlainFits
-from skyassets.fits.meta import IMAGE_SCHEMA, UnreadableFits, extract, extract_many, quarantine, to_table
+from skyassets.fits.meta import (
+    IMAGE_SCHEMA,
+    UnreadableFits,
+    extract,
+    extract_many,
+    quarantine,
+    release_quarantined,
+    to_table,
+)
 
 SITE = Path(fits.__file__).parents[3]
 
@@ -431,6 +439,19 @@ def test_quarantine_never_overwrites(tmp_path):
     for i, name in enumerate(names):
         assert (tmp_path / "q" / name).read_bytes() == b"x" * (i + 1)
         assert json.loads((tmp_path / "q" / f"{name}.json").read_text())["reason"] == f"reason {i}"
+
+
+def test_a_landed_file_taken_in_another_version_leaves_the_quarantine(tmp_path):
+    qdir = tmp_path / "q"
+    for name, location, signature in [("a.fits", "/night/a.fits", "10:1"), ("b.fits", "/night/b.fits", "10:1"),
+                                      ("c.fits", None, None)]:
+        (tmp_path / name).write_bytes(b"x")
+        quarantine(tmp_path / name, qdir, "broken", landed_location=location, landed_signature=signature)
+    (qdir / "junk.json").write_text("{not json")
+    # a is taken in a new version, b again as it was quarantined (it stays), c is an archive file's
+    released = release_quarantined(qdir, {"/night/a.fits": "99:2", "/night/b.fits": "10:1", "c.fits": "1:1"})
+    assert released == [qdir / "a.fits"]
+    assert sorted(p.name for p in qdir.iterdir()) == ["b.fits", "b.fits.json", "c.fits", "c.fits.json", "junk.json"]
 
 
 # ------------------------------------------------------------------------- schema

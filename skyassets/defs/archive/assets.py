@@ -130,7 +130,8 @@ def _bytes(frame: pd.DataFrame) -> dict[str, int]:
 def _file_figures(frame: pd.DataFrame) -> dict[str, int]:
     """A partition's own bytes and how its files came: fetched (or copied) now, or already verified."""
     status = Counter(frame["status"]) if len(frame) else Counter()
-    return {**_bytes(frame), "files_downloaded": status["downloaded"], "files_skipped": status["skipped"]}
+    return {**_bytes(frame), "files_downloaded": status["downloaded"] + status["copied"],
+            "files_skipped": status["unchanged"]}
 
 
 @asset(
@@ -347,6 +348,15 @@ def _forget_changed_copy(request: "FileRequest", before: dict | None, signature:
     return True
 
 
+def _release_repaired(root: Home, results: "list[FileResult]", owner: list[tuple]) -> list[Path]:
+    """The quarantined copies of landed files whose new version was copied, deleted with their notes."""
+    from skyassets.fits.meta import release_quarantined
+
+    taken = {location: signature for (_, location, signature), result in zip(owner, results, strict=True)
+             if signature is not None and result.status != "failed"}
+    return release_quarantined(root.quarantine, taken) if taken and root.quarantine.is_dir() else []
+
+
 def _drop_failed_versions(
     root: Home, requests: "list[FileRequest]", results: "list[FileResult]", changed: set[int]
 ) -> None:
@@ -445,7 +455,7 @@ def _manifest_row(
         "size": result.size,
         "sha256": result.sha256,
         "source": result.source,
-        "status": result.status,
+        "status": _stored_status(result.status, signature),
         "fits_checksum": result.fits_checksum,
         "sha256_checked": result.sha256_checked,
         "attempts": result.attempts,
@@ -459,6 +469,17 @@ def _manifest_row(
                     "bytes_per_second"):
             row[key] = before.get(key)
     return row
+
+
+def _stored_status(status: str, signature: str | None) -> str:
+    """What the run did with a file, in the manifest's words: ``downloaded`` from MAST, ``copied``
+    from the landing zone, ``unchanged`` when found stored and verified (older manifests say
+    ``skipped``, and ``downloaded`` for a landed copy)."""
+    if status == "skipped":
+        return "unchanged"
+    if status == "downloaded" and signature is not None:
+        return "copied"
+    return status
 
 
 @asset(
@@ -518,6 +539,8 @@ def fits_files(
     _drop_failed_versions(root, requests, results, changed)
     for message in quarantined:
         context.log.warning(message)
+    for copy in _release_repaired(root, results, owner):
+        context.log.info(f"deleted {copy} from the quarantine: a newer version of its file is copied")
     failed = [(o[0], r) for q, r, o in zip(requests, results, owner, strict=True)
               if r.status == "failed" and q.local_path is None]
     status = Counter(r.status for r in results)
