@@ -102,7 +102,8 @@ def _ingest(args: argparse.Namespace) -> int:
         print(f"{counted(report.files, 'files')} in {counted(len(report.partitions), 'partitions')} "
               f"({counted(report.runs, 'runs')}): "
               f"{len(report.catalogued)} catalogued, {len(report.quarantined)} quarantined, "
-              f"{len(report.failed)} failed, {len(report.refused)} refused")
+              f"{len(report.failed)} failed, {len(report.refused) - len(report.folders_refused)} refused"
+              + (f"; {counted(len(report.folders_refused), 'folders')} not read" if report.folders_refused else ""))
         if report.unchanged:
             print(f"{report.unchanged} of them unchanged since an earlier ingest: not taken again")
         if imageless := without_images(home, report):
@@ -122,6 +123,10 @@ def _ingest(args: argparse.Namespace) -> int:
             print(f"{counted(len(locations), 'files')} left {key} for another partition (the observation id in "
                   f"the header changed, or there is none and the file is now keyed by its path): {key} catalogued "
                   "again without them")
+            for location in locations[:20]:
+                print(f"  left {key}: {one_line(location)}")
+            if len(locations) > 20:
+                print(f"  ... and {len(locations) - 20} more")
         for what, files in (("quarantined", report.quarantined), ("failed", report.failed),
                             ("refused", report.refused)):
             for location, reason in list(files.items())[:20]:

@@ -107,7 +107,9 @@ FITS_FILES_SCHEMA = pa.schema([
     schema_field("sha256", pa.string(), None, "SHA-256 of the file"),
     schema_field("source", pa.string(), None, "where the bytes came from: s3, http or local"),
     schema_field("status", pa.string(), None,
-                 "downloaded, or skipped when already verified; quarantined when cataloguing refused it"),
+                 "what the observation's last run did with the file: downloaded (from MAST), copied (from the "
+                 "landing zone), unchanged (found stored and verified, not fetched again); quarantined when "
+                 "cataloguing refused it (older manifests say skipped for unchanged, downloaded for copied)"),
     schema_field("fits_checksum", pa.string(), None, "result of the FITS CHECKSUM/DATASUM check"),
     schema_field("sha256_checked", pa.bool_(), None,
                  "the SHA-256 matched the one the archive sent for the object (S3 ChecksumSHA256); "

@@ -39,7 +39,7 @@ from skyassets.lake.home import Home
 from skyassets.lake.lease import Waiting
 from skyassets.lake.names import MAX_FILENAME_LENGTH, UNSAFE_CATEGORIES, InvalidNameError, safe_filename
 from skyassets.landing.keys import partition_key
-from skyassets.landing.zone import FITS_SUFFIXES, LandedFile, unread_compression
+from skyassets.landing.zone import FITS_SUFFIXES, LINKED_FOLDER, LandedFile, links_to_folder, unread_compression
 
 if TYPE_CHECKING:
     from skyassets.fits.meta import Failure
@@ -103,7 +103,9 @@ def _below(root: Path, refused: dict[str, str], home: Path | None = None,
             if why := unread_compression(entry.name):
                 refused[printable(entry.path)] = why
             elif entry.is_symlink():
-                if entry.name.lower().endswith(FITS_SUFFIXES):
+                if links_to_folder(entry):  # a whole folder passed over would go unseen: said, like a file's link
+                    refused[printable(entry.path)] = LINKED_FOLDER
+                elif entry.name.lower().endswith(FITS_SUFFIXES):
                     refused[printable(entry.path)] = "a symbolic link: links are not followed"
             elif entry.is_dir(follow_symlinks=False):
                 folders.append(Path(entry.path))

@@ -37,6 +37,7 @@ FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fts.gz", ".fi
 # reported with the reason, not passed over as if it were not FITS.
 UNREAD_COMPRESSIONS = (".xz", ".zst", ".lz4", ".z", ".zip", ".7z")
 TEMP_SUFFIX = ".part"
+LINKED_FOLDER = "a symbolic link to a folder: links are not followed (name the folder itself to take its files)"
 # Positions of older generations kept so a cursor a few ticks old still resumes where it was.
 _KEEP_POSITIONS = 64
 _CURSOR_VERSION = 1
@@ -119,6 +120,14 @@ def _open_below(absolute: str, flags: int) -> int:
         return os.open(parts[-1], flags, dir_fd=folder)
     finally:
         os.close(folder)
+
+
+def links_to_folder(entry: os.DirEntry[str]) -> bool:
+    """Whether a link leads to a folder (a loop or a dangling link leads nowhere)."""
+    try:
+        return entry.is_symlink() and entry.is_dir()
+    except OSError:
+        return False
 
 
 def unread_compression(name: str) -> str | None:
@@ -443,6 +452,8 @@ class LandingZone(_Zone):
         why = None
         if entry.is_symlink():
             why = "a symbolic link: links are not followed"
+            if links_to_folder(entry):  # a folder of files passed over is said, like a file's link
+                why, fits_named = LINKED_FOLDER, True
         else:
             try:
                 name.encode("utf-8")

@@ -4,6 +4,7 @@ import csv
 import io
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -389,6 +390,7 @@ def test_ingest_brings_the_whole_chain_up_to_date_and_says_what_failed(emu, tmp_
         (drop / path.name).write_bytes(path.read_bytes())
     (drop / "cut\nshort.fits").write_bytes(cal[0].read_bytes()[:5000])  # a name that is two lines
     (drop / "elsewhere.fits").symlink_to(cal[-1])  # a link is never followed out of the folder
+    (drop / "night2").symlink_to(cal[-1].parent)  # nor a linked folder: said, and no file of it counted
     blank = drop / "jw99999001001_02101_00001_nrca1_cal.fits"
     with fits.open(cal[0]) as hdul:
         hdul[0].header["OBS_ID"] = "V99999001001P0000000002101"
@@ -408,7 +410,11 @@ def test_ingest_brings_the_whole_chain_up_to_date_and_says_what_failed(emu, tmp_
     # the partitions of the quarantined file and of the spectrum have no image: none to measure or look at
     assert "Measuring image quality of 4 observations:" in result.stdout
     assert "details: skyassets quality landed-cut" not in result.stdout
-    assert "5 catalogued, 1 quarantined, 0 failed, 1 refused" in result.stdout
+    # the image that needs a look is named with its observation and HDU
+    assert re.search(rf"^  lowest: landed-\S+ {re.escape(blank.name)}\[1\] \(F\w+\) score \d+ \w+$",
+                     result.stdout, re.M), result.stdout
+    assert "5 catalogued, 1 quarantined, 0 failed, 1 refused; 1 folder not read\n" in result.stdout
+    assert f"refused: {drop / 'night2'}: a symbolic link to a folder" in result.stderr
     assert "1 catalogued file with no image HDU (spectra or tables)" in result.stdout
     assert f"  no image: {spectrum}\n" in result.stdout
     assert any(line.startswith(f"  quarantined: {drop}/cut\\nshort.fits: ") for line in result.stderr.splitlines())
@@ -440,6 +446,15 @@ def test_ingest_brings_the_whole_chain_up_to_date_and_says_what_failed(emu, tmp_
     assert "webserver" not in again.stderr, again.stderr
     assert f"catalog up to date: {home.root / 'catalog.duckdb'}" in again.stdout, again.stdout
     assert (home.root / "catalog.duckdb").stat().st_mtime_ns == published
+    # a file whose header now names another observation leaves its partition, and is named
+    moved = drop / cal[1].name
+    with fits.open(moved) as hdul:
+        hdul[0].header["OBS_ID"] = "V99999001001P0000000002199"
+        hdul.writeto(moved, checksum=True, overwrite=True)
+    moved_out = subprocess.run([sys.executable, "-m", "skyassets.cli.main", "ingest", str(drop)],
+                               env=env, capture_output=True, text=True, timeout=600)
+    assert re.search(rf"^1 file left (\S+) for another partition.*\n  left \1: {re.escape(str(moved))}$",
+                     moved_out.stdout, re.M), moved_out.stdout
 
 
 def test_output_cut_short_by_its_reader_ends_quietly(home):

@@ -22,7 +22,7 @@ from skyassets.landing.ingest import (
     recording,
     relocate_landed,
 )
-from skyassets.landing.zone import LandedFile
+from skyassets.landing.zone import LINKED_FOLDER, LandedFile
 
 
 def _file(path: Path, data: bytes = b"SIMPLE  =                    T") -> Path:
@@ -49,6 +49,7 @@ def test_local_files_follow_no_link_and_refuse_it_with_the_reason(tmp_path: Path
     assert found[0].location == str(good) and found[0].size == good.stat().st_size
     assert refused == {
         str(night / "link.fits"): "a symbolic link: links are not followed",
+        str(night / "linked-folder"): LINKED_FOLDER,  # a folder of files passed over is said
         str(night / "pipe.fits"): "not a regular file",
     }
 

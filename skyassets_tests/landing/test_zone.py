@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from skyassets.landing.zone import LandedFile, LandingZone, S3LandingZone, Tick
+from skyassets.landing.zone import LINKED_FOLDER, LandedFile, LandingZone, S3LandingZone, Tick
 
 
 def _write(path: Path, data: bytes = b"x" * 100, mtime_ns: int | None = None) -> Path:
@@ -280,6 +280,8 @@ def test_fits_named_entries_not_taken_are_reported_once_with_why(root: Path, zon
     _write(root / "good.fits")
     _write(tmp_path / "outside.fits")
     (root / "link.fits").symlink_to(tmp_path / "outside.fits")
+    (root / "night2").symlink_to(tmp_path)  # a linked folder: its files are passed over, and that is said
+    (root / "notes-link").symlink_to(root / "notes.txt")  # a link to a file not FITS-named: not said
     os.mkfifo(root / "pipe.fits")
     with open(os.path.join(os.fsencode(root), b"caf\xe9.fits"), "wb") as f:
         f.write(b"x" * 100)
@@ -291,6 +293,7 @@ def test_fits_named_entries_not_taken_are_reported_once_with_why(root: Path, zon
     assert sorted(first.skipped) == [
         ("caf\\xe9.fits", "the name is not valid UTF-8 and cannot be recorded; rename the file"),
         ("link.fits", "a symbolic link: links are not followed"),
+        ("night2", LINKED_FOLDER),
         ("packed.fits.xz", "FITS compressed as .xz, which is not read (gzip .gz, bzip2 .bz2 and tile-compressed "
                            ".fz are): decompress it, or recompress it with gzip"),
         ("pipe.fits", "not a regular file"),

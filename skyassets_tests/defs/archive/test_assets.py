@@ -120,8 +120,11 @@ def test_watchlist_to_verified_files(emu, pipeline):
     before = _downloads(emu)
     assert job.execute_in_process(instance=instance, partition_key=obs_id).success
     again = pd.read_parquet(home / "lake" / "fits_files" / f"{obs_id}.parquet")
-    assert set(again["status"]) == {"skipped"} and list(again["sha256"]) == list(manifest["sha256"])
-    # A skipped file keeps the record of how it was fetched and checked.
+    assert list(again["sha256"]) == list(manifest["sha256"])
+    again_meta = instance.get_latest_materialization_event(AssetKey("fits_files")).asset_materialization.metadata
+    assert (again_meta["files_skipped"].value, again_meta["files_downloaded"].value) == (len(manifest), 0)
+    # A skipped file is said unchanged, and keeps the record of how it was fetched and checked.
+    assert set(again["status"]) == {"unchanged"}
     assert list(again["source"]) == list(manifest["source"])
     assert list(again["fits_checksum"]) == list(manifest["fits_checksum"])
     assert _downloads(emu) == before
@@ -155,7 +158,7 @@ def test_http_fallback_when_cloud_is_off_and_failure_keeps_verified_files(emu, t
         assert job.execute_in_process(instance=instance, partition_key=obs_id).success
         manifest = pd.read_parquet(home / "lake" / "fits_files" / f"{obs_id}.parquet")
         assert set(manifest[manifest["status"] == "downloaded"]["source"]) == {"http"}
-        assert dict(manifest.groupby("status").size()) == {"downloaded": 1, "skipped": len(kept)}
+        assert dict(manifest.groupby("status").size()) == {"downloaded": 1, "unchanged": len(kept)}
         assert _downloads(emu) - before == 1
 
 
