@@ -152,6 +152,9 @@ def query_watchlist(client: ObservationsClass, watchlist: Watchlist, now: Time |
     """
     now_mjd = (now or Time.now()).mjd
     result = WatchlistResult(observations=pd.DataFrame())
+    for name, why in watchlist.invalid:  # an entry that cannot be read fails alone
+        result.failed.append(why)
+        result.failed_entries.append(name)
     tables = []
     for entry in watchlist.entries:
         try:

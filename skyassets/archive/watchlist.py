@@ -81,8 +81,12 @@ class WatchlistEntry:
 
 @dataclass(frozen=True)
 class Watchlist:
+    """The entries to search, and those that could not be read: ``invalid`` holds (entry name, why);
+    a query reports them failed, as an entry whose search fails, and the others go on."""
+
     path: str
     entries: tuple[WatchlistEntry, ...]
+    invalid: tuple[tuple[str, str], ...] = ()
 
     def entry(self, name: str) -> WatchlistEntry:
         for entry in self.entries:
@@ -154,10 +158,28 @@ def _parse_coordinates(value: Any) -> SkyCoord:
             ra = dec = math.nan
         if isinstance(pair[0], bool) or isinstance(pair[1], bool) or not (math.isfinite(ra) and math.isfinite(dec)):
             raise ValueError(f"coordinates are two finite numbers of degrees, not {value!r}")
-        return SkyCoord(ra, dec, unit="deg", frame="icrs")
+        return _on_the_sky(ra, dec)
     text = str(value)
-    unit = (u.deg, u.deg) if ":" not in text and "h" not in text else (u.hourangle, u.deg)
-    return SkyCoord(text, unit=unit, frame="icrs")
+    try:  # "ra dec" in degrees: checked as a pair is, where astropy would wrap an RA of 400 to 40
+        ra, dec = (float(v) for v in text.replace(",", " ").split())
+    except ValueError:
+        unit = (u.deg, u.deg) if ":" not in text and "h" not in text else (u.hourangle, u.deg)
+        try:
+            return SkyCoord(text, unit=unit, frame="icrs")
+        except ValueError as err:
+            raise ValueError(f"cannot read the coordinates {text!r} ({err})") from err
+    return _on_the_sky(ra, dec)
+
+
+def _on_the_sky(ra: float, dec: float) -> SkyCoord:
+    """ICRS coordinates of ``ra``, ``dec`` in degrees, refused with a plain reason when off the sky."""
+    from astropy.coordinates import SkyCoord
+
+    if not 0 <= ra < 360:
+        raise ValueError(f"ra is between 0 and 360 degrees, not {ra:g}")
+    if not -90 <= dec <= 90:
+        raise ValueError(f"dec is between -90 and +90 degrees, not {dec:g}")
+    return SkyCoord(ra, dec, unit="deg", frame="icrs")
 
 
 def _parse_products(raw: Any, base: ProductSpec, where: str) -> ProductSpec:
@@ -271,12 +293,20 @@ def parse_watchlist(text: str, path: str = "<watchlist>") -> Watchlist:
     if not isinstance(defaults, dict) or not set(defaults) <= {"products"}:
         raise WatchlistError(f"{path}: 'defaults' is a mapping with the key 'products', not {defaults!r}")
     base = _parse_products(defaults.get("products"), ProductSpec(), f"{path}: defaults")
-    entries = tuple(_parse_entry(item, i, base, path) for i, item in enumerate(raw["entries"]))
-    names = [entry.name for entry in entries]
+    entries, invalid = [], []
+    for i, item in enumerate(raw["entries"]):
+        try:
+            entries.append(_parse_entry(item, i, base, path))
+        except WatchlistError as err:  # one entry mistyped: the others are still searched
+            named = isinstance(item, dict) and isinstance(item.get("name"), (str, int, float))
+            invalid.append((str(item["name"]) if named else f"entry {i + 1}", str(err)))
+    if not entries:
+        raise WatchlistError("; ".join(why for _, why in invalid))
+    names = [entry.name for entry in entries] + [name for name, _ in invalid]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise WatchlistError(f"{path}: entry names must be unique; repeated: {duplicates}")
-    return Watchlist(path=path, entries=entries)
+    return Watchlist(path=path, entries=tuple(entries), invalid=tuple(invalid))
 
 
 def load_watchlist(path: str | Path = DEFAULT_WATCHLIST) -> Watchlist:

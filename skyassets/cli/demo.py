@@ -92,12 +92,15 @@ def _demo(runner: Runner, home: Home, dagster_home: Path) -> int:
     granted = observations.get("exclusive_access_granted", 0)
     print(f"\nQueried the watchlist: {counted(observations['dagster/row_count'], 'observations')}"
           + (f", {granted} of them exclusive-access ones the MAST token grants" if granted else ""))
-    for entry, count in observations["rows_per_entry"].items():
-        print(f"  {entry:<32} {count:>4} rows")
+    found = observations.get("observations_per_entry") or {}
+    for entry, rows in observations["rows_per_entry"].items():
+        count = found.get(entry, rows)
+        print(f"  {entry:<32} {counted(count, 'observations'):>16}"
+              + (f" ({rows} rows from MAST)" if rows != count else ""))
     print(f"  exclusive-access left out: {observations['proprietary_left_out']}")
     failed_entries = observations.get("failed_entry_reasons") or []
     if failed_entries:
-        print(f"  failed entries: {len(failed_entries)} (their last rows kept):")
+        print(f"  failed entries: {len(failed_entries)} (what an earlier query found for them is kept):")
         for reason in failed_entries:
             print(f"    {one_line(reason)}")
 

@@ -48,6 +48,22 @@ entries:
     assert both.split(",")[:2] == ["by-id", "by-program"]
 
 
+def test_an_entry_that_cannot_be_read_fails_alone_and_the_others_are_searched(emu, client):
+    first = next(o for o in emu.sky.observations if o["obs_collection"] == "JWST")
+    wl = parse_watchlist(f"""
+entries:
+  - {{name: by-id, obs_id: {first['obs_id']}}}
+  - {{name: off-the-sky, coordinates: "400.0 -95.0"}}
+  - {{coordinates: [10, 95]}}
+""", "mine.yaml")
+    assert [e.name for e in wl.entries] == ["by-id"]
+    result = query_watchlist(client, wl)
+    assert result.per_entry == {"by-id": 1} and list(result.observations["obs_id"]) == [first["obs_id"]]
+    assert result.failed_entries == ["off-the-sky", "entry 3"]
+    assert result.failed == ["mine.yaml: entry 'off-the-sky': ra is between 0 and 360 degrees, not 400",
+                             "mine.yaml: entry 3: dec is between -90 and +90 degrees, not 95"]
+
+
 def test_paging_returns_every_row(emu):
     wl = load_watchlist()
     whole = query_watchlist(observations_client(emu.url, s3_endpoint=emu.s3_endpoint), wl)

@@ -76,6 +76,11 @@ def test_sexagesimal_coordinates():
         ("entries: [{name: a, coordinates: {ra: 10}}]", "entry 'a': coordinates are {ra: ..., dec: ...}"),
         ("entries: [{name: a, coordinates: [1, 2, 3]}]", "entry 'a': coordinates are {ra: ..., dec: ...}"),
         ("defaults: [1]\nentries: [{name: a, target: M1}]", "'defaults' is a mapping with the key 'products'"),
+        # an RA of 400 is a slip, not 40: refused as a dec of -95 is, in plain words
+        ("entries: [{name: a, coordinates: '400.0 -95.0'}]", "entry 'a': ra is between 0 and 360 degrees, not 400"),
+        ("entries: [{name: a, coordinates: {ra: 10, dec: -95}}]", "entry 'a': dec is between -90 and +90 degrees"),
+        ("entries: [{name: a, coordinates: 'ten north'}]", "entry 'a': cannot read the coordinates 'ten north'"),
+        ("entries: [{name: a, target: M1}, {name: b, coordinates: 'x y z'}, {name: a, program: 3}]", "unique"),
     ],
 )
 def test_bad_watchlists_name_the_file_and_the_reason(text, message):

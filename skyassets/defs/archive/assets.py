@@ -3,7 +3,7 @@
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
@@ -62,7 +62,7 @@ def mast_observations(
     result = query_watchlist(archive.client(home.home), wl)
     for message in result.rejected:
         context.log.error(f"observation left out: {message}")
-    if wl.entries and len(result.failed_entries) == len(wl.entries):
+    if len(result.failed_entries) == len(wl.entries) + len(wl.invalid):
         raise Failure("every watchlist entry failed, mast_observations keeps its last rows: "
                       + "; ".join(result.failed))
     for message in result.failed:
@@ -75,7 +75,7 @@ def mast_observations(
     previous = lake.read("mast_observations", missing_ok=True) if result.failed_entries else pd.DataFrame()
     observations = keep_failed_entries(result.observations, previous, result.failed_entries)
     kept = len(observations) - len(result.observations)
-    found = (f"{len(observations)} observations from {len(wl.entries)} watchlist entries "
+    found = (f"{len(observations)} observations from {len(wl.entries) + len(wl.invalid)} watchlist entries "
              f"({result.proprietary} proprietary left out, {kept} kept from failed entries)")
     last = context.instance.get_latest_materialization_event(context.asset_key)
     last_failed = last is not None and getattr(last.asset_materialization.metadata.get("failed_entries"), "value", 0)
@@ -91,7 +91,8 @@ def mast_observations(
             **frame_metadata(observations, preview_columns=OBSERVATION_PREVIEW),
             "path": MetadataValue.path(path),
             "watchlist": wl.path,
-            "rows_per_entry": MetadataValue.json(result.per_entry),
+            "rows_per_entry": MetadataValue.json(result.per_entry),  # as MAST sent them: a row per filter
+            "observations_per_entry": MetadataValue.json(_per_entry(observations, result.per_entry)),
             "proprietary_left_out": result.proprietary,
             "exclusive_access_granted": result.granted,
             "failed_entries": len(result.failed),
@@ -100,6 +101,12 @@ def mast_observations(
             "rejected_obs_ids": len(result.rejected),
         }
     )
+
+
+def _per_entry(observations: pd.DataFrame, entries: Iterable[str]) -> dict[str, int]:
+    """How many of the observations each entry found (an observation is one row, whatever its filters)."""
+    found = observations["watchlist_entry"].fillna("").str.split(",") if len(observations) else pd.Series([])
+    return {name: int(found.map(lambda names, name=name: name in names).sum()) for name in entries}
 
 
 def _observation_row(observations: pd.DataFrame, obs_id: str) -> pd.Series:
