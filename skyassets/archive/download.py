@@ -1456,7 +1456,7 @@ class _Downloader:
                            f"({job.expected_sha256})")
         os.replace(job.part, job.final)
         _write_atomic(job.sha_file, f"{sha256}  {job.name}\n")
-        _record_verified(job.final, sha256)
+        _record_verified(job.final, sha256, check.status, job.source)
         _unlink(job.state_file)
         return check.status
 
@@ -1464,7 +1464,8 @@ class _Downloader:
 
     def _result(self, job: _Job, status: str, started: float, *, error: str | None = None,
                 size: int = 0, sha256: str | None = None, md5: str | None = None,
-                fits: str = "unchecked", sha256_checked: bool = False) -> FileResult:
+                fits: str = "unchecked", sha256_checked: bool = False, source: str | None = None) -> FileResult:
+        """The file's outcome; ``source`` says where a file found verified once came from."""
         seconds = time.monotonic() - started
         job.status = status
         return FileResult(
@@ -1474,7 +1475,7 @@ class _Downloader:
             size=size,
             sha256=sha256,
             md5=md5,
-            source=job.source if status == "downloaded" else None,
+            source=job.source if status == "downloaded" else source,
             seconds=seconds,
             bytes_per_second=job.bytes_fetched / seconds if seconds > 0 else 0.0,
             bytes_fetched=job.bytes_fetched,
@@ -1494,8 +1495,10 @@ class _Downloader:
         size = job.final.stat().st_size
         if job.request.expected_size is not None and size != job.request.expected_size:
             return None
-        fits = "unchecked"
-        if self.config.verify_existing or not _verified_unchanged(job.final, recorded):
+        record = _verified_record(job.final)
+        source = record.get("source") if isinstance(record.get("source"), str) else None
+        fits = record.get("fits_checksum") if isinstance(record.get("fits_checksum"), str) else "unchecked"
+        if self.config.verify_existing or not _verified_unchanged(job.final, recorded, record):
             digest = sha256_file(job.final)
             fits = verify_file(job.final).status
             if digest != recorded or fits == "bad":
@@ -1503,9 +1506,9 @@ class _Downloader:
                 _unlink(job.sha_file)
                 log.warning("%s no longer matches its checksums; moved aside and fetching again", job.name)
                 return None
-            _record_verified(job.final, digest)
+            _record_verified(job.final, digest, fits, source)
         job.total_size = job.on_disk = size
-        return self._result(job, "skipped", started, size=size, sha256=recorded, fits=fits)
+        return self._result(job, "skipped", started, size=size, sha256=recorded, fits=fits, source=source)
 
     def _backoff(self, attempt: int, wait: float | None) -> float:
         cfg = self.config
@@ -1629,21 +1632,32 @@ def _verified_path(final: Path) -> Path:
     return final.with_name(f".{final.name}{VERIFIED_SUFFIX}")
 
 
-def _record_verified(final: Path, sha256: str) -> None:
-    """Remember the size and mtime ``final`` had when its SHA-256 was checked."""
+def _record_verified(final: Path, sha256: str, fits: str | None = None, source: str | None = None) -> None:
+    """Remember the size and mtime ``final`` had when its SHA-256 was checked, and how it came and
+    what its FITS sums said, for a run that finds it verified with no manifest of the one that
+    fetched it (that run failed, or was killed, after this file)."""
     stat = final.stat()
-    _write_atomic(_verified_path(final),
-                  json.dumps({"sha256": sha256, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}))
+    record = {"sha256": sha256, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    record.update({k: v for k, v in (("fits_checksum", fits), ("source", source)) if v is not None})
+    _write_atomic(_verified_path(final), json.dumps(record))
 
 
-def _verified_unchanged(final: Path, sha256: str) -> bool:
-    """Whether ``final`` still has the size and mtime it had when verified with this digest."""
+def _verified_record(final: Path) -> dict[str, Any]:
+    """What ``_record_verified`` remembered of ``final`` (empty if nothing readable)."""
     try:
         record = json.loads(_verified_path(final).read_text(encoding="utf-8"))
-        stat = final.stat()
     except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _verified_unchanged(final: Path, sha256: str, record: dict[str, Any]) -> bool:
+    """Whether ``final`` still has the size and mtime it had when verified with this digest."""
+    try:
+        stat = final.stat()
+    except OSError:
         return False
-    return (isinstance(record, dict) and record.get("sha256") == sha256 and record.get("size") == stat.st_size
+    return (record.get("sha256") == sha256 and record.get("size") == stat.st_size
             and record.get("mtime_ns") == stat.st_mtime_ns)
 
 

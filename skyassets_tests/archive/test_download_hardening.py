@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import time
 from pathlib import Path
@@ -186,8 +187,16 @@ def test_file_changed_in_place_is_checked_again_before_it_is_reported(emu, tmp_p
     assert_in_place(refetched, content)
     assert len(gets_of(emu, since, name)) == 1
 
+    # unchanged since verified: not checked again, and said as it was found when it came (a run that
+    # finds it after the run that fetched it failed has no manifest row of it to say so)
     (again,) = download_files([file_request(emu, product, tmp_path)], download_config(emu))
-    assert again.status == "skipped" and again.fits_checksum == "unchecked"  # unchanged since verified
+    assert (again.status, again.fits_checksum, again.source) == ("skipped", "ok", refetched.source)
+    assert refetched.source == "http"
+    record = final.with_name(f".{name}.verified")
+    kept = json.loads(record.read_text())
+    record.write_text(json.dumps({k: kept[k] for k in ("sha256", "size", "mtime_ns")}))  # as older ones are
+    (older,) = download_files([file_request(emu, product, tmp_path)], download_config(emu))
+    assert (older.status, older.fits_checksum, older.source) == ("skipped", "unchecked", None)
 
 
 def test_trickling_transfer_is_cut_by_the_minimum_speed(emu, tmp_path: Path) -> None:

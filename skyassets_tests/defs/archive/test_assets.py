@@ -159,6 +159,9 @@ def test_http_fallback_when_cloud_is_off_and_failure_keeps_verified_files(emu, t
         manifest = pd.read_parquet(home / "lake" / "fits_files" / f"{obs_id}.parquet")
         assert set(manifest[manifest["status"] == "downloaded"]["source"]) == {"http"}
         assert dict(manifest.groupby("status").size()) == {"downloaded": 1, "unchanged": len(kept)}
+        # the files verified by the run that failed keep how they came and what their sums said
+        unchanged = manifest[manifest["status"] == "unchanged"]
+        assert set(unchanged["source"]) == {"http"} and set(unchanged["fits_checksum"]) == {"ok"}
         assert _downloads(emu) - before == 1
 
 
