@@ -361,6 +361,16 @@ def _quality(args: argparse.Namespace) -> int:
         raise CommandError(f"not an observation id: {exc}") from exc
     known = sorted(set(lake.partitions("image_metadata")) | set(lake.partitions("mast_products")))
     if args.obs_id not in known:
+        found = (lake.read("mast_observations", columns=["obs_id"])["obs_id"].tolist()
+                 if lake.exists("mast_observations") else [])
+        same = [o for o in dict.fromkeys([*known, *found]) if o.casefold() == args.obs_id.casefold()]
+        if len(same) == 1 and same[0] != args.obs_id:  # HST ids are upper case, their files lower case
+            args.obs_id = same[0]
+            return _quality(args)
+        if args.obs_id in found:
+            raise CommandError(f"observation {args.obs_id} was found by the watchlist but has no product list or "
+                               "files here yet: its run has not run or failed (see observation_job's runs in the "
+                               "Dagster UI; skyassets demo tries failed observations again)", 1)
         raise CommandError(f"observation {args.obs_id} does not exist in this home; {_known(known, 'observations')}", 1)
     if not lake.exists("image_quality", args.obs_id) and lake.exists("image_metadata", args.obs_id) and not len(
             lake.read("image_metadata", args.obs_id, columns=["obs_id"])):

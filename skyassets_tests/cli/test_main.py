@@ -241,6 +241,13 @@ def test_an_unknown_observation_is_said_not_to_exist(home, capsys):
     assert "observation jw99999-o001 does not exist" in err and "jw01234-o001" in err
     status, _, err = _run(capsys, "quality", "jw01234-o001")
     assert status == 1 and "no quality measured for jw01234-o001 yet" in err
+    status, _, err = _run(capsys, "quality", "JW01234-O001")  # as typed: HST ids are upper case, files lower
+    assert status == 1 and "no quality measured for jw01234-o001 yet" in err
+    # found by the watchlist, never fetched (its product list failed): said so, not "does not exist"
+    home.tables.write("mast_observations", pd.DataFrame({"obs_id": ["J8PU01010", "jw01234-o001"]}))
+    status, _, err = _run(capsys, "quality", "j8pu01010")
+    assert status == 1 and err.count("\n") == 1
+    assert "observation J8PU01010 was found by the watchlist but has no product list or files here yet" in err
     # measured when it had no image, then an image was catalogued: not measured yet, not "no images"
     home.tables.write("image_quality", pd.DataFrame({"obs_id": pd.Series([], dtype=str)}), "jw01234-o002")
     status, out, err = _run(capsys, "quality", "jw01234-o002")
