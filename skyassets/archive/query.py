@@ -41,6 +41,11 @@ from skyassets.lake.names import InvalidNameError, safe_filename, validate_obs_i
 log = logging.getLogger(__name__)
 
 PUBLIC = "PUBLIC"
+# MAST's missions (CAOM obs_collection), to say of an entry that finds nothing that its collection is none of them.
+MAST_COLLECTIONS = (
+    "BEFS", "EUVE", "FUSE", "GALEX", "HLA", "HLSP", "HST", "HUT", "IUE", "JWST", "K2", "K2FFI", "Kepler",
+    "KeplerFFI", "PS1", "SPITZER_SHA", "SWIFT", "TESS", "TUES", "WUPPE",
+)
 
 
 @dataclass
@@ -60,6 +65,8 @@ class WatchlistResult:
     incomplete: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     failed_entries: list[str] = field(default_factory=list)  # the names of the entries in ``failed``
+    # entries that found nothing for a reason the watchlist shows (a collection MAST does not hold)
+    suspicious: list[str] = field(default_factory=list)
 
 
 def _query(client: ObservationsClass, entry: WatchlistEntry, count: bool) -> Table | int:
@@ -164,6 +171,8 @@ def query_watchlist(client: ObservationsClass, watchlist: Watchlist, now: Time |
             result.failed_entries.append(entry.name)
             continue
         result.per_entry[entry.name] = len(table)
+        if not len(table) and (why := _unknown_collection(entry)):
+            result.suspicious.append(f"{entry.name}: found nothing; {why}")
         if len(table) < expected:
             result.incomplete.append(f"{entry.name}: {len(table)} of {expected} rows")
         if len(table):
@@ -195,6 +204,22 @@ def query_watchlist(client: ObservationsClass, watchlist: Watchlist, now: Time |
     frame = frame[~exclusive | granted]
     result.observations = frame.sort_values("obs_id", kind="stable").reset_index(drop=True)
     return result
+
+
+def _unknown_collection(entry: WatchlistEntry) -> str | None:
+    """What is wrong with the collections an entry asks for, if one is not a MAST mission (a slip
+    such as JWTS finds nothing, which looks like an empty sky)."""
+    import difflib
+
+    known = {c.casefold(): c for c in MAST_COLLECTIONS}
+    said = []
+    for name in entry.criteria.get("obs_collection", []):
+        if str(name).casefold() in known:
+            continue
+        close = difflib.get_close_matches(str(name).upper(), [c.upper() for c in MAST_COLLECTIONS], n=1, cutoff=0.5)
+        hint = f" (did you mean {known[close[0].casefold()]}?)" if close else ""
+        said.append(f"collection {name!r} is not one of MAST's{hint}")
+    return "; ".join(said) or None
 
 
 def keep_failed_entries(found: pd.DataFrame, previous: pd.DataFrame, failed_entries: list[str]) -> pd.DataFrame:

@@ -98,6 +98,8 @@ def _demo(runner: Runner, home: Home, dagster_home: Path) -> int:
         print(f"  {entry:<32} {counted(count, 'observations'):>16}"
               + (f" ({rows} rows from MAST)" if rows != count else ""))
     print(f"  exclusive-access left out: {observations['proprietary_left_out']}")
+    for note in observations.get("entries_to_check") or []:
+        print(f"  check: {one_line(note)}")
     failed_entries = observations.get("failed_entry_reasons") or []
     if failed_entries:
         print(f"  failed entries: {len(failed_entries)} (what an earlier query found for them is kept):")

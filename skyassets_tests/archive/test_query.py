@@ -64,6 +64,21 @@ entries:
                              "mine.yaml: entry 3: dec is between -90 and +90 degrees, not 95"]
 
 
+def test_an_entry_whose_collection_is_no_mission_of_mast_is_said_to_have_found_nothing_for_it(emu, client):
+    first = next(o for o in emu.sky.observations if o["obs_collection"] == "JWST")
+    target = next(t["name"] for t in emu.sky.targets if t["target_name"] == first["target_name"])
+    wl = parse_watchlist(f"""
+entries:
+  - {{name: slip, target: "{target}", collection: JWTS}}
+  - {{name: right, target: "{target}", collection: JWST}}
+  - {{name: empty-sky, coordinates: "0.5 -89.5", radius: 1 arcsec, collection: HST}}
+""")
+    result = query_watchlist(client, wl)
+    assert result.per_entry["slip"] == 0 and result.per_entry["right"] > 0 and result.per_entry["empty-sky"] == 0
+    # an empty patch of sky under a real mission is no slip: only the misspelt mission is said
+    assert result.suspicious == ["slip: found nothing; collection 'JWTS' is not one of MAST's (did you mean JWST?)"]
+
+
 def test_paging_returns_every_row(emu):
     wl = load_watchlist()
     whole = query_watchlist(observations_client(emu.url, s3_endpoint=emu.s3_endpoint), wl)

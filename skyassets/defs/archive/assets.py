@@ -67,6 +67,8 @@ def mast_observations(
                       + "; ".join(result.failed))
     for message in result.failed:
         context.log.error(f"watchlist entry failed, its observations keep their last rows: {message}")
+    for message in result.suspicious:
+        context.log.warning(f"watchlist entry: {message}")
     if result.incomplete:
         raise Failure(
             "MAST returned fewer rows than it counted (paging stopped early): " + "; ".join(result.incomplete)
@@ -97,6 +99,7 @@ def mast_observations(
             "exclusive_access_granted": result.granted,
             "failed_entries": len(result.failed),
             "failed_entry_reasons": MetadataValue.json(list(result.failed)),  # each names its entry
+            "entries_to_check": MetadataValue.json(list(result.suspicious)),  # found nothing, and why that may be
             "kept_from_failed_entries": kept,
             "rejected_obs_ids": len(result.rejected),
         }
