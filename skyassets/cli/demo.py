@@ -14,6 +14,7 @@ import shlex
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -74,7 +75,10 @@ def run_demo(home: Home, dagster_home: Path) -> int:
 
 
 def _demo(runner: Runner, home: Home, dagster_home: Path) -> int:
+    started = time.time()
+    from skyassets.archive.query import CLOUD_DOWN_SECONDS, CloudLookup
     from skyassets.definitions import defs
+    from skyassets.defs.archive.assets import CLOUD_DOWN_NOTE
     from skyassets.defs.archive.sensors import new_observations_sensor
 
     instance = runner.instance
@@ -164,6 +168,10 @@ def _demo(runner: Runner, home: Home, dagster_home: Path) -> int:
         runner.run_all(retries, at_once=DEMO_RUNS_AT_ONCE, on_finished=finished)
     if lines:
         print("\n".join(lines))
+    lookup = CloudLookup.for_run(True, home.root / CLOUD_DOWN_NOTE)
+    if lookup.noted is not None and lookup.noted >= started:  # slow downloads, and this is why
+        print(f"  the cloud path lookup was down ({one_line(lookup.down)}): files went over HTTP, and it is asked "
+              f"again {CLOUD_DOWN_SECONDS / 60:.0f} minutes after")
     speed = totals["bytes"] / totals["seconds"] / 1e6 if totals["seconds"] else 0.0
     print(
         f"\nDownloaded {counted(totals['downloaded'], 'files')} ({totals['bytes'] / 1e6:.1f} MB, {speed:.1f} MB/s), "
