@@ -663,11 +663,14 @@ def _spatial(header: FitsHeader, shape: list[int]) -> dict[str, Any]:
 # -------------------------------------------------------------------------------- extract
 def extract(path: str | os.PathLike[str], *, sha256: str | None = None,
             access_url: str | None = None, obs_id: str | None = None,
-            size: int | None = None, stored_path: str | None = None) -> list[dict[str, Any]]:
+            size: int | None = None, stored_path: str | None = None,
+            obs_collection: str | None = None, calib_level: int | None = None) -> list[dict[str, Any]]:
     """Catalogue rows (one per science image HDU) of one FITS file, from its headers only.
 
     ``sha256``, ``access_url``, ``obs_id`` and ``size`` come from the caller when it knows them
     (the downloader does); ``obs_id`` otherwise comes from OBS_ID/ROOTNAME or the file name.
+    ``obs_collection`` and ``calib_level`` are the archive's own for its products (an HLA mosaic's
+    header says HST; a GALEX header no level), else they come from the headers.
     ``fits_sha256`` is ``sha256`` for an uncompressed file, the hash of the inflated stream for a
     compressed one: the same image as ``.fits`` and ``.fits.gz`` is the same image.
     ``stored_path`` is the ``path`` recorded (default: ``path`` itself).
@@ -679,16 +682,18 @@ def extract(path: str | os.PathLike[str], *, sha256: str | None = None,
         primary, hdus, inflated_sha256 = _read_headers(path)
         file_size = size if size is not None else path.stat().st_size
         rows = [_row(path, hdu, shape, primary, sha256=sha256, access_url=access_url,
-                     obs_id=obs_id, size=file_size) for hdu, shape in _selected(hdus)]
+                     obs_id=obs_id, size=file_size, collection=obs_collection) for hdu, shape in _selected(hdus)]
     for row in rows:
         row["path"] = stored_path or str(path)
         row["fits_sha256"] = inflated_sha256 or sha256
+        if calib_level is not None:
+            row["calib_level"] = int(calib_level)
     return rows
 
 
 def _row(path: Path, hdu: _Hdu, shape: list[int], primary: FitsHeader, *,
          sha256: str | None, access_url: str | None, obs_id: str | None,
-         size: int) -> dict[str, Any]:
+         size: int, collection: str | None) -> dict[str, Any]:
     parent = primary.lookup if hdu.index > 0 else None
     k = HeaderKeys(hdu.header.lookup, parent)
     telescope = k.text("TELESCOP")
@@ -708,7 +713,7 @@ def _row(path: Path, hdu: _Hdu, shape: list[int], primary: FitsHeader, *,
     unit = parse_bunit(bunit)
     stem = path.name.split(".")[0]
     obs_id = obs_id or k.text("OBS_ID") or (k.text("ROOTNAME") or "").lower() or stem
-    collection = telescope
+    collection = collection or telescope
     proposal = k.get("PROGRAM", "PROPOSID", "PROPOSAL", "PROP_ID", "PROGID")
     if isinstance(proposal, str) and proposal.isdigit():
         proposal = str(int(proposal))

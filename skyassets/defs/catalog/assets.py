@@ -1,6 +1,7 @@
 """The catalogue assets: image metadata per observation, and the DuckDB catalog of the lake."""
 
 import os
+from typing import Any
 
 from dagster import (
     AssetExecutionContext,
@@ -17,6 +18,7 @@ from skyassets.defs.partitions import observation_backfill_policy, observations_
 from skyassets.defs.resources import HomeResource
 from skyassets.lake.store import Lake
 from skyassets.lake.tables import TABLES, table
+from skyassets.landing.keys import LANDED_PREFIX
 
 IMAGE_PREVIEW = ["obs_id", "file_name", "hdu_name", "instrument_name", "filter", "s_ra", "s_dec", "t_min", "t_exptime"]
 
@@ -46,6 +48,19 @@ def _quarantined_by_partition(keys: list[str], sources: list[dict], failures: li
                                                  if lines else {})} for key, lines in named.items()}
 
 
+def _archive_labels(lake: Lake, keys: list[str]) -> dict[str, dict[str, Any]]:
+    """The archive's collection and calibration level of each MAST product (by dataURI), which its
+    headers may not say (an HLA product's TELESCOP is HST); landed files have none."""
+    archived = [k for k in keys if not k.startswith(LANDED_PREFIX)]
+    products = lake.read_partitions("mast_products", archived, columns=["dataURI", "obs_collection", "calib_level"])
+    labels = {}
+    for listed in products.values():
+        for row in listed.to_pylist():
+            said = {"obs_collection": row["obs_collection"] or None, "calib_level": row["calib_level"]}
+            labels[row["dataURI"]] = {k: v for k, v in said.items() if v is not None}
+    return labels
+
+
 @asset(
     group_name="catalog",
     deps=[fits_files],
@@ -68,6 +83,7 @@ def image_metadata(context: AssetExecutionContext, home: HomeResource) -> Materi
     missing = [k for k in keys if k not in manifests]
     if missing:
         raise Failure(f"no fits_files manifest for {len(missing)} partitions: {', '.join(missing[:5])}")
+    labels = _archive_labels(lake, keys)
     sources = [
         {
             "path": str(root.local(row["path"], row["sha256"])),
@@ -76,6 +92,7 @@ def image_metadata(context: AssetExecutionContext, home: HomeResource) -> Materi
             "size": int(row["size"]),
             "access_url": row["dataURI"],
             "obs_id": obs_id,
+            **labels.get(row["dataURI"], {}),
         }
         for obs_id in keys
         for row in manifests[obs_id].to_pylist()

@@ -44,12 +44,22 @@ def test_real_archive_answers_through_the_pipeline(emu, tmp_path):
         assert event.metadata["failed_entries"].value == 0
 
         job = defs.resolve_job_def("observation_job")
-        for obs_id, collection in (("J8PU01010", "HST"), ("6380006183007027200", "GALEX")):
+        for obs_id, collection in (("J8PU01010", "HST"), ("6380006183007027200", "GALEX"),
+                                   ("hst_10402_01_acs_wfc_f435w", "HLA")):
             instance.add_dynamic_partitions("observations", [obs_id])
             assert job.execute_in_process(instance=instance, partition_key=obs_id).success
             manifest = pd.read_parquet(home / "lake" / "fits_files" / f"{obs_id}.parquet")
             assert len(manifest) and set(manifest["fits_checksum"]) == {"ok"}
             assert all((home / path).is_relative_to(home / "files" / collection / obs_id) for path in manifest["path"])
+            # the catalogue names the archive's collection and level, which an HLA header (TELESCOP
+            # HST) or a GALEX one (no level) does not say
+            images = pd.read_parquet(home / "lake" / "image_metadata" / f"{obs_id}.parquet")
+            products = pd.read_parquet(home / "lake" / "mast_products" / f"{obs_id}.parquet").set_index("dataURI")
+            assert len(images) and set(images["obs_collection"]) == {collection}, obs_id
+            assert list(images["calib_level"]) == [products.loc[u, "calib_level"] for u in images["access_url"]]
+            assert images["calib_level"].notna().all(), obs_id
+            assert set(images["obs_publisher_did"].fillna("-")) == (
+                {f"ivo://archive.stsci.edu/hst?{obs_id}"} if collection == "HST" else {"-"}), obs_id
         galex = pd.read_parquet(home / "lake" / "fits_files" / "6380006183007027200.parquet")
         assert list(galex["filename"]) == ["NGA_NGC0628-nd-int.fits.gz"]
         assert [f["times"] for f in emu.faults.list() if f["endpoint"] == "s3"] == [0, 0]  # both struck
