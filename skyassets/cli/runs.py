@@ -174,6 +174,16 @@ def updated_since(instance: DagsterInstance, upstream: str, asset: str) -> bool:
         AssetRecordsFilter(asset_key=AssetKey(upstream), after_storage_id=after or None), limit=1).records)
 
 
+def catalog_outdated(instance: DagsterInstance) -> bool:
+    """Whether catalog.duckdb was never published, or a table it holds that quality does not
+    measure changed since: files catalogued (a spectrum beside an observation's unchanged images is
+    measured by nothing, but is a row of the catalog's files), or the watchlist's answers or product
+    lists (an observation no longer found, exclusive data no longer granted)."""
+    return not latest_storage_id(instance, "catalog") or any(
+        updated_since(instance, upstream, "catalog") for upstream in ("image_metadata", "mast_observations",
+                                                                       "mast_products"))
+
+
 def latest_storage_id(instance: DagsterInstance, asset: str, partition: str | None = None) -> int:
     """Where in the event log an asset's (or one partition's) latest materialisation is; 0 if none."""
     partitions = None if partition is None else [partition]
@@ -595,10 +605,7 @@ def bring_up_to_date(runner: Runner, home: Home, partitions: list[str], run_conf
     catalog, each target's products, the catalog again, the sky tiles and their publication. Returns
     failed runs, or None when the catalog could not be published."""
     measured, failures = measure_quality(runner, home, partitions, run_config)
-    # files catalogued since the catalog was published (a spectrum beside an observation's unchanged
-    # images is measured by nothing, but is a row of the catalog's files)
-    if measured or not latest_storage_id(runner.instance, "catalog") or updated_since(
-            runner.instance, "image_metadata", "catalog"):
+    if measured or catalog_outdated(runner.instance):
         if not publish_catalog(runner, run_config):
             return None
     made, failed = make_products(runner, home, run_config)

@@ -10,6 +10,7 @@ from skyassets.catalog.db import connect
 from skyassets.cli.runs import (
     QUIET,
     InProcess,
+    catalog_outdated,
     ingest,
     latest_metadata,
     measure_quality,
@@ -294,14 +295,20 @@ def test_a_partition_is_measured_again_when_its_images_or_their_use_changed(tmp_
 
 def test_the_catalog_is_out_of_date_once_files_are_catalogued_after_it():
     """A spectrum added beside an observation's unchanged images is measured by nothing, yet the
-    catalog is published again for it."""
+    catalog is published again for it; so it is when the watchlist's answers change (an observation
+    no longer found, exclusive data no longer granted), which no file follows."""
     with instance_for_test() as instance:
         instance.report_runless_asset_event(AssetMaterialization("image_metadata", partition="obs-a"))
-        assert updated_since(instance, "image_metadata", "catalog")  # never published
+        assert updated_since(instance, "image_metadata", "catalog") and catalog_outdated(instance)  # never published
         instance.report_runless_asset_event(AssetMaterialization("catalog"))
-        assert not updated_since(instance, "image_metadata", "catalog")
+        assert not updated_since(instance, "image_metadata", "catalog") and not catalog_outdated(instance)
         instance.report_runless_asset_event(AssetMaterialization("image_metadata", partition="obs-a"))
-        assert updated_since(instance, "image_metadata", "catalog")
+        assert updated_since(instance, "image_metadata", "catalog") and catalog_outdated(instance)
+        for upstream in ("mast_observations", "mast_products"):
+            instance.report_runless_asset_event(AssetMaterialization("catalog"))
+            assert not catalog_outdated(instance)
+            instance.report_runless_asset_event(AssetMaterialization(upstream))
+            assert catalog_outdated(instance), upstream
 
 
 def test_partition_batches_cover_only_the_keys_asked_for():
