@@ -82,6 +82,8 @@ class ArchiveSettings:
     server: str = REAL_MAST_URL
     retry: RetryPolicy = RetryPolicy()
     token: str | None = field(default=None, repr=False)
+    # why MAST refused the token given (the client then goes on without it, for public data)
+    token_refused: str | None = None
 
     @property
     def download_url(self) -> str:
@@ -342,7 +344,8 @@ def observations_client(
     S3-protocol server other than AWS; ``cloud`` enables that lookup at all. ``retry`` is how
     skyassets' archive calls through this client ride out transient failures. With a MAST
     ``token`` the session is logged in (astroquery checks the token with the archive's ``whoami``)
-    and exclusive-access data the token grants can be queried and downloaded.
+    and exclusive-access data the token grants can be queried and downloaded; a token the archive
+    refuses gives a client without one, whose settings say why (``token_refused``).
     """
     server = server.rstrip("/")
     token = (token or "").strip() or None  # a token read from a file or a secret often ends in a newline
@@ -376,10 +379,15 @@ def observations_client(
         except ArchiveError as err:
             if err.exhausted:  # the archive did not answer: nothing is said of the token
                 raise
-            # a token MAST refuses stops every query: said as such, for whoever set MAST_API_TOKEN, and
-            # without the failure's own words where they are not an archive's answer: those may quote it
+            # A token MAST refuses (mistyped, or expired: MAST's tokens do) leaves public data to fetch:
+            # the client goes on without it, and whoever set MAST_API_TOKEN is told, without the
+            # failure's own words where they are not an archive's answer: those may quote it.
             cause = err.__cause__
             why = describe_failure(cause) if isinstance(cause, requests.HTTPError) else type(cause).__name__
-            raise ArchiveError(f"MAST refused the token (MAST_API_TOKEN; fix it, or unset it for public data "
-                               f"only): {why}") from None
+            refused = f"MAST refused the token (MAST_API_TOKEN; fix it, or unset it for public data only): {why}"
+            log.error("%s; going on with public data only", refused)
+            public = observations_client(server, s3_endpoint=s3_endpoint, cloud=cloud, timeout=timeout,
+                                         pagesize=pagesize, retry=retry)
+            _settings[public] = replace(_settings[public], token_refused=refused)
+            return public
     return client

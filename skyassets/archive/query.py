@@ -67,6 +67,7 @@ class WatchlistResult:
     failed_entries: list[str] = field(default_factory=list)  # the names of the entries in ``failed``
     # entries that found nothing for a reason the watchlist shows (a collection MAST does not hold)
     suspicious: list[str] = field(default_factory=list)
+    token_refused: str | None = None  # why MAST refused the token given: public data only this time
 
 
 def _query(client: ObservationsClass, entry: WatchlistEntry, count: bool) -> Table | int:
@@ -158,7 +159,7 @@ def query_watchlist(client: ObservationsClass, watchlist: Watchlist, now: Time |
     come) are left out and counted, except those the client's MAST token grants.
     """
     now_mjd = (now or Time.now()).mjd
-    result = WatchlistResult(observations=pd.DataFrame())
+    result = WatchlistResult(observations=pd.DataFrame(), token_refused=archive_settings(client).token_refused)
     for name, why in watchlist.invalid:  # an entry that cannot be read fails alone
         result.failed.append(why)
         result.failed_entries.append(name)
@@ -220,6 +221,17 @@ def _unknown_collection(entry: WatchlistEntry) -> str | None:
         hint = f" (did you mean {known[close[0].casefold()]}?)" if close else ""
         said.append(f"collection {name!r} is not one of MAST's{hint}")
     return "; ".join(said) or None
+
+
+def keep_exclusive(found: pd.DataFrame, previous: pd.DataFrame, now: Time | None = None) -> pd.DataFrame:
+    """``found`` with the exclusive-access rows of ``previous`` it lacks: a token MAST refused this
+    time (expired) hides what it granted before, which is not gone from the archive."""
+    if previous.empty:
+        return found
+    kept = previous[_exclusive(previous, (now or Time.now()).mjd).to_numpy()]
+    if len(found):
+        kept = kept[~kept["obs_id"].isin(found["obs_id"])]
+    return pd.concat([found, kept], ignore_index=True) if len(kept) else found
 
 
 def keep_failed_entries(found: pd.DataFrame, previous: pd.DataFrame, failed_entries: list[str]) -> pd.DataFrame:

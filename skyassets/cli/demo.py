@@ -27,6 +27,7 @@ from skyassets.cli.runs import (
     QUIET,
     Runner,
     bring_up_to_date,
+    failed_checks,
     failure_metadata,
     failure_reasons,
     latest_metadata,
@@ -104,6 +105,10 @@ def _demo(runner: Runner, home: Home, dagster_home: Path) -> int:
     print(f"  exclusive-access left out: {observations['proprietary_left_out']}")
     for note in observations.get("entries_to_check") or []:
         print(f"  check: {one_line(note)}")
+    # a token MAST refused (expired) leaves public data to fetch: said, and the demo exits 1
+    token_refused = failed_checks(instance, result.run_id)
+    for check in token_refused:
+        print(f"  check failed: {one_line(check)}")
     failed_entries = observations.get("failed_entry_reasons") or []
     if failed_entries:
         print(f"  failed entries: {len(failed_entries)} (what an earlier query found for them is kept):")
@@ -182,7 +187,7 @@ def _demo(runner: Runner, home: Home, dagster_home: Path) -> int:
     downstream = bring_up_to_date(runner, home, ready, QUIET)
     if downstream is None:
         return 1
-    failures = len(failed_runs) + downstream + len(failed_entries)
+    failures = len(failed_runs) + downstream + len(failed_entries) + len(token_refused)
     rows = latest_metadata(instance, "catalog")["rows"]
     print(f"\nCatalog: {counted(rows.get('images', 0), 'images')} of "
           f"{counted(_catalogued_observations(home), 'observations')} "

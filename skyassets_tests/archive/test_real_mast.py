@@ -406,8 +406,10 @@ def test_exclusive_access_needs_a_token_that_grants_it(emu, tmp_path) -> None:
         emu.grant("other-program", "9999")
         other = query_watchlist(_client(emu, token="other-program"), load_watchlist(), now=Time.now())
         assert other.granted == 0 and other.proprietary == len(exclusive)
-        with pytest.raises(ArchiveError, match="token"):
-            _client(emu, token="not-a-token")
+        refused = query_watchlist(_client(emu, token="not-a-token"), load_watchlist())  # public data only
+        assert refused.token_refused.startswith("MAST refused the token") and "not-a-token" not in refused.token_refused
+        assert refused.granted == 0 and refused.proprietary == len(exclusive)
+        assert sorted(refused.observations["obs_id"]) == sorted(public.observations["obs_id"])
         # a busy token check is asked again, like any archive call, not read as a refusal
         emu.faults.add("status", endpoint="whoami", status=429, times=2, retry_after=0)
         assert archive_settings(_client(emu, token=token)).token == token

@@ -24,7 +24,8 @@ def test_an_observation_the_archive_fails_fails_alone_and_its_batch_is_catalogue
     emu.faults.add("status", endpoint="path_lookup", status=400, times=-1)  # files go over HTTP, and that is said
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SKYASSETS_", "DAGSTER_"))}
     env.update(SKYASSETS_HOME=str(tmp_path / "home"), SKYASSETS_WATCHLIST=str(watchlist),
-               SKYASSETS_MAST_URL=emu.url, SKYASSETS_S3_ENDPOINT=emu.s3_endpoint, SKYASSETS_EMULATOR_IMAGE_SIZE="64")
+               SKYASSETS_MAST_URL=emu.url, SKYASSETS_S3_ENDPOINT=emu.s3_endpoint, SKYASSETS_EMULATOR_IMAGE_SIZE="64",
+               MAST_API_TOKEN="expired-t0ken")  # refused: public data goes on, and that is said
     done = subprocess.run([sys.executable, "-m", "skyassets.cli.main", "demo"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 1, done.stdout + done.stderr
@@ -40,6 +41,8 @@ def test_an_observation_the_archive_fails_fails_alone_and_its_batch_is_catalogue
     assert failed[1].endswith(f"mast_products: no product list ({bad['obs_id']}: product list: "
                               f"HTTP 400 Bad Request from {emu.url}/api/v0/invoke)"), out
     assert "1 failed run." in out, out
+    assert "\n  check failed: mast_token_accepted: MAST refused the token (MAST_API_TOKEN;" in out, out
+    assert "expired-t0ken" not in out + done.stderr
     assert "\n  the cloud path lookup was down (" in out and "files went over HTTP" in out, out
     catalogued = {p.stem for p in (tmp_path / "home" / "lake" / "image_metadata").glob("*.parquet")}
     assert catalogued == {o["obs_id"] for o in found} - {bad["obs_id"]}, out

@@ -10,7 +10,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
-from dagster import AssetExecutionContext, Failure, MaterializeResult, MetadataValue, asset
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    Failure,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
 
 from skyassets.archive.watchlist import ProductSpec, Watchlist
 from skyassets.defs.metadata import column_schema, frame_metadata, partition_metadata, run_figures
@@ -52,11 +61,16 @@ MANIFEST_PREVIEW = ["filename", "size", "status", "source", "fits_checksum", "se
     metadata=column_schema(table("mast_observations").schema),
     description="Every public MAST observation the watchlist's queries find, one row per observation.",
     output_required=False,  # answers the same as the last ones: nothing new for anything downstream
+    check_specs=[AssetCheckSpec(
+        "mast_token_accepted", asset="mast_observations",
+        description="MAST took the token given (MAST_API_TOKEN), or none was given; one it refuses (expired) "
+                    "leaves public data only",
+    )],
 )
 def mast_observations(
     context: AssetExecutionContext, home: HomeResource, watchlist: WatchlistResource, archive: ArchiveResource
-) -> Iterator[MaterializeResult]:
-    from skyassets.archive.query import keep_failed_entries, query_watchlist
+) -> Iterator[MaterializeResult | AssetCheckResult]:
+    from skyassets.archive.query import keep_exclusive, keep_failed_entries, query_watchlist
 
     wl = watchlist.load()
     result = query_watchlist(archive.client(home.home), wl)
@@ -73,18 +87,29 @@ def mast_observations(
         raise Failure(
             "MAST returned fewer rows than it counted (paging stopped early): " + "; ".join(result.incomplete)
         )
+    if result.token_refused:
+        context.log.error(f"{result.token_refused}; public data only, and the exclusive-access observations it "
+                          "granted before keep their rows")
     lake = home.home.tables
-    previous = lake.read("mast_observations", missing_ok=True) if result.failed_entries else pd.DataFrame()
+    previous = (lake.read("mast_observations", missing_ok=True) if result.failed_entries or result.token_refused
+                else pd.DataFrame())
     observations = keep_failed_entries(result.observations, previous, result.failed_entries)
+    if result.token_refused:
+        observations = keep_exclusive(observations, previous)
     kept = len(observations) - len(result.observations)
+    token_check = AssetCheckResult(
+        check_name="mast_token_accepted", passed=result.token_refused is None, severity=AssetCheckSeverity.ERROR,
+        description=result.token_refused or ("MAST took the token" if archive.mast_token else "no token given"),
+    )
     found = (f"{len(observations)} observations from {len(wl.entries) + len(wl.invalid)} watchlist entries "
-             f"({result.proprietary} proprietary left out, {kept} kept from failed entries)")
+             f"({result.proprietary} proprietary left out, {kept} kept from failed entries or a refused token)")
     last = context.instance.get_latest_materialization_event(context.asset_key)
     last_failed = last is not None and getattr(last.asset_materialization.metadata.get("failed_entries"), "value", 0)
     # a failed entry is materialised even so, and so is its recovery: the asset shows how its entries fared
     if (last is not None and not last_failed and not result.failed
             and lake.holds("mast_observations", observations)):
         context.log.info(f"{found}: the same as the last answers; nothing materialised, nothing downstream to redo")
+        yield token_check
         return
     path = lake.write("mast_observations", observations)
     context.log.info(f"{found} -> {path}")
@@ -102,7 +127,8 @@ def mast_observations(
             "entries_to_check": MetadataValue.json(list(result.suspicious)),  # found nothing, and why that may be
             "kept_from_failed_entries": kept,
             "rejected_obs_ids": len(result.rejected),
-        }
+        },
+        check_results=[token_check],
     )
 
 

@@ -63,6 +63,20 @@ def test_token_from_the_environment_fetches_granted_data_and_is_never_stored(emu
             manifest = pd.read_parquet(home / "lake" / "fits_files" / f"{obs_id}.parquet")
             assert len(manifest) and set(manifest["source"]) == {"http"}
             assert set(manifest["fits_checksum"]) == {"ok"}
+
+            # The token expires: public data is still queried, what it granted keeps its rows, and the
+            # token's check fails with the reason (never the token).
+            emu.revoke(token)
+            expired = defs.resolve_job_def("watchlist_job").execute_in_process(instance=instance)
+            assert expired.success
+            (check,) = expired.get_asset_check_evaluations()
+            assert check.check_name == "mast_token_accepted" and not check.passed
+            assert check.description.startswith("MAST refused the token (MAST_API_TOKEN")
+            after = pd.read_parquet(home / "lake" / "mast_observations.parquet")
+            assert sorted(after["obs_id"]) == sorted(observations["obs_id"])
+            emu.grant(token, "2107")
+            renewed = defs.resolve_job_def("watchlist_job").execute_in_process(instance=instance)
+            assert [c.passed for c in renewed.get_asset_check_evaluations()] == [True]
         # Nothing of the run (event log, run storage, compute logs) nor the lake and files holds the token,
         # though the event log searched holds what the runs logged.
         assert _files_holding(tmp_path / "dagster", f"{obs_id}: 3 products".encode())
