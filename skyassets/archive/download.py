@@ -991,6 +991,12 @@ class _Downloader:
         timeout = (self.config.connect_timeout, self.config.read_timeout)
         try:
             resp = self.session.get(url, headers=headers, stream=True, timeout=timeout)
+            if resp.status_code == 401 and "Authorization" in headers:
+                # a token MAST no longer takes (expired) must not cost a public file: asked again without it
+                resp.close()
+                log.warning("%s: the MAST token was refused (HTTP 401); asking again without it", job.name)
+                headers.pop("Authorization")
+                resp = self.session.get(url, headers=headers, stream=True, timeout=timeout)
         except requests.RequestException as exc:
             raise _Retry(f"HTTP request failed: {exc}") from exc
         status = resp.status_code

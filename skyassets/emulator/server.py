@@ -323,7 +323,8 @@ class MastHandler(BaseHTTPRequestHandler):
 
     def _log(self, status: int, sent: int, uri: str | None = None) -> dict[str, Any]:
         entry = {"method": self.command, "path": urlsplit(self.path).path, "uri": uri,
-                 "range": self.headers.get("Range"), "status": status, "bytes_sent": sent}
+                 "range": self.headers.get("Range"), "status": status, "bytes_sent": sent,
+                 "with_token": self._token() is not None}  # whether one was presented, never the token
         if if_range := self.headers.get("If-Range"):
             entry["if_range"] = if_range
         self.server.requests.append(entry)

@@ -431,6 +431,24 @@ def test_503_then_success(emu, tmp_path: Path) -> None:
     assert result.attempts == 2
 
 
+def test_a_public_file_refused_to_a_stale_token_is_asked_again_without_it(emu, tmp_path: Path) -> None:
+    """A MAST token expires; an archive that refuses it (401) even for a public file must not cost
+    the file: it is asked again at once without the token."""
+    product, content = publish_file(emu, tmp_path, 1)
+    name = product["productFilename"]
+    emu.faults.add("status", match=name, status=401, times=1)
+    since = len(emu.requests)
+    config = download_config(emu, mast_token="stale-token")
+    (result,) = download_files([file_request(emu, product, tmp_path)], config)
+    assert_in_place(result, content)
+    assert [(g["status"], g["with_token"]) for g in gets_of(emu, since, name)] == [(401, True), (200, False)]
+    assert result.attempts == 1
+    # without a token, a 401 is the file's answer: not asked again
+    emu.faults.add("status", match=name, status=401, times=1)
+    (refused,) = download_files([file_request(emu, product, tmp_path / "again")], download_config(emu))
+    assert refused.status == "failed" and "HTTP 401" in refused.error and refused.attempts == 1
+
+
 def test_404_fails_without_retrying(emu, tmp_path: Path) -> None:
     request = FileRequest(
         filename="jw_nothing_cal.fits",
