@@ -84,28 +84,35 @@ def partition_metadata(
     by: str,
     figures: Callable[[pd.DataFrame], dict[str, Any]] | None = None,
     per_key: Mapping[str, dict[str, Any]] | None = None,
+    run: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A run of one partition: its row count, schema, preview and ``figures``. A run of up to
+    """The metadata of a run's materialisations, each partition's own first and the ``run``'s figures after.
+
+    A run of one partition: its row count, schema, preview, ``figures`` and ``run``. A run of up to
     ``PER_PARTITION_LIMIT``: each partition's own row count, preview and ``figures`` (its rows are
-    those whose ``by`` column holds its key) on its own materialisation, and the run's totals on
-    all of them. ``per_key`` adds what a partition's rows do not say (the files of it that were
-    quarantined) to that partition's. A larger run: the run's totals, and their own figures on the
-    first ``PER_PARTITION_LIMIT`` partitions that ``per_key`` has something to say of (a count that
-    is not zero), so that the partition a bad file belongs to names it on its own page."""
+    those whose ``by`` column holds its key) on its own materialisation, then the run's totals
+    (``<figure>_in_run``, as :func:`run_figures` names them). ``per_key`` adds what a partition's
+    rows do not say (the files of it that were quarantined) to that partition's. A larger run: the
+    run's totals on every partition, and their own figures on the first ``PER_PARTITION_LIMIT``
+    partitions that ``per_key`` has something to say of (a count that is not zero), so that the
+    partition a bad file belongs to names it on its own page. Returns the metadata for the run's
+    output (what every partition shares); the rest is given to Dagster per partition."""
     keys = context.partition_keys  # Dagster reads every key of the partitions definition on each access
     per_key = per_key or {}
     if len(keys) == 1:
         return {**frame_metadata(frame, preview_columns=preview_columns), **(figures(frame) if figures else {}),
-                **per_key.get(keys[0], {})}
-    own = keys if len(keys) <= PER_PARTITION_LIMIT else [
-        key for key in keys if any(per_key.get(key, {}).values())][:PER_PARTITION_LIMIT]
-    if own:
-        parts = dict(iter(frame.groupby(by, sort=False))) if len(frame) else {}
-        for key in own:
-            part = parts.get(key, frame.iloc[0:0])
-            context.add_asset_metadata(
-                {"dagster/row_count": len(part), "preview": preview(part, preview_columns),
-                 **(figures(part) if figures else {}), **per_key.get(key, {})},
-                partition_key=key,
-            )
-    return {"partitions_in_run": len(keys), "rows_in_run": len(frame)}
+                **per_key.get(keys[0], {}), **(run or {})}
+    totals = {"partitions_in_run": len(keys), "rows_in_run": len(frame), **run_figures(len(keys), dict(run or {}))}
+    every = len(keys) <= PER_PARTITION_LIMIT
+    own = keys if every else [key for key in keys if any(per_key.get(key, {}).values())][:PER_PARTITION_LIMIT]
+    parts = dict(iter(frame.groupby(by, sort=False))) if own and len(frame) else {}
+    for key in own:
+        part = parts.get(key, frame.iloc[0:0])
+        context.add_asset_metadata(
+            {"dagster/row_count": len(part), "preview": preview(part, preview_columns),
+             **(figures(part) if figures else {}), **per_key.get(key, {}), **(totals if every else {})},
+            partition_key=key,
+        )
+    # Dagster puts a run's output metadata before a partition's own: given so only when it must
+    # reach partitions that have none of their own
+    return {} if every else totals

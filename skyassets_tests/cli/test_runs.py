@@ -46,6 +46,10 @@ def test_ingest_catalogues_files_in_batched_runs(emu, tmp_path):
         # A batched run's partitions each carry their own figures and preview, and the run's totals.
         batched = [latest_metadata(instance, "image_metadata", k) for k in keys]
         assert all(m["partitions_in_run"] == 2 for m in batched)
+        # a partition's own figures come first on its page, the run's after
+        for m in batched:
+            names = list(m)
+            assert names.index("preview") < names.index("partitions_in_run") < names.index("files_in_run"), names
         assert sorted(m["dagster/row_count"] for m in batched) == [0, 1, 1, 1, 1, 1]  # the truncated file: none
         assert sum(m["rows_in_run"] for m in batched[::2]) == 5
         for key, m in zip(keys, batched, strict=True):

@@ -22,7 +22,7 @@ from dagster import (
 )
 
 from skyassets.archive.watchlist import ProductSpec, Watchlist
-from skyassets.defs.metadata import column_schema, frame_metadata, partition_metadata, run_figures
+from skyassets.defs.metadata import column_schema, frame_metadata, partition_metadata
 from skyassets.defs.partitions import (
     failed_partitions_metadata,
     observation_backfill_policy,
@@ -243,15 +243,12 @@ def mast_products(
             metadata=failed_partitions_metadata(failed),
         )
     products = pd.concat(frames, ignore_index=True)
-    return MaterializeResult(
-        metadata={
-            **partition_metadata(context, products, preview_columns=PRODUCT_PREVIEW, by="partition", figures=_bytes),
-            **run_figures(len(frames), {
-                "bytes": int(products["size"].sum()) if len(products) else 0,
-                "in_s3": int(products["s3_key"].notna().sum()) if len(products) else 0,
-            }),
-        }
-    )
+    run = {
+        "bytes": int(products["size"].sum()) if len(products) else 0,
+        "in_s3": int(products["s3_key"].notna().sum()) if len(products) else 0,
+    }
+    return MaterializeResult(metadata=partition_metadata(
+        context, products, preview_columns=PRODUCT_PREVIEW, by="partition", figures=_bytes, run=run))
 
 
 class _ProgressLog:
@@ -613,20 +610,16 @@ def fits_files(
         f"{status['downloaded']} downloaded, {status['skipped']} already verified, "
         f"{fetched / 1e6:.1f} MB in {seconds:.1f} s"
     )
-    return MaterializeResult(
-        metadata={
-            **partition_metadata(context, manifest, preview_columns=MANIFEST_PREVIEW, by="partition",
-                                 figures=_file_figures, per_key=_refused_by_partition(keys, owner, results)),
-            **run_figures(len(keys), {
-                **figures,
-                "files_quarantined": len(quarantined),
-                "files_stored": stored,
-                "files_copied_in_store": copied,
-                "files_restored_from_store": restored,
-                "files_retried": sum(r.attempts > 1 for r in results),
-                "bytes_per_second": round(fetched / seconds, 1) if seconds > 0 else 0.0,
-                "sources": MetadataValue.json(
-                    dict(Counter(str(r.source) for r in results if r.status == "downloaded"))),
-            }),
-        }
-    )
+    run = {
+        **figures,
+        "files_quarantined": len(quarantined),
+        "files_stored": stored,
+        "files_copied_in_store": copied,
+        "files_restored_from_store": restored,
+        "files_retried": sum(r.attempts > 1 for r in results),
+        "bytes_per_second": round(fetched / seconds, 1) if seconds > 0 else 0.0,
+        "sources": MetadataValue.json(dict(Counter(str(r.source) for r in results if r.status == "downloaded"))),
+    }
+    return MaterializeResult(metadata=partition_metadata(
+        context, manifest, preview_columns=MANIFEST_PREVIEW, by="partition", figures=_file_figures,
+        per_key=_refused_by_partition(keys, owner, results), run=run))

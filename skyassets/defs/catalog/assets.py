@@ -13,7 +13,7 @@ from dagster import (
 
 from skyassets.defs.archive.assets import fits_files, mast_observations, mast_products
 from skyassets.defs.automation import catch_up, follows
-from skyassets.defs.metadata import column_schema, partition_metadata, run_figures
+from skyassets.defs.metadata import column_schema, partition_metadata
 from skyassets.defs.partitions import observation_backfill_policy, observations_partitions
 from skyassets.defs.resources import HomeResource
 from skyassets.lake.store import Lake
@@ -115,20 +115,15 @@ def image_metadata(context: AssetExecutionContext, home: HomeResource) -> Materi
     lake.write_partitions("image_metadata", to_table(rows), by="obs_id", partitions=keys)
     root.trim()
     quarantined = "\n".join(f"- `{f.path}`: {f.reason} (moved to `{f.quarantined}`)" for f in failures)
-    return MaterializeResult(
-        metadata={
-            **partition_metadata(
-                context, rows.drop(columns=["header_json"]), preview_columns=IMAGE_PREVIEW, by="obs_id",
-                figures=lambda part: {"files": int(part["path"].nunique()) if len(part) else 0},
-                per_key=_quarantined_by_partition(keys, sources, failures),
-            ),
-            **run_figures(len(keys), {
-                "files": len(sources),
-                "quarantined": len(failures),
-                **({"quarantined_files": MetadataValue.md(quarantined)} if failures else {}),
-            }),
-        }
-    )
+    run = {
+        "files": len(sources),
+        "quarantined": len(failures),
+        **({"quarantined_files": MetadataValue.md(quarantined)} if failures else {}),
+    }
+    return MaterializeResult(metadata=partition_metadata(
+        context, rows.drop(columns=["header_json"]), preview_columns=IMAGE_PREVIEW, by="obs_id",
+        figures=lambda part: {"files": int(part["path"].nunique()) if len(part) else 0},
+        per_key=_quarantined_by_partition(keys, sources, failures), run=run))
 
 
 @asset(
