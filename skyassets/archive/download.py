@@ -837,6 +837,7 @@ class _Downloader:
         self._s3: Any = None
         self._s3_lock = threading.Lock()
         self._s3_down: str | None = None  # why the endpoint is unreachable, once seen
+        self._token_refused = False  # a 401 to the MAST token: no file of the batch is asked with it again
 
     @staticmethod
     def _pool_size(config: DownloadConfig) -> int:
@@ -980,7 +981,7 @@ class _Downloader:
         url = job.request.http_url
         assert url is not None
         headers: dict[str, str] = {}
-        if self.config.mast_token:
+        if self.config.mast_token and not self._token_refused:
             headers.update(token_header(self.config.mast_token))
         if offset or end is not None:
             headers["Range"] = f"bytes={offset}-{'' if end is None else end - 1}"
@@ -992,9 +993,13 @@ class _Downloader:
         try:
             resp = self.session.get(url, headers=headers, stream=True, timeout=timeout)
             if resp.status_code == 401 and "Authorization" in headers:
-                # a token MAST no longer takes (expired) must not cost a public file: asked again without it
+                # a token MAST no longer takes (expired) must not cost a public file: asked again without
+                # it, and the batch's other files are asked without it (a token refused once is refused)
                 resp.close()
-                log.warning("%s: the MAST token was refused (HTTP 401); asking again without it", job.name)
+                if not self._token_refused:
+                    log.warning("the MAST token was refused (HTTP 401 for %s): the batch's files are asked "
+                                "without it", job.name)
+                self._token_refused = True
                 headers.pop("Authorization")
                 resp = self.session.get(url, headers=headers, stream=True, timeout=timeout)
         except requests.RequestException as exc:

@@ -43,8 +43,8 @@ log = logging.getLogger(__name__)
 PUBLIC = "PUBLIC"
 # MAST's missions (CAOM obs_collection), to say of an entry that finds nothing that its collection is none of them.
 MAST_COLLECTIONS = (
-    "BEFS", "EUVE", "FUSE", "GALEX", "HLA", "HLSP", "HST", "HUT", "IUE", "JWST", "K2", "K2FFI", "Kepler",
-    "KeplerFFI", "PS1", "SPITZER_SHA", "SWIFT", "TESS", "TUES", "WUPPE",
+    "BEFS", "EUVE", "FIMS-SPEAR", "FUSE", "GALEX", "HLA", "HLSP", "HST", "HUT", "IUE", "JWST", "K2", "K2FFI",
+    "Kepler", "KeplerFFI", "OPO", "PS1", "SPITZER_SHA", "SWIFT", "TESS", "TUES", "WUPPE",
 )
 
 
@@ -231,7 +231,10 @@ def keep_exclusive(found: pd.DataFrame, previous: pd.DataFrame, now: Time | None
     kept = previous[_exclusive(previous, (now or Time.now()).mjd).to_numpy()]
     if len(found):
         kept = kept[~kept["obs_id"].isin(found["obs_id"])]
-    return pd.concat([found, kept], ignore_index=True) if len(kept) else found
+    if not len(kept):
+        return found
+    # in obs_id order, as a query gives them: the same rows again are the same table
+    return pd.concat([found, kept], ignore_index=True).sort_values("obs_id", kind="stable").reset_index(drop=True)
 
 
 def keep_failed_entries(found: pd.DataFrame, previous: pd.DataFrame, failed_entries: list[str]) -> pd.DataFrame:

@@ -87,6 +87,7 @@ class Watchlist:
     path: str
     entries: tuple[WatchlistEntry, ...]
     invalid: tuple[tuple[str, str], ...] = ()
+    defaults: ProductSpec = ProductSpec()  # the product choice of an entry that says none (or cannot be read)
 
     def entry(self, name: str) -> WatchlistEntry:
         for entry in self.entries:
@@ -298,15 +299,27 @@ def parse_watchlist(text: str, path: str = "<watchlist>") -> Watchlist:
         try:
             entries.append(_parse_entry(item, i, base, path))
         except WatchlistError as err:  # one entry mistyped: the others are still searched
-            named = isinstance(item, dict) and isinstance(item.get("name"), (str, int, float))
-            invalid.append((str(item["name"]) if named else f"entry {i + 1}", str(err)))
+            invalid.append((_entry_name(item, i), str(err)))
     if not entries:
         raise WatchlistError("; ".join(why for _, why in invalid))
     names = [entry.name for entry in entries] + [name for name, _ in invalid]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise WatchlistError(f"{path}: entry names must be unique; repeated: {duplicates}")
-    return Watchlist(path=path, entries=tuple(entries), invalid=tuple(invalid))
+    return Watchlist(path=path, entries=tuple(entries), invalid=tuple(invalid), defaults=base)
+
+
+def _entry_name(raw: Any, index: int) -> str:
+    """The name an entry that cannot be read goes by: the one it would have had when it could (its
+    ``name``, or ``<kind>:<value>`` of its one search), so that the rows it found before are kept
+    under it; else its place in the list."""
+    if isinstance(raw, dict):
+        if isinstance(raw.get("name"), (str, int, float)) and not isinstance(raw.get("name"), bool):
+            return str(raw["name"])
+        searches = [key for key in SEARCH_KEYS if raw.get(key) not in (None, "", [])]
+        if len(searches) == 1 and "name" not in raw:
+            return f"{searches[0]}:{raw[searches[0]]}"
+    return f"entry {index + 1}"
 
 
 def load_watchlist(path: str | Path = DEFAULT_WATCHLIST) -> Watchlist:

@@ -81,11 +81,14 @@ def _present(
     quarantined = _quarantined(home, absent) if absent else {}
     missing = {}
     for path in absent:
-        if path in quarantined:
+        said = status.get(path)
+        # a quarantine note speaks of a file its manifest does not list as stored since (an old note
+        # of a file fetched again and catalogued does not)
+        if path in quarantined and said in ("quarantined", _NEVER, "failed", None):
             missing[path] = f"quarantined: {quarantined[path]} (see the home's quarantine folder)"
-        elif status.get(path) == "quarantined":
+        elif said == "quarantined":
             missing[path] = "quarantined when it was catalogued (see the home's quarantine folder)"
-        elif status.get(path) in (_NEVER, "failed"):  # a landing or products row whose file never arrived
+        elif said in (_NEVER, "failed"):  # a landing or products row whose file never arrived
             missing[path] = "never stored in the home (not fetched or copied yet, or refused)"
         else:
             missing[path] = unfetched.get(path, "no longer in the home (removed since it was catalogued)")

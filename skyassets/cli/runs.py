@@ -32,7 +32,7 @@ from skyassets.landing.ingest import (
     recording,
     relocate_landed,
 )
-from skyassets.landing.zone import LandedFile
+from skyassets.landing.zone import LINKED_FOLDER, LandedFile
 
 # The command line prints its own summary; the full run logs stay in the instance for the UI.
 QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
@@ -252,7 +252,9 @@ class IngestReport:
 
     @property
     def ok(self) -> bool:
-        return not (self.quarantined or self.failed or self.refused or self.failed_runs)
+        """Nothing lost: a link to a folder is said, but its files are the folder's own to take."""
+        refused = [why for why in self.refused.values() if why != LINKED_FOLDER]
+        return not (self.quarantined or self.failed or refused or self.failed_runs)
 
 
 def without_images(home: Home, report: IngestReport) -> list[str]:

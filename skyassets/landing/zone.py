@@ -452,7 +452,7 @@ class LandingZone(_Zone):
         why = None
         if entry.is_symlink():
             why = "a symbolic link: links are not followed"
-            if links_to_folder(entry):  # a folder of files passed over is said, like a file's link
+            if self.recursive and links_to_folder(entry):  # a folder of files passed over is said, like a file's link
                 why, fits_named = LINKED_FOLDER, True
         else:
             try:

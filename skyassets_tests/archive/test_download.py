@@ -435,14 +435,18 @@ def test_a_public_file_refused_to_a_stale_token_is_asked_again_without_it(emu, t
     """A MAST token expires; an archive that refuses it (401) even for a public file must not cost
     the file: it is asked again at once without the token."""
     product, content = publish_file(emu, tmp_path, 1)
+    other, other_content = publish_file(emu, tmp_path, 0.5)
     name = product["productFilename"]
     emu.faults.add("status", match=name, status=401, times=1)
     since = len(emu.requests)
-    config = download_config(emu, mast_token="stale-token")
-    (result,) = download_files([file_request(emu, product, tmp_path)], config)
+    config = download_config(emu, mast_token="stale-token", parallel=1)
+    result, second = download_files([file_request(emu, p, tmp_path) for p in (product, other)], config)
     assert_in_place(result, content)
+    assert_in_place(second, other_content)
     assert [(g["status"], g["with_token"]) for g in gets_of(emu, since, name)] == [(401, True), (200, False)]
     assert result.attempts == 1
+    # a token refused once is refused: the batch's next file is asked without it from the start
+    assert [g["with_token"] for g in gets_of(emu, since, other["productFilename"])] == [False]
     # without a token, a 401 is the file's answer: not asked again
     emu.faults.add("status", match=name, status=401, times=1)
     (refused,) = download_files([file_request(emu, product, tmp_path / "again")], download_config(emu))

@@ -59,7 +59,7 @@ entries:
     assert [e.name for e in wl.entries] == ["by-id"]
     result = query_watchlist(client, wl)
     assert result.per_entry == {"by-id": 1} and list(result.observations["obs_id"]) == [first["obs_id"]]
-    assert result.failed_entries == ["off-the-sky", "entry 3"]
+    assert result.failed_entries == ["off-the-sky", "coordinates:[10, 95]"]  # the name it would have had
     assert result.failed == ["mine.yaml: entry 'off-the-sky': ra is between 0 and 360 degrees, not 400",
                              "mine.yaml: entry 3: dec is between -90 and +90 degrees, not 95"]
 

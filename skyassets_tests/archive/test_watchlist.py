@@ -116,3 +116,13 @@ def test_a_jwst_program_written_with_its_leading_zeros_is_that_program(written):
 def test_numbers_other_than_ids_keep_their_yaml_meaning():
     (entry,) = parse_watchlist("entries: [{name: m74, target: M74, radius: 0.1 deg, calib_level: [2, 3]}]").entries
     assert entry.radius.deg == 0.1 and entry.criteria["calib_level"] == [2, 3]
+
+
+def test_an_entry_that_cannot_be_read_goes_by_the_name_it_had_and_the_watchlist_keeps_its_defaults():
+    wl = parse_watchlist("defaults: {products: {calib_level: [3]}}\n"
+                         "entries: [{target: M31, radius: 99 deg}, {name: b, target: M1}, {name: c, program: [1, 2],"
+                         " colection: x}, {target: M1, program: 3}]")
+    assert [e.name for e in wl.entries] == ["b"]
+    # as it would have been named: its rows from before are kept under that name
+    assert [name for name, _ in wl.invalid] == ["target:M31", "c", "entry 4"]
+    assert wl.defaults.calib_level == (3,)  # the product choice of rows no entry read now found

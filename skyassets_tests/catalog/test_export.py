@@ -202,6 +202,10 @@ def test_a_landed_or_listed_file_that_never_arrived_is_said_so(tmp_path):
     refused.parent.mkdir(parents=True)
     refused.write_bytes(b"SIMPLE")
     quarantine(refused, home.quarantine, "/night/cut.fits: truncated: 6 bytes", landed_location="/night/cut.fits")
+    # an old note of a file fetched again since, and stored (its manifest says so), speaks no more for it
+    stale = home.files / "local" / "c" / "gone.fits"
+    stale.write_bytes(b"SIMPLE")
+    quarantine(stale, home.quarantine, "an older version was cut short")
     rows = pd.DataFrame({"path": ["files/local/c/bad.fits", "files/local/c/gone.fits", "files/local/c/late.fits",
                                   "files/MAST/d/listed.fits", "files/JWST/../odd.fits", "files/JWST//odd.fits",
                                   "files/local/c/cut.fits"]})

@@ -9,6 +9,7 @@ from dagster import AssetMaterialization, DagsterRunStatus, instance_for_test
 from skyassets.catalog.db import connect
 from skyassets.cli.runs import (
     QUIET,
+    IngestReport,
     InProcess,
     catalog_outdated,
     ingest,
@@ -19,6 +20,7 @@ from skyassets.cli.runs import (
     updated_since,
 )
 from skyassets.lake.home import Home
+from skyassets.landing.zone import LINKED_FOLDER
 
 
 def test_ingest_catalogues_files_in_batched_runs(emu, tmp_path):
@@ -313,6 +315,15 @@ def test_the_catalog_is_out_of_date_once_files_are_catalogued_after_it():
             assert not catalog_outdated(instance)
             instance.report_runless_asset_event(AssetMaterialization(upstream))
             assert catalog_outdated(instance), upstream
+
+
+def test_a_linked_folder_is_said_but_fails_no_ingest_and_a_folder_that_cannot_be_listed_does(tmp_path):
+    (tmp_path / "night").mkdir()
+    (tmp_path / "latest").symlink_to(tmp_path / "night")  # drop/latest -> the night's own folder
+    linked = IngestReport(catalogued=["a.fits"], refused={str(tmp_path / "latest"): LINKED_FOLDER})
+    assert linked.ok and linked.files == 1 and linked.folders_refused == [str(tmp_path / "latest")]
+    unread = IngestReport(catalogued=["a.fits"], refused={str(tmp_path / "night"): "folder cannot be listed: denied"})
+    assert not unread.ok and unread.files == 1
 
 
 def test_partition_batches_cover_only_the_keys_asked_for():

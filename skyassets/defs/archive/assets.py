@@ -95,7 +95,9 @@ def mast_observations(
                 else pd.DataFrame())
     observations = keep_failed_entries(result.observations, previous, result.failed_entries)
     if result.token_refused:
+        before = len(observations)
         observations = keep_exclusive(observations, previous)
+        result.proprietary = max(0, result.proprietary - (len(observations) - before))  # kept, not left out
     kept = len(observations) - len(result.observations)
     token_check = AssetCheckResult(
         check_name="mast_token_accepted", passed=result.token_refused is None, severity=AssetCheckSeverity.ERROR,
@@ -104,9 +106,10 @@ def mast_observations(
     found = (f"{len(observations)} observations from {len(wl.entries) + len(wl.invalid)} watchlist entries "
              f"({result.proprietary} proprietary left out, {kept} kept from failed entries or a refused token)")
     last = context.instance.get_latest_materialization_event(context.asset_key)
-    last_failed = last is not None and getattr(last.asset_materialization.metadata.get("failed_entries"), "value", 0)
-    # a failed entry is materialised even so, and so is its recovery: the asset shows how its entries fared
-    if (last is not None and not last_failed and not result.failed
+    said = last.asset_materialization.metadata.get("failed_entry_reasons") if last is not None else None
+    # an entry failing anew is materialised even so, and so is its recovery: the asset shows how its
+    # entries fared; the same failures again (an entry that cannot be read) are said already
+    if (last is not None and list(getattr(said, "value", None) or []) == list(result.failed)
             and lake.holds("mast_observations", observations)):
         context.log.info(f"{found}: the same as the last answers; nothing materialised, nothing downstream to redo")
         yield token_check
@@ -149,13 +152,14 @@ def _observation_row(observations: pd.DataFrame, obs_id: str) -> pd.Series:
 
 
 def _product_spec(wl: Watchlist, entries: str) -> ProductSpec:
-    """The product spec of the first watchlist entry that found the observation."""
+    """The product spec of the first watchlist entry that found the observation (the watchlist's
+    defaults for one no entry it can read found)."""
     for name in str(entries or "").split(","):
         try:
             return wl.entry(name).products
         except KeyError:
             continue
-    return ProductSpec()
+    return wl.defaults
 
 
 def _bytes(frame: pd.DataFrame) -> dict[str, int]:

@@ -130,6 +130,31 @@ def test_watchlist_to_verified_files(emu, pipeline):
     assert _downloads(emu) == before
 
 
+def test_an_entry_that_can_no_longer_be_read_keeps_its_rows_and_is_materialised_once(emu, tmp_path):
+    """An entry mistyped after it found observations fails alone under the name it had (its rows
+    kept, their product choice the watchlist's defaults), and the same failure again is said already."""
+    watchlist = tmp_path / "watchlist.yaml"
+    good = 'entries:\n  - coordinates: "24.1739 15.7836"\n    radius: 4 arcmin\n  - {name: ring, target: NGC 3132}\n'
+    watchlist.write_text(good)
+    home = tmp_path / "home"
+    job = _defs(emu, home, str(watchlist)).resolve_job_def("watchlist_job")
+    table = home / "lake" / "mast_observations.parquet"
+    with instance_for_test() as instance:
+        assert job.execute_in_process(instance=instance).success
+        before = pd.read_parquet(table)
+        field = before[before["watchlist_entry"].str.contains("coordinates:24.1739 15.7836")]
+        assert len(field)
+        watchlist.write_text(good.replace("4 arcmin", "99 deg"))  # a radius past 30 degrees: cannot be read
+        mistyped = job.execute_in_process(instance=instance)
+        (event,) = mistyped.get_asset_materialization_events()
+        (why,) = event.materialization.metadata["failed_entry_reasons"].value
+        assert "radius must be an angle" in why, why
+        assert event.materialization.metadata["kept_from_failed_entries"].value > 0
+        assert set(field["obs_id"]) <= set(pd.read_parquet(table)["obs_id"])
+        again = job.execute_in_process(instance=instance)  # the same failure: said already
+        assert again.success and not again.get_asset_materialization_events()
+
+
 def test_http_fallback_when_cloud_is_off_and_failure_keeps_verified_files(emu, tmp_path):
     home = tmp_path / "home"
     defs = _defs(emu, home)
