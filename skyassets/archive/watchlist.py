@@ -166,10 +166,27 @@ def _parse_coordinates(value: Any) -> SkyCoord:
     except ValueError:
         unit = (u.deg, u.deg) if ":" not in text and "h" not in text else (u.hourangle, u.deg)
         try:
-            return SkyCoord(text, unit=unit, frame="icrs")
+            coord = SkyCoord(text, unit=unit, frame="icrs")
         except ValueError as err:
             raise ValueError(f"cannot read the coordinates {text!r} ({err})") from err
+        _ra_as_written(text, unit[0])
+        return coord
     return _on_the_sky(ra, dec)
+
+
+def _ra_as_written(text: str, unit: Any) -> None:
+    """Refuse an RA written past a full turn (``400d``, ``25:00:00``), which astropy wraps."""
+    from astropy.coordinates import Angle
+
+    parts = text.replace(",", " ").split()
+    if len(parts) % 2:  # not an RA and a dec of as many parts each: astropy's reading stands
+        return
+    try:
+        ra = Angle(" ".join(parts[: len(parts) // 2]), unit=unit)
+    except ValueError:
+        return
+    if not 0 <= ra.deg < 360:
+        raise ValueError(f"ra is between 0 and 360 degrees (24 hours), not {ra.to_string(unit=unit)}")
 
 
 def _on_the_sky(ra: float, dec: float) -> SkyCoord:

@@ -80,6 +80,8 @@ def test_sexagesimal_coordinates():
         ("entries: [{name: a, coordinates: '400.0 -95.0'}]", "entry 'a': ra is between 0 and 360 degrees, not 400"),
         ("entries: [{name: a, coordinates: {ra: 10, dec: -95}}]", "entry 'a': dec is between -90 and +90 degrees"),
         ("entries: [{name: a, coordinates: 'ten north'}]", "entry 'a': cannot read the coordinates 'ten north'"),
+        ("entries: [{name: a, coordinates: '400d 10d'}]", "entry 'a': ra is between 0 and 360 degrees (24 hours)"),
+        ("entries: [{name: a, coordinates: '25:00:00 -40:00:00'}]", "cannot read the coordinates '25:00:00 -40:00:00'"),
         ("entries: [{name: a, target: M1}, {name: b, coordinates: 'x y z'}, {name: a, program: 3}]", "unique"),
     ],
 )
