@@ -353,14 +353,19 @@ class CloudLookup:
         """The run's lookup: off if ``note`` says the service was found down less than
         ``CLOUD_DOWN_SECONDS`` ago (an unreadable note is no note)."""
         now = time.time() if now is None else now
+        found = cls.last_found_down(note)
+        if found is None or not enabled or not 0 <= now - found[0] < CLOUD_DOWN_SECONDS:
+            return cls(enabled)
+        return cls(False, found[1], found[0])
+
+    @staticmethod
+    def last_found_down(note: Path) -> tuple[float, str] | None:
+        """When a run last found the service down, and why (None: never, or the note is unreadable)."""
         try:
             said = json.loads(note.read_text())
-            at, why = float(said["at"]), str(said["why"])
+            return float(said["at"]), str(said["why"])
         except (OSError, ValueError, KeyError, TypeError):
-            return cls(enabled)
-        if not enabled or not 0 <= now - at < CLOUD_DOWN_SECONDS:
-            return cls(enabled)
-        return cls(False, why, at)
+            return None
 
     def remember(self, note: Path, now: float | None = None) -> None:
         """Note for the runs that follow that the service was found down in this run."""

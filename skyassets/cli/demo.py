@@ -173,10 +173,10 @@ def _demo(runner: Runner, home: Home, dagster_home: Path) -> int:
         runner.run_all(retries, at_once=DEMO_RUNS_AT_ONCE, on_finished=finished)
     if lines:
         print("\n".join(lines))
-    lookup = CloudLookup.for_run(True, home.root / CLOUD_DOWN_NOTE)
-    if lookup.noted is not None and lookup.noted >= started:  # slow downloads, and this is why
-        print(f"  the cloud path lookup was down ({one_line(lookup.down)}): files went over HTTP, and it is asked "
-              f"again {CLOUD_DOWN_SECONDS / 60:.0f} minutes after")
+    found_down = CloudLookup.last_found_down(home.root / CLOUD_DOWN_NOTE)
+    if found_down is not None and found_down[0] >= started:  # slow downloads, and this is why
+        print(f"  the cloud path lookup was down ({one_line(found_down[1])}): files went over HTTP, and it is "
+              f"asked again {CLOUD_DOWN_SECONDS / 60:.0f} minutes after")
     speed = totals["bytes"] / totals["seconds"] / 1e6 if totals["seconds"] else 0.0
     print(
         f"\nDownloaded {counted(totals['downloaded'], 'files')} ({totals['bytes'] / 1e6:.1f} MB, {speed:.1f} MB/s), "

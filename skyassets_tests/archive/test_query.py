@@ -148,6 +148,9 @@ def test_a_cloud_lookup_found_down_stays_off_for_the_runs_that_follow_for_a_whil
     assert (later.enabled, later.down, later.noted) == (False, found.down, 1000.0)
     later.remember(note, now=5000.0)  # a run that only read the note does not renew it
     assert CloudLookup.for_run(True, note, now=1000.0 + CLOUD_DOWN_SECONDS) == CloudLookup(True)
+    # when and why it was found down is told past that too: a demo whose runs outlast it says it
+    assert CloudLookup.last_found_down(note) == (1000.0, found.down)
     assert CloudLookup.for_run(False, note, now=1001.0) == CloudLookup(False)  # switched off: no note needed
     note.write_text("{not json")
     assert CloudLookup.for_run(True, note, now=1001.0) == CloudLookup(True)
+    assert CloudLookup.last_found_down(note) is None
