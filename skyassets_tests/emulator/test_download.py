@@ -39,7 +39,9 @@ def test_head_and_full_get(emu: Emulator, url: str, whole: bytes) -> None:
     assert reply.status_code == 200 and reply.content == whole
     entry = emu.requests.snapshot()[-1]
     assert entry == {"method": "GET", "path": "/api/v0.1/Download/file", "uri": URI, "range": None,
-                     "status": 200, "bytes_sent": len(whole)}
+                     "status": 200, "bytes_sent": len(whole), "with_token": False}
+    assert _get(url, Authorization="token t").status_code == 200  # a public file, whatever the token
+    assert emu.requests.snapshot()[-1]["with_token"] is True  # that one came, never what it was
 
 
 def test_ranges(url: str, whole: bytes) -> None:
