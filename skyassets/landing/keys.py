@@ -49,11 +49,12 @@ def partition_key(file: LandedFile | str | Path, *, client: Any = None) -> str:
 
     After the prefix: the observation id from the header (``HEADER_ID_KEYWORDS`` in order, in the primary header or,
     when the primary holds no data as in a tile-compressed ``.fz``, the first extension's header)
-    when one is a valid key. Otherwise the file's stem made safe, ``-`` and 8 hex digits of the
+    when one is a valid key, else the first one made safe with a short hash of it. Without any,
+    the file's stem made safe, ``-`` and 8 hex digits of the
     SHA-256 of its location: a file changed in place keeps its partition, where its new version
     replaces the old, as a file keyed by its header's id does (hashing the bytes of large files
     would also cost more than a sensor tick may take). Files that are not FITS or cannot be read
-    get the second form too. ``client`` (boto3) reads ``s3://`` files.
+    get the name-based form. ``client`` (boto3) reads ``s3://`` files.
     """
     location = file.location if isinstance(file, LandedFile) else str(file)
     if location.startswith("s3://"):
@@ -82,6 +83,10 @@ def _safe_stem(location: str) -> str:
 
 
 def _header_id(headers: Sequence[Any]) -> str | None:
+    """The first id of ``HEADER_ID_KEYWORDS`` usable as a key as written; else the first text id
+    made safe (:func:`_safe_id`), so that files sharing an id no key may hold (``NGC 1365 / r2``,
+    as observatories outside MAST write them) still share a partition."""
+    unusable = None
     for header in headers:
         for keyword in HEADER_ID_KEYWORDS:
             value = header.get(keyword)
@@ -93,8 +98,18 @@ def _header_id(headers: Sequence[Any]) -> str | None:
             try:
                 return validate_obs_id(LANDED_PREFIX + text)[len(LANDED_PREFIX):]
             except InvalidNameError:
-                continue
-    return None
+                if unusable is None and isinstance(value, str):
+                    unusable = text
+    return None if unusable is None else _safe_id(unusable)
+
+
+def _safe_id(text: str) -> str:
+    """An id no key may hold as written, as letters, digits and ``_ - .``, ``-`` and 8 hex digits of
+    its SHA-256: two ids that read the same once made safe keep apart."""
+    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
+    safe = re.sub(r"\.{2,}", ".", _STEM_BAD_RE.sub("_", ascii_text))[:STEM_MAX].strip("_.-") or "id"
+    digest = hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    return f"{safe}-{digest}"
 
 
 def _headers(hdul: Any) -> list[Any]:

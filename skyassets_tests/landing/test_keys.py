@@ -292,3 +292,19 @@ def test_a_header_id_too_long_for_the_prefix_falls_back_to_the_name(tmp_path: Pa
     over = _write(tmp_path / "y.fits", _to_bytes(fits.PrimaryHDU(header=fits.Header(
         [("OBS_ID", longest + "b"), ("ROOTNAME", "r1")]))))
     assert partition_key(over) == LANDED_PREFIX + "r1"
+
+
+def test_an_id_no_key_may_hold_is_made_safe_and_still_groups_its_files(tmp_path: Path) -> None:
+    """Observatories outside MAST write ids with blanks and slashes: the files of one such
+    observation share a partition, two ids alike once made safe do not, and a usable id of a
+    later keyword still comes first."""
+    def landed(name: str, cards: list[tuple[str, Any]]) -> str:
+        return partition_key(_write(tmp_path / name, _to_bytes(fits.PrimaryHDU(header=fits.Header(cards)))))
+
+    first = landed("a.fits", [("OBS_ID", "NGC 1365 / run 2")])
+    assert first == landed("b.fits", [("OBS_ID", "NGC 1365 / run 2")])
+    _key_shape(first, "NGC_1365_run_2")
+    assert landed("c.fits", [("OBS_ID", "NGC 1365 : run 2")]) != first
+    assert landed("d.fits", [("OBS_ID", "NGC 1365 / run 2"), ("ROOTNAME", "r7")]) == LANDED_PREFIX + "r7"
+    _key_shape(landed("e.fits", [("OBS_ID", "..//..")]), "id")
+    _key_shape(landed("f.fits", [("OBS_ID", "x" * 300)]), "x" * landing.STEM_MAX)
