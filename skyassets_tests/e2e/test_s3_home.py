@@ -159,12 +159,21 @@ def test_ingest_into_a_home_on_s3_catalogues_into_the_store(emu, store, tmp_path
 
     drop = tmp_path / "night"
     drop.mkdir()
-    for path in sorted(emu.sky.root.rglob("*_cal.fits"))[:2]:
+    cal = sorted(emu.sky.root.rglob("*_cal.fits"))[:2]
+    for path in cal:
         (drop / path.name).write_bytes(path.read_bytes())
+    # A FITS start and junk: copied and stored as it is (no sums to check), refused by cataloguing.
+    broken = drop / "broken.fits"
+    broken.write_bytes(cal[0].read_bytes()[:80] + b"garbage" * 10)
     home = Home(tmp_path / "home", storage=f"s3://{BUCKET}/{PREFIX}", endpoint=store.endpoint)
     with instance_for_test() as instance:
         report = ingest([drop], home, instance)
-    assert sorted(report.catalogued) == sorted(str(p) for p in drop.iterdir()) and not report.failed
+    assert sorted(report.catalogued) == sorted(str(drop / p.name) for p in cal)
+    assert list(report.quarantined) == [str(broken)]
     stored = _objects(store)
     assert all(f"lake/image_metadata/{key}.parquet" in stored for key in report.partitions)
     assert sum(k.startswith("files/local/") and k.endswith("_cal.fits") for k in stored) == 2
+    # The quarantined copy is gone from the store too: no machine and no export takes it for good.
+    assert not [k for k in stored if k.startswith("files/local/") and k.endswith("broken.fits")]
+    files = connect(home).sql("SELECT file_name, status FROM files WHERE file_name = 'broken.fits'").fetchall()
+    assert files == [("broken.fits", "quarantined")]

@@ -16,6 +16,7 @@ from skyassets.defs.automation import catch_up, follows
 from skyassets.defs.metadata import column_schema, partition_metadata
 from skyassets.defs.partitions import observation_backfill_policy, observations_partitions
 from skyassets.defs.resources import HomeResource
+from skyassets.lake.home import Home
 from skyassets.lake.store import Lake
 from skyassets.lake.tables import TABLES, table
 from skyassets.landing.keys import LANDED_PREFIX
@@ -23,18 +24,21 @@ from skyassets.landing.keys import LANDED_PREFIX
 IMAGE_PREVIEW = ["obs_id", "file_name", "hdu_name", "instrument_name", "filter", "s_ra", "s_dec", "t_min", "t_exptime"]
 
 
-def _mark_quarantined(lake: Lake, sources: list[dict], failures: list) -> None:
+def _mark_quarantined(home: Home, sources: list[dict], failures: list) -> None:
     """Say ``quarantined`` in the ``fits_files`` rows of the files cataloguing moved to the quarantine,
-    so the catalogue's ``files`` no longer lists them as downloaded where they no longer are."""
+    so the catalogue's ``files`` no longer lists them as downloaded where they no longer are, and
+    delete what is left of them in the home: with a store, the stored object, which every machine
+    and ``skyassets export`` would otherwise still take for a good file."""
     moved = {f.path for f in failures if f.quarantined}
     by_partition: dict[str, set[str]] = {}
     for source in sources:
         if source["path"] in moved:
             by_partition.setdefault(source["obs_id"], set()).add(source["stored_path"])
     for key, paths in by_partition.items():
-        manifest = lake.read("fits_files", key)
+        manifest = home.tables.read("fits_files", key)
         manifest.loc[manifest["path"].isin(paths), "status"] = "quarantined"
-        lake.write("fits_files", manifest, partition=key)
+        home.tables.write("fits_files", manifest, partition=key)
+    home.remove_files(sorted(path for paths in by_partition.values() for path in paths))
 
 
 def _quarantined_by_partition(keys: list[str], sources: list[dict], failures: list) -> dict[str, dict]:
@@ -109,7 +113,7 @@ def image_metadata(context: AssetExecutionContext, home: HomeResource) -> Materi
         )
     for failure in failures:
         context.log.warning(f"quarantined {failure.path}: {failure.reason} (now {failure.quarantined})")
-    _mark_quarantined(lake, sources, failures)
+    _mark_quarantined(root, sources, failures)
     # One conversion and one cast for the batch, then a file per partition: converting each
     # partition's rows on their own costs more than extracting them.
     lake.write_partitions("image_metadata", to_table(rows), by="obs_id", partitions=keys)
