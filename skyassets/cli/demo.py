@@ -193,9 +193,7 @@ def _demo(runner: Runner, home: Home, dagster_home: Path) -> int:
           f"{counted(_catalogued_observations(home), 'observations')} "
           f"({rows.get('observations', 0)} found by the watchlist), "
           f"{counted(rows.get('mosaics', 0), 'mosaics')}, {counted(rows.get('composites', 0), 'composites')}")
-    print(f"\nFITS files:      {home.files}")
-    print(f"Catalog:         {home.url('catalog.duckdb')}  (or skyassets.connect() in a notebook)")
-    print(f"Parquet tables:  {home.lake}")
+    print("\n" + where_outputs_are(home))
     command = Path(sys.executable).parent / "skyassets"
     targets = instance.get_dynamic_partitions("targets")
     if targets:
@@ -206,6 +204,13 @@ def _demo(runner: Runner, home: Home, dagster_home: Path) -> int:
     if os.environ.get("MAST_API_TOKEN"):
         print("  (with MAST_API_TOKEN set, as it is here)")
     return 1 if failures else 0
+
+
+def where_outputs_are(home: Home) -> str:
+    """Where the demo's files, catalogue and tables are: in the store when the home has one."""
+    return (f"FITS files:      {home.url('files')}\n"
+            f"Catalog:         {home.url('catalog.duckdb')}  (or skyassets.connect() in a notebook)\n"
+            f"Parquet tables:  {home.url('lake')}")
 
 
 def _settings(home: Home, dagster_home: Path) -> str:

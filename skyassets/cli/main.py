@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from skyassets.cli.output import counted, one_line, write_frame
 from skyassets.cli.sky import SkyError, add_sky_command
-from skyassets.lake.home import HOME_ENV, Home
+from skyassets.lake.home import HOME_ENV, STORAGE_ENV, Home, StorageError
 from skyassets.lake.lease import LockBusy
 
 if TYPE_CHECKING:
@@ -183,10 +183,25 @@ def _catalogued_home() -> Home:
     """The home of a command that reads the catalogue; one that holds none is said to be empty,
     not read as a catalogue of nothing (a command run outside the project folder)."""
     home = Home.from_env()
-    if home.storage is None and not (home.lake.is_dir() or (home.root / "catalog.duckdb").exists()):
-        raise CommandError(f"no catalogue in {home.root}: run skyassets demo or ingest there first, "
-                           f"or point {HOME_ENV} at the home", 1)
+    if not home.holds_catalogue():
+        where = home.storage or home.root
+        raise CommandError(f"no catalogue in {where}: run skyassets demo or ingest there first, "
+                           f"or point {STORAGE_ENV if home.storage else HOME_ENV} at the home", 1)
     return home
+
+
+def _store_trouble(exc: BaseException) -> str | None:
+    """A store that cannot be reached or read (down, a wrong endpoint, no such bucket, refused
+    credentials), in one line; None for any other error."""
+    storage = os.environ.get(STORAGE_ENV)
+    botocore = sys.modules.get("botocore.exceptions")
+    kinds: tuple[type[BaseException], ...] = (StorageError,)
+    if botocore is not None:
+        kinds += (botocore.BotoCoreError, botocore.ClientError)
+    # pyarrow's S3 filesystem raises plain OSErrors, each naming the bucket it could not read
+    if isinstance(exc, kinds) or (storage and isinstance(exc, OSError) and " bucket " in str(exc)):
+        return f"the store {storage} cannot be read: {one_line(str(exc))}" if storage else one_line(str(exc))
+    return None
 
 
 def _query(home: Home, sql: str):
@@ -638,6 +653,9 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except Exception as exc:
+        if (trouble := _store_trouble(exc)) is not None:
+            print(f"skyassets {args.command}: {trouble}", file=sys.stderr)
+            return 1
         launch = sys.modules.get("skyassets.cli.launch")  # imported by the commands that launch runs only
         if launch is None or not isinstance(exc, launch.LaunchError):
             raise

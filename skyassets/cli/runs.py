@@ -564,7 +564,7 @@ def make_products(runner: Runner, home: Home, run_config: Mapping) -> tuple[int,
               + ("" if run.is_success else f" FAILED (run {run.run_id}): " + _why(instance, run.run_id)))
         for line in latest_metadata(instance, "mosaics", target).get("not_made", []) if run.is_success else []:
             print(f"  {'':<24} not made: {one_line(line)}")
-        print(f"  {'':<24} {home.target_dir(target)}")
+        print(f"  {'':<24} {home.url(home.target_dir(target).relative_to(home.root))}")
     print("  see one: skyassets show TARGET")
     return len(targets), failures
 

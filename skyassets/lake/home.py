@@ -451,6 +451,19 @@ class Home:
             tmp.unlink(missing_ok=True)
         return head
 
+    def holds_catalogue(self) -> bool:
+        """Whether the home holds a lake or a published catalogue: a command that reads the catalogue
+        of an empty home (the wrong folder, a mistyped store prefix) says so rather than read nothing."""
+        if self.storage is None:
+            return self.lake.is_dir() or (self.root / "catalog.duckdb").exists()
+        if self.exists("catalog.duckdb"):
+            return True
+        bucket, prefix = self._bucket_key("lake")
+        try:
+            return bool(self.client().list_objects_v2(Bucket=bucket, Prefix=prefix + "/", MaxKeys=1).get("KeyCount"))
+        except self.client().exceptions.ClientError as error:
+            raise StorageError(f"{self.url('lake')}: cannot list: {error}") from error
+
     def stored_files(self, relative: str | os.PathLike[str]) -> dict[str, tuple[int, int, int]]:
         """Every object under the folder ``relative`` of the store, by its path inside that folder:
         (mtime_ns, size, tag), the tag a number drawn from the ETag, so a rewrite within the second

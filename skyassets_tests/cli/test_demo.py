@@ -80,3 +80,17 @@ with instance_for_test() as instance:
     env = {**os.environ, "SKYASSETS_HOME": str(tmp_path / "home")}
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert result.stdout.split() == ["bare", "False", "kept", "True"], result.stdout + result.stderr
+
+
+def test_the_demo_says_where_its_outputs_are_in_the_store_when_the_home_has_one(tmp_path):
+    from skyassets.cli.demo import where_outputs_are
+    from skyassets.lake.home import Home
+
+    local = where_outputs_are(Home(tmp_path / "home"))
+    assert f"FITS files:      {tmp_path / 'home' / 'files'}\n" in local and str(tmp_path / "home" / "lake") in local
+    stored = where_outputs_are(Home(tmp_path / "home", storage="s3://survey/team"))
+    assert stored.splitlines() == [
+        "FITS files:      s3://survey/team/files",
+        "Catalog:         s3://survey/team/catalog.duckdb  (or skyassets.connect() in a notebook)",
+        "Parquet tables:  s3://survey/team/lake",
+    ]

@@ -202,6 +202,30 @@ def test_an_unknown_target_lists_the_known_ones(home, capsys):
     assert "NGC-3132" in err and "does not exist" not in err
 
 
+def test_a_store_that_holds_nothing_or_cannot_be_read_is_said_in_one_line(tmp_path, monkeypatch, capsys):
+    """A mistyped prefix is an empty home, not a catalogue of nothing; a bucket that does not exist
+    and a store that is down are one line naming the store, not a traceback."""
+    for name, value in CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("SKYASSETS_HOME", str(tmp_path / "local"))
+    with object_store() as store:
+        monkeypatch.setenv("SKYASSETS_STORAGE_ENDPOINT", store.endpoint)
+        monkeypatch.setenv("SKYASSETS_STORAGE", f"s3://{BUCKET}/mistyped")
+        status, out, err = _run(capsys, "catalog", "SELECT 1")
+        assert (status, out) == (1, "") and err.count("\n") == 1
+        assert f"no catalogue in s3://{BUCKET}/mistyped" in err and "SKYASSETS_STORAGE" in err
+        monkeypatch.setenv("SKYASSETS_STORAGE", "s3://no-such-bucket/home")
+        for argv in (["catalog", "SELECT 1"], ["quality", "jw01"], ["find", "NGC 628"]):
+            status, out, err = _run(capsys, *argv)
+            assert (status, out) == (1, "") and err.count("\n") == 1, err
+            assert f"skyassets {argv[0]}: the store s3://no-such-bucket/home cannot be read" in err
+            assert "NoSuchBucket" in err
+    monkeypatch.setenv("SKYASSETS_STORAGE", f"s3://{BUCKET}/home")  # the store is down now
+    status, out, err = _run(capsys, "catalog", "SELECT 1")
+    assert (status, out) == (1, "") and err.count("\n") == 1
+    assert "the store s3://" in err and "cannot be read" in err and store.endpoint in err
+
+
 def test_show_names_the_products_where_they_are_stored_as_the_catalog_does(tmp_path, monkeypatch, capsys):
     for name, value in CREDENTIALS.items():
         monkeypatch.setenv(name, value)
