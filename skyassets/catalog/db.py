@@ -174,7 +174,13 @@ MACROS: tuple[str, ...] = (
         OR starts_with(lower(instrument_col), lower(name) || '/')""",
     # A filter name against a value that may list several ("F090W;CLEAR", "F444W/F405N"), in any case.
     """filter_matches(value, name) AS list_contains(string_split_regex(upper(value), '[;,/+ ]+'), upper(name))""",
-    "target_like(target_col, text) AS contains(lower(target_col), lower(text))",
+    # A target name as imaging.targets.normalise_name writes it: NGC 628, NGC-628 and ngc628 alike.
+    "target_name_key(name) AS regexp_replace(upper(name), '[^A-Z0-9+.]+', '', 'g')",
+    # Names holding ``text`` once both are so written; a number in it is whole: NGC 628 is not NGC 6284.
+    """target_like(target_col, text) AS regexp_matches(target_name_key(target_col),
+        CASE WHEN regexp_matches(target_name_key(text), '^[0-9]') THEN '(^|[^0-9])' ELSE '' END
+        || regexp_escape(target_name_key(text))
+        || CASE WHEN regexp_matches(target_name_key(text), '[0-9]$') THEN '($|[^0-9])' ELSE '' END)""",
 )
 
 TABLE_MACROS: tuple[str, ...] = (
@@ -1150,7 +1156,8 @@ class Query:
         return self._with(" OR ".join(f"filter_matches({c}, {_lit(n)})" for n in _names(names) for c in columns))
 
     def target(self, text: str) -> Query:
-        """Target names containing ``text``, case-insensitive."""
+        """Target names containing ``text`` in any case and whatever the separators (``NGC 628`` finds
+        ``NGC-628`` and ``NGC628``, not ``NGC-6284``)."""
         return self._with(f"target_like(target_name, {_lit(text)})")
 
     def exposure(self, low: float | None = None, high: float | None = None) -> Query:

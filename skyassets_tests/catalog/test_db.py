@@ -776,3 +776,20 @@ def test_sources_join_the_other_tables_by_file_name_and_older_partitions_read_as
     assert con.execute("SELECT obs_id, file_name FROM sources ORDER BY obs_id").fetchall() == [
         ("a", "a_cal.fits"), ("b", None)]
     assert con.execute("SELECT count(*) FROM sources JOIN quality USING (obs_id, file_name)").fetchone() == (1,)
+
+
+def test_a_target_is_found_whatever_its_separators_and_a_number_in_it_is_whole(tmp_path):
+    frame = image_rows(6, obs_id="obs1")
+    frame["target_name"] = ["NGC-628", "NGC628", "ngc 628 field", "NGC-6284", "SMACS-0723", "HD 12+3"]
+    put(tmp_path, "image_metadata", frame, "obs1")
+    con = catalog.connect(tmp_path)
+
+    def found(text: str) -> set[str]:
+        return set(catalog.search(con, target=text).df().target_name)
+
+    for text in ("NGC 628", "ngc-628", "Ngc628"):
+        assert found(text) == {"NGC-628", "NGC628", "ngc 628 field"}, text
+    assert found("ngc") == {"NGC-628", "NGC628", "ngc 628 field", "NGC-6284"}
+    assert found("smacs 0723") == found("0723") == {"SMACS-0723"}
+    assert found("hd12+3") == {"HD 12+3"}
+    assert con.sql("SELECT target_like('NGC-6284', 'NGC 628'), target_like(NULL, 'x')").fetchall() == [(False, None)]
