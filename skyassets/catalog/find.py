@@ -1187,7 +1187,9 @@ def find(
 def _rows(index: SearchIndex, positions: np.ndarray) -> pd.DataFrame:
     """The shown columns of the images at these index positions, in the same order (kept in the index:
     reading them from the catalog would scan it again)."""
-    return index.images.take(pa.array(positions)).drop_columns(["file_key", "doc"]).to_pandas()
+    whole = {pa.int16(): pd.Int16Dtype(), pa.int32(): pd.Int32Dtype(), pa.int64(): pd.Int64Dtype()}
+    # integers stay integers beside a NULL (a landed file's calib_level), not 3.0
+    return index.images.take(pa.array(positions)).drop_columns(["file_key", "doc"]).to_pandas(types_mapper=whole.get)
 
 
 def _q(name: str) -> str:

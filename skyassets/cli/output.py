@@ -1,8 +1,10 @@
 """Query results as a person or another program reads them: a table, CSV or JSON lines.
 
 Every format keeps values whole and says NULL the same way: an empty CSV field, JSON ``null``, and
-``NULL`` in the table. Lists (an image's ``locations``) are JSON arrays in CSV and JSON, so a
-spreadsheet or ``jq`` reads them without Python's quoting; numbers keep their full precision.
+``NULL`` in the table (NaN too, which DuckDB hands over for a NULL of a float column; an infinity
+is ``inf`` or ``-inf``, and ``null`` in JSON, which has no infinities). Lists (an image's
+``locations``) are JSON arrays in CSV and JSON, so a spreadsheet or ``jq`` reads them without
+Python's quoting; numbers keep their full precision.
 """
 
 from __future__ import annotations
@@ -64,6 +66,8 @@ def _cell(value: Any, null: str) -> str:
     """A cell as text: ``null`` for NULL, JSON for lists and structs."""
     if isinstance(value, Decimal) and value.is_finite():
         return format(value, "f")
+    if isinstance(value, (float, np.floating)) and math.isinf(value):  # a value, not a NULL; JSON has none
+        return "inf" if value > 0 else "-inf"
     value = plain(value)
     if value is None:
         return null

@@ -275,7 +275,8 @@ def test_index_follows_the_catalog_incrementally(tmp_path, sky):
     rows = home.tables.read_arrow("image_metadata", "j8pu01010").to_pandas()
     shas = [f"{i:064x}" for i in range(len(rows))]
     rows = rows.assign(obs_id="j9zz01010", target_name="IC-342", sha256=shas, fits_sha256=shas,
-                       path=[f"files/HST/j9zz01010/{i}.fits" for i in range(len(rows))])
+                       path=[f"files/HST/j9zz01010/{i}.fits" for i in range(len(rows))],
+                       calib_level=pd.array([None] * len(rows), dtype="Int16"))  # as a landed file's
     home.tables.write("image_metadata", rows, partition="j9zz01010")
     db.refresh(con)
     grown = build_index(con, home.search, embedder=None)
@@ -286,6 +287,8 @@ def test_index_follows_the_catalog_incrementally(tmp_path, sky):
     found = find(con, "IC 342", 10, embedder=None)  # its images, then NGC 628's at the same place
     assert list(found["obs_id"][:len(rows)]) == ["j9zz01010"] * len(rows)
     assert "words ic, 342" in found["why"][0] and "words" not in found["why"][len(rows)]
+    levels = found["calib_level"].tolist()  # an integer beside a NULL stays one: 2, not 2.0
+    assert levels[0] is pd.NA and {type(v) for v in levels[len(rows):]} == {int}
 
     # many small additions merge the segments into one
     merged = []

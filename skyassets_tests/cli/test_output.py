@@ -58,3 +58,16 @@ def test_a_table_keeps_each_row_on_its_line_whatever_the_names_hold():
     out = io.StringIO()
     write_frame(frame, "csv", out)  # CSV quotes such values; a reader gets them back as they are
     assert list(pd.read_csv(io.StringIO(out.getvalue()))["location"]) == list(frame["location"])
+
+
+def test_an_infinity_is_a_value_in_a_table_and_csv_and_a_nan_is_null():
+    frame = pd.DataFrame({"x": [np.inf, -np.inf, np.nan, 1.5]})
+    out = io.StringIO()
+    write_frame(frame, "table", out)
+    assert [line.strip() for line in out.getvalue().splitlines()] == ["x", "inf", "-inf", "NULL", "1.5"]
+    out = io.StringIO()
+    write_frame(frame, "csv", out)
+    assert out.getvalue().splitlines() == ["x", "inf", "-inf", "\"\"", "1.5"]  # a lone empty field is quoted
+    out = io.StringIO()
+    write_frame(frame, "json", out)
+    assert [json.loads(line)["x"] for line in out.getvalue().splitlines()] == [None, None, None, 1.5]
