@@ -79,7 +79,8 @@ def listed(items: list[str]) -> str:
             "over the pixel limit), each with its reason: they stay catalogued, are left out of targets "
             "and products, and never stop the other images of their batch.",
         ),
-        AssetCheckSpec("low_quality_images", asset="image_quality", description="Warns about images flagged reject."),
+        AssetCheckSpec("low_quality_images", asset="image_quality",
+                       description="Warns about usable images flagged reject (unusable ones: usable_images)."),
         AssetCheckSpec(
             "metrics_within_physical_bounds",
             asset="image_quality",
@@ -204,7 +205,8 @@ def _checks(scored: pd.DataFrame) -> Iterator[AssetCheckResult]:
             [f"{r.file_name}: {r.problem}" for r in unusable.itertuples()]),
         metadata={"unusable": len(unusable), "images": len(scored)},
     )
-    rejected = scored[scored["flag"] == "reject"]
+    # an unusable image is rejected by its gate and named above with its reason: not twice
+    rejected = scored[(scored["flag"] == "reject") & scored["usable"].astype(bool)]
     yield AssetCheckResult(
         check_name="low_quality_images",
         asset_key="image_quality",
@@ -212,7 +214,7 @@ def _checks(scored: pd.DataFrame) -> Iterator[AssetCheckResult]:
         severity=AssetCheckSeverity.WARN,
         description=None if rejected.empty else f"{_images(len(rejected))} flagged reject: " + listed(
             [f"{r.file_name}: {r.flag_reason}" for r in rejected.itertuples()]),
-        metadata={"rejected": len(rejected)},
+        metadata={"rejected": len(rejected), "rejected_as_unusable": len(unusable)},
     )
     problems = physical_problems(scored)
     yield AssetCheckResult(
