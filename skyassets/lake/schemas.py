@@ -109,7 +109,8 @@ FITS_FILES_SCHEMA = pa.schema([
     schema_field("status", pa.string(), None,
                  "what the observation's last run did with the file: downloaded (from MAST), copied (from the "
                  "landing zone), unchanged (found stored and verified, not fetched again); quarantined when "
-                 "cataloguing refused it (older manifests say skipped for unchanged, downloaded for copied)"),
+                 "refused on arrival (a landed file; no copy, no sha256) or by cataloguing (older manifests "
+                 "say skipped for unchanged, downloaded for copied)"),
     schema_field("fits_checksum", pa.string(), None, "result of the FITS CHECKSUM/DATASUM check"),
     schema_field("sha256_checked", pa.bool_(), None,
                  "the SHA-256 matched the one the archive sent for the object (S3 ChecksumSHA256); "

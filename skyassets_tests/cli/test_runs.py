@@ -1,6 +1,7 @@
 import os
 import shutil
 from pathlib import Path
+from unittest.mock import ANY
 
 import pandas as pd
 from astropy.io import fits
@@ -125,6 +126,10 @@ def test_a_quarantined_file_once_repaired_is_catalogued_and_stays_so(emu, tmp_pa
     assert sorted(first.quarantined) == [str(broken), str(still)]
     assert sorted(p.name for p in home.quarantine.iterdir()) == [
         "fixed.fits.corrupt", "fixed.fits.corrupt.json", "still.fits.corrupt", "still.fits.corrupt.json"]
+    # refused on arrival, listed in `files` as a file cataloguing refuses is: quarantined, no hash
+    files = connect(home).sql("SELECT file_name, status, sha256 FROM files ORDER BY file_name").fetchall()
+    assert files == [("fixed.fits", "quarantined", None), (good.name, "copied", ANY),
+                     ("still.fits", "quarantined", None)]
     broken.write_bytes(fixed.read_bytes())  # the whole file, landed again
     os.utime(broken, ns=(2_000_000_000_000_000_000, 2_000_000_000_000_000_000))
     for attempt in ("repaired", "unchanged since"):
@@ -154,7 +159,8 @@ def test_a_quarantined_file_is_not_taken_again_while_its_partition_mate_changes(
     assert report.runs == 1  # the partition ran again for its mate
     assert sorted(p.name for p in home.quarantine.iterdir()) == ["cut.fits.corrupt", "cut.fits.corrupt.json"]
     [manifest] = home.tables.read_partitions("fits_files", report.partitions).values()
-    assert manifest.column("dataURI").to_pylist() == [str(changing)]
+    listed = dict(zip(manifest.column("dataURI").to_pylist(), manifest.column("status").to_pylist(), strict=True))
+    assert listed == {str(changing): "copied", str(drop / "cut.fits"): "quarantined"}  # listed, never read
 
 
 def test_a_file_rewritten_under_another_obs_id_is_catalogued_once_under_the_new_one(emu, tmp_path):
@@ -385,7 +391,8 @@ def test_past_the_limit_a_partition_with_a_bad_file_still_names_it_on_its_own_pa
         shown = {k: latest_metadata(instance, "fits_files", k) for k in instance.get_dynamic_partitions("observations")}
     bad = [k for k, m in shown.items() if "not_copied" in m]
     assert len(bad) == 1 and cal[2].name in shown[bad[0]]["not_copied"]
-    assert shown[bad[0]]["files_not_copied"] == 1 and shown[bad[0]]["dagster/row_count"] == 0
+    assert shown[bad[0]]["files_not_copied"] == 1 and shown[bad[0]]["files_downloaded"] == 0
+    assert shown[bad[0]]["dagster/row_count"] == 1 and shown[bad[0]]["bytes_total"] == 0  # listed as quarantined
     assert all("dagster/row_count" not in m and m["partitions_in_run"] == 3 for k, m in shown.items() if k not in bad)
 
 

@@ -168,9 +168,11 @@ def _bytes(frame: pd.DataFrame) -> dict[str, int]:
 
 
 def _file_figures(frame: pd.DataFrame) -> dict[str, int]:
-    """A partition's own bytes and how its files came: fetched (or copied) now, or already verified."""
+    """A partition's own bytes stored and how its files came: fetched (or copied) now, or already
+    verified (a file listed as quarantined is neither)."""
     status = Counter(frame["status"]) if len(frame) else Counter()
-    return {**_bytes(frame), "files_downloaded": status["downloaded"] + status["copied"],
+    stored = frame[frame["status"] != "quarantined"] if len(frame) else frame
+    return {**_bytes(stored), "files_downloaded": status["downloaded"] + status["copied"],
             "files_skipped": status["unchanged"]}
 
 
@@ -306,13 +308,14 @@ def _refused_by_partition(keys: list[str], owner: list[tuple], results: "list[Fi
 
 def _quarantine_bad_landed_files(
     root: Home, requests: "list[FileRequest]", results: "list[FileResult]", owner: list[tuple]
-) -> list[str]:
-    """Landed files that are not valid FITS are quarantined with the reason and reported; the others go on."""
+) -> tuple[list[str], set[int]]:
+    """Landed files that are not valid FITS are quarantined with the reason and reported; the others
+    go on. Returns the messages and which files are in the quarantine (now, or from before as they are)."""
     from skyassets.fits.meta import quarantine
     from skyassets.landing.ingest import NOT_COPIED
 
-    messages = []
-    for request, result, (_, _, signature) in zip(requests, results, owner, strict=True):
+    messages, held = [], set()
+    for i, (request, result, (_, _, signature)) in enumerate(zip(requests, results, owner, strict=True)):
         if result.status != "failed" or request.local_path is None:
             continue
         bad = Path(request.dest_dir) / f"{request.filename}.corrupt"
@@ -320,9 +323,26 @@ def _quarantine_bad_landed_files(
             moved = quarantine(bad, root.quarantine, f"{request.local_path}: {result.error}",
                                landed_location=str(request.local_path), landed_signature=signature)
             messages.append(f"quarantined a copy of {request.local_path}: {result.error} (now {moved})")
+            held.add(i)
+        elif (result.error or "").startswith(_HELD):
+            held.add(i)
         else:
             messages.append(f"{NOT_COPIED}{request.local_path}: {result.error}")
-    return messages
+    return messages, held
+
+
+def _quarantined_row(root: Home, obs_id: str, uri: str, signature: str, request: "FileRequest",
+                     result: "FileResult") -> dict:
+    """The manifest row of a landed file refused on arrival: listed as ``quarantined``, as a file
+    cataloguing refused is, so that ``files`` names every file of the quarantine (no copy, no hash)."""
+    return {
+        "partition": obs_id, "dataURI": uri, "signature": signature, "filename": request.filename,
+        "path": Path(request.dest_dir, request.filename).relative_to(root.root).as_posix(),
+        "size": request.expected_size, "sha256": None, "source": "s3" if uri.startswith("s3://") else "local",
+        "status": "quarantined", "fits_checksum": result.fits_checksum, "sha256_checked": None,
+        "attempts": result.attempts, "resumed_from": None, "seconds": round(result.seconds, 3),
+        "bytes_per_second": None,
+    }
 
 
 def _fetch(
@@ -351,7 +371,7 @@ def _fetch(
         if requests[i].local_path is not None and (version := held.get(location)) and version[0] == signature:
             # a local file quarantined before exactly as it is now: not copied (nor quarantined) again
             results[i] = FileResult(requests[i].filename, None, "failed", 0, None, None, None, 0.0, 0.0, 0, 0, 0,
-                                    "unchecked", f"quarantined before and unchanged since: {version[1]}")
+                                    "unchecked", f"{_HELD}{version[1]}")
     for landed in (False, True):
         indices = [i for i, (_, _, signature) in enumerate(owner)
                    if (signature is not None) == landed and results[i] is None]
@@ -371,6 +391,10 @@ def _fetch(
             if root.remote and key and config.s3_endpoint == root.endpoint:
                 origins[i] = key if key.startswith("s3://") else f"s3://{config.s3_bucket}/{key.lstrip('/')}"
     return results, origins
+
+
+# What a landed file quarantined before, unchanged since, fails with: it is not copied again.
+_HELD = "quarantined before and unchanged since: "
 
 
 def _forget_changed_copy(request: "FileRequest", before: dict | None, signature: str) -> bool:
@@ -572,7 +596,7 @@ def fits_files(
     started = time.monotonic()
     results, origins = _fetch(requests, owner, downloader, archive, landing, root, _ProgressLog(context))
     seconds = time.monotonic() - started
-    quarantined = _quarantine_bad_landed_files(root, requests, results, owner)
+    quarantined, held = _quarantine_bad_landed_files(root, requests, results, owner)
     _drop_failed_versions(root, requests, results, changed)
     for message in quarantined:
         context.log.warning(message)
@@ -602,9 +626,10 @@ def fits_files(
     stored, copied = _store_verified(root, results, origins)
     manifest = pd.DataFrame(
         [
-            _manifest_row(root, obs_id, uri, signature, r, earlier)
-            for (obs_id, uri, signature), r in zip(owner, results, strict=True)
-            if r.status != "failed"
+            _manifest_row(root, obs_id, uri, signature, r, earlier) if r.status != "failed"
+            else _quarantined_row(root, obs_id, uri, signature, q, r)
+            for i, (q, r, (obs_id, uri, signature)) in enumerate(zip(requests, results, owner, strict=True))
+            if r.status != "failed" or i in held
         ],
         columns=table("fits_files").schema.names,
     )

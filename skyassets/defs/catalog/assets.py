@@ -83,7 +83,7 @@ def image_metadata(context: AssetExecutionContext, home: HomeResource) -> Materi
     root = home.home
     lake = root.tables
     keys = context.partition_keys  # Dagster reads every key of the partitions definition on each access
-    manifests = lake.read_partitions("fits_files", keys, columns=["path", "sha256", "size", "dataURI"])
+    manifests = lake.read_partitions("fits_files", keys, columns=["path", "sha256", "size", "dataURI", "status"])
     missing = [k for k in keys if k not in manifests]
     if missing:
         raise Failure(f"no fits_files manifest for {len(missing)} partitions: {', '.join(missing[:5])}")
@@ -100,6 +100,7 @@ def image_metadata(context: AssetExecutionContext, home: HomeResource) -> Materi
         }
         for obs_id in keys
         for row in manifests[obs_id].to_pylist()
+        if row["status"] != "quarantined"  # refused on arrival or by an earlier cataloguing: nothing to read
     ]
     # Worker processes pay off only for batches (backfills, bulk ingests); a few files go inline.
     workers = 1 if len(sources) < 16 else os.cpu_count() or 1
