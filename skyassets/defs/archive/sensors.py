@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from dagster import (
     AssetKey,
     AssetPartitionStatus,
+    DagsterRun,
     DagsterRunStatus,
     DefaultSensorStatus,
     RunFailureSensorContext,
@@ -87,16 +88,27 @@ def new_observations_sensor(context: SensorEvaluationContext, home: HomeResource
                         skip_reason=None if requests else said)  # what the UI's tick history says
 
 
+def _observation_batch(run: DagsterRun) -> bool:
+    """A run of observation_job, or one Dagster runs as its asset job for observation assets (a
+    backfill from the UI, an automation run): what failed_batch_sensor tries again as observation_job."""
+    if run.job_name == observation_job.name:
+        return True
+    return bool(run.asset_selection and run.asset_selection & set(OBSERVATION_ASSETS))
+
+
+# Every job of the code location: a backfill's runs are Dagster's asset job, not observation_job.
 @run_failure_sensor(
-    monitored_jobs=[observation_job],
     request_job=observation_job,
     default_status=DefaultSensorStatus.RUNNING,
     description="When a batch of observations failed for some of them only (the archive failing one's product "
     "list, one's file that will not download), runs each of those alone and the rest again, so one bad "
-    "observation does not keep its batch from being catalogued.",
+    "observation does not keep its batch from being catalogued; for observation_job and for backfills and "
+    "automation runs of its assets.",
 )
 def failed_batch_sensor(context: RunFailureSensorContext) -> Iterator[RunRequest]:
     run = context.dagster_run
+    if not _observation_batch(run):
+        return
     if retried_by_the_command_line(run.tags):
         context.log.info(f"run {run.run_id} was launched by the command line, which tries its failures again")
         return
