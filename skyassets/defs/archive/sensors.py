@@ -93,7 +93,8 @@ def _observation_batch(run: DagsterRun) -> bool:
     backfill from the UI, an automation run): what failed_batch_sensor tries again as observation_job."""
     if run.job_name == observation_job.name:
         return True
-    return bool(run.asset_selection and run.asset_selection & set(OBSERVATION_ASSETS))
+    implicit = run.job_name.startswith("__ASSET_JOB")  # not landing_job, whose partitions are landed files
+    return implicit and bool(run.asset_selection and run.asset_selection & set(OBSERVATION_ASSETS))
 
 
 # Every job of the code location: a backfill's runs are Dagster's asset job, not observation_job.

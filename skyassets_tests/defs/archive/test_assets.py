@@ -226,8 +226,10 @@ def test_a_batch_that_fails_for_one_observation_runs_the_others_again_and_that_o
     assert len(list(failed_batch_sensor(from_ui))) == 3
     # a backfill of the observation assets from the UI runs as Dagster's asset job: split the same way;
     # a failed run of other assets is not the sensor's to retry as observation_job
-    for selected, splits in ((["fits_files", "image_metadata"], 3), (["image_quality"], 0)):
-        backfilled = batch_run._replace(job_name="__ASSET_JOB", asset_selection=frozenset(map(AssetKey, selected)))
+    for job_name, selected, splits in (("__ASSET_JOB", ["fits_files", "image_metadata"], 3),
+                                       ("__ASSET_JOB", ["image_quality"], 0),
+                                       ("landing_job", ["fits_files", "image_metadata"], 0)):
+        backfilled = batch_run._replace(job_name=job_name, asset_selection=frozenset(map(AssetKey, selected)))
         as_asset_job = build_run_status_sensor_context(
             "failed_batch_sensor", failure, instance, backfilled).for_run_failure()
         assert len(list(failed_batch_sensor(as_asset_job))) == splits, selected
