@@ -30,7 +30,7 @@ import requests
 import yaml
 from dagster import DagsterEventType, DagsterInstance, DagsterRun, DagsterRunStatus, RunsFilter
 
-from skyassets.defs.tags import COMMAND_LINE, FAILURE_REASON, LAUNCHED_BY
+from skyassets.defs.tags import COMMAND_LINE, FAILURE_REASON, LAUNCHED_BY, MAX_RETRIES
 
 log = logging.getLogger(__name__)
 
@@ -314,8 +314,10 @@ class Launcher:
             "selector": {"repositoryLocationName": LOCATION, "repositoryName": "__repository__",
                          "jobName": submission.job},
             "runConfigData": dict(submission.run_config),
-            "executionMetadata": {"tags": [{"key": k, "value": v}
-                                           for k, v in {**submission.tags, LAUNCHED_BY: COMMAND_LINE}.items()]},
+            # the command line re-executes a run whose process died (run_all); the daemon's run
+            # retries, when a daemon shares the instance, would re-execute it a second time at once
+            "executionMetadata": {"tags": [{"key": k, "value": v} for k, v in
+                                           {**submission.tags, LAUNCHED_BY: COMMAND_LINE, MAX_RETRIES: "0"}.items()]},
         }
         answer = self._graphql(mutation, {"params": params})["launchRun"]
         if answer["__typename"] != "LaunchRunSuccess":

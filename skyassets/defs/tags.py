@@ -23,6 +23,9 @@ DATA_VERSION = "dagster/data_version"
 FAILURE_REASON = "dagster/failure_reason"
 # The run a re-execution (from the UI's "Re-execute") was made from; it copies that run's tags.
 PARENT_RUN = "dagster/parent_run_id"
+# How many times the daemon's run retries re-execute a run whose process died (dagster.yaml's
+# ``run_retries`` for runs without it): "0" on the command line's runs, which it re-executes itself.
+MAX_RETRIES = "dagster/max_retries"
 # skyassets' own: a run the command line launched and whose failures it retries itself.
 LAUNCHED_BY, COMMAND_LINE = "skyassets/launched_by", "command line"
 

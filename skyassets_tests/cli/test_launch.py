@@ -176,7 +176,7 @@ def test_a_run_whose_process_dies_is_run_again_from_where_it_stopped(emu, tmp_pa
     from dagster import RunsFilter
 
     from skyassets.cli.launch import MAX_RERUNS
-    from skyassets.defs.tags import PARTITION
+    from skyassets.defs.tags import MAX_RETRIES, PARTITION
 
     obs_id, dagster_home = _one_observation_home(emu, tmp_path, monkeypatch)
     with DagsterInstance.get() as instance, Launcher(dagster_home, instance) as launcher:
@@ -208,6 +208,8 @@ def test_a_run_whose_process_dies_is_run_again_from_where_it_stopped(emu, tmp_pa
         killed = instance.get_run_by_id(rerun.parent_run_id)
         assert killed.status == DagsterRunStatus.FAILURE and launcher.died(killed)
         assert rerun.status == DagsterRunStatus.SUCCESS and rerun.root_run_id == killed.run_id
+        # the daemon's run retries leave it to the command line: a daemon beside it would retry it too
+        assert killed.tags[MAX_RETRIES] == rerun.tags[MAX_RETRIES] == "0"
         assert len(instance.get_runs(RunsFilter(job_name="observation_job"))) == 2 <= 1 + MAX_RERUNS
     assert Home(tmp_path / "home").tables.exists("image_metadata", obs_id)
 

@@ -5,6 +5,7 @@ from dagster import DagsterInstance, Definitions, StaticPartitionsDefinition, as
 from skyassets.defs.tags import (
     DATA_VERSION,
     FAILURE_REASON,
+    MAX_RETRIES,
     PARENT_RUN,
     PARTITION,
     PARTITION_RANGE_END,
@@ -19,14 +20,16 @@ def test_the_tags_match_dagsters_own():
     from dagster._core.storage.tags import (
         ASSET_PARTITION_RANGE_END_TAG,
         ASSET_PARTITION_RANGE_START_TAG,
+        MAX_RETRIES_TAG,
         PARENT_RUN_ID_TAG,
         PARTITION_NAME_TAG,
         RUN_FAILURE_REASON_TAG,
     )
 
-    assert (PARTITION, PARTITION_RANGE_START, PARTITION_RANGE_END, DATA_VERSION, FAILURE_REASON, PARENT_RUN) == (
+    assert (PARTITION, PARTITION_RANGE_START, PARTITION_RANGE_END, DATA_VERSION, FAILURE_REASON, PARENT_RUN,
+            MAX_RETRIES) == (
         PARTITION_NAME_TAG, ASSET_PARTITION_RANGE_START_TAG, ASSET_PARTITION_RANGE_END_TAG, DATA_VERSION_TAG,
-        RUN_FAILURE_REASON_TAG, PARENT_RUN_ID_TAG,
+        RUN_FAILURE_REASON_TAG, PARENT_RUN_ID_TAG, MAX_RETRIES_TAG,
     )
 
 
