@@ -180,10 +180,14 @@ def test_http_fallback_when_cloud_is_off_and_failure_keeps_verified_files(emu, t
 
         emu.faults.clear()
         before = _downloads(emu)
-        assert job.execute_in_process(instance=instance, partition_key=obs_id).success
+        again = job.execute_in_process(instance=instance, partition_key=obs_id)
+        assert again.success
         manifest = pd.read_parquet(home / "lake" / "fits_files" / f"{obs_id}.parquet")
         assert set(manifest[manifest["status"] == "downloaded"]["source"]) == {"http"}
         assert dict(manifest.groupby("status").size()) == {"downloaded": 1, "unchanged": len(kept)}
+        # the run checked one file's sums; the others it trusted as verified before, and says so
+        figures = again.asset_materializations_for_node("fits_files")[0].metadata
+        assert (figures["files_verified_checksum"].value, figures["files_skipped"].value) == (1, len(kept))
         # the files verified by the run that failed keep how they came and what their sums said
         unchanged = manifest[manifest["status"] == "unchanged"]
         assert set(unchanged["source"]) == {"http"} and set(unchanged["fits_checksum"]) == {"ok"}
