@@ -364,7 +364,7 @@ def quarantine_landed_failures(home: Home, failures: list[Failure]) -> list[Fail
     unreadable, so the rest of its run goes on. Archive files keep their rule (only unreadable ones
     are moved; anything else fails the run, as a retry may fetch them again).
     """
-    from skyassets.fits.meta import Failure, quarantine
+    from skyassets.fits.meta import Failure, quarantine, release_quarantined
 
     landed_root = home.files / LANDING_COLLECTION
     out = []
@@ -376,6 +376,8 @@ def quarantine_landed_failures(home: Home, failures: list[Failure]) -> list[Fail
             out.append(failure)
             continue
         location, signature = _landed_version(home, path)
+        if signature is not None:  # its earlier broken versions' copies give way to this one
+            release_quarantined(home.quarantine, {location: signature})
         moved = quarantine(path, home.quarantine, f"{location}: {failure.reason}", landed_location=location,
                            landed_signature=signature)
         out.append(Failure(failure.path, failure.reason, True, str(moved)))

@@ -1,3 +1,4 @@
+import json
 import os
 import shutil
 from pathlib import Path
@@ -140,6 +141,27 @@ def test_a_quarantined_file_once_repaired_is_catalogued_and_stays_so(emu, tmp_pa
         # the repaired file's broken copy has left the quarantine; the file still broken keeps its own
         assert sorted(p.name for p in home.quarantine.iterdir()) == ["still.fits.corrupt", "still.fits.corrupt.json"]
     assert report.unchanged == 3
+
+
+def test_a_landed_file_still_broken_in_a_new_version_keeps_one_copy_in_the_quarantine(emu, tmp_path):
+    drop = tmp_path / "night"
+    drop.mkdir()
+    cal = sorted(emu.sky.root.rglob("*_cal.fits"))[0]
+    text = drop / "notes.fits"
+    text.write_text("observing notes, not FITS\n" * 200)  # refused on arrival
+    cut = drop / "cut.fits"
+    cut.write_bytes(cal.read_bytes()[:80] + b"garbage" * 10)  # copied, refused by cataloguing
+    home = Home(tmp_path / "home")
+    for k in range(3):  # touched: a new version each time, as broken
+        for path in (text, cut):
+            os.utime(path, ns=(4_000_000_000_000_000_000 + k,) * 2)
+        with instance_for_test() as instance:
+            report = ingest([drop], home, instance)
+        assert sorted(report.quarantined) == [str(cut), str(text)], k
+        assert sorted(p.name for p in home.quarantine.iterdir()) == [
+            "cut.fits", "cut.fits.json", "notes.fits.corrupt", "notes.fits.corrupt.json"], k
+        signatures = {json.loads(p.read_text())["landed_signature"] for p in home.quarantine.glob("*.json")}
+        assert signatures == {str(4_000_000_000_000_000_000 + k)}, k  # the newest version's copies
 
 
 def test_a_quarantined_file_is_not_taken_again_while_its_partition_mate_changes(emu, tmp_path):

@@ -311,7 +311,7 @@ def _quarantine_bad_landed_files(
 ) -> tuple[list[str], set[int]]:
     """Landed files that are not valid FITS are quarantined with the reason and reported; the others
     go on. Returns the messages and which files are in the quarantine (now, or from before as they are)."""
-    from skyassets.fits.meta import quarantine
+    from skyassets.fits.meta import quarantine, release_quarantined
     from skyassets.landing.ingest import NOT_COPIED
 
     messages, held = [], set()
@@ -320,6 +320,8 @@ def _quarantine_bad_landed_files(
             continue
         bad = Path(request.dest_dir) / f"{request.filename}.corrupt"
         if bad.exists():  # the copy is quarantined; the original stays where its owner put it
+            # a new version as broken as the one before takes its place: one copy of a file, not one a touch
+            release_quarantined(root.quarantine, {str(request.local_path): signature})
             moved = quarantine(bad, root.quarantine, f"{request.local_path}: {result.error}",
                                landed_location=str(request.local_path), landed_signature=signature)
             messages.append(f"quarantined a copy of {request.local_path}: {result.error} (now {moved})")
