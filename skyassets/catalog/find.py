@@ -886,9 +886,23 @@ def mast_resolver(server: str = MAST_RESOLVER, timeout: float = 10.0) -> Callabl
     return resolve
 
 
+def _alike(names: Sequence[str]) -> list[set[str]]:
+    """Names that share their designations (NGC-628, NGC628), together."""
+    groups: dict[str, set[str]] = {}
+    for name in names:
+        groups.setdefault("|".join(sorted(name_keys(name))), set()).add(name)
+    return list(groups.values())
+
+
+def _one_line_each(alike: set[str]) -> str:
+    """A target's names, its shortest first: ``NGC628 (NGC-628, NGA_NGC0628)``."""
+    first, *others = sorted(alike, key=lambda n: (len(n), n))
+    return f"{first} ({', '.join(others)})" if others else first
+
+
 def _unknown_target(designations: list[str], index: SearchIndex, *, resolved: bool) -> str:
     """What to say of named objects that are none of the catalog's targets."""
-    names = sorted(index.targets["target_name"])
+    names = sorted(_one_line_each(group) for group in _alike(index.targets["target_name"]))
     known = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "") or "none"
     how = ("the name resolver does not place it either" if resolved
            else "--resolve (resolve=mast_resolver()) looks its position up with MAST's name resolver")
@@ -1021,7 +1035,7 @@ def rank(
 
 RESULT_COLUMNS = ["rank", "score", "obs_id", "target_name", "instrument_name", "filter", "calib_level",
                   "t_exptime", "date", "file_name", "hdu_index", "path", "why"]
-GROUPS = {"images": None, "observations": "obs_id", "targets": "target_name", "products": "file_name"}
+GROUPS = {"images": None, "observations": "obs_id", "targets": "_target", "products": "file_name"}
 
 
 def index_folder(home: Home) -> Path:
@@ -1175,6 +1189,8 @@ def find(
     rows["why"] = [_why(parsed, index, ranked, d) for d in rows["_doc"]]
     rows["date"] = pd.to_datetime((rows["t_min"] - 40587) * 86400, unit="s", errors="coerce").dt.strftime("%Y-%m-%d")
     group = GROUPS[by]
+    if by == "targets":
+        rows["_target"], rows["target_name"] = _catalog_targets(con, rows)
     if group is not None:
         rows = rows.assign(images=rows.groupby(group, dropna=False)[group].transform("size"))
         rows = rows.drop_duplicates(group)
@@ -1182,6 +1198,21 @@ def find(
     rows["rank"] = np.arange(1, len(rows) + 1)
     columns = RESULT_COLUMNS + (["images"] if group is not None else [])
     return rows[[c for c in columns if c in rows.columns]]
+
+
+def _catalog_targets(con: duckdb.DuckDBPyConnection, rows: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+    """Each image's target as the catalog's ``targets`` groups them (JWST's NGC-628 and the HST
+    header's NGC628 are one) and its name as shown there; an image of no target yet goes by the
+    designations in its own name (:func:`name_keys`)."""
+    try:
+        grouped = con.sql("SELECT obs_id, any_value(target), any_value(target_name) FROM targets GROUP BY obs_id")
+        catalogued = {obs_id: (target, shown) for obs_id, target, shown in grouped.fetchall()}
+    except duckdb.Error:  # no targets grouped yet
+        catalogued = {}
+    pairs = [catalogued.get(obs_id) or ("|".join(sorted(name_keys(name))) if isinstance(name, str) else None, name)
+             for obs_id, name in zip(rows["obs_id"], rows["target_name"], strict=True)]
+    return (pd.Series([p[0] for p in pairs], index=rows.index, dtype=object),
+            pd.Series([p[1] for p in pairs], index=rows.index, dtype=object))
 
 
 def _rows(index: SearchIndex, positions: np.ndarray) -> pd.DataFrame:

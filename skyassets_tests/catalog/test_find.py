@@ -227,6 +227,15 @@ def test_groups_observations_targets_and_products(con):
     assert list(observations["images"]) == [3, 3]
     targets = find(con, "Early Release Observations", 10, by="targets", embedder=None)
     assert set(targets["target_name"]) == {"NGC-3132", "SMACS-0723"}
+    # JWST's NGC-628, the HST header's NGC628 and HLA's NGA_NGC0628 are one target
+    one = find(con, "NGC 628", 10, by="targets", embedder=None)
+    assert len(one) == 1 and one["images"][0] == len(find(con, "NGC 628", 500, embedder=None))
+    # once the catalog has grouped targets, its groups and names are the ones given
+    grouped = con.cursor()
+    grouped.execute("CREATE TEMP TABLE targets AS SELECT DISTINCT obs_id, 'NGC-628' AS target, "
+                    "'NGC 628 field' AS target_name FROM images WHERE target_name LIKE '%628%'")
+    shown = find(grouped, "NGC 628", 10, by="targets", embedder=None)
+    assert list(shown["target_name"]) == ["NGC 628 field"] and list(shown["images"]) == list(one["images"])
     products = find(con, "SMACS 0723 F090W", 10, by="products", embedder=None)
     assert len(products) == len(set(products["file_name"])) == 6
 
@@ -338,6 +347,7 @@ def test_a_named_object_that_is_no_target_matches_nothing(home, con, monkeypatch
         find(con, "images of NGC 9999", 10, embedder=None)
     assert str(raised.value).startswith("no target of the catalog is named NGC 9999 (--resolve")
     assert "its targets: " in str(raised.value) and "NGC-3132" in str(raised.value)
+    assert "NGC628 (NGC-628, NGA_NGC0628)" in str(raised.value)  # one target, its names together
     # the catalog's own targets, however written, and questions naming no object, are answered as before
     assert set(find(con, "images of ngc628", 5, embedder=None)["target_name"]) <= {"NGC-628", "NGC628", "NGA_NGC0628"}
     assert len(find(con, "program 2736", 5, embedder=None))
