@@ -645,7 +645,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as exc:
         launched = "skyassets.cli.launch" in sys.modules  # the command had started runs of its own
         print(f"\nskyassets {args.command}: {'terminated' if isinstance(exc, Terminated) else 'interrupted'}"
-              + ("; runs it had started were stopped (they show as failed in the Dagster UI, and the next run "
+              + ("; runs it had started were stopped (they show as canceled in the Dagster UI, and the next run "
                  "takes up their work)" if launched else ""), file=sys.stderr)
         return 143 if isinstance(exc, Terminated) else 130
     except BrokenPipeError:

@@ -556,7 +556,7 @@ def test_a_command_terminated_stops_the_webserver_and_runs_it_started(emu, tmp_p
             instance = DagsterInstance.from_config(str(home / "dagster"))
     command.send_signal(signal.SIGTERM)
     _, err = command.communicate(timeout=90)
-    assert command.returncode == 143 and "skyassets ingest: terminated" in err, err
+    assert command.returncode == 143 and "skyassets ingest: terminated" in err and "show as canceled" in err, err
     assert not group_alive(group)  # the webserver, its code server and the run processes are all gone
     assert all(r.status == DagsterRunStatus.CANCELED for r in instance.get_runs())  # none left STARTED
 
