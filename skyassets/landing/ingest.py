@@ -368,6 +368,11 @@ def quarantine_landed_failures(home: Home, failures: list[Failure]) -> list[Fail
 
     landed_root = home.files / LANDING_COLLECTION
     out = []
+    versions = {f.path: _landed_version(home, Path(f.path)) for f in failures
+                if Path(f.path).is_relative_to(landed_root)}
+    replaced = {location: signature for location, signature in versions.values() if signature is not None}
+    if replaced and home.quarantine.is_dir():  # earlier broken versions' copies give way to these, in one reading
+        release_quarantined(home.quarantine, replaced)
     for failure in failures:
         path = Path(failure.path)
         if failure.unreadable and failure.quarantined and path.is_relative_to(landed_root):
@@ -375,9 +380,7 @@ def quarantine_landed_failures(home: Home, failures: list[Failure]) -> list[Fail
         if failure.unreadable or not path.is_relative_to(landed_root) or not path.is_file():
             out.append(failure)
             continue
-        location, signature = _landed_version(home, path)
-        if signature is not None:  # its earlier broken versions' copies give way to this one
-            release_quarantined(home.quarantine, {location: signature})
+        location, signature = versions[failure.path]
         moved = quarantine(path, home.quarantine, f"{location}: {failure.reason}", landed_location=location,
                            landed_signature=signature)
         out.append(Failure(failure.path, failure.reason, True, str(moved)))

@@ -315,13 +315,16 @@ def _quarantine_bad_landed_files(
     from skyassets.landing.ingest import NOT_COPIED
 
     messages, held = [], set()
-    for i, (request, result, (_, _, signature)) in enumerate(zip(requests, results, owner, strict=True)):
-        if result.status != "failed" or request.local_path is None:
-            continue
+    refused = [i for i, (request, result) in enumerate(zip(requests, results, strict=True))
+               if result.status == "failed" and request.local_path is not None]
+    broken = {i for i in refused if Path(requests[i].dest_dir, f"{requests[i].filename}.corrupt").exists()}
+    if broken and root.quarantine.is_dir():  # one reading of the notes for the batch
+        # a new version as broken as the one before takes its place: one copy of a file, not one a touch
+        release_quarantined(root.quarantine, {str(requests[i].local_path): owner[i][2] for i in broken})
+    for i in refused:
+        request, result, (_, _, signature) = requests[i], results[i], owner[i]
         bad = Path(request.dest_dir) / f"{request.filename}.corrupt"
-        if bad.exists():  # the copy is quarantined; the original stays where its owner put it
-            # a new version as broken as the one before takes its place: one copy of a file, not one a touch
-            release_quarantined(root.quarantine, {str(request.local_path): signature})
+        if i in broken:  # the copy is quarantined; the original stays where its owner put it
             moved = quarantine(bad, root.quarantine, f"{request.local_path}: {result.error}",
                                landed_location=str(request.local_path), landed_signature=signature)
             messages.append(f"quarantined a copy of {request.local_path}: {result.error} (now {moved})")
