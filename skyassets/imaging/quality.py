@@ -777,7 +777,9 @@ def measure_image(path: str | Path, hdu_index: int, *, row: Mapping[str, Any] | 
             # the catalogue's words replace the measurement's shorter ones for the same problem
             measured = [p for p in (measurement.metrics["problem"] or "").split("; ") if p]
             problems = [p for p in measured if not str(catalogued).startswith(p)] + [str(catalogued)]
-            measurement.metrics.update(usable=False, problem="; ".join(problems))
+            # nor a scale: wcslib's 1-degree pixels of a zero CD matrix would make a star a degree wide
+            measurement.metrics.update(usable=False, problem="; ".join(problems), pixel_scale=None,
+                                       pixel_scale_ratio=None, fwhm_arcsec=None)
         if measurement.metrics["problem"]:
             measurement.metrics["problem"] = f"{path.name}[{hdu_index}]: {measurement.metrics['problem']}"
     identity = {"obs_id": row.get("obs_id"), "sha256": row.get("sha256"), "hdu_index": hdu_index,

@@ -338,6 +338,8 @@ def test_an_image_whose_catalogued_wcs_is_broken_is_not_usable_though_wcslib_rea
     problem = "CD matrix is singular (determinant 0): pixels have no sky position"
     m = measure_image(path, 0, row={"wcs_problem": problem}).metrics
     assert not m["usable"] and m["problem"] == f"zerocd.fits[0]: {problem}"
+    # its size in pixels stands; in arcseconds it has none (not 3600" pixels)
+    assert m["fwhm_pix"] > 0 and m["pixel_scale"] is m["fwhm_arcsec"] is m["pixel_scale_ratio"] is None
     assert score(pd.DataFrame([m])).loc[0, "flag"] == "reject"
 
 
