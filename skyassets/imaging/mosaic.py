@@ -214,6 +214,7 @@ def build_mosaic(
             _match_backgrounds(placed, work, slab)
         rejected = _coadd(placed, shape, work, slab, reject_sigma)
         header = _primary_header(placed, wcs, downscale, match_background, reject_sigma, rejected, choices, reference)
+        header.update(described(headers, bunit))
         preview = _write(dest, header, wcs, shape, work, slab, bunit)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -837,6 +838,33 @@ def header_card(value: object, comment: str) -> tuple[object, str]:
     if isinstance(value, (float, np.floating)) and not math.isfinite(value):
         return None, f"{comment} ({value}: not finite)"
     return value, comment
+
+
+# What the inputs were, said by the mosaic when they all say the same: a file that stands alone.
+SHARED_KEYWORDS = ("TELESCOP", "INSTRUME", "FILTER", "PUPIL", "TARGNAME", "PROGRAM", "PROPOSID")
+# Photometric keywords that still hold when no input changed its unit (a converted mosaic's BUNIT says it).
+PHOTOMETRIC_KEYWORDS = ("PHOTMJSR", "PHOTUJA2", "PHOTFLAM", "PHOTPLAM", "PHOTFNU", "PHOTZPT", "EXPTIME")
+
+
+def described(headers: list[fits.Header], bunit: str | None) -> fits.Header:
+    """The keywords every input agrees on (telescope, instrument, filter, target, program, and with
+    its unit unchanged the photometric ones and the exposure time each input had), and the time span
+    the inputs cover (MJD-BEG, MJD-END from theirs, or from HST's EXPSTART and EXPEND)."""
+    out = fits.Header()
+    same_unit = all(str(h.get("BUNIT") or "").strip() == (bunit or "") for h in headers)
+    for key in SHARED_KEYWORDS + (PHOTOMETRIC_KEYWORDS if same_unit else ()):
+        values = {h.get(key) for h in headers}
+        if len(values) == 1 and (value := values.pop()) is not None and not isinstance(value, fits.card.Undefined):
+            comment = next((h.comments[key] for h in headers if key in h), "")
+            out[key] = header_card(value, ("of each input: " if key == "EXPTIME" else "") + comment)
+    # JWST writes MJD-BEG and MJD-END, HST EXPSTART and EXPEND
+    starts = [float(t) for h in headers if isinstance(t := h.get("MJD-BEG", h.get("EXPSTART")), int | float)]
+    ends = [float(t) for h in headers if isinstance(t := h.get("MJD-END", h.get("EXPEND")), int | float)]
+    if len(starts) == len(headers):
+        out["MJD-BEG"] = (min(starts), "[d] start of the earliest input exposure")
+    if len(ends) == len(headers):
+        out["MJD-END"] = (max(ends), "[d] end of the latest input exposure")
+    return out
 
 
 def _primary_header(placed: list[_Placed], wcs: WCS, downscale: int, match_background: bool,

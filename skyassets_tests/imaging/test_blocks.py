@@ -43,6 +43,7 @@ def make_inputs(folder: Path, size: int = SIZE, count: int = 4, seed: int = 7) -
         header = wcs.to_header()
         primary = fits.PrimaryHDU()
         primary.header["TELESCOP"] = "JWST"
+        primary.header["MJD-BEG"], primary.header["MJD-END"] = 60000.0 + k, 60000.1 + k
         hdu = fits.ImageHDU(sci, header=header, name="SCI")
         hdu.header["BUNIT"] = "MJy/sr"
         err = fits.ImageHDU(np.full((size, size), 0.03, np.float32), header=header, name="ERR")
@@ -91,6 +92,9 @@ def test_blocks_on_worker_processes_give_the_one_piece_mosaic(cluster, inputs, t
     workers = {w["id"] for w in cluster.scheduler_info()["workers"].values()}
     assert len(workers) == 2
     assert 0 < blocked.header["BLKPEAK"] < 1024  # MB, within the workers' memory limit
+    # what all the inputs say, not the first block's: their whole time span
+    assert (blocked.header["TELESCOP"], blocked.header["MJD-BEG"], blocked.header["MJD-END"]) == (
+        whole.header["TELESCOP"], whole.header["MJD-BEG"], whole.header["MJD-END"]) == ("JWST", 60000.0, 60003.1)
     assert blocked.preview_png.startswith(b"\x89PNG")
 
 

@@ -300,10 +300,27 @@ def test_header_records_inputs_and_preview(field):
     _, files, mosaic, _, _ = field
     primary = fits.getheader(mosaic.path, 0)
     assert primary["NINPUTS"] == mosaic.n_inputs == len(files)
+    assert primary["TELESCOP"] == "JWST" and primary["FILTER"] == FILTER and primary["MJD-BEG"] < primary["MJD-END"]
     assert {primary[f"IN{k:04d}"].split("[")[0] for k in range(1, len(files) + 1)} == set(files)
     assert all(primary[f"WT{k:04d}"] == "err" for k in range(1, len(files) + 1))
     assert mosaic.preview_png.startswith(b"\x89PNG")
     assert WCS(fits.getheader(mosaic.path, "SCI")).array_shape == mosaic.shape
+
+
+def test_a_mosaic_says_what_its_inputs_agree_on(tmp_path):
+    from skyassets.imaging.mosaic import described
+
+    nircam = [fits.Header({"TELESCOP": "JWST", "INSTRUME": "NIRCAM", "FILTER": "F444W", "DETECTOR": d,
+                           "BUNIT": "MJy/sr", "PHOTMJSR": 0.5, "EXPTIME": 300.0, "EXPSTART": start,
+                           "EXPEND": start + 0.01}) for d, start in (("NRCALONG", 60000.0), ("NRCBLONG", 60001.0))]
+    said = described(nircam, "MJy/sr")
+    assert {k: said[k] for k in ("TELESCOP", "INSTRUME", "FILTER", "PHOTMJSR", "EXPTIME")} == {
+        "TELESCOP": "JWST", "INSTRUME": "NIRCAM", "FILTER": "F444W", "PHOTMJSR": 0.5, "EXPTIME": 300.0}
+    assert "DETECTOR" not in said and (said["MJD-BEG"], said["MJD-END"]) == (60000.0, 60001.01)
+    # inputs that disagree, or whose unit the mosaic changed, leave the keyword out
+    nircam[1]["FILTER"], nircam[1]["BUNIT"] = "F410M", "MJy"
+    converted = described(nircam, "erg/s/cm2/A")
+    assert "FILTER" not in converted and "PHOTMJSR" not in converted and converted["INSTRUME"] == "NIRCAM"
 
 
 def _synthetic(path: Path, wcs: WCS, value: float, n: int, *, dq_box=None, err: float | None = None,
