@@ -203,7 +203,7 @@ def _classic(sub: pd.DataFrame, name: str, kind: str, what: str) -> list[dict[st
     if len(sub) == 2:
         kind = "two-colour" if kind == "classic" else kind
         return [_recipe(sub, name.replace("classic", "two-colour"), kind,
-                        f"the 2 {what}: blue and red, green from their mean")]
+                        f"the 2 {what}: the shorter azure, the longer orange (green their mean)")]
     return []
 
 
