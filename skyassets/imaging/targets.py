@@ -233,7 +233,8 @@ def one_file_per_exposure(inputs: pd.DataFrame) -> pd.DataFrame:
         return inputs
     quality_flags = inputs["file_name"].map(is_data_quality)
     for row in inputs[quality_flags].itertuples(index=False):
-        _log.info("%s: %s[%s] (%s) left out, a data-quality file", row.target, row.file_name, row.hdu_index, row.obs_id)
+        _log.debug("%s: %s[%s] (%s) left out, a data-quality file", row.target, row.file_name, row.hdu_index,
+                   row.obs_id)
     inputs = inputs[~quality_flags]
     rank = inputs["file_name"].map(calibration_rank)
     # a file name of no known convention says nothing of its exposure: only the same content is the same
@@ -245,7 +246,7 @@ def one_file_per_exposure(inputs: pd.DataFrame) -> pd.DataFrame:
     for row in keyed[~first].itertuples(index=False):
         chosen = kept[(kept["target"] == row.target) & (kept["exposure_key"] == row.exposure_key)
                       & (kept["hdu_index"] == row.hdu_index)].iloc[0]
-        _log.info("%s: %s[%s] (%s) left out, same exposure as %s (%s)", row.target, row.file_name, row.hdu_index,
+        _log.debug("%s: %s[%s] (%s) left out, same exposure as %s (%s)", row.target, row.file_name, row.hdu_index,
                   row.obs_id, chosen["file_name"], chosen["obs_id"])
     return kept.drop(columns=["exposure_key", "calibration"]).sort_index()
 
@@ -350,7 +351,7 @@ def without_combined_duplicates(images: pd.DataFrame) -> pd.DataFrame:
             elif visits[i] & made or number in made_guessed:
                 reasons[i] = f"the pipeline's combined product of visit {number} is co-added instead"
     for i, reason in reasons.items():
-        _log.info("%s left out: %s", images.at[i, "file_name"], reason)
+        _log.debug("%s left out: %s", images.at[i, "file_name"], reason)
     return images[~images.index.isin(list(reasons))]
 
 

@@ -1,5 +1,6 @@
 """Runs from the command line are launched the way the UI launches them, and the UI can re-execute them."""
 
+import logging
 import os
 
 import pytest
@@ -76,6 +77,9 @@ def test_launched_runs_have_the_code_locations_origin_and_re_execute_from_the_ui
         monkeypatch.setattr(launcher, "_graphql", hiccup)
         (after,) = launcher.run_all([Submission("watchlist_job", {}, QUIET)])
         assert asked and after.status == DagsterRunStatus.SUCCESS
+        # why it materialised nothing is in its log, where the UI shows it (a step's info lines are kept)
+        said = [e.message for e in instance.all_logs(after.run_id) if e.level == logging.INFO]
+        assert any("the same as the last answers; nothing materialised" in m for m in said), said
         monkeypatch.setattr(launcher, "_graphql", answer_for_real)
         # The job page lists it (it did not for runs executed in the command's own process).
         listed = _graphql(launcher.port, '{ runsOrError(filter: {pipelineName: "watchlist_job"}) '

@@ -75,7 +75,7 @@ def test_instance_settings_name_installed_classes_with_their_options():
     # one machine's settings log the same way
     packaged = yaml.safe_load((ROOT / "skyassets" / "dagster.yaml").read_text())
     assert settings["python_logs"] == packaged["python_logs"] == {
-        "managed_python_loggers": ["skyassets"], "python_log_level": "WARNING"}
+        "managed_python_loggers": ["skyassets"], "python_log_level": "INFO"}
     # a dead run process is run again, a failed step left to the failure sensors, everywhere alike
     assert settings["run_retries"] == packaged["run_retries"] == {
         "enabled": True, "max_retries": 2, "retry_on_asset_or_op_failure": False}
