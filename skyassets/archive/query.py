@@ -68,6 +68,9 @@ class WatchlistResult:
     # entries that found nothing for a reason the watchlist shows (a collection MAST does not hold)
     suspicious: list[str] = field(default_factory=list)
     token_refused: str | None = None  # why MAST refused the token given: public data only this time
+    # exclusive-access observations whose access check failed (an archive outage): obs_id -> why; not
+    # counted as proprietary, and their last rows are kept, as a failed entry's are
+    unchecked: dict[str, str] = field(default_factory=dict)
 
 
 def _query(client: ObservationsClass, entry: WatchlistEntry, count: bool) -> Table | int:
@@ -199,8 +202,8 @@ def query_watchlist(client: ObservationsClass, watchlist: Watchlist, now: Time |
     frame["watchlist_entry"] = entries
     frame = frame.reset_index()
     exclusive = _exclusive(frame, now_mjd)
-    granted = _granted(client, frame, exclusive)
-    result.proprietary = int((exclusive & ~granted).sum())
+    granted, result.unchecked = _granted(client, frame, exclusive)
+    result.proprietary = int((exclusive & ~granted).sum()) - len(result.unchecked)
     result.granted = int(granted.sum())
     frame = frame[~exclusive | granted]
     result.observations = frame.sort_values("obs_id", kind="stable").reset_index(drop=True)
@@ -270,14 +273,16 @@ def _exclusive(frame: pd.DataFrame, now_mjd: float) -> pd.Series:
     return rights.ne(PUBLIC).where(rights.ne(""), by_date).astype(bool)
 
 
-def _granted(client: ObservationsClass, frame: pd.DataFrame, exclusive: pd.Series) -> pd.Series:
-    """Which exclusive-access rows the client's MAST token lets us download (none without a token).
+def _granted(client: ObservationsClass, frame: pd.DataFrame, exclusive: pd.Series) -> tuple[pd.Series, dict[str, str]]:
+    """Which exclusive-access rows the client's MAST token lets us download (none without a token),
+    and the observations whose check failed (the archive not answering), with why.
 
     The archive says so itself: a HEAD of one of the observation's products with the token."""
     granted = pd.Series(False, index=frame.index)
+    unchecked: dict[str, str] = {}
     settings = archive_settings(client)
     if not settings.token:
-        return granted
+        return granted, unchecked
     for index in frame.index[exclusive]:
         obsid, obs_id = str(frame.at[index, "obsid"]), frame.at[index, "obs_id"]
         try:
@@ -289,8 +294,9 @@ def _granted(client: ObservationsClass, frame: pd.DataFrame, exclusive: pd.Serie
             uris = [str(u) for u in products["dataURI"]] if len(products) else []
             granted[index] = bool(uris) and token_grants(settings, uris[0])
         except ArchiveError as err:
-            log.warning("%s: cannot tell whether the MAST token grants it, left out: %s", obs_id, err)
-    return granted
+            unchecked[str(obs_id)] = str(err)
+            log.warning("%s: cannot tell whether the MAST token grants it (its last row is kept): %s", obs_id, err)
+    return granted, unchecked
 
 
 def _text(products: Table, name: str, *, upper: bool = True) -> np.ndarray:

@@ -91,13 +91,17 @@ def mast_observations(
         context.log.error(f"{result.token_refused}; public data only, and the exclusive-access observations it "
                           "granted before keep their rows")
     lake = home.home.tables
-    previous = (lake.read("mast_observations", missing_ok=True) if result.failed_entries or result.token_refused
-                else pd.DataFrame())
+    previous = (lake.read("mast_observations", missing_ok=True)
+                if result.failed_entries or result.token_refused or result.unchecked else pd.DataFrame())
     observations = keep_failed_entries(result.observations, previous, result.failed_entries)
     if result.token_refused:
         before = len(observations)
         observations = keep_exclusive(observations, previous)
         result.proprietary = max(0, result.proprietary - (len(observations) - before))  # kept, not left out
+    elif result.unchecked and not previous.empty:  # an access check the archive did not answer: not gone
+        observations = keep_exclusive(observations, previous[previous["obs_id"].isin(list(result.unchecked))])
+    for obs_id, why in result.unchecked.items():
+        context.log.warning(f"{obs_id}: cannot tell whether the MAST token grants it; its last row is kept: {why}")
     kept = len(observations) - len(result.observations)
     token_check = AssetCheckResult(
         check_name="mast_token_accepted", passed=result.token_refused is None, severity=AssetCheckSeverity.ERROR,
@@ -125,6 +129,8 @@ def mast_observations(
             "observations_per_entry": MetadataValue.json(_per_entry(observations, result.per_entry)),
             "proprietary_left_out": result.proprietary,
             "exclusive_access_granted": result.granted,
+            # exclusive-access observations the archive did not say whether the token grants: kept as they were
+            "access_unchecked": MetadataValue.json([f"{o}: {why}" for o, why in result.unchecked.items()]),
             "failed_entries": len(result.failed),
             "failed_entry_reasons": MetadataValue.json(list(result.failed)),  # each names its entry
             "entries_to_check": MetadataValue.json(list(result.suspicious)),  # found nothing, and why that may be

@@ -77,6 +77,15 @@ def test_token_from_the_environment_fetches_granted_data_and_is_never_stored(emu
             emu.grant(token, "2107")
             renewed = defs.resolve_job_def("watchlist_job").execute_in_process(instance=instance)
             assert [c.passed for c in renewed.get_asset_check_evaluations()] == [True]
+            # The archive fails one access check (a 503 asking longer than the retries may wait): that
+            # observation is not gone, nor counted proprietary; it keeps its row, and the log says why.
+            emu.faults.add("status", endpoint="download", status=503, match="jw02107", times=1, retry_after=100_000)
+            outage = defs.resolve_job_def("watchlist_job").execute_in_process(instance=instance)
+            assert outage.success and not emu.faults.on("status")  # the fault struck
+            during = pd.read_parquet(home / "lake" / "mast_observations.parquet")
+            assert sorted(during["obs_id"]) == sorted(observations["obs_id"])
+            said = [e.message for e in instance.all_logs(outage.run_id) if "its last row is kept" in (e.message or "")]
+            assert len(said) == 1 and "cannot tell whether the MAST token grants it" in said[0]
         # Nothing of the run (event log, run storage, compute logs) nor the lake and files holds the token,
         # though the event log searched holds what the runs logged.
         assert _files_holding(tmp_path / "dagster", f"{obs_id}: 3 products".encode())
