@@ -328,6 +328,13 @@ def is_real_mast(server: str) -> bool:
     return server.rstrip("/") == REAL_MAST_URL
 
 
+def _unquoted(cause: BaseException | None, token: str) -> str:
+    """A failure's kind and words, or its kind alone where the words hold any part of the token."""
+    words = " ".join(str(cause).split()) if cause is not None else ""
+    quoted = any(token[i:i + 6] in words for i in range(max(1, len(token) - 5))) if len(token) >= 6 else token in words
+    return type(cause).__name__ if not words or quoted else f"{type(cause).__name__}: {words}"
+
+
 def observations_client(
     server: str = REAL_MAST_URL,
     *,
@@ -380,10 +387,10 @@ def observations_client(
             if err.exhausted:  # the archive did not answer: nothing is said of the token
                 raise
             # A token MAST refuses (mistyped, or expired: MAST's tokens do) leaves public data to fetch:
-            # the client goes on without it, and whoever set MAST_API_TOKEN is told, without the
-            # failure's own words where they are not an archive's answer: those may quote it.
+            # the client goes on without it, and whoever set MAST_API_TOKEN is told why, in the
+            # failure's own words unless they quote any of the token.
             cause = err.__cause__
-            why = describe_failure(cause) if isinstance(cause, requests.HTTPError) else type(cause).__name__
+            why = describe_failure(cause) if isinstance(cause, requests.HTTPError) else _unquoted(cause, token)
             refused = f"MAST refused the token (MAST_API_TOKEN; fix it, or unset it for public data only): {why}"
             log.error("%s; going on with public data only", refused)
             public = observations_client(server, s3_endpoint=s3_endpoint, cloud=cloud, timeout=timeout,
