@@ -88,7 +88,8 @@ def _demo(runner: Runner, home: Home, dagster_home: Path) -> int:
     where = f"{server}; " if server != archive.url else ""
     print(f"MAST:           {archive.url} ({where}S3 {s3 or 'AWS'})")
 
-    (result,) = runner.run_all([Submission("watchlist_job", {}, QUIET)])
+    # the archive's warnings as they come: one that is down is retried for minutes before the run ends
+    (result,) = runner.run_all([Submission("watchlist_job", {}, QUIET)], echo_warnings=True)
     if not result.is_success:
         why = "; ".join(failure_reasons(instance, result.run_id)) or "no step failed (see the run)"
         print(f"The watchlist query failed: {why}; see run {result.run_id} in the Dagster UI.")

@@ -30,6 +30,7 @@ import requests
 import yaml
 from dagster import DagsterEventType, DagsterInstance, DagsterRun, DagsterRunStatus, RunsFilter
 
+from skyassets.cli.output import one_line
 from skyassets.defs.tags import COMMAND_LINE, FAILURE_REASON, LAUNCHED_BY, MAX_RETRIES
 
 log = logging.getLogger(__name__)
@@ -355,6 +356,15 @@ class Launcher:
         return not self.instance.get_records_for_run(
             run.run_id, of_type=DagsterEventType.STEP_FAILURE, limit=1).records
 
+    def _echo_warnings(self, run_id: str, cursors: dict[str, str | None]) -> None:
+        """The run's warnings and errors logged since the last look, each on a line of stderr."""
+        got = self.instance.get_records_for_run(run_id, cursor=cursors.get(run_id))
+        cursors[run_id] = got.cursor
+        for record in got.records:
+            entry = record.event_log_entry
+            if entry.dagster_event is None and entry.level >= logging.WARNING:
+                log.warning("  %s", one_line(entry.user_message))
+
     def rerun(self, run: DagsterRun) -> str:
         """Re-execute ``run`` from where it stopped, as the UI's "Re-execute from failure" does; the new run's id."""
         mutation = """
@@ -375,11 +385,13 @@ class Launcher:
         *,
         at_once: int = 1,
         on_finished: Callable[[Submission, DagsterRun], None] | None = None,
+        echo_warnings: bool = False,
     ) -> list[DagsterRun]:
         """Launch ``submissions`` with at most ``at_once`` running, wait for all of them, and return
         their finished runs in submission order; ``on_finished`` hears of each as it ends. A run whose
         process died is run again from where it stopped, ``MAX_RERUNS`` times at most; its last run
-        is the one returned."""
+        is the one returned. With ``echo_warnings`` the runs' warnings and errors are said on stderr
+        as they come: a run that waits out an archive's outage says so while it waits."""
         if not submissions:  # nothing to launch: no webserver to start for it
             return []
         if self._server is None:  # started here, so that a webserver that cannot start says why
@@ -388,6 +400,7 @@ class Launcher:
         running: dict[str, int] = {}
         done: dict[int, DagsterRun] = {}
         reruns = dict.fromkeys(range(len(submissions)), 0)
+        cursors: dict[str, str | None] = {}  # how far each run's log has been echoed
         self._free_slots_between_runs()  # of runs that died before this command, in this home
         while waiting or running:
             while waiting and len(running) < max(1, at_once):
@@ -396,6 +409,9 @@ class Launcher:
             time.sleep(POLL_SECONDS)
             self._check_running()
             self._unstall_pools()
+            if echo_warnings:
+                for run_id in list(running):
+                    self._echo_warnings(run_id, cursors)
             for run in self.instance.get_runs(RunsFilter(run_ids=list(running))):
                 if run.status in FINISHED:
                     index = running.pop(run.run_id)

@@ -57,6 +57,7 @@ class Runner(Protocol):
         *,
         at_once: int = 1,
         on_finished: Callable[[Submission, DagsterRun], None] | None = None,
+        echo_warnings: bool = False,
     ) -> list[DagsterRun]: ...
 
 
@@ -73,6 +74,7 @@ class InProcess:
         *,
         at_once: int = 1,
         on_finished: Callable[[Submission, DagsterRun], None] | None = None,
+        echo_warnings: bool = False,  # a run here logs to this process as it goes
     ) -> list[DagsterRun]:
         from skyassets.definitions import defs
 

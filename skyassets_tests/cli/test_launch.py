@@ -102,6 +102,23 @@ def test_launched_runs_have_the_code_locations_origin_and_re_execute_from_the_ui
     assert os.environ["DAGSTER_HOME"] == str(dagster_home)  # the webserver's instance never leaked here
 
 
+def test_a_run_waiting_out_the_archive_says_so_while_it_waits(emu, tmp_path, monkeypatch, caplog):
+    """The demo's watchlist query against an archive that refuses for a while: its retries are said
+    as they happen, not only once the run has ended."""
+    _, dagster_home = _one_observation_home(emu, tmp_path, monkeypatch)
+    emu.faults.add("status", endpoint="invoke", status=503, times=2, retry_after=2)
+    caplog.set_level(logging.WARNING, logger="skyassets.cli.launch")
+    with DagsterInstance.get() as instance, Launcher(dagster_home, instance) as launcher:
+        (quiet,) = launcher.run_all([Submission("watchlist_job", {}, QUIET)])
+        assert quiet.status == DagsterRunStatus.SUCCESS
+        assert not [r for r in caplog.records if "trying again" in r.getMessage()]  # not asked to
+        emu.faults.add("status", endpoint="invoke", status=503, times=2, retry_after=2)
+        (run,) = launcher.run_all([Submission("watchlist_job", {}, QUIET)], echo_warnings=True)
+    assert run.status == DagsterRunStatus.SUCCESS
+    said = [r.getMessage() for r in caplog.records if "trying again" in r.getMessage()]
+    assert len(said) == 2 and all("503" in m for m in said), said
+
+
 def _one_observation_home(emu, tmp_path, monkeypatch) -> tuple[str, object]:
     """A home watching one JWST observation of the emulator (over HTTP); its observation id and
     Dagster home."""
