@@ -694,9 +694,9 @@ class MastServer(ThreadingHTTPServer):
         """SANTA: one entry per resolver (SIMBAD, NED) for known names, searchString lower-cased."""
         found = []
         for name in names:
-            key = " ".join(name.lower().split())
+            key = _squashed(name)  # as Sesame reads a name: M 74, M74 and m-74 alike
             for t in self.sky.targets:
-                if key in [t["name"].lower(), *t["aliases"]]:
+                if key in {_squashed(n) for n in (t["name"], *t["aliases"])}:
                     for res in ("SIMBAD", "NED"):
                         if resolver and resolve_all.lower() != "true" and res != resolver.upper():
                             continue
@@ -807,3 +807,8 @@ def serve_in_thread(server: MastServer) -> threading.Thread:
 
 
 __all__ = ["Fault", "Faults", "MastServer", "RequestLog", "serve_in_thread"]
+
+
+def _squashed(name: str) -> str:
+    """A name's letters and digits, lower case: what a name resolver compares."""
+    return "".join(ch for ch in name.lower() if ch.isalnum())

@@ -31,6 +31,8 @@ def test_query_object_resolves_names_case_insensitively(emu: Emulator, client) -
     assert list(table["distance"]) == sorted(table["distance"])
     table = client.query_object("M74", radius="0.05 deg")  # an alias of NGC 628
     assert "j8pu01010" in table["obs_id"]
+    for written in ("M 74", "m-74", "Messier74"):  # as Sesame takes them: blanks and dashes do not matter
+        assert "j8pu01010" in client.query_object(written, radius="0.05 deg")["obs_id"], written
 
 
 def test_unknown_name_does_not_resolve(client) -> None:
