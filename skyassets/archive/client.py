@@ -331,7 +331,7 @@ def is_real_mast(server: str) -> bool:
 def _unquoted(cause: BaseException | None, token: str) -> str:
     """A failure's kind and words, or its kind alone where the words hold any part of the token."""
     words = " ".join(str(cause).split()) if cause is not None else ""
-    quoted = any(token[i:i + 6] in words for i in range(max(1, len(token) - 5))) if len(token) >= 6 else token in words
+    quoted = any(token[i:i + 6] in words for i in range(max(1, len(token) - 5)))  # a short token: whole
     return type(cause).__name__ if not words or quoted else f"{type(cause).__name__}: {words}"
 
 

@@ -293,9 +293,8 @@ def _granted(client: ObservationsClass, frame: pd.DataFrame, exclusive: pd.Serie
                 )
             uris = [str(u) for u in products["dataURI"]] if len(products) else []
             granted[index] = bool(uris) and token_grants(settings, uris[0])
-        except ArchiveError as err:
+        except ArchiveError as err:  # said by whoever keeps the last row (mast_observations)
             unchecked[str(obs_id)] = str(err)
-            log.warning("%s: cannot tell whether the MAST token grants it (its last row is kept): %s", obs_id, err)
     return granted, unchecked
 
 

@@ -48,6 +48,7 @@ from skyassets.catalog.db import CatalogError, Query, home_of, refresh
 from skyassets.catalog.embed import BertEncoder, supports
 from skyassets.fits.bandpasses import lookup
 from skyassets.lake.home import Home
+from skyassets.lake.store import to_frame
 
 INDEX_VERSION = 1
 MAX_SEGMENTS = 8
@@ -886,11 +887,16 @@ def mast_resolver(server: str = MAST_RESOLVER, timeout: float = 10.0) -> Callabl
     return resolve
 
 
+def _designations(name: str) -> str:
+    """What names of one object share (NGC-628, NGC628 and NGA_NGC0628: ``ngc628``)."""
+    return "|".join(sorted(name_keys(name)))
+
+
 def _alike(names: Sequence[str]) -> list[set[str]]:
     """Names that share their designations (NGC-628, NGC628), together."""
     groups: dict[str, set[str]] = {}
     for name in names:
-        groups.setdefault("|".join(sorted(name_keys(name))), set()).add(name)
+        groups.setdefault(_designations(name), set()).add(name)
     return list(groups.values())
 
 
@@ -1209,7 +1215,7 @@ def _catalog_targets(con: duckdb.DuckDBPyConnection, rows: pd.DataFrame) -> tupl
         catalogued = {obs_id: (target, shown) for obs_id, target, shown in grouped.fetchall()}
     except duckdb.Error:  # no targets grouped yet
         catalogued = {}
-    pairs = [catalogued.get(obs_id) or ("|".join(sorted(name_keys(name))) if isinstance(name, str) else None, name)
+    pairs = [catalogued.get(obs_id) or (_designations(name) if isinstance(name, str) else None, name)
              for obs_id, name in zip(rows["obs_id"], rows["target_name"], strict=True)]
     return (pd.Series([p[0] for p in pairs], index=rows.index, dtype=object),
             pd.Series([p[1] for p in pairs], index=rows.index, dtype=object))
@@ -1218,9 +1224,7 @@ def _catalog_targets(con: duckdb.DuckDBPyConnection, rows: pd.DataFrame) -> tupl
 def _rows(index: SearchIndex, positions: np.ndarray) -> pd.DataFrame:
     """The shown columns of the images at these index positions, in the same order (kept in the index:
     reading them from the catalog would scan it again)."""
-    whole = {pa.int16(): pd.Int16Dtype(), pa.int32(): pd.Int32Dtype(), pa.int64(): pd.Int64Dtype()}
-    # integers stay integers beside a NULL (a landed file's calib_level), not 3.0
-    return index.images.take(pa.array(positions)).drop_columns(["file_key", "doc"]).to_pandas(types_mapper=whole.get)
+    return to_frame(index.images.take(pa.array(positions)).drop_columns(["file_key", "doc"]))
 
 
 def _q(name: str) -> str:

@@ -42,6 +42,7 @@ from skyassets.fits.header import BLOCK, CARD, FitsHeader, HeaderLookup, HeaderT
 from skyassets.lake.quarantine import copy_of
 from skyassets.lake.quarantine import notes as quarantine_notes
 from skyassets.lake.schemas import IMAGE_SCHEMA
+from skyassets.lake.store import to_frame
 
 AB_ZERO_JY = 3631.0
 
@@ -883,5 +884,4 @@ def extract_many(paths: Iterable[str | os.PathLike[str] | Mapping[str, Any]],
             moved = quarantine(failure.path, quarantine_dir, failure.reason)
             failure = Failure(failure.path, failure.reason, True, str(moved))
         failures.append(failure)
-    nullable = {pa.int16(): pd.Int16Dtype(), pa.int32(): pd.Int32Dtype(), pa.int64(): pd.Int64Dtype()}
-    return to_table(rows).to_pandas(types_mapper=nullable.get), failures
+    return to_frame(to_table(rows)), failures

@@ -47,6 +47,7 @@ from skyassets.imaging.mosaic import (
     MosaicInput,
     MosaicResult,
     build_mosaic,
+    described,
     downscale_wcs,
     output_grid,
 )
@@ -178,20 +179,14 @@ def _primary(blocks: list[BlockResult], used: list[MosaicInput], levelled: list[
         for k in range(1, int(b.header["NINPUTS"]) + 1):
             name = original[str(b.header[f"IN{k:04d}"])]
             per_input.setdefault(name, {p: b.header[f"{p}{k:04d}"] for p in _PER_INPUT})
-    built = [b.header for b in blocks if b.header is not None]
-    described = {*SHARED_KEYWORDS, *PHOTOMETRIC_KEYWORDS, "MJD-BEG", "MJD-END"}
+    agreed = described([b.header for b in blocks if b.header is not None], None)
     header = fits.Header()
     for card in first.cards:
-        if card.keyword in described:  # what the inputs agree on: what every block's agree on, below
-            continue
+        if card.keyword in (*SHARED_KEYWORDS, *PHOTOMETRIC_KEYWORDS, "MJD-BEG", "MJD-END"):
+            continue  # the first block's inputs' only: what every block's agree on, below
         if card.keyword[:2] not in ("IN", "WT", "BG", "FS") or not card.keyword[2:].isdigit():
             header.append(card)
-    for key in (k for k in (*SHARED_KEYWORDS, *PHOTOMETRIC_KEYWORDS) if all(k in h for h in built)):
-        if len({h[key] for h in built}) == 1:
-            header[key] = (first[key], first.comments[key])
-    for key, pick in (("MJD-BEG", min), ("MJD-END", max)):
-        if all(key in h for h in built):
-            header[key] = (pick(h[key] for h in built), first.comments[key])
+    header.update(agreed)
     header["NINPUTS"] = len(names)
     header["DOWNSCAL"] = downscale
     header["BKGMATCH"] = (match_background, "background offsets matched over the whole grid")

@@ -849,14 +849,15 @@ PHOTOMETRIC_KEYWORDS = ("PHOTMJSR", "PHOTUJA2", "PHOTFLAM", "PHOTPLAM", "PHOTFNU
 def described(headers: list[fits.Header], bunit: str | None) -> fits.Header:
     """The keywords every input agrees on (telescope, instrument, filter, target, program, and with
     its unit unchanged the photometric ones and the exposure time each input had), and the time span
-    the inputs cover (MJD-BEG, MJD-END from theirs, or from HST's EXPSTART and EXPEND)."""
+    the inputs cover (MJD-BEG, MJD-END from theirs, or from HST's EXPSTART and EXPEND). Mosaics built
+    in blocks say what their blocks' headers, so described, agree on (``bunit`` None: no unit there)."""
     out = fits.Header()
     same_unit = all(str(h.get("BUNIT") or "").strip() == (bunit or "") for h in headers)
     for key in SHARED_KEYWORDS + (PHOTOMETRIC_KEYWORDS if same_unit else ()):
         values = {h.get(key) for h in headers}
         if len(values) == 1 and (value := values.pop()) is not None and not isinstance(value, fits.card.Undefined):
             comment = next((h.comments[key] for h in headers if key in h), "")
-            out[key] = header_card(value, ("of each input: " if key == "EXPTIME" else "") + comment)
+            out[key] = header_card(value, "[s] exposure time of each input" if key == "EXPTIME" else comment)
     # JWST writes MJD-BEG and MJD-END, HST EXPSTART and EXPEND
     starts = [float(t) for h in headers if isinstance(t := h.get("MJD-BEG", h.get("EXPSTART")), int | float)]
     ends = [float(t) for h in headers if isinstance(t := h.get("MJD-END", h.get("EXPEND")), int | float)]

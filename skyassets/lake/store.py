@@ -31,6 +31,13 @@ from skyassets.lake.parquet import read_parquet_table, write_parquet
 from skyassets.lake.tables import Table, table
 
 SUFFIX = ".parquet"
+_NULLABLE_INTEGERS = {pa.int16(): pd.Int16Dtype(), pa.int32(): pd.Int32Dtype(), pa.int64(): pd.Int64Dtype()}
+
+
+def to_frame(data: pa.Table) -> pd.DataFrame:
+    """``data`` as pandas with its integer columns whole beside a NULL (a landed file's calib_level is
+    ``3`` and ``<NA>``, not ``3.0`` and ``NaN``)."""
+    return data.to_pandas(types_mapper=_NULLABLE_INTEGERS.get)
 _CAST_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError)
 
 Data = pd.DataFrame | pa.Table | Sequence[Mapping[str, Any]]
