@@ -313,16 +313,17 @@ def _refused_by_partition(keys: list[str], owner: list[tuple], results: "list[Fi
 
 
 def _quarantine_bad_landed_files(
-    root: Home, requests: "list[FileRequest]", results: "list[FileResult]", owner: list[tuple]
+    root: Home, requests: "list[FileRequest]", results: "list[FileResult]", owner: list[tuple], before: set[int]
 ) -> tuple[list[str], set[int]]:
     """Landed files that are not valid FITS are quarantined with the reason and reported; the others
-    go on. Returns the messages and which files are in the quarantine (now, or from before as they are)."""
+    go on. ``before``: the files in the quarantine from before, as they are now (not copied). Returns
+    the messages and which files are in the quarantine (now, or from before)."""
     from skyassets.fits.meta import quarantine, release_quarantined
     from skyassets.landing.ingest import NOT_COPIED
 
-    messages, held = [], set()
+    messages, held = [], set(before)
     refused = [i for i, (request, result) in enumerate(zip(requests, results, strict=True))
-               if result.status == "failed" and request.local_path is not None]
+               if result.status == "failed" and request.local_path is not None and i not in before]
     broken = {i for i in refused if Path(requests[i].dest_dir, f"{requests[i].filename}.corrupt").exists()}
     if broken and root.quarantine.is_dir():  # one reading of the notes for the batch
         # a new version as broken as the one before takes its place: one copy of a file, not one a touch
@@ -334,8 +335,6 @@ def _quarantine_bad_landed_files(
             moved = quarantine(bad, root.quarantine, f"{request.local_path}: {result.error}",
                                landed_location=str(request.local_path), landed_signature=signature)
             messages.append(f"quarantined a copy of {request.local_path}: {result.error} (now {moved})")
-            held.add(i)
-        elif (result.error or "").startswith(_HELD):
             held.add(i)
         else:
             messages.append(f"{NOT_COPIED}{request.local_path}: {result.error}")
@@ -364,9 +363,10 @@ def _fetch(
     landing: LandingResource,
     root: Home,
     progress: _ProgressLog,
-) -> "tuple[list[FileResult], list[str | None]]":
+) -> "tuple[list[FileResult], list[str | None], set[int]]":
     """Files from MAST with the archive's settings, landed files with the landing zone's; in order,
-    with where the store can copy each from (``s3://bucket/key`` on the home's own S3 service).
+    with where the store can copy each from (``s3://bucket/key`` on the home's own S3 service), and
+    which landed files are in the quarantine from before, unchanged (so not copied).
 
     A landed file has a signature (its size and mtime, or ETag); a MAST product has none. A local
     landed file whose version is in the quarantine already fails at once, with the reason it was
@@ -377,12 +377,14 @@ def _fetch(
 
     results: list[FileResult | None] = [None] * len(requests)
     origins: list[str | None] = [None] * len(requests)
-    held = quarantined_versions(root.quarantine) if any(r.local_path is not None for r in requests) else {}
+    versions = quarantined_versions(root.quarantine) if any(r.local_path is not None for r in requests) else {}
+    held = set()
     for i, (_, location, signature) in enumerate(owner):
-        if requests[i].local_path is not None and (version := held.get(location)) and version[0] == signature:
+        if requests[i].local_path is not None and (version := versions.get(location)) and version[0] == signature:
             # a local file quarantined before exactly as it is now: not copied (nor quarantined) again
             results[i] = FileResult(requests[i].filename, None, "failed", 0, None, None, None, 0.0, 0.0, 0, 0, 0,
-                                    "unchecked", f"{_HELD}{version[1]}")
+                                    "unchecked", f"quarantined before and unchanged since: {version[1]}")
+            held.add(i)
     for landed in (False, True):
         indices = [i for i, (_, _, signature) in enumerate(owner)
                    if (signature is not None) == landed and results[i] is None]
@@ -401,11 +403,7 @@ def _fetch(
             key = requests[i].s3_key
             if root.remote and key and config.s3_endpoint == root.endpoint:
                 origins[i] = key if key.startswith("s3://") else f"s3://{config.s3_bucket}/{key.lstrip('/')}"
-    return results, origins
-
-
-# What a landed file quarantined before, unchanged since, fails with: it is not copied again.
-_HELD = "quarantined before and unchanged since: "
+    return results, origins, held
 
 
 def _forget_changed_copy(request: "FileRequest", before: dict | None, signature: str) -> bool:
@@ -605,9 +603,9 @@ def fits_files(
             owner.append((obs_id, product["dataURI"], None))
     restored = _restore_from_store(root, requests, owner, earlier, context)
     started = time.monotonic()
-    results, origins = _fetch(requests, owner, downloader, archive, landing, root, _ProgressLog(context))
+    results, origins, before = _fetch(requests, owner, downloader, archive, landing, root, _ProgressLog(context))
     seconds = time.monotonic() - started
-    quarantined, held = _quarantine_bad_landed_files(root, requests, results, owner)
+    quarantined, held = _quarantine_bad_landed_files(root, requests, results, owner, before)
     _drop_failed_versions(root, requests, results, changed)
     for message in quarantined:
         context.log.warning(message)
