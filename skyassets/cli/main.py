@@ -34,20 +34,37 @@ EVENT_BATCH_ENV, EVENT_BATCH_SIZE = "DAGSTER_EVENT_BATCH_SIZE", "1000"
 MAX_BATCH = 250  # partitions in one `skyassets ingest` run, at most
 
 
+class CommandError(Exception):
+    """What a command tells its user in one line on stderr, with the exit status to end on."""
+
+    def __init__(self, message: str, status: int = 2):
+        super().__init__(message)
+        self.status = status
+
+
 def prepare_dagster_home(home: Home) -> Path:
     """Use ``$DAGSTER_HOME`` or ``<home>/dagster``, giving it skyassets' instance settings if it has none
     (with PostgreSQL storage when ``SKYASSETS_POSTGRES_URL`` is set), and batch event writes unless
     ``DAGSTER_EVENT_BATCH_SIZE`` says otherwise.
 
     The instance's storage is created under a lock: two commands started at once on a new home would
-    otherwise both try to create the same SQLite tables, and one of them would fail.
+    otherwise both try to create the same SQLite tables, and one of them would fail. A home that
+    cannot be written (a read-only mount, a file) is a ``CommandError`` naming it.
     """
     dagster_home = Path(os.environ.get("DAGSTER_HOME") or home.dagster).resolve()
-    dagster_home.mkdir(parents=True, exist_ok=True)
+    try:
+        dagster_home.mkdir(parents=True, exist_ok=True)
+        lock = open(dagster_home / ".skyassets-init.lock", "w")
+    except OSError as exc:
+        ours = dagster_home.is_relative_to(home.root.resolve())
+        where = f"the skyassets home {home.root}" if ours else f"the Dagster home {dagster_home}"
+        if ours and home.root.is_file():
+            raise CommandError(f"{where} is a file, not a folder", 1) from exc
+        raise CommandError(f"{where} cannot be written: {exc.filename}: {exc.strerror}", 1) from exc
     os.environ["DAGSTER_HOME"] = str(dagster_home)
     os.environ.setdefault(HOME_ENV, str(home.root))
     os.environ.setdefault(EVENT_BATCH_ENV, EVENT_BATCH_SIZE)
-    with open(dagster_home / ".skyassets-init.lock", "w") as lock:
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         settings = dagster_home / "dagster.yaml"
         if not settings.exists():
@@ -169,14 +186,6 @@ class Terminated(KeyboardInterrupt):
 
 def _terminated(signum: int, frame: object) -> None:
     raise Terminated()
-
-
-class CommandError(Exception):
-    """What a command tells its user in one line on stderr, with the exit status to end on."""
-
-    def __init__(self, message: str, status: int = 2):
-        super().__init__(message)
-        self.status = status
 
 
 def _catalogued_home() -> Home:

@@ -585,3 +585,29 @@ def test_the_run_retry_daemon_starts_past_the_runs_that_ended_before_it(tmp_path
         instance.daemon_cursor_storage.set_cursor_values({succeeded: "7"})
         start_run_retries_from_now(instance)
         assert instance.daemon_cursor_storage.get_cursor_values({succeeded})[succeeded] == "7"
+
+
+def test_a_home_that_cannot_be_written_is_one_line_naming_it(tmp_path, monkeypatch, capsys):
+    """A home that is a file, or a Dagster home on a read-only mount, is said before anything starts."""
+    started = []
+    monkeypatch.setattr(os, "execv", lambda exe, command: started.append(command))
+    plain = tmp_path / "home"
+    plain.write_text("not a folder")
+    monkeypatch.setenv("SKYASSETS_HOME", str(plain))
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    for argv in (["demo"], ["ingest", str(tmp_path)], ["dev", "-p", "0"]):
+        status, out, err = _run(capsys, *argv)
+        assert (status, out) == (1, "") and err == f"skyassets {argv[0]}: the skyassets home {plain} is a file, " \
+                                                   "not a folder\n", err
+    assert not started
+    read_only = tmp_path / "mounted"
+    read_only.mkdir()
+
+    def refused(self: Path, *args: object, **kwargs: object) -> None:  # as a read-only mount refuses it
+        raise OSError(30, "Read-only file system", str(self))
+
+    monkeypatch.setenv("SKYASSETS_HOME", str(read_only))
+    monkeypatch.setattr(Path, "mkdir", refused)
+    status, _, err = _run(capsys, "demo")
+    assert status == 1 and err == (f"skyassets demo: the skyassets home {read_only} cannot be written: "
+                                   f"{read_only / 'dagster'}: Read-only file system\n")
