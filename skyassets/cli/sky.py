@@ -26,7 +26,11 @@ def serve_sky(args: argparse.Namespace) -> int:
     if args.target and args.target not in targets:
         raise SkyError(f"target {args.target} is not in the collection at {published}; published: "
                        + (", ".join(targets) or "none"))
-    server = make_server(published, aladin, args.port)
+    try:
+        server = make_server(published, aladin, args.port)
+    except OSError as exc:  # the port is taken, or one this user may not open
+        raise SkyError(f"cannot serve the collection on 127.0.0.1:{args.port}: {exc.strerror}; "
+                       "choose another with --port PORT (0: any free one)") from exc
     url = f"http://127.0.0.1:{server.server_address[1]}/" + (f"?target={quote(args.target)}" if args.target else "")
     print(f"{len(targets)} targets from {published} at {url} (Ctrl-C stops)", flush=True)
     if not args.no_browser:
