@@ -560,7 +560,9 @@ def _dev(args: argparse.Namespace) -> int:
     with DagsterInstance.get() as instance:
         start_run_retries_from_now(instance)
     os.environ[HOME_ENV] = str(home.root)
-    extra = args.dagster_args[1:] if args.dagster_args[:1] == ["--"] else args.dagster_args
+    extra = list(args.dagster_args)
+    if "--" in extra:  # the end of skyassets' options; dagster dev would read what follows as arguments
+        extra.remove("--")
     where = ["--host", args.host, "--port", str(args.port)]
     workspace = code_location_workspace(dagster_home, working_directory=os.getcwd())
     command = [sys.executable, "-W", "ignore:Function `dev_command` is superseded", "-m", "dagster", "dev",
@@ -633,14 +635,20 @@ def main(argv: list[str] | None = None) -> int:
     add_sky_command(commands)
     dev = commands.add_parser(
         "dev", help="open the pipeline in the Dagster UI (dagster dev)", add_help=False,
-        description="dagster dev on this home's instance; other options go on to `dagster dev`",
+        usage="%(prog)s [--help] [-h HOST] [-p PORT] [DAGSTER DEV OPTIONS ...]",
+        description="dagster dev on this home's instance",
+        epilog="Any other option goes on to `dagster dev` as given (e.g. --log-level debug), "
+        "and so does everything after --.",
     )
     dev.add_argument("--help", action="help", help="show this help and exit")
     dev.add_argument("-h", "--host", default="127.0.0.1", help="address the UI listens on (default 127.0.0.1)")
     dev.add_argument("-p", "--port", type=int, default=3000, help="port the UI listens on (default 3000)")
-    dev.add_argument("dagster_args", nargs=argparse.REMAINDER, help="passed on to `dagster dev`")
     dev.set_defaults(func=_dev)
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "dev":
+        args.dagster_args = rest
+    elif rest:  # as parse_args says it
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminated)  # `kill`, a service manager, a CI timeout: as Ctrl-C
     try:

@@ -412,6 +412,24 @@ def test_dev_takes_host_and_port_like_dagster_dev(home, capsys, monkeypatch):
     assert "-p PORT, --port PORT" in capsys.readouterr().out
 
 
+def test_dev_passes_the_options_it_does_not_know_on_to_dagster_dev(home, capsys, monkeypatch):
+    started = []
+    monkeypatch.setattr(os, "execv", lambda exe, command: started.append(command))
+    monkeypatch.chdir(os.getcwd())  # dev starts dagster dev from $DAGSTER_HOME; the folder is restored after
+    assert main(["dev", "-p", "3333", "--log-level", "debug", "--log-format=json"]) == 0
+    assert main(["dev", "--log-level", "info", "-h", "0.0.0.0", "--", "--code-server-log-level", "debug"]) == 0
+    first, second = started
+    assert first[first.index("--port") + 1] == "3333" and first[-3:] == ["--log-level", "debug", "--log-format=json"]
+    assert second[second.index("--host") + 1] == "0.0.0.0"
+    assert second[-4:] == ["--log-level", "info", "--code-server-log-level", "debug"]
+    with pytest.raises(SystemExit):
+        main(["dev", "--help"])
+    assert "Any other option goes on to `dagster dev`" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exited:  # the other commands still refuse what they do not know
+        main(["catalog", "SELECT 1", "--log-level", "debug"])
+    assert exited.value.code == 2 and "unrecognized arguments: --log-level debug" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_ingest_brings_the_whole_chain_up_to_date_and_says_what_failed(emu, tmp_path):
     drop = tmp_path / "night"
