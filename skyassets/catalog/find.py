@@ -122,7 +122,31 @@ DESIGNATION_RE = re.compile(
 
 
 class UnknownTarget(ValueError):
-    """A question names an object (``NGC 9999``) that is none of the catalog's targets."""
+    """A question names an object (``NGC 9999``) that is none of the catalog's targets.
+
+    Its message says how to ask MAST's name resolver as the Python API does (``resolve=mast_resolver()``);
+    :meth:`said` words it for another caller, such as the command line's ``--resolve``.
+    """
+
+    def __init__(self, designations: Sequence[str], targets: str, *, asked: bool, unreachable: str | None = None):
+        self.designations, self.targets, self.asked, self.unreachable = list(designations), targets, asked, unreachable
+        super().__init__(self.said("resolve=mast_resolver()"))
+
+    def said(self, resolving: str) -> str:
+        """The message, with ``resolving`` as the way to ask the name resolver when it was not asked."""
+        if self.unreachable is not None:
+            how = f"the name resolver could not be reached: {self.unreachable}"
+        elif self.asked:
+            how = "the name resolver does not place it either"
+        else:
+            how = f"{resolving} looks its position up with MAST's name resolver"
+        return (f"no target of the catalog is named {' or '.join(self.designations)} ({how}); "
+                f"its targets: {self.targets}")
+
+
+class ResolverUnreachable(Exception):
+    """A name resolver that could not be asked (offline, down, an answer it could not read): not an
+    answer that it does not know the name. The message says why."""
 PRODUCT_WORDS = {
     "i2d": "i2d resampled combined", "cal": "cal calibrated", "flt": "flt calibrated", "flc": "flc cte-corrected",
     "drz": "drz drizzled combined", "drc": "drc drizzled combined cte-corrected", "int": "intensity map",
@@ -795,13 +819,21 @@ def parse(
     else:
         designations = [f"{m.group(1).upper()} {m.group(2).upper()}" for m in DESIGNATION_RE.finditer(text)]
         name = _named_object(text) or (designations[0] if designations else None)
-        position = resolve(name) if resolve is not None and name else None
+        position, unreachable = None, None
+        if resolve is not None and name:
+            try:
+                position = resolve(name)
+            except ResolverUnreachable as exc:
+                unreachable = str(exc)
         if position is not None:
             ra, dec = position
             query = query.cone(ra, dec, 0.1)
             applied.append(f"target {name} (resolved to {ra:.4f} {dec:+.4f}; within 0.1°)")
         elif designations:
-            raise UnknownTarget(_unknown_target(designations, index, resolved=resolve is not None))
+            raise UnknownTarget(designations, _known_targets(index), asked=resolve is not None,
+                                unreachable=unreachable)
+        elif unreachable is not None:
+            notes.append(f"the name resolver could not be reached ({unreachable}): {name!r} not placed")
         elif resolve is not None and name:
             notes.append(f"the name resolver does not know {name!r}")
 
@@ -868,8 +900,9 @@ MAST_RESOLVER = "https://mastresolver.stsci.edu"
 def mast_resolver(server: str = MAST_RESOLVER, timeout: float = 10.0) -> Callable[[str], tuple[float, float] | None]:
     """A name → (ra, dec) function asking MAST's name resolver (SIMBAD, NED) at ``server``.
 
-    Offline, or for a name it does not know, the function returns None and the question is
-    answered without a target filter (``why`` says so).
+    For a name it does not know, the function returns None; offline, or when the resolver fails,
+    it raises :class:`ResolverUnreachable`. Either way a question naming no catalogued designation
+    is answered without a target filter (``why`` says which).
     """
     import requests
 
@@ -879,8 +912,13 @@ def mast_resolver(server: str = MAST_RESOLVER, timeout: float = 10.0) -> Callabl
                                   params={"name": name, "outputFormat": "json"}, timeout=timeout)
             answer.raise_for_status()
             found = answer.json().get("resolvedCoordinate") or []
-        except (requests.RequestException, ValueError):
-            return None
+        except requests.Timeout as exc:
+            raise ResolverUnreachable(f"{server} gave no answer within {timeout:g} s") from exc
+        except requests.HTTPError as exc:
+            raise ResolverUnreachable(f"{server} answered {exc.response.status_code} {exc.response.reason}") from exc
+        except (requests.RequestException, ValueError) as exc:  # no connection, or an answer that is no JSON
+            cause = re.search(r"\[Errno -?\d+\] ([^'\")]+)", str(exc))
+            raise ResolverUnreachable(f"{server}: {cause.group(1).strip() if cause else type(exc).__name__}") from exc
         first = next((f for f in found if f.get("ra") is not None and f.get("decl") is not None), None)
         return (float(first["ra"]), float(first["decl"])) if first else None
 
@@ -906,13 +944,10 @@ def _one_line_each(alike: set[str]) -> str:
     return f"{first} ({', '.join(others)})" if others else first
 
 
-def _unknown_target(designations: list[str], index: SearchIndex, *, resolved: bool) -> str:
-    """What to say of named objects that are none of the catalog's targets."""
+def _known_targets(index: SearchIndex) -> str:
+    """The catalog's targets for a message: the first ten, their names alike together."""
     names = sorted(_one_line_each(group) for group in _alike(index.targets["target_name"]))
-    known = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "") or "none"
-    how = ("the name resolver does not place it either" if resolved
-           else "--resolve (resolve=mast_resolver()) looks its position up with MAST's name resolver")
-    return f"no target of the catalog is named {' or '.join(designations)} ({how}); its targets: {known}"
+    return ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "") or "none"
 
 
 def _named_object(text: str) -> str | None:

@@ -312,7 +312,7 @@ def _find(args: argparse.Namespace) -> int:
         frame = find(connect(home), args.question, args.k, by=args.by, mode=args.mode,
                      resolve=mast_resolver() if args.resolve else None)
     except UnknownTarget as exc:
-        raise CommandError(str(exc), 1) from exc
+        raise CommandError(exc.said("--resolve"), 1) from exc
     except (CatalogError, ValueError) as exc:
         raise CommandError(str(exc).strip().splitlines()[0]) from exc
     if frame.empty:

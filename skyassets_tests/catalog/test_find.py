@@ -337,15 +337,23 @@ def test_the_name_resolver_places_an_alias(tmp_path, home, con):
         assert "target M74 (resolved to 24.1739 +15.7837" in found["why"][0]
         unknown = find(con, "F444W images of Nowhere Nebula", 10, embedder=None, resolve=resolve)
         assert "does not know 'Nowhere Nebula'" in unknown["why"][0]
-    # a designation nothing places matches nothing, rather than other targets' images
-    with pytest.raises(UnknownTarget, match="named M 74 \\(the name resolver does not place it either\\)"):
-        find(con, "F444W images of M74", 3, embedder=None, resolve=mast_resolver("http://127.0.0.1:9"))
+        # a designation nothing places matches nothing, rather than other targets' images
+        with pytest.raises(UnknownTarget, match="named M 75 \\(the name resolver does not place it either\\)"):
+            find(con, "F444W images of M75", 3, embedder=None, resolve=resolve)
+    # a resolver that cannot be reached is said so, not taken for one that does not know the name
+    offline = mast_resolver("http://127.0.0.1:9")
+    with pytest.raises(UnknownTarget, match="named M 74 \\(the name resolver could not be reached: "
+                       "http://127.0.0.1:9: Connection refused\\)"):
+        find(con, "F444W images of M74", 3, embedder=None, resolve=offline)
+    unplaced = find(con, "F444W images of Nowhere Nebula", 10, embedder=None, resolve=offline)
+    assert "could not be reached (http://127.0.0.1:9: Connection refused): 'Nowhere Nebula' not placed" in \
+        unplaced["why"][0]
 
 
 def test_a_named_object_that_is_no_target_matches_nothing(home, con, monkeypatch, capsys):
     with pytest.raises(UnknownTarget) as raised:
         find(con, "images of NGC 9999", 10, embedder=None)
-    assert str(raised.value).startswith("no target of the catalog is named NGC 9999 (--resolve")
+    assert str(raised.value).startswith("no target of the catalog is named NGC 9999 (resolve=mast_resolver() looks")
     assert "its targets: " in str(raised.value) and "NGC-3132" in str(raised.value)
     assert "NGC628 (NGC-628, NGA_NGC0628)" in str(raised.value)  # one target, its names together
     # the catalog's own targets, however written, and questions naming no object, are answered as before
@@ -354,7 +362,8 @@ def test_a_named_object_that_is_no_target_matches_nothing(home, con, monkeypatch
     monkeypatch.setenv("SKYASSETS_HOME", str(home.root))
     assert main(["find", "images of NGC 9999"]) == 1
     captured = capsys.readouterr()
-    assert captured.out == "" and captured.err.count("\n") == 1 and "NGC 9999" in captured.err
+    assert captured.out == "" and captured.err.count("\n") == 1
+    assert captured.err.startswith("skyassets find: no target of the catalog is named NGC 9999 (--resolve looks")
 
 
 def test_the_find_command(home, monkeypatch, capsys):
