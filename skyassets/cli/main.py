@@ -490,10 +490,15 @@ def _show(args: argparse.Namespace) -> int:
         for row in lake.read("recipes", args.target).to_dict("records"):
             if not row["made"]:
                 print(f"  not made  {row['recipe']} ({row['filters']}): {row['note']}")
-    if args.open and pictures:
+    if args.open and not pictures:
+        raise CommandError(f"--open: {args.target} has no composite to open (only mosaics, listed above)", 1)
+    if args.open:
         import webbrowser
 
-        webbrowser.open(home.local(pictures[0]).as_uri())  # a working copy when the home is on a store
+        picture = home.local(pictures[0])  # a working copy when the home is on a store
+        if not webbrowser.open(picture.as_uri()):  # no display and no BROWSER: said, not passed over
+            raise CommandError(f"--open: no browser could be opened (no display, or set BROWSER); open {picture} "
+                               "yourself", 1)
     return 0
 
 
@@ -609,7 +614,8 @@ def main(argv: list[str] | None = None) -> int:
     quality.set_defaults(func=_quality)
     show = commands.add_parser("show", help="list (or open) the mosaics and composites of a target")
     show.add_argument("target", help="the target (partition) key, e.g. NGC-3132")
-    show.add_argument("--open", action="store_true", help="open the best-ranked composite in the browser")
+    show.add_argument("--open", action="store_true", help="open the best-ranked composite in the browser "
+                      "(exits 1, naming the file to open, if there is none or no browser can be opened)")
     show.set_defaults(func=_show)
     found = commands.add_parser("find", help="the catalogue's best images for a question in words")
     found.add_argument("question", help='e.g. "deep NIRCam images of NGC 3132 in the reddest filter"')

@@ -259,6 +259,27 @@ def test_a_home_that_holds_no_catalogue_is_said_to_be_empty(tmp_path, monkeypatc
     assert not (tmp_path / "elsewhere").exists()  # nothing made where there was nothing
 
 
+def test_show_open_without_a_browser_names_the_file_to_open_and_exits_1(home, capsys, monkeypatch):
+    home.tables.write("mosaics", pd.DataFrame({"target": ["NGC-3132"], "instrument_name": ["NIRCAM"],
+                                               "filter": ["F444W"], "path": ["products/NGC-3132/m.fits"],
+                                               "n_inputs": [2]}), "NGC-3132")
+    opened: list[str] = []
+    monkeypatch.setattr("webbrowser.open", lambda url: opened.append(url) and False)  # as on a headless machine
+    status, out, err = _run(capsys, "show", "NGC-3132", "--open")
+    assert status == 1 and "mosaic    NIRCAM F444W" in out and not opened
+    assert err == "skyassets show: --open: NGC-3132 has no composite to open (only mosaics, listed above)\n"
+    home.tables.write("composites", pd.DataFrame({
+        "target": ["NGC-3132"], "recipe": ["classic"], "filters": ["F090W;F444W"], "method": ["screen"],
+        "stretch": ["asinh"], "png": ["products/NGC-3132/c.png"], "cube": ["products/NGC-3132/c.tif"]}), "NGC-3132")
+    picture = home.root / "products" / "NGC-3132" / "c.png"
+    status, out, err = _run(capsys, "show", "NGC-3132", "--open")
+    assert status == 1 and "composite classic" in out and opened == [picture.as_uri()]
+    assert err == (f"skyassets show: --open: no browser could be opened (no display, or set BROWSER); open {picture} "
+                   "yourself\n")
+    monkeypatch.setattr("webbrowser.open", lambda url: True)
+    assert _run(capsys, "show", "NGC-3132", "--open")[::2] == (0, "")
+
+
 def test_an_unknown_observation_is_said_not_to_exist(home, capsys):
     status, _, err = _run(capsys, "quality", "jw99999-o001")
     assert status == 1 and err.count("\n") == 1
