@@ -213,17 +213,58 @@ def _store_trouble(exc: BaseException) -> str | None:
     return None
 
 
+READING_PRAGMAS = frozenset({"version", "platform", "show_tables", "show_tables_expanded", "show_databases",
+                             "table_info", "database_list", "database_size", "storage_info", "metadata_info",
+                             "functions", "collations", "user_agent"})
+"""The PRAGMAs a query may be: those that only describe the catalogue or DuckDB."""
+QUERIES = "SELECT, WITH, VALUES, FROM, DESCRIBE, SHOW, SUMMARIZE, EXPLAIN, or a PRAGMA that reads"
+
+
+def _only_a_query(sql: str) -> None:
+    """Refuse SQL that is not one statement reading the catalogue: a COPY or EXPORT would write into
+    the home (or anywhere), a SET or ATTACH change what later statements read, and of several
+    statements only the last one's answer would be shown."""
+    import duckdb
+
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise _query_failed(exc) from exc
+    if not statements:  # only blanks, comments or semicolons
+        raise CommandError("the query is empty")
+    if len(statements) > 1:
+        raise CommandError(f"only queries, one at a time: this is {len(statements)} statements")
+    (statement,) = statements
+    text = statement.query
+    tokens = duckdb.tokenize(text)
+    ends = [start for start, _ in tokens[1:]] + [len(text)]
+    words = [text[start:end].strip().lower() for (start, kind), end in zip(tokens, ends, strict=True)
+             if kind != duckdb.token_type.comment]
+    kind = statement.type
+    if kind == duckdb.StatementType.SELECT:
+        return
+    if kind == duckdb.StatementType.EXPLAIN:
+        if not {"analyze", "analyse"} & set(words):  # EXPLAIN ANALYZE runs the statement it explains
+            return
+        what = "EXPLAIN ANALYZE"
+    elif kind == duckdb.StatementType.PRAGMA:
+        if words[1:2] and words[1] in READING_PRAGMAS:
+            return
+        what = f"PRAGMA {words[1] if words[1:2] else ''}".strip()
+    else:
+        what = kind.name
+    raise CommandError(f"only queries ({QUERIES}), not {what}")
+
+
 def _query(home: Home, sql: str):
     """The frame a SQL query on the catalogue returns; a bad query is a ``CommandError`` naming the problem."""
     import duckdb
 
     from skyassets.catalog.db import connect
 
+    _only_a_query(sql)
     try:
-        result = connect(home).execute(sql)
-        if result is None:  # only blanks, comments or semicolons: no statement to run
-            raise CommandError("the query is empty")
-        return result.df()
+        return connect(home).execute(sql).df()
     except duckdb.Error as exc:
         raise _query_failed(exc) from exc
 
@@ -271,11 +312,10 @@ def _fetched(home: Home, sql: str, limit: int, *, unless_named: Sequence[str] = 
 
     from skyassets.catalog.db import connect
 
+    _only_a_query(sql)
     left_out = {c for c in unless_named if c not in sql.lower()}
     try:
         relation = connect(home).sql(sql)
-        if relation is None:  # only blanks, comments or semicolons: no statement to run
-            raise CommandError("the query is empty")
         names, kinds = _unique(relation.columns), [t.id for t in relation.types]
         kept = [i for i, name in enumerate(relation.columns) if name not in left_out]
         rows: list[tuple] = []
@@ -603,8 +643,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="only copy and catalogue; leave quality, targets, products and the catalog to the daemon")
     ingest.set_defaults(func=_ingest)
     query = commands.add_parser("catalog", help="print the result of a SQL query on the catalogue")
-    query.add_argument("sql", help='e.g. "SELECT obs_id, filter, s_ra, s_dec FROM images" (images\' whole '
-                                   'FITS header, header_json, is shown only when the query names it)')
+    query.add_argument("sql", help='one query, e.g. "SELECT obs_id, filter, s_ra, s_dec FROM images" (images\' '
+                                   'whole FITS header, header_json, is shown only when the query names it); '
+                                   f'only {QUERIES}')
     query.add_argument("--format", choices=("table", "csv", "json"), default="table",
                        help="table (default, full-width values), csv, or json (one object per line)")
     query.add_argument("--max-rows", type=_bounded(0), default=100, help="rows shown at most (default 100; 0: all)")

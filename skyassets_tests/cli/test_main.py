@@ -113,6 +113,30 @@ def test_bad_sql_is_one_line_not_a_traceback(home, capsys):
     assert err.count("\n") == 1 and err.startswith("skyassets catalog: the query failed:") and "nowhere" in err
 
 
+def test_catalog_and_export_take_one_query_that_only_reads(home, capsys, tmp_path):
+    written = home.root / "zz.parquet"
+    for sql, said in (
+        (f"COPY (SELECT 1 AS x) TO '{written}'", "(SELECT, WITH, VALUES, FROM, DESCRIBE, SHOW, SUMMARIZE, EXPLAIN, "
+         "or a PRAGMA that reads), not COPY"),
+        (f"EXPLAIN ANALYZE COPY (SELECT 1 AS x) TO '{written}'", "not EXPLAIN ANALYZE"),
+        ("SET threads = 1", "not SET"),
+        (f"ATTACH '{tmp_path / 'other.duckdb'}'", "not ATTACH"),
+        ("PRAGMA import_database('x')", "not PRAGMA import_database"),
+        ("CREATE TABLE t AS SELECT 1", "not CREATE"),
+        ("SELECT 1; SELECT 2", "only queries, one at a time: this is 2 statements"),
+    ):
+        for argv in (["catalog", sql], ["export", sql, str(tmp_path / "out")]):
+            status, out, err = _run(capsys, *argv)
+            assert (status, out) == (2, "") and err.count("\n") == 1 and said in err, err
+            assert err.startswith(f"skyassets {argv[0]}: only queries"), err
+    assert not written.exists() and not (tmp_path / "other.duckdb").exists() and not (tmp_path / "out").exists()
+    for sql in ("WITH a AS (SELECT 1 AS x) SELECT * FROM a", "VALUES (1)", "FROM images", "DESCRIBE images",
+                "SHOW TABLES", "SUMMARIZE images", "EXPLAIN SELECT * FROM images", "PRAGMA table_info('images')",
+                "/* a note */ PRAGMA version", "SELECT 1;"):
+        status, out, err = _run(capsys, "catalog", sql)
+        assert status == 0 and out and not err, (sql, err)
+
+
 def test_catalog_formats_keep_values_whole(home, capsys):
     sql = "SELECT obs_id, file_name, target_name FROM images ORDER BY obs_id"
     _, table, _ = _run(capsys, "catalog", sql)
