@@ -62,6 +62,23 @@ def keeping_sigterm() -> Iterator[None]:
         signal.signal(signal.SIGTERM, handler)
 
 
+def files_lost(home: Home, obs_ids: list[str]) -> dict[str, list[str]]:
+    """The files each observation's manifest says were stored, but which the home no longer holds
+    (deleted by hand, a disk restored from an older backup): by observation, their names."""
+    stored = {
+        (obs_id, row["filename"]): row["path"]
+        for obs_id, manifest in home.tables.read_partitions(
+            "fits_files", obs_ids, columns=["filename", "path", "status"]).items()
+        for row in manifest.to_pylist() if row["status"] != "quarantined" and row["path"]
+    }
+    gone = home.missing(stored.values())
+    lost: dict[str, list[str]] = {}
+    for (obs_id, filename), path in sorted(stored.items()):
+        if path in gone:
+            lost.setdefault(obs_id, []).append(filename)
+    return lost
+
+
 def observations_in(home: Home) -> list[str]:
     """The observation ids of the latest mast_observations table."""
     return list(home.tables.read("mast_observations", columns=["obs_id"], missing_ok=True)["obs_id"])
@@ -125,8 +142,14 @@ def _demo(runner: Runner, home: Home, dagster_home: Path) -> int:
     new = {k for r in getattr(sensor_result, "dynamic_partitions_requests", []) for k in r.partition_keys}
     watched = sorted(set(instance.get_dynamic_partitions("observations")) & set(observations_in(home)))
     # An observation catalogued by an earlier pass is not run again: a re-run over an unchanged
-    # archive materialises nothing new. One whose run failed has no catalogue and is tried again.
-    partitions = [p for p in watched if not latest_storage_id(instance, "image_metadata", p)]
+    # archive materialises nothing new. One whose run failed has no catalogue and is tried again,
+    # and one a file of which has gone from the home since is fetched again.
+    catalogued = [p for p in watched if latest_storage_id(instance, "image_metadata", p)]
+    lost = files_lost(home, catalogued)
+    partitions = [p for p in watched if p not in catalogued or p in lost]
+    for obs_id, names in sorted(lost.items()):
+        print(f"  {obs_id}: {counted(len(names), 'files')} gone from the home since fetched "
+              f"({', '.join(names[:3])}{', ...' if len(names) > 3 else ''}); fetched again")
     ranges = partition_batches(instance, partitions, DEMO_OBSERVATIONS_PER_RUN)
     print(f"\nThe sensor added {counted(len(new), 'new observation partitions')}; "
           f"{counted(len(watched) - len(partitions), 'observations')} catalogued already; "

@@ -248,6 +248,15 @@ class Home:
             return (self.root / _relative(relative)).is_file()
         return self._head(_relative(relative)) is not None
 
+    def missing(self, relatives: Iterable[str]) -> set[str]:
+        """Those of ``relatives`` (files of ``files/``) that are not stored: one listing of the
+        store for all of them, or a look at each local file."""
+        wanted = {_relative(r) for r in relatives}
+        if self.storage is None:
+            return {r for r in wanted if not (self.root / r).is_file()}
+        stored = {f"files/{name}" for name in self.stored_files("files")} if wanted else set()
+        return wanted - stored
+
     def _head(self, relative: str) -> dict[str, Any] | None:
         """The stored object's HEAD answer, None when there is none."""
         bucket, key = self._bucket_key(relative)

@@ -174,3 +174,33 @@ def test_a_second_demo_on_an_unchanged_home_materialises_nothing_new(demo_home):
     changed = {k for k in after if after[k] != before.get(k, 0)}
     assert changed <= {"mast_observations"}, (changed, done.stdout)
     assert "nothing to fetch" in done.stdout and "up to date" in done.stdout
+
+
+@pytest.mark.slow
+def test_a_demo_fetches_again_a_file_gone_from_the_home_and_nothing_else(demo_home):
+    from dagster import AssetKey, AssetRecordsFilter, DagsterInstance
+
+    def fetches() -> dict[str, int]:
+        with DagsterInstance.from_config(str(demo_home / "dagster")) as instance:
+            records = instance.fetch_materializations(AssetRecordsFilter(AssetKey("fits_files")), 10000).records
+            counts: dict[str, int] = {}
+            for record in records:
+                counts[record.partition_key] = counts.get(record.partition_key, 0) + 1
+            return counts
+
+    gone = sorted((demo_home / "files" / "JWST").rglob("*_cal.fits"))[0]
+    digest = subprocess.run(["sha256sum", str(gone)], capture_output=True, text=True).stdout.split()[0]
+    gone.unlink()
+    before = fetches()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SKYASSETS_", "DAGSTER_"))}
+    env["SKYASSETS_HOME"] = str(demo_home)
+    done = subprocess.run(
+        [sys.executable, "-m", "skyassets.cli.main", "demo"],
+        cwd=demo_home.parent, env=env, capture_output=True, text=True, timeout=900,
+    )
+    assert done.returncode == 0, f"skyassets demo failed:\n{done.stdout}\n{done.stderr}"
+    assert f"  {gone.parent.name}: 1 file gone from the home since fetched ({gone.name}); fetched again" \
+        in done.stdout, done.stdout
+    assert subprocess.run(["sha256sum", str(gone)], capture_output=True, text=True).stdout.split()[0] == digest
+    after = fetches()
+    assert {k for k in after if after[k] != before.get(k, 0)} == {gone.parent.name}, done.stdout
