@@ -22,6 +22,7 @@ import base64
 import hashlib
 import os
 import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -290,6 +291,28 @@ class Home:
             left = max(0.0, wait - (time.monotonic() - started))
             with store_lease(self.client(), bucket, key, left, on_wait=once):
                 yield
+
+    @contextmanager
+    def replacing(self, relative: str | os.PathLike[str]) -> Iterator[Path]:
+        """A private folder in which to write files that replace those of the folder ``relative``
+        together (a target's mosaics, one per band): when the block ends without an error each is
+        moved into place and stored; after an error none is, and the folder keeps its old set. A
+        reader never finds some bands remade and others not, nor a file half written by a run
+        making the same products at the same time. With a store each upload is atomic, and the
+        uploads follow one another once every file has been made."""
+        relative = _relative(relative)
+        folder = self.root / relative
+        folder.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".replacing-", dir=folder))
+        try:
+            yield staging
+            names = sorted(p.name for p in staging.iterdir() if p.is_file())
+            for name in names:
+                os.replace(staging / name, folder / name)
+            for name in names:
+                self.commit(f"{relative}/{name}")
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
 
     def remove_folder(self, relative: str | os.PathLike[str]) -> int:
         """Delete the folder ``relative`` of the home: its working copy and, with a store, every

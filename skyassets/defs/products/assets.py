@@ -66,40 +66,42 @@ def mosaics(
         images = lake.read("target_images", target, missing_ok=True)
         rows, lines, used, not_made = [], [], [], []
         wcs, shape = settings.grid(target) or (None, None)
-        for (instrument, band), group in images.groupby(["instrument_name", "filter"]):
-            group = without_combined_duplicates(group)
-            inputs = [
-                MosaicInput(path=root.local(p), hdu_index=int(h))
-                for p, h in zip(group["path"], group["hdu_index"], strict=True)
-            ]
-            dest = root.target_dir(target) / f"mosaic_{_slug(instrument)}_{_slug(band)}.fits"
-            try:
-                with dask.executor() as pool:  # on the cluster block by block, else here in one piece
-                    build = build_mosaic if pool is None else partial(build_mosaic_blocks, executor=pool)
-                    result = build(
-                        inputs, dest, wcs=wcs, shape=shape, downscale=settings.downscale,
-                        match_background=settings.match_background, reject_sigma=settings.reject_sigma,
-                        max_pixels=settings.max_pixels,
-                    )
-            except ValueError as exc:  # inputs this mosaic cannot take: this band alone goes without
-                not_made.append(f"{instrument} {band}: {exc}")
-                context.log.error(f"{target}: no {instrument} {band} mosaic: {exc}")
-                lines.append(f"**{instrument} {band}**: not made: {exc}")
-                continue
-            dest.with_suffix(".png").write_bytes(result.preview_png)
-            for written in (dest, dest.with_suffix(".png")):  # into the store, with the home on one
-                root.commit(written.relative_to(root.root))
-            centre = result.wcs.pixel_to_world((result.shape[1] - 1) / 2, (result.shape[0] - 1) / 2)
-            rows.append({
-                "target": target, "instrument_name": instrument, "filter": band,
-                "path": str(dest.relative_to(root.root)), "n_inputs": result.n_inputs, "n_rejected": result.n_rejected,
-                "naxis1": result.shape[1], "naxis2": result.shape[0],
-                "s_ra": centre.ra.deg, "s_dec": centre.dec.deg, "inputs": ";".join(group["file_name"]),
-                "wcs_header": result.wcs.to_header_string(relax=True),
-            })
-            used.append(group)
-            lines += [f"**{instrument} {band}**: {result.n_inputs} images, {result.shape[1]}×{result.shape[0]} px",
-                      markdown_image(result.preview_png, f"{target} {band}")]
+        # every band's mosaic in place together once all are made (and stored), or none of them
+        folder = root.target_dir(target).relative_to(root.root)
+        with root.replacing(folder) as staging:
+            for (instrument, band), group in images.groupby(["instrument_name", "filter"]):
+                group = without_combined_duplicates(group)
+                inputs = [
+                    MosaicInput(path=root.local(p), hdu_index=int(h))
+                    for p, h in zip(group["path"], group["hdu_index"], strict=True)
+                ]
+                name = f"mosaic_{_slug(instrument)}_{_slug(band)}.fits"
+                dest = staging / name
+                try:
+                    with dask.executor() as pool:  # on the cluster block by block, else here in one piece
+                        build = build_mosaic if pool is None else partial(build_mosaic_blocks, executor=pool)
+                        result = build(
+                            inputs, dest, wcs=wcs, shape=shape, downscale=settings.downscale,
+                            match_background=settings.match_background, reject_sigma=settings.reject_sigma,
+                            max_pixels=settings.max_pixels,
+                        )
+                except ValueError as exc:  # inputs this mosaic cannot take: this band alone goes without
+                    not_made.append(f"{instrument} {band}: {exc}")
+                    context.log.error(f"{target}: no {instrument} {band} mosaic: {exc}")
+                    lines.append(f"**{instrument} {band}**: not made: {exc}")
+                    continue
+                dest.with_suffix(".png").write_bytes(result.preview_png)
+                centre = result.wcs.pixel_to_world((result.shape[1] - 1) / 2, (result.shape[0] - 1) / 2)
+                rows.append({
+                    "target": target, "instrument_name": instrument, "filter": band,
+                    "path": str(folder / name), "n_inputs": result.n_inputs, "n_rejected": result.n_rejected,
+                    "naxis1": result.shape[1], "naxis2": result.shape[0],
+                    "s_ra": centre.ra.deg, "s_dec": centre.dec.deg, "inputs": ";".join(group["file_name"]),
+                    "wcs_header": result.wcs.to_header_string(relax=True),
+                })
+                used.append(group)
+                lines += [f"**{instrument} {band}**: {result.n_inputs} images, {result.shape[1]}×{result.shape[0]} px",
+                          markdown_image(result.preview_png, f"{target} {band}")]
         lake.write("mosaics", rows, partition=target)
         root.trim()
         inputs_used = pd.concat(used, ignore_index=True) if used else images.iloc[:0]
@@ -143,31 +145,34 @@ def composites(context: AssetExecutionContext, home: HomeResource, composites: C
         recipes["made"], recipes["note"] = False, ""
         rows, lines = [], []
         grid = _mosaic_cells(root, mosaic_rows)
-        for i, recipe in recipes.iterrows():
-            bands = recipe["filters"].split(";")
-            missing = [b for b in bands if b.upper() not in band_of]
-            if missing:
-                recipes.loc[i, "note"] = f"no mosaic in {', '.join(missing)}"
-                continue
-            if len(rows) == settings.per_target:
-                recipes.loc[i, "note"] = f"not among the first {settings.per_target} (composites.per_target)"
-                continue
-            chosen = [band_of[b.upper()] for b in bands]
-            paths, colours, stretch = _make_composite(root, target, recipe, chosen, settings)
-            recipes.loc[i, "made"] = True
-            rows.append({
-                "target": target, "recipe": recipe["recipe"], "kind": recipe["kind"], "rank": int(recipe["rank"]),
-                "filters": recipe["filters"],
-                "hues": ";".join(f"{360 * colorsys.rgb_to_hsv(*c)[0]:.0f}" for c in colours),
-                "method": settings.method, "stretch": stretch,
-                "png": str(paths["png"].relative_to(root.root)), "cube": str(paths["tiff"].relative_to(root.root)),
-                "naxis1": paths["shape"][1], "naxis2": paths["shape"][0],
-                "wcs_header": paths["wcs"].to_header_string(relax=True),
-            })
-            thumbnail = _thumbnail(paths["png"])
-            lines += [f"**{recipe['recipe']}** ({recipe['filters']}): {recipe['reason']}",
-                      markdown_image(thumbnail, recipe["recipe"])]
-            grid.append((f"{recipe['recipe']} ({recipe['filters']})", thumbnail))
+        # the recipes' PNGs and cubes in place together once all are made (and stored), or none of them
+        folder = root.target_dir(target).relative_to(root.root)
+        with root.replacing(folder) as staging:
+            for i, recipe in recipes.iterrows():
+                bands = recipe["filters"].split(";")
+                missing = [b for b in bands if b.upper() not in band_of]
+                if missing:
+                    recipes.loc[i, "note"] = f"no mosaic in {', '.join(missing)}"
+                    continue
+                if len(rows) == settings.per_target:
+                    recipes.loc[i, "note"] = f"not among the first {settings.per_target} (composites.per_target)"
+                    continue
+                chosen = [band_of[b.upper()] for b in bands]
+                paths, colours, stretch = _make_composite(root, staging, recipe, chosen, settings)
+                recipes.loc[i, "made"] = True
+                rows.append({
+                    "target": target, "recipe": recipe["recipe"], "kind": recipe["kind"], "rank": int(recipe["rank"]),
+                    "filters": recipe["filters"],
+                    "hues": ";".join(f"{360 * colorsys.rgb_to_hsv(*c)[0]:.0f}" for c in colours),
+                    "method": settings.method, "stretch": stretch,
+                    "png": str(folder / paths["png"].name), "cube": str(folder / paths["tiff"].name),
+                    "naxis1": paths["shape"][1], "naxis2": paths["shape"][0],
+                    "wcs_header": paths["wcs"].to_header_string(relax=True),
+                })
+                thumbnail = _thumbnail(paths["png"])
+                lines += [f"**{recipe['recipe']}** ({recipe['filters']}): {recipe['reason']}",
+                          markdown_image(thumbnail, recipe["recipe"])]
+                grid.append((f"{recipe['recipe']} ({recipe['filters']})", thumbnail))
         lake.write("composites", rows, partition=target)
         lake.write("recipes", recipes.assign(target=target), partition=target)
         context.add_asset_metadata(
@@ -191,9 +196,10 @@ def _mosaic_cells(root: Home, mosaic_rows: pd.DataFrame) -> list[tuple[str, byte
     return cells
 
 
-def _make_composite(root: Home, target: str, recipe: pd.Series, chosen: list[dict], settings: CompositesResource):
+def _make_composite(root: Home, folder: Path, recipe: pd.Series, chosen: list[dict], settings: CompositesResource):
     """One recipe's composite from its mosaics: channels on one WCS, hues by pivot wavelength, written
-    as PNG and 16-bit TIFF with AVM tags. Returns the written paths (with the grid), the colours and the stretch."""
+    into ``folder`` as PNG and 16-bit TIFF with AVM tags. Returns the written paths (with the grid),
+    the colours and the stretch."""
     from astropy.io import fits
     from astropy.wcs import WCS
 
@@ -210,9 +216,7 @@ def _make_composite(root: Home, target: str, recipe: pd.Series, chosen: list[dic
     colours = channel_colours(pivots)
     rgb = compose(channels, colours, method=settings.method, stretch=settings.stretch)
     instruments = [row["instrument_name"] for row in chosen]
-    paths = write_composite(rgb, wcs, root.target_dir(target) / f"composite_{_slug(recipe['recipe'])}",
+    paths = write_composite(rgb, wcs, folder / f"composite_{_slug(recipe['recipe'])}",
                             meta=spectral_meta(bands, pivots, colours, instruments))
-    for kind in ("png", "tiff"):  # into the store, with the home on one
-        root.commit(paths[kind].relative_to(root.root))
     stretch = settings.stretch if settings.method == "screen" else "lupton-asinh"
     return {**paths, "wcs": wcs, "shape": shape}, colours, stretch

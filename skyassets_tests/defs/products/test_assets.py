@@ -180,3 +180,27 @@ def test_a_band_whose_inputs_cannot_be_coadded_goes_without_and_the_target_keeps
     assert list(home.tables.read("mosaics", "NGC-3132")["filter"]) == ["F090W"]
     (line,) = not_made
     assert line.startswith("NIRCAM/IMAGE F444W: ") and odd.name in line and "BUNIT 'DN/s' differs" in line
+
+
+def test_a_target_whose_products_run_fails_keeps_every_band_as_it_was(emu, tmp_path):
+    """A band that fails for a reason no mosaic can go without (its input gone bad on disk) fails the
+    run; the bands made before it in that run are not put in place either, so the products folder and
+    the mosaics table still agree, and nothing half made is left behind."""
+    truth = emu.sky.truth["files"]
+    sky = [p for p in sorted(emu.sky.root.rglob("jw02733*_cal.fits")) if truth[p.name]["filter"] in ("F090W", "F444W")]
+    home = Home(tmp_path / "home")
+    run_config = {**QUIET, "resources": {"home": {"config": {"root": str(home.root)}}}}
+    with instance_for_test() as instance:
+        _catalogue(sky, tmp_path / "drop", home, instance, run_config)
+        _make_products(instance, ["NGC-3132"], run_config)
+        folder = home.target_dir("NGC-3132")
+        made = {p.name: p.stat().st_ino for p in folder.iterdir() if p.is_file()}
+        assert {"mosaic_nircam_image_f090w.fits", "mosaic_nircam_image_f444w.fits"} <= set(made)
+        bad = home.tables.read("target_images", "NGC-3132").query("filter == 'F444W'")["path"].iloc[0]
+        home.local(bad).write_bytes(b"")  # emptied on disk after it was catalogued
+        run = defs.resolve_job_def("products_job").execute_in_process(
+            instance=instance, partition_key="NGC-3132", run_config=run_config, raise_on_error=False
+        )
+    assert not run.success
+    assert {p.name: p.stat().st_ino for p in folder.iterdir() if p.is_file()} == made  # F090W not replaced alone
+    assert [p.name for p in folder.iterdir() if p.is_dir()] == []
