@@ -10,7 +10,8 @@ import shlex
 import signal
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING
 from skyassets.cli.output import counted, one_line, write_frame
 from skyassets.cli.sky import SkyError, add_sky_command
 from skyassets.lake.home import HOME_ENV, STORAGE_ENV, Home, StorageError
-from skyassets.lake.lease import LockBusy
+from skyassets.lake.lease import LockBusy, file_lock
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -32,6 +33,7 @@ POSTGRES_ENV = "SKYASSETS_POSTGRES_URL"
 # one event at a time, as without it. The commands set it for themselves and every process they start.
 EVENT_BATCH_ENV, EVENT_BATCH_SIZE = "DAGSTER_EVENT_BATCH_SIZE", "1000"
 MAX_BATCH = 250  # partitions in one `skyassets ingest` run, at most
+COMMAND_WAIT = 12 * 3600.0  # seconds a command waits for another on its home before it gives up
 
 
 class CommandError(Exception):
@@ -81,12 +83,32 @@ def prepare_dagster_home(home: Home) -> Path:
     return dagster_home
 
 
+@contextmanager
+def one_command_at_a_time(dagster_home: Path) -> Iterator[None]:
+    """Hold the home for a command that launches runs, waiting (and saying so) while another does.
+    Two at once would fetch, measure and remake the same partitions side by side, each reading
+    what the other half wrote; one after the other, the second finds the work done."""
+    def waiting(held: str) -> None:
+        print(f"waiting for another skyassets command on this home to end ({held})", file=sys.stderr, flush=True)
+
+    taken = False
+    try:
+        with file_lock(dagster_home / ".skyassets-command.lock", COMMAND_WAIT, waiting):
+            taken = True
+            yield
+    except LockBusy as exc:
+        if taken:  # a lock the command itself met (the landing lock): its own to say
+            raise
+        raise CommandError(f"another skyassets command still holds this home: {exc}", 1) from exc
+
+
 def _demo(args: argparse.Namespace) -> int:
     home = Home.from_env()
     dagster_home = prepare_dagster_home(home)
     from skyassets.cli.demo import run_demo
 
-    return run_demo(home, dagster_home)
+    with one_command_at_a_time(dagster_home):
+        return run_demo(home, dagster_home)
 
 
 def _ingest(args: argparse.Namespace) -> int:
@@ -110,7 +132,7 @@ def _ingest(args: argparse.Namespace) -> int:
     )
 
     instance = DagsterInstance.get()
-    with Launcher(dagster_home, instance) as launcher:
+    with one_command_at_a_time(dagster_home), Launcher(dagster_home, instance) as launcher:
         try:
             report = ingest(args.paths, home, launcher, batch=args.batch, progress=text_progress,
                             waiting=lambda held: print(f"waiting for the landing lock: {held}", file=sys.stderr))

@@ -46,16 +46,23 @@ Waiting = Callable[[str], None]  # hears once, when a lock is not free at once, 
 
 @contextmanager
 def file_lock(path: Path, wait: float, on_wait: Waiting | None = None) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``path`` (created when missing), waiting at most ``wait`` seconds."""
+    """Hold an exclusive ``flock`` on ``path`` (created when missing), waiting at most ``wait`` seconds.
+    The holder writes who it is and since when into the file, for those who wait to say."""
     path.parent.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + wait
     with open(path, "a+") as handle:
         while True:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                handle.seek(0)
+                handle.truncate()
+                handle.write(f"{_holder()} since {datetime.now(UTC).isoformat(timespec='seconds')}\n")
+                handle.flush()
                 break
             except BlockingIOError:
-                held = f"{path}: held by another process of this machine"
+                handle.seek(0)
+                holder = handle.read().strip() or "another process of this machine"
+                held = f"{path}: held by {holder}"
                 if time.monotonic() >= deadline:
                     raise LockBusy(f"{held}; waited {wait:.0f} s") from None
                 if on_wait is not None:

@@ -551,6 +551,34 @@ def test_ingest_brings_the_whole_chain_up_to_date_and_says_what_failed(emu, tmp_
                      moved_out.stdout, re.M), moved_out.stdout
 
 
+@pytest.mark.slow
+def test_a_second_command_on_a_home_waits_for_the_first_and_finds_its_work_done(emu, tmp_path):
+    drop = tmp_path / "night"
+    drop.mkdir()
+    cal = sorted(emu.sky.root.rglob("*_cal.fits"))[0]
+    shutil.copy(cal, drop / cal.name)
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SKYASSETS_", "DAGSTER_"))}
+    env["SKYASSETS_HOME"] = str(home)
+    command = [sys.executable, "-m", "skyassets.cli.main", "ingest", str(drop)]
+    first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    lock = home / "dagster" / ".skyassets-command.lock"
+    deadline = time.monotonic() + 120
+    while f"pid {first.pid} " not in (lock.read_text() if lock.exists() else ""):
+        assert time.monotonic() < deadline and first.poll() is None, first.communicate()
+        time.sleep(0.1)
+    second = subprocess.run(command, env=env, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    out, err = first.communicate(timeout=600)
+    assert first.returncode == 0, out + err
+    assert "1 catalogued, 0 quarantined" in out
+    assert second.returncode == 0, second.stdout + second.stderr
+    waited = [line for line in second.stderr.splitlines() if line.startswith("waiting for another skyassets command")]
+    assert len(waited) == 1 and f"pid {first.pid} since " in waited[0], second.stderr
+    # taken after the first had ended: nothing of its work done twice
+    assert "1 of them unchanged since an earlier ingest" in second.stdout, second.stdout
+    assert "webserver" not in second.stderr
+
+
 def test_output_cut_short_by_its_reader_ends_quietly(home):
     """``skyassets catalog ... | head -1``: the reader going away is no error to report."""
     command = [sys.executable, "-m", "skyassets.cli.main", "catalog", "SELECT * FROM range(200000)",
