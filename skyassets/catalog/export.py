@@ -46,8 +46,10 @@ class Exported:
     dest: Path
     files: int
     bytes: int
-    # selected files no longer in the home, left out: path -> why
-    left_out: dict[str, str] = field(default_factory=dict)
+    # selected files not in the home (removed, quarantined, never stored): path -> why
+    missing: dict[str, str] = field(default_factory=dict)
+    # selected paths in the home that are not files to ship (a folder): path -> why
+    skipped: dict[str, str] = field(default_factory=dict)
 
 
 def _sources(selection: pd.DataFrame, home: Home) -> Iterator[tuple[str, Path]]:
@@ -62,11 +64,15 @@ def _sources(selection: pd.DataFrame, home: Home) -> Iterator[tuple[str, Path]]:
 
 def _present(
     sources: list[tuple[str, Path]], selection: pd.DataFrame, home: Home, expected: dict[str, str]
-) -> tuple[list[tuple[str, Path]], dict[str, str]]:
-    """The sources whose file is in the home (on a store home, fetched into the working copy), and
-    the others with why, so an export either has every file it copies or never starts copying."""
-    present, absent, unfetched = [], [], {}
+) -> tuple[list[tuple[str, Path]], dict[str, str], dict[str, str]]:
+    """The sources whose file is in the home (on a store home, fetched into the working copy), those
+    skipped and those missing, each with why, so an export either has every file it copies or never
+    starts copying."""
+    present, absent, unfetched, skipped = [], [], {}, {}
     for path, source in sources:
+        if source.is_dir():  # a query over folders: there, but not a file to copy
+            skipped[path] = "is a folder, not a file"
+            continue
         if home.remote and not source.is_file():
             try:
                 home.local(path, expected.get(path))
@@ -92,7 +98,7 @@ def _present(
             missing[path] = "never stored in the home (not fetched or copied yet, or refused)"
         else:
             missing[path] = unfetched.get(path, "no longer in the home (removed since it was catalogued)")
-    return present, missing
+    return present, skipped, missing
 
 
 _NEVER = "never stored"
@@ -257,11 +263,11 @@ def export_files(
         if not sources:  # an empty SHA256SUMS is one that sha256sum -c refuses
             raise ExportError(f"the query selected no files ({len(selection)} rows, none with a path); "
                               "nothing exported")
-        sources, left_out = _present(sources, selection, home, expected)
+        sources, skipped, missing = _present(sources, selection, home, expected)
         if not sources:
-            first, why = next(iter(left_out.items()))
-            raise ExportError(f"none of the {len(left_out)} selected files is in the home ({first}: {why}); "
-                              "nothing exported")
+            first, why = next(iter({**skipped, **missing}.items()))
+            raise ExportError(f"none of the {len(skipped) + len(missing)} selected files can be exported "
+                              f"({first}: {why}); nothing exported")
         if as_zip:
             dest.parent.mkdir(parents=True, exist_ok=True)
             tmp.unlink(missing_ok=True)  # a link left there is replaced, never written through
@@ -284,7 +290,7 @@ def export_files(
                 os.replace(tmp, dest)
             finally:
                 tmp.unlink(missing_ok=True)
-            return Exported(dest, len(rows), total, left_out)
+            return Exported(dest, len(rows), total, missing, skipped)
 
         dest.mkdir(parents=True, exist_ok=True)
         # Every file is written under a temporary name and renamed into place once all are written:
@@ -316,4 +322,4 @@ def export_files(
     except OSError as exc:
         where = dest if exc.filename in (None, str(tmp)) else exc.filename
         raise ExportError(f"{where}: cannot be written ({exc.strerror or exc})") from exc
-    return Exported(dest, len(rows), total, left_out)
+    return Exported(dest, len(rows), total, missing, skipped)

@@ -180,12 +180,12 @@ def test_selected_files_no_longer_in_the_home_are_left_out_with_the_reason(tmp_p
                          "sha256": [None, None], "status": ["quarantined", "downloaded"]})
     selection = pd.concat([selection.assign(status="downloaded"), gone], ignore_index=True)
     done = export_files(selection, home, tmp_path / "out", "SELECT * FROM files")
-    assert done.files == 2 and done.left_out == {
+    assert done.files == 2 and done.missing == {
         "files/local/k/junk.fits": "quarantined when it was catalogued (see the home's quarantine folder)",
         "files/JWST/c/removed.fits": "no longer in the home (removed since it was catalogued)",
     }
     subprocess.run(["sha256sum", "-c", "--quiet", SUMS], cwd=done.dest, check=True)
-    with pytest.raises(ExportError, match=r"none of the 2 selected files is in the home .*nothing exported"):
+    with pytest.raises(ExportError, match=r"none of the 2 selected files can be exported .*nothing exported"):
         export_files(gone, home, tmp_path / "none", "SELECT * FROM files")
     assert not (tmp_path / "none").exists()
 
@@ -212,7 +212,7 @@ def test_a_landed_or_listed_file_that_never_arrived_is_said_so(tmp_path):
     done = export_files(pd.concat([selection, rows], ignore_index=True), home, tmp_path / "out",
                         "SELECT * FROM landing")
     never = "never stored in the home (not fetched or copied yet, or refused)"
-    assert done.files == 2 and done.left_out == {
+    assert done.files == 2 and done.missing == {
         "files/local/c/bad.fits": "quarantined when it was catalogued (see the home's quarantine folder)",
         "files/local/c/gone.fits": "no longer in the home (removed since it was catalogued)",
         "files/local/c/late.fits": never,
@@ -238,3 +238,17 @@ def test_an_export_that_stops_part_way_leaves_none_of_its_files(tmp_path):
     with pytest.raises(ExportError, match="differs from the catalogue"):
         export_files(selection, home, tmp_path / "new", "SELECT * FROM images")
     assert list((tmp_path / "new").iterdir()) == []
+
+
+def test_a_selected_folder_is_skipped_as_a_folder_not_said_removed(tmp_path):
+    home, selection = _home_with_two_files(tmp_path)
+    folders = pd.DataFrame({"path": ["files/JWST/a", "files"], "sha256": [None, None]})
+    for as_zip in (False, True):
+        done = export_files(pd.concat([selection, folders], ignore_index=True), home, tmp_path / f"out{as_zip}",
+                            "SELECT * FROM files", as_zip=as_zip)
+        assert done.files == 2 and done.missing == {}
+        assert done.skipped == {"files/JWST/a": "is a folder, not a file", "files": "is a folder, not a file"}
+    with pytest.raises(ExportError, match="none of the 2 selected files can be exported "
+                       r"\(files/JWST/a: is a folder, not a file\); nothing exported"):
+        export_files(folders, home, tmp_path / "none", "SELECT * FROM files")
+    assert not (tmp_path / "none").exists()
