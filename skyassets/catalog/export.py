@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from skyassets.archive.download import RESERVED_SUFFIXES
 from skyassets.lake.home import Home, StorageError
 from skyassets.lake.names import InvalidNameError, validate_obs_id
 from skyassets.lake.quarantine import notes as quarantine_notes
@@ -48,7 +49,7 @@ class Exported:
     bytes: int
     # selected files not in the home (removed, quarantined, never stored): path -> why
     missing: dict[str, str] = field(default_factory=dict)
-    # selected paths in the home that are not files to ship (a folder): path -> why
+    # selected paths in the home that are not files to ship (a folder, a download's working file): path -> why
     skipped: dict[str, str] = field(default_factory=dict)
 
 
@@ -72,6 +73,10 @@ def _present(
     for path, source in sources:
         if source.is_dir():  # a query over folders: there, but not a file to copy
             skipped[path] = "is a folder, not a file"
+            continue
+        # a query over a folder's listing or a glob selects these beside the data
+        if suffix := next((s for s in RESERVED_SUFFIXES if source.name.endswith(s)), None):
+            skipped[path] = f"is a {suffix} file the downloads keep beside the data, not data"
             continue
         if home.remote and not source.is_file():
             try:

@@ -252,3 +252,28 @@ def test_a_selected_folder_is_skipped_as_a_folder_not_said_removed(tmp_path):
                        r"\(files/JWST/a: is a folder, not a file\); nothing exported"):
         export_files(folders, home, tmp_path / "none", "SELECT * FROM files")
     assert not (tmp_path / "none").exists()
+
+
+def test_the_downloads_bookkeeping_files_are_skipped_never_exported(tmp_path):
+    home, selection = _home_with_two_files(tmp_path)
+    folder = home.files / "JWST" / "a"
+    kept = {".x.fits.verified": ".verified", "x.fits.sha256": ".sha256", "y.fits.part": ".part",
+            "y.fits.part.json": ".part.json", ".x.fits.lock": ".lock", "z.fits.corrupt": ".corrupt",
+            ".x.fits.verified.tmp": ".tmp"}
+    for name in kept:
+        (folder / name).write_bytes(b"bookkeeping")
+    listing = pd.DataFrame({"path": [f"files/JWST/a/{name}" for name in kept], "sha256": None})
+    for as_zip in (False, True):
+        done = export_files(pd.concat([selection, listing], ignore_index=True), home, tmp_path / f"out{as_zip}",
+                            "SELECT * FROM glob('files/**')", as_zip=as_zip)
+        assert done.files == 2 and done.missing == {}
+        assert done.skipped == {f"files/JWST/a/{name}": f"is a {suffix} file the downloads keep beside the data, "
+                                "not data" for name, suffix in kept.items()}
+    with zipfile.ZipFile(done.dest) as archive:
+        shipped = {name.split("/", 1)[1] for name in archive.namelist()}
+    assert shipped.isdisjoint(kept) and len(shipped) == 5  # two files and the three records
+    with (tmp_path / "outFalse" / "manifest.csv").open() as f:
+        assert [r["source"] for r in csv.DictReader(f)] == ["files/JWST/a/x.fits", "files/JWST/b/x.fits"]
+    assert not set(kept) & {p.name for p in (tmp_path / "outFalse").rglob("*")}
+    with pytest.raises(ExportError, match=r"none of the 7 selected files can be exported .*nothing exported"):
+        export_files(listing, home, tmp_path / "none", "q")
