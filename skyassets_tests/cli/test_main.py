@@ -405,7 +405,7 @@ def test_an_export_missing_some_files_writes_the_rest_says_which_and_exits_1(hom
     assert "not exported: 0 skipped (not files to ship), 1 missing from the home; each is named on stderr" in out
     assert err == ("  missing: files/JWST/jw01234-o001/a, b.fits: no longer in the home "
                    "(removed since it was catalogued)\n")
-    assert (tmp_path / "out" / "c.fits").read_bytes() == b"c"
+    assert (tmp_path / "out" / "jw01234-o002" / "c.fits").read_bytes() == b"c"
 
 
 def test_an_export_says_a_selected_folder_is_skipped_counts_it_apart_and_exits_1(home, capsys, tmp_path):
