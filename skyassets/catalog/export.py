@@ -51,7 +51,7 @@ class Exported:
     bytes: int
     # selected files not in the home (removed, quarantined, never stored): path -> why
     missing: dict[str, str] = field(default_factory=dict)
-    # selected paths in the home that are not files to ship (a folder, a download's working file): path -> why
+    # selected paths that are not files to ship (a folder, a download's working file, an unsafe name): path -> why
     skipped: dict[str, str] = field(default_factory=dict)
 
 

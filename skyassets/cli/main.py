@@ -385,7 +385,7 @@ def _export(args: argparse.Namespace) -> int:
             print(f"  ... and {len(said) - 20} more {kind}", file=sys.stderr)
     if done.skipped or done.missing:
         print(f"not exported: {len(done.skipped)} skipped (not files to ship), "
-              f"{len(done.missing)} missing from the home; each is named on stderr")
+              f"{len(done.missing)} missing from the home (named on stderr)")
     if args.zip:
         print(f"check them with: cd {shlex.quote(str(done.dest.parent))} && unzip {shlex.quote(done.dest.name)} && "
               f"cd {shlex.quote(done.dest.stem)} && sha256sum -c SHA256SUMS")

@@ -402,7 +402,7 @@ def test_an_export_missing_some_files_writes_the_rest_says_which_and_exits_1(hom
                                                   "path": ["files/JWST/jw01234-o001/a, b.fits"]}), "jw01234-o001")
     status, out, err = _run(capsys, "export", "SELECT path FROM images", str(tmp_path / "out"))
     assert status == 1 and out.startswith("1 file (0.0 MB) exported to a folder")
-    assert "not exported: 0 skipped (not files to ship), 1 missing from the home; each is named on stderr" in out
+    assert "not exported: 0 skipped (not files to ship), 1 missing from the home (named on stderr)" in out
     assert err == ("  missing: files/JWST/jw01234-o001/a, b.fits: no longer in the home "
                    "(removed since it was catalogued)\n")
     assert (tmp_path / "out" / "jw01234-o002" / "c.fits").read_bytes() == b"c"
@@ -416,7 +416,7 @@ def test_an_export_says_a_selected_folder_is_skipped_counts_it_apart_and_exits_1
            "UNION ALL SELECT 'files/JWST/jw01234-o002' UNION ALL SELECT 'files/JWST/jw01234-o009/gone.fits'")
     status, out, err = _run(capsys, "export", sql, str(tmp_path / "out"))
     assert status == 1 and out.startswith("1 file (0.0 MB) exported to a folder")
-    assert "not exported: 1 skipped (not files to ship), 1 missing from the home; each is named on stderr" in out
+    assert "not exported: 1 skipped (not files to ship), 1 missing from the home (named on stderr)" in out
     assert err.splitlines() == [
         "  skipped: files/JWST/jw01234-o002: is a folder, not a file",
         "  missing: files/JWST/jw01234-o009/gone.fits: never stored in the home "
