@@ -15,15 +15,17 @@ import os
 import stat
 import time
 import zipfile
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pandas as pd
 
+from skyassets.archive.download import RESERVED_SUFFIXES
 from skyassets.lake.home import Home, StorageError
-from skyassets.lake.names import InvalidNameError, validate_obs_id
+from skyassets.lake.names import InvalidNameError, safe_filename, validate_obs_id
 from skyassets.lake.quarantine import notes as quarantine_notes
 from skyassets.lake.schemas import home_relative_columns
 from skyassets.lake.tables import TABLES
@@ -31,6 +33,7 @@ from skyassets.lake.tables import TABLES
 CHUNK = 8 << 20
 EXPORTABLE = ("files", "products")  # the home's folders an export may read from
 SUMS = "SHA256SUMS"  # `sha256sum -c SHA256SUMS` checks an export
+RECORDS = (SUMS, "manifest.csv", "README.md")  # written beside the exported files
 # Columns other than ``path`` that name a file of the home (a composite's PNG and TIFF cube).
 LOCATED = sorted({c for t in TABLES.values() for c in home_relative_columns(t.schema)} - {"path"})
 
@@ -46,27 +49,79 @@ class Exported:
     dest: Path
     files: int
     bytes: int
-    # selected files no longer in the home, left out: path -> why
-    left_out: dict[str, str] = field(default_factory=dict)
+    # selected files not in the home (removed, quarantined, never stored): path -> why
+    missing: dict[str, str] = field(default_factory=dict)
+    # selected paths that are not files to ship (a folder, a download's working file, an unsafe name): path -> why
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+def _place(source: Path, home: Home) -> PurePosixPath | None:
+    """Where ``source`` (resolved) is in the home, e.g. ``files/JWST/<obs_id>/<name>``, if it is in a
+    folder an export reads from (which may be a link to another disk)."""
+    for folder in EXPORTABLE:
+        top = (home.root / folder).resolve()
+        if source.is_relative_to(top):
+            return PurePosixPath(folder, source.relative_to(top).as_posix())
+    return None
 
 
 def _sources(selection: pd.DataFrame, home: Home) -> Iterator[tuple[str, Path]]:
-    """(catalogue path, resolved file) of each distinct path, refusing anything outside the exportable folders."""
-    allowed = [(home.root / folder).resolve() for folder in EXPORTABLE]
+    """(catalogue path, resolved file) of each distinct file, refusing anything outside the exportable
+    folders: a path of the catalogue is never trusted to stay in the home (``..``, an absolute path, a link)."""
+    seen: set[Path] = set()
     for path in dict.fromkeys(p for p in selection["path"] if isinstance(p, str) and p):
         source = (home.root / path).resolve()
-        if not any(source.is_relative_to(folder) for folder in allowed):
+        if _place(source, home) is None:
             raise ExportError(f"{path}: not a catalogued file or product of the skyassets home {home.root}")
-        yield path, source
+        if source not in seen:  # two spellings of one file: exported once
+            seen.add(source)
+            yield path, source
+
+
+def _names(sources: list[tuple[str, Path]], home: Home) -> list[str]:
+    """Each file's name in the export: its folder and name in the home, ``<obs_id>/<file_name>`` (a
+    product: ``<target>/<file_name>``), so that files of the same name from different observations
+    never clash and a file's name does not depend on what else was selected. Files that would still
+    share one (an observation and a target of the same name) keep their whole path in the home."""
+    places = [_place(source, home) for _, source in sources]
+    short = [PurePosixPath(*place.parts[-2:]).as_posix() for place in places]
+    counts = Counter(short)
+    return [name if counts[name] == 1 and name.split("/")[0] not in RECORDS else place.as_posix()
+            for name, place in zip(short, places, strict=True)]
+
+
+def _check_folders(dest: Path, names: list[str]) -> None:
+    """Refuse, before anything is written, a folder of the export that a forced export finds taken by
+    a link or a file: a file renamed through a link would land outside ``dest``."""
+    for name in names:
+        for folder in list(PurePosixPath(name).parents)[-2::-1]:  # outermost first, without "."
+            there = dest / folder
+            if there.is_symlink() or (there.exists() and not there.is_dir()):
+                raise ExportError(f"{there}: is in the way of the export's folder {folder}/ "
+                                  "(a link or a file); move it, or export to a new folder")
 
 
 def _present(
     sources: list[tuple[str, Path]], selection: pd.DataFrame, home: Home, expected: dict[str, str]
-) -> tuple[list[tuple[str, Path]], dict[str, str]]:
-    """The sources whose file is in the home (on a store home, fetched into the working copy), and
-    the others with why, so an export either has every file it copies or never starts copying."""
-    present, absent, unfetched = [], [], {}
+) -> tuple[list[tuple[str, Path]], dict[str, str], dict[str, str]]:
+    """The sources whose file is in the home (on a store home, fetched into the working copy), those
+    skipped and those missing, each with why, so an export either has every file it copies or never
+    starts copying."""
+    present, absent, unfetched, skipped = [], [], {}, {}
     for path, source in sources:
+        if source.is_dir():  # a query over folders: there, but not a file to copy
+            skipped[path] = "is a folder, not a file"
+            continue
+        # a query over a folder's listing or a glob selects these beside the data
+        if suffix := next((s for s in RESERVED_SUFFIXES if source.name.endswith(s)), None):
+            skipped[path] = f"is a {suffix} file the downloads keep beside the data, not data"
+            continue
+        try:  # a name that would break SHA256SUMS, or mean another folder in an archive unpacked elsewhere
+            for part in _place(source, home).parts:
+                safe_filename(part)
+        except InvalidNameError as exc:
+            skipped[path] = f"cannot be named in an export: {exc}"
+            continue
         if home.remote and not source.is_file():
             try:
                 home.local(path, expected.get(path))
@@ -92,7 +147,7 @@ def _present(
             missing[path] = "never stored in the home (not fetched or copied yet, or refused)"
         else:
             missing[path] = unfetched.get(path, "no longer in the home (removed since it was catalogued)")
-    return present, missing
+    return present, skipped, missing
 
 
 _NEVER = "never stored"
@@ -160,14 +215,6 @@ def _create(path: Path) -> io.BufferedWriter:
     return open(path, "xb")
 
 
-def _unique_name(path: str, name: str, taken: set[str]) -> str:
-    """``name``, or a short hash of its catalogue path before it when another file took that name."""
-    if name in taken:
-        name = f"{hashlib.sha256(path.encode()).hexdigest()[:8]}-{name}"
-    taken.add(name)
-    return name
-
-
 def _open_regular(source: Path, path: str) -> io.BufferedReader:
     """The file opened once, without following a final link, and checked to be a regular file."""
     try:
@@ -193,6 +240,8 @@ def _readme(home: Home, query: str, count: int) -> str:
     return (
         f"# skyassets export\n\n{count} files selected from the catalogue of `{home.root}` "
         f"on {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} by:\n\n```sql\n{query}\n```\n\n"
+        "Each file is in a folder named after its observation (a mosaic or composite: its target), "
+        "as it is in the home.\n\n"
         f"`{SUMS}` lists each file's SHA-256: `sha256sum -c {SUMS}` checks them. `manifest.csv` says "
         "where each file came from.\n"
     )
@@ -238,13 +287,11 @@ def export_files(
     if "sha256" in selection.columns:
         expected = {p: s for p, s in zip(selection["path"], selection["sha256"], strict=True) if isinstance(s, str)}
     rows: list[dict[str, str]] = []
-    taken: set[str] = set()
     total = 0
 
-    def add(path: str, source: Path, write: Callable[[str, io.BufferedReader], tuple[str, int]]) -> None:
+    def add(path: str, source: Path, name: str, write: Callable[[str, io.BufferedReader], tuple[str, int]]) -> None:
         nonlocal total
         with _open_regular(source, path) as handle:
-            name = _unique_name(path, source.name, taken)
             digest, size = write(name, handle)
         if path in expected and expected[path] != digest:
             raise ExportError(f"{path}: SHA-256 {digest} differs from the catalogue's {expected[path]}")
@@ -257,11 +304,12 @@ def export_files(
         if not sources:  # an empty SHA256SUMS is one that sha256sum -c refuses
             raise ExportError(f"the query selected no files ({len(selection)} rows, none with a path); "
                               "nothing exported")
-        sources, left_out = _present(sources, selection, home, expected)
+        sources, skipped, missing = _present(sources, selection, home, expected)
         if not sources:
-            first, why = next(iter(left_out.items()))
-            raise ExportError(f"none of the {len(left_out)} selected files is in the home ({first}: {why}); "
-                              "nothing exported")
+            first, why = next(iter({**skipped, **missing}.items()))
+            raise ExportError(f"none of the {len(skipped) + len(missing)} selected files can be exported "
+                              f"({first}: {why}); nothing exported")
+        names = _names(sources, home)
         if as_zip:
             dest.parent.mkdir(parents=True, exist_ok=True)
             tmp.unlink(missing_ok=True)  # a link left there is replaced, never written through
@@ -274,18 +322,17 @@ def export_files(
                         with archive.open(entry, "w", force_zip64=True) as out:
                             return _copy(handle, out)
 
-                    for path, source in sources:
-                        add(path, source, into_zip)
-                    sums, table = _manifests(rows)
+                    for (path, source), name in zip(sources, names, strict=True):
+                        add(path, source, name, into_zip)
                     now = time.time()
-                    for name, text in ((SUMS, sums), ("manifest.csv", table),
-                                       ("README.md", _readme(home, query, len(rows)))):
+                    for name, text in zip(RECORDS, (*_manifests(rows), _readme(home, query, len(rows))), strict=True):
                         archive.writestr(_zip_entry(f"{top}/{name}", now), text)
                 os.replace(tmp, dest)
             finally:
                 tmp.unlink(missing_ok=True)
-            return Exported(dest, len(rows), total, left_out)
+            return Exported(dest, len(rows), total, missing, skipped)
 
+        _check_folders(dest, names)
         dest.mkdir(parents=True, exist_ok=True)
         # Every file is written under a temporary name and renamed into place once all are written:
         # an export that stops leaves none of its files, and (with --force) the files it would have
@@ -301,10 +348,9 @@ def export_files(
                 return _copy(handle, out)
 
         try:
-            for path, source in sources:
-                add(path, source, into_folder)
-            sums, table = _manifests(rows)
-            for name, text in ((SUMS, sums), ("manifest.csv", table), ("README.md", _readme(home, query, len(rows)))):
+            for (path, source), name in zip(sources, names, strict=True):
+                add(path, source, name, into_folder)
+            for name, text in zip(RECORDS, (*_manifests(rows), _readme(home, query, len(rows))), strict=True):
                 with staged_file(name) as out:
                     out.write(text.encode())
         except BaseException:
@@ -312,8 +358,9 @@ def export_files(
                 temporary.unlink(missing_ok=True)
             raise
         for temporary, final in staged:
+            final.parent.mkdir(parents=True, exist_ok=True)
             os.replace(temporary, final)  # a link already at ``final`` is replaced, never written through
     except OSError as exc:
         where = dest if exc.filename in (None, str(tmp)) else exc.filename
         raise ExportError(f"{where}: cannot be written ({exc.strerror or exc})") from exc
-    return Exported(dest, len(rows), total, left_out)
+    return Exported(dest, len(rows), total, missing, skipped)

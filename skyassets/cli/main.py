@@ -400,16 +400,20 @@ def _export(args: argparse.Namespace) -> int:
         raise CommandError(str(exc)) from exc
     what = "one archive" if args.zip else "a folder"
     print(f"{counted(done.files, 'files')} ({done.bytes / 1e6:.1f} MB) exported to {what}: {done.dest}")
-    for path, why in list(done.left_out.items())[:20]:
-        print(f"  left out: {one_line(path)}: {why}", file=sys.stderr)
-    if len(done.left_out) > 20:
-        print(f"  ... and {len(done.left_out) - 20} more left out", file=sys.stderr)
+    for kind, said in (("skipped", done.skipped), ("missing", done.missing)):
+        for path, why in list(said.items())[:20]:
+            print(f"  {kind}: {one_line(path)}: {one_line(why)}", file=sys.stderr)
+        if len(said) > 20:
+            print(f"  ... and {len(said) - 20} more {kind}", file=sys.stderr)
+    if done.skipped or done.missing:
+        print(f"not exported: {len(done.skipped)} skipped (not files to ship), "
+              f"{len(done.missing)} missing from the home (named on stderr)")
     if args.zip:
         print(f"check them with: cd {shlex.quote(str(done.dest.parent))} && unzip {shlex.quote(done.dest.name)} && "
               f"cd {shlex.quote(done.dest.stem)} && sha256sum -c SHA256SUMS")
     else:
         print(f"check them with: cd {shlex.quote(str(done.dest))} && sha256sum -c SHA256SUMS")
-    return 1 if done.left_out else 0
+    return 1 if done.skipped or done.missing else 0
 
 
 def _bounded(low: int, high: int | None = None) -> Callable[[str], int]:

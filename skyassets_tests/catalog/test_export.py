@@ -51,9 +51,9 @@ def test_export_to_one_zip_holds_the_files_and_a_manifest_sha256sum_accepts(tmp_
     done = export_files(selection, home, tmp_path / "bulk", "SELECT 1", as_zip=True)
     assert done.dest == tmp_path / "bulk.zip" and done.files == 2
     with zipfile.ZipFile(done.dest) as archive:  # each file dated as it is, not 1980-01-01
-        dated = {info.filename.split("/")[1]: info.date_time for info in archive.infolist()}
-    assert dated[first.name] == time.localtime(1_600_000_000)[:6]
-    assert all(when[0] >= 2026 for name, when in dated.items() if name != first.name)
+        dated = {info.filename.split("/", 1)[1]: info.date_time for info in archive.infolist()}
+    assert dated["a/x.fits"] == time.localtime(1_600_000_000)[:6]
+    assert all(when[0] >= 2026 for name, when in dated.items() if name != "a/x.fits")
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary file left
     unpacked = tmp_path / "unpacked"
     with zipfile.ZipFile(done.dest) as archive:
@@ -147,11 +147,11 @@ def test_a_forced_export_replaces_a_second_name_of_a_source_never_writes_through
     home, selection = _home_with_two_files(tmp_path)
     source = home.files / "JWST" / "a" / "x.fits"
     dest = tmp_path / "out"
-    dest.mkdir()
-    (dest / "x.fits").hardlink_to(source)
+    (dest / "b").mkdir(parents=True)
+    (dest / "b" / "x.fits").hardlink_to(source)  # where the other x.fits goes
     (dest / "README.md").symlink_to(source)
     export_files(selection, home, dest, "q", force=True)
-    assert source.read_bytes() == b"one"
+    assert source.read_bytes() == b"one" and (dest / "b" / "x.fits").read_bytes() == b"two"
     subprocess.run(["sha256sum", "-c", "--quiet", SUMS], cwd=dest, check=True)
 
 
@@ -180,12 +180,12 @@ def test_selected_files_no_longer_in_the_home_are_left_out_with_the_reason(tmp_p
                          "sha256": [None, None], "status": ["quarantined", "downloaded"]})
     selection = pd.concat([selection.assign(status="downloaded"), gone], ignore_index=True)
     done = export_files(selection, home, tmp_path / "out", "SELECT * FROM files")
-    assert done.files == 2 and done.left_out == {
+    assert done.files == 2 and done.missing == {
         "files/local/k/junk.fits": "quarantined when it was catalogued (see the home's quarantine folder)",
         "files/JWST/c/removed.fits": "no longer in the home (removed since it was catalogued)",
     }
     subprocess.run(["sha256sum", "-c", "--quiet", SUMS], cwd=done.dest, check=True)
-    with pytest.raises(ExportError, match=r"none of the 2 selected files is in the home .*nothing exported"):
+    with pytest.raises(ExportError, match=r"none of the 2 selected files can be exported .*nothing exported"):
         export_files(gone, home, tmp_path / "none", "SELECT * FROM files")
     assert not (tmp_path / "none").exists()
 
@@ -212,7 +212,7 @@ def test_a_landed_or_listed_file_that_never_arrived_is_said_so(tmp_path):
     done = export_files(pd.concat([selection, rows], ignore_index=True), home, tmp_path / "out",
                         "SELECT * FROM landing")
     never = "never stored in the home (not fetched or copied yet, or refused)"
-    assert done.files == 2 and done.left_out == {
+    assert done.files == 2 and done.missing == {
         "files/local/c/bad.fits": "quarantined when it was catalogued (see the home's quarantine folder)",
         "files/local/c/gone.fits": "no longer in the home (removed since it was catalogued)",
         "files/local/c/late.fits": never,
@@ -227,14 +227,144 @@ def test_a_landed_or_listed_file_that_never_arrived_is_said_so(tmp_path):
 def test_an_export_that_stops_part_way_leaves_none_of_its_files(tmp_path):
     home, selection = _home_with_two_files(tmp_path)
     first = export_files(selection, home, tmp_path / "out", "SELECT * FROM images")
-    before = {p.name: p.read_bytes() for p in first.dest.iterdir()}
+    def files(folder):
+        return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+    before = files(first.dest)
     selection.loc[1, "sha256"] = "0" * 64  # the second file differs from the catalogue: found after the first is copied
     with pytest.raises(ExportError, match="differs from the catalogue"):
         export_files(selection, home, tmp_path / "out", "SELECT * FROM images", force=True)
     # the forced export that failed leaves the earlier one whole, and checkable
-    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before
+    assert files(tmp_path / "out") == before
     subprocess.run(["sha256sum", "-c", "--quiet", SUMS], cwd=tmp_path / "out", check=True)
     (tmp_path / "new").mkdir()
     with pytest.raises(ExportError, match="differs from the catalogue"):
         export_files(selection, home, tmp_path / "new", "SELECT * FROM images")
     assert list((tmp_path / "new").iterdir()) == []
+
+
+def test_a_selected_folder_is_skipped_as_a_folder_not_said_removed(tmp_path):
+    home, selection = _home_with_two_files(tmp_path)
+    folders = pd.DataFrame({"path": ["files/JWST/a", "files"], "sha256": [None, None]})
+    for as_zip in (False, True):
+        done = export_files(pd.concat([selection, folders], ignore_index=True), home, tmp_path / f"out{as_zip}",
+                            "SELECT * FROM files", as_zip=as_zip)
+        assert done.files == 2 and done.missing == {}
+        assert done.skipped == {"files/JWST/a": "is a folder, not a file", "files": "is a folder, not a file"}
+    with pytest.raises(ExportError, match="none of the 2 selected files can be exported "
+                       r"\(files/JWST/a: is a folder, not a file\); nothing exported"):
+        export_files(folders, home, tmp_path / "none", "SELECT * FROM files")
+    assert not (tmp_path / "none").exists()
+
+
+def test_the_downloads_bookkeeping_files_are_skipped_never_exported(tmp_path):
+    home, selection = _home_with_two_files(tmp_path)
+    folder = home.files / "JWST" / "a"
+    kept = {".x.fits.verified": ".verified", "x.fits.sha256": ".sha256", "y.fits.part": ".part",
+            "y.fits.part.json": ".part.json", ".x.fits.lock": ".lock", "z.fits.corrupt": ".corrupt",
+            ".x.fits.verified.tmp": ".tmp"}
+    for name in kept:
+        (folder / name).write_bytes(b"bookkeeping")
+    listing = pd.DataFrame({"path": [f"files/JWST/a/{name}" for name in kept], "sha256": None})
+    for as_zip in (False, True):
+        done = export_files(pd.concat([selection, listing], ignore_index=True), home, tmp_path / f"out{as_zip}",
+                            "SELECT * FROM glob('files/**')", as_zip=as_zip)
+        assert done.files == 2 and done.missing == {}
+        assert done.skipped == {f"files/JWST/a/{name}": f"is a {suffix} file the downloads keep beside the data, "
+                                "not data" for name, suffix in kept.items()}
+    with zipfile.ZipFile(done.dest) as archive:
+        shipped = {name.split("/", 1)[1] for name in archive.namelist()}
+    assert shipped.isdisjoint(kept) and len(shipped) == 5  # two files and the three records
+    with (tmp_path / "outFalse" / "manifest.csv").open() as f:
+        assert [r["source"] for r in csv.DictReader(f)] == ["files/JWST/a/x.fits", "files/JWST/b/x.fits"]
+    assert not set(kept) & {p.name for p in (tmp_path / "outFalse").rglob("*")}
+    with pytest.raises(ExportError, match=r"none of the 7 selected files can be exported .*nothing exported"):
+        export_files(listing, home, tmp_path / "none", "q")
+
+
+def _names_in(done) -> dict[str, str]:
+    """name in the export -> catalogue path, from the manifest of a folder or an archive."""
+    if done.dest.suffix == ".zip":
+        with zipfile.ZipFile(done.dest) as archive:
+            text = archive.read(f"{done.dest.stem}/manifest.csv").decode()
+    else:
+        text = (done.dest / "manifest.csv").read_text()
+    return {r["name"]: r["source"] for r in csv.DictReader(text.splitlines())}
+
+
+def test_files_of_the_same_name_are_exported_in_a_folder_per_observation_or_target(tmp_path):
+    home, selection = _home_with_two_files(tmp_path)
+    mosaic = home.target_dir("NGC-3132") / "x.fits"
+    mosaic.parent.mkdir(parents=True)
+    mosaic.write_bytes(b"mosaic")
+    both = pd.concat([selection, pd.DataFrame({"path": ["products/NGC-3132/x.fits"]})], ignore_index=True)
+    expected = {"a/x.fits": "files/JWST/a/x.fits", "b/x.fits": "files/JWST/b/x.fits",
+                "NGC-3132/x.fits": "products/NGC-3132/x.fits"}
+    plain = export_files(both, home, tmp_path / "plain", "q")
+    packed = export_files(both, home, tmp_path / "packed", "q", as_zip=True)
+    assert _names_in(plain) == _names_in(packed) == expected
+    assert (plain.dest / "a" / "x.fits").read_bytes() == b"one" and (plain.dest / "b" / "x.fits").read_bytes() == b"two"
+    subprocess.run(["sha256sum", "-c", "--quiet", SUMS], cwd=plain.dest, check=True)
+    with zipfile.ZipFile(packed.dest) as archive:
+        archive.extractall(tmp_path / "unpacked")
+    subprocess.run(["sha256sum", "-c", "--quiet", SUMS], cwd=tmp_path / "unpacked" / "packed", check=True)
+    assert "folder named after its observation" in (plain.dest / "README.md").read_text()
+    # a file's name does not depend on what else was selected
+    alone = export_files(selection.iloc[[0]], home, tmp_path / "alone", "q")
+    assert _names_in(alone) == {"a/x.fits": "files/JWST/a/x.fits"}
+
+
+def test_files_that_would_still_share_a_name_keep_their_whole_path_in_the_home(tmp_path):
+    home, selection = _home_with_two_files(tmp_path)
+    for folder in (home.target_dir("a"), home.files / "JWST" / "SHA256SUMS"):  # a target named as an observation
+        folder.mkdir(parents=True)
+        (folder / "x.fits").write_bytes(b"other")
+    rows = pd.DataFrame({"path": ["products/a/x.fits", "files/JWST/SHA256SUMS/x.fits"]})
+    done = export_files(pd.concat([selection, rows], ignore_index=True), home, tmp_path / "out", "q")
+    assert _names_in(done) == {"files/JWST/a/x.fits": "files/JWST/a/x.fits", "b/x.fits": "files/JWST/b/x.fits",
+                               "products/a/x.fits": "products/a/x.fits",
+                               "files/JWST/SHA256SUMS/x.fits": "files/JWST/SHA256SUMS/x.fits"}
+    subprocess.run(["sha256sum", "-c", "--quiet", SUMS], cwd=done.dest, check=True)
+
+
+def test_a_path_from_the_catalogue_never_names_a_file_outside_the_export(tmp_path):
+    home, selection = _home_with_two_files(tmp_path)
+    (tmp_path / "secret.fits").write_bytes(b"secret")
+    for path in ("files/../../secret.fits", str(tmp_path / "secret.fits"), "/etc/passwd", "files/JWST/../../.."):
+        for as_zip in (False, True):
+            with pytest.raises(ExportError, match="not a catalogued file or product"):
+                export_files(pd.DataFrame({"path": [path]}), home, tmp_path / "o", "q", as_zip=as_zip)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["home", "secret.fits"]
+    # odd names in the home: a line break would break SHA256SUMS, a backslash is a folder to Windows
+    odd = {"files/JWST/a/new\nline.fits": "control character", "files/JWST/a\\b/y.fits": "path separator"}
+    for path in odd:
+        (home.root / path).parent.mkdir(parents=True, exist_ok=True)
+        (home.root / path).write_bytes(b"odd")
+    # the same file spelled three ways (one of them absolute) is exported once, under its own name
+    spellings = pd.DataFrame({"path": ["files/JWST/b/../a/x.fits", str(home.files / "JWST" / "a" / "x.fits"), *odd]})
+    for as_zip in (False, True):
+        done = export_files(pd.concat([selection, spellings], ignore_index=True), home, tmp_path / f"o{as_zip}",
+                            "q", as_zip=as_zip)
+        assert _names_in(done) == {"a/x.fits": "files/JWST/a/x.fits", "b/x.fits": "files/JWST/b/x.fits"}
+        assert {p: why.split(":")[0] for p, why in done.skipped.items()} == dict.fromkeys(odd, "cannot be named in "
+                                                                                           "an export")
+        assert all(said in done.skipped[p] for p, said in odd.items())
+    with zipfile.ZipFile(done.dest) as archive:
+        assert all(n.startswith("oTrue/") and ".." not in n.split("/") for n in archive.namelist())
+
+
+def test_a_forced_export_never_writes_through_a_link_in_place_of_one_of_its_folders(tmp_path):
+    home, selection = _home_with_two_files(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    dest = tmp_path / "out"
+    dest.mkdir()
+    (dest / "a").symlink_to(elsewhere)
+    (dest / "b").write_text("my own file")
+    for blocked in ("a", "b"):
+        with pytest.raises(ExportError, match=f"out/{blocked}: is in the way of the export's folder {blocked}/"):
+            export_files(selection, home, dest, "q", force=True)
+        (dest / blocked).unlink()
+    assert list(elsewhere.iterdir()) == [] and list(dest.iterdir()) == []
+    assert _names_in(export_files(selection, home, dest, "q", force=True)) == {
+        "a/x.fits": "files/JWST/a/x.fits", "b/x.fits": "files/JWST/b/x.fits"}

@@ -402,9 +402,27 @@ def test_an_export_missing_some_files_writes_the_rest_says_which_and_exits_1(hom
                                                   "path": ["files/JWST/jw01234-o001/a, b.fits"]}), "jw01234-o001")
     status, out, err = _run(capsys, "export", "SELECT path FROM images", str(tmp_path / "out"))
     assert status == 1 and out.startswith("1 file (0.0 MB) exported to a folder")
-    assert err == ("  left out: files/JWST/jw01234-o001/a, b.fits: no longer in the home "
+    assert "not exported: 0 skipped (not files to ship), 1 missing from the home (named on stderr)" in out
+    assert err == ("  missing: files/JWST/jw01234-o001/a, b.fits: no longer in the home "
                    "(removed since it was catalogued)\n")
-    assert (tmp_path / "out" / "c.fits").read_bytes() == b"c"
+    assert (tmp_path / "out" / "jw01234-o002" / "c.fits").read_bytes() == b"c"
+
+
+def test_an_export_says_a_selected_folder_is_skipped_counts_it_apart_and_exits_1(home, capsys, tmp_path):
+    kept = home.root / "files" / "JWST" / "jw01234-o002" / "c.fits"
+    kept.parent.mkdir(parents=True)
+    kept.write_bytes(b"c")
+    sql = ("SELECT path FROM images WHERE obs_id = 'jw01234-o002' "
+           "UNION ALL SELECT 'files/JWST/jw01234-o002' UNION ALL SELECT 'files/JWST/jw01234-o009/gone.fits'")
+    status, out, err = _run(capsys, "export", sql, str(tmp_path / "out"))
+    assert status == 1 and out.startswith("1 file (0.0 MB) exported to a folder")
+    assert "not exported: 1 skipped (not files to ship), 1 missing from the home (named on stderr)" in out
+    assert err.splitlines() == [
+        "  skipped: files/JWST/jw01234-o002: is a folder, not a file",
+        "  missing: files/JWST/jw01234-o009/gone.fits: never stored in the home "
+        "(not fetched or copied yet, or refused)",
+    ]
+    assert "removed" not in err
 
 
 def test_export_into_a_folder_in_use_needs_force_and_names_the_folder_whole(home, capsys, tmp_path, monkeypatch):
