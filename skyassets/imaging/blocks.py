@@ -256,6 +256,7 @@ def build_mosaic_blocks(
     coarse: int = 8,
     work: Path | None = None,
     max_pixels: int = DEFAULT_MAX_MOSAIC_PIXELS,
+    made_from: str | None = None,
 ) -> MosaicResult:
     """:func:`build_mosaic` of ``inputs`` into ``dest``, ``block`` output pixels (rows x columns)
     at a time through ``executor``. ``coarse`` is the pixel factor of the grid background offsets
@@ -284,6 +285,8 @@ def build_mosaic_blocks(
             raise ValueError(f"{dest}: no input reaches the output grid")
         rejected = sum(b.n_rejected for b in built)
         primary = _primary(built, used, levelled, offsets, wcs, downscale, match_background, rejected)
+        if made_from is not None:
+            primary["PROVHASH"] = made_from
         _assemble(dest, primary, built, wcs, shape)
         preview = _preview(dest, shape)
     finally:

@@ -25,13 +25,15 @@ in two products, a combined product beside its own exposures) is co-added once
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 import re
 import shutil
 import tempfile
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +56,9 @@ WeightKind = Literal["auto", "err", "wht"]
 # Differences sampled per overlap for the background offset: enough for a median good to 1e-3 sigma.
 MAX_OVERLAP_SAMPLES = 1_000_000
 PREVIEW_SIDE = 256
+# Part of every mosaic's PROVHASH: raised when a change alters what a mosaic of the same inputs and
+# settings holds, so that mosaics made before are made again.
+MOSAIC_RECIPE = 1
 # Outlier rejection against the median where at least this many inputs cover a pixel; where two do,
 # a median cannot tell which one is wrong, and the brighter is the outlier when it stands above the
 # fainter (cosmic rays only add light: AstroDrizzle's "minmed").
@@ -165,6 +170,24 @@ def downscale_wcs(wcs: WCS, factor: int) -> WCS:
     return out
 
 
+def provenance(inputs: Iterable[tuple[str, int, str]], settings: Mapping[str, object]) -> str:
+    """A digest of what a mosaic is made of, each input's (path, HDU, content digest) and the
+    settings, which its primary header keeps (PROVHASH): a mosaic whose inputs and settings have not
+    changed since it was made need not be made again."""
+    made_of = {"recipe": MOSAIC_RECIPE, "inputs": sorted([str(p), int(h), str(d)] for p, h, d in inputs),
+               "settings": settings}
+    return hashlib.sha256(json.dumps(made_of, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def made_of(path: Path) -> str | None:
+    """The PROVHASH a mosaic file was made with; None for a file without one or that cannot be read."""
+    try:
+        value = fits.getval(path, "PROVHASH", ext=0)
+    except (OSError, KeyError):
+        return None
+    return value if isinstance(value, str) else None
+
+
 def build_mosaic(
     inputs: Sequence[MosaicInput],
     dest: Path,
@@ -176,6 +199,7 @@ def build_mosaic(
     reject_sigma: float | None = 5.0,
     block_size: tuple[int, int] = (1024, 1024),
     max_pixels: int = DEFAULT_MAX_MOSAIC_PIXELS,
+    made_from: str | None = None,
 ) -> MosaicResult:
     """Co-add ``inputs`` (those not flagged "reject") onto one grid and write ``dest``.
 
@@ -190,6 +214,7 @@ def build_mosaic(
     left out count neither in SCI, CON nor WHT, and their number is ``n_rejected`` (header NREJECT).
     ``block_size`` is a pixel budget (rows x columns): work goes in slabs of whole output rows
     holding at most that many pixels, and fewer where many inputs overlap (``STACK_BUDGET``).
+    ``made_from`` (a :func:`provenance`) goes into the primary header as PROVHASH.
     """
     used = [i for i in inputs if (i.flag or "").lower() != "reject"]
     if not used:
@@ -215,6 +240,8 @@ def build_mosaic(
         rejected = _coadd(placed, shape, work, slab, reject_sigma)
         header = _primary_header(placed, wcs, downscale, match_background, reject_sigma, rejected, choices, reference)
         header.update(described(headers, bunit))
+        if made_from is not None:
+            header["PROVHASH"] = made_from
         preview = _write(dest, header, wcs, shape, work, slab, bunit)
     finally:
         shutil.rmtree(work, ignore_errors=True)

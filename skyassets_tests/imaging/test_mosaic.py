@@ -460,3 +460,16 @@ def test_peak_memory_does_not_grow_with_inputs(tmp_path):
         before, after = map(int, out.stdout.split()[-2:])
         added[count] = (after - before) / 1024  # MiB
     assert added[16] <= 1.25 * added[4] + 16, added  # a quarter more, plus one input's worth
+
+
+def test_a_mosaics_provenance_changes_with_any_input_or_setting_and_not_with_their_order():
+    from skyassets.imaging.mosaic import provenance
+
+    inputs = [("files/JWST/a/a_cal.fits", 1, "aa" * 32), ("files/JWST/b/b_cal.fits", 1, "bb" * 32)]
+    settings = {"downscale": 1, "match_background": True, "reject_sigma": 5.0, "grid": None}
+    made = provenance(inputs, settings)
+    assert provenance(reversed(inputs), dict(reversed(settings.items()))) == made
+    assert provenance([inputs[0], (*inputs[1][:2], "cc" * 32)], settings) != made  # a file's content changed
+    assert provenance([inputs[0], (inputs[1][0], 2, inputs[1][2])], settings) != made  # another HDU
+    assert provenance(inputs[:1], settings) != made
+    assert provenance(inputs, {**settings, "downscale": 2}) != made

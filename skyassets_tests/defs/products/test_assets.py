@@ -62,6 +62,7 @@ def test_each_target_gets_mosaics_and_composites_remade_only_when_its_images_cha
         assert first.get_requested_partitions(MOSAICS) == targets
         _make_products(instance, targets, run_config)
         before = home.tables.read("mosaics", "NGC-3132").set_index("filter")["n_inputs"]
+        files = {p.name: p.stat().st_ino for p in home.target_dir("NGC-3132").glob("mosaic_*")}
         settled = evaluate_automation_conditions(defs=defs, instance=instance, cursor=first.cursor)
         # made in one run with their mosaics, the composites are not asked for again either
         assert settled.get_num_requested(MOSAICS) == 0 and settled.get_num_requested(AssetKey("composites")) == 0
@@ -73,6 +74,9 @@ def test_each_target_gets_mosaics_and_composites_remade_only_when_its_images_cha
         _make_products(instance, ["NGC-3132"], run_config)
         after = home.tables.read("mosaics", "NGC-3132").set_index("filter")["n_inputs"]
         assert after["F444W"] == 2 * before["F444W"] and after.drop("F444W").equals(before.drop("F444W"))
+        # and of them only the F444W mosaic: the other bands' inputs are as they were, so are their files
+        remade = {p.name for p in home.target_dir("NGC-3132").glob("mosaic_*") if p.stat().st_ino != files.get(p.name)}
+        assert remade == {"mosaic_nircam_image_f444w.fits", "mosaic_nircam_image_f444w.png"}, remade
         # the UI's preview grid: the target's mosaics and its composite side by side
         latest = instance.fetch_materializations(AssetKey("composites"), limit=1).records[0]
         grid = latest.asset_materialization.metadata["preview_grid"].value
@@ -198,8 +202,9 @@ def test_a_target_whose_products_run_fails_keeps_every_band_as_it_was(emu, tmp_p
         assert {"mosaic_nircam_image_f090w.fits", "mosaic_nircam_image_f444w.fits"} <= set(made)
         bad = home.tables.read("target_images", "NGC-3132").query("filter == 'F444W'")["path"].iloc[0]
         home.local(bad).write_bytes(b"")  # emptied on disk after it was catalogued
-        run = defs.resolve_job_def("products_job").execute_in_process(
-            instance=instance, partition_key="NGC-3132", run_config=run_config, raise_on_error=False
+        coarser = {**run_config, "resources": {**run_config["resources"], "mosaics": {"config": {"downscale": 2}}}}
+        run = defs.resolve_job_def("products_job").execute_in_process(  # every band to be made again
+            instance=instance, partition_key="NGC-3132", run_config=coarser, raise_on_error=False
         )
     assert not run.success
     assert {p.name: p.stat().st_ino for p in folder.iterdir() if p.is_file()} == made  # F090W not replaced alone
