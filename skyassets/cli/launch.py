@@ -63,11 +63,13 @@ class LaunchError(RuntimeError):
 
 @dataclass(frozen=True)
 class Submission:
-    """A run to launch: the job, its tags (partition or partition range) and run config."""
+    """A run to launch: the job, its tags (partition or partition range) and run config, and
+    ``assets``, the job's assets to materialise when not all of them (as the UI's asset selection)."""
 
     job: str
     tags: Mapping[str, str]
     run_config: Mapping
+    assets: tuple[str, ...] = ()
 
 
 def launching_home(dagster_home: Path) -> Path:
@@ -311,9 +313,11 @@ class Launcher:
             ... on Error { message }
           }
         }"""
+        selector = {"repositoryLocationName": LOCATION, "repositoryName": "__repository__", "jobName": submission.job}
+        if submission.assets:
+            selector["assetSelection"] = [{"path": [asset]} for asset in submission.assets]
         params = {
-            "selector": {"repositoryLocationName": LOCATION, "repositoryName": "__repository__",
-                         "jobName": submission.job},
+            "selector": selector,
             "runConfigData": dict(submission.run_config),
             # the command line re-executes a run whose process died (run_all); the daemon's run
             # retries, when a daemon shares the instance, would re-execute it a second time at once

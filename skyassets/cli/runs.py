@@ -82,7 +82,7 @@ class InProcess:
         for submission in submissions:
             result = defs.resolve_job_def(submission.job).execute_in_process(
                 instance=self.instance, tags=dict(submission.tags), run_config=dict(submission.run_config),
-                raise_on_error=False,
+                raise_on_error=False, asset_selection=[AssetKey(a) for a in submission.assets] or None,
             )
             runs.append(self.instance.get_run_by_id(result.run_id))
             if on_finished:
@@ -571,11 +571,18 @@ def make_products(runner: Runner, home: Home, run_config: Mapping) -> tuple[int,
     return len(targets), failures
 
 
-def publish_catalog(runner: Runner, run_config: Mapping) -> bool:
-    """Group targets and publish catalog.duckdb (catalog_job); False, with a line said, if it failed."""
-    (run,) = runner.run_all([Submission("catalog_job", {}, run_config)])
+# catalog_job in two parts, with each target's products made between them: the catalog is published
+# once, holding the new images and the products made of them
+GROUPING, PUBLISHING = ("target_groups",), ("catalog", "search_index")
+
+
+def publish_catalog(runner: Runner, run_config: Mapping, assets: tuple[str, ...] = ()) -> bool:
+    """Group targets and publish catalog.duckdb (catalog_job, or the ``assets`` of it); False, with a
+    line said, if it failed."""
+    (run,) = runner.run_all([Submission("catalog_job", {}, run_config, assets)])
     if not run.is_success:
-        print(f"Publishing the catalog failed (run {run.run_id}): {_why(runner.instance, run.run_id)}")
+        what = "Grouping the targets" if assets == GROUPING else "Publishing the catalog"
+        print(f"{what} failed (run {run.run_id}): {_why(runner.instance, run.run_id)}")
     return run.is_success
 
 
@@ -605,15 +612,15 @@ def publish_sky(runner: Runner, home: Home, run_config: Mapping) -> tuple[int, i
 
 
 def bring_up_to_date(runner: Runner, home: Home, partitions: list[str], run_config: Mapping) -> int | None:
-    """What the daemon's automation does after new files: quality of ``partitions``, targets and the
-    catalog, each target's products, the catalog again, the sky tiles and their publication. Returns
-    failed runs, or None when the catalog could not be published."""
+    """What the daemon's automation does after new files: quality of ``partitions``, the targets,
+    each target's products, then the catalog (once, with the products), the sky tiles and their
+    publication. Returns failed runs, or None when the catalog could not be published."""
     measured, failures = measure_quality(runner, home, partitions, run_config)
-    if measured or catalog_outdated(runner.instance):
-        if not publish_catalog(runner, run_config):
-            return None
+    grouped = bool(measured) or catalog_outdated(runner.instance)
+    if grouped and not publish_catalog(runner, run_config, GROUPING):
+        return None
     made, failed = make_products(runner, home, run_config)
-    if made and not publish_catalog(runner, run_config):
+    if (grouped or made) and not publish_catalog(runner, run_config, PUBLISHING):
         return None
     _, unpublished = publish_sky(runner, home, run_config)
     return failures + failed + unpublished

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 import yaml
 from astropy.io import fits
-from dagster import DagsterInstance, DagsterRunStatus
+from dagster import AssetKey, DagsterInstance, DagsterRunStatus
 
 from skyassets.catalog.db import connect
 from skyassets.cli.launch import LOCATION
@@ -538,8 +538,13 @@ def test_ingest_brings_the_whole_chain_up_to_date_and_says_what_failed(emu, tmp_
         runs = instance.get_runs()
         assert {r.job_name for r in runs} >= {"landing_job", "quality_job", "catalog_job", "products_job"}
         assert all(r.remote_job_origin and r.remote_job_origin.location_name == LOCATION for r in runs)
+        # targets grouped once, and the catalog published once, after the products were made
+        for asset in ("target_groups", "catalog"):
+            assert len(instance.fetch_materializations(AssetKey(asset), limit=10).records) == 1, asset
     home = Home(tmp_path / "home")
     assert (home.root / "catalog.duckdb").exists()
+    made = home.tables.read("mosaics")
+    assert len(made) and connect(home.root).sql("SELECT count(*) FROM mosaics").fetchall() == [(len(made),)]
     measured = pd.concat(home.tables.read("image_quality", p) for p in home.tables.partitions("image_quality"))
     assert sorted(measured["file_name"]) == sorted([p.name for p in cal] + [blank.name])  # without a daemon
     assert home.tables.exists("target_groups")
