@@ -83,7 +83,23 @@ def prepare_dagster_home(home: Home) -> Path:
     return dagster_home
 
 
+def _check_watchlist() -> None:
+    """Refuse, before a webserver or an emulator is started for nothing, a watchlist the demo could not
+    query as written: not there, not YAML (said with its line and column), or an entry that cannot be
+    read (said with the entry and its key). The daemon's query goes on past such an entry; a person
+    running the demo is better told at once."""
+    from skyassets.archive.watchlist import DEFAULT_WATCHLIST, WATCHLIST_ENV, WatchlistError, load_watchlist
+
+    try:
+        watchlist = load_watchlist(os.environ.get(WATCHLIST_ENV) or DEFAULT_WATCHLIST)
+    except WatchlistError as exc:
+        raise CommandError(one_line(str(exc))) from exc
+    if watchlist.invalid:
+        raise CommandError("; ".join(one_line(why) for _, why in watchlist.invalid))
+
+
 def _demo(args: argparse.Namespace) -> int:
+    _check_watchlist()
     home = Home.from_env()
     dagster_home = prepare_dagster_home(home)
     from skyassets.cli.demo import run_demo

@@ -675,3 +675,28 @@ def test_a_home_that_cannot_be_written_is_one_line_naming_it(tmp_path, monkeypat
     assert status == 1 and err == (f"skyassets demo: the skyassets home {read_only} cannot be written: "
                                    f"{read_only / 'dagster'}: Read-only file system\n")
 
+
+@pytest.mark.parametrize("text, said", [
+    ("entries:\n  - name: ring\n    target: NGC 3132: the Southern Ring\n",
+     "line 3, column 21: not valid YAML: mapping values are not allowed here"),
+    ("entries:\n  - name: ring\n    target: NGC 3132\n  - name: typo\n    coordinates: \"400 -95\"\n",
+     "entry 'typo': ra is between 0 and 360 degrees, not 400"),
+    ("entries:\n  - name: ring\n    target: NGC 3132\n    colection: JWST\n",
+     "entry 'ring': unknown keys ['colection']; known keys are"),
+])
+def test_a_demo_refuses_a_watchlist_it_cannot_query_before_it_starts_anything(tmp_path, monkeypatch, capsys,
+                                                                               text, said):
+    watchlist = tmp_path / "watchlist.yaml"
+    watchlist.write_text(text)
+    monkeypatch.setenv("SKYASSETS_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("SKYASSETS_WATCHLIST", str(watchlist))
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    assert main(["demo"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1, out + err
+    assert err.startswith(f"skyassets demo: {watchlist}: {said}"), err
+    assert not (tmp_path / "home").exists()  # no instance, webserver or emulator was started
+    monkeypatch.setenv("SKYASSETS_WATCHLIST", str(tmp_path / "nope.yaml"))
+    assert main(["demo"]) == 2
+    assert capsys.readouterr().err == (f"skyassets demo: {tmp_path / 'nope.yaml'}: cannot read the watchlist: "
+                                       "No such file or directory\n")
