@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from skyassets.cli.demo import download_summary
+
 
 @pytest.mark.slow
 def test_an_observation_the_archive_fails_fails_alone_and_its_batch_is_catalogued(emu, tmp_path):
@@ -92,3 +94,13 @@ def test_the_demo_says_where_its_outputs_are_in_the_store_when_the_home_has_one(
         "Catalog:         s3://survey/team/catalog.duckdb  (or skyassets.connect() in a notebook)",
         "Parquet tables:  s3://survey/team/lake",
     ]
+
+
+def test_the_download_summary_names_only_what_happened():
+    nothing = {"downloaded": 0, "skipped": 0, "verified": 0, "bytes": 0, "seconds": 0.0, "files": 0, "runs": 0}
+    assert download_summary(nothing, 0) == ("Nothing needed fetching: the files of every observation found are "
+                                            "stored and verified.")
+    refetched = nothing | {"runs": 1, "downloaded": 1, "skipped": 3, "verified": 1, "bytes": 2e6, "seconds": 1.0}
+    assert download_summary(refetched, 0) == ("Downloaded 1 file (2.0 MB, 2.0 MB/s), 3 files already verified, "
+                                              "1 FITS checksum verified.")
+    assert download_summary(nothing | {"runs": 2}, 2) == "Downloaded nothing, 2 failed runs."
