@@ -457,7 +457,10 @@ def _quality(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    rows = lake.read("image_quality", args.obs_id).sort_values("score")
+    # worst first, as one reads a report to find what to look at: no score at all, then the lowest;
+    # ties in file and HDU order, so that the same images are always listed the same way
+    rows = lake.read("image_quality", args.obs_id).sort_values(
+        ["score", "file_name", "hdu_index"], na_position="first", kind="stable")
     catalogued = (len(lake.read("image_metadata", args.obs_id, columns=["obs_id"]))
                   if lake.exists("image_metadata", args.obs_id) else 0)
     if len(rows) < catalogued:  # images catalogued since it was measured
@@ -468,7 +471,8 @@ def _quality(args: argparse.Namespace) -> int:
     if rows.empty:
         print(f"{args.obs_id}: no images (its files were quarantined or now belong to another observation)")
         return 0
-    flags = ", ".join(f"{n} {f}" for f, n in rows["flag"].value_counts().items())
+    counts = sorted(rows["flag"].value_counts().items(), key=lambda flag_n: (-flag_n[1], flag_n[0]))
+    flags = ", ".join(f"{n} {flag}" for flag, n in counts)
     print(f"{args.obs_id}: {counted(len(rows), 'images')}, {flags}")
     for r in rows.to_dict("records"):
         v = {k: _shown(x) for k, x in r.items()}
@@ -661,7 +665,8 @@ def run(argv: list[str]) -> int:
                        help="table (default, full-width values), csv, or json (one object per line)")
     query.add_argument("--max-rows", type=_bounded(0), default=100, help="rows shown at most (default 100; 0: all)")
     query.set_defaults(func=_catalog)
-    quality = commands.add_parser("quality", help="print the quality report of an observation")
+    quality = commands.add_parser("quality", help="print the quality report of an observation: its images worst "
+                                  "first (unmeasured, then lowest score), ties by file name and HDU")
     quality.add_argument("obs_id", help="the observation (partition) id")
     quality.set_defaults(func=_quality)
     show = commands.add_parser("show", help="list (or open) the mosaics and composites of a target")

@@ -700,3 +700,19 @@ def test_a_demo_refuses_a_watchlist_it_cannot_query_before_it_starts_anything(tm
     assert main(["demo"]) == 2
     assert capsys.readouterr().err == (f"skyassets demo: {tmp_path / 'nope.yaml'}: cannot read the watchlist: "
                                        "No such file or directory\n")
+
+
+def test_the_quality_report_lists_the_images_worst_first_and_ties_in_file_order(tmp_path, monkeypatch, capsys):
+    home = Home(tmp_path / "home")
+    obs = "jw01234-o001_t001_nircam_clear-f090w"
+    measured = pd.DataFrame({"obs_id": [obs] * 5, "file_name": ["b.fits", "a.fits", "c.fits", "a.fits", "d.fits"],
+                             "hdu_index": [1, 2, 1, 1, 1], "score": [80.0, 30.0, None, 30.0, 90.0],
+                             "flag": ["good", "reject", "reject", "reject", "good"]})
+    home.tables.write("image_metadata", measured[["obs_id", "file_name", "hdu_index"]], obs)
+    home.tables.write("image_quality", measured, obs)
+    monkeypatch.setenv("SKYASSETS_HOME", str(home.root))
+    assert main(["quality", obs]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{obs}: 5 images, 3 reject, 2 good\n"), out
+    listed = [line.split()[0] for line in out.splitlines() if line.endswith("  - -")]
+    assert listed == ["c.fits[1]", "a.fits[1]", "a.fits[2]", "b.fits[1]", "d.fits[1]"], out
