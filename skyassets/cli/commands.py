@@ -371,7 +371,7 @@ def _find(args: argparse.Namespace) -> int:
         write_frame(frame, args.format, sys.stdout)
     else:
         why = frame.pop("why")
-        write_frame(frame.drop(columns=["path"]).round({"score": 6}), "table", sys.stdout)
+        write_frame(frame.drop(columns=["path"], errors="ignore").round({"score": 6}), "table", sys.stdout)
         print(f"\nwhy #1: {why.iloc[0]}")
     return 0
 
@@ -678,7 +678,8 @@ def run(argv: list[str]) -> int:
     found.add_argument("question", help='e.g. "deep NIRCam images of NGC 3132 in the reddest filter"')
     found.add_argument("-k", type=int, default=20, help="results shown (default 20)")
     found.add_argument("--by", choices=("images", "observations", "targets", "products"), default="images",
-                       help="one row per image (default), observation, target or product file")
+                       help="one row per image (default), observation, product file, or target (its observations "
+                       "and images counted, their instruments, filters and dates)")
     found.add_argument("--mode", choices=("fusion", "lexical", "embedding"), default="fusion",
                        help="ranking: BM25 fused with embeddings when a model is installed (default), or one alone")
     found.add_argument("--resolve", action="store_true",
