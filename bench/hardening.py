@@ -188,7 +188,7 @@ def tick_worker(zone: str, home_root: str) -> dict:
     """Three landing sensor ticks over ``zone``, as the daemon evaluates them."""
     from dagster import DagsterInstance, build_sensor_context
 
-    from skyassets.cli.main import prepare_dagster_home
+    from skyassets.cli.commands import prepare_dagster_home
     from skyassets.definitions import defs
     from skyassets.defs.landing.sensors import landing_zone_sensor
     from skyassets.lake.home import Home
@@ -218,7 +218,7 @@ def ingest_worker(zone: str, home_root: str) -> dict:
     """``skyassets ingest`` of ``zone`` through the Python API, runs in this process."""
     from dagster import DagsterInstance
 
-    from skyassets.cli.main import prepare_dagster_home
+    from skyassets.cli.commands import prepare_dagster_home
     from skyassets.cli.runs import QUIET, as_runner, bring_up_to_date, ingest
     from skyassets.lake.home import Home
 

@@ -417,7 +417,7 @@ def run_skyassets(
     import skyassets.archive.download as download
     import skyassets.cli.runs as runs
     import skyassets.fits.meta as meta
-    from skyassets.cli.main import prepare_dagster_home
+    from skyassets.cli.commands import prepare_dagster_home
     from skyassets.definitions import defs
     from skyassets.lake.home import Home
     from skyassets.lake.store import Lake

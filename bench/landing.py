@@ -85,7 +85,7 @@ def run_landing(work: Path, count: int, *, max_ready: int | None, concurrent: in
     from dagster import DagsterInstance, build_sensor_context
 
     import skyassets.defs.landing.sensors as landing_sensors
-    from skyassets.cli.main import prepare_dagster_home
+    from skyassets.cli.commands import prepare_dagster_home
     from skyassets.definitions import defs
     from skyassets.lake.home import Home
 

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from astropy.coordinates import Angle, SkyCoord
 
 DEFAULT_WATCHLIST = "packaged:watchlist.yaml"
+WATCHLIST_ENV = "SKYASSETS_WATCHLIST"
 
 SEARCH_KEYS = ("target", "coordinates", "obs_id", "program")
 CRITERIA_KEYS = {
@@ -304,7 +305,7 @@ def parse_watchlist(text: str, path: str = "<watchlist>") -> Watchlist:
     try:
         raw = yaml.load(text, Loader=_Loader) or {}
     except yaml.YAMLError as err:
-        raise WatchlistError(f"{path}: not valid YAML: {err}") from err
+        raise WatchlistError(f"{path}: {_yaml_problem(err)}") from err
     if not isinstance(raw, dict) or not isinstance(raw.get("entries"), list) or not raw["entries"]:
         raise WatchlistError(f"{path}: expected a mapping with a non-empty 'entries' list")
     defaults = raw.get("defaults") or {}
@@ -324,6 +325,18 @@ def parse_watchlist(text: str, path: str = "<watchlist>") -> Watchlist:
     if duplicates:
         raise WatchlistError(f"{path}: entry names must be unique; repeated: {duplicates}")
     return Watchlist(path=path, entries=tuple(entries), invalid=tuple(invalid), defaults=base)
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML syntax error in one line, where it is first: PyYAML's own message spreads the place
+    over several lines, and counts lines and columns from 0."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or " ".join(str(err).split())
+    if mark is None:
+        return f"not valid YAML: {problem}"
+    context = getattr(err, "context", None)
+    return f"line {mark.line + 1}, column {mark.column + 1}: not valid YAML: {problem}" + (
+        f" ({context})" if context else "")
 
 
 def _entry_name(raw: Any, index: int) -> str:
@@ -349,4 +362,6 @@ def load_watchlist(path: str | Path = DEFAULT_WATCHLIST) -> Watchlist:
         text = Path(path).read_text()
     except OSError as err:
         raise WatchlistError(f"{path}: cannot read the watchlist: {err.strerror}") from err
+    except UnicodeDecodeError as err:
+        raise WatchlistError(f"{path}: not a text file (byte {err.start} is not UTF-8)") from err
     return parse_watchlist(text, path)

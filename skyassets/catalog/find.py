@@ -1077,6 +1077,9 @@ def rank(
 RESULT_COLUMNS = ["rank", "score", "obs_id", "target_name", "instrument_name", "filter", "calib_level",
                   "t_exptime", "date", "file_name", "hdu_index", "path", "why"]
 GROUPS = {"images": None, "observations": "obs_id", "targets": "_target", "products": "file_name"}
+TARGET_COLUMNS = ["rank", "score", "target_name", "observations", "images", "instrument_name", "filter", "dates",
+                  "why"]
+"""A target's row: what is true of all its matching images, not one observation's id, file or exposure."""
 
 
 def index_folder(home: Home) -> Path:
@@ -1232,6 +1235,10 @@ def find(
     group = GROUPS[by]
     if by == "targets":
         rows["_target"], rows["target_name"] = _catalog_targets(con, rows)
+    if by == "targets":
+        rows = _per_target(rows).head(k).reset_index(drop=True)
+        rows["rank"] = np.arange(1, len(rows) + 1)
+        return rows[TARGET_COLUMNS]
     if group is not None:
         rows = rows.assign(images=rows.groupby(group, dropna=False)[group].transform("size"))
         rows = rows.drop_duplicates(group)
@@ -1239,6 +1246,36 @@ def find(
     rows["rank"] = np.arange(1, len(rows) + 1)
     columns = RESULT_COLUMNS + (["images"] if group is not None else [])
     return rows[[c for c in columns if c in rows.columns]]
+
+
+def _listed(values: pd.Series) -> str:
+    """The distinct values of a target's images, sorted, as one text."""
+    return "; ".join(sorted({v for v in values if isinstance(v, str) and v}))
+
+
+def _date_span(values: pd.Series) -> str:
+    """The span of a target's observation dates: one date, or the first and the last."""
+    dates = sorted(v for v in values if isinstance(v, str))
+    if not dates:
+        return ""
+    return dates[0] if dates[0] == dates[-1] else f"{dates[0]} .. {dates[-1]}"
+
+
+def _per_target(rows: pd.DataFrame) -> pd.DataFrame:
+    """One row per target, best first, saying only what is true of the whole target: how many of its
+    observations and images matched, their instruments, filters and dates. The rank, score and why
+    are its best image's; an observation id, a file or an exposure would be one image's alone."""
+    rows = rows.assign(_key=rows["_target"].map(lambda t: t if isinstance(t, str) else ""))
+    grouped = rows.groupby("_key", sort=False)
+    summary = pd.DataFrame({
+        "observations": grouped["obs_id"].nunique(),
+        "images": grouped.size(),
+        "instrument_name": grouped["instrument_name"].agg(_listed),
+        "filter": grouped["filter"].agg(_listed),
+        "dates": grouped["date"].agg(_date_span),
+    })
+    best = rows.drop_duplicates("_key")[["_key", "score", "target_name", "why"]]
+    return best.join(summary, on="_key")
 
 
 def _catalog_targets(con: duckdb.DuckDBPyConnection, rows: pd.DataFrame) -> tuple[pd.Series, pd.Series]:

@@ -151,8 +151,10 @@ def _demo(runner: Runner, home: Home, dagster_home: Path) -> int:
         print(f"  {obs_id}: {counted(len(names), 'files')} gone from the home since fetched "
               f"({', '.join(names[:3])}{', ...' if len(names) > 3 else ''}); fetched again")
     ranges = partition_batches(instance, partitions, DEMO_OBSERVATIONS_PER_RUN)
-    print(f"\nThe sensor added {counted(len(new), 'new observation partitions')}; "
-          f"{counted(len(watched) - len(partitions), 'observations')} catalogued already; "
+    already = len(watched) - len(partitions)
+    print("\n" + (f"The sensor added {counted(len(new), 'new observation partitions')}; " if new
+                  else "No new observations; ")
+          + (f"{counted(already, 'observations')} catalogued already; " if already else "")
           + (f"fetching {len(partitions)} in {counted(len(ranges), 'runs')}:" if ranges else "nothing to fetch."))
     submissions = [Submission("observation_job", partition_range(first, last), QUIET) for first, last in ranges]
     failed_runs: list[str] = []
@@ -201,12 +203,7 @@ def _demo(runner: Runner, home: Home, dagster_home: Path) -> int:
     if found_down is not None and found_down[0] >= started:  # slow downloads, and this is why
         print(f"  the cloud path lookup was down ({one_line(found_down[1])}): files went over HTTP, and it is "
               f"asked again {CLOUD_DOWN_SECONDS / 60:.0f} minutes after")
-    speed = totals["bytes"] / totals["seconds"] / 1e6 if totals["seconds"] else 0.0
-    print(
-        f"\nDownloaded {counted(totals['downloaded'], 'files')} ({totals['bytes'] / 1e6:.1f} MB, {speed:.1f} MB/s), "
-        f"{totals['skipped']} already verified, {counted(totals['verified'], 'FITS checksums')} verified, "
-        f"{counted(len(failed_runs), 'failed runs')}."
-    )
+    print("\n" + download_summary(totals, len(failed_runs)))
     ready = [p for p in watched if latest_storage_id(instance, "image_metadata", p)]
     downstream = bring_up_to_date(runner, home, ready, QUIET)
     if downstream is None:
@@ -228,6 +225,26 @@ def _demo(runner: Runner, home: Home, dagster_home: Path) -> int:
     if os.environ.get("MAST_API_TOKEN"):
         print("  (with MAST_API_TOKEN set, as it is here)")
     return 1 if failures else 0
+
+
+def download_summary(totals: dict[str, float], failed_runs: int) -> str:
+    """What the fetch runs did, in a sentence that names only what happened: a pass with nothing to
+    fetch says so plainly rather than in counts of nothing."""
+    if not totals["runs"]:
+        return "Nothing needed fetching: the files of every observation found are stored and verified."
+    if totals["downloaded"]:
+        speed = totals["bytes"] / totals["seconds"] / 1e6 if totals["seconds"] else 0.0
+        parts = [f"Downloaded {counted(int(totals['downloaded']), 'files')} "
+                 f"({totals['bytes'] / 1e6:.1f} MB, {speed:.1f} MB/s)"]
+    else:
+        parts = ["Downloaded nothing"]
+    if totals["skipped"]:
+        parts.append(f"{counted(int(totals['skipped']), 'files')} already verified")
+    if totals["verified"]:
+        parts.append(f"{counted(int(totals['verified']), 'FITS checksums')} verified")
+    if failed_runs:
+        parts.append(counted(failed_runs, "failed runs"))
+    return ", ".join(parts) + "."
 
 
 def where_outputs_are(home: Home) -> str:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, TypeVar
 import yaml
 from dagster import ConfigurableResource, EnvVar
 
-from skyassets.archive.watchlist import DEFAULT_WATCHLIST, Watchlist, load_watchlist
+from skyassets.archive.watchlist import DEFAULT_WATCHLIST, WATCHLIST_ENV, Watchlist, load_watchlist
 from skyassets.defs.cluster import DaskResource
 from skyassets.fits.limits import DEFAULT_MAX_MOSAIC_PIXELS
 from skyassets.lake.home import CACHE_ENV, DEFAULT_CACHE_BYTES, HOME_ENV, STORAGE_ENDPOINT_ENV, STORAGE_ENV, Home
@@ -291,7 +291,7 @@ def default_resources() -> dict[str, ConfigurableResource]:
             cache_gb=float(env.get(CACHE_ENV) or DEFAULT_CACHE_BYTES / (1 << 30)),
         ),
         "dask": DaskResource(scheduler=env.get("SKYASSETS_DASK_SCHEDULER") or ""),
-        "watchlist": WatchlistResource(path=env.get("SKYASSETS_WATCHLIST") or DEFAULT_WATCHLIST),
+        "watchlist": WatchlistResource(path=env.get(WATCHLIST_ENV) or DEFAULT_WATCHLIST),
         "archive": ArchiveResource(
             url=env.get("SKYASSETS_MAST_URL") or EMULATOR,
             s3_endpoint=env.get("SKYASSETS_S3_ENDPOINT") or None,

@@ -2,7 +2,8 @@
 
 The server runs in a child process: moto keeps its buckets in process-wide state that any
 ``moto.mock_aws`` in the same process resets, which would silently empty the bucket under tests
-that mock AWS themselves. The child exits when its stdin closes, so it never outlives its parent.
+that mock AWS themselves. The child exits when its stdin closes, so it never outlives its parent,
+and ignores Ctrl-C, which its parent reports (a traceback of its own would only add noise).
 
 Faults reach the child as JSON lines on its stdin, each answered by one line on its stdout, so a
 fault is armed before ``command`` returns. They strike as a busy S3 does: an error status with S3's XML
@@ -92,6 +93,10 @@ class S3Server:
 
 # Run with ``python -c`` so the child does not import this package (and astropy) just to serve S3.
 _CHILD = r"""
+import signal
+# Ctrl-C reaches the whole process group: the parent's interrupt is its own to report, and the
+# child goes when the parent closes its stdin (or leaves).
+signal.signal(signal.SIGINT, signal.SIG_IGN)
 import json, logging, sys, threading
 from werkzeug.serving import make_server
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app

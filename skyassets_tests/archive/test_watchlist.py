@@ -97,6 +97,19 @@ def test_missing_file_is_named(tmp_path):
         load_watchlist(tmp_path / "nope.yaml")
 
 
+def test_a_yaml_mistake_is_one_line_with_its_line_and_column(tmp_path):
+    watchlist = tmp_path / "mine.yaml"
+    watchlist.write_text("entries:\n  - name: ring\n    target: NGC 3132\n    radius: 3 arcmin\n"
+                         "   filters: [F090W]\n")  # one blank short: no longer a key of the entry
+    with pytest.raises(WatchlistError) as err:
+        load_watchlist(watchlist)
+    assert str(err.value) == (f"{watchlist}: line 5, column 4: not valid YAML: expected <block end>, but found "
+                              "'<block mapping start>' (while parsing a block collection)")
+    watchlist.write_bytes(b"entries:\n  - target: M\xe9\n")  # Latin-1, not UTF-8
+    with pytest.raises(WatchlistError, match=r"mine.yaml: not a text file \(byte 22 is not UTF-8\)"):
+        load_watchlist(watchlist)
+
+
 def test_product_choice_defaults_to_what_mast_recommends():
     assert ProductSpec() == ProductSpec(product_type=("SCIENCE",), subgroups=(), extensions=(".fits", ".fits.gz"),
                                         calib_level=(2, 3), recommended=True)

@@ -229,7 +229,15 @@ def test_groups_observations_targets_and_products(con):
     assert set(targets["target_name"]) == {"NGC-3132", "SMACS-0723"}
     # JWST's NGC-628, the HST header's NGC628 and HLA's NGA_NGC0628 are one target
     one = find(con, "NGC 628", 10, by="targets", embedder=None)
-    assert len(one) == 1 and one["images"][0] == len(find(con, "NGC 628", 500, embedder=None))
+    images = find(con, "NGC 628", 500, embedder=None)
+    assert len(one) == 1 and one["images"][0] == len(images)
+    # a target's row says what is true of all its images, never one observation's id, file or exposure
+    assert list(one.columns) == ["rank", "score", "target_name", "observations", "images", "instrument_name",
+                                 "filter", "dates", "why"]
+    assert one["observations"][0] == images["obs_id"].nunique() > 1
+    assert one["filter"][0] == "; ".join(sorted(set(images["filter"]))) and ";" in one["filter"][0]
+    assert one["instrument_name"][0] == "; ".join(sorted(set(images["instrument_name"])))
+    assert one["dates"][0] == f"{images['date'].min()} .. {images['date'].max()}"
     # once the catalog has grouped targets, its groups and names are the ones given
     grouped = con.cursor()
     grouped.execute("CREATE TEMP TABLE targets AS SELECT DISTINCT obs_id, 'NGC-628' AS target, "

@@ -174,6 +174,11 @@ def test_a_second_demo_on_an_unchanged_home_materialises_nothing_new(demo_home):
     changed = {k for k in after if after[k] != before.get(k, 0)}
     assert changed <= {"mast_observations"}, (changed, done.stdout)
     assert "nothing to fetch" in done.stdout and "up to date" in done.stdout
+    # said plainly, not as counts of nothing
+    assert ("\nNothing needed fetching: the files of every observation found are stored and verified.\n"
+            in done.stdout), done.stdout
+    assert "\nNo new observations; " in done.stdout and "Downloaded" not in done.stdout, done.stdout
+    assert not re.search(r"\b0 (files|FITS|failed|new|observations)", done.stdout), done.stdout
 
 
 @pytest.mark.slow

@@ -8,8 +8,8 @@ import requests
 import yaml
 from dagster import DagsterInstance, DagsterRun, DagsterRunStatus
 
+from skyassets.cli.commands import prepare_dagster_home
 from skyassets.cli.launch import LOCATION, Launcher, LaunchError, Submission, launching_home
-from skyassets.cli.main import prepare_dagster_home
 from skyassets.cli.runs import QUIET
 from skyassets.defs.pools import stalled_steps
 from skyassets.defs.tags import retried_by_the_command_line

@@ -21,7 +21,7 @@ import yaml
 from dagster import AssetKey, AssetRecordsFilter, DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
 from dagster_graphql import DagsterGraphQLClient
 
-from skyassets.cli.main import EVENT_BATCH_ENV
+from skyassets.cli.commands import EVENT_BATCH_ENV
 from skyassets.cli.runs import ingest, latest_metadata
 from skyassets.lake.home import Home
 from skyassets_tests.postgres import new_database, running_postgres
