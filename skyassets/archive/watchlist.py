@@ -8,9 +8,10 @@ empty query.
 
 from __future__ import annotations
 
+import json
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -60,6 +61,12 @@ class ProductSpec:
     calib_level: tuple[int, ...] = (2, 3)
     recommended: bool = True
 
+    @property
+    def text(self) -> str:
+        """The choice as JSON, the same for the same choice however it was written."""
+        return json.dumps({k: sorted(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()},
+                          sort_keys=True)
+
 
 @dataclass(frozen=True)
 class WatchlistEntry:
@@ -95,6 +102,16 @@ class Watchlist:
             if entry.name == name:
                 return entry
         raise KeyError(f"{self.path}: no watchlist entry named {name!r}")
+
+    def products_for(self, entries: str | None) -> ProductSpec:
+        """The product choice of the first of ``entries`` (the comma-separated names of the entries
+        that found an observation) that the watchlist has; its defaults when it has none of them."""
+        for name in str(entries or "").split(","):
+            try:
+                return self.entry(name).products
+            except KeyError:
+                continue
+        return self.defaults
 
 
 def _as_tuple(value: Any) -> tuple:

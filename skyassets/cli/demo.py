@@ -21,6 +21,7 @@ from pathlib import Path
 
 from dagster import DagsterInstance, build_sensor_context
 
+from skyassets.archive.choices import products_rechosen
 from skyassets.cli.launch import Launcher, Submission
 from skyassets.cli.output import counted, one_line
 from skyassets.cli.runs import (
@@ -144,12 +145,16 @@ def _demo(runner: Runner, home: Home, dagster_home: Path) -> int:
     # An observation catalogued by an earlier pass is not run again: a re-run over an unchanged
     # archive materialises nothing new. One whose run failed has no catalogue and is tried again,
     # and one a file of which has gone from the home since is fetched again.
+    # So is one whose products the watchlist now chooses otherwise.
     catalogued = [p for p in watched if latest_storage_id(instance, "image_metadata", p)]
     lost = files_lost(home, catalogued)
-    partitions = [p for p in watched if p not in catalogued or p in lost]
+    rechosen = products_rechosen(home.tables, defs.resources["watchlist"].load(), catalogued)
+    partitions = [p for p in watched if p not in catalogued or p in lost or p in rechosen]
     for obs_id, names in sorted(lost.items()):
         print(f"  {obs_id}: {counted(len(names), 'files')} gone from the home since fetched "
               f"({', '.join(names[:3])}{', ...' if len(names) > 3 else ''}); fetched again")
+    for obs_id, entries in sorted(rechosen.items()):
+        print(f"  {obs_id}: the watchlist ({entries}) now chooses other products; listed and fetched again")
     ranges = partition_batches(instance, partitions, DEMO_OBSERVATIONS_PER_RUN)
     already = len(watched) - len(partitions)
     print("\n" + (f"The sensor added {counted(len(new), 'new observation partitions')}; " if new

@@ -136,6 +136,13 @@ LANDING_INDEX_SCHEMA = pa.schema([
     schema_field("partition", pa.string(), None, "the observation (partition) whose landing record holds it now"),
 ])
 
+# What the watchlist asked of an observation's products when they were last listed: a demo that
+# finds the watchlist asking for other products lists and fetches the observation again.
+PRODUCT_CHOICES_SCHEMA = pa.schema([
+    schema_field("obs_id", pa.string(), None, "the observation (partition)"),
+    schema_field("products", pa.string(), None, "the watchlist's product choice for it, as JSON"),
+])
+
 # ------------------------------------------------------------------------------------ catalogue
 IMAGE_SCHEMA = pa.schema([
     schema_field("dataproduct_type", pa.string(), None,

@@ -21,6 +21,7 @@ from skyassets.lake.schemas import (
     MAST_OBSERVATIONS_SCHEMA,
     MAST_PRODUCTS_SCHEMA,
     MOSAICS_SCHEMA,
+    PRODUCT_CHOICES_SCHEMA,
     QUALITY_SCHEMA,
     RECIPES_SCHEMA,
     SOURCE_SCHEMA,
@@ -63,6 +64,8 @@ TABLES: dict[str, Table] = {
     for t in (
         Table("mast_observations", "observations", Partitioning.NONE, MAST_OBSERVATIONS_SCHEMA, shown_empty=True),
         Table("mast_products", "products", Partitioning.OBSERVATION, MAST_PRODUCTS_SCHEMA, shown_empty=True),
+        Table("product_choices", "product_choices", Partitioning.OBSERVATION, PRODUCT_CHOICES_SCHEMA,
+              catalogued=False),
         Table("landing", "landing", Partitioning.OBSERVATION, LANDING_SCHEMA),
         Table("landing_index", "landing_index", Partitioning.NONE, LANDING_INDEX_SCHEMA, catalogued=False),
         Table("fits_files", "files", Partitioning.OBSERVATION, FITS_FILES_SCHEMA, shown_empty=True),

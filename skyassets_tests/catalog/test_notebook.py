@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+from importlib import resources
 from pathlib import Path
 
 import nbformat
@@ -209,3 +210,46 @@ def test_a_demo_fetches_again_a_file_gone_from_the_home_and_nothing_else(demo_ho
     assert subprocess.run(["sha256sum", str(gone)], capture_output=True, text=True).stdout.split()[0] == digest
     after = fetches()
     assert {k for k in after if after[k] != before.get(k, 0)} == {gone.parent.name}, done.stdout
+
+
+@pytest.mark.slow
+def test_a_demo_lists_again_the_observations_whose_products_the_watchlist_now_chooses_otherwise(demo_home):
+    import yaml
+    from dagster import AssetKey, AssetRecordsFilter, DagsterInstance
+
+    from skyassets.archive.choices import products_rechosen
+    from skyassets.archive.watchlist import load_watchlist
+    from skyassets.lake.home import Home
+
+    def listings() -> dict[str, int]:
+        with DagsterInstance.from_config(str(demo_home / "dagster")) as instance:
+            records = instance.fetch_materializations(AssetRecordsFilter(AssetKey("mast_products")), 10000).records
+            counts: dict[str, int] = {}
+            for record in records:
+                counts[record.partition_key] = counts.get(record.partition_key, 0) + 1
+            return counts
+
+    raw = yaml.safe_load(resources.files("skyassets").joinpath("watchlist.yaml").read_text())
+    (entry,) = [e for e in raw["entries"] if e["name"] == "smacs-0723-program"]
+    entry["products"] = {"extensions": ["fits"]}  # no longer fits.gz
+    watchlist = demo_home.parent / "watchlist.yaml"
+    watchlist.write_text(yaml.safe_dump(raw))
+    home = Home(demo_home)
+    found = home.tables.read("mast_observations", columns=["obs_id", "watchlist_entry"])
+    smacs = sorted(found[found["watchlist_entry"].str.contains("smacs-0723-program")]["obs_id"])
+    assert smacs
+    before = listings()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SKYASSETS_", "DAGSTER_"))}
+    env.update(SKYASSETS_HOME=str(demo_home), SKYASSETS_WATCHLIST=str(watchlist))
+    done = subprocess.run(
+        [sys.executable, "-m", "skyassets.cli.main", "demo"],
+        cwd=demo_home.parent, env=env, capture_output=True, text=True, timeout=900,
+    )
+    assert done.returncode == 0, f"skyassets demo failed:\n{done.stdout}\n{done.stderr}"
+    for obs_id in smacs:
+        assert (f"  {obs_id}: the watchlist (smacs-0723-program) now chooses other products; listed and fetched "
+                "again") in done.stdout, done.stdout
+    after = listings()
+    assert {k for k in after if after[k] != before.get(k, 0)} == set(smacs), done.stdout
+    # the choice is recorded as made now: a next demo lists nothing again
+    assert products_rechosen(home.tables, load_watchlist(watchlist), list(found["obs_id"])) == {}

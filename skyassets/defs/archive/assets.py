@@ -21,7 +21,6 @@ from dagster import (
     asset,
 )
 
-from skyassets.archive.watchlist import ProductSpec, Watchlist
 from skyassets.defs.metadata import column_schema, frame_metadata, partition_metadata
 from skyassets.defs.partitions import (
     failed_partitions_metadata,
@@ -157,17 +156,6 @@ def _observation_row(observations: pd.DataFrame, obs_id: str) -> pd.Series:
     return observations.loc[obs_id]
 
 
-def _product_spec(wl: Watchlist, entries: str) -> ProductSpec:
-    """The product spec of the first watchlist entry that found the observation (the watchlist's
-    defaults for one no entry it can read found)."""
-    for name in str(entries or "").split(","):
-        try:
-            return wl.entry(name).products
-        except KeyError:
-            continue
-    return wl.defaults
-
-
 def _bytes(frame: pd.DataFrame) -> dict[str, int]:
     """A partition's (or run's) own byte count, for its materialisation."""
     return {"bytes_total": int(frame["size"].sum()) if len(frame) else 0}
@@ -217,8 +205,9 @@ def mast_products(
             # after a call that waited out its retries, the next is a short probe: an archive that is
             # down fails it soon, and the batch stops instead of each observation waiting as long
             with probing(client) if gave_up else nullcontext():
+                chosen = wl.products_for(row["watchlist_entry"])
                 frame, refused = list_products(
-                    client, row["obsid"], _product_spec(wl, row["watchlist_entry"]),
+                    client, row["obsid"], chosen,
                     download_url=download_url, cloud=cloud, name=obs_id,
                 )
             gave_up = None
@@ -239,6 +228,7 @@ def mast_products(
             context.log.error(f"{obs_id}: product refused: {message}")
         frame.insert(0, "partition", obs_id)
         lake.write("mast_products", frame, partition=obs_id)
+        lake.write("product_choices", [{"obs_id": obs_id, "products": chosen.text}], partition=obs_id)
         frames.append(frame)
         context.log.info(f"{obs_id}: {len(frame)} products, {int(frame['size'].sum()) if len(frame) else 0} bytes")
     if cloud.down and cloud.noted is None:

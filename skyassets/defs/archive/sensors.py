@@ -21,6 +21,8 @@ from dagster import (
     sensor,
 )
 
+from skyassets.archive.choices import products_rechosen
+from skyassets.archive.watchlist import WatchlistError
 from skyassets.defs.archive.jobs import observation_job, watchlist_job
 from skyassets.defs.partitions import (
     OBSERVATIONS_PER_RUN,
@@ -29,7 +31,7 @@ from skyassets.defs.partitions import (
     observations_partitions,
     split_failed_run,
 )
-from skyassets.defs.resources import ArchiveResource, HomeResource
+from skyassets.defs.resources import ArchiveResource, HomeResource, WatchlistResource
 from skyassets.defs.tags import partition_range, retried_by_the_command_line
 from skyassets.lake.names import InvalidNameError, validate_obs_id
 
@@ -51,8 +53,9 @@ NEW_OBSERVATIONS_PER_TICK = 500
     description="Adds a partition for each new observation in mast_observations and requests their runs, "
     f"{OBSERVATIONS_PER_RUN} observations a run.",
 )
-def new_observations_sensor(context: SensorEvaluationContext, home: HomeResource):
-    """New observations of the watchlist's answer, as partitions and partition-range runs."""
+def new_observations_sensor(context: SensorEvaluationContext, home: HomeResource, watchlist: WatchlistResource):
+    """New observations of the watchlist's answer, as partitions and partition-range runs, and the
+    known ones whose products the watchlist now chooses otherwise (an entry's ``products`` edited)."""
     records = context.instance.fetch_materializations(MAST_OBSERVATIONS, limit=1).records
     if not records:
         return SkipReason("mast_observations has not been materialised yet")
@@ -72,20 +75,40 @@ def new_observations_sensor(context: SensorEvaluationContext, home: HomeResource
         except InvalidNameError as err:
             context.log.error(str(err))
     new = sorted(set(new))
+    rechosen = _rechosen(context, home, watchlist, [k for k in found if k in known_set])
     taken = new[:NEW_OBSERVATIONS_PER_TICK]
+    again = rechosen[:NEW_OBSERVATIONS_PER_TICK - len(taken)]
     # New partitions are added together, so contiguous: a few range runs, not one run each.
     requests, added = batched_requests(
-        known, dict.fromkeys(taken, str(event.storage_id)), per_run=OBSERVATIONS_PER_RUN,
+        known, dict.fromkeys([*taken, *again], str(event.storage_id)), per_run=OBSERVATIONS_PER_RUN,
         run_key_prefix=f"new@{event.storage_id}:",
     )
+    left = len(new) + len(rechosen) > len(taken) + len(again)
     said = (f"{len(new)} new observations in mast_observations: {len(taken)} handed on in {len(requests)} runs"
-            + (", the rest on the next ticks" if len(new) > len(taken) else ""))
+            + (f" with {len(again)} whose products the watchlist now chooses otherwise" if again else "")
+            + (", the rest on the next ticks" if left else ""))
     context.log.info(said)
-    # The cursor moves past this materialisation once all its new observations are taken; until
-    # then the next tick reads it again, and finds the ones taken here among the known partitions.
-    cursor = str(event.storage_id) if len(new) == len(taken) else context.cursor
+    # The cursor moves past this materialisation once all its observations to run are taken; until
+    # then the next tick reads it again, and finds the new ones taken here among the known partitions
+    # (a run asked for again while it runs has the same run key: Dagster launches it once).
+    cursor = str(event.storage_id) if not left else context.cursor
     return SensorResult(run_requests=requests, dynamic_partitions_requests=added, cursor=cursor,
                         skip_reason=None if requests else said)  # what the UI's tick history says
+
+
+def _rechosen(context: SensorEvaluationContext, home: HomeResource, watchlist: WatchlistResource,
+              known: list[str]) -> list[str]:
+    """The known observations whose products the watchlist now chooses otherwise; none (said in the
+    log) when the watchlist cannot be read, whose query fails and says why."""
+    try:
+        chosen = watchlist.load()
+    except (OSError, WatchlistError) as err:
+        context.log.warning(f"product choices not compared: {err}")
+        return []
+    rechosen = products_rechosen(home.home.tables, chosen, known)
+    for obs_id, entries in list(rechosen.items())[:10]:
+        context.log.info(f"{obs_id}: the watchlist ({entries}) now chooses other products; listed again")
+    return list(rechosen)
 
 
 def _observation_batch(run: DagsterRun) -> bool:

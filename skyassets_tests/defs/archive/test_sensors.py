@@ -25,6 +25,7 @@ from dagster import (
     instance_for_test,
 )
 
+from skyassets.archive.watchlist import load_watchlist
 from skyassets.defs.archive.jobs import observation_job
 from skyassets.defs.archive.sensors import (
     NEW_OBSERVATIONS_PER_TICK,
@@ -32,26 +33,30 @@ from skyassets.defs.archive.sensors import (
     new_observations_sensor,
 )
 from skyassets.defs.partitions import OBSERVATIONS_PER_RUN, observations_partitions, requested_partitions
-from skyassets.defs.resources import ArchiveResource, HomeResource
+from skyassets.defs.resources import ArchiveResource, HomeResource, WatchlistResource
 from skyassets.defs.tags import COMMAND_LINE, LAUNCHED_BY, partition_range
 from skyassets.lake.home import Home
 
 
-def _query_result(instance: DagsterInstance, home: Path, obs_ids: list[str]) -> None:
-    """A materialisation of mast_observations listing ``obs_ids``, as watchlist_job records it."""
-    path = Home(home).tables.write("mast_observations", pd.DataFrame({"obs_id": obs_ids}))
+def _query_result(instance: DagsterInstance, home: Path, obs_ids: list[str], entries: list[str] | None = None) -> None:
+    """A materialisation of mast_observations listing ``obs_ids`` (found by ``entries``), as watchlist_job
+    records it."""
+    found = pd.DataFrame({"obs_id": obs_ids, **({"watchlist_entry": entries} if entries else {})})
+    path = Home(home).tables.write("mast_observations", found)
     instance.report_runless_asset_event(
         AssetMaterialization("mast_observations", metadata={"path": MetadataValue.path(str(path))})
     )
 
 
 def _tick(
-    instance: DagsterInstance, home: Path, cursor: str | None, *, apply: bool = True
+    instance: DagsterInstance, home: Path, cursor: str | None, *, apply: bool = True, watchlist: Path | None = None
 ) -> SensorResult | SkipReason:
     """One evaluation; ``apply`` adds its partitions as the daemon does before it launches the runs."""
     defs = Definitions(jobs=[observation_job], sensors=[new_observations_sensor])
+    chosen = WatchlistResource(path=str(watchlist)) if watchlist else WatchlistResource()
     context = build_sensor_context(
-        instance=instance, definitions=defs, cursor=cursor, resources={"home": HomeResource(root=str(home))}
+        instance=instance, definitions=defs, cursor=cursor,
+        resources={"home": HomeResource(root=str(home)), "watchlist": chosen},
     )
     result = new_observations_sensor(context)
     if apply and isinstance(result, SensorResult):
@@ -88,6 +93,32 @@ def test_sixty_new_observations_are_three_runs_requested_once(tmp_path):
         same = _tick(instance, tmp_path, later.cursor)
         assert same.run_requests == [] and int(same.cursor) > int(later.cursor)
         assert same.skip_reason.skip_message == "0 new observations in mast_observations: 0 handed on in 0 runs"
+
+
+def test_observations_whose_products_the_watchlist_now_chooses_otherwise_are_run_again(tmp_path):
+    watchlist = tmp_path / "watchlist.yaml"
+    watchlist.write_text("entries:\n  - name: ring\n    target: NGC 3132\n")
+    obs_ids = ["jw02733-o001_t001_nircam", "jw02733-o002_t001_nircam", "jw02736-o001_t001_nircam"]
+    entries = ["ring", "ring", "smacs"]  # smacs: an entry since taken out of the watchlist
+    lake = Home(tmp_path).tables
+    with instance_for_test() as instance:
+        _query_result(instance, tmp_path, obs_ids, entries)
+        first = _tick(instance, tmp_path, None, watchlist=watchlist)
+        assert sorted(_covered(instance, first)) == obs_ids
+        for obs_id, entry in zip(obs_ids, entries, strict=True):  # as mast_products records them when it lists
+            choice = load_watchlist(watchlist).products_for(entry).text
+            lake.write("product_choices", [{"obs_id": obs_id, "products": choice}], partition=obs_id)
+        _query_result(instance, tmp_path, obs_ids, entries)
+        unchanged = _tick(instance, tmp_path, first.cursor, watchlist=watchlist)
+        assert unchanged.run_requests == [] and int(unchanged.cursor) > int(first.cursor)
+        watchlist.write_text("entries:\n  - name: ring\n    target: NGC 3132\n    products: {extensions: [fits]}\n")
+        _query_result(instance, tmp_path, obs_ids, entries)
+        rechosen = _tick(instance, tmp_path, unchanged.cursor, watchlist=watchlist)
+        assert sorted(_covered(instance, rechosen)) == obs_ids[:2]  # the entry's: not the one it no longer has
+        assert int(rechosen.cursor) > int(unchanged.cursor)
+        watchlist.write_text("entries: [")  # a watchlist that cannot be read compares nothing, fails no tick
+        _query_result(instance, tmp_path, obs_ids, entries)
+        assert _tick(instance, tmp_path, rechosen.cursor, watchlist=watchlist).run_requests == []
 
 
 def test_a_batched_run_materialises_every_partition_it_covers(tmp_path):
