@@ -33,6 +33,7 @@ from skyassets.cli.runs import (
     failure_reasons,
     latest_metadata,
     latest_storage_id,
+    outdated,
     partition_batches,
     run_materializations,
     run_totals,
@@ -145,11 +146,13 @@ def _demo(runner: Runner, home: Home, dagster_home: Path) -> int:
     # An observation catalogued by an earlier pass is not run again: a re-run over an unchanged
     # archive materialises nothing new. One whose run failed has no catalogue and is tried again,
     # and one a file of which has gone from the home since is fetched again.
-    # So is one whose products the watchlist now chooses otherwise.
+    # So is one whose products the watchlist now chooses otherwise, and one listed again since it
+    # was catalogued but not catalogued since (that run failed after the listing).
     catalogued = [p for p in watched if latest_storage_id(instance, "image_metadata", p)]
     lost = files_lost(home, catalogued)
     rechosen = products_rechosen(home.tables, defs.resources["watchlist"].load(), catalogued)
-    partitions = [p for p in watched if p not in catalogued or p in lost or p in rechosen]
+    unfinished = set(outdated(instance, "image_metadata", "mast_products", catalogued))
+    partitions = [p for p in watched if p not in catalogued or p in lost or p in rechosen or p in unfinished]
     for obs_id, names in sorted(lost.items()):
         print(f"  {obs_id}: {counted(len(names), 'files')} gone from the home since fetched "
               f"({', '.join(names[:3])}{', ...' if len(names) > 3 else ''}); fetched again")

@@ -576,9 +576,9 @@ def make_products(runner: Runner, home: Home, run_config: Mapping) -> tuple[int,
 GROUPING, PUBLISHING = ("target_groups",), ("catalog", "search_index")
 
 
-def publish_catalog(runner: Runner, run_config: Mapping, assets: tuple[str, ...] = ()) -> bool:
-    """Group targets and publish catalog.duckdb (catalog_job, or the ``assets`` of it); False, with a
-    line said, if it failed."""
+def publish_catalog(runner: Runner, run_config: Mapping, assets: tuple[str, ...]) -> bool:
+    """Group targets or publish catalog.duckdb (the ``assets`` of catalog_job); False, with a line
+    said, if it failed."""
     (run,) = runner.run_all([Submission("catalog_job", {}, run_config, assets)])
     if not run.is_success:
         what = "Grouping the targets" if assets == GROUPING else "Publishing the catalog"

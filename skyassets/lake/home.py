@@ -25,7 +25,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -46,6 +46,7 @@ DEFAULT_CACHE_BYTES = 20 << 30
 SHA256_META = "sha256"  # user metadata of an uploaded object: the hex SHA-256 of its content
 _CHUNK = 1 << 20
 PART_SIZE = 64 << 20  # multipart uploads above this size, in parts of it
+STALE_STAGING_SECONDS = 86400.0  # a private folder of Home.replacing this old was left by a killed process
 
 
 class StorageError(OSError):
@@ -293,20 +294,32 @@ class Home:
                 yield
 
     @contextmanager
-    def replacing(self, relative: str | os.PathLike[str]) -> Iterator[Path]:
+    def replacing(self, relative: str | os.PathLike[str], *, first: Callable[[], object] | None = None
+                  ) -> Iterator[Path]:
         """A private folder in which to write files that replace those of the folder ``relative``
         together (a target's mosaics, one per band): when the block ends without an error each is
         moved into place and stored; after an error none is, and the folder keeps its old set. A
         reader never finds some bands remade and others not, nor a file half written by a run
-        making the same products at the same time. With a store each upload is atomic, and the
-        uploads follow one another once every file has been made."""
+        making the same products at the same time. ``first`` runs before anything is moved (when
+        anything is): it removes what describes the old set (the table's rows), so that a stop
+        between the moves and the new description leaves none rather than a wrong one. With a
+        store each upload is atomic, and the uploads follow the moves. A private folder left by
+        a process killed outright is removed by a later one, once it is a day old."""
         relative = _relative(relative)
         folder = self.root / relative
         folder.mkdir(parents=True, exist_ok=True)
+        for left in folder.glob(".replacing-*"):
+            try:
+                if left.is_dir() and time.time() - left.stat().st_mtime > STALE_STAGING_SECONDS:
+                    shutil.rmtree(left, ignore_errors=True)
+            except OSError:  # removed meanwhile by another run
+                continue
         staging = Path(tempfile.mkdtemp(prefix=".replacing-", dir=folder))
         try:
             yield staging
             names = sorted(p.name for p in staging.iterdir() if p.is_file())
+            if names and first is not None:
+                first()
             for name in names:
                 os.replace(staging / name, folder / name)
             for name in names:
@@ -553,7 +566,8 @@ class Home:
         for folder in (self.files, self.root / "products"):
             if folder.is_dir():
                 for path in folder.rglob("*"):
-                    if path.is_file() and not path.name.startswith(".") and not path.name.endswith(".sha256"):
+                    hidden = any(part.startswith(".") for part in path.relative_to(folder).parts)  # a run's own
+                    if path.is_file() and not hidden and not path.name.endswith(".sha256"):
                         st = path.stat()
                         entries.append((st.st_mtime_ns, st.st_size, path))
         total = sum(size for _, size, _ in entries)

@@ -31,3 +31,41 @@ def test_a_folder_to_replace_must_lie_inside_the_home(tmp_path):
     with pytest.raises(ValueError, match="not a relative path inside"), home.replacing("../elsewhere"):
         pass
     assert not (tmp_path / "elsewhere").exists()
+
+
+def test_what_describes_the_old_set_goes_before_any_file_is_moved_and_only_then(tmp_path):
+    home = Home(tmp_path / "home")
+    folder = home.target_dir("M-16")
+    with home.replacing("products/M-16") as staging:
+        (staging / "mosaic_f090w.fits").write_text("first")
+    seen: list[str] = []
+
+    def first() -> None:  # the rows of the old set removed: the files are still the old ones
+        seen.append((folder / "mosaic_f090w.fits").read_text())
+
+    with home.replacing("products/M-16", first=first):
+        pass  # nothing made (every band as before): nothing to describe anew
+    with pytest.raises(RuntimeError), home.replacing("products/M-16", first=first) as staging:
+        (staging / "mosaic_f090w.fits").write_text("second")
+        raise RuntimeError("F444W could not be made")
+    assert seen == []
+    with home.replacing("products/M-16", first=first) as staging:
+        (staging / "mosaic_f090w.fits").write_text("third")
+    assert seen == ["first"] and (folder / "mosaic_f090w.fits").read_text() == "third"
+
+
+def test_a_private_folder_left_by_a_killed_run_is_removed_once_a_day_old(tmp_path):
+    import os
+    import time
+
+    home = Home(tmp_path / "home")
+    folder = home.target_dir("M-16")
+    old, young = folder / ".replacing-killed", folder / ".replacing-running"
+    for left in (old, young):
+        left.mkdir(parents=True)
+        (left / "mosaic_f090w.fits").write_bytes(b"\0" * 2880)
+    day_ago = time.time() - 86400 - 60
+    os.utime(old, (day_ago, day_ago))
+    with home.replacing("products/M-16"):
+        pass
+    assert not old.exists() and young.exists()  # another run's, still being made

@@ -4,6 +4,7 @@ verified uploads, a bounded working copy, the lake read and written through it."
 from __future__ import annotations
 
 import hashlib
+import os
 
 import pytest
 
@@ -177,8 +178,12 @@ def test_the_working_copy_stays_under_its_budget(store, tmp_path, monkeypatch):
         home.commit(path.relative_to(home.root))
         paths.append(path)
     home.local(paths[0].relative_to(home.root))  # used again: now the most recent
+    staged = home.root / "products" / "NGC-628" / ".replacing-run" / "m9.fits"  # a run's mosaic being made
+    staged.parent.mkdir()
+    staged.write_bytes(b"\0" * 5000)
+    os.utime(staged, (1, 1))  # the oldest of all
     assert home.trim() == 1000
-    assert [p.exists() for p in paths] == [True, False, True]
+    assert [p.exists() for p in paths] == [True, False, True] and staged.exists()
     assert home.local(paths[1].relative_to(home.root)).read_bytes() == bytes([1]) * 1000
 
 

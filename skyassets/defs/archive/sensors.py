@@ -21,7 +21,7 @@ from dagster import (
     sensor,
 )
 
-from skyassets.archive.choices import products_rechosen
+from skyassets.archive.choices import choices_digest, products_rechosen
 from skyassets.archive.watchlist import WatchlistError
 from skyassets.defs.archive.jobs import observation_job, watchlist_job
 from skyassets.defs.partitions import (
@@ -60,7 +60,9 @@ def new_observations_sensor(context: SensorEvaluationContext, home: HomeResource
     if not records:
         return SkipReason("mast_observations has not been materialised yet")
     event = records[0]
-    if context.cursor and int(context.cursor) >= event.storage_id:
+    # the cursor: the materialisation last read, and the watchlist's product choices last compared
+    last_read, _, last_choices = (context.cursor or "").partition(" ")
+    if last_read and int(last_read) >= event.storage_id:
         return SkipReason("no new materialisation of mast_observations")
     # The lake's table is the one that materialisation wrote, or a newer one the next tick sees anyway.
     found = home.home.tables.read("mast_observations", columns=["obs_id"], missing_ok=True)["obs_id"]
@@ -75,40 +77,49 @@ def new_observations_sensor(context: SensorEvaluationContext, home: HomeResource
         except InvalidNameError as err:
             context.log.error(str(err))
     new = sorted(set(new))
-    rechosen = _rechosen(context, home, watchlist, [k for k in found if k in known_set])
     taken = new[:NEW_OBSERVATIONS_PER_TICK]
-    again = rechosen[:NEW_OBSERVATIONS_PER_TICK - len(taken)]
+    left = len(new) > len(taken)
+    # The known observations whose products the watchlist now chooses otherwise join once every new
+    # one is handed on: a materialisation read again by the next tick would batch them otherwise.
+    again, choices = [], last_choices
+    if not left:
+        rechosen, now = _rechosen(context, home, watchlist, [k for k in found if k in known_set], last_choices)
+        again = rechosen[:NEW_OBSERVATIONS_PER_TICK - len(taken)]
+        if len(again) == len(rechosen):  # all handed on: compared again once the choices change
+            choices = now
     # New partitions are added together, so contiguous: a few range runs, not one run each.
     requests, added = batched_requests(
         known, dict.fromkeys([*taken, *again], str(event.storage_id)), per_run=OBSERVATIONS_PER_RUN,
         run_key_prefix=f"new@{event.storage_id}:",
     )
-    left = len(new) + len(rechosen) > len(taken) + len(again)
     said = (f"{len(new)} new observations in mast_observations: {len(taken)} handed on in {len(requests)} runs"
             + (f" with {len(again)} whose products the watchlist now chooses otherwise" if again else "")
             + (", the rest on the next ticks" if left else ""))
     context.log.info(said)
-    # The cursor moves past this materialisation once all its observations to run are taken; until
-    # then the next tick reads it again, and finds the new ones taken here among the known partitions
-    # (a run asked for again while it runs has the same run key: Dagster launches it once).
-    cursor = str(event.storage_id) if not left else context.cursor
+    # The cursor moves past this materialisation once all its new observations are taken; until
+    # then the next tick reads it again, and finds the ones taken here among the known partitions.
+    cursor = f"{event.storage_id} {choices}".strip() if not left else context.cursor
     return SensorResult(run_requests=requests, dynamic_partitions_requests=added, cursor=cursor,
                         skip_reason=None if requests else said)  # what the UI's tick history says
 
 
 def _rechosen(context: SensorEvaluationContext, home: HomeResource, watchlist: WatchlistResource,
-              known: list[str]) -> list[str]:
-    """The known observations whose products the watchlist now chooses otherwise; none (said in the
-    log) when the watchlist cannot be read, whose query fails and says why."""
+              known: list[str], compared: str) -> tuple[list[str], str]:
+    """The known observations whose products the watchlist now chooses otherwise, and the digest of
+    its choices; none when the choices are those ``compared`` last (nothing is read then), or when
+    the watchlist cannot be read (its query fails and says why)."""
     try:
         chosen = watchlist.load()
     except (OSError, WatchlistError) as err:
         context.log.warning(f"product choices not compared: {err}")
-        return []
+        return [], compared
+    digest = choices_digest(chosen)
+    if digest == compared:
+        return [], digest
     rechosen = products_rechosen(home.home.tables, chosen, known)
     for obs_id, entries in list(rechosen.items())[:10]:
         context.log.info(f"{obs_id}: the watchlist ({entries}) now chooses other products; listed again")
-    return list(rechosen)
+    return list(rechosen), digest
 
 
 def _observation_batch(run: DagsterRun) -> bool:

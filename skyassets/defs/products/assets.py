@@ -71,9 +71,10 @@ def mosaics(
                   "reject_sigma": settings.reject_sigma, "max_pixels": settings.max_pixels}
         made_before = {(r["instrument_name"], r["filter"]): r
                        for r in lake.read("mosaics", target, missing_ok=True).to_dict("records")}
-        # every band's mosaic in place together once all are made (and stored), or none of them
+        # every band's mosaic in place together once all are made (and stored), or none of them; the
+        # old rows go first, so that a stop before the new are written leaves the bands to be made again
         folder = root.target_dir(target).relative_to(root.root)
-        with root.replacing(folder) as staging:
+        with root.replacing(folder, first=partial(lake.delete, "mosaics", target)) as staging:
             for (instrument, band), group in images.groupby(["instrument_name", "filter"]):
                 group = without_combined_duplicates(group)
                 inputs = [
@@ -180,7 +181,7 @@ def composites(context: AssetExecutionContext, home: HomeResource, composites: C
         grid = _mosaic_cells(root, mosaic_rows)
         # the recipes' PNGs and cubes in place together once all are made (and stored), or none of them
         folder = root.target_dir(target).relative_to(root.root)
-        with root.replacing(folder) as staging:
+        with root.replacing(folder, first=partial(lake.delete, "composites", target)) as staging:
             for i, recipe in recipes.iterrows():
                 bands = recipe["filters"].split(";")
                 missing = [b for b in bands if b.upper() not in band_of]
