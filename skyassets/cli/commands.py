@@ -639,6 +639,10 @@ def _dev(args: argparse.Namespace) -> int:
     from skyassets.cli.launch import code_location_workspace
 
     _port_free(args.host, args.port)
+    try:  # the UI starts even so: its runs say the same, and the watchlist can be mended while it runs
+        _check_watchlist()
+    except CommandError as exc:
+        print(f"skyassets dev: warning: {exc} (the watchlist query says so until it is mended)", file=sys.stderr)
     home = Home.from_env()
     dagster_home = prepare_dagster_home(home)
     with DagsterInstance.get() as instance:

@@ -111,7 +111,7 @@ def _demo(runner: Runner, home: Home, dagster_home: Path) -> int:
     (result,) = runner.run_all([Submission("watchlist_job", {}, QUIET)], echo_warnings=True)
     if not result.is_success:
         why = "; ".join(failure_reasons(instance, result.run_id)) or "no step failed (see the run)"
-        print(f"The watchlist query failed: {why}; see run {result.run_id} in the Dagster UI.")
+        print(f"The watchlist query failed: {why}; see run {result.run_id} in the Dagster UI.", file=sys.stderr)
         return 1
     observations = latest_metadata(instance, "mast_observations")
     granted = observations.get("exclusive_access_granted", 0)
