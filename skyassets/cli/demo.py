@@ -189,7 +189,7 @@ def _demo(runner: Runner, home: Home, dagster_home: Path) -> int:
             fetched = (f"{files['files_downloaded']} fetched at {files['bytes_per_second'] / 1e6:.1f} MB/s"
                        if files["files_downloaded"] else "nothing fetched")
             lines.append(f"  {what}: {counted(count, 'files')} {size / 1e6:.1f} MB, "
-                         f"{fetched}, {files['files_verified_checksum']} FITS checksums ok")
+                         f"{fetched}, {counted(files['files_verified_checksum'], 'FITS checksums')} ok")
         totals["runs"] += 1
         text_progress(totals["runs"], len(submissions), totals["files"], None)
 

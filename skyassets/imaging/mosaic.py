@@ -58,7 +58,7 @@ MAX_OVERLAP_SAMPLES = 1_000_000
 PREVIEW_SIDE = 256
 # Part of every mosaic's PROVHASH: raised when a change alters what a mosaic of the same inputs and
 # settings holds, so that mosaics made before are made again.
-MOSAIC_RECIPE = 1
+MOSAIC_RECIPE = 2
 # Outlier rejection against the median where at least this many inputs cover a pixel; where two do,
 # a median cannot tell which one is wrong, and the brighter is the outlier when it stands above the
 # fainter (cosmic rays only add light: AstroDrizzle's "minmed").
@@ -868,7 +868,9 @@ def header_card(value: object, comment: str) -> tuple[object, str]:
 
 
 # What the inputs were, said by the mosaic when they all say the same: a file that stands alone.
-SHARED_KEYWORDS = ("TELESCOP", "INSTRUME", "FILTER", "PUPIL", "TARGNAME", "PROGRAM", "PROPOSID")
+# FILTER1 and FILTER2 (ACS, WFPC2's FILTNAM1 and FILTNAM2): HST's cameras with two filter wheels say the band there.
+SHARED_KEYWORDS = ("TELESCOP", "INSTRUME", "FILTER", "FILTER1", "FILTER2", "FILTNAM1", "FILTNAM2", "PUPIL",
+                   "TARGNAME", "PROGRAM", "PROPOSID")
 # Photometric keywords that still hold when no input changed its unit (a converted mosaic's BUNIT says it).
 PHOTOMETRIC_KEYWORDS = ("PHOTMJSR", "PHOTUJA2", "PHOTFLAM", "PHOTPLAM", "PHOTFNU", "PHOTZPT", "EXPTIME")
 

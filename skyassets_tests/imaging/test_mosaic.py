@@ -321,6 +321,10 @@ def test_a_mosaic_says_what_its_inputs_agree_on(tmp_path):
     nircam[1]["FILTER"], nircam[1]["BUNIT"] = "F410M", "MJy"
     converted = described(nircam, "erg/s/cm2/A")
     assert "FILTER" not in converted and "PHOTMJSR" not in converted and converted["INSTRUME"] == "NIRCAM"
+    # HST's two filter wheels: the band in FILTER1 or FILTER2, the other wheel clear
+    acs = [fits.Header({"TELESCOP": "HST", "INSTRUME": "ACS", "FILTER1": "F435W", "FILTER2": "CLEAR2L",
+                        "PHOTFLAM": 3.1e-19}) for _ in range(2)]
+    assert {k: described(acs, None)[k] for k in ("FILTER1", "FILTER2")} == {"FILTER1": "F435W", "FILTER2": "CLEAR2L"}
 
 
 def _synthetic(path: Path, wcs: WCS, value: float, n: int, *, dq_box=None, err: float | None = None,
