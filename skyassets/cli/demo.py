@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from dagster import DagsterInstance, build_sensor_context
 
@@ -79,6 +79,28 @@ def files_lost(home: Home, obs_ids: list[str]) -> dict[str, list[str]]:
         if path in gone:
             lost.setdefault(obs_id, []).append(filename)
     return lost
+
+
+def files_unchosen(home: Home, obs_ids: list[str]) -> dict[str, tuple[str, list[str]]]:
+    """The files an observation's folder holds that its manifest no longer lists (the watchlist
+    chooses other products of it now): kept, but no longer catalogued. By observation, its folder
+    and their names."""
+    from skyassets.archive.download import RESERVED_SUFFIXES
+
+    left: dict[str, tuple[str, list[str]]] = {}
+    for obs_id, manifest in home.tables.read_partitions("fits_files", obs_ids, columns=["path"]).items():
+        listed = {PurePosixPath(p) for p in manifest.column("path").to_pylist() if p}
+        for folder in sorted({p.parent for p in listed}):
+            if home.storage is not None:
+                held = list(home.stored_files(folder))
+            else:
+                held = [p.name for p in (home.root / folder).iterdir() if p.is_file()] \
+                    if (home.root / folder).is_dir() else []
+            names = sorted(n for n in held if "/" not in n and not n.startswith(".")
+                           and not n.lower().endswith(RESERVED_SUFFIXES) and folder / n not in listed)
+            if names:
+                left[obs_id] = (str(folder), names)
+    return left
 
 
 def observations_in(home: Home) -> list[str]:
@@ -212,6 +234,10 @@ def _demo(runner: Runner, home: Home, dagster_home: Path) -> int:
         print(f"  the cloud path lookup was down ({one_line(found_down[1])}): files went over HTTP, and it is "
               f"asked again {CLOUD_DOWN_SECONDS / 60:.0f} minutes after")
     print("\n" + download_summary(totals, len(failed_runs)))
+    for obs_id, (folder, names) in sorted(files_unchosen(home, sorted(rechosen)).items()):
+        print(f"  {obs_id}: {counted(len(names), 'files')} the watchlist no longer chooses "
+              f"({', '.join(names[:2])}{', ...' if len(names) > 2 else ''}) stay in {home.url(folder)}, "
+              "no longer catalogued")
     ready = [p for p in watched if latest_storage_id(instance, "image_metadata", p)]
     downstream = bring_up_to_date(runner, home, ready, QUIET)
     if downstream is None:

@@ -219,6 +219,7 @@ def test_a_demo_lists_again_the_observations_whose_products_the_watchlist_now_ch
 
     from skyassets.archive.choices import products_rechosen
     from skyassets.archive.watchlist import load_watchlist
+    from skyassets.catalog import connect
     from skyassets.lake.home import Home
 
     def listings() -> dict[str, int]:
@@ -231,7 +232,7 @@ def test_a_demo_lists_again_the_observations_whose_products_the_watchlist_now_ch
 
     raw = yaml.safe_load(resources.files("skyassets").joinpath("watchlist.yaml").read_text())
     (entry,) = [e for e in raw["entries"] if e["name"] == "smacs-0723-program"]
-    entry["products"] = {"extensions": ["fits"]}  # no longer fits.gz
+    entry["products"] = {"subgroups": ["I2D"]}  # the combined images only, no longer the exposures
     watchlist = demo_home.parent / "watchlist.yaml"
     watchlist.write_text(yaml.safe_dump(raw))
     home = Home(demo_home)
@@ -251,5 +252,12 @@ def test_a_demo_lists_again_the_observations_whose_products_the_watchlist_now_ch
                 "again") in done.stdout, done.stdout
     after = listings()
     assert {k for k in after if after[k] != before.get(k, 0)} == set(smacs), done.stdout
+    # the exposures no longer chosen stay where they are, said, and leave the catalog
+    exposures = sorted((demo_home / "files" / "JWST").glob("jw02736*/*_cal.fits"))
+    assert exposures and all(re.search(rf"^  {obs_id}: \d+ files? the watchlist no longer chooses \(.*\) stay in "
+                                       rf"{re.escape(str(demo_home))}/files/JWST/{obs_id}, no longer catalogued$",
+                                       done.stdout, re.M) for obs_id in {p.parent.name for p in exposures}), done.stdout
+    catalogued = connect(demo_home).sql("SELECT file_name FROM files WHERE obs_id LIKE 'jw02736%'").fetchall()
+    assert catalogued and not [name for (name,) in catalogued if name.endswith("_cal.fits")]
     # the choice is recorded as made now: a next demo lists nothing again
     assert products_rechosen(home.tables, load_watchlist(watchlist), list(found["obs_id"])) == {}
