@@ -182,53 +182,52 @@ def test_a_second_demo_on_an_unchanged_home_materialises_nothing_new(demo_home):
     assert not re.search(r"\b0 (files|FITS|failed|new|observations)", done.stdout), done.stdout
 
 
-@pytest.mark.slow
-def test_a_demo_fetches_again_a_file_gone_from_the_home_and_nothing_else(demo_home):
+def _materialisations(demo_home: Path, asset: str) -> dict[str, int]:
+    """How many times each partition of ``asset`` has been materialised in the demo home's instance."""
     from dagster import AssetKey, AssetRecordsFilter, DagsterInstance
 
-    def fetches() -> dict[str, int]:
-        with DagsterInstance.from_config(str(demo_home / "dagster")) as instance:
-            records = instance.fetch_materializations(AssetRecordsFilter(AssetKey("fits_files")), 10000).records
-            counts: dict[str, int] = {}
-            for record in records:
-                counts[record.partition_key] = counts.get(record.partition_key, 0) + 1
-            return counts
+    with DagsterInstance.from_config(str(demo_home / "dagster")) as instance:
+        records = instance.fetch_materializations(AssetRecordsFilter(AssetKey(asset)), 10000).records
+    counts: dict[str, int] = {}
+    for record in records:
+        counts[record.partition_key] = counts.get(record.partition_key, 0) + 1
+    return counts
 
-    gone = sorted((demo_home / "files" / "JWST").rglob("*_cal.fits"))[0]
-    digest = subprocess.run(["sha256sum", str(gone)], capture_output=True, text=True).stdout.split()[0]
-    gone.unlink()
-    before = fetches()
+
+def _demo_again(demo_home: Path, **settings: str) -> subprocess.CompletedProcess:
+    """``skyassets demo`` once more on the demo home (with ``settings`` in its environment); it must succeed."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SKYASSETS_", "DAGSTER_"))}
-    env["SKYASSETS_HOME"] = str(demo_home)
+    env.update(SKYASSETS_HOME=str(demo_home), **settings)
     done = subprocess.run(
         [sys.executable, "-m", "skyassets.cli.main", "demo"],
         cwd=demo_home.parent, env=env, capture_output=True, text=True, timeout=900,
     )
     assert done.returncode == 0, f"skyassets demo failed:\n{done.stdout}\n{done.stderr}"
+    return done
+
+
+@pytest.mark.slow
+def test_a_demo_fetches_again_a_file_gone_from_the_home_and_nothing_else(demo_home):
+    gone = sorted((demo_home / "files" / "JWST").rglob("*_cal.fits"))[0]
+    digest = subprocess.run(["sha256sum", str(gone)], capture_output=True, text=True).stdout.split()[0]
+    gone.unlink()
+    before = _materialisations(demo_home, "fits_files")
+    done = _demo_again(demo_home)
     assert f"  {gone.parent.name}: 1 file gone from the home since fetched ({gone.name}); fetched again" \
         in done.stdout, done.stdout
     assert subprocess.run(["sha256sum", str(gone)], capture_output=True, text=True).stdout.split()[0] == digest
-    after = fetches()
+    after = _materialisations(demo_home, "fits_files")
     assert {k for k in after if after[k] != before.get(k, 0)} == {gone.parent.name}, done.stdout
 
 
 @pytest.mark.slow
 def test_a_demo_lists_again_the_observations_whose_products_the_watchlist_now_chooses_otherwise(demo_home):
     import yaml
-    from dagster import AssetKey, AssetRecordsFilter, DagsterInstance
 
     from skyassets.archive.choices import products_rechosen
     from skyassets.archive.watchlist import load_watchlist
     from skyassets.catalog import connect
     from skyassets.lake.home import Home
-
-    def listings() -> dict[str, int]:
-        with DagsterInstance.from_config(str(demo_home / "dagster")) as instance:
-            records = instance.fetch_materializations(AssetRecordsFilter(AssetKey("mast_products")), 10000).records
-            counts: dict[str, int] = {}
-            for record in records:
-                counts[record.partition_key] = counts.get(record.partition_key, 0) + 1
-            return counts
 
     raw = yaml.safe_load(resources.files("skyassets").joinpath("watchlist.yaml").read_text())
     (entry,) = [e for e in raw["entries"] if e["name"] == "smacs-0723-program"]
@@ -239,18 +238,12 @@ def test_a_demo_lists_again_the_observations_whose_products_the_watchlist_now_ch
     found = home.tables.read("mast_observations", columns=["obs_id", "watchlist_entry"])
     smacs = sorted(found[found["watchlist_entry"].str.contains("smacs-0723-program")]["obs_id"])
     assert smacs
-    before = listings()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SKYASSETS_", "DAGSTER_"))}
-    env.update(SKYASSETS_HOME=str(demo_home), SKYASSETS_WATCHLIST=str(watchlist))
-    done = subprocess.run(
-        [sys.executable, "-m", "skyassets.cli.main", "demo"],
-        cwd=demo_home.parent, env=env, capture_output=True, text=True, timeout=900,
-    )
-    assert done.returncode == 0, f"skyassets demo failed:\n{done.stdout}\n{done.stderr}"
+    before = _materialisations(demo_home, "mast_products")
+    done = _demo_again(demo_home, SKYASSETS_WATCHLIST=str(watchlist))
     for obs_id in smacs:
         assert (f"  {obs_id}: the watchlist (smacs-0723-program) now chooses other products; listed and fetched "
                 "again") in done.stdout, done.stdout
-    after = listings()
+    after = _materialisations(demo_home, "mast_products")
     assert {k for k in after if after[k] != before.get(k, 0)} == set(smacs), done.stdout
     # the exposures no longer chosen stay where they are, said, and leave the catalog
     exposures = sorted((demo_home / "files" / "JWST").glob("jw02736*/*_cal.fits"))
