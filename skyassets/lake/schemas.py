@@ -136,8 +136,8 @@ LANDING_INDEX_SCHEMA = pa.schema([
     schema_field("partition", pa.string(), None, "the observation (partition) whose landing record holds it now"),
 ])
 
-# What the watchlist asked of an observation's products when they were last listed: a demo that
-# finds the watchlist asking for other products lists and fetches the observation again.
+# What the watchlist asked of an observation's products when they were last listed: the demo and
+# new_observations_sensor list and fetch again an observation the watchlist now asks other products of.
 PRODUCT_CHOICES_SCHEMA = pa.schema([
     schema_field("obs_id", pa.string(), None, "the observation (partition)"),
     schema_field("products", pa.string(), None, "the watchlist's product choice for it, as JSON"),

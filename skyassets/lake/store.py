@@ -38,6 +38,8 @@ def to_frame(data: pa.Table) -> pd.DataFrame:
     """``data`` as pandas with its integer columns whole beside a NULL (a landed file's calib_level is
     ``3`` and ``<NA>``, not ``3.0`` and ``NaN``)."""
     return data.to_pandas(types_mapper=_NULLABLE_INTEGERS.get)
+
+
 _CAST_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError)
 
 Data = pd.DataFrame | pa.Table | Sequence[Mapping[str, Any]]

@@ -77,10 +77,6 @@ def mosaics(
         with root.replacing(folder, first=partial(lake.delete, "mosaics", target)) as staging:
             for (instrument, band), group in images.groupby(["instrument_name", "filter"]):
                 group = without_combined_duplicates(group)
-                inputs = [
-                    MosaicInput(path=root.local(p), hdu_index=int(h))
-                    for p, h in zip(group["path"], group["hdu_index"], strict=True)
-                ]
                 name = f"mosaic_{_slug(instrument)}_{_slug(band)}.fits"
                 dest = staging / name
                 digest = provenance(zip(group["path"], group["hdu_index"], group["sha256"], strict=True), chosen) \
@@ -93,6 +89,11 @@ def mosaics(
                     lines.append(f"**{instrument} {band}**: {before['n_inputs']} images, as made before")
                     lines += _mosaic_preview(root, before["path"], f"{target} {band}")
                     continue
+                # fetched into the working copy (with the home on a store) only for a band made anew
+                inputs = [
+                    MosaicInput(path=root.local(p), hdu_index=int(h))
+                    for p, h in zip(group["path"], group["hdu_index"], strict=True)
+                ]
                 try:
                     with dask.executor() as pool:  # on the cluster block by block, else here in one piece
                         build = build_mosaic if pool is None else partial(build_mosaic_blocks, executor=pool)
