@@ -19,6 +19,8 @@ and the PSF fits run once each.
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 import math
 import time
 import warnings
@@ -105,6 +107,12 @@ PIXEL_SCALE_TOLERANCE = 0.10
 GOOD_SCORE = 50.0
 REJECT_SCORE = 100.0 / 3.0
 REASON_BELOW = 90.0  # terms below this are named in flag_reason
+# The measuring code's version, part of each row's ``measured_from``: raise it with any change that
+# changes what :func:`measure_image` finds for the same file, so that images measured before are
+# measured again rather than kept.
+QUALITY_RECIPE = 1
+# What of an image's catalogue row the measurement reads besides the file's pixels and headers.
+MEASURED_FROM = ("sha256", "zp_ab", "pixel_scale", "wcs_problem")
 
 # ------------------------------------------------------------------------------------- schemas
 # QUALITY_SCHEMA and SOURCE_SCHEMA are declared with the lake's other tables.
@@ -116,11 +124,27 @@ _METRIC_COLUMNS = [n for n in QUALITY_SCHEMA.names if n not in SCORE_COLUMNS]
 @dataclass
 class Measurement:
     """One image's metrics (a :data:`QUALITY_SCHEMA` row without the score), its detected sources
-    and its pixels for previews (None when unreadable)."""
+    and its pixels for previews (None when unreadable, or not read again: then ``thumbnail`` may
+    name where a thumbnail of them was stored)."""
 
     metrics: dict[str, Any]
     sources: pd.DataFrame
     image: np.ndarray | None
+    thumbnail: str | None = None
+
+    def of(self, row: Mapping[str, Any]) -> Measurement:
+        """The same measurement named for the image of catalogue ``row``: another copy of the same
+        bytes (a file under two names, an image kept from an earlier run), the pixels left unread."""
+        hdu_index = int(self.metrics["hdu_index"])
+        identity = _identity(row, hdu_index, self.metrics["file_name"])
+        metrics = {**self.metrics, **identity}
+        problem, was = metrics.get("problem"), f"{self.metrics['file_name']}[{hdu_index}]: "
+        if isinstance(problem, str) and problem.startswith(was):
+            metrics["problem"] = f"{identity['file_name']}[{hdu_index}]: {problem.removeprefix(was)}"
+        sources = self.sources.copy()
+        for key in _SOURCE_IDENTITY:
+            sources[key] = identity[key]
+        return Measurement(metrics, sources, self.image, self.thumbnail)
 
 
 # --------------------------------------------------------------------------------- instruments
@@ -782,15 +806,37 @@ def measure_image(path: str | Path, hdu_index: int, *, row: Mapping[str, Any] | 
                                        pixel_scale_ratio=None, fwhm_arcsec=None)
         if measurement.metrics["problem"]:
             measurement.metrics["problem"] = f"{path.name}[{hdu_index}]: {measurement.metrics['problem']}"
-    identity = {"obs_id": row.get("obs_id"), "sha256": row.get("sha256"), "hdu_index": hdu_index,
-                "file_name": row.get("file_name") or path.name, "path": row.get("path"),
-                "instrument_name": row.get("instrument_name"),
-                "filter": row.get("filter"), "obs_collection": row.get("obs_collection")}
-    measurement.metrics.update({k: None if _missing(v) else v for k, v in identity.items()})
-    for key in ("obs_id", "sha256", "hdu_index", "file_name", "path"):
+    identity = _identity(row, hdu_index, path.name)
+    measurement.metrics.update(identity)
+    for key in _SOURCE_IDENTITY:
         measurement.sources[key] = identity[key]
     measurement.metrics["seconds"] = time.perf_counter() - start
     return measurement
+
+
+_SOURCE_IDENTITY = ("obs_id", "sha256", "hdu_index", "file_name", "path")
+
+
+def _identity(row: Mapping[str, Any], hdu_index: int, file_name: str) -> dict[str, Any]:
+    """The metrics' columns that name the image of catalogue ``row`` (``file_name`` when it has none),
+    and the digest of what its measurement reads."""
+    identity = {"obs_id": row.get("obs_id"), "sha256": row.get("sha256"), "hdu_index": hdu_index,
+                "file_name": row.get("file_name") or file_name, "path": row.get("path"),
+                "instrument_name": row.get("instrument_name"),
+                "filter": row.get("filter"), "obs_collection": row.get("obs_collection"),
+                "measured_from": measured_from(row, hdu_index)}
+    return {k: None if _missing(v) else v for k, v in identity.items()}
+
+
+def measured_from(row: Mapping[str, Any], hdu_index: int) -> str | None:
+    """A digest of what measuring HDU ``hdu_index`` of catalogue ``row``'s file reads, and of
+    :data:`QUALITY_RECIPE`: two images with the same digest measure the same. None without the
+    file's SHA-256, as nothing then says two copies hold the same bytes."""
+    if _missing(row.get("sha256")) or not row.get("sha256"):
+        return None
+    read = [QUALITY_RECIPE, int(hdu_index)] + [None if _missing(row.get(k)) else row.get(k) for k in MEASURED_FROM]
+    text = json.dumps([v.item() if isinstance(v, np.generic) else v for v in read], default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 class _Unreadable(Exception):

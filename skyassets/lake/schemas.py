@@ -261,6 +261,10 @@ QUALITY_SCHEMA = pa.schema([
     schema_field("depth_5sigma_ab", pa.float64(), "mag",
                  "5 sigma point-source depth: zp_ab - 2.5 log10(5 sigma sqrt(n_eff))"),
     schema_field("seconds", pa.float64(), "s", "time spent measuring the image"),
+    schema_field("measured_from", pa.string(), None,
+                 "digest of what the measurement read (the file's SHA-256, the HDU, the catalogue's zero point, "
+                 "pixel scale and WCS problem) and of the measuring code's version: an image whose digest is "
+                 "unchanged keeps its measurement"),
     schema_field("score", pa.float64(), None,
                  "0-100: 100 x depth x shape x data terms; 0 when a gate fails (docs/quality.md)"),
     schema_field("score_depth", pa.float64(), None,

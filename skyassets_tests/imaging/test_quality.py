@@ -24,8 +24,10 @@ from skyassets.imaging.quality import (
     REJECT_SCORE,
     SCORE_COLUMNS,
     SOURCE_SCHEMA,
+    Measurement,
     measure_array,
     measure_image,
+    measured_from,
     physical_problems,
     score,
 )
@@ -435,3 +437,33 @@ def test_galaxies_and_cluster_light_are_not_taken_for_noise():
     m = measure_array(image.astype(np.float32), wcs=wcs(n)).metrics
     assert m["background_method"] == "Background2D"
     assert m["background_rms"] == pytest.approx(1.0, rel=0.04)
+
+
+def test_what_a_measurement_read_is_named_by_a_digest_that_changes_with_any_of_it(monkeypatch):
+    import skyassets.imaging.quality as quality
+
+    row = {"sha256": "ab" * 32, "zp_ab": 25.3, "pixel_scale": 0.031, "wcs_problem": None, "file_name": "a.fits"}
+    digest = measured_from(row, 1)
+    assert digest == measured_from({**row, "file_name": "b.fits", "obs_id": "other", "path": "x/b.fits"}, 1)
+    assert digest == measured_from({**row, "wcs_problem": float("nan")}, 1)  # a catalogue's NaN is none
+    changed = [measured_from({**row, "sha256": "cd" * 32}, 1), measured_from(row, 2),
+               measured_from({**row, "zp_ab": 25.4}, 1), measured_from({**row, "pixel_scale": None}, 1),
+               measured_from({**row, "wcs_problem": "the CD matrix is singular"}, 1)]
+    assert len({digest, *changed}) == 6
+    assert measured_from({**row, "sha256": None}, 1) is None  # nothing says two such copies are the same bytes
+    monkeypatch.setattr(quality, "QUALITY_RECIPE", quality.QUALITY_RECIPE + 1)
+    assert measured_from(row, 1) != digest
+
+
+def test_a_measurement_named_for_another_copy_carries_that_copy_s_name_everywhere():
+    sources = pd.DataFrame({"obs_id": ["o1"] * 2, "sha256": ["s"] * 2, "hdu_index": [1, 1],
+                            "file_name": ["a.fits"] * 2, "path": ["o1/a.fits"] * 2, "flux": [1.0, 2.0]})
+    metrics = {"obs_id": "o1", "sha256": "s", "hdu_index": 1, "file_name": "a.fits", "path": "o1/a.fits",
+               "problem": "a.fits[1]: 30% of the pixels are NaN", "background": 3.0}
+    measured = Measurement(metrics, sources, None, "previews/o1/a.fits.1.png")
+    copy = measured.of({"obs_id": "o2", "sha256": "s", "file_name": "b.fits", "path": "o2/b.fits"})
+    assert copy.metrics["problem"] == "b.fits[1]: 30% of the pixels are NaN" and copy.metrics["background"] == 3.0
+    assert (copy.metrics["obs_id"], copy.metrics["file_name"], copy.metrics["path"]) == ("o2", "b.fits", "o2/b.fits")
+    assert set(copy.sources["file_name"]) == {"b.fits"} and set(copy.sources["obs_id"]) == {"o2"}
+    assert copy.sources["flux"].tolist() == [1.0, 2.0] and copy.thumbnail == measured.thumbnail
+    assert measured.metrics["file_name"] == "a.fits" and set(sources["file_name"]) == {"a.fits"}  # left as it was

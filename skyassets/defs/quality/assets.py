@@ -93,14 +93,25 @@ def listed(items: list[str]) -> str:
 def image_quality(
     context: AssetExecutionContext, home: HomeResource, dask: DaskResource
 ) -> Iterator[MaterializeResult | AssetCheckResult]:
-    from skyassets.imaging.quality import score
+    from skyassets.imaging.quality import measured_from, score
 
     root = home.home
     lake = root.tables
     keys = context.partition_keys  # Dagster reads every key of the partitions definition on each access
-    images = _catalogued_images(lake, keys)
+    rows = _catalogued_images(lake, keys).to_dict("records")
+    digests = [measured_from(row, row["hdu_index"]) for row in rows]
+    # an image measured before from the same bytes and settings keeps its measurement, and copies of
+    # the same bytes under other names are measured once
+    kept = _measured_before(lake, keys)
+    first = {d: i for i, d in reversed(list(enumerate(digests))) if d is not None and d not in kept}
+    todo = [i for i, d in enumerate(digests) if d is None or first.get(d) == i]
     # one task per image: on the Dask cluster when the dask resource names a scheduler, else here
-    measured = dask.map(partial(_measure, root), images.to_dict("records"))
+    fresh = dict(zip(todo, dask.map(partial(_measure, root), [rows[i] for i in todo]), strict=True))
+    done = {**kept, **{digests[i]: m for i, m in fresh.items() if digests[i] is not None}}
+    measured = [fresh[i] if d is None else done[d].of(rows[i]) for i, d in enumerate(digests)]
+    reused = len(rows) - len(fresh)
+    if reused:
+        context.log.info(f"{len(fresh)} images measured; {reused} kept as measured before from the same bytes")
     metrics = pd.DataFrame([m.metrics for m in measured], columns=_metric_columns())
     scored = score(metrics, reference_depth=_reference_depths(lake, keys))
     sources = pd.concat([m.sources for m in measured if len(m.sources)] or [pd.DataFrame(columns=SOURCE_SCHEMA.names)])
@@ -109,7 +120,9 @@ def image_quality(
         lake.write("image_quality", mine, partition=obs_id)
         lake.write("source_catalogs", sources[sources["obs_id"] == obs_id], partition=obs_id)
         context.add_asset_metadata(
-            _partition_report(root, mine, measured), asset_key="image_quality", partition_key=obs_id
+            {**_partition_report(root, mine, measured),
+             "measured": sum(m.metrics["obs_id"] == obs_id for m in fresh.values())},
+            asset_key="image_quality", partition_key=obs_id,
         )
         if len(keys) > 1:
             context.add_asset_metadata({"sources": int((sources["obs_id"] == obs_id).sum())},
@@ -119,6 +132,7 @@ def image_quality(
         asset_key="image_quality",
         metadata=run_figures(len(keys), {
             "images": len(scored),
+            "measured": len(fresh),
             "flags": MetadataValue.json(scored["flag"].value_counts().to_dict()),
             "worst": preview(scored.sort_values("score").round(WORST_DIGITS), WORST_COLUMNS),
         }),
@@ -132,6 +146,30 @@ def _catalogued_images(lake: Lake, obs_ids: list[str]) -> pd.DataFrame:
     frames = [lake.read("image_metadata", k) for k in obs_ids if lake.exists("image_metadata", k)]
     rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["obs_id", "path", "hdu_index"])
     return rows.drop(columns=["header_json"], errors="ignore")
+
+
+def _measured_before(lake: Lake, obs_ids: list[str]) -> "dict[str, Measurement]":
+    """The measurements already in the partitions' ``image_quality`` and ``source_catalogs`` tables,
+    by ``measured_from``. Left out: rows measured by an earlier version of the code (they have none),
+    and images that could not be used, measured again in case a limit was raised since or their copy
+    could not be read then."""
+    from skyassets.imaging.quality import SCORE_COLUMNS, Measurement
+
+    found: dict[str, Measurement] = {}
+    for obs_id in obs_ids:
+        if not lake.exists("image_quality", obs_id):
+            continue
+        quality = lake.read("image_quality", obs_id)
+        if "measured_from" not in quality:
+            continue
+        sources = lake.read("source_catalogs", obs_id, missing_ok=True)
+        by_image = dict(tuple(sources.groupby(["path", "hdu_index"], dropna=False))) if len(sources) else {}
+        for row in quality[quality["measured_from"].notna() & quality["usable"].astype(bool)].to_dict("records"):
+            metrics = {k: v for k, v in row.items() if k not in SCORE_COLUMNS}
+            mine = by_image.get((row["path"], row["hdu_index"]), sources.iloc[:0])
+            thumbnail = _thumbnail(obs_id, row["file_name"], row["hdu_index"])
+            found[row["measured_from"]] = Measurement(metrics, mine.reset_index(drop=True), None, thumbnail)
+    return found
 
 
 def _measure(root: Home, row: dict) -> "Measurement":
@@ -176,9 +214,16 @@ def _partition_report(root: Home, mine: pd.DataFrame, measured: "list[Measuremen
             f"**{row['file_name']}[{row['hdu_index']}]** {row['filter']}: "
             f"score {row['score']:.0f} ({row['flag']}; {subs})"
         )
+        stored = _thumbnail(row["obs_id"], row["file_name"], row["hdu_index"])
+        png = None
         if m is not None and m.image is not None:
             png = thumbnail_png(m.image, m.sources)
-            root.put_bytes(f"previews/{row['obs_id']}/{row['file_name']}.{row['hdu_index']}.png", png)
+            root.put_bytes(stored, png)
+        elif m is not None and m.thumbnail:  # kept as measured before: the thumbnail stored then
+            png = _stored_thumbnail(root, stored)
+            if png is None and (png := _stored_thumbnail(root, m.thumbnail)):  # first seen under this name
+                root.put_bytes(stored, png)
+        if png:
             lines.append(markdown_image(png, f"{row['file_name']}[{row['hdu_index']}]"))
     return {
         "dagster/row_count": len(mine),
@@ -186,6 +231,20 @@ def _partition_report(root: Home, mine: pd.DataFrame, measured: "list[Measuremen
         "flags": MetadataValue.json(mine["flag"].value_counts().to_dict()),
         "report": MetadataValue.md("\n\n".join(lines) or "no images"),
     }
+
+
+def _thumbnail(obs_id: str, file_name: str, hdu_index: int) -> str:
+    """Where an image's thumbnail is stored, relative to the home."""
+    return f"previews/{obs_id}/{file_name}.{hdu_index}.png"
+
+
+def _stored_thumbnail(root: Home, relative: str) -> bytes | None:
+    """A thumbnail stored by an earlier run, None when there is none (or the store cannot give it)."""
+    try:
+        local = root.local(relative)
+        return local.read_bytes() if local.is_file() else None
+    except OSError:  # StorageError included
+        return None
 
 
 def _images(n: int) -> str:

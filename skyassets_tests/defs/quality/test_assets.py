@@ -120,6 +120,9 @@ def test_an_unusable_image_is_reported_with_its_reason_and_never_stops_its_batch
         for key in keys:  # downstream went on for both partitions, the good one and the bad one
             filtered = AssetRecordsFilter(AssetKey("consumer"), asset_partitions=[key])
             assert instance.fetch_materializations(filtered, limit=1).records
+        assert _run_all(_defs(home.root), instance, keys).success  # again: the unusable image is measured again
+        measured = {k: latest_metadata(instance, "image_quality", k)["measured"] for k in keys}
+        assert measured == {"landed-V99999001001P0000000002101": 1, next(k for k in keys if "V9999" not in k): 0}
     rows = home.tables.read("image_quality", "landed-V99999001001P0000000002101")  # landed keys: their own
     assert rows["usable"].tolist() == [False] and rows["score"].tolist() == [0]
 
@@ -133,3 +136,51 @@ def test_a_check_names_its_first_images_and_counts_the_rest():
     said = listed(many)
     assert said.startswith("; ".join(many[:CHECK_LISTS]) + "; ... and 3990 more")
     assert len(said) < 400
+
+
+def test_an_image_measured_before_from_the_same_bytes_is_kept_and_copies_are_measured_once(emu, tmp_path, monkeypatch):
+    import skyassets.imaging.quality as quality
+
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    first = sorted(emu.sky.root.rglob("*_cal.fits"))[0]
+    shutil.copy(first, drop / first.name)
+    home = Home(tmp_path / "home")
+    with instance_for_test() as instance:
+        defs = _defs(home.root)
+
+        def measure() -> tuple[dict, "object"]:
+            keys = sorted(instance.get_dynamic_partitions("observations"))
+            assert len(keys) == 1 and _run_all(defs, instance, keys).success
+            return latest_metadata(instance, "image_quality", keys[0]), home.tables.read("image_quality", keys[0])
+
+        ingest([drop], home, instance)
+        said, before = measure()
+        assert said["measured"] == 1 and said["images"] == 1
+        # the same bytes under another name, and an image of the same observation with other pixels
+        shutil.copy(first, drop / f"copy_{first.name}")
+        other = drop / f"other_{first.name}"
+        with fits.open(first) as hdul:
+            hdul["SCI"].data = hdul["SCI"].data * 1.5
+            hdul.writeto(other, checksum=True)
+        ingest([drop], home, instance)
+        said, after = measure()
+        assert said["images"] == 3 and said["measured"] == 1  # only the new pixels
+        by_name = after.set_index("file_name")
+        kept, copy = by_name.loc[first.name], by_name.loc[f"copy_{first.name}"]
+        assert kept["seconds"] == before["seconds"].iloc[0]  # not measured again
+        measured = [c for c in quality.QUALITY_SCHEMA.names if c not in quality.SCORE_COLUMNS
+                    and c not in ("file_name", "path")]
+        assert copy[measured].equals(kept[measured])  # the copy carries the measurement under its own name
+        assert copy["path"].endswith(copy.name) and kept["path"].endswith(first.name)
+        sources = home.tables.read("source_catalogs", after["obs_id"].iloc[0])
+        counts = sources.groupby("file_name").size()
+        assert counts[first.name] == counts[copy.name] > 0 and counts[other.name] > 0
+        report = latest_metadata(instance, "image_quality", after["obs_id"].iloc[0])["report"]
+        assert report.count("data:image/png;base64,") == 3  # the kept images' thumbnails too
+
+        said, again = measure()  # nothing changed: nothing measured
+        assert said["measured"] == 0 and again["seconds"].tolist() == after["seconds"].tolist()
+        monkeypatch.setattr(quality, "QUALITY_RECIPE", quality.QUALITY_RECIPE + 1)
+        said, _ = measure()  # the measuring code changed: every distinct image measured again, once
+        assert said["measured"] == 2
