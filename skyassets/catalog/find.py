@@ -1,14 +1,17 @@
 """Search the catalog in words: "deep NIRCam images of the Southern Ring in the reddest filter".
 
 A question is read twice. First for the parts the catalog can answer exactly: target names (the
-catalog's own targets, or a name resolver when one is given), telescopes and instruments, filter
-names, wavelength words ("near-infrared", "UV", "reddest"), dates and date ranges, exposure depth
-("deep", "longer than 500 s") and quality ("good"). Those become filters written with the same
-``Query`` helpers as ``search()``. Then for relevance: every image has a short document made of its
-metadata (target, program title, instrument, filter, wavelength region, calibration level, year,
-a few header keywords), ranked by BM25 (``bm25s``) and, when a sentence-embedding model is
-installed, by cosine similarity; the two rankings are fused by reciprocal rank fusion. Each result
-says which filters it passed and which of its words matched.
+catalog's own targets by any name it holds for them: the observer's target name, the name of the
+target group, the watchlist entries that found them; or a name resolver when one is given),
+telescopes and instruments, filter names, wavelength words ("near-infrared", "UV", "reddest"),
+dates and date ranges, exposure depth ("deep", "longer than 500 s") and quality ("good"). Those
+become filters written with the same ``Query`` helpers as ``search()``. Then for relevance: every
+image has a short document made of its metadata (target, program title, watchlist entries,
+instrument, filter, wavelength region, calibration level, year, a few header keywords), ranked by
+BM25 (``bm25s``) and, when a sentence-embedding model is installed, by cosine similarity; the two
+rankings are fused by reciprocal rank fusion, with the images of a target the question names
+ranked first in a third ranking. Each result says which filters it passed and which of its words
+matched.
 
 Images with the same metadata share one document, so the index holds a few documents per
 observation rather than one per image: a million images of a real archive are tens of thousands of
@@ -50,7 +53,7 @@ from skyassets.fits.bandpasses import lookup
 from skyassets.lake.home import Home
 from skyassets.lake.store import to_frame
 
-INDEX_VERSION = 1
+INDEX_VERSION = 2
 MAX_SEGMENTS = 8
 """More segments than this are merged into one (BM25 statistics are then exact again)."""
 RRF_K = 60
@@ -159,6 +162,22 @@ HEADER_WORDS = ("OBJECT", "TARGNAME", "EXP_TYPE", "CHANNEL", "MODULE", "APERTURE
 
 _WORD = re.compile(r"[a-z0-9]+(?:[-.][a-z0-9]+)*")
 _PART = re.compile(r"[a-z]+|\d+")
+CATALOGUE_PREFIXES = {"messier": "m"}
+"""Catalogue names spelt out, and the prefix designations write them with: "Messier 74" is M74."""
+RUN_WORDS = 8
+"""Longest run of a question's words joined to be compared with a name ("southern ring nircam")."""
+
+
+def _joined(prefix: str, number: str) -> str:
+    """A designation as one token: letters and the number after them ("messier", "74" → "m74")."""
+    return CATALOGUE_PREFIXES.get(prefix, prefix) + number
+
+
+def _parts(text: str) -> list[str]:
+    """Lower-case runs of letters and of digits, numbers without leading zeros, catalogue names
+    abbreviated: the form in which names are compared, whatever their case and separators."""
+    parts = [p.lstrip("0") or "0" if p.isdigit() else p for p in _PART.findall(text.lower())]
+    return [CATALOGUE_PREFIXES.get(p, p) for p in parts]
 
 
 @lru_cache(maxsize=1 << 18)
@@ -174,18 +193,39 @@ def _word_tokens(word: str) -> tuple[str, ...]:
 def tokens(text: str) -> list[str]:
     """Lower-case words and numbers, with catalog designations joined: "NGC 0628" gives ngc, 628, ngc628."""
     out = [t for word in _WORD.findall(text.lower()) for t in _word_tokens(word)]
-    joined = [a + b for a, b in zip(out, out[1:], strict=False) if a.isalpha() and b.isdigit()]
+    joined = [_joined(a, b) for a, b in zip(out, out[1:], strict=False) if a.isalpha() and b.isdigit()]
     return out + joined
 
 
 def name_keys(name: str) -> set[str]:
-    """Designations in a target name ("NGA_NGC0628" → {"ngc628"}), letters joined to the number after them."""
-    parts = [p.lstrip("0") or "0" if p.isdigit() else p for p in re.findall(r"[a-z]+|\d+", name.lower())]
+    """Designations in a target name ("NGA_NGC0628" → {"ngc628"}, "Messier 74" → {"m74"}), letters
+    joined to the number after them; a name without one is its words joined ("southernringnircam")."""
+    parts = _parts(name)
     pairs = zip(parts, parts[1:], strict=False)
     keys = {a + b for a, b in pairs if a.isalpha() and b.isdigit() and len(a) + len(b) >= 3}
     if not keys and parts:
         keys.add("".join(parts))
     return keys
+
+
+NOT_A_NAME = STOP_WORDS | frozenset(TELESCOPES) | INSTRUMENTS | frozenset(REGION_WORDS)
+
+
+def alias_keys(name: str) -> set[str]:
+    """:func:`name_keys` of another name the catalog holds for a target (a watchlist entry's), leaving
+    out the filters and instruments an entry may be named after ("smacs-nircam-f444w" is SMACS, not
+    every F444W image) and words a question uses for anything ("images")."""
+    name = FILTER_RE.sub(" ", name)
+    name = " ".join(w for w in re.split(r"[^A-Za-z0-9]+", name) if w.lower() not in INSTRUMENTS)
+    return {k for k in name_keys(name) if k not in NOT_A_NAME}
+
+
+def _runs(text: str) -> set[str]:
+    """Every run of two to ``RUN_WORDS`` consecutive parts of a question, joined: a name of several
+    words is named however it is spaced, hyphenated or cased ("Southern-Ring NIRCam")."""
+    parts = _parts(text)
+    return {"".join(parts[i:j]) for i in range(len(parts))
+            for j in range(i + 2, min(i + RUN_WORDS, len(parts)) + 1)}
 
 
 # -------------------------------------------------------------------------------- documents
@@ -254,13 +294,15 @@ def documents_sql(con: duckdb.DuckDBPyConnection) -> str:
     source = "images AS i"
     if "observations" in _tables(con) and {"obs_id", "obs_title"} <= _columns(con, "observations"):
         observed = _columns(con, "observations")
-        extra = [c for c in ("obs_title", "target_classification", "proposal_pi", "obs_collection", "wavelength_region")
-                 if c in observed]
+        extra = [c for c in ("obs_title", "target_classification", "proposal_pi", "obs_collection", "wavelength_region",
+                             "watchlist_entry") if c in observed]
         source += (
             f" LEFT JOIN (SELECT obs_id, {', '.join(f'any_value({c}) AS {c}' for c in extra)} "
             "FROM observations GROUP BY obs_id) AS o ON i.obs_id = o.obs_id"
         )
-        parts += [f"o.{c}" for c in extra if c != "wavelength_region"]
+        parts += [f"o.{c}" for c in extra if c not in ("wavelength_region", "watchlist_entry")]
+        if "watchlist_entry" in extra:  # the names of the entries that found it ("m74-field,deep-fields")
+            parts.append("replace(o.watchlist_entry, ',', ' ')")
         if "wavelength_region" in extra:  # MAST's words for the band, when the image has no filter
             parts.append("CASE upper(o.wavelength_region) WHEN 'UV' THEN 'uv ultraviolet' "
                          "WHEN 'EUV' THEN 'uv ultraviolet' ELSE lower(o.wavelength_region) END")
@@ -287,6 +329,39 @@ def targets_sql() -> str:
         SELECT p.target_name, p.n, p.ra, p.dec,
                least(2.0, max(ang_sep(p.ra, p.dec, v.s_ra, v.s_dec)) + p.fov / 2 + 0.005) AS radius
         FROM p JOIN v USING (target_name) GROUP BY p.target_name, p.n, p.ra, p.dec, p.fov"""
+
+
+def aliases_sql(con: duckdb.DuckDBPyConnection) -> str | None:
+    """SQL giving ``target_name, alias``: the other names the catalog holds for the images of each
+    target name (the watchlist entries that found its observations, the name of the target group
+    they belong to), or None when it holds none. A user names a target by these as often as by the
+    observer's name: the field ``m74-field`` whose images MAST calls NGC-628."""
+    tables, found = _tables(con), []
+    if "observations" in tables and {"obs_id", "watchlist_entry"} <= _columns(con, "observations"):
+        found.append("SELECT obs_id, trim(unnest(string_split(watchlist_entry, ','))) AS alias FROM observations")
+    if "targets" in tables and {"obs_id", "target_name"} <= _columns(con, "targets"):
+        found.append("SELECT obs_id, target_name AS alias FROM targets")
+    if not found:
+        return None
+    return f"""
+        SELECT DISTINCT i.target_name, a.alias
+        FROM (SELECT DISTINCT obs_id, target_name FROM images WHERE target_name IS NOT NULL) AS i
+        JOIN ({' UNION ALL '.join(found)}) AS a USING (obs_id)
+        WHERE a.alias IS NOT NULL AND a.alias <> '' AND a.alias <> i.target_name
+        ORDER BY ALL"""
+
+
+def targets_frame(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+    """The catalog's targets (:func:`targets_sql`), each with the other names it holds for them
+    (``aliases``, a list: :func:`aliases_sql`)."""
+    targets = con.execute(targets_sql()).df()
+    sql = aliases_sql(con)
+    aliases: dict[str, list[str]] = {}
+    if sql is not None:
+        for name, alias in con.execute(sql).fetchall():
+            aliases.setdefault(name, []).append(alias)
+    targets["aliases"] = [aliases.get(name, []) for name in targets["target_name"]]
+    return targets
 
 
 def bands_sql(con: duckdb.DuckDBPyConnection) -> str:
@@ -403,13 +478,13 @@ class SearchIndex:
 
     segments: list[Segment]
     images: pa.Table  # file_key, hdu_index, doc (one row per image, index order)
-    targets: pd.DataFrame  # target_name, n, ra, dec, radius
+    targets: pd.DataFrame  # target_name, n, ra, dec, radius, aliases
     bands: pd.DataFrame  # instrument_name, filter, em_mid, n
     model: str | None
     built: str
     _doc_of: np.ndarray | None = field(default=None, repr=False)
     _images_of: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
-    _target_keys: list[tuple[str, set[str]]] | None = field(default=None, repr=False)
+    _target_keys: list[tuple[str, dict[str, set[str]]]] | None = field(default=None, repr=False)
     _vectors: np.ndarray | None = field(default=None, repr=False)
     _filterable: tuple[pa.Table, pd.DataFrame, pd.DataFrame] | None = field(default=None, repr=False)
 
@@ -473,9 +548,13 @@ class SearchIndex:
             self._vectors = np.concatenate([s.vectors for s in self.segments])
         return self._vectors
 
-    def target_keys(self) -> list[tuple[str, set[str]]]:
+    def target_keys(self) -> list[tuple[str, dict[str, set[str]]]]:
+        """Each target name with the keys (:func:`name_keys`) of every name the catalog holds for it."""
         if self._target_keys is None:
-            self._target_keys = [(n, name_keys(n)) for n in self.targets["target_name"]]
+            aliases = self.targets["aliases"] if "aliases" in self.targets else [[]] * len(self.targets)
+            self._target_keys = [
+                (n, {n: name_keys(n), **{str(a): alias_keys(str(a)) for a in others if str(a) != n}})
+                for n, others in zip(self.targets["target_name"], aliases, strict=True)]
         return self._target_keys
 
 
@@ -612,7 +691,7 @@ def build_index(
     build = uuid.uuid4().hex[:12]
     images = rows.drop_columns(["text"]).append_column("doc", pa.array(doc))
     pq.write_table(images, folder / f"images-{build}.parquet")
-    con.execute(targets_sql()).df().to_parquet(folder / f"targets-{build}.parquet", index=False)
+    targets_frame(con).to_parquet(folder / f"targets-{build}.parquet", index=False)
     con.execute(bands_sql(con)).df().to_parquet(folder / f"bands-{build}.parquet", index=False)
     manifest = {"version": INDEX_VERSION, "build": build, "segments": names, "model": model_name,
                 "images": len(texts), "documents": documents,
@@ -692,7 +771,7 @@ def memory_index(con: duckdb.DuckDBPyConnection, *, embedder: Embedder | None | 
     segments = [Segment("memory", 0, unique, _bm25(unique), vectors)] if unique else []
     images = rows.drop_columns(["text"]).append_column(
         "doc", pa.array(np.array([position[t] for t in texts], dtype=np.int32))).combine_chunks()
-    return SearchIndex(segments, images, con.execute(targets_sql()).df(), con.execute(bands_sql(con)).df(),
+    return SearchIndex(segments, images, targets_frame(con), con.execute(bands_sql(con)).df(),
                        model.name if vectors is not None and model is not None else None, "in memory")
 
 
@@ -713,6 +792,7 @@ class Parsed:
     notes: list[str]
     reddest: bool | None = None  # True: reddest, False: bluest
     deep: bool | None = None  # True: deep, False: shallow
+    targets: list[str] = field(default_factory=list)  # the catalog's target names the question names
 
     @property
     def filtered(self) -> bool:
@@ -799,9 +879,17 @@ def parse(
     notes: list[str] = []
     words = tokens(low)
 
-    # targets: any run of words whose designations name one of the catalog's targets
-    keys = set(words)
-    matched = [name for name, k in index.target_keys() if k & keys]
+    # targets: any run of words whose designations name one of the catalog's targets, by any name it
+    # holds for it (the observer's, its group's, a watchlist entry's); whatever the case and spacing
+    keys = set(words) | _runs(low)
+    naming: dict[str, list[str]] = {}
+    for target, names in index.target_keys():
+        if used := [n for n, k in names.items() if k & keys]:
+            naming[target] = used
+    matched = list(naming)
+    # the other names by which targets were named, when not by their own ("M74": as m74-field)
+    via = sorted({n for t, used in naming.items() if t not in used for n in used})
+    said_as = f" as {', '.join(via)}" if via else ""
     if matched:
         rows = index.targets[index.targets["target_name"].isin(matched)]
         # targets named alike (NGC-628, NGC628, NGA_NGC0628) are one place: a cone around them all
@@ -810,10 +898,11 @@ def parse(
         radius = float(spread + rows["radius"].max())
         if radius <= TARGET_RADIUS:
             query = query.cone(ra, dec, radius)
-            applied.append(f"target {', '.join(sorted(matched))} (within {radius:.3f}° of {ra:.4f} {dec:+.4f})")
+            applied.append(f"target {', '.join(sorted(matched))}{said_as} "
+                           f"(within {radius:.3f}° of {ra:.4f} {dec:+.4f})")
         elif len(matched) == 1:  # a name for scattered fields (a survey, a program's label): by name
             named = named.target(matched[0])
-            applied.append(f"target name containing {matched[0]}")
+            applied.append(f"target name containing {matched[0]}{said_as}")
         else:
             notes.append(f"targets {', '.join(sorted(matched))} are scattered over the sky: ranked by name only")
     else:
@@ -891,7 +980,7 @@ def parse(
 
     terms = [w for w in dict.fromkeys(words) if w not in STOP_WORDS]
     said = [w for w in dict.fromkeys(re.findall(r"[a-z0-9]+(?:[-.][a-z0-9]+)*", low)) if w not in STOP_WORDS]
-    return Parsed(text, query, bands, named, applied, terms, said, notes, reddest, deep)
+    return Parsed(text, query, bands, named, applied, terms, said, notes, reddest, deep, matched)
 
 
 MAST_RESOLVER = "https://mastresolver.stsci.edu"
@@ -997,6 +1086,7 @@ class Ranked:
     lexical_rank: dict[int, int]
     embedding_rank: dict[int, int]
     similarity: dict[int, float]
+    named: set[int] = field(default_factory=set)
 
 
 def _lexical(index: SearchIndex, terms: list[str]) -> np.ndarray:
@@ -1034,6 +1124,9 @@ def rank(
 ) -> Ranked:
     """Documents of the candidate images (all when None) ranked by BM25, embeddings or their fusion.
 
+    The documents of the targets the question names (``parsed.targets``) are first in a third
+    ranking, fused with the others: a target named exactly scores clearly above the rest (by about
+    1 / (RRF_K + 1)) rather than a rank or two of BM25 above images that share a word with it.
     Without filters only documents that a ranking found are returned (by embeddings: with a
     similarity of at least ``SIMILARITY_FLOOR``); with filters every candidate is, those no ranking
     found last.
@@ -1045,6 +1138,12 @@ def rank(
     lexical_rank: dict[int, int] = {}
     embedding_rank: dict[int, int] = {}
     similarity: dict[int, float] = {}
+    named = np.zeros(0, dtype=np.int64)
+    if parsed.targets and len(docs):
+        of_named = pc.is_in(index.images["target_name"], value_set=pa.array(parsed.targets, pa.string()))
+        images = np.flatnonzero(pc.fill_null(of_named, False).to_numpy(zero_copy_only=False))
+        named = np.intersect1d(np.unique(index.doc_of[images]), docs)
+        fused[named] += 1.0 / (RRF_K + 1)
     if mode in ("fusion", "lexical") and parsed.terms and len(docs):
         scores = _lexical(index, parsed.terms)
         hits = docs[scores[docs] > 0]
@@ -1069,7 +1168,7 @@ def rank(
     if candidates is not None:  # the filters' other images follow, in catalog order
         rest = docs[fused[docs] == 0]
         found = np.concatenate([found, rest])
-    return Ranked(found, fused[found], lexical_rank, embedding_rank, similarity)
+    return Ranked(found, fused[found], lexical_rank, embedding_rank, similarity, set(named.tolist()))
 
 
 # ---------------------------------------------------------------------------------------- find
@@ -1309,6 +1408,8 @@ def _why(parsed: Parsed, index: SearchIndex, ranked: Ranked, doc: int) -> str:
     parts = list(parsed.applied)
     if matched:
         parts.append("words " + ", ".join(matched))
+    if doc in ranked.named:
+        parts.append("its target named")
     if doc in ranked.lexical_rank:
         parts.append(f"BM25 rank {ranked.lexical_rank[doc]}")
     if doc in ranked.similarity:

