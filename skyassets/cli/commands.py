@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from skyassets.cli.output import counted, one_line, write_frame
 from skyassets.cli.sky import SkyError, add_sky_command
 from skyassets.lake.home import HOME_ENV, STORAGE_ENV, Home, StorageError
-from skyassets.lake.lease import LockBusy, file_lock
+from skyassets.lake.lease import LockBusy
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -36,6 +36,7 @@ POSTGRES_ENV = "SKYASSETS_POSTGRES_URL"
 EVENT_BATCH_ENV, EVENT_BATCH_SIZE = "DAGSTER_EVENT_BATCH_SIZE", "1000"
 MAX_BATCH = 250  # partitions in one `skyassets ingest` run, at most
 COMMAND_WAIT = 12 * 3600.0  # seconds a command waits for another on its home before it gives up
+COMMAND_LOCK = "skyassets-command"  # the home's lock (and, on a store, lease) a command holds
 
 
 class CommandError(Exception):
@@ -101,16 +102,17 @@ def _check_watchlist() -> None:
 
 
 @contextmanager
-def one_command_at_a_time(dagster_home: Path) -> Iterator[None]:
-    """Hold the home for a command that launches runs, waiting (and saying so) while another does.
-    Two at once would fetch, measure and remake the same partitions side by side, each reading
-    what the other half wrote; one after the other, the second finds the work done."""
+def one_command_at_a_time(home: Home) -> Iterator[None]:
+    """Hold the home for a command that launches runs, waiting (and saying so) while another does,
+    on this machine or, with the home on a store, on any machine sharing it. Two at once would
+    fetch, measure and remake the same partitions side by side, each reading what the other half
+    wrote; one after the other, the second finds the work done."""
     def waiting(held: str) -> None:
         print(f"waiting for another skyassets command on this home to end ({held})", file=sys.stderr, flush=True)
 
     taken = False
     try:
-        with file_lock(dagster_home / ".skyassets-command.lock", COMMAND_WAIT, waiting):
+        with home.lock(COMMAND_LOCK, COMMAND_WAIT, waiting):
             taken = True
             yield
     except LockBusy as exc:
@@ -125,7 +127,7 @@ def _demo(args: argparse.Namespace) -> int:
     dagster_home = prepare_dagster_home(home)
     from skyassets.cli.demo import run_demo
 
-    with one_command_at_a_time(dagster_home):
+    with one_command_at_a_time(home):
         return run_demo(home, dagster_home)
 
 
@@ -150,7 +152,7 @@ def _ingest(args: argparse.Namespace) -> int:
     )
 
     instance = DagsterInstance.get()
-    with one_command_at_a_time(dagster_home), Launcher(dagster_home, instance) as launcher:
+    with one_command_at_a_time(home), Launcher(dagster_home, instance) as launcher:
         try:
             report = ingest(args.paths, home, launcher, batch=args.batch, progress=text_progress,
                             waiting=lambda held: print(f"waiting for the landing lock: {held}", file=sys.stderr))

@@ -250,6 +250,30 @@ def test_a_store_that_holds_nothing_or_cannot_be_read_is_said_in_one_line(tmp_pa
     assert "the store s3://" in err and "cannot be read" in err and store.endpoint in err
 
 
+def test_commands_on_two_machines_sharing_a_stored_home_take_turns(tmp_path, monkeypatch, capsys):
+    """Each machine has its own local folder and Dagster instance; only the store is shared, so only
+    the lease beside the stored layout keeps their commands from remaking the same products at once."""
+    import skyassets.cli.commands as commands
+
+    for name, value in CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    with object_store() as store:
+        storage = f"s3://{BUCKET}/shared"
+        first, second = (Home(tmp_path / machine, storage=storage, endpoint=store.endpoint) for machine in "ab")
+        monkeypatch.setattr(commands, "COMMAND_WAIT", 1.0)
+        with commands.one_command_at_a_time(first):
+            with pytest.raises(commands.CommandError) as busy:
+                with commands.one_command_at_a_time(second):
+                    pytest.fail("two machines ran a command on the home at once")
+        said = capsys.readouterr().err
+        assert said.startswith("waiting for another skyassets command on this home to end "
+                               f"({storage}/.skyassets-command.lock: held by ")
+        assert f"pid {os.getpid()} since " in said and "another skyassets command still holds this home" in str(
+            busy.value)
+        with commands.one_command_at_a_time(second):  # the first has ended: taken at once
+            assert capsys.readouterr().err == ""
+
+
 def test_show_names_the_products_where_they_are_stored_as_the_catalog_does(tmp_path, monkeypatch, capsys):
     for name, value in CREDENTIALS.items():
         monkeypatch.setenv(name, value)
@@ -597,7 +621,7 @@ def test_a_second_command_on_a_home_waits_for_the_first_and_finds_its_work_done(
     env["SKYASSETS_HOME"] = str(home)
     command = [sys.executable, "-m", "skyassets.cli.main", "ingest", str(drop)]
     first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
-    lock = home / "dagster" / ".skyassets-command.lock"
+    lock = home / ".skyassets-command.lock"
     deadline = time.monotonic() + 120
     while f"pid {first.pid} " not in (lock.read_text() if lock.exists() else ""):
         assert time.monotonic() < deadline and first.poll() is None, first.communicate()
