@@ -25,9 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     # the command's name for the last line, before argparse (loaded with the commands) has read it
     command = next((word for word in argv if not word.startswith("-")), "")
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _terminated)  # `kill`, a service manager, a CI timeout: as Ctrl-C
     try:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, _terminated)  # `kill`, a service manager, a CI timeout: as Ctrl-C
         from skyassets.cli.commands import run
 
         return run(argv)
