@@ -23,6 +23,7 @@ from shapely.geometry.base import BaseGeometry
 
 from skyassets.imaging.mosaic import calibration_rank, exposure_name, is_data_quality
 from skyassets.lake.names import validate_obs_id
+from skyassets.landing.keys import LANDED_PREFIX
 
 _log = logging.getLogger(__name__)
 
@@ -226,9 +227,11 @@ def one_file_per_exposure(inputs: pd.DataFrame) -> pd.DataFrame:
     """``inputs`` with one file per exposure, HDU and target: of an HST FLT and FLC of one exposure the
     FLC, of a JWST cal and rate the cal, of a JWST cal catalogued under two products one, so no
     exposure is co-added with itself; WFPC2 data-quality files (c1m, c1f) are no image at all.
-    The most calibrated file is kept (``mosaic.SUFFIX_RANK``), then the earliest observation id;
-    each file left out is logged with the one kept, and ``build_mosaic`` records such choices for
-    the copies it is given in its header (HISTORY)."""
+    The most calibrated file is kept (``mosaic.SUFFIX_RANK``); of equally calibrated ones a landed
+    file whose bytes the archive's copies do not hold (one's own reduction of the exposure) over
+    the archive's, then the earliest observation id. Each file left out is logged with the one kept
+    (another version of the exposure at INFO, so that it shows in the run's log), and
+    ``build_mosaic`` records such choices for the copies it is given in its header (HISTORY)."""
     if inputs.empty:
         return inputs
     quality_flags = inputs["file_name"].map(is_data_quality)
@@ -239,16 +242,24 @@ def one_file_per_exposure(inputs: pd.DataFrame) -> pd.DataFrame:
     rank = inputs["file_name"].map(calibration_rank)
     # a file name of no known convention says nothing of its exposure: only the same content is the same
     key = inputs["file_name"].map(exposure_name).where(rank > 0, "sha256:" + inputs["sha256"].astype(str))
-    keyed = inputs.assign(exposure_key=key, calibration=rank)
-    keyed = keyed.sort_values(["calibration", "obs_id", "file_name"], ascending=[False, True, True], kind="stable")
+    landed = inputs["obs_id"].astype(str).str.startswith(LANDED_PREFIX)
+    archived = set(zip(key[~landed], inputs["hdu_index"][~landed], inputs["sha256"][~landed], strict=True))
+    own = landed & pd.Series([(k, h, d) not in archived for k, h, d in zip(
+        key, inputs["hdu_index"], inputs["sha256"], strict=True)], index=inputs.index, dtype=bool)
+    keyed = inputs.assign(exposure_key=key, calibration=rank, own=own)
+    keyed = keyed.sort_values(["calibration", "own", "obs_id", "file_name"], ascending=[False, False, True, True],
+                              kind="stable")
     first = ~keyed.duplicated(["target", "exposure_key", "hdu_index"])
     kept = keyed[first]
     for row in keyed[~first].itertuples(index=False):
         chosen = kept[(kept["target"] == row.target) & (kept["exposure_key"] == row.exposure_key)
                       & (kept["hdu_index"] == row.hdu_index)].iloc[0]
-        _log.debug("%s: %s[%s] (%s) left out, same exposure as %s (%s)", row.target, row.file_name, row.hdu_index,
-                  row.obs_id, chosen["file_name"], chosen["obs_id"])
-    return kept.drop(columns=["exposure_key", "calibration"]).sort_index()
+        other_version = row.sha256 != chosen["sha256"] and row.calibration == chosen["calibration"]
+        _log.log(logging.INFO if other_version else logging.DEBUG,
+                 "%s: %s[%s] (%s) left out, %s exposure as %s (%s)", row.target, row.file_name, row.hdu_index,
+                 row.obs_id, "another version of the same" if other_version else "the same", chosen["file_name"],
+                 chosen["obs_id"])
+    return kept.drop(columns=["exposure_key", "calibration", "own"]).sort_index()
 
 
 # The programme observation (JWST) or visit (HST) a file belongs to, from its name: a level-3

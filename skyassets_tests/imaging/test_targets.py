@@ -1,5 +1,6 @@
 """Observations grouped into targets by overlapping footprints and agreeing names."""
 
+import logging
 import random
 
 import pandas as pd
@@ -172,6 +173,31 @@ def test_an_exposure_is_one_input_however_many_files_hold_it():
     assert sorted(zip(inputs["file_name"], inputs["hdu_index"], strict=True)) == [
         ("j8pu01abq_flc.fits", 1), ("j8pu01abq_flc.fits", 4), ("jw01001001001_02101_00001_nrcb1_cal.fits", 1)]
     assert list(inputs.loc[inputs["sha256"] == "s3", "obs_id"]) == ["jw-l2"]
+
+
+def test_one_s_own_version_of_an_exposure_is_used_over_the_archive_s_and_said(caplog):
+    """A landed file named as an archive exposure but with other bytes (reduced again, fixed) is the
+    one co-added, and the run's log says which version was left out; a landed copy of the archive's
+    own bytes changes nothing, nor does a less calibrated landed file (a rate beside the cal)."""
+    name = "jw01001001001_02101_00001_nrcb1"
+    groups = pd.DataFrame({"obs_id": ["jw01001001001", "landed-mine", "landed-copy", "landed-rate"], "target": "T1"})
+    rows = [("jw01001001001", f"{name}_cal", "archive"), ("landed-mine", f"{name}_cal", "mine"),
+            ("landed-copy", f"{name}_cal", "archive"), ("landed-rate", f"{name}_rate", "rate")]
+    images = pd.DataFrame(
+        [(o, f"{n}.fits", f"files/{o}/{n}.fits", 1, s, "NIRCAM", "F444W", 2, 100.0) for o, n, s in rows],
+        columns=["obs_id", "file_name", "path", "hdu_index", "sha256", "instrument_name", "filter", "calib_level",
+                 "t_exptime"])
+    quality = pd.DataFrame({"sha256": ["archive", "mine", "rate"], "hdu_index": 1, "usable": True, "flag": "good",
+                            "score": 90.0})
+    with caplog.at_level(logging.INFO, logger="skyassets.imaging.targets"):
+        inputs = target_inputs(groups, images, quality)["T1"]
+    assert list(zip(inputs["obs_id"], inputs["sha256"], strict=True)) == [("landed-mine", "mine")]
+    said = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert said == [f"T1: {name}_cal.fits[1] ({obs_id}) left out, another version of the same exposure as "
+                    f"{name}_cal.fits (landed-mine)" for obs_id in ("jw01001001001", "landed-copy")]
+    # without one's own version: the archive's copy, before a landed copy of the same bytes
+    inputs = target_inputs(groups, images[images["obs_id"] != "landed-mine"], quality)["T1"]
+    assert list(inputs["obs_id"]) == ["jw01001001001"]
 
 
 def test_a_cal_wins_over_its_rate_and_wfpc2_science_over_its_data_quality_files():
