@@ -15,7 +15,9 @@ The pieces, in the order a composite is made:
   structure shows and bright cores keep their colour (``lupton_rgb``); or channel by channel,
   each stretched to [0, 1] on its own (``stretch``) and blended ("screen");
 * ``write_composite`` writes an 8-bit PNG and a 16-bit TIFF (or a FITS cube) with AVM tags carrying
-  the WCS, so that sky viewers (WorldWide Telescope, Aladin) place the picture on the sky.
+  the WCS, so that sky viewers (WorldWide Telescope, Aladin) place the picture on the sky, and
+  the PNG a digest of what it was made of (``provenance``, read back by ``made_of``), so that a
+  composite whose mosaics and settings did not change is kept rather than made again.
 
 Arrays are in FITS orientation throughout (row 0 at the bottom, as ``WCS`` counts pixels); only the
 written PNG and TIFF are flipped, because image formats put row 0 at the top. AVM defines its WCS
@@ -26,10 +28,12 @@ unflipped array, so the tags are written from that WCS unchanged.
 from __future__ import annotations
 
 import colorsys
+import hashlib
+import json
 import math
 import re
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +55,7 @@ from astropy.visualization import (
 )
 from astropy.wcs import WCS
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 from pyavm import AVM
 from reproject.mosaicking import find_optimal_celestial_wcs
 from scipy.ndimage import (
@@ -83,6 +88,11 @@ STRETCHES = ("linear", "sqrt", "log", "asinh", "power", "histeq", "zscale")
 METHODS = ("lupton", "screen")
 
 RECIPE_COLUMNS = ["recipe", "kind", "rank", "filters", "instruments", "pivots_um", "reason"]
+
+#: Part of every composite's PROVHASH: raised when a change alters the picture a composite of the
+#: same mosaics and settings makes (colours, balance, stretch, the files written), so that
+#: composites made before are made again.
+COMPOSITE_RECIPE = 1
 
 
 # ----------------------------------------------------------------------------------- recipes
@@ -919,12 +929,14 @@ def write_composite(
     *,
     meta: Mapping[str, Any] | None = None,
     cube: str = "tiff",
+    made_from: str | None = None,
 ) -> dict[str, Path]:
     """Write ``rgb`` (H, W, 3 floats in [0, 1], FITS orientation) as ``<stem>.png`` and a cube.
 
     The PNG is 8-bit and the TIFF 16-bit, both flipped so row 0 is the top, both carrying AVM tags
     (an XMP packet) for ``wcs``. ``cube="fits"`` writes ``<stem>.fits`` instead of the TIFF: a
-    float32 (3, H, W) cube in FITS orientation with the WCS in its header. Returns the paths by kind.
+    float32 (3, H, W) cube in FITS orientation with the WCS in its header. ``made_from`` (a
+    :func:`provenance`) goes into the PNG as a PROVHASH text chunk. Returns the paths by kind.
     """
     if cube not in ("tiff", "fits"):
         raise ValueError(f"unknown cube format {cube!r}: use 'tiff' or 'fits'")
@@ -936,7 +948,10 @@ def write_composite(
     avm = avm_for(wcs, data.shape[:2], meta)
     top_down = np.flipud(data)
     png = stem.with_name(stem.name + ".png")
-    Image.fromarray(np.rint(top_down * 255).astype(np.uint8), mode="RGB").save(png)
+    text = PngInfo()
+    if made_from is not None:
+        text.add_text("PROVHASH", made_from)
+    Image.fromarray(np.rint(top_down * 255).astype(np.uint8), mode="RGB").save(png, pnginfo=text)
     avm.embed(str(png), str(png))
     out = {"png": png}
     if cube == "tiff":
@@ -952,6 +967,26 @@ def write_composite(
         cube_data = np.moveaxis(data, 2, 0).astype(np.float32)
         fits.PrimaryHDU(cube_data, header=header).writeto(out["fits"], overwrite=True)
     return out
+
+
+def provenance(mosaics: Iterable[tuple[str, str]], settings: Mapping[str, object]) -> str:
+    """A digest of what a composite is made of: each channel's mosaic (path, PROVHASH), in the order
+    of the channels, and the settings (filters, pivots, method, stretch), which its PNG keeps
+    (PROVHASH): a composite whose mosaics and settings have not changed since it was made need
+    not be made again."""
+    made_of = {"recipe": COMPOSITE_RECIPE, "mosaics": [[str(p), str(d)] for p, d in mosaics], "settings": settings}
+    return hashlib.sha256(json.dumps(made_of, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def made_of(path: str | Path) -> str | None:
+    """The PROVHASH a composite's PNG was made with; None for a PNG without one or that cannot be
+    read. The text chunk precedes the pixels, so only the file's first chunks are read."""
+    try:
+        with Image.open(path) as picture:
+            value = picture.info.get("PROVHASH")
+    except OSError:
+        return None
+    return value if isinstance(value, str) else None
 
 
 def read_avm_wcs(path: str | Path, *, full_header: bool = False) -> WCS:

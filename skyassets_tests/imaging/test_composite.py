@@ -245,6 +245,31 @@ def test_avm_carries_the_full_header_with_distortion(tmp_path):
     _check_round_trip(wcs, full, (64, 64))
 
 
+def test_a_composite_png_keeps_what_it_was_made_of(tmp_path, monkeypatch):
+    """The PNG carries its PROVHASH beside the AVM tags, the pixels untouched; any change to the
+    mosaics, their order, the settings or COMPOSITE_RECIPE is another digest."""
+    mosaics = [("products/t/mosaic_f090w.fits", "a" * 64), ("products/t/mosaic_f200w.fits", "b" * 64)]
+    settings = {"filters": ["F090W", "F200W"], "pivots": [0.9, 2.0], "method": "lupton", "stretch": "lupton-asinh"}
+    digest = composite.provenance(mosaics, settings)
+    wcs = make_wcs(10.0, 20.0, 0.1, 0.0, 8, sip=False)
+    rgb = np.random.default_rng(1).random((8, 8, 3))
+    paths = composite.write_composite(rgb, wcs, tmp_path / "made", made_from=digest)
+    plain = composite.write_composite(rgb, wcs, tmp_path / "plain")
+    assert composite.made_of(paths["png"]) == digest
+    assert composite.made_of(plain["png"]) is None and composite.made_of(tmp_path / "gone.png") is None
+    assert np.array_equal(np.asarray(Image.open(paths["png"])), np.asarray(Image.open(plain["png"])))
+    _check_round_trip(wcs, composite.read_avm_wcs(paths["png"]), (8, 8))
+    others = [
+        composite.provenance(mosaics[::-1], settings),
+        composite.provenance([mosaics[0], (mosaics[1][0], "c" * 64)], settings),
+        composite.provenance(mosaics, {**settings, "method": "screen"}),
+        composite.provenance(mosaics, {**settings, "pivots": [0.9, 2.1]}),
+    ]
+    monkeypatch.setattr(composite, "COMPOSITE_RECIPE", composite.COMPOSITE_RECIPE + 1)
+    others.append(composite.provenance(mosaics, settings))
+    assert len({digest, *others}) == len(others) + 1
+
+
 def test_write_composite_rejects_bad_input(tmp_path):
     wcs = make_wcs(10.0, 20.0, 0.1, 0.0, 8, sip=False)
     with pytest.raises(ValueError, match="H, W, 3"):

@@ -64,7 +64,7 @@ def mosaics(
     lake = root.tables
     for target in context.partition_keys:
         images = lake.read("target_images", target, missing_ok=True)
-        rows, lines, used, not_made = [], [], [], []
+        rows, lines, used, not_made, kept = [], [], [], [], 0
         wcs, shape = settings.grid(target) or (None, None)
         chosen = {"grid": wcs.to_header_string(relax=True) if wcs is not None else None, "shape": shape,
                   "downscale": settings.downscale, "match_background": settings.match_background,
@@ -86,6 +86,7 @@ def mosaics(
                         and _made_with(root, before["path"], digest):  # the same inputs and settings
                     rows.append(before)
                     used.append(group)
+                    kept += 1
                     lines.append(f"**{instrument} {band}**: {before['n_inputs']} images, as made before")
                     lines += _mosaic_preview(root, before["path"], f"{target} {band}")
                     continue
@@ -122,8 +123,10 @@ def mosaics(
         lake.write("mosaics", rows, partition=target)
         root.trim()
         inputs_used = pd.concat(used, ignore_index=True) if used else images.iloc[:0]
+        context.log.info(f"{target}: {len(rows) - kept} mosaics made, {kept} kept as made before")
         context.add_asset_metadata(
-            {"dagster/row_count": len(rows), "mosaics": MetadataValue.md("\n\n".join(lines) or "no usable images"),
+            {"dagster/row_count": len(rows), "made": len(rows) - kept, "kept": kept,
+             "mosaics": MetadataValue.md("\n\n".join(lines) or "no usable images"),
              "inputs": preview(inputs_used, INPUT_PREVIEW, rows=100),
              **({"not_made": not_made} if not_made else {})},
             partition_key=target,
@@ -178,9 +181,11 @@ def composites(context: AssetExecutionContext, home: HomeResource, composites: C
         suggested = suggest_recipes(mosaic_rows[["instrument_name", "filter"]])
         recipes = apply_overrides(suggested, settings.overrides(target))
         recipes["made"], recipes["note"] = False, ""
-        rows, lines = [], []
+        rows, lines, kept = [], [], 0
         grid = _mosaic_cells(root, mosaic_rows)
-        # the recipes' PNGs and cubes in place together once all are made (and stored), or none of them
+        made_before = {r["recipe"]: r for r in lake.read("composites", target, missing_ok=True).to_dict("records")}
+        # the recipes' PNGs and cubes in place together once all are made (and stored), or none of them;
+        # a recipe whose mosaics and settings are those its composite was made from keeps its files
         folder = root.target_dir(target).relative_to(root.root)
         with root.replacing(folder, first=partial(lake.delete, "composites", target)) as staging:
             for i, recipe in recipes.iterrows():
@@ -193,8 +198,23 @@ def composites(context: AssetExecutionContext, home: HomeResource, composites: C
                     recipes.loc[i, "note"] = f"not among the first {settings.per_target} (composites.per_target)"
                     continue
                 chosen = [band_of[b.upper()] for b in bands]
-                paths, colours, stretch = _make_composite(root, staging, recipe, chosen, settings)
                 recipes.loc[i, "made"] = True
+                stem = f"composite_{_slug(recipe['recipe'])}"
+                pivots = _pivots(recipe)
+                stretch = settings.stretch if settings.method == "screen" else "lupton-asinh"
+                digest = _composite_provenance(root, chosen, {
+                    "filters": bands, "instruments": [row["instrument_name"] for row in chosen],
+                    "pivots": pivots, "method": settings.method, "stretch": stretch})
+                before = made_before.get(recipe["recipe"])
+                if _composite_made_with(root, before, folder / stem, digest):  # the same mosaics and settings
+                    rows.append({**before, "kind": recipe["kind"], "rank": int(recipe["rank"])})
+                    kept += 1
+                    thumbnail = _thumbnail(root.local(before["png"]))
+                    lines += [f"**{recipe['recipe']}** ({recipe['filters']}): {recipe['reason']}, as made before",
+                              markdown_image(thumbnail, recipe["recipe"])]
+                    grid.append((f"{recipe['recipe']} ({recipe['filters']})", thumbnail))
+                    continue
+                paths, colours = _make_composite(root, staging / stem, recipe, chosen, pivots, settings, digest)
                 rows.append({
                     "target": target, "recipe": recipe["recipe"], "kind": recipe["kind"], "rank": int(recipe["rank"]),
                     "filters": recipe["filters"],
@@ -210,8 +230,10 @@ def composites(context: AssetExecutionContext, home: HomeResource, composites: C
                 grid.append((f"{recipe['recipe']} ({recipe['filters']})", thumbnail))
         lake.write("composites", rows, partition=target)
         lake.write("recipes", recipes.assign(target=target), partition=target)
+        context.log.info(f"{target}: {len(rows) - kept} composites made, {kept} kept as made before")
         context.add_asset_metadata(
-            {"dagster/row_count": len(rows), "composites": MetadataValue.md("\n\n".join(lines) or "no recipe"),
+            {"dagster/row_count": len(rows), "made": len(rows) - kept, "kept": kept,
+             "composites": MetadataValue.md("\n\n".join(lines) or "no recipe"),
              "preview_grid": MetadataValue.md(markdown_grid(grid) or "no mosaic"),
              "recipes": preview(recipes, RECIPE_PREVIEW, rows=30)},
             partition_key=target,
@@ -231,10 +253,50 @@ def _mosaic_cells(root: Home, mosaic_rows: pd.DataFrame) -> list[tuple[str, byte
     return cells
 
 
-def _make_composite(root: Home, folder: Path, recipe: pd.Series, chosen: list[dict], settings: CompositesResource):
+def _pivots(recipe: pd.Series) -> list[float]:
+    """The pivot wavelengths of a recipe's filters, which set their hues; with one unknown, their
+    rank in the recipe (listed blue to red) instead."""
+    pivots = [float(p) if p else float("nan") for p in str(recipe["pivots_um"]).split(";")]
+    return pivots if all(p == p for p in pivots) else [float(i) for i in range(len(recipe["filters"].split(";")))]
+
+
+def _composite_provenance(root: Home, chosen: list[dict], settings: dict) -> str | None:
+    """The PROVHASH of a composite of the mosaics ``chosen`` with ``settings``, from each mosaic's
+    own (its header's); None when one has none, so that composite is made every time, as its mosaic is."""
+    from skyassets.imaging.composite import provenance
+    from skyassets.imaging.mosaic import made_of
+
+    made = []
+    for row in chosen:
+        try:
+            digest = made_of(root.local(row["path"]))
+        except OSError:  # gone, or not fetched from the store: making the composite will say why
+            return None
+        if digest is None:
+            return None
+        made.append((row["path"], digest))
+    return provenance(made, settings)
+
+
+def _composite_made_with(root: Home, row: dict | None, stem: Path, digest: str | None) -> bool:
+    """Whether the composite a ``composites`` row describes is the one to be written at ``stem`` and
+    was made from what ``digest`` names: its PNG carries it and its cube is there (False without a
+    row or a digest, and when either file is gone)."""
+    from skyassets.imaging.composite import made_of
+
+    if row is None or digest is None or (row["png"], row["cube"]) != (f"{stem}.png", f"{stem}.tif"):
+        return False
+    try:
+        return made_of(root.local(row["png"])) == digest and root.exists(row["cube"])
+    except OSError:
+        return False
+
+
+def _make_composite(root: Home, stem: Path, recipe: pd.Series, chosen: list[dict], pivots: list[float],
+                    settings: CompositesResource, made_from: str | None):
     """One recipe's composite from its mosaics: channels on one WCS, hues by pivot wavelength, written
-    into ``folder`` as PNG and 16-bit TIFF with AVM tags. Returns the written paths (with the grid),
-    the colours and the stretch."""
+    as ``stem``.png and 16-bit .tif with AVM tags, the PNG with ``made_from`` as its PROVHASH.
+    Returns the written paths (with the grid) and the colours."""
     from astropy.io import fits
     from astropy.wcs import WCS
 
@@ -245,13 +307,9 @@ def _make_composite(root: Home, folder: Path, recipe: pd.Series, chosen: list[di
         with fits.open(root.local(row["path"])) as hdul:
             images.append((hdul["SCI"].data.astype(float), WCS(hdul["SCI"].header)))
     channels, wcs, shape = reproject_channels(images)
-    bands = recipe["filters"].split(";")
-    pivots = [float(p) if p else float("nan") for p in str(recipe["pivots_um"]).split(";")]
-    pivots = pivots if all(p == p for p in pivots) else [float(i) for i in range(len(bands))]  # unknown: as listed
     colours = channel_colours(pivots)
     rgb = compose(channels, colours, method=settings.method, stretch=settings.stretch)
     instruments = [row["instrument_name"] for row in chosen]
-    paths = write_composite(rgb, wcs, folder / f"composite_{_slug(recipe['recipe'])}",
-                            meta=spectral_meta(bands, pivots, colours, instruments))
-    stretch = settings.stretch if settings.method == "screen" else "lupton-asinh"
-    return {**paths, "wcs": wcs, "shape": shape}, colours, stretch
+    paths = write_composite(rgb, wcs, stem, meta=spectral_meta(recipe["filters"].split(";"), pivots, colours,
+                                                               instruments), made_from=made_from)
+    return {**paths, "wcs": wcs, "shape": shape}, colours

@@ -12,6 +12,7 @@ from skyassets.cli.main import main
 from skyassets.cli.runs import QUIET, ingest
 from skyassets.definitions import defs
 from skyassets.defs.tags import partition_range
+from skyassets.imaging import composite
 from skyassets.imaging.composite import read_avm_wcs
 from skyassets.lake.home import Home
 
@@ -62,7 +63,7 @@ def test_each_target_gets_mosaics_and_composites_remade_only_when_its_images_cha
         assert first.get_requested_partitions(MOSAICS) == targets
         _make_products(instance, targets, run_config)
         before = home.tables.read("mosaics", "NGC-3132").set_index("filter")["n_inputs"]
-        files = {p.name: p.stat().st_ino for p in home.target_dir("NGC-3132").glob("mosaic_*")}
+        files = {p.name: p.stat().st_ino for p in home.target_dir("NGC-3132").glob("*_*.*")}
         settled = evaluate_automation_conditions(defs=defs, instance=instance, cursor=first.cursor)
         # made in one run with their mosaics, the composites are not asked for again either
         assert settled.get_num_requested(MOSAICS) == 0 and settled.get_num_requested(AssetKey("composites")) == 0
@@ -74,9 +75,11 @@ def test_each_target_gets_mosaics_and_composites_remade_only_when_its_images_cha
         _make_products(instance, ["NGC-3132"], run_config)
         after = home.tables.read("mosaics", "NGC-3132").set_index("filter")["n_inputs"]
         assert after["F444W"] == 2 * before["F444W"] and after.drop("F444W").equals(before.drop("F444W"))
-        # and of them only the F444W mosaic: the other bands' inputs are as they were, so are their files
-        remade = {p.name for p in home.target_dir("NGC-3132").glob("mosaic_*") if p.stat().st_ino != files.get(p.name)}
-        assert remade == {"mosaic_nircam_image_f444w.fits", "mosaic_nircam_image_f444w.png"}, remade
+        # and of them only the F444W mosaic: the other bands' inputs are as they were, so are their files;
+        # the composite is made of the F444W mosaic too, so it is made again
+        remade = {p.name for p in home.target_dir("NGC-3132").glob("*_*.*") if p.stat().st_ino != files.get(p.name)}
+        assert remade == {"mosaic_nircam_image_f444w.fits", "mosaic_nircam_image_f444w.png",
+                          "composite_nircam-classic.png", "composite_nircam-classic.tif"}, remade
         # the UI's preview grid: the target's mosaics and its composite side by side
         latest = instance.fetch_materializations(AssetKey("composites"), limit=1).records[0]
         grid = latest.asset_materialization.metadata["preview_grid"].value
@@ -110,6 +113,71 @@ def test_each_target_gets_mosaics_and_composites_remade_only_when_its_images_cha
     assert "lupton, lupton-asinh" in shown
     assert shown.count("not made ") == int((~recipes[recipes["target"] == "NGC-3132"]["made"]).sum())
     assert main(["show", "NOWHERE"]) == 1
+
+
+def _stamps(folder) -> dict[str, tuple[int, int]]:
+    """(inode, mtime) of each composite file in ``folder``: a file kept as it was has both unchanged."""
+    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in folder.glob("composite_*")}
+
+
+def _products_run(instance, run_config) -> tuple[dict, dict, list[str]]:
+    """NGC 3132's products made by hand: the metadata of its mosaics and composites, and the run's log."""
+    from skyassets.cli.runs import latest_metadata
+
+    run = defs.resolve_job_def("products_job").execute_in_process(
+        instance=instance, partition_key="NGC-3132", run_config=run_config
+    )
+    assert run.success
+    said = [entry.user_message for entry in instance.all_logs(run.run_id)]
+    return latest_metadata(instance, "mosaics", "NGC-3132"), latest_metadata(instance, "composites", "NGC-3132"), said
+
+
+def test_a_composite_is_made_again_only_when_its_mosaics_or_settings_change(emu, tmp_path):
+    """A composite whose mosaics (their PROVHASH) and settings are those it was made from keeps its
+    files and its row: a new exposure in one band remakes the composites made of that band only, and
+    a run with nothing changed rewrites no file; the others of the target are still its set."""
+    sky = sorted(emu.sky.root.rglob("jw02733*_cal.fits"))
+    home = Home(tmp_path / "home")
+    pair = {"composites": {"config": {"recipes": {"NGC-3132": {"pair": "F090W;F200W"}}}}}  # no F444W
+    run_config = {**QUIET, "resources": {"home": {"config": {"root": str(home.root)}}, **pair}}
+    folder = home.target_dir("NGC-3132")
+    with instance_for_test() as instance:
+        _catalogue([p for p in sky if not p.name.startswith(LATER)], tmp_path / "first", home, instance, run_config)
+        _products_run(instance, run_config)
+        first, rows = _stamps(folder), home.tables.read("composites", "NGC-3132")
+        assert set(first) == {"composite_pair.png", "composite_pair.tif",
+                              "composite_nircam-classic.png", "composite_nircam-classic.tif"}
+        assert list(rows["recipe"]) == ["pair", "nircam-classic"]
+
+        # made again with nothing changed: every mosaic and composite kept, no file written
+        mosaics, made, said = _products_run(instance, run_config)
+        assert _stamps(folder) == first
+        assert home.tables.read("composites", "NGC-3132").equals(rows)
+        assert (mosaics["made"], mosaics["kept"]) == (0, 3) and (made["made"], made["kept"]) == (0, 2)
+        assert "NGC-3132: 0 mosaics made, 3 kept as made before" in said
+        assert "NGC-3132: 0 composites made, 2 kept as made before" in said
+        assert made["composites"].count(", as made before") == 2
+
+        # a new F444W exposure: the F444W mosaic and the composite made of it are made again, the pair kept
+        _catalogue([p for p in sky if p.name.startswith(LATER)], tmp_path / "later", home, instance, run_config)
+        mosaics, made, said = _products_run(instance, run_config)
+        later = _stamps(folder)
+        assert {name for name in later if later[name] != first[name]} == {
+            "composite_nircam-classic.png", "composite_nircam-classic.tif"}
+        assert (mosaics["made"], mosaics["kept"]) == (1, 2) and (made["made"], made["kept"]) == (1, 1)
+        assert "NGC-3132: 1 composites made, 1 kept as made before" in said
+        assert composite.made_of(folder / "composite_nircam-classic.png") != composite.made_of(
+            folder / "composite_pair.png")
+        now = home.tables.read("composites", "NGC-3132").set_index("recipe")
+        assert now.loc["pair"].equals(rows.set_index("recipe").loc["pair"])  # the pair's row as it was
+
+        # the composites' own settings changed: both made again, the mosaics kept
+        screen = {**run_config, "resources": {**run_config["resources"], "composites": {"config": {
+            **pair["composites"]["config"], "method": "screen"}}}}
+        mosaics, made, _ = _products_run(instance, screen)
+        assert (mosaics["made"], mosaics["kept"]) == (0, 3) and (made["made"], made["kept"]) == (2, 0)
+        assert all(_stamps(folder)[name] != later[name] for name in later)
+        assert set(home.tables.read("composites", "NGC-3132")["method"]) == {"screen"}
 
 
 def test_composites_follow_the_configured_recipes_method_and_stretch(emu, tmp_path):
