@@ -560,15 +560,21 @@ def make_products(runner: Runner, home: Home, run_config: Mapping) -> tuple[int,
     failures = 0
     for target, run in zip(targets, runner.run_all(submissions, at_once=2), strict=True):
         failures += not run.is_success
-        made = home.tables.read("composites", target) if run.is_success else None
-        count = len(home.tables.read("mosaics", target)) if run.is_success else 0
-        print(f"  {target:<24} {counted(count, 'mosaics')}, {counted(0 if made is None else len(made), 'composites')}"
-              + ("" if run.is_success else f" FAILED (run {run.run_id}): " + _why(instance, run.run_id)))
+        made = ", ".join(made_or_kept(instance, asset, target) for asset in ("mosaics", "composites")) \
+            if run.is_success else f"FAILED (run {run.run_id}): " + _why(instance, run.run_id)
+        print(f"  {target:<24} {made}")
         for line in latest_metadata(instance, "mosaics", target).get("not_made", []) if run.is_success else []:
             print(f"  {'':<24} not made: {one_line(line)}")
         print(f"  {'':<24} {home.url(home.target_dir(target).relative_to(home.root))}")
     print("  see one: skyassets show TARGET")
     return len(targets), failures
+
+
+def made_or_kept(instance: DagsterInstance, asset: str, target: str) -> str:
+    """"5 mosaics (1 made, 4 as made before)": how many of a target's products its last run made anew."""
+    said = latest_metadata(instance, asset, target)
+    count, kept = int(said.get("dagster/row_count", 0)), int(said.get("kept", 0))
+    return counted(count, asset) + (f" ({count - kept} made, {kept} as made before)" if kept else "")
 
 
 # catalog_job in two parts, with each target's products made between them: the catalog is published

@@ -16,6 +16,7 @@ from skyassets.cli.runs import (
     catalog_outdated,
     ingest,
     latest_metadata,
+    made_or_kept,
     measure_quality,
     measured_elsewhere,
     partition_batches,
@@ -479,3 +480,16 @@ def test_progress_to_a_log_file_or_a_pipe_is_a_line_per_step(capsys):
     text_progress(2, 2, 4, 4)
     lines = capsys.readouterr().err.split("\n")  # pytest's stderr is not a terminal
     assert lines == ["[" + "#" * 15 + "." * 15 + "] 1/2 runs, 3/4 files", "[" + "#" * 30 + "] 2/2 runs, 4/4 files", ""]
+
+
+def test_a_target_s_line_says_how_many_of_its_products_were_made_and_how_many_kept():
+    with instance_for_test() as instance:
+        instance.add_dynamic_partitions("targets", ["NGC-628", "M16"])
+        for target, mosaics, composites in (("NGC-628", (5, 4), (3, 0)), ("M16", (2, 0), (1, 0))):
+            for asset, (count, kept) in (("mosaics", mosaics), ("composites", composites)):
+                instance.report_runless_asset_event(AssetMaterialization(
+                    asset, partition=target, metadata={"dagster/row_count": count, "made": count - kept, "kept": kept}))
+        assert made_or_kept(instance, "mosaics", "NGC-628") == "5 mosaics (1 made, 4 as made before)"
+        assert made_or_kept(instance, "composites", "NGC-628") == "3 composites"  # all made anew
+        assert made_or_kept(instance, "mosaics", "M16") == "2 mosaics"
+        assert made_or_kept(instance, "composites", "nowhere") == "0 composites"
