@@ -86,11 +86,12 @@ def prepare_dagster_home(home: Home) -> Path:
     return dagster_home
 
 
-def _check_watchlist() -> None:
+def _check_watchlist(command: str) -> None:
     """Refuse, before a webserver or an emulator is started for nothing, a watchlist the demo could not
     query as written: not there, not YAML (said with its line and column), or an entry that cannot be
     read (said with the entry and its key). The daemon's query goes on past such an entry; a person
-    running the demo is better told at once."""
+    running the demo is better told at once. A name that may be a slip (a filter no known instrument
+    has) is warned of on stderr and searched as written."""
     from skyassets.archive.watchlist import DEFAULT_WATCHLIST, WATCHLIST_ENV, WatchlistError, load_watchlist
 
     try:
@@ -99,6 +100,8 @@ def _check_watchlist() -> None:
         raise CommandError(one_line(str(exc))) from exc
     if watchlist.invalid:
         raise CommandError("; ".join(one_line(why) for _, why in watchlist.invalid))
+    for doubt in watchlist.doubts():
+        print(f"skyassets {command}: warning: {one_line(doubt)}; searched as written", file=sys.stderr)
 
 
 @contextmanager
@@ -122,7 +125,7 @@ def one_command_at_a_time(home: Home) -> Iterator[None]:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    _check_watchlist()
+    _check_watchlist("demo")
     home = Home.from_env()
     dagster_home = prepare_dagster_home(home)
     from skyassets.cli.demo import run_demo
@@ -642,7 +645,7 @@ def _dev(args: argparse.Namespace) -> int:
 
     _port_free(args.host, args.port)
     try:  # the UI starts even so: its runs say the same, and the watchlist can be mended while it runs
-        _check_watchlist()
+        _check_watchlist("dev")
     except CommandError as exc:
         print(f"skyassets dev: warning: {exc} (the watchlist query says so until it is mended)", file=sys.stderr)
     home = Home.from_env()
