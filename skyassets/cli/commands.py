@@ -379,6 +379,18 @@ def _catalog(args: argparse.Namespace) -> int:
     return 0
 
 
+def _resolver_server(home: Home) -> str:
+    """The name resolver of the archive the watchlist is searched in (``SKYASSETS_MAST_URL``): the
+    emulator's for the emulator, so that ``--resolve`` places names offline as the watchlist's
+    target searches do; MAST's own for MAST."""
+    from skyassets.archive.client import is_real_mast
+    from skyassets.catalog.find import MAST_RESOLVER
+    from skyassets.defs.resources import archive_resource
+
+    server = archive_resource().endpoints(home)[0]
+    return MAST_RESOLVER if is_real_mast(server) else server
+
+
 def _find(args: argparse.Namespace) -> int:
     from skyassets.catalog.db import CatalogError, connect
     from skyassets.catalog.find import UnknownTarget, find, mast_resolver
@@ -386,7 +398,7 @@ def _find(args: argparse.Namespace) -> int:
     home = _catalogued_home()
     try:
         frame = find(connect(home), args.question, args.k, by=args.by, mode=args.mode,
-                     resolve=mast_resolver() if args.resolve else None)
+                     resolve=mast_resolver(_resolver_server(home)) if args.resolve else None)
     except UnknownTarget as exc:
         raise CommandError(exc.said("--resolve"), 1) from exc
     except (CatalogError, ValueError) as exc:
@@ -718,7 +730,8 @@ def run(argv: list[str]) -> int:
     found.add_argument("--mode", choices=("fusion", "lexical", "embedding"), default="fusion",
                        help="ranking: BM25 fused with embeddings when a model is installed (default), or one alone")
     found.add_argument("--resolve", action="store_true",
-                       help="ask MAST's name resolver (online) for targets the catalogue does not name")
+                       help="ask the name resolver of the archive SKYASSETS_MAST_URL names (the emulator's by "
+                            "default, MAST's for MAST) for targets the catalogue does not name")
     found.add_argument("--format", choices=("table", "csv", "json"), default="table",
                        help="table (default), csv, or json (one object per line)")
     found.set_defaults(func=_find)
