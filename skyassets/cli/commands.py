@@ -287,6 +287,8 @@ def _only_a_query(sql: str) -> None:
         if words[1:2] and words[1] in READING_PRAGMAS:
             return
         what = f"PRAGMA {words[1] if words[1:2] else ''}".strip()
+    elif kind == duckdb.StatementType.LOAD:  # DuckDB's one type for INSTALL, FORCE INSTALL and LOAD
+        what = " ".join(words[:2] if words[:2] == ["force", "install"] else words[:1]).upper()
     else:
         what = kind.name
     raise CommandError(f"only queries ({QUERIES}), not {what}")

@@ -123,6 +123,9 @@ def test_catalog_and_export_take_one_query_that_only_reads(home, capsys, tmp_pat
         (f"ATTACH '{tmp_path / 'other.duckdb'}'", "not ATTACH"),
         ("PRAGMA import_database('x')", "not PRAGMA import_database"),
         ("CREATE TABLE t AS SELECT 1", "not CREATE"),
+        ("INSTALL httpfs", "not INSTALL"),  # DuckDB's statement type says LOAD for all three
+        ("force  install httpfs", "not FORCE INSTALL"),
+        ("LOAD httpfs", "not LOAD"),
         ("SELECT 1; SELECT 2", "only queries, one at a time: this is 2 statements"),
     ):
         for argv in (["catalog", sql], ["export", sql, str(tmp_path / "out")]):
