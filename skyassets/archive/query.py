@@ -35,7 +35,13 @@ from skyassets.archive.client import (
     token_grants,
     with_retries,
 )
-from skyassets.archive.watchlist import MINIMUM_RECOMMENDED, ProductSpec, Watchlist, WatchlistEntry
+from skyassets.archive.watchlist import (
+    MINIMUM_RECOMMENDED,
+    ProductSpec,
+    Watchlist,
+    WatchlistEntry,
+    unknown_filters,
+)
 from skyassets.lake.names import InvalidNameError, safe_filename, validate_obs_id
 
 log = logging.getLogger(__name__)
@@ -175,7 +181,7 @@ def query_watchlist(client: ObservationsClass, watchlist: Watchlist, now: Time |
             result.failed_entries.append(entry.name)
             continue
         result.per_entry[entry.name] = len(table)
-        if not len(table) and (why := _unknown_collection(entry)):
+        if not len(table) and (why := _unknown_names(entry)):
             result.suspicious.append(f"{entry.name}: found nothing; {why}")
         if len(table) < expected:
             result.incomplete.append(f"{entry.name}: {len(table)} of {expected} rows")
@@ -210,9 +216,10 @@ def query_watchlist(client: ObservationsClass, watchlist: Watchlist, now: Time |
     return result
 
 
-def _unknown_collection(entry: WatchlistEntry) -> str | None:
-    """What is wrong with the collections an entry asks for, if one is not a MAST mission (a slip
-    such as JWTS finds nothing, which looks like an empty sky)."""
+def _unknown_names(entry: WatchlistEntry) -> str | None:
+    """What may be wrong with the collections and filters an entry asks for: a collection that is no
+    MAST mission, a filter no instrument skyassets knows has (a slip such as JWTS or F44W finds
+    nothing, which looks like an empty sky)."""
     import difflib
 
     known = {c.casefold(): c for c in MAST_COLLECTIONS}
@@ -223,7 +230,7 @@ def _unknown_collection(entry: WatchlistEntry) -> str | None:
         close = difflib.get_close_matches(str(name).upper(), [c.upper() for c in MAST_COLLECTIONS], n=1, cutoff=0.5)
         hint = f" (did you mean {known[close[0].casefold()]}?)" if close else ""
         said.append(f"collection {name!r} is not one of MAST's{hint}")
-    return "; ".join(said) or None
+    return "; ".join(said + unknown_filters(entry)) or None
 
 
 def keep_exclusive(found: pd.DataFrame, previous: pd.DataFrame, now: Time | None = None) -> pd.DataFrame:

@@ -8,6 +8,7 @@ empty query.
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import re
@@ -96,6 +97,10 @@ class Watchlist:
     entries: tuple[WatchlistEntry, ...]
     invalid: tuple[tuple[str, str], ...] = ()
     defaults: ProductSpec = ProductSpec()  # the product choice of an entry that says none (or cannot be read)
+
+    def doubts(self) -> list[str]:
+        """Names in the entries that may be slips, each with its file and entry (see :func:`unknown_filters`)."""
+        return [f"{self.path}: entry {entry.name!r}: {why}" for entry in self.entries for why in unknown_filters(entry)]
 
     def entry(self, name: str) -> WatchlistEntry:
         for entry in self.entries:
@@ -268,7 +273,8 @@ def _parse_entry(raw: Any, index: int, base_products: ProductSpec, path: str) ->
             raise WatchlistError(f"{where}: 'name' is a text")
     unknown = set(raw) - ENTRY_KEYS
     if unknown:
-        raise WatchlistError(f"{where}: unknown keys {sorted(unknown)}; known keys are {sorted(ENTRY_KEYS)}")
+        raise WatchlistError(f"{where}: unknown keys {sorted(unknown)}{_meant(sorted(unknown))}; "
+                             f"known keys are {sorted(ENTRY_KEYS)}")
     searches = [key for key in SEARCH_KEYS if raw.get(key) not in (None, "", [])]
     if len(searches) != 1:
         raise WatchlistError(f"{where}: give exactly one of {', '.join(SEARCH_KEYS)} (found {searches or 'none'})")
@@ -294,6 +300,33 @@ def _parse_entry(raw: Any, index: int, base_products: ProductSpec, path: str) ->
         criteria=_parse_criteria(raw, where),
         products=_parse_products(raw.get("products"), base_products, where),
     )
+
+
+def _meant(unknown: list[Any]) -> str:
+    """The known keys the unknown ones look like misspellings of (``targt``: ``target``), said as a question."""
+    close = {key: difflib.get_close_matches(str(key), sorted(ENTRY_KEYS), n=1) for key in unknown}
+    said = [f"{match[0]!r}" if len(unknown) == 1 else f"{match[0]!r} for {key!r}"
+            for key, match in close.items() if match]
+    return f" (did you mean {', '.join(said)}?)" if said else ""
+
+
+def unknown_filters(entry: WatchlistEntry) -> list[str]:
+    """What to say of each filter an entry asks for that no instrument or photometric system of the
+    bandpass table has, with the known name it is closest to: a slip (F44W) finds nothing, which
+    looks like an empty sky. Said, not refused: MAST has filters the table lacks (grisms, new ones).
+    Patterns (``F4*``) and clear positions are not names to check."""
+    from skyassets.fits.bandpasses import filter_names, known_filter
+
+    names = filter_names()
+    said = []
+    for value in entry.criteria.get("filters", []):
+        for name in (part.strip() for part in value.split(";")):  # "F150W2;F162M", as CAOM joins them
+            if not name or known_filter(name) or "*" in name or "%" in name or name.upper().startswith("CLEAR"):
+                continue
+            close = difflib.get_close_matches(name.upper(), list(names), n=1)
+            said.append(f"filter {name!r} is none skyassets knows" + (f" (did you mean {names[close[0]]}?)"
+                                                                      if close else ""))
+    return said
 
 
 class _Loader(yaml.SafeLoader):

@@ -135,6 +135,13 @@ MACROS: tuple[str, ...] = (
     """in_cone(ra_col, dec_col, ra, dec, radius) AS dec_col BETWEEN dec - radius AND dec + radius
         AND ra_diff(ra_col, ra) <= ra_halfwidth(dec, radius)
         AND ang_sep(ra, dec, ra_col, dec_col) <= radius""",
+    # True for a cone on the sky, else an error saying which of its numbers is off (see Query.cone).
+    """cone_checked(ra, dec, radius) AS CASE
+        WHEN NOT ra BETWEEN 0 AND 360 THEN error(format('cone: ra is between 0 and 360 degrees, not {}', ra))
+        WHEN NOT dec BETWEEN -90 AND 90 THEN error(format('cone: dec is between -90 and +90 degrees, not {}', dec))
+        WHEN NOT radius > 0 OR isnan(radius) THEN
+            error(format('cone: the radius is more than 0 degrees, not {}', radius))
+        ELSE true END""",
     # The numbers of an STC-S region string, whatever frame words it carries ("POLYGON ICRS 1 2 ...").
     """region_numbers(region) AS list_transform(
         list_filter(string_split_regex(trim(region), '\\s+'), lambda t: TRY_CAST(t AS DOUBLE) IS NOT NULL),
@@ -187,9 +194,13 @@ MACROS: tuple[str, ...] = (
 )
 
 TABLE_MACROS: tuple[str, ...] = (
-    # An image with a wcs_problem has no trustworthy position: never found by where it is.
+    # An image with a wcs_problem has no trustworthy position: never found by where it is. A cone off
+    # the sky is refused (a slip would find nothing, which reads as an empty sky): the check is an
+    # uncorrelated subquery, made even when no image is left to test, and the dec band is never
+    # empty (a negative radius would make it so), which would answer no rows before the check.
     """cone(ra, dec, radius) AS TABLE SELECT *, ang_sep(ra, dec, s_ra, s_dec) AS distance FROM images
-        WHERE in_cone(s_ra, s_dec, ra, dec, radius) AND wcs_problem IS NULL ORDER BY distance""",
+        WHERE in_cone(s_ra, s_dec, ra, dec, greatest(radius, 0)) AND wcs_problem IS NULL
+        AND (SELECT cone_checked(ra, dec, radius)) ORDER BY distance""",
     """footprint(ra, dec) AS TABLE SELECT * FROM images
         WHERE ang_sep(s_ra, s_dec, ra, dec) <= coalesce(2 * s_fov, 180) AND contains_point(s_region, ra, dec)
         AND wcs_problem IS NULL""",
@@ -1117,9 +1128,16 @@ class Query:
         return replace(self, conditions=(*self.conditions, condition), **changes)
 
     def cone(self, ra: float, dec: float, radius: float) -> Query:
-        """Centres within ``radius`` degrees (true angular distance) of (ra, dec), ICRS degrees."""
-        if not -90 <= dec <= 90 or radius < 0:
-            raise ValueError(f"bad cone: dec={dec} radius={radius}")
+        """Centres within ``radius`` degrees (true angular distance) of (ra, dec), ICRS degrees.
+
+        A cone off the sky is refused, as the ``cone`` macro refuses it: a slip (RA 400, a negative
+        radius) would otherwise find nothing, which reads as an empty sky."""
+        if not 0 <= ra <= 360:
+            raise ValueError(f"cone: ra is between 0 and 360 degrees, not {ra:g}")
+        if not -90 <= dec <= 90:
+            raise ValueError(f"cone: dec is between -90 and +90 degrees, not {dec:g}")
+        if not radius > 0:
+            raise ValueError(f"cone: the radius is more than 0 degrees, not {radius:g}")
         ra = float(ra) % 360.0
         trusted = " AND wcs_problem IS NULL" if self.table == "images" else ""  # see the cone macro
         return self._with(

@@ -134,7 +134,7 @@ def _present(
     status = ({p: s for p, s in zip(selection["path"], selection["status"], strict=True)}
               if "status" in selection.columns else _manifest_status(home, absent))
     quarantined = _quarantined(home, absent) if absent else {}
-    missing = {}
+    missing, unsaid = {}, []
     for path in absent:
         said = status.get(path)
         # a quarantine note speaks of a file its manifest does not list as stored since (an old note
@@ -146,11 +146,33 @@ def _present(
         elif said in (_NEVER, "failed"):  # a landing or products row whose file never arrived
             missing[path] = "never stored in the home (not fetched or copied yet, or refused)"
         else:
-            missing[path] = unfetched.get(path, "no longer in the home (removed since it was catalogued)")
-    return present, skipped, missing
+            unsaid.append(path)
+    catalogued = _catalogued(home, unsaid) if unsaid else set()
+    for path in unsaid:  # one no table names was written by hand, or is of another home
+        missing[path] = (unfetched.get(path, "no longer in the home (removed since it was catalogued)")
+                         if path in catalogued else "not a catalogued file (no table of the catalog names it)")
+    return present, skipped, {path: missing[path] for path in absent}
 
 
 _NEVER = "never stored"
+
+
+def _catalogued(home: Home, paths: list[str]) -> set[str]:
+    """Those of ``paths`` a table of the catalog names as a file of the home (in any of its path
+    columns): a file missing from the home that none names was never catalogued, not removed since."""
+    from skyassets.catalog.db import ABSOLUTE, SOURCES, connect
+
+    located = {table: columns for table, columns in ABSOLUTE.items() if columns and table in SOURCES}
+    con = connect(home, tables=list(located))
+    try:
+        held = {row[0] for row in con.execute("SELECT table_name FROM information_schema.tables "
+                                              "WHERE table_schema = 'main'").fetchall()}  # views too
+        con.register("wanted", pd.DataFrame({"path": paths}))
+        named = " UNION ".join(f'SELECT "{column}" AS path FROM {table}'
+                               for table, columns in located.items() if table in held for column in columns)
+        return {row[0] for row in con.execute(f"SELECT path FROM wanted WHERE path IN ({named})").fetchall()}
+    finally:
+        con.close()
 
 
 def _quarantined(home: Home, paths: list[str]) -> dict[str, str]:

@@ -86,11 +86,12 @@ def prepare_dagster_home(home: Home) -> Path:
     return dagster_home
 
 
-def _check_watchlist() -> None:
+def _check_watchlist(command: str) -> None:
     """Refuse, before a webserver or an emulator is started for nothing, a watchlist the demo could not
     query as written: not there, not YAML (said with its line and column), or an entry that cannot be
     read (said with the entry and its key). The daemon's query goes on past such an entry; a person
-    running the demo is better told at once."""
+    running the demo is better told at once. A name that may be a slip (a filter no known instrument
+    has) is warned of on stderr and searched as written."""
     from skyassets.archive.watchlist import DEFAULT_WATCHLIST, WATCHLIST_ENV, WatchlistError, load_watchlist
 
     try:
@@ -99,6 +100,8 @@ def _check_watchlist() -> None:
         raise CommandError(one_line(str(exc))) from exc
     if watchlist.invalid:
         raise CommandError("; ".join(one_line(why) for _, why in watchlist.invalid))
+    for doubt in watchlist.doubts():
+        print(f"skyassets {command}: warning: {one_line(doubt)}; searched as written", file=sys.stderr)
 
 
 @contextmanager
@@ -122,7 +125,7 @@ def one_command_at_a_time(home: Home) -> Iterator[None]:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    _check_watchlist()
+    _check_watchlist("demo")
     home = Home.from_env()
     dagster_home = prepare_dagster_home(home)
     from skyassets.cli.demo import run_demo
@@ -284,6 +287,8 @@ def _only_a_query(sql: str) -> None:
         if words[1:2] and words[1] in READING_PRAGMAS:
             return
         what = f"PRAGMA {words[1] if words[1:2] else ''}".strip()
+    elif kind == duckdb.StatementType.LOAD:  # DuckDB's one type for INSTALL, FORCE INSTALL and LOAD
+        what = " ".join(words[:2] if words[:2] == ["force", "install"] else words[:1]).upper()
     else:
         what = kind.name
     raise CommandError(f"only queries ({QUERIES}), not {what}")
@@ -376,6 +381,18 @@ def _catalog(args: argparse.Namespace) -> int:
     return 0
 
 
+def _resolver_server(home: Home) -> str:
+    """The name resolver of the archive the watchlist is searched in (``SKYASSETS_MAST_URL``): the
+    emulator's for the emulator, so that ``--resolve`` places names offline as the watchlist's
+    target searches do; MAST's own for MAST."""
+    from skyassets.archive.client import is_real_mast
+    from skyassets.catalog.find import MAST_RESOLVER
+    from skyassets.defs.resources import archive_resource
+
+    server = archive_resource().endpoints(home)[0]
+    return MAST_RESOLVER if is_real_mast(server) else server
+
+
 def _find(args: argparse.Namespace) -> int:
     from skyassets.catalog.db import CatalogError, connect
     from skyassets.catalog.find import UnknownTarget, find, mast_resolver
@@ -383,7 +400,7 @@ def _find(args: argparse.Namespace) -> int:
     home = _catalogued_home()
     try:
         frame = find(connect(home), args.question, args.k, by=args.by, mode=args.mode,
-                     resolve=mast_resolver() if args.resolve else None)
+                     resolve=mast_resolver(_resolver_server(home)) if args.resolve else None)
     except UnknownTarget as exc:
         raise CommandError(exc.said("--resolve"), 1) from exc
     except (CatalogError, ValueError) as exc:
@@ -642,7 +659,7 @@ def _dev(args: argparse.Namespace) -> int:
 
     _port_free(args.host, args.port)
     try:  # the UI starts even so: its runs say the same, and the watchlist can be mended while it runs
-        _check_watchlist()
+        _check_watchlist("dev")
     except CommandError as exc:
         print(f"skyassets dev: warning: {exc} (the watchlist query says so until it is mended)", file=sys.stderr)
     home = Home.from_env()
@@ -715,7 +732,8 @@ def run(argv: list[str]) -> int:
     found.add_argument("--mode", choices=("fusion", "lexical", "embedding"), default="fusion",
                        help="ranking: BM25 fused with embeddings when a model is installed (default), or one alone")
     found.add_argument("--resolve", action="store_true",
-                       help="ask MAST's name resolver (online) for targets the catalogue does not name")
+                       help="ask the name resolver of the archive SKYASSETS_MAST_URL names (the emulator's by "
+                            "default, MAST's for MAST) for targets the catalogue does not name")
     found.add_argument("--format", choices=("table", "csv", "json"), default="table",
                        help="table (default), csv, or json (one object per line)")
     found.set_defaults(func=_find)

@@ -124,6 +124,7 @@ def _demo(runner: Runner, home: Home, dagster_home: Path) -> int:
     from skyassets.defs.archive.sensors import new_observations_sensor
 
     instance = runner.instance
+    runs_before = instance.get_runs_count()
     archive = defs.resources["archive"]
     server, s3 = archive.endpoints(home)
     where = f"{server}; " if server != archive.url else ""
@@ -233,7 +234,7 @@ def _demo(runner: Runner, home: Home, dagster_home: Path) -> int:
     if found_down is not None and found_down[0] >= started:  # slow downloads, and this is why
         print(f"  the cloud path lookup was down ({one_line(found_down[1])}): files went over HTTP, and it is "
               f"asked again {CLOUD_DOWN_SECONDS / 60:.0f} minutes after")
-    print("\n" + download_summary(totals, len(failed_runs)))
+    print("\n" + download_summary(totals, len(failed_runs), len(watched)))
     for obs_id, (folder, names) in sorted(files_unchosen(home, sorted(rechosen)).items()):
         print(f"  {obs_id}: {counted(len(names), 'files')} the watchlist no longer chooses "
               f"({', '.join(names[:2])}{', ...' if len(names) > 2 else ''}) stay in {home.url(folder)}, "
@@ -254,17 +255,23 @@ def _demo(runner: Runner, home: Home, dagster_home: Path) -> int:
     if targets:
         print("\nPan and zoom the targets over the sky:")
         print(f"  SKYASSETS_HOME={home.root} {command} sky {targets[0]}")
-    print("\nOpen these runs in the Dagster UI (then browse http://127.0.0.1:3000):")
+    # a pass over an unchanged archive runs the watchlist query alone: the runs to see are the earlier ones
+    opened = ("Open these runs" if instance.get_runs_count() - runs_before > 1
+              else "Only the watchlist query ran this time; open it and the earlier runs")
+    print(f"\n{opened} in the Dagster UI (then browse http://127.0.0.1:3000):")
     print(f"  {_settings(home, dagster_home)} {command} dev")
     if os.environ.get("MAST_API_TOKEN"):
         print("  (with MAST_API_TOKEN set, as it is here)")
     return 1 if failures else 0
 
 
-def download_summary(totals: dict[str, float], failed_runs: int) -> str:
-    """What the fetch runs did, in a sentence that names only what happened: a pass with nothing to
-    fetch says so plainly rather than in counts of nothing."""
+def download_summary(totals: dict[str, float], failed_runs: int, found: int) -> str:
+    """What the fetch runs did for the ``found`` observations of the watchlist, in a sentence that
+    names only what happened: a pass with nothing to fetch says so plainly rather than in counts of
+    nothing, and why (every file there, or no observation found)."""
     if not totals["runs"]:
+        if not found:
+            return "Nothing to fetch: the watchlist found no observations."
         return "Nothing needed fetching: the files of every observation found are stored and verified."
     if totals["downloaded"]:
         speed = totals["bytes"] / totals["seconds"] / 1e6 if totals["seconds"] else 0.0

@@ -18,14 +18,14 @@ class SkyError(Exception):
 def serve_sky(args: argparse.Namespace) -> int:
     home = Home.from_env()
     published = Path(args.published).expanduser().resolve() if args.published else home.root / "published"
-    try:
-        aladin = aladin_script(home)
+    try:  # what was asked for first: a target mistyped is said as such, whether or not Aladin is installed
         targets = [t["target"] for t in collection_index(published)]
+        if args.target and args.target not in targets:
+            raise SkyError(f"target {args.target} is not in the collection at {published}; published: "
+                           + (", ".join(targets) or "none"))
+        aladin = aladin_script(home)
     except FileNotFoundError as exc:
         raise SkyError(str(exc)) from exc
-    if args.target and args.target not in targets:
-        raise SkyError(f"target {args.target} is not in the collection at {published}; published: "
-                       + (", ".join(targets) or "none"))
     try:
         server = make_server(published, aladin, args.port)
     except OSError as exc:  # the port is taken, or one this user may not open

@@ -281,6 +281,19 @@ class PublishResource(ConfigurableResource):
         return FolderDestination(home.root / "published" if not self.url else self.url)
 
 
+def archive_resource() -> ArchiveResource:
+    """The archive configured from the environment: the runs' and the command line's alike."""
+    env = os.environ
+    return ArchiveResource(
+        url=env.get("SKYASSETS_MAST_URL") or EMULATOR,
+        s3_endpoint=env.get("SKYASSETS_S3_ENDPOINT") or None,
+        cloud=env.get("SKYASSETS_CLOUD", "1") not in ("0", "false", "no"),
+        emulator_image_size=int(env.get("SKYASSETS_EMULATOR_IMAGE_SIZE") or 256),
+        token=EnvVar("MAST_API_TOKEN") if env.get("MAST_API_TOKEN", "").strip() else None,
+        daily_retries=int(env.get("SKYASSETS_DAILY_RETRIES") or 7),
+    )
+
+
 def default_resources() -> dict[str, ConfigurableResource]:
     """Resources configured from the environment (see the README's configuration reference)."""
     env = os.environ
@@ -292,14 +305,7 @@ def default_resources() -> dict[str, ConfigurableResource]:
         ),
         "dask": DaskResource(scheduler=env.get("SKYASSETS_DASK_SCHEDULER") or ""),
         "watchlist": WatchlistResource(path=env.get(WATCHLIST_ENV) or DEFAULT_WATCHLIST),
-        "archive": ArchiveResource(
-            url=env.get("SKYASSETS_MAST_URL") or EMULATOR,
-            s3_endpoint=env.get("SKYASSETS_S3_ENDPOINT") or None,
-            cloud=env.get("SKYASSETS_CLOUD", "1") not in ("0", "false", "no"),
-            emulator_image_size=int(env.get("SKYASSETS_EMULATOR_IMAGE_SIZE") or 256),
-            token=EnvVar("MAST_API_TOKEN") if env.get("MAST_API_TOKEN", "").strip() else None,
-            daily_retries=int(env.get("SKYASSETS_DAILY_RETRIES") or 7),
-        ),
+        "archive": archive_resource(),
         "downloader": DownloaderResource(parallel=int(env.get("SKYASSETS_DOWNLOAD_PARALLEL") or 4)),
         "composites": settings_from_file(CompositesResource, env["SKYASSETS_COMPOSITES"])
         if env.get("SKYASSETS_COMPOSITES") else CompositesResource(),

@@ -81,6 +81,17 @@ def lookup(instrument: str | None, name: str) -> Bandpass | None:
     return rows.get((std[0], std[1].upper())) if std else None
 
 
+@cache
+def filter_names() -> dict[str, str]:
+    """Every filter name of the table, upper case, to the name as the table writes it."""
+    return {bp.filter.upper(): bp.filter for bp in table().values()}
+
+
+def known_filter(name: str) -> bool:
+    """Whether ``name`` is a filter of some instrument or photometric system of the table."""
+    return name.upper() in filter_names() or _standard(name) is not None
+
+
 def effective_range(instrument: str | None, names: Iterable[str]) -> tuple[float, float] | None:
     """(em_min, em_max) in metres passed by all of ``names`` together (filters in series).
 

@@ -72,11 +72,15 @@ entries:
   - {{name: slip, target: "{target}", collection: JWTS}}
   - {{name: right, target: "{target}", collection: JWST}}
   - {{name: empty-sky, coordinates: "0.5 -89.5", radius: 1 arcsec, collection: HST}}
+  - {{name: filter-slip, target: "{target}", filters: [F44W]}}
 """)
     result = query_watchlist(client, wl)
     assert result.per_entry["slip"] == 0 and result.per_entry["right"] > 0 and result.per_entry["empty-sky"] == 0
-    # an empty patch of sky under a real mission is no slip: only the misspelt mission is said
-    assert result.suspicious == ["slip: found nothing; collection 'JWTS' is not one of MAST's (did you mean JWST?)"]
+    assert result.per_entry["filter-slip"] == 0
+    # an empty patch of sky under a real mission is no slip: only the misspelt mission and filter are said
+    assert result.suspicious == ["slip: found nothing; collection 'JWTS' is not one of MAST's (did you mean JWST?)",
+                                 "filter-slip: found nothing; filter 'F44W' is none skyassets knows "
+                                 "(did you mean F444W?)"]
 
 
 def test_paging_returns_every_row(emu):

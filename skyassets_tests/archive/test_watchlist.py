@@ -1,6 +1,12 @@
 import pytest
 
-from skyassets.archive.watchlist import ProductSpec, WatchlistError, load_watchlist, parse_watchlist
+from skyassets.archive.watchlist import (
+    ProductSpec,
+    WatchlistError,
+    load_watchlist,
+    parse_watchlist,
+    unknown_filters,
+)
 
 
 def test_packaged_watchlist_has_every_search_kind():
@@ -90,6 +96,27 @@ def test_bad_watchlists_name_the_file_and_the_reason(text, message):
         parse_watchlist(text, "my-watchlist.yaml")
     assert "my-watchlist.yaml" in str(err.value)
     assert message in str(err.value)
+
+
+def test_a_misspelt_key_is_named_with_the_key_it_looks_like():
+    (_, one), (_, two) = parse_watchlist("entries: [{name: a, targt: M1}, {name: b, target: M1, colection: JWST, "
+                                         "filtrs: F200W, zzz: 1}, {name: c, target: M1}]", "mine.yaml").invalid
+    assert one.startswith("mine.yaml: entry 'a': unknown keys ['targt'] (did you mean 'target'?); known keys are ")
+    assert two.startswith("mine.yaml: entry 'b': unknown keys ['colection', 'filtrs', 'zzz'] (did you mean "
+                          "'collection' for 'colection', 'filters' for 'filtrs'?); known keys are "), two
+
+
+def test_a_filter_no_known_instrument_has_is_said_with_the_nearest_known_name_and_searched_even_so():
+    wl = parse_watchlist("entries:\n  - {name: slip, target: M1, filters: [F200W, F44W, 'F150W2;F16M']}\n"
+                         "  - {name: known, target: M1, filters: [f444w, V, SDSS g, Ks, CLEAR, 'F4*', FUV, F160W]}\n"
+                         "  - {name: new, target: M1, filters: [QQQ]}\n", "mine.yaml")
+    slip, known, new = wl.entries
+    assert slip.criteria["filters"] == ["F200W", "F44W", "F150W2;F16M"]  # searched as written
+    assert unknown_filters(slip) == ["filter 'F44W' is none skyassets knows (did you mean F444W?)",
+                                     "filter 'F16M' is none skyassets knows (did you mean F162M?)"]
+    assert unknown_filters(known) == [] and unknown_filters(new) == ["filter 'QQQ' is none skyassets knows"]
+    assert wl.doubts()[0] == "mine.yaml: entry 'slip': filter 'F44W' is none skyassets knows (did you mean F444W?)"
+    assert load_watchlist().doubts() == []
 
 
 def test_missing_file_is_named(tmp_path):

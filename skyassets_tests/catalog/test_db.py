@@ -7,6 +7,7 @@ import hashlib
 import multiprocessing
 import multiprocessing.synchronize
 import os
+import re
 from pathlib import Path
 
 import astropy.units as u
@@ -166,7 +167,7 @@ def sky(n: int, seed: int = 3) -> pd.DataFrame:
 @pytest.mark.parametrize(
     ("ra", "dec", "radius"),
     [(0.01, 0.0, 0.3), (359.99, 0.2, 0.25), (123.0, 89.9, 0.5), (300.0, 89.6, 0.35), (45.0, -89.95, 0.2),
-     (200.0, -89.4, 0.15), (-0.5, 0.1, 0.2), (180.0, 30.0, 20.0)],
+     (200.0, -89.4, 0.15), (360.0, 0.1, 0.2), (180.0, 30.0, 20.0)],
 )
 def test_cone_matches_astropy(tmp_path, ra, dec, radius):
     frame = sky(4000)
@@ -180,6 +181,23 @@ def test_cone_matches_astropy(tmp_path, ra, dec, radius):
     assert ids(con.sql(f"SELECT * FROM cone({ra % 360}, {dec}, {radius})")) == truth
     sql_rows = con.sql(f"SELECT * FROM images WHERE in_cone(s_ra, s_dec, {ra % 360}, {dec}, {radius})")
     assert ids(sql_rows) == truth
+
+
+@pytest.mark.parametrize(("cone", "said"), [
+    ((400, 10, 1), "ra is between 0 and 360 degrees, not 400"),
+    ((-0.5, 10, 1), "ra is between 0 and 360 degrees, not -0.5"),
+    ((10, 100, 1), "dec is between -90 and +90 degrees, not 100"),
+    ((10, 10, -1), "the radius is more than 0 degrees, not -1"),
+    ((10, 10, 0), "the radius is more than 0 degrees, not 0"),
+])
+@pytest.mark.parametrize("rows", [0, 50])
+def test_a_cone_off_the_sky_is_refused_rather_than_finding_nothing(tmp_path, cone, said, rows):
+    put(tmp_path, "image_metadata", sky(50).iloc[:rows], "obs1")
+    con = catalog.connect(tmp_path)
+    with pytest.raises(duckdb.InvalidInputException, match=re.escape(f"cone: {said}")):
+        con.sql(f"SELECT * FROM cone{cone}").fetchall()
+    with pytest.raises(ValueError, match=re.escape(f"cone: {said}")):
+        catalog.search(con, cone=cone)
 
 
 def test_ang_sep_macro_across_ra_zero_and_poles(tmp_path):

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from skyassets.catalog.export import SUMS, ExportError, export_files
+from skyassets.cli.main import main
 from skyassets.fits.meta import quarantine
 from skyassets.lake.home import Home
 
@@ -176,6 +177,8 @@ def test_a_selection_without_a_path_column_names_the_columns_it_has(tmp_path):
 
 def test_selected_files_no_longer_in_the_home_are_left_out_with_the_reason(tmp_path):
     home, selection = _home_with_two_files(tmp_path)
+    home.tables.write("fits_files", pd.DataFrame({"partition": ["c"], "path": ["files/JWST/c/removed.fits"],
+                                                  "status": ["downloaded"]}), partition="c")
     gone = pd.DataFrame({"path": ["files/local/k/junk.fits", "files/JWST/c/removed.fits"],
                          "sha256": [None, None], "status": ["quarantined", "downloaded"]})
     selection = pd.concat([selection.assign(status="downloaded"), gone], ignore_index=True)
@@ -218,10 +221,26 @@ def test_a_landed_or_listed_file_that_never_arrived_is_said_so(tmp_path):
         "files/local/c/late.fits": never,
         "files/MAST/d/listed.fits": never,  # an observation never fetched: no manifest at all
         # paths no observation's folder can have are said missing, not a crash
-        "files/JWST/../odd.fits": "no longer in the home (removed since it was catalogued)",
-        "files/JWST//odd.fits": "no longer in the home (removed since it was catalogued)",
+        "files/JWST/../odd.fits": "not a catalogued file (no table of the catalog names it)",
+        "files/JWST//odd.fits": "not a catalogued file (no table of the catalog names it)",
         "files/local/c/cut.fits": "quarantined: /night/cut.fits: truncated: 6 bytes (see the home's quarantine folder)",
     }
+
+
+def test_a_path_no_table_of_the_catalog_names_is_said_never_catalogued_not_removed(tmp_path, monkeypatch, capsys):
+    home, selection = _home_with_two_files(tmp_path)
+    home.tables.write("composites", pd.DataFrame({"target": ["t"], "png": ["products/t/gone.png"]}), partition="t")
+    rows = pd.DataFrame({"path": ["files/JWST/nope.fits", "products/t/gone.png"]})
+    done = export_files(pd.concat([selection, rows], ignore_index=True), home, tmp_path / "out", "q")
+    assert done.files == 2 and done.missing == {
+        "files/JWST/nope.fits": "not a catalogued file (no table of the catalog names it)",
+        "products/t/gone.png": "no longer in the home (removed since it was catalogued)",  # a composite's PNG
+    }
+    monkeypatch.setenv("SKYASSETS_HOME", str(home.root))
+    assert main(["export", "SELECT 'files/JWST/nope.fits' AS path", str(tmp_path / "cli")]) == 2
+    assert capsys.readouterr().err == ("skyassets export: none of the 1 selected files can be exported (files/JWST/"
+                                       "nope.fits: not a catalogued file (no table of the catalog names it)); "
+                                       "nothing exported\n")
 
 
 def test_an_export_that_stops_part_way_leaves_none_of_its_files(tmp_path):

@@ -358,6 +358,18 @@ def test_the_name_resolver_places_an_alias(tmp_path, home, con):
         unplaced["why"][0]
 
 
+def test_find_resolve_asks_the_name_resolver_of_the_archive_skyassets_mast_url_names(tmp_path, home, monkeypatch,
+                                                                                     capsys):
+    monkeypatch.setenv("SKYASSETS_HOME", str(home.root))
+    with Emulator(tmp_path / "emulator", SPEC, s3=False) as emulator:
+        monkeypatch.setenv("SKYASSETS_MAST_URL", emulator.url)
+        assert main(["find", "F444W images of M74", "--resolve", "--format", "csv"]) == 0
+        assert "NGC-628" in capsys.readouterr().out
+        emulator.faults.add("status", endpoint="resolver", status=400, times=-1)
+        assert main(["find", "F444W images of M74", "--resolve"]) == 1
+        assert f"the name resolver could not be reached: {emulator.url} answered 400" in capsys.readouterr().err
+
+
 def test_a_named_object_that_is_no_target_matches_nothing(home, con, monkeypatch, capsys):
     with pytest.raises(UnknownTarget) as raised:
         find(con, "images of NGC 9999", 10, embedder=None)

@@ -123,6 +123,9 @@ def test_catalog_and_export_take_one_query_that_only_reads(home, capsys, tmp_pat
         (f"ATTACH '{tmp_path / 'other.duckdb'}'", "not ATTACH"),
         ("PRAGMA import_database('x')", "not PRAGMA import_database"),
         ("CREATE TABLE t AS SELECT 1", "not CREATE"),
+        ("INSTALL httpfs", "not INSTALL"),  # DuckDB's statement type says LOAD for all three
+        ("force  install httpfs", "not FORCE INSTALL"),
+        ("LOAD httpfs", "not LOAD"),
         ("SELECT 1; SELECT 2", "only queries, one at a time: this is 2 statements"),
     ):
         for argv in (["catalog", sql], ["export", sql, str(tmp_path / "out")]):
@@ -511,6 +514,19 @@ def test_dev_warns_of_a_watchlist_it_cannot_read_and_starts_the_ui_even_so(home,
     assert line.startswith(f"skyassets dev: warning: {watchlist}: line 4, column 1: not valid YAML"), line
 
 
+def test_dev_warns_of_a_filter_no_known_instrument_has_and_searches_it_as_written(home, capsys, monkeypatch,
+                                                                                  tmp_path):
+    started = []
+    monkeypatch.setattr(os, "execv", lambda exe, command: started.append(command))
+    monkeypatch.chdir(os.getcwd())
+    watchlist = tmp_path / "watchlist.yaml"
+    watchlist.write_text("entries:\n  - name: ring\n    target: NGC 3132\n    filters: [F44W]\n")
+    monkeypatch.setenv("SKYASSETS_WATCHLIST", str(watchlist))
+    assert main(["dev"]) == 0 and len(started) == 1
+    assert capsys.readouterr().err == (f"skyassets dev: warning: {watchlist}: entry 'ring': filter 'F44W' is none "
+                                       "skyassets knows (did you mean F444W?); searched as written\n")
+
+
 def test_dev_passes_the_options_it_does_not_know_on_to_dagster_dev(home, capsys, monkeypatch):
     started = []
     monkeypatch.setattr(os, "execv", lambda exe, command: started.append(command))
@@ -769,7 +785,7 @@ def test_a_home_that_cannot_be_written_is_one_line_naming_it(tmp_path, monkeypat
     ("entries:\n  - name: ring\n    target: NGC 3132\n  - name: typo\n    coordinates: \"400 -95\"\n",
      "entry 'typo': ra is between 0 and 360 degrees, not 400"),
     ("entries:\n  - name: ring\n    target: NGC 3132\n    colection: JWST\n",
-     "entry 'ring': unknown keys ['colection']; known keys are"),
+     "entry 'ring': unknown keys ['colection'] (did you mean 'collection'?); known keys are"),
 ])
 def test_a_demo_refuses_a_watchlist_it_cannot_query_before_it_starts_anything(tmp_path, monkeypatch, capsys,
                                                                                text, said):

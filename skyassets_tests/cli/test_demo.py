@@ -98,9 +98,31 @@ def test_the_demo_says_where_its_outputs_are_in_the_store_when_the_home_has_one(
 
 def test_the_download_summary_names_only_what_happened():
     nothing = {"downloaded": 0, "skipped": 0, "verified": 0, "bytes": 0, "seconds": 0.0, "files": 0, "runs": 0}
-    assert download_summary(nothing, 0) == ("Nothing needed fetching: the files of every observation found are "
-                                            "stored and verified.")
+    assert download_summary(nothing, 0, 4) == ("Nothing needed fetching: the files of every observation found are "
+                                               "stored and verified.")
+    assert download_summary(nothing, 0, 0) == "Nothing to fetch: the watchlist found no observations."
     refetched = nothing | {"runs": 1, "downloaded": 1, "skipped": 3, "verified": 1, "bytes": 2e6, "seconds": 1.0}
-    assert download_summary(refetched, 0) == ("Downloaded 1 file (2.0 MB, 2.0 MB/s), 3 files already verified, "
-                                              "1 FITS checksum verified.")
-    assert download_summary(nothing | {"runs": 2}, 2) == "Downloaded nothing, 2 failed runs."
+    assert download_summary(refetched, 0, 4) == ("Downloaded 1 file (2.0 MB, 2.0 MB/s), 3 files already verified, "
+                                                 "1 FITS checksum verified.")
+    assert download_summary(nothing | {"runs": 2}, 2, 4) == "Downloaded nothing, 2 failed runs."
+
+
+@pytest.mark.slow
+def test_a_demo_that_finds_nothing_and_one_that_runs_only_the_query_say_only_that(emu, tmp_path):
+    watchlist = tmp_path / "watchlist.yaml"
+    watchlist.write_text('entries:\n  - name: empty-sky\n    coordinates: "0.5 -89.5"\n    radius: 1 arcsec\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SKYASSETS_", "DAGSTER_"))}
+    env.update(SKYASSETS_HOME=str(tmp_path / "home"), SKYASSETS_WATCHLIST=str(watchlist),
+               SKYASSETS_MAST_URL=emu.url, SKYASSETS_S3_ENDPOINT=emu.s3_endpoint)
+    said = []
+    for _ in range(2):
+        done = subprocess.run([sys.executable, "-m", "skyassets.cli.main", "demo"], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "\nNothing to fetch: the watchlist found no observations.\n" in done.stdout, done.stdout
+        assert "stored and verified" not in done.stdout, done.stdout
+        said.append(next(line for line in done.stdout.splitlines() if "in the Dagster UI" in line))
+    # the first pass publishes the (empty) catalog; the second has nothing to run but the query
+    assert said == ["Open these runs in the Dagster UI (then browse http://127.0.0.1:3000):",
+                    "Only the watchlist query ran this time; open it and the earlier runs in the Dagster UI "
+                    "(then browse http://127.0.0.1:3000):"]
