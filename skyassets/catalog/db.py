@@ -137,7 +137,7 @@ MACROS: tuple[str, ...] = (
         AND ang_sep(ra, dec, ra_col, dec_col) <= radius""",
     # True for a cone on the sky, else an error saying which of its numbers is off (see Query.cone).
     """cone_checked(ra, dec, radius) AS CASE
-        WHEN NOT ra BETWEEN 0 AND 360 THEN error(format('cone: ra is between 0 and 360 degrees, not {}', ra))
+        WHEN NOT isfinite(ra) THEN error(format('cone: ra is a number of degrees, not {}', ra))
         WHEN NOT dec BETWEEN -90 AND 90 THEN error(format('cone: dec is between -90 and +90 degrees, not {}', dec))
         WHEN NOT radius > 0 OR isnan(radius) THEN
             error(format('cone: the radius is more than 0 degrees, not {}', radius))
@@ -1130,10 +1130,11 @@ class Query:
     def cone(self, ra: float, dec: float, radius: float) -> Query:
         """Centres within ``radius`` degrees (true angular distance) of (ra, dec), ICRS degrees.
 
-        A cone off the sky is refused, as the ``cone`` macro refuses it: a slip (RA 400, a negative
-        radius) would otherwise find nothing, which reads as an empty sky."""
-        if not 0 <= ra <= 360:
-            raise ValueError(f"cone: ra is between 0 and 360 degrees, not {ra:g}")
+        RA is taken modulo 360 (-0.5 is 359.5). A cone off the sky is refused, as the ``cone`` macro
+        refuses it: a slip (dec 100, a negative radius) would otherwise find nothing, which reads as
+        an empty sky."""
+        if not math.isfinite(ra):
+            raise ValueError(f"cone: ra is a number of degrees, not {ra:g}")
         if not -90 <= dec <= 90:
             raise ValueError(f"cone: dec is between -90 and +90 degrees, not {dec:g}")
         if not radius > 0:
