@@ -107,16 +107,16 @@ def test_sky_says_what_is_missing(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setenv("SKYASSETS_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("SKYASSETS_ALADIN_JS", raising=False)
-    assert main(["sky", "--no-browser"]) == 1
-    assert "Aladin Lite not found" in capsys.readouterr().err
-    script = tmp_path / "aladin.js"
-    script.write_text("export default {};")
-    monkeypatch.setenv("SKYASSETS_ALADIN_JS", str(script))
-    assert main(["sky", "--no-browser"]) == 1
+    assert main(["sky", "--no-browser"]) == 1  # what was asked for is said first: nothing published yet
     assert "no published collection" in capsys.readouterr().err
     home = Home(tmp_path / "home")
     make_products(home)
     tile_target(home, TARGET, width=64)
     publish_collection(home, FolderDestination(home.root / "published"))
+    assert main(["sky", "--no-browser"]) == 1
+    assert "Aladin Lite not found" in capsys.readouterr().err
+    script = tmp_path / "aladin.js"
+    script.write_text("export default {};")
+    monkeypatch.setenv("SKYASSETS_ALADIN_JS", str(script))
     assert main(["sky", "NGC-9999", "--no-browser"]) == 1
     assert f"published: {TARGET}" in capsys.readouterr().err
