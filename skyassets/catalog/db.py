@@ -211,7 +211,14 @@ TABLE_MACROS: tuple[str, ...] = (
 
 
 def _install_macros(con: duckdb.DuckDBPyConnection) -> None:
-    for body in MACROS + TABLE_MACROS:
+    """The scalar macros always; the table macros, which read ``images``, where it is a table (a
+    connection asked for other tables only has none)."""
+    try:
+        con.execute("SELECT * FROM images LIMIT 0")
+        images = True
+    except duckdb.CatalogException:
+        images = False
+    for body in MACROS + (TABLE_MACROS if images else ()):
         con.execute(f"CREATE OR REPLACE MACRO {body}")
 
 

@@ -696,6 +696,16 @@ def test_connect_to_some_tables_reads_no_other(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="no catalog tables"):
         catalog.connect(tmp_path, tables=["image_metadata"])
 
+    (tmp_path / "catalog.duckdb").rename(tmp_path / "published.duckdb")
+    unpublished = catalog.connect(tmp_path, tables=["files"])
+    (tmp_path / "published.duckdb").rename(tmp_path / "catalog.duckdb")
+    for con in (unpublished, catalog.connect(tmp_path, tables=["files"])):
+        # without images there is nothing for cone() and friends to read: the scalar macros stay
+        assert con.sql("SELECT count(*) FROM files").fetchall() == [(2,)]
+        assert con.sql("SELECT round(ang_sep(0, 0, 1, 0), 6)").fetchall() == [(1.0,)]
+        with pytest.raises(duckdb.CatalogException, match="cone"):
+            con.sql("SELECT * FROM cone(10, 20, 1)")
+
 
 def test_a_lake_read_in_many_chunks_is_the_lake_read_in_one(tmp_path, monkeypatch):
     for k in range(12):
