@@ -202,7 +202,7 @@ def _ingest(args: argparse.Namespace) -> int:
         if args.catalog_only:
             print("quality, targets, products and catalog.duckdb follow when the daemon runs (skyassets dev)")
             return 0 if report.ok else 1
-        ready = home.tables.written("image_metadata", [*report.partitions, *report.left])
+        ready = home.tables.written("image_metadata", list(dict.fromkeys([*report.partitions, *report.left])))
         run_config = home_run_config(home)
         published_before = latest_storage_id(instance, "catalog")
         downstream = bring_up_to_date(launcher, home, ready, run_config)

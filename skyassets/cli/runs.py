@@ -460,35 +460,15 @@ def text_progress(done: int, total: int, files_done: int | None = None, files: i
     sys.stderr.flush()
 
 
-IMAGE_IDENTITY = ["sha256", "hdu_index", "file_name", "path"]
-
-
-def measured_elsewhere(home: Home, partitions: Sequence[str]) -> list[str]:
-    """Of ``partitions``, those whose quality rows are not for exactly the images they now
-    catalogue (the same bytes, HDUs, names and places), or say an image could not be used (a
-    limit since raised, a copy that could not be read then): the ones to measure again."""
-    images = home.tables.read_partitions("image_metadata", partitions, columns=IMAGE_IDENTITY)
-    scores = home.tables.read_partitions("image_quality", partitions, columns=[*IMAGE_IDENTITY, "usable"])
-
-    def same(key: str) -> bool:
-        rows = [set(zip(*(t.column(n).to_pylist() for n in IMAGE_IDENTITY), strict=True))
-                for t in (images[key], scores[key])]
-        return rows[0] == rows[1] and all(scores[key].column("usable").to_pylist())
-
-    return [p for p in partitions if p not in images or p not in scores or not same(p)]
-
-
 def measure_quality(runner: Runner, home: Home, partitions: list[str], run_config: Mapping) -> tuple[int, int]:
-    """Run quality_job in batched runs over the partitions whose images changed since they were last
-    measured, print the flags; return (partitions measured, failed runs)."""
+    """Run quality_job in batched runs over the partitions catalogued since their quality was last
+    materialised, as the daemon's automation would (so a daemon started afterwards finds nothing
+    left to do), print what was measured and the flags; return (partitions run, failed runs). An
+    image catalogued again with the same bytes keeps its measurement: the asset measures only what
+    is new, and an observation whose files all left it loses its old scores."""
     instance = runner.instance
-    # an observation whose every file was quarantined has no image to measure
-    # (one measured before, whose files have since left it, is measured again: its old scores go)
-    images = home.tables.read_partitions("image_metadata", partitions, columns=["obs_id"])
-    measured_before = set(home.tables.written("image_quality", partitions))
-    partitions = [p for p in partitions if (p in images and images[p].num_rows) or p in measured_before]
-    # a partition catalogued again with the same images (a file touched, or copied again) keeps its scores
-    todo = measured_elsewhere(home, outdated(instance, "image_quality", "image_metadata", partitions))
+    partitions = list(dict.fromkeys(partitions))  # a file moved between two of them names both
+    todo = outdated(instance, "image_quality", "image_metadata", partitions)
     if len(todo) < len(partitions):
         print(f"\nImage quality of {counted(len(partitions) - len(todo), 'observations')} is up to date.")
     if not todo:
@@ -499,12 +479,17 @@ def measure_quality(runner: Runner, home: Home, partitions: list[str], run_confi
         Submission("quality_job", partition_range(first, last), run_config)
         for first, last in partition_batches(instance, partitions, 25)
     ]
-    failures, flags, worst = 0, Counter(), []
+    failures, flags, worst, figures = 0, Counter(), [], Counter()
     for run in runner.run_all(submissions, on_finished=lambda s, r: text_progress(
             submissions.index(s) + 1, len(submissions))):
         failures += not run.is_success
+        said = run_totals((run_materializations(instance, run.run_id, "image_quality") or [{}])[0])
+        figures.update({k: int(v) for k, v in said.items() if k in ("images", "measured")})
         for check in failed_checks(instance, run.run_id):
             print(f"  check {check}")
+    if kept := figures["images"] - figures["measured"]:
+        print(f"  {counted(figures['measured'], 'images')} measured, {kept} kept as measured before "
+              "from the same bytes")
     for partition in partitions:
         if home.tables.exists("image_quality", partition):
             rows = home.tables.read("image_quality", partition)
@@ -552,10 +537,12 @@ def make_products(runner: Runner, home: Home, run_config: Mapping) -> tuple[int,
     every = instance.get_dynamic_partitions("targets")
     targets = outdated(instance, "composites", "target_images", every)
     if len(targets) < len(every):
-        print(f"\nMosaics and composites of {counted(len(every) - len(targets), 'targets')} are up to date.")
+        other = " other" if targets else ""
+        print(f"\nMosaics and composites of {counted(len(every) - len(targets), f'{other} targets'.strip())} "
+              "are up to date.")
     if not targets:
         return 0, 0
-    print(f"\nMosaics and composites for {counted(len(targets), 'targets')}:")
+    print(f"\nMosaics and composites for {counted(len(targets), 'targets')} whose images changed:")
     submissions = [Submission("products_job", {PARTITION: target}, run_config) for target in targets]
     failures = 0
     for target, run in zip(targets, runner.run_all(submissions, at_once=2), strict=True):

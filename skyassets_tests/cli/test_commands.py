@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 import yaml
 from astropy.io import fits
-from dagster import AssetKey, DagsterInstance, DagsterRunStatus
+from dagster import AssetKey, DagsterInstance, DagsterRunStatus, evaluate_automation_conditions
 
 from skyassets.catalog.db import connect
 from skyassets.cli.commands import (
@@ -29,6 +29,7 @@ from skyassets.cli.commands import (
 )
 from skyassets.cli.launch import LOCATION
 from skyassets.cli.main import main
+from skyassets.definitions import defs
 from skyassets.lake.home import Home
 from skyassets_tests.objectstore import BUCKET, CREDENTIALS, object_store
 
@@ -564,8 +565,9 @@ def test_ingest_brings_the_whole_chain_up_to_date_and_says_what_failed(emu, tmp_
     )
     assert result.returncode == 1, result.stdout + result.stderr  # one file was quarantined
     assert "7 files in 6 partitions" in result.stdout
-    # the partitions of the quarantined file and of the spectrum have no image: none to measure or look at
-    assert "Measuring image quality of 4 observations:" in result.stdout
+    # the partitions of the quarantined file and of the spectrum have no image, but are run as the
+    # daemon would run them (nothing measured): a daemon started next finds nothing to do
+    assert "Measuring image quality of 6 observations:" in result.stdout
     assert "details: skyassets quality landed-cut" not in result.stdout
     # the image that needs a look is named with its observation and HDU
     assert re.search(rf"^  lowest: landed-\S+ {re.escape(blank.name)}\[1\] \(F\w+\) score \d+ \w+$",
@@ -586,6 +588,11 @@ def test_ingest_brings_the_whole_chain_up_to_date_and_says_what_failed(emu, tmp_
         # targets grouped once, and the catalog published once, after the products were made
         for asset in ("target_groups", "catalog"):
             assert len(instance.fetch_materializations(AssetKey(asset), limit=10).records) == 1, asset
+        # the daemon's first look, as `skyassets dev` started now would take it: nothing left to run
+        first = evaluate_automation_conditions(defs=defs, instance=instance)
+        asked = {key.to_user_string(): first.get_num_requested(key)
+                 for key in defs.resolve_asset_graph().get_all_asset_keys() if first.get_num_requested(key)}
+        assert first.total_requested == 0, asked
     home = Home(tmp_path / "home")
     assert (home.root / "catalog.duckdb").exists()
     made = home.tables.read("mosaics")

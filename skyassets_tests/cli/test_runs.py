@@ -18,7 +18,6 @@ from skyassets.cli.runs import (
     latest_metadata,
     made_or_kept,
     measure_quality,
-    measured_elsewhere,
     partition_batches,
     updated_since,
 )
@@ -272,7 +271,7 @@ def test_a_file_quarantined_on_a_later_ingest_takes_its_quality_rows_with_it(emu
     assert len(home.tables.read("image_quality", key)) == 0  # no score left for an image no longer catalogued
 
 
-def test_a_file_touched_is_copied_again_but_not_measured_again(emu, tmp_path):
+def test_a_file_touched_is_copied_again_but_not_measured_again(emu, tmp_path, capsys):
     drop = tmp_path / "night"
     drop.mkdir()
     cal = sorted(emu.sky.root.rglob("*_cal.fits"))[:2]
@@ -282,15 +281,23 @@ def test_a_file_touched_is_copied_again_but_not_measured_again(emu, tmp_path):
     config = {**QUIET, "resources": {"home": {"config": {"root": str(home.root)}}}}
     with instance_for_test() as instance:
         [key] = ingest([drop], home, instance).partitions
-        assert measure_quality(InProcess(instance), home, [key], config) == (1, 0)
+        assert measure_quality(InProcess(instance), home, [key, key], config) == (1, 0)  # named twice, run once
+        said = capsys.readouterr().out
+        assert "flags: 1 " in said and said.count("  lowest: ") <= 1, said
+        assert measure_quality(InProcess(instance), home, [key], config) == (0, 0)  # up to date
         os.utime(landed, ns=(4_000_000_000_000_000_000,) * 2)  # the same bytes, a new mtime
         assert ingest([drop], home, instance).runs == 1  # copied and catalogued again
-        assert measure_quality(InProcess(instance), home, [key], config) == (0, 0)  # the same images
+        capsys.readouterr()
+        # run, as the daemon would run it, but the image keeps its measurement
+        assert measure_quality(InProcess(instance), home, [key], config) == (1, 0)
+        assert latest_metadata(instance, "image_quality", key)["measured"] == 0
+        assert "  0 images measured, 1 kept as measured before from the same bytes\n" in capsys.readouterr().out
         with fits.open(cal[1]) as hdul:  # new bytes under the same observation id
             hdul[0].header["OBS_ID"] = fits.getheader(cal[0])["OBS_ID"]
             hdul.writeto(landed, overwrite=True, checksum=True)
         assert ingest([drop], home, instance).runs == 1
         assert measure_quality(InProcess(instance), home, [key], config) == (1, 0)
+        assert latest_metadata(instance, "image_quality", key)["measured"] == 1
 
 
 def test_a_name_holding_a_colon_is_reported_quarantined_with_its_reason(emu, tmp_path):
@@ -315,17 +322,6 @@ def test_a_file_stored_under_another_name_is_reported_so(emu, tmp_path):
         report = ingest([drop], Home(tmp_path / "home"), instance)
     assert sorted(report.catalogued) == sorted([str(drop / good[0].name), str(odd)])
     assert report.renamed == {str(odd): f"first_line_{good[1].name}"}  # its name, as near as can be
-
-
-def test_a_partition_is_measured_again_when_its_images_or_their_use_changed(tmp_path):
-    home = Home(tmp_path / "home")
-    image = {"obs_id": ["p1"], "sha256": ["a" * 64], "hdu_index": [1], "file_name": ["a.fits"],
-             "path": ["files/local/p1/a.fits"]}
-    home.tables.write("image_metadata", pd.DataFrame(image), "p1")
-    for usable, name, again in ((True, "a.fits", []), (False, "a.fits", ["p1"]), (True, "b.fits", ["p1"])):
-        home.tables.write("image_quality", pd.DataFrame({**image, "file_name": [name], "usable": [usable]}), "p1")
-        assert measured_elsewhere(home, ["p1"]) == again, (usable, name)
-    assert measured_elsewhere(home, ["p2"]) == ["p2"]  # never catalogued nor measured
 
 
 def test_the_catalog_is_out_of_date_once_files_are_catalogued_after_it():
