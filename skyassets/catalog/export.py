@@ -42,6 +42,17 @@ class ExportError(ValueError):
     """A selection that cannot be exported as asked; the message names the file and the reason."""
 
 
+class NothingExported(ExportError):
+    """Files were selected and none of them can be shipped: each with its reason, as an export that
+    ships some of them says of the others."""
+
+    def __init__(self, skipped: dict[str, str], missing: dict[str, str]):
+        first, why = next(iter({**skipped, **missing}.items()))
+        super().__init__(f"none of the {len(skipped) + len(missing)} selected files can be exported "
+                         f"({first}: {why}); nothing exported")
+        self.skipped, self.missing = skipped, missing
+
+
 @dataclass(frozen=True)
 class Exported:
     """What an export wrote."""
@@ -328,9 +339,7 @@ def export_files(
                               "nothing exported")
         sources, skipped, missing = _present(sources, selection, home, expected)
         if not sources:
-            first, why = next(iter({**skipped, **missing}.items()))
-            raise ExportError(f"none of the {len(skipped) + len(missing)} selected files can be exported "
-                              f"({first}: {why}); nothing exported")
+            raise NothingExported(skipped, missing)
         names = _names(sources, home)
         if as_zip:
             dest.parent.mkdir(parents=True, exist_ok=True)

@@ -135,14 +135,14 @@ class UnknownTarget(ValueError):
         self.designations, self.targets, self.asked, self.unreachable = list(designations), targets, asked, unreachable
         super().__init__(self.said("resolve=mast_resolver()"))
 
-    def said(self, resolving: str) -> str:
-        """The message, with ``resolving`` as the way to ask the name resolver when it was not asked."""
+    def said(self, resolving: str, resolver: str = "MAST's name resolver") -> str:
+        """The message, with ``resolving`` as the way to ask ``resolver`` when it was not asked."""
         if self.unreachable is not None:
             how = f"the name resolver could not be reached: {self.unreachable}"
         elif self.asked:
             how = "the name resolver does not place it either"
         else:
-            how = f"{resolving} looks its position up with MAST's name resolver"
+            how = f"{resolving} looks its position up with {resolver}"
         return (f"no target of the catalog is named {' or '.join(self.designations)} ({how}); "
                 f"its targets: {self.targets}")
 

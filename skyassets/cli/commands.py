@@ -393,6 +393,17 @@ def _resolver_server(home: Home) -> str:
     return MAST_RESOLVER if is_real_mast(server) else server
 
 
+def _resolver_named() -> str:
+    """The resolver ``--resolve`` would ask, named without starting the emulator for it."""
+    from skyassets.archive.client import is_real_mast
+    from skyassets.defs.resources import EMULATOR, archive_resource
+
+    url = archive_resource().url
+    if url == EMULATOR:
+        return "the built-in archive emulator's name resolver (SKYASSETS_MAST_URL names another archive)"
+    return "MAST's name resolver" if is_real_mast(url) else f"the name resolver of {url}"
+
+
 def _find(args: argparse.Namespace) -> int:
     from skyassets.catalog.db import CatalogError, connect
     from skyassets.catalog.find import UnknownTarget, find, mast_resolver
@@ -402,7 +413,7 @@ def _find(args: argparse.Namespace) -> int:
         frame = find(connect(home), args.question, args.k, by=args.by, mode=args.mode,
                      resolve=mast_resolver(_resolver_server(home)) if args.resolve else None)
     except UnknownTarget as exc:
-        raise CommandError(exc.said("--resolve"), 1) from exc
+        raise CommandError(exc.said("--resolve", _resolver_named()), 1) from exc
     except (CatalogError, ValueError) as exc:
         raise CommandError(str(exc).strip().splitlines()[0]) from exc
     if frame.empty:
@@ -418,30 +429,39 @@ def _find(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from skyassets.catalog.export import ExportError, export_files
+    from skyassets.catalog.export import ExportError, NothingExported, export_files
 
     home = _catalogued_home()
     selection = _query(home, args.sql)
     try:
         done = export_files(selection, home, Path(args.dest), args.sql, as_zip=args.zip, force=args.force)
+    except NothingExported as exc:  # each file named with its reason, as when some are exported
+        _not_exported(exc.skipped, exc.missing)
+        print("nothing exported", file=sys.stderr)
+        return 1
     except ExportError as exc:
         raise CommandError(str(exc)) from exc
     what = "one archive" if args.zip else "a folder"
     print(f"{counted(done.files, 'files')} ({done.bytes / 1e6:.1f} MB) exported to {what}: {done.dest}")
-    for kind, said in (("skipped", done.skipped), ("missing", done.missing)):
-        for path, why in list(said.items())[:20]:
-            print(f"  {kind}: {one_line(path)}: {one_line(why)}", file=sys.stderr)
-        if len(said) > 20:
-            print(f"  ... and {len(said) - 20} more {kind}", file=sys.stderr)
-    if done.skipped or done.missing:
-        print(f"not exported: {len(done.skipped)} skipped (not files to ship), "
-              f"{len(done.missing)} missing from the home (named on stderr)")
+    _not_exported(done.skipped, done.missing)
     if args.zip:
         print(f"check them with: cd {shlex.quote(str(done.dest.parent))} && unzip {shlex.quote(done.dest.name)} && "
               f"cd {shlex.quote(done.dest.stem)} && sha256sum -c SHA256SUMS")
     else:
         print(f"check them with: cd {shlex.quote(str(done.dest))} && sha256sum -c SHA256SUMS")
     return 1 if done.skipped or done.missing else 0
+
+
+def _not_exported(skipped: dict[str, str], missing: dict[str, str]) -> None:
+    """Name each file an export left out, with its reason, on stderr, then count them."""
+    for kind, said in (("skipped", skipped), ("missing", missing)):
+        for path, why in list(said.items())[:20]:
+            print(f"  {kind}: {one_line(path)}: {one_line(why)}", file=sys.stderr)
+        if len(said) > 20:
+            print(f"  ... and {len(said) - 20} more {kind}", file=sys.stderr)
+    if skipped or missing:
+        print(f"not exported: {len(skipped)} skipped (not files to ship), "
+              f"{len(missing)} missing from the home (named on stderr)")
 
 
 def _bounded(low: int, high: int | None = None) -> Callable[[str], int]:

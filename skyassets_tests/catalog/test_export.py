@@ -237,10 +237,15 @@ def test_a_path_no_table_of_the_catalog_names_is_said_never_catalogued_not_remov
         "products/t/gone.png": "no longer in the home (removed since it was catalogued)",  # a composite's PNG
     }
     monkeypatch.setenv("SKYASSETS_HOME", str(home.root))
-    assert main(["export", "SELECT 'files/JWST/nope.fits' AS path", str(tmp_path / "cli")]) == 2
-    assert capsys.readouterr().err == ("skyassets export: none of the 1 selected files can be exported (files/JWST/"
-                                       "nope.fits: not a catalogued file (no table of the catalog names it)); "
-                                       "nothing exported\n")
+    # none exportable: each named with its reason, as when some are, and exit status 1
+    assert main(["export", "SELECT path FROM (VALUES ('files/JWST/nope.fits'), ('products/t/gone.png')) t(path)",
+                 str(tmp_path / "cli")]) == 1
+    said = capsys.readouterr()
+    assert said.err == ("  missing: files/JWST/nope.fits: not a catalogued file (no table of the catalog names it)\n"
+                        "  missing: products/t/gone.png: no longer in the home (removed since it was catalogued)\n"
+                        "nothing exported\n")
+    assert said.out == "not exported: 0 skipped (not files to ship), 2 missing from the home (named on stderr)\n"
+    assert not (tmp_path / "cli").exists()
 
 
 def test_an_export_that_stops_part_way_leaves_none_of_its_files(tmp_path):

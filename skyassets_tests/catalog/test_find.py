@@ -380,10 +380,15 @@ def test_a_named_object_that_is_no_target_matches_nothing(home, con, monkeypatch
     assert set(find(con, "images of ngc628", 5, embedder=None)["target_name"]) <= {"NGC-628", "NGC628", "NGA_NGC0628"}
     assert len(find(con, "program 2736", 5, embedder=None))
     monkeypatch.setenv("SKYASSETS_HOME", str(home.root))
+    monkeypatch.delenv("SKYASSETS_MAST_URL", raising=False)
     assert main(["find", "images of NGC 9999"]) == 1
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err.count("\n") == 1
-    assert captured.err.startswith("skyassets find: no target of the catalog is named NGC 9999 (--resolve looks")
+    assert captured.err.startswith("skyassets find: no target of the catalog is named NGC 9999 (--resolve looks "
+                                   "its position up with the built-in archive emulator's name resolver")
+    monkeypatch.setenv("SKYASSETS_MAST_URL", "https://mast.stsci.edu")
+    assert main(["find", "images of NGC 9999"]) == 1
+    assert "(--resolve looks its position up with MAST's name resolver)" in capsys.readouterr().err
 
 
 M74 = (24.1739, 15.7836)
