@@ -1221,16 +1221,32 @@ class Query:
         """The rows, as a DuckDB relation, after refreshing the snapshot."""
         refresh(con)
         if self.table not in _names_in(con):
-            raise CatalogError(f"no {self.table!r} table yet: its asset has written no Parquet to the lake")
+            raise CatalogError(_absent(con, self.table) or
+                               f"no {self.table!r} table yet: its asset has written no Parquet to the lake")
         return con.sql(self.sql(con))
 
     def df(self, con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
         return self.relation(con).df()
 
 
+def _absent(con: duckdb.DuckDBPyConnection, table: str) -> str | None:
+    """Why ``table`` is not in a connection opened with ``connect(tables=[...])`` that left it out,
+    or None (it is in the lake's tables asked for, or every table was)."""
+    try:
+        held = dict(con.execute(f"SELECT key, value FROM {_SETTINGS}").fetchall()).get("tables")
+    except duckdb.CatalogException:  # a published catalog: every table
+        return None
+    if held is None or table in held.split(","):
+        return None
+    return (f"this connection holds only the tables {held.replace(',', ', ')}: connect(..., tables=[...]) "
+            f"with {table!r} among them to search it")
+
+
 def _quality_join(con: duckdb.DuckDBPyConnection, table: str) -> str:
     """``table`` joined with ``quality`` on the image (file hash and HDU), as a subquery."""
     if not _exists(con, "quality"):
+        if why := _absent(con, "quality"):
+            raise CatalogError(why)
         raise CatalogError(
             "no quality table yet: image_quality has written nothing to lake/image_quality/, "
             "so a quality threshold cannot be applied"

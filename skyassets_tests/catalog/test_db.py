@@ -705,6 +705,9 @@ def test_connect_to_some_tables_reads_no_other(tmp_path, monkeypatch):
         assert con.sql("SELECT round(ang_sep(0, 0, 1, 0), 6)").fetchall() == [(1.0,)]
         with pytest.raises(duckdb.CatalogException, match="cone"):
             con.sql("SELECT * FROM cone(10, 20, 1)")
+        # a table left out is said to be left out, not to be missing from the lake
+        with pytest.raises(catalog.CatalogError, match=r"holds only the tables files: .* with 'images' among them"):
+            catalog.search(con, filter="F444W")
 
 
 def test_a_lake_read_in_many_chunks_is_the_lake_read_in_one(tmp_path, monkeypatch):
