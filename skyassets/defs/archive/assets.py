@@ -109,10 +109,14 @@ def mast_observations(
     found = (f"{len(observations)} observations from {len(wl.entries) + len(wl.invalid)} watchlist entries "
              f"({result.proprietary} proprietary left out, {kept} kept from failed entries or a refused token)")
     last = context.instance.get_latest_materialization_event(context.asset_key)
-    said = last.asset_materialization.metadata.get("failed_entry_reasons") if last is not None else None
-    # an entry failing anew is materialised even so, and so is its recovery: the asset shows how its
-    # entries fared; the same failures again (an entry that cannot be read) are said already
-    if (last is not None and list(getattr(said, "value", None) or []) == list(result.failed)
+    said = {name: getattr(value, "value", None)
+            for name, value in (last.asset_materialization.metadata if last is not None else {}).items()}
+    # an entry failing anew is materialised even so, and so is its recovery, an entry added that finds
+    # nothing and a count that moved between entries: the asset shows how its entries fared; the same
+    # answers and failures again (an entry that cannot be read) are said already
+    if (last is not None and list(said.get("failed_entry_reasons") or []) == list(result.failed)
+            and dict(said.get("rows_per_entry") or {}) == dict(result.per_entry)
+            and list(said.get("entries_to_check") or []) == list(result.suspicious)
             and lake.holds("mast_observations", observations)):
         context.log.info(f"{found}: the same as the last answers; nothing materialised, nothing downstream to redo")
         yield token_check

@@ -153,6 +153,14 @@ def test_an_entry_that_can_no_longer_be_read_keeps_its_rows_and_is_materialised_
         assert set(field["obs_id"]) <= set(pd.read_parquet(table)["obs_id"])
         again = job.execute_in_process(instance=instance)  # the same failure: said already
         assert again.success and not again.get_asset_materialization_events()
+        watchlist.write_text(good)  # mended: its recovery is shown
+        assert job.execute_in_process(instance=instance).get_asset_materialization_events()
+        # an entry added that finds nothing changes no row, but how the entries fared: shown
+        watchlist.write_text(good + '  - {name: empty-sky, coordinates: "0.5 -89.5", radius: 1 arcsec}\n')
+        (added,) = job.execute_in_process(instance=instance).get_asset_materialization_events()
+        assert added.materialization.metadata["rows_per_entry"].value["empty-sky"] == 0
+        again = job.execute_in_process(instance=instance)
+        assert again.success and not again.get_asset_materialization_events()
 
 
 def test_http_fallback_when_cloud_is_off_and_failure_keeps_verified_files(emu, tmp_path):
