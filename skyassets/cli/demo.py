@@ -42,6 +42,7 @@ from skyassets.cli.runs import (
 from skyassets.defs.partitions import split_failed_run
 from skyassets.defs.tags import partition_range
 from skyassets.lake.home import Home
+from skyassets.tiles.viewer import aladin_script
 
 # Observations per demo run, and runs at once: the archive's pool lets one download at a time, so a
 # second run only overlaps its cataloguing with the other's downloads.
@@ -254,6 +255,12 @@ def _demo(runner: Runner, home: Home, dagster_home: Path) -> int:
     targets = instance.get_dynamic_partitions("targets")
     if targets:
         print("\nPan and zoom the targets over the sky:")
+        try:
+            aladin_script(home)
+        except FileNotFoundError:  # the viewer's script comes from the npm registry, once
+            script = Path(__file__).resolve().parents[2] / "scripts" / "viewer.sh"  # the project's, when run from it
+            print(f"  {shlex.quote(str(script)) if script.is_file() else 'scripts/viewer.sh'} install "
+                  f"{shlex.quote(str(home.root / 'viewer'))}   # once: Aladin Lite, from the npm registry")
         print(f"  SKYASSETS_HOME={home.root} {command} sky {targets[0]}")
     # a pass over an unchanged archive runs the watchlist query alone: the runs to see are the earlier ones
     opened = ("Open these runs" if instance.get_runs_count() - runs_before > 1

@@ -180,6 +180,9 @@ def test_a_second_demo_on_an_unchanged_home_materialises_nothing_new(demo_home):
             in done.stdout), done.stdout
     assert "\nNo new observations; " in done.stdout and "Downloaded" not in done.stdout, done.stdout
     assert not re.search(r"\b0 (files|FITS|failed|new|observations)", done.stdout), done.stdout
+    # the way to the sky viewer starts with installing it, where it is not installed yet
+    viewer = f"scripts/viewer.sh install {demo_home / 'viewer'}   # once: Aladin Lite, from the npm registry\n"
+    assert viewer in done.stdout and "sky NGC" in done.stdout.split(viewer)[1], done.stdout
 
 
 def _materialisations(demo_home: Path, asset: str) -> dict[str, int]:
