@@ -137,8 +137,10 @@ def _demo(args: argparse.Namespace) -> int:
 def _ingest(args: argparse.Namespace) -> int:
     # a link counts as there (a loop or a dangling link is refused later, with the reason)
     missing = [p for p in args.paths if not os.path.lexists(os.path.expanduser(p))]
-    if missing:  # said before a webserver is started for nothing
+    if len(missing) == len(args.paths):  # said before a webserver is started for nothing
         raise CommandError("; ".join(f"{p} does not exist" for p in missing), 1)
+    # the others are taken, and the missing refused with the reason, as other paths that cannot be
+    paths = [p for p in args.paths if p not in missing]
     home = Home.from_env()
     dagster_home = prepare_dagster_home(home)
     from dagster import DagsterInstance
@@ -157,10 +159,11 @@ def _ingest(args: argparse.Namespace) -> int:
     instance = DagsterInstance.get()
     with one_command_at_a_time(home), Launcher(dagster_home, instance) as launcher:
         try:
-            report = ingest(args.paths, home, launcher, batch=args.batch, progress=text_progress,
+            report = ingest(paths, home, launcher, batch=args.batch, progress=text_progress,
                             waiting=lambda held: print(f"waiting for the landing lock: {held}", file=sys.stderr))
         except LockBusy as exc:
             raise CommandError(f"landing lock not free: {exc}", 1) from exc
+        report.refused.update({p: "does not exist" for p in missing})
         print(f"{counted(report.files, 'files')} in {counted(len(report.partitions), 'partitions')} "
               f"({counted(report.runs, 'runs')}): "
               f"{len(report.catalogued)} catalogued, {len(report.quarantined)} quarantined, "
@@ -197,7 +200,7 @@ def _ingest(args: argparse.Namespace) -> int:
                 print(f"  ... and {len(files) - 20} more {what} (see {home.quarantine})", file=sys.stderr)
         if not report.partitions and not report.left:  # nothing taken: nothing downstream to bring up to date
             print(("no FITS file taken from " if report.refused else "no FITS files found in ")
-                  + ", ".join(args.paths), file=sys.stderr)
+                  + ", ".join(paths), file=sys.stderr)
             return 1
         if args.catalog_only:
             print("quality, targets, products and catalog.duckdb follow when the daemon runs (skyassets dev)")

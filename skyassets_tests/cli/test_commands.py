@@ -394,8 +394,12 @@ def test_ingest_of_a_missing_path_says_so_before_starting_anything(home, capsys,
         raise AssertionError("a Dagster home was prepared for nothing")
 
     monkeypatch.setattr("skyassets.cli.commands.prepare_dagster_home", no_server)
-    status, _, err = _run(capsys, "ingest", str(tmp_path), str(tmp_path / "nowhere"))
-    assert status == 1 and err == f"skyassets ingest: {tmp_path / 'nowhere'} does not exist\n"
+    status, _, err = _run(capsys, "ingest", str(tmp_path / "nowhere"), str(tmp_path / "gone.fits"))
+    assert status == 1 and err == (f"skyassets ingest: {tmp_path / 'nowhere'} does not exist; "
+                                   f"{tmp_path / 'gone.fits'} does not exist\n")
+    # beside a path that is there, it is refused and the others taken (test_ingest_brings_the_whole_chain...)
+    with pytest.raises(AssertionError, match="prepared for nothing"):
+        _run(capsys, "ingest", str(tmp_path), str(tmp_path / "nowhere"))
     # a link loop or a dangling link is there: it is refused later, with the reason
     loop = tmp_path / "loop.fits"
     loop.symlink_to(loop)
@@ -559,12 +563,13 @@ def test_ingest_brings_the_whole_chain_up_to_date_and_says_what_failed(emu, tmp_
     fits.HDUList([fits.PrimaryHDU(header=fits.Header({"OBS_ID": "OBQC01010", "INSTRUME": "STIS"})),
                   table]).writeto(spectrum, checksum=True)
     env = {**os.environ, "SKYASSETS_HOME": str(tmp_path / "home"), "DAGSTER_HOME": str(tmp_path / "home" / "dagster")}
-    result = subprocess.run(
-        [sys.executable, "-m", "skyassets.cli.main", "ingest", str(drop)],
+    result = subprocess.run(  # with a path mistyped: refused, and the rest taken
+        [sys.executable, "-m", "skyassets.cli.main", "ingest", str(drop), str(tmp_path / "nigth")],
         env=env, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 1, result.stdout + result.stderr  # one file was quarantined
-    assert "7 files in 6 partitions" in result.stdout
+    assert "8 files in 6 partitions" in result.stdout
+    assert f"  refused: {tmp_path / 'nigth'}: does not exist\n" in result.stderr
     # the partitions of the quarantined file and of the spectrum have no image, but are run as the
     # daemon would run them (nothing measured): a daemon started next finds nothing to do
     assert "Measuring image quality of 6 observations:" in result.stdout
@@ -572,7 +577,7 @@ def test_ingest_brings_the_whole_chain_up_to_date_and_says_what_failed(emu, tmp_
     # the image that needs a look is named with its observation and HDU
     assert re.search(rf"^  lowest: landed-\S+ {re.escape(blank.name)}\[1\] \(F\w+\) score \d+ \w+$",
                      result.stdout, re.M), result.stdout
-    assert "5 catalogued, 1 quarantined, 0 failed, 1 refused; 1 folder not read\n" in result.stdout
+    assert "5 catalogued, 1 quarantined, 0 failed, 2 refused; 1 folder not read\n" in result.stdout
     assert f"refused: {drop / 'night2'}: a symbolic link to a folder" in result.stderr
     assert "1 catalogued file with no image HDU (spectra or tables)" in result.stdout
     assert f"  no image: {spectrum}\n" in result.stdout
