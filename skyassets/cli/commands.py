@@ -125,6 +125,9 @@ def one_command_at_a_time(home: Home) -> Iterator[None]:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from skyassets.defs.resources import check_settings
+
+    check_settings()
     _check_watchlist("demo")
     home = Home.from_env()
     dagster_home = prepare_dagster_home(home)
@@ -139,6 +142,9 @@ def _ingest(args: argparse.Namespace) -> int:
     missing = [p for p in args.paths if not os.path.lexists(os.path.expanduser(p))]
     if len(missing) == len(args.paths):  # said before a webserver is started for nothing
         raise CommandError("; ".join(f"{p} does not exist" for p in missing), 1)
+    from skyassets.defs.resources import check_settings
+
+    check_settings()
     # the others are taken, and the missing refused with the reason, as other paths that cannot be
     paths = [p for p in args.paths if p not in missing]
     home = Home.from_env()
@@ -679,8 +685,10 @@ def _dev(args: argparse.Namespace) -> int:
     from dagster import DagsterInstance
 
     from skyassets.cli.launch import code_location_workspace
+    from skyassets.defs.resources import check_settings
 
     _port_free(args.host, args.port)
+    check_settings()  # else a code location that fails to load, seen only in the UI
     try:  # the UI starts even so: its runs say the same, and the watchlist can be mended while it runs
         _check_watchlist("dev")
     except CommandError as exc:
@@ -711,6 +719,8 @@ def run(argv: list[str]) -> int:
     import warnings
 
     from dagster import BetaWarning
+
+    from skyassets.defs.resources import SettingError
 
     warnings.filterwarnings("ignore", category=BetaWarning)  # backfill policies; nothing a user can act on
     parser = argparse.ArgumentParser(prog="skyassets", description="run the pipeline end to end, query the "
@@ -791,6 +801,9 @@ def run(argv: list[str]) -> int:
     except CommandError as exc:
         print(f"skyassets {args.command}: {exc}", file=sys.stderr)
         return exc.status
+    except SettingError as exc:  # a setting mistyped: as a usage error
+        print(f"skyassets {args.command}: {exc}", file=sys.stderr)
+        return 2
     except SkyError as exc:
         print(f"skyassets {args.command}: {exc}", file=sys.stderr)
         return 1

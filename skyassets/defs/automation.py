@@ -18,7 +18,6 @@ worst case is one extra run that finds nothing new, never a lost update.
 
 from __future__ import annotations
 
-import os
 import warnings
 
 from dagster import (
@@ -37,7 +36,9 @@ from dagster import (
     IdentityPartitionMapping,
 )
 
-__all__ = ["automation_sensor", "catch_up", "data_changed", "follows", "read_latest"]
+from skyassets.defs.resources import env_number
+
+__all__ = ["automation_interval", "automation_sensor", "catch_up", "data_changed", "follows", "read_latest"]
 
 
 class _ReadLatest(AutomationCondition):
@@ -186,12 +187,9 @@ def follows() -> AutomationCondition:
     return ((updated | first) & waits).with_label("follows its dependencies")
 
 
-def _interval() -> int:
+def automation_interval() -> int:
     """``SKYASSETS_AUTOMATION_INTERVAL``: whole seconds, at least 1 (Dagster's 30 s by default)."""
-    text = os.environ.get("SKYASSETS_AUTOMATION_INTERVAL", "").strip() or "30"
-    if not text.isdigit() or int(text) < 1:
-        raise ValueError(f"SKYASSETS_AUTOMATION_INTERVAL must be a whole number of seconds (at least 1), not {text!r}")
-    return int(text)
+    return env_number("SKYASSETS_AUTOMATION_INTERVAL", 30, minimum=1)
 
 
 # Evaluating conditions in the code server is marked beta; the memory of what a run read needs it (it
@@ -204,7 +202,7 @@ automation_sensor = AutomationConditionSensorDefinition(
     target=AssetSelection.all(),
     default_status=DefaultSensorStatus.RUNNING,
     # shorter where products should follow files within seconds
-    minimum_interval_seconds=_interval(),
+    minimum_interval_seconds=automation_interval(),
     use_user_code_server=True,
     description="Evaluates every asset's automation condition: quality, target groups, products and the catalog.",
 )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
 from dagster import ConfigurableResource, EnvVar
@@ -281,16 +281,63 @@ class PublishResource(ConfigurableResource):
         return FolderDestination(home.root / "published" if not self.url else self.url)
 
 
+class SettingError(ValueError):
+    """An environment setting that cannot be read: the message names the variable and its value."""
+
+
+def env_number(name: str, default: float, *, kind: type = int, minimum: float = 0) -> Any:
+    """``name`` from the environment as a number of ``kind`` (``default`` when unset or empty), at
+    least ``minimum``; else a ``SettingError`` naming it, never a value read otherwise."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = kind(text)
+    except ValueError:
+        raise SettingError(f"{name}={text!r} is not a {'whole ' if kind is int else ''}number") from None
+    if not value >= minimum:  # NaN too
+        raise SettingError(f"{name}={text!r}: it must be at least {minimum}")
+    return value
+
+
+def env_switch(name: str, default: bool) -> bool:
+    """``name`` from the environment as on (1, true, yes, on) or off (0, false, no, off), any case."""
+    text = os.environ.get(name, "").strip().lower()
+    if not text:
+        return default
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise SettingError(f"{name}={text!r} is neither on (1, true, yes, on) nor off (0, false, no, off)")
+
+
+def check_settings() -> None:
+    """Read every environment setting once, so that a command says which one cannot be read, in
+    one line, before it starts anything (a run, or a code location that would fail to load)."""
+    from skyassets.defs.automation import automation_interval
+    from skyassets.fits import limits
+
+    try:
+        default_resources()
+        limits.current()
+        automation_interval()
+    except SettingError:
+        raise
+    except (ValueError, OSError) as exc:  # a settings file that cannot be read, a limit that is not a number
+        raise SettingError(" ".join(str(exc).split())) from None
+
+
 def archive_resource() -> ArchiveResource:
     """The archive configured from the environment: the runs' and the command line's alike."""
     env = os.environ
     return ArchiveResource(
         url=env.get("SKYASSETS_MAST_URL") or EMULATOR,
         s3_endpoint=env.get("SKYASSETS_S3_ENDPOINT") or None,
-        cloud=env.get("SKYASSETS_CLOUD", "1") not in ("0", "false", "no"),
-        emulator_image_size=int(env.get("SKYASSETS_EMULATOR_IMAGE_SIZE") or 256),
+        cloud=env_switch("SKYASSETS_CLOUD", True),
+        emulator_image_size=env_number("SKYASSETS_EMULATOR_IMAGE_SIZE", 256, minimum=16),
         token=EnvVar("MAST_API_TOKEN") if env.get("MAST_API_TOKEN", "").strip() else None,
-        daily_retries=int(env.get("SKYASSETS_DAILY_RETRIES") or 7),
+        daily_retries=env_number("SKYASSETS_DAILY_RETRIES", 7),
     )
 
 
@@ -301,12 +348,12 @@ def default_resources() -> dict[str, ConfigurableResource]:
         "home": HomeResource(
             root=env.get(HOME_ENV) or ".skyassets", storage=env.get(STORAGE_ENV) or None,
             storage_endpoint=env.get(STORAGE_ENDPOINT_ENV) or None,
-            cache_gb=float(env.get(CACHE_ENV) or DEFAULT_CACHE_BYTES / (1 << 30)),
+            cache_gb=env_number(CACHE_ENV, DEFAULT_CACHE_BYTES / (1 << 30), kind=float),
         ),
         "dask": DaskResource(scheduler=env.get("SKYASSETS_DASK_SCHEDULER") or ""),
         "watchlist": WatchlistResource(path=env.get(WATCHLIST_ENV) or DEFAULT_WATCHLIST),
         "archive": archive_resource(),
-        "downloader": DownloaderResource(parallel=int(env.get("SKYASSETS_DOWNLOAD_PARALLEL") or 4)),
+        "downloader": DownloaderResource(parallel=env_number("SKYASSETS_DOWNLOAD_PARALLEL", 4, minimum=1)),
         "composites": settings_from_file(CompositesResource, env["SKYASSETS_COMPOSITES"])
         if env.get("SKYASSETS_COMPOSITES") else CompositesResource(),
         "mosaics": settings_from_file(MosaicsResource, env["SKYASSETS_MOSAICS"])

@@ -669,15 +669,29 @@ def test_output_cut_short_by_its_reader_ends_quietly(home):
     assert shell.stderr == ""
 
 
-def test_definitions_that_do_not_load_are_one_line_naming_the_cause(home, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize(("name", "value", "said"), [
+    ("SKYASSETS_AUTOMATION_INTERVAL", "soon", "SKYASSETS_AUTOMATION_INTERVAL='soon' is not a whole number"),
+    ("SKYASSETS_DOWNLOAD_PARALLEL", "abc", "SKYASSETS_DOWNLOAD_PARALLEL='abc' is not a whole number"),
+    ("SKYASSETS_DOWNLOAD_PARALLEL", "0", "SKYASSETS_DOWNLOAD_PARALLEL='0': it must be at least 1"),
+    ("SKYASSETS_DAILY_RETRIES", "-1", "SKYASSETS_DAILY_RETRIES='-1': it must be at least 0"),
+    ("SKYASSETS_CLOUD", "maybe", "SKYASSETS_CLOUD='maybe' is neither on (1, true, yes, on) nor off"),
+    ("SKYASSETS_STORAGE_CACHE_GB", "lots", "SKYASSETS_STORAGE_CACHE_GB='lots' is not a number"),
+    ("SKYASSETS_MAX_DECOMPRESSED_BYTES", "1GB", "SKYASSETS_MAX_DECOMPRESSED_BYTES='1GB' is not a whole number"),
+])
+def test_a_setting_that_cannot_be_read_is_one_line_before_anything_starts(home, tmp_path, monkeypatch, capsys,
+                                                                          name, value, said):
+    def no_server(home):
+        raise AssertionError("a Dagster home was prepared for nothing")
+
+    monkeypatch.setattr("skyassets.cli.commands.prepare_dagster_home", no_server)
     drop = tmp_path / "drop"
     drop.mkdir()
     fits.PrimaryHDU(np.zeros((8, 8), np.float32)).writeto(drop / "one.fits")  # a run to launch
-    monkeypatch.setenv("SKYASSETS_AUTOMATION_INTERVAL", "soon")
-    assert main(["ingest", str(drop)]) == 1
-    (line,) = capsys.readouterr().err.strip().splitlines()[-1:]
-    assert line.startswith("skyassets ingest: the skyassets definitions failed to load: ValueError: "
-                           "SKYASSETS_AUTOMATION_INTERVAL must be a whole number of seconds (at least 1), not 'soon'")
+    monkeypatch.setenv(name, value)
+    for argv in (["ingest", str(drop)], ["demo"], ["dev", "-p", "0"]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith(f"skyassets {argv[0]}: {said}") and err.count("\n") == 1, err
 
 
 @pytest.mark.slow
