@@ -168,7 +168,7 @@ RECIPE_PREVIEW = ["recipe", "kind", "rank", "filters", "made", "note"]
 )
 def composites(context: AssetExecutionContext, home: HomeResource, composites: CompositesResource) -> MaterializeResult:
     # imported here: the composites bring in reproject, matplotlib and astropy, slow to import
-    from skyassets.imaging.composite import apply_overrides, suggest_recipes
+    from skyassets.imaging.composite import apply_overrides, pivot_um, suggest_recipes
 
     root, settings = home.home, composites.validated()
     lake = root.tables
@@ -230,10 +230,17 @@ def composites(context: AssetExecutionContext, home: HomeResource, composites: C
                 grid.append((f"{recipe['recipe']} ({recipe['filters']})", thumbnail))
         lake.write("composites", rows, partition=target)
         lake.write("recipes", recipes.assign(target=target), partition=target)
+        # a band no bandpass table knows (one's own camera) has no wavelength to give it a colour
+        unknown = sorted({f"{f} ({i})" for i, f in zip(mosaic_rows["instrument_name"], mosaic_rows["filter"],
+                                                        strict=True) if pivot_um(str(i), str(f)) is None})
+        why = (f"no recipe: no known wavelength for {', '.join(unknown)}, so no colour order "
+               "(the bandpass tables know MAST's instruments)" if unknown else "no recipe")
+        if unknown and not rows:
+            context.log.warning(f"{target}: {why}")
         context.log.info(f"{target}: {len(rows) - kept} composites made, {kept} kept as made before")
         context.add_asset_metadata(
             {"dagster/row_count": len(rows), "made": len(rows) - kept, "kept": kept,
-             "composites": MetadataValue.md("\n\n".join(lines) or "no recipe"),
+             "composites": MetadataValue.md("\n\n".join(lines) or why),
              "preview_grid": MetadataValue.md(markdown_grid(grid) or "no mosaic"),
              "recipes": preview(recipes, RECIPE_PREVIEW, rows=30)},
             partition_key=target,

@@ -277,3 +277,25 @@ def test_a_target_whose_products_run_fails_keeps_every_band_as_it_was(emu, tmp_p
     assert not run.success
     assert {p.name: p.stat().st_ino for p in folder.iterdir() if p.is_file()} == made  # F090W not replaced alone
     assert [p.name for p in folder.iterdir() if p.is_dir()] == []
+
+
+def test_bands_of_a_camera_no_bandpass_table_knows_get_no_composite_and_say_why(emu, tmp_path):
+    from skyassets.cli.runs import latest_metadata
+
+    truth = emu.sky.truth["files"]
+    own = tmp_path / "own"
+    own.mkdir()
+    for path in sorted(emu.sky.root.rglob("jw02733*_cal.fits")):
+        if truth[path.name]["filter"] in ("F090W", "F444W"):
+            with fits.open(path) as hdul:  # one's own camera: the same images, an instrument MAST has not
+                hdul[0].header["INSTRUME"] = "CAM"
+                hdul.writeto(own / path.name, checksum=True)
+    home = Home(tmp_path / "home")
+    run_config = {**QUIET, "resources": {"home": {"config": {"root": str(home.root)}}}}
+    with instance_for_test() as instance:
+        _catalogue(sorted(own.iterdir()), tmp_path / "drop", home, instance, run_config)
+        [target] = instance.get_dynamic_partitions("targets")
+        _make_products(instance, [target], run_config)
+        said = latest_metadata(instance, "composites", target)["composites"]
+    assert home.tables.read("mosaics", target)["filter"].nunique() == 2  # the mosaics are made
+    assert said.startswith("no recipe: no known wavelength for F090W (CAM/IMAGE), F444W (CAM/IMAGE)"), said
