@@ -140,14 +140,22 @@ def _observation_batch(run: DagsterRun) -> bool:
     "observation does not keep its batch from being catalogued; for observation_job and for backfills and "
     "automation runs of its assets.",
 )
-def failed_batch_sensor(context: RunFailureSensorContext) -> Iterator[RunRequest]:
+def failed_batch_sensor(context: RunFailureSensorContext) -> Iterator[RunRequest | SkipReason]:
     run = context.dagster_run
     if not _observation_batch(run):
+        yield SkipReason(f"run {run.run_id} ({run.job_name}) is not a batch of observations")
         return
     if retried_by_the_command_line(run.tags):
-        context.log.info(f"run {run.run_id} was launched by the command line, which tries its failures again")
+        yield SkipReason(f"run {run.run_id} was launched by the command line, which tries its failures again")
         return
-    for batch in split_failed_run(context.instance, run):
+    batches = split_failed_run(context.instance, run)
+    if not batches:  # the same try would fail the same way: said, so that a red run is not left unexplained
+        yield SkipReason(
+            f"run {run.run_id} failed for all of its observations, or for its only one, or did not say which "
+            "(an archive outage, say): not split; failed_observations_sensor tries them again after the next "
+            "successful watchlist query (the daily_watchlist schedule, or a watchlist_job run)")
+        return
+    for batch in batches:
         run_key = f"split:{run.run_id}:{batch[0]}..{batch[-1]}"
         if len(batch) == 1:
             yield RunRequest(run_key=run_key, partition_key=batch[0])
