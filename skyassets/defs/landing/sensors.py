@@ -107,7 +107,8 @@ def _landing_result(
     summary = (f"{len(tick.ready)} files ready in {len(versions)} partitions ({new} new), {len(requests)} runs; "
                f"{tick.pending} waiting to settle; {tick.scanned} entries scanned in {tick.seconds:.2f} s"
                + (f"; {len(tick.skipped)} not taken (the tick's log says why)" if tick.skipped else ""))
-    context.log.info(summary)
+    if requests or tick.pending or tick.skipped or moved:  # an idle tick's skip reason says it all
+        context.log.info(summary)
     # a tick with no run says why in the UI's tick history, not only in its log
     return SensorResult(run_requests=requests, dynamic_partitions_requests=added, cursor=tick.cursor,
                         skip_reason=None if requests else summary)
