@@ -720,7 +720,7 @@ def run(argv: list[str]) -> int:
 
     from dagster import BetaWarning
 
-    from skyassets.defs.resources import SettingError
+    from skyassets.settings import SettingError
 
     warnings.filterwarnings("ignore", category=BetaWarning)  # backfill policies; nothing a user can act on
     parser = argparse.ArgumentParser(prog="skyassets", description="run the pipeline end to end, query the "

@@ -36,7 +36,7 @@ from dagster import (
     IdentityPartitionMapping,
 )
 
-from skyassets.defs.resources import env_number
+from skyassets.settings import env_number
 
 __all__ = ["automation_interval", "automation_sensor", "catch_up", "data_changed", "follows", "read_latest"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import yaml
 from dagster import ConfigurableResource, EnvVar
@@ -13,6 +13,7 @@ from skyassets.archive.watchlist import DEFAULT_WATCHLIST, WATCHLIST_ENV, Watchl
 from skyassets.defs.cluster import DaskResource
 from skyassets.fits.limits import DEFAULT_MAX_MOSAIC_PIXELS
 from skyassets.lake.home import CACHE_ENV, DEFAULT_CACHE_BYTES, HOME_ENV, STORAGE_ENDPOINT_ENV, STORAGE_ENV, Home
+from skyassets.settings import SettingError, env_number, env_switch
 
 # Every run process loads this module: the archive client (astroquery), the downloader (requests),
 # astropy's FITS and WCS, the composites and the publishers are imported where they are used.
@@ -279,37 +280,6 @@ class PublishResource(ConfigurableResource):
         if "://" in self.url:
             raise ValueError(f"publish url must be a folder or s3://bucket/prefix, not {self.url!r}")
         return FolderDestination(home.root / "published" if not self.url else self.url)
-
-
-class SettingError(ValueError):
-    """An environment setting that cannot be read: the message names the variable and its value."""
-
-
-def env_number(name: str, default: float, *, kind: type = int, minimum: float = 0) -> Any:
-    """``name`` from the environment as a number of ``kind`` (``default`` when unset or empty), at
-    least ``minimum``; else a ``SettingError`` naming it, never a value read otherwise."""
-    text = os.environ.get(name, "").strip()
-    if not text:
-        return default
-    try:
-        value = kind(text)
-    except ValueError:
-        raise SettingError(f"{name}={text!r} is not a {'whole ' if kind is int else ''}number") from None
-    if not value >= minimum:  # NaN too
-        raise SettingError(f"{name}={text!r}: it must be at least {minimum}")
-    return value
-
-
-def env_switch(name: str, default: bool) -> bool:
-    """``name`` from the environment as on (1, true, yes, on) or off (0, false, no, off), any case."""
-    text = os.environ.get(name, "").strip().lower()
-    if not text:
-        return default
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise SettingError(f"{name}={text!r} is neither on (1, true, yes, on) nor off (0, false, no, off)")
 
 
 def check_settings() -> None:

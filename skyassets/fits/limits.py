@@ -25,6 +25,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
+from skyassets.settings import env_number
+
 MAX_IMAGE_PIXELS_ENV = "SKYASSETS_MAX_IMAGE_PIXELS"
 MAX_DECOMPRESSED_BYTES_ENV = "SKYASSETS_MAX_DECOMPRESSED_BYTES"
 DEFAULT_MAX_IMAGE_PIXELS = 1 << 27
@@ -57,24 +59,11 @@ class Limits:
     max_decompressed_bytes: int = DEFAULT_MAX_DECOMPRESSED_BYTES
 
 
-def _setting(name: str, default: int) -> int:
-    text = os.environ.get(name, "").strip()
-    if not text:
-        return default
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError(f"{name}={text!r} is not a whole number") from None
-    if value < 1:
-        raise ValueError(f"{name}={text!r} must be at least 1")
-    return value
-
-
 def current() -> Limits:
     """The limits from the environment, with their defaults; read each time (a test or a run may set them)."""
     return Limits(
-        _setting(MAX_IMAGE_PIXELS_ENV, DEFAULT_MAX_IMAGE_PIXELS),
-        _setting(MAX_DECOMPRESSED_BYTES_ENV, DEFAULT_MAX_DECOMPRESSED_BYTES),
+        env_number(MAX_IMAGE_PIXELS_ENV, DEFAULT_MAX_IMAGE_PIXELS, minimum=1),
+        env_number(MAX_DECOMPRESSED_BYTES_ENV, DEFAULT_MAX_DECOMPRESSED_BYTES, minimum=1),
     )
 
 
