@@ -542,7 +542,11 @@ def make_products(runner: Runner, home: Home, run_config: Mapping) -> tuple[int,
               "are up to date.")
     if not targets:
         return 0, 0
-    print(f"\nMosaics and composites for {counted(len(targets), 'targets')} whose images changed:")
+    again = sum(1 for target in targets if latest_storage_id(instance, "composites", target))
+    which = (counted(len(targets), "new targets") if not again else
+             f"{counted(len(targets), 'targets')} whose images changed" if again == len(targets) else
+             f"{counted(len(targets), 'targets')} ({len(targets) - again} new, {again} whose images changed)")
+    print(f"\nMosaics and composites for {which}:")
     submissions = [Submission("products_job", {PARTITION: target}, run_config) for target in targets]
     failures = 0
     for target, run in zip(targets, runner.run_all(submissions, at_once=2), strict=True):

@@ -248,6 +248,10 @@ def test_a_demo_lists_again_the_observations_whose_products_the_watchlist_now_ch
                 "again") in done.stdout, done.stdout
     after = _materialisations(demo_home, "mast_products")
     assert {k for k in after if after[k] != before.get(k, 0)} == set(smacs), done.stdout
+    # the target's products are remade, and said to be for a target made before whose images changed
+    assert re.search(r"\nMosaics and composites of \d+ other targets are up to date\.\n\n"
+                     r"Mosaics and composites for 1 target whose images changed:\n  SMACS-0723 ", done.stdout), \
+        done.stdout
     # the exposures no longer chosen stay where they are, said, and leave the catalog
     exposures = sorted((demo_home / "files" / "JWST").glob("jw02736*/*_cal.fits"))
     assert exposures and all(re.search(rf"^  {obs_id}: \d+ files? the watchlist no longer chooses \(.*\) stay in "

@@ -41,6 +41,7 @@ def test_an_observation_the_archive_fails_fails_alone_and_its_batch_is_catalogue
     assert failed[1].endswith(f"mast_products: no product list ({bad['obs_id']}: product list: "
                               f"HTTP 400 Bad Request from {emu.url}/api/v0/invoke)"), out
     assert "1 failed run." in out, out
+    assert re.search(r"\nMosaics and composites for \d+ new targets?:\n", out), out  # none made before
     assert "\n  check failed: mast_token_accepted: MAST refused the token (MAST_API_TOKEN;" in out, out
     assert "expired-t0ken" not in out + done.stderr
     assert "\n  the cloud path lookup was down (" in out and "files went over HTTP" in out, out
