@@ -460,6 +460,12 @@ def text_progress(done: int, total: int, files_done: int | None = None, files: i
     sys.stderr.flush()
 
 
+def working(what: str) -> None:
+    """Say on stderr, beside the progress bars, which step the runs about to start are for: a step
+    of a few seconds' runs would otherwise pass without a word."""
+    print(f"{what} ...", file=sys.stderr, flush=True)
+
+
 def measure_quality(runner: Runner, home: Home, partitions: list[str], run_config: Mapping) -> tuple[int, int]:
     """Run quality_job in batched runs over the partitions catalogued since their quality was last
     materialised, as the daemon's automation would (so a daemon started afterwards finds nothing
@@ -576,9 +582,10 @@ GROUPING, PUBLISHING = ("target_groups",), ("catalog", "search_index")
 def publish_catalog(runner: Runner, run_config: Mapping, assets: tuple[str, ...]) -> bool:
     """Group targets or publish catalog.duckdb (the ``assets`` of catalog_job); False, with a line
     said, if it failed."""
+    what = "Grouping the images into targets" if assets == GROUPING else "Publishing the catalog"
+    working(what)
     (run,) = runner.run_all([Submission("catalog_job", {}, run_config, assets)])
     if not run.is_success:
-        what = "Grouping the targets" if assets == GROUPING else "Publishing the catalog"
         print(f"{what} failed (run {run.run_id}): {_why(runner.instance, run.run_id)}")
     return run.is_success
 
@@ -588,6 +595,8 @@ def publish_sky(runner: Runner, home: Home, run_config: Mapping) -> tuple[int, i
     when anything changed or nothing was published yet; return (targets tiled, failed runs)."""
     instance = runner.instance
     targets = outdated(instance, "sky_tiles", "composites", instance.get_dynamic_partitions("targets"))
+    if targets:
+        working(f"Tiling the sky of {counted(len(targets), 'targets')}")
     runs = runner.run_all(
         [Submission("tiles_job", {PARTITION: target}, run_config) for target in targets], at_once=2
     )
@@ -596,6 +605,7 @@ def publish_sky(runner: Runner, home: Home, run_config: Mapping) -> tuple[int, i
         if not run.is_success:
             print(f"  tiling {target} FAILED (run {run.run_id}): {_why(instance, run.run_id)}")
     if targets or not latest_storage_id(instance, "publish"):
+        working("Publishing the sky tiles")
         (run,) = runner.run_all([Submission("publish_job", {}, run_config)])
         failures += not run.is_success
         published = latest_metadata(instance, "publish") if run.is_success else {}

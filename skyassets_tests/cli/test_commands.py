@@ -585,6 +585,11 @@ def test_ingest_brings_the_whole_chain_up_to_date_and_says_what_failed(emu, tmp_
     assert f"refused: {drop / 'elsewhere.fits'}:" in result.stderr
     assert f"not usable: {blank}[1]: no finite" in result.stderr  # where it was landed, as the rest are named
     assert "runs failed" not in result.stderr  # the unusable image failed no run of its batch
+    # each step's runs are announced, in the order they run, a short step's too
+    steps = ["Grouping the images into targets ...", "Publishing the catalog ...", "Tiling the sky of ",
+             "Publishing the sky tiles ..."]
+    assert [result.stderr.find(step) for step in steps] == sorted(result.stderr.find(step) for step in steps)
+    assert all(step in result.stderr for step in steps), result.stderr
     # Every run was launched for the code location, as the UI launches runs, so the UI can re-execute it.
     with DagsterInstance.from_config(str(tmp_path / "home" / "dagster")) as instance:
         runs = instance.get_runs()

@@ -251,6 +251,12 @@ def _images(n: int) -> str:
     return f"{n} image" if n == 1 else f"{n} images"
 
 
+def _named(file_name: str, hdu_index: int, problem: object) -> str:
+    """``file[hdu]: problem``, the image named once: a problem met while reading names it already."""
+    image = f"{file_name}[{hdu_index}]"
+    return f"{image}: {str(problem or 'not usable').removeprefix(f'{image}: ')}"
+
+
 def _checks(scored: pd.DataFrame) -> Iterator[AssetCheckResult]:
     from skyassets.imaging.quality import physical_problems
 
@@ -261,7 +267,7 @@ def _checks(scored: pd.DataFrame) -> Iterator[AssetCheckResult]:
         passed=unusable.empty,
         severity=AssetCheckSeverity.WARN,
         description=None if unusable.empty else f"{_images(len(unusable))} not usable: " + listed(
-            [f"{r.file_name}: {r.problem}" for r in unusable.itertuples()]),
+            [_named(r.file_name, r.hdu_index, r.problem) for r in unusable.itertuples()]),
         metadata={"unusable": len(unusable), "images": len(scored)},
     )
     # an unusable image is rejected by its gate and named above with its reason: not twice

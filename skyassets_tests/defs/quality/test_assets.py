@@ -114,6 +114,8 @@ def test_an_unusable_image_is_reported_with_its_reason_and_never_stops_its_batch
         check = next(c for c in result.get_asset_check_evaluations() if c.check_name == "usable_images")
         assert not check.passed and check.severity == AssetCheckSeverity.WARN
         assert blank.name in check.description and "finite" in check.description
+        assert check.description.count(blank.name) == 1  # the image named once, with its HDU
+        assert f"{blank.name}[1]: " in check.description
         low = next(c for c in result.get_asset_check_evaluations() if c.check_name == "low_quality_images")
         assert low.passed and low.metadata["rejected_as_unusable"].value == 1  # named once, by usable_images
         assert "consumer" in {e.step_key for e in result.get_step_success_events()}
