@@ -147,6 +147,9 @@ def _demo(runner: Runner, home: Home, dagster_home: Path) -> int:
         print(f"  {entry:<32} {counted(count, 'observations'):>16}"
               + (f" ({rows} rows from MAST)" if rows != count else ""))
     print(f"  exclusive-access left out: {observations['proprietary_left_out']}")
+    if kept := observations.get("kept_from_failed_entries", 0):
+        print(f"  kept from the last query: {counted(kept, 'observations')} (of entries that failed, "
+              "or exclusive-access ones granted before the token was refused)")
     for note in observations.get("entries_to_check") or []:
         print(f"  check: {one_line(note)}")
     # a token MAST refused (expired) leaves public data to fetch: said, and the demo exits 1

@@ -44,6 +44,8 @@ def test_an_observation_the_archive_fails_fails_alone_and_its_batch_is_catalogue
     assert re.search(r"\nMosaics and composites for \d+ new targets?:\n", out), out  # none made before
     assert "\n  check failed: mast_token_accepted: MAST refused the token (MAST_API_TOKEN;" in out, out
     assert "expired-t0ken" not in out + done.stderr
+    assert "kept from the last query" not in out  # a first query: nothing found before to keep
+    assert done.stderr.count("MAST refused the token") == 1, done.stderr  # said once as it happens
     assert "\n  the cloud path lookup was down (" in out and "files went over HTTP" in out, out
     catalogued = {p.stem for p in (tmp_path / "home" / "lake" / "image_metadata").glob("*.parquet")}
     assert catalogued == {o["obs_id"] for o in found} - {bad["obs_id"]}, out

@@ -86,9 +86,6 @@ def mast_observations(
         raise Failure(
             "MAST returned fewer rows than it counted (paging stopped early): " + "; ".join(result.incomplete)
         )
-    if result.token_refused:
-        context.log.error(f"{result.token_refused}; public data only, and the exclusive-access observations it "
-                          "granted before keep their rows")
     lake = home.home.tables
     previous = (lake.read("mast_observations", missing_ok=True)
                 if result.failed_entries or result.token_refused or result.unchecked else pd.DataFrame())
@@ -97,6 +94,9 @@ def mast_observations(
         before = len(observations)
         observations = keep_exclusive(observations, previous)
         result.proprietary = max(0, result.proprietary - (len(observations) - before))  # kept, not left out
+        # the refusal itself is logged where the token is read, and is the check's description below
+        context.log.error(f"the MAST token was refused: public data only; {len(observations) - before} "
+                          "exclusive-access observations it granted before keep their rows")
     elif result.unchecked and not previous.empty:  # an access check the archive did not answer: not gone
         observations = keep_exclusive(observations, previous[previous["obs_id"].isin(list(result.unchecked))])
     for obs_id, why in result.unchecked.items():
@@ -114,9 +114,11 @@ def mast_observations(
     # an entry failing anew is materialised even so, and so is its recovery, an entry added that finds
     # nothing and a count that moved between entries: the asset shows how its entries fared; the same
     # answers and failures again (an entry that cannot be read) are said already
+    # a token refused or granted again is materialised too: what it grants is this query's to say
     if (last is not None and list(said.get("failed_entry_reasons") or []) == list(result.failed)
             and dict(said.get("rows_per_entry") or {}) == dict(result.per_entry)
             and list(said.get("entries_to_check") or []) == list(result.suspicious)
+            and (said.get("exclusive_access_granted"), said.get("kept_from_failed_entries")) == (result.granted, kept)
             and lake.holds("mast_observations", observations)):
         context.log.info(f"{found}: the same as the last answers; nothing materialised, nothing downstream to redo")
         yield token_check

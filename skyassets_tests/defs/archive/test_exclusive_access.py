@@ -74,9 +74,19 @@ def test_token_from_the_environment_fetches_granted_data_and_is_never_stored(emu
             assert check.description.startswith("MAST refused the token (MAST_API_TOKEN")
             after = pd.read_parquet(home / "lake" / "mast_observations.parquet")
             assert sorted(after["obs_id"]) == sorted(observations["obs_id"])
+            # the same rows, but this query granted nothing: said by a materialisation of its own
+            said = instance.get_latest_materialization_event(AssetKey("mast_observations")).asset_materialization
+            assert said.metadata["exclusive_access_granted"].value == 0
+            assert said.metadata["kept_from_failed_entries"].value == len(exclusive)
+            logged = [e.message for e in instance.all_logs(expired.run_id) if "keep their rows" in (e.message or "")]
+            assert logged == [f"the MAST token was refused: public data only; {len(exclusive)} exclusive-access "
+                              "observations it granted before keep their rows"]
             emu.grant(token, "2107")
             renewed = defs.resolve_job_def("watchlist_job").execute_in_process(instance=instance)
             assert [c.passed for c in renewed.get_asset_check_evaluations()] == [True]
+            said = instance.get_latest_materialization_event(AssetKey("mast_observations")).asset_materialization
+            assert said.metadata["exclusive_access_granted"].value == len(exclusive)
+            assert said.metadata["kept_from_failed_entries"].value == 0
             # The archive fails one access check (a 503 asking longer than the retries may wait): that
             # observation is not gone, nor counted proprietary; it keeps its row, and the log says why.
             emu.faults.add("status", endpoint="download", status=503, match="jw02107", times=1, retry_after=100_000)
