@@ -64,6 +64,8 @@ class Exported:
     missing: dict[str, str] = field(default_factory=dict)
     # selected paths that are not files to ship (a folder, a download's working file, an unsafe name): path -> why
     skipped: dict[str, str] = field(default_factory=dict)
+    # files of an earlier export into the same folder (its manifest's) that this one did not write, removed
+    removed: list[str] = field(default_factory=list)
 
 
 def _place(source: Path, home: Home) -> PurePosixPath | None:
@@ -287,6 +289,57 @@ def _zip_entry(name: str, mtime: float) -> zipfile.ZipInfo:
     return entry
 
 
+def _earlier_export(dest: Path) -> list[Path]:
+    """The files an earlier export wrote into ``dest``, as its ``manifest.csv`` names them and as
+    they still are: regular files under ``dest`` reached through no link. A name that leads
+    elsewhere (``..``, an absolute path, a link on the way) is never taken: the folder is the
+    user's, its manifest may have been edited."""
+    try:
+        with open(dest / "manifest.csv", newline="", encoding="utf-8") as handle:
+            names = [row.get("name") or "" for row in csv.DictReader(handle)]
+    except (OSError, UnicodeDecodeError, csv.Error):  # none, or not one an export wrote
+        return []
+    found = []
+    for name in names:
+        relative = PurePosixPath(name)
+        if not name or relative.is_absolute() or ".." in relative.parts or relative.as_posix() in RECORDS:
+            continue
+        steps = [dest.joinpath(*relative.parts[:i]) for i in range(1, len(relative.parts) + 1)]
+        if any(step.is_symlink() for step in steps) or not stat.S_ISREG(_mode(steps[-1])):
+            continue
+        found.append(steps[-1])
+    return found
+
+
+def _mode(path: Path) -> int:
+    try:
+        return path.lstat().st_mode
+    except OSError:
+        return 0
+
+
+def _remove_earlier(dest: Path, earlier: list[Path], written: set[Path]) -> list[str]:
+    """Remove the files of an earlier export that this one did not write, and the folders that held
+    only them: the folder then holds what its new manifest lists, as an export into a new one would."""
+    removed = []
+    for path in earlier:
+        if path in written:
+            continue
+        try:
+            path.unlink()
+        except OSError:
+            continue
+        removed.append(path.relative_to(dest).as_posix())
+        for folder in path.parents:
+            if folder == dest:
+                break
+            try:
+                folder.rmdir()  # only an empty one
+            except OSError:
+                break
+    return removed
+
+
 def _manifests(rows: list[dict[str, str]]) -> tuple[str, str]:
     sums = "".join(f"{r['sha256']}  {r['name']}\n" for r in rows)
     table = io.StringIO()
@@ -364,6 +417,7 @@ def export_files(
             return Exported(dest, len(rows), total, missing, skipped)
 
         _check_folders(dest, names)
+        earlier = _earlier_export(dest) if force else []
         dest.mkdir(parents=True, exist_ok=True)
         # Every file is written under a temporary name and renamed into place once all are written:
         # an export that stops leaves none of its files, and (with --force) the files it would have
@@ -391,7 +445,8 @@ def export_files(
         for temporary, final in staged:
             final.parent.mkdir(parents=True, exist_ok=True)
             os.replace(temporary, final)  # a link already at ``final`` is replaced, never written through
+        removed = _remove_earlier(dest, earlier, {final for _, final in staged})
     except OSError as exc:
         where = dest if exc.filename in (None, str(tmp)) else exc.filename
         raise ExportError(f"{where}: cannot be written ({exc.strerror or exc})") from exc
-    return Exported(dest, len(rows), total, missing, skipped)
+    return Exported(dest, len(rows), total, missing, skipped, removed)

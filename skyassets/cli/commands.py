@@ -452,6 +452,9 @@ def _export(args: argparse.Namespace) -> int:
         raise CommandError(str(exc)) from exc
     what = "one archive" if args.zip else "a folder"
     print(f"{counted(done.files, 'files')} ({done.bytes / 1e6:.1f} MB) exported to {what}: {done.dest}")
+    if done.removed:
+        print(f"{counted(len(done.removed), 'files')} of the earlier export there, not selected now, removed "
+              f"(e.g. {done.removed[0]})")
     _not_exported(done.skipped, done.missing)
     if args.zip:
         print(f"check them with: cd {shlex.quote(str(done.dest.parent))} && unzip {shlex.quote(done.dest.name)} && "

@@ -144,6 +144,27 @@ def test_export_refuses_a_folder_or_archive_already_there_unless_forced(tmp_path
     assert export_files(selection, home, tmp_path / "old", "q", as_zip=True, force=True).files == 2
 
 
+def test_a_forced_export_into_an_earlier_one_leaves_only_what_its_manifest_lists(tmp_path):
+    home, selection = _home_with_two_files(tmp_path)
+    dest = tmp_path / "out"
+    export_files(selection, home, dest, "both", force=True)
+    (dest / "notes.txt").write_text("mine")  # the user's own file: no export listed it
+    outside = tmp_path / "keep.fits"
+    outside.write_bytes(b"keep")
+    with (dest / "manifest.csv").open("a") as manifest:  # names an edited manifest may hold
+        manifest.write("../keep.fits,0,4,x\n/etc/hostname,0,1,x\nlinked/keep.fits,0,4,x\n")
+    (dest / "linked").symlink_to(outside.parent)
+    done = export_files(selection.iloc[[1]], home, dest, "only b", force=True)
+    assert done.files == 1 and done.removed == ["a/x.fits"]
+    on_disk = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file() or p.is_symlink())
+    assert on_disk == ["README.md", SUMS, "b/x.fits", "linked", "manifest.csv", "notes.txt"]
+    assert not (dest / "a").exists()  # the folder it held emptied, and gone
+    assert outside.read_bytes() == b"keep" and (tmp_path / "home" / "files" / "JWST" / "a" / "x.fits").exists()
+    subprocess.run(["sha256sum", "-c", "--quiet", SUMS], cwd=dest, check=True)
+    with (dest / "manifest.csv").open() as f:
+        assert [r["name"] for r in csv.DictReader(f)] == ["b/x.fits"]
+
+
 def test_a_forced_export_replaces_a_second_name_of_a_source_never_writes_through_it(tmp_path):
     home, selection = _home_with_two_files(tmp_path)
     source = home.files / "JWST" / "a" / "x.fits"
