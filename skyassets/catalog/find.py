@@ -925,6 +925,9 @@ def parse(
             notes.append(f"the name resolver could not be reached ({unreachable}): {name!r} not placed")
         elif resolve is not None and name:
             notes.append(f"the name resolver does not know {name!r}")
+        elif resolve is not None:  # asked to resolve, but no words read as an object's name
+            notes.append("no object's name for the name resolver: name it after 'of', 'toward' or 'around' "
+                         "(e.g. 'images of M 31')")
 
     # telescopes and instruments
     instruments = sorted({w.upper() for w in words if w in INSTRUMENTS})

@@ -345,6 +345,10 @@ def test_the_name_resolver_places_an_alias(tmp_path, home, con):
         assert "target M74 (resolved to 24.1739 +15.7837" in found["why"][0]
         unknown = find(con, "F444W images of Nowhere Nebula", 10, embedder=None, resolve=resolve)
         assert "does not know 'Nowhere Nebula'" in unknown["why"][0]
+        # asked to resolve, but no words read as a name: said, not left to look like a resolved answer
+        unnamed = find(con, "Nowhere Nebula galaxy", 10, embedder=None, resolve=resolve)
+        assert "no object's name for the name resolver: name it after 'of'" in unnamed["why"][0]
+        assert "no object's name" not in find(con, "Nowhere Nebula galaxy", 10, embedder=None)["why"][0]
         # a designation nothing places matches nothing, rather than other targets' images
         with pytest.raises(UnknownTarget, match="named M 75 \\(the name resolver does not place it either\\)"):
             find(con, "F444W images of M75", 3, embedder=None, resolve=resolve)
