@@ -68,6 +68,8 @@ MAST_OBSERVATIONS_SCHEMA = pa.schema([
     schema_field("srcDen", pa.float64(), None, "source density"),
     schema_field("objID", pa.string(), None, "MAST's plane id"),
     schema_field("watchlist_entry", pa.string(), None, "the watchlist entries that found it, ','-joined"),
+    schema_field("distance", pa.float64(), "arcsec",
+                 "from the position a position entry searched, as MAST gives it; null for other entries"),
 ])
 MAST_PRODUCTS_SCHEMA = pa.schema([
     schema_field("partition", pa.string(), None, "observation id (the observations partition key)"),

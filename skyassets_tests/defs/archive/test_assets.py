@@ -4,6 +4,8 @@ import hashlib
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import yaml
 from dagster import (
@@ -74,6 +76,10 @@ def test_watchlist_to_verified_files(emu, pipeline):
     assert metadata["dagster/row_count"].value == len(observations) > 0
     assert metadata["proprietary_left_out"].value >= 1
     assert {c.name for c in metadata["dagster/column_schema"].value.columns} >= {"obs_id", "s_ra", "watchlist_entry"}
+    # a position entry's distance, in the unit MAST gives it, beside null for the other entries'
+    field = pq.read_schema(home / "lake" / "mast_observations.parquet").field("distance")
+    assert field.type == pa.float64() and field.metadata[b"unit"] == b"arcsec"
+    assert observations["distance"].notna().any() and observations["distance"].max() < 3600
     # The archive answers the same again: nothing is materialised, so nothing downstream is redone.
     again = defs.resolve_job_def("watchlist_job").execute_in_process(instance=instance)
     assert again.success and not again.get_asset_materialization_events()
