@@ -204,7 +204,11 @@ TABLE_MACROS: tuple[str, ...] = (
     """footprint(ra, dec) AS TABLE SELECT * FROM images
         WHERE ang_sep(s_ra, s_dec, ra, dec) <= coalesce(2 * s_fov, 180) AND contains_point(s_region, ra, dec)
         AND wcs_problem IS NULL""",
-    "during(start_mjd, stop_mjd) AS TABLE SELECT * FROM images WHERE overlaps_time(t_min, t_max, start_mjd, stop_mjd)",
+    # a range given backwards would answer no rows, as if nothing had been observed in it: an error
+    """during(start_mjd, stop_mjd) AS TABLE SELECT * FROM images WHERE overlaps_time(t_min, t_max, start_mjd, stop_mjd)
+        AND (SELECT CASE WHEN start_mjd > stop_mjd THEN error(format(
+            'during: the start {} is after the stop {}; give the earlier MJD first', start_mjd, stop_mjd))
+            ELSE true END)""",
     """observed_on(day) AS TABLE SELECT * FROM images
         WHERE overlaps_time(t_min, t_max, mjd(CAST(day AS DATE)), mjd(CAST(day AS DATE)) + 1)""",
 )
@@ -1169,7 +1173,10 @@ class Query:
 
     def date(self, day: str | dt.date) -> Query:
         """Exposures overlapping one UTC calendar day (space observatories have no local night)."""
-        start = dt.date.fromisoformat(day) if isinstance(day, str) else day
+        try:
+            start = dt.date.fromisoformat(day) if isinstance(day, str) else day
+        except ValueError as exc:
+            raise ValueError(f"date {day!r} is not a day written YYYY-MM-DD ({exc})") from None
         if isinstance(start, dt.datetime):
             start = start.date()
         lo = to_mjd(start)

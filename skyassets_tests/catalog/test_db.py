@@ -283,6 +283,11 @@ def test_time_range_overlap_in_every_time_form(tmp_path):
     for form in forms:
         assert ids(catalog.search(con, time=form)) == want, form
     assert ids(con.sql(f"SELECT * FROM during({start}, {stop})")) == want
+    with pytest.raises(duckdb.Error, match="during: the start 60002.0 is after the stop 60001.0"):
+        con.sql(f"SELECT * FROM during({stop}, {start})").fetchall()  # backwards: said, not an empty answer
+    assert ids(con.sql(f"SELECT * FROM during({start}, {start})")) == {"straddles"}  # an instant
+    with pytest.raises(ValueError, match=r"date '2022-13-45' is not a day written YYYY-MM-DD \(month must be"):
+        catalog.search(con, date="2022-13-45")
     assert ids(catalog.search(con, time=60000.5)) == {"before"}  # an instant, edges inclusive
     day = Time(60001.0, format="mjd").datetime.date()
     assert ids(catalog.search(con, date=day.isoformat())) == {"straddles", "inside"}
