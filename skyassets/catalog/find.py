@@ -865,6 +865,19 @@ def _exposure(text: str) -> tuple[float | None, float | None]:
     return low, high
 
 
+def targets_named(index: SearchIndex, text: str) -> dict[str, list[str]]:
+    """The catalog's targets some run of words of ``text`` names, by any name it holds for one (the
+    observer's, its group's, a watchlist entry's), whatever the case and spacing: target name -> the
+    names of it that ``text`` used."""
+    low = " ".join(text.lower().split())
+    keys = set(tokens(low)) | _runs(low)
+    naming: dict[str, list[str]] = {}
+    for target, names in index.target_keys():
+        if used := [n for n, k in names.items() if k & keys]:
+            naming[target] = used
+    return naming
+
+
 def parse(
     text: str,
     index: SearchIndex,
@@ -879,13 +892,7 @@ def parse(
     notes: list[str] = []
     words = tokens(low)
 
-    # targets: any run of words whose designations name one of the catalog's targets, by any name it
-    # holds for it (the observer's, its group's, a watchlist entry's); whatever the case and spacing
-    keys = set(words) | _runs(low)
-    naming: dict[str, list[str]] = {}
-    for target, names in index.target_keys():
-        if used := [n for n, k in names.items() if k & keys]:
-            naming[target] = used
+    naming = targets_named(index, low)
     matched = list(naming)
     # the other names by which targets were named, when not by their own ("M74": as m74-field)
     via = sorted({n for t, used in naming.items() if t not in used for n in used})

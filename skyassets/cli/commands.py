@@ -591,13 +591,30 @@ def _folded(name: str) -> str:
     return "".join(c for c in name.casefold() if c.isalnum())
 
 
+def _named_in_index(home: Home, name: str, targets: list[str]) -> list[str]:
+    """The targets of ``targets`` that ``name`` names by another name the catalog holds for them (a
+    watchlist entry's "M74", the observer's "NGC628"), as ``find`` reads a target's name."""
+    from skyassets.catalog.find import load_index, targets_named
+
+    index = load_index(home.search, with_vectors=False) if name.strip() else None
+    if index is None:
+        return []
+    groups = {_folded(t): t for t in targets}
+    found = {groups.get(_folded(target)) for target in targets_named(index, name)}
+    return sorted(t for t in found if t is not None)
+
+
 def _show(args: argparse.Namespace) -> int:
     home = _catalogued_home()
     lake = home.tables
     targets = sorted(lake.read("target_groups")["target"].unique()) if lake.exists("target_groups") else []
     if args.target not in targets:  # only a known target's name reaches a path
-        matches = [t for t in targets if _folded(t) == _folded(args.target)]
-        if len(matches) != 1:
+        matches = [t for t in targets if _folded(t) == _folded(args.target)] or _named_in_index(home, args.target,
+                                                                                               targets)
+        if len(matches) > 1:
+            raise CommandError(f"{args.target!r} names {len(matches)} targets of this home: {', '.join(matches)}; "
+                               "show one of them", 1)
+        if not matches:
             raise CommandError(f"target {args.target!r} does not exist in this home; "
                                f"{_known(targets, 'targets')}", 1)
         args.target = matches[0]

@@ -30,6 +30,7 @@ from skyassets.catalog.find import (
     mast_resolver,
     name_keys,
     parse,
+    targets_named,
     tokens,
 )
 from skyassets.cli.main import main
@@ -451,6 +452,27 @@ def test_a_target_is_found_by_every_name_the_catalog_holds(named):
     # a designation none of the target's names holds is still no target of the catalog
     with pytest.raises(UnknownTarget, match="named M 75 "):
         find(named, "M75", 5, embedder=None)
+
+
+def test_show_takes_a_target_by_every_name_find_takes(named, tmp_path, monkeypatch, capsys):
+    """``skyassets show M74`` as ``find M74``: the targets of the home that name means, or the one."""
+    root = tmp_path / "home"
+    for folder in ("lake", "search"):  # a copy: the module's other tests keep their catalogue as it is
+        shutil.copytree(db.home_of(named).root / folder, root / folder)
+    groups = {"NGC-628": "j8pu01010", "NGA-NGC0628": "6380006183007027200", "NGC-3132": "jw02733-o001"}
+    Home(root).tables.write("target_groups", pd.DataFrame({"obs_id": list(groups.values()), "target": list(groups),
+                                                           "target_name": list(groups)}))
+    monkeypatch.setenv("SKYASSETS_HOME", str(root))
+    assert set(targets_named(load_index(root / "search", with_vectors=False), "m74")) >= {"NGC-628", "NGA_NGC0628"}
+    assert main(["show", "M74"]) == 1  # two targets of the home: both named, not "does not exist"
+    assert capsys.readouterr().err.strip() == ("skyassets show: 'M74' names 2 targets of this home: NGA-NGC0628, "
+                                               "NGC-628; show one of them")
+    for name in ("southern ring nircam", "Southern-Ring-NIRCam"):  # a watchlist entry's name: the one target
+        assert main(["show", name]) == 1
+        assert "no products for NGC-3132 yet" in capsys.readouterr().err, name
+    assert main(["show", "M75"]) == 1
+    assert "target 'M75' does not exist in this home; known targets: NGA-NGC0628, NGC-3132, NGC-628" in \
+        capsys.readouterr().err
 
 
 @pytest.mark.parametrize("mode", ["lexical", "fusion"])
