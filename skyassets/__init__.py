@@ -58,4 +58,8 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+    """The public names and the subpackages imported so far: not the helpers this module uses."""
+    return sorted({n for n in globals() if not n.startswith("_") and n not in _HELPERS} | set(__all__))
+
+
+_HELPERS = frozenset({"annotations", "import_module", "Any"})

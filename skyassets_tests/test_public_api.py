@@ -24,3 +24,9 @@ def test_importing_the_package_loads_no_science_stack():
     code = "import sys, skyassets; print(sorted(m for m in ('astropy', 'dagster', 'duckdb') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_dir_lists_the_public_names_not_the_helpers_of_the_package():
+    listed = set(dir(skyassets))
+    assert set(skyassets.__all__) <= listed
+    assert not listed & {"Any", "annotations", "import_module"} and not any(n.startswith("_") for n in listed)
