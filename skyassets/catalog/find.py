@@ -851,12 +851,15 @@ _SECONDS = {"s": 1, "sec": 1, "secs": 1, "second": 1, "seconds": 1, "ks": 1000, 
             "minute": 60, "minutes": 60, "h": 3600, "hr": 3600, "hour": 3600, "hours": 3600}
 
 
+_EXPOSURE_RE = re.compile(
+    r"(longer than|more than|over|above|at least|>=?|shorter than|less than|under|below|at most|<=?)\s*"
+    rf"(\d+(?:\.\d+)?)\s*({'|'.join(sorted(_SECONDS, key=len, reverse=True))})\b")
+
+
 def _exposure(text: str) -> tuple[float | None, float | None]:
     """Explicit exposure bounds: "longer than 500 s", "at least 1 ks", "under 200 seconds"."""
     low, high = None, None
-    unit = "|".join(sorted(_SECONDS, key=len, reverse=True))
-    for m in re.finditer(rf"(longer than|more than|over|above|at least|>=?|shorter than|less than|under|below|"
-                         rf"at most|<=?)\s*(\d+(?:\.\d+)?)\s*({unit})\b", text.lower()):
+    for m in _EXPOSURE_RE.finditer(text.lower()):
         value = float(m.group(2)) * _SECONDS[m.group(3)]
         if m.group(1) in ("longer than", "more than", "over", "above", "at least", ">", ">="):
             low = value
@@ -988,6 +991,9 @@ def parse(
         else:
             notes.append("quality words ignored: no image quality has been measured")
 
+    # an exposure bound is a filter, not words to rank by: "longer than 200 s" is no F200W
+    if low_s is not None or high_s is not None:
+        words = tokens(_EXPOSURE_RE.sub(" ", low))
     terms = [w for w in dict.fromkeys(words) if w not in STOP_WORDS]
     said = [w for w in dict.fromkeys(re.findall(r"[a-z0-9]+(?:[-.][a-z0-9]+)*", low)) if w not in STOP_WORDS]
     return Parsed(text, query, bands, named, applied, terms, said, notes, reddest, deep, matched)

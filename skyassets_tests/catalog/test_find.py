@@ -271,6 +271,11 @@ def test_parse_dates_exposures_and_regions(con, home):
     index = load_index(home.search, with_vectors=False)
     parsed = parse("WFC3/IR images between 2022-2023 longer than 2 ks", index)
     assert parsed.applied == ["instrument WFC3", "observed 2022–2023", "exposure >= 2000 s"]
+    # the bound filters, and its words rank nothing: "200 s" is no F200W
+    bounded = parse("NGC 3132 longer than 200 s", index)
+    assert "exposure >= 200 s" in bounded.applied and not {"200", "s", "longer"} & set(bounded.terms)
+    found = find(con, "NGC 3132 longer than 200 s", 5, embedder=None)
+    assert "200" not in found["why"][0].split("words ", 1)[-1].split(";")[0]
     assert parse("near-infrared images", index).applied == ["near-infrared filters (F090W, F200W, F444W)"]
     assert parse("images in March 2021", index).applied == ["observed March 2021"]
     with pytest.raises(UnknownTarget, match="named M 74 "):  # an object the catalog does not hold
