@@ -590,6 +590,15 @@ def publish_catalog(runner: Runner, run_config: Mapping, assets: tuple[str, ...]
     return run.is_success
 
 
+def publish_outdated(instance: DagsterInstance) -> bool:
+    """Nothing published yet, or a target tiled since the last publish: one that failed after a
+    tiling (this command's or another process's) is tried again."""
+    tiled = max((latest_storage_id(instance, "sky_tiles", t) for t in instance.get_dynamic_partitions("targets")),
+                default=0)
+    published = latest_storage_id(instance, "publish")
+    return not published or published < tiled
+
+
 def publish_sky(runner: Runner, home: Home, run_config: Mapping) -> tuple[int, int]:
     """Tile each target whose products changed (tiles_job) and publish the collection (publish_job)
     when anything changed or nothing was published yet; return (targets tiled, failed runs)."""
@@ -604,7 +613,7 @@ def publish_sky(runner: Runner, home: Home, run_config: Mapping) -> tuple[int, i
     for target, run in zip(targets, runs, strict=True):
         if not run.is_success:
             print(f"  tiling {target} FAILED (run {run.run_id}): {_why(instance, run.run_id)}")
-    if targets or not latest_storage_id(instance, "publish"):
+    if targets or publish_outdated(instance):
         working("Publishing the sky tiles")
         (run,) = runner.run_all([Submission("publish_job", {}, run_config)])
         failures += not run.is_success

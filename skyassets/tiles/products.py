@@ -5,7 +5,9 @@ holds one folder per pyramid and ``pyramids.json`` (what was tiled, from which f
 version is written beside the old one and the link is swapped in one ``rename``: a reader sees the
 old pyramids or the new ones, never a mix. The version is a digest of the products' paths, sizes and
 modification times (and of how tiles are made), so a target whose products did not change is not
-tiled again.
+tiled again. One process at a time tiles a target or publishes its pyramids (:func:`target_lock`):
+a command line and the daemon's automation may both take it, and one must not remove the version
+the other is writing or reading.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import os
 import re
 import shutil
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,16 +30,18 @@ from astropy.wcs import WCS
 from PIL import Image
 
 from skyassets.lake.home import Home
+from skyassets.lake.lease import file_lock
 from skyassets.lake.names import validate_obs_id
 from skyassets.tiles.hips import TILE_WIDTH, ArrayRows, FitsRows, build_hips
 
 __all__ = [
-    "MANIFEST", "TargetTiles", "footprints", "products_digest", "remove_target", "target_manifest", "tile_target",
-    "tiles_root",
+    "MANIFEST", "TargetTiles", "footprints", "products_digest", "remove_target", "target_lock", "target_manifest",
+    "tile_target", "tiles_root",
 ]
 
 MANIFEST = "pyramids.json"
 TILING_VERSION = "hips-1"  # changes when tiles are made differently, so every target is tiled again
+TILE_WAIT = 3600.0  # seconds to wait for another process tiling or publishing the same target
 
 
 def tiles_root(home: Home) -> Path:
@@ -113,14 +119,33 @@ def _composite_rows(home: Home, product: dict) -> ArrayRows:
     return ArrayRows(rgb, wcs)
 
 
+@contextmanager
+def target_lock(home: Home, target: str) -> Iterator[None]:
+    """Hold ``target``'s tiles for the block: the processes of this machine (whose tiles they are)
+    tile a target or read its pyramids one at a time."""
+    with file_lock(tiles_root(home) / ".versions" / f".{validate_obs_id(target)}.lock", TILE_WAIT):
+        yield
+
+
+def _whole(link: Path, manifest: dict) -> bool:
+    """Every pyramid a manifest lists is there, to its ``properties`` (written last)."""
+    return all((link / pyramid["name"] / "properties").is_file() for pyramid in manifest.get("pyramids", []))
+
+
 def tile_target(home: Home, target: str, *, width: int = TILE_WIDTH, force: bool = False) -> TargetTiles:
-    """Tile every product of ``target`` unless the current pyramids were made from the same files."""
+    """Tile every product of ``target`` unless the current pyramids were made from the same files
+    and are whole; another process tiling it is waited for, and its pyramids taken if they are these."""
     target = validate_obs_id(target)
+    with target_lock(home, target):
+        return _tile(home, target, width, force)
+
+
+def _tile(home: Home, target: str, width: int, force: bool) -> TargetTiles:
     products = _products(home, target)
     digest = products_digest(home, products, width)
     link = tiles_root(home) / target
     current = target_manifest(home, target)
-    if current and current.get("digest") == digest and not force:
+    if current and current.get("digest") == digest and not force and _whole(link, current):
         return TargetTiles(target, link, digest, False, current["pyramids"])
     versions = tiles_root(home) / ".versions" / target
     version = versions / f"{digest}-{uuid.uuid4().hex[:8]}"

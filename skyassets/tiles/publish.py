@@ -27,7 +27,7 @@ from xml.etree import ElementTree
 from skyassets.lake.home import Home
 from skyassets.lake.names import validate_obs_id
 from skyassets.tiles.hips import read_properties
-from skyassets.tiles.products import MANIFEST, footprints, tile_target, tiles_root
+from skyassets.tiles.products import MANIFEST, footprints, target_lock, tile_target, tiles_root
 
 __all__ = [
     "FolderDestination", "PublishError", "PublishReport", "S3Destination", "hipslist", "publish_collection",
@@ -201,8 +201,8 @@ def _pyramid_files(folder: Path) -> list[Path]:
     return [*files, folder / "properties"]
 
 
-def _current(home: Home) -> list[tuple[str, Path, dict]]:
-    """(target, its pyramids' folder, manifest) of every tiled target, newest first."""
+def _current(home: Home) -> list[str]:
+    """Every tiled target, the newest tiled first."""
     root = tiles_root(home)
     found = []
     if root.exists():
@@ -210,10 +210,8 @@ def _current(home: Home) -> list[tuple[str, Path, dict]]:
             if link.name.startswith(".") or not (link / MANIFEST).exists():
                 continue
             validate_obs_id(link.name)
-            manifest = json.loads((link / MANIFEST).read_text())
-            found.append((link.name, link.resolve(), manifest))
-    found.sort(key=lambda item: (item[2].get("made", ""), item[0]), reverse=True)
-    return found
+            found.append((json.loads((link / MANIFEST).read_text()).get("made", ""), link.name))
+    return [target for _, target in sorted(found, reverse=True)]
 
 
 def publish_collection(
@@ -236,7 +234,7 @@ def publish_collection(
     verified upload.
     """
     wanted = set(targets) if targets is not None else None
-    collection = [c for c in _current(home) if wanted is None or c[0] in wanted]
+    collection = [target for target in _current(home) if wanted is None or target in wanted]
     report = PublishReport(destination=destination.url)
     base = public_url.rstrip("/") + "/" if public_url else ""
 
@@ -265,17 +263,20 @@ def publish_collection(
     records = []
     pool = ThreadPoolExecutor(max_workers=max(1, threads))
     try:
-        for target, folder, manifest in collection:
-            for pyramid in manifest["pyramids"]:
-                source = folder / pyramid["name"]
-                files = _pyramid_files(source)
-                # tiles in parallel, then (after every tile is verified) properties alone
-                list(pool.map(partial(send_file, f"{target}/{pyramid['name']}", source), files[:-1]))
-                send(f"{target}/{pyramid['name']}/properties", files[-1].read_bytes())
-                properties = read_properties(source)
-                records.append({**properties, "hips_service_url": f"{base}{target}/{pyramid['name']}",
-                                "skyassets_target": target, "skyassets_kind": pyramid["kind"]})
-                report.pyramids += 1
+        for target in collection:
+            with target_lock(home, target):  # its version is read while no other process replaces it
+                link = tiles_root(home) / target
+                folder, manifest = link.resolve(), json.loads((link / MANIFEST).read_text())
+                for pyramid in manifest["pyramids"]:
+                    source = folder / pyramid["name"]
+                    files = _pyramid_files(source)
+                    # tiles in parallel, then (after every tile is verified) properties alone
+                    list(pool.map(partial(send_file, f"{target}/{pyramid['name']}", source), files[:-1]))
+                    send(f"{target}/{pyramid['name']}/properties", files[-1].read_bytes())
+                    properties = read_properties(source)
+                    records.append({**properties, "hips_service_url": f"{base}{target}/{pyramid['name']}",
+                                    "skyassets_target": target, "skyassets_kind": pyramid["kind"]})
+                    report.pyramids += 1
             send(f"{target}/footprints.json", json.dumps(footprints(home, target)).encode())
             report.targets.append(target)
     finally:
@@ -286,7 +287,7 @@ def publish_collection(
     # Only now that the indexes point at the new pyramids: what a re-tile left behind under each
     # published target (deeper orders, pyramids of products no longer made) goes.
     stale = [key for target in report.targets for key in destination.keys(target) if key not in sent]
-    kept = {target for target, _, _ in collection}
+    kept = set(collection)
     before = _published_before(destination)
     report.retired = sorted(before - kept - set(report.targets))
     stale += [key for target in report.retired for key in destination.keys(target)]

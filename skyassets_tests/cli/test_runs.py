@@ -19,6 +19,7 @@ from skyassets.cli.runs import (
     made_or_kept,
     measure_quality,
     partition_batches,
+    publish_outdated,
     updated_since,
 )
 from skyassets.lake.home import Home
@@ -340,6 +341,21 @@ def test_the_catalog_is_out_of_date_once_files_are_catalogued_after_it():
             assert not catalog_outdated(instance)
             instance.report_runless_asset_event(AssetMaterialization(upstream))
             assert catalog_outdated(instance), upstream
+
+
+def test_the_sky_is_published_again_after_a_publish_that_failed_since_a_tiling():
+    """A tiling the publish after it failed to send (this command's or the daemon's) is published by
+    the next command, though no target needs tiling then."""
+    with instance_for_test() as instance:
+        instance.add_dynamic_partitions("targets", ["NGC-1", "NGC-2"])
+        assert publish_outdated(instance)  # never published
+        instance.report_runless_asset_event(AssetMaterialization("sky_tiles", partition="NGC-1"))
+        instance.report_runless_asset_event(AssetMaterialization("publish"))
+        assert not publish_outdated(instance)
+        instance.report_runless_asset_event(AssetMaterialization("sky_tiles", partition="NGC-2"))  # its publish failed
+        assert publish_outdated(instance)
+        instance.report_runless_asset_event(AssetMaterialization("publish"))
+        assert not publish_outdated(instance)
 
 
 def test_a_linked_folder_is_said_but_fails_no_ingest_and_a_folder_that_cannot_be_listed_does(tmp_path):

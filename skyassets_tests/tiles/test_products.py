@@ -103,3 +103,54 @@ def test_a_failed_tiling_leaves_the_current_pyramids_in_place(tmp_path):
     versions = list((tiles_root(home) / ".versions" / TARGET).iterdir())
     assert versions == [served]  # the half-made version was removed
     assert fits.getdata(next((served / "mosaic_nircam_f444w").rglob("Npix*.fits"))).dtype.kind == "f"
+
+
+def test_two_processes_tiling_a_target_at_once_take_turns_and_leave_it_whole(tmp_path, monkeypatch):
+    """A command line and the daemon's automation may tile one target at once: one tiles it, the
+    other waits and takes its pyramids; neither removes the version the other writes."""
+    import threading
+
+    from skyassets.tiles import products
+
+    home = Home(tmp_path / "home")
+    make_products(home)
+    building, most, lock = [0], [0], threading.Lock()
+    real = products.build_hips
+
+    def slow_build(*args, **kwargs):
+        with lock:
+            building[0] += 1
+            most[0] = max(most[0], building[0])
+        try:
+            threading.Event().wait(0.2)  # long enough for the other to start, were it let in
+            return real(*args, **kwargs)
+        finally:
+            with lock:
+                building[0] -= 1
+
+    monkeypatch.setattr(products, "build_hips", slow_build)
+    start, done = threading.Barrier(2), []
+
+    def tile() -> None:
+        start.wait()
+        done.append(tile_target(home, TARGET, width=64))
+
+    workers = [threading.Thread(target=tile) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+    assert most[0] == 1 and len(done) == 2 and sorted(t.changed for t in done) == [False, True]
+    link = tiles_root(home) / TARGET
+    assert all((link / p["name"] / "properties").is_file() for p in target_manifest(home, TARGET)["pyramids"])
+    assert [v for v in (tiles_root(home) / ".versions" / TARGET).iterdir()] == [link.resolve()]
+
+
+def test_pyramids_found_broken_are_tiled_again_though_the_products_did_not_change(tmp_path):
+    home = Home(tmp_path / "home")
+    make_products(home)
+    first = tile_target(home, TARGET, width=64)
+    (tiles_root(home) / TARGET / "mosaic_nircam_f444w" / "properties").unlink()  # a version left half there
+    again = tile_target(home, TARGET, width=64)
+    assert again.changed and again.digest == first.digest
+    assert read_properties(tiles_root(home) / TARGET / "mosaic_nircam_f444w")["hips_tile_format"] == "fits"

@@ -191,3 +191,24 @@ def test_a_retired_target_is_taken_out_of_s3(home):
         assert {"pub/docs/howto.html", "pub/maps/footprints.json", f"pub/{TARGET}/footprints.json"} <= keys
     finally:
         server.close()
+
+
+def test_a_publish_waits_for_a_target_being_tiled(tmp_path):
+    """A publish never reads a version another process is replacing: it takes the target's turn."""
+    import threading
+
+    from skyassets.tiles.products import target_lock
+
+    home = Home(tmp_path / "home")
+    make_products(home)
+    tile_target(home, TARGET, width=64)
+    done = []
+    with target_lock(home, TARGET):  # as a tiling in another process holds it
+        publisher = threading.Thread(
+            target=lambda: done.append(publish_collection(home, FolderDestination(tmp_path / "out"))))
+        publisher.start()
+        publisher.join(0.5)
+        assert publisher.is_alive() and not done  # waiting for the target, not reading it
+    publisher.join(60)
+    assert done and done[0].pyramids == 2
+    _check_collection(lambda key: (tmp_path / "out" / key).read_bytes(), home)
