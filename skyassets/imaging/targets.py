@@ -144,8 +144,14 @@ def _candidate_pairs(footprints: list[_Footprint]) -> set[tuple[int, int]]:
     return {(i, j) for i, j in cKDTree(centres).query_pairs(reach) if footprints[i].near(footprints[j])}
 
 
-def group_targets(images: pd.DataFrame) -> pd.DataFrame:
+def group_targets(images: pd.DataFrame, previous: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per observation (``obs_id``) with its ``target`` key and the ``target_name`` it shows.
+
+    A target keeps the key it had in ``previous`` (the last grouping's rows) while it keeps
+    observations it had then: a field named like another elsewhere has a key naming its members,
+    and a new observation of it, or a second field of the name, must not rename it (its products,
+    tiles and the name people use for it would all be made anew). Of two targets claiming one key,
+    the one holding more of its observations keeps it.
 
     ``images`` has ``obs_id``, ``target_name`` and ``s_region`` (one row per image, as the catalog's
     ``images``). Observations without a footprint are left out: they cannot be placed on the sky; so
@@ -183,15 +189,39 @@ def group_targets(images: pd.DataFrame) -> pd.DataFrame:
         groups[root(o)].append(o)
     label = {g: Counter(name_of[o] for o in members if name_of[o]).most_common(1) for g, members in groups.items()}
     per_name = Counter(v[0][0] if v else "" for v in label.values())
+    base = {g: shown.get(label[g][0][0] if label[g] else "") or "FIELD" for g in groups}
+    kept = _keys_kept(groups, base, previous)
+    taken = set(kept.values())
     rows = []
     for g, members in groups.items():
         name = label[g][0][0] if label[g] else ""
-        key = shown.get(name) or "FIELD"
-        if per_name[name] > 1 or not name:
+        key = kept.get(g) or base[g]
+        if g not in kept and (per_name[name] > 1 or not name or key in taken):
             key = f"{key}-{hashlib.sha256(';'.join(sorted(members)).encode()).hexdigest()[:6]}"
+        taken.add(key)
         rows += [(o, validate_obs_id(key), shown.get(name, "")) for o in members]
     frame = pd.DataFrame(rows, columns=["obs_id", "target", "target_name"])
     return frame.sort_values(["target", "obs_id"], ignore_index=True)
+
+
+def _keys_kept(groups: dict[str, list[str]], base: dict[str, str], previous: pd.DataFrame | None) -> dict[str, str]:
+    """Group -> the key it keeps from ``previous``: a key of its own name (``base``, or ``base-<6 hex>``)
+    that its observations had, the key shared by most of them first; a key goes to one group only."""
+    if previous is None or previous.empty:
+        return {}
+    had = dict(zip(previous["obs_id"], previous["target"], strict=True))
+    claims, taken = [], set()
+    for g, members in groups.items():
+        own = re.compile(re.escape(base[g]) + r"(-[0-9a-f]{6})?")
+        for key, count in Counter(had[o] for o in members if o in had).items():
+            if isinstance(key, str) and own.fullmatch(key):
+                claims.append((-count, key, g))
+    kept: dict[str, str] = {}
+    for _, key, g in sorted(claims):
+        if g not in kept and key not in taken:
+            kept[g] = key
+            taken.add(key)
+    return kept
 
 
 # The images a target's products are made from, with what mosaics and composites need of them.

@@ -53,6 +53,34 @@ def test_one_name_on_separate_fields_and_two_names_on_one_field_stay_apart():
     assert touching == {"a": "NGC-628", "b": "SN-2013EJ"}
 
 
+def test_a_target_keeps_its_key_as_observations_and_fields_of_its_name_come():
+    """A new observation of a field, or a second field of its name, renames no target: its products,
+    tiles and the name people use for it stay."""
+    first = frame(("a", "MY FIELD", square(10.0, 41.0)))
+    before = group_targets(first)
+    assert targets(first) == {"a": "MY-FIELD"}
+    elsewhere = pd.concat([first, frame(("b", "MY FIELD", square(11.0, 42.0)))], ignore_index=True)
+    assert targets(elsewhere)["a"] != "MY-FIELD"  # without the last grouping: both named by their members
+    now = group_targets(elsewhere, before)
+    keys = dict(now[["obs_id", "target"]].itertuples(index=False))
+    assert keys["a"] == "MY-FIELD" and keys["b"].startswith("MY-FIELD-")
+    more = frame(("c", "MY FIELD", square(11.005, 42.0)), ("d", "MY FIELD", square(10.005, 41.0)), ("e", "MY FIELD",
+                                                                                                     square(12, 43)))
+    grown = pd.concat([elsewhere, more], ignore_index=True)
+    then = group_targets(grown, now)
+    later = dict(then[["obs_id", "target"]].itertuples(index=False))
+    assert {o: later[o] for o in "abcd"} == {"a": "MY-FIELD", "d": "MY-FIELD", "b": keys["b"], "c": keys["b"]}
+    assert later["e"] not in (keys["b"], "MY-FIELD")  # a third field: a key of its own
+    # two targets that become one keep the key most of their observations had
+    merged = grown.copy()
+    merged.loc[merged["obs_id"] == "b", "s_region"] = square(10.01, 41.0)
+    merged.loc[merged["obs_id"] == "c", "s_region"] = square(10.015, 41.0)
+    joined = dict(group_targets(merged, then)[["obs_id", "target"]].itertuples(index=False))
+    assert {joined[o] for o in "abcd"} == {"MY-FIELD"} and joined["e"] == later["e"]
+    renamed = group_targets(frame(("a", "OTHER", square(10.0, 41.0))), before)
+    assert list(renamed["target"]) == ["OTHER"]
+
+
 def test_fields_without_a_footprint_are_left_out_and_unnamed_fields_get_a_key():
     found = targets(frame(("a", None, square(30, 0)), ("b", "Y", None), ("c", "", square(30.005, 0))))
     assert set(found) == {"a", "c"} and found["a"] == found["c"] and found["a"].startswith("FIELD-")

@@ -68,13 +68,13 @@ def target_groups(context: AssetExecutionContext, home: HomeResource) -> Materia
             quality = None
     finally:
         con.close()
-    grouped = group_targets(images)
+    lake = root.tables
+    previous = lake.read("target_groups", missing_ok=True)
+    grouped = group_targets(images, previous)  # a target keeps its key while it keeps its observations
     inputs = target_inputs(grouped, images, quality)
     digests = {target: inputs_digest(frame) for target, frame in inputs.items()}
     grouped["inputs_digest"] = grouped["target"].map(digests)
 
-    lake = root.tables
-    previous = lake.read("target_groups", missing_ok=True)
     digest_before = previous.get("inputs_digest", pd.Series(index=previous.index, dtype=str))
     before = dict(zip(previous["target"], digest_before, strict=True))
     known = set(context.instance.get_dynamic_partitions(targets_partitions.name))
