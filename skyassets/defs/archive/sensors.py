@@ -7,6 +7,8 @@ from collections.abc import Iterator
 from dagster import (
     AssetKey,
     AssetPartitionStatus,
+    AssetRecordsFilter,
+    DagsterInstance,
     DagsterRun,
     DagsterRunStatus,
     DefaultSensorStatus,
@@ -105,21 +107,42 @@ def new_observations_sensor(context: SensorEvaluationContext, home: HomeResource
 
 def _rechosen(context: SensorEvaluationContext, home: HomeResource, watchlist: WatchlistResource,
               known: list[str], compared: str) -> tuple[list[str], str]:
-    """The known observations whose products the watchlist now chooses otherwise, and the digest of
-    its choices; none when the choices are those ``compared`` last (nothing is read then), or when
-    the watchlist cannot be read (its query fails and says why)."""
+    """The known observations whose products the watchlist now chooses otherwise, and what was
+    compared (``<digest of its choices>@<the last mast_products materialisation read>``). With the
+    choices those ``compared`` last, only the observations listed since are read: another process
+    (a command line with another watchlist) may have listed them by other choices. None when the
+    watchlist cannot be read (its query fails and says why)."""
     try:
         chosen = watchlist.load()
     except (OSError, WatchlistError) as err:
         context.log.warning(f"product choices not compared: {err}")
         return [], compared
     digest = choices_digest(chosen)
-    if digest == compared:
-        return [], digest
+    last_digest, _, seen = compared.partition("@")
+    listed = context.instance.fetch_materializations(OBSERVATION_ASSETS[0], limit=1).records
+    latest = listed[0].storage_id if listed else 0
+    if digest == last_digest:
+        since = int(seen) if seen.isdigit() else 0
+        if latest <= since:
+            return [], f"{digest}@{latest}"
+        relisted = _listed_since(context.instance, since)
+        known = [k for k in known if k in relisted]
     rechosen = products_rechosen(home.home.tables, chosen, known)
     for obs_id, entries in list(rechosen.items())[:10]:
         context.log.info(f"{obs_id}: the watchlist ({entries}) now chooses other products; listed again")
-    return list(rechosen), digest
+    return list(rechosen), f"{digest}@{latest}"
+
+
+def _listed_since(instance: DagsterInstance, storage_id: int) -> set[str]:
+    """The observations whose products were listed (mast_products materialised) after ``storage_id``."""
+    found, cursor = set(), None
+    while True:
+        page = instance.fetch_materializations(
+            AssetRecordsFilter(OBSERVATION_ASSETS[0], after_storage_id=storage_id), limit=1000, cursor=cursor)
+        found.update(r.partition_key for r in page.records if r.partition_key)
+        if not page.has_more:
+            return found
+        cursor = page.cursor
 
 
 def _observation_batch(run: DagsterRun) -> bool:

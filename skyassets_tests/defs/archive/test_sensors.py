@@ -124,6 +124,23 @@ def test_observations_whose_products_the_watchlist_now_chooses_otherwise_are_run
         # the next query, their runs not done yet: the same choices, not compared (nor asked for) again
         _query_result(instance, tmp_path, obs_ids, entries)
         assert _tick(instance, tmp_path, rechosen.cursor, watchlist=watchlist).run_requests == []
+        chosen = load_watchlist(watchlist).products_for("ring").text
+        for obs_id in obs_ids[:2]:  # their runs list them by the watchlist's choice
+            lake.write("product_choices", [{"obs_id": obs_id, "products": chosen}], partition=obs_id)
+            instance.report_runless_asset_event(AssetMaterialization("mast_products", partition=obs_id))
+        _query_result(instance, tmp_path, obs_ids, entries)
+        settled = _tick(instance, tmp_path, rechosen.cursor, watchlist=watchlist)
+        assert settled.run_requests == []
+        # a command line with a watchlist of its own lists one by other choices; the daemon's is unchanged
+        mine = tmp_path / "mine.yaml"
+        mine.write_text("entries:\n  - name: ring\n    target: NGC 3132\n    products: {subgroups: [I2D]}\n")
+        other = load_watchlist(mine).products_for("ring").text
+        assert other != chosen
+        lake.write("product_choices", [{"obs_id": obs_ids[0], "products": other}], partition=obs_ids[0])
+        instance.report_runless_asset_event(AssetMaterialization("mast_products", partition=obs_ids[0]))
+        _query_result(instance, tmp_path, obs_ids, entries)
+        back = _tick(instance, tmp_path, settled.cursor, watchlist=watchlist)
+        assert _covered(instance, back) == [obs_ids[0]]  # listed again by the daemon's watchlist
         watchlist.write_text("entries: [")  # a watchlist that cannot be read compares nothing, fails no tick
         _query_result(instance, tmp_path, obs_ids, entries)
         assert _tick(instance, tmp_path, rechosen.cursor, watchlist=watchlist).run_requests == []
