@@ -183,7 +183,9 @@ class Launcher:
         print("Starting a Dagster webserver for this command's runs ...", file=sys.stderr, flush=True)
         home = launching_home(self.dagster_home)
         self.port = _free_port()
-        env = {**os.environ, "DAGSTER_HOME": str(home)}
+        # PYTHONSAFEPATH: the webserver, its code server and its runs import nothing from the folder the
+        # command was started in (a notebook's own gql.py or dagster.py beside the user would shadow Dagster's)
+        env = {**os.environ, "DAGSTER_HOME": str(home), "PYTHONSAFEPATH": "1"}
         self._log = open(home / "webserver.log", "w")  # noqa: SIM115 - closed in __exit__
         self._server = subprocess.Popen(
             [sys.executable, "-m", "dagster_webserver", "-w", str(code_location_workspace(home)),
@@ -338,7 +340,12 @@ class Launcher:
 
     def _check_running(self) -> None:
         if self._server.poll() is not None:
-            raise LaunchError(f"the Dagster webserver stopped (see {self._log.name})")
+            self._log.flush()
+            try:
+                said = _last_line(Path(self._log.name).read_text(errors="replace"))
+            except OSError:
+                said = "no message"
+            raise LaunchError(f"the Dagster webserver stopped: {said} (the whole log: {self._log.name})")
 
     def wait(self, run_ids: Sequence[str]) -> list[DagsterRun]:
         """Until every run of ``run_ids`` has finished (however it was launched); those runs, in order."""

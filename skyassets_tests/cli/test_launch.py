@@ -46,6 +46,25 @@ def test_a_launcher_starts_its_webserver_for_the_first_run_and_again_after_a_fai
             assert not launcher.running
 
 
+def test_a_module_beside_the_user_shadows_nothing_and_a_webserver_that_stops_says_why(tmp_path, monkeypatch):
+    """A notebook folder's own ``starlette.py`` (or ``gql.py``) is not what the webserver imports; a
+    webserver that cannot start says the line of its log that tells why."""
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
+    dagster_home = prepare_dagster_home(Home(tmp_path / "home"))
+    mine = tmp_path / "notebooks"
+    mine.mkdir()
+    (mine / "starlette.py").write_text("raise ImportError('the folder s own starlette')\n")
+    monkeypatch.chdir(mine)
+    with DagsterInstance.get() as instance, Launcher(dagster_home, instance) as launcher:
+        (run,) = launcher.run_all([Submission("catalog_job", {}, QUIET)])
+        assert run.status in (DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE)  # started, and ended
+    monkeypatch.setenv("PYTHONPATH", str(mine))  # put there on purpose: it is imported, and the failure said
+    with DagsterInstance.get() as instance, Launcher(dagster_home, instance) as launcher:
+        with pytest.raises(LaunchError, match=r"webserver stopped: ImportError: the folder s own starlette "
+                                              r"\(the whole log: .*webserver.log\)"):
+            launcher.run_all([Submission("catalog_job", {}, QUIET)])
+
+
 def _graphql(port: int, query: str, variables: dict | None = None) -> dict:
     answer = requests.post(f"http://127.0.0.1:{port}/graphql", json={"query": query, "variables": variables or {}},
                            timeout=120)
