@@ -546,7 +546,8 @@ def _quality(args: argparse.Namespace) -> int:
         if rows.empty:
             return 1
     if rows.empty:
-        print(f"{args.obs_id}: no images (its files were quarantined or now belong to another observation)")
+        print(f"{args.obs_id}: no images (its files were quarantined, hold no image HDU, or now belong to another "
+              "observation; the files table lists them)")
         return 0
     counts = sorted(rows["flag"].value_counts().items(), key=lambda flag_n: (-flag_n[1], flag_n[0]))
     flags = ", ".join(f"{n} {flag}" for flag, n in counts)

@@ -353,8 +353,8 @@ def test_an_unknown_observation_is_said_not_to_exist(home, capsys):
     # measured once, then every file left it: said in words, not as an empty count
     home.tables.write("image_metadata", pd.DataFrame({"obs_id": pd.Series([], dtype=str)}), "jw01234-o002")
     status, out, _ = _run(capsys, "quality", "jw01234-o002")
-    assert status == 0 and out == ("jw01234-o002: no images (its files were quarantined or now belong to another "
-                                   "observation)\n")
+    assert status == 0 and out == ("jw01234-o002: no images (its files were quarantined, hold no image HDU, or now "
+                                   "belong to another observation; the files table lists them)\n")
     # catalogued without an image (a spectrum alone, every file quarantined): nothing to measure, said so
     home.tables.write("image_metadata", pd.DataFrame({"obs_id": pd.Series([], dtype=str)}), "jw01234-o003")
     status, out, err = _run(capsys, "quality", "jw01234-o003")
