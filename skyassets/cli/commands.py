@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 from skyassets.cli.output import counted, one_line, write_frame
 from skyassets.cli.sky import SkyError, add_sky_command
@@ -716,6 +716,7 @@ def _dev(args: argparse.Namespace) -> int:
         print(f"skyassets dev: warning: {exc} (the watchlist query says so until it is mended)", file=sys.stderr)
     home = Home.from_env()
     dagster_home = prepare_dagster_home(home)
+    held = _one_dev_per_home(dagster_home, f"http://{args.host}:{args.port}")
     with DagsterInstance.get() as instance:
         start_run_retries_from_now(instance)
     os.environ[HOME_ENV] = str(home.root)
@@ -732,7 +733,33 @@ def _dev(args: argparse.Namespace) -> int:
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.SIG_DFL)
     os.execv(sys.executable, command)
-    return 0  # not reached
+    held.close()  # reached only where execv does not replace this process
+    return 0
+
+
+DEV_LOCK = ".skyassets-dev.lock"
+
+
+def _one_dev_per_home(dagster_home: Path, url: str) -> IO[str]:
+    """Take the home's ``dev`` lock for as long as ``dagster dev`` runs (its handle is kept open across
+    the exec, and the lock goes with the process): a second ``skyassets dev`` on the home would start
+    a second daemon, whose sensors and automation would launch every run twice."""
+    from datetime import UTC, datetime
+
+    handle = open(dagster_home / DEV_LOCK, "a+")  # noqa: SIM115 - kept open for dagster dev's lifetime
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise CommandError(f"already running on this home ({holder}); open it, or stop it first", 1) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()}, {url}, since {datetime.now(UTC).isoformat(timespec='seconds')}\n")
+    handle.flush()
+    os.set_inheritable(handle.fileno(), True)
+    return handle
 
 
 def run(argv: list[str]) -> int:

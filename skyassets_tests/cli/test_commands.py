@@ -525,6 +525,24 @@ def test_dev_warns_of_a_watchlist_it_doubts_and_starts_the_ui_even_so(home, caps
     assert line.startswith(f"skyassets dev: warning: {watchlist}: {said}"), line
 
 
+def test_a_second_dev_on_a_home_is_refused_while_the_first_runs(home, capsys, monkeypatch):
+    """Two daemons on one instance would launch every sensor's and automation's runs twice."""
+    second = []
+
+    def first_dev_runs(exe, command):  # dagster dev runs here, holding the home: a second is started
+        second.append(main(["dev", "-p", "3334"]))
+
+    monkeypatch.setattr(os, "execv", first_dev_runs)
+    monkeypatch.chdir(os.getcwd())
+    assert main(["dev", "-p", "3333"]) == 0 and second == [1]
+    said = capsys.readouterr().err.strip()
+    assert said.startswith(f"skyassets dev: already running on this home (pid {os.getpid()}, "
+                           "http://127.0.0.1:3333, since "), said
+    assert said.endswith("; open it, or stop it first")
+    monkeypatch.setattr(os, "execv", lambda exe, command: None)
+    assert main(["dev", "-p", "3334"]) == 0  # the first has ended: the home is free
+
+
 def test_dev_passes_the_options_it_does_not_know_on_to_dagster_dev(home, capsys, monkeypatch):
     started = []
     monkeypatch.setattr(os, "execv", lambda exe, command: started.append(command))
