@@ -38,6 +38,7 @@ from skyassets.lake.home import Home
 from skyassets.lake.names import InvalidNameError
 from skyassets.lake.store import Lake
 from skyassets.lake.tables import table
+from skyassets.landing.keys import LANDED_PREFIX
 
 # The archive client (astroquery), the downloader (requests) and astropy's FITS reader are imported
 # in the assets that use them, so that loading the definitions stays quick.
@@ -154,6 +155,11 @@ def _per_entry(observations: pd.DataFrame, entries: Iterable[str]) -> dict[str, 
 
 def _observation_row(observations: pd.DataFrame, obs_id: str) -> pd.Series:
     """The observation's row of mast_observations (indexed by obs_id), or a failure that says why not."""
+    if obs_id.startswith(LANDED_PREFIX):  # a backfill of "missing" partitions reaches them too
+        raise Failure(
+            f"{obs_id} is an observation of landed files: MAST lists nothing for it, its files come from the "
+            "landing folder (landing_job); leave landed-* partitions out of runs of mast_products"
+        )
     if obs_id not in observations.index:
         raise Failure(
             f"observation {obs_id} is not in the latest mast_observations; re-materialise mast_observations "

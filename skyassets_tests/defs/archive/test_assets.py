@@ -67,6 +67,20 @@ def pipeline(emu, tmp_path):
         yield instance, _defs(emu, tmp_path / "home"), tmp_path / "home"
 
 
+def test_a_landed_observation_in_a_run_of_mast_products_fails_saying_it_is_landed(emu, pipeline):
+    """A UI backfill of missing mast_products partitions reaches the landed ones too: told why, not to delete them."""
+    instance, defs, home = pipeline
+    assert defs.resolve_job_def("watchlist_job").execute_in_process(instance=instance).success
+    instance.add_dynamic_partitions("observations", ["landed-NIGHT1"])
+    run = defs.resolve_job_def("observation_job").execute_in_process(
+        instance=instance, partition_key="landed-NIGHT1", raise_on_error=False)
+    assert not run.success
+    said = [e.message for e in instance.all_logs(run.run_id) if "no product list" in (e.message or "")]
+    assert said == ["no product list: landed-NIGHT1 is an observation of landed files: MAST lists nothing for it, "
+                    "its files come from the landing folder (landing_job); leave landed-* partitions out of runs "
+                    "of mast_products"]
+
+
 def test_watchlist_to_verified_files(emu, pipeline):
     instance, defs, home = pipeline
     assert defs.resolve_job_def("watchlist_job").execute_in_process(instance=instance).success
