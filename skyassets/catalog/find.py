@@ -52,6 +52,7 @@ from skyassets.catalog.embed import BertEncoder, supports
 from skyassets.fits.bandpasses import lookup
 from skyassets.lake.home import Home
 from skyassets.lake.store import to_frame
+from skyassets.landing.keys import LANDED_PREFIX
 
 INDEX_VERSION = 2
 MAX_SEGMENTS = 8
@@ -793,11 +794,13 @@ class Parsed:
     reddest: bool | None = None  # True: reddest, False: bluest
     deep: bool | None = None  # True: deep, False: shallow
     targets: list[str] = field(default_factory=list)  # the catalog's target names the question names
+    observations: list[str] = field(default_factory=list)  # the observation ids it names (as catalogued)
+    files: list[str] = field(default_factory=list)  # the file names it names (as catalogued)
 
     @property
     def filtered(self) -> bool:
-        return bool(self.query.conditions or self.bands.conditions or self.names.conditions) or (
-            self.query.min_quality is not None)
+        return bool(self.query.conditions or self.bands.conditions or self.names.conditions or self.observations
+                    or self.files) or self.query.min_quality is not None
 
 
 def _has(text: str, phrases: Sequence[str]) -> bool:
@@ -868,6 +871,19 @@ def _exposure(text: str) -> tuple[float | None, float | None]:
     return low, high
 
 
+def ids_named(index: SearchIndex, text: str) -> tuple[list[str], list[str]]:
+    """The catalog's observation ids and file names that words of ``text`` are, in any case (a landed
+    observation by the id its files carry, without ``landed-``): what no ranking by words can find."""
+    images = index.filterable()[0]
+    words = {w.strip("'\"`,;:?!()[]").lower() for w in text.split()} - {""}
+    if not words:
+        return [], []
+    observations = [o for o in pc.unique(images["obs_id"]).to_pylist() if isinstance(o, str)
+                    and (o.lower() in words or o.lower().removeprefix(LANDED_PREFIX.lower()) in words)]
+    files = [f for f in pc.unique(images["file_name"]).to_pylist() if isinstance(f, str) and f.lower() in words]
+    return sorted(observations), sorted(files)
+
+
 def targets_named(index: SearchIndex, text: str) -> dict[str, list[str]]:
     """The catalog's targets some run of words of ``text`` names, by any name it holds for one (the
     observer's, its group's, a watchlist entry's), whatever the case and spacing: target name -> the
@@ -895,6 +911,11 @@ def parse(
     notes: list[str] = []
     words = tokens(low)
 
+    observations, files = ids_named(index, text)
+    if observations:
+        applied.append(f"observation {' or '.join(observations)}")
+    if files:
+        applied.append(f"file {' or '.join(files)}")
     naming = targets_named(index, low)
     matched = list(naming)
     # the other names by which targets were named, when not by their own ("M74": as m74-field)
@@ -996,7 +1017,7 @@ def parse(
         words = tokens(_EXPOSURE_RE.sub(" ", low))
     terms = [w for w in dict.fromkeys(words) if w not in STOP_WORDS]
     said = [w for w in dict.fromkeys(re.findall(r"[a-z0-9]+(?:[-.][a-z0-9]+)*", low)) if w not in STOP_WORDS]
-    return Parsed(text, query, bands, named, applied, terms, said, notes, reddest, deep, matched)
+    return Parsed(text, query, bands, named, applied, terms, said, notes, reddest, deep, matched, observations, files)
 
 
 MAST_RESOLVER = "https://mastresolver.stsci.edu"
@@ -1222,6 +1243,10 @@ def _candidates(con: duckdb.DuckDBPyConnection, index: SearchIndex, parsed: Pars
         finally:
             con.unregister(view)
         keep &= np.isin(images[column].to_numpy(), np.asarray(allowed, dtype=np.int32))
+    if parsed.observations:
+        keep &= pc.is_in(images["obs_id"], pa.array(parsed.observations, pa.string())).to_numpy(zero_copy_only=False)
+    if parsed.files:
+        keep &= pc.is_in(images["file_name"], pa.array(parsed.files, pa.string())).to_numpy(zero_copy_only=False)
     if parsed.query.conditions or parsed.query.min_quality is not None:
         con.register(IMAGES_VIEW, images)
         try:

@@ -459,6 +459,16 @@ def test_a_target_is_found_by_every_name_the_catalog_holds(named):
         find(named, "M75", 5, embedder=None)
 
 
+def test_an_observation_id_or_a_file_name_in_a_question_finds_that_observation_or_file(named):
+    """Ids are no words to rank by: a question naming one is filtered to it, in any case."""
+    found = find(named, "J9SN01010", 50, embedder=None)
+    assert set(found["obs_id"]) == {"j9sn01010"} and found["why"][0].startswith("observation j9sn01010")
+    name = named.sql("SELECT file_name FROM images WHERE obs_id = 'j8pu01010' ORDER BY file_name").fetchall()[0][0]
+    found = find(named, f"where is {name.upper()}?", 50, embedder=None)
+    assert set(found["file_name"]) == {name} and f"file {name}" in found["why"][0]
+    assert find(named, "F444W images", 5, embedder=None)["why"][0].split(";")[0] != "observation"
+
+
 def test_show_takes_a_target_by_every_name_find_takes(named, tmp_path, monkeypatch, capsys):
     """``skyassets show M74`` as ``find M74``: the targets of the home that name means, or the one."""
     root = tmp_path / "home"
