@@ -488,6 +488,7 @@ class SearchIndex:
     _target_keys: list[tuple[str, dict[str, set[str]]]] | None = field(default=None, repr=False)
     _vectors: np.ndarray | None = field(default=None, repr=False)
     _filterable: tuple[pa.Table, pd.DataFrame, pd.DataFrame] | None = field(default=None, repr=False)
+    _ids: dict[str, tuple[pa.Array, pa.Array, pa.Array]] = field(default_factory=dict, repr=False)
 
     @property
     def documents(self) -> int:
@@ -507,6 +508,20 @@ class SearchIndex:
             self._images_of = (order, starts)
         order, starts = self._images_of
         return order[starts[doc]:starts[doc + 1]]
+
+    def named(self, column: str, words: set[str]) -> list[str]:
+        """The values of ``column`` (``obs_id`` or ``file_name``) of the images that are one of
+        ``words`` in lower case (an observation id also without ``landed-``). The distinct values,
+        lower-cased, are kept from the first call."""
+        if column not in self._ids:
+            values = pc.unique(self.filterable()[0][column]).drop_null()
+            lowered = pc.utf8_lower(values)
+            bare = pc.replace_substring_regex(lowered, f"^{re.escape(LANDED_PREFIX.lower())}", "")
+            self._ids[column] = (values, lowered, bare)
+        values, lowered, bare = self._ids[column]
+        wanted = pa.array(sorted(words), pa.string())
+        hit = pc.or_(pc.is_in(lowered, value_set=wanted), pc.is_in(bare, value_set=wanted))
+        return sorted(values.filter(hit).to_pylist())
 
     def filterable(self) -> tuple[pa.Table, pd.DataFrame, pd.DataFrame]:
         """The images as the filters see them (ObsCore columns, ``sha256``, position ``pos``, ``band``
@@ -874,14 +889,11 @@ def _exposure(text: str) -> tuple[float | None, float | None]:
 def ids_named(index: SearchIndex, text: str) -> tuple[list[str], list[str]]:
     """The catalog's observation ids and file names that words of ``text`` are, in any case (a landed
     observation by the id its files carry, without ``landed-``): what no ranking by words can find."""
-    images = index.filterable()[0]
     words = {w.strip("'\"`,;:?!()[]").lower() for w in text.split()} - {""}
     if not words:
         return [], []
-    observations = [o for o in pc.unique(images["obs_id"]).to_pylist() if isinstance(o, str)
-                    and (o.lower() in words or o.lower().removeprefix(LANDED_PREFIX.lower()) in words)]
-    files = [f for f in pc.unique(images["file_name"]).to_pylist() if isinstance(f, str) and f.lower() in words]
-    return sorted(observations), sorted(files)
+    names = {w for w in words if re.search(r"\.[a-z]", w)}  # a file's name has a suffix: only then are they read
+    return index.named("obs_id", words), index.named("file_name", names) if names else []
 
 
 def targets_named(index: SearchIndex, text: str) -> dict[str, list[str]]:
