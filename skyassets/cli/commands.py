@@ -169,7 +169,7 @@ def _ingest(args: argparse.Namespace) -> int:
                             waiting=lambda held: print(f"waiting for the landing lock: {held}", file=sys.stderr))
         except LockBusy as exc:
             raise CommandError(f"landing lock not free: {exc}", 1) from exc
-        report.refused.update({p: "does not exist" for p in missing})
+        report.refused.update({os.path.abspath(os.path.expanduser(p)): "does not exist" for p in missing})
         print(f"{counted(report.files, 'files')} in {counted(len(report.partitions), 'partitions')} "
               f"({counted(report.runs, 'runs')}): "
               f"{len(report.catalogued)} catalogued, {len(report.quarantined)} quarantined, "

@@ -582,8 +582,8 @@ def test_ingest_brings_the_whole_chain_up_to_date_and_says_what_failed(emu, tmp_
                   table]).writeto(spectrum, checksum=True)
     env = {**os.environ, "SKYASSETS_HOME": str(tmp_path / "home"), "DAGSTER_HOME": str(tmp_path / "home" / "dagster")}
     result = subprocess.run(  # with a path mistyped: refused, and the rest taken
-        [sys.executable, "-m", "skyassets.cli.main", "ingest", str(drop), str(tmp_path / "nigth")],
-        env=env, capture_output=True, text=True, timeout=600,
+        [sys.executable, "-m", "skyassets.cli.main", "ingest", str(drop), "nigth"],  # named from where it runs
+        env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path,
     )
     assert result.returncode == 1, result.stdout + result.stderr  # one file was quarantined
     assert "8 files in 6 partitions" in result.stdout
