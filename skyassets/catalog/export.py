@@ -271,10 +271,13 @@ def _copy(handle: io.BufferedReader, out: io.RawIOBase | io.BufferedIOBase) -> t
     return digest.hexdigest(), size
 
 
-def _readme(home: Home, query: str, count: int) -> str:
+def _readme(home: Home, query: str, count: int, left_out: int) -> str:
+    """What the export holds, and of what query: the files it holds, and how many it selected but
+    could not ship (missing from the home, not files), which the command named with their reasons."""
+    left = f" ({left_out} more selected but not exported: missing from the home, or not files)" if left_out else ""
     return (
-        f"# skyassets export\n\n{count} files selected from the catalogue of `{home.root}` "
-        f"on {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} by:\n\n```sql\n{query}\n```\n\n"
+        f"# skyassets export\n\n{count} files exported{left} from the catalogue of `{home.root}` "
+        f"on {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}, selected by:\n\n```sql\n{query}\n```\n\n"
         "Each file is in a folder named after its observation (a mosaic or composite: its target), "
         "as it is in the home.\n\n"
         f"`{SUMS}` lists each file's SHA-256: `sha256sum -c {SUMS}` checks them. `manifest.csv` says "
@@ -408,8 +411,8 @@ def export_files(
 
                     for (path, source), name in zip(sources, names, strict=True):
                         add(path, source, name, into_zip)
-                    now = time.time()
-                    for name, text in zip(RECORDS, (*_manifests(rows), _readme(home, query, len(rows))), strict=True):
+                    now, readme = time.time(), _readme(home, query, len(rows), len(missing) + len(skipped))
+                    for name, text in zip(RECORDS, (*_manifests(rows), readme), strict=True):
                         archive.writestr(_zip_entry(f"{top}/{name}", now), text)
                 os.replace(tmp, dest)
             finally:
@@ -435,7 +438,8 @@ def export_files(
         try:
             for (path, source), name in zip(sources, names, strict=True):
                 add(path, source, name, into_folder)
-            for name, text in zip(RECORDS, (*_manifests(rows), _readme(home, query, len(rows))), strict=True):
+            readme = _readme(home, query, len(rows), len(missing) + len(skipped))
+            for name, text in zip(RECORDS, (*_manifests(rows), readme), strict=True):
                 with staged_file(name) as out:
                     out.write(text.encode())
         except BaseException:

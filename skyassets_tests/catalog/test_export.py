@@ -209,6 +209,8 @@ def test_selected_files_no_longer_in_the_home_are_left_out_with_the_reason(tmp_p
         "files/JWST/c/removed.fits": "no longer in the home (removed since it was catalogued)",
     }
     subprocess.run(["sha256sum", "-c", "--quiet", SUMS], cwd=done.dest, check=True)
+    # its README counts what it holds, and what was selected but could not be shipped
+    assert "2 files exported (2 more selected but not exported: " in (done.dest / "README.md").read_text()
     with pytest.raises(ExportError, match=r"none of the 2 selected files can be exported .*nothing exported"):
         export_files(gone, home, tmp_path / "none", "SELECT * FROM files")
     assert not (tmp_path / "none").exists()
