@@ -595,9 +595,13 @@ def _folded(name: str) -> str:
 def _named_in_index(home: Home, name: str, targets: list[str]) -> list[str]:
     """The targets of ``targets`` that ``name`` names by another name the catalog holds for them (a
     watchlist entry's "M74", the observer's "NGC628"), as ``find`` reads a target's name."""
+    from skyassets.catalog.db import CatalogError
     from skyassets.catalog.find import load_index, targets_named
 
-    index = load_index(home.search, with_vectors=False) if name.strip() else None
+    try:
+        index = load_index(home.search, with_vectors=False) if name.strip() else None
+    except (CatalogError, OSError, ValueError):  # no usable index: the target's own names only
+        index = None
     if index is None:
         return []
     groups = {_folded(t): t for t in targets}

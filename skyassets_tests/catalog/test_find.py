@@ -488,6 +488,9 @@ def test_show_takes_a_target_by_every_name_find_takes(named, tmp_path, monkeypat
     assert main(["show", "M75"]) == 1
     assert "target 'M75' does not exist in this home; known targets: NGA-NGC0628, NGC-3132, NGC-628" in \
         capsys.readouterr().err
+    (root / "search" / "manifest.json").write_text("{not json")  # a damaged index: the targets' own names only
+    assert main(["show", "M74"]) == 1
+    assert "target 'M74' does not exist in this home" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("mode", ["lexical", "fusion"])
