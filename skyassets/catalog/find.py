@@ -1225,8 +1225,8 @@ def rank(
 RESULT_COLUMNS = ["rank", "score", "obs_id", "target_name", "instrument_name", "filter", "calib_level",
                   "t_exptime", "date", "file_name", "hdu_index", "path", "why"]
 GROUPS = {"images": None, "observations": "obs_id", "targets": "_target", "products": "file_name"}
-TARGET_COLUMNS = ["rank", "score", "target_name", "observations", "images", "instrument_name", "filter", "dates",
-                  "why"]
+TARGET_COLUMNS = ["rank", "score", "target", "target_name", "observations", "images", "instrument_name", "filter",
+                  "dates", "why"]
 """A target's row: what is true of all its matching images, not one observation's id, file or exposure."""
 
 
@@ -1386,7 +1386,7 @@ def find(
     rows["date"] = pd.to_datetime((rows["t_min"] - 40587) * 86400, unit="s", errors="coerce").dt.strftime("%Y-%m-%d")
     group = GROUPS[by]
     if by == "targets":
-        rows["_target"], rows["target_name"] = _catalog_targets(con, rows)
+        rows["_target"], rows["target_name"], rows["target"] = _catalog_targets(con, rows)
     if by == "targets":
         rows = _per_target(rows).head(k).reset_index(drop=True)
         rows["rank"] = np.arange(1, len(rows) + 1)
@@ -1426,14 +1426,15 @@ def _per_target(rows: pd.DataFrame) -> pd.DataFrame:
         "filter": grouped["filter"].agg(_listed),
         "dates": grouped["date"].agg(_date_span),
     })
-    best = rows.drop_duplicates("_key")[["_key", "score", "target_name", "why"]]
+    best = rows.drop_duplicates("_key")[["_key", "score", "target", "target_name", "why"]]
     return best.join(summary, on="_key")
 
 
-def _catalog_targets(con: duckdb.DuckDBPyConnection, rows: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+def _catalog_targets(con: duckdb.DuckDBPyConnection, rows: pd.DataFrame) -> tuple[pd.Series, pd.Series, pd.Series]:
     """Each image's target as the catalog's ``targets`` groups them (JWST's NGC-628 and the HST
-    header's NGC628 are one) and its name as shown there; an image of no target yet goes by the
-    designations in its own name (:func:`name_keys`)."""
+    header's NGC628 are one), its name as shown there, and its key there (what ``skyassets show``
+    takes; two targets of one name elsewhere on the sky differ by it); an image of no target yet
+    goes by the designations in its own name (:func:`name_keys`), and has no key."""
     try:
         grouped = con.sql("SELECT obs_id, any_value(target), any_value(target_name) FROM targets GROUP BY obs_id")
         catalogued = {obs_id: (target, shown) for obs_id, target, shown in grouped.fetchall()}
@@ -1441,8 +1442,10 @@ def _catalog_targets(con: duckdb.DuckDBPyConnection, rows: pd.DataFrame) -> tupl
         catalogued = {}
     pairs = [catalogued.get(obs_id) or (_designations(name) if isinstance(name, str) else None, name)
              for obs_id, name in zip(rows["obs_id"], rows["target_name"], strict=True)]
+    keys = [catalogued[obs_id][0] if obs_id in catalogued else None for obs_id in rows["obs_id"]]
     return (pd.Series([p[0] for p in pairs], index=rows.index, dtype=object),
-            pd.Series([p[1] for p in pairs], index=rows.index, dtype=object))
+            pd.Series([p[1] for p in pairs], index=rows.index, dtype=object),
+            pd.Series(keys, index=rows.index, dtype=object))
 
 
 def _rows(index: SearchIndex, positions: np.ndarray) -> pd.DataFrame:

@@ -233,8 +233,9 @@ def test_groups_observations_targets_and_products(con):
     images = find(con, "NGC 628", 500, embedder=None)
     assert len(one) == 1 and one["images"][0] == len(images)
     # a target's row says what is true of all its images, never one observation's id, file or exposure
-    assert list(one.columns) == ["rank", "score", "target_name", "observations", "images", "instrument_name",
-                                 "filter", "dates", "why"]
+    assert list(one.columns) == ["rank", "score", "target", "target_name", "observations", "images",
+                                 "instrument_name", "filter", "dates", "why"]
+    assert one["target"].isna().all()  # no targets grouped yet: no key to show
     assert one["observations"][0] == images["obs_id"].nunique() > 1
     assert one["filter"][0] == "; ".join(sorted(set(images["filter"]))) and ";" in one["filter"][0]
     assert one["instrument_name"][0] == "; ".join(sorted(set(images["instrument_name"])))
@@ -245,6 +246,7 @@ def test_groups_observations_targets_and_products(con):
                     "'NGC 628 field' AS target_name FROM images WHERE target_name LIKE '%628%'")
     shown = find(grouped, "NGC 628", 10, by="targets", embedder=None)
     assert list(shown["target_name"]) == ["NGC 628 field"] and list(shown["images"]) == list(one["images"])
+    assert list(shown["target"]) == ["NGC-628"]  # the key skyassets show takes
     products = find(con, "SMACS 0723 F090W", 10, by="products", embedder=None)
     assert len(products) == len(set(products["file_name"])) == 6
 
@@ -528,7 +530,7 @@ def test_the_find_command_finds_a_target_by_its_entry_name(named, monkeypatch, c
     assert rows[0]["target_name"] in N628_NAMES and "as m74-field" in rows[0]["why"]
     assert main(["find", "--by", "targets", "Messier 74"]) == 0
     out = capsys.readouterr().out
-    assert out.splitlines()[1].split()[2] in N628_NAMES and "why #1: target" in out
+    assert out.splitlines()[1].split()[3] in N628_NAMES and "why #1: target" in out
 
 
 def test_the_find_command(home, monkeypatch, capsys):
