@@ -543,9 +543,8 @@ def make_products(runner: Runner, home: Home, run_config: Mapping) -> tuple[int,
     every = instance.get_dynamic_partitions("targets")
     targets = outdated(instance, "composites", "target_images", every)
     if len(targets) < len(every):
-        other = " other" if targets else ""
-        print(f"\nMosaics and composites of {counted(len(every) - len(targets), f'{other} targets'.strip())} "
-              "are up to date.")
+        kept = "other targets" if targets else "targets"
+        print(f"\nMosaics and composites of {counted(len(every) - len(targets), kept)} are up to date.")
     if not targets:
         return 0, 0
     again = sum(1 for target in targets if latest_storage_id(instance, "composites", target))
