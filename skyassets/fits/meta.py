@@ -405,11 +405,17 @@ def zero_point_ab(k: HeaderKeys, unit: u.UnitBase | None, exptime: float | None)
 
 
 def _calib_level(k: HeaderKeys, file_name: str) -> int | None:
+    """The header's level, else the one the file's name gives (``_drz``, ``_cal``, ...), else the one
+    the name the pipeline gave it gives (FILENAME): a drz landed under a name of its owner's choosing
+    is still a combined product, which gives way to its own visit's exposures in a mosaic."""
     level = k.number("CALIBLEV", "CAL_LEVEL")
     if level is not None:
         return int(level)
-    stem = file_name.split(".")[0]
-    return _CALIB_SUFFIX.get(stem.rsplit("_", 1)[-1].lower()) if "_" in stem else None
+    for name in (file_name, Path(k.text("FILENAME") or "").name):
+        stem = name.split(".")[0]
+        if "_" in stem and (found := _CALIB_SUFFIX.get(stem.rsplit("_", 1)[-1].lower())) is not None:
+            return found
+    return None
 
 
 # ------------------------------------------------------------------------------- spatial

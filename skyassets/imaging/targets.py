@@ -227,7 +227,7 @@ def _keys_kept(groups: dict[str, list[str]], base: dict[str, str], previous: pd.
 # The images a target's products are made from, with what mosaics and composites need of them.
 INPUT_COLUMNS = [
     "target", "obs_id", "file_name", "path", "hdu_index", "sha256", "instrument_name", "filter",
-    "calib_level", "t_exptime", "score", "flag",
+    "calib_level", "proposal_id", "asn_id", "t_exptime", "score", "flag",
 ]
 
 
@@ -327,12 +327,19 @@ def _proposal_visit(proposal: object, visit: str) -> str | None:
 def _named_visit(row: dict) -> str | None:
     """:func:`visit_of` the row's file name, else of its ``obs_id`` where that is a JWST level-3 or
     HLA observation id (``jw02733-o001_t001_...``, ``hst_10402_01_acs_wfc_f435w``), which name
-    their visit as their files do."""
+    their visit as their files do, else of its association (``asn_id``: HST's ipppssoot of the
+    visit's association, JWST's association table): a file landed under a name of its owner's
+    choosing still says in its header which visit it belongs to."""
     obs_id = row.get("obs_id")
     if visit := visit_of(row["file_name"]):
         return visit
-    if isinstance(obs_id, str) and (_JWST_COMBINED.match(f"{obs_id}_") or _HST_PROPOSAL_VISIT.match(f"{obs_id}_")):
-        return visit_of(f"{obs_id}_")
+    if isinstance(obs_id, str):
+        obs_id = obs_id.removeprefix("landed-")
+        if _JWST_COMBINED.match(f"{obs_id}_") or _HST_PROPOSAL_VISIT.match(f"{obs_id}_"):
+            return visit_of(f"{obs_id}_")
+    asn_id = row.get("asn_id")
+    if isinstance(asn_id, str) and asn_id.strip().upper() != "NONE":
+        return visit_of(asn_id.strip()) or visit_of(f"{asn_id.strip()}_asn")
     return None
 
 

@@ -322,6 +322,8 @@ TARGET_IMAGES_SCHEMA = pa.schema([
     schema_field("instrument_name", pa.string(), None, "ObsCore instrument"),
     schema_field("filter", pa.string(), None, "optical elements in the beam, ';'-joined"),
     schema_field("calib_level", pa.int16(), None, "1 raw, 2 calibrated exposure, 3 combined product"),
+    schema_field("proposal_id", pa.string(), None, "program / proposal number"),
+    schema_field("asn_id", pa.string(), None, "association id (HST ASN_ID, JWST ASNTABLE product)"),
     schema_field("t_exptime", pa.float64(), "s", "exposure time"),
     schema_field("score", pa.float64(), None, "quality score, 0-100"),
     schema_field("flag", pa.string(), None, "quality flag: good or usable"),

@@ -199,6 +199,21 @@ def test_acs_flt_with_stripped_data_gives_one_row_per_chip():
         SkyCoord(rows[1]["s_ra"], rows[1]["s_dec"], unit="deg")).arcsec == pytest.approx(102, abs=10)
 
 
+def test_a_file_renamed_keeps_the_calibration_level_its_pipeline_name_gives(tmp_path):
+    """A file landed under its owner's name is as calibrated as the name in its FILENAME card says:
+    an HST drz stays a combined product (which gives way to its own visit's exposures in a mosaic)."""
+    original = site_file("astropy/wcs/tests/data/j94f05bgq_flt.fits")
+    renamed = tmp_path / "my_field.fits"
+    shutil.copyfile(original, renamed)
+    assert {r["calib_level"] for r in extract(renamed)} == {2}
+    with fits.open(renamed, mode="update") as hdul:
+        hdul[0].header["FILENAME"] = "j94f05010_drz.fits"
+    assert {r["calib_level"] for r in extract(renamed)} == {3}
+    with fits.open(renamed, mode="update") as hdul:
+        hdul[0].header["FILENAME"] = "my_field.fits"  # a name of no pipeline: no level
+    assert {r["calib_level"] for r in extract(renamed)} == {None}
+
+
 def test_stis_spectral_image_has_no_sky_footprint():
     rows = extract(site_file("astropy/io/fits/tests/data/o4sp040b0_raw.fits"))
     assert [r["hdu_index"] for r in rows] == [1, 4]

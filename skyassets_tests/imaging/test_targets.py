@@ -104,9 +104,10 @@ def test_polygons_of_a_region_string():
 
 def _images(rows):
     columns = [
-        "obs_id", "file_name", "path", "hdu_index", "sha256", "instrument_name", "filter", "calib_level", "t_exptime",
+        "obs_id", "file_name", "path", "hdu_index", "sha256", "instrument_name", "filter", "calib_level",
+        "proposal_id", "asn_id", "t_exptime",
     ]
-    values = [(o, f"{s}.fits", f"files/{s}.fits", 1, s, "NIRCAM", "F200W", 2, 100.0) for o, s in rows]
+    values = [(o, f"{s}.fits", f"files/{s}.fits", 1, s, "NIRCAM", "F200W", 2, None, None, 100.0) for o, s in rows]
     return pd.DataFrame(values, columns=columns)
 
 
@@ -121,6 +122,9 @@ def test_a_targets_inputs_are_its_usable_unrejected_images():
     inputs = target_inputs(groups, images, quality)
     assert list(inputs["T1"]["sha256"]) == ["s1"] and list(inputs["T2"]["sha256"]) == ["s4"]
     assert list(inputs["T1"].columns) == INPUT_COLUMNS
+    # what tells a combined product's visit goes on to the mosaics
+    named = target_inputs(groups, images.assign(asn_id="J8PU02010", proposal_id="10402"), quality)
+    assert named["T2"][["asn_id", "proposal_id"]].values.tolist() == [["J8PU02010", "10402"]]
     # nothing measured yet: every target is there, with no inputs
     assert {t: len(f) for t, f in target_inputs(groups, images, None).items()} == {"T1": 0, "T2": 0}
 
@@ -192,9 +196,9 @@ def test_an_exposure_is_one_input_however_many_files_hold_it():
             ("jw-l2", "jw01001001001_02101_00001_nrcb1_cal", "s3", 1),
             ("jw-l3", "jw01001001001_02101_00001_nrcb1_cal", "s3", 1)]
     images = pd.DataFrame(
-        [(o, f"{n}.fits", f"files/{o}/{n}.fits", h, s, "X", "F814W", 2, 100.0) for o, n, s, h in rows],
+        [(o, f"{n}.fits", f"files/{o}/{n}.fits", h, s, "X", "F814W", 2, None, None, 100.0) for o, n, s, h in rows],
         columns=["obs_id", "file_name", "path", "hdu_index", "sha256", "instrument_name", "filter", "calib_level",
-                 "t_exptime"])
+                 "proposal_id", "asn_id", "t_exptime"])
     quality = pd.DataFrame({"sha256": ["s1", "s1", "s2", "s2", "s3"], "hdu_index": [1, 4, 1, 4, 1],
                             "usable": True, "flag": "good", "score": 90.0})
     inputs = target_inputs(groups, images, quality)["T1"]
@@ -212,9 +216,9 @@ def test_one_s_own_version_of_an_exposure_is_used_over_the_archive_s_and_said(ca
     rows = [("jw01001001001", f"{name}_cal", "archive"), ("landed-mine", f"{name}_cal", "mine"),
             ("landed-copy", f"{name}_cal", "archive"), ("landed-rate", f"{name}_rate", "rate")]
     images = pd.DataFrame(
-        [(o, f"{n}.fits", f"files/{o}/{n}.fits", 1, s, "NIRCAM", "F444W", 2, 100.0) for o, n, s in rows],
+        [(o, f"{n}.fits", f"files/{o}/{n}.fits", 1, s, "NIRCAM", "F444W", 2, None, None, 100.0) for o, n, s in rows],
         columns=["obs_id", "file_name", "path", "hdu_index", "sha256", "instrument_name", "filter", "calib_level",
-                 "t_exptime"])
+                 "proposal_id", "asn_id", "t_exptime"])
     quality = pd.DataFrame({"sha256": ["archive", "mine", "rate"], "hdu_index": 1, "usable": True, "flag": "good",
                             "score": 90.0})
     with caplog.at_level(logging.INFO, logger="skyassets.imaging.targets"):
@@ -236,9 +240,10 @@ def test_a_cal_wins_over_its_rate_and_wfpc2_science_over_its_data_quality_files(
             *[("u9", f"u9o40504m_{s}", h) for s in ("c1m", "c0m", "c1f", "c0f") for h in (1, 2)],
             ("u9", "u9o40505m_c1m", 1)]
     images = pd.DataFrame(
-        [(o, f"{n}.fits", f"files/{o}/{n}.fits", h, f"{n}#{h}", "X", "F555W", 2, 100.0) for o, n, h in rows],
+        [(o, f"{n}.fits", f"files/{o}/{n}.fits", h, f"{n}#{h}", "X", "F555W", 2, None, None, 100.0)
+         for o, n, h in rows],
         columns=["obs_id", "file_name", "path", "hdu_index", "sha256", "instrument_name", "filter", "calib_level",
-                 "t_exptime"])
+                 "proposal_id", "asn_id", "t_exptime"])
     quality = pd.DataFrame({"sha256": images["sha256"], "hdu_index": images["hdu_index"],
                             "usable": True, "flag": "good", "score": 90.0})
     inputs = target_inputs(groups, images, quality)["T1"]
@@ -266,6 +271,24 @@ def test_a_combined_product_gives_way_only_to_its_own_visits_exposures():
         "jw02733001001_02101_00001_nrcb1_cal.fits", "jw02733001001_02101_00002_nrcb1_cal.fits",
         "jw02733-o002_t001_nircam_clear-f090w_i2d.fits", "j8pu01abq_flc.fits", "j8pu02010_drz.fits", "night-0.fits",
     ]
+
+
+def test_a_combined_product_landed_under_another_name_gives_way_to_its_visits_exposures():
+    """The drz of visit j8pu02 landed as ``NGC628_Überblick.fits``: its header's association
+    (``asn_id``) names the visit its flc exposures belong to, so it is not co-added with them; a
+    JWST i2d landed likewise by its association table; another visit's landed drz stays."""
+    images = pd.DataFrame([
+        ("landed-j8pu02010", "NGC628_Überblick.fits", 3, "J8PU02010"),
+        ("j8pu02010", "j8pu02abq_flc.fits", 2, "J8PU02010"),
+        ("landed-j8pu07010", "other_visit.fits", 3, "J8PU07010"),
+        ("landed-mine", "my_i2d.fits", 3, "jw02733-o001_20220712t173322_image3_00004_asn.json"),
+        ("jw02733001001", "jw02733001001_02101_00001_nrcb1_cal.fits", 2, None),
+        ("landed-jw02733-o002_t001_nircam_clear-f090w", "renamed.fits", 3, None),
+        ("jw02733002001", "jw02733002001_02101_00001_nrcb1_cal.fits", 2, None),
+    ], columns=["obs_id", "file_name", "calib_level", "asn_id"])
+    assert without_combined_duplicates(images)["file_name"].tolist() == [
+        "j8pu02abq_flc.fits", "other_visit.fits", "jw02733001001_02101_00001_nrcb1_cal.fits",
+        "jw02733002001_02101_00001_nrcb1_cal.fits"]
 
 
 def test_combined_products_alone_or_of_unknown_names_are_kept():

@@ -60,7 +60,7 @@ def target_groups(context: AssetExecutionContext, home: HomeResource) -> Materia
     try:
         images = con.execute(
             "SELECT obs_id, target_name, s_region, file_name, path, hdu_index, sha256, instrument_name, filter, "
-            "calib_level, t_exptime, wcs_problem FROM images"
+            "calib_level, proposal_id, asn_id, t_exptime, wcs_problem FROM images"
         ).df()
         try:
             quality = con.execute("SELECT sha256, hdu_index, usable, flag, score FROM quality").df()

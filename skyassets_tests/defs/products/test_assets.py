@@ -46,10 +46,14 @@ def test_each_target_gets_mosaics_and_composites_remade_only_when_its_images_cha
     emu, tmp_path, monkeypatch, capsys
 ):
     sky = sorted(emu.sky.root.rglob("jw02733*_cal.fits")) + sorted(emu.sky.root.rglob("jw02736*_cal.fits"))
+    # the combined F090W image of the first pointing's exposures, landed under a name of one's own
+    mine = tmp_path / "ngc3132_mine.fits"
+    shutil.copy(next(emu.sky.root.rglob("jw02733-o001_*_clear-f090w_i2d.fits")), mine)
     home = Home(tmp_path / "home")
     run_config = {**QUIET, "resources": {"home": {"config": {"root": str(home.root)}}}}
     with instance_for_test() as instance:
-        _catalogue([p for p in sky if not p.name.startswith(LATER)], tmp_path / "first", home, instance, run_config)
+        _catalogue([p for p in sky if not p.name.startswith(LATER)] + [mine], tmp_path / "first", home, instance,
+                   run_config)
         targets = set(instance.get_dynamic_partitions("targets"))
         assert targets == {"NGC-3132", "SMACS-0723"}  # target_groups added a partition per target
         # and recorded each target's images with their digest as the data version
@@ -57,12 +61,15 @@ def test_each_target_gets_mosaics_and_composites_remade_only_when_its_images_cha
         recorded = {r.partition_key: r.event_log_entry.tags["dagster/data_version"]
                     for r in instance.fetch_materializations(AssetKey("target_images"), limit=10).records}
         assert recorded == grouped["inputs_digest"].to_dict()
-        assert len(home.tables.read("target_images", "NGC-3132")) == 10  # 12 exposures but 2 held back
+        assert len(home.tables.read("target_images", "NGC-3132")) == 11  # 12 exposures but 2 held back, and mine
 
         first = evaluate_automation_conditions(defs=defs, instance=instance)
         assert first.get_requested_partitions(MOSAICS) == targets
         _make_products(instance, targets, run_config)
         before = home.tables.read("mosaics", "NGC-3132").set_index("filter")["n_inputs"]
+        # its exposures are co-added, not it: their light would count twice
+        inputs = home.tables.read("mosaics", "NGC-3132").set_index("filter")["inputs"]
+        assert "_cal.fits" in inputs["F090W"] and mine.name not in inputs["F090W"]
         files = {p.name: p.stat().st_ino for p in home.target_dir("NGC-3132").glob("*_*.*")}
         settled = evaluate_automation_conditions(defs=defs, instance=instance, cursor=first.cursor)
         # made in one run with their mosaics, the composites are not asked for again either
