@@ -371,7 +371,7 @@ def _fetched(home: Home, sql: str, limit: int, *, unless_named: Sequence[str] = 
                 (f"CAST(#{i + 1} AS VARCHAR)" if kinds[i] in _AS_TEXT else f"#{i + 1}") + ' AS "'
                 + names[i].replace('"', '""') + '"' for i in kept))
             stream = shown.iter_rows(batch_size=FETCH_ROWS)
-            rows = list(itertools.islice(stream, limit or None))
+            rows = list(itertools.islice(stream, min(limit, sys.maxsize) or None))  # past maxsize: all
             total = len(rows) + sum(1 for _ in stream)
         else:
             total = 0
@@ -841,7 +841,8 @@ def run(argv: list[str]) -> int:
     )
     dev.add_argument("--help", action="help", help="show this help and exit")
     dev.add_argument("-h", "--host", default="127.0.0.1", help="address the UI listens on (default 127.0.0.1)")
-    dev.add_argument("-p", "--port", type=int, default=3000, help="port the UI listens on (default 3000)")
+    dev.add_argument("-p", "--port", type=_bounded(1, 65535), default=3000,
+                     help="port the UI listens on (default 3000)")
     dev.set_defaults(func=_dev)
     args, rest = parser.parse_known_args(argv)
     if args.command == "dev":

@@ -219,6 +219,8 @@ def test_catalog_counts_the_rows_it_does_not_show(home, capsys, monkeypatch):
     assert err.strip() == "(100 rows, 3 shown; --max-rows 0 shows all)"
     _, text, err = _run(capsys, "catalog", "SELECT range AS n FROM range(100)", "--max-rows", "0")
     assert len(text.splitlines()) == 101 and not err
+    _, text, err = _run(capsys, "catalog", "SELECT range AS n FROM range(100)", "--max-rows", "9" * 20)
+    assert len(text.splitlines()) == 101 and not err  # more than any answer holds: all of it
 
 
 def test_an_unknown_target_lists_the_known_ones(home, capsys):
@@ -380,13 +382,15 @@ def test_a_table_of_no_rows_is_its_header_and_a_count(home, capsys):
     assert status == 0 and out == "obs_id  file_name\n(0 rows)\n"
 
 
-def test_counts_out_of_range_are_usage_errors(home, capsys):
+def test_counts_out_of_range_are_usage_errors(home, capsys, monkeypatch):
+    monkeypatch.setattr(os, "execv", lambda exe, command: pytest.fail(f"started {command}"))
     for argv in (["catalog", "SELECT 1", "--max-rows", "-1"], ["ingest", ".", "--batch", "0"],
-                 ["ingest", ".", "--batch", "-5"], ["ingest", ".", "--batch", "251"], ["ingest", ".", "--batch", "x"]):
+                 ["ingest", ".", "--batch", "-5"], ["ingest", ".", "--batch", "251"], ["ingest", ".", "--batch", "x"],
+                 ["dev", "--port", "99999999"], ["dev", "--port", "0"]):
         with pytest.raises(SystemExit) as exited:
             main(argv)
         assert exited.value.code == 2
-        assert f"argument {argv[2]}:" in capsys.readouterr().err
+        assert f"{argv[-2]}: " in capsys.readouterr().err  # the option named
 
 
 def test_ingest_of_a_missing_path_says_so_before_starting_anything(home, capsys, tmp_path, monkeypatch):
