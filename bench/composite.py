@@ -66,7 +66,8 @@ def pictures(sky: Sky, out: Path) -> list[dict]:
             near |= (cols_px - x) ** 2 + (rows_px - y) ** 2 < radius**2
         blank = footprint & ~near & (emission < 0.05)
         field_stars = [(s, x, y) for s, x, y in zip(stars, sx, sy, strict=True)
-                       if not s["on_extended"] and not s["bright"] and s["flux_ujy"]["F200W"] > 0.5]
+                       if not s["on_extended"] and not s["bright"] and s["flux_ujy"]["F200W"] > 0.5
+                       and 0 <= round(y) < shape[0] and 0 <= round(x) < shape[1]]  # on the picture
         measured = [(int(round(y)), int(round(x)), s["flux_ujy"]["F444W"] / s["flux_ujy"]["F090W"])
                     for s, x, y in field_stars]
         on_blank = [(r, c) for r, c, _ in measured]

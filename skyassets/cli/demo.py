@@ -249,12 +249,16 @@ def _demo(runner: Runner, home: Home, dagster_home: Path) -> int:
         return 1
     failures = len(failed_runs) + downstream + len(failed_entries) + len(token_refused)
     rows = latest_metadata(instance, "catalog")["rows"]
-    print(f"\nCatalog: {counted(rows.get('images', 0), 'images')} of "
-          f"{counted(_catalogued_observations(home), 'observations')} "
+    command = Path(sys.executable).parent / "skyassets"
+    catalogued, unwatched = _catalogued_observations(home)
+    print(f"\nCatalog: {counted(rows.get('images', 0), 'images')} of {counted(catalogued, 'observations')} "
           f"({rows.get('observations', 0)} found by the watchlist), "
           f"{counted(rows.get('mosaics', 0), 'mosaics')}, {counted(rows.get('composites', 0), 'composites')}")
+    if unwatched:  # nothing is deleted for an edit of the watchlist: say what stays, and how to list it
+        print(f"  {counted(unwatched, 'catalogued observations')} the watchlist no longer finds (an entry removed "
+              "or narrowed) stay, with their files, images and products, and no row in `observations`:\n"
+              f"  {command} catalog \"{UNWATCHED}\"")
     print("\n" + where_outputs_are(home))
-    command = Path(sys.executable).parent / "skyassets"
     targets = instance.get_dynamic_partitions("targets")
     if targets:
         print("\nPan and zoom the targets over the sky:")
@@ -315,12 +319,19 @@ def _settings(home: Home, dagster_home: Path) -> str:
     return " ".join(f"{name}={shlex.quote(value)}" for name, value in settings.items())
 
 
-def _catalogued_observations(home: Home) -> int:
-    """Observations with an image in the published catalog (the watchlist may find more)."""
+# archive observations catalogued that the watchlist's last query did not find (landed ones it never finds)
+UNWATCHED = ("SELECT DISTINCT obs_id FROM images ANTI JOIN observations USING (obs_id) "
+             "WHERE obs_id NOT LIKE 'landed-%'")
+
+
+def _catalogued_observations(home: Home) -> tuple[int, int]:
+    """Observations with an image in the published catalog (the watchlist may find more), and how
+    many of the archive's among them the watchlist no longer finds (an entry removed or narrowed)."""
     from skyassets.catalog.db import connect
 
     con = connect(home, published=True)
     try:
-        return con.execute("SELECT count(DISTINCT obs_id) FROM images").fetchone()[0]
+        catalogued = con.execute("SELECT count(DISTINCT obs_id) FROM images").fetchone()[0]
+        return catalogued, con.execute(f"SELECT count(*) FROM ({UNWATCHED})").fetchone()[0]
     finally:
         con.close()

@@ -69,7 +69,7 @@ from scipy.ndimage import (
 )
 
 from skyassets.fits import bandpasses
-from skyassets.imaging.mosaic import grown, large_parts
+from skyassets.imaging.mosaic import large_parts
 from skyassets.imaging.resample import resample_image
 
 #: Hue (degrees) of the shortest and of the longest wavelength: blue and red.
@@ -366,6 +366,9 @@ CORE_FIT_FWHM = 2.0
 CORE_MIN_PIXELS = 9
 CORE_MAX_STARS = 10
 CORE_FIT_SIGMAS = 5.0
+# pixels over which a star's fitted colour gives way to the colour around its patch, so that the
+# patch has no edge of its own
+CORE_FEATHER = 3.0
 PSF_BIN = 0.5  # pixels: the rings of the stars' radial profiles
 BALANCE_HALF = 12
 BALANCE_MIN_SNR = 10.0
@@ -639,10 +642,11 @@ def lupton_rgb(channels: Sequence[np.ndarray], colours: np.ndarray, balance: Bal
         matched += (gaussian_filter(level, blur, truncate=4.0) if blur else level)[None] * colour[:, None, None]
         filled_in = ~real[k] & np.isfinite(levels[k])
         unclean |= filled_in
-        if filled_in.any():  # a masked core's reach: the square of 4 sigma gaussian_filter's kernel spans
+        if filled_in.any():  # a masked core's reach: the 4 sigma of gaussian_filter's kernel, round, as a star is
             cores = large_parts(filled_in, CORE_MIN_PIXELS)
             cored |= cores
-            unclean |= grown(cores, int(4.0 * blur + 0.5))
+            if cores.any() and blur:
+                unclean |= distance_transform_edt(~cores) <= 4.0 * blur + 0.5
     intensity = planes.mean(axis=0)
     inside = intensity[footprint]
     sigma = sky_and_noise(np.where(footprint, intensity, np.nan))[1] if inside.size else 1.0
@@ -744,11 +748,14 @@ def _core_colour(hue: np.ndarray, levels: Sequence[np.ndarray], real: Sequence[n
             amplitude = np.linalg.lstsq(design, level[rs, cs][use], rcond=None)[0][:-1]
             significance = amplitude * np.sqrt((design[:, :-1] ** 2).sum(axis=0)) / sigma_k
             fluxes[:, k] = np.where(significance > CORE_FIT_SIGMAS, amplitude, np.nan)
+        # full strength inside, fading over CORE_FEATHER pixels to the colour around the patch
+        weight = np.clip(distance_transform_edt(patch) / CORE_FEATHER, 0.0, 1.0)
         for n, flux in enumerate(fluxes):
             light = flux @ colours
             if np.all(np.isfinite(light)) and light.mean() > 0:
                 pixels = patch & (nearest == n)
-                out[:, rs, cs][:, pixels] = (light / light.mean())[:, None]
+                around = out[:, rs, cs][:, pixels]
+                out[:, rs, cs][:, pixels] = around + weight[pixels] * ((light / light.mean())[:, None] - around)
     return out
 
 
@@ -843,20 +850,32 @@ def reproject_channels(
     """Every image resampled onto one celestial WCS (NaN where an image does not cover).
 
     Without ``wcs``, the one ``reproject.mosaicking.find_optimal_celestial_wcs`` picks: north up,
-    the finest input pixel scale, covering all the inputs. Resampling is the mosaics' own
+    the finest input pixel scale, cut to the sky every image covers (a picture shows colour only
+    there; a long-wave mosaic that covers four short-wave detectors' sky left 85 % of it black).
+    Resampling is the mosaics' own
     (``resample.resample_image``): bilinear, enough for a picture and far cheaper than
     flux-conserving resampling, slab by slab, and with NaN pixels (a mosaic's masked star cores)
     masked rather than spread to their neighbours, so the holes ``fill_holes`` fills are no larger.
     """
     inputs = [(np.asarray(data, dtype=float), w if isinstance(w, WCS) else WCS(w)) for data, w in images]
-    if wcs is None:
+    chosen = wcs is not None
+    if not chosen:
         wcs, shape = find_optimal_celestial_wcs([(d, w.celestial) for d, w in inputs])
     elif shape is None:
         if wcs.pixel_shape is None:
             raise ValueError("give the shape of the target WCS")
         shape = (wcs.pixel_shape[1], wcs.pixel_shape[0])
     shape = (int(shape[0]), int(shape[1]))
-    return [resample_image(data, w.celestial, wcs, shape) for data, w in inputs], wcs, shape
+    channels = [resample_image(data, w.celestial, wcs, shape) for data, w in inputs]
+    covered = np.logical_and.reduce([np.isfinite(c) for c in channels])
+    if chosen or not covered.any():  # a grid one asked for, or images with no sky in common: as they are
+        return channels, wcs, shape
+    rows, cols = np.flatnonzero(covered.any(axis=1)), np.flatnonzero(covered.any(axis=0))
+    cut = (slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1))
+    wcs = wcs.slice(cut)
+    shape = (cut[0].stop - cut[0].start, cut[1].stop - cut[1].start)
+    wcs.pixel_shape = (shape[1], shape[0])
+    return [np.ascontiguousarray(c[cut]) for c in channels], wcs, shape
 
 
 # ------------------------------------------------------------------------------------- write

@@ -235,6 +235,7 @@ def test_a_demo_lists_again_the_observations_whose_products_the_watchlist_now_ch
     raw = yaml.safe_load(resources.files("skyassets").joinpath("watchlist.yaml").read_text())
     (entry,) = [e for e in raw["entries"] if e["name"] == "smacs-0723-program"]
     entry["products"] = {"subgroups": ["I2D"]}  # the combined images only, no longer the exposures
+    raw["entries"] = [e for e in raw["entries"] if e["name"] != "m74-field"]  # and one entry removed
     watchlist = demo_home.parent / "watchlist.yaml"
     watchlist.write_text(yaml.safe_dump(raw))
     home = Home(demo_home)
@@ -259,5 +260,12 @@ def test_a_demo_lists_again_the_observations_whose_products_the_watchlist_now_ch
                                        done.stdout, re.M) for obs_id in {p.parent.name for p in exposures}), done.stdout
     catalogued = connect(demo_home).sql("SELECT file_name FROM files WHERE obs_id LIKE 'jw02736%'").fetchall()
     assert catalogued and not [name for (name,) in catalogued if name.endswith("_cal.fits")]
+    # the removed entry's observations stay catalogued, said with the query that lists them
+    from skyassets.cli.demo import UNWATCHED
+
+    unwatched = {obs_id for (obs_id,) in connect(demo_home).sql(UNWATCHED).fetchall()}
+    assert unwatched and all(o.startswith("j8pu") or "02107" in o for o in unwatched), unwatched  # M74's
+    assert (f"  {len(unwatched)} catalogued observations the watchlist no longer finds (an entry removed or "
+            "narrowed) stay, with their files, images and products, and no row in `observations`:") in done.stdout
     # the choice is recorded as made now: a next demo lists nothing again
     assert products_rechosen(home.tables, load_watchlist(watchlist), list(found["obs_id"])) == {}

@@ -323,6 +323,30 @@ def test_emulator_three_filter_composite(emu, tmp_path):
     _check_round_trip(f090w.celestial, composite.read_avm_wcs(paths["png"]), shape)
 
 
+def test_channels_are_cut_to_the_sky_every_image_covers():
+    """A long-wave image covering 2.4 times the width of a short-wave one: the picture's grid is
+    the short-wave image's sky, not the long-wave's, where one channel alone would leave it black;
+    the cut grid's WCS still says where each pixel is."""
+    def image(n: int, scale_arcsec: float) -> tuple[np.ndarray, WCS]:
+        w = WCS(naxis=2)
+        w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+        w.wcs.crval = [150.0, 30.0]
+        w.wcs.crpix = [(n + 1) / 2, (n + 1) / 2]
+        w.wcs.cdelt = [-scale_arcsec / 3600, scale_arcsec / 3600]
+        yy, xx = np.mgrid[:n, :n]
+        return 1.0 + np.exp(-((xx - (n - 1) / 2) ** 2 + (yy - (n - 1) / 2) ** 2) / 8.0), w
+
+    short, long = image(100, 0.03), image(120, 0.06)
+    channels, wcs, shape = composite.reproject_channels([short, long])
+    assert 98 <= shape[0] <= 102 and 98 <= shape[1] <= 102, shape  # uncut: 240 x 240
+    covered = np.logical_and.reduce([np.isfinite(c) for c in channels])
+    assert covered.mean() > 0.95
+    x, y = wcs.world_to_pixel(SkyCoord(150.0, 30.0, unit="deg"))
+    peak = np.unravel_index(np.nanargmax(channels[0]), shape)
+    assert abs(peak[1] - float(x)) <= 1 and abs(peak[0] - float(y)) <= 1
+    assert wcs.pixel_shape == (shape[1], shape[0])
+
+
 def _mixed_field(seed: int = 11):
     """Three channels of one field in different units, sky levels and noise: 60 stars whose colours
     scatter around white (true fluxes equal in every filter on average), a red nebula in a corner
@@ -484,6 +508,38 @@ def test_a_saturated_core_takes_its_star_s_colour(psf: str, fluxes: tuple[int, i
     assert core.sum() > 2 * rgb[r2 > 20**2].mean(axis=0).sum()  # bright, not a hole
     np.testing.assert_allclose(core / core.sum(), want, atol=0.04)
     np.testing.assert_allclose(near / near.sum(), want, atol=0.04)
+
+
+def test_a_saturated_core_s_colour_reaches_as_far_in_every_direction():
+    """Around a masked core the picture differs from the star unsaturated as far along a diagonal as
+    along a row: drawn over the blur kernel's square, two bright stars at the centre of NGC 3132 came
+    out as flat orange and cyan squares (the diagonal reach 1.27 times the row's here)."""
+    yy, xx = np.mgrid[:192, :192]
+    faint = [(40.2, 40.7), (40.5, 150.1), (150.9, 40.3), (150.4, 150.6), (96.1, 30.8), (30.6, 96.4), (160.3, 96.9)]
+    r2 = (xx - 96.0) ** 2 + (yy - 96.0) ** 2
+
+    def field(masked: bool) -> list[np.ndarray]:
+        rng = np.random.default_rng(8)
+        channels = []
+        for fwhm, hole, flux in zip((2.8, 3.8, 5.6), (2.0, 3.0, 6.0), (1, 2, 4), strict=True):
+            channel = rng.normal(0, 1, yy.shape) + 2e5 * flux * _gaussian(r2, fwhm)
+            for y, x in faint:
+                channel += 3e3 * _gaussian((xx - x) ** 2 + (yy - y) ** 2, fwhm)
+            if masked:
+                channel[r2 <= hole**2] = np.nan
+            channels.append(channel)
+        return channels
+
+    colours = composite.channel_colours([0.9, 2.0, 4.4])
+    balance = composite.balance_channels(field(False))
+    clean, _ = composite.lupton_rgb(field(False), colours, balance)
+    cored, _ = composite.lupton_rgb(field(True), colours, balance)
+    changed = np.abs(cored - clean).max(axis=2) > 0.02
+    signs = [(1, 1), (1, -1), (-1, 1), (-1, -1)]
+    along_rows = max(k for k in range(25) for a, b in signs if changed[96 + a * k, 96] or changed[96, 96 + b * k])
+    along_diagonals = max(k for k in range(25) for a, b in signs if changed[96 + a * k, 96 + b * k]) * np.sqrt(2)
+    assert 6 <= along_rows <= 14  # the masked cores and the reach of the blur that matched the PSFs
+    assert along_diagonals <= 1.1 * along_rows
 
 
 def test_scattered_bad_pixels_leave_the_colours_around_them_alone():
