@@ -33,6 +33,7 @@ import re
 import shutil
 import threading
 import time
+import unicodedata
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -916,7 +917,9 @@ def parse(
     resolve: Callable[[str], tuple[float, float] | None] | None = None,
     has_quality: bool = True,
 ) -> Parsed:
-    """The structured parts of a question (see the module's docstring); the rest is left to ranking."""
+    """The structured parts of a question (see the module's docstring); the rest is left to ranking.
+    The question is read in Unicode's compatibility form: full-width ``ＮＧＣ ６２８`` is NGC 628."""
+    text = unicodedata.normalize("NFKC", text)
     low = " ".join(text.lower().split())
     query, bands, named = Query(table=IMAGES_VIEW), Query(table=BANDS_VIEW), Query(table=NAMES_VIEW)
     applied: list[str] = []

@@ -164,6 +164,13 @@ def evaluate(con, mode: str, embedder) -> tuple[float, float, list[tuple[str, fl
     return float(np.mean(p5)), float(np.mean(p10)), misses
 
 
+def test_a_question_typed_full_width_is_the_question_typed_plain(con):
+    """An input method that types full-width letters and digits asks the same: ＮＧＣ ６２８ is NGC 628,
+    not an unknown target."""
+    plain = find(con, "NGC 628 F200W", 10)
+    assert len(plain) and image_id(find(con, "ＮＧＣ ６２８ Ｆ２００Ｗ", 10)) == image_id(plain)
+
+
 def test_the_evaluation_set_is_large_enough():
     assert len(QUESTIONS) >= 40
     assert len({q for q, _ in QUESTIONS}) == len(QUESTIONS)
