@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit
 
 from dagster import DagsterInstance, build_sensor_context
 
@@ -273,7 +274,7 @@ def _demo(runner: Runner, home: Home, dagster_home: Path) -> int:
     opened = ("Open these runs" if instance.get_runs_count() - runs_before > 1
               else "Only the watchlist query ran this time; open it and the earlier runs")
     print(f"\n{opened} in the Dagster UI (then browse http://127.0.0.1:3000):")
-    print(f"  {_settings(home, dagster_home)} {command} dev")
+    print(f"  {settings_line(home, dagster_home)} {command} dev")
     if os.environ.get("MAST_API_TOKEN"):
         print("  (with MAST_API_TOKEN set, as it is here)")
     return 1 if failures else 0
@@ -309,14 +310,27 @@ def where_outputs_are(home: Home) -> str:
             f"Parquet tables:  {home.url('lake')}")
 
 
-def _settings(home: Home, dagster_home: Path) -> str:
-    """The environment the demo ran with, for the daemon and the UI's re-executions to use the
-    same archive, landing folder and settings: every ``SKYASSETS_`` variable set (none holds a
-    secret; the MAST token is never printed)."""
+def settings_line(home: Home, dagster_home: Path) -> str:
+    """The environment the demo ran with, as shell assignments, for the daemon and the UI's
+    re-executions to use the same archive, landing folder and settings: every ``SKYASSETS_``
+    variable set. One that holds a secret (a database URL with its password, a variable named for a
+    password, key, secret or token) is given as a reference to itself (``"$NAME"``), so the line
+    works in the shell that ran the demo and prints no secret (the MAST token is never printed)."""
     settings = {"SKYASSETS_HOME": str(home.root), "DAGSTER_HOME": str(dagster_home)}
     settings |= {name: value for name, value in sorted(os.environ.items())
                  if name.startswith("SKYASSETS_") and name != "SKYASSETS_HOME" and value}
-    return " ".join(f"{name}={shlex.quote(value)}" for name, value in settings.items())
+    return " ".join(f'{name}="${name}"' if _secret(name, value) else f"{name}={shlex.quote(value)}"
+                    for name, value in settings.items())
+
+
+def _secret(name: str, value: str) -> bool:
+    """Whether a setting holds a secret: by its name, or a URL's password."""
+    if any(word in name.upper() for word in ("PASSWORD", "SECRET", "TOKEN", "KEY")):
+        return True
+    try:
+        return bool(urlsplit(value).password)
+    except ValueError:  # not a URL
+        return False
 
 
 # archive observations catalogued that the watchlist's last query did not find (landed ones it never finds)

@@ -129,3 +129,26 @@ def test_a_demo_that_finds_nothing_and_one_that_runs_only_the_query_say_only_tha
     assert said == ["Open these runs in the Dagster UI (then browse http://127.0.0.1:3000):",
                     "Only the watchlist query ran this time; open it and the earlier runs in the Dagster UI "
                     "(then browse http://127.0.0.1:3000):"]
+
+
+def test_the_settings_the_demo_prints_hold_no_secret(tmp_path, monkeypatch):
+    """The line that starts the UI with the demo's settings gives a database URL's password, and any
+    variable named for a secret, as a reference to the variable, which the shell that ran the
+    demo expands: the password is never printed, and the line still works there."""
+    from skyassets.cli.demo import settings_line
+    from skyassets.lake.home import Home
+
+    for name in [n for n in os.environ if n.startswith("SKYASSETS_")]:
+        monkeypatch.delenv(name)
+    url = "postgresql+psycopg2://skyassets:TopS3cret@db.example.org:5432/skyassets"
+    monkeypatch.setenv("SKYASSETS_POSTGRES_URL", url)
+    monkeypatch.setenv("SKYASSETS_S3_SECRET", "hush")
+    monkeypatch.setenv("SKYASSETS_MAST_URL", "https://mast.stsci.edu")
+    line = settings_line(Home(tmp_path / "home"), tmp_path / "dagster")
+    assert "TopS3cret" not in line and "hush" not in line
+    assert 'SKYASSETS_POSTGRES_URL="$SKYASSETS_POSTGRES_URL"' in line
+    assert 'SKYASSETS_S3_SECRET="$SKYASSETS_S3_SECRET"' in line
+    assert "SKYASSETS_MAST_URL=https://mast.stsci.edu" in line  # the rest as they are
+    expanded = subprocess.run(["bash", "-c", f"{line} env"], capture_output=True, text=True,
+                              env={**os.environ, "SKYASSETS_POSTGRES_URL": url}).stdout
+    assert f"SKYASSETS_POSTGRES_URL={url}\n" in expanded
