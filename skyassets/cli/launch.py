@@ -31,7 +31,7 @@ import yaml
 from dagster import DagsterEventType, DagsterInstance, DagsterRun, DagsterRunStatus, RunsFilter
 
 from skyassets.cli.output import one_line
-from skyassets.defs.tags import COMMAND_LINE, FAILURE_REASON, LAUNCHED_BY, MAX_RETRIES
+from skyassets.defs.tags import COMMAND_LINE, FAILURE_REASON, HOST, LAUNCHED_BY, MAX_RETRIES
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,8 @@ MAX_RERUNS = 2
 # Seconds between two looks for a step waiting beside a free slot of its pool (defs/pools.py).
 STALL_SECONDS = 20.0
 FINISHED = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
+UNFINISHED = [DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED,
+              DagsterRunStatus.CANCELING]
 # The settings of the home instance that the launching instance shares; the rest (run queue, run
 # monitoring, schedules) belongs to the daemon.
 # python_logs: skyassets' own warnings (a file sent over HTTP, an archive call asked again) go to the
@@ -268,14 +270,50 @@ class Launcher:
         concurrency slots" does; the runs freed. A run process that died (killed, out of memory) never
         gave its slot back, and with no daemon beside this command nothing else would: every later run
         of that pool would wait for it forever."""
-        query = "{ instance { concurrencyLimits { claimedSlots { runId } } } }"
+        # a step of a stopped run that waited for a slot may have been given one it will never take
+        query = "{ instance { concurrencyLimits { claimedSlots { runId } pendingSteps { runId } } } }"
         limits = self._graphql(query)["instance"]["concurrencyLimits"]
-        holders = {slot["runId"] for limit in limits for slot in limit["claimedSlots"]}
+        holders = {slot["runId"] for limit in limits for slot in limit["claimedSlots"] + limit["pendingSteps"]}
         ended = [run.run_id for run in self.instance.get_runs(RunsFilter(run_ids=sorted(holders)))
                  if run.status in FINISHED] if holders else []
         for run_id in ended:
             self._graphql("mutation($run: String!) { freeConcurrencySlotsForRun(runId: $run) }", {"run": run_id})
         return ended
+
+    def end_orphaned_runs(self) -> list[str]:
+        """Mark failed the runs the command line launched on this machine earlier that never ended
+        though their process is gone (the command, its webserver and their runs killed together: no
+        process was left to say the run ended, and with no daemon no run monitoring does); the runs
+        marked. Left running, such a run holds its pool slot for ever and every later run of the pool
+        waits for it. A run launched on another machine sharing the instance is left to that machine
+        (or to the UI's Terminate): only there can its process be looked for."""
+        here = socket.gethostname()
+        ended = []
+        for record in self.instance.get_run_records(RunsFilter(statuses=UNFINISHED, tags={LAUNCHED_BY: COMMAND_LINE})):
+            run = record.dagster_run
+            if run.run_id in self._submitted or run.tags.get(HOST) != here:
+                continue
+            pid = self._run_pid(run)
+            if pid is None or _alive_since(pid, record.start_time):
+                continue
+            self.instance.report_run_failed(
+                run, f"its process (pid {pid}) on {here} is gone, and nothing said the run ended (the command "
+                     "that launched it was killed with it); marked failed so that its pool slots are given back")
+            log.warning("run %s of %s was left unfinished by a command that was killed; its process is gone: "
+                        "marked failed", run.run_id, run.job_name)
+            ended.append(run.run_id)
+        return ended
+
+    def _run_pid(self, run: DagsterRun) -> int | None:
+        """The process id the run's worker gave when it started ("Started process for run (pid: N)")."""
+        records = self.instance.get_records_for_run(run.run_id, of_type=DagsterEventType.ENGINE_EVENT).records
+        for record in records:
+            event = record.event_log_entry.dagster_event
+            data = event.engine_event_data if event is not None else None
+            pid = data.metadata.get("pid") if data is not None else None
+            if pid is not None:
+                return int(pid.value)
+        return None
 
     def _free_slots_between_runs(self) -> None:
         """:meth:`free_ended_runs_slots` as housekeeping: a webserver that fails to answer this once
@@ -324,7 +362,8 @@ class Launcher:
             # the command line re-executes a run whose process died (run_all); the daemon's run
             # retries, when a daemon shares the instance, would re-execute it a second time at once
             "executionMetadata": {"tags": [{"key": k, "value": v} for k, v in
-                                           {**submission.tags, LAUNCHED_BY: COMMAND_LINE, MAX_RETRIES: "0"}.items()]},
+                                           {**submission.tags, LAUNCHED_BY: COMMAND_LINE, MAX_RETRIES: "0",
+                                            HOST: socket.gethostname()}.items()]},
         }
         answer = self._graphql(mutation, {"params": params})["launchRun"]
         if answer["__typename"] != "LaunchRunSuccess":
@@ -412,6 +451,7 @@ class Launcher:
         done: dict[int, DagsterRun] = {}
         reruns = dict.fromkeys(range(len(submissions)), 0)
         cursors: dict[str, str | None] = {}  # how far each run's log has been echoed
+        self.end_orphaned_runs()  # of commands killed with their runs before this one
         self._free_slots_between_runs()  # of runs that died before this command, in this home
         while waiting or running:
             while waiting and len(running) < max(1, at_once):
@@ -440,3 +480,17 @@ class Launcher:
                     if on_finished:
                         on_finished(submissions[index], run)
         return [done[i] for i in range(len(submissions))]
+
+
+def _alive_since(pid: int, started: float | None) -> bool:
+    """Whether process ``pid`` runs and was started by the time its run began (``started``; one started
+    later took the id of the run's process after it ended)."""
+    import psutil
+
+    try:
+        created = psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return False
+    except psutil.AccessDenied:  # another user's: alive, whoever it is
+        return True
+    return started is None or created <= started + 5.0

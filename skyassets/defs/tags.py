@@ -28,6 +28,8 @@ PARENT_RUN = "dagster/parent_run_id"
 MAX_RETRIES = "dagster/max_retries"
 # skyassets' own: a run the command line launched and whose failures it retries itself.
 LAUNCHED_BY, COMMAND_LINE = "skyassets/launched_by", "command line"
+# the machine whose command line launched a run: only there can a command tell that its process is gone
+HOST = "skyassets/host"
 
 
 def retried_by_the_command_line(tags: Mapping[str, str]) -> bool:

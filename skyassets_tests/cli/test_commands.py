@@ -715,7 +715,7 @@ def test_a_setting_that_cannot_be_read_is_one_line_before_anything_starts(home, 
     drop.mkdir()
     fits.PrimaryHDU(np.zeros((8, 8), np.float32)).writeto(drop / "one.fits")  # a run to launch
     monkeypatch.setenv(name, value)
-    for argv in (["ingest", str(drop)], ["demo"], ["dev", "-p", "0"]):
+    for argv in (["ingest", str(drop)], ["demo"], ["dev", "-p", "3999"]):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert err.startswith(f"skyassets {argv[0]}: {said}") and err.count("\n") == 1, err
@@ -807,7 +807,7 @@ def test_a_home_that_cannot_be_written_is_one_line_naming_it(tmp_path, monkeypat
     plain.write_text("not a folder")
     monkeypatch.setenv("SKYASSETS_HOME", str(plain))
     monkeypatch.delenv("DAGSTER_HOME", raising=False)
-    for argv in (["demo"], ["ingest", str(tmp_path)], ["dev", "-p", "0"]):
+    for argv in (["demo"], ["ingest", str(tmp_path)], ["dev", "-p", "3999"]):
         status, out, err = _run(capsys, *argv)
         assert (status, out) == (1, "") and err == f"skyassets {argv[0]}: the skyassets home {plain} is a file, " \
                                                    "not a folder\n", err

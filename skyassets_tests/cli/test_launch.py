@@ -1,5 +1,6 @@
 """Runs from the command line are launched the way the UI launches them, and the UI can re-execute them."""
 
+import contextlib
 import logging
 import os
 
@@ -205,6 +206,58 @@ def test_a_run_killed_holding_a_pool_slot_does_not_hold_up_the_next_runs(emu, tm
 
 
 @pytest.mark.slow
+def test_a_run_left_unfinished_by_a_command_killed_with_it_is_ended_by_the_next_command(emu, tmp_path, monkeypatch):
+    """A command killed with its webserver and its run (kill -9 of them all, as a crash or the OOM
+    killer does): nothing is left to say the run ended, so it stays STARTED holding its `mast_api`
+    slot, and every later run of the pool would wait for it for ever. The next command on this
+    machine finds its process gone, marks it failed, and its runs go ahead."""
+    import re
+    import signal
+    import threading
+    import time
+
+    import psutil
+
+    from skyassets.defs.tags import PARTITION
+
+    obs_id, dagster_home = _one_observation_home(emu, tmp_path, monkeypatch)
+    fetch = Submission("observation_job", {PARTITION: obs_id}, QUIET)
+    with DagsterInstance.get() as instance:
+        with Launcher(dagster_home, instance) as first:
+            (query,) = first.run_all([Submission("watchlist_job", {}, QUIET)])
+            assert query.status == DagsterRunStatus.SUCCESS
+            instance.add_dynamic_partitions("observations", [obs_id])
+            emu.throttle = 100_000  # bytes/s: the download lasts, holding the pool's one slot
+            try:
+                killed = first.submit(fetch)
+                deadline = time.monotonic() + 120
+                while killed not in _claimed(first.port):
+                    assert time.monotonic() < deadline, "the run never took its slot"
+                    time.sleep(0.2)
+                pid = next(int(m.group(1)) for e in instance.all_logs(killed)
+                           if (m := re.search(r"Started process for run \(pid: (\d+)\)", e.message or "")))
+                server = next(p for p in psutil.process_iter(["cmdline"]) if "dagster_webserver" in
+                              (p.info["cmdline"] or []) and str(first.port) in p.info["cmdline"])
+                os.killpg(server.pid, signal.SIGKILL)  # the webserver and its code server, at once
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                psutil.wait_procs([server], timeout=30)
+            finally:
+                emu.throttle = 0
+        time.sleep(2.0)
+        assert instance.get_run_by_id(killed).status == DagsterRunStatus.STARTED  # nothing said it ended
+        with Launcher(dagster_home, instance) as second:
+            finished: list = []
+            worker = threading.Thread(target=lambda: finished.extend(second.run_all([fetch])), daemon=True)
+            worker.start()
+            worker.join(300)
+            assert finished and finished[0].status == DagsterRunStatus.SUCCESS, "the next run waited for the dead one"
+        assert instance.get_run_by_id(killed).status == DagsterRunStatus.FAILURE
+        said = [e.message for e in instance.all_logs(killed) if e.dagster_event and e.dagster_event.is_run_failure]
+        assert said and f"its process (pid {pid})" in said[-1], said
+
+
+@pytest.mark.slow
 def test_a_run_whose_process_dies_is_run_again_from_where_it_stopped(emu, tmp_path, monkeypatch):
     """With no daemon beside it, the command line does what run retries do: a run killed mid-download
     is re-executed from its failure, and the re-run is the one the command reports."""
@@ -274,3 +327,24 @@ def test_a_step_left_waiting_beside_a_free_pool_slot_is_given_it(tmp_path, monke
         assert run.status == DagsterRunStatus.SUCCESS
         [step] = storage.get_concurrency_info("test_pool").pending_steps
         assert step.assigned_timestamp is not None and stalled_steps(instance) == {}
+
+
+def test_a_slot_given_to_a_stopped_run_s_waiting_step_is_given_back(tmp_path, monkeypatch):
+    """A run stopped (Ctrl-C on its command) while one of its steps waited for a pool slot: the slot
+    freed next went to that step, which will never take it, so no claimed slot showed why every
+    later run of the pool waited. The command line gives it back before its runs."""
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
+    monkeypatch.setenv("SKYASSETS_HOME", str(tmp_path / "home"))
+    dagster_home = prepare_dagster_home(Home(tmp_path / "home"))
+    with DagsterInstance.get() as instance, Launcher(dagster_home, instance) as launcher:
+        storage = instance.event_log_storage
+        storage.set_concurrency_slots("test_pool", 1)
+        for run_id, status in (("holder", DagsterRunStatus.STARTED), ("stopped", DagsterRunStatus.CANCELED)):
+            instance.add_run(DagsterRun(job_name="observation_job", run_id=run_id, status=status))
+        assert storage.claim_concurrency_slot("test_pool", "holder", "fetch").is_claimed
+        assert not storage.claim_concurrency_slot("test_pool", "stopped", "fetch").is_claimed  # it waits
+        storage.free_concurrency_slot_for_step("holder", "fetch")  # the slot goes to the waiting step
+        assert not storage.claim_concurrency_slot("test_pool", "next", "fetch").is_claimed
+        (run,) = launcher.run_all([Submission("watchlist_job", {}, QUIET)])
+        assert run.status == DagsterRunStatus.SUCCESS
+        assert storage.claim_concurrency_slot("test_pool", "next", "fetch").is_claimed
