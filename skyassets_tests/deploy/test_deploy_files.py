@@ -160,6 +160,15 @@ def test_helm_values_name_the_code_location_and_the_kubernetes_run_launcher():
     assert values["dagsterWebserver"]["enableReadOnly"] is True
     assert values["postgresql"]["enabled"] is False and values["generatePostgresqlPasswordSecret"] is False
     assert "postgresqlPassword" not in values["postgresql"]
+    # skyassets' own log lines reach the runs' logs there as on one machine
+    python_logs = load("dagster.yaml")["python_logs"]
+    assert values["pythonLogs"] == {"managedPythonLoggers": python_logs["managed_python_loggers"],
+                                    "pythonLogLevel": python_logs["python_log_level"]}
+    # every pool the assets use is limited to one in the daemon pod, as dagster.yaml's default does
+    pools = {m for path in (ROOT / "skyassets" / "defs").rglob("*.py")
+             for m in re.findall(r'\bpool="(\w+)"', path.read_text())}
+    comments = (ROOT / "deploy" / "helm" / "values.yaml").read_text()
+    assert pools and all(f"dagster instance concurrency set {pool} 1" in comments for pool in pools), pools
 
 
 def test_every_way_to_load_the_definitions_names_the_code_location_the_command_line_launches_for(tmp_path):
@@ -179,3 +188,4 @@ def test_every_way_to_load_the_definitions_names_the_code_location_the_command_l
     assert deployment["name"] == LOCATION  # the chart names the location after its deployment
     (dev,) = yaml.safe_load(code_location_workspace(tmp_path, working_directory="/work").read_text())["load_from"]
     assert dev["python_module"] == {"module_name": MODULE, "location_name": LOCATION, "working_directory": "/work"}
+
