@@ -79,6 +79,10 @@ def prepare_dagster_home(home: Home) -> Path:
                 # the URL stays in the environment: the file names the variable, never the password
                 text += f"\nstorage:\n  postgres:\n    postgres_url:\n      env: {POSTGRES_ENV}\n"
             settings.write_text(text)
+        elif os.environ.get(POSTGRES_ENV) and POSTGRES_ENV not in settings.read_text():
+            print(f"skyassets: warning: {POSTGRES_ENV} is set, but {settings} names no PostgreSQL storage: the "
+                  "runs stay in this home's own storage; copy deploy/dagster.yaml there (or remove the file, "
+                  "and the next command writes one with PostgreSQL) to use the database", file=sys.stderr)
         from dagster import DagsterInstance
 
         with DagsterInstance.get():

@@ -72,6 +72,20 @@ def test_an_existing_dagster_yaml_is_kept(tmp_path, monkeypatch):
     assert (dagster_home / "history" / "runs.db").exists()
 
 
+def test_a_database_url_a_kept_dagster_yaml_does_not_use_is_warned_of(tmp_path, monkeypatch, capsys):
+    """With SKYASSETS_POSTGRES_URL set, a home whose dagster.yaml was written before (the demo run
+    first) keeps its SQLite storage: said, with what to do, rather than silently."""
+    dagster_home = tmp_path / "dh"
+    dagster_home.mkdir()
+    (dagster_home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    monkeypatch.setenv("DAGSTER_HOME", str(dagster_home))
+    monkeypatch.setenv("SKYASSETS_POSTGRES_URL", "postgresql+psycopg2://u:secret@db.example.org:5432/sky")
+    prepare_dagster_home(Home(tmp_path / "home"))
+    err = capsys.readouterr().err
+    assert err.startswith("skyassets: warning: SKYASSETS_POSTGRES_URL is set, but ") and "deploy/dagster.yaml" in err
+    assert "secret" not in err and (dagster_home / "history" / "runs.db").exists()
+
+
 def test_the_commands_batch_event_writes_unless_told_otherwise(tmp_path, monkeypatch):
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dh"))
     monkeypatch.delenv(EVENT_BATCH_ENV, raising=False)  # restored after the test
