@@ -616,6 +616,7 @@ def _named_in_index(home: Home, name: str, targets: list[str]) -> list[str]:
 def _show(args: argparse.Namespace) -> int:
     home = _catalogued_home()
     lake = home.tables
+    args.target = " ".join(args.target)  # show ngc 628: the words of one name
     targets = sorted(lake.read("target_groups")["target"].unique()) if lake.exists("target_groups") else []
     if args.target not in targets:  # only a known target's name reaches a path
         matches = [t for t in targets if _folded(t) == _folded(args.target)] or _named_in_index(home, args.target,
@@ -808,7 +809,8 @@ def run(argv: list[str]) -> int:
     quality.add_argument("obs_id", help="the observation (partition) id")
     quality.set_defaults(func=_quality)
     show = commands.add_parser("show", help="list (or open) the mosaics and composites of a target")
-    show.add_argument("target", help="the target (partition) key, e.g. NGC-3132")
+    show.add_argument("target", nargs="+", help="the target (partition) key, e.g. NGC-3132, or any name find "
+                                                "takes (ngc 628, quoted or not)")
     show.add_argument("--open", action="store_true", help="open the best-ranked composite in the browser "
                       "(exits 1, naming the file to open, if there is none or no browser can be opened)")
     show.set_defaults(func=_show)

@@ -244,6 +244,7 @@ def test_an_unknown_target_lists_the_known_ones(home, capsys):
         assert f"target '{name}' does not exist" in err and "known targets: NGC-3132" in err
     status, _, err = _run(capsys, "show", "ngc 3132")  # as a person types it: the one target it can be
     assert "NGC-3132" in err and "does not exist" not in err
+    assert _run(capsys, "show", "ngc", "3132") == (status, _, err)  # unquoted, the same name
 
 
 def test_a_store_that_holds_nothing_or_cannot_be_read_is_said_in_one_line(tmp_path, monkeypatch, capsys):
