@@ -59,6 +59,22 @@ SHARED_SETTINGS = ("storage", "compute_logs", "local_artifact_storage", "run_lau
 IMMEDIATE = {"module": "dagster._core.run_coordinator", "class": "DefaultRunCoordinator"}
 
 
+# Runs the rest of its arguments as Python (``exec``, the same process) after asking Linux to send it
+# SIGTERM when the command that started it dies, even by kill -9 or the OOM killer, which leave no
+# time to stop it: the webserver then stops its code server, rather than serve no one for ever. It
+# exits at once when that command is already gone (argv[1], its pid, is no longer its parent).
+_WITH_PARENT = """
+import ctypes, os, signal, sys
+try:
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+except (OSError, AttributeError):  # not Linux: the command's own exit still stops it
+    pass
+if os.getppid() != int(sys.argv[1]):
+    sys.exit(1)
+os.execv(sys.executable, [sys.executable, *sys.argv[2:]])
+"""
+
+
 class LaunchError(RuntimeError):
     """The webserver would not start or refused a run; the message says which and why."""
 
@@ -190,8 +206,8 @@ class Launcher:
         env = {**os.environ, "DAGSTER_HOME": str(home), "PYTHONSAFEPATH": "1"}
         self._log = open(home / "webserver.log", "w")  # noqa: SIM115 - closed in __exit__
         self._server = subprocess.Popen(
-            [sys.executable, "-m", "dagster_webserver", "-w", str(code_location_workspace(home)),
-             "-h", "127.0.0.1", "-p", str(self.port), "--suppress-warnings"],
+            [sys.executable, "-c", _WITH_PARENT, str(os.getpid()), "-m", "dagster_webserver",
+             "-w", str(code_location_workspace(home)), "-h", "127.0.0.1", "-p", str(self.port), "--suppress-warnings"],
             env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         try:

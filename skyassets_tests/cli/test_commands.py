@@ -736,6 +736,47 @@ def test_a_setting_that_cannot_be_read_is_one_line_before_anything_starts(home, 
         assert err.startswith(f"skyassets {argv[0]}: {said}") and err.count("\n") == 1, err
 
 
+def _webserver_of(home: Path) -> int | None:
+    """The pid of the webserver a command started for ``home`` (its command line names the home)."""
+    for proc in Path("/proc").iterdir():
+        try:
+            line = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if proc.name.isdigit() and "dagster_webserver" in line and str(home) in line:
+            return int(proc.name)
+    return None
+
+
+@pytest.mark.slow
+def test_a_command_killed_outright_takes_its_webserver_with_it(emu, tmp_path):
+    """kill -9 (or the OOM killer) leaves a command no time to stop its webserver: the webserver hears
+    of its death and stops, rather than serve no one for ever."""
+    drop = tmp_path / "night"
+    drop.mkdir()
+    cal = sorted(emu.sky.root.rglob("*_cal.fits"))[0]
+    for k in range(20):
+        shutil.copy(cal, drop / f"{k:03d}_{cal.name}")
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SKYASSETS_", "DAGSTER_"))}
+    env["SKYASSETS_HOME"] = str(home)
+    command = subprocess.Popen([sys.executable, "-m", "skyassets.cli.main", "ingest", str(drop)], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
+    deadline = time.monotonic() + 180
+    while (server := _webserver_of(home)) is None:
+        assert time.monotonic() < deadline and command.poll() is None, "the command started no webserver"
+        time.sleep(0.2)
+    command.kill()
+    command.wait(timeout=30)
+    import psutil
+
+    try:
+        psutil.Process(server).wait(timeout=60)  # reaped by init once it stops
+    except psutil.TimeoutExpired:
+        os.kill(server, signal.SIGKILL)
+        pytest.fail("the webserver outlived its command")
+
+
 @pytest.mark.slow
 def test_a_command_terminated_stops_the_webserver_and_runs_it_started(emu, tmp_path):
     drop = tmp_path / "night"
@@ -749,16 +790,6 @@ def test_a_command_terminated_stops_the_webserver_and_runs_it_started(emu, tmp_p
     command = subprocess.Popen([sys.executable, "-m", "skyassets.cli.main", "ingest", str(drop)], env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
 
-    def webserver() -> int | None:  # the webserver the command started, which names this home
-        for proc in Path("/proc").iterdir():
-            try:
-                line = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if proc.name.isdigit() and "dagster_webserver" in line and str(home) in line:
-                return int(proc.name)
-        return None
-
     def group_alive(group: int) -> list[str]:  # processes of the group that still run (not zombies)
         alive = []
         for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -771,7 +802,7 @@ def test_a_command_terminated_stops_the_webserver_and_runs_it_started(emu, tmp_p
         return alive
 
     deadline = time.monotonic() + 180
-    while (server := webserver()) is None:
+    while (server := _webserver_of(home)) is None:
         assert time.monotonic() < deadline and command.poll() is None, "the command started no webserver"
         time.sleep(0.2)
     group = os.getpgid(server)
