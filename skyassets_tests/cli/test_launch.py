@@ -157,11 +157,30 @@ def _claimed(port: int) -> set[str]:
     return {slot["runId"] for limit in limits["concurrencyLimits"] for slot in limit["claimedSlots"]}
 
 
+def _fetch_holding_the_slot(emu, instance, launcher, obs_id: str, fetch: Submission) -> tuple[str, int]:
+    """The watchlist queried, then ``fetch`` launched over a slow link: once it holds the pool's one
+    slot, its run id and its worker's pid. The caller sets ``emu.throttle`` back to 0."""
+    import re
+    import time
+
+    (query,) = launcher.run_all([Submission("watchlist_job", {}, QUIET)])
+    assert query.status == DagsterRunStatus.SUCCESS
+    instance.add_dynamic_partitions("observations", [obs_id])
+    emu.throttle = 100_000  # bytes/s: the download lasts, holding the pool's one slot
+    run_id = launcher.submit(fetch)
+    deadline = time.monotonic() + 120
+    while run_id not in _claimed(launcher.port):
+        assert time.monotonic() < deadline, "the run never took its slot"
+        time.sleep(0.2)
+    pid = next(int(m.group(1)) for e in instance.all_logs(run_id)
+               if (m := re.search(r"Started process for run \(pid: (\d+)\)", e.message or "")))
+    return run_id, pid
+
+
 @pytest.mark.slow
 def test_a_run_killed_holding_a_pool_slot_does_not_hold_up_the_next_runs(emu, tmp_path, monkeypatch):
     """A run process killed mid-download dies holding its `mast_api` slot; with no daemon beside the
     command, the launcher gives it back, so the next run of the pool is not held up for ever."""
-    import re
     import signal
     import threading
     import time
@@ -173,18 +192,9 @@ def test_a_run_killed_holding_a_pool_slot_does_not_hold_up_the_next_runs(emu, tm
     obs_id, dagster_home = _one_observation_home(emu, tmp_path, monkeypatch)
     fetch = Submission("observation_job", {PARTITION: obs_id}, QUIET)
     with DagsterInstance.get() as instance, Launcher(dagster_home, instance) as launcher:
-        (query,) = launcher.run_all([Submission("watchlist_job", {}, QUIET)])
-        assert query.status == DagsterRunStatus.SUCCESS
-        instance.add_dynamic_partitions("observations", [obs_id])
-        emu.throttle = 100_000  # bytes/s: the download lasts, holding the pool's one slot
         try:
-            killed = launcher.submit(fetch)
+            killed, pid = _fetch_holding_the_slot(emu, instance, launcher, obs_id, fetch)
             deadline = time.monotonic() + 120
-            while killed not in _claimed(launcher.port):
-                assert time.monotonic() < deadline, "the run never took its slot"
-                time.sleep(0.2)
-            pid = next(int(m.group(1)) for e in instance.all_logs(killed)
-                       if (m := re.search(r"Started process for run \(pid: (\d+)\)", e.message or "")))
             os.kill(pid, signal.SIGKILL)
             while instance.get_run_by_id(killed).status != DagsterRunStatus.FAILURE:  # the code server sees it die
                 assert time.monotonic() < deadline, "the killed run was not marked failed"
@@ -211,7 +221,6 @@ def test_a_run_left_unfinished_by_a_command_killed_with_it_is_ended_by_the_next_
     killer does): nothing is left to say the run ended, so it stays STARTED holding its `mast_api`
     slot, and every later run of the pool would wait for it for ever. The next command on this
     machine finds its process gone, marks it failed, and its runs go ahead."""
-    import re
     import signal
     import threading
     import time
@@ -224,18 +233,8 @@ def test_a_run_left_unfinished_by_a_command_killed_with_it_is_ended_by_the_next_
     fetch = Submission("observation_job", {PARTITION: obs_id}, QUIET)
     with DagsterInstance.get() as instance:
         with Launcher(dagster_home, instance) as first:
-            (query,) = first.run_all([Submission("watchlist_job", {}, QUIET)])
-            assert query.status == DagsterRunStatus.SUCCESS
-            instance.add_dynamic_partitions("observations", [obs_id])
-            emu.throttle = 100_000  # bytes/s: the download lasts, holding the pool's one slot
             try:
-                killed = first.submit(fetch)
-                deadline = time.monotonic() + 120
-                while killed not in _claimed(first.port):
-                    assert time.monotonic() < deadline, "the run never took its slot"
-                    time.sleep(0.2)
-                pid = next(int(m.group(1)) for e in instance.all_logs(killed)
-                           if (m := re.search(r"Started process for run \(pid: (\d+)\)", e.message or "")))
+                killed, pid = _fetch_holding_the_slot(emu, instance, first, obs_id, fetch)
                 server = next(p for p in psutil.process_iter(["cmdline"]) if "dagster_webserver" in
                               (p.info["cmdline"] or []) and str(first.port) in p.info["cmdline"])
                 os.killpg(server.pid, signal.SIGKILL)  # the webserver and its code server, at once
