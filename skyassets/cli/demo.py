@@ -43,6 +43,7 @@ from skyassets.cli.runs import (
 from skyassets.defs.partitions import split_failed_run
 from skyassets.defs.tags import partition_range
 from skyassets.lake.home import Home
+from skyassets.landing.keys import LANDED_PREFIX
 from skyassets.tiles.viewer import aladin_script
 
 # Observations per demo run, and runs at once: the archive's pool lets one download at a time, so a
@@ -335,7 +336,7 @@ def _secret(name: str, value: str) -> bool:
 
 # archive observations catalogued that the watchlist's last query did not find (landed ones it never finds)
 UNWATCHED = ("SELECT DISTINCT obs_id FROM images ANTI JOIN observations USING (obs_id) "
-             "WHERE obs_id NOT LIKE 'landed-%'")
+             f"WHERE obs_id NOT LIKE '{LANDED_PREFIX}%'")
 
 
 def _catalogued_observations(home: Home) -> tuple[int, int]:

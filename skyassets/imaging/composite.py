@@ -883,8 +883,10 @@ def reproject_channels(
         shape = (wcs.pixel_shape[1], wcs.pixel_shape[0])
     shape = (int(shape[0]), int(shape[1]))
     channels = [resample_image(data, w.celestial, wcs, shape) for data, w in inputs]
+    if chosen:  # a grid one asked for: as it is
+        return channels, wcs, shape
     covered = np.logical_and.reduce([np.isfinite(c) for c in channels])
-    if chosen or not covered.any():  # a grid one asked for, or images with no sky in common: as they are
+    if not covered.any():  # images with no sky in common: nothing to cut to
         return channels, wcs, shape
     rows, cols = np.flatnonzero(covered.any(axis=1)), np.flatnonzero(covered.any(axis=0))
     cut = (slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1))

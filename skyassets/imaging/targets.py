@@ -334,7 +334,7 @@ def _named_visit(row: dict) -> str | None:
     if visit := visit_of(row["file_name"]):
         return visit
     if isinstance(obs_id, str):
-        obs_id = obs_id.removeprefix("landed-")
+        obs_id = obs_id.removeprefix(LANDED_PREFIX)
         if _JWST_COMBINED.match(f"{obs_id}_") or _HST_PROPOSAL_VISIT.match(f"{obs_id}_"):
             return visit_of(f"{obs_id}_")
     asn_id = row.get("asn_id")
